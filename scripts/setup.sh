@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every Debian package the build, the tests, the image builder and
+# the benchmarks need. Idempotent: a second run installs nothing new.
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config clang clang-format libclang-rt-14-dev
+  # libraries (see README "Libraries")
+  libexpected-dev zlib1g-dev libssl-dev openssl libefivar-dev libefiboot-dev libblkid-dev libfdisk-dev
+  libseccomp-dev libcap-dev libnftnl-dev libmnl-dev libsqlite3-dev libtinyxml2-dev
+  nlohmann-json3-dev libfmt-dev libcurl4-openssl-dev libcpp-httplib-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # image building and booting
+  qemu-system-x86 qemu-utils ovmf systemd-boot-efi binutils mtools dosfstools
+  squashfs-tools erofs-utils e2fsprogs fdisk util-linux kmod cpio zstd xz-utils
+  efibootmgr
+  # sandbox tests and peers for the benchmarks
+  iproute2 nftables bubblewrap rauc hyperfine procps psmisc
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all Debian packages present"
+fi

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up the machine and runs the whole test suite: format check, the
+# release build with unit + integration + e2e tests, and an ASan+UBSan build
+# of the unit and integration tests. Exit status is ctest's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+
+bash scripts/setup.sh
+
+jobs=$(nproc)
+
+echo "== format check (clang-format $(clang-format --version | grep -o '[0-9][0-9.]*' | head -1))"
+mapfile -t sources < <(git ls-files '*.h' '*.cpp' 2>/dev/null || true)
+if ((${#sources[@]})); then
+  clang-format --dry-run --Werror "${sources[@]}"
+fi
+
+echo "== build (release)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j "$jobs"
+
+echo "== build (asan+ubsan)"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DRALPH_SANITIZE=ON >/dev/null
+cmake --build build-asan -j "$jobs"
+
+status=0
+echo "== tests: unit + integration + e2e (release)"
+(cd build && ctest --output-on-failure -j "$jobs" --timeout 900) || status=1
+echo "== tests: unit + integration (asan+ubsan)"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+   ctest --output-on-failure -j "$jobs" -L 'unit|integration' --timeout 900) || status=1
+exit $status
