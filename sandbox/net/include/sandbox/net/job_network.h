@@ -1,0 +1,83 @@
+// A job's network: its own netns joined to the host by a veth pair, with
+// default-deny egress enforced by an nftables table on the host side and a
+// DNS forwarder that answers only allowlisted names.
+//
+// Contract between the sandbox spawner (sandbox/) and the network code
+// (sandbox/net/): the spawner clone3()s the job with CLONE_NEWNET and keeps
+// it waiting; it then calls JobNetwork::Create() with the child's pid, which
+// creates the veth pair, moves one end into the child's netns, configures
+// lo/eth0/addresses/default route inside it (from the parent, via setns on a
+// helper thread), commits the job's nft table in one batch and registers the
+// job with the DNS forwarder. Only then does the child continue. Destroying
+// the JobNetwork (or Teardown()) removes the veth, the nft table and the DNS
+// registration; the netns itself goes away with the job's last process.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "platform/result.h"
+
+namespace ralph::sandbox {
+
+enum class Protocol { kTcp, kUdp, kAny };
+
+// One allowlist entry: a destination address or CIDR (IPv4 or IPv6) and a
+// port range. port_min = port_max = 0 means any port.
+struct EgressRule {
+  std::string cidr;  // "203.0.113.7", "203.0.113.0/24", "2001:db8::/32"
+  uint16_t port_min = 0;
+  uint16_t port_max = 0;
+  Protocol protocol = Protocol::kTcp;
+};
+
+struct NetworkSpec {
+  // false: the job gets a netns with only loopback (no veth at all).
+  bool enabled = true;
+  std::vector<EgressRule> allow;
+  // Names (exact, or "*.example.com" for subdomains) the DNS forwarder
+  // answers; each answered address is opened for the record's TTL.
+  std::vector<std::string> allowed_domains;
+  // Ports opened for addresses learned through allowed_domains.
+  std::vector<uint16_t> domain_ports = {443};
+};
+
+enum class NetVerdict { kAllowed, kDenied };
+
+struct NetEvent {
+  std::string job_id;
+  std::string destination;  // address, or the queried name for DNS events
+  uint16_t port = 0;
+  Protocol protocol = Protocol::kAny;
+  NetVerdict verdict = NetVerdict::kDenied;
+  std::string reason;  // "allowlist", "metadata", "rfc1918", "dns: name not allowed", ...
+};
+
+class NetEventSinkInterface {
+ public:
+  virtual ~NetEventSinkInterface() = default;
+  // Called from the network service's threads; must be thread-safe.
+  virtual void OnNetEvent(const NetEvent& event) = 0;
+};
+
+class JobNetwork {
+ public:
+  // Sets up the network for a job whose netns is that of `child_pid`.
+  // kInvalidArgument names a malformed rule; kIo/kUnsupported name the
+  // netlink step that failed. Nothing is left behind on failure.
+  static Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
+                                                    const NetworkSpec& spec,
+                                                    NetEventSinkInterface* events);
+  virtual ~JobNetwork() = default;
+
+  // Removes everything Create() made. Idempotent.
+  virtual Result<void> Teardown() = 0;
+  // The address the job must use as its only resolver (/etc/resolv.conf).
+  virtual std::string resolver_address() const = 0;
+};
+
+}  // namespace ralph::sandbox
