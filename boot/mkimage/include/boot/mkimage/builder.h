@@ -1,0 +1,86 @@
+// Applies the image plan with host tools: fetches and caches the Debian
+// kernel, builds the initrd, the per-slot unified kernel images, the slot
+// filesystem images, the ESP and the GPT disk.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "boot/mkimage/plan.h"
+#include "platform/result.h"
+
+namespace ralph::mkimage {
+
+// What goes into slot B (slot A and RECOVERY are always the good build).
+// The faulty variants exist for the end-to-end tests of the fallback paths;
+// each is a genuine defect of the kind a bad update would carry.
+enum class SlotVariant {
+  kGood,
+  kBrokenInitrd,     // the UKI's initrd is truncated: the kernel never reaches early boot
+  kHangingInit,      // PID 1 of the slot hangs (never pets the watchdog)
+  kCrashingService,  // a required service's executable is truncated: it cannot start
+  kNotAFilesystem,   // the slot partition holds random bytes instead of a filesystem
+};
+
+// "good", "broken-initrd", "hang", "health-fail", "not-a-filesystem".
+Result<SlotVariant> ParseSlotVariant(std::string_view text);
+
+struct BuildOptions {
+  std::string output;     // the disk image to write
+  std::string cache_dir;  // kernel packages, extracted and depmod'ed
+  std::string work_dir;   // staging; default "<output>.work"
+  std::string bin_dir;    // the project's built binaries (ralph-init, ...)
+  std::string kernel_package = "linux-image-cloud-amd64";  // a metapackage or a versioned one
+  std::string kernel_deb;  // a local .deb instead of apt-get download
+  LayoutSizes sizes;
+  std::string seed = "ralphos";  // partition/disk GUIDs
+  uint32_t source_date_epoch = 1700000000;
+  std::string version = "0.1.0";
+  bool test_agent = false;  // add the e2e command agent (never in product images)
+  SlotVariant slot_b = SlotVariant::kGood;
+  CmdlineOptions cmdline;
+};
+
+struct BuildReport {
+  std::string kernel_version;
+  std::vector<std::string> modules;  // in load order
+  std::string system_a_sha256;
+  std::string system_b_sha256;
+  uint64_t disk_bytes = 0;
+};
+
+// Builds the disk image at options.output.
+Result<BuildReport> BuildImage(const BuildOptions& options);
+
+struct KernelTree {
+  std::string package;  // "linux-image-6.1.0-56-cloud-amd64"
+  std::string version;  // "6.1.0-56-cloud-amd64"
+  std::string root;     // the extracted package
+  std::string vmlinuz() const { return root + "/boot/vmlinuz-" + version; }
+  std::string modules_dir() const { return root + "/lib/modules/" + version; }
+};
+
+// Resolves the package, downloads it into `cache_dir` once, extracts it and
+// runs depmod on it. A cached tree is reused without touching the network.
+Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& package,
+                               const std::string& local_deb);
+
+struct SlotImageInputs {
+  std::string bin_dir;
+  bool test_agent = false;
+  SlotVariant variant = SlotVariant::kGood;
+  uint32_t source_date_epoch = 0;
+  std::string version;
+};
+
+// Builds the read-only squashfs system image for a slot at `output`
+// (staging under `staging_dir`) and returns its SHA-256 (hex). The same
+// inputs give the same bytes.
+Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::string& staging_dir,
+                                   const std::string& output);
+
+// SHA-256 of a file, lower-case hex.
+Result<std::string> FileSha256(const std::string& path);
+
+}  // namespace ralph::mkimage

@@ -1,0 +1,111 @@
+// Pure planning for the appliance disk image: no I/O here, so every decision
+// (partition placement, module load order, kernel command lines, file lists)
+// is unit-tested on plain structs. builder.h applies the plan.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "platform/result.h"
+
+namespace ralph::mkimage {
+
+inline constexpr uint64_t kMiB = 1024 * 1024;
+inline constexpr uint32_t kSectorSize = 512;
+
+enum class PartitionType { kEfiSystem, kLinuxData };
+
+struct PartitionSpec {
+  std::string label;  // PARTLABEL: EFI, SYSTEM_A, SYSTEM_B, VAR, RECOVERY
+  uint64_t size_bytes = 0;
+  PartitionType type = PartitionType::kLinuxData;
+};
+
+struct PlacedPartition {
+  PartitionSpec spec;
+  uint32_t number = 0;  // 1-based GPT entry number
+  uint64_t start_lba = 0;
+  uint64_t size_lba = 0;
+  std::string part_uuid;  // lower-case text form
+
+  uint64_t offset_bytes() const { return start_lba * kSectorSize; }
+  uint64_t size_bytes() const { return size_lba * kSectorSize; }
+};
+
+struct DiskPlan {
+  uint64_t total_bytes = 0;
+  std::string disk_uuid;
+  std::vector<PlacedPartition> partitions;
+
+  const PlacedPartition* Find(std::string_view label) const;
+};
+
+struct LayoutSizes {
+  uint64_t esp_mib = 160;
+  uint64_t system_mib = 48;
+  uint64_t var_mib = 64;
+  uint64_t recovery_mib = 48;
+};
+
+// The five partitions in disk order (EFI, SYSTEM_A, SYSTEM_B, VAR,
+// RECOVERY). kInvalidArgument for a size too small to hold anything (the ESP
+// must be >= 64 MiB so mkfs.vfat can make FAT32, the others >= 8 MiB).
+Result<std::vector<PartitionSpec>> ApplianceLayout(const LayoutSizes& sizes);
+
+// Places partitions 1 MiB-aligned after the primary GPT, leaving room for the
+// backup GPT at the end. Partition and disk GUIDs are derived from `seed` so
+// the same inputs give the same disk (and the same Boot#### device paths).
+Result<DiskPlan> PlanDisk(const std::vector<PartitionSpec>& partitions, std::string_view seed);
+
+// A UUID (version 4 layout) derived from SHA-256(seed + "/" + name).
+std::string DeterministicUuid(std::string_view seed, std::string_view name);
+
+// modules.dep (as written by depmod): "kernel/a.ko: kernel/b.ko kernel/c.ko".
+// Returns module paths (relative to lib/modules/<version>/) in load order,
+// dependencies first, each once. `wanted` are module names ("virtio_blk");
+// dashes and underscores are equivalent, as in modprobe. kNotFound names
+// every wanted module that modules.dep lacks (it may be built in: the caller
+// checks modules.builtin).
+Result<std::vector<std::string>> ResolveModules(std::string_view modules_dep,
+                                                const std::vector<std::string>& wanted);
+
+// "kernel/fs/ext4/ext4.ko.zst" -> "ext4".
+std::string ModuleNameFromPath(std::string_view path);
+
+enum class BootTarget { kSlotA, kSlotB, kRecovery };
+
+struct CmdlineOptions {
+  std::string console = "ttyS0";
+  int panic_seconds = 5;
+  int watchdog_seconds = 20;
+  bool quiet = true;
+  std::string extra;  // appended verbatim
+};
+
+// "root=PARTLABEL=SYSTEM_A ralph.slot=a panic=5 console=ttyS0 ..."
+std::string KernelCmdline(BootTarget target, const CmdlineOptions& options);
+// "a", "b", "recovery": the slot token and the UKI name on the ESP.
+std::string_view TargetName(BootTarget target);
+// "SYSTEM_A", "SYSTEM_B", "RECOVERY".
+std::string_view TargetPartLabel(BootTarget target);
+
+// Parses "ldd"-style output of `ld.so --list <binary>` into the absolute
+// paths of the shared objects it needs (the loader included).
+std::vector<std::string> ParseLoaderList(std::string_view ld_list_output);
+
+// One service line for /etc/ralph/services.conf (format: services/init).
+struct ServiceEntry {
+  std::string name;
+  std::string exec;                // absolute path in the slot image
+  std::vector<std::string> args;   // extra arguments
+  std::vector<std::string> after;  // names of services started first
+  bool oneshot = false;
+  bool required = true;
+};
+std::string RenderServicesConf(const std::vector<ServiceEntry>& services);
+
+}  // namespace ralph::mkimage

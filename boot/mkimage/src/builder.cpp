@@ -1,0 +1,556 @@
+#include "boot/mkimage/builder.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "boot/mkimage/cpio.h"
+#include "boot/mkimage/host_tools.h"
+#include "platform/log.h"
+#include "platform/unique_fd.h"
+
+namespace ralph::mkimage {
+namespace fs = std::filesystem;
+namespace {
+
+// The loader every binary names as its interpreter (PT_INTERP) on x86_64.
+constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
+
+// Modules early boot loads (dependencies are added from modules.dep). ext4
+// is built into Debian's kernels; a module missing from modules.dep but
+// listed in modules.builtin is fine.
+const std::vector<std::string> kWantedModules = {
+    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs", "squashfs", "overlay",
+    "nf_tables",  "softdog",    "vfat",           "nls_cp437", "nls_ascii", "ext4",
+};
+
+struct EvpMdCtxDeleter {
+  void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
+};
+
+Result<std::string> ReadFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
+  std::string out;
+  char buffer[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
+    if (n == 0) break;
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+Result<void> WriteFile(const std::string& path, std::string_view content, mode_t mode = 0644) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+  if (!fd) return Error::FromErrno(fmt::format("create {}", path), errno);
+  while (!content.empty()) {
+    ssize_t n = ::write(fd.get(), content.data(), content.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("write {}", path), errno);
+    content.remove_prefix(static_cast<size_t>(n));
+  }
+  if (::fchmod(fd.get(), mode) != 0) return Error::FromErrno(fmt::format("chmod {}", path), errno);
+  return {};
+}
+
+Result<void> MakeDirs(const std::string& path) {
+  std::error_code ec;
+  fs::create_directories(path, ec);
+  if (ec) return Error::FromErrno(fmt::format("mkdir {}", path), ec.value());
+  return {};
+}
+
+Result<void> RemoveTree(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec) return Error::FromErrno(fmt::format("remove {}", path), ec.value());
+  return {};
+}
+
+bool Exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// Copies a host file into a staging tree at `dest` (through symlinks: the
+// staged file is a regular file with the host file's permission bits).
+Result<void> StageFile(const std::string& host_path, const std::string& dest) {
+  TRY(MakeDirs(fs::path(dest).parent_path().string()));
+  std::string content = TRY(ReadFile(host_path));
+  struct stat st {};
+  if (::stat(host_path.c_str(), &st) != 0) {
+    return Error::FromErrno(fmt::format("stat {}", host_path), errno);
+  }
+  return WriteFile(dest, content, st.st_mode & 0755);
+}
+
+// The shared objects a binary needs, loader included, as absolute host paths.
+Result<std::vector<std::string>> SharedLibraries(const std::string& binary) {
+  std::string out = TRY_CTX(RunTool({{kHostLoader, "--list", binary}}),
+                            fmt::format("listing the shared libraries of {}", binary));
+  std::vector<std::string> libs = ParseLoaderList(out);
+  if (std::find(libs.begin(), libs.end(), kHostLoader) == libs.end()) libs.push_back(kHostLoader);
+  return libs;
+}
+
+Result<std::string> ProjectBinary(const std::string& bin_dir, const std::string& name) {
+  std::string path = bin_dir + "/" + name;
+  if (!Exists(path)) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("project binary {} not found in {} (build it first: cmake "
+                                   "--build build --target {})",
+                                   name, bin_dir, name));
+  }
+  return path;
+}
+
+struct StagedBinary {
+  std::string host_path;
+  std::string image_path;
+};
+
+// Copies binaries and their shared libraries into a staging tree.
+Result<void> StageBinaries(const std::vector<StagedBinary>& binaries, const std::string& root) {
+  std::set<std::string> libs;
+  for (const auto& binary : binaries) {
+    TRY(StageFile(binary.host_path, root + binary.image_path));
+    for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
+  }
+  for (const auto& lib : libs) TRY(StageFile(lib, root + lib));
+  return {};
+}
+
+Result<void> AddBinariesToCpio(CpioArchive& archive, const std::vector<StagedBinary>& binaries) {
+  std::set<std::string> libs;
+  for (const auto& binary : binaries) {
+    TRY(archive.AddHostFile(binary.image_path, binary.host_path));
+    for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
+  }
+  for (const auto& lib : libs) TRY(archive.AddHostFile(lib, lib));
+  return {};
+}
+
+std::string OsRelease(const std::string& version, std::string_view slot) {
+  return fmt::format(
+      "NAME=\"RalphOS\"\nID=ralphos\nVERSION_ID={}\nPRETTY_NAME=\"RalphOS {}\"\n"
+      "IMAGE_ID=ralphos-{}\n",
+      version, version, slot);
+}
+
+Result<std::string> BuildInitrd(const KernelTree& kernel, const std::vector<std::string>& modules,
+                                const std::string& bin_dir, uint32_t mtime,
+                                const std::string& output) {
+  CpioArchive archive;
+  for (const char* dir : {"/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp"}) {
+    archive.AddDirectory(dir);
+  }
+  // The kernel opens /dev/console for /init's stdio before devtmpfs exists.
+  archive.AddCharDevice("/dev/console", 5, 1, 0600);
+  std::string early_boot = TRY(ProjectBinary(bin_dir, "ralph-early-boot"));
+  std::vector<StagedBinary> binaries = {{early_boot, "/init"}};
+  for (const char* tool : {"mke2fs", "e2fsck"}) {
+    std::string host = std::string("/sbin/") + tool;
+    if (!Exists(host)) {
+      return Error::Make(ErrorCode::kNotFound,
+                         fmt::format("{} is not installed (Debian package e2fsprogs)", host));
+    }
+    binaries.push_back({host, std::string("/sbin/") + tool});
+  }
+  TRY_CTX(AddBinariesToCpio(archive, binaries), "adding binaries to the initrd");
+  std::string order;
+  for (const auto& module : modules) {
+    std::string image_path = "/lib/modules/" + kernel.version + "/" + module;
+    TRY(archive.AddHostFile(image_path, kernel.modules_dir() + "/" + module));
+    order += image_path + "\n";
+  }
+  archive.AddFile("/etc/ralph/modules", std::vector<uint8_t>(order.begin(), order.end()));
+  std::vector<uint8_t> bytes = archive.Serialize(mtime);
+  std::string raw = output + ".cpio";
+  TRY(WriteFile(raw, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size())));
+  // zstd output is a pure function of input and level (no timestamps).
+  TRY_CTX(RunTool({{"zstd", "-q", "-f", "-12", "--no-progress", raw, "-o", output}}),
+          "compressing the initrd");
+  return output;
+}
+
+Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
+                      const std::string& cmdline, const std::string& os_release,
+                      const std::string& stub, const std::string& output) {
+  std::string cmdline_file = output + ".cmdline";
+  std::string osrel_file = output + ".osrel";
+  TRY(WriteFile(cmdline_file, cmdline));
+  TRY(WriteFile(osrel_file, os_release));
+  // Section addresses as proven on this machine (DESIGN.md, "Recipes"): the
+  // stub finds the sections by name; the VMAs only must not overlap, and the
+  // initrd goes last because it is the largest and grows.
+  TRY_CTX(RunTool({{"objcopy", "--add-section", ".osrel=" + osrel_file, "--change-section-vma",
+                    ".osrel=0x20000", "--add-section", ".cmdline=" + cmdline_file,
+                    "--change-section-vma", ".cmdline=0x30000", "--add-section",
+                    ".linux=" + kernel.vmlinuz(), "--change-section-vma", ".linux=0x2000000",
+                    "--add-section", ".initrd=" + initrd, "--change-section-vma",
+                    ".initrd=0x3000000", stub, output}}),
+          fmt::format("assembling the unified kernel image {}", output));
+  return {};
+}
+
+Result<void> TruncateFile(const std::string& path, double fraction) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", path), errno);
+  off_t size = static_cast<off_t>(static_cast<double>(st.st_size) * fraction);
+  if (::truncate(path.c_str(), size) != 0) {
+    return Error::FromErrno(fmt::format("truncate {}", path), errno);
+  }
+  return {};
+}
+
+Result<void> BuildEsp(uint64_t size_bytes, const std::vector<std::pair<std::string, std::string>>& files,
+                      const std::string& seed, const std::string& output) {
+  IgnoreError(RemoveTree(output));
+  std::string volume_id = DeterministicUuid(seed, "esp-volume").substr(0, 8);
+  TRY_CTX(RunTool({{"mkfs.vfat", "-F", "32", "-n", "EFI", "-i", volume_id, "-C", output,
+                    std::to_string(size_bytes / 1024)}}),
+          "formatting the ESP");
+  for (const char* dir : {"::/EFI", "::/EFI/BOOT", "::/EFI/ralph"}) {
+    TRY_CTX(RunTool({{"mmd", "-i", output, dir}}), "creating ESP directories");
+  }
+  for (const auto& [source, dest] : files) {
+    TRY_CTX(RunTool({{"mcopy", "-i", output, source, "::" + dest}}),
+            fmt::format("copying {} to the ESP", dest));
+  }
+  return {};
+}
+
+Result<void> WriteGpt(const DiskPlan& plan, const std::string& disk) {
+  // TODO(appliance): switch to drivers/gpt.h (libfdisk) once it lands; sfdisk
+  // is libfdisk's own front end, so the on-disk result is the same.
+  std::string script = fmt::format("label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n",
+                                   plan.disk_uuid);
+  for (const auto& p : plan.partitions) {
+    const char* type = p.spec.type == PartitionType::kEfiSystem
+                           ? "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+                           : "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+    script += fmt::format("start={}, size={}, type={}, uuid={}, name=\"{}\"\n", p.start_lba,
+                          p.size_lba, type, p.part_uuid, p.spec.label);
+  }
+  std::string script_file = disk + ".sfdisk";
+  TRY(WriteFile(script_file, script));
+  TRY_CTX(RunTool({{"sh", "-c", "sfdisk --no-reread --no-tell-kernel -q \"$0\" < \"$1\"", disk,
+                    script_file}}),
+          "writing the GPT");
+  ::unlink(script_file.c_str());
+  return {};
+}
+
+Result<void> CopyIntoDisk(const std::string& image, const std::string& disk,
+                          const PlacedPartition& partition) {
+  UniqueFd in(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return Error::FromErrno(fmt::format("open {}", image), errno);
+  struct stat st {};
+  if (::fstat(in.get(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", image), errno);
+  if (static_cast<uint64_t>(st.st_size) > partition.size_bytes()) {
+    return Error::Make(ErrorCode::kNoSpace,
+                       fmt::format("{} image is {} MiB but the partition holds {} MiB: raise its "
+                                   "size option",
+                                   partition.spec.label, (st.st_size + kMiB - 1) / kMiB,
+                                   partition.size_bytes() / kMiB));
+  }
+  UniqueFd out(::open(disk.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!out) return Error::FromErrno(fmt::format("open {}", disk), errno);
+  std::vector<char> buffer(4 * kMiB);
+  uint64_t offset = partition.offset_bytes();
+  for (;;) {
+    ssize_t n = ::read(in.get(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", image), errno);
+    if (n == 0) break;
+    ssize_t done = 0;
+    while (done < n) {
+      ssize_t w = ::pwrite(out.get(), buffer.data() + done, static_cast<size_t>(n - done),
+                           static_cast<off_t>(offset));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return Error::FromErrno(fmt::format("write {} at {}", disk, offset), errno);
+      done += w;
+      offset += static_cast<uint64_t>(w);
+    }
+  }
+  if (::fsync(out.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", disk), errno);
+  return {};
+}
+
+Result<void> WriteRandomImage(const std::string& path, uint64_t size, std::string_view seed) {
+  // Deterministic noise: a slot image that is no filesystem at all.
+  std::seed_seq seq(seed.begin(), seed.end());
+  std::mt19937_64 rng(seq);
+  std::string bytes(size, '\0');
+  for (auto& b : bytes) b = static_cast<char>(rng() & 0xff);
+  return WriteFile(path, bytes);
+}
+
+}  // namespace
+
+Result<SlotVariant> ParseSlotVariant(std::string_view text) {
+  if (text == "good") return SlotVariant::kGood;
+  if (text == "broken-initrd") return SlotVariant::kBrokenInitrd;
+  if (text == "hang") return SlotVariant::kHangingInit;
+  if (text == "health-fail") return SlotVariant::kCrashingService;
+  if (text == "not-a-filesystem") return SlotVariant::kNotAFilesystem;
+  return Error::Make(ErrorCode::kInvalidArgument,
+                     fmt::format("unknown slot variant '{}' (good, broken-initrd, hang, "
+                                 "health-fail, not-a-filesystem)",
+                                 text));
+}
+
+Result<std::string> FileSha256(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
+  std::unique_ptr<EVP_MD_CTX, EvpMdCtxDeleter> ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    return Error::Make(ErrorCode::kInternal, "EVP_DigestInit_ex(sha256) failed");
+  }
+  std::vector<unsigned char> buffer(kMiB);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
+    if (n == 0) break;
+    EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(n));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &length);
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
+  return hex;
+}
+
+Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& package,
+                               const std::string& local_deb) {
+  TRY(MakeDirs(cache_dir));
+  std::string deb = local_deb;
+  std::string resolved = package;
+  if (deb.empty()) {
+    // A metapackage (linux-image-cloud-amd64) names the versioned package it
+    // depends on; a versioned name resolves to itself.
+    auto depends = RunTool({{"apt-cache", "depends", "--important", package}});
+    if (depends) {
+      std::istringstream lines(*depends);
+      for (std::string line; std::getline(lines, line);) {
+        size_t at = line.find("Depends: linux-image-");
+        if (at != std::string::npos) {
+          resolved = line.substr(at + 9);
+          break;
+        }
+      }
+    }
+  } else {
+    std::string field = TRY_CTX(RunTool({{"dpkg-deb", "-f", deb, "Package"}}),
+                                fmt::format("reading {}", deb));
+    while (!field.empty() && field.back() == '\n') field.pop_back();
+    resolved = field;
+  }
+  std::string tree = cache_dir + "/" + resolved;
+  std::string marker = tree + "/.ralph-extracted";
+  if (!Exists(marker)) {
+    TRY(RemoveTree(tree));
+    TRY(MakeDirs(tree));
+    if (deb.empty()) {
+      std::string download_dir = tree + "/deb";
+      TRY(MakeDirs(download_dir));
+      TRY_CTX(RunTool({{"apt-get", "download", "-q", resolved}, {}, download_dir}),
+              fmt::format("downloading kernel package {}", resolved));
+      for (const auto& entry : fs::directory_iterator(download_dir)) {
+        if (entry.path().extension() == ".deb") deb = entry.path().string();
+      }
+      if (deb.empty()) {
+        return Error::Make(ErrorCode::kNotFound,
+                           fmt::format("apt-get download {} produced no .deb", resolved));
+      }
+    }
+    TRY_CTX(RunTool({{"dpkg-deb", "-x", deb, tree + "/root"}}),
+            fmt::format("extracting {}", deb));
+    if (!local_deb.empty()) {
+      // keep nothing of a local .deb but its extracted tree
+    } else {
+      TRY(RemoveTree(tree + "/deb"));
+    }
+  }
+  KernelTree kernel;
+  kernel.package = resolved;
+  kernel.root = tree + "/root";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(kernel.root + "/lib/modules", ec)) {
+    kernel.version = entry.path().filename().string();
+  }
+  if (ec || kernel.version.empty()) {
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("kernel package {} has no lib/modules/<version>", resolved));
+  }
+  if (!Exists(kernel.vmlinuz())) {
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("kernel package {} has no {}", resolved, kernel.vmlinuz()));
+  }
+  if (!Exists(marker)) {
+    // Debian generates modules.dep in the package's postinst; do the same.
+    TRY_CTX(RunTool({{"depmod", "-b", kernel.root, kernel.version}}),
+            fmt::format("running depmod for {}", kernel.version));
+    TRY(WriteFile(marker, resolved + "\n"));
+  }
+  return kernel;
+}
+
+Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::string& staging_dir,
+                                   const std::string& output) {
+  TRY(RemoveTree(staging_dir));
+  for (const char* dir : {"/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/boot/efi",
+                          "/etc/ralph", "/usr/bin", "/sbin"}) {
+    TRY(MakeDirs(staging_dir + dir));
+  }
+  std::vector<StagedBinary> binaries;
+  std::string init_binary = inputs.variant == SlotVariant::kHangingInit ? "ralph-test-hang"
+                                                                          : "ralph-init";
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, init_binary)), "/sbin/ralph-init"});
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-health")), "/usr/bin/ralph-health"});
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
+
+  // The service list: one line per service the slot runs (services/init
+  // documents the format). Later capabilities add their daemons here.
+  std::vector<ServiceEntry> services;
+  if (inputs.test_agent) {
+    binaries.push_back(
+        {TRY(ProjectBinary(inputs.bin_dir, "ralph-test-agent")), "/usr/libexec/ralph-test-agent"});
+    services.push_back({"test-agent", "/usr/libexec/ralph-test-agent", {}, {}, false, false});
+  }
+  std::vector<std::string> health_after;
+  for (const auto& s : services) health_after.push_back(s.name);
+  if (inputs.variant == SlotVariant::kCrashingService) {
+    services.push_back({"canary", "/usr/bin/ralph-canary", {}, {}, false, true});
+    health_after.push_back("canary");
+  }
+  services.push_back({"health", "/usr/bin/ralph-health", {}, health_after, true, true});
+  TRY_CTX(StageBinaries(binaries, staging_dir), "staging the slot's binaries");
+  if (inputs.variant == SlotVariant::kCrashingService) {
+    // A daemon shipped broken: its executable is cut short, so exec fails
+    // and ralph-init keeps restarting it.
+    std::string canary = staging_dir + "/usr/bin/ralph-canary";
+    TRY(StageFile(binaries[1].host_path, canary));
+    TRY(TruncateFile(canary, 0.25));
+  }
+  TRY(WriteFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
+  TRY(WriteFile(staging_dir + "/etc/os-release", OsRelease(inputs.version, "system")));
+
+  IgnoreError(RemoveTree(output));
+  std::string epoch = std::to_string(inputs.source_date_epoch);
+  TRY_CTX(RunTool({{"mksquashfs", staging_dir, output, "-noappend", "-quiet", "-no-progress",
+                    "-comp", "zstd", "-all-root", "-no-xattrs", "-mkfs-time", epoch, "-all-time",
+                    epoch, "-processors", "1"}}),
+          "building the squashfs system image");
+  return FileSha256(output);
+}
+
+Result<BuildReport> BuildImage(const BuildOptions& options) {
+  BuildReport report;
+  std::string work = options.work_dir.empty() ? options.output + ".work" : options.work_dir;
+  TRY(RemoveTree(work));
+  TRY(MakeDirs(work));
+
+  KernelTree kernel = TRY_CTX(FetchKernel(options.cache_dir, options.kernel_package,
+                                          options.kernel_deb),
+                              "fetching the kernel");
+  report.kernel_version = kernel.version;
+  std::string modules_dep = TRY(ReadFile(kernel.modules_dir() + "/modules.dep"));
+  std::string builtin = TRY(ReadFile(kernel.modules_dir() + "/modules.builtin"));
+  std::vector<std::string> wanted;
+  for (const auto& name : kWantedModules) {
+    bool is_builtin = builtin.find("/" + name + ".ko\n") != std::string::npos;
+    if (!is_builtin) wanted.push_back(name);
+  }
+  report.modules = TRY_CTX(ResolveModules(modules_dep, wanted),
+                           fmt::format("selecting modules of kernel {}", kernel.version));
+
+  std::string stub = std::string("/usr/lib/systemd/boot/efi/") + "linuxx64.efi.stub";
+  if (!Exists(stub)) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("{} is missing (Debian package systemd-boot-efi)", stub));
+  }
+
+  std::string initrd = TRY_CTX(BuildInitrd(kernel, report.modules, options.bin_dir,
+                                           options.source_date_epoch, work + "/initrd.img"),
+                               "building the initrd");
+
+  // Unified kernel images, one per boot target.
+  std::vector<std::pair<std::string, std::string>> esp_files;
+  for (BootTarget target : {BootTarget::kSlotA, BootTarget::kSlotB, BootTarget::kRecovery}) {
+    std::string name(TargetName(target));
+    std::string target_initrd = initrd;
+    if (target == BootTarget::kSlotB && options.slot_b == SlotVariant::kBrokenInitrd) {
+      target_initrd = work + "/initrd-broken.img";
+      TRY(StageFile(initrd, target_initrd));
+      TRY(TruncateFile(target_initrd, 0.5));
+    }
+    std::string uki = work + "/" + name + ".efi";
+    TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),
+                 OsRelease(options.version, name), stub, uki));
+    esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
+    if (target == BootTarget::kSlotA) esp_files.push_back({uki, "/EFI/BOOT/BOOTX64.EFI"});
+  }
+
+  SlotImageInputs slot_inputs{options.bin_dir, options.test_agent, SlotVariant::kGood,
+                              options.source_date_epoch, options.version};
+  std::string system_a = work + "/system_a.squashfs";
+  report.system_a_sha256 =
+      TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_a", system_a), "building slot A");
+  std::string system_b = system_a;
+  report.system_b_sha256 = report.system_a_sha256;
+  if (options.slot_b == SlotVariant::kNotAFilesystem) {
+    system_b = work + "/system_b.noise";
+    TRY(WriteRandomImage(system_b, 4 * kMiB, options.seed));
+    report.system_b_sha256 = TRY(FileSha256(system_b));
+  } else if (options.slot_b == SlotVariant::kHangingInit ||
+             options.slot_b == SlotVariant::kCrashingService) {
+    slot_inputs.variant = options.slot_b;
+    system_b = work + "/system_b.squashfs";
+    report.system_b_sha256 =
+        TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_b", system_b), "building slot B");
+  }
+
+  std::vector<PartitionSpec> layout = TRY(ApplianceLayout(options.sizes));
+  DiskPlan plan = TRY(PlanDisk(layout, options.seed));
+  std::string esp = work + "/esp.img";
+  TRY(BuildEsp(plan.Find("EFI")->size_bytes(), esp_files, options.seed, esp));
+
+  std::string tmp_disk = options.output + ".tmp";
+  ::unlink(tmp_disk.c_str());
+  {
+    UniqueFd disk(::open(tmp_disk.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!disk) return Error::FromErrno(fmt::format("create {}", tmp_disk), errno);
+    if (::ftruncate(disk.get(), static_cast<off_t>(plan.total_bytes)) != 0) {
+      return Error::FromErrno(fmt::format("size {}", tmp_disk), errno);
+    }
+  }
+  TRY(WriteGpt(plan, tmp_disk));
+  TRY(CopyIntoDisk(esp, tmp_disk, *plan.Find("EFI")));
+  TRY(CopyIntoDisk(system_a, tmp_disk, *plan.Find("SYSTEM_A")));
+  TRY(CopyIntoDisk(system_b, tmp_disk, *plan.Find("SYSTEM_B")));
+  // RECOVERY holds the good system image for now; the rescue environment
+  // (issue: recovery) replaces it. VAR stays blank: early boot formats it.
+  TRY(CopyIntoDisk(system_a, tmp_disk, *plan.Find("RECOVERY")));
+  if (::rename(tmp_disk.c_str(), options.output.c_str()) != 0) {
+    return Error::FromErrno(fmt::format("rename {} to {}", tmp_disk, options.output), errno);
+  }
+  report.disk_bytes = plan.total_bytes;
+  return report;
+}
+
+}  // namespace ralph::mkimage

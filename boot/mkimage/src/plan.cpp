@@ -1,0 +1,234 @@
+#include "boot/mkimage/plan.h"
+
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+
+namespace ralph::mkimage {
+namespace {
+
+constexpr uint64_t kAlignLba = kMiB / kSectorSize;
+// Protective MBR + GPT header + 128 entries of 128 bytes = 34 sectors; the
+// first partition starts at 1 MiB as sfdisk/parted place it.
+constexpr uint64_t kGptTailLba = 33;
+
+std::string NormalizeModuleName(std::string_view name) {
+  std::string out(name);
+  std::replace(out.begin(), out.end(), '-', '_');
+  return out;
+}
+
+std::string_view Trim(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t' || text.back() == '\r'))
+    text.remove_suffix(1);
+  return text;
+}
+
+}  // namespace
+
+const PlacedPartition* DiskPlan::Find(std::string_view label) const {
+  for (const auto& partition : partitions) {
+    if (partition.spec.label == label) return &partition;
+  }
+  return nullptr;
+}
+
+Result<std::vector<PartitionSpec>> ApplianceLayout(const LayoutSizes& sizes) {
+  if (sizes.esp_mib < 64) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("ESP size {} MiB is below the 64 MiB FAT32 minimum", sizes.esp_mib));
+  }
+  for (auto [name, mib] : {std::pair{"SYSTEM", sizes.system_mib}, std::pair{"VAR", sizes.var_mib},
+                           std::pair{"RECOVERY", sizes.recovery_mib}}) {
+    if (mib < 8) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("{} size {} MiB is below the 8 MiB minimum", name, mib));
+    }
+  }
+  return std::vector<PartitionSpec>{
+      {"EFI", sizes.esp_mib * kMiB, PartitionType::kEfiSystem},
+      {"SYSTEM_A", sizes.system_mib * kMiB, PartitionType::kLinuxData},
+      {"SYSTEM_B", sizes.system_mib * kMiB, PartitionType::kLinuxData},
+      {"VAR", sizes.var_mib * kMiB, PartitionType::kLinuxData},
+      {"RECOVERY", sizes.recovery_mib * kMiB, PartitionType::kLinuxData},
+  };
+}
+
+std::string DeterministicUuid(std::string_view seed, std::string_view name) {
+  std::string input = fmt::format("{}/{}", seed, name);
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(input.data()), input.size(), digest);
+  digest[6] = static_cast<unsigned char>((digest[6] & 0x0f) | 0x40);  // version 4
+  digest[8] = static_cast<unsigned char>((digest[8] & 0x3f) | 0x80);  // RFC 4122 variant
+  std::string hex;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) hex += '-';
+    hex += fmt::format("{:02x}", digest[i]);
+  }
+  return hex;
+}
+
+Result<DiskPlan> PlanDisk(const std::vector<PartitionSpec>& partitions, std::string_view seed) {
+  if (partitions.empty()) return Error::Make(ErrorCode::kInvalidArgument, "no partitions to place");
+  DiskPlan plan;
+  plan.disk_uuid = DeterministicUuid(seed, "disk");
+  uint64_t next_lba = kAlignLba;
+  std::set<std::string> labels;
+  uint32_t number = 1;
+  for (const auto& spec : partitions) {
+    if (!labels.insert(spec.label).second) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("partition label {} is used twice", spec.label));
+    }
+    if (spec.size_bytes == 0 || spec.size_bytes % kMiB != 0) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("partition {}: size {} is not a whole number of MiB",
+                                     spec.label, spec.size_bytes));
+    }
+    PlacedPartition placed;
+    placed.spec = spec;
+    placed.number = number++;
+    placed.start_lba = next_lba;
+    placed.size_lba = spec.size_bytes / kSectorSize;
+    placed.part_uuid = DeterministicUuid(seed, spec.label);
+    next_lba += placed.size_lba;
+    plan.partitions.push_back(std::move(placed));
+  }
+  // 1 MiB at the end for the backup GPT (33 sectors needed), keeping the size aligned.
+  static_assert(kGptTailLba < kAlignLba);
+  plan.total_bytes = (next_lba + kAlignLba) * kSectorSize;
+  return plan;
+}
+
+std::string ModuleNameFromPath(std::string_view path) {
+  size_t slash = path.rfind('/');
+  std::string_view base = slash == std::string_view::npos ? path : path.substr(slash + 1);
+  size_t ko = base.find(".ko");
+  if (ko != std::string_view::npos) base = base.substr(0, ko);
+  return NormalizeModuleName(base);
+}
+
+Result<std::vector<std::string>> ResolveModules(std::string_view modules_dep,
+                                                const std::vector<std::string>& wanted) {
+  std::map<std::string, std::string> path_by_name;
+  std::map<std::string, std::vector<std::string>> deps_by_path;
+  size_t pos = 0;
+  while (pos < modules_dep.size()) {
+    size_t end = modules_dep.find('\n', pos);
+    if (end == std::string_view::npos) end = modules_dep.size();
+    std::string_view line = Trim(modules_dep.substr(pos, end - pos));
+    pos = end + 1;
+    if (line.empty()) continue;
+    size_t colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    std::string path(Trim(line.substr(0, colon)));
+    std::vector<std::string> deps;
+    std::istringstream rest{std::string(line.substr(colon + 1))};
+    for (std::string dep; rest >> dep;) deps.push_back(dep);
+    path_by_name[ModuleNameFromPath(path)] = path;
+    deps_by_path[path] = std::move(deps);
+  }
+
+  std::vector<std::string> missing;
+  std::vector<std::string> order;
+  std::set<std::string> done;
+  std::set<std::string> visiting;
+  std::function<void(const std::string&)> visit = [&](const std::string& path) {
+    if (done.count(path) || visiting.count(path)) return;  // a cycle cannot load anyway
+    visiting.insert(path);
+    auto it = deps_by_path.find(path);
+    if (it != deps_by_path.end()) {
+      // modules.dep lists the full closure, most dependent first; visiting each
+      // recursively still gives dependencies-first order for any listing.
+      for (const auto& dep : it->second) visit(dep);
+    }
+    visiting.erase(path);
+    done.insert(path);
+    order.push_back(path);
+  };
+  for (const auto& name : wanted) {
+    auto it = path_by_name.find(NormalizeModuleName(name));
+    if (it == path_by_name.end()) {
+      missing.push_back(name);
+      continue;
+    }
+    visit(it->second);
+  }
+  if (!missing.empty()) {
+    std::string list;
+    for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
+    return Error::Make(ErrorCode::kNotFound, fmt::format("modules not in modules.dep: {}", list));
+  }
+  return order;
+}
+
+std::string_view TargetName(BootTarget target) {
+  switch (target) {
+    case BootTarget::kSlotA: return "a";
+    case BootTarget::kSlotB: return "b";
+    case BootTarget::kRecovery: return "recovery";
+  }
+  return "a";
+}
+
+std::string_view TargetPartLabel(BootTarget target) {
+  switch (target) {
+    case BootTarget::kSlotA: return "SYSTEM_A";
+    case BootTarget::kSlotB: return "SYSTEM_B";
+    case BootTarget::kRecovery: return "RECOVERY";
+  }
+  return "SYSTEM_A";
+}
+
+std::string KernelCmdline(BootTarget target, const CmdlineOptions& options) {
+  // rootwait is not used: early boot waits for the partition itself and
+  // reports a missing one on the console; panic= makes a kernel that never
+  // reaches early boot reboot so the firmware falls back.
+  std::string cmdline = fmt::format(
+      "root=PARTLABEL={} ralph.slot={} ro panic={} console={} ralph.watchdog={}",
+      TargetPartLabel(target), TargetName(target), options.panic_seconds, options.console,
+      options.watchdog_seconds);
+  if (options.quiet) cmdline += " quiet";
+  if (!options.extra.empty()) cmdline += " " + options.extra;
+  return cmdline;
+}
+
+std::vector<std::string> ParseLoaderList(std::string_view output) {
+  std::vector<std::string> paths;
+  std::istringstream lines{std::string(output)};
+  for (std::string line; std::getline(lines, line);) {
+    std::string_view view = Trim(line);
+    size_t arrow = view.find("=> ");
+    std::string_view candidate = arrow == std::string_view::npos ? view : view.substr(arrow + 3);
+    if (candidate.empty() || candidate.front() != '/') continue;
+    size_t paren = candidate.find(" (");
+    if (paren != std::string_view::npos) candidate = candidate.substr(0, paren);
+    paths.emplace_back(Trim(candidate));
+  }
+  std::sort(paths.begin(), paths.end());
+  paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
+  return paths;
+}
+
+std::string RenderServicesConf(const std::vector<ServiceEntry>& services) {
+  std::string out =
+      "# RalphOS services, started by ralph-init in dependency order.\n"
+      "# name exec=<path> [args=<a,b>] [after=<n1,n2>] [type=oneshot] [required=no]\n";
+  for (const auto& service : services) {
+    out += fmt::format("{} exec={}", service.name, service.exec);
+    if (!service.args.empty()) out += fmt::format(" args={}", fmt::join(service.args, ","));
+    if (!service.after.empty()) out += fmt::format(" after={}", fmt::join(service.after, ","));
+    if (service.oneshot) out += " type=oneshot";
+    if (!service.required) out += " required=no";
+    out += '\n';
+  }
+  return out;
+}
+
+}  // namespace ralph::mkimage

@@ -1,0 +1,126 @@
+#include "services/health/checks.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "platform/unique_fd.h"
+#include "services/health/slot_gate.h"
+#include "services/init/boot_config.h"
+#include "services/init/service_config.h"
+
+namespace ralph::health {
+namespace {
+
+Result<std::string> ReadText(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
+  std::string out;
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
+    if (n == 0) break;
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+Result<void> ServicesUp(const HealthEnvironment& env) {
+  std::string conf = TRY(ReadText(env.services_conf));
+  auto services = TRY(init::ParseServicesConf(conf));
+  auto deadline = std::chrono::steady_clock::now() + env.settle_deadline;
+  std::optional<std::chrono::steady_clock::time_point> up_since;
+  for (;;) {
+    std::map<std::string, std::string> records;
+    for (const auto& spec : services) {
+      if (auto text = ReadText(env.services_status_dir + "/" + spec.name)) records[spec.name] = *text;
+    }
+    auto snapshot = RequiredServicesRunning(conf, records);
+    auto now = std::chrono::steady_clock::now();
+    if (snapshot) {
+      if (!up_since) up_since = now;
+      if (now - *up_since >= env.stable_for) return {};
+    } else {
+      up_since.reset();
+      if (now >= deadline) return snapshot;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+}
+
+Result<void> VarWritable(const HealthEnvironment& env) {
+  auto record_text = ReadText(env.early_boot_record);
+  if (record_text) {
+    auto record = init::ParseRecord(*record_text);
+    if (record["var"] == "tmpfs") {
+      return Error::Make(ErrorCode::kInvalidState,
+                         "VAR is not mounted (early boot fell back to a tmpfs /var)");
+    }
+  }
+  std::string path = env.var_probe_dir + "/health-probe";
+  std::string content = fmt::format("probe {}\n", std::random_device{}());
+  {
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd) return Error::FromErrno(fmt::format("create {}", path), errno);
+    if (::write(fd.get(), content.data(), content.size()) != static_cast<ssize_t>(content.size())) {
+      return Error::FromErrno(fmt::format("write {}", path), errno);
+    }
+    if (::fsync(fd.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", path), errno);
+  }
+  std::string back = TRY(ReadText(path));
+  ::unlink(path.c_str());
+  if (back != content) {
+    return Error::Make(ErrorCode::kCorrupt, fmt::format("{} read back different bytes", path));
+  }
+  return {};
+}
+
+Result<void> StateRecordReadable(const HealthEnvironment& env) {
+  auto record_text = TRY(ReadText(env.early_boot_record));
+  auto record = init::ParseRecord(record_text);
+  return ReadSlotView(record["slot"]).transform([](const SlotView&) {});
+}
+
+}  // namespace
+
+Result<void> RequiredServicesRunning(const std::string& services_conf,
+                                     const std::map<std::string, std::string>& records) {
+  auto services = TRY(init::ParseServicesConf(services_conf));
+  for (const auto& spec : services) {
+    if (!spec.required || spec.oneshot) continue;
+    auto it = records.find(spec.name);
+    if (it == records.end()) {
+      return Error::Make(ErrorCode::kInvalidState,
+                         fmt::format("service {} has not been started", spec.name));
+    }
+    auto record = init::ParseRecord(it->second);
+    if (record["state"] != "running") {
+      return Error::Make(ErrorCode::kInvalidState,
+                         fmt::format("service {} is not running: {} after {} start(s), last exit: {}",
+                                     spec.name, record["state"], record["starts"],
+                                     record["last_exit"]));
+    }
+  }
+  return {};
+}
+
+GateDecision Decide(bool needs_commit, bool all_passed) {
+  if (!needs_commit) return GateDecision::kReportOnly;
+  return all_passed ? GateDecision::kCommit : GateDecision::kMarkBadAndReboot;
+}
+
+std::vector<HealthCheck> HealthChecks() {
+  return {
+      {"services up", ServicesUp},
+      {"VAR writable", VarWritable},
+      {"slot state readable", StateRecordReadable},
+  };
+}
+
+}  // namespace ralph::health

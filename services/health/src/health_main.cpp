@@ -1,0 +1,87 @@
+// ralph-health: the commit gate, run by ralph-init once the services are
+// started. Runs every check of HealthChecks(); on a trial boot (or the first
+// boot) it commits the slot when all pass, otherwise marks it bad and asks
+// PID 1 to reboot so the firmware boots the committed slot.
+#include <signal.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "platform/log.h"
+#include "services/health/checks.h"
+#include "services/health/slot_gate.h"
+#include "services/init/boot_config.h"
+
+namespace {
+
+std::string BootedSlot(const ralph::health::HealthEnvironment& env) {
+  FILE* file = std::fopen(env.early_boot_record.c_str(), "re");
+  if (!file) return "";
+  std::string text;
+  char buffer[1024];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), file)) > 0) text.append(buffer, n);
+  std::fclose(file);
+  return ralph::init::ParseRecord(text)["slot"];
+}
+
+}  // namespace
+
+int main() {
+  using namespace ralph;
+  using namespace ralph::health;
+  LogInit("ralph-health", LogSink::kKmsg);
+  HealthEnvironment env;
+  std::string slot = BootedSlot(env);
+  std::string display = init::SlotDisplayName(slot);
+  if (slot.empty()) {
+    LogError("cannot tell the booted slot ({} unreadable): not judging this boot",
+             env.early_boot_record);
+    return 1;
+  }
+
+  bool all_passed = true;
+  for (const auto& check : HealthChecks()) {
+    auto result = check.run(env);
+    if (result) {
+      LogInfo("check '{}': ok", check.name);
+    } else {
+      all_passed = false;
+      LogError("check '{}': FAILED: {}", check.name, result.error().ToString());
+    }
+  }
+
+  auto view = ReadSlotView(slot);
+  if (!view) {
+    LogError("slot {}: reading the slot state: {}: cannot commit or mark bad",
+             display, view.error().ToString());
+    return 1;
+  }
+  switch (Decide(view->needs_commit, all_passed)) {
+    case GateDecision::kCommit: {
+      auto commit = CommitSlot(slot);
+      if (!commit) {
+        LogError("slot {}: health passed but committing failed: {}", display,
+                 commit.error().ToString());
+        return 1;
+      }
+      auto after = ReadSlotView(slot);
+      LogInfo("health gate passed: slot {} committed ({})", display,
+              after ? after->summary : view->summary);
+      return 0;
+    }
+    case GateDecision::kMarkBadAndReboot: {
+      auto bad = MarkSlotBad(slot);
+      if (!bad) LogError("slot {}: marking bad failed: {}", display, bad.error().ToString());
+      LogError("health gate failed: slot {} marked bad; rebooting into the committed slot",
+               display);
+      ::kill(1, SIGTERM);
+      return 1;
+    }
+    case GateDecision::kReportOnly:
+      LogInfo("health gate {}: slot {} already committed ({})",
+              all_passed ? "passed" : "FAILED", display, view->summary);
+      return all_passed ? 0 : 1;
+  }
+  return 1;
+}

@@ -1,0 +1,34 @@
+// What early boot and PID 1 read from the kernel command line, and the
+// hand-over record early boot leaves in /run for PID 1 and the health gate.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "platform/result.h"
+
+namespace ralph::init {
+
+struct BootConfig {
+  std::string root_partlabel;  // from root=PARTLABEL=SYSTEM_A
+  std::string slot;            // from ralph.slot=a|b|recovery
+  int watchdog_seconds = 20;   // from ralph.watchdog=N; 0 disables
+  std::string init = "/sbin/ralph-init";  // from ralph.init=<path>
+};
+
+// Parses /proc/cmdline. kInvalidArgument when root= is not a PARTLABEL= or
+// ralph.slot= is missing or unknown.
+Result<BootConfig> ParseKernelCmdline(std::string_view cmdline);
+
+// The slot letter in upper case for messages and SlotManager ("A", "B",
+// "RECOVERY").
+std::string SlotDisplayName(std::string_view slot);
+
+// /run/ralph/early-boot: "key=value" lines.
+inline constexpr const char* kEarlyBootRecordPath = "/run/ralph/early-boot";
+std::string RenderRecord(const std::map<std::string, std::string>& values);
+std::map<std::string, std::string> ParseRecord(std::string_view text);
+
+}  // namespace ralph::init

@@ -1,0 +1,326 @@
+// ralph-early-boot: /init in the initrd (no shell). Loads the kernel modules
+// the appliance needs, finds the partitions by PARTLABEL, arms the watchdog,
+// mounts the slot's root read-only and VAR (formatting it on first boot,
+// checking it every boot), then switches root into ralph-init.
+//
+// Any failure to reach the slot's root is fatal: it is reported on the
+// console and the machine reboots, so the firmware falls back to the
+// committed slot when this was a trial boot (BootNext is already consumed).
+#include <fcntl.h>
+#include <linux/module.h>
+#include <linux/watchdog.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "platform/log.h"
+#include "platform/unique_fd.h"
+#include "services/init/boot_config.h"
+#include "services/init/mounts.h"
+#include "services/init/partitions.h"
+
+namespace ralph::init {
+namespace {
+
+constexpr const char* kNewRoot = "/sysroot";
+constexpr auto kPartitionWait = std::chrono::seconds(10);
+
+Result<std::string> ReadSmallFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
+  std::string out;
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
+    if (n == 0) break;
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+Result<void> WriteSmallFile(const std::string& path, const std::string& content) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd) return Error::FromErrno(fmt::format("create {}", path), errno);
+  if (::write(fd.get(), content.data(), content.size()) != static_cast<ssize_t>(content.size())) {
+    return Error::FromErrno(fmt::format("write {}", path), errno);
+  }
+  return {};
+}
+
+[[noreturn]] void FatalReboot(const Error& error) {
+  LogError("{}", error.ToString());
+  LogError("cannot boot this slot: rebooting in 5 s (the firmware falls back to the committed "
+           "slot)");
+  ::sync();
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  ::reboot(RB_AUTOBOOT);
+  // reboot(2) only returns on failure; PID 1 must not exit.
+  for (;;) ::pause();
+}
+
+// Loads each module listed in /etc/ralph/modules (dependencies first, as
+// ralph-mkimage resolved them from modules.dep).
+void LoadModules() {
+  auto list = ReadSmallFile("/etc/ralph/modules");
+  if (!list) {
+    LogError("loading modules: {}", list.error().ToString());
+    return;
+  }
+  std::istringstream lines(*list);
+  int loaded = 0;
+  for (std::string path; std::getline(lines, path);) {
+    if (path.empty()) continue;
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
+      LogError("loading module {}: {}", path, Error::FromErrno("open", errno).ToString());
+      continue;
+    }
+    // Debian may ship compressed modules; the kernel decompresses them
+    // itself when asked (finit_module(2), MODULE_INIT_COMPRESSED_FILE, 5.17+).
+    unsigned int flags = 0;
+    if (path.ends_with(".xz") || path.ends_with(".zst") || path.ends_with(".gz")) {
+      flags |= MODULE_INIT_COMPRESSED_FILE;
+    }
+    // glibc has no finit_module wrapper: raw syscall.
+    if (::syscall(SYS_finit_module, fd.get(), "", flags) != 0 && errno != EEXIST) {
+      LogError("loading module {}: {}", path, Error::FromErrno("finit_module", errno).ToString());
+      continue;
+    }
+    ++loaded;
+  }
+  LogInfo("loaded {} kernel modules", loaded);
+}
+
+// Arms the watchdog (softdog, loaded above, when the machine has none) and
+// closes it without the magic 'V': the watchdog keeps running, so a hang
+// anywhere from here until ralph-init pets it resets the machine.
+void ArmWatchdog(int seconds) {
+  if (seconds <= 0) return;
+  UniqueFd fd(::open("/dev/watchdog", O_WRONLY | O_CLOEXEC));
+  if (!fd) {
+    LogError("watchdog: {}: hangs will not reset the machine",
+             Error::FromErrno("open /dev/watchdog", errno).ToString());
+    return;
+  }
+  int timeout = seconds;
+  if (::ioctl(fd.get(), WDIOC_SETTIMEOUT, &timeout) != 0) {
+    LogWarning("watchdog: WDIOC_SETTIMEOUT {}: {}", seconds, Error::FromErrno("ioctl", errno).ToString());
+  }
+  int dummy = 0;
+  IgnoreError(Result<void>(::ioctl(fd.get(), WDIOC_KEEPALIVE, &dummy) == 0
+                               ? Result<void>()
+                               : Error::FromErrno("WDIOC_KEEPALIVE", errno)));
+  LogInfo("watchdog armed: {} s", timeout);
+}
+
+// Runs a tool from the initrd with the console as its output; returns its
+// exit status.
+Result<int> RunConsoleTool(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  std::vector<std::string> copy = argv;
+  for (auto& a : copy) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) return Error::FromErrno("fork", errno);
+  if (pid == 0) {
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return Error::FromErrno("waitpid", errno);
+  }
+  if (!WIFEXITED(status)) {
+    return Error::Make(ErrorCode::kIo, fmt::format("{} killed by signal {}", argv[0], WTERMSIG(status)));
+  }
+  if (WEXITSTATUS(status) == 127) {
+    return Error::Make(ErrorCode::kNotFound, fmt::format("{} could not be run", argv[0]));
+  }
+  return WEXITSTATUS(status);
+}
+
+Result<void> FormatVar(const std::string& device) {
+  int status = TRY(RunConsoleTool({"/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-L", "VAR", device}));
+  if (status != 0) {
+    return Error::Make(ErrorCode::kIo, fmt::format("mke2fs {} failed with exit status {}", device, status));
+  }
+  return {};
+}
+
+// Makes VAR mountable and says what was done: "formatted" on first boot,
+// "clean", "repaired", or "re-created" when it was beyond repair.
+Result<std::string> PrepareVar(const std::string& device) {
+  std::vector<uint8_t> head(4096);
+  {
+    UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return Error::FromErrno(fmt::format("open {}", device), errno);
+    if (::pread(fd.get(), head.data(), head.size(), 0) != static_cast<ssize_t>(head.size())) {
+      return Error::FromErrno(fmt::format("read {}", device), errno);
+    }
+  }
+  switch (ClassifyVarHead(head)) {
+    case VarContent::kBlank:
+      LogInfo("VAR ({}) is blank: first boot, creating the ext4 filesystem", device);
+      TRY_CTX(FormatVar(device), "formatting VAR");
+      return std::string("formatted");
+    case VarContent::kUnknown:
+      LogError("VAR ({}) holds no ext4 filesystem (corrupt superblock or foreign data): "
+               "re-creating it; its previous contents are lost",
+               device);
+      TRY_CTX(FormatVar(device), "re-creating VAR");
+      return std::string("re-created");
+    case VarContent::kExt4: break;
+  }
+  // -p repairs what is safe without questions; it is quick on a clean
+  // filesystem and does the full check after an unclean shutdown.
+  int status = TRY(RunConsoleTool({"/sbin/e2fsck", "-p", device}));
+  FsckOutcome outcome = InterpretFsckStatus(status);
+  if (outcome == FsckOutcome::kClean) return std::string("clean");
+  if (outcome == FsckOutcome::kRepaired) {
+    LogWarning("VAR ({}): filesystem errors were corrected (e2fsck exit status {})", device, status);
+    return std::string("repaired");
+  }
+  LogError("VAR ({}): filesystem check failed (e2fsck -p exit status {}): trying e2fsck -y",
+           device, status);
+  status = TRY(RunConsoleTool({"/sbin/e2fsck", "-y", device}));
+  if (InterpretFsckStatus(status) != FsckOutcome::kFailed) return std::string("repaired");
+  LogError("VAR ({}): filesystem is corrupt beyond repair (e2fsck -y exit status {}): "
+           "re-creating it; its previous contents are lost",
+           device, status);
+  TRY_CTX(FormatVar(device), "re-creating VAR");
+  return std::string("re-created");
+}
+
+Result<void> MountRoot(const BootConfig& config, const std::string& device) {
+  std::vector<uint8_t> head(4);
+  UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", device), errno);
+  if (::pread(fd.get(), head.data(), head.size(), 0) != 4) {
+    return Error::FromErrno(fmt::format("read {}", device), errno);
+  }
+  if (!(head[0] == 'h' && head[1] == 's' && head[2] == 'q' && head[3] == 's')) {
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("slot {} root {} ({}) is not a squashfs filesystem (magic "
+                                   "{:02x}{:02x}{:02x}{:02x})",
+                                   SlotDisplayName(config.slot), config.root_partlabel, device,
+                                   head[0], head[1], head[2], head[3]));
+  }
+  if (::mount(device.c_str(), kNewRoot, "squashfs", MS_RDONLY | MS_NODEV, nullptr) != 0) {
+    return Error::FromErrno(fmt::format("mounting slot {} root {} ({}) read-only",
+                                        SlotDisplayName(config.slot), config.root_partlabel, device),
+                            errno);
+  }
+  return {};
+}
+
+Result<void> SwitchRoot(const std::string& init) {
+  for (const char* dir : {"/dev", "/proc", "/sys", "/run"}) {
+    std::string target = std::string(kNewRoot) + dir;
+    if (::mount(dir, target.c_str(), nullptr, MS_MOVE, nullptr) != 0) {
+      return Error::FromErrno(fmt::format("moving {} to {}", dir, target), errno);
+    }
+  }
+  // The initramfs stays in memory (a few MiB): it cannot be unmounted, and
+  // freeing its files is an optimisation left for later.
+  if (::chdir(kNewRoot) != 0) return Error::FromErrno("chdir /sysroot", errno);
+  if (::mount(".", "/", nullptr, MS_MOVE, nullptr) != 0) {
+    return Error::FromErrno("moving /sysroot to /", errno);
+  }
+  if (::chroot(".") != 0) return Error::FromErrno("chroot", errno);
+  if (::chdir("/") != 0) return Error::FromErrno("chdir /", errno);
+  std::string arg0 = init;
+  char* argv[] = {arg0.data(), nullptr};
+  ::execv(init.c_str(), argv);
+  return Error::FromErrno(fmt::format("exec {}", init), errno);
+}
+
+Result<void> Run() {
+  std::vector<Error> optional_failures;
+  TRY_CTX(ApplyMounts(EarlyMounts(), &optional_failures), "early mounts");
+  LogInit("ralph-early-boot", LogSink::kKmsg);
+  std::string cmdline = TRY(ReadSmallFile("/proc/cmdline"));
+  BootConfig config = TRY(ParseKernelCmdline(cmdline));
+  LogInfo("booting slot {} (root {})", SlotDisplayName(config.slot), config.root_partlabel);
+  LoadModules();
+  ArmWatchdog(config.watchdog_seconds);
+
+  auto deadline = std::chrono::steady_clock::now() + kPartitionWait;
+  std::map<std::string, std::string> partitions;
+  for (;;) {
+    partitions = TRY(FindPartitionsByLabel("/sys/class/block"));
+    if (partitions.count(config.root_partlabel) && partitions.count("VAR")) break;
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  for (const char* label : {"EFI", "SYSTEM_A", "SYSTEM_B", "VAR", "RECOVERY"}) {
+    if (!partitions.count(label)) {
+      LogError("partition {} not found: the disk's GPT has no partition labelled {} (missing or "
+               "mis-labelled)",
+               label, label);
+    }
+  }
+  auto root = partitions.find(config.root_partlabel);
+  if (root == partitions.end()) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("slot {}: root partition {} not found after {} s",
+                                   SlotDisplayName(config.slot), config.root_partlabel,
+                                   kPartitionWait.count()));
+  }
+  TRY(MountRoot(config, root->second));
+
+  std::map<std::string, std::string> record = {{"slot", config.slot},
+                                               {"root", root->second}};
+  std::string var_target = std::string(kNewRoot) + "/var";
+  auto var = partitions.find("VAR");
+  Result<std::string> var_state = var == partitions.end()
+                                      ? Result<std::string>(Error::Make(ErrorCode::kNotFound, "no VAR partition"))
+                                      : PrepareVar(var->second);
+  if (var_state && ::mount(var->second.c_str(), var_target.c_str(), "ext4", MS_NOSUID | MS_NODEV,
+                           "errors=remount-ro") != 0) {
+    var_state = Error::FromErrno(fmt::format("mounting VAR ({})", var->second), errno);
+  }
+  if (!var_state) {
+    // The slot still boots so it can be reached and repaired; the health
+    // gate refuses to commit a trial on a degraded VAR.
+    LogError("VAR unavailable: {}: /var is a temporary tmpfs for this boot",
+             var_state.error().ToString());
+    if (::mount("tmpfs", var_target.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0) {
+      return Error::FromErrno("mounting a tmpfs on /var", errno);
+    }
+    record["var"] = "tmpfs";
+  } else {
+    record["var"] = *var_state;
+    LogInfo("VAR {} ({}), mounted on /var", *var_state, var->second);
+  }
+  if (::mkdir("/run/ralph", 0755) != 0 && errno != EEXIST) {
+    return Error::FromErrno("mkdir /run/ralph", errno);
+  }
+  TRY(WriteSmallFile(kEarlyBootRecordPath, RenderRecord(record)));
+  LogInfo("switching root to slot {}: {}", SlotDisplayName(config.slot), config.init);
+  return SwitchRoot(config.init);
+}
+
+}  // namespace
+}  // namespace ralph::init
+
+int main() {
+  ralph::LogInit("ralph-early-boot", ralph::LogSink::kStderr);
+  auto result = ralph::init::Run();
+  // Run() only returns on failure (success execs ralph-init).
+  ralph::init::FatalReboot(result ? ralph::Error::Make(ralph::ErrorCode::kInternal, "early boot returned")
+                                  : result.error());
+}

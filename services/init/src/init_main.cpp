@@ -1,0 +1,342 @@
+// ralph-init: PID 1 of a RalphOS slot.
+//
+// Mounts the API file systems with hardened flags, pets the watchdog that
+// early boot armed, starts the services of /etc/ralph/services.conf in
+// dependency order with restart backoff, reaps every zombie, and shuts down
+// in order on SIGTERM/SIGINT (reboot) or SIGUSR2 (power off). It never exits:
+// a fatal error is logged and held, and the watchdog, no longer petted,
+// resets the machine (on a trial boot the firmware then falls back).
+#include <fcntl.h>
+#include <linux/watchdog.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <optional>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "platform/log.h"
+#include "platform/unique_fd.h"
+#include "services/init/boot_config.h"
+#include "services/init/boot_state.h"
+#include "services/init/mounts.h"
+#include "services/init/supervisor.h"
+
+// Inside Init only: a setup failure is held, never returned from PID 1.
+#define TRY_OR_HOLD(expr, what)                              \
+  do {                                                       \
+    auto _result = (expr);                                   \
+    if (!_result) Hold(std::move(_result).error().WithContext(what)); \
+  } while (0)
+
+namespace ralph::init {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kStopGrace = std::chrono::seconds(5);
+
+Result<std::string> ReadSmallFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
+  std::string out;
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
+    if (n == 0) break;
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+void WriteFileAtomically(const std::string& path, const std::string& content) {
+  std::string tmp = path + ".tmp";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd) return;
+  if (::write(fd.get(), content.data(), content.size()) == static_cast<ssize_t>(content.size())) {
+    ::rename(tmp.c_str(), path.c_str());
+  }
+}
+
+class Watchdog {
+ public:
+  void Open(int seconds) {
+    if (seconds <= 0) return;
+    fd_.reset(::open("/dev/watchdog", O_WRONLY | O_CLOEXEC));
+    if (!fd_) {
+      LogError("watchdog: {}: hangs will not reset the machine",
+               Error::FromErrno("open /dev/watchdog", errno).ToString());
+      return;
+    }
+    int timeout = seconds;
+    ::ioctl(fd_.get(), WDIOC_SETTIMEOUT, &timeout);
+    ::ioctl(fd_.get(), WDIOC_GETTIMEOUT, &timeout);
+    period_ = std::chrono::milliseconds(std::max(1, timeout) * 1000 / 3);
+    Pet(Clock::now());
+    LogInfo("watchdog open: timeout {} s, petted every {} ms", timeout, period_.count());
+  }
+  void Pet(Clock::time_point now) {
+    if (!fd_) return;
+    int dummy = 0;
+    ::ioctl(fd_.get(), WDIOC_KEEPALIVE, &dummy);
+    next_ = now + period_;
+  }
+  std::optional<Clock::time_point> next() const {
+    if (!fd_) return std::nullopt;
+    return next_;
+  }
+
+ private:
+  UniqueFd fd_;
+  std::chrono::milliseconds period_{5000};
+  Clock::time_point next_{};
+};
+
+class ForkLauncher : public ProcessLauncherInterface {
+ public:
+  Result<pid_t> Launch(const ServiceSpec& spec) override {
+    int exec_pipe[2];
+    if (::pipe2(exec_pipe, O_CLOEXEC) != 0) return Error::FromErrno("pipe2", errno);
+    UniqueFd exec_read(exec_pipe[0]), exec_write(exec_pipe[1]);
+    std::vector<std::string> argv_strings = {spec.exec};
+    argv_strings.insert(argv_strings.end(), spec.args.begin(), spec.args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_strings) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = ::fork();
+    if (pid < 0) return Error::FromErrno(fmt::format("fork for {}", spec.name), errno);
+    if (pid == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::setsid();
+      int null_fd = ::open("/dev/null", O_RDONLY);
+      int console = ::open("/dev/console", O_WRONLY | O_NOCTTY);
+      if (null_fd >= 0) ::dup2(null_fd, STDIN_FILENO);
+      if (console >= 0) {
+        ::dup2(console, STDOUT_FILENO);
+        ::dup2(console, STDERR_FILENO);
+      }
+      char* envp[] = {const_cast<char*>("PATH=/usr/bin:/sbin:/bin"), nullptr};
+      ::execve(argv[0], argv.data(), envp);
+      int err = errno;
+      (void)!::write(exec_write.get(), &err, sizeof(err));
+      ::_exit(127);
+    }
+    exec_write.reset();
+    int err = 0;
+    ssize_t n;
+    do {
+      n = ::read(exec_read.get(), &err, sizeof(err));
+    } while (n < 0 && errno == EINTR);
+    if (n == sizeof(err)) {
+      // The child exits 127 and is reaped by the main loop as an orphan.
+      return Error::FromErrno(fmt::format("exec {}", spec.exec), err);
+    }
+    return pid;
+  }
+  void Signal(pid_t pid, int signal) override { ::kill(pid, signal); }
+};
+
+enum class Shutdown { kNone, kReboot, kPowerOff };
+
+class Init {
+ public:
+  void Main() {
+    TRY_OR_HOLD(SetUp(), "setting up");
+    auto services = LoadServices();
+    if (!services) Hold(services.error().WithContext("loading services"));
+    ForkLauncher launcher;
+    auto supervisor = Supervisor::Create(std::move(*services), &launcher,
+                                         [](const std::string& name, const ServiceStatus& s) {
+                                           OnServiceChange(name, s);
+                                         });
+    if (!supervisor) Hold(supervisor.error().WithContext("ordering services"));
+    Loop(*supervisor);
+  }
+
+ private:
+  Result<void> SetUp() {
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGPWR}) {
+      sigaddset(&mask, sig);
+    }
+    if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return Error::FromErrno("sigprocmask", errno);
+    signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!signal_fd_) return Error::FromErrno("signalfd", errno);
+
+    std::vector<Error> optional_failures;
+    TRY_CTX(ApplyMounts(Pid1Mounts(), &optional_failures), "mounting API file systems");
+    for (const auto& failure : optional_failures) LogWarning("{}", failure.ToString());
+
+    auto record_text = ReadSmallFile(kEarlyBootRecordPath);
+    std::map<std::string, std::string> record;
+    if (record_text) record = ParseRecord(*record_text);
+    slot_ = record.count("slot") ? record["slot"] : "";
+    int watchdog_seconds = 20;
+    if (auto cmdline = ReadSmallFile("/proc/cmdline")) {
+      if (auto config = ParseKernelCmdline(*cmdline)) {
+        watchdog_seconds = config->watchdog_seconds;
+        if (slot_.empty()) slot_ = config->slot;
+      }
+    }
+    LogInfo("RalphOS slot {} up as PID 1", SlotDisplayName(slot_));
+    watchdog_.Open(watchdog_seconds);
+
+    for (const char* dir : {"/run/ralph", "/run/ralph/services", "/var/lib", "/var/lib/ralph",
+                            "/var/log"}) {
+      if (::mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        LogWarning("{}", Error::FromErrno(fmt::format("mkdir {}", dir), errno).ToString());
+      }
+    }
+    // Boot-entry repair (first-boot provisioning included) and the trial
+    // bookkeeping of this boot; failures are reported, the boot goes on so
+    // the machine stays reachable.
+    if (auto boot = OnBootState(slot_); !boot) {
+      LogError("boot state: {}", boot.error().ToString());
+    }
+    return {};
+  }
+
+  Result<std::vector<ServiceSpec>> LoadServices() {
+    std::string text = TRY(ReadSmallFile(kServicesConfPath));
+    return ParseServicesConf(text);
+  }
+
+  static void OnServiceChange(const std::string& name, const ServiceStatus& status) {
+    switch (status.state) {
+      case ServiceState::kRunning: LogInfo("service {} started (pid {})", name, status.pid); break;
+      case ServiceState::kBackoff:
+        LogError("service {} failed ({}); restarting in {} ms", name, status.last_exit,
+                 RestartDelay(status.consecutive_failures).count());
+        break;
+      case ServiceState::kSucceeded: LogInfo("service {} finished", name); break;
+      case ServiceState::kFailed: LogError("service {} failed ({})", name, status.last_exit); break;
+      case ServiceState::kStopped: LogInfo("service {} stopped", name); break;
+      case ServiceState::kWaiting: break;
+    }
+    WriteFileAtomically("/run/ralph/services/" + name, RenderServiceStatus(status));
+  }
+
+  void Reap(Supervisor* supervisor) {
+    for (;;) {
+      int status = 0;
+      pid_t pid = ::waitpid(-1, &status, WNOHANG);
+      if (pid <= 0) return;
+      if (supervisor) supervisor->OnExit(pid, status, Clock::now());
+    }
+  }
+
+  // Drains the signalfd; returns a shutdown request if one came.
+  Shutdown HandleSignals(Supervisor* supervisor) {
+    Shutdown request = Shutdown::kNone;
+    signalfd_siginfo info{};
+    while (::read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+      switch (info.ssi_signo) {
+        case SIGCHLD: Reap(supervisor); break;
+        case SIGTERM:
+        case SIGINT: request = Shutdown::kReboot; break;
+        case SIGUSR2:
+        case SIGPWR: request = Shutdown::kPowerOff; break;
+        default: break;
+      }
+    }
+    Reap(supervisor);  // SIGCHLDs coalesce
+    return request;
+  }
+
+  int PollTimeoutMs(std::optional<Clock::time_point> next_start) {
+    auto now = Clock::now();
+    std::optional<Clock::time_point> wake = watchdog_.next();
+    if (next_start && (!wake || *next_start < *wake)) wake = next_start;
+    if (!wake) return 60000;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*wake - now).count();
+    return static_cast<int>(std::clamp<int64_t>(ms, 0, 60000));
+  }
+
+  void Loop(Supervisor& supervisor) {
+    for (;;) {
+      auto next_start = supervisor.Tick(Clock::now());
+      pollfd pfd{signal_fd_.get(), POLLIN, 0};
+      ::poll(&pfd, 1, PollTimeoutMs(next_start));
+      Shutdown request = HandleSignals(&supervisor);
+      auto now = Clock::now();
+      if (watchdog_.next() && *watchdog_.next() <= now) watchdog_.Pet(now);
+      if (request != Shutdown::kNone) ShutDown(supervisor, request);
+    }
+  }
+
+  [[noreturn]] void ShutDown(Supervisor& supervisor, Shutdown request) {
+    LogInfo("{}: stopping services", request == Shutdown::kReboot ? "reboot" : "power off");
+    supervisor.BeginStop();
+    auto deadline = Clock::now() + kStopGrace;
+    while (supervisor.AnyRunning() && Clock::now() < deadline) {
+      pollfd pfd{signal_fd_.get(), POLLIN, 0};
+      ::poll(&pfd, 1, 200);
+      HandleSignals(&supervisor);
+      watchdog_.Pet(Clock::now());
+    }
+    if (supervisor.AnyRunning()) {
+      LogWarning("services still running after {} s: killing them", kStopGrace.count());
+      supervisor.KillRemaining();
+      ::usleep(200 * 1000);
+      HandleSignals(&supervisor);
+    }
+    ::kill(-1, SIGKILL);  // stray processes outside the services
+    ::sync();
+    if (::umount2("/var", 0) != 0) {
+      LogWarning("{}", Error::FromErrno("unmounting /var", errno).ToString());
+      ::mount(nullptr, "/var", nullptr, MS_REMOUNT | MS_RDONLY, nullptr);
+    }
+    ::sync();
+    LogInfo("{} now", request == Shutdown::kReboot ? "rebooting" : "powering off");
+    ::reboot(request == Shutdown::kReboot ? RB_AUTOBOOT : RB_POWER_OFF);
+    Hold(Error::FromErrno("reboot", errno));
+  }
+
+  // PID 1 must never exit (the kernel would panic). A fatal error is
+  // reported and held; zombies are still reaped, the watchdog is no longer
+  // petted, so the machine resets.
+  [[noreturn]] void Hold(const Error& error) {
+    LogError("fatal: {}: holding; the watchdog will reset the machine", error.ToString());
+    for (;;) {
+      if (signal_fd_) {
+        pollfd pfd{signal_fd_.get(), POLLIN, 0};
+        ::poll(&pfd, 1, -1);
+        HandleSignals(nullptr);
+      } else {
+        ::pause();
+        Reap(nullptr);
+      }
+    }
+  }
+
+  UniqueFd signal_fd_;
+  Watchdog watchdog_;
+  std::string slot_;
+};
+
+}  // namespace
+}  // namespace ralph::init
+
+int main() {
+  ralph::LogInit("ralph-init", ralph::LogSink::kKmsg);
+  if (::getpid() != 1) {
+    ralph::LogError("ralph-init must run as PID 1 (it is pid {})", ::getpid());
+    return 1;
+  }
+  ralph::init::Init init;
+  init.Main();
+}
