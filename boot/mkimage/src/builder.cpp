@@ -1,7 +1,6 @@
 #include "boot/mkimage/builder.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +15,7 @@
 #include "boot/mkimage/cpio.h"
 #include "boot/mkimage/host_tools.h"
 #include "platform/log.h"
+#include "platform/sha256.h"
 #include "platform/unique_fd.h"
 
 namespace ralph::mkimage {
@@ -31,10 +31,6 @@ constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 const std::vector<std::string> kWantedModules = {
     "virtio_pci", "virtio_blk", "virtio_console", "efivarfs", "squashfs", "overlay",
     "nf_tables",  "softdog",    "vfat",           "nls_cp437", "nls_ascii", "ext4",
-};
-
-struct EvpMdCtxDeleter {
-  void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
 };
 
 Result<std::string> ReadFile(const std::string& path) {
@@ -315,24 +311,16 @@ Result<SlotVariant> ParseSlotVariant(std::string_view text) {
 Result<std::string> FileSha256(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  std::unique_ptr<EVP_MD_CTX, EvpMdCtxDeleter> ctx(EVP_MD_CTX_new());
-  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
-    return Error::Make(ErrorCode::kInternal, "EVP_DigestInit_ex(sha256) failed");
-  }
-  std::vector<unsigned char> buffer(kMiB);
+  Sha256 hasher = TRY(Sha256::Create());
+  std::vector<uint8_t> buffer(kMiB);
   for (;;) {
     ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
     if (n == 0) break;
-    EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(n));
+    TRY(hasher.Update(std::span<const uint8_t>(buffer.data(), static_cast<size_t>(n))));
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(ctx.get(), digest, &length);
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
-  return hex;
+  return DigestToHex(TRY(hasher.Finish()));
 }
 
 Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& package,
@@ -422,7 +410,11 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
                                                                           : "ralph-init";
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, init_binary)), "/sbin/ralph-init"});
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-health")), "/usr/bin/ralph-health"});
-  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
+  if (auto ralphctl = ProjectBinary(inputs.bin_dir, "ralphctl")) {
+    binaries.push_back({*ralphctl, "/usr/bin/ralphctl"});
+  } else {
+    LogWarning("{}: the slot has no ralphctl", ralphctl.error().ToString());
+  }
 
   // The service list: one line per service the slot runs (services/init
   // documents the format). Later capabilities add their daemons here.

@@ -1,13 +1,13 @@
 #include "boot/mkimage/plan.h"
 
-#include <openssl/sha.h>
-
 #include <algorithm>
 #include <functional>
 #include <set>
 #include <sstream>
 
 #include <fmt/format.h>
+
+#include "platform/sha256.h"
 
 namespace ralph::mkimage {
 namespace {
@@ -62,10 +62,11 @@ Result<std::vector<PartitionSpec>> ApplianceLayout(const LayoutSizes& sizes) {
 
 std::string DeterministicUuid(std::string_view seed, std::string_view name) {
   std::string input = fmt::format("{}/{}", seed, name);
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(input.data()), input.size(), digest);
-  digest[6] = static_cast<unsigned char>((digest[6] & 0x0f) | 0x40);  // version 4
-  digest[8] = static_cast<unsigned char>((digest[8] & 0x3f) | 0x80);  // RFC 4122 variant
+  // SHA-256 of a short string only fails when OpenSSL cannot allocate.
+  auto hashed = Sha256::Of(std::span(reinterpret_cast<const uint8_t*>(input.data()), input.size()));
+  Sha256Digest digest = hashed ? *hashed : Sha256Digest{};
+  digest[6] = static_cast<uint8_t>((digest[6] & 0x0f) | 0x40);  // version 4
+  digest[8] = static_cast<uint8_t>((digest[8] & 0x3f) | 0x80);  // RFC 4122 variant
   std::string hex;
   for (int i = 0; i < 16; ++i) {
     if (i == 4 || i == 6 || i == 8 || i == 10) hex += '-';
@@ -191,7 +192,8 @@ std::string KernelCmdline(BootTarget target, const CmdlineOptions& options) {
   // reports a missing one on the console; panic= makes a kernel that never
   // reaches early boot reboot so the firmware falls back.
   std::string cmdline = fmt::format(
-      "root=PARTLABEL={} ralph.slot={} ro panic={} console={} ralph.watchdog={}",
+      "root=PARTLABEL={} ralph.slot={} ro panic={} console={} ralph.watchdog={} "
+      "printk.devkmsg=on",
       TargetPartLabel(target), TargetName(target), options.panic_seconds, options.console,
       options.watchdog_seconds);
   if (options.quiet) cmdline += " quiet";

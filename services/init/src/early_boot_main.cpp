@@ -154,7 +154,7 @@ Result<int> RunConsoleTool(const std::vector<std::string>& argv) {
 }
 
 Result<void> FormatVar(const std::string& device) {
-  int status = TRY(RunConsoleTool({"/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-L", "VAR", device}));
+  int status = TRY(RunConsoleTool({"/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-L", "VAR", "-E", "lazy_itable_init=1,lazy_journal_init=1", device}));
   if (status != 0) {
     return Error::Make(ErrorCode::kIo, fmt::format("mke2fs {} failed with exit status {}", device, status));
   }

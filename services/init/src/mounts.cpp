@@ -94,7 +94,10 @@ std::vector<std::string> ParseMountPoints(std::string_view mountinfo) {
 Result<void> ApplyMounts(const std::vector<MountSpec>& specs,
                          std::vector<Error>* optional_failures) {
   for (const auto& spec : specs) {
-    std::vector<std::string> mounted = ParseMountPoints(TRY(ReadMountinfo()));
+    // Before /proc is mounted there is no mountinfo: nothing is mounted yet.
+    auto mountinfo = ReadMountinfo();
+    std::vector<std::string> mounted =
+        mountinfo ? ParseMountPoints(*mountinfo) : std::vector<std::string>();
     if (std::find(mounted.begin(), mounted.end(), spec.target) != mounted.end()) continue;
     auto result = [&]() -> Result<void> {
       TRY(MakeDirectories(spec.target, spec.mode));

@@ -82,7 +82,7 @@ struct CmdlineOptions {
   std::string console = "ttyS0";
   int panic_seconds = 5;
   int watchdog_seconds = 20;
-  bool quiet = true;
+  bool quiet = false;
   std::string extra;  // appended verbatim
 };
 
