@@ -228,44 +228,28 @@ Result<void> BuildEsp(uint64_t size_bytes, const std::vector<std::pair<std::stri
   return {};
 }
 
-Result<void> WriteGpt(const DiskPlan& plan, const std::string& disk) {
-  // TODO(appliance): switch to drivers/gpt.h (libfdisk) once it lands; sfdisk
-  // is libfdisk's own front end, so the on-disk result is the same.
-  std::string script = fmt::format("label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n",
-                                   plan.disk_uuid);
-  for (const auto& p : plan.partitions) {
-    const char* type = p.spec.type == PartitionType::kEfiSystem
-                           ? "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-                           : "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-    script += fmt::format("start={}, size={}, type={}, uuid={}, name=\"{}\"\n", p.start_lba,
-                          p.size_lba, type, p.part_uuid, p.spec.label);
+Result<void> CopyIntoDisk(const std::string& image, const DiskLayout& layout,
+                          std::string_view label) {
+  const PartitionInfo* partition = layout.Find(label);
+  if (!partition) {
+    return Error::Make(ErrorCode::kInternal, fmt::format("the new GPT has no {} partition", label));
   }
-  std::string script_file = disk + ".sfdisk";
-  TRY(WriteFile(script_file, script));
-  TRY_CTX(RunTool({{"sh", "-c", "sfdisk --no-reread --no-tell-kernel -q \"$0\" < \"$1\"", disk,
-                    script_file}}),
-          "writing the GPT");
-  ::unlink(script_file.c_str());
-  return {};
-}
-
-Result<void> CopyIntoDisk(const std::string& image, const std::string& disk,
-                          const PlacedPartition& partition) {
+  const std::string& disk = layout.disk;
   UniqueFd in(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return Error::FromErrno(fmt::format("open {}", image), errno);
   struct stat st {};
   if (::fstat(in.get(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", image), errno);
-  if (static_cast<uint64_t>(st.st_size) > partition.size_bytes()) {
+  if (static_cast<uint64_t>(st.st_size) > partition->size_bytes()) {
     return Error::Make(ErrorCode::kNoSpace,
                        fmt::format("{} image is {} MiB but the partition holds {} MiB: raise its "
                                    "size option",
-                                   partition.spec.label, (st.st_size + kMiB - 1) / kMiB,
-                                   partition.size_bytes() / kMiB));
+                                   label, (st.st_size + kMiB - 1) / kMiB,
+                                   partition->size_bytes() / kMiB));
   }
   UniqueFd out(::open(disk.c_str(), O_WRONLY | O_CLOEXEC));
   if (!out) return Error::FromErrno(fmt::format("open {}", disk), errno);
   std::vector<char> buffer(4 * kMiB);
-  uint64_t offset = partition.offset_bytes();
+  uint64_t offset = partition->offset_bytes();
   for (;;) {
     ssize_t n = ::read(in.get(), buffer.data(), buffer.size());
     if (n < 0 && errno == EINTR) continue;
@@ -517,31 +501,23 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
         TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_b", system_b), "building slot B");
   }
 
-  std::vector<PartitionSpec> layout = TRY(ApplianceLayout(options.sizes));
-  DiskPlan plan = TRY(PlanDisk(layout, options.seed));
+  GptSpec gpt = TRY(ApplianceGpt(options.sizes, options.seed));
   std::string esp = work + "/esp.img";
-  TRY(BuildEsp(plan.Find("EFI")->size_bytes(), esp_files, options.seed, esp));
+  TRY(BuildEsp(gpt.partitions[0].size_bytes, esp_files, options.seed, esp));
 
   std::string tmp_disk = options.output + ".tmp";
-  ::unlink(tmp_disk.c_str());
-  {
-    UniqueFd disk(::open(tmp_disk.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (!disk) return Error::FromErrno(fmt::format("create {}", tmp_disk), errno);
-    if (::ftruncate(disk.get(), static_cast<off_t>(plan.total_bytes)) != 0) {
-      return Error::FromErrno(fmt::format("size {}", tmp_disk), errno);
-    }
-  }
-  TRY(WriteGpt(plan, tmp_disk));
-  TRY(CopyIntoDisk(esp, tmp_disk, *plan.Find("EFI")));
-  TRY(CopyIntoDisk(system_a, tmp_disk, *plan.Find("SYSTEM_A")));
-  TRY(CopyIntoDisk(system_b, tmp_disk, *plan.Find("SYSTEM_B")));
+  DiskLayout layout = TRY_CTX(CreateGptImage(tmp_disk, DiskBytesFor(gpt), gpt),
+                              fmt::format("writing the GPT of {}", tmp_disk));
+  TRY(CopyIntoDisk(esp, layout, kPartEfi));
+  TRY(CopyIntoDisk(system_a, layout, kPartSystemA));
+  TRY(CopyIntoDisk(system_b, layout, kPartSystemB));
   // RECOVERY holds the good system image for now; the rescue environment
   // (issue: recovery) replaces it. VAR stays blank: early boot formats it.
-  TRY(CopyIntoDisk(system_a, tmp_disk, *plan.Find("RECOVERY")));
+  TRY(CopyIntoDisk(system_a, layout, kPartRecovery));
   if (::rename(tmp_disk.c_str(), options.output.c_str()) != 0) {
     return Error::FromErrno(fmt::format("rename {} to {}", tmp_disk, options.output), errno);
   }
-  report.disk_bytes = plan.total_bytes;
+  report.disk_bytes = DiskBytesFor(gpt);
   return report;
 }
 

@@ -40,7 +40,7 @@ std::string PackageForTool(const std::string& tool) {
       {"apt-get", "apt"},         {"apt-cache", "apt"},       {"dpkg-deb", "dpkg"},
       {"depmod", "kmod"},         {"objcopy", "binutils"},    {"mksquashfs", "squashfs-tools"},
       {"mkfs.vfat", "dosfstools"}, {"mmd", "mtools"},         {"mcopy", "mtools"},
-      {"sfdisk", "fdisk"},        {"mke2fs", "e2fsprogs"},    {"e2fsck", "e2fsprogs"},
+      {"mke2fs", "e2fsprogs"},    {"e2fsck", "e2fsprogs"},      {"zstd", "zstd"},
   };
   auto it = kPackages.find(tool);
   return it == kPackages.end() ? std::string() : it->second;

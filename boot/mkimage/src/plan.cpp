@@ -12,11 +12,6 @@
 namespace ralph::mkimage {
 namespace {
 
-constexpr uint64_t kAlignLba = kMiB / kSectorSize;
-// Protective MBR + GPT header + 128 entries of 128 bytes = 34 sectors; the
-// first partition starts at 1 MiB as sfdisk/parted place it.
-constexpr uint64_t kGptTailLba = 33;
-
 std::string NormalizeModuleName(std::string_view name) {
   std::string out(name);
   std::replace(out.begin(), out.end(), '-', '_');
@@ -32,14 +27,7 @@ std::string_view Trim(std::string_view text) {
 
 }  // namespace
 
-const PlacedPartition* DiskPlan::Find(std::string_view label) const {
-  for (const auto& partition : partitions) {
-    if (partition.spec.label == label) return &partition;
-  }
-  return nullptr;
-}
-
-Result<std::vector<PartitionSpec>> ApplianceLayout(const LayoutSizes& sizes) {
+Result<GptSpec> ApplianceGpt(const LayoutSizes& sizes, std::string_view seed) {
   if (sizes.esp_mib < 64) {
     return Error::Make(ErrorCode::kInvalidArgument,
                        fmt::format("ESP size {} MiB is below the 64 MiB FAT32 minimum", sizes.esp_mib));
@@ -51,13 +39,24 @@ Result<std::vector<PartitionSpec>> ApplianceLayout(const LayoutSizes& sizes) {
                          fmt::format("{} size {} MiB is below the 8 MiB minimum", name, mib));
     }
   }
-  return std::vector<PartitionSpec>{
-      {"EFI", sizes.esp_mib * kMiB, PartitionType::kEfiSystem},
-      {"SYSTEM_A", sizes.system_mib * kMiB, PartitionType::kLinuxData},
-      {"SYSTEM_B", sizes.system_mib * kMiB, PartitionType::kLinuxData},
-      {"VAR", sizes.var_mib * kMiB, PartitionType::kLinuxData},
-      {"RECOVERY", sizes.recovery_mib * kMiB, PartitionType::kLinuxData},
+  GptSpec spec;
+  spec.disk_uuid = DeterministicUuid(seed, "disk");
+  auto add = [&](std::string_view label, uint64_t mib, PartitionType type) {
+    spec.partitions.push_back(
+        {std::string(label), mib * kMiB, type, DeterministicUuid(seed, label)});
   };
+  add(kPartEfi, sizes.esp_mib, PartitionType::kEfiSystem);
+  add(kPartSystemA, sizes.system_mib, PartitionType::kLinuxFilesystem);
+  add(kPartSystemB, sizes.system_mib, PartitionType::kLinuxFilesystem);
+  add(kPartVar, sizes.var_mib, PartitionType::kLinuxVar);
+  add(kPartRecovery, sizes.recovery_mib, PartitionType::kLinuxFilesystem);
+  return spec;
+}
+
+uint64_t DiskBytesFor(const GptSpec& spec) {
+  uint64_t total = 2 * kGptAlignmentBytes;
+  for (const auto& partition : spec.partitions) total += partition.size_bytes;
+  return total;
 }
 
 std::string DeterministicUuid(std::string_view seed, std::string_view name) {
@@ -73,38 +72,6 @@ std::string DeterministicUuid(std::string_view seed, std::string_view name) {
     hex += fmt::format("{:02x}", digest[i]);
   }
   return hex;
-}
-
-Result<DiskPlan> PlanDisk(const std::vector<PartitionSpec>& partitions, std::string_view seed) {
-  if (partitions.empty()) return Error::Make(ErrorCode::kInvalidArgument, "no partitions to place");
-  DiskPlan plan;
-  plan.disk_uuid = DeterministicUuid(seed, "disk");
-  uint64_t next_lba = kAlignLba;
-  std::set<std::string> labels;
-  uint32_t number = 1;
-  for (const auto& spec : partitions) {
-    if (!labels.insert(spec.label).second) {
-      return Error::Make(ErrorCode::kInvalidArgument,
-                         fmt::format("partition label {} is used twice", spec.label));
-    }
-    if (spec.size_bytes == 0 || spec.size_bytes % kMiB != 0) {
-      return Error::Make(ErrorCode::kInvalidArgument,
-                         fmt::format("partition {}: size {} is not a whole number of MiB",
-                                     spec.label, spec.size_bytes));
-    }
-    PlacedPartition placed;
-    placed.spec = spec;
-    placed.number = number++;
-    placed.start_lba = next_lba;
-    placed.size_lba = spec.size_bytes / kSectorSize;
-    placed.part_uuid = DeterministicUuid(seed, spec.label);
-    next_lba += placed.size_lba;
-    plan.partitions.push_back(std::move(placed));
-  }
-  // 1 MiB at the end for the backup GPT (33 sectors needed), keeping the size aligned.
-  static_assert(kGptTailLba < kAlignLba);
-  plan.total_bytes = (next_lba + kAlignLba) * kSectorSize;
-  return plan;
 }
 
 std::string ModuleNameFromPath(std::string_view path) {

@@ -10,39 +10,12 @@
 #include <string_view>
 #include <vector>
 
+#include "drivers/gpt.h"
 #include "platform/result.h"
 
 namespace ralph::mkimage {
 
 inline constexpr uint64_t kMiB = 1024 * 1024;
-inline constexpr uint32_t kSectorSize = 512;
-
-enum class PartitionType { kEfiSystem, kLinuxData };
-
-struct PartitionSpec {
-  std::string label;  // PARTLABEL: EFI, SYSTEM_A, SYSTEM_B, VAR, RECOVERY
-  uint64_t size_bytes = 0;
-  PartitionType type = PartitionType::kLinuxData;
-};
-
-struct PlacedPartition {
-  PartitionSpec spec;
-  uint32_t number = 0;  // 1-based GPT entry number
-  uint64_t start_lba = 0;
-  uint64_t size_lba = 0;
-  std::string part_uuid;  // lower-case text form
-
-  uint64_t offset_bytes() const { return start_lba * kSectorSize; }
-  uint64_t size_bytes() const { return size_lba * kSectorSize; }
-};
-
-struct DiskPlan {
-  uint64_t total_bytes = 0;
-  std::string disk_uuid;
-  std::vector<PlacedPartition> partitions;
-
-  const PlacedPartition* Find(std::string_view label) const;
-};
 
 struct LayoutSizes {
   uint64_t esp_mib = 160;
@@ -51,15 +24,15 @@ struct LayoutSizes {
   uint64_t recovery_mib = 48;
 };
 
-// The five partitions in disk order (EFI, SYSTEM_A, SYSTEM_B, VAR,
-// RECOVERY). kInvalidArgument for a size too small to hold anything (the ESP
-// must be >= 64 MiB so mkfs.vfat can make FAT32, the others >= 8 MiB).
-Result<std::vector<PartitionSpec>> ApplianceLayout(const LayoutSizes& sizes);
-
-// Places partitions 1 MiB-aligned after the primary GPT, leaving room for the
-// backup GPT at the end. Partition and disk GUIDs are derived from `seed` so
-// the same inputs give the same disk (and the same Boot#### device paths).
-Result<DiskPlan> PlanDisk(const std::vector<PartitionSpec>& partitions, std::string_view seed);
+// The GPT of the appliance disk (drivers/gpt.h applies it): EFI, SYSTEM_A,
+// SYSTEM_B, VAR, RECOVERY in that order, partition and disk GUIDs derived
+// from `seed` so the same inputs give the same disk (and the same Boot####
+// device paths). kInvalidArgument for a size too small to hold anything (the
+// ESP must be >= 64 MiB so mkfs.vfat can make FAT32, the others >= 8 MiB).
+Result<GptSpec> ApplianceGpt(const LayoutSizes& sizes, std::string_view seed);
+// The image file size that holds `spec`: the partitions, 1 MiB before them
+// and 1 MiB after them for the backup GPT.
+uint64_t DiskBytesFor(const GptSpec& spec);
 
 // A UUID (version 4 layout) derived from SHA-256(seed + "/" + name).
 std::string DeterministicUuid(std::string_view seed, std::string_view name);
