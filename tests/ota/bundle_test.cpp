@@ -4,7 +4,7 @@
 #include <string>
 
 #include "services/ota/bundle.h"
-#include "services/ota/sha256.h"
+#include "platform/sha256.h"
 #include "test_pki.h"
 #include "test_util.h"
 
@@ -253,7 +253,7 @@ TEST_F(BundleFileTest, CreatesAndOpens) {
   auto file = testing::ReadFileBytes(path);
   auto image = testing::ReadFileBytes(dir_ / "rootfs.img");
   EXPECT_TRUE(std::equal(image.begin(), image.end(), file.begin() + rootfs->offset));
-  EXPECT_EQ(Sha256::Of(image), rootfs->sha256);
+  EXPECT_EQ(*Sha256::Of(image), rootfs->sha256);
 }
 
 TEST_F(BundleFileTest, RefusesManifestTamperedAfterSigning) {

@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 
 #include "platform/unique_fd.h"
-#include "services/ota/sha256.h"
+#include "platform/sha256.h"
 
 namespace ralph::ota {
 namespace {
@@ -82,15 +82,17 @@ Result<void> HashPayloadFile(const std::string& path, Payload& payload) {
   payload.size = static_cast<uint64_t>(st.st_size);
   payload.chunks.clear();
   std::vector<uint8_t> buffer(payload.chunk_size);
-  Sha256 whole, chunk;
+  Sha256 whole = TRY(Sha256::Create());
+  Sha256 chunk = TRY(Sha256::Create());
   uint64_t total = 0;
   while (true) {
     size_t n = TRY(ReadFull(fd.get(), buffer.data(), buffer.size(), path));
     if (n == 0) break;
     std::span<const uint8_t> data(buffer.data(), n);
-    whole.Update(data);
-    chunk.Update(data);
-    payload.chunks.push_back(chunk.Finish());
+    TRY(whole.Update(data));
+    TRY(chunk.Update(data));
+    payload.chunks.push_back(TRY(chunk.Finish()));
+    TRY(chunk.Reset());
     total += n;
     if (n < buffer.size()) break;
   }
@@ -98,7 +100,7 @@ Result<void> HashPayloadFile(const std::string& path, Payload& payload) {
     return Error::Make(ErrorCode::kIo, fmt::format("{} changed size while hashing ({} -> {})", path,
                                                    payload.size, total));
   }
-  payload.sha256 = whole.Finish();
+  payload.sha256 = TRY(whole.Finish());
   return {};
 }
 
@@ -107,7 +109,7 @@ Result<void> CopyPayloadFile(const std::string& path, const Payload& payload, in
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
   std::vector<uint8_t> buffer(payload.chunk_size);
-  Sha256 whole;
+  Sha256 whole = TRY(Sha256::Create());
   uint64_t copied = 0;
   while (copied < payload.size) {
     size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), payload.size - copied));
@@ -115,12 +117,12 @@ Result<void> CopyPayloadFile(const std::string& path, const Payload& payload, in
     if (n != want) {
       return Error::Make(ErrorCode::kIo, fmt::format("{} shrank while building the bundle", path));
     }
-    whole.Update(std::span<const uint8_t>(buffer.data(), n));
+    TRY(whole.Update(std::span<const uint8_t>(buffer.data(), n)));
     TRY(WriteAll(out_fd, buffer.data(), n, out_path));
     copied += n;
   }
   // The file must not have changed between hashing and copying.
-  if (whole.Finish() != payload.sha256) {
+  if (TRY(whole.Finish()) != payload.sha256) {
     return Error::Make(ErrorCode::kIo, fmt::format("{} changed while building the bundle", path));
   }
   return {};

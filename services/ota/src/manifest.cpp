@@ -149,16 +149,6 @@ Result<Version> ParseVersionAttribute(const tinyxml2::XMLElement& element, const
 
 }  // namespace
 
-std::string DigestToHex(const Digest& digest) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out(64, '0');
-  for (size_t i = 0; i < digest.size(); ++i) {
-    out[2 * i] = kHex[digest[i] >> 4];
-    out[2 * i + 1] = kHex[digest[i] & 0xf];
-  }
-  return out;
-}
-
 Result<Digest> DigestFromHex(std::string_view hex) {
   auto nibble = [](char c) -> int {
     if (c >= '0' && c <= '9') return c - '0';

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "platform/result.h"
+#include "platform/sha256.h"
 
 namespace ralph::ota {
 
@@ -39,11 +40,11 @@ inline constexpr uint32_t kDefaultChunkSize = 1u << 20;
 // Payload offsets in the bundle file are aligned to this.
 inline constexpr uint64_t kPayloadAlignment = 4096;
 
-using Digest = std::array<uint8_t, 32>;
+using Digest = Sha256Digest;
 
-// Lower-case hex of a digest, and its inverse (kInvalidArgument unless exactly
-// 64 hex digits).
-std::string DigestToHex(const Digest& digest);
+// Parses the manifest spelling of a digest: exactly 64 lower-case hex digits
+// (one spelling per digest). kInvalidArgument otherwise. The inverse is
+// ralph::DigestToHex (platform/sha256.h).
 Result<Digest> DigestFromHex(std::string_view hex);
 
 // MAJOR.MINOR.PATCH, each 0..65535. Numeric() packs it into the uint64 the
