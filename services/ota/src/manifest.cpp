@@ -175,7 +175,7 @@ Result<Digest> DigestFromHex(std::string_view hex) {
 
 Result<Version> Version::Parse(std::string_view text) {
   Version v;
-  uint16_t* parts[3] = {&v.major, &v.minor, &v.patch};
+  uint32_t* parts[3] = {&v.major, &v.minor, &v.patch};
   size_t start = 0;
   for (int i = 0; i < 3; ++i) {
     size_t end = i < 2 ? text.find('.', start) : text.size();
@@ -184,24 +184,15 @@ Result<Version> Version::Parse(std::string_view text) {
                          fmt::format("version '{}' is not MAJOR.MINOR.PATCH", text));
     }
     auto number = ParseDecimal(text.substr(start, end - start), "version");
-    if (!number || *number > 0xffff) {
+    if (!number || *number > UINT32_MAX) {
       return Error::Make(
           ErrorCode::kInvalidArgument,
-          fmt::format("version '{}' is not MAJOR.MINOR.PATCH (0..65535 each)", text));
+          fmt::format("version '{}' is not MAJOR.MINOR.PATCH (0..4294967295 each)", text));
     }
-    *parts[i] = static_cast<uint16_t>(*number);
+    *parts[i] = static_cast<uint32_t>(*number);
     start = end + 1;
   }
   return v;
-}
-
-Version Version::FromNumeric(uint64_t numeric) {
-  return Version{static_cast<uint16_t>(numeric >> 32), static_cast<uint16_t>(numeric >> 16),
-                 static_cast<uint16_t>(numeric)};
-}
-
-uint64_t Version::Numeric() const {
-  return uint64_t{major} << 32 | uint64_t{minor} << 16 | uint64_t{patch};
 }
 
 std::string Version::ToString() const {

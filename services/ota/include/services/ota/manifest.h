@@ -47,17 +47,15 @@ using Digest = Sha256Digest;
 // ralph::DigestToHex (platform/sha256.h).
 Result<Digest> DigestFromHex(std::string_view hex);
 
-// MAJOR.MINOR.PATCH, each 0..65535. Numeric() packs it into the uint64 the
-// slot state stores (major << 32 | minor << 16 | patch) so that numeric order
-// is version order.
+// MAJOR.MINOR.PATCH, each a decimal 0..2^32-1 without sign or leading zeros,
+// compared field by field (as boot/slot_state.h's SlotVersion, which the
+// slot writer converts it to).
 struct Version {
-  uint16_t major = 0;
-  uint16_t minor = 0;
-  uint16_t patch = 0;
+  uint32_t major = 0;
+  uint32_t minor = 0;
+  uint32_t patch = 0;
 
   static Result<Version> Parse(std::string_view text);
-  static Version FromNumeric(uint64_t numeric);
-  uint64_t Numeric() const;
   std::string ToString() const;
   friend auto operator<=>(const Version&, const Version&) = default;
 };
