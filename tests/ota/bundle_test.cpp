@@ -3,8 +3,8 @@
 
 #include <string>
 
-#include "services/ota/bundle.h"
 #include "platform/sha256.h"
+#include "services/ota/bundle.h"
 #include "test_pki.h"
 #include "test_util.h"
 

@@ -10,8 +10,8 @@
 
 #include <fmt/format.h>
 
-#include "platform/unique_fd.h"
 #include "platform/sha256.h"
+#include "platform/unique_fd.h"
 
 namespace ralph::ota {
 namespace {

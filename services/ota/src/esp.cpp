@@ -18,7 +18,9 @@ const std::vector<std::string> kMtoolsEnv = {"MTOOLS_SKIP_CHECK=1", "MTOOLS_NO_V
 
 }  // namespace
 
-std::string SlotImagePath(char slot_letter) { return fmt::format("EFI/ralph/{}.efi", slot_letter); }
+std::string SlotImagePath(char slot_letter) {
+  return fmt::format("EFI/ralph/{}.efi", slot_letter);
+}
 
 Result<std::unique_ptr<MtoolsEsp>> MtoolsEsp::Open(const std::string& device, uint64_t offset) {
   if (::access(device.c_str(), R_OK | W_OK) != 0) {
@@ -41,9 +43,9 @@ Result<void> MtoolsEsp::InstallFile(const std::string& local_path, std::string_v
             fmt::format("creating {} on the ESP", dir));
     ++slash;
   }
-  TRY_CTX(RunProgram({"mcopy", "-i", image, "-o", "-D", "o", local_path,
-                      fmt::format("::/{}", esp_path)},
-                     kMtoolsEnv, nullptr),
+  TRY_CTX(RunProgram(
+              {"mcopy", "-i", image, "-o", "-D", "o", local_path, fmt::format("::/{}", esp_path)},
+              kMtoolsEnv, nullptr),
           fmt::format("copying {} to the ESP", esp_path));
   // mtools writes through the page cache; flush the medium before anyone
   // relies on the file.
@@ -55,9 +57,9 @@ Result<void> MtoolsEsp::InstallFile(const std::string& local_path, std::string_v
 
 Result<Sha256Digest> MtoolsEsp::Digest(std::string_view esp_path) {
   Sha256 hasher = TRY(Sha256::Create());
-  auto result = RunProgram({"mcopy", "-i", ImageSpec(), fmt::format("::/{}", esp_path), "-"},
-                           kMtoolsEnv,
-                           [&](std::span<const uint8_t> data) { return hasher.Update(data); });
+  auto result =
+      RunProgram({"mcopy", "-i", ImageSpec(), fmt::format("::/{}", esp_path), "-"}, kMtoolsEnv,
+                 [&](std::span<const uint8_t> data) { return hasher.Update(data); });
   if (!result) {
     if (result.error().message().find("not found") != std::string::npos) {
       return Error::Make(ErrorCode::kNotFound, fmt::format("{} is not on the ESP", esp_path));

@@ -14,11 +14,11 @@
 namespace ralph::ota {
 namespace {
 
-constexpr InstallPhase kPhases[] = {
-    InstallPhase::kIdle,          InstallPhase::kOpeningBundle, InstallPhase::kChecking,
-    InstallPhase::kWritingSlot,   InstallPhase::kSyncing,       InstallPhase::kVerifyingSlot,
-    InstallPhase::kWritingEsp,    InstallPhase::kActivating,    InstallPhase::kDone,
-    InstallPhase::kFailed};
+constexpr InstallPhase kPhases[] = {InstallPhase::kIdle,       InstallPhase::kOpeningBundle,
+                                    InstallPhase::kChecking,   InstallPhase::kWritingSlot,
+                                    InstallPhase::kSyncing,    InstallPhase::kVerifyingSlot,
+                                    InstallPhase::kWritingEsp, InstallPhase::kActivating,
+                                    InstallPhase::kDone,       InstallPhase::kFailed};
 
 }  // namespace
 
@@ -91,7 +91,8 @@ Result<InstallStatus> StatusFromJson(std::string_view text) {
     }
   }
   if (!known) {
-    return Error::Make(ErrorCode::kCorrupt, fmt::format("install status: unknown phase '{}'", phase));
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("install status: unknown phase '{}'", phase));
   }
   TRY(str("source", s.source));
   TRY(str("target_slot", s.target_slot));

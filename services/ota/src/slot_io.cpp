@@ -20,14 +20,16 @@ AlignedBuffer::AlignedBuffer(size_t size) : data_(nullptr), size_(size) {
   if (!data_) std::abort();  // out of memory: nothing sensible to return without exceptions
 }
 
-AlignedBuffer::~AlignedBuffer() { std::free(data_); }
+AlignedBuffer::~AlignedBuffer() {
+  std::free(data_);
+}
 
-Result<std::unique_ptr<DirectSlotIo>> DirectSlotIo::Open(const std::string& path,
-                                                         uint64_t offset, uint64_t size) {
+Result<std::unique_ptr<DirectSlotIo>> DirectSlotIo::Open(const std::string& path, uint64_t offset,
+                                                         uint64_t size) {
   if (offset % kIoAlignment != 0) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("{}: region offset {} is not {}-aligned", path, offset,
-                                   kIoAlignment));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("{}: region offset {} is not {}-aligned", path, offset, kIoAlignment));
   }
   int fd = ::open(path.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
   if (fd < 0 && errno == EINVAL) {
@@ -50,9 +52,9 @@ Result<std::unique_ptr<DirectSlotIo>> DirectSlotIo::Open(const std::string& path
                        fmt::format("{} is neither a block device nor a file", path));
   }
   if (offset > total || size > total - offset) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("{}: region {}+{} runs past its end ({} bytes)", path, offset,
-                                   size, total));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("{}: region {}+{} runs past its end ({} bytes)", path, offset, size, total));
   }
   return std::unique_ptr<DirectSlotIo>(new DirectSlotIo(std::move(owned), path, offset, size));
 }

@@ -10,7 +10,9 @@
 namespace ralph::ota {
 namespace {
 
-uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+uint64_t AlignUp(uint64_t v, uint64_t a) {
+  return (v + a - 1) / a * a;
+}
 
 std::string ChunkName(const Payload& p, uint64_t index) {
   uint64_t start = index * p.chunk_size;
@@ -60,8 +62,8 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
     size_t length = static_cast<size_t>(p.ChunkLength(i));
     // The block-aligned span of the slot this chunk occupies (a short last
     // chunk is rounded up, bounded by the slot's end).
-    size_t io_length = static_cast<size_t>(std::min<uint64_t>(AlignUp(length, kIoAlignment),
-                                                              slot.Size() - offset));
+    size_t io_length = static_cast<size_t>(
+        std::min<uint64_t>(AlignUp(length, kIoAlignment), slot.Size() - offset));
     bool partial = io_length != length;
     bool have_existing = false;
     if (options.mode == WriteOptions::Mode::kAdaptive || partial) {
@@ -97,8 +99,8 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
 
 Result<void> VerifySlot(SlotIoInterface& slot, const Payload& p, const WriteOptions& options) {
   if (p.size > slot.Size()) {
-    return Error::Make(ErrorCode::kNoSpace, fmt::format("{} payload is larger than the slot",
-                                                        p.name));
+    return Error::Make(ErrorCode::kNoSpace,
+                       fmt::format("{} payload is larger than the slot", p.name));
   }
   AlignedBuffer buffer(p.chunk_size);
   Sha256 chunk = TRY(Sha256::Create());
@@ -107,8 +109,8 @@ Result<void> VerifySlot(SlotIoInterface& slot, const Payload& p, const WriteOpti
     TRY(CheckCancel(options));
     uint64_t offset = i * p.chunk_size;
     size_t length = static_cast<size_t>(p.ChunkLength(i));
-    size_t io_length = static_cast<size_t>(std::min<uint64_t>(AlignUp(length, kIoAlignment),
-                                                              slot.Size() - offset));
+    size_t io_length = static_cast<size_t>(
+        std::min<uint64_t>(AlignUp(length, kIoAlignment), slot.Size() - offset));
     TRY_CTX(slot.ReadAt(offset, buffer.span(io_length)),
             fmt::format("re-reading {}", ChunkName(p, i)));
     std::span<const uint8_t> data(buffer.data(), length);

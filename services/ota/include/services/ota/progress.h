@@ -16,13 +16,13 @@ namespace ralph::ota {
 
 enum class InstallPhase {
   kIdle,
-  kOpeningBundle,   // reading header/manifest, verifying the signature
-  kChecking,        // compatibility, anti-rollback, slot state
-  kWritingSlot,     // streaming chunks to the target slot
-  kSyncing,         // fsync
-  kVerifyingSlot,   // re-reading the whole slot
-  kWritingEsp,      // the UKI to \EFI\ralph\<slot>.efi
-  kActivating,      // slot state: trial + BootNext
+  kOpeningBundle,  // reading header/manifest, verifying the signature
+  kChecking,       // compatibility, anti-rollback, slot state
+  kWritingSlot,    // streaming chunks to the target slot
+  kSyncing,        // fsync
+  kVerifyingSlot,  // re-reading the whole slot
+  kWritingEsp,     // the UKI to \EFI\ralph\<slot>.efi
+  kActivating,     // slot state: trial + BootNext
   kDone,
   kFailed,
 };

@@ -55,8 +55,7 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payl
 // Re-reads the first payload.size bytes of `slot` and checks every chunk
 // digest and the whole-payload digest. kVerificationFailed naming the first
 // chunk that differs.
-Result<void> VerifySlot(SlotIoInterface& slot, const Payload& payload,
-                        const WriteOptions& options);
+Result<void> VerifySlot(SlotIoInterface& slot, const Payload& payload, const WriteOptions& options);
 
 // Streams `payload` from `source`, verifying each chunk against the manifest,
 // into `sink` (used for the UKI, which goes to a file on the ESP).
