@@ -1,16 +1,136 @@
 #include "services/health/slot_gate.h"
 
-namespace ralph::health {
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <unistd.h>
 
-// Interim until boot/slot_manager.h lands on main (issue 2).
-Result<SlotView> ReadSlotView(std::string_view) {
-  return Error::Make(ErrorCode::kUnsupported, "slot manager not in this build yet");
+#include <fmt/format.h>
+
+#include "boot/slot_manager.h"
+#include "drivers/disk.h"
+#include "platform/arch.h"
+#include "platform/efivar_store.h"
+#include "platform/unique_fd.h"
+
+namespace ralph::health {
+namespace {
+
+constexpr const char* kEspMount = "/boot/efi";
+
+Result<std::string> ReadCmdline() {
+  UniqueFd fd(::open("/proc/cmdline", O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno("open /proc/cmdline", errno);
+  char buffer[4096];
+  ssize_t n = ::read(fd.get(), buffer, sizeof(buffer) - 1);
+  if (n < 0) return Error::FromErrno("read /proc/cmdline", errno);
+  return std::string(buffer, static_cast<size_t>(n));
 }
-Result<void> CommitSlot(std::string_view) {
-  return Error::Make(ErrorCode::kUnsupported, "slot manager not in this build yet");
+
+// The slot manager over the real NVRAM and the booted disk.
+struct Manager {
+  std::unique_ptr<LibefivarStore> store;
+  std::optional<boot::SlotManager> manager;
+  std::optional<DiskLayout> disk;
+};
+
+Result<Manager> OpenManager() {
+  Manager m;
+  m.store = TRY_CTX(LibefivarStore::Open(), "opening the EFI variable store");
+  m.disk = TRY_CTX(DiscoverApplianceDisk(), "finding the appliance disk");
+  std::string cmdline = TRY(ReadCmdline());
+  m.manager.emplace(TRY(boot::SlotManager::Create(*m.store, m.disk, cmdline)));
+  return m;
 }
-Result<void> MarkSlotBad(std::string_view) {
-  return Error::Make(ErrorCode::kUnsupported, "slot manager not in this build yet");
+
+std::string Summarize(const boot::SlotState& state) {
+  auto slot_text = [&](boot::Slot slot) {
+    const boot::SlotRecord& record = state.slot(slot);
+    std::string text = fmt::format("{} {}", boot::SlotName(slot), boot::SlotStatusName(record.status));
+    if (record.status == boot::SlotStatus::kTrial) text += fmt::format(" ({} tries left)", record.tries_left);
+    return text;
+  };
+  return fmt::format("committed: {}; {}, {}",
+                     state.committed ? boot::SlotName(*state.committed) : "none",
+                     slot_text(boot::Slot::kA), slot_text(boot::Slot::kB));
+}
+
+Result<void> CopyFile(const std::string& from, const std::string& to) {
+  UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return Error::FromErrno(fmt::format("open {}", from), errno);
+  std::string tmp = to + ".new";
+  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!out) return Error::FromErrno(fmt::format("create {}", tmp), errno);
+  std::vector<char> buffer(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(in.get(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", from), errno);
+    if (n == 0) break;
+    if (::write(out.get(), buffer.data(), static_cast<size_t>(n)) != n) {
+      return Error::FromErrno(fmt::format("write {}", tmp), errno);
+    }
+  }
+  if (::fsync(out.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", tmp), errno);
+  // FAT has no atomic replace; the old copy stays until the new one is whole.
+  if (::rename(tmp.c_str(), to.c_str()) != 0) {
+    return Error::FromErrno(fmt::format("rename {} to {}", tmp, to), errno);
+  }
+  return {};
+}
+
+// Copies the committed slot's UKI to the removable-media path so a machine
+// whose NVRAM is wiped still boots the committed slot.
+Result<void> UpdateRemovablePath(const DiskLayout& disk, boot::Slot slot) {
+  const PartitionInfo* esp = disk.Find(kPartEfi);
+  if (esp == nullptr || esp->device.empty()) {
+    return Error::Make(ErrorCode::kNotFound, "the disk has no EFI partition device");
+  }
+  if (::mount(esp->device.c_str(), kEspMount, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "umask=0077") != 0) {
+    return Error::FromErrno(fmt::format("mounting the ESP {} on {}", esp->device, kEspMount), errno);
+  }
+  std::string source = fmt::format("{}/EFI/ralph/{}.efi", kEspMount,
+                                   slot == boot::Slot::kA ? "a" : "b");
+  std::string target = fmt::format("{}/EFI/BOOT/{}", kEspMount, arch::RemovableBootFileName());
+  auto copied = CopyFile(source, target);
+  ::sync();
+  if (::umount2(kEspMount, 0) != 0 && copied) {
+    return Error::FromErrno(fmt::format("unmounting {}", kEspMount), errno);
+  }
+  return copied;
+}
+
+}  // namespace
+
+Result<SlotView> ReadSlotView(std::string_view booted_slot) {
+  if (booted_slot == "recovery") return SlotView{false, "RECOVERY booted"};
+  boot::Slot slot = TRY(boot::ParseSlot(booted_slot));
+  Manager m = TRY(OpenManager());
+  boot::StatusReport status = TRY(m.manager->Status());
+  if (!status.view.record) {
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("RalphSlotState unreadable: {}",
+                                   status.view.record_error ? status.view.record_error->message()
+                                                            : std::string("missing")));
+  }
+  const boot::SlotState& state = *status.view.record;
+  bool committed_good = state.committed == slot && state.slot(slot).status == boot::SlotStatus::kGood;
+  return SlotView{!committed_good, Summarize(state)};
+}
+
+Result<void> CommitSlot(std::string_view booted_slot) {
+  boot::Slot slot = TRY(boot::ParseSlot(booted_slot));
+  Manager m = TRY(OpenManager());
+  TRY_CTX(m.manager->MarkGood(), "mark-good");
+  TRY_CTX(UpdateRemovablePath(*m.disk, slot), "updating the removable-media boot path");
+  return {};
+}
+
+Result<void> MarkSlotBad(std::string_view booted_slot) {
+  TRY(boot::ParseSlot(booted_slot));
+  Manager m = TRY(OpenManager());
+  TRY_CTX(m.manager->MarkBadBooted(), "mark-bad");
+  return {};
 }
 
 }  // namespace ralph::health

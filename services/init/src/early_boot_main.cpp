@@ -8,7 +8,6 @@
 // committed slot when this was a trial boot (BootNext is already consumed).
 #include <fcntl.h>
 #include <linux/module.h>
-#include <linux/watchdog.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -25,16 +24,20 @@
 
 #include <fmt/format.h>
 
+#include "boot/slot_manager.h"
+#include "drivers/disk.h"
+#include "drivers/watchdog.h"
+#include "platform/efivar_store.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 #include "services/init/boot_config.h"
 #include "services/init/mounts.h"
-#include "services/init/partitions.h"
 
 namespace ralph::init {
 namespace {
 
 constexpr const char* kNewRoot = "/sysroot";
+constexpr const char* kEfivarfs = "/sys/firmware/efi/efivars";
 constexpr auto kPartitionWait = std::chrono::seconds(10);
 
 Result<std::string> ReadSmallFile(const std::string& path) {
@@ -106,25 +109,72 @@ void LoadModules() {
 }
 
 // Arms the watchdog (softdog, loaded above, when the machine has none) and
-// closes it without the magic 'V': the watchdog keeps running, so a hang
-// anywhere from here until ralph-init pets it resets the machine.
+// lets it go without the magic close: it keeps running, so a hang anywhere
+// from here until ralph-init pets it resets the machine.
 void ArmWatchdog(int seconds) {
   if (seconds <= 0) return;
-  UniqueFd fd(::open("/dev/watchdog", O_WRONLY | O_CLOEXEC));
-  if (!fd) {
-    LogError("watchdog: {}: hangs will not reset the machine",
-             Error::FromErrno("open /dev/watchdog", errno).ToString());
+  Watchdog watchdog;
+  if (auto started = watchdog.Start(std::chrono::seconds(seconds)); !started) {
+    LogError("watchdog: {}: hangs will not reset the machine", started.error().ToString());
     return;
   }
-  int timeout = seconds;
-  if (::ioctl(fd.get(), WDIOC_SETTIMEOUT, &timeout) != 0) {
-    LogWarning("watchdog: WDIOC_SETTIMEOUT {}: {}", seconds, Error::FromErrno("ioctl", errno).ToString());
+  LogInfo("watchdog armed: {} s ({})", watchdog.timeout().count(), watchdog.identity());
+}
+
+// The appliance disk as libblkid sees it, once the partition holding this
+// slot's root shows up (virtio_blk probes asynchronously).
+Result<DiskLayout> WaitForDisk(const std::string& root_label) {
+  auto deadline = std::chrono::steady_clock::now() + kPartitionWait;
+  for (;;) {
+    auto disks = FindDisksByPartLabel(root_label);
+    if (disks && !disks->empty()) {
+      if (disks->size() > 1) {
+        return Error::Make(ErrorCode::kAlreadyExists,
+                           fmt::format("several disks hold a partition labelled {}: {}",
+                                       root_label, fmt::join(*disks, ", ")));
+      }
+      return ProbeDisk(disks->front());
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      if (!disks) return std::move(disks).error().WithContext("looking for the disk");
+      return Error::Make(ErrorCode::kNotFound,
+                         fmt::format("no disk has a partition labelled {} after {} s (missing or "
+                                     "mis-labelled)",
+                                     root_label, kPartitionWait.count()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  int dummy = 0;
-  IgnoreError(Result<void>(::ioctl(fd.get(), WDIOC_KEEPALIVE, &dummy) == 0
-                               ? Result<void>()
-                               : Error::FromErrno("WDIOC_KEEPALIVE", errno)));
-  LogInfo("watchdog armed: {} s", timeout);
+}
+
+// The slot manager's part of every boot, run here rather than in PID 1 so
+// that a trial slot whose userspace hangs (the watchdog resets it) still has
+// its tries counted and BootNext re-armed (SlotManager::OnBoot; it also
+// repairs Boot#### entries and BootOrder, which provisions a fresh machine).
+// Failures are reported and the boot goes on: the health gate then refuses
+// to commit.
+void RunSlotManager(const std::string& cmdline, const DiskLayout& disk) {
+  if (::mount("efivarfs", kEfivarfs, "efivarfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0 &&
+      errno != EBUSY) {
+    LogError("{}: slot state not updated",
+             Error::FromErrno(fmt::format("mounting efivarfs on {}", kEfivarfs), errno).ToString());
+    return;
+  }
+  auto report = [&]() -> Result<boot::BootReport> {
+    auto store = TRY_CTX(LibefivarStore::Open(), "opening the EFI variable store");
+    auto manager = TRY(boot::SlotManager::Create(*store, disk, cmdline));
+    return manager.OnBoot();
+  }();
+  if (!report) {
+    LogError("slot manager: {}", report.error().ToString());
+    return;
+  }
+  for (const auto& finding : report->findings) LogInfo("slot manager: {}", finding);
+  if (report->rolled_back) {
+    LogError("slot {} failed its trial: rolled back", boot::SlotName(*report->rolled_back));
+  }
+  LogInfo("slot manager: boot event {}{}", boot::BootEventName(report->event),
+          report->written.empty() ? std::string()
+                                  : fmt::format(", wrote {}", fmt::join(report->written, ", ")));
 }
 
 // Runs a tool from the initrd with the console as its output; returns its
@@ -258,40 +308,30 @@ Result<void> Run() {
   LoadModules();
   ArmWatchdog(config.watchdog_seconds);
 
-  auto deadline = std::chrono::steady_clock::now() + kPartitionWait;
-  std::map<std::string, std::string> partitions;
-  for (;;) {
-    partitions = TRY(FindPartitionsByLabel("/sys/class/block"));
-    if (partitions.count(config.root_partlabel) && partitions.count("VAR")) break;
-    if (std::chrono::steady_clock::now() >= deadline) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  DiskLayout disk = TRY_CTX(WaitForDisk(config.root_partlabel),
+                            fmt::format("slot {}", SlotDisplayName(config.slot)));
+  if (auto complete = CheckApplianceLayout(disk); !complete) {
+    LogError("disk {}: {}", disk.disk, complete.error().ToString());
   }
-  for (const char* label : {"EFI", "SYSTEM_A", "SYSTEM_B", "VAR", "RECOVERY"}) {
-    if (!partitions.count(label)) {
-      LogError("partition {} not found: the disk's GPT has no partition labelled {} (missing or "
-               "mis-labelled)",
-               label, label);
-    }
-  }
-  auto root = partitions.find(config.root_partlabel);
-  if (root == partitions.end()) {
+  RunSlotManager(cmdline, disk);
+  const PartitionInfo* root = disk.Find(config.root_partlabel);
+  if (root == nullptr || root->device.empty()) {
     return Error::Make(ErrorCode::kNotFound,
-                       fmt::format("slot {}: root partition {} not found after {} s",
-                                   SlotDisplayName(config.slot), config.root_partlabel,
-                                   kPartitionWait.count()));
+                       fmt::format("slot {}: root partition {} has no device node on {}",
+                                   SlotDisplayName(config.slot), config.root_partlabel, disk.disk));
   }
-  TRY(MountRoot(config, root->second));
+  TRY(MountRoot(config, root->device));
 
-  std::map<std::string, std::string> record = {{"slot", config.slot},
-                                               {"root", root->second}};
+  std::map<std::string, std::string> record = {{"slot", config.slot}, {"root", root->device}};
   std::string var_target = std::string(kNewRoot) + "/var";
-  auto var = partitions.find("VAR");
-  Result<std::string> var_state = var == partitions.end()
-                                      ? Result<std::string>(Error::Make(ErrorCode::kNotFound, "no VAR partition"))
-                                      : PrepareVar(var->second);
-  if (var_state && ::mount(var->second.c_str(), var_target.c_str(), "ext4", MS_NOSUID | MS_NODEV,
+  const PartitionInfo* var = disk.Find(kPartVar);
+  Result<std::string> var_state =
+      var == nullptr || var->device.empty()
+          ? Result<std::string>(Error::Make(ErrorCode::kNotFound, "no partition labelled VAR"))
+          : PrepareVar(var->device);
+  if (var_state && ::mount(var->device.c_str(), var_target.c_str(), "ext4", MS_NOSUID | MS_NODEV,
                            "errors=remount-ro") != 0) {
-    var_state = Error::FromErrno(fmt::format("mounting VAR ({})", var->second), errno);
+    var_state = Error::FromErrno(fmt::format("mounting VAR ({})", var->device), errno);
   }
   if (!var_state) {
     // The slot still boots so it can be reached and repaired; the health
@@ -304,7 +344,7 @@ Result<void> Run() {
     record["var"] = "tmpfs";
   } else {
     record["var"] = *var_state;
-    LogInfo("VAR {} ({}), mounted on /var", *var_state, var->second);
+    LogInfo("VAR {} ({}), mounted on /var", *var_state, var->device);
   }
   if (::mkdir("/run/ralph", 0755) != 0 && errno != EEXIST) {
     return Error::FromErrno("mkdir /run/ralph", errno);

@@ -7,7 +7,6 @@
 // a fatal error is logged and held, and the watchdog, no longer petted,
 // resets the machine (on a trial boot the firmware then falls back).
 #include <fcntl.h>
-#include <linux/watchdog.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -25,10 +24,10 @@
 
 #include <fmt/format.h>
 
+#include "drivers/watchdog.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 #include "services/init/boot_config.h"
-#include "services/init/boot_state.h"
 #include "services/init/mounts.h"
 #include "services/init/supervisor.h"
 
@@ -69,36 +68,34 @@ void WriteFileAtomically(const std::string& path, const std::string& content) {
   }
 }
 
-class Watchdog {
+// Pets the watchdog early boot armed, at a third of its timeout.
+class WatchdogPetter {
  public:
-  void Open(int seconds) {
+  void Start(int seconds) {
     if (seconds <= 0) return;
-    fd_.reset(::open("/dev/watchdog", O_WRONLY | O_CLOEXEC));
-    if (!fd_) {
-      LogError("watchdog: {}: hangs will not reset the machine",
-               Error::FromErrno("open /dev/watchdog", errno).ToString());
+    if (auto started = watchdog_.Start(std::chrono::seconds(seconds)); !started) {
+      LogError("watchdog: {}: hangs will not reset the machine", started.error().ToString());
       return;
     }
-    int timeout = seconds;
-    ::ioctl(fd_.get(), WDIOC_SETTIMEOUT, &timeout);
-    ::ioctl(fd_.get(), WDIOC_GETTIMEOUT, &timeout);
-    period_ = std::chrono::milliseconds(std::max(1, timeout) * 1000 / 3);
-    Pet(Clock::now());
-    LogInfo("watchdog open: timeout {} s, petted every {} ms", timeout, period_.count());
+    running_ = true;
+    period_ = std::chrono::milliseconds(std::max<int64_t>(1, watchdog_.timeout().count()) * 1000 / 3);
+    next_ = Clock::now() + period_;
+    LogInfo("watchdog: timeout {} s, petted every {} ms", watchdog_.timeout().count(),
+            period_.count());
   }
-  void Pet(Clock::time_point now) {
-    if (!fd_) return;
-    int dummy = 0;
-    ::ioctl(fd_.get(), WDIOC_KEEPALIVE, &dummy);
+  void PetIfDue(Clock::time_point now) {
+    if (!running_ || now < next_) return;
+    if (auto pet = watchdog_.Pet(); !pet) LogError("watchdog: {}", pet.error().ToString());
     next_ = now + period_;
   }
   std::optional<Clock::time_point> next() const {
-    if (!fd_) return std::nullopt;
+    if (!running_) return std::nullopt;
     return next_;
   }
 
  private:
-  UniqueFd fd_;
+  Watchdog watchdog_;
+  bool running_ = false;
   std::chrono::milliseconds period_{5000};
   Clock::time_point next_{};
 };
@@ -193,19 +190,13 @@ class Init {
       }
     }
     LogInfo("RalphOS slot {} up as PID 1", SlotDisplayName(slot_));
-    watchdog_.Open(watchdog_seconds);
+    watchdog_.Start(watchdog_seconds);
 
     for (const char* dir : {"/run/ralph", "/run/ralph/services", "/var/lib", "/var/lib/ralph",
                             "/var/log"}) {
       if (::mkdir(dir, 0755) != 0 && errno != EEXIST) {
         LogWarning("{}", Error::FromErrno(fmt::format("mkdir {}", dir), errno).ToString());
       }
-    }
-    // Boot-entry repair (first-boot provisioning included) and the trial
-    // bookkeeping of this boot; failures are reported, the boot goes on so
-    // the machine stays reachable.
-    if (auto boot = OnBootState(slot_); !boot) {
-      LogError("boot state: {}", boot.error().ToString());
     }
     return {};
   }
@@ -272,8 +263,7 @@ class Init {
       pollfd pfd{signal_fd_.get(), POLLIN, 0};
       ::poll(&pfd, 1, PollTimeoutMs(next_start));
       Shutdown request = HandleSignals(&supervisor);
-      auto now = Clock::now();
-      if (watchdog_.next() && *watchdog_.next() <= now) watchdog_.Pet(now);
+      watchdog_.PetIfDue(Clock::now());
       if (request != Shutdown::kNone) ShutDown(supervisor, request);
     }
   }
@@ -286,7 +276,7 @@ class Init {
       pollfd pfd{signal_fd_.get(), POLLIN, 0};
       ::poll(&pfd, 1, 200);
       HandleSignals(&supervisor);
-      watchdog_.Pet(Clock::now());
+      watchdog_.PetIfDue(Clock::now());
     }
     if (supervisor.AnyRunning()) {
       LogWarning("services still running after {} s: killing them", kStopGrace.count());
@@ -324,7 +314,7 @@ class Init {
   }
 
   UniqueFd signal_fd_;
-  Watchdog watchdog_;
+  WatchdogPetter watchdog_;
   std::string slot_;
 };
 

@@ -6,7 +6,7 @@
 // QEMU unix socket) and answers one JSON line:
 //   {"argv": ["ralphctl", "boot", "status"]}  -> {"exit": 0, "output": "..."}
 // Allowed: ralphctl <args> (run from the slot), `reboot`, `poweroff`, and
-// `cat <path>` under /run/ralph or /proc.
+// `cat <path>` under /run/ralph or /proc, and `efivar <Name-guid>` (hex data).
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -117,6 +117,22 @@ nlohmann::json Handle(const std::string& line, bool* reboot_after, bool* powerof
     ::close(fd);
     return {{"exit", 0}, {"output", text}};
   }
+  if (argv[0] == "efivar" && argv.size() == 2 && argv[1].find('/') == std::string::npos) {
+    // efivarfs: 4 attribute bytes, then the data; answered in hex.
+    std::string path = "/sys/firmware/efi/efivars/" + argv[1];
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return {{"exit", errno == ENOENT ? 3 : 1},
+              {"output", fmt::format("open {}: {}", path, std::strerror(errno))}};
+    }
+    std::string raw = ReadAll(fd);
+    ::close(fd);
+    std::string hex;
+    for (size_t i = 4; i < raw.size(); ++i) {
+      hex += fmt::format("{:02x}", static_cast<uint8_t>(raw[i]));
+    }
+    return {{"exit", 0}, {"output", hex}};
+  }
   return {{"exit", 2}, {"output", fmt::format("command '{}' is not allowed", argv[0])}};
 }
 
@@ -158,7 +174,9 @@ int main() {
       std::string line = pending.substr(0, nl);
       pending.erase(0, nl + 1);
       bool reboot = false, poweroff = false;
-      std::string reply = Handle(line, &reboot, &poweroff).dump() + "\n";
+      // Invalid UTF-8 in a command's output is replaced, not thrown on (no exceptions).
+      std::string reply =
+          Handle(line, &reboot, &poweroff).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
       std::string_view rest = reply;
       while (!rest.empty()) {
         ssize_t w = ::write(fd.get(), rest.data(), rest.size());

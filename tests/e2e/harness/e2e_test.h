@@ -1,0 +1,67 @@
+// Shared set-up of the e2e scenarios: each test works on its own copy of a
+// disk and a VARS file in its own scratch directory, boots it with
+// Machine, and talks to the guest through the test agent.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness/machine.h"
+
+namespace ralph::e2e {
+
+inline constexpr std::chrono::seconds kBootTimeout{180};
+inline constexpr std::chrono::seconds kAgentTimeout{60};
+
+// Console markers printed by the image (early boot, PID 1, health gate).
+inline std::string BootingSlot(std::string_view slot) {
+  return "ralph-early-boot: booting slot " + std::string(slot) + " ";
+}
+inline constexpr const char* kAgentReady = "ralph-test-agent: listening";
+inline std::string CommittedSlot(std::string_view slot) {
+  return "health gate passed: slot " + std::string(slot) + " committed";
+}
+inline constexpr const char* kRemovablePath = "BdsDxe: starting Boot0002 \"UEFI Misc Device\"";
+
+enum class DiskSource {
+  kFresh,        // the base image, blank VARS (a machine out of the box)
+  kProvisioned,  // disk + VARS after a first boot that committed A
+};
+
+class E2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+
+  // Copies the chosen disk and VARS into this test's scratch directory.
+  void Prepare(DiskSource source);
+  // "Installs" slot B of a variant image (its ESP, holding b.efi, and its
+  // SYSTEM_B) onto this test's disk.
+  void InstallSlotB(const std::string& variant_image);
+  // Boots this test's disk; each call logs to console-<n>.log.
+  Machine Boot();
+  // Runs ralphctl in the guest; fails the test when it cannot be reached.
+  Machine::AgentReply Ralphctl(Machine& machine, const std::vector<std::string>& args);
+  // Asks the guest to reboot and waits for the next early boot of `slot`.
+  void RebootInto(Machine& machine, std::string_view slot);
+  // Description of the Boot#### entry that BootCurrent / BootOrder[0] names.
+  std::string BootCurrentDescription(Machine& machine);
+  std::string FirstInBootOrderDescription(Machine& machine);
+  // Asks the guest to power off and waits for QEMU to exit.
+  void PowerOff(Machine& machine);
+
+  std::string Image(const std::string& name) const { return paths_.images_dir + "/" + name + ".img"; }
+
+  E2ePaths paths_;
+  std::optional<ScratchDir> scratch_;
+  std::string disk_;
+  std::string vars_;
+  int boots_ = 0;
+};
+
+// EFI_LOAD_OPTION description (UTF-16LE after attributes and path length).
+std::string LoadOptionDescription(const std::vector<uint8_t>& option);
+
+}  // namespace ralph::e2e

@@ -1,0 +1,113 @@
+// The e2e harness: an appliance disk booted in QEMU (x86_64, q35, TCG) with
+// OVMF and a persistent VARS file, its serial console captured to a file,
+// and the test agent (test images only) reached over a virtio-serial port
+// backed by a host unix socket.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "platform/result.h"
+
+namespace ralph::e2e {
+
+// Where the fixtures put their files (under the build tree).
+struct E2ePaths {
+  std::string binary_dir;       // RALPH_BINARY_DIR
+  std::string images_dir;       // <binary_dir>/e2e/images: disks built by the e2e_images fixture
+  std::string provisioned_dir;  // <binary_dir>/e2e/provisioned: disk + VARS after a first boot
+  std::string run_dir;          // <binary_dir>/e2e/run: per-test scratch
+  static E2ePaths FromEnvironment();
+};
+
+inline constexpr const char* kOvmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+inline constexpr const char* kOvmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+// Copies a file keeping holes (disk images are mostly empty).
+Result<void> SparseCopy(const std::string& from, const std::string& to);
+// Copies the named partitions' bytes from one appliance disk image to
+// another with the same GPT (the e2e way of "installing" a slot variant).
+Result<void> CopyPartitions(const std::string& from_disk, const std::string& to_disk,
+                            const std::vector<std::string>& labels);
+// Overwrites `length` bytes at `offset` inside partition `label` with a
+// fixed pattern (bad-input tests).
+Result<void> ScribblePartition(const std::string& disk, const std::string& label, uint64_t offset,
+                               uint64_t length);
+
+struct MachineOptions {
+  std::string disk;
+  std::string vars;         // this machine's NVRAM (a copy of OVMF_VARS_4M.fd)
+  std::string console_log;  // serial console output
+  std::string agent_socket;  // empty: no agent port
+  bool console_to_stdout = false;  // main.sh: serial straight to the terminal
+  int memory_mib = 512;
+};
+
+class Machine {
+ public:
+  using Seconds = std::chrono::seconds;
+  static Result<Machine> Start(MachineOptions options);
+  Machine(Machine&& other) noexcept;
+  Machine& operator=(Machine&&) = delete;
+  ~Machine();
+
+  // Waits until `text` appears in the console after the cursor, then moves
+  // the cursor past it. kTimeout with the console's tail; kIo if QEMU exited.
+  Result<void> WaitFor(std::string_view text, Seconds timeout);
+  // Like WaitFor but for the first of several texts; returns its index.
+  Result<size_t> WaitForAny(const std::vector<std::string>& texts, Seconds timeout);
+  // The whole console so far.
+  std::string Console() const;
+  // Occurrences of `text` in the whole console.
+  size_t Count(std::string_view text) const;
+
+  // Runs a command through the test agent; returns {exit, output}.
+  struct AgentReply {
+    int exit = -1;
+    std::string output;
+  };
+  Result<AgentReply> Agent(const std::vector<std::string>& argv, Seconds timeout);
+
+  // Power cut: SIGKILL QEMU.
+  void Kill();
+  // Waits for QEMU to exit by itself (guest power-off with -no-reboot).
+  Result<void> WaitExit(Seconds timeout);
+  bool running() const { return pid_ > 0; }
+  // Seconds since QEMU was started (firmware start).
+  double Elapsed() const;
+
+ private:
+  explicit Machine(MachineOptions options) : options_(std::move(options)) {}
+  bool Reap(bool block);
+
+  MachineOptions options_;
+  pid_t pid_ = -1;
+  size_t cursor_ = 0;
+  std::chrono::steady_clock::time_point started_;
+};
+
+// A scratch directory for one test, removed by the destructor unless
+// RALPH_E2E_KEEP=1.
+class ScratchDir {
+ public:
+  static Result<ScratchDir> Create(const std::string& parent, const std::string& name);
+  ScratchDir(ScratchDir&& other) noexcept : path_(std::move(other.path_)) { other.path_.clear(); }
+  ~ScratchDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit ScratchDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+// The hex text of an EFI variable's data as efivarfs shows it (without the
+// 4 attribute bytes), read in the guest through the agent. kNotFound when
+// the variable does not exist.
+Result<std::vector<uint8_t>> ReadGuestEfiVar(Machine& machine, const std::string& name_guid);
+inline constexpr const char* kEfiGlobal = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+}  // namespace ralph::e2e

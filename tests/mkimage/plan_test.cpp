@@ -1,0 +1,159 @@
+#include "boot/mkimage/plan.h"
+
+#include <gtest/gtest.h>
+
+#include "boot/mkimage/builder.h"
+#include "boot/mkimage/cpio.h"
+
+namespace ralph::mkimage {
+namespace {
+
+TEST(ApplianceGpt, FivePartitionsInOrderWithStableGuids) {
+  auto spec = ApplianceGpt(LayoutSizes{}, "seed");
+  ASSERT_TRUE(spec) << spec.error().ToString();
+  ASSERT_EQ(spec->partitions.size(), 5u);
+  std::vector<std::string> labels;
+  for (const auto& p : spec->partitions) labels.push_back(p.label);
+  EXPECT_EQ(labels, (std::vector<std::string>{"EFI", "SYSTEM_A", "SYSTEM_B", "VAR", "RECOVERY"}));
+  EXPECT_EQ(spec->partitions[0].type, PartitionType::kEfiSystem);
+  auto again = ApplianceGpt(LayoutSizes{}, "seed");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(spec->partitions[1].part_uuid, again->partitions[1].part_uuid);
+  EXPECT_EQ(spec->disk_uuid, again->disk_uuid);
+  auto other = ApplianceGpt(LayoutSizes{}, "other");
+  ASSERT_TRUE(other);
+  EXPECT_NE(spec->partitions[1].part_uuid, other->partitions[1].part_uuid);
+  EXPECT_NE(spec->partitions[1].part_uuid, spec->partitions[2].part_uuid);
+  EXPECT_EQ(DiskBytesFor(*spec), (160 + 48 * 2 + 64 + 48 + 2) * kMiB);
+}
+
+TEST(ApplianceGpt, RejectsTooSmallPartitions) {
+  LayoutSizes sizes;
+  sizes.esp_mib = 32;
+  auto spec = ApplianceGpt(sizes, "seed");
+  ASSERT_FALSE(spec);
+  EXPECT_EQ(spec.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(spec.error().message().find("ESP size 32 MiB"), std::string::npos);
+  sizes = LayoutSizes{};
+  sizes.var_mib = 4;
+  spec = ApplianceGpt(sizes, "seed");
+  ASSERT_FALSE(spec);
+  EXPECT_NE(spec.error().message().find("VAR size 4 MiB"), std::string::npos);
+}
+
+TEST(DeterministicUuid, IsAVersion4Uuid) {
+  std::string uuid = DeterministicUuid("s", "n");
+  ASSERT_EQ(uuid.size(), 36u);
+  EXPECT_EQ(uuid[14], '4');
+  EXPECT_TRUE(uuid[19] == '8' || uuid[19] == '9' || uuid[19] == 'a' || uuid[19] == 'b');
+}
+
+TEST(ResolveModules, DependenciesFirstEachOnce) {
+  const char* dep =
+      "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko "
+      "kernel/drivers/virtio/virtio_ring.ko\n"
+      "kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko "
+      "kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
+      "kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n"
+      "kernel/drivers/virtio/virtio_ring.ko:\n"
+      "kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n"
+      "kernel/drivers/watchdog/softdog.ko.zst: kernel/drivers/watchdog/watchdog.ko.zst\n"
+      "kernel/drivers/watchdog/watchdog.ko.zst:\n";
+  auto order = ResolveModules(dep, {"virtio-blk", "virtio_pci", "softdog"});
+  ASSERT_TRUE(order) << order.error().ToString();
+  EXPECT_EQ(*order, (std::vector<std::string>{
+                        "kernel/drivers/virtio/virtio_ring.ko",
+                        "kernel/drivers/virtio/virtio.ko",
+                        "kernel/drivers/block/virtio_blk.ko",
+                        "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+                        "kernel/drivers/virtio/virtio_pci.ko",
+                        "kernel/drivers/watchdog/watchdog.ko.zst",
+                        "kernel/drivers/watchdog/softdog.ko.zst",
+                    }));
+}
+
+TEST(ResolveModules, NamesEveryMissingModule) {
+  auto order = ResolveModules("kernel/a.ko:\n", {"a", "nf_tables", "erofs"});
+  ASSERT_FALSE(order);
+  EXPECT_EQ(order.error().code(), ErrorCode::kNotFound);
+  EXPECT_NE(order.error().message().find("nf_tables, erofs"), std::string::npos);
+}
+
+TEST(ModuleNameFromPath, StripsDirectoryAndCompression) {
+  EXPECT_EQ(ModuleNameFromPath("kernel/fs/ext4/ext4.ko.zst"), "ext4");
+  EXPECT_EQ(ModuleNameFromPath("kernel/x/nls-cp437.ko"), "nls_cp437");
+}
+
+TEST(KernelCmdline, NamesRootSlotPanicAndWatchdog) {
+  CmdlineOptions options;
+  options.watchdog_seconds = 10;
+  std::string b = KernelCmdline(BootTarget::kSlotB, options);
+  EXPECT_NE(b.find("root=PARTLABEL=SYSTEM_B "), std::string::npos) << b;
+  EXPECT_NE(b.find("ralph.slot=b "), std::string::npos) << b;
+  EXPECT_NE(b.find("panic=5 "), std::string::npos) << b;
+  EXPECT_NE(b.find("console=ttyS0"), std::string::npos) << b;
+  EXPECT_NE(b.find("ralph.watchdog=10"), std::string::npos) << b;
+  EXPECT_NE(KernelCmdline(BootTarget::kRecovery, options).find("root=PARTLABEL=RECOVERY"),
+            std::string::npos);
+}
+
+TEST(ParseLoaderList, AbsolutePathsSortedUnique) {
+  const char* out =
+      "\tlinux-vdso.so.1 (0x00007ffd)\n"
+      "\tlibfmt.so.9 => /lib/x86_64-linux-gnu/libfmt.so.9 (0x00007f)\n"
+      "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n"
+      "\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+  EXPECT_EQ(ParseLoaderList(out),
+            (std::vector<std::string>{"/lib/x86_64-linux-gnu/libc.so.6",
+                                      "/lib/x86_64-linux-gnu/libfmt.so.9",
+                                      "/lib64/ld-linux-x86-64.so.2"}));
+}
+
+TEST(RenderServicesConf, OneLinePerService) {
+  std::string conf = RenderServicesConf({{"agent", "/usr/libexec/a", {}, {}, false, false},
+                                         {"health", "/usr/bin/h", {"-v"}, {"agent"}, true, true}});
+  EXPECT_NE(conf.find("agent exec=/usr/libexec/a required=no\n"), std::string::npos) << conf;
+  EXPECT_NE(conf.find("health exec=/usr/bin/h args=-v after=agent type=oneshot\n"),
+            std::string::npos)
+      << conf;
+}
+
+TEST(ParseSlotVariant, KnownNamesAndAClearError) {
+  EXPECT_EQ(*ParseSlotVariant("hang"), SlotVariant::kHangingInit);
+  EXPECT_EQ(*ParseSlotVariant("health-fail"), SlotVariant::kCrashingService);
+  auto bad = ParseSlotVariant("flaky");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("unknown slot variant 'flaky'"), std::string::npos);
+}
+
+TEST(CpioArchive, NewcRecordsSortedWithParentsAndTrailer) {
+  CpioArchive archive;
+  archive.AddFile("/usr/bin/x", {'h', 'i'}, 0755);
+  archive.AddCharDevice("/dev/console", 5, 1, 0600);
+  std::vector<uint8_t> bytes = archive.Serialize(1234);
+  std::string text(bytes.begin(), bytes.end());
+  EXPECT_EQ(text.compare(0, 6, "070701"), 0);
+  // Sorted: dev, dev/console, usr, usr/bin, usr/bin/x, trailer.
+  size_t dev = text.find(std::string("dev\0", 4));
+  size_t console = text.find("dev/console");
+  size_t usr_bin_x = text.find("usr/bin/x");
+  size_t trailer = text.find("TRAILER!!!");
+  ASSERT_NE(dev, std::string::npos);
+  EXPECT_LT(dev, console);
+  EXPECT_LT(console, usr_bin_x);
+  EXPECT_LT(usr_bin_x, trailer);
+  EXPECT_NE(text.find("000004D2"), std::string::npos);  // mtime 1234
+  EXPECT_EQ(bytes.size() % 512, 0u);
+  EXPECT_EQ(archive.Serialize(1234), bytes);  // reproducible
+}
+
+TEST(CpioArchive, MissingHostFileIsNotFound) {
+  CpioArchive archive;
+  auto added = archive.AddHostFile("/x", "/nonexistent/file");
+  ASSERT_FALSE(added);
+  EXPECT_EQ(added.error().code(), ErrorCode::kNotFound);
+  EXPECT_NE(added.error().message().find("/nonexistent/file"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ralph::mkimage
