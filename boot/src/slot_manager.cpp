@@ -17,6 +17,12 @@ Result<std::optional<std::vector<uint8_t>>> GetOptional(EfiVarStoreInterface& va
     if (variable.error().code() == ErrorCode::kNotFound) {
       return std::optional<std::vector<uint8_t>>();
     }
+    // A variable file cut short in a directory store (LibefivarStore reports
+    // kCorrupt): present, with no usable bytes; the decoders report it and
+    // repair rewrites it.
+    if (variable.error().code() == ErrorCode::kCorrupt) {
+      return std::optional<std::vector<uint8_t>>(std::vector<uint8_t>());
+    }
     return variable.error().WithContext(fmt::format("reading {}", name));
   }
   return std::optional<std::vector<uint8_t>>(std::move(variable->data));

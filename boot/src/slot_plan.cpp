@@ -31,16 +31,16 @@ std::string GuidText(const std::array<uint8_t, 16>& bytes) {
 }
 
 std::string DescribeEntry(const BootEntry& entry) {
-  if (entry.option) return fmt::format("Boot{:04X} \"{}\"", entry.number, entry.option->description);
+  if (entry.option)
+    return fmt::format("Boot{:04X} \"{}\"", entry.number, entry.option->description);
   return fmt::format("Boot{:04X}", entry.number);
 }
 
 Result<SlotState> RequireRecord(const FirmwareView& view) {
   if (view.record) return *view.record;
   if (view.record_error) {
-    return Error::Make(ErrorCode::kCorrupt,
-                       view.record_error->message() +
-                           "; run `ralphctl boot repair` to re-initialise it");
+    return Error::Make(ErrorCode::kCorrupt, view.record_error->message() +
+                                                "; run `ralphctl boot repair` to re-initialise it");
   }
   return Error::Make(ErrorCode::kNotFound,
                      "RalphSlotState is missing (machine not provisioned); run `ralphctl boot "
@@ -58,11 +58,11 @@ Result<void> CheckTries(uint8_t tries) {
 Result<void> CheckVersion(const SlotState& record, Slot slot, const SlotVersion& version,
                           DowngradePolicy downgrade) {
   if (downgrade == DowngradePolicy::kRefuse && version < record.minimum_version) {
-    return Error::Make(ErrorCode::kRefused,
-                       fmt::format("slot {}: version {} is below the minimum allowed version {} "
-                                   "(anti-rollback); an explicit downgrade override is needed",
-                                   SlotName(slot), version.ToString(),
-                                   record.minimum_version.ToString()));
+    return Error::Make(
+        ErrorCode::kRefused,
+        fmt::format("slot {}: version {} is below the minimum allowed version {} "
+                    "(anti-rollback); an explicit downgrade override is needed",
+                    SlotName(slot), version.ToString(), record.minimum_version.ToString()));
   }
   return {};
 }
@@ -230,9 +230,10 @@ class Planner {
 void ReportEntryProblems(Planner& planner) {
   for (const auto& [number, entry] : planner.view().entries) {
     if (entry.kind == EntryKind::kGarbled) {
-      planner.Find(fmt::format("Boot{:04X} is not a valid load option ({}): left in place; the "
-                               "firmware skips it",
-                               number, entry.note));
+      planner.Find(
+          fmt::format("Boot{:04X} is not a valid load option ({}): left in place; the "
+                      "firmware skips it",
+                      number, entry.note));
     } else if (entry.kind == EntryKind::kForeign && entry.option &&
                (TargetForFile(entry.option->file) ||
                 entry.option->description.rfind("RalphOS", 0) == 0)) {
@@ -249,9 +250,10 @@ Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record
   ReportEntryProblems(planner);
   for (BootTarget target : kAllBootTargets) {
     if (!in.esp && !planner.view().Find(target)) {
-      planner.Find(fmt::format("no Boot#### entry for {}; none can be created without the disk "
-                               "layout",
-                               BootTargetName(target)));
+      planner.Find(
+          fmt::format("no Boot#### entry for {}; none can be created without the disk "
+                      "layout",
+                      BootTargetName(target)));
       continue;
     }
     TRY(planner.EnsureEntry(target));
@@ -273,15 +275,15 @@ Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record
 SlotState StartingRecord(const PlanInput& in, std::vector<std::string>& findings) {
   if (in.view.record) return *in.view.record;
   SlotState initial = InitialSlotState(in.view, in.booted);
-  std::string committed =
-      initial.committed ? fmt::format("slot {} committed", SlotName(*initial.committed))
-                        : std::string("no slot committed");
+  std::string committed = initial.committed
+                              ? fmt::format("slot {} committed", SlotName(*initial.committed))
+                              : std::string("no slot committed");
   if (in.view.record_error) {
-    findings.push_back(fmt::format("{}: re-initialised with {}", in.view.record_error->message(),
-                                   committed));
+    findings.push_back(
+        fmt::format("{}: re-initialised with {}", in.view.record_error->message(), committed));
   } else {
-    findings.push_back(fmt::format("RalphSlotState is missing (first boot): initialised with {}",
-                                   committed));
+    findings.push_back(
+        fmt::format("RalphSlotState is missing (first boot): initialised with {}", committed));
   }
   return initial;
 }
@@ -371,9 +373,9 @@ BootEntry ClassifyEntry(uint16_t number, std::vector<uint8_t> raw,
     return entry;
   }
   if (esp && opt.hard_drive->partition_guid != esp->partition_guid) {
-    entry.note = fmt::format("File({}) on partition {}, not this disk's ESP {}", opt.file,
-                             GuidText(opt.hard_drive->partition_guid),
-                             GuidText(esp->partition_guid));
+    entry.note =
+        fmt::format("File({}) on partition {}, not this disk's ESP {}", opt.file,
+                    GuidText(opt.hard_drive->partition_guid), GuidText(esp->partition_guid));
     return entry;
   }
   entry.kind = EntryKind::kOurs;
@@ -432,9 +434,9 @@ Result<std::optional<BootTarget>> ParseKernelSlot(std::string_view cmdline) {
   if (!value) return std::optional<BootTarget>();
   Result<BootTarget> target = ParseBootTarget(*value);
   if (!target) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("kernel command line: ralph.slot={} is not a, b or recovery",
-                                   *value));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("kernel command line: ralph.slot={} is not a, b or recovery", *value));
   }
   return std::optional<BootTarget>(*target);
 }
@@ -445,8 +447,8 @@ BootedDetection DetectBooted(const FirmwareView& view, std::string_view cmdline)
   if (view.boot_current) {
     auto it = view.entries.find(*view.boot_current);
     if (it == view.entries.end()) {
-      current_note = fmt::format("BootCurrent is Boot{:04X}, which does not exist",
-                                 *view.boot_current);
+      current_note =
+          fmt::format("BootCurrent is Boot{:04X}, which does not exist", *view.boot_current);
     } else if (it->second.kind == EntryKind::kOurs) {
       from_current = it->second.target;
     } else {
@@ -459,9 +461,9 @@ BootedDetection DetectBooted(const FirmwareView& view, std::string_view cmdline)
   Result<std::optional<BootTarget>> from_cmdline = ParseKernelSlot(cmdline);
   if (!from_cmdline) {
     if (from_current) {
-      return {from_current, fmt::format("BootCurrent Boot{:04X} ({}; {})", *view.boot_current,
-                                        BootTargetName(*from_current),
-                                        from_cmdline.error().message())};
+      return {from_current,
+              fmt::format("BootCurrent Boot{:04X} ({}; {})", *view.boot_current,
+                          BootTargetName(*from_current), from_cmdline.error().message())};
     }
     return {std::nullopt, current_note + ", and " + from_cmdline.error().message()};
   }
@@ -473,9 +475,8 @@ BootedDetection DetectBooted(const FirmwareView& view, std::string_view cmdline)
                         BootTargetName(*from_current))};
   }
   if (from_current) {
-    return {from_current,
-            fmt::format("BootCurrent Boot{:04X} ({})", *view.boot_current,
-                        BootTargetDescription(*from_current))};
+    return {from_current, fmt::format("BootCurrent Boot{:04X} ({})", *view.boot_current,
+                                      BootTargetDescription(*from_current))};
   }
   if (*from_cmdline) {
     return {*from_cmdline, fmt::format("kernel command line ralph.slot= ({}; {})",
@@ -510,19 +511,29 @@ std::vector<uint16_t> DesiredBootOrder(const FirmwareView& view, const SlotState
   auto add = [&](BootTarget target) {
     if (const BootEntry* entry = view.Find(target)) order.push_back(entry->number);
   };
-  if (record.committed) add(TargetOf(*record.committed));
-  for (Slot slot : kAllSlots) {
-    SlotStatus status = record.slot(slot).status;
-    if (slot != record.committed && (status == SlotStatus::kGood || status == SlotStatus::kTrial)) {
-      add(TargetOf(slot));
+  if (record.committed) {
+    add(TargetOf(*record.committed));
+    Slot other = OtherSlot(*record.committed);
+    SlotStatus status = record.slot(other).status;
+    if (status == SlotStatus::kGood || status == SlotStatus::kTrial) add(TargetOf(other));
+    add(BootTarget::kRecovery);
+  } else {
+    // No committed slot (RECOVERY is rewriting the slots): a slot on trial
+    // goes after RECOVERY, so a crash of its trial boot lands in RECOVERY
+    // rather than in the same untested image again.
+    for (Slot slot : kAllSlots) {
+      if (record.slot(slot).status == SlotStatus::kGood) add(TargetOf(slot));
+    }
+    add(BootTarget::kRecovery);
+    for (Slot slot : kAllSlots) {
+      if (record.slot(slot).status == SlotStatus::kTrial) add(TargetOf(slot));
     }
   }
-  add(BootTarget::kRecovery);
   for (uint16_t number : view.boot_order) {
     if (std::find(order.begin(), order.end(), number) != order.end()) continue;
     auto it = view.entries.find(number);
-    if (it == view.entries.end()) continue;                 // dangling
-    if (it->second.kind == EntryKind::kOurs) continue;      // a slot left out, or a duplicate
+    if (it == view.entries.end()) continue;             // dangling
+    if (it->second.kind == EntryKind::kOurs) continue;  // a slot left out, or a duplicate
     order.push_back(number);
   }
   return order;
@@ -545,37 +556,41 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
 
   // Decide what this boot is, and what it changes in the record.
   SlotState& next = planner.record();
-  std::optional<Slot> booted = in.booted ? SlotOf(*in.booted) : std::nullopt;
+  // (A plain Slot rather than optional<Slot>: g++ 12 -O2 warns wrongly
+  // about an uninitialised optional through the switch below.)
+  const bool booted_is_slot = in.booted && *in.booted != BootTarget::kRecovery;
+  const Slot booted = booted_is_slot && *in.booted == BootTarget::kSlotB ? Slot::kB : Slot::kA;
   std::optional<Slot> rearm;
   std::string record_why = "initialise RalphSlotState";
   Plan& plan = planner.plan();
+  // A slot on trial that is not what booted, with no BootNext pending for
+  // it, failed its trial: its boot crashed, hung (watchdog) or was cut off,
+  // and the firmware fell back by itself (or something else took the
+  // BootNext). Armed and not yet taken means the trial has not happened.
+  std::optional<Slot> failed_trial;
+  if (in.booted) {
+    for (Slot slot : kAllSlots) {
+      if ((booted_is_slot && booted == slot) || next.slot(slot).status != SlotStatus::kTrial)
+        continue;
+      if (planner.BootNextTarget() == TargetOf(slot)) continue;
+      next.slot(slot).status = SlotStatus::kBad;
+      next.slot(slot).tries_left = 0;
+      failed_trial = slot;
+      plan.rolled_back = slot;
+      planner.Find(fmt::format("slot {} failed its trial ({} booted instead): marked bad",
+                               SlotName(slot), BootTargetName(*in.booted)));
+      record_why = fmt::format("record the failed trial of slot {}", SlotName(slot));
+    }
+  }
   if (!in.booted) {
     plan.event = BootEvent::kUnknown;
     planner.Find("cannot tell the booted image: " + in.booted_how);
-  } else if (!booted) {
+  } else if (!booted_is_slot) {
     plan.event = BootEvent::kRecovery;
-  } else if (next.committed == booted) {
-    plan.event = BootEvent::kNormal;
-    Slot other = OtherSlot(*booted);
-    // The committed slot is up while the other is still on trial and no
-    // BootNext is pending for it: its trial boot crashed, hung (watchdog) or
-    // was cut off, and the firmware fell back by itself.
-    if (next.slot(other).status == SlotStatus::kTrial && planner.view().boot_next &&
-        planner.view().entries.count(*planner.view().boot_next) &&
-        planner.view().entries.at(*planner.view().boot_next).target == TargetOf(other)) {
-      // Armed and not yet taken: the trial has not happened yet.
-    } else if (next.slot(other).status == SlotStatus::kTrial) {
-      next.slot(other).status = SlotStatus::kBad;
-      next.slot(other).tries_left = 0;
-      plan.event = BootEvent::kRolledBack;
-      plan.rolled_back = other;
-      planner.Find(fmt::format("slot {} failed its trial (the committed slot {} booted instead): "
-                               "marked bad",
-                               SlotName(other), SlotName(*booted)));
-      record_why = fmt::format("record the failed trial of slot {}", SlotName(other));
-    }
+  } else if (next.committed.has_value() && *next.committed == booted) {
+    plan.event = failed_trial ? BootEvent::kRolledBack : BootEvent::kNormal;
   } else {
-    SlotRecord& slot = next.slot(*booted);
+    SlotRecord& slot = next.slot(booted);
     switch (slot.status) {
       case SlotStatus::kTrial: {
         plan.event = BootEvent::kTrial;
@@ -584,7 +599,7 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
           auto it = planner.view().entries.find(*planner.view().boot_next);
           already_armed = it != planner.view().entries.end() &&
                           it->second.kind == EntryKind::kOurs &&
-                          it->second.target == TargetOf(*booted);
+                          it->second.target == TargetOf(booted);
         }
         // The firmware deleted BootNext before loading us, so a crash now
         // falls back to the committed slot. With tries left after this one,
@@ -593,8 +608,8 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
         // nothing to write.
         if (!already_armed && slot.tries_left >= 2) {
           --slot.tries_left;
-          rearm = *booted;
-          record_why = fmt::format("count a trial boot of slot {}", SlotName(*booted));
+          rearm = booted;
+          record_why = fmt::format("count a trial boot of slot {}", SlotName(booted));
         }
         break;
       }
@@ -602,7 +617,7 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
         plan.event = BootEvent::kUncommitted;
         planner.Find(fmt::format(
             "booted slot {} is good but not committed ({}); BootOrder names the committed one",
-            SlotName(*booted),
+            SlotName(booted),
             next.committed ? fmt::format("slot {} is", SlotName(*next.committed))
                            : std::string("no slot is")));
         break;
@@ -610,7 +625,7 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
       case SlotStatus::kEmpty:
       case SlotStatus::kWriting:
         plan.event = BootEvent::kUnhealthySlot;
-        planner.Find(fmt::format("booted slot {} is marked {}", SlotName(*booted),
+        planner.Find(fmt::format("booted slot {} is marked {}", SlotName(booted),
                                  SlotStatusName(slot.status)));
         break;
     }
@@ -676,9 +691,9 @@ Result<Plan> PlanMarkActive(const PlanInput& in, Slot slot, uint8_t tries,
   SlotState record = TRY_CTX(RequireRecord(in.view), "mark-active");
   SlotRecord& target = record.slot(slot);
   if (record.committed == slot) {
-    return Error::Make(ErrorCode::kInvalidState,
-                       fmt::format("mark-active: slot {} is already the committed slot",
-                                   SlotName(slot)));
+    return Error::Make(
+        ErrorCode::kInvalidState,
+        fmt::format("mark-active: slot {} is already the committed slot", SlotName(slot)));
   }
   if (target.status == SlotStatus::kEmpty || target.status == SlotStatus::kWriting) {
     return Error::Make(ErrorCode::kInvalidState,
@@ -714,8 +729,7 @@ Result<Plan> PlanBeginWrite(const PlanInput& in, Slot slot, const SlotVersion& v
   }
   std::optional<Slot> booted = SlotOf(*in.booted);
   if (booted == slot) {
-    return Error::Make(ErrorCode::kRefused,
-                       fmt::format("{}: it is the booted slot", verb));
+    return Error::Make(ErrorCode::kRefused, fmt::format("{}: it is the booted slot", verb));
   }
   if (booted && record.committed != booted) {
     return Error::Make(
@@ -734,23 +748,22 @@ Result<Plan> PlanBeginWrite(const PlanInput& in, Slot slot, const SlotVersion& v
   if (planner.BootNextTarget() == TargetOf(slot)) {
     planner.DeleteBootNext(fmt::format("slot {} is being written", SlotName(slot)));
   }
-  planner.WriteBootOrder(fmt::format("drop slot {} from BootOrder while it is written",
-                                     SlotName(slot)));
+  planner.WriteBootOrder(
+      fmt::format("drop slot {} from BootOrder while it is written", SlotName(slot)));
   planner.WriteRecord(fmt::format("slot {} writing", SlotName(slot)));
   return std::move(planner.plan());
 }
 
 Result<Plan> PlanFinishWrite(const PlanInput& in, Slot slot, const SlotVersion& version,
-                             const Sha256Digest& digest, uint8_t tries,
-                             DowngradePolicy downgrade) {
+                             const Sha256Digest& digest, uint8_t tries, DowngradePolicy downgrade) {
   std::string verb = fmt::format("finishing slot {}", SlotName(slot));
   TRY_CTX(CheckTries(tries), verb);
   SlotState record = TRY_CTX(RequireRecord(in.view), verb);
   SlotRecord& target = record.slot(slot);
   if (target.status != SlotStatus::kWriting) {
     return Error::Make(ErrorCode::kInvalidState,
-                       fmt::format("{}: the slot is {}, not being written (BeginWrite first)",
-                                   verb, SlotStatusName(target.status)));
+                       fmt::format("{}: the slot is {}, not being written (BeginWrite first)", verb,
+                                   SlotStatusName(target.status)));
   }
   if (target.version != version) {
     return Error::Make(ErrorCode::kInvalidArgument,

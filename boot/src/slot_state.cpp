@@ -61,8 +61,8 @@ Result<SlotRecord> GetSlot(std::span<const uint8_t> d, size_t at, Slot which) {
     return Corrupt(fmt::format("slot {}: reserved bytes not zero", SlotName(which)));
   }
   slot.version = GetVersion(d, at + 4);
-  std::copy(d.begin() + static_cast<ptrdiff_t>(at + 16), d.begin() + static_cast<ptrdiff_t>(at + 48),
-            slot.digest.begin());
+  std::copy(d.begin() + static_cast<ptrdiff_t>(at + 16),
+            d.begin() + static_cast<ptrdiff_t>(at + 48), slot.digest.begin());
   return slot;
 }
 
@@ -71,15 +71,18 @@ Result<uint32_t> ParseField(std::string_view text, std::string_view whole) {
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (text.empty() || ec != std::errc() || end != text.data() + text.size() ||
       (text.size() > 1 && text[0] == '0')) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("version \"{}\": expected major.minor.patch, e.g. 1.4.2", whole));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("version \"{}\": expected major.minor.patch, e.g. 1.4.2", whole));
   }
   return value;
 }
 
 }  // namespace
 
-Slot OtherSlot(Slot slot) { return slot == Slot::kA ? Slot::kB : Slot::kA; }
+Slot OtherSlot(Slot slot) {
+  return slot == Slot::kA ? Slot::kB : Slot::kA;
+}
 
 BootTarget TargetOf(Slot slot) {
   return slot == Slot::kA ? BootTarget::kSlotA : BootTarget::kSlotB;
@@ -94,7 +97,9 @@ std::optional<Slot> SlotOf(BootTarget target) {
   return std::nullopt;
 }
 
-std::string_view SlotName(Slot slot) { return slot == Slot::kA ? "A" : "B"; }
+std::string_view SlotName(Slot slot) {
+  return slot == Slot::kA ? "A" : "B";
+}
 
 std::string_view BootTargetName(BootTarget target) {
   switch (target) {
@@ -145,7 +150,9 @@ Result<SlotVersion> SlotVersion::Parse(std::string_view text) {
   return v;
 }
 
-std::string SlotVersion::ToString() const { return fmt::format("{}.{}.{}", major, minor, patch); }
+std::string SlotVersion::ToString() const {
+  return fmt::format("{}.{}.{}", major, minor, patch);
+}
 
 std::string DigestToHex(const Sha256Digest& digest) {
   std::string out;
@@ -197,8 +204,8 @@ Result<void> ValidateSlotState(const SlotState& state) {
   for (Slot s : kAllSlots) {
     const SlotRecord& slot = state.slot(s);
     if (slot.tries_left > kMaxTries) {
-      return Corrupt(fmt::format("slot {}: {} tries left, at most {}", SlotName(s),
-                                 slot.tries_left, kMaxTries));
+      return Corrupt(fmt::format("slot {}: {} tries left, at most {}", SlotName(s), slot.tries_left,
+                                 kMaxTries));
     }
     if (slot.status != SlotStatus::kTrial && slot.tries_left != 0) {
       return Corrupt(fmt::format("slot {}: {} tries left while {}", SlotName(s), slot.tries_left,

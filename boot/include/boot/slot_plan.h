@@ -110,14 +110,14 @@ struct VarWrite {
 
 // What happened on this boot, as OnBoot saw it.
 enum class BootEvent {
-  kNormal,          // the committed slot, nothing pending
-  kTrial,           // a slot on trial; the health gate decides
-  kRolledBack,      // the committed slot booted while the other was on
-                    // trial: that trial failed and is now marked bad
-  kRecovery,        // the RECOVERY image
-  kUncommitted,     // a good slot that is not the committed one
-  kUnhealthySlot,   // a slot marked bad, empty or being written
-  kUnknown,         // the booted image could not be told
+  kNormal,         // the committed slot, nothing pending
+  kTrial,          // a slot on trial; the health gate decides
+  kRolledBack,     // the committed slot booted while the other was on
+                   // trial: that trial failed and is now marked bad
+  kRecovery,       // the RECOVERY image
+  kUncommitted,    // a good slot that is not the committed one
+  kUnhealthySlot,  // a slot marked bad, empty or being written
+  kUnknown,        // the booted image could not be told
 };
 std::string_view BootEventName(BootEvent event);
 
@@ -126,8 +126,8 @@ struct Plan {
   std::vector<VarWrite> writes;
   // Problems found in the view and what the plan does about them, in words.
   std::vector<std::string> findings;
-  BootEvent event = BootEvent::kNormal;     // PlanOnBoot only
-  std::optional<Slot> rolled_back;          // PlanOnBoot, kRolledBack only
+  BootEvent event = BootEvent::kNormal;  // PlanOnBoot only
+  std::optional<Slot> rolled_back;       // PlanOnBoot, kRolledBack only
 };
 
 // Everything a plan depends on. `esp` unset: entries cannot be created.
@@ -150,7 +150,7 @@ SlotState InitialSlotState(const FirmwareView& view, std::optional<BootTarget> b
 // The BootOrder the record calls for: committed slot, the other slot if it
 // is good or on trial, RECOVERY, then every foreign or garbled entry already
 // in BootOrder in its order. Dangling numbers and duplicates of our entries
-// are dropped.
+// are dropped. With no committed slot: good slots, RECOVERY, slots on trial.
 std::vector<uint16_t> DesiredBootOrder(const FirmwareView& view, const SlotState& record);
 
 // The verbs (see slot_manager.h for their contracts).
@@ -164,7 +164,6 @@ Result<Plan> PlanArmRecovery(const PlanInput& in);
 Result<Plan> PlanBeginWrite(const PlanInput& in, Slot slot, const SlotVersion& version,
                             DowngradePolicy downgrade);
 Result<Plan> PlanFinishWrite(const PlanInput& in, Slot slot, const SlotVersion& version,
-                             const Sha256Digest& digest, uint8_t tries,
-                             DowngradePolicy downgrade);
+                             const Sha256Digest& digest, uint8_t tries, DowngradePolicy downgrade);
 
 }  // namespace ralph::boot

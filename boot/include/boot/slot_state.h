@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "platform/result.h"
+#include "platform/sha256.h"
 
 namespace ralph::boot {
 
@@ -75,7 +76,7 @@ struct SlotVersion {
   friend auto operator<=>(const SlotVersion&, const SlotVersion&) = default;
 };
 
-using Sha256Digest = std::array<uint8_t, 32>;
+using ralph::Sha256Digest;  // platform/sha256.h
 std::string DigestToHex(const Sha256Digest& digest);
 // 64 hex digits; kInvalidArgument otherwise.
 Result<Sha256Digest> DigestFromHex(std::string_view hex);
