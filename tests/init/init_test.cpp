@@ -89,7 +89,7 @@ TEST(StartOrder, RespectsAfterKeepsFileOrder) {
                                        {"d", "/d", {}, {}}};
   auto order = StartOrder(services);
   ASSERT_TRUE(order);
-  EXPECT_EQ(*order, (std::vector<std::string>{"a", "d", "b", "c"}));
+  EXPECT_EQ(*order, (std::vector<std::string>{"a", "b", "d", "c"}));
 }
 
 TEST(RestartDelay, DoublesUpToThirtySeconds) {
@@ -198,7 +198,9 @@ TEST(Supervisor, StopSignalsRunningServicesAndStopsRestarting) {
 TEST(Mounts, Pid1MountsAreHardened) {
   for (const auto& spec : Pid1Mounts()) {
     EXPECT_TRUE(spec.flags & MS_NOSUID) << spec.target;
-    if (spec.target != "/dev") EXPECT_TRUE(spec.flags & MS_NODEV) << spec.target;
+    if (spec.target != "/dev") {
+      EXPECT_TRUE(spec.flags & MS_NODEV) << spec.target;
+    }
     if (spec.target == "/proc" || spec.target == "/sys" || spec.target == "/dev/shm" ||
         spec.target == "/sys/fs/cgroup" || spec.target == "/sys/firmware/efi/efivars" ||
         spec.target == "/dev") {

@@ -153,12 +153,6 @@ Result<DiskLayout> WaitForDisk(const std::string& root_label) {
 // Failures are reported and the boot goes on: the health gate then refuses
 // to commit.
 void RunSlotManager(const std::string& cmdline, const DiskLayout& disk) {
-  if (::mount("efivarfs", kEfivarfs, "efivarfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0 &&
-      errno != EBUSY) {
-    LogError("{}: slot state not updated",
-             Error::FromErrno(fmt::format("mounting efivarfs on {}", kEfivarfs), errno).ToString());
-    return;
-  }
   auto report = [&]() -> Result<boot::BootReport> {
     auto store = TRY_CTX(LibefivarStore::Open(), "opening the EFI variable store");
     auto manager = TRY(boot::SlotManager::Create(*store, disk, cmdline));
@@ -298,15 +292,39 @@ Result<void> SwitchRoot(const std::string& init) {
   return Error::FromErrno(fmt::format("exec {}", init), errno);
 }
 
-Result<void> Run() {
+// libefivar picks its backend once, in a constructor that runs when the
+// library is loaded (efivar 37 lib.c libefivar_init): loaded before
+// efivarfs was mounted it never sees the store. So the first stage mounts
+// efivarfs and re-executes /init; the second stage's libefivar finds it.
+constexpr const char* kSecondStage = "--efivarfs-mounted";
+
+Result<void> MountEfivarfsAndReexec() {
+  if (::mount("efivarfs", kEfivarfs, "efivarfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0 &&
+      errno != EBUSY) {
+    LogError("{}: the slot state cannot be updated on this boot",
+             Error::FromErrno(fmt::format("mounting efivarfs on {}", kEfivarfs), errno).ToString());
+  }
+  char arg0[] = "/init";
+  std::string arg1 = kSecondStage;
+  char* argv[] = {arg0, arg1.data(), nullptr};
+  ::execv("/init", argv);
+  return Error::FromErrno("re-executing /init", errno);
+}
+
+Result<void> Run(bool second_stage) {
   std::vector<Error> optional_failures;
   TRY_CTX(ApplyMounts(EarlyMounts(), &optional_failures), "early mounts");
   LogInit("ralph-early-boot", LogSink::kKmsg);
   std::string cmdline = TRY(ReadSmallFile("/proc/cmdline"));
   BootConfig config = TRY(ParseKernelCmdline(cmdline));
-  LogInfo("booting slot {} (root {})", SlotDisplayName(config.slot), config.root_partlabel);
-  LoadModules();
-  ArmWatchdog(config.watchdog_seconds);
+  if (!second_stage) {
+    LogInfo("booting slot {} (root {})", SlotDisplayName(config.slot), config.root_partlabel);
+  }
+  if (!second_stage) {
+    LoadModules();
+    ArmWatchdog(config.watchdog_seconds);
+    return MountEfivarfsAndReexec();
+  }
 
   DiskLayout disk = TRY_CTX(WaitForDisk(config.root_partlabel),
                             fmt::format("slot {}", SlotDisplayName(config.slot)));
@@ -357,9 +375,10 @@ Result<void> Run() {
 }  // namespace
 }  // namespace ralph::init
 
-int main() {
+int main(int argc, char** argv) {
   ralph::LogInit("ralph-early-boot", ralph::LogSink::kStderr);
-  auto result = ralph::init::Run();
+  bool second_stage = argc > 1 && std::string_view(argv[1]) == ralph::init::kSecondStage;
+  auto result = ralph::init::Run(second_stage);
   // Run() only returns on failure (success execs ralph-init).
   ralph::init::FatalReboot(result ? ralph::Error::Make(ralph::ErrorCode::kInternal, "early boot returned")
                                   : result.error());
