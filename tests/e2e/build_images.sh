@@ -10,10 +10,21 @@ set -euo pipefail
 mkimage=$1 bin_dir=$2 out=$3
 mkdir -p "$out"
 common=(--bin-dir "$bin_dir" --test-agent --watchdog-seconds 10)
-for variant in base health-fail broken-initrd hang not-a-filesystem; do
-  b_variant=$variant
+build() {
+  local variant=$1 b_variant=$1
   [[ $variant == base ]] && b_variant=good
-  echo "e2e_images: building $variant"
-  "$mkimage" --out "$out/$variant.img" --work "$out/work-$variant" --b-variant "$b_variant" "${common[@]}"
+  "$mkimage" --out "$out/$variant.img" --work "$out/work-$variant" --b-variant "$b_variant" \
+    "${common[@]}" >"$out/$variant.log" 2>&1 || { cat "$out/$variant.log"; return 1; }
   rm -rf "$out/work-$variant"
+  echo "e2e_images: built $variant"
+}
+# The kernel cache is filled once before the parallel builds share it.
+build base
+pids=()
+for variant in health-fail broken-initrd hang not-a-filesystem; do
+  build "$variant" &
+  pids+=($!)
 done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status

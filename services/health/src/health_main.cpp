@@ -66,7 +66,7 @@ int main() {
         return 1;
       }
       auto after = ReadSlotView(slot);
-      LogInfo("health gate passed: slot {} committed ({})", display,
+      LogInfo("health gate passed: slot {} committed (after its trial; {})", display,
               after ? after->summary : view->summary);
       return 0;
     }
@@ -79,9 +79,13 @@ int main() {
       return 1;
     }
     case GateDecision::kReportOnly:
-      LogInfo("health gate {}: slot {} already committed ({})",
-              all_passed ? "passed" : "FAILED", display, view->summary);
-      return all_passed ? 0 : 1;
+      if (all_passed) {
+        LogInfo("health gate passed: slot {} committed (it already was; {})", display,
+                view->summary);
+        return 0;
+      }
+      LogError("health gate FAILED on the committed slot {} ({})", display, view->summary);
+      return 1;
   }
   return 1;
 }

@@ -6,9 +6,12 @@
 // QEMU unix socket) and answers one JSON line:
 //   {"argv": ["ralphctl", "boot", "status"]}  -> {"exit": 0, "output": "..."}
 // Allowed: ralphctl <args> (run from the slot), `reboot`, `poweroff`, and
-// `cat <path>` under /run/ralph or /proc, and `efivar <Name-guid>` (hex data).
+// `cat <path>` under /run/ralph or /proc, `efivar <Name-guid>` (hex data)
+// and `efivar-delete <Name-guid>` (NVRAM-wipe scenarios).
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -132,6 +135,24 @@ nlohmann::json Handle(const std::string& line, bool* reboot_after, bool* powerof
       hex += fmt::format("{:02x}", static_cast<uint8_t>(raw[i]));
     }
     return {{"exit", 0}, {"output", hex}};
+  }
+  if (argv[0] == "efivar-delete" && argv.size() == 2 && argv[1].find('/') == std::string::npos) {
+    // efivarfs marks most variables immutable (chattr +i) against
+    // accidental deletion (Documentation/filesystems/efivarfs.rst).
+    std::string path = "/sys/firmware/efi/efivars/" + argv[1];
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      int flags = 0;
+      if (::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_IMMUTABLE_FL)) {
+        flags &= ~FS_IMMUTABLE_FL;
+        ::ioctl(fd, FS_IOC_SETFLAGS, &flags);
+      }
+      ::close(fd);
+    }
+    if (::unlink(path.c_str()) != 0) {
+      return {{"exit", 1}, {"output", fmt::format("unlink {}: {}", path, std::strerror(errno))}};
+    }
+    return {{"exit", 0}, {"output", ""}};
   }
   return {{"exit", 2}, {"output", fmt::format("command '{}' is not allowed", argv[0])}};
 }

@@ -50,6 +50,20 @@ void E2eTest::Prepare(DiskSource source) {
 void E2eTest::InstallSlotB(const std::string& variant_image) {
   auto copied = CopyPartitions(variant_image, disk_, {"EFI", "SYSTEM_B"});
   ASSERT_TRUE(copied) << copied.error().ToString();
+  auto digest = PartitionSha256(disk_, "SYSTEM_B");
+  ASSERT_TRUE(digest) << digest.error().ToString();
+  slot_b_digest_ = *digest;
+}
+
+void E2eTest::ActivateInstalledB(Machine& machine, int tries) {
+  ASSERT_FALSE(slot_b_digest_.empty()) << "InstallSlotB first";
+  auto begin = Ralphctl(machine, {"boot", "begin-write", "B", "--version", "0.2.0"});
+  ASSERT_EQ(begin.exit, 0) << begin.output;
+  auto finish = Ralphctl(machine, {"boot", "finish-write", "B", "--version", "0.2.0", "--digest",
+                                   slot_b_digest_});
+  ASSERT_EQ(finish.exit, 0) << finish.output;
+  auto active = Ralphctl(machine, {"boot", "mark-active", "B", "--tries", std::to_string(tries)});
+  ASSERT_EQ(active.exit, 0) << active.output;
 }
 
 Machine E2eTest::Boot() {

@@ -37,9 +37,14 @@ class E2eTest : public ::testing::Test {
 
   // Copies the chosen disk and VARS into this test's scratch directory.
   void Prepare(DiskSource source);
-  // "Installs" slot B of a variant image (its ESP, holding b.efi, and its
-  // SYSTEM_B) onto this test's disk.
+  // "Installs" slot B of a variant image onto this test's disk (its ESP,
+  // holding b.efi, and its SYSTEM_B), as the OTA writer would, and
+  // remembers the digest of the new SYSTEM_B.
   void InstallSlotB(const std::string& variant_image);
+  // In the booted guest: records the installed B the way the OTA writer
+  // does (ralphctl boot begin-write / finish-write with its digest), then
+  // `ralphctl boot mark-active B --tries <tries>`.
+  void ActivateInstalledB(Machine& machine, int tries);
   // Boots this test's disk; each call logs to console-<n>.log.
   Machine Boot();
   // Runs ralphctl in the guest; fails the test when it cannot be reached.
@@ -59,6 +64,7 @@ class E2eTest : public ::testing::Test {
   std::string disk_;
   std::string vars_;
   int boots_ = 0;
+  std::string slot_b_digest_;
 };
 
 // EFI_LOAD_OPTION description (UTF-16LE after attributes and path length).

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "drivers/disk.h"
+#include "platform/sha256.h"
 #include "platform/unique_fd.h"
 
 namespace ralph::e2e {
@@ -128,6 +129,27 @@ Result<void> CopyPartitions(const std::string& from_disk, const std::string& to_
   }
   if (::fsync(out.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", to_disk), errno);
   return {};
+}
+
+Result<std::string> PartitionSha256(const std::string& disk, const std::string& label) {
+  DiskLayout layout = TRY(ProbeDisk(disk));
+  const PartitionInfo* partition = layout.Find(label);
+  if (!partition) {
+    return Error::Make(ErrorCode::kNotFound, fmt::format("{} has no partition {}", disk, label));
+  }
+  UniqueFd in(::open(disk.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return Error::FromErrno(fmt::format("open {}", disk), errno);
+  Sha256 hasher = TRY(Sha256::Create());
+  std::vector<uint8_t> buffer(1 << 20);
+  for (uint64_t done = 0; done < partition->size_bytes();) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), partition->size_bytes() - done));
+    ssize_t n = ::pread(in.get(), buffer.data(), want, static_cast<off_t>(partition->offset_bytes() + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Error::FromErrno(fmt::format("read {}", disk), n < 0 ? errno : EIO);
+    TRY(hasher.Update(std::span<const uint8_t>(buffer.data(), static_cast<size_t>(n))));
+    done += static_cast<uint64_t>(n);
+  }
+  return DigestToHex(TRY(hasher.Finish()));
 }
 
 Result<void> ScribblePartition(const std::string& disk, const std::string& label, uint64_t offset,

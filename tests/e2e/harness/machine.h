@@ -33,6 +33,8 @@ Result<void> SparseCopy(const std::string& from, const std::string& to);
 // another with the same GPT (the e2e way of "installing" a slot variant).
 Result<void> CopyPartitions(const std::string& from_disk, const std::string& to_disk,
                             const std::vector<std::string>& labels);
+// SHA-256 (hex) of a partition's whole extent in a disk image.
+Result<std::string> PartitionSha256(const std::string& disk, const std::string& label);
 // Overwrites `length` bytes at `offset` inside partition `label` with a
 // fixed pattern (bad-input tests).
 Result<void> ScribblePartition(const std::string& disk, const std::string& label, uint64_t offset,

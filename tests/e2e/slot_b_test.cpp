@@ -1,0 +1,119 @@
+// Trying slot B: a good B is committed; a B whose health gate fails, whose
+// kernel never reaches early boot, whose userspace hangs, or whose slot
+// image is not a filesystem falls back to A; a power cut during the trial
+// boots A. One scenario per test binary (RALPH_E2E_SCENARIO picks it) so
+// ctest runs them in parallel.
+#include "harness/e2e_test.h"
+
+namespace ralph::e2e {
+namespace {
+
+constexpr const char* kRolledBackB = "slot B failed its trial: rolled back";
+
+// Boots the provisioned machine with `variant`'s slot B installed, waits for
+// A's health gate, and activates B for `tries` boots.
+class SlotBTest : public E2eTest {
+ protected:
+  Machine BootAndActivate(const std::string& variant, int tries) {
+    Prepare(DiskSource::kProvisioned);
+    InstallSlotB(Image(variant));
+    Machine machine = Boot();
+    auto up = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
+    EXPECT_TRUE(up) << up.error().ToString();
+    ActivateInstalledB(machine, tries);
+    return machine;
+  }
+};
+
+TEST_F(SlotBTest, GoodBIsTriedThenCommitted) {
+  Machine machine = BootAndActivate("base", 1);
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "B"));
+  auto committed = machine.WaitFor(CommittedSlot("B"), kBootTimeout);
+  ASSERT_TRUE(committed) << committed.error().ToString();
+  EXPECT_EQ(BootCurrentDescription(machine), "RalphOS B");
+  EXPECT_EQ(FirstInBootOrderDescription(machine), "RalphOS B");
+}
+
+TEST_F(SlotBTest, FailedHealthGateMarksBBadAndFallsBackToA) {
+  Machine machine = BootAndActivate("health-fail", 1);
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "B"));
+  auto failed = machine.WaitFor("service canary is not running", kBootTimeout);
+  ASSERT_TRUE(failed) << failed.error().ToString();
+  failed = machine.WaitFor("health gate failed: slot B marked bad", kBootTimeout);
+  ASSERT_TRUE(failed) << failed.error().ToString();
+  auto back = machine.WaitFor(BootingSlot("A"), kBootTimeout);
+  ASSERT_TRUE(back) << back.error().ToString();
+  auto reported = machine.WaitFor("B bad", kBootTimeout);  // A's health gate summary
+  ASSERT_TRUE(reported) << reported.error().ToString();
+  EXPECT_EQ(FirstInBootOrderDescription(machine), "RalphOS A");
+  auto status = Ralphctl(machine, {"boot", "status"});
+  EXPECT_EQ(status.exit, 0) << status.output;
+  EXPECT_NE(status.output.find("bad"), std::string::npos) << status.output;
+}
+
+TEST_F(SlotBTest, KernelThatNeverReachesEarlyBootFallsBackAfterOneAttempt) {
+  Machine machine = BootAndActivate("broken-initrd", 1);
+  ASSERT_FALSE(HasFatalFailure());
+  auto reboot = machine.Agent({"reboot"}, kAgentTimeout);
+  ASSERT_TRUE(reboot) << reboot.error().ToString();
+  auto tried = machine.WaitFor("starting Boot0005 \"RalphOS B\"", kBootTimeout);
+  ASSERT_TRUE(tried) << tried.error().ToString();
+  auto panic = machine.WaitFor("Kernel panic", kBootTimeout);
+  ASSERT_TRUE(panic) << panic.error().ToString();
+  auto back = machine.WaitFor(BootingSlot("A"), kBootTimeout);
+  ASSERT_TRUE(back) << back.error().ToString();
+  auto rolled_back = machine.WaitFor(kRolledBackB, kBootTimeout);
+  ASSERT_TRUE(rolled_back) << rolled_back.error().ToString();
+  EXPECT_EQ(machine.Count(BootingSlot("B")), 0u);
+  EXPECT_EQ(machine.Count("starting Boot0005 \"RalphOS B\""), 1u);
+}
+
+TEST_F(SlotBTest, HangingUserspaceIsResetByTheWatchdogForEachTry) {
+  Machine machine = BootAndActivate("hang", 3);
+  ASSERT_FALSE(HasFatalFailure());
+  auto reboot = machine.Agent({"reboot"}, kAgentTimeout);
+  ASSERT_TRUE(reboot) << reboot.error().ToString();
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    auto tried = machine.WaitFor(BootingSlot("B"), kBootTimeout);
+    ASSERT_TRUE(tried) << "attempt " << attempt << ": " << tried.error().ToString();
+    auto hung = machine.WaitFor("userspace hung after early boot", kBootTimeout);
+    ASSERT_TRUE(hung) << "attempt " << attempt << ": " << hung.error().ToString();
+  }
+  auto back = machine.WaitFor(BootingSlot("A"), kBootTimeout);
+  ASSERT_TRUE(back) << back.error().ToString();
+  auto rolled_back = machine.WaitFor(kRolledBackB, kBootTimeout);
+  ASSERT_TRUE(rolled_back) << rolled_back.error().ToString();
+  EXPECT_EQ(machine.Count(BootingSlot("B")), 3u);
+}
+
+TEST_F(SlotBTest, SlotImageThatIsNotAFilesystemFallsBack) {
+  Machine machine = BootAndActivate("not-a-filesystem", 1);
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "B"));
+  auto error = machine.WaitFor("slot B root SYSTEM_B (/dev/vda3) is not a squashfs filesystem",
+                               kBootTimeout);
+  ASSERT_TRUE(error) << error.error().ToString();
+  auto back = machine.WaitFor(BootingSlot("A"), kBootTimeout);
+  ASSERT_TRUE(back) << back.error().ToString();
+  auto committed = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
+  ASSERT_TRUE(committed) << committed.error().ToString();
+}
+
+TEST_F(SlotBTest, PowerCutDuringTrialBootsTheCommittedSlot) {
+  Machine machine = BootAndActivate("base", 1);
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "B"));
+  machine.Kill();  // the power cut, in B's early boot
+  Machine restarted = Boot();
+  auto booted = restarted.WaitFor(BootingSlot("A"), kBootTimeout);
+  ASSERT_TRUE(booted) << booted.error().ToString();
+  auto committed = restarted.WaitFor(CommittedSlot("A"), kBootTimeout);
+  ASSERT_TRUE(committed) << committed.error().ToString();
+  EXPECT_EQ(restarted.Count(BootingSlot("B")), 0u);
+  EXPECT_EQ(BootCurrentDescription(restarted), "RalphOS A");
+}
+
+}  // namespace
+}  // namespace ralph::e2e
