@@ -16,8 +16,6 @@ TEST_F(E2eTest, FreshMachineProvisionsAndCommitsA) {
   ASSERT_TRUE(removable) << removable.error().ToString();
   auto committed = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
   ASSERT_TRUE(committed) << committed.error().ToString();
-  auto agent = machine.WaitFor(kAgentReady, kBootTimeout);
-  ASSERT_TRUE(agent) << agent.error().ToString();
   EXPECT_EQ(FirstInBootOrderDescription(machine), "RalphOS A");
 
   // Next boot: through Boot#### for A, not the removable path.

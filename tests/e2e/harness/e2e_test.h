@@ -20,6 +20,7 @@ inline constexpr std::chrono::seconds kAgentTimeout{60};
 inline std::string BootingSlot(std::string_view slot) {
   return "ralph-early-boot: booting slot " + std::string(slot) + " ";
 }
+// Printed after early boot; the agent answers requests sent before it.
 inline constexpr const char* kAgentReady = "ralph-test-agent: listening";
 inline std::string CommittedSlot(std::string_view slot) {
   return "health gate passed: slot " + std::string(slot) + " committed";

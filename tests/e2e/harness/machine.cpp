@@ -406,3 +406,26 @@ Result<std::vector<uint8_t>> ReadGuestEfiVar(Machine& machine, const std::string
 }
 
 }  // namespace ralph::e2e
+
+namespace ralph::e2e {
+
+Result<BootTimeline> MeasureBoot(Machine& machine, double start, std::chrono::seconds timeout) {
+  BootTimeline timeline;
+  struct Step {
+    const char* marker;
+    double* at;
+  } steps[] = {
+      {"BdsDxe: starting Boot", &timeline.firmware_handoff},
+      {"Run /init as init process", &timeline.kernel_init},
+      {"ralph-early-boot: booting slot", &timeline.early_boot},
+      {"up as PID 1", &timeline.pid1},
+      {"health gate passed", &timeline.committed},
+  };
+  for (const auto& step : steps) {
+    TRY_CTX(machine.WaitFor(step.marker, timeout), fmt::format("waiting for '{}'", step.marker));
+    *step.at = machine.Elapsed() - start;
+  }
+  return timeline;
+}
+
+}  // namespace ralph::e2e

@@ -78,7 +78,8 @@ class Machine {
   void Kill();
   // Waits for QEMU to exit by itself (guest power-off with -no-reboot).
   Result<void> WaitExit(Seconds timeout);
-  bool running() const { return pid_ > 0; }
+  // False once QEMU has exited (reaps it).
+  bool Alive() { return Reap(false); }
   // Seconds since QEMU was started (firmware start).
   double Elapsed() const;
 
@@ -111,5 +112,23 @@ class ScratchDir {
 // the variable does not exist.
 Result<std::vector<uint8_t>> ReadGuestEfiVar(Machine& machine, const std::string& name_guid);
 inline constexpr const char* kEfiGlobal = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+}  // namespace ralph::e2e
+
+namespace ralph::e2e {
+
+// Seconds from a boot's start (QEMU start, or the reboot request) to each
+// console milestone: the firmware hands over to our image, the kernel runs
+// /init, early boot starts, PID 1 is up, the health gate has passed.
+struct BootTimeline {
+  double firmware_handoff = 0;  // "BdsDxe: starting Boot...."
+  double kernel_init = 0;       // "Run /init as init process"
+  double early_boot = 0;        // "ralph-early-boot: booting slot"
+  double pid1 = 0;              // "ralph-init: RalphOS slot ... up as PID 1"
+  double committed = 0;         // "health gate passed"
+};
+// Follows the console from the machine's cursor; `start` is Elapsed() at
+// the boot's start.
+Result<BootTimeline> MeasureBoot(Machine& machine, double start, std::chrono::seconds timeout);
 
 }  // namespace ralph::e2e
