@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "platform/arch.h"
 #include "platform/log.h"
 #include "sandbox/service.h"
 
@@ -69,7 +70,7 @@ Result<Options> ParseArgs(int argc, char** argv) {
     return Error::Make(ErrorCode::kInvalidArgument, "the only command is 'run'");
   Options options;
   sb::SandboxSpec& spec = options.spec;
-  spec.base = "/";
+  spec.base.assign(1, '/');  // assign(): GCC 12 -Wrestrict false positive on = "/"
   spec.network.enabled = false;
   int i = 2;
   auto value = [&](std::string_view flag) -> Result<std::string> {
@@ -130,8 +131,10 @@ Result<int> Run(const Options& options) {
   std::string name = fmt::format("ralph-sandbox-{}", ::getpid());
   auto cgroups = TRY(sb::DetectCgroups(name));
   sb::ServiceOptions service_options;
-  service_options.state_dir = fmt::format("{}/{}", options.state_dir, name);
+  // Shared by every run: the upper-layer template images are made once.
+  service_options.state_dir = options.state_dir;
   service_options.name = name;
+  service_options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
   auto service = TRY(sb::SandboxService::Create(service_options, std::move(cgroups),
                                                 sb::MakeDefaultNetworkProvider(nullptr)));
   sb::JobId id = TRY(service->CreateJob(options.spec));

@@ -3,6 +3,7 @@
 #include "child.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/mount.h>
 #include <linux/securebits.h>
 #include <net/if.h>

@@ -91,7 +91,11 @@ Result<void> CreateUpperEntries(const std::string& upper, const std::vector<Uppe
       UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, entry.mode));
       if (!fd) return Io(fmt::format("create {}", path));
     }
-    if (entry.owned_by_job && ::lchown(path.c_str(), job_uid, job_uid) != 0) return Io(fmt::format("chown {}", path));
+    // Owned by the job's root: overlayfs mounted in a user namespace refuses
+    // (EACCES) merged directories whose upper part has an owner that is not
+    // mapped there. The base's own files stay host-owned and read-only.
+    (void)entry.owned_by_job;
+    if (::lchown(path.c_str(), job_uid, job_uid) != 0) return Io(fmt::format("chown {}", path));
   }
   return {};
 }
@@ -121,7 +125,6 @@ SandboxService::SandboxService(ServiceOptions options, std::unique_ptr<CgroupMan
 SandboxService::~SandboxService() {
   while (!jobs_.empty()) IgnoreError(Destroy(jobs_.begin()->first));
   volumes_.reset();
-  IgnoreError(RemoveTree(options_.state_dir + "/jobs"));
 }
 
 Result<std::unique_ptr<SandboxService>> SandboxService::Create(ServiceOptions options,
@@ -135,11 +138,14 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(ServiceOptions op
   if (!cgroups) return Error::Make(ErrorCode::kInvalidArgument, "cgroups: a cgroup manager is required");
   SeccompProgram seccomp =
       TRY_CTX(SeccompProgram::Compile(DefaultSeccompPolicy(), options.seccomp_audit_arch), "compiling seccomp");
-  TRY(MakeDirs(options.state_dir + "/jobs", 0700));
+  // 0711: the job's mapped root must traverse to its root and upper, list nothing.
+  TRY(MakeDirs(options.state_dir + "/jobs", 0711));
+  TRY(MakeDirs(options.state_dir + "/images", 0711));
   int abi = LandlockAbiVersion();
   std::unique_ptr<SandboxService> service(
       new SandboxService(std::move(options), std::move(cgroups), std::move(network), std::move(seccomp), abi));
   service->volumes_ = TRY(LoopVolumeFactory::Open(service->options_.state_dir + "/images"));
+  service->volumes_->set_max_pooled(service->options_.max_pooled_volumes);
   return service;
 }
 
@@ -155,7 +161,7 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
   job->id = fmt::format("{}-{}", options_.name, next_job_++);
   job->spec = spec;
   job->dir = fmt::format("{}/jobs/{}", options_.state_dir, job->id);
-  if (::mkdir(job->dir.c_str(), 0700) != 0) return Io(fmt::format("mkdir {}", job->dir));
+  if (::mkdir(job->dir.c_str(), 0711) != 0) return Io(fmt::format("mkdir {}", job->dir));
   // From here on Teardown() cleans up whatever exists.
   Job& j = *job;
   auto result = [&]() -> Result<void> {
@@ -170,7 +176,7 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
       TRY_CTX(MountImageReadOnly(spec.base, j.base_mount), "base");
       j.paths.lower = j.base_mount;
     }
-    j.volume = TRY_CTX(volumes_->Create(j.dir, spec.limits.disk_bytes, options_.ids.host_base), "upper volume");
+    j.volume = TRY_CTX(volumes_->Acquire(spec.limits.disk_bytes, options_.ids.host_base), "upper volume");
     j.paths.upper = j.volume->mount_point() + "/upper";
     j.paths.work = j.volume->mount_point() + "/work";
     for (const std::string& path : {j.paths.upper, j.paths.work}) {
@@ -358,8 +364,8 @@ Result<JobResult> SandboxService::Wait(const JobId& id) {
     return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} was not started", id));
   if (job.waited) return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} was already waited for", id));
   JobResult& result = job.result;
-  std::optional<std::chrono::steady_clock::time_point> deadline;
-  if (job.spec.timeout.count() > 0) deadline = job.started + job.spec.timeout;
+  bool has_deadline = job.spec.timeout.count() > 0;
+  const auto deadline = job.started + job.spec.timeout;
   siginfo_t info{};
   auto drain = [&](UniqueFd& fd, std::string& into) {
     char buffer[65536];
@@ -391,8 +397,8 @@ Result<JobResult> SandboxService::Wait(const JobId& id) {
       fds[count++] = {job.err.get(), POLLIN, 0};
     }
     int timeout_ms = -1;
-    if (deadline && job.state == Job::State::kRunning) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
+    if (has_deadline && job.state == Job::State::kRunning) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       timeout_ms = static_cast<int>(std::max<int64_t>(0, left.count()));
     }
     int ready = ::poll(fds, static_cast<nfds_t>(count), timeout_ms);
@@ -404,7 +410,7 @@ Result<JobResult> SandboxService::Wait(const JobId& id) {
       job.timed_out = true;
       SignalPidFd(job.pidfd.get(), SIGKILL);
       IgnoreError(job.cgroup->KillAll());
-      deadline.reset();
+      has_deadline = false;
       continue;
     }
     if (out_index >= 0 && fds[out_index].revents) drain(job.out, result.stdout_data);
@@ -466,10 +472,7 @@ Result<void> SandboxService::Teardown(Job& job) {
     keep(job.cgroup->Destroy());
     job.cgroup.reset();
   }
-  if (job.volume) {
-    keep(job.volume->Destroy());
-    job.volume.reset();
-  }
+  if (job.volume) keep(volumes_->Release(std::move(job.volume)));
   if (!job.base_mount.empty()) {
     if (::umount2(job.base_mount.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
       keep(Io(fmt::format("umount {}", job.base_mount)));

@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -129,7 +130,7 @@ Result<void> UpperVolume::Destroy() {
 }
 
 Result<std::unique_ptr<LoopVolumeFactory>> LoopVolumeFactory::Open(const std::string& state_dir) {
-  TRY(MakeDirs(state_dir, 0700));
+  TRY(MakeDirs(state_dir, 0711));
   return std::unique_ptr<LoopVolumeFactory>(new LoopVolumeFactory(state_dir));
 }
 
@@ -137,6 +138,11 @@ Result<std::string> LoopVolumeFactory::TemplateFor(uint64_t bytes, uint32_t owne
   auto key = std::make_pair(bytes, owner_uid);
   if (auto it = templates_.find(key); it != templates_.end()) return it->second;
   std::string path = fmt::format("{}/template-{}-{}.img", state_dir_, bytes, owner_uid);
+  // Made by an earlier run (published by rename, so complete when present).
+  if (PathExists(path)) {
+    templates_[key] = path;
+    return path;
+  }
   std::string temp = path + fmt::format(".tmp{}", ::getpid());
   {
     UniqueFd fd(::open(temp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -158,17 +164,60 @@ Result<std::string> LoopVolumeFactory::TemplateFor(uint64_t bytes, uint32_t owne
   return path;
 }
 
-Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Create(const std::string& dir, uint64_t bytes,
-                                                               uint32_t owner_uid) {
+LoopVolumeFactory::~LoopVolumeFactory() { IgnoreError(DrainPool()); }
+
+Result<void> LoopVolumeFactory::DrainPool() {
+  Result<void> first;
+  while (!pool_.empty()) {
+    auto result = pool_.back()->Destroy();
+    if (!result && first) first = std::move(result);
+    pool_.pop_back();
+  }
+  return first;
+}
+
+Result<void> LoopVolumeFactory::Release(std::unique_ptr<UpperVolume> volume) {
+  if (!volume) return {};
+  struct statfs st;
+  // More than this many inodes in use: destroying is cheaper than wiping.
+  constexpr uint64_t kMaxInodesToWipe = 2000;
+  bool keep = pool_.size() < max_pooled_ && volume->mounted_ && ::statfs(volume->mount_point_.c_str(), &st) == 0 &&
+              st.f_files - st.f_ffree <= kMaxInodesToWipe;
+  if (keep) {
+    UniqueFd root(::open(volume->mount_point_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    keep = root.valid();
+    if (keep) {
+      // Everything but lost+found (made by mkfs, needed by e2fsck).
+      for (const char* name : {"upper", "work"}) {
+        if (!RemoveTree(volume->mount_point_ + "/" + name)) keep = false;
+      }
+    }
+  }
+  if (!keep) return volume->Destroy();
+  pool_.push_back(std::move(volume));
+  return {};
+}
+
+Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes, uint32_t owner_uid) {
+  for (auto it = pool_.begin(); it != pool_.end(); ++it) {
+    if ((*it)->bytes_ == bytes && (*it)->owner_uid_ == owner_uid) {
+      std::unique_ptr<UpperVolume> volume = std::move(*it);
+      pool_.erase(it);
+      return volume;
+    }
+  }
   std::string template_path = TRY_CTX(TemplateFor(bytes, owner_uid), "making the upper-layer template");
-  std::string image = dir + "/disk.img";
-  std::string mount_point = dir + "/disk";
+  std::string dir = state_dir_ + "/volumes";
+  TRY(MakeDirs(dir, 0711));
+  uint64_t number = next_volume_++;
+  std::string image = fmt::format("{}/{}-{}.img", dir, ::getpid(), number);
+  std::string mount_point = fmt::format("{}/{}-{}", dir, ::getpid(), number);
   UniqueFd source(::open(template_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!source) return Error::FromErrno(fmt::format("open {}", template_path), errno);
   UniqueFd image_fd(::open(image.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!image_fd) return Error::FromErrno(fmt::format("create {}", image), errno);
   // From here on the volume owns the image (and later the mount).
-  std::unique_ptr<UpperVolume> volume(new UpperVolume(image, mount_point));
+  std::unique_ptr<UpperVolume> volume(new UpperVolume(image, mount_point, bytes, owner_uid));
   volume->mounted_ = false;
   if (::ftruncate(image_fd.get(), static_cast<off_t>(bytes)) != 0)
     return Error::FromErrno(fmt::format("truncate {}", image), errno);
@@ -177,7 +226,7 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Create(const std::string
   if (::mkdir(mount_point.c_str(), 0755) != 0 && errno != EEXIST)
     return Error::FromErrno(fmt::format("mkdir {}", mount_point), errno);
   // noinit_itable: nothing to zero in a sparse image, no background thread.
-  if (::mount(device.c_str(), mount_point.c_str(), "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME, "noinit_itable") != 0) {
+  if (::mount(device.c_str(), mount_point.c_str(), "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME, "noinit_itable,nobarrier") != 0) {
     int err = errno;
     ::ioctl(loop.get(), LOOP_CLR_FD, 0);
     return Error::FromErrno(fmt::format("mount {} ({}) on {}", device, image, mount_point), err);

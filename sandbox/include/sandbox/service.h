@@ -55,6 +55,9 @@ struct ServiceOptions {
   // AUDIT_ARCH_* of the running architecture (ralph::arch::SeccompAuditArch());
   // 0: the architecture this binary was built for.
   uint32_t seccomp_audit_arch = 0;
+  // Emptied upper volumes kept mounted for the next job (0: none; every job
+  // then makes and destroys its own).
+  size_t max_pooled_volumes = 16;
   // Output kept per stream; the rest is counted and dropped.
   size_t output_limit_bytes = 16u << 20;
 };

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "platform/result.h"
 
@@ -28,9 +29,12 @@ class UpperVolume {
 
  private:
   friend class LoopVolumeFactory;
-  UpperVolume(std::string image, std::string mount_point) : image_(std::move(image)), mount_point_(std::move(mount_point)) {}
+  UpperVolume(std::string image, std::string mount_point, uint64_t bytes, uint32_t owner_uid)
+      : image_(std::move(image)), mount_point_(std::move(mount_point)), bytes_(bytes), owner_uid_(owner_uid) {}
   std::string image_;
   std::string mount_point_;
+  uint64_t bytes_;
+  uint32_t owner_uid_;
   bool mounted_ = true;
 };
 
@@ -45,11 +49,26 @@ class LoopVolumeFactory {
   // first use with mkfs.ext4 (e2fsprogs).
   static Result<std::unique_ptr<LoopVolumeFactory>> Open(const std::string& state_dir);
 
-  // Creates <dir>/disk.img of `bytes` (a copy of the template's few used
-  // blocks; the rest stays sparse), attaches a free loop device and mounts
-  // it nosuid,nodev on <dir>/disk. The filesystem root is owned by
-  // `owner_uid`:`owner_uid`.
-  Result<std::unique_ptr<UpperVolume>> Create(const std::string& dir, uint64_t bytes, uint32_t owner_uid);
+  // A mounted, empty volume of `bytes` whose root is owned by
+  // `owner_uid`:`owner_uid`: a released one from the pool when there is one,
+  // else a new <state_dir>/volumes/<n>.img (a copy of the template's few used
+  // blocks; the rest stays sparse) on a free loop device, mounted
+  // nosuid,nodev on <state_dir>/volumes/<n>.
+  Result<std::unique_ptr<UpperVolume>> Acquire(uint64_t bytes, uint32_t owner_uid);
+
+  // Returns a volume after its job is gone. Small contents are wiped and
+  // the mounted volume is kept for the next job (up to `max_pooled`);
+  // otherwise, or if wiping fails, it is destroyed. Creating and destroying
+  // a loop-mounted filesystem costs tens of milliseconds (umount, freeing
+  // the image); wiping a few files costs microseconds.
+  Result<void> Release(std::unique_ptr<UpperVolume> volume);
+
+  // Destroys every pooled volume (also done by the destructor).
+  Result<void> DrainPool();
+  ~LoopVolumeFactory();
+
+  size_t pooled() const { return pool_.size(); }
+  void set_max_pooled(size_t max) { max_pooled_ = max; }
 
  private:
   explicit LoopVolumeFactory(std::string state_dir) : state_dir_(std::move(state_dir)) {}
@@ -57,6 +76,9 @@ class LoopVolumeFactory {
 
   std::string state_dir_;
   std::map<std::pair<uint64_t, uint32_t>, std::string> templates_;
+  std::vector<std::unique_ptr<UpperVolume>> pool_;
+  size_t max_pooled_ = 16;
+  uint64_t next_volume_ = 1;
 };
 
 }  // namespace ralph::sandbox
