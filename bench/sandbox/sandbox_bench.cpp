@@ -80,15 +80,20 @@ int main(int argc, char** argv) {
   std::string state = work + "/state";
   // A base like the one bwrap gets: merged-/usr symlinks and an empty /usr
   // on which the host's /usr is bound read-only.
-  for (const std::string& dir : {work, base, base + "/usr", base + "/etc", state}) mkdir(dir.c_str(), 0755);
+  for (const std::string& dir : {work, base, base + "/usr", base + "/etc", state})
+    mkdir(dir.c_str(), 0755);
   for (const char* link : {"bin", "lib", "lib64", "sbin"})
-    if (symlink(fmt::format("usr/{}", link).c_str(), (base + "/" + link).c_str()) != 0 && errno != EEXIST) return 1;
+    if (symlink(fmt::format("usr/{}", link).c_str(), (base + "/" + link).c_str()) != 0 &&
+        errno != EEXIST)
+      return 1;
 
-  std::vector<std::string> ours = {RALPH_SANDBOX_CLI, "run", "--rootfs", base, "--ro-bind", "/usr:/usr",
-                                   "--state-dir", state, "--", "/bin/true"};
-  std::vector<std::string> bwrap = {"/usr/bin/bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink",
-                                    "usr/lib64", "/lib64", "--symlink", "usr/lib", "/lib", "--symlink", "usr/bin",
-                                    "/bin", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"};
+  std::vector<std::string> ours = {RALPH_SANDBOX_CLI, "run",         "--rootfs", base, "--ro-bind",
+                                   "/usr:/usr",       "--state-dir", state,      "--", "/bin/true"};
+  std::vector<std::string> bwrap = {
+      "/usr/bin/bwrap", "--unshare-all", "--ro-bind", "/usr",    "/usr",  "--symlink",
+      "usr/lib64",      "/lib64",        "--symlink", "usr/lib", "/lib",  "--symlink",
+      "usr/bin",        "/bin",          "--proc",    "/proc",   "--dev", "/dev",
+      "--tmpfs",        "/tmp",          "/bin/true"};
   if (TimeCommand(bwrap) < 0) {
     std::fprintf(stderr, "bwrap failed (package bubblewrap)\n");
     return 1;
@@ -138,7 +143,9 @@ int main(int argc, char** argv) {
       return 1;
     }
     auto t4 = Clock::now();
-    auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+    auto ms = [](auto a, auto b) {
+      return std::chrono::duration<double, std::milli>(b - a).count();
+    };
     t_service.push_back(ms(t0, t4));
     t_create.push_back(ms(t0, t1));
     t_run.push_back(ms(t1, t2));
@@ -150,8 +157,8 @@ int main(int argc, char** argv) {
   std::printf("bwrap --unshare-all /bin/true            %8.2f\n", bw);
   std::printf("ralph-sandbox run /bin/true              %8.2f  ratio %.2fx bwrap\n", Median(t_ours),
               Median(t_ours) / bw);
-  std::printf("service create+run+wait+destroy          %8.2f  ratio %.2fx bwrap\n", Median(t_service),
-              Median(t_service) / bw);
+  std::printf("service create+run+wait+destroy          %8.2f  ratio %.2fx bwrap\n",
+              Median(t_service), Median(t_service) / bw);
   std::printf("  create %.2f  run %.2f  wait %.2f  destroy %.2f\n", Median(t_create), Median(t_run),
               Median(t_wait), Median(t_destroy));
   std::printf("service run+wait (job prepared ahead)    %8.2f  ratio %.2fx bwrap\n",
@@ -171,10 +178,13 @@ int main(int argc, char** argv) {
     ids.push_back(*id);
   }
   long after = RssKiB();
-  std::printf("service RSS: %ld KiB before, %ld KiB with %d idle sandboxes: %.1f KiB per sandbox (target < 1024)\n",
-              before, after, idle, static_cast<double>(after - before) / idle);
+  std::printf(
+      "service RSS: %ld KiB before, %ld KiB with %d idle sandboxes: %.1f KiB per sandbox (target < "
+      "1024)\n",
+      before, after, idle, static_cast<double>(after - before) / idle);
   for (const sb::JobId& id : ids) {
-    if (!(*service)->Kill(id) || !(*service)->Destroy(id)) std::fprintf(stderr, "teardown of %s failed\n", id.c_str());
+    if (!(*service)->Kill(id) || !(*service)->Destroy(id))
+      std::fprintf(stderr, "teardown of %s failed\n", id.c_str());
   }
   service->reset();
   std::string cleanup = "rm -rf " + work;

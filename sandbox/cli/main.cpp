@@ -41,21 +41,29 @@ constexpr const char kUsage[] =
 Result<uint64_t> ParseSize(std::string_view flag, const std::string& text) {
   char* end = nullptr;
   unsigned long long value = std::strtoull(text.c_str(), &end, 10);
-  if (end == text.c_str()) return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{}: '{}' is not a number", flag, text));
+  if (end == text.c_str())
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: '{}' is not a number", flag, text));
   std::string_view suffix(end);
   uint64_t scale = 1;
-  if (suffix == "K" || suffix == "k") scale = 1ull << 10;
-  else if (suffix == "M" || suffix == "m") scale = 1ull << 20;
-  else if (suffix == "G" || suffix == "g") scale = 1ull << 30;
+  if (suffix == "K" || suffix == "k")
+    scale = 1ull << 10;
+  else if (suffix == "M" || suffix == "m")
+    scale = 1ull << 20;
+  else if (suffix == "G" || suffix == "g")
+    scale = 1ull << 30;
   else if (!suffix.empty())
-    return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{}: unknown suffix '{}' in '{}'", flag, suffix, text));
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: unknown suffix '{}' in '{}'", flag, suffix, text));
   return value * scale;
 }
 
-Result<sb::BindMount> ParseBind(std::string_view flag, const std::string& text, sb::BindAccess access) {
+Result<sb::BindMount> ParseBind(std::string_view flag, const std::string& text,
+                                sb::BindAccess access) {
   size_t colon = text.find(':');
   if (colon == std::string::npos)
-    return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{}: '{}' is not SRC:DST", flag, text));
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: '{}' is not SRC:DST", flag, text));
   return sb::BindMount{text.substr(0, colon), text.substr(colon + 1), access};
 }
 
@@ -74,7 +82,8 @@ Result<Options> ParseArgs(int argc, char** argv) {
   spec.network.enabled = false;
   int i = 2;
   auto value = [&](std::string_view flag) -> Result<std::string> {
-    if (i + 1 >= argc) return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{} needs a value", flag));
+    if (i + 1 >= argc)
+      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{} needs a value", flag));
     return std::string(argv[++i]);
   };
   for (; i < argc; ++i) {
@@ -146,13 +155,16 @@ Result<int> Run(const Options& options) {
   std::fwrite(result.stderr_data.data(), 1, result.stderr_data.size(), stderr);
   if (options.stats) {
     std::fprintf(stderr,
-                 "ralph-sandbox: %s exit=%d signal=%d wall=%.3fms cpu=%.3fms max_rss=%ldKiB cgroup_mem_peak=%llu "
+                 "ralph-sandbox: %s exit=%d signal=%d wall=%.3fms cpu=%.3fms max_rss=%ldKiB "
+                 "cgroup_mem_peak=%llu "
                  "oom_kills=%llu dropped=%llu landlock_abi=%d cgroup=v%d\n",
-                 std::string(sb::TerminationName(result.termination)).c_str(), result.exit_code, result.signal,
-                 result.wall.count() / 1e6, static_cast<double>(result.cgroup.cpu_usage_ns) / 1e6,
-                 result.usage.ru_maxrss, static_cast<unsigned long long>(result.cgroup.memory_peak_bytes),
+                 std::string(sb::TerminationName(result.termination)).c_str(), result.exit_code,
+                 result.signal, result.wall.count() / 1e6,
+                 static_cast<double>(result.cgroup.cpu_usage_ns) / 1e6, result.usage.ru_maxrss,
+                 static_cast<unsigned long long>(result.cgroup.memory_peak_bytes),
                  static_cast<unsigned long long>(result.cgroup.oom_kills),
-                 static_cast<unsigned long long>(result.output_dropped_bytes), service->landlock_abi(),
+                 static_cast<unsigned long long>(result.output_dropped_bytes),
+                 service->landlock_abi(),
                  service->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1);
   }
   switch (result.termination) {

@@ -27,12 +27,14 @@ namespace {
 Result<void> RemoveCgroupDir(const std::string& path) {
   for (int attempt = 0;; ++attempt) {
     if (::rmdir(path.c_str()) == 0 || errno == ENOENT) return {};
-    if (errno != EBUSY || attempt >= 2000) return Error::FromErrno(fmt::format("rmdir {}", path), errno);
+    if (errno != EBUSY || attempt >= 2000)
+      return Error::FromErrno(fmt::format("rmdir {}", path), errno);
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 
-Result<void> ApplySettings(const std::vector<CgroupSetting>& settings, const std::string& dir_for_v2,
+Result<void> ApplySettings(const std::vector<CgroupSetting>& settings,
+                           const std::string& dir_for_v2,
                            const std::vector<std::pair<std::string, std::string>>& v1_dirs) {
   for (const CgroupSetting& setting : settings) {
     std::string dir = dir_for_v2;
@@ -43,8 +45,9 @@ Result<void> ApplySettings(const std::vector<CgroupSetting>& settings, const std
       }
       if (dir.empty()) {
         if (!setting.required) continue;
-        return Error::Make(ErrorCode::kUnsupported,
-                           fmt::format("cgroup controller {} is not available", setting.controller));
+        return Error::Make(
+            ErrorCode::kUnsupported,
+            fmt::format("cgroup controller {} is not available", setting.controller));
       }
     }
     std::string path = dir + "/" + setting.file;
@@ -88,8 +91,10 @@ class JobCgroupV2 final : public JobCgroupInterface {
   Result<CgroupUsage> Usage() const override {
     CgroupUsage usage;
     usage.memory_peak_bytes = ReadNumber(path_ + "/memory.peak");
-    if (auto stat = ReadFileString(path_ + "/cpu.stat")) usage.cpu_usage_ns = ParseKey(*stat, "usage_usec") * 1000;
-    if (auto events = ReadFileString(path_ + "/memory.events")) usage.oom_kills = ParseKey(*events, "oom_kill");
+    if (auto stat = ReadFileString(path_ + "/cpu.stat"))
+      usage.cpu_usage_ns = ParseKey(*stat, "usage_usec") * 1000;
+    if (auto events = ReadFileString(path_ + "/memory.events"))
+      usage.oom_kills = ParseKey(*events, "oom_kill");
     return usage;
   }
   Result<void> Destroy() override {
@@ -112,10 +117,11 @@ class CgroupManagerV2 final : public CgroupManagerInterface {
   explicit CgroupManagerV2(std::string parent) : parent_(std::move(parent)) {}
   ~CgroupManagerV2() override { IgnoreError(RemoveCgroupDir(parent_)); }
   CgroupVersion version() const override { return CgroupVersion::kV2; }
-  Result<std::unique_ptr<JobCgroupInterface>> CreateJob(const std::string& name,
-                                                        const std::vector<CgroupSetting>& settings) override {
+  Result<std::unique_ptr<JobCgroupInterface>> CreateJob(
+      const std::string& name, const std::vector<CgroupSetting>& settings) override {
     std::string path = parent_ + "/" + name;
-    if (::mkdir(path.c_str(), 0755) != 0) return Error::FromErrno(fmt::format("mkdir {}", path), errno);
+    if (::mkdir(path.c_str(), 0755) != 0)
+      return Error::FromErrno(fmt::format("mkdir {}", path), errno);
     UniqueFd dir(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!dir) {
       int err = errno;
@@ -140,13 +146,16 @@ class JobCgroupV1 final : public JobCgroupInterface {
  public:
   JobCgroupV1() = default;
   ~JobCgroupV1() override { IgnoreError(Destroy()); }
-  void Add(std::string controller, std::string path) { dirs_.emplace_back(std::move(controller), std::move(path)); }
+  void Add(std::string controller, std::string path) {
+    dirs_.emplace_back(std::move(controller), std::move(path));
+  }
   const std::vector<std::pair<std::string, std::string>>& dirs() const { return dirs_; }
 
   int clone_into_fd() const override { return -1; }
   Result<void> Attach(pid_t pid) override {
     for (const auto& [controller, path] : dirs_)
-      TRY_CTX(WriteFileString(path + "/cgroup.procs", std::to_string(pid)), fmt::format("attaching to {}", controller));
+      TRY_CTX(WriteFileString(path + "/cgroup.procs", std::to_string(pid)),
+              fmt::format("attaching to {}", controller));
     return {};
   }
   Result<void> KillAll() override {
@@ -165,13 +174,15 @@ class JobCgroupV1 final : public JobCgroupInterface {
       if (!any) return {};
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    return Error::Make(ErrorCode::kTimeout, fmt::format("tasks left in {} after 100 kill passes", procs));
+    return Error::Make(ErrorCode::kTimeout,
+                       fmt::format("tasks left in {} after 100 kill passes", procs));
   }
   Result<CgroupUsage> Usage() const override {
     CgroupUsage usage;
     usage.memory_peak_bytes = ReadNumber(Dir("memory") + "/memory.max_usage_in_bytes");
     usage.cpu_usage_ns = ReadNumber(Dir("cpuacct") + "/cpuacct.usage");
-    if (auto oom = ReadFileString(Dir("memory") + "/memory.oom_control")) usage.oom_kills = ParseKey(*oom, "oom_kill");
+    if (auto oom = ReadFileString(Dir("memory") + "/memory.oom_control"))
+      usage.oom_kills = ParseKey(*oom, "oom_kill");
     return usage;
   }
   Result<void> Destroy() override {
@@ -209,14 +220,15 @@ class CgroupManagerV1 final : public CgroupManagerInterface {
     for (const auto& entry : parents_) IgnoreError(RemoveCgroupDir(entry.second));
   }
   CgroupVersion version() const override { return CgroupVersion::kV1; }
-  Result<std::unique_ptr<JobCgroupInterface>> CreateJob(const std::string& name,
-                                                        const std::vector<CgroupSetting>& settings) override {
+  Result<std::unique_ptr<JobCgroupInterface>> CreateJob(
+      const std::string& name, const std::vector<CgroupSetting>& settings) override {
     // Owns each directory as soon as it exists, so failure paths remove
     // whatever was made.
     auto job = std::make_unique<JobCgroupV1>();
     for (const auto& [controller, parent] : parents_) {
       std::string path = parent + "/" + name;
-      if (::mkdir(path.c_str(), 0755) != 0) return Error::FromErrno(fmt::format("mkdir {}", path), errno);
+      if (::mkdir(path.c_str(), 0755) != 0)
+        return Error::FromErrno(fmt::format("mkdir {}", path), errno);
       job->Add(controller, path);
     }
     TRY_CTX(ApplySettings(settings, "", job->dirs()), fmt::format("cgroup {}", name));
@@ -249,7 +261,8 @@ Result<std::string> OwnV1Path(const std::string& controller) {
       if (item == controller) return line.substr(second + 1);
     }
   }
-  return Error::Make(ErrorCode::kNotFound, fmt::format("no v1 hierarchy for {} in /proc/self/cgroup", controller));
+  return Error::Make(ErrorCode::kNotFound,
+                     fmt::format("no v1 hierarchy for {} in /proc/self/cgroup", controller));
 }
 
 bool IsFsType(const std::string& path, long magic) {
@@ -259,11 +272,13 @@ bool IsFsType(const std::string& path, long magic) {
 
 }  // namespace
 
-Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV2(const std::string& mount, const std::string& parent) {
+Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV2(const std::string& mount,
+                                                             const std::string& parent) {
   if (!IsFsType(mount, CGROUP2_SUPER_MAGIC))
     return Error::Make(ErrorCode::kUnsupported, fmt::format("{} is not a cgroup2 mount", mount));
   if (parent.empty() || parent.find("..") != std::string::npos)
-    return Error::Make(ErrorCode::kInvalidArgument, fmt::format("cgroup parent '{}' is empty or has '..'", parent));
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("cgroup parent '{}' is empty or has '..'", parent));
   std::string path = mount + "/" + parent;
   TRY(MakeDirs(path, 0755));
   auto manager = std::make_unique<CgroupManagerV2>(path);
@@ -273,17 +288,21 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV2(const std::string& 
     std::istringstream in(*available);
     std::string controller, enable;
     while (in >> controller) {
-      if (controller == "memory" || controller == "pids" || controller == "cpu" || controller == "io")
+      if (controller == "memory" || controller == "pids" || controller == "cpu" ||
+          controller == "io")
         enable += (enable.empty() ? "+" : " +") + controller;
     }
-    if (!enable.empty()) TRY_CTX(WriteFileString(path + "/cgroup.subtree_control", enable), "enabling controllers");
+    if (!enable.empty())
+      TRY_CTX(WriteFileString(path + "/cgroup.subtree_control", enable), "enabling controllers");
   }
   return std::unique_ptr<CgroupManagerInterface>(std::move(manager));
 }
 
-Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& root, const std::string& parent) {
+Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& root,
+                                                             const std::string& parent) {
   if (parent.empty() || parent.find("..") != std::string::npos)
-    return Error::Make(ErrorCode::kInvalidArgument, fmt::format("cgroup parent '{}' is empty or has '..'", parent));
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("cgroup parent '{}' is empty or has '..'", parent));
   // Constructed first so that a failure removes the parents made so far.
   auto manager = std::make_unique<CgroupManagerV1>();
   for (const char* controller : {"memory", "pids", "cpu", "cpuacct", "blkio"}) {
@@ -291,7 +310,8 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& 
     bool optional = std::string(controller) == "blkio";
     if (!IsFsType(hierarchy, CGROUP_SUPER_MAGIC)) {
       if (optional) continue;
-      return Error::Make(ErrorCode::kUnsupported, fmt::format("{} is not a cgroup v1 hierarchy", hierarchy));
+      return Error::Make(ErrorCode::kUnsupported,
+                         fmt::format("{} is not a cgroup v1 hierarchy", hierarchy));
     }
     auto own = OwnV1Path(controller);
     if (!own) {
@@ -317,8 +337,9 @@ Result<std::unique_ptr<CgroupManagerInterface>> DetectCgroups(const std::string&
     return OpenCgroupV2(root, parent);
   }
   if (IsFsType(root + "/memory", CGROUP_SUPER_MAGIC)) return OpenCgroupV1(root, parent);
-  return Error::Make(ErrorCode::kUnsupported,
-                     fmt::format("neither cgroup2 nor cgroup v1 memory/pids/cpu hierarchies at {}", root));
+  return Error::Make(
+      ErrorCode::kUnsupported,
+      fmt::format("neither cgroup2 nor cgroup v1 memory/pids/cpu hierarchies at {}", root));
 }
 
 }  // namespace ralph::sandbox

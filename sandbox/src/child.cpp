@@ -61,18 +61,24 @@ namespace {
 int ApplyMount(const MountOp& op) {
   switch (op.kind) {
     case MountOpKind::kMount:
-      return ::mount(op.source.c_str(), op.target.c_str(), op.fstype.c_str(), op.flags, op.data.c_str()) == 0 ? 0
-                                                                                                               : errno;
+      return ::mount(op.source.c_str(), op.target.c_str(), op.fstype.c_str(), op.flags,
+                     op.data.c_str()) == 0
+                 ? 0
+                 : errno;
     case MountOpKind::kBind:
-      return ::mount(op.source.c_str(), op.target.c_str(), nullptr, MS_BIND | MS_REC, nullptr) == 0 ? 0 : errno;
+      return ::mount(op.source.c_str(), op.target.c_str(), nullptr, MS_BIND | MS_REC, nullptr) == 0
+                 ? 0
+                 : errno;
     case MountOpKind::kSetAttr: {
       mount_attr attr{};
       attr.attr_set = op.attr_set;
       // Raw syscall: glibc 2.36 has no mount_setattr wrapper. Recursive, so
       // submounts of a bind become read-only too (a plain MS_REMOUNT would
       // miss them).
-      return ::syscall(SYS_mount_setattr, AT_FDCWD, op.target.c_str(), AT_RECURSIVE, &attr, sizeof attr) == 0 ? 0
-                                                                                                              : errno;
+      return ::syscall(SYS_mount_setattr, AT_FDCWD, op.target.c_str(), AT_RECURSIVE, &attr,
+                       sizeof attr) == 0
+                 ? 0
+                 : errno;
     }
     case MountOpKind::kMakeFile: {
       int fd = ::open(op.target.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
@@ -82,8 +88,7 @@ int ApplyMount(const MountOp& op) {
     }
     case MountOpKind::kSymlink:
       return ::symlink(op.source.c_str(), op.target.c_str()) == 0 ? 0 : errno;
-    case MountOpKind::kMakeDir:
-      return ::mkdir(op.target.c_str(), 0755) == 0 ? 0 : errno;
+    case MountOpKind::kMakeDir: return ::mkdir(op.target.c_str(), 0755) == 0 ? 0 : errno;
   }
   return EINVAL;
 }
@@ -122,10 +127,12 @@ void RunChild(const ChildPlan& plan) {
   if (::setresgid(0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
   if (::setgroups(0, nullptr) != 0) Fail(plan, ChildStep::kSetIds, errno);
   if (::setresuid(0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
-  if (plan.unshare_cgroup_ns && ::unshare(CLONE_NEWCGROUP) != 0) Fail(plan, ChildStep::kCgroupNamespace, errno);
+  if (plan.unshare_cgroup_ns && ::unshare(CLONE_NEWCGROUP) != 0)
+    Fail(plan, ChildStep::kCgroupNamespace, errno);
 
   // 3. Filesystem. Nothing we mount may propagate back to the host.
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) Fail(plan, ChildStep::kMakePrivate, errno);
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+    Fail(plan, ChildStep::kMakePrivate, errno);
   for (size_t i = 0; i < plan.mounts->size(); ++i) {
     int err = ApplyMount((*plan.mounts)[i]);
     if (err != 0) Fail(plan, ChildStep::kMount, err, static_cast<int>(i));
@@ -137,7 +144,8 @@ void RunChild(const ChildPlan& plan) {
   if (::umount2(".", MNT_DETACH) != 0) Fail(plan, ChildStep::kPivotRoot, errno);
   if (::chdir("/") != 0) Fail(plan, ChildStep::kPivotRoot, errno);
 
-  if (::sethostname(plan.hostname, std::strlen(plan.hostname)) != 0) Fail(plan, ChildStep::kHostname, errno);
+  if (::sethostname(plan.hostname, std::strlen(plan.hostname)) != 0)
+    Fail(plan, ChildStep::kHostname, errno);
   if (int err = BringUpLoopback(); err != 0) Fail(plan, ChildStep::kLoopback, err);
 
   for (const RlimitSetting& setting : *plan.rlimits) {
@@ -147,7 +155,8 @@ void RunChild(const ChildPlan& plan) {
 
   // 4. stdio, a new session (no controlling terminal of the host), and with
   // a pty the slave as controlling terminal.
-  if (::dup2(plan.stdin_fd, 0) < 0 || ::dup2(plan.stdout_fd, 1) < 0 || ::dup2(plan.stderr_fd, 2) < 0)
+  if (::dup2(plan.stdin_fd, 0) < 0 || ::dup2(plan.stdout_fd, 1) < 0 ||
+      ::dup2(plan.stderr_fd, 2) < 0)
     Fail(plan, ChildStep::kStdio, errno);
   if (::setsid() < 0) Fail(plan, ChildStep::kStdio, errno);
   if (plan.controlling_tty && ::ioctl(0, TIOCSCTTY, 0) != 0) Fail(plan, ChildStep::kStdio, errno);
@@ -156,16 +165,19 @@ void RunChild(const ChildPlan& plan) {
   // 5. Privileges. Securebits first (needs CAP_SETPCAP): root inside never
   // regains capabilities through execve or setuid. Then the bounding set,
   // the ambient set and finally inheritable/permitted/effective.
-  if (cap_set_secbits(SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
-                      SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED) != 0)
+  if (cap_set_secbits(SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                      SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                      SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED) != 0)
     Fail(plan, ChildStep::kCapabilities, errno);
   for (int cap = 0; cap <= plan.last_cap; ++cap) {
-    if (cap_drop_bound(static_cast<cap_value_t>(cap)) != 0) Fail(plan, ChildStep::kCapabilities, errno);
+    if (cap_drop_bound(static_cast<cap_value_t>(cap)) != 0)
+      Fail(plan, ChildStep::kCapabilities, errno);
   }
   if (cap_reset_ambient() != 0) Fail(plan, ChildStep::kCapabilities, errno);
   if (cap_set_proc(plan.empty_caps) != 0) Fail(plan, ChildStep::kCapabilities, errno);
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) Fail(plan, ChildStep::kNoNewPrivs, errno);
-  if (int err = ApplyLandlockInChild(plan.landlock_abi); err != 0) Fail(plan, ChildStep::kLandlock, err);
+  if (int err = ApplyLandlockInChild(plan.landlock_abi); err != 0)
+    Fail(plan, ChildStep::kLandlock, err);
 
   // 6. Die with the service. Armed only now because any credential change
   // clears it (prctl(2), PR_SET_PDEATHSIG); then check the parent is still
@@ -176,7 +188,8 @@ void RunChild(const ChildPlan& plan) {
 
   // 7. Every fd above stdio closes on execve (the error pipe included, which
   // is how the parent learns the exec worked).
-  if (::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0) Fail(plan, ChildStep::kStdio, errno);
+  if (::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0)
+    Fail(plan, ChildStep::kStdio, errno);
 
   // 8. Seccomp last: the filter itself denies the mount/pivot_root above.
   if (int err = LoadSeccompProgram(plan.seccomp); err != 0) Fail(plan, ChildStep::kSeccomp, err);

@@ -49,7 +49,7 @@ struct ChildPlan {
   int sync_fd = -1;   // read: one byte from the parent = go
   int error_fd = -1;  // write: ChildFailure on error
   int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;
-  bool controlling_tty = false;  // stdio is a pty slave: setsid + TIOCSCTTY
+  bool controlling_tty = false;    // stdio is a pty slave: setsid + TIOCSCTTY
   bool unshare_cgroup_ns = false;  // v1: enter a cgroup namespace after attach
   const std::vector<MountOp>* mounts = nullptr;
   const char* root = nullptr;

@@ -42,7 +42,9 @@ Result<std::string> ReadFileString(const std::string& path) {
   return out;
 }
 
-bool PathExists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+bool PathExists(const std::string& path) {
+  return ::access(path.c_str(), F_OK) == 0;
+}
 
 Result<void> MakeDirs(const std::string& path, unsigned mode) {
   if (path.empty()) return {};
@@ -79,8 +81,10 @@ Result<void> RemoveChildren(int dir_fd, const std::string& path, dev_t dev) {
       return Error::FromErrno(fmt::format("stat {}/{}", path, name), errno);
     }
     if (S_ISDIR(st.st_mode)) {
-      if (st.st_dev != dev) return Error::Make(ErrorCode::kBusy, fmt::format("{}/{} is a mount point", path, name));
-      UniqueFd child(::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (st.st_dev != dev)
+        return Error::Make(ErrorCode::kBusy, fmt::format("{}/{} is a mount point", path, name));
+      UniqueFd child(
+          ::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       if (!child) return Error::FromErrno(fmt::format("open {}/{}", path, name), errno);
       TRY(RemoveChildren(child.get(), path + "/" + name, dev));
       if (::unlinkat(dir_fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
@@ -101,7 +105,8 @@ Result<void> RemoveTree(const std::string& path) {
     return Error::FromErrno(fmt::format("stat {}", path), errno);
   }
   if (!S_ISDIR(st.st_mode)) {
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) return Error::FromErrno(fmt::format("unlink {}", path), errno);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+      return Error::FromErrno(fmt::format("unlink {}", path), errno);
     return {};
   }
   {
@@ -109,7 +114,8 @@ Result<void> RemoveTree(const std::string& path) {
     if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
     TRY(RemoveChildren(fd.get(), path, st.st_dev));
   }
-  if (::rmdir(path.c_str()) != 0 && errno != ENOENT) return Error::FromErrno(fmt::format("rmdir {}", path), errno);
+  if (::rmdir(path.c_str()) != 0 && errno != ENOENT)
+    return Error::FromErrno(fmt::format("rmdir {}", path), errno);
   return {};
 }
 

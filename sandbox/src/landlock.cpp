@@ -17,11 +17,11 @@ struct RulesetAttr {
   uint64_t handled_access_net;
   uint64_t scoped;
 };
-constexpr uint64_t kAccessFsRefer = 1ull << 13;      // ABI 2
-constexpr uint64_t kAccessFsTruncate = 1ull << 14;   // ABI 3
-constexpr uint64_t kAccessFsIoctlDev = 1ull << 15;   // ABI 5
-constexpr uint64_t kScopeAbstractUnix = 1ull << 0;   // ABI 6
-constexpr uint64_t kScopeSignal = 1ull << 1;         // ABI 6
+constexpr uint64_t kAccessFsRefer = 1ull << 13;       // ABI 2
+constexpr uint64_t kAccessFsTruncate = 1ull << 14;    // ABI 3
+constexpr uint64_t kAccessFsIoctlDev = 1ull << 15;    // ABI 5
+constexpr uint64_t kScopeAbstractUnix = 1ull << 0;    // ABI 6
+constexpr uint64_t kScopeSignal = 1ull << 1;          // ABI 6
 constexpr uint64_t kAccessFsAbi1 = (1ull << 13) - 1;  // EXECUTE .. MAKE_SYM
 
 // Raw syscalls throughout: glibc has no Landlock wrappers.
@@ -45,7 +45,9 @@ uint64_t LandlockHandledAccessFs(int abi) {
   return access;
 }
 
-uint64_t LandlockScopes(int abi) { return abi >= 6 ? (kScopeAbstractUnix | kScopeSignal) : 0; }
+uint64_t LandlockScopes(int abi) {
+  return abi >= 6 ? (kScopeAbstractUnix | kScopeSignal) : 0;
+}
 
 int ApplyLandlockInChild(int abi) {
   if (abi < 1) return 0;

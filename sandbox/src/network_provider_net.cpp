@@ -18,7 +18,8 @@ class JobNetworkProvider final : public NetworkProviderInterface {
 };
 }  // namespace
 
-std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface* events) {
+std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
+    NetEventSinkInterface* events) {
   return std::make_unique<JobNetworkProvider>(events);
 }
 

@@ -4,6 +4,8 @@
 
 namespace ralph::sandbox {
 
-std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface*) { return nullptr; }
+std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface*) {
+  return nullptr;
+}
 
 }  // namespace ralph::sandbox

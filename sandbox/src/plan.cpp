@@ -23,7 +23,8 @@ Error Invalid(std::string message) {
 // An absolute, normalised path inside the sandbox: starts with '/', no "."
 // or ".." component, no empty component, not "/" itself.
 Result<void> CheckSandboxPath(std::string_view what, const std::string& path) {
-  if (path.empty() || path[0] != '/') return Invalid(fmt::format("{}: must be absolute, got '{}'", what, path));
+  if (path.empty() || path[0] != '/')
+    return Invalid(fmt::format("{}: must be absolute, got '{}'", what, path));
   if (path == "/") return Invalid(fmt::format("{}: must not be '/'", what));
   size_t start = 1;
   while (start <= path.size()) {
@@ -52,32 +53,39 @@ Result<void> ValidateSpec(const SandboxSpec& spec) {
     if (spec.env[i].find('=') == std::string::npos || spec.env[i][0] == '=')
       return Invalid(fmt::format("env[{}]: '{}' is not NAME=value", i, spec.env[i]));
   }
-  if (spec.cwd.empty() || spec.cwd[0] != '/') return Invalid(fmt::format("cwd: must be absolute, got '{}'", spec.cwd));
+  if (spec.cwd.empty() || spec.cwd[0] != '/')
+    return Invalid(fmt::format("cwd: must be absolute, got '{}'", spec.cwd));
   TRY(CheckSandboxPath("workspace", spec.workspace));
   static constexpr std::string_view kReserved[] = {"/proc", "/dev", "/sys", "/tmp"};
   for (size_t i = 0; i < spec.binds.size(); ++i) {
     const BindMount& bind = spec.binds[i];
     std::string what = fmt::format("binds[{}]", i);
     if (bind.source.empty() || bind.source[0] != '/')
-      return Invalid(fmt::format("{}.source: must be an absolute host path, got '{}'", what, bind.source));
+      return Invalid(
+          fmt::format("{}.source: must be an absolute host path, got '{}'", what, bind.source));
     TRY(CheckSandboxPath(what + ".destination", bind.destination));
     for (std::string_view reserved : kReserved) {
       if (bind.destination == reserved ||
-          (bind.destination.size() > reserved.size() && bind.destination.compare(0, reserved.size(), reserved) == 0 &&
+          (bind.destination.size() > reserved.size() &&
+           bind.destination.compare(0, reserved.size(), reserved) == 0 &&
            bind.destination[reserved.size()] == '/'))
-        return Invalid(fmt::format("{}.destination: '{}' is reserved for the sandbox's own {}", what,
-                                   bind.destination, reserved));
+        return Invalid(fmt::format("{}.destination: '{}' is reserved for the sandbox's own {}",
+                                   what, bind.destination, reserved));
     }
   }
   const Limits& l = spec.limits;
-  if (l.memory_bytes < (16ull << 20)) return Invalid(fmt::format("limits.memory_bytes: {} is below 16 MiB", l.memory_bytes));
+  if (l.memory_bytes < (16ull << 20))
+    return Invalid(fmt::format("limits.memory_bytes: {} is below 16 MiB", l.memory_bytes));
   if (l.pids < 1) return Invalid("limits.pids: must be at least 1");
   if (l.pids > 1'000'000) return Invalid(fmt::format("limits.pids: {} is above 1000000", l.pids));
-  if (l.cpu_millis < 10) return Invalid(fmt::format("limits.cpu_millis: {} is below 10", l.cpu_millis));
+  if (l.cpu_millis < 10)
+    return Invalid(fmt::format("limits.cpu_millis: {} is below 10", l.cpu_millis));
   if (l.io_weight < 1 || l.io_weight > 10000)
     return Invalid(fmt::format("limits.io_weight: {} is outside 1..10000", l.io_weight));
-  if (l.disk_bytes < (16ull << 20)) return Invalid(fmt::format("limits.disk_bytes: {} is below 16 MiB", l.disk_bytes));
-  if (l.tmp_bytes < (1ull << 20)) return Invalid(fmt::format("limits.tmp_bytes: {} is below 1 MiB", l.tmp_bytes));
+  if (l.disk_bytes < (16ull << 20))
+    return Invalid(fmt::format("limits.disk_bytes: {} is below 16 MiB", l.disk_bytes));
+  if (l.tmp_bytes < (1ull << 20))
+    return Invalid(fmt::format("limits.tmp_bytes: {} is below 1 MiB", l.tmp_bytes));
   if (l.open_files < 16 || l.open_files > (1ull << 20))
     return Invalid(fmt::format("limits.open_files: {} is outside 16..1048576", l.open_files));
   if (l.file_size_bytes == 0) return Invalid("limits.file_size_bytes: must be positive");
@@ -87,7 +95,9 @@ Result<void> ValidateSpec(const SandboxSpec& spec) {
   return {};
 }
 
-std::string IdMapLine(const IdMapping& mapping) { return fmt::format("0 {} {}\n", mapping.host_base, mapping.count); }
+std::string IdMapLine(const IdMapping& mapping) {
+  return fmt::format("0 {} {}\n", mapping.host_base, mapping.count);
+}
 
 Result<MountPlan> PlanMounts(const SandboxSpec& spec, const JobPaths& paths) {
   TRY(ValidateSpec(spec));
@@ -104,7 +114,8 @@ Result<MountPlan> PlanMounts(const SandboxSpec& spec, const JobPaths& paths) {
   plan.upper_entries.push_back({"dev", true, false, 0755});
   plan.upper_entries.push_back({"tmp", true, false, 01777});
   plan.upper_entries.push_back({"etc", true, false, 0755});
-  auto add_parents_and = [&](const std::string& path, bool directory, bool owned_by_job, uint32_t mode) {
+  auto add_parents_and = [&](const std::string& path, bool directory, bool owned_by_job,
+                             uint32_t mode) {
     // path is absolute and normalised (checked by ValidateSpec).
     size_t pos = 1;
     while ((pos = path.find('/', pos)) != std::string::npos) {
@@ -123,32 +134,34 @@ Result<MountPlan> PlanMounts(const SandboxSpec& spec, const JobPaths& paths) {
   // xattrs are not available (Documentation/filesystems/overlayfs.rst,
   // "Permission model" / "userxattr").
   plan.ops.push_back({MountOpKind::kMount, "overlay", root, "overlay", MS_NOSUID | MS_NODEV,
-                      fmt::format("lowerdir={},upperdir={},workdir={},userxattr", paths.lower, paths.upper,
-                                  paths.work)});
+                      fmt::format("lowerdir={},upperdir={},workdir={},userxattr", paths.lower,
+                                  paths.upper, paths.work)});
   // 2. A fresh /proc for the job's pid namespace. hidepid=invisible hides
   // processes of other users; subset=pid drops everything but the process
   // directories (/proc/sys, /proc/kcore, /proc/sysrq-trigger...).
-  std::string proc_data = spec.proc_subset_pid ? "hidepid=invisible,subset=pid" : "hidepid=invisible";
-  plan.ops.push_back({MountOpKind::kMount, "proc", in_root("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                      proc_data});
+  std::string proc_data =
+      spec.proc_subset_pid ? "hidepid=invisible,subset=pid" : "hidepid=invisible";
+  plan.ops.push_back({MountOpKind::kMount, "proc", in_root("/proc"), "proc",
+                      MS_NOSUID | MS_NODEV | MS_NOEXEC, proc_data});
   // 3. A minimal /dev: a small tmpfs with the harmless character devices
   // bind-mounted from the host (device nodes cannot be created in a user
   // namespace, which is also what keeps the job from making any).
-  plan.ops.push_back(
-      {MountOpKind::kMount, "tmpfs", in_root("/dev"), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64"});
+  plan.ops.push_back({MountOpKind::kMount, "tmpfs", in_root("/dev"), "tmpfs", MS_NOSUID | MS_NOEXEC,
+                      "mode=0755,size=64k,nr_inodes=64"});
   for (const char* dev : {"null", "zero", "full", "random", "urandom", "tty"}) {
     std::string target = in_root(std::string("/dev/") + dev);
     plan.ops.push_back({MountOpKind::kMakeFile, "", target});
     plan.ops.push_back({MountOpKind::kBind, std::string("/dev/") + dev, target});
-    plan.ops.push_back({MountOpKind::kSetAttr, "", target, "", 0, "", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC});
+    plan.ops.push_back(
+        {MountOpKind::kSetAttr, "", target, "", 0, "", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC});
   }
   plan.ops.push_back({MountOpKind::kMakeDir, "", in_root("/dev/pts")});
-  plan.ops.push_back({MountOpKind::kMount, "devpts", in_root("/dev/pts"), "devpts", MS_NOSUID | MS_NOEXEC,
-                      "newinstance,ptmxmode=0666,mode=0620"});
+  plan.ops.push_back({MountOpKind::kMount, "devpts", in_root("/dev/pts"), "devpts",
+                      MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"});
   plan.ops.push_back({MountOpKind::kSymlink, "pts/ptmx", in_root("/dev/ptmx")});
   plan.ops.push_back({MountOpKind::kMakeDir, "", in_root("/dev/shm")});
-  plan.ops.push_back({MountOpKind::kMount, "tmpfs", in_root("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                      "mode=1777,size=16m"});
+  plan.ops.push_back({MountOpKind::kMount, "tmpfs", in_root("/dev/shm"), "tmpfs",
+                      MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=16m"});
   plan.ops.push_back({MountOpKind::kSymlink, "/proc/self/fd", in_root("/dev/fd")});
   plan.ops.push_back({MountOpKind::kSymlink, "/proc/self/fd/0", in_root("/dev/stdin")});
   plan.ops.push_back({MountOpKind::kSymlink, "/proc/self/fd/1", in_root("/dev/stdout")});
@@ -173,8 +186,9 @@ Result<MountPlan> PlanMounts(const SandboxSpec& spec, const JobPaths& paths) {
     plan.upper_entries.push_back({"etc/resolv.conf", false, false, 0644});
     std::string target = in_root("/etc/resolv.conf");
     plan.ops.push_back({MountOpKind::kBind, paths.resolv, target});
-    plan.ops.push_back({MountOpKind::kSetAttr, "", target, "", 0, "",
-                        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC});
+    plan.ops.push_back(
+        {MountOpKind::kSetAttr, "", target, "", 0, "",
+         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC});
   }
   return plan;
 }
@@ -200,7 +214,8 @@ std::vector<CgroupSetting> PlanCgroupSettings(const Limits& limits, CgroupVersio
     out.push_back({"memory", "memory.limit_in_bytes", std::to_string(limits.memory_bytes)});
     // memsw = memory + swap; equal to the memory limit means no swap. Exists
     // only with swap accounting; swappiness 0 covers kernels without it.
-    out.push_back({"memory", "memory.memsw.limit_in_bytes", std::to_string(limits.memory_bytes), false});
+    out.push_back(
+        {"memory", "memory.memsw.limit_in_bytes", std::to_string(limits.memory_bytes), false});
     out.push_back({"memory", "memory.swappiness", "0", false});
     out.push_back({"pids", "pids.max", std::to_string(limits.pids)});
     out.push_back({"cpu", "cpu.cfs_period_us", std::to_string(kPeriodUs)});
@@ -225,21 +240,78 @@ std::vector<RlimitSetting> PlanRlimits(const Limits& limits) {
 }
 
 uint64_t NamespaceCloneFlags() {
-  return CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET |
-         0x80 /* CLONE_NEWTIME, absent from older headers */;
+  return CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
+         CLONE_NEWPID | CLONE_NEWNET | 0x80 /* CLONE_NEWTIME, absent from older headers */;
 }
 
 const std::vector<std::string>& AlwaysDeniedSyscalls() {
-  static const std::vector<std::string> kDenied = {
-      "mount", "umount", "umount2", "pivot_root", "chroot", "setns", "keyctl", "add_key", "request_key", "bpf",
-      "perf_event_open", "ptrace", "process_vm_readv", "process_vm_writev", "userfaultfd", "io_uring_setup",
-      "io_uring_enter", "io_uring_register", "kexec_load", "kexec_file_load", "init_module", "finit_module",
-      "delete_module", "create_module", "open_by_handle_at", "name_to_handle_at", "reboot", "swapon", "swapoff",
-      "acct", "clock_settime", "clock_adjtime", "settimeofday", "adjtimex", "stime", "syslog", "quotactl",
-      "quotactl_fd", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
-      "iopl", "ioperm", "lookup_dcookie", "nfsservctl", "vhangup", "uselib", "_sysctl", "sysfs", "ustat",
-      "pidfd_getfd", "process_madvise", "memfd_secret", "migrate_pages", "move_pages", "kcmp", "unshare",
-      "clone", "clone3", "personality", "socket", "mknod", "mknodat"};
+  static const std::vector<std::string> kDenied = {"mount",
+                                                   "umount",
+                                                   "umount2",
+                                                   "pivot_root",
+                                                   "chroot",
+                                                   "setns",
+                                                   "keyctl",
+                                                   "add_key",
+                                                   "request_key",
+                                                   "bpf",
+                                                   "perf_event_open",
+                                                   "ptrace",
+                                                   "process_vm_readv",
+                                                   "process_vm_writev",
+                                                   "userfaultfd",
+                                                   "io_uring_setup",
+                                                   "io_uring_enter",
+                                                   "io_uring_register",
+                                                   "kexec_load",
+                                                   "kexec_file_load",
+                                                   "init_module",
+                                                   "finit_module",
+                                                   "delete_module",
+                                                   "create_module",
+                                                   "open_by_handle_at",
+                                                   "name_to_handle_at",
+                                                   "reboot",
+                                                   "swapon",
+                                                   "swapoff",
+                                                   "acct",
+                                                   "clock_settime",
+                                                   "clock_adjtime",
+                                                   "settimeofday",
+                                                   "adjtimex",
+                                                   "stime",
+                                                   "syslog",
+                                                   "quotactl",
+                                                   "quotactl_fd",
+                                                   "fsopen",
+                                                   "fsconfig",
+                                                   "fsmount",
+                                                   "fspick",
+                                                   "move_mount",
+                                                   "open_tree",
+                                                   "mount_setattr",
+                                                   "iopl",
+                                                   "ioperm",
+                                                   "lookup_dcookie",
+                                                   "nfsservctl",
+                                                   "vhangup",
+                                                   "uselib",
+                                                   "_sysctl",
+                                                   "sysfs",
+                                                   "ustat",
+                                                   "pidfd_getfd",
+                                                   "process_madvise",
+                                                   "memfd_secret",
+                                                   "migrate_pages",
+                                                   "move_pages",
+                                                   "kcmp",
+                                                   "unshare",
+                                                   "clone",
+                                                   "clone3",
+                                                   "personality",
+                                                   "socket",
+                                                   "mknod",
+                                                   "mknodat"};
   // unshare, clone, clone3, personality and socket are allowed only with the
   // argument conditions in DefaultSeccompPolicy(); mknod(at) only fail
   // without capabilities anyway and are denied outright.
@@ -251,45 +323,291 @@ SeccompPolicy DefaultSeccompPolicy() {
   // and their build tools use (compare Docker's default profile,
   // moby/profiles/seccomp/default.json), without anything that manages the
   // kernel, mounts, namespaces, keys, tracing or time.
-  static constexpr const char* kAllowed[] = {
-      "accept", "accept4", "access", "alarm", "arch_prctl", "bind", "brk", "capget", "capset", "chdir", "chmod",
-      "chown", "chown32", "clock_getres", "clock_gettime", "clock_nanosleep", "close", "close_range", "connect",
-      "copy_file_range", "creat", "dup", "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl",
-      "epoll_pwait", "epoll_pwait2", "epoll_wait", "eventfd", "eventfd2", "execve", "execveat", "exit",
-      "exit_group", "faccessat", "faccessat2", "fadvise64", "fallocate", "fchdir", "fchmod",
-      "fchmodat", "fchmodat2", "fchown", "fchownat", "fcntl", "fdatasync", "fgetxattr", "flistxattr", "flock",
-      "fork", "fremovexattr", "fsetxattr", "fstat", "fstatfs", "fsync", "ftruncate", "futex", "futex_waitv",
-      "futimesat", "get_robust_list", "get_thread_area", "getcpu", "getcwd", "getdents", "getdents64", "getegid",
-      "geteuid", "getgid", "getgroups", "getitimer", "getpeername", "getpgid", "getpgrp", "getpid", "getppid",
-      "getpriority", "getrandom", "getresgid", "getresuid", "getrlimit", "getrusage", "getsid", "getsockname",
-      "getsockopt", "gettid", "gettimeofday", "getuid", "getxattr", "get_mempolicy", "inotify_add_watch",
-      "inotify_init", "inotify_init1", "inotify_rm_watch", "io_cancel", "io_destroy", "io_getevents",
-      "io_pgetevents", "io_setup", "io_submit", "ioctl", "ioprio_get", "ioprio_set", "kill", "landlock_add_rule",
-      "landlock_create_ruleset", "landlock_restrict_self", "lchown", "lgetxattr", "link", "linkat", "listen",
-      "listxattr", "llistxattr", "lremovexattr", "lseek", "lsetxattr", "lstat", "madvise", "mbind",
-      "membarrier", "memfd_create", "mincore", "mkdir", "mkdirat", "mlock", "mlock2", "mlockall", "mmap",
-      "mprotect", "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive", "mq_timedsend", "mq_unlink",
-      "mremap", "msgctl", "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap",
-      "nanosleep", "newfstatat", "open", "openat", "openat2", "pause", "pidfd_open",
-      "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free", "pkey_mprotect", "poll", "ppoll",
-      "prctl", "pread64", "preadv", "preadv2", "prlimit64", "process_mrelease", "pselect6", "pwrite64",
-      "pwritev", "pwritev2", "read", "readahead", "readlink", "readlinkat", "readv", "recvfrom", "recvmmsg",
-      "recvmsg", "remap_file_pages", "removexattr", "rename", "renameat", "renameat2", "restart_syscall",
-      "rmdir", "rseq", "rt_sigaction", "rt_sigpending", "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn",
-      "rt_sigsuspend", "rt_sigtimedwait", "rt_tgsigqueueinfo", "sched_get_priority_max",
-      "sched_get_priority_min", "sched_getaffinity", "sched_getattr", "sched_getparam", "sched_getscheduler",
-      "sched_rr_get_interval", "sched_setaffinity", "sched_setattr", "sched_setparam", "sched_setscheduler",
-      "sched_yield", "seccomp", "select", "semctl", "semget", "semop", "semtimedop", "send", "sendfile",
-      "sendmmsg", "sendmsg", "sendto", "set_mempolicy", "set_robust_list", "set_thread_area",
-      "set_tid_address", "setfsgid", "setfsuid", "setgid", "setgroups", "setitimer", "setpgid", "setpriority",
-      "setregid", "setresgid", "setresuid", "setreuid", "setrlimit", "setsid", "setsockopt", "setuid",
-      "setxattr", "shmat", "shmctl", "shmdt", "shmget", "shutdown", "sigaltstack", "signalfd", "signalfd4",
-      "socketpair", "splice", "stat", "statfs", "statx", "symlink", "symlinkat", "sync", "sync_file_range",
-      "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create", "timer_delete", "timer_getoverrun",
-      "timer_gettime", "timer_settime", "timerfd_create", "timerfd_gettime", "timerfd_settime", "times",
-      "tkill", "truncate", "umask", "uname", "unlink", "unlinkat", "utime", "utimensat", "utimes", "vfork",
-      "wait4", "waitid", "write", "writev", "cachestat", "map_shadow_stack"
-  };
+  static constexpr const char* kAllowed[] = {"accept",
+                                             "accept4",
+                                             "access",
+                                             "alarm",
+                                             "arch_prctl",
+                                             "bind",
+                                             "brk",
+                                             "capget",
+                                             "capset",
+                                             "chdir",
+                                             "chmod",
+                                             "chown",
+                                             "chown32",
+                                             "clock_getres",
+                                             "clock_gettime",
+                                             "clock_nanosleep",
+                                             "close",
+                                             "close_range",
+                                             "connect",
+                                             "copy_file_range",
+                                             "creat",
+                                             "dup",
+                                             "dup2",
+                                             "dup3",
+                                             "epoll_create",
+                                             "epoll_create1",
+                                             "epoll_ctl",
+                                             "epoll_pwait",
+                                             "epoll_pwait2",
+                                             "epoll_wait",
+                                             "eventfd",
+                                             "eventfd2",
+                                             "execve",
+                                             "execveat",
+                                             "exit",
+                                             "exit_group",
+                                             "faccessat",
+                                             "faccessat2",
+                                             "fadvise64",
+                                             "fallocate",
+                                             "fchdir",
+                                             "fchmod",
+                                             "fchmodat",
+                                             "fchmodat2",
+                                             "fchown",
+                                             "fchownat",
+                                             "fcntl",
+                                             "fdatasync",
+                                             "fgetxattr",
+                                             "flistxattr",
+                                             "flock",
+                                             "fork",
+                                             "fremovexattr",
+                                             "fsetxattr",
+                                             "fstat",
+                                             "fstatfs",
+                                             "fsync",
+                                             "ftruncate",
+                                             "futex",
+                                             "futex_waitv",
+                                             "futimesat",
+                                             "get_robust_list",
+                                             "get_thread_area",
+                                             "getcpu",
+                                             "getcwd",
+                                             "getdents",
+                                             "getdents64",
+                                             "getegid",
+                                             "geteuid",
+                                             "getgid",
+                                             "getgroups",
+                                             "getitimer",
+                                             "getpeername",
+                                             "getpgid",
+                                             "getpgrp",
+                                             "getpid",
+                                             "getppid",
+                                             "getpriority",
+                                             "getrandom",
+                                             "getresgid",
+                                             "getresuid",
+                                             "getrlimit",
+                                             "getrusage",
+                                             "getsid",
+                                             "getsockname",
+                                             "getsockopt",
+                                             "gettid",
+                                             "gettimeofday",
+                                             "getuid",
+                                             "getxattr",
+                                             "get_mempolicy",
+                                             "inotify_add_watch",
+                                             "inotify_init",
+                                             "inotify_init1",
+                                             "inotify_rm_watch",
+                                             "io_cancel",
+                                             "io_destroy",
+                                             "io_getevents",
+                                             "io_pgetevents",
+                                             "io_setup",
+                                             "io_submit",
+                                             "ioctl",
+                                             "ioprio_get",
+                                             "ioprio_set",
+                                             "kill",
+                                             "landlock_add_rule",
+                                             "landlock_create_ruleset",
+                                             "landlock_restrict_self",
+                                             "lchown",
+                                             "lgetxattr",
+                                             "link",
+                                             "linkat",
+                                             "listen",
+                                             "listxattr",
+                                             "llistxattr",
+                                             "lremovexattr",
+                                             "lseek",
+                                             "lsetxattr",
+                                             "lstat",
+                                             "madvise",
+                                             "mbind",
+                                             "membarrier",
+                                             "memfd_create",
+                                             "mincore",
+                                             "mkdir",
+                                             "mkdirat",
+                                             "mlock",
+                                             "mlock2",
+                                             "mlockall",
+                                             "mmap",
+                                             "mprotect",
+                                             "mq_getsetattr",
+                                             "mq_notify",
+                                             "mq_open",
+                                             "mq_timedreceive",
+                                             "mq_timedsend",
+                                             "mq_unlink",
+                                             "mremap",
+                                             "msgctl",
+                                             "msgget",
+                                             "msgrcv",
+                                             "msgsnd",
+                                             "msync",
+                                             "munlock",
+                                             "munlockall",
+                                             "munmap",
+                                             "nanosleep",
+                                             "newfstatat",
+                                             "open",
+                                             "openat",
+                                             "openat2",
+                                             "pause",
+                                             "pidfd_open",
+                                             "pidfd_send_signal",
+                                             "pipe",
+                                             "pipe2",
+                                             "pkey_alloc",
+                                             "pkey_free",
+                                             "pkey_mprotect",
+                                             "poll",
+                                             "ppoll",
+                                             "prctl",
+                                             "pread64",
+                                             "preadv",
+                                             "preadv2",
+                                             "prlimit64",
+                                             "process_mrelease",
+                                             "pselect6",
+                                             "pwrite64",
+                                             "pwritev",
+                                             "pwritev2",
+                                             "read",
+                                             "readahead",
+                                             "readlink",
+                                             "readlinkat",
+                                             "readv",
+                                             "recvfrom",
+                                             "recvmmsg",
+                                             "recvmsg",
+                                             "remap_file_pages",
+                                             "removexattr",
+                                             "rename",
+                                             "renameat",
+                                             "renameat2",
+                                             "restart_syscall",
+                                             "rmdir",
+                                             "rseq",
+                                             "rt_sigaction",
+                                             "rt_sigpending",
+                                             "rt_sigprocmask",
+                                             "rt_sigqueueinfo",
+                                             "rt_sigreturn",
+                                             "rt_sigsuspend",
+                                             "rt_sigtimedwait",
+                                             "rt_tgsigqueueinfo",
+                                             "sched_get_priority_max",
+                                             "sched_get_priority_min",
+                                             "sched_getaffinity",
+                                             "sched_getattr",
+                                             "sched_getparam",
+                                             "sched_getscheduler",
+                                             "sched_rr_get_interval",
+                                             "sched_setaffinity",
+                                             "sched_setattr",
+                                             "sched_setparam",
+                                             "sched_setscheduler",
+                                             "sched_yield",
+                                             "seccomp",
+                                             "select",
+                                             "semctl",
+                                             "semget",
+                                             "semop",
+                                             "semtimedop",
+                                             "send",
+                                             "sendfile",
+                                             "sendmmsg",
+                                             "sendmsg",
+                                             "sendto",
+                                             "set_mempolicy",
+                                             "set_robust_list",
+                                             "set_thread_area",
+                                             "set_tid_address",
+                                             "setfsgid",
+                                             "setfsuid",
+                                             "setgid",
+                                             "setgroups",
+                                             "setitimer",
+                                             "setpgid",
+                                             "setpriority",
+                                             "setregid",
+                                             "setresgid",
+                                             "setresuid",
+                                             "setreuid",
+                                             "setrlimit",
+                                             "setsid",
+                                             "setsockopt",
+                                             "setuid",
+                                             "setxattr",
+                                             "shmat",
+                                             "shmctl",
+                                             "shmdt",
+                                             "shmget",
+                                             "shutdown",
+                                             "sigaltstack",
+                                             "signalfd",
+                                             "signalfd4",
+                                             "socketpair",
+                                             "splice",
+                                             "stat",
+                                             "statfs",
+                                             "statx",
+                                             "symlink",
+                                             "symlinkat",
+                                             "sync",
+                                             "sync_file_range",
+                                             "syncfs",
+                                             "sysinfo",
+                                             "tee",
+                                             "tgkill",
+                                             "time",
+                                             "timer_create",
+                                             "timer_delete",
+                                             "timer_getoverrun",
+                                             "timer_gettime",
+                                             "timer_settime",
+                                             "timerfd_create",
+                                             "timerfd_gettime",
+                                             "timerfd_settime",
+                                             "times",
+                                             "tkill",
+                                             "truncate",
+                                             "umask",
+                                             "uname",
+                                             "unlink",
+                                             "unlinkat",
+                                             "utime",
+                                             "utimensat",
+                                             "utimes",
+                                             "vfork",
+                                             "wait4",
+                                             "waitid",
+                                             "write",
+                                             "writev",
+                                             "cachestat",
+                                             "map_shadow_stack"};
   SeccompPolicy policy{EPERM, {}};
   for (const char* name : kAllowed) {
     policy.rules.push_back({name, {}, 0});
@@ -330,7 +648,8 @@ std::vector<std::string> ExecCandidates(const SandboxSpec& spec) {
     if (end == std::string::npos) end = path.size();
     std::string dir = path.substr(start, end - start);
     // Relative PATH entries are meaningless before a cwd exists; skip them.
-    if (!dir.empty() && dir[0] == '/') out.push_back(dir + (dir.back() == '/' ? "" : "/") + command);
+    if (!dir.empty() && dir[0] == '/')
+      out.push_back(dir + (dir.back() == '/' ? "" : "/") + command);
     start = end + 1;
   }
   return out;

@@ -61,7 +61,9 @@ struct SandboxService::Job {
 
 namespace {
 
-Error Io(std::string_view what) { return Error::FromErrno(what, errno); }
+Error Io(std::string_view what) {
+  return Error::FromErrno(what, errno);
+}
 
 // waitid(P_PIDFD) with the rusage argument: raw syscall because glibc's
 // waitid() has no rusage parameter.
@@ -80,11 +82,13 @@ int SignalPidFd(int pidfd, int sig) {
   return ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) == 0 ? 0 : errno;
 }
 
-Result<void> CreateUpperEntries(const std::string& upper, const std::vector<UpperEntry>& entries, uint32_t job_uid) {
+Result<void> CreateUpperEntries(const std::string& upper, const std::vector<UpperEntry>& entries,
+                                uint32_t job_uid) {
   for (const UpperEntry& entry : entries) {
     std::string path = upper + "/" + entry.path;
     if (entry.directory) {
-      if (::mkdir(path.c_str(), entry.mode) != 0 && errno != EEXIST) return Io(fmt::format("mkdir {}", path));
+      if (::mkdir(path.c_str(), entry.mode) != 0 && errno != EEXIST)
+        return Io(fmt::format("mkdir {}", path));
       // mkdir applies the umask; the mode must be exact (/tmp's 1777).
       if (::chmod(path.c_str(), entry.mode) != 0) return Io(fmt::format("chmod {}", path));
     } else {
@@ -112,9 +116,10 @@ std::string_view TerminationName(Termination termination) {
   return "unknown";
 }
 
-SandboxService::SandboxService(ServiceOptions options, std::unique_ptr<CgroupManagerInterface> cgroups,
-                               std::unique_ptr<NetworkProviderInterface> network, SeccompProgram seccomp,
-                               int landlock_abi)
+SandboxService::SandboxService(ServiceOptions options,
+                               std::unique_ptr<CgroupManagerInterface> cgroups,
+                               std::unique_ptr<NetworkProviderInterface> network,
+                               SeccompProgram seccomp, int landlock_abi)
     : options_(std::move(options)),
       cgroups_(std::move(cgroups)),
       network_(std::move(network)),
@@ -127,23 +132,27 @@ SandboxService::~SandboxService() {
   volumes_.reset();
 }
 
-Result<std::unique_ptr<SandboxService>> SandboxService::Create(ServiceOptions options,
-                                                               std::unique_ptr<CgroupManagerInterface> cgroups,
-                                                               std::unique_ptr<NetworkProviderInterface> network) {
+Result<std::unique_ptr<SandboxService>> SandboxService::Create(
+    ServiceOptions options, std::unique_ptr<CgroupManagerInterface> cgroups,
+    std::unique_ptr<NetworkProviderInterface> network) {
   if (options.state_dir.empty() || options.state_dir[0] != '/')
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("state_dir: must be an absolute path, got '{}'", options.state_dir));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("state_dir: must be an absolute path, got '{}'", options.state_dir));
   if (options.name.empty() || options.name.find('/') != std::string::npos)
-    return Error::Make(ErrorCode::kInvalidArgument, fmt::format("name: '{}' is empty or has '/'", options.name));
-  if (!cgroups) return Error::Make(ErrorCode::kInvalidArgument, "cgroups: a cgroup manager is required");
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("name: '{}' is empty or has '/'", options.name));
+  if (!cgroups)
+    return Error::Make(ErrorCode::kInvalidArgument, "cgroups: a cgroup manager is required");
   SeccompProgram seccomp =
-      TRY_CTX(SeccompProgram::Compile(DefaultSeccompPolicy(), options.seccomp_audit_arch), "compiling seccomp");
+      TRY_CTX(SeccompProgram::Compile(DefaultSeccompPolicy(), options.seccomp_audit_arch),
+              "compiling seccomp");
   // 0711: the job's mapped root must traverse to its root and upper, list nothing.
   TRY(MakeDirs(options.state_dir + "/jobs", 0711));
   TRY(MakeDirs(options.state_dir + "/images", 0711));
   int abi = LandlockAbiVersion();
-  std::unique_ptr<SandboxService> service(
-      new SandboxService(std::move(options), std::move(cgroups), std::move(network), std::move(seccomp), abi));
+  std::unique_ptr<SandboxService> service(new SandboxService(
+      std::move(options), std::move(cgroups), std::move(network), std::move(seccomp), abi));
   service->volumes_ = TRY(LoopVolumeFactory::Open(service->options_.state_dir + "/images"));
   service->volumes_->set_max_pooled(service->options_.max_pooled_volumes);
   return service;
@@ -151,7 +160,8 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(ServiceOptions op
 
 Result<SandboxService::Job*> SandboxService::Find(const JobId& id) const {
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return Error::Make(ErrorCode::kNotFound, fmt::format("no sandbox job '{}'", id));
+  if (it == jobs_.end())
+    return Error::Make(ErrorCode::kNotFound, fmt::format("no sandbox job '{}'", id));
   return it->second.get();
 }
 
@@ -168,15 +178,18 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
     struct stat st;
     if (spec.base_kind == BaseKind::kDirectory) {
       if (::stat(spec.base.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-        return Error::Make(ErrorCode::kInvalidArgument, fmt::format("base: '{}' is not a directory", spec.base));
+        return Error::Make(ErrorCode::kInvalidArgument,
+                           fmt::format("base: '{}' is not a directory", spec.base));
       j.paths.lower = spec.base;
     } else {
       j.base_mount = j.dir + "/base";
-      if (::mkdir(j.base_mount.c_str(), 0755) != 0) return Io(fmt::format("mkdir {}", j.base_mount));
+      if (::mkdir(j.base_mount.c_str(), 0755) != 0)
+        return Io(fmt::format("mkdir {}", j.base_mount));
       TRY_CTX(MountImageReadOnly(spec.base, j.base_mount), "base");
       j.paths.lower = j.base_mount;
     }
-    j.volume = TRY_CTX(volumes_->Acquire(spec.limits.disk_bytes, options_.ids.host_base), "upper volume");
+    j.volume =
+        TRY_CTX(volumes_->Acquire(spec.limits.disk_bytes, options_.ids.host_base), "upper volume");
     j.paths.upper = j.volume->mount_point() + "/upper";
     j.paths.work = j.volume->mount_point() + "/work";
     for (const std::string& path : {j.paths.upper, j.paths.work}) {
@@ -191,7 +204,8 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
     if (spec.network.enabled) {
       if (!network_)
         return Error::Make(ErrorCode::kUnsupported,
-                           "network.enabled: this build has no network support (sandbox/net); disable the network");
+                           "network.enabled: this build has no network support (sandbox/net); "
+                           "disable the network");
       j.paths.resolv = j.dir + "/resolv.conf";
       UniqueFd fd(::open(j.paths.resolv.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
       if (!fd) return Io(fmt::format("create {}", j.paths.resolv));
@@ -200,17 +214,21 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
     // Bind mount points are files when the source is a file.
     for (size_t i = 0; i < spec.binds.size(); ++i) {
       if (::stat(spec.binds[i].source.c_str(), &st) != 0)
-        return Error::FromErrno(ErrorCode::kInvalidArgument, fmt::format("binds[{}].source: {}", i, spec.binds[i].source),
+        return Error::FromErrno(ErrorCode::kInvalidArgument,
+                                fmt::format("binds[{}].source: {}", i, spec.binds[i].source),
                                 errno);
       for (UpperEntry& entry : j.mounts.upper_entries) {
-        if (entry.path == spec.binds[i].destination.substr(1)) entry.directory = S_ISDIR(st.st_mode);
+        if (entry.path == spec.binds[i].destination.substr(1))
+          entry.directory = S_ISDIR(st.st_mode);
       }
     }
-    TRY_CTX(CreateUpperEntries(j.paths.upper, j.mounts.upper_entries, options_.ids.host_base), "preparing the upper");
+    TRY_CTX(CreateUpperEntries(j.paths.upper, j.mounts.upper_entries, options_.ids.host_base),
+            "preparing the upper");
     j.cgroup = TRY(cgroups_->CreateJob(j.id, PlanCgroupSettings(spec.limits, cgroups_->version())));
     j.rlimits = PlanRlimits(spec.limits);
     j.exec_candidates = ExecCandidates(spec);
-    for (const std::string& candidate : j.exec_candidates) j.exec_pointers.push_back(candidate.c_str());
+    for (const std::string& candidate : j.exec_candidates)
+      j.exec_pointers.push_back(candidate.c_str());
     for (std::string& arg : j.spec.argv) j.argv_pointers.push_back(arg.data());
     j.argv_pointers.push_back(nullptr);
     for (std::string& entry : j.spec.env) j.env_pointers.push_back(entry.data());
@@ -284,7 +302,8 @@ Result<void> SandboxService::Run(const JobId& id) {
   int pidfd = -1;
   clone_args args;
   std::memset(&args, 0, sizeof args);
-  args.flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_PIDFD;
+  args.flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC |
+               CLONE_NEWUTS | CLONE_PIDFD;
   int cgroup_fd = job.cgroup->clone_into_fd();
   if (cgroup_fd >= 0) {
     // v2: born in its cgroup (no window outside the limits), with that
@@ -324,8 +343,10 @@ Result<void> SandboxService::Run(const JobId& id) {
   };
 
   std::string map = IdMapLine(options_.ids);
-  if (auto r = WriteFileString(fmt::format("/proc/{}/uid_map", pid), map); !r) return fail(std::move(r).error());
-  if (auto r = WriteFileString(fmt::format("/proc/{}/gid_map", pid), map); !r) return fail(std::move(r).error());
+  if (auto r = WriteFileString(fmt::format("/proc/{}/uid_map", pid), map); !r)
+    return fail(std::move(r).error());
+  if (auto r = WriteFileString(fmt::format("/proc/{}/gid_map", pid), map); !r)
+    return fail(std::move(r).error());
   if (cgroup_fd < 0) {
     if (auto r = job.cgroup->Attach(job.pid); !r) return fail(std::move(r).error());
   }
@@ -333,7 +354,8 @@ Result<void> SandboxService::Run(const JobId& id) {
     auto network = network_->Create(job.id, job.pid, job.spec.network);
     if (!network) return fail(std::move(network).error().WithContext("network"));
     job.network = std::move(*network);
-    if (auto r = WriteFileString(job.paths.resolv, fmt::format("nameserver {}\n", job.network->resolver_address()));
+    if (auto r = WriteFileString(job.paths.resolv,
+                                 fmt::format("nameserver {}\n", job.network->resolver_address()));
         !r)
       return fail(std::move(r).error());
   }
@@ -349,9 +371,11 @@ Result<void> SandboxService::Run(const JobId& id) {
     std::string step(ChildStepName(static_cast<ChildStep>(failure.step)));
     if (failure.op_index >= 0 && static_cast<size_t>(failure.op_index) < job.mounts.ops.size()) {
       const MountOp& op = job.mounts.ops[static_cast<size_t>(failure.op_index)];
-      step += fmt::format(" {} ({} {})", op.target, op.fstype.empty() ? "bind" : op.fstype, op.source);
+      step +=
+          fmt::format(" {} ({} {})", op.target, op.fstype.empty() ? "bind" : op.fstype, op.source);
     }
-    if (static_cast<ChildStep>(failure.step) == ChildStep::kExec) step += fmt::format(" '{}'", job.spec.argv[0]);
+    if (static_cast<ChildStep>(failure.step) == ChildStep::kExec)
+      step += fmt::format(" '{}'", job.spec.argv[0]);
     return fail(Error::FromErrno(fmt::format("in the sandbox: {}", step), failure.err));
   }
   if (n != 0) return fail(Error::Make(ErrorCode::kInternal, "short status record from the child"));
@@ -362,7 +386,9 @@ Result<JobResult> SandboxService::Wait(const JobId& id) {
   Job& job = *TRY(Find(id));
   if (job.state == Job::State::kCreated)
     return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} was not started", id));
-  if (job.waited) return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} was already waited for", id));
+  if (job.waited)
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("sandbox {} was already waited for", id));
   JobResult& result = job.result;
   bool has_deadline = job.spec.timeout.count() > 0;
   const auto deadline = job.started + job.spec.timeout;
@@ -398,7 +424,8 @@ Result<JobResult> SandboxService::Wait(const JobId& id) {
     }
     int timeout_ms = -1;
     if (has_deadline && job.state == Job::State::kRunning) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
       timeout_ms = static_cast<int>(std::max<int64_t>(0, left.count()));
     }
     int ready = ::poll(fds, static_cast<nfds_t>(count), timeout_ms);
@@ -483,10 +510,12 @@ Result<void> SandboxService::Teardown(Job& job) {
 
 Result<void> SandboxService::Destroy(const JobId& id) {
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return Error::Make(ErrorCode::kNotFound, fmt::format("no sandbox job '{}'", id));
+  if (it == jobs_.end())
+    return Error::Make(ErrorCode::kNotFound, fmt::format("no sandbox job '{}'", id));
   auto result = Teardown(*it->second);
   jobs_.erase(it);
-  if (!result) return std::move(result).error().WithContext(fmt::format("destroying sandbox {}", id));
+  if (!result)
+    return std::move(result).error().WithContext(fmt::format("destroying sandbox {}", id));
   return {};
 }
 
@@ -497,7 +526,8 @@ Result<std::string> SandboxService::WorkspacePath(const JobId& id) const {
 
 Result<int> SandboxService::PidFd(const JobId& id) const {
   Job& job = *TRY(Find(id));
-  if (!job.pidfd) return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} is not running", id));
+  if (!job.pidfd)
+    return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} is not running", id));
   return job.pidfd.get();
 }
 

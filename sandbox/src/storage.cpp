@@ -87,7 +87,8 @@ Result<std::pair<UniqueFd, std::string>> AttachLoop(int image_fd, bool read_only
     config.block_size = 4096;
     config.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0);
     // LOOP_CONFIGURE (kernel >= 5.8) sets fd and status in one ioctl.
-    if (::ioctl(loop.get(), LOOP_CONFIGURE, &config) == 0) return std::make_pair(std::move(loop), device);
+    if (::ioctl(loop.get(), LOOP_CONFIGURE, &config) == 0)
+      return std::make_pair(std::move(loop), device);
     if (errno != EBUSY) return Error::FromErrno(fmt::format("LOOP_CONFIGURE {}", device), errno);
   }
   return Error::Make(ErrorCode::kBusy, "no free loop device after 64 attempts");
@@ -98,18 +99,24 @@ Result<std::pair<UniqueFd, std::string>> AttachLoop(int image_fd, bool read_only
 Result<void> MountImageReadOnly(const std::string& image, const std::string& mount_point) {
   UniqueFd image_fd(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
   if (!image_fd) return Error::FromErrno(fmt::format("open {}", image), errno);
-  auto [loop, device] = TRY_CTX(AttachLoop(image_fd.get(), true), fmt::format("attaching {}", image));
+  auto [loop, device] =
+      TRY_CTX(AttachLoop(image_fd.get(), true), fmt::format("attaching {}", image));
   int err = 0;
   for (const char* fstype : {"squashfs", "erofs"}) {
-    if (::mount(device.c_str(), mount_point.c_str(), fstype, MS_RDONLY | MS_NOSUID | MS_NODEV, nullptr) == 0) return {};
+    if (::mount(device.c_str(), mount_point.c_str(), fstype, MS_RDONLY | MS_NOSUID | MS_NODEV,
+                nullptr) == 0)
+      return {};
     err = errno;
   }
   ::ioctl(loop.get(), LOOP_CLR_FD, 0);
   return Error::FromErrno(ErrorCode::kInvalidArgument,
-                          fmt::format("mount {} as squashfs or erofs on {}", image, mount_point), err);
+                          fmt::format("mount {} as squashfs or erofs on {}", image, mount_point),
+                          err);
 }
 
-UpperVolume::~UpperVolume() { IgnoreError(Destroy()); }
+UpperVolume::~UpperVolume() {
+  IgnoreError(Destroy());
+}
 
 Result<void> UpperVolume::Destroy() {
   if (mounted_) {
@@ -151,20 +158,25 @@ Result<std::string> LoopVolumeFactory::TemplateFor(uint64_t bytes, uint32_t owne
       return Error::FromErrno(fmt::format("truncate {}", temp), errno);
   }
   // No journal (the upper is scratch space, lost with the job anyway),
-  // lazy inode tables (nothing to zero on a sparse file), no reserved blocks.
-  auto made = RunTool({"mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E",
-                       fmt::format("lazy_itable_init=1,nodiscard,root_owner={}:{}", owner_uid, owner_uid), "-m", "0",
-                       temp});
+  // lazy inode tables (nothing to zero on a sparse file), no reserved blocks,
+  // 4 KiB blocks to match the loop device's block size whatever the size.
+  auto made =
+      RunTool({"mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", "-E",
+               fmt::format("lazy_itable_init=1,nodiscard,root_owner={}:{}", owner_uid, owner_uid),
+               "-m", "0", temp});
   if (!made) {
     ::unlink(temp.c_str());
     return std::move(made).error().WithContext(fmt::format("formatting {}", temp));
   }
-  if (::rename(temp.c_str(), path.c_str()) != 0) return Error::FromErrno(fmt::format("rename {}", temp), errno);
+  if (::rename(temp.c_str(), path.c_str()) != 0)
+    return Error::FromErrno(fmt::format("rename {}", temp), errno);
   templates_[key] = path;
   return path;
 }
 
-LoopVolumeFactory::~LoopVolumeFactory() { IgnoreError(DrainPool()); }
+LoopVolumeFactory::~LoopVolumeFactory() {
+  IgnoreError(DrainPool());
+}
 
 Result<void> LoopVolumeFactory::DrainPool() {
   Result<void> first;
@@ -181,7 +193,8 @@ Result<void> LoopVolumeFactory::Release(std::unique_ptr<UpperVolume> volume) {
   struct statfs st;
   // More than this many inodes in use: destroying is cheaper than wiping.
   constexpr uint64_t kMaxInodesToWipe = 2000;
-  bool keep = pool_.size() < max_pooled_ && volume->mounted_ && ::statfs(volume->mount_point_.c_str(), &st) == 0 &&
+  bool keep = pool_.size() < max_pooled_ && volume->mounted_ &&
+              ::statfs(volume->mount_point_.c_str(), &st) == 0 &&
               st.f_files - st.f_ffree <= kMaxInodesToWipe;
   if (keep) {
     UniqueFd root(::open(volume->mount_point_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -198,7 +211,8 @@ Result<void> LoopVolumeFactory::Release(std::unique_ptr<UpperVolume> volume) {
   return {};
 }
 
-Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes, uint32_t owner_uid) {
+Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
+                                                                uint32_t owner_uid) {
   for (auto it = pool_.begin(); it != pool_.end(); ++it) {
     if ((*it)->bytes_ == bytes && (*it)->owner_uid_ == owner_uid) {
       std::unique_ptr<UpperVolume> volume = std::move(*it);
@@ -206,7 +220,8 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes, 
       return volume;
     }
   }
-  std::string template_path = TRY_CTX(TemplateFor(bytes, owner_uid), "making the upper-layer template");
+  std::string template_path =
+      TRY_CTX(TemplateFor(bytes, owner_uid), "making the upper-layer template");
   std::string dir = state_dir_ + "/volumes";
   TRY(MakeDirs(dir, 0711));
   uint64_t number = next_volume_++;
@@ -221,12 +236,15 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes, 
   volume->mounted_ = false;
   if (::ftruncate(image_fd.get(), static_cast<off_t>(bytes)) != 0)
     return Error::FromErrno(fmt::format("truncate {}", image), errno);
-  TRY_CTX(CopySparse(source.get(), image_fd.get(), bytes), fmt::format("copying {} to {}", template_path, image));
-  auto [loop, device] = TRY_CTX(AttachLoop(image_fd.get(), false), fmt::format("attaching {}", image));
+  TRY_CTX(CopySparse(source.get(), image_fd.get(), bytes),
+          fmt::format("copying {} to {}", template_path, image));
+  auto [loop, device] =
+      TRY_CTX(AttachLoop(image_fd.get(), false), fmt::format("attaching {}", image));
   if (::mkdir(mount_point.c_str(), 0755) != 0 && errno != EEXIST)
     return Error::FromErrno(fmt::format("mkdir {}", mount_point), errno);
   // noinit_itable: nothing to zero in a sparse image, no background thread.
-  if (::mount(device.c_str(), mount_point.c_str(), "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME, "noinit_itable,nobarrier") != 0) {
+  if (::mount(device.c_str(), mount_point.c_str(), "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME,
+              "noinit_itable,nobarrier") != 0) {
     int err = errno;
     ::ioctl(loop.get(), LOOP_CLR_FD, 0);
     return Error::FromErrno(fmt::format("mount {} ({}) on {}", device, image, mount_point), err);

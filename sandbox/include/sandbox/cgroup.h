@@ -48,8 +48,8 @@ class CgroupManagerInterface {
   // Creates the job cgroup `name` below the manager's parent and writes the
   // settings (required ones must succeed; optional ones only if the file
   // exists). Nothing is left behind on failure.
-  virtual Result<std::unique_ptr<JobCgroupInterface>> CreateJob(const std::string& name,
-                                                                const std::vector<CgroupSetting>& settings) = 0;
+  virtual Result<std::unique_ptr<JobCgroupInterface>> CreateJob(
+      const std::string& name, const std::vector<CgroupSetting>& settings) = 0;
   // The parent directories the manager made (removed by its destructor).
   virtual std::vector<std::string> parent_paths() const = 0;
 };
@@ -57,13 +57,15 @@ class CgroupManagerInterface {
 // cgroup v2 mounted at `mount` (normally /sys/fs/cgroup): job cgroups live in
 // <mount>/<parent>/ (created, with the available memory/pids/cpu/io
 // controllers enabled for its children).
-Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV2(const std::string& mount, const std::string& parent);
+Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV2(const std::string& mount,
+                                                             const std::string& parent);
 
 // cgroup v1 with hierarchies under `root` (normally /sys/fs/cgroup): for each
 // of memory, pids, cpu, cpuacct, blkio (blkio optional), job cgroups live in
 // <root>/<ctrl>/<this process's cgroup>/<parent>/, so they stay inside
 // whatever limits the service itself runs under.
-Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& root, const std::string& parent);
+Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& root,
+                                                             const std::string& parent);
 
 // v2 when /sys/fs/cgroup is a cgroup2 mount offering the memory, pids and cpu
 // controllers, else v1 when those controllers are v1 hierarchies there; else

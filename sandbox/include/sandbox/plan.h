@@ -37,12 +37,12 @@ struct JobPaths {
 };
 
 enum class MountOpKind {
-  kMount,        // mount(source, target, fstype, flags, data)
-  kBind,         // recursive bind of source on target
-  kSetAttr,      // mount_setattr(target, AT_RECURSIVE, attr_set)
-  kMakeFile,     // create an empty regular file (a bind target in a tmpfs)
-  kSymlink,      // symlink(source, target)
-  kMakeDir,      // mkdir(target) inside a tmpfs the child mounted
+  kMount,     // mount(source, target, fstype, flags, data)
+  kBind,      // recursive bind of source on target
+  kSetAttr,   // mount_setattr(target, AT_RECURSIVE, attr_set)
+  kMakeFile,  // create an empty regular file (a bind target in a tmpfs)
+  kSymlink,   // symlink(source, target)
+  kMakeDir,   // mkdir(target) inside a tmpfs the child mounted
 };
 
 struct MountOp {

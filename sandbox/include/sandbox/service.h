@@ -82,9 +82,9 @@ class SandboxService {
  public:
   // `cgroups`: the manager from DetectCgroups() (or a specific version);
   // `network`: may be null (then only network-disabled specs run).
-  static Result<std::unique_ptr<SandboxService>> Create(ServiceOptions options,
-                                                        std::unique_ptr<CgroupManagerInterface> cgroups,
-                                                        std::unique_ptr<NetworkProviderInterface> network);
+  static Result<std::unique_ptr<SandboxService>> Create(
+      ServiceOptions options, std::unique_ptr<CgroupManagerInterface> cgroups,
+      std::unique_ptr<NetworkProviderInterface> network);
   ~SandboxService();  // destroys every job left
 
   Result<JobId> CreateJob(const SandboxSpec& spec);
@@ -111,7 +111,8 @@ class SandboxService {
 
  private:
   SandboxService(ServiceOptions options, std::unique_ptr<CgroupManagerInterface> cgroups,
-                 std::unique_ptr<NetworkProviderInterface> network, SeccompProgram seccomp, int landlock_abi);
+                 std::unique_ptr<NetworkProviderInterface> network, SeccompProgram seccomp,
+                 int landlock_abi);
   Result<Job*> Find(const JobId& id) const;
   Result<void> Teardown(Job& job);
 

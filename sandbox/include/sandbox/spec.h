@@ -28,18 +28,18 @@ struct BindMount {
 
 // What the base (lower, read-only) layer of the rootfs is.
 enum class BaseKind {
-  kDirectory,    // a host directory
-  kImage,        // a squashfs or erofs image file, loop-mounted read-only once
+  kDirectory,  // a host directory
+  kImage,      // a squashfs or erofs image file, loop-mounted read-only once
 };
 
 struct Limits {
-  uint64_t memory_bytes = 512ull << 20;  // memory.max; swap is always off
-  uint32_t pids = 256;                   // pids.max (also bounds RLIMIT_NPROC)
-  uint32_t cpu_millis = 1000;            // CPU bandwidth, 1000 = one full CPU
-  uint32_t io_weight = 100;              // io.weight / blkio.weight, 1..10000
-  uint64_t disk_bytes = 2ull << 30;      // size of the writable upper layer
-  uint64_t tmp_bytes = 64ull << 20;      // size of the tmpfs on /tmp (RAM-charged)
-  uint64_t open_files = 1024;            // RLIMIT_NOFILE
+  uint64_t memory_bytes = 512ull << 20;   // memory.max; swap is always off
+  uint32_t pids = 256;                    // pids.max (also bounds RLIMIT_NPROC)
+  uint32_t cpu_millis = 1000;             // CPU bandwidth, 1000 = one full CPU
+  uint32_t io_weight = 100;               // io.weight / blkio.weight, 1..10000
+  uint64_t disk_bytes = 2ull << 30;       // size of the writable upper layer
+  uint64_t tmp_bytes = 64ull << 20;       // size of the tmpfs on /tmp (RAM-charged)
+  uint64_t open_files = 1024;             // RLIMIT_NOFILE
   uint64_t file_size_bytes = 1ull << 30;  // RLIMIT_FSIZE
 };
 

@@ -30,7 +30,10 @@ class UpperVolume {
  private:
   friend class LoopVolumeFactory;
   UpperVolume(std::string image, std::string mount_point, uint64_t bytes, uint32_t owner_uid)
-      : image_(std::move(image)), mount_point_(std::move(mount_point)), bytes_(bytes), owner_uid_(owner_uid) {}
+      : image_(std::move(image)),
+        mount_point_(std::move(mount_point)),
+        bytes_(bytes),
+        owner_uid_(owner_uid) {}
   std::string image_;
   std::string mount_point_;
   uint64_t bytes_;
