@@ -42,8 +42,7 @@ class SandboxFixture : public ::testing::Test {
          {work_, base_, base_ + "/usr", base_ + "/etc", host_, host_ + "/shared"})
       ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0) << dir;
     // Shared read-write with jobs: owned by the jobs' mapped root.
-    ASSERT_EQ(::chown((host_ + "/shared").c_str(), IdMapping{}.host_base, IdMapping{}.host_base),
-              0);
+    ASSERT_EQ(::chown((host_ + "/shared").c_str(), ids_.host_base, ids_.host_base), 0);
     for (const char* link : {"bin", "lib", "lib64", "sbin"})
       ASSERT_EQ(::symlink(fmt::format("usr/{}", link).c_str(), (base_ + "/" + link).c_str()), 0);
     WriteHostFile(base_ + "/base-file", "base\n");
