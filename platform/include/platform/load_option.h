@@ -46,6 +46,11 @@ Result<std::vector<uint8_t>> EncodeLoadOption(const LoadOption& option);
 // Decodes any EFI_LOAD_OPTION; kCorrupt when the bytes are not one.
 Result<LoadOption> DecodeLoadOption(std::span<const uint8_t> data);
 
+// The device path in UEFI text form, as efibootmgr prints it:
+// "HD(1,GPT,<guid>,0x800,0x1000)/File(\EFI\ralph\a.efi)". kCorrupt when the
+// bytes are not a device path. For status displays and logs.
+Result<std::string> FormatDevicePath(std::span<const uint8_t> device_path);
+
 // "Boot0003" for 3.
 std::string BootEntryName(uint16_t number);
 // 3 for "Boot0003"; nullopt for anything else (BootOrder, BootNext, Boot00G1).

@@ -50,17 +50,27 @@ class [[nodiscard]] Result<void> : public tl::expected<void, Error> {
 template <typename T>
 inline void IgnoreError(Result<T>&&) {}
 
+namespace internal {
+// What TRY yields: the value, or nothing for Result<void> (tl::expected<void>
+// has no value() to call).
+template <typename T>
+T TakeValue(Result<T>&& result) {
+  return *std::move(result);
+}
+inline void TakeValue(Result<void>&&) {}
+}  // namespace internal
+
 }  // namespace ralph
 
 // TRY(expr): evaluates a Result; on error returns the Error from the enclosing
 // function, otherwise yields the value. Uses a GNU statement expression, as
 // SerenityOS's TRY and systemd's macros do; g++ and clang both support it.
-#define TRY(expr)                                  \
-  ({                                               \
-    auto _ralph_try_result = (expr);               \
-    if (!_ralph_try_result) [[unlikely]]           \
-      return std::move(_ralph_try_result).error(); \
-    std::move(_ralph_try_result).value();          \
+#define TRY(expr)                                               \
+  ({                                                            \
+    auto _ralph_try_result = (expr);                            \
+    if (!_ralph_try_result) [[unlikely]]                        \
+      return std::move(_ralph_try_result).error();              \
+    ::ralph::internal::TakeValue(std::move(_ralph_try_result)); \
   })
 
 // TRY_CTX(expr, context): as TRY, and prepends "context: " to the error's
@@ -70,5 +80,5 @@ inline void IgnoreError(Result<T>&&) {}
     auto _ralph_try_result = (expr);                                      \
     if (!_ralph_try_result) [[unlikely]]                                  \
       return std::move(_ralph_try_result).error().WithContext((context)); \
-    std::move(_ralph_try_result).value();                                 \
+    ::ralph::internal::TakeValue(std::move(_ralph_try_result));           \
   })
