@@ -151,7 +151,7 @@ Result<void> DnsForwarder::AddJob(DnsJobConfig config) {
   for (Item& item : listeners) {
     if (AddItem(std::move(item), EPOLLIN) == 0) {
       int err = errno;
-      std::vector<uint64_t> items = jobs_[key].items;
+      std::vector<uint64_t> items = jobs_.at(key).items;
       for (uint64_t id : items) RemoveItem(id);
       jobs_.erase(key);
       return Error::FromErrno("DNS forwarder: epoll_ctl", err);

@@ -98,9 +98,9 @@ Result<std::pair<sockaddr_storage, socklen_t>> ParseUpstream(std::string text) {
 // Names "<prefix><digits>" of links in the calling thread's netns.
 std::vector<std::string> StaleJobLinks(const std::string& prefix) {
   std::vector<std::string> names;
-  if_nameindex* list = if_nameindex();
+  struct if_nameindex* list = if_nameindex();
   if (!list) return names;
-  for (if_nameindex* entry = list; entry->if_index != 0; ++entry) {
+  for (struct if_nameindex* entry = list; entry->if_index != 0; ++entry) {
     std::string_view name = entry->if_name;
     if (!name.starts_with(prefix) || name.size() == prefix.size()) continue;
     std::string_view rest = name.substr(prefix.size());

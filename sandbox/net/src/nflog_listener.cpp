@@ -3,7 +3,6 @@
 // glibc's netinet/in.h must precede the kernel uapi headers below.
 #include <netinet/in.h>  // NOLINT(build/include_order)
 
-
 #include <arpa/inet.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_log.h>
@@ -30,8 +29,11 @@ Result<void> SendConfig(mnl_socket* socket, uint16_t group, uint8_t command, boo
   nfg->nfgen_family = AF_UNSPEC;
   nfg->version = NFNETLINK_V0;
   nfg->res_id = htons(group);
-  nfulnl_msg_config_cmd cmd{.command = command};
-  mnl_attr_put(nlh, NFULA_CFG_CMD, sizeof(cmd), &cmd);
+  if (command != NFULNL_CFG_CMD_NONE) {
+    // The kernel rejects an explicit CMD_NONE with ENOTSUPP: omit it.
+    nfulnl_msg_config_cmd cmd{.command = command};
+    mnl_attr_put(nlh, NFULA_CFG_CMD, sizeof(cmd), &cmd);
+  }
   if (with_mode) {
     // Headers are all we decode: 128 bytes cover IPv6 + TCP.
     nfulnl_msg_config_mode mode{};
@@ -50,7 +52,7 @@ Result<void> SendConfig(mnl_socket* socket, uint16_t group, uint8_t command, boo
   if (mnl_nlmsg_ok(answer, static_cast<int>(n)) && answer->nlmsg_type == NLMSG_ERROR) {
     auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(answer));
     if (error->error != 0) {
-      return Error::FromErrno(fmt::format("nflog: binding group {}", group), -error->error);
+      return Error::FromErrno(fmt::format("nflog: configuring group {}", group), -error->error);
     }
   }
   return {};
@@ -140,8 +142,12 @@ void NflogListener::Run() {
       if ((nlh->nlmsg_type & 0xff) != NFULNL_MSG_PACKET) continue;
       const nlattr* prefix_attr = nullptr;
       const nlattr* payload_attr = nullptr;
-      const nlattr* attr;
-      mnl_attr_for_each(attr, nlh, sizeof(nfgenmsg)) {
+      // libmnl's mnl_attr_for_each macro relies on C's implicit void*
+      // conversion; the same walk spelled out for C++.
+      auto* tail = static_cast<char*>(mnl_nlmsg_get_payload_tail(nlh));
+      for (auto* attr = static_cast<nlattr*>(mnl_nlmsg_get_payload_offset(nlh, sizeof(nfgenmsg)));
+           mnl_attr_ok(attr, static_cast<int>(tail - reinterpret_cast<char*>(attr)));
+           attr = mnl_attr_next(attr)) {
         uint16_t type = mnl_attr_get_type(attr);
         if (type == NFULA_PREFIX) prefix_attr = attr;
         if (type == NFULA_PAYLOAD) payload_attr = attr;

@@ -3,7 +3,6 @@
 // glibc's netinet/in.h must precede the kernel uapi headers below.
 #include <netinet/in.h>  // NOLINT(build/include_order)
 
-
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>

@@ -3,7 +3,6 @@
 // glibc's netinet/in.h must precede the kernel uapi headers below.
 #include <netinet/in.h>  // NOLINT(build/include_order)
 
-
 #include <fcntl.h>
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
