@@ -30,4 +30,9 @@ echo "== tests: unit + integration + e2e (release)"
 echo "== tests: unit + integration (asan+ubsan)"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure -j "$jobs" -L 'unit|integration' --timeout 900) || status=1
+echo "== fuzz: bundle manifest parser (libFuzzer, 30 s)"
+cmake -S tests/ota/fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+cmake --build build-fuzz -j "$jobs"
+mkdir -p build-fuzz/corpus
+build-fuzz/manifest_fuzzer -max_total_time=30 build-fuzz/corpus tests/ota/fuzz/corpus || status=1
 exit $status

@@ -32,7 +32,10 @@ struct PartitionInfo {
   uint32_t sector_size = 512;
   std::string part_uuid;                // PARTUUID, lower-case text
   std::array<uint8_t, 16> part_guid{};  // the same, EFI_GUID memory order
-  std::string device;                   // "/dev/vda2", "/dev/loop3p2"; empty for an image file
+  // "/dev/vda2", "/dev/loop3p2": the kernel's device for the partition, from
+  // sysfs. Empty for an image file, and for a block device whose partitions
+  // the kernel has not added (a loop device attached without -P).
+  std::string device;
 
   uint64_t offset_bytes() const { return start_lba * sector_size; }
   uint64_t size_bytes() const { return size_lba * sector_size; }
@@ -52,8 +55,26 @@ struct DiskLayout {
 // the path does not exist, kCorrupt when it holds no GPT.
 Result<DiskLayout> ProbeDisk(const std::string& disk);
 
+// Makes the kernel's partition devices of the block device `disk` match the
+// GPT on it (after the table was rewritten): asks for a full re-read
+// (BLKRRPART), then adds, removes or resizes single partitions with BLKPG,
+// as partx does. The BLKPG step covers a disk with mounted partitions
+// (BLKRRPART fails with EBUSY) and kernels built without the GPT parser.
+// kBusy naming the partition when one that must go is in use;
+// kInvalidArgument for a file or a device without partition support (a
+// loop device attached without -P).
+Result<void> SyncKernelPartitions(const std::string& disk);
+
+// The whole disks ("/dev/vda", "/dev/loop3") that hold a partition labelled
+// `label`, found by libblkid tag evaluation (PARTLABEL=<label>) over every
+// block device in /proc/partitions, each partition mapped to its disk through
+// sysfs. Sorted; empty when there is none.
+Result<std::vector<std::string>> FindDisksByPartLabel(std::string_view label);
+
 // Finds the disk holding a partition labelled SYSTEM_A among the system's
-// block devices (the booted appliance) and probes it.
+// block devices (the booted appliance) and probes it. kNotFound when no disk
+// has one; kAlreadyExists naming every candidate when several do (a second
+// appliance disk attached: refuse to guess which one we run from).
 Result<DiskLayout> DiscoverApplianceDisk();
 
 // Checks that EFI, SYSTEM_A, SYSTEM_B, VAR and RECOVERY are all present;
