@@ -34,7 +34,9 @@ constexpr const char kUsage[] =
     "  --nofile N           open files (default 1024)\n"
     "  --timeout SECONDS    kill after this long (default none)\n"
     "  --pty                run on a pseudo-terminal\n"
-    "  --network            give the job its network (needs sandbox/net)\n"
+    "  --no-network         only loopback (default: its own veth, default-deny egress)\n"
+    "  --allow CIDR[:PORT]  allow egress to an address/CIDR (repeatable)\n"
+    "  --allow-domain NAME  resolvable and reachable on 443 (repeatable)\n"
     "  --state-dir DIR      per-job state (default /var/lib/ralph/sandbox)\n"
     "  --stats              print exit status and resource usage to stderr\n";
 
@@ -79,7 +81,6 @@ Result<Options> ParseArgs(int argc, char** argv) {
   Options options;
   sb::SandboxSpec& spec = options.spec;
   spec.base.assign(1, '/');  // assign(): GCC 12 -Wrestrict false positive on = "/"
-  spec.network.enabled = false;
   int i = 2;
   auto value = [&](std::string_view flag) -> Result<std::string> {
     if (i + 1 >= argc)
@@ -120,8 +121,22 @@ Result<Options> ParseArgs(int argc, char** argv) {
       spec.timeout = std::chrono::seconds(TRY(ParseSize(arg, TRY(value(arg)))));
     } else if (arg == "--pty") {
       spec.stdio = sb::StdioMode::kPty;
-    } else if (arg == "--network") {
-      spec.network.enabled = true;
+    } else if (arg == "--no-network") {
+      spec.network.enabled = false;
+    } else if (arg == "--allow") {
+      std::string rule = TRY(value(arg));
+      sb::EgressRule egress;
+      size_t colon = rule.rfind(':');
+      if (colon != std::string::npos && rule.find('.') != std::string::npos) {
+        egress.cidr = rule.substr(0, colon);
+        egress.port_min = egress.port_max =
+            static_cast<uint16_t>(TRY(ParseSize(arg, rule.substr(colon + 1))));
+      } else {
+        egress.cidr = rule;
+      }
+      spec.network.allow.push_back(egress);
+    } else if (arg == "--allow-domain") {
+      spec.network.allowed_domains.push_back(TRY(value(arg)));
     } else if (arg == "--state-dir") {
       options.state_dir = TRY(value(arg));
     } else if (arg == "--stats") {
