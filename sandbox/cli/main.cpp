@@ -161,6 +161,10 @@ Result<int> Run(const Options& options) {
   service_options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
   auto service = TRY(sb::SandboxService::Create(service_options, std::move(cgroups),
                                                 sb::MakeDefaultNetworkProvider(nullptr)));
+  if (service->landlock_abi() == 0)
+    ralph::LogWarning(
+        "landlock is not available in this kernel: skipped (namespaces, caps and seccomp still "
+        "apply)");
   sb::JobId id = TRY(service->CreateJob(options.spec));
   TRY(service->Run(id));
   sb::JobResult result = TRY(service->Wait(id));
