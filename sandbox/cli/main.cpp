@@ -3,6 +3,7 @@
 // exits with its status (128+signal when killed, 124 on timeout).
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -152,6 +153,11 @@ Result<Options> ParseArgs(int argc, char** argv) {
 }
 
 Result<int> Run(const Options& options) {
+  using Clock = std::chrono::steady_clock;
+  auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  auto t0 = Clock::now();
   std::string name = fmt::format("ralph-sandbox-{}", ::getpid());
   auto cgroups = TRY(sb::DetectCgroups(name));
   sb::ServiceOptions service_options;
@@ -165,10 +171,19 @@ Result<int> Run(const Options& options) {
     ralph::LogWarning(
         "landlock is not available in this kernel: skipped (namespaces, caps and seccomp still "
         "apply)");
+  auto t1 = Clock::now();
   sb::JobId id = TRY(service->CreateJob(options.spec));
+  auto t2 = Clock::now();
   TRY(service->Run(id));
+  auto t3 = Clock::now();
   sb::JobResult result = TRY(service->Wait(id));
+  auto t4 = Clock::now();
   TRY(service->Destroy(id));
+  auto t5 = Clock::now();
+  int cgroup_version = service->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1;
+  int landlock_abi = service->landlock_abi();
+  service.reset();
+  auto t6 = Clock::now();
   std::fwrite(result.stdout_data.data(), 1, result.stdout_data.size(), stdout);
   std::fflush(stdout);
   std::fwrite(result.stderr_data.data(), 1, result.stderr_data.size(), stderr);
@@ -176,15 +191,17 @@ Result<int> Run(const Options& options) {
     std::fprintf(stderr,
                  "ralph-sandbox: %s exit=%d signal=%d wall=%.3fms cpu=%.3fms max_rss=%ldKiB "
                  "cgroup_mem_peak=%llu "
-                 "oom_kills=%llu dropped=%llu landlock_abi=%d cgroup=v%d\n",
+                 "oom_kills=%llu dropped=%llu landlock_abi=%d cgroup=v%d\n"
+                 "ralph-sandbox: ms: service %.2f create %.2f run %.2f wait %.2f destroy %.2f "
+                 "service-teardown %.2f\n",
                  std::string(sb::TerminationName(result.termination)).c_str(), result.exit_code,
                  result.signal, result.wall.count() / 1e6,
                  static_cast<double>(result.cgroup.cpu_usage_ns) / 1e6, result.usage.ru_maxrss,
                  static_cast<unsigned long long>(result.cgroup.memory_peak_bytes),
                  static_cast<unsigned long long>(result.cgroup.oom_kills),
-                 static_cast<unsigned long long>(result.output_dropped_bytes),
-                 service->landlock_abi(),
-                 service->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1);
+                 static_cast<unsigned long long>(result.output_dropped_bytes), landlock_abi,
+                 cgroup_version, ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5),
+                 ms(t5, t6));
   }
   switch (result.termination) {
     case sb::Termination::kExited: return result.exit_code;
