@@ -10,10 +10,6 @@
 namespace ralph::ota {
 namespace {
 
-uint64_t AlignUp(uint64_t v, uint64_t a) {
-  return (v + a - 1) / a * a;
-}
-
 std::string ChunkName(const Payload& p, uint64_t index) {
   uint64_t start = index * p.chunk_size;
   return fmt::format("{} chunk {} (bytes {}-{})", p.name, index, start,
@@ -46,34 +42,26 @@ Result<void> ReadVerifiedChunk(ByteSourceInterface& source, const Payload& p, ui
 }  // namespace
 
 Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
-                                SlotIoInterface& slot, const WriteOptions& options) {
-  if (p.size > slot.Size()) {
+                                BlockDeviceInterface& slot, const WriteOptions& options) {
+  if (p.size > slot.size()) {
     return Error::Make(ErrorCode::kNoSpace,
-                       fmt::format("{} payload is {} bytes, the slot {} holds only {}", p.name,
-                                   p.size, slot.Describe(), slot.Size()));
+                       fmt::format("{} payload is {} bytes, larger than the slot ({} bytes)",
+                                   p.name, p.size, slot.size()));
   }
   WriteStats stats;
-  AlignedBuffer incoming(p.chunk_size);
-  AlignedBuffer existing(p.chunk_size);
+  // Two chunk buffers, whatever the image size: memory stays bounded.
+  std::vector<uint8_t> incoming(p.chunk_size);
+  std::vector<uint8_t> existing(p.chunk_size);
   Sha256 hasher = TRY(Sha256::Create());
   for (uint64_t i = 0; i < p.ChunkCount(); ++i) {
     TRY(CheckCancel(options));
     uint64_t offset = i * p.chunk_size;
     size_t length = static_cast<size_t>(p.ChunkLength(i));
-    // The block-aligned span of the slot this chunk occupies (a short last
-    // chunk is rounded up, bounded by the slot's end).
-    size_t io_length = static_cast<size_t>(
-        std::min<uint64_t>(AlignUp(length, kIoAlignment), slot.Size() - offset));
-    bool partial = io_length != length;
-    bool have_existing = false;
-    if (options.mode == WriteOptions::Mode::kAdaptive || partial) {
-      TRY_CTX(slot.ReadAt(offset, existing.span(io_length)),
-              fmt::format("reading the slot's {}", ChunkName(p, i)));
-      have_existing = true;
-    }
-    if (options.mode == WriteOptions::Mode::kAdaptive && have_existing) {
+    if (options.mode == WriteOptions::Mode::kAdaptive) {
+      std::span<uint8_t> current(existing.data(), length);
+      TRY_CTX(slot.ReadAt(offset, current), fmt::format("reading the slot's {}", ChunkName(p, i)));
       TRY(hasher.Reset());
-      TRY(hasher.Update(existing.span(length)));
+      TRY(hasher.Update(current));
       if (TRY(hasher.Finish()) == p.chunks[i]) {
         stats.chunks_skipped++;
         stats.bytes_skipped += length;
@@ -82,13 +70,9 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
         continue;
       }
     }
-    TRY(ReadVerifiedChunk(source, p, i, incoming.span(length), hasher));
-    if (partial) {
-      // Keep the slot's bytes after the payload's end inside the last block.
-      std::memcpy(incoming.data() + length, existing.data() + length, io_length - length);
-    }
-    TRY_CTX(slot.WriteAt(offset, incoming.span(io_length)),
-            fmt::format("writing {}", ChunkName(p, i)));
+    std::span<uint8_t> chunk(incoming.data(), length);
+    TRY(ReadVerifiedChunk(source, p, i, chunk, hasher));
+    TRY_CTX(slot.WriteAt(offset, chunk), fmt::format("writing {}", ChunkName(p, i)));
     stats.chunks_written++;
     stats.bytes_written += length;
     if (options.on_progress) options.on_progress(length);
@@ -97,33 +81,27 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
   return stats;
 }
 
-Result<void> VerifySlot(SlotIoInterface& slot, const Payload& p, const WriteOptions& options) {
-  if (p.size > slot.Size()) {
+Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& p, const WriteOptions& options) {
+  if (p.size > slot.size()) {
     return Error::Make(ErrorCode::kNoSpace,
                        fmt::format("{} payload is larger than the slot", p.name));
   }
-  AlignedBuffer buffer(p.chunk_size);
+  std::vector<uint8_t> buffer(p.chunk_size);
   Sha256 chunk = TRY(Sha256::Create());
   Sha256 whole = TRY(Sha256::Create());
   for (uint64_t i = 0; i < p.ChunkCount(); ++i) {
     TRY(CheckCancel(options));
-    uint64_t offset = i * p.chunk_size;
-    size_t length = static_cast<size_t>(p.ChunkLength(i));
-    size_t io_length = static_cast<size_t>(
-        std::min<uint64_t>(AlignUp(length, kIoAlignment), slot.Size() - offset));
-    TRY_CTX(slot.ReadAt(offset, buffer.span(io_length)),
-            fmt::format("re-reading {}", ChunkName(p, i)));
-    std::span<const uint8_t> data(buffer.data(), length);
+    std::span<uint8_t> data(buffer.data(), static_cast<size_t>(p.ChunkLength(i)));
+    TRY_CTX(slot.ReadAt(i * p.chunk_size, data), fmt::format("re-reading {}", ChunkName(p, i)));
     TRY(chunk.Reset());
     TRY(chunk.Update(data));
     TRY(whole.Update(data));
     if (TRY(chunk.Finish()) != p.chunks[i]) {
       return Error::Make(ErrorCode::kVerificationFailed,
-                         fmt::format("re-reading {}: the slot holds different bytes than were "
-                                     "written",
+                         fmt::format("re-reading {}: the slot holds other bytes than were written",
                                      ChunkName(p, i)));
     }
-    if (options.on_progress) options.on_progress(length);
+    if (options.on_progress) options.on_progress(data.size());
   }
   if (TRY(whole.Finish()) != p.sha256) {
     return Error::Make(ErrorCode::kVerificationFailed,

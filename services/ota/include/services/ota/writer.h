@@ -7,8 +7,8 @@
 //      read, so an HTTPS install downloads only changed chunks);
 //   2. read chunk i from the source and hash it; a mismatch with the
 //      manifest's digest stops everything BEFORE the chunk is written;
-//   3. write it (O_DIRECT; a short last chunk is padded with the target's
-//      own bytes so the block write leaves them unchanged).
+//   3. write it (drivers/block_device.h: O_DIRECT, read-modify-write of a
+//      short last block).
 // The manifest digests are covered by the verified signature, so a chunk that
 // reaches the disk is exactly what the signer built.
 #pragma once
@@ -18,9 +18,9 @@
 #include <functional>
 #include <string>
 
+#include "drivers/block_device.h"
 #include "platform/result.h"
 #include "services/ota/manifest.h"
-#include "services/ota/slot_io.h"
 #include "services/ota/source.h"
 
 namespace ralph::ota {
@@ -50,12 +50,13 @@ struct WriteOptions {
 // manifest ("rootfs chunk 17 (bytes 17825792-18874367): digest mismatch");
 // kCancelled; I/O errors with the offset.
 Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payload,
-                                SlotIoInterface& slot, const WriteOptions& options);
+                                BlockDeviceInterface& slot, const WriteOptions& options);
 
 // Re-reads the first payload.size bytes of `slot` and checks every chunk
 // digest and the whole-payload digest. kVerificationFailed naming the first
 // chunk that differs.
-Result<void> VerifySlot(SlotIoInterface& slot, const Payload& payload, const WriteOptions& options);
+Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& payload,
+                        const WriteOptions& options);
 
 // Streams `payload` from `source`, verifying each chunk against the manifest,
 // into `sink` (used for the UKI, which goes to a file on the ESP).
