@@ -4,7 +4,9 @@
 // For each chunk i of the payload:
 //   1. adaptive: read chunk i of the target and hash it; if it equals the
 //      manifest's digest the slot already holds it: skip (the source is not
-//      read, so an HTTPS install downloads only changed chunks);
+//      read, so an HTTPS install downloads only changed chunks). After 32
+//      misses in a row only every 16th chunk is probed until one hits, so a
+//      target holding an unrelated image costs no extra read pass;
 //   2. read chunk i from the source and hash it; a mismatch with the
 //      manifest's digest stops everything BEFORE the chunk is written;
 //   3. write it (drivers/block_device.h: O_DIRECT, read-modify-write of a
@@ -35,10 +37,14 @@ struct WriteStats {
 struct WriteOptions {
   enum class Mode { kAdaptive, kFull };
   Mode mode = Mode::kAdaptive;
-  // Called after each chunk with the payload bytes it covered.
+  // Called after each chunk with the payload bytes it covered, always on the
+  // calling thread (the writer overlaps I/O and hashing on a second thread).
   std::function<void(uint64_t bytes)> on_progress;
   // Checked between chunks; set -> kCancelled.
   const std::atomic<bool>* cancel = nullptr;
+  // Optional second handle on the same slot for the adaptive probe reads, so
+  // they overlap with the writes (one device object is not thread-safe).
+  BlockDeviceInterface* probe_device = nullptr;
   // Test hook, called after chunk `index` has been handled (written or
   // skipped). Fault-injection tests kill the process here.
   std::function<void(uint64_t index)> after_chunk;
@@ -53,7 +59,7 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payl
                                 BlockDeviceInterface& slot, const WriteOptions& options);
 
 // Re-reads the first payload.size bytes of `slot` and checks every chunk
-// digest and the whole-payload digest. kVerificationFailed naming the first
+// digest (which together cover the whole payload). kVerificationFailed naming the first
 // chunk that differs.
 Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& payload,
                         const WriteOptions& options);
