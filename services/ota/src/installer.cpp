@@ -167,6 +167,16 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
     if (options.hook) options.hook(point);
   };
   UniqueFd lock = TRY(TakeLock(options.lock_path));
+  // A killed earlier install may have left its staged kernel image behind.
+  {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(options.work_dir, ec)) {
+      std::string name = entry.path().filename().string();
+      if (name.starts_with("ota-uki-") && name.ends_with(".efi")) {
+        std::filesystem::remove(entry.path(), ec);
+      }
+    }
+  }
 
   ProgressTracker tracker(options.status_path, options.on_progress);
   tracker.status().source = options.source;
