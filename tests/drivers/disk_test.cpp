@@ -282,15 +282,68 @@ TEST_F(DiskTest, WriteGptOnALoopDevice) {
   ASSERT_TRUE(written) << written.error().ToString();
   EXPECT_EQ(written->disk, loop->device());
   EXPECT_TRUE(CheckApplianceLayout(*written));
-  ASSERT_TRUE(loop->SyncPartitions());
-  auto layout = ProbeDisk(loop->device());
-  ASSERT_TRUE(layout);
-  EXPECT_EQ(layout->Find("VAR")->device, loop->device() + "p4");
+  // WriteGpt brought the kernel's partitions up to date itself.
+  EXPECT_EQ(written->Find("VAR")->device, loop->device() + "p4");
+  EXPECT_EQ(BlockDeviceSize(loop->device() + "p4"), 8 * kMiB);
   ASSERT_TRUE(loop->Detach());
   // The table is in the image file itself.
   auto from_file = ProbeDisk(image_);
   ASSERT_TRUE(from_file) << from_file.error().ToString();
   EXPECT_EQ(from_file->disk_uuid, kDiskGuid);
+}
+
+TEST_F(DiskTest, RewritingTheTableUpdatesTheKernelPartitions) {
+  ASSERT_TRUE(CreateGptImage(image_, 64 * kMiB, ApplianceSpec()));
+  auto loop = LoopDevice::Attach(image_);
+  ASSERT_TRUE(loop) << loop.error().ToString();
+  ASSERT_EQ(BlockDeviceSize(loop->device() + "p5"), 15 * kMiB - kMiB);
+  GptSpec two;
+  two.partitions = {{"BIG", 40 * kMiB, PartitionType::kLinuxFilesystem, std::nullopt},
+                    {"REST", 0, PartitionType::kLinuxFilesystem, std::nullopt}};
+  auto written = WriteGpt(loop->device(), two);
+  ASSERT_TRUE(written) << written.error().ToString();
+  EXPECT_EQ(BlockDeviceSize(loop->device() + "p1"), 40 * kMiB);
+  EXPECT_EQ(BlockDeviceSize(loop->device() + "p2"), 22 * kMiB);
+  EXPECT_FALSE(std::filesystem::exists(loop->device() + "p3"));
+  EXPECT_FALSE(std::filesystem::exists(loop->device() + "p5"));
+}
+
+TEST_F(DiskTest, PartitionInUseIsBusy) {
+  ASSERT_TRUE(CreateGptImage(image_, 64 * kMiB, ApplianceSpec()));
+  auto loop = LoopDevice::Attach(image_);
+  ASSERT_TRUE(loop) << loop.error().ToString();
+  std::string busy = loop->device() + "p1";
+  UniqueFd holder(::open(busy.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(holder) << busy;
+  GptSpec moved;
+  moved.partitions = {{"OTHER", 20 * kMiB, PartitionType::kLinuxFilesystem, std::nullopt}};
+  auto written = WriteGpt(loop->device(), moved);
+  ASSERT_FALSE(written);
+  EXPECT_EQ(written.error().code(), ErrorCode::kBusy);
+  EXPECT_THAT(written.error().message(), HasSubstr("removing the old partition " + busy + " of " +
+                                                   loop->device() + ": it is in use"));
+  EXPECT_THAT(written.error().message(), HasSubstr("the GPT was written"));
+  holder.reset();
+  EXPECT_TRUE(SyncKernelPartitions(loop->device()));
+  EXPECT_EQ(BlockDeviceSize(busy), 20 * kMiB);
+}
+
+TEST_F(DiskTest, SyncRefusesFilesAndLoopsWithoutPartitions) {
+  ASSERT_TRUE(CreateGptImage(image_, 64 * kMiB, ApplianceSpec()));
+  auto file = SyncKernelPartitions(image_);
+  ASSERT_FALSE(file);
+  EXPECT_EQ(file.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(file.error().message(), HasSubstr("not a block device"));
+
+  auto attached = RunCommand({"losetup", "-f", "--show", image_});  // no -P
+  ASSERT_TRUE(attached) << attached.error().ToString();
+  std::string device = attached->substr(0, attached->find('\n'));
+  auto sync = SyncKernelPartitions(device);
+  auto detached = RunCommand({"losetup", "-d", device});
+  ASSERT_FALSE(sync);
+  EXPECT_EQ(sync.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(sync.error().message(), HasSubstr("attached without -P"));
+  EXPECT_TRUE(detached) << detached.error().ToString();
 }
 
 TEST_F(DiskTest, CreateRefusesABlockDevice) {

@@ -1,7 +1,6 @@
 #include "drivers/testing/loop_device.h"
 
 #include <fcntl.h>
-#include <linux/blkpg.h>
 #include <linux/loop.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -110,37 +109,11 @@ Result<void> LoopDevice::SyncPartitions() {
     if (layout.error().code() == ErrorCode::kCorrupt) return {};
     return std::move(layout).error();
   }
-  for (const PartitionInfo& partition : layout->partitions) {
-    if (!partition.device.empty()) continue;
-    struct blkpg_partition part {};
-    part.start = static_cast<long long>(partition.offset_bytes());
-    part.length = static_cast<long long>(partition.size_bytes());
-    part.pno = static_cast<int>(partition.number);
-    struct blkpg_ioctl_arg arg {};
-    arg.op = BLKPG_ADD_PARTITION;
-    arg.datalen = sizeof(part);
-    arg.data = &part;
-    if (::ioctl(fd_.get(), BLKPG, &arg) < 0) {
-      return Error::FromErrno(
-          fmt::format("BLKPG_ADD_PARTITION {} partition {}", device_, partition.number), errno);
-    }
-    added_.push_back(part.pno);
-  }
-  return {};
+  return SyncKernelPartitions(device_);
 }
 
 Result<void> LoopDevice::Detach() {
   if (!fd_) return {};
-  for (int number : added_) {
-    struct blkpg_partition part {};
-    part.pno = number;
-    struct blkpg_ioctl_arg arg {};
-    arg.op = BLKPG_DEL_PARTITION;
-    arg.datalen = sizeof(part);
-    arg.data = &part;
-    (void)::ioctl(fd_.get(), BLKPG, &arg);
-  }
-  added_.clear();
   // LOOP_CLR_FD while we hold it open only marks it autoclear; the detach
   // happens when our descriptor closes just below.
   int rc = ::ioctl(fd_.get(), LOOP_CLR_FD, 0);
@@ -155,7 +128,6 @@ LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
     IgnoreError(Detach());
     device_ = std::move(other.device_);
     fd_ = std::move(other.fd_);
-    added_ = std::move(other.added_);
   }
   return *this;
 }
