@@ -226,6 +226,13 @@ class Planner {
   Plan plan_;
 };
 
+std::string OrderText(const std::vector<uint16_t>& order) {
+  if (order.empty()) return "(empty)";
+  std::string text;
+  for (uint16_t number : order) text += fmt::format("{}{:04X}", text.empty() ? "" : ",", number);
+  return text;
+}
+
 // The findings about entries that are not ours though they look it.
 void ReportEntryProblems(Planner& planner) {
   for (const auto& [number, entry] : planner.view().entries) {
@@ -262,8 +269,8 @@ Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record
   std::vector<uint16_t> before = planner.view().boot_order;
   planner.WriteBootOrder("repair BootOrder");
   if (planner.view().boot_order != before) {
-    planner.Find(fmt::format("BootOrder was {}: rewritten to {}", fmt::join(before, ","),
-                             fmt::join(planner.view().boot_order, ",")));
+    planner.Find(fmt::format("BootOrder was {}: rewritten to {}", OrderText(before),
+                             OrderText(planner.view().boot_order)));
   }
   planner.SanitizeBootNext();
   planner.DeleteDuplicates();
@@ -648,6 +655,17 @@ Result<Plan> PlanMarkGood(const PlanInput& in) {
                        fmt::format("mark-good: booted slot {} is {}; only a slot on trial (or "
                                    "already good) can be committed",
                                    SlotName(slot), SlotStatusName(current.status)));
+  }
+  if (current.status == SlotStatus::kGood && record.committed && record.committed != slot) {
+    // A healthy fallback boot (the firmware skipped the committed slot, or a
+    // commit was cut short before BootOrder followed) does not move the
+    // commit back: switching slots goes through a trial (mark-active).
+    Planner planner(in, record);
+    planner.Find(
+        fmt::format("slot {} is good but slot {} is committed: left as is (mark-active "
+                    "{} to switch to it)",
+                    SlotName(slot), SlotName(*record.committed), SlotName(slot)));
+    return std::move(planner.plan());
   }
   current.status = SlotStatus::kGood;
   current.tries_left = 0;

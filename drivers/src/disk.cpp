@@ -1,5 +1,9 @@
 #include "drivers/disk.h"
 
+#include <fcntl.h>
+#include <linux/blkpg.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -17,6 +21,7 @@
 
 #include "blkid_handles.h"
 #include "platform/efi_vars.h"
+#include "platform/unique_fd.h"
 
 namespace ralph {
 namespace {
@@ -50,7 +55,116 @@ std::map<uint32_t, std::string> KernelPartitions(dev_t disk_rdev) {
   return out;
 }
 
+struct KernelPartition {
+  std::string device;
+  uint64_t start = 0;  // 512-byte units, as sysfs reports them
+  uint64_t size = 0;
+};
+
+uint64_t ReadSysfsNumber(const std::filesystem::path& path) {
+  return std::strtoull(ReadSysfsLine(path).c_str(), nullptr, 10);
+}
+
+std::map<uint32_t, KernelPartition> KernelPartitionsWithPlaces(dev_t disk_rdev) {
+  std::map<uint32_t, KernelPartition> out;
+  std::error_code error;
+  std::filesystem::path sys =
+      fmt::format("/sys/dev/block/{}:{}", major(disk_rdev), minor(disk_rdev));
+  for (const auto& entry : std::filesystem::directory_iterator(sys, error)) {
+    uint64_t number = ReadSysfsNumber(entry.path() / "partition");
+    if (number == 0 || number > UINT32_MAX) continue;
+    out[static_cast<uint32_t>(number)] = KernelPartition{"/dev/" + entry.path().filename().string(),
+                                                         ReadSysfsNumber(entry.path() / "start"),
+                                                         ReadSysfsNumber(entry.path() / "size")};
+  }
+  return out;
+}
+
+// BLKPG_ADD_PARTITION / BLKPG_DEL_PARTITION; start and length in bytes.
+int Blkpg(int fd, int op, uint32_t number, uint64_t start, uint64_t length) {
+  struct blkpg_partition partition {};
+  partition.start = static_cast<long long>(start);
+  partition.length = static_cast<long long>(length);
+  partition.pno = static_cast<int>(number);
+  struct blkpg_ioctl_arg arg {};
+  arg.op = op;
+  arg.datalen = sizeof(partition);
+  arg.data = &partition;
+  int rc;
+  do {
+    rc = ::ioctl(fd, BLKPG, &arg);
+  } while (rc < 0 && errno == EINTR);
+  return rc;
+}
+
 }  // namespace
+
+Result<void> SyncKernelPartitions(const std::string& disk) {
+  struct stat st;
+  if (::stat(disk.c_str(), &st) < 0) {
+    return Error::FromErrno(fmt::format("updating the kernel's partitions of {}", disk), errno);
+  }
+  if (!S_ISBLK(st.st_mode)) {
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("updating the kernel's partitions of {}: not a block device", disk));
+  }
+  UniqueFd fd(::open(disk.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("opening {}", disk), errno);
+  // A full re-read is the normal way; EBUSY (a partition is in use) and a
+  // kernel without a GPT parser are handled by the per-partition step below.
+  if (::ioctl(fd.get(), BLKRRPART) < 0 && errno == EINVAL) {
+    return Error::FromErrno(ErrorCode::kInvalidArgument,
+                            fmt::format("{} does not support partitions (a loop device attached "
+                                        "without -P?): BLKRRPART",
+                                        disk),
+                            EINVAL);
+  }
+  DiskLayout layout = TRY(ProbeDisk(disk));
+  std::map<uint32_t, KernelPartition> kernel = KernelPartitionsWithPlaces(st.st_rdev);
+  std::map<uint32_t, const PartitionInfo*> wanted;
+  for (const PartitionInfo& partition : layout.partitions) wanted[partition.number] = &partition;
+
+  for (const auto& [number, current] : kernel) {
+    auto it = wanted.find(number);
+    bool same = it != wanted.end() && current.start * 512 == it->second->offset_bytes() &&
+                current.size * 512 == it->second->size_bytes();
+    if (same) continue;
+    // Something that probes every block device (udev, blkid, another
+    // process's FindDisksByPartLabel) holds a partition open for a moment;
+    // only a partition that stays busy is really in use.
+    int rc = -1;
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      rc = Blkpg(fd.get(), BLKPG_DEL_PARTITION, number, 0, 0);
+      if (rc == 0 || errno != EBUSY) break;
+      ::usleep(10 * 1000);
+    }
+    if (rc < 0) {
+      int err = errno;
+      if (err == EBUSY) {
+        return Error::FromErrno(
+            ErrorCode::kBusy,
+            fmt::format("removing the old partition {} of {}: it is in use", current.device, disk),
+            err);
+      }
+      return Error::FromErrno(fmt::format("BLKPG_DEL_PARTITION {}", current.device), err);
+    }
+  }
+  for (const auto& [number, partition] : wanted) {
+    auto it = kernel.find(number);
+    if (it != kernel.end() && it->second.start * 512 == partition->offset_bytes() &&
+        it->second.size * 512 == partition->size_bytes()) {
+      continue;
+    }
+    if (Blkpg(fd.get(), BLKPG_ADD_PARTITION, number, partition->offset_bytes(),
+              partition->size_bytes()) < 0) {
+      return Error::FromErrno(
+          fmt::format("BLKPG_ADD_PARTITION {} partition {} ({})", disk, number, partition->label),
+          errno);
+    }
+  }
+  return {};
+}
 
 const PartitionInfo* DiskLayout::Find(std::string_view label) const {
   for (const PartitionInfo& partition : partitions) {

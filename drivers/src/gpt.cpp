@@ -100,18 +100,14 @@ Result<DiskLayout> ApplyGpt(const std::string& disk, bool is_block, const GptSpe
   if (rc < 0) {
     return Error::FromErrno(fmt::format("writing the GPT to {}", disk), NegativeErrno(rc));
   }
-  if (is_block) {
-    // BLKRRPART; EBUSY when a partition of the disk is mounted or open.
-    rc = fdisk_reread_partition_table(context.get());
-    if (rc < 0) {
-      return Error::FromErrno(ErrorCode::kBusy,
-                              fmt::format("asking the kernel to re-read the GPT of {}", disk),
-                              NegativeErrno(rc));
-    }
-  }
   // Closes the device after fsync().
   rc = fdisk_deassign_device(context.get(), /*nosync=*/0);
   if (rc < 0) return Error::FromErrno(fmt::format("syncing {}", disk), NegativeErrno(rc));
+  if (is_block) {
+    TRY_CTX(SyncKernelPartitions(disk),
+            fmt::format("the GPT was written to {}, but the kernel's partitions were not updated",
+                        disk));
+  }
   return TRY_CTX(ProbeDisk(disk), fmt::format("reading back the GPT written to {}", disk));
 }
 

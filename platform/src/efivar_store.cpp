@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <optional>
@@ -187,6 +188,37 @@ Result<std::unique_ptr<LibefivarStore>> LibefivarStore::Open() {
   return std::unique_ptr<LibefivarStore>(new LibefivarStore(std::move(path), is_efivarfs));
 }
 
+Result<void> UseEfivarfsPathOrReexec(const std::string& dir, char* const argv[]) {
+  if (dir.empty()) return Error::Make(ErrorCode::kInvalidArgument, "empty EFI variable directory");
+  std::error_code error;
+  std::filesystem::path absolute = std::filesystem::absolute(dir, error);
+  if (error) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("EFI variable directory {}: {}", dir, error.message()));
+  }
+  struct stat st;
+  if (::stat(absolute.c_str(), &st) < 0) {
+    return Error::FromErrno(fmt::format("EFI variable directory {}", dir), errno);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("EFI variable directory {} is not a directory", dir));
+  }
+  std::string wanted = absolute.lexically_normal().string();
+  if (wanted.back() != '/') wanted += '/';
+  std::optional<std::string> initial = TRY(InitialEnvironmentValue("EFIVARFS_PATH"));
+  if (initial && *initial == wanted) {
+    const char* now = std::getenv("EFIVARFS_PATH");
+    if (!now || wanted != now) ::setenv("EFIVARFS_PATH", wanted.c_str(), 1);
+    return {};
+  }
+  if (::setenv("EFIVARFS_PATH", wanted.c_str(), 1) < 0) {
+    return Error::FromErrno("setenv EFIVARFS_PATH", errno);
+  }
+  ::execv("/proc/self/exe", argv);
+  return Error::FromErrno("re-executing /proc/self/exe with EFIVARFS_PATH set", errno);
+}
+
 std::string LibefivarStore::FilePath(const EfiGuid& guid, std::string_view name) const {
   return path_ + EfiVariableId(guid, name);
 }
@@ -206,7 +238,8 @@ Result<EfiVariable> LibefivarStore::Get(const EfiGuid& guid, std::string_view na
     }
     return Error::FromErrno(fmt::format("reading {}", id), err);
   }
-  if (st.st_size < static_cast<off_t>(kAttributeHeaderSize)) {
+  // (efivarfs itself never shows a file shorter than the header.)
+  if (!is_efivarfs_ && st.st_size < static_cast<off_t>(kAttributeHeaderSize)) {
     return Error::Make(ErrorCode::kCorrupt,
                        fmt::format("reading {}: the variable file has {} bytes, fewer than its "
                                    "4-byte attribute header",

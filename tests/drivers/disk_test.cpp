@@ -218,7 +218,8 @@ TEST_F(DiskTest, LoopDeviceProbesWithPartitionDevices) {
     EXPECT_EQ(BlockDeviceSize(p.device), p.size_bytes()) << p.device;
   }
   std::string device = loop->device();
-  ASSERT_TRUE(loop->Detach());
+  auto detached = loop->Detach();
+  ASSERT_TRUE(detached) << detached.error().ToString();
   auto gone = RunCommand({"losetup", "-j", image_});
   ASSERT_TRUE(gone);
   EXPECT_EQ(*gone, "") << "still attached";
@@ -238,23 +239,29 @@ TEST_F(DiskTest, DiscoversTheApplianceDiskByPartlabel) {
   // Other tests on this machine may have appliance images attached at the
   // same time: then discovery must refuse to guess, naming ours among them.
   auto found = DiscoverApplianceDisk();
-  if (disks->size() == 1) {
-    ASSERT_TRUE(found) << found.error().ToString();
+  if (found) {
     EXPECT_EQ(found->disk, loop->device());
     EXPECT_EQ(found->disk_uuid, kDiskGuid);
     ASSERT_NE(found->Find("SYSTEM_A"), nullptr);
     EXPECT_EQ(found->Find("SYSTEM_A")->device, loop->device() + "p2");
   } else {
-    ASSERT_FALSE(found);
-    EXPECT_EQ(found.error().code(), ErrorCode::kAlreadyExists);
+    EXPECT_EQ(found.error().code(), ErrorCode::kAlreadyExists) << found.error().ToString();
     EXPECT_THAT(found.error().message(), HasSubstr(loop->device()));
+    EXPECT_THAT(found.error().message(), HasSubstr("several disks"));
   }
-  // After detaching, our disk is not found any more.
+  // After detaching, our disk is not found any more (the loop device's name
+  // may already belong to another test's image: check the disk GUID).
   std::string device = loop->device();
-  ASSERT_TRUE(loop->Detach());
+  auto detached = loop->Detach();
+  ASSERT_TRUE(detached) << detached.error().ToString();
   auto after = FindDisksByPartLabel(kPartSystemA);
   ASSERT_TRUE(after);
-  EXPECT_THAT(*after, ::testing::Not(::testing::Contains(device)));
+  for (const std::string& disk : *after) {
+    auto layout = ProbeDisk(disk);
+    if (layout) {
+      EXPECT_NE(layout->disk_uuid, kDiskGuid) << disk;
+    }
+  }
 }
 
 TEST_F(DiskTest, MissingPartitionIsNamed) {
@@ -282,15 +289,68 @@ TEST_F(DiskTest, WriteGptOnALoopDevice) {
   ASSERT_TRUE(written) << written.error().ToString();
   EXPECT_EQ(written->disk, loop->device());
   EXPECT_TRUE(CheckApplianceLayout(*written));
-  ASSERT_TRUE(loop->SyncPartitions());
-  auto layout = ProbeDisk(loop->device());
-  ASSERT_TRUE(layout);
-  EXPECT_EQ(layout->Find("VAR")->device, loop->device() + "p4");
+  // WriteGpt brought the kernel's partitions up to date itself.
+  EXPECT_EQ(written->Find("VAR")->device, loop->device() + "p4");
+  EXPECT_EQ(BlockDeviceSize(loop->device() + "p4"), 8 * kMiB);
   ASSERT_TRUE(loop->Detach());
   // The table is in the image file itself.
   auto from_file = ProbeDisk(image_);
   ASSERT_TRUE(from_file) << from_file.error().ToString();
   EXPECT_EQ(from_file->disk_uuid, kDiskGuid);
+}
+
+TEST_F(DiskTest, RewritingTheTableUpdatesTheKernelPartitions) {
+  ASSERT_TRUE(CreateGptImage(image_, 64 * kMiB, ApplianceSpec()));
+  auto loop = LoopDevice::Attach(image_);
+  ASSERT_TRUE(loop) << loop.error().ToString();
+  ASSERT_EQ(BlockDeviceSize(loop->device() + "p5"), 15 * kMiB - kMiB);
+  GptSpec two;
+  two.partitions = {{"BIG", 40 * kMiB, PartitionType::kLinuxFilesystem, std::nullopt},
+                    {"REST", 0, PartitionType::kLinuxFilesystem, std::nullopt}};
+  auto written = WriteGpt(loop->device(), two);
+  ASSERT_TRUE(written) << written.error().ToString();
+  EXPECT_EQ(BlockDeviceSize(loop->device() + "p1"), 40 * kMiB);
+  EXPECT_EQ(BlockDeviceSize(loop->device() + "p2"), 22 * kMiB);
+  EXPECT_FALSE(std::filesystem::exists(loop->device() + "p3"));
+  EXPECT_FALSE(std::filesystem::exists(loop->device() + "p5"));
+}
+
+TEST_F(DiskTest, PartitionInUseIsBusy) {
+  ASSERT_TRUE(CreateGptImage(image_, 64 * kMiB, ApplianceSpec()));
+  auto loop = LoopDevice::Attach(image_);
+  ASSERT_TRUE(loop) << loop.error().ToString();
+  std::string busy = loop->device() + "p1";
+  UniqueFd holder(::open(busy.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(holder) << busy;
+  GptSpec moved;
+  moved.partitions = {{"OTHER", 20 * kMiB, PartitionType::kLinuxFilesystem, std::nullopt}};
+  auto written = WriteGpt(loop->device(), moved);
+  ASSERT_FALSE(written);
+  EXPECT_EQ(written.error().code(), ErrorCode::kBusy);
+  EXPECT_THAT(written.error().message(), HasSubstr("removing the old partition " + busy + " of " +
+                                                   loop->device() + ": it is in use"));
+  EXPECT_THAT(written.error().message(), HasSubstr("the GPT was written"));
+  holder.reset();
+  EXPECT_TRUE(SyncKernelPartitions(loop->device()));
+  EXPECT_EQ(BlockDeviceSize(busy), 20 * kMiB);
+}
+
+TEST_F(DiskTest, SyncRefusesFilesAndLoopsWithoutPartitions) {
+  ASSERT_TRUE(CreateGptImage(image_, 64 * kMiB, ApplianceSpec()));
+  auto file = SyncKernelPartitions(image_);
+  ASSERT_FALSE(file);
+  EXPECT_EQ(file.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(file.error().message(), HasSubstr("not a block device"));
+
+  auto attached = RunCommand({"losetup", "-f", "--show", image_});  // no -P
+  ASSERT_TRUE(attached) << attached.error().ToString();
+  std::string device = attached->substr(0, attached->find('\n'));
+  auto sync = SyncKernelPartitions(device);
+  auto detached = RunCommand({"losetup", "-d", device});
+  ASSERT_FALSE(sync);
+  EXPECT_EQ(sync.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(sync.error().message(), HasSubstr("attached without -P"));
+  EXPECT_TRUE(detached) << detached.error().ToString();
 }
 
 TEST_F(DiskTest, CreateRefusesABlockDevice) {

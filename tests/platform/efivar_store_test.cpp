@@ -19,6 +19,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -153,7 +154,7 @@ TEST_F(EfivarStoreTest, RewritesAnImmutableVariableAndKeepsTheFlag) {
   ASSERT_TRUE(
       store_->Set(kRalphVendorGuid, "RalphSlotState", {{1, 2, 3}}, kEfiVariableDefaultAttributes));
   int flags = GetFlags(file);
-  if (flags < 0) GTEST_SKIP() << "the temp dir's file system has no inode flags";
+  ASSERT_GE(flags, 0) << "FS_IOC_GETFLAGS failed: /tmp's file system has no inode flags";
   ASSERT_TRUE(SetImmutable(file, true));
   auto set =
       store_->Set(kRalphVendorGuid, "RalphSlotState", {{4, 5}}, kEfiVariableDefaultAttributes);
@@ -256,6 +257,61 @@ TEST_F(PrivateMountTest, FullStoreIsNoSpace) {
   EXPECT_EQ(got.error().code(), ErrorCode::kNotFound);
 }
 
+TEST_F(EfivarStoreTest, UseEfivarfsPathOrReexecKeepsAPathInEffect) {
+  std::string dir = StoreDir();
+  dir.pop_back();  // without the trailing slash: normalised
+  char* argv[] = {const_cast<char*>("unused"), nullptr};
+  auto kept = UseEfivarfsPathOrReexec(dir, argv);  // would exec if it were not in effect
+  ASSERT_TRUE(kept) << kept.error().ToString();
+  auto missing = UseEfivarfsPathOrReexec(dir + "/no-such-dir", argv);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
+  EXPECT_THAT(missing.error().message(), HasSubstr("no-such-dir"));
+}
+
+// A process started without the right EFIVARFS_PATH re-executes itself and
+// then really uses the directory: the child writes through libefivar and the
+// file appears there.
+TEST_F(EfivarStoreTest, UseEfivarfsPathOrReexecReexecutes) {
+  char other_template[] = "/tmp/ralph-efivars-other-XXXXXX";
+  ASSERT_NE(::mkdtemp(other_template), nullptr);
+  std::string other = other_template;
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::setenv("RALPH_EFIVAR_REEXEC_PROBE", "1", 1);
+    char* argv[] = {const_cast<char*>("efivar_store_test"), nullptr};
+    auto result = UseEfivarfsPathOrReexec(other, argv);
+    fprintf(stderr, "did not re-exec: %s\n",
+            result ? "returned success" : result.error().ToString().c_str());
+    _exit(3);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(std::filesystem::exists(other + "/RalphProbe-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d"));
+  EXPECT_FALSE(
+      std::filesystem::exists(StoreDir() + "RalphProbe-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d"));
+  std::filesystem::remove_all(other);
+}
+
+// What the re-executed probe does: open the store and write one variable.
+int ReexecProbe() {
+  auto store = LibefivarStore::Open();
+  if (!store) {
+    fprintf(stderr, "probe: %s\n", store.error().ToString().c_str());
+    return 1;
+  }
+  auto set = (*store)->Set(kRalphVendorGuid, "RalphProbe", std::vector<uint8_t>{1},
+                           kEfiVariableDefaultAttributes);
+  if (!set) {
+    fprintf(stderr, "probe: %s\n", set.error().ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
 void RemoveTree(const std::string& dir) {
   std::error_code ignored;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ignored)) {
@@ -268,6 +324,7 @@ void RemoveTree(const std::string& dir) {
 }  // namespace ralph
 
 int main(int argc, char** argv) {
+  if (std::getenv("RALPH_EFIVAR_REEXEC_PROBE")) return ralph::ReexecProbe();
   if (std::getenv("RALPH_EFIVAR_TEST_CHILD")) {
     ::testing::InitGoogleTest(&argc, argv);
     return RUN_ALL_TESTS();

@@ -55,6 +55,16 @@ struct DiskLayout {
 // the path does not exist, kCorrupt when it holds no GPT.
 Result<DiskLayout> ProbeDisk(const std::string& disk);
 
+// Makes the kernel's partition devices of the block device `disk` match the
+// GPT on it (after the table was rewritten): asks for a full re-read
+// (BLKRRPART), then adds, removes or resizes single partitions with BLKPG,
+// as partx does. The BLKPG step covers a disk with mounted partitions
+// (BLKRRPART fails with EBUSY) and kernels built without the GPT parser.
+// kBusy naming the partition when one that must go is in use;
+// kInvalidArgument for a file or a device without partition support (a
+// loop device attached without -P).
+Result<void> SyncKernelPartitions(const std::string& disk);
+
 // The whole disks ("/dev/vda", "/dev/loop3") that hold a partition labelled
 // `label`, found by libblkid tag evaluation (PARTLABEL=<label>) over every
 // block device in /proc/partitions, each partition mapped to its disk through

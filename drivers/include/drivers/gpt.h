@@ -65,8 +65,10 @@ Result<DiskLayout> CreateGptImage(const std::string& path, uint64_t size_bytes,
 
 // Writes a fresh GPT onto an existing image file or whole block device,
 // replacing any partition table and wiping old signatures in the table area.
-// On a block device the kernel is asked to re-read the table (kBusy when a
-// partition is in use). Returns the layout read back with libblkid.
+// On a block device the kernel's partitions are then updated with
+// SyncKernelPartitions() (kBusy when a partition that changed is in use; the
+// new table is on the disk by then). Returns the layout read back with
+// libblkid.
 Result<DiskLayout> WriteGpt(const std::string& disk, const GptSpec& spec);
 
 }  // namespace ralph

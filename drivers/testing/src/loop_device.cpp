@@ -1,7 +1,6 @@
 #include "drivers/testing/loop_device.h"
 
 #include <fcntl.h>
-#include <linux/blkpg.h>
 #include <linux/loop.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -11,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include <fmt/format.h>
 
@@ -89,7 +89,9 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& image) {
     IgnoreError(RunCommand({"losetup", "-d", device}));
     return error;
   }
-  LoopDevice loop(std::move(device), std::move(fd));
+  std::error_code error;
+  std::string absolute = std::filesystem::canonical(image, error).string();
+  LoopDevice loop(std::move(device), error ? image : absolute, std::move(fd));
   // From here the destructor detaches on every path.
   struct loop_info64 info {};
   if (::ioctl(loop.fd_.get(), LOOP_GET_STATUS64, &info) < 0) {
@@ -110,52 +112,39 @@ Result<void> LoopDevice::SyncPartitions() {
     if (layout.error().code() == ErrorCode::kCorrupt) return {};
     return std::move(layout).error();
   }
-  for (const PartitionInfo& partition : layout->partitions) {
-    if (!partition.device.empty()) continue;
-    struct blkpg_partition part {};
-    part.start = static_cast<long long>(partition.offset_bytes());
-    part.length = static_cast<long long>(partition.size_bytes());
-    part.pno = static_cast<int>(partition.number);
-    struct blkpg_ioctl_arg arg {};
-    arg.op = BLKPG_ADD_PARTITION;
-    arg.datalen = sizeof(part);
-    arg.data = &part;
-    if (::ioctl(fd_.get(), BLKPG, &arg) < 0) {
-      return Error::FromErrno(
-          fmt::format("BLKPG_ADD_PARTITION {} partition {}", device_, partition.number), errno);
-    }
-    added_.push_back(part.pno);
-  }
-  return {};
+  return SyncKernelPartitions(device_);
 }
 
 Result<void> LoopDevice::Detach() {
   if (!fd_) return {};
-  for (int number : added_) {
-    struct blkpg_partition part {};
-    part.pno = number;
-    struct blkpg_ioctl_arg arg {};
-    arg.op = BLKPG_DEL_PARTITION;
-    arg.datalen = sizeof(part);
-    arg.data = &part;
-    (void)::ioctl(fd_.get(), BLKPG, &arg);
-  }
-  added_.clear();
   // LOOP_CLR_FD while we hold it open only marks it autoclear; the detach
-  // happens when our descriptor closes just below.
+  // happens at the last close, which is ours below unless somebody else
+  // (a parallel libblkid scan of all block devices, udev) has it open for a
+  // moment. Wait for that, so "detached" means detached.
   int rc = ::ioctl(fd_.get(), LOOP_CLR_FD, 0);
   int err = errno;
   fd_.reset();
   if (rc < 0 && err != ENXIO) return Error::FromErrno(fmt::format("detaching {}", device_), err);
-  return {};
+  std::string backing = fmt::format("/sys/block/{}/loop/backing_file",
+                                    std::filesystem::path(device_).filename().string());
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    std::ifstream in(backing);
+    std::string file;
+    if (!in || !std::getline(in, file) || file != image_) return {};
+    ::usleep(10 * 1000);
+  }
+  return Error::Make(ErrorCode::kBusy,
+                     fmt::format("{} is still attached to {} 10 s after detaching: somebody keeps "
+                                 "it open",
+                                 device_, image_));
 }
 
 LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
   if (this != &other) {
     IgnoreError(Detach());
     device_ = std::move(other.device_);
+    image_ = std::move(other.image_);
     fd_ = std::move(other.fd_);
-    added_ = std::move(other.added_);
   }
   return *this;
 }

@@ -91,6 +91,15 @@ class LibefivarStore final : public EfiVarStoreInterface {
   bool is_efivarfs_;
 };
 
+// For binaries with a "--efivars DIR" option: makes libefivar use DIR as its
+// store. When the process was started with EFIVARFS_PATH=<absolute DIR>/
+// already, returns at once. Otherwise sets it and re-executes
+// /proc/self/exe with `argv` (null-terminated, argv[0] first), since
+// libefivar reads EFIVARFS_PATH only when it is loaded; returns only on
+// failure. Call it before anything else in main(). kNotFound when DIR does
+// not exist, kInvalidArgument when it is not a directory.
+Result<void> UseEfivarfsPathOrReexec(const std::string& dir, char* const argv[]);
+
 // "BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c": the name efivarfs gives
 // a variable, and the one error messages use.
 std::string EfiVariableId(const EfiGuid& guid, std::string_view name);

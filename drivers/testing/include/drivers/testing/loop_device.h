@@ -3,8 +3,9 @@
 //
 // Some kernels (like this development host's) are built without the GPT
 // partition parser, so `losetup -P` yields no /dev/loopNpM; Attach() then adds
-// the partitions libblkid finds with BLKPG_ADD_PARTITION, which is what
-// `partx -a` does. The device is marked LO_FLAGS_AUTOCLEAR while this object
+// the partitions libblkid finds with SyncKernelPartitions() (BLKPG, what
+// `partx -a` does). The loop device's partition scanning (-P) makes the
+// kernel drop them all again on detach. The device is marked LO_FLAGS_AUTOCLEAR while this object
 // holds it open, so it is detached even if the test process dies.
 #pragma once
 
@@ -27,23 +28,21 @@ class LoopDevice {
 
   // "/dev/loop3"
   const std::string& device() const { return device_; }
-  // Partition numbers this object added with BLKPG (empty when the kernel
-  // scanned the table itself).
-  const std::vector<int>& added_partitions() const { return added_; }
-
-  // Adds kernel partitions for every GPT entry the kernel did not add
-  // itself (after the table was rewritten, for example).
+  // Makes the kernel's partitions match the GPT on the image (after it was
+  // rewritten through another path, for example).
   Result<void> SyncPartitions();
 
-  // Detaches now; the destructor does this too.
+  // Detaches now and waits until the kernel has let go of the image (kBusy
+  // after 10 s); the destructor does this too.
   Result<void> Detach();
 
  private:
-  LoopDevice(std::string device, UniqueFd fd) : device_(std::move(device)), fd_(std::move(fd)) {}
+  LoopDevice(std::string device, std::string image, UniqueFd fd)
+      : device_(std::move(device)), image_(std::move(image)), fd_(std::move(fd)) {}
 
   std::string device_;
+  std::string image_;  // absolute, as the kernel reports the backing file
   UniqueFd fd_;
-  std::vector<int> added_;
 };
 
 // Runs argv (argv[0] looked up in PATH) and returns its stdout; kIo with

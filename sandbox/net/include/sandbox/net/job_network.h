@@ -67,6 +67,10 @@ class NetEventSinkInterface {
 class JobNetwork {
  public:
   // Sets up the network for a job whose netns is that of `child_pid`.
+  // Uses the process-wide default NetworkService (network_service.h), started
+  // on first use with NetworkService::SetDefaultConfig()'s configuration; a
+  // long-running service that wants its own should call
+  // NetworkService::CreateJob() instead (same contract).
   // kInvalidArgument names a malformed rule; kIo/kUnsupported name the
   // netlink step that failed. Nothing is left behind on failure.
   static Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
@@ -78,6 +82,14 @@ class JobNetwork {
   virtual Result<void> Teardown() = 0;
   // The address the job must use as its only resolver (/etc/resolv.conf).
   virtual std::string resolver_address() const = 0;
+
+  // Added by sandbox-net (additive; defaults keep existing fakes compiling).
+  // The job's own addresses and the host end of its veth; empty when the spec
+  // disables networking.
+  virtual std::string job_address_v4() const { return {}; }
+  virtual std::string job_address_v6() const { return {}; }
+  virtual std::string resolver_address_v6() const { return {}; }
+  virtual std::string host_interface() const { return {}; }
 };
 
 }  // namespace ralph::sandbox

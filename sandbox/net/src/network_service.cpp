@@ -1,0 +1,397 @@
+#include "sandbox/net/network_service.h"
+
+#include <arpa/inet.h>
+#include <net/if.h>
+
+#include <cctype>
+#include <charconv>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "dns_forwarder.h"
+#include "nflog_listener.h"
+#include "nft_apply.h"
+#include "rtnl.h"
+#include "sandbox/net/dns_allowlist.h"
+#include "sandbox/net/rule_plan.h"
+
+namespace ralph::sandbox {
+namespace {
+
+constexpr std::string_view kServiceTable = "ralph_service";
+constexpr const char* kJobIfname = "eth0";
+
+Result<std::pair<sockaddr_storage, socklen_t>> ParseUpstream(std::string text) {
+  if (text.empty()) {
+    std::ifstream resolv("/etc/resolv.conf");
+    std::string line;
+    while (std::getline(resolv, line)) {
+      std::istringstream words(line);
+      std::string keyword, value;
+      if (words >> keyword >> value && keyword == "nameserver") {
+        text = value;
+        break;
+      }
+    }
+    if (text.empty()) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         "upstream_dns is empty and /etc/resolv.conf names no nameserver");
+    }
+  }
+  std::string host = text;
+  uint16_t port = 53;
+  auto parse_port = [&](std::string_view digits) -> Result<void> {
+    unsigned value = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (ec != std::errc() || end != digits.data() + digits.size() || value == 0 || value > 65535) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("upstream_dns \"{}\": bad port", text));
+    }
+    port = static_cast<uint16_t>(value);
+    return {};
+  };
+  if (text.starts_with('[')) {
+    size_t close = text.find(']');
+    if (close == std::string::npos) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("upstream_dns \"{}\": missing ']'", text));
+    }
+    host = text.substr(1, close - 1);
+    if (close + 1 < text.size()) {
+      if (text[close + 1] != ':') {
+        return Error::Make(ErrorCode::kInvalidArgument,
+                           fmt::format("upstream_dns \"{}\": expected ':' after ']'", text));
+      }
+      TRY(parse_port(std::string_view(text).substr(close + 2)));
+    }
+  } else if (std::count(text.begin(), text.end(), ':') == 1) {
+    size_t colon = text.find(':');
+    host = text.substr(0, colon);
+    TRY(parse_port(std::string_view(text).substr(colon + 1)));
+  }
+  auto address = IpPrefix::Parse(host);
+  if (!address || !address->is_address()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("upstream_dns \"{}\": not an IP address", text));
+  }
+  sockaddr_storage storage{};
+  socklen_t len;
+  if (address->family == IpFamily::kV4) {
+    // reinterpret_cast: sockaddr_storage is the generic buffer for any family.
+    auto* in = reinterpret_cast<sockaddr_in*>(&storage);
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+    std::memcpy(&in->sin_addr, address->bytes.data(), 4);
+    len = sizeof(sockaddr_in);
+  } else {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&storage);
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    std::memcpy(&in6->sin6_addr, address->bytes.data(), 16);
+    len = sizeof(sockaddr_in6);
+  }
+  return std::make_pair(storage, len);
+}
+
+// Names "<prefix><digits>" of links in the calling thread's netns.
+std::vector<std::string> StaleJobLinks(const std::string& prefix) {
+  std::vector<std::string> names;
+  struct if_nameindex* list = if_nameindex();
+  if (!list) return names;
+  for (struct if_nameindex* entry = list; entry->if_index != 0; ++entry) {
+    std::string_view name = entry->if_name;
+    if (!name.starts_with(prefix) || name.size() == prefix.size()) continue;
+    std::string_view rest = name.substr(prefix.size());
+    if (std::all_of(rest.begin(), rest.end(), [](char c) { return std::isdigit(c) != 0; })) {
+      names.emplace_back(name);
+    }
+  }
+  if_freenameindex(list);
+  return names;
+}
+
+}  // namespace
+
+class JobNetworkImpl final : public JobNetwork {
+ public:
+  JobNetworkImpl(NetworkService* service, std::string job_id, const NetworkSpec& spec,
+                 std::optional<JobAddresses> addresses)
+      : service_(service),
+        job_id_(std::move(job_id)),
+        enabled_(spec.enabled),
+        addresses_(std::move(addresses)) {
+    if (addresses_) {
+      ifname_ = fmt::format("{}{}", service_->config_.ifname_prefix, addresses_->slot);
+      table_ = JobTableName(ifname_);
+    }
+  }
+  ~JobNetworkImpl() override { IgnoreError(Teardown()); }
+
+  Result<void> Teardown() override {
+    if (torn_down_) return {};
+    std::optional<Error> first;
+    auto note = [&](Result<void> result) {
+      if (!result && !first) first = std::move(result).error();
+    };
+    if (registered_) {
+      service_->Unregister(ifname_);
+      registered_ = false;
+    }
+    if (dns_registered_) {
+      service_->dns_->RemoveJob(ifname_);
+      dns_registered_ = false;
+    }
+    if (table_created_) {
+      auto deleted = DeleteTable(table_);
+      if (deleted) table_created_ = false;
+      note(std::move(deleted));
+    }
+    if (veth_created_) {
+      auto rtnl = Rtnl::Open();
+      if (!rtnl) {
+        note(std::move(rtnl).error());
+      } else {
+        // Deleting one end removes the pair; when the job's netns died first
+        // the pair is already gone and this finds nothing (success).
+        auto deleted = rtnl->DeleteLink(ifname_);
+        if (deleted) veth_created_ = false;
+        note(std::move(deleted));
+      }
+    }
+    if (first) return first->WithContext(fmt::format("tearing down network of job {}", job_id_));
+    if (addresses_) service_->pool_->Release(addresses_->slot);
+    torn_down_ = true;
+    return {};
+  }
+
+  std::string resolver_address() const override {
+    return addresses_ ? addresses_->host_v4.AddressString() : "";
+  }
+  std::string resolver_address_v6() const override {
+    return addresses_ ? addresses_->host_v6.AddressString() : "";
+  }
+  std::string job_address_v4() const override {
+    return addresses_ ? addresses_->job_v4.AddressString() : "";
+  }
+  std::string job_address_v6() const override {
+    return addresses_ ? addresses_->job_v6.AddressString() : "";
+  }
+  std::string host_interface() const override { return ifname_; }
+
+  Result<void> Setup(int netns_fd, const NftTablePlan& plan, DnsAllowlist allowlist,
+                     NetEventSinkInterface* events);
+
+ private:
+  NetworkService* service_;
+  std::string job_id_;
+  bool enabled_;
+  std::optional<JobAddresses> addresses_;
+  std::string ifname_;
+  std::string table_;
+  bool veth_created_ = false;
+  bool table_created_ = false;
+  bool registered_ = false;
+  bool dns_registered_ = false;
+  bool torn_down_ = false;
+};
+
+Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAllowlist allowlist,
+                                   NetEventSinkInterface* events) {
+  Rtnl host = TRY(Rtnl::Open());
+  TRY(host.CreateVeth(ifname_, kJobIfname, netns_fd));
+  veth_created_ = true;
+
+  const JobAddresses& a = *addresses_;
+  TRY_CTX(RunInNetns(netns_fd,
+                     [&]() -> Result<void> {
+                       Rtnl job = TRY(Rtnl::Open());
+                       TRY(job.SetUp("lo"));
+                       TRY(job.AddAddress(kJobIfname, a.job_v4, JobAddresses::kV4LinkLength));
+                       TRY(job.AddAddress(kJobIfname, a.job_v6, JobAddresses::kV6LinkLength));
+                       TRY(job.SetUp(kJobIfname));
+                       TRY(job.AddDefaultRoute(kJobIfname, a.host_v4));
+                       TRY(job.AddDefaultRoute(kJobIfname, a.host_v6));
+                       return {};
+                     }),
+          "configuring the job side");
+
+  TRY(host.AddAddress(ifname_, a.host_v4, JobAddresses::kV4LinkLength));
+  TRY(host.AddAddress(ifname_, a.host_v6, JobAddresses::kV6LinkLength));
+  if (service_->config_.enable_forwarding) {
+    TRY(WriteSysctl(fmt::format("/proc/sys/net/ipv4/conf/{}/forwarding", ifname_), "1"));
+  }
+  TRY(host.SetUp(ifname_));
+
+  // The rules exist before the job can send anything through the veth: the
+  // job is still held by the spawner until Create() returns.
+  TRY(ApplyTablePlan(plan));
+  table_created_ = true;
+
+  service_->Register(ifname_, {job_id_, events});
+  registered_ = true;
+  if (!allowlist.empty()) {
+    TRY(service_->dns_->AddJob(DnsJobConfig{.key = ifname_,
+                                            .job_id = job_id_,
+                                            .allowlist = std::move(allowlist),
+                                            .listen = {a.host_v4, a.host_v6},
+                                            .sink = events}));
+    dns_registered_ = true;
+  }
+  return {};
+}
+
+NetworkService::NetworkService(const NetworkServiceConfig& config,
+                               std::unique_ptr<AddressPool> pool)
+    : config_(config), pool_(std::move(pool)) {}
+
+Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServiceConfig& config) {
+  auto v4 = IpPrefix::Parse(config.pool_v4);
+  if (!v4) return std::move(v4).error().WithContext("pool_v4");
+  auto v6 = IpPrefix::Parse(config.pool_v6);
+  if (!v6) return std::move(v6).error().WithContext("pool_v6");
+  auto pool = TRY_CTX(AddressPool::Create(*v4, *v6), "network service");
+  if (config.ifname_prefix.empty() || config.ifname_prefix.size() > 8) {
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("ifname_prefix \"{}\": must be 1..8 bytes", config.ifname_prefix));
+  }
+  if (config.dns_min_ttl == 0 || config.dns_min_ttl > config.dns_max_ttl) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("dns_min_ttl {} must be 1..dns_max_ttl ({})", config.dns_min_ttl,
+                                   config.dns_max_ttl));
+  }
+  auto upstream = TRY(ParseUpstream(config.upstream_dns));
+
+  std::unique_ptr<NetworkService> service(new NetworkService(config, std::move(pool)));
+
+  // Leftovers of a service that died: its links and tables would collide
+  // with the slots we are about to hand out.
+  {
+    Rtnl rtnl = TRY(Rtnl::Open());
+    for (const std::string& name : StaleJobLinks(config.ifname_prefix)) {
+      TRY_CTX(DeleteTable(JobTableName(name)), "removing a stale job table");
+      TRY_CTX(rtnl.DeleteLink(name), "removing a stale job link");
+    }
+  }
+
+  if (config.enable_forwarding) {
+    TRY(WriteSysctl("/proc/sys/net/ipv4/ip_forward", "1"));
+    TRY(WriteSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"));
+    TRY(DeleteTable(kServiceTable));
+    TRY(ApplyTablePlan(PlanServiceTable(kServiceTable, config.ifname_prefix)));
+    service->service_table_ = true;
+  }
+
+  NetworkService* raw = service.get();
+  service->nflog_ = TRY(NflogListener::Start(
+      config.nflog_group, [raw](const LoggedPacket& packet) { raw->OnLoggedPacket(packet); }));
+
+  DnsForwarder::Options options;
+  options.upstream = upstream.first;
+  options.upstream_len = upstream.second;
+  options.min_ttl = config.dns_min_ttl;
+  options.max_ttl = config.dns_max_ttl;
+  service->dns_ = TRY(DnsForwarder::Start(options, [](const std::string& key,
+                                                      const IpPrefix& address, uint32_t ttl) {
+    return AddSetElement(JobTableName(key), address.family == IpFamily::kV4 ? kDnsSetV4 : kDnsSetV6,
+                         address, static_cast<uint64_t>(ttl) * 1000);
+  }));
+  return service;
+}
+
+NetworkService::~NetworkService() {
+  dns_.reset();
+  nflog_.reset();
+  if (service_table_) IgnoreError(DeleteTable(kServiceTable));
+}
+
+void NetworkService::Register(const std::string& ifname, Registered job) {
+  std::lock_guard lock(registry_mutex_);
+  registry_[ifname] = std::move(job);
+}
+
+void NetworkService::Unregister(const std::string& ifname) {
+  std::lock_guard lock(registry_mutex_);
+  registry_.erase(ifname);
+}
+
+void NetworkService::OnLoggedPacket(const LoggedPacket& packet) {
+  // The sink is called under the lock so that Unregister() (and so
+  // Teardown()) returning means no further events for that job.
+  std::lock_guard lock(registry_mutex_);
+  auto it = registry_.find(packet.prefix.ifname);
+  if (it == registry_.end() || !it->second.sink) return;
+  NetEvent event;
+  event.job_id = it->second.job_id;
+  event.destination = packet.destination;
+  event.port = packet.port;
+  event.protocol = packet.protocol;
+  event.verdict = packet.prefix.verdict;
+  event.reason = packet.prefix.reason;
+  it->second.sink->OnNetEvent(event);
+}
+
+Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string& job_id,
+                                                              pid_t child_pid,
+                                                              const NetworkSpec& spec,
+                                                              NetEventSinkInterface* events) {
+  auto context = [&] { return fmt::format("network of job {}", job_id); };
+  DnsAllowlist allowlist = TRY_CTX(DnsAllowlist::Create(spec.allowed_domains), context());
+  UniqueFd netns = TRY_CTX(OpenNetns(child_pid), context());
+
+  if (!spec.enabled) {
+    TRY_CTX(RunInNetns(netns.get(),
+                       []() -> Result<void> {
+                         Rtnl job = TRY(Rtnl::Open());
+                         return job.SetUp("lo");
+                       }),
+            context());
+    return std::unique_ptr<JobNetwork>(new JobNetworkImpl(this, job_id, spec, std::nullopt));
+  }
+
+  JobAddresses addresses = TRY_CTX(pool_->Allocate(), context());
+  auto job = std::make_unique<JobNetworkImpl>(this, job_id, spec, addresses);
+  // From here on `job` owns the slot: any early return tears down what exists.
+  JobAddressing addressing{.host_ifname = job->host_interface(),
+                           .host_v4 = addresses.host_v4,
+                           .job_v4 = addresses.job_v4,
+                           .host_v6 = addresses.host_v6,
+                           .job_v6 = addresses.job_v6};
+  NftTablePlan plan = TRY_CTX(PlanJobTable(addressing, spec, config_.nflog_group), context());
+  TRY_CTX(job->Setup(netns.get(), plan, std::move(allowlist), events), context());
+  return std::unique_ptr<JobNetwork>(std::move(job));
+}
+
+namespace {
+std::mutex default_mutex;
+NetworkServiceConfig default_config;
+std::unique_ptr<NetworkService> default_service;
+}  // namespace
+
+Result<NetworkService*> NetworkService::Default() {
+  std::lock_guard lock(default_mutex);
+  if (!default_service) {
+    default_service = TRY_CTX(Start(default_config), "starting the default network service");
+  }
+  return default_service.get();
+}
+
+Result<void> NetworkService::SetDefaultConfig(const NetworkServiceConfig& config) {
+  std::lock_guard lock(default_mutex);
+  if (default_service) {
+    return Error::Make(ErrorCode::kInvalidState, "the default network service is already running");
+  }
+  default_config = config;
+  return {};
+}
+
+Result<std::unique_ptr<JobNetwork>> JobNetwork::Create(const std::string& job_id, pid_t child_pid,
+                                                       const NetworkSpec& spec,
+                                                       NetEventSinkInterface* events) {
+  NetworkService* service = TRY(NetworkService::Default());
+  return service->CreateJob(job_id, child_pid, spec, events);
+}
+
+}  // namespace ralph::sandbox

@@ -1,0 +1,373 @@
+#include "nft_apply.h"
+
+// glibc's netinet/in.h must precede the kernel uapi headers below.
+#include <netinet/in.h>  // NOLINT(build/include_order)
+
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "netlink_handles.h"
+
+namespace ralph::sandbox {
+namespace {
+
+// nft's set key types (nftables src/datatype.h: TYPE_IPADDR = 7, TYPE_IP6ADDR = 8);
+// the kernel stores them opaquely, nft(8) uses them to print the set.
+constexpr uint32_t kTypeIpv4Addr = 7;
+constexpr uint32_t kTypeIpv6Addr = 8;
+
+class Batch {
+ public:
+  explicit Batch(uint32_t seq) : buffer_(kBufferSize), seq_(seq) {
+    batch_.reset(mnl_nlmsg_batch_start(buffer_.data(), buffer_.size()));
+    nftnl_batch_begin(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), seq_++);
+    mnl_nlmsg_batch_next(batch_.get());
+  }
+
+  // Starts a message; `what` names it in errors.
+  nlmsghdr* Begin(uint16_t type, uint16_t flags, std::string what) {
+    first_seq_ = first_seq_ ? first_seq_ : seq_;
+    names_.push_back(std::move(what));
+    return nftnl_nlmsg_build_hdr(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), type,
+                                 NFPROTO_INET, flags | NLM_F_ACK, seq_++);
+  }
+  // Finishes the message started last. kNoSpace when the batch is full.
+  Result<void> End() {
+    if (!mnl_nlmsg_batch_next(batch_.get())) {
+      return Error::Make(ErrorCode::kNoSpace, "nft batch: buffer full");
+    }
+    return {};
+  }
+
+  // Sends the batch and waits for one ack per message.
+  Result<void> Commit() {
+    nftnl_batch_end(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), seq_++);
+    mnl_nlmsg_batch_next(batch_.get());
+
+    MnlSocketPtr socket(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC));
+    if (!socket) return Error::FromErrno("nft batch: opening a netfilter netlink socket", errno);
+    if (mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
+      return Error::FromErrno("nft batch: binding the netlink socket", errno);
+    }
+    // A receive timeout so a kernel that never answers cannot hang the caller.
+    timeval timeout{.tv_sec = 5, .tv_usec = 0};
+    setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    if (mnl_socket_sendto(socket.get(), mnl_nlmsg_batch_head(batch_.get()),
+                          mnl_nlmsg_batch_size(batch_.get())) < 0) {
+      return Error::FromErrno("nft batch: sending", errno);
+    }
+    size_t acks = 0;
+    std::vector<char> reply(MNL_SOCKET_BUFFER_SIZE);
+    while (acks < names_.size()) {
+      ssize_t n = mnl_socket_recvfrom(socket.get(), reply.data(), reply.size());
+      if (n < 0) return Error::FromErrno("nft batch: waiting for the kernel's answer", errno);
+      int len = static_cast<int>(n);
+      for (auto* nlh = reinterpret_cast<nlmsghdr*>(reply.data()); mnl_nlmsg_ok(nlh, len);
+           nlh = mnl_nlmsg_next(nlh, &len)) {
+        // reinterpret_cast above: netlink messages are laid out in the byte
+        // buffer the kernel filled; libmnl's accessors walk them in place.
+        if (nlh->nlmsg_type != NLMSG_ERROR) continue;
+        auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
+        if (error->error != 0) {
+          size_t index = nlh->nlmsg_seq - first_seq_;
+          std::string what = index < names_.size() ? names_[index] : "batch";
+          // The kernel aborts the whole transaction on the first error.
+          return Error::FromErrno(fmt::format("nft batch: {}", what), -error->error);
+        }
+        ++acks;
+      }
+    }
+    return {};
+  }
+
+ private:
+  static constexpr size_t kBufferSize = 1 << 20;
+  std::vector<char> buffer_;
+  MnlBatchPtr batch_;
+  uint32_t seq_;
+  uint32_t first_seq_ = 0;
+  std::vector<std::string> names_;
+};
+
+uint32_t NextSeq() {
+  return static_cast<uint32_t>(time(nullptr)) & 0x7fffffff;
+}
+
+class RuleBuilder {
+ public:
+  RuleBuilder(nftnl_rule* rule, uint16_t nflog_group) : rule_(rule), group_(nflog_group) {}
+
+  void Meta(uint32_t key) {
+    nftnl_expr* e = New("meta");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_META_KEY, key);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_META_DREG, NFT_REG_1);
+  }
+  void Cmp(uint32_t op, const void* data, uint32_t len) {
+    nftnl_expr* e = New("cmp");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_SREG, NFT_REG_1);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_OP, op);
+    nftnl_expr_set(e, NFTNL_EXPR_CMP_DATA, data, len);
+  }
+  void Payload(uint32_t base, uint32_t offset, uint32_t len) {
+    nftnl_expr* e = New("payload");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_BASE, base);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_OFFSET, offset);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_LEN, len);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_DREG, NFT_REG_1);
+  }
+  void Bitwise(const uint8_t* mask, uint32_t len) {
+    uint8_t zero[16] = {};
+    nftnl_expr* e = New("bitwise");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_BITWISE_LEN, len);
+    nftnl_expr_set(e, NFTNL_EXPR_BITWISE_MASK, mask, len);
+    nftnl_expr_set(e, NFTNL_EXPR_BITWISE_XOR, zero, len);
+  }
+  void Ifname(uint32_t key, const std::string& name) {
+    Meta(key);
+    if (!name.empty() && name.back() == '*') {
+      Cmp(NFT_CMP_EQ, name.data(), static_cast<uint32_t>(name.size() - 1));
+    } else {
+      char padded[IFNAMSIZ] = {};
+      std::memcpy(padded, name.data(), std::min(name.size(), sizeof(padded) - 1));
+      Cmp(NFT_CMP_EQ, padded, sizeof(padded));
+    }
+  }
+  void Address(bool source, const IpPrefix& prefix, bool negate) {
+    bool v4 = prefix.family == IpFamily::kV4;
+    uint32_t offset = v4 ? (source ? 12 : 16) : (source ? 8 : 24);
+    uint32_t len = static_cast<uint32_t>(prefix.address_size());
+    Payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len);
+    if (!prefix.is_address()) Bitwise(prefix.Mask().data(), len);
+    Cmp(negate ? NFT_CMP_NEQ : NFT_CMP_EQ, prefix.bytes.data(), len);
+  }
+  void Lookup(const std::string& set, uint32_t set_id, IpFamily family) {
+    Payload(NFT_PAYLOAD_NETWORK_HEADER, family == IpFamily::kV4 ? 16 : 24,
+            family == IpFamily::kV4 ? 4 : 16);
+    nftnl_expr* e = New("lookup");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1);
+    nftnl_expr_set_str(e, NFTNL_EXPR_LOOKUP_SET, set.c_str());
+    nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_SET_ID, set_id);
+  }
+  void Ports(uint16_t min, uint16_t max) {
+    Payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+    uint16_t from = htons(min);
+    uint16_t to = htons(max);
+    if (min == max) {
+      Cmp(NFT_CMP_EQ, &from, sizeof(from));
+      return;
+    }
+    nftnl_expr* e = New("range");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_RANGE_SREG, NFT_REG_1);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_RANGE_OP, NFT_RANGE_EQ);
+    nftnl_expr_set(e, NFTNL_EXPR_RANGE_FROM_DATA, &from, sizeof(from));
+    nftnl_expr_set(e, NFTNL_EXPR_RANGE_TO_DATA, &to, sizeof(to));
+  }
+  void CtState(uint32_t mask) {
+    nftnl_expr* e = New("ct");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_CT_KEY, NFT_CT_STATE);
+    nftnl_expr_set_u32(e, NFTNL_EXPR_CT_DREG, NFT_REG_1);
+    Bitwise(reinterpret_cast<const uint8_t*>(&mask), sizeof(mask));  // host order, as nft does
+    uint32_t zero = 0;
+    Cmp(NFT_CMP_NEQ, &zero, sizeof(zero));
+  }
+  void Log(const std::string& prefix) {
+    nftnl_expr* e = New("log");
+    nftnl_expr_set_u16(e, NFTNL_EXPR_LOG_GROUP, group_);
+    nftnl_expr_set_str(e, NFTNL_EXPR_LOG_PREFIX, prefix.c_str());
+  }
+  void Masquerade() { New("masq"); }
+  void Verdict(NftVerdict verdict, const std::string& chain) {
+    nftnl_expr* e = New("immediate");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
+    switch (verdict) {
+      case NftVerdict::kAccept: nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_VERDICT, NF_ACCEPT); break;
+      case NftVerdict::kDrop: nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_VERDICT, NF_DROP); break;
+      case NftVerdict::kReturn:
+        nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_VERDICT, static_cast<uint32_t>(NFT_RETURN));
+        break;
+      case NftVerdict::kJump:
+        nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_VERDICT, static_cast<uint32_t>(NFT_JUMP));
+        nftnl_expr_set_str(e, NFTNL_EXPR_IMM_CHAIN, chain.c_str());
+        break;
+      case NftVerdict::kNone: break;
+    }
+  }
+
+ private:
+  nftnl_expr* New(const char* name) {
+    nftnl_expr* e = nftnl_expr_alloc(name);
+    nftnl_rule_add_expr(rule_, e);  // the rule owns it from here
+    return e;
+  }
+  nftnl_rule* rule_;
+  uint16_t group_;
+};
+
+Result<void> BuildRule(RuleBuilder& b, const NftRule& rule, const NftTablePlan& plan) {
+  if (rule.iifname) b.Ifname(NFT_META_IIFNAME, *rule.iifname);
+  if (rule.oifname) b.Ifname(NFT_META_OIFNAME, *rule.oifname);
+  if (rule.family) {
+    uint8_t proto = *rule.family == IpFamily::kV4 ? NFPROTO_IPV4 : NFPROTO_IPV6;
+    b.Meta(NFT_META_NFPROTO);
+    b.Cmp(NFT_CMP_EQ, &proto, sizeof(proto));
+  } else if (rule.saddr || rule.daddr || rule.daddr_set) {
+    return Error::Make(ErrorCode::kInternal, "address match without a family");
+  }
+  if (rule.saddr) b.Address(true, *rule.saddr, rule.saddr_negate);
+  if (rule.daddr) b.Address(false, *rule.daddr, false);
+  if (rule.daddr_set) {
+    uint32_t set_id = 0;
+    for (size_t i = 0; i < plan.sets.size(); ++i) {
+      if (plan.sets[i].name == *rule.daddr_set) set_id = static_cast<uint32_t>(i + 1);
+    }
+    if (set_id == 0) {
+      return Error::Make(ErrorCode::kInternal, fmt::format("no set {}", *rule.daddr_set));
+    }
+    b.Lookup(*rule.daddr_set, set_id, *rule.family);
+  }
+  if (rule.l4proto) {
+    b.Meta(NFT_META_L4PROTO);
+    b.Cmp(NFT_CMP_EQ, &*rule.l4proto, 1);
+    if (rule.icmpv6_type) {
+      b.Payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1);
+      b.Cmp(NFT_CMP_EQ, &*rule.icmpv6_type, 1);
+    } else if (rule.dport_min != 0) {
+      b.Ports(rule.dport_min, rule.dport_max);
+    }
+  }
+  if (rule.ct_state != 0) b.CtState(rule.ct_state);
+  if (rule.log_prefix) b.Log(*rule.log_prefix);
+  if (rule.masquerade) b.Masquerade();
+  if (rule.verdict != NftVerdict::kNone) b.Verdict(rule.verdict, rule.jump_chain);
+  return {};
+}
+
+uint32_t HookNumber(NftHook hook) {
+  switch (hook) {
+    case NftHook::kForward: return NF_INET_FORWARD;
+    case NftHook::kInput: return NF_INET_LOCAL_IN;
+    case NftHook::kPostrouting: return NF_INET_POST_ROUTING;
+    case NftHook::kNone: break;
+  }
+  return 0;
+}
+
+}  // namespace
+
+Result<void> ApplyTablePlan(const NftTablePlan& plan) {
+  Batch batch(NextSeq());
+  const std::string& name = plan.name;
+
+  NftnlTablePtr table(nftnl_table_alloc());
+  nftnl_table_set_str(table.get(), NFTNL_TABLE_NAME, name.c_str());
+  nftnl_table_set_u32(table.get(), NFTNL_TABLE_FAMILY, NFPROTO_INET);
+  nftnl_table_nlmsg_build_payload(
+      batch.Begin(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, fmt::format("table {}", name)),
+      table.get());
+  TRY(batch.End());
+
+  for (size_t i = 0; i < plan.sets.size(); ++i) {
+    const NftSet& planned = plan.sets[i];
+    NftnlSetPtr set(nftnl_set_alloc());
+    nftnl_set_set_str(set.get(), NFTNL_SET_TABLE, name.c_str());
+    nftnl_set_set_str(set.get(), NFTNL_SET_NAME, planned.name.c_str());
+    nftnl_set_set_u32(set.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
+    nftnl_set_set_u32(set.get(), NFTNL_SET_ID, static_cast<uint32_t>(i + 1));
+    bool v4 = planned.family == IpFamily::kV4;
+    nftnl_set_set_u32(set.get(), NFTNL_SET_KEY_LEN, v4 ? 4 : 16);
+    nftnl_set_set_u32(set.get(), NFTNL_SET_KEY_TYPE, v4 ? kTypeIpv4Addr : kTypeIpv6Addr);
+    if (planned.timeout) nftnl_set_set_u32(set.get(), NFTNL_SET_FLAGS, NFT_SET_TIMEOUT);
+    nftnl_set_nlmsg_build_payload(
+        batch.Begin(NFT_MSG_NEWSET, NLM_F_CREATE, fmt::format("set {}", planned.name)), set.get());
+    TRY(batch.End());
+  }
+
+  // Chains first (rules jump between them), then their rules.
+  for (const NftChain& planned : plan.chains) {
+    NftnlChainPtr chain(nftnl_chain_alloc());
+    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_TABLE, name.c_str());
+    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_NAME, planned.name.c_str());
+    nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
+    if (planned.hook != NftHook::kNone) {
+      nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_HOOKNUM, HookNumber(planned.hook));
+      nftnl_chain_set_s32(chain.get(), NFTNL_CHAIN_PRIO, planned.priority);
+      nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_TYPE, planned.nat ? "nat" : "filter");
+      nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_POLICY,
+                          planned.policy == NftVerdict::kDrop ? NF_DROP : NF_ACCEPT);
+    }
+    nftnl_chain_nlmsg_build_payload(
+        batch.Begin(NFT_MSG_NEWCHAIN, NLM_F_CREATE, fmt::format("chain {}", planned.name)),
+        chain.get());
+    TRY(batch.End());
+  }
+  for (const NftChain& planned : plan.chains) {
+    for (size_t i = 0; i < planned.rules.size(); ++i) {
+      NftnlRulePtr rule(nftnl_rule_alloc());
+      nftnl_rule_set_str(rule.get(), NFTNL_RULE_TABLE, name.c_str());
+      nftnl_rule_set_str(rule.get(), NFTNL_RULE_CHAIN, planned.name.c_str());
+      nftnl_rule_set_u32(rule.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
+      RuleBuilder builder(rule.get(), plan.nflog_group);
+      TRY_CTX(BuildRule(builder, planned.rules[i], plan),
+              fmt::format("chain {} rule {}", planned.name, i));
+      nftnl_rule_nlmsg_build_payload(batch.Begin(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
+                                                 fmt::format("chain {} rule {}", planned.name, i)),
+                                     rule.get());
+      TRY(batch.End());
+    }
+  }
+  TRY_CTX(batch.Commit(), fmt::format("creating table inet {}", name));
+  return {};
+}
+
+Result<void> DeleteTable(std::string_view table_name) {
+  Batch batch(NextSeq());
+  std::string name(table_name);
+  NftnlTablePtr table(nftnl_table_alloc());
+  nftnl_table_set_str(table.get(), NFTNL_TABLE_NAME, name.c_str());
+  nftnl_table_set_u32(table.get(), NFTNL_TABLE_FAMILY, NFPROTO_INET);
+  nftnl_table_nlmsg_build_payload(batch.Begin(NFT_MSG_DELTABLE, 0, fmt::format("table {}", name)),
+                                  table.get());
+  TRY(batch.End());
+  auto result = batch.Commit();
+  if (!result && result.error().sys_errno() == ENOENT) return {};
+  TRY_CTX(std::move(result), fmt::format("deleting table inet {}", name));
+  return {};
+}
+
+Result<void> AddSetElement(std::string_view table_name, std::string_view set_name,
+                           const IpPrefix& address, uint64_t timeout_ms) {
+  Batch batch(NextSeq());
+  std::string table(table_name);
+  std::string name(set_name);
+  NftnlSetPtr set(nftnl_set_alloc());
+  nftnl_set_set_str(set.get(), NFTNL_SET_TABLE, table.c_str());
+  nftnl_set_set_str(set.get(), NFTNL_SET_NAME, name.c_str());
+  nftnl_set_set_u32(set.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
+  nftnl_set_elem* element = nftnl_set_elem_alloc();
+  nftnl_set_elem_set(element, NFTNL_SET_ELEM_KEY, address.bytes.data(),
+                     static_cast<uint32_t>(address.address_size()));
+  nftnl_set_elem_set_u64(element, NFTNL_SET_ELEM_TIMEOUT, timeout_ms);
+  nftnl_set_elem_add(set.get(), element);  // the set owns it from here
+  nftnl_set_elems_nlmsg_build_payload(
+      batch.Begin(NFT_MSG_NEWSETELEM, NLM_F_CREATE,
+                  fmt::format("element {} in set {}", address.AddressString(), name)),
+      set.get());
+  TRY(batch.End());
+  TRY_CTX(batch.Commit(), fmt::format("table inet {}", table));
+  return {};
+}
+
+}  // namespace ralph::sandbox

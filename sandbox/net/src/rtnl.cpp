@@ -1,0 +1,187 @@
+#include "rtnl.h"
+
+// glibc's netinet/in.h must precede the kernel uapi headers below.
+#include <netinet/in.h>  // NOLINT(build/include_order)
+
+#include <fcntl.h>
+#include <linux/if_addr.h>
+#include <linux/if_link.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/socket.h>
+
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace ralph::sandbox {
+
+Result<Rtnl> Rtnl::Open() {
+  MnlSocketPtr socket(mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC));
+  if (!socket) return Error::FromErrno("opening an rtnetlink socket", errno);
+  if (mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
+    return Error::FromErrno("binding the rtnetlink socket", errno);
+  }
+  timeval timeout{.tv_sec = 5, .tv_usec = 0};
+  setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  return Rtnl(std::move(socket));
+}
+
+Result<void> Rtnl::Request(nlmsghdr* message, std::string_view what) {
+  message->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+  message->nlmsg_seq = seq_++;
+  if (mnl_socket_sendto(socket_.get(), message, message->nlmsg_len) < 0) {
+    return Error::FromErrno(fmt::format("{}: sending", what), errno);
+  }
+  std::vector<char> reply(MNL_SOCKET_BUFFER_SIZE);
+  for (;;) {
+    ssize_t n = mnl_socket_recvfrom(socket_.get(), reply.data(), reply.size());
+    if (n < 0) return Error::FromErrno(fmt::format("{}: waiting for the answer", what), errno);
+    int len = static_cast<int>(n);
+    // reinterpret_cast: netlink messages are laid out in the received bytes.
+    for (auto* nlh = reinterpret_cast<nlmsghdr*>(reply.data()); mnl_nlmsg_ok(nlh, len);
+         nlh = mnl_nlmsg_next(nlh, &len)) {
+      if (nlh->nlmsg_seq != message->nlmsg_seq || nlh->nlmsg_type != NLMSG_ERROR) continue;
+      auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
+      if (error->error != 0) return Error::FromErrno(what, -error->error);
+      return {};
+    }
+  }
+}
+
+Result<void> Rtnl::CreateVeth(const std::string& host_name, const std::string& peer_name,
+                              int peer_netns_fd) {
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
+  nlh->nlmsg_type = RTM_NEWLINK;
+  nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+  auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifm->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz(nlh, IFLA_IFNAME, host_name.c_str());
+  nlattr* linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+  mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "veth");
+  nlattr* data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
+  nlattr* peer = mnl_attr_nest_start(nlh, VETH_INFO_PEER);
+  // VETH_INFO_PEER carries a struct ifinfomsg followed by the peer's attributes.
+  auto* peer_ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  peer_ifm->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz(nlh, IFLA_IFNAME, peer_name.c_str());
+  mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, static_cast<uint32_t>(peer_netns_fd));
+  mnl_attr_nest_end(nlh, peer);
+  mnl_attr_nest_end(nlh, data);
+  mnl_attr_nest_end(nlh, linkinfo);
+  return Request(nlh, fmt::format("creating veth {} <-> {} (job netns)", host_name, peer_name));
+}
+
+Result<void> Rtnl::DeleteLink(const std::string& name) {
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
+  nlh->nlmsg_type = RTM_DELLINK;
+  auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifm->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz(nlh, IFLA_IFNAME, name.c_str());
+  auto result = Request(nlh, fmt::format("deleting link {}", name));
+  if (!result && (result.error().sys_errno() == ENODEV || result.error().sys_errno() == ENOENT)) {
+    return {};
+  }
+  return result;
+}
+
+Result<void> Rtnl::SetUp(const std::string& name) {
+  int index = TRY(InterfaceIndex(name));
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
+  nlh->nlmsg_type = RTM_NEWLINK;
+  auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifm->ifi_family = AF_UNSPEC;
+  ifm->ifi_index = index;
+  ifm->ifi_flags = IFF_UP;
+  ifm->ifi_change = IFF_UP;
+  return Request(nlh, fmt::format("setting link {} up", name));
+}
+
+Result<void> Rtnl::AddAddress(const std::string& name, const IpPrefix& address,
+                              uint8_t link_length) {
+  int index = TRY(InterfaceIndex(name));
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
+  nlh->nlmsg_type = RTM_NEWADDR;
+  nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+  auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
+  bool v4 = address.family == IpFamily::kV4;
+  ifa->ifa_family = v4 ? AF_INET : AF_INET6;
+  ifa->ifa_prefixlen = link_length;
+  ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+  ifa->ifa_index = static_cast<uint32_t>(index);
+  // IFA_F_NODAD: the /64 is ours alone, duplicate detection would only delay
+  // the address by a second or more (RFC 4862 5.4).
+  if (!v4) ifa->ifa_flags = IFA_F_NODAD;
+  auto size = static_cast<uint16_t>(address.address_size());
+  mnl_attr_put(nlh, IFA_LOCAL, size, address.bytes.data());
+  mnl_attr_put(nlh, IFA_ADDRESS, size, address.bytes.data());
+  return Request(
+      nlh, fmt::format("adding address {}/{} to {}", address.AddressString(), link_length, name));
+}
+
+Result<void> Rtnl::AddDefaultRoute(const std::string& name, const IpPrefix& gateway) {
+  int index = TRY(InterfaceIndex(name));
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
+  nlh->nlmsg_type = RTM_NEWROUTE;
+  nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+  auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+  rtm->rtm_family = gateway.family == IpFamily::kV4 ? AF_INET : AF_INET6;
+  rtm->rtm_dst_len = 0;
+  rtm->rtm_table = RT_TABLE_MAIN;
+  rtm->rtm_protocol = RTPROT_STATIC;
+  rtm->rtm_scope = RT_SCOPE_UNIVERSE;
+  rtm->rtm_type = RTN_UNICAST;
+  mnl_attr_put(nlh, RTA_GATEWAY, static_cast<uint16_t>(gateway.address_size()),
+               gateway.bytes.data());
+  mnl_attr_put_u32(nlh, RTA_OIF, static_cast<uint32_t>(index));
+  return Request(nlh,
+                 fmt::format("adding default route via {} dev {}", gateway.AddressString(), name));
+}
+
+Result<int> InterfaceIndex(const std::string& name) {
+  unsigned index = if_nametoindex(name.c_str());
+  if (index == 0) return Error::FromErrno(fmt::format("looking up interface {}", name), errno);
+  return static_cast<int>(index);
+}
+
+Result<void> RunInNetns(int netns_fd, const std::function<Result<void>()>& work) {
+  Result<void> result = Error::Make(ErrorCode::kInternal, "helper thread did not run");
+  // A dedicated thread: setns(CLONE_NEWNET) changes only the calling thread,
+  // and this one ends right after, so no thread of the service is ever left
+  // in a job's namespace (and no reference to the namespace outlives it).
+  std::thread helper([&] {
+    if (setns(netns_fd, CLONE_NEWNET) != 0) {
+      result = Error::FromErrno("setns into the job's network namespace", errno);
+      return;
+    }
+    result = work();
+  });
+  helper.join();
+  return result;
+}
+
+Result<UniqueFd> OpenNetns(pid_t pid) {
+  std::string path = fmt::format("/proc/{}/ns/net", pid);
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("opening {}", path), errno);
+  return fd;
+}
+
+Result<void> WriteSysctl(const std::string& path, std::string_view value) {
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("opening {}", path), errno);
+  if (write(fd.get(), value.data(), value.size()) != static_cast<ssize_t>(value.size())) {
+    return Error::FromErrno(fmt::format("writing {} to {}", value, path), errno);
+  }
+  return {};
+}
+
+}  // namespace ralph::sandbox

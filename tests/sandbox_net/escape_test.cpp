@@ -1,0 +1,486 @@
+// Network escape suite: a job (a process in its own netns, networked by
+// NetworkService exactly as the spawner does it) tries to get out; each case
+// must fail, and the test hosts are checked afterwards for anything that got
+// through. Positive cases show that what is allowlisted works, that DNS
+// openings expire with the TTL, and that events come for both verdicts.
+// Leak checks count interfaces, nft tables, fds, threads and netns refs.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <ldns/ldns.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "sandbox/net/network_service.h"
+#include "test_topology.h"
+
+namespace ralph::sandbox {
+namespace {
+
+using testing::JobContext;
+using testing::JobProcess;
+using testing::ProbeConnect;
+using testing::ProbePing;
+using testing::ProbeResolve;
+using testing::RecordingSink;
+using testing::World;
+
+constexpr uint16_t kNflogGroup = 7771;
+
+class PrivateNetnsEnvironment : public ::testing::Environment {
+ public:
+  // Runs on the main thread before any test (and before any thread exists).
+  void SetUp() override { testing::EnterPrivateNetns(); }
+};
+const auto* const kEnvironment = ::testing::AddGlobalTestEnvironment(new PrivateNetnsEnvironment);
+
+class NetEscapeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    world_ = World::Start();
+    NetworkServiceConfig config;
+    config.upstream_dns = "198.51.100.53";
+    config.nflog_group = kNflogGroup;
+    auto service = NetworkService::Start(config);
+    ASSERT_TRUE(service) << service.error().ToString();
+    service_ = service->release();
+  }
+  static void TearDownTestSuite() {
+    delete service_;
+    service_ = nullptr;
+    delete world_;
+    world_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(service_, nullptr);
+    world_->ClearLog();
+  }
+
+  // Runs `probe` in a fresh job networked with `spec`; keeps the network up
+  // until the test ends (so events can still be matched), then tears down.
+  std::string RunJob(const NetworkSpec& spec, std::function<std::string(const JobContext&)> probe) {
+    JobProcess job = JobProcess::Fork(std::move(probe));
+    std::string job_id = fmt::format("job-{}", ++job_counter_);
+    auto network = service_->CreateJob(job_id, job.pid(), spec, &sink_);
+    if (!network) {
+      ADD_FAILURE() << network.error().ToString();
+      return "create failed";
+    }
+    JobContext context{(*network)->resolver_address(), (*network)->resolver_address_v6()};
+    std::string output = job.Go(context);
+    networks_.push_back(std::move(*network));
+    return output;
+  }
+
+  void TearDown() override {
+    for (auto& network : networks_) {
+      auto result = network->Teardown();
+      EXPECT_TRUE(result) << result.error().ToString();
+    }
+    networks_.clear();
+  }
+
+  bool Denied(const std::string& destination, uint16_t port, const std::string& reason) {
+    return sink_.WaitFor([&](const NetEvent& e) {
+      return e.verdict == NetVerdict::kDenied && e.destination == destination && e.port == port &&
+             e.reason == reason;
+    });
+  }
+  bool Allowed(const std::string& destination, uint16_t port, const std::string& reason) {
+    return sink_.WaitFor([&](const NetEvent& e) {
+      return e.verdict == NetVerdict::kAllowed && e.destination == destination && e.port == port &&
+             e.reason == reason;
+    });
+  }
+
+  static World* world_;
+  static NetworkService* service_;
+  static int job_counter_;
+  RecordingSink sink_;
+  std::vector<std::unique_ptr<JobNetwork>> networks_;
+};
+
+World* NetEscapeTest::world_ = nullptr;
+NetworkService* NetEscapeTest::service_ = nullptr;
+int NetEscapeTest::job_counter_ = 0;
+
+NetworkSpec WebOnly() {
+  NetworkSpec spec;
+  spec.allow = {{.cidr = "203.0.113.10", .port_min = 80},
+                {.cidr = "2001:db8:1::10", .port_min = 80}};
+  return spec;
+}
+
+TEST_F(NetEscapeTest, TopologySanity) {
+  // The host itself reaches the world: a failing escape case below fails
+  // because of the job's rules, not because the test network is broken.
+  EXPECT_EQ(ProbeResolve("198.51.100.53", "api.allowed.test", LDNS_RR_TYPE_A),
+            "rcode:NOERROR A 203.0.113.10")
+      << fmt::format("{}", fmt::join(world_->Log(), "\n"));
+  EXPECT_EQ(ProbeConnect("203.0.113.20", 80), "connected:hello");
+  EXPECT_EQ(ProbeConnect("169.254.169.254", 80), "connected:hello");
+  EXPECT_EQ(ProbeConnect("fd00:ec2::254", 80), "connected:hello");
+  EXPECT_EQ(ProbeConnect("10.9.9.9", 80), "connected:hello");
+}
+
+// ---- positive cases first: they prove the topology routes at all ---------
+
+TEST_F(NetEscapeTest, AllowlistedCidrAndPortConnectsOverIpv4AndIpv6) {
+  NetworkSpec spec;
+  spec.allow = {{.cidr = "203.0.113.0/24", .port_min = 80},
+                {.cidr = "2001:db8:1::/64", .port_min = 80, .port_max = 81}};
+  std::string out = RunJob(spec, [](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("2001:db8:1::10", 80);
+  });
+  EXPECT_EQ(out, "connected:hello|connected:hello");
+  // Masqueraded behind the host's uplink address.
+  EXPECT_TRUE(world_->SawAny("tcp 203.0.113.10 80 from 192.0.2.1"));
+  EXPECT_TRUE(world_->SawAny("tcp 2001:db8:1::10 80 from 2001:db8:ffff::1"));
+  EXPECT_TRUE(Allowed("203.0.113.10", 80, "allowlist")) << sink_.Dump();
+  EXPECT_TRUE(Allowed("2001:db8:1::10", 80, "allowlist")) << sink_.Dump();
+  for (const NetEvent& event : sink_.events()) EXPECT_EQ(event.job_id.rfind("job-", 0), 0u);
+}
+
+TEST_F(NetEscapeTest, AllowlistedNameResolvesConnectsAndExpiresWithTheTtl) {
+  NetworkSpec spec;
+  spec.allowed_domains = {"*.allowed.test"};
+  spec.domain_ports = {80};
+  std::string out = RunJob(spec, [](const JobContext& context) {
+    std::string before = ProbeConnect("203.0.113.10", 80);
+    std::string resolved = ProbeResolve(context.resolver_v4, "api.allowed.test", LDNS_RR_TYPE_A);
+    std::string resolved6 =
+        ProbeResolve(context.resolver_v6, "api.allowed.test", LDNS_RR_TYPE_AAAA, /*tcp=*/true);
+    std::string after = ProbeConnect("203.0.113.10", 80);
+    std::string after6 = ProbeConnect("2001:db8:1::10", 80);
+    std::string other_port = ProbeConnect("203.0.113.10", 8080);
+    // The records' TTL is 2 s: the element times out, new connections fail.
+    sleep(4);
+    std::string expired = ProbeConnect("203.0.113.10", 80);
+    return fmt::format("{}|{}|{}|{}|{}|{}|{}", before, resolved, resolved6, after, after6,
+                       other_port, expired);
+  });
+  EXPECT_EQ(out,
+            "failed:timeout|rcode:NOERROR A 203.0.113.10|rcode:NOERROR AAAA 2001:db8:1::10|"
+            "connected:hello|connected:hello|failed:timeout|failed:timeout");
+  EXPECT_TRUE(world_->SawAny("dns api.allowed.test. 1"));
+  EXPECT_FALSE(world_->SawAny("tcp 203.0.113.10 8080"));
+  EXPECT_TRUE(Allowed("api.allowed.test", 53, "dns: allowed")) << sink_.Dump();
+  EXPECT_TRUE(Allowed("203.0.113.10", 80, "dns-allowlist")) << sink_.Dump();
+  EXPECT_TRUE(Allowed("2001:db8:1::10", 80, "dns-allowlist")) << sink_.Dump();
+  EXPECT_TRUE(Denied("203.0.113.10", 80, "not-allowlisted")) << sink_.Dump();
+  EXPECT_TRUE(Denied("203.0.113.10", 8080, "not-allowlisted")) << sink_.Dump();
+}
+
+// ---- escapes ---------------------------------------------------------------
+
+TEST_F(NetEscapeTest, CloudMetadataIsUnreachableOverIpv4AndIpv6) {
+  NetworkSpec spec = WebOnly();
+  // Even allowlisting it explicitly does not open it.
+  spec.allow.push_back({.cidr = "169.254.169.254", .port_min = 80});
+  std::string out = RunJob(spec, [](const JobContext&) {
+    return ProbeConnect("169.254.169.254", 80) + "|" + ProbeConnect("fd00:ec2::254", 80) + "|" +
+           ProbeConnect("100.100.100.200", 80);
+  });
+  EXPECT_EQ(out, "failed:timeout|failed:timeout|failed:timeout");
+  EXPECT_FALSE(world_->SawAny("tcp 169.254.169.254"));
+  EXPECT_FALSE(world_->SawAny("tcp fd00:ec2::254"));
+  EXPECT_FALSE(world_->SawAny("tcp 100.100.100.200"));
+  EXPECT_TRUE(Denied("169.254.169.254", 80, "metadata")) << sink_.Dump();
+  EXPECT_TRUE(Denied("fd00:ec2::254", 80, "metadata")) << sink_.Dump();
+  EXPECT_TRUE(Denied("100.100.100.200", 80, "metadata")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, Rfc1918HostIsUnreachable) {
+  NetworkSpec spec = WebOnly();
+  spec.allow.push_back({.cidr = "10.0.0.0/8", .port_min = 80});
+  std::string out = RunJob(spec, [](const JobContext&) { return ProbeConnect("10.9.9.9", 80); });
+  EXPECT_EQ(out, "failed:timeout");
+  EXPECT_FALSE(world_->SawAny("tcp 10.9.9.9"));
+  EXPECT_TRUE(Denied("10.9.9.9", 80, "rfc1918")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, HostLoopbackAndOwnAddressesAreUnreachable) {
+  // Host services: one on loopback, one on every address.
+  int any = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int loopback = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  ASSERT_GE(any, 0);
+  ASSERT_GE(loopback, 0);
+  int one = 1;
+  setsockopt(any, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in address{.sin_family = AF_INET, .sin_port = htons(9997), .sin_addr = {INADDR_ANY}};
+  ASSERT_EQ(bind(any, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  address.sin_port = htons(9999);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(loopback, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(listen(any, 8), 0);
+  ASSERT_EQ(listen(loopback, 8), 0);
+
+  NetworkSpec spec = WebOnly();
+  spec.allow.push_back({.cidr = "192.0.2.0/24"});  // the host's uplink net
+  std::string gateway;
+  std::string out = RunJob(spec, [](const JobContext& context) {
+    return ProbeConnect(context.resolver_v4, 9997) + "|" + ProbeConnect("192.0.2.1", 9997) + "|" +
+           ProbeConnect(context.resolver_v6, 9997) + "|" + ProbeConnect("127.0.0.1", 9999) + "|" +
+           // The host's resolver port on an address that is not the job's gateway.
+           ProbeResolve("192.0.2.1", "api.allowed.test", LDNS_RR_TYPE_A);
+  });
+  EXPECT_EQ(out,
+            "failed:timeout|failed:timeout|failed:timeout|failed:connect Connection refused|"
+            "failed:no answer");
+  // Nothing reached either host service.
+  EXPECT_LT(accept(any, nullptr, nullptr), 0);
+  EXPECT_EQ(errno, EAGAIN);
+  EXPECT_LT(accept(loopback, nullptr, nullptr), 0);
+  EXPECT_EQ(errno, EAGAIN);
+  close(any);
+  close(loopback);
+  std::string resolver = networks_.back()->resolver_address();
+  EXPECT_TRUE(Denied(resolver, 9997, "host")) << sink_.Dump();
+  EXPECT_TRUE(Denied("192.0.2.1", 9997, "host")) << sink_.Dump();
+  EXPECT_TRUE(Denied(networks_.back()->resolver_address_v6(), 9997, "host")) << sink_.Dump();
+  EXPECT_TRUE(Denied("192.0.2.1", 53, "host")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, DirectIpToNonAllowlistedAddressFails) {
+  std::string out = RunJob(WebOnly(), [](const JobContext&) {
+    return ProbeConnect("203.0.113.20", 80) + "|" + ProbeConnect("2001:db8:1::20", 80);
+  });
+  EXPECT_EQ(out, "failed:timeout|failed:timeout");
+  EXPECT_FALSE(world_->SawAny("tcp 203.0.113.20"));
+  EXPECT_FALSE(world_->SawAny("tcp 2001:db8:1::20"));
+  EXPECT_TRUE(Denied("203.0.113.20", 80, "not-allowlisted")) << sink_.Dump();
+  EXPECT_TRUE(Denied("2001:db8:1::20", 80, "not-allowlisted")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, AllowlistedAddressOnAnotherPortFails) {
+  std::string out = RunJob(WebOnly(), [](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 8080) + "|" + ProbeConnect("203.0.113.10", 22) + "|" +
+           ProbeConnect("2001:db8:1::10", 443);
+  });
+  EXPECT_EQ(out, "failed:timeout|failed:timeout|failed:timeout");
+  EXPECT_FALSE(world_->SawAny("tcp 203.0.113.10 8080"));
+  EXPECT_FALSE(world_->SawAny("tcp 203.0.113.10 22"));
+  EXPECT_FALSE(world_->SawAny("tcp 2001:db8:1::10 443"));
+  EXPECT_TRUE(Denied("203.0.113.10", 8080, "not-allowlisted")) << sink_.Dump();
+  EXPECT_TRUE(Denied("2001:db8:1::10", 443, "not-allowlisted")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, DnsForNonAllowlistedNameIsRefusedAndNotForwarded) {
+  NetworkSpec spec;
+  spec.allowed_domains = {"*.allowed.test"};
+  std::string out = RunJob(spec, [](const JobContext& context) {
+    return ProbeResolve(context.resolver_v4, "evil.test", LDNS_RR_TYPE_A) + "|" +
+           ProbeResolve(context.resolver_v4, "allowed.test", LDNS_RR_TYPE_A) + "|" +
+           ProbeResolve(context.resolver_v6, "evil.test", LDNS_RR_TYPE_AAAA, /*tcp=*/true) + "|" +
+           // Around the forwarder: straight to the upstream server.
+           ProbeResolve("198.51.100.53", "evil.test", LDNS_RR_TYPE_A);
+  });
+  EXPECT_EQ(out, "rcode:REFUSED|rcode:REFUSED|rcode:REFUSED|failed:no answer");
+  EXPECT_FALSE(world_->SawAny("evil.test"));
+  EXPECT_FALSE(world_->SawAny("dns allowed.test."));
+  EXPECT_TRUE(Denied("evil.test", 53, "dns: name not allowed")) << sink_.Dump();
+  EXPECT_TRUE(Denied("198.51.100.53", 53, "not-allowlisted")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, DnsTunnellingThroughTheResolverFails) {
+  NetworkSpec spec;
+  spec.allowed_domains = {"*.allowed.test"};
+  // 63-byte labels of base32-looking data, the shape iodine/dnscat use.
+  std::string chunk = "mzxw6ytboi2dkmzuge3tmnzyhe4tamjsgm2dknrxha4tcmbrgiztinjwg44dsmbr";
+  chunk.resize(63);
+  std::string name = chunk + "." + chunk + "." + chunk + ".t.exfil.test";
+  std::string out = RunJob(spec, [name](const JobContext& context) {
+    std::string result;
+    for (int type : {LDNS_RR_TYPE_TXT, LDNS_RR_TYPE_A, LDNS_RR_TYPE_NULL}) {
+      result += ProbeResolve(context.resolver_v4, name, type) + "|";
+    }
+    result += ProbeResolve(context.resolver_v4, name, LDNS_RR_TYPE_TXT, /*tcp=*/true);
+    return result;
+  });
+  EXPECT_EQ(out, "rcode:REFUSED|rcode:REFUSED|rcode:REFUSED|rcode:REFUSED");
+  EXPECT_FALSE(world_->SawAny("exfil"));
+  EXPECT_FALSE(world_->SawAny(chunk));
+  EXPECT_TRUE(Denied(name, 53, "dns: name not allowed")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, AnsweredAddressInABlockedRangeStaysBlocked) {
+  NetworkSpec spec;
+  spec.allowed_domains = {"meta.allowed.test"};
+  spec.domain_ports = {80};
+  std::string out = RunJob(spec, [](const JobContext& context) {
+    return ProbeResolve(context.resolver_v4, "meta.allowed.test", LDNS_RR_TYPE_A) + "|" +
+           ProbeConnect("169.254.169.254", 80);
+  });
+  EXPECT_EQ(out, "rcode:NOERROR A 169.254.169.254|failed:timeout")
+      << sink_.Dump() << fmt::format("{}", fmt::join(world_->Log(), "\n"));
+  EXPECT_FALSE(world_->SawAny("tcp 169.254.169.254"));
+  EXPECT_TRUE(Denied("169.254.169.254", 80, "metadata")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, RawIcmpIsDropped) {
+  std::string out = RunJob(WebOnly(), [](const JobContext&) {
+    return ProbePing("203.0.113.10") + "|" + ProbePing("2001:db8:1::10") + "|" +
+           ProbePing("169.254.169.254");
+  });
+  EXPECT_EQ(out, "no-reply|no-reply|no-reply");
+  EXPECT_TRUE(sink_.WaitFor([](const NetEvent& e) {
+    return e.verdict == NetVerdict::kDenied && e.destination == "203.0.113.10" &&
+           e.protocol == Protocol::kAny && e.reason == "not-allowlisted";
+  })) << sink_.Dump();
+  EXPECT_TRUE(Denied("169.254.169.254", 0, "metadata")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, IcmpIsAllowedWhereTheRuleSaysAnyProtocol) {
+  // The negative above is not vacuous: with an any-protocol rule ping works.
+  NetworkSpec spec;
+  spec.allow = {{.cidr = "203.0.113.10", .protocol = Protocol::kAny}};
+  std::string out = RunJob(spec, [](const JobContext&) { return ProbePing("203.0.113.10"); });
+  EXPECT_EQ(out, "reply");
+}
+
+TEST_F(NetEscapeTest, DisabledNetworkHasOnlyLoopback) {
+  NetworkSpec spec;
+  spec.enabled = false;
+  testing::ResourceCounts before = testing::CountResources();
+  std::string out = RunJob(spec, [](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("127.0.0.1", 1);
+  });
+  EXPECT_EQ(out, "failed:connect Network is unreachable|failed:connect Connection refused");
+  EXPECT_EQ(networks_.back()->host_interface(), "");
+  EXPECT_EQ(testing::CountResources().interfaces, before.interfaces);
+}
+
+// ---- teardown and failures -------------------------------------------------
+
+TEST_F(NetEscapeTest, TeardownLeavesNothingBehind) {
+  testing::ResourceCounts before = testing::CountResources();
+  NetworkSpec spec = WebOnly();
+  spec.allowed_domains = {"*.allowed.test"};
+  for (int i = 0; i < 5; ++i) {
+    // Alternate: job exits before teardown / teardown while the job lives.
+    JobProcess job = JobProcess::Fork([](const JobContext& context) {
+      return ProbeResolve(context.resolver_v4, "api.allowed.test", LDNS_RR_TYPE_A);
+    });
+    auto network = service_->CreateJob(fmt::format("leak-{}", i), job.pid(), spec, &sink_);
+    ASSERT_TRUE(network) << network.error().ToString();
+    EXPECT_NE(testing::CountResources(), before);
+    if (i % 2 == 0) {
+      EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "rcode:NOERROR A 203.0.113.10");
+      ASSERT_TRUE((*network)->Teardown());
+    } else {
+      ASSERT_TRUE((*network)->Teardown());
+      job.Kill();
+    }
+    EXPECT_TRUE((*network)->Teardown());  // idempotent
+  }
+  EXPECT_EQ(service_->live_jobs(), 0u);
+  testing::ResourceCounts after = testing::CountResources();
+  EXPECT_EQ(after, before) << "before: " << ToString(before) << "\nafter:  " << ToString(after);
+  EXPECT_EQ(after.foreign_netns_refs, 0);
+  EXPECT_EQ(testing::ShellOutput("ip -o link show type veth | grep -c ' rj' || true"), "0\n");
+}
+
+TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
+  testing::ResourceCounts before = testing::CountResources();
+
+  // A malformed rule: refused before anything is made.
+  {
+    JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
+    NetworkSpec spec;
+    spec.allow = {{.cidr = "203.0.113.0/33"}};
+    auto network = service_->CreateJob("bad-rule", job.pid(), spec, &sink_);
+    ASSERT_FALSE(network);
+    EXPECT_EQ(network.error().code(), ErrorCode::kInvalidArgument);
+    EXPECT_EQ(network.error().message(),
+              "network of job bad-rule: allow[0]: \"203.0.113.0/33\": prefix length must be "
+              "0..32");
+  }
+  // A bad domain pattern.
+  {
+    JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
+    NetworkSpec spec;
+    spec.allowed_domains = {"*"};
+    auto network = service_->CreateJob("bad-domain", job.pid(), spec, &sink_);
+    ASSERT_FALSE(network);
+    EXPECT_EQ(network.error().code(), ErrorCode::kInvalidArgument);
+  }
+  // A job that is already gone.
+  {
+    JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
+    pid_t pid = job.pid();
+    job.Kill();
+    auto network = service_->CreateJob("gone", pid, WebOnly(), &sink_);
+    ASSERT_FALSE(network);
+    EXPECT_EQ(network.error().code(), ErrorCode::kNotFound);
+  }
+  // The nft commit fails after the veth exists (a table of that name is in
+  // the way): the veth must go, the foreign table must stay.
+  {
+    ASSERT_EQ(testing::Shell("nft add table inet ralph_rj0"), 0);
+    JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
+    auto network = service_->CreateJob("nft-fails", job.pid(), WebOnly(), &sink_);
+    ASSERT_FALSE(network);
+    EXPECT_EQ(network.error().code(), ErrorCode::kAlreadyExists);
+    EXPECT_NE(network.error().message().find("nft batch: table ralph_rj0"), std::string::npos)
+        << network.error().message();
+    EXPECT_EQ(testing::CountResources().interfaces, before.interfaces);
+    ASSERT_EQ(testing::Shell("nft delete table inet ralph_rj0"), 0);
+  }
+  // The DNS listener cannot bind (port taken), the last step: veth and
+  // table must both go.
+  {
+    int blocker = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(blocker, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one));
+    sockaddr_in address{.sin_family = AF_INET, .sin_port = htons(53), .sin_addr = {}};
+    inet_pton(AF_INET, "10.254.0.1", &address.sin_addr);  // slot 0's resolver
+    ASSERT_EQ(bind(blocker, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
+    NetworkSpec spec = WebOnly();
+    spec.allowed_domains = {"*.allowed.test"};
+    auto network = service_->CreateJob("dns-fails", job.pid(), spec, &sink_);
+    close(blocker);
+    ASSERT_FALSE(network);
+    EXPECT_EQ(network.error().sys_errno(), EADDRINUSE);
+    EXPECT_NE(network.error().message().find(
+                  "DNS UDP listener on 10.254.0.1: bind: Address already in use"),
+              std::string::npos)
+        << network.error().message();
+  }
+  EXPECT_EQ(service_->live_jobs(), 0u);
+  testing::ResourceCounts after = testing::CountResources();
+  EXPECT_EQ(after, before) << "before: " << ToString(before) << "\nafter:  " << ToString(after);
+
+  // And the service still works afterwards, on the slot that failed.
+  std::string out =
+      RunJob(WebOnly(), [](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
+  EXPECT_EQ(out, "connected:hello");
+}
+
+TEST_F(NetEscapeTest, ConcurrentJobsGetUniqueAddressesAndCannotReachEachOther) {
+  NetworkSpec spec = WebOnly();
+  JobProcess first = JobProcess::Fork([](const JobContext&) { return std::string("idle"); });
+  auto a = service_->CreateJob("a", first.pid(), spec, &sink_);
+  ASSERT_TRUE(a) << a.error().ToString();
+  std::string a_address = (*a)->job_address_v4();
+  std::string a_gateway = (*a)->resolver_address();
+  std::string out = RunJob(spec, [a_address, a_gateway](const JobContext&) {
+    return ProbePing(a_address) + "|" + ProbeConnect(a_gateway, 53);
+  });
+  EXPECT_NE(networks_.back()->job_address_v4(), a_address);
+  EXPECT_NE(networks_.back()->job_address_v6(), (*a)->job_address_v6());
+  EXPECT_EQ(out, "no-reply|failed:timeout");
+  EXPECT_TRUE(Denied(a_address, 0, "rfc1918")) << sink_.Dump();
+  EXPECT_TRUE(Denied(a_gateway, 53, "host")) << sink_.Dump();
+  EXPECT_TRUE((*a)->Teardown());
+}
+
+}  // namespace
+}  // namespace ralph::sandbox
