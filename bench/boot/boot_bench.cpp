@@ -34,7 +34,8 @@ int main() {
   options.vars = scratch->path() + "/vars.fd";
   options.console_log = scratch->path() + "/console.log";
   options.agent_socket = fmt::format("/tmp/ralph-bench-{}.sock", ::getpid());
-  for (auto [from, to] : {std::pair{base, options.disk}, std::pair{std::string(kOvmfVars), options.vars}}) {
+  for (auto [from, to] :
+       {std::pair{base, options.disk}, std::pair{std::string(kOvmfVars), options.vars}}) {
     if (auto copied = SparseCopy(from, to); !copied) {
       fmt::print(stderr, "bench_boot: {}\n", copied.error().ToString());
       return 1;

@@ -10,15 +10,16 @@ namespace {
 TEST_F(E2eTest, MislabelledPartitionIsReportedAndASlotStillBoots) {
   ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kProvisioned));
   // Partition 3 is SYSTEM_B; give it a label RalphOS does not know.
-  int status = std::system(
-      fmt::format("sfdisk --part-label {} 3 SYSTEM_X >/dev/null 2>&1", disk_).c_str());
+  int status =
+      std::system(fmt::format("sfdisk --part-label {} 3 SYSTEM_X >/dev/null 2>&1", disk_).c_str());
   ASSERT_EQ(status, 0) << "sfdisk (Debian package fdisk) failed to relabel partition 3";
   Machine machine = Boot();
   auto error = machine.WaitFor("SYSTEM_B", kBootTimeout);
   ASSERT_TRUE(error) << error.error().ToString();
   std::string console = machine.Console();
   size_t line_start = console.rfind('\n', console.find("SYSTEM_B", console.find("booting slot A")));
-  std::string line = console.substr(line_start + 1, console.find('\n', line_start + 1) - line_start - 1);
+  std::string line =
+      console.substr(line_start + 1, console.find('\n', line_start + 1) - line_start - 1);
   EXPECT_NE(line.find("ralph-early-boot:"), std::string::npos) << line;
   auto up = machine.WaitFor(kAgentReady, kBootTimeout);
   ASSERT_TRUE(up) << up.error().ToString();

@@ -27,8 +27,8 @@ TEST_F(E2eTest, WipedBootEntriesAreRepairedFromTheRemovablePath) {
     ++deleted;
   }
   EXPECT_EQ(deleted, 3);  // A, B, RECOVERY
-  auto removed = machine.Agent({"efivar-delete", fmt::format("BootOrder-{}", kEfiGlobal)},
-                               kAgentTimeout);
+  auto removed =
+      machine.Agent({"efivar-delete", fmt::format("BootOrder-{}", kEfiGlobal)}, kAgentTimeout);
   ASSERT_TRUE(removed && removed->exit == 0);
 
   ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "A"));

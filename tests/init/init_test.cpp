@@ -83,10 +83,8 @@ TEST(ParseServicesConf, BadLinesAreNamed) {
 }
 
 TEST(StartOrder, RespectsAfterKeepsFileOrder) {
-  std::vector<ServiceSpec> services = {{"c", "/c", {}, {"b"}},
-                                       {"a", "/a", {}, {}},
-                                       {"b", "/b", {}, {"a"}},
-                                       {"d", "/d", {}, {}}};
+  std::vector<ServiceSpec> services = {
+      {"c", "/c", {}, {"b"}}, {"a", "/a", {}, {}}, {"b", "/b", {}, {"a"}}, {"d", "/d", {}, {}}};
   auto order = StartOrder(services);
   ASSERT_TRUE(order);
   EXPECT_EQ(*order, (std::vector<std::string>{"a", "b", "d", "c"}));
@@ -117,7 +115,9 @@ class FakeLauncher : public ProcessLauncherInterface {
   pid_t next_pid = 100;
 };
 
-int Exited(int code) { return code << 8; }  // a waitpid() status for exit(code)
+int Exited(int code) {
+  return code << 8;
+}  // a waitpid() status for exit(code)
 
 TEST(Supervisor, StartsInOrderAndOneshotAfterItsDependencies) {
   FakeLauncher launcher;
@@ -153,8 +153,11 @@ TEST(Supervisor, RestartsWithBackoffAndResetsAfterAStableRun) {
   EXPECT_EQ(status.consecutive_failures, 2);
   EXPECT_EQ(*supervisor->Tick(t + 3s), t + 5s);  // 2 s now
   supervisor->Tick(t + 5s);
-  ASSERT_TRUE(supervisor->OnExit(102, Exited(1), t + 5s + kStableRunTime));
-  EXPECT_EQ(status.consecutive_failures, 1);  // the stable run reset the count
+  EXPECT_EQ(*supervisor->Tick(t + 6s), t + 5s + kStableRunTime);  // wakes when stable
+  supervisor->Tick(t + 5s + kStableRunTime);
+  EXPECT_EQ(status.consecutive_failures, 0);  // it stayed up: healthy again
+  ASSERT_TRUE(supervisor->OnExit(102, Exited(1), t + 20s));
+  EXPECT_EQ(status.consecutive_failures, 1);
 }
 
 TEST(Supervisor, ExecFailureIsBackedOffAndDoesNotBlockDependents) {
@@ -173,17 +176,16 @@ TEST(Supervisor, ExecFailureIsBackedOffAndDoesNotBlockDependents) {
 TEST(Supervisor, StopSignalsRunningServicesAndStopsRestarting) {
   FakeLauncher launcher;
   std::vector<std::string> changes;
-  auto supervisor = Supervisor::Create(
-      {{"a", "/a", {}, {}}, {"b", "/b", {}, {}}}, &launcher,
-      [&](const std::string& name, const ServiceStatus& s) {
-        changes.push_back(name + ":" + std::string(ServiceStateName(s.state)));
-      });
+  auto supervisor =
+      Supervisor::Create({{"a", "/a", {}, {}}, {"b", "/b", {}, {}}}, &launcher,
+                         [&](const std::string& name, const ServiceStatus& s) {
+                           changes.push_back(name + ":" + std::string(ServiceStateName(s.state)));
+                         });
   ASSERT_TRUE(supervisor);
   auto t = Supervisor::Clock::time_point{};
   supervisor->Tick(t);
   supervisor->BeginStop();
-  EXPECT_EQ(launcher.signals,
-            (std::vector<std::pair<pid_t, int>>{{100, SIGTERM}, {101, SIGTERM}}));
+  EXPECT_EQ(launcher.signals, (std::vector<std::pair<pid_t, int>>{{100, SIGTERM}, {101, SIGTERM}}));
   EXPECT_TRUE(supervisor->AnyRunning());
   supervisor->OnExit(100, Exited(0), t);
   supervisor->KillRemaining();
@@ -247,8 +249,8 @@ constexpr const char* kConf =
     "health exec=/h after=daemon type=oneshot\n";
 
 TEST(RequiredServicesRunning, PassesWhenEveryRequiredDaemonRuns) {
-  auto ok = RequiredServicesRunning(kConf, {{"daemon", "state=running\nstarts=1\n"},
-                                            {"health", "state=running\n"}});
+  auto ok = RequiredServicesRunning(
+      kConf, {{"daemon", "state=running\nstarts=1\n"}, {"health", "state=running\n"}});
   EXPECT_TRUE(ok) << ok.error().ToString();
 }
 
@@ -261,6 +263,14 @@ TEST(RequiredServicesRunning, NamesTheServiceThatIsDown) {
                 "service daemon is not running: backoff after 3 start(s), last exit: exec /d"),
             std::string::npos)
       << down.error().message();
+  auto looping = RequiredServicesRunning(
+      kConf, {{"daemon", "state=running\nconsecutive_failures=2\nlast_exit=signal 11\n"}});
+  ASSERT_FALSE(looping);
+  EXPECT_NE(
+      looping.error().message().find(
+          "service daemon is not running stably: 2 failure(s) in a row, last exit: signal 11"),
+      std::string::npos)
+      << looping.error().message();
   auto never = RequiredServicesRunning(kConf, {});
   ASSERT_FALSE(never);
   EXPECT_NE(never.error().message().find("daemon has not been started"), std::string::npos);
@@ -276,7 +286,8 @@ TEST(Decide, CommitsOrMarksBadOnlyWhenNeeded) {
 TEST(HealthChecks, ListsTheBaseChecks) {
   std::vector<std::string> names;
   for (const auto& check : HealthChecks()) names.push_back(check.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"services up", "VAR writable", "slot state readable"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"services up", "VAR writable", "slot state readable"}));
 }
 
 }  // namespace

@@ -103,10 +103,9 @@ TEST(ParseLoaderList, AbsolutePathsSortedUnique) {
       "\tlibfmt.so.9 => /lib/x86_64-linux-gnu/libfmt.so.9 (0x00007f)\n"
       "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n"
       "\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
-  EXPECT_EQ(ParseLoaderList(out),
-            (std::vector<std::string>{"/lib/x86_64-linux-gnu/libc.so.6",
-                                      "/lib/x86_64-linux-gnu/libfmt.so.9",
-                                      "/lib64/ld-linux-x86-64.so.2"}));
+  EXPECT_EQ(ParseLoaderList(out), (std::vector<std::string>{"/lib/x86_64-linux-gnu/libc.so.6",
+                                                            "/lib/x86_64-linux-gnu/libfmt.so.9",
+                                                            "/lib64/ld-linux-x86-64.so.2"}));
 }
 
 TEST(RenderServicesConf, OneLinePerService) {

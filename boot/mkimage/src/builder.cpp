@@ -29,7 +29,7 @@ constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 // is built into Debian's kernels; a module missing from modules.dep but
 // listed in modules.builtin is fine.
 const std::vector<std::string> kWantedModules = {
-    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs", "squashfs", "overlay",
+    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",  "squashfs",  "overlay",
     "nf_tables",  "softdog",    "vfat",           "nls_cp437", "nls_ascii", "ext4",
 };
 
@@ -201,17 +201,15 @@ Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
   return {};
 }
 
-Result<void> TruncateFile(const std::string& path, double fraction) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", path), errno);
-  off_t size = static_cast<off_t>(static_cast<double>(st.st_size) * fraction);
+Result<void> TruncateFile(const std::string& path, off_t size) {
   if (::truncate(path.c_str(), size) != 0) {
     return Error::FromErrno(fmt::format("truncate {}", path), errno);
   }
   return {};
 }
 
-Result<void> BuildEsp(uint64_t size_bytes, const std::vector<std::pair<std::string, std::string>>& files,
+Result<void> BuildEsp(uint64_t size_bytes,
+                      const std::vector<std::pair<std::string, std::string>>& files,
                       const std::string& seed, const std::string& output) {
   IgnoreError(RemoveTree(output));
   std::string volume_id = DeterministicUuid(seed, "esp-volume").substr(0, 8);
@@ -240,11 +238,11 @@ Result<void> CopyIntoDisk(const std::string& image, const DiskLayout& layout,
   struct stat st {};
   if (::fstat(in.get(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", image), errno);
   if (static_cast<uint64_t>(st.st_size) > partition->size_bytes()) {
-    return Error::Make(ErrorCode::kNoSpace,
-                       fmt::format("{} image is {} MiB but the partition holds {} MiB: raise its "
-                                   "size option",
-                                   label, (st.st_size + kMiB - 1) / kMiB,
-                                   partition->size_bytes() / kMiB));
+    return Error::Make(
+        ErrorCode::kNoSpace,
+        fmt::format("{} image is {} MiB but the partition holds {} MiB: raise its "
+                    "size option",
+                    label, (st.st_size + kMiB - 1) / kMiB, partition->size_bytes() / kMiB));
   }
   UniqueFd out(::open(disk.c_str(), O_WRONLY | O_CLOEXEC));
   if (!out) return Error::FromErrno(fmt::format("open {}", disk), errno);
@@ -327,8 +325,8 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
       }
     }
   } else {
-    std::string field = TRY_CTX(RunTool({{"dpkg-deb", "-f", deb, "Package"}}),
-                                fmt::format("reading {}", deb));
+    std::string field =
+        TRY_CTX(RunTool({{"dpkg-deb", "-f", deb, "Package"}}), fmt::format("reading {}", deb));
     while (!field.empty() && field.back() == '\n') field.pop_back();
     resolved = field;
   }
@@ -350,8 +348,7 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
                            fmt::format("apt-get download {} produced no .deb", resolved));
       }
     }
-    TRY_CTX(RunTool({{"dpkg-deb", "-x", deb, tree + "/root"}}),
-            fmt::format("extracting {}", deb));
+    TRY_CTX(RunTool({{"dpkg-deb", "-x", deb, tree + "/root"}}), fmt::format("extracting {}", deb));
     if (!local_deb.empty()) {
       // keep nothing of a local .deb but its extracted tree
     } else {
@@ -390,15 +387,11 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
     TRY(MakeDirs(staging_dir + dir));
   }
   std::vector<StagedBinary> binaries;
-  std::string init_binary = inputs.variant == SlotVariant::kHangingInit ? "ralph-test-hang"
-                                                                          : "ralph-init";
+  std::string init_binary =
+      inputs.variant == SlotVariant::kHangingInit ? "ralph-test-hang" : "ralph-init";
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, init_binary)), "/sbin/ralph-init"});
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-health")), "/usr/bin/ralph-health"});
-  if (auto ralphctl = ProjectBinary(inputs.bin_dir, "ralphctl")) {
-    binaries.push_back({*ralphctl, "/usr/bin/ralphctl"});
-  } else {
-    LogWarning("{}: the slot has no ralphctl", ralphctl.error().ToString());
-  }
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
 
   // The service list: one line per service the slot runs (services/init
   // documents the format). Later capabilities add their daemons here.
@@ -417,11 +410,12 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   services.push_back({"health", "/usr/bin/ralph-health", {}, health_after, true, true});
   TRY_CTX(StageBinaries(binaries, staging_dir), "staging the slot's binaries");
   if (inputs.variant == SlotVariant::kCrashingService) {
-    // A daemon shipped broken: its executable is cut short, so exec fails
-    // and ralph-init keeps restarting it.
+    // A daemon shipped broken: its executable is cut off inside the ELF
+    // header, so every exec fails (ENOEXEC) and ralph-init keeps restarting
+    // it with backoff.
     std::string canary = staging_dir + "/usr/bin/ralph-canary";
-    TRY(StageFile(binaries[1].host_path, canary));
-    TRY(TruncateFile(canary, 0.25));
+    TRY(StageFile(binaries[0].host_path, canary));
+    TRY(TruncateFile(canary, 32));
   }
   TRY(WriteFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
   TRY(WriteFile(staging_dir + "/etc/os-release", OsRelease(inputs.version, "system")));
@@ -441,9 +435,9 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   TRY(RemoveTree(work));
   TRY(MakeDirs(work));
 
-  KernelTree kernel = TRY_CTX(FetchKernel(options.cache_dir, options.kernel_package,
-                                          options.kernel_deb),
-                              "fetching the kernel");
+  KernelTree kernel =
+      TRY_CTX(FetchKernel(options.cache_dir, options.kernel_package, options.kernel_deb),
+              "fetching the kernel");
   report.kernel_version = kernel.version;
   std::string modules_dep = TRY(ReadFile(kernel.modules_dir() + "/modules.dep"));
   std::string builtin = TRY(ReadFile(kernel.modules_dir() + "/modules.builtin"));
@@ -473,7 +467,11 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     if (target == BootTarget::kSlotB && options.slot_b == SlotVariant::kBrokenInitrd) {
       target_initrd = work + "/initrd-broken.img";
       TRY(StageFile(initrd, target_initrd));
-      TRY(TruncateFile(target_initrd, 0.5));
+      struct stat st {};
+      if (::stat(target_initrd.c_str(), &st) != 0) {
+        return Error::FromErrno(fmt::format("stat {}", target_initrd), errno);
+      }
+      TRY(TruncateFile(target_initrd, st.st_size / 2));
     }
     std::string uki = work + "/" + name + ".efi";
     TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),

@@ -90,7 +90,8 @@ Result<void> CpioArchive::AddHostFile(const std::string& path, const std::string
   UniqueFd fd(::open(host_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return Error::FromErrno(fmt::format("open {}", host_path), errno);
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", host_path), errno);
+  if (::fstat(fd.get(), &st) != 0)
+    return Error::FromErrno(fmt::format("stat {}", host_path), errno);
   std::vector<uint8_t> content(static_cast<size_t>(st.st_size));
   size_t done = 0;
   while (done < content.size()) {
@@ -98,7 +99,8 @@ Result<void> CpioArchive::AddHostFile(const std::string& path, const std::string
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return Error::FromErrno(fmt::format("read {}", host_path), errno);
     if (n == 0) {
-      return Error::Make(ErrorCode::kIo, fmt::format("read {}: file shrank while reading", host_path));
+      return Error::Make(ErrorCode::kIo,
+                         fmt::format("read {}: file shrank while reading", host_path));
     }
     done += static_cast<size_t>(n);
   }

@@ -37,10 +37,10 @@ std::string Joined(const std::vector<std::string>& argv) {
 
 std::string PackageForTool(const std::string& tool) {
   static const std::map<std::string, std::string> kPackages = {
-      {"apt-get", "apt"},         {"apt-cache", "apt"},       {"dpkg-deb", "dpkg"},
-      {"depmod", "kmod"},         {"objcopy", "binutils"},    {"mksquashfs", "squashfs-tools"},
-      {"mkfs.vfat", "dosfstools"}, {"mmd", "mtools"},         {"mcopy", "mtools"},
-      {"mke2fs", "e2fsprogs"},    {"e2fsck", "e2fsprogs"},      {"zstd", "zstd"},
+      {"apt-get", "apt"},          {"apt-cache", "apt"},    {"dpkg-deb", "dpkg"},
+      {"depmod", "kmod"},          {"objcopy", "binutils"}, {"mksquashfs", "squashfs-tools"},
+      {"mkfs.vfat", "dosfstools"}, {"mmd", "mtools"},       {"mcopy", "mtools"},
+      {"mke2fs", "e2fsprogs"},     {"e2fsck", "e2fsprogs"}, {"zstd", "zstd"},
   };
   auto it = kPackages.find(tool);
   return it == kPackages.end() ? std::string() : it->second;
@@ -121,9 +121,10 @@ Result<std::string> RunTool(const ToolCommand& command) {
     std::string package = PackageForTool(command.argv[0]);
     Error error = Error::FromErrno(fmt::format("running {}", command.argv[0]), exec_errno);
     if (exec_errno == ENOENT && !package.empty()) {
-      return Error::Make(ErrorCode::kNotFound, fmt::format("{} is not installed (Debian package {}; "
-                                                           "run scripts/setup.sh)",
-                                                           command.argv[0], package));
+      return Error::Make(ErrorCode::kNotFound,
+                         fmt::format("{} is not installed (Debian package {}; "
+                                     "run scripts/setup.sh)",
+                                     command.argv[0], package));
     }
     return error;
   }

@@ -49,8 +49,22 @@ int main(int argc, char** argv) {
   }
 
   enum {
-    kOut = 1, kBinDir, kCache, kWork, kKernelPackage, kKernelDeb, kEspMib, kSystemMib, kVarMib,
-    kRecoveryMib, kSeed, kVersion, kWatchdog, kVariant, kTestAgent, kHelp
+    kOut = 1,
+    kBinDir,
+    kCache,
+    kWork,
+    kKernelPackage,
+    kKernelDeb,
+    kEspMib,
+    kSystemMib,
+    kVarMib,
+    kRecoveryMib,
+    kSeed,
+    kVersion,
+    kWatchdog,
+    kVariant,
+    kTestAgent,
+    kHelp
   };
   static const option kOptions[] = {
       {"out", required_argument, nullptr, kOut},
@@ -120,8 +134,9 @@ int main(int argc, char** argv) {
     LogError("building {}: {}", options.output, report.error().ToString());
     return 1;
   }
-  fmt::print("image: {} ({} MiB)\nkernel: {}\nmodules: {}\nsystem_a sha256: {}\nsystem_b sha256: {}\n",
-             options.output, report->disk_bytes / kMiB, report->kernel_version,
-             report->modules.size(), report->system_a_sha256, report->system_b_sha256);
+  fmt::print(
+      "image: {} ({} MiB)\nkernel: {}\nmodules: {}\nsystem_a sha256: {}\nsystem_b sha256: {}\n",
+      options.output, report->disk_bytes / kMiB, report->kernel_version, report->modules.size(),
+      report->system_a_sha256, report->system_b_sha256);
   return 0;
 }

@@ -29,8 +29,9 @@ std::string_view Trim(std::string_view text) {
 
 Result<GptSpec> ApplianceGpt(const LayoutSizes& sizes, std::string_view seed) {
   if (sizes.esp_mib < 64) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("ESP size {} MiB is below the 64 MiB FAT32 minimum", sizes.esp_mib));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("ESP size {} MiB is below the 64 MiB FAT32 minimum", sizes.esp_mib));
   }
   for (auto [name, mib] : {std::pair{"SYSTEM", sizes.system_mib}, std::pair{"VAR", sizes.var_mib},
                            std::pair{"RECOVERY", sizes.recovery_mib}}) {

@@ -39,7 +39,8 @@ Result<void> ServicesUp(const HealthEnvironment& env) {
   for (;;) {
     std::map<std::string, std::string> records;
     for (const auto& spec : services) {
-      if (auto text = ReadText(env.services_status_dir + "/" + spec.name)) records[spec.name] = *text;
+      if (auto text = ReadText(env.services_status_dir + "/" + spec.name))
+        records[spec.name] = *text;
     }
     auto snapshot = RequiredServicesRunning(conf, records);
     auto now = std::chrono::steady_clock::now();
@@ -63,7 +64,7 @@ Result<void> VarWritable(const HealthEnvironment& env) {
                          "VAR is not mounted (early boot fell back to a tmpfs /var)");
     }
   }
-  std::string path = env.var_probe_dir + "/health-probe";
+  std::string path = fmt::format("{}/health-probe.{}", env.var_probe_dir, ::getpid());
   std::string content = fmt::format("probe {}\n", std::random_device{}());
   {
     UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -101,10 +102,18 @@ Result<void> RequiredServicesRunning(const std::string& services_conf,
     }
     auto record = init::ParseRecord(it->second);
     if (record["state"] != "running") {
-      return Error::Make(ErrorCode::kInvalidState,
-                         fmt::format("service {} is not running: {} after {} start(s), last exit: {}",
-                                     spec.name, record["state"], record["starts"],
-                                     record["last_exit"]));
+      return Error::Make(
+          ErrorCode::kInvalidState,
+          fmt::format("service {} is not running: {} after {} start(s), last exit: {}", spec.name,
+                      record["state"], record["starts"], record["last_exit"]));
+    }
+    // Running now, but restarted recently and not yet stable: crash-looping.
+    if (!record["consecutive_failures"].empty() && record["consecutive_failures"] != "0") {
+      return Error::Make(
+          ErrorCode::kInvalidState,
+          fmt::format("service {} is not running stably: {} failure(s) in a row, "
+                      "last exit: {}",
+                      spec.name, record["consecutive_failures"], record["last_exit"]));
     }
   }
   return {};

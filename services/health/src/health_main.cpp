@@ -53,8 +53,8 @@ int main() {
 
   auto view = ReadSlotView(slot);
   if (!view) {
-    LogError("slot {}: reading the slot state: {}: cannot commit or mark bad",
-             display, view.error().ToString());
+    LogError("slot {}: reading the slot state: {}: cannot commit or mark bad", display,
+             view.error().ToString());
     return 1;
   }
   switch (Decide(view->needs_commit, all_passed)) {

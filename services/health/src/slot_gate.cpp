@@ -45,8 +45,10 @@ Result<Manager> OpenManager() {
 std::string Summarize(const boot::SlotState& state) {
   auto slot_text = [&](boot::Slot slot) {
     const boot::SlotRecord& record = state.slot(slot);
-    std::string text = fmt::format("{} {}", boot::SlotName(slot), boot::SlotStatusName(record.status));
-    if (record.status == boot::SlotStatus::kTrial) text += fmt::format(" ({} tries left)", record.tries_left);
+    std::string text =
+        fmt::format("{} {}", boot::SlotName(slot), boot::SlotStatusName(record.status));
+    if (record.status == boot::SlotStatus::kTrial)
+      text += fmt::format(" ({} tries left)", record.tries_left);
     return text;
   };
   return fmt::format("committed: {}; {}, {}",
@@ -87,10 +89,11 @@ Result<void> UpdateRemovablePath(const DiskLayout& disk, boot::Slot slot) {
   }
   if (::mount(esp->device.c_str(), kEspMount, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC,
               "umask=0077") != 0) {
-    return Error::FromErrno(fmt::format("mounting the ESP {} on {}", esp->device, kEspMount), errno);
+    return Error::FromErrno(fmt::format("mounting the ESP {} on {}", esp->device, kEspMount),
+                            errno);
   }
-  std::string source = fmt::format("{}/EFI/ralph/{}.efi", kEspMount,
-                                   slot == boot::Slot::kA ? "a" : "b");
+  std::string source =
+      fmt::format("{}/EFI/ralph/{}.efi", kEspMount, slot == boot::Slot::kA ? "a" : "b");
   std::string target = fmt::format("{}/EFI/BOOT/{}", kEspMount, arch::RemovableBootFileName());
   auto copied = CopyFile(source, target);
   ::sync();
@@ -114,7 +117,8 @@ Result<SlotView> ReadSlotView(std::string_view booted_slot) {
                                                             : std::string("missing")));
   }
   const boot::SlotState& state = *status.view.record;
-  bool committed_good = state.committed == slot && state.slot(slot).status == boot::SlotStatus::kGood;
+  bool committed_good =
+      state.committed == slot && state.slot(slot).status == boot::SlotStatus::kGood;
   return SlotView{!committed_good, Summarize(state)};
 }
 

@@ -20,9 +20,9 @@ Result<BootConfig> ParseKernelCmdline(std::string_view cmdline) {
     };
     if (auto root = value_of("root=")) {
       if (root->rfind("PARTLABEL=", 0) != 0) {
-        return Error::Make(ErrorCode::kInvalidArgument,
-                           fmt::format("kernel command line: root={} is not root=PARTLABEL=<label>",
-                                       *root));
+        return Error::Make(
+            ErrorCode::kInvalidArgument,
+            fmt::format("kernel command line: root={} is not root=PARTLABEL=<label>", *root));
       }
       config.root_partlabel = root->substr(10);
       have_root = !config.root_partlabel.empty();
@@ -47,9 +47,9 @@ Result<BootConfig> ParseKernelCmdline(std::string_view cmdline) {
                        "kernel command line has no root=PARTLABEL=<label>");
   }
   if (config.slot != "a" && config.slot != "b" && config.slot != "recovery") {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("kernel command line: ralph.slot='{}' is not a, b or recovery",
-                                   config.slot));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("kernel command line: ralph.slot='{}' is not a, b or recovery", config.slot));
   }
   return config;
 }

@@ -66,8 +66,9 @@ Result<void> WriteSmallFile(const std::string& path, const std::string& content)
 
 [[noreturn]] void FatalReboot(const Error& error) {
   LogError("{}", error.ToString());
-  LogError("cannot boot this slot: rebooting in 5 s (the firmware falls back to the committed "
-           "slot)");
+  LogError(
+      "cannot boot this slot: rebooting in 5 s (the firmware falls back to the committed "
+      "slot)");
   ::sync();
   std::this_thread::sleep_for(std::chrono::seconds(5));
   ::reboot(RB_AUTOBOOT);
@@ -130,8 +131,8 @@ Result<DiskLayout> WaitForDisk(const std::string& root_label) {
     if (disks && !disks->empty()) {
       if (disks->size() > 1) {
         return Error::Make(ErrorCode::kAlreadyExists,
-                           fmt::format("several disks hold a partition labelled {}: {}",
-                                       root_label, fmt::join(*disks, ", ")));
+                           fmt::format("several disks hold a partition labelled {}: {}", root_label,
+                                       fmt::join(*disks, ", ")));
       }
       return ProbeDisk(disks->front());
     }
@@ -189,7 +190,8 @@ Result<int> RunConsoleTool(const std::vector<std::string>& argv) {
     if (errno != EINTR) return Error::FromErrno("waitpid", errno);
   }
   if (!WIFEXITED(status)) {
-    return Error::Make(ErrorCode::kIo, fmt::format("{} killed by signal {}", argv[0], WTERMSIG(status)));
+    return Error::Make(ErrorCode::kIo,
+                       fmt::format("{} killed by signal {}", argv[0], WTERMSIG(status)));
   }
   if (WEXITSTATUS(status) == 127) {
     return Error::Make(ErrorCode::kNotFound, fmt::format("{} could not be run", argv[0]));
@@ -198,9 +200,11 @@ Result<int> RunConsoleTool(const std::vector<std::string>& argv) {
 }
 
 Result<void> FormatVar(const std::string& device) {
-  int status = TRY(RunConsoleTool({"/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-L", "VAR", "-E", "lazy_itable_init=1,lazy_journal_init=1", device}));
+  int status = TRY(RunConsoleTool({"/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-L", "VAR", "-E",
+                                   "lazy_itable_init=1,lazy_journal_init=1", device}));
   if (status != 0) {
-    return Error::Make(ErrorCode::kIo, fmt::format("mke2fs {} failed with exit status {}", device, status));
+    return Error::Make(ErrorCode::kIo,
+                       fmt::format("mke2fs {} failed with exit status {}", device, status));
   }
   return {};
 }
@@ -222,9 +226,10 @@ Result<std::string> PrepareVar(const std::string& device) {
       TRY_CTX(FormatVar(device), "formatting VAR");
       return std::string("formatted");
     case VarContent::kUnknown:
-      LogError("VAR ({}) holds no ext4 filesystem (corrupt superblock or foreign data): "
-               "re-creating it; its previous contents are lost",
-               device);
+      LogError(
+          "VAR ({}) holds no ext4 filesystem (corrupt superblock or foreign data): "
+          "re-creating it; its previous contents are lost",
+          device);
       TRY_CTX(FormatVar(device), "re-creating VAR");
       return std::string("re-created");
     case VarContent::kExt4: break;
@@ -235,16 +240,18 @@ Result<std::string> PrepareVar(const std::string& device) {
   FsckOutcome outcome = InterpretFsckStatus(status);
   if (outcome == FsckOutcome::kClean) return std::string("clean");
   if (outcome == FsckOutcome::kRepaired) {
-    LogWarning("VAR ({}): filesystem errors were corrected (e2fsck exit status {})", device, status);
+    LogWarning("VAR ({}): filesystem errors were corrected (e2fsck exit status {})", device,
+               status);
     return std::string("repaired");
   }
-  LogError("VAR ({}): filesystem check failed (e2fsck -p exit status {}): trying e2fsck -y",
-           device, status);
+  LogError("VAR ({}): filesystem check failed (e2fsck -p exit status {}): trying e2fsck -y", device,
+           status);
   status = TRY(RunConsoleTool({"/sbin/e2fsck", "-y", device}));
   if (InterpretFsckStatus(status) != FsckOutcome::kFailed) return std::string("repaired");
-  LogError("VAR ({}): filesystem is corrupt beyond repair (e2fsck -y exit status {}): "
-           "re-creating it; its previous contents are lost",
-           device, status);
+  LogError(
+      "VAR ({}): filesystem is corrupt beyond repair (e2fsck -y exit status {}): "
+      "re-creating it; its previous contents are lost",
+      device, status);
   TRY_CTX(FormatVar(device), "re-creating VAR");
   return std::string("re-created");
 }
@@ -264,9 +271,10 @@ Result<void> MountRoot(const BootConfig& config, const std::string& device) {
                                    head[0], head[1], head[2], head[3]));
   }
   if (::mount(device.c_str(), kNewRoot, "squashfs", MS_RDONLY | MS_NODEV, nullptr) != 0) {
-    return Error::FromErrno(fmt::format("mounting slot {} root {} ({}) read-only",
-                                        SlotDisplayName(config.slot), config.root_partlabel, device),
-                            errno);
+    return Error::FromErrno(
+        fmt::format("mounting slot {} root {} ({}) read-only", SlotDisplayName(config.slot),
+                    config.root_partlabel, device),
+        errno);
   }
   return {};
 }
@@ -380,6 +388,7 @@ int main(int argc, char** argv) {
   bool second_stage = argc > 1 && std::string_view(argv[1]) == ralph::init::kSecondStage;
   auto result = ralph::init::Run(second_stage);
   // Run() only returns on failure (success execs ralph-init).
-  ralph::init::FatalReboot(result ? ralph::Error::Make(ralph::ErrorCode::kInternal, "early boot returned")
-                                  : result.error());
+  ralph::init::FatalReboot(
+      result ? ralph::Error::Make(ralph::ErrorCode::kInternal, "early boot returned")
+             : result.error());
 }

@@ -32,9 +32,9 @@
 #include "services/init/supervisor.h"
 
 // Inside Init only: a setup failure is held, never returned from PID 1.
-#define TRY_OR_HOLD(expr, what)                              \
-  do {                                                       \
-    auto _result = (expr);                                   \
+#define TRY_OR_HOLD(expr, what)                                       \
+  do {                                                                \
+    auto _result = (expr);                                            \
     if (!_result) Hold(std::move(_result).error().WithContext(what)); \
   } while (0)
 
@@ -78,7 +78,8 @@ class WatchdogPetter {
       return;
     }
     running_ = true;
-    period_ = std::chrono::milliseconds(std::max<int64_t>(1, watchdog_.timeout().count()) * 1000 / 3);
+    period_ =
+        std::chrono::milliseconds(std::max<int64_t>(1, watchdog_.timeout().count()) * 1000 / 3);
     next_ = Clock::now() + period_;
     LogInfo("watchdog: timeout {} s, petted every {} ms", watchdog_.timeout().count(),
             period_.count());
@@ -155,10 +156,9 @@ class Init {
     auto services = LoadServices();
     if (!services) Hold(services.error().WithContext("loading services"));
     ForkLauncher launcher;
-    auto supervisor = Supervisor::Create(std::move(*services), &launcher,
-                                         [](const std::string& name, const ServiceStatus& s) {
-                                           OnServiceChange(name, s);
-                                         });
+    auto supervisor = Supervisor::Create(
+        std::move(*services), &launcher,
+        [](const std::string& name, const ServiceStatus& s) { OnServiceChange(name, s); });
     if (!supervisor) Hold(supervisor.error().WithContext("ordering services"));
     Loop(*supervisor);
   }
@@ -170,7 +170,8 @@ class Init {
     for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGPWR}) {
       sigaddset(&mask, sig);
     }
-    if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return Error::FromErrno("sigprocmask", errno);
+    if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
+      return Error::FromErrno("sigprocmask", errno);
     signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
     if (!signal_fd_) return Error::FromErrno("signalfd", errno);
 
@@ -192,8 +193,8 @@ class Init {
     LogInfo("RalphOS slot {} up as PID 1", SlotDisplayName(slot_));
     watchdog_.Start(watchdog_seconds);
 
-    for (const char* dir : {"/run/ralph", "/run/ralph/services", "/var/lib", "/var/lib/ralph",
-                            "/var/log"}) {
+    for (const char* dir :
+         {"/run/ralph", "/run/ralph/services", "/var/lib", "/var/lib/ralph", "/var/log"}) {
       if (::mkdir(dir, 0755) != 0 && errno != EEXIST) {
         LogWarning("{}", Error::FromErrno(fmt::format("mkdir {}", dir), errno).ToString());
       }

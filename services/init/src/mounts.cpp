@@ -70,10 +70,9 @@ std::vector<MountSpec> EarlyMounts() {
 std::vector<MountSpec> Pid1Mounts() {
   std::vector<MountSpec> specs = EarlyMounts();
   specs.push_back({"tmpfs", "/dev/shm", "tmpfs", kHardened, "mode=1777", 01777, false});
-  specs.push_back({"tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=20%", 01777,
-                   false});
-  specs.push_back({"efivarfs", "/sys/firmware/efi/efivars", "efivarfs", kHardened, "", 0755,
-                   true});
+  specs.push_back(
+      {"tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=20%", 01777, false});
+  specs.push_back({"efivarfs", "/sys/firmware/efi/efivars", "efivarfs", kHardened, "", 0755, true});
   specs.push_back({"cgroup2", "/sys/fs/cgroup", "cgroup2", kHardened, "nsdelegate", 0755, false});
   return specs;
 }

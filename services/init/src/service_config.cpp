@@ -87,9 +87,9 @@ Result<std::vector<std::string>> StartOrder(const std::vector<ServiceSpec>& serv
   for (const auto& s : services) {
     for (const auto& dep : s.after) {
       if (!by_name.count(dep)) {
-        return Error::Make(ErrorCode::kInvalidArgument,
-                           fmt::format("service {} is ordered after unknown service {}", s.name,
-                                       dep));
+        return Error::Make(
+            ErrorCode::kInvalidArgument,
+            fmt::format("service {} is ordered after unknown service {}", s.name, dep));
       }
     }
   }

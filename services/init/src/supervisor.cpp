@@ -22,10 +22,10 @@ std::string_view ServiceStateName(ServiceState state) {
 }
 
 std::string RenderServiceStatus(const ServiceStatus& status) {
-  return fmt::format("state={}\npid={}\nstarts={}\nconsecutive_failures={}\nlast_exit={}\nrequired={}\n",
-                     ServiceStateName(status.state), status.pid, status.starts,
-                     status.consecutive_failures, status.last_exit,
-                     status.required ? "yes" : "no");
+  return fmt::format(
+      "state={}\npid={}\nstarts={}\nconsecutive_failures={}\nlast_exit={}\nrequired={}\n",
+      ServiceStateName(status.state), status.pid, status.starts, status.consecutive_failures,
+      status.last_exit, status.required ? "yes" : "no");
 }
 
 Result<Supervisor> Supervisor::Create(std::vector<ServiceSpec> services,
@@ -92,9 +92,8 @@ std::optional<Supervisor::Clock::time_point> Supervisor::Tick(Clock::time_point 
   for (bool started = true; started;) {
     started = false;
     for (const auto& name : order_) {
-      const ServiceSpec& spec =
-          *std::find_if(services_.begin(), services_.end(),
-                        [&](const ServiceSpec& s) { return s.name == name; });
+      const ServiceSpec& spec = *std::find_if(services_.begin(), services_.end(),
+                                              [&](const ServiceSpec& s) { return s.name == name; });
       ServiceStatus& status = status_[name];
       if (status.state == ServiceState::kWaiting && DependenciesStarted(spec)) {
         Start(spec, now);
@@ -109,6 +108,17 @@ std::optional<Supervisor::Clock::time_point> Supervisor::Tick(Clock::time_point 
   }
   for (const auto& [name, at] : restart_at_) {
     if (status_[name].state == ServiceState::kBackoff && (!next || at < *next)) next = at;
+  }
+  // A restarted service counts as healthy again once it has stayed up.
+  for (auto& [name, status] : status_) {
+    if (status.state != ServiceState::kRunning || status.consecutive_failures == 0) continue;
+    Clock::time_point stable_at = started_at_[name] + kStableRunTime;
+    if (stable_at <= now) {
+      status.consecutive_failures = 0;
+      Changed(name);
+    } else if (!next || stable_at < *next) {
+      next = stable_at;
+    }
   }
   return next;
 }
@@ -127,7 +137,6 @@ bool Supervisor::OnExit(pid_t pid, int wait_status, Clock::time_point now) {
     } else if (spec.oneshot) {
       status.state = success ? ServiceState::kSucceeded : ServiceState::kFailed;
     } else {
-      if (now - started_at_[spec.name] >= kStableRunTime) status.consecutive_failures = 0;
       ++status.consecutive_failures;
       status.state = ServiceState::kBackoff;
       restart_at_[spec.name] = now + RestartDelay(status.consecutive_failures);
@@ -157,8 +166,9 @@ void Supervisor::KillRemaining() {
 }
 
 bool Supervisor::AnyRunning() const {
-  return std::any_of(status_.begin(), status_.end(),
-                     [](const auto& entry) { return entry.second.state == ServiceState::kRunning; });
+  return std::any_of(status_.begin(), status_.end(), [](const auto& entry) {
+    return entry.second.state == ServiceState::kRunning;
+  });
 }
 
 }  // namespace ralph::init

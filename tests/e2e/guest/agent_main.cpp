@@ -11,9 +11,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -115,7 +115,8 @@ nlohmann::json Handle(const std::string& line, bool* reboot_after, bool* powerof
       (argv[1].rfind("/run/ralph/", 0) == 0 || argv[1].rfind("/proc/", 0) == 0) &&
       argv[1].find("..") == std::string::npos) {
     int fd = ::open(argv[1].c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return {{"exit", 1}, {"output", fmt::format("open {}: {}", argv[1], std::strerror(errno))}};
+    if (fd < 0)
+      return {{"exit", 1}, {"output", fmt::format("open {}: {}", argv[1], std::strerror(errno))}};
     std::string text = ReadAll(fd);
     ::close(fd);
     return {{"exit", 0}, {"output", text}};
@@ -196,8 +197,9 @@ int main() {
       pending.erase(0, nl + 1);
       bool reboot = false, poweroff = false;
       // Invalid UTF-8 in a command's output is replaced, not thrown on (no exceptions).
-      std::string reply =
-          Handle(line, &reboot, &poweroff).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+      std::string reply = Handle(line, &reboot, &poweroff)
+                              .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+                          "\n";
       std::string_view rest = reply;
       while (!rest.empty()) {
         ssize_t w = ::write(fd.get(), rest.data(), rest.size());

@@ -26,8 +26,8 @@ std::string LoadOptionDescription(const std::vector<uint8_t>& option) {
 void E2eTest::SetUp() {
   paths_ = E2ePaths::FromEnvironment();
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  auto scratch = ScratchDir::Create(paths_.run_dir, fmt::format("{}.{}", info->test_suite_name(),
-                                                                 info->name()));
+  auto scratch = ScratchDir::Create(paths_.run_dir,
+                                    fmt::format("{}.{}", info->test_suite_name(), info->name()));
   ASSERT_TRUE(scratch) << scratch.error().ToString();
   scratch_.emplace(std::move(*scratch));
   disk_ = scratch_->path() + "/disk.img";
@@ -35,10 +35,10 @@ void E2eTest::SetUp() {
 }
 
 void E2eTest::Prepare(DiskSource source) {
-  std::string disk = source == DiskSource::kFresh ? Image("base")
-                                                   : paths_.provisioned_dir + "/disk.img";
-  std::string vars = source == DiskSource::kFresh ? std::string(kOvmfVars)
-                                                   : paths_.provisioned_dir + "/vars.fd";
+  std::string disk =
+      source == DiskSource::kFresh ? Image("base") : paths_.provisioned_dir + "/disk.img";
+  std::string vars =
+      source == DiskSource::kFresh ? std::string(kOvmfVars) : paths_.provisioned_dir + "/vars.fd";
   ASSERT_EQ(::access(disk.c_str(), R_OK), 0)
       << disk << " is missing: the e2e fixtures (e2e_images, e2e_first_boot) build it";
   auto copied = SparseCopy(disk, disk_);
@@ -59,8 +59,8 @@ void E2eTest::ActivateInstalledB(Machine& machine, int tries) {
   ASSERT_FALSE(slot_b_digest_.empty()) << "InstallSlotB first";
   auto begin = Ralphctl(machine, {"boot", "begin-write", "B", "--version", "0.2.0"});
   ASSERT_EQ(begin.exit, 0) << begin.output;
-  auto finish = Ralphctl(machine, {"boot", "finish-write", "B", "--version", "0.2.0", "--digest",
-                                   slot_b_digest_});
+  auto finish = Ralphctl(
+      machine, {"boot", "finish-write", "B", "--version", "0.2.0", "--digest", slot_b_digest_});
   ASSERT_EQ(finish.exit, 0) << finish.output;
   auto active = Ralphctl(machine, {"boot", "mark-active", "B", "--tries", std::to_string(tries)});
   ASSERT_EQ(active.exit, 0) << active.output;

@@ -58,7 +58,9 @@ class E2eTest : public ::testing::Test {
   // Asks the guest to power off and waits for QEMU to exit.
   void PowerOff(Machine& machine);
 
-  std::string Image(const std::string& name) const { return paths_.images_dir + "/" + name + ".img"; }
+  std::string Image(const std::string& name) const {
+    return paths_.images_dir + "/" + name + ".img";
+  }
 
   E2ePaths paths_;
   std::optional<ScratchDir> scratch_;

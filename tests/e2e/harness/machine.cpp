@@ -88,7 +88,8 @@ Result<void> SparseCopy(const std::string& from, const std::string& to) {
     off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
     if (hole < 0) hole = st.st_size;
     for (off_t at = data; at < hole;) {
-      size_t want = static_cast<size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buffer.size())));
+      size_t want =
+          static_cast<size_t>(std::min<off_t>(hole - at, static_cast<off_t>(buffer.size())));
       ssize_t n = ::pread(in.get(), buffer.data(), want, at);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return Error::FromErrno(fmt::format("read {}", from), n < 0 ? errno : EIO);
@@ -113,14 +114,15 @@ Result<void> CopyPartitions(const std::string& from_disk, const std::string& to_
     const PartitionInfo* source = from.Find(label);
     const PartitionInfo* target = to.Find(label);
     if (!source || !target || source->size_bytes() != target->size_bytes()) {
-      return Error::Make(ErrorCode::kInvalidArgument,
-                         fmt::format("partition {} differs between {} and {}", label, from_disk,
-                                     to_disk));
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("partition {} differs between {} and {}", label, from_disk, to_disk));
     }
     for (uint64_t done = 0; done < source->size_bytes();) {
-      size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), source->size_bytes() - done));
-      ssize_t n = ::pread(in.get(), buffer.data(), want,
-                          static_cast<off_t>(source->offset_bytes() + done));
+      size_t want =
+          static_cast<size_t>(std::min<uint64_t>(buffer.size(), source->size_bytes() - done));
+      ssize_t n =
+          ::pread(in.get(), buffer.data(), want, static_cast<off_t>(source->offset_bytes() + done));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return Error::FromErrno(fmt::format("read {}", from_disk), n < 0 ? errno : EIO);
       TRY(WriteAt(out.get(), buffer.data(), static_cast<size_t>(n), target->offset_bytes() + done));
@@ -142,8 +144,10 @@ Result<std::string> PartitionSha256(const std::string& disk, const std::string& 
   Sha256 hasher = TRY(Sha256::Create());
   std::vector<uint8_t> buffer(1 << 20);
   for (uint64_t done = 0; done < partition->size_bytes();) {
-    size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), partition->size_bytes() - done));
-    ssize_t n = ::pread(in.get(), buffer.data(), want, static_cast<off_t>(partition->offset_bytes() + done));
+    size_t want =
+        static_cast<size_t>(std::min<uint64_t>(buffer.size(), partition->size_bytes() - done));
+    ssize_t n = ::pread(in.get(), buffer.data(), want,
+                        static_cast<off_t>(partition->offset_bytes() + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return Error::FromErrno(fmt::format("read {}", disk), n < 0 ? errno : EIO);
     TRY(hasher.Update(std::span<const uint8_t>(buffer.data(), static_cast<size_t>(n))));
@@ -180,12 +184,28 @@ Result<Machine> Machine::Start(MachineOptions options) {
   Machine machine(std::move(options));
   const MachineOptions& o = machine.options_;
   std::vector<std::string> argv = {
-      "qemu-system-x86_64", "-machine", "q35", "-m", std::to_string(o.memory_mib), "-smp", "1",
-      "-display", "none", "-monitor", "none", "-nic", "none", "-no-user-config",
-      "-drive", fmt::format("if=pflash,format=raw,readonly=on,file={}", kOvmfCode),
-      "-drive", fmt::format("if=pflash,format=raw,file={}", o.vars),
-      "-drive", fmt::format("file={},format=raw,if=virtio", o.disk),
-      "-serial", o.console_to_stdout ? std::string("stdio") : fmt::format("file:{}", o.console_log)};
+      "qemu-system-x86_64",
+      "-machine",
+      "q35",
+      "-m",
+      std::to_string(o.memory_mib),
+      "-smp",
+      "1",
+      "-display",
+      "none",
+      "-monitor",
+      "none",
+      "-nic",
+      "none",
+      "-no-user-config",
+      "-drive",
+      fmt::format("if=pflash,format=raw,readonly=on,file={}", kOvmfCode),
+      "-drive",
+      fmt::format("if=pflash,format=raw,file={}", o.vars),
+      "-drive",
+      fmt::format("file={},format=raw,if=virtio", o.disk),
+      "-serial",
+      o.console_to_stdout ? std::string("stdio") : fmt::format("file:{}", o.console_log)};
   if (!o.agent_socket.empty()) {
     ::unlink(o.agent_socket.c_str());
     argv.insert(argv.end(),
@@ -230,7 +250,9 @@ Machine::Machine(Machine&& other) noexcept
   other.pid_ = -1;
 }
 
-Machine::~Machine() { Kill(); }
+Machine::~Machine() {
+  Kill();
+}
 
 bool Machine::Reap(bool block) {
   if (pid_ <= 0) return false;
@@ -354,9 +376,8 @@ Result<Machine::AgentReply> Machine::Agent(const std::vector<std::string>& argv,
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
-      return Error::Make(ErrorCode::kTimeout,
-                         fmt::format("agent gave no answer to {} within {} s", request,
-                                     timeout.count()));
+      return Error::Make(ErrorCode::kTimeout, fmt::format("agent gave no answer to {} within {} s",
+                                                          request, timeout.count()));
     }
     timeval tv{static_cast<time_t>(left.count() / 1000),
                static_cast<suseconds_t>((left.count() % 1000) * 1000)};
@@ -393,7 +414,8 @@ ScratchDir::~ScratchDir() {
 Result<std::vector<uint8_t>> ReadGuestEfiVar(Machine& machine, const std::string& name_guid) {
   auto reply = TRY(machine.Agent({"efivar", name_guid}, std::chrono::seconds(30)));
   if (reply.exit == 3) {
-    return Error::Make(ErrorCode::kNotFound, fmt::format("EFI variable {} does not exist", name_guid));
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("EFI variable {} does not exist", name_guid));
   }
   if (reply.exit != 0) {
     return Error::Make(ErrorCode::kIo, fmt::format("reading {}: {}", name_guid, reply.output));

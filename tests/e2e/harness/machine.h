@@ -42,9 +42,9 @@ Result<void> ScribblePartition(const std::string& disk, const std::string& label
 
 struct MachineOptions {
   std::string disk;
-  std::string vars;         // this machine's NVRAM (a copy of OVMF_VARS_4M.fd)
-  std::string console_log;  // serial console output
-  std::string agent_socket;  // empty: no agent port
+  std::string vars;                // this machine's NVRAM (a copy of OVMF_VARS_4M.fd)
+  std::string console_log;         // serial console output
+  std::string agent_socket;        // empty: no agent port
   bool console_to_stdout = false;  // main.sh: serial straight to the terminal
   int memory_mib = 512;
 };

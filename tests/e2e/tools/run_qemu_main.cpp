@@ -21,9 +21,9 @@ int main(int argc, char** argv) {
   std::string until = "health gate passed";
   int timeout_seconds = 300;
   static const option kOptions[] = {
-      {"disk", required_argument, nullptr, 'd'},     {"vars", required_argument, nullptr, 'v'},
-      {"console", required_argument, nullptr, 'c'},  {"until", required_argument, nullptr, 'u'},
-      {"timeout", required_argument, nullptr, 't'},  {nullptr, 0, nullptr, 0},
+      {"disk", required_argument, nullptr, 'd'},    {"vars", required_argument, nullptr, 'v'},
+      {"console", required_argument, nullptr, 'c'}, {"until", required_argument, nullptr, 'u'},
+      {"timeout", required_argument, nullptr, 't'}, {nullptr, 0, nullptr, 0},
   };
   for (int opt; (opt = getopt_long(argc, argv, "", kOptions, nullptr)) != -1;) {
     switch (opt) {
@@ -33,8 +33,9 @@ int main(int argc, char** argv) {
       case 'u': until = optarg; break;
       case 't': timeout_seconds = std::atoi(optarg); break;
       default:
-        fmt::print(stderr, "usage: ralph-run-qemu --disk IMG --vars VARS.fd --console LOG "
-                           "[--until TEXT] [--timeout S]\n");
+        fmt::print(stderr,
+                   "usage: ralph-run-qemu --disk IMG --vars VARS.fd --console LOG "
+                   "[--until TEXT] [--timeout S]\n");
         return 2;
     }
   }
@@ -71,7 +72,8 @@ int main(int argc, char** argv) {
   double elapsed = machine->Elapsed();
   machine->Kill();
   if (!reached) {
-    fmt::print(stderr, "\nralph-run-qemu: '{}' did not appear within {} s\n", until, timeout_seconds);
+    fmt::print(stderr, "\nralph-run-qemu: '{}' did not appear within {} s\n", until,
+               timeout_seconds);
     return 1;
   }
   fmt::print("\nralph-run-qemu: '{}' after {:.1f} s; QEMU stopped (NVRAM kept in {})\n", until,

@@ -12,9 +12,9 @@
 namespace ralph::init {
 
 struct BootConfig {
-  std::string root_partlabel;  // from root=PARTLABEL=SYSTEM_A
-  std::string slot;            // from ralph.slot=a|b|recovery
-  int watchdog_seconds = 20;   // from ralph.watchdog=N; 0 disables
+  std::string root_partlabel;             // from root=PARTLABEL=SYSTEM_A
+  std::string slot;                       // from ralph.slot=a|b|recovery
+  int watchdog_seconds = 20;              // from ralph.watchdog=N; 0 disables
   std::string init = "/sbin/ralph-init";  // from ralph.init=<path>
 };
 

@@ -20,7 +20,7 @@ struct MountSpec {
   std::string fstype;
   unsigned long flags = 0;
   std::string data;
-  mode_t mode = 0755;  // of the target directory when it must be created
+  mode_t mode = 0755;     // of the target directory when it must be created
   bool optional = false;  // a failure is logged, not fatal (efivarfs on BIOS machines)
 };
 

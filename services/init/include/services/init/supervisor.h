@@ -51,8 +51,10 @@ class Supervisor {
   static Result<Supervisor> Create(std::vector<ServiceSpec> services,
                                    ProcessLauncherInterface* launcher, StatusCallback on_change);
 
-  // Starts every service that is due. Returns when the next delayed start is
-  // due, or nullopt when nothing is pending.
+  // Starts every service that is due, and clears the failure count of a
+  // service that has now run for kStableRunTime. Returns when the next
+  // delayed start or stability point is due, or nullopt when nothing is
+  // pending.
   std::optional<Clock::time_point> Tick(Clock::time_point now);
   // A child exited with a waitpid() status. False when the pid is no service.
   bool OnExit(pid_t pid, int wait_status, Clock::time_point now);
