@@ -55,6 +55,7 @@ struct SandboxService::Job {
   bool killed = false;
   bool timed_out = false;
   bool waited = false;
+  bool start_failed = false;
   std::chrono::steady_clock::time_point started;
   JobResult result;
 };
@@ -339,6 +340,7 @@ Result<void> SandboxService::Run(const JobId& id) {
     rusage usage;
     WaitPidFd(job.pidfd.get(), &info, &usage, 0);
     job.state = Job::State::kReaped;
+    job.start_failed = true;
     return std::move(error).WithContext(fmt::format("starting sandbox {}", id));
   };
 
@@ -389,6 +391,9 @@ Result<JobResult> SandboxService::Wait(const JobId& id) {
   if (job.waited)
     return Error::Make(ErrorCode::kInvalidState,
                        fmt::format("sandbox {} was already waited for", id));
+  if (job.start_failed)
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("sandbox {} failed to start; nothing to wait for", id));
   JobResult& result = job.result;
   bool has_deadline = job.spec.timeout.count() > 0;
   const auto deadline = job.started + job.spec.timeout;
