@@ -226,6 +226,13 @@ class Planner {
   Plan plan_;
 };
 
+std::string OrderText(const std::vector<uint16_t>& order) {
+  if (order.empty()) return "(empty)";
+  std::string text;
+  for (uint16_t number : order) text += fmt::format("{}{:04X}", text.empty() ? "" : ",", number);
+  return text;
+}
+
 // The findings about entries that are not ours though they look it.
 void ReportEntryProblems(Planner& planner) {
   for (const auto& [number, entry] : planner.view().entries) {
@@ -262,8 +269,8 @@ Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record
   std::vector<uint16_t> before = planner.view().boot_order;
   planner.WriteBootOrder("repair BootOrder");
   if (planner.view().boot_order != before) {
-    planner.Find(fmt::format("BootOrder was {}: rewritten to {}", fmt::join(before, ","),
-                             fmt::join(planner.view().boot_order, ",")));
+    planner.Find(fmt::format("BootOrder was {}: rewritten to {}", OrderText(before),
+                             OrderText(planner.view().boot_order)));
   }
   planner.SanitizeBootNext();
   planner.DeleteDuplicates();

@@ -35,12 +35,15 @@ std::string MtoolsEsp::ImageSpec() const {
 
 Result<void> MtoolsEsp::InstallFile(const std::string& local_path, std::string_view esp_path) {
   std::string image = ImageSpec();
-  // Make each parent directory; "-D s" skips ones that exist.
+  // Make each missing parent directory. mmd fails on an existing one even
+  // with "-D s" (mtools 4.0.32), so ask mdir first.
   size_t slash = 0;
   while ((slash = esp_path.find('/', slash)) != std::string_view::npos) {
     std::string dir = fmt::format("::/{}", esp_path.substr(0, slash));
-    TRY_CTX(RunProgram({"mmd", "-i", image, "-D", "s", dir}, kMtoolsEnv, nullptr),
-            fmt::format("creating {} on the ESP", dir));
+    if (!RunProgram({"mdir", "-i", image, "-b", dir}, kMtoolsEnv, nullptr)) {
+      TRY_CTX(RunProgram({"mmd", "-i", image, dir}, kMtoolsEnv, nullptr),
+              fmt::format("creating {} on the ESP", dir));
+    }
     ++slash;
   }
   TRY_CTX(RunProgram(

@@ -1,7 +1,14 @@
 #include "services/ota/writer.h"
 
 #include <algorithm>
+#include <array>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -9,10 +16,6 @@
 
 namespace ralph::ota {
 namespace {
-
-uint64_t AlignUp(uint64_t v, uint64_t a) {
-  return (v + a - 1) / a * a;
-}
 
 std::string ChunkName(const Payload& p, uint64_t index) {
   uint64_t start = index * p.chunk_size;
@@ -43,93 +46,226 @@ Result<void> ReadVerifiedChunk(ByteSourceInterface& source, const Payload& p, ui
   return {};
 }
 
+// A fixed pool of chunk buffers handed between two threads: the thread that
+// reads (source, target) and hashes, and the thread that does the slow I/O
+// (writing to the slot, or reading it back). On two cores hashing and I/O
+// overlap instead of alternating; memory stays kPoolBuffers chunks.
+class ChunkPipeline {
+ public:
+  static constexpr size_t kPoolBuffers = 4;
+  struct Item {
+    uint64_t index = 0;
+    std::vector<uint8_t>* buffer = nullptr;
+    size_t length = 0;
+  };
+
+  explicit ChunkPipeline(size_t chunk_size) {
+    for (auto& b : storage_) {
+      b.resize(chunk_size);
+      free_.push_back(&b);
+    }
+  }
+
+  std::vector<uint8_t>* TakeFree() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !free_.empty(); });
+    auto* b = free_.front();
+    free_.pop_front();
+    return b;
+  }
+  void GiveFree(std::vector<uint8_t>* b) {
+    std::lock_guard lock(mutex_);
+    free_.push_back(b);
+    changed_.notify_all();
+  }
+  void Push(Item item) {
+    std::lock_guard lock(mutex_);
+    work_.push_back(item);
+    changed_.notify_all();
+  }
+  // Blocks for the next item; nullopt once Close() was called and the queue
+  // is drained.
+  std::optional<Item> Pop() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !work_.empty() || closed_; });
+    if (work_.empty()) return std::nullopt;
+    Item item = work_.front();
+    work_.pop_front();
+    return item;
+  }
+  void Close() {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    changed_.notify_all();
+  }
+  // The consumer's first error; the producer checks it between chunks.
+  void SetError(Error error) {
+    std::lock_guard lock(mutex_);
+    if (!error_) error_ = std::move(error);
+    failed_ = true;
+  }
+  bool failed() const { return failed_.load(); }
+  std::optional<Error> TakeError() {
+    std::lock_guard lock(mutex_);
+    return std::move(error_);
+  }
+
+ private:
+  std::array<std::vector<uint8_t>, kPoolBuffers> storage_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<std::vector<uint8_t>*> free_;
+  std::deque<Item> work_;
+  bool closed_ = false;
+  std::atomic<bool> failed_{false};
+  std::optional<Error> error_;
+};
+
+// Runs `consume` on every item pushed to `pipeline` on a second thread until
+// `produce` returns; returns the first error of either side.
+template <typename Produce, typename Consume>
+Result<void> RunPipeline(ChunkPipeline& pipeline, Produce&& produce, Consume&& consume) {
+  std::thread consumer([&] {
+    while (auto item = pipeline.Pop()) {
+      if (!pipeline.failed()) {
+        auto result = consume(*item);
+        if (!result) pipeline.SetError(std::move(result).error());
+      }
+      pipeline.GiveFree(item->buffer);
+    }
+  });
+  Result<void> produced = produce();
+  pipeline.Close();
+  consumer.join();
+  if (!produced) return produced;
+  if (auto error = pipeline.TakeError()) return std::move(*error);
+  return {};
+}
+
+// Adaptive probing costs a read + hash of the target per chunk, a whole
+// extra pass when the target holds an unrelated image. After this many
+// consecutive misses only every kProbeStride-th chunk is probed, until a probe
+// hits again (an unchanged region starts).
+constexpr uint64_t kMissesBeforeSparseProbing = 32;
+constexpr uint64_t kProbeStride = 16;
+
 }  // namespace
 
 Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
-                                SlotIoInterface& slot, const WriteOptions& options) {
-  if (p.size > slot.Size()) {
+                                BlockDeviceInterface& slot, const WriteOptions& options) {
+  if (p.size > slot.size()) {
     return Error::Make(ErrorCode::kNoSpace,
-                       fmt::format("{} payload is {} bytes, the slot {} holds only {}", p.name,
-                                   p.size, slot.Describe(), slot.Size()));
+                       fmt::format("{} payload is {} bytes, larger than the slot ({} bytes)",
+                                   p.name, p.size, slot.size()));
   }
   WriteStats stats;
-  AlignedBuffer incoming(p.chunk_size);
-  AlignedBuffer existing(p.chunk_size);
+  ChunkPipeline pipeline(p.chunk_size);
+  std::vector<uint8_t> existing(p.chunk_size);
   Sha256 hasher = TRY(Sha256::Create());
-  for (uint64_t i = 0; i < p.ChunkCount(); ++i) {
-    TRY(CheckCancel(options));
-    uint64_t offset = i * p.chunk_size;
-    size_t length = static_cast<size_t>(p.ChunkLength(i));
-    // The block-aligned span of the slot this chunk occupies (a short last
-    // chunk is rounded up, bounded by the slot's end).
-    size_t io_length = static_cast<size_t>(
-        std::min<uint64_t>(AlignUp(length, kIoAlignment), slot.Size() - offset));
-    bool partial = io_length != length;
-    bool have_existing = false;
-    if (options.mode == WriteOptions::Mode::kAdaptive || partial) {
-      TRY_CTX(slot.ReadAt(offset, existing.span(io_length)),
-              fmt::format("reading the slot's {}", ChunkName(p, i)));
-      have_existing = true;
-    }
-    if (options.mode == WriteOptions::Mode::kAdaptive && have_existing) {
-      TRY(hasher.Reset());
-      TRY(hasher.Update(existing.span(length)));
-      if (TRY(hasher.Finish()) == p.chunks[i]) {
-        stats.chunks_skipped++;
-        stats.bytes_skipped += length;
-        if (options.on_progress) options.on_progress(length);
-        if (options.after_chunk) options.after_chunk(i);
-        continue;
+  uint64_t misses = 0;
+  // Block devices are not thread-safe (BlockDevice has one bounce buffer):
+  // probe reads go through a second handle when the caller gave one, else
+  // they and the writes take turns.
+  BlockDeviceInterface& probe_device = options.probe_device ? *options.probe_device : slot;
+  std::mutex device_mutex;
+  auto lock_device = [&]() {
+    return options.probe_device ? std::unique_lock<std::mutex>()
+                                : std::unique_lock<std::mutex>(device_mutex);
+  };
+  // Producer (this thread): decide, read from the source in order, verify.
+  auto produce = [&]() -> Result<void> {
+    for (uint64_t i = 0; i < p.ChunkCount(); ++i) {
+      TRY(CheckCancel(options));
+      if (pipeline.failed()) return {};  // the writer's error is reported
+      uint64_t offset = i * p.chunk_size;
+      size_t length = static_cast<size_t>(p.ChunkLength(i));
+      bool probe = options.mode == WriteOptions::Mode::kAdaptive &&
+                   (misses < kMissesBeforeSparseProbing || i % kProbeStride == 0);
+      if (probe) {
+        std::span<uint8_t> current(existing.data(), length);
+        {
+          auto lock = lock_device();
+          TRY_CTX(probe_device.ReadAt(offset, current),
+                  fmt::format("reading the slot's {}", ChunkName(p, i)));
+        }
+        TRY(hasher.Reset());
+        TRY(hasher.Update(current));
+        if (TRY(hasher.Finish()) == p.chunks[i]) {
+          misses = 0;
+          stats.chunks_skipped++;
+          stats.bytes_skipped += length;
+          if (options.on_progress) options.on_progress(length);
+          if (options.after_chunk) options.after_chunk(i);
+          continue;
+        }
+        ++misses;
       }
+      std::vector<uint8_t>* buffer = pipeline.TakeFree();
+      std::span<uint8_t> chunk(buffer->data(), length);
+      auto verified = ReadVerifiedChunk(source, p, i, chunk, hasher);
+      if (!verified) {
+        pipeline.GiveFree(buffer);
+        return verified;
+      }
+      pipeline.Push({i, buffer, length});
+      stats.chunks_written++;
+      stats.bytes_written += length;
+      if (options.on_progress) options.on_progress(length);
+      if (options.after_chunk) options.after_chunk(i);
     }
-    TRY(ReadVerifiedChunk(source, p, i, incoming.span(length), hasher));
-    if (partial) {
-      // Keep the slot's bytes after the payload's end inside the last block.
-      std::memcpy(incoming.data() + length, existing.data() + length, io_length - length);
-    }
-    TRY_CTX(slot.WriteAt(offset, incoming.span(io_length)),
-            fmt::format("writing {}", ChunkName(p, i)));
-    stats.chunks_written++;
-    stats.bytes_written += length;
-    if (options.on_progress) options.on_progress(length);
-    if (options.after_chunk) options.after_chunk(i);
-  }
+    return {};
+  };
+  // Consumer: the writes.
+  auto consume = [&](const ChunkPipeline::Item& item) -> Result<void> {
+    auto lock = lock_device();
+    TRY_CTX(slot.WriteAt(item.index * p.chunk_size,
+                         std::span<const uint8_t>(item.buffer->data(), item.length)),
+            fmt::format("writing {}", ChunkName(p, item.index)));
+    return {};
+  };
+  TRY(RunPipeline(pipeline, produce, consume));
   return stats;
 }
 
-Result<void> VerifySlot(SlotIoInterface& slot, const Payload& p, const WriteOptions& options) {
-  if (p.size > slot.Size()) {
+Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& p, const WriteOptions& options) {
+  if (p.size > slot.size()) {
     return Error::Make(ErrorCode::kNoSpace,
                        fmt::format("{} payload is larger than the slot", p.name));
   }
-  AlignedBuffer buffer(p.chunk_size);
-  Sha256 chunk = TRY(Sha256::Create());
-  Sha256 whole = TRY(Sha256::Create());
-  for (uint64_t i = 0; i < p.ChunkCount(); ++i) {
-    TRY(CheckCancel(options));
-    uint64_t offset = i * p.chunk_size;
-    size_t length = static_cast<size_t>(p.ChunkLength(i));
-    size_t io_length = static_cast<size_t>(
-        std::min<uint64_t>(AlignUp(length, kIoAlignment), slot.Size() - offset));
-    TRY_CTX(slot.ReadAt(offset, buffer.span(io_length)),
-            fmt::format("re-reading {}", ChunkName(p, i)));
-    std::span<const uint8_t> data(buffer.data(), length);
-    TRY(chunk.Reset());
-    TRY(chunk.Update(data));
-    TRY(whole.Update(data));
-    if (TRY(chunk.Finish()) != p.chunks[i]) {
-      return Error::Make(ErrorCode::kVerificationFailed,
-                         fmt::format("re-reading {}: the slot holds different bytes than were "
-                                     "written",
-                                     ChunkName(p, i)));
+  // Every byte is covered by exactly one chunk digest, and the chunk list is
+  // signed, so matching every chunk is matching the whole payload; the
+  // whole-payload digest would be a second hash pass for nothing.
+  ChunkPipeline pipeline(p.chunk_size);
+  Sha256 hasher = TRY(Sha256::Create());
+  // Producer: reads (I/O) on this thread; consumer: hashes.
+  auto produce = [&]() -> Result<void> {
+    for (uint64_t i = 0; i < p.ChunkCount(); ++i) {
+      TRY(CheckCancel(options));
+      if (pipeline.failed()) return {};
+      std::vector<uint8_t>* buffer = pipeline.TakeFree();
+      size_t length = static_cast<size_t>(p.ChunkLength(i));
+      auto read = slot.ReadAt(i * p.chunk_size, std::span<uint8_t>(buffer->data(), length));
+      if (!read) {
+        pipeline.GiveFree(buffer);
+        return std::move(read).error().WithContext(fmt::format("re-reading {}", ChunkName(p, i)));
+      }
+      pipeline.Push({i, buffer, length});
+      if (options.on_progress) options.on_progress(length);
     }
-    if (options.on_progress) options.on_progress(length);
-  }
-  if (TRY(whole.Finish()) != p.sha256) {
-    return Error::Make(ErrorCode::kVerificationFailed,
-                       fmt::format("{}: whole-payload digest mismatch after writing", p.name));
-  }
-  return {};
+    return {};
+  };
+  auto consume = [&](const ChunkPipeline::Item& item) -> Result<void> {
+    std::span<const uint8_t> data(item.buffer->data(), item.length);
+    TRY(hasher.Reset());
+    TRY(hasher.Update(data));
+    if (TRY(hasher.Finish()) != p.chunks[item.index]) {
+      return Error::Make(ErrorCode::kVerificationFailed,
+                         fmt::format("re-reading {}: the slot holds other bytes than were written",
+                                     ChunkName(p, item.index)));
+    }
+    return {};
+  };
+  return RunPipeline(pipeline, produce, consume);
 }
 
 Result<void> CopyVerifiedPayload(ByteSourceInterface& source, const Payload& p,

@@ -4,11 +4,13 @@
 // For each chunk i of the payload:
 //   1. adaptive: read chunk i of the target and hash it; if it equals the
 //      manifest's digest the slot already holds it: skip (the source is not
-//      read, so an HTTPS install downloads only changed chunks);
+//      read, so an HTTPS install downloads only changed chunks). After 32
+//      misses in a row only every 16th chunk is probed until one hits, so a
+//      target holding an unrelated image costs no extra read pass;
 //   2. read chunk i from the source and hash it; a mismatch with the
 //      manifest's digest stops everything BEFORE the chunk is written;
-//   3. write it (O_DIRECT; a short last chunk is padded with the target's
-//      own bytes so the block write leaves them unchanged).
+//   3. write it (drivers/block_device.h: O_DIRECT, read-modify-write of a
+//      short last block).
 // The manifest digests are covered by the verified signature, so a chunk that
 // reaches the disk is exactly what the signer built.
 #pragma once
@@ -18,9 +20,9 @@
 #include <functional>
 #include <string>
 
+#include "drivers/block_device.h"
 #include "platform/result.h"
 #include "services/ota/manifest.h"
-#include "services/ota/slot_io.h"
 #include "services/ota/source.h"
 
 namespace ralph::ota {
@@ -35,10 +37,14 @@ struct WriteStats {
 struct WriteOptions {
   enum class Mode { kAdaptive, kFull };
   Mode mode = Mode::kAdaptive;
-  // Called after each chunk with the payload bytes it covered.
+  // Called after each chunk with the payload bytes it covered, always on the
+  // calling thread (the writer overlaps I/O and hashing on a second thread).
   std::function<void(uint64_t bytes)> on_progress;
   // Checked between chunks; set -> kCancelled.
   const std::atomic<bool>* cancel = nullptr;
+  // Optional second handle on the same slot for the adaptive probe reads, so
+  // they overlap with the writes (one device object is not thread-safe).
+  BlockDeviceInterface* probe_device = nullptr;
   // Test hook, called after chunk `index` has been handled (written or
   // skipped). Fault-injection tests kill the process here.
   std::function<void(uint64_t index)> after_chunk;
@@ -50,12 +56,13 @@ struct WriteOptions {
 // manifest ("rootfs chunk 17 (bytes 17825792-18874367): digest mismatch");
 // kCancelled; I/O errors with the offset.
 Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payload,
-                                SlotIoInterface& slot, const WriteOptions& options);
+                                BlockDeviceInterface& slot, const WriteOptions& options);
 
 // Re-reads the first payload.size bytes of `slot` and checks every chunk
-// digest and the whole-payload digest. kVerificationFailed naming the first
+// digest (which together cover the whole payload). kVerificationFailed naming the first
 // chunk that differs.
-Result<void> VerifySlot(SlotIoInterface& slot, const Payload& payload, const WriteOptions& options);
+Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& payload,
+                        const WriteOptions& options);
 
 // Streams `payload` from `source`, verifying each chunk against the manifest,
 // into `sink` (used for the UKI, which goes to a file on the ESP).

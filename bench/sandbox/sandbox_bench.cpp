@@ -1,0 +1,229 @@
+// Sandbox benchmarks, side by side with bubblewrap in one run:
+//  1. `ralph-sandbox run -- /bin/true` (every layer on: userns, pidns, mntns,
+//     netns, ipc, uts, cgroupns, overlay on a per-job ext4 upper, cgroup
+//     limits, rlimits, caps, no_new_privs, landlock, seccomp) vs
+//     `bwrap --unshare-all --ro-bind /usr /usr ... /bin/true`: median wall
+//     time of a whole launcher process, ratio.
+//  2. The same job spawned by a long-running SandboxService in this process
+//     (create + run + wait + destroy, no launcher exec) vs bwrap: ratio.
+//  3. Service RSS per idle sandbox (N jobs alive, each sleeping).
+//
+// usage: sandbox_bench [runs=200] [idle=100]
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "platform/arch.h"
+#include "sandbox/service.h"
+
+extern char** environ;
+
+namespace {
+
+namespace sb = ralph::sandbox;
+using Clock = std::chrono::steady_clock;
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values.empty() ? 0 : values[values.size() / 2];
+}
+
+// fork+exec+wait of a command line; wall time in ms, or -1 on failure.
+double TimeCommand(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  auto start = Clock::now();
+  pid_t pid;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) return -1;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  auto end = Clock::now();
+  posix_spawn_file_actions_destroy(&actions);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
+  return std::chrono::duration<double, std::milli>(end - start).count();
+}
+
+long RssKiB() {
+  FILE* file = std::fopen("/proc/self/status", "r");
+  if (!file) return -1;
+  char line[256];
+  long kib = -1;
+  while (std::fgets(line, sizeof line, file)) {
+    if (std::sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+  }
+  std::fclose(file);
+  return kib;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int runs = argc > 1 ? std::atoi(argv[1]) : 200;
+  int idle = argc > 2 ? std::atoi(argv[2]) : 100;
+  std::string work = fmt::format("/tmp/ralph-sandbox-bench-{}", getpid());
+  std::string base = work + "/base";
+  std::string state = work + "/state";
+  // A base like the one bwrap gets: merged-/usr symlinks and an empty /usr
+  // on which the host's /usr is bound read-only.
+  for (const std::string& dir : {work, base, base + "/usr", base + "/etc", state})
+    mkdir(dir.c_str(), 0755);
+  for (const char* link : {"bin", "lib", "lib64", "sbin"})
+    if (symlink(fmt::format("usr/{}", link).c_str(), (base + "/" + link).c_str()) != 0 &&
+        errno != EEXIST)
+      return 1;
+
+  std::vector<std::string> ours = {RALPH_SANDBOX_CLI, "run",         "--rootfs", base, "--ro-bind",
+                                   "/usr:/usr",       "--state-dir", state,      "--", "/bin/true"};
+  std::vector<std::string> bwrap = {
+      "/usr/bin/bwrap", "--unshare-all", "--ro-bind", "/usr",    "/usr",  "--symlink",
+      "usr/lib64",      "/lib64",        "--symlink", "usr/lib", "/lib",  "--symlink",
+      "usr/bin",        "/bin",          "--proc",    "/proc",   "--dev", "/dev",
+      "--tmpfs",        "/tmp",          "/bin/true"};
+  bool with_network = sb::MakeDefaultNetworkProvider(nullptr) != nullptr;
+  if (!with_network) ours.insert(ours.begin() + 2, "--no-network");
+  if (TimeCommand(bwrap) < 0) {
+    std::fprintf(stderr, "bwrap failed (package bubblewrap)\n");
+    return 1;
+  }
+  if (TimeCommand(ours) < 0) {
+    std::fprintf(stderr, "ralph-sandbox run failed: %s\n", RALPH_SANDBOX_CLI);
+    return 1;
+  }
+
+  auto cgroups = sb::DetectCgroups(fmt::format("ralph-sandbox-bench-{}", getpid()));
+  if (!cgroups) {
+    std::fprintf(stderr, "cgroups: %s\n", cgroups.error().ToString().c_str());
+    return 1;
+  }
+  sb::ServiceOptions options;
+  options.state_dir = state;
+  options.name = fmt::format("bench{}", getpid());
+  options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
+  auto service = sb::SandboxService::Create(options, std::move(*cgroups),
+                                            sb::MakeDefaultNetworkProvider(nullptr));
+  if (!service) {
+    std::fprintf(stderr, "service: %s\n", service.error().ToString().c_str());
+    return 1;
+  }
+  sb::SandboxSpec spec;
+  spec.base = base;
+  spec.binds = {{"/usr", "/usr", sb::BindAccess::kReadOnly}};
+  spec.argv = {"/bin/true"};
+  // Network on (own netns, veth, nft default-deny, DNS registration) when
+  // sandbox/net is linked in; "network" says which.
+  spec.network.enabled = with_network;
+
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  // Phase 1: launchers (before this process starts its own network service,
+  // which holds the NFLOG group a launcher's service needs). Interleaved so
+  // that machine noise hits all alike.
+  std::vector<std::string> ours_no_net = ours;
+  if (with_network) ours_no_net.insert(ours_no_net.begin() + 2, "--no-network");
+  std::vector<double> t_bwrap1, t_ours, t_ours_no_net;
+  for (int i = 0; i < runs; ++i) {
+    t_bwrap1.push_back(TimeCommand(bwrap));
+    t_ours.push_back(TimeCommand(ours));
+    if (with_network) t_ours_no_net.push_back(TimeCommand(ours_no_net));
+  }
+  // Phase 2: the long-running service in this process.
+  std::vector<double> t_bwrap2, t_service, t_service_no_net, t_create, t_run, t_wait, t_destroy;
+  sb::SandboxSpec no_net = spec;
+  no_net.network.enabled = false;
+  for (int i = 0; i < runs; ++i) {
+    t_bwrap2.push_back(TimeCommand(bwrap));
+    for (const sb::SandboxSpec* s : {&spec, &no_net}) {
+      if (s == &no_net && !with_network) continue;
+      auto t0 = Clock::now();
+      auto id = (*service)->CreateJob(*s);
+      auto t1 = Clock::now();
+      if (!id || !(*service)->Run(*id)) {
+        std::fprintf(stderr, "service run failed\n");
+        return 1;
+      }
+      auto t2 = Clock::now();
+      auto result = (*service)->Wait(*id);
+      auto t3 = Clock::now();
+      if (!result || result->exit_code != 0 || !(*service)->Destroy(*id)) {
+        std::fprintf(stderr, "service job failed\n");
+        return 1;
+      }
+      auto t4 = Clock::now();
+      if (s == &no_net) {
+        t_service_no_net.push_back(ms(t0, t4));
+        continue;
+      }
+      t_service.push_back(ms(t0, t4));
+      t_create.push_back(ms(t0, t1));
+      t_run.push_back(ms(t1, t2));
+      t_wait.push_back(ms(t2, t3));
+      t_destroy.push_back(ms(t3, t4));
+    }
+  }
+  double bw1 = Median(t_bwrap1), bw2 = Median(t_bwrap2);
+  std::printf(
+      "runs=%d (medians, ms); ralph layers: userns pidns mntns netns ipcns utsns cgroupns, overlay "
+      "on a "
+      "per-job ext4 upper, cgroup v%d limits, rlimits, caps dropped, no_new_privs, landlock ABI "
+      "%d, seccomp, "
+      "network %s\n",
+      runs, (*service)->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1,
+      (*service)->landlock_abi(),
+      with_network ? "veth + nft default-deny + DNS" : "loopback only (sandbox/net not linked)");
+  std::printf("phase 1: bwrap --unshare-all /bin/true            %8.2f\n", bw1);
+  std::printf("  ralph-sandbox run /bin/true (all layers)        %8.2f  ratio %.2fx bwrap\n",
+              Median(t_ours), Median(t_ours) / bw1);
+  if (with_network)
+    std::printf("  ralph-sandbox run --no-network /bin/true        %8.2f  ratio %.2fx bwrap\n",
+                Median(t_ours_no_net), Median(t_ours_no_net) / bw1);
+  std::printf("phase 2: bwrap --unshare-all /bin/true            %8.2f\n", bw2);
+  std::printf("  service create+run+wait+destroy (all layers)    %8.2f  ratio %.2fx bwrap\n",
+              Median(t_service), Median(t_service) / bw2);
+  std::printf("    create %.2f  run %.2f  wait %.2f  destroy %.2f\n", Median(t_create),
+              Median(t_run), Median(t_wait), Median(t_destroy));
+  if (with_network)
+    std::printf("  service create+run+wait+destroy, no network     %8.2f  ratio %.2fx bwrap\n",
+                Median(t_service_no_net), Median(t_service_no_net) / bw2);
+
+  // Idle sandboxes: N jobs alive, each sleeping.
+  spec.argv = {"/bin/sleep", "600"};
+  long before = RssKiB();
+  std::vector<sb::JobId> ids;
+  for (int i = 0; i < idle; ++i) {
+    // Idle sandboxes without network: the network service's address pool
+    // and per-job tables are sandbox/net's to measure.
+    auto id = (*service)->CreateJob(no_net);
+    if (!id || !(*service)->Run(*id)) {
+      std::fprintf(stderr, "idle sandbox %d failed: %s\n", i,
+                   id ? "run" : id.error().ToString().c_str());
+      return 1;
+    }
+    ids.push_back(*id);
+  }
+  long after = RssKiB();
+  std::printf(
+      "service RSS: %ld KiB before, %ld KiB with %d idle sandboxes: %.1f KiB per sandbox (target < "
+      "1024)\n",
+      before, after, idle, static_cast<double>(after - before) / idle);
+  for (const sb::JobId& id : ids) {
+    if (!(*service)->Kill(id) || !(*service)->Destroy(id))
+      std::fprintf(stderr, "teardown of %s failed\n", id.c_str());
+  }
+  service->reset();
+  std::string cleanup = "rm -rf " + work;
+  return std::system(cleanup.c_str()) == 0 ? 0 : 1;
+}

@@ -1,0 +1,231 @@
+// ralph-sandbox run [flags] -- command [args...]
+// Runs one command in a sandbox (SandboxService with every layer on) and
+// exits with its status (128+signal when killed, 124 on timeout).
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "platform/arch.h"
+#include "platform/log.h"
+#include "sandbox/service.h"
+
+namespace {
+
+using ralph::Error;
+using ralph::ErrorCode;
+using ralph::Result;
+namespace sb = ralph::sandbox;
+
+constexpr const char kUsage[] =
+    "usage: ralph-sandbox run [flags] -- command [args...]\n"
+    "  --rootfs DIR         read-only base directory (default /)\n"
+    "  --image FILE         read-only base squashfs/erofs image instead\n"
+    "  --ro-bind SRC:DST    bind a host path read-only (repeatable)\n"
+    "  --bind SRC:DST       bind a host path read-write (repeatable)\n"
+    "  --env NAME=VALUE     environment (repeatable; default PATH only)\n"
+    "  --cwd DIR            working directory inside (default /work)\n"
+    "  --memory BYTES       memory limit, suffix K/M/G (default 512M)\n"
+    "  --pids N             process limit (default 256)\n"
+    "  --cpu-millis N       CPU share, 1000 = one CPU (default 1000)\n"
+    "  --disk BYTES         upper-layer size (default 2G)\n"
+    "  --nofile N           open files (default 1024)\n"
+    "  --timeout SECONDS    kill after this long (default none)\n"
+    "  --pty                run on a pseudo-terminal\n"
+    "  --no-network         only loopback (default: its own veth, default-deny egress)\n"
+    "  --allow CIDR[:PORT]  allow egress to an address/CIDR (repeatable)\n"
+    "  --allow-domain NAME  resolvable and reachable on 443 (repeatable)\n"
+    "  --state-dir DIR      per-job state (default /var/lib/ralph/sandbox)\n"
+    "  --stats              print exit status and resource usage to stderr\n";
+
+Result<uint64_t> ParseSize(std::string_view flag, const std::string& text) {
+  char* end = nullptr;
+  unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (end == text.c_str())
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: '{}' is not a number", flag, text));
+  std::string_view suffix(end);
+  uint64_t scale = 1;
+  if (suffix == "K" || suffix == "k")
+    scale = 1ull << 10;
+  else if (suffix == "M" || suffix == "m")
+    scale = 1ull << 20;
+  else if (suffix == "G" || suffix == "g")
+    scale = 1ull << 30;
+  else if (!suffix.empty())
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: unknown suffix '{}' in '{}'", flag, suffix, text));
+  return value * scale;
+}
+
+Result<sb::BindMount> ParseBind(std::string_view flag, const std::string& text,
+                                sb::BindAccess access) {
+  size_t colon = text.find(':');
+  if (colon == std::string::npos)
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: '{}' is not SRC:DST", flag, text));
+  return sb::BindMount{text.substr(0, colon), text.substr(colon + 1), access};
+}
+
+struct Options {
+  sb::SandboxSpec spec;
+  std::string state_dir = "/var/lib/ralph/sandbox";
+  bool stats = false;
+};
+
+Result<Options> ParseArgs(int argc, char** argv) {
+  if (argc < 2 || std::string_view(argv[1]) != "run")
+    return Error::Make(ErrorCode::kInvalidArgument, "the only command is 'run'");
+  Options options;
+  sb::SandboxSpec& spec = options.spec;
+  spec.base.assign(1, '/');  // assign(): GCC 12 -Wrestrict false positive on = "/"
+  int i = 2;
+  auto value = [&](std::string_view flag) -> Result<std::string> {
+    if (i + 1 >= argc)
+      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{} needs a value", flag));
+    return std::string(argv[++i]);
+  };
+  for (; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--") {
+      ++i;
+      break;
+    }
+    if (arg == "--rootfs") {
+      spec.base = TRY(value(arg));
+      spec.base_kind = sb::BaseKind::kDirectory;
+    } else if (arg == "--image") {
+      spec.base = TRY(value(arg));
+      spec.base_kind = sb::BaseKind::kImage;
+    } else if (arg == "--ro-bind") {
+      spec.binds.push_back(TRY(ParseBind(arg, TRY(value(arg)), sb::BindAccess::kReadOnly)));
+    } else if (arg == "--bind") {
+      spec.binds.push_back(TRY(ParseBind(arg, TRY(value(arg)), sb::BindAccess::kReadWrite)));
+    } else if (arg == "--env") {
+      spec.env.push_back(TRY(value(arg)));
+    } else if (arg == "--cwd") {
+      spec.cwd = TRY(value(arg));
+    } else if (arg == "--memory") {
+      spec.limits.memory_bytes = TRY(ParseSize(arg, TRY(value(arg))));
+    } else if (arg == "--pids") {
+      spec.limits.pids = static_cast<uint32_t>(TRY(ParseSize(arg, TRY(value(arg)))));
+    } else if (arg == "--cpu-millis") {
+      spec.limits.cpu_millis = static_cast<uint32_t>(TRY(ParseSize(arg, TRY(value(arg)))));
+    } else if (arg == "--disk") {
+      spec.limits.disk_bytes = TRY(ParseSize(arg, TRY(value(arg))));
+    } else if (arg == "--nofile") {
+      spec.limits.open_files = TRY(ParseSize(arg, TRY(value(arg))));
+    } else if (arg == "--timeout") {
+      spec.timeout = std::chrono::seconds(TRY(ParseSize(arg, TRY(value(arg)))));
+    } else if (arg == "--pty") {
+      spec.stdio = sb::StdioMode::kPty;
+    } else if (arg == "--no-network") {
+      spec.network.enabled = false;
+    } else if (arg == "--allow") {
+      std::string rule = TRY(value(arg));
+      sb::EgressRule egress;
+      size_t colon = rule.rfind(':');
+      if (colon != std::string::npos && rule.find('.') != std::string::npos) {
+        egress.cidr = rule.substr(0, colon);
+        egress.port_min = egress.port_max =
+            static_cast<uint16_t>(TRY(ParseSize(arg, rule.substr(colon + 1))));
+      } else {
+        egress.cidr = rule;
+      }
+      spec.network.allow.push_back(egress);
+    } else if (arg == "--allow-domain") {
+      spec.network.allowed_domains.push_back(TRY(value(arg)));
+    } else if (arg == "--state-dir") {
+      options.state_dir = TRY(value(arg));
+    } else if (arg == "--stats") {
+      options.stats = true;
+    } else {
+      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("unknown flag '{}'", arg));
+    }
+  }
+  for (; i < argc; ++i) spec.argv.push_back(argv[i]);
+  if (spec.argv.empty()) return Error::Make(ErrorCode::kInvalidArgument, "no command after '--'");
+  if (spec.env.empty()) spec.env.push_back("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+  return options;
+}
+
+Result<int> Run(const Options& options) {
+  using Clock = std::chrono::steady_clock;
+  auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  auto t0 = Clock::now();
+  std::string name = fmt::format("ralph-sandbox-{}", ::getpid());
+  auto cgroups = TRY(sb::DetectCgroups(name));
+  sb::ServiceOptions service_options;
+  // Shared by every run: the upper-layer template images are made once.
+  service_options.state_dir = options.state_dir;
+  service_options.name = name;
+  service_options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
+  auto service = TRY(sb::SandboxService::Create(service_options, std::move(cgroups),
+                                                sb::MakeDefaultNetworkProvider(nullptr)));
+  if (service->landlock_abi() == 0)
+    ralph::LogWarning(
+        "landlock is not available in this kernel: skipped (namespaces, caps and seccomp still "
+        "apply)");
+  auto t1 = Clock::now();
+  sb::JobId id = TRY(service->CreateJob(options.spec));
+  auto t2 = Clock::now();
+  TRY(service->Run(id));
+  auto t3 = Clock::now();
+  sb::JobResult result = TRY(service->Wait(id));
+  auto t4 = Clock::now();
+  TRY(service->Destroy(id));
+  auto t5 = Clock::now();
+  int cgroup_version = service->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1;
+  int landlock_abi = service->landlock_abi();
+  service.reset();
+  auto t6 = Clock::now();
+  std::fwrite(result.stdout_data.data(), 1, result.stdout_data.size(), stdout);
+  std::fflush(stdout);
+  std::fwrite(result.stderr_data.data(), 1, result.stderr_data.size(), stderr);
+  if (options.stats) {
+    std::fprintf(stderr,
+                 "ralph-sandbox: %s exit=%d signal=%d wall=%.3fms cpu=%.3fms max_rss=%ldKiB "
+                 "cgroup_mem_peak=%llu "
+                 "oom_kills=%llu dropped=%llu landlock_abi=%d cgroup=v%d\n"
+                 "ralph-sandbox: ms: service %.2f create %.2f run %.2f wait %.2f destroy %.2f "
+                 "service-teardown %.2f\n",
+                 std::string(sb::TerminationName(result.termination)).c_str(), result.exit_code,
+                 result.signal, result.wall.count() / 1e6,
+                 static_cast<double>(result.cgroup.cpu_usage_ns) / 1e6, result.usage.ru_maxrss,
+                 static_cast<unsigned long long>(result.cgroup.memory_peak_bytes),
+                 static_cast<unsigned long long>(result.cgroup.oom_kills),
+                 static_cast<unsigned long long>(result.output_dropped_bytes), landlock_abi,
+                 cgroup_version, ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5),
+                 ms(t5, t6));
+  }
+  switch (result.termination) {
+    case sb::Termination::kExited: return result.exit_code;
+    case sb::Termination::kTimedOut: return 124;
+    default: return 128 + result.signal;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ralph::LogInit("ralph-sandbox", ralph::LogSink::kStderr);
+  auto options = ParseArgs(argc, argv);
+  if (!options) {
+    ralph::LogError("{}", options.error().ToString());
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  if (options->spec.base_kind == sb::BaseKind::kDirectory && options->spec.base == "/")
+    ralph::LogWarning("no --rootfs given: the host's / is the read-only base");
+  auto status = Run(*options);
+  if (!status) {
+    ralph::LogError("{}", status.error().ToString());
+    return 125;
+  }
+  return *status;
+}

@@ -1,0 +1,51 @@
+// The seccomp filter, compiled once per process with libseccomp into a
+// classic-BPF program and loaded by every job's child right before execve
+// (no libseccomp calls, no allocation in the child).
+#pragma once
+
+#include <linux/filter.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "platform/result.h"
+#include "sandbox/plan.h"
+
+namespace ralph::sandbox {
+
+class SeccompProgram {
+ public:
+  // Compiles `policy` for the architecture whose AUDIT_ARCH_* value is
+  // `audit_arch` (ralph::arch::SeccompAuditArch() for the running one, or 0
+  // for the one this binary was built for; AUDIT_ARCH_X86_64 and
+  // AUDIT_ARCH_AARCH64 are supported). Syscalls the
+  // architecture lacks are skipped. Calls from any other architecture (x32,
+  // i386 compat) kill the process. kInvalidArgument when the policy allows an
+  // always-denied syscall unconditionally or names an unknown syscall.
+  static Result<SeccompProgram> Compile(const SeccompPolicy& policy, uint32_t audit_arch);
+
+  // The program for seccomp(SECCOMP_SET_MODE_FILTER); valid while this
+  // object lives.
+  const sock_fprog* program() const { return &fprog_; }
+  size_t instruction_count() const { return filter_.size(); }
+  // Syscall names of the policy that the architecture does not have.
+  const std::vector<std::string>& skipped() const { return skipped_; }
+
+  SeccompProgram(SeccompProgram&& other) noexcept;
+  SeccompProgram& operator=(SeccompProgram&& other) noexcept;
+  SeccompProgram(const SeccompProgram&) = delete;
+  SeccompProgram& operator=(const SeccompProgram&) = delete;
+
+ private:
+  SeccompProgram(std::vector<sock_filter> filter, std::vector<std::string> skipped);
+  std::vector<sock_filter> filter_;
+  std::vector<std::string> skipped_;
+  sock_fprog fprog_{};
+};
+
+// Loads `program` on the calling thread with SECCOMP_FILTER_FLAG_LOG, so
+// denied calls reach the audit log. Returns 0 or an errno. Async-signal-safe.
+int LoadSeccompProgram(const sock_fprog* program);
+
+}  // namespace ralph::sandbox

@@ -1,0 +1,132 @@
+// SandboxService: the long-running owner of all sandboxes of a process
+// (ralphd embeds one; `ralph-sandbox run` makes one for a single job).
+//
+// Lifecycle of a job: Create (validate, plan, make the job's upper volume
+// and cgroup) -> Run (clone3 the job into its namespaces, set up its
+// network, let it exec) -> Wait (drain stdout/stderr, enforce the timeout,
+// reap, report) -> Destroy (kill anything left, remove network, cgroup,
+// volume and state directory). Kill may be called at any time.
+//
+// Jobs are spawned in-process: no helper binary is executed. The service is
+// not thread-safe (ralphd drives it from one event loop); Run must be called
+// from a thread that outlives the job, because the job's parent-death signal
+// follows that thread.
+#pragma once
+
+#include <sys/resource.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "platform/result.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/plan.h"
+#include "sandbox/seccomp.h"
+#include "sandbox/spec.h"
+#include "sandbox/storage.h"
+
+namespace ralph::sandbox {
+
+// Creates a job's network between clone and exec (see job_network.h). The
+// production one wraps JobNetwork::Create; tests may inject fakes.
+class NetworkProviderInterface {
+ public:
+  virtual ~NetworkProviderInterface() = default;
+  virtual Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
+                                                     const NetworkSpec& spec) = 0;
+};
+
+// The JobNetwork implementation from sandbox/net when it is linked in, else
+// nullptr (jobs with network.enabled then fail with kUnsupported).
+std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface* events);
+
+struct ServiceOptions {
+  // Per-job state directories and upper-layer images live here (on VAR).
+  std::string state_dir;
+  // Names the service's cgroup parent and prefixes job names; make it unique
+  // per service instance ("ralph-sandbox-<pid>").
+  std::string name;
+  IdMapping ids;
+  // AUDIT_ARCH_* of the running architecture (ralph::arch::SeccompAuditArch());
+  // 0: the architecture this binary was built for.
+  uint32_t seccomp_audit_arch = 0;
+  // Emptied upper volumes kept mounted for the next job (0: none; every job
+  // then makes and destroys its own).
+  size_t max_pooled_volumes = 16;
+  // Output kept per stream; the rest is counted and dropped.
+  size_t output_limit_bytes = 16u << 20;
+};
+
+enum class Termination { kExited, kSignaled, kTimedOut, kKilled };
+
+struct JobResult {
+  Termination termination = Termination::kExited;
+  int exit_code = -1;  // kExited
+  int signal = 0;      // kSignaled/kTimedOut/kKilled: the signal that ended PID 1
+  rusage usage{};      // of the job's PID 1 and its reaped descendants
+  CgroupUsage cgroup;
+  std::string stdout_data;  // with a pty: everything the terminal printed
+  std::string stderr_data;
+  uint64_t output_dropped_bytes = 0;
+  std::chrono::nanoseconds wall{0};
+};
+
+using JobId = std::string;
+
+class SandboxService {
+ public:
+  // `cgroups`: the manager from DetectCgroups() (or a specific version);
+  // `network`: may be null (then only network-disabled specs run).
+  static Result<std::unique_ptr<SandboxService>> Create(
+      ServiceOptions options, std::unique_ptr<CgroupManagerInterface> cgroups,
+      std::unique_ptr<NetworkProviderInterface> network);
+  ~SandboxService();  // destroys every job left
+
+  Result<JobId> CreateJob(const SandboxSpec& spec);
+  Result<void> Run(const JobId& id);
+  // Blocks until the job has exited (or its timeout killed it) and its
+  // output is drained. Once per job.
+  Result<JobResult> Wait(const JobId& id);
+  // SIGKILLs the whole job (its PID 1, so the pid namespace, and the cgroup).
+  Result<void> Kill(const JobId& id);
+  // Tears everything down; idempotent for a known id.
+  Result<void> Destroy(const JobId& id);
+
+  // Host path of the job's workspace (in its upper layer), for collecting
+  // results after Wait and before Destroy.
+  Result<std::string> WorkspacePath(const JobId& id) const;
+  // A pidfd for the job's PID 1 (readable when it exits), for event loops.
+  Result<int> PidFd(const JobId& id) const;
+
+  size_t job_count() const { return jobs_.size(); }
+  CgroupVersion cgroup_version() const { return cgroups_->version(); }
+  int landlock_abi() const { return landlock_abi_; }
+
+  struct Job;
+
+ private:
+  SandboxService(ServiceOptions options, std::unique_ptr<CgroupManagerInterface> cgroups,
+                 std::unique_ptr<NetworkProviderInterface> network, SeccompProgram seccomp,
+                 int landlock_abi);
+  Result<Job*> Find(const JobId& id) const;
+  Result<void> Teardown(Job& job);
+
+  ServiceOptions options_;
+  std::unique_ptr<CgroupManagerInterface> cgroups_;
+  std::unique_ptr<NetworkProviderInterface> network_;
+  std::unique_ptr<LoopVolumeFactory> volumes_;
+  SeccompProgram seccomp_;
+  int landlock_abi_;
+  int last_cap_;
+  uint64_t next_job_ = 1;
+  std::map<JobId, std::unique_ptr<Job>> jobs_;
+};
+
+std::string_view TerminationName(Termination termination);
+
+}  // namespace ralph::sandbox

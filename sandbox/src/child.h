@@ -1,0 +1,70 @@
+// The code the job's child runs between clone3() and execve() (private).
+//
+// The child is a copy of a possibly multi-threaded service made with a raw
+// clone3 (no atfork handlers), so it must not allocate, lock or log: every
+// string and array it needs is prepared by the parent in a ChildPlan, and it
+// only makes syscalls. A failure is reported to the parent as one
+// ChildFailure record on `error_fd`; a successful execve closes that fd
+// (O_CLOEXEC), which the parent reads as EOF.
+#pragma once
+
+#include <linux/filter.h>
+#include <sys/capability.h>
+
+#include <string_view>
+#include <vector>
+
+#include "sandbox/plan.h"
+
+namespace ralph::sandbox {
+
+enum class ChildStep : int {
+  kWaitForParent = 1,
+  kSetIds,
+  kCgroupNamespace,
+  kMakePrivate,
+  kMount,
+  kPivotRoot,
+  kHostname,
+  kLoopback,
+  kRlimits,
+  kStdio,
+  kCwd,
+  kCapabilities,
+  kNoNewPrivs,
+  kLandlock,
+  kParentDeath,
+  kSeccomp,
+  kExec,
+};
+std::string_view ChildStepName(ChildStep step);
+
+struct ChildFailure {
+  int step;
+  int err;
+  int op_index;  // the mount op that failed, for kMount
+};
+
+struct ChildPlan {
+  int sync_fd = -1;   // read: one byte from the parent = go
+  int error_fd = -1;  // write: ChildFailure on error
+  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;
+  bool controlling_tty = false;    // stdio is a pty slave: setsid + TIOCSCTTY
+  bool unshare_cgroup_ns = false;  // v1: enter a cgroup namespace after attach
+  const std::vector<MountOp>* mounts = nullptr;
+  const char* root = nullptr;
+  const char* hostname = nullptr;
+  const std::vector<RlimitSetting>* rlimits = nullptr;
+  const char* cwd = nullptr;
+  int last_cap = 0;
+  cap_t empty_caps = nullptr;
+  int landlock_abi = 0;
+  const sock_fprog* seccomp = nullptr;
+  const std::vector<const char*>* exec_candidates = nullptr;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+};
+
+[[noreturn]] void RunChild(const ChildPlan& plan);
+
+}  // namespace ralph::sandbox

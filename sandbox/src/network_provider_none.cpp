@@ -1,0 +1,11 @@
+// Builds without sandbox/net: no network provider, so jobs must disable
+// their network (CreateJob says so). See network_provider_net.cpp.
+#include "sandbox/service.h"
+
+namespace ralph::sandbox {
+
+std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface*) {
+  return nullptr;
+}
+
+}  // namespace ralph::sandbox

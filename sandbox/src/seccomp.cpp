@@ -1,0 +1,134 @@
+#include "sandbox/seccomp.h"
+
+#include <linux/audit.h>
+#include <linux/seccomp.h>
+#include <seccomp.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "platform/unique_fd.h"
+
+namespace ralph::sandbox {
+namespace {
+
+struct ScmpFilterDeleter {
+  void operator()(scmp_filter_ctx ctx) const { seccomp_release(ctx); }
+};
+using ScopedScmpFilter = std::unique_ptr<void, ScmpFilterDeleter>;
+
+Error ScmpError(std::string_view what, int rc) {
+  return Error::FromErrno(ErrorCode::kInternal, what, -rc);
+}
+
+}  // namespace
+
+SeccompProgram::SeccompProgram(std::vector<sock_filter> filter, std::vector<std::string> skipped)
+    : filter_(std::move(filter)), skipped_(std::move(skipped)) {
+  fprog_.len = static_cast<unsigned short>(filter_.size());
+  fprog_.filter = filter_.data();
+}
+
+SeccompProgram::SeccompProgram(SeccompProgram&& other) noexcept
+    : filter_(std::move(other.filter_)), skipped_(std::move(other.skipped_)) {
+  fprog_.len = static_cast<unsigned short>(filter_.size());
+  fprog_.filter = filter_.data();
+}
+
+SeccompProgram& SeccompProgram::operator=(SeccompProgram&& other) noexcept {
+  filter_ = std::move(other.filter_);
+  skipped_ = std::move(other.skipped_);
+  fprog_.len = static_cast<unsigned short>(filter_.size());
+  fprog_.filter = filter_.data();
+  return *this;
+}
+
+Result<SeccompProgram> SeccompProgram::Compile(const SeccompPolicy& policy, uint32_t audit_arch) {
+  if (audit_arch == 0) audit_arch = seccomp_arch_native();
+  if (audit_arch != AUDIT_ARCH_X86_64 && audit_arch != AUDIT_ARCH_AARCH64)
+    return Error::Make(ErrorCode::kUnsupported,
+                       fmt::format("seccomp: unsupported audit arch {:#x}", audit_arch));
+  const auto& denied = AlwaysDeniedSyscalls();
+  for (const SeccompRule& rule : policy.rules) {
+    bool is_denied = std::find(denied.begin(), denied.end(), rule.syscall) != denied.end();
+    if (is_denied && rule.alternatives.empty() && rule.errno_value == 0)
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("seccomp policy: {} must never be allowed unconditionally", rule.syscall));
+  }
+  ScopedScmpFilter ctx(seccomp_init(SCMP_ACT_ERRNO(static_cast<uint32_t>(policy.default_errno))));
+  if (!ctx) return Error::Make(ErrorCode::kInternal, "seccomp_init failed");
+  int rc;
+  // Another architecture's calls (x32 or 32-bit compat on the same CPU) are
+  // an escape attempt: kill.
+  if ((rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0)
+    return ScmpError("seccomp_attr_set BADARCH", rc);
+  if (seccomp_arch_native() != audit_arch) {
+    if ((rc = seccomp_arch_add(ctx.get(), audit_arch)) < 0)
+      return ScmpError("seccomp_arch_add", rc);
+    if ((rc = seccomp_arch_remove(ctx.get(), SCMP_ARCH_NATIVE)) < 0)
+      return ScmpError("seccomp_arch_remove", rc);
+  }
+  std::vector<std::string> skipped;
+  for (const SeccompRule& rule : policy.rules) {
+    int target_nr = seccomp_syscall_resolve_name_arch(audit_arch, rule.syscall.c_str());
+    if (target_nr == __NR_SCMP_ERROR) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("seccomp policy: unknown syscall '{}'", rule.syscall));
+    }
+    if (target_nr < 0) {  // a libseccomp pseudo-number: this arch lacks it
+      skipped.push_back(rule.syscall);
+      continue;
+    }
+    // Rules take the syscall number of the native architecture (or its
+    // pseudo-number); libseccomp translates it by name for the filter's arch.
+    int nr = seccomp_syscall_resolve_name(rule.syscall.c_str());
+    uint32_t action = rule.errno_value == 0
+                          ? SCMP_ACT_ALLOW
+                          : SCMP_ACT_ERRNO(static_cast<uint32_t>(rule.errno_value));
+    if (rule.alternatives.empty()) {
+      if ((rc = seccomp_rule_add(ctx.get(), action, nr, 0)) < 0)
+        return ScmpError(fmt::format("seccomp_rule_add {}", rule.syscall), rc);
+      continue;
+    }
+    for (const ArgMaskedEq& cond : rule.alternatives) {
+      scmp_arg_cmp cmp{cond.index, SCMP_CMP_MASKED_EQ, cond.mask, cond.value};
+      if ((rc = seccomp_rule_add_array(ctx.get(), action, nr, 1, &cmp)) < 0)
+        return ScmpError(fmt::format("seccomp_rule_add {} (arg{} & {:#x} == {:#x})", rule.syscall,
+                                     cond.index, cond.mask, cond.value),
+                         rc);
+    }
+  }
+  // libseccomp 2.5 exports only to an fd; a memfd keeps it in memory.
+  UniqueFd memfd(static_cast<int>(::memfd_create("ralph-seccomp", MFD_CLOEXEC)));
+  if (!memfd) return Error::FromErrno("memfd_create", errno);
+  if ((rc = seccomp_export_bpf(ctx.get(), memfd.get())) < 0)
+    return ScmpError("seccomp_export_bpf", rc);
+  off_t size = ::lseek(memfd.get(), 0, SEEK_END);
+  if (size <= 0 || size % static_cast<off_t>(sizeof(sock_filter)) != 0)
+    return Error::Make(ErrorCode::kInternal,
+                       fmt::format("seccomp_export_bpf wrote {} bytes", size));
+  std::vector<sock_filter> filter(static_cast<size_t>(size) / sizeof(sock_filter));
+  if (::pread(memfd.get(), filter.data(), static_cast<size_t>(size), 0) != size)
+    return Error::FromErrno("reading the exported seccomp program", errno);
+  if (filter.size() > BPF_MAXINSNS)
+    return Error::Make(ErrorCode::kInternal,
+                       fmt::format("seccomp program has {} instructions", filter.size()));
+  return SeccompProgram(std::move(filter), std::move(skipped));
+}
+
+int LoadSeccompProgram(const sock_fprog* program) {
+  // Raw syscall: glibc has no seccomp() wrapper, and prctl(PR_SET_SECCOMP)
+  // cannot pass SECCOMP_FILTER_FLAG_LOG.
+  if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG, program) != 0)
+    return errno;
+  return 0;
+}
+
+}  // namespace ralph::sandbox

@@ -1,0 +1,138 @@
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "services/ralphctl/command.h"
+
+namespace ralph::ralphctl {
+namespace {
+
+void PrintHelp(FILE* to) {
+  fmt::print(to, "usage: ralphctl <command> [arguments]\n\ncommands:\n");
+  for (const Command& command : Commands()) {
+    fmt::print(to, "  {:<10} {}\n", command.name, command.summary);
+  }
+  fmt::print(to, "\n`ralphctl <command> --help` describes a command.\n");
+}
+
+}  // namespace
+
+std::optional<std::string> ParsedArgs::Value(std::string_view name) const {
+  auto it = options.find(name);
+  if (it == options.end()) return std::nullopt;
+  return it->second;
+}
+
+Result<ParsedArgs> ParseArgs(std::span<const std::string> args, std::span<const OptionSpec> specs) {
+  ParsedArgs parsed;
+  bool options_done = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (options_done || arg.size() < 2 || arg[0] != '-') {
+      parsed.positional.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      options_done = true;
+      continue;
+    }
+    std::string name = arg;
+    std::optional<std::string> inline_value;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      inline_value = arg.substr(eq + 1);
+    }
+    const OptionSpec* spec = nullptr;
+    for (const OptionSpec& candidate : specs) {
+      if (candidate.name == name) spec = &candidate;
+    }
+    if (!spec) {
+      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("unknown option {}", name));
+    }
+    if (!spec->takes_value) {
+      if (inline_value) {
+        return Error::Make(ErrorCode::kInvalidArgument,
+                           fmt::format("option {} takes no value", name));
+      }
+      parsed.options[name] = "";
+      continue;
+    }
+    if (inline_value) {
+      parsed.options[name] = *inline_value;
+    } else if (i + 1 < args.size()) {
+      parsed.options[name] = args[++i];
+    } else {
+      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("option {} needs a value", name));
+    }
+  }
+  return parsed;
+}
+
+int UsageError(std::string_view command, std::string_view message) {
+  std::string_view top = command.substr(0, command.find(' '));
+  fmt::print(stderr, "ralphctl {}: {}\n(see `ralphctl {} --help`)\n", command, message, top);
+  return kExitUsage;
+}
+
+int Failed(std::string_view command, const Error& error) {
+  // Library errors carry their own context ("mark-active: slot A: ...");
+  // the command name is added only when the message does not start with it.
+  std::string_view verb = command.substr(command.find(' ') + 1);
+  if (error.message().rfind(std::string(verb) + ":", 0) == 0) {
+    fmt::print(stderr, "ralphctl: {}\n", error.ToString());
+  } else {
+    fmt::print(stderr, "ralphctl {}: {}\n", command, error.ToString());
+  }
+  return kExitFailed;
+}
+
+Result<void> UseEfivarsDirectory(const Invocation& invocation, const std::string& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    return Error::FromErrno(fmt::format("--efivars {}", dir), errno);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("--efivars {}: not a directory", dir));
+  }
+  std::string path = dir.back() == '/' ? dir : dir + "/";
+  const char* current = std::getenv("EFIVARFS_PATH");
+  if (current && path == current) return {};
+  if (::setenv("EFIVARFS_PATH", path.c_str(), 1) != 0) {
+    return Error::FromErrno("setenv EFIVARFS_PATH", errno);
+  }
+  // libefivar picked its backend before main(); only a fresh process image
+  // sees the new value (platform/efivar_store.h).
+  std::vector<char*> argv;
+  for (const std::string& arg : invocation.argv) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  ::execv("/proc/self/exe", argv.data());
+  return Error::FromErrno("re-executing ralphctl with EFIVARFS_PATH set: execv /proc/self/exe",
+                          errno);
+}
+
+int Main(const Invocation& invocation) {
+  if (invocation.argv.size() < 2) {
+    PrintHelp(stderr);
+    return kExitUsage;
+  }
+  std::string_view name = invocation.argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    PrintHelp(stdout);
+    return kExitOk;
+  }
+  std::span<const std::string> args(invocation.argv);
+  for (const Command& command : Commands()) {
+    if (command.name == name) return command.run(invocation, args.subspan(2));
+  }
+  fmt::print(stderr, "ralphctl: unknown command \"{}\"\n", name);
+  PrintHelp(stderr);
+  return kExitUsage;
+}
+
+}  // namespace ralph::ralphctl

@@ -1,0 +1,19 @@
+// The command table: one line per top-level command.
+#include "services/ralphctl/command.h"
+
+namespace ralph::ralphctl {
+
+namespace {
+
+constexpr Command kCommands[] = {
+    {"boot", "show and change the A/B boot state (try, commit, mark bad, recovery, repair)",
+     RunBootCommand},
+};
+
+}  // namespace
+
+std::span<const Command> Commands() {
+  return kCommands;
+}
+
+}  // namespace ralph::ralphctl

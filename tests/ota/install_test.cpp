@@ -1,0 +1,279 @@
+// Integration: the slot writer on loop-device slots with the real slot
+// manager over a directory EFI store. A good bundle installs and verifies;
+// every bad input is refused with a clear error and slot B never goes on
+// trial.
+#include <fcntl.h>
+#include <sys/file.h>
+
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include "install_fixture.h"
+#include "platform/sha256.h"
+#include "services/ota/esp.h"
+
+namespace ralph::ota::testing {
+namespace {
+
+class InstallTest : public ApplianceFixture {
+ protected:
+  // Installs `bundle` as booted from A and expects refusal with `code` and a
+  // message containing `message_part`, then checks the slots are safe.
+  void ExpectRefused(const std::string& bundle, ErrorCode code, const std::string& message_part,
+                     InstallOptions* options = nullptr) {
+    auto report = InstallAs(bundle, 'a', options);
+    ASSERT_FALSE(report.has_value()) << "installed: " << bundle;
+    EXPECT_EQ(report.error().code(), code) << report.error().ToString();
+    EXPECT_NE(report.error().message().find(message_part), std::string::npos)
+        << report.error().message();
+    boot::SlotState record = Record();
+    EXPECT_NE(record.b.status, boot::SlotStatus::kTrial);
+    EXPECT_NE(record.b.status, boot::SlotStatus::kGood);
+    ExpectSafe({}, {});
+    // The status file reports the failure.
+    auto status = ReadStatusFile(dir_ / "ota-status.json");
+    ASSERT_TRUE(status.has_value()) << status.error().ToString();
+    EXPECT_EQ(status->phase, InstallPhase::kFailed);
+    EXPECT_NE(status->error.find(message_part), std::string::npos) << status->error;
+  }
+
+  // Rewrites `bundle` with `mutate` applied to its bytes.
+  void Mutate(const std::string& bundle, const std::function<void(std::vector<uint8_t>&)>& mutate) {
+    auto bytes = ReadFileBytes(bundle);
+    mutate(bytes);
+    WriteFile(bundle, bytes);
+  }
+};
+
+TEST_F(InstallTest, GoodBundleInstallsVerifiesAndArmsTrial) {
+  BundleSpec spec = DefaultSpec(1);
+  std::string bundle = MakeBundle("good.rbundle", spec);
+  std::vector<InstallStatus> seen;
+  InstallOptions options = Options(bundle);
+  options.on_progress = [&](const InstallStatus& s) { seen.push_back(s); };
+  auto report = InstallAs(bundle, 'a', &options);
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  EXPECT_EQ(report->target, boot::Slot::kB);
+  EXPECT_EQ(report->stats.bytes_written, spec.rootfs.size());
+  EXPECT_NE(report->signer.subject.find("RalphOS test signer"), std::string::npos);
+
+  boot::SlotState record = Record();
+  EXPECT_EQ(record.b.status, boot::SlotStatus::kTrial);
+  EXPECT_EQ(record.b.version.ToString(), "2.0.0");
+  EXPECT_EQ(record.b.digest, *Sha256::Of(spec.rootfs));
+  EXPECT_EQ(ReadSlot(boot::Slot::kB, spec.rootfs.size()), spec.rootfs);
+  auto esp = EspDigest("EFI/ralph/b.efi");
+  ASSERT_TRUE(esp.has_value()) << esp.error().ToString();
+  EXPECT_EQ(*esp, *Sha256::Of(spec.uki));
+  ExpectSafe(spec.rootfs, spec.uki);  // A still committed; B armed only because verified
+
+  // Progress went through the phases in order and ended done.
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.back().phase, InstallPhase::kDone);
+  EXPECT_EQ(seen.back().bytes_done, seen.back().bytes_total);
+  auto status = ReadStatusFile(dir_ / "ota-status.json");
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(status->phase, InstallPhase::kDone);
+  EXPECT_EQ(status->target_slot, "B");
+
+  // Installing the same bundle again writes nothing (adaptive).
+  auto again = InstallAs(bundle);
+  ASSERT_TRUE(again.has_value()) << again.error().ToString();
+  EXPECT_EQ(again->stats.bytes_written, 0u);
+  EXPECT_EQ(again->stats.bytes_skipped, spec.rootfs.size());
+  EXPECT_EQ(Record().b.status, boot::SlotStatus::kTrial);
+}
+
+TEST_F(InstallTest, RefusesWrongSignature) {
+  std::string bundle = MakeBundle("b.rbundle", DefaultSpec());
+  // The same trusted signer, but a signature over other bytes.
+  auto other = SignDetached(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>("x"), 1),
+                            signer_.cert_path, signer_.key_path);
+  ASSERT_TRUE(other.has_value());
+  Mutate(bundle, [&](std::vector<uint8_t>& bytes) {
+    BundleHeader h = *DecodeBundleHeader(bytes, bytes.size());
+    std::vector<uint8_t> rebuilt(bytes.begin(), bytes.begin() + h.signature_offset());
+    rebuilt.insert(rebuilt.end(), other->begin(), other->end());
+    rebuilt.insert(rebuilt.end(), bytes.begin() + h.signature_end(), bytes.end());
+    h.signature_length = other->size();
+    auto header = EncodeBundleHeader(h);
+    std::copy(header.begin(), header.end(), rebuilt.begin());
+    bytes = rebuilt;
+  });
+  ExpectRefused(bundle, ErrorCode::kVerificationFailed, "does not match the manifest");
+  EXPECT_EQ(Record().b.status, boot::SlotStatus::kEmpty);  // nothing touched
+}
+
+TEST_F(InstallTest, RefusesSignerNotInKeyring) {
+  KeyPair rogue_ca = MakeCa(dir_.path(), "rogue-ca");
+  BundleSpec spec = DefaultSpec();
+  spec.signer = MakeSigner(dir_.path(), "rogue", rogue_ca);
+  ExpectRefused(MakeBundle("b.rbundle", spec), ErrorCode::kVerificationFailed,
+                "is not trusted by keyring");
+}
+
+TEST_F(InstallTest, RefusesExpiredSigner) {
+  BundleSpec spec = DefaultSpec();
+  CertOptions expired;
+  expired.not_before_days = -100;
+  expired.not_after_days = -2;
+  spec.signer = MakeSigner(dir_.path(), "expired", ca_, expired);
+  ExpectRefused(MakeBundle("b.rbundle", spec), ErrorCode::kVerificationFailed,
+                "certificate has expired");
+}
+
+TEST_F(InstallTest, RefusesManifestTamperedAfterSigning) {
+  std::string bundle = MakeBundle("b.rbundle", DefaultSpec());
+  Mutate(bundle, [](std::vector<uint8_t>& bytes) {
+    std::string text(bytes.begin(), bytes.begin() + 4096);
+    size_t at = text.find("<version>2.0.0");
+    ASSERT_NE(at, std::string::npos);
+    bytes[at + 9] = '9';
+  });
+  ExpectRefused(bundle, ErrorCode::kVerificationFailed, "does not match the manifest");
+}
+
+TEST_F(InstallTest, RefusesFlippedPayloadByteAtStartMiddleAndLastChunk) {
+  BundleSpec spec = DefaultSpec();
+  std::string clean = MakeBundle("clean.rbundle", spec);
+  auto source = FileSource::Open(clean);
+  auto keyring = Keyring::Load(keyring_);
+  auto opened = OpenBundle(**source, *keyring);
+  ASSERT_TRUE(opened.has_value());
+  const Payload& rootfs = *opened->manifest.Find(PayloadType::kSystemImage);
+  uint64_t last = rootfs.ChunkCount() - 1;
+  for (uint64_t chunk : {uint64_t{0}, rootfs.ChunkCount() / 2, last}) {
+    std::string bundle = dir_ / "flipped.rbundle";
+    std::filesystem::copy_file(clean, bundle, std::filesystem::copy_options::overwrite_existing);
+    Mutate(bundle, [&](std::vector<uint8_t>& bytes) {
+      bytes[rootfs.offset + chunk * rootfs.chunk_size + rootfs.ChunkLength(chunk) - 1] ^= 0x80;
+    });
+    ExpectRefused(bundle, ErrorCode::kVerificationFailed,
+                  fmt::format("writing slot B: rootfs chunk {} (bytes", chunk));
+    // Started writing, so B is marked `writing`: never bootable half-written.
+    EXPECT_EQ(Record().b.status, boot::SlotStatus::kWriting);
+  }
+  // A flipped byte in the kernel image is caught as well, still before trial.
+  std::string bundle = dir_ / "flipped-uki.rbundle";
+  std::filesystem::copy_file(clean, bundle, std::filesystem::copy_options::overwrite_existing);
+  const Payload& uki = *opened->manifest.Find(PayloadType::kUki);
+  Mutate(bundle, [&](std::vector<uint8_t>& bytes) { bytes[uki.offset + 100] ^= 1; });
+  ExpectRefused(bundle, ErrorCode::kVerificationFailed, "uki chunk 0 (bytes");
+  // The clean bundle then completes the install.
+  auto report = InstallAs(clean);
+  ASSERT_TRUE(report.has_value()) << report.error().ToString();
+  ExpectSafe(spec.rootfs, spec.uki);
+}
+
+TEST_F(InstallTest, RefusesTruncatedBundle) {
+  std::string bundle = MakeBundle("b.rbundle", DefaultSpec());
+  Mutate(bundle, [](std::vector<uint8_t>& bytes) { bytes.resize(bytes.size() - 5000); });
+  ExpectRefused(bundle, ErrorCode::kCorrupt, "bundle is truncated: payload 'uki' ends at byte");
+  Mutate(bundle, [](std::vector<uint8_t>& bytes) { bytes.resize(200); });
+  ExpectRefused(bundle, ErrorCode::kCorrupt, "bundle is truncated");
+}
+
+TEST_F(InstallTest, RefusesOversizedPayload) {
+  BundleSpec spec = DefaultSpec();
+  spec.rootfs = RandomBytes(kSlotBytes + 4096, 5);
+  ExpectRefused(MakeBundle("b.rbundle", spec), ErrorCode::kNoSpace,
+                "the system image is 16781312 bytes, slot B holds only 16777216");
+  EXPECT_EQ(Record().b.status, boot::SlotStatus::kEmpty);
+}
+
+TEST_F(InstallTest, RefusesWrongArchAndProduct) {
+  BundleSpec arm = DefaultSpec();
+  arm.arch = "aarch64";
+  ExpectRefused(MakeBundle("arm.rbundle", arm), ErrorCode::kRefused,
+                "bundle is for ralphos/aarch64, this device is ralphos/x86_64");
+  BundleSpec other = DefaultSpec();
+  other.product = "toaster";
+  ExpectRefused(MakeBundle("toaster.rbundle", other), ErrorCode::kRefused,
+                "bundle is for toaster/x86_64");
+}
+
+TEST_F(InstallTest, RefusesGarbageManifestEvenWhenSigned) {
+  std::string garbage = "<ralph-bundle format=\"1\"><version>2.0.0</version><<<>>";
+  auto sig = SignDetached(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(garbage.data()), garbage.size()),
+      signer_.cert_path, signer_.key_path);
+  ASSERT_TRUE(sig.has_value());
+  BundleHeader h{.manifest_length = garbage.size(), .signature_length = sig->size()};
+  auto header = EncodeBundleHeader(h);
+  std::vector<uint8_t> bytes(header.begin(), header.end());
+  bytes.insert(bytes.end(), garbage.begin(), garbage.end());
+  bytes.insert(bytes.end(), sig->begin(), sig->end());
+  std::string bundle = dir_ / "garbage.rbundle";
+  WriteFile(bundle, bytes);
+  ExpectRefused(bundle, ErrorCode::kCorrupt, "parsing manifest: manifest is not well-formed XML");
+}
+
+TEST_F(InstallTest, AntiRollbackRefusesDowngradeUnlessOverridden) {
+  // 3.0.0 into B, boot it, commit it: the minimum becomes 3.0.0.
+  BundleSpec v3 = DefaultSpec(3);
+  v3.version = {3, 0, 0};
+  ASSERT_TRUE(InstallAs(MakeBundle("v3.rbundle", v3)).has_value());
+  {
+    boot::SlotManager on_b = Manager('b');
+    ASSERT_TRUE(on_b.OnBoot().has_value());
+    auto good = on_b.MarkGood();
+    ASSERT_TRUE(good.has_value()) << good.error().ToString();
+  }
+  ASSERT_EQ(Record().committed, boot::Slot::kB);
+  ASSERT_EQ(Record().minimum_version.ToString(), "3.0.0");
+
+  BundleSpec v2 = DefaultSpec(2);
+  v2.version = {2, 5, 0};
+  std::string old = MakeBundle("v2.rbundle", v2);
+  auto refused = InstallAs(old, 'b');
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kRefused);
+  EXPECT_NE(refused.error().message().find(
+                "bundle version 2.5.0 is below the minimum allowed version 3.0.0 (anti-rollback)"),
+            std::string::npos)
+      << refused.error().message();
+  EXPECT_NE(Record().a.status, boot::SlotStatus::kTrial);
+
+  InstallOptions override_options = Options(old);
+  override_options.downgrade = DowngradeOverride::kAllow;
+  auto allowed = InstallAs(old, 'b', &override_options);
+  ASSERT_TRUE(allowed.has_value()) << allowed.error().ToString();
+  ASSERT_EQ(allowed->notes.size(), 1u);
+  EXPECT_NE(allowed->notes[0].find("DOWNGRADE OVERRIDE: installing 2.5.0 below the minimum"),
+            std::string::npos);
+  EXPECT_EQ(Record().a.status, boot::SlotStatus::kTrial);
+}
+
+TEST_F(InstallTest, RefusesWhenBootedSlotIsNotCommitted) {
+  BundleSpec spec = DefaultSpec();
+  std::string bundle = MakeBundle("b.rbundle", spec);
+  ASSERT_TRUE(InstallAs(bundle).has_value());
+  // Booted into B on trial, not yet committed.
+  ASSERT_TRUE(Manager('b').OnBoot().has_value());
+  auto refused = InstallAs(bundle, 'b');
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kRefused);
+  EXPECT_NE(refused.error().message().find("the booted slot B is not committed"), std::string::npos)
+      << refused.error().message();
+}
+
+TEST_F(InstallTest, OnlyOneInstallAtATime) {
+  std::string bundle = MakeBundle("b.rbundle", DefaultSpec());
+  InstallOptions options = Options(bundle);
+  UniqueFd held(::open(options.lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  ASSERT_TRUE(held.valid());
+  ASSERT_EQ(::flock(held.get(), LOCK_EX), 0);
+  auto busy = InstallAs(bundle, 'a', &options);
+  ASSERT_FALSE(busy.has_value());
+  EXPECT_EQ(busy.error().code(), ErrorCode::kBusy);
+  EXPECT_NE(busy.error().message().find("another update is being installed"), std::string::npos);
+  EXPECT_EQ(Record().b.status, boot::SlotStatus::kEmpty);
+}
+
+}  // namespace
+}  // namespace ralph::ota::testing
+
+int main(int argc, char** argv) {
+  return ralph::ota::testing::RunWithEfivarDirectory(argc, argv);
+}

@@ -1,0 +1,250 @@
+// SandboxService on the real kernel: positive cases (the workspace result is
+// collected, limits raised by the spec take effect), lifecycle (timeout,
+// kill, pty, errors), and cgroup v2 where the host has it.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <sstream>
+
+#include "sandbox_fixture.h"
+
+namespace ralph::sandbox::testing {
+namespace {
+
+using ServiceTest = SandboxFixture;
+
+TEST_F(ServiceTest, JobWritesItsWorkspaceAndTheResultIsCollected) {
+  SandboxSpec spec = Spec(
+      {"sh", "-c", "echo \"$GREETING from $(pwd)\" > result.txt; echo out; echo err >&2; exit 7"});
+  spec.env.push_back("GREETING=hello");
+  auto id = service_->CreateJob(spec);
+  ASSERT_TRUE(id) << id.error().ToString();
+  ASSERT_TRUE(service_->Run(*id));
+  auto result = service_->Wait(*id);
+  ASSERT_TRUE(result) << result.error().ToString();
+  EXPECT_EQ(result->termination, Termination::kExited);
+  EXPECT_EQ(result->exit_code, 7);
+  EXPECT_EQ(result->stdout_data, "out\n");
+  EXPECT_EQ(result->stderr_data, "err\n");
+  auto workspace = service_->WorkspacePath(*id);
+  ASSERT_TRUE(workspace);
+  EXPECT_EQ(ReadHostFile(*workspace + "/result.txt"), "hello from /work\n");
+  std::string job_dir = work_ + "/state/jobs/" + *id;
+  EXPECT_EQ(::access(job_dir.c_str(), F_OK), 0);
+  ASSERT_TRUE(service_->Destroy(*id));
+  EXPECT_NE(::access(job_dir.c_str(), F_OK), 0);
+  EXPECT_NE(::access(workspace->c_str(), F_OK), 0);
+  auto again = service_->Destroy(*id);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code(), ErrorCode::kNotFound);
+}
+
+TEST_F(ServiceTest, ReadWriteBindIsSharedWithTheHost) {
+  SandboxSpec spec = Spec({"sh", "-c", "cat /shared/in && echo done > /shared/out"});
+  WriteHostFile(host_ + "/shared/in", "input\n");
+  spec.binds.push_back({host_ + "/shared", "/shared", BindAccess::kReadWrite});
+  JobResult result = RunJob(spec);
+  EXPECT_EQ(result.exit_code, 0) << Describe(result);
+  EXPECT_EQ(result.stdout_data, "input\n");
+  EXPECT_EQ(ReadHostFile(host_ + "/shared/out"), "done\n");
+}
+
+TEST_F(ServiceTest, LimitsRaisedBySpecTakeEffect) {
+  JobResult result = RunJob(Spec({"sh", "-c", "ulimit -n; ulimit -c"}));
+  EXPECT_EQ(result.stdout_data, "1024\n0\n") << Describe(result);
+  SandboxSpec spec = Spec({"sh", "-c", "ulimit -n"});
+  spec.limits.open_files = 4096;
+  result = RunJob(spec);
+  EXPECT_EQ(result.stdout_data, "4096\n") << Describe(result);
+  // More processes than the default 256 once pids is raised.
+  spec = Probe({"fork-bomb", "300"});
+  spec.limits.pids = 400;
+  result = RunJob(spec);
+  int forked = 0;
+  ASSERT_EQ(std::sscanf(result.stdout_data.c_str(), "forked %d", &forked), 1) << Describe(result);
+  EXPECT_GT(forked, 300) << Describe(result);
+  // A larger disk holds more than the smaller one did.
+  spec = Probe({"disk-fill", "/work/fill"});
+  spec.limits.disk_bytes = 64ull << 20;
+  spec.limits.file_size_bytes = 1ull << 30;
+  result = RunJob(spec);
+  unsigned long long mib = 0;
+  ASSERT_EQ(std::sscanf(result.stdout_data.c_str(), "wrote %llu MiB", &mib), 1) << Describe(result);
+  EXPECT_GT(mib, 40u) << Describe(result);
+  EXPECT_LE(mib, 64u) << Describe(result);
+}
+
+TEST_F(ServiceTest, Timeout) {
+  SandboxSpec spec = Spec({"sleep", "30"});
+  spec.timeout = std::chrono::milliseconds(200);
+  JobResult result = RunJob(spec);
+  EXPECT_EQ(result.termination, Termination::kTimedOut) << Describe(result);
+  EXPECT_EQ(result.signal, SIGKILL);
+}
+
+TEST_F(ServiceTest, KillTakesTheWholeJob) {
+  // A job with background children: killing it leaves nothing.
+  auto id = service_->CreateJob(Spec({"sh", "-c", "sleep 60 & sleep 60 & sleep 60"}));
+  ASSERT_TRUE(id);
+  ASSERT_TRUE(service_->Run(*id));
+  ASSERT_TRUE(service_->Kill(*id));
+  auto result = service_->Wait(*id);
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->termination, Termination::kKilled);
+  ASSERT_TRUE(service_->Destroy(*id));
+}
+
+TEST_F(ServiceTest, Pty) {
+  SandboxSpec spec = Spec({"sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty"});
+  spec.stdio = StdioMode::kPty;
+  JobResult result = RunJob(spec);
+  EXPECT_EQ(result.exit_code, 0) << Describe(result);
+  EXPECT_NE(result.stdout_data.find("on-a-tty"), std::string::npos) << Describe(result);
+}
+
+TEST_F(ServiceTest, ResourceUsageIsReported) {
+  JobResult result = RunJob(Spec({"sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"}));
+  EXPECT_EQ(result.exit_code, 0) << Describe(result);
+  EXPECT_GT(result.cgroup.cpu_usage_ns, 0u);
+  EXPECT_GT(result.cgroup.memory_peak_bytes, 0u);
+  EXPECT_GT(result.usage.ru_utime.tv_sec * 1000000 + result.usage.ru_utime.tv_usec, 0);
+  EXPECT_GT(result.wall.count(), 0);
+}
+
+TEST_F(ServiceTest, CommandNotFoundIsAClearError) {
+  auto id = service_->CreateJob(Spec({"/no/such/command"}));
+  ASSERT_TRUE(id);
+  auto run = service_->Run(*id);
+  ASSERT_FALSE(run);
+  EXPECT_EQ(run.error().code(), ErrorCode::kNotFound);
+  EXPECT_NE(run.error().message().find("executing the command '/no/such/command'"),
+            std::string::npos)
+      << run.error().ToString();
+  ASSERT_TRUE(service_->Destroy(*id));
+}
+
+TEST_F(ServiceTest, BadSpecsAreRejectedWithTheField) {
+  SandboxSpec spec = Spec({"true"});
+  spec.binds.push_back({host_ + "/missing", "/missing", BindAccess::kReadOnly});
+  auto id = service_->CreateJob(spec);
+  ASSERT_FALSE(id);
+  EXPECT_NE(id.error().message().find("binds[2].source"), std::string::npos)
+      << id.error().ToString();
+  spec = Spec({"true"});
+  spec.base = host_ + "/missing";
+  id = service_->CreateJob(spec);
+  ASSERT_FALSE(id);
+  EXPECT_NE(id.error().message().find("is not a directory"), std::string::npos)
+      << id.error().ToString();
+  spec = Spec({"true"});
+  spec.network.enabled = true;
+  id = service_->CreateJob(spec);
+  ASSERT_FALSE(id);
+  EXPECT_EQ(id.error().code(), ErrorCode::kUnsupported);
+  EXPECT_NE(id.error().message().find("network.enabled"), std::string::npos)
+      << id.error().ToString();
+  EXPECT_EQ(service_->job_count(), 0u);
+  // Nothing of the failed jobs is left.
+  DIR* dir = ::opendir((work_ + "/state/jobs").c_str());
+  ASSERT_NE(dir, nullptr);
+  int entries = 0;
+  while (dirent* e = ::readdir(dir)) entries += e->d_name[0] != '.';
+  ::closedir(dir);
+  EXPECT_EQ(entries, 0);
+}
+
+TEST_F(ServiceTest, LifecycleOrderIsEnforced) {
+  auto id = service_->CreateJob(Spec({"true"}));
+  ASSERT_TRUE(id);
+  auto wait = service_->Wait(*id);
+  ASSERT_FALSE(wait);
+  EXPECT_EQ(wait.error().code(), ErrorCode::kInvalidState);
+  ASSERT_TRUE(service_->Run(*id));
+  auto again = service_->Run(*id);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code(), ErrorCode::kInvalidState);
+  ASSERT_TRUE(service_->Wait(*id));
+  ASSERT_TRUE(service_->Destroy(*id));
+  auto missing = service_->Run("nope");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
+}
+
+// cgroup v2: this host mounts cgroup2 at /sys/fs/cgroup/unified with no
+// controllers (they are on v1), the appliance at /sys/fs/cgroup with all.
+TEST(CgroupV2, CreateAttachKillDestroy) {
+  const std::string mount = "/sys/fs/cgroup/unified";
+  std::string parent = fmt::format("ralph-test-v2-{}", ::getpid());
+  auto manager = OpenCgroupV2(mount, parent);
+  ASSERT_TRUE(manager) << manager.error().ToString();
+  EXPECT_EQ((*manager)->version(), CgroupVersion::kV2);
+  auto job = (*manager)->CreateJob("job", {});
+  ASSERT_TRUE(job) << job.error().ToString();
+  EXPECT_GE((*job)->clone_into_fd(), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  ASSERT_TRUE((*job)->Attach(child));
+  std::string cgroup = SandboxFixture::ReadHostFile(fmt::format("/proc/{}/cgroup", child));
+  EXPECT_NE(cgroup.find(fmt::format("0::/{}/job", parent)), std::string::npos) << cgroup;
+  ASSERT_TRUE((*job)->KillAll());
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(status));
+  EXPECT_EQ(WTERMSIG(status), SIGKILL);
+  ASSERT_TRUE((*job)->Destroy());
+  EXPECT_NE(::access((mount + "/" + parent + "/job").c_str(), F_OK), 0);
+  job->reset();
+  manager->reset();
+  EXPECT_NE(::access((mount + "/" + parent).c_str(), F_OK), 0);
+}
+
+TEST(CgroupV2, LimitsNeedTheirControllers) {
+  const std::string mount = "/sys/fs/cgroup/unified";
+  auto manager = OpenCgroupV2(mount, fmt::format("ralph-test-v2l-{}", ::getpid()));
+  ASSERT_TRUE(manager) << manager.error().ToString();
+  std::string controllers = SandboxFixture::ReadHostFile(mount + "/cgroup.controllers");
+  auto job = (*manager)->CreateJob("job", PlanCgroupSettings(Limits{}, CgroupVersion::kV2));
+  if (controllers.find("memory") == std::string::npos) {
+    // This host: the limit cannot be set, and the job is refused (never
+    // silently unlimited), with nothing left behind.
+    ASSERT_FALSE(job);
+    EXPECT_NE(job.error().message().find("memory.max"), std::string::npos)
+        << job.error().ToString();
+  } else {
+    ASSERT_TRUE(job) << job.error().ToString();
+    EXPECT_EQ(SandboxFixture::ReadHostFile((*job)->paths()[0] + "/memory.max"), "536870912\n");
+    EXPECT_EQ(SandboxFixture::ReadHostFile((*job)->paths()[0] + "/pids.max"), "256\n");
+  }
+}
+
+TEST(CgroupV1, SameLimitsInEveryHierarchy) {
+  auto manager = OpenCgroupV1("/sys/fs/cgroup", fmt::format("ralph-test-v1-{}", ::getpid()));
+  ASSERT_TRUE(manager) << manager.error().ToString();
+  Limits limits;
+  limits.memory_bytes = 100ull << 20;
+  limits.pids = 42;
+  limits.cpu_millis = 500;
+  auto job = (*manager)->CreateJob("job", PlanCgroupSettings(limits, CgroupVersion::kV1));
+  ASSERT_TRUE(job) << job.error().ToString();
+  EXPECT_EQ((*job)->clone_into_fd(), -1);
+  std::string memory, pids, cpu;
+  for (const std::string& path : (*job)->paths()) {
+    if (path.find("/memory/") != std::string::npos) memory = path;
+    if (path.find("/pids/") != std::string::npos) pids = path;
+    if (path.find("/cpu/") != std::string::npos) cpu = path;
+  }
+  EXPECT_EQ(SandboxFixture::ReadHostFile(memory + "/memory.limit_in_bytes"), "104857600\n");
+  EXPECT_EQ(SandboxFixture::ReadHostFile(pids + "/pids.max"), "42\n");
+  EXPECT_EQ(SandboxFixture::ReadHostFile(cpu + "/cpu.cfs_quota_us"), "50000\n");
+  std::vector<std::string> paths = (*job)->paths();
+  ASSERT_TRUE((*job)->Destroy());
+  for (const std::string& path : paths) EXPECT_NE(::access(path.c_str(), F_OK), 0) << path;
+}
+
+}  // namespace
+}  // namespace ralph::sandbox::testing

@@ -1,0 +1,143 @@
+// Stress: 1,000 create/run/destroy cycles and 100 sandboxes alive at once,
+// then zero leaked kernel objects: mounts, loop devices, cgroups, fds,
+// processes of the sandbox uid range (their namespaces die with them).
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <set>
+#include <thread>
+
+#include "sandbox_fixture.h"
+
+namespace ralph::sandbox::testing {
+namespace {
+
+struct KernelObjects {
+  size_t mounts = 0;      // mounts below `work` (other tests mount elsewhere meanwhile)
+  size_t loops = 0;       // loop devices backed by a file under `work`
+  size_t fds = 0;         // our open fds
+  size_t processes = 0;   // processes owned by the sandbox uid range
+  size_t namespaces = 0;  // distinct net namespaces of those processes
+  size_t cgroups = 0;     // cgroup directories named after the test
+  bool operator==(const KernelObjects&) const = default;
+};
+
+size_t CountDir(const std::string& path) {
+  DIR* dir = ::opendir(path.c_str());
+  if (!dir) return 0;
+  size_t count = 0;
+  while (dirent* e = ::readdir(dir)) count += e->d_name[0] != '.';
+  ::closedir(dir);
+  return count;
+}
+
+KernelObjects Count(const std::string& work, const std::string& cgroup_name, const IdMapping& ids) {
+  KernelObjects objects;
+  std::string mountinfo = SandboxFixture::ReadHostFile("/proc/self/mountinfo");
+  for (size_t pos = mountinfo.find(" " + work + "/"); pos != std::string::npos;
+       pos = mountinfo.find(" " + work + "/", pos + 1))
+    ++objects.mounts;
+  DIR* block = ::opendir("/sys/block");
+  while (block) {
+    dirent* e = ::readdir(block);
+    if (!e) break;
+    if (std::string(e->d_name).rfind("loop", 0) != 0) continue;
+    std::string backing =
+        SandboxFixture::ReadHostFile(fmt::format("/sys/block/{}/loop/backing_file", e->d_name));
+    if (backing.rfind(work, 0) == 0) ++objects.loops;
+  }
+  if (block) ::closedir(block);
+  objects.fds = CountDir("/proc/self/fd");
+  std::set<ino_t> netns;
+  DIR* proc = ::opendir("/proc");
+  while (proc) {
+    dirent* e = ::readdir(proc);
+    if (!e) break;
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    struct stat st;
+    if (::stat(fmt::format("/proc/{}", e->d_name).c_str(), &st) != 0 || st.st_uid < ids.host_base ||
+        st.st_uid >= ids.host_base + ids.count)
+      continue;
+    ++objects.processes;
+    if (::stat(fmt::format("/proc/{}/ns/net", e->d_name).c_str(), &st) == 0)
+      netns.insert(st.st_ino);
+  }
+  if (proc) ::closedir(proc);
+  objects.namespaces = netns.size();
+  for (const char* controller : {"memory", "pids", "cpu", "cpuacct", "blkio"}) {
+    std::string command = fmt::format(
+        "find /sys/fs/cgroup/{} -type d -name '{}*' 2>/dev/null | wc -l", controller, cgroup_name);
+    FILE* pipe = ::popen(command.c_str(), "r");
+    unsigned long n = 0;
+    if (pipe && std::fscanf(pipe, "%lu", &n) == 1) objects.cgroups += n;
+    if (pipe) ::pclose(pipe);
+  }
+  return objects;
+}
+
+std::string Show(const KernelObjects& o) {
+  return fmt::format("mounts={} loops={} fds={} processes={} netns={} cgroups={}", o.mounts,
+                     o.loops, o.fds, o.processes, o.namespaces, o.cgroups);
+}
+
+class StressTest : public SandboxFixture {};
+
+TEST_F(StressTest, ThousandCyclesAndHundredAliveLeaveNothing) {
+  std::string cgroup_name = fmt::format("ralph-test-{}", ::getpid());
+  // The baseline is taken with the service already up (its cgroup parents exist).
+  KernelObjects before = Count(work_, cgroup_name, ids_);
+  SandboxSpec spec = Spec({"/bin/true"});
+  for (int i = 0; i < 1000; ++i) {
+    auto id = service_->CreateJob(spec);
+    ASSERT_TRUE(id) << "cycle " << i << ": " << id.error().ToString();
+    ASSERT_TRUE(service_->Run(*id)) << "cycle " << i;
+    auto result = service_->Wait(*id);
+    ASSERT_TRUE(result) << "cycle " << i;
+    ASSERT_EQ(result->exit_code, 0) << "cycle " << i << ": " << Describe(*result);
+    ASSERT_TRUE(service_->Destroy(*id)) << "cycle " << i;
+  }
+  KernelObjects after_cycles = Count(work_, cgroup_name, ids_);
+  // The pool keeps at most one idle volume mounted between jobs.
+  EXPECT_LE(after_cycles.mounts, before.mounts + 1) << Show(before) << " -> " << Show(after_cycles);
+  EXPECT_EQ(after_cycles.fds, before.fds) << Show(before) << " -> " << Show(after_cycles);
+  EXPECT_EQ(after_cycles.processes, 0u) << Show(after_cycles);
+  EXPECT_EQ(after_cycles.cgroups, before.cgroups) << Show(before) << " -> " << Show(after_cycles);
+
+  spec = Spec({"/bin/sleep", "600"});
+  std::vector<JobId> ids;
+  for (int i = 0; i < 100; ++i) {
+    auto id = service_->CreateJob(spec);
+    ASSERT_TRUE(id) << "sandbox " << i << ": " << id.error().ToString();
+    ASSERT_TRUE(service_->Run(*id)) << "sandbox " << i;
+    ids.push_back(*id);
+  }
+  KernelObjects alive = Count(work_, cgroup_name, ids_);
+  EXPECT_EQ(alive.processes, 100u) << Show(alive);
+  EXPECT_EQ(alive.namespaces, 100u) << Show(alive);
+  EXPECT_GE(alive.loops, 100u) << Show(alive);
+  EXPECT_GE(alive.mounts, 100u) << Show(alive);
+  for (const JobId& id : ids) {
+    ASSERT_TRUE(service_->Kill(id));
+    auto result = service_->Wait(id);
+    ASSERT_TRUE(result);
+    EXPECT_EQ(result->termination, Termination::kKilled);
+    ASSERT_TRUE(service_->Destroy(id));
+  }
+  service_.reset();  // drains the volume pool and removes the cgroup parents
+  // Loop devices detach asynchronously after their last unmount.
+  KernelObjects after;
+  for (int i = 0; i < 200; ++i) {
+    after = Count(work_, cgroup_name, ids_);
+    if (after.loops == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(after.mounts, before.mounts) << Show(before) << " -> " << Show(after);
+  EXPECT_EQ(after.loops, 0u) << Show(after);
+  EXPECT_EQ(after.fds, before.fds) << Show(before) << " -> " << Show(after);
+  EXPECT_EQ(after.processes, 0u) << Show(after);
+  EXPECT_EQ(after.namespaces, 0u) << Show(after);
+  EXPECT_EQ(after.cgroups, 0u) << Show(after);
+}
+
+}  // namespace
+}  // namespace ralph::sandbox::testing
