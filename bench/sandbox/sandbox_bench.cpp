@@ -94,6 +94,8 @@ int main(int argc, char** argv) {
       "usr/lib64",      "/lib64",        "--symlink", "usr/lib", "/lib",  "--symlink",
       "usr/bin",        "/bin",          "--proc",    "/proc",   "--dev", "/dev",
       "--tmpfs",        "/tmp",          "/bin/true"};
+  bool with_network = sb::MakeDefaultNetworkProvider(nullptr) != nullptr;
+  if (!with_network) ours.insert(ours.begin() + 2, "--no-network");
   if (TimeCommand(bwrap) < 0) {
     std::fprintf(stderr, "bwrap failed (package bubblewrap)\n");
     return 1;
@@ -112,7 +114,8 @@ int main(int argc, char** argv) {
   options.state_dir = state;
   options.name = fmt::format("bench{}", getpid());
   options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
-  auto service = sb::SandboxService::Create(options, std::move(*cgroups), nullptr);
+  auto service = sb::SandboxService::Create(options, std::move(*cgroups),
+                                            sb::MakeDefaultNetworkProvider(nullptr));
   if (!service) {
     std::fprintf(stderr, "service: %s\n", service.error().ToString().c_str());
     return 1;
@@ -121,55 +124,89 @@ int main(int argc, char** argv) {
   spec.base = base;
   spec.binds = {{"/usr", "/usr", sb::BindAccess::kReadOnly}};
   spec.argv = {"/bin/true"};
-  spec.network.enabled = false;
+  // Network on (own netns, veth, nft default-deny, DNS registration) when
+  // sandbox/net is linked in; "network" says which.
+  spec.network.enabled = with_network;
 
-  std::vector<double> t_ours, t_bwrap, t_service, t_create, t_run, t_wait, t_destroy;
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  // Phase 1: launchers (before this process starts its own network service,
+  // which holds the NFLOG group a launcher's service needs). Interleaved so
+  // that machine noise hits all alike.
+  std::vector<std::string> ours_no_net = ours;
+  if (with_network) ours_no_net.insert(ours_no_net.begin() + 2, "--no-network");
+  std::vector<double> t_bwrap1, t_ours, t_ours_no_net;
   for (int i = 0; i < runs; ++i) {
-    // Interleaved so that machine noise hits all three alike.
-    t_bwrap.push_back(TimeCommand(bwrap));
+    t_bwrap1.push_back(TimeCommand(bwrap));
     t_ours.push_back(TimeCommand(ours));
-    auto t0 = Clock::now();
-    auto id = (*service)->CreateJob(spec);
-    auto t1 = Clock::now();
-    if (!id || !(*service)->Run(*id)) {
-      std::fprintf(stderr, "service run failed\n");
-      return 1;
-    }
-    auto t2 = Clock::now();
-    auto result = (*service)->Wait(*id);
-    auto t3 = Clock::now();
-    if (!result || result->exit_code != 0 || !(*service)->Destroy(*id)) {
-      std::fprintf(stderr, "service job failed\n");
-      return 1;
-    }
-    auto t4 = Clock::now();
-    auto ms = [](auto a, auto b) {
-      return std::chrono::duration<double, std::milli>(b - a).count();
-    };
-    t_service.push_back(ms(t0, t4));
-    t_create.push_back(ms(t0, t1));
-    t_run.push_back(ms(t1, t2));
-    t_wait.push_back(ms(t2, t3));
-    t_destroy.push_back(ms(t3, t4));
+    if (with_network) t_ours_no_net.push_back(TimeCommand(ours_no_net));
   }
-  double bw = Median(t_bwrap);
-  std::printf("runs=%d (medians, ms)\n", runs);
-  std::printf("bwrap --unshare-all /bin/true            %8.2f\n", bw);
-  std::printf("ralph-sandbox run /bin/true              %8.2f  ratio %.2fx bwrap\n", Median(t_ours),
-              Median(t_ours) / bw);
-  std::printf("service create+run+wait+destroy          %8.2f  ratio %.2fx bwrap\n",
-              Median(t_service), Median(t_service) / bw);
-  std::printf("  create %.2f  run %.2f  wait %.2f  destroy %.2f\n", Median(t_create), Median(t_run),
-              Median(t_wait), Median(t_destroy));
-  std::printf("service run+wait (job prepared ahead)    %8.2f  ratio %.2fx bwrap\n",
-              Median(t_run) + Median(t_wait), (Median(t_run) + Median(t_wait)) / bw);
+  // Phase 2: the long-running service in this process.
+  std::vector<double> t_bwrap2, t_service, t_service_no_net, t_create, t_run, t_wait, t_destroy;
+  sb::SandboxSpec no_net = spec;
+  no_net.network.enabled = false;
+  for (int i = 0; i < runs; ++i) {
+    t_bwrap2.push_back(TimeCommand(bwrap));
+    for (const sb::SandboxSpec* s : {&spec, &no_net}) {
+      if (s == &no_net && !with_network) continue;
+      auto t0 = Clock::now();
+      auto id = (*service)->CreateJob(*s);
+      auto t1 = Clock::now();
+      if (!id || !(*service)->Run(*id)) {
+        std::fprintf(stderr, "service run failed\n");
+        return 1;
+      }
+      auto t2 = Clock::now();
+      auto result = (*service)->Wait(*id);
+      auto t3 = Clock::now();
+      if (!result || result->exit_code != 0 || !(*service)->Destroy(*id)) {
+        std::fprintf(stderr, "service job failed\n");
+        return 1;
+      }
+      auto t4 = Clock::now();
+      if (s == &no_net) {
+        t_service_no_net.push_back(ms(t0, t4));
+        continue;
+      }
+      t_service.push_back(ms(t0, t4));
+      t_create.push_back(ms(t0, t1));
+      t_run.push_back(ms(t1, t2));
+      t_wait.push_back(ms(t2, t3));
+      t_destroy.push_back(ms(t3, t4));
+    }
+  }
+  double bw1 = Median(t_bwrap1), bw2 = Median(t_bwrap2);
+  std::printf(
+      "runs=%d (medians, ms); ralph layers: userns pidns mntns netns ipcns utsns cgroupns, overlay "
+      "on a "
+      "per-job ext4 upper, cgroup v%d limits, rlimits, caps dropped, no_new_privs, landlock ABI "
+      "%d, seccomp, "
+      "network %s\n",
+      runs, (*service)->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1,
+      (*service)->landlock_abi(),
+      with_network ? "veth + nft default-deny + DNS" : "loopback only (sandbox/net not linked)");
+  std::printf("phase 1: bwrap --unshare-all /bin/true            %8.2f\n", bw1);
+  std::printf("  ralph-sandbox run /bin/true (all layers)        %8.2f  ratio %.2fx bwrap\n",
+              Median(t_ours), Median(t_ours) / bw1);
+  if (with_network)
+    std::printf("  ralph-sandbox run --no-network /bin/true        %8.2f  ratio %.2fx bwrap\n",
+                Median(t_ours_no_net), Median(t_ours_no_net) / bw1);
+  std::printf("phase 2: bwrap --unshare-all /bin/true            %8.2f\n", bw2);
+  std::printf("  service create+run+wait+destroy (all layers)    %8.2f  ratio %.2fx bwrap\n",
+              Median(t_service), Median(t_service) / bw2);
+  std::printf("    create %.2f  run %.2f  wait %.2f  destroy %.2f\n", Median(t_create),
+              Median(t_run), Median(t_wait), Median(t_destroy));
+  if (with_network)
+    std::printf("  service create+run+wait+destroy, no network     %8.2f  ratio %.2fx bwrap\n",
+                Median(t_service_no_net), Median(t_service_no_net) / bw2);
 
   // Idle sandboxes: N jobs alive, each sleeping.
   spec.argv = {"/bin/sleep", "600"};
   long before = RssKiB();
   std::vector<sb::JobId> ids;
   for (int i = 0; i < idle; ++i) {
-    auto id = (*service)->CreateJob(spec);
+    // Idle sandboxes without network: the network service's address pool
+    // and per-job tables are sandbox/net's to measure.
+    auto id = (*service)->CreateJob(no_net);
     if (!id || !(*service)->Run(*id)) {
       std::fprintf(stderr, "idle sandbox %d failed: %s\n", i,
                    id ? "run" : id.error().ToString().c_str());

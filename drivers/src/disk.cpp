@@ -130,7 +130,16 @@ Result<void> SyncKernelPartitions(const std::string& disk) {
     bool same = it != wanted.end() && current.start * 512 == it->second->offset_bytes() &&
                 current.size * 512 == it->second->size_bytes();
     if (same) continue;
-    if (Blkpg(fd.get(), BLKPG_DEL_PARTITION, number, 0, 0) < 0) {
+    // Something that probes every block device (udev, blkid, another
+    // process's FindDisksByPartLabel) holds a partition open for a moment;
+    // only a partition that stays busy is really in use.
+    int rc = -1;
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      rc = Blkpg(fd.get(), BLKPG_DEL_PARTITION, number, 0, 0);
+      if (rc == 0 || errno != EBUSY) break;
+      ::usleep(10 * 1000);
+    }
+    if (rc < 0) {
       int err = errno;
       if (err == EBUSY) {
         return Error::FromErrno(

@@ -3,6 +3,7 @@
 // exits with its status (128+signal when killed, 124 on timeout).
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -34,7 +35,9 @@ constexpr const char kUsage[] =
     "  --nofile N           open files (default 1024)\n"
     "  --timeout SECONDS    kill after this long (default none)\n"
     "  --pty                run on a pseudo-terminal\n"
-    "  --network            give the job its network (needs sandbox/net)\n"
+    "  --no-network         only loopback (default: its own veth, default-deny egress)\n"
+    "  --allow CIDR[:PORT]  allow egress to an address/CIDR (repeatable)\n"
+    "  --allow-domain NAME  resolvable and reachable on 443 (repeatable)\n"
     "  --state-dir DIR      per-job state (default /var/lib/ralph/sandbox)\n"
     "  --stats              print exit status and resource usage to stderr\n";
 
@@ -79,7 +82,6 @@ Result<Options> ParseArgs(int argc, char** argv) {
   Options options;
   sb::SandboxSpec& spec = options.spec;
   spec.base.assign(1, '/');  // assign(): GCC 12 -Wrestrict false positive on = "/"
-  spec.network.enabled = false;
   int i = 2;
   auto value = [&](std::string_view flag) -> Result<std::string> {
     if (i + 1 >= argc)
@@ -120,8 +122,22 @@ Result<Options> ParseArgs(int argc, char** argv) {
       spec.timeout = std::chrono::seconds(TRY(ParseSize(arg, TRY(value(arg)))));
     } else if (arg == "--pty") {
       spec.stdio = sb::StdioMode::kPty;
-    } else if (arg == "--network") {
-      spec.network.enabled = true;
+    } else if (arg == "--no-network") {
+      spec.network.enabled = false;
+    } else if (arg == "--allow") {
+      std::string rule = TRY(value(arg));
+      sb::EgressRule egress;
+      size_t colon = rule.rfind(':');
+      if (colon != std::string::npos && rule.find('.') != std::string::npos) {
+        egress.cidr = rule.substr(0, colon);
+        egress.port_min = egress.port_max =
+            static_cast<uint16_t>(TRY(ParseSize(arg, rule.substr(colon + 1))));
+      } else {
+        egress.cidr = rule;
+      }
+      spec.network.allow.push_back(egress);
+    } else if (arg == "--allow-domain") {
+      spec.network.allowed_domains.push_back(TRY(value(arg)));
     } else if (arg == "--state-dir") {
       options.state_dir = TRY(value(arg));
     } else if (arg == "--stats") {
@@ -137,6 +153,11 @@ Result<Options> ParseArgs(int argc, char** argv) {
 }
 
 Result<int> Run(const Options& options) {
+  using Clock = std::chrono::steady_clock;
+  auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  auto t0 = Clock::now();
   std::string name = fmt::format("ralph-sandbox-{}", ::getpid());
   auto cgroups = TRY(sb::DetectCgroups(name));
   sb::ServiceOptions service_options;
@@ -146,10 +167,23 @@ Result<int> Run(const Options& options) {
   service_options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
   auto service = TRY(sb::SandboxService::Create(service_options, std::move(cgroups),
                                                 sb::MakeDefaultNetworkProvider(nullptr)));
+  if (service->landlock_abi() == 0)
+    ralph::LogWarning(
+        "landlock is not available in this kernel: skipped (namespaces, caps and seccomp still "
+        "apply)");
+  auto t1 = Clock::now();
   sb::JobId id = TRY(service->CreateJob(options.spec));
+  auto t2 = Clock::now();
   TRY(service->Run(id));
+  auto t3 = Clock::now();
   sb::JobResult result = TRY(service->Wait(id));
+  auto t4 = Clock::now();
   TRY(service->Destroy(id));
+  auto t5 = Clock::now();
+  int cgroup_version = service->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1;
+  int landlock_abi = service->landlock_abi();
+  service.reset();
+  auto t6 = Clock::now();
   std::fwrite(result.stdout_data.data(), 1, result.stdout_data.size(), stdout);
   std::fflush(stdout);
   std::fwrite(result.stderr_data.data(), 1, result.stderr_data.size(), stderr);
@@ -157,15 +191,17 @@ Result<int> Run(const Options& options) {
     std::fprintf(stderr,
                  "ralph-sandbox: %s exit=%d signal=%d wall=%.3fms cpu=%.3fms max_rss=%ldKiB "
                  "cgroup_mem_peak=%llu "
-                 "oom_kills=%llu dropped=%llu landlock_abi=%d cgroup=v%d\n",
+                 "oom_kills=%llu dropped=%llu landlock_abi=%d cgroup=v%d\n"
+                 "ralph-sandbox: ms: service %.2f create %.2f run %.2f wait %.2f destroy %.2f "
+                 "service-teardown %.2f\n",
                  std::string(sb::TerminationName(result.termination)).c_str(), result.exit_code,
                  result.signal, result.wall.count() / 1e6,
                  static_cast<double>(result.cgroup.cpu_usage_ns) / 1e6, result.usage.ru_maxrss,
                  static_cast<unsigned long long>(result.cgroup.memory_peak_bytes),
                  static_cast<unsigned long long>(result.cgroup.oom_kills),
-                 static_cast<unsigned long long>(result.output_dropped_bytes),
-                 service->landlock_abi(),
-                 service->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1);
+                 static_cast<unsigned long long>(result.output_dropped_bytes), landlock_abi,
+                 cgroup_version, ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5),
+                 ms(t5, t6));
   }
   switch (result.termination) {
     case sb::Termination::kExited: return result.exit_code;

@@ -54,7 +54,12 @@ Result<void> MakeDirs(const std::string& path, unsigned mode) {
     std::string prefix = pos == std::string::npos ? path : path.substr(0, pos);
     if (::mkdir(prefix.c_str(), mode) != 0 && errno != EEXIST)
       return Error::FromErrno(fmt::format("mkdir {}", prefix), errno);
-    if (pos == std::string::npos) break;
+    if (pos == std::string::npos) {
+      // The leaf gets exactly `mode` even if it existed (or the umask cut it).
+      if (::chmod(prefix.c_str(), mode) != 0)
+        return Error::FromErrno(fmt::format("chmod {}", prefix), errno);
+      break;
+    }
     ++pos;
   }
   return {};

@@ -11,7 +11,8 @@ namespace ralph::sandbox {
 Result<void> WriteFileString(const std::string& path, const std::string& value);
 Result<std::string> ReadFileString(const std::string& path);
 bool PathExists(const std::string& path);
-// mkdir -p with `mode`; existing directories are fine.
+// mkdir -p with `mode`; existing directories are fine, and the last one is
+// chmod'ed to `mode`.
 Result<void> MakeDirs(const std::string& path, unsigned mode);
 // rm -rf that does not cross mount points and does not follow symlinks.
 Result<void> RemoveTree(const std::string& path);

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include <fmt/format.h>
 
@@ -88,7 +89,9 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& image) {
     IgnoreError(RunCommand({"losetup", "-d", device}));
     return error;
   }
-  LoopDevice loop(std::move(device), std::move(fd));
+  std::error_code error;
+  std::string absolute = std::filesystem::canonical(image, error).string();
+  LoopDevice loop(std::move(device), error ? image : absolute, std::move(fd));
   // From here the destructor detaches on every path.
   struct loop_info64 info {};
   if (::ioctl(loop.fd_.get(), LOOP_GET_STATUS64, &info) < 0) {
@@ -115,18 +118,32 @@ Result<void> LoopDevice::SyncPartitions() {
 Result<void> LoopDevice::Detach() {
   if (!fd_) return {};
   // LOOP_CLR_FD while we hold it open only marks it autoclear; the detach
-  // happens when our descriptor closes just below.
+  // happens at the last close, which is ours below unless somebody else
+  // (a parallel libblkid scan of all block devices, udev) has it open for a
+  // moment. Wait for that, so "detached" means detached.
   int rc = ::ioctl(fd_.get(), LOOP_CLR_FD, 0);
   int err = errno;
   fd_.reset();
   if (rc < 0 && err != ENXIO) return Error::FromErrno(fmt::format("detaching {}", device_), err);
-  return {};
+  std::string backing = fmt::format("/sys/block/{}/loop/backing_file",
+                                    std::filesystem::path(device_).filename().string());
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    std::ifstream in(backing);
+    std::string file;
+    if (!in || !std::getline(in, file) || file != image_) return {};
+    ::usleep(10 * 1000);
+  }
+  return Error::Make(ErrorCode::kBusy,
+                     fmt::format("{} is still attached to {} 10 s after detaching: somebody keeps "
+                                 "it open",
+                                 device_, image_));
 }
 
 LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
   if (this != &other) {
     IgnoreError(Detach());
     device_ = std::move(other.device_);
+    image_ = std::move(other.image_);
     fd_ = std::move(other.fd_);
   }
   return *this;

@@ -32,13 +32,16 @@ class LoopDevice {
   // rewritten through another path, for example).
   Result<void> SyncPartitions();
 
-  // Detaches now; the destructor does this too.
+  // Detaches now and waits until the kernel has let go of the image (kBusy
+  // after 10 s); the destructor does this too.
   Result<void> Detach();
 
  private:
-  LoopDevice(std::string device, UniqueFd fd) : device_(std::move(device)), fd_(std::move(fd)) {}
+  LoopDevice(std::string device, std::string image, UniqueFd fd)
+      : device_(std::move(device)), image_(std::move(image)), fd_(std::move(fd)) {}
 
   std::string device_;
+  std::string image_;  // absolute, as the kernel reports the backing file
   UniqueFd fd_;
 };
 
