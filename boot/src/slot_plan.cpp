@@ -656,6 +656,17 @@ Result<Plan> PlanMarkGood(const PlanInput& in) {
                                    "already good) can be committed",
                                    SlotName(slot), SlotStatusName(current.status)));
   }
+  if (current.status == SlotStatus::kGood && record.committed && record.committed != slot) {
+    // A healthy fallback boot (the firmware skipped the committed slot, or a
+    // commit was cut short before BootOrder followed) does not move the
+    // commit back: switching slots goes through a trial (mark-active).
+    Planner planner(in, record);
+    planner.Find(
+        fmt::format("slot {} is good but slot {} is committed: left as is (mark-active "
+                    "{} to switch to it)",
+                    SlotName(slot), SlotName(*record.committed), SlotName(slot)));
+    return std::move(planner.plan());
+  }
   current.status = SlotStatus::kGood;
   current.tries_left = 0;
   record.committed = slot;

@@ -208,6 +208,21 @@ TEST(SlotManagerTest, MarkGoodAfterRearmClearsBootNext) {
   EXPECT_THAT(good->written, ElementsAre("RalphSlotState", "BootOrder", "-BootNext"));
 }
 
+TEST(SlotManagerTest, MarkGoodOnAFallbackBootDoesNotMoveTheCommit) {
+  Machine m = Machine::WithTrialPending(1);
+  m.Boot();
+  ASSERT_TRUE(m.Manager().MarkGood().has_value());  // B committed, A good
+  // B's entry vanishes: the firmware falls back to A, which is healthy.
+  m.vars().Erase(kEfiGlobalGuid, BootEntryName(EntryFor(m, BootTarget::kSlotB)));
+  m.PowerOn();
+  EXPECT_EQ(m.booted()->target, BootTarget::kSlotA);
+  Result<Outcome> good = m.Manager().MarkGood();
+  ASSERT_TRUE(good.has_value());
+  EXPECT_THAT(good->written, IsEmpty());
+  EXPECT_THAT(good->findings, ElementsAre(HasSubstr("slot A is good but slot B is committed")));
+  EXPECT_EQ(m.Record().committed, Slot::kB);
+}
+
 TEST(SlotManagerTest, MarkGoodRefusesABadOrUnknownSlot) {
   Machine m = Machine::WithTrialPending(1);
   m.Boot();

@@ -121,6 +121,9 @@ TEST_F(ServiceTest, CommandNotFoundIsAClearError) {
   EXPECT_NE(run.error().message().find("executing the command '/no/such/command'"),
             std::string::npos)
       << run.error().ToString();
+  auto wait = service_->Wait(*id);
+  ASSERT_FALSE(wait);
+  EXPECT_EQ(wait.error().code(), ErrorCode::kInvalidState);
   ASSERT_TRUE(service_->Destroy(*id));
 }
 

@@ -2,11 +2,15 @@
 // then zero leaked kernel objects: mounts, loop devices, cgroups, fds,
 // processes of the sandbox uid range (their namespaces die with them).
 #include <dirent.h>
+#include <net/if.h>
+#include <sched.h>
 #include <sys/stat.h>
 
+#include <cstring>
 #include <set>
 #include <thread>
 
+#include "sandbox/net/network_service.h"
 #include "sandbox_fixture.h"
 
 namespace ralph::sandbox::testing {
@@ -137,6 +141,90 @@ TEST_F(StressTest, ThousandCyclesAndHundredAliveLeaveNothing) {
   EXPECT_EQ(after.processes, 0u) << Show(after);
   EXPECT_EQ(after.namespaces, 0u) << Show(after);
   EXPECT_EQ(after.cgroups, 0u) << Show(after);
+}
+
+}  // namespace
+}  // namespace ralph::sandbox::testing
+
+namespace ralph::sandbox::testing {
+namespace {
+
+size_t CountLinks() {
+  size_t count = 0;
+  if (struct if_nameindex* names = ::if_nameindex()) {
+    for (struct if_nameindex* n = names; n->if_index != 0; ++n) ++count;
+    ::if_freenameindex(names);
+  }
+  return count;
+}
+
+size_t CountNftTables() {
+  FILE* pipe = ::popen("nft list tables 2>/dev/null | wc -l", "r");
+  unsigned long n = 0;
+  if (pipe && std::fscanf(pipe, "%lu", &n) != 1) n = 0;
+  if (pipe) ::pclose(pipe);
+  return n;
+}
+
+// With sandbox/net linked: the same, networked, counting veths and nft
+// tables. The test first moves itself into a private network namespace that
+// plays the appliance host, so the machine's own network is never touched.
+TEST_F(StressTest, NetworkedCyclesLeaveNoVethOrTable) {
+  auto provider = MakeDefaultNetworkProvider(nullptr);
+  ASSERT_NE(provider, nullptr) << "this build has no sandbox/net";
+  ASSERT_EQ(::access("/usr/sbin/nft", X_OK), 0) << "nft missing (package nftables)";
+  ASSERT_EQ(::unshare(CLONE_NEWNET), 0) << std::strerror(errno);
+  NetworkServiceConfig config;
+  config.upstream_dns = "192.0.2.53";  // TEST-NET-1: never asked here
+  ASSERT_TRUE(NetworkService::SetDefaultConfig(config));
+  // A service of its own, with the real network provider.
+  ServiceOptions options;
+  options.state_dir = work_ + "/state-net";
+  options.name = fmt::format("n{}", ::getpid());
+  options.ids = ids_;
+  auto cgroups = DetectCgroups(fmt::format("ralph-test-net-{}", ::getpid()));
+  ASSERT_TRUE(cgroups);
+  auto service = SandboxService::Create(options, std::move(*cgroups), std::move(provider));
+  ASSERT_TRUE(service) << service.error().ToString();
+  SandboxSpec spec = Spec({"/bin/sh", "-c", "cat /etc/resolv.conf"});
+  spec.network.enabled = true;
+  auto run = [&](const SandboxSpec& s) -> Result<JobResult> {
+    JobId id = TRY((*service)->CreateJob(s));
+    TRY((*service)->Run(id));
+    JobResult result = TRY((*service)->Wait(id));
+    TRY((*service)->Destroy(id));
+    return result;
+  };
+  // The first job starts the process-wide network service (its own table).
+  auto first = run(spec);
+  ASSERT_TRUE(first) << first.error().ToString();
+  EXPECT_NE(first->stdout_data.find("nameserver "), std::string::npos) << Describe(*first);
+  size_t links = CountLinks(), tables = CountNftTables();
+  for (int i = 0; i < 100; ++i) {
+    auto result = run(spec);
+    ASSERT_TRUE(result) << "cycle " << i << ": " << result.error().ToString();
+    ASSERT_EQ(result->exit_code, 0) << Describe(*result);
+  }
+  EXPECT_EQ(CountLinks(), links);
+  EXPECT_EQ(CountNftTables(), tables);
+  spec.argv = {"/bin/sleep", "600"};
+  std::vector<JobId> ids;
+  for (int i = 0; i < 20; ++i) {
+    auto id = (*service)->CreateJob(spec);
+    ASSERT_TRUE(id) << id.error().ToString();
+    ASSERT_TRUE((*service)->Run(*id));
+    ids.push_back(*id);
+  }
+  EXPECT_EQ(CountLinks(), links + 20);  // one host-side veth each
+  EXPECT_GE(CountNftTables(), tables + 20);
+  for (const JobId& id : ids) {
+    ASSERT_TRUE((*service)->Kill(id));
+    ASSERT_TRUE((*service)->Wait(id));
+    ASSERT_TRUE((*service)->Destroy(id));
+  }
+  service->reset();
+  EXPECT_EQ(CountLinks(), links);
+  EXPECT_EQ(CountNftTables(), tables);
 }
 
 }  // namespace

@@ -81,10 +81,15 @@ class SlotManager {
   // trial, records that trial as failed (slot bad, event kRolledBack).
   Result<BootReport> OnBoot();
 
-  // Commits the booted slot (on trial, or good): state good, committed,
+  // Commits the booted slot when it is on trial: state good, committed,
   // first in BootOrder, minimum version raised to its version, its BootNext
-  // cleared. kInvalidState when the booted slot is bad, empty or being
-  // written, or when the booted image cannot be told or is RECOVERY.
+  // cleared. The health gate calls it on every healthy boot: on the
+  // committed slot it writes nothing; on a good slot that is not the
+  // committed one (a fallback boot) it changes nothing and says so in the
+  // findings (switching goes through MarkActive); with no committed slot a
+  // good booted slot becomes committed. kInvalidState when the booted slot
+  // is bad, empty or being written, or when the booted image cannot be told
+  // or is RECOVERY.
   Result<Outcome> MarkGood();
   // Marks `slot` bad: disarms a BootNext to it, drops it from BootOrder.
   // kRefused for the committed slot.

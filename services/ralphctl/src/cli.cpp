@@ -1,12 +1,9 @@
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 
 #include <fmt/format.h>
 
+#include "platform/efivar_store.h"
 #include "services/ralphctl/command.h"
 
 namespace ralph::ralphctl {
@@ -92,28 +89,11 @@ int Failed(std::string_view command, const Error& error) {
 }
 
 Result<void> UseEfivarsDirectory(const Invocation& invocation, const std::string& dir) {
-  struct stat st {};
-  if (::stat(dir.c_str(), &st) != 0) {
-    return Error::FromErrno(fmt::format("--efivars {}", dir), errno);
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("--efivars {}: not a directory", dir));
-  }
-  std::string path = dir.back() == '/' ? dir : dir + "/";
-  const char* current = std::getenv("EFIVARFS_PATH");
-  if (current && path == current) return {};
-  if (::setenv("EFIVARFS_PATH", path.c_str(), 1) != 0) {
-    return Error::FromErrno("setenv EFIVARFS_PATH", errno);
-  }
-  // libefivar picked its backend before main(); only a fresh process image
-  // sees the new value (platform/efivar_store.h).
   std::vector<char*> argv;
   for (const std::string& arg : invocation.argv) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
-  ::execv("/proc/self/exe", argv.data());
-  return Error::FromErrno("re-executing ralphctl with EFIVARFS_PATH set: execv /proc/self/exe",
-                          errno);
+  TRY_CTX(UseEfivarfsPathOrReexec(dir, argv.data()), "--efivars " + dir);
+  return {};
 }
 
 int Main(const Invocation& invocation) {

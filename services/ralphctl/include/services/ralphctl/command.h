@@ -52,6 +52,7 @@ int Main(const Invocation& invocation);
 
 // The commands (one file each).
 int RunBootCommand(const Invocation& invocation, std::span<const std::string> args);
+int RunUpdateCommand(const Invocation& invocation, std::span<const std::string> args);
 
 // --- Shared helpers (src/cli.cpp) ---
 
@@ -81,12 +82,13 @@ int UsageError(std::string_view command, std::string_view message);
 // when the message already starts with it); returns kExitFailed.
 int Failed(std::string_view command, const Error& error);
 
-// Points libefivar at a directory store: EFIVARFS_PATH=<dir>/. libefivar
+// Points libefivar at a directory store (platform/efivar_store.h
+// UseEfivarfsPathOrReexec): EFIVARFS_PATH=<dir>/. libefivar
 // reads EFIVARFS_PATH once, before main() (see platform/efivar_store.h), so
 // when the process did not start with that value this sets it and
 // re-executes /proc/self/exe with the same argv; it returns only when the
-// value was already in place, or with an error (kNotFound when `dir` is not
-// a directory).
+// value was already in place, or with an error (kNotFound when `dir` does
+// not exist, kInvalidArgument when it is not a directory).
 Result<void> UseEfivarsDirectory(const Invocation& invocation, const std::string& dir);
 
 }  // namespace ralph::ralphctl
