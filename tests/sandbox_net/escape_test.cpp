@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -54,6 +55,10 @@ class NetEscapeTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete service_;
     service_ = nullptr;
+    // The service removed everything it made: no tables at all, and no links
+    // but lo and the world's veth.
+    EXPECT_EQ(testing::ShellOutput("nft list tables"), "");
+    EXPECT_EQ(testing::CountResources().interfaces, 2);
     delete world_;
     world_ = nullptr;
   }
@@ -462,6 +467,43 @@ TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
   std::string out =
       RunJob(WebOnly(), [](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
   EXPECT_EQ(out, "connected:hello");
+}
+
+TEST_F(NetEscapeTest, HundredJobsAliveAtOnceThenNothingLeaks) {
+  testing::ResourceCounts before = testing::CountResources();
+  constexpr int kJobs = 100;
+  NetworkSpec spec = WebOnly();
+  spec.allowed_domains = {"*.allowed.test"};
+  std::vector<JobProcess> jobs;
+  std::vector<std::unique_ptr<JobNetwork>> networks;
+  std::set<std::string> addresses;
+  for (int i = 0; i < kJobs; ++i) {
+    jobs.push_back(JobProcess::Fork([](const JobContext&) {
+      return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("203.0.113.20", 80);
+    }));
+    auto network = service_->CreateJob(fmt::format("many-{}", i), jobs.back().pid(), spec, &sink_);
+    ASSERT_TRUE(network) << i << ": " << network.error().ToString();
+    addresses.insert((*network)->job_address_v4());
+    addresses.insert((*network)->job_address_v6());
+    networks.push_back(std::move(*network));
+  }
+  EXPECT_EQ(addresses.size(), 2u * kJobs);
+  EXPECT_EQ(service_->live_jobs(), static_cast<size_t>(kJobs));
+  EXPECT_EQ(testing::CountResources().interfaces, before.interfaces + kJobs);
+  EXPECT_EQ(testing::CountResources().nft_tables, before.nft_tables + kJobs);
+  // The first, a middle and the last job all still work and are confined.
+  for (int i : {0, kJobs / 2, kJobs - 1}) {
+    EXPECT_EQ(
+        jobs[static_cast<size_t>(i)].Go({networks[static_cast<size_t>(i)]->resolver_address(), ""}),
+        "connected:hello|failed:timeout")
+        << i;
+  }
+  for (auto& network : networks) ASSERT_TRUE(network->Teardown());
+  jobs.clear();  // kills the rest
+  networks.clear();
+  EXPECT_EQ(service_->live_jobs(), 0u);
+  testing::ResourceCounts after = testing::CountResources();
+  EXPECT_EQ(after, before) << "before: " << ToString(before) << "\nafter:  " << ToString(after);
 }
 
 TEST_F(NetEscapeTest, ConcurrentJobsGetUniqueAddressesAndCannotReachEachOther) {

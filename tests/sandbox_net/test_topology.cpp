@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -224,6 +225,19 @@ void WorldAnswerDns(int fd, int log_fd) {
       WriteAll(client, "hello\n");
       close(client);
     }
+  }
+}
+
+void CloseAllExcept(std::initializer_list<int> keep) {
+  std::vector<int> fds;
+  if (DIR* dir = opendir("/proc/self/fd")) {
+    while (dirent* entry = readdir(dir)) {
+      if (entry->d_name[0] != '.') fds.push_back(atoi(entry->d_name));
+    }
+    closedir(dir);
+  }
+  for (int fd : fds) {
+    if (fd > 2 && std::find(keep.begin(), keep.end(), fd) == keep.end()) close(fd);
   }
 }
 
@@ -508,8 +522,9 @@ JobProcess JobProcess::Fork(std::function<std::string(const JobContext&)> probe)
   if (pid < 0) Die("fork job");
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    close(go[1]);
-    close(out[0]);
+    // Without exec, O_CLOEXEC does nothing: drop every inherited fd (other
+    // jobs' pipes among them, which would keep their readers from EOF).
+    CloseAllExcept({go[0], out[1]});
     if (unshare(CLONE_NEWNET) != 0) _exit(98);
     WriteAll(out[1], "r");
     std::string context_text = ReadAll(go[0]);

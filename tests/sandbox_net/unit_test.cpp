@@ -307,11 +307,19 @@ TEST(RulePlanTest, RendersNftSyntax) {
 }
 
 TEST(RulePlanTest, ServiceTableForwardsOnlyJobVeths) {
-  NftTablePlan plan = PlanServiceTable("ralph_service", "rj");
-  ASSERT_EQ(plan.chains.size(), 1u);
-  EXPECT_EQ(plan.chains[0].policy, NftVerdict::kDrop);
-  EXPECT_EQ(*plan.chains[0].rules[0].iifname, "rj*");
-  EXPECT_EQ(*plan.chains[0].rules[1].oifname, "rj*");
+  NftTablePlan plan = PlanServiceTable("ralph_service", "rj", ForwardingPolicy::kOnlyJobs);
+  ASSERT_EQ(plan.chains.size(), 2u);
+  const NftChain& forward = Chain(plan, "forward");
+  EXPECT_EQ(forward.policy, NftVerdict::kDrop);
+  ASSERT_EQ(forward.rules.size(), 3u);
+  EXPECT_EQ(forward.rules[0].ct_state, kCtInvalid);
+  EXPECT_EQ(*forward.rules[1].iifname, "rj*");
+  EXPECT_EQ(*forward.rules[2].oifname, "rj*");
+  EXPECT_TRUE(Chain(plan, "postrouting").nat);
+
+  NftTablePlan untouched = PlanServiceTable("ralph_service", "rj", ForwardingPolicy::kUntouched);
+  EXPECT_EQ(Chain(untouched, "forward").policy, NftVerdict::kAccept);
+  EXPECT_EQ(Chain(untouched, "forward").rules.size(), 1u);
 }
 
 TEST(LogPrefixTest, ParsesOnlyPlannerPrefixes) {

@@ -279,10 +279,12 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   if (config.enable_forwarding) {
     TRY(WriteSysctl("/proc/sys/net/ipv4/ip_forward", "1"));
     TRY(WriteSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"));
-    TRY(DeleteTable(kServiceTable));
-    TRY(ApplyTablePlan(PlanServiceTable(kServiceTable, config.ifname_prefix)));
-    service->service_table_ = true;
   }
+  TRY(DeleteTable(kServiceTable));
+  TRY(ApplyTablePlan(PlanServiceTable(
+      kServiceTable, config.ifname_prefix,
+      config.enable_forwarding ? ForwardingPolicy::kOnlyJobs : ForwardingPolicy::kUntouched)));
+  service->service_table_ = true;
 
   NetworkService* raw = service.get();
   service->nflog_ = TRY(NflogListener::Start(
