@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/capability.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -252,7 +253,9 @@ Result<void> SandboxService::Run(const JobId& id) {
   if (job.state != Job::State::kCreated)
     return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} was already started", id));
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return Io("pipe2");
+  // A socketpair, not a pipe: send(MSG_NOSIGNAL) to a child that already
+  // died returns EPIPE instead of raising SIGPIPE in the service.
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return Io("socketpair");
   UniqueFd sync_read(fds[0]), sync_write(fds[1]);
   if (::pipe2(fds, O_CLOEXEC) != 0) return Io("pipe2");
   UniqueFd error_read(fds[0]), error_write(fds[1]);
@@ -352,6 +355,17 @@ Result<void> SandboxService::Run(const JobId& id) {
   if (cgroup_fd < 0) {
     if (auto r = job.cgroup->Attach(job.pid); !r) return fail(std::move(r).error());
   }
+  auto release = [&]() -> Result<void> {
+    char go = 1;
+    ssize_t sent;
+    do {
+      sent = ::send(sync_write.get(), &go, 1, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    if (sent != 1) return Io("releasing the child");
+    return {};
+  };
+  // The child builds its filesystem while the network is set up here.
+  if (auto r = release(); !r) return fail(std::move(r).error());
   if (job.spec.network.enabled) {
     auto network = network_->Create(job.id, job.pid, job.spec.network);
     if (!network) return fail(std::move(network).error().WithContext("network"));
@@ -361,8 +375,9 @@ Result<void> SandboxService::Run(const JobId& id) {
         !r)
       return fail(std::move(r).error());
   }
-  char go = 1;
-  if (::write(sync_write.get(), &go, 1) != 1) return fail(Io("releasing the child"));
+  // A child that failed meanwhile has reported it; release() then fails
+  // with EPIPE and the report below is read either way.
+  bool released = static_cast<bool>(release());
   ChildFailure failure;
   ssize_t n;
   do {
@@ -381,6 +396,7 @@ Result<void> SandboxService::Run(const JobId& id) {
     return fail(Error::FromErrno(fmt::format("in the sandbox: {}", step), failure.err));
   }
   if (n != 0) return fail(Error::Make(ErrorCode::kInternal, "short status record from the child"));
+  if (!released) return fail(Error::Make(ErrorCode::kInternal, "the child vanished before exec"));
   return {};
 }
 
