@@ -119,19 +119,21 @@ UpperVolume::~UpperVolume() {
 }
 
 Result<void> UpperVolume::Destroy() {
-  if (mounted_) {
-    // MNT_DETACH: the job's mount namespace may still pin the superblock for
-    // a moment while its last process exits; the loop device detaches when
-    // the last reference goes.
-    if (::umount2(mount_point_.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
-      return Error::FromErrno(fmt::format("umount {}", mount_point_), errno);
-    mounted_ = false;
-    ::rmdir(mount_point_.c_str());
-  }
+  // The name first: while the loop device still holds the file this is a
+  // directory update only; the blocks are freed when the device lets go.
   if (!image_.empty()) {
     if (::unlink(image_.c_str()) != 0 && errno != ENOENT)
       return Error::FromErrno(fmt::format("unlink {}", image_), errno);
     image_.clear();
+  }
+  if (mounted_) {
+    // MNT_DETACH: the job's mount namespace may still pin the superblock for
+    // a moment while its last process exits; the loop device detaches
+    // (autoclear, asynchronously) when the last reference goes.
+    if (::umount2(mount_point_.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
+      return Error::FromErrno(fmt::format("umount {}", mount_point_), errno);
+    mounted_ = false;
+    ::rmdir(mount_point_.c_str());
   }
   return {};
 }

@@ -189,7 +189,9 @@ TEST(RulePlanTest, HostInputAllowsOnlyDnsOnTheVethAddress) {
   EXPECT_EQ(*input.rules[0].iifname, "rj3");
   const NftChain& host_in = Chain(*plan, "host_in");
   auto hit = [&](const char* destination, uint8_t protocol, uint16_t port) {
-    const NftRule* rule = FirstMatch(host_in, {P(destination), protocol, port}, P("10.254.0.14"));
+    IpPrefix to = P(destination);
+    IpPrefix from = to.family == IpFamily::kV4 ? P("10.254.0.14") : P("fd52:616c:7068:3::2");
+    const NftRule* rule = FirstMatch(host_in, {to, protocol, port}, from);
     return rule && rule->verdict == NftVerdict::kAccept;
   };
   EXPECT_TRUE(hit("10.254.0.13", IPPROTO_UDP, 53));
@@ -199,6 +201,13 @@ TEST(RulePlanTest, HostInputAllowsOnlyDnsOnTheVethAddress) {
   EXPECT_FALSE(hit("198.51.100.1", IPPROTO_UDP, 53));  // the host's other address
   EXPECT_FALSE(hit("10.254.0.17", IPPROTO_UDP, 53));   // another job's resolver
   EXPECT_FALSE(hit("127.0.0.1", IPPROTO_TCP, 8080));   // loopback service
+  // A query with a spoofed source would reflect the (job-chosen) question
+  // to another host: not accepted.
+  const NftRule* spoofed =
+      FirstMatch(host_in, {P("10.254.0.13"), IPPROTO_UDP, 53}, P("203.0.113.66"));
+  ASSERT_NE(spoofed, nullptr);
+  EXPECT_EQ(spoofed->verdict, NftVerdict::kDrop);
+  EXPECT_EQ(spoofed->log_prefix.value_or(""), "rj3 d host");
   EXPECT_EQ(host_in.rules.back().log_prefix.value_or(""), "rj3 d host");
   EXPECT_EQ(host_in.rules.back().verdict, NftVerdict::kDrop);
 }

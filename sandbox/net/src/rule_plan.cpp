@@ -191,9 +191,14 @@ Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const Network
   NftChain host_in{.name = "host_in"};
   host_in.rules.push_back(
       {.ct_state = kCtEstablished | kCtRelated, .verdict = NftVerdict::kAccept});
+  // Only from the job's own address: with a spoofed source the forwarder's
+  // answer (which echoes the question, i.e. job-chosen bytes) would be
+  // reflected to an arbitrary host, an exfiltration path around egress.
   for (const IpPrefix& resolver : {addressing.host_v4, addressing.host_v6}) {
+    const IpPrefix& job = resolver.family == IpFamily::kV4 ? addressing.job_v4 : addressing.job_v6;
     for (uint8_t protocol : {IPPROTO_UDP, IPPROTO_TCP}) {
       host_in.rules.push_back({.family = resolver.family,
+                               .saddr = job,
                                .daddr = resolver,
                                .l4proto = protocol,
                                .dport_min = kDnsPort,
