@@ -29,6 +29,7 @@ using testing::JobProcess;
 using testing::ProbeConnect;
 using testing::ProbePing;
 using testing::ProbeResolve;
+using testing::ProbeUdpFlood;
 using testing::RecordingSink;
 using testing::World;
 
@@ -340,6 +341,28 @@ TEST_F(NetEscapeTest, RawIcmpIsDropped) {
            e.protocol == Protocol::kAny && e.reason == "not-allowlisted";
   })) << sink_.Dump();
   EXPECT_TRUE(Denied("169.254.169.254", 0, "metadata")) << sink_.Dump();
+}
+
+TEST_F(NetEscapeTest, EventFloodIsRateLimited) {
+  // Every datagram to a blocked address is a new denied attempt; a job
+  // flooding them must not flood the event sink (the audit log).
+  std::string out = RunJob(
+      WebOnly(), [](const JobContext&) { return ProbeUdpFlood("169.254.169.254", 9, 3000); });
+  EXPECT_EQ(out, "sent 3000");
+  EXPECT_FALSE(world_->SawAny("169.254.169.254"));
+  EXPECT_TRUE(Denied("169.254.169.254", 9, "metadata")) << sink_.Dump();
+  sleep(1);  // let the NFLOG backlog drain before teardown flushes the count
+  ASSERT_TRUE(networks_.back()->Teardown());
+  size_t delivered = 0;
+  bool summary = false;
+  for (const NetEvent& event : sink_.events()) {
+    if (event.reason == "metadata") ++delivered;
+    if (event.reason.rfind("rate-limited: ", 0) == 0) summary = true;
+  }
+  // The 3000 datagrams leave within a window or two of 200 events each.
+  EXPECT_GE(delivered, 1u);
+  EXPECT_LE(delivered, 400u);
+  EXPECT_TRUE(summary) << "delivered " << delivered;
 }
 
 TEST_F(NetEscapeTest, IcmpIsAllowedWhereTheRuleSaysAnyProtocol) {

@@ -469,6 +469,19 @@ std::string ProbeResolve(const std::string& server, const std::string& name, int
   return out;
 }
 
+std::string ProbeUdpFlood(const std::string& address, uint16_t port, int count) {
+  sockaddr_storage storage;
+  socklen_t len = MakeAddress(address, port, storage);
+  int fd = socket(storage.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fmt::format("failed:socket {}", strerror(errno));
+  int sent = 0;
+  for (int i = 0; i < count; ++i) {
+    if (sendto(fd, "x", 1, 0, reinterpret_cast<sockaddr*>(&storage), len) == 1) ++sent;
+  }
+  close(fd);
+  return fmt::format("sent {}", sent);
+}
+
 std::string ProbePing(const std::string& address) {
   sockaddr_storage storage;
   socklen_t len = MakeAddress(address, 0, storage);

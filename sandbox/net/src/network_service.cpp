@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <net/if.h>
+#include <time.h>
 
 #include <cctype>
 #include <charconv>
@@ -316,7 +317,22 @@ void NetworkService::Register(const std::string& ifname, Registered job) {
 
 void NetworkService::Unregister(const std::string& ifname) {
   std::lock_guard lock(registry_mutex_);
-  registry_.erase(ifname);
+  auto it = registry_.find(ifname);
+  if (it == registry_.end()) return;
+  FlushSuppressed(it->second);
+  registry_.erase(it);
+}
+
+void NetworkService::FlushSuppressed(Registered& job) {
+  if (job.suppressed > 0 && job.sink) {
+    NetEvent event;
+    event.job_id = job.job_id;
+    event.verdict = NetVerdict::kDenied;
+    event.reason = fmt::format("rate-limited: {} events suppressed", job.suppressed);
+    job.sink->OnNetEvent(event);
+  }
+  job.suppressed = 0;
+  job.in_window = 0;
 }
 
 void NetworkService::OnLoggedPacket(const LoggedPacket& packet) {
@@ -325,6 +341,19 @@ void NetworkService::OnLoggedPacket(const LoggedPacket& packet) {
   std::lock_guard lock(registry_mutex_);
   auto it = registry_.find(packet.prefix.ifname);
   if (it == registry_.end() || !it->second.sink) return;
+  Registered& job = it->second;
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  int64_t now_ms = static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000;
+  if (now_ms - job.window_start_ms >= 1000) {
+    FlushSuppressed(job);
+    job.window_start_ms = now_ms;
+  }
+  if (job.in_window >= config_.max_events_per_second) {
+    ++job.suppressed;
+    return;
+  }
+  ++job.in_window;
   NetEvent event;
   event.job_id = it->second.job_id;
   event.destination = packet.destination;
