@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <sstream>
+#include <thread>
 
 #include "sandbox/testing/fakes.h"
 #include "sandbox_fixture.h"
@@ -248,6 +249,51 @@ TEST(CgroupV1, SameLimitsInEveryHierarchy) {
   std::vector<std::string> paths = (*job)->paths();
   ASSERT_TRUE((*job)->Destroy());
   for (const std::string& path : paths) EXPECT_NE(::access(path.c_str(), F_OK), 0) << path;
+}
+
+size_t CountParked(const std::string& state_dir) {
+  DIR* dir = ::opendir((state_dir + "/images/volumes").c_str());
+  if (!dir) return 0;
+  size_t count = 0;
+  while (dirent* e = ::readdir(dir)) count += std::string(e->d_name).rfind("parked-", 0) == 0;
+  ::closedir(dir);
+  return count;
+}
+
+TEST_F(ServiceTest, UpperImagesAreWipedParkedAndReusedAcrossServices) {
+  const std::string state = work_ + "/state";
+  JobResult result = RunJob(Spec({"sh", "-c", "echo secret > /work/left-behind"}));
+  ASSERT_EQ(result.exit_code, 0) << Describe(result);
+  service_.reset();  // unmounts the pooled volume and parks its image
+  EXPECT_EQ(CountParked(state), 1u);
+  std::string mountinfo = ReadHostFile("/proc/self/mountinfo");
+  EXPECT_EQ(mountinfo.find(state), std::string::npos) << "a mount is left below " << state;
+  // A new service (a new process, in the product) takes the parked image.
+  auto cgroups = DetectCgroups(fmt::format("ralph-test-park-{}", ::getpid()));
+  ASSERT_TRUE(cgroups);
+  ServiceOptions options;
+  options.state_dir = state;
+  options.name = fmt::format("p{}", ::getpid());
+  options.ids = ids_;
+  auto service = SandboxService::Create(options, std::move(*cgroups), nullptr);
+  ASSERT_TRUE(service) << service.error().ToString();
+  service_ = std::move(*service);
+  // The loop device that held it detaches asynchronously; until then the
+  // image is not reused, and a fresh one is made instead.
+  for (int i = 0; i < 200; ++i) {
+    auto id = service_->CreateJob(Spec({"sh", "-c", "ls -A /work; cat /work/left-behind"}));
+    ASSERT_TRUE(id) << id.error().ToString();
+    bool reused = CountParked(state) == 0;
+    ASSERT_TRUE(service_->Run(*id));
+    auto waited = service_->Wait(*id);
+    ASSERT_TRUE(waited);
+    EXPECT_NE(waited->exit_code, 0) << Describe(*waited);  // the old file is gone
+    EXPECT_EQ(waited->stdout_data, "") << Describe(*waited);
+    ASSERT_TRUE(service_->Destroy(*id));
+    if (reused) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(CountParked(state), 0u);  // taken (and pooled by this service)
 }
 
 // The service with fake cgroups and a fake network: injected failures leave
