@@ -363,6 +363,27 @@ TEST_F(NetEscapeTest, EventFloodIsRateLimited) {
   EXPECT_GE(delivered, 1u);
   EXPECT_LE(delivered, 400u);
   EXPECT_TRUE(summary) << "delivered " << delivered;
+
+  // The same for the resolver: garbage datagrams are denied DNS events.
+  RecordingSink dns_sink;
+  NetworkSpec spec;
+  spec.allowed_domains = {"*.allowed.test"};
+  JobProcess job = JobProcess::Fork(
+      [](const JobContext& context) { return ProbeUdpFlood(context.resolver_v4, 53, 3000); });
+  auto network = service_->CreateJob("dns-flood", job.pid(), spec, &dns_sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "sent 3000");
+  sleep(1);
+  ASSERT_TRUE((*network)->Teardown());
+  size_t malformed = 0;
+  summary = false;
+  for (const NetEvent& event : dns_sink.events()) {
+    if (event.reason == "dns: malformed query") ++malformed;
+    if (event.reason.rfind("rate-limited: ", 0) == 0) summary = true;
+  }
+  EXPECT_GE(malformed, 1u);
+  EXPECT_LE(malformed, 400u);
+  EXPECT_TRUE(summary) << "delivered " << malformed;
 }
 
 TEST_F(NetEscapeTest, IcmpIsAllowedWhereTheRuleSaysAnyProtocol) {

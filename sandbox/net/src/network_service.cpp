@@ -115,6 +115,19 @@ std::vector<std::string> StaleJobLinks(const std::string& prefix) {
 
 }  // namespace
 
+// The DNS forwarder's sink for one job: its events go through the same
+// per-job rate limit and unregistration as the NFLOG ones.
+class RateLimitedSink final : public NetEventSinkInterface {
+ public:
+  RateLimitedSink(NetworkService* service, std::string ifname)
+      : service_(service), ifname_(std::move(ifname)) {}
+  void OnNetEvent(const NetEvent& event) override;
+
+ private:
+  NetworkService* service_;
+  std::string ifname_;
+};
+
 class JobNetworkImpl final : public JobNetwork {
  public:
   JobNetworkImpl(NetworkService* service, std::string job_id, const NetworkSpec& spec,
@@ -196,7 +209,12 @@ class JobNetworkImpl final : public JobNetwork {
   bool registered_ = false;
   bool dns_registered_ = false;
   bool torn_down_ = false;
+  std::unique_ptr<RateLimitedSink> dns_events_;
 };
+
+void RateLimitedSink::OnNetEvent(const NetEvent& event) {
+  service_->Deliver(ifname_, event);
+}
 
 Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAllowlist allowlist,
                                    NetEventSinkInterface* events) {
@@ -233,11 +251,12 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAl
   service_->Register(ifname_, {job_id_, events});
   registered_ = true;
   if (!allowlist.empty()) {
+    dns_events_ = std::make_unique<RateLimitedSink>(service_, ifname_);
     TRY(service_->dns_->AddJob(DnsJobConfig{.key = ifname_,
                                             .job_id = job_id_,
                                             .allowlist = std::move(allowlist),
                                             .listen = {a.host_v4, a.host_v6},
-                                            .sink = events}));
+                                            .sink = dns_events_.get()}));
     dns_registered_ = true;
   }
   return {};
@@ -336,10 +355,20 @@ void NetworkService::FlushSuppressed(Registered& job) {
 }
 
 void NetworkService::OnLoggedPacket(const LoggedPacket& packet) {
+  NetEvent event;
+  event.destination = packet.destination;
+  event.port = packet.port;
+  event.protocol = packet.protocol;
+  event.verdict = packet.prefix.verdict;
+  event.reason = packet.prefix.reason;
+  Deliver(packet.prefix.ifname, std::move(event));
+}
+
+void NetworkService::Deliver(const std::string& ifname, NetEvent event) {
   // The sink is called under the lock so that Unregister() (and so
   // Teardown()) returning means no further events for that job.
   std::lock_guard lock(registry_mutex_);
-  auto it = registry_.find(packet.prefix.ifname);
+  auto it = registry_.find(ifname);
   if (it == registry_.end() || !it->second.sink) return;
   Registered& job = it->second;
   timespec now{};
@@ -354,14 +383,8 @@ void NetworkService::OnLoggedPacket(const LoggedPacket& packet) {
     return;
   }
   ++job.in_window;
-  NetEvent event;
-  event.job_id = it->second.job_id;
-  event.destination = packet.destination;
-  event.port = packet.port;
-  event.protocol = packet.protocol;
-  event.verdict = packet.prefix.verdict;
-  event.reason = packet.prefix.reason;
-  it->second.sink->OnNetEvent(event);
+  event.job_id = job.job_id;
+  job.sink->OnNetEvent(event);
 }
 
 Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string& job_id,

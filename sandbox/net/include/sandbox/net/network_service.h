@@ -46,6 +46,7 @@ class DnsForwarder;
 struct LoggedPacket;
 class NflogListener;
 class JobNetworkImpl;
+class RateLimitedSink;
 
 class NetworkService {
  public:
@@ -70,6 +71,7 @@ class NetworkService {
 
  private:
   friend class JobNetworkImpl;
+  friend class RateLimitedSink;
   struct Registered {
     std::string job_id;
     NetEventSinkInterface* sink = nullptr;
@@ -82,6 +84,8 @@ class NetworkService {
 
   NetworkService(const NetworkServiceConfig& config, std::unique_ptr<AddressPool> pool);
   void OnLoggedPacket(const LoggedPacket& packet);
+  // Hands `event` to the job's sink, within the job's event rate.
+  void Deliver(const std::string& ifname, NetEvent event);
   void Register(const std::string& ifname, Registered job);
   void Unregister(const std::string& ifname);
 
