@@ -336,6 +336,18 @@ Result<void> SandboxService::Run(const JobId& id) {
   child_out.reset();
   child_err.reset();
 
+  // The child's own report, "in the sandbox: <step>: <errno>", when it sent one.
+  auto describe = [&](const ChildFailure& failure) {
+    std::string step(ChildStepName(static_cast<ChildStep>(failure.step)));
+    if (failure.op_index >= 0 && static_cast<size_t>(failure.op_index) < job.mounts.ops.size()) {
+      const MountOp& op = job.mounts.ops[static_cast<size_t>(failure.op_index)];
+      step +=
+          fmt::format(" {} ({} {})", op.target, op.fstype.empty() ? "bind" : op.fstype, op.source);
+    }
+    if (static_cast<ChildStep>(failure.step) == ChildStep::kExec)
+      step += fmt::format(" '{}'", job.spec.argv[0]);
+    return Error::FromErrno(fmt::format("in the sandbox: {}", step), failure.err);
+  };
   auto fail = [&](Error error) -> Result<void> {
     sync_write.reset();  // the child sees EOF and exits
     SignalPidFd(job.pidfd.get(), SIGKILL);
@@ -344,6 +356,14 @@ Result<void> SandboxService::Run(const JobId& id) {
     WaitPidFd(job.pidfd.get(), &info, &usage, 0);
     job.state = Job::State::kReaped;
     job.start_failed = true;
+    // The child builds its filesystem while the parent sets up the network:
+    // if it failed first, its report is the cause, the parent's error only a
+    // consequence (its namespaces vanished).
+    pollfd report{error_read.get(), POLLIN, 0};
+    ChildFailure failure;
+    if (::poll(&report, 1, 0) == 1 && (report.revents & POLLIN) &&
+        ::read(error_read.get(), &failure, sizeof failure) == static_cast<ssize_t>(sizeof failure))
+      error = describe(failure);
     return std::move(error).WithContext(fmt::format("starting sandbox {}", id));
   };
 
@@ -384,17 +404,7 @@ Result<void> SandboxService::Run(const JobId& id) {
     n = ::read(error_read.get(), &failure, sizeof failure);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return fail(Io("reading the child's status"));
-  if (n == static_cast<ssize_t>(sizeof failure)) {
-    std::string step(ChildStepName(static_cast<ChildStep>(failure.step)));
-    if (failure.op_index >= 0 && static_cast<size_t>(failure.op_index) < job.mounts.ops.size()) {
-      const MountOp& op = job.mounts.ops[static_cast<size_t>(failure.op_index)];
-      step +=
-          fmt::format(" {} ({} {})", op.target, op.fstype.empty() ? "bind" : op.fstype, op.source);
-    }
-    if (static_cast<ChildStep>(failure.step) == ChildStep::kExec)
-      step += fmt::format(" '{}'", job.spec.argv[0]);
-    return fail(Error::FromErrno(fmt::format("in the sandbox: {}", step), failure.err));
-  }
+  if (n == static_cast<ssize_t>(sizeof failure)) return fail(describe(failure));
   if (n != 0) return fail(Error::Make(ErrorCode::kInternal, "short status record from the child"));
   if (!released) return fail(Error::Make(ErrorCode::kInternal, "the child vanished before exec"));
   return {};
