@@ -41,7 +41,7 @@ class Batch {
 
   // Starts a message; `what` names it in errors.
   nlmsghdr* Begin(uint16_t type, uint16_t flags, std::string what) {
-    first_seq_ = first_seq_ ? first_seq_ : seq_;
+    if (names_.empty()) first_seq_ = seq_;
     names_.push_back(std::move(what));
     return nftnl_nlmsg_build_hdr(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), type,
                                  NFPROTO_INET, flags | NLM_F_ACK, seq_++);
