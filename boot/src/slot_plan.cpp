@@ -279,15 +279,26 @@ Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record
 
 // The record to start from for OnBoot/Repair, re-initialised when missing
 // or corrupt.
-SlotState StartingRecord(const PlanInput& in, std::vector<std::string>& findings) {
+Result<SlotState> StartingRecord(const PlanInput& in, std::vector<std::string>& findings) {
   if (in.view.record) return *in.view.record;
   SlotState initial = InitialSlotState(in.view, in.booted);
+  std::string problem = in.view.record_error ? in.view.record_error->message()
+                                             : std::string("RalphSlotState is missing");
+  if (!initial.committed && !in.booted) {
+    // Nothing tells which slot works: writing a record with no committed
+    // slot would put RECOVERY first and demote a machine that boots fine
+    // from the removable path. Leave everything as it is.
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("{}, and the booted image cannot be told ({}): not "
+                                   "initialising it (pass the kernel command line with "
+                                   "ralph.slot=)",
+                                   problem, in.booted_how));
+  }
   std::string committed = initial.committed
                               ? fmt::format("slot {} committed", SlotName(*initial.committed))
                               : std::string("no slot committed");
   if (in.view.record_error) {
-    findings.push_back(
-        fmt::format("{}: re-initialised with {}", in.view.record_error->message(), committed));
+    findings.push_back(fmt::format("{}: re-initialised with {}", problem, committed));
   } else {
     findings.push_back(
         fmt::format("RalphSlotState is missing (first boot): initialised with {}", committed));
@@ -548,7 +559,7 @@ std::vector<uint16_t> DesiredBootOrder(const FirmwareView& view, const SlotState
 
 Result<Plan> PlanRepair(const PlanInput& in) {
   std::vector<std::string> findings;
-  SlotState record = StartingRecord(in, findings);
+  SlotState record = TRY_CTX(StartingRecord(in, findings), "repair");
   Planner planner(in, record);
   for (std::string& finding : findings) planner.Find(std::move(finding));
   TRY_CTX(RepairAll(planner, in, "initialise RalphSlotState"), "repair");
@@ -557,7 +568,7 @@ Result<Plan> PlanRepair(const PlanInput& in) {
 
 Result<Plan> PlanOnBoot(const PlanInput& in) {
   std::vector<std::string> findings;
-  SlotState record = StartingRecord(in, findings);
+  SlotState record = TRY_CTX(StartingRecord(in, findings), "boot check");
   Planner planner(in, record);
   for (std::string& finding : findings) planner.Find(std::move(finding));
 

@@ -70,6 +70,52 @@ Result<std::string> Ucs2ToUtf8(const uint8_t* data, size_t bytes, std::string_vi
   return out;
 }
 
+// UTF-8 to UCS-2 code units (no NUL). kInvalidArgument for malformed UTF-8
+// or characters outside the Basic Multilingual Plane, which UCS-2 cannot hold.
+Result<std::vector<uint16_t>> Utf8ToUcs2(std::string_view text, std::string_view what) {
+  std::vector<uint16_t> out;
+  for (size_t i = 0; i < text.size();) {
+    auto c = static_cast<unsigned char>(text[i]);
+    uint32_t code_point;
+    size_t length;
+    if (c < 0x80) {
+      code_point = c;
+      length = 1;
+    } else if ((c & 0xe0) == 0xc0) {
+      code_point = c & 0x1f;
+      length = 2;
+    } else if ((c & 0xf0) == 0xe0) {
+      code_point = c & 0x0f;
+      length = 3;
+    } else {
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("{} \"{}\": byte {} is not UTF-8 for a UCS-2 character", what, text, i));
+    }
+    if (i + length > text.size()) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("{} \"{}\": truncated UTF-8 sequence", what, text));
+    }
+    for (size_t k = 1; k < length; ++k) {
+      auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xc0) != 0x80) {
+        return Error::Make(
+            ErrorCode::kInvalidArgument,
+            fmt::format("{} \"{}\": bad UTF-8 continuation byte at {}", what, text, i + k));
+      }
+      code_point = code_point << 6 | (next & 0x3f);
+    }
+    if ((length == 2 && code_point < 0x80) || (length == 3 && code_point < 0x800) ||
+        (code_point >= 0xd800 && code_point <= 0xdfff)) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("{} \"{}\": invalid UTF-8 at byte {}", what, text, i));
+    }
+    out.push_back(static_cast<uint16_t>(code_point));
+    i += length;
+  }
+  return out;
+}
+
 struct DevicePathShape {
   std::optional<HardDriveNode> hard_drive;
   std::string file;
@@ -208,7 +254,12 @@ Result<std::vector<uint8_t>> EncodeLoadOption(const LoadOption& option) {
     return Error::Make(ErrorCode::kInvalidArgument, "device path longer than 65535 bytes");
   }
 
-  std::string description = option.description;
+  // libefiboot 37 converts the UTF-8 description to UCS-2 itself, but gets
+  // three-byte sequences wrong (U+2192 comes out as U+0992). So it is given
+  // an ASCII placeholder of the same length, and our own UCS-2 is put in its
+  // place afterwards; the layout does not change.
+  std::vector<uint16_t> ucs2 = TRY(Utf8ToUcs2(option.description, "load option description"));
+  std::string description(ucs2.size(), '?');
   auto* desc = reinterpret_cast<unsigned char*>(description.data());
   auto* dp = reinterpret_cast<efidp>(path.data());
   std::vector<uint8_t> optional = option.optional_data;
@@ -225,6 +276,13 @@ Result<std::vector<uint8_t>> EncodeLoadOption(const LoadOption& option) {
                          desc, optional_ptr, optional.size()) != size) {
     efivar::ClearErrorStack();
     return Error::FromErrno(ErrorCode::kInternal, "building the load option", errno);
+  }
+  if (out.size() < kFixedHeaderSize + 2 * (ucs2.size() + 1)) {
+    return Error::Make(ErrorCode::kInternal, "libefiboot made a load option without description");
+  }
+  for (size_t i = 0; i < ucs2.size(); ++i) {
+    out[kFixedHeaderSize + 2 * i] = static_cast<uint8_t>(ucs2[i] & 0xff);
+    out[kFixedHeaderSize + 2 * i + 1] = static_cast<uint8_t>(ucs2[i] >> 8);
   }
   return out;
 }

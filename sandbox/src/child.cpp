@@ -110,17 +110,23 @@ int BringUpLoopback() {
   return err;
 }
 
-}  // namespace
-
-void RunChild(const ChildPlan& plan) {
-  // 1. Wait until the parent has written our id maps, attached the cgroup
-  // (v1) and set up the network. EOF means the parent gave up.
+// One byte from the parent; EOF (the parent gave up or died) ends the child.
+void AwaitParent(const ChildPlan& plan) {
   char go = 0;
   ssize_t n;
   do {
     n = ::read(plan.sync_fd, &go, 1);
   } while (n < 0 && errno == EINTR);
   if (n != 1) ::_exit(127);
+}
+
+}  // namespace
+
+void RunChild(const ChildPlan& plan) {
+  // 1. Wait until the parent has written our id maps and attached the
+  // cgroup (v1). It sets up the network meanwhile, while we build the
+  // filesystem (the resolv.conf we bind already exists, empty until then).
+  AwaitParent(plan);
 
   // 2. Become root of the new user namespace (mapped to the unprivileged host
   // range) and drop the host's supplementary groups.
@@ -179,19 +185,22 @@ void RunChild(const ChildPlan& plan) {
   if (int err = ApplyLandlockInChild(plan.landlock_abi); err != 0)
     Fail(plan, ChildStep::kLandlock, err);
 
-  // 6. Die with the service. Armed only now because any credential change
+  // 6. The network is ready (or not wanted): the second byte.
+  AwaitParent(plan);
+
+  // 7. Die with the service. Armed only now because any credential change
   // clears it (prctl(2), PR_SET_PDEATHSIG); then check the parent is still
-  // there (it holds the sync pipe's write end until we have exec'd).
+  // there (it keeps its end of the sync socket open until we have exec'd).
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) Fail(plan, ChildStep::kParentDeath, errno);
   pollfd parent{plan.sync_fd, POLLIN, 0};
   if (::poll(&parent, 1, 0) < 0 || (parent.revents & POLLHUP)) ::_exit(127);
 
-  // 7. Every fd above stdio closes on execve (the error pipe included, which
+  // 8. Every fd above stdio closes on execve (the error pipe included, which
   // is how the parent learns the exec worked).
   if (::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0)
     Fail(plan, ChildStep::kStdio, errno);
 
-  // 8. Seccomp last: the filter itself denies the mount/pivot_root above.
+  // 9. Seccomp last: the filter itself denies the mount/pivot_root above.
   if (int err = LoadSeccompProgram(plan.seccomp); err != 0) Fail(plan, ChildStep::kSeccomp, err);
 
   int first_error = ENOENT;

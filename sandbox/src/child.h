@@ -46,7 +46,9 @@ struct ChildFailure {
 };
 
 struct ChildPlan {
-  int sync_fd = -1;   // read: one byte from the parent = go
+  // read: a byte from the parent = go (twice: ids/cgroup ready, then
+  // network ready before exec); EOF = give up.
+  int sync_fd = -1;
   int error_fd = -1;  // write: ChildFailure on error
   int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;
   bool controlling_tty = false;    // stdio is a pty slave: setsid + TIOCSCTTY

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/capability.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -252,7 +253,9 @@ Result<void> SandboxService::Run(const JobId& id) {
   if (job.state != Job::State::kCreated)
     return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} was already started", id));
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return Io("pipe2");
+  // A socketpair, not a pipe: send(MSG_NOSIGNAL) to a child that already
+  // died returns EPIPE instead of raising SIGPIPE in the service.
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return Io("socketpair");
   UniqueFd sync_read(fds[0]), sync_write(fds[1]);
   if (::pipe2(fds, O_CLOEXEC) != 0) return Io("pipe2");
   UniqueFd error_read(fds[0]), error_write(fds[1]);
@@ -333,6 +336,18 @@ Result<void> SandboxService::Run(const JobId& id) {
   child_out.reset();
   child_err.reset();
 
+  // The child's own report, "in the sandbox: <step>: <errno>", when it sent one.
+  auto describe = [&](const ChildFailure& failure) {
+    std::string step(ChildStepName(static_cast<ChildStep>(failure.step)));
+    if (failure.op_index >= 0 && static_cast<size_t>(failure.op_index) < job.mounts.ops.size()) {
+      const MountOp& op = job.mounts.ops[static_cast<size_t>(failure.op_index)];
+      step +=
+          fmt::format(" {} ({} {})", op.target, op.fstype.empty() ? "bind" : op.fstype, op.source);
+    }
+    if (static_cast<ChildStep>(failure.step) == ChildStep::kExec)
+      step += fmt::format(" '{}'", job.spec.argv[0]);
+    return Error::FromErrno(fmt::format("in the sandbox: {}", step), failure.err);
+  };
   auto fail = [&](Error error) -> Result<void> {
     sync_write.reset();  // the child sees EOF and exits
     SignalPidFd(job.pidfd.get(), SIGKILL);
@@ -341,6 +356,14 @@ Result<void> SandboxService::Run(const JobId& id) {
     WaitPidFd(job.pidfd.get(), &info, &usage, 0);
     job.state = Job::State::kReaped;
     job.start_failed = true;
+    // The child builds its filesystem while the parent sets up the network:
+    // if it failed first, its report is the cause, the parent's error only a
+    // consequence (its namespaces vanished).
+    pollfd report{error_read.get(), POLLIN, 0};
+    ChildFailure failure;
+    if (::poll(&report, 1, 0) == 1 && (report.revents & POLLIN) &&
+        ::read(error_read.get(), &failure, sizeof failure) == static_cast<ssize_t>(sizeof failure))
+      error = describe(failure);
     return std::move(error).WithContext(fmt::format("starting sandbox {}", id));
   };
 
@@ -352,6 +375,17 @@ Result<void> SandboxService::Run(const JobId& id) {
   if (cgroup_fd < 0) {
     if (auto r = job.cgroup->Attach(job.pid); !r) return fail(std::move(r).error());
   }
+  auto release = [&]() -> Result<void> {
+    char go = 1;
+    ssize_t sent;
+    do {
+      sent = ::send(sync_write.get(), &go, 1, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    if (sent != 1) return Io("releasing the child");
+    return {};
+  };
+  // The child builds its filesystem while the network is set up here.
+  if (auto r = release(); !r) return fail(std::move(r).error());
   if (job.spec.network.enabled) {
     auto network = network_->Create(job.id, job.pid, job.spec.network);
     if (!network) return fail(std::move(network).error().WithContext("network"));
@@ -361,26 +395,18 @@ Result<void> SandboxService::Run(const JobId& id) {
         !r)
       return fail(std::move(r).error());
   }
-  char go = 1;
-  if (::write(sync_write.get(), &go, 1) != 1) return fail(Io("releasing the child"));
+  // A child that failed meanwhile has reported it; release() then fails
+  // with EPIPE and the report below is read either way.
+  bool released = static_cast<bool>(release());
   ChildFailure failure;
   ssize_t n;
   do {
     n = ::read(error_read.get(), &failure, sizeof failure);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return fail(Io("reading the child's status"));
-  if (n == static_cast<ssize_t>(sizeof failure)) {
-    std::string step(ChildStepName(static_cast<ChildStep>(failure.step)));
-    if (failure.op_index >= 0 && static_cast<size_t>(failure.op_index) < job.mounts.ops.size()) {
-      const MountOp& op = job.mounts.ops[static_cast<size_t>(failure.op_index)];
-      step +=
-          fmt::format(" {} ({} {})", op.target, op.fstype.empty() ? "bind" : op.fstype, op.source);
-    }
-    if (static_cast<ChildStep>(failure.step) == ChildStep::kExec)
-      step += fmt::format(" '{}'", job.spec.argv[0]);
-    return fail(Error::FromErrno(fmt::format("in the sandbox: {}", step), failure.err));
-  }
+  if (n == static_cast<ssize_t>(sizeof failure)) return fail(describe(failure));
   if (n != 0) return fail(Error::Make(ErrorCode::kInternal, "short status record from the child"));
+  if (!released) return fail(Error::Make(ErrorCode::kInternal, "the child vanished before exec"));
   return {};
 }
 

@@ -1,5 +1,6 @@
 #include "sandbox/storage.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/loop.h>
 #include <spawn.h>
@@ -11,6 +12,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -119,19 +122,21 @@ UpperVolume::~UpperVolume() {
 }
 
 Result<void> UpperVolume::Destroy() {
-  if (mounted_) {
-    // MNT_DETACH: the job's mount namespace may still pin the superblock for
-    // a moment while its last process exits; the loop device detaches when
-    // the last reference goes.
-    if (::umount2(mount_point_.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
-      return Error::FromErrno(fmt::format("umount {}", mount_point_), errno);
-    mounted_ = false;
-    ::rmdir(mount_point_.c_str());
-  }
+  // The name first: while the loop device still holds the file this is a
+  // directory update only; the blocks are freed when the device lets go.
   if (!image_.empty()) {
     if (::unlink(image_.c_str()) != 0 && errno != ENOENT)
       return Error::FromErrno(fmt::format("unlink {}", image_), errno);
     image_.clear();
+  }
+  if (mounted_) {
+    // MNT_DETACH: the job's mount namespace may still pin the superblock for
+    // a moment while its last process exits; the loop device detaches
+    // (autoclear, asynchronously) when the last reference goes.
+    if (::umount2(mount_point_.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
+      return Error::FromErrno(fmt::format("umount {}", mount_point_), errno);
+    mounted_ = false;
+    ::rmdir(mount_point_.c_str());
   }
   return {};
 }
@@ -181,9 +186,10 @@ LoopVolumeFactory::~LoopVolumeFactory() {
 Result<void> LoopVolumeFactory::DrainPool() {
   Result<void> first;
   while (!pool_.empty()) {
-    auto result = pool_.back()->Destroy();
-    if (!result && first) first = std::move(result);
+    std::unique_ptr<UpperVolume> volume = std::move(pool_.back());
     pool_.pop_back();
+    auto result = Park(std::move(volume));
+    if (!result && first) first = std::move(result);
   }
   return first;
 }
@@ -193,8 +199,7 @@ Result<void> LoopVolumeFactory::Release(std::unique_ptr<UpperVolume> volume) {
   struct statfs st;
   // More than this many inodes in use: destroying is cheaper than wiping.
   constexpr uint64_t kMaxInodesToWipe = 2000;
-  bool keep = pool_.size() < max_pooled_ && volume->mounted_ &&
-              ::statfs(volume->mount_point_.c_str(), &st) == 0 &&
+  bool keep = volume->mounted_ && ::statfs(volume->mount_point_.c_str(), &st) == 0 &&
               st.f_files - st.f_ffree <= kMaxInodesToWipe;
   if (keep) {
     UniqueFd root(::open(volume->mount_point_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -207,6 +212,7 @@ Result<void> LoopVolumeFactory::Release(std::unique_ptr<UpperVolume> volume) {
     }
   }
   if (!keep) return volume->Destroy();
+  if (pool_.size() >= max_pooled_) return Park(std::move(volume));
   pool_.push_back(std::move(volume));
   return {};
 }
@@ -220,13 +226,22 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
       return volume;
     }
   }
-  std::string template_path =
-      TRY_CTX(TemplateFor(bytes, owner_uid), "making the upper-layer template");
   std::string dir = state_dir_ + "/volumes";
   TRY(MakeDirs(dir, 0711));
   uint64_t number = next_volume_++;
   std::string image = fmt::format("{}/{}-{}.img", dir, ::getpid(), number);
   std::string mount_point = fmt::format("{}/{}-{}", dir, ::getpid(), number);
+  // A parked image of this size and owner, if one is free: no copy, and no
+  // image to free at the end.
+  if (ClaimParked(bytes, owner_uid, image)) {
+    std::unique_ptr<UpperVolume> volume(new UpperVolume(image, mount_point, bytes, owner_uid));
+    volume->mounted_ = false;
+    UniqueFd image_fd(::open(image.c_str(), O_RDWR | O_CLOEXEC));
+    if (image_fd && MountImage(*volume, image_fd.get())) return volume;
+    IgnoreError(volume->Destroy());  // unusable: drop it, make a new one below
+  }
+  std::string template_path =
+      TRY_CTX(TemplateFor(bytes, owner_uid), "making the upper-layer template");
   UniqueFd source(::open(template_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!source) return Error::FromErrno(fmt::format("open {}", template_path), errno);
   UniqueFd image_fd(::open(image.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
@@ -238,19 +253,81 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
     return Error::FromErrno(fmt::format("truncate {}", image), errno);
   TRY_CTX(CopySparse(source.get(), image_fd.get(), bytes),
           fmt::format("copying {} to {}", template_path, image));
+  TRY(MountImage(*volume, image_fd.get()));
+  return volume;
+}
+
+Result<void> LoopVolumeFactory::MountImage(UpperVolume& volume, int image_fd) {
   auto [loop, device] =
-      TRY_CTX(AttachLoop(image_fd.get(), false), fmt::format("attaching {}", image));
-  if (::mkdir(mount_point.c_str(), 0755) != 0 && errno != EEXIST)
-    return Error::FromErrno(fmt::format("mkdir {}", mount_point), errno);
+      TRY_CTX(AttachLoop(image_fd, false), fmt::format("attaching {}", volume.image_));
+  if (::mkdir(volume.mount_point_.c_str(), 0755) != 0 && errno != EEXIST)
+    return Error::FromErrno(fmt::format("mkdir {}", volume.mount_point_), errno);
   // noinit_itable: nothing to zero in a sparse image, no background thread.
-  if (::mount(device.c_str(), mount_point.c_str(), "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME,
-              "noinit_itable,nobarrier") != 0) {
+  if (::mount(device.c_str(), volume.mount_point_.c_str(), "ext4",
+              MS_NOSUID | MS_NODEV | MS_NOATIME, "noinit_itable,nobarrier") != 0) {
     int err = errno;
     ::ioctl(loop.get(), LOOP_CLR_FD, 0);
-    return Error::FromErrno(fmt::format("mount {} ({}) on {}", device, image, mount_point), err);
+    return Error::FromErrno(
+        fmt::format("mount {} ({}) on {}", device, volume.image_, volume.mount_point_), err);
   }
-  volume->mounted_ = true;
-  return volume;
+  volume.loop_number_ = std::atoi(device.c_str() + std::strlen("/dev/loop"));
+  volume.mounted_ = true;
+  return {};
+}
+
+namespace {
+constexpr size_t kMaxParked = 16;
+// A parked image that holds more than this on the host is freed instead.
+constexpr uint64_t kMaxParkedAllocated = 16ull << 20;
+std::string ParkedPrefix(uint64_t bytes, uint32_t owner_uid) {
+  return fmt::format("parked-{}-{}-", bytes, owner_uid);
+}
+}  // namespace
+
+bool LoopVolumeFactory::ClaimParked(uint64_t bytes, uint32_t owner_uid, const std::string& image) {
+  std::string dir = state_dir_ + "/volumes";
+  DIR* listing = ::opendir(dir.c_str());
+  if (!listing) return false;
+  std::unique_ptr<DIR, int (*)(DIR*)> owner(listing, ::closedir);
+  std::string prefix = ParkedPrefix(bytes, owner_uid);
+  while (dirent* entry = ::readdir(listing)) {
+    std::string name = entry->d_name;
+    if (name.rfind(prefix, 0) != 0) continue;
+    // "parked-<bytes>-<uid>-loop<N>-<unique>.img": the loop device that last
+    // held it must have let go (autoclear runs asynchronously after the
+    // unmount), or two filesystems would share one image.
+    int loop_number = -1;
+    if (std::sscanf(name.c_str() + prefix.size(), "loop%d-", &loop_number) != 1) continue;
+    auto backing = ReadFileString(fmt::format("/sys/block/loop{}/loop/backing_file", loop_number));
+    if (backing && backing->find(name) != std::string::npos) continue;
+    // rename() is the claim: of several services, one wins, the others get ENOENT.
+    if (::rename((dir + "/" + name).c_str(), image.c_str()) == 0) return true;
+  }
+  return false;
+}
+
+Result<void> LoopVolumeFactory::Park(std::unique_ptr<UpperVolume> volume) {
+  std::string dir = state_dir_ + "/volumes";
+  struct stat st;
+  size_t parked = 0;
+  if (DIR* listing = ::opendir(dir.c_str())) {
+    while (dirent* entry = ::readdir(listing))
+      parked += std::string(entry->d_name).rfind("parked-", 0) == 0;
+    ::closedir(listing);
+  }
+  bool keep = volume->mounted_ && parked < kMaxParked && ::stat(volume->image_.c_str(), &st) == 0 &&
+              static_cast<uint64_t>(st.st_blocks) * 512 <= kMaxParkedAllocated;
+  // A plain unmount: it fails (EBUSY) rather than detaching a filesystem
+  // someone still uses.
+  if (!keep || ::umount2(volume->mount_point_.c_str(), 0) != 0) return volume->Destroy();
+  volume->mounted_ = false;
+  ::rmdir(volume->mount_point_.c_str());
+  std::string parked_path =
+      fmt::format("{}/{}loop{}-{}-{}.img", dir, ParkedPrefix(volume->bytes_, volume->owner_uid_),
+                  volume->loop_number_, ::getpid(), next_volume_++);
+  if (::rename(volume->image_.c_str(), parked_path.c_str()) != 0) return volume->Destroy();
+  volume->image_.clear();
+  return {};
 }
 
 }  // namespace ralph::sandbox

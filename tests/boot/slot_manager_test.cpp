@@ -62,6 +62,22 @@ TEST(SlotManagerTest, FirstBootProvisionsFromTheRemovablePath) {
   EXPECT_EQ(m.vars().changes(), 0u);
 }
 
+TEST(SlotManagerTest, NoRecordAndNoIdeaWhatBootedWritesNothing) {
+  Machine m;
+  m.PowerOn();  // removable path, but the command line lacks ralph.slot=
+  SlotManager manager = *SlotManager::Create(m.vars(), TestLayout(), "quiet");
+  Result<BootReport> boot = manager.OnBoot();
+  ASSERT_FALSE(boot.has_value());
+  EXPECT_EQ(boot.error().code(), ErrorCode::kInvalidState);
+  EXPECT_THAT(boot.error().message(), HasSubstr("RalphSlotState is missing, and the booted image "
+                                                "cannot be told"));
+  EXPECT_THAT(boot.error().message(), HasSubstr("not a RalphOS entry for this disk"));
+  Result<Outcome> repair = manager.Repair();
+  ASSERT_FALSE(repair.has_value());
+  EXPECT_EQ(m.vars().changes(), 0u);
+  EXPECT_EQ(m.PowerOn().source, BootSource::kRemovable);  // still boots as before
+}
+
 TEST(SlotManagerTest, SteadyStateHealthyBootWritesNothing) {
   Machine m = Machine::WithTrialPending();
   m.Boot();

@@ -271,6 +271,48 @@ TEST_F(InstallTest, OnlyOneInstallAtATime) {
   EXPECT_EQ(Record().b.status, boot::SlotStatus::kEmpty);
 }
 
+TEST_F(InstallTest, RalphctlUpdateInstallAndStatus) {
+  const char* binary_dir = std::getenv("RALPH_BINARY_DIR");
+  ASSERT_NE(binary_dir, nullptr) << "run through ctest (RALPH_BINARY_DIR)";
+  std::string ralphctl = std::string(binary_dir) + "/bin/ralphctl";
+  BundleSpec spec = DefaultSpec(7);
+  std::string bundle = MakeBundle("cli.rbundle", spec);
+  std::string status_file = dir_ / "cli-status.json";
+  std::string efivars = std::getenv("EFIVARFS_PATH");
+  efivars.pop_back();  // ralphctl --efivars takes the directory without the slash
+  auto installed = ralph::testing::RunCommand(
+      {ralphctl, "update", "install", bundle, "--keyring", keyring_, "--efivars", efivars, "--disk",
+       loop_->device(), "--cmdline", "ralph.slot=a", "--status-file", status_file, "--lock",
+       dir_ / "cli.lock", "--work-dir", dir_.path()});
+  ASSERT_TRUE(installed.has_value()) << installed.error().ToString();
+  EXPECT_NE(installed->find("installed 2.0.0 into slot B"), std::string::npos) << *installed;
+  EXPECT_EQ(Record().b.status, boot::SlotStatus::kTrial);
+  ExpectSafe(spec.rootfs, spec.uki);
+
+  auto json = ralph::testing::RunCommand(
+      {ralphctl, "update", "status", "--json", "--status-file", status_file});
+  ASSERT_TRUE(json.has_value()) << json.error().ToString();
+  auto status = StatusFromJson(*json);
+  ASSERT_TRUE(status.has_value()) << status.error().ToString() << "\n" << *json;
+  EXPECT_EQ(status->phase, InstallPhase::kDone);
+  EXPECT_EQ(status->version, "2.0.0");
+  EXPECT_EQ(status->bytes_done, status->bytes_total);
+
+  // A refused install exits non-zero with the reason, and status says so.
+  BundleSpec arm = DefaultSpec(8);
+  arm.arch = "aarch64";
+  auto refused = ralph::testing::RunCommand(
+      {ralphctl, "update", "install", MakeBundle("arm.rbundle", arm), "--keyring", keyring_,
+       "--efivars", efivars, "--disk", loop_->device(), "--cmdline", "ralph.slot=a",
+       "--status-file", status_file, "--lock", dir_ / "cli.lock", "--work-dir", dir_.path()});
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_NE(refused.error().message().find("bundle is for ralphos/aarch64"), std::string::npos)
+      << refused.error().message();
+  auto failed = ReadStatusFile(status_file);
+  ASSERT_TRUE(failed.has_value());
+  EXPECT_EQ(failed->phase, InstallPhase::kFailed);
+}
+
 }  // namespace
 }  // namespace ralph::ota::testing
 

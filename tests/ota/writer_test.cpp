@@ -100,6 +100,20 @@ TEST_F(WriterTest, AdaptiveWritesOnlyChangedChunks) {
   EXPECT_EQ(stats->chunks_written, 2u);
   EXPECT_EQ(stats->chunks_skipped, 9u);
   EXPECT_TRUE(VerifySlot(slot, updated.rootfs(), {}).has_value());
+  // With the chunk map, only the written chunks are read back: a read error
+  // in a skipped (already verified) chunk is not reached, one in a written
+  // chunk is.
+  ASSERT_EQ(stats->written.size(), 11u);
+  EXPECT_TRUE(stats->written[3] && stats->written[10] && !stats->written[4]);
+  slot.FailReadsAt(4 * kChunk + 1);
+  EXPECT_TRUE(VerifySlot(slot, updated.rootfs(), {}, &stats->written).has_value());
+  EXPECT_FALSE(VerifySlot(slot, updated.rootfs(), {}).has_value());
+  slot.ClearFaults();
+  slot.FailReadsAt(3 * kChunk + 1);
+  auto failed = VerifySlot(slot, updated.rootfs(), {}, &stats->written);
+  ASSERT_FALSE(failed.has_value());
+  EXPECT_NE(failed.error().message().find("re-reading rootfs chunk 3"), std::string::npos)
+      << failed.error().message();
 }
 
 TEST_F(WriterTest, RefusesFlippedPayloadByteBeforeWritingThatChunk) {

@@ -118,6 +118,19 @@ TEST(LoadOptionTest, EncodeDecodeRoundTrip) {
   EXPECT_EQ(*again, *bytes);
 }
 
+TEST(LoadOptionTest, NonAsciiDescriptionRoundTrips) {
+  LoadOption option = RalphOption();
+  option.description = "RalphOS \u00c4 \u2192 B";  // Latin-1 and a BMP arrow
+  auto bytes = EncodeLoadOption(option);
+  ASSERT_TRUE(bytes) << bytes.error().ToString();
+  // UCS-2 in the option: "RalphOS " then U+00C4.
+  EXPECT_EQ((*bytes)[6 + 8 * 2], 0xc4);
+  EXPECT_EQ((*bytes)[6 + 8 * 2 + 1], 0x00);
+  auto decoded = DecodeLoadOption(*bytes);
+  ASSERT_TRUE(decoded) << decoded.error().ToString();
+  EXPECT_EQ(decoded->description, option.description);
+}
+
 TEST(LoadOptionTest, EncodesTheEfibootmgrByteLayout) {
   LoadOption option = RalphOption();
   option.attributes = 0;  // inactive
@@ -177,6 +190,19 @@ TEST(LoadOptionTest, EncodeRejectsIncompleteOptions) {
   auto c = EncodeLoadOption(slashes);
   ASSERT_FALSE(c);
   EXPECT_THAT(c.error().message(), HasSubstr("must be absolute with backslashes"));
+
+  LoadOption emoji = RalphOption();
+  emoji.description = "Ralph \U0001F600";  // outside the BMP: no UCS-2 for it
+  auto d = EncodeLoadOption(emoji);
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(d.error().message(), HasSubstr("is not UTF-8 for a UCS-2 character"));
+
+  LoadOption broken = RalphOption();
+  broken.description = "Ralph \xc3";
+  auto e = EncodeLoadOption(broken);
+  ASSERT_FALSE(e);
+  EXPECT_THAT(e.error().message(), HasSubstr("truncated UTF-8 sequence"));
 }
 
 // Appends a UCS-2 string with NUL.

@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 
 #include <sstream>
+#include <thread>
 
+#include "sandbox/testing/fakes.h"
 #include "sandbox_fixture.h"
 
 namespace ralph::sandbox::testing {
@@ -247,6 +249,143 @@ TEST(CgroupV1, SameLimitsInEveryHierarchy) {
   std::vector<std::string> paths = (*job)->paths();
   ASSERT_TRUE((*job)->Destroy());
   for (const std::string& path : paths) EXPECT_NE(::access(path.c_str(), F_OK), 0) << path;
+}
+
+size_t CountParked(const std::string& state_dir) {
+  DIR* dir = ::opendir((state_dir + "/images/volumes").c_str());
+  if (!dir) return 0;
+  size_t count = 0;
+  while (dirent* e = ::readdir(dir)) count += std::string(e->d_name).rfind("parked-", 0) == 0;
+  ::closedir(dir);
+  return count;
+}
+
+TEST_F(ServiceTest, UpperImagesAreWipedParkedAndReusedAcrossServices) {
+  const std::string state = work_ + "/state";
+  JobResult result = RunJob(Spec({"sh", "-c", "echo secret > /work/left-behind"}));
+  ASSERT_EQ(result.exit_code, 0) << Describe(result);
+  service_.reset();  // unmounts the pooled volume and parks its image
+  EXPECT_EQ(CountParked(state), 1u);
+  std::string mountinfo = ReadHostFile("/proc/self/mountinfo");
+  EXPECT_EQ(mountinfo.find(state), std::string::npos) << "a mount is left below " << state;
+  // A new service (a new process, in the product) takes the parked image.
+  auto cgroups = DetectCgroups(fmt::format("ralph-test-park-{}", ::getpid()));
+  ASSERT_TRUE(cgroups);
+  ServiceOptions options;
+  options.state_dir = state;
+  options.name = fmt::format("p{}", ::getpid());
+  options.ids = ids_;
+  auto service = SandboxService::Create(options, std::move(*cgroups), nullptr);
+  ASSERT_TRUE(service) << service.error().ToString();
+  service_ = std::move(*service);
+  // The loop device that held it detaches asynchronously; until then the
+  // image is not reused, and a fresh one is made instead.
+  for (int i = 0; i < 200; ++i) {
+    auto id = service_->CreateJob(Spec({"sh", "-c", "ls -A /work; cat /work/left-behind"}));
+    ASSERT_TRUE(id) << id.error().ToString();
+    bool reused = CountParked(state) == 0;
+    ASSERT_TRUE(service_->Run(*id));
+    auto waited = service_->Wait(*id);
+    ASSERT_TRUE(waited);
+    EXPECT_NE(waited->exit_code, 0) << Describe(*waited);  // the old file is gone
+    EXPECT_EQ(waited->stdout_data, "") << Describe(*waited);
+    ASSERT_TRUE(service_->Destroy(*id));
+    if (reused) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(CountParked(state), 0u);  // taken (and pooled by this service)
+}
+
+// The service with fake cgroups and a fake network: injected failures leave
+// nothing behind, and the service hands each dependency what the plan says.
+class ServiceWithFakesTest : public SandboxFixture {
+ protected:
+  void SetUp() override {
+    SandboxFixture::SetUp();
+    service_.reset();
+    auto cgroups = std::make_unique<FakeCgroupManager>(CgroupVersion::kV1);
+    cgroups_ = cgroups.get();
+    records_ = cgroups->records();
+    auto network = std::make_unique<FakeNetworkProvider>();
+    network_ = network.get();
+    created_ = network->created();
+    torn_down_ = network->torn_down();
+    ServiceOptions options;
+    options.state_dir = work_ + "/state-fakes";
+    options.name = fmt::format("f{}", ::getpid());
+    options.ids = ids_;
+    auto service = SandboxService::Create(options, std::move(cgroups), std::move(network));
+    ASSERT_TRUE(service) << service.error().ToString();
+    service_ = std::move(*service);
+  }
+  size_t JobDirs() const {
+    DIR* dir = ::opendir((work_ + "/state-fakes/jobs").c_str());
+    if (!dir) return 0;
+    size_t entries = 0;
+    while (dirent* e = ::readdir(dir)) entries += e->d_name[0] != '.';
+    ::closedir(dir);
+    return entries;
+  }
+  FakeCgroupManager* cgroups_ = nullptr;
+  FakeNetworkProvider* network_ = nullptr;
+  std::shared_ptr<std::vector<FakeCgroupManager::Record>> records_;
+  std::shared_ptr<int> created_, torn_down_;
+};
+
+TEST_F(ServiceWithFakesTest, CgroupFailureLeavesNothing) {
+  cgroups_->FailNextCreate(Error::Make(ErrorCode::kBusy, "injected: cgroup busy"));
+  auto id = service_->CreateJob(Spec({"true"}));
+  ASSERT_FALSE(id);
+  EXPECT_EQ(id.error().code(), ErrorCode::kBusy);
+  EXPECT_NE(id.error().message().find("injected: cgroup busy"), std::string::npos)
+      << id.error().ToString();
+  EXPECT_EQ(JobDirs(), 0u);
+  EXPECT_EQ(service_->job_count(), 0u);
+}
+
+TEST_F(ServiceWithFakesTest, TheJobGetsThePlannedLimitsAndIsAttached) {
+  SandboxSpec spec = Spec({"true"});
+  spec.limits.pids = 77;
+  JobResult result = RunJob(spec);
+  EXPECT_EQ(result.exit_code, 0) << Describe(result);
+  ASSERT_EQ(records_->size(), 1u);
+  const auto& record = (*records_)[0];
+  auto planned = PlanCgroupSettings(spec.limits, CgroupVersion::kV1);
+  ASSERT_EQ(record.settings.size(), planned.size());
+  for (size_t i = 0; i < planned.size(); ++i) {
+    EXPECT_EQ(record.settings[i].file, planned[i].file);
+    EXPECT_EQ(record.settings[i].value, planned[i].value);
+  }
+  EXPECT_EQ(record.attached.size(), 1u);  // v1: moved in after clone
+  EXPECT_TRUE(record.destroyed);
+}
+
+TEST_F(ServiceWithFakesTest, NetworkFailureKillsTheChild) {
+  network_->FailWith(Error::Make(ErrorCode::kIo, "injected: veth"));
+  SandboxSpec spec = Spec({"sleep", "60"});
+  spec.network.enabled = true;
+  auto id = service_->CreateJob(spec);
+  ASSERT_TRUE(id) << id.error().ToString();
+  auto run = service_->Run(*id);
+  ASSERT_FALSE(run);
+  EXPECT_NE(run.error().message().find("network: injected: veth"), std::string::npos)
+      << run.error().ToString();
+  // The child was killed and reaped: no process of the job's uid range.
+  std::string uid = std::to_string(ids_.host_base);
+  std::string command = fmt::format("ps -eo uid= | grep -qx ' *{}'", uid);
+  EXPECT_NE(std::system(command.c_str()), 0) << "a process of uid " << uid << " is left";
+  ASSERT_TRUE(service_->Destroy(*id));
+  EXPECT_TRUE((*records_)[0].destroyed);
+  EXPECT_EQ(JobDirs(), 0u);
+}
+
+TEST_F(ServiceWithFakesTest, TheResolverIsWhatTheNetworkSays) {
+  SandboxSpec spec = Spec({"cat", "/etc/resolv.conf"});
+  spec.network.enabled = true;
+  JobResult result = RunJob(spec);
+  EXPECT_EQ(result.stdout_data, "nameserver 192.0.2.1\n") << Describe(result);
+  EXPECT_EQ(*created_, 1);
+  EXPECT_EQ(*torn_down_, 1);
 }
 
 }  // namespace

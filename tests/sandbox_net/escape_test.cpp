@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -28,6 +29,7 @@ using testing::JobProcess;
 using testing::ProbeConnect;
 using testing::ProbePing;
 using testing::ProbeResolve;
+using testing::ProbeUdpFlood;
 using testing::RecordingSink;
 using testing::World;
 
@@ -54,6 +56,10 @@ class NetEscapeTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete service_;
     service_ = nullptr;
+    // The service removed everything it made: no tables at all, and no links
+    // but lo and the world's veth.
+    EXPECT_EQ(testing::ShellOutput("nft list tables"), "");
+    EXPECT_EQ(testing::CountResources().interfaces, 2);
     delete world_;
     world_ = nullptr;
   }
@@ -337,6 +343,49 @@ TEST_F(NetEscapeTest, RawIcmpIsDropped) {
   EXPECT_TRUE(Denied("169.254.169.254", 0, "metadata")) << sink_.Dump();
 }
 
+TEST_F(NetEscapeTest, EventFloodIsRateLimited) {
+  // Every datagram to a blocked address is a new denied attempt; a job
+  // flooding them must not flood the event sink (the audit log).
+  std::string out = RunJob(
+      WebOnly(), [](const JobContext&) { return ProbeUdpFlood("169.254.169.254", 9, 3000); });
+  EXPECT_EQ(out, "sent 3000");
+  EXPECT_FALSE(world_->SawAny("169.254.169.254"));
+  EXPECT_TRUE(Denied("169.254.169.254", 9, "metadata")) << sink_.Dump();
+  sleep(1);  // let the NFLOG backlog drain before teardown flushes the count
+  ASSERT_TRUE(networks_.back()->Teardown());
+  size_t delivered = 0;
+  bool summary = false;
+  for (const NetEvent& event : sink_.events()) {
+    if (event.reason == "metadata") ++delivered;
+    if (event.reason.rfind("rate-limited: ", 0) == 0) summary = true;
+  }
+  // The 3000 datagrams leave within a window or two of 200 events each.
+  EXPECT_GE(delivered, 1u);
+  EXPECT_LE(delivered, 400u);
+  EXPECT_TRUE(summary) << "delivered " << delivered;
+
+  // The same for the resolver: garbage datagrams are denied DNS events.
+  RecordingSink dns_sink;
+  NetworkSpec spec;
+  spec.allowed_domains = {"*.allowed.test"};
+  JobProcess job = JobProcess::Fork(
+      [](const JobContext& context) { return ProbeUdpFlood(context.resolver_v4, 53, 3000); });
+  auto network = service_->CreateJob("dns-flood", job.pid(), spec, &dns_sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "sent 3000");
+  sleep(1);
+  ASSERT_TRUE((*network)->Teardown());
+  size_t malformed = 0;
+  summary = false;
+  for (const NetEvent& event : dns_sink.events()) {
+    if (event.reason == "dns: malformed query") ++malformed;
+    if (event.reason.rfind("rate-limited: ", 0) == 0) summary = true;
+  }
+  EXPECT_GE(malformed, 1u);
+  EXPECT_LE(malformed, 400u);
+  EXPECT_TRUE(summary) << "delivered " << malformed;
+}
+
 TEST_F(NetEscapeTest, IcmpIsAllowedWhereTheRuleSaysAnyProtocol) {
   // The negative above is not vacuous: with an any-protocol rule ping works.
   NetworkSpec spec;
@@ -462,6 +511,43 @@ TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
   std::string out =
       RunJob(WebOnly(), [](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
   EXPECT_EQ(out, "connected:hello");
+}
+
+TEST_F(NetEscapeTest, HundredJobsAliveAtOnceThenNothingLeaks) {
+  testing::ResourceCounts before = testing::CountResources();
+  constexpr int kJobs = 100;
+  NetworkSpec spec = WebOnly();
+  spec.allowed_domains = {"*.allowed.test"};
+  std::vector<JobProcess> jobs;
+  std::vector<std::unique_ptr<JobNetwork>> networks;
+  std::set<std::string> addresses;
+  for (int i = 0; i < kJobs; ++i) {
+    jobs.push_back(JobProcess::Fork([](const JobContext&) {
+      return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("203.0.113.20", 80);
+    }));
+    auto network = service_->CreateJob(fmt::format("many-{}", i), jobs.back().pid(), spec, &sink_);
+    ASSERT_TRUE(network) << i << ": " << network.error().ToString();
+    addresses.insert((*network)->job_address_v4());
+    addresses.insert((*network)->job_address_v6());
+    networks.push_back(std::move(*network));
+  }
+  EXPECT_EQ(addresses.size(), 2u * kJobs);
+  EXPECT_EQ(service_->live_jobs(), static_cast<size_t>(kJobs));
+  EXPECT_EQ(testing::CountResources().interfaces, before.interfaces + kJobs);
+  EXPECT_EQ(testing::CountResources().nft_tables, before.nft_tables + kJobs);
+  // The first, a middle and the last job all still work and are confined.
+  for (int i : {0, kJobs / 2, kJobs - 1}) {
+    EXPECT_EQ(
+        jobs[static_cast<size_t>(i)].Go({networks[static_cast<size_t>(i)]->resolver_address(), ""}),
+        "connected:hello|failed:timeout")
+        << i;
+  }
+  for (auto& network : networks) ASSERT_TRUE(network->Teardown());
+  jobs.clear();  // kills the rest
+  networks.clear();
+  EXPECT_EQ(service_->live_jobs(), 0u);
+  testing::ResourceCounts after = testing::CountResources();
+  EXPECT_EQ(after, before) << "before: " << ToString(before) << "\nafter:  " << ToString(after);
 }
 
 TEST_F(NetEscapeTest, ConcurrentJobsGetUniqueAddressesAndCannotReachEachOther) {

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -224,6 +225,19 @@ void WorldAnswerDns(int fd, int log_fd) {
       WriteAll(client, "hello\n");
       close(client);
     }
+  }
+}
+
+void CloseAllExcept(std::initializer_list<int> keep) {
+  std::vector<int> fds;
+  if (DIR* dir = opendir("/proc/self/fd")) {
+    while (dirent* entry = readdir(dir)) {
+      if (entry->d_name[0] != '.') fds.push_back(atoi(entry->d_name));
+    }
+    closedir(dir);
+  }
+  for (int fd : fds) {
+    if (fd > 2 && std::find(keep.begin(), keep.end(), fd) == keep.end()) close(fd);
   }
 }
 
@@ -455,6 +469,19 @@ std::string ProbeResolve(const std::string& server, const std::string& name, int
   return out;
 }
 
+std::string ProbeUdpFlood(const std::string& address, uint16_t port, int count) {
+  sockaddr_storage storage;
+  socklen_t len = MakeAddress(address, port, storage);
+  int fd = socket(storage.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fmt::format("failed:socket {}", strerror(errno));
+  int sent = 0;
+  for (int i = 0; i < count; ++i) {
+    if (sendto(fd, "x", 1, 0, reinterpret_cast<sockaddr*>(&storage), len) == 1) ++sent;
+  }
+  close(fd);
+  return fmt::format("sent {}", sent);
+}
+
 std::string ProbePing(const std::string& address) {
   sockaddr_storage storage;
   socklen_t len = MakeAddress(address, 0, storage);
@@ -508,8 +535,9 @@ JobProcess JobProcess::Fork(std::function<std::string(const JobContext&)> probe)
   if (pid < 0) Die("fork job");
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    close(go[1]);
-    close(out[0]);
+    // Without exec, O_CLOEXEC does nothing: drop every inherited fd (other
+    // jobs' pipes among them, which would keep their readers from EOF).
+    CloseAllExcept({go[0], out[1]});
     if (unshare(CLONE_NEWNET) != 0) _exit(98);
     WriteAll(out[1], "r");
     std::string context_text = ReadAll(go[0]);

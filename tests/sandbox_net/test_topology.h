@@ -67,6 +67,8 @@ std::string ProbeConnect(const std::string& address, uint16_t port);
 // "rcode:REFUSED" / "rcode:NOERROR A 203.0.113.10 ..." / "failed:<reason>".
 std::string ProbeResolve(const std::string& server, const std::string& name, int type,
                          bool tcp = false);
+// Sends `count` UDP datagrams as fast as possible; "sent <n>".
+std::string ProbeUdpFlood(const std::string& address, uint16_t port, int count);
 // "reply" or "no-reply" (ICMP / ICMPv6 echo over a raw socket).
 std::string ProbePing(const std::string& address);
 

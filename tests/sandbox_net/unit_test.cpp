@@ -189,7 +189,9 @@ TEST(RulePlanTest, HostInputAllowsOnlyDnsOnTheVethAddress) {
   EXPECT_EQ(*input.rules[0].iifname, "rj3");
   const NftChain& host_in = Chain(*plan, "host_in");
   auto hit = [&](const char* destination, uint8_t protocol, uint16_t port) {
-    const NftRule* rule = FirstMatch(host_in, {P(destination), protocol, port}, P("10.254.0.14"));
+    IpPrefix to = P(destination);
+    IpPrefix from = to.family == IpFamily::kV4 ? P("10.254.0.14") : P("fd52:616c:7068:3::2");
+    const NftRule* rule = FirstMatch(host_in, {to, protocol, port}, from);
     return rule && rule->verdict == NftVerdict::kAccept;
   };
   EXPECT_TRUE(hit("10.254.0.13", IPPROTO_UDP, 53));
@@ -199,6 +201,13 @@ TEST(RulePlanTest, HostInputAllowsOnlyDnsOnTheVethAddress) {
   EXPECT_FALSE(hit("198.51.100.1", IPPROTO_UDP, 53));  // the host's other address
   EXPECT_FALSE(hit("10.254.0.17", IPPROTO_UDP, 53));   // another job's resolver
   EXPECT_FALSE(hit("127.0.0.1", IPPROTO_TCP, 8080));   // loopback service
+  // A query with a spoofed source would reflect the (job-chosen) question
+  // to another host: not accepted.
+  const NftRule* spoofed =
+      FirstMatch(host_in, {P("10.254.0.13"), IPPROTO_UDP, 53}, P("203.0.113.66"));
+  ASSERT_NE(spoofed, nullptr);
+  EXPECT_EQ(spoofed->verdict, NftVerdict::kDrop);
+  EXPECT_EQ(spoofed->log_prefix.value_or(""), "rj3 d host");
   EXPECT_EQ(host_in.rules.back().log_prefix.value_or(""), "rj3 d host");
   EXPECT_EQ(host_in.rules.back().verdict, NftVerdict::kDrop);
 }
@@ -307,11 +316,19 @@ TEST(RulePlanTest, RendersNftSyntax) {
 }
 
 TEST(RulePlanTest, ServiceTableForwardsOnlyJobVeths) {
-  NftTablePlan plan = PlanServiceTable("ralph_service", "rj");
-  ASSERT_EQ(plan.chains.size(), 1u);
-  EXPECT_EQ(plan.chains[0].policy, NftVerdict::kDrop);
-  EXPECT_EQ(*plan.chains[0].rules[0].iifname, "rj*");
-  EXPECT_EQ(*plan.chains[0].rules[1].oifname, "rj*");
+  NftTablePlan plan = PlanServiceTable("ralph_service", "rj", ForwardingPolicy::kOnlyJobs);
+  ASSERT_EQ(plan.chains.size(), 2u);
+  const NftChain& forward = Chain(plan, "forward");
+  EXPECT_EQ(forward.policy, NftVerdict::kDrop);
+  ASSERT_EQ(forward.rules.size(), 3u);
+  EXPECT_EQ(forward.rules[0].ct_state, kCtInvalid);
+  EXPECT_EQ(*forward.rules[1].iifname, "rj*");
+  EXPECT_EQ(*forward.rules[2].oifname, "rj*");
+  EXPECT_TRUE(Chain(plan, "postrouting").nat);
+
+  NftTablePlan untouched = PlanServiceTable("ralph_service", "rj", ForwardingPolicy::kUntouched);
+  EXPECT_EQ(Chain(untouched, "forward").policy, NftVerdict::kAccept);
+  EXPECT_EQ(Chain(untouched, "forward").rules.size(), 1u);
 }
 
 TEST(LogPrefixTest, ParsesOnlyPlannerPrefixes) {

@@ -41,7 +41,9 @@ struct LoadOption {
 };
 
 // Encodes an EFI_LOAD_OPTION with the HD()/File() device path above.
-// kInvalidArgument when hard_drive is unset or file is empty.
+// kInvalidArgument when hard_drive is unset, file is empty or not an
+// absolute backslash path in printable ASCII, or the description is not
+// UTF-8 within the Basic Multilingual Plane (UCS-2).
 Result<std::vector<uint8_t>> EncodeLoadOption(const LoadOption& option);
 // Decodes any EFI_LOAD_OPTION; kCorrupt when the bytes are not one.
 Result<LoadOption> DecodeLoadOption(std::span<const uint8_t> data);

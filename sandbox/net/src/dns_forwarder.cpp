@@ -21,7 +21,6 @@ namespace {
 constexpr size_t kMaxTcpConnectionsPerJob = 16;
 constexpr size_t kMaxPendingPerJob = 64;
 constexpr int64_t kTcpIdleMs = 10000;
-constexpr size_t kMaxMessage = 65535;
 
 int64_t NowMs() {
   timespec ts{};
@@ -207,17 +206,16 @@ void DnsForwarder::Emit(const Job& job, const std::string& name, Protocol protoc
 
 void DnsForwarder::HandleUdp(uint64_t id) {
   Item& listener = items_.at(id);
-  std::vector<uint8_t> buffer(kMaxMessage);
   for (int budget = 0; budget < 64; ++budget) {
     sockaddr_storage client{};
     socklen_t client_len = sizeof(client);
     // reinterpret_cast: the socket API takes the generic sockaddr.
-    ssize_t n = recvfrom(listener.fd.get(), buffer.data(), buffer.size(), 0,
+    ssize_t n = recvfrom(listener.fd.get(), scratch_.get(), kScratchSize, 0,
                          reinterpret_cast<sockaddr*>(&client), &client_len);
     if (n < 0) return;
     std::string job_key = items_.at(id).job_key;
     HandleQuery(job_key, id, client, client_len,
-                std::vector<uint8_t>(buffer.begin(), buffer.begin() + n), Protocol::kUdp);
+                std::vector<uint8_t>(scratch_.get(), scratch_.get() + n), Protocol::kUdp);
     if (!items_.count(id)) return;
   }
 }
@@ -325,10 +323,9 @@ void DnsForwarder::HandleQuery(const std::string& job_key, uint64_t client_item,
 
 void DnsForwarder::HandleUpstream(uint64_t id) {
   Item& pending = items_.at(id);
-  std::vector<uint8_t> answer(kMaxMessage);
-  ssize_t n = recv(pending.fd.get(), answer.data(), answer.size(), 0);
+  ssize_t n = recv(pending.fd.get(), scratch_.get(), kScratchSize, 0);
   if (n < 0) return;
-  answer.resize(static_cast<size_t>(n));
+  std::vector<uint8_t> answer(scratch_.get(), scratch_.get() + n);
   auto job = jobs_.find(pending.job_key);
   if (job == jobs_.end()) {
     RemoveItem(id);

@@ -108,6 +108,9 @@ class DnsForwarder {
   uint64_t next_id_ = 1;
   std::map<uint64_t, Item> items_;
   std::map<std::string, Job> jobs_;
+  // One receive buffer for the thread (a DNS message is at most 64 KiB).
+  static constexpr size_t kScratchSize = 65535;
+  std::unique_ptr<uint8_t[]> scratch_{new uint8_t[kScratchSize]};
   std::thread thread_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <net/if.h>
+#include <time.h>
 
 #include <cctype>
 #include <charconv>
@@ -114,6 +115,19 @@ std::vector<std::string> StaleJobLinks(const std::string& prefix) {
 
 }  // namespace
 
+// The DNS forwarder's sink for one job: its events go through the same
+// per-job rate limit and unregistration as the NFLOG ones.
+class RateLimitedSink final : public NetEventSinkInterface {
+ public:
+  RateLimitedSink(NetworkService* service, std::string ifname)
+      : service_(service), ifname_(std::move(ifname)) {}
+  void OnNetEvent(const NetEvent& event) override;
+
+ private:
+  NetworkService* service_;
+  std::string ifname_;
+};
+
 class JobNetworkImpl final : public JobNetwork {
  public:
   JobNetworkImpl(NetworkService* service, std::string job_id, const NetworkSpec& spec,
@@ -195,7 +209,12 @@ class JobNetworkImpl final : public JobNetwork {
   bool registered_ = false;
   bool dns_registered_ = false;
   bool torn_down_ = false;
+  std::unique_ptr<RateLimitedSink> dns_events_;
 };
+
+void RateLimitedSink::OnNetEvent(const NetEvent& event) {
+  service_->Deliver(ifname_, event);
+}
 
 Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAllowlist allowlist,
                                    NetEventSinkInterface* events) {
@@ -232,11 +251,12 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAl
   service_->Register(ifname_, {job_id_, events});
   registered_ = true;
   if (!allowlist.empty()) {
+    dns_events_ = std::make_unique<RateLimitedSink>(service_, ifname_);
     TRY(service_->dns_->AddJob(DnsJobConfig{.key = ifname_,
                                             .job_id = job_id_,
                                             .allowlist = std::move(allowlist),
                                             .listen = {a.host_v4, a.host_v6},
-                                            .sink = events}));
+                                            .sink = dns_events_.get()}));
     dns_registered_ = true;
   }
   return {};
@@ -279,10 +299,12 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   if (config.enable_forwarding) {
     TRY(WriteSysctl("/proc/sys/net/ipv4/ip_forward", "1"));
     TRY(WriteSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"));
-    TRY(DeleteTable(kServiceTable));
-    TRY(ApplyTablePlan(PlanServiceTable(kServiceTable, config.ifname_prefix)));
-    service->service_table_ = true;
   }
+  TRY(DeleteTable(kServiceTable));
+  TRY(ApplyTablePlan(PlanServiceTable(
+      kServiceTable, config.ifname_prefix,
+      config.enable_forwarding ? ForwardingPolicy::kOnlyJobs : ForwardingPolicy::kUntouched)));
+  service->service_table_ = true;
 
   NetworkService* raw = service.get();
   service->nflog_ = TRY(NflogListener::Start(
@@ -314,23 +336,55 @@ void NetworkService::Register(const std::string& ifname, Registered job) {
 
 void NetworkService::Unregister(const std::string& ifname) {
   std::lock_guard lock(registry_mutex_);
-  registry_.erase(ifname);
+  auto it = registry_.find(ifname);
+  if (it == registry_.end()) return;
+  FlushSuppressed(it->second);
+  registry_.erase(it);
+}
+
+void NetworkService::FlushSuppressed(Registered& job) {
+  if (job.suppressed > 0 && job.sink) {
+    NetEvent event;
+    event.job_id = job.job_id;
+    event.verdict = NetVerdict::kDenied;
+    event.reason = fmt::format("rate-limited: {} events suppressed", job.suppressed);
+    job.sink->OnNetEvent(event);
+  }
+  job.suppressed = 0;
+  job.in_window = 0;
 }
 
 void NetworkService::OnLoggedPacket(const LoggedPacket& packet) {
-  // The sink is called under the lock so that Unregister() (and so
-  // Teardown()) returning means no further events for that job.
-  std::lock_guard lock(registry_mutex_);
-  auto it = registry_.find(packet.prefix.ifname);
-  if (it == registry_.end() || !it->second.sink) return;
   NetEvent event;
-  event.job_id = it->second.job_id;
   event.destination = packet.destination;
   event.port = packet.port;
   event.protocol = packet.protocol;
   event.verdict = packet.prefix.verdict;
   event.reason = packet.prefix.reason;
-  it->second.sink->OnNetEvent(event);
+  Deliver(packet.prefix.ifname, std::move(event));
+}
+
+void NetworkService::Deliver(const std::string& ifname, NetEvent event) {
+  // The sink is called under the lock so that Unregister() (and so
+  // Teardown()) returning means no further events for that job.
+  std::lock_guard lock(registry_mutex_);
+  auto it = registry_.find(ifname);
+  if (it == registry_.end() || !it->second.sink) return;
+  Registered& job = it->second;
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  int64_t now_ms = static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000;
+  if (now_ms - job.window_start_ms >= 1000) {
+    FlushSuppressed(job);
+    job.window_start_ms = now_ms;
+  }
+  if (job.in_window >= config_.max_events_per_second) {
+    ++job.suppressed;
+    return;
+  }
+  ++job.in_window;
+  event.job_id = job.job_id;
+  job.sink->OnNetEvent(event);
 }
 
 Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string& job_id,

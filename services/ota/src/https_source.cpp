@@ -24,6 +24,12 @@ namespace ralph::ota {
 namespace {
 
 constexpr size_t kStagingSize = 1u << 20;
+// Each request asks for a bounded window: an unread open-ended response
+// would keep arriving into socket buffers (megabytes) after the reader moved
+// on, which wastes the bandwidth adaptive updates are meant to save. The
+// window doubles while reads stay sequential and resets on a reposition.
+constexpr uint64_t kInitialWindow = 256u << 10;
+constexpr uint64_t kMaxWindow = 8u << 20;
 
 struct CurlEasyDeleter {
   void operator()(CURL* c) const { curl_easy_cleanup(c); }
@@ -78,6 +84,8 @@ struct HttpsSource::Impl {
 
   // The response being received.
   uint64_t request_offset = 0;
+  uint64_t request_end = 0;  // exclusive; clipped to the size once known
+  uint64_t window = kInitialWindow;
   long status = 0;
   bool headers_checked = false;
   std::optional<uint64_t> range_start;
@@ -138,6 +146,7 @@ struct HttpsSource::Impl {
       return false;
     }
     total_size = *range_total;
+    request_end = std::min(request_end, *total_size);
     return true;
   }
 
@@ -161,13 +170,16 @@ struct HttpsSource::Impl {
     attached = false;
   }
 
-  // Starts a request for bytes [offset, end of file).
+  // Starts a request for bytes [offset, offset + window), clipped to the
+  // size. New easy handles on the same multi handle reuse its connection.
   Result<void> Start(uint64_t offset) {
     Detach();
     easy.reset(curl_easy_init());
     if (!easy) return Error::Make(ErrorCode::kInternal, "curl_easy_init failed");
     CURL* e = easy.get();
-    std::string range = fmt::format("{}-", offset);
+    request_end = offset + window;
+    if (total_size) request_end = std::min(request_end, *total_size);
+    std::string range = fmt::format("{}-{}", offset, request_end - 1);
     curl_easy_setopt(e, CURLOPT_URL, url.c_str());
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -262,6 +274,13 @@ struct HttpsSource::Impl {
       if (!done) TRY(Pump());
       if (end - begin > had) return {};
       if (!done) continue;
+      if (result == CURLE_OK && header_error.empty() && staged_offset + end >= request_end &&
+          total_size && request_end < *total_size) {
+        // The window is complete: ask for the next, larger one.
+        window = std::min(window * 2, kMaxWindow);
+        TRY(Start(request_end));
+        continue;
+      }
       // The transfer ended without giving us the bytes we need.
       bool permanent = !header_error.empty() || IsPermanent(result) ||
                        (result == CURLE_HTTP_RETURNED_ERROR && status >= 400 && status < 500);
@@ -332,13 +351,16 @@ Result<void> HttpsSource::ReadAt(uint64_t offset, std::span<uint8_t> out) {
   }
   uint64_t staged_end = s.staged_offset + s.end;
   uint64_t staged_begin = s.staged_offset + s.begin;
-  if (offset < staged_begin || offset > staged_end + kStagingSize) {
+  // Gaps up to this size (padding between payloads) are read through; longer
+  // ones (chunks the slot already holds) are skipped with a new request.
+  constexpr uint64_t kReadThrough = 64u << 10;
+  if (offset < staged_begin || offset > staged_end + kReadThrough) {
     // Far from what we hold: reposition with a new Range request.
     s.begin = s.end = 0;
     s.staged_offset = offset;
+    s.window = kInitialWindow;
     TRY(s.Start(offset));
   } else {
-    // A short gap (padding between payloads) is cheaper to read through.
     while (s.staged_offset + s.end < offset) {
       s.begin = s.end;
       TRY(s.Fill());

@@ -260,10 +260,12 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   }
   hook("flushed");
 
-  // 5. Re-read the whole slot.
+  // 5. Re-read the slot: every chunk written is read back after the flush;
+  // every chunk skipped was read back and matched during WritePayload (see
+  // VerifySlot), so the whole slot has been verified from the device.
   tracker.SetPhase(InstallPhase::kVerifyingSlot);
   write.after_chunk = nullptr;
-  if (auto verified = VerifySlot(**device, rootfs, write); !verified) {
+  if (auto verified = VerifySlot(**device, rootfs, write, &stats->written); !verified) {
     return fail(std::move(verified).error().WithContext("verifying slot " + slot_name));
   }
   hook("verified");

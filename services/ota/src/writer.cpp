@@ -159,6 +159,7 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
                                    p.name, p.size, slot.size()));
   }
   WriteStats stats;
+  stats.written.assign(p.ChunkCount(), false);
   ChunkPipeline pipeline(p.chunk_size);
   std::vector<uint8_t> existing(p.chunk_size);
   Sha256 hasher = TRY(Sha256::Create());
@@ -208,6 +209,7 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
         return verified;
       }
       pipeline.Push({i, buffer, length});
+      stats.written[i] = true;
       stats.chunks_written++;
       stats.bytes_written += length;
       if (options.on_progress) options.on_progress(length);
@@ -227,7 +229,11 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
   return stats;
 }
 
-Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& p, const WriteOptions& options) {
+Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& p, const WriteOptions& options,
+                        const std::vector<bool>* written) {
+  if (written && written->size() != p.ChunkCount()) {
+    return Error::Make(ErrorCode::kInternal, "verifying: chunk map does not match the payload");
+  }
   if (p.size > slot.size()) {
     return Error::Make(ErrorCode::kNoSpace,
                        fmt::format("{} payload is larger than the slot", p.name));
@@ -242,8 +248,12 @@ Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& p, const Writ
     for (uint64_t i = 0; i < p.ChunkCount(); ++i) {
       TRY(CheckCancel(options));
       if (pipeline.failed()) return {};
-      std::vector<uint8_t>* buffer = pipeline.TakeFree();
       size_t length = static_cast<size_t>(p.ChunkLength(i));
+      if (written && !(*written)[i]) {
+        if (options.on_progress) options.on_progress(length);
+        continue;
+      }
+      std::vector<uint8_t>* buffer = pipeline.TakeFree();
       auto read = slot.ReadAt(i * p.chunk_size, std::span<uint8_t>(buffer->data(), length));
       if (!read) {
         pipeline.GiveFree(buffer);

@@ -140,6 +140,7 @@ int Info(int argc, char** argv) {
     }
     PrintManifest(*bundle);
     std::printf("verdict:    NOT VERIFIED (no --keyring given)\n");
+    LogWarning("{}: NOT VERIFIED: no --keyring given", positional[0]);
     return 2;
   }
   auto keyring = Keyring::Load(keyring_path, crl_path);
@@ -152,6 +153,7 @@ int Info(int argc, char** argv) {
     // Show what the bundle claims, then why it is refused.
     if (auto unverified = OpenBundleUnverified(**source)) PrintManifest(*unverified);
     std::printf("verdict:    INVALID: %s\n", bundle.error().ToString().c_str());
+    LogError("{}: INVALID: {}", positional[0], bundle.error().ToString());
     return 1;
   }
   PrintManifest(*bundle);

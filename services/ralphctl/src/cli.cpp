@@ -89,6 +89,8 @@ int Failed(std::string_view command, const Error& error) {
 }
 
 Result<void> UseEfivarsDirectory(const Invocation& invocation, const std::string& dir) {
+  // execv's argv is char* const[] for C compatibility; it does not write
+  // through the pointers, so the const_cast is safe.
   std::vector<char*> argv;
   for (const std::string& arg : invocation.argv) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);

@@ -8,6 +8,8 @@ namespace {
 constexpr Command kCommands[] = {
     {"boot", "show and change the A/B boot state (try, commit, mark bad, recovery, repair)",
      RunBootCommand},
+    {"update", "install a signed update bundle into the inactive slot; install progress",
+     RunUpdateCommand},
 };
 
 }  // namespace

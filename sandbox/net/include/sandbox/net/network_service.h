@@ -36,12 +36,17 @@ struct NetworkServiceConfig {
   bool enable_forwarding = true;
   uint32_t dns_min_ttl = 1;     // seconds an answered address stays open, at least
   uint32_t dns_max_ttl = 3600;  // and at most
+  // Connection events per job and second; beyond it they are counted and
+  // reported as one "rate-limited: N events suppressed" event (a job that
+  // floods blocked destinations must not flood the audit log).
+  uint32_t max_events_per_second = 200;
 };
 
 class DnsForwarder;
 struct LoggedPacket;
 class NflogListener;
 class JobNetworkImpl;
+class RateLimitedSink;
 
 class NetworkService {
  public:
@@ -66,13 +71,21 @@ class NetworkService {
 
  private:
   friend class JobNetworkImpl;
+  friend class RateLimitedSink;
   struct Registered {
     std::string job_id;
     NetEventSinkInterface* sink = nullptr;
+    int64_t window_start_ms = 0;
+    uint32_t in_window = 0;
+    uint64_t suppressed = 0;
   };
+  // Reports the suppressed count, if any, and starts a new window.
+  static void FlushSuppressed(Registered& job);
 
   NetworkService(const NetworkServiceConfig& config, std::unique_ptr<AddressPool> pool);
   void OnLoggedPacket(const LoggedPacket& packet);
+  // Hands `event` to the job's sink, within the job's event rate.
+  void Deliver(const std::string& ifname, NetEvent event);
   void Register(const std::string& ifname, Registered job);
   void Unregister(const std::string& ifname);
 

@@ -116,11 +116,18 @@ std::string JobTableName(std::string_view host_ifname);
 Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const NetworkSpec& spec,
                                   uint16_t nflog_group);
 
-// The service-wide table "ralph_service": forwarding is allowed only to and
-// from interfaces whose names start with `ifname_prefix` (the job veths), so
-// enabling ip_forward for jobs does not turn the appliance into a router for
-// anything else. Pure.
-NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifname_prefix);
+enum class ForwardingPolicy {
+  kOnlyJobs,   // forward only to and from the job veths, drop the rest
+  kUntouched,  // leave other forwarding to whoever configured it
+};
+
+// The service-wide table "ralph_service": with kOnlyJobs, forwarding is
+// allowed only to and from interfaces whose names start with `ifname_prefix`
+// (the job veths), so enabling ip_forward for jobs does not turn the
+// appliance into a router for anything else. Always: invalid conntrack
+// state is dropped, and an (empty) nat chain keeps NAT registered. Pure.
+NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifname_prefix,
+                              ForwardingPolicy forwarding);
 
 // nft(8) syntax of the plan ("table inet ... { ... }").
 std::string RenderNft(const NftTablePlan& plan);

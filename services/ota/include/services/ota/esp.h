@@ -29,8 +29,8 @@ class EspInterface {
   // as needed) with the contents of the local file `local_path`, then flushes
   // the ESP to stable storage.
   virtual Result<void> InstallFile(const std::string& local_path, std::string_view esp_path) = 0;
-  // SHA-256 of a file on the ESP, read back from the medium. kNotFound when
-  // absent.
+  // SHA-256 of a file on the ESP, read back through mtools (after
+  // InstallFile's fsync; the page cache may serve it). kNotFound when absent.
   virtual Result<Sha256Digest> Digest(std::string_view esp_path) = 0;
 };
 

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "drivers/block_device.h"
 #include "platform/result.h"
@@ -32,6 +33,9 @@ struct WriteStats {
   uint64_t chunks_skipped = 0;
   uint64_t bytes_written = 0;  // payload bytes written to the slot
   uint64_t bytes_skipped = 0;  // payload bytes the slot already held
+  // Per chunk: true when written. A skipped chunk was read back from the
+  // slot and matched the manifest during this run, and was not written since.
+  std::vector<bool> written;
 };
 
 struct WriteOptions {
@@ -59,10 +63,14 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payl
                                 BlockDeviceInterface& slot, const WriteOptions& options);
 
 // Re-reads the first payload.size bytes of `slot` and checks every chunk
-// digest (which together cover the whole payload). kVerificationFailed naming the first
+// digest (which together cover the whole payload). With `written` (from
+// WriteStats), only the chunks written are re-read: the others were read
+// from the slot and matched the manifest during WritePayload, after the slot
+// was marked `writing`, and nothing has written them since, so every chunk of
+// the slot is still verified from the device exactly once. kVerificationFailed naming the first
 // chunk that differs.
 Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& payload,
-                        const WriteOptions& options);
+                        const WriteOptions& options, const std::vector<bool>* written = nullptr);
 
 // Streams `payload` from `source`, verifying each chunk against the manifest,
 // into `sink` (used for the UKI, which goes to a file on the ESP).

@@ -1,0 +1,149 @@
+// The pure half of the slot manager (boot/slot_plan.h): plans computed from
+// hand-built views, with no store at all.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "boot/slot_plan.h"
+#include "machine.h"
+
+namespace ralph::boot {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::vector<uint8_t> OurEntry(BootTarget target, std::optional<HardDriveNode> hd = TestEsp()) {
+  LoadOption option;
+  option.description = std::string(BootTargetDescription(target));
+  option.hard_drive = hd;
+  option.file = std::string(BootTargetFile(target));
+  return *EncodeLoadOption(option);
+}
+
+// A view with A=1, B=2, RECOVERY=3, a firmware entry 7, BootOrder as given.
+FirmwareView View(std::vector<uint16_t> order, std::optional<SlotState> record) {
+  RawVariables raw;
+  raw.entries[1] = OurEntry(BootTarget::kSlotA);
+  raw.entries[2] = OurEntry(BootTarget::kSlotB);
+  raw.entries[3] = OurEntry(BootTarget::kRecovery);
+  raw.entries[7] = FirmwareRemovableEntry();
+  raw.boot_order = EncodeBootOrder(order);
+  if (record) raw.record = EncodeSlotState(*record);
+  return DecodeFirmwareView(raw, TestEsp());
+}
+
+SlotState Record(SlotStatus a, SlotStatus b, std::optional<Slot> committed) {
+  SlotState state;
+  state.a.status = a;
+  state.b.status = b;
+  if (a == SlotStatus::kTrial) state.a.tries_left = 1;
+  if (b == SlotStatus::kTrial) state.b.tries_left = 1;
+  state.committed = committed;
+  return state;
+}
+
+TEST(SlotPlanTest, DesiredBootOrderFollowsTheRecord) {
+  FirmwareView view = View({7, 3, 2, 1, 99}, std::nullopt);
+  using S = SlotStatus;
+  EXPECT_THAT(DesiredBootOrder(view, Record(S::kGood, S::kGood, Slot::kA)),
+              ElementsAre(1, 2, 3, 7));  // 99 dangles: dropped
+  EXPECT_THAT(DesiredBootOrder(view, Record(S::kGood, S::kTrial, Slot::kA)),
+              ElementsAre(1, 2, 3, 7));
+  EXPECT_THAT(DesiredBootOrder(view, Record(S::kGood, S::kWriting, Slot::kA)),
+              ElementsAre(1, 3, 7));
+  EXPECT_THAT(DesiredBootOrder(view, Record(S::kBad, S::kGood, Slot::kB)), ElementsAre(2, 3, 7));
+  // No committed slot: a trial slot goes after RECOVERY.
+  EXPECT_THAT(DesiredBootOrder(view, Record(S::kWriting, S::kTrial, std::nullopt)),
+              ElementsAre(3, 2, 7));
+}
+
+TEST(SlotPlanTest, ClassifyEntry) {
+  EXPECT_EQ(ClassifyEntry(1, OurEntry(BootTarget::kSlotA), TestEsp()).kind, EntryKind::kOurs);
+  HardDriveNode other = TestEsp();
+  other.partition_guid[3] ^= 1;
+  BootEntry foreign = ClassifyEntry(1, OurEntry(BootTarget::kSlotA, other), TestEsp());
+  EXPECT_EQ(foreign.kind, EntryKind::kForeign);
+  EXPECT_THAT(foreign.note, HasSubstr("not this disk's ESP"));
+  // Same partition, moved: ours but stale (rewritten by repair).
+  HardDriveNode moved = TestEsp();
+  moved.start_lba += 2048;
+  BootEntry stale = ClassifyEntry(1, OurEntry(BootTarget::kSlotB, moved), TestEsp());
+  EXPECT_EQ(stale.kind, EntryKind::kOurs);
+  EXPECT_FALSE(stale.canonical);
+  BootEntry garbled = ClassifyEntry(4, {1, 0, 0, 0, 9}, TestEsp());
+  EXPECT_EQ(garbled.kind, EntryKind::kGarbled);
+  EXPECT_FALSE(garbled.note.empty());
+  EXPECT_EQ(ClassifyEntry(7, FirmwareRemovableEntry(), TestEsp()).kind, EntryKind::kForeign);
+}
+
+TEST(SlotPlanTest, InitialStateTrustsBootOrderOverTheBootedSlot) {
+  FirmwareView view = View({2, 1, 3}, std::nullopt);
+  SlotState trial_boot = InitialSlotState(view, BootTarget::kSlotA);
+  EXPECT_EQ(trial_boot.committed, Slot::kB);
+  EXPECT_EQ(trial_boot.b.status, SlotStatus::kGood);
+  EXPECT_EQ(trial_boot.a.status, SlotStatus::kTrial);
+  FirmwareView fresh = View({7}, std::nullopt);
+  SlotState first = InitialSlotState(fresh, BootTarget::kSlotA);
+  EXPECT_EQ(first.committed, Slot::kA);
+  EXPECT_EQ(first.b.status, SlotStatus::kEmpty);
+  EXPECT_FALSE(InitialSlotState(fresh, BootTarget::kRecovery).committed.has_value());
+  EXPECT_TRUE(ValidateSlotState(first).has_value());
+}
+
+TEST(SlotPlanTest, DetectBooted) {
+  RawVariables raw;
+  raw.entries[1] = OurEntry(BootTarget::kSlotA);
+  raw.entries[7] = FirmwareRemovableEntry();
+  raw.boot_current = EncodeBootNumber(1);
+  FirmwareView view = DecodeFirmwareView(raw, TestEsp());
+  EXPECT_EQ(DetectBooted(view, "").target, BootTarget::kSlotA);
+  raw.boot_current = EncodeBootNumber(7);  // removable path
+  view = DecodeFirmwareView(raw, TestEsp());
+  EXPECT_EQ(DetectBooted(view, "ralph.slot=b").target, BootTarget::kSlotB);
+  BootedDetection unknown = DetectBooted(view, "quiet");
+  EXPECT_FALSE(unknown.target.has_value());
+  EXPECT_THAT(unknown.how, HasSubstr("not a RalphOS entry for this disk"));
+  EXPECT_THAT(unknown.how, HasSubstr("no ralph.slot="));
+}
+
+TEST(SlotPlanTest, CommitPlanOrderAndContent) {
+  SlotState record = Record(SlotStatus::kGood, SlotStatus::kTrial, Slot::kA);
+  record.b.version = {2, 0, 0};
+  FirmwareView view = View({1, 2, 3, 7}, record);
+  PlanInput in{view, TestEsp(), BootTarget::kSlotB, "test"};
+  Result<Plan> plan = PlanMarkGood(in);
+  ASSERT_TRUE(plan.has_value()) << plan.error().ToString();
+  ASSERT_EQ(plan->writes.size(), 2u);
+  EXPECT_EQ(plan->writes[0].name, "RalphSlotState");
+  EXPECT_EQ(plan->writes[1].name, "BootOrder");
+  EXPECT_EQ(*plan->writes[1].data, EncodeBootOrder(std::vector<uint16_t>{2, 1, 3, 7}));
+  EXPECT_EQ(plan->record.committed, Slot::kB);
+  EXPECT_EQ(plan->record.minimum_version, (SlotVersion{2, 0, 0}));
+  // Planning the same commit on the planned result writes nothing.
+  RawVariables after;
+  for (uint16_t n : {1, 2, 3}) after.entries[n] = view.entries.at(n).raw;
+  after.entries[7] = FirmwareRemovableEntry();
+  after.record = *plan->writes[0].data;
+  after.boot_order = *plan->writes[1].data;
+  FirmwareView settled = DecodeFirmwareView(after, TestEsp());
+  PlanInput again{settled, TestEsp(), BootTarget::kSlotB, "test"};
+  EXPECT_TRUE(PlanMarkGood(again)->writes.empty());
+  EXPECT_TRUE(PlanOnBoot(again)->writes.empty());
+}
+
+TEST(SlotPlanTest, OnBootPlanForATrialWithTriesLeft) {
+  SlotState record = Record(SlotStatus::kGood, SlotStatus::kTrial, Slot::kA);
+  record.b.tries_left = 3;
+  FirmwareView view = View({1, 2, 3}, record);
+  Result<Plan> plan = PlanOnBoot(PlanInput{view, TestEsp(), BootTarget::kSlotB, "test"});
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_EQ(plan->event, BootEvent::kTrial);
+  ASSERT_EQ(plan->writes.size(), 2u);
+  EXPECT_EQ(plan->writes[0].name, "RalphSlotState");
+  EXPECT_EQ(plan->writes[1].name, "BootNext");
+  EXPECT_EQ(*plan->writes[1].data, EncodeBootNumber(2));
+  EXPECT_EQ(plan->record.b.tries_left, 2);
+}
+
+}  // namespace
+}  // namespace ralph::boot

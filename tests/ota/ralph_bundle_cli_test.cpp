@@ -1,0 +1,67 @@
+// The ralph-bundle host tool: create, then info with and without a keyring.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "drivers/testing/loop_device.h"  // RunCommand
+#include "test_pki.h"
+#include "test_util.h"
+
+namespace ralph::ota {
+namespace {
+
+TEST(RalphBundleCliTest, CreatesAndReportsVerdicts) {
+  const char* binary_dir = std::getenv("RALPH_BINARY_DIR");
+  ASSERT_NE(binary_dir, nullptr) << "run through ctest (RALPH_BINARY_DIR)";
+  std::string tool = std::string(binary_dir) + "/bin/ralph-bundle";
+  testing::TempDir dir;
+  testing::KeyPair ca = testing::MakeCa(dir.path(), "ca");
+  testing::KeyPair signer = testing::MakeSigner(dir.path(), "signer", ca);
+  testing::KeyPair other = testing::MakeCa(dir.path(), "other");
+  testing::WriteFile(dir / "rootfs.img", testing::RandomBytes(300000, 1));
+  testing::WriteFile(dir / "uki.efi", testing::RandomBytes(5000, 2));
+  std::string bundle = dir / "x.rbundle";
+  auto created = ralph::testing::RunCommand({tool,           "create",
+                                             "--cert",       signer.cert_path,
+                                             "--key",        signer.key_path,
+                                             "--version",    "1.4.2",
+                                             "--product",    "ralphos",
+                                             "--arch",       "aarch64",
+                                             "--rootfs",     dir / "rootfs.img",
+                                             "--uki",        dir / "uki.efi",
+                                             "--chunk-size", "65536",
+                                             "-o",           bundle});
+  ASSERT_TRUE(created.has_value()) << created.error().ToString();
+
+  auto valid = ralph::testing::RunCommand({tool, "info", bundle, "--keyring", ca.cert_path});
+  ASSERT_TRUE(valid.has_value()) << valid.error().ToString();
+  EXPECT_NE(valid->find("version:    1.4.2"), std::string::npos) << *valid;
+  EXPECT_NE(valid->find("compatible: ralphos / aarch64"), std::string::npos) << *valid;
+  EXPECT_NE(valid->find("chunks 5 x 65536"), std::string::npos) << *valid;
+  EXPECT_NE(valid->find("signer:     CN=RalphOS test signer"), std::string::npos) << *valid;
+  EXPECT_NE(valid->find("verdict:    VALID"), std::string::npos) << *valid;
+
+  auto untrusted = ralph::testing::RunCommand({tool, "info", bundle, "--keyring", other.cert_path});
+  ASSERT_FALSE(untrusted.has_value());
+  EXPECT_NE(untrusted.error().message().find("INVALID: verifying bundle signature: "
+                                             "signer 'CN=RalphOS test signer,O=RalphOS tests' is "
+                                             "not trusted"),
+            std::string::npos)
+      << untrusted.error().message();
+
+  auto unverified = ralph::testing::RunCommand({tool, "info", bundle});
+  ASSERT_FALSE(unverified.has_value());  // exit 2: not verified
+  EXPECT_NE(unverified.error().message().find("NOT VERIFIED"), std::string::npos);
+
+  auto bad_version = ralph::testing::RunCommand(
+      {tool, "create", "--cert", signer.cert_path, "--key", signer.key_path, "--version", "1.x",
+       "--product", "ralphos", "--arch", "x86_64", "--rootfs", dir / "rootfs.img", "--uki",
+       dir / "uki.efi", "-o", dir / "y.rbundle"});
+  ASSERT_FALSE(bad_version.has_value());
+  EXPECT_NE(bad_version.error().message().find("--version: version '1.x' is not MAJOR.MINOR.PATCH"),
+            std::string::npos)
+      << bad_version.error().message();
+}
+
+}  // namespace
+}  // namespace ralph::ota
