@@ -296,6 +296,61 @@ TEST_F(ServiceTest, UpperImagesAreWipedParkedAndReusedAcrossServices) {
   EXPECT_EQ(CountParked(state), 0u);  // taken (and pooled by this service)
 }
 
+// The v2 spawn path (clone3 with CLONE_INTO_CGROUP | CLONE_NEWCGROUP) on this
+// host's controller-less cgroup2: the limits cannot be set here (see
+// CgroupV2.LimitsNeedTheirControllers), so a decorator drops them; what is
+// shown is that the job is born in its v2 cgroup, which is the root of its
+// cgroup namespace, and that teardown removes it.
+class DropSettings final : public CgroupManagerInterface {
+ public:
+  explicit DropSettings(std::unique_ptr<CgroupManagerInterface> real) : real_(std::move(real)) {}
+  CgroupVersion version() const override { return real_->version(); }
+  Result<std::unique_ptr<JobCgroupInterface>> CreateJob(
+      const std::string& name, const std::vector<CgroupSetting>&) override {
+    auto job = TRY(real_->CreateJob(name, {}));
+    last_paths_ = job->paths();
+    return job;
+  }
+  std::vector<std::string> parent_paths() const override { return real_->parent_paths(); }
+  std::vector<std::string> last_paths_;
+
+ private:
+  std::unique_ptr<CgroupManagerInterface> real_;
+};
+
+TEST_F(ServiceTest, CgroupV2JobIsBornInItsCgroup) {
+  auto v2 = OpenCgroupV2("/sys/fs/cgroup/unified", fmt::format("ralph-test-v2s-{}", ::getpid()));
+  ASSERT_TRUE(v2) << v2.error().ToString();
+  auto cgroups = std::make_unique<DropSettings>(std::move(*v2));
+  DropSettings* cgroups_view = cgroups.get();
+  ServiceOptions options;
+  options.state_dir = work_ + "/state-v2";
+  options.name = fmt::format("v{}", ::getpid());
+  options.ids = ids_;
+  auto service = SandboxService::Create(options, std::move(cgroups), nullptr);
+  ASSERT_TRUE(service) << service.error().ToString();
+  EXPECT_EQ((*service)->cgroup_version(), CgroupVersion::kV2);
+  auto id =
+      (*service)->CreateJob(Spec({"sh", "-c", "grep '^0::' /proc/self/cgroup; exec sleep 2"}));
+  ASSERT_TRUE(id) << id.error().ToString();
+  ASSERT_TRUE((*service)->Run(*id));
+  ASSERT_EQ(cgroups_view->last_paths_.size(), 1u);
+  std::string procs_file = cgroups_view->last_paths_[0] + "/cgroup.procs";
+  std::string procs;
+  for (int i = 0; i < 500 && procs.empty(); ++i) {
+    procs = ReadHostFile(procs_file);
+    if (procs.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_FALSE(procs.empty()) << "no process in " << procs_file;
+  auto result = (*service)->Wait(*id);
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->termination, Termination::kExited) << Describe(*result);
+  // Inside, its own cgroup is the namespace root.
+  EXPECT_EQ(result->stdout_data, "0::/\n") << Describe(*result);
+  ASSERT_TRUE((*service)->Destroy(*id));
+  EXPECT_NE(::access(cgroups_view->last_paths_[0].c_str(), F_OK), 0);
+}
+
 // The service with fake cgroups and a fake network: injected failures leave
 // nothing behind, and the service hands each dependency what the plan says.
 class ServiceWithFakesTest : public SandboxFixture {

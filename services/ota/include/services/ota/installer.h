@@ -96,7 +96,6 @@ struct InstallReport {
   Version version;
   SignerInfo signer;
   WriteStats stats;
-  uint64_t source_bytes = 0;
   double seconds = 0;
   std::vector<std::string> notes;
 };
