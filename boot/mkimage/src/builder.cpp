@@ -14,6 +14,7 @@
 
 #include "boot/mkimage/cpio.h"
 #include "boot/mkimage/host_tools.h"
+#include "platform/arch.h"
 #include "platform/log.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
@@ -23,6 +24,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // The loader every binary names as its interpreter (PT_INTERP) on x86_64.
+// TODO(aarch64): /lib/ld-linux-aarch64.so.1, behind platform/arch.h.
 constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 
 // Modules early boot loads (dependencies are added from modules.dep). ext4
@@ -449,7 +451,7 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   report.modules = TRY_CTX(ResolveModules(modules_dep, wanted),
                            fmt::format("selecting modules of kernel {}", kernel.version));
 
-  std::string stub = std::string("/usr/lib/systemd/boot/efi/") + "linuxx64.efi.stub";
+  std::string stub = fmt::format("/usr/lib/systemd/boot/efi/{}", arch::EfiStubFileName());
   if (!Exists(stub)) {
     return Error::Make(ErrorCode::kNotFound,
                        fmt::format("{} is missing (Debian package systemd-boot-efi)", stub));
@@ -477,7 +479,9 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),
                  OsRelease(options.version, name), stub, uki));
     esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
-    if (target == BootTarget::kSlotA) esp_files.push_back({uki, "/EFI/BOOT/BOOTX64.EFI"});
+    if (target == BootTarget::kSlotA) {
+      esp_files.push_back({uki, fmt::format("/EFI/BOOT/{}", arch::RemovableBootFileName())});
+    }
   }
 
   SlotImageInputs slot_inputs{options.bin_dir, options.test_agent, SlotVariant::kGood,

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "boot/mkimage/builder.h"
+#include "platform/arch.h"
 #include "platform/log.h"
 
 namespace {
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
   using namespace ralph::mkimage;
   LogInit("ralph-mkimage", LogSink::kStderr);
   BuildOptions options;
+  options.cmdline.console = std::string(arch::SerialConsole());
   const char* home = std::getenv("HOME");
   options.cache_dir = std::string(home ? home : "/root") + "/.cache/ralphos";
   std::string self = argv[0];

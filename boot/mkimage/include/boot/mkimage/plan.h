@@ -52,7 +52,7 @@ std::string ModuleNameFromPath(std::string_view path);
 enum class BootTarget { kSlotA, kSlotB, kRecovery };
 
 struct CmdlineOptions {
-  std::string console = "ttyS0";
+  std::string console = "ttyS0";  // arch::SerialConsole() by default in main
   int panic_seconds = 5;
   int watchdog_seconds = 20;
   bool quiet = false;
