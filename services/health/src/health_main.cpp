@@ -11,18 +11,13 @@
 #include "services/health/checks.h"
 #include "services/health/slot_gate.h"
 #include "services/init/boot_config.h"
+#include "services/init/file_io.h"
 
 namespace {
 
 std::string BootedSlot(const ralph::health::HealthEnvironment& env) {
-  FILE* file = std::fopen(env.early_boot_record.c_str(), "re");
-  if (!file) return "";
-  std::string text;
-  char buffer[1024];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), file)) > 0) text.append(buffer, n);
-  std::fclose(file);
-  return ralph::init::ParseRecord(text)["slot"];
+  auto text = ralph::init::ReadTextFile(env.early_boot_record);
+  return text ? ralph::init::ParseRecord(*text)["slot"] : std::string();
 }
 
 }  // namespace

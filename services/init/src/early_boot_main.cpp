@@ -31,6 +31,7 @@
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 #include "services/init/boot_config.h"
+#include "services/init/file_io.h"
 #include "services/init/mounts.h"
 
 namespace ralph::init {
@@ -39,30 +40,6 @@ namespace {
 constexpr const char* kNewRoot = "/sysroot";
 constexpr const char* kEfivarfs = "/sys/firmware/efi/efivars";
 constexpr auto kPartitionWait = std::chrono::seconds(10);
-
-Result<std::string> ReadSmallFile(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  std::string out;
-  char buffer[4096];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
-    if (n == 0) break;
-    out.append(buffer, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-Result<void> WriteSmallFile(const std::string& path, const std::string& content) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!fd) return Error::FromErrno(fmt::format("create {}", path), errno);
-  if (::write(fd.get(), content.data(), content.size()) != static_cast<ssize_t>(content.size())) {
-    return Error::FromErrno(fmt::format("write {}", path), errno);
-  }
-  return {};
-}
 
 [[noreturn]] void FatalReboot(const Error& error) {
   LogError("{}", error.ToString());
@@ -79,7 +56,7 @@ Result<void> WriteSmallFile(const std::string& path, const std::string& content)
 // Loads each module listed in /etc/ralph/modules (dependencies first, as
 // ralph-mkimage resolved them from modules.dep).
 void LoadModules() {
-  auto list = ReadSmallFile("/etc/ralph/modules");
+  auto list = ReadTextFile("/etc/ralph/modules");
   if (!list) {
     LogError("loading modules: {}", list.error().ToString());
     return;
@@ -323,7 +300,7 @@ Result<void> Run(bool second_stage) {
   std::vector<Error> optional_failures;
   TRY_CTX(ApplyMounts(EarlyMounts(), &optional_failures), "early mounts");
   LogInit("ralph-early-boot", LogSink::kKmsg);
-  std::string cmdline = TRY(ReadSmallFile("/proc/cmdline"));
+  std::string cmdline = TRY(ReadTextFile("/proc/cmdline"));
   BootConfig config = TRY(ParseKernelCmdline(cmdline));
   if (!second_stage) {
     LogInfo("booting slot {} (root {})", SlotDisplayName(config.slot), config.root_partlabel);
@@ -375,7 +352,7 @@ Result<void> Run(bool second_stage) {
   if (::mkdir("/run/ralph", 0755) != 0 && errno != EEXIST) {
     return Error::FromErrno("mkdir /run/ralph", errno);
   }
-  TRY(WriteSmallFile(kEarlyBootRecordPath, RenderRecord(record)));
+  TRY(WriteTextFile(kEarlyBootRecordPath, RenderRecord(record)));
   LogInfo("switching root to slot {}: {}", SlotDisplayName(config.slot), config.init);
   return SwitchRoot(config.init);
 }

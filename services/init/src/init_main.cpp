@@ -28,6 +28,7 @@
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 #include "services/init/boot_config.h"
+#include "services/init/file_io.h"
 #include "services/init/mounts.h"
 #include "services/init/supervisor.h"
 
@@ -43,21 +44,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kStopGrace = std::chrono::seconds(5);
-
-Result<std::string> ReadSmallFile(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  std::string out;
-  char buffer[4096];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
-    if (n == 0) break;
-    out.append(buffer, static_cast<size_t>(n));
-  }
-  return out;
-}
 
 void WriteFileAtomically(const std::string& path, const std::string& content) {
   std::string tmp = path + ".tmp";
@@ -179,12 +165,12 @@ class Init {
     TRY_CTX(ApplyMounts(Pid1Mounts(), &optional_failures), "mounting API file systems");
     for (const auto& failure : optional_failures) LogWarning("{}", failure.ToString());
 
-    auto record_text = ReadSmallFile(kEarlyBootRecordPath);
+    auto record_text = ReadTextFile(kEarlyBootRecordPath);
     std::map<std::string, std::string> record;
     if (record_text) record = ParseRecord(*record_text);
     slot_ = record.count("slot") ? record["slot"] : "";
     int watchdog_seconds = 20;
-    if (auto cmdline = ReadSmallFile("/proc/cmdline")) {
+    if (auto cmdline = ReadTextFile("/proc/cmdline")) {
       if (auto config = ParseKernelCmdline(*cmdline)) {
         watchdog_seconds = config->watchdog_seconds;
         if (slot_.empty()) slot_ = config->slot;
@@ -203,7 +189,7 @@ class Init {
   }
 
   Result<std::vector<ServiceSpec>> LoadServices() {
-    std::string text = TRY(ReadSmallFile(kServicesConfPath));
+    std::string text = TRY(ReadTextFile(kServicesConfPath));
     return ParseServicesConf(text);
   }
 

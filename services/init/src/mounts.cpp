@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "platform/unique_fd.h"
+#include "services/init/file_io.h"
 
 namespace ralph::init {
 namespace {
@@ -27,21 +27,6 @@ std::string Unescape(const std::string& field) {
     } else {
       out += field[i];
     }
-  }
-  return out;
-}
-
-Result<std::string> ReadMountinfo() {
-  UniqueFd fd(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno("open /proc/self/mountinfo", errno);
-  std::string out;
-  char buffer[8192];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno("read /proc/self/mountinfo", errno);
-    if (n == 0) break;
-    out.append(buffer, static_cast<size_t>(n));
   }
   return out;
 }
@@ -94,7 +79,7 @@ Result<void> ApplyMounts(const std::vector<MountSpec>& specs,
                          std::vector<Error>* optional_failures) {
   for (const auto& spec : specs) {
     // Before /proc is mounted there is no mountinfo: nothing is mounted yet.
-    auto mountinfo = ReadMountinfo();
+    auto mountinfo = ReadTextFile("/proc/self/mountinfo");
     std::vector<std::string> mounted =
         mountinfo ? ParseMountPoints(*mountinfo) : std::vector<std::string>();
     if (std::find(mounted.begin(), mounted.end(), spec.target) != mounted.end()) continue;

@@ -18,24 +18,10 @@
 #include "drivers/disk.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
+#include "services/init/file_io.h"
 
 namespace ralph::e2e {
 namespace {
-
-Result<std::string> ReadWhole(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  std::string out;
-  char buffer[65536];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
-    if (n == 0) break;
-    out.append(buffer, static_cast<size_t>(n));
-  }
-  return out;
-}
 
 std::string Tail(const std::string& text, size_t lines) {
   size_t pos = text.size();
@@ -292,7 +278,7 @@ double Machine::Elapsed() const {
 }
 
 std::string Machine::Console() const {
-  auto text = ReadWhole(options_.console_log);
+  auto text = init::ReadTextFile(options_.console_log);
   return text ? *text : std::string();
 }
 
