@@ -1,6 +1,7 @@
 #include "boot/mkimage/builder.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -310,6 +311,14 @@ Result<std::string> FileSha256(const std::string& path) {
 Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& package,
                                const std::string& local_deb) {
   TRY(MakeDirs(cache_dir));
+  // Builds (the main job, the e2e fixture, other worktrees) share the
+  // cache: one at a time fills it. The lock goes with the fd.
+  std::string lock_path = cache_dir + "/.lock";
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!lock) return Error::FromErrno(fmt::format("open {}", lock_path), errno);
+  while (::flock(lock.get(), LOCK_EX) != 0) {
+    if (errno != EINTR) return Error::FromErrno(fmt::format("flock {}", lock_path), errno);
+  }
   std::string deb = local_deb;
   std::string resolved = package;
   if (deb.empty()) {
