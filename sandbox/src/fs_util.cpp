@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
 
 namespace ralph::sandbox {
@@ -28,18 +29,7 @@ Result<void> WriteFileString(const std::string& path, const std::string& value) 
 }
 
 Result<std::string> ReadFileString(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  std::string out;
-  char buffer[4096];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
-    if (n == 0) break;
-    out.append(buffer, static_cast<size_t>(n));
-  }
-  return out;
+  return ReadWholeFile(path);
 }
 
 bool PathExists(const std::string& path) {

@@ -16,6 +16,7 @@
 #include "boot/mkimage/cpio.h"
 #include "boot/mkimage/host_tools.h"
 #include "platform/arch.h"
+#include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
@@ -35,34 +36,6 @@ const std::vector<std::string> kWantedModules = {
     "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",  "squashfs",  "overlay",
     "nf_tables",  "softdog",    "vfat",           "nls_cp437", "nls_ascii", "ext4",
 };
-
-Result<std::string> ReadFile(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  std::string out;
-  char buffer[65536];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
-    if (n == 0) break;
-    out.append(buffer, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-Result<void> WriteFile(const std::string& path, std::string_view content, mode_t mode = 0644) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
-  if (!fd) return Error::FromErrno(fmt::format("create {}", path), errno);
-  while (!content.empty()) {
-    ssize_t n = ::write(fd.get(), content.data(), content.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno(fmt::format("write {}", path), errno);
-    content.remove_prefix(static_cast<size_t>(n));
-  }
-  if (::fchmod(fd.get(), mode) != 0) return Error::FromErrno(fmt::format("chmod {}", path), errno);
-  return {};
-}
 
 Result<void> MakeDirs(const std::string& path) {
   std::error_code ec;
@@ -87,12 +60,12 @@ bool Exists(const std::string& path) {
 // staged file is a regular file with the host file's permission bits).
 Result<void> StageFile(const std::string& host_path, const std::string& dest) {
   TRY(MakeDirs(fs::path(dest).parent_path().string()));
-  std::string content = TRY(ReadFile(host_path));
+  std::string content = TRY(ReadWholeFile(host_path));
   struct stat st {};
   if (::stat(host_path.c_str(), &st) != 0) {
     return Error::FromErrno(fmt::format("stat {}", host_path), errno);
   }
-  return WriteFile(dest, content, st.st_mode & 0755);
+  return WriteWholeFile(dest, content, st.st_mode & 0755);
 }
 
 // The shared objects a binary needs, loader included, as absolute host paths.
@@ -177,7 +150,8 @@ Result<std::string> BuildInitrd(const KernelTree& kernel, const std::vector<std:
   archive.AddFile("/etc/ralph/modules", std::vector<uint8_t>(order.begin(), order.end()));
   std::vector<uint8_t> bytes = archive.Serialize(mtime);
   std::string raw = output + ".cpio";
-  TRY(WriteFile(raw, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size())));
+  TRY(WriteWholeFile(raw,
+                     std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size())));
   // zstd output is a pure function of input and level (no timestamps).
   TRY_CTX(RunTool({{"zstd", "-q", "-f", "-12", "--no-progress", raw, "-o", output}}),
           "compressing the initrd");
@@ -189,8 +163,8 @@ Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
                       const std::string& stub, const std::string& output) {
   std::string cmdline_file = output + ".cmdline";
   std::string osrel_file = output + ".osrel";
-  TRY(WriteFile(cmdline_file, cmdline));
-  TRY(WriteFile(osrel_file, os_release));
+  TRY(WriteWholeFile(cmdline_file, cmdline));
+  TRY(WriteWholeFile(osrel_file, os_release));
   // Section addresses as proven on this machine (DESIGN.md, "Recipes"): the
   // stub finds the sections by name; the VMAs only must not overlap, and the
   // initrd goes last because it is the largest and grows.
@@ -276,7 +250,7 @@ Result<void> WriteRandomImage(const std::string& path, uint64_t size, std::strin
   std::mt19937_64 rng(seq);
   std::string bytes(size, '\0');
   for (auto& b : bytes) b = static_cast<char>(rng() & 0xff);
-  return WriteFile(path, bytes);
+  return WriteWholeFile(path, bytes);
 }
 
 }  // namespace
@@ -385,7 +359,7 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
     // Debian generates modules.dep in the package's postinst; do the same.
     TRY_CTX(RunTool({{"depmod", "-b", kernel.root, kernel.version}}),
             fmt::format("running depmod for {}", kernel.version));
-    TRY(WriteFile(marker, resolved + "\n"));
+    TRY(WriteWholeFile(marker, resolved + "\n"));
   }
   return kernel;
 }
@@ -428,8 +402,8 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
     TRY(StageFile(binaries[0].host_path, canary));
     TRY(TruncateFile(canary, 32));
   }
-  TRY(WriteFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
-  TRY(WriteFile(staging_dir + "/etc/os-release", OsRelease(inputs.version, "system")));
+  TRY(WriteWholeFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
+  TRY(WriteWholeFile(staging_dir + "/etc/os-release", OsRelease(inputs.version, "system")));
 
   IgnoreError(RemoveTree(output));
   std::string epoch = std::to_string(inputs.source_date_epoch);
@@ -450,8 +424,8 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
       TRY_CTX(FetchKernel(options.cache_dir, options.kernel_package, options.kernel_deb),
               "fetching the kernel");
   report.kernel_version = kernel.version;
-  std::string modules_dep = TRY(ReadFile(kernel.modules_dir() + "/modules.dep"));
-  std::string builtin = TRY(ReadFile(kernel.modules_dir() + "/modules.builtin"));
+  std::string modules_dep = TRY(ReadWholeFile(kernel.modules_dir() + "/modules.dep"));
+  std::string builtin = TRY(ReadWholeFile(kernel.modules_dir() + "/modules.builtin"));
   std::vector<std::string> wanted;
   for (const auto& name : kWantedModules) {
     bool is_builtin = builtin.find("/" + name + ".ko\n") != std::string::npos;

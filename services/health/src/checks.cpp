@@ -8,24 +8,24 @@
 
 #include <fmt/format.h>
 
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
 #include "services/health/slot_gate.h"
 #include "services/init/boot_config.h"
-#include "services/init/file_io.h"
 #include "services/init/service_config.h"
 
 namespace ralph::health {
 namespace {
 
 Result<void> ServicesUp(const HealthEnvironment& env) {
-  std::string conf = TRY(init::ReadTextFile(env.services_conf));
+  std::string conf = TRY(ReadWholeFile(env.services_conf));
   auto services = TRY(init::ParseServicesConf(conf));
   auto deadline = std::chrono::steady_clock::now() + env.settle_deadline;
   std::optional<std::chrono::steady_clock::time_point> up_since;
   for (;;) {
     std::map<std::string, std::string> records;
     for (const auto& spec : services) {
-      if (auto text = init::ReadTextFile(env.services_status_dir + "/" + spec.name))
+      if (auto text = ReadWholeFile(env.services_status_dir + "/" + spec.name))
         records[spec.name] = *text;
     }
     auto snapshot = RequiredServicesRunning(conf, records);
@@ -42,7 +42,7 @@ Result<void> ServicesUp(const HealthEnvironment& env) {
 }
 
 Result<void> VarWritable(const HealthEnvironment& env) {
-  auto record_text = init::ReadTextFile(env.early_boot_record);
+  auto record_text = ReadWholeFile(env.early_boot_record);
   if (record_text) {
     auto record = init::ParseRecord(*record_text);
     if (record["var"] == "tmpfs") {
@@ -60,7 +60,7 @@ Result<void> VarWritable(const HealthEnvironment& env) {
     }
     if (::fsync(fd.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", path), errno);
   }
-  std::string back = TRY(init::ReadTextFile(path));
+  std::string back = TRY(ReadWholeFile(path));
   ::unlink(path.c_str());
   if (back != content) {
     return Error::Make(ErrorCode::kCorrupt, fmt::format("{} read back different bytes", path));
@@ -69,7 +69,7 @@ Result<void> VarWritable(const HealthEnvironment& env) {
 }
 
 Result<void> StateRecordReadable(const HealthEnvironment& env) {
-  auto record_text = TRY(init::ReadTextFile(env.early_boot_record));
+  auto record_text = TRY(ReadWholeFile(env.early_boot_record));
   auto record = init::ParseRecord(record_text);
   return ReadSlotView(record["slot"]).transform([](const SlotView&) {});
 }

@@ -7,16 +7,16 @@
 
 #include <fmt/format.h>
 
+#include "platform/file_io.h"
 #include "platform/log.h"
 #include "services/health/checks.h"
 #include "services/health/slot_gate.h"
 #include "services/init/boot_config.h"
-#include "services/init/file_io.h"
 
 namespace {
 
 std::string BootedSlot(const ralph::health::HealthEnvironment& env) {
-  auto text = ralph::init::ReadTextFile(env.early_boot_record);
+  auto text = ralph::ReadWholeFile(env.early_boot_record);
   return text ? ralph::init::ParseRecord(*text)["slot"] : std::string();
 }
 

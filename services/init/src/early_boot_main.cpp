@@ -28,10 +28,10 @@
 #include "drivers/disk.h"
 #include "drivers/watchdog.h"
 #include "platform/efivar_store.h"
+#include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 #include "services/init/boot_config.h"
-#include "services/init/file_io.h"
 #include "services/init/mounts.h"
 
 namespace ralph::init {
@@ -56,7 +56,7 @@ constexpr auto kPartitionWait = std::chrono::seconds(10);
 // Loads each module listed in /etc/ralph/modules (dependencies first, as
 // ralph-mkimage resolved them from modules.dep).
 void LoadModules() {
-  auto list = ReadTextFile("/etc/ralph/modules");
+  auto list = ReadWholeFile("/etc/ralph/modules");
   if (!list) {
     LogError("loading modules: {}", list.error().ToString());
     return;
@@ -300,7 +300,7 @@ Result<void> Run(bool second_stage) {
   std::vector<Error> optional_failures;
   TRY_CTX(ApplyMounts(EarlyMounts(), &optional_failures), "early mounts");
   LogInit("ralph-early-boot", LogSink::kKmsg);
-  std::string cmdline = TRY(ReadTextFile("/proc/cmdline"));
+  std::string cmdline = TRY(ReadWholeFile("/proc/cmdline"));
   BootConfig config = TRY(ParseKernelCmdline(cmdline));
   if (!second_stage) {
     LogInfo("booting slot {} (root {})", SlotDisplayName(config.slot), config.root_partlabel);
@@ -352,7 +352,7 @@ Result<void> Run(bool second_stage) {
   if (::mkdir("/run/ralph", 0755) != 0 && errno != EEXIST) {
     return Error::FromErrno("mkdir /run/ralph", errno);
   }
-  TRY(WriteTextFile(kEarlyBootRecordPath, RenderRecord(record)));
+  TRY(WriteWholeFile(kEarlyBootRecordPath, RenderRecord(record)));
   LogInfo("switching root to slot {}: {}", SlotDisplayName(config.slot), config.init);
   return SwitchRoot(config.init);
 }

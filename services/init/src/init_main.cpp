@@ -25,10 +25,10 @@
 #include <fmt/format.h>
 
 #include "drivers/watchdog.h"
+#include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 #include "services/init/boot_config.h"
-#include "services/init/file_io.h"
 #include "services/init/mounts.h"
 #include "services/init/supervisor.h"
 
@@ -165,12 +165,12 @@ class Init {
     TRY_CTX(ApplyMounts(Pid1Mounts(), &optional_failures), "mounting API file systems");
     for (const auto& failure : optional_failures) LogWarning("{}", failure.ToString());
 
-    auto record_text = ReadTextFile(kEarlyBootRecordPath);
+    auto record_text = ReadWholeFile(kEarlyBootRecordPath);
     std::map<std::string, std::string> record;
     if (record_text) record = ParseRecord(*record_text);
     slot_ = record.count("slot") ? record["slot"] : "";
     int watchdog_seconds = 20;
-    if (auto cmdline = ReadTextFile("/proc/cmdline")) {
+    if (auto cmdline = ReadWholeFile("/proc/cmdline")) {
       if (auto config = ParseKernelCmdline(*cmdline)) {
         watchdog_seconds = config->watchdog_seconds;
         if (slot_.empty()) slot_ = config->slot;
@@ -189,7 +189,7 @@ class Init {
   }
 
   Result<std::vector<ServiceSpec>> LoadServices() {
-    std::string text = TRY(ReadTextFile(kServicesConfPath));
+    std::string text = TRY(ReadWholeFile(kServicesConfPath));
     return ParseServicesConf(text);
   }
 

@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "services/init/file_io.h"
+#include "platform/file_io.h"
 
 namespace ralph::init {
 namespace {
@@ -79,7 +79,7 @@ Result<void> ApplyMounts(const std::vector<MountSpec>& specs,
                          std::vector<Error>* optional_failures) {
   for (const auto& spec : specs) {
     // Before /proc is mounted there is no mountinfo: nothing is mounted yet.
-    auto mountinfo = ReadTextFile("/proc/self/mountinfo");
+    auto mountinfo = ReadWholeFile("/proc/self/mountinfo");
     std::vector<std::string> mounted =
         mountinfo ? ParseMountPoints(*mountinfo) : std::vector<std::string>();
     if (std::find(mounted.begin(), mounted.end(), spec.target) != mounted.end()) continue;

@@ -16,9 +16,9 @@
 #include <nlohmann/json.hpp>
 
 #include "drivers/disk.h"
+#include "platform/file_io.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
-#include "services/init/file_io.h"
 
 namespace ralph::e2e {
 namespace {
@@ -278,7 +278,7 @@ double Machine::Elapsed() const {
 }
 
 std::string Machine::Console() const {
-  auto text = init::ReadTextFile(options_.console_log);
+  auto text = ReadWholeFile(options_.console_log);
   return text ? *text : std::string();
 }
 

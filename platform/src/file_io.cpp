@@ -1,19 +1,22 @@
-#include "services/init/file_io.h"
+#include "platform/file_io.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <fmt/format.h>
 
 #include "platform/unique_fd.h"
 
-namespace ralph::init {
+namespace ralph {
 
-Result<std::string> ReadTextFile(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+Result<std::string> ReadWholeFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
   if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
   std::string out;
-  char buffer[8192];
+  char buffer[65536];
   for (;;) {
     ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
     if (n < 0 && errno == EINTR) continue;
@@ -24,8 +27,8 @@ Result<std::string> ReadTextFile(const std::string& path) {
   return out;
 }
 
-Result<void> WriteTextFile(const std::string& path, std::string_view content) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+Result<void> WriteWholeFile(const std::string& path, std::string_view content, mode_t mode) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
   if (!fd) return Error::FromErrno(fmt::format("create {}", path), errno);
   while (!content.empty()) {
     ssize_t n = ::write(fd.get(), content.data(), content.size());
@@ -33,7 +36,10 @@ Result<void> WriteTextFile(const std::string& path, std::string_view content) {
     if (n < 0) return Error::FromErrno(fmt::format("write {}", path), errno);
     content.remove_prefix(static_cast<size_t>(n));
   }
+  // The file gets exactly `mode` whatever the umask (image builds must be
+  // reproducible) and also when it existed before.
+  if (::fchmod(fd.get(), mode) != 0) return Error::FromErrno(fmt::format("chmod {}", path), errno);
   return {};
 }
 
-}  // namespace ralph::init
+}  // namespace ralph
