@@ -2,10 +2,6 @@
 #include "platform/arch.h"
 
 #include <linux/audit.h>
-#include <sys/reboot.h>
-#include <unistd.h>
-
-#include <cerrno>
 
 namespace ralph::arch {
 
@@ -25,27 +21,6 @@ std::string_view SerialConsole() {
 }
 uint32_t SeccompAuditArch() {
   return AUDIT_ARCH_X86_64;
-}
-
-Result<void> PowerOff(PowerAction action) {
-  // reboot(2) does not flush dirty pages; without sync() the last writes to
-  // VAR could be lost.
-  ::sync();
-  int command = RB_AUTOBOOT;
-  const char* name = "reboot(RB_AUTOBOOT)";
-  switch (action) {
-    case PowerAction::kReboot: break;
-    case PowerAction::kPowerOff:
-      command = RB_POWER_OFF;
-      name = "reboot(RB_POWER_OFF)";
-      break;
-    case PowerAction::kHalt:
-      command = RB_HALT_SYSTEM;
-      name = "reboot(RB_HALT_SYSTEM)";
-      break;
-  }
-  ::reboot(command);
-  return Error::FromErrno(name, errno);
 }
 
 }  // namespace ralph::arch
