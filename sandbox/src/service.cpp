@@ -523,7 +523,12 @@ Result<void> SandboxService::Teardown(Job& job) {
   job.out.reset();
   job.err.reset();
   if (job.network) {
-    keep(job.network->Teardown());
+    // Reaped (above, or by Wait): every process of the job is gone, so its
+    // network namespace is being released and the kernel deletes the veth
+    // pair with it.
+    bool with_namespace = options_.network_teardown == NetworkTeardown::kWithNamespace &&
+                          job.state == Job::State::kReaped;
+    keep(with_namespace ? job.network->TeardownWithNamespace() : job.network->Teardown());
     job.network.reset();
   }
   if (job.cgroup) {
