@@ -146,9 +146,9 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
                        fmt::format("name: '{}' is empty or has '/'", options.name));
   if (!cgroups)
     return Error::Make(ErrorCode::kInvalidArgument, "cgroups: a cgroup manager is required");
+  // Compiled when the build ran: nothing to compile per service.
   SeccompProgram seccomp =
-      TRY_CTX(SeccompProgram::Compile(DefaultSeccompPolicy(), options.seccomp_audit_arch),
-              "compiling seccomp");
+      TRY_CTX(SeccompProgram::Default(options.seccomp_audit_arch), "the seccomp program");
   // 0711: the job's mapped root must traverse to its root and upper, list nothing.
   TRY(MakeDirs(options.state_dir + "/jobs", 0711));
   TRY(MakeDirs(options.state_dir + "/images", 0711));
