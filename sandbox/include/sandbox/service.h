@@ -25,6 +25,7 @@
 
 #include "platform/result.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/net/network_service.h"
 #include "sandbox/plan.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/spec.h"
@@ -33,7 +34,8 @@
 namespace ralph::sandbox {
 
 // Creates a job's network between clone and exec (see job_network.h). The
-// production one wraps JobNetwork::Create; tests may inject fakes.
+// production one wraps a NetworkService (MakeNetworkProvider); tests may
+// inject fakes.
 class NetworkProviderInterface {
  public:
   virtual ~NetworkProviderInterface() = default;
@@ -44,8 +46,17 @@ class NetworkProviderInterface {
   virtual Result<void> Prepare() { return {}; }
 };
 
-// The JobNetwork implementation from sandbox/net when it is linked in, else
-// nullptr (jobs with network.enabled then fail with kUnsupported).
+// The JobNetwork provider from sandbox/net when it is linked in, else nullptr
+// (jobs with network.enabled then fail with kUnsupported). The provider owns
+// its NetworkService (no process-wide one): started with `config` by the
+// first networked job (a run without network never pays for it; a start
+// failure is that job's error, and the next job tries again) and stopped
+// when the provider is destroyed. Several providers, in one process or
+// many, may share a netns (see network_service.h). `events` receives every
+// job's connection and DNS events; it may be null.
+std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServiceConfig& config,
+                                                              NetEventSinkInterface* events);
+// MakeNetworkProvider with the default NetworkServiceConfig.
 std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface* events);
 
 // How Destroy removes the veth pair of a job that has exited.

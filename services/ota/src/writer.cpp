@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -46,10 +47,377 @@ Result<void> ReadVerifiedChunk(ByteSourceInterface& source, const Payload& p, ui
   return {};
 }
 
-// A fixed pool of chunk buffers handed between two threads: the thread that
-// reads (source, target) and hashes, and the thread that does the slow I/O
-// (writing to the slot, or reading it back). On two cores hashing and I/O
-// overlap instead of alternating; memory stays kPoolBuffers chunks.
+// Adaptive probing costs a read + hash of the target per chunk, a whole
+// extra pass when the target holds an unrelated image. After this many
+// consecutive misses only every kProbeStride-th chunk is probed, until a probe
+// hits again (an unchanged region starts).
+constexpr uint64_t kMissesBeforeSparseProbing = 32;
+constexpr uint64_t kProbeStride = 16;
+constexpr size_t kMinBuffers = 4;
+// How far (in chunks) the probe threads may run ahead of the source stage.
+constexpr uint64_t kProbeWindow = 64;
+
+// The stages of one payload's data path (see InstallPayload in writer.h) and
+// the state they share. The calling thread runs the source stage and owns
+// the decisions (skip or write); probe, write and verify stages run on
+// threads of their own. One mutex guards the queues and the probe results;
+// the slow work (I/O, hashing, compares) happens outside it.
+class Streamer {
+ public:
+  enum class Verify { kNo, kAfterFlush };
+
+  Streamer(ByteSourceInterface& source, const Payload& payload, BlockDeviceInterface& slot,
+           const WriteOptions& options, Verify verify)
+      : source_(source), p_(payload), slot_(slot), options_(options), verify_(verify) {}
+
+  Result<WriteStats> Run() {
+    if (p_.size > slot_.size()) {
+      return Error::Make(ErrorCode::kNoSpace,
+                         fmt::format("{} payload is {} bytes, larger than the slot ({} bytes)",
+                                     p_.name, p_.size, slot_.size()));
+    }
+    const uint64_t chunk_count = p_.ChunkCount();
+    stats_.written.assign(chunk_count, false);
+    probe_state_.assign(chunk_count, ProbeState::kPending);
+    size_t buffers =
+        static_cast<size_t>(std::max<uint64_t>(kMinBuffers, options_.buffer_bytes / p_.chunk_size));
+    buffers = static_cast<size_t>(std::min<uint64_t>(buffers, std::max<uint64_t>(chunk_count, 1)));
+    buffers = std::max(buffers, kMinBuffers);
+    storage_.resize(buffers);
+    for (size_t b = 0; b < buffers; ++b) free_.push_back(b);
+    flush_every_ = std::max<uint64_t>(1, options_.flush_bytes / p_.chunk_size);
+
+    // Readers for the other threads: their own handles when the caller can
+    // open them, else the slot itself, shared under device_mutex_.
+    bool adaptive = options_.mode == WriteOptions::Mode::kAdaptive;
+    unsigned probers = adaptive ? std::max(1u, options_.probe_threads) : 0;
+    unsigned readers_needed = probers + (verify_ == Verify::kAfterFlush ? 1 : 0);
+    std::vector<std::unique_ptr<BlockDeviceInterface>> readers;
+    if (options_.open_reader) {
+      for (unsigned r = 0; r < readers_needed; ++r) {
+        readers.push_back(TRY_CTX(options_.open_reader(), "opening the slot for reading"));
+      }
+    } else {
+      shared_device_ = true;
+    }
+    auto reader = [&](unsigned r) -> BlockDeviceInterface& {
+      return shared_device_ ? slot_ : *readers[r];
+    };
+
+    Sha256 hasher = TRY(Sha256::Create());
+    std::vector<std::thread> threads;
+    for (unsigned r = 0; r < probers; ++r) {
+      threads.emplace_back([this, &device = reader(r)] { Guard(ProbeStage(device)); });
+    }
+    std::thread writer([this] { Guard(WriteStage()); });
+    std::thread verifier;
+    if (verify_ == Verify::kAfterFlush) {
+      verifier = std::thread([this, &device = reader(probers)] { Guard(VerifyStage(device)); });
+    }
+
+    Result<void> produced = SourceStage(hasher);
+    {
+      std::lock_guard lock(mutex_);
+      writes_closed_ = true;
+      probes_closed_ = true;
+      changed_.notify_all();
+    }
+    for (auto& t : threads) t.join();
+    // The chunks already queued are written even when the source stage
+    // failed (they were verified): a failure is reported with every chunk
+    // before it on the device.
+    writer.join();
+    if (!produced) Fail(std::move(produced).error());
+    if (verify_ == Verify::kAfterFlush) {
+      bool failed = false;
+      {
+        std::lock_guard lock(mutex_);
+        failed = failed_;
+      }
+      if (!failed) {
+        // The last flush; only then are the last chunks re-read.
+        Result<void> flushed = WithDevice([&] { return slot_.Flush(); });
+        if (!flushed) {
+          Fail(std::move(flushed).error().WithContext(fmt::format("flushing {}", p_.name)));
+        } else if (options_.after_final_flush) {
+          options_.after_final_flush();
+        }
+      }
+      {
+        std::lock_guard lock(mutex_);
+        for (const Item& item : unflushed_) to_verify_.push_back(item);
+        unflushed_.clear();
+        verify_closed_ = true;
+        changed_.notify_all();
+      }
+      // Report the verifier's progress until it is done.
+      while (true) {
+        std::unique_lock lock(mutex_);
+        bool done =
+            changed_.wait_for(lock, std::chrono::milliseconds(100), [&] { return verifier_done_; });
+        lock.unlock();
+        ReportVerified();
+        if (done) break;
+      }
+      verifier.join();
+    }
+    std::lock_guard lock(mutex_);
+    if (error_) return std::move(*error_);
+    return std::move(stats_);
+  }
+
+ private:
+  enum class ProbeState : uint8_t { kPending, kMatch, kMiss, kNotProbed };
+  struct Item {
+    uint64_t index = 0;
+    size_t buffer = 0;
+    size_t length = 0;
+  };
+
+  // The first error wins; every stage stops at its next step.
+  void Fail(Error error) {
+    std::lock_guard lock(mutex_);
+    if (!error_) error_ = std::move(error);
+    failed_ = true;
+    changed_.notify_all();
+  }
+  void Guard(Result<void> result) {
+    if (!result) Fail(std::move(result).error());
+  }
+
+  // Runs one device operation; serialised when the stages share one handle.
+  template <typename F>
+  Result<void> WithDevice(F&& f) {
+    if (!shared_device_) return f();
+    std::lock_guard lock(device_mutex_);
+    return f();
+  }
+
+  std::span<uint8_t> BufferSpan(size_t buffer, size_t length) {
+    auto& b = storage_[buffer];
+    if (b.size() < length) b.resize(p_.chunk_size);  // allocated on first use
+    return std::span<uint8_t>(b.data(), length);
+  }
+
+  void Release(size_t buffer) {
+    std::lock_guard lock(mutex_);
+    free_.push_back(buffer);
+    changed_.notify_all();
+  }
+
+  void ReportVerified() {
+    uint64_t verified = verified_bytes_.load();
+    if (verified > reported_verified_ && options_.on_progress) {
+      options_.on_progress(verified - reported_verified_);
+    }
+    reported_verified_ = verified;
+  }
+
+  // Probe threads: take the next chunk index, read the target's chunk and
+  // hash it, publish match/miss for the source stage.
+  Result<void> ProbeStage(BlockDeviceInterface& device) {
+    Sha256 hasher = TRY(Sha256::Create());
+    std::vector<uint8_t> current(p_.chunk_size);
+    while (true) {
+      uint64_t i = 0;
+      bool probe = false;
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] {
+          return failed_ || probes_closed_ || next_probe_ >= probe_state_.size() ||
+                 next_probe_ < source_index_ + kProbeWindow;
+        });
+        if (failed_ || probes_closed_ || next_probe_ >= probe_state_.size()) return {};
+        i = next_probe_++;
+        // A heuristic over the probes finished so far (not strictly in order).
+        probe = consecutive_misses_ < kMissesBeforeSparseProbing || i % kProbeStride == 0;
+        if (!probe) {
+          probe_state_[i] = ProbeState::kNotProbed;
+          changed_.notify_all();
+          continue;
+        }
+      }
+      std::span<uint8_t> data(current.data(), static_cast<size_t>(p_.ChunkLength(i)));
+      TRY_CTX(WithDevice([&] { return device.ReadAt(i * p_.chunk_size, data); }),
+              fmt::format("reading the slot's {}", ChunkName(p_, i)));
+      TRY(hasher.Reset());
+      TRY(hasher.Update(data));
+      bool match = TRY(hasher.Finish()) == p_.chunks[i];
+      std::lock_guard lock(mutex_);
+      probe_state_[i] = match ? ProbeState::kMatch : ProbeState::kMiss;
+      consecutive_misses_ = match ? 0 : consecutive_misses_ + 1;
+      changed_.notify_all();
+    }
+  }
+
+  // The calling thread: decide per chunk, read + verify what must be
+  // written, in order (an HTTPS source streams front to back).
+  Result<void> SourceStage(Sha256& hasher) {
+    bool adaptive = options_.mode == WriteOptions::Mode::kAdaptive;
+    for (uint64_t i = 0; i < p_.ChunkCount(); ++i) {
+      TRY(CheckCancel(options_));
+      ReportVerified();
+      size_t length = static_cast<size_t>(p_.ChunkLength(i));
+      ProbeState state = ProbeState::kNotProbed;
+      size_t buffer = 0;
+      {
+        std::unique_lock lock(mutex_);
+        source_index_ = i;
+        changed_.notify_all();
+        if (adaptive) {
+          changed_.wait(lock, [&] { return failed_ || probe_state_[i] != ProbeState::kPending; });
+          state = probe_state_[i];
+        }
+        if (state != ProbeState::kMatch) {
+          changed_.wait(lock, [&] { return failed_ || !free_.empty(); });
+          if (!failed_) {
+            buffer = free_.front();
+            free_.pop_front();
+          }
+        }
+        if (failed_) return {};  // the stage that failed reports it
+      }
+      if (state == ProbeState::kMatch) {
+        // Read back from the slot during this call and matched: verified.
+        stats_.chunks_skipped++;
+        stats_.bytes_skipped += length;
+        if (verify_ == Verify::kAfterFlush) verified_bytes_ += length;
+        if (options_.on_progress) options_.on_progress(length);
+        if (options_.after_chunk) options_.after_chunk(i);
+        continue;
+      }
+      auto verified = ReadVerifiedChunk(source_, p_, i, BufferSpan(buffer, length), hasher);
+      if (!verified) {
+        Release(buffer);
+        return verified;
+      }
+      {
+        std::lock_guard lock(mutex_);
+        to_write_.push_back({i, buffer, length});
+        changed_.notify_all();
+      }
+      stats_.written[i] = true;
+      stats_.chunks_written++;
+      stats_.bytes_written += length;
+      if (options_.on_progress) options_.on_progress(length);
+      if (options_.after_chunk) options_.after_chunk(i);
+    }
+    return {};
+  }
+
+  // Writes queued chunks. With verification, a written chunk's buffer is
+  // kept until a flush covers it, then handed to the verify stage.
+  Result<void> WriteStage() {
+    while (true) {
+      std::optional<Item> item;
+      bool flush = false;
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] { return failed_ || writes_closed_ || !to_write_.empty(); });
+        if (failed_) return {};
+        if (!to_write_.empty()) {
+          item = to_write_.front();
+          to_write_.pop_front();
+        } else {
+          return {};  // closed and drained; the caller does the last flush
+        }
+      }
+      std::span<const uint8_t> data = BufferSpan(item->buffer, item->length);
+      TRY_CTX(WithDevice([&] { return slot_.WriteAt(item->index * p_.chunk_size, data); }),
+              fmt::format("writing {}", ChunkName(p_, item->index)));
+      if (verify_ == Verify::kNo) {
+        Release(item->buffer);
+        continue;
+      }
+      {
+        std::lock_guard lock(mutex_);
+        unflushed_.push_back(*item);
+        // Flush every flush_every_ chunks, and early when the source stage
+        // is waiting for a buffer that only a flush (then verify) frees.
+        flush = unflushed_.size() >= flush_every_ || (to_write_.empty() && free_.empty());
+      }
+      if (flush) TRY(FlushAndHandOver());
+    }
+  }
+
+  Result<void> FlushAndHandOver() {
+    TRY_CTX(WithDevice([&] { return slot_.Flush(); }), fmt::format("flushing {}", p_.name));
+    std::lock_guard lock(mutex_);
+    for (const Item& item : unflushed_) to_verify_.push_back(item);
+    unflushed_.clear();
+    changed_.notify_all();
+    return {};
+  }
+
+  // Re-reads flushed chunks and compares them with what was written.
+  Result<void> VerifyStage(BlockDeviceInterface& device) {
+    struct Done {
+      Streamer* s;
+      ~Done() {
+        std::lock_guard lock(s->mutex_);
+        s->verifier_done_ = true;
+        s->changed_.notify_all();
+      }
+    } done{this};
+    std::vector<uint8_t> readback(p_.chunk_size);
+    while (true) {
+      Item item;
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] { return failed_ || verify_closed_ || !to_verify_.empty(); });
+        if (failed_) return {};
+        if (to_verify_.empty()) return {};  // closed and drained
+        item = to_verify_.front();
+        to_verify_.pop_front();
+      }
+      std::span<uint8_t> read(readback.data(), item.length);
+      TRY_CTX(WithDevice([&] { return device.ReadAt(item.index * p_.chunk_size, read); }),
+              fmt::format("re-reading {}", ChunkName(p_, item.index)));
+      std::span<const uint8_t> written = BufferSpan(item.buffer, item.length);
+      if (std::memcmp(read.data(), written.data(), item.length) != 0) {
+        return Error::Make(ErrorCode::kVerificationFailed,
+                           fmt::format("re-reading {}: the slot holds other bytes than were "
+                                       "written",
+                                       ChunkName(p_, item.index)));
+      }
+      Release(item.buffer);
+      verified_bytes_ += item.length;
+    }
+  }
+
+  ByteSourceInterface& source_;
+  const Payload& p_;
+  BlockDeviceInterface& slot_;
+  const WriteOptions& options_;
+  const Verify verify_;
+  WriteStats stats_;  // the calling thread's
+  bool shared_device_ = false;
+  std::mutex device_mutex_;
+  uint64_t flush_every_ = 1;
+  std::vector<std::vector<uint8_t>> storage_;
+  std::atomic<uint64_t> verified_bytes_{0};
+  uint64_t reported_verified_ = 0;  // calling thread
+
+  std::mutex mutex_;  // guards everything below
+  std::condition_variable changed_;
+  std::optional<Error> error_;
+  bool failed_ = false;
+  std::deque<size_t> free_;
+  std::deque<Item> to_write_;
+  std::deque<Item> unflushed_;
+  std::deque<Item> to_verify_;
+  bool writes_closed_ = false;
+  bool verify_closed_ = false;
+  bool verifier_done_ = false;
+  std::vector<ProbeState> probe_state_;
+  uint64_t next_probe_ = 0;
+  uint64_t source_index_ = 0;
+  uint64_t consecutive_misses_ = 0;
+  bool probes_closed_ = false;
+};
+
+// A fixed pool of chunk buffers handed between two threads (VerifySlot:
+// reads on one, hashing on the other).
 class ChunkPipeline {
  public:
   static constexpr size_t kPoolBuffers = 4;
@@ -83,8 +451,6 @@ class ChunkPipeline {
     work_.push_back(item);
     changed_.notify_all();
   }
-  // Blocks for the next item; nullopt once Close() was called and the queue
-  // is drained.
   std::optional<Item> Pop() {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return !work_.empty() || closed_; });
@@ -98,7 +464,6 @@ class ChunkPipeline {
     closed_ = true;
     changed_.notify_all();
   }
-  // The consumer's first error; the producer checks it between chunks.
   void SetError(Error error) {
     std::lock_guard lock(mutex_);
     if (!error_) error_ = std::move(error);
@@ -121,8 +486,6 @@ class ChunkPipeline {
   std::optional<Error> error_;
 };
 
-// Runs `consume` on every item pushed to `pipeline` on a second thread until
-// `produce` returns; returns the first error of either side.
 template <typename Produce, typename Consume>
 Result<void> RunPipeline(ChunkPipeline& pipeline, Produce&& produce, Consume&& consume) {
   std::thread consumer([&] {
@@ -142,91 +505,16 @@ Result<void> RunPipeline(ChunkPipeline& pipeline, Produce&& produce, Consume&& c
   return {};
 }
 
-// Adaptive probing costs a read + hash of the target per chunk, a whole
-// extra pass when the target holds an unrelated image. After this many
-// consecutive misses only every kProbeStride-th chunk is probed, until a probe
-// hits again (an unchanged region starts).
-constexpr uint64_t kMissesBeforeSparseProbing = 32;
-constexpr uint64_t kProbeStride = 16;
-
 }  // namespace
 
 Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& p,
                                 BlockDeviceInterface& slot, const WriteOptions& options) {
-  if (p.size > slot.size()) {
-    return Error::Make(ErrorCode::kNoSpace,
-                       fmt::format("{} payload is {} bytes, larger than the slot ({} bytes)",
-                                   p.name, p.size, slot.size()));
-  }
-  WriteStats stats;
-  stats.written.assign(p.ChunkCount(), false);
-  ChunkPipeline pipeline(p.chunk_size);
-  std::vector<uint8_t> existing(p.chunk_size);
-  Sha256 hasher = TRY(Sha256::Create());
-  uint64_t misses = 0;
-  // Block devices are not thread-safe (BlockDevice has one bounce buffer):
-  // probe reads go through a second handle when the caller gave one, else
-  // they and the writes take turns.
-  BlockDeviceInterface& probe_device = options.probe_device ? *options.probe_device : slot;
-  std::mutex device_mutex;
-  auto lock_device = [&]() {
-    return options.probe_device ? std::unique_lock<std::mutex>()
-                                : std::unique_lock<std::mutex>(device_mutex);
-  };
-  // Producer (this thread): decide, read from the source in order, verify.
-  auto produce = [&]() -> Result<void> {
-    for (uint64_t i = 0; i < p.ChunkCount(); ++i) {
-      TRY(CheckCancel(options));
-      if (pipeline.failed()) return {};  // the writer's error is reported
-      uint64_t offset = i * p.chunk_size;
-      size_t length = static_cast<size_t>(p.ChunkLength(i));
-      bool probe = options.mode == WriteOptions::Mode::kAdaptive &&
-                   (misses < kMissesBeforeSparseProbing || i % kProbeStride == 0);
-      if (probe) {
-        std::span<uint8_t> current(existing.data(), length);
-        {
-          auto lock = lock_device();
-          TRY_CTX(probe_device.ReadAt(offset, current),
-                  fmt::format("reading the slot's {}", ChunkName(p, i)));
-        }
-        TRY(hasher.Reset());
-        TRY(hasher.Update(current));
-        if (TRY(hasher.Finish()) == p.chunks[i]) {
-          misses = 0;
-          stats.chunks_skipped++;
-          stats.bytes_skipped += length;
-          if (options.on_progress) options.on_progress(length);
-          if (options.after_chunk) options.after_chunk(i);
-          continue;
-        }
-        ++misses;
-      }
-      std::vector<uint8_t>* buffer = pipeline.TakeFree();
-      std::span<uint8_t> chunk(buffer->data(), length);
-      auto verified = ReadVerifiedChunk(source, p, i, chunk, hasher);
-      if (!verified) {
-        pipeline.GiveFree(buffer);
-        return verified;
-      }
-      pipeline.Push({i, buffer, length});
-      stats.written[i] = true;
-      stats.chunks_written++;
-      stats.bytes_written += length;
-      if (options.on_progress) options.on_progress(length);
-      if (options.after_chunk) options.after_chunk(i);
-    }
-    return {};
-  };
-  // Consumer: the writes.
-  auto consume = [&](const ChunkPipeline::Item& item) -> Result<void> {
-    auto lock = lock_device();
-    TRY_CTX(slot.WriteAt(item.index * p.chunk_size,
-                         std::span<const uint8_t>(item.buffer->data(), item.length)),
-            fmt::format("writing {}", ChunkName(p, item.index)));
-    return {};
-  };
-  TRY(RunPipeline(pipeline, produce, consume));
-  return stats;
+  return Streamer(source, p, slot, options, Streamer::Verify::kNo).Run();
+}
+
+Result<WriteStats> InstallPayload(ByteSourceInterface& source, const Payload& p,
+                                  BlockDeviceInterface& slot, const WriteOptions& options) {
+  return Streamer(source, p, slot, options, Streamer::Verify::kAfterFlush).Run();
 }
 
 Result<void> VerifySlot(BlockDeviceInterface& slot, const Payload& p, const WriteOptions& options,

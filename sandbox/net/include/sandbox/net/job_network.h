@@ -4,7 +4,8 @@
 //
 // Contract between the sandbox spawner (sandbox/) and the network code
 // (sandbox/net/): the spawner clone3()s the job with CLONE_NEWNET and keeps
-// it waiting; it then calls JobNetwork::Create() with the child's pid, which
+// it waiting; it then calls NetworkService::CreateJob() (network_service.h;
+// the spawner owns its NetworkService) with the child's pid, which
 // creates the veth pair, moves one end into the child's netns, configures
 // lo/eth0/addresses/default route inside it (from the parent, via setns on a
 // helper thread), commits the job's nft table in one batch and registers the
@@ -66,19 +67,10 @@ class NetEventSinkInterface {
 
 class JobNetwork {
  public:
-  // Sets up the network for a job whose netns is that of `child_pid`.
-  // Uses the process-wide default NetworkService (network_service.h), started
-  // on first use with NetworkService::SetDefaultConfig()'s configuration; a
-  // long-running service that wants its own should call
-  // NetworkService::CreateJob() instead (same contract).
-  // kInvalidArgument names a malformed rule; kIo/kUnsupported name the
-  // netlink step that failed. Nothing is left behind on failure.
-  static Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
-                                                    const NetworkSpec& spec,
-                                                    NetEventSinkInterface* events);
+  // Made by NetworkService::CreateJob().
   virtual ~JobNetwork() = default;
 
-  // Removes everything Create() made. Idempotent.
+  // Removes everything NetworkService::CreateJob() made. Idempotent.
   virtual Result<void> Teardown() = 0;
   // Added by sandbox-core (additive). For a job whose processes have all
   // been reaped: removes what Teardown() removes except the veth pair, which
