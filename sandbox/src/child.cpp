@@ -3,7 +3,6 @@
 #include "child.h"
 
 #include <fcntl.h>
-#include <grp.h>
 #include <linux/mount.h>
 #include <linux/securebits.h>
 #include <net/if.h>
@@ -129,10 +128,15 @@ void RunChild(const ChildPlan& plan) {
   AwaitParent(plan);
 
   // 2. Become root of the new user namespace (mapped to the unprivileged host
-  // range) and drop the host's supplementary groups.
-  if (::setresgid(0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
-  if (::setgroups(0, nullptr) != 0) Fail(plan, ChildStep::kSetIds, errno);
-  if (::setresuid(0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
+  // range) and drop the host's supplementary groups. Raw syscalls: glibc's
+  // wrappers apply the change to every thread of the process (nptl_setxid.c)
+  // from a thread list copied from the parent, and wait for any thread the
+  // parent was creating at clone time, which never comes in this copy (a
+  // deadlock seen with the network service's threads starting). The kernel
+  // calls change only this thread, which is all there is.
+  if (::syscall(SYS_setresgid, 0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
+  if (::syscall(SYS_setgroups, 0, nullptr) != 0) Fail(plan, ChildStep::kSetIds, errno);
+  if (::syscall(SYS_setresuid, 0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
   if (plan.unshare_cgroup_ns && ::unshare(CLONE_NEWCGROUP) != 0)
     Fail(plan, ChildStep::kCgroupNamespace, errno);
 

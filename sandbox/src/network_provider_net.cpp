@@ -23,6 +23,14 @@ class ServiceNetworkProvider final : public NetworkProviderInterface {
     }
     return service->CreateJob(job_id, child_pid, spec, events_);
   }
+  // Starting the service early (under the same lock) is all the
+  // preparation there is.
+  Result<void> Prepare() override {
+    std::lock_guard lock(mutex_);
+    if (!service_)
+      service_ = TRY_CTX(NetworkService::Start(config_), "starting the network service");
+    return {};
+  }
 
  private:
   NetworkServiceConfig config_;

@@ -146,9 +146,9 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
                        fmt::format("name: '{}' is empty or has '/'", options.name));
   if (!cgroups)
     return Error::Make(ErrorCode::kInvalidArgument, "cgroups: a cgroup manager is required");
+  // Compiled when the build ran: nothing to compile per service.
   SeccompProgram seccomp =
-      TRY_CTX(SeccompProgram::Compile(DefaultSeccompPolicy(), options.seccomp_audit_arch),
-              "compiling seccomp");
+      TRY_CTX(SeccompProgram::Default(options.seccomp_audit_arch), "the seccomp program");
   // 0711: the job's mapped root must traverse to its root and upper, list nothing.
   TRY(MakeDirs(options.state_dir + "/jobs", 0711));
   TRY(MakeDirs(options.state_dir + "/images", 0711));
@@ -523,7 +523,12 @@ Result<void> SandboxService::Teardown(Job& job) {
   job.out.reset();
   job.err.reset();
   if (job.network) {
-    keep(job.network->Teardown());
+    // Reaped (above, or by Wait): every process of the job is gone, so its
+    // network namespace is being released and the kernel deletes the veth
+    // pair with it.
+    bool with_namespace = options_.network_teardown == NetworkTeardown::kWithNamespace &&
+                          job.state == Job::State::kReaped;
+    keep(with_namespace ? job.network->TeardownWithNamespace() : job.network->Teardown());
     job.network.reset();
   }
   if (job.cgroup) {

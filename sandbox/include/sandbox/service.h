@@ -41,6 +41,9 @@ class NetworkProviderInterface {
   virtual ~NetworkProviderInterface() = default;
   virtual Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
                                                      const NetworkSpec& spec) = 0;
+  // Starts what the first Create needs (the network service), so a launcher
+  // can overlap it with the rest of its setup. Thread-safe; optional.
+  virtual Result<void> Prepare() { return {}; }
 };
 
 // The JobNetwork provider from sandbox/net when it is linked in, else nullptr
@@ -55,6 +58,18 @@ std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServi
                                                               NetEventSinkInterface* events);
 // MakeNetworkProvider with the default NetworkServiceConfig.
 std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface* events);
+
+// How Destroy removes the veth pair of a job that has exited.
+enum class NetworkTeardown {
+  // Deleted before Destroy returns (a long-running service: nothing is left
+  // when Destroy returns).
+  kSynchronous,
+  // Left to the kernel, which deletes it with the job's network namespace
+  // once the job's last process is gone (JobNetwork::TeardownWithNamespace),
+  // the way bwrap leaves its netns to the kernel (Destroy reaps the job
+  // first). For a launcher that exits right after its one job.
+  kWithNamespace,
+};
 
 struct ServiceOptions {
   // Per-job state directories and upper-layer images live here (on VAR).
@@ -71,6 +86,7 @@ struct ServiceOptions {
   size_t max_pooled_volumes = 16;
   // Output kept per stream; the rest is counted and dropped.
   size_t output_limit_bytes = 16u << 20;
+  NetworkTeardown network_teardown = NetworkTeardown::kSynchronous;
 };
 
 enum class Termination { kExited, kSignaled, kTimedOut, kKilled };

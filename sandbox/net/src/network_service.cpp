@@ -148,7 +148,10 @@ class JobNetworkImpl final : public JobNetwork {
   }
   ~JobNetworkImpl() override { IgnoreError(Teardown()); }
 
-  Result<void> Teardown() override {
+  Result<void> Teardown() override { return TeardownImpl(/*delete_veth=*/true); }
+  Result<void> TeardownWithNamespace() override { return TeardownImpl(/*delete_veth=*/false); }
+
+  Result<void> TeardownImpl(bool delete_veth) {
     if (torn_down_) return {};
     std::optional<Error> first;
     auto note = [&](Result<void> result) {
@@ -167,6 +170,7 @@ class JobNetworkImpl final : public JobNetwork {
       if (deleted) table_created_ = false;
       note(std::move(deleted));
     }
+    if (veth_created_ && !delete_veth) veth_created_ = false;  // the kernel's, with the netns
     if (veth_created_) {
       auto rtnl = Rtnl::Open();
       if (!rtnl) {
@@ -496,6 +500,20 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
   }
 
   JobAddresses addresses = TRY_CTX(pool_->Allocate(), context());
+  // A slot whose host-side link still exists belongs to a job whose veth the
+  // kernel is still removing with its namespace (TeardownWithNamespace):
+  // take the next one, and give the skipped ones back afterwards.
+  std::vector<uint32_t> skipped;
+  while (if_nametoindex(fmt::format("{}{}", interface_prefix_, addresses.slot).c_str()) != 0) {
+    skipped.push_back(addresses.slot);
+    auto next = pool_->Allocate();
+    if (!next) {
+      for (uint32_t slot : skipped) pool_->Release(slot);
+      return std::move(next).error().WithContext(context());
+    }
+    addresses = *next;
+  }
+  for (uint32_t slot : skipped) pool_->Release(slot);
   auto job = std::make_unique<JobNetworkImpl>(this, job_id, spec, addresses);
   // From here on `job` owns the slot: any early return tears down what exists.
   JobAddressing addressing{.host_ifname = job->host_interface(),

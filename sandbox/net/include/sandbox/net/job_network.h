@@ -72,6 +72,17 @@ class JobNetwork {
 
   // Removes everything NetworkService::CreateJob() made. Idempotent.
   virtual Result<void> Teardown() = 0;
+  // Added by sandbox-core (additive). For a job whose processes have all
+  // been reaped: removes what Teardown() removes except the veth pair, which
+  // the kernel deletes together with the job's network namespace (netns
+  // cleanup unregisters its devices, and a veth takes its peer along:
+  // net/core/dev.c default_device_exit_batch, drivers/net/veth.c
+  // veth_dellink) instead of an RTM_DELLINK here, whose unregistration waits
+  // for RCU barriers (tens of ms on a busy host). Until the kernel has done
+  // so the host-side name stays taken; Create() skips such slots. Meant for a
+  // launcher that exits right after its job, like bwrap leaving its netns to
+  // the kernel. Idempotent; default: Teardown().
+  virtual Result<void> TeardownWithNamespace() { return Teardown(); }
   // The address the job must use as its only resolver (/etc/resolv.conf).
   virtual std::string resolver_address() const = 0;
 
