@@ -14,6 +14,7 @@
 #include "platform/arch.h"
 #include "platform/unique_fd.h"
 #include "services/ota/esp.h"
+#include "slot_device.h"
 
 namespace ralph::ota {
 namespace {
@@ -54,10 +55,10 @@ Result<UniqueFd> TakeLock(const std::string& path) {
   return fd;
 }
 
-Result<std::unique_ptr<BlockDevice>> OpenPartition(const DiskLayout& layout,
-                                                   const PartitionInfo& part) {
-  if (!part.device.empty()) return BlockDevice::Open(part.device);
-  return BlockDevice::OpenRange(layout.disk, part.offset_bytes(), part.size_bytes());
+Result<std::unique_ptr<SlotDevice>> OpenPartition(const DiskLayout& layout,
+                                                  const PartitionInfo& part) {
+  if (!part.device.empty()) return SlotDevice::Open(part.device, 0, UINT64_MAX);
+  return SlotDevice::Open(layout.disk, part.offset_bytes(), part.size_bytes());
 }
 
 Result<std::unique_ptr<MtoolsEsp>> OpenEsp(const DiskLayout& layout) {
@@ -245,7 +246,7 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   write.mode = options.mode;
   write.cancel = options.cancel;
   // Further handles on the slot for the probe and verify threads.
-  write.open_reader = [&]() -> Result<std::unique_ptr<BlockDeviceInterface>> {
+  write.open_handle = [&]() -> Result<std::unique_ptr<BlockDeviceInterface>> {
     return std::unique_ptr<BlockDeviceInterface>(TRY(OpenPartition(layout, *part)));
   };
   write.on_progress = [&](uint64_t bytes) { tracker.Advance(bytes); };
