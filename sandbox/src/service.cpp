@@ -372,9 +372,6 @@ Result<void> SandboxService::Run(const JobId& id) {
     return fail(std::move(r).error());
   if (auto r = WriteFileString(fmt::format("/proc/{}/gid_map", pid), map); !r)
     return fail(std::move(r).error());
-  if (cgroup_fd < 0) {
-    if (auto r = job.cgroup->Attach(job.pid); !r) return fail(std::move(r).error());
-  }
   auto release = [&]() -> Result<void> {
     char go = 1;
     ssize_t sent;
@@ -384,8 +381,13 @@ Result<void> SandboxService::Run(const JobId& id) {
     if (sent != 1) return Io("releasing the child");
     return {};
   };
-  // The child builds its filesystem while the network is set up here.
+  // The child builds its filesystem while the cgroups (v1) are attached and
+  // the network is set up here; it waits for the second byte before it
+  // enters its cgroup namespace and runs anything of the job.
   if (auto r = release(); !r) return fail(std::move(r).error());
+  if (cgroup_fd < 0) {
+    if (auto r = job.cgroup->Attach(job.pid); !r) return fail(std::move(r).error());
+  }
   if (job.spec.network.enabled) {
     auto network = network_->Create(job.id, job.pid, job.spec.network);
     if (!network) return fail(std::move(network).error().WithContext("network"));
