@@ -121,7 +121,8 @@ TEST_F(StressTest, ThousandCyclesAndHundredAliveLeaveNothing) {
   EXPECT_GE(alive.loops, 100u) << Show(alive);
   EXPECT_GE(alive.mounts, 100u) << Show(alive);
   for (const JobId& id : ids) {
-    ASSERT_TRUE(service_->Kill(id));
+    auto killed = service_->Kill(id);
+    ASSERT_TRUE(killed) << killed.error().ToString();
     auto result = service_->Wait(id);
     ASSERT_TRUE(result);
     EXPECT_EQ(result->termination, Termination::kKilled);
