@@ -44,6 +44,10 @@ const std::vector<std::string> kWantedModules = {
 // off (dhcpcd.conf(5): an empty script runs nothing); DNS servers are not
 // written anywhere yet. Privilege separation runs as the `dhcpcd` user
 // chrooted into its (empty, read-only) home, as Debian's postinst sets up.
+// `nodev`: a slot runs no udev; without it dhcpcd 9.4.1's privileged proxy
+// dereferences the absent /dev plugin and segfaults when a NIC appears
+// (reproduced on the host in a network namespace), and with Debian's udev
+// plugin it waits forever for udev to initialise the interface.
 constexpr const char* kDhcpcdHost = "/usr/sbin/dhcpcd";
 constexpr const char* kDhcpcdConf =
     "# RalphOS: DHCPv4 on the wired interfaces, no hook script (no shell in a slot).\n"
@@ -52,6 +56,7 @@ constexpr const char* kDhcpcdConf =
     "ipv4only\n"
     "noipv4ll\n"
     "clientid\n"
+    "nodev\n"
     "option classless_static_routes, interface_mtu\n"
     "require dhcp_server_identifier\n";
 constexpr const char* kPasswd =
@@ -62,6 +67,10 @@ constexpr const char* kGroup = "root:x:0:\nnogroup:x:65534:\n";
 // mtools picks the command from argv[0], so the names are links to it.
 constexpr const char* kMtoolsHost = "/usr/bin/mtools";
 const std::vector<std::string> kMtoolsCommands = {"mcopy", "mdir", "mmd"};
+// mtools converts FAT short names through iconv to code page 850 (its
+// default); glibc loads that converter from its gconv directory.
+constexpr const char* kGconvDir = "/usr/lib/x86_64-linux-gnu/gconv";
+const std::vector<std::string> kGconvFiles = {"gconv-modules", "gconv-modules.cache", "IBM850.so"};
 
 Result<void> MakeDirs(const std::string& path) {
   std::error_code ec;
@@ -470,6 +479,18 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   for (const auto& command : kMtoolsCommands) {
     TRY(MakeSymlink("mtools", staging_dir + "/usr/bin/" + command));
   }
+  for (const auto& file : kGconvFiles) {
+    std::string host = TRY(HostTool(fmt::format("{}/{}", kGconvDir, file), "libc6"));
+    TRY(StageFile(host, staging_dir + host));
+  }
+  std::error_code ec;
+  std::vector<std::string> gconv_confs;  // sorted: the image must not depend on readdir order
+  for (const auto& entry :
+       fs::directory_iterator(fmt::format("{}/gconv-modules.d", kGconvDir), ec)) {
+    if (entry.path().extension() == ".conf") gconv_confs.push_back(entry.path().string());
+  }
+  std::sort(gconv_confs.begin(), gconv_confs.end());
+  for (const auto& conf : gconv_confs) TRY(StageFile(conf, staging_dir + conf));
   if (!inputs.keyring.empty()) {
     TRY_CTX(StageFile(inputs.keyring, staging_dir + kKeyringPath), "adding the OTA keyring");
   }
