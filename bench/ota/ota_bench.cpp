@@ -19,12 +19,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
@@ -105,11 +107,33 @@ uint64_t ChangeChunks(const std::string& from, const std::string& to, int percen
   return changed;
 }
 
+// The installer's hook points, in order; the time spent before each one is
+// that phase's share (opening + planning, writing + fsync, re-read
+// verification, ESP, activation).
+constexpr std::array<std::string_view, 5> kPhasePoints = {"begin-write", "flushed", "verified",
+                                                          "esp-written", "finish-write"};
+constexpr std::array<std::string_view, 5> kPhaseNames = {"open+plan", "write+fsync", "verify",
+                                                         "esp", "activate"};
+
+struct ChildReport {
+  uint64_t bytes_written = 0;
+  std::array<double, kPhasePoints.size()> phase_seconds{};
+};
+
 struct ChildResult {
   double seconds = 0;
   uint64_t bytes_written = 0;
   long max_rss_kib = 0;
+  std::array<double, kPhasePoints.size()> phase_seconds{};
 };
+
+std::string PhaseBreakdown(const ChildResult& r) {
+  std::string out;
+  for (size_t i = 0; i < kPhaseNames.size(); ++i) {
+    out += fmt::format("{}{} {:.2f}", i ? ", " : "", kPhaseNames[i], r.phase_seconds[i]);
+  }
+  return out;
+}
 
 // Installs in a child process (so its peak RSS is its own), booted from A.
 ChildResult InstallInChild(EfiVarStoreInterface& vars, const DiskLayout& layout,
@@ -122,20 +146,32 @@ ChildResult InstallInChild(EfiVarStoreInterface& vars, const DiskLayout& layout,
     ::close(pipe_fds[0]);
     auto manager = boot::SlotManager::Create(vars, layout, "ralph.slot=a");
     if (!manager) ::_exit(2);
-    auto report = Install(options, *manager, layout);
+    ChildReport child;
+    auto last = std::chrono::steady_clock::now();
+    InstallOptions timed = options;
+    timed.hook = [&](std::string_view point) {
+      auto it = std::find(kPhasePoints.begin(), kPhasePoints.end(), point);
+      if (it == kPhasePoints.end()) return;
+      auto now = std::chrono::steady_clock::now();
+      child.phase_seconds[static_cast<size_t>(it - kPhasePoints.begin())] =
+          std::chrono::duration<double>(now - last).count();
+      last = now;
+    };
+    auto report = Install(timed, *manager, layout);
     if (!report) {
       std::fprintf(stderr, "install: %s\n", report.error().ToString().c_str());
       ::_exit(1);
     }
-    uint64_t written = report->stats.bytes_written;
-    if (::write(pipe_fds[1], &written, sizeof(written)) != sizeof(written)) ::_exit(3);
+    child.bytes_written = report->stats.bytes_written;
+    if (::write(pipe_fds[1], &child, sizeof(child)) != sizeof(child)) ::_exit(3);
     ::_exit(0);
   }
   ::close(pipe_fds[1]);
   ChildResult result;
-  if (::read(pipe_fds[0], &result.bytes_written, sizeof(result.bytes_written)) !=
-      sizeof(result.bytes_written)) {
-    result.bytes_written = 0;
+  ChildReport child;
+  if (::read(pipe_fds[0], &child, sizeof(child)) == sizeof(child)) {
+    result.bytes_written = child.bytes_written;
+    result.phase_seconds = child.phase_seconds;
   }
   ::close(pipe_fds[0]);
   int status = 0;
@@ -281,6 +317,7 @@ int Main(int argc, char** argv) {
     options.source = path("v2.rbundle");
     ChildResult full = InstallInChild(*vars, layout, options);
     our_times.push_back(full.seconds);
+    std::printf("   full run %d: %.2f s (%s)\n", r + 1, full.seconds, PhaseBreakdown(full).c_str());
     full_rss = std::max(full_rss, full.max_rss_kib);
     full_written = full.bytes_written;
   }
@@ -303,6 +340,8 @@ int Main(int argc, char** argv) {
     options.source = path("v3.rbundle");
     ChildResult adaptive = InstallInChild(*vars, layout, options);
     adaptive_times.push_back(adaptive.seconds);
+    std::printf("   adaptive run %d: %.2f s (%s)\n", r + 1, adaptive.seconds,
+                PhaseBreakdown(adaptive).c_str());
     adaptive_written = adaptive.bytes_written;
   }
   double adaptive_s = Median(adaptive_times);

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/mount.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 
@@ -631,6 +632,13 @@ SeccompPolicy DefaultSeccompPolicy() {
                            {0, 0xffffffffu, AF_INET6},
                            {0, 0xffffffffu, AF_NETLINK}},
                           0});
+  // Terminal injection: TIOCSTI pushes bytes into a terminal's input queue
+  // (keystrokes the agent's user, or a shell reading the same tty, would
+  // then "type"; CVE-2017-5226 in bubblewrap, CVE-2016-7545 in SELinux's
+  // sandbox), TIOCLINUX can paste the console selection, TIOCSETD switches
+  // the line discipline (the entry point of several kernel exploits), and
+  // TIOCCONS redirects the kernel console. No agent tool needs them.
+  policy.denials.push_back({"ioctl", 1, {TIOCSTI, TIOCLINUX, TIOCSETD, TIOCCONS}, EPERM});
   return policy;
 }
 

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <memory>
 
 #include <fmt/format.h>
@@ -25,6 +26,64 @@ using ScopedScmpFilter = std::unique_ptr<void, ScmpFilterDeleter>;
 
 Error ScmpError(std::string_view what, int rc) {
   return Error::FromErrno(ErrorCode::kInternal, what, -rc);
+}
+
+// The policy's argument denials as classic BPF, to run before the
+// libseccomp program: for each denial, when the call is that syscall of
+// `audit_arch` and the low 32 bits of the argument equal one of the values,
+// return SECCOMP_RET_ERRNO; otherwise fall through past the end of these
+// instructions. BPF jumps are relative and only go forward, so the libseccomp
+// program appended afterwards runs unchanged from its first instruction
+// (which reloads the architecture itself). Pure.
+Result<std::vector<sock_filter>> CompileDenials(const std::vector<SeccompArgumentDenial>& denials,
+                                                uint32_t audit_arch) {
+  std::vector<sock_filter> blocks;
+  for (const SeccompArgumentDenial& denial : denials) {
+    int nr = seccomp_syscall_resolve_name_arch(audit_arch, denial.syscall.c_str());
+    if (nr == __NR_SCMP_ERROR)
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("seccomp policy: denial of unknown syscall '{}'", denial.syscall));
+    if (denial.index > 5 || denial.values.empty() || denial.values.size() > 200 ||
+        denial.errno_value <= 0 || denial.errno_value > 4095)
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("seccomp policy: denial for {}: argument {} of 0..5, "
+                      "1..200 values (got {}), errno {} of 1..4095",
+                      denial.syscall, denial.index, denial.values.size(), denial.errno_value));
+    if (nr < 0) continue;  // this architecture lacks the syscall
+    // The low half of the 64-bit argument: first on little-endian ABIs.
+    uint32_t offset = static_cast<uint32_t>(offsetof(seccomp_data, args) + 8 * denial.index +
+                                            ((audit_arch & __AUDIT_ARCH_LE) ? 0 : 4));
+    const size_t n = denial.values.size();
+    blocks.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));
+    // Not this syscall: skip the argument load, the n compares and the return.
+    blocks.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(nr), 0,
+                              static_cast<uint8_t>(n + 2)));
+    blocks.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offset));
+    for (size_t k = 0; k < n; ++k) {
+      // Match: jump to the return after the last compare. No match on the
+      // last value: jump over that return.
+      blocks.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, denial.values[k],
+                                static_cast<uint8_t>(n - 1 - k),
+                                static_cast<uint8_t>(k + 1 == n ? 1 : 0)));
+    }
+    blocks.push_back(
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | static_cast<uint32_t>(denial.errno_value)));
+  }
+  if (blocks.empty()) return blocks;
+  if (blocks.size() > 255)
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("seccomp policy: argument denials need {} instructions, "
+                                   "more than one jump can skip (255)",
+                                   blocks.size()));
+  std::vector<sock_filter> out;
+  out.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));
+  // Another architecture: straight to the libseccomp program, which kills it.
+  out.push_back(
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, audit_arch, 0, static_cast<uint8_t>(blocks.size())));
+  out.insert(out.end(), blocks.begin(), blocks.end());
+  return out;
 }
 
 }  // namespace
@@ -114,8 +173,11 @@ Result<SeccompProgram> SeccompProgram::Compile(const SeccompPolicy& policy, uint
   if (size <= 0 || size % static_cast<off_t>(sizeof(sock_filter)) != 0)
     return Error::Make(ErrorCode::kInternal,
                        fmt::format("seccomp_export_bpf wrote {} bytes", size));
-  std::vector<sock_filter> filter(static_cast<size_t>(size) / sizeof(sock_filter));
-  if (::pread(memfd.get(), filter.data(), static_cast<size_t>(size), 0) != size)
+  std::vector<sock_filter> filter =
+      TRY(CompileDenials(policy.denials, audit_arch));  // run first: see CompileDenials
+  size_t prefix = filter.size();
+  filter.resize(prefix + static_cast<size_t>(size) / sizeof(sock_filter));
+  if (::pread(memfd.get(), filter.data() + prefix, static_cast<size_t>(size), 0) != size)
     return Error::FromErrno("reading the exported seccomp program", errno);
   if (filter.size() > BPF_MAXINSNS)
     return Error::Make(ErrorCode::kInternal,

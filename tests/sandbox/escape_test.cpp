@@ -132,6 +132,16 @@ TEST_F(EscapeTest, Personality) {
   ExpectBlocked({"personality"});
 }
 
+TEST_F(EscapeTest, TerminalInjection) {
+  // TIOCSTI / TIOCSETD / TIOCLINUX on the job's own pty (its controlling
+  // terminal, where the kernel would allow TIOCSTI): denied by seccomp.
+  SandboxSpec spec = Probe({"tiocsti"});
+  spec.stdio = StdioMode::kPty;
+  JobResult result = ExpectBlocked({}, &spec);
+  EXPECT_NE(result.stdout_data.find("blocked: TIOCSTI: Operation not permitted"), std::string::npos)
+      << Describe(result);
+}
+
 TEST_F(EscapeTest, TimeAndClockChanges) {
   time_t before = ::time(nullptr);
   ExpectBlocked({"settime"});

@@ -1,11 +1,21 @@
 // Unit tests of the pure planning functions and the seccomp compiler.
+#include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/mount.h>
+#include <linux/seccomp.h>
 #include <sched.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstddef>
 
 #include <gtest/gtest.h>
 
@@ -268,6 +278,34 @@ TEST(SeccompProgram, CompilesForBothArchitectures) {
   EXPECT_TRUE(arm_checks_arch);
 }
 
+// The programs the build compiled are exactly what the policy compiles to
+// now, for both architectures; anything else is refused.
+TEST(SeccompProgram, DefaultIsTheDefaultPolicyCompiledAtBuildTime) {
+  for (uint32_t arch : {AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64}) {
+    auto built = SeccompProgram::Default(arch);
+    ASSERT_TRUE(built) << built.error().ToString();
+    auto compiled = SeccompProgram::Compile(DefaultSeccompPolicy(), arch);
+    ASSERT_TRUE(compiled) << compiled.error().ToString();
+    ASSERT_EQ(built->instruction_count(), compiled->instruction_count()) << std::hex << arch;
+    for (size_t i = 0; i < built->instruction_count(); ++i) {
+      const sock_filter& a = built->instructions()[i];
+      const sock_filter& b = compiled->instructions()[i];
+      EXPECT_TRUE(a.code == b.code && a.jt == b.jt && a.jf == b.jf && a.k == b.k)
+          << "instruction " << i << " of arch " << std::hex << arch;
+    }
+    EXPECT_EQ(built->skipped(), compiled->skipped());
+    EXPECT_EQ(built->program()->len, built->instruction_count());
+  }
+  auto native = SeccompProgram::Default(0);
+  ASSERT_TRUE(native);
+  auto other = SeccompProgram::Default(AUDIT_ARCH_I386);
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code(), ErrorCode::kUnsupported);
+  EXPECT_NE(other.error().message().find("no default program for audit arch 0x40000003"),
+            std::string::npos)
+      << other.error().ToString();
+}
+
 TEST(SeccompProgram, RejectsAPolicyThatAllowsADeniedCall) {
   SeccompPolicy policy = DefaultSeccompPolicy();
   policy.rules.push_back({"mount", {}, 0});
@@ -286,6 +324,82 @@ TEST(SeccompProgram, RejectsUnknownSyscallsAndArchitectures) {
   auto other = SeccompProgram::Compile(DefaultSeccompPolicy(), AUDIT_ARCH_I386);
   ASSERT_FALSE(other);
   EXPECT_EQ(other.error().code(), ErrorCode::kUnsupported);
+}
+
+TEST(SeccompPolicy, DeniesTerminalInjectionIoctls) {
+  SeccompPolicy policy = DefaultSeccompPolicy();
+  auto denial = std::find_if(policy.denials.begin(), policy.denials.end(),
+                             [](const SeccompArgumentDenial& d) { return d.syscall == "ioctl"; });
+  ASSERT_NE(denial, policy.denials.end());
+  EXPECT_EQ(denial->index, 1u);
+  EXPECT_EQ(denial->errno_value, EPERM);
+  for (uint32_t request : {TIOCSTI, TIOCLINUX, TIOCSETD, TIOCCONS})
+    EXPECT_NE(std::find(denial->values.begin(), denial->values.end(), request),
+              denial->values.end())
+        << request;
+}
+
+TEST(SeccompProgram, DenialsComeFirstAndCheckTheirOwnArchitecture) {
+  // aarch64: ioctl is syscall 29 there (16 on x86_64); the program starts
+  // with the denial block for that number.
+  auto arm = SeccompProgram::Compile(DefaultSeccompPolicy(), AUDIT_ARCH_AARCH64);
+  ASSERT_TRUE(arm) << arm.error().ToString();
+  const sock_filter* f = arm->program()->filter;
+  EXPECT_EQ(f[0].code, BPF_LD | BPF_W | BPF_ABS);
+  EXPECT_EQ(f[0].k, offsetof(seccomp_data, arch));
+  EXPECT_EQ(f[1].k, AUDIT_ARCH_AARCH64);
+  EXPECT_EQ(f[3].k, 29u);
+  EXPECT_EQ(f[4].k, offsetof(seccomp_data, args) + 8);  // low half of args[1]
+  EXPECT_EQ(f[5].k, static_cast<uint32_t>(TIOCSTI));
+}
+
+TEST(SeccompProgram, RejectsABadDenial) {
+  SeccompPolicy policy = DefaultSeccompPolicy();
+  policy.denials.push_back({"ioctl", 7, {TIOCSTI}, EPERM});
+  auto program = SeccompProgram::Compile(policy, AUDIT_ARCH_X86_64);
+  ASSERT_FALSE(program);
+  EXPECT_EQ(program.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(program.error().message().find("denial for ioctl: argument 7 of 0..5"),
+            std::string::npos)
+      << program.error().ToString();
+  policy.denials.back() = {"no_such_call", 1, {1}, EPERM};
+  auto unknown = SeccompProgram::Compile(policy, AUDIT_ARCH_X86_64);
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message().find("denial of unknown syscall 'no_such_call'"),
+            std::string::npos);
+}
+
+// The compiled program, run by the kernel in a forked child that owns a pty
+// as its controlling terminal (where TIOCSTI works without the filter).
+TEST(SeccompProgram, KernelDeniesTiocstiEvenWithUpperBitsSet) {
+  auto program = SeccompProgram::Compile(DefaultSeccompPolicy(), 0);
+  ASSERT_TRUE(program) << program.error().ToString();
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Exit codes: 0 all as expected; 10+n: step n went wrong.
+    if (::setsid() < 0) ::_exit(10);
+    int master = ::posix_openpt(O_RDWR | O_NOCTTY);
+    if (master < 0 || ::grantpt(master) != 0 || ::unlockpt(master) != 0) ::_exit(11);
+    int tty = ::open(::ptsname(master), O_RDWR);  // becomes the controlling tty
+    if (tty < 0 || ::ioctl(tty, TIOCSCTTY, 0) != 0) ::_exit(12);
+    char ch = 'x';
+    if (::ioctl(tty, TIOCSTI, &ch) != 0) ::_exit(13);  // works before the filter
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) ::_exit(14);
+    if (LoadSeccompProgram(program->program()) != 0) ::_exit(15);
+    if (::ioctl(tty, TIOCSTI, &ch) == 0 || errno != EPERM) ::_exit(16);
+    // Raw syscall: the kernel truncates the request to 32 bits.
+    if (::syscall(SYS_ioctl, tty, (1ul << 32) | TIOCSTI, &ch) == 0 || errno != EPERM) ::_exit(17);
+    int discipline = 0;
+    if (::ioctl(tty, TIOCSETD, &discipline) == 0 || errno != EPERM) ::_exit(18);
+    winsize size;
+    if (::ioctl(tty, TIOCGWINSZ, &size) != 0) ::_exit(19);  // other ioctls still work
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 TEST(ExecCandidates, SearchesPathUnlessTheCommandHasASlash) {

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/personality.h>
@@ -23,6 +24,7 @@
 #include <sys/timex.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -205,6 +207,34 @@ int main(int argc, char** argv) {
     if (rc != 0) return rc;
     std::string dotdot = std::string(arg) + "/../../../../.." + argv[3];
     return ReadFile(dotdot.c_str());
+  }
+  if (c == "tiocsti") {
+    // Terminal injection through the job's pty (StdioMode::kPty). Only
+    // meaningful on the controlling terminal: elsewhere the kernel itself
+    // refuses TIOCSTI without CAP_SYS_ADMIN, so check that first.
+    if (!isatty(0) || tcgetsid(0) != getsid(0)) {
+      std::printf("stdin is not this session's controlling terminal\n");
+      return 2;
+    }
+    winsize size;
+    if (ioctl(0, TIOCGWINSZ, &size) != 0) {  // other tty ioctls still work
+      std::printf("TIOCGWINSZ: %s\n", std::strerror(errno));
+      return 2;
+    }
+    char ch = '\n';
+    if (ioctl(0, TIOCSTI, &ch) == 0) return Escaped("TIOCSTI");
+    int err = errno;
+    // The kernel reads the request as an unsigned int: a filter comparing
+    // all 64 bits would miss this one.
+    if (syscall(SYS_ioctl, 0, (1ul << 32) | TIOCSTI, &ch) == 0)
+      return Escaped("TIOCSTI with the upper 32 bits set");
+    int tty = open("/dev/tty", O_RDWR | O_CLOEXEC);
+    if (tty >= 0 && ioctl(tty, TIOCSTI, &ch) == 0) return Escaped("TIOCSTI on /dev/tty");
+    int discipline = 0;  // N_TTY
+    if (ioctl(0, TIOCSETD, &discipline) == 0) return Escaped("TIOCSETD");
+    char subcode = 6;  // TIOCL_GETSHIFTSTATE
+    if (ioctl(0, TIOCLINUX, &subcode) == 0) return Escaped("TIOCLINUX");
+    return Blocked("TIOCSTI", err);
   }
   if (c == "fork-bomb") {
     int children = 0;

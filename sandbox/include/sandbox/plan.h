@@ -118,10 +118,26 @@ struct SeccompRule {
   int errno_value = 0;
 };
 
+// Calls of a syscall that fail with `errno_value` (logged) when argument
+// `index`, truncated to its low 32 bits, equals one of `values` — even though
+// `rules` allow the syscall otherwise. The truncation is the kernel's own:
+// ioctl's request is an `unsigned int`, so a filter that compared all 64
+// bits would let TIOCSTI | (1 << 32) through. (libseccomp cannot express
+// this: its comparisons always include the upper half, and it refuses
+// rules whose action equals the default one.)
+struct SeccompArgumentDenial {
+  std::string syscall;
+  unsigned index;
+  std::vector<uint32_t> values;
+  int errno_value;
+};
+
 struct SeccompPolicy {
   // Every syscall not listed fails with this errno and is logged.
   int default_errno;
   std::vector<SeccompRule> rules;
+  // Checked before `rules`.
+  std::vector<SeccompArgumentDenial> denials = {};
 };
 
 // The default allowlist for agents and their tools (shells, coreutils, git,

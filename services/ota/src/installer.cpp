@@ -14,6 +14,7 @@
 #include "platform/arch.h"
 #include "platform/unique_fd.h"
 #include "services/ota/esp.h"
+#include "slot_device.h"
 
 namespace ralph::ota {
 namespace {
@@ -54,10 +55,10 @@ Result<UniqueFd> TakeLock(const std::string& path) {
   return fd;
 }
 
-Result<std::unique_ptr<BlockDevice>> OpenPartition(const DiskLayout& layout,
-                                                   const PartitionInfo& part) {
-  if (!part.device.empty()) return BlockDevice::Open(part.device);
-  return BlockDevice::OpenRange(layout.disk, part.offset_bytes(), part.size_bytes());
+Result<std::unique_ptr<SlotDevice>> OpenPartition(const DiskLayout& layout,
+                                                  const PartitionInfo& part) {
+  if (!part.device.empty()) return SlotDevice::Open(part.device, 0, UINT64_MAX);
+  return SlotDevice::Open(layout.disk, part.offset_bytes(), part.size_bytes());
 }
 
 Result<std::unique_ptr<MtoolsEsp>> OpenEsp(const DiskLayout& layout) {
@@ -225,11 +226,6 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   }
   auto device = OpenPartition(layout, *part);
   if (!device) return fail(std::move(device).error().WithContext("opening slot " + slot_name));
-  // A second handle for the adaptive probe reads (see WriteOptions).
-  auto probe_device = OpenPartition(layout, *part);
-  if (!probe_device) {
-    return fail(std::move(probe_device).error().WithContext("opening slot " + slot_name));
-  }
   auto esp = OpenEsp(layout);
   if (!esp) return fail(std::move(esp).error());
 
@@ -241,33 +237,29 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   }
   hook("begin-write");
 
-  // 4. Stream, verify, write.
+  // 4-5. Stream, verify, write, flush, re-read: one overlapped data path
+  // (InstallPayload). Every chunk written is read back after a flush that
+  // followed its write; every chunk skipped was read back and matched while
+  // probing; so the whole slot has been verified from the device.
   tracker.SetPhase(InstallPhase::kWritingSlot);
   WriteOptions write;
   write.mode = options.mode;
   write.cancel = options.cancel;
-  write.probe_device = probe_device->get();
+  // Further handles on the slot for the probe and verify threads.
+  write.open_handle = [&]() -> Result<std::unique_ptr<BlockDeviceInterface>> {
+    return std::unique_ptr<BlockDeviceInterface>(TRY(OpenPartition(layout, *part)));
+  };
   write.on_progress = [&](uint64_t bytes) { tracker.Advance(bytes); };
   write.after_chunk = [&](uint64_t) { hook("chunk"); };
-  auto stats = WritePayload(**source, rootfs, **device, write);
+  write.after_final_flush = [&]() {
+    hook("flushed");
+    tracker.SetPhase(InstallPhase::kVerifyingSlot);
+  };
+  auto stats = InstallPayload(**source, rootfs, **device, write);
   if (!stats) return fail(std::move(stats).error().WithContext("writing slot " + slot_name));
   tracker.status().bytes_written = stats->bytes_written;
   tracker.status().bytes_skipped = stats->bytes_skipped;
-
-  tracker.SetPhase(InstallPhase::kSyncing);
-  if (auto flushed = (*device)->Flush(); !flushed) {
-    return fail(std::move(flushed).error().WithContext("writing slot " + slot_name));
-  }
-  hook("flushed");
-
-  // 5. Re-read the slot: every chunk written is read back after the flush;
-  // every chunk skipped was read back and matched during WritePayload (see
-  // VerifySlot), so the whole slot has been verified from the device.
-  tracker.SetPhase(InstallPhase::kVerifyingSlot);
   write.after_chunk = nullptr;
-  if (auto verified = VerifySlot(**device, rootfs, write, &stats->written); !verified) {
-    return fail(std::move(verified).error().WithContext("verifying slot " + slot_name));
-  }
   hook("verified");
 
   // 6. The UKI: verified chunk by chunk into a staging file, then the ESP.

@@ -1,0 +1,40 @@
+// Redaction of secrets before an audit event is stored (DESIGN.md: "audit
+// rows hash-chained, secrets redacted"). Pure functions; the audit log runs
+// them on every event's subject and details before hashing and storing.
+//
+// What is redacted:
+//   - the value of any JSON member whose key names a secret (IsSecretKeyName):
+//     replaced whole by "[REDACTED]", whatever its type (objects too);
+//   - inside every string (any key, arrays, the subject): PEM private key
+//     blocks, "Bearer <token>" credentials, JSON Web Tokens, the password in
+//     a URL's user-info (https://user:pw@host) and URL query parameters whose
+//     name is a secret key name (?access_token=...).
+// Other values are kept: the log is for people to read.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace ralph::audit {
+
+inline constexpr std::string_view kRedacted = "[REDACTED]";
+inline constexpr std::string_view kRedactedPrivateKey = "[REDACTED PRIVATE KEY]";
+
+// A key names a secret when one of its words (split at non-alphanumerics and
+// lower-to-upper case changes: "accessToken" -> access, token) is "key", or
+// ends with token, secret(s), password, passwd, passphrase, cookie(s),
+// authorization, apikey, privatekey or credential(s). So "api_key",
+// "Authorization", "set-cookie", "db_password", "accessToken" are secret;
+// "keyring", "max_tokens", "monkey" are not.
+bool IsSecretKeyName(std::string_view key);
+
+// `text` with the secret-looking parts listed above replaced.
+std::string RedactText(std::string_view text);
+
+// A copy of `value` with secret members and secret-looking strings redacted
+// (recursively through objects and arrays).
+nlohmann::json RedactJson(const nlohmann::json& value);
+
+}  // namespace ralph::audit

@@ -1,0 +1,243 @@
+#include "services/audit/redact.h"
+
+#include <array>
+#include <cctype>
+#include <vector>
+
+namespace ralph::audit {
+namespace {
+
+char Lower(char c) {
+  return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+}
+bool IsAlnum(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) != 0;
+}
+bool IsUpper(char c) {
+  return std::isupper(static_cast<unsigned char>(c)) != 0;
+}
+bool IsSpace(char c) {
+  return c == ' ' || c == '\t';
+}
+
+// Words of an identifier: "accessToken" -> access, token; "X-Api-Key" ->
+// x, api, key; "db_password" -> db, password. Lower-cased.
+std::vector<std::string> Words(std::string_view key) {
+  std::vector<std::string> words;
+  std::string word;
+  for (size_t i = 0; i < key.size(); ++i) {
+    char c = key[i];
+    if (!IsAlnum(c)) {
+      if (!word.empty()) words.push_back(std::move(word));
+      word.clear();
+      continue;
+    }
+    if (IsUpper(c) && !word.empty() && i > 0 && !IsUpper(key[i - 1])) {
+      words.push_back(std::move(word));
+      word.clear();
+    }
+    word += Lower(c);
+  }
+  if (!word.empty()) words.push_back(std::move(word));
+  return words;
+}
+
+bool EndsWith(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
+}
+
+bool StartsWithIgnoringCase(std::string_view text, size_t at, std::string_view prefix) {
+  if (text.size() - at < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    if (Lower(text[at + i]) != prefix[i]) return false;
+  }
+  return true;
+}
+
+// Characters of a bearer token (RFC 6750 b64token) or a JWT.
+bool IsTokenChar(char c) {
+  return IsAlnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' ||
+         c == '=';
+}
+
+// PEM private key blocks: "-----BEGIN <label>-----" ... "-----END <label>-----"
+// where the label mentions PRIVATE KEY (RSA, EC, ENCRYPTED, OPENSSH, plain).
+// An unterminated block is redacted to the end of the text: a cut-off key is
+// still a secret.
+std::string RedactPrivateKeys(std::string_view text) {
+  constexpr std::string_view kBegin = "-----BEGIN ";
+  std::string out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t begin = text.find(kBegin, pos);
+    if (begin == std::string_view::npos) break;
+    size_t label_start = begin + kBegin.size();
+    size_t label_end = text.find("-----", label_start);
+    if (label_end == std::string_view::npos) break;
+    std::string_view label = text.substr(label_start, label_end - label_start);
+    if (label.find("PRIVATE KEY") == std::string_view::npos) {
+      out.append(text.substr(pos, label_end - pos));
+      pos = label_end;
+      continue;
+    }
+    out.append(text.substr(pos, begin - pos));
+    out.append(kRedactedPrivateKey);
+    std::string end_marker = "-----END " + std::string(label) + "-----";
+    size_t end = text.find(end_marker, label_end + 5);
+    pos = end == std::string_view::npos ? text.size() : end + end_marker.size();
+  }
+  if (pos < text.size()) out.append(text.substr(pos));
+  return out;
+}
+
+// "Bearer <token>" (any case) -> "Bearer [REDACTED]".
+std::string RedactBearer(std::string_view text) {
+  constexpr std::string_view kBearer = "bearer";
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    bool word_start = i == 0 || !IsAlnum(text[i - 1]);
+    if (word_start && StartsWithIgnoringCase(text, i, kBearer)) {
+      size_t j = i + kBearer.size();
+      size_t spaces = j;
+      while (spaces < text.size() && IsSpace(text[spaces])) ++spaces;
+      size_t token_end = spaces;
+      while (token_end < text.size() && IsTokenChar(text[token_end])) ++token_end;
+      if (spaces > j && token_end > spaces) {
+        out.append(text.substr(i, spaces - i));
+        out.append(kRedacted);
+        i = token_end;
+        continue;
+      }
+    }
+    out += text[i++];
+  }
+  return out;
+}
+
+// JSON Web Tokens: "eyJ" (base64 of '{"') then three dot-separated
+// base64url parts.
+std::string RedactJwts(std::string_view text) {
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    bool word_start = i == 0 || !IsTokenChar(text[i - 1]);
+    if (word_start && text.substr(i, 3) == "eyJ") {
+      size_t end = i;
+      int dots = 0;
+      while (end < text.size() && IsTokenChar(text[end])) {
+        if (text[end] == '.') ++dots;
+        ++end;
+      }
+      if (dots >= 2 && end - i >= 20) {
+        out.append(kRedacted);
+        i = end;
+        continue;
+      }
+    }
+    out += text[i++];
+  }
+  return out;
+}
+
+// URLs: the password in "scheme://user:password@host" and the values of
+// query parameters named like secrets.
+std::string RedactUrls(std::string_view text) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t scheme = text.find("://", pos);
+    if (scheme == std::string_view::npos) break;
+    size_t authority = scheme + 3;
+    size_t url_end = authority;
+    while (url_end < text.size() && !std::isspace(static_cast<unsigned char>(text[url_end])) &&
+           text[url_end] != '"' && text[url_end] != '\'' && text[url_end] != '>') {
+      ++url_end;
+    }
+    out.append(text.substr(pos, authority - pos));
+    std::string_view url = text.substr(authority, url_end - authority);
+    // User-info ends at the first '@' before the path.
+    size_t path_start = url.find_first_of("/?#");
+    size_t at = url.substr(0, path_start).rfind('@');
+    if (at != std::string_view::npos) {
+      size_t colon = url.substr(0, at).find(':');
+      if (colon != std::string_view::npos) {
+        out.append(url.substr(0, colon + 1));
+        out.append(kRedacted);
+        url = url.substr(at);
+      }
+    }
+    // Query parameters: name=value pairs after '?' separated by '&' or ';'.
+    size_t query = url.find('?');
+    out.append(url.substr(0, query == std::string_view::npos ? url.size() : query + 1));
+    if (query != std::string_view::npos) {
+      std::string_view rest = url.substr(query + 1);
+      size_t fragment = rest.find('#');
+      std::string_view params = rest.substr(0, fragment);
+      size_t start = 0;
+      while (start <= params.size()) {
+        size_t sep = params.find_first_of("&;", start);
+        size_t stop = sep == std::string_view::npos ? params.size() : sep;
+        std::string_view param = params.substr(start, stop - start);
+        size_t eq = param.find('=');
+        if (eq != std::string_view::npos && IsSecretKeyName(param.substr(0, eq))) {
+          out.append(param.substr(0, eq + 1));
+          out.append(kRedacted);
+        } else {
+          out.append(param);
+        }
+        if (sep == std::string_view::npos) break;
+        out += params[sep];
+        start = sep + 1;
+      }
+      if (fragment != std::string_view::npos) out.append(rest.substr(fragment));
+    }
+    pos = url_end;
+  }
+  if (pos < text.size()) out.append(text.substr(pos));
+  return out;
+}
+
+}  // namespace
+
+bool IsSecretKeyName(std::string_view key) {
+  static constexpr std::array<std::string_view, 13> kSecretEndings = {
+      "token",   "secret",        "secrets", "password",   "passwd",     "passphrase", "cookie",
+      "cookies", "authorization", "apikey",  "privatekey", "credential", "credentials"};
+  for (const std::string& word : Words(key)) {
+    if (word == "key") return true;
+    for (std::string_view ending : kSecretEndings) {
+      if (EndsWith(word, ending)) return true;
+    }
+  }
+  return false;
+}
+
+std::string RedactText(std::string_view text) {
+  // Private keys first: their base64 body must not be taken for other tokens.
+  std::string out = RedactPrivateKeys(text);
+  out = RedactUrls(out);
+  out = RedactBearer(out);
+  out = RedactJwts(out);
+  return out;
+}
+
+nlohmann::json RedactJson(const nlohmann::json& value) {
+  if (value.is_string()) return RedactText(value.get_ref<const std::string&>());
+  if (value.is_array()) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& element : value) out.push_back(RedactJson(element));
+    return out;
+  }
+  if (value.is_object()) {
+    nlohmann::json out = nlohmann::json::object();
+    for (const auto& [key, member] : value.items()) {
+      out[key] = IsSecretKeyName(key) && !member.is_null() ? nlohmann::json(kRedacted)
+                                                           : RedactJson(member);
+    }
+    return out;
+  }
+  return value;
+}
+
+}  // namespace ralph::audit

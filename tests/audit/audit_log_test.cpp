@@ -1,0 +1,490 @@
+// The audit log on real SQLite files: chaining, durability under concurrent
+// processes and SIGKILL, tampering through the sqlite3 shell, redaction on
+// disk, and every kind of bad database file, including a read-only VAR.
+#include <sched.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "audit_test_util.h"
+#include "services/audit/audit_log.h"
+
+namespace ralph::audit {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::ProgramRun;
+using testing::Sqlite;
+using testing::TempDir;
+
+AuditEvent Event(int n, std::string actor = "ota") {
+  return {.actor = std::move(actor),
+          .type = "install-started",
+          .subject = "slot B",
+          .details = {{"n", n}, {"version", "2.0.0"}}};
+}
+
+class AuditLogTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
+    path_ = dir_ / "var/lib/ralph/audit.db";
+    ProgramRun probe = testing::Run({"sqlite3", "-version"}, dir_.path());
+    ASSERT_EQ(probe.status, 0) << "these tests need the sqlite3 shell (Debian package sqlite3)";
+  }
+
+  std::unique_ptr<AuditLog> OpenLog(OpenMode mode = OpenMode::kCreateIfMissing) {
+    auto log = AuditLog::Open(path_, mode);
+    EXPECT_TRUE(log.has_value()) << log.error().ToString();
+    return log ? std::move(*log) : nullptr;
+  }
+
+  void AppendN(AuditLog& log, int count) {
+    for (int i = 0; i < count; ++i) {
+      auto row = log.Append(Event(i));
+      ASSERT_TRUE(row.has_value()) << row.error().ToString();
+    }
+  }
+
+  // SQL through the shell, as a tamperer with write access to VAR would.
+  void Tamper(const std::string& sql) {
+    ProgramRun run = Sqlite(path_,
+                            "DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS "
+                            "audit_log_no_delete; " +
+                                sql,
+                            dir_.path());
+    ASSERT_EQ(run.status, 0) << run.err;
+  }
+
+  VerifyReport VerifyNow(std::optional<ChainTip> anchor = std::nullopt) {
+    auto log = OpenLog(OpenMode::kReadOnly);
+    EXPECT_NE(log, nullptr);
+    if (!log) return {};
+    auto report = log->Verify(anchor);
+    EXPECT_TRUE(report.has_value()) << report.error().ToString();
+    return report ? *report : VerifyReport{};
+  }
+
+  TempDir dir_;
+  std::string path_;
+};
+
+TEST_F(AuditLogTest, AppendsFormOneChainThatSurvivesReopening) {
+  auto clock = [] {
+    return std::chrono::system_clock::time_point(std::chrono::milliseconds(1795372801123));
+  };
+  {
+    auto log = AuditLog::Open(path_, OpenMode::kCreateIfMissing, {.clock = clock});
+    ASSERT_TRUE(log.has_value()) << log.error().ToString();
+    auto first = (*log)->Append(Event(1));
+    ASSERT_TRUE(first.has_value()) << first.error().ToString();
+    EXPECT_EQ(first->seq, 1);
+    EXPECT_EQ(first->prev_hash, kGenesisHash);
+    EXPECT_EQ(first->time, "2026-11-22T18:40:01.123Z");
+    EXPECT_EQ(first->details, R"({"n":1,"version":"2.0.0"})");
+    auto second = (*log)->Append(Event(2));
+    ASSERT_TRUE(second.has_value());
+    EXPECT_EQ(second->seq, 2);
+    EXPECT_EQ(second->prev_hash, first->hash);
+  }
+  // The file is private to root.
+  struct stat st {};
+  ASSERT_EQ(::stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  auto log = OpenLog(OpenMode::kExisting);
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 3);
+  auto rows = log->List();
+  ASSERT_TRUE(rows.has_value());
+  ASSERT_EQ(rows->size(), 5u);
+  for (size_t i = 0; i < rows->size(); ++i) {
+    EXPECT_EQ((*rows)[i].seq, static_cast<int64_t>(i + 1));
+    if (i > 0) {
+      EXPECT_EQ((*rows)[i].prev_hash, (*rows)[i - 1].hash);
+    }
+  }
+  auto newest = log->List({.limit = 2});
+  ASSERT_TRUE(newest.has_value());
+  ASSERT_EQ(newest->size(), 2u);
+  EXPECT_EQ((*newest)[0].seq, 4);
+  EXPECT_EQ((*newest)[1].seq, 5);
+
+  auto report = log->Verify();
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->ok()) << report->broken->message;
+  EXPECT_EQ(report->rows, 5);
+  EXPECT_EQ(report->tip, (ChainTip{5, rows->back().hash}));
+  EXPECT_EQ(*log->Tip(), report->tip);
+  // The anchor of an earlier state still verifies on the grown log.
+  EXPECT_TRUE(log->Verify(ChainTip{2, (*rows)[1].hash})->ok());
+}
+
+TEST_F(AuditLogTest, SecretsNeverReachTheDisk) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AuditEvent event{.actor = "ralphctl",
+                   .type = "credential-added",
+                   .subject = "Authorization: Bearer SUBJECTSECRET123",
+                   .details = {{"api_key", "APIKEYSECRET456"},
+                               {"url", "https://ops:URLPASSWORD789@host/x?token=QUERYSECRET"},
+                               {"pem",
+                                "-----BEGIN PRIVATE KEY-----\nPEMBODYSECRET\n-----END PRIVATE "
+                                "KEY-----"},
+                               {"scope", "github"}}};
+  auto row = log->Append(event);
+  ASSERT_TRUE(row.has_value()) << row.error().ToString();
+  EXPECT_EQ(row->subject, "Authorization: Bearer [REDACTED]");
+  json details = json::parse(row->details);
+  EXPECT_EQ(details["api_key"], "[REDACTED]");
+  EXPECT_EQ(details["scope"], "github");
+  EXPECT_EQ(details["url"], "https://ops:[REDACTED]@host/x?token=[REDACTED]");
+  EXPECT_TRUE(log->Verify()->ok());
+  // Every file SQLite writes (database, WAL), byte for byte.
+  std::string on_disk;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_ / "var/lib/ralph")) {
+    on_disk += testing::ReadFileText(entry.path());
+  }
+  ASSERT_THAT(on_disk, HasSubstr("credential-added"));
+  for (std::string_view secret :
+       {"SUBJECTSECRET123", "APIKEYSECRET456", "URLPASSWORD789", "QUERYSECRET", "PEMBODYSECRET"}) {
+    EXPECT_THAT(on_disk, Not(HasSubstr(std::string(secret)))) << secret;
+  }
+}
+
+TEST_F(AuditLogTest, SqlCannotUpdateOrDeleteRowsWhileTheTriggersStand) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 2);
+  ProgramRun update = Sqlite(path_, "UPDATE audit_log SET subject='x' WHERE seq=1", dir_.path());
+  EXPECT_NE(update.status, 0);
+  EXPECT_THAT(update.err, HasSubstr("audit log rows are append-only"));
+  ProgramRun remove = Sqlite(path_, "DELETE FROM audit_log WHERE seq=2", dir_.path());
+  EXPECT_NE(remove.status, 0);
+  EXPECT_THAT(remove.err, HasSubstr("audit log rows are append-only"));
+  EXPECT_TRUE(VerifyNow().ok());
+}
+
+TEST_F(AuditLogTest, ModifiedRowIsNamed) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 20);
+  log.reset();
+  Tamper(R"(UPDATE audit_log SET details='{"n":0,"version":"9.9.9"}' WHERE seq=17)");
+  VerifyReport report = VerifyNow();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.broken->message, "audit log row 17: hash mismatch (row modified)");
+  EXPECT_EQ(report.rows, 16);
+}
+
+TEST_F(AuditLogTest, DeletedRowsAreNamed) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 10);
+  log.reset();
+  Tamper("DELETE FROM audit_log WHERE seq IN (4, 5)");
+  VerifyReport report = VerifyNow();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.broken->kind, BreakKind::kMissingRows);
+  EXPECT_EQ(report.broken->message,
+            "audit log row 4: missing (rows 4..5 deleted; the log continues at row 6)");
+}
+
+TEST_F(AuditLogTest, ReorderedRowsAreNamed) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 6);
+  log.reset();
+  Tamper(
+      "UPDATE audit_log SET seq=-3 WHERE seq=3; UPDATE audit_log SET seq=3 WHERE seq=4; "
+      "UPDATE audit_log SET seq=4 WHERE seq=-3;");
+  VerifyReport report = VerifyNow();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.broken->seq, 3);
+  EXPECT_EQ(report.broken->message, "audit log row 3: hash mismatch (row modified)");
+}
+
+TEST_F(AuditLogTest, TruncatedTipIsCaughtByAnAnchor) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 10);
+  ChainTip seen = *log->Tip();
+  log.reset();
+  Tamper("DELETE FROM audit_log WHERE seq > 7");
+  // On its own, a truncated log is a valid shorter log (see chain.h).
+  EXPECT_TRUE(VerifyNow().ok());
+  VerifyReport report = VerifyNow(seen);
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.broken->kind, BreakKind::kTruncated);
+  EXPECT_THAT(report.broken->message, HasSubstr("audit log row 8: missing: the log ends at row 7"));
+}
+
+TEST_F(AuditLogTest, RejectsMalformedEvents) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  auto bad_actor = log->Append({.actor = "OTA!", .type = "x"});
+  ASSERT_FALSE(bad_actor.has_value());
+  EXPECT_EQ(bad_actor.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(bad_actor.error().message(), HasSubstr("actor \"OTA!\" is not 1..64 of [a-z0-9._-]"));
+  auto no_type = log->Append({.actor = "ota", .type = ""});
+  ASSERT_FALSE(no_type.has_value());
+  EXPECT_THAT(no_type.error().message(), HasSubstr("type \"\" is not"));
+  auto array = log->Append({.actor = "ota", .type = "x", .details = json::array({1})});
+  ASSERT_FALSE(array.has_value());
+  EXPECT_THAT(array.error().message(), HasSubstr("details must be a JSON object, not array"));
+  auto huge = log->Append(
+      {.actor = "ota", .type = "x", .details = {{"blob", std::string(kMaxDetailsBytes, 'a')}}});
+  ASSERT_FALSE(huge.has_value());
+  EXPECT_THAT(huge.error().message(), HasSubstr("at most 65536"));
+  // Nothing was stored by the refused appends.
+  EXPECT_EQ(log->Tip()->seq, 0);
+}
+
+TEST_F(AuditLogTest, BusyLogGivesABusyErrorNotAHang) {
+  auto log = AuditLog::Open(path_, OpenMode::kCreateIfMissing,
+                            {.busy_timeout = std::chrono::milliseconds(50)});
+  ASSERT_TRUE(log.has_value()) << log.error().ToString();
+  // Another writer holds the write lock for the whole attempt.
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  auto blocked = (*log)->Append(Event(1));
+  ASSERT_FALSE(blocked.has_value());
+  EXPECT_EQ(blocked.error().code(), ErrorCode::kBusy);
+  EXPECT_THAT(blocked.error().message(),
+              HasSubstr("appending: starting a transaction: database is locked (another process "
+                        "held it for more than 50 ms)"));
+  ASSERT_EQ(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  EXPECT_TRUE((*log)->Append(Event(2)).has_value());
+  EXPECT_EQ((*log)->Tip()->seq, 1);
+}
+
+// Each child process opens the (not yet existing) log itself and appends
+// `per_child` rows; together they must form one unbroken chain.
+TEST_F(AuditLogTest, ConcurrentProcessesFormOneChain) {
+  constexpr int kChildren = 4;
+  constexpr int kPerChild = 40;
+  std::vector<pid_t> children;
+  for (int c = 0; c < kChildren; ++c) {
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      auto log = AuditLog::Open(path_, OpenMode::kCreateIfMissing);
+      if (!log) {
+        fmt::print(stderr, "child {}: {}\n", c, log.error().ToString());
+        ::_exit(1);
+      }
+      for (int i = 0; i < kPerChild; ++i) {
+        auto row = (*log)->Append(
+            {.actor = "test", .type = "concurrent", .details = {{"child", c}, {"i", i}}});
+        if (!row) {
+          fmt::print(stderr, "child {} append {}: {}\n", c, i, row.error().ToString());
+          ::_exit(2);
+        }
+      }
+      ::_exit(0);
+    }
+    children.push_back(pid);
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+  }
+  auto log = OpenLog(OpenMode::kExisting);
+  ASSERT_NE(log, nullptr);
+  auto report = log->Verify();
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->ok()) << report->broken->message;
+  EXPECT_EQ(report->rows, kChildren * kPerChild);
+  // Every child's rows are all there, in the order it appended them.
+  std::map<int, int> next;
+  auto rows = log->List();
+  ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+  for (const AuditRecord& row : *rows) {
+    json d = json::parse(row.details);
+    int child = d["child"];
+    EXPECT_EQ(d["i"].get<int>(), next[child]++) << "row " << row.seq;
+  }
+  for (int c = 0; c < kChildren; ++c) EXPECT_EQ(next[c], kPerChild) << "child " << c;
+}
+
+// A child appends as fast as it can and is SIGKILLed at a random moment,
+// often inside a transaction; the log must verify and keep growing after.
+TEST_F(AuditLogTest, SigkillMidAppendLeavesAVerifiableChain) {
+  ASSERT_NE(OpenLog(), nullptr);  // created once, so children only append
+  std::mt19937 rng(static_cast<uint32_t>(::getpid()));
+  int64_t last_seq = 0;
+  for (int round = 0; round < 8; ++round) {
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      auto log = AuditLog::Open(path_, OpenMode::kExisting);
+      if (!log) ::_exit(1);
+      for (int i = 0;; ++i) {
+        if (!(*log)->Append(Event(i, "crash")).has_value()) ::_exit(2);
+      }
+    }
+    // Let it get going (at least one row more), then kill it at a random
+    // point of its loop.
+    auto log = OpenLog(OpenMode::kExisting);
+    ASSERT_NE(log, nullptr);
+    while (log->Tip().value_or(ChainTip{}).seq <= last_seq) {
+      int status = 0;
+      ASSERT_EQ(::waitpid(pid, &status, WNOHANG), 0) << "the appending child exited early";
+      ::usleep(1000);
+    }
+    ::usleep(std::uniform_int_distribution<useconds_t>(0, 20000)(rng));
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "child status " << status;
+
+    auto report = log->Verify();
+    ASSERT_TRUE(report.has_value()) << report.error().ToString();
+    ASSERT_TRUE(report->ok()) << "round " << round << ": " << report->broken->message;
+    ASSERT_GT(report->tip.seq, last_seq);
+    auto next = log->Append(Event(-1, "after-crash"));
+    ASSERT_TRUE(next.has_value()) << next.error().ToString();
+    EXPECT_EQ(next->seq, report->tip.seq + 1);
+    EXPECT_EQ(next->prev_hash, report->tip.hash);
+    last_seq = next->seq;
+  }
+  EXPECT_TRUE(VerifyNow().ok());
+}
+
+TEST_F(AuditLogTest, MissingLogIsNotFoundUnlessCreating) {
+  for (OpenMode mode : {OpenMode::kExisting, OpenMode::kReadOnly}) {
+    auto log = AuditLog::Open(path_, mode);
+    ASSERT_FALSE(log.has_value());
+    EXPECT_EQ(log.error().code(), ErrorCode::kNotFound);
+    EXPECT_EQ(log.error().message(), fmt::format("audit log {} does not exist", path_));
+  }
+  EXPECT_FALSE(std::filesystem::exists(path_));
+}
+
+TEST_F(AuditLogTest, NotADatabase) {
+  std::string path = dir_ / "garbage.db";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << std::string(4096, 'x');
+  }
+  auto log = AuditLog::Open(path, OpenMode::kCreateIfMissing);
+  ASSERT_FALSE(log.has_value());
+  EXPECT_EQ(log.error().code(), ErrorCode::kCorrupt);
+  EXPECT_EQ(log.error().message(),
+            fmt::format("audit log {}: reading the header: file is not a database", path));
+}
+
+TEST_F(AuditLogTest, AnotherApplicationsDatabase) {
+  std::string path = dir_ / "other.db";
+  ASSERT_EQ(Sqlite(path, "CREATE TABLE jobs (id INTEGER)", dir_.path()).status, 0);
+  auto log = AuditLog::Open(path, OpenMode::kCreateIfMissing);
+  ASSERT_FALSE(log.has_value());
+  EXPECT_EQ(log.error().code(), ErrorCode::kCorrupt);
+  EXPECT_THAT(log.error().message(),
+              HasSubstr("is an SQLite database but not a RalphOS audit log (application_id "
+                        "0x00000000, 1 schema objects)"));
+}
+
+TEST_F(AuditLogTest, WrongSchemaVersion) {
+  ASSERT_NE(OpenLog(), nullptr);
+  ASSERT_EQ(Sqlite(path_, "PRAGMA user_version=7", dir_.path()).status, 0);
+  auto log = AuditLog::Open(path_, OpenMode::kExisting);
+  ASSERT_FALSE(log.has_value());
+  EXPECT_EQ(log.error().code(), ErrorCode::kUnsupported);
+  EXPECT_EQ(log.error().message(),
+            fmt::format("audit log {} has schema version 7; this build reads version 1", path_));
+}
+
+TEST_F(AuditLogTest, DirectoryInsteadOfAFile) {
+  std::filesystem::create_directories(path_);
+  auto log = AuditLog::Open(path_, OpenMode::kCreateIfMissing);
+  ASSERT_FALSE(log.has_value());
+  EXPECT_EQ(log.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(log.error().message(), HasSubstr("is a directory, not a database file"));
+}
+
+TEST_F(AuditLogTest, ReadOnlyHandleCannotAppend) {
+  ASSERT_NE(OpenLog(), nullptr);
+  auto log = OpenLog(OpenMode::kReadOnly);
+  ASSERT_NE(log, nullptr);
+  auto row = log->Append(Event(1));
+  ASSERT_FALSE(row.has_value());
+  EXPECT_EQ(row.error().code(), ErrorCode::kReadOnly);
+  EXPECT_THAT(row.error().message(), HasSubstr("attempt to write a readonly database"));
+}
+
+// VAR mounted read-only (a real read-only tmpfs in a private mount
+// namespace of a child process): opening for append fails with kReadOnly
+// naming the cause, for an existing log and for a new one.
+TEST_F(AuditLogTest, ReadOnlyVar) {
+  ASSERT_EQ(::geteuid(), 0u) << "mounting a read-only VAR needs root";
+  std::string var = dir_ / "var-ro";
+  std::filesystem::create_directories(var);
+  std::string results = dir_ / "results.txt";
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::ofstream out(results);
+    auto report = [&](const std::string& line) { out << line << "\n" << std::flush; };
+    if (::unshare(CLONE_NEWNS) != 0 ||
+        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) ||
+        ::mount("tmpfs", var.c_str(), "tmpfs", 0, "size=8m")) {
+      report(fmt::format("setup failed: errno {}", errno));
+      ::_exit(1);
+    }
+    std::string existing = var + "/audit.db";
+    {
+      auto log = AuditLog::Open(existing, OpenMode::kCreateIfMissing);
+      if (!log || !(*log)->Append(Event(1)).has_value()) ::_exit(2);
+    }
+    if (::mount(nullptr, var.c_str(), nullptr, MS_REMOUNT | MS_RDONLY, nullptr) != 0) ::_exit(3);
+    for (const std::string& path : {existing, var + "/new/audit.db"}) {
+      auto log = AuditLog::Open(path, OpenMode::kCreateIfMissing);
+      report(log ? "opened" : log.error().ToString());
+    }
+    auto readable = AuditLog::Open(existing, OpenMode::kReadOnly);
+    if (readable) {
+      auto verified = (*readable)->Verify();
+      report(verified ? fmt::format("verified {} rows ok={}", verified->rows, verified->ok())
+                      : verified.error().ToString());
+    } else {
+      report(readable.error().ToString());
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  std::string text = testing::ReadFileText(results);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << " " << text;
+  std::istringstream lines(text);
+  std::string existing, created, read;
+  std::getline(lines, existing);
+  std::getline(lines, created);
+  std::getline(lines, read);
+  EXPECT_EQ(existing, fmt::format("audit log {}/audit.db is read-only (read-only file system or "
+                                  "file); events cannot be appended [read-only]",
+                                  var));
+  EXPECT_THAT(created, HasSubstr("Read-only file system [read-only]"));
+  EXPECT_THAT(created, HasSubstr("creating directory"));
+  // Reading (ralphctl audit verify) still works on a read-only VAR.
+  EXPECT_EQ(read, "verified 1 rows ok=true");
+}
+
+}  // namespace
+}  // namespace ralph::audit

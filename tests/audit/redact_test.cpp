@@ -1,0 +1,129 @@
+// Redaction: secret keys and secret-looking values never reach the log.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "services/audit/redact.h"
+
+namespace ralph::audit {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr std::string_view kPem =
+    "-----BEGIN PRIVATE KEY-----\n"
+    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n"
+    "MzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu\n"
+    "-----END PRIVATE KEY-----\n";
+
+TEST(IsSecretKeyName, NamesThatHoldSecrets) {
+  for (std::string_view key : {"token",
+                               "api_key",
+                               "apiKey",
+                               "key",
+                               "Authorization",
+                               "set-cookie",
+                               "Cookie",
+                               "db_password",
+                               "PASSWORD",
+                               "accessToken",
+                               "refresh_token",
+                               "client_secret",
+                               "passwd",
+                               "ssh_passphrase",
+                               "private_key",
+                               "privateKey",
+                               "credentials",
+                               "X-Api-Key",
+                               "aws_secret_access_key",
+                               "authtoken"}) {
+    EXPECT_TRUE(IsSecretKeyName(key)) << key;
+  }
+}
+
+TEST(IsSecretKeyName, OrdinaryNamesAreKept) {
+  for (std::string_view key : {"keyring", "max_tokens", "monkey", "version", "slot", "source",
+                               "signer", "keyboard", "passed", "tokens_used", "author"}) {
+    EXPECT_FALSE(IsSecretKeyName(key)) << key;
+  }
+}
+
+TEST(RedactText, PemPrivateKeysAnyLabel) {
+  std::string text = "key follows: " + std::string(kPem) + "done";
+  std::string out = RedactText(text);
+  EXPECT_EQ(out, "key follows: [REDACTED PRIVATE KEY]\ndone");
+  std::string rsa = "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----";
+  EXPECT_EQ(RedactText(rsa), "[REDACTED PRIVATE KEY]");
+  std::string openssh =
+      "x -----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n-----END OPENSSH PRIVATE KEY----- y";
+  EXPECT_EQ(RedactText(openssh), "x [REDACTED PRIVATE KEY] y");
+  // A cut-off key is still a secret: everything after BEGIN goes.
+  EXPECT_EQ(RedactText("a -----BEGIN EC PRIVATE KEY-----\nMHcCAQEE"), "a [REDACTED PRIVATE KEY]");
+  // Certificates and public keys are not secrets.
+  std::string cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+  EXPECT_EQ(RedactText(cert), cert);
+}
+
+TEST(RedactText, BearerTokens) {
+  EXPECT_EQ(RedactText("Authorization: Bearer abc.DEF-123_x~+/="),
+            "Authorization: Bearer [REDACTED]");
+  EXPECT_EQ(RedactText("sent bearer\tq1w2e3r4 to host"), "sent bearer\t[REDACTED] to host");
+  // Prose that happens to use the word loses the next word: redaction errs
+  // on the side of secrecy. The word alone, or inside another word, is kept.
+  EXPECT_EQ(RedactText("the bearer of news"), "the bearer [REDACTED] news");
+  EXPECT_EQ(RedactText("bearer"), "bearer");
+  EXPECT_EQ(RedactText("cobearer xyz"), "cobearer xyz");
+}
+
+TEST(RedactText, JsonWebTokens) {
+  std::string jwt =
+      "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_"
+      "XgL0n3I9PlFUP0THsR8U";
+  EXPECT_EQ(RedactText("token " + jwt + " end"), "token [REDACTED] end");
+  EXPECT_EQ(RedactText("eyJ is just text"), "eyJ is just text");
+}
+
+TEST(RedactText, UrlPasswordsAndSecretQueryParameters) {
+  EXPECT_EQ(RedactText("fetching https://ops:hunter2@updates.example/b.rbundle"),
+            "fetching https://ops:[REDACTED]@updates.example/b.rbundle");
+  EXPECT_EQ(RedactText("https://u.example/b.rbundle?version=2&access_token=s3cr3t&x=1#frag"),
+            "https://u.example/b.rbundle?version=2&access_token=[REDACTED]&x=1#frag");
+  EXPECT_EQ(RedactText("https://u.example/x?sig=1;api_key=zzz"),
+            "https://u.example/x?sig=1;api_key=[REDACTED]");
+  // A user name without a password, and ordinary URLs, are kept.
+  EXPECT_EQ(RedactText("https://ops@host/x?keyring=/etc/k"), "https://ops@host/x?keyring=/etc/k");
+  EXPECT_EQ(RedactText("no url here"), "no url here");
+}
+
+TEST(RedactJson, SecretMembersWhateverTheirTypeAndNesting) {
+  json in = {
+      {"version", "2.5.0"},
+      {"api_key", "AKIA1234"},
+      {"password", 1234},
+      {"credentials", {{"user", "ops"}, {"pw", "x"}}},
+      {"headers", {{"Authorization", "Basic dXNlcjpwYXNz"}, {"Accept", "*/*"}}},
+      {"list", json::array({"Bearer zzzzzzzz", {{"token", "t"}}, 3})},
+      {"cookie", nullptr},
+      {"notes", std::string("pem: ") + std::string(kPem)},
+  };
+  json out = RedactJson(in);
+  EXPECT_EQ(out["version"], "2.5.0");
+  EXPECT_EQ(out["api_key"], "[REDACTED]");
+  EXPECT_EQ(out["password"], "[REDACTED]");
+  EXPECT_EQ(out["credentials"], "[REDACTED]");
+  EXPECT_EQ(out["headers"]["Authorization"], "[REDACTED]");
+  EXPECT_EQ(out["headers"]["Accept"], "*/*");
+  EXPECT_EQ(out["list"][0], "Bearer [REDACTED]");
+  EXPECT_EQ(out["list"][1]["token"], "[REDACTED]");
+  EXPECT_EQ(out["list"][2], 3);
+  EXPECT_TRUE(out["cookie"].is_null());
+  EXPECT_EQ(out["notes"], "pem: [REDACTED PRIVATE KEY]\n");
+  std::string dumped = out.dump();
+  for (std::string_view secret : {"AKIA1234", "1234", "dXNlcjpwYXNz", "zzzzzzzz", "MIIEvQ"}) {
+    EXPECT_THAT(dumped, Not(HasSubstr(std::string(secret)))) << secret;
+  }
+}
+
+}  // namespace
+}  // namespace ralph::audit
