@@ -16,6 +16,7 @@
 #include "drivers/disk.h"
 #include "platform/efivar_store.h"
 #include "platform/log.h"
+#include "services/audit/audit_log.h"
 #include "services/ota/installer.h"
 #include "services/ota/outcome.h"
 #include "services/ota/progress.h"
@@ -57,6 +58,7 @@ install options:
   --update-record PATH        the last update's record (default
                               /var/lib/ralph/ota/last-update.json; with --efivars
                               none unless given)
+  --audit-db PATH             the audit log (default /var/lib/ralph/audit.db)
 )";
 
 constexpr OptionSpec kOptions[] = {
@@ -77,6 +79,7 @@ constexpr OptionSpec kOptions[] = {
     {"--json", false},
     {"--help", false},
     {"--update-record", true},
+    {"--audit-db", true},
 };
 
 constexpr std::string_view kDefaultStatusFile = "/run/ralph/ota-status.json";
@@ -153,6 +156,22 @@ Result<std::optional<ota::UpdateRecord>> SettleRecord(const Invocation& invocati
   if (!report.view.record) return std::optional(*record);  // no state: cannot settle yet
   auto settled = ota::SettleOutcome(*record, *report.view.record);
   if (!settled) return std::optional(*record);
+  // Audit first, then settle the record: a crash in between audits the
+  // outcome again on the next boot rather than never. An unusable audit log
+  // does not keep the outcome from being recorded and reported.
+  std::string audit_path =
+      args.Value("--audit-db").value_or(std::string(audit::kDefaultAuditLogPath));
+  auto audited = [&]() -> Result<void> {
+    auto log = TRY(audit::AuditLog::Open(audit_path, audit::OpenMode::kCreateIfMissing));
+    bool rolled_back = settled->outcome == ota::UpdateOutcome::kRolledBack;
+    TRY(log->Append(
+        {.actor = "ota",
+         .type = rolled_back ? "update-rolled-back" : "update-committed",
+         .subject = fmt::format("slot {}", boot::SlotName(settled->target)),
+         .details = nlohmann::json::parse(ota::UpdateRecordToJson(*settled), nullptr, false)}));
+    return {};
+  }();
+  if (!audited) LogWarning("update outcome not in the audit log: {}", audited.error().ToString());
   TRY_CTX(ota::WriteUpdateRecord(path, *settled), "recording the update's outcome");
   *changed = true;
   return std::optional(*settled);
