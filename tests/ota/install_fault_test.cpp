@@ -89,6 +89,9 @@ class InstallFaultTest : public ApplianceFixture {
           if (at == kPoints[point]) ::kill(0, SIGKILL);
         };
       } else if (mode == KillMode::kDuringEspWrite) {
+        // A full install always rewrites the UKI (an adaptive one skips it
+        // when the ESP already holds it).
+        options.mode = WriteOptions::Mode::kFull;
         options.hook = [&](std::string_view at) {
           if (at != "esp-staged") return;
           // Kill the group (this process and mcopy) while the ESP is written.

@@ -263,30 +263,42 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   hook("verified");
 
   // 6. The UKI: verified chunk by chunk into a staging file, then the ESP.
+  // Adaptive, like the slot: when the ESP already holds exactly this UKI
+  // (the kernel did not change), reading it back was its verification.
   tracker.SetPhase(InstallPhase::kWritingEsp);
-  std::error_code ec;
-  std::filesystem::create_directories(options.work_dir, ec);
-  StagedFile staged(fmt::format("{}/ota-uki-{}.efi", options.work_dir, ::getpid()));
-  {
-    UniqueFd out(::open(staged.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!out) return fail(Error::FromErrno(fmt::format("create {}", staged.path()), errno));
-    auto copied = CopyVerifiedPayload(
-        **source, uki,
-        [&](std::span<const uint8_t> data) { return WriteAllFd(out.get(), data, staged.path()); },
-        write);
-    if (!copied) return fail(std::move(copied).error().WithContext("staging the kernel image"));
-  }
-  hook("esp-staged");
   std::string esp_path = SlotImagePath(SlotLetter(plan->target));
-  if (auto installed = (*esp)->InstallFile(staged.path(), esp_path); !installed) {
-    return fail(std::move(installed).error().WithContext("writing the kernel image to the ESP"));
+  bool esp_current = false;
+  if (options.mode == WriteOptions::Mode::kAdaptive) {
+    auto current = (*esp)->Digest(esp_path);
+    esp_current = current && *current == uki.sha256;
   }
-  auto esp_digest = (*esp)->Digest(esp_path);
-  if (!esp_digest) return fail(std::move(esp_digest).error());
-  if (*esp_digest != uki.sha256) {
-    return fail(Error::Make(ErrorCode::kVerificationFailed,
-                            fmt::format("{} on the ESP reads back as {}, expected {}", esp_path,
-                                        DigestToHex(*esp_digest), DigestToHex(uki.sha256))));
+  if (esp_current) {
+    tracker.Advance(uki.size);
+    hook("esp-staged");
+  } else {
+    std::error_code ec;
+    std::filesystem::create_directories(options.work_dir, ec);
+    StagedFile staged(fmt::format("{}/ota-uki-{}.efi", options.work_dir, ::getpid()));
+    {
+      UniqueFd out(::open(staged.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+      if (!out) return fail(Error::FromErrno(fmt::format("create {}", staged.path()), errno));
+      auto copied = CopyVerifiedPayload(
+          **source, uki,
+          [&](std::span<const uint8_t> data) { return WriteAllFd(out.get(), data, staged.path()); },
+          write);
+      if (!copied) return fail(std::move(copied).error().WithContext("staging the kernel image"));
+    }
+    hook("esp-staged");
+    if (auto installed = (*esp)->InstallFile(staged.path(), esp_path); !installed) {
+      return fail(std::move(installed).error().WithContext("writing the kernel image to the ESP"));
+    }
+    auto esp_digest = (*esp)->Digest(esp_path);
+    if (!esp_digest) return fail(std::move(esp_digest).error());
+    if (*esp_digest != uki.sha256) {
+      return fail(Error::Make(ErrorCode::kVerificationFailed,
+                              fmt::format("{} on the ESP reads back as {}, expected {}", esp_path,
+                                          DigestToHex(*esp_digest), DigestToHex(uki.sha256))));
+    }
   }
   hook("esp-written");
 

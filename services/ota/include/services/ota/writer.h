@@ -64,7 +64,7 @@ struct WriteOptions {
   unsigned verify_threads = 2;
   // Memory for chunks in flight (read + verified, being written, written and
   // waiting for their flush); at least 4 chunks.
-  uint64_t buffer_bytes = 24u << 20;
+  uint64_t buffer_bytes = 16u << 20;
   // InstallPayload flushes the slot after this many bytes are written, then
   // re-reads them while the next ones are written.
   uint64_t flush_bytes = 16u << 20;
