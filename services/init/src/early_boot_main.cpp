@@ -133,9 +133,11 @@ Result<DiskLayout> WaitForDisk(const std::string& root_label) {
 // the state as it is. Failures are reported and the boot goes on: the
 // health gate then refuses to commit.
 void RunSlotManager(const std::string& cmdline, const DiskLayout& disk, BootMode mode) {
+  std::string problem;  // why the banner cannot show the state
   auto store = LibefivarStore::Open();
   if (!store) {
-    LogError("slot manager: opening the EFI variable store: {}", store.error().ToString());
+    problem = "opening the EFI variable store: " + store.error().ToString();
+    LogError("slot manager: {}", problem);
   }
   std::optional<boot::SlotManager> manager;
   if (store) {
@@ -143,7 +145,8 @@ void RunSlotManager(const std::string& cmdline, const DiskLayout& disk, BootMode
     if (created) {
       manager.emplace(std::move(*created));
     } else {
-      LogError("slot manager: {}", created.error().ToString());
+      problem = created.error().ToString();
+      LogError("slot manager: {}", problem);
     }
   }
   if (manager) {
@@ -163,7 +166,6 @@ void RunSlotManager(const std::string& cmdline, const DiskLayout& disk, BootMode
   }
   if (mode != BootMode::kRecovery) return;
   std::optional<boot::SlotState> record;
-  std::string problem = "the EFI variables cannot be read";
   if (manager) {
     auto status = manager->Status();
     if (!status) {
