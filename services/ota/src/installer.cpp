@@ -14,6 +14,7 @@
 #include "platform/arch.h"
 #include "platform/unique_fd.h"
 #include "services/ota/esp.h"
+#include "slot_device.h"
 
 namespace ralph::ota {
 namespace {
@@ -54,10 +55,10 @@ Result<UniqueFd> TakeLock(const std::string& path) {
   return fd;
 }
 
-Result<std::unique_ptr<BlockDevice>> OpenPartition(const DiskLayout& layout,
-                                                   const PartitionInfo& part) {
-  if (!part.device.empty()) return BlockDevice::Open(part.device);
-  return BlockDevice::OpenRange(layout.disk, part.offset_bytes(), part.size_bytes());
+Result<std::unique_ptr<SlotDevice>> OpenPartition(const DiskLayout& layout,
+                                                  const PartitionInfo& part) {
+  if (!part.device.empty()) return SlotDevice::Open(part.device, 0, UINT64_MAX);
+  return SlotDevice::Open(layout.disk, part.offset_bytes(), part.size_bytes());
 }
 
 Result<std::unique_ptr<MtoolsEsp>> OpenEsp(const DiskLayout& layout) {
@@ -245,7 +246,7 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   write.mode = options.mode;
   write.cancel = options.cancel;
   // Further handles on the slot for the probe and verify threads.
-  write.open_reader = [&]() -> Result<std::unique_ptr<BlockDeviceInterface>> {
+  write.open_handle = [&]() -> Result<std::unique_ptr<BlockDeviceInterface>> {
     return std::unique_ptr<BlockDeviceInterface>(TRY(OpenPartition(layout, *part)));
   };
   write.on_progress = [&](uint64_t bytes) { tracker.Advance(bytes); };
@@ -262,30 +263,42 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   hook("verified");
 
   // 6. The UKI: verified chunk by chunk into a staging file, then the ESP.
+  // Adaptive, like the slot: when the ESP already holds exactly this UKI
+  // (the kernel did not change), reading it back was its verification.
   tracker.SetPhase(InstallPhase::kWritingEsp);
-  std::error_code ec;
-  std::filesystem::create_directories(options.work_dir, ec);
-  StagedFile staged(fmt::format("{}/ota-uki-{}.efi", options.work_dir, ::getpid()));
-  {
-    UniqueFd out(::open(staged.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!out) return fail(Error::FromErrno(fmt::format("create {}", staged.path()), errno));
-    auto copied = CopyVerifiedPayload(
-        **source, uki,
-        [&](std::span<const uint8_t> data) { return WriteAllFd(out.get(), data, staged.path()); },
-        write);
-    if (!copied) return fail(std::move(copied).error().WithContext("staging the kernel image"));
-  }
-  hook("esp-staged");
   std::string esp_path = SlotImagePath(SlotLetter(plan->target));
-  if (auto installed = (*esp)->InstallFile(staged.path(), esp_path); !installed) {
-    return fail(std::move(installed).error().WithContext("writing the kernel image to the ESP"));
+  bool esp_current = false;
+  if (options.mode == WriteOptions::Mode::kAdaptive) {
+    auto current = (*esp)->Digest(esp_path);
+    esp_current = current && *current == uki.sha256;
   }
-  auto esp_digest = (*esp)->Digest(esp_path);
-  if (!esp_digest) return fail(std::move(esp_digest).error());
-  if (*esp_digest != uki.sha256) {
-    return fail(Error::Make(ErrorCode::kVerificationFailed,
-                            fmt::format("{} on the ESP reads back as {}, expected {}", esp_path,
-                                        DigestToHex(*esp_digest), DigestToHex(uki.sha256))));
+  if (esp_current) {
+    tracker.Advance(uki.size);
+    hook("esp-staged");
+  } else {
+    std::error_code ec;
+    std::filesystem::create_directories(options.work_dir, ec);
+    StagedFile staged(fmt::format("{}/ota-uki-{}.efi", options.work_dir, ::getpid()));
+    {
+      UniqueFd out(::open(staged.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+      if (!out) return fail(Error::FromErrno(fmt::format("create {}", staged.path()), errno));
+      auto copied = CopyVerifiedPayload(
+          **source, uki,
+          [&](std::span<const uint8_t> data) { return WriteAllFd(out.get(), data, staged.path()); },
+          write);
+      if (!copied) return fail(std::move(copied).error().WithContext("staging the kernel image"));
+    }
+    hook("esp-staged");
+    if (auto installed = (*esp)->InstallFile(staged.path(), esp_path); !installed) {
+      return fail(std::move(installed).error().WithContext("writing the kernel image to the ESP"));
+    }
+    auto esp_digest = (*esp)->Digest(esp_path);
+    if (!esp_digest) return fail(std::move(esp_digest).error());
+    if (*esp_digest != uki.sha256) {
+      return fail(Error::Make(ErrorCode::kVerificationFailed,
+                              fmt::format("{} on the ESP reads back as {}, expected {}", esp_path,
+                                          DigestToHex(*esp_digest), DigestToHex(uki.sha256))));
+    }
   }
   hook("esp-written");
 

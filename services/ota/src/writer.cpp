@@ -4,6 +4,7 @@
 #include <array>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -56,6 +57,46 @@ constexpr uint64_t kProbeStride = 16;
 constexpr size_t kMinBuffers = 4;
 // How far (in chunks) the probe threads may run ahead of the source stage.
 constexpr uint64_t kProbeWindow = 64;
+// Probes and re-reads read runs of consecutive chunks up to this size in
+// one request: large requests are what makes reading fast (see slot_device.h).
+constexpr uint64_t kRunBytes = 4u << 20;
+
+// Page-aligned memory, so that O_DIRECT I/O can use it in place.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  // Allocates on first use: a pool sized for the worst case costs only what
+  // is touched.
+  std::span<uint8_t> Get(size_t capacity, size_t length) {
+    if (!data_) {
+      data_.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, (capacity + 4095) / 4096 * 4096)));
+      if (!data_) std::abort();  // as operator new does without exceptions
+    }
+    return std::span<uint8_t>(data_.get(), length);
+  }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> data_;
+};
+
+// Reads chunks [first, first + count) in one request; when that fails,
+// chunk by chunk, so the error names the chunk that cannot be read.
+Result<void> ReadRun(BlockDeviceInterface& device, const Payload& p, uint64_t first, uint64_t count,
+                     std::span<uint8_t> out, std::string_view what) {
+  auto whole = device.ReadAt(first * p.chunk_size, out);
+  if (whole) return {};
+  if (count == 1) {
+    return std::move(whole).error().WithContext(fmt::format("{} {}", what, ChunkName(p, first)));
+  }
+  for (uint64_t i = first; i < first + count; ++i) {
+    std::span<uint8_t> part = out.subspan((i - first) * p.chunk_size, p.ChunkLength(i));
+    TRY_CTX(device.ReadAt(i * p.chunk_size, part), fmt::format("{} {}", what, ChunkName(p, i)));
+  }
+  return {};
+}
 
 // The stages of one payload's data path (see InstallPayload in writer.h) and
 // the state they share. The calling thread runs the source stage and owns
@@ -86,33 +127,43 @@ class Streamer {
     storage_.resize(buffers);
     for (size_t b = 0; b < buffers; ++b) free_.push_back(b);
     flush_every_ = std::max<uint64_t>(1, options_.flush_bytes / p_.chunk_size);
+    run_chunks_ = std::max<uint64_t>(1, kRunBytes / p_.chunk_size);
 
-    // Readers for the other threads: their own handles when the caller can
-    // open them, else the slot itself, shared under device_mutex_.
+    // Handles for the other threads: their own when the caller can open
+    // them, else the slot itself, shared under device_mutex_.
     bool adaptive = options_.mode == WriteOptions::Mode::kAdaptive;
     unsigned probers = adaptive ? std::max(1u, options_.probe_threads) : 0;
-    unsigned readers_needed = probers + (verify_ == Verify::kAfterFlush ? 1 : 0);
-    std::vector<std::unique_ptr<BlockDeviceInterface>> readers;
-    if (options_.open_reader) {
-      for (unsigned r = 0; r < readers_needed; ++r) {
-        readers.push_back(TRY_CTX(options_.open_reader(), "opening the slot for reading"));
+    unsigned writers = std::max(1u, options_.write_threads);
+    bool verify = verify_ == Verify::kAfterFlush;
+    unsigned verifiers = verify ? std::max(1u, options_.verify_threads) : 0;
+    unsigned handles_needed = probers + (writers - 1) + verifiers;
+    std::vector<std::unique_ptr<BlockDeviceInterface>> handles;
+    if (options_.open_handle) {
+      for (unsigned h = 0; h < handles_needed; ++h) {
+        handles.push_back(TRY_CTX(options_.open_handle(), "opening the slot"));
       }
     } else {
       shared_device_ = true;
     }
-    auto reader = [&](unsigned r) -> BlockDeviceInterface& {
-      return shared_device_ ? slot_ : *readers[r];
+    unsigned next_handle = 0;
+    auto handle = [&]() -> BlockDeviceInterface& {
+      return shared_device_ ? slot_ : *handles[next_handle++];
     };
 
     Sha256 hasher = TRY(Sha256::Create());
-    std::vector<std::thread> threads;
+    std::vector<std::thread> probe_threads;
     for (unsigned r = 0; r < probers; ++r) {
-      threads.emplace_back([this, &device = reader(r)] { Guard(ProbeStage(device)); });
+      probe_threads.emplace_back([this, &device = handle()] { Guard(ProbeStage(device)); });
     }
-    std::thread writer([this] { Guard(WriteStage()); });
-    std::thread verifier;
-    if (verify_ == Verify::kAfterFlush) {
-      verifier = std::thread([this, &device = reader(probers)] { Guard(VerifyStage(device)); });
+    std::vector<std::thread> write_threads;
+    for (unsigned w = 0; w < writers; ++w) {
+      BlockDeviceInterface& device = w == 0 ? slot_ : handle();
+      write_threads.emplace_back([this, &device] { Guard(WriteStage(device)); });
+    }
+    std::vector<std::thread> verify_threads;
+    verifiers_running_ = verifiers;
+    for (unsigned v = 0; v < verifiers; ++v) {
+      verify_threads.emplace_back([this, &device = handle()] { Guard(VerifyStage(device)); });
     }
 
     Result<void> produced = SourceStage(hasher);
@@ -122,13 +173,13 @@ class Streamer {
       probes_closed_ = true;
       changed_.notify_all();
     }
-    for (auto& t : threads) t.join();
+    for (auto& t : probe_threads) t.join();
     // The chunks already queued are written even when the source stage
     // failed (they were verified): a failure is reported with every chunk
     // before it on the device.
-    writer.join();
+    for (auto& t : write_threads) t.join();
     if (!produced) Fail(std::move(produced).error());
-    if (verify_ == Verify::kAfterFlush) {
+    if (verify) {
       bool failed = false;
       {
         std::lock_guard lock(mutex_);
@@ -153,13 +204,13 @@ class Streamer {
       // Report the verifier's progress until it is done.
       while (true) {
         std::unique_lock lock(mutex_);
-        bool done =
-            changed_.wait_for(lock, std::chrono::milliseconds(100), [&] { return verifier_done_; });
+        bool done = changed_.wait_for(lock, std::chrono::milliseconds(100),
+                                      [&] { return verifiers_running_ == 0; });
         lock.unlock();
         ReportVerified();
         if (done) break;
       }
-      verifier.join();
+      for (auto& t : verify_threads) t.join();
     }
     std::lock_guard lock(mutex_);
     if (error_) return std::move(*error_);
@@ -172,6 +223,9 @@ class Streamer {
     uint64_t index = 0;
     size_t buffer = 0;
     size_t length = 0;
+    // False once the source stage took the buffer back (see TakeBuffer):
+    // the chunk is then verified by its digest instead of by comparison.
+    bool has_buffer = true;
   };
 
   // The first error wins; every stage stops at its next step.
@@ -194,9 +248,30 @@ class Streamer {
   }
 
   std::span<uint8_t> BufferSpan(size_t buffer, size_t length) {
-    auto& b = storage_[buffer];
-    if (b.size() < length) b.resize(p_.chunk_size);  // allocated on first use
-    return std::span<uint8_t>(b.data(), length);
+    return storage_[buffer].Get(p_.chunk_size, length);
+  }
+
+  // A buffer for the source stage: a free one, else the one of the oldest
+  // written chunk still waiting for its flush (that chunk will be verified
+  // by re-hashing it instead). So memory stays bounded while flushes stay
+  // rare, and nothing waits for a flush to get a buffer. Under mutex_.
+  bool CanTakeBuffer() const {
+    return !free_.empty() || std::any_of(unflushed_.begin(), unflushed_.end(),
+                                         [](const Item& item) { return item.has_buffer; });
+  }
+  size_t TakeBuffer() {
+    if (!free_.empty()) {
+      size_t buffer = free_.front();
+      free_.pop_front();
+      return buffer;
+    }
+    for (Item& item : unflushed_) {
+      if (item.has_buffer) {
+        item.has_buffer = false;
+        return item.buffer;
+      }
+    }
+    return 0;  // unreachable: CanTakeBuffer() was true
   }
 
   void Release(size_t buffer) {
@@ -213,39 +288,55 @@ class Streamer {
     reported_verified_ = verified;
   }
 
-  // Probe threads: take the next chunk index, read the target's chunk and
-  // hash it, publish match/miss for the source stage.
+  // Probe threads: take the next run of chunks, read the target's chunks
+  // and hash them, publish match/miss for the source stage.
   Result<void> ProbeStage(BlockDeviceInterface& device) {
     Sha256 hasher = TRY(Sha256::Create());
-    std::vector<uint8_t> current(p_.chunk_size);
+    AlignedBuffer current;
+    uint64_t window = std::max<uint64_t>(kProbeWindow, 4 * run_chunks_);
+    const uint64_t n = probe_state_.size();
     while (true) {
-      uint64_t i = 0;
-      bool probe = false;
+      uint64_t first = 0;
+      uint64_t count = 0;
       {
         std::unique_lock lock(mutex_);
         changed_.wait(lock, [&] {
-          return failed_ || probes_closed_ || next_probe_ >= probe_state_.size() ||
-                 next_probe_ < source_index_ + kProbeWindow;
+          return failed_ || probes_closed_ || next_probe_ >= n ||
+                 next_probe_ < source_index_ + window;
         });
-        if (failed_ || probes_closed_ || next_probe_ >= probe_state_.size()) return {};
-        i = next_probe_++;
-        // A heuristic over the probes finished so far (not strictly in order).
-        probe = consecutive_misses_ < kMissesBeforeSparseProbing || i % kProbeStride == 0;
-        if (!probe) {
-          probe_state_[i] = ProbeState::kNotProbed;
+        if (failed_ || probes_closed_ || next_probe_ >= n) return {};
+        // After many misses in a row (a heuristic over the probes finished
+        // so far, not strictly in order), probe only every kProbeStride-th.
+        if (consecutive_misses_ >= kMissesBeforeSparseProbing) {
+          while (next_probe_ < n && next_probe_ % kProbeStride != 0) {
+            probe_state_[next_probe_++] = ProbeState::kNotProbed;
+          }
           changed_.notify_all();
-          continue;
+          if (next_probe_ >= n) return {};
+          first = next_probe_++;
+          count = 1;
+        } else {
+          first = next_probe_;
+          count = std::min({run_chunks_, n - first, source_index_ + window - first});
+          next_probe_ += count;
         }
       }
-      std::span<uint8_t> data(current.data(), static_cast<size_t>(p_.ChunkLength(i)));
-      TRY_CTX(WithDevice([&] { return device.ReadAt(i * p_.chunk_size, data); }),
-              fmt::format("reading the slot's {}", ChunkName(p_, i)));
-      TRY(hasher.Reset());
-      TRY(hasher.Update(data));
-      bool match = TRY(hasher.Finish()) == p_.chunks[i];
+      uint64_t bytes = 0;
+      for (uint64_t i = first; i < first + count; ++i) bytes += p_.ChunkLength(i);
+      std::span<uint8_t> data = current.Get(run_chunks_ * p_.chunk_size, bytes);
+      TRY(WithDevice(
+          [&] { return ReadRun(device, p_, first, count, data, "reading the slot's"); }));
+      std::vector<bool> match(count);
+      for (uint64_t k = 0; k < count; ++k) {
+        TRY(hasher.Reset());
+        TRY(hasher.Update(data.subspan(k * p_.chunk_size, p_.ChunkLength(first + k))));
+        match[k] = TRY(hasher.Finish()) == p_.chunks[first + k];
+      }
       std::lock_guard lock(mutex_);
-      probe_state_[i] = match ? ProbeState::kMatch : ProbeState::kMiss;
-      consecutive_misses_ = match ? 0 : consecutive_misses_ + 1;
+      for (uint64_t k = 0; k < count; ++k) {
+        probe_state_[first + k] = match[k] ? ProbeState::kMatch : ProbeState::kMiss;
+        consecutive_misses_ = match[k] ? 0 : consecutive_misses_ + 1;
+      }
       changed_.notify_all();
     }
   }
@@ -269,11 +360,8 @@ class Streamer {
           state = probe_state_[i];
         }
         if (state != ProbeState::kMatch) {
-          changed_.wait(lock, [&] { return failed_ || !free_.empty(); });
-          if (!failed_) {
-            buffer = free_.front();
-            free_.pop_front();
-          }
+          changed_.wait(lock, [&] { return failed_ || CanTakeBuffer(); });
+          if (!failed_) buffer = TakeBuffer();
         }
         if (failed_) return {};  // the stage that failed reports it
       }
@@ -305,83 +393,99 @@ class Streamer {
     return {};
   }
 
-  // Writes queued chunks. With verification, a written chunk's buffer is
-  // kept until a flush covers it, then handed to the verify stage.
-  Result<void> WriteStage() {
+  // Writes queued chunks (several writer threads keep more than one write
+  // in flight). With verification, a written chunk's buffer is kept until a
+  // flush covers it, then handed to the verify stage.
+  Result<void> WriteStage(BlockDeviceInterface& device) {
     while (true) {
-      std::optional<Item> item;
-      bool flush = false;
+      Item item;
+      std::deque<Item> flushing;
       {
         std::unique_lock lock(mutex_);
         changed_.wait(lock, [&] { return failed_ || writes_closed_ || !to_write_.empty(); });
         if (failed_) return {};
-        if (!to_write_.empty()) {
-          item = to_write_.front();
-          to_write_.pop_front();
-        } else {
-          return {};  // closed and drained; the caller does the last flush
-        }
+        if (to_write_.empty()) return {};  // closed and drained; the caller does the last flush
+        item = to_write_.front();
+        to_write_.pop_front();
       }
-      std::span<const uint8_t> data = BufferSpan(item->buffer, item->length);
-      TRY_CTX(WithDevice([&] { return slot_.WriteAt(item->index * p_.chunk_size, data); }),
-              fmt::format("writing {}", ChunkName(p_, item->index)));
+      std::span<const uint8_t> data = BufferSpan(item.buffer, item.length);
+      TRY_CTX(WithDevice([&] { return device.WriteAt(item.index * p_.chunk_size, data); }),
+              fmt::format("writing {}", ChunkName(p_, item.index)));
       if (verify_ == Verify::kNo) {
-        Release(item->buffer);
+        Release(item.buffer);
         continue;
       }
       {
         std::lock_guard lock(mutex_);
-        unflushed_.push_back(*item);
-        // Flush every flush_every_ chunks, and early when the source stage
-        // is waiting for a buffer that only a flush (then verify) frees.
-        flush = unflushed_.size() >= flush_every_ || (to_write_.empty() && free_.empty());
+        unflushed_.push_back(item);
+        changed_.notify_all();  // its buffer may be taken (TakeBuffer)
+        // Only writes completed before the flush starts are covered by it:
+        // take them now, later ones wait for the next flush.
+        if (unflushed_.size() >= flush_every_) flushing.swap(unflushed_);
       }
-      if (flush) TRY(FlushAndHandOver());
+      if (!flushing.empty()) {
+        TRY_CTX(WithDevice([&] { return device.Flush(); }), fmt::format("flushing {}", p_.name));
+        std::lock_guard lock(mutex_);
+        for (const Item& flushed : flushing) to_verify_.push_back(flushed);
+        changed_.notify_all();
+      }
     }
   }
 
-  Result<void> FlushAndHandOver() {
-    TRY_CTX(WithDevice([&] { return slot_.Flush(); }), fmt::format("flushing {}", p_.name));
-    std::lock_guard lock(mutex_);
-    for (const Item& item : unflushed_) to_verify_.push_back(item);
-    unflushed_.clear();
-    changed_.notify_all();
-    return {};
-  }
-
-  // Re-reads flushed chunks and compares them with what was written.
+  // Re-reads flushed chunks: compares them with the buffer that was
+  // written when it is still held, else checks their manifest digest.
   Result<void> VerifyStage(BlockDeviceInterface& device) {
     struct Done {
       Streamer* s;
       ~Done() {
         std::lock_guard lock(s->mutex_);
-        s->verifier_done_ = true;
+        s->verifiers_running_--;
         s->changed_.notify_all();
       }
     } done{this};
-    std::vector<uint8_t> readback(p_.chunk_size);
+    Sha256 hasher = TRY(Sha256::Create());
+    AlignedBuffer readback;
+    std::vector<Item> run;
     while (true) {
-      Item item;
+      run.clear();
       {
         std::unique_lock lock(mutex_);
         changed_.wait(lock, [&] { return failed_ || verify_closed_ || !to_verify_.empty(); });
         if (failed_) return {};
         if (to_verify_.empty()) return {};  // closed and drained
-        item = to_verify_.front();
-        to_verify_.pop_front();
+        // A run of consecutive chunks, read back in one request.
+        do {
+          run.push_back(to_verify_.front());
+          to_verify_.pop_front();
+        } while (!to_verify_.empty() && run.size() < run_chunks_ &&
+                 to_verify_.front().index == run.back().index + 1);
       }
-      std::span<uint8_t> read(readback.data(), item.length);
-      TRY_CTX(WithDevice([&] { return device.ReadAt(item.index * p_.chunk_size, read); }),
-              fmt::format("re-reading {}", ChunkName(p_, item.index)));
-      std::span<const uint8_t> written = BufferSpan(item.buffer, item.length);
-      if (std::memcmp(read.data(), written.data(), item.length) != 0) {
-        return Error::Make(ErrorCode::kVerificationFailed,
-                           fmt::format("re-reading {}: the slot holds other bytes than were "
-                                       "written",
-                                       ChunkName(p_, item.index)));
+      uint64_t first = run.front().index;
+      uint64_t bytes = 0;
+      for (const Item& item : run) bytes += item.length;
+      std::span<uint8_t> read = readback.Get(run_chunks_ * p_.chunk_size, bytes);
+      TRY(WithDevice([&] { return ReadRun(device, p_, first, run.size(), read, "re-reading"); }));
+      for (const Item& item : run) {
+        std::span<const uint8_t> got =
+            read.subspan((item.index - first) * p_.chunk_size, item.length);
+        bool same = false;
+        if (item.has_buffer) {
+          same = std::memcmp(got.data(), BufferSpan(item.buffer, item.length).data(),
+                             item.length) == 0;
+          Release(item.buffer);
+        } else {
+          TRY(hasher.Reset());
+          TRY(hasher.Update(got));
+          same = TRY(hasher.Finish()) == p_.chunks[item.index];
+        }
+        if (!same) {
+          return Error::Make(ErrorCode::kVerificationFailed,
+                             fmt::format("re-reading {}: the slot holds other bytes than were "
+                                         "written",
+                                         ChunkName(p_, item.index)));
+        }
+        verified_bytes_ += item.length;
       }
-      Release(item.buffer);
-      verified_bytes_ += item.length;
     }
   }
 
@@ -394,7 +498,8 @@ class Streamer {
   bool shared_device_ = false;
   std::mutex device_mutex_;
   uint64_t flush_every_ = 1;
-  std::vector<std::vector<uint8_t>> storage_;
+  std::vector<AlignedBuffer> storage_;
+  uint64_t run_chunks_ = 1;  // chunks per run read
   std::atomic<uint64_t> verified_bytes_{0};
   uint64_t reported_verified_ = 0;  // calling thread
 
@@ -408,7 +513,7 @@ class Streamer {
   std::deque<Item> to_verify_;
   bool writes_closed_ = false;
   bool verify_closed_ = false;
-  bool verifier_done_ = false;
+  unsigned verifiers_running_ = 0;
   std::vector<ProbeState> probe_state_;
   uint64_t next_probe_ = 0;
   uint64_t source_index_ = 0;

@@ -48,19 +48,26 @@ struct WriteOptions {
   std::function<void(uint64_t bytes)> on_progress;
   // Checked between chunks; set -> kCancelled.
   const std::atomic<bool>* cancel = nullptr;
-  // Opens another handle on the same slot. The adaptive probes and the
-  // re-read verification then run on threads of their own, each with its
-  // own handle, overlapping the writes (one device object is not
-  // thread-safe). Unset: every stage shares `slot`, taking turns.
-  std::function<Result<std::unique_ptr<BlockDeviceInterface>>()> open_reader;
+  // Opens another read-write handle on the same slot. The adaptive probes,
+  // the extra writer threads and the re-read verification then each use a
+  // handle of their own, overlapping one another (one device object is not
+  // thread-safe). Unset: every stage shares `slot`, taking turns. A Flush()
+  // through one handle must cover the writes made through all of them, as
+  // fdatasync() does for fds on one block device or file.
+  std::function<Result<std::unique_ptr<BlockDeviceInterface>>()> open_handle;
   // Threads that read and hash the target's chunks (adaptive).
   unsigned probe_threads = 2;
-  // Memory for chunks in flight (read + verified, being written, waiting
-  // for the flush that precedes their re-read); at least 4 chunks.
-  uint64_t buffer_bytes = 32u << 20;
+  // Threads writing chunks, so that more than one write is in flight.
+  unsigned write_threads = 2;
+  // Threads re-reading and checking flushed chunks (more than one read in
+  // flight).
+  unsigned verify_threads = 2;
+  // Memory for chunks in flight (read + verified, being written, written and
+  // waiting for their flush); at least 4 chunks.
+  uint64_t buffer_bytes = 16u << 20;
   // InstallPayload flushes the slot after this many bytes are written, then
   // re-reads them while the next ones are written.
-  uint64_t flush_bytes = 8u << 20;
+  uint64_t flush_bytes = 16u << 20;
   // Test hook, called after chunk `index` has been handled (queued for
   // writing or skipped). Fault-injection tests kill the process here.
   std::function<void(uint64_t index)> after_chunk;
@@ -85,8 +92,10 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payl
 //   write: O_DIRECT write; every options.flush_bytes, Flush()
 //   verify: once a flush has covered the chunk, read it back from the slot
 //     and compare it byte for byte with the buffer that was written, whose
-//     SHA-256 matched the signed manifest before the write: equal bytes
-//     have the same digest, without hashing a second time.
+//     SHA-256 matched the signed manifest before the write (equal bytes
+//     have the same digest, without hashing a second time); when that
+//     buffer was needed for a later chunk before the flush, check the
+//     read-back bytes' SHA-256 against the manifest instead.
 // On success every chunk of the payload has been read from the slot during
 // this call and matched the manifest: a skipped chunk when probed, a written
 // one after a flush that followed its write. The errors of WritePayload and
