@@ -15,6 +15,7 @@
 #include "drivers/disk.h"
 #include "platform/efivar_store.h"
 #include "platform/log.h"
+#include "services/audit/audit_log.h"
 #include "services/ota/installer.h"
 #include "services/ota/progress.h"
 #include "services/ralphctl/command.h"
@@ -36,7 +37,8 @@ install options:
   --keyring DIR|FILE          trusted release certificates (default /etc/ralph/keyring)
   --crl FILE                  revocation list to check the signer against
   --ca FILE                   CA bundle for the HTTPS server (default: system)
-  --allow-downgrade           install below the anti-rollback minimum (logged)
+  --allow-downgrade           install below the anti-rollback minimum (recorded in
+                              the audit log first; refused when it cannot be)
   --tries N                   trial boots before falling back (default 1)
   --full                      write every chunk (no adaptive skipping)
   --target A|B                only when booted from RECOVERY: the slot to write
@@ -48,13 +50,15 @@ install options:
                               /run/ralph/ota-status.json)
   --lock PATH                 the install lock (default /run/ralph/ota.lock)
   --work-dir DIR              staging for the kernel image (default /run/ralph)
+  --audit-db PATH             the audit log (default /var/lib/ralph/audit.db)
 )";
 
 constexpr OptionSpec kOptions[] = {
-    {"--keyring", true}, {"--crl", true},      {"--ca", true},      {"--allow-downgrade", false},
-    {"--tries", true},   {"--full", false},    {"--target", true},  {"--product", true},
-    {"--efivars", true}, {"--disk", true},     {"--cmdline", true}, {"--status-file", true},
-    {"--lock", true},    {"--work-dir", true}, {"--json", false},   {"--help", false},
+    {"--keyring", true},  {"--crl", true},      {"--ca", true},      {"--allow-downgrade", false},
+    {"--tries", true},    {"--full", false},    {"--target", true},  {"--product", true},
+    {"--efivars", true},  {"--disk", true},     {"--cmdline", true}, {"--status-file", true},
+    {"--lock", true},     {"--work-dir", true}, {"--json", false},   {"--help", false},
+    {"--audit-db", true},
 };
 
 constexpr std::string_view kDefaultStatusFile = "/run/ralph/ota-status.json";
@@ -153,10 +157,23 @@ int Install(const Invocation& invocation, const ParsedArgs& args) {
   ::sigaction(SIGINT, &action, nullptr);
   ::sigaction(SIGTERM, &action, nullptr);
 
+  // Install events go to the audit log. An unusable log does not stop an
+  // ordinary install (it is reported and the install goes on), but an
+  // override must be recorded, so then the install is refused.
+  std::string audit_path =
+      args.Value("--audit-db").value_or(std::string(audit::kDefaultAuditLogPath));
+  auto audit_log = audit::AuditLog::Open(audit_path, audit::OpenMode::kCreateIfMissing);
+  if (audit_log) {
+    options.audit = audit_log->get();
+  } else if (options.downgrade == ota::DowngradeOverride::kAllow) {
+    return Failed(command, audit_log.error().WithContext(
+                               "downgrade override refused: the audit log cannot be opened"));
+  } else {
+    LogWarning("installing without audit records: {}", audit_log.error().ToString());
+  }
+
   auto report = ota::Install(options, *manager, *layout);
   if (!report) return Failed(command, report.error());
-  // The override is audited here, once (the audit log of ralphd does not
-  // exist yet; the log line is the record).
   for (const std::string& note : report->notes) LogWarning("{}", note);
   fmt::print(
       "installed {} into slot {} (signed by {}): {} written, {} already in place, {:.1f} s; "
