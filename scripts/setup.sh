@@ -14,7 +14,7 @@ packages=(
   # image building and booting
   qemu-system-x86 qemu-utils ovmf systemd-boot-efi binutils mtools dosfstools
   squashfs-tools erofs-utils e2fsprogs fdisk util-linux kmod cpio zstd xz-utils
-  efibootmgr
+  efibootmgr dhcpcd-base
   # sandbox tests and peers for the benchmarks
   iproute2 nftables bubblewrap rauc hyperfine procps psmisc
   # audit log tests tamper with the database through the sqlite3 shell

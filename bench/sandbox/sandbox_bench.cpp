@@ -7,6 +7,10 @@
 //  2. The same job spawned by a long-running SandboxService in this process
 //     (create + run + wait + destroy, no launcher exec) vs bwrap: ratio.
 //  3. Service RSS per idle sandbox (N jobs alive, each sleeping).
+// Every iteration is a complete create/run/destroy as a user sees it (the
+// launcher's process exit included); util-linux unshare and minijail0 are
+// timed in the same interleaved loop when installed. Medians and the load
+// average are printed: on a shared machine only the ratios mean much.
 //
 // usage: sandbox_bench [runs=200] [idle=100]
 #include <fcntl.h>
@@ -58,6 +62,24 @@ double TimeCommand(const std::vector<std::string>& argv) {
   return std::chrono::duration<double, std::milli>(end - start).count();
 }
 
+std::string LoadAverage() {
+  FILE* file = std::fopen("/proc/loadavg", "r");
+  if (!file) return "?";
+  char text[64] = {};
+  if (!std::fgets(text, sizeof text, file)) text[0] = 0;
+  std::fclose(file);
+  std::string load(text);
+  // "1.16 1.11 1.61 2/345 6789": the three averages.
+  size_t end = 0;
+  for (int fields = 0; fields < 3 && end != std::string::npos; ++fields)
+    end = load.find(' ', end + (fields ? 1 : 0));
+  return load.substr(0, end);
+}
+
+bool Executable(const std::string& path) {
+  return access(path.c_str(), X_OK) == 0;
+}
+
 long RssKiB() {
   FILE* file = std::fopen("/proc/self/status", "r");
   if (!file) return -1;
@@ -94,6 +116,17 @@ int main(int argc, char** argv) {
       "usr/lib64",      "/lib64",        "--symlink", "usr/lib", "/lib",  "--symlink",
       "usr/bin",        "/bin",          "--proc",    "/proc",   "--dev", "/dev",
       "--tmpfs",        "/tmp",          "/bin/true"};
+  // Other peers a user might pick, when installed: util-linux unshare with
+  // the same namespaces (no filesystem isolation at all), and minijail0.
+  std::vector<std::string> unshare = {
+      "/usr/bin/unshare", "--user",   "--map-root-user", "--pid", "--fork",
+      "--mount",          "--net",    "--ipc",           "--uts", "--cgroup",
+      "--mount-proc",     "/bin/true"};
+  std::vector<std::string> minijail = {
+      "/usr/sbin/minijail0", "-U", "-p", "-v", "-e", "-l", "-N", "--uts", "/bin/true"};
+  bool have_unshare = Executable(unshare[0]) && TimeCommand(unshare) >= 0;
+  bool have_minijail = Executable(minijail[0]) && TimeCommand(minijail) >= 0;
+  std::string load_before = LoadAverage();
   bool with_network = sb::MakeDefaultNetworkProvider(nullptr) != nullptr;
   if (!with_network) ours.insert(ours.begin() + 2, "--no-network");
   if (TimeCommand(bwrap) < 0) {
@@ -134,12 +167,22 @@ int main(int argc, char** argv) {
   // that machine noise hits all alike.
   std::vector<std::string> ours_no_net = ours;
   if (with_network) ours_no_net.insert(ours_no_net.begin() + 2, "--no-network");
-  std::vector<double> t_bwrap1, t_ours, t_ours_no_net;
+  std::vector<double> t_bwrap1, t_ours, t_ours_no_net, t_unshare, t_minijail;
   for (int i = 0; i < runs; ++i) {
     t_bwrap1.push_back(TimeCommand(bwrap));
     t_ours.push_back(TimeCommand(ours));
     if (with_network) t_ours_no_net.push_back(TimeCommand(ours_no_net));
+    if (have_unshare) t_unshare.push_back(TimeCommand(unshare));
+    if (have_minijail) t_minijail.push_back(TimeCommand(minijail));
   }
+  // A failed run counts as -1 and would pull the median down: refuse.
+  for (const auto* times : {&t_bwrap1, &t_ours, &t_ours_no_net, &t_unshare, &t_minijail}) {
+    if (std::any_of(times->begin(), times->end(), [](double t) { return t < 0; })) {
+      std::fprintf(stderr, "a launcher run failed during the measurement\n");
+      return 1;
+    }
+  }
+  std::string load_after_launchers = LoadAverage();
   // Phase 2: the long-running service in this process.
   std::vector<double> t_spawn_no_net;
   std::vector<double> t_bwrap2, t_service, t_service_no_net, t_create, t_run, t_wait, t_destroy;
@@ -147,6 +190,10 @@ int main(int argc, char** argv) {
   no_net.network.enabled = false;
   for (int i = 0; i < runs; ++i) {
     t_bwrap2.push_back(TimeCommand(bwrap));
+    if (t_bwrap2.back() < 0) {
+      std::fprintf(stderr, "bwrap failed during the measurement\n");
+      return 1;
+    }
     for (const sb::SandboxSpec* s : {&spec, &no_net}) {
       if (s == &no_net && !with_network) continue;
       auto t0 = Clock::now();
@@ -186,13 +233,32 @@ int main(int argc, char** argv) {
       runs, (*service)->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1,
       (*service)->landlock_abi(),
       with_network ? "veth + nft default-deny + DNS" : "loopback only (sandbox/net not linked)");
-  std::printf("phase 1: bwrap --unshare-all /bin/true            %8.2f\n", bw1);
+  std::printf("load average: %s at the start, %s at the end of the launcher phase\n",
+              load_before.c_str(), load_after_launchers.c_str());
+  std::printf("phase 1 (launchers, interleaved):\n");
+  std::printf("  bwrap --unshare-all /bin/true                   %8.2f\n", bw1);
   std::printf("  ralph-sandbox run /bin/true (all layers)        %8.2f  ratio %.2fx bwrap\n",
               Median(t_ours), Median(t_ours) / bw1);
   if (with_network)
     std::printf("  ralph-sandbox run --no-network /bin/true        %8.2f  ratio %.2fx bwrap\n",
                 Median(t_ours_no_net), Median(t_ours_no_net) / bw1);
-  std::printf("phase 2: bwrap --unshare-all /bin/true            %8.2f\n", bw2);
+  if (have_unshare)
+    std::printf(
+        "  unshare -U -p -m -n -i -u -C /bin/true          %8.2f  (ralph all layers %.2fx "
+        "unshare)\n",
+        Median(t_unshare), Median(t_ours) / Median(t_unshare));
+  else
+    std::printf("  unshare: not installed (package util-linux)\n");
+  if (have_minijail)
+    std::printf(
+        "  minijail0 -U -p -v -e -l -N --uts /bin/true     %8.2f  (ralph all layers %.2fx "
+        "minijail0)\n",
+        Median(t_minijail), Median(t_ours) / Median(t_minijail));
+  else
+    std::printf("  minijail0: not installed (no Debian package in this release)\n");
+  std::printf("phase 2 (long-running service in this process, interleaved; load %s at the end):\n",
+              LoadAverage().c_str());
+  std::printf("  bwrap --unshare-all /bin/true                   %8.2f\n", bw2);
   std::printf("  service create+run+wait+destroy (all layers)    %8.2f  ratio %.2fx bwrap\n",
               Median(t_service), Median(t_service) / bw2);
   std::printf("    create %.2f  run %.2f  wait %.2f  destroy %.2f\n", Median(t_create),

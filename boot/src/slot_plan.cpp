@@ -251,9 +251,11 @@ void ReportEntryProblems(Planner& planner) {
 }
 
 // The repair every boot does, shared by OnBoot and Repair: entries, record,
-// BootOrder, BootNext, duplicates — in that order. `record_why` says why
-// the record is written when it changed.
-Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record_why) {
+// BootNext for `arm` (a trial boot with tries left), BootOrder, stray
+// BootNext, duplicates — in that order. `record_why` says why the record is
+// written when it changed.
+Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record_why,
+                       std::optional<Slot> arm = std::nullopt) {
   ReportEntryProblems(planner);
   for (BootTarget target : kAllBootTargets) {
     if (!in.esp && !planner.view().Find(target)) {
@@ -266,6 +268,13 @@ Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record
     TRY(planner.EnsureEntry(target));
   }
   planner.WriteRecord(std::move(record_why));
+  if (arm) {
+    // After the record (it says trial, with the try counted) and before
+    // BootOrder: on a first boot the new BootOrder puts RECOVERY ahead of
+    // the slot, and a cut between the two writes must still retry it.
+    uint16_t number = TRY(planner.EnsureEntry(TargetOf(*arm)));
+    planner.SetBootNext(number, fmt::format("re-arm the trial of slot {}", SlotName(*arm)));
+  }
   std::vector<uint16_t> before = planner.view().boot_order;
   planner.WriteBootOrder("repair BootOrder");
   if (planner.view().boot_order != before) {
@@ -277,11 +286,23 @@ Result<void> RepairAll(Planner& planner, const PlanInput& in, std::string record
   return {};
 }
 
+// "slot A committed", "slot A on trial (3 tries; the health gate commits
+// it)", "no slot committed".
+std::string DescribeInitial(const SlotState& initial, std::optional<Slot> booted) {
+  if (initial.committed) return fmt::format("slot {} committed", SlotName(*initial.committed));
+  if (booted && initial.slot(*booted).status == SlotStatus::kTrial) {
+    return fmt::format("slot {} on trial ({} tries; the health gate commits it)", SlotName(*booted),
+                       initial.slot(*booted).tries_left);
+  }
+  return "no slot committed";
+}
+
 // The record to start from for OnBoot/Repair, re-initialised when missing
 // or corrupt.
-Result<SlotState> StartingRecord(const PlanInput& in, std::vector<std::string>& findings) {
+Result<SlotState> StartingRecord(const PlanInput& in, UnprovenBoot unproven,
+                                 std::vector<std::string>& findings) {
   if (in.view.record) return *in.view.record;
-  SlotState initial = InitialSlotState(in.view, in.booted);
+  SlotState initial = InitialSlotState(in.view, in.booted, unproven);
   std::string problem = in.view.record_error ? in.view.record_error->message()
                                              : std::string("RalphSlotState is missing");
   if (!initial.committed && !in.booted) {
@@ -294,14 +315,12 @@ Result<SlotState> StartingRecord(const PlanInput& in, std::vector<std::string>& 
                                    "ralph.slot=)",
                                    problem, in.booted_how));
   }
-  std::string committed = initial.committed
-                              ? fmt::format("slot {} committed", SlotName(*initial.committed))
-                              : std::string("no slot committed");
+  std::string state = DescribeInitial(initial, in.booted ? SlotOf(*in.booted) : std::nullopt);
   if (in.view.record_error) {
-    findings.push_back(fmt::format("{}: re-initialised with {}", problem, committed));
+    findings.push_back(fmt::format("{}: re-initialised with {}", problem, state));
   } else {
     findings.push_back(
-        fmt::format("RalphSlotState is missing (first boot): initialised with {}", committed));
+        fmt::format("RalphSlotState is missing (first boot): initialised with {}", state));
   }
   return initial;
 }
@@ -503,23 +522,24 @@ BootedDetection DetectBooted(const FirmwareView& view, std::string_view cmdline)
   return {std::nullopt, current_note + ", and the kernel command line has no ralph.slot="};
 }
 
-SlotState InitialSlotState(const FirmwareView& view, std::optional<BootTarget> booted) {
+SlotState InitialSlotState(const FirmwareView& view, std::optional<BootTarget> booted,
+                           UnprovenBoot unproven) {
   SlotState state;
   for (uint16_t number : view.boot_order) {
     auto it = view.entries.find(number);
     if (it == view.entries.end() || it->second.kind != EntryKind::kOurs) continue;
-    std::optional<Slot> slot = SlotOf(*it->second.target);
-    if (slot) {
-      state.committed = *slot;
-      break;
-    }
+    // The first of ours decides: a slot is the committed one; RECOVERY
+    // ahead of every slot is how a machine with nothing committed (a first
+    // boot on trial, or RECOVERY rewriting the slots) orders them.
+    state.committed = SlotOf(*it->second.target);
+    break;
   }
   std::optional<Slot> booted_slot = booted ? SlotOf(*booted) : std::nullopt;
-  if (!state.committed) state.committed = booted_slot;
+  if (!state.committed && unproven == UnprovenBoot::kCommit) state.committed = booted_slot;
   if (state.committed) state.slot(*state.committed).status = SlotStatus::kGood;
   if (booted_slot && booted_slot != state.committed) {
     state.slot(*booted_slot).status = SlotStatus::kTrial;
-    state.slot(*booted_slot).tries_left = 1;
+    state.slot(*booted_slot).tries_left = state.committed ? 1 : kFirstBootTries;
   }
   return state;
 }
@@ -536,9 +556,10 @@ std::vector<uint16_t> DesiredBootOrder(const FirmwareView& view, const SlotState
     if (status == SlotStatus::kGood || status == SlotStatus::kTrial) add(TargetOf(other));
     add(BootTarget::kRecovery);
   } else {
-    // No committed slot (RECOVERY is rewriting the slots): a slot on trial
-    // goes after RECOVERY, so a crash of its trial boot lands in RECOVERY
-    // rather than in the same untested image again.
+    // No committed slot (a first boot before its health gate, or RECOVERY
+    // rewriting the slots): a slot on trial goes after RECOVERY, so a crash
+    // of its last try lands in RECOVERY rather than in the same untested
+    // image again (its other tries come through BootNext).
     for (Slot slot : kAllSlots) {
       if (record.slot(slot).status == SlotStatus::kGood) add(TargetOf(slot));
     }
@@ -559,16 +580,42 @@ std::vector<uint16_t> DesiredBootOrder(const FirmwareView& view, const SlotState
 
 Result<Plan> PlanRepair(const PlanInput& in) {
   std::vector<std::string> findings;
-  SlotState record = TRY_CTX(StartingRecord(in, findings), "repair");
+  SlotState record = TRY_CTX(StartingRecord(in, UnprovenBoot::kCommit, findings), "repair");
   Planner planner(in, record);
   for (std::string& finding : findings) planner.Find(std::move(finding));
   TRY_CTX(RepairAll(planner, in, "initialise RalphSlotState"), "repair");
   return std::move(planner.plan());
 }
 
+// OnBoot on a RECOVERY boot: a rescue, not a slot boot. No try is counted,
+// no trial judged and no record written (the committed slot must find its
+// state as it left it); the Boot#### entries and BootOrder are repaired to
+// what the record calls for, so the next boot starts the committed slot.
+Result<Plan> PlanRecoveryBoot(const PlanInput& in) {
+  if (!in.view.record) {
+    // RECOVERY cannot tell which slot works, and a record written now
+    // would name none, demoting a slot that boots. The next slot boot
+    // initialises it.
+    Planner planner(in, SlotState{});
+    planner.plan().event = BootEvent::kRecovery;
+    planner.Find(
+        fmt::format("{}: left for the next slot boot to initialise (RECOVERY cannot "
+                    "tell which slot works)",
+                    in.view.record_error ? in.view.record_error->message()
+                                         : std::string("RalphSlotState is missing")));
+    return std::move(planner.plan());
+  }
+  Planner planner(in, *in.view.record);
+  planner.plan().event = BootEvent::kRecovery;
+  TRY_CTX(RepairAll(planner, in, "RalphSlotState (unchanged on a RECOVERY boot)"),
+          "boot check (RECOVERY)");
+  return std::move(planner.plan());
+}
+
 Result<Plan> PlanOnBoot(const PlanInput& in) {
+  if (in.booted == BootTarget::kRecovery) return PlanRecoveryBoot(in);
   std::vector<std::string> findings;
-  SlotState record = TRY_CTX(StartingRecord(in, findings), "boot check");
+  SlotState record = TRY_CTX(StartingRecord(in, UnprovenBoot::kTrial, findings), "boot check");
   Planner planner(in, record);
   for (std::string& finding : findings) planner.Find(std::move(finding));
 
@@ -576,8 +623,7 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
   SlotState& next = planner.record();
   // (A plain Slot rather than optional<Slot>: g++ 12 -O2 warns wrongly
   // about an uninitialised optional through the switch below.)
-  const bool booted_is_slot = in.booted && *in.booted != BootTarget::kRecovery;
-  const Slot booted = booted_is_slot && *in.booted == BootTarget::kSlotB ? Slot::kB : Slot::kA;
+  const Slot booted = in.booted == BootTarget::kSlotB ? Slot::kB : Slot::kA;
   std::optional<Slot> rearm;
   std::string record_why = "initialise RalphSlotState";
   Plan& plan = planner.plan();
@@ -588,8 +634,7 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
   std::optional<Slot> failed_trial;
   if (in.booted) {
     for (Slot slot : kAllSlots) {
-      if ((booted_is_slot && booted == slot) || next.slot(slot).status != SlotStatus::kTrial)
-        continue;
+      if (booted == slot || next.slot(slot).status != SlotStatus::kTrial) continue;
       if (planner.BootNextTarget() == TargetOf(slot)) continue;
       next.slot(slot).status = SlotStatus::kBad;
       next.slot(slot).tries_left = 0;
@@ -603,8 +648,6 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
   if (!in.booted) {
     plan.event = BootEvent::kUnknown;
     planner.Find("cannot tell the booted image: " + in.booted_how);
-  } else if (!booted_is_slot) {
-    plan.event = BootEvent::kRecovery;
   } else if (next.committed.has_value() && *next.committed == booted) {
     plan.event = failed_trial ? BootEvent::kRolledBack : BootEvent::kNormal;
   } else {
@@ -620,10 +663,10 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
                           it->second.target == TargetOf(booted);
         }
         // The firmware deleted BootNext before loading us, so a crash now
-        // falls back to the committed slot. With tries left after this one,
-        // count this attempt and arm the next (record first: a cut between
-        // the two loses a try, never adds one). On the last try there is
-        // nothing to write.
+        // falls back to the committed slot (or RECOVERY, when none is). With
+        // tries left after this one, count this attempt and arm the next
+        // (record first: a cut between the two loses a try, never adds
+        // one). On the last try there is nothing to write.
         if (!already_armed && slot.tries_left >= 2) {
           --slot.tries_left;
           rearm = booted;
@@ -649,11 +692,7 @@ Result<Plan> PlanOnBoot(const PlanInput& in) {
     }
   }
 
-  TRY_CTX(RepairAll(planner, in, record_why), "boot check");
-  if (rearm) {
-    uint16_t number = TRY_CTX(planner.EnsureEntry(TargetOf(*rearm)), "boot check");
-    planner.SetBootNext(number, fmt::format("re-arm the trial of slot {}", SlotName(*rearm)));
-  }
+  TRY_CTX(RepairAll(planner, in, record_why, rearm), "boot check");
   return std::move(planner.plan());
 }
 
@@ -741,8 +780,9 @@ Result<Plan> PlanMarkActive(const PlanInput& in, Slot slot, uint8_t tries,
 }
 
 Result<Plan> PlanArmRecovery(const PlanInput& in) {
-  SlotState record = in.view.record ? *in.view.record : InitialSlotState(in.view, in.booted);
-  Planner planner(in, record);
+  // Only the entry and BootNext are written: the record (or its absence) is
+  // left to the boots that follow.
+  Planner planner(in, in.view.record.value_or(SlotState{}));
   uint16_t number = TRY_CTX(planner.EnsureEntry(BootTarget::kRecovery), "arm-recovery");
   planner.SetBootNext(number, "boot RECOVERY next");
   return std::move(planner.plan());

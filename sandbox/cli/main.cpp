@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "platform/arch.h"
 #include "platform/log.h"
@@ -159,14 +160,36 @@ Result<int> Run(const Options& options) {
   };
   auto t0 = Clock::now();
   std::string name = fmt::format("ralph-sandbox-{}", ::getpid());
+  std::unique_ptr<sb::NetworkProviderInterface> network = sb::MakeDefaultNetworkProvider(nullptr);
+  // The network service starts (service table, NFLOG listener, DNS
+  // forwarder) while the cgroups, the upper volume and the job's state are
+  // made here; mostly waiting on the kernel either way.
+  Result<void> prepared;
+  std::thread preparing;
+  // Declared before the joiner: it owns the provider the thread uses, so it
+  // must outlive the join.
+  std::unique_ptr<sb::SandboxService> service;
+  if (network && options.spec.network.enabled)
+    preparing =
+        std::thread([&prepared, provider = network.get()] { prepared = provider->Prepare(); });
+  // Joined on every path out of this function.
+  struct Joiner {
+    std::thread& thread;
+    ~Joiner() {
+      if (thread.joinable()) thread.join();
+    }
+  } joiner{preparing};
   auto cgroups = TRY(sb::DetectCgroups(name));
   sb::ServiceOptions service_options;
   // Shared by every run: the upper-layer template images are made once.
   service_options.state_dir = options.state_dir;
   service_options.name = name;
   service_options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
-  auto service = TRY(sb::SandboxService::Create(service_options, std::move(cgroups),
-                                                sb::MakeDefaultNetworkProvider(nullptr)));
+  // One job, then exit: its veth goes with its network namespace, in the
+  // kernel's time (as bwrap's netns does).
+  service_options.network_teardown = sb::NetworkTeardown::kWithNamespace;
+  service =
+      TRY(sb::SandboxService::Create(service_options, std::move(cgroups), std::move(network)));
   if (service->landlock_abi() == 0)
     ralph::LogWarning(
         "landlock is not available in this kernel: skipped (namespaces, caps and seccomp still "
@@ -174,6 +197,10 @@ Result<int> Run(const Options& options) {
   auto t1 = Clock::now();
   sb::JobId id = TRY(service->CreateJob(options.spec));
   auto t2 = Clock::now();
+  if (preparing.joinable()) {
+    preparing.join();
+    TRY_CTX(std::move(prepared), "starting the network service");
+  }
   TRY(service->Run(id));
   auto t3 = Clock::now();
   sb::JobResult result = TRY(service->Wait(id));

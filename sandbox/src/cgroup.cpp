@@ -161,8 +161,10 @@ class JobCgroupV1 final : public JobCgroupInterface {
   Result<void> KillAll() override {
     // v1 has no cgroup.kill: SIGKILL every listed task until none is left. A
     // task forking meanwhile is caught on the next pass (pids.max bounds it).
+    // A killed task stays listed until it has run its exit, which on a
+    // loaded machine can take a while: up to ~2 s of passes.
     std::string procs = Dir("pids") + "/cgroup.procs";
-    for (int pass = 0; pass < 100; ++pass) {
+    for (int pass = 0; pass < 2000; ++pass) {
       auto text = TRY(ReadFileString(procs));
       std::istringstream in(text);
       pid_t pid;
@@ -175,7 +177,7 @@ class JobCgroupV1 final : public JobCgroupInterface {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     return Error::Make(ErrorCode::kTimeout,
-                       fmt::format("tasks left in {} after 100 kill passes", procs));
+                       fmt::format("tasks left in {} after 2000 kill passes", procs));
   }
   Result<CgroupUsage> Usage() const override {
     CgroupUsage usage;

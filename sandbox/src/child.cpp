@@ -3,7 +3,6 @@
 #include "child.h"
 
 #include <fcntl.h>
-#include <grp.h>
 #include <linux/mount.h>
 #include <linux/securebits.h>
 #include <net/if.h>
@@ -123,18 +122,22 @@ void AwaitParent(const ChildPlan& plan) {
 }  // namespace
 
 void RunChild(const ChildPlan& plan) {
-  // 1. Wait until the parent has written our id maps and attached the
-  // cgroup (v1). It sets up the network meanwhile, while we build the
-  // filesystem (the resolv.conf we bind already exists, empty until then).
+  // 1. Wait until the parent has written our id maps. It attaches the
+  // cgroups (v1) and sets up the network meanwhile, while we build the
+  // filesystem (the resolv.conf we bind already exists, empty until then);
+  // nothing of the job runs before the second byte (step 5).
   AwaitParent(plan);
 
   // 2. Become root of the new user namespace (mapped to the unprivileged host
-  // range) and drop the host's supplementary groups.
-  if (::setresgid(0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
-  if (::setgroups(0, nullptr) != 0) Fail(plan, ChildStep::kSetIds, errno);
-  if (::setresuid(0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
-  if (plan.unshare_cgroup_ns && ::unshare(CLONE_NEWCGROUP) != 0)
-    Fail(plan, ChildStep::kCgroupNamespace, errno);
+  // range) and drop the host's supplementary groups. Raw syscalls: glibc's
+  // wrappers apply the change to every thread of the process (nptl_setxid.c)
+  // from a thread list copied from the parent, and wait for any thread the
+  // parent was creating at clone time, which never comes in this copy (a
+  // deadlock seen with the network service's threads starting). The kernel
+  // calls change only this thread, which is all there is.
+  if (::syscall(SYS_setresgid, 0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
+  if (::syscall(SYS_setgroups, 0, nullptr) != 0) Fail(plan, ChildStep::kSetIds, errno);
+  if (::syscall(SYS_setresuid, 0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
 
   // 3. Filesystem. Nothing we mount may propagate back to the host.
   if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
@@ -168,7 +171,14 @@ void RunChild(const ChildPlan& plan) {
   if (plan.controlling_tty && ::ioctl(0, TIOCSCTTY, 0) != 0) Fail(plan, ChildStep::kStdio, errno);
   if (::chdir(plan.cwd) != 0) Fail(plan, ChildStep::kCwd, errno);
 
-  // 5. Privileges. Securebits first (needs CAP_SETPCAP): root inside never
+  // 5. The parent has attached us to the job's cgroups (v1) and set up the
+  // network: the second byte. The cgroup namespace is made now, rooted at the
+  // job's cgroup, while we still hold CAP_SYS_ADMIN in our user namespace.
+  AwaitParent(plan);
+  if (plan.unshare_cgroup_ns && ::unshare(CLONE_NEWCGROUP) != 0)
+    Fail(plan, ChildStep::kCgroupNamespace, errno);
+
+  // 6. Privileges. Securebits first (needs CAP_SETPCAP): root inside never
   // regains capabilities through execve or setuid. Then the bounding set,
   // the ambient set and finally inheritable/permitted/effective.
   if (cap_set_secbits(SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
@@ -179,14 +189,13 @@ void RunChild(const ChildPlan& plan) {
     if (cap_drop_bound(static_cast<cap_value_t>(cap)) != 0)
       Fail(plan, ChildStep::kCapabilities, errno);
   }
-  if (cap_reset_ambient() != 0) Fail(plan, ChildStep::kCapabilities, errno);
+  // One prctl (libcap's cap_reset_ambient() tests every capability first).
+  if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
+    Fail(plan, ChildStep::kCapabilities, errno);
   if (cap_set_proc(plan.empty_caps) != 0) Fail(plan, ChildStep::kCapabilities, errno);
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) Fail(plan, ChildStep::kNoNewPrivs, errno);
   if (int err = ApplyLandlockInChild(plan.landlock_abi); err != 0)
     Fail(plan, ChildStep::kLandlock, err);
-
-  // 6. The network is ready (or not wanted): the second byte.
-  AwaitParent(plan);
 
   // 7. Die with the service. Armed only now because any credential change
   // clears it (prctl(2), PR_SET_PDEATHSIG); then check the parent is still

@@ -46,8 +46,8 @@ struct ChildFailure {
 };
 
 struct ChildPlan {
-  // read: a byte from the parent = go (twice: ids/cgroup ready, then
-  // network ready before exec); EOF = give up.
+  // read: a byte from the parent = go (twice: id maps written, then cgroups
+  // (v1) attached and network ready); EOF = give up.
   int sync_fd = -1;
   int error_fd = -1;  // write: ChildFailure on error
   int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;

@@ -1,26 +1,53 @@
-// The production NetworkProviderInterface: JobNetwork::Create from
-// sandbox/net. CMake compiles this file when ralph_sandbox_net exists and
-// network_provider_none.cpp otherwise.
+// The production NetworkProviderInterface: a NetworkService from
+// sandbox/net, owned by the provider. CMake compiles this file when
+// ralph_sandbox_net exists and network_provider_none.cpp otherwise.
+#include <mutex>
+
 #include "sandbox/service.h"
 
 namespace ralph::sandbox {
 namespace {
-class JobNetworkProvider final : public NetworkProviderInterface {
+class ServiceNetworkProvider final : public NetworkProviderInterface {
  public:
-  explicit JobNetworkProvider(NetEventSinkInterface* events) : events_(events) {}
+  ServiceNetworkProvider(const NetworkServiceConfig& config, NetEventSinkInterface* events)
+      : config_(config), events_(events) {}
   Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
                                              const NetworkSpec& spec) override {
-    return JobNetwork::Create(job_id, child_pid, spec, events_);
+    NetworkService* service = nullptr;
+    {
+      // Started on first use: `ralph-sandbox run --no-network` never starts it.
+      std::lock_guard lock(mutex_);
+      if (!service_)
+        service_ = TRY_CTX(NetworkService::Start(config_), "starting the network service");
+      service = service_.get();
+    }
+    return service->CreateJob(job_id, child_pid, spec, events_);
+  }
+  // Starting the service early (under the same lock) is all the
+  // preparation there is.
+  Result<void> Prepare() override {
+    std::lock_guard lock(mutex_);
+    if (!service_)
+      service_ = TRY_CTX(NetworkService::Start(config_), "starting the network service");
+    return {};
   }
 
  private:
+  NetworkServiceConfig config_;
   NetEventSinkInterface* events_;
+  std::mutex mutex_;
+  std::unique_ptr<NetworkService> service_;
 };
 }  // namespace
 
+std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServiceConfig& config,
+                                                              NetEventSinkInterface* events) {
+  return std::make_unique<ServiceNetworkProvider>(config, events);
+}
+
 std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
     NetEventSinkInterface* events) {
-  return std::make_unique<JobNetworkProvider>(events);
+  return MakeNetworkProvider(NetworkServiceConfig{}, events);
 }
 
 }  // namespace ralph::sandbox

@@ -4,6 +4,11 @@
 
 namespace ralph::sandbox {
 
+std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServiceConfig&,
+                                                              NetEventSinkInterface*) {
+  return nullptr;
+}
+
 std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface*) {
   return nullptr;
 }

@@ -146,9 +146,9 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
                        fmt::format("name: '{}' is empty or has '/'", options.name));
   if (!cgroups)
     return Error::Make(ErrorCode::kInvalidArgument, "cgroups: a cgroup manager is required");
+  // Compiled when the build ran: nothing to compile per service.
   SeccompProgram seccomp =
-      TRY_CTX(SeccompProgram::Compile(DefaultSeccompPolicy(), options.seccomp_audit_arch),
-              "compiling seccomp");
+      TRY_CTX(SeccompProgram::Default(options.seccomp_audit_arch), "the seccomp program");
   // 0711: the job's mapped root must traverse to its root and upper, list nothing.
   TRY(MakeDirs(options.state_dir + "/jobs", 0711));
   TRY(MakeDirs(options.state_dir + "/images", 0711));
@@ -372,9 +372,6 @@ Result<void> SandboxService::Run(const JobId& id) {
     return fail(std::move(r).error());
   if (auto r = WriteFileString(fmt::format("/proc/{}/gid_map", pid), map); !r)
     return fail(std::move(r).error());
-  if (cgroup_fd < 0) {
-    if (auto r = job.cgroup->Attach(job.pid); !r) return fail(std::move(r).error());
-  }
   auto release = [&]() -> Result<void> {
     char go = 1;
     ssize_t sent;
@@ -384,8 +381,13 @@ Result<void> SandboxService::Run(const JobId& id) {
     if (sent != 1) return Io("releasing the child");
     return {};
   };
-  // The child builds its filesystem while the network is set up here.
+  // The child builds its filesystem while the cgroups (v1) are attached and
+  // the network is set up here; it waits for the second byte before it
+  // enters its cgroup namespace and runs anything of the job.
   if (auto r = release(); !r) return fail(std::move(r).error());
+  if (cgroup_fd < 0) {
+    if (auto r = job.cgroup->Attach(job.pid); !r) return fail(std::move(r).error());
+  }
   if (job.spec.network.enabled) {
     auto network = network_->Create(job.id, job.pid, job.spec.network);
     if (!network) return fail(std::move(network).error().WithContext("network"));
@@ -523,7 +525,12 @@ Result<void> SandboxService::Teardown(Job& job) {
   job.out.reset();
   job.err.reset();
   if (job.network) {
-    keep(job.network->Teardown());
+    // Reaped (above, or by Wait): every process of the job is gone, so its
+    // network namespace is being released and the kernel deletes the veth
+    // pair with it.
+    bool with_namespace = options_.network_teardown == NetworkTeardown::kWithNamespace &&
+                          job.state == Job::State::kReaped;
+    keep(with_namespace ? job.network->TeardownWithNamespace() : job.network->Teardown());
     job.network.reset();
   }
   if (job.cgroup) {

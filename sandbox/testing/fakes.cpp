@@ -30,18 +30,24 @@ class FakeJobCgroup final : public JobCgroupInterface {
 
 class FakeJobNetwork final : public JobNetwork {
  public:
-  explicit FakeJobNetwork(std::shared_ptr<int> torn_down) : torn_down_(std::move(torn_down)) {}
+  FakeJobNetwork(std::shared_ptr<int> torn_down, std::shared_ptr<int> with_namespace)
+      : torn_down_(std::move(torn_down)), with_namespace_(std::move(with_namespace)) {}
   ~FakeJobNetwork() override { IgnoreError(Teardown()); }
   Result<void> Teardown() override {
     if (!done_) ++*torn_down_;
     done_ = true;
     return {};
   }
+  Result<void> TeardownWithNamespace() override {
+    if (!done_) ++*with_namespace_;
+    return Teardown();
+  }
   std::string resolver_address() const override { return "192.0.2.1"; }
   std::string resolver_address_v6() const override { return "2001:db8::1"; }
 
  private:
   std::shared_ptr<int> torn_down_;
+  std::shared_ptr<int> with_namespace_;
   bool done_ = false;
 };
 
@@ -63,7 +69,7 @@ Result<std::unique_ptr<JobNetwork>> FakeNetworkProvider::Create(const std::strin
                                                                 const NetworkSpec&) {
   if (fail_) return *fail_;
   ++*created_;
-  return std::unique_ptr<JobNetwork>(std::make_unique<FakeJobNetwork>(torn_down_));
+  return std::unique_ptr<JobNetwork>(std::make_unique<FakeJobNetwork>(torn_down_, with_namespace_));
 }
 
 }  // namespace ralph::sandbox::testing

@@ -44,8 +44,9 @@ class Machine {
   SlotManager Manager(std::optional<DiskLayout> layout = TestLayout());
   // PowerOn + OnBoot.
   BootReport Boot();
-  // A fresh machine booted from the removable path into A and provisioned
-  // by OnBoot (A committed and good, version unknown 0.0.0, B empty).
+  // A fresh machine booted from the removable path into A, provisioned by
+  // OnBoot (A on trial) and committed by the health gate (MarkGood): A
+  // committed and good, version unknown 0.0.0, B empty.
   static Machine Provisioned();
   // Provisioned, then B written with `version` and tried (`tries`), not
   // yet rebooted.
@@ -64,8 +65,11 @@ class Machine {
 // whose image is intact and that `before` or `after` (the records around the
 // operation; `after` may be unset) calls good — or the slot on trial,
 // through BootNext — or RECOVERY through BootNext or when no slot was good
-// before; and the power-on after that (the first boot died before doing
-// anything) boots an intact good slot, or RECOVERY when none was.
+// before — or, when neither record calls any slot good (a machine out of
+// the box), the factory image on the removable-media path; and the power-on
+// after that (the first boot died before doing anything) boots an intact
+// good slot, or RECOVERY when none was good before, or that factory image
+// when none is good at all.
 ::testing::AssertionResult BootsSafely(const FakeEfiVarStore::Contents& contents,
                                        const EspContents& esp, const SlotState& before,
                                        const std::optional<SlotState>& after, const Truth& truth);

@@ -4,6 +4,7 @@
 // through BootNext; or RECOVERY when no slot is good), and the boot after
 // that — the first one died before doing anything — a good slot. Between
 // operations the machine must boot the committed slot.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <random>
@@ -66,9 +67,14 @@ struct Stats {
   int recoveries = 0;
 };
 
-void RunSequence(uint32_t seed, int steps, Stats& stats) {
+enum class Start {
+  kProvisioned,  // A committed
+  kFresh,        // out of the box: the first boot (A on trial) is under way
+};
+
+void RunSequence(uint32_t seed, int steps, Start start, Stats& stats) {
   std::mt19937 rng(seed);
-  Machine m = Machine::Provisioned();
+  Machine m = start == Start::kProvisioned ? Machine::Provisioned() : Machine();
   m.Boot();
   Truth truth;
   uint32_t next_version = 1;
@@ -166,18 +172,66 @@ void RunSequence(uint32_t seed, int steps, Stats& stats) {
 TEST(SlotCrashTest, PowerCutAfterEveryWriteOfRandomSequences) {
   Stats stats;
   for (uint32_t seed = 1; seed <= 8; ++seed) {
-    RunSequence(seed, 1000, stats);
+    RunSequence(seed, 1000, Start::kProvisioned, stats);
+    if (HasFatalFailure()) return;
+  }
+  // Machines out of the box: the first boot's trial meets crashes, a failed
+  // health gate (RECOVERY), RECOVERY rewriting the slots.
+  for (uint32_t seed = 101; seed <= 104; ++seed) {
+    RunSequence(seed, 500, Start::kFresh, stats);
     if (HasFatalFailure()) return;
   }
   RecordProperty("cuts", stats.cuts);
   std::printf("steps %d, power cuts checked %d, commits %d, rollbacks %d, recovery boots %d\n",
               stats.steps, stats.cuts, stats.commits, stats.rollbacks, stats.recoveries);
   // The sequences must actually exercise the interesting paths.
-  EXPECT_EQ(stats.steps, 8000);
+  EXPECT_EQ(stats.steps, 10000);
   EXPECT_GT(stats.cuts, 1000);
   EXPECT_GT(stats.commits, 50);
   EXPECT_GT(stats.rollbacks, 10);
   EXPECT_GT(stats.recoveries, 5);
+}
+
+// The first boot of a machine out of the box, cut after every write of its
+// OnBoot (provisioning, A on trial) and of the health gate's MarkGood. Each
+// cut boots A (the removable path or the armed next try), never RECOVERY
+// while tries are left; a healthy boot from there commits A, and the boot
+// after that comes through A's own entry.
+TEST(SlotCrashTest, PowerCutAfterEveryWriteOfTheFirstBoot) {
+  Machine clean;
+  std::vector<FakeEfiVarStore::Contents> cuts;
+  clean.PowerOn();
+  clean.vars().SetWriteHook(
+      [&](const FakeEfiVarStore& store) { cuts.push_back(store.contents()); });
+  ASSERT_TRUE(clean.Manager().OnBoot().has_value());
+  size_t provisioning_writes = cuts.size();
+  ASSERT_TRUE(clean.Manager().MarkGood().has_value());
+  clean.vars().SetWriteHook(nullptr);
+  EXPECT_EQ(provisioning_writes, 6u);
+  ASSERT_EQ(cuts.size(), 9u);
+
+  for (size_t i = 0; i < cuts.size(); ++i) {
+    SCOPED_TRACE(fmt::format("power cut after write {} of {}", i + 1, cuts.size()));
+    ASSERT_TRUE(
+        BootsSafely(cuts[i], clean.firmware().esp(), SlotState{}, RecordIn(cuts[i]), Truth{}));
+    Machine m;
+    for (const auto& [key, variable] : cuts[i]) {
+      m.vars().Put(key.first, key.second, variable.data, variable.attributes);
+    }
+    BootReport boot = m.Boot();
+    ASSERT_EQ(boot.booted, BootTarget::kSlotA) << "via " << BootSourceName(m.booted()->source);
+    SlotState record = m.Record();
+    if (!record.committed) {
+      EXPECT_EQ(boot.event, BootEvent::kTrial);
+      Result<Outcome> good = m.Manager().MarkGood();  // the health gate passes
+      ASSERT_TRUE(good.has_value()) << good.error().ToString();
+    }
+    EXPECT_EQ(m.Record().committed, Slot::kA);
+    BootReport steady = m.Boot();
+    EXPECT_EQ(m.booted()->source, BootSource::kBootOrder);
+    EXPECT_EQ(steady.event, BootEvent::kNormal);
+    EXPECT_THAT(steady.written, ::testing::IsEmpty());
+  }
 }
 
 }  // namespace

@@ -100,6 +100,19 @@ class SlotManagerIntegrationTest : public ::testing::Test {
     return report;
   }
 
+  // A fresh machine's first boot: OnBoot puts A on trial, the health gate
+  // commits it.
+  Result<void> FirstBoot(FirmwareModel& firmware, const DiskLayout& layout) {
+    BootReport report = TRY(Boot(firmware, layout, nullptr));
+    if (report.event != BootEvent::kTrial) {
+      return Error::Make(ErrorCode::kInternal,
+                         fmt::format("first boot: event {}", BootEventName(report.event)));
+    }
+    SlotManager manager = TRY(SlotManager::Create(*store_, layout, "ralph.slot=a"));
+    TRY(manager.MarkGood());
+    return {};
+  }
+
   std::string image_;
   std::unique_ptr<LibefivarStore> store_;
 };
@@ -113,9 +126,21 @@ TEST_F(SlotManagerIntegrationTest, FullUpdateCycleOnADirectoryStoreAndAnImageFil
   Result<BootReport> first = Boot(firmware, *layout, &writes);
   ASSERT_TRUE(first.has_value()) << first.error().ToString();
   EXPECT_EQ(first->booted, BootTarget::kSlotA);
-  EXPECT_EQ(writes, 5);  // three entries, the record, BootOrder
+  EXPECT_EQ(first->event, BootEvent::kTrial);
+  EXPECT_EQ(writes, 6);  // three entries, the record, BootNext, BootOrder
   EXPECT_TRUE(
       std::filesystem::exists(StoreDir() + "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d"));
+  EXPECT_FALSE(first->record.committed.has_value());
+  {
+    // The health gate passes.
+    CountingStore counting(*store_);
+    SlotManager manager = *SlotManager::Create(counting, *layout, "ralph.slot=a");
+    Result<Outcome> good = manager.MarkGood();
+    ASSERT_TRUE(good.has_value()) << good.error().ToString();
+    EXPECT_THAT(good->written, ElementsAre("RalphSlotState", "BootOrder", "-BootNext"));
+    EXPECT_EQ(counting.writes, 3);
+    EXPECT_EQ(good->record.committed, Slot::kA);
+  }
 
   Result<BootReport> steady = Boot(firmware, *layout, &writes);
   ASSERT_TRUE(steady.has_value());
@@ -193,7 +218,8 @@ TEST_F(SlotManagerIntegrationTest, GarbledAndTornRecordFilesAreReinitialised) {
   Result<DiskLayout> layout = ProbeDisk(image_);
   ASSERT_TRUE(layout.has_value());
   FirmwareModel firmware(EspContents::Full(EspNode(*layout)));
-  ASSERT_TRUE(Boot(firmware, *layout, nullptr).has_value());
+  Result<void> provisioned = FirstBoot(firmware, *layout);
+  ASSERT_TRUE(provisioned.has_value()) << provisioned.error().ToString();
   std::string record_file = StoreDir() + "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d";
 
   // Garbage with a valid attribute header: bad magic. (Rewritten through
@@ -238,7 +264,8 @@ TEST_F(SlotManagerIntegrationTest, ReadOnlyStoreFailsWithTheCauseAndTheMachineSt
   Result<DiskLayout> layout = ProbeDisk(image_);
   ASSERT_TRUE(layout.has_value());
   FirmwareModel firmware(EspContents::Full(EspNode(*layout)));
-  ASSERT_TRUE(Boot(firmware, *layout, nullptr).has_value());
+  Result<void> provisioned = FirstBoot(firmware, *layout);
+  ASSERT_TRUE(provisioned.has_value()) << provisioned.error().ToString();
   {
     SlotManager manager = *SlotManager::Create(*store_, *layout, "ralph.slot=a");
     ASSERT_TRUE(manager.BeginWrite(Slot::kB, {1, 1, 0}).has_value());

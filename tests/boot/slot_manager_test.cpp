@@ -33,7 +33,7 @@ uint16_t EntryFor(Machine& m, BootTarget target) {
   return entry ? entry->number : 0xffff;
 }
 
-TEST(SlotManagerTest, FirstBootProvisionsFromTheRemovablePath) {
+TEST(SlotManagerTest, FirstBootProvisionsATrialThatTheHealthGateCommits) {
   Machine m;
   FirmwareBoot boot = m.PowerOn();
   EXPECT_EQ(boot.source, BootSource::kRemovable);
@@ -43,23 +43,100 @@ TEST(SlotManagerTest, FirstBootProvisionsFromTheRemovablePath) {
   Result<BootReport> report = m.Manager().OnBoot();
   ASSERT_TRUE(report.has_value()) << report.error().ToString();
   EXPECT_EQ(report->booted, BootTarget::kSlotA);
-  EXPECT_THAT(report->findings[0], HasSubstr("RalphSlotState is missing (first boot)"));
-  // Three entries, the record, BootOrder: five writes, nothing else.
-  EXPECT_EQ(m.vars().changes(), 5u);
+  EXPECT_EQ(report->event, BootEvent::kTrial);
+  EXPECT_THAT(report->findings[0],
+              HasSubstr("RalphSlotState is missing (first boot): initialised with slot A on trial "
+                        "(3 tries; the health gate commits it)"));
+  // Three entries, the record (this try counted), BootNext (the next try),
+  // BootOrder: six writes, nothing else.
+  EXPECT_THAT(report->written, ElementsAre("Boot0001", "Boot0002", "Boot0003", "RalphSlotState",
+                                           "BootNext", "BootOrder"));
+  EXPECT_EQ(m.vars().changes(), 6u);
   SlotState record = m.Record();
+  EXPECT_FALSE(record.committed.has_value());  // not before the health gate
+  EXPECT_EQ(record.a.status, SlotStatus::kTrial);
+  EXPECT_EQ(record.a.tries_left, kFirstBootTries - 1);
+  EXPECT_EQ(record.b.status, SlotStatus::kEmpty);
+  uint16_t a_entry = EntryFor(m, BootTarget::kSlotA);
+  uint16_t recovery_entry = EntryFor(m, BootTarget::kRecovery);
+  // Nothing committed: RECOVERY, then the slot on trial, then the firmware's.
+  EXPECT_THAT(BootOrderOf(m), ElementsAre(recovery_entry, a_entry, firmware_entry));
+  EXPECT_EQ(BootNextOf(m), a_entry);
+
+  // The health gate passes: commit. The record, BootOrder, BootNext gone.
+  m.vars().ResetCounters();
+  Result<Outcome> good = m.Manager().MarkGood();
+  ASSERT_TRUE(good.has_value()) << good.error().ToString();
+  EXPECT_THAT(good->written, ElementsAre("RalphSlotState", "BootOrder", "-BootNext"));
+  record = m.Record();
   EXPECT_EQ(record.committed, Slot::kA);
   EXPECT_EQ(record.a.status, SlotStatus::kGood);
-  EXPECT_EQ(record.b.status, SlotStatus::kEmpty);
+  EXPECT_EQ(record.a.tries_left, 0);
   // Ours first (B is empty: not offered), RECOVERY, then the firmware's.
-  EXPECT_THAT(BootOrderOf(m), ElementsAre(EntryFor(m, BootTarget::kSlotA),
-                                          EntryFor(m, BootTarget::kRecovery), firmware_entry));
+  EXPECT_THAT(BootOrderOf(m), ElementsAre(a_entry, recovery_entry, firmware_entry));
 
   // From now on A boots through its own entry, and nothing is written.
   BootReport again = m.Boot();
   EXPECT_EQ(m.booted()->source, BootSource::kBootOrder);
+  EXPECT_EQ(m.booted()->boot_current, a_entry);
   EXPECT_EQ(again.event, BootEvent::kNormal);
   EXPECT_THAT(again.written, IsEmpty());
   EXPECT_EQ(m.vars().changes(), 0u);
+}
+
+TEST(SlotManagerTest, FirstBootFailingTheHealthGateFallsToRecoveryNotIntoALoop) {
+  Machine m;
+  m.Boot();
+  Result<Outcome> bad = m.Manager().MarkBadBooted();
+  ASSERT_TRUE(bad.has_value()) << bad.error().ToString();
+  // Disarm the next try first, then the record, then BootOrder.
+  EXPECT_THAT(bad->written, ElementsAre("-BootNext", "RalphSlotState", "BootOrder"));
+  EXPECT_EQ(m.Record().a.status, SlotStatus::kBad);
+  EXPECT_FALSE(m.Record().committed.has_value());
+  uint16_t recovery_entry = EntryFor(m, BootTarget::kRecovery);
+  EXPECT_EQ(BootOrderOf(m)[0], recovery_entry);
+  SlotState marked = m.Record();
+
+  for (int i = 0; i < 3; ++i) {
+    BootReport rescue = m.Boot();
+    EXPECT_EQ(rescue.booted, BootTarget::kRecovery) << "boot " << i;
+    EXPECT_EQ(m.booted()->source, BootSource::kBootOrder);
+    EXPECT_EQ(rescue.event, BootEvent::kRecovery);
+    EXPECT_THAT(rescue.written, IsEmpty());
+    EXPECT_EQ(m.Record(), marked);
+  }
+}
+
+TEST(SlotManagerTest, FirstBootThatNeverComesUpIsRetriedThenRecoveryCanRetryIt) {
+  Machine m;
+  uint16_t a_entry = 0;
+  // Each boot runs OnBoot and then hangs (no health verdict).
+  for (uint8_t attempt = 1; attempt <= kFirstBootTries; ++attempt) {
+    BootReport boot = m.Boot();
+    if (attempt == 1) a_entry = EntryFor(m, BootTarget::kSlotA);
+    EXPECT_EQ(boot.booted, BootTarget::kSlotA) << "attempt " << int{attempt};
+    EXPECT_EQ(boot.event, BootEvent::kTrial);
+    EXPECT_EQ(m.booted()->source, attempt == 1 ? BootSource::kRemovable : BootSource::kBootNext);
+    EXPECT_EQ(m.Record().a.tries_left, std::max(1, kFirstBootTries - attempt));
+  }
+  EXPECT_FALSE(BootNextOf(m).has_value());  // the last try arms nothing
+  BootReport rescue = m.Boot();
+  EXPECT_EQ(rescue.booted, BootTarget::kRecovery);
+  EXPECT_EQ(rescue.event, BootEvent::kRecovery);
+  EXPECT_THAT(rescue.written, IsEmpty());
+  EXPECT_EQ(m.Record().a.status, SlotStatus::kTrial);  // RECOVERY judges nothing
+
+  // From RECOVERY an operator retries the factory slot; this time it is healthy.
+  Result<Outcome> retry = m.Manager().MarkActive(Slot::kA, 1);
+  ASSERT_TRUE(retry.has_value()) << retry.error().ToString();
+  EXPECT_EQ(BootNextOf(m), a_entry);
+  BootReport trial = m.Boot();
+  EXPECT_EQ(trial.booted, BootTarget::kSlotA);
+  EXPECT_EQ(trial.event, BootEvent::kTrial);
+  ASSERT_TRUE(m.Manager().MarkGood().has_value());
+  EXPECT_EQ(m.Record().committed, Slot::kA);
+  EXPECT_EQ(m.Boot().booted, BootTarget::kSlotA);
+  EXPECT_EQ(m.booted()->source, BootSource::kBootOrder);
 }
 
 TEST(SlotManagerTest, NoRecordAndNoIdeaWhatBootedWritesNothing) {
@@ -386,6 +463,57 @@ TEST(SlotManagerTest, ArmRecoveryBootsRecoveryOnce) {
   EXPECT_TRUE(begin.has_value()) << begin.error().ToString();
   BootReport back = m.Boot();
   EXPECT_EQ(back.booted, BootTarget::kSlotA);
+}
+
+TEST(SlotManagerTest, RecoveryBootCountsNoTrialAndKeepsTheRecord) {
+  // B on trial with tries to spare, and RECOVERY armed over it.
+  Machine m = Machine::WithTrialPending(3);
+  ASSERT_TRUE(m.Manager().ArmRecovery().has_value());
+  std::vector<uint8_t> record = *m.vars().Peek(kRalphVendorGuid, kSlotStateVariable);
+  BootReport rescue = m.Boot();
+  EXPECT_EQ(rescue.booted, BootTarget::kRecovery);
+  EXPECT_EQ(rescue.event, BootEvent::kRecovery);
+  EXPECT_FALSE(rescue.rolled_back.has_value());
+  EXPECT_THAT(rescue.written, IsEmpty());
+  EXPECT_EQ(*m.vars().Peek(kRalphVendorGuid, kSlotStateVariable), record);
+  EXPECT_EQ(rescue.record.committed, Slot::kA);
+  EXPECT_EQ(rescue.record.b.tries_left, 3);
+  // The commit verbs refuse there.
+  Result<Outcome> good = m.Manager().MarkGood();
+  ASSERT_FALSE(good.has_value());
+  EXPECT_THAT(good.error().message(), HasSubstr("the RECOVERY image is booted, not a slot"));
+  // The next boot is the committed slot's; the pre-empted trial counts as failed there.
+  BootReport back = m.Boot();
+  EXPECT_EQ(back.booted, BootTarget::kSlotA);
+  EXPECT_EQ(back.event, BootEvent::kRolledBack);
+  EXPECT_EQ(m.Record().committed, Slot::kA);
+}
+
+TEST(SlotManagerTest, RecoveryBootRepairsBootOrderButNeverInitialisesTheRecord) {
+  Machine m = Machine::Provisioned();
+  uint16_t a_entry = EntryFor(m, BootTarget::kSlotA);
+  uint16_t recovery_entry = EntryFor(m, BootTarget::kRecovery);
+  ASSERT_TRUE(m.Manager().ArmRecovery().has_value());
+  m.vars().Put(kEfiGlobalGuid, "BootOrder", EncodeBootOrder(std::vector<uint16_t>{0}));
+  BootReport rescue = m.Boot();
+  EXPECT_EQ(rescue.booted, BootTarget::kRecovery);
+  EXPECT_THAT(rescue.written, ElementsAre("BootOrder"));
+  EXPECT_THAT(BootOrderOf(m), ElementsAre(a_entry, recovery_entry, 0));
+
+  // With the record gone RECOVERY writes nothing at all; A's next boot
+  // re-initialises it from BootOrder.
+  m.vars().Erase(kRalphVendorGuid, kSlotStateVariable);
+  ASSERT_TRUE(m.Manager().ArmRecovery().has_value());
+  rescue = m.Boot();
+  EXPECT_EQ(rescue.booted, BootTarget::kRecovery);
+  EXPECT_THAT(rescue.written, IsEmpty());
+  EXPECT_THAT(rescue.findings, ElementsAre(HasSubstr("RalphSlotState is missing: left for the "
+                                                     "next slot boot to initialise")));
+  EXPECT_FALSE(m.vars().Peek(kRalphVendorGuid, kSlotStateVariable).has_value());
+  BootReport back = m.Boot();
+  EXPECT_EQ(back.booted, BootTarget::kSlotA);
+  EXPECT_THAT(back.written, ElementsAre("RalphSlotState"));
+  EXPECT_EQ(m.Record().committed, Slot::kA);
 }
 
 TEST(SlotManagerTest, RepairRecreatesEntriesAndKeepsForeignOnesAfterOurs) {

@@ -77,17 +77,98 @@ TEST(SlotPlanTest, ClassifyEntry) {
 }
 
 TEST(SlotPlanTest, InitialStateTrustsBootOrderOverTheBootedSlot) {
+  using enum UnprovenBoot;
   FirmwareView view = View({2, 1, 3}, std::nullopt);
-  SlotState trial_boot = InitialSlotState(view, BootTarget::kSlotA);
-  EXPECT_EQ(trial_boot.committed, Slot::kB);
-  EXPECT_EQ(trial_boot.b.status, SlotStatus::kGood);
-  EXPECT_EQ(trial_boot.a.status, SlotStatus::kTrial);
+  for (UnprovenBoot unproven : {kTrial, kCommit}) {
+    SlotState trial_boot = InitialSlotState(view, BootTarget::kSlotA, unproven);
+    EXPECT_EQ(trial_boot.committed, Slot::kB);
+    EXPECT_EQ(trial_boot.b.status, SlotStatus::kGood);
+    EXPECT_EQ(trial_boot.a.status, SlotStatus::kTrial);
+    EXPECT_EQ(trial_boot.a.tries_left, 1);  // it came through BootNext
+    EXPECT_TRUE(ValidateSlotState(trial_boot).has_value());
+  }
+}
+
+TEST(SlotPlanTest, InitialStateOfAFreshMachineIsATrialOnTheBootPath) {
+  using enum UnprovenBoot;
   FirmwareView fresh = View({7}, std::nullopt);
-  SlotState first = InitialSlotState(fresh, BootTarget::kSlotA);
-  EXPECT_EQ(first.committed, Slot::kA);
+  SlotState first = InitialSlotState(fresh, BootTarget::kSlotA, kTrial);
+  EXPECT_FALSE(first.committed.has_value());
+  EXPECT_EQ(first.a.status, SlotStatus::kTrial);
+  EXPECT_EQ(first.a.tries_left, kFirstBootTries);
   EXPECT_EQ(first.b.status, SlotStatus::kEmpty);
-  EXPECT_FALSE(InitialSlotState(fresh, BootTarget::kRecovery).committed.has_value());
   EXPECT_TRUE(ValidateSlotState(first).has_value());
+  // An explicit repair vouches for the running slot.
+  SlotState repaired = InitialSlotState(fresh, BootTarget::kSlotA, kCommit);
+  EXPECT_EQ(repaired.committed, Slot::kA);
+  EXPECT_EQ(repaired.a.status, SlotStatus::kGood);
+  EXPECT_EQ(repaired.a.tries_left, 0);
+  EXPECT_TRUE(ValidateSlotState(repaired).has_value());
+  EXPECT_FALSE(InitialSlotState(fresh, BootTarget::kRecovery, kTrial).committed.has_value());
+  EXPECT_FALSE(InitialSlotState(fresh, BootTarget::kRecovery, kCommit).committed.has_value());
+
+  // RECOVERY ahead of every slot in BootOrder (a first boot's trial whose
+  // record was lost): nothing is committed, A stays a trial.
+  FirmwareView mid_trial = View({3, 1, 7}, std::nullopt);
+  SlotState resumed = InitialSlotState(mid_trial, BootTarget::kSlotA, kTrial);
+  EXPECT_FALSE(resumed.committed.has_value());
+  EXPECT_EQ(resumed.a.status, SlotStatus::kTrial);
+  // A foreign entry ahead of ours does not count.
+  EXPECT_EQ(InitialSlotState(View({7, 1, 3}, std::nullopt), BootTarget::kSlotB, kTrial).committed,
+            Slot::kA);
+}
+
+TEST(SlotPlanTest, FreshMachineOnBootPlan) {
+  RawVariables raw;
+  raw.entries[0] = FirmwareRemovableEntry();
+  raw.boot_order = EncodeBootOrder(std::vector<uint16_t>{0});
+  raw.boot_current = EncodeBootNumber(0);
+  FirmwareView view = DecodeFirmwareView(raw, TestEsp());
+  Result<Plan> plan = PlanOnBoot(PlanInput{view, TestEsp(), BootTarget::kSlotA, "test"});
+  ASSERT_TRUE(plan.has_value()) << plan.error().ToString();
+  EXPECT_EQ(plan->event, BootEvent::kTrial);
+  std::vector<std::string> names;
+  for (const VarWrite& write : plan->writes) names.push_back(write.name);
+  // BootNext (the next try) before BootOrder (RECOVERY ahead of A).
+  EXPECT_THAT(names, ElementsAre("Boot0001", "Boot0002", "Boot0003", "RalphSlotState", "BootNext",
+                                 "BootOrder"));
+  EXPECT_EQ(*plan->writes[4].data, EncodeBootNumber(1));
+  EXPECT_EQ(*plan->writes[5].data, EncodeBootOrder(std::vector<uint16_t>{3, 1, 0}));
+  EXPECT_FALSE(plan->record.committed.has_value());
+  EXPECT_EQ(plan->record.a.tries_left, kFirstBootTries - 1);
+  // Without ralph.slot= and a BootCurrent of ours, nothing is planned.
+  Result<Plan> blind = PlanOnBoot(PlanInput{view, TestEsp(), std::nullopt, "no ralph.slot="});
+  ASSERT_FALSE(blind.has_value());
+  EXPECT_THAT(blind.error().message(), HasSubstr("cannot be told (no ralph.slot=)"));
+}
+
+TEST(SlotPlanTest, RecoveryOnBootPlanLeavesTheRecordAlone) {
+  // B on trial, its BootNext gone (RECOVERY was armed over it): a slot
+  // boot would call that trial failed; RECOVERY does not judge it.
+  SlotState record = Record(SlotStatus::kGood, SlotStatus::kTrial, Slot::kA);
+  record.b.tries_left = 2;
+  FirmwareView view = View({1, 2, 3, 7}, record);
+  Result<Plan> plan = PlanOnBoot(PlanInput{view, TestEsp(), BootTarget::kRecovery, "test"});
+  ASSERT_TRUE(plan.has_value()) << plan.error().ToString();
+  EXPECT_EQ(plan->event, BootEvent::kRecovery);
+  EXPECT_TRUE(plan->writes.empty());
+  EXPECT_EQ(plan->record, record);
+  EXPECT_FALSE(plan->rolled_back.has_value());
+  // The same view booted into A marks B's trial failed.
+  Result<Plan> slot_boot = PlanOnBoot(PlanInput{view, TestEsp(), BootTarget::kSlotA, "test"});
+  ASSERT_TRUE(slot_boot.has_value());
+  EXPECT_EQ(slot_boot->rolled_back, Slot::kB);
+  // A record RECOVERY cannot read is left alone, and said so.
+  RawVariables raw;
+  raw.entries[3] = OurEntry(BootTarget::kRecovery);
+  raw.record = std::vector<uint8_t>{1, 2, 3};
+  FirmwareView corrupt = DecodeFirmwareView(raw, TestEsp());
+  Result<Plan> rescue = PlanOnBoot(PlanInput{corrupt, TestEsp(), BootTarget::kRecovery, "test"});
+  ASSERT_TRUE(rescue.has_value());
+  EXPECT_TRUE(rescue->writes.empty());
+  EXPECT_THAT(rescue->findings,
+              ElementsAre(HasSubstr("bad length: 3 bytes, expected 124: left for the next slot "
+                                    "boot to initialise")));
 }
 
 TEST(SlotPlanTest, DetectBooted) {

@@ -5,16 +5,52 @@
 #   broken-initrd     B's initrd is truncated (the kernel never reaches early boot)
 #   hang              B's PID 1 hangs after early boot (the watchdog resets)
 #   not-a-filesystem  B's slot partition holds random bytes
+# Every image carries the test PKI made here with openssl (fresh keys each
+# run, never committed): pki/release-ca.crt is the slots' OTA keyring,
+# pki/signer.{crt,key} sign the factory bundle and the test bundles,
+# pki/tls-ca.crt is the slots' trust store for update servers, and
+# pki/server.{crt,key} is the update server's certificate (for 10.0.2.2, the
+# host as QEMU user networking shows it to the guest, and 127.0.0.1).
+# The base and health-fail builds also export their slot payloads
+# (<variant>-payloads/{system_b.img,b.efi,...}) for the OTA e2e test.
 # Usage: build_images.sh <ralph-mkimage> <bin-dir> <out-dir>
 set -euo pipefail
 mkimage=$1 bin_dir=$2 out=$3
 mkdir -p "$out"
-common=(--bin-dir "$bin_dir" --test-agent --watchdog-seconds 10)
+command -v openssl >/dev/null || { echo "e2e_images: openssl is missing (Debian package openssl)"; exit 1; }
+
+pki=$out/pki
+rm -rf "$pki"
+mkdir -p "$pki"
+make_ca() {  # name subject
+  openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "$2" \
+    -keyout "$pki/$1.key" -out "$pki/$1.crt" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    2>/dev/null
+}
+make_leaf() {  # name subject issuer extensions
+  openssl req -newkey rsa:2048 -nodes -sha256 -subj "$2" -keyout "$pki/$1.key" \
+    -out "$pki/$1.csr" 2>/dev/null
+  printf '%b' "$4" >"$pki/$1.ext"
+  openssl x509 -req -sha256 -days 825 -in "$pki/$1.csr" -CA "$pki/$3.crt" -CAkey "$pki/$3.key" \
+    -CAcreateserial -extfile "$pki/$1.ext" -out "$pki/$1.crt" 2>/dev/null
+}
+make_ca release-ca "/O=RalphOS test/CN=RalphOS test release CA"
+make_leaf signer "/O=RalphOS test/CN=RalphOS test release signer" release-ca \
+  'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n'
+make_ca tls-ca "/O=RalphOS test/CN=RalphOS test update server CA"
+make_leaf server "/O=RalphOS test/CN=10.0.2.2" tls-ca \
+  'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:10.0.2.2,IP:127.0.0.1\n'
+
+common=(--bin-dir "$bin_dir" --test-agent --watchdog-seconds 10
+  --keyring "$pki/release-ca.crt" --update-ca "$pki/tls-ca.crt"
+  --signing-cert "$pki/signer.crt" --signing-key "$pki/signer.key")
 build() {
-  local variant=$1 b_variant=$1
+  local variant=$1 b_variant=$1 extra=()
   [[ $variant == base ]] && b_variant=good
+  [[ $variant == base || $variant == health-fail ]] && extra=(--payloads-dir "$out/$variant-payloads")
   "$mkimage" --out "$out/$variant.img" --work "$out/work-$variant" --b-variant "$b_variant" \
-    "${common[@]}" >"$out/$variant.log" 2>&1 || { cat "$out/$variant.log"; return 1; }
+    "${common[@]}" "${extra[@]}" >"$out/$variant.log" 2>&1 || { cat "$out/$variant.log"; return 1; }
   rm -rf "$out/work-$variant"
   echo "e2e_images: built $variant"
 }

@@ -4,6 +4,7 @@
 
 #include "boot/mkimage/builder.h"
 #include "boot/mkimage/cpio.h"
+#include "platform/file_io.h"
 
 namespace ralph::mkimage {
 namespace {
@@ -24,7 +25,7 @@ TEST(ApplianceGpt, FivePartitionsInOrderWithStableGuids) {
   ASSERT_TRUE(other);
   EXPECT_NE(spec->partitions[1].part_uuid, other->partitions[1].part_uuid);
   EXPECT_NE(spec->partitions[1].part_uuid, spec->partitions[2].part_uuid);
-  EXPECT_EQ(DiskBytesFor(*spec), (160 + 48 * 2 + 64 + 48 + 2) * kMiB);
+  EXPECT_EQ(DiskBytesFor(*spec), (160 + 48 * 2 + 64 + 96 + 2) * kMiB);
 }
 
 TEST(ApplianceGpt, RejectsTooSmallPartitions) {
@@ -152,6 +153,60 @@ TEST(CpioArchive, MissingHostFileIsNotFound) {
   ASSERT_FALSE(added);
   EXPECT_EQ(added.error().code(), ErrorCode::kNotFound);
   EXPECT_NE(added.error().message().find("/nonexistent/file"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ralph::mkimage
+
+namespace ralph::mkimage {
+namespace {
+
+uint32_t Le32(const std::vector<uint8_t>& b, size_t at) {
+  return static_cast<uint32_t>(b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) |
+                               (static_cast<uint32_t>(b[at + 3]) << 24));
+}
+
+TEST(SetPeTimestamp, MatchesObjcopysChecksumAndIsAFunctionOfTheStamp) {
+  // systemd's EFI stub as shipped: objcopy-made, with a computed checksum.
+  const char* stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+  auto text = ReadWholeFile(stub);
+  ASSERT_TRUE(text) << text.error().ToString() << " (Debian package systemd-boot-efi)";
+  std::vector<uint8_t> original(text->begin(), text->end());
+  size_t pe = Le32(original, 0x3c);
+  uint32_t stamp = Le32(original, pe + 8);
+  uint32_t checksum = Le32(original, pe + 24 + 64);
+  ASSERT_NE(checksum, 0u);
+
+  std::vector<uint8_t> same = original;
+  ASSERT_TRUE(SetPeTimestamp(same, stamp));
+  EXPECT_EQ(same, original);  // our checksum is the one the toolchain wrote
+
+  std::vector<uint8_t> first = original, second = original;
+  ASSERT_TRUE(SetPeTimestamp(first, 1700000000));
+  ASSERT_TRUE(SetPeTimestamp(second, 1700000000));
+  EXPECT_EQ(first, second);
+  EXPECT_EQ(Le32(first, pe + 8), 1700000000u);
+  EXPECT_NE(Le32(first, pe + 24 + 64), checksum);
+  ASSERT_EQ(first.size(), original.size());
+  size_t changed = 0;  // only the stamp and the checksum fields
+  for (size_t i = 0; i < first.size(); ++i) changed += first[i] != original[i];
+  EXPECT_LE(changed, 8u);
+}
+
+TEST(SetPeTimestamp, RejectsWhatIsNotPe) {
+  std::vector<uint8_t> elf = {0x7f, 'E', 'L', 'F'};
+  elf.resize(256);
+  auto result = SetPeTimestamp(elf, 1);
+  ASSERT_FALSE(result);
+  EXPECT_EQ(result.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(result.error().message().find("no MZ header"), std::string::npos);
+  std::vector<uint8_t> mz(256);
+  mz[0] = 'M';
+  mz[1] = 'Z';
+  mz[0x3c] = 0x80;
+  result = SetPeTimestamp(mz, 1);
+  ASSERT_FALSE(result);
+  EXPECT_NE(result.error().message().find("no PE signature"), std::string::npos);
 }
 
 }  // namespace

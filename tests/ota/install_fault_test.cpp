@@ -6,6 +6,7 @@
 // must not be on trial (nor BootNext at it) unless B and the ESP hold exactly
 // the new image. Rerunning the install then completes it.
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -88,6 +89,9 @@ class InstallFaultTest : public ApplianceFixture {
           if (at == kPoints[point]) ::kill(0, SIGKILL);
         };
       } else if (mode == KillMode::kDuringEspWrite) {
+        // A full install always rewrites the UKI (an adaptive one skips it
+        // when the ESP already holds it).
+        options.mode = WriteOptions::Mode::kFull;
         options.hook = [&](std::string_view at) {
           if (at != "esp-staged") return;
           // Kill the group (this process and mcopy) while the ESP is written.
@@ -101,6 +105,7 @@ class InstallFaultTest : public ApplianceFixture {
       auto manager = boot::SlotManager::Create(killing, layout_, "ralph.slot=a");
       if (!manager) ::_exit(3);
       auto report = Install(options, *manager, layout_);
+      if (!report) std::fprintf(stderr, "install child: %s\n", report.error().ToString().c_str());
       ::_exit(report ? 0 : 1);
     }
     EXPECT_GT(pid, 0);
@@ -110,8 +115,13 @@ class InstallFaultTest : public ApplianceFixture {
     }
     int status = 0;
     EXPECT_EQ(::waitpid(pid, &status, 0), pid);
-    // Let any orphaned grandchild (mcopy) of a killed group finish dying.
+    // Let any orphaned grandchild (mcopy) of a killed group finish dying: a
+    // spawned child killed before its exec still holds a copy of the lock
+    // fd, and the next install would find the lock taken. As a child
+    // subreaper (main), this process inherits those orphans and reaps them.
     ::kill(-pid, SIGKILL);
+    while (::waitpid(-pid, nullptr, 0) > 0) {
+    }
     if (WIFSIGNALED(status)) return true;
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
         << "install child failed without being killed, status " << status;
@@ -154,5 +164,6 @@ TEST_F(InstallFaultTest, KilledAnywhereLeavesBootedSlotCommittedAndRerunComplete
 }  // namespace ralph::ota::testing
 
 int main(int argc, char** argv) {
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
   return ralph::ota::testing::RunWithEfivarDirectory(argc, argv);
 }

@@ -2,6 +2,9 @@
 // adaptive skipping, bounds, re-read verification.
 #include <gtest/gtest.h>
 
+#include <map>
+#include <mutex>
+
 #include <fmt/format.h>
 
 #include "drivers/testing/fake_block_device.h"
@@ -162,6 +165,182 @@ TEST_F(WriterTest, VerifyCatchesSilentCorruptionAndIoErrorsPropagate) {
   ASSERT_FALSE(stats.has_value());
   EXPECT_NE(stats.error().message().find("writing rootfs chunk 2"), std::string::npos)
       << stats.error().message();
+}
+
+// Several handles on one FakeBlockDevice (like InstallPayload's reader
+// handles on a slot) that log every operation in order; optionally corrupt
+// what one write lands (a device that silently stores other bytes).
+class SharedLog {
+ public:
+  struct Op {
+    char kind;  // 'r', 'w', 'f'
+    uint64_t offset;
+    size_t length;
+  };
+  explicit SharedLog(ralph::testing::FakeBlockDevice& fake) : fake_(fake) {}
+  std::mutex mutex;
+  std::vector<Op> ops;
+  std::optional<uint64_t> corrupt_write_at;
+  ralph::testing::FakeBlockDevice& fake_;
+};
+
+class LoggingDevice final : public BlockDeviceInterface {
+ public:
+  explicit LoggingDevice(SharedLog& log) : log_(log) {}
+  uint64_t size() const override { return log_.fake_.size(); }
+  Result<void> ReadAt(uint64_t offset, std::span<uint8_t> out) override {
+    std::lock_guard lock(log_.mutex);
+    log_.ops.push_back({'r', offset, out.size()});
+    return log_.fake_.ReadAt(offset, out);
+  }
+  Result<void> WriteAt(uint64_t offset, std::span<const uint8_t> data) override {
+    std::lock_guard lock(log_.mutex);
+    log_.ops.push_back({'w', offset, data.size()});
+    TRY(log_.fake_.WriteAt(offset, data));
+    if (log_.corrupt_write_at && *log_.corrupt_write_at >= offset &&
+        *log_.corrupt_write_at < offset + data.size()) {
+      log_.fake_.CorruptByte(*log_.corrupt_write_at);
+    }
+    return {};
+  }
+  Result<void> Flush() override {
+    std::lock_guard lock(log_.mutex);
+    log_.ops.push_back({'f', 0, 0});
+    return log_.fake_.Flush();
+  }
+  Result<void> Discard(uint64_t offset, uint64_t length) override {
+    std::lock_guard lock(log_.mutex);
+    return log_.fake_.Discard(offset, length);
+  }
+
+ private:
+  SharedLog& log_;
+};
+
+WriteOptions WithReaders(SharedLog& log, WriteOptions options = {}) {
+  options.open_handle = [&log]() -> Result<std::unique_ptr<BlockDeviceInterface>> {
+    return std::unique_ptr<BlockDeviceInterface>(new LoggingDevice(log));
+  };
+  return options;
+}
+
+TEST_F(WriterTest, InstallPayloadReReadsEveryWrittenChunkAfterAFlush) {
+  // A larger image, so that several flushes happen during the write.
+  image_ = testing::RandomBytes(300 * kChunk + 77, 44);
+  bundle_path_ = Build(image_);
+  Opened o = Open();
+  ralph::testing::FakeBlockDevice fake(320 * kChunk);
+  SharedLog log(fake);
+  LoggingDevice slot(log);
+  for (bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "one shared handle" : "reader handles");
+    log.ops.clear();
+    WriteOptions options = shared ? WriteOptions{} : WithReaders(log);
+    options.mode = WriteOptions::Mode::kFull;
+    options.buffer_bytes = 16 * kChunk;
+    options.flush_bytes = 5 * kChunk;
+    uint64_t progress = 0;
+    options.on_progress = [&](uint64_t bytes) { progress += bytes; };
+    bool final_flush_seen = false;
+    options.after_final_flush = [&] { final_flush_seen = true; };
+    auto stats = InstallPayload(*o.source, o.rootfs(), slot, options);
+    ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
+    EXPECT_EQ(stats->chunks_written, 301u);
+    EXPECT_TRUE(final_flush_seen);
+    EXPECT_EQ(progress, 2 * image_.size());  // written, then verified
+    EXPECT_TRUE(std::equal(image_.begin(), image_.end(), fake.durable_data().begin()));
+    // Per chunk: written, then a flush, then read back.
+    std::map<uint64_t, int> stage;  // 1 written, 2 flushed, 3 read back
+    int flushes = 0;
+    for (const auto& op : log.ops) {
+      if (op.kind == 'f') {
+        ++flushes;
+        for (auto& [offset, s] : stage) {
+          if (s == 1) s = 2;
+        }
+        continue;
+      }
+      // One request may cover a run of chunks.
+      for (uint64_t at = op.offset; at < op.offset + op.length; at += kChunk) {
+        if (op.kind == 'w') {
+          EXPECT_EQ(stage[at], 0) << "chunk at " << at << " written twice";
+          stage[at] = 1;
+        } else {
+          EXPECT_EQ(stage[at], 2) << "chunk at " << at << " read back before a flush";
+          stage[at] = 3;
+        }
+      }
+    }
+    EXPECT_GT(flushes, 10);  // overlapped: flushed as it goes, not once at the end
+    ASSERT_EQ(stage.size(), 301u);
+    for (const auto& [offset, s] : stage) EXPECT_EQ(s, 3) << "chunk at " << offset;
+  }
+}
+
+TEST_F(WriterTest, InstallPayloadCatchesADeviceThatStoresOtherBytes) {
+  Opened o = Open();
+  for (bool shared : {false, true}) {
+    ralph::testing::FakeBlockDevice fake(16 * kChunk);
+    SharedLog log(fake);
+    log.corrupt_write_at = 6 * kChunk + 99;
+    LoggingDevice slot(log);
+    auto stats =
+        InstallPayload(*o.source, o.rootfs(), slot, shared ? WriteOptions{} : WithReaders(log));
+    ASSERT_FALSE(stats.has_value());
+    EXPECT_EQ(stats.error().code(), ErrorCode::kVerificationFailed);
+    EXPECT_NE(stats.error().message().find(
+                  "re-reading rootfs chunk 6 (bytes 24576-28671): the slot holds other bytes"),
+              std::string::npos)
+        << stats.error().message();
+  }
+}
+
+TEST_F(WriterTest, InstallPayloadReportsFlushAndReadErrors) {
+  Opened o = Open();
+  ralph::testing::FakeBlockDevice slot(16 * kChunk);
+  slot.FailFlush();
+  auto stats = InstallPayload(*o.source, o.rootfs(), slot, {});
+  ASSERT_FALSE(stats.has_value());
+  EXPECT_NE(stats.error().message().find("flushing rootfs"), std::string::npos)
+      << stats.error().message();
+
+  ralph::testing::FakeBlockDevice reading(16 * kChunk);
+  reading.FailReadsAt(2 * kChunk + 3);
+  stats = InstallPayload(*o.source, o.rootfs(), reading, {});
+  ASSERT_FALSE(stats.has_value());
+  EXPECT_NE(stats.error().message().find("reading the slot's rootfs chunk 2"), std::string::npos)
+      << stats.error().message();
+}
+
+TEST_F(WriterTest, InstallPayloadSkipsWhatTheSlotHoldsAndVerifiesTheRest) {
+  Opened o = Open();
+  ralph::testing::FakeBlockDevice fake(16 * kChunk);
+  ASSERT_TRUE(WritePayload(*o.source, o.rootfs(), fake, {}).has_value());
+  image_[2 * kChunk] ^= 0x5a;
+  image_[9 * kChunk + 4000] ^= 0x5a;
+  bundle_path_ = Build(image_);
+  Opened updated = Open();
+  SharedLog log(fake);
+  LoggingDevice slot(log);
+  uint64_t progress = 0;
+  WriteOptions options = WithReaders(log);
+  options.on_progress = [&](uint64_t bytes) { progress += bytes; };
+  auto stats = InstallPayload(*updated.source, updated.rootfs(), slot, options);
+  ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
+  EXPECT_EQ(stats->chunks_written, 2u);
+  EXPECT_EQ(stats->chunks_skipped, 9u);
+  EXPECT_EQ(progress, 2 * image_.size());
+  EXPECT_TRUE(std::equal(image_.begin(), image_.end(), fake.durable_data().begin()));
+  // Each chunk read once to probe it; the two written ones once more after
+  // the flush: nothing is read or hashed twice otherwise.
+  std::map<uint64_t, int> reads;
+  for (const auto& op : log.ops) {
+    if (op.kind != 'r') continue;
+    for (uint64_t at = op.offset; at < op.offset + op.length; at += kChunk) reads[at]++;
+  }
+  for (uint64_t i = 0; i < 11; ++i) {
+    EXPECT_EQ(reads[i * kChunk], (i == 2 || i == 9) ? 2 : 1) << "chunk " << i;
+  }
 }
 
 TEST_F(WriterTest, HonoursCancel) {

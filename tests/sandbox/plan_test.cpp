@@ -278,6 +278,34 @@ TEST(SeccompProgram, CompilesForBothArchitectures) {
   EXPECT_TRUE(arm_checks_arch);
 }
 
+// The programs the build compiled are exactly what the policy compiles to
+// now, for both architectures; anything else is refused.
+TEST(SeccompProgram, DefaultIsTheDefaultPolicyCompiledAtBuildTime) {
+  for (uint32_t arch : {AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64}) {
+    auto built = SeccompProgram::Default(arch);
+    ASSERT_TRUE(built) << built.error().ToString();
+    auto compiled = SeccompProgram::Compile(DefaultSeccompPolicy(), arch);
+    ASSERT_TRUE(compiled) << compiled.error().ToString();
+    ASSERT_EQ(built->instruction_count(), compiled->instruction_count()) << std::hex << arch;
+    for (size_t i = 0; i < built->instruction_count(); ++i) {
+      const sock_filter& a = built->instructions()[i];
+      const sock_filter& b = compiled->instructions()[i];
+      EXPECT_TRUE(a.code == b.code && a.jt == b.jt && a.jf == b.jf && a.k == b.k)
+          << "instruction " << i << " of arch " << std::hex << arch;
+    }
+    EXPECT_EQ(built->skipped(), compiled->skipped());
+    EXPECT_EQ(built->program()->len, built->instruction_count());
+  }
+  auto native = SeccompProgram::Default(0);
+  ASSERT_TRUE(native);
+  auto other = SeccompProgram::Default(AUDIT_ARCH_I386);
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code(), ErrorCode::kUnsupported);
+  EXPECT_NE(other.error().message().find("no default program for audit arch 0x40000003"),
+            std::string::npos)
+      << other.error().ToString();
+}
+
 TEST(SeccompProgram, RejectsAPolicyThatAllowsADeniedCall) {
   SeccompPolicy policy = DefaultSeccompPolicy();
   policy.rules.push_back({"mount", {}, 0});

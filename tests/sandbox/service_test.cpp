@@ -434,6 +434,44 @@ TEST_F(ServiceWithFakesTest, NetworkFailureKillsTheChild) {
   EXPECT_EQ(JobDirs(), 0u);
 }
 
+// The service's default deletes a job's veth before Destroy returns; a
+// launcher's kWithNamespace leaves it to the kernel once the job is reaped,
+// also when Destroy had to kill the job first.
+TEST_F(ServiceWithFakesTest, NetworkTeardownFollowsTheOption) {
+  SandboxSpec spec = Spec({"true"});
+  spec.network.enabled = true;
+  JobResult result = RunJob(spec);
+  EXPECT_EQ(result.exit_code, 0) << Describe(result);
+  EXPECT_EQ(*torn_down_, 1);
+  EXPECT_EQ(*network_->torn_down_with_namespace(), 0);
+
+  service_.reset();
+  auto network = std::make_unique<FakeNetworkProvider>();
+  auto with_namespace = network->torn_down_with_namespace();
+  auto torn_down = network->torn_down();
+  ServiceOptions options;
+  options.state_dir = work_ + "/state-fakes";
+  options.name = fmt::format("g{}", ::getpid());
+  options.ids = ids_;
+  options.network_teardown = NetworkTeardown::kWithNamespace;
+  auto service = SandboxService::Create(
+      options, std::make_unique<FakeCgroupManager>(CgroupVersion::kV1), std::move(network));
+  ASSERT_TRUE(service) << service.error().ToString();
+  for (const char* command : {"true", "sleep"}) {
+    SandboxSpec job = Spec({command, "60"});
+    job.network.enabled = true;
+    auto id = (*service)->CreateJob(job);
+    ASSERT_TRUE(id) << id.error().ToString();
+    ASSERT_TRUE((*service)->Run(*id));
+    if (std::string(command) == "true") {
+      ASSERT_TRUE((*service)->Wait(*id));
+    }
+    ASSERT_TRUE((*service)->Destroy(*id));  // "sleep": killed and reaped first
+  }
+  EXPECT_EQ(*with_namespace, 2);
+  EXPECT_EQ(*torn_down, 2);
+}
+
 TEST_F(ServiceWithFakesTest, TheResolverIsWhatTheNetworkSays) {
   SandboxSpec spec = Spec({"cat", "/etc/resolv.conf"});
   spec.network.enabled = true;

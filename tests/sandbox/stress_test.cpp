@@ -121,7 +121,8 @@ TEST_F(StressTest, ThousandCyclesAndHundredAliveLeaveNothing) {
   EXPECT_GE(alive.loops, 100u) << Show(alive);
   EXPECT_GE(alive.mounts, 100u) << Show(alive);
   for (const JobId& id : ids) {
-    ASSERT_TRUE(service_->Kill(id));
+    auto killed = service_->Kill(id);
+    ASSERT_TRUE(killed) << killed.error().ToString();
     auto result = service_->Wait(id);
     ASSERT_TRUE(result);
     EXPECT_EQ(result->termination, Termination::kKilled);
@@ -170,13 +171,13 @@ size_t CountNftTables() {
 // tables. The test first moves itself into a private network namespace that
 // plays the appliance host, so the machine's own network is never touched.
 TEST_F(StressTest, NetworkedCyclesLeaveNoVethOrTable) {
-  auto provider = MakeDefaultNetworkProvider(nullptr);
-  ASSERT_NE(provider, nullptr) << "this build has no sandbox/net";
   ASSERT_EQ(::access("/usr/sbin/nft", X_OK), 0) << "nft missing (package nftables)";
   ASSERT_EQ(::unshare(CLONE_NEWNET), 0) << std::strerror(errno);
   NetworkServiceConfig config;
   config.upstream_dns = "192.0.2.53";  // TEST-NET-1: never asked here
-  ASSERT_TRUE(NetworkService::SetDefaultConfig(config));
+  auto provider = MakeNetworkProvider(config, nullptr);
+  ASSERT_NE(provider, nullptr) << "this build has no sandbox/net";
+  size_t tables_before = CountNftTables();
   // A service of its own, with the real network provider.
   ServiceOptions options;
   options.state_dir = work_ + "/state-net";
@@ -195,7 +196,7 @@ TEST_F(StressTest, NetworkedCyclesLeaveNoVethOrTable) {
     TRY((*service)->Destroy(id));
     return result;
   };
-  // The first job starts the process-wide network service (its own table).
+  // The first job starts the service's network service (its own table).
   auto first = run(spec);
   ASSERT_TRUE(first) << first.error().ToString();
   EXPECT_NE(first->stdout_data.find("nameserver "), std::string::npos) << Describe(*first);
@@ -224,7 +225,59 @@ TEST_F(StressTest, NetworkedCyclesLeaveNoVethOrTable) {
   }
   service->reset();
   EXPECT_EQ(CountLinks(), links);
+  // The network service's own table went with the service that owned it.
+  EXPECT_EQ(CountNftTables(), tables_before);
+}
+
+// A launcher's teardown (kWithNamespace) leaves each reaped job's veth to
+// the kernel: back-to-back jobs still get working networks (a slot whose old
+// link is still being removed is skipped), the job tables go at once, and
+// the links follow with their namespaces.
+TEST_F(StressTest, LauncherTeardownLeavesVethsToTheKernel) {
+  auto provider = MakeDefaultNetworkProvider(nullptr);
+  ASSERT_NE(provider, nullptr) << "this build has no sandbox/net";
+  ASSERT_EQ(::access("/usr/sbin/nft", X_OK), 0) << "nft missing (package nftables)";
+  ASSERT_EQ(::unshare(CLONE_NEWNET), 0) << std::strerror(errno);
+  NetworkServiceConfig config;
+  config.upstream_dns = "192.0.2.53";  // TEST-NET-1: never asked here
+  ServiceOptions options;
+  options.state_dir = work_ + "/state-launcher";
+  options.name = fmt::format("l{}", ::getpid());
+  options.ids = ids_;
+  options.network_teardown = NetworkTeardown::kWithNamespace;
+  auto cgroups = DetectCgroups(fmt::format("ralph-test-launcher-{}", ::getpid()));
+  ASSERT_TRUE(cgroups);
+  auto service =
+      SandboxService::Create(options, std::move(*cgroups), MakeNetworkProvider(config, nullptr));
+  ASSERT_TRUE(service) << service.error().ToString();
+  SandboxSpec spec = Spec({"/bin/sh", "-c", "cat /etc/resolv.conf"});
+  spec.network.enabled = true;
+  auto run = [&]() -> Result<JobResult> {
+    JobId id = TRY((*service)->CreateJob(spec));
+    TRY((*service)->Run(id));
+    JobResult result = TRY((*service)->Wait(id));
+    TRY((*service)->Destroy(id));
+    return result;
+  };
+  auto first = run();  // starts the network service (its own table)
+  ASSERT_TRUE(first) << first.error().ToString();
+  size_t tables = CountNftTables();
+  for (int i = 0; i < 30; ++i) {
+    auto result = run();
+    ASSERT_TRUE(result) << "cycle " << i << ": " << result.error().ToString();
+    ASSERT_EQ(result->exit_code, 0) << Describe(*result);
+    EXPECT_NE(result->stdout_data.find("nameserver "), std::string::npos) << Describe(*result);
+  }
   EXPECT_EQ(CountNftTables(), tables);
+  service->reset();
+  // Only lo is ours in this netns; the jobs' links go as the kernel
+  // releases their namespaces.
+  size_t links = CountLinks();
+  for (int i = 0; i < 1000 && links > 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    links = CountLinks();
+  }
+  EXPECT_EQ(links, 1u) << "host-side veths left 10 s after their jobs";
 }
 
 }  // namespace

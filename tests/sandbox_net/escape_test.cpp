@@ -212,6 +212,87 @@ TEST_F(NetEscapeTest, Rfc1918HostIsUnreachable) {
   EXPECT_TRUE(Denied("10.9.9.9", 80, "rfc1918")) << sink_.Dump();
 }
 
+// A second, independent NetworkService in the same netns with the very same
+// config (as a second `ralph-sandbox run` would start): it claims another
+// instance, NFLOG group, veth names, table names and addresses; both jobs
+// are networked at once and each service's sink gets its own job's events
+// and only those. Stopping the second leaves the first working.
+TEST_F(NetEscapeTest, TwoServicesInOneNetnsEachGetTheirOwnEvents) {
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one
+  auto second = NetworkService::Start(config);
+  ASSERT_TRUE(second) << second.error().ToString();
+  EXPECT_NE((*second)->instance(), service_->instance());
+  EXPECT_NE((*second)->nflog_group(), service_->nflog_group());
+  EXPECT_NE((*second)->interface_prefix(), service_->interface_prefix());
+  RecordingSink second_sink;
+  // A third confined to the suite service's NFLOG group: a clear error, and
+  // nothing of it is left (the suite's teardown counts tables).
+  NetworkServiceConfig confined = config;
+  confined.nflog_group = service_->nflog_group();
+  confined.nflog_group_count = 1;
+  auto third = NetworkService::Start(confined);
+  ASSERT_FALSE(third);
+  EXPECT_EQ(third.error().code(), ErrorCode::kBusy);
+  EXPECT_EQ(third.error().message(),
+            fmt::format("nflog groups {0}..{0} are all bound by other sockets in this network "
+                        "namespace (nflog_group, nflog_group_count)",
+                        service_->nflog_group()));
+
+  auto probe = [](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 80) + " " + ProbeConnect("10.9.9.9", 80);
+  };
+  JobProcess first_job = JobProcess::Fork(probe);
+  JobProcess second_job = JobProcess::Fork(probe);
+  auto first_network = service_->CreateJob("first-service-job", first_job.pid(), WebOnly(), &sink_);
+  ASSERT_TRUE(first_network) << first_network.error().ToString();
+  auto second_network =
+      (*second)->CreateJob("second-service-job", second_job.pid(), WebOnly(), &second_sink);
+  ASSERT_TRUE(second_network) << second_network.error().ToString();
+  EXPECT_NE((*first_network)->job_address_v4(), (*second_network)->job_address_v4());
+  EXPECT_NE((*first_network)->host_interface(), (*second_network)->host_interface());
+
+  JobContext first_context{(*first_network)->resolver_address(),
+                           (*first_network)->resolver_address_v6()};
+  JobContext second_context{(*second_network)->resolver_address(),
+                            (*second_network)->resolver_address_v6()};
+  EXPECT_EQ(first_job.Go(first_context), "connected:hello failed:timeout");
+  EXPECT_EQ(second_job.Go(second_context), "connected:hello failed:timeout");
+
+  auto event_of = [](const std::string& job_id, NetVerdict verdict, const std::string& address,
+                     const std::string& reason) {
+    return [=](const NetEvent& e) {
+      return e.job_id == job_id && e.verdict == verdict && e.destination == address &&
+             e.port == 80 && e.reason == reason;
+    };
+  };
+  EXPECT_TRUE(
+      sink_.WaitFor(event_of("first-service-job", NetVerdict::kDenied, "10.9.9.9", "rfc1918")))
+      << sink_.Dump();
+  EXPECT_TRUE(sink_.WaitFor(
+      event_of("first-service-job", NetVerdict::kAllowed, "203.0.113.10", "allowlist")))
+      << sink_.Dump();
+  EXPECT_TRUE(second_sink.WaitFor(
+      event_of("second-service-job", NetVerdict::kDenied, "10.9.9.9", "rfc1918")))
+      << second_sink.Dump();
+  EXPECT_TRUE(second_sink.WaitFor(
+      event_of("second-service-job", NetVerdict::kAllowed, "203.0.113.10", "allowlist")))
+      << second_sink.Dump();
+  for (const NetEvent& e : sink_.events()) EXPECT_EQ(e.job_id, "first-service-job");
+  for (const NetEvent& e : second_sink.events()) EXPECT_EQ(e.job_id, "second-service-job");
+
+  ASSERT_TRUE((*second_network)->Teardown());
+  second->reset();
+  ASSERT_TRUE((*first_network)->Teardown());
+  // The first service's table, veths and NFLOG group survived the second's
+  // start and stop.
+  std::string out =
+      RunJob(WebOnly(), [](const JobContext&) { return ProbeConnect("10.9.9.9", 80); });
+  EXPECT_EQ(out, "failed:timeout");
+  EXPECT_TRUE(Denied("10.9.9.9", 80, "rfc1918")) << sink_.Dump();
+}
+
 TEST_F(NetEscapeTest, HostLoopbackAndOwnAddressesAreUnreachable) {
   // Host services: one on loopback, one on every address.
   int any = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -472,15 +553,17 @@ TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
   // The nft commit fails after the veth exists (a table of that name is in
   // the way): the veth must go, the foreign table must stay.
   {
-    ASSERT_EQ(testing::Shell("nft add table inet ralph_rj0"), 0);
+    // Slot 0 of this service's instance: "rja0" (instance 0, the only one).
+    std::string table = fmt::format("ralph_{}0", service_->interface_prefix());
+    ASSERT_EQ(testing::Shell("nft add table inet " + table), 0);
     JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
     auto network = service_->CreateJob("nft-fails", job.pid(), WebOnly(), &sink_);
     ASSERT_FALSE(network);
     EXPECT_EQ(network.error().code(), ErrorCode::kAlreadyExists);
-    EXPECT_NE(network.error().message().find("nft batch: table ralph_rj0"), std::string::npos)
+    EXPECT_NE(network.error().message().find("nft batch: table " + table), std::string::npos)
         << network.error().message();
     EXPECT_EQ(testing::CountResources().interfaces, before.interfaces);
-    ASSERT_EQ(testing::Shell("nft delete table inet ralph_rj0"), 0);
+    ASSERT_EQ(testing::Shell("nft delete table inet " + table), 0);
   }
   // The DNS listener cannot bind (port taken), the last step: veth and
   // table must both go.

@@ -1,6 +1,6 @@
 // The network escapes through real sandboxes: SandboxService (user, pid,
 // mount, net namespaces; seccomp; no capabilities; overlay rootfs) runs
-// sandbox_net_probe inside, networked by JobNetwork::Create exactly as in
+// sandbox_net_probe inside, networked by the service's own NetworkService exactly as in
 // production. Same private test network as escape_test.cpp (test_topology.h).
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -45,11 +45,8 @@ class SandboxedNetTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     world_ = World::Start();
-    NetworkServiceConfig config;
-    config.upstream_dns = "198.51.100.53";
-    config.nflog_group = 7772;
-    auto set = NetworkService::SetDefaultConfig(config);
-    ASSERT_TRUE(set) << set.error().ToString();
+    config_.upstream_dns = "198.51.100.53";
+    config_.nflog_group = 7772;
   }
   static void TearDownTestSuite() {
     delete world_;
@@ -75,7 +72,7 @@ class SandboxedNetTest : public ::testing::Test {
     options.ids = {(1u << 24) + (static_cast<uint32_t>(::getpid()) % 4096u) * 65536u, 65536};
     options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
     auto service =
-        SandboxService::Create(options, std::move(*cgroups), MakeDefaultNetworkProvider(&sink_));
+        SandboxService::Create(options, std::move(*cgroups), MakeNetworkProvider(config_, &sink_));
     ASSERT_TRUE(service) << service.error().ToString();
     service_ = std::move(*service);
   }
@@ -119,6 +116,7 @@ class SandboxedNetTest : public ::testing::Test {
   }
 
   static World* world_;
+  static inline NetworkServiceConfig config_;
   RecordingSink sink_;
   std::string work_, base_;
   std::unique_ptr<SandboxService> service_;

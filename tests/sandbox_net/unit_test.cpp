@@ -51,6 +51,21 @@ TEST(IpPrefixTest, RejectsBadInputWithTheReason) {
   EXPECT_FALSE(IpPrefix::Parse("2001:db8::/129"));
 }
 
+TEST(IpPrefixTest, SubnetSplitsIntoEqualParts) {
+  IpPrefix pool = *IpPrefix::Parse("10.254.0.0/16");
+  EXPECT_EQ(pool.Subnet(4, 0)->ToString(), "10.254.0.0/20");
+  EXPECT_EQ(pool.Subnet(4, 1)->ToString(), "10.254.16.0/20");
+  EXPECT_EQ(pool.Subnet(4, 15)->ToString(), "10.254.240.0/20");
+  IpPrefix v6 = *IpPrefix::Parse("fd52:616c:7068::/48");
+  EXPECT_EQ(v6.Subnet(4, 3)->ToString(), "fd52:616c:7068:3000::/52");
+  auto too_many = pool.Subnet(4, 16);
+  ASSERT_FALSE(too_many);
+  EXPECT_EQ(too_many.error().code(), ErrorCode::kInvalidArgument);
+  auto too_long = IpPrefix::Parse("10.0.0.0/30")->Subnet(4, 0);
+  ASSERT_FALSE(too_long);
+  EXPECT_EQ(too_long.error().message(), "10.0.0.0/30: no part 0 of 16 equal parts (at most /32)");
+}
+
 TEST(IpPrefixTest, Contains) {
   EXPECT_TRUE(P("169.254.0.0/16").Contains(P("169.254.169.254")));
   EXPECT_TRUE(P("fc00::/7").Contains(P("fd00:ec2::254")));

@@ -73,12 +73,20 @@ class SlotManager {
   // read (a corrupt record is reported in view.record_error).
   Result<StatusReport> Status();
 
-  // Called early on every boot (PID 1, before the health gate):
+  // Called early on every boot (early boot, before the health gate):
   // re-initialises a missing or corrupt record keeping the booted slot
   // bootable; repairs Boot#### entries, BootOrder and a stray BootNext; on a
   // trial boot with tries left after this one, counts it and re-arms
   // BootNext; when the committed slot boots while the other is still on
   // trial, records that trial as failed (slot bad, event kRolledBack).
+  // On a fresh machine (no record, none of our slots in BootOrder) this is
+  // the provisioning step: entries for A, B and RECOVERY are created and
+  // the booted slot goes on trial for kFirstBootTries boots, with nothing
+  // committed (BootOrder: RECOVERY, then the slot); the health gate's
+  // MarkGood commits it, or its MarkBad sends the machine to RECOVERY.
+  // A RECOVERY boot (event kRecovery) is no slot boot: the record is not
+  // written (not even initialised when missing) and no trial is counted or
+  // judged; only entries and BootOrder are repaired to what it says.
   Result<BootReport> OnBoot();
 
   // Commits the booted slot when it is on trial: state good, committed,
@@ -87,7 +95,8 @@ class SlotManager {
   // committed slot it writes nothing; on a good slot that is not the
   // committed one (a fallback boot) it changes nothing and says so in the
   // findings (switching goes through MarkActive); with no committed slot a
-  // good booted slot becomes committed. kInvalidState when the booted slot
+  // good or trial booted slot becomes committed (a first boot's commit,
+  // first in BootOrder ahead of RECOVERY). kInvalidState when the booted slot
   // is bad, empty or being written, or when the booted image cannot be told
   // or is RECOVERY.
   Result<Outcome> MarkGood();
@@ -107,8 +116,10 @@ class SlotManager {
   Result<Outcome> ArmRecovery();
   // Recreates missing/stale Boot#### for A, B and RECOVERY (HD()/File() from
   // the disk layout), fixes BootOrder and a stray BootNext, re-initialises a
-  // missing or corrupt record. On a fresh machine this is the provisioning
-  // step: the booted slot becomes the committed, good one.
+  // missing or corrupt record. Run by hand on a system that is up: on a
+  // fresh machine the booted slot becomes the committed, good one at once
+  // (UnprovenBoot::kCommit — the operator vouches for it; the boot path
+  // never calls Repair, it provisions through OnBoot and the health gate).
   Result<Outcome> Repair();
 
   // For the OTA slot writer, before the first byte of `slot` is written:

@@ -7,9 +7,13 @@
 // Crash-safety rule every plan follows (../shared/DESIGN.md "Try / commit"):
 // after any prefix of its writes the firmware boots a slot whose record says
 // `good` (or the slot on trial, once, through BootNext; or RECOVERY when no
-// slot is good). In practice: disarm BootNext before demoting what it points
-// at; write the record before BootOrder promotes a slot; create a Boot####
-// before BootOrder or BootNext name it; arm BootNext last.
+// slot is good; or, on a machine with no slot good yet, the factory image on
+// the removable-media path). In practice: disarm BootNext before demoting
+// what it points at; write the record before BootOrder promotes a slot;
+// create a Boot#### before BootOrder or BootNext name it; arm BootNext only
+// once the record says its slot is on trial, and before BootOrder (on a
+// first boot BootOrder puts RECOVERY ahead of the untried factory slot: a
+// cut between the two must still retry the slot, not strand it).
 #pragma once
 
 #include <cstdint>
@@ -138,14 +142,36 @@ struct PlanInput {
   std::string booted_how;  // DetectBooted().how, for error messages
 };
 
+// What the booted slot becomes when RalphSlotState is missing or corrupt and
+// BootOrder names no committed slot (a machine out of the box).
+enum class UnprovenBoot {
+  // On trial for kFirstBootTries boots: nothing has judged it yet, so the
+  // health gate commits it (MarkGood) or marks it bad, and a slot that never
+  // comes up falls to RECOVERY instead of looping. OnBoot, every boot.
+  kTrial,
+  // Committed at once: an operator or installer running `ralphctl boot
+  // repair` on a system that is up vouches for it, and no health gate
+  // follows on this boot to commit a trial (the next boot would otherwise
+  // start in RECOVERY). Repair.
+  kCommit,
+};
+// Boots a factory slot gets on a fresh machine, this one included: a power
+// cut or a hang during the first boot is retried (through BootNext) before
+// the machine gives up on it and boots RECOVERY.
+inline constexpr uint8_t kFirstBootTries = 3;
+
 // The record a machine gets when RalphSlotState is missing (first boot) or
-// corrupt: the committed slot is the first of ours in BootOrder (the
-// firmware's own notion of committed), else the booted slot; it is `good`.
-// A booted slot that is not that one is on trial with one try (it came up
-// through BootNext). The other slot is `empty`: its content is unknown, so
-// it is neither a fallback nor activatable until rewritten. The minimum
-// version restarts at 0.0.0 (anti-rollback is lost with the record).
-SlotState InitialSlotState(const FirmwareView& view, std::optional<BootTarget> booted);
+// corrupt. The committed slot is the first of ours in BootOrder when that is
+// a slot (the firmware's own notion of committed); RECOVERY ahead of every
+// slot means nothing is committed. It is `good`. A booted slot that is not
+// that one is on trial: with one try when a slot is committed (it came up
+// through BootNext), else as `unproven` says (kTrial: kFirstBootTries
+// tries; kCommit: it becomes the committed slot). The other slot is
+// `empty`: its content is unknown, so it is neither a fallback nor
+// activatable until rewritten. The minimum version restarts at 0.0.0
+// (anti-rollback is lost with the record).
+SlotState InitialSlotState(const FirmwareView& view, std::optional<BootTarget> booted,
+                           UnprovenBoot unproven);
 
 // The BootOrder the record calls for: committed slot, the other slot if it
 // is good or on trial, RECOVERY, then every foreign or garbled entry already

@@ -33,9 +33,44 @@ constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 // is built into Debian's kernels; a module missing from modules.dep but
 // listed in modules.builtin is fine.
 const std::vector<std::string> kWantedModules = {
-    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",  "squashfs",  "overlay",
-    "nf_tables",  "softdog",    "vfat",           "nls_cp437", "nls_ascii", "ext4",
+    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs", "squashfs",
+    "overlay",    "nf_tables",  "softdog",        "vfat",     "nls_cp437",
+    "nls_ascii",  "ext4",       "virtio_net",
 };
+
+// Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
+// wired interface itself over netlink (address, routes, MTU). Its hook
+// script is a shell script and a slot has no shell, so `script ""` turns it
+// off (dhcpcd.conf(5): an empty script runs nothing); DNS servers are not
+// written anywhere yet. Privilege separation runs as the `dhcpcd` user
+// chrooted into its (empty, read-only) home, as Debian's postinst sets up.
+// `nodev`: a slot runs no udev; without it dhcpcd 9.4.1's privileged proxy
+// dereferences the absent /dev plugin and segfaults when a NIC appears
+// (reproduced on the host in a network namespace), and with Debian's udev
+// plugin it waits forever for udev to initialise the interface.
+constexpr const char* kDhcpcdHost = "/usr/sbin/dhcpcd";
+constexpr const char* kDhcpcdConf =
+    "# RalphOS: DHCPv4 on the wired interfaces, no hook script (no shell in a slot).\n"
+    "script \"\"\n"
+    "allowinterfaces en* eth*\n"
+    "ipv4only\n"
+    "noipv4ll\n"
+    "clientid\n"
+    "nodev\n"
+    "option classless_static_routes, interface_mtu\n"
+    "require dhcp_server_identifier\n";
+constexpr const char* kPasswd =
+    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    "dhcpcd:x:101:65534:DHCP Client Daemon:/usr/lib/dhcpcd:/usr/sbin/nologin\n";
+constexpr const char* kGroup = "root:x:0:\nnogroup:x:65534:\n";
+// The OTA writer puts the UKI on the ESP with mtools (services/ota/esp.h);
+// mtools picks the command from argv[0], so the names are links to it.
+constexpr const char* kMtoolsHost = "/usr/bin/mtools";
+const std::vector<std::string> kMtoolsCommands = {"mcopy", "mdir", "mmd"};
+// mtools converts FAT short names through iconv to code page 850 (its
+// default); glibc loads that converter from its gconv directory.
+constexpr const char* kGconvDir = "/usr/lib/x86_64-linux-gnu/gconv";
+const std::vector<std::string> kGconvFiles = {"gconv-modules", "gconv-modules.cache", "IBM850.so"};
 
 Result<void> MakeDirs(const std::string& path) {
   std::error_code ec;
@@ -75,6 +110,22 @@ Result<std::vector<std::string>> SharedLibraries(const std::string& binary) {
   std::vector<std::string> libs = ParseLoaderList(out);
   if (std::find(libs.begin(), libs.end(), kHostLoader) == libs.end()) libs.push_back(kHostLoader);
   return libs;
+}
+
+Result<std::string> HostTool(const std::string& path, const std::string& package) {
+  if (!Exists(path)) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("{} is not installed (Debian package {}; run scripts/setup.sh)",
+                                   path, package));
+  }
+  return path;
+}
+
+Result<void> MakeSymlink(const std::string& target, const std::string& link) {
+  std::error_code ec;
+  fs::create_symlink(target, link, ec);
+  if (ec) return Error::FromErrno(fmt::format("symlink {} -> {}", link, target), ec.value());
+  return {};
 }
 
 Result<std::string> ProjectBinary(const std::string& bin_dir, const std::string& name) {
@@ -160,7 +211,7 @@ Result<std::string> BuildInitrd(const KernelTree& kernel, const std::vector<std:
 
 Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
                       const std::string& cmdline, const std::string& os_release,
-                      const std::string& stub, const std::string& output) {
+                      const std::string& stub, uint32_t mtime, const std::string& output) {
   std::string cmdline_file = output + ".cmdline";
   std::string osrel_file = output + ".osrel";
   TRY(WriteWholeFile(cmdline_file, cmdline));
@@ -175,7 +226,11 @@ Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
                     "--add-section", ".initrd=" + initrd, "--change-section-vma",
                     ".initrd=0x3000000", stub, output}}),
           fmt::format("assembling the unified kernel image {}", output));
-  return {};
+  std::string bytes = TRY(ReadWholeFile(output));
+  std::vector<uint8_t> image(bytes.begin(), bytes.end());
+  TRY_CTX(SetPeTimestamp(image, mtime), fmt::format("stamping {}", output));
+  return WriteWholeFile(
+      output, std::string_view(reinterpret_cast<const char*>(image.data()), image.size()), 0755);
 }
 
 Result<void> TruncateFile(const std::string& path, off_t size) {
@@ -377,6 +432,8 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, init_binary)), "/sbin/ralph-init"});
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-health")), "/usr/bin/ralph-health"});
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
+  binaries.push_back({TRY(HostTool(kDhcpcdHost, "dhcpcd-base")), "/usr/sbin/dhcpcd"});
+  binaries.push_back({TRY(HostTool(kMtoolsHost, "mtools")), "/usr/bin/mtools"});
 
   // The service list: one line per service the slot runs (services/init
   // documents the format). Later capabilities add their daemons here.
@@ -386,6 +443,18 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
         {TRY(ProjectBinary(inputs.bin_dir, "ralph-test-agent")), "/usr/libexec/ralph-test-agent"});
     services.push_back({"test-agent", "/usr/libexec/ralph-test-agent", {}, {}, false, false});
   }
+  // DHCP on the wired interface. Not required: an appliance without a cable
+  // still boots, commits and can be reached on the console.
+  services.push_back({"network",
+                      "/usr/sbin/dhcpcd",
+                      {"--nobackground", "--config", "/etc/dhcpcd.conf"},
+                      {},
+                      false,
+                      false});
+  // Settles the last update's outcome (committed / rolled back) on VAR and
+  // in the audit log once per boot (services/ota/outcome.h).
+  services.push_back(
+      {"update-outcome", "/usr/bin/ralphctl", {"update", "reconcile"}, {}, true, false});
   std::vector<std::string> health_after;
   for (const auto& s : services) health_after.push_back(s.name);
   if (inputs.variant == SlotVariant::kCrashingService) {
@@ -403,6 +472,35 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
     TRY(TruncateFile(canary, 32));
   }
   TRY(WriteWholeFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
+  TRY(WriteWholeFile(staging_dir + "/etc/dhcpcd.conf", kDhcpcdConf));
+  TRY(WriteWholeFile(staging_dir + "/etc/passwd", kPasswd));
+  TRY(WriteWholeFile(staging_dir + "/etc/group", kGroup));
+  TRY(MakeDirs(staging_dir + "/usr/lib/dhcpcd"));
+  for (const auto& command : kMtoolsCommands) {
+    TRY(MakeSymlink("mtools", staging_dir + "/usr/bin/" + command));
+  }
+  for (const auto& file : kGconvFiles) {
+    std::string host = TRY(HostTool(fmt::format("{}/{}", kGconvDir, file), "libc6"));
+    TRY(StageFile(host, staging_dir + host));
+  }
+  std::error_code ec;
+  std::vector<std::string> gconv_confs;  // sorted: the image must not depend on readdir order
+  for (const auto& entry :
+       fs::directory_iterator(fmt::format("{}/gconv-modules.d", kGconvDir), ec)) {
+    if (entry.path().extension() == ".conf") gconv_confs.push_back(entry.path().string());
+  }
+  std::sort(gconv_confs.begin(), gconv_confs.end());
+  for (const auto& conf : gconv_confs) TRY(StageFile(conf, staging_dir + conf));
+  if (!inputs.keyring.empty()) {
+    TRY_CTX(StageFile(inputs.keyring, staging_dir + kKeyringPath), "adding the OTA keyring");
+  }
+  if (!inputs.update_ca.empty()) {
+    TRY_CTX(StageFile(inputs.update_ca, staging_dir + kUpdateCaPath),
+            "adding the update servers' CA");
+  }
+  for (const auto& [host, image] : inputs.extra_files) {
+    TRY(StageFile(host, staging_dir + image));
+  }
   TRY(WriteWholeFile(staging_dir + "/etc/os-release", OsRelease(inputs.version, "system")));
 
   IgnoreError(RemoveTree(output));
@@ -415,6 +513,10 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
 }
 
 Result<BuildReport> BuildImage(const BuildOptions& options) {
+  if (options.signing_cert.empty() != options.signing_key.empty()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       "the factory bundle needs both --signing-cert and --signing-key");
+  }
   BuildReport report;
   std::string work = options.work_dir.empty() ? options.output + ".work" : options.work_dir;
   TRY(RemoveTree(work));
@@ -460,7 +562,7 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     }
     std::string uki = work + "/" + name + ".efi";
     TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),
-                 OsRelease(options.version, name), stub, uki));
+                 OsRelease(options.version, name), stub, options.source_date_epoch, uki));
     esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
     if (target == BootTarget::kSlotA) {
       esp_files.push_back({uki, fmt::format("/EFI/BOOT/{}", arch::RemovableBootFileName())});
@@ -469,6 +571,8 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
 
   SlotImageInputs slot_inputs{options.bin_dir, options.test_agent, SlotVariant::kGood,
                               options.source_date_epoch, options.version};
+  slot_inputs.keyring = options.keyring;
+  slot_inputs.update_ca = options.update_ca;
   std::string system_a = work + "/system_a.squashfs";
   report.system_a_sha256 =
       TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_a", system_a), "building slot A");
@@ -486,6 +590,38 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
         TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_b", system_b), "building slot B");
   }
 
+  if (!options.payloads_dir.empty()) {
+    TRY(MakeDirs(options.payloads_dir));
+    for (const auto& [from, to] :
+         std::vector<std::pair<std::string, std::string>>{{system_a, "system_a.img"},
+                                                          {work + "/a.efi", "a.efi"},
+                                                          {system_b, "system_b.img"},
+                                                          {work + "/b.efi", "b.efi"}}) {
+      TRY_CTX(StageFile(from, options.payloads_dir + "/" + to), "exporting the slot payloads");
+    }
+  }
+
+  // RECOVERY: the good system's files plus the factory bundle (the factory
+  // version's system image and slot A's UKI, signed), so a rescue can
+  // reflash a slot from a bundle it verifies like any update.
+  std::string recovery = system_a;
+  if (!options.signing_cert.empty() && options.bundle_writer) {
+    FactoryBundleRequest request{system_a,
+                                 work + "/a.efi",
+                                 options.version,
+                                 options.signing_cert,
+                                 options.signing_key,
+                                 options.source_date_epoch,
+                                 work + "/factory.rbundle"};
+    TRY_CTX(options.bundle_writer(request), "building the factory bundle");
+    report.factory_bundle_sha256 = TRY(FileSha256(request.output));
+    SlotImageInputs recovery_inputs = slot_inputs;
+    recovery_inputs.extra_files.push_back({request.output, kFactoryBundlePath});
+    recovery = work + "/recovery.squashfs";
+    TRY_CTX(BuildSlotImage(recovery_inputs, work + "/rootfs_recovery", recovery),
+            "building the RECOVERY filesystem");
+  }
+
   GptSpec gpt = TRY(ApplianceGpt(options.sizes, options.seed));
   std::string esp = work + "/esp.img";
   TRY(BuildEsp(gpt.partitions[0].size_bytes, esp_files, options.seed, esp));
@@ -496,9 +632,10 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   TRY(CopyIntoDisk(esp, layout, kPartEfi));
   TRY(CopyIntoDisk(system_a, layout, kPartSystemA));
   TRY(CopyIntoDisk(system_b, layout, kPartSystemB));
-  // RECOVERY holds the good system image for now; the rescue environment
-  // (issue: recovery) replaces it. VAR stays blank: early boot formats it.
-  TRY(CopyIntoDisk(system_a, layout, kPartRecovery));
+  // RECOVERY holds the good system (+ the factory bundle) for now; the
+  // rescue environment (issue: recovery) replaces the system part. VAR stays
+  // blank: early boot formats it.
+  TRY(CopyIntoDisk(recovery, layout, kPartRecovery));
   if (::rename(tmp_disk.c_str(), options.output.c_str()) != 0) {
     return Error::FromErrno(fmt::format("rename {} to {}", tmp_disk, options.output), errno);
   }

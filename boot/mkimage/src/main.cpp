@@ -7,6 +7,7 @@
 #include "boot/mkimage/builder.h"
 #include "platform/arch.h"
 #include "platform/log.h"
+#include "services/ota/bundle.h"
 
 namespace {
 
@@ -22,8 +23,34 @@ constexpr const char* kUsage = R"(usage: ralph-mkimage --out DISK.img [options]
   --watchdog-seconds N   watchdog timeout on the kernel command line (default: 20)
   --b-variant V          slot B content: good, broken-initrd, hang, health-fail, not-a-filesystem
   --test-agent           add the e2e command agent (test images only)
+  --keyring PEM          OTA keyring (release CA) put into every slot as /etc/ralph/keyring
+  --update-ca PEM        CAs trusted for HTTPS update servers (the slots' system CA file)
+  --signing-cert PEM --signing-key PEM
+                         sign the factory bundle on RECOVERY (RSA keys give reproducible
+                         bundles); without them RECOVERY holds no factory bundle
+  --payloads-dir DIR     also write the update payloads there: system_a.img, a.efi,
+                         system_b.img, b.efi (for ralph-bundle create)
 SOURCE_DATE_EPOCH sets the timestamps of the slot images (default 1700000000).
 )";
+
+// The factory bundle through the services/ota bundle library: this binary
+// is where the boot-layer builder and the OTA format meet (the builder
+// library itself does not link services/).
+ralph::Result<void> WriteFactoryBundle(const ralph::mkimage::FactoryBundleRequest& request) {
+  using namespace ralph;
+  ota::CreateOptions create;
+  create.cert_path = request.signing_cert;
+  create.key_path = request.signing_key;
+  create.version = TRY_CTX(ota::Version::Parse(request.version), "the image version");
+  create.product = "ralphos";
+  create.arch = std::string(arch::Name());
+  create.rootfs_path = request.rootfs;
+  create.uki_path = request.uki;
+  create.output_path = request.output;
+  create.signing_time = request.signing_time;
+  TRY(ota::CreateBundle(create));
+  return {};
+}
 
 bool ParseMib(const char* text, uint64_t* out) {
   char* end = nullptr;
@@ -66,6 +93,11 @@ int main(int argc, char** argv) {
     kWatchdog,
     kVariant,
     kTestAgent,
+    kKeyring,
+    kUpdateCa,
+    kSigningCert,
+    kSigningKey,
+    kPayloadsDir,
     kHelp
   };
   static const option kOptions[] = {
@@ -84,6 +116,11 @@ int main(int argc, char** argv) {
       {"watchdog-seconds", required_argument, nullptr, kWatchdog},
       {"b-variant", required_argument, nullptr, kVariant},
       {"test-agent", no_argument, nullptr, kTestAgent},
+      {"keyring", required_argument, nullptr, kKeyring},
+      {"update-ca", required_argument, nullptr, kUpdateCa},
+      {"signing-cert", required_argument, nullptr, kSigningCert},
+      {"signing-key", required_argument, nullptr, kSigningKey},
+      {"payloads-dir", required_argument, nullptr, kPayloadsDir},
       {"help", no_argument, nullptr, kHelp},
       {nullptr, 0, nullptr, 0},
   };
@@ -123,6 +160,11 @@ int main(int argc, char** argv) {
         break;
       }
       case kTestAgent: options.test_agent = true; break;
+      case kKeyring: options.keyring = optarg; break;
+      case kUpdateCa: options.update_ca = optarg; break;
+      case kSigningCert: options.signing_cert = optarg; break;
+      case kSigningKey: options.signing_key = optarg; break;
+      case kPayloadsDir: options.payloads_dir = optarg; break;
       case kHelp: fputs(kUsage, stdout); return 0;
       default: fputs(kUsage, stderr); return 2;
     }
@@ -130,6 +172,10 @@ int main(int argc, char** argv) {
   if (options.output.empty() || optind != argc) {
     fputs(kUsage, stderr);
     return 2;
+  }
+  options.bundle_writer = WriteFactoryBundle;
+  if (options.signing_cert.empty()) {
+    LogWarning("no --signing-cert/--signing-key: RECOVERY gets no factory bundle");
   }
   auto report = BuildImage(options);
   if (!report) {
@@ -140,5 +186,8 @@ int main(int argc, char** argv) {
       "image: {} ({} MiB)\nkernel: {}\nmodules: {}\nsystem_a sha256: {}\nsystem_b sha256: {}\n",
       options.output, report->disk_bytes / kMiB, report->kernel_version, report->modules.size(),
       report->system_a_sha256, report->system_b_sha256);
+  if (!report->factory_bundle_sha256.empty()) {
+    fmt::print("factory bundle sha256: {}\n", report->factory_bundle_sha256);
+  }
   return 0;
 }

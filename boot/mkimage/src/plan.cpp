@@ -202,3 +202,44 @@ std::string RenderServicesConf(const std::vector<ServiceEntry>& services) {
 }
 
 }  // namespace ralph::mkimage
+
+namespace ralph::mkimage {
+
+Result<void> SetPeTimestamp(std::vector<uint8_t>& image, uint32_t epoch) {
+  auto u32 = [&](size_t at) {
+    return static_cast<uint32_t>(image[at] | (image[at + 1] << 8) | (image[at + 2] << 16) |
+                                 (static_cast<uint32_t>(image[at + 3]) << 24));
+  };
+  auto put32 = [&](size_t at, uint32_t value) {
+    for (int i = 0; i < 4; ++i) image[at + i] = static_cast<uint8_t>(value >> (8 * i));
+  };
+  // MZ header: e_lfanew at 0x3c names the "PE\0\0" signature; the COFF
+  // header follows it (TimeDateStamp at +8), then the optional header
+  // (CheckSum at +64 for both PE32 and PE32+).
+  if (image.size() < 0x40 || image[0] != 'M' || image[1] != 'Z') {
+    return Error::Make(ErrorCode::kInvalidArgument, "not a PE image: no MZ header");
+  }
+  size_t pe = u32(0x3c);
+  if (pe + 24 + 68 > image.size() || image[pe] != 'P' || image[pe + 1] != 'E' ||
+      image[pe + 2] != 0 || image[pe + 3] != 0) {
+    return Error::Make(ErrorCode::kInvalidArgument, "not a PE image: no PE signature");
+  }
+  size_t stamp = pe + 8;
+  size_t checksum = pe + 24 + 64;
+  put32(stamp, epoch);
+  put32(checksum, 0);
+  uint64_t sum = 0;
+  for (size_t i = 0; i + 1 < image.size(); i += 2) {
+    sum += static_cast<uint32_t>(image[i] | (image[i + 1] << 8));
+    sum = (sum & 0xffff) + (sum >> 16);
+  }
+  if (image.size() % 2) {
+    sum += image.back();
+    sum = (sum & 0xffff) + (sum >> 16);
+  }
+  sum = (sum & 0xffff) + (sum >> 16);
+  put32(checksum, static_cast<uint32_t>(sum + image.size()));
+  return {};
+}
+
+}  // namespace ralph::mkimage

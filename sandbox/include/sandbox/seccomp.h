@@ -1,6 +1,7 @@
-// The seccomp filter, compiled once per process with libseccomp into a
-// classic-BPF program and loaded by every job's child right before execve
-// (no libseccomp calls, no allocation in the child).
+// The seccomp filter: a policy compiled with libseccomp into a classic-BPF
+// program (the default policy's at build time, see Default()), loaded by
+// every job's child right before execve with seccomp(2) (no libseccomp
+// calls, no allocation in the child).
 #pragma once
 
 #include <linux/filter.h>
@@ -25,10 +26,17 @@ class SeccompProgram {
   // always-denied syscall unconditionally or names an unknown syscall.
   static Result<SeccompProgram> Compile(const SeccompPolicy& policy, uint32_t audit_arch);
 
+  // Compile(DefaultSeccompPolicy(), audit_arch) as the build made it
+  // (seccomp_gen.cpp): no libseccomp work at run time. `audit_arch` 0 is the
+  // architecture this binary was built for. kUnsupported for architectures
+  // other than x86_64 and aarch64.
+  static Result<SeccompProgram> Default(uint32_t audit_arch);
+
   // The program for seccomp(SECCOMP_SET_MODE_FILTER); valid while this
   // object lives.
   const sock_fprog* program() const { return &fprog_; }
   size_t instruction_count() const { return filter_.size(); }
+  const std::vector<sock_filter>& instructions() const { return filter_; }
   // Syscall names of the policy that the architecture does not have.
   const std::vector<std::string>& skipped() const { return skipped_; }
 

@@ -25,6 +25,7 @@
 
 #include "platform/result.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/net/network_service.h"
 #include "sandbox/plan.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/spec.h"
@@ -33,17 +34,42 @@
 namespace ralph::sandbox {
 
 // Creates a job's network between clone and exec (see job_network.h). The
-// production one wraps JobNetwork::Create; tests may inject fakes.
+// production one wraps a NetworkService (MakeNetworkProvider); tests may
+// inject fakes.
 class NetworkProviderInterface {
  public:
   virtual ~NetworkProviderInterface() = default;
   virtual Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
                                                      const NetworkSpec& spec) = 0;
+  // Starts what the first Create needs (the network service), so a launcher
+  // can overlap it with the rest of its setup. Thread-safe; optional.
+  virtual Result<void> Prepare() { return {}; }
 };
 
-// The JobNetwork implementation from sandbox/net when it is linked in, else
-// nullptr (jobs with network.enabled then fail with kUnsupported).
+// The JobNetwork provider from sandbox/net when it is linked in, else nullptr
+// (jobs with network.enabled then fail with kUnsupported). The provider owns
+// its NetworkService (no process-wide one): started with `config` by the
+// first networked job (a run without network never pays for it; a start
+// failure is that job's error, and the next job tries again) and stopped
+// when the provider is destroyed. Several providers, in one process or
+// many, may share a netns (see network_service.h). `events` receives every
+// job's connection and DNS events; it may be null.
+std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServiceConfig& config,
+                                                              NetEventSinkInterface* events);
+// MakeNetworkProvider with the default NetworkServiceConfig.
 std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface* events);
+
+// How Destroy removes the veth pair of a job that has exited.
+enum class NetworkTeardown {
+  // Deleted before Destroy returns (a long-running service: nothing is left
+  // when Destroy returns).
+  kSynchronous,
+  // Left to the kernel, which deletes it with the job's network namespace
+  // once the job's last process is gone (JobNetwork::TeardownWithNamespace),
+  // the way bwrap leaves its netns to the kernel (Destroy reaps the job
+  // first). For a launcher that exits right after its one job.
+  kWithNamespace,
+};
 
 struct ServiceOptions {
   // Per-job state directories and upper-layer images live here (on VAR).
@@ -60,6 +86,7 @@ struct ServiceOptions {
   size_t max_pooled_volumes = 16;
   // Output kept per stream; the rest is counted and dropped.
   size_t output_limit_bytes = 16u << 20;
+  NetworkTeardown network_teardown = NetworkTeardown::kSynchronous;
 };
 
 enum class Termination { kExited, kSignaled, kTimedOut, kKilled };

@@ -3,7 +3,7 @@
 // image file on the state directory (VAR on the appliance), loop-mounted.
 // A full disk gives the job ENOSPC and nothing else; deleting the image frees
 // it. (ext4/XFS project quotas would avoid the loop device but need
-// CONFIG_QUOTA, which the development kernel lacks.)
+// CONFIG_QUOTA and CONFIG_QFMT_V2; the development kernel lacks the latter.)
 #pragma once
 
 #include <cstdint>

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -67,6 +68,21 @@ std::array<uint8_t, 16> IpPrefix::Mask() const {
     remaining -= bits;
   }
   return mask;
+}
+
+Result<IpPrefix> IpPrefix::Subnet(unsigned extra_bits, uint32_t index) const {
+  if (extra_bits > 16 || length + extra_bits > max_length() || (index >> extra_bits) != 0) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: no part {} of {} equal parts (at most /{})", ToString(),
+                                   index, 1u << std::min(extra_bits, 16u), max_length()));
+  }
+  IpPrefix part = *this;
+  for (unsigned i = 0; i < extra_bits; ++i) {
+    unsigned bit = length + extra_bits - 1 - i;  // from the most significant bit
+    if ((index >> i) & 1) part.bytes[bit / 8] |= static_cast<uint8_t>(0x80 >> (bit % 8));
+  }
+  part.length = static_cast<uint8_t>(length + extra_bits);
+  return part;
 }
 
 bool IpPrefix::Contains(const IpPrefix& other) const {

@@ -2,10 +2,15 @@
 
 #include <arpa/inet.h>
 #include <net/if.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstddef>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -137,13 +142,16 @@ class JobNetworkImpl final : public JobNetwork {
         enabled_(spec.enabled),
         addresses_(std::move(addresses)) {
     if (addresses_) {
-      ifname_ = fmt::format("{}{}", service_->config_.ifname_prefix, addresses_->slot);
+      ifname_ = fmt::format("{}{}", service_->interface_prefix_, addresses_->slot);
       table_ = JobTableName(ifname_);
     }
   }
   ~JobNetworkImpl() override { IgnoreError(Teardown()); }
 
-  Result<void> Teardown() override {
+  Result<void> Teardown() override { return TeardownImpl(/*delete_veth=*/true); }
+  Result<void> TeardownWithNamespace() override { return TeardownImpl(/*delete_veth=*/false); }
+
+  Result<void> TeardownImpl(bool delete_veth) {
     if (torn_down_) return {};
     std::optional<Error> first;
     auto note = [&](Result<void> result) {
@@ -162,6 +170,7 @@ class JobNetworkImpl final : public JobNetwork {
       if (deleted) table_created_ = false;
       note(std::move(deleted));
     }
+    if (veth_created_ && !delete_veth) veth_created_ = false;  // the kernel's, with the netns
     if (veth_created_) {
       auto rtnl = Rtnl::Open();
       if (!rtnl) {
@@ -262,35 +271,96 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAl
   return {};
 }
 
-NetworkService::NetworkService(const NetworkServiceConfig& config,
-                               std::unique_ptr<AddressPool> pool)
-    : config_(config), pool_(std::move(pool)) {}
+NetworkService::NetworkService(const NetworkServiceConfig& config, UniqueFd claim,
+                               unsigned instance, std::unique_ptr<AddressPool> pool)
+    : config_(config),
+      claim_(std::move(claim)),
+      instance_(instance),
+      interface_prefix_(
+          fmt::format("{}{}", config.ifname_prefix, static_cast<char>('a' + instance))),
+      service_table_name_(fmt::format("{}_{}", kServiceTable, interface_prefix_)),
+      pool_(std::move(pool)) {}
+
+namespace {
+
+// Claims the first free instance number of `ifname_prefix` in the calling
+// thread's netns: binding an abstract unix socket name succeeds for exactly
+// one socket per netns, and the kernel frees the name when the socket
+// closes, also when its process dies (unix(7), "Abstract sockets").
+Result<std::pair<UniqueFd, unsigned>> ClaimInstance(const std::string& ifname_prefix) {
+  for (unsigned n = 0; n < NetworkService::kMaxInstances; ++n) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (!fd) return Error::FromErrno("claiming a network service instance: socket", errno);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::string name = fmt::format("ralph-sandbox-net.{}.{}", ifname_prefix, n);
+    // Abstract name: a leading NUL, not NUL-terminated (length-delimited).
+    std::memcpy(address.sun_path + 1, name.data(), name.size());
+    auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    // reinterpret_cast: bind() takes the generic sockaddr.
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0)
+      return std::make_pair(std::move(fd), n);
+    if (errno != EADDRINUSE)
+      return Error::FromErrno(fmt::format("claiming network service instance {}", n), errno);
+  }
+  return Error::Make(ErrorCode::kBusy,
+                     fmt::format("all {} network service instances for ifname_prefix \"{}\" are "
+                                 "in use in this network namespace",
+                                 NetworkService::kMaxInstances, ifname_prefix));
+}
+
+bool ValidIfnamePrefix(const std::string& prefix) {
+  return !prefix.empty() && prefix.size() <= 8 &&
+         std::all_of(prefix.begin(), prefix.end(), [](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+         });
+}
+
+}  // namespace
 
 Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServiceConfig& config) {
   auto v4 = IpPrefix::Parse(config.pool_v4);
   if (!v4) return std::move(v4).error().WithContext("pool_v4");
   auto v6 = IpPrefix::Parse(config.pool_v6);
   if (!v6) return std::move(v6).error().WithContext("pool_v6");
-  auto pool = TRY_CTX(AddressPool::Create(*v4, *v6), "network service");
-  if (config.ifname_prefix.empty() || config.ifname_prefix.size() > 8) {
+  if (!ValidIfnamePrefix(config.ifname_prefix)) {
     return Error::Make(
         ErrorCode::kInvalidArgument,
-        fmt::format("ifname_prefix \"{}\": must be 1..8 bytes", config.ifname_prefix));
+        fmt::format("ifname_prefix \"{}\": must be 1..8 bytes of [a-z0-9_]", config.ifname_prefix));
   }
   if (config.dns_min_ttl == 0 || config.dns_min_ttl > config.dns_max_ttl) {
     return Error::Make(ErrorCode::kInvalidArgument,
                        fmt::format("dns_min_ttl {} must be 1..dns_max_ttl ({})", config.dns_min_ttl,
                                    config.dns_max_ttl));
   }
+  if (config.nflog_group_count == 0 ||
+      uint32_t{config.nflog_group} + config.nflog_group_count > 65536) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("nflog_group {} + nflog_group_count {}: must be a non-empty "
+                                   "range of 0..65535",
+                                   config.nflog_group, config.nflog_group_count));
+  }
   auto upstream = TRY(ParseUpstream(config.upstream_dns));
+  // The pools are checked whole before any instance is claimed: a pool too
+  // small for kMaxInstances is a config error, not a busy netns.
+  for (auto [pool, name] : {std::pair{&*v4, "pool_v4"}, std::pair{&*v6, "pool_v6"}}) {
+    auto last = pool->Subnet(kMaxInstancesLog2, kMaxInstances - 1);
+    if (!last) return std::move(last).error().WithContext(name);
+  }
+  auto [claim, instance] = TRY(ClaimInstance(config.ifname_prefix));
+  IpPrefix v4_part = TRY_CTX(v4->Subnet(kMaxInstancesLog2, instance), "pool_v4");
+  IpPrefix v6_part = TRY_CTX(v6->Subnet(kMaxInstancesLog2, instance), "pool_v6");
+  auto pool = TRY_CTX(AddressPool::Create(v4_part, v6_part), "network service");
 
-  std::unique_ptr<NetworkService> service(new NetworkService(config, std::move(pool)));
+  std::unique_ptr<NetworkService> service(
+      new NetworkService(config, std::move(claim), instance, std::move(pool)));
 
-  // Leftovers of a service that died: its links and tables would collide
-  // with the slots we are about to hand out.
+  // Leftovers of this instance's previous holder, which died: its links and
+  // tables would collide with the slots we are about to hand out. Other
+  // instances' links are live and not ours to touch.
   {
     Rtnl rtnl = TRY(Rtnl::Open());
-    for (const std::string& name : StaleJobLinks(config.ifname_prefix)) {
+    for (const std::string& name : StaleJobLinks(service->interface_prefix_)) {
       TRY_CTX(DeleteTable(JobTableName(name)), "removing a stale job table");
       TRY_CTX(rtnl.DeleteLink(name), "removing a stale job link");
     }
@@ -300,15 +370,39 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
     TRY(WriteSysctl("/proc/sys/net/ipv4/ip_forward", "1"));
     TRY(WriteSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"));
   }
-  TRY(DeleteTable(kServiceTable));
+  TRY(DeleteTable(service->service_table_name_));
+  // Every instance's table accepts forwarding for all "<ifname_prefix>*"
+  // veths: a packet must pass every base chain of the hook, so a narrower
+  // pattern would make each instance drop the others' traffic.
   TRY(ApplyTablePlan(PlanServiceTable(
-      kServiceTable, config.ifname_prefix,
+      service->service_table_name_, config.ifname_prefix,
       config.enable_forwarding ? ForwardingPolicy::kOnlyJobs : ForwardingPolicy::kUntouched)));
   service->service_table_ = true;
 
   NetworkService* raw = service.get();
-  service->nflog_ = TRY(NflogListener::Start(
-      config.nflog_group, [raw](const LoggedPacket& packet) { raw->OnLoggedPacket(packet); }));
+  // The first NFLOG group of the range that no other socket in this netns
+  // holds (another instance, or any other nfnetlink_log user): the bind is
+  // the atomic test.
+  for (uint32_t group = config.nflog_group;
+       group < uint32_t{config.nflog_group} + config.nflog_group_count && !service->nflog_;
+       ++group) {
+    auto listener =
+        NflogListener::Start(static_cast<uint16_t>(group),
+                             [raw](const LoggedPacket& packet) { raw->OnLoggedPacket(packet); });
+    if (listener) {
+      service->nflog_ = std::move(*listener);
+      service->nflog_group_ = static_cast<uint16_t>(group);
+    } else if (listener.error().code() != ErrorCode::kBusy) {
+      return std::move(listener).error();
+    }
+  }
+  if (!service->nflog_) {
+    return Error::Make(ErrorCode::kBusy,
+                       fmt::format("nflog groups {}..{} are all bound by other sockets in this "
+                                   "network namespace (nflog_group, nflog_group_count)",
+                                   config.nflog_group,
+                                   uint32_t{config.nflog_group} + config.nflog_group_count - 1));
+  }
 
   DnsForwarder::Options options;
   options.upstream = upstream.first;
@@ -326,7 +420,7 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
 NetworkService::~NetworkService() {
   dns_.reset();
   nflog_.reset();
-  if (service_table_) IgnoreError(DeleteTable(kServiceTable));
+  if (service_table_) IgnoreError(DeleteTable(service_table_name_));
 }
 
 void NetworkService::Register(const std::string& ifname, Registered job) {
@@ -406,6 +500,20 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
   }
 
   JobAddresses addresses = TRY_CTX(pool_->Allocate(), context());
+  // A slot whose host-side link still exists belongs to a job whose veth the
+  // kernel is still removing with its namespace (TeardownWithNamespace):
+  // take the next one, and give the skipped ones back afterwards.
+  std::vector<uint32_t> skipped;
+  while (if_nametoindex(fmt::format("{}{}", interface_prefix_, addresses.slot).c_str()) != 0) {
+    skipped.push_back(addresses.slot);
+    auto next = pool_->Allocate();
+    if (!next) {
+      for (uint32_t slot : skipped) pool_->Release(slot);
+      return std::move(next).error().WithContext(context());
+    }
+    addresses = *next;
+  }
+  for (uint32_t slot : skipped) pool_->Release(slot);
   auto job = std::make_unique<JobNetworkImpl>(this, job_id, spec, addresses);
   // From here on `job` owns the slot: any early return tears down what exists.
   JobAddressing addressing{.host_ifname = job->host_interface(),
@@ -413,39 +521,9 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
                            .job_v4 = addresses.job_v4,
                            .host_v6 = addresses.host_v6,
                            .job_v6 = addresses.job_v6};
-  NftTablePlan plan = TRY_CTX(PlanJobTable(addressing, spec, config_.nflog_group), context());
+  NftTablePlan plan = TRY_CTX(PlanJobTable(addressing, spec, nflog_group_), context());
   TRY_CTX(job->Setup(netns.get(), plan, std::move(allowlist), events), context());
   return std::unique_ptr<JobNetwork>(std::move(job));
-}
-
-namespace {
-std::mutex default_mutex;
-NetworkServiceConfig default_config;
-std::unique_ptr<NetworkService> default_service;
-}  // namespace
-
-Result<NetworkService*> NetworkService::Default() {
-  std::lock_guard lock(default_mutex);
-  if (!default_service) {
-    default_service = TRY_CTX(Start(default_config), "starting the default network service");
-  }
-  return default_service.get();
-}
-
-Result<void> NetworkService::SetDefaultConfig(const NetworkServiceConfig& config) {
-  std::lock_guard lock(default_mutex);
-  if (default_service) {
-    return Error::Make(ErrorCode::kInvalidState, "the default network service is already running");
-  }
-  default_config = config;
-  return {};
-}
-
-Result<std::unique_ptr<JobNetwork>> JobNetwork::Create(const std::string& job_id, pid_t child_pid,
-                                                       const NetworkSpec& spec,
-                                                       NetEventSinkInterface* events) {
-  NetworkService* service = TRY(NetworkService::Default());
-  return service->CreateJob(job_id, child_pid, spec, events);
 }
 
 }  // namespace ralph::sandbox

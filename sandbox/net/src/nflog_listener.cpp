@@ -101,7 +101,15 @@ Result<std::unique_ptr<NflogListener>> NflogListener::Start(uint16_t group, Hand
   }
   timeval timeout{.tv_sec = 5, .tv_usec = 0};
   setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  TRY(SendConfig(socket.get(), group, NFULNL_CFG_CMD_BIND, false));
+  if (auto bound = SendConfig(socket.get(), group, NFULNL_CFG_CMD_BIND, false); !bound) {
+    // nfnetlink_log answers EPERM (older kernels: EBUSY) when another
+    // socket already holds the group (nfulnl_recv_config()).
+    int err = bound.error().sys_errno();
+    if (err == EPERM || err == EBUSY)
+      return Error::Make(ErrorCode::kBusy,
+                         fmt::format("nflog: group {} is bound by another socket", group));
+    return std::move(bound).error();
+  }
   TRY(SendConfig(socket.get(), group, NFULNL_CFG_CMD_NONE, true));
   // A large receive buffer: a burst of denied packets must not be lost.
   int size = 4 << 20;

@@ -34,7 +34,7 @@ class NflogListener {
   using Handler = std::function<void(const LoggedPacket&)>;
   // Binds nfnetlink_log group `group` (in the caller's netns) and starts a
   // thread that calls `handler` for every packet whose prefix parses.
-  // kBusy when another socket already holds the group.
+  // kBusy when another socket (in this netns) already holds the group.
   static Result<std::unique_ptr<NflogListener>> Start(uint16_t group, Handler handler);
   ~NflogListener();
 

@@ -272,10 +272,11 @@ Result<Manifest> CreateBundle(const CreateOptions& options) {
       offset = AlignUp(offset + p.size, kPayloadAlignment);
     }
     xml = TRY(SerializeManifest(m));
-    signature = TRY_CTX(SignDetached(std::span<const uint8_t>(
-                                         reinterpret_cast<const uint8_t*>(xml.data()), xml.size()),
-                                     options.cert_path, options.key_path, options.extra_certs_path),
-                        "signing manifest");
+    signature = TRY_CTX(
+        SignDetached(
+            std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(xml.data()), xml.size()),
+            options.cert_path, options.key_path, options.extra_certs_path, options.signing_time),
+        "signing manifest");
     uint64_t needed = AlignUp(kBundleHeaderSize + xml.size() + signature.size(), kPayloadAlignment);
     if (needed == payload_start) break;
     payload_start = needed;

@@ -14,7 +14,11 @@
 #include "platform/arch.h"
 #include "platform/unique_fd.h"
 #include "services/ota/esp.h"
+<<<<<<< HEAD
 #include "services/ota/install_audit.h"
+=======
+#include "slot_device.h"
+>>>>>>> main
 
 namespace ralph::ota {
 namespace {
@@ -55,10 +59,10 @@ Result<UniqueFd> TakeLock(const std::string& path) {
   return fd;
 }
 
-Result<std::unique_ptr<BlockDevice>> OpenPartition(const DiskLayout& layout,
-                                                   const PartitionInfo& part) {
-  if (!part.device.empty()) return BlockDevice::Open(part.device);
-  return BlockDevice::OpenRange(layout.disk, part.offset_bytes(), part.size_bytes());
+Result<std::unique_ptr<SlotDevice>> OpenPartition(const DiskLayout& layout,
+                                                  const PartitionInfo& part) {
+  if (!part.device.empty()) return SlotDevice::Open(part.device, 0, UINT64_MAX);
+  return SlotDevice::Open(layout.disk, part.offset_bytes(), part.size_bytes());
 }
 
 Result<std::unique_ptr<MtoolsEsp>> OpenEsp(const DiskLayout& layout) {
@@ -233,11 +237,6 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   }
   auto device = OpenPartition(layout, *part);
   if (!device) return fail(std::move(device).error().WithContext("opening slot " + slot_name));
-  // A second handle for the adaptive probe reads (see WriteOptions).
-  auto probe_device = OpenPartition(layout, *part);
-  if (!probe_device) {
-    return fail(std::move(probe_device).error().WithContext("opening slot " + slot_name));
-  }
   auto esp = OpenEsp(layout);
   if (!esp) return fail(std::move(esp).error());
 
@@ -249,60 +248,68 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   }
   hook("begin-write");
 
-  // 4. Stream, verify, write.
+  // 4-5. Stream, verify, write, flush, re-read: one overlapped data path
+  // (InstallPayload). Every chunk written is read back after a flush that
+  // followed its write; every chunk skipped was read back and matched while
+  // probing; so the whole slot has been verified from the device.
   tracker.SetPhase(InstallPhase::kWritingSlot);
   WriteOptions write;
   write.mode = options.mode;
   write.cancel = options.cancel;
-  write.probe_device = probe_device->get();
+  // Further handles on the slot for the probe and verify threads.
+  write.open_handle = [&]() -> Result<std::unique_ptr<BlockDeviceInterface>> {
+    return std::unique_ptr<BlockDeviceInterface>(TRY(OpenPartition(layout, *part)));
+  };
   write.on_progress = [&](uint64_t bytes) { tracker.Advance(bytes); };
   write.after_chunk = [&](uint64_t) { hook("chunk"); };
-  auto stats = WritePayload(**source, rootfs, **device, write);
+  write.after_final_flush = [&]() {
+    hook("flushed");
+    tracker.SetPhase(InstallPhase::kVerifyingSlot);
+  };
+  auto stats = InstallPayload(**source, rootfs, **device, write);
   if (!stats) return fail(std::move(stats).error().WithContext("writing slot " + slot_name));
   tracker.status().bytes_written = stats->bytes_written;
   tracker.status().bytes_skipped = stats->bytes_skipped;
-
-  tracker.SetPhase(InstallPhase::kSyncing);
-  if (auto flushed = (*device)->Flush(); !flushed) {
-    return fail(std::move(flushed).error().WithContext("writing slot " + slot_name));
-  }
-  hook("flushed");
-
-  // 5. Re-read the slot: every chunk written is read back after the flush;
-  // every chunk skipped was read back and matched during WritePayload (see
-  // VerifySlot), so the whole slot has been verified from the device.
-  tracker.SetPhase(InstallPhase::kVerifyingSlot);
   write.after_chunk = nullptr;
-  if (auto verified = VerifySlot(**device, rootfs, write, &stats->written); !verified) {
-    return fail(std::move(verified).error().WithContext("verifying slot " + slot_name));
-  }
   hook("verified");
 
   // 6. The UKI: verified chunk by chunk into a staging file, then the ESP.
+  // Adaptive, like the slot: when the ESP already holds exactly this UKI
+  // (the kernel did not change), reading it back was its verification.
   tracker.SetPhase(InstallPhase::kWritingEsp);
-  std::error_code ec;
-  std::filesystem::create_directories(options.work_dir, ec);
-  StagedFile staged(fmt::format("{}/ota-uki-{}.efi", options.work_dir, ::getpid()));
-  {
-    UniqueFd out(::open(staged.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!out) return fail(Error::FromErrno(fmt::format("create {}", staged.path()), errno));
-    auto copied = CopyVerifiedPayload(
-        **source, uki,
-        [&](std::span<const uint8_t> data) { return WriteAllFd(out.get(), data, staged.path()); },
-        write);
-    if (!copied) return fail(std::move(copied).error().WithContext("staging the kernel image"));
-  }
-  hook("esp-staged");
   std::string esp_path = SlotImagePath(SlotLetter(plan->target));
-  if (auto installed = (*esp)->InstallFile(staged.path(), esp_path); !installed) {
-    return fail(std::move(installed).error().WithContext("writing the kernel image to the ESP"));
+  bool esp_current = false;
+  if (options.mode == WriteOptions::Mode::kAdaptive) {
+    auto current = (*esp)->Digest(esp_path);
+    esp_current = current && *current == uki.sha256;
   }
-  auto esp_digest = (*esp)->Digest(esp_path);
-  if (!esp_digest) return fail(std::move(esp_digest).error());
-  if (*esp_digest != uki.sha256) {
-    return fail(Error::Make(ErrorCode::kVerificationFailed,
-                            fmt::format("{} on the ESP reads back as {}, expected {}", esp_path,
-                                        DigestToHex(*esp_digest), DigestToHex(uki.sha256))));
+  if (esp_current) {
+    tracker.Advance(uki.size);
+    hook("esp-staged");
+  } else {
+    std::error_code ec;
+    std::filesystem::create_directories(options.work_dir, ec);
+    StagedFile staged(fmt::format("{}/ota-uki-{}.efi", options.work_dir, ::getpid()));
+    {
+      UniqueFd out(::open(staged.path().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+      if (!out) return fail(Error::FromErrno(fmt::format("create {}", staged.path()), errno));
+      auto copied = CopyVerifiedPayload(
+          **source, uki,
+          [&](std::span<const uint8_t> data) { return WriteAllFd(out.get(), data, staged.path()); },
+          write);
+      if (!copied) return fail(std::move(copied).error().WithContext("staging the kernel image"));
+    }
+    hook("esp-staged");
+    if (auto installed = (*esp)->InstallFile(staged.path(), esp_path); !installed) {
+      return fail(std::move(installed).error().WithContext("writing the kernel image to the ESP"));
+    }
+    auto esp_digest = (*esp)->Digest(esp_path);
+    if (!esp_digest) return fail(std::move(esp_digest).error());
+    if (*esp_digest != uki.sha256) {
+      return fail(Error::Make(ErrorCode::kVerificationFailed,
+                              fmt::format("{} on the ESP reads back as {}, expected {}", esp_path,
+                                          DigestToHex(*esp_digest), DigestToHex(uki.sha256))));
+    }
   }
   hook("esp-written");
 

@@ -192,7 +192,8 @@ Result<Keyring> Keyring::Load(const std::string& path, const std::string& crl_pa
 
 Result<std::vector<uint8_t>> SignDetached(std::span<const uint8_t> data,
                                           const std::string& cert_path, const std::string& key_path,
-                                          const std::string& extra_certs_path) {
+                                          const std::string& extra_certs_path,
+                                          std::optional<int64_t> signing_time) {
   std::vector<X509Ptr> certs = TRY_CTX(ReadCertificates(cert_path), "loading signer certificate");
   if (certs.empty()) {
     return Error::Make(ErrorCode::kInvalidArgument,
@@ -220,10 +221,28 @@ Result<std::vector<uint8_t>> SignDetached(std::span<const uint8_t> data,
     }
   }
   BioPtr in = MemoryBio(data);
-  CmsPtr cms(CMS_sign(certs[0].get(), key.get(), extra.get(), in.get(),
-                      CMS_DETACHED | CMS_BINARY | CMS_NOSMIMECAP));
-  if (!cms) {
-    return Error::Make(ErrorCode::kInternal, fmt::format("CMS_sign: {}", TakeOpensslErrors()));
+  constexpr unsigned kFlags = CMS_DETACHED | CMS_BINARY | CMS_NOSMIMECAP;
+  CmsPtr cms;
+  if (!signing_time) {
+    cms.reset(CMS_sign(certs[0].get(), key.get(), extra.get(), in.get(), kFlags));
+    if (!cms) {
+      return Error::Make(ErrorCode::kInternal, fmt::format("CMS_sign: {}", TakeOpensslErrors()));
+    }
+  } else {
+    // A signingTime attribute set before CMS_final is kept: OpenSSL adds the
+    // clock's only when the attribute is absent (CMS_SignerInfo_sign,
+    // crypto/cms/cms_sd.c).
+    cms.reset(CMS_sign(nullptr, nullptr, extra.get(), nullptr, kFlags | CMS_PARTIAL));
+    CMS_SignerInfo* si =
+        cms ? CMS_add1_signer(cms.get(), certs[0].get(), key.get(), nullptr, kFlags) : nullptr;
+    std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> when(
+        ASN1_TIME_set(nullptr, static_cast<time_t>(*signing_time)), &ASN1_TIME_free);
+    if (!si || !when ||
+        CMS_signed_add1_attr_by_NID(si, NID_pkcs9_signingTime, when->type, when.get(), -1) != 1 ||
+        CMS_final(cms.get(), in.get(), nullptr, kFlags) != 1) {
+      return Error::Make(ErrorCode::kInternal,
+                         fmt::format("CMS signing with a fixed time: {}", TakeOpensslErrors()));
+    }
   }
   BioPtr out(BIO_new(BIO_s_mem()));
   if (i2d_CMS_bio(out.get(), cms.get()) != 1) {

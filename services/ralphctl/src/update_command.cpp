@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
@@ -17,6 +18,7 @@
 #include "platform/log.h"
 #include "services/audit/audit_log.h"
 #include "services/ota/installer.h"
+#include "services/ota/outcome.h"
 #include "services/ota/progress.h"
 #include "services/ralphctl/command.h"
 
@@ -31,7 +33,11 @@ subcommands:
                               slot, then arm a trial boot of it (https:// only
                               for URLs; resumes dropped downloads)
   status [--json]             phase, bytes, rate and ETA of the running or last
-                              install, and its result
+                              install, and its result; and what became of the
+                              last installed update (trial pending, committed,
+                              or rolled back), kept on VAR across reboots
+  reconcile                   settle the last update's outcome from the slot
+                              state (run once per boot by ralph-init)
 
 install options:
   --keyring DIR|FILE          trusted release certificates (default /etc/ralph/keyring)
@@ -50,14 +56,30 @@ install options:
                               /run/ralph/ota-status.json)
   --lock PATH                 the install lock (default /run/ralph/ota.lock)
   --work-dir DIR              staging for the kernel image (default /run/ralph)
+  --update-record PATH        the last update's record (default
+                              /var/lib/ralph/ota/last-update.json; with --efivars
+                              none unless given)
   --audit-db PATH             the audit log (default /var/lib/ralph/audit.db)
 )";
 
 constexpr OptionSpec kOptions[] = {
-    {"--keyring", true},  {"--crl", true},      {"--ca", true},      {"--allow-downgrade", false},
-    {"--tries", true},    {"--full", false},    {"--target", true},  {"--product", true},
-    {"--efivars", true},  {"--disk", true},     {"--cmdline", true}, {"--status-file", true},
-    {"--lock", true},     {"--work-dir", true}, {"--json", false},   {"--help", false},
+    {"--keyring", true},
+    {"--crl", true},
+    {"--ca", true},
+    {"--allow-downgrade", false},
+    {"--tries", true},
+    {"--full", false},
+    {"--target", true},
+    {"--product", true},
+    {"--efivars", true},
+    {"--disk", true},
+    {"--cmdline", true},
+    {"--status-file", true},
+    {"--lock", true},
+    {"--work-dir", true},
+    {"--json", false},
+    {"--help", false},
+    {"--update-record", true},
     {"--audit-db", true},
 };
 
@@ -94,6 +116,86 @@ std::string ProgressLine(const ota::InstallStatus& s) {
   std::string eta = s.eta_seconds ? fmt::format("ETA {:.0f}s", *s.eta_seconds) : "ETA --";
   return fmt::format("[{}] {:3.0f}% {:<14} {}/s {}", bar, fraction * 100,
                      ota::InstallPhaseName(s.phase), HumanBytes(s.rate_bytes_per_second), eta);
+}
+
+// The update record (services/ota/outcome.h) belongs to the machine's own
+// state: with a directory EFI store (tests, development) there is none
+// unless a path is given.
+std::string UpdateRecordPath(const ParsedArgs& args) {
+  if (auto path = args.Value("--update-record")) return *path;
+  if (args.Value("--efivars")) return "";
+  return std::string(ota::kDefaultUpdateRecordPath);
+}
+
+// The slot manager of the running system (or of --efivars/--disk/--cmdline).
+Result<boot::SlotManager> OpenSlotManager(const Invocation& invocation, const ParsedArgs& args,
+                                          std::unique_ptr<LibefivarStore>* store) {
+  if (auto dir = args.Value("--efivars")) TRY(UseEfivarsDirectory(invocation, *dir));
+  *store = TRY_CTX(LibefivarStore::Open(), "opening the EFI variable store");
+  DiskLayout layout =
+      TRY_CTX(args.Value("--disk") ? ProbeDisk(*args.Value("--disk")) : DiscoverApplianceDisk(),
+              "finding the appliance disk");
+  std::string cmdline = args.Value("--cmdline").value_or(ReadProcCmdline());
+  return boot::SlotManager::Create(**store, layout, cmdline);
+}
+
+// Reads the update record and settles its outcome from the slot state,
+// persisting a change. nullopt when there is no record.
+Result<std::optional<ota::UpdateRecord>> SettleRecord(const Invocation& invocation,
+                                                      const ParsedArgs& args,
+                                                      const std::string& path, bool* changed) {
+  *changed = false;
+  auto record = ota::ReadUpdateRecord(path);
+  if (!record) {
+    if (record.error().code() == ErrorCode::kNotFound) return std::optional<ota::UpdateRecord>();
+    return record.error();
+  }
+  if (record->outcome != ota::UpdateOutcome::kPendingTrial) return std::optional(*record);
+  std::unique_ptr<LibefivarStore> store;
+  boot::SlotManager manager = TRY(OpenSlotManager(invocation, args, &store));
+  boot::StatusReport report = TRY_CTX(manager.Status(), "reading the slot state");
+  if (!report.view.record) return std::optional(*record);  // no state: cannot settle yet
+  auto settled = ota::SettleOutcome(*record, *report.view.record);
+  if (!settled) return std::optional(*record);
+  // Audit first, then settle the record: a crash in between audits the
+  // outcome again on the next boot rather than never. An unusable audit log
+  // does not keep the outcome from being recorded and reported.
+  std::string audit_path =
+      args.Value("--audit-db").value_or(std::string(audit::kDefaultAuditLogPath));
+  auto audited = [&]() -> Result<void> {
+    auto log = TRY(audit::AuditLog::Open(audit_path, audit::OpenMode::kCreateIfMissing));
+    bool rolled_back = settled->outcome == ota::UpdateOutcome::kRolledBack;
+    TRY(log->Append(
+        {.actor = "ota",
+         .type = rolled_back ? "update-rolled-back" : "update-committed",
+         .subject = fmt::format("slot {}", boot::SlotName(settled->target)),
+         .details = nlohmann::json::parse(ota::UpdateRecordToJson(*settled), nullptr, false)}));
+    return {};
+  }();
+  if (!audited) LogWarning("update outcome not in the audit log: {}", audited.error().ToString());
+  TRY_CTX(ota::WriteUpdateRecord(path, *settled), "recording the update's outcome");
+  *changed = true;
+  return std::optional(*settled);
+}
+
+int Reconcile(const Invocation& invocation, const ParsedArgs& args) {
+  const std::string command = "update reconcile";
+  std::string path = UpdateRecordPath(args);
+  if (path.empty()) return UsageError(command, "--update-record is needed with --efivars");
+  bool changed = false;
+  auto record = SettleRecord(invocation, args, path, &changed);
+  if (!record) return Failed(command, record.error());
+  if (!*record) return kExitOk;
+  const ota::UpdateRecord& r = **record;
+  // The console line is the record of the event for people; a rollback is
+  // an error of the update, not of this boot.
+  if (changed && r.outcome == ota::UpdateOutcome::kRolledBack) {
+    LogError("{}", r.summary);
+  } else if (changed) {
+    LogInfo("{}", r.summary);
+  }
+  fmt::print("{}\n", r.summary);
+  return kExitOk;
 }
 
 int Install(const Invocation& invocation, const ParsedArgs& args) {
@@ -174,6 +276,14 @@ int Install(const Invocation& invocation, const ParsedArgs& args) {
 
   auto report = ota::Install(options, *manager, *layout);
   if (!report) return Failed(command, report.error());
+  if (std::string record_path = UpdateRecordPath(args); !record_path.empty()) {
+    // The slot is installed and armed either way; without the record only
+    // the later report of its outcome is missing, so this is not fatal.
+    auto recorded = ota::WriteUpdateRecord(
+        record_path,
+        ota::PendingUpdate(report->version.ToString(), report->target, options.source));
+    if (!recorded) LogError("recording the update: {}", recorded.error().ToString());
+  }
   for (const std::string& note : report->notes) LogWarning("{}", note);
   fmt::print(
       "installed {} into slot {} (signed by {}): {} written, {} already in place, {:.1f} s; "
@@ -184,8 +294,15 @@ int Install(const Invocation& invocation, const ParsedArgs& args) {
   return kExitOk;
 }
 
-int Status(const ParsedArgs& args) {
+int Status(const Invocation& invocation, const ParsedArgs& args) {
   const std::string command = "update status";
+  std::optional<ota::UpdateRecord> last;
+  if (std::string record_path = UpdateRecordPath(args); !record_path.empty()) {
+    bool changed = false;
+    auto settled = SettleRecord(invocation, args, record_path, &changed);
+    if (!settled) return Failed(command, settled.error());
+    last = *settled;
+  }
   std::string path = args.Value("--status-file").value_or(std::string(kDefaultStatusFile));
   auto status = ota::ReadStatusFile(path);
   if (!status && status.error().code() != ErrorCode::kNotFound) {
@@ -201,11 +318,22 @@ int Status(const ParsedArgs& args) {
     s.error = fmt::format("the installing process {} died (interrupted install)", s.pid);
   }
   if (args.Has("--json")) {
-    fmt::print("{}\n", ota::StatusToJson(s));
+    if (!last) {
+      fmt::print("{}\n", ota::StatusToJson(s));
+      return kExitOk;
+    }
+    // The install status object, plus "last_update" (outcome.h).
+    auto json = nlohmann::json::parse(ota::StatusToJson(s), nullptr, false);
+    if (json.is_discarded() || !json.is_object()) {
+      return Failed(command, Error::Make(ErrorCode::kInternal, "install status is not JSON"));
+    }
+    json["last_update"] = nlohmann::json::parse(ota::UpdateRecordToJson(*last), nullptr, false);
+    fmt::print("{}\n", json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return kExitOk;
   }
+  std::string last_line = last ? fmt::format("last update: {}\n", last->summary) : "";
   if (!status) {
-    fmt::print("no update has been installed since boot\n");
+    fmt::print("no update has been installed since boot\n{}", last_line);
     return kExitOk;
   }
   fmt::print("phase:    {}\nsource:   {}\nversion:  {}\ntarget:   slot {}\n",
@@ -213,6 +341,7 @@ int Status(const ParsedArgs& args) {
   fmt::print("progress: {}\nwritten:  {} (skipped {} already in place)\n", ProgressLine(s),
              HumanBytes(s.bytes_written), HumanBytes(s.bytes_skipped));
   if (!s.error.empty()) fmt::print("error:    {}\n", s.error);
+  fmt::print("{}", last_line);
   return kExitOk;
 }
 
@@ -227,7 +356,8 @@ int RunUpdateCommand(const Invocation& invocation, std::span<const std::string> 
   }
   const std::string& verb = parsed->positional[0];
   if (verb == "install") return Install(invocation, *parsed);
-  if (verb == "status") return Status(*parsed);
+  if (verb == "status") return Status(invocation, *parsed);
+  if (verb == "reconcile") return Reconcile(invocation, *parsed);
   return UsageError("update", fmt::format("unknown subcommand '{}'", verb));
 }
 

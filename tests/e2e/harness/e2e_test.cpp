@@ -72,6 +72,7 @@ Machine E2eTest::Boot() {
   options.disk = disk_;
   options.vars = vars_;
   options.console_log = fmt::format("{}/console-{}.log", scratch_->path(), boots_);
+  options.user_network = network_;
   // Unix socket paths are short (108 bytes): keep them in /tmp.
   options.agent_socket = fmt::format("/tmp/ralph-e2e-{}-{}.sock", ::getpid(), boots_);
   auto machine = Machine::Start(options);

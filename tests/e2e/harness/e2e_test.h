@@ -46,7 +46,8 @@ class E2eTest : public ::testing::Test {
   // does (ralphctl boot begin-write / finish-write with its digest), then
   // `ralphctl boot mark-active B --tries <tries>`.
   void ActivateInstalledB(Machine& machine, int tries);
-  // Boots this test's disk; each call logs to console-<n>.log.
+  // Boots this test's disk; each call logs to console-<n>.log. With
+  // `network_` set, the machine has a NIC on QEMU user networking.
   Machine Boot();
   // Runs ralphctl in the guest; fails the test when it cannot be reached.
   Machine::AgentReply Ralphctl(Machine& machine, const std::vector<std::string>& args);
@@ -67,6 +68,7 @@ class E2eTest : public ::testing::Test {
   std::string disk_;
   std::string vars_;
   int boots_ = 0;
+  bool network_ = false;
   std::string slot_b_digest_;
 };
 

@@ -182,7 +182,7 @@ Result<Machine> Machine::Start(MachineOptions options) {
       "-monitor",
       "none",
       "-nic",
-      "none",
+      o.user_network ? std::string("user,model=virtio-net-pci") : std::string("none"),
       "-no-user-config",
       "-drive",
       fmt::format("if=pflash,format=raw,readonly=on,file={}", kOvmfCode),

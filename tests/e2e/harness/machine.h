@@ -47,6 +47,9 @@ struct MachineOptions {
   std::string agent_socket;        // empty: no agent port
   bool console_to_stdout = false;  // main.sh: serial straight to the terminal
   int memory_mib = 512;
+  // A virtio NIC on QEMU user networking (DHCP server; the host is 10.0.2.2
+  // from the guest, reaching the host's loopback). Off: no NIC at all.
+  bool user_network = false;
 };
 
 class Machine {

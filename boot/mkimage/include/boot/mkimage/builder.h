@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "boot/mkimage/plan.h"
@@ -26,6 +28,28 @@ enum class SlotVariant {
 // "good", "broken-initrd", "hang", "health-fail", "not-a-filesystem".
 Result<SlotVariant> ParseSlotVariant(std::string_view text);
 
+// The factory bundle on RECOVERY: the factory version's system image and
+// UKI, signed. Made by an injected writer (ralph-mkimage wires the
+// services/ota bundle library; the boot layer does not link services/).
+struct FactoryBundleRequest {
+  std::string rootfs;  // the system image (slot A's)
+  std::string uki;     // slot A's unified kernel image
+  std::string version;
+  std::string signing_cert;  // PEM
+  std::string signing_key;   // PEM; RSA for reproducible bytes (PKCS#1 v1.5 is deterministic)
+  int64_t signing_time = 0;  // the CMS signingTime attribute: SOURCE_DATE_EPOCH, not the clock
+  std::string output;
+};
+using FactoryBundleWriter = std::function<Result<void>(const FactoryBundleRequest&)>;
+
+// Where the factory bundle lives inside the RECOVERY filesystem.
+inline constexpr const char* kFactoryBundlePath = "/usr/share/ralph/factory.rbundle";
+// Trust anchors inside a slot: the OTA keyring (release CAs bundle signers
+// chain to; `ralphctl update install` reads it) and the CAs trusted for
+// HTTPS update servers (libcurl's default CA file on Debian).
+inline constexpr const char* kKeyringPath = "/etc/ralph/keyring/release-ca.pem";
+inline constexpr const char* kUpdateCaPath = "/etc/ssl/certs/ca-certificates.crt";
+
 struct BuildOptions {
   std::string output;     // the disk image to write
   std::string cache_dir;  // kernel packages, extracted and depmod'ed
@@ -40,6 +64,15 @@ struct BuildOptions {
   bool test_agent = false;  // add the e2e command agent (never in product images)
   SlotVariant slot_b = SlotVariant::kGood;
   CmdlineOptions cmdline;
+  std::string keyring;    // PEM file copied to kKeyringPath in every slot; empty: none
+  std::string update_ca;  // PEM file copied to kUpdateCaPath in every slot; empty: none
+  // The factory bundle: built when both are set (and `bundle_writer`).
+  std::string signing_cert;
+  std::string signing_key;
+  FactoryBundleWriter bundle_writer;
+  // When set, the payloads an update bundle carries are copied here:
+  // system_a.img, a.efi, system_b.img, b.efi (slot B's as built, variant included).
+  std::string payloads_dir;
 };
 
 struct BuildReport {
@@ -47,6 +80,7 @@ struct BuildReport {
   std::vector<std::string> modules;  // in load order
   std::string system_a_sha256;
   std::string system_b_sha256;
+  std::string factory_bundle_sha256;  // empty: no factory bundle was built
   uint64_t disk_bytes = 0;
 };
 
@@ -72,6 +106,10 @@ struct SlotImageInputs {
   SlotVariant variant = SlotVariant::kGood;
   uint32_t source_date_epoch = 0;
   std::string version;
+  std::string keyring;    // see BuildOptions
+  std::string update_ca;  // see BuildOptions
+  // Extra host files {host path, image path} (RECOVERY: the factory bundle).
+  std::vector<std::pair<std::string, std::string>> extra_files;
 };
 
 // Builds the read-only squashfs system image for a slot at `output`

@@ -21,7 +21,7 @@ struct LayoutSizes {
   uint64_t esp_mib = 160;
   uint64_t system_mib = 48;
   uint64_t var_mib = 64;
-  uint64_t recovery_mib = 48;
+  uint64_t recovery_mib = 96;  // the rescue filesystem + the factory bundle
 };
 
 // The GPT of the appliance disk (drivers/gpt.h applies it): EFI, SYSTEM_A,
@@ -80,5 +80,17 @@ struct ServiceEntry {
   bool required = true;
 };
 std::string RenderServicesConf(const std::vector<ServiceEntry>& services);
+
+}  // namespace ralph::mkimage
+
+namespace ralph::mkimage {
+
+// objcopy stamps a PE image with the current time (COFF TimeDateStamp; the
+// optional header's CheckSum covers it) and binutils 2.40 ignores
+// SOURCE_DATE_EPOCH for PE output. Sets the stamp to `epoch` and recomputes
+// the checksum (the PE/COFF specification's algorithm: 16-bit one's
+// complement sum with the CheckSum field taken as zero, plus the file
+// length). kInvalidArgument when `image` is not a PE file.
+Result<void> SetPeTimestamp(std::vector<uint8_t>& image, uint32_t epoch);
 
 }  // namespace ralph::mkimage

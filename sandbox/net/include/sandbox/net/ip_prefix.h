@@ -36,6 +36,10 @@ struct IpPrefix {
   std::string ToString() const;
   // The address alone, without any length.
   std::string AddressString() const;
+  // The `index`-th of the 2^extra_bits equal parts of this prefix (length +
+  // extra_bits). kInvalidArgument when that is longer than the family
+  // allows or `index` does not fit in extra_bits.
+  Result<IpPrefix> Subnet(unsigned extra_bits, uint32_t index) const;
 
   bool operator==(const IpPrefix&) const = default;
 };

@@ -4,7 +4,8 @@
 //
 // Contract between the sandbox spawner (sandbox/) and the network code
 // (sandbox/net/): the spawner clone3()s the job with CLONE_NEWNET and keeps
-// it waiting; it then calls JobNetwork::Create() with the child's pid, which
+// it waiting; it then calls NetworkService::CreateJob() (network_service.h;
+// the spawner owns its NetworkService) with the child's pid, which
 // creates the veth pair, moves one end into the child's netns, configures
 // lo/eth0/addresses/default route inside it (from the parent, via setns on a
 // helper thread), commits the job's nft table in one batch and registers the
@@ -66,20 +67,22 @@ class NetEventSinkInterface {
 
 class JobNetwork {
  public:
-  // Sets up the network for a job whose netns is that of `child_pid`.
-  // Uses the process-wide default NetworkService (network_service.h), started
-  // on first use with NetworkService::SetDefaultConfig()'s configuration; a
-  // long-running service that wants its own should call
-  // NetworkService::CreateJob() instead (same contract).
-  // kInvalidArgument names a malformed rule; kIo/kUnsupported name the
-  // netlink step that failed. Nothing is left behind on failure.
-  static Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
-                                                    const NetworkSpec& spec,
-                                                    NetEventSinkInterface* events);
+  // Made by NetworkService::CreateJob().
   virtual ~JobNetwork() = default;
 
-  // Removes everything Create() made. Idempotent.
+  // Removes everything NetworkService::CreateJob() made. Idempotent.
   virtual Result<void> Teardown() = 0;
+  // Added by sandbox-core (additive). For a job whose processes have all
+  // been reaped: removes what Teardown() removes except the veth pair, which
+  // the kernel deletes together with the job's network namespace (netns
+  // cleanup unregisters its devices, and a veth takes its peer along:
+  // net/core/dev.c default_device_exit_batch, drivers/net/veth.c
+  // veth_dellink) instead of an RTM_DELLINK here, whose unregistration waits
+  // for RCU barriers (tens of ms on a busy host). Until the kernel has done
+  // so the host-side name stays taken; Create() skips such slots. Meant for a
+  // launcher that exits right after its job, like bwrap leaving its netns to
+  // the kernel. Idempotent; default: Teardown().
+  virtual Result<void> TeardownWithNamespace() { return Teardown(); }
   // The address the job must use as its only resolver (/etc/resolv.conf).
   virtual std::string resolver_address() const = 0;
 

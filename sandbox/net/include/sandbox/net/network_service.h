@@ -1,12 +1,25 @@
 // The sandbox service's network side: the job address pool, the NFLOG
 // listener that turns logged packets into NetEvents, the DNS forwarder, and
-// the service-wide forwarding table. One per network namespace that hosts
-// jobs (the appliance's root netns in the product; a test netns in tests).
+// the service-wide forwarding table. The sandbox service (or whatever spawns
+// jobs) owns one and hands it to nobody else: there is no process-wide
+// instance.
+//
+// Several services may share one network namespace (two `ralph-sandbox run`
+// at once, ralphd next to a test run): each claims an instance number n in
+// 0..kMaxInstances-1 for as long as it lives (an abstract unix socket
+// "ralph-sandbox-net.<ifname_prefix>.<n>", which is per netns and released
+// by the kernel when the process dies), and everything it makes in the
+// netns is derived from n — host veths "<ifname_prefix><letter n><slot>",
+// job tables "ralph_<that veth>", its service table
+// "ralph_service_<ifname_prefix><letter n>", and the n-th 1/kMaxInstances of
+// both address pools. Its NFLOG group is the first one of
+// [nflog_group, nflog_group + nflog_group_count) that no other socket in the
+// netns has bound.
 //
 // Start() changes the calling thread's network namespace only as configured:
 // with enable_forwarding it sets net.ipv4.ip_forward and
-// net.ipv6.conf.all.forwarding to 1 and commits table inet ralph_service,
-// which lets the kernel forward only to and from the job veths.
+// net.ipv6.conf.all.forwarding to 1 and commits its service table, which
+// lets the kernel forward only to and from the job veths.
 #pragma once
 
 #include <sys/types.h>
@@ -18,20 +31,27 @@
 #include <string>
 
 #include "platform/result.h"
+#include "platform/unique_fd.h"
 #include "sandbox/net/address_pool.h"
 #include "sandbox/net/job_network.h"
 
 namespace ralph::sandbox {
 
 struct NetworkServiceConfig {
-  std::string pool_v4 = "10.254.0.0/16";        // /30 per job
-  std::string pool_v6 = "fd52:616c:7068::/48";  // /64 per job, must be ULA
+  // Shared by up to kMaxInstances services in one netns (each gets 1/16th):
+  // the default /16 gives each service 1024 jobs.
+  std::string pool_v4 = "10.254.0.0/16";        // /30 per job; /26 or wider
+  std::string pool_v6 = "fd52:616c:7068::/48";  // /64 per job, must be ULA; /60 or wider
   // Where allowlisted queries go: "198.51.100.53", "198.51.100.53:5353",
   // "2001:db8::53", "[2001:db8::53]:53". Empty: the first nameserver of
   // /etc/resolv.conf.
   std::string upstream_dns;
+  // The NFLOG groups this service may bind: the first free one is used;
+  // kBusy naming the range when all are taken.
   uint16_t nflog_group = 7770;
-  // Host-side veths are "<prefix><slot>"; at most 8 bytes.
+  uint16_t nflog_group_count = 64;
+  // Host-side veths are "<prefix><instance letter><slot>"; 1..8 bytes of
+  // [a-z0-9_].
   std::string ifname_prefix = "rj";
   bool enable_forwarding = true;
   uint32_t dns_min_ttl = 1;     // seconds an answered address stays open, at least
@@ -50,24 +70,34 @@ class RateLimitedSink;
 
 class NetworkService {
  public:
-  // kInvalidArgument names a bad config field; kBusy when the NFLOG group is
-  // taken; other errors name the step. Removes links and tables left behind
-  // by a previous service that died ("<prefix><n>", "ralph_<prefix><n>").
+  static constexpr unsigned kMaxInstancesLog2 = 4;
+  static constexpr unsigned kMaxInstances = 1u << kMaxInstancesLog2;
+
+  // kInvalidArgument names a bad config field; kBusy when all kMaxInstances
+  // instances or all NFLOG groups of the range are taken in this netns;
+  // other errors name the step. Removes the links and tables that a previous
+  // holder of the same instance left behind when it died.
   static Result<std::unique_ptr<NetworkService>> Start(const NetworkServiceConfig& config);
   // Jobs must be torn down first. Removes the service table.
   ~NetworkService();
 
-  // See JobNetwork::Create.
+  // Sets up the network for a job whose netns is that of `child_pid` (the
+  // contract is in job_network.h). `events` receives the job's connection
+  // and DNS events until its Teardown(). kInvalidArgument names a malformed
+  // rule; kIo/kUnsupported name the netlink step that failed; kNoSpace when
+  // this instance's address pool is exhausted. Nothing is left behind on
+  // failure.
   Result<std::unique_ptr<JobNetwork>> CreateJob(const std::string& job_id, pid_t child_pid,
                                                 const NetworkSpec& spec,
                                                 NetEventSinkInterface* events);
 
-  // The process-wide service behind JobNetwork::Create(), started on first
-  // use. SetDefaultConfig must come before that first use (kInvalidState after).
-  static Result<NetworkService*> Default();
-  static Result<void> SetDefaultConfig(const NetworkServiceConfig& config);
-
   size_t live_jobs() const { return pool_->in_use(); }
+  // What Start() claimed.
+  unsigned instance() const { return instance_; }
+  uint16_t nflog_group() const { return nflog_group_; }
+  // "<ifname_prefix><instance letter>": every host veth of this service
+  // starts with it.
+  const std::string& interface_prefix() const { return interface_prefix_; }
 
  private:
   friend class JobNetworkImpl;
@@ -82,7 +112,8 @@ class NetworkService {
   // Reports the suppressed count, if any, and starts a new window.
   static void FlushSuppressed(Registered& job);
 
-  NetworkService(const NetworkServiceConfig& config, std::unique_ptr<AddressPool> pool);
+  NetworkService(const NetworkServiceConfig& config, UniqueFd claim, unsigned instance,
+                 std::unique_ptr<AddressPool> pool);
   void OnLoggedPacket(const LoggedPacket& packet);
   // Hands `event` to the job's sink, within the job's event rate.
   void Deliver(const std::string& ifname, NetEvent event);
@@ -90,6 +121,12 @@ class NetworkService {
   void Unregister(const std::string& ifname);
 
   NetworkServiceConfig config_;
+  // Declared before what the instance makes, so released after it.
+  UniqueFd claim_;
+  unsigned instance_;
+  std::string interface_prefix_;
+  std::string service_table_name_;
+  uint16_t nflog_group_ = 0;
   std::unique_ptr<AddressPool> pool_;
   std::mutex registry_mutex_;
   std::map<std::string, Registered> registry_;

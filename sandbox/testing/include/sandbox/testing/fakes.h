@@ -49,11 +49,14 @@ class FakeNetworkProvider final : public NetworkProviderInterface {
   // Count of networks created and torn down so far.
   std::shared_ptr<int> created() const { return created_; }
   std::shared_ptr<int> torn_down() const { return torn_down_; }
+  // Of those, the ones torn down with TeardownWithNamespace().
+  std::shared_ptr<int> torn_down_with_namespace() const { return with_namespace_; }
 
  private:
   std::optional<Error> fail_;
   std::shared_ptr<int> created_ = std::make_shared<int>(0);
   std::shared_ptr<int> torn_down_ = std::make_shared<int>(0);
+  std::shared_ptr<int> with_namespace_ = std::make_shared<int>(0);
 };
 
 }  // namespace ralph::sandbox::testing

@@ -88,6 +88,9 @@ struct CreateOptions {
   std::string uki_path;
   uint32_t chunk_size = kDefaultChunkSize;
   std::string output_path;
+  // The CMS signingTime (seconds since the epoch); unset: now. See
+  // SignDetached: reproducible factory bundles.
+  std::optional<int64_t> signing_time;
 };
 
 // Builds a bundle: hashes each payload in chunks (bounded memory), writes the

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -53,9 +54,14 @@ struct SignerInfo {
 
 // Signs `data` with the PEM certificate and private key; returns DER CMS.
 // `extra_certs_path` (optional PEM) adds intermediates to the signature.
+// `signing_time` (seconds since the epoch) replaces the clock in the CMS
+// signingTime attribute, for reproducible bundles (the image builder passes
+// SOURCE_DATE_EPOCH); with an RSA key (PKCS#1 v1.5) the whole blob is then a
+// function of its inputs.
 Result<std::vector<uint8_t>> SignDetached(std::span<const uint8_t> data,
                                           const std::string& cert_path, const std::string& key_path,
-                                          const std::string& extra_certs_path = "");
+                                          const std::string& extra_certs_path = "",
+                                          std::optional<int64_t> signing_time = std::nullopt);
 
 // Reads the signer of a DER CMS blob without verifying anything (for `info`
 // when no keyring is given). kCorrupt when it is not a CMS signature.

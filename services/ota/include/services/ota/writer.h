@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -41,17 +42,38 @@ struct WriteStats {
 struct WriteOptions {
   enum class Mode { kAdaptive, kFull };
   Mode mode = Mode::kAdaptive;
-  // Called after each chunk with the payload bytes it covered, always on the
-  // calling thread (the writer overlaps I/O and hashing on a second thread).
+  // Called with the payload bytes each step covered (InstallPayload: a chunk
+  // handled, then the same chunk verified, so 2 x payload.size in all),
+  // always on the calling thread (the stages run on worker threads).
   std::function<void(uint64_t bytes)> on_progress;
   // Checked between chunks; set -> kCancelled.
   const std::atomic<bool>* cancel = nullptr;
-  // Optional second handle on the same slot for the adaptive probe reads, so
-  // they overlap with the writes (one device object is not thread-safe).
-  BlockDeviceInterface* probe_device = nullptr;
-  // Test hook, called after chunk `index` has been handled (written or
-  // skipped). Fault-injection tests kill the process here.
+  // Opens another read-write handle on the same slot. The adaptive probes,
+  // the extra writer threads and the re-read verification then each use a
+  // handle of their own, overlapping one another (one device object is not
+  // thread-safe). Unset: every stage shares `slot`, taking turns. A Flush()
+  // through one handle must cover the writes made through all of them, as
+  // fdatasync() does for fds on one block device or file.
+  std::function<Result<std::unique_ptr<BlockDeviceInterface>>()> open_handle;
+  // Threads that read and hash the target's chunks (adaptive).
+  unsigned probe_threads = 2;
+  // Threads writing chunks, so that more than one write is in flight.
+  unsigned write_threads = 2;
+  // Threads re-reading and checking flushed chunks (more than one read in
+  // flight).
+  unsigned verify_threads = 2;
+  // Memory for chunks in flight (read + verified, being written, written and
+  // waiting for their flush); at least 4 chunks.
+  uint64_t buffer_bytes = 16u << 20;
+  // InstallPayload flushes the slot after this many bytes are written, then
+  // re-reads them while the next ones are written.
+  uint64_t flush_bytes = 16u << 20;
+  // Test hook, called after chunk `index` has been handled (queued for
+  // writing or skipped). Fault-injection tests kill the process here.
   std::function<void(uint64_t index)> after_chunk;
+  // InstallPayload: called on the calling thread after the last flush,
+  // before the last chunks are re-read.
+  std::function<void()> after_final_flush;
 };
 
 // Writes `payload` (its bytes at payload.offset in `source`) to the start of
@@ -61,6 +83,25 @@ struct WriteOptions {
 // kCancelled; I/O errors with the offset.
 Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payload,
                                 BlockDeviceInterface& slot, const WriteOptions& options);
+
+// The whole data path of an install: WritePayload, flush and the re-read
+// verification, overlapped. Chunks flow through a bounded pool of buffers
+// (options.buffer_bytes) between stages on their own threads:
+//   probe (adaptive): read + hash the target's chunk, skip it if it matches
+//   source: read the chunk from the source, check its manifest digest
+//   write: O_DIRECT write; every options.flush_bytes, Flush()
+//   verify: once a flush has covered the chunk, read it back from the slot
+//     and compare it byte for byte with the buffer that was written, whose
+//     SHA-256 matched the signed manifest before the write (equal bytes
+//     have the same digest, without hashing a second time); when that
+//     buffer was needed for a later chunk before the flush, check the
+//     read-back bytes' SHA-256 against the manifest instead.
+// On success every chunk of the payload has been read from the slot during
+// this call and matched the manifest: a skipped chunk when probed, a written
+// one after a flush that followed its write. The errors of WritePayload and
+// VerifySlot; the first error stops every stage.
+Result<WriteStats> InstallPayload(ByteSourceInterface& source, const Payload& payload,
+                                  BlockDeviceInterface& slot, const WriteOptions& options);
 
 // Re-reads the first payload.size bytes of `slot` and checks every chunk
 // digest (which together cover the whole payload). With `written` (from

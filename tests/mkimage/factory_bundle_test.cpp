@@ -1,0 +1,193 @@
+// The factory bundle on RECOVERY: ralph-mkimage signs the factory version's
+// system image and UKI in the services/ota bundle format; the bundle taken
+// out of a built image's RECOVERY filesystem verifies with
+// `ralph-bundle info --keyring <release CA>`, carries exactly slot A's system
+// image, is refused against another CA, and is byte-identical when the image
+// is built again later (an RSA signer, signingTime = SOURCE_DATE_EPOCH).
+// The slots carry the OTA keyring and the update servers' CA.
+//
+// Builds real images (kernel cache in $HOME/.cache/ralphos, mksquashfs,
+// openssl for a throw-away PKI).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "boot/mkimage/builder.h"
+#include "drivers/disk.h"
+#include "platform/file_io.h"
+#include "platform/unique_fd.h"
+
+namespace ralph::mkimage {
+namespace {
+
+struct ProgramRun {
+  int exit = -1;
+  std::string output;
+};
+
+ProgramRun RunProgram(const std::vector<std::string>& argv) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return {127, "pipe2 failed"};
+  UniqueFd read_end(fds[0]), write_end(fds[1]);
+  std::vector<std::string> copy = argv;
+  std::vector<char*> args;
+  for (auto& a : copy) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(write_end.get(), STDOUT_FILENO);
+    ::dup2(write_end.get(), STDERR_FILENO);
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+  write_end.reset();
+  std::string output;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(read_end.get(), buffer, sizeof(buffer))) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    output.append(buffer, static_cast<size_t>(n));
+  }
+  int status = 0;
+  while (pid > 0 && ::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, output};
+}
+
+// "factory bundle sha256: <hex>" -> hex.
+std::string ReportValue(const std::string& output, const std::string& key) {
+  size_t at = output.find(key + ": ");
+  if (at == std::string::npos) return "";
+  at += key.size() + 2;
+  return output.substr(at, output.find('\n', at) - at);
+}
+
+class FactoryBundleTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* bin = std::getenv("RALPH_BINARY_DIR");
+    ASSERT_NE(bin, nullptr);
+    bin_dir_ = std::string(bin) + "/bin";
+    dir_ = fmt::format("{}/mkimage-factory-{}", std::filesystem::temp_directory_path().string(),
+                       ::getpid());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    ASSERT_EQ(RunProgram({"openssl", "version"}).exit, 0) << "openssl is missing (Debian openssl)";
+    MakeCa("release-ca");
+    MakeCa("other-ca");
+    ASSERT_TRUE(WriteWholeFile(dir_ + "/signer.ext",
+                               "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                               "extendedKeyUsage=codeSigning\n"));
+    Check({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=factory signer",
+           "-keyout", dir_ + "/signer.key", "-out", dir_ + "/signer.csr"});
+    Check({"openssl", "x509", "-req", "-days", "30", "-in", dir_ + "/signer.csr", "-CA",
+           dir_ + "/release-ca.crt", "-CAkey", dir_ + "/release-ca.key", "-CAcreateserial",
+           "-extfile", dir_ + "/signer.ext", "-out", dir_ + "/signer.crt"});
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  void MakeCa(const std::string& name) {
+    Check({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj",
+           "/CN=" + name, "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+           "keyUsage=critical,keyCertSign", "-keyout", dir_ + "/" + name + ".key", "-out",
+           dir_ + "/" + name + ".crt"});
+  }
+  void Check(const std::vector<std::string>& argv) {
+    ProgramRun run = RunProgram(argv);
+    ASSERT_EQ(run.exit, 0) << fmt::format("{}", fmt::join(argv, " ")) << ":\n" << run.output;
+  }
+
+  ProgramRun Mkimage(const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {bin_dir_ + "/ralph-mkimage",
+                                     "--out",
+                                     dir_ + "/" + name + ".img",
+                                     "--work",
+                                     dir_ + "/work-" + name,
+                                     "--bin-dir",
+                                     bin_dir_};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return RunProgram(argv);
+  }
+
+  // Copies the RECOVERY partition out and unpacks one file of it.
+  std::string ExtractFromRecovery(const std::string& image, const std::string& path) {
+    auto layout = ProbeDisk(image);
+    EXPECT_TRUE(layout) << layout.error().ToString();
+    if (!layout) return "";
+    const PartitionInfo* recovery = layout->Find("RECOVERY");
+    EXPECT_NE(recovery, nullptr);
+    if (!recovery) return "";
+    std::string part = image + ".recovery";
+    ProgramRun dd = RunProgram({"dd", "if=" + image, "of=" + part, "bs=1M",
+                                fmt::format("skip={}", recovery->offset_bytes() / (1024 * 1024)),
+                                fmt::format("count={}", recovery->size_bytes() / (1024 * 1024))});
+    EXPECT_EQ(dd.exit, 0) << dd.output;
+    std::string out = image + ".unpacked";
+    ProgramRun unsquash =
+        RunProgram({"unsquashfs", "-f", "-no-xattrs", "-d", out, part, path.substr(1)});
+    EXPECT_EQ(unsquash.exit, 0) << unsquash.output;
+    return out + path;
+  }
+
+  std::string bin_dir_;
+  std::string dir_;
+};
+
+TEST_F(FactoryBundleTest, RecoveryHoldsASignedReproducibleFactoryBundle) {
+  std::vector<std::string> signing = {"--signing-cert",  dir_ + "/signer.crt",
+                                      "--signing-key",   dir_ + "/signer.key",
+                                      "--keyring",       dir_ + "/release-ca.crt",
+                                      "--update-ca",     dir_ + "/other-ca.crt",
+                                      "--image-version", "3.1.4"};
+  ProgramRun first = Mkimage("one", signing);
+  ASSERT_EQ(first.exit, 0) << first.output;
+  std::string digest = ReportValue(first.output, "factory bundle sha256");
+  ASSERT_EQ(digest.size(), 64u) << first.output;
+
+  std::string bundle = ExtractFromRecovery(dir_ + "/one.img", kFactoryBundlePath);
+  ASSERT_FALSE(HasFailure());
+  EXPECT_EQ(*FileSha256(bundle), digest);
+  ProgramRun info = RunProgram(
+      {bin_dir_ + "/ralph-bundle", "info", bundle, "--keyring", dir_ + "/release-ca.crt"});
+  EXPECT_EQ(info.exit, 0) << info.output;
+  EXPECT_NE(info.output.find("verdict:    VALID"), std::string::npos) << info.output;
+  EXPECT_NE(info.output.find("version:    3.1.4"), std::string::npos) << info.output;
+  EXPECT_NE(info.output.find("compatible: ralphos / x86_64"), std::string::npos) << info.output;
+  // The system image in the bundle is slot A's.
+  EXPECT_NE(info.output.find("sha256 " + ReportValue(first.output, "system_a sha256")),
+            std::string::npos)
+      << info.output << first.output;
+  ProgramRun untrusted =
+      RunProgram({bin_dir_ + "/ralph-bundle", "info", bundle, "--keyring", dir_ + "/other-ca.crt"});
+  EXPECT_NE(untrusted.exit, 0) << untrusted.output;
+  EXPECT_NE(untrusted.output.find("is not trusted by keyring"), std::string::npos)
+      << untrusted.output;
+
+  // The slots carry the trust anchors.
+  std::string keyring = ExtractFromRecovery(dir_ + "/one.img", kKeyringPath);
+  EXPECT_EQ(*ReadWholeFile(keyring), *ReadWholeFile(dir_ + "/release-ca.crt"));
+  std::string ca = ExtractFromRecovery(dir_ + "/one.img", kUpdateCaPath);
+  EXPECT_EQ(*ReadWholeFile(ca), *ReadWholeFile(dir_ + "/other-ca.crt"));
+
+  sleep(1);  // a later wall clock must not change a byte
+  ProgramRun second = Mkimage("two", signing);
+  ASSERT_EQ(second.exit, 0) << second.output;
+  EXPECT_EQ(ReportValue(second.output, "factory bundle sha256"), digest) << second.output;
+}
+
+TEST_F(FactoryBundleTest, SigningCertificateWithoutKeyIsRefused) {
+  ProgramRun run = Mkimage("bad", {"--signing-cert", dir_ + "/signer.crt"});
+  EXPECT_NE(run.exit, 0);
+  EXPECT_NE(run.output.find("the factory bundle needs both --signing-cert and --signing-key"),
+            std::string::npos)
+      << run.output;
+}
+
+}  // namespace
+}  // namespace ralph::mkimage
