@@ -14,11 +14,8 @@
 #include "platform/arch.h"
 #include "platform/unique_fd.h"
 #include "services/ota/esp.h"
-<<<<<<< HEAD
 #include "services/ota/install_audit.h"
-=======
 #include "slot_device.h"
->>>>>>> main
 
 namespace ralph::ota {
 namespace {
