@@ -86,6 +86,25 @@ TEST_F(InstallTest, GoodBundleInstallsVerifiesAndArmsTrial) {
   EXPECT_EQ(Record().b.status, boot::SlotStatus::kTrial);
 }
 
+TEST_F(InstallTest, AdaptiveInstallRewritesTheEspImageOnlyWhenItDiffers) {
+  BundleSpec spec = DefaultSpec(5);
+  std::string bundle = MakeBundle("esp.rbundle", spec);
+  ASSERT_TRUE(InstallAs(bundle).has_value());
+  // Something else now sits at b.efi: the next (adaptive) install must not
+  // take the ESP as current, and must write and read back the UKI again.
+  WriteFile(dir_ / "other.efi", RandomBytes(5000, 77));
+  auto esp = MtoolsEsp::Open(layout_.Find(kPartEfi)->device, 0);
+  ASSERT_TRUE(esp.has_value()) << esp.error().ToString();
+  ASSERT_TRUE((*esp)->InstallFile(dir_ / "other.efi", SlotImagePath('b')).has_value());
+  ASSERT_NE(*EspDigest(SlotImagePath('b')), *Sha256::Of(spec.uki));
+  auto again = InstallAs(bundle);
+  ASSERT_TRUE(again.has_value()) << again.error().ToString();
+  EXPECT_EQ(again->stats.bytes_written, 0u);  // the slot itself was current
+  EXPECT_EQ(*EspDigest(SlotImagePath('b')), *Sha256::Of(spec.uki));
+  EXPECT_EQ(Record().b.status, boot::SlotStatus::kTrial);
+  ExpectSafe(spec.rootfs, spec.uki);
+}
+
 TEST_F(InstallTest, RefusesWrongSignature) {
   std::string bundle = MakeBundle("b.rbundle", DefaultSpec());
   // The same trusted signer, but a signature over other bytes.
