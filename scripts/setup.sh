@@ -17,6 +17,8 @@ packages=(
   efibootmgr dhcpcd-base
   # sandbox tests and peers for the benchmarks
   iproute2 nftables bubblewrap rauc hyperfine procps psmisc
+  # profiling the sandbox's start-up (perf trace, perf stat, strace)
+  linux-perf strace
   # audit log tests tamper with the database through the sqlite3 shell
   sqlite3
 )

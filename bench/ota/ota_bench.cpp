@@ -124,6 +124,7 @@ struct ChildResult {
   double seconds = 0;
   uint64_t bytes_written = 0;
   long max_rss_kib = 0;
+  double cpu_seconds = 0;  // user + system of the installing process
   std::array<double, kPhasePoints.size()> phase_seconds{};
 };
 
@@ -181,6 +182,8 @@ ChildResult InstallInChild(EfiVarStoreInterface& vars, const DiskLayout& layout,
   }
   result.seconds = Seconds(start);
   result.max_rss_kib = usage.ru_maxrss;
+  result.cpu_seconds = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+                       static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
   return result;
 }
 
@@ -205,7 +208,7 @@ std::string LoadAverage() {
   std::ifstream in("/proc/loadavg");
   std::string line;
   std::getline(in, line);
-  return line + "\n";
+  return line;
 }
 
 void WriteText(const std::string& path, const std::string& text) {
@@ -311,7 +314,7 @@ int Main(int argc, char** argv) {
   };
   // Warm the page cache for both readers alike.
   Run({"cat", path("v2.img"), path("v2.rbundle"), path("old.img")});
-  std::printf("load average at start: %s", LoadAverage().c_str());
+  std::printf("load average at start: %s\n", LoadAverage().c_str());
   double mb = static_cast<double>(size) / 1e6;
 
   // 1 + 2 on each kind of target. The peer is dd with the same 1 MiB
@@ -338,8 +341,8 @@ int Main(int argc, char** argv) {
       options.source = path("v2.rbundle");
       ChildResult full = InstallInChild(*vars, layout, options);
       our_times.push_back(full.seconds);
-      std::printf("   full run %d: %.2f s (%s); dd %.2f s\n", r + 1, full.seconds,
-                  PhaseBreakdown(full).c_str(), dd_times.back());
+      std::printf("   full run %d: %.2f s (%s; CPU %.2f s); dd %.2f s\n", r + 1, full.seconds,
+                  PhaseBreakdown(full).c_str(), full.cpu_seconds, dd_times.back());
       k.rss_kib = std::max(k.rss_kib, full.max_rss_kib);
       k.full_written = full.bytes_written;
     }
@@ -358,8 +361,8 @@ int Main(int argc, char** argv) {
       options.source = path("v3.rbundle");
       ChildResult adaptive = InstallInChild(*vars, layout, options);
       adaptive_times.push_back(adaptive.seconds);
-      std::printf("   adaptive run %d: %.2f s (%s)\n", r + 1, adaptive.seconds,
-                  PhaseBreakdown(adaptive).c_str());
+      std::printf("   adaptive run %d: %.2f s (%s; CPU %.2f s)\n", r + 1, adaptive.seconds,
+                  PhaseBreakdown(adaptive).c_str(), adaptive.cpu_seconds);
       k.adaptive_written = adaptive.bytes_written;
     }
     k.adaptive = Median(adaptive_times);
@@ -456,7 +459,7 @@ int Main(int argc, char** argv) {
         fmt::format("{:.2f}", fmt::join(rauc_times, " ")).c_str());
   }
 
-  std::printf("\nsummary (%llu MiB image, medians of %d runs; load average at end: %s)",
+  std::printf("\nsummary (%llu MiB image, medians of %d runs; load average at end: %s)\n",
               static_cast<unsigned long long>(size_mib), runs, LoadAverage().c_str());
   for (const auto& [name, k] :
        {std::pair<const char*, const KindResult&>{"loop, buffered", buffered},

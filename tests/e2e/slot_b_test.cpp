@@ -9,6 +9,9 @@ namespace ralph::e2e {
 namespace {
 
 constexpr const char* kRolledBackB = "slot B failed its trial: rolled back";
+constexpr const char* kSlotAImage = "/EFI/ralph/a.efi";
+constexpr const char* kSlotBImage = "/EFI/ralph/b.efi";
+constexpr const char* kRemovableImage = "/EFI/BOOT/BOOTX64.EFI";
 
 // Boots the provisioned machine with `variant`'s slot B installed, waits for
 // A's health gate, and activates B for `tries` boots.
@@ -26,13 +29,37 @@ class SlotBTest : public E2eTest {
 };
 
 TEST_F(SlotBTest, GoodBIsTriedThenCommitted) {
-  Machine machine = BootAndActivate("base", 1);
-  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kProvisioned));
+  ASSERT_NO_FATAL_FAILURE(InstallSlotB(Image("base")));
+  // Before the switch the removable-media path holds A's image.
+  auto a_image = ReadEspFile(disk_, kSlotAImage);
+  ASSERT_TRUE(a_image) << a_image.error().ToString();
+  auto b_image = ReadEspFile(disk_, kSlotBImage);
+  ASSERT_TRUE(b_image) << b_image.error().ToString();
+  ASSERT_FALSE(*a_image == *b_image) << "a.efi and b.efi are the same file";
+  auto removable = ReadEspFile(disk_, kRemovableImage);
+  ASSERT_TRUE(removable) << removable.error().ToString();
+  EXPECT_TRUE(*removable == *a_image) << kRemovableImage << " is not A's UKI before the switch";
+
+  Machine machine = Boot();
+  auto up = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
+  ASSERT_TRUE(up) << up.error().ToString();
+  ASSERT_NO_FATAL_FAILURE(ActivateInstalledB(machine, 1));
   ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "B"));
   auto committed = machine.WaitFor(CommittedSlot("B"), kBootTimeout);
   ASSERT_TRUE(committed) << committed.error().ToString();
   EXPECT_EQ(BootCurrentDescription(machine), "RalphOS B");
   EXPECT_EQ(FirstInBootOrderDescription(machine), "RalphOS B");
+  ASSERT_NO_FATAL_FAILURE(PowerOff(machine));
+
+  // After B's commit the removable path holds B's image.
+  removable = ReadEspFile(disk_, kRemovableImage);
+  ASSERT_TRUE(removable) << removable.error().ToString();
+  auto b_after = ReadEspFile(disk_, kSlotBImage);
+  ASSERT_TRUE(b_after) << b_after.error().ToString();
+  EXPECT_TRUE(*b_after == *b_image) << "b.efi changed";
+  EXPECT_TRUE(*removable == *b_image) << kRemovableImage << " is not B's UKI after B committed";
+  EXPECT_FALSE(*removable == *a_image);
 }
 
 TEST_F(SlotBTest, FailedHealthGateMarksBBadAndFallsBackToA) {
@@ -51,6 +78,13 @@ TEST_F(SlotBTest, FailedHealthGateMarksBBadAndFallsBackToA) {
   auto status = Ralphctl(machine, {"boot", "status"});
   EXPECT_EQ(status.exit, 0) << status.output;
   EXPECT_NE(status.output.find("bad"), std::string::npos) << status.output;
+  ASSERT_NO_FATAL_FAILURE(PowerOff(machine));
+  // The failed B never reached the removable-media path.
+  auto removable = ReadEspFile(disk_, kRemovableImage);
+  ASSERT_TRUE(removable) << removable.error().ToString();
+  auto a_image = ReadEspFile(disk_, kSlotAImage);
+  ASSERT_TRUE(a_image) << a_image.error().ToString();
+  EXPECT_TRUE(*removable == *a_image) << kRemovableImage << " is not A's UKI after B failed";
 }
 
 TEST_F(SlotBTest, KernelThatNeverReachesEarlyBootFallsBackAfterOneAttempt) {

@@ -9,6 +9,7 @@
 #include "services/health/checks.h"
 #include "services/init/boot_config.h"
 #include "services/init/mounts.h"
+#include "services/init/recovery_banner.h"
 #include "services/init/service_config.h"
 #include "services/init/supervisor.h"
 
@@ -25,6 +26,57 @@ TEST(ParseKernelCmdline, ReadsRootSlotWatchdog) {
   EXPECT_EQ(config->slot, "b");
   EXPECT_EQ(config->watchdog_seconds, 10);
   EXPECT_EQ(config->init, "/sbin/ralph-init");
+}
+
+TEST(ParseKernelCmdline, RecoveryIsItsOwnMode) {
+  auto recovery = ParseKernelCmdline("root=PARTLABEL=RECOVERY ralph.slot=recovery panic=5");
+  ASSERT_TRUE(recovery) << recovery.error().ToString();
+  EXPECT_EQ(recovery->mode(), BootMode::kRecovery);
+  EXPECT_EQ(BootModeName(recovery->mode()), "recovery");
+  auto slot = ParseKernelCmdline("root=PARTLABEL=SYSTEM_A ralph.slot=a");
+  ASSERT_TRUE(slot);
+  EXPECT_EQ(slot->mode(), BootMode::kSlot);
+  EXPECT_EQ(BootModeName(slot->mode()), "slot");
+}
+
+std::string Joined(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& line : lines) out += line + "\n";
+  return out;
+}
+
+TEST(RecoveryBanner, NamesTheCommittedAndTheBadSlots) {
+  boot::SlotState state;
+  state.committed = boot::Slot::kA;
+  state.a.status = boot::SlotStatus::kGood;
+  state.a.version = {0, 1, 0};
+  state.b.status = boot::SlotStatus::kBad;
+  state.b.version = {0, 2, 0};
+  std::string banner = Joined(RecoveryBanner(state, ""));
+  EXPECT_NE(banner.find("RalphOS RECOVERY mode"), std::string::npos) << banner;
+  EXPECT_NE(banner.find("no slot is tried, counted, committed or marked bad"), std::string::npos);
+  EXPECT_NE(banner.find("committed slot: A\n"), std::string::npos) << banner;
+  EXPECT_NE(banner.find("slot A: good, version 0.1.0 (committed)\n"), std::string::npos) << banner;
+  EXPECT_NE(banner.find("slot B: bad, version 0.2.0\n"), std::string::npos) << banner;
+  EXPECT_NE(banner.find("bad slots: B\n"), std::string::npos) << banner;
+  EXPECT_NE(banner.find("reboot to return to slot A"), std::string::npos) << banner;
+}
+
+TEST(RecoveryBanner, FirstBootThatFailedAndUnreadableState) {
+  boot::SlotState state;
+  state.a.status = boot::SlotStatus::kBad;
+  std::string banner = Joined(RecoveryBanner(state, ""));
+  EXPECT_NE(banner.find("committed slot: none (no slot has passed its health gate)"),
+            std::string::npos)
+      << banner;
+  EXPECT_NE(banner.find("slot B: empty\n"), std::string::npos) << banner;
+  EXPECT_NE(banner.find("bad slots: A\n"), std::string::npos) << banner;
+  EXPECT_NE(banner.find("ralphctl boot mark-active A|B"), std::string::npos) << banner;
+
+  std::string unknown = Joined(RecoveryBanner(std::nullopt, "RalphSlotState: bad CRC"));
+  EXPECT_NE(unknown.find("boot state: unknown (RalphSlotState: bad CRC)"), std::string::npos)
+      << unknown;
+  EXPECT_EQ(unknown.find("bad slots"), std::string::npos) << unknown;
 }
 
 TEST(ParseKernelCmdline, BadInputIsNamed) {

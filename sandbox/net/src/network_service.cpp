@@ -148,10 +148,13 @@ class JobNetworkImpl final : public JobNetwork {
   }
   ~JobNetworkImpl() override { IgnoreError(Teardown()); }
 
-  Result<void> Teardown() override { return TeardownImpl(/*delete_veth=*/true); }
-  Result<void> TeardownWithNamespace() override { return TeardownImpl(/*delete_veth=*/false); }
+  Result<void> Teardown() override { return TeardownImpl(Veth::kDelete); }
+  Result<void> TeardownWithNamespace() override { return TeardownImpl(Veth::kLeaveToKernel); }
 
-  Result<void> TeardownImpl(bool delete_veth) {
+ private:
+  // What teardown does with the veth pair (see TeardownWithNamespace).
+  enum class Veth { kDelete, kLeaveToKernel };
+  Result<void> TeardownImpl(Veth veth) {
     if (torn_down_) return {};
     std::optional<Error> first;
     auto note = [&](Result<void> result) {
@@ -170,7 +173,8 @@ class JobNetworkImpl final : public JobNetwork {
       if (deleted) table_created_ = false;
       note(std::move(deleted));
     }
-    if (veth_created_ && !delete_veth) veth_created_ = false;  // the kernel's, with the netns
+    // Left to the kernel: it goes with the job's netns.
+    if (veth == Veth::kLeaveToKernel) veth_created_ = false;
     if (veth_created_) {
       auto rtnl = Rtnl::Open();
       if (!rtnl) {
@@ -189,6 +193,7 @@ class JobNetworkImpl final : public JobNetwork {
     return {};
   }
 
+ public:
   std::string resolver_address() const override {
     return addresses_ ? addresses_->host_v4.AddressString() : "";
   }

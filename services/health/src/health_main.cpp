@@ -1,9 +1,12 @@
 // ralph-health: the commit gate, run by ralph-init once the services are
 // started. Runs every check of HealthChecks(); on a trial boot (or the first
 // boot) it commits the slot when all pass, otherwise marks it bad and asks
-// PID 1 to reboot so the firmware boots the committed slot.
+// PID 1 to reboot so the firmware boots the committed slot (RECOVERY on a
+// first boot: nothing is committed yet). A RECOVERY boot is not judged.
 #include <signal.h>
 #include <unistd.h>
+
+#include <map>
 
 #include <fmt/format.h>
 
@@ -15,9 +18,9 @@
 
 namespace {
 
-std::string BootedSlot(const ralph::health::HealthEnvironment& env) {
+std::map<std::string, std::string> EarlyBootRecord(const ralph::health::HealthEnvironment& env) {
   auto text = ralph::ReadWholeFile(env.early_boot_record);
-  return text ? ralph::init::ParseRecord(*text)["slot"] : std::string();
+  return text ? ralph::init::ParseRecord(*text) : std::map<std::string, std::string>();
 }
 
 }  // namespace
@@ -27,12 +30,19 @@ int main() {
   using namespace ralph::health;
   LogInit("ralph-health", LogSink::kKmsg);
   HealthEnvironment env;
-  std::string slot = BootedSlot(env);
+  auto early_boot = EarlyBootRecord(env);
+  std::string slot = early_boot["slot"];
   std::string display = init::SlotDisplayName(slot);
   if (slot.empty()) {
     LogError("cannot tell the booted slot ({} unreadable): not judging this boot",
              env.early_boot_record);
     return 1;
+  }
+  if (slot == "recovery" || early_boot["mode"] == init::BootModeName(init::BootMode::kRecovery)) {
+    // A rescue boot: nothing to commit or mark bad, and the committed
+    // slot's state must stay as it is (early boot printed it).
+    LogInfo("health gate: RECOVERY boot, not judged (no slot trial, commit or mark-bad)");
+    return 0;
   }
 
   bool all_passed = true;
@@ -68,8 +78,8 @@ int main() {
     case GateDecision::kMarkBadAndReboot: {
       auto bad = MarkSlotBad(slot);
       if (!bad) LogError("slot {}: marking bad failed: {}", display, bad.error().ToString());
-      LogError("health gate failed: slot {} marked bad; rebooting into the committed slot",
-               display);
+      LogError("health gate failed: slot {} marked bad; rebooting into {}", display,
+               view->any_committed ? "the committed slot" : "RECOVERY (no slot is committed yet)");
       ::kill(1, SIGTERM);
       return 1;
     }

@@ -106,7 +106,6 @@ Result<void> UpdateRemovablePath(const DiskLayout& disk, boot::Slot slot) {
 }  // namespace
 
 Result<SlotView> ReadSlotView(std::string_view booted_slot) {
-  if (booted_slot == "recovery") return SlotView{false, "RECOVERY booted"};
   boot::Slot slot = TRY(boot::ParseSlot(booted_slot));
   Manager m = TRY(OpenManager());
   boot::StatusReport status = TRY(m.manager->Status());
@@ -119,7 +118,7 @@ Result<SlotView> ReadSlotView(std::string_view booted_slot) {
   const boot::SlotState& state = *status.view.record;
   bool committed_good =
       state.committed == slot && state.slot(slot).status == boot::SlotStatus::kGood;
-  return SlotView{!committed_good, Summarize(state)};
+  return SlotView{!committed_good, state.committed.has_value(), Summarize(state)};
 }
 
 Result<void> CommitSlot(std::string_view booted_slot) {

@@ -54,6 +54,10 @@ Result<BootConfig> ParseKernelCmdline(std::string_view cmdline) {
   return config;
 }
 
+std::string_view BootModeName(BootMode mode) {
+  return mode == BootMode::kRecovery ? "recovery" : "slot";
+}
+
 std::string SlotDisplayName(std::string_view slot) {
   std::string out(slot);
   for (auto& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));

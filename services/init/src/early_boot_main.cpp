@@ -33,6 +33,7 @@
 #include "platform/unique_fd.h"
 #include "services/init/boot_config.h"
 #include "services/init/mounts.h"
+#include "services/init/recovery_banner.h"
 
 namespace ralph::init {
 namespace {
@@ -128,25 +129,55 @@ Result<DiskLayout> WaitForDisk(const std::string& root_label) {
 // that a trial slot whose userspace hangs (the watchdog resets it) still has
 // its tries counted and BootNext re-armed (SlotManager::OnBoot; it also
 // repairs Boot#### entries and BootOrder, which provisions a fresh machine).
-// Failures are reported and the boot goes on: the health gate then refuses
-// to commit.
-void RunSlotManager(const std::string& cmdline, const DiskLayout& disk) {
-  auto report = [&]() -> Result<boot::BootReport> {
-    auto store = TRY_CTX(LibefivarStore::Open(), "opening the EFI variable store");
-    auto manager = TRY(boot::SlotManager::Create(*store, disk, cmdline));
-    return manager.OnBoot();
-  }();
-  if (!report) {
-    LogError("slot manager: {}", report.error().ToString());
-    return;
+// On a RECOVERY boot OnBoot changes no slot state; the banner then shows
+// the state as it is. Failures are reported and the boot goes on: the
+// health gate then refuses to commit.
+void RunSlotManager(const std::string& cmdline, const DiskLayout& disk, BootMode mode) {
+  std::string problem;  // why the banner cannot show the state
+  auto store = LibefivarStore::Open();
+  if (!store) {
+    problem = "opening the EFI variable store: " + store.error().ToString();
+    LogError("slot manager: {}", problem);
   }
-  for (const auto& finding : report->findings) LogInfo("slot manager: {}", finding);
-  if (report->rolled_back) {
-    LogError("slot {} failed its trial: rolled back", boot::SlotName(*report->rolled_back));
+  std::optional<boot::SlotManager> manager;
+  if (store) {
+    auto created = boot::SlotManager::Create(**store, disk, cmdline);
+    if (created) {
+      manager.emplace(std::move(*created));
+    } else {
+      problem = created.error().ToString();
+      LogError("slot manager: {}", problem);
+    }
   }
-  LogInfo("slot manager: boot event {}{}", boot::BootEventName(report->event),
-          report->written.empty() ? std::string()
-                                  : fmt::format(", wrote {}", fmt::join(report->written, ", ")));
+  if (manager) {
+    auto report = manager->OnBoot();
+    if (!report) {
+      LogError("slot manager: {}", report.error().ToString());
+    } else {
+      for (const auto& finding : report->findings) LogInfo("slot manager: {}", finding);
+      if (report->rolled_back) {
+        LogError("slot {} failed its trial: rolled back", boot::SlotName(*report->rolled_back));
+      }
+      LogInfo("slot manager: boot event {}{}", boot::BootEventName(report->event),
+              report->written.empty()
+                  ? std::string()
+                  : fmt::format(", wrote {}", fmt::join(report->written, ", ")));
+    }
+  }
+  if (mode != BootMode::kRecovery) return;
+  std::optional<boot::SlotState> record;
+  if (manager) {
+    auto status = manager->Status();
+    if (!status) {
+      problem = status.error().ToString();
+    } else if (status->view.record) {
+      record = *status->view.record;
+    } else {
+      problem = status->view.record_error ? status->view.record_error->message()
+                                          : std::string("RalphSlotState is missing");
+    }
+  }
+  for (const auto& line : RecoveryBanner(record, problem)) LogWarning("{}", line);
 }
 
 // Runs a tool from the initrd with the console as its output; returns its
@@ -303,7 +334,8 @@ Result<void> Run(bool second_stage) {
   std::string cmdline = TRY(ReadWholeFile("/proc/cmdline"));
   BootConfig config = TRY(ParseKernelCmdline(cmdline));
   if (!second_stage) {
-    LogInfo("booting slot {} (root {})", SlotDisplayName(config.slot), config.root_partlabel);
+    LogInfo("booting slot {} (root {}){}", SlotDisplayName(config.slot), config.root_partlabel,
+            config.mode() == BootMode::kRecovery ? ", RECOVERY mode" : "");
   }
   if (!second_stage) {
     LoadModules();
@@ -316,7 +348,7 @@ Result<void> Run(bool second_stage) {
   if (auto complete = CheckApplianceLayout(disk); !complete) {
     LogError("disk {}: {}", disk.disk, complete.error().ToString());
   }
-  RunSlotManager(cmdline, disk);
+  RunSlotManager(cmdline, disk, config.mode());
   const PartitionInfo* root = disk.Find(config.root_partlabel);
   if (root == nullptr || root->device.empty()) {
     return Error::Make(ErrorCode::kNotFound,
@@ -325,7 +357,9 @@ Result<void> Run(bool second_stage) {
   }
   TRY(MountRoot(config, root->device));
 
-  std::map<std::string, std::string> record = {{"slot", config.slot}, {"root", root->device}};
+  std::map<std::string, std::string> record = {{"slot", config.slot},
+                                               {"mode", std::string(BootModeName(config.mode()))},
+                                               {"root", root->device}};
   std::string var_target = std::string(kNewRoot) + "/var";
   const PartitionInfo* var = disk.Find(kPartVar);
   Result<std::string> var_state =

@@ -176,7 +176,14 @@ class Init {
         if (slot_.empty()) slot_ = config->slot;
       }
     }
-    LogInfo("RalphOS slot {} up as PID 1", SlotDisplayName(slot_));
+    if (slot_ == "recovery") {
+      // The same services as a slot (the test agent in test images, so a
+      // rescue can be driven); the health gate sees the mode and judges
+      // nothing.
+      LogInfo("RalphOS RECOVERY up as PID 1 (RECOVERY mode: a rescue boot, not a slot boot)");
+    } else {
+      LogInfo("RalphOS slot {} up as PID 1", SlotDisplayName(slot_));
+    }
     watchdog_.Start(watchdog_seconds);
 
     for (const char* dir :

@@ -126,6 +126,7 @@ class Streamer {
     buffers = std::max(buffers, kMinBuffers);
     storage_.resize(buffers);
     for (size_t b = 0; b < buffers; ++b) free_.push_back(b);
+    write_queue_target_ = std::max(1u, options_.write_threads) + 2;
     flush_every_ = std::max<uint64_t>(1, options_.flush_bytes / p_.chunk_size);
     run_chunks_ = std::max<uint64_t>(1, kRunBytes / p_.chunk_size);
 
@@ -255,9 +256,14 @@ class Streamer {
   // written chunk still waiting for its flush (that chunk will be verified
   // by re-hashing it instead). So memory stays bounded while flushes stay
   // rare, and nothing waits for a flush to get a buffer. Under mutex_.
+  // Taking one back only while the writers are short of work keeps the
+  // source stage from running far ahead and keeps most buffers until their
+  // re-read, where a compare is cheaper than a second SHA-256.
   bool CanTakeBuffer() const {
-    return !free_.empty() || std::any_of(unflushed_.begin(), unflushed_.end(),
-                                         [](const Item& item) { return item.has_buffer; });
+    if (!free_.empty()) return true;
+    if (to_write_.size() >= write_queue_target_) return false;
+    return std::any_of(unflushed_.begin(), unflushed_.end(),
+                       [](const Item& item) { return item.has_buffer; });
   }
   size_t TakeBuffer() {
     if (!free_.empty()) {
@@ -407,6 +413,7 @@ class Streamer {
         if (to_write_.empty()) return {};  // closed and drained; the caller does the last flush
         item = to_write_.front();
         to_write_.pop_front();
+        changed_.notify_all();  // see CanTakeBuffer
       }
       std::span<const uint8_t> data = BufferSpan(item.buffer, item.length);
       TRY_CTX(WithDevice([&] { return device.WriteAt(item.index * p_.chunk_size, data); }),
@@ -499,7 +506,8 @@ class Streamer {
   std::mutex device_mutex_;
   uint64_t flush_every_ = 1;
   std::vector<AlignedBuffer> storage_;
-  uint64_t run_chunks_ = 1;  // chunks per run read
+  uint64_t run_chunks_ = 1;        // chunks per run read
+  size_t write_queue_target_ = 4;  // chunks queued for the writers
   std::atomic<uint64_t> verified_bytes_{0};
   uint64_t reported_verified_ = 0;  // calling thread
 

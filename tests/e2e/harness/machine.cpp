@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "drivers/disk.h"
+#include "drivers/testing/loop_device.h"
 #include "platform/file_io.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
@@ -434,6 +435,52 @@ Result<BootTimeline> MeasureBoot(Machine& machine, double start, std::chrono::se
     *step.at = machine.Elapsed() - start;
   }
   return timeline;
+}
+
+}  // namespace ralph::e2e
+
+namespace ralph::e2e {
+
+Result<void> CopyPartitionAs(const std::string& from_disk, const std::string& from_label,
+                             const std::string& to_disk, const std::string& to_label) {
+  DiskLayout from = TRY(ProbeDisk(from_disk));
+  DiskLayout to = TRY(ProbeDisk(to_disk));
+  const PartitionInfo* source = from.Find(from_label);
+  const PartitionInfo* target = to.Find(to_label);
+  if (!source || !target || source->size_bytes() != target->size_bytes()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{} of {} and {} of {} are missing or differ in size",
+                                   from_label, from_disk, to_label, to_disk));
+  }
+  UniqueFd in(::open(from_disk.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return Error::FromErrno(fmt::format("open {}", from_disk), errno);
+  UniqueFd out(::open(to_disk.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!out) return Error::FromErrno(fmt::format("open {}", to_disk), errno);
+  std::vector<char> buffer(1 << 20);
+  for (uint64_t done = 0; done < source->size_bytes();) {
+    size_t want =
+        static_cast<size_t>(std::min<uint64_t>(buffer.size(), source->size_bytes() - done));
+    ssize_t n =
+        ::pread(in.get(), buffer.data(), want, static_cast<off_t>(source->offset_bytes() + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Error::FromErrno(fmt::format("read {}", from_disk), n < 0 ? errno : EIO);
+    TRY(WriteAt(out.get(), buffer.data(), static_cast<size_t>(n), target->offset_bytes() + done));
+    done += static_cast<uint64_t>(n);
+  }
+  if (::fsync(out.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", to_disk), errno);
+  return {};
+}
+
+Result<std::string> ReadEspFile(const std::string& disk, const std::string& path) {
+  DiskLayout layout = TRY(ProbeDisk(disk));
+  const PartitionInfo* esp = layout.Find(kPartEfi);
+  if (!esp) return Error::Make(ErrorCode::kNotFound, fmt::format("{} has no EFI partition", disk));
+  // mtools reads a FAT inside an image at an offset (image@@offset); "-" as
+  // the target writes the file to stdout.
+  return TRY_CTX(::ralph::testing::RunCommand({"mcopy", "-n", "-i",
+                                               fmt::format("{}@@{}", disk, esp->offset_bytes()),
+                                               "::" + path, "-"}),
+                 fmt::format("reading {} from the ESP of {} (Debian package mtools)", path, disk));
 }
 
 }  // namespace ralph::e2e

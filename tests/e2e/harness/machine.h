@@ -35,6 +35,14 @@ Result<void> CopyPartitions(const std::string& from_disk, const std::string& to_
                             const std::vector<std::string>& labels);
 // SHA-256 (hex) of a partition's whole extent in a disk image.
 Result<std::string> PartitionSha256(const std::string& disk, const std::string& label);
+// Copies partition `from_label` of one appliance disk image onto partition
+// `to_label` of another (same size), e.g. a variant's SYSTEM_B image into a
+// factory disk's SYSTEM_A.
+Result<void> CopyPartitionAs(const std::string& from_disk, const std::string& from_label,
+                             const std::string& to_disk, const std::string& to_label);
+// A file on the ESP of a disk image ("/EFI/BOOT/BOOTX64.EFI"), read on the
+// host with mtools (QEMU must not be running on the disk).
+Result<std::string> ReadEspFile(const std::string& disk, const std::string& path);
 // Overwrites `length` bytes at `offset` inside partition `label` with a
 // fixed pattern (bad-input tests).
 Result<void> ScribblePartition(const std::string& disk, const std::string& label, uint64_t offset,

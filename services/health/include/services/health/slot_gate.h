@@ -10,10 +10,13 @@
 namespace ralph::health {
 
 struct SlotView {
-  bool needs_commit = false;  // the booted slot is on trial, or nothing is committed yet
-  std::string summary;        // one line for the console ("A committed, B bad")
+  bool needs_commit = false;   // the booted slot is on trial, or nothing is committed yet
+  bool any_committed = false;  // a slot is committed (a failed trial falls back to it)
+  std::string summary;         // one line for the console ("A committed, B bad")
 };
 
+// kInvalidArgument for "recovery": a RECOVERY boot is not judged (the
+// caller checks BootMode first).
 Result<SlotView> ReadSlotView(std::string_view booted_slot);
 Result<void> CommitSlot(std::string_view booted_slot);
 Result<void> MarkSlotBad(std::string_view booted_slot);

@@ -11,11 +11,20 @@
 
 namespace ralph::init {
 
+// What this boot is. A RECOVERY boot (ralph.slot=recovery) is a rescue,
+// not a slot boot: early boot counts no trial and writes no slot state, the
+// health gate judges nothing, and the console says so.
+enum class BootMode { kSlot, kRecovery };
+// "slot", "recovery" (the early-boot record's `mode=`).
+std::string_view BootModeName(BootMode mode);
+
 struct BootConfig {
   std::string root_partlabel;             // from root=PARTLABEL=SYSTEM_A
   std::string slot;                       // from ralph.slot=a|b|recovery
   int watchdog_seconds = 20;              // from ralph.watchdog=N; 0 disables
   std::string init = "/sbin/ralph-init";  // from ralph.init=<path>
+
+  BootMode mode() const { return slot == "recovery" ? BootMode::kRecovery : BootMode::kSlot; }
 };
 
 // Parses /proc/cmdline. kInvalidArgument when root= is not a PARTLABEL= or

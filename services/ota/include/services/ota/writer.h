@@ -1,5 +1,6 @@
 // The streaming core of the slot writer: one payload from a bundle source to
-// a slot, chunk by chunk, with constant memory (two chunk-sized buffers).
+// a slot, chunk by chunk, with constant memory (a bounded buffer pool; see
+// WriteOptions), its stages overlapped on worker threads (InstallPayload).
 //
 // For each chunk i of the payload:
 //   1. adaptive: read chunk i of the target and hash it; if it equals the
@@ -9,8 +10,10 @@
 //      target holding an unrelated image costs no extra read pass;
 //   2. read chunk i from the source and hash it; a mismatch with the
 //      manifest's digest stops everything BEFORE the chunk is written;
-//   3. write it (drivers/block_device.h: O_DIRECT, read-modify-write of a
-//      short last block).
+//   3. write it (O_DIRECT; drivers/block_device.h does the read-modify-write
+//      of a short last block);
+//   4. InstallPayload: after a flush that followed the write, read it back
+//      and check it.
 // The manifest digests are covered by the verified signature, so a chunk that
 // reaches the disk is exactly what the signer built.
 #pragma once
@@ -67,7 +70,7 @@ struct WriteOptions {
   uint64_t buffer_bytes = 16u << 20;
   // InstallPayload flushes the slot after this many bytes are written, then
   // re-reads them while the next ones are written.
-  uint64_t flush_bytes = 16u << 20;
+  uint64_t flush_bytes = 8u << 20;
   // Test hook, called after chunk `index` has been handled (queued for
   // writing or skipped). Fault-injection tests kill the process here.
   std::function<void(uint64_t index)> after_chunk;
