@@ -282,11 +282,16 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV2(const std::string& 
     return Error::Make(ErrorCode::kInvalidArgument,
                        fmt::format("cgroup parent '{}' is empty or has '..'", parent));
   std::string path = mount + "/" + parent;
-  TRY(MakeDirs(path, 0755));
-  auto manager = std::make_unique<CgroupManagerV2>(path);
-  // Enable for the job cgroups whatever of memory/pids/cpu/io this level has.
-  auto available = ReadFileString(path + "/cgroup.controllers");
-  if (available) {
+  // A controller is available in a cgroup only when its parent's
+  // cgroup.subtree_control enables it (Documentation/admin-guide/cgroup-v2.rst,
+  // "Enabling and Disabling"), so every level from the mount down passes
+  // memory/pids/cpu/io on: on the appliance nothing else has enabled them in
+  // the root (found by the e2e_sandbox_limits test; on a systemd host they
+  // already are, and enabling them again changes nothing). The root is
+  // exempt from the no-internal-processes rule; the levels below hold none.
+  auto enable_controllers = [](const std::string& dir) -> Result<void> {
+    auto available = ReadFileString(dir + "/cgroup.controllers");
+    if (!available) return {};
     std::istringstream in(*available);
     std::string controller, enable;
     while (in >> controller) {
@@ -294,9 +299,21 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV2(const std::string& 
           controller == "io")
         enable += (enable.empty() ? "+" : " +") + controller;
     }
-    if (!enable.empty())
-      TRY_CTX(WriteFileString(path + "/cgroup.subtree_control", enable), "enabling controllers");
+    if (enable.empty()) return {};
+    TRY_CTX(WriteFileString(dir + "/cgroup.subtree_control", enable),
+            fmt::format("enabling controllers in {}", dir));
+    return {};
+  };
+  TRY(enable_controllers(mount));
+  for (size_t slash = parent.find('/'); slash != std::string::npos;
+       slash = parent.find('/', slash + 1)) {
+    std::string level = mount + "/" + parent.substr(0, slash);
+    TRY(MakeDirs(level, 0755));
+    TRY(enable_controllers(level));
   }
+  TRY(MakeDirs(path, 0755));
+  auto manager = std::make_unique<CgroupManagerV2>(path);
+  TRY(enable_controllers(path));
   return std::unique_ptr<CgroupManagerInterface>(std::move(manager));
 }
 

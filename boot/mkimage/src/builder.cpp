@@ -36,6 +36,7 @@ const std::vector<std::string> kWantedModules = {
     "virtio_pci", "virtio_blk", "virtio_console", "efivarfs", "squashfs",
     "overlay",    "nf_tables",  "softdog",        "vfat",     "nls_cp437",
     "nls_ascii",  "ext4",       "virtio_net",
+    "loop",  // sandbox: each job's writable upper is its own ext4 on a loop device
 };
 
 // Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
@@ -434,6 +435,13 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
   binaries.push_back({TRY(HostTool(kDhcpcdHost, "dhcpcd-base")), "/usr/sbin/dhcpcd"});
   binaries.push_back({TRY(HostTool(kMtoolsHost, "mtools")), "/usr/bin/mtools"});
+  // Sandboxes: the launcher, mkfs.ext4 for the job uppers' template (its
+  // state lives on VAR, /var/lib/ralph/sandbox), and the read-only base
+  // directory jobs get until agent base images ship (see sandbox/README.md).
+  binaries.push_back(
+      {TRY(ProjectBinary(inputs.bin_dir, "ralph-sandbox")), "/usr/bin/ralph-sandbox"});
+  binaries.push_back({TRY(HostTool("/sbin/mkfs.ext4", "e2fsprogs")), "/sbin/mkfs.ext4"});
+  TRY(MakeDirs(staging_dir + "/usr/lib/ralph/sandbox-base"));
 
   // The service list: one line per service the slot runs (services/init
   // documents the format). Later capabilities add their daemons here.
@@ -443,6 +451,8 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
         {TRY(ProjectBinary(inputs.bin_dir, "ralph-test-agent")), "/usr/libexec/ralph-test-agent"});
     services.push_back({"test-agent", "/usr/libexec/ralph-test-agent", {}, {}, false, false});
   }
+  std::string bomb;  // test images: resource bombs for the sandbox e2e test
+  if (inputs.test_agent) bomb = TRY(ProjectBinary(inputs.bin_dir, "ralph-test-bomb"));
   // DHCP on the wired interface. Not required: an appliance without a cable
   // still boots, commits and can be reached on the console.
   services.push_back({"network",
@@ -463,6 +473,8 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   }
   services.push_back({"health", "/usr/bin/ralph-health", {}, health_after, true, true});
   TRY_CTX(StageBinaries(binaries, staging_dir), "staging the slot's binaries");
+  // Statically linked (the loader cannot list a static binary's libraries).
+  if (!bomb.empty()) TRY(StageFile(bomb, staging_dir + "/usr/libexec/ralph-test-bomb"));
   if (inputs.variant == SlotVariant::kCrashingService) {
     // A daemon shipped broken: its executable is cut off inside the ELF
     // header, so every exec fails (ENOEXEC) and ralph-init keeps restarting

@@ -5,7 +5,8 @@
 // line from the virtio-serial port "org.ralphos.agent" (the host side is a
 // QEMU unix socket) and answers one JSON line:
 //   {"argv": ["ralphctl", "boot", "status"]}  -> {"exit": 0, "output": "..."}
-// Allowed: ralphctl <args> (run from the slot), `reboot`, `poweroff`, and
+// Allowed: ralphctl <args> and ralph-sandbox <args> (run from the slot),
+// `reboot`, `poweroff`, and
 // `cat <path>` under /run/ralph or /proc, `efivar <Name-guid>` (hex data)
 // and `efivar-delete <Name-guid>` (NVRAM-wipe scenarios).
 #include <dirent.h>
@@ -101,6 +102,10 @@ nlohmann::json Handle(const std::string& line, bool* reboot_after, bool* powerof
   }
   if (argv[0] == "ralphctl") {
     argv[0] = "/usr/bin/ralphctl";
+    return RunProgram(argv);
+  }
+  if (argv[0] == "ralph-sandbox") {
+    argv[0] = "/usr/bin/ralph-sandbox";
     return RunProgram(argv);
   }
   if (argv[0] == "reboot" && argv.size() == 1) {
