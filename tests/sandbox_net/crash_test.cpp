@@ -278,5 +278,63 @@ TEST(NetCrashTest, KilledServicesUnownedTablesAreSweptByTheNextStart) {
   EXPECT_EQ(Tables(), std::set<std::string>{});
 }
 
+#ifdef RALPH_SANDBOX_CLI
+// The defect as it was reported: `ralph-sandbox run` with networking,
+// SIGKILLed mid-job; the next networked run must succeed and no table may
+// stay.
+TEST(NetCrashTest, KilledLauncherBlocksNoLaterRun) {
+  std::string work = fmt::format("/tmp/ralph-net-crash-test-{}", ::getpid());
+  std::string base = work + "/base";
+  ASSERT_EQ(testing::Shell(fmt::format("mkdir -p {0}/usr {0}/etc {1}/state && for l in bin lib "
+                                       "lib64 sbin; do ln -s usr/$l {0}/$l; done",
+                                       base, work)),
+            0);
+  auto argv_for = [&](const char* program) {
+    return std::vector<std::string>{
+        RALPH_SANDBOX_CLI, "run",           "--rootfs", base,    "--ro-bind", "/usr:/usr",
+        "--state-dir",     work + "/state", "--",       program, "60"};
+  };
+  std::vector<std::string> args = argv_for("/bin/sleep");
+  pid_t launcher = ::fork();
+  ASSERT_GE(launcher, 0);
+  if (launcher == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    ::dup2(null, 0);
+    ::dup2(null, 1);
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  bool networked = Eventually([] { return Tables().count("ralph_rja0") == 1; });
+  ::kill(launcher, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
+  ASSERT_TRUE(networked) << "the launcher never networked its job";
+  EXPECT_TRUE(Eventually([] { return Tables().empty(); }))
+      << testing::ShellOutput("nft list tables");
+
+  std::string second = fmt::format(
+      "{} run --rootfs {} --ro-bind /usr:/usr --state-dir {}/state "
+      "-- /bin/echo second-run",
+      RALPH_SANDBOX_CLI, base, work);
+  EXPECT_EQ(testing::ShellOutput(second + " 2>&1 | grep -v 'warning'"), "second-run\n");
+  EXPECT_EQ(Tables(), std::set<std::string>{});
+  // What the killed launcher leaves outside the network (not this test's
+  // subject; see sandbox/README.md): its job's upper volume mounted on a
+  // loop device, and its cgroups.
+  testing::Shell(
+      fmt::format("grep -o ' {}/[^ ]*' /proc/self/mounts | sort -r | xargs -r umount -l", work));
+  testing::Shell(
+      fmt::format("losetup -j {0}/state/images/volumes/{1}-1.img -O NAME -n | xargs -r "
+                  "losetup -d 2>/dev/null; find /sys/fs/cgroup -depth -type d -name "
+                  "'ralph-sandbox-{1}*' -exec rmdir {{}} ';' 2>/dev/null",
+                  work, launcher));
+  testing::Shell("rm -rf " + work);
+}
+#endif
+
 }  // namespace
 }  // namespace ralph::sandbox
