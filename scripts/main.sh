@@ -18,8 +18,16 @@ out=build/main
 mkdir -p "$out"
 step() { printf '\n==== %s\n' "$*"; }
 
-step "ralph-mkimage: kernel (cached in ~/.cache/ralphos), initrd, UKIs, slot images, GPT disk"
-./build/bin/ralph-mkimage --out "$out/ralphos.img" --work "$out/work"
+# A development release PKI (kept across runs, so bundles signed with it
+# later still install): the slots trust release-ca as their OTA keyring, and
+# signer signs the factory bundle on RECOVERY.
+pki=$out/pki
+[[ -f $pki/signer.key ]] || { step "development PKI (openssl) in $pki"; scripts/dev-pki.sh "$pki"; }
+
+step "ralph-mkimage: kernel (cached in ~/.cache/ralphos), initrd, UKIs, slot images, factory bundle, GPT disk"
+./build/bin/ralph-mkimage --out "$out/ralphos.img" --work "$out/work" \
+  --keyring "$pki/release-ca.crt" --update-ca "$pki/tls-ca.crt" \
+  --signing-cert "$pki/signer.crt" --signing-key "$pki/signer.key"
 # A new disk is a new machine: start from the firmware's empty NVRAM.
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$out/vars.fd"
 

@@ -160,7 +160,13 @@ Result<int> Run(const Options& options) {
   };
   auto t0 = Clock::now();
   std::string name = fmt::format("ralph-sandbox-{}", ::getpid());
-  std::unique_ptr<sb::NetworkProviderInterface> network = sb::MakeDefaultNetworkProvider(nullptr);
+  // The network service says which nft table clean-up path it uses (debug:
+  // tables owned by its socket; warning: the fallback sweep) and which stale
+  // tables it removed; a launcher prints all but the debug line.
+  std::unique_ptr<sb::NetworkProviderInterface> network = sb::MakeDefaultNetworkProvider(
+      nullptr, [](ralph::LogLevel level, const std::string& message) {
+        if (level != ralph::LogLevel::kDebug) ralph::LogLine(level, message);
+      });
   // The network service starts (service table, NFLOG listener, DNS
   // forwarder) while the cgroups, the upper volume and the job's state are
   // made here; mostly waiting on the kernel either way.

@@ -46,8 +46,10 @@ std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServi
 }
 
 std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
-    NetEventSinkInterface* events) {
-  return MakeNetworkProvider(NetworkServiceConfig{}, events);
+    NetEventSinkInterface* events, std::function<void(LogLevel, const std::string&)> log) {
+  NetworkServiceConfig config;
+  config.log = std::move(log);
+  return MakeNetworkProvider(config, events);
 }
 
 }  // namespace ralph::sandbox

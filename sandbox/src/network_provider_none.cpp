@@ -9,7 +9,8 @@ std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServi
   return nullptr;
 }
 
-std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface*) {
+std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
+    NetEventSinkInterface*, std::function<void(LogLevel, const std::string&)>) {
   return nullptr;
 }
 

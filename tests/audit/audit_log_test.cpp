@@ -426,7 +426,7 @@ TEST_F(AuditLogTest, ReadOnlyHandleCannotAppend) {
   auto row = log->Append(Event(1));
   ASSERT_FALSE(row.has_value());
   EXPECT_EQ(row.error().code(), ErrorCode::kReadOnly);
-  EXPECT_THAT(row.error().message(), HasSubstr("attempt to write a readonly database"));
+  EXPECT_THAT(row.error().message(), HasSubstr("was opened read-only; events cannot be appended"));
 }
 
 // VAR mounted read-only (a real read-only tmpfs in a private mount

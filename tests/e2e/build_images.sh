@@ -5,7 +5,7 @@
 #   broken-initrd     B's initrd is truncated (the kernel never reaches early boot)
 #   hang              B's PID 1 hangs after early boot (the watchdog resets)
 #   not-a-filesystem  B's slot partition holds random bytes
-# Every image carries the test PKI made here with openssl (fresh keys each
+# Every image carries a test PKI made by scripts/dev-pki.sh (fresh keys each
 # run, never committed): pki/release-ca.crt is the slots' OTA keyring,
 # pki/signer.{crt,key} sign the factory bundle and the test bundles,
 # pki/tls-ca.crt is the slots' trust store for update servers, and
@@ -17,30 +17,9 @@
 set -euo pipefail
 mkimage=$1 bin_dir=$2 out=$3
 mkdir -p "$out"
-command -v openssl >/dev/null || { echo "e2e_images: openssl is missing (Debian package openssl)"; exit 1; }
 
 pki=$out/pki
-rm -rf "$pki"
-mkdir -p "$pki"
-make_ca() {  # name subject
-  openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "$2" \
-    -keyout "$pki/$1.key" -out "$pki/$1.crt" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-    2>/dev/null
-}
-make_leaf() {  # name subject issuer extensions
-  openssl req -newkey rsa:2048 -nodes -sha256 -subj "$2" -keyout "$pki/$1.key" \
-    -out "$pki/$1.csr" 2>/dev/null
-  printf '%b' "$4" >"$pki/$1.ext"
-  openssl x509 -req -sha256 -days 825 -in "$pki/$1.csr" -CA "$pki/$3.crt" -CAkey "$pki/$3.key" \
-    -CAcreateserial -extfile "$pki/$1.ext" -out "$pki/$1.crt" 2>/dev/null
-}
-make_ca release-ca "/O=RalphOS test/CN=RalphOS test release CA"
-make_leaf signer "/O=RalphOS test/CN=RalphOS test release signer" release-ca \
-  'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n'
-make_ca tls-ca "/O=RalphOS test/CN=RalphOS test update server CA"
-make_leaf server "/O=RalphOS test/CN=10.0.2.2" tls-ca \
-  'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:10.0.2.2,IP:127.0.0.1\n'
+"$(dirname "$0")/../../scripts/dev-pki.sh" "$pki"
 
 common=(--bin-dir "$bin_dir" --test-agent --watchdog-seconds 10
   --keyring "$pki/release-ca.crt" --update-ca "$pki/tls-ca.crt"

@@ -9,7 +9,8 @@
 //     `ralphctl update status` in B says so;
 //   - a bundle whose health gate fails: B is marked bad, A boots again and
 //     `ralphctl update status [--json]` in A reports the rollback (from the
-//     record on VAR).
+//     record on VAR); the rollback is in the audit log on VAR (read on the
+//     host after power-off), whose chain verifies.
 // The bundles are made here with `ralph-bundle create` from the slot-B
 // payloads the e2e_images fixture exports.
 //
@@ -22,9 +23,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "drivers/disk.h"
 #include "harness/e2e_test.h"
 #include "platform/file_io.h"
 #include "platform/unique_fd.h"
+#include "services/audit/audit_log.h"
 #include "test_https_server.h"
 
 namespace ralph::e2e {
@@ -133,6 +136,51 @@ class OtaTest : public E2eTest {
     EXPECT_GT(server_->bytes_served(), 0u);
   }
 
+  // After power-off: the audit log row of `type`, read from the disk's VAR
+  // file system on the host (debugfs) with the audit library; the whole
+  // hash chain must verify. Expects exactly one such row.
+  audit::AuditRecord AuditRow(const std::string& type) {
+    auto layout = ProbeDisk(disk_);
+    EXPECT_TRUE(layout) << layout.error().ToString();
+    const PartitionInfo* var = layout ? layout->Find("VAR") : nullptr;
+    EXPECT_NE(var, nullptr);
+    if (!var) return {};
+    std::string var_image = scratch_->path() + "/var.img";
+    auto dd = RunHost({"/bin/dd", "if=" + disk_, "of=" + var_image, "bs=1M",
+                       fmt::format("skip={}", var->offset_bytes() >> 20),
+                       fmt::format("count={}", var->size_bytes() >> 20)});
+    EXPECT_EQ(dd.exit, 0) << dd.output;
+    // Replay the journal on the copy first (debugfs reads without it).
+    auto fsck = RunHost({"/sbin/e2fsck", "-fy", var_image});
+    EXPECT_LE(fsck.exit, 1) << fsck.output;
+    std::string db = scratch_->path() + "/audit.db";
+    // VAR is mounted at /var: the log is /lib/ralph/audit.db in its file
+    // system. A cleanly closed WAL database has no -wal file left.
+    auto dumped = RunHost({"/sbin/debugfs", "-R", "dump /lib/ralph/audit.db " + db, var_image});
+    EXPECT_EQ(dumped.exit, 0) << dumped.output << " (Debian package e2fsprogs)";
+    auto log = audit::AuditLog::Open(db, audit::OpenMode::kExisting);
+    EXPECT_TRUE(log) << log.error().ToString() << "\n" << dumped.output;
+    if (!log) return {};
+    auto verified = (*log)->Verify();
+    EXPECT_TRUE(verified) << verified.error().ToString();
+    if (verified && !verified->ok()) ADD_FAILURE() << verified->broken->message;
+    auto rows = (*log)->List();
+    EXPECT_TRUE(rows) << rows.error().ToString();
+    if (!rows) return {};
+    audit::AuditRecord found;
+    size_t count = 0;
+    std::string all;
+    for (const auto& row : *rows) {
+      all += fmt::format("{} {} {} {}\n", row.seq, row.type, row.subject, row.details);
+      if (row.type == type) {
+        found = row;
+        ++count;
+      }
+    }
+    EXPECT_EQ(count, 1u) << type << " rows in the audit log:\n" << all;
+    return found;
+  }
+
   nlohmann::json StatusJson(Machine& machine) {
     auto status = Ralphctl(machine, {"update", "status", "--json"});
     EXPECT_EQ(status.exit, 0) << status.output;
@@ -176,6 +224,14 @@ TEST_F(OtaTest, GoodBundleOverHttpsIsTriedThenCommitted) {
   EXPECT_EQ(after["last_update"].value("version", ""), "0.2.0") << after.dump();
   auto slots = Ralphctl(machine, {"boot", "status"});
   EXPECT_NE(slots.output.find("0.2.0"), std::string::npos) << slots.output;
+
+  ASSERT_NO_FATAL_FAILURE(PowerOff(machine));
+  audit::AuditRecord row = AuditRow("update-committed");
+  EXPECT_EQ(row.actor, "ota");
+  EXPECT_EQ(row.subject, "slot B");
+  auto details = nlohmann::json::parse(row.details, nullptr, false);
+  EXPECT_EQ(details.value("version", ""), "0.2.0") << row.details;
+  EXPECT_EQ(details.value("outcome", ""), "committed") << row.details;
 }
 
 TEST_F(OtaTest, BundleFailingItsHealthGateRollsBackToAAndIsReported) {
@@ -213,6 +269,15 @@ TEST_F(OtaTest, BundleFailingItsHealthGateRollsBackToAAndIsReported) {
   EXPECT_EQ(last.value("target", ""), "B") << json.dump();
   EXPECT_EQ(last.value("from", ""), "A") << json.dump();
   EXPECT_EQ(last.value("source", ""), GuestUrl("ralphos-0.3.0.rbundle")) << json.dump();
+
+  // Recorded once, by the boot that found it (status does not record it again).
+  ASSERT_NO_FATAL_FAILURE(PowerOff(machine));
+  audit::AuditRecord row = AuditRow("update-rolled-back");
+  EXPECT_EQ(row.actor, "ota");
+  EXPECT_EQ(row.subject, "slot B");
+  auto details = nlohmann::json::parse(row.details, nullptr, false);
+  EXPECT_EQ(details.value("version", ""), "0.3.0") << row.details;
+  EXPECT_EQ(details.value("summary", ""), kRolledBack) << row.details;
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "install_fixture.h"
 #include "platform/sha256.h"
+#include "services/audit/audit_log.h"
 #include "services/ota/esp.h"
 
 namespace ralph::ota::testing {
@@ -256,6 +257,11 @@ TEST_F(InstallTest, AntiRollbackRefusesDowngradeUnlessOverridden) {
 
   InstallOptions override_options = Options(old);
   override_options.downgrade = DowngradeOverride::kAllow;
+  // The override is recorded in the audit log before anything is written
+  // (tests/audit/ota_audit_test.cpp: and refused when it cannot be).
+  auto audit_log = audit::AuditLog::Open(dir_ / "audit.db", audit::OpenMode::kCreateIfMissing);
+  ASSERT_TRUE(audit_log.has_value()) << audit_log.error().ToString();
+  override_options.audit = audit_log->get();
   auto allowed = InstallAs(old, 'b', &override_options);
   ASSERT_TRUE(allowed.has_value()) << allowed.error().ToString();
   ASSERT_EQ(allowed->notes.size(), 1u);
@@ -300,9 +306,10 @@ TEST_F(InstallTest, RalphctlUpdateInstallAndStatus) {
   std::string efivars = std::getenv("EFIVARFS_PATH");
   efivars.pop_back();  // ralphctl --efivars takes the directory without the slash
   auto installed = ralph::testing::RunCommand(
-      {ralphctl, "update", "install", bundle, "--keyring", keyring_, "--efivars", efivars, "--disk",
-       loop_->device(), "--cmdline", "ralph.slot=a", "--status-file", status_file, "--lock",
-       dir_ / "cli.lock", "--work-dir", dir_.path()});
+      {ralphctl,          "update",       "install",       bundle,       "--keyring",
+       keyring_,          "--efivars",    efivars,         "--disk",     loop_->device(),
+       "--cmdline",       "ralph.slot=a", "--status-file", status_file,  "--lock",
+       dir_ / "cli.lock", "--work-dir",   dir_.path(),     "--audit-db", dir_ / "audit.db"});
   ASSERT_TRUE(installed.has_value()) << installed.error().ToString();
   EXPECT_NE(installed->find("installed 2.0.0 into slot B"), std::string::npos) << *installed;
   EXPECT_EQ(Record().b.status, boot::SlotStatus::kTrial);
@@ -321,9 +328,11 @@ TEST_F(InstallTest, RalphctlUpdateInstallAndStatus) {
   BundleSpec arm = DefaultSpec(8);
   arm.arch = "aarch64";
   auto refused = ralph::testing::RunCommand(
-      {ralphctl, "update", "install", MakeBundle("arm.rbundle", arm), "--keyring", keyring_,
-       "--efivars", efivars, "--disk", loop_->device(), "--cmdline", "ralph.slot=a",
-       "--status-file", status_file, "--lock", dir_ / "cli.lock", "--work-dir", dir_.path()});
+      {ralphctl,        "update",        "install",    MakeBundle("arm.rbundle", arm),
+       "--keyring",     keyring_,        "--efivars",  efivars,
+       "--disk",        loop_->device(), "--cmdline",  "ralph.slot=a",
+       "--status-file", status_file,     "--lock",     dir_ / "cli.lock",
+       "--work-dir",    dir_.path(),     "--audit-db", dir_ / "audit.db"});
   ASSERT_FALSE(refused.has_value());
   EXPECT_NE(refused.error().message().find("bundle is for ralphos/aarch64"), std::string::npos)
       << refused.error().message();

@@ -18,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include "nft_apply.h"
 #include "sandbox/net/network_service.h"
 #include "test_topology.h"
 
@@ -550,20 +551,34 @@ TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
     ASSERT_FALSE(network);
     EXPECT_EQ(network.error().code(), ErrorCode::kNotFound);
   }
-  // The nft commit fails after the veth exists (a table of that name is in
-  // the way): the veth must go, the foreign table must stay.
+  // The nft commit fails after the veth exists (a table of that name, owned
+  // by another live netlink socket, is in the way): the veth must go, the
+  // foreign table must stay.
   {
     // Slot 0 of this service's instance: "rja0" (instance 0, the only one).
     std::string table = fmt::format("ralph_{}0", service_->interface_prefix());
-    ASSERT_EQ(testing::Shell("nft add table inet " + table), 0);
+    auto other = NftSocket::Open();
+    ASSERT_TRUE(other) << other.error().ToString();
+    NftTablePlan foreign;
+    foreign.name = table;
+    ASSERT_TRUE((*other)->ApplyTablePlan(foreign, TableOwner::kThisSocket));
     JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
     auto network = service_->CreateJob("nft-fails", job.pid(), WebOnly(), &sink_);
     ASSERT_FALSE(network);
     EXPECT_EQ(network.error().code(), ErrorCode::kAlreadyExists);
-    EXPECT_NE(network.error().message().find("nft batch: table " + table), std::string::npos)
+    EXPECT_NE(
+        network.error().message().find(fmt::format(
+            "nft table inet {} exists and is owned by the live netlink socket with port id {}",
+            table, (*other)->portid())),
+        std::string::npos)
         << network.error().message();
     EXPECT_EQ(testing::CountResources().interfaces, before.interfaces);
-    ASSERT_EQ(testing::Shell("nft delete table inet " + table), 0);
+    EXPECT_NE(testing::ShellOutput("nft list tables").find("table inet " + table),
+              std::string::npos);
+    // Closing its socket deletes an owned table (nothing else does).
+    other->reset();
+    EXPECT_EQ(testing::ShellOutput("nft list tables").find("table inet " + table),
+              std::string::npos);
   }
   // The DNS listener cannot bind (port taken), the last step: veth and
   // table must both go.
@@ -594,6 +609,30 @@ TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
   std::string out =
       RunJob(WebOnly(), [](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
   EXPECT_EQ(out, "connected:hello");
+}
+
+// A stale unowned table with the name of the job's slot (what a killed
+// service leaves on a kernel without table ownership, or an older version
+// of this code) does not block the job: it is replaced in the job's own
+// transaction, and the job is confined as usual.
+TEST_F(NetEscapeTest, StaleUnownedTableOfTheSlotIsReplaced) {
+  EXPECT_TRUE(service_->tables_owned()) << "this kernel (6.18) has NFT_TABLE_F_OWNER";
+  std::string table = fmt::format("ralph_{}0", service_->interface_prefix());
+  ASSERT_EQ(testing::Shell("nft add table inet " + table), 0);
+  std::string out = RunJob(WebOnly(), [](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("203.0.113.20", 80);
+  });
+  EXPECT_EQ(out, "connected:hello|failed:timeout");
+  ASSERT_EQ(networks_.size(), 1u);
+  EXPECT_EQ(networks_[0]->host_interface(), fmt::format("{}0", service_->interface_prefix()));
+  // It is the job's table now: owned by the service (nobody else may delete
+  // it) and holding the job's chains.
+  EXPECT_NE(testing::Shell("nft delete table inet " + table + " 2>/dev/null"), 0);
+  EXPECT_NE(testing::ShellOutput("nft list table inet " + table).find("chain egress"),
+            std::string::npos);
+  ASSERT_TRUE(networks_[0]->Teardown());
+  networks_.clear();
+  EXPECT_EQ(testing::ShellOutput("nft list tables").find("table inet " + table), std::string::npos);
 }
 
 TEST_F(NetEscapeTest, HundredJobsAliveAtOnceThenNothingLeaks) {

@@ -554,6 +554,42 @@ TEST(DnsMessageTest, ExtractsAnsweredAddressesWithTtl) {
 
 // ---- address pool ----------------------------------------------------------
 
+TEST(StaleTableTest, TableInstanceParsesOnlyOurNames) {
+  EXPECT_EQ(TableInstance("ralph_rja0", "rj", 16), 0u);
+  EXPECT_EQ(TableInstance("ralph_rjp1023", "rj", 16), 15u);
+  EXPECT_EQ(TableInstance("ralph_service_rjc", "rj", 16), 2u);
+  EXPECT_EQ(TableInstance(ServiceTableName("rjd"), "rj", 16), 3u);
+  EXPECT_EQ(TableInstance(JobTableName("rjb7"), "rj", 16), 1u);
+  // Not ours: other prefixes, letters beyond the instances, missing or
+  // non-digit slots, trailing bytes, other tables.
+  for (const char* name : {"ralph_xya0", "ralph_rjq0", "ralph_rja", "ralph_rjaa0", "ralph_rja0x",
+                           "ralph_service_rj", "ralph_service_rjab", "ralph_service_rjq",
+                           "ralph_probe_rja", "filter", "nat", "ralph_", "rja0"}) {
+    EXPECT_EQ(TableInstance(name, "rj", 16), std::nullopt) << name;
+  }
+  // A longer prefix that starts like ours is another service's.
+  EXPECT_EQ(TableInstance("ralph_rjxa0", "rj", 16), std::nullopt);
+  EXPECT_EQ(TableInstance("ralph_rjxa0", "rjx", 16), 0u);
+  EXPECT_EQ(TableInstance("ralph_rjc0", "rj", 2), std::nullopt);
+}
+
+TEST(StaleTableTest, OnlyUnownedTablesOfOurPrefixAreCandidates) {
+  std::vector<NftTableInfo> tables = {
+      {.name = "ralph_rja0"},
+      {.name = "ralph_rja1", .owned = true, .owner_portid = 42},
+      {.name = "ralph_service_rja"},
+      {.name = "ralph_rjc3"},
+      {.name = "ralph_service_rjc", .owned = true, .owner_portid = 7},
+      {.name = "filter"},
+      {.name = "ralph_xya0"},
+  };
+  auto candidates = UnownedTablesByInstance(tables, "rj", 16);
+  ASSERT_EQ(candidates.size(), 2u);
+  EXPECT_EQ(candidates[0], (std::vector<std::string>{"ralph_rja0", "ralph_service_rja"}));
+  EXPECT_EQ(candidates[2], (std::vector<std::string>{"ralph_rjc3"}));
+  EXPECT_TRUE(UnownedTablesByInstance({}, "rj", 16).empty());
+}
+
 TEST(AddressPoolTest, UniqueSlotsReturnedOnRelease) {
   auto pool = AddressPool::Create(P("10.254.0.0/28"), P("fd52:616c:7068::/48"));
   ASSERT_TRUE(pool) << pool.error().message();

@@ -18,11 +18,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "platform/log.h"
 #include "platform/result.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/net/network_service.h"
@@ -56,8 +58,12 @@ class NetworkProviderInterface {
 // job's connection and DNS events; it may be null.
 std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServiceConfig& config,
                                                               NetEventSinkInterface* events);
-// MakeNetworkProvider with the default NetworkServiceConfig.
-std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(NetEventSinkInterface* events);
+// MakeNetworkProvider with the default NetworkServiceConfig, and `log` as
+// its NetworkServiceConfig::log (which table clean-up path is in use, stale
+// tables removed; may be empty).
+std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
+    NetEventSinkInterface* events,
+    std::function<void(LogLevel level, const std::string& message)> log = {});
 
 // How Destroy removes the veth pair of a job that has exited.
 enum class NetworkTeardown {

@@ -26,7 +26,6 @@
 namespace ralph::sandbox {
 namespace {
 
-constexpr std::string_view kServiceTable = "ralph_service";
 constexpr const char* kJobIfname = "eth0";
 
 Result<std::pair<sockaddr_storage, socklen_t>> ParseUpstream(std::string text) {
@@ -169,7 +168,7 @@ class JobNetworkImpl final : public JobNetwork {
       dns_registered_ = false;
     }
     if (table_created_) {
-      auto deleted = DeleteTable(table_);
+      auto deleted = service_->nft_->DeleteTable(table_);
       if (deleted) table_created_ = false;
       note(std::move(deleted));
     }
@@ -259,7 +258,34 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAl
 
   // The rules exist before the job can send anything through the veth: the
   // job is still held by the spawner until Create() returns.
-  TRY(ApplyTablePlan(plan));
+  TableOwner owner = service_->tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone;
+  auto applied = service_->nft_->ApplyTablePlan(plan, owner);
+  // EEXIST: a table of that name is in the way; EPERM: one that another
+  // socket owns (nft_table_lookup refuses before NLM_F_EXCL is looked at).
+  if (!applied && (applied.error().code() == ErrorCode::kAlreadyExists ||
+                   applied.error().code() == ErrorCode::kPermissionDenied)) {
+    // The table is not ours (this slot is free in our pool) but its name is
+    // in our instance's name space, which we hold. Unowned, it is a leftover
+    // of a previous holder of the instance, which is gone: replace it in the
+    // same transaction. Owned, a live socket holds it (the kernel deletes
+    // owned tables with their socket): not ours to touch.
+    auto tables = TRY_CTX(service_->nft_->ListTables(), "checking a table in the way");
+    auto it = std::find_if(tables.begin(), tables.end(),
+                           [&](const NftTableInfo& t) { return t.name == plan.name; });
+    if (it != tables.end() && it->owned) {
+      return Error::Make(ErrorCode::kAlreadyExists,
+                         fmt::format("nft table inet {} exists and is owned by the live netlink "
+                                     "socket with port id {}",
+                                     plan.name, it->owner_portid));
+    }
+    if (it != tables.end()) {
+      applied = service_->nft_->ApplyTablePlan(plan, owner, ExistingTable::kReplace);
+      if (applied) {
+        service_->Log(LogLevel::kInfo, fmt::format("replaced stale table inet {}", plan.name));
+      }
+    }
+  }
+  TRY(std::move(applied));
   table_created_ = true;
 
   service_->Register(ifname_, {job_id_, events});
@@ -283,10 +309,31 @@ NetworkService::NetworkService(const NetworkServiceConfig& config, UniqueFd clai
       instance_(instance),
       interface_prefix_(
           fmt::format("{}{}", config.ifname_prefix, static_cast<char>('a' + instance))),
-      service_table_name_(fmt::format("{}_{}", kServiceTable, interface_prefix_)),
+      service_table_name_(ServiceTableName(interface_prefix_)),
       pool_(std::move(pool)) {}
 
 namespace {
+
+// Claims instance `n` of `ifname_prefix` in the calling thread's netns, or
+// nullopt when a live socket holds it.
+Result<std::optional<UniqueFd>> TryClaimInstance(const std::string& ifname_prefix, unsigned n) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::FromErrno("claiming a network service instance: socket", errno);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::string name = fmt::format("ralph-sandbox-net.{}.{}", ifname_prefix, n);
+  // Abstract name: a leading NUL, not NUL-terminated (length-delimited).
+  std::memcpy(address.sun_path + 1, name.data(), name.size());
+  auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  // reinterpret_cast: bind() takes the generic sockaddr.
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0) {
+    return std::optional<UniqueFd>(std::move(fd));
+  }
+  if (errno != EADDRINUSE) {
+    return Error::FromErrno(fmt::format("claiming network service instance {}", n), errno);
+  }
+  return std::optional<UniqueFd>();
+}
 
 // Claims the first free instance number of `ifname_prefix` in the calling
 // thread's netns: binding an abstract unix socket name succeeds for exactly
@@ -294,19 +341,8 @@ namespace {
 // closes, also when its process dies (unix(7), "Abstract sockets").
 Result<std::pair<UniqueFd, unsigned>> ClaimInstance(const std::string& ifname_prefix) {
   for (unsigned n = 0; n < NetworkService::kMaxInstances; ++n) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    if (!fd) return Error::FromErrno("claiming a network service instance: socket", errno);
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    std::string name = fmt::format("ralph-sandbox-net.{}.{}", ifname_prefix, n);
-    // Abstract name: a leading NUL, not NUL-terminated (length-delimited).
-    std::memcpy(address.sun_path + 1, name.data(), name.size());
-    auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-    // reinterpret_cast: bind() takes the generic sockaddr.
-    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), length) == 0)
-      return std::make_pair(std::move(fd), n);
-    if (errno != EADDRINUSE)
-      return Error::FromErrno(fmt::format("claiming network service instance {}", n), errno);
+    auto claim = TRY(TryClaimInstance(ifname_prefix, n));
+    if (claim) return std::make_pair(std::move(*claim), n);
   }
   return Error::Make(ErrorCode::kBusy,
                      fmt::format("all {} network service instances for ifname_prefix \"{}\" are "
@@ -360,28 +396,45 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   std::unique_ptr<NetworkService> service(
       new NetworkService(config, std::move(claim), instance, std::move(pool)));
 
-  // Leftovers of this instance's previous holder, which died: its links and
-  // tables would collide with the slots we are about to hand out. Other
-  // instances' links are live and not ours to touch.
+  service->nft_ = TRY_CTX(NftSocket::Open(), "network service");
+  if (config.table_ownership == TableOwnership::kIfSupported) {
+    service->tables_owned_ = TRY(
+        service->nft_->ProbeTableOwner(fmt::format("ralph_probe_{}", service->interface_prefix_)));
+  }
+  if (service->tables_owned_) {
+    service->Log(LogLevel::kDebug,
+                 "nft tables are owned by the network service's netlink socket "
+                 "(NFT_TABLE_F_OWNER): the kernel removes them when this process exits");
+  } else if (config.table_ownership == TableOwnership::kIfSupported) {
+    service->Log(LogLevel::kWarning,
+                 "the kernel lacks nft table ownership (NFT_TABLE_F_OWNER, Linux 5.12): tables a "
+                 "killed service leaves are removed by the next service's start");
+  }
+
+  // Leftovers of this instance's previous holder, which died: its links
+  // would collide with the slots we are about to hand out. Other instances'
+  // links are live and not ours to touch.
   {
     Rtnl rtnl = TRY(Rtnl::Open());
     for (const std::string& name : StaleJobLinks(service->interface_prefix_)) {
-      TRY_CTX(DeleteTable(JobTableName(name)), "removing a stale job table");
       TRY_CTX(rtnl.DeleteLink(name), "removing a stale job link");
     }
   }
+  TRY(service->SweepStaleTables());
 
   if (config.enable_forwarding) {
     TRY(WriteSysctl("/proc/sys/net/ipv4/ip_forward", "1"));
     TRY(WriteSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"));
   }
-  TRY(DeleteTable(service->service_table_name_));
   // Every instance's table accepts forwarding for all "<ifname_prefix>*"
   // veths: a packet must pass every base chain of the hook, so a narrower
-  // pattern would make each instance drop the others' traffic.
-  TRY(ApplyTablePlan(PlanServiceTable(
-      service->service_table_name_, config.ifname_prefix,
-      config.enable_forwarding ? ForwardingPolicy::kOnlyJobs : ForwardingPolicy::kUntouched)));
+  // pattern would make each instance drop the others' traffic. A leftover
+  // of this name went with the sweep above.
+  TRY(service->nft_->ApplyTablePlan(
+      PlanServiceTable(
+          service->service_table_name_, config.ifname_prefix,
+          config.enable_forwarding ? ForwardingPolicy::kOnlyJobs : ForwardingPolicy::kUntouched),
+      service->tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone));
   service->service_table_ = true;
 
   NetworkService* raw = service.get();
@@ -414,18 +467,47 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   options.upstream_len = upstream.second;
   options.min_ttl = config.dns_min_ttl;
   options.max_ttl = config.dns_max_ttl;
-  service->dns_ = TRY(DnsForwarder::Start(options, [](const std::string& key,
-                                                      const IpPrefix& address, uint32_t ttl) {
-    return AddSetElement(JobTableName(key), address.family == IpFamily::kV4 ? kDnsSetV4 : kDnsSetV6,
-                         address, static_cast<uint64_t>(ttl) * 1000);
-  }));
+  // Through the service's socket: only it may change an owned table.
+  service->dns_ = TRY(DnsForwarder::Start(
+      options, [raw](const std::string& key, const IpPrefix& address, uint32_t ttl) {
+        return raw->nft_->AddSetElement(JobTableName(key),
+                                        address.family == IpFamily::kV4 ? kDnsSetV4 : kDnsSetV6,
+                                        address, static_cast<uint64_t>(ttl) * 1000);
+      }));
   return service;
 }
 
 NetworkService::~NetworkService() {
   dns_.reset();
   nflog_.reset();
-  if (service_table_) IgnoreError(DeleteTable(service_table_name_));
+  if (service_table_) IgnoreError(nft_->DeleteTable(service_table_name_));
+}
+
+void NetworkService::Log(LogLevel level, const std::string& message) const {
+  if (config_.log) config_.log(level, message);
+}
+
+Result<void> NetworkService::SweepStaleTables() {
+  auto tables = TRY_CTX(nft_->ListTables(), "sweeping stale tables");
+  for (const auto& [instance, names] :
+       UnownedTablesByInstance(tables, config_.ifname_prefix, kMaxInstances)) {
+    // Another instance's tables are stale only while nobody holds it; its
+    // claim, taken here, keeps a new holder out until they are gone.
+    UniqueFd claim;
+    if (instance != instance_) {
+      auto claimed = TryClaimInstance(config_.ifname_prefix, instance);
+      if (!claimed) return std::move(claimed).error().WithContext("sweeping stale tables");
+      if (!*claimed) continue;  // alive
+      claim = std::move(**claimed);
+    }
+    for (const std::string& name : names) {
+      TRY_CTX(nft_->DeleteTable(name), "removing a stale table");
+      Log(LogLevel::kInfo,
+          fmt::format("removed stale table inet {} (instance {} of \"{}\" is gone)", name,
+                      static_cast<char>('a' + instance), config_.ifname_prefix));
+    }
+  }
+  return {};
 }
 
 void NetworkService::Register(const std::string& ifname, Registered job) {

@@ -13,6 +13,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,84 +29,16 @@ namespace {
 constexpr uint32_t kTypeIpv4Addr = 7;
 constexpr uint32_t kTypeIpv6Addr = 8;
 
-class Batch {
- public:
-  // The buffer is deliberately not zeroed: only the pages the batch writes
-  // get touched. Zeroing 1 MiB (fresh mmap'd pages every time) cost ~30 ms
-  // per job on this VM, a hundred times the kernel's commit.
-  explicit Batch(uint32_t seq) : buffer_(new char[kBufferSize]), seq_(seq) {
-    batch_.reset(mnl_nlmsg_batch_start(buffer_.get(), kBufferSize));
-    nftnl_batch_begin(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), seq_++);
-    mnl_nlmsg_batch_next(batch_.get());
-  }
-
-  // Starts a message; `what` names it in errors.
-  nlmsghdr* Begin(uint16_t type, uint16_t flags, std::string what) {
-    if (names_.empty()) first_seq_ = seq_;
-    names_.push_back(std::move(what));
-    return nftnl_nlmsg_build_hdr(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), type,
-                                 NFPROTO_INET, flags | NLM_F_ACK, seq_++);
-  }
-  // Finishes the message started last. kNoSpace when the batch is full.
-  Result<void> End() {
-    if (!mnl_nlmsg_batch_next(batch_.get())) {
-      return Error::Make(ErrorCode::kNoSpace, "nft batch: buffer full");
-    }
-    return {};
-  }
-
-  // Sends the batch and waits for one ack per message.
-  Result<void> Commit() {
-    nftnl_batch_end(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), seq_++);
-    mnl_nlmsg_batch_next(batch_.get());
-
-    MnlSocketPtr socket(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC));
-    if (!socket) return Error::FromErrno("nft batch: opening a netfilter netlink socket", errno);
-    if (mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
-      return Error::FromErrno("nft batch: binding the netlink socket", errno);
-    }
-    // A receive timeout so a kernel that never answers cannot hang the caller.
-    timeval timeout{.tv_sec = 5, .tv_usec = 0};
-    setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-    if (mnl_socket_sendto(socket.get(), mnl_nlmsg_batch_head(batch_.get()),
-                          mnl_nlmsg_batch_size(batch_.get())) < 0) {
-      return Error::FromErrno("nft batch: sending", errno);
-    }
-    size_t acks = 0;
-    std::vector<char> reply(MNL_SOCKET_BUFFER_SIZE);
-    while (acks < names_.size()) {
-      ssize_t n = mnl_socket_recvfrom(socket.get(), reply.data(), reply.size());
-      if (n < 0) return Error::FromErrno("nft batch: waiting for the kernel's answer", errno);
-      int len = static_cast<int>(n);
-      for (auto* nlh = reinterpret_cast<nlmsghdr*>(reply.data()); mnl_nlmsg_ok(nlh, len);
-           nlh = mnl_nlmsg_next(nlh, &len)) {
-        // reinterpret_cast above: netlink messages are laid out in the byte
-        // buffer the kernel filled; libmnl's accessors walk them in place.
-        if (nlh->nlmsg_type != NLMSG_ERROR) continue;
-        auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
-        if (error->error != 0) {
-          size_t index = nlh->nlmsg_seq - first_seq_;
-          std::string what = index < names_.size() ? names_[index] : "batch";
-          // The kernel aborts the whole transaction on the first error.
-          return Error::FromErrno(fmt::format("nft batch: {}", what), -error->error);
-        }
-        ++acks;
-      }
-    }
-    return {};
-  }
-
- private:
-  static constexpr size_t kBufferSize = 1 << 20;
-  std::unique_ptr<char[]> buffer_;
-  MnlBatchPtr batch_;
-  uint32_t seq_;
-  uint32_t first_seq_ = 0;
-  std::vector<std::string> names_;
-};
-
-uint32_t NextSeq() {
+uint32_t InitialSeq() {
   return static_cast<uint32_t>(time(nullptr)) & 0x7fffffff;
+}
+
+// The table message of a plan, owned or not, with or without NLM_F_EXCL.
+NftnlTablePtr MakeTable(const std::string& name) {
+  NftnlTablePtr table(nftnl_table_alloc());
+  nftnl_table_set_str(table.get(), NFTNL_TABLE_NAME, name.c_str());
+  nftnl_table_set_u32(table.get(), NFTNL_TABLE_FAMILY, NFPROTO_INET);
+  return table;
 }
 
 class RuleBuilder {
@@ -271,13 +204,169 @@ uint32_t HookNumber(NftHook hook) {
 
 }  // namespace
 
-Result<void> ApplyTablePlan(const NftTablePlan& plan) {
-  Batch batch(NextSeq());
+class NftSocket::Batch {
+ public:
+  // The buffer is deliberately not zeroed: only the pages the batch writes
+  // get touched. Zeroing 1 MiB (fresh mmap'd pages every time) cost ~30 ms
+  // per job on this VM, a hundred times the kernel's commit.
+  explicit Batch(uint32_t seq) : buffer_(new char[kBufferSize]), seq_(seq) {
+    batch_.reset(mnl_nlmsg_batch_start(buffer_.get(), kBufferSize));
+    nftnl_batch_begin(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), seq_++);
+    mnl_nlmsg_batch_next(batch_.get());
+    first_seq_ = seq_;
+  }
+
+  // Starts a message; `what` names it in errors.
+  nlmsghdr* Begin(uint16_t type, uint16_t flags, std::string what) {
+    names_.push_back(std::move(what));
+    return nftnl_nlmsg_build_hdr(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), type,
+                                 NFPROTO_INET, flags | NLM_F_ACK, seq_++);
+  }
+  // Finishes the message started last. kNoSpace when the batch is full.
+  Result<void> End() {
+    if (!mnl_nlmsg_batch_next(batch_.get())) {
+      return Error::Make(ErrorCode::kNoSpace, "nft batch: buffer full");
+    }
+    return {};
+  }
+  // Closes the batch; returns the next unused sequence number.
+  uint32_t Finish() {
+    nftnl_batch_end(static_cast<char*>(mnl_nlmsg_batch_current(batch_.get())), seq_++);
+    mnl_nlmsg_batch_next(batch_.get());
+    return seq_;
+  }
+
+  mnl_nlmsg_batch* get() { return batch_.get(); }
+  size_t messages() const { return names_.size(); }
+  // The message a reply answers, if it is one of ours.
+  std::optional<size_t> Index(uint32_t seq) const {
+    if (seq < first_seq_ || seq - first_seq_ >= names_.size()) return std::nullopt;
+    return seq - first_seq_;
+  }
+  const std::string& Name(size_t index) const { return names_[index]; }
+
+ private:
+  static constexpr size_t kBufferSize = 1 << 20;
+  std::unique_ptr<char[]> buffer_;
+  MnlBatchPtr batch_;
+  uint32_t seq_;
+  uint32_t first_seq_ = 0;
+  std::vector<std::string> names_;
+};
+
+Result<std::unique_ptr<NftSocket>> NftSocket::Open() {
+  MnlSocketPtr socket(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC));
+  if (!socket) return Error::FromErrno("opening a netfilter netlink socket", errno);
+  if (mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
+    return Error::FromErrno("binding the netfilter netlink socket", errno);
+  }
+  // A receive timeout so a kernel that never answers cannot hang the caller.
+  timeval timeout{.tv_sec = 5, .tv_usec = 0};
+  if (setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout,
+                 sizeof(timeout)) != 0) {
+    return Error::FromErrno("setting the netfilter netlink socket's receive timeout", errno);
+  }
+  return std::unique_ptr<NftSocket>(new NftSocket(std::move(socket), InitialSeq()));
+}
+
+uint32_t NftSocket::portid() const {
+  return mnl_socket_get_portid(socket_.get());
+}
+
+Result<void> NftSocket::Commit(Batch& batch) {
+  seq_ = batch.Finish();
+  if (mnl_socket_sendto(socket_.get(), mnl_nlmsg_batch_head(batch.get()),
+                        mnl_nlmsg_batch_size(batch.get())) < 0) {
+    return Error::FromErrno("nft batch: sending", errno);
+  }
+  // The kernel processes the whole batch inside sendto() and queues one
+  // answer per message (NLM_F_ACK; nfnetlink_rcv_batch goes on after an
+  // error so that all errors are reported). Replies that are not for this
+  // batch (left over from an earlier one that timed out) are skipped.
+  size_t answered = 0;
+  std::optional<Error> first;
+  std::vector<char> reply(MNL_SOCKET_BUFFER_SIZE);
+  int flags = 0;
+  while (answered < batch.messages()) {
+    ssize_t n = recvfrom(mnl_socket_get_fd(socket_.get()), reply.data(), reply.size(), flags,
+                         nullptr, nullptr);
+    if (n < 0) {
+      // Once an error is in hand, the rest is drained without waiting.
+      if (first && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (errno == EINTR) continue;
+      return Error::FromErrno("nft batch: waiting for the kernel's answer", errno);
+    }
+    int len = static_cast<int>(n);
+    // reinterpret_cast: netlink messages are laid out in the byte buffer the
+    // kernel filled; libmnl's accessors walk them in place.
+    for (auto* nlh = reinterpret_cast<nlmsghdr*>(reply.data()); mnl_nlmsg_ok(nlh, len);
+         nlh = mnl_nlmsg_next(nlh, &len)) {
+      if (nlh->nlmsg_type != NLMSG_ERROR) continue;
+      std::optional<size_t> index = batch.Index(nlh->nlmsg_seq);
+      if (!index) continue;
+      ++answered;
+      auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
+      if (error->error != 0 && !first) {
+        // The kernel aborted the whole transaction.
+        first = Error::FromErrno(fmt::format("nft batch: {}", batch.Name(*index)), -error->error);
+        flags = MSG_DONTWAIT;
+      }
+    }
+  }
+  if (first) return std::move(*first);
+  return {};
+}
+
+Result<bool> NftSocket::ProbeTableOwner(std::string_view probe_table) {
+  std::lock_guard lock(mutex_);
+  Batch batch(seq_);
+  std::string name(probe_table);
+  NftnlTablePtr table = MakeTable(name);
+  nftnl_table_set_u32(table.get(), NFTNL_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+  nftnl_table_nlmsg_build_payload(
+      batch.Begin(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, fmt::format("table {}", name)),
+      table.get());
+  TRY(batch.End());
+  NftnlTablePtr gone = MakeTable(name);
+  nftnl_table_nlmsg_build_payload(batch.Begin(NFT_MSG_DELTABLE, 0, fmt::format("table {}", name)),
+                                  gone.get());
+  TRY(batch.End());
+  auto result = Commit(batch);
+  if (result) return true;
+  // Before 5.12 nf_tables_newtable accepted only NFT_TABLE_F_DORMANT
+  // (EINVAL for other bits); since then unknown bits are EOPNOTSUPP.
+  int code = result.error().sys_errno();
+  if (code == EOPNOTSUPP || code == EINVAL) return false;
+  return std::move(result).error().WithContext("probing for nft table ownership");
+}
+
+Result<void> NftSocket::ApplyTablePlan(const NftTablePlan& plan, TableOwner owner,
+                                       ExistingTable existing) {
+  std::lock_guard lock(mutex_);
+  Batch batch(seq_);
   const std::string& name = plan.name;
 
-  NftnlTablePtr table(nftnl_table_alloc());
-  nftnl_table_set_str(table.get(), NFTNL_TABLE_NAME, name.c_str());
-  nftnl_table_set_u32(table.get(), NFTNL_TABLE_FAMILY, NFPROTO_INET);
+  if (existing == ExistingTable::kReplace) {
+    // nft's "table x; delete table x; table x { ... }": the first message
+    // makes sure there is something to delete (no flags: an existing
+    // unowned table is left as it is, one owned by another socket fails the
+    // whole transaction with EPERM), the second deletes it, the rest
+    // creates the new one.
+    NftnlTablePtr ensure = MakeTable(name);
+    nftnl_table_nlmsg_build_payload(
+        batch.Begin(NFT_MSG_NEWTABLE, NLM_F_CREATE, fmt::format("stale table {}", name)),
+        ensure.get());
+    TRY(batch.End());
+    NftnlTablePtr stale = MakeTable(name);
+    nftnl_table_nlmsg_build_payload(
+        batch.Begin(NFT_MSG_DELTABLE, 0, fmt::format("deleting stale table {}", name)),
+        stale.get());
+    TRY(batch.End());
+  }
+  NftnlTablePtr table = MakeTable(name);
+  if (owner == TableOwner::kThisSocket) {
+    nftnl_table_set_u32(table.get(), NFTNL_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+  }
   nftnl_table_nlmsg_build_payload(
       batch.Begin(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, fmt::format("table {}", name)),
       table.get());
@@ -332,28 +421,28 @@ Result<void> ApplyTablePlan(const NftTablePlan& plan) {
       TRY(batch.End());
     }
   }
-  TRY_CTX(batch.Commit(), fmt::format("creating table inet {}", name));
+  TRY_CTX(Commit(batch), fmt::format("creating table inet {}", name));
   return {};
 }
 
-Result<void> DeleteTable(std::string_view table_name) {
-  Batch batch(NextSeq());
+Result<void> NftSocket::DeleteTable(std::string_view table_name) {
+  std::lock_guard lock(mutex_);
+  Batch batch(seq_);
   std::string name(table_name);
-  NftnlTablePtr table(nftnl_table_alloc());
-  nftnl_table_set_str(table.get(), NFTNL_TABLE_NAME, name.c_str());
-  nftnl_table_set_u32(table.get(), NFTNL_TABLE_FAMILY, NFPROTO_INET);
+  NftnlTablePtr table = MakeTable(name);
   nftnl_table_nlmsg_build_payload(batch.Begin(NFT_MSG_DELTABLE, 0, fmt::format("table {}", name)),
                                   table.get());
   TRY(batch.End());
-  auto result = batch.Commit();
+  auto result = Commit(batch);
   if (!result && result.error().sys_errno() == ENOENT) return {};
   TRY_CTX(std::move(result), fmt::format("deleting table inet {}", name));
   return {};
 }
 
-Result<void> AddSetElement(std::string_view table_name, std::string_view set_name,
-                           const IpPrefix& address, uint64_t timeout_ms) {
-  Batch batch(NextSeq());
+Result<void> NftSocket::AddSetElement(std::string_view table_name, std::string_view set_name,
+                                      const IpPrefix& address, uint64_t timeout_ms) {
+  std::lock_guard lock(mutex_);
+  Batch batch(seq_);
   std::string table(table_name);
   std::string name(set_name);
   NftnlSetPtr set(nftnl_set_alloc());
@@ -370,8 +459,53 @@ Result<void> AddSetElement(std::string_view table_name, std::string_view set_nam
                   fmt::format("element {} in set {}", address.AddressString(), name)),
       set.get());
   TRY(batch.End());
-  TRY_CTX(batch.Commit(), fmt::format("table inet {}", table));
+  TRY_CTX(Commit(batch), fmt::format("table inet {}", table));
   return {};
+}
+
+Result<std::vector<NftTableInfo>> NftSocket::ListTables() {
+  std::lock_guard lock(mutex_);
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  uint32_t seq = seq_++;
+  nlmsghdr* request =
+      nftnl_nlmsg_build_hdr(buffer.data(), NFT_MSG_GETTABLE, NFPROTO_INET, NLM_F_DUMP, seq);
+  if (mnl_socket_sendto(socket_.get(), request, request->nlmsg_len) < 0) {
+    return Error::FromErrno("listing nft tables: sending", errno);
+  }
+  std::vector<NftTableInfo> tables;
+  for (;;) {
+    ssize_t n = mnl_socket_recvfrom(socket_.get(), buffer.data(), buffer.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error::FromErrno("listing nft tables: receiving", errno);
+    }
+    int len = static_cast<int>(n);
+    // reinterpret_cast: as in Commit.
+    for (auto* nlh = reinterpret_cast<nlmsghdr*>(buffer.data()); mnl_nlmsg_ok(nlh, len);
+         nlh = mnl_nlmsg_next(nlh, &len)) {
+      if (nlh->nlmsg_seq != seq) continue;  // a late answer to something else
+      if (nlh->nlmsg_type == NLMSG_DONE) return tables;
+      if (nlh->nlmsg_type == NLMSG_ERROR) {
+        auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
+        if (error->error == 0) continue;
+        return Error::FromErrno("listing nft tables", -error->error);
+      }
+      NftnlTablePtr table(nftnl_table_alloc());
+      if (nftnl_table_nlmsg_parse(nlh, table.get()) < 0) {
+        return Error::FromErrno("listing nft tables: parsing a table", errno);
+      }
+      NftTableInfo info;
+      info.name = nftnl_table_get_str(table.get(), NFTNL_TABLE_NAME);
+      uint32_t flags = nftnl_table_is_set(table.get(), NFTNL_TABLE_FLAGS)
+                           ? nftnl_table_get_u32(table.get(), NFTNL_TABLE_FLAGS)
+                           : 0;
+      info.owned = (flags & NFT_TABLE_F_OWNER) != 0;
+      if (info.owned && nftnl_table_is_set(table.get(), NFTNL_TABLE_OWNER)) {
+        info.owner_portid = nftnl_table_get_u32(table.get(), NFTNL_TABLE_OWNER);
+      }
+      tables.push_back(std::move(info));
+    }
+  }
 }
 
 }  // namespace ralph::sandbox

@@ -67,6 +67,48 @@ std::string JobTableName(std::string_view host_ifname) {
   return fmt::format("ralph_{}", host_ifname);
 }
 
+std::string ServiceTableName(std::string_view instance_prefix) {
+  return fmt::format("ralph_service_{}", instance_prefix);
+}
+
+std::optional<unsigned> TableInstance(std::string_view table, std::string_view ifname_prefix,
+                                      unsigned max_instances) {
+  auto instance_of = [&](char letter) -> std::optional<unsigned> {
+    if (letter < 'a' || static_cast<unsigned>(letter - 'a') >= max_instances) return std::nullopt;
+    return static_cast<unsigned>(letter - 'a');
+  };
+  // Service table: "ralph_service_<prefix><letter>", nothing after.
+  constexpr std::string_view kService = "ralph_service_";
+  if (table.starts_with(kService) && table.substr(kService.size()).starts_with(ifname_prefix)) {
+    std::string_view rest = table.substr(kService.size() + ifname_prefix.size());
+    if (rest.size() == 1) return instance_of(rest[0]);
+  }
+  // Job table: "ralph_<prefix><letter><one or more digits>".
+  constexpr std::string_view kJob = "ralph_";
+  if (!table.starts_with(kJob) || !table.substr(kJob.size()).starts_with(ifname_prefix)) {
+    return std::nullopt;
+  }
+  std::string_view rest = table.substr(kJob.size() + ifname_prefix.size());
+  if (rest.size() < 2) return std::nullopt;
+  for (char c : rest.substr(1)) {
+    if (c < '0' || c > '9') return std::nullopt;
+  }
+  return instance_of(rest[0]);
+}
+
+std::map<unsigned, std::vector<std::string>> UnownedTablesByInstance(
+    const std::vector<NftTableInfo>& tables, std::string_view ifname_prefix,
+    unsigned max_instances) {
+  std::map<unsigned, std::vector<std::string>> result;
+  for (const NftTableInfo& table : tables) {
+    if (table.owned) continue;
+    if (auto instance = TableInstance(table.name, ifname_prefix, max_instances)) {
+      result[*instance].push_back(table.name);
+    }
+  }
+  return result;
+}
+
 Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const NetworkSpec& spec,
                                   uint16_t nflog_group) {
   const std::string& ifname = addressing.host_ifname;

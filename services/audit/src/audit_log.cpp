@@ -254,7 +254,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(std::string path, OpenMode mode
   sqlite3* raw = nullptr;
   int rc = sqlite3_open_v2(filename.c_str(), &raw, flags, nullptr);
   std::unique_ptr<AuditLog> log(
-      new AuditLog(path, std::unique_ptr<sqlite3, DbDeleter>(raw), std::move(options)));
+      new AuditLog(path, mode, std::unique_ptr<sqlite3, DbDeleter>(raw), std::move(options)));
   if (rc != SQLITE_OK) return log->DbError(rc, "opening");
   sqlite3* db = log->db_.get();
   auto fail = [&](int code, std::string_view what) { return log->DbError(code, what); };
@@ -320,6 +320,11 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(std::string path, OpenMode mode
 AuditLog::~AuditLog() = default;
 
 Result<AuditRecord> AuditLog::Append(const AuditEvent& event) {
+  if (mode_ == OpenMode::kReadOnly) {
+    return Error::Make(
+        ErrorCode::kReadOnly,
+        fmt::format("audit log {} was opened read-only; events cannot be appended", path_));
+  }
   TRY(ValidateEvent(event));
   sqlite3* db = db_.get();
   auto fail = [&](int code, std::string_view what) { return DbError(code, what); };

@@ -14,6 +14,7 @@
 #include "platform/arch.h"
 #include "platform/unique_fd.h"
 #include "services/ota/esp.h"
+#include "services/ota/install_audit.h"
 #include "slot_device.h"
 
 namespace ralph::ota {
@@ -184,6 +185,7 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   // Records a failure in the status and returns it.
   auto fail = [&](Error error) -> Error {
     tracker.Fail(error.ToString());
+    RecordBestEffort(options.audit, InstallFailedEvent(tracker.status(), error), nullptr);
     return error;
   };
 
@@ -219,6 +221,12 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   if (!plan) return fail(std::move(plan).error());
   std::string slot_name(boot::SlotName(plan->target));
   tracker.status().target_slot = slot_name;
+  // A downgrade override is on record before anything is written, or the
+  // install stops here.
+  std::vector<std::string> audit_warnings;
+  auto audited = RecordInstallStart(options.audit, tracker.status(), *plan, facts, bundle->signer,
+                                    options, audit_warnings);
+  if (!audited) return fail(std::move(audited).error());
   const PartitionInfo* part = layout.Find(PartitionLabel(plan->target));
   if (!part) {
     return fail(Error::Make(ErrorCode::kNotFound, fmt::format("the disk has no {} partition",
@@ -321,6 +329,8 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
   report.notes = plan->notes;
   report.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  RecordBestEffort(options.audit, InstallFinishedEvent(tracker.status(), report), &audit_warnings);
+  report.notes.insert(report.notes.end(), audit_warnings.begin(), audit_warnings.end());
   return report;
 }
 

@@ -10,6 +10,7 @@ constexpr Command kCommands[] = {
      RunBootCommand},
     {"update", "install a signed update bundle into the inactive slot; install progress",
      RunUpdateCommand},
+    {"audit", "list and verify the hash-chained audit log", RunAuditCommand},
 };
 
 }  // namespace

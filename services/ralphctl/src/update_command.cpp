@@ -43,7 +43,8 @@ install options:
   --keyring DIR|FILE          trusted release certificates (default /etc/ralph/keyring)
   --crl FILE                  revocation list to check the signer against
   --ca FILE                   CA bundle for the HTTPS server (default: system)
-  --allow-downgrade           install below the anti-rollback minimum (logged)
+  --allow-downgrade           install below the anti-rollback minimum (recorded in
+                              the audit log first; refused when it cannot be)
   --tries N                   trial boots before falling back (default 1)
   --full                      write every chunk (no adaptive skipping)
   --target A|B                only when booted from RECOVERY: the slot to write
@@ -258,6 +259,21 @@ int Install(const Invocation& invocation, const ParsedArgs& args) {
   ::sigaction(SIGINT, &action, nullptr);
   ::sigaction(SIGTERM, &action, nullptr);
 
+  // Install events go to the audit log. An unusable log does not stop an
+  // ordinary install (it is reported and the install goes on), but an
+  // override must be recorded, so then the install is refused.
+  std::string audit_path =
+      args.Value("--audit-db").value_or(std::string(audit::kDefaultAuditLogPath));
+  auto audit_log = audit::AuditLog::Open(audit_path, audit::OpenMode::kCreateIfMissing);
+  if (audit_log) {
+    options.audit = audit_log->get();
+  } else if (options.downgrade == ota::DowngradeOverride::kAllow) {
+    return Failed(command, audit_log.error().WithContext(
+                               "downgrade override refused: the audit log cannot be opened"));
+  } else {
+    LogWarning("installing without audit records: {}", audit_log.error().ToString());
+  }
+
   auto report = ota::Install(options, *manager, *layout);
   if (!report) return Failed(command, report.error());
   if (std::string record_path = UpdateRecordPath(args); !record_path.empty()) {
@@ -268,8 +284,6 @@ int Install(const Invocation& invocation, const ParsedArgs& args) {
         ota::PendingUpdate(report->version.ToString(), report->target, options.source));
     if (!recorded) LogError("recording the update: {}", recorded.error().ToString());
   }
-  // The override is audited here, once (the audit log of ralphd does not
-  // exist yet; the log line is the record).
   for (const std::string& note : report->notes) LogWarning("{}", note);
   fmt::print(
       "installed {} into slot {} (signed by {}): {} written, {} already in place, {:.1f} s; "

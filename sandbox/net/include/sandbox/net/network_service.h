@@ -16,6 +16,15 @@
 // [nflog_group, nflog_group + nflog_group_count) that no other socket in the
 // netns has bound.
 //
+// Job and service tables are created owned by the service's netlink socket
+// (NFT_TABLE_F_OWNER, Linux >= 5.12) when the kernel supports it (probed at
+// Start()): the kernel then deletes them when the service's process dies,
+// however it dies, so a killed launcher blocks no later job. Tables without
+// the flag (older kernels, older versions of this code, a service configured
+// with TableOwnership::kNever) that a dead instance left behind are swept by
+// the next Start() in the netns, and a stale unowned table in the way of a
+// new job is replaced in the job's own transaction.
+//
 // Start() changes the calling thread's network namespace only as configured:
 // with enable_forwarding it sets net.ipv4.ip_forward and
 // net.ipv6.conf.all.forwarding to 1 and commits its service table, which
@@ -25,17 +34,25 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 
+#include "platform/log.h"
 #include "platform/result.h"
 #include "platform/unique_fd.h"
 #include "sandbox/net/address_pool.h"
 #include "sandbox/net/job_network.h"
 
 namespace ralph::sandbox {
+
+// Whether the service's nft tables belong to its netlink socket.
+enum class TableOwnership {
+  kIfSupported,  // owned when the kernel has NFT_TABLE_F_OWNER (probed)
+  kNever,        // never owned: what a pre-5.12 kernel gives (for tests)
+};
 
 struct NetworkServiceConfig {
   // Shared by up to kMaxInstances services in one netns (each gets 1/16th):
@@ -60,9 +77,16 @@ struct NetworkServiceConfig {
   // reported as one "rate-limited: N events suppressed" event (a job that
   // floods blocked destinations must not flood the audit log).
   uint32_t max_events_per_second = 200;
+  TableOwnership table_ownership = TableOwnership::kIfSupported;
+  // Optional. Told, from Start() and CreateJob(), which table clean-up path
+  // is in use (kDebug when tables are owned, kWarning when the kernel lacks
+  // the flag) and of every stale table removed (kInfo). The library does not
+  // log by itself; binaries forward this to their log.
+  std::function<void(LogLevel level, const std::string& message)> log;
 };
 
 class DnsForwarder;
+class NftSocket;
 struct LoggedPacket;
 class NflogListener;
 class JobNetworkImpl;
@@ -75,8 +99,10 @@ class NetworkService {
 
   // kInvalidArgument names a bad config field; kBusy when all kMaxInstances
   // instances or all NFLOG groups of the range are taken in this netns;
-  // other errors name the step. Removes the links and tables that a previous
-  // holder of the same instance left behind when it died.
+  // other errors name the step. Removes the links that a previous holder of
+  // the same instance left behind when it died, and the unowned tables of
+  // this instance and of every instance of ifname_prefix that no live
+  // service holds (claimed while they are removed).
   static Result<std::unique_ptr<NetworkService>> Start(const NetworkServiceConfig& config);
   // Jobs must be torn down first. Removes the service table.
   ~NetworkService();
@@ -85,8 +111,10 @@ class NetworkService {
   // contract is in job_network.h). `events` receives the job's connection
   // and DNS events until its Teardown(). kInvalidArgument names a malformed
   // rule; kIo/kUnsupported name the netlink step that failed; kNoSpace when
-  // this instance's address pool is exhausted. Nothing is left behind on
-  // failure.
+  // this instance's address pool is exhausted. A table of the job's name is
+  // replaced when it is stale (unowned: its maker, a holder of this
+  // instance, is gone); kAlreadyExists when a live socket owns it. Nothing
+  // is left behind on failure.
   Result<std::unique_ptr<JobNetwork>> CreateJob(const std::string& job_id, pid_t child_pid,
                                                 const NetworkSpec& spec,
                                                 NetEventSinkInterface* events);
@@ -98,6 +126,9 @@ class NetworkService {
   // "<ifname_prefix><instance letter>": every host veth of this service
   // starts with it.
   const std::string& interface_prefix() const { return interface_prefix_; }
+  // Whether this service's tables are owned by its netlink socket (the
+  // kernel removes them when the process dies).
+  bool tables_owned() const { return tables_owned_; }
 
  private:
   friend class JobNetworkImpl;
@@ -119,10 +150,18 @@ class NetworkService {
   void Deliver(const std::string& ifname, NetEvent event);
   void Register(const std::string& ifname, Registered job);
   void Unregister(const std::string& ifname);
+  void Log(LogLevel level, const std::string& message) const;
+  // Removes the unowned tables of this instance and of dead instances.
+  Result<void> SweepStaleTables();
 
   NetworkServiceConfig config_;
   // Declared before what the instance makes, so released after it.
   UniqueFd claim_;
+  // Every change to this service's tables goes through it: when owned, no
+  // other socket may make one. Closed last: the kernel then deletes whatever
+  // owned table is left.
+  std::unique_ptr<NftSocket> nft_;
+  bool tables_owned_ = false;
   unsigned instance_;
   std::string interface_prefix_;
   std::string service_table_name_;

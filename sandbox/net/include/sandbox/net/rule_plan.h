@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -128,6 +129,35 @@ enum class ForwardingPolicy {
 // state is dropped, and an (empty) nat chain keeps NAT registered. Pure.
 NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifname_prefix,
                               ForwardingPolicy forwarding);
+
+// A table of the inet family as the kernel lists it.
+struct NftTableInfo {
+  std::string name;
+  // NFT_TABLE_F_OWNER: the table belongs to the netlink socket that made it
+  // (port id `owner_portid`) and the kernel deletes it when that socket
+  // closes, so an owned table always has a live owner.
+  bool owned = false;
+  uint32_t owner_portid = 0;
+};
+
+// The service table's name for one instance: "ralph_service_<instance prefix>".
+std::string ServiceTableName(std::string_view instance_prefix);
+
+// Which instance (0..max_instances-1) of the services with `ifname_prefix`
+// a table belongs to by its name — a job table
+// "ralph_<ifname_prefix><letter><digits>" or a service table
+// "ralph_service_<ifname_prefix><letter>", letter 'a' + instance — or
+// nullopt for any other name. Pure.
+std::optional<unsigned> TableInstance(std::string_view table, std::string_view ifname_prefix,
+                                      unsigned max_instances);
+
+// The candidates for the stale-table sweep: the unowned tables of
+// `ifname_prefix`'s services, by instance. Owned tables are never
+// candidates (their owner is alive by the kernel's guarantee). Whether an
+// instance's holder is gone is the caller's question. Pure.
+std::map<unsigned, std::vector<std::string>> UnownedTablesByInstance(
+    const std::vector<NftTableInfo>& tables, std::string_view ifname_prefix,
+    unsigned max_instances);
 
 // nft(8) syntax of the plan ("table inet ... { ... }").
 std::string RenderNft(const NftTablePlan& plan);

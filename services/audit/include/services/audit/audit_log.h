@@ -108,7 +108,8 @@ class AuditLog final : public AuditSinkInterface {
   AuditLog& operator=(const AuditLog&) = delete;
 
   // Redacts, chains and stores one event atomically; returns the stored row.
-  // kInvalidArgument for a malformed event (naming the field); kReadOnly,
+  // kInvalidArgument for a malformed event (naming the field); kReadOnly
+  // (also when opened with OpenMode::kReadOnly),
   // kBusy (another writer held the log past the busy timeout), kNoSpace,
   // kCorrupt, kIo otherwise. Appending to a log whose chain is broken still
   // works (it chains to the current tip); Verify reports the break.
@@ -132,12 +133,14 @@ class AuditLog final : public AuditSinkInterface {
   struct DbDeleter {
     void operator()(sqlite3* db) const;
   };
-  AuditLog(std::string path, std::unique_ptr<sqlite3, DbDeleter> db, AuditLogOptions options)
-      : path_(std::move(path)), db_(std::move(db)), options_(std::move(options)) {}
+  AuditLog(std::string path, OpenMode mode, std::unique_ptr<sqlite3, DbDeleter> db,
+           AuditLogOptions options)
+      : path_(std::move(path)), mode_(mode), db_(std::move(db)), options_(std::move(options)) {}
 
   Error DbError(int rc, std::string_view what) const;
 
   std::string path_;
+  OpenMode mode_;
   std::unique_ptr<sqlite3, DbDeleter> db_;
   AuditLogOptions options_;
 };

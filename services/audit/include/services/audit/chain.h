@@ -110,8 +110,7 @@ class ChainVerifier {
   void Break(int64_t seq, BreakKind kind, std::string message);
 
   std::optional<ChainTip> anchor_;
-  VerifyReport report_;
-  // The previous row, for naming a rewritten row and its time.
+  VerifyReport report_;  // report_.tip: the last row that verified
   int64_t expected_seq_ = 1;
   bool anchor_seen_ = false;
 };

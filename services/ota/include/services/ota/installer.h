@@ -33,6 +33,10 @@
 #include "services/ota/source.h"
 #include "services/ota/writer.h"
 
+namespace ralph::audit {
+class AuditSinkInterface;
+}
+
 namespace ralph::ota {
 
 struct DeviceIdentity {
@@ -41,7 +45,8 @@ struct DeviceIdentity {
 };
 
 // Installing below the anti-rollback minimum needs an explicit override,
-// which the caller must log/audit (InstallReport::notes says so).
+// which Install records in the audit log before writing anything, and
+// refuses when it cannot (install_audit.h).
 enum class DowngradeOverride { kRefuse, kAllow };
 
 // What the plan is decided from (read from the slot manager and the disk).
@@ -85,6 +90,10 @@ struct InstallOptions {
   std::string work_dir = "/run/ralph";                     // the UKI is staged here before mcopy
   ProgressTracker::Callback on_progress;
   const std::atomic<bool>* cancel = nullptr;
+  // The audit log (borrowed; may be null): install events go there, and a
+  // downgrade override is refused unless it is recorded there first
+  // (services/ota/install_audit.h).
+  audit::AuditSinkInterface* audit = nullptr;
   // Test hook: called at named points ("begin-write", "chunk", "flushed",
   // "verified", "esp-staged", "esp-written", "finish-write"); fault-injection
   // tests kill the process there.

@@ -53,6 +53,7 @@ int Main(const Invocation& invocation);
 // The commands (one file each).
 int RunBootCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunUpdateCommand(const Invocation& invocation, std::span<const std::string> args);
+int RunAuditCommand(const Invocation& invocation, std::span<const std::string> args);
 
 // --- Shared helpers (src/cli.cpp) ---
 

@@ -1,0 +1,183 @@
+// `ralphctl audit list|verify` as a user runs it: output, --json, exit codes
+// (0 ok, 1 failed or broken chain, 2 bad command line) and messages that
+// name the cause.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "audit_test_util.h"
+#include "services/audit/audit_log.h"
+
+namespace ralph::audit {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::ProgramRun;
+
+class RalphctlAuditTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(dir_.path().empty());
+    const char* build = std::getenv("RALPH_BINARY_DIR");
+    ASSERT_NE(build, nullptr) << "run through ctest (RALPH_BINARY_DIR)";
+    ralphctl_ = std::string(build) + "/bin/ralphctl";
+    db_ = dir_ / "audit.db";
+  }
+
+  ProgramRun Ralphctl(std::vector<std::string> args) {
+    args.insert(args.begin(), ralphctl_);
+    return testing::Run(args, dir_.path());
+  }
+
+  void Populate(int rows) {
+    auto log = AuditLog::Open(db_, OpenMode::kCreateIfMissing);
+    ASSERT_TRUE(log.has_value()) << log.error().ToString();
+    for (int i = 1; i <= rows; ++i) {
+      auto row = (*log)->Append({.actor = "ota",
+                                 .type = "install-started",
+                                 .subject = fmt::format("slot {}", i % 2 ? "A" : "B"),
+                                 .details = {{"n", i}, {"password", "hunter2"}}});
+      ASSERT_TRUE(row.has_value()) << row.error().ToString();
+    }
+  }
+
+  testing::TempDir dir_;
+  std::string ralphctl_;
+  std::string db_;
+};
+
+TEST_F(RalphctlAuditTest, ListShowsTheNewestRowsOldestFirst) {
+  Populate(60);
+  ProgramRun all = Ralphctl({"audit", "list", "--audit-db", db_});
+  ASSERT_EQ(all.status, 0) << all.err;
+  // Default: the newest 50.
+  EXPECT_EQ(std::count(all.out.begin(), all.out.end(), '\n'), 50);
+  EXPECT_THAT(all.out, HasSubstr("    11  "));
+  EXPECT_THAT(all.out, Not(HasSubstr("    10  ")));
+  EXPECT_THAT(
+      all.out,
+      HasSubstr(R"(ota      install-started      slot B     {"n":60,"password":"[REDACTED]"})"));
+  EXPECT_THAT(all.out, Not(HasSubstr("hunter2")));
+
+  ProgramRun limited = Ralphctl({"audit", "list", "--json", "--limit", "3", "--audit-db", db_});
+  ASSERT_EQ(limited.status, 0) << limited.err;
+  json rows = json::parse(limited.out);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0]["seq"], 58);
+  EXPECT_EQ(rows[2]["seq"], 60);
+  EXPECT_EQ(rows[2]["details"]["n"], 60);
+  EXPECT_EQ(rows[2]["details"]["password"], "[REDACTED]");
+  EXPECT_EQ(rows[2]["prev_hash"], rows[1]["hash"]);
+
+  ProgramRun everything = Ralphctl({"audit", "list", "--json", "--limit=0", "--audit-db", db_});
+  ASSERT_EQ(everything.status, 0);
+  EXPECT_EQ(json::parse(everything.out).size(), 60u);
+}
+
+TEST_F(RalphctlAuditTest, EmptyLog) {
+  ASSERT_TRUE(AuditLog::Open(db_, OpenMode::kCreateIfMissing).has_value());
+  ProgramRun list = Ralphctl({"audit", "list", "--audit-db", db_});
+  EXPECT_EQ(list.status, 0);
+  EXPECT_EQ(list.out, "the audit log is empty\n");
+  ProgramRun verify = Ralphctl({"audit", "verify", "--audit-db", db_});
+  EXPECT_EQ(verify.status, 0);
+  EXPECT_EQ(verify.out,
+            fmt::format("audit log {}: 0 rows, chain intact; tip 0:{}\n", db_, kGenesisHash));
+}
+
+TEST_F(RalphctlAuditTest, VerifyIntactThenTampered) {
+  Populate(20);
+  ProgramRun ok = Ralphctl({"audit", "verify", "--audit-db", db_});
+  ASSERT_EQ(ok.status, 0) << ok.err;
+  EXPECT_THAT(ok.out, HasSubstr("20 rows, chain intact; tip 20:"));
+  ProgramRun ok_json = Ralphctl({"audit", "verify", "--json", "--audit-db", db_});
+  ASSERT_EQ(ok_json.status, 0);
+  json report = json::parse(ok_json.out);
+  EXPECT_EQ(report["ok"], true);
+  EXPECT_EQ(report["rows"], 20);
+  std::string tip = report["tip"];
+
+  ProgramRun tampered = testing::Sqlite(
+      db_, "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET subject='slot Z' WHERE seq=17",
+      dir_.path());
+  ASSERT_EQ(tampered.status, 0) << tampered.err;
+  ProgramRun broken = Ralphctl({"audit", "verify", "--audit-db", db_});
+  EXPECT_EQ(broken.status, 1);
+  EXPECT_EQ(broken.err, fmt::format("ralphctl audit verify: {}: audit log row 17: hash mismatch "
+                                    "(row modified) [verification-failed]\n",
+                                    db_));
+  ProgramRun broken_json = Ralphctl({"audit", "verify", "--json", "--audit-db", db_});
+  EXPECT_EQ(broken_json.status, 1);
+  json broken_report = json::parse(broken_json.out);
+  EXPECT_EQ(broken_report["ok"], false);
+  EXPECT_EQ(broken_report["broken"]["seq"], 17);
+  EXPECT_EQ(broken_report["broken"]["kind"], "hash-mismatch");
+  EXPECT_EQ(broken_report["rows"], 16);
+
+  // Truncation behind an anchor kept from before.
+  ProgramRun truncated_db = testing::Sqlite(
+      db_, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= 17", dir_.path());
+  ASSERT_EQ(truncated_db.status, 0) << truncated_db.err;
+  EXPECT_EQ(Ralphctl({"audit", "verify", "--audit-db", db_}).status, 0);
+  ProgramRun anchored = Ralphctl({"audit", "verify", "--anchor", tip, "--audit-db", db_});
+  EXPECT_EQ(anchored.status, 1);
+  EXPECT_THAT(anchored.err, HasSubstr("audit log row 17: missing: the log ends at row 16, but "
+                                      "row 20 was seen before"));
+}
+
+TEST_F(RalphctlAuditTest, BadDatabasesFailWithTheCause) {
+  ProgramRun missing = Ralphctl({"audit", "list", "--audit-db", db_});
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_EQ(missing.err,
+            fmt::format("ralphctl audit list: audit log {} does not exist [not-found]\n", db_));
+  {
+    std::ofstream garbage(db_);
+    garbage << std::string(1024, 'z');
+  }
+  ProgramRun not_db = Ralphctl({"audit", "verify", "--audit-db", db_});
+  EXPECT_EQ(not_db.status, 1);
+  EXPECT_THAT(not_db.err, HasSubstr("reading the header: file is not a database [corrupt]"));
+}
+
+TEST_F(RalphctlAuditTest, BadCommandLinesExit2) {
+  Populate(1);
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  } cases[] = {
+      {{"audit"}, ""},
+      {{"audit", "frobnicate"}, "unknown subcommand 'frobnicate'"},
+      {{"audit", "list", "--limit", "-1"}, "--limit -1 is not a number of rows"},
+      {{"audit", "list", "--limit", "ten"}, "--limit ten is not a number of rows"},
+      {{"audit", "list", "--limit"}, "option --limit needs a value"},
+      {{"audit", "list", "--bogus"}, "unknown option --bogus"},
+      {{"audit", "list", "extra"}, "unexpected argument 'extra'"},
+      {{"audit", "verify", "--anchor", "17"}, "is not SEQ:HASH"},
+      {{"audit", "verify", "--limit", "3"}, "--limit goes with list"},
+      {{"audit", "list", "--anchor", "1:" + std::string(kGenesisHash)},
+       "--anchor goes with verify"},
+  };
+  for (Case& c : cases) {
+    // Right after the subcommand, so a value-less last option stays last.
+    c.args.insert(c.args.begin() + std::min<size_t>(2, c.args.size()), {"--audit-db", db_});
+    ProgramRun run = Ralphctl(c.args);
+    EXPECT_EQ(run.status, 2) << fmt::format("{}", fmt::join(c.args, " "));
+    EXPECT_THAT(run.err + run.out, HasSubstr(c.message))
+        << fmt::format("{}", fmt::join(c.args, " "));
+  }
+  ProgramRun help = Ralphctl({"audit", "--help"});
+  EXPECT_EQ(help.status, 0);
+  EXPECT_THAT(help.out, HasSubstr("usage: ralphctl audit"));
+  ProgramRun top = Ralphctl({"--help"});
+  EXPECT_THAT(top.out, HasSubstr("audit      list and verify the hash-chained audit log"));
+}
+
+}  // namespace
+}  // namespace ralph::audit
