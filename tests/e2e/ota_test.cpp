@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "drivers/disk.h"
+#include "drivers/testing/run_program.h"
 #include "harness/e2e_test.h"
 #include "platform/file_io.h"
 #include "platform/unique_fd.h"
@@ -37,34 +38,10 @@ constexpr std::chrono::seconds kNetworkTimeout{180};
 // Hashing, writing, reading back and verifying ~40 MB under TCG.
 constexpr std::chrono::seconds kInstallTimeout{900};
 
-// Runs a host program; returns its exit status and output (stdout+stderr).
+// Host programs; their exit status and output (stdout+stderr).
 Machine::AgentReply RunHost(const std::vector<std::string>& argv) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return {127, "pipe2 failed"};
-  UniqueFd read_end(fds[0]), write_end(fds[1]);
-  std::vector<std::string> copy = argv;
-  std::vector<char*> args;
-  for (auto& a : copy) args.push_back(a.data());
-  args.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(write_end.get(), STDOUT_FILENO);
-    ::dup2(write_end.get(), STDERR_FILENO);
-    ::execv(args[0], args.data());
-    ::_exit(127);
-  }
-  write_end.reset();
-  std::string output;
-  char buffer[4096];
-  for (ssize_t n; (n = ::read(read_end.get(), buffer, sizeof(buffer))) != 0;) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) break;
-    output.append(buffer, static_cast<size_t>(n));
-  }
-  int status = 0;
-  while (pid > 0 && ::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, output};
+  ::ralph::testing::ProgramRun run = ::ralph::testing::RunProgram(argv);
+  return {run.exit, std::move(run.output)};
 }
 
 class OtaTest : public E2eTest {

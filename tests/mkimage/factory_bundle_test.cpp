@@ -20,45 +20,15 @@
 
 #include "boot/mkimage/builder.h"
 #include "drivers/disk.h"
+#include "drivers/testing/run_program.h"
 #include "platform/file_io.h"
 #include "platform/unique_fd.h"
 
 namespace ralph::mkimage {
 namespace {
 
-struct ProgramRun {
-  int exit = -1;
-  std::string output;
-};
-
-ProgramRun RunProgram(const std::vector<std::string>& argv) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return {127, "pipe2 failed"};
-  UniqueFd read_end(fds[0]), write_end(fds[1]);
-  std::vector<std::string> copy = argv;
-  std::vector<char*> args;
-  for (auto& a : copy) args.push_back(a.data());
-  args.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(write_end.get(), STDOUT_FILENO);
-    ::dup2(write_end.get(), STDERR_FILENO);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
-  }
-  write_end.reset();
-  std::string output;
-  char buffer[4096];
-  for (ssize_t n; (n = ::read(read_end.get(), buffer, sizeof(buffer))) != 0;) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) break;
-    output.append(buffer, static_cast<size_t>(n));
-  }
-  int status = 0;
-  while (pid > 0 && ::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, output};
-}
+using ::ralph::testing::ProgramRun;
+using ::ralph::testing::RunProgram;
 
 // "factory bundle sha256: <hex>" -> hex.
 std::string ReportValue(const std::string& output, const std::string& key) {

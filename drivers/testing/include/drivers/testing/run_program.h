@@ -1,0 +1,24 @@
+// Runs a host program for a test and hands back its exit status and its
+// combined stdout + stderr, whatever happened, so a test can check both the
+// status and the message of a refusal.
+//
+//   ProgramRun run = RunProgram({"ralph-bundle", "info", bundle});
+//   EXPECT_EQ(run.exit, 1) << run.output;
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace ralph::testing {
+
+struct ProgramRun {
+  // The exit status; 128 + signal when killed; 127 when argv[0] could not
+  // be run; -1 when no process could be started (output says why).
+  int exit = -1;
+  std::string output;
+};
+
+// argv[0] is looked up in PATH when it has no slash.
+ProgramRun RunProgram(const std::vector<std::string>& argv);
+
+}  // namespace ralph::testing
