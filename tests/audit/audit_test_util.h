@@ -2,6 +2,8 @@
 // program (the sqlite3 shell, ralphctl) with its output captured.
 #pragma once
 
+#include "drivers/testing/temp_dir.h"
+
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,23 +17,10 @@
 
 namespace ralph::audit::testing {
 
-class TempDir {
+// A fresh temp directory (ralph-audit-XXXXXX), removed on destruction.
+class TempDir : public ::ralph::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "ralph-audit-XXXXXX").string();
-    if (::mkdtemp(pattern.data())) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : ::ralph::testing::TempDir("ralph-audit") {}
 };
 
 struct ProgramRun {

@@ -1,6 +1,8 @@
 // Small helpers shared by the OTA tests.
 #pragma once
 
+#include "drivers/testing/temp_dir.h"
+
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -11,24 +13,10 @@
 
 namespace ralph::ota::testing {
 
-// A fresh directory under TMPDIR, removed with its contents on destruction.
-class TempDir {
+// A fresh temp directory (ralph-ota-XXXXXX), removed on destruction.
+class TempDir : public ::ralph::testing::TempDir {
  public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "ralph-ota-XXXXXX").string();
-    path_ = ::mkdtemp(pattern.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : ::ralph::testing::TempDir("ralph-ota") {}
 };
 
 inline std::vector<uint8_t> RandomBytes(size_t size, uint32_t seed) {

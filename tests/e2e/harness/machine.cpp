@@ -90,33 +90,7 @@ Result<void> SparseCopy(const std::string& from, const std::string& to) {
 
 Result<void> CopyPartitions(const std::string& from_disk, const std::string& to_disk,
                             const std::vector<std::string>& labels) {
-  DiskLayout from = TRY(ProbeDisk(from_disk));
-  DiskLayout to = TRY(ProbeDisk(to_disk));
-  UniqueFd in(::open(from_disk.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!in) return Error::FromErrno(fmt::format("open {}", from_disk), errno);
-  UniqueFd out(::open(to_disk.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!out) return Error::FromErrno(fmt::format("open {}", to_disk), errno);
-  std::vector<char> buffer(1 << 20);
-  for (const auto& label : labels) {
-    const PartitionInfo* source = from.Find(label);
-    const PartitionInfo* target = to.Find(label);
-    if (!source || !target || source->size_bytes() != target->size_bytes()) {
-      return Error::Make(
-          ErrorCode::kInvalidArgument,
-          fmt::format("partition {} differs between {} and {}", label, from_disk, to_disk));
-    }
-    for (uint64_t done = 0; done < source->size_bytes();) {
-      size_t want =
-          static_cast<size_t>(std::min<uint64_t>(buffer.size(), source->size_bytes() - done));
-      ssize_t n =
-          ::pread(in.get(), buffer.data(), want, static_cast<off_t>(source->offset_bytes() + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return Error::FromErrno(fmt::format("read {}", from_disk), n < 0 ? errno : EIO);
-      TRY(WriteAt(out.get(), buffer.data(), static_cast<size_t>(n), target->offset_bytes() + done));
-      done += static_cast<uint64_t>(n);
-    }
-  }
-  if (::fsync(out.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", to_disk), errno);
+  for (const auto& label : labels) TRY(CopyPartitionAs(from_disk, label, to_disk, label));
   return {};
 }
 
