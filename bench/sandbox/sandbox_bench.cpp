@@ -95,6 +95,13 @@ long RssKiB() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // "sandbox_bench service N [network]": only N service jobs (no bwrap, no
+  // launcher), for profiling the service with perf.
+  bool service_only = argc > 1 && std::string(argv[1]) == "service";
+  if (service_only) {
+    ++argv;
+    --argc;
+  }
   int runs = argc > 1 ? std::atoi(argv[1]) : 200;
   int idle = argc > 2 ? std::atoi(argv[2]) : 100;
   std::string work = fmt::format("/tmp/ralph-sandbox-bench-{}", getpid());
@@ -162,6 +169,32 @@ int main(int argc, char** argv) {
   spec.network.enabled = with_network;
 
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  if (service_only) {
+    sb::SandboxSpec job = spec;
+    job.network.enabled = with_network && idle != 0;
+    std::vector<double> create, run, wait, destroy;
+    for (int i = 0; i < runs; ++i) {
+      auto t0 = Clock::now();
+      auto id = (*service)->CreateJob(job);
+      auto t1 = Clock::now();
+      if (!id || !(*service)->Run(*id)) return 1;
+      auto t2 = Clock::now();
+      auto result = (*service)->Wait(*id);
+      auto t3 = Clock::now();
+      if (!result || result->exit_code != 0 || !(*service)->Destroy(*id)) return 1;
+      auto t4 = Clock::now();
+      create.push_back(ms(t0, t1));
+      run.push_back(ms(t1, t2));
+      wait.push_back(ms(t2, t3));
+      destroy.push_back(ms(t3, t4));
+    }
+    std::printf(
+        "service only, network %s, %d runs: create %.2f  run %.2f  wait %.2f  destroy %.2f\n",
+        job.network.enabled ? "on" : "off", runs, Median(create), Median(run), Median(wait),
+        Median(destroy));
+    service->reset();
+    return std::system(("rm -rf " + work).c_str()) == 0 ? 0 : 1;
+  }
   // Phase 1: launchers (before this process starts its own network service,
   // which holds the NFLOG group a launcher's service needs). Interleaved so
   // that machine noise hits all alike.
