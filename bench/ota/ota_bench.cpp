@@ -35,6 +35,7 @@
 
 #include <fmt/format.h>
 
+#include "boot/bundle/bundle.h"
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
 #include "drivers/gpt.h"
@@ -43,7 +44,6 @@
 #include "platform/efivar_store.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
-#include "services/ota/bundle.h"
 #include "services/ota/installer.h"
 
 extern char** environ;
@@ -142,7 +142,7 @@ double ReadAndHashSeconds(const std::string& device, uint64_t size) {
       }
       for (size_t c = 0; c < length; c += kMiB) {
         MustOk(hasher.Reset(), "sha256");
-        Must(
+        MustOk(
             hasher.Update(std::span<const uint8_t>(buffer + c, std::min<size_t>(kMiB, length - c))),
             "sha256");
         Must(hasher.Finish(), "sha256");
