@@ -561,6 +561,7 @@ Result<void> NetworkService::QueueRemoval(Removal removal) {
     reap_rtnl_ = std::make_unique<Rtnl>(std::move(*rtnl));
   }
   if (!reaper_.joinable()) reaper_ = std::thread([this] { ReapLoop(); });
+  removal.deadline = std::chrono::steady_clock::now() + kKernelGrace;
   reap_queue_.push_back(std::move(removal));
   ++reap_queued_;
   lock.unlock();
@@ -573,8 +574,23 @@ void NetworkService::ReapLoop() {
   for (;;) {
     reap_cv_.wait(lock, [this] { return reap_stop_ || !reap_queue_.empty(); });
     if (reap_queue_.empty()) return;  // stopping, and nothing left to do
+    // A job's veth normally goes with its network namespace: once its last
+    // process is gone, the kernel's netns cleanup deletes the pair, many
+    // namespaces' devices in one batch (one RTNL hold, one rcu_barrier). An
+    // RTM_DELLINK of our own would hold the RTNL lock through an expedited
+    // grace period per link, stalling every job being created meanwhile
+    // (a new netns, `lo` up, veth creation all take it). So the oldest
+    // removal waits up to kKernelGrace for that (polled), and the link is
+    // deleted here only after it — or at once when the service stops.
+    const Removal& oldest = reap_queue_.front();
+    bool link_gone = oldest.ifname.empty() || if_nametoindex(oldest.ifname.c_str()) == 0;
+    if (!link_gone && !reap_stop_ && std::chrono::steady_clock::now() < oldest.deadline) {
+      reap_cv_.wait_for(lock, kReapPoll);
+      continue;
+    }
     Removal removal = std::move(reap_queue_.front());
     reap_queue_.pop_front();
+    if (link_gone) removal.ifname.clear();
     lock.unlock();
     auto removed = Remove(removal);
     if (!removed) {
