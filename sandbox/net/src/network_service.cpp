@@ -27,6 +27,9 @@ namespace ralph::sandbox {
 namespace {
 
 constexpr const char* kJobIfname = "eth0";
+// Every network namespace's loopback device (LOOPBACK_IFINDEX,
+// include/net/net_namespace.h).
+constexpr int kLoopbackIndex = 1;
 
 Result<std::pair<sockaddr_storage, socklen_t>> ParseUpstream(std::string text) {
   if (text.empty()) {
@@ -281,25 +284,30 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAl
   veth_created_ = true;
 
   const JobAddresses& a = *addresses_;
-  TRY_CTX(RunInNetns(netns_fd,
-                     [&]() -> Result<void> {
-                       Rtnl job = TRY(Rtnl::Open());
-                       TRY(job.SetUp("lo"));
-                       TRY(job.AddAddress(kJobIfname, a.job_v4, JobAddresses::kV4LinkLength));
-                       TRY(job.AddAddress(kJobIfname, a.job_v6, JobAddresses::kV6LinkLength));
-                       TRY(job.SetUp(kJobIfname));
-                       TRY(job.AddDefaultRoute(kJobIfname, a.host_v4));
-                       TRY(job.AddDefaultRoute(kJobIfname, a.host_v6));
-                       return {};
-                     }),
-          "configuring the job side");
+  {
+    // A socket in the job's netns, made without a helper thread; each side
+    // configured with one batch of requests.
+    Rtnl job = TRY_CTX(Rtnl::OpenIn(netns_fd), "configuring the job side");
+    int eth = TRY_CTX(job.LinkIndex(kJobIfname), "configuring the job side");
+    Rtnl::Batch batch;
+    batch.SetUp(kLoopbackIndex, "lo");
+    batch.AddAddress(eth, kJobIfname, a.job_v4, JobAddresses::kV4LinkLength);
+    batch.AddAddress(eth, kJobIfname, a.job_v6, JobAddresses::kV6LinkLength);
+    batch.SetUp(eth, kJobIfname);
+    batch.AddDefaultRoute(eth, kJobIfname, a.host_v4);
+    batch.AddDefaultRoute(eth, kJobIfname, a.host_v6);
+    TRY_CTX(job.Send(batch), "configuring the job side");
+  }
 
-  TRY(host.AddAddress(ifname_, a.host_v4, JobAddresses::kV4LinkLength));
-  TRY(host.AddAddress(ifname_, a.host_v6, JobAddresses::kV6LinkLength));
   if (service_->config_.enable_forwarding) {
     TRY(WriteSysctl(fmt::format("/proc/sys/net/ipv4/conf/{}/forwarding", ifname_), "1"));
   }
-  TRY(host.SetUp(ifname_));
+  int host_index = TRY(host.LinkIndex(ifname_));
+  Rtnl::Batch batch;
+  batch.AddAddress(host_index, ifname_, a.host_v4, JobAddresses::kV4LinkLength);
+  batch.AddAddress(host_index, ifname_, a.host_v6, JobAddresses::kV6LinkLength);
+  batch.SetUp(host_index, ifname_);
+  TRY(host.Send(batch));
 
   // The rules exist before the job can send anything through the veth: the
   // job is still held by the spawner until Create() returns.
@@ -720,12 +728,10 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
   UniqueFd netns = TRY_CTX(OpenNetns(child_pid), context());
 
   if (!spec.enabled) {
-    TRY_CTX(RunInNetns(netns.get(),
-                       []() -> Result<void> {
-                         Rtnl job = TRY(Rtnl::Open());
-                         return job.SetUp("lo");
-                       }),
-            context());
+    Rtnl job = TRY_CTX(Rtnl::OpenIn(netns.get()), context());
+    Rtnl::Batch batch;
+    batch.SetUp(kLoopbackIndex, "lo");
+    TRY_CTX(job.Send(batch), context());
     return std::unique_ptr<JobNetwork>(new JobNetworkImpl(this, job_id, spec, std::nullopt));
   }
 
