@@ -31,13 +31,13 @@
 
 #include <fmt/format.h>
 
+#include "boot/bundle/bundle.h"
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
 #include "drivers/gpt.h"
 #include "drivers/testing/loop_device.h"
 #include "platform/arch.h"
 #include "platform/efivar_store.h"
-#include "boot/bundle/bundle.h"
 #include "services/ota/installer.h"
 
 extern char** environ;

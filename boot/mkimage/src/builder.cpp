@@ -40,10 +40,11 @@ const std::vector<std::string> kWantedModules = {
 };
 
 // Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
-// wired interface itself over netlink (address, routes, MTU). Its hook
-// script is a shell script and a slot has no shell, so `script ""` turns it
-// off (dhcpcd.conf(5): an empty script runs nothing); DNS servers are not
-// written anywhere yet. Privilege separation runs as the `dhcpcd` user
+// wired interface itself over netlink (address, routes, MTU). Its own hook
+// script is a shell script and a slot has no shell, so `script` names our
+// C++ hook instead (services/dhcp): it writes the lease's DNS servers to
+// /run/ralph/resolv.conf, which /etc/resolv.conf links to (the root is
+// read-only). Privilege separation runs as the `dhcpcd` user
 // chrooted into its (empty, read-only) home, as Debian's postinst sets up.
 // `nodev`: a slot runs no udev; without it dhcpcd 9.4.1's privileged proxy
 // dereferences the absent /dev plugin and segfaults when a NIC appears
@@ -51,14 +52,15 @@ const std::vector<std::string> kWantedModules = {
 // plugin it waits forever for udev to initialise the interface.
 constexpr const char* kDhcpcdHost = "/usr/sbin/dhcpcd";
 constexpr const char* kDhcpcdConf =
-    "# RalphOS: DHCPv4 on the wired interfaces, no hook script (no shell in a slot).\n"
-    "script \"\"\n"
+    "# RalphOS: DHCPv4 on the wired interfaces; DNS through ralph-dhcp-hook (no shell).\n"
+    "script /usr/libexec/ralph-dhcp-hook\n"
     "allowinterfaces en* eth*\n"
     "ipv4only\n"
     "noipv4ll\n"
     "clientid\n"
     "nodev\n"
     "option classless_static_routes, interface_mtu\n"
+    "option domain_name_servers, domain_name, domain_search\n"
     "require dhcp_server_identifier\n";
 constexpr const char* kPasswd =
     "root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -434,6 +436,8 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-health")), "/usr/bin/ralph-health"});
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
   binaries.push_back({TRY(HostTool(kDhcpcdHost, "dhcpcd-base")), "/usr/sbin/dhcpcd"});
+  binaries.push_back(
+      {TRY(ProjectBinary(inputs.bin_dir, "ralph-dhcp-hook")), "/usr/libexec/ralph-dhcp-hook"});
   binaries.push_back({TRY(HostTool(kMtoolsHost, "mtools")), "/usr/bin/mtools"});
   // Sandboxes: the launcher, mkfs.ext4 for the job uppers' template (its
   // state lives on VAR, /var/lib/ralph/sandbox), and the read-only base
@@ -485,6 +489,7 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   }
   TRY(WriteWholeFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
   TRY(WriteWholeFile(staging_dir + "/etc/dhcpcd.conf", kDhcpcdConf));
+  TRY(MakeSymlink("/run/ralph/resolv.conf", staging_dir + "/etc/resolv.conf"));
   TRY(WriteWholeFile(staging_dir + "/etc/passwd", kPasswd));
   TRY(WriteWholeFile(staging_dir + "/etc/group", kGroup));
   TRY(MakeDirs(staging_dir + "/usr/lib/dhcpcd"));
@@ -574,7 +579,8 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     }
     std::string uki = work + "/" + name + ".efi";
     TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),
-                 OsRelease(options.version, name), stub, options.source_date_epoch, uki));
+                 OsRelease(options.version, target == BootTarget::kRecovery ? name : "system"),
+                 stub, options.source_date_epoch, uki));
     esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
     if (target == BootTarget::kSlotA) {
       esp_files.push_back({uki, fmt::format("/EFI/BOOT/{}", arch::RemovableBootFileName())});
