@@ -715,6 +715,45 @@ TEST(SlotManagerTest, ReadOnlyStoreFailsClearlyAndChangesNothing) {
   EXPECT_EQ(m.Boot().booted, BootTarget::kSlotA);
 }
 
+// A fleet alternates A -> B -> A with one UKI that names no slot: every
+// boot is told apart by the file the firmware loaded (the stub's
+// LoaderImageIdentifier), through BootNext and BootOrder alike, and a
+// removable-path boot is the committed slot.
+TEST(SlotManagerTest, OneSlotAgnosticImageAlternatesBetweenSlots) {
+  Machine m = Machine::WithTrialPending(1, {2, 0, 0});
+  BootReport b = m.Boot();
+  EXPECT_EQ(m.booted()->kernel_cmdline.find("ralph.slot="), std::string::npos);
+  EXPECT_EQ(b.booted, BootTarget::kSlotB);
+  EXPECT_EQ(b.event, BootEvent::kTrial);
+  EXPECT_THAT(b.booted_how, HasSubstr("LoaderImageIdentifier \\EFI\\ralph\\b.efi"));
+  ASSERT_TRUE(m.Manager().MarkGood().has_value());
+  EXPECT_EQ(m.Record().committed, Slot::kB);
+
+  // From B, the same release into A.
+  SlotManager manager = m.Manager();
+  ASSERT_TRUE(manager.BeginWrite(Slot::kA, {2, 0, 0}).has_value());
+  ASSERT_TRUE(manager.FinishWrite(Slot::kA, {2, 0, 0}, TestDigest(9)).has_value());
+  BootReport a = m.Boot();
+  EXPECT_EQ(m.booted()->source, BootSource::kBootNext);
+  EXPECT_EQ(a.booted, BootTarget::kSlotA);
+  EXPECT_EQ(a.event, BootEvent::kTrial);
+  ASSERT_TRUE(m.Manager().MarkGood().has_value());
+  EXPECT_EQ(m.Record().committed, Slot::kA);
+  EXPECT_EQ(m.Boot().booted, BootTarget::kSlotA);
+  EXPECT_EQ(m.booted()->source, BootSource::kBootOrder);
+
+  // Our entries gone: the firmware falls to the removable path, whose copy
+  // is the committed slot's (A), and the entries are recreated.
+  for (BootTarget target : kAllBootTargets) {
+    m.vars().Erase(kEfiGlobalGuid, BootEntryName(EntryFor(m, target)));
+  }
+  BootReport removable = m.Boot();
+  EXPECT_EQ(m.booted()->source, BootSource::kRemovable);
+  EXPECT_EQ(removable.booted, BootTarget::kSlotA);
+  EXPECT_THAT(removable.booted_how, HasSubstr("the copy of the committed slot A's image"));
+  EXPECT_EQ(removable.event, BootEvent::kNormal);
+}
+
 TEST(SlotManagerTest, KernelCommandLineDecidesWhenBootCurrentDisagrees) {
   Machine m = Machine::Provisioned();
   m.Boot();  // BootCurrent = A's own entry
