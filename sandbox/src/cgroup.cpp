@@ -250,9 +250,8 @@ class CgroupManagerV1 final : public CgroupManagerInterface {
 };
 
 // The calling process's cgroup in the v1 hierarchy holding `controller`,
-// from /proc/self/cgroup ("4:memory:/a/b").
-Result<std::string> OwnV1Path(const std::string& controller) {
-  std::string text = TRY(ReadFileString("/proc/self/cgroup"));
+// from /proc/self/cgroup's `text` ("4:memory:/a/b").
+Result<std::string> OwnV1Path(const std::string& text, const std::string& controller) {
   std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
@@ -327,6 +326,7 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& 
                        fmt::format("cgroup parent '{}' is empty or has '..'", parent));
   // Constructed first so that a failure removes the parents made so far.
   auto manager = std::make_unique<CgroupManagerV1>();
+  std::string own_cgroups = TRY(ReadFileString("/proc/self/cgroup"));
   for (const char* controller : {"memory", "pids", "cpu", "cpuacct", "blkio"}) {
     std::string hierarchy = root + "/" + controller;
     bool optional = std::string(controller) == "blkio";
@@ -335,13 +335,15 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& 
       return Error::Make(ErrorCode::kUnsupported,
                          fmt::format("{} is not a cgroup v1 hierarchy", hierarchy));
     }
-    auto own = OwnV1Path(controller);
+    auto own = OwnV1Path(own_cgroups, controller);
     if (!own) {
       if (optional) continue;
       return std::move(own).error();
     }
     std::string path = hierarchy + (*own == "/" ? "" : *own) + "/" + parent;
-    TRY(MakeDirs(path, 0755));
+    // Our own cgroup exists: one mkdir unless the parent name is nested.
+    if (parent.find('/') != std::string::npos || ::mkdir(path.c_str(), 0755) != 0)
+      TRY(MakeDirs(path, 0755));
     manager->AddParent(controller, path);
   }
   return std::unique_ptr<CgroupManagerInterface>(std::move(manager));
