@@ -37,7 +37,7 @@
 #include "drivers/testing/loop_device.h"
 #include "platform/arch.h"
 #include "platform/efivar_store.h"
-#include "services/ota/bundle.h"
+#include "boot/bundle/bundle.h"
 #include "services/ota/installer.h"
 
 extern char** environ;

@@ -95,6 +95,13 @@ long RssKiB() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // "sandbox_bench service N [network]": only N service jobs (no bwrap, no
+  // launcher), for profiling the service with perf.
+  bool service_only = argc > 1 && std::string(argv[1]) == "service";
+  if (service_only) {
+    ++argv;
+    --argc;
+  }
   int runs = argc > 1 ? std::atoi(argv[1]) : 200;
   int idle = argc > 2 ? std::atoi(argv[2]) : 100;
   std::string work = fmt::format("/tmp/ralph-sandbox-bench-{}", getpid());
@@ -162,6 +169,33 @@ int main(int argc, char** argv) {
   spec.network.enabled = with_network;
 
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  if (service_only) {
+    sb::SandboxSpec job = spec;
+    job.network.enabled = with_network && idle != 0;
+    std::vector<double> create, run, wait, destroy;
+    for (int i = 0; i < runs; ++i) {
+      auto t0 = Clock::now();
+      auto id = (*service)->CreateJob(job);
+      auto t1 = Clock::now();
+      if (!id || !(*service)->Run(*id)) return 1;
+      auto t2 = Clock::now();
+      auto result = (*service)->Wait(*id);
+      auto t3 = Clock::now();
+      if (!result || result->exit_code != 0 || !(*service)->Destroy(*id)) return 1;
+      auto t4 = Clock::now();
+      create.push_back(ms(t0, t1));
+      run.push_back(ms(t1, t2));
+      wait.push_back(ms(t2, t3));
+      destroy.push_back(ms(t3, t4));
+    }
+    std::printf(
+        "service only, network %s, %d runs: create %.2f  run %.2f  wait %.2f  destroy %.2f\n",
+        job.network.enabled ? "on" : "off", runs, Median(create), Median(run), Median(wait),
+        Median(destroy));
+    service->reset();
+    IgnoreError(sb::UnmountIdleVolumes(state + "/images"));
+    return std::system(("rm -rf " + work).c_str()) == 0 ? 0 : 1;
+  }
   // Phase 1: launchers (before this process starts its own network service,
   // which holds the NFLOG group a launcher's service needs). Interleaved so
   // that machine noise hits all alike.
@@ -184,7 +218,7 @@ int main(int argc, char** argv) {
   }
   std::string load_after_launchers = LoadAverage();
   // Phase 2: the long-running service in this process.
-  std::vector<double> t_spawn_no_net;
+  std::vector<double> t_spawn_no_net, t_create_nn, t_run_nn, t_wait_nn, t_destroy_nn;
   std::vector<double> t_bwrap2, t_service, t_service_no_net, t_create, t_run, t_wait, t_destroy;
   sb::SandboxSpec no_net = spec;
   no_net.network.enabled = false;
@@ -214,6 +248,10 @@ int main(int argc, char** argv) {
       if (s == &no_net) {
         t_service_no_net.push_back(ms(t0, t4));
         t_spawn_no_net.push_back(ms(t0, t3));
+        t_create_nn.push_back(ms(t0, t1));
+        t_run_nn.push_back(ms(t1, t2));
+        t_wait_nn.push_back(ms(t2, t3));
+        t_destroy_nn.push_back(ms(t3, t4));
         continue;
       }
       t_service.push_back(ms(t0, t4));
@@ -271,9 +309,12 @@ int main(int argc, char** argv) {
   if (with_network)
     std::printf("  service create+run+wait+destroy, no network     %8.2f  ratio %.2fx bwrap\n",
                 Median(t_service_no_net), Median(t_service_no_net) / bw2);
-  if (with_network)
+  if (with_network) {
     std::printf("  service create+run+wait, no network             %8.2f  ratio %.2fx bwrap\n",
                 Median(t_spawn_no_net), Median(t_spawn_no_net) / bw2);
+    std::printf("    create %.2f  run %.2f  wait %.2f  destroy %.2f\n", Median(t_create_nn),
+                Median(t_run_nn), Median(t_wait_nn), Median(t_destroy_nn));
+  }
 
   // Idle sandboxes: N jobs alive, each sleeping.
   spec.argv = {"/bin/sleep", "600"};
@@ -300,6 +341,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "teardown of %s failed\n", id.c_str());
   }
   service->reset();
+  // The launchers leave their emptied volume mounted for the next one.
+  if (auto drained = sb::UnmountIdleVolumes(state + "/images"); !drained)
+    std::fprintf(stderr, "drain: %s\n", drained.error().ToString().c_str());
   std::string cleanup = "rm -rf " + work;
   return std::system(cleanup.c_str()) == 0 ? 0 : 1;
 }

@@ -1,6 +1,8 @@
 // ralph-sandbox run [flags] -- command [args...]
 // Runs one command in a sandbox (SandboxService with every layer on) and
 // exits with its status (128+signal when killed, 124 on timeout).
+// ralph-sandbox drain [--state-dir DIR]
+// Unmounts the idle upper volumes runs leave mounted for the next run.
 #include <unistd.h>
 
 #include <chrono>
@@ -23,6 +25,7 @@ namespace sb = ralph::sandbox;
 
 constexpr const char kUsage[] =
     "usage: ralph-sandbox run [flags] -- command [args...]\n"
+    "       ralph-sandbox drain [--state-dir DIR]   unmount the idle upper volumes\n"
     "  --rootfs DIR         read-only base directory (default /)\n"
     "  --image FILE         read-only base squashfs/erofs image instead\n"
     "  --ro-bind SRC:DST    bind a host path read-only (repeatable)\n"
@@ -72,15 +75,25 @@ Result<sb::BindMount> ParseBind(std::string_view flag, const std::string& text,
 }
 
 struct Options {
+  bool drain = false;
   sb::SandboxSpec spec;
   std::string state_dir = "/var/lib/ralph/sandbox";
   bool stats = false;
 };
 
 Result<Options> ParseArgs(int argc, char** argv) {
-  if (argc < 2 || std::string_view(argv[1]) != "run")
-    return Error::Make(ErrorCode::kInvalidArgument, "the only command is 'run'");
   Options options;
+  if (argc >= 2 && std::string_view(argv[1]) == "drain") {
+    options.drain = true;
+    if (argc == 4 && std::string_view(argv[2]) == "--state-dir") {
+      options.state_dir = argv[3];
+    } else if (argc != 2) {
+      return Error::Make(ErrorCode::kInvalidArgument, "drain takes only --state-dir DIR");
+    }
+    return options;
+  }
+  if (argc < 2 || std::string_view(argv[1]) != "run")
+    return Error::Make(ErrorCode::kInvalidArgument, "the commands are 'run' and 'drain'");
   sb::SandboxSpec& spec = options.spec;
   spec.base.assign(1, '/');  // assign(): GCC 12 -Wrestrict false positive on = "/"
   int i = 2;
@@ -159,7 +172,9 @@ Result<int> Run(const Options& options) {
     return std::chrono::duration<double, std::milli>(b - a).count();
   };
   auto t0 = Clock::now();
-  std::string name = fmt::format("ralph-sandbox-{}", ::getpid());
+  // Owner pid and start time in the name: the next launcher's start-up
+  // sweep removes the cgroups of one that was killed (SweepDeadOwnerCgroups).
+  std::string name = sb::OwnedCgroupName("ralph-sandbox");
   // The network service says which nft table clean-up path it uses (debug:
   // tables owned by its socket; warning: the fallback sweep) and which stale
   // tables it removed; a launcher prints all but the debug line.
@@ -194,6 +209,10 @@ Result<int> Run(const Options& options) {
   // One job, then exit: its veth goes with its network namespace, in the
   // kernel's time (as bwrap's netns does).
   service_options.network_teardown = sb::NetworkTeardown::kWithNamespace;
+  // Its emptied upper volume stays mounted for the next launcher (up to 4 on
+  // the state dir; `ralph-sandbox drain` unmounts them): no loop attach,
+  // mount and unmount per run. The next one to take it wipes it again.
+  service_options.max_shared_volumes = 4;
   service =
       TRY(sb::SandboxService::Create(service_options, std::move(cgroups), std::move(network)));
   if (service->landlock_abi() == 0)
@@ -255,6 +274,14 @@ int main(int argc, char** argv) {
   }
   if (options->spec.base_kind == sb::BaseKind::kDirectory && options->spec.base == "/")
     ralph::LogWarning("no --rootfs given: the host's / is the read-only base");
+  if (options->drain) {
+    auto drained = sb::UnmountIdleVolumes(options->state_dir + "/images");
+    if (!drained) {
+      ralph::LogError("{}", drained.error().ToString());
+      return 1;
+    }
+    return 0;
+  }
   auto status = Run(*options);
   if (!status) {
     ralph::LogError("{}", status.error().ToString());

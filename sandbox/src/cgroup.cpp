@@ -1,6 +1,7 @@
 // cgroup v1 and v2 job cgroups (see cgroup.h).
 #include "sandbox/cgroup.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <signal.h>
@@ -10,6 +11,8 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -247,9 +250,8 @@ class CgroupManagerV1 final : public CgroupManagerInterface {
 };
 
 // The calling process's cgroup in the v1 hierarchy holding `controller`,
-// from /proc/self/cgroup ("4:memory:/a/b").
-Result<std::string> OwnV1Path(const std::string& controller) {
-  std::string text = TRY(ReadFileString("/proc/self/cgroup"));
+// from /proc/self/cgroup's `text` ("4:memory:/a/b").
+Result<std::string> OwnV1Path(const std::string& text, const std::string& controller) {
   std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
@@ -324,6 +326,7 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& 
                        fmt::format("cgroup parent '{}' is empty or has '..'", parent));
   // Constructed first so that a failure removes the parents made so far.
   auto manager = std::make_unique<CgroupManagerV1>();
+  std::string own_cgroups = TRY(ReadFileString("/proc/self/cgroup"));
   for (const char* controller : {"memory", "pids", "cpu", "cpuacct", "blkio"}) {
     std::string hierarchy = root + "/" + controller;
     bool optional = std::string(controller) == "blkio";
@@ -332,13 +335,15 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& 
       return Error::Make(ErrorCode::kUnsupported,
                          fmt::format("{} is not a cgroup v1 hierarchy", hierarchy));
     }
-    auto own = OwnV1Path(controller);
+    auto own = OwnV1Path(own_cgroups, controller);
     if (!own) {
       if (optional) continue;
       return std::move(own).error();
     }
     std::string path = hierarchy + (*own == "/" ? "" : *own) + "/" + parent;
-    TRY(MakeDirs(path, 0755));
+    // Our own cgroup exists: one mkdir unless the parent name is nested.
+    if (parent.find('/') != std::string::npos || ::mkdir(path.c_str(), 0755) != 0)
+      TRY(MakeDirs(path, 0755));
     manager->AddParent(controller, path);
   }
   return std::unique_ptr<CgroupManagerInterface>(std::move(manager));
@@ -359,6 +364,98 @@ Result<std::unique_ptr<CgroupManagerInterface>> DetectCgroups(const std::string&
   return Error::Make(
       ErrorCode::kUnsupported,
       fmt::format("neither cgroup2 nor cgroup v1 memory/pids/cpu hierarchies at {}", root));
+}
+
+std::string OwnedCgroupName(const std::string& base) {
+  pid_t pid = ::getpid();
+  return fmt::format("{}@{}.{}", base, pid, ProcessStartTime(pid));
+}
+
+namespace {
+
+struct CgroupOwner {
+  std::string base;
+  pid_t pid = 0;
+  uint64_t start = 0;
+};
+
+std::optional<CgroupOwner> ParseOwnedName(const std::string& name) {
+  size_t at = name.rfind('@');
+  if (at == std::string::npos || at == 0) return std::nullopt;
+  CgroupOwner owner;
+  owner.base = name.substr(0, at);
+  unsigned long long start = 0;
+  int pid = 0;
+  char rest = 0;
+  if (std::sscanf(name.c_str() + at + 1, "%d.%llu%c", &pid, &start, &rest) != 2 || pid <= 0)
+    return std::nullopt;
+  owner.pid = pid;
+  owner.start = start;
+  return owner;
+}
+
+// SIGKILLs what is left in `dir` (bounded) and removes it.
+Result<void> KillAndRemove(const std::string& dir) {
+  for (int pass = 0; pass < 200; ++pass) {
+    auto text = ReadFileString(dir + "/cgroup.procs");
+    if (!text) break;  // gone already
+    std::istringstream in(*text);
+    pid_t pid;
+    bool any = false;
+    while (in >> pid) {
+      any = true;
+      ::kill(pid, SIGKILL);
+    }
+    if (!any) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return RemoveCgroupDir(dir);
+}
+
+}  // namespace
+
+Result<size_t> SweepDeadOwnerCgroups(const CgroupManagerInterface& manager) {
+  size_t removed = 0;
+  Result<void> first;
+  for (const std::string& parent : manager.parent_paths()) {
+    size_t slash = parent.rfind('/');
+    if (slash == std::string::npos) continue;
+    std::string dir = parent.substr(0, slash);
+    auto own = ParseOwnedName(parent.substr(slash + 1));
+    if (!own) continue;
+    DIR* listing = ::opendir(dir.c_str());
+    if (!listing) continue;
+    std::vector<std::string> dead;
+    while (dirent* entry = ::readdir(listing)) {
+      auto owner = ParseOwnedName(entry->d_name);
+      if (!owner || owner->base != own->base || entry->d_type != DT_DIR) continue;
+      if (ProcessStartTime(owner->pid) != owner->start) dead.push_back(entry->d_name);
+    }
+    ::closedir(listing);
+    for (const std::string& name : dead) {
+      std::string path = dir + "/" + name;
+      if (DIR* jobs = ::opendir(path.c_str())) {
+        std::vector<std::string> children;
+        while (dirent* entry = ::readdir(jobs)) {
+          std::string child = entry->d_name;
+          if (entry->d_type == DT_DIR && child != "." && child != "..") children.push_back(child);
+        }
+        ::closedir(jobs);
+        for (const std::string& child : children) {
+          auto r = KillAndRemove(path + "/" + child);
+          if (!r && first) first = std::move(r);
+        }
+      }
+      auto r = KillAndRemove(path);
+      if (!r) {
+        if (first) first = std::move(r);
+        continue;
+      }
+      ++removed;
+    }
+  }
+  if (!first) return std::move(first).error().WithContext("sweeping cgroups of dead owners");
+  return removed;
 }
 
 }  // namespace ralph::sandbox

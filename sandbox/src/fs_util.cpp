@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 
 #include <fmt/format.h>
@@ -112,6 +114,21 @@ Result<void> RemoveTree(const std::string& path) {
   if (::rmdir(path.c_str()) != 0 && errno != ENOENT)
     return Error::FromErrno(fmt::format("rmdir {}", path), errno);
   return {};
+}
+
+uint64_t ProcessStartTime(int pid) {
+  auto stat = ReadFileString(fmt::format("/proc/{}/stat", pid));
+  if (!stat) return 0;
+  // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+  size_t close = stat->rfind(')');
+  if (close == std::string::npos) return 0;
+  const char* p = stat->c_str() + close + 1;
+  // Field 3 (state) comes first after ')'; field 22 is 19 fields later.
+  for (int field = 3; field < 22; ++field) {
+    p = std::strchr(p + 1, ' ');
+    if (!p) return 0;
+  }
+  return std::strtoull(p + 1, nullptr, 10);
 }
 
 }  // namespace ralph::sandbox

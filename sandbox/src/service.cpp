@@ -50,6 +50,11 @@ struct SandboxService::Job {
   enum class State { kCreated, kRunning, kReaped };
   State state = State::kCreated;
   UniqueFd pidfd;
+  // The job's mount namespace, held until Teardown: when the job's last
+  // process exits, its exit then does not wait for the namespace's mounts
+  // to be torn down (an RCU grace period: umount_tree), so Wait returns that
+  // much sooner; Teardown drops it before the volume is wiped.
+  UniqueFd mount_ns;
   pid_t pid = -1;
   UniqueFd out;  // stdout, or the pty master
   UniqueFd err;
@@ -146,17 +151,24 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
                        fmt::format("name: '{}' is empty or has '/'", options.name));
   if (!cgroups)
     return Error::Make(ErrorCode::kInvalidArgument, "cgroups: a cgroup manager is required");
+  // What killed owners left: their cgroups (here) and volumes (Open below).
+  // Not fatal: what it cannot remove costs space, not this service's jobs.
+  if (auto swept = SweepDeadOwnerCgroups(*cgroups); !swept)
+    LogWarning("{}", swept.error().ToString());
   // Compiled when the build ran: nothing to compile per service.
   SeccompProgram seccomp =
       TRY_CTX(SeccompProgram::Default(options.seccomp_audit_arch), "the seccomp program");
-  // 0711: the job's mapped root must traverse to its root and upper, list nothing.
-  TRY(MakeDirs(options.state_dir + "/jobs", 0711));
+  // 0711: the job's mapped root must traverse to its volume, list nothing.
   TRY(MakeDirs(options.state_dir + "/images", 0711));
   int abi = LandlockAbiVersion();
   std::unique_ptr<SandboxService> service(new SandboxService(
       std::move(options), std::move(cgroups), std::move(network), std::move(seccomp), abi));
-  service->volumes_ = TRY(LoopVolumeFactory::Open(service->options_.state_dir + "/images"));
-  service->volumes_->set_max_pooled(service->options_.max_pooled_volumes);
+  VolumeOptions volume_options;
+  volume_options.max_pooled = service->options_.max_pooled_volumes;
+  volume_options.max_shared_mounted = service->options_.max_shared_volumes;
+  // Also sweeps the volumes killed processes left on the state dir.
+  service->volumes_ =
+      TRY(LoopVolumeFactory::Open(service->options_.state_dir + "/images", volume_options));
   return service;
 }
 
@@ -172,16 +184,20 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
   auto job = std::make_unique<Job>();
   job->id = fmt::format("{}-{}", options_.name, next_job_++);
   job->spec = spec;
-  job->dir = fmt::format("{}/jobs/{}", options_.state_dir, job->id);
-  if (::mkdir(job->dir.c_str(), 0711) != 0) return Io(fmt::format("mkdir {}", job->dir));
   // From here on Teardown() cleans up whatever exists.
   Job& j = *job;
   auto result = [&]() -> Result<void> {
     struct stat st;
+    if (spec.base_kind == BaseKind::kDirectory &&
+        (::stat(spec.base.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)))
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("base: '{}' is not a directory", spec.base));
+    j.volume =
+        TRY_CTX(volumes_->Acquire(spec.limits.disk_bytes, options_.ids.host_base), "upper volume");
+    // Everything of the job lives in its volume (see storage.h): nothing is
+    // created or deleted on the state dir's own filesystem per job.
+    j.dir = j.volume->mount_point();
     if (spec.base_kind == BaseKind::kDirectory) {
-      if (::stat(spec.base.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-        return Error::Make(ErrorCode::kInvalidArgument,
-                           fmt::format("base: '{}' is not a directory", spec.base));
       j.paths.lower = spec.base;
     } else {
       j.base_mount = j.dir + "/base";
@@ -190,8 +206,6 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
       TRY_CTX(MountImageReadOnly(spec.base, j.base_mount), "base");
       j.paths.lower = j.base_mount;
     }
-    j.volume =
-        TRY_CTX(volumes_->Acquire(spec.limits.disk_bytes, options_.ids.host_base), "upper volume");
     j.paths.upper = j.volume->mount_point() + "/upper";
     j.paths.work = j.volume->mount_point() + "/work";
     for (const std::string& path : {j.paths.upper, j.paths.work}) {
@@ -201,15 +215,18 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
       if (::chown(path.c_str(), options_.ids.host_base, options_.ids.host_base) != 0)
         return Io(fmt::format("chown {}", path));
     }
+    // The overlay's mount point; kept (empty) when the volume is reused.
     j.paths.root = j.dir + "/root";
-    if (::mkdir(j.paths.root.c_str(), 0755) != 0) return Io(fmt::format("mkdir {}", j.paths.root));
+    if (::mkdir(j.paths.root.c_str(), 0755) != 0 && errno != EEXIST)
+      return Io(fmt::format("mkdir {}", j.paths.root));
     if (spec.network.enabled) {
       if (!network_)
         return Error::Make(ErrorCode::kUnsupported,
                            "network.enabled: this build has no network support (sandbox/net); "
                            "disable the network");
       j.paths.resolv = j.dir + "/resolv.conf";
-      UniqueFd fd(::open(j.paths.resolv.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+      UniqueFd fd(::open(j.paths.resolv.c_str(),
+                         O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
       if (!fd) return Io(fmt::format("create {}", j.paths.resolv));
     }
     j.mounts = TRY(PlanMounts(spec, j.paths));
@@ -328,6 +345,9 @@ Result<void> SandboxService::Run(const JobId& id) {
 
   job.pid = static_cast<pid_t>(pid);
   job.pidfd.reset(pidfd);
+  // Best effort: without it the namespace goes with the job's exit instead.
+  job.mount_ns.reset(
+      ::open(fmt::format("/proc/{}/ns/mnt", pid).c_str(), O_RDONLY | O_NOCTTY | O_CLOEXEC));
   job.state = Job::State::kRunning;
   job.started = std::chrono::steady_clock::now();
   sync_read.reset();
@@ -522,6 +542,9 @@ Result<void> SandboxService::Teardown(Job& job) {
     job.state = Job::State::kReaped;
   }
   job.pidfd.reset();
+  // The overlay and the rest of the job's mounts go now, before its volume
+  // is wiped or reused.
+  job.mount_ns.reset();
   job.out.reset();
   job.err.reset();
   if (job.network) {
@@ -537,12 +560,12 @@ Result<void> SandboxService::Teardown(Job& job) {
     keep(job.cgroup->Destroy());
     job.cgroup.reset();
   }
-  if (job.volume) keep(volumes_->Release(std::move(job.volume)));
   if (!job.base_mount.empty()) {
     if (::umount2(job.base_mount.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
       keep(Io(fmt::format("umount {}", job.base_mount)));
   }
-  keep(RemoveTree(job.dir));
+  // Wipes the job's files (upper, work, resolv.conf, base) with it.
+  if (job.volume) keep(volumes_->Release(std::move(job.volume)));
   return first;
 }
 

@@ -3,7 +3,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/loop.h>
+#include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -117,13 +119,117 @@ Result<void> MountImageReadOnly(const std::string& image, const std::string& mou
                           err);
 }
 
+namespace {
+
+constexpr const char kImageSuffix[] = ".img";
+// Images parked unmounted, and the space each may hold on the host.
+constexpr size_t kMaxCold = 16;
+constexpr uint64_t kMaxColdAllocated = 16ull << 20;
+// More than this many inodes in use: destroying is cheaper than wiping.
+constexpr uint64_t kMaxInodesToWipe = 2000;
+// What a job leaves in its volume (see service.cpp); `root`, the overlay's
+// mount point, stays (empty) and lost+found is mkfs's.
+constexpr const char* kJobEntries[] = {"upper", "work", "resolv.conf", "base"};
+
+std::string VolumePrefix(uint64_t bytes, uint32_t owner_uid) {
+  return fmt::format("vol-{}-{}-", bytes, owner_uid);
+}
+
+bool EndsWith(const std::string& text, std::string_view suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string WithoutImageSuffix(const std::string& image) {
+  return image.substr(0, image.size() - (sizeof kImageSuffix - 1));
+}
+
+// A mount point: on another device than its parent directory.
+bool IsMountPoint(const std::string& path) {
+  struct stat st, parent;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
+  if (::stat((path + "/..").c_str(), &parent) != 0) return false;
+  return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino;
+}
+
+// Whether a loop device still has `image` as its backing file (it detaches
+// asynchronously after its last unmount; two filesystems must never share
+// one image).
+bool LoopHolds(const std::string& image) {
+  DIR* listing = ::opendir("/sys/block");
+  if (!listing) return true;  // cannot tell: assume it does
+  std::unique_ptr<DIR, int (*)(DIR*)> owner(listing, ::closedir);
+  while (dirent* entry = ::readdir(listing)) {
+    if (std::strncmp(entry->d_name, "loop", 4) != 0) continue;
+    auto backing = ReadFileString(fmt::format("/sys/block/{}/loop/backing_file", entry->d_name));
+    if (backing && backing->rfind(image, 0) == 0 &&
+        (backing->size() == image.size() || (*backing)[image.size()] == '\n' ||
+         (*backing)[image.size()] == ' '))
+      return true;
+  }
+  return false;
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* listing = ::opendir(dir.c_str());
+  if (!listing) return names;
+  std::unique_ptr<DIR, int (*)(DIR*)> owner(listing, ::closedir);
+  while (dirent* entry = ::readdir(listing)) {
+    std::string name = entry->d_name;
+    if (name != "." && name != "..") names.push_back(std::move(name));
+  }
+  return names;
+}
+
+// Opens and locks `path` without waiting; empty when another process holds
+// it or it was deleted meanwhile (a lock on an unlinked file guards nothing).
+UniqueFd LockImage(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return {};
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return {};
+  struct stat held, named;
+  if (::fstat(fd.get(), &held) != 0 || ::stat(path.c_str(), &named) != 0 ||
+      held.st_dev != named.st_dev || held.st_ino != named.st_ino)
+    return {};
+  return fd;
+}
+
+bool PidAlive(pid_t pid) {
+  return ::kill(pid, 0) == 0 || errno == EPERM;
+}
+
+// Empties a volume of a finished (or dead) job: unmounts a base image a
+// launcher had mounted in it, removes the job's entries. False when it holds
+// too much to be worth wiping, or a removal failed.
+bool Wipe(const std::string& mount_point) {
+  struct statfs st;
+  if (::statfs(mount_point.c_str(), &st) != 0 || st.f_files - st.f_ffree > kMaxInodesToWipe)
+    return false;
+  std::string base = mount_point + "/base";
+  if (::umount2(base.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT) return false;
+  for (const char* name : kJobEntries) {
+    if (!RemoveTree(mount_point + "/" + name)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 UpperVolume::~UpperVolume() {
   IgnoreError(Destroy());
 }
 
+void UpperVolume::Unlock() {
+  image_.clear();
+  mounted_ = false;
+  lock_.reset();
+}
+
 Result<void> UpperVolume::Destroy() {
-  // The name first: while the loop device still holds the file this is a
-  // directory update only; the blocks are freed when the device lets go.
+  // The name first, still locked: nobody can take it any more. While the
+  // loop device still holds the file this is a directory update only; the
+  // blocks are freed when the device lets go.
   if (!image_.empty()) {
     if (::unlink(image_.c_str()) != 0 && errno != ENOENT)
       return Error::FromErrno(fmt::format("unlink {}", image_), errno);
@@ -136,14 +242,71 @@ Result<void> UpperVolume::Destroy() {
     if (::umount2(mount_point_.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
       return Error::FromErrno(fmt::format("umount {}", mount_point_), errno);
     mounted_ = false;
+  }
+  if (lock_) {
     ::rmdir(mount_point_.c_str());
+    lock_.reset();
   }
   return {};
 }
 
-Result<std::unique_ptr<LoopVolumeFactory>> LoopVolumeFactory::Open(const std::string& state_dir) {
+Result<std::unique_ptr<LoopVolumeFactory>> LoopVolumeFactory::Open(const std::string& state_dir,
+                                                                   VolumeOptions options) {
   TRY(MakeDirs(state_dir, 0711));
-  return std::unique_ptr<LoopVolumeFactory>(new LoopVolumeFactory(state_dir));
+  std::unique_ptr<LoopVolumeFactory> factory(new LoopVolumeFactory(state_dir, options));
+  factory->volumes_dir_ = state_dir + "/volumes";
+  TRY(MakeDirs(factory->volumes_dir_, 0711));
+  factory->Sweep();
+  return factory;
+}
+
+void LoopVolumeFactory::Sweep() {
+  for (const std::string& name : ListDir(volumes_dir_)) {
+    std::string path = volumes_dir_ + "/" + name;
+    if (name.rfind(".tmp-", 0) == 0) {
+      // An image being made; its maker holds the lock until it is renamed.
+      if (UniqueFd held = LockImage(path)) {
+        ::unlink(path.c_str());
+        ++sweep_.destroyed;
+      }
+      continue;
+    }
+    if (name.rfind("vol-", 0) == 0 && EndsWith(name, kImageSuffix)) {
+      UniqueFd held = LockImage(path);
+      if (!held) continue;  // in use
+      std::string mount_point = WithoutImageSuffix(path);
+      if (!IsMountPoint(mount_point)) {
+        ::rmdir(mount_point.c_str());  // cold; a mount point left empty
+        continue;
+      }
+      bool dirty = false;
+      for (const char* entry : kJobEntries) dirty = dirty || PathExists(mount_point + "/" + entry);
+      if (!dirty) continue;
+      std::unique_ptr<UpperVolume> volume(
+          new UpperVolume(path, mount_point, 0, 0, std::move(held)));
+      volume->mounted_ = true;
+      if (Wipe(mount_point)) {
+        ++sweep_.wiped;
+        volume->Unlock();
+      } else {
+        ++sweep_.destroyed;
+        IgnoreError(volume->Destroy());
+      }
+      continue;
+    }
+    // The per-process naming of earlier releases ("<pid>-<n>" mounted on
+    // "<pid>-<n>.img", "parked-..." images): nothing locks them, so only a
+    // dead pid's are removed.
+    pid_t pid = 0;
+    int number = 0;
+    char rest = 0;
+    if (std::sscanf(name.c_str(), "%d-%d%c", &pid, &number, &rest) == 2 && pid > 0 &&
+        !PidAlive(pid)) {
+      if (IsMountPoint(path) && ::umount2(path.c_str(), MNT_DETACH) == 0) ++sweep_.unmounted;
+      ::rmdir(path.c_str());
+      ::unlink((path + kImageSuffix).c_str());
+    }
+  }
 }
 
 Result<std::string> LoopVolumeFactory::TemplateFor(uint64_t bytes, uint32_t owner_uid) {
@@ -188,7 +351,7 @@ Result<void> LoopVolumeFactory::DrainPool() {
   while (!pool_.empty()) {
     std::unique_ptr<UpperVolume> volume = std::move(pool_.back());
     pool_.pop_back();
-    auto result = Park(std::move(volume));
+    auto result = LetGo(std::move(volume));
     if (!result && first) first = std::move(result);
   }
   return first;
@@ -196,25 +359,40 @@ Result<void> LoopVolumeFactory::DrainPool() {
 
 Result<void> LoopVolumeFactory::Release(std::unique_ptr<UpperVolume> volume) {
   if (!volume) return {};
-  struct statfs st;
-  // More than this many inodes in use: destroying is cheaper than wiping.
-  constexpr uint64_t kMaxInodesToWipe = 2000;
-  bool keep = volume->mounted_ && ::statfs(volume->mount_point_.c_str(), &st) == 0 &&
-              st.f_files - st.f_ffree <= kMaxInodesToWipe;
-  if (keep) {
-    UniqueFd root(::open(volume->mount_point_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    keep = root.valid();
-    if (keep) {
-      // Everything but lost+found (made by mkfs, needed by e2fsck).
-      for (const char* name : {"upper", "work"}) {
-        if (!RemoveTree(volume->mount_point_ + "/" + name)) keep = false;
-      }
-    }
+  if (!volume->mounted_ || !Wipe(volume->mount_point_)) return volume->Destroy();
+  if (pool_.size() < options_.max_pooled) {
+    pool_.push_back(std::move(volume));
+    return {};
   }
-  if (!keep) return volume->Destroy();
-  if (pool_.size() >= max_pooled_) return Park(std::move(volume));
-  pool_.push_back(std::move(volume));
-  return {};
+  return LetGo(std::move(volume));
+}
+
+std::unique_ptr<UpperVolume> LoopVolumeFactory::TryLock(const std::string& name, uint64_t bytes,
+                                                        uint32_t owner_uid) {
+  std::string image = volumes_dir_ + "/" + name;
+  UniqueFd held = LockImage(image);
+  if (!held) return nullptr;
+  std::string mount_point = WithoutImageSuffix(image);
+  std::unique_ptr<UpperVolume> volume(
+      new UpperVolume(image, mount_point, bytes, owner_uid, std::move(held)));
+  if (IsMountPoint(mount_point)) {
+    volume->mounted_ = true;
+    // Emptied by whoever let it go, unless that one was killed first.
+    if (!Wipe(mount_point)) {
+      IgnoreError(volume->Destroy());
+      return nullptr;
+    }
+    return volume;
+  }
+  if (LoopHolds(image)) {
+    volume->Unlock();
+    return nullptr;
+  }
+  if (!MountImage(*volume)) {
+    IgnoreError(volume->Destroy());  // unusable: drop it
+    return nullptr;
+  }
+  return volume;
 }
 
 Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
@@ -226,40 +404,58 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
       return volume;
     }
   }
-  std::string dir = state_dir_ + "/volumes";
-  TRY(MakeDirs(dir, 0711));
-  uint64_t number = next_volume_++;
-  std::string image = fmt::format("{}/{}-{}.img", dir, ::getpid(), number);
-  std::string mount_point = fmt::format("{}/{}-{}", dir, ::getpid(), number);
-  // A parked image of this size and owner, if one is free: no copy, and no
-  // image to free at the end.
-  if (ClaimParked(bytes, owner_uid, image)) {
-    std::unique_ptr<UpperVolume> volume(new UpperVolume(image, mount_point, bytes, owner_uid));
-    volume->mounted_ = false;
-    UniqueFd image_fd(::open(image.c_str(), O_RDWR | O_CLOEXEC));
-    if (image_fd && MountImage(*volume, image_fd.get())) return volume;
-    IgnoreError(volume->Destroy());  // unusable: drop it, make a new one below
+  // The state dir's unlocked volumes of this size and owner: warm ones
+  // first (no mount to make).
+  std::string prefix = VolumePrefix(bytes, owner_uid);
+  std::vector<std::string> warm, cold;
+  for (std::string& name : ListDir(volumes_dir_)) {
+    if (name.rfind(prefix, 0) != 0 || !EndsWith(name, kImageSuffix)) continue;
+    (IsMountPoint(volumes_dir_ + "/" + WithoutImageSuffix(name)) ? warm : cold)
+        .push_back(std::move(name));
+  }
+  for (const auto* names : {&warm, &cold}) {
+    for (const std::string& name : *names) {
+      if (auto volume = TryLock(name, bytes, owner_uid)) return volume;
+    }
   }
   std::string template_path =
       TRY_CTX(TemplateFor(bytes, owner_uid), "making the upper-layer template");
   UniqueFd source(::open(template_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!source) return Error::FromErrno(fmt::format("open {}", template_path), errno);
-  UniqueFd image_fd(::open(image.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!image_fd) return Error::FromErrno(fmt::format("create {}", image), errno);
+  uint64_t number = next_volume_++;
+  // Made under a name no other process takes, locked, then published.
+  std::string temp = fmt::format("{}/.tmp-{}-{}{}", volumes_dir_, ::getpid(), number, kImageSuffix);
+  std::string image =
+      fmt::format("{}/{}{}-{}{}", volumes_dir_, prefix, ::getpid(), number, kImageSuffix);
+  UniqueFd image_fd(::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!image_fd) return Error::FromErrno(fmt::format("create {}", temp), errno);
+  if (::flock(image_fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    ::unlink(temp.c_str());
+    return Error::FromErrno(fmt::format("flock {}", temp), err);
+  }
   // From here on the volume owns the image (and later the mount).
-  std::unique_ptr<UpperVolume> volume(new UpperVolume(image, mount_point, bytes, owner_uid));
-  volume->mounted_ = false;
-  if (::ftruncate(image_fd.get(), static_cast<off_t>(bytes)) != 0)
-    return Error::FromErrno(fmt::format("truncate {}", image), errno);
-  TRY_CTX(CopySparse(source.get(), image_fd.get(), bytes),
-          fmt::format("copying {} to {}", template_path, image));
-  TRY(MountImage(*volume, image_fd.get()));
+  std::unique_ptr<UpperVolume> volume(
+      new UpperVolume(temp, WithoutImageSuffix(image), bytes, owner_uid, std::move(image_fd)));
+  if (::ftruncate(volume->lock_.get(), static_cast<off_t>(bytes)) != 0)
+    return Error::FromErrno(fmt::format("truncate {}", temp), errno);
+  TRY_CTX(CopySparse(source.get(), volume->lock_.get(), bytes),
+          fmt::format("copying {} to {}", template_path, temp));
+  if (::rename(temp.c_str(), image.c_str()) != 0)
+    return Error::FromErrno(fmt::format("rename {}", temp), errno);
+  volume->image_ = image;
+  TRY(MountImage(*volume));
   return volume;
 }
 
-Result<void> LoopVolumeFactory::MountImage(UpperVolume& volume, int image_fd) {
+Result<void> LoopVolumeFactory::MountImage(UpperVolume& volume) {
+  // The loop device keeps the file it is given open for as long as it is
+  // attached: its own open file description, not the locked one, or the
+  // lock would outlive this process.
+  UniqueFd image_fd(::open(volume.image_.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+  if (!image_fd) return Error::FromErrno(fmt::format("open {}", volume.image_), errno);
   auto [loop, device] =
-      TRY_CTX(AttachLoop(image_fd, false), fmt::format("attaching {}", volume.image_));
+      TRY_CTX(AttachLoop(image_fd.get(), false), fmt::format("attaching {}", volume.image_));
   if (::mkdir(volume.mount_point_.c_str(), 0755) != 0 && errno != EEXIST)
     return Error::FromErrno(fmt::format("mkdir {}", volume.mount_point_), errno);
   // noinit_itable: nothing to zero in a sparse image, no background thread.
@@ -270,64 +466,47 @@ Result<void> LoopVolumeFactory::MountImage(UpperVolume& volume, int image_fd) {
     return Error::FromErrno(
         fmt::format("mount {} ({}) on {}", device, volume.image_, volume.mount_point_), err);
   }
-  volume.loop_number_ = std::atoi(device.c_str() + std::strlen("/dev/loop"));
   volume.mounted_ = true;
   return {};
 }
 
-namespace {
-constexpr size_t kMaxParked = 16;
-// A parked image that holds more than this on the host is freed instead.
-constexpr uint64_t kMaxParkedAllocated = 16ull << 20;
-std::string ParkedPrefix(uint64_t bytes, uint32_t owner_uid) {
-  return fmt::format("parked-{}-{}-", bytes, owner_uid);
-}
-}  // namespace
-
-bool LoopVolumeFactory::ClaimParked(uint64_t bytes, uint32_t owner_uid, const std::string& image) {
-  std::string dir = state_dir_ + "/volumes";
-  DIR* listing = ::opendir(dir.c_str());
-  if (!listing) return false;
-  std::unique_ptr<DIR, int (*)(DIR*)> owner(listing, ::closedir);
-  std::string prefix = ParkedPrefix(bytes, owner_uid);
-  while (dirent* entry = ::readdir(listing)) {
-    std::string name = entry->d_name;
-    if (name.rfind(prefix, 0) != 0) continue;
-    // "parked-<bytes>-<uid>-loop<N>-<unique>.img": the loop device that last
-    // held it must have let go (autoclear runs asynchronously after the
-    // unmount), or two filesystems would share one image.
-    int loop_number = -1;
-    if (std::sscanf(name.c_str() + prefix.size(), "loop%d-", &loop_number) != 1) continue;
-    auto backing = ReadFileString(fmt::format("/sys/block/loop{}/loop/backing_file", loop_number));
-    if (backing && backing->find(name) != std::string::npos) continue;
-    // rename() is the claim: of several services, one wins, the others get ENOENT.
-    if (::rename((dir + "/" + name).c_str(), image.c_str()) == 0) return true;
+Result<void> LoopVolumeFactory::LetGo(std::unique_ptr<UpperVolume> volume) {
+  size_t mounted = 0, cold = 0;
+  for (const std::string& name : ListDir(volumes_dir_)) {
+    if (name.rfind("vol-", 0) != 0 || !EndsWith(name, kImageSuffix)) continue;
+    ++(IsMountPoint(volumes_dir_ + "/" + WithoutImageSuffix(name)) ? mounted : cold);
   }
-  return false;
-}
-
-Result<void> LoopVolumeFactory::Park(std::unique_ptr<UpperVolume> volume) {
-  std::string dir = state_dir_ + "/volumes";
+  // `mounted` counts this one.
+  if (volume->mounted_ && mounted <= options_.max_shared_mounted) {
+    volume->Unlock();
+    return {};
+  }
   struct stat st;
-  size_t parked = 0;
-  if (DIR* listing = ::opendir(dir.c_str())) {
-    while (dirent* entry = ::readdir(listing))
-      parked += std::string(entry->d_name).rfind("parked-", 0) == 0;
-    ::closedir(listing);
-  }
-  bool keep = volume->mounted_ && parked < kMaxParked && ::stat(volume->image_.c_str(), &st) == 0 &&
-              static_cast<uint64_t>(st.st_blocks) * 512 <= kMaxParkedAllocated;
+  bool keep = volume->mounted_ && cold < kMaxCold && ::fstat(volume->lock_.get(), &st) == 0 &&
+              static_cast<uint64_t>(st.st_blocks) * 512 <= kMaxColdAllocated;
   // A plain unmount: it fails (EBUSY) rather than detaching a filesystem
   // someone still uses.
   if (!keep || ::umount2(volume->mount_point_.c_str(), 0) != 0) return volume->Destroy();
-  volume->mounted_ = false;
   ::rmdir(volume->mount_point_.c_str());
-  std::string parked_path =
-      fmt::format("{}/{}loop{}-{}-{}.img", dir, ParkedPrefix(volume->bytes_, volume->owner_uid_),
-                  volume->loop_number_, ::getpid(), next_volume_++);
-  if (::rename(volume->image_.c_str(), parked_path.c_str()) != 0) return volume->Destroy();
-  volume->image_.clear();
+  volume->Unlock();
   return {};
+}
+
+Result<size_t> UnmountIdleVolumes(const std::string& state_dir) {
+  std::string dir = state_dir + "/volumes";
+  size_t count = 0;
+  for (const std::string& name : ListDir(dir)) {
+    if (name.rfind("vol-", 0) != 0 || !EndsWith(name, kImageSuffix)) continue;
+    UniqueFd held = LockImage(dir + "/" + name);
+    if (!held) continue;
+    std::string mount_point = dir + "/" + WithoutImageSuffix(name);
+    if (!IsMountPoint(mount_point)) continue;
+    if (::umount2(mount_point.c_str(), 0) != 0)
+      return Error::FromErrno(fmt::format("umount {}", mount_point), errno);
+    ::rmdir(mount_point.c_str());
+    ++count;
+  }
+  return count;
 }
 
 }  // namespace ralph::sandbox

@@ -26,7 +26,7 @@ namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using testing::ProgramRun;
+using testing::ProgramStreams;
 using testing::Sqlite;
 using testing::TempDir;
 
@@ -42,8 +42,8 @@ class AuditLogTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
     path_ = dir_ / "var/lib/ralph/audit.db";
-    ProgramRun probe = testing::Run({"sqlite3", "-version"}, dir_.path());
-    ASSERT_EQ(probe.status, 0) << "these tests need the sqlite3 shell (Debian package sqlite3)";
+    ProgramStreams probe = ::ralph::testing::RunProgramStreams({"sqlite3", "-version"});
+    ASSERT_EQ(probe.exit, 0) << "these tests need the sqlite3 shell (Debian package sqlite3)";
   }
 
   std::unique_ptr<AuditLog> OpenLog(OpenMode mode = OpenMode::kCreateIfMissing) {
@@ -61,12 +61,12 @@ class AuditLogTest : public ::testing::Test {
 
   // SQL through the shell, as a tamperer with write access to VAR would.
   void Tamper(const std::string& sql) {
-    ProgramRun run = Sqlite(path_,
-                            "DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS "
-                            "audit_log_no_delete; " +
-                                sql,
-                            dir_.path());
-    ASSERT_EQ(run.status, 0) << run.err;
+    ProgramStreams run =
+        Sqlite(path_,
+               "DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS "
+               "audit_log_no_delete; " +
+                   sql);
+    ASSERT_EQ(run.exit, 0) << run.err;
   }
 
   VerifyReport VerifyNow(std::optional<ChainTip> anchor = std::nullopt) {
@@ -169,11 +169,11 @@ TEST_F(AuditLogTest, SqlCannotUpdateOrDeleteRowsWhileTheTriggersStand) {
   auto log = OpenLog();
   ASSERT_NE(log, nullptr);
   AppendN(*log, 2);
-  ProgramRun update = Sqlite(path_, "UPDATE audit_log SET subject='x' WHERE seq=1", dir_.path());
-  EXPECT_NE(update.status, 0);
+  ProgramStreams update = Sqlite(path_, "UPDATE audit_log SET subject='x' WHERE seq=1");
+  EXPECT_NE(update.exit, 0);
   EXPECT_THAT(update.err, HasSubstr("audit log rows are append-only"));
-  ProgramRun remove = Sqlite(path_, "DELETE FROM audit_log WHERE seq=2", dir_.path());
-  EXPECT_NE(remove.status, 0);
+  ProgramStreams remove = Sqlite(path_, "DELETE FROM audit_log WHERE seq=2");
+  EXPECT_NE(remove.exit, 0);
   EXPECT_THAT(remove.err, HasSubstr("audit log rows are append-only"));
   EXPECT_TRUE(VerifyNow().ok());
 }
@@ -392,7 +392,7 @@ TEST_F(AuditLogTest, NotADatabase) {
 
 TEST_F(AuditLogTest, AnotherApplicationsDatabase) {
   std::string path = dir_ / "other.db";
-  ASSERT_EQ(Sqlite(path, "CREATE TABLE jobs (id INTEGER)", dir_.path()).status, 0);
+  ASSERT_EQ(Sqlite(path, "CREATE TABLE jobs (id INTEGER)").exit, 0);
   auto log = AuditLog::Open(path, OpenMode::kCreateIfMissing);
   ASSERT_FALSE(log.has_value());
   EXPECT_EQ(log.error().code(), ErrorCode::kCorrupt);
@@ -403,7 +403,7 @@ TEST_F(AuditLogTest, AnotherApplicationsDatabase) {
 
 TEST_F(AuditLogTest, WrongSchemaVersion) {
   ASSERT_NE(OpenLog(), nullptr);
-  ASSERT_EQ(Sqlite(path_, "PRAGMA user_version=7", dir_.path()).status, 0);
+  ASSERT_EQ(Sqlite(path_, "PRAGMA user_version=7").exit, 0);
   auto log = AuditLog::Open(path_, OpenMode::kExisting);
   ASSERT_FALSE(log.has_value());
   EXPECT_EQ(log.error().code(), ErrorCode::kUnsupported);

@@ -243,9 +243,9 @@ TEST_F(OtaAuditTest, RalphctlRefusesOverrideWithReadOnlyAuditLog) {
   std::string script =
       fmt::format("mount --bind {0} {0} && mount -o remount,bind,ro {0} && exec", var_dir);
   for (const std::string& arg : install) script += " '" + arg + "'";
-  audit::testing::ProgramRun run = audit::testing::Run(
-      {"unshare", "--mount", "--propagation", "private", "sh", "-c", script}, dir_.path());
-  EXPECT_EQ(run.status, 1) << run.out << run.err;
+  audit::testing::ProgramStreams run = ::ralph::testing::RunProgramStreams(
+      {"unshare", "--mount", "--propagation", "private", "sh", "-c", script});
+  EXPECT_EQ(run.exit, 1) << run.out << run.err;
   EXPECT_THAT(run.err, HasSubstr("downgrade override refused: the audit log cannot be opened: "
                                  "audit log " +
                                  audit_path_ + " is read-only"))
@@ -254,8 +254,8 @@ TEST_F(OtaAuditTest, RalphctlRefusesOverrideWithReadOnlyAuditLog) {
   EXPECT_EQ(Record().committed, boot::Slot::kB);
 
   // The same command with the audit log writable installs and records it.
-  audit::testing::ProgramRun allowed = audit::testing::Run(install, dir_.path());
-  ASSERT_EQ(allowed.status, 0) << allowed.out << allowed.err;
+  audit::testing::ProgramStreams allowed = ::ralph::testing::RunProgramStreams(install);
+  ASSERT_EQ(allowed.exit, 0) << allowed.out << allowed.err;
   EXPECT_THAT(allowed.out, HasSubstr("installed 2.5.0 into slot A"));
   EXPECT_EQ(Record().a.status, boot::SlotStatus::kTrial);
   std::vector<std::string> types = Types(Rows());

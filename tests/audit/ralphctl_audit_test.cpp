@@ -19,7 +19,7 @@ namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using testing::ProgramRun;
+using testing::ProgramStreams;
 
 class RalphctlAuditTest : public ::testing::Test {
  protected:
@@ -31,9 +31,9 @@ class RalphctlAuditTest : public ::testing::Test {
     db_ = dir_ / "audit.db";
   }
 
-  ProgramRun Ralphctl(std::vector<std::string> args) {
+  ProgramStreams Ralphctl(std::vector<std::string> args) {
     args.insert(args.begin(), ralphctl_);
-    return testing::Run(args, dir_.path());
+    return ::ralph::testing::RunProgramStreams(args);
   }
 
   void Populate(int rows) {
@@ -55,8 +55,8 @@ class RalphctlAuditTest : public ::testing::Test {
 
 TEST_F(RalphctlAuditTest, ListShowsTheNewestRowsOldestFirst) {
   Populate(60);
-  ProgramRun all = Ralphctl({"audit", "list", "--audit-db", db_});
-  ASSERT_EQ(all.status, 0) << all.err;
+  ProgramStreams all = Ralphctl({"audit", "list", "--audit-db", db_});
+  ASSERT_EQ(all.exit, 0) << all.err;
   // Default: the newest 50.
   EXPECT_EQ(std::count(all.out.begin(), all.out.end(), '\n'), 50);
   EXPECT_THAT(all.out, HasSubstr("    11  "));
@@ -66,8 +66,8 @@ TEST_F(RalphctlAuditTest, ListShowsTheNewestRowsOldestFirst) {
       HasSubstr(R"(ota      install-started      slot B     {"n":60,"password":"[REDACTED]"})"));
   EXPECT_THAT(all.out, Not(HasSubstr("hunter2")));
 
-  ProgramRun limited = Ralphctl({"audit", "list", "--json", "--limit", "3", "--audit-db", db_});
-  ASSERT_EQ(limited.status, 0) << limited.err;
+  ProgramStreams limited = Ralphctl({"audit", "list", "--json", "--limit", "3", "--audit-db", db_});
+  ASSERT_EQ(limited.exit, 0) << limited.err;
   json rows = json::parse(limited.out);
   ASSERT_EQ(rows.size(), 3u);
   EXPECT_EQ(rows[0]["seq"], 58);
@@ -76,45 +76,44 @@ TEST_F(RalphctlAuditTest, ListShowsTheNewestRowsOldestFirst) {
   EXPECT_EQ(rows[2]["details"]["password"], "[REDACTED]");
   EXPECT_EQ(rows[2]["prev_hash"], rows[1]["hash"]);
 
-  ProgramRun everything = Ralphctl({"audit", "list", "--json", "--limit=0", "--audit-db", db_});
-  ASSERT_EQ(everything.status, 0);
+  ProgramStreams everything = Ralphctl({"audit", "list", "--json", "--limit=0", "--audit-db", db_});
+  ASSERT_EQ(everything.exit, 0);
   EXPECT_EQ(json::parse(everything.out).size(), 60u);
 }
 
 TEST_F(RalphctlAuditTest, EmptyLog) {
   ASSERT_TRUE(AuditLog::Open(db_, OpenMode::kCreateIfMissing).has_value());
-  ProgramRun list = Ralphctl({"audit", "list", "--audit-db", db_});
-  EXPECT_EQ(list.status, 0);
+  ProgramStreams list = Ralphctl({"audit", "list", "--audit-db", db_});
+  EXPECT_EQ(list.exit, 0);
   EXPECT_EQ(list.out, "the audit log is empty\n");
-  ProgramRun verify = Ralphctl({"audit", "verify", "--audit-db", db_});
-  EXPECT_EQ(verify.status, 0);
+  ProgramStreams verify = Ralphctl({"audit", "verify", "--audit-db", db_});
+  EXPECT_EQ(verify.exit, 0);
   EXPECT_EQ(verify.out,
             fmt::format("audit log {}: 0 rows, chain intact; tip 0:{}\n", db_, kGenesisHash));
 }
 
 TEST_F(RalphctlAuditTest, VerifyIntactThenTampered) {
   Populate(20);
-  ProgramRun ok = Ralphctl({"audit", "verify", "--audit-db", db_});
-  ASSERT_EQ(ok.status, 0) << ok.err;
+  ProgramStreams ok = Ralphctl({"audit", "verify", "--audit-db", db_});
+  ASSERT_EQ(ok.exit, 0) << ok.err;
   EXPECT_THAT(ok.out, HasSubstr("20 rows, chain intact; tip 20:"));
-  ProgramRun ok_json = Ralphctl({"audit", "verify", "--json", "--audit-db", db_});
-  ASSERT_EQ(ok_json.status, 0);
+  ProgramStreams ok_json = Ralphctl({"audit", "verify", "--json", "--audit-db", db_});
+  ASSERT_EQ(ok_json.exit, 0);
   json report = json::parse(ok_json.out);
   EXPECT_EQ(report["ok"], true);
   EXPECT_EQ(report["rows"], 20);
   std::string tip = report["tip"];
 
-  ProgramRun tampered = testing::Sqlite(
-      db_, "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET subject='slot Z' WHERE seq=17",
-      dir_.path());
-  ASSERT_EQ(tampered.status, 0) << tampered.err;
-  ProgramRun broken = Ralphctl({"audit", "verify", "--audit-db", db_});
-  EXPECT_EQ(broken.status, 1);
+  ProgramStreams tampered = testing::Sqlite(
+      db_, "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET subject='slot Z' WHERE seq=17");
+  ASSERT_EQ(tampered.exit, 0) << tampered.err;
+  ProgramStreams broken = Ralphctl({"audit", "verify", "--audit-db", db_});
+  EXPECT_EQ(broken.exit, 1);
   EXPECT_EQ(broken.err, fmt::format("ralphctl audit verify: {}: audit log row 17: hash mismatch "
                                     "(row modified) [verification-failed]\n",
                                     db_));
-  ProgramRun broken_json = Ralphctl({"audit", "verify", "--json", "--audit-db", db_});
-  EXPECT_EQ(broken_json.status, 1);
+  ProgramStreams broken_json = Ralphctl({"audit", "verify", "--json", "--audit-db", db_});
+  EXPECT_EQ(broken_json.exit, 1);
   json broken_report = json::parse(broken_json.out);
   EXPECT_EQ(broken_report["ok"], false);
   EXPECT_EQ(broken_report["broken"]["seq"], 17);
@@ -122,27 +121,27 @@ TEST_F(RalphctlAuditTest, VerifyIntactThenTampered) {
   EXPECT_EQ(broken_report["rows"], 16);
 
   // Truncation behind an anchor kept from before.
-  ProgramRun truncated_db = testing::Sqlite(
-      db_, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= 17", dir_.path());
-  ASSERT_EQ(truncated_db.status, 0) << truncated_db.err;
-  EXPECT_EQ(Ralphctl({"audit", "verify", "--audit-db", db_}).status, 0);
-  ProgramRun anchored = Ralphctl({"audit", "verify", "--anchor", tip, "--audit-db", db_});
-  EXPECT_EQ(anchored.status, 1);
+  ProgramStreams truncated_db = testing::Sqlite(
+      db_, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= 17");
+  ASSERT_EQ(truncated_db.exit, 0) << truncated_db.err;
+  EXPECT_EQ(Ralphctl({"audit", "verify", "--audit-db", db_}).exit, 0);
+  ProgramStreams anchored = Ralphctl({"audit", "verify", "--anchor", tip, "--audit-db", db_});
+  EXPECT_EQ(anchored.exit, 1);
   EXPECT_THAT(anchored.err, HasSubstr("audit log row 17: missing: the log ends at row 16, but "
                                       "row 20 was seen before"));
 }
 
 TEST_F(RalphctlAuditTest, BadDatabasesFailWithTheCause) {
-  ProgramRun missing = Ralphctl({"audit", "list", "--audit-db", db_});
-  EXPECT_EQ(missing.status, 1);
+  ProgramStreams missing = Ralphctl({"audit", "list", "--audit-db", db_});
+  EXPECT_EQ(missing.exit, 1);
   EXPECT_EQ(missing.err,
             fmt::format("ralphctl audit list: audit log {} does not exist [not-found]\n", db_));
   {
     std::ofstream garbage(db_);
     garbage << std::string(1024, 'z');
   }
-  ProgramRun not_db = Ralphctl({"audit", "verify", "--audit-db", db_});
-  EXPECT_EQ(not_db.status, 1);
+  ProgramStreams not_db = Ralphctl({"audit", "verify", "--audit-db", db_});
+  EXPECT_EQ(not_db.exit, 1);
   EXPECT_THAT(not_db.err, HasSubstr("reading the header: file is not a database [corrupt]"));
 }
 
@@ -167,15 +166,15 @@ TEST_F(RalphctlAuditTest, BadCommandLinesExit2) {
   for (Case& c : cases) {
     // Right after the subcommand, so a value-less last option stays last.
     c.args.insert(c.args.begin() + std::min<size_t>(2, c.args.size()), {"--audit-db", db_});
-    ProgramRun run = Ralphctl(c.args);
-    EXPECT_EQ(run.status, 2) << fmt::format("{}", fmt::join(c.args, " "));
+    ProgramStreams run = Ralphctl(c.args);
+    EXPECT_EQ(run.exit, 2) << fmt::format("{}", fmt::join(c.args, " "));
     EXPECT_THAT(run.err + run.out, HasSubstr(c.message))
         << fmt::format("{}", fmt::join(c.args, " "));
   }
-  ProgramRun help = Ralphctl({"audit", "--help"});
-  EXPECT_EQ(help.status, 0);
+  ProgramStreams help = Ralphctl({"audit", "--help"});
+  EXPECT_EQ(help.exit, 0);
   EXPECT_THAT(help.out, HasSubstr("usage: ralphctl audit"));
-  ProgramRun top = Ralphctl({"--help"});
+  ProgramStreams top = Ralphctl({"--help"});
   EXPECT_THAT(top.out, HasSubstr("audit      list and verify the hash-chained audit log"));
 }
 

@@ -24,6 +24,7 @@
 #include "drivers/gpt.h"
 #include "drivers/testing/loop_device.h"
 #include "platform/efivar_store.h"
+#include "platform/testing/efivar_directory.h"
 
 namespace ralph::boot {
 namespace {
@@ -304,35 +305,8 @@ TEST_F(SlotManagerIntegrationTest, ReadOnlyStoreFailsWithTheCauseAndTheMachineSt
 // libefivar reads EFIVARFS_PATH before main(): run the tests in a child
 // started with it pointing at a fresh directory.
 int main(int argc, char** argv) {
-  if (std::getenv("RALPH_BOOT_IT_CHILD")) {
+  return ralph::testing::RunWithEfivarDirectory(argv, "ralph-boot-it", [&] {
     ::testing::InitGoogleTest(&argc, argv);
     return RUN_ALL_TESTS();
-  }
-  char dir_template[] = "/tmp/ralph-boot-it-XXXXXX";
-  if (!::mkdtemp(dir_template)) {
-    perror("mkdtemp");
-    return 1;
-  }
-  std::string dir = std::string(dir_template) + "/efivars";
-  std::filesystem::create_directory(dir);
-  ::setenv("EFIVARFS_PATH", (dir + "/").c_str(), 1);
-  ::setenv("RALPH_BOOT_IT_CHILD", "1", 1);
-  pid_t child = ::fork();
-  if (child < 0) {
-    perror("fork");
-    return 1;
-  }
-  if (child == 0) {
-    ::execv("/proc/self/exe", argv);
-    perror("execv /proc/self/exe");
-    _exit(127);
-  }
-  int status = 0;
-  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-  }
-  std::error_code ignored;
-  std::filesystem::remove_all(dir_template, ignored);
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  fprintf(stderr, "test child died with signal %d\n", WTERMSIG(status));
-  return 1;
+  });
 }

@@ -15,6 +15,7 @@
 #include "drivers/disk.h"
 #include "drivers/gpt.h"
 #include "drivers/testing/loop_device.h"
+#include "drivers/testing/temp_dir.h"
 #include "platform/unique_fd.h"
 
 namespace ralph {
@@ -22,6 +23,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using testing::LoopDevice;
+using testing::TempDir;
 
 constexpr uint64_t kMiB = 1024 * 1024;
 
@@ -52,10 +54,8 @@ void WriteFile(const std::string& path, uint64_t offset, const std::vector<uint8
 class BlockDeviceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char dir_template[] = "/tmp/ralph-block-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(dir_template), nullptr);
-    dir_ = dir_template;
-    image_ = dir_ + "/disk.img";
+    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
+    image_ = dir_ / "disk.img";
     GptSpec spec;
     spec.partitions = {{"EFI", 4 * kMiB, PartitionType::kEfiSystem, std::nullopt},
                        {"SYSTEM_A", 16 * kMiB, PartitionType::kLinuxFilesystem, std::nullopt},
@@ -70,16 +70,12 @@ class BlockDeviceTest : public ::testing::Test {
     WriteFile(image_, slot_.offset_bytes() - before_.size(), before_);
     WriteFile(image_, slot_.offset_bytes() + slot_.size_bytes(), after_);
   }
-  void TearDown() override {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
   void ExpectNeighboursIntact() {
     EXPECT_EQ(ReadFile(image_, slot_.offset_bytes() - before_.size(), before_.size()), before_);
     EXPECT_EQ(ReadFile(image_, slot_.offset_bytes() + slot_.size_bytes(), after_.size()), after_);
   }
 
-  std::string dir_;
+  TempDir dir_{"ralph-block-test"};
   std::string image_;
   DiskLayout layout_;
   PartitionInfo slot_;
@@ -167,7 +163,7 @@ TEST_F(BlockDeviceTest, UnalignedRangeFallsBackToBuffered) {
 }
 
 TEST_F(BlockDeviceTest, OpenErrors) {
-  auto missing = BlockDevice::Open(dir_ + "/nope");
+  auto missing = BlockDevice::Open(dir_ / "nope");
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
   auto too_long = BlockDevice::OpenRange(image_, 39 * kMiB, 2 * kMiB);

@@ -20,6 +20,7 @@
 #include "drivers/disk.h"
 #include "drivers/gpt.h"
 #include "drivers/testing/loop_device.h"
+#include "drivers/testing/temp_dir.h"
 #include "platform/unique_fd.h"
 
 namespace ralph {
@@ -28,6 +29,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::LoopDevice;
 using testing::RunCommand;
+using testing::TempDir;
 
 constexpr uint64_t kMiB = 1024 * 1024;
 constexpr char kDiskGuid[] = "5e4b2d6a-1c1f-4f6e-9a55-3a2b1c0d9e8f";
@@ -51,16 +53,10 @@ GptSpec ApplianceSpec(bool with_recovery = true) {
 class DiskTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char dir_template[] = "/tmp/ralph-disk-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(dir_template), nullptr);
-    dir_ = dir_template;
-    image_ = dir_ + "/disk.img";
+    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
+    image_ = dir_ / "disk.img";
   }
-  void TearDown() override {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
-  std::string dir_;
+  TempDir dir_{"ralph-disk-test"};
   std::string image_;
 };
 
@@ -145,7 +141,7 @@ TEST_F(DiskTest, BadSpecCreatesNothing) {
 }
 
 TEST_F(DiskTest, ProbeErrors) {
-  auto missing = ProbeDisk(dir_ + "/nope.img");
+  auto missing = ProbeDisk(dir_ / "nope.img");
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
   EXPECT_THAT(missing.error().message(), HasSubstr("nope.img"));
@@ -166,7 +162,7 @@ TEST_F(DiskTest, ProbeErrors) {
   ASSERT_FALSE(dos);
   EXPECT_EQ(dos.error().code(), ErrorCode::kCorrupt);
 
-  auto dir = ProbeDisk(dir_);
+  auto dir = ProbeDisk(dir_.path());
   ASSERT_FALSE(dir);
   EXPECT_EQ(dir.error().code(), ErrorCode::kInvalidArgument);
 }

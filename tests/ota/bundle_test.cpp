@@ -4,7 +4,7 @@
 #include <string>
 
 #include "platform/sha256.h"
-#include "services/ota/bundle.h"
+#include "boot/bundle/bundle.h"
 #include "test_pki.h"
 #include "test_util.h"
 

@@ -9,28 +9,16 @@
 #include "drivers/block_device.h"
 #include "drivers/gpt.h"
 #include "platform/sha256.h"
+#include "platform/testing/efivar_directory.h"
 #include "services/ota/esp.h"
 
 namespace ralph::ota::testing {
 
 int RunWithEfivarDirectory(int argc, char** argv) {
-  if (!std::getenv("EFIVARFS_PATH")) {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "ralph-ota-efivars-XXXXXX").string();
-    if (!::mkdtemp(pattern.data())) return 2;
-    ::setenv("EFIVARFS_PATH", (pattern + "/").c_str(), 1);
-    ::setenv("RALPH_OTA_OWNED_EFIVARS", pattern.c_str(), 1);
-    ::execv("/proc/self/exe", argv);
-    std::perror("execv /proc/self/exe");
-    return 2;
-  }
-  ::testing::InitGoogleTest(&argc, argv);
-  int rc = RUN_ALL_TESTS();
-  if (const char* owned = std::getenv("RALPH_OTA_OWNED_EFIVARS")) {
-    std::error_code ec;
-    std::filesystem::remove_all(owned, ec);
-  }
-  return rc;
+  return ::ralph::testing::RunWithEfivarDirectory(argv, "ralph-ota-efivars", [&] {
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+  });
 }
 
 void ApplianceFixture::SetUp() {

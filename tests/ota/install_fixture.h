@@ -16,7 +16,7 @@
 #include "drivers/disk.h"
 #include "drivers/testing/loop_device.h"
 #include "platform/efivar_store.h"
-#include "services/ota/bundle.h"
+#include "boot/bundle/bundle.h"
 #include "services/ota/installer.h"
 #include "test_pki.h"
 #include "test_util.h"

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "platform/efivar_store.h"
+#include "platform/testing/efivar_directory.h"
 #include "platform/unique_fd.h"
 
 namespace ralph {
@@ -312,46 +313,13 @@ int ReexecProbe() {
   return 0;
 }
 
-void RemoveTree(const std::string& dir) {
-  std::error_code ignored;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ignored)) {
-    SetImmutable(entry.path(), false);
-  }
-  std::filesystem::remove_all(dir, ignored);
-}
-
 }  // namespace
 }  // namespace ralph
 
 int main(int argc, char** argv) {
   if (std::getenv("RALPH_EFIVAR_REEXEC_PROBE")) return ralph::ReexecProbe();
-  if (std::getenv("RALPH_EFIVAR_TEST_CHILD")) {
+  return ralph::testing::RunWithEfivarDirectory(argv, "ralph-efivars-test", [&] {
     ::testing::InitGoogleTest(&argc, argv);
     return RUN_ALL_TESTS();
-  }
-  char dir_template[] = "/tmp/ralph-efivars-test-XXXXXX";
-  if (!::mkdtemp(dir_template)) {
-    perror("mkdtemp");
-    return 1;
-  }
-  std::string dir = dir_template;
-  ::setenv("EFIVARFS_PATH", (dir + "/").c_str(), 1);
-  ::setenv("RALPH_EFIVAR_TEST_CHILD", "1", 1);
-  pid_t child = ::fork();
-  if (child < 0) {
-    perror("fork");
-    return 1;
-  }
-  if (child == 0) {
-    ::execv("/proc/self/exe", argv);
-    perror("execv /proc/self/exe");
-    _exit(127);
-  }
-  int status = 0;
-  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-  }
-  ralph::RemoveTree(dir);
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  fprintf(stderr, "test child died with signal %d\n", WTERMSIG(status));
-  return 1;
+  });
 }

@@ -32,10 +32,12 @@ TEST_F(ServiceTest, JobWritesItsWorkspaceAndTheResultIsCollected) {
   auto workspace = service_->WorkspacePath(*id);
   ASSERT_TRUE(workspace);
   EXPECT_EQ(ReadHostFile(*workspace + "/result.txt"), "hello from /work\n");
-  std::string job_dir = work_ + "/state/jobs/" + *id;
-  EXPECT_EQ(::access(job_dir.c_str(), F_OK), 0);
+  // The job's files live in its upper volume (upper/, work/, root/).
+  std::string upper = workspace->substr(0, workspace->rfind("/upper/") + 6);
+  ASSERT_EQ(upper.rfind(work_ + "/state/images/volumes/vol-", 0), 0u) << upper;
+  EXPECT_EQ(::access(upper.c_str(), F_OK), 0);
   ASSERT_TRUE(service_->Destroy(*id));
-  EXPECT_NE(::access(job_dir.c_str(), F_OK), 0);
+  EXPECT_NE(::access(upper.c_str(), F_OK), 0);
   EXPECT_NE(::access(workspace->c_str(), F_OK), 0);
   auto again = service_->Destroy(*id);
   ASSERT_FALSE(again);
@@ -150,13 +152,29 @@ TEST_F(ServiceTest, BadSpecsAreRejectedWithTheField) {
   EXPECT_NE(id.error().message().find("network.enabled"), std::string::npos)
       << id.error().ToString();
   EXPECT_EQ(service_->job_count(), 0u);
-  // Nothing of the failed jobs is left.
-  DIR* dir = ::opendir((work_ + "/state/jobs").c_str());
+  // Nothing of the failed jobs is left: their volumes (pooled) hold only
+  // mkfs's lost+found and the overlay's empty mount point.
+  std::string volumes = work_ + "/state/images/volumes";
+  DIR* dir = ::opendir(volumes.c_str());
   ASSERT_NE(dir, nullptr);
-  int entries = 0;
-  while (dirent* e = ::readdir(dir)) entries += e->d_name[0] != '.';
+  std::vector<std::string> entries;
+  int mount_points = 0;
+  while (dirent* e = ::readdir(dir)) {
+    std::string name = e->d_name;
+    if (name[0] == '.' || name.find(".img") != std::string::npos) continue;
+    ++mount_points;
+    DIR* volume = ::opendir((volumes + "/" + name).c_str());
+    ASSERT_NE(volume, nullptr);
+    while (dirent* v = ::readdir(volume)) {
+      std::string entry = v->d_name;
+      if (entry != "." && entry != ".." && entry != "lost+found" && entry != "root")
+        entries.push_back(name + "/" + entry);
+    }
+    ::closedir(volume);
+  }
   ::closedir(dir);
-  EXPECT_EQ(entries, 0);
+  EXPECT_GE(mount_points, 1);
+  EXPECT_EQ(entries, std::vector<std::string>{});
 }
 
 TEST_F(ServiceTest, LifecycleOrderIsEnforced) {
@@ -251,13 +269,31 @@ TEST(CgroupV1, SameLimitsInEveryHierarchy) {
   for (const std::string& path : paths) EXPECT_NE(::access(path.c_str(), F_OK), 0) << path;
 }
 
-size_t CountParked(const std::string& state_dir) {
-  DIR* dir = ::opendir((state_dir + "/images/volumes").c_str());
-  if (!dir) return 0;
-  size_t count = 0;
-  while (dirent* e = ::readdir(dir)) count += std::string(e->d_name).rfind("parked-", 0) == 0;
+// Volume images of the state dir, and how many of them are mounted.
+struct Volumes {
+  size_t images = 0;
+  size_t mounted = 0;
+};
+Volumes CountVolumes(const std::string& state_dir) {
+  std::string volumes = state_dir + "/images/volumes";
+  Volumes count;
+  DIR* dir = ::opendir(volumes.c_str());
+  if (!dir) return count;
+  std::string mountinfo = SandboxFixture::ReadHostFile("/proc/self/mountinfo");
+  while (dirent* e = ::readdir(dir)) {
+    std::string name = e->d_name;
+    if (name.rfind("vol-", 0) != 0 || name.size() < 4 || name.substr(name.size() - 4) != ".img")
+      continue;
+    ++count.images;
+    std::string mount_point = volumes + "/" + name.substr(0, name.size() - 4);
+    if (mountinfo.find(" " + mount_point + " ") != std::string::npos) ++count.mounted;
+  }
   ::closedir(dir);
   return count;
+}
+size_t CountParked(const std::string& state_dir) {
+  Volumes count = CountVolumes(state_dir);
+  return count.images - count.mounted;
 }
 
 TEST_F(ServiceTest, UpperImagesAreWipedParkedAndReusedAcrossServices) {
@@ -294,6 +330,41 @@ TEST_F(ServiceTest, UpperImagesAreWipedParkedAndReusedAcrossServices) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(CountParked(state), 0u);  // taken (and pooled by this service)
+}
+
+// A service with max_shared_volumes (a launcher) leaves its emptied volume
+// mounted for the next process, which takes it over without a mount; one
+// without unmounts it when it ends.
+TEST_F(ServiceTest, SharedMountedVolumeIsTakenOverByTheNextService) {
+  const std::string state = work_ + "/state-shared";
+  auto make = [&](size_t shared, const char* tag) {
+    auto cgroups = DetectCgroups(fmt::format("ralph-test-{}-{}", tag, ::getpid()));
+    EXPECT_TRUE(cgroups);
+    ServiceOptions options;
+    options.state_dir = state;
+    options.name = fmt::format("{}{}", tag, ::getpid());
+    options.ids = ids_;
+    options.max_shared_volumes = shared;
+    auto service = SandboxService::Create(options, std::move(*cgroups), nullptr);
+    EXPECT_TRUE(service) << service.error().ToString();
+    return std::move(*service);
+  };
+  service_ = make(1, "s");
+  JobResult result = RunJob(Spec({"sh", "-c", "echo secret > /work/left-behind"}));
+  ASSERT_EQ(result.exit_code, 0) << Describe(result);
+  service_.reset();
+  Volumes left = CountVolumes(state);
+  EXPECT_EQ(left.images, 1u);
+  EXPECT_EQ(left.mounted, 1u);
+  service_ = make(0, "n");
+  result = RunJob(Spec({"sh", "-c", "ls -A /work; cat /work/left-behind"}));
+  EXPECT_NE(result.exit_code, 0) << Describe(result);  // the old file is gone
+  EXPECT_EQ(result.stdout_data, "") << Describe(result);
+  EXPECT_EQ(CountVolumes(state).images, 1u);  // taken over, not a new one
+  service_.reset();
+  left = CountVolumes(state);
+  EXPECT_EQ(left.images, 1u);
+  EXPECT_EQ(left.mounted, 0u);
 }
 
 // The v2 spawn path (clone3 with CLONE_INTO_CGROUP | CLONE_NEWCGROUP) on this

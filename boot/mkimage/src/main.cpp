@@ -7,7 +7,7 @@
 #include "boot/mkimage/builder.h"
 #include "platform/arch.h"
 #include "platform/log.h"
-#include "services/ota/bundle.h"
+#include "boot/bundle/bundle.h"
 
 namespace {
 
@@ -33,9 +33,8 @@ constexpr const char* kUsage = R"(usage: ralph-mkimage --out DISK.img [options]
 SOURCE_DATE_EPOCH sets the timestamps of the slot images (default 1700000000).
 )";
 
-// The factory bundle through the services/ota bundle library: this binary
-// is where the boot-layer builder and the OTA format meet (the builder
-// library itself does not link services/).
+// The factory bundle through the bundle format library (boot/bundle), the
+// same code services/ota reads bundles with.
 ralph::Result<void> WriteFactoryBundle(const ralph::mkimage::FactoryBundleRequest& request) {
   using namespace ralph;
   ota::CreateOptions create;

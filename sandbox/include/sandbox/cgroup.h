@@ -72,4 +72,16 @@ Result<std::unique_ptr<CgroupManagerInterface>> OpenCgroupV1(const std::string& 
 // kUnsupported naming what is missing.
 Result<std::unique_ptr<CgroupManagerInterface>> DetectCgroups(const std::string& parent);
 
+// "<base>@<pid>.<start>": a cgroup parent name that says which process owns
+// it (this one: its pid and start time, so that a recycled pid is not taken
+// for the owner). A launcher names its parent this way.
+std::string OwnedCgroupName(const std::string& base);
+
+// The start-up sweep: for each parent of `manager` named OwnedCgroupName(
+// base), the sibling parents of the same base whose owner process is gone
+// (SIGKILLed mid-job) are removed, with the job cgroups below them (any task
+// still in one is SIGKILLed first). Parents named otherwise are left alone.
+// Returns how many parent directories were removed.
+Result<size_t> SweepDeadOwnerCgroups(const CgroupManagerInterface& manager);
+
 }  // namespace ralph::sandbox

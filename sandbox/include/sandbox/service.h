@@ -90,6 +90,10 @@ struct ServiceOptions {
   // Emptied upper volumes kept mounted for the next job (0: none; every job
   // then makes and destroys its own).
   size_t max_pooled_volumes = 16;
+  // Emptied volumes left mounted (unlocked) on the state dir when the
+  // service lets go of them, for the next process (VolumeOptions::
+  // max_shared_mounted; a launcher sets it). 0: they are unmounted.
+  size_t max_shared_volumes = 0;
   // Output kept per stream; the rest is counted and dropped.
   size_t output_limit_bytes = 16u << 20;
   NetworkTeardown network_teardown = NetworkTeardown::kSynchronous;

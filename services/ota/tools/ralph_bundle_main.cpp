@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 
 #include "platform/log.h"
-#include "services/ota/bundle.h"
+#include "boot/bundle/bundle.h"
 
 namespace ralph::ota {
 namespace {

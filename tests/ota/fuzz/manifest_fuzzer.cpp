@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "services/ota/manifest.h"
+#include "boot/bundle/manifest.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view xml(reinterpret_cast<const char*>(data), size);

@@ -1,6 +1,6 @@
 // Runs a host program for a test and hands back its exit status and its
-// combined stdout + stderr, whatever happened, so a test can check both the
-// status and the message of a refusal.
+// output (stdout + stderr combined, or apart), whatever happened, so a test
+// can check both the status and the message of a refusal.
 //
 //   ProgramRun run = RunProgram({"ralph-bundle", "info", bundle});
 //   EXPECT_EQ(run.exit, 1) << run.output;
@@ -20,5 +20,17 @@ struct ProgramRun {
 
 // argv[0] is looked up in PATH when it has no slash.
 ProgramRun RunProgram(const std::vector<std::string>& argv);
+
+// The same with stdout and stderr kept apart, for tests that parse one
+// (JSON, a table) and check the message in the other.
+struct ProgramStreams {
+  int exit = -1;  // as ProgramRun::exit; err says why when -1
+  std::string out;
+  std::string err;
+};
+
+// `env` changes the child's environment: "NAME=value" sets, "NAME" unsets.
+ProgramStreams RunProgramStreams(const std::vector<std::string>& argv,
+                                 const std::vector<std::string>& env = {});
 
 }  // namespace ralph::testing

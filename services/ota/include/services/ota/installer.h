@@ -28,7 +28,7 @@
 #include "boot/slot_state.h"
 #include "drivers/disk.h"
 #include "platform/result.h"
-#include "services/ota/bundle.h"
+#include "boot/bundle/bundle.h"
 #include "services/ota/progress.h"
 #include "services/ota/source.h"
 #include "services/ota/writer.h"

@@ -1,8 +1,5 @@
-// Where bundle bytes come from: a local file or an HTTPS URL.
-//
-// A source is read mostly sequentially (header, manifest, signature, then
-// each payload front to back); ReadAt at the current position continues the
-// open stream, any other offset repositions (a new Range request for HTTPS).
+// Where bundle bytes come from: a local file (boot/bundle/byte_source.h) or
+// an HTTPS URL (libcurl, here).
 #pragma once
 
 #include <atomic>
@@ -12,37 +9,10 @@
 #include <span>
 #include <string>
 
+#include "boot/bundle/byte_source.h"
 #include "platform/result.h"
-#include "platform/unique_fd.h"
 
 namespace ralph::ota {
-
-class ByteSourceInterface {
- public:
-  virtual ~ByteSourceInterface() = default;
-  // Total size in bytes.
-  virtual uint64_t Size() const = 0;
-  // Fills `out` entirely with the bytes at `offset`. kInvalidArgument when the
-  // range ends past Size(), kIo/kNetwork on failure, kCancelled when cancelled.
-  virtual Result<void> ReadAt(uint64_t offset, std::span<uint8_t> out) = 0;
-  // "file /path" or "https://host/x.rbundle", for messages.
-  virtual std::string Describe() const = 0;
-};
-
-class FileSource final : public ByteSourceInterface {
- public:
-  static Result<std::unique_ptr<FileSource>> Open(const std::string& path);
-  uint64_t Size() const override { return size_; }
-  Result<void> ReadAt(uint64_t offset, std::span<uint8_t> out) override;
-  std::string Describe() const override { return "file " + path_; }
-
- private:
-  FileSource(UniqueFd fd, std::string path, uint64_t size)
-      : fd_(std::move(fd)), path_(std::move(path)), size_(size) {}
-  UniqueFd fd_;
-  std::string path_;
-  uint64_t size_;
-};
 
 struct HttpsOptions {
   // PEM CA bundle that must have issued the server's certificate. Empty:

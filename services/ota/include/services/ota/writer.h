@@ -27,7 +27,7 @@
 
 #include "drivers/block_device.h"
 #include "platform/result.h"
-#include "services/ota/manifest.h"
+#include "boot/bundle/manifest.h"
 #include "services/ota/source.h"
 
 namespace ralph::ota {

@@ -1,4 +1,4 @@
-#include "services/ota/manifest.h"
+#include "boot/bundle/manifest.h"
 
 #include <tinyxml2.h>
 

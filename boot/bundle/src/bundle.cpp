@@ -1,4 +1,4 @@
-#include "services/ota/bundle.h"
+#include "boot/bundle/bundle.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-#include "services/ota/signature.h"
+#include "boot/bundle/signature.h"
 
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
