@@ -31,51 +31,35 @@ constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 
 // Modules early boot loads (dependencies are added from modules.dep). ext4
 // is built into Debian's kernels; a module missing from modules.dep but
-// listed in modules.builtin is fine.
+// listed in modules.builtin is fine. A slot has no modprobe: the kernel
+// cannot load anything on demand, so everything a slot uses is here.
+// Sandbox networking (sandbox/net, docs/image.md): the job's veth pair, the
+// nft expressions its tables use beyond nf_tables' built-in ones (ct state,
+// log to an NFLOG group, masquerade in an inet nat chain), and
+// nfnetlink_log, the NFLOG backend `log group` needs and the network
+// service's event listener binds to.
 const std::vector<std::string> kWantedModules = {
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_console",
-    "efivarfs",
-    "squashfs",
-    "overlay",
-    "nf_tables",
-    "softdog",
-    "vfat",
-    "nls_cp437",
-    "nls_ascii",
-    "ext4",
+    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",      "squashfs",      "overlay",
+    "nf_tables",  "softdog",    "vfat",           "nls_cp437",     "nls_ascii",     "ext4",
     "virtio_net",
     "loop",  // sandbox: each job's writable upper is its own ext4 on a loop device
-    // Sandbox networking (sandbox/net): the job's veth pair; the nft
-    // expressions its tables use beyond nf_tables' built-in ones (ct state,
-    // log to an NFLOG group, masquerade in an inet nat chain); and
-    // nfnetlink_log, the NFLOG backend that `log group` needs and the
-    // network service's event listener binds to. A slot has no modprobe, so
-    // the kernel cannot load any of these on demand.
-    "veth",
-    "nft_ct",
-    "nft_log",
-    "nfnetlink_log",
-    "nft_chain_nat",
-    "nft_masq",
+    "veth",       "nft_ct",     "nft_log",        "nfnetlink_log", "nft_chain_nat", "nft_masq",
 };
 
 // Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
 // wired interface itself over netlink (address, routes, MTU). Its hook
-// script is a shell script and a slot has no shell, so its `script` is
-// ralph-dhcpcd-hook (services/network), which writes the lease's DNS
-// servers to /run/ralph/resolv.conf; the slot's /etc/resolv.conf links
-// there (libcurl and the sandbox DNS forwarder's upstream read it). Privilege separation runs as
-// the `dhcpcd` user chrooted into its (empty, read-only) home, as Debian's postinst sets up.
+// script is a shell script and a slot has no shell, so `script ""` turns it
+// off (dhcpcd.conf(5): an empty script runs nothing); DNS servers are not
+// written anywhere yet. Privilege separation runs as the `dhcpcd` user
+// chrooted into its (empty, read-only) home, as Debian's postinst sets up.
 // `nodev`: a slot runs no udev; without it dhcpcd 9.4.1's privileged proxy
 // dereferences the absent /dev plugin and segfaults when a NIC appears
 // (reproduced on the host in a network namespace), and with Debian's udev
 // plugin it waits forever for udev to initialise the interface.
 constexpr const char* kDhcpcdHost = "/usr/sbin/dhcpcd";
 constexpr const char* kDhcpcdConf =
-    "# RalphOS: DHCPv4 on the wired interfaces; the hook keeps /run/ralph/resolv.conf.\n"
-    "script /usr/libexec/ralph-dhcpcd-hook\n"
+    "# RalphOS: DHCPv4 on the wired interfaces, no hook script (no shell in a slot).\n"
+    "script \"\"\n"
     "allowinterfaces en* eth*\n"
     "ipv4only\n"
     "noipv4ll\n"
@@ -478,8 +462,6 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-health")), "/usr/bin/ralph-health"});
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
   binaries.push_back({TRY(HostTool(kDhcpcdHost, "dhcpcd-base")), "/usr/sbin/dhcpcd"});
-  binaries.push_back(
-      {TRY(ProjectBinary(inputs.bin_dir, "ralph-dhcpcd-hook")), "/usr/libexec/ralph-dhcpcd-hook"});
   binaries.push_back({TRY(HostTool(kMtoolsHost, "mtools")), "/usr/bin/mtools"});
   // Sandboxes: the launcher, mkfs.ext4 for the job uppers' template (its
   // state lives on VAR, /var/lib/ralph/sandbox), and the read-only base
@@ -534,7 +516,6 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   TRY(WriteWholeFile(staging_dir + "/etc/passwd", kPasswd));
   TRY(WriteWholeFile(staging_dir + "/etc/group", kGroup));
   TRY(MakeDirs(staging_dir + "/usr/lib/dhcpcd"));
-  TRY(MakeSymlink("/run/ralph/resolv.conf", staging_dir + "/etc/resolv.conf"));
   for (const auto& command : kMtoolsCommands) {
     TRY(MakeSymlink("mtools", staging_dir + "/usr/bin/" + command));
   }
