@@ -1,7 +1,5 @@
 #include "boot/slot_state.h"
 
-#include <charconv>
-
 #include <fmt/format.h>
 
 #include "platform/crc32.h"
@@ -66,18 +64,6 @@ Result<SlotRecord> GetSlot(std::span<const uint8_t> d, size_t at, Slot which) {
   return slot;
 }
 
-Result<uint32_t> ParseField(std::string_view text, std::string_view whole) {
-  uint32_t value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() ||
-      (text.size() > 1 && text[0] == '0')) {
-    return Error::Make(
-        ErrorCode::kInvalidArgument,
-        fmt::format("version \"{}\": expected major.minor.patch, e.g. 1.4.2", whole));
-  }
-  return value;
-}
-
 }  // namespace
 
 Slot OtherSlot(Slot slot) {
@@ -134,24 +120,6 @@ std::string_view SlotStatusName(SlotStatus status) {
     case SlotStatus::kBad: return "bad";
   }
   return "?";
-}
-
-Result<SlotVersion> SlotVersion::Parse(std::string_view text) {
-  size_t first = text.find('.');
-  size_t second = first == std::string_view::npos ? first : text.find('.', first + 1);
-  if (second == std::string_view::npos) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("version \"{}\": expected major.minor.patch, e.g. 1.4.2", text));
-  }
-  SlotVersion v;
-  v.major = TRY(ParseField(text.substr(0, first), text));
-  v.minor = TRY(ParseField(text.substr(first + 1, second - first - 1), text));
-  v.patch = TRY(ParseField(text.substr(second + 1), text));
-  return v;
-}
-
-std::string SlotVersion::ToString() const {
-  return fmt::format("{}.{}.{}", major, minor, patch);
 }
 
 std::string DigestToHex(const Sha256Digest& digest) {

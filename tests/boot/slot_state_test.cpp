@@ -130,7 +130,7 @@ TEST(SlotStateTest, VersionParsing) {
     Result<SlotVersion> parsed = SlotVersion::Parse(bad);
     ASSERT_FALSE(parsed.has_value()) << bad;
     EXPECT_EQ(parsed.error().code(), ErrorCode::kInvalidArgument);
-    EXPECT_THAT(parsed.error().message(), HasSubstr("expected major.minor.patch")) << bad;
+    EXPECT_THAT(parsed.error().message(), HasSubstr("is not MAJOR.MINOR.PATCH")) << bad;
   }
 }
 

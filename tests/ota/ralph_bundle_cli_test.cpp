@@ -58,8 +58,9 @@ TEST(RalphBundleCliTest, CreatesAndReportsVerdicts) {
        "--product", "ralphos", "--arch", "x86_64", "--rootfs", dir / "rootfs.img", "--uki",
        dir / "uki.efi", "-o", dir / "y.rbundle"});
   ASSERT_FALSE(bad_version.has_value());
-  EXPECT_NE(bad_version.error().message().find("--version: version '1.x' is not MAJOR.MINOR.PATCH"),
-            std::string::npos)
+  EXPECT_NE(
+      bad_version.error().message().find("--version: version \"1.x\" is not MAJOR.MINOR.PATCH"),
+      std::string::npos)
       << bad_version.error().message();
 }
 

@@ -156,7 +156,7 @@ TEST_F(RalphctlBootTest, BadCommandLinesExitTwoNamingTheProblemAndTouchNothing) 
       {{"mark-good", "--tries", "2"}, "--tries goes with mark-active and finish-write only"},
       {{"mark-bad", "a", "b"}, "unexpected argument \"b\""},
       {{"begin-write", "b"}, "--version is required"},
-      {{"begin-write", "b", "--version", "1.x"}, "version \"1.x\": expected major.minor.patch"},
+      {{"begin-write", "b", "--version", "1.x"}, "version \"1.x\" is not MAJOR.MINOR.PATCH"},
       {{"finish-write", "b", "--version", "1.0.0", "--digest", "abc"},
        "SHA-256 digest: 3 hex digits, expected 64"},
   };

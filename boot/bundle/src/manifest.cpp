@@ -173,32 +173,6 @@ Result<Digest> DigestFromHex(std::string_view hex) {
   return digest;
 }
 
-Result<Version> Version::Parse(std::string_view text) {
-  Version v;
-  uint32_t* parts[3] = {&v.major, &v.minor, &v.patch};
-  size_t start = 0;
-  for (int i = 0; i < 3; ++i) {
-    size_t end = i < 2 ? text.find('.', start) : text.size();
-    if (end == std::string_view::npos) {
-      return Error::Make(ErrorCode::kInvalidArgument,
-                         fmt::format("version '{}' is not MAJOR.MINOR.PATCH", text));
-    }
-    auto number = ParseDecimal(text.substr(start, end - start), "version");
-    if (!number || *number > UINT32_MAX) {
-      return Error::Make(
-          ErrorCode::kInvalidArgument,
-          fmt::format("version '{}' is not MAJOR.MINOR.PATCH (0..4294967295 each)", text));
-    }
-    *parts[i] = static_cast<uint32_t>(*number);
-    start = end + 1;
-  }
-  return v;
-}
-
-std::string Version::ToString() const {
-  return fmt::format("{}.{}.{}", major, minor, patch);
-}
-
 std::string_view PayloadTypeName(PayloadType type) {
   switch (type) {
     case PayloadType::kSystemImage: return "system-image";

@@ -38,6 +38,7 @@
 
 #include "platform/result.h"
 #include "platform/sha256.h"
+#include "platform/version.h"
 
 namespace ralph::boot {
 
@@ -63,18 +64,8 @@ enum class SlotStatus : uint8_t { kEmpty = 0, kWriting = 1, kTrial = 2, kGood = 
 // "empty", "writing", "trial", "good", "bad".
 std::string_view SlotStatusName(SlotStatus status);
 
-struct SlotVersion {
-  uint32_t major = 0;
-  uint32_t minor = 0;
-  uint32_t patch = 0;
-
-  // Strict "1.4.2": three decimal fields, no sign, no spaces, no leading
-  // "v"; kInvalidArgument naming the text otherwise.
-  static Result<SlotVersion> Parse(std::string_view text);
-  std::string ToString() const;
-  friend bool operator==(const SlotVersion&, const SlotVersion&) = default;
-  friend auto operator<=>(const SlotVersion&, const SlotVersion&) = default;
-};
+// A slot's version is a release version (platform/version.h).
+using SlotVersion = ::ralph::Version;
 
 using ralph::Sha256Digest;  // platform/sha256.h
 std::string DigestToHex(const Sha256Digest& digest);

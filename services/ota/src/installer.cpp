@@ -24,13 +24,6 @@ Error Refused(std::string message) {
   return Error::Make(ErrorCode::kRefused, std::move(message));
 }
 
-boot::SlotVersion ToSlotVersion(const Version& v) {
-  return {v.major, v.minor, v.patch};
-}
-Version FromSlotVersion(const boot::SlotVersion& v) {
-  return {v.major, v.minor, v.patch};
-}
-
 std::string_view PartitionLabel(boot::Slot slot) {
   return slot == boot::Slot::kA ? kPartSystemA : kPartSystemB;
 }
@@ -98,7 +91,7 @@ Result<void> WriteAllFd(int fd, std::span<const uint8_t> data, const std::string
 Result<InstallPlan> PlanInstall(const Manifest& m, const InstallFacts& facts,
                                 DowngradeOverride downgrade) {
   InstallPlan plan;
-  plan.version = ToSlotVersion(m.version);
+  plan.version = m.version;
   std::string arch = facts.identity.arch.empty() ? std::string(arch::Name()) : facts.identity.arch;
   if (m.product != facts.identity.product || m.arch != arch) {
     return Refused(fmt::format("bundle is for {}/{}, this device is {}/{}", m.product, m.arch,
@@ -126,7 +119,7 @@ Result<InstallPlan> PlanInstall(const Manifest& m, const InstallFacts& facts,
     }
     plan.target = boot::OtherSlot(*booted_slot);
     const boot::SlotVersion& running = record.slot(*booted_slot).version;
-    if (m.install_from && FromSlotVersion(running) < *m.install_from) {
+    if (m.install_from && running < *m.install_from) {
       return Refused(fmt::format("bundle {} installs only from {} or later; this device runs {}",
                                  m.version.ToString(), m.install_from->ToString(),
                                  running.ToString()));

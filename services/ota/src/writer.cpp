@@ -1,15 +1,20 @@
 #include "services/ota/writer.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -61,25 +66,49 @@ constexpr uint64_t kProbeWindow = 64;
 // one request: large requests are what makes reading fast (see slot_device.h).
 constexpr uint64_t kRunBytes = 4u << 20;
 
-// Page-aligned memory, so that O_DIRECT I/O can use it in place.
-class AlignedBuffer {
+// Page-aligned memory for O_DIRECT I/O in place: `count` buffers of
+// `buffer_bytes` each, in one anonymous mapping aligned to 2 MiB and advised
+// for transparent huge pages (O_DIRECT pins the pages of every request; huge
+// pages make that cheap). Pages become resident when first touched.
+class BufferPool {
  public:
-  AlignedBuffer() = default;
-  // Allocates on first use: a pool sized for the worst case costs only what
-  // is touched.
-  std::span<uint8_t> Get(size_t capacity, size_t length) {
-    if (!data_) {
-      data_.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, (capacity + 4095) / 4096 * 4096)));
-      if (!data_) std::abort();  // as operator new does without exceptions
+  static Result<BufferPool> Create(size_t count, size_t buffer_bytes) {
+    constexpr size_t kHuge = 2u << 20;
+    size_t stride = (buffer_bytes + 4095) / 4096 * 4096;
+    size_t bytes = (std::max<size_t>(1, count) * stride + kHuge - 1) / kHuge * kHuge;
+    // Over-map by one huge page and trim, for the alignment.
+    void* mapped =
+        ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) {
+      return Error::FromErrno(fmt::format("allocating {} bytes of I/O buffers", bytes), errno);
     }
-    return std::span<uint8_t>(data_.get(), length);
+    auto start = reinterpret_cast<uintptr_t>(mapped);
+    uintptr_t aligned = (start + kHuge - 1) / kHuge * kHuge;
+    if (aligned > start) ::munmap(mapped, aligned - start);
+    if (uintptr_t end = start + bytes + kHuge; end > aligned + bytes) {
+      ::munmap(reinterpret_cast<void*>(aligned + bytes), end - aligned - bytes);
+    }
+    auto* base = reinterpret_cast<uint8_t*>(aligned);
+    ::madvise(base, bytes, MADV_HUGEPAGE);  // advice only: without THP, 4 KiB pages
+    return BufferPool(base, bytes, stride);
+  }
+  BufferPool(BufferPool&& other) noexcept
+      : base_(std::exchange(other.base_, nullptr)), bytes_(other.bytes_), stride_(other.stride_) {}
+  BufferPool& operator=(BufferPool&&) = delete;
+  ~BufferPool() {
+    if (base_) ::munmap(base_, bytes_);
+  }
+
+  std::span<uint8_t> Get(size_t index, size_t length) const {
+    return std::span<uint8_t>(base_ + index * stride_, length);
   }
 
  private:
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, Free> data_;
+  BufferPool(uint8_t* base, size_t bytes, size_t stride)
+      : base_(base), bytes_(bytes), stride_(stride) {}
+  uint8_t* base_ = nullptr;
+  size_t bytes_ = 0;
+  size_t stride_ = 0;
 };
 
 // Reads chunks [first, first + count) in one request; when that fails,
@@ -99,9 +128,9 @@ Result<void> ReadRun(BlockDeviceInterface& device, const Payload& p, uint64_t fi
 }
 
 // The stages of one payload's data path (see InstallPayload in writer.h) and
-// the state they share. The calling thread runs the source stage and owns
-// the decisions (skip or write); probe, write and verify stages run on
-// threads of their own. One mutex guards the queues and the probe results;
+// the state they share. Probe, source, write, flush and verify stages run on
+// threads of their own; the calling thread takes the chunks in order and
+// decides (skip or write). One mutex guards the queues and per-chunk states;
 // the slow work (I/O, hashing, compares) happens outside it.
 class Streamer {
  public:
@@ -120,24 +149,27 @@ class Streamer {
     const uint64_t chunk_count = p_.ChunkCount();
     stats_.written.assign(chunk_count, false);
     probe_state_.assign(chunk_count, ProbeState::kPending);
+    chunk_state_.assign(chunk_count, ChunkState::kPending);
+    chunk_buffer_.assign(chunk_count, 0);
     size_t buffers =
         static_cast<size_t>(std::max<uint64_t>(kMinBuffers, options_.buffer_bytes / p_.chunk_size));
     buffers = static_cast<size_t>(std::min<uint64_t>(buffers, std::max<uint64_t>(chunk_count, 1)));
     buffers = std::max(buffers, kMinBuffers);
-    storage_.resize(buffers);
+    pool_.emplace(TRY(BufferPool::Create(buffers, p_.chunk_size)));
     for (size_t b = 0; b < buffers; ++b) free_.push_back(b);
     write_queue_target_ = std::max(1u, options_.write_threads) + 2;
-    flush_every_ = std::max<uint64_t>(1, options_.flush_bytes / p_.chunk_size);
+    flush_bytes_ = std::max<uint64_t>(p_.chunk_size, options_.flush_bytes);
     run_chunks_ = std::max<uint64_t>(1, kRunBytes / p_.chunk_size);
 
     // Handles for the other threads: their own when the caller can open
     // them, else the slot itself, shared under device_mutex_.
     bool adaptive = options_.mode == WriteOptions::Mode::kAdaptive;
     unsigned probers = adaptive ? std::max(1u, options_.probe_threads) : 0;
+    unsigned hashers = std::max(1u, options_.hash_threads);
     unsigned writers = std::max(1u, options_.write_threads);
     bool verify = verify_ == Verify::kAfterFlush;
     unsigned verifiers = verify ? std::max(1u, options_.verify_threads) : 0;
-    unsigned handles_needed = probers + (writers - 1) + verifiers;
+    unsigned handles_needed = probers + (writers - 1) + (verify ? 1 + verifiers : 0);
     std::vector<std::unique_ptr<BlockDeviceInterface>> handles;
     if (options_.open_handle) {
       for (unsigned h = 0; h < handles_needed; ++h) {
@@ -151,34 +183,44 @@ class Streamer {
       return shared_device_ ? slot_ : *handles[next_handle++];
     };
 
-    Sha256 hasher = TRY(Sha256::Create());
     std::vector<std::thread> probe_threads;
     for (unsigned r = 0; r < probers; ++r) {
       probe_threads.emplace_back([this, &device = handle()] { Guard(ProbeStage(device)); });
     }
+    std::vector<std::thread> source_threads;
+    for (unsigned h = 0; h < hashers; ++h) {
+      source_threads.emplace_back([this] { Guard(SourceStage()); });
+    }
     std::vector<std::thread> write_threads;
+    writers_running_ = writers;
     for (unsigned w = 0; w < writers; ++w) {
       BlockDeviceInterface& device = w == 0 ? slot_ : handle();
       write_threads.emplace_back([this, &device] { Guard(WriteStage(device)); });
     }
+    std::thread flush_thread;
+    if (verify)
+      flush_thread = std::thread([this, &device = handle()] { Guard(FlushStage(device)); });
     std::vector<std::thread> verify_threads;
     verifiers_running_ = verifiers;
     for (unsigned v = 0; v < verifiers; ++v) {
       verify_threads.emplace_back([this, &device = handle()] { Guard(VerifyStage(device)); });
     }
 
-    Result<void> produced = SourceStage(hasher);
+    Result<void> produced = Sequence();
     {
       std::lock_guard lock(mutex_);
+      source_closed_ = true;
       writes_closed_ = true;
       probes_closed_ = true;
-      changed_.notify_all();
+      WakeAll();
     }
     for (auto& t : probe_threads) t.join();
+    for (auto& t : source_threads) t.join();
     // The chunks already queued are written even when the source stage
     // failed (they were verified): a failure is reported with every chunk
     // before it on the device.
     for (auto& t : write_threads) t.join();
+    if (flush_thread.joinable()) flush_thread.join();
     if (!produced) Fail(std::move(produced).error());
     if (verify) {
       bool failed = false;
@@ -200,13 +242,13 @@ class Streamer {
         for (const Item& item : unflushed_) to_verify_.push_back(item);
         unflushed_.clear();
         verify_closed_ = true;
-        changed_.notify_all();
+        verify_cv_.notify_all();
       }
       // Report the verifier's progress until it is done.
       while (true) {
         std::unique_lock lock(mutex_);
-        bool done = changed_.wait_for(lock, std::chrono::milliseconds(100),
-                                      [&] { return verifiers_running_ == 0; });
+        bool done = sequence_cv_.wait_for(lock, std::chrono::milliseconds(100),
+                                          [&] { return verifiers_running_ == 0; });
         lock.unlock();
         ReportVerified();
         if (done) break;
@@ -220,6 +262,8 @@ class Streamer {
 
  private:
   enum class ProbeState : uint8_t { kPending, kMatch, kMiss, kNotProbed };
+  // A chunk on its way from the source stage to the calling thread.
+  enum class ChunkState : uint8_t { kPending, kSkip, kReady, kFailed };
   struct Item {
     uint64_t index = 0;
     size_t buffer = 0;
@@ -234,7 +278,13 @@ class Streamer {
     std::lock_guard lock(mutex_);
     if (!error_) error_ = std::move(error);
     failed_ = true;
-    changed_.notify_all();
+    WakeAll();
+  }
+  // Under mutex_.
+  void WakeAll() {
+    for (auto* cv : {&probe_cv_, &source_cv_, &sequence_cv_, &write_cv_, &flush_cv_, &verify_cv_}) {
+      cv->notify_all();
+    }
   }
   void Guard(Result<void> result) {
     if (!result) Fail(std::move(result).error());
@@ -248,17 +298,17 @@ class Streamer {
     return f();
   }
 
-  std::span<uint8_t> BufferSpan(size_t buffer, size_t length) {
-    return storage_[buffer].Get(p_.chunk_size, length);
+  std::span<uint8_t> BufferSpan(size_t buffer, size_t length) const {
+    return pool_->Get(buffer, length);
   }
 
   // A buffer for the source stage: a free one, else the one of the oldest
   // written chunk still waiting for its flush (that chunk will be verified
   // by re-hashing it instead). So memory stays bounded while flushes stay
-  // rare, and nothing waits for a flush to get a buffer. Under mutex_.
-  // Taking one back only while the writers are short of work keeps the
-  // source stage from running far ahead and keeps most buffers until their
-  // re-read, where a compare is cheaper than a second SHA-256.
+  // rare. Under mutex_. Taking one back only while the writers are short of
+  // work keeps the source stage from running far ahead and keeps most
+  // buffers until their re-read, where a compare is cheaper than a second
+  // SHA-256.
   bool CanTakeBuffer() const {
     if (!free_.empty()) return true;
     if (to_write_.size() >= write_queue_target_) return false;
@@ -283,7 +333,16 @@ class Streamer {
   void Release(size_t buffer) {
     std::lock_guard lock(mutex_);
     free_.push_back(buffer);
-    changed_.notify_all();
+    source_cv_.notify_all();
+  }
+
+  // When the flush stage flushes (under mutex_): once flush_bytes_ are
+  // written and unflushed, or earlier when the source stage waits for a
+  // buffer that only a re-read can free and the writers have nothing left.
+  bool ShouldFlush() const {
+    if (unflushed_.empty()) return false;
+    if (unflushed_bytes_ >= flush_bytes_) return true;
+    return buffer_waiters_ > 0 && !CanTakeBuffer() && to_write_.empty() && writing_ == 0;
   }
 
   void ReportVerified() {
@@ -298,7 +357,7 @@ class Streamer {
   // and hash them, publish match/miss for the source stage.
   Result<void> ProbeStage(BlockDeviceInterface& device) {
     Sha256 hasher = TRY(Sha256::Create());
-    AlignedBuffer current;
+    BufferPool current = TRY(BufferPool::Create(1, run_chunks_ * p_.chunk_size));
     uint64_t window = std::max<uint64_t>(kProbeWindow, 4 * run_chunks_);
     const uint64_t n = probe_state_.size();
     while (true) {
@@ -306,9 +365,8 @@ class Streamer {
       uint64_t count = 0;
       {
         std::unique_lock lock(mutex_);
-        changed_.wait(lock, [&] {
-          return failed_ || probes_closed_ || next_probe_ >= n ||
-                 next_probe_ < source_index_ + window;
+        probe_cv_.wait(lock, [&] {
+          return failed_ || probes_closed_ || next_probe_ >= n || next_probe_ < next_read_ + window;
         });
         if (failed_ || probes_closed_ || next_probe_ >= n) return {};
         // After many misses in a row (a heuristic over the probes finished
@@ -317,19 +375,19 @@ class Streamer {
           while (next_probe_ < n && next_probe_ % kProbeStride != 0) {
             probe_state_[next_probe_++] = ProbeState::kNotProbed;
           }
-          changed_.notify_all();
+          source_cv_.notify_all();
           if (next_probe_ >= n) return {};
           first = next_probe_++;
           count = 1;
         } else {
           first = next_probe_;
-          count = std::min({run_chunks_, n - first, source_index_ + window - first});
+          count = std::min({run_chunks_, n - first, next_read_ + window - first});
           next_probe_ += count;
         }
       }
       uint64_t bytes = 0;
       for (uint64_t i = first; i < first + count; ++i) bytes += p_.ChunkLength(i);
-      std::span<uint8_t> data = current.Get(run_chunks_ * p_.chunk_size, bytes);
+      std::span<uint8_t> data = current.Get(0, bytes);
       TRY(WithDevice(
           [&] { return ReadRun(device, p_, first, count, data, "reading the slot's"); }));
       std::vector<bool> match(count);
@@ -343,56 +401,116 @@ class Streamer {
         probe_state_[first + k] = match[k] ? ProbeState::kMatch : ProbeState::kMiss;
         consecutive_misses_ = match[k] ? 0 : consecutive_misses_ + 1;
       }
-      changed_.notify_all();
+      source_cv_.notify_all();
     }
   }
 
-  // The calling thread: decide per chunk, read + verify what must be
-  // written, in order (an HTTPS source streams front to back).
-  Result<void> SourceStage(Sha256& hasher) {
+  // Source threads: each takes the next chunk to write, reads it from the
+  // source into a pool buffer (one at a time and in order, under
+  // source_mutex_: an HTTPS source streams front to back), then checks its
+  // SHA-256 against the manifest while the next one is read, on the thread
+  // that has its bytes in cache. A failure is kept with its chunk: the
+  // calling thread reports it after queueing every chunk before it.
+  Result<void> SourceStage() {
     bool adaptive = options_.mode == WriteOptions::Mode::kAdaptive;
+    const uint64_t n = chunk_state_.size();
+    Sha256 hasher = TRY(Sha256::Create());
+    while (true) {
+      uint64_t index = 0;
+      size_t buffer = 0;
+      std::unique_lock source_lock(source_mutex_);
+      {
+        std::unique_lock lock(mutex_);
+        while (true) {
+          source_cv_.wait(lock, [&] {
+            return failed_ || source_closed_ || next_read_ >= n || !adaptive ||
+                   probe_state_[next_read_] != ProbeState::kPending;
+          });
+          if (failed_ || source_closed_ || next_read_ >= n) return {};
+          if (adaptive && probe_state_[next_read_] == ProbeState::kMatch) {
+            chunk_state_[next_read_++] = ChunkState::kSkip;  // the source is not read
+            sequence_cv_.notify_all();
+            probe_cv_.notify_all();  // the probe window moved
+            continue;
+          }
+          break;
+        }
+        ++buffer_waiters_;
+        flush_cv_.notify_all();  // see ShouldFlush
+        source_cv_.wait(lock, [&] { return failed_ || source_closed_ || CanTakeBuffer(); });
+        --buffer_waiters_;
+        if (failed_ || source_closed_) return {};
+        buffer = TakeBuffer();
+        index = next_read_++;
+        probe_cv_.notify_all();  // the probe window moved
+      }
+      std::span<uint8_t> data = BufferSpan(buffer, static_cast<size_t>(p_.ChunkLength(index)));
+      Result<void> read = source_.ReadAt(p_.offset + index * p_.chunk_size, data);
+      source_lock.unlock();
+      Result<void> checked =
+          read ? CheckDigest(index, data, hasher)
+               : Result<void>(std::move(read).error().WithContext(
+                     fmt::format("reading {} from {}", ChunkName(p_, index), source_.Describe())));
+      std::lock_guard lock(mutex_);
+      if (checked) {
+        chunk_state_[index] = ChunkState::kReady;
+        chunk_buffer_[index] = buffer;
+      } else {
+        chunk_state_[index] = ChunkState::kFailed;
+        chunk_errors_.emplace(index, std::move(checked).error());
+        source_closed_ = true;  // nothing after a bad chunk is read
+        free_.push_back(buffer);
+      }
+      sequence_cv_.notify_all();
+      source_cv_.notify_all();
+    }
+  }
+
+  Result<void> CheckDigest(uint64_t index, std::span<const uint8_t> data, Sha256& hasher) const {
+    TRY(hasher.Reset());
+    TRY(hasher.Update(data));
+    if (TRY(hasher.Finish()) != p_.chunks[index]) {
+      return Error::Make(ErrorCode::kVerificationFailed,
+                         fmt::format("{}: digest mismatch: the bundle's payload is corrupt or was "
+                                     "tampered with",
+                                     ChunkName(p_, index)));
+    }
+    return {};
+  }
+
+  // The calling thread: takes the chunks in order, as the source stage
+  // decided them, and queues those to write. A chunk reaches the writers
+  // only after every chunk before it was verified or skipped.
+  Result<void> Sequence() {
     for (uint64_t i = 0; i < p_.ChunkCount(); ++i) {
       TRY(CheckCancel(options_));
       ReportVerified();
       size_t length = static_cast<size_t>(p_.ChunkLength(i));
-      ProbeState state = ProbeState::kNotProbed;
-      size_t buffer = 0;
+      ChunkState state = ChunkState::kPending;
       {
         std::unique_lock lock(mutex_);
-        source_index_ = i;
-        changed_.notify_all();
-        if (adaptive) {
-          changed_.wait(lock, [&] { return failed_ || probe_state_[i] != ProbeState::kPending; });
-          state = probe_state_[i];
-        }
-        if (state != ProbeState::kMatch) {
-          changed_.wait(lock, [&] { return failed_ || CanTakeBuffer(); });
-          if (!failed_) buffer = TakeBuffer();
-        }
+        sequence_cv_.wait(lock, [&] { return failed_ || chunk_state_[i] != ChunkState::kPending; });
         if (failed_) return {};  // the stage that failed reports it
+        state = chunk_state_[i];
+        if (state == ChunkState::kFailed) {
+          auto it = chunk_errors_.find(i);
+          return std::move(it->second);
+        }
+        if (state == ChunkState::kReady) {
+          to_write_.push_back({i, chunk_buffer_[i], length});
+          write_cv_.notify_all();
+        }
       }
-      if (state == ProbeState::kMatch) {
+      if (state == ChunkState::kSkip) {
         // Read back from the slot during this call and matched: verified.
         stats_.chunks_skipped++;
         stats_.bytes_skipped += length;
         if (verify_ == Verify::kAfterFlush) verified_bytes_ += length;
-        if (options_.on_progress) options_.on_progress(length);
-        if (options_.after_chunk) options_.after_chunk(i);
-        continue;
+      } else {
+        stats_.written[i] = true;
+        stats_.chunks_written++;
+        stats_.bytes_written += length;
       }
-      auto verified = ReadVerifiedChunk(source_, p_, i, BufferSpan(buffer, length), hasher);
-      if (!verified) {
-        Release(buffer);
-        return verified;
-      }
-      {
-        std::lock_guard lock(mutex_);
-        to_write_.push_back({i, buffer, length});
-        changed_.notify_all();
-      }
-      stats_.written[i] = true;
-      stats_.chunks_written++;
-      stats_.bytes_written += length;
       if (options_.on_progress) options_.on_progress(length);
       if (options_.after_chunk) options_.after_chunk(i);
     }
@@ -400,42 +518,71 @@ class Streamer {
   }
 
   // Writes queued chunks (several writer threads keep more than one write
-  // in flight). With verification, a written chunk's buffer is kept until a
-  // flush covers it, then handed to the verify stage.
+  // in flight). With verification, a written chunk's buffer is kept for
+  // its re-read, which the flush stage releases once a flush covered it.
   Result<void> WriteStage(BlockDeviceInterface& device) {
+    struct Done {
+      Streamer* s;
+      ~Done() {
+        std::lock_guard lock(s->mutex_);
+        s->writers_running_--;
+        s->flush_cv_.notify_all();
+      }
+    } done{this};
     while (true) {
       Item item;
-      std::deque<Item> flushing;
       {
         std::unique_lock lock(mutex_);
-        changed_.wait(lock, [&] { return failed_ || writes_closed_ || !to_write_.empty(); });
+        // At most two flushes' worth written and not yet flushed: the flush
+        // stage keeps up, and chunks do not wait long for their re-read.
+        write_cv_.wait(lock, [&] {
+          return failed_ || (writes_closed_ && to_write_.empty()) ||
+                 (!to_write_.empty() && unflushed_bytes_ < 2 * flush_bytes_);
+        });
         if (failed_) return {};
         if (to_write_.empty()) return {};  // closed and drained; the caller does the last flush
         item = to_write_.front();
         to_write_.pop_front();
-        changed_.notify_all();  // see CanTakeBuffer
+        ++writing_;
+        source_cv_.notify_all();  // see CanTakeBuffer
       }
       std::span<const uint8_t> data = BufferSpan(item.buffer, item.length);
       TRY_CTX(WithDevice([&] { return device.WriteAt(item.index * p_.chunk_size, data); }),
               fmt::format("writing {}", ChunkName(p_, item.index)));
+      std::lock_guard lock(mutex_);
+      --writing_;
       if (verify_ == Verify::kNo) {
-        Release(item.buffer);
-        continue;
-      }
-      {
-        std::lock_guard lock(mutex_);
+        free_.push_back(item.buffer);
+      } else {
         unflushed_.push_back(item);
-        changed_.notify_all();  // its buffer may be taken (TakeBuffer)
-        // Only writes completed before the flush starts are covered by it:
-        // take them now, later ones wait for the next flush.
-        if (unflushed_.size() >= flush_every_) flushing.swap(unflushed_);
+        unflushed_bytes_ += item.length;
       }
-      if (!flushing.empty()) {
-        TRY_CTX(WithDevice([&] { return device.Flush(); }), fmt::format("flushing {}", p_.name));
-        std::lock_guard lock(mutex_);
-        for (const Item& flushed : flushing) to_verify_.push_back(flushed);
-        changed_.notify_all();
+      flush_cv_.notify_all();
+      source_cv_.notify_all();
+    }
+  }
+
+  // Flushes on a thread of its own, so that writes continue while a flush
+  // is in flight; only writes completed before a flush starts count as
+  // covered by it, the rest wait for the next one. The chunks covered go to
+  // the verify stage. The last flush is the calling thread's.
+  Result<void> FlushStage(BlockDeviceInterface& device) {
+    while (true) {
+      std::deque<Item> flushing;
+      {
+        std::unique_lock lock(mutex_);
+        flush_cv_.wait(lock, [&] {
+          return failed_ || ShouldFlush() || (writes_closed_ && writers_running_ == 0);
+        });
+        if (failed_ || (writes_closed_ && writers_running_ == 0)) return {};
+        flushing.swap(unflushed_);
+        unflushed_bytes_ = 0;
+        write_cv_.notify_all();  // see WriteStage
       }
+      TRY_CTX(WithDevice([&] { return device.Flush(); }), fmt::format("flushing {}", p_.name));
+      std::lock_guard lock(mutex_);
+      for (const Item& flushed : flushing) to_verify_.push_back(flushed);
+      verify_cv_.notify_all();
     }
   }
 
@@ -447,17 +594,17 @@ class Streamer {
       ~Done() {
         std::lock_guard lock(s->mutex_);
         s->verifiers_running_--;
-        s->changed_.notify_all();
+        s->sequence_cv_.notify_all();
       }
     } done{this};
     Sha256 hasher = TRY(Sha256::Create());
-    AlignedBuffer readback;
+    BufferPool readback = TRY(BufferPool::Create(1, run_chunks_ * p_.chunk_size));
     std::vector<Item> run;
     while (true) {
       run.clear();
       {
         std::unique_lock lock(mutex_);
-        changed_.wait(lock, [&] { return failed_ || verify_closed_ || !to_verify_.empty(); });
+        verify_cv_.wait(lock, [&] { return failed_ || verify_closed_ || !to_verify_.empty(); });
         if (failed_) return {};
         if (to_verify_.empty()) return {};  // closed and drained
         // A run of consecutive chunks, read back in one request.
@@ -470,7 +617,7 @@ class Streamer {
       uint64_t first = run.front().index;
       uint64_t bytes = 0;
       for (const Item& item : run) bytes += item.length;
-      std::span<uint8_t> read = readback.Get(run_chunks_ * p_.chunk_size, bytes);
+      std::span<uint8_t> read = readback.Get(0, bytes);
       TRY(WithDevice([&] { return ReadRun(device, p_, first, run.size(), read, "re-reading"); }));
       for (const Item& item : run) {
         std::span<const uint8_t> got =
@@ -504,27 +651,38 @@ class Streamer {
   WriteStats stats_;  // the calling thread's
   bool shared_device_ = false;
   std::mutex device_mutex_;
-  uint64_t flush_every_ = 1;
-  std::vector<AlignedBuffer> storage_;
+  std::mutex source_mutex_;  // one source read at a time, in chunk order
+  uint64_t flush_bytes_ = 1;
+  std::optional<BufferPool> pool_;
   uint64_t run_chunks_ = 1;        // chunks per run read
   size_t write_queue_target_ = 4;  // chunks queued for the writers
   std::atomic<uint64_t> verified_bytes_{0};
   uint64_t reported_verified_ = 0;  // calling thread
 
   std::mutex mutex_;  // guards everything below
-  std::condition_variable changed_;
+  // Who waits on what: probe threads, source threads, the calling thread
+  // (chunks decided; the verifiers done), writers, the flush stage, verifiers.
+  std::condition_variable probe_cv_, source_cv_, sequence_cv_, write_cv_, flush_cv_, verify_cv_;
   std::optional<Error> error_;
   bool failed_ = false;
   std::deque<size_t> free_;
+  std::vector<ChunkState> chunk_state_;
+  std::vector<size_t> chunk_buffer_;  // kReady: the buffer holding the chunk
+  std::map<uint64_t, Error> chunk_errors_;
+  uint64_t next_read_ = 0;  // the next chunk the source stage decides
+  unsigned buffer_waiters_ = 0;
+  bool source_closed_ = false;
   std::deque<Item> to_write_;
+  unsigned writing_ = 0;
+  unsigned writers_running_ = 0;
   std::deque<Item> unflushed_;
+  uint64_t unflushed_bytes_ = 0;
   std::deque<Item> to_verify_;
   bool writes_closed_ = false;
   bool verify_closed_ = false;
   unsigned verifiers_running_ = 0;
   std::vector<ProbeState> probe_state_;
   uint64_t next_probe_ = 0;
-  uint64_t source_index_ = 0;
   uint64_t consecutive_misses_ = 0;
   bool probes_closed_ = false;
 };

@@ -28,6 +28,7 @@
 
 #include "platform/result.h"
 #include "platform/sha256.h"
+#include "platform/version.h"
 
 namespace ralph::ota {
 
@@ -47,18 +48,9 @@ using Digest = Sha256Digest;
 // ralph::DigestToHex (platform/sha256.h).
 Result<Digest> DigestFromHex(std::string_view hex);
 
-// MAJOR.MINOR.PATCH, each a decimal 0..2^32-1 without sign or leading zeros,
-// compared field by field (as boot/slot_state.h's SlotVersion, which the
-// slot writer converts it to).
-struct Version {
-  uint32_t major = 0;
-  uint32_t minor = 0;
-  uint32_t patch = 0;
-
-  static Result<Version> Parse(std::string_view text);
-  std::string ToString() const;
-  friend auto operator<=>(const Version&, const Version&) = default;
-};
+// The manifest's versions: ralph::Version (platform/version.h), the same
+// type as a slot record's.
+using ::ralph::Version;
 
 enum class PayloadType { kSystemImage, kUki };
 std::string_view PayloadTypeName(PayloadType type);

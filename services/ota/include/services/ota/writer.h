@@ -60,16 +60,21 @@ struct WriteOptions {
   std::function<Result<std::unique_ptr<BlockDeviceInterface>>()> open_handle;
   // Threads that read and hash the target's chunks (adaptive).
   unsigned probe_threads = 2;
+  // Threads reading chunks from the source (one read at a time, in order)
+  // and checking their SHA-256 (in parallel).
+  unsigned hash_threads = 2;
   // Threads writing chunks, so that more than one write is in flight.
   unsigned write_threads = 2;
   // Threads re-reading and checking flushed chunks (more than one read in
   // flight).
   unsigned verify_threads = 2;
   // Memory for chunks in flight (read + verified, being written, written and
-  // waiting for their flush); at least 4 chunks.
-  uint64_t buffer_bytes = 16u << 20;
-  // InstallPayload flushes the slot after this many bytes are written, then
-  // re-reads them while the next ones are written.
+  // waiting for their flush and re-read); at least 4 chunks. One mapping,
+  // in transparent huge pages where the kernel has them.
+  uint64_t buffer_bytes = 32u << 20;
+  // InstallPayload flushes the slot (on a thread of its own, while the
+  // writes go on) once this many bytes are written and not yet flushed, then
+  // re-reads them; writers wait when twice as many are unflushed.
   uint64_t flush_bytes = 8u << 20;
   // Test hook, called after chunk `index` has been handled (queued for
   // writing or skipped). Fault-injection tests kill the process here.
@@ -91,8 +96,12 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payl
 // verification, overlapped. Chunks flow through a bounded pool of buffers
 // (options.buffer_bytes) between stages on their own threads:
 //   probe (adaptive): read + hash the target's chunk, skip it if it matches
-//   source: read the chunk from the source, check its manifest digest
-//   write: O_DIRECT write; every options.flush_bytes, Flush()
+//   source: read the chunk from the source (in order, one read at a time),
+//     check its manifest digest (hash_threads in parallel); the calling
+//     thread queues the chunks in order, so none is written before every
+//     chunk ahead of it was checked
+//   write: O_DIRECT write
+//   flush: once options.flush_bytes are written and unflushed, Flush()
 //   verify: once a flush has covered the chunk, read it back from the slot
 //     and compare it byte for byte with the buffer that was written, whose
 //     SHA-256 matched the signed manifest before the write (equal bytes
