@@ -178,10 +178,16 @@ Result<int> Run(const Options& options) {
   // The network service says which nft table clean-up path it uses (debug:
   // tables owned by its socket; warning: the fallback sweep) and which stale
   // tables it removed; a launcher prints all but the debug line.
-  std::unique_ptr<sb::NetworkProviderInterface> network = sb::MakeDefaultNetworkProvider(
-      nullptr, [](ralph::LogLevel level, const std::string& message) {
-        if (level != ralph::LogLevel::kDebug) ralph::LogLine(level, message);
-      });
+  sb::NetworkServiceConfig network_config;
+  network_config.log = [](ralph::LogLevel level, const std::string& message) {
+    if (level != ralph::LogLevel::kDebug) ralph::LogLine(level, message);
+  };
+  // One job, then exit: the service table goes with the job's table.
+  network_config.release_when_idle = true;
+  // A job that may reach nothing past the host needs no conntrack or NAT.
+  network_config.expect_egress = sb::JobHasEgress(options.spec.network);
+  std::unique_ptr<sb::NetworkProviderInterface> network =
+      sb::MakeNetworkProvider(network_config, nullptr);
   // The network service starts (service table, NFLOG listener, DNS
   // forwarder) while the cgroups, the upper volume and the job's state are
   // made here; mostly waiting on the kernel either way.

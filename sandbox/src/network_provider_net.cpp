@@ -49,6 +49,9 @@ std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
     NetEventSinkInterface* events, std::function<void(LogLevel, const std::string&)> log) {
   NetworkServiceConfig config;
   config.log = std::move(log);
+  // A job's veth and table go on the service's reaper thread: Destroy does
+  // not wait out the kernel's RCU barriers of a link deletion.
+  config.link_removal = LinkRemoval::kBackground;
   return MakeNetworkProvider(config, events);
 }
 

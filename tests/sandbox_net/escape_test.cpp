@@ -294,6 +294,62 @@ TEST_F(NetEscapeTest, TwoServicesInOneNetnsEachGetTheirOwnEvents) {
   EXPECT_TRUE(Denied("10.9.9.9", 80, "rfc1918")) << sink_.Dump();
 }
 
+// A service started with expect_egress = false (as a launcher whose job may
+// reach nothing) commits its table without conntrack or NAT; such a job
+// still gets every drop reported; the first job that may send out replaces
+// the service table with its stateful version in one transaction, and its
+// traffic is masqueraded.
+TEST_F(NetEscapeTest, ConntrackAndNatComeWithTheFirstJobThatMaySendOut) {
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  config.expect_egress = false;
+  auto lazy = NetworkService::Start(config);
+  ASSERT_TRUE(lazy) << lazy.error().ToString();
+  auto listing = [](const std::string& table) {
+    return testing::ShellOutput(fmt::format("nft list table inet {} 2>&1", table));
+  };
+  std::string service_table = fmt::format("ralph_service_{}", (*lazy)->interface_prefix());
+  std::string text = listing(service_table);
+  EXPECT_NE(text.find("iifname \"rj*\" accept"), std::string::npos) << text;
+  EXPECT_EQ(text.find("ct state"), std::string::npos) << text;
+  EXPECT_EQ(text.find("hook postrouting"), std::string::npos) << text;
+  RecordingSink sink;
+  {
+    JobProcess job = JobProcess::Fork([](const JobContext&) {
+      return ProbeConnect("169.254.169.254", 80) + " " + ProbeConnect("203.0.113.10", 80);
+    });
+    auto network = (*lazy)->CreateJob("reaches-nothing", job.pid(), NetworkSpec{}, &sink);
+    ASSERT_TRUE(network) << network.error().ToString();
+    std::string job_table = listing(fmt::format("ralph_{}", (*network)->host_interface()));
+    EXPECT_EQ(job_table.find("ct state"), std::string::npos) << job_table;
+    EXPECT_EQ(job_table.find("masquerade"), std::string::npos) << job_table;
+    EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "failed:timeout failed:timeout");
+    auto denied = [&](const std::string& address, const std::string& reason) {
+      return sink.WaitFor([&](const NetEvent& e) {
+        return e.job_id == "reaches-nothing" && e.verdict == NetVerdict::kDenied &&
+               e.destination == address && e.port == 80 && e.reason == reason;
+      });
+    };
+    EXPECT_TRUE(denied("169.254.169.254", "metadata")) << sink.Dump();
+    EXPECT_TRUE(denied("203.0.113.10", "not-allowlisted")) << sink.Dump();
+    text = listing(service_table);
+    EXPECT_EQ(text.find("hook postrouting"), std::string::npos) << text;
+    ASSERT_TRUE((*network)->Teardown());
+  }
+  JobProcess job =
+      JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
+  auto network = (*lazy)->CreateJob("reaches-the-web", job.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  text = listing(service_table);
+  EXPECT_NE(text.find("ct state invalid drop"), std::string::npos) << text;
+  EXPECT_NE(text.find("hook postrouting"), std::string::npos) << text;
+  EXPECT_NE(text.find("iifname \"rj*\" accept"), std::string::npos) << text;
+  EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "connected:hello");
+  EXPECT_TRUE(world_->SawAny("tcp 203.0.113.10 80 from 192.0.2.1"));
+  ASSERT_TRUE((*network)->Teardown());
+}
+
 TEST_F(NetEscapeTest, HostLoopbackAndOwnAddressesAreUnreachable) {
   // Host services: one on loopback, one on every address.
   int any = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -489,6 +545,62 @@ TEST_F(NetEscapeTest, DisabledNetworkHasOnlyLoopback) {
 }
 
 // ---- teardown and failures -------------------------------------------------
+
+// LinkRemoval::kBackground (what ralphd's service uses): Teardown() returns
+// before the veth and the table are gone; no event reaches the sink after
+// it; WaitForRemovals() and the service's destructor leave nothing.
+TEST_F(NetEscapeTest, BackgroundRemovalLeavesNothingOnceDone) {
+  testing::ResourceCounts before = testing::CountResources();
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  config.link_removal = LinkRemoval::kBackground;
+  auto background = NetworkService::Start(config);
+  ASSERT_TRUE(background) << background.error().ToString();
+  std::string prefix = (*background)->interface_prefix();
+  auto own_links = [&] {
+    return testing::ShellOutput(
+        fmt::format("ip -o link show type veth | grep -c ' {}[0-9]*@' || true", prefix));
+  };
+  auto own_tables = [&] {
+    return testing::ShellOutput(
+        fmt::format("nft list tables | grep -c 'inet ralph_{}[0-9]' || true", prefix));
+  };
+  RecordingSink sink;
+  for (int round = 0; round < 2; ++round) {
+    std::vector<JobProcess> jobs;
+    std::vector<std::unique_ptr<JobNetwork>> networks;
+    for (int i = 0; i < 3; ++i) {
+      jobs.push_back(
+          JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); }));
+      auto network =
+          (*background)
+              ->CreateJob(fmt::format("bg-{}-{}", round, i), jobs.back().pid(), WebOnly(), &sink);
+      ASSERT_TRUE(network) << network.error().ToString();
+      networks.push_back(std::move(*network));
+    }
+    EXPECT_EQ(own_links(), "3\n");
+    EXPECT_EQ(own_tables(), "3\n");
+    // Job 0 has run and exited, the others are torn down while they live.
+    EXPECT_EQ(jobs[0].Go({networks[0]->resolver_address(), ""}), "connected:hello");
+    for (auto& network : networks) ASSERT_TRUE(network->Teardown());
+    size_t events = sink.events().size();
+    for (size_t i = 1; i < jobs.size(); ++i) jobs[i].Kill();
+    if (round == 0) {
+      ASSERT_TRUE((*background)->WaitForRemovals());
+      EXPECT_EQ((*background)->live_jobs(), 0u);
+      EXPECT_EQ(own_links(), "0\n");
+      EXPECT_EQ(own_tables(), "0\n");
+    }
+    // Round 1: the destructor waits for the queued removals.
+    if (round == 1) background->reset();
+    EXPECT_EQ(sink.events().size(), events) << "an event after Teardown()";
+  }
+  EXPECT_EQ(own_links(), "0\n");
+  EXPECT_EQ(own_tables(), "0\n");
+  testing::ResourceCounts after = testing::CountResources();
+  EXPECT_EQ(after, before) << "before: " << ToString(before) << "\nafter:  " << ToString(after);
+}
 
 TEST_F(NetEscapeTest, TeardownLeavesNothingBehind) {
   testing::ResourceCounts before = testing::CountResources();

@@ -228,7 +228,7 @@ TEST(RulePlanTest, HostInputAllowsOnlyDnsOnTheVethAddress) {
 }
 
 TEST(RulePlanTest, OnlyTheJobsTrafficIsDispatchedAndMasqueraded) {
-  auto plan = PlanJobTable(Addressing(), NetworkSpec{}, 1);
+  auto plan = PlanJobTable(Addressing(), NetworkSpec{.allow = {{.cidr = "203.0.113.0/24"}}}, 1);
   ASSERT_TRUE(plan);
   const NftChain& forward = Chain(*plan, "forward");
   EXPECT_EQ(forward.policy, NftVerdict::kAccept);  // other traffic is not ours to judge
@@ -246,6 +246,47 @@ TEST(RulePlanTest, OnlyTheJobsTrafficIsDispatchedAndMasqueraded) {
   EXPECT_EQ(*nat.rules[1].saddr, P("fd52:616c:7068:3::2"));
   // No domains: no rule reads the DNS sets.
   for (const NftRule& rule : Chain(*plan, "egress").rules) EXPECT_FALSE(rule.daddr_set);
+  // Replies to what the allowlist let out come back in.
+  EXPECT_EQ(Chain(*plan, "egress").rules[0].ct_state, kCtEstablished | kCtRelated);
+  EXPECT_EQ(Chain(*plan, "ingress").rules[0].ct_state, kCtEstablished | kCtRelated);
+}
+
+TEST(RulePlanTest, JobThatMayReachNothingGetsNoConntrackOrNat) {
+  EXPECT_FALSE(JobHasEgress(NetworkSpec{}));
+  EXPECT_TRUE(JobHasEgress(NetworkSpec{.allow = {{.cidr = "203.0.113.7"}}}));
+  EXPECT_TRUE(JobHasEgress(NetworkSpec{.allowed_domains = {"example.com"}}));
+  EXPECT_FALSE(JobHasEgress(NetworkSpec{.enabled = false, .allow = {{.cidr = "203.0.113.7"}}}));
+
+  auto plan = PlanJobTable(Addressing(), NetworkSpec{}, 1);
+  ASSERT_TRUE(plan);
+  for (const NftChain& chain : plan->chains) {
+    EXPECT_FALSE(chain.nat) << chain.name;
+    for (const NftRule& rule : chain.rules) {
+      EXPECT_EQ(rule.ct_state, 0u) << chain.name;
+      EXPECT_FALSE(rule.masquerade) << chain.name;
+    }
+  }
+  // The same verdicts and events as with conntrack: everything is dropped,
+  // blocked ranges with their reason.
+  EXPECT_EQ(Outcome(*plan, {P("169.254.169.254"), IPPROTO_TCP, 80}), "drop [rj3 d metadata]");
+  EXPECT_EQ(Outcome(*plan, {P("10.1.2.3")}), "drop [rj3 d rfc1918]");
+  EXPECT_EQ(Outcome(*plan, {P("203.0.113.10")}), "drop [rj3 d not-allowlisted]");
+  EXPECT_EQ(Outcome(*plan, {P("2001:db8::1"), IPPROTO_UDP, 53}), "drop [rj3 d not-allowlisted]");
+  const NftRule* spoofed =
+      FirstMatch(Chain(*plan, "egress"), {P("203.0.113.10")}, P("10.254.0.99"));
+  ASSERT_NE(spoofed, nullptr);
+  EXPECT_EQ(spoofed->log_prefix.value_or(""), "rj3 d spoofed-source");
+  const NftChain& ingress = Chain(*plan, "ingress");
+  ASSERT_EQ(ingress.rules.size(), 1u);
+  EXPECT_EQ(ingress.rules[0].verdict, NftVerdict::kDrop);
+  // Its resolver stays reachable, nothing else on the host.
+  const NftChain& host_in = Chain(*plan, "host_in");
+  const NftRule* dns = FirstMatch(host_in, {P("10.254.0.13"), IPPROTO_UDP, 53}, P("10.254.0.14"));
+  ASSERT_NE(dns, nullptr);
+  EXPECT_EQ(dns->verdict, NftVerdict::kAccept);
+  const NftRule* ssh = FirstMatch(host_in, {P("10.254.0.13"), IPPROTO_TCP, 22}, P("10.254.0.14"));
+  ASSERT_NE(ssh, nullptr);
+  EXPECT_EQ(ssh->log_prefix.value_or(""), "rj3 d host");
 }
 
 TEST(RulePlanTest, BadRulesAreRejectedWithTheirIndex) {
@@ -340,6 +381,17 @@ TEST(RulePlanTest, ServiceTableForwardsOnlyJobVeths) {
   EXPECT_EQ(*forward.rules[1].iifname, "rj*");
   EXPECT_EQ(*forward.rules[2].oifname, "rj*");
   EXPECT_TRUE(Chain(plan, "postrouting").nat);
+
+  // Stateless (no job may send past the host yet): the same forwarding
+  // policy, no conntrack match, no nat chain.
+  NftTablePlan stateless =
+      PlanServiceTable("ralph_service", "rj", ForwardingPolicy::kOnlyJobs, /*stateful=*/false);
+  ASSERT_EQ(stateless.chains.size(), 1u);
+  const NftChain& plain = Chain(stateless, "forward");
+  EXPECT_EQ(plain.policy, NftVerdict::kDrop);
+  ASSERT_EQ(plain.rules.size(), 2u);
+  EXPECT_EQ(*plain.rules[0].iifname, "rj*");
+  EXPECT_EQ(*plain.rules[1].oifname, "rj*");
 
   NftTablePlan untouched = PlanServiceTable("ralph_service", "rj", ForwardingPolicy::kUntouched);
   EXPECT_EQ(Chain(untouched, "forward").policy, NftVerdict::kAccept);

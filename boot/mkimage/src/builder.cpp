@@ -31,12 +31,19 @@ constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 
 // Modules early boot loads (dependencies are added from modules.dep). ext4
 // is built into Debian's kernels; a module missing from modules.dep but
-// listed in modules.builtin is fine.
+// listed in modules.builtin is fine. A slot has no modprobe: the kernel
+// cannot load anything on demand, so everything a slot uses is here.
+// Sandbox networking (sandbox/net, docs/image.md): the job's veth pair, the
+// nft expressions its tables use beyond nf_tables' built-in ones (ct state,
+// log to an NFLOG group, masquerade in an inet nat chain), and
+// nfnetlink_log, the NFLOG backend `log group` needs and the network
+// service's event listener binds to.
 const std::vector<std::string> kWantedModules = {
-    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs", "squashfs",
-    "overlay",    "nf_tables",  "softdog",        "vfat",     "nls_cp437",
-    "nls_ascii",  "ext4",       "virtio_net",
+    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",      "squashfs",      "overlay",
+    "nf_tables",  "softdog",    "vfat",           "nls_cp437",     "nls_ascii",     "ext4",
+    "virtio_net",
     "loop",  // sandbox: each job's writable upper is its own ext4 on a loop device
+    "veth",       "nft_ct",     "nft_log",        "nfnetlink_log", "nft_chain_nat", "nft_masq",
 };
 
 // Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
@@ -147,21 +154,41 @@ struct StagedBinary {
   std::string image_path;
 };
 
-// Copies binaries and their shared libraries into a staging tree.
+// Executables go into images without their DWARF: `objcopy --strip-debug`
+// keeps the symbol table (backtraces still name functions) and drops the
+// debug sections of a RelWithDebInfo build, 10-30 times the code (ralphctl:
+// 30 MB -> 1 MB), which every slot, RECOVERY and the factory bundle would
+// otherwise carry and compress. Debian's binaries are stripped already.
+// Deterministic, like the rest of the image.
+Result<void> StageExecutable(const std::string& host_path, const std::string& dest) {
+  TRY(MakeDirs(fs::path(dest).parent_path().string()));
+  TRY_CTX(RunTool({{"objcopy", "--strip-debug", host_path, dest}}),
+          fmt::format("staging {} without debug sections", host_path));
+  if (::chmod(dest.c_str(), 0755) != 0)
+    return Error::FromErrno(fmt::format("chmod {}", dest), errno);
+  return {};
+}
+
+// Copies binaries (without debug sections) and their shared libraries into
+// a staging tree.
 Result<void> StageBinaries(const std::vector<StagedBinary>& binaries, const std::string& root) {
   std::set<std::string> libs;
   for (const auto& binary : binaries) {
-    TRY(StageFile(binary.host_path, root + binary.image_path));
+    TRY(StageExecutable(binary.host_path, root + binary.image_path));
     for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
   }
   for (const auto& lib : libs) TRY(StageFile(lib, root + lib));
   return {};
 }
 
-Result<void> AddBinariesToCpio(CpioArchive& archive, const std::vector<StagedBinary>& binaries) {
+// The same for the initrd: the stripped binaries are staged under `scratch`.
+Result<void> AddBinariesToCpio(CpioArchive& archive, const std::vector<StagedBinary>& binaries,
+                               const std::string& scratch) {
   std::set<std::string> libs;
   for (const auto& binary : binaries) {
-    TRY(archive.AddHostFile(binary.image_path, binary.host_path));
+    std::string stripped = scratch + binary.image_path;
+    TRY(StageExecutable(binary.host_path, stripped));
+    TRY(archive.AddHostFile(binary.image_path, stripped));
     for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
   }
   for (const auto& lib : libs) TRY(archive.AddHostFile(lib, lib));
@@ -194,7 +221,8 @@ Result<std::string> BuildInitrd(const KernelTree& kernel, const std::vector<std:
     }
     binaries.push_back({host, std::string("/sbin/") + tool});
   }
-  TRY_CTX(AddBinariesToCpio(archive, binaries), "adding binaries to the initrd");
+  TRY_CTX(AddBinariesToCpio(archive, binaries, output + ".staging"),
+          "adding binaries to the initrd");
   std::string order;
   for (const auto& module : modules) {
     std::string image_path = "/lib/modules/" + kernel.version + "/" + module;

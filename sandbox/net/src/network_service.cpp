@@ -167,9 +167,44 @@ class JobNetworkImpl final : public JobNetwork {
       service_->dns_->RemoveJob(ifname_);
       dns_registered_ = false;
     }
-    if (table_created_) {
-      auto deleted = service_->nft_->DeleteTable(table_);
-      if (deleted) table_created_ = false;
+    if (veth == Veth::kDelete && service_->config_.link_removal == LinkRemoval::kBackground &&
+        addresses_) {
+      // The reaper deletes the link, then the table, then returns the slot.
+      auto queued = service_->QueueRemoval({.job_id = job_id_,
+                                            .ifname = veth_created_ ? ifname_ : std::string(),
+                                            .table = table_created_ ? table_ : std::string(),
+                                            .slot = addresses_->slot});
+      if (!queued) {
+        return std::move(queued).error().WithContext(
+            fmt::format("tearing down network of job {}", job_id_));
+      }
+      veth_created_ = table_created_ = false;
+      if (holds_service_table_) {
+        std::lock_guard lock(service_->tables_mutex_);
+        --service_->table_jobs_;
+        holds_service_table_ = false;
+      }
+      torn_down_ = true;
+      return {};
+    }
+    {
+      std::lock_guard lock(service_->tables_mutex_);
+      std::vector<std::string> tables;
+      if (table_created_) tables.push_back(table_);
+      // The last job of a launcher that exits next: its service table goes
+      // in the same transaction, so the kernel's RCU grace period for the
+      // unregistered hooks passes while the launcher finishes its teardown
+      // rather than in its exit (closing the nft socket waits for it).
+      bool release = veth == Veth::kLeaveToKernel && service_->config_.release_when_idle &&
+                     holds_service_table_ && service_->table_jobs_ == 1 && service_->service_table_;
+      if (release) tables.push_back(service_->service_table_name_);
+      auto deleted = tables.empty() ? Result<void>() : service_->nft_->DeleteTables(tables);
+      if (deleted) {
+        table_created_ = false;
+        if (release) service_->service_table_ = service_->service_table_stateful_ = false;
+        if (holds_service_table_) --service_->table_jobs_;
+        holds_service_table_ = false;
+      }
       note(std::move(deleted));
     }
     // Left to the kernel: it goes with the job's netns.
@@ -209,6 +244,15 @@ class JobNetworkImpl final : public JobNetwork {
 
   Result<void> Setup(int netns_fd, const NftTablePlan& plan, DnsAllowlist allowlist,
                      NetEventSinkInterface* events);
+  // Counts this job among those that need the service table, committing it
+  // again if a launcher-mode teardown released it (release_when_idle).
+  Result<void> HoldServiceTable(bool stateful) {
+    std::lock_guard lock(service_->tables_mutex_);
+    TRY_CTX(service_->CommitServiceTable(stateful), "committing the service table");
+    ++service_->table_jobs_;
+    holds_service_table_ = true;
+    return {};
+  }
 
  private:
   NetworkService* service_;
@@ -222,6 +266,7 @@ class JobNetworkImpl final : public JobNetwork {
   bool registered_ = false;
   bool dns_registered_ = false;
   bool torn_down_ = false;
+  bool holds_service_table_ = false;
   std::unique_ptr<RateLimitedSink> dns_events_;
 };
 
@@ -430,12 +475,10 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   // veths: a packet must pass every base chain of the hook, so a narrower
   // pattern would make each instance drop the others' traffic. A leftover
   // of this name went with the sweep above.
-  TRY(service->nft_->ApplyTablePlan(
-      PlanServiceTable(
-          service->service_table_name_, config.ifname_prefix,
-          config.enable_forwarding ? ForwardingPolicy::kOnlyJobs : ForwardingPolicy::kUntouched),
-      service->tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone));
-  service->service_table_ = true;
+  {
+    std::lock_guard lock(service->tables_mutex_);
+    TRY(service->CommitServiceTable(config.expect_egress));
+  }
 
   NetworkService* raw = service.get();
   // The first NFLOG group of the range that no other socket in this netns
@@ -478,9 +521,93 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
 }
 
 NetworkService::~NetworkService() {
+  if (reaper_.joinable()) {
+    {
+      std::lock_guard lock(reap_mutex_);
+      reap_stop_ = true;
+    }
+    reap_cv_.notify_all();
+    reaper_.join();  // after it has done the whole queue
+  }
   dns_.reset();
   nflog_.reset();
+  std::lock_guard lock(tables_mutex_);
   if (service_table_) IgnoreError(nft_->DeleteTable(service_table_name_));
+}
+
+Result<void> NetworkService::CommitServiceTable(bool stateful) {
+  if (service_table_ && (service_table_stateful_ || !stateful)) return {};
+  // Replacing our own table in one transaction: the forwarding policy never
+  // lapses, and the hooks it shares with the new one stay registered.
+  TRY(nft_->ApplyTablePlan(
+      PlanServiceTable(
+          service_table_name_, config_.ifname_prefix,
+          config_.enable_forwarding ? ForwardingPolicy::kOnlyJobs : ForwardingPolicy::kUntouched,
+          stateful),
+      tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone,
+      service_table_ ? ExistingTable::kReplace : ExistingTable::kFail));
+  service_table_ = true;
+  service_table_stateful_ = stateful;
+  return {};
+}
+
+Result<void> NetworkService::QueueRemoval(Removal removal) {
+  std::unique_lock lock(reap_mutex_);
+  if (!reap_rtnl_) {
+    // Bound to the netns of the calling thread: the service's, where the
+    // host ends of its veths live.
+    auto rtnl = Rtnl::Open();
+    if (!rtnl) return std::move(rtnl).error().WithContext("starting the link reaper");
+    reap_rtnl_ = std::make_unique<Rtnl>(std::move(*rtnl));
+  }
+  if (!reaper_.joinable()) reaper_ = std::thread([this] { ReapLoop(); });
+  reap_queue_.push_back(std::move(removal));
+  ++reap_queued_;
+  lock.unlock();
+  reap_cv_.notify_all();
+  return {};
+}
+
+void NetworkService::ReapLoop() {
+  std::unique_lock lock(reap_mutex_);
+  for (;;) {
+    reap_cv_.wait(lock, [this] { return reap_stop_ || !reap_queue_.empty(); });
+    if (reap_queue_.empty()) return;  // stopping, and nothing left to do
+    Removal removal = std::move(reap_queue_.front());
+    reap_queue_.pop_front();
+    lock.unlock();
+    auto removed = Remove(removal);
+    if (!removed) {
+      Log(LogLevel::kWarning, removed.error().ToString());
+    }
+    lock.lock();
+    if (!removed && !reap_error_) reap_error_ = std::move(removed).error();
+    ++reap_done_;
+    reap_cv_.notify_all();
+  }
+}
+
+Result<void> NetworkService::Remove(const Removal& removal) {
+  auto context = [&] { return fmt::format("removing the network of job {}", removal.job_id); };
+  // Link first: the table keeps dropping whatever the link still carries.
+  // When the job's namespace died first, the kernel has already deleted
+  // the pair and this finds nothing (success).
+  if (!removal.ifname.empty()) TRY_CTX(reap_rtnl_->DeleteLink(removal.ifname), context());
+  if (!removal.table.empty()) TRY_CTX(nft_->DeleteTable(removal.table), context());
+  pool_->Release(removal.slot);
+  return {};
+}
+
+Result<void> NetworkService::WaitForRemovals() {
+  std::unique_lock lock(reap_mutex_);
+  uint64_t target = reap_queued_;
+  reap_cv_.wait(lock, [&] { return reap_done_ >= target; });
+  if (reap_error_) {
+    Error error = std::move(*reap_error_);
+    reap_error_.reset();
+    return error;
+  }
+  return {};
 }
 
 void NetworkService::Log(LogLevel level, const std::string& message) const {
@@ -609,6 +736,7 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
                            .host_v6 = addresses.host_v6,
                            .job_v6 = addresses.job_v6};
   NftTablePlan plan = TRY_CTX(PlanJobTable(addressing, spec, nflog_group_), context());
+  TRY_CTX(job->HoldServiceTable(JobHasEgress(spec)), context());
   TRY_CTX(job->Setup(netns.get(), plan, std::move(allowlist), events), context());
   return std::unique_ptr<JobNetwork>(std::move(job));
 }

@@ -426,16 +426,30 @@ Result<void> NftSocket::ApplyTablePlan(const NftTablePlan& plan, TableOwner owne
 }
 
 Result<void> NftSocket::DeleteTable(std::string_view table_name) {
+  return DeleteTables({std::string(table_name)});
+}
+
+Result<void> NftSocket::DeleteTables(const std::vector<std::string>& names) {
   std::lock_guard lock(mutex_);
-  Batch batch(seq_);
-  std::string name(table_name);
-  NftnlTablePtr table = MakeTable(name);
-  nftnl_table_nlmsg_build_payload(batch.Begin(NFT_MSG_DELTABLE, 0, fmt::format("table {}", name)),
-                                  table.get());
-  TRY(batch.End());
-  auto result = Commit(batch);
-  if (!result && result.error().sys_errno() == ENOENT) return {};
-  TRY_CTX(std::move(result), fmt::format("deleting table inet {}", name));
+  auto commit = [this](const std::vector<std::string>& batch_names) -> Result<void> {
+    Batch batch(seq_);
+    for (const std::string& name : batch_names) {
+      NftnlTablePtr table = MakeTable(name);
+      nftnl_table_nlmsg_build_payload(
+          batch.Begin(NFT_MSG_DELTABLE, 0, fmt::format("table {}", name)), table.get());
+      TRY(batch.End());
+    }
+    auto result = Commit(batch);
+    if (!result && result.error().sys_errno() == ENOENT && batch_names.size() == 1) return {};
+    TRY_CTX(std::move(result),
+            fmt::format("deleting table(s) inet {}", fmt::join(batch_names, ", ")));
+    return {};
+  };
+  auto result = commit(names);
+  if (result || result.error().sys_errno() != ENOENT) return result;
+  // One missing table fails the whole transaction (nothing is deleted):
+  // the others one by one.
+  for (const std::string& name : names) TRY(commit({name}));
   return {};
 }
 

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -58,6 +59,8 @@ class NftSocket {
   // Deletes an inet table and everything in it. A missing table is success;
   // a table another socket owns is an error (EPERM).
   Result<void> DeleteTable(std::string_view table);
+  // Deletes the inet tables in one transaction (missing ones are skipped).
+  Result<void> DeleteTables(const std::vector<std::string>& tables);
 
   // Adds `address` to the named set with a timeout (element expires after it).
   Result<void> AddSetElement(std::string_view table, std::string_view set, const IpPrefix& address,

@@ -111,6 +111,7 @@ std::map<unsigned, std::vector<std::string>> UnownedTablesByInstance(
 
 Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const NetworkSpec& spec,
                                   uint16_t nflog_group) {
+  const bool stateful = JobHasEgress(spec);
   const std::string& ifname = addressing.host_ifname;
   if (ifname.empty() || ifname.size() > 15) {
     return Error::Make(ErrorCode::kInvalidArgument,
@@ -138,8 +139,11 @@ Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const Network
       {.oifname = ifname, .verdict = NftVerdict::kJump, .jump_chain = "ingress"});
 
   NftChain egress{.name = "egress"};
-  egress.rules.push_back({.ct_state = kCtEstablished | kCtRelated, .verdict = NftVerdict::kAccept});
-  egress.rules.push_back({.ct_state = kCtInvalid, .verdict = NftVerdict::kDrop});
+  if (stateful) {
+    egress.rules.push_back(
+        {.ct_state = kCtEstablished | kCtRelated, .verdict = NftVerdict::kAccept});
+    egress.rules.push_back({.ct_state = kCtInvalid, .verdict = NftVerdict::kDrop});
+  }
   egress.rules.push_back({.family = IpFamily::kV4,
                           .saddr = addressing.job_v4,
                           .saddr_negate = true,
@@ -223,16 +227,20 @@ Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const Network
                           .verdict = NftVerdict::kDrop});
 
   NftChain ingress{.name = "ingress"};
-  ingress.rules.push_back(
-      {.ct_state = kCtEstablished | kCtRelated, .verdict = NftVerdict::kAccept});
+  if (stateful) {
+    ingress.rules.push_back(
+        {.ct_state = kCtEstablished | kCtRelated, .verdict = NftVerdict::kAccept});
+  }
   ingress.rules.push_back({.verdict = NftVerdict::kDrop});
 
   NftChain input{.name = "input", .hook = NftHook::kInput, .priority = 0};
   input.rules.push_back({.iifname = ifname, .verdict = NftVerdict::kJump, .jump_chain = "host_in"});
 
   NftChain host_in{.name = "host_in"};
-  host_in.rules.push_back(
-      {.ct_state = kCtEstablished | kCtRelated, .verdict = NftVerdict::kAccept});
+  if (stateful) {
+    host_in.rules.push_back(
+        {.ct_state = kCtEstablished | kCtRelated, .verdict = NftVerdict::kAccept});
+  }
   // Only from the job's own address: with a spoofed source the forwarder's
   // answer (which echoes the question, i.e. job-chosen bytes) would be
   // reflected to an arbitrary host, an exfiltration path around egress.
@@ -262,20 +270,22 @@ Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const Network
   host_in.rules.push_back(
       {.log_prefix = Prefix(ifname, NetVerdict::kDenied, "host"), .verdict = NftVerdict::kDrop});
 
-  NftChain postrouting{
-      .name = "postrouting", .hook = NftHook::kPostrouting, .nat = true, .priority = 100};
-  postrouting.rules.push_back(
-      {.family = IpFamily::kV4, .saddr = addressing.job_v4, .masquerade = true});
-  postrouting.rules.push_back(
-      {.family = IpFamily::kV6, .saddr = addressing.job_v6, .masquerade = true});
-
-  plan.chains = {std::move(forward), std::move(egress),  std::move(ingress),
-                 std::move(input),   std::move(host_in), std::move(postrouting)};
+  plan.chains = {std::move(forward), std::move(egress), std::move(ingress), std::move(input),
+                 std::move(host_in)};
+  if (stateful) {
+    NftChain postrouting{
+        .name = "postrouting", .hook = NftHook::kPostrouting, .nat = true, .priority = 100};
+    postrouting.rules.push_back(
+        {.family = IpFamily::kV4, .saddr = addressing.job_v4, .masquerade = true});
+    postrouting.rules.push_back(
+        {.family = IpFamily::kV6, .saddr = addressing.job_v6, .masquerade = true});
+    plan.chains.push_back(std::move(postrouting));
+  }
   return plan;
 }
 
 NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifname_prefix,
-                              ForwardingPolicy forwarding) {
+                              ForwardingPolicy forwarding, bool stateful) {
   NftTablePlan plan;
   plan.name = std::string(table_name);
   std::string pattern = fmt::format("{}*", ifname_prefix);
@@ -288,14 +298,17 @@ NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifna
   // Besides its own use, this ct expression and the nat chain below keep
   // conntrack, NAT and masquerade registered for the service's lifetime.
   // Otherwise every job table that is the first (last) user of them
-  // registers (unregisters) the conntrack/NAT hooks, which waits for RCU
-  // grace periods: measured here 10-20 ms per job create instead of < 1 ms.
-  forward.rules.push_back({.ct_state = kCtInvalid, .verdict = NftVerdict::kDrop});
+  // registers (unregisters) the conntrack/NAT hooks: the first user of a
+  // hook point anywhere in the kernel switches its static key, i.e. patches
+  // every call site with IPIs to all CPUs (perf: 70% of a launcher's CPU
+  // here), and the masquerade notifiers are registered under the RTNL lock.
+  if (stateful) forward.rules.push_back({.ct_state = kCtInvalid, .verdict = NftVerdict::kDrop});
   if (forwarding == ForwardingPolicy::kOnlyJobs) {
     forward.rules.push_back({.iifname = pattern, .verdict = NftVerdict::kAccept});
     forward.rules.push_back({.oifname = pattern, .verdict = NftVerdict::kAccept});
   }
   plan.chains.push_back(std::move(forward));
+  if (!stateful) return plan;
   NftChain postrouting{
       .name = "postrouting", .hook = NftHook::kPostrouting, .nat = true, .priority = 100};
   // Never matches (255.255.255.255 is never a source, RFC 1122 3.2.1.3); it

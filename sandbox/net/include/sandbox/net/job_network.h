@@ -47,6 +47,17 @@ struct NetworkSpec {
   std::vector<uint16_t> domain_ports = {443};
 };
 
+// Whether a job with `spec` may send anything past its host-side resolver:
+// it has an address allowlist or allowed domains. A job that may not gets
+// no conntrack matches and no NAT chain (rule_plan.h) — nothing it sends is
+// ever accepted past the host, so there is no connection to track or
+// translate — and so registers neither in the kernel (the first user of a
+// hook point switches its static key, patching every call site with IPIs to
+// all CPUs: the dearest part of a launcher's network here).
+inline bool JobHasEgress(const NetworkSpec& spec) {
+  return spec.enabled && (!spec.allow.empty() || !spec.allowed_domains.empty());
+}
+
 enum class NetVerdict { kAllowed, kDenied };
 
 struct NetEvent {

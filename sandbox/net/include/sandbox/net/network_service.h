@@ -33,12 +33,16 @@
 
 #include <sys/types.h>
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 
 #include "platform/log.h"
 #include "platform/result.h"
@@ -52,6 +56,21 @@ namespace ralph::sandbox {
 enum class TableOwnership {
   kIfSupported,  // owned when the kernel has NFT_TABLE_F_OWNER (probed)
   kNever,        // never owned: what a pre-5.12 kernel gives (for tests)
+};
+
+// What JobNetwork::Teardown() does with a job's veth pair and nft table.
+enum class LinkRemoval {
+  // Both are gone when Teardown() returns. Deleting a veth waits out RCU
+  // barriers in the kernel (netdev_run_todo: rcu_barrier), 30-40 ms here.
+  kInline,
+  // Teardown() removes the job's event and DNS registrations and returns;
+  // the service's reaper thread then deletes the veth pair and, after it,
+  // the job's table (which keeps dropping whatever the dying link still
+  // carries), and only then returns the address slot. Done within
+  // milliseconds of Teardown() unless the kernel is busy; WaitForRemovals()
+  // blocks until every removal queued so far is done, and the service's
+  // destructor waits for all of them.
+  kBackground,
 };
 
 struct NetworkServiceConfig {
@@ -78,6 +97,21 @@ struct NetworkServiceConfig {
   // floods blocked destinations must not flood the audit log).
   uint32_t max_events_per_second = 200;
   TableOwnership table_ownership = TableOwnership::kIfSupported;
+  LinkRemoval link_removal = LinkRemoval::kInline;
+  // For a launcher that exits right after its job: when the last live job
+  // is torn down with JobNetwork::TeardownWithNamespace(), the service table
+  // is deleted in the same nft transaction as the job's table. The kernel
+  // then waits out the RCU grace period of the unregistered hooks while the
+  // launcher finishes its own teardown, instead of in its exit (releasing
+  // the nft socket flushes pending table destruction: 10 ms here). The next
+  // CreateJob() commits the service table again.
+  bool release_when_idle = false;
+  // Whether Start() registers conntrack and NAT (the service table's
+  // stateful part) at once, so that no job's commit has to. false: the first
+  // job that may send past the host (JobHasEgress) adds it, replacing the
+  // service table in one transaction; a launcher whose job may reach nothing
+  // then never registers them.
+  bool expect_egress = true;
   // Optional. Told, from Start() and CreateJob(), which table clean-up path
   // is in use (kDebug when tables are owned, kWarning when the kernel lacks
   // the flag) and of every stale table removed (kInfo). The library does not
@@ -91,6 +125,7 @@ struct LoggedPacket;
 class NflogListener;
 class JobNetworkImpl;
 class RateLimitedSink;
+class Rtnl;
 
 class NetworkService {
  public:
@@ -119,7 +154,13 @@ class NetworkService {
                                                 const NetworkSpec& spec,
                                                 NetEventSinkInterface* events);
 
+  // Address slots in use: live jobs, and torn-down ones whose background
+  // removal is not done yet.
   size_t live_jobs() const { return pool_->in_use(); }
+  // Blocks until every background removal (LinkRemoval::kBackground) queued
+  // before the call is done. The first error a removal met since the last
+  // call, if any (the slot of a failed removal stays taken).
+  Result<void> WaitForRemovals();
   // What Start() claimed.
   unsigned instance() const { return instance_; }
   uint16_t nflog_group() const { return nflog_group_; }
@@ -154,6 +195,19 @@ class NetworkService {
   // Removes the unowned tables of this instance and of dead instances.
   Result<void> SweepStaleTables();
 
+  // LinkRemoval::kBackground: what a torn-down job leaves for the reaper.
+  struct Removal {
+    std::string job_id;
+    std::string ifname;  // empty: no link to delete
+    std::string table;   // empty: no table to delete
+    uint32_t slot = 0;
+  };
+  // Queues `removal`, starting the reaper thread with the first one.
+  Result<void> QueueRemoval(Removal removal);
+  void ReapLoop();
+  // Deletes the link, then the table; returns the slot once both are gone.
+  Result<void> Remove(const Removal& removal);
+
   NetworkServiceConfig config_;
   // Declared before what the instance makes, so released after it.
   UniqueFd claim_;
@@ -171,7 +225,27 @@ class NetworkService {
   std::map<std::string, Registered> registry_;
   std::unique_ptr<DnsForwarder> dns_;
   std::unique_ptr<NflogListener> nflog_;
+  // The service table exists (guarded by tables_mutex_, with table_jobs_:
+  // the jobs that need it).
+  std::mutex tables_mutex_;
   bool service_table_ = false;
+  bool service_table_stateful_ = false;
+  size_t table_jobs_ = 0;
+  // Commits the service table, or replaces it with its stateful version
+  // when `stateful` and it is not; tables_mutex_ held.
+  Result<void> CommitServiceTable(bool stateful);
+
+  // The reaper (LinkRemoval::kBackground). Its rtnetlink socket is opened by
+  // the first QueueRemoval(), in the caller's netns (the service's).
+  std::mutex reap_mutex_;
+  std::condition_variable reap_cv_;
+  std::deque<Removal> reap_queue_;   // guarded by reap_mutex_
+  uint64_t reap_queued_ = 0;         // removals queued so far; guarded
+  uint64_t reap_done_ = 0;           // of which done (or failed); guarded
+  std::optional<Error> reap_error_;  // guarded
+  bool reap_stop_ = false;           // guarded
+  std::unique_ptr<Rtnl> reap_rtnl_;
+  std::thread reaper_;
 };
 
 }  // namespace ralph::sandbox

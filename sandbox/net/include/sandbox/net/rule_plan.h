@@ -113,7 +113,7 @@ inline constexpr uint16_t kDnsPort = 53;
 std::string JobTableName(std::string_view host_ifname);
 
 // Validates the spec (kInvalidArgument naming the bad rule) and plans the
-// job's table. Pure.
+// job's table; stateful (conntrack, NAT) only when JobHasEgress(spec). Pure.
 Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const NetworkSpec& spec,
                                   uint16_t nflog_group);
 
@@ -125,10 +125,12 @@ enum class ForwardingPolicy {
 // The service-wide table "ralph_service": with kOnlyJobs, forwarding is
 // allowed only to and from interfaces whose names start with `ifname_prefix`
 // (the job veths), so enabling ip_forward for jobs does not turn the
-// appliance into a router for anything else. Always: invalid conntrack
-// state is dropped, and an (empty) nat chain keeps NAT registered. Pure.
+// appliance into a router for anything else. `stateful` (needed once any
+// job may send past the host): invalid conntrack state is dropped, and an
+// idle nat chain keeps conntrack and NAT registered for the service's
+// lifetime, so job tables do not register them. Pure.
 NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifname_prefix,
-                              ForwardingPolicy forwarding);
+                              ForwardingPolicy forwarding, bool stateful = true);
 
 // A table of the inet family as the kernel lists it.
 struct NftTableInfo {
