@@ -429,7 +429,10 @@ Result<size_t> SweepDeadOwnerCgroups(const CgroupManagerInterface& manager) {
     while (dirent* entry = ::readdir(listing)) {
       auto owner = ParseOwnedName(entry->d_name);
       if (!owner || owner->base != own->base || entry->d_type != DT_DIR) continue;
-      if (ProcessStartTime(owner->pid) != owner->start) dead.push_back(entry->d_name);
+      // Gone, or its pid now names a later process. (A name without a start
+      // time, its owner unable to read its own, counts only when gone.)
+      uint64_t start = ProcessStartTime(owner->pid);
+      if (start == 0 || (owner->start != 0 && start != owner->start)) dead.push_back(entry->d_name);
     }
     ::closedir(listing);
     for (const std::string& name : dead) {

@@ -3,8 +3,10 @@
 // kill, pty, errors), and cgroup v2 where the host has it.
 #include <dirent.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -242,6 +244,48 @@ TEST(CgroupV2, LimitsNeedTheirControllers) {
     ASSERT_TRUE(job) << job.error().ToString();
     EXPECT_EQ(SandboxFixture::ReadHostFile((*job)->paths()[0] + "/memory.max"), "536870912\n");
     EXPECT_EQ(SandboxFixture::ReadHostFile((*job)->paths()[0] + "/pids.max"), "256\n");
+  }
+}
+
+// The start-up sweep removes the owner-named cgroup parents of dead owners
+// (pid gone, or the pid now names a later process) with their job cgroups,
+// and nothing of a live owner.
+TEST(CgroupSweep, RemovesOnlyDeadOwnersParents) {
+  std::string base = fmt::format("ralph-test-sweep-{}", ::getpid());
+  auto manager = DetectCgroups(OwnedCgroupName(base));
+  ASSERT_TRUE(manager) << manager.error().ToString();
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);  // a pid that is gone
+  std::vector<std::string> parents = (*manager)->parent_paths();
+  ASSERT_FALSE(parents.empty());
+  std::vector<std::string> dead, alive;
+  std::set<std::pair<dev_t, ino_t>> distinct;  // hierarchies mounted twice count once
+  for (const std::string& parent : parents) {
+    std::string dir = parent.substr(0, parent.rfind('/'));
+    std::string gone = fmt::format("{}/{}@{}.1234", dir, base, child);
+    std::string recycled = fmt::format("{}/{}@{}.1", dir, base, ::getpid());  // wrong start
+    std::string other_base = fmt::format("{}/{}-other@{}.1234", dir, base, child);
+    for (const std::string& path : {gone, recycled, other_base}) {
+      ASSERT_TRUE(::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST) << path;
+      struct stat st;
+      ASSERT_EQ(::stat(path.c_str(), &st), 0) << path;
+      if (path != other_base) distinct.insert({st.st_dev, st.st_ino});
+    }
+    ASSERT_TRUE(::mkdir((gone + "/job-1").c_str(), 0755) == 0 || errno == EEXIST);
+    dead.push_back(gone);
+    dead.push_back(recycled);
+    alive.push_back(other_base);
+  }
+  auto swept = SweepDeadOwnerCgroups(**manager);
+  ASSERT_TRUE(swept) << swept.error().ToString();
+  EXPECT_EQ(*swept, distinct.size());
+  for (const std::string& path : dead) EXPECT_NE(::access(path.c_str(), F_OK), 0) << path;
+  for (const std::string& path : parents) EXPECT_EQ(::access(path.c_str(), F_OK), 0) << path;
+  for (const std::string& path : alive) {
+    EXPECT_EQ(::access(path.c_str(), F_OK), 0) << path;  // another base: not ours to judge
+    ::rmdir(path.c_str());
   }
 }
 
