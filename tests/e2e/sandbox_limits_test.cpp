@@ -1,23 +1,94 @@
-// cgroup v2 limits proven inside the guest (the appliance kernel is cgroup
-// v2 only): the test agent runs `ralph-sandbox run` in the booted appliance
-// with a memory bomb under a small memory.max and a fork bomb under a small
-// pids.max (ralph-test-bomb, bound into the slot's read-only sandbox base;
-// each job's writable upper on VAR), and the host checks the verdicts and
-// that the guest is healthy afterwards.
+// Sandboxes on the product kernel, in the booted appliance (one boot):
+// - cgroup v2 limits (the appliance kernel is cgroup v2 only): the test
+//   agent runs `ralph-sandbox run` with a memory bomb under a small
+//   memory.max and a fork bomb under a small pids.max (ralph-test-bomb,
+//   bound into the slot's read-only sandbox base; each job's writable upper
+//   on VAR), and the host checks the verdicts and that the guest is healthy
+//   afterwards;
+// - networking (veth, host-side nftables default-deny with the job's
+//   allowlist, the DNS allowlist forwarder): the guest has a NIC on QEMU
+//   user networking, renumbered to 192.0.2.0/24 (TEST-NET-1) because QEMU's
+//   default 10.0.2.0/24 is RFC 1918, which a job can never reach whatever
+//   its allowlist says. Two TCP servers listen on the host's loopback (the
+//   guest reaches them at 192.0.2.2); a job allowed one of them reaches it
+//   and is refused the other and the cloud metadata address, a name off its
+//   DNS allowlist is REFUSED by the forwarder, and no veth or nft table is
+//   left afterwards.
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "harness/e2e_test.h"
+#include "platform/unique_fd.h"
 
 namespace ralph::e2e {
 namespace {
 
 constexpr std::chrono::seconds kSandboxTimeout{300};
+constexpr std::chrono::seconds kNetworkTimeout{120};
+// The guest's view of the host: QEMU user networking with net=192.0.2.0/24
+// puts its gateway (the host's loopback) at .2 and its DNS at .3.
+constexpr const char* kGuestNetwork = "192.0.2.0/24";
+constexpr const char* kHostFromGuest = "192.0.2.2";
+
+// A TCP server on the host's loopback: answers every connection with
+// "ralph-e2e <name>\n" and counts them.
+class BannerServer {
+ public:
+  explicit BannerServer(std::string name) : name_(std::move(name)) {
+    listener_ = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    if (!listener_ || ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+        ::listen(listener_.get(), 16) != 0 ||
+        ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      ADD_FAILURE() << "banner server " << name_ << ": " << std::strerror(errno);
+      return;
+    }
+    port_ = ntohs(address.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~BannerServer() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  uint16_t port() const { return port_; }
+  int connections() const { return connections_; }
+
+ private:
+  void Serve() {
+    std::string banner = "ralph-e2e " + name_ + "\n";
+    while (!stop_) {
+      pollfd p{listener_.get(), POLLIN, 0};
+      if (::poll(&p, 1, 200) != 1) continue;
+      UniqueFd client(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!client) continue;
+      ++connections_;
+      (void)!::write(client.get(), banner.data(), banner.size());
+    }
+  }
+
+  std::string name_;
+  UniqueFd listener_;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+  std::thread thread_;
+};
 
 // `ralph-sandbox run` with the slot's base, the bomb bound in at /bomb, no
 // network (not what this test is about) and --stats.
@@ -34,6 +105,20 @@ std::vector<std::string> SandboxRun(std::vector<std::string> limits,
   return argv;
 }
 
+// `ralph-sandbox run` with the slot's base and the probe bound in at /bomb,
+// networked: default-deny egress plus `network` (--allow / --allow-domain).
+std::vector<std::string> NetworkedRun(std::vector<std::string> network,
+                                      std::vector<std::string> command) {
+  std::vector<std::string> argv = {"ralph-sandbox", "run",
+                                   "--rootfs",      "/usr/lib/ralph/sandbox-base",
+                                   "--ro-bind",     "/usr/libexec/ralph-test-bomb:/bomb",
+                                   "--timeout",     "120"};
+  argv.insert(argv.end(), network.begin(), network.end());
+  argv.push_back("--");
+  argv.insert(argv.end(), command.begin(), command.end());
+  return argv;
+}
+
 // The number after "<key>=" in the --stats line; -1 when absent.
 long long Stat(const std::string& output, const std::string& key) {
   std::smatch match;
@@ -41,7 +126,9 @@ long long Stat(const std::string& output, const std::string& key) {
   return std::stoll(match[1]);
 }
 
-TEST_F(E2eTest, SandboxMemoryAndPidsLimitsHoldInTheGuest) {
+TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
+  network_ = true;
+  network_cidr_ = kGuestNetwork;
   ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kProvisioned));
   Machine machine = Boot();
   auto up = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
@@ -104,6 +191,87 @@ TEST_F(E2eTest, SandboxMemoryAndPidsLimitsHoldInTheGuest) {
   // kill was a memory cgroup's, never the whole guest's.
   EXPECT_EQ(machine.Count("Kernel panic"), 0u);
   EXPECT_EQ(machine.Count("Out of memory: Killed process"), 0u) << "the whole guest ran out";
+
+  // --- Networking. DHCP first: the default route via 192.0.2.2 and the
+  // lease's DNS server in /run/ralph/resolv.conf (ralph-dhcpcd-hook; the
+  // forwarder's upstream).
+  auto deadline = std::chrono::steady_clock::now() + kNetworkTimeout;
+  for (;;) {
+    auto routes = machine.Agent({"cat", "/proc/net/route"}, kAgentTimeout);
+    auto resolv = machine.Agent({"cat", "/run/ralph/resolv.conf"}, kAgentTimeout);
+    // Destination 00000000 via gateway 192.0.2.2 (little-endian hex).
+    bool routed = routes && routes->exit == 0 &&
+                  routes->output.find("\t00000000\t020200C0") != std::string::npos;
+    bool dns = resolv && resolv->exit == 0 &&
+               resolv->output.find("nameserver 192.0.2.3\n") != std::string::npos;
+    if (routed && dns) break;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      FAIL() << "no DHCP lease within " << kNetworkTimeout.count() << " s; /proc/net/route:\n"
+             << (routes ? routes->output : routes.error().ToString()) << "\nresolv.conf:\n"
+             << (resolv ? resolv->output : resolv.error().ToString());
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
+
+  BannerServer allowed("allowed");
+  BannerServer other("other");
+  ASSERT_NE(allowed.port(), 0);
+  ASSERT_NE(other.port(), 0);
+  std::string allowed_target = fmt::format("{}:{}", kHostFromGuest, allowed.port());
+  std::string other_target = fmt::format("{}:{}", kHostFromGuest, other.port());
+
+  // Control, outside any sandbox: the guest itself reaches both servers, so
+  // a refusal below is the sandbox's doing.
+  auto control =
+      machine.Agent({"ralph-test-bomb", "connect", allowed_target, other_target}, kAgentTimeout);
+  ASSERT_TRUE(control) << control.error().ToString();
+  EXPECT_NE(control->output.find(allowed_target + " connected: ralph-e2e allowed"),
+            std::string::npos)
+      << control->output;
+  EXPECT_NE(control->output.find(other_target + " connected: ralph-e2e other"), std::string::npos)
+      << control->output;
+  EXPECT_EQ(allowed.connections(), 1);
+  EXPECT_EQ(other.connections(), 1);
+
+  // A job allowed one host:port reaches it; the other port of the same
+  // host and the metadata address are dropped (no SYN reaches the other
+  // server).
+  auto job = machine.Agent(
+      NetworkedRun({"--allow", allowed_target},
+                   {"/bomb", "connect", allowed_target, other_target, "169.254.169.254:80"}),
+      kSandboxTimeout);
+  ASSERT_TRUE(job) << job.error().ToString();
+  std::printf("networked job (exit %d):\n%s\n", job->exit, job->output.c_str());
+  EXPECT_EQ(job->exit, 0) << job->output;
+  EXPECT_NE(job->output.find(allowed_target + " connected: ralph-e2e allowed"), std::string::npos)
+      << job->output;
+  EXPECT_NE(job->output.find(other_target + " timed out"), std::string::npos) << job->output;
+  EXPECT_NE(job->output.find("169.254.169.254:80 timed out"), std::string::npos) << job->output;
+  EXPECT_EQ(allowed.connections(), 2);
+  EXPECT_EQ(other.connections(), 1) << "a connection the allowlist does not name got through";
+
+  // The job's resolver is the forwarder on its veth: a name off the DNS
+  // allowlist is answered REFUSED (rcode 5), never forwarded.
+  auto dns = machine.Agent(
+      NetworkedRun({"--allow-domain", "allowed.example"}, {"/bomb", "dns", "exfil.example"}),
+      kSandboxTimeout);
+  ASSERT_TRUE(dns) << dns.error().ToString();
+  std::printf("dns job (exit %d):\n%s\n", dns->exit, dns->output.c_str());
+  EXPECT_EQ(dns->exit, 0) << dns->output;
+  EXPECT_NE(dns->output.find("dns exfil.example: rcode 5 answers 0"), std::string::npos)
+      << dns->output;
+
+  // Nothing of the jobs' networks is left: no job veth (rj*), no ralph_
+  // nft table (job or service).
+  auto links = machine.Agent({"cat", "/proc/net/dev"}, kAgentTimeout);
+  ASSERT_TRUE(links && links->exit == 0);
+  EXPECT_EQ(links->output.find(" rj"), std::string::npos) << links->output;
+  EXPECT_NE(links->output.find("eth0:"), std::string::npos) << links->output;
+  auto tables = machine.Agent({"nft-tables"}, kAgentTimeout);
+  ASSERT_TRUE(tables) << tables.error().ToString();
+  EXPECT_EQ(tables->exit, 0) << tables->output;
+  EXPECT_EQ(tables->output.find("ralph_"), std::string::npos) << tables->output;
+  EXPECT_EQ(machine.Count("Kernel panic"), 0u);
 }
 
 }  // namespace
