@@ -64,7 +64,7 @@ constexpr size_t kMinBuffers = 4;
 constexpr uint64_t kProbeWindow = 64;
 // Probes and re-reads read runs of consecutive chunks up to this size in
 // one request: large requests are what makes reading fast (see slot_device.h).
-constexpr uint64_t kRunBytes = 4u << 20;
+constexpr uint64_t kRunBytes = 2u << 20;
 
 // Page-aligned memory for O_DIRECT I/O in place: `count` buffers of
 // `buffer_bytes` each, in one anonymous mapping aligned to 2 MiB and advised

@@ -25,9 +25,9 @@
 #include <string>
 #include <vector>
 
+#include "boot/bundle/manifest.h"
 #include "drivers/block_device.h"
 #include "platform/result.h"
-#include "boot/bundle/manifest.h"
 #include "services/ota/source.h"
 
 namespace ralph::ota {
@@ -75,7 +75,7 @@ struct WriteOptions {
   // InstallPayload flushes the slot (on a thread of its own, while the
   // writes go on) once this many bytes are written and not yet flushed, then
   // re-reads them; writers wait when twice as many are unflushed.
-  uint64_t flush_bytes = 8u << 20;
+  uint64_t flush_bytes = 16u << 20;
   // Test hook, called after chunk `index` has been handled (queued for
   // writing or skipped). Fault-injection tests kill the process here.
   std::function<void(uint64_t index)> after_chunk;
