@@ -21,6 +21,8 @@ packages=(
   linux-perf strace
   # audit log tests tamper with the database through the sqlite3 shell
   sqlite3
+  # scripts/test.sh compiles through it (reruns and fresh clones reuse objects)
+  ccache
 )
 
 missing=()

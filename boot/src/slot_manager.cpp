@@ -48,6 +48,8 @@ Result<RawVariables> ReadRawVariables(EfiVarStoreInterface& vars) {
   raw.boot_order = TRY(GetOptional(vars, kEfiGlobalGuid, "BootOrder"));
   raw.boot_next = TRY(GetOptional(vars, kEfiGlobalGuid, "BootNext"));
   raw.boot_current = TRY(GetOptional(vars, kEfiGlobalGuid, "BootCurrent"));
+  raw.loader_image = TRY(GetOptional(vars, kLoaderVendorGuid, kLoaderImageIdentifierVariable));
+  raw.loader_partition = TRY(GetOptional(vars, kLoaderVendorGuid, kLoaderDevicePartUuidVariable));
   return raw;
 }
 
@@ -108,7 +110,7 @@ PlanInput SlotManager::MakeInput(const FirmwareView& view, const BootedDetection
 template <typename Planner>
 Result<Outcome> SlotManager::Run(Planner&& planner) {
   FirmwareView view = TRY(ReadView());
-  BootedDetection booted = DetectBooted(view, kernel_cmdline_);
+  BootedDetection booted = DetectBooted(view, kernel_cmdline_, esp_);
   Plan plan = TRY(planner(MakeInput(view, booted)));
   Outcome outcome;
   outcome.findings = std::move(plan.findings);
@@ -120,7 +122,7 @@ Result<Outcome> SlotManager::Run(Planner&& planner) {
 Result<StatusReport> SlotManager::Status() {
   StatusReport report;
   report.view = TRY(ReadView());
-  report.booted = DetectBooted(report.view, kernel_cmdline_);
+  report.booted = DetectBooted(report.view, kernel_cmdline_, esp_);
   report.esp = esp_;
   if (layout_) report.disk = layout_->disk;
   Result<Plan> repair = PlanRepair(MakeInput(report.view, report.booted));
@@ -137,11 +139,12 @@ Result<StatusReport> SlotManager::Status() {
 
 Result<BootReport> SlotManager::OnBoot() {
   FirmwareView view = TRY(ReadView());
-  BootedDetection booted = DetectBooted(view, kernel_cmdline_);
+  BootedDetection booted = DetectBooted(view, kernel_cmdline_, esp_);
   Plan plan = TRY(PlanOnBoot(MakeInput(view, booted)));
   BootReport report;
   report.event = plan.event;
   report.booted = booted.target;
+  report.booted_how = booted.how;
   report.rolled_back = plan.rolled_back;
   report.findings = std::move(plan.findings);
   report.record = plan.record;

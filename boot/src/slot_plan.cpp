@@ -6,7 +6,13 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "platform/arch.h"
+
 namespace ralph::boot {
+
+const EfiGuid kLoaderVendorGuid = {{0x82, 0xb0, 0x67, 0x4a, 0x4c, 0x0a, 0xcf, 0x41, 0xb6, 0xc7,
+                                    0x44, 0x0b, 0x29, 0xbb, 0x8c, 0x4f}};
+
 namespace {
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
@@ -34,6 +40,33 @@ std::string DescribeEntry(const BootEntry& entry) {
   if (entry.option)
     return fmt::format("Boot{:04X} \"{}\"", entry.number, entry.option->description);
   return fmt::format("Boot{:04X}", entry.number);
+}
+
+// A UTF-16LE variable as text: up to the first NUL, '?' for non-ASCII.
+std::string Utf16Text(const std::vector<uint8_t>& bytes) {
+  std::string text;
+  for (size_t i = 0; i + 1 < bytes.size(); i += 2) {
+    uint16_t c = static_cast<uint16_t>(bytes[i] | (bytes[i + 1] << 8));
+    if (c == 0) break;
+    text.push_back(c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?');
+  }
+  return text;
+}
+
+// A path as the stub prints it, for comparing with our file names: '/'
+// read as '\', runs of separators collapsed, a leading one added.
+std::string NormalizeEspPath(std::string_view path) {
+  std::string out = "\\";
+  for (char c : path) {
+    char sep = c == '/' ? '\\' : c;
+    if (sep == '\\' && out.back() == '\\') continue;
+    out.push_back(sep);
+  }
+  return out;
+}
+
+std::string RemovableFile() {
+  return "\\EFI\\BOOT\\" + std::string(arch::RemovableBootFileName());
 }
 
 Result<SlotState> RequireRecord(const FirmwareView& view) {
@@ -453,6 +486,8 @@ FirmwareView DecodeFirmwareView(const RawVariables& raw, const std::optional<Har
     Result<uint16_t> current = DecodeBootNumber(*raw.boot_current);
     if (current) view.boot_current = *current;
   }
+  if (raw.loader_image) view.loader_image = Utf16Text(*raw.loader_image);
+  if (raw.loader_partition) view.loader_partition = Utf16Text(*raw.loader_partition);
   return view;
 }
 
@@ -478,48 +513,111 @@ Result<std::optional<BootTarget>> ParseKernelSlot(std::string_view cmdline) {
   return std::optional<BootTarget>(*target);
 }
 
-BootedDetection DetectBooted(const FirmwareView& view, std::string_view cmdline) {
-  std::optional<BootTarget> from_current;
-  std::string current_note;
-  if (view.boot_current) {
-    auto it = view.entries.find(*view.boot_current);
-    if (it == view.entries.end()) {
-      current_note =
-          fmt::format("BootCurrent is Boot{:04X}, which does not exist", *view.boot_current);
-    } else if (it->second.kind == EntryKind::kOurs) {
-      from_current = it->second.target;
-    } else {
-      current_note = fmt::format("BootCurrent is {}, not a RalphOS entry for this disk ({})",
-                                 DescribeEntry(it->second), it->second.note);
-    }
-  } else {
-    current_note = "no BootCurrent variable";
+RemovablePathOwner RemovablePathSlot(const FirmwareView& view) {
+  if (view.record && view.record->committed) {
+    Slot slot = *view.record->committed;
+    return {slot, fmt::format("the copy of the committed slot {}'s image (RalphSlotState)",
+                              SlotName(slot))};
   }
+  if (view.record) {
+    std::vector<Slot> live;
+    for (Slot slot : {Slot::kA, Slot::kB}) {
+      SlotStatus status = view.record->slot(slot).status;
+      if (status == SlotStatus::kGood || status == SlotStatus::kTrial) live.push_back(slot);
+    }
+    if (live.size() == 1) {
+      return {live.front(),
+              fmt::format("no slot is committed; slot {} is the only one good or on trial",
+                          SlotName(live.front()))};
+    }
+  }
+  for (uint16_t number : view.boot_order) {
+    auto it = view.entries.find(number);
+    if (it == view.entries.end() || it->second.kind != EntryKind::kOurs) continue;
+    std::optional<Slot> slot = SlotOf(*it->second.target);
+    if (!slot) break;  // RECOVERY first: nothing committed
+    return {*slot, fmt::format("no usable RalphSlotState; slot {} is first in BootOrder",
+                               SlotName(*slot))};
+  }
+  return {Slot::kA, "nothing names a committed slot: the factory image (slot A's)"};
+}
+
+BootedDetection DetectBooted(const FirmwareView& view, std::string_view cmdline,
+                             const std::optional<HardDriveNode>& esp) {
+  auto removable = [&](std::string_view via) -> BootedDetection {
+    RemovablePathOwner owner = RemovablePathSlot(view);
+    return {TargetOf(owner.slot),
+            fmt::format("{}: the removable-media path {}, {}", via, RemovableFile(), owner.how)};
+  };
+  // 1. An explicit ralph.slot= (RECOVERY's UKI; host tools and tests).
   Result<std::optional<BootTarget>> from_cmdline = ParseKernelSlot(cmdline);
+  std::string cmdline_note;
   if (!from_cmdline) {
-    if (from_current) {
-      return {from_current,
-              fmt::format("BootCurrent Boot{:04X} ({}; {})", *view.boot_current,
-                          BootTargetName(*from_current), from_cmdline.error().message())};
+    cmdline_note = "; " + from_cmdline.error().message() + " (ignored)";
+  } else if (*from_cmdline) {
+    std::string how =
+        fmt::format("kernel command line ralph.slot={}", BootTargetName(**from_cmdline));
+    if (view.loader_image) how += fmt::format(" (the firmware loaded {})", *view.loader_image);
+    return {*from_cmdline, how};
+  }
+  // 2. The file the firmware loaded, as the stub recorded it.
+  if (view.loader_image) {
+    std::string file = NormalizeEspPath(*view.loader_image);
+    if (view.loader_partition && esp) {
+      Result<EfiGuid> partition = EfiGuid::Parse(*view.loader_partition);
+      if (!partition || partition->bytes != esp->partition_guid) {
+        return {std::nullopt,
+                fmt::format("the firmware loaded {} from partition {}, not this disk's ESP {}{}",
+                            *view.loader_image, *view.loader_partition,
+                            GuidText(esp->partition_guid), cmdline_note)};
+      }
     }
-    return {std::nullopt, current_note + ", and " + from_cmdline.error().message()};
+    if (std::optional<BootTarget> target = TargetForFile(file)) {
+      return {target, fmt::format("LoaderImageIdentifier {} ({}){}", *view.loader_image,
+                                  BootTargetDescription(*target), cmdline_note)};
+    }
+    if (EqualsIgnoreCase(file, RemovableFile())) {
+      BootedDetection found = removable("LoaderImageIdentifier " + *view.loader_image);
+      found.how += cmdline_note;
+      return found;
+    }
+    return {std::nullopt, fmt::format("the firmware loaded {}, which is not a RalphOS image{}",
+                                      *view.loader_image, cmdline_note)};
   }
-  if (*from_cmdline && from_current && **from_cmdline != *from_current) {
-    return {*from_cmdline,
-            fmt::format("kernel command line ralph.slot= says {} but BootCurrent Boot{:04X} is "
-                        "{}; trusting the command line (it names the mounted root)",
-                        BootTargetName(**from_cmdline), *view.boot_current,
-                        BootTargetName(*from_current))};
+  // 3./4. BootCurrent.
+  if (!view.boot_current) {
+    return {std::nullopt,
+            "no LoaderImageIdentifier, no BootCurrent and no ralph.slot= on the kernel command "
+            "line" +
+                cmdline_note};
   }
-  if (from_current) {
-    return {from_current, fmt::format("BootCurrent Boot{:04X} ({})", *view.boot_current,
-                                      BootTargetDescription(*from_current))};
+  auto it = view.entries.find(*view.boot_current);
+  if (it == view.entries.end()) {
+    BootedDetection found = removable(
+        fmt::format("BootCurrent is Boot{:04X}, which does not exist", *view.boot_current));
+    found.how += cmdline_note;
+    return found;
   }
-  if (*from_cmdline) {
-    return {*from_cmdline, fmt::format("kernel command line ralph.slot= ({}; {})",
-                                       BootTargetName(**from_cmdline), current_note)};
+  const BootEntry& entry = it->second;
+  if (entry.kind == EntryKind::kOurs) {
+    return {entry.target, fmt::format("BootCurrent Boot{:04X} ({}){}", *view.boot_current,
+                                      BootTargetDescription(*entry.target), cmdline_note)};
   }
-  return {std::nullopt, current_note + ", and the kernel command line has no ralph.slot="};
+  // A firmware entry for a device (OVMF's "UEFI Misc Device") or for the
+  // removable-media file on this ESP starts the removable path. An entry
+  // for any other file, or for a file on another partition, started
+  // something we cannot tell apart (another disk's RalphOS, say).
+  bool removable_entry = entry.option && entry.option->file.empty();
+  if (entry.option && EqualsIgnoreCase(NormalizeEspPath(entry.option->file), RemovableFile())) {
+    removable_entry = !entry.option->hard_drive || !esp ||
+                      entry.option->hard_drive->partition_guid == esp->partition_guid;
+  }
+  std::string current = fmt::format("BootCurrent is {}, not a RalphOS entry for this disk ({})",
+                                    DescribeEntry(entry), entry.note);
+  if (!removable_entry) return {std::nullopt, current + cmdline_note};
+  BootedDetection found = removable(current);
+  found.how += cmdline_note;
+  return found;
 }
 
 SlotState InitialSlotState(const FirmwareView& view, std::optional<BootTarget> booted,

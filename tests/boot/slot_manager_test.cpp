@@ -141,14 +141,18 @@ TEST(SlotManagerTest, FirstBootThatNeverComesUpIsRetriedThenRecoveryCanRetryIt) 
 
 TEST(SlotManagerTest, NoRecordAndNoIdeaWhatBootedWritesNothing) {
   Machine m;
-  m.PowerOn();  // removable path, but the command line lacks ralph.slot=
+  // Removable path, a stub that leaves no LoaderImageIdentifier, and no
+  // BootCurrent: nothing tells what booted.
+  m.firmware().set_stub_exports_image(false);
+  m.PowerOn();
+  m.vars().Erase(kEfiGlobalGuid, "BootCurrent");
   SlotManager manager = *SlotManager::Create(m.vars(), TestLayout(), "quiet");
   Result<BootReport> boot = manager.OnBoot();
   ASSERT_FALSE(boot.has_value());
   EXPECT_EQ(boot.error().code(), ErrorCode::kInvalidState);
   EXPECT_THAT(boot.error().message(), HasSubstr("RalphSlotState is missing, and the booted image "
                                                 "cannot be told"));
-  EXPECT_THAT(boot.error().message(), HasSubstr("not a RalphOS entry for this disk"));
+  EXPECT_THAT(boot.error().message(), HasSubstr("no LoaderImageIdentifier, no BootCurrent"));
   Result<Outcome> repair = manager.Repair();
   ASSERT_FALSE(repair.has_value());
   EXPECT_EQ(m.vars().changes(), 0u);
@@ -327,6 +331,7 @@ TEST(SlotManagerTest, MarkGoodRefusesABadOrUnknownSlot) {
 
   Result<SlotManager> blind = SlotManager::Create(m.vars(), TestLayout(), "quiet");
   m.vars().Erase(kEfiGlobalGuid, "BootCurrent");
+  m.vars().Erase(kLoaderVendorGuid, kLoaderImageIdentifierVariable);
   Result<Outcome> unknown = blind->MarkGood();
   ASSERT_FALSE(unknown.has_value());
   EXPECT_THAT(unknown.error().message(), HasSubstr("cannot tell the booted slot"));
@@ -624,6 +629,9 @@ TEST(SlotManagerTest, ForeignDevicePathIsNotTakenForOurs) {
   foreign.file = "\\EFI\\ralph\\a.efi";
   m.vars().Put(kEfiGlobalGuid, "Boot0077", *EncodeLoadOption(foreign));
   m.vars().Put(kEfiGlobalGuid, "BootCurrent", EncodeBootNumber(0x77), 6);
+  // A stub that leaves no LoaderImageIdentifier: BootCurrent tells.
+  m.vars().Erase(kLoaderVendorGuid, kLoaderImageIdentifierVariable);
+  m.vars().Erase(kLoaderVendorGuid, kLoaderDevicePartUuidVariable);
   SlotManager manager = *SlotManager::Create(m.vars(), TestLayout(), "quiet");
 
   Result<StatusReport> status = manager.Status();
@@ -632,6 +640,27 @@ TEST(SlotManagerTest, ForeignDevicePathIsNotTakenForOurs) {
   EXPECT_THAT(status->booted.how, HasSubstr("BootCurrent is Boot0077 \"RalphOS A\", not a RalphOS "
                                             "entry for this disk"));
   EXPECT_THAT(status->booted.how, HasSubstr("not this disk's ESP"));
+  // The stub's own word says the same: the image came from that disk.
+  EfiGuid other;
+  other.bytes = foreign.hard_drive->partition_guid;
+  std::vector<uint8_t> partuuid;
+  for (char c : other.ToString() + std::string(1, '\0')) {
+    partuuid.push_back(static_cast<uint8_t>(c));
+    partuuid.push_back(0);
+  }
+  std::vector<uint8_t> file;
+  for (char c : foreign.file + std::string(1, '\0')) {
+    file.push_back(static_cast<uint8_t>(c));
+    file.push_back(0);
+  }
+  m.vars().Put(kLoaderVendorGuid, std::string(kLoaderImageIdentifierVariable), file, 6);
+  m.vars().Put(kLoaderVendorGuid, std::string(kLoaderDevicePartUuidVariable), partuuid, 6);
+  Result<StatusReport> stub = manager.Status();
+  ASSERT_TRUE(stub.has_value());
+  EXPECT_FALSE(stub->booted.target.has_value());
+  EXPECT_THAT(stub->booted.how,
+              HasSubstr("the firmware loaded \\EFI\\ralph\\a.efi from partition " +
+                        other.ToString() + ", not this disk's ESP"));
   Result<Outcome> good = manager.MarkGood();
   ASSERT_FALSE(good.has_value());
   EXPECT_THAT(good.error().message(), HasSubstr("not this disk's ESP"));
@@ -686,6 +715,45 @@ TEST(SlotManagerTest, ReadOnlyStoreFailsClearlyAndChangesNothing) {
   EXPECT_EQ(m.Boot().booted, BootTarget::kSlotA);
 }
 
+// A fleet alternates A -> B -> A with one UKI that names no slot: every
+// boot is told apart by the file the firmware loaded (the stub's
+// LoaderImageIdentifier), through BootNext and BootOrder alike, and a
+// removable-path boot is the committed slot.
+TEST(SlotManagerTest, OneSlotAgnosticImageAlternatesBetweenSlots) {
+  Machine m = Machine::WithTrialPending(1, {2, 0, 0});
+  BootReport b = m.Boot();
+  EXPECT_EQ(m.booted()->kernel_cmdline.find("ralph.slot="), std::string::npos);
+  EXPECT_EQ(b.booted, BootTarget::kSlotB);
+  EXPECT_EQ(b.event, BootEvent::kTrial);
+  EXPECT_THAT(b.booted_how, HasSubstr("LoaderImageIdentifier \\EFI\\ralph\\b.efi"));
+  ASSERT_TRUE(m.Manager().MarkGood().has_value());
+  EXPECT_EQ(m.Record().committed, Slot::kB);
+
+  // From B, the same release into A.
+  SlotManager manager = m.Manager();
+  ASSERT_TRUE(manager.BeginWrite(Slot::kA, {2, 0, 0}).has_value());
+  ASSERT_TRUE(manager.FinishWrite(Slot::kA, {2, 0, 0}, TestDigest(9)).has_value());
+  BootReport a = m.Boot();
+  EXPECT_EQ(m.booted()->source, BootSource::kBootNext);
+  EXPECT_EQ(a.booted, BootTarget::kSlotA);
+  EXPECT_EQ(a.event, BootEvent::kTrial);
+  ASSERT_TRUE(m.Manager().MarkGood().has_value());
+  EXPECT_EQ(m.Record().committed, Slot::kA);
+  EXPECT_EQ(m.Boot().booted, BootTarget::kSlotA);
+  EXPECT_EQ(m.booted()->source, BootSource::kBootOrder);
+
+  // Our entries gone: the firmware falls to the removable path, whose copy
+  // is the committed slot's (A), and the entries are recreated.
+  for (BootTarget target : kAllBootTargets) {
+    m.vars().Erase(kEfiGlobalGuid, BootEntryName(EntryFor(m, target)));
+  }
+  BootReport removable = m.Boot();
+  EXPECT_EQ(m.booted()->source, BootSource::kRemovable);
+  EXPECT_EQ(removable.booted, BootTarget::kSlotA);
+  EXPECT_THAT(removable.booted_how, HasSubstr("the copy of the committed slot A's image"));
+  EXPECT_EQ(removable.event, BootEvent::kNormal);
+}
+
 TEST(SlotManagerTest, KernelCommandLineDecidesWhenBootCurrentDisagrees) {
   Machine m = Machine::Provisioned();
   m.Boot();  // BootCurrent = A's own entry
@@ -693,7 +761,8 @@ TEST(SlotManagerTest, KernelCommandLineDecidesWhenBootCurrentDisagrees) {
   Result<StatusReport> status = manager.Status();
   ASSERT_TRUE(status.has_value());
   EXPECT_EQ(status->booted.target, BootTarget::kSlotB);
-  EXPECT_THAT(status->booted.how, HasSubstr("trusting the command line"));
+  EXPECT_THAT(status->booted.how, HasSubstr("kernel command line ralph.slot=B (the firmware loaded "
+                                            "\\EFI\\ralph\\a.efi)"));
 
   Result<std::optional<BootTarget>> bad = ParseKernelSlot("ralph.slot=c");
   ASSERT_FALSE(bad.has_value());

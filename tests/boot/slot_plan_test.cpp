@@ -171,20 +171,179 @@ TEST(SlotPlanTest, RecoveryOnBootPlanLeavesTheRecordAlone) {
                                     "boot to initialise")));
 }
 
-TEST(SlotPlanTest, DetectBooted) {
+// UTF-16LE with a NUL, as systemd-stub writes LoaderImageIdentifier.
+std::vector<uint8_t> Utf16(std::string_view text) {
+  std::vector<uint8_t> out;
+  for (char c : text) {
+    out.push_back(static_cast<uint8_t>(c));
+    out.push_back(0);
+  }
+  out.push_back(0);
+  out.push_back(0);
+  return out;
+}
+
+std::string EspUuid() {
+  EfiGuid guid;
+  guid.bytes = TestEsp().partition_guid;
+  return guid.ToString();
+}
+
+// Entries A=1, B=2, RECOVERY=3, firmware 7; the stub's variables for a
+// boot of `file` (unset: a stub that leaves none) from the test ESP.
+RawVariables Raw(std::optional<std::string> file, std::optional<SlotState> record = std::nullopt,
+                 std::vector<uint16_t> order = {1, 2, 3, 7}) {
   RawVariables raw;
   raw.entries[1] = OurEntry(BootTarget::kSlotA);
+  raw.entries[2] = OurEntry(BootTarget::kSlotB);
+  raw.entries[3] = OurEntry(BootTarget::kRecovery);
   raw.entries[7] = FirmwareRemovableEntry();
+  raw.boot_order = EncodeBootOrder(order);
+  if (record) raw.record = EncodeSlotState(*record);
+  if (file) {
+    raw.loader_image = Utf16(*file);
+    raw.loader_partition = Utf16(EspUuid());
+  }
+  return raw;
+}
+
+BootedDetection Detect(const RawVariables& raw, std::string_view cmdline = "ro panic=5") {
+  return DetectBooted(DecodeFirmwareView(raw, TestEsp()), cmdline, TestEsp());
+}
+
+// One UKI for both slots: the file the firmware loaded tells them apart.
+TEST(DetectBootedTest, LoaderImageIdentifierNamesTheImage) {
+  SlotState record = Record(SlotStatus::kGood, SlotStatus::kTrial, Slot::kA);
+  BootedDetection a = Detect(Raw("\\EFI\\ralph\\a.efi", record));
+  EXPECT_EQ(a.target, BootTarget::kSlotA);
+  EXPECT_THAT(a.how, HasSubstr("LoaderImageIdentifier \\EFI\\ralph\\a.efi (RalphOS A)"));
+  EXPECT_EQ(Detect(Raw("\\EFI\\ralph\\b.efi", record)).target, BootTarget::kSlotB);
+  EXPECT_EQ(Detect(Raw("\\EFI\\ralph\\recovery.efi", record)).target, BootTarget::kRecovery);
+  // FAT is case-insensitive; some firmware prints '/' or doubled separators.
+  EXPECT_EQ(Detect(Raw("/EFI/Ralph/B.EFI", record)).target, BootTarget::kSlotB);
+  EXPECT_EQ(Detect(Raw("EFI\\ralph\\\\b.efi", record)).target, BootTarget::kSlotB);
+  // The stub's word beats a BootCurrent of ours that says otherwise.
+  RawVariables disagree = Raw("\\EFI\\ralph\\b.efi", record);
+  disagree.boot_current = EncodeBootNumber(1);
+  EXPECT_EQ(Detect(disagree).target, BootTarget::kSlotB);
+  // LoaderDevicePartUUID in capitals (as some stubs print it) still matches.
+  RawVariables upper = Raw("\\EFI\\ralph\\b.efi", record);
+  std::string uuid = EspUuid();
+  for (char& c : uuid) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  upper.loader_partition = Utf16(uuid);
+  EXPECT_EQ(Detect(upper).target, BootTarget::kSlotB);
+}
+
+TEST(DetectBootedTest, ImagesThatAreNotOursAreNotGuessed) {
+  SlotState record = Record(SlotStatus::kGood, SlotStatus::kGood, Slot::kA);
+  // Loaded from another disk's ESP: this disk's slots cannot be told.
+  RawVariables other_disk = Raw("\\EFI\\ralph\\b.efi", record);
+  other_disk.loader_partition = Utf16("99999999-2222-3333-4444-555555555555");
+  BootedDetection foreign = Detect(other_disk);
+  EXPECT_FALSE(foreign.target.has_value());
+  EXPECT_THAT(foreign.how,
+              HasSubstr("from partition 99999999-2222-3333-4444-555555555555, not this disk's "
+                        "ESP " +
+                        EspUuid()));
+  BootedDetection garbage = Detect(Raw("\\EFI\\debian\\grubx64.efi", record));
+  EXPECT_FALSE(garbage.target.has_value());
+  EXPECT_THAT(garbage.how,
+              HasSubstr("the firmware loaded \\EFI\\debian\\grubx64.efi, which is not a RalphOS "
+                        "image"));
+  // No identifier and no BootCurrent: nothing to go on.
+  BootedDetection blind = Detect(Raw(std::nullopt, record));
+  EXPECT_FALSE(blind.target.has_value());
+  EXPECT_THAT(blind.how, HasSubstr("no LoaderImageIdentifier, no BootCurrent and no ralph.slot="));
+}
+
+// \EFI\BOOT\BOOTX64.EFI is a copy of the committed slot's image.
+TEST(DetectBootedTest, RemovablePathIsTheCommittedSlotsCopy) {
+  using S = SlotStatus;
+  const std::string removable = "\\EFI\\BOOT\\BOOTX64.EFI";
+  BootedDetection b = Detect(Raw(removable, Record(S::kGood, S::kGood, Slot::kB)));
+  EXPECT_EQ(b.target, BootTarget::kSlotB);
+  EXPECT_THAT(b.how, HasSubstr("the removable-media path \\EFI\\BOOT\\BOOTX64.EFI, the copy of the "
+                               "committed slot B's image"));
+  // B on trial does not own the copy: the committed A does.
+  EXPECT_EQ(Detect(Raw(removable, Record(S::kGood, S::kTrial, Slot::kA))).target,
+            BootTarget::kSlotA);
+  // A first boot: nothing committed, the factory slot on trial.
+  BootedDetection first = Detect(Raw(removable, Record(S::kTrial, S::kEmpty, std::nullopt)));
+  EXPECT_EQ(first.target, BootTarget::kSlotA);
+  EXPECT_THAT(first.how, HasSubstr("slot A is the only one good or on trial"));
+  EXPECT_EQ(Detect(Raw(removable, Record(S::kBad, S::kTrial, std::nullopt))).target,
+            BootTarget::kSlotB);
+  // No record: the first of our slots in BootOrder (the firmware's commit).
+  BootedDetection order = Detect(Raw(removable, std::nullopt, {7, 2, 1, 3}));
+  EXPECT_EQ(order.target, BootTarget::kSlotB);
+  EXPECT_THAT(order.how, HasSubstr("slot B is first in BootOrder"));
+  RawVariables corrupt = Raw(removable, std::nullopt, {2, 1, 3});
+  corrupt.record = std::vector<uint8_t>{1, 2, 3};
+  EXPECT_EQ(Detect(corrupt).target, BootTarget::kSlotB);
+  // RECOVERY first (nothing committed), or no BootOrder at all: the
+  // factory image, which ralph-mkimage copies from slot A.
+  EXPECT_EQ(Detect(Raw(removable, std::nullopt, {3, 2, 1})).target, BootTarget::kSlotA);
+  BootedDetection factory = Detect(Raw(removable, std::nullopt, {}));
+  EXPECT_EQ(factory.target, BootTarget::kSlotA);
+  EXPECT_THAT(factory.how, HasSubstr("the factory image (slot A's)"));
+}
+
+// Firmware or stubs that leave no LoaderImageIdentifier: BootCurrent.
+TEST(DetectBootedTest, BootCurrentWithoutIdentifier) {
+  SlotState record = Record(SlotStatus::kGood, SlotStatus::kGood, Slot::kB);
+  RawVariables raw = Raw(std::nullopt, record);
   raw.boot_current = EncodeBootNumber(1);
-  FirmwareView view = DecodeFirmwareView(raw, TestEsp());
-  EXPECT_EQ(DetectBooted(view, "").target, BootTarget::kSlotA);
-  raw.boot_current = EncodeBootNumber(7);  // removable path
-  view = DecodeFirmwareView(raw, TestEsp());
-  EXPECT_EQ(DetectBooted(view, "ralph.slot=b").target, BootTarget::kSlotB);
-  BootedDetection unknown = DetectBooted(view, "quiet");
-  EXPECT_FALSE(unknown.target.has_value());
-  EXPECT_THAT(unknown.how, HasSubstr("not a RalphOS entry for this disk"));
-  EXPECT_THAT(unknown.how, HasSubstr("no ralph.slot="));
+  BootedDetection a = Detect(raw);
+  EXPECT_EQ(a.target, BootTarget::kSlotA);
+  EXPECT_THAT(a.how, HasSubstr("BootCurrent Boot0001 (RalphOS A)"));
+  // The firmware's own removable-media entry: the committed slot's copy.
+  raw.boot_current = EncodeBootNumber(7);
+  BootedDetection removable = Detect(raw);
+  EXPECT_EQ(removable.target, BootTarget::kSlotB);
+  EXPECT_THAT(removable.how, HasSubstr("not a RalphOS entry"));
+  EXPECT_THAT(removable.how, HasSubstr("committed slot B"));
+  raw.boot_current = EncodeBootNumber(0x99);
+  BootedDetection dangling = Detect(raw);
+  EXPECT_EQ(dangling.target, BootTarget::kSlotB);
+  EXPECT_THAT(dangling.how, HasSubstr("BootCurrent is Boot0099, which does not exist"));
+  // An entry for our file on another disk's ESP started something else.
+  LoadOption elsewhere;
+  elsewhere.description = "RalphOS B";
+  elsewhere.hard_drive = TestEsp();
+  elsewhere.hard_drive->partition_guid[0] ^= 0xff;
+  elsewhere.file = "\\EFI\\ralph\\b.efi";
+  raw.entries[8] = *EncodeLoadOption(elsewhere);
+  raw.boot_current = EncodeBootNumber(8);
+  BootedDetection other = Detect(raw);
+  EXPECT_FALSE(other.target.has_value());
+  EXPECT_THAT(other.how, HasSubstr("BootCurrent is Boot0008 \"RalphOS B\", not a RalphOS entry "
+                                   "for this disk"));
+  // An entry for the removable file on this ESP is the removable path.
+  LoadOption fallback;
+  fallback.description = "fallback";
+  fallback.hard_drive = TestEsp();
+  fallback.file = "\\EFI\\BOOT\\BOOTX64.EFI";
+  raw.entries[8] = *EncodeLoadOption(fallback);
+  EXPECT_EQ(Detect(raw).target, BootTarget::kSlotB);
+}
+
+// RECOVERY's UKI names itself; host tools and tests pass ralph.slot= too.
+TEST(DetectBootedTest, KernelCommandLineSlotWins) {
+  SlotState record = Record(SlotStatus::kGood, SlotStatus::kGood, Slot::kA);
+  BootedDetection recovery = Detect(Raw("\\EFI\\ralph\\recovery.efi", record),
+                                    "root=PARTLABEL=RECOVERY "
+                                    "ralph.slot=recovery");
+  EXPECT_EQ(recovery.target, BootTarget::kRecovery);
+  EXPECT_THAT(recovery.how, HasSubstr("kernel command line ralph.slot=RECOVERY"));
+  EXPECT_EQ(Detect(Raw("\\EFI\\ralph\\a.efi", record), "ralph.slot=b").target, BootTarget::kSlotB);
+  // A bad value is reported and the firmware's word used.
+  BootedDetection bad = Detect(Raw("\\EFI\\ralph\\b.efi", record), "ralph.slot=c");
+  EXPECT_EQ(bad.target, BootTarget::kSlotB);
+  EXPECT_THAT(bad.how, HasSubstr("ralph.slot=c is not a, b or recovery (ignored)"));
+}
+
+TEST(DetectBootedTest, LoaderGuidIsSystemds) {
+  EXPECT_EQ(kLoaderVendorGuid.ToString(), "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f");
 }
 
 TEST(SlotPlanTest, CommitPlanOrderAndContent) {

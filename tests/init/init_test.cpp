@@ -28,6 +28,36 @@ TEST(ParseKernelCmdline, ReadsRootSlotWatchdog) {
   EXPECT_EQ(config->init, "/sbin/ralph-init");
 }
 
+// A slot's UKI names no slot (one bundle installs into either slot).
+TEST(ParseKernelCmdline, SlotAgnosticCommandLine) {
+  auto config = ParseKernelCmdline("ro panic=5 console=ttyS0 ralph.watchdog=10\n");
+  ASSERT_TRUE(config) << config.error().ToString();
+  EXPECT_FALSE(config->slot.has_value());
+  EXPECT_FALSE(config->root_partlabel.has_value());
+  EXPECT_EQ(config->mode(), BootMode::kSlot);
+  EXPECT_EQ(*RootPartLabel(*config, "a"), "SYSTEM_A");
+  EXPECT_EQ(*RootPartLabel(*config, "b"), "SYSTEM_B");
+  EXPECT_EQ(*RootPartLabel(*config, "recovery"), "RECOVERY");
+  auto bad = RootPartLabel(*config, "c");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("slot 'c' is not a, b or recovery"), std::string::npos);
+}
+
+// An explicit root= must be the detected slot's: never another slot's root.
+TEST(RootPartLabel, ExplicitRootMustMatchTheSlot) {
+  auto legacy = ParseKernelCmdline("root=PARTLABEL=SYSTEM_A ralph.slot=a");
+  ASSERT_TRUE(legacy);
+  EXPECT_EQ(*RootPartLabel(*legacy, "a"), "SYSTEM_A");
+  auto other = RootPartLabel(*legacy, "b");
+  ASSERT_FALSE(other);
+  EXPECT_NE(other.error().message().find("root=PARTLABEL=SYSTEM_A is not slot B's root SYSTEM_B"),
+            std::string::npos)
+      << other.error().message();
+  auto recovery = ParseKernelCmdline("root=PARTLABEL=RECOVERY ralph.slot=recovery");
+  ASSERT_TRUE(recovery);
+  EXPECT_EQ(*RootPartLabel(*recovery, "recovery"), "RECOVERY");
+}
+
 TEST(ParseKernelCmdline, RecoveryIsItsOwnMode) {
   auto recovery = ParseKernelCmdline("root=PARTLABEL=RECOVERY ralph.slot=recovery panic=5");
   ASSERT_TRUE(recovery) << recovery.error().ToString();
@@ -84,9 +114,10 @@ TEST(ParseKernelCmdline, BadInputIsNamed) {
   ASSERT_FALSE(no_partlabel);
   EXPECT_NE(no_partlabel.error().message().find("root=/dev/vda2 is not root=PARTLABEL"),
             std::string::npos);
-  auto no_root = ParseKernelCmdline("ralph.slot=a");
-  ASSERT_FALSE(no_root);
-  EXPECT_NE(no_root.error().message().find("no root=PARTLABEL"), std::string::npos);
+  auto empty_root = ParseKernelCmdline("root=PARTLABEL= ralph.slot=a");
+  ASSERT_FALSE(empty_root);
+  EXPECT_NE(empty_root.error().message().find("root=PARTLABEL= names no partition"),
+            std::string::npos);
   auto bad_slot = ParseKernelCmdline("root=PARTLABEL=SYSTEM_A ralph.slot=c");
   ASSERT_FALSE(bad_slot);
   EXPECT_NE(bad_slot.error().message().find("ralph.slot='c'"), std::string::npos);

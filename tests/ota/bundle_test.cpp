@@ -3,8 +3,8 @@
 
 #include <string>
 
-#include "platform/sha256.h"
 #include "boot/bundle/bundle.h"
+#include "platform/sha256.h"
 #include "test_pki.h"
 #include "test_util.h"
 

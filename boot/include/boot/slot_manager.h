@@ -45,6 +45,7 @@ struct Outcome {
 struct BootReport : Outcome {
   BootEvent event = BootEvent::kUnknown;
   std::optional<BootTarget> booted;
+  std::string booted_how;           // DetectBooted().how
   std::optional<Slot> rolled_back;  // kRolledBack: the slot whose trial failed
 };
 
@@ -64,8 +65,9 @@ class SlotManager {
   // `vars` is borrowed and must outlive the manager. `layout` is the
   // appliance disk (drivers/disk.h); when unset, entries can be checked but
   // not (re)created. `kernel_cmdline` is /proc/cmdline's text (injected for
-  // tests), read for ralph.slot=. kNotFound naming the label when the layout
-  // lacks an EFI, SYSTEM_A, SYSTEM_B or RECOVERY partition.
+  // tests), read for ralph.slot= (DetectBooted: how the booted image is
+  // told, with the stub's LoaderImageIdentifier and BootCurrent). kNotFound naming the label when
+  // the layout lacks an EFI, SYSTEM_A, SYSTEM_B or RECOVERY partition.
   static Result<SlotManager> Create(EfiVarStoreInterface& vars, std::optional<DiskLayout> layout,
                                     std::string kernel_cmdline);
 

@@ -30,6 +30,16 @@
 
 namespace ralph::boot {
 
+// systemd's loader vendor GUID (4a67b082-0a4c-41cf-b6c7-440b29bb8c4f). The
+// EFI stub in every UKI (systemd-stub 252, Debian's systemd-boot-efi) sets
+// two volatile variables under it on every boot when no boot loader did:
+// LoaderImageIdentifier, the path of the file the firmware loaded
+// ("\EFI\ralph\b.efi", UTF-16), and LoaderDevicePartUUID, the PARTUUID
+// of the partition it was loaded from. A power cycle clears them.
+extern const EfiGuid kLoaderVendorGuid;
+inline constexpr std::string_view kLoaderImageIdentifierVariable = "LoaderImageIdentifier";
+inline constexpr std::string_view kLoaderDevicePartUuidVariable = "LoaderDevicePartUUID";
+
 // The ESP files our Boot#### entries start, and their descriptions.
 std::string_view BootTargetFile(BootTarget target);         // "\EFI\ralph\a.efi"
 std::string_view BootTargetDescription(BootTarget target);  // "RalphOS A"
@@ -68,6 +78,10 @@ struct FirmwareView {
   std::optional<std::vector<uint8_t>> boot_next_raw;
   std::optional<uint16_t> boot_next;  // unset when absent or malformed
   std::optional<uint16_t> boot_current;
+  // The stub's LoaderImageIdentifier and LoaderDevicePartUUID as text
+  // (UTF-16 up to the first NUL; characters outside ASCII become '?').
+  std::optional<std::string> loader_image;
+  std::optional<std::string> loader_partition;
 
   // Our usable entry for `target`: the first in BootOrder, else the lowest
   // number; nullptr when none.
@@ -86,6 +100,8 @@ struct RawVariables {
   std::optional<std::vector<uint8_t>> boot_order;
   std::optional<std::vector<uint8_t>> boot_next;
   std::optional<std::vector<uint8_t>> boot_current;
+  std::optional<std::vector<uint8_t>> loader_image;      // LoaderImageIdentifier
+  std::optional<std::vector<uint8_t>> loader_partition;  // LoaderDevicePartUUID
 };
 FirmwareView DecodeFirmwareView(const RawVariables& raw, const std::optional<HardDriveNode>& esp);
 
@@ -94,16 +110,46 @@ FirmwareView DecodeFirmwareView(const RawVariables& raw, const std::optional<Har
 // value when it is not a, b or recovery.
 Result<std::optional<BootTarget>> ParseKernelSlot(std::string_view cmdline);
 
-// Which image is running: BootCurrent's entry when it is ours, else
-// ralph.slot= (a removable-path boot has a firmware entry in BootCurrent).
-// When both name a target and they disagree the command line wins: it names
-// the root file system actually mounted. `how` explains the answer (or why
-// there is none) in words for errors and `status`.
+// Which image is running, and so which slot's root early boot mounts. A
+// slot's UKI is slot-agnostic (one bundle installs into either slot: its
+// command line names no slot), so the answer comes from what the firmware
+// and the stub record about this boot, in this order:
+//   1. `ralph.slot=` on the kernel command line. Only RECOVERY's UKI
+//      carries one (it is never a bundle payload); host tools and tests pass
+//      one too. It wins: it was built into the image that is running.
+//   2. LoaderImageIdentifier (the file the firmware loaded):
+//      \EFI\ralph\{a,b,recovery}.efi names the image; the removable-media
+//      path \EFI\BOOT\BOOTX64.EFI (BOOTAA64.EFI) is a copy of the committed
+//      slot's image (RemovablePathSlot); any other file, or a
+//      LoaderDevicePartUUID that is not this disk's ESP (`esp`, when known),
+//      is not ours to tell: unknown.
+//   3. BootCurrent naming one of our Boot#### entries (firmware or stubs that
+//      leave no identifier).
+//   4. BootCurrent naming a firmware entry for a device (OVMF's "UEFI Misc
+//      Device"), for the removable-media file on this ESP, or a missing
+//      entry: the removable-media path. An entry for another file or for a
+//      file on another partition (a second RalphOS disk): unknown.
+// No identifier and no BootCurrent: unknown. `how` explains the answer (or
+// why there is none) in words for logs, errors and `status`.
 struct BootedDetection {
   std::optional<BootTarget> target;
   std::string how;
 };
-BootedDetection DetectBooted(const FirmwareView& view, std::string_view cmdline);
+BootedDetection DetectBooted(const FirmwareView& view, std::string_view cmdline,
+                             const std::optional<HardDriveNode>& esp = std::nullopt);
+
+// The slot the removable-media copy belongs to. ralph-health copies the
+// committed slot's UKI there after every commit and ralph-mkimage puts slot
+// A's there, so: the record's committed slot; with a record but no committed
+// slot (a first boot on trial), the only slot that is good or on trial;
+// with no usable record, the first of our slots in BootOrder (the
+// firmware's notion of committed, as InitialSlotState); else slot A, the
+// factory image. `how` says which rule decided.
+struct RemovablePathOwner {
+  Slot slot = Slot::kA;
+  std::string how;
+};
+RemovablePathOwner RemovablePathSlot(const FirmwareView& view);
 
 struct VarWrite {
   EfiGuid guid;

@@ -31,19 +31,27 @@ constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 
 // Modules early boot loads (dependencies are added from modules.dep). ext4
 // is built into Debian's kernels; a module missing from modules.dep but
-// listed in modules.builtin is fine.
+// listed in modules.builtin is fine. A slot has no modprobe: the kernel
+// cannot load anything on demand, so everything a slot uses is here.
+// Sandbox networking (sandbox/net, docs/image.md): the job's veth pair, the
+// nft expressions its tables use beyond nf_tables' built-in ones (ct state,
+// log to an NFLOG group, masquerade in an inet nat chain), and
+// nfnetlink_log, the NFLOG backend `log group` needs and the network
+// service's event listener binds to.
 const std::vector<std::string> kWantedModules = {
-    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs", "squashfs",
-    "overlay",    "nf_tables",  "softdog",        "vfat",     "nls_cp437",
-    "nls_ascii",  "ext4",       "virtio_net",
+    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",      "squashfs",      "overlay",
+    "nf_tables",  "softdog",    "vfat",           "nls_cp437",     "nls_ascii",     "ext4",
+    "virtio_net",
     "loop",  // sandbox: each job's writable upper is its own ext4 on a loop device
+    "veth",       "nft_ct",     "nft_log",        "nfnetlink_log", "nft_chain_nat", "nft_masq",
 };
 
 // Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
-// wired interface itself over netlink (address, routes, MTU). Its hook
-// script is a shell script and a slot has no shell, so `script ""` turns it
-// off (dhcpcd.conf(5): an empty script runs nothing); DNS servers are not
-// written anywhere yet. Privilege separation runs as the `dhcpcd` user
+// wired interface itself over netlink (address, routes, MTU). Its own hook
+// script is a shell script and a slot has no shell, so `script` names our
+// C++ hook instead (services/dhcp): it writes the lease's DNS servers to
+// /run/ralph/resolv.conf, which /etc/resolv.conf links to (the root is
+// read-only). Privilege separation runs as the `dhcpcd` user
 // chrooted into its (empty, read-only) home, as Debian's postinst sets up.
 // `nodev`: a slot runs no udev; without it dhcpcd 9.4.1's privileged proxy
 // dereferences the absent /dev plugin and segfaults when a NIC appears
@@ -51,14 +59,15 @@ const std::vector<std::string> kWantedModules = {
 // plugin it waits forever for udev to initialise the interface.
 constexpr const char* kDhcpcdHost = "/usr/sbin/dhcpcd";
 constexpr const char* kDhcpcdConf =
-    "# RalphOS: DHCPv4 on the wired interfaces, no hook script (no shell in a slot).\n"
-    "script \"\"\n"
+    "# RalphOS: DHCPv4 on the wired interfaces; DNS through ralph-dhcp-hook (no shell).\n"
+    "script /usr/libexec/ralph-dhcp-hook\n"
     "allowinterfaces en* eth*\n"
     "ipv4only\n"
     "noipv4ll\n"
     "clientid\n"
     "nodev\n"
     "option classless_static_routes, interface_mtu\n"
+    "option domain_name_servers, domain_name, domain_search\n"
     "require dhcp_server_identifier\n";
 constexpr const char* kPasswd =
     "root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -145,21 +154,41 @@ struct StagedBinary {
   std::string image_path;
 };
 
-// Copies binaries and their shared libraries into a staging tree.
+// Executables go into images without their DWARF: `objcopy --strip-debug`
+// keeps the symbol table (backtraces still name functions) and drops the
+// debug sections of a RelWithDebInfo build, 10-30 times the code (ralphctl:
+// 30 MB -> 1 MB), which every slot, RECOVERY and the factory bundle would
+// otherwise carry and compress. Debian's binaries are stripped already.
+// Deterministic, like the rest of the image.
+Result<void> StageExecutable(const std::string& host_path, const std::string& dest) {
+  TRY(MakeDirs(fs::path(dest).parent_path().string()));
+  TRY_CTX(RunTool({{"objcopy", "--strip-debug", host_path, dest}}),
+          fmt::format("staging {} without debug sections", host_path));
+  if (::chmod(dest.c_str(), 0755) != 0)
+    return Error::FromErrno(fmt::format("chmod {}", dest), errno);
+  return {};
+}
+
+// Copies binaries (without debug sections) and their shared libraries into
+// a staging tree.
 Result<void> StageBinaries(const std::vector<StagedBinary>& binaries, const std::string& root) {
   std::set<std::string> libs;
   for (const auto& binary : binaries) {
-    TRY(StageFile(binary.host_path, root + binary.image_path));
+    TRY(StageExecutable(binary.host_path, root + binary.image_path));
     for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
   }
   for (const auto& lib : libs) TRY(StageFile(lib, root + lib));
   return {};
 }
 
-Result<void> AddBinariesToCpio(CpioArchive& archive, const std::vector<StagedBinary>& binaries) {
+// The same for the initrd: the stripped binaries are staged under `scratch`.
+Result<void> AddBinariesToCpio(CpioArchive& archive, const std::vector<StagedBinary>& binaries,
+                               const std::string& scratch) {
   std::set<std::string> libs;
   for (const auto& binary : binaries) {
-    TRY(archive.AddHostFile(binary.image_path, binary.host_path));
+    std::string stripped = scratch + binary.image_path;
+    TRY(StageExecutable(binary.host_path, stripped));
+    TRY(archive.AddHostFile(binary.image_path, stripped));
     for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
   }
   for (const auto& lib : libs) TRY(archive.AddHostFile(lib, lib));
@@ -192,7 +221,8 @@ Result<std::string> BuildInitrd(const KernelTree& kernel, const std::vector<std:
     }
     binaries.push_back({host, std::string("/sbin/") + tool});
   }
-  TRY_CTX(AddBinariesToCpio(archive, binaries), "adding binaries to the initrd");
+  TRY_CTX(AddBinariesToCpio(archive, binaries, output + ".staging"),
+          "adding binaries to the initrd");
   std::string order;
   for (const auto& module : modules) {
     std::string image_path = "/lib/modules/" + kernel.version + "/" + module;
@@ -434,6 +464,8 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-health")), "/usr/bin/ralph-health"});
   binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
   binaries.push_back({TRY(HostTool(kDhcpcdHost, "dhcpcd-base")), "/usr/sbin/dhcpcd"});
+  binaries.push_back(
+      {TRY(ProjectBinary(inputs.bin_dir, "ralph-dhcp-hook")), "/usr/libexec/ralph-dhcp-hook"});
   binaries.push_back({TRY(HostTool(kMtoolsHost, "mtools")), "/usr/bin/mtools"});
   // Sandboxes: the launcher, mkfs.ext4 for the job uppers' template (its
   // state lives on VAR, /var/lib/ralph/sandbox), and the read-only base
@@ -485,6 +517,7 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   }
   TRY(WriteWholeFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
   TRY(WriteWholeFile(staging_dir + "/etc/dhcpcd.conf", kDhcpcdConf));
+  TRY(MakeSymlink("/run/ralph/resolv.conf", staging_dir + "/etc/resolv.conf"));
   TRY(WriteWholeFile(staging_dir + "/etc/passwd", kPasswd));
   TRY(WriteWholeFile(staging_dir + "/etc/group", kGroup));
   TRY(MakeDirs(staging_dir + "/usr/lib/dhcpcd"));
@@ -574,7 +607,8 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     }
     std::string uki = work + "/" + name + ".efi";
     TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),
-                 OsRelease(options.version, name), stub, options.source_date_epoch, uki));
+                 OsRelease(options.version, target == BootTarget::kRecovery ? name : "system"),
+                 stub, options.source_date_epoch, uki));
     esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
     if (target == BootTarget::kSlotA) {
       esp_files.push_back({uki, fmt::format("/EFI/BOOT/{}", arch::RemovableBootFileName())});

@@ -4,10 +4,10 @@
 #include <cstdlib>
 #include <string>
 
+#include "boot/bundle/bundle.h"
 #include "boot/mkimage/builder.h"
 #include "platform/arch.h"
 #include "platform/log.h"
-#include "boot/bundle/bundle.h"
 
 namespace {
 

@@ -156,14 +156,18 @@ std::string_view TargetPartLabel(BootTarget target) {
 }
 
 std::string KernelCmdline(BootTarget target, const CmdlineOptions& options) {
-  // rootwait is not used: early boot waits for the partition itself and
-  // reports a missing one on the console; panic= makes a kernel that never
-  // reaches early boot reboot so the firmware falls back.
-  std::string cmdline = fmt::format(
-      "root=PARTLABEL={} ralph.slot={} ro panic={} console={} ralph.watchdog={} "
-      "printk.devkmsg=on",
-      TargetPartLabel(target), TargetName(target), options.panic_seconds, options.console,
-      options.watchdog_seconds);
+  // A slot's UKI names no slot: one update bundle installs into either slot,
+  // and early boot tells which one booted from the firmware
+  // (boot::DetectBooted). RECOVERY's UKI is never a bundle payload and names
+  // itself. rootwait is not used: early boot waits for the partition itself
+  // and reports a missing one on the console; panic= makes a kernel that
+  // never reaches early boot reboot so the firmware falls back.
+  std::string cmdline = target == BootTarget::kRecovery
+                            ? fmt::format("root=PARTLABEL={} ralph.slot={} ",
+                                          TargetPartLabel(target), TargetName(target))
+                            : std::string();
+  cmdline += fmt::format("ro panic={} console={} ralph.watchdog={} printk.devkmsg=on",
+                         options.panic_seconds, options.console, options.watchdog_seconds);
   if (options.quiet) cmdline += " quiet";
   if (!options.extra.empty()) cmdline += " " + options.extra;
   return cmdline;

@@ -20,11 +20,24 @@ std::string Upper(std::string_view text) {
 
 std::string CmdlineFor(BootTarget target) {
   switch (target) {
-    case BootTarget::kSlotA: return "root=PARTLABEL=SYSTEM_A ralph.slot=a panic=5";
-    case BootTarget::kSlotB: return "root=PARTLABEL=SYSTEM_B ralph.slot=b panic=5";
+    // One UKI fits either slot: early boot tells them apart (DetectBooted).
+    case BootTarget::kSlotA: return "ro panic=5";
+    case BootTarget::kSlotB: return "ro panic=5";
     case BootTarget::kRecovery: return "root=PARTLABEL=RECOVERY ralph.slot=recovery panic=5";
   }
   return "";
+}
+
+// UTF-16LE with a terminating NUL, as the stub writes its variables.
+std::vector<uint8_t> Utf16(std::string_view text) {
+  std::vector<uint8_t> out;
+  for (char c : text) {
+    out.push_back(static_cast<uint8_t>(c));
+    out.push_back(0);
+  }
+  out.push_back(0);
+  out.push_back(0);
+  return out;
 }
 
 constexpr std::string_view kRemovableDescription = "UEFI Misc Device";
@@ -97,11 +110,14 @@ Result<BootTarget> FirmwareModel::Loadable(EfiVarStoreInterface& vars, uint16_t 
 
 Result<FirmwareBoot> FirmwareModel::PowerOn(EfiVarStoreInterface& vars) {
   // 1. Volatile variables are gone after a power cycle.
-  std::vector<std::string> names = TRY(vars.List(kEfiGlobalGuid));
-  for (const std::string& name : names) {
-    Result<EfiVariable> variable = vars.Get(kEfiGlobalGuid, name);
-    if (variable && (variable->attributes & kEfiVariableNonVolatile) == 0) {
-      TRY(vars.Delete(kEfiGlobalGuid, name));
+  std::vector<std::string> names;
+  for (const EfiGuid& guid : {kEfiGlobalGuid, kLoaderVendorGuid}) {
+    names = TRY(vars.List(guid));
+    for (const std::string& name : names) {
+      Result<EfiVariable> variable = vars.Get(guid, name);
+      if (variable && (variable->attributes & kEfiVariableNonVolatile) == 0) {
+        TRY(vars.Delete(guid, name));
+      }
     }
   }
   auto boot = [&](uint16_t number, BootTarget target, BootSource source) -> Result<FirmwareBoot> {
@@ -113,8 +129,16 @@ Result<FirmwareBoot> FirmwareModel::PowerOn(EfiVarStoreInterface& vars) {
         source == BootSource::kRemovable ? RemovablePath() : std::string(BootTargetFile(target));
     result.kernel_cmdline = CmdlineFor(target);
     std::vector<uint8_t> current = EncodeBootNumber(number);
-    TRY(vars.Set(kEfiGlobalGuid, "BootCurrent", current,
-                 kEfiVariableBootserviceAccess | kEfiVariableRuntimeAccess));
+    constexpr uint32_t kVolatile = kEfiVariableBootserviceAccess | kEfiVariableRuntimeAccess;
+    TRY(vars.Set(kEfiGlobalGuid, "BootCurrent", current, kVolatile));
+    if (stub_exports_image_) {
+      EfiGuid partition;
+      partition.bytes = esp_.partition.partition_guid;
+      TRY(vars.Set(kLoaderVendorGuid, kLoaderImageIdentifierVariable, Utf16(result.file),
+                   kVolatile));
+      TRY(vars.Set(kLoaderVendorGuid, kLoaderDevicePartUuidVariable,
+                   Utf16(Upper(partition.ToString())), kVolatile));
+    }
     return result;
   };
   std::vector<std::string> skipped;

@@ -9,7 +9,6 @@ namespace ralph::init {
 
 Result<BootConfig> ParseKernelCmdline(std::string_view cmdline) {
   BootConfig config;
-  bool have_root = false;
   std::istringstream words{std::string(cmdline)};
   for (std::string word; words >> word;) {
     auto value_of = [&](std::string_view key) -> std::optional<std::string> {
@@ -25,7 +24,10 @@ Result<BootConfig> ParseKernelCmdline(std::string_view cmdline) {
             fmt::format("kernel command line: root={} is not root=PARTLABEL=<label>", *root));
       }
       config.root_partlabel = root->substr(10);
-      have_root = !config.root_partlabel.empty();
+      if (config.root_partlabel->empty()) {
+        return Error::Make(ErrorCode::kInvalidArgument,
+                           "kernel command line: root=PARTLABEL= names no partition");
+      }
     } else if (auto slot = value_of("ralph.slot=")) {
       config.slot = *slot;
     } else if (auto seconds = value_of("ralph.watchdog=")) {
@@ -42,16 +44,33 @@ Result<BootConfig> ParseKernelCmdline(std::string_view cmdline) {
       config.init = *path;
     }
   }
-  if (!have_root) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       "kernel command line has no root=PARTLABEL=<label>");
-  }
-  if (config.slot != "a" && config.slot != "b" && config.slot != "recovery") {
+  if (config.slot && *config.slot != "a" && *config.slot != "b" && *config.slot != "recovery") {
     return Error::Make(
         ErrorCode::kInvalidArgument,
-        fmt::format("kernel command line: ralph.slot='{}' is not a, b or recovery", config.slot));
+        fmt::format("kernel command line: ralph.slot='{}' is not a, b or recovery", *config.slot));
   }
   return config;
+}
+
+Result<std::string> RootPartLabel(const BootConfig& config, std::string_view slot) {
+  std::string label;
+  if (slot == "a") {
+    label = "SYSTEM_A";
+  } else if (slot == "b") {
+    label = "SYSTEM_B";
+  } else if (slot == "recovery") {
+    label = "RECOVERY";
+  } else {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("slot '{}' is not a, b or recovery", slot));
+  }
+  if (config.root_partlabel && *config.root_partlabel != label) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("kernel command line root=PARTLABEL={} is not slot {}'s root "
+                                   "{}: refusing to mount another slot's root",
+                                   *config.root_partlabel, SlotDisplayName(slot), label));
+  }
+  return label;
 }
 
 std::string_view BootModeName(BootMode mode) {

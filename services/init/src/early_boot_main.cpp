@@ -125,6 +125,62 @@ Result<DiskLayout> WaitForDisk(const std::string& root_label) {
   }
 }
 
+// The EFI variable store and the slot manager over it; either may be
+// missing (`problem` says why), and the boot goes on without them.
+struct SlotManagerAccess {
+  std::unique_ptr<LibefivarStore> store;
+  std::optional<boot::SlotManager> manager;
+  std::string problem;
+};
+
+SlotManagerAccess OpenSlotManager(const std::string& cmdline, const DiskLayout& disk) {
+  SlotManagerAccess access;
+  auto store = LibefivarStore::Open();
+  if (!store) {
+    access.problem = "opening the EFI variable store: " + store.error().ToString();
+    LogError("slot manager: {}", access.problem);
+    return access;
+  }
+  access.store = std::move(*store);
+  auto created = boot::SlotManager::Create(*access.store, disk, cmdline);
+  if (!created) {
+    access.problem = created.error().ToString();
+    LogError("slot manager: {}", access.problem);
+    return access;
+  }
+  access.manager.emplace(std::move(*created));
+  return access;
+}
+
+// Which image booted, so which root to mount (boot::DetectBooted: the kernel
+// command line's ralph.slot= for RECOVERY, else the stub's
+// LoaderImageIdentifier or BootCurrent; a slot's UKI names no slot). Read
+// before anything is written. Without readable EFI variables nothing tells
+// the slots apart: the removable path's owner over an empty view (slot A,
+// the factory slot), said loudly.
+boot::BootedDetection DetectBootedImage(const SlotManagerAccess& access,
+                                        const std::string& cmdline) {
+  std::string problem = access.problem;
+  if (access.store) {
+    auto raw = boot::ReadRawVariables(*access.store);
+    if (raw) {
+      std::optional<HardDriveNode> esp;
+      if (access.manager) esp = access.manager->esp();
+      boot::BootedDetection booted =
+          boot::DetectBooted(boot::DecodeFirmwareView(*raw, esp), cmdline, esp);
+      if (booted.target) return booted;
+      problem = booted.how;
+    } else {
+      problem = raw.error().ToString();
+    }
+  }
+  boot::BootedDetection booted = boot::DetectBooted(boot::FirmwareView{}, cmdline);
+  if (booted.target) return booted;
+  boot::RemovablePathOwner owner = boot::RemovablePathSlot(boot::FirmwareView{});
+  LogError("cannot tell which slot booted ({}): booting {}", problem, owner.how);
+  return {boot::TargetOf(owner.slot), fmt::format("{}; {}", problem, owner.how)};
+}
+
 // The slot manager's part of every boot, run here rather than in PID 1 so
 // that a trial slot whose userspace hangs (the watchdog resets it) still has
 // its tries counted and BootNext re-armed (SlotManager::OnBoot; it also
@@ -132,23 +188,9 @@ Result<DiskLayout> WaitForDisk(const std::string& root_label) {
 // On a RECOVERY boot OnBoot changes no slot state; the banner then shows
 // the state as it is. Failures are reported and the boot goes on: the
 // health gate then refuses to commit.
-void RunSlotManager(const std::string& cmdline, const DiskLayout& disk, BootMode mode) {
-  std::string problem;  // why the banner cannot show the state
-  auto store = LibefivarStore::Open();
-  if (!store) {
-    problem = "opening the EFI variable store: " + store.error().ToString();
-    LogError("slot manager: {}", problem);
-  }
-  std::optional<boot::SlotManager> manager;
-  if (store) {
-    auto created = boot::SlotManager::Create(**store, disk, cmdline);
-    if (created) {
-      manager.emplace(std::move(*created));
-    } else {
-      problem = created.error().ToString();
-      LogError("slot manager: {}", problem);
-    }
-  }
+void RunSlotManager(SlotManagerAccess& access, BootMode mode) {
+  std::string problem = access.problem;  // why the banner cannot show the state
+  std::optional<boot::SlotManager>& manager = access.manager;
   if (manager) {
     auto report = manager->OnBoot();
     if (!report) {
@@ -264,7 +306,7 @@ Result<std::string> PrepareVar(const std::string& device) {
   return std::string("re-created");
 }
 
-Result<void> MountRoot(const BootConfig& config, const std::string& device) {
+Result<void> MountRoot(std::string_view slot, const std::string& label, const std::string& device) {
   std::vector<uint8_t> head(4);
   UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return Error::FromErrno(fmt::format("open {}", device), errno);
@@ -272,17 +314,16 @@ Result<void> MountRoot(const BootConfig& config, const std::string& device) {
     return Error::FromErrno(fmt::format("read {}", device), errno);
   }
   if (!(head[0] == 'h' && head[1] == 's' && head[2] == 'q' && head[3] == 's')) {
-    return Error::Make(ErrorCode::kCorrupt,
-                       fmt::format("slot {} root {} ({}) is not a squashfs filesystem (magic "
-                                   "{:02x}{:02x}{:02x}{:02x})",
-                                   SlotDisplayName(config.slot), config.root_partlabel, device,
-                                   head[0], head[1], head[2], head[3]));
+    return Error::Make(
+        ErrorCode::kCorrupt,
+        fmt::format("slot {} root {} ({}) is not a squashfs filesystem (magic "
+                    "{:02x}{:02x}{:02x}{:02x})",
+                    SlotDisplayName(slot), label, device, head[0], head[1], head[2], head[3]));
   }
   if (::mount(device.c_str(), kNewRoot, "squashfs", MS_RDONLY | MS_NODEV, nullptr) != 0) {
-    return Error::FromErrno(
-        fmt::format("mounting slot {} root {} ({}) read-only", SlotDisplayName(config.slot),
-                    config.root_partlabel, device),
-        errno);
+    return Error::FromErrno(fmt::format("mounting slot {} root {} ({}) read-only",
+                                        SlotDisplayName(slot), label, device),
+                            errno);
   }
   return {};
 }
@@ -334,32 +375,40 @@ Result<void> Run(bool second_stage) {
   std::string cmdline = TRY(ReadWholeFile("/proc/cmdline"));
   BootConfig config = TRY(ParseKernelCmdline(cmdline));
   if (!second_stage) {
-    LogInfo("booting slot {} (root {}){}", SlotDisplayName(config.slot), config.root_partlabel,
-            config.mode() == BootMode::kRecovery ? ", RECOVERY mode" : "");
-  }
-  if (!second_stage) {
+    LogInfo("early boot: {}", config.slot ? "ralph.slot=" + *config.slot
+                                          : std::string("the firmware variables tell the slot"));
     LoadModules();
     ArmWatchdog(config.watchdog_seconds);
     return MountEfivarfsAndReexec();
   }
 
-  DiskLayout disk = TRY_CTX(WaitForDisk(config.root_partlabel),
-                            fmt::format("slot {}", SlotDisplayName(config.slot)));
+  // Any disk of ours has SYSTEM_A; RECOVERY's command line names its root.
+  std::string disk_label = config.root_partlabel.value_or(std::string(kPartSystemA));
+  DiskLayout disk = TRY_CTX(WaitForDisk(disk_label), "finding the appliance disk");
+  SlotManagerAccess access = OpenSlotManager(cmdline, disk);
+  boot::BootedDetection booted = DetectBootedImage(access, cmdline);
+  std::string slot(boot::BootTargetName(*booted.target));
+  for (char& c : slot) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  BootMode mode = slot == "recovery" ? BootMode::kRecovery : BootMode::kSlot;
+  LogInfo("booting slot {} ({}){}", SlotDisplayName(slot), booted.how,
+          mode == BootMode::kRecovery ? ", RECOVERY mode" : "");
   if (auto complete = CheckApplianceLayout(disk); !complete) {
     LogError("disk {}: {}", disk.disk, complete.error().ToString());
   }
-  RunSlotManager(cmdline, disk, config.mode());
-  const PartitionInfo* root = disk.Find(config.root_partlabel);
+  RunSlotManager(access, mode);
+  std::string label = TRY(RootPartLabel(config, slot));
+  const PartitionInfo* root = disk.Find(label);
   if (root == nullptr || root->device.empty()) {
     return Error::Make(ErrorCode::kNotFound,
                        fmt::format("slot {}: root partition {} has no device node on {}",
-                                   SlotDisplayName(config.slot), config.root_partlabel, disk.disk));
+                                   SlotDisplayName(slot), label, disk.disk));
   }
-  TRY(MountRoot(config, root->device));
+  TRY(MountRoot(slot, label, root->device));
 
-  std::map<std::string, std::string> record = {{"slot", config.slot},
-                                               {"mode", std::string(BootModeName(config.mode()))},
-                                               {"root", root->device}};
+  std::map<std::string, std::string> record = {{"slot", slot},
+                                               {"mode", std::string(BootModeName(mode))},
+                                               {"root", root->device},
+                                               {"booted_by", booted.how}};
   std::string var_target = std::string(kNewRoot) + "/var";
   const PartitionInfo* var = disk.Find(kPartVar);
   Result<std::string> var_state =
@@ -387,7 +436,7 @@ Result<void> Run(bool second_stage) {
     return Error::FromErrno("mkdir /run/ralph", errno);
   }
   TRY(WriteWholeFile(kEarlyBootRecordPath, RenderRecord(record)));
-  LogInfo("switching root to slot {}: {}", SlotDisplayName(config.slot), config.init);
+  LogInfo("switching root to slot {}: {}", SlotDisplayName(slot), config.init);
   return SwitchRoot(config.init);
 }
 

@@ -173,7 +173,7 @@ class Init {
     if (auto cmdline = ReadWholeFile("/proc/cmdline")) {
       if (auto config = ParseKernelCmdline(*cmdline)) {
         watchdog_seconds = config->watchdog_seconds;
-        if (slot_.empty()) slot_ = config->slot;
+        if (slot_.empty()) slot_ = config->slot.value_or("");
       }
     }
     if (slot_ == "recovery") {

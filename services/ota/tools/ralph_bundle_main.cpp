@@ -12,8 +12,8 @@
 
 #include <fmt/format.h>
 
-#include "platform/log.h"
 #include "boot/bundle/bundle.h"
+#include "platform/log.h"
 
 namespace ralph::ota {
 namespace {

@@ -5,13 +5,19 @@
 // line from the virtio-serial port "org.ralphos.agent" (the host side is a
 // QEMU unix socket) and answers one JSON line:
 //   {"argv": ["ralphctl", "boot", "status"]}  -> {"exit": 0, "output": "..."}
-// Allowed: ralphctl <args> and ralph-sandbox <args> (run from the slot),
-// `reboot`, `poweroff`, and
+// Allowed: ralphctl <args>, ralph-sandbox <args> and ralph-test-bomb <args>
+// (run from the slot), `reboot`, `poweroff`, `nft-tables` (the nftables
+// tables of the guest, "<family> <name>" per line), and
 // `cat <path>` under /run/ralph or /proc, `efivar <Name-guid>` (hex data)
 // and `efivar-delete <Name-guid>` (NVRAM-wipe scenarios).
 #include <dirent.h>
 #include <fcntl.h>
+#include <libmnl/libmnl.h>
+#include <libnftnl/common.h>
+#include <libnftnl/table.h>
 #include <linux/fs.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -19,6 +25,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -89,6 +96,52 @@ nlohmann::json RunProgram(const std::vector<std::string>& argv) {
   return {{"exit", code}, {"output", output}};
 }
 
+// Every nftables table of the guest's netns: a NFT_MSG_GETTABLE dump.
+nlohmann::json ListNftTables() {
+  struct SocketCloser {
+    void operator()(mnl_socket* socket) const { mnl_socket_close(socket); }
+  };
+  struct TableFree {
+    void operator()(nftnl_table* table) const { nftnl_table_free(table); }
+  };
+  std::unique_ptr<mnl_socket, SocketCloser> socket(
+      mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC));
+  if (!socket || mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0) {
+    return {{"exit", 1}, {"output", fmt::format("netfilter socket: {}", std::strerror(errno))}};
+  }
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  uint32_t seq = static_cast<uint32_t>(::getpid());
+  nlmsghdr* request =
+      nftnl_nlmsg_build_hdr(buffer.data(), NFT_MSG_GETTABLE, NFPROTO_UNSPEC, NLM_F_DUMP, seq);
+  if (mnl_socket_sendto(socket.get(), request, request->nlmsg_len) < 0) {
+    return {{"exit", 1},
+            {"output", fmt::format("sending the dump request: {}", std::strerror(errno))}};
+  }
+  std::string out;
+  auto on_table = [](const nlmsghdr* message, void* data) -> int {
+    std::unique_ptr<nftnl_table, TableFree> table(nftnl_table_alloc());
+    if (!table || nftnl_table_nlmsg_parse(message, table.get()) < 0) return MNL_CB_ERROR;
+    uint32_t family = nftnl_table_get_u32(table.get(), NFTNL_TABLE_FAMILY);
+    const char* name = nftnl_table_get_str(table.get(), NFTNL_TABLE_NAME);
+    *static_cast<std::string*>(data) +=
+        fmt::format("{} {}\n", family == NFPROTO_INET ? "inet" : std::to_string(family), name);
+    return MNL_CB_OK;
+  };
+  uint32_t portid = mnl_socket_get_portid(socket.get());
+  for (;;) {
+    ssize_t n = mnl_socket_recvfrom(socket.get(), buffer.data(), buffer.size());
+    if (n < 0) {
+      return {{"exit", 1}, {"output", fmt::format("reading the dump: {}", std::strerror(errno))}};
+    }
+    int rc = mnl_cb_run(buffer.data(), static_cast<size_t>(n), seq, portid, on_table, &out);
+    if (rc < 0) {
+      return {{"exit", 1}, {"output", fmt::format("parsing the dump: {}", std::strerror(errno))}};
+    }
+    if (rc == MNL_CB_STOP) break;
+  }
+  return {{"exit", 0}, {"output", out}};
+}
+
 nlohmann::json Handle(const std::string& line, bool* reboot_after, bool* poweroff_after) {
   auto request = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (request.is_discarded() || !request.is_object() || !request.contains("argv") ||
@@ -108,6 +161,11 @@ nlohmann::json Handle(const std::string& line, bool* reboot_after, bool* powerof
     argv[0] = "/usr/bin/ralph-sandbox";
     return RunProgram(argv);
   }
+  if (argv[0] == "ralph-test-bomb") {
+    argv[0] = "/usr/libexec/ralph-test-bomb";
+    return RunProgram(argv);
+  }
+  if (argv[0] == "nft-tables" && argv.size() == 1) return ListNftTables();
   if (argv[0] == "reboot" && argv.size() == 1) {
     *reboot_after = true;
     return {{"exit", 0}, {"output", ""}};

@@ -69,6 +69,7 @@ class E2eTest : public ::testing::Test {
   std::string vars_;
   int boots_ = 0;
   bool network_ = false;
+  std::string network_cidr_;  // MachineOptions::user_network_cidr
   std::string slot_b_digest_;
 };
 

@@ -157,7 +157,10 @@ Result<Machine> Machine::Start(MachineOptions options) {
       "-monitor",
       "none",
       "-nic",
-      o.user_network ? std::string("user,model=virtio-net-pci") : std::string("none"),
+      !o.user_network ? std::string("none")
+      : o.user_network_cidr.empty()
+          ? std::string("user,model=virtio-net-pci")
+          : fmt::format("user,model=virtio-net-pci,net={}", o.user_network_cidr),
       "-no-user-config",
       "-drive",
       fmt::format("if=pflash,format=raw,readonly=on,file={}", kOvmfCode),

@@ -58,6 +58,9 @@ struct MachineOptions {
   // A virtio NIC on QEMU user networking (DHCP server; the host is 10.0.2.2
   // from the guest, reaching the host's loopback). Off: no NIC at all.
   bool user_network = false;
+  // Its virtual network (QEMU's `net=`), e.g. "192.0.2.0/24": the host is
+  // then 192.0.2.2. Empty: QEMU's default 10.0.2.0/24.
+  std::string user_network_cidr;
 };
 
 class Machine {

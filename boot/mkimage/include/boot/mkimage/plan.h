@@ -59,7 +59,8 @@ struct CmdlineOptions {
   std::string extra;  // appended verbatim
 };
 
-// "root=PARTLABEL=SYSTEM_A ralph.slot=a panic=5 console=ttyS0 ..."
+// A slot's: "ro panic=5 console=ttyS0 ..." (no slot: the same UKI boots from
+// either slot); RECOVERY's: "root=PARTLABEL=RECOVERY ralph.slot=recovery ro ...".
 std::string KernelCmdline(BootTarget target, const CmdlineOptions& options);
 // "a", "b", "recovery": the slot token and the UKI name on the ESP.
 std::string_view TargetName(BootTarget target);

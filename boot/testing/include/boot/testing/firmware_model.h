@@ -20,6 +20,12 @@
 //      whose device path is not HD()/File() — OVMF creates it and appends it
 //      to BootOrder, as seen on this machine (../shared/DESIGN.md).
 //   5. BootCurrent (volatile) is set to the entry that booted.
+//   6. The image's EFI stub (systemd-stub 252) sets the volatile
+//      LoaderImageIdentifier (the file loaded) and LoaderDevicePartUUID (the
+//      ESP's PARTUUID) under the systemd loader GUID, unless
+//      set_stub_exports_image(false) models a stub that does not.
+// Slot UKIs are slot-agnostic: their command line names no slot; RECOVERY's
+// names itself (ralph.slot=recovery).
 // Not modelled: entries that boot something other than a file on the ESP
 // (network, shell): they are skipped, as if they failed to load.
 #pragma once
@@ -57,7 +63,7 @@ struct FirmwareBoot {
   BootSource source = BootSource::kBootOrder;
   uint16_t boot_current = 0;
   std::string file;  // the ESP file loaded
-  // The command line embedded in that image's UKI.
+  // The command line embedded in that image's UKI (a slot's names no slot).
   std::string kernel_cmdline;
 };
 
@@ -72,12 +78,14 @@ class FirmwareModel {
 
   const EspContents& esp() const { return esp_; }
   EspContents& mutable_esp() { return esp_; }
+  void set_stub_exports_image(bool exports) { stub_exports_image_ = exports; }
 
  private:
   // The RalphOS image an entry would start, or why it cannot.
   Result<BootTarget> Loadable(EfiVarStoreInterface& vars, uint16_t number) const;
 
   EspContents esp_;
+  bool stub_exports_image_ = true;
 };
 
 // The canned load option OVMF creates for a removable-path boot.

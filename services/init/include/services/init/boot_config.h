@@ -18,18 +18,28 @@ enum class BootMode { kSlot, kRecovery };
 // "slot", "recovery" (the early-boot record's `mode=`).
 std::string_view BootModeName(BootMode mode);
 
+// A slot's UKI is slot-agnostic (one update bundle installs into either
+// slot): its command line has neither root= nor ralph.slot=, and early boot
+// learns the slot from the firmware (boot::DetectBooted). RECOVERY's UKI
+// names itself: root=PARTLABEL=RECOVERY ralph.slot=recovery.
 struct BootConfig {
-  std::string root_partlabel;             // from root=PARTLABEL=SYSTEM_A
-  std::string slot;                       // from ralph.slot=a|b|recovery
-  int watchdog_seconds = 20;              // from ralph.watchdog=N; 0 disables
-  std::string init = "/sbin/ralph-init";  // from ralph.init=<path>
+  std::optional<std::string> root_partlabel;  // from root=PARTLABEL=SYSTEM_A
+  std::optional<std::string> slot;            // from ralph.slot=a|b|recovery
+  int watchdog_seconds = 20;                  // from ralph.watchdog=N; 0 disables
+  std::string init = "/sbin/ralph-init";      // from ralph.init=<path>
 
   BootMode mode() const { return slot == "recovery" ? BootMode::kRecovery : BootMode::kSlot; }
 };
 
-// Parses /proc/cmdline. kInvalidArgument when root= is not a PARTLABEL= or
-// ralph.slot= is missing or unknown.
+// Parses /proc/cmdline. kInvalidArgument when root= is not a PARTLABEL=,
+// ralph.slot= is not a, b or recovery, or ralph.watchdog= is not a number.
 Result<BootConfig> ParseKernelCmdline(std::string_view cmdline);
+
+// The partition early boot mounts as the root of `slot` ("a", "b",
+// "recovery"): SYSTEM_A, SYSTEM_B or RECOVERY. An explicit root= must be
+// that partition (kInvalidArgument naming both otherwise: the slot told by
+// the firmware never mounts another slot's root).
+Result<std::string> RootPartLabel(const BootConfig& config, std::string_view slot);
 
 // The slot letter in upper case for messages and SlotManager ("A", "B",
 // "RECOVERY").
