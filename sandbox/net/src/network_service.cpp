@@ -27,6 +27,9 @@ namespace ralph::sandbox {
 namespace {
 
 constexpr const char* kJobIfname = "eth0";
+// Every network namespace's loopback device (LOOPBACK_IFINDEX,
+// include/net/net_namespace.h).
+constexpr int kLoopbackIndex = 1;
 
 Result<std::pair<sockaddr_storage, socklen_t>> ParseUpstream(std::string text) {
   if (text.empty()) {
@@ -281,25 +284,30 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAl
   veth_created_ = true;
 
   const JobAddresses& a = *addresses_;
-  TRY_CTX(RunInNetns(netns_fd,
-                     [&]() -> Result<void> {
-                       Rtnl job = TRY(Rtnl::Open());
-                       TRY(job.SetUp("lo"));
-                       TRY(job.AddAddress(kJobIfname, a.job_v4, JobAddresses::kV4LinkLength));
-                       TRY(job.AddAddress(kJobIfname, a.job_v6, JobAddresses::kV6LinkLength));
-                       TRY(job.SetUp(kJobIfname));
-                       TRY(job.AddDefaultRoute(kJobIfname, a.host_v4));
-                       TRY(job.AddDefaultRoute(kJobIfname, a.host_v6));
-                       return {};
-                     }),
-          "configuring the job side");
+  {
+    // A socket in the job's netns, made without a helper thread; each side
+    // configured with one batch of requests.
+    Rtnl job = TRY_CTX(Rtnl::OpenIn(netns_fd), "configuring the job side");
+    int eth = TRY_CTX(job.LinkIndex(kJobIfname), "configuring the job side");
+    Rtnl::Batch batch;
+    batch.SetUp(kLoopbackIndex, "lo");
+    batch.AddAddress(eth, kJobIfname, a.job_v4, JobAddresses::kV4LinkLength);
+    batch.AddAddress(eth, kJobIfname, a.job_v6, JobAddresses::kV6LinkLength);
+    batch.SetUp(eth, kJobIfname);
+    batch.AddDefaultRoute(eth, kJobIfname, a.host_v4);
+    batch.AddDefaultRoute(eth, kJobIfname, a.host_v6);
+    TRY_CTX(job.Send(batch), "configuring the job side");
+  }
 
-  TRY(host.AddAddress(ifname_, a.host_v4, JobAddresses::kV4LinkLength));
-  TRY(host.AddAddress(ifname_, a.host_v6, JobAddresses::kV6LinkLength));
   if (service_->config_.enable_forwarding) {
     TRY(WriteSysctl(fmt::format("/proc/sys/net/ipv4/conf/{}/forwarding", ifname_), "1"));
   }
-  TRY(host.SetUp(ifname_));
+  int host_index = TRY(host.LinkIndex(ifname_));
+  Rtnl::Batch batch;
+  batch.AddAddress(host_index, ifname_, a.host_v4, JobAddresses::kV4LinkLength);
+  batch.AddAddress(host_index, ifname_, a.host_v6, JobAddresses::kV6LinkLength);
+  batch.SetUp(host_index, ifname_);
+  TRY(host.Send(batch));
 
   // The rules exist before the job can send anything through the veth: the
   // job is still held by the spawner until Create() returns.
@@ -561,6 +569,7 @@ Result<void> NetworkService::QueueRemoval(Removal removal) {
     reap_rtnl_ = std::make_unique<Rtnl>(std::move(*rtnl));
   }
   if (!reaper_.joinable()) reaper_ = std::thread([this] { ReapLoop(); });
+  removal.deadline = std::chrono::steady_clock::now() + kKernelGrace;
   reap_queue_.push_back(std::move(removal));
   ++reap_queued_;
   lock.unlock();
@@ -573,8 +582,23 @@ void NetworkService::ReapLoop() {
   for (;;) {
     reap_cv_.wait(lock, [this] { return reap_stop_ || !reap_queue_.empty(); });
     if (reap_queue_.empty()) return;  // stopping, and nothing left to do
+    // A job's veth normally goes with its network namespace: once its last
+    // process is gone, the kernel's netns cleanup deletes the pair, many
+    // namespaces' devices in one batch (one RTNL hold, one rcu_barrier). An
+    // RTM_DELLINK of our own would hold the RTNL lock through an expedited
+    // grace period per link, stalling every job being created meanwhile
+    // (a new netns, `lo` up, veth creation all take it). So the oldest
+    // removal waits up to kKernelGrace for that (polled), and the link is
+    // deleted here only after it — or at once when the service stops.
+    const Removal& oldest = reap_queue_.front();
+    bool link_gone = oldest.ifname.empty() || if_nametoindex(oldest.ifname.c_str()) == 0;
+    if (!link_gone && !reap_stop_ && std::chrono::steady_clock::now() < oldest.deadline) {
+      reap_cv_.wait_for(lock, kReapPoll);
+      continue;
+    }
     Removal removal = std::move(reap_queue_.front());
     reap_queue_.pop_front();
+    if (link_gone) removal.ifname.clear();
     lock.unlock();
     auto removed = Remove(removal);
     if (!removed) {
@@ -704,12 +728,10 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
   UniqueFd netns = TRY_CTX(OpenNetns(child_pid), context());
 
   if (!spec.enabled) {
-    TRY_CTX(RunInNetns(netns.get(),
-                       []() -> Result<void> {
-                         Rtnl job = TRY(Rtnl::Open());
-                         return job.SetUp("lo");
-                       }),
-            context());
+    Rtnl job = TRY_CTX(Rtnl::OpenIn(netns.get()), context());
+    Rtnl::Batch batch;
+    batch.SetUp(kLoopbackIndex, "lo");
+    TRY_CTX(job.Send(batch), context());
     return std::unique_ptr<JobNetwork>(new JobNetworkImpl(this, job_id, spec, std::nullopt));
   }
 

@@ -12,7 +12,10 @@
 #include <sched.h>
 #include <sys/socket.h>
 
-#include <thread>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <vector>
 
 #include <fmt/format.h>
@@ -28,6 +31,172 @@ Result<Rtnl> Rtnl::Open() {
   timeval timeout{.tv_sec = 5, .tv_usec = 0};
   setsockopt(mnl_socket_get_fd(socket.get()), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   return Rtnl(std::move(socket));
+}
+
+Result<Rtnl> Rtnl::OpenIn(int netns_fd) {
+  UniqueFd own(open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (!own) return Error::FromErrno("opening /proc/thread-self/ns/net", errno);
+  if (setns(netns_fd, CLONE_NEWNET) != 0) {
+    return Error::FromErrno("setns into the job's network namespace", errno);
+  }
+  auto rtnl = Open();
+  if (setns(own.get(), CLONE_NEWNET) != 0) {
+    // Going on would make this thread's later sockets in the job's
+    // namespace: a broken invariant, not an error to hand up.
+    std::fprintf(stderr, "ralph sandbox/net: cannot return from a job's network namespace: %s\n",
+                 std::strerror(errno));
+    std::abort();
+  }
+  return rtnl;
+}
+
+nlmsghdr* Rtnl::Batch::Next(std::string what) {
+  if (buffer_.size() - used_ < 1024) buffer_.resize(buffer_.size() * 2);
+  names_.push_back(std::move(what));
+  return mnl_nlmsg_put_header(buffer_.data() + used_);
+}
+
+namespace {
+
+void PutSetUp(nlmsghdr* nlh, int index) {
+  nlh->nlmsg_type = RTM_NEWLINK;
+  auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifm->ifi_family = AF_UNSPEC;
+  ifm->ifi_index = index;
+  ifm->ifi_flags = IFF_UP;
+  ifm->ifi_change = IFF_UP;
+}
+
+void PutAddress(nlmsghdr* nlh, int index, const IpPrefix& address, uint8_t link_length) {
+  nlh->nlmsg_type = RTM_NEWADDR;
+  nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+  auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
+  bool v4 = address.family == IpFamily::kV4;
+  ifa->ifa_family = v4 ? AF_INET : AF_INET6;
+  ifa->ifa_prefixlen = link_length;
+  ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+  ifa->ifa_index = static_cast<uint32_t>(index);
+  // IFA_F_NODAD: the /64 is ours alone, duplicate detection would only delay
+  // the address by a second or more (RFC 4862 5.4).
+  if (!v4) ifa->ifa_flags = IFA_F_NODAD;
+  auto size = static_cast<uint16_t>(address.address_size());
+  mnl_attr_put(nlh, IFA_LOCAL, size, address.bytes.data());
+  mnl_attr_put(nlh, IFA_ADDRESS, size, address.bytes.data());
+}
+
+void PutDefaultRoute(nlmsghdr* nlh, int index, const IpPrefix& gateway) {
+  nlh->nlmsg_type = RTM_NEWROUTE;
+  nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+  auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+  rtm->rtm_family = gateway.family == IpFamily::kV4 ? AF_INET : AF_INET6;
+  rtm->rtm_dst_len = 0;
+  rtm->rtm_table = RT_TABLE_MAIN;
+  rtm->rtm_protocol = RTPROT_STATIC;
+  rtm->rtm_scope = RT_SCOPE_UNIVERSE;
+  rtm->rtm_type = RTN_UNICAST;
+  mnl_attr_put(nlh, RTA_GATEWAY, static_cast<uint16_t>(gateway.address_size()),
+               gateway.bytes.data());
+  mnl_attr_put_u32(nlh, RTA_OIF, static_cast<uint32_t>(index));
+}
+
+}  // namespace
+
+void Rtnl::Batch::SetUp(int index, const std::string& name) {
+  nlmsghdr* nlh = Next(fmt::format("setting link {} up", name));
+  PutSetUp(nlh, index);
+  used_ += NLMSG_ALIGN(nlh->nlmsg_len);
+}
+
+void Rtnl::Batch::AddAddress(int index, const std::string& name, const IpPrefix& address,
+                             uint8_t link_length) {
+  nlmsghdr* nlh =
+      Next(fmt::format("adding address {}/{} to {}", address.AddressString(), link_length, name));
+  PutAddress(nlh, index, address, link_length);
+  used_ += NLMSG_ALIGN(nlh->nlmsg_len);
+}
+
+void Rtnl::Batch::AddDefaultRoute(int index, const std::string& name, const IpPrefix& gateway) {
+  nlmsghdr* nlh =
+      Next(fmt::format("adding default route via {} dev {}", gateway.AddressString(), name));
+  PutDefaultRoute(nlh, index, gateway);
+  used_ += NLMSG_ALIGN(nlh->nlmsg_len);
+}
+
+Result<void> Rtnl::Send(Batch& batch) {
+  uint32_t first_seq = seq_;
+  size_t offset = 0;
+  for (size_t i = 0; i < batch.names_.size(); ++i) {
+    // reinterpret_cast: the messages are laid out back to back in the buffer.
+    auto* nlh = reinterpret_cast<nlmsghdr*>(batch.buffer_.data() + offset);
+    nlh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+    nlh->nlmsg_seq = seq_++;
+    offset += NLMSG_ALIGN(nlh->nlmsg_len);
+  }
+  if (batch.names_.empty()) return {};
+  if (mnl_socket_sendto(socket_.get(), batch.buffer_.data(), batch.used_) < 0) {
+    return Error::FromErrno(fmt::format("{}: sending", batch.names_.front()), errno);
+  }
+  std::optional<Error> first;
+  size_t answered = 0;
+  std::vector<char> reply(MNL_SOCKET_BUFFER_SIZE);
+  while (answered < batch.names_.size()) {
+    ssize_t n = mnl_socket_recvfrom(socket_.get(), reply.data(), reply.size());
+    if (n < 0) {
+      return Error::FromErrno(fmt::format("{}: waiting for the answer", batch.names_[answered]),
+                              errno);
+    }
+    int len = static_cast<int>(n);
+    // reinterpret_cast: netlink messages are laid out in the received bytes.
+    for (auto* nlh = reinterpret_cast<nlmsghdr*>(reply.data()); mnl_nlmsg_ok(nlh, len);
+         nlh = mnl_nlmsg_next(nlh, &len)) {
+      if (nlh->nlmsg_type != NLMSG_ERROR || nlh->nlmsg_seq < first_seq ||
+          nlh->nlmsg_seq - first_seq >= batch.names_.size()) {
+        continue;
+      }
+      ++answered;
+      auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
+      if (error->error != 0 && !first) {
+        first = Error::FromErrno(batch.names_[nlh->nlmsg_seq - first_seq], -error->error);
+      }
+    }
+  }
+  if (first) return std::move(*first);
+  return {};
+}
+
+Result<int> Rtnl::LinkIndex(const std::string& name) {
+  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
+  nlh->nlmsg_type = RTM_GETLINK;
+  nlh->nlmsg_flags = NLM_F_REQUEST;
+  nlh->nlmsg_seq = seq_++;
+  auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifm->ifi_family = AF_UNSPEC;
+  mnl_attr_put_strz(nlh, IFLA_IFNAME, name.c_str());
+  // Only the header and the name: no statistics in the answer.
+  mnl_attr_put_u32(nlh, IFLA_EXT_MASK, 0);
+  std::string what = fmt::format("looking up link {}", name);
+  if (mnl_socket_sendto(socket_.get(), nlh, nlh->nlmsg_len) < 0) {
+    return Error::FromErrno(fmt::format("{}: sending", what), errno);
+  }
+  for (;;) {
+    ssize_t n = mnl_socket_recvfrom(socket_.get(), buffer.data(), buffer.size());
+    if (n < 0) return Error::FromErrno(fmt::format("{}: waiting for the answer", what), errno);
+    int len = static_cast<int>(n);
+    // reinterpret_cast: as in Send.
+    for (auto* reply = reinterpret_cast<nlmsghdr*>(buffer.data()); mnl_nlmsg_ok(reply, len);
+         reply = mnl_nlmsg_next(reply, &len)) {
+      if (reply->nlmsg_type == NLMSG_ERROR) {
+        auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(reply));
+        if (error->error != 0) return Error::FromErrno(what, -error->error);
+        continue;
+      }
+      if (reply->nlmsg_type == RTM_NEWLINK) {
+        auto* ifm_reply = static_cast<ifinfomsg*>(mnl_nlmsg_get_payload(reply));
+        return ifm_reply->ifi_index;
+      }
+    }
+  }
 }
 
 Result<void> Rtnl::Request(nlmsghdr* message, std::string_view what) {
@@ -96,84 +265,6 @@ Result<void> Rtnl::DeleteLink(const std::string& name) {
   if (!result && (result.error().sys_errno() == ENODEV || result.error().sys_errno() == ENOENT)) {
     return {};
   }
-  return result;
-}
-
-Result<void> Rtnl::SetUp(const std::string& name) {
-  int index = TRY(InterfaceIndex(name));
-  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
-  nlh->nlmsg_type = RTM_NEWLINK;
-  auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
-  ifm->ifi_family = AF_UNSPEC;
-  ifm->ifi_index = index;
-  ifm->ifi_flags = IFF_UP;
-  ifm->ifi_change = IFF_UP;
-  return Request(nlh, fmt::format("setting link {} up", name));
-}
-
-Result<void> Rtnl::AddAddress(const std::string& name, const IpPrefix& address,
-                              uint8_t link_length) {
-  int index = TRY(InterfaceIndex(name));
-  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
-  nlh->nlmsg_type = RTM_NEWADDR;
-  nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
-  auto* ifa = static_cast<ifaddrmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifaddrmsg)));
-  bool v4 = address.family == IpFamily::kV4;
-  ifa->ifa_family = v4 ? AF_INET : AF_INET6;
-  ifa->ifa_prefixlen = link_length;
-  ifa->ifa_scope = RT_SCOPE_UNIVERSE;
-  ifa->ifa_index = static_cast<uint32_t>(index);
-  // IFA_F_NODAD: the /64 is ours alone, duplicate detection would only delay
-  // the address by a second or more (RFC 4862 5.4).
-  if (!v4) ifa->ifa_flags = IFA_F_NODAD;
-  auto size = static_cast<uint16_t>(address.address_size());
-  mnl_attr_put(nlh, IFA_LOCAL, size, address.bytes.data());
-  mnl_attr_put(nlh, IFA_ADDRESS, size, address.bytes.data());
-  return Request(
-      nlh, fmt::format("adding address {}/{} to {}", address.AddressString(), link_length, name));
-}
-
-Result<void> Rtnl::AddDefaultRoute(const std::string& name, const IpPrefix& gateway) {
-  int index = TRY(InterfaceIndex(name));
-  std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
-  nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
-  nlh->nlmsg_type = RTM_NEWROUTE;
-  nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
-  auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
-  rtm->rtm_family = gateway.family == IpFamily::kV4 ? AF_INET : AF_INET6;
-  rtm->rtm_dst_len = 0;
-  rtm->rtm_table = RT_TABLE_MAIN;
-  rtm->rtm_protocol = RTPROT_STATIC;
-  rtm->rtm_scope = RT_SCOPE_UNIVERSE;
-  rtm->rtm_type = RTN_UNICAST;
-  mnl_attr_put(nlh, RTA_GATEWAY, static_cast<uint16_t>(gateway.address_size()),
-               gateway.bytes.data());
-  mnl_attr_put_u32(nlh, RTA_OIF, static_cast<uint32_t>(index));
-  return Request(nlh,
-                 fmt::format("adding default route via {} dev {}", gateway.AddressString(), name));
-}
-
-Result<int> InterfaceIndex(const std::string& name) {
-  unsigned index = if_nametoindex(name.c_str());
-  if (index == 0) return Error::FromErrno(fmt::format("looking up interface {}", name), errno);
-  return static_cast<int>(index);
-}
-
-Result<void> RunInNetns(int netns_fd, const std::function<Result<void>()>& work) {
-  Result<void> result = Error::Make(ErrorCode::kInternal, "helper thread did not run");
-  // A dedicated thread: setns(CLONE_NEWNET) changes only the calling thread,
-  // and this one ends right after, so no thread of the service is ever left
-  // in a job's namespace (and no reference to the namespace outlives it).
-  std::thread helper([&] {
-    if (setns(netns_fd, CLONE_NEWNET) != 0) {
-      result = Error::FromErrno("setns into the job's network namespace", errno);
-      return;
-    }
-    result = work();
-  });
-  helper.join();
   return result;
 }
 

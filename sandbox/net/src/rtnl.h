@@ -2,8 +2,8 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <string>
+#include <vector>
 
 #include "netlink_handles.h"
 #include "platform/result.h"
@@ -17,6 +17,37 @@ namespace ralph::sandbox {
 class Rtnl {
  public:
   static Result<Rtnl> Open();
+  // A socket in the network namespace `netns_fd` (a job's), opened by the
+  // calling thread, which joins that namespace only for the socket's
+  // creation and then returns to its own: no thread is started, and no
+  // thread of the service stays in a job's namespace (the socket stays
+  // bound to the job's). Aborts the process if the thread cannot return,
+  // rather than go on acting in the job's namespace.
+  static Result<Rtnl> OpenIn(int netns_fd);
+
+  // Requests sent in one message and answered together (rtnetlink handles
+  // them in order, one ACK each): no round trip per request.
+  class Batch {
+   public:
+    void SetUp(int index, const std::string& name);
+    // `address` with the on-link prefix length; IPv6 without DAD so it is
+    // usable at once.
+    void AddAddress(int index, const std::string& name, const IpPrefix& address,
+                    uint8_t link_length);
+    void AddDefaultRoute(int index, const std::string& name, const IpPrefix& gateway);
+
+   private:
+    friend class Rtnl;
+    nlmsghdr* Next(std::string what);
+    std::vector<char> buffer_ = std::vector<char>(8192);
+    size_t used_ = 0;
+    std::vector<std::string> names_;
+  };
+  // Sends the batch; the first request the kernel refused is the error
+  // (named), the others still ran.
+  Result<void> Send(Batch& batch);
+  // The index of link `name` in this socket's network namespace.
+  Result<int> LinkIndex(const std::string& name);
 
   // Creates a veth pair: `host_name` here, `peer_name` directly inside the
   // network namespace `peer_netns_fd`.
@@ -24,11 +55,6 @@ class Rtnl {
                           int peer_netns_fd);
   // Deletes a link by name; a missing link is success.
   Result<void> DeleteLink(const std::string& name);
-  Result<void> SetUp(const std::string& name);
-  // Adds `address` with the on-link prefix length; IPv6 without DAD so it is
-  // usable at once.
-  Result<void> AddAddress(const std::string& name, const IpPrefix& address, uint8_t link_length);
-  Result<void> AddDefaultRoute(const std::string& name, const IpPrefix& gateway);
 
  private:
   explicit Rtnl(MnlSocketPtr socket) : socket_(std::move(socket)) {}
@@ -37,14 +63,6 @@ class Rtnl {
   MnlSocketPtr socket_;
   uint32_t seq_ = 1;
 };
-
-// The ifindex of `name` in the calling thread's network namespace.
-Result<int> InterfaceIndex(const std::string& name);
-
-// Runs `work` on a short-lived helper thread that has joined the network
-// namespace `netns_fd` with setns(); the calling thread never changes
-// namespace. Returns work's result.
-Result<void> RunInNetns(int netns_fd, const std::function<Result<void>()>& work);
 
 // Opens /proc/<pid>/ns/net.
 Result<UniqueFd> OpenNetns(pid_t pid);

@@ -33,6 +33,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -64,12 +65,13 @@ enum class LinkRemoval {
   // barriers in the kernel (netdev_run_todo: rcu_barrier), 30-40 ms here.
   kInline,
   // Teardown() removes the job's event and DNS registrations and returns;
-  // the service's reaper thread then deletes the veth pair and, after it,
-  // the job's table (which keeps dropping whatever the dying link still
-  // carries), and only then returns the address slot. Done within
-  // milliseconds of Teardown() unless the kernel is busy; WaitForRemovals()
-  // blocks until every removal queued so far is done, and the service's
-  // destructor waits for all of them.
+  // the service's reaper thread then sees the veth pair go (the kernel
+  // deletes it with the job's network namespace once the job's processes
+  // are gone; after 2 s, or when the service stops, the reaper deletes it
+  // itself), then deletes the job's table (which keeps dropping whatever
+  // the dying link still carries), and only then returns the address slot.
+  // WaitForRemovals() blocks until every removal queued so far is done, and
+  // the service's destructor does all that are left.
   kBackground,
 };
 
@@ -201,7 +203,11 @@ class NetworkService {
     std::string ifname;  // empty: no link to delete
     std::string table;   // empty: no table to delete
     uint32_t slot = 0;
+    // Until when the kernel may delete the link with the job's netns.
+    std::chrono::steady_clock::time_point deadline;
   };
+  static constexpr std::chrono::milliseconds kKernelGrace{2000};
+  static constexpr std::chrono::milliseconds kReapPoll{10};
   // Queues `removal`, starting the reaper thread with the first one.
   Result<void> QueueRemoval(Removal removal);
   void ReapLoop();
