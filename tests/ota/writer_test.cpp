@@ -126,16 +126,22 @@ TEST_F(WriterTest, RefusesFlippedPayloadByteBeforeWritingThatChunk) {
     uint64_t at = clean.rootfs().offset + chunk * kChunk + 7;
     FlipByte(at);
     Opened o = Open();  // the manifest is intact: the bundle still opens
-    ralph::testing::FakeBlockDevice slot(16 * kChunk);
-    auto stats = WritePayload(*o.source, o.rootfs(), slot, {});
-    ASSERT_FALSE(stats.has_value()) << chunk;
-    EXPECT_EQ(stats.error().code(), ErrorCode::kVerificationFailed);
-    EXPECT_NE(stats.error().message().find(fmt::format("rootfs chunk {} (bytes", chunk)),
-              std::string::npos)
-        << stats.error().message();
-    EXPECT_NE(stats.error().message().find("digest mismatch"), std::string::npos);
-    // Nothing of the bad chunk reached the device; earlier chunks did.
-    EXPECT_EQ(slot.bytes_written(), chunk * kChunk) << chunk;
+    // One source thread, and more than there are cores: chunks are hashed
+    // out of order, but none after the bad one may be written.
+    for (unsigned hash_threads : {1u, 2u, 5u}) {
+      ralph::testing::FakeBlockDevice slot(16 * kChunk);
+      WriteOptions options;
+      options.hash_threads = hash_threads;
+      auto stats = WritePayload(*o.source, o.rootfs(), slot, options);
+      ASSERT_FALSE(stats.has_value()) << chunk;
+      EXPECT_EQ(stats.error().code(), ErrorCode::kVerificationFailed);
+      EXPECT_NE(stats.error().message().find(fmt::format("rootfs chunk {} (bytes", chunk)),
+                std::string::npos)
+          << stats.error().message();
+      EXPECT_NE(stats.error().message().find("digest mismatch"), std::string::npos);
+      // Nothing of the bad chunk reached the device; earlier chunks did.
+      EXPECT_EQ(slot.bytes_written(), chunk * kChunk) << chunk << " " << hash_threads;
+    }
   }
 }
 
@@ -233,47 +239,53 @@ TEST_F(WriterTest, InstallPayloadReReadsEveryWrittenChunkAfterAFlush) {
   SharedLog log(fake);
   LoggingDevice slot(log);
   for (bool shared : {false, true}) {
-    SCOPED_TRACE(shared ? "one shared handle" : "reader handles");
-    log.ops.clear();
-    WriteOptions options = shared ? WriteOptions{} : WithReaders(log);
-    options.mode = WriteOptions::Mode::kFull;
-    options.buffer_bytes = 16 * kChunk;
-    options.flush_bytes = 5 * kChunk;
-    uint64_t progress = 0;
-    options.on_progress = [&](uint64_t bytes) { progress += bytes; };
-    bool final_flush_seen = false;
-    options.after_final_flush = [&] { final_flush_seen = true; };
-    auto stats = InstallPayload(*o.source, o.rootfs(), slot, options);
-    ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
-    EXPECT_EQ(stats->chunks_written, 301u);
-    EXPECT_TRUE(final_flush_seen);
-    EXPECT_EQ(progress, 2 * image_.size());  // written, then verified
-    EXPECT_TRUE(std::equal(image_.begin(), image_.end(), fake.durable_data().begin()));
-    // Per chunk: written, then a flush, then read back.
-    std::map<uint64_t, int> stage;  // 1 written, 2 flushed, 3 read back
-    int flushes = 0;
-    for (const auto& op : log.ops) {
-      if (op.kind == 'f') {
-        ++flushes;
-        for (auto& [offset, s] : stage) {
-          if (s == 1) s = 2;
+    for (unsigned threads : {1u, 3u}) {
+      SCOPED_TRACE(fmt::format("{}, {} thread(s) per stage",
+                               shared ? "one shared handle" : "reader handles", threads));
+      log.ops.clear();
+      WriteOptions options = shared ? WriteOptions{} : WithReaders(log);
+      options.mode = WriteOptions::Mode::kFull;
+      options.hash_threads = threads;
+      options.write_threads = threads;
+      options.verify_threads = threads;
+      options.buffer_bytes = 16 * kChunk;
+      options.flush_bytes = 5 * kChunk;
+      uint64_t progress = 0;
+      options.on_progress = [&](uint64_t bytes) { progress += bytes; };
+      bool final_flush_seen = false;
+      options.after_final_flush = [&] { final_flush_seen = true; };
+      auto stats = InstallPayload(*o.source, o.rootfs(), slot, options);
+      ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
+      EXPECT_EQ(stats->chunks_written, 301u);
+      EXPECT_TRUE(final_flush_seen);
+      EXPECT_EQ(progress, 2 * image_.size());  // written, then verified
+      EXPECT_TRUE(std::equal(image_.begin(), image_.end(), fake.durable_data().begin()));
+      // Per chunk: written, then a flush, then read back.
+      std::map<uint64_t, int> stage;  // 1 written, 2 flushed, 3 read back
+      int flushes = 0;
+      for (const auto& op : log.ops) {
+        if (op.kind == 'f') {
+          ++flushes;
+          for (auto& [offset, s] : stage) {
+            if (s == 1) s = 2;
+          }
+          continue;
         }
-        continue;
-      }
-      // One request may cover a run of chunks.
-      for (uint64_t at = op.offset; at < op.offset + op.length; at += kChunk) {
-        if (op.kind == 'w') {
-          EXPECT_EQ(stage[at], 0) << "chunk at " << at << " written twice";
-          stage[at] = 1;
-        } else {
-          EXPECT_EQ(stage[at], 2) << "chunk at " << at << " read back before a flush";
-          stage[at] = 3;
+        // One request may cover a run of chunks.
+        for (uint64_t at = op.offset; at < op.offset + op.length; at += kChunk) {
+          if (op.kind == 'w') {
+            EXPECT_EQ(stage[at], 0) << "chunk at " << at << " written twice";
+            stage[at] = 1;
+          } else {
+            EXPECT_EQ(stage[at], 2) << "chunk at " << at << " read back before a flush";
+            stage[at] = 3;
+          }
         }
       }
+      EXPECT_GT(flushes, 10);  // overlapped: flushed as it goes, not once at the end
+      ASSERT_EQ(stage.size(), 301u);
+      for (const auto& [offset, s] : stage) EXPECT_EQ(s, 3) << "chunk at " << offset;
     }
-    EXPECT_GT(flushes, 10);  // overlapped: flushed as it goes, not once at the end
-    ASSERT_EQ(stage.size(), 301u);
-    for (const auto& [offset, s] : stage) EXPECT_EQ(s, 3) << "chunk at " << offset;
   }
 }
 

@@ -460,4 +460,16 @@ Result<std::string> ReadEspFile(const std::string& disk, const std::string& path
                  fmt::format("reading {} from the ESP of {} (Debian package mtools)", path, disk));
 }
 
+Result<void> WriteEspFile(const std::string& disk, const std::string& path,
+                          const std::string& from) {
+  DiskLayout layout = TRY(ProbeDisk(disk));
+  const PartitionInfo* esp = layout.Find(kPartEfi);
+  if (!esp) return Error::Make(ErrorCode::kNotFound, fmt::format("{} has no EFI partition", disk));
+  TRY_CTX(::ralph::testing::RunCommand({"mcopy", "-o", "-i",
+                                        fmt::format("{}@@{}", disk, esp->offset_bytes()), from,
+                                        "::" + path}),
+          fmt::format("writing {} to the ESP of {} (Debian package mtools)", path, disk));
+  return {};
+}
+
 }  // namespace ralph::e2e

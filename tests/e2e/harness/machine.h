@@ -43,6 +43,9 @@ Result<void> CopyPartitionAs(const std::string& from_disk, const std::string& fr
 // A file on the ESP of a disk image ("/EFI/BOOT/BOOTX64.EFI"), read on the
 // host with mtools (QEMU must not be running on the disk).
 Result<std::string> ReadEspFile(const std::string& disk, const std::string& path);
+// Replaces `path` on the ESP of the disk image with the host file `from`.
+Result<void> WriteEspFile(const std::string& disk, const std::string& path,
+                          const std::string& from);
 // Overwrites `length` bytes at `offset` inside partition `label` with a
 // fixed pattern (bad-input tests).
 Result<void> ScribblePartition(const std::string& disk, const std::string& label, uint64_t offset,
