@@ -171,18 +171,6 @@ TEST(SlotPlanTest, RecoveryOnBootPlanLeavesTheRecordAlone) {
                                     "boot to initialise")));
 }
 
-// UTF-16LE with a NUL, as systemd-stub writes LoaderImageIdentifier.
-std::vector<uint8_t> Utf16(std::string_view text) {
-  std::vector<uint8_t> out;
-  for (char c : text) {
-    out.push_back(static_cast<uint8_t>(c));
-    out.push_back(0);
-  }
-  out.push_back(0);
-  out.push_back(0);
-  return out;
-}
-
 std::string EspUuid() {
   EfiGuid guid;
   guid.bytes = TestEsp().partition_guid;
@@ -201,8 +189,8 @@ RawVariables Raw(std::optional<std::string> file, std::optional<SlotState> recor
   raw.boot_order = EncodeBootOrder(order);
   if (record) raw.record = EncodeSlotState(*record);
   if (file) {
-    raw.loader_image = Utf16(*file);
-    raw.loader_partition = Utf16(EspUuid());
+    raw.loader_image = StubVariableText(*file);
+    raw.loader_partition = StubVariableText(EspUuid());
   }
   return raw;
 }
@@ -230,7 +218,7 @@ TEST(DetectBootedTest, LoaderImageIdentifierNamesTheImage) {
   RawVariables upper = Raw("\\EFI\\ralph\\b.efi", record);
   std::string uuid = EspUuid();
   for (char& c : uuid) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  upper.loader_partition = Utf16(uuid);
+  upper.loader_partition = StubVariableText(uuid);
   EXPECT_EQ(Detect(upper).target, BootTarget::kSlotB);
 }
 
@@ -238,7 +226,7 @@ TEST(DetectBootedTest, ImagesThatAreNotOursAreNotGuessed) {
   SlotState record = Record(SlotStatus::kGood, SlotStatus::kGood, Slot::kA);
   // Loaded from another disk's ESP: this disk's slots cannot be told.
   RawVariables other_disk = Raw("\\EFI\\ralph\\b.efi", record);
-  other_disk.loader_partition = Utf16("99999999-2222-3333-4444-555555555555");
+  other_disk.loader_partition = StubVariableText("99999999-2222-3333-4444-555555555555");
   BootedDetection foreign = Detect(other_disk);
   EXPECT_FALSE(foreign.target.has_value());
   EXPECT_THAT(foreign.how,

@@ -28,18 +28,6 @@ std::string CmdlineFor(BootTarget target) {
   return "";
 }
 
-// UTF-16LE with a terminating NUL, as the stub writes its variables.
-std::vector<uint8_t> Utf16(std::string_view text) {
-  std::vector<uint8_t> out;
-  for (char c : text) {
-    out.push_back(static_cast<uint8_t>(c));
-    out.push_back(0);
-  }
-  out.push_back(0);
-  out.push_back(0);
-  return out;
-}
-
 constexpr std::string_view kRemovableDescription = "UEFI Misc Device";
 
 std::string RemovablePath() {
@@ -134,10 +122,10 @@ Result<FirmwareBoot> FirmwareModel::PowerOn(EfiVarStoreInterface& vars) {
     if (stub_exports_image_) {
       EfiGuid partition;
       partition.bytes = esp_.partition.partition_guid;
-      TRY(vars.Set(kLoaderVendorGuid, kLoaderImageIdentifierVariable, Utf16(result.file),
+      TRY(vars.Set(kLoaderVendorGuid, kLoaderImageIdentifierVariable, StubVariableText(result.file),
                    kVolatile));
       TRY(vars.Set(kLoaderVendorGuid, kLoaderDevicePartUuidVariable,
-                   Utf16(Upper(partition.ToString())), kVolatile));
+                   StubVariableText(Upper(partition.ToString())), kVolatile));
     }
     return result;
   };
@@ -196,6 +184,17 @@ Result<FirmwareBoot> FirmwareModel::PowerOn(EfiVarStoreInterface& vars) {
   }
   return Error::Make(ErrorCode::kNotFound,
                      fmt::format("no bootable option: {}", fmt::join(skipped, "; ")));
+}
+
+std::vector<uint8_t> StubVariableText(std::string_view text) {
+  std::vector<uint8_t> out;
+  for (char c : text) {
+    out.push_back(static_cast<uint8_t>(c));
+    out.push_back(0);
+  }
+  out.push_back(0);
+  out.push_back(0);
+  return out;
 }
 
 }  // namespace ralph::boot

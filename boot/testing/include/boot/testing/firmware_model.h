@@ -34,6 +34,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 
 #include "boot/slot_state.h"
 #include "platform/efi_vars.h"
@@ -90,5 +91,9 @@ class FirmwareModel {
 
 // The canned load option OVMF creates for a removable-path boot.
 std::vector<uint8_t> FirmwareRemovableEntry();
+
+// `text` as systemd-stub writes its Loader* variables: UTF-16LE (ASCII
+// here) with a terminating NUL.
+std::vector<uint8_t> StubVariableText(std::string_view text);
 
 }  // namespace ralph::boot
