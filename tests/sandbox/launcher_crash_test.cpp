@@ -22,6 +22,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "drivers/testing/run_program.h"
+
 namespace {
 
 std::string Read(const std::string& path) {
@@ -109,19 +111,8 @@ TEST(LauncherCrashTest, KilledLauncherLeavesNothingAfterTheNextRun) {
                                    "/bin/sh",
                                    "-c",
                                    "echo secret > /work/left-behind; exec sleep 60"};
-  pid_t launcher = ::fork();
+  pid_t launcher = ::ralph::testing::StartProgram(args);
   ASSERT_GE(launcher, 0);
-  if (launcher == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-    ::dup2(null, 0);
-    ::dup2(null, 1);
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
   // Mid-job: the job's PID 1 has exec'd sleep (after writing its file).
   pid_t job = 0;
   for (int i = 0; i < 3000 && job == 0; ++i) {

@@ -23,6 +23,7 @@
 
 #include <fmt/format.h>
 
+#include "drivers/testing/run_program.h"
 #include "sandbox/net/network_service.h"
 #include "test_topology.h"
 
@@ -295,19 +296,8 @@ TEST(NetCrashTest, KilledLauncherBlocksNoLaterRun) {
         "--state-dir",     work + "/state", "--",       program, "60"};
   };
   std::vector<std::string> args = argv_for("/bin/sleep");
-  pid_t launcher = ::fork();
+  pid_t launcher = ::ralph::testing::StartProgram(args);
   ASSERT_GE(launcher, 0);
-  if (launcher == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-    ::dup2(null, 0);
-    ::dup2(null, 1);
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
   bool networked = Eventually([] { return Tables().count("ralph_rja0") == 1; });
   ::kill(launcher, SIGKILL);
   int status = 0;

@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <string_view>
 
@@ -103,6 +105,18 @@ ProgramStreams RunProgramStreams(const std::vector<std::string>& argv,
   ::lseek(out.get(), 0, SEEK_SET);
   ::lseek(err.get(), 0, SEEK_SET);
   return {exit, ReadAll(out.get()), ReadAll(err.get())};
+}
+
+pid_t StartProgram(const std::vector<std::string>& argv) {
+  std::vector<char*> args = CArgs(argv);
+  pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  ::dup2(null, STDIN_FILENO);
+  ::dup2(null, STDOUT_FILENO);
+  ::execv(args[0], args.data());
+  ::_exit(127);
 }
 
 }  // namespace ralph::testing

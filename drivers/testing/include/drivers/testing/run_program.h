@@ -6,6 +6,8 @@
 //   EXPECT_EQ(run.exit, 1) << run.output;
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -32,5 +34,11 @@ struct ProgramStreams {
 // `env` changes the child's environment: "NAME=value" sets, "NAME" unsets.
 ProgramStreams RunProgramStreams(const std::vector<std::string>& argv,
                                  const std::vector<std::string>& env = {});
+
+// Starts `argv` (argv[0] a path) in the background with stdin and stdout on
+// /dev/null (stderr stays the test's), SIGKILLed if the calling thread ends
+// first; for a test that kills a program mid-run. The pid, or -1 when fork
+// failed; the caller reaps it.
+pid_t StartProgram(const std::vector<std::string>& argv);
 
 }  // namespace ralph::testing
