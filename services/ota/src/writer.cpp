@@ -37,13 +37,11 @@ Result<void> CheckCancel(const WriteOptions& options) {
   return {};
 }
 
-// Reads chunk `index` from the source and checks it against the manifest.
-Result<void> ReadVerifiedChunk(ByteSourceInterface& source, const Payload& p, uint64_t index,
-                               std::span<uint8_t> out, Sha256& hasher) {
-  TRY_CTX(source.ReadAt(p.offset + index * p.chunk_size, out),
-          fmt::format("reading {} from {}", ChunkName(p, index), source.Describe()));
+// Checks bundle bytes of chunk `index` against the manifest's digest.
+Result<void> CheckChunkDigest(const Payload& p, uint64_t index, std::span<const uint8_t> data,
+                              Sha256& hasher) {
   TRY(hasher.Reset());
-  TRY(hasher.Update(out));
+  TRY(hasher.Update(data));
   if (TRY(hasher.Finish()) != p.chunks[index]) {
     return Error::Make(ErrorCode::kVerificationFailed,
                        fmt::format("{}: digest mismatch: the bundle's payload is corrupt or was "
@@ -51,6 +49,14 @@ Result<void> ReadVerifiedChunk(ByteSourceInterface& source, const Payload& p, ui
                                    ChunkName(p, index)));
   }
   return {};
+}
+
+// Reads chunk `index` from the source and checks it against the manifest.
+Result<void> ReadVerifiedChunk(ByteSourceInterface& source, const Payload& p, uint64_t index,
+                               std::span<uint8_t> out, Sha256& hasher) {
+  TRY_CTX(source.ReadAt(p.offset + index * p.chunk_size, out),
+          fmt::format("reading {} from {}", ChunkName(p, index), source.Describe()));
+  return CheckChunkDigest(p, index, out, hasher);
 }
 
 // Adaptive probing costs a read + hash of the target per chunk, a whole
@@ -448,7 +454,7 @@ class Streamer {
       Result<void> read = source_.ReadAt(p_.offset + index * p_.chunk_size, data);
       source_lock.unlock();
       Result<void> checked =
-          read ? CheckDigest(index, data, hasher)
+          read ? CheckChunkDigest(p_, index, data, hasher)
                : Result<void>(std::move(read).error().WithContext(
                      fmt::format("reading {} from {}", ChunkName(p_, index), source_.Describe())));
       std::lock_guard lock(mutex_);
@@ -464,18 +470,6 @@ class Streamer {
       sequence_cv_.notify_all();
       source_cv_.notify_all();
     }
-  }
-
-  Result<void> CheckDigest(uint64_t index, std::span<const uint8_t> data, Sha256& hasher) const {
-    TRY(hasher.Reset());
-    TRY(hasher.Update(data));
-    if (TRY(hasher.Finish()) != p_.chunks[index]) {
-      return Error::Make(ErrorCode::kVerificationFailed,
-                         fmt::format("{}: digest mismatch: the bundle's payload is corrupt or was "
-                                     "tampered with",
-                                     ChunkName(p_, index)));
-    }
-    return {};
   }
 
   // The calling thread: takes the chunks in order, as the source stage
