@@ -24,6 +24,7 @@
 #include <fmt/format.h>
 
 #include "drivers/testing/run_program.h"
+#include "private_netns_environment.h"
 #include "sandbox/net/network_service.h"
 #include "test_topology.h"
 
@@ -34,12 +35,8 @@ using testing::JobContext;
 using testing::JobProcess;
 using testing::RecordingSink;
 
-class PrivateNetnsEnvironment : public ::testing::Environment {
- public:
-  // Runs on the main thread before any test (and before any thread exists).
-  void SetUp() override { testing::EnterPrivateNetns(); }
-};
-const auto* const kEnvironment = ::testing::AddGlobalTestEnvironment(new PrivateNetnsEnvironment);
+const auto* const kEnvironment =
+    ::testing::AddGlobalTestEnvironment(new testing::PrivateNetnsEnvironment);
 
 NetworkServiceConfig Config(TableOwnership ownership) {
   NetworkServiceConfig config;

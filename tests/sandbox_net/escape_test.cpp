@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "nft_apply.h"
+#include "private_netns_environment.h"
 #include "sandbox/net/network_service.h"
 #include "test_topology.h"
 
@@ -36,12 +37,8 @@ using testing::World;
 
 constexpr uint16_t kNflogGroup = 7771;
 
-class PrivateNetnsEnvironment : public ::testing::Environment {
- public:
-  // Runs on the main thread before any test (and before any thread exists).
-  void SetUp() override { testing::EnterPrivateNetns(); }
-};
-const auto* const kEnvironment = ::testing::AddGlobalTestEnvironment(new PrivateNetnsEnvironment);
+const auto* const kEnvironment =
+    ::testing::AddGlobalTestEnvironment(new testing::PrivateNetnsEnvironment);
 
 class NetEscapeTest : public ::testing::Test {
  protected:

@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "private_netns_environment.h"
 #include "sandbox/net/network_service.h"
 #include "test_topology.h"
 
@@ -26,12 +27,8 @@ using testing::ProbeConnect;
 using testing::RecordingSink;
 using testing::World;
 
-class PrivateNetnsEnvironment : public ::testing::Environment {
- public:
-  // Runs on the main thread before any test (and before any thread exists).
-  void SetUp() override { testing::EnterPrivateNetns(); }
-};
-const auto* const kEnvironment = ::testing::AddGlobalTestEnvironment(new PrivateNetnsEnvironment);
+const auto* const kEnvironment =
+    ::testing::AddGlobalTestEnvironment(new testing::PrivateNetnsEnvironment);
 
 void WriteLine(int fd, const std::string& line) {
   std::string text = line + "\n";

@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "platform/arch.h"
+#include "private_netns_environment.h"
 #include "sandbox/net/network_service.h"
 #include "sandbox/service.h"
 #include "test_topology.h"
@@ -27,11 +28,8 @@ namespace {
 using testing::RecordingSink;
 using testing::World;
 
-class PrivateNetnsEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { testing::EnterPrivateNetns(); }
-};
-const auto* const kEnvironment = ::testing::AddGlobalTestEnvironment(new PrivateNetnsEnvironment);
+const auto* const kEnvironment =
+    ::testing::AddGlobalTestEnvironment(new testing::PrivateNetnsEnvironment);
 
 std::vector<std::string> Lines(const std::string& text) {
   std::vector<std::string> lines;
