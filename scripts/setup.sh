@@ -11,6 +11,8 @@ packages=(
   libseccomp-dev libcap-dev libnftnl-dev libmnl-dev libldns-dev libsqlite3-dev libtinyxml2-dev
   nlohmann-json3-dev libfmt-dev libcurl4-openssl-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # the OTA writer's read-back fingerprints (XXH3-128, header-only use)
+  libxxhash-dev
   # image building and booting
   qemu-system-x86 qemu-utils ovmf systemd-boot-efi binutils mtools dosfstools
   squashfs-tools erofs-utils e2fsprogs fdisk util-linux kmod cpio zstd xz-utils

@@ -269,6 +269,9 @@ int Main(int argc, char** argv) {
   int runs = 3;
   uint64_t rss_gib = 4;
   bool with_rauc = true;
+  bool with_rss = true;
+  bool with_adaptive = true;
+  std::string kinds = "buffered,direct";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--size-mib" && i + 1 < argc) {
@@ -279,15 +282,25 @@ int Main(int argc, char** argv) {
       rss_gib = std::stoull(argv[++i]);
     } else if (a == "--no-rauc") {
       with_rauc = false;
+    } else if (a == "--no-rss") {
+      with_rss = false;
+    } else if (a == "--no-adaptive") {
+      with_adaptive = false;
+    } else if (a == "--kinds" && i + 1 < argc) {
+      kinds = argv[++i];
     } else {
-      Die("usage: ota_bench [--size-mib N] [--runs R] [--rss-gib G] [--no-rauc]");
+      Die("usage: ota_bench [--size-mib N] [--runs R] [--rss-gib G] [--kinds buffered,direct] "
+          "[--no-adaptive] [--no-rss] [--no-rauc]");
     }
   }
   std::string dir = Must(Result<std::string>(std::string(std::getenv("RALPH_BENCH_DIR"))), "dir");
   std::string efivars = std::getenv("EFIVARFS_PATH");
   auto path = [&](const std::string& name) { return dir + "/" + name; };
   uint64_t size = size_mib * kMiB;
-  uint64_t rss_size = rss_gib * 1024 * kMiB;
+  uint64_t rss_size = with_rss ? rss_gib * 1024 * kMiB : 0;
+  bool want_buffered = kinds.find("buffered") != std::string::npos;
+  bool want_direct = kinds.find("direct") != std::string::npos;
+  if (!want_buffered && !want_direct) Die("--kinds: name buffered, direct or both");
 
   std::printf("ota_bench: %llu MiB image, %d runs each, working in %s\n",
               static_cast<unsigned long long>(size_mib), runs, dir.c_str());
@@ -316,7 +329,7 @@ int Main(int argc, char** argv) {
   WriteRandomFile(path("old.img"), size, 1);
   WriteRandomFile(path("uki.efi"), kMiB, 9);
   uint64_t changed = ChangeChunks(path("v2.img"), path("v3.img"), 5, 3);
-  Run({"truncate", "-s", std::to_string(rss_size), path("sparse.img")});
+  if (with_rss) Run({"truncate", "-s", std::to_string(rss_size), path("sparse.img")});
   auto bundle = [&](const std::string& image, Version version, const std::string& out) {
     CreateOptions o;
     o.cert_path = path("cert.pem");
@@ -331,7 +344,7 @@ int Main(int argc, char** argv) {
   };
   bundle(path("v2.img"), {2, 0, 0}, path("v2.rbundle"));
   bundle(path("v3.img"), {3, 0, 0}, path("v3.rbundle"));
-  bundle(path("sparse.img"), {4, 0, 0}, path("sparse.rbundle"));
+  if (with_rss) bundle(path("sparse.img"), {4, 0, 0}, path("sparse.rbundle"));
 
   uint64_t slot_b = std::max(size, rss_size) + 16 * kMiB;
   GptSpec spec;
@@ -377,6 +390,7 @@ int Main(int argc, char** argv) {
     double ours = 0, dd = 0, adaptive = 0, floor = 0;
     uint64_t full_written = 0, adaptive_written = 0;
     long rss_kib = 0;
+    bool measured = false;
   };
   auto measure = [&](const char* kind) {
     KindResult k;
@@ -397,12 +411,14 @@ int Main(int argc, char** argv) {
     }
     k.dd = Median(dd_times);
     k.ours = Median(our_times);
+    k.measured = true;
     std::printf(
         "1. full install, %llu MiB, all verification on: ralph %.2f s (%.0f MB/s), "
         "`dd bs=1M oflag=direct conv=fsync` %.2f s (%.0f MB/s); throughput ralph/dd = %.2f "
         "(target >= 0.90)\n",
         static_cast<unsigned long long>(size_mib), k.ours, mb / k.ours, k.dd, mb / k.dd,
         k.dd / k.ours);
+    if (!with_adaptive) return k;
     // 2. Adaptive: slot B holds v2; install v3 (5 % of chunks differ).
     for (int r = 0; r < runs; ++r) {
       options.source = path("v2.rbundle");
@@ -433,29 +449,36 @@ int Main(int argc, char** argv) {
         k.floor, k.adaptive / k.floor, k.ours / k.floor);
     return k;
   };
-  KindResult buffered = measure("loop device, buffered backing file (losetup default)");
-  Run({"losetup", "--direct-io=on", loop.device()});
-  KindResult direct = measure("loop device, --direct-io=on (disk-like)");
-  Run({"losetup", "--direct-io=off", loop.device()});
+  KindResult buffered;
+  KindResult direct;
+  if (want_buffered) buffered = measure("loop device, buffered backing file (losetup default)");
+  if (want_direct) {
+    Run({"losetup", "--direct-io=on", loop.device()});
+    direct = measure("loop device, --direct-io=on (disk-like)");
+    Run({"losetup", "--direct-io=off", loop.device()});
+  }
   double our_s = buffered.ours;
   long full_rss = std::max(buffered.rss_kib, direct.rss_kib);
 
   // 3. Peak RSS, 4 GiB image, every chunk written (the sparse source is all
   // zeros, which a fresh slot already holds, so adaptive would skip it all).
-  options.source = path("sparse.rbundle");
-  options.mode = WriteOptions::Mode::kFull;
-  ChildResult big = InstallInChild(*vars, layout, options);
-  options.mode = WriteOptions::Mode::kAdaptive;
-  std::printf(
-      "\n3. peak RSS of the installer: %.1f MiB for a %llu GiB image (%.1f s, %.0f MB/s), "
-      "%.1f MiB for %llu MiB (target < 64 MiB)\n",
-      big.max_rss_kib / 1024.0, static_cast<unsigned long long>(rss_gib), big.seconds,
-      static_cast<double>(rss_size) / 1e6 / big.seconds, full_rss / 1024.0,
-      static_cast<unsigned long long>(size_mib));
+  ChildResult big;
+  if (with_rss) {
+    options.source = path("sparse.rbundle");
+    options.mode = WriteOptions::Mode::kFull;
+    big = InstallInChild(*vars, layout, options);
+    options.mode = WriteOptions::Mode::kAdaptive;
+    std::printf(
+        "\n3. peak RSS of the installer: %.1f MiB for a %llu GiB image (%.1f s, %.0f MB/s), "
+        "%.1f MiB for %llu MiB (target < 64 MiB)\n",
+        big.max_rss_kib / 1024.0, static_cast<unsigned long long>(rss_gib), big.seconds,
+        static_cast<double>(rss_size) / 1e6 / big.seconds, full_rss / 1024.0,
+        static_cast<unsigned long long>(size_mib));
+  }
 
   // 4. RAUC.
   double rauc_s = 0;
-  if (with_rauc) {
+  if (with_rauc && buffered.measured) {
     std::filesystem::create_directory(path("rauc-in"));
     std::filesystem::create_hard_link(path("v2.img"), path("rauc-in/rootfs.img"));
     WriteText(path("rauc-in/manifest.raucm"),
@@ -521,6 +544,12 @@ int Main(int argc, char** argv) {
   for (const auto& [name, k] :
        {std::pair<const char*, const KindResult&>{"loop, buffered", buffered},
         {"loop, direct-io", direct}}) {
+    if (!k.measured) continue;
+    if (!with_adaptive) {
+      std::printf("  %-16s full %4.0f MB/s, dd %4.0f MB/s, ralph/dd %.2f (>= 0.90)\n", name,
+                  mb / k.ours, mb / k.dd, k.dd / k.ours);
+      continue;
+    }
     std::printf(
         "  %-16s full %4.0f MB/s, dd %4.0f MB/s, ralph/dd %.2f (>= 0.90) | adaptive 5 %%: "
         "%.1f %% written (<= 10 %%), %.1fx faster (>= 5x; read+hash floor allows %.1fx)\n",
@@ -528,8 +557,10 @@ int Main(int argc, char** argv) {
         100.0 * static_cast<double>(k.adaptive_written) / static_cast<double>(k.full_written),
         k.ours / k.adaptive, k.ours / k.floor);
   }
-  std::printf("  peak RSS %.1f MiB for %llu GiB (< 64 MiB)\n", big.max_rss_kib / 1024.0,
-              static_cast<unsigned long long>(rss_gib));
+  if (with_rss) {
+    std::printf("  peak RSS %.1f MiB for %llu GiB (< 64 MiB)\n", big.max_rss_kib / 1024.0,
+                static_cast<unsigned long long>(rss_gib));
+  }
   if (rauc_s > 0) std::printf("  ralph/RAUC time %.2f\n", our_s / rauc_s);
   return 0;
 }

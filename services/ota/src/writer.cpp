@@ -18,6 +18,9 @@
 #include <vector>
 
 #include <fmt/format.h>
+// XXH3 compiled into this file (no run-time library).
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include "platform/sha256.h"
 
@@ -57,6 +60,23 @@ Result<void> ReadVerifiedChunk(ByteSourceInterface& source, const Payload& p, ui
   TRY_CTX(source.ReadAt(p.offset + index * p.chunk_size, out),
           fmt::format("reading {} from {}", ChunkName(p, index), source.Describe()));
   return CheckChunkDigest(p, index, out, hasher);
+}
+
+// What the re-read of a written chunk is checked against: the XXH3-128 of
+// the buffer that was written, taken right after that buffer's SHA-256
+// matched the signed manifest. Equal fingerprints mean equal bytes for any
+// fault a device makes (a flipped bit, a torn or misdirected write, stale
+// data: a chance of 2^-128 to miss one); XXH3 is not collision-resistant
+// against someone who picks the bytes, but whoever controls what the device
+// returns is not stopped by any re-read (it can return other bytes at boot).
+// It lets a chunk's buffer go back to the pool as soon as the chunk is
+// written, instead of waiting for the flush and the re-read, so flushes can
+// be as rare as the device likes at a fixed memory cost; and at ~15 GB/s it
+// costs a tenth of a second SHA-256.
+using Fingerprint = XXH128_hash_t;
+
+Fingerprint FingerprintOf(std::span<const uint8_t> data) {
+  return XXH3_128bits(data.data(), data.size());
 }
 
 // Adaptive probing costs a read + hash of the target per chunk, a whole
@@ -156,15 +176,15 @@ class Streamer {
     stats_.written.assign(chunk_count, false);
     probe_state_.assign(chunk_count, ProbeState::kPending);
     chunk_state_.assign(chunk_count, ChunkState::kPending);
-    chunk_buffer_.assign(chunk_count, 0);
+    ready_.assign(chunk_count, Ready{});
     size_t buffers =
         static_cast<size_t>(std::max<uint64_t>(kMinBuffers, options_.buffer_bytes / p_.chunk_size));
     buffers = static_cast<size_t>(std::min<uint64_t>(buffers, std::max<uint64_t>(chunk_count, 1)));
     buffers = std::max(buffers, kMinBuffers);
     pool_.emplace(TRY(BufferPool::Create(buffers, p_.chunk_size)));
     for (size_t b = 0; b < buffers; ++b) free_.push_back(b);
-    write_queue_target_ = std::max(1u, options_.write_threads) + 2;
     flush_bytes_ = std::max<uint64_t>(p_.chunk_size, options_.flush_bytes);
+    max_unflushed_bytes_ = std::max<uint64_t>(flush_bytes_, options_.max_unflushed_bytes);
     run_chunks_ = std::max<uint64_t>(1, kRunBytes / p_.chunk_size);
 
     // Handles for the other threads: their own when the caller can open
@@ -270,13 +290,16 @@ class Streamer {
   enum class ProbeState : uint8_t { kPending, kMatch, kMiss, kNotProbed };
   // A chunk on its way from the source stage to the calling thread.
   enum class ChunkState : uint8_t { kPending, kSkip, kReady, kFailed };
+  // A chunk read and checked, waiting for its turn (kReady).
+  struct Ready {
+    size_t buffer = 0;
+    Fingerprint fingerprint{};
+  };
   struct Item {
     uint64_t index = 0;
-    size_t buffer = 0;
+    size_t buffer = 0;  // until written
     size_t length = 0;
-    // False once the source stage took the buffer back (see TakeBuffer):
-    // the chunk is then verified by its digest instead of by comparison.
-    bool has_buffer = true;
+    Fingerprint fingerprint{};
   };
 
   // The first error wins; every stage stops at its next step.
@@ -308,48 +331,10 @@ class Streamer {
     return pool_->Get(buffer, length);
   }
 
-  // A buffer for the source stage: a free one, else the one of the oldest
-  // written chunk still waiting for its flush (that chunk will be verified
-  // by re-hashing it instead). So memory stays bounded while flushes stay
-  // rare. Under mutex_. Taking one back only while the writers are short of
-  // work keeps the source stage from running far ahead and keeps most
-  // buffers until their re-read, where a compare is cheaper than a second
-  // SHA-256.
-  bool CanTakeBuffer() const {
-    if (!free_.empty()) return true;
-    if (to_write_.size() >= write_queue_target_) return false;
-    return std::any_of(unflushed_.begin(), unflushed_.end(),
-                       [](const Item& item) { return item.has_buffer; });
-  }
-  size_t TakeBuffer() {
-    if (!free_.empty()) {
-      size_t buffer = free_.front();
-      free_.pop_front();
-      return buffer;
-    }
-    for (Item& item : unflushed_) {
-      if (item.has_buffer) {
-        item.has_buffer = false;
-        return item.buffer;
-      }
-    }
-    return 0;  // unreachable: CanTakeBuffer() was true
-  }
-
-  void Release(size_t buffer) {
-    std::lock_guard lock(mutex_);
-    free_.push_back(buffer);
-    source_cv_.notify_all();
-  }
-
   // When the flush stage flushes (under mutex_): once flush_bytes_ are
-  // written and unflushed, or earlier when the source stage waits for a
-  // buffer that only a re-read can free and the writers have nothing left.
-  bool ShouldFlush() const {
-    if (unflushed_.empty()) return false;
-    if (unflushed_bytes_ >= flush_bytes_) return true;
-    return buffer_waiters_ > 0 && !CanTakeBuffer() && to_write_.empty() && writing_ == 0;
-  }
+  // written and not covered by a flush. (The writers wait for a flush only
+  // at max_unflushed_bytes_, which is at least flush_bytes_.)
+  bool ShouldFlush() const { return !unflushed_.empty() && unflushed_bytes_ >= flush_bytes_; }
 
   void ReportVerified() {
     uint64_t verified = verified_bytes_.load();
@@ -441,12 +426,10 @@ class Streamer {
           }
           break;
         }
-        ++buffer_waiters_;
-        flush_cv_.notify_all();  // see ShouldFlush
-        source_cv_.wait(lock, [&] { return failed_ || source_closed_ || CanTakeBuffer(); });
-        --buffer_waiters_;
+        source_cv_.wait(lock, [&] { return failed_ || source_closed_ || !free_.empty(); });
         if (failed_ || source_closed_) return {};
-        buffer = TakeBuffer();
+        buffer = free_.front();
+        free_.pop_front();
         index = next_read_++;
         probe_cv_.notify_all();  // the probe window moved
       }
@@ -457,10 +440,15 @@ class Streamer {
           read ? CheckChunkDigest(p_, index, data, hasher)
                : Result<void>(std::move(read).error().WithContext(
                      fmt::format("reading {} from {}", ChunkName(p_, index), source_.Describe())));
+      // Taken from the bytes that matched the manifest, while they are in
+      // this core's cache; the buffer is not written to again until the
+      // chunk was written to the slot.
+      Fingerprint fingerprint{};
+      if (checked && verify_ == Verify::kAfterFlush) fingerprint = FingerprintOf(data);
       std::lock_guard lock(mutex_);
       if (checked) {
         chunk_state_[index] = ChunkState::kReady;
-        chunk_buffer_[index] = buffer;
+        ready_[index] = {buffer, fingerprint};
       } else {
         chunk_state_[index] = ChunkState::kFailed;
         chunk_errors_.emplace(index, std::move(checked).error());
@@ -491,7 +479,7 @@ class Streamer {
           return std::move(it->second);
         }
         if (state == ChunkState::kReady) {
-          to_write_.push_back({i, chunk_buffer_[i], length});
+          to_write_.push_back({i, ready_[i].buffer, length, ready_[i].fingerprint});
           write_cv_.notify_all();
         }
       }
@@ -512,8 +500,8 @@ class Streamer {
   }
 
   // Writes queued chunks (several writer threads keep more than one write
-  // in flight). With verification, a written chunk's buffer is kept for
-  // its re-read, which the flush stage releases once a flush covered it.
+  // in flight) and hands the buffer back at once: the re-read checks the
+  // chunk's fingerprint, not the buffer.
   Result<void> WriteStage(BlockDeviceInterface& device) {
     struct Done {
       Streamer* s;
@@ -527,27 +515,27 @@ class Streamer {
       Item item;
       {
         std::unique_lock lock(mutex_);
-        // At most two flushes' worth written and not yet flushed: the flush
-        // stage keeps up, and chunks do not wait long for their re-read.
+        // At most max_unflushed_bytes_ written and not yet covered by a
+        // finished flush: bounds what one flush has to write back and how
+        // far the re-reads lag behind.
         write_cv_.wait(lock, [&] {
           return failed_ || (writes_closed_ && to_write_.empty()) ||
-                 (!to_write_.empty() && unflushed_bytes_ < 2 * flush_bytes_);
+                 (!to_write_.empty() &&
+                  unflushed_bytes_ + flushing_bytes_ + writing_bytes_ < max_unflushed_bytes_);
         });
         if (failed_) return {};
         if (to_write_.empty()) return {};  // closed and drained; the caller does the last flush
         item = to_write_.front();
         to_write_.pop_front();
-        ++writing_;
-        source_cv_.notify_all();  // see CanTakeBuffer
+        writing_bytes_ += item.length;
       }
       std::span<const uint8_t> data = BufferSpan(item.buffer, item.length);
       TRY_CTX(WithDevice([&] { return device.WriteAt(item.index * p_.chunk_size, data); }),
               fmt::format("writing {}", ChunkName(p_, item.index)));
       std::lock_guard lock(mutex_);
-      --writing_;
-      if (verify_ == Verify::kNo) {
-        free_.push_back(item.buffer);
-      } else {
+      writing_bytes_ -= item.length;
+      free_.push_back(item.buffer);
+      if (verify_ == Verify::kAfterFlush) {
         unflushed_.push_back(item);
         unflushed_bytes_ += item.length;
       }
@@ -558,8 +546,11 @@ class Streamer {
 
   // Flushes on a thread of its own, so that writes continue while a flush
   // is in flight; only writes completed before a flush starts count as
-  // covered by it, the rest wait for the next one. The chunks covered go to
-  // the verify stage. The last flush is the calling thread's.
+  // covered by it, the rest wait for the next one. Back to back: a flush
+  // starts as soon as the previous one is done and flush_bytes_ more are
+  // written, so a device that flushes slowly gets fewer, larger flushes
+  // (which cost it less per byte). The chunks covered go to the verify
+  // stage. The last flush is the calling thread's.
   Result<void> FlushStage(BlockDeviceInterface& device) {
     while (true) {
       std::deque<Item> flushing;
@@ -570,18 +561,20 @@ class Streamer {
         });
         if (failed_ || (writes_closed_ && writers_running_ == 0)) return {};
         flushing.swap(unflushed_);
+        flushing_bytes_ = unflushed_bytes_;
         unflushed_bytes_ = 0;
-        write_cv_.notify_all();  // see WriteStage
       }
       TRY_CTX(WithDevice([&] { return device.Flush(); }), fmt::format("flushing {}", p_.name));
       std::lock_guard lock(mutex_);
       for (const Item& flushed : flushing) to_verify_.push_back(flushed);
+      flushing_bytes_ = 0;
+      write_cv_.notify_all();  // see WriteStage
       verify_cv_.notify_all();
     }
   }
 
-  // Re-reads flushed chunks: compares them with the buffer that was
-  // written when it is still held, else checks their manifest digest.
+  // Re-reads flushed chunks, runs of consecutive ones in one request, and
+  // checks each against the fingerprint of the bytes that were written.
   Result<void> VerifyStage(BlockDeviceInterface& device) {
     struct Done {
       Streamer* s;
@@ -591,7 +584,6 @@ class Streamer {
         s->sequence_cv_.notify_all();
       }
     } done{this};
-    Sha256 hasher = TRY(Sha256::Create());
     BufferPool readback = TRY(BufferPool::Create(1, run_chunks_ * p_.chunk_size));
     std::vector<Item> run;
     while (true) {
@@ -616,17 +608,7 @@ class Streamer {
       for (const Item& item : run) {
         std::span<const uint8_t> got =
             read.subspan((item.index - first) * p_.chunk_size, item.length);
-        bool same = false;
-        if (item.has_buffer) {
-          same = std::memcmp(got.data(), BufferSpan(item.buffer, item.length).data(),
-                             item.length) == 0;
-          Release(item.buffer);
-        } else {
-          TRY(hasher.Reset());
-          TRY(hasher.Update(got));
-          same = TRY(hasher.Finish()) == p_.chunks[item.index];
-        }
-        if (!same) {
+        if (!XXH128_isEqual(FingerprintOf(got), item.fingerprint)) {
           return Error::Make(ErrorCode::kVerificationFailed,
                              fmt::format("re-reading {}: the slot holds other bytes than were "
                                          "written",
@@ -647,9 +629,9 @@ class Streamer {
   std::mutex device_mutex_;
   std::mutex source_mutex_;  // one source read at a time, in chunk order
   uint64_t flush_bytes_ = 1;
+  uint64_t max_unflushed_bytes_ = 1;
   std::optional<BufferPool> pool_;
   uint64_t run_chunks_ = 1;        // chunks per run read
-  size_t write_queue_target_ = 4;  // chunks queued for the writers
   std::atomic<uint64_t> verified_bytes_{0};
   uint64_t reported_verified_ = 0;  // calling thread
 
@@ -661,16 +643,16 @@ class Streamer {
   bool failed_ = false;
   std::deque<size_t> free_;
   std::vector<ChunkState> chunk_state_;
-  std::vector<size_t> chunk_buffer_;  // kReady: the buffer holding the chunk
+  std::vector<Ready> ready_;  // kReady: the buffer holding the chunk, its fingerprint
   std::map<uint64_t, Error> chunk_errors_;
   uint64_t next_read_ = 0;  // the next chunk the source stage decides
-  unsigned buffer_waiters_ = 0;
   bool source_closed_ = false;
   std::deque<Item> to_write_;
-  unsigned writing_ = 0;
+  uint64_t writing_bytes_ = 0;  // in writes under way
   unsigned writers_running_ = 0;
   std::deque<Item> unflushed_;
-  uint64_t unflushed_bytes_ = 0;
+  uint64_t unflushed_bytes_ = 0;  // written, not yet covered by a flush
+  uint64_t flushing_bytes_ = 0;   // covered by the flush under way
   std::deque<Item> to_verify_;
   bool writes_closed_ = false;
   bool verify_closed_ = false;

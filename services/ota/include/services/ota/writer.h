@@ -68,14 +68,21 @@ struct WriteOptions {
   // Threads re-reading and checking flushed chunks (more than one read in
   // flight).
   unsigned verify_threads = 2;
-  // Memory for chunks in flight (read + verified, being written, written and
-  // waiting for their flush and re-read); at least 4 chunks. One mapping,
-  // in transparent huge pages where the kernel has them.
+  // Memory for chunks in flight (read and checked, waiting for their turn,
+  // being written); at least 4 chunks. One mapping, in transparent huge
+  // pages where the kernel has them. A written chunk's buffer is free again
+  // at once (InstallPayload re-reads it against a fingerprint).
   uint64_t buffer_bytes = 32u << 20;
-  // InstallPayload flushes the slot (on a thread of its own, while the
-  // writes go on) once this many bytes are written and not yet flushed, then
-  // re-reads them; writers wait when twice as many are unflushed.
-  uint64_t flush_bytes = 16u << 20;
+  // InstallPayload flushes the slot on a thread of its own, while the writes
+  // go on, back to back: a flush starts once the previous one is done and
+  // this many bytes are written and not covered by a flush; then the chunks
+  // it covered are re-read. A device that flushes slowly gets fewer, larger
+  // flushes.
+  uint64_t flush_bytes = 32u << 20;
+  // The writers wait while this many bytes are written and not yet covered
+  // by a finished flush (at least flush_bytes): bounds the data one flush
+  // writes back and how far the re-reads lag behind the writes.
+  uint64_t max_unflushed_bytes = 256u << 20;
   // Test hook, called after chunk `index` has been handled (queued for
   // writing or skipped). Fault-injection tests kill the process here.
   std::function<void(uint64_t index)> after_chunk;
