@@ -238,53 +238,66 @@ TEST_F(WriterTest, InstallPayloadReReadsEveryWrittenChunkAfterAFlush) {
   ralph::testing::FakeBlockDevice fake(320 * kChunk);
   SharedLog log(fake);
   LoggingDevice slot(log);
-  for (bool shared : {false, true}) {
-    for (unsigned threads : {1u, 3u}) {
-      SCOPED_TRACE(fmt::format("{}, {} thread(s) per stage",
-                               shared ? "one shared handle" : "reader handles", threads));
-      log.ops.clear();
-      WriteOptions options = shared ? WriteOptions{} : WithReaders(log);
-      options.mode = WriteOptions::Mode::kFull;
-      options.hash_threads = threads;
-      options.write_threads = threads;
-      options.verify_threads = threads;
-      options.buffer_bytes = 16 * kChunk;
-      options.flush_bytes = 5 * kChunk;
-      uint64_t progress = 0;
-      options.on_progress = [&](uint64_t bytes) { progress += bytes; };
-      bool final_flush_seen = false;
-      options.after_final_flush = [&] { final_flush_seen = true; };
-      auto stats = InstallPayload(*o.source, o.rootfs(), slot, options);
-      ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
-      EXPECT_EQ(stats->chunks_written, 301u);
-      EXPECT_TRUE(final_flush_seen);
-      EXPECT_EQ(progress, 2 * image_.size());  // written, then verified
-      EXPECT_TRUE(std::equal(image_.begin(), image_.end(), fake.durable_data().begin()));
-      // Per chunk: written, then a flush, then read back.
-      std::map<uint64_t, int> stage;  // 1 written, 2 flushed, 3 read back
-      int flushes = 0;
-      for (const auto& op : log.ops) {
-        if (op.kind == 'f') {
-          ++flushes;
-          for (auto& [offset, s] : stage) {
-            if (s == 1) s = 2;
+  // Flushes every 5 chunks with writers waiting at 10 unflushed; or every
+  // 64 with 4 buffers, so each buffer is reused many times before the flush
+  // that lets its chunk be re-read (checked against its fingerprint).
+  struct Budget {
+    uint64_t buffers, flush, max_unflushed;
+    int min_flushes;
+  };
+  for (Budget budget : {Budget{16, 5, 10, 30}, Budget{4, 64, 128, 2}}) {
+    for (bool shared : {false, true}) {
+      for (unsigned threads : {1u, 3u}) {
+        SCOPED_TRACE(fmt::format("{}, {} thread(s) per stage, {} buffers, flush every {} chunks",
+                                 shared ? "one shared handle" : "reader handles", threads,
+                                 budget.buffers, budget.flush));
+        log.ops.clear();
+        WriteOptions options = shared ? WriteOptions{} : WithReaders(log);
+        options.mode = WriteOptions::Mode::kFull;
+        options.hash_threads = threads;
+        options.write_threads = threads;
+        options.verify_threads = threads;
+        options.buffer_bytes = budget.buffers * kChunk;
+        options.flush_bytes = budget.flush * kChunk;
+        options.max_unflushed_bytes = budget.max_unflushed * kChunk;
+        uint64_t progress = 0;
+        options.on_progress = [&](uint64_t bytes) { progress += bytes; };
+        bool final_flush_seen = false;
+        options.after_final_flush = [&] { final_flush_seen = true; };
+        auto stats = InstallPayload(*o.source, o.rootfs(), slot, options);
+        ASSERT_TRUE(stats.has_value()) << stats.error().ToString();
+        EXPECT_EQ(stats->chunks_written, 301u);
+        EXPECT_TRUE(final_flush_seen);
+        EXPECT_EQ(progress, 2 * image_.size());  // written, then verified
+        EXPECT_TRUE(std::equal(image_.begin(), image_.end(), fake.durable_data().begin()));
+        // Per chunk: written, then a flush, then read back.
+        std::map<uint64_t, int> stage;  // 1 written, 2 flushed, 3 read back
+        int flushes = 0;
+        for (const auto& op : log.ops) {
+          if (op.kind == 'f') {
+            ++flushes;
+            for (auto& [offset, s] : stage) {
+              if (s == 1) s = 2;
+            }
+            continue;
           }
-          continue;
-        }
-        // One request may cover a run of chunks.
-        for (uint64_t at = op.offset; at < op.offset + op.length; at += kChunk) {
-          if (op.kind == 'w') {
-            EXPECT_EQ(stage[at], 0) << "chunk at " << at << " written twice";
-            stage[at] = 1;
-          } else {
-            EXPECT_EQ(stage[at], 2) << "chunk at " << at << " read back before a flush";
-            stage[at] = 3;
+          // One request may cover a run of chunks.
+          for (uint64_t at = op.offset; at < op.offset + op.length; at += kChunk) {
+            if (op.kind == 'w') {
+              EXPECT_EQ(stage[at], 0) << "chunk at " << at << " written twice";
+              stage[at] = 1;
+            } else {
+              EXPECT_EQ(stage[at], 2) << "chunk at " << at << " read back before a flush";
+              stage[at] = 3;
+            }
           }
         }
+        // Overlapped: flushed as it goes (at least every max_unflushed
+        // chunks), not once at the end.
+        EXPECT_GE(flushes, budget.min_flushes);
+        ASSERT_EQ(stage.size(), 301u);
+        for (const auto& [offset, s] : stage) EXPECT_EQ(s, 3) << "chunk at " << offset;
       }
-      EXPECT_GT(flushes, 10);  // overlapped: flushed as it goes, not once at the end
-      ASSERT_EQ(stage.size(), 301u);
-      for (const auto& [offset, s] : stage) EXPECT_EQ(s, 3) << "chunk at " << offset;
     }
   }
 }

@@ -631,7 +631,7 @@ class Streamer {
   uint64_t flush_bytes_ = 1;
   uint64_t max_unflushed_bytes_ = 1;
   std::optional<BufferPool> pool_;
-  uint64_t run_chunks_ = 1;        // chunks per run read
+  uint64_t run_chunks_ = 1;  // chunks per run read
   std::atomic<uint64_t> verified_bytes_{0};
   uint64_t reported_verified_ = 0;  // calling thread
 

@@ -13,7 +13,8 @@
 //   3. write it (O_DIRECT; drivers/block_device.h does the read-modify-write
 //      of a short last block);
 //   4. InstallPayload: after a flush that followed the write, read it back
-//      and check it.
+//      and check it against the fingerprint (XXH3-128) of the bytes that
+//      matched the manifest in step 2.
 // The manifest digests are covered by the verified signature, so a chunk that
 // reaches the disk is exactly what the signer built.
 #pragma once
@@ -78,7 +79,7 @@ struct WriteOptions {
   // this many bytes are written and not covered by a flush; then the chunks
   // it covered are re-read. A device that flushes slowly gets fewer, larger
   // flushes.
-  uint64_t flush_bytes = 32u << 20;
+  uint64_t flush_bytes = 64u << 20;
   // The writers wait while this many bytes are written and not yet covered
   // by a finished flush (at least flush_bytes): bounds the data one flush
   // writes back and how far the re-reads lag behind the writes.
@@ -108,13 +109,12 @@ Result<WriteStats> WritePayload(ByteSourceInterface& source, const Payload& payl
 //     thread queues the chunks in order, so none is written before every
 //     chunk ahead of it was checked
 //   write: O_DIRECT write
-//   flush: once options.flush_bytes are written and unflushed, Flush()
+//   flush: back to back, once options.flush_bytes more are written, Flush()
 //   verify: once a flush has covered the chunk, read it back from the slot
-//     and compare it byte for byte with the buffer that was written, whose
-//     SHA-256 matched the signed manifest before the write (equal bytes
-//     have the same digest, without hashing a second time); when that
-//     buffer was needed for a later chunk before the flush, check the
-//     read-back bytes' SHA-256 against the manifest instead.
+//     and check its XXH3-128 against the fingerprint taken from the buffer
+//     right after its SHA-256 matched the signed manifest (the buffer was
+//     reused as soon as the chunk was written; see writer.cpp for why a
+//     fingerprint is enough).
 // On success every chunk of the payload has been read from the slot during
 // this call and matched the manifest: a skipped chunk when probed, a written
 // one after a flush that followed its write. The errors of WritePayload and
