@@ -14,6 +14,10 @@
 
 #include "clone_trampoline.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace ralph::sandbox {
 namespace {
 
@@ -116,6 +120,12 @@ void Spawner::Loop() {
     // root-owned /proc/<pid> files for the service otherwise.
     if (rc > 0 && dumpable == 1 && ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 1)
       ::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+#if defined(__SANITIZE_ADDRESS__)
+    // Instrumented code the child called may have left redzones poisoned on
+    // the stack (it never returned from its first frame); the next child
+    // starts on a clean one.
+    __asan_unpoison_memory_region(static_cast<char*>(mapping_) + guard_bytes_, kStackBytes);
+#endif
     {
       std::lock_guard lock(mutex_);
       clone_error_ = rc < 0 ? static_cast<int>(-rc) : 0;
