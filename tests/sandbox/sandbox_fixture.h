@@ -47,6 +47,11 @@ class SandboxFixture : public ::testing::Test {
       ASSERT_EQ(::symlink(fmt::format("usr/{}", link).c_str(), (base_ + "/" + link).c_str()), 0);
     WriteHostFile(base_ + "/base-file", "base\n");
     WriteHostFile(host_ + "/secret", "host secret\n");
+    CreateService();
+  }
+
+  // (Re)creates service_ (state dir, cgroup parent and name of this test).
+  void CreateService() {
     auto cgroups = DetectCgroups(fmt::format("ralph-test-{}-{}", ::getpid(), counter_));
     ASSERT_TRUE(cgroups) << cgroups.error().ToString();
     ServiceOptions options;

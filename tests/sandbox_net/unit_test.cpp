@@ -659,6 +659,77 @@ TEST(DnsMessageTest, ExtractsAnsweredAddressesWithTtl) {
                                    "api.allowed.test"));  // a query, not an answer
 }
 
+TEST(DnsMessageTest, ADotInsideALabelIsNotALabelBoundary) {
+  // One label "api.allowed" under "test": printed naively it would read
+  // "api.allowed.test", which the allowlist names; it is another name.
+  auto list = DnsAllowlist::Create({"api.allowed.test", "*.allowed.test"});
+  ASSERT_TRUE(list);
+  std::vector<uint8_t> query = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 11};
+  for (char c : std::string("api.allowed")) query.push_back(static_cast<uint8_t>(c));
+  query.push_back(4);
+  for (char c : std::string("test")) query.push_back(static_cast<uint8_t>(c));
+  query.insert(query.end(), {0, 0, 1, 0, 1});  // root, type A, class IN
+  DnsQueryDecision decision = DecideDnsQuery(query, *list);
+  EXPECT_EQ(decision.action, DnsAction::kRefuse);
+  EXPECT_EQ(decision.reason, "dns: name not allowed");
+  EXPECT_NE(decision.name, "api.allowed.test");
+}
+
+TEST(DnsMessageTest, OnlyTheQuestionAndAWellFormedAdditionalSectionPass) {
+  auto list = DnsAllowlist::Create({"api.allowed.test"});
+  ASSERT_TRUE(list);
+  // With EDNS (an OPT record in the additional section): forwarded.
+  ldns_pkt* pkt = nullptr;
+  ASSERT_EQ(ldns_pkt_query_new_frm_str(&pkt, "api.allowed.test.", LDNS_RR_TYPE_AAAA,
+                                       LDNS_RR_CLASS_IN, LDNS_RD),
+            LDNS_STATUS_OK);
+  ldns_pkt_set_edns_udp_size(pkt, 1232);
+  uint8_t* wire = nullptr;
+  size_t size = 0;
+  ASSERT_EQ(ldns_pkt2wire(&wire, pkt, &size), LDNS_STATUS_OK);
+  std::vector<uint8_t> edns(wire, wire + size);
+  free(wire);
+  ldns_pkt_free(pkt);
+  ASSERT_EQ(edns[11], 1);  // arcount
+  DnsQueryDecision decision = DecideDnsQuery(edns, *list);
+  EXPECT_EQ(decision.action, DnsAction::kForward);
+  EXPECT_EQ(decision.type, LDNS_RR_TYPE_AAAA);
+
+  // Anything riding along is malformed: trailing bytes, a record the
+  // counts do not announce, an answer record, a truncated OPT.
+  std::vector<uint8_t> plain = Query("api.allowed.test.", LDNS_RR_TYPE_A);
+  std::vector<uint8_t> trailing = plain;
+  trailing.insert(trailing.end(), {'e', 'x', 'f', 'i', 'l'});
+  std::vector<uint8_t> with_answer = plain;
+  with_answer[7] = 1;  // ancount, no record
+  std::vector<uint8_t> truncated(edns.begin(), edns.end() - 3);
+  std::vector<uint8_t> loop = {0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1};
+  for (const auto& bad : {trailing, with_answer, truncated, loop}) {
+    DnsQueryDecision refused = DecideDnsQuery(bad, *list);
+    EXPECT_EQ(refused.action, DnsAction::kFormErr);
+    EXPECT_EQ(refused.reason, "dns: malformed query");
+  }
+}
+
+TEST(DnsMessageTest, ExtractTakesOnlyTheQuestionsNameAndItsCnameChain) {
+  std::vector<uint8_t> answer =
+      Answer("api.allowed.test.", 5,
+             {"api.allowed.test. 30 IN A 203.0.113.7", "elsewhere.test. 30 IN A 198.51.100.66",
+              "api.allowed.test. 30 IN CNAME edge.allowed.test.",
+              "unrelated.test. 30 IN AAAA 2001:db8::66"});
+  auto addresses = ExtractDnsAddresses(answer, 5, "api.allowed.test");
+  ASSERT_TRUE(addresses) << addresses.error().message();
+  ASSERT_EQ(addresses->size(), 1u);
+  EXPECT_EQ((*addresses)[0].address.AddressString(), "203.0.113.7");
+  EXPECT_EQ((*addresses)[0].ttl, 30u);
+
+  std::vector<uint8_t> cut(answer.begin(), answer.end() - 2);
+  auto truncated = ExtractDnsAddresses(cut, 5, "api.allowed.test");
+  ASSERT_FALSE(truncated);
+  EXPECT_EQ(truncated.error().code(), ErrorCode::kCorrupt);
+  EXPECT_NE(truncated.error().message().find("upstream answer does not parse"), std::string::npos);
+}
+
 // ---- address pool ----------------------------------------------------------
 
 TEST(StaleTableTest, TableInstanceParsesOnlyOurNames) {
