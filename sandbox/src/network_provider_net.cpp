@@ -55,4 +55,8 @@ std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
   return MakeNetworkProvider(config, events);
 }
 
+Result<std::vector<std::string>> RemoveWarmNetworkTables() {
+  return NetworkService::RemoveWarmTables(NetworkServiceConfig().ifname_prefix);
+}
+
 }  // namespace ralph::sandbox

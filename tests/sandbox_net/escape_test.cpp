@@ -347,6 +347,102 @@ TEST_F(NetEscapeTest, ConntrackAndNatComeWithTheFirstJobThatMaySendOut) {
   ASSERT_TRUE((*network)->Teardown());
 }
 
+// The launcher's mode (ServiceTables::kWarm): the forwarding policy and the
+// hold on the hooks are warm tables that outlive each service, are made
+// once and shared, and are removed by RemoveWarmTables (`drain`) only.
+TEST_F(NetEscapeTest, WarmTablesAreMadeOnceSharedAndLeftUntilDrained) {
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  config.expect_egress = false;
+  config.service_tables = ServiceTables::kWarm;
+  auto listing = [](const std::string& table) {
+    return testing::ShellOutput(fmt::format("nft -a list table inet {} 2>&1", table));
+  };
+  // "table inet <name> { # handle <n>": the same handle means the same table.
+  auto handle = [&](const std::string& table) {
+    std::string text = listing(table);
+    return text.substr(0, text.find('\n'));
+  };
+  RecordingSink sink;
+  std::string warm_handle;
+  {
+    auto first = NetworkService::Start(config);
+    ASSERT_TRUE(first) << first.error().ToString();
+    std::string text = listing("ralph-warm-rj");
+    EXPECT_NE(text.find("iifname \"rj*\" accept"), std::string::npos) << text;
+    EXPECT_NE(text.find("hook input"), std::string::npos) << text;
+    EXPECT_EQ(text.find("ct state"), std::string::npos) << text;
+    warm_handle = handle("ralph-warm-rj");
+    // No table of the service's own, and no conntrack part yet.
+    std::string tables = testing::ShellOutput("nft list tables");
+    EXPECT_EQ(tables.find(ServiceTableName((*first)->interface_prefix())), std::string::npos)
+        << tables;
+    EXPECT_EQ(tables.find("ralph-warm-ct-rj"), std::string::npos) << tables;
+
+    JobProcess job = JobProcess::Fork([](const JobContext&) {
+      return ProbeConnect("169.254.169.254", 80) + " " + ProbeConnect("203.0.113.10", 80);
+    });
+    auto network = (*first)->CreateJob("warm-nothing", job.pid(), NetworkSpec{}, &sink);
+    ASSERT_TRUE(network) << network.error().ToString();
+    EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "failed:timeout failed:timeout");
+    EXPECT_TRUE(sink.WaitFor([&](const NetEvent& e) {
+      return e.job_id == "warm-nothing" && e.destination == "169.254.169.254" &&
+             e.reason == "metadata" && e.verdict == NetVerdict::kDenied;
+    })) << sink.Dump();
+    ASSERT_TRUE((*network)->TeardownWithNamespace());
+
+    // The first job that may send out adds the conntrack part.
+    JobProcess web =
+        JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
+    auto web_network = (*first)->CreateJob("warm-web", web.pid(), WebOnly(), &sink);
+    ASSERT_TRUE(web_network) << web_network.error().ToString();
+    text = listing("ralph-warm-ct-rj");
+    EXPECT_NE(text.find("ct state invalid drop"), std::string::npos) << text;
+    EXPECT_NE(text.find("hook postrouting"), std::string::npos) << text;
+    EXPECT_EQ(web.Go({(*web_network)->resolver_address(), ""}), "connected:hello");
+    ASSERT_TRUE((*web_network)->Teardown());
+  }
+  // Left in place by the stopped service, untouched.
+  EXPECT_EQ(handle("ralph-warm-rj"), warm_handle);
+  std::string ct_handle = handle("ralph-warm-ct-rj");
+  EXPECT_NE(ct_handle.find("# handle"), std::string::npos) << ct_handle;
+
+  // Two services at once take them as they are: still one of each.
+  auto second = NetworkService::Start(config);
+  ASSERT_TRUE(second) << second.error().ToString();
+  NetworkServiceConfig third_config = config;
+  third_config.expect_egress = true;
+  auto third = NetworkService::Start(third_config);
+  ASSERT_TRUE(third) << third.error().ToString();
+  EXPECT_EQ(handle("ralph-warm-rj"), warm_handle);
+  EXPECT_EQ(handle("ralph-warm-ct-rj"), ct_handle);
+  JobProcess web =
+      JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
+  auto network = (*second)->CreateJob("warm-again", web.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ(web.Go({(*network)->resolver_address(), ""}), "connected:hello");
+  ASSERT_TRUE((*network)->Teardown());
+  std::string tables = testing::ShellOutput("nft list tables");
+  size_t warm_tables = 0;
+  for (size_t at = tables.find("ralph-warm"); at != std::string::npos;
+       at = tables.find("ralph-warm", at + 1))
+    ++warm_tables;
+  EXPECT_EQ(warm_tables, 2u) << tables;
+  second->reset();
+  third->reset();
+
+  // drain: both go; a second drain finds nothing.
+  auto removed = NetworkService::RemoveWarmTables("rj");
+  ASSERT_TRUE(removed) << removed.error().ToString();
+  EXPECT_EQ(*removed, (std::vector<std::string>{"ralph-warm-rj", "ralph-warm-ct-rj"}));
+  tables = testing::ShellOutput("nft list tables");
+  EXPECT_EQ(tables.find("ralph-warm"), std::string::npos) << tables;
+  auto again = NetworkService::RemoveWarmTables("rj");
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_TRUE(again->empty());
+}
+
 TEST_F(NetEscapeTest, HostLoopbackAndOwnAddressesAreUnreachable) {
   // Host services: one on loopback, one on every address.
   int any = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -398,6 +398,61 @@ TEST(RulePlanTest, ServiceTableForwardsOnlyJobVeths) {
   EXPECT_EQ(Chain(untouched, "forward").rules.size(), 1u);
 }
 
+TEST(RulePlanTest, WarmTablesHoldTheHooksJobTablesUse) {
+  NftTablePlan warm = PlanWarmTable("rj", ForwardingPolicy::kOnlyJobs);
+  EXPECT_EQ(warm.name, "ralph-warm-rj");
+  ASSERT_EQ(warm.chains.size(), 2u);
+  // The service table's stateless forwarding policy...
+  const NftChain& forward = Chain(warm, "forward");
+  EXPECT_EQ(forward.hook, NftHook::kForward);
+  EXPECT_EQ(forward.policy, NftVerdict::kDrop);
+  ASSERT_EQ(forward.rules.size(), 2u);
+  EXPECT_EQ(*forward.rules[0].iifname, "rj*");
+  EXPECT_EQ(*forward.rules[1].oifname, "rj*");
+  // ...and an input chain that decides nothing.
+  const NftChain& input = Chain(warm, "input");
+  EXPECT_EQ(input.hook, NftHook::kInput);
+  EXPECT_EQ(input.policy, NftVerdict::kAccept);
+  EXPECT_TRUE(input.rules.empty());
+  EXPECT_EQ(Chain(PlanWarmTable("rj", ForwardingPolicy::kUntouched), "forward").policy,
+            NftVerdict::kAccept);
+
+  // Every hook point a job table registers is held by the warm tables: the
+  // stateless job's forward/input, and the stateful one's nat postrouting.
+  auto job = PlanJobTable(Addressing(), NetworkSpec{.allow = {{.cidr = "203.0.113.0/24"}}}, 77);
+  ASSERT_TRUE(job);
+  NftTablePlan conntrack = PlanWarmConntrackTable("rj");
+  EXPECT_EQ(conntrack.name, "ralph-warm-ct-rj");
+  for (const NftChain& chain : job->chains) {
+    if (chain.hook == NftHook::kNone) continue;
+    const NftTablePlan& holder = chain.nat ? conntrack : warm;
+    EXPECT_TRUE(std::any_of(holder.chains.begin(), holder.chains.end(), [&](const NftChain& c) {
+      return c.hook == chain.hook && c.nat == chain.nat;
+    })) << chain.name;
+  }
+  // The conntrack table adds only the stateful part: policy accept, invalid
+  // state dropped, an idle nat chain whose masquerade never matches.
+  const NftChain& ct_forward = Chain(conntrack, "forward");
+  EXPECT_EQ(ct_forward.policy, NftVerdict::kAccept);
+  ASSERT_EQ(ct_forward.rules.size(), 1u);
+  EXPECT_EQ(ct_forward.rules[0].ct_state, kCtInvalid);
+  EXPECT_EQ(ct_forward.rules[0].verdict, NftVerdict::kDrop);
+  const NftChain& nat = Chain(conntrack, "postrouting");
+  EXPECT_TRUE(nat.nat);
+  ASSERT_EQ(nat.rules.size(), 1u);
+  EXPECT_EQ(nat.rules[0].saddr->AddressString(), "255.255.255.255");
+
+  // No prefix's stale-table sweep can ever take them for an instance's.
+  for (const char* prefix : {"rj", "warm", "warm_", "a", "ralph_", "w1"}) {
+    for (const std::string& name : {WarmTableName(prefix), WarmConntrackTableName(prefix)}) {
+      for (const char* sweeper : {"rj", "warm", "warm_", "a", "ralph_", "w1", "ralph"}) {
+        EXPECT_EQ(TableInstance(name, sweeper, 16), std::nullopt) << name << " " << sweeper;
+      }
+      EXPECT_TRUE(UnownedTablesByInstance({{.name = name}}, prefix, 16).empty()) << name;
+    }
+  }
+}
+
 TEST(LogPrefixTest, ParsesOnlyPlannerPrefixes) {
   auto parsed = ParseLogPrefix("rj12 d metadata");
   ASSERT_TRUE(parsed);

@@ -199,6 +199,7 @@ class JobNetworkImpl final : public JobNetwork {
       // unregistered hooks passes while the launcher finishes its teardown
       // rather than in its exit (closing the nft socket waits for it).
       bool release = veth == Veth::kLeaveToKernel && service_->config_.release_when_idle &&
+                     service_->config_.service_tables == ServiceTables::kPerService &&
                      holds_service_table_ && service_->table_jobs_ == 1 && service_->service_table_;
       if (release) tables.push_back(service_->service_table_name_);
       auto deleted = tables.empty() ? Result<void>() : service_->nft_->DeleteTables(tables);
@@ -540,11 +541,14 @@ NetworkService::~NetworkService() {
   dns_.reset();
   nflog_.reset();
   std::lock_guard lock(tables_mutex_);
-  if (service_table_) IgnoreError(nft_->DeleteTable(service_table_name_));
+  // Warm tables stay for the next service (RemoveWarmTables).
+  if (service_table_ && config_.service_tables == ServiceTables::kPerService)
+    IgnoreError(nft_->DeleteTable(service_table_name_));
 }
 
 Result<void> NetworkService::CommitServiceTable(bool stateful) {
   if (service_table_ && (service_table_stateful_ || !stateful)) return {};
+  if (config_.service_tables == ServiceTables::kWarm) return EnsureWarmTables(stateful);
   // Replacing our own table in one transaction: the forwarding policy never
   // lapses, and the hooks it shares with the new one stay registered.
   TRY(nft_->ApplyTablePlan(
@@ -557,6 +561,45 @@ Result<void> NetworkService::CommitServiceTable(bool stateful) {
   service_table_ = true;
   service_table_stateful_ = stateful;
   return {};
+}
+
+Result<void> NetworkService::EnsureWarmTables(bool stateful) {
+  // Another service of the prefix (now or before) may have made them: a
+  // table that exists is taken as it is. Unowned, so they outlive this
+  // service; created, never replaced, so a running service's hold never
+  // lapses (the conntrack part is a table of its own for that reason).
+  auto create = [&](const NftTablePlan& plan) -> Result<void> {
+    auto created = nft_->ApplyTablePlan(plan, TableOwner::kNone);
+    if (!created && created.error().code() == ErrorCode::kAlreadyExists) return {};
+    TRY_CTX(std::move(created), fmt::format("making the warm table inet {}", plan.name));
+    Log(LogLevel::kDebug, fmt::format("made the warm table inet {}", plan.name));
+    return {};
+  };
+  if (!service_table_) {
+    TRY(create(PlanWarmTable(config_.ifname_prefix, config_.enable_forwarding
+                                                        ? ForwardingPolicy::kOnlyJobs
+                                                        : ForwardingPolicy::kUntouched)));
+    service_table_ = true;
+  }
+  if (stateful && !service_table_stateful_) {
+    TRY(create(PlanWarmConntrackTable(config_.ifname_prefix)));
+    service_table_stateful_ = true;
+  }
+  return {};
+}
+
+Result<std::vector<std::string>> NetworkService::RemoveWarmTables(std::string_view ifname_prefix) {
+  auto nft = TRY_CTX(NftSocket::Open(), "removing the warm tables");
+  auto tables = TRY_CTX(nft->ListTables(), "removing the warm tables");
+  std::vector<std::string> removed;
+  for (const std::string& name :
+       {WarmTableName(ifname_prefix), WarmConntrackTableName(ifname_prefix)}) {
+    if (std::any_of(tables.begin(), tables.end(),
+                    [&](const NftTableInfo& table) { return table.name == name; }))
+      removed.push_back(name);
+  }
+  if (!removed.empty()) TRY_CTX(nft->DeleteTables(removed), "removing the warm tables");
+  return removed;
 }
 
 Result<void> NetworkService::QueueRemoval(Removal removal) {

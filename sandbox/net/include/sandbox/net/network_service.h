@@ -43,7 +43,9 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "platform/log.h"
 #include "platform/result.h"
@@ -73,6 +75,26 @@ enum class LinkRemoval {
   // WaitForRemovals() blocks until every removal queued so far is done, and
   // the service's destructor does all that are left.
   kBackground,
+};
+
+// Where a service keeps its forwarding policy and its hold on the kernel's
+// netfilter hooks (see rule_plan.h, PlanWarmTable).
+enum class ServiceTables {
+  // Its own table "ralph_service_<instance prefix>", owned by its socket and
+  // removed when it stops. For a long-running service (ralphd), which holds
+  // the hooks for its whole life anyway.
+  kPerService,
+  // The warm tables "ralph-warm-<ifname_prefix>" (forwarding policy, forward
+  // and input hooks) and, once a job may send past the host,
+  // "ralph-warm-ct-<ifname_prefix>" (conntrack, NAT): made unowned by the
+  // first service that needs them, shared by every service of the prefix in
+  // the netns, and left in place when it stops — at most these two tables
+  // per prefix and netns. For `ralph-sandbox run`: without them every run
+  // is the first user of those hook points on a host where nothing else
+  // holds them, and the kernel patches its code at the start and back at the
+  // exit (static keys; ~70% of a launcher's CPU). RemoveWarmTables() (what
+  // `ralph-sandbox drain` runs) removes them.
+  kWarm,
 };
 
 struct NetworkServiceConfig {
@@ -106,8 +128,10 @@ struct NetworkServiceConfig {
   // then waits out the RCU grace period of the unregistered hooks while the
   // launcher finishes its own teardown, instead of in its exit (releasing
   // the nft socket flushes pending table destruction: 10 ms here). The next
-  // CreateJob() commits the service table again.
+  // CreateJob() commits the service table again. No effect with kWarm
+  // (there is no table of the service's own to release).
   bool release_when_idle = false;
+  ServiceTables service_tables = ServiceTables::kPerService;
   // Whether Start() registers conntrack and NAT (the service table's
   // stateful part) at once, so that no job's commit has to. false: the first
   // job that may send past the host (JobHasEgress) adds it, replacing the
@@ -141,7 +165,13 @@ class NetworkService {
   // this instance and of every instance of ifname_prefix that no live
   // service holds (claimed while they are removed).
   static Result<std::unique_ptr<NetworkService>> Start(const NetworkServiceConfig& config);
-  // Jobs must be torn down first. Removes the service table.
+  // Removes the warm tables (ServiceTables::kWarm) of `ifname_prefix` from
+  // the calling thread's netns and returns their names; missing ones are not
+  // an error. Safe while a service of the prefix runs: a job's own table
+  // holds whatever it needs, only the next job registers the hooks again.
+  static Result<std::vector<std::string>> RemoveWarmTables(std::string_view ifname_prefix);
+  // Jobs must be torn down first. Removes the service table
+  // (ServiceTables::kPerService; warm tables stay).
   ~NetworkService();
 
   // Sets up the network for a job whose netns is that of `child_pid` (the
@@ -231,15 +261,17 @@ class NetworkService {
   std::map<std::string, Registered> registry_;
   std::unique_ptr<DnsForwarder> dns_;
   std::unique_ptr<NflogListener> nflog_;
-  // The service table exists (guarded by tables_mutex_, with table_jobs_:
-  // the jobs that need it).
+  // The service table (or, kWarm, the warm tables) exists (guarded by
+  // tables_mutex_, with table_jobs_: the jobs that need it).
   std::mutex tables_mutex_;
   bool service_table_ = false;
   bool service_table_stateful_ = false;
   size_t table_jobs_ = 0;
   // Commits the service table, or replaces it with its stateful version
-  // when `stateful` and it is not; tables_mutex_ held.
+  // when `stateful` and it is not; tables_mutex_ held. kWarm: makes the
+  // warm tables that are missing instead.
   Result<void> CommitServiceTable(bool stateful);
+  Result<void> EnsureWarmTables(bool stateful);
 
   // The reaper (LinkRemoval::kBackground). Its rtnetlink socket is opened by
   // the first QueueRemoval(), in the caller's netns (the service's).
