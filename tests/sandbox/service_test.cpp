@@ -305,14 +305,7 @@ TEST_F(ServiceTest, SequentialAndConcurrentRuns) {
   EXPECT_EQ(first_problems, std::vector<std::string>{});
   first_problems.clear();
 
-  auto cgroups = DetectCgroups(fmt::format("ralph-test-{}-second", ::getpid()));
-  ASSERT_TRUE(cgroups) << cgroups.error().ToString();
-  ServiceOptions options;
-  options.state_dir = work_ + "/state-second";
-  options.name = fmt::format("s{}", ::getpid());
-  options.ids = ids_;
-  options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
-  auto second = SandboxService::Create(options, std::move(*cgroups), nullptr);
+  auto second = MakeService("-second");
   ASSERT_TRUE(second) << second.error().ToString();
   std::thread other([&] { run_jobs(**second, "b", 25, second_problems); });
   run_jobs(*service_, "a", 25, first_problems);
