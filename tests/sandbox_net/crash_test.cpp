@@ -39,11 +39,13 @@ const auto* const kEnvironment =
     ::testing::AddGlobalTestEnvironment(new testing::PrivateNetnsEnvironment);
 
 NetworkServiceConfig Config(TableOwnership ownership,
-                            ServiceTables tables = ServiceTables::kPerService) {
+                            ServiceTables tables = ServiceTables::kPerService,
+                            uint32_t prepared_tables = 0) {
   NetworkServiceConfig config;
   config.upstream_dns = "198.51.100.53";
   config.table_ownership = ownership;
   config.service_tables = tables;
+  config.prepared_tables = prepared_tables;
   return config;
 }
 
@@ -81,7 +83,7 @@ bool Eventually(F done) {
 class ServiceProcess {
  public:
   ServiceProcess(TableOwnership ownership, int services,
-                 ServiceTables tables = ServiceTables::kPerService) {
+                 ServiceTables tables = ServiceTables::kPerService, uint32_t prepared_tables = 0) {
     int report[2], go[2];
     if (::pipe2(report, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) std::abort();
     pid_ = ::fork();
@@ -90,7 +92,7 @@ class ServiceProcess {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       ::close(report[0]);
       ::close(go[1]);
-      ::_exit(Body(Config(ownership, tables), services, report[1], go[0]));
+      ::_exit(Body(Config(ownership, tables, prepared_tables), services, report[1], go[0]));
     }
     ::close(report[1]);
     ::close(go[0]);
@@ -152,6 +154,8 @@ class ServiceProcess {
       started.push_back(std::move(*service));
       networks.push_back(std::move(*network));
     }
+    // Tables committed ahead (prepared_tables) are made by then too.
+    for (auto& service : started) service->WaitForPreparedTables();
     if (!say(ready)) return 1;
     for (;;) ::pause();  // until SIGKILL
   }
@@ -317,6 +321,34 @@ TEST(NetCrashTest, KilledWarmServicesJobTableIsSweptAndTheWarmTablesAreKept) {
   ASSERT_TRUE(removed) << removed.error().ToString();
   EXPECT_EQ(Tables(), std::set<std::string>{});
   EXPECT_TRUE(LinkGone("rja0"));
+}
+
+// Tables committed ahead for the next jobs (prepared_tables) are job tables
+// of the service's instance like any other: owned, they go with the killed
+// process; unowned, the next start of the instance sweeps them.
+TEST(NetCrashTest, KilledServicesPreparedTablesGoWithItOrWithTheNextStart) {
+  // Forked first, while this process has no threads.
+  ServiceProcess owned(TableOwnership::kIfSupported, 1, ServiceTables::kPerService, 2);
+  ServiceProcess unowned(TableOwnership::kNever, 1, ServiceTables::kPerService, 2);
+  const std::set<std::string> prepared = {"ralph_rja0", "ralph_rja1", "ralph_rja2",
+                                          "ralph_service_rja"};
+  ASSERT_EQ(owned.Go(), "ready 1 rja0");
+  EXPECT_EQ(Tables(), prepared);
+  owned.Kill();
+  EXPECT_TRUE(Eventually([] { return Tables().empty(); }))
+      << testing::ShellOutput("nft list tables");
+  ASSERT_TRUE(Eventually([] { return LinkGone("rja0"); }));
+
+  ASSERT_EQ(unowned.Go(), "ready 0 rja0");
+  EXPECT_EQ(Tables(), prepared);
+  unowned.Kill();
+  ASSERT_TRUE(Eventually([] { return LinkGone("rja0"); }));
+  EXPECT_EQ(Tables(), prepared);
+  auto next = NetworkService::Start(Config(TableOwnership::kIfSupported));
+  ASSERT_TRUE(next) << next.error().ToString();
+  EXPECT_EQ(Tables(), std::set<std::string>{"ralph_service_rja"});
+  next->reset();
+  EXPECT_EQ(Tables(), std::set<std::string>{});
 }
 
 #ifdef RALPH_SANDBOX_CLI

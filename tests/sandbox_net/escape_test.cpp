@@ -443,6 +443,87 @@ TEST_F(NetEscapeTest, WarmTablesAreMadeOnceSharedAndLeftUntilDrained) {
   EXPECT_TRUE(again->empty());
 }
 
+// prepared_tables: the next jobs with the same spec get a table committed
+// ahead, which enforces the same rules; never more than the configured
+// number wait; another spec drops them; the service's stop removes them.
+TEST_F(NetEscapeTest, PreparedTablesServeTheNextJobsWithTheSameSpec) {
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  config.prepared_tables = 2;
+  auto service = NetworkService::Start(config);
+  ASSERT_TRUE(service) << service.error().ToString();
+  const std::string prefix = (*service)->interface_prefix();
+  auto job_tables = [&] {
+    std::string tables = testing::ShellOutput("nft list tables");
+    size_t count = 0;
+    std::string needle = " ralph_" + prefix;
+    for (size_t at = tables.find(needle); at != std::string::npos; at = tables.find(needle, at + 1))
+      ++count;
+    return count;
+  };
+  auto probe = [](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("203.0.113.20", 80);
+  };
+  RecordingSink sink;
+  std::vector<std::unique_ptr<JobNetwork>> networks;
+
+  // The first job's table is made at its start; then two for its spec.
+  JobProcess first = JobProcess::Fork(probe);
+  auto network = (*service)->CreateJob("prepared-1", first.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ((*network)->host_interface(), prefix + "0");
+  EXPECT_EQ((*service)->WaitForPreparedTables(), 2u);
+  EXPECT_EQ(job_tables(), 3u);
+  EXPECT_EQ((*service)->live_jobs(), 3u);
+  EXPECT_EQ(first.Go({(*network)->resolver_address(), ""}), "connected:hello|failed:timeout");
+  networks.push_back(std::move(*network));
+
+  // The next one takes a prepared table: the same rules, the same events.
+  JobProcess second = JobProcess::Fork(probe);
+  auto taken = (*service)->CreateJob("prepared-2", second.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(taken) << taken.error().ToString();
+  EXPECT_EQ((*taken)->host_interface(), prefix + "1");
+  EXPECT_EQ(second.Go({(*taken)->resolver_address(), ""}), "connected:hello|failed:timeout");
+  EXPECT_TRUE(sink.WaitFor([](const NetEvent& e) {
+    return e.job_id == "prepared-2" && e.verdict == NetVerdict::kDenied &&
+           e.destination == "203.0.113.20" && e.reason == "not-allowlisted";
+  })) << sink.Dump();
+  EXPECT_TRUE(sink.WaitFor([](const NetEvent& e) {
+    return e.job_id == "prepared-2" && e.verdict == NetVerdict::kAllowed &&
+           e.destination == "203.0.113.10" && e.reason == "allowlist";
+  })) << sink.Dump();
+  networks.push_back(std::move(*taken));
+  // Bounded: two jobs and two prepared tables.
+  EXPECT_EQ((*service)->WaitForPreparedTables(), 2u);
+  EXPECT_EQ(job_tables(), 4u);
+
+  // Another spec: its own table at its start, and the prepared ones are
+  // replaced by two for it.
+  JobProcess other = JobProcess::Fork(probe);
+  auto fresh = (*service)->CreateJob("prepared-other", other.pid(), NetworkSpec{}, &sink);
+  ASSERT_TRUE(fresh) << fresh.error().ToString();
+  EXPECT_EQ(other.Go({(*fresh)->resolver_address(), ""}), "failed:timeout|failed:timeout");
+  networks.push_back(std::move(*fresh));
+  EXPECT_EQ((*service)->WaitForPreparedTables(), 2u);
+  EXPECT_EQ(job_tables(), 5u);
+  EXPECT_EQ((*service)->live_jobs(), 5u);
+
+  for (auto& job_network : networks) EXPECT_TRUE(job_network->Teardown());
+  EXPECT_EQ(job_tables(), 2u);  // the prepared ones, until the service stops
+  service->reset();
+  EXPECT_EQ(job_tables(), 0u) << testing::ShellOutput("nft list tables");
+  EXPECT_EQ(testing::ShellOutput("nft list tables").find(ServiceTableName(prefix)),
+            std::string::npos);
+
+  // Out of range: the config error names the field.
+  config.prepared_tables = NetworkService::kMaxPreparedTables + 1;
+  auto refused = NetworkService::Start(config);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(refused.error().message(), "prepared_tables 9: at most 8");
+}
+
 TEST_F(NetEscapeTest, HostLoopbackAndOwnAddressesAreUnreachable) {
   // Host services: one on loopback, one on every address.
   int any = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

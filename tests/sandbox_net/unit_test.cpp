@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -451,6 +452,27 @@ TEST(RulePlanTest, WarmTablesHoldTheHooksJobTablesUse) {
       EXPECT_TRUE(UnownedTablesByInstance({{.name = name}}, prefix, 16).empty()) << name;
     }
   }
+}
+
+TEST(RulePlanTest, NetworkSpecKeyTellsApartEverythingThatShapesTheTable) {
+  NetworkSpec base{.allow = {{.cidr = "203.0.113.0/24", .port_min = 443}},
+                   .allowed_domains = {"*.example.com"}};
+  EXPECT_EQ(NetworkSpecKey(base), NetworkSpecKey(base));
+  std::vector<NetworkSpec> variants(8, base);
+  variants[0].enabled = false;
+  variants[1].allow[0].cidr = "203.0.113.0/25";
+  variants[2].allow[0].port_max = 444;
+  variants[3].allow[0].protocol = Protocol::kUdp;
+  variants[4].allowed_domains = {"example.com"};
+  variants[5].domain_ports = {443, 80};
+  variants[6].allow.push_back({.cidr = "2001:db8::/32"});
+  // Strings that would run together without their lengths.
+  variants[7].allowed_domains = {"*.example.com", ""};
+  std::set<std::string> keys = {NetworkSpecKey(base)};
+  for (const NetworkSpec& variant : variants) keys.insert(NetworkSpecKey(variant));
+  EXPECT_EQ(keys.size(), variants.size() + 1);
+  NetworkSpec split{.allowed_domains = {"a;1:b"}}, joined{.allowed_domains = {"a", "b"}};
+  EXPECT_NE(NetworkSpecKey(split), NetworkSpecKey(joined));
 }
 
 TEST(LogPrefixTest, ParsesOnlyPlannerPrefixes) {

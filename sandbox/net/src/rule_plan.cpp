@@ -320,6 +320,21 @@ NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifna
   return plan;
 }
 
+std::string NetworkSpecKey(const NetworkSpec& spec) {
+  // Lengths before strings: no two specs can print alike.
+  std::string key = fmt::format("enabled={};allow={};", spec.enabled ? 1 : 0, spec.allow.size());
+  for (const EgressRule& rule : spec.allow) {
+    key += fmt::format("{}:{}|{}-{}/{};", rule.cidr.size(), rule.cidr, rule.port_min, rule.port_max,
+                       static_cast<int>(rule.protocol));
+  }
+  key += fmt::format("domains={};", spec.allowed_domains.size());
+  for (const std::string& domain : spec.allowed_domains)
+    key += fmt::format("{}:{};", domain.size(), domain);
+  key += fmt::format("ports={};", spec.domain_ports.size());
+  for (uint16_t port : spec.domain_ports) key += fmt::format("{};", port);
+  return key;
+}
+
 std::string WarmTableName(std::string_view ifname_prefix) {
   return fmt::format("ralph-warm-{}", ifname_prefix);
 }

@@ -132,6 +132,17 @@ struct NetworkServiceConfig {
   // (there is no table of the service's own to release).
   bool release_when_idle = false;
   ServiceTables service_tables = ServiceTables::kPerService;
+  // Job tables committed ahead, 0..NetworkService::kMaxPreparedTables. After
+  // each job's start a background thread commits up to this many tables,
+  // for the spec that job had, on free address slots (each one holds its
+  // slot); the next job with an equal spec (NetworkSpecKey) takes one and
+  // its start only makes and configures its veth — the table's commit
+  // (1-2 ms, mostly the kernel validating every rule reachable from a base
+  // chain) is off its path. A job with another spec has its table made at
+  // its start as before and the prepared ones are dropped. They are removed
+  // when the service stops; owned by its socket (or swept like any job table
+  // of the instance), they go with a killed service too. 0: none.
+  uint32_t prepared_tables = 0;
   // Whether Start() registers conntrack and NAT (the service table's
   // stateful part) at once, so that no job's commit has to. false: the first
   // job that may send past the host (JobHasEgress) adds it, replacing the
@@ -157,6 +168,7 @@ class NetworkService {
  public:
   static constexpr unsigned kMaxInstancesLog2 = 4;
   static constexpr unsigned kMaxInstances = 1u << kMaxInstancesLog2;
+  static constexpr uint32_t kMaxPreparedTables = 8;
 
   // kInvalidArgument names a bad config field; kBusy when all kMaxInstances
   // instances or all NFLOG groups of the range are taken in this netns;
@@ -186,9 +198,12 @@ class NetworkService {
                                                 const NetworkSpec& spec,
                                                 NetEventSinkInterface* events);
 
-  // Address slots in use: live jobs, and torn-down ones whose background
-  // removal is not done yet.
+  // Address slots in use: live jobs, torn-down ones whose background
+  // removal is not done yet, and prepared tables.
   size_t live_jobs() const { return pool_->in_use(); }
+  // Blocks until the background preparation (prepared_tables) has nothing
+  // left to do; returns how many tables are prepared. For tests.
+  size_t WaitForPreparedTables();
   // Blocks until every background removal (LinkRemoval::kBackground) queued
   // before the call is done. The first error a removal met since the last
   // call, if any (the slot of a failed removal stays taken).
@@ -272,6 +287,26 @@ class NetworkService {
   // warm tables that are missing instead.
   Result<void> CommitServiceTable(bool stateful);
   Result<void> EnsureWarmTables(bool stateful);
+
+  // A free address slot whose host link does not exist.
+  Result<JobAddresses> AllocateFreeSlot();
+  // Prepared tables (NetworkServiceConfig::prepared_tables). `key` is
+  // NetworkSpecKey of the spec; empty: none wanted.
+  std::optional<JobAddresses> TakePreparedTable(const std::string& key);
+  void RequestPreparedTables(const NetworkSpec& spec, std::string key);
+  Result<JobAddresses> PrepareTable(const NetworkSpec& spec);
+  void DropPreparedTables(std::vector<JobAddresses> tables);
+  void PrepareLoop();
+  void StopPreparing();
+  std::mutex prepare_mutex_;
+  std::condition_variable prepare_cv_;
+  std::string prepared_key_;                 // guarded by prepare_mutex_, as all below
+  std::optional<NetworkSpec> prepare_spec_;  // what to prepare for; none: nothing
+  std::deque<JobAddresses> prepared_;        // committed, for prepared_key_
+  std::vector<JobAddresses> discard_;        // committed for another spec: to drop
+  bool prepare_busy_ = false;
+  bool prepare_stop_ = false;
+  std::thread preparer_;
 
   // The reaper (LinkRemoval::kBackground). Its rtnetlink socket is opened by
   // the first QueueRemoval(), in the caller's netns (the service's).

@@ -117,6 +117,11 @@ std::string JobTableName(std::string_view host_ifname);
 Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const NetworkSpec& spec,
                                   uint16_t nflog_group);
 
+// A canonical text of everything in `spec` that shapes the job's table
+// (enabled, allow rules, domains, domain ports): equal keys, equal tables
+// (up to the slot's names and addresses). Pure.
+std::string NetworkSpecKey(const NetworkSpec& spec);
+
 enum class ForwardingPolicy {
   kOnlyJobs,   // forward only to and from the job veths, drop the rest
   kUntouched,  // leave other forwarding to whoever configured it
