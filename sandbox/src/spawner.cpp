@@ -167,7 +167,9 @@ Result<SpawnedChild> Spawner::AwaitChild(int hello_fd) {
   for (bool waiting = true; waiting;) {
     pollfd fds[2] = {{hello_fd, POLLIN, 0}, {done_.get(), POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
+      // Transient: the child (if clone3 made one) waits for us, so wait on.
+      // EFAULT/EINVAL cannot happen with these two entries.
+      if (errno == EINTR || errno == ENOMEM || errno == EAGAIN) continue;
       return Io("spawner: poll");
     }
     if (fds[0].revents) {

@@ -22,6 +22,10 @@
 //  - its first act is one byte written to its end of the socket whose
 //    other end the caller passes to AwaitChild;
 //  - it ends in execve or _exit (returning exit_group(127)s).
+// While a child runs, the spawner thread is blocked in clone3 and cannot take
+// glibc's SIGSETXID: a set*id() call by another thread of the service waits
+// until the child has exec'd or exited (so Run's caller must make none while
+// its child waits to be released; the service makes none).
 // Credential changes in the child (setresuid, capset) reset the dumpable
 // flag of the shared mm, i.e. the service's (commit_creds); the spawner puts
 // it back once the child has exec'd or exited.
