@@ -151,8 +151,10 @@ struct NetworkServiceConfig {
   bool expect_egress = true;
   // Optional. Told, from Start() and CreateJob(), which table clean-up path
   // is in use (kDebug when tables are owned, kWarning when the kernel lacks
-  // the flag) and of every stale table removed (kInfo). The library does not
-  // log by itself; binaries forward this to their log.
+  // the flag) and of every stale table removed (kInfo); from the service's
+  // own threads (so it must be thread-safe), of a background removal or
+  // table preparation that failed (kWarning). The library does not log by
+  // itself; binaries forward this to their log.
   std::function<void(LogLevel level, const std::string& message)> log;
 };
 
