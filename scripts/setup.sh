@@ -8,7 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config clang clang-format libclang-rt-14-dev
   # libraries (see README "Libraries")
   libexpected-dev zlib1g-dev libssl-dev openssl libefivar-dev libefiboot-dev libblkid-dev libfdisk-dev
-  libseccomp-dev libcap-dev libnftnl-dev libmnl-dev libldns-dev libsqlite3-dev libtinyxml2-dev
+  libseccomp-dev libcap-dev libnftnl-dev libmnl-dev libldns-dev libc-ares-dev libsqlite3-dev libtinyxml2-dev
   nlohmann-json3-dev libfmt-dev libcurl4-openssl-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # the OTA writer's read-back fingerprints (XXH3-128, header-only use)

@@ -344,6 +344,9 @@ int main(int argc, char** argv) {
   // The launchers leave their emptied volume mounted for the next one.
   if (auto drained = sb::UnmountIdleVolumes(state + "/images"); !drained)
     std::fprintf(stderr, "drain: %s\n", drained.error().ToString().c_str());
+  // And their warm nft tables (what `ralph-sandbox drain` removes).
+  if (auto tables = sb::RemoveWarmNetworkTables(); !tables)
+    std::fprintf(stderr, "drain: %s\n", tables.error().ToString().c_str());
   std::string cleanup = "rm -rf " + work;
   return std::system(cleanup.c_str()) == 0 ? 0 : 1;
 }

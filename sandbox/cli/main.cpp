@@ -2,7 +2,8 @@
 // Runs one command in a sandbox (SandboxService with every layer on) and
 // exits with its status (128+signal when killed, 124 on timeout).
 // ralph-sandbox drain [--state-dir DIR]
-// Unmounts the idle upper volumes runs leave mounted for the next run.
+// Unmounts the idle upper volumes runs leave mounted for the next run and
+// removes the warm nft tables they leave in the netns.
 #include <unistd.h>
 
 #include <chrono>
@@ -25,7 +26,8 @@ namespace sb = ralph::sandbox;
 
 constexpr const char kUsage[] =
     "usage: ralph-sandbox run [flags] -- command [args...]\n"
-    "       ralph-sandbox drain [--state-dir DIR]   unmount the idle upper volumes\n"
+    "       ralph-sandbox drain [--state-dir DIR]   unmount the idle upper volumes, remove\n"
+    "                                               the warm network tables\n"
     "  --rootfs DIR         read-only base directory (default /)\n"
     "  --image FILE         read-only base squashfs/erofs image instead\n"
     "  --ro-bind SRC:DST    bind a host path read-only (repeatable)\n"
@@ -182,8 +184,10 @@ Result<int> Run(const Options& options) {
   network_config.log = [](ralph::LogLevel level, const std::string& message) {
     if (level != ralph::LogLevel::kDebug) ralph::LogLine(level, message);
   };
-  // One job, then exit: the service table goes with the job's table.
-  network_config.release_when_idle = true;
+  // One job, then exit: the forwarding policy and the hold on the kernel's
+  // netfilter hooks live in warm tables that the next run reuses (`drain`
+  // removes them), so no run patches the kernel's static keys.
+  network_config.service_tables = sb::ServiceTables::kWarm;
   // A job that may reach nothing past the host needs no conntrack or NAT.
   network_config.expect_egress = sb::JobHasEgress(options.spec.network);
   std::unique_ptr<sb::NetworkProviderInterface> network =
@@ -284,6 +288,11 @@ int main(int argc, char** argv) {
     auto drained = sb::UnmountIdleVolumes(options->state_dir + "/images");
     if (!drained) {
       ralph::LogError("{}", drained.error().ToString());
+      return 1;
+    }
+    auto tables = sb::RemoveWarmNetworkTables();
+    if (!tables) {
+      ralph::LogError("{}", tables.error().ToString());
       return 1;
     }
     return 0;

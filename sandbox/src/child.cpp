@@ -3,6 +3,7 @@
 #include "child.h"
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/mount.h>
 #include <linux/securebits.h>
 #include <net/if.h>
@@ -28,6 +29,7 @@ namespace ralph::sandbox {
 std::string_view ChildStepName(ChildStep step) {
   switch (step) {
     case ChildStep::kWaitForParent: return "waiting for the parent";
+    case ChildStep::kSignals: return "resetting signal dispositions";
     case ChildStep::kSetIds: return "switching to the mapped root user";
     case ChildStep::kCgroupNamespace: return "entering a cgroup namespace";
     case ChildStep::kMakePrivate: return "making the mount tree private";
@@ -50,10 +52,55 @@ std::string_view ChildStepName(ChildStep step) {
 
 namespace {
 
+// Raw syscalls for glibc's cancellation points (see child.h).
+long RawRead(int fd, void* buffer, size_t size) {
+  return ::syscall(SYS_read, fd, buffer, size);
+}
+long RawWrite(int fd, const void* buffer, size_t size) {
+  return ::syscall(SYS_write, fd, buffer, size);
+}
+int RawOpen(const char* path, int flags, mode_t mode) {
+  return static_cast<int>(::syscall(SYS_openat, AT_FDCWD, path, flags, mode));
+}
+void RawClose(int fd) {
+  ::syscall(SYS_close, fd);
+}
+
+// The kernel's struct sigaction (x86_64 and asm-generic: handler, flags,
+// restorer, 64-bit mask), not glibc's; and the kernel's sigset size.
+struct KernelSigaction {
+  void (*handler)(int);
+  unsigned long flags;
+  void (*restorer)();
+  uint64_t mask;
+};
+constexpr size_t kKernelSigsetBytes = sizeof(uint64_t);
+constexpr int kMaxSignal = 64;  // _NSIG: SIGRTMAX on x86_64 and aarch64
+
+// rt_sigprocmask directly: glibc's wrappers never block its two internal
+// signals (SIGCANCEL, SIGSETXID).
+int SetSignalMask(uint64_t mask) {
+  return ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &mask, nullptr, kKernelSigsetBytes) == 0
+             ? 0
+             : errno;
+}
+
+// Every signal back to SIG_DFL, the ignored ones too (SIG_IGN survives
+// execve; CLONE_CLEAR_SIGHAND left them ignored). rt_sigaction directly:
+// glibc's sigaction() refuses its internal signals.
+int ResetSignalDispositions() {
+  KernelSigaction action{};
+  action.handler = SIG_DFL;
+  for (int sig = 1; sig <= kMaxSignal; ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    if (::syscall(SYS_rt_sigaction, sig, &action, nullptr, kKernelSigsetBytes) != 0) return errno;
+  }
+  return 0;
+}
+
 [[noreturn]] void Fail(const ChildPlan& plan, ChildStep step, int err, int op_index = -1) {
   ChildFailure failure{static_cast<int>(step), err, op_index};
-  ssize_t ignored = ::write(plan.error_fd, &failure, sizeof failure);
-  (void)ignored;
+  RawWrite(plan.error_fd, &failure, sizeof failure);
   ::_exit(127);
 }
 
@@ -80,9 +127,9 @@ int ApplyMount(const MountOp& op) {
                  : errno;
     }
     case MountOpKind::kMakeFile: {
-      int fd = ::open(op.target.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+      int fd = RawOpen(op.target.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
       if (fd < 0) return errno;
-      ::close(fd);
+      RawClose(fd);
       return 0;
     }
     case MountOpKind::kSymlink:
@@ -105,7 +152,7 @@ int BringUpLoopback() {
     request.ifr_flags |= IFF_UP | IFF_RUNNING;
     if (::ioctl(fd, SIOCSIFFLAGS, &request) != 0) err = errno;
   }
-  ::close(fd);
+  RawClose(fd);
   return err;
 }
 
@@ -114,14 +161,29 @@ void AwaitParent(const ChildPlan& plan) {
   char go = 0;
   ssize_t n;
   do {
-    n = ::read(plan.sync_fd, &go, 1);
+    n = RawRead(plan.sync_fd, &go, 1);
   } while (n < 0 && errno == EINTR);
   if (n != 1) ::_exit(127);
 }
 
 }  // namespace
 
+void ChildEntry(void* plan) {
+  RunChild(*static_cast<const ChildPlan*>(plan));
+}
+
 void RunChild(const ChildPlan& plan) {
+  // 0. Every signal blocked, glibc's internal ones too (the spawner's mask
+  // has all others blocked already): no signal is delivered to us until the
+  // job's mask is set right before execve, and none can run a handler (the
+  // spawner cloned with CLONE_CLEAR_SIGHAND). Then tell the parent we exist
+  // (it learns our pid from the kernel) and reset every disposition while it
+  // writes our id maps. MSG_NOSIGNAL: a parent gone is EPIPE, not SIGPIPE.
+  if (int err = SetSignalMask(~uint64_t{0}); err != 0) Fail(plan, ChildStep::kSignals, err);
+  char hello = 1;
+  if (::syscall(SYS_sendto, plan.sync_fd, &hello, 1, MSG_NOSIGNAL, nullptr, 0) != 1) ::_exit(127);
+  if (int err = ResetSignalDispositions(); err != 0) Fail(plan, ChildStep::kSignals, err);
+
   // 1. Wait until the parent has written our id maps. It attaches the
   // cgroups (v1) and sets up the network meanwhile, while we build the
   // filesystem (the resolv.conf we bind already exists, empty until then);
@@ -131,10 +193,9 @@ void RunChild(const ChildPlan& plan) {
   // 2. Become root of the new user namespace (mapped to the unprivileged host
   // range) and drop the host's supplementary groups. Raw syscalls: glibc's
   // wrappers apply the change to every thread of the process (nptl_setxid.c)
-  // from a thread list copied from the parent, and wait for any thread the
-  // parent was creating at clone time, which never comes in this copy (a
-  // deadlock seen with the network service's threads starting). The kernel
-  // calls change only this thread, which is all there is.
+  // by signalling the threads on its thread list, which in this child that
+  // shares the service's memory is the service's own. The kernel calls
+  // change only this process, which is all there is.
   if (::syscall(SYS_setresgid, 0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
   if (::syscall(SYS_setgroups, 0, nullptr) != 0) Fail(plan, ChildStep::kSetIds, errno);
   if (::syscall(SYS_setresuid, 0, 0, 0) != 0) Fail(plan, ChildStep::kSetIds, errno);
@@ -180,29 +241,36 @@ void RunChild(const ChildPlan& plan) {
 
   // 6. Privileges. Securebits first (needs CAP_SETPCAP): root inside never
   // regains capabilities through execve or setuid. Then the bounding set,
-  // the ambient set and finally inheritable/permitted/effective.
-  if (cap_set_secbits(SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
-                      SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
-                      SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED) != 0)
+  // the ambient set and finally inheritable/permitted/effective. prctl and
+  // capset directly: libcap's cap_set_proc locks a mutex inside its cap_t,
+  // memory of the service's.
+  if (::prctl(PR_SET_SECUREBITS,
+              SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                  SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                  SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+              0, 0, 0) != 0)
     Fail(plan, ChildStep::kCapabilities, errno);
   for (int cap = 0; cap <= plan.last_cap; ++cap) {
-    if (cap_drop_bound(static_cast<cap_value_t>(cap)) != 0)
-      Fail(plan, ChildStep::kCapabilities, errno);
+    if (::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) Fail(plan, ChildStep::kCapabilities, errno);
   }
-  // One prctl (libcap's cap_reset_ambient() tests every capability first).
   if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
     Fail(plan, ChildStep::kCapabilities, errno);
-  if (cap_set_proc(plan.empty_caps) != 0) Fail(plan, ChildStep::kCapabilities, errno);
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct no_caps[_LINUX_CAPABILITY_U32S_3] = {};
+  if (::syscall(SYS_capset, &header, no_caps) != 0) Fail(plan, ChildStep::kCapabilities, errno);
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) Fail(plan, ChildStep::kNoNewPrivs, errno);
   if (int err = ApplyLandlockInChild(plan.landlock_abi); err != 0)
     Fail(plan, ChildStep::kLandlock, err);
 
-  // 7. Die with the service. Armed only now because any credential change
+  // 7. Die with the service: our parent is its spawner thread, which lives
+  // as long as the service. Armed only now because any credential change
   // clears it (prctl(2), PR_SET_PDEATHSIG); then check the parent is still
   // there (it keeps its end of the sync socket open until we have exec'd).
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) Fail(plan, ChildStep::kParentDeath, errno);
   pollfd parent{plan.sync_fd, POLLIN, 0};
-  if (::poll(&parent, 1, 0) < 0 || (parent.revents & POLLHUP)) ::_exit(127);
+  timespec now{0, 0};
+  if (::syscall(SYS_ppoll, &parent, 1, &now, nullptr, 0) < 0 || (parent.revents & POLLHUP))
+    ::_exit(127);
 
   // 8. Every fd above stdio closes on execve (the error pipe included, which
   // is how the parent learns the exec worked).
@@ -212,6 +280,10 @@ void RunChild(const ChildPlan& plan) {
   // 9. Seccomp last: the filter itself denies the mount/pivot_root above.
   if (int err = LoadSeccompProgram(plan.seccomp); err != 0) Fail(plan, ChildStep::kSeccomp, err);
 
+  // 10. The job starts with an empty signal mask (a mask survives execve;
+  // so do ignored dispositions, reset in step 0). A signal pending from
+  // now on is delivered with its default action.
+  if (int err = SetSignalMask(0); err != 0) Fail(plan, ChildStep::kSignals, err);
   int first_error = ENOENT;
   for (const char* candidate : *plan.exec_candidates) {
     ::execve(candidate, plan.argv, plan.envp);

@@ -1,15 +1,19 @@
 // The code the job's child runs between clone3() and execve() (private).
 //
-// The child is a copy of a possibly multi-threaded service made with a raw
-// clone3 (no atfork handlers), so it must not allocate, lock or log: every
-// string and array it needs is prepared by the parent in a ChildPlan, and it
-// only makes syscalls. A failure is reported to the parent as one
-// ChildFailure record on `error_fd`; a successful execve closes that fd
-// (O_CLOEXEC), which the parent reads as EOF.
+// The child shares the service's memory until execve (CLONE_VM, spawned by
+// the Spawner: see spawner.h) and runs on the spawner thread's TLS, so it
+// must not allocate, lock, log or write anything of the service's: every
+// string and array it needs is prepared by the parent in a ChildPlan, which
+// the parent keeps unchanged until the child has exec'd or been reaped, and
+// the child only makes syscalls. Blocking calls that are cancellation points
+// in glibc (read, write, open, close, poll) are raw syscalls: glibc's
+// wrappers would switch the spawner thread's cancellation type and leave it
+// switched if the child were killed inside one. A failure is reported to the
+// parent as one ChildFailure record on `error_fd`; a successful execve closes
+// that fd (O_CLOEXEC), which the parent reads as EOF.
 #pragma once
 
 #include <linux/filter.h>
-#include <sys/capability.h>
 
 #include <string_view>
 #include <vector>
@@ -20,6 +24,7 @@ namespace ralph::sandbox {
 
 enum class ChildStep : int {
   kWaitForParent = 1,
+  kSignals,
   kSetIds,
   kCgroupNamespace,
   kMakePrivate,
@@ -46,8 +51,9 @@ struct ChildFailure {
 };
 
 struct ChildPlan {
-  // read: a byte from the parent = go (twice: id maps written, then cgroups
-  // (v1) attached and network ready); EOF = give up.
+  // write: one byte as the child's first act (it exists: the spawner's
+  // AwaitChild reads it); read: a byte from the parent = go (twice: id maps
+  // written, then cgroups (v1) attached and network ready); EOF = give up.
   int sync_fd = -1;
   int error_fd = -1;  // write: ChildFailure on error
   int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;
@@ -59,7 +65,6 @@ struct ChildPlan {
   const std::vector<RlimitSetting>* rlimits = nullptr;
   const char* cwd = nullptr;
   int last_cap = 0;
-  cap_t empty_caps = nullptr;
   int landlock_abi = 0;
   const sock_fprog* seccomp = nullptr;
   const std::vector<const char*>* exec_candidates = nullptr;
@@ -68,5 +73,7 @@ struct ChildPlan {
 };
 
 [[noreturn]] void RunChild(const ChildPlan& plan);
+// The Spawner's entry: RunChild(*static_cast<const ChildPlan*>(plan)).
+void ChildEntry(void* plan);
 
 }  // namespace ralph::sandbox

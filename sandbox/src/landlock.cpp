@@ -58,10 +58,13 @@ int ApplyLandlockInChild(int abi) {
   long ruleset = CreateRuleset(&attr, size, 0);
   if (ruleset < 0) return errno;
   int ruleset_fd = static_cast<int>(ruleset);
-  int root = ::open("/", O_PATH | O_CLOEXEC | O_DIRECTORY);
+  // Raw open/close: this runs in the job's child, which must not use
+  // glibc's cancellation points (sandbox/src/child.h).
+  int root =
+      static_cast<int>(::syscall(SYS_openat, AT_FDCWD, "/", O_PATH | O_CLOEXEC | O_DIRECTORY));
   if (root < 0) {
     int err = errno;
-    ::close(ruleset_fd);
+    ::syscall(SYS_close, ruleset_fd);
     return err;
   }
   landlock_path_beneath_attr beneath{};
@@ -73,8 +76,8 @@ int ApplyLandlockInChild(int abi) {
   } else if (::syscall(SYS_landlock_restrict_self, ruleset_fd, 0) != 0) {
     err = errno;
   }
-  ::close(root);
-  ::close(ruleset_fd);
+  ::syscall(SYS_close, root);
+  ::syscall(SYS_close, ruleset_fd);
   return err;
 }
 

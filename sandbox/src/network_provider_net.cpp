@@ -52,7 +52,15 @@ std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
   // A job's veth and table go on the service's reaper thread: Destroy does
   // not wait out the kernel's RCU barriers of a link deletion.
   config.link_removal = LinkRemoval::kBackground;
+  // Jobs started one after another with the same network spec (what a
+  // long-running service mostly sees) find their nft table committed ahead:
+  // their start only makes the veth.
+  config.prepared_tables = 2;
   return MakeNetworkProvider(config, events);
+}
+
+Result<std::vector<std::string>> RemoveWarmNetworkTables() {
+  return NetworkService::RemoveWarmTables(NetworkServiceConfig().ifname_prefix);
 }
 
 }  // namespace ralph::sandbox

@@ -14,4 +14,8 @@ std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
   return nullptr;
 }
 
+Result<std::vector<std::string>> RemoveWarmNetworkTables() {
+  return std::vector<std::string>{};
+}
+
 }  // namespace ralph::sandbox

@@ -133,10 +133,16 @@ Result<MountPlan> PlanMounts(const SandboxSpec& spec, const JobPaths& paths) {
   // 1. The root: overlay of the read-only base and the job's upper. userxattr:
   // the overlay is mounted inside the job's user namespace, where trusted.*
   // xattrs are not available (Documentation/filesystems/overlayfs.rst,
-  // "Permission model" / "userxattr").
+  // "Permission model" / "userxattr"). volatile (same file, "Volatile
+  // mount"): no sync of the upper, neither the job's fsync()s nor the
+  // overlay's own sync_filesystem when the job's mount namespace goes (a
+  // writeback wait in Destroy). The upper lives as long as the job: its
+  // files are collected from the page cache before Destroy wipes the volume
+  // (work/ with it, where volatile leaves its marker; a reused volume gets a
+  // fresh one).
   plan.ops.push_back({MountOpKind::kMount, "overlay", root, "overlay", MS_NOSUID | MS_NODEV,
-                      fmt::format("lowerdir={},upperdir={},workdir={},userxattr", paths.lower,
-                                  paths.upper, paths.work)});
+                      fmt::format("lowerdir={},upperdir={},workdir={},userxattr,volatile",
+                                  paths.lower, paths.upper, paths.work)});
   // 2. A fresh /proc for the job's pid namespace. hidepid=invisible hides
   // processes of other users; subset=pid drops everything but the process
   // directories (/proc/sys, /proc/kcore, /proc/sysrq-trigger...).

@@ -128,6 +128,15 @@ Result<SeccompProgram> SeccompProgram::Compile(const SeccompPolicy& policy, uint
   // an escape attempt: kill.
   if ((rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0)
     return ScmpError("seccomp_attr_set BADARCH", rc);
+  // A binary tree over the syscall numbers instead of a linear list: 22%
+  // more instructions (x86_64: 403, not 329), but loading it in each job's
+  // child is ~30% cheaper (median 425-455 us, not 610-650, fork + seccomp()
+  // 300 times here): the kernel emulates the filter for every syscall number
+  // to fill its allow-cache (seccomp_cache_prepare, with the siglock held)
+  // and a lookup walks ~9 compares instead of up to ~250. The job's own
+  // syscalls that miss the cache are cheaper too.
+  if ((rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_OPTIMIZE, 2)) < 0)
+    return ScmpError("seccomp_attr_set OPTIMIZE", rc);
   if (seccomp_arch_native() != audit_arch) {
     if ((rc = seccomp_arch_add(ctx.get(), audit_arch)) < 0)
       return ScmpError("seccomp_arch_add", rc);

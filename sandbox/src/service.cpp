@@ -22,13 +22,9 @@
 #include "fs_util.h"
 #include "platform/unique_fd.h"
 #include "sandbox/landlock.h"
+#include "spawner.h"
 
 namespace ralph::sandbox {
-
-struct CapDeleter {
-  void operator()(cap_t caps) const { cap_free(caps); }
-};
-using ScopedCaps = std::unique_ptr<std::remove_pointer_t<cap_t>, CapDeleter>;
 
 struct SandboxService::Job {
   JobId id;
@@ -45,7 +41,6 @@ struct SandboxService::Job {
   std::vector<const char*> exec_pointers;
   std::vector<char*> argv_pointers;
   std::vector<char*> env_pointers;
-  ScopedCaps empty_caps;
 
   enum class State { kCreated, kRunning, kReaped };
   State state = State::kCreated;
@@ -126,10 +121,12 @@ std::string_view TerminationName(Termination termination) {
 SandboxService::SandboxService(ServiceOptions options,
                                std::unique_ptr<CgroupManagerInterface> cgroups,
                                std::unique_ptr<NetworkProviderInterface> network,
-                               SeccompProgram seccomp, int landlock_abi)
+                               std::unique_ptr<Spawner> spawner, SeccompProgram seccomp,
+                               int landlock_abi)
     : options_(std::move(options)),
       cgroups_(std::move(cgroups)),
       network_(std::move(network)),
+      spawner_(std::move(spawner)),
       seccomp_(std::move(seccomp)),
       landlock_abi_(landlock_abi),
       last_cap_(cap_max_bits() - 1) {}
@@ -161,8 +158,10 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
   // 0711: the job's mapped root must traverse to its volume, list nothing.
   TRY(MakeDirs(options.state_dir + "/images", 0711));
   int abi = LandlockAbiVersion();
-  std::unique_ptr<SandboxService> service(new SandboxService(
-      std::move(options), std::move(cgroups), std::move(network), std::move(seccomp), abi));
+  std::unique_ptr<Spawner> spawner = TRY(Spawner::Create());
+  std::unique_ptr<SandboxService> service(new SandboxService(std::move(options), std::move(cgroups),
+                                                             std::move(network), std::move(spawner),
+                                                             std::move(seccomp), abi));
   VolumeOptions volume_options;
   volume_options.max_pooled = service->options_.max_pooled_volumes;
   volume_options.max_shared_mounted = service->options_.max_shared_volumes;
@@ -252,8 +251,6 @@ Result<JobId> SandboxService::CreateJob(const SandboxSpec& spec) {
     j.argv_pointers.push_back(nullptr);
     for (std::string& entry : j.spec.env) j.env_pointers.push_back(entry.data());
     j.env_pointers.push_back(nullptr);
-    j.empty_caps.reset(cap_init());
-    if (!j.empty_caps) return Io("cap_init");
     return {};
   }();
   if (!result) {
@@ -313,38 +310,36 @@ Result<void> SandboxService::Run(const JobId& id) {
   plan.rlimits = &job.rlimits;
   plan.cwd = job.spec.cwd.c_str();
   plan.last_cap = last_cap_;
-  plan.empty_caps = job.empty_caps.get();
   plan.landlock_abi = landlock_abi_;
   plan.seccomp = seccomp_.program();
   plan.exec_candidates = &job.exec_pointers;
   plan.argv = job.argv_pointers.data();
   plan.envp = job.env_pointers.data();
 
-  int pidfd = -1;
-  clone_args args;
-  std::memset(&args, 0, sizeof args);
-  args.flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC |
-               CLONE_NEWUTS | CLONE_PIDFD;
+  SpawnRequest request;
+  request.flags =
+      CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
   int cgroup_fd = job.cgroup->clone_into_fd();
   if (cgroup_fd >= 0) {
     // v2: born in its cgroup (no window outside the limits), with that
     // cgroup as the root of its cgroup namespace.
-    args.flags |= CLONE_INTO_CGROUP | CLONE_NEWCGROUP;
-    args.cgroup = static_cast<uint64_t>(cgroup_fd);
+    request.flags |= CLONE_INTO_CGROUP | CLONE_NEWCGROUP;
+    request.cgroup_fd = cgroup_fd;
   } else {
     plan.unshare_cgroup_ns = true;  // after the parent attached it (v1)
   }
-  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);  // the kernel ABI passes pointers as u64
-  args.exit_signal = SIGCHLD;
-  // Raw clone3: glibc has no wrapper, and only clone3 offers
-  // CLONE_INTO_CGROUP; the child continues like a fork child on a copy of
-  // this stack and runs RunChild, which never returns.
-  long pid = ::syscall(SYS_clone3, &args, sizeof args);
-  if (pid < 0) return Io("clone3");
-  if (pid == 0) RunChild(plan);
-
-  job.pid = static_cast<pid_t>(pid);
-  job.pidfd.reset(pidfd);
+  request.entry = &ChildEntry;
+  request.arg = &plan;
+  // The child runs on the spawner's stack and shares our memory until it
+  // has exec'd (EOF on the error pipe, below) or been reaped (fail): `plan`
+  // and everything it points to stay as they are until then, and every path
+  // out of this function passes one of the two.
+  spawner_->Spawn(request);
+  auto child = spawner_->AwaitChild(sync_write.get());
+  if (!child) return std::move(child).error().WithContext(fmt::format("starting sandbox {}", id));
+  pid_t pid = child->pid;
+  job.pid = pid;
+  job.pidfd = std::move(child->pidfd);
   // Best effort: without it the namespace goes with the job's exit instead.
   job.mount_ns.reset(
       ::open(fmt::format("/proc/{}/ns/mnt", pid).c_str(), O_RDONLY | O_NOCTTY | O_CLOEXEC));

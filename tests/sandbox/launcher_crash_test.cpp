@@ -79,14 +79,23 @@ std::string Show(const Leftovers& l) {
   return fmt::format("mounts={} loops={} cgroups={}", l.mounts, l.loops, l.cgroups);
 }
 
-// The pid of the launcher's child running `comm`, or 0.
+// The pid of the launcher's child running `comm`, or 0. Any of its threads
+// may be the parent (the service's spawner thread is).
 pid_t ChildNamed(pid_t parent, const std::string& comm) {
-  std::istringstream children(Read(fmt::format("/proc/{}/task/{}/children", parent, parent)));
-  pid_t child;
-  while (children >> child) {
-    if (Read(fmt::format("/proc/{}/comm", child)) == comm + "\n") return child;
+  std::string tasks = fmt::format("/proc/{}/task", parent);
+  DIR* dir = ::opendir(tasks.c_str());
+  if (!dir) return 0;
+  pid_t found = 0;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    std::istringstream children(Read(fmt::format("{}/{}/children", tasks, e->d_name)));
+    pid_t child;
+    while (found == 0 && children >> child) {
+      if (Read(fmt::format("/proc/{}/comm", child)) == comm + "\n") found = child;
+    }
   }
-  return 0;
+  ::closedir(dir);
+  return found;
 }
 
 TEST(LauncherCrashTest, KilledLauncherLeavesNothingAfterTheNextRun) {

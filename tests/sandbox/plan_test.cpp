@@ -108,7 +108,8 @@ TEST(PlanMounts, OverlayFirstThenProcDevTmpThenBinds) {
   EXPECT_EQ(ops[0].fstype, "overlay");
   EXPECT_EQ(ops[0].target, "/var/j/root");
   EXPECT_EQ(ops[0].data,
-            "lowerdir=/srv/base,upperdir=/var/j/disk/upper,workdir=/var/j/disk/work,userxattr");
+            "lowerdir=/srv/base,upperdir=/var/j/disk/upper,workdir=/var/j/disk/work,userxattr,"
+            "volatile");
   EXPECT_TRUE(ops[0].flags & MS_NOSUID);
   EXPECT_TRUE(ops[0].flags & MS_NODEV);
   auto find = [&](const std::string& target, MountOpKind kind) {

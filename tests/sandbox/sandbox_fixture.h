@@ -47,16 +47,26 @@ class SandboxFixture : public ::testing::Test {
       ASSERT_EQ(::symlink(fmt::format("usr/{}", link).c_str(), (base_ + "/" + link).c_str()), 0);
     WriteHostFile(base_ + "/base-file", "base\n");
     WriteHostFile(host_ + "/secret", "host secret\n");
-    auto cgroups = DetectCgroups(fmt::format("ralph-test-{}-{}", ::getpid(), counter_));
-    ASSERT_TRUE(cgroups) << cgroups.error().ToString();
-    ServiceOptions options;
-    options.state_dir = work_ + "/state";
-    options.name = fmt::format("t{}", ::getpid());
-    options.ids = ids_;
-    options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
-    auto service = SandboxService::Create(options, std::move(*cgroups), nullptr);
+    CreateService();
+  }
+
+  // (Re)creates service_ (state dir, cgroup parent and name of this test).
+  void CreateService() {
+    auto service = MakeService("");
     ASSERT_TRUE(service) << service.error().ToString();
     service_ = std::move(*service);
+  }
+  // A service of this test; a non-empty `suffix` makes another one beside
+  // service_ (its own state dir, cgroup parent and job names).
+  Result<std::unique_ptr<SandboxService>> MakeService(const std::string& suffix) {
+    std::string cgroup_parent = fmt::format("ralph-test-{}-{}{}", ::getpid(), counter_, suffix);
+    std::unique_ptr<CgroupManagerInterface> cgroups = TRY(DetectCgroups(cgroup_parent));
+    ServiceOptions options;
+    options.state_dir = work_ + "/state" + suffix;
+    options.name = fmt::format("t{}{}", ::getpid(), suffix);
+    options.ids = ids_;
+    options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
+    return SandboxService::Create(options, std::move(cgroups), nullptr);
   }
 
   void TearDown() override {

@@ -3,6 +3,7 @@
 // kill, pty, errors), and cgroup v2 where the host has it.
 #include <dirent.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -194,6 +195,124 @@ TEST_F(ServiceTest, LifecycleOrderIsEnforced) {
   auto missing = service_->Run("nope");
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
+}
+
+// The service's signal state never reaches the job: its children are spawned
+// sharing its memory (CLONE_VM) and must reset what execve keeps (the mask,
+// ignored signals) and never run a handler of the service's.
+TEST_F(ServiceTest, TheJobStartsWithDefaultSignalStateWhateverTheServiceHas) {
+  struct sigaction handler {};
+  handler.sa_handler = [](int) {};
+  struct sigaction old_usr1, old_pipe;
+  ASSERT_EQ(::sigaction(SIGUSR1, &handler, &old_usr1), 0);
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(::sigaction(SIGPIPE, &ignore, &old_pipe), 0);
+  sigset_t term, old_mask;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &term, &old_mask), 0);
+  // What the service has now, as the job must not see it.
+  std::string own = ReadHostFile("/proc/thread-self/status");
+  JobResult result = RunJob(Spec({"cat", "/proc/self/status"}));
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  ::sigaction(SIGPIPE, &old_pipe, nullptr);
+  ::sigaction(SIGUSR1, &old_usr1, nullptr);
+  auto field = [](const std::string& status, const std::string& name) {
+    size_t at = status.find("\n" + name + ":\t");
+    if (at == std::string::npos) return std::string("missing");
+    at += name.size() + 3;
+    return status.substr(at, status.find('\n', at) - at);
+  };
+  // SIGTERM (15) blocked, SIGPIPE (13) ignored, SIGUSR1 (10) caught here.
+  auto has = [&](const std::string& name, int sig) {
+    return (std::stoull(field(own, name), nullptr, 16) >> (sig - 1)) & 1;
+  };
+  EXPECT_TRUE(has("SigBlk", SIGTERM)) << own;
+  EXPECT_TRUE(has("SigIgn", SIGPIPE)) << own;
+  EXPECT_TRUE(has("SigCgt", SIGUSR1)) << own;
+  ASSERT_EQ(result.exit_code, 0) << Describe(result);
+  EXPECT_EQ(field(result.stdout_data, "SigBlk"), "0000000000000000") << result.stdout_data;
+  EXPECT_EQ(field(result.stdout_data, "SigIgn"), "0000000000000000") << result.stdout_data;
+  EXPECT_EQ(field(result.stdout_data, "SigCgt"), "0000000000000000") << result.stdout_data;
+}
+
+// The child changes its credentials while it shares the service's memory,
+// which makes that memory undumpable (commit_creds); the service must get
+// its dumpable flag back (core dumps, /proc/<pid> ownership).
+TEST_F(ServiceTest, TheServiceStaysDumpable) {
+  ASSERT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
+  for (int i = 0; i < 3; ++i) {
+    JobResult result = RunJob(Spec({"true"}));
+    EXPECT_EQ(result.exit_code, 0) << Describe(result);
+    EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1) << "after job " << i;
+  }
+  // Also after a job that failed before exec.
+  auto id = service_->CreateJob(Spec({"/no/such/command"}));
+  ASSERT_TRUE(id);
+  ASSERT_FALSE(service_->Run(*id));
+  ASSERT_TRUE(service_->Destroy(*id));
+  EXPECT_EQ(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
+}
+
+// A mount that fails in the child comes back with the step, the mount and
+// the errno, and the next job of the same service runs normally.
+TEST_F(ServiceTest, FailingMountIsReportedWithTheStep) {
+  std::string gone = host_ + "/gone";
+  ASSERT_EQ(::mkdir(gone.c_str(), 0755), 0);
+  SandboxSpec spec = Spec({"true"});
+  spec.binds.push_back({gone, "/gone", BindAccess::kReadOnly});
+  auto id = service_->CreateJob(spec);
+  ASSERT_TRUE(id) << id.error().ToString();
+  ASSERT_EQ(::rmdir(gone.c_str()), 0);  // the bind's source vanishes before Run
+  auto run = service_->Run(*id);
+  ASSERT_FALSE(run);
+  EXPECT_EQ(run.error().code(), ErrorCode::kNotFound) << run.error().ToString();
+  EXPECT_NE(run.error().message().find("in the sandbox: mounting "), std::string::npos)
+      << run.error().ToString();
+  EXPECT_NE(run.error().message().find(fmt::format("(bind {})", gone)), std::string::npos)
+      << run.error().ToString();
+  ASSERT_TRUE(service_->Destroy(*id));
+  JobResult result = RunJob(Spec({"sh", "-c", "echo fine"}));
+  EXPECT_EQ(result.stdout_data, "fine\n") << Describe(result);
+}
+
+// Many jobs one after the other, and two services (each with its own
+// spawner) starting jobs at the same time from two threads of one process.
+TEST_F(ServiceTest, SequentialAndConcurrentRuns) {
+  auto run_jobs = [this](SandboxService& service, const std::string& tag, int count,
+                         std::vector<std::string>& problems) {
+    for (int i = 0; i < count; ++i) {
+      SandboxSpec spec = Spec({"sh", "-c", "echo $0-$1", tag, std::to_string(i)});
+      auto id = service.CreateJob(spec);
+      if (!id) {
+        problems.push_back(id.error().ToString());
+        continue;
+      }
+      if (auto run = service.Run(*id); !run) {
+        problems.push_back(run.error().ToString());
+      } else if (auto result = service.Wait(*id); !result) {
+        problems.push_back(result.error().ToString());
+      } else if (result->exit_code != 0 || result->stdout_data != fmt::format("{}-{}\n", tag, i)) {
+        problems.push_back(Describe(*result));
+      }
+      if (auto destroyed = service.Destroy(*id); !destroyed)
+        problems.push_back(destroyed.error().ToString());
+    }
+  };
+  std::vector<std::string> first_problems, second_problems;
+  run_jobs(*service_, "seq", 40, first_problems);
+  EXPECT_EQ(first_problems, std::vector<std::string>{});
+  first_problems.clear();
+
+  auto second = MakeService("-second");
+  ASSERT_TRUE(second) << second.error().ToString();
+  std::thread other([&] { run_jobs(**second, "b", 25, second_problems); });
+  run_jobs(*service_, "a", 25, first_problems);
+  other.join();
+  EXPECT_EQ(first_problems, std::vector<std::string>{});
+  EXPECT_EQ(second_problems, std::vector<std::string>{});
+  second->reset();
 }
 
 // cgroup v2: this host mounts cgroup2 at /sys/fs/cgroup/unified with no

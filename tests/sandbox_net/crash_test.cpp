@@ -38,10 +38,14 @@ using testing::RecordingSink;
 const auto* const kEnvironment =
     ::testing::AddGlobalTestEnvironment(new testing::PrivateNetnsEnvironment);
 
-NetworkServiceConfig Config(TableOwnership ownership) {
+NetworkServiceConfig Config(TableOwnership ownership,
+                            ServiceTables tables = ServiceTables::kPerService,
+                            uint32_t prepared_tables = 0) {
   NetworkServiceConfig config;
   config.upstream_dns = "198.51.100.53";
   config.table_ownership = ownership;
+  config.service_tables = tables;
+  config.prepared_tables = prepared_tables;
   return config;
 }
 
@@ -78,7 +82,8 @@ bool Eventually(F done) {
 // killed. Forked while the test has no threads.
 class ServiceProcess {
  public:
-  ServiceProcess(TableOwnership ownership, int services) {
+  ServiceProcess(TableOwnership ownership, int services,
+                 ServiceTables tables = ServiceTables::kPerService, uint32_t prepared_tables = 0) {
     int report[2], go[2];
     if (::pipe2(report, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) std::abort();
     pid_ = ::fork();
@@ -87,7 +92,7 @@ class ServiceProcess {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       ::close(report[0]);
       ::close(go[1]);
-      ::_exit(Body(ownership, services, report[1], go[0]));
+      ::_exit(Body(Config(ownership, tables, prepared_tables), services, report[1], go[0]));
     }
     ::close(report[1]);
     ::close(go[0]);
@@ -123,7 +128,7 @@ class ServiceProcess {
   }
 
  private:
-  static int Body(TableOwnership ownership, int services, int report_fd, int go_fd) {
+  static int Body(const NetworkServiceConfig& config, int services, int report_fd, int go_fd) {
     auto say = [&](const std::string& line) {
       std::string text = line + "\n";
       return ::write(report_fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
@@ -139,7 +144,7 @@ class ServiceProcess {
     RecordingSink sink;
     std::string ready = "ready";
     for (int i = 0; i < services; ++i) {
-      auto service = NetworkService::Start(Config(ownership));
+      auto service = NetworkService::Start(config);
       if (!service) return say("error " + service.error().ToString()) ? 1 : 2;
       auto network =
           (*service)->CreateJob(fmt::format("doomed-{}", i), jobs[i].pid(), Spec(), &sink);
@@ -149,6 +154,8 @@ class ServiceProcess {
       started.push_back(std::move(*service));
       networks.push_back(std::move(*network));
     }
+    // Tables committed ahead (prepared_tables) are made by then too.
+    for (auto& service : started) service->WaitForPreparedTables();
     if (!say(ready)) return 1;
     for (;;) ::pause();  // until SIGKILL
   }
@@ -276,6 +283,74 @@ TEST(NetCrashTest, KilledServicesUnownedTablesAreSweptByTheNextStart) {
   EXPECT_EQ(Tables(), std::set<std::string>{});
 }
 
+// A killed service of the launcher's mode (ServiceTables::kWarm) with
+// unowned tables (a pre-5.12 kernel): the next start sweeps its job table
+// and takes the warm tables over as they are; only drain removes those.
+TEST(NetCrashTest, KilledWarmServicesJobTableIsSweptAndTheWarmTablesAreKept) {
+  ServiceProcess doomed(TableOwnership::kNever, 1, ServiceTables::kWarm);
+  std::string ready = doomed.Go();
+  ASSERT_EQ(ready, "ready 0 rja0");
+  const std::set<std::string> warm = {"ralph-warm-rj", "ralph-warm-ct-rj"};
+  std::set<std::string> with_job = warm;
+  with_job.insert("ralph_rja0");
+  EXPECT_EQ(Tables(), with_job);
+  // "table inet <name> { # handle <n>": the same handles mean the same tables.
+  const std::string kHandles =
+      "nft -a list table inet ralph-warm-rj | head -1; nft -a list table inet ralph-warm-ct-rj | "
+      "head -1";
+  std::string warm_handles = testing::ShellOutput(kHandles);
+  doomed.Kill();
+  EXPECT_TRUE(Eventually([] { return LinkGone("rja0"); }));
+  EXPECT_EQ(Tables(), with_job);
+
+  auto next = NetworkService::Start(Config(TableOwnership::kIfSupported, ServiceTables::kWarm));
+  ASSERT_TRUE(next) << next.error().ToString();
+  EXPECT_EQ(Tables(), warm);
+  // The same table (handle), not a new one.
+  EXPECT_EQ(testing::ShellOutput(kHandles), warm_handles);
+  JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string("ran"); });
+  RecordingSink sink;
+  auto network = (*next)->CreateJob("after-crash", job.pid(), Spec(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "ran");
+  EXPECT_TRUE((*network)->Teardown());
+  next->reset();
+  EXPECT_EQ(Tables(), warm);
+
+  auto removed = NetworkService::RemoveWarmTables("rj");
+  ASSERT_TRUE(removed) << removed.error().ToString();
+  EXPECT_EQ(Tables(), std::set<std::string>{});
+  EXPECT_TRUE(LinkGone("rja0"));
+}
+
+// Tables committed ahead for the next jobs (prepared_tables) are job tables
+// of the service's instance like any other: owned, they go with the killed
+// process; unowned, the next start of the instance sweeps them.
+TEST(NetCrashTest, KilledServicesPreparedTablesGoWithItOrWithTheNextStart) {
+  // Forked first, while this process has no threads.
+  ServiceProcess owned(TableOwnership::kIfSupported, 1, ServiceTables::kPerService, 2);
+  ServiceProcess unowned(TableOwnership::kNever, 1, ServiceTables::kPerService, 2);
+  const std::set<std::string> prepared = {"ralph_rja0", "ralph_rja1", "ralph_rja2",
+                                          "ralph_service_rja"};
+  ASSERT_EQ(owned.Go(), "ready 1 rja0");
+  EXPECT_EQ(Tables(), prepared);
+  owned.Kill();
+  EXPECT_TRUE(Eventually([] { return Tables().empty(); }))
+      << testing::ShellOutput("nft list tables");
+  ASSERT_TRUE(Eventually([] { return LinkGone("rja0"); }));
+
+  ASSERT_EQ(unowned.Go(), "ready 0 rja0");
+  EXPECT_EQ(Tables(), prepared);
+  unowned.Kill();
+  ASSERT_TRUE(Eventually([] { return LinkGone("rja0"); }));
+  EXPECT_EQ(Tables(), prepared);
+  auto next = NetworkService::Start(Config(TableOwnership::kIfSupported));
+  ASSERT_TRUE(next) << next.error().ToString();
+  EXPECT_EQ(Tables(), std::set<std::string>{"ralph_service_rja"});
+  next->reset();
+  EXPECT_EQ(Tables(), std::set<std::string>{});
+}
+
 #ifdef RALPH_SANDBOX_CLI
 // The defect as it was reported: `ralph-sandbox run` with networking,
 // SIGKILLed mid-job; the next networked run must succeed and no table may
@@ -300,7 +375,10 @@ TEST(NetCrashTest, KilledLauncherBlocksNoLaterRun) {
   int status = 0;
   ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
   ASSERT_TRUE(networked) << "the launcher never networked its job";
-  EXPECT_TRUE(Eventually([] { return Tables().empty(); }))
+  // Its own (owned) table goes with it; the warm table stays for the next
+  // run, by design (ServiceTables::kWarm).
+  const std::set<std::string> warm = {"ralph-warm-rj"};
+  EXPECT_TRUE(Eventually([&] { return Tables() == warm; }))
       << testing::ShellOutput("nft list tables");
 
   std::string second = fmt::format(
@@ -308,7 +386,12 @@ TEST(NetCrashTest, KilledLauncherBlocksNoLaterRun) {
       "-- /bin/echo second-run",
       RALPH_SANDBOX_CLI, base, work);
   EXPECT_EQ(testing::ShellOutput(second + " 2>&1 | grep -v 'warning'"), "second-run\n");
+  EXPECT_EQ(Tables(), warm);
+  // `drain` leaves no table, and no job link is left either.
+  EXPECT_EQ(testing::Shell(fmt::format("{} drain --state-dir {}/state", RALPH_SANDBOX_CLI, work)),
+            0);
   EXPECT_EQ(Tables(), std::set<std::string>{});
+  EXPECT_TRUE(Eventually([] { return LinkGone("rja0") && LinkGone("rjb0"); }));
   // What the killed launcher leaves outside the network (not this test's
   // subject; see sandbox/README.md): its job's upper volume mounted on a
   // loop device, and its cgroups.

@@ -347,6 +347,183 @@ TEST_F(NetEscapeTest, ConntrackAndNatComeWithTheFirstJobThatMaySendOut) {
   ASSERT_TRUE((*network)->Teardown());
 }
 
+// The launcher's mode (ServiceTables::kWarm): the forwarding policy and the
+// hold on the hooks are warm tables that outlive each service, are made
+// once and shared, and are removed by RemoveWarmTables (`drain`) only.
+TEST_F(NetEscapeTest, WarmTablesAreMadeOnceSharedAndLeftUntilDrained) {
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  config.expect_egress = false;
+  config.service_tables = ServiceTables::kWarm;
+  auto listing = [](const std::string& table) {
+    return testing::ShellOutput(fmt::format("nft -a list table inet {} 2>&1", table));
+  };
+  // "table inet <name> { # handle <n>": the same handle means the same table.
+  auto handle = [&](const std::string& table) {
+    std::string text = listing(table);
+    return text.substr(0, text.find('\n'));
+  };
+  RecordingSink sink;
+  std::string warm_handle;
+  {
+    auto first = NetworkService::Start(config);
+    ASSERT_TRUE(first) << first.error().ToString();
+    std::string text = listing("ralph-warm-rj");
+    EXPECT_NE(text.find("iifname \"rj*\" accept"), std::string::npos) << text;
+    EXPECT_NE(text.find("hook input"), std::string::npos) << text;
+    EXPECT_EQ(text.find("ct state"), std::string::npos) << text;
+    warm_handle = handle("ralph-warm-rj");
+    // No table of the service's own, and no conntrack part yet.
+    std::string tables = testing::ShellOutput("nft list tables");
+    EXPECT_EQ(tables.find(ServiceTableName((*first)->interface_prefix())), std::string::npos)
+        << tables;
+    EXPECT_EQ(tables.find("ralph-warm-ct-rj"), std::string::npos) << tables;
+
+    JobProcess job = JobProcess::Fork([](const JobContext&) {
+      return ProbeConnect("169.254.169.254", 80) + " " + ProbeConnect("203.0.113.10", 80);
+    });
+    auto network = (*first)->CreateJob("warm-nothing", job.pid(), NetworkSpec{}, &sink);
+    ASSERT_TRUE(network) << network.error().ToString();
+    EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "failed:timeout failed:timeout");
+    EXPECT_TRUE(sink.WaitFor([&](const NetEvent& e) {
+      return e.job_id == "warm-nothing" && e.destination == "169.254.169.254" &&
+             e.reason == "metadata" && e.verdict == NetVerdict::kDenied;
+    })) << sink.Dump();
+    ASSERT_TRUE((*network)->TeardownWithNamespace());
+
+    // The first job that may send out adds the conntrack part.
+    JobProcess web =
+        JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
+    auto web_network = (*first)->CreateJob("warm-web", web.pid(), WebOnly(), &sink);
+    ASSERT_TRUE(web_network) << web_network.error().ToString();
+    text = listing("ralph-warm-ct-rj");
+    EXPECT_NE(text.find("ct state invalid drop"), std::string::npos) << text;
+    EXPECT_NE(text.find("hook postrouting"), std::string::npos) << text;
+    EXPECT_EQ(web.Go({(*web_network)->resolver_address(), ""}), "connected:hello");
+    ASSERT_TRUE((*web_network)->Teardown());
+  }
+  // Left in place by the stopped service, untouched.
+  EXPECT_EQ(handle("ralph-warm-rj"), warm_handle);
+  std::string ct_handle = handle("ralph-warm-ct-rj");
+  EXPECT_NE(ct_handle.find("# handle"), std::string::npos) << ct_handle;
+
+  // Two services at once take them as they are: still one of each.
+  auto second = NetworkService::Start(config);
+  ASSERT_TRUE(second) << second.error().ToString();
+  NetworkServiceConfig third_config = config;
+  third_config.expect_egress = true;
+  auto third = NetworkService::Start(third_config);
+  ASSERT_TRUE(third) << third.error().ToString();
+  EXPECT_EQ(handle("ralph-warm-rj"), warm_handle);
+  EXPECT_EQ(handle("ralph-warm-ct-rj"), ct_handle);
+  JobProcess web =
+      JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
+  auto network = (*second)->CreateJob("warm-again", web.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ(web.Go({(*network)->resolver_address(), ""}), "connected:hello");
+  ASSERT_TRUE((*network)->Teardown());
+  std::string tables = testing::ShellOutput("nft list tables");
+  size_t warm_tables = 0;
+  for (size_t at = tables.find("ralph-warm"); at != std::string::npos;
+       at = tables.find("ralph-warm", at + 1))
+    ++warm_tables;
+  EXPECT_EQ(warm_tables, 2u) << tables;
+  second->reset();
+  third->reset();
+
+  // drain: both go; a second drain finds nothing.
+  auto removed = NetworkService::RemoveWarmTables("rj");
+  ASSERT_TRUE(removed) << removed.error().ToString();
+  EXPECT_EQ(*removed, (std::vector<std::string>{"ralph-warm-rj", "ralph-warm-ct-rj"}));
+  tables = testing::ShellOutput("nft list tables");
+  EXPECT_EQ(tables.find("ralph-warm"), std::string::npos) << tables;
+  auto again = NetworkService::RemoveWarmTables("rj");
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_TRUE(again->empty());
+}
+
+// prepared_tables: the next jobs with the same spec get a table committed
+// ahead, which enforces the same rules; never more than the configured
+// number wait; another spec drops them; the service's stop removes them.
+TEST_F(NetEscapeTest, PreparedTablesServeTheNextJobsWithTheSameSpec) {
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  config.prepared_tables = 2;
+  auto service = NetworkService::Start(config);
+  ASSERT_TRUE(service) << service.error().ToString();
+  const std::string prefix = (*service)->interface_prefix();
+  auto job_tables = [&] {
+    std::string tables = testing::ShellOutput("nft list tables");
+    size_t count = 0;
+    std::string needle = " ralph_" + prefix;
+    for (size_t at = tables.find(needle); at != std::string::npos; at = tables.find(needle, at + 1))
+      ++count;
+    return count;
+  };
+  auto probe = [](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("203.0.113.20", 80);
+  };
+  RecordingSink sink;
+  std::vector<std::unique_ptr<JobNetwork>> networks;
+
+  // The first job's table is made at its start; then two for its spec.
+  JobProcess first = JobProcess::Fork(probe);
+  auto network = (*service)->CreateJob("prepared-1", first.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ((*network)->host_interface(), prefix + "0");
+  EXPECT_EQ((*service)->WaitForPreparedTables(), 2u);
+  EXPECT_EQ(job_tables(), 3u);
+  EXPECT_EQ((*service)->live_jobs(), 3u);
+  EXPECT_EQ(first.Go({(*network)->resolver_address(), ""}), "connected:hello|failed:timeout");
+  networks.push_back(std::move(*network));
+
+  // The next one takes a prepared table: the same rules, the same events.
+  JobProcess second = JobProcess::Fork(probe);
+  auto taken = (*service)->CreateJob("prepared-2", second.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(taken) << taken.error().ToString();
+  EXPECT_EQ((*taken)->host_interface(), prefix + "1");
+  EXPECT_EQ(second.Go({(*taken)->resolver_address(), ""}), "connected:hello|failed:timeout");
+  EXPECT_TRUE(sink.WaitFor([](const NetEvent& e) {
+    return e.job_id == "prepared-2" && e.verdict == NetVerdict::kDenied &&
+           e.destination == "203.0.113.20" && e.reason == "not-allowlisted";
+  })) << sink.Dump();
+  EXPECT_TRUE(sink.WaitFor([](const NetEvent& e) {
+    return e.job_id == "prepared-2" && e.verdict == NetVerdict::kAllowed &&
+           e.destination == "203.0.113.10" && e.reason == "allowlist";
+  })) << sink.Dump();
+  networks.push_back(std::move(*taken));
+  // Bounded: two jobs and two prepared tables.
+  EXPECT_EQ((*service)->WaitForPreparedTables(), 2u);
+  EXPECT_EQ(job_tables(), 4u);
+
+  // Another spec: its own table at its start, and the prepared ones are
+  // replaced by two for it.
+  JobProcess other = JobProcess::Fork(probe);
+  auto fresh = (*service)->CreateJob("prepared-other", other.pid(), NetworkSpec{}, &sink);
+  ASSERT_TRUE(fresh) << fresh.error().ToString();
+  EXPECT_EQ(other.Go({(*fresh)->resolver_address(), ""}), "failed:timeout|failed:timeout");
+  networks.push_back(std::move(*fresh));
+  EXPECT_EQ((*service)->WaitForPreparedTables(), 2u);
+  EXPECT_EQ(job_tables(), 5u);
+  EXPECT_EQ((*service)->live_jobs(), 5u);
+
+  for (auto& job_network : networks) EXPECT_TRUE(job_network->Teardown());
+  EXPECT_EQ(job_tables(), 2u);  // the prepared ones, until the service stops
+  service->reset();
+  EXPECT_EQ(job_tables(), 0u) << testing::ShellOutput("nft list tables");
+  EXPECT_EQ(testing::ShellOutput("nft list tables").find(ServiceTableName(prefix)),
+            std::string::npos);
+
+  // Out of range: the config error names the field.
+  config.prepared_tables = NetworkService::kMaxPreparedTables + 1;
+  auto refused = NetworkService::Start(config);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(refused.error().message(), "prepared_tables 9: at most 8");
+}
+
 TEST_F(NetEscapeTest, HostLoopbackAndOwnAddressesAreUnreachable) {
   // Host services: one on loopback, one on every address.
   int any = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -398,6 +399,82 @@ TEST(RulePlanTest, ServiceTableForwardsOnlyJobVeths) {
   EXPECT_EQ(Chain(untouched, "forward").rules.size(), 1u);
 }
 
+TEST(RulePlanTest, WarmTablesHoldTheHooksJobTablesUse) {
+  NftTablePlan warm = PlanWarmTable("rj", ForwardingPolicy::kOnlyJobs);
+  EXPECT_EQ(warm.name, "ralph-warm-rj");
+  ASSERT_EQ(warm.chains.size(), 2u);
+  // The service table's stateless forwarding policy...
+  const NftChain& forward = Chain(warm, "forward");
+  EXPECT_EQ(forward.hook, NftHook::kForward);
+  EXPECT_EQ(forward.policy, NftVerdict::kDrop);
+  ASSERT_EQ(forward.rules.size(), 2u);
+  EXPECT_EQ(*forward.rules[0].iifname, "rj*");
+  EXPECT_EQ(*forward.rules[1].oifname, "rj*");
+  // ...and an input chain that decides nothing.
+  const NftChain& input = Chain(warm, "input");
+  EXPECT_EQ(input.hook, NftHook::kInput);
+  EXPECT_EQ(input.policy, NftVerdict::kAccept);
+  EXPECT_TRUE(input.rules.empty());
+  EXPECT_EQ(Chain(PlanWarmTable("rj", ForwardingPolicy::kUntouched), "forward").policy,
+            NftVerdict::kAccept);
+
+  // Every hook point a job table registers is held by the warm tables: the
+  // stateless job's forward/input, and the stateful one's nat postrouting.
+  auto job = PlanJobTable(Addressing(), NetworkSpec{.allow = {{.cidr = "203.0.113.0/24"}}}, 77);
+  ASSERT_TRUE(job);
+  NftTablePlan conntrack = PlanWarmConntrackTable("rj");
+  EXPECT_EQ(conntrack.name, "ralph-warm-ct-rj");
+  for (const NftChain& chain : job->chains) {
+    if (chain.hook == NftHook::kNone) continue;
+    const NftTablePlan& holder = chain.nat ? conntrack : warm;
+    EXPECT_TRUE(std::any_of(holder.chains.begin(), holder.chains.end(), [&](const NftChain& c) {
+      return c.hook == chain.hook && c.nat == chain.nat;
+    })) << chain.name;
+  }
+  // The conntrack table adds only the stateful part: policy accept, invalid
+  // state dropped, an idle nat chain whose masquerade never matches.
+  const NftChain& ct_forward = Chain(conntrack, "forward");
+  EXPECT_EQ(ct_forward.policy, NftVerdict::kAccept);
+  ASSERT_EQ(ct_forward.rules.size(), 1u);
+  EXPECT_EQ(ct_forward.rules[0].ct_state, kCtInvalid);
+  EXPECT_EQ(ct_forward.rules[0].verdict, NftVerdict::kDrop);
+  const NftChain& nat = Chain(conntrack, "postrouting");
+  EXPECT_TRUE(nat.nat);
+  ASSERT_EQ(nat.rules.size(), 1u);
+  EXPECT_EQ(nat.rules[0].saddr->AddressString(), "255.255.255.255");
+
+  // No prefix's stale-table sweep can ever take them for an instance's.
+  for (const char* prefix : {"rj", "warm", "warm_", "a", "ralph_", "w1"}) {
+    for (const std::string& name : {WarmTableName(prefix), WarmConntrackTableName(prefix)}) {
+      for (const char* sweeper : {"rj", "warm", "warm_", "a", "ralph_", "w1", "ralph"}) {
+        EXPECT_EQ(TableInstance(name, sweeper, 16), std::nullopt) << name << " " << sweeper;
+      }
+      EXPECT_TRUE(UnownedTablesByInstance({{.name = name}}, prefix, 16).empty()) << name;
+    }
+  }
+}
+
+TEST(RulePlanTest, NetworkSpecKeyTellsApartEverythingThatShapesTheTable) {
+  NetworkSpec base{.allow = {{.cidr = "203.0.113.0/24", .port_min = 443}},
+                   .allowed_domains = {"*.example.com"}};
+  EXPECT_EQ(NetworkSpecKey(base), NetworkSpecKey(base));
+  std::vector<NetworkSpec> variants(8, base);
+  variants[0].enabled = false;
+  variants[1].allow[0].cidr = "203.0.113.0/25";
+  variants[2].allow[0].port_max = 444;
+  variants[3].allow[0].protocol = Protocol::kUdp;
+  variants[4].allowed_domains = {"example.com"};
+  variants[5].domain_ports = {443, 80};
+  variants[6].allow.push_back({.cidr = "2001:db8::/32"});
+  // Strings that would run together without their lengths.
+  variants[7].allowed_domains = {"*.example.com", ""};
+  std::set<std::string> keys = {NetworkSpecKey(base)};
+  for (const NetworkSpec& variant : variants) keys.insert(NetworkSpecKey(variant));
+  EXPECT_EQ(keys.size(), variants.size() + 1);
+  NetworkSpec split{.allowed_domains = {"a;1:b"}}, joined{.allowed_domains = {"a", "b"}};
+  EXPECT_NE(NetworkSpecKey(split), NetworkSpecKey(joined));
+}
+
 TEST(LogPrefixTest, ParsesOnlyPlannerPrefixes) {
   auto parsed = ParseLogPrefix("rj12 d metadata");
   ASSERT_TRUE(parsed);
@@ -602,6 +679,77 @@ TEST(DnsMessageTest, ExtractsAnsweredAddressesWithTtl) {
             "upstream answered \"api.allowed.test\", asked \"other.allowed.test\"");
   EXPECT_FALSE(ExtractDnsAddresses(Query("api.allowed.test.", LDNS_RR_TYPE_A, 99), 99,
                                    "api.allowed.test"));  // a query, not an answer
+}
+
+TEST(DnsMessageTest, ADotInsideALabelIsNotALabelBoundary) {
+  // One label "api.allowed" under "test": printed naively it would read
+  // "api.allowed.test", which the allowlist names; it is another name.
+  auto list = DnsAllowlist::Create({"api.allowed.test", "*.allowed.test"});
+  ASSERT_TRUE(list);
+  std::vector<uint8_t> query = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 11};
+  for (char c : std::string("api.allowed")) query.push_back(static_cast<uint8_t>(c));
+  query.push_back(4);
+  for (char c : std::string("test")) query.push_back(static_cast<uint8_t>(c));
+  query.insert(query.end(), {0, 0, 1, 0, 1});  // root, type A, class IN
+  DnsQueryDecision decision = DecideDnsQuery(query, *list);
+  EXPECT_EQ(decision.action, DnsAction::kRefuse);
+  EXPECT_EQ(decision.reason, "dns: name not allowed");
+  EXPECT_NE(decision.name, "api.allowed.test");
+}
+
+TEST(DnsMessageTest, OnlyTheQuestionAndAWellFormedAdditionalSectionPass) {
+  auto list = DnsAllowlist::Create({"api.allowed.test"});
+  ASSERT_TRUE(list);
+  // With EDNS (an OPT record in the additional section): forwarded.
+  ldns_pkt* pkt = nullptr;
+  ASSERT_EQ(ldns_pkt_query_new_frm_str(&pkt, "api.allowed.test.", LDNS_RR_TYPE_AAAA,
+                                       LDNS_RR_CLASS_IN, LDNS_RD),
+            LDNS_STATUS_OK);
+  ldns_pkt_set_edns_udp_size(pkt, 1232);
+  uint8_t* wire = nullptr;
+  size_t size = 0;
+  ASSERT_EQ(ldns_pkt2wire(&wire, pkt, &size), LDNS_STATUS_OK);
+  std::vector<uint8_t> edns(wire, wire + size);
+  free(wire);
+  ldns_pkt_free(pkt);
+  ASSERT_EQ(edns[11], 1);  // arcount
+  DnsQueryDecision decision = DecideDnsQuery(edns, *list);
+  EXPECT_EQ(decision.action, DnsAction::kForward);
+  EXPECT_EQ(decision.type, LDNS_RR_TYPE_AAAA);
+
+  // Anything riding along is malformed: trailing bytes, a record the
+  // counts do not announce, an answer record, a truncated OPT.
+  std::vector<uint8_t> plain = Query("api.allowed.test.", LDNS_RR_TYPE_A);
+  std::vector<uint8_t> trailing = plain;
+  trailing.insert(trailing.end(), {'e', 'x', 'f', 'i', 'l'});
+  std::vector<uint8_t> with_answer = plain;
+  with_answer[7] = 1;  // ancount, no record
+  std::vector<uint8_t> truncated(edns.begin(), edns.end() - 3);
+  std::vector<uint8_t> loop = {0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1};
+  for (const auto& bad : {trailing, with_answer, truncated, loop}) {
+    DnsQueryDecision refused = DecideDnsQuery(bad, *list);
+    EXPECT_EQ(refused.action, DnsAction::kFormErr);
+    EXPECT_EQ(refused.reason, "dns: malformed query");
+  }
+}
+
+TEST(DnsMessageTest, ExtractTakesOnlyTheQuestionsNameAndItsCnameChain) {
+  std::vector<uint8_t> answer =
+      Answer("api.allowed.test.", 5,
+             {"api.allowed.test. 30 IN A 203.0.113.7", "elsewhere.test. 30 IN A 198.51.100.66",
+              "api.allowed.test. 30 IN CNAME edge.allowed.test.",
+              "unrelated.test. 30 IN AAAA 2001:db8::66"});
+  auto addresses = ExtractDnsAddresses(answer, 5, "api.allowed.test");
+  ASSERT_TRUE(addresses) << addresses.error().message();
+  ASSERT_EQ(addresses->size(), 1u);
+  EXPECT_EQ((*addresses)[0].address.AddressString(), "203.0.113.7");
+  EXPECT_EQ((*addresses)[0].ttl, 30u);
+
+  std::vector<uint8_t> cut(answer.begin(), answer.end() - 2);
+  auto truncated = ExtractDnsAddresses(cut, 5, "api.allowed.test");
+  ASSERT_FALSE(truncated);
+  EXPECT_EQ(truncated.error().code(), ErrorCode::kCorrupt);
+  EXPECT_NE(truncated.error().message().find("upstream answer does not parse"), std::string::npos);
 }
 
 // ---- address pool ----------------------------------------------------------

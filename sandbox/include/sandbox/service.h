@@ -8,9 +8,10 @@
 // volume and state directory). Kill may be called at any time.
 //
 // Jobs are spawned in-process: no helper binary is executed. The service is
-// not thread-safe (ralphd drives it from one event loop); Run must be called
-// from a thread that outlives the job, because the job's parent-death signal
-// follows that thread.
+// not thread-safe (ralphd drives it from one event loop); several services
+// may run in one process. Each has a spawner thread of its own, the parent
+// of its jobs: a job's parent-death signal follows that thread, which lives
+// as long as the service (so any thread may call Run).
 #pragma once
 
 #include <sys/resource.h>
@@ -34,6 +35,8 @@
 #include "sandbox/storage.h"
 
 namespace ralph::sandbox {
+
+class Spawner;  // sandbox/src/spawner.h (private)
 
 // Creates a job's network between clone and exec (see job_network.h). The
 // production one wraps a NetworkService (MakeNetworkProvider); tests may
@@ -64,6 +67,12 @@ std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServi
 std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
     NetEventSinkInterface* events,
     std::function<void(LogLevel level, const std::string& message)> log = {});
+// Added by sandbox-net. Removes the warm nft tables that launchers
+// (NetworkServiceConfig::service_tables = kWarm) leave in the calling
+// thread's netns for the default ifname prefix, and returns their names:
+// what `ralph-sandbox drain` does besides unmounting idle volumes. Without
+// sandbox/net: nothing to remove.
+Result<std::vector<std::string>> RemoveWarmNetworkTables();
 
 // How Destroy removes the veth pair of a job that has exited.
 enum class NetworkTeardown {
@@ -148,8 +157,8 @@ class SandboxService {
 
  private:
   SandboxService(ServiceOptions options, std::unique_ptr<CgroupManagerInterface> cgroups,
-                 std::unique_ptr<NetworkProviderInterface> network, SeccompProgram seccomp,
-                 int landlock_abi);
+                 std::unique_ptr<NetworkProviderInterface> network,
+                 std::unique_ptr<Spawner> spawner, SeccompProgram seccomp, int landlock_abi);
   Result<Job*> Find(const JobId& id) const;
   Result<void> Teardown(Job& job);
 
@@ -157,6 +166,7 @@ class SandboxService {
   std::unique_ptr<CgroupManagerInterface> cgroups_;
   std::unique_ptr<NetworkProviderInterface> network_;
   std::unique_ptr<LoopVolumeFactory> volumes_;
+  std::unique_ptr<Spawner> spawner_;
   SeccompProgram seccomp_;
   int landlock_abi_;
   int last_cap_;

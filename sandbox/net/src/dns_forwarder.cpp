@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <ldns/ldns.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
@@ -273,12 +272,12 @@ void DnsForwarder::HandleQuery(const std::string& job_key, uint64_t client_item,
   DnsQueryDecision decision = DecideDnsQuery(query, job->second.config.allowlist);
   if (decision.action == DnsAction::kFormErr) {
     Emit(job->second, decision.name, protocol, NetVerdict::kDenied, decision.reason);
-    Reply(client_item, client, client_len, MakeDnsError(query, LDNS_RCODE_FORMERR));
+    Reply(client_item, client, client_len, MakeDnsError(query, kDnsFormErr));
     return;
   }
   if (decision.action == DnsAction::kRefuse) {
     Emit(job->second, decision.name, protocol, NetVerdict::kDenied, decision.reason);
-    Reply(client_item, client, client_len, MakeDnsError(query, LDNS_RCODE_REFUSED));
+    Reply(client_item, client, client_len, MakeDnsError(query, kDnsRefused));
     return;
   }
   size_t pending = 0;
@@ -287,7 +286,7 @@ void DnsForwarder::HandleQuery(const std::string& job_key, uint64_t client_item,
     if (it != items_.end() && it->second.kind == Kind::kUpstream) ++pending;
   }
   if (pending >= kMaxPendingPerJob) {
-    Reply(client_item, client, client_len, MakeDnsError(query, LDNS_RCODE_SERVFAIL));
+    Reply(client_item, client, client_len, MakeDnsError(query, kDnsServFail));
     return;
   }
   // A fresh socket and id per query: answers cannot be matched across jobs,
@@ -297,7 +296,7 @@ void DnsForwarder::HandleQuery(const std::string& job_key, uint64_t client_item,
   // reinterpret_cast: the socket API takes the generic sockaddr.
   if (!fd || connect(fd.get(), reinterpret_cast<const sockaddr*>(&options_.upstream),
                      options_.upstream_len) != 0) {
-    Reply(client_item, client, client_len, MakeDnsError(query, LDNS_RCODE_SERVFAIL));
+    Reply(client_item, client, client_len, MakeDnsError(query, kDnsServFail));
     return;
   }
   Item item;
@@ -314,7 +313,7 @@ void DnsForwarder::HandleQuery(const std::string& job_key, uint64_t client_item,
   query[1] = static_cast<uint8_t>(item.upstream_id & 0xff);
   item.buffer = query;  // kept for the SERVFAIL on timeout
   if (send(fd.get(), query.data(), query.size(), 0) != static_cast<ssize_t>(query.size())) {
-    Reply(client_item, client, client_len, MakeDnsError(query, LDNS_RCODE_SERVFAIL));
+    Reply(client_item, client, client_len, MakeDnsError(query, kDnsServFail));
     return;
   }
   item.fd = std::move(fd);
@@ -347,7 +346,7 @@ void DnsForwarder::HandleUpstream(uint64_t id) {
       query[0] = static_cast<uint8_t>(pending.client_id >> 8);
       query[1] = static_cast<uint8_t>(pending.client_id & 0xff);
       Reply(pending.client_item, pending.client, pending.client_len,
-            MakeDnsError(query, LDNS_RCODE_SERVFAIL));
+            MakeDnsError(query, kDnsServFail));
       RemoveItem(id);
       return;
     }
@@ -395,8 +394,7 @@ void DnsForwarder::SweepTimeouts() {
       std::vector<uint8_t> query = item.buffer;
       query[0] = static_cast<uint8_t>(item.client_id >> 8);
       query[1] = static_cast<uint8_t>(item.client_id & 0xff);
-      Reply(item.client_item, item.client, item.client_len,
-            MakeDnsError(query, LDNS_RCODE_SERVFAIL));
+      Reply(item.client_item, item.client, item.client_len, MakeDnsError(query, kDnsServFail));
     }
     RemoveItem(id);
   }

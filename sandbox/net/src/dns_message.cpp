@@ -1,64 +1,126 @@
 #include "sandbox/net/dns_message.h"
 
-#include <ldns/ldns.h>
+#include <ares.h>
+#include <arpa/inet.h>
 
-#include <cstdlib>
+#include <array>
 #include <memory>
+#include <optional>
 
 #include <fmt/format.h>
 
 namespace ralph::sandbox {
 namespace {
 
-struct PktDeleter {
-  void operator()(ldns_pkt* pkt) const { ldns_pkt_free(pkt); }
-};
-using PktPtr = std::unique_ptr<ldns_pkt, PktDeleter>;
-struct MallocDeleter {
-  void operator()(void* p) const { free(p); }
+// c-ares, not ldns: any use of ldns links its DNSSEC code (rr.o needs
+// dnssec.o), and with it most of libcrypto, into the statically linked
+// launcher, whose every start then pays a page fault per page of
+// libcrypto's relocated tables (~3 ms here). c-ares parses names
+// (compression, loops, escaping) and A/AAAA answers; the fixed-size header
+// and the record framing around them are RFC 1035 4.1.
+
+constexpr size_t kHeaderSize = 12;
+constexpr size_t kFixedRecordSize = 10;  // type, class, ttl, rdlength
+constexpr size_t kMaxAnswers = 64;       // A + AAAA records taken from one answer
+
+struct Header {
+  uint16_t id = 0;
+  bool response = false;
+  uint8_t opcode = 0;
+  uint16_t counts[4] = {};  // question, answer, authority, additional
 };
 
-PktPtr Parse(const std::vector<uint8_t>& wire) {
-  ldns_pkt* pkt = nullptr;
-  if (ldns_wire2pkt(&pkt, wire.data(), wire.size()) != LDNS_STATUS_OK) return nullptr;
-  return PktPtr(pkt);
+uint16_t Read16(const std::vector<uint8_t>& wire, size_t at) {
+  return static_cast<uint16_t>(wire[at] << 8 | wire[at + 1]);
 }
 
-std::string QuestionName(const ldns_pkt* pkt) {
-  ldns_rr* question = ldns_rr_list_rr(ldns_pkt_question(pkt), 0);
-  if (!question) return "";
-  std::unique_ptr<char, MallocDeleter> text(ldns_rdf2str(ldns_rr_owner(question)));
-  if (!text) return "";
-  return text.get();
+std::optional<Header> ReadHeader(const std::vector<uint8_t>& wire) {
+  if (wire.size() < kHeaderSize) return std::nullopt;
+  Header header;
+  header.id = Read16(wire, 0);
+  header.response = (wire[2] & 0x80) != 0;
+  header.opcode = static_cast<uint8_t>((wire[2] >> 3) & 0x0f);
+  for (size_t i = 0; i < 4; ++i) header.counts[i] = Read16(wire, 4 + 2 * i);
+  return header;
+}
+
+struct ReleaseAresString {
+  void operator()(char* text) const { ares_free_string(text); }
+};
+
+// The name at `at` in presentation form without the trailing dot ("" for the
+// root), escaped by c-ares (so a '.' inside a label never passes for a label
+// boundary), and the offset just past it; nullopt when it does not parse.
+std::optional<std::pair<std::string, size_t>> ReadName(const std::vector<uint8_t>& wire,
+                                                       size_t at) {
+  char* text = nullptr;
+  long length = 0;
+  if (at >= wire.size() ||
+      ares_expand_name(wire.data() + at, wire.data(), static_cast<int>(wire.size()), &text,
+                       &length) != ARES_SUCCESS)
+    return std::nullopt;
+  std::unique_ptr<char, ReleaseAresString> owned(text);
+  return std::make_pair(std::string(text), at + static_cast<size_t>(length));
+}
+
+struct Question {
+  std::string name;
+  uint16_t type = 0;
+  size_t end = 0;  // offset just past the question section
+};
+
+// The single question right after the header.
+std::optional<Question> ReadQuestion(const std::vector<uint8_t>& wire) {
+  auto name = ReadName(wire, kHeaderSize);
+  if (!name || wire.size() - name->second < 4) return std::nullopt;
+  return Question{name->first, Read16(wire, name->second), name->second + 4};
+}
+
+// True when `count` records start at `at` and end exactly at the message's end.
+bool RecordsFill(const std::vector<uint8_t>& wire, size_t at, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    auto name = ReadName(wire, at);
+    if (!name || wire.size() - name->second < kFixedRecordSize) return false;
+    size_t data = name->second + kFixedRecordSize;
+    size_t length = Read16(wire, data - 2);
+    if (wire.size() - data < length) return false;
+    at = data + length;
+  }
+  return at == wire.size();
 }
 
 }  // namespace
 
 DnsQueryDecision DecideDnsQuery(const std::vector<uint8_t>& query, const DnsAllowlist& allowlist) {
   DnsQueryDecision decision;
-  if (query.size() >= 2) decision.id = static_cast<uint16_t>(query[0] << 8 | query[1]);
-  PktPtr pkt = Parse(query);
-  if (!pkt) {
+  std::optional<Header> header = ReadHeader(query);
+  if (!header) {
     decision.reason = "dns: malformed query";
     return decision;
   }
-  if (ldns_pkt_qr(pkt.get()) || ldns_pkt_qdcount(pkt.get()) != 1 ||
-      ldns_rr_list_rr_count(ldns_pkt_question(pkt.get())) != 1) {
+  decision.id = header->id;
+  if (header->response || header->counts[0] != 1) {
     decision.reason = "dns: not exactly one question";
     return decision;
   }
-  ldns_rr* question = ldns_rr_list_rr(ldns_pkt_question(pkt.get()), 0);
-  decision.type = static_cast<uint16_t>(ldns_rr_get_type(question));
-  std::string raw = QuestionName(pkt.get());
-  decision.name = NormalizeDnsName(raw);
-  if (ldns_pkt_get_opcode(pkt.get()) != LDNS_PACKET_QUERY) {
+  // A query is forwarded as it came: nothing may ride along but the
+  // question and an additional section (EDNS) that parses to the last byte.
+  std::optional<Question> question = ReadQuestion(query);
+  if (!question || header->counts[1] != 0 || header->counts[2] != 0 ||
+      !RecordsFill(query, question->end, header->counts[3])) {
+    decision.reason = "dns: malformed query";
+    return decision;
+  }
+  decision.type = question->type;
+  decision.name = NormalizeDnsName(question->name);
+  if (header->opcode != 0) {  // QUERY
     decision.action = DnsAction::kRefuse;
     decision.reason = "dns: not a standard query";
     return decision;
   }
   if (decision.name.empty()) {
     // Escaped bytes, empty labels: nothing an allowlist can name.
-    decision.name = raw;
+    decision.name = question->name;
     decision.action = DnsAction::kRefuse;
     decision.reason = "dns: name not allowed";
     return decision;
@@ -74,58 +136,72 @@ DnsQueryDecision DecideDnsQuery(const std::vector<uint8_t>& query, const DnsAllo
 }
 
 std::vector<uint8_t> MakeDnsError(const std::vector<uint8_t>& query, uint8_t rcode) {
-  PktPtr pkt = Parse(query);
-  if (pkt) {
-    ldns_pkt_set_qr(pkt.get(), true);
-    ldns_pkt_set_ra(pkt.get(), true);
-    ldns_pkt_set_aa(pkt.get(), false);
-    ldns_pkt_set_rcode(pkt.get(), rcode);
-    uint8_t* wire = nullptr;
-    size_t size = 0;
-    if (ldns_pkt2wire(&wire, pkt.get(), &size) == LDNS_STATUS_OK) {
-      std::unique_ptr<uint8_t, MallocDeleter> owned(wire);
-      return std::vector<uint8_t>(wire, wire + size);
-    }
-  }
-  // A bare 12-byte header: id echoed, QR set, the rcode, no sections.
-  std::vector<uint8_t> header(12, 0);
+  // The header (id, opcode and RD echoed; QR, RA and the rcode set), then the
+  // question when there is exactly one that parses, and no records.
+  std::vector<uint8_t> answer(kHeaderSize, 0);
   if (query.size() >= 2) {
-    header[0] = query[0];
-    header[1] = query[1];
+    answer[0] = query[0];
+    answer[1] = query[1];
   }
-  header[2] = 0x80;
-  header[3] = static_cast<uint8_t>(0x80 | (rcode & 0x0f));
-  return header;
+  answer[2] = 0x80;
+  answer[3] = static_cast<uint8_t>(0x80 | (rcode & 0x0f));
+  std::optional<Header> header = ReadHeader(query);
+  if (!header || header->counts[0] != 1) return answer;
+  std::optional<Question> question = ReadQuestion(query);
+  if (!question) return answer;
+  answer[2] = static_cast<uint8_t>(0x80 | (query[2] & 0x79));  // opcode and RD
+  answer[5] = 1;                                               // one question
+  // Copied as it came: a compression pointer in it still points into an
+  // identical header and question.
+  answer.insert(answer.end(), query.begin() + kHeaderSize,
+                query.begin() + static_cast<long>(question->end));
+  return answer;
 }
 
 Result<std::vector<DnsAddress>> ExtractDnsAddresses(const std::vector<uint8_t>& response,
                                                     uint16_t id, const std::string& name) {
-  PktPtr pkt = Parse(response);
-  if (!pkt) return Error::Make(ErrorCode::kCorrupt, "upstream answer does not parse");
-  if (!ldns_pkt_qr(pkt.get())) {
+  std::optional<Header> header = ReadHeader(response);
+  std::optional<Question> question;
+  if (header && header->counts[0] == 1) question = ReadQuestion(response);
+  if (!question) return Error::Make(ErrorCode::kCorrupt, "upstream answer does not parse");
+  if (!header->response)
     return Error::Make(ErrorCode::kCorrupt, "upstream sent a query, not an answer");
+  if (header->id != id) {
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("upstream answer id {} != query id {}", header->id, id));
   }
-  if (ldns_pkt_id(pkt.get()) != id) {
-    return Error::Make(ErrorCode::kCorrupt, fmt::format("upstream answer id {} != query id {}",
-                                                        ldns_pkt_id(pkt.get()), id));
-  }
-  std::string answered = NormalizeDnsName(QuestionName(pkt.get()));
+  std::string answered = NormalizeDnsName(question->name);
   if (answered != name) {
     return Error::Make(ErrorCode::kCorrupt,
                        fmt::format("upstream answered \"{}\", asked \"{}\"", answered, name));
   }
+  // c-ares takes the records of the question's name and of the CNAME chain
+  // from it (a record's TTL is capped by the chain's), nothing else.
   std::vector<DnsAddress> addresses;
-  ldns_rr_list* answer = ldns_pkt_answer(pkt.get());
-  for (size_t i = 0; i < ldns_rr_list_rr_count(answer); ++i) {
-    ldns_rr* rr = ldns_rr_list_rr(answer, i);
-    ldns_rr_type type = ldns_rr_get_type(rr);
-    if (type != LDNS_RR_TYPE_A && type != LDNS_RR_TYPE_AAAA) continue;
-    ldns_rdf* rdf = ldns_rr_rdf(rr, 0);
-    size_t expected = type == LDNS_RR_TYPE_A ? 4 : 16;
-    if (!rdf || ldns_rdf_size(rdf) != expected) continue;
-    addresses.push_back({IpPrefix::Address(type == LDNS_RR_TYPE_A ? IpFamily::kV4 : IpFamily::kV6,
-                                           ldns_rdf_data(rdf)),
-                         ldns_rr_ttl(rr)});
+  std::array<ares_addrttl, kMaxAnswers> v4;
+  int v4_count = static_cast<int>(v4.size());
+  int status = ares_parse_a_reply(response.data(), static_cast<int>(response.size()), nullptr,
+                                  v4.data(), &v4_count);
+  if (status != ARES_SUCCESS && status != ARES_ENODATA)
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("upstream answer does not parse: {}", ares_strerror(status)));
+  for (int i = 0; status == ARES_SUCCESS && i < v4_count; ++i) {
+    // reinterpret_cast: in_addr holds the address in network order, as bytes.
+    addresses.push_back(
+        {IpPrefix::Address(IpFamily::kV4, reinterpret_cast<const uint8_t*>(&v4[i].ipaddr)),
+         static_cast<uint32_t>(std::max(v4[i].ttl, 0))});
+  }
+  std::array<ares_addr6ttl, kMaxAnswers> v6;
+  int v6_count = static_cast<int>(v6.size());
+  status = ares_parse_aaaa_reply(response.data(), static_cast<int>(response.size()), nullptr,
+                                 v6.data(), &v6_count);
+  if (status != ARES_SUCCESS && status != ARES_ENODATA)
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("upstream answer does not parse: {}", ares_strerror(status)));
+  for (int i = 0; status == ARES_SUCCESS && i < v6_count; ++i) {
+    addresses.push_back(
+        {IpPrefix::Address(IpFamily::kV6, reinterpret_cast<const uint8_t*>(&v6[i].ip6addr)),
+         static_cast<uint32_t>(std::max(v6[i].ttl, 0))});
   }
   return addresses;
 }

@@ -199,6 +199,7 @@ class JobNetworkImpl final : public JobNetwork {
       // unregistered hooks passes while the launcher finishes its teardown
       // rather than in its exit (closing the nft socket waits for it).
       bool release = veth == Veth::kLeaveToKernel && service_->config_.release_when_idle &&
+                     service_->config_.service_tables == ServiceTables::kPerService &&
                      holds_service_table_ && service_->table_jobs_ == 1 && service_->service_table_;
       if (release) tables.push_back(service_->service_table_name_);
       auto deleted = tables.empty() ? Result<void>() : service_->nft_->DeleteTables(tables);
@@ -245,8 +246,11 @@ class JobNetworkImpl final : public JobNetwork {
   }
   std::string host_interface() const override { return ifname_; }
 
-  Result<void> Setup(int netns_fd, const NftTablePlan& plan, DnsAllowlist allowlist,
+  // `plan`: null when the job's table was committed ahead (AdoptTable).
+  Result<void> Setup(int netns_fd, const NftTablePlan* plan, DnsAllowlist allowlist,
                      NetEventSinkInterface* events);
+  // The job's table already exists (a prepared table): Teardown deletes it.
+  void AdoptTable() { table_created_ = true; }
   // Counts this job among those that need the service table, committing it
   // again if a launcher-mode teardown released it (release_when_idle).
   Result<void> HoldServiceTable(bool stateful) {
@@ -277,7 +281,7 @@ void RateLimitedSink::OnNetEvent(const NetEvent& event) {
   service_->Deliver(ifname_, event);
 }
 
-Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAllowlist allowlist,
+Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAllowlist allowlist,
                                    NetEventSinkInterface* events) {
   Rtnl host = TRY(Rtnl::Open());
   TRY(host.CreateVeth(ifname_, kJobIfname, netns_fd));
@@ -310,36 +314,39 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan& plan, DnsAl
   TRY(host.Send(batch));
 
   // The rules exist before the job can send anything through the veth: the
-  // job is still held by the spawner until Create() returns.
-  TableOwner owner = service_->tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone;
-  auto applied = service_->nft_->ApplyTablePlan(plan, owner);
-  // EEXIST: a table of that name is in the way; EPERM: one that another
-  // socket owns (nft_table_lookup refuses before NLM_F_EXCL is looked at).
-  if (!applied && (applied.error().code() == ErrorCode::kAlreadyExists ||
-                   applied.error().code() == ErrorCode::kPermissionDenied)) {
-    // The table is not ours (this slot is free in our pool) but its name is
-    // in our instance's name space, which we hold. Unowned, it is a leftover
-    // of a previous holder of the instance, which is gone: replace it in the
-    // same transaction. Owned, a live socket holds it (the kernel deletes
-    // owned tables with their socket): not ours to touch.
-    auto tables = TRY_CTX(service_->nft_->ListTables(), "checking a table in the way");
-    auto it = std::find_if(tables.begin(), tables.end(),
-                           [&](const NftTableInfo& t) { return t.name == plan.name; });
-    if (it != tables.end() && it->owned) {
-      return Error::Make(ErrorCode::kAlreadyExists,
-                         fmt::format("nft table inet {} exists and is owned by the live netlink "
-                                     "socket with port id {}",
-                                     plan.name, it->owner_portid));
-    }
-    if (it != tables.end()) {
-      applied = service_->nft_->ApplyTablePlan(plan, owner, ExistingTable::kReplace);
-      if (applied) {
-        service_->Log(LogLevel::kInfo, fmt::format("replaced stale table inet {}", plan.name));
+  // job is still held by the spawner until Create() returns. A prepared
+  // table has existed since before the veth.
+  if (plan) {
+    TableOwner owner = service_->tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone;
+    auto applied = service_->nft_->ApplyTablePlan(*plan, owner);
+    // EEXIST: a table of that name is in the way; EPERM: one that another
+    // socket owns (nft_table_lookup refuses before NLM_F_EXCL is looked at).
+    if (!applied && (applied.error().code() == ErrorCode::kAlreadyExists ||
+                     applied.error().code() == ErrorCode::kPermissionDenied)) {
+      // The table is not ours (this slot is free in our pool) but its name is
+      // in our instance's name space, which we hold. Unowned, it is a leftover
+      // of a previous holder of the instance, which is gone: replace it in the
+      // same transaction. Owned, a live socket holds it (the kernel deletes
+      // owned tables with their socket): not ours to touch.
+      auto tables = TRY_CTX(service_->nft_->ListTables(), "checking a table in the way");
+      auto it = std::find_if(tables.begin(), tables.end(),
+                             [&](const NftTableInfo& t) { return t.name == plan->name; });
+      if (it != tables.end() && it->owned) {
+        return Error::Make(ErrorCode::kAlreadyExists,
+                           fmt::format("nft table inet {} exists and is owned by the live netlink "
+                                       "socket with port id {}",
+                                       plan->name, it->owner_portid));
+      }
+      if (it != tables.end()) {
+        applied = service_->nft_->ApplyTablePlan(*plan, owner, ExistingTable::kReplace);
+        if (applied) {
+          service_->Log(LogLevel::kInfo, fmt::format("replaced stale table inet {}", plan->name));
+        }
       }
     }
+    TRY(std::move(applied));
+    table_created_ = true;
   }
-  TRY(std::move(applied));
-  table_created_ = true;
 
   service_->Register(ifname_, {job_id_, events});
   registered_ = true;
@@ -421,6 +428,11 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
     return Error::Make(
         ErrorCode::kInvalidArgument,
         fmt::format("ifname_prefix \"{}\": must be 1..8 bytes of [a-z0-9_]", config.ifname_prefix));
+  }
+  if (config.prepared_tables > kMaxPreparedTables) {
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("prepared_tables {}: at most {}", config.prepared_tables, kMaxPreparedTables));
   }
   if (config.dns_min_ttl == 0 || config.dns_min_ttl > config.dns_max_ttl) {
     return Error::Make(ErrorCode::kInvalidArgument,
@@ -529,6 +541,7 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
 }
 
 NetworkService::~NetworkService() {
+  StopPreparing();
   if (reaper_.joinable()) {
     {
       std::lock_guard lock(reap_mutex_);
@@ -540,11 +553,14 @@ NetworkService::~NetworkService() {
   dns_.reset();
   nflog_.reset();
   std::lock_guard lock(tables_mutex_);
-  if (service_table_) IgnoreError(nft_->DeleteTable(service_table_name_));
+  // Warm tables stay for the next service (RemoveWarmTables).
+  if (service_table_ && config_.service_tables == ServiceTables::kPerService)
+    IgnoreError(nft_->DeleteTable(service_table_name_));
 }
 
 Result<void> NetworkService::CommitServiceTable(bool stateful) {
   if (service_table_ && (service_table_stateful_ || !stateful)) return {};
+  if (config_.service_tables == ServiceTables::kWarm) return EnsureWarmTables(stateful);
   // Replacing our own table in one transaction: the forwarding policy never
   // lapses, and the hooks it shares with the new one stay registered.
   TRY(nft_->ApplyTablePlan(
@@ -557,6 +573,45 @@ Result<void> NetworkService::CommitServiceTable(bool stateful) {
   service_table_ = true;
   service_table_stateful_ = stateful;
   return {};
+}
+
+Result<void> NetworkService::EnsureWarmTables(bool stateful) {
+  // Another service of the prefix (now or before) may have made them: a
+  // table that exists is taken as it is. Unowned, so they outlive this
+  // service; created, never replaced, so a running service's hold never
+  // lapses (the conntrack part is a table of its own for that reason).
+  auto create = [&](const NftTablePlan& plan) -> Result<void> {
+    auto created = nft_->ApplyTablePlan(plan, TableOwner::kNone);
+    if (!created && created.error().code() == ErrorCode::kAlreadyExists) return {};
+    TRY_CTX(std::move(created), fmt::format("making the warm table inet {}", plan.name));
+    Log(LogLevel::kDebug, fmt::format("made the warm table inet {}", plan.name));
+    return {};
+  };
+  if (!service_table_) {
+    TRY(create(PlanWarmTable(config_.ifname_prefix, config_.enable_forwarding
+                                                        ? ForwardingPolicy::kOnlyJobs
+                                                        : ForwardingPolicy::kUntouched)));
+    service_table_ = true;
+  }
+  if (stateful && !service_table_stateful_) {
+    TRY(create(PlanWarmConntrackTable(config_.ifname_prefix)));
+    service_table_stateful_ = true;
+  }
+  return {};
+}
+
+Result<std::vector<std::string>> NetworkService::RemoveWarmTables(std::string_view ifname_prefix) {
+  auto nft = TRY_CTX(NftSocket::Open(), "removing the warm tables");
+  auto tables = TRY_CTX(nft->ListTables(), "removing the warm tables");
+  std::vector<std::string> removed;
+  for (const std::string& name :
+       {WarmTableName(ifname_prefix), WarmConntrackTableName(ifname_prefix)}) {
+    if (std::any_of(tables.begin(), tables.end(),
+                    [&](const NftTableInfo& table) { return table.name == name; }))
+      removed.push_back(name);
+  }
+  if (!removed.empty()) TRY_CTX(nft->DeleteTables(removed), "removing the warm tables");
+  return removed;
 }
 
 Result<void> NetworkService::QueueRemoval(Removal removal) {
@@ -735,7 +790,40 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
     return std::unique_ptr<JobNetwork>(new JobNetworkImpl(this, job_id, spec, std::nullopt));
   }
 
-  JobAddresses addresses = TRY_CTX(pool_->Allocate(), context());
+  // A table committed ahead for this very spec, if there is one: then this
+  // start only makes and configures the veth.
+  std::string key = config_.prepared_tables > 0 ? NetworkSpecKey(spec) : std::string();
+  std::optional<JobAddresses> prepared = TakePreparedTable(key);
+  JobAddresses addresses;
+  if (prepared) {
+    addresses = *prepared;
+  } else {
+    addresses = TRY_CTX(AllocateFreeSlot(), context());
+  }
+  auto job = std::make_unique<JobNetworkImpl>(this, job_id, spec, addresses);
+  // From here on `job` owns the slot (and a prepared table): any early
+  // return tears down what exists.
+  std::optional<NftTablePlan> plan;
+  if (prepared) {
+    job->AdoptTable();
+  } else {
+    JobAddressing addressing{.host_ifname = job->host_interface(),
+                             .host_v4 = addresses.host_v4,
+                             .job_v4 = addresses.job_v4,
+                             .host_v6 = addresses.host_v6,
+                             .job_v6 = addresses.job_v6};
+    plan = TRY_CTX(PlanJobTable(addressing, spec, nflog_group_), context());
+  }
+  TRY_CTX(job->HoldServiceTable(JobHasEgress(spec)), context());
+  TRY_CTX(job->Setup(netns.get(), plan ? &*plan : nullptr, std::move(allowlist), events),
+          context());
+  // The next jobs with this spec find their tables made.
+  if (config_.prepared_tables > 0) RequestPreparedTables(spec, std::move(key));
+  return std::unique_ptr<JobNetwork>(std::move(job));
+}
+
+Result<JobAddresses> NetworkService::AllocateFreeSlot() {
+  JobAddresses addresses = TRY(pool_->Allocate());
   // A slot whose host-side link still exists belongs to a job whose veth the
   // kernel is still removing with its namespace (TeardownWithNamespace):
   // take the next one, and give the skipped ones back afterwards.
@@ -745,22 +833,140 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
     auto next = pool_->Allocate();
     if (!next) {
       for (uint32_t slot : skipped) pool_->Release(slot);
-      return std::move(next).error().WithContext(context());
+      return std::move(next).error();
     }
     addresses = *next;
   }
   for (uint32_t slot : skipped) pool_->Release(slot);
-  auto job = std::make_unique<JobNetworkImpl>(this, job_id, spec, addresses);
-  // From here on `job` owns the slot: any early return tears down what exists.
-  JobAddressing addressing{.host_ifname = job->host_interface(),
+  return addresses;
+}
+
+std::optional<JobAddresses> NetworkService::TakePreparedTable(const std::string& key) {
+  if (key.empty()) return std::nullopt;
+  std::lock_guard lock(prepare_mutex_);
+  if (key != prepared_key_ || prepared_.empty()) return std::nullopt;
+  JobAddresses addresses = prepared_.front();
+  prepared_.pop_front();
+  prepare_cv_.notify_all();  // one to make again
+  return addresses;
+}
+
+void NetworkService::RequestPreparedTables(const NetworkSpec& spec, std::string key) {
+  std::lock_guard lock(prepare_mutex_);
+  if (key != prepared_key_) {
+    // Tables for another spec are of no use to the next jobs: dropped (by
+    // the preparer, off the caller's path).
+    for (JobAddresses& stale : prepared_) discard_.push_back(stale);
+    prepared_.clear();
+    prepared_key_ = std::move(key);
+  }
+  prepare_spec_ = spec;
+  if (!preparer_.joinable()) preparer_ = std::thread([this] { PrepareLoop(); });
+  prepare_cv_.notify_all();
+}
+
+Result<JobAddresses> NetworkService::PrepareTable(const NetworkSpec& spec) {
+  JobAddresses addresses = TRY(AllocateFreeSlot());
+  auto release = [&](Error error) {
+    pool_->Release(addresses.slot);
+    return std::move(error).WithContext(
+        fmt::format("preparing the table of slot {}", addresses.slot));
+  };
+  std::string ifname = fmt::format("{}{}", interface_prefix_, addresses.slot);
+  JobAddressing addressing{.host_ifname = ifname,
                            .host_v4 = addresses.host_v4,
                            .job_v4 = addresses.job_v4,
                            .host_v6 = addresses.host_v6,
                            .job_v6 = addresses.job_v6};
-  NftTablePlan plan = TRY_CTX(PlanJobTable(addressing, spec, nflog_group_), context());
-  TRY_CTX(job->HoldServiceTable(JobHasEgress(spec)), context());
-  TRY_CTX(job->Setup(netns.get(), plan, std::move(allowlist), events), context());
-  return std::unique_ptr<JobNetwork>(std::move(job));
+  auto plan = PlanJobTable(addressing, spec, nflog_group_);
+  if (!plan) return release(std::move(plan).error());
+  {
+    // As a job's start would: the service table first (stateful when the
+    // spec may send out), so the job's table registers no hook of its own.
+    std::lock_guard lock(tables_mutex_);
+    if (auto committed = CommitServiceTable(JobHasEgress(spec)); !committed)
+      return release(std::move(committed).error());
+  }
+  // A table in the way (a stale one) is left to a job's own start, which
+  // knows how to replace it: this slot is simply not prepared.
+  if (auto applied =
+          nft_->ApplyTablePlan(*plan, tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone);
+      !applied)
+    return release(std::move(applied).error());
+  return addresses;
+}
+
+void NetworkService::DropPreparedTables(std::vector<JobAddresses> tables) {
+  if (tables.empty()) return;
+  std::vector<std::string> names;
+  for (const JobAddresses& table : tables)
+    names.push_back(JobTableName(fmt::format("{}{}", interface_prefix_, table.slot)));
+  if (auto deleted = nft_->DeleteTables(names); !deleted) {
+    // The slots stay taken: their tables' names are still in use.
+    Log(LogLevel::kWarning, deleted.error().WithContext("dropping prepared tables").ToString());
+    return;
+  }
+  for (const JobAddresses& table : tables) pool_->Release(table.slot);
+}
+
+void NetworkService::PrepareLoop() {
+  std::unique_lock lock(prepare_mutex_);
+  auto wanted = [&] { return prepare_spec_ && prepared_.size() < config_.prepared_tables; };
+  for (;;) {
+    prepare_cv_.wait(lock, [&] { return prepare_stop_ || !discard_.empty() || wanted(); });
+    if (prepare_stop_) break;
+    prepare_busy_ = true;
+    if (!discard_.empty()) {
+      std::vector<JobAddresses> stale(discard_.begin(), discard_.end());
+      discard_.clear();
+      lock.unlock();
+      DropPreparedTables(std::move(stale));
+      lock.lock();
+    } else {
+      NetworkSpec spec = *prepare_spec_;
+      std::string key = prepared_key_;
+      lock.unlock();
+      auto prepared = PrepareTable(spec);
+      lock.lock();
+      if (!prepared) {
+        // Not retried until the next job asks again: a failing kernel must
+        // not be hammered from the background.
+        Log(LogLevel::kWarning, prepared.error().ToString());
+        prepare_spec_.reset();
+      } else if (key != prepared_key_) {
+        discard_.push_back(*prepared);  // the spec changed meanwhile
+      } else {
+        prepared_.push_back(*prepared);
+      }
+    }
+    prepare_busy_ = false;
+    prepare_cv_.notify_all();
+  }
+  std::vector<JobAddresses> left(prepared_.begin(), prepared_.end());
+  left.insert(left.end(), discard_.begin(), discard_.end());
+  prepared_.clear();
+  discard_.clear();
+  lock.unlock();
+  DropPreparedTables(std::move(left));
+}
+
+size_t NetworkService::WaitForPreparedTables() {
+  std::unique_lock lock(prepare_mutex_);
+  prepare_cv_.wait(lock, [&] {
+    return prepare_stop_ || (!prepare_busy_ && discard_.empty() &&
+                             (!prepare_spec_ || prepared_.size() >= config_.prepared_tables));
+  });
+  return prepared_.size();
+}
+
+void NetworkService::StopPreparing() {
+  if (!preparer_.joinable()) return;
+  {
+    std::lock_guard lock(prepare_mutex_);
+    prepare_stop_ = true;
+  }
+  prepare_cv_.notify_all();
+  preparer_.join();  // it drops whatever it prepared
 }
 
 }  // namespace ralph::sandbox

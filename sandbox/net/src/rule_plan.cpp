@@ -320,6 +320,45 @@ NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifna
   return plan;
 }
 
+std::string NetworkSpecKey(const NetworkSpec& spec) {
+  // Lengths before strings: no two specs can print alike.
+  std::string key = fmt::format("enabled={};allow={};", spec.enabled ? 1 : 0, spec.allow.size());
+  for (const EgressRule& rule : spec.allow) {
+    key += fmt::format("{}:{}|{}-{}/{};", rule.cidr.size(), rule.cidr, rule.port_min, rule.port_max,
+                       static_cast<int>(rule.protocol));
+  }
+  key += fmt::format("domains={};", spec.allowed_domains.size());
+  for (const std::string& domain : spec.allowed_domains)
+    key += fmt::format("{}:{};", domain.size(), domain);
+  key += fmt::format("ports={};", spec.domain_ports.size());
+  for (uint16_t port : spec.domain_ports) key += fmt::format("{};", port);
+  return key;
+}
+
+std::string WarmTableName(std::string_view ifname_prefix) {
+  return fmt::format("ralph-warm-{}", ifname_prefix);
+}
+
+std::string WarmConntrackTableName(std::string_view ifname_prefix) {
+  return fmt::format("ralph-warm-ct-{}", ifname_prefix);
+}
+
+NftTablePlan PlanWarmTable(std::string_view ifname_prefix, ForwardingPolicy forwarding) {
+  NftTablePlan plan =
+      PlanServiceTable(WarmTableName(ifname_prefix), ifname_prefix, forwarding, false);
+  // No rules, policy accept: it decides nothing, it only keeps the input
+  // hook registered for the job tables' input chains.
+  plan.chains.push_back({.name = "input", .hook = NftHook::kInput, .priority = 0});
+  return plan;
+}
+
+NftTablePlan PlanWarmConntrackTable(std::string_view ifname_prefix) {
+  // kUntouched: the forwarding policy is the warm table's; this one only
+  // adds the stateful part (policy accept).
+  return PlanServiceTable(WarmConntrackTableName(ifname_prefix), ifname_prefix,
+                          ForwardingPolicy::kUntouched, true);
+}
+
 namespace {
 
 std::string_view VerdictName(NftVerdict verdict) {

@@ -1,4 +1,4 @@
-// Deciding on DNS messages (pure, over ldns): what to do with a job's query,
+// Deciding on DNS messages (pure, over c-ares): what to do with a job's query,
 // the REFUSED/SERVFAIL answers, and which addresses an upstream answer opens.
 #pragma once
 
@@ -28,7 +28,12 @@ struct DnsQueryDecision {
 
 DnsQueryDecision DecideDnsQuery(const std::vector<uint8_t>& query, const DnsAllowlist& allowlist);
 
-// An answer to `query` with `rcode` (LDNS_RCODE_REFUSED, ...) and no records.
+// Response codes (RFC 1035 4.1.1) the forwarder answers with.
+inline constexpr uint8_t kDnsFormErr = 1;
+inline constexpr uint8_t kDnsServFail = 2;
+inline constexpr uint8_t kDnsRefused = 5;
+
+// An answer to `query` with `rcode` (kDnsRefused, ...) and no records.
 // When the query cannot be parsed, a bare header echoing its id.
 std::vector<uint8_t> MakeDnsError(const std::vector<uint8_t>& query, uint8_t rcode);
 

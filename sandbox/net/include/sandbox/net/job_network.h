@@ -6,10 +6,12 @@
 // (sandbox/net/): the spawner clone3()s the job with CLONE_NEWNET and keeps
 // it waiting; it then calls NetworkService::CreateJob() (network_service.h;
 // the spawner owns its NetworkService) with the child's pid, which
-// creates the veth pair, moves one end into the child's netns, configures
-// lo/eth0/addresses/default route inside it (from the parent, via setns on a
-// helper thread), commits the job's nft table in one batch and registers the
-// job with the DNS forwarder. Only then does the child continue. Destroying
+// creates the veth pair with one end straight in the child's netns,
+// configures lo/eth0/addresses/default route inside it (through an
+// rtnetlink socket opened in that netns), commits the job's nft table in
+// one batch (or takes one committed ahead for an equal spec:
+// NetworkServiceConfig::prepared_tables) and registers the job with the DNS
+// forwarder. Only then does the child continue. Destroying
 // the JobNetwork (or Teardown()) removes the veth, the nft table and the DNS
 // registration; the netns itself goes away with the job's last process.
 #pragma once

@@ -43,7 +43,9 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "platform/log.h"
 #include "platform/result.h"
@@ -73,6 +75,26 @@ enum class LinkRemoval {
   // WaitForRemovals() blocks until every removal queued so far is done, and
   // the service's destructor does all that are left.
   kBackground,
+};
+
+// Where a service keeps its forwarding policy and its hold on the kernel's
+// netfilter hooks (see rule_plan.h, PlanWarmTable).
+enum class ServiceTables {
+  // Its own table "ralph_service_<instance prefix>", owned by its socket and
+  // removed when it stops. For a long-running service (ralphd), which holds
+  // the hooks for its whole life anyway.
+  kPerService,
+  // The warm tables "ralph-warm-<ifname_prefix>" (forwarding policy, forward
+  // and input hooks) and, once a job may send past the host,
+  // "ralph-warm-ct-<ifname_prefix>" (conntrack, NAT): made unowned by the
+  // first service that needs them, shared by every service of the prefix in
+  // the netns, and left in place when it stops — at most these two tables
+  // per prefix and netns. For `ralph-sandbox run`: without them every run
+  // is the first user of those hook points on a host where nothing else
+  // holds them, and the kernel patches its code at the start and back at the
+  // exit (static keys; ~70% of a launcher's CPU). RemoveWarmTables() (what
+  // `ralph-sandbox drain` runs) removes them.
+  kWarm,
 };
 
 struct NetworkServiceConfig {
@@ -106,8 +128,21 @@ struct NetworkServiceConfig {
   // then waits out the RCU grace period of the unregistered hooks while the
   // launcher finishes its own teardown, instead of in its exit (releasing
   // the nft socket flushes pending table destruction: 10 ms here). The next
-  // CreateJob() commits the service table again.
+  // CreateJob() commits the service table again. No effect with kWarm
+  // (there is no table of the service's own to release).
   bool release_when_idle = false;
+  ServiceTables service_tables = ServiceTables::kPerService;
+  // Job tables committed ahead, 0..NetworkService::kMaxPreparedTables. After
+  // each job's start a background thread commits up to this many tables,
+  // for the spec that job had, on free address slots (each one holds its
+  // slot); the next job with an equal spec (NetworkSpecKey) takes one and
+  // its start only makes and configures its veth — the table's commit
+  // (1-2 ms, mostly the kernel validating every rule reachable from a base
+  // chain) is off its path. A job with another spec has its table made at
+  // its start as before and the prepared ones are dropped. They are removed
+  // when the service stops; owned by its socket (or swept like any job table
+  // of the instance), they go with a killed service too. 0: none.
+  uint32_t prepared_tables = 0;
   // Whether Start() registers conntrack and NAT (the service table's
   // stateful part) at once, so that no job's commit has to. false: the first
   // job that may send past the host (JobHasEgress) adds it, replacing the
@@ -116,8 +151,10 @@ struct NetworkServiceConfig {
   bool expect_egress = true;
   // Optional. Told, from Start() and CreateJob(), which table clean-up path
   // is in use (kDebug when tables are owned, kWarning when the kernel lacks
-  // the flag) and of every stale table removed (kInfo). The library does not
-  // log by itself; binaries forward this to their log.
+  // the flag) and of every stale table removed (kInfo); from the service's
+  // own threads (so it must be thread-safe), of a background removal or
+  // table preparation that failed (kWarning). The library does not log by
+  // itself; binaries forward this to their log.
   std::function<void(LogLevel level, const std::string& message)> log;
 };
 
@@ -133,6 +170,7 @@ class NetworkService {
  public:
   static constexpr unsigned kMaxInstancesLog2 = 4;
   static constexpr unsigned kMaxInstances = 1u << kMaxInstancesLog2;
+  static constexpr uint32_t kMaxPreparedTables = 8;
 
   // kInvalidArgument names a bad config field; kBusy when all kMaxInstances
   // instances or all NFLOG groups of the range are taken in this netns;
@@ -141,7 +179,13 @@ class NetworkService {
   // this instance and of every instance of ifname_prefix that no live
   // service holds (claimed while they are removed).
   static Result<std::unique_ptr<NetworkService>> Start(const NetworkServiceConfig& config);
-  // Jobs must be torn down first. Removes the service table.
+  // Removes the warm tables (ServiceTables::kWarm) of `ifname_prefix` from
+  // the calling thread's netns and returns their names; missing ones are not
+  // an error. Safe while a service of the prefix runs: a job's own table
+  // holds whatever it needs, only the next job registers the hooks again.
+  static Result<std::vector<std::string>> RemoveWarmTables(std::string_view ifname_prefix);
+  // Jobs must be torn down first. Removes the service table
+  // (ServiceTables::kPerService; warm tables stay).
   ~NetworkService();
 
   // Sets up the network for a job whose netns is that of `child_pid` (the
@@ -156,9 +200,12 @@ class NetworkService {
                                                 const NetworkSpec& spec,
                                                 NetEventSinkInterface* events);
 
-  // Address slots in use: live jobs, and torn-down ones whose background
-  // removal is not done yet.
+  // Address slots in use: live jobs, torn-down ones whose background
+  // removal is not done yet, and prepared tables.
   size_t live_jobs() const { return pool_->in_use(); }
+  // Blocks until the background preparation (prepared_tables) has nothing
+  // left to do; returns how many tables are prepared. For tests.
+  size_t WaitForPreparedTables();
   // Blocks until every background removal (LinkRemoval::kBackground) queued
   // before the call is done. The first error a removal met since the last
   // call, if any (the slot of a failed removal stays taken).
@@ -231,15 +278,37 @@ class NetworkService {
   std::map<std::string, Registered> registry_;
   std::unique_ptr<DnsForwarder> dns_;
   std::unique_ptr<NflogListener> nflog_;
-  // The service table exists (guarded by tables_mutex_, with table_jobs_:
-  // the jobs that need it).
+  // The service table (or, kWarm, the warm tables) exists (guarded by
+  // tables_mutex_, with table_jobs_: the jobs that need it).
   std::mutex tables_mutex_;
   bool service_table_ = false;
   bool service_table_stateful_ = false;
   size_t table_jobs_ = 0;
   // Commits the service table, or replaces it with its stateful version
-  // when `stateful` and it is not; tables_mutex_ held.
+  // when `stateful` and it is not; tables_mutex_ held. kWarm: makes the
+  // warm tables that are missing instead.
   Result<void> CommitServiceTable(bool stateful);
+  Result<void> EnsureWarmTables(bool stateful);
+
+  // A free address slot whose host link does not exist.
+  Result<JobAddresses> AllocateFreeSlot();
+  // Prepared tables (NetworkServiceConfig::prepared_tables). `key` is
+  // NetworkSpecKey of the spec; empty: none wanted.
+  std::optional<JobAddresses> TakePreparedTable(const std::string& key);
+  void RequestPreparedTables(const NetworkSpec& spec, std::string key);
+  Result<JobAddresses> PrepareTable(const NetworkSpec& spec);
+  void DropPreparedTables(std::vector<JobAddresses> tables);
+  void PrepareLoop();
+  void StopPreparing();
+  std::mutex prepare_mutex_;
+  std::condition_variable prepare_cv_;
+  std::string prepared_key_;                 // guarded by prepare_mutex_, as all below
+  std::optional<NetworkSpec> prepare_spec_;  // what to prepare for; none: nothing
+  std::deque<JobAddresses> prepared_;        // committed, for prepared_key_
+  std::vector<JobAddresses> discard_;        // committed for another spec: to drop
+  bool prepare_busy_ = false;
+  bool prepare_stop_ = false;
+  std::thread preparer_;
 
   // The reaper (LinkRemoval::kBackground). Its rtnetlink socket is opened by
   // the first QueueRemoval(), in the caller's netns (the service's).

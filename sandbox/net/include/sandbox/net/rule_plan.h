@@ -117,6 +117,11 @@ std::string JobTableName(std::string_view host_ifname);
 Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const NetworkSpec& spec,
                                   uint16_t nflog_group);
 
+// A canonical text of everything in `spec` that shapes the job's table
+// (enabled, allow rules, domains, domain ports): equal keys, equal tables
+// (up to the slot's names and addresses). Pure.
+std::string NetworkSpecKey(const NetworkSpec& spec);
+
 enum class ForwardingPolicy {
   kOnlyJobs,   // forward only to and from the job veths, drop the rest
   kUntouched,  // leave other forwarding to whoever configured it
@@ -131,6 +136,27 @@ enum class ForwardingPolicy {
 // lifetime, so job tables do not register them. Pure.
 NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifname_prefix,
                               ForwardingPolicy forwarding, bool stateful = true);
+
+// The warm tables (NetworkServiceConfig::service_tables = kWarm) that
+// services of `ifname_prefix` share and leave in place between them:
+// "ralph-warm-<ifname_prefix>" and "ralph-warm-ct-<ifname_prefix>". The
+// '-' keeps them out of every prefix's instance name space (TableInstance:
+// ifname prefixes are [a-z0-9_]), so no stale-table sweep ever takes them.
+std::string WarmTableName(std::string_view ifname_prefix);
+std::string WarmConntrackTableName(std::string_view ifname_prefix);
+
+// The warm table: the service table's forwarding policy (PlanServiceTable,
+// stateless) plus an empty input chain (policy accept), i.e. a hold on the
+// forward and input hooks that every job table registers. While any table
+// holds a hook point the kernel keeps its static key on, so a job table's
+// base chains do not patch the kernel's code (first user) or patch it back
+// (last user). Changes no verdict beyond the forwarding policy. Pure.
+NftTablePlan PlanWarmTable(std::string_view ifname_prefix, ForwardingPolicy forwarding);
+// The warm conntrack table, for once a job may send past the host: the
+// stateful half of the service table (invalid conntrack state dropped when
+// forwarded, an idle nat chain), which holds conntrack, NAT and masquerade
+// registered. Pure.
+NftTablePlan PlanWarmConntrackTable(std::string_view ifname_prefix);
 
 // A table of the inet family as the kernel lists it.
 struct NftTableInfo {
