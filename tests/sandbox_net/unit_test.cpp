@@ -578,11 +578,14 @@ TEST(DnsAllowlistTest, RejectsBadPatternsNamingThem) {
 
 // ---- DNS messages ----------------------------------------------------------
 
-std::vector<uint8_t> Query(const char* name, ldns_rr_type type, uint16_t id = 0x1234) {
+// edns_udp_size > 0: with an EDNS OPT record in the additional section.
+std::vector<uint8_t> Query(const char* name, ldns_rr_type type, uint16_t id = 0x1234,
+                           uint16_t edns_udp_size = 0) {
   ldns_pkt* pkt = nullptr;
   EXPECT_EQ(ldns_pkt_query_new_frm_str(&pkt, name, type, LDNS_RR_CLASS_IN, LDNS_RD),
             LDNS_STATUS_OK);
   ldns_pkt_set_id(pkt, id);
+  if (edns_udp_size > 0) ldns_pkt_set_edns_udp_size(pkt, edns_udp_size);
   uint8_t* wire = nullptr;
   size_t size = 0;
   EXPECT_EQ(ldns_pkt2wire(&wire, pkt, &size), LDNS_STATUS_OK);
@@ -701,17 +704,7 @@ TEST(DnsMessageTest, OnlyTheQuestionAndAWellFormedAdditionalSectionPass) {
   auto list = DnsAllowlist::Create({"api.allowed.test"});
   ASSERT_TRUE(list);
   // With EDNS (an OPT record in the additional section): forwarded.
-  ldns_pkt* pkt = nullptr;
-  ASSERT_EQ(ldns_pkt_query_new_frm_str(&pkt, "api.allowed.test.", LDNS_RR_TYPE_AAAA,
-                                       LDNS_RR_CLASS_IN, LDNS_RD),
-            LDNS_STATUS_OK);
-  ldns_pkt_set_edns_udp_size(pkt, 1232);
-  uint8_t* wire = nullptr;
-  size_t size = 0;
-  ASSERT_EQ(ldns_pkt2wire(&wire, pkt, &size), LDNS_STATUS_OK);
-  std::vector<uint8_t> edns(wire, wire + size);
-  free(wire);
-  ldns_pkt_free(pkt);
+  std::vector<uint8_t> edns = Query("api.allowed.test.", LDNS_RR_TYPE_AAAA, 0x1234, 1232);
   ASSERT_EQ(edns[11], 1);  // arcount
   DnsQueryDecision decision = DecideDnsQuery(edns, *list);
   EXPECT_EQ(decision.action, DnsAction::kForward);

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 
 #include <array>
+#include <cstddef>
 #include <memory>
 #include <optional>
 
@@ -87,6 +88,32 @@ bool RecordsFill(const std::vector<uint8_t>& wire, size_t at, size_t count) {
     at = data + length;
   }
   return at == wire.size();
+}
+
+static_assert(offsetof(ares_addrttl, ipaddr) == 0 && offsetof(ares_addr6ttl, ip6addr) == 0,
+              "AppendAddresses reads the address at the start of the record");
+
+// Appends the A (ares_addrttl) or AAAA (ares_addr6ttl) records c-ares's
+// `parse` finds in `response`: kCorrupt when it does not parse.
+template <typename Record>
+Result<void> AppendAddresses(const std::vector<uint8_t>& response, IpFamily family,
+                             int (*parse)(const unsigned char*, int, hostent**, Record*, int*),
+                             std::vector<DnsAddress>* addresses) {
+  std::array<Record, kMaxAnswers> records;
+  int count = static_cast<int>(records.size());
+  int status =
+      parse(response.data(), static_cast<int>(response.size()), nullptr, records.data(), &count);
+  if (status == ARES_ENODATA) return {};
+  if (status != ARES_SUCCESS)
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("upstream answer does not parse: {}", ares_strerror(status)));
+  for (int i = 0; i < count; ++i) {
+    // The first member (in_addr or ares_in6_addr) holds the address in
+    // network order, as bytes.
+    addresses->push_back({IpPrefix::Address(family, reinterpret_cast<const uint8_t*>(&records[i])),
+                          static_cast<uint32_t>(std::max(records[i].ttl, 0))});
+  }
+  return {};
 }
 
 }  // namespace
@@ -178,31 +205,8 @@ Result<std::vector<DnsAddress>> ExtractDnsAddresses(const std::vector<uint8_t>& 
   // c-ares takes the records of the question's name and of the CNAME chain
   // from it (a record's TTL is capped by the chain's), nothing else.
   std::vector<DnsAddress> addresses;
-  std::array<ares_addrttl, kMaxAnswers> v4;
-  int v4_count = static_cast<int>(v4.size());
-  int status = ares_parse_a_reply(response.data(), static_cast<int>(response.size()), nullptr,
-                                  v4.data(), &v4_count);
-  if (status != ARES_SUCCESS && status != ARES_ENODATA)
-    return Error::Make(ErrorCode::kCorrupt,
-                       fmt::format("upstream answer does not parse: {}", ares_strerror(status)));
-  for (int i = 0; status == ARES_SUCCESS && i < v4_count; ++i) {
-    // reinterpret_cast: in_addr holds the address in network order, as bytes.
-    addresses.push_back(
-        {IpPrefix::Address(IpFamily::kV4, reinterpret_cast<const uint8_t*>(&v4[i].ipaddr)),
-         static_cast<uint32_t>(std::max(v4[i].ttl, 0))});
-  }
-  std::array<ares_addr6ttl, kMaxAnswers> v6;
-  int v6_count = static_cast<int>(v6.size());
-  status = ares_parse_aaaa_reply(response.data(), static_cast<int>(response.size()), nullptr,
-                                 v6.data(), &v6_count);
-  if (status != ARES_SUCCESS && status != ARES_ENODATA)
-    return Error::Make(ErrorCode::kCorrupt,
-                       fmt::format("upstream answer does not parse: {}", ares_strerror(status)));
-  for (int i = 0; status == ARES_SUCCESS && i < v6_count; ++i) {
-    addresses.push_back(
-        {IpPrefix::Address(IpFamily::kV6, reinterpret_cast<const uint8_t*>(&v6[i].ip6addr)),
-         static_cast<uint32_t>(std::max(v6[i].ttl, 0))});
-  }
+  TRY(AppendAddresses<ares_addrttl>(response, IpFamily::kV4, ares_parse_a_reply, &addresses));
+  TRY(AppendAddresses<ares_addr6ttl>(response, IpFamily::kV6, ares_parse_aaaa_reply, &addresses));
   return addresses;
 }
 
