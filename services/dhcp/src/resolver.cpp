@@ -68,24 +68,26 @@ bool IsInterfaceName(std::string_view name) {
   });
 }
 
-Result<std::vector<std::string>> Servers(std::string_view variable, std::string_view value) {
-  std::vector<std::string> servers = Words(value);
-  for (const std::string& server : servers) {
-    if (!IsIpAddress(server)) {
-      return Invalid(fmt::format("{}: '{}' is not an IPv4 or IPv6 address", variable, server));
-    }
+// The words of `value`, each of which must pass `valid` ("...: 'x' is not
+// <kind>" otherwise).
+Result<std::vector<std::string>> CheckedWords(std::string_view variable, std::string_view value,
+                                              bool (*valid)(std::string_view),
+                                              std::string_view kind) {
+  std::vector<std::string> words = Words(value);
+  for (const std::string& word : words) {
+    if (!valid(word)) return Invalid(fmt::format("{}: '{}' is not {}", variable, word, kind));
   }
-  return servers;
+  return words;
+}
+
+Result<std::vector<std::string>> Servers(std::string_view variable, std::string_view value) {
+  return CheckedWords(
+      variable, value, [](std::string_view word) { return IsIpAddress(std::string(word)); },
+      "an IPv4 or IPv6 address");
 }
 
 Result<std::vector<std::string>> Domains(std::string_view variable, std::string_view value) {
-  std::vector<std::string> domains = Words(value);
-  for (const std::string& domain : domains) {
-    if (!IsDomainName(domain)) {
-      return Invalid(fmt::format("{}: '{}' is not a domain name", variable, domain));
-    }
-  }
-  return domains;
+  return CheckedWords(variable, value, IsDomainName, "a domain name");
 }
 
 std::string Get(const std::map<std::string, std::string>& env, const std::string& key) {
