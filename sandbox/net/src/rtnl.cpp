@@ -168,38 +168,23 @@ Result<int> Rtnl::LinkIndex(const std::string& name) {
   std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
   nlmsghdr* nlh = mnl_nlmsg_put_header(buffer.data());
   nlh->nlmsg_type = RTM_GETLINK;
-  nlh->nlmsg_flags = NLM_F_REQUEST;
-  nlh->nlmsg_seq = seq_++;
   auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
   ifm->ifi_family = AF_UNSPEC;
   mnl_attr_put_strz(nlh, IFLA_IFNAME, name.c_str());
   // Only the header and the name: no statistics in the answer.
   mnl_attr_put_u32(nlh, IFLA_EXT_MASK, 0);
   std::string what = fmt::format("looking up link {}", name);
-  if (mnl_socket_sendto(socket_.get(), nlh, nlh->nlmsg_len) < 0) {
-    return Error::FromErrno(fmt::format("{}: sending", what), errno);
-  }
-  for (;;) {
-    ssize_t n = mnl_socket_recvfrom(socket_.get(), buffer.data(), buffer.size());
-    if (n < 0) return Error::FromErrno(fmt::format("{}: waiting for the answer", what), errno);
-    int len = static_cast<int>(n);
-    // reinterpret_cast: as in Send.
-    for (auto* reply = reinterpret_cast<nlmsghdr*>(buffer.data()); mnl_nlmsg_ok(reply, len);
-         reply = mnl_nlmsg_next(reply, &len)) {
-      if (reply->nlmsg_type == NLMSG_ERROR) {
-        auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(reply));
-        if (error->error != 0) return Error::FromErrno(what, -error->error);
-        continue;
-      }
-      if (reply->nlmsg_type == RTM_NEWLINK) {
-        auto* ifm_reply = static_cast<ifinfomsg*>(mnl_nlmsg_get_payload(reply));
-        return ifm_reply->ifi_index;
-      }
-    }
-  }
+  int index = -1;
+  TRY(Request(nlh, what, [&](const nlmsghdr* reply) {
+    if (reply->nlmsg_type == RTM_NEWLINK)
+      index = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(reply))->ifi_index;
+  }));
+  if (index < 0) return Error::Make(ErrorCode::kInternal, what + ": no link in the answer");
+  return index;
 }
 
-Result<void> Rtnl::Request(nlmsghdr* message, std::string_view what) {
+Result<void> Rtnl::Request(nlmsghdr* message, std::string_view what,
+                           const std::function<void(const nlmsghdr*)>& on_reply) {
   message->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
   message->nlmsg_seq = seq_++;
   if (mnl_socket_sendto(socket_.get(), message, message->nlmsg_len) < 0) {
@@ -213,7 +198,11 @@ Result<void> Rtnl::Request(nlmsghdr* message, std::string_view what) {
     // reinterpret_cast: netlink messages are laid out in the received bytes.
     for (auto* nlh = reinterpret_cast<nlmsghdr*>(reply.data()); mnl_nlmsg_ok(nlh, len);
          nlh = mnl_nlmsg_next(nlh, &len)) {
-      if (nlh->nlmsg_seq != message->nlmsg_seq || nlh->nlmsg_type != NLMSG_ERROR) continue;
+      if (nlh->nlmsg_seq != message->nlmsg_seq) continue;
+      if (nlh->nlmsg_type != NLMSG_ERROR) {
+        if (on_reply) on_reply(nlh);
+        continue;
+      }
       auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
       if (error->error != 0) return Error::FromErrno(what, -error->error);
       return {};

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -58,7 +59,11 @@ class Rtnl {
 
  private:
   explicit Rtnl(MnlSocketPtr socket) : socket_(std::move(socket)) {}
-  Result<void> Request(nlmsghdr* message, std::string_view what);
+  // Sends `message` (a fresh sequence number, an ACK asked for) and reads
+  // until the kernel's ACK or error for it; any other message answering it
+  // (a GET's reply) goes to `on_reply` first.
+  Result<void> Request(nlmsghdr* message, std::string_view what,
+                       const std::function<void(const nlmsghdr*)>& on_reply = {});
 
   MnlSocketPtr socket_;
   uint32_t seq_ = 1;
