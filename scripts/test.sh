@@ -35,14 +35,63 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DRALPH_SANITIZE=ON "
 cmake --build build-asan -j "$jobs"
 
 status=0
+failed=()
+# Runs ctest in a build dir; a failing run leaves its failed tests' names in
+# `failed`, so the end of the output (all a CI log may show) names them.
+run_ctest() {
+  local dir=$1 what=$2
+  shift 2
+  if ! (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900 "$@"); then
+    status=1
+    local log="$dir/Testing/Temporary/LastTestsFailed.log"
+    if [[ -s $log ]]; then
+      while IFS= read -r line; do failed+=("$what: ${line#*:}"); done <"$log"
+    else
+      failed+=("$what: ctest failed without a list of failed tests")
+    fi
+  fi
+}
+
 echo "== tests: unit + integration + e2e (release)"
-(cd build && ctest --output-on-failure -j "$jobs" --timeout 900) || status=1
+run_ctest build release
 echo "== tests: unit + integration (asan+ubsan)"
-(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-   ctest --output-on-failure -j "$jobs" -L 'unit|integration' --timeout 900) || status=1
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  run_ctest build-asan asan+ubsan -L 'unit|integration'
 echo "== fuzz: bundle manifest parser (libFuzzer, 30 s)"
 cmake -S tests/ota/fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
 cmake --build build-fuzz -j "$jobs"
 mkdir -p build-fuzz/corpus
-build-fuzz/manifest_fuzzer -max_total_time=30 build-fuzz/corpus tests/ota/fuzz/corpus || status=1
+# The fuzzer's progress lines go to a log; a crash's report is printed.
+if ! build-fuzz/manifest_fuzzer -max_total_time=30 -artifact_prefix=build-fuzz/ \
+       build-fuzz/corpus tests/ota/fuzz/corpus >build-fuzz/fuzz.log 2>&1; then
+  status=1
+  tail -n 60 build-fuzz/fuzz.log
+  failed+=("fuzz: manifest_fuzzer (log: build-fuzz/fuzz.log)")
+fi
+grep -E '^Done [0-9]+ runs' build-fuzz/fuzz.log || true
+
+# A failed test's output, from ctest's log of the run: its first failures
+# (googletest's "file:line: Failure" and what follows) and its last lines.
+test_output() {
+  local log=$1/Testing/Temporary/LastTest.log name=$2 text
+  text=$(awk -v t="$name" 'index($0, "Testing: " t) && $0 ~ (t "$") {on = 1}
+                           on {print}
+                           on && index($0, "\"" t "\" end time") == 1 {exit}' "$log")
+  grep -A 4 -E ': Failure$' <<<"$text" | head -n 20 | sed 's/^/  | /'
+  echo "  | ..."
+  grep -v -E '^(-+|<end of output>|Test time = .*)$' <<<"$text" | tail -n 12 | sed 's/^/  | /'
+}
+
+echo "== summary"
+if ((${#failed[@]})); then
+  for entry in "${failed[@]}"; do
+    echo "FAILED $entry"
+    case $entry in
+      release:*) test_output build "${entry#release: }" ;;
+      asan+ubsan:*) test_output build-asan "${entry#asan+ubsan: }" ;;
+    esac
+  done
+else
+  echo "all tests passed"
+fi
 exit $status
