@@ -192,17 +192,18 @@ Result<int> Run(const Options& options) {
   network_config.expect_egress = sb::JobHasEgress(options.spec.network);
   std::unique_ptr<sb::NetworkProviderInterface> network =
       sb::MakeNetworkProvider(network_config, nullptr);
-  // The network service starts (service table, NFLOG listener, DNS
-  // forwarder) while the cgroups, the upper volume and the job's state are
-  // made here; mostly waiting on the kernel either way.
+  // The network service starts (warm tables, NFLOG listener) and commits
+  // the job's nft table while the cgroups, the upper volume and the job's
+  // state are made here; mostly waiting on the kernel either way.
   Result<void> prepared;
   std::thread preparing;
   // Declared before the joiner: it owns the provider the thread uses, so it
   // must outlive the join.
   std::unique_ptr<sb::SandboxService> service;
   if (network && options.spec.network.enabled)
-    preparing =
-        std::thread([&prepared, provider = network.get()] { prepared = provider->Prepare(); });
+    preparing = std::thread([&prepared, provider = network.get(), &spec = options.spec.network] {
+      prepared = provider->Prepare(spec);
+    });
   // Joined on every path out of this function.
   struct Joiner {
     std::thread& thread;

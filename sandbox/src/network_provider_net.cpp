@@ -23,12 +23,16 @@ class ServiceNetworkProvider final : public NetworkProviderInterface {
     }
     return service->CreateJob(job_id, child_pid, spec, events_);
   }
-  // Starting the service early (under the same lock) is all the
-  // preparation there is.
-  Result<void> Prepare() override {
+  Result<void> Prepare(const NetworkSpec& spec) override {
     std::lock_guard lock(mutex_);
     if (!service_)
       service_ = TRY_CTX(NetworkService::Start(config_), "starting the network service");
+    // A table that cannot be prepared (a stale one in the way, a malformed
+    // rule) is left to the job's start, which replaces the one or names the
+    // other: not an error of the preparation.
+    if (auto prepared = service_->PrepareJob(spec); !prepared && config_.log)
+      config_.log(LogLevel::kDebug,
+                  prepared.error().WithContext("preparing the job's table").ToString());
     return {};
   }
 

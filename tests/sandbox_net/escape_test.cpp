@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <memory>
 #include <set>
 #include <string>
@@ -522,6 +523,102 @@ TEST_F(NetEscapeTest, PreparedTablesServeTheNextJobsWithTheSameSpec) {
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(refused.error().message(), "prepared_tables 9: at most 8");
+}
+
+// PrepareJob (the launcher's way): the table of the one job to come is
+// committed ahead on the caller's thread and taken by that job's start,
+// which then enforces the same rules; a prepared table for another spec is
+// dropped, and the service's stop removes one nobody took.
+TEST_F(NetEscapeTest, PrepareJobCommitsTheTableTheNextJobTakes) {
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  auto service = NetworkService::Start(config);
+  ASSERT_TRUE(service) << service.error().ToString();
+  const std::string prefix = (*service)->interface_prefix();
+  auto job_tables = [&] {
+    std::string tables = testing::ShellOutput("nft list tables");
+    std::vector<std::string> names;
+    std::string needle = " ralph_" + prefix;
+    for (size_t at = tables.find(needle); at != std::string::npos; at = tables.find(needle, at + 1))
+      names.push_back(tables.substr(at + 1, tables.find('\n', at) - at - 1));
+    return names;
+  };
+  RecordingSink sink;
+
+  ASSERT_TRUE((*service)->PrepareJob(WebOnly()));
+  EXPECT_EQ(job_tables(), std::vector<std::string>{JobTableName(prefix + "0")});
+  EXPECT_EQ((*service)->live_jobs(), 1u);
+  // A disabled network has no table to prepare.
+  NetworkSpec off;
+  off.enabled = false;
+  ASSERT_TRUE((*service)->PrepareJob(off));
+  EXPECT_EQ(job_tables().size(), 1u);
+
+  JobProcess job = JobProcess::Fork([](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("203.0.113.20", 80);
+  });
+  auto network = (*service)->CreateJob("prepared-launcher", job.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ((*network)->host_interface(), prefix + "0");
+  EXPECT_EQ(job_tables(), std::vector<std::string>{JobTableName(prefix + "0")});
+  EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "connected:hello|failed:timeout");
+  EXPECT_TRUE(sink.WaitFor([](const NetEvent& e) {
+    return e.job_id == "prepared-launcher" && e.verdict == NetVerdict::kDenied &&
+           e.destination == "203.0.113.20" && e.reason == "not-allowlisted";
+  })) << sink.Dump();
+
+  // Prepared for one spec, then for another: the first one is dropped.
+  ASSERT_TRUE((*service)->PrepareJob(WebOnly()));
+  ASSERT_TRUE((*service)->PrepareJob(NetworkSpec{}));
+  EXPECT_EQ(job_tables(),
+            (std::vector<std::string>{JobTableName(prefix + "0"), JobTableName(prefix + "2")}));
+  EXPECT_EQ((*service)->live_jobs(), 2u);
+
+  ASSERT_TRUE((*network)->Teardown());
+  service->reset();
+  EXPECT_TRUE(job_tables().empty()) << testing::ShellOutput("nft list tables");
+}
+
+// The DNS forwarder (a thread and its sockets) starts with the first job
+// that names domains: a service whose jobs only reach addresses never
+// starts it.
+TEST_F(NetEscapeTest, TheDnsForwarderStartsWithTheFirstJobThatNamesDomains) {
+  auto threads = [] {
+    size_t count = 0;
+    for ([[maybe_unused]] const auto& entry :
+         std::filesystem::directory_iterator("/proc/self/task"))
+      ++count;
+    return count;
+  };
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  size_t before = threads();
+  auto service = NetworkService::Start(config);
+  ASSERT_TRUE(service) << service.error().ToString();
+  EXPECT_EQ(threads(), before + 1);  // the NFLOG listener
+
+  RecordingSink sink;
+  JobProcess web =
+      JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
+  auto web_network = (*service)->CreateJob("dns-none", web.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(web_network) << web_network.error().ToString();
+  EXPECT_EQ(web.Go({(*web_network)->resolver_address(), ""}), "connected:hello");
+  EXPECT_EQ(threads(), before + 1);
+
+  NetworkSpec named;
+  named.allowed_domains = {"*.allowed.test"};
+  JobProcess resolver = JobProcess::Fork([](const JobContext& context) {
+    return ProbeResolve(context.resolver_v4, "api.allowed.test", LDNS_RR_TYPE_A);
+  });
+  auto named_network = (*service)->CreateJob("dns-named", resolver.pid(), named, &sink);
+  ASSERT_TRUE(named_network) << named_network.error().ToString();
+  EXPECT_EQ(threads(), before + 2);
+  EXPECT_EQ(resolver.Go({(*named_network)->resolver_address(), ""}),
+            "rcode:NOERROR A 203.0.113.10");
+  ASSERT_TRUE((*named_network)->Teardown());
+  ASSERT_TRUE((*web_network)->Teardown());
 }
 
 TEST_F(NetEscapeTest, HostLoopbackAndOwnAddressesAreUnreachable) {

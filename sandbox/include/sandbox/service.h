@@ -46,9 +46,13 @@ class NetworkProviderInterface {
   virtual ~NetworkProviderInterface() = default;
   virtual Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
                                                      const NetworkSpec& spec) = 0;
-  // Starts what the first Create needs (the network service), so a launcher
-  // can overlap it with the rest of its setup. Thread-safe; optional.
-  virtual Result<void> Prepare() { return {}; }
+  // Starts what the first Create needs (the network service) and makes
+  // ahead what a job with `spec` needs (its nft table), so a launcher can
+  // overlap them with the rest of its setup. Thread-safe; optional.
+  virtual Result<void> Prepare(const NetworkSpec& spec) {
+    (void)spec;
+    return {};
+  }
 };
 
 // The JobNetwork provider from sandbox/net when it is linked in, else nullptr

@@ -352,11 +352,12 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAl
   registered_ = true;
   if (!allowlist.empty()) {
     dns_events_ = std::make_unique<RateLimitedSink>(service_, ifname_);
-    TRY(service_->dns_->AddJob(DnsJobConfig{.key = ifname_,
-                                            .job_id = job_id_,
-                                            .allowlist = std::move(allowlist),
-                                            .listen = {a.host_v4, a.host_v6},
-                                            .sink = dns_events_.get()}));
+    DnsForwarder* dns = TRY(service_->Dns());
+    TRY(dns->AddJob(DnsJobConfig{.key = ifname_,
+                                 .job_id = job_id_,
+                                 .allowlist = std::move(allowlist),
+                                 .listen = {a.host_v4, a.host_v6},
+                                 .sink = dns_events_.get()}));
     dns_registered_ = true;
   }
   return {};
@@ -485,7 +486,7 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
       TRY_CTX(rtnl.DeleteLink(name), "removing a stale job link");
     }
   }
-  TRY(service->SweepStaleTables());
+  std::vector<NftTableInfo> tables = TRY(service->SweepStaleTables());
 
   if (config.enable_forwarding) {
     TRY(WriteSysctl("/proc/sys/net/ipv4/ip_forward", "1"));
@@ -497,6 +498,16 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   // of this name went with the sweep above.
   {
     std::lock_guard lock(service->tables_mutex_);
+    if (config.service_tables == ServiceTables::kWarm) {
+      // Warm tables that the listing shows are taken as they are, without
+      // sending their plan only to have it refused (EEXIST).
+      auto listed = [&](const std::string& name) {
+        return std::any_of(tables.begin(), tables.end(),
+                           [&](const NftTableInfo& table) { return table.name == name; });
+      };
+      service->service_table_ = listed(WarmTableName(config.ifname_prefix));
+      service->service_table_stateful_ = listed(WarmConntrackTableName(config.ifname_prefix));
+    }
     TRY(service->CommitServiceTable(config.expect_egress));
   }
 
@@ -525,19 +536,31 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
                                    uint32_t{config.nflog_group} + config.nflog_group_count - 1));
   }
 
-  DnsForwarder::Options options;
-  options.upstream = upstream.first;
-  options.upstream_len = upstream.second;
-  options.min_ttl = config.dns_min_ttl;
-  options.max_ttl = config.dns_max_ttl;
-  // Through the service's socket: only it may change an owned table.
-  service->dns_ = TRY(DnsForwarder::Start(
-      options, [raw](const std::string& key, const IpPrefix& address, uint32_t ttl) {
-        return raw->nft_->AddSetElement(JobTableName(key),
-                                        address.family == IpFamily::kV4 ? kDnsSetV4 : kDnsSetV6,
-                                        address, static_cast<uint64_t>(ttl) * 1000);
-      }));
+  // The DNS forwarder starts with the first job that names domains.
+  service->upstream_ = upstream.first;
+  service->upstream_len_ = upstream.second;
   return service;
+}
+
+Result<DnsForwarder*> NetworkService::Dns() {
+  std::lock_guard lock(dns_mutex_);
+  if (dns_) return dns_.get();
+  DnsForwarder::Options options;
+  options.upstream = upstream_;
+  options.upstream_len = upstream_len_;
+  options.min_ttl = config_.dns_min_ttl;
+  options.max_ttl = config_.dns_max_ttl;
+  // Through the service's socket: only it may change an owned table.
+  dns_ = TRY_CTX(
+      DnsForwarder::Start(options,
+                          [this](const std::string& key, const IpPrefix& address, uint32_t ttl) {
+                            return nft_->AddSetElement(
+                                JobTableName(key),
+                                address.family == IpFamily::kV4 ? kDnsSetV4 : kDnsSetV6, address,
+                                static_cast<uint64_t>(ttl) * 1000);
+                          }),
+      "starting the DNS forwarder");
+  return dns_.get();
 }
 
 NetworkService::~NetworkService() {
@@ -693,7 +716,7 @@ void NetworkService::Log(LogLevel level, const std::string& message) const {
   if (config_.log) config_.log(level, message);
 }
 
-Result<void> NetworkService::SweepStaleTables() {
+Result<std::vector<NftTableInfo>> NetworkService::SweepStaleTables() {
   auto tables = TRY_CTX(nft_->ListTables(), "sweeping stale tables");
   for (const auto& [instance, names] :
        UnownedTablesByInstance(tables, config_.ifname_prefix, kMaxInstances)) {
@@ -713,7 +736,7 @@ Result<void> NetworkService::SweepStaleTables() {
                       static_cast<char>('a' + instance), config_.ifname_prefix));
     }
   }
-  return {};
+  return tables;
 }
 
 void NetworkService::Register(const std::string& ifname, Registered job) {
@@ -792,7 +815,7 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
 
   // A table committed ahead for this very spec, if there is one: then this
   // start only makes and configures the veth.
-  std::string key = config_.prepared_tables > 0 ? NetworkSpecKey(spec) : std::string();
+  std::string key = NetworkSpecKey(spec);
   std::optional<JobAddresses> prepared = TakePreparedTable(key);
   JobAddresses addresses;
   if (prepared) {
@@ -863,6 +886,24 @@ void NetworkService::RequestPreparedTables(const NetworkSpec& spec, std::string 
   prepare_spec_ = spec;
   if (!preparer_.joinable()) preparer_ = std::thread([this] { PrepareLoop(); });
   prepare_cv_.notify_all();
+}
+
+Result<void> NetworkService::PrepareJob(const NetworkSpec& spec) {
+  if (!spec.enabled) return {};
+  std::string key = NetworkSpecKey(spec);
+  JobAddresses addresses = TRY(PrepareTable(spec));
+  std::vector<JobAddresses> stale;
+  {
+    std::lock_guard lock(prepare_mutex_);
+    if (key != prepared_key_) {
+      stale.assign(prepared_.begin(), prepared_.end());
+      prepared_.clear();
+      prepared_key_ = std::move(key);
+    }
+    prepared_.push_back(addresses);
+  }
+  DropPreparedTables(std::move(stale));
+  return {};
 }
 
 Result<JobAddresses> NetworkService::PrepareTable(const NetworkSpec& spec) {
@@ -960,7 +1001,17 @@ size_t NetworkService::WaitForPreparedTables() {
 }
 
 void NetworkService::StopPreparing() {
-  if (!preparer_.joinable()) return;
+  if (!preparer_.joinable()) {
+    // Only PrepareJob made tables (no preparer thread): dropped here.
+    std::vector<JobAddresses> left;
+    {
+      std::lock_guard lock(prepare_mutex_);
+      left.assign(prepared_.begin(), prepared_.end());
+      prepared_.clear();
+    }
+    DropPreparedTables(std::move(left));
+    return;
+  }
   {
     std::lock_guard lock(prepare_mutex_);
     prepare_stop_ = true;

@@ -31,6 +31,7 @@
 // lets the kernel forward only to and from the job veths.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -161,6 +162,7 @@ struct NetworkServiceConfig {
 class DnsForwarder;
 class NftSocket;
 struct LoggedPacket;
+struct NftTableInfo;
 class NflogListener;
 class JobNetworkImpl;
 class RateLimitedSink;
@@ -199,6 +201,13 @@ class NetworkService {
   Result<std::unique_ptr<JobNetwork>> CreateJob(const std::string& job_id, pid_t child_pid,
                                                 const NetworkSpec& spec,
                                                 NetEventSinkInterface* events);
+
+  // Commits, now and on the calling thread, the table of a job with `spec`
+  // (enabled), which the next CreateJob with an equal spec (NetworkSpecKey)
+  // takes: its start then only makes and configures the veth. For a
+  // launcher that knows its one job early; a service uses prepared_tables.
+  // Tables prepared for another spec are dropped.
+  Result<void> PrepareJob(const NetworkSpec& spec);
 
   // Address slots in use: live jobs, torn-down ones whose background
   // removal is not done yet, and prepared tables.
@@ -241,8 +250,9 @@ class NetworkService {
   void Register(const std::string& ifname, Registered job);
   void Unregister(const std::string& ifname);
   void Log(LogLevel level, const std::string& message) const;
-  // Removes the unowned tables of this instance and of dead instances.
-  Result<void> SweepStaleTables();
+  // Removes the unowned tables of this instance and of dead instances;
+  // returns the listing it went by.
+  Result<std::vector<NftTableInfo>> SweepStaleTables();
 
   // LinkRemoval::kBackground: what a torn-down job leaves for the reaper.
   struct Removal {
@@ -276,7 +286,14 @@ class NetworkService {
   std::unique_ptr<AddressPool> pool_;
   std::mutex registry_mutex_;
   std::map<std::string, Registered> registry_;
-  std::unique_ptr<DnsForwarder> dns_;
+  // The upstream resolver (checked by Start) and the forwarder that Dns()
+  // starts for the first job with an allowlist; jobs without one never pay
+  // for its thread and sockets.
+  sockaddr_storage upstream_{};
+  socklen_t upstream_len_ = 0;
+  std::mutex dns_mutex_;
+  std::unique_ptr<DnsForwarder> dns_;  // guarded by dns_mutex_ until made
+  Result<DnsForwarder*> Dns();
   std::unique_ptr<NflogListener> nflog_;
   // The service table (or, kWarm, the warm tables) exists (guarded by
   // tables_mutex_, with table_jobs_: the jobs that need it).
