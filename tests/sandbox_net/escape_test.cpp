@@ -580,6 +580,27 @@ TEST_F(NetEscapeTest, PrepareJobCommitsTheTableTheNextJobTakes) {
   EXPECT_TRUE(job_tables().empty()) << testing::ShellOutput("nft list tables");
 }
 
+// Both ends of a job's veth carry only the addresses the service gave them:
+// no IPv6 link-local one (whose duplicate detection, router solicitations
+// and MLD reports would run at every start), and IPv6 still works.
+TEST_F(NetEscapeTest, VethEndsHaveNoIpv6LinkLocalAddress) {
+  RecordingSink sink;
+  JobProcess job = JobProcess::Fork([](const JobContext&) {
+    std::string own = testing::ShellOutput("ip -6 addr show dev eth0 2>&1");
+    return std::string(own.find("fe80:") == std::string::npos ? "no-link-local" : own) + "|" +
+           ProbeConnect("2001:db8:1::10", 80);
+  });
+  auto network = service_->CreateJob("no-link-local", job.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  std::string host = testing::ShellOutput(
+      fmt::format("ip -6 addr show dev {} 2>&1", (*network)->host_interface()));
+  EXPECT_EQ(host.find("fe80:"), std::string::npos) << host;
+  EXPECT_NE(host.find((*network)->resolver_address_v6()), std::string::npos) << host;
+  EXPECT_EQ(job.Go({(*network)->resolver_address(), (*network)->resolver_address_v6()}),
+            "no-link-local|connected:hello");
+  ASSERT_TRUE((*network)->Teardown());
+}
+
 // The DNS forwarder (a thread and its sockets) starts with the first job
 // that names domains: a service whose jobs only reach addresses never
 // starts it.

@@ -295,6 +295,7 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAl
     int eth = TRY_CTX(job.LinkIndex(kJobIfname), "configuring the job side");
     Rtnl::Batch batch;
     batch.SetUp(kLoopbackIndex, "lo");
+    batch.NoLinkLocal(eth, kJobIfname);
     batch.AddAddress(eth, kJobIfname, a.job_v4, JobAddresses::kV4LinkLength);
     batch.AddAddress(eth, kJobIfname, a.job_v6, JobAddresses::kV6LinkLength);
     batch.SetUp(eth, kJobIfname);
@@ -308,6 +309,7 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAl
   }
   int host_index = TRY(host.LinkIndex(ifname_));
   Rtnl::Batch batch;
+  batch.NoLinkLocal(host_index, ifname_);
   batch.AddAddress(host_index, ifname_, a.host_v4, JobAddresses::kV4LinkLength);
   batch.AddAddress(host_index, ifname_, a.host_v6, JobAddresses::kV6LinkLength);
   batch.SetUp(host_index, ifname_);

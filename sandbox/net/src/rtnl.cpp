@@ -67,6 +67,18 @@ void PutSetUp(nlmsghdr* nlh, int index) {
   ifm->ifi_change = IFF_UP;
 }
 
+void PutNoLinkLocal(nlmsghdr* nlh, int index) {
+  nlh->nlmsg_type = RTM_NEWLINK;
+  auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
+  ifm->ifi_family = AF_UNSPEC;
+  ifm->ifi_index = index;
+  nlattr* spec = mnl_attr_nest_start(nlh, IFLA_AF_SPEC);
+  nlattr* inet6 = mnl_attr_nest_start(nlh, AF_INET6);
+  mnl_attr_put_u8(nlh, IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE);
+  mnl_attr_nest_end(nlh, inet6);
+  mnl_attr_nest_end(nlh, spec);
+}
+
 void PutAddress(nlmsghdr* nlh, int index, const IpPrefix& address, uint8_t link_length) {
   nlh->nlmsg_type = RTM_NEWADDR;
   nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
@@ -104,6 +116,12 @@ void PutDefaultRoute(nlmsghdr* nlh, int index, const IpPrefix& gateway) {
 void Rtnl::Batch::SetUp(int index, const std::string& name) {
   nlmsghdr* nlh = Next(fmt::format("setting link {} up", name));
   PutSetUp(nlh, index);
+  used_ += NLMSG_ALIGN(nlh->nlmsg_len);
+}
+
+void Rtnl::Batch::NoLinkLocal(int index, const std::string& name) {
+  nlmsghdr* nlh = Next(fmt::format("turning off the IPv6 link-local address of {}", name));
+  PutNoLinkLocal(nlh, index);
   used_ += NLMSG_ALIGN(nlh->nlmsg_len);
 }
 

@@ -31,6 +31,11 @@ class Rtnl {
   class Batch {
    public:
     void SetUp(int index, const std::string& name);
+    // No IPv6 link-local address (addr_gen_mode none): the link's addresses
+    // are all set here, and without one the kernel runs no duplicate
+    // address detection, router solicitation or MLD report for it when it
+    // comes up. Before SetUp.
+    void NoLinkLocal(int index, const std::string& name);
     // `address` with the on-link prefix length; IPv6 without DAD so it is
     // usable at once.
     void AddAddress(int index, const std::string& name, const IpPrefix& address,
