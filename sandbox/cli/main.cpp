@@ -4,6 +4,7 @@
 // ralph-sandbox drain [--state-dir DIR]
 // Unmounts the idle upper volumes runs leave mounted for the next run and
 // removes the warm nft tables they leave in the netns.
+#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -168,15 +169,29 @@ Result<Options> ParseArgs(int argc, char** argv) {
   return options;
 }
 
+// Moves the calling thread off `cpu` when it may run elsewhere. A new
+// thread is woken on its creator's CPU and shares it with the creator even
+// when another CPU idles (seen with perf sched on the 2-vCPU test VM: the
+// launcher's two halves then took turns on one CPU); pinning it
+// away and back makes the kernel migrate it once, and then it may run
+// anywhere again.
+void LeaveCpu(int cpu) {
+  cpu_set_t allowed;
+  if (cpu < 0 || ::sched_getaffinity(0, sizeof allowed, &allowed) != 0 || CPU_COUNT(&allowed) < 2 ||
+      !CPU_ISSET(cpu, &allowed))
+    return;
+  cpu_set_t others = allowed;
+  CPU_CLR(cpu, &others);
+  if (::sched_setaffinity(0, sizeof others, &others) == 0)
+    ::sched_setaffinity(0, sizeof allowed, &allowed);
+}
+
 Result<int> Run(const Options& options) {
   using Clock = std::chrono::steady_clock;
   auto ms = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
   };
   auto t0 = Clock::now();
-  // Owner pid and start time in the name: the next launcher's start-up
-  // sweep removes the cgroups of one that was killed (SweepDeadOwnerCgroups).
-  std::string name = sb::OwnedCgroupName("ralph-sandbox");
   // The network service says which nft table clean-up path it uses (debug:
   // tables owned by its socket; warning: the fallback sweep) and which stale
   // tables it removed; a launcher prints all but the debug line.
@@ -201,7 +216,9 @@ Result<int> Run(const Options& options) {
   // must outlive the join.
   std::unique_ptr<sb::SandboxService> service;
   if (network && options.spec.network.enabled)
-    preparing = std::thread([&prepared, provider = network.get(), &spec = options.spec.network] {
+    preparing = std::thread([&prepared, provider = network.get(), &spec = options.spec.network,
+                             creator_cpu = ::sched_getcpu()] {
+      LeaveCpu(creator_cpu);
       prepared = provider->Prepare(spec);
     });
   // Joined on every path out of this function.
@@ -211,6 +228,9 @@ Result<int> Run(const Options& options) {
       if (thread.joinable()) thread.join();
     }
   } joiner{preparing};
+  // Owner pid and start time in the name: the next launcher's start-up
+  // sweep removes the cgroups of one that was killed (SweepDeadOwnerCgroups).
+  std::string name = sb::OwnedCgroupName("ralph-sandbox");
   auto cgroups = TRY(sb::DetectCgroups(name));
   sb::ServiceOptions service_options;
   // Shared by every run: the upper-layer template images are made once.

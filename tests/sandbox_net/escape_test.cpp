@@ -8,11 +8,14 @@
 #include <gtest/gtest.h>
 #include <ldns/ldns.h>
 #include <netinet/in.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -578,6 +581,64 @@ TEST_F(NetEscapeTest, PrepareJobCommitsTheTableTheNextJobTakes) {
   ASSERT_TRUE((*network)->Teardown());
   service->reset();
   EXPECT_TRUE(job_tables().empty()) << testing::ShellOutput("nft list tables");
+}
+
+// Without upstream_dns the service forwards to the first "nameserver" line of
+// /etc/resolv.conf (as a launcher does), whatever comes before it and
+// however it is spaced; a file that names none is refused by name. Started
+// on a thread of its own that sees its own /etc/resolv.conf.
+TEST_F(NetEscapeTest, UpstreamIsTheFirstNameserverOfResolvConf) {
+  auto start_with = [](const std::string& resolv) -> Result<std::unique_ptr<NetworkService>> {
+    std::unique_ptr<NetworkService> service;
+    std::optional<Error> error;
+    std::thread([&] {
+      std::string file = fmt::format("/tmp/ralph-resolv-{}.conf", ::getpid());
+      auto fail = [&](const char* step) {
+        error = Error::FromErrno(fmt::format("test setup: {}", step), errno);
+      };
+      FILE* out = std::fopen(file.c_str(), "w");
+      if (!out) return fail("fopen");
+      std::fputs(resolv.c_str(), out);
+      std::fclose(out);
+      if (::unshare(CLONE_NEWNS) != 0) return fail("unshare");
+      if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return fail("private");
+      if (::mount(file.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0)
+        return fail("bind");
+      NetworkServiceConfig config;
+      config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+      auto started = NetworkService::Start(config);
+      if (started) {
+        service = std::move(*started);
+      } else {
+        error = std::move(started).error();
+      }
+      ::unlink(file.c_str());
+    }).join();
+    if (error) return std::move(*error);
+    return service;
+  };
+  auto service = start_with(
+      "# written by hand\nsearch example.test\noptions ndots:1\n"
+      "  nameserver\t198.51.100.53  \nnameserver 192.0.2.99\n");
+  ASSERT_TRUE(service) << service.error().ToString();
+  NetworkSpec named;
+  named.allowed_domains = {"*.allowed.test"};
+  RecordingSink sink;
+  JobProcess job = JobProcess::Fork([](const JobContext& context) {
+    return ProbeResolve(context.resolver_v4, "api.allowed.test", LDNS_RR_TYPE_A);
+  });
+  auto network = (*service)->CreateJob("resolv-conf", job.pid(), named, &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "rcode:NOERROR A 203.0.113.10");
+  ASSERT_TRUE((*network)->Teardown());
+  service->reset();
+
+  auto refused =
+      start_with("search example.test\n#nameserver 198.51.100.53\nnameservers 1.2.3.4\n");
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(refused.error().message(),
+            "upstream_dns is empty and /etc/resolv.conf names no nameserver");
 }
 
 // Both ends of a job's veth carry only the addresses the service gave them:

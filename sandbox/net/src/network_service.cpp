@@ -11,14 +11,13 @@
 #include <charconv>
 #include <cstddef>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 
 #include "dns_forwarder.h"
 #include "nflog_listener.h"
 #include "nft_apply.h"
+#include "platform/file_io.h"
 #include "rtnl.h"
 #include "sandbox/net/dns_allowlist.h"
 #include "sandbox/net/rule_plan.h"
@@ -33,15 +32,22 @@ constexpr int kLoopbackIndex = 1;
 
 Result<std::pair<sockaddr_storage, socklen_t>> ParseUpstream(std::string text) {
   if (text.empty()) {
-    std::ifstream resolv("/etc/resolv.conf");
-    std::string line;
-    while (std::getline(resolv, line)) {
-      std::istringstream words(line);
-      std::string keyword, value;
-      if (words >> keyword >> value && keyword == "nameserver") {
-        text = value;
-        break;
-      }
+    // The first "nameserver <address>" line; a missing file names none.
+    std::string resolv = ReadWholeFile("/etc/resolv.conf").value_or(std::string());
+    auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+    for (std::string_view rest = resolv; !rest.empty() && text.empty();) {
+      size_t end = rest.find('\n');
+      std::string_view line = rest.substr(0, end);
+      rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 1);
+      auto next_word = [&]() {
+        while (!line.empty() && blank(line.front())) line.remove_prefix(1);
+        size_t n = 0;
+        while (n < line.size() && !blank(line[n])) ++n;
+        std::string_view word = line.substr(0, n);
+        line.remove_prefix(n);
+        return word;
+      };
+      if (next_word() == "nameserver") text = std::string(next_word());
     }
     if (text.empty()) {
       return Error::Make(ErrorCode::kInvalidArgument,
@@ -319,8 +325,7 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAl
   // job is still held by the spawner until Create() returns. A prepared
   // table has existed since before the veth.
   if (plan) {
-    TableOwner owner = service_->tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone;
-    auto applied = service_->nft_->ApplyTablePlan(*plan, owner);
+    auto applied = service_->ApplyOwnedTable(*plan, ExistingTable::kFail);
     // EEXIST: a table of that name is in the way; EPERM: one that another
     // socket owns (nft_table_lookup refuses before NLM_F_EXCL is looked at).
     if (!applied && (applied.error().code() == ErrorCode::kAlreadyExists ||
@@ -340,7 +345,7 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAl
                                        plan->name, it->owner_portid));
       }
       if (it != tables.end()) {
-        applied = service_->nft_->ApplyTablePlan(*plan, owner, ExistingTable::kReplace);
+        applied = service_->ApplyOwnedTable(*plan, ExistingTable::kReplace);
         if (applied) {
           service_->Log(LogLevel::kInfo, fmt::format("replaced stale table inet {}", plan->name));
         }
@@ -466,17 +471,17 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
 
   service->nft_ = TRY_CTX(NftSocket::Open(), "network service");
   if (config.table_ownership == TableOwnership::kIfSupported) {
-    service->tables_owned_ = TRY(
-        service->nft_->ProbeTableOwner(fmt::format("ralph_probe_{}", service->interface_prefix_)));
-  }
-  if (service->tables_owned_) {
-    service->Log(LogLevel::kDebug,
-                 "nft tables are owned by the network service's netlink socket "
-                 "(NFT_TABLE_F_OWNER): the kernel removes them when this process exits");
-  } else if (config.table_ownership == TableOwnership::kIfSupported) {
-    service->Log(LogLevel::kWarning,
-                 "the kernel lacks nft table ownership (NFT_TABLE_F_OWNER, Linux 5.12): tables a "
-                 "killed service leaves are removed by the next service's start");
+    if (config.service_tables == ServiceTables::kWarm) {
+      // A launcher's start makes no owned table of its own: whether the
+      // kernel takes the owner flag is found out by the first job table
+      // (ApplyOwnedTable), not by a probe transaction at every start.
+      service->tables_owned_ = true;
+    } else {
+      service->tables_owned_ = TRY(service->nft_->ProbeTableOwner(
+          fmt::format("ralph_probe_{}", service->interface_prefix_)));
+      service->owner_known_ = true;
+      service->LogOwnership();
+    }
   }
 
   // Leftovers of this instance's previous holder, which died: its links
@@ -583,18 +588,45 @@ NetworkService::~NetworkService() {
     IgnoreError(nft_->DeleteTable(service_table_name_));
 }
 
+void NetworkService::LogOwnership() const {
+  if (tables_owned_) {
+    Log(LogLevel::kDebug,
+        "nft tables are owned by the network service's netlink socket "
+        "(NFT_TABLE_F_OWNER): the kernel removes them when this process exits");
+  } else {
+    Log(LogLevel::kWarning,
+        "the kernel lacks nft table ownership (NFT_TABLE_F_OWNER, Linux 5.12): tables a "
+        "killed service leaves are removed by the next service's start");
+  }
+}
+
+Result<void> NetworkService::ApplyOwnedTable(const NftTablePlan& plan, ExistingTable existing) {
+  if (!tables_owned_) return nft_->ApplyTablePlan(plan, TableOwner::kNone, existing);
+  auto applied = nft_->ApplyTablePlan(plan, TableOwner::kThisSocket, existing);
+  if (applied || owner_known_) return applied;
+  // Before 5.12 nf_tables_newtable refused the owner flag with EINVAL
+  // (EOPNOTSUPP for unknown flags since): only a probe tells that EINVAL
+  // from one a rule of the plan caused.
+  int code = applied.error().sys_errno();
+  if (code != EINVAL && code != EOPNOTSUPP) return applied;
+  bool supported = TRY(nft_->ProbeTableOwner(fmt::format("ralph_probe_{}", interface_prefix_)));
+  tables_owned_ = supported;
+  owner_known_ = true;
+  LogOwnership();
+  if (supported) return applied;
+  return nft_->ApplyTablePlan(plan, TableOwner::kNone, existing);
+}
+
 Result<void> NetworkService::CommitServiceTable(bool stateful) {
   if (service_table_ && (service_table_stateful_ || !stateful)) return {};
   if (config_.service_tables == ServiceTables::kWarm) return EnsureWarmTables(stateful);
   // Replacing our own table in one transaction: the forwarding policy never
   // lapses, and the hooks it shares with the new one stay registered.
-  TRY(nft_->ApplyTablePlan(
-      PlanServiceTable(
-          service_table_name_, config_.ifname_prefix,
-          config_.enable_forwarding ? ForwardingPolicy::kOnlyJobs : ForwardingPolicy::kUntouched,
-          stateful),
-      tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone,
-      service_table_ ? ExistingTable::kReplace : ExistingTable::kFail));
+  TRY(ApplyOwnedTable(PlanServiceTable(service_table_name_, config_.ifname_prefix,
+                                       config_.enable_forwarding ? ForwardingPolicy::kOnlyJobs
+                                                                 : ForwardingPolicy::kUntouched,
+                                       stateful),
+                      service_table_ ? ExistingTable::kReplace : ExistingTable::kFail));
   service_table_ = true;
   service_table_stateful_ = stateful;
   return {};
@@ -932,9 +964,7 @@ Result<JobAddresses> NetworkService::PrepareTable(const NetworkSpec& spec) {
   }
   // A table in the way (a stale one) is left to a job's own start, which
   // knows how to replace it: this slot is simply not prepared.
-  if (auto applied =
-          nft_->ApplyTablePlan(*plan, tables_owned_ ? TableOwner::kThisSocket : TableOwner::kNone);
-      !applied)
+  if (auto applied = ApplyOwnedTable(*plan, ExistingTable::kFail); !applied)
     return release(std::move(applied).error());
   return addresses;
 }

@@ -34,6 +34,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -163,6 +164,8 @@ class DnsForwarder;
 class NftSocket;
 struct LoggedPacket;
 struct NftTableInfo;
+struct NftTablePlan;
+enum class ExistingTable;
 class NflogListener;
 class JobNetworkImpl;
 class RateLimitedSink;
@@ -278,7 +281,15 @@ class NetworkService {
   // other socket may make one. Closed last: the kernel then deletes whatever
   // owned table is left.
   std::unique_ptr<NftSocket> nft_;
-  bool tables_owned_ = false;
+  // Whether tables are made owned, and whether that is known: a launcher
+  // (kWarm) takes ownership for granted until a table is refused
+  // (ApplyOwnedTable). Set before jobs start, or by the first table's
+  // commit; atomic for the preparer thread's reads.
+  std::atomic<bool> tables_owned_ = false;
+  std::atomic<bool> owner_known_ = false;
+  void LogOwnership() const;
+  // Commits `plan` owned by the service's socket where the kernel allows it.
+  Result<void> ApplyOwnedTable(const NftTablePlan& plan, ExistingTable existing);
   unsigned instance_;
   std::string interface_prefix_;
   std::string service_table_name_;
