@@ -486,8 +486,12 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
 
   // Leftovers of this instance's previous holder, which died: its links
   // would collide with the slots we are about to hand out. Other instances'
-  // links are live and not ours to touch.
-  {
+  // links are live and not ours to touch. Not in a launcher (kWarm): the
+  // links of the one before it go with that one's job namespace, in the
+  // kernel's time (tens of ms after it exits); deleting one here would wait
+  // out the kernel's rcu_barrier (netdev_run_todo, 20 ms measured) on this
+  // start's path, and AllocateFreeSlot skips a slot whose link still exists.
+  if (config.service_tables != ServiceTables::kWarm) {
     Rtnl rtnl = TRY(Rtnl::Open());
     for (const std::string& name : StaleJobLinks(service->interface_prefix_)) {
       TRY_CTX(rtnl.DeleteLink(name), "removing a stale job link");
