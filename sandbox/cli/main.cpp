@@ -5,6 +5,7 @@
 // Unmounts the idle upper volumes runs leave mounted for the next run and
 // removes the warm nft tables they leave in the netns.
 #include <sched.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +18,9 @@
 #include "platform/arch.h"
 #include "platform/log.h"
 #include "sandbox/service.h"
+
+// The bounds of this executable's code (GNU ld).
+extern "C" char __executable_start[], etext[];
 
 namespace {
 
@@ -169,6 +173,18 @@ Result<Options> ParseArgs(int argc, char** argv) {
   return options;
 }
 
+// Maps the launcher's whole code at once (MADV_POPULATE_READ, Linux 5.14;
+// a no-op before): one call instead of a page fault at the first touch of
+// every 64 KiB of it, which the run's threads would otherwise take one by
+// one (a fault is expensive in a VM). The pages are in the page cache after
+// the first run; this only fills the page tables.
+void PrefaultCode() {
+  constexpr int kPopulateRead = 22;  // MADV_POPULATE_READ, not in glibc 2.36's headers
+  auto start = reinterpret_cast<uintptr_t>(__executable_start) & ~uintptr_t{4095};
+  auto end = reinterpret_cast<uintptr_t>(etext);
+  if (end > start) ::madvise(reinterpret_cast<void*>(start), end - start, kPopulateRead);
+}
+
 // Moves the calling thread off `cpu` when it may run elsewhere. A new
 // thread is woken on its creator's CPU and shares it with the creator even
 // when another CPU idles (seen with perf sched on the 2-vCPU test VM: the
@@ -203,6 +219,9 @@ Result<int> Run(const Options& options) {
   // netfilter hooks live in warm tables that the next run reuses (`drain`
   // removes them), so no run patches the kernel's static keys.
   network_config.service_tables = sb::ServiceTables::kWarm;
+  // No sink is given for the job's connection events (the launcher prints
+  // none): nothing collects them, neither an NFLOG listener nor log rules.
+  network_config.report_events = false;
   // A job that may reach nothing past the host needs no conntrack or NAT.
   network_config.expect_egress = sb::JobHasEgress(options.spec.network);
   std::unique_ptr<sb::NetworkProviderInterface> network =
@@ -296,6 +315,7 @@ Result<int> Run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  PrefaultCode();
   ralph::LogInit("ralph-sandbox", ralph::LogSink::kStderr);
   auto options = ParseArgs(argc, argv);
   if (!options) {

@@ -662,6 +662,44 @@ TEST_F(NetEscapeTest, VethEndsHaveNoIpv6LinkLocalAddress) {
   ASSERT_TRUE((*network)->Teardown());
 }
 
+// report_events = false (the launcher's mode): no NFLOG listener thread
+// and no log statement in the job's table, and the same packets pass and
+// are dropped.
+TEST_F(NetEscapeTest, WithoutEventsTheSamePacketsPassAndNothingIsLogged) {
+  auto threads = [] {
+    size_t count = 0;
+    for ([[maybe_unused]] const auto& entry :
+         std::filesystem::directory_iterator("/proc/self/task"))
+      ++count;
+    return count;
+  };
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;
+  config.report_events = false;
+  size_t before = threads();
+  auto service = NetworkService::Start(config);
+  ASSERT_TRUE(service) << service.error().ToString();
+  EXPECT_EQ(threads(), before);
+  RecordingSink sink;
+  JobProcess job = JobProcess::Fork([](const JobContext&) {
+    return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("203.0.113.20", 80) + "|" +
+           ProbeConnect("169.254.169.254", 80) + "|" + ProbeConnect("2001:db8:1::10", 80);
+  });
+  auto network = (*service)->CreateJob("quiet", job.pid(), WebOnly(), &sink);
+  ASSERT_TRUE(network) << network.error().ToString();
+  std::string table = testing::ShellOutput(
+      fmt::format("nft list table inet {} 2>&1", JobTableName((*network)->host_interface())));
+  EXPECT_EQ(table.find(" log "), std::string::npos) << table;
+  EXPECT_NE(table.find("drop"), std::string::npos) << table;
+  EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}),
+            "connected:hello|failed:timeout|failed:timeout|connected:hello");
+  EXPECT_FALSE(world_->SawAny("tcp 203.0.113.20"));
+  EXPECT_FALSE(world_->SawAny("tcp 169.254.169.254"));
+  ASSERT_TRUE((*network)->Teardown());
+  EXPECT_TRUE(sink.Dump().empty()) << sink.Dump();
+}
+
 // The DNS forwarder (a thread and its sockets) starts with the first job
 // that names domains: a service whose jobs only reach addresses never
 // starts it.

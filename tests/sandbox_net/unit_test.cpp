@@ -187,6 +187,48 @@ TEST(RulePlanTest, DefaultDenyAndAlwaysBlockedEvenWhenAllowlisted) {
             "drop [rj3 d metadata]");
 }
 
+// A service that reports no events gets the same verdicts without a log
+// statement; a default-deny chain becomes its one final drop.
+TEST(RulePlanTest, WithoutLoggingKeepsEveryVerdict) {
+  auto verdict_only = [](std::string outcome) { return outcome.substr(0, outcome.find(' ')); };
+  const std::vector<Probe> probes = {{P("203.0.113.10")},
+                                     {P("203.0.113.10"), IPPROTO_TCP, 22},
+                                     {P("198.51.100.20"), IPPROTO_TCP, 80},
+                                     {P("169.254.169.254"), IPPROTO_TCP, 80},
+                                     {P("10.1.2.3"), IPPROTO_TCP, 80},
+                                     {P("fe80::1"), IPPROTO_TCP, 80},
+                                     {P("2001:db8:1::5"), IPPROTO_TCP, 8050},
+                                     {P("2001:db8:1::5"), IPPROTO_TCP, 8101},
+                                     {P("198.51.100.7"), IPPROTO_TCP, 443, true},
+                                     {P("169.254.169.254"), IPPROTO_TCP, 443, true}};
+  NetworkSpec allowing;
+  allowing.allow = {{.cidr = "203.0.113.0/24", .port_min = 443},
+                    {.cidr = "0.0.0.0/0", .port_min = 80},
+                    {.cidr = "10.0.0.0/8"},
+                    {.cidr = "2001:db8:1::/48", .port_min = 8000, .port_max = 8100}};
+  allowing.allowed_domains = {"api.example.com"};
+  for (const NetworkSpec& spec : {allowing, NetworkSpec{}}) {
+    auto logged = PlanJobTable(Addressing(), spec, 77);
+    ASSERT_TRUE(logged) << logged.error().message();
+    NftTablePlan quiet = WithoutLogging(*logged);
+    for (const NftChain& chain : quiet.chains)
+      for (const NftRule& rule : chain.rules) EXPECT_FALSE(rule.log_prefix) << chain.name;
+    for (const Probe& probe : probes)
+      EXPECT_EQ(Outcome(quiet, probe), verdict_only(Outcome(*logged, probe)))
+          << probe.destination.AddressString() << " port " << probe.port;
+    // Spoofed sources stay dropped.
+    const NftRule* spoofed =
+        FirstMatch(Chain(quiet, "egress"), {P("203.0.113.10")}, P("10.254.0.99"));
+    ASSERT_NE(spoofed, nullptr);
+    EXPECT_EQ(spoofed->verdict, NftVerdict::kDrop);
+    EXPECT_EQ(Chain(quiet, "host_in").rules.size(), Chain(*logged, "host_in").rules.size());
+  }
+  NftTablePlan deny_all = WithoutLogging(*PlanJobTable(Addressing(), NetworkSpec{}, 77));
+  ASSERT_EQ(Chain(deny_all, "egress").rules.size(), 1u);
+  EXPECT_EQ(Chain(deny_all, "egress").rules[0].verdict, NftVerdict::kDrop);
+  EXPECT_FALSE(Chain(deny_all, "egress").rules[0].daddr);
+}
+
 TEST(RulePlanTest, SpoofedSourceIsDropped) {
   auto plan = PlanJobTable(Addressing(), NetworkSpec{.allow = {{.cidr = "0.0.0.0/0"}}}, 1);
   ASSERT_TRUE(plan);

@@ -527,7 +527,8 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   // holds (another instance, or any other nfnetlink_log user): the bind is
   // the atomic test.
   for (uint32_t group = config.nflog_group;
-       group < uint32_t{config.nflog_group} + config.nflog_group_count && !service->nflog_;
+       config.report_events && group < uint32_t{config.nflog_group} + config.nflog_group_count &&
+       !service->nflog_;
        ++group) {
     auto listener =
         NflogListener::Start(static_cast<uint16_t>(group),
@@ -539,7 +540,7 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
       return std::move(listener).error();
     }
   }
-  if (!service->nflog_) {
+  if (config.report_events && !service->nflog_) {
     return Error::Make(ErrorCode::kBusy,
                        fmt::format("nflog groups {}..{} are all bound by other sockets in this "
                                    "network namespace (nflog_group, nflog_group_count)",
@@ -873,7 +874,7 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
                              .job_v4 = addresses.job_v4,
                              .host_v6 = addresses.host_v6,
                              .job_v6 = addresses.job_v6};
-    plan = TRY_CTX(PlanJobTable(addressing, spec, nflog_group_), context());
+    plan = TRY_CTX(PlanJob(addressing, spec), context());
   }
   TRY_CTX(job->HoldServiceTable(JobHasEgress(spec)), context());
   TRY_CTX(job->Setup(netns.get(), plan ? &*plan : nullptr, std::move(allowlist), events),
@@ -881,6 +882,13 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
   // The next jobs with this spec find their tables made.
   if (config_.prepared_tables > 0) RequestPreparedTables(spec, std::move(key));
   return std::unique_ptr<JobNetwork>(std::move(job));
+}
+
+Result<NftTablePlan> NetworkService::PlanJob(const JobAddressing& addressing,
+                                             const NetworkSpec& spec) const {
+  NftTablePlan plan = TRY(PlanJobTable(addressing, spec, nflog_group_));
+  if (!config_.report_events) return WithoutLogging(std::move(plan));
+  return plan;
 }
 
 Result<JobAddresses> NetworkService::AllocateFreeSlot() {
@@ -957,7 +965,7 @@ Result<JobAddresses> NetworkService::PrepareTable(const NetworkSpec& spec) {
                            .job_v4 = addresses.job_v4,
                            .host_v6 = addresses.host_v6,
                            .job_v6 = addresses.job_v6};
-  auto plan = PlanJobTable(addressing, spec, nflog_group_);
+  auto plan = PlanJob(addressing, spec);
   if (!plan) return release(std::move(plan).error());
   {
     // As a job's start would: the service table first (stateful when the

@@ -320,6 +320,29 @@ NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifna
   return plan;
 }
 
+NftTablePlan WithoutLogging(NftTablePlan plan) {
+  auto matches_all = [](const NftRule& rule) {
+    return !rule.iifname && !rule.oifname && !rule.family && !rule.saddr && !rule.daddr &&
+           !rule.daddr_set && !rule.l4proto && rule.dport_min == 0 && rule.dport_max == 0 &&
+           !rule.icmpv6_type && rule.ct_state == 0;
+  };
+  for (NftChain& chain : plan.chains) {
+    std::erase_if(chain.rules, [](NftRule& rule) {
+      bool logged = rule.log_prefix.has_value();
+      rule.log_prefix.reset();
+      return logged && rule.verdict == NftVerdict::kNone && !rule.masquerade;
+    });
+    // Drops that only differed in the reason they logged, ending in a drop
+    // of everything (the default-deny chains): that last drop alone.
+    bool only_drops = std::all_of(chain.rules.begin(), chain.rules.end(), [](const NftRule& r) {
+      return r.verdict == NftVerdict::kDrop && !r.masquerade;
+    });
+    if (only_drops && chain.rules.size() > 1 && matches_all(chain.rules.back()))
+      chain.rules.erase(chain.rules.begin(), chain.rules.end() - 1);
+  }
+  return plan;
+}
+
 std::string NetworkSpecKey(const NetworkSpec& spec) {
   // Lengths before strings: no two specs can print alike.
   std::string key = fmt::format("enabled={};allow={};", spec.enabled ? 1 : 0, spec.allow.size());

@@ -108,6 +108,12 @@ struct NetworkServiceConfig {
   // "2001:db8::53", "[2001:db8::53]:53". Empty: the first nameserver of
   // /etc/resolv.conf.
   std::string upstream_dns;
+  // Whether the jobs' connections are reported (NetEvent to the sink given
+  // to CreateJob): the job tables log them to NFLOG and a listener reads
+  // them. false, for a caller that reports none (the launcher passes no
+  // sink): no listener, and the tables carry no log statements; they drop
+  // and accept exactly the same packets.
+  bool report_events = true;
   // The NFLOG groups this service may bind: the first free one is used;
   // kBusy naming the range when all are taken.
   uint16_t nflog_group = 7770;
@@ -165,6 +171,7 @@ class NftSocket;
 struct LoggedPacket;
 struct NftTableInfo;
 struct NftTablePlan;
+struct JobAddressing;
 enum class ExistingTable;
 class NflogListener;
 class JobNetworkImpl;
@@ -318,6 +325,9 @@ class NetworkService {
   Result<void> CommitServiceTable(bool stateful);
   Result<void> EnsureWarmTables(bool stateful);
 
+  // The job's table for `spec`: PlanJobTable, without logging when the
+  // service reports no events.
+  Result<NftTablePlan> PlanJob(const JobAddressing& addressing, const NetworkSpec& spec) const;
   // A free address slot whose host link does not exist.
   Result<JobAddresses> AllocateFreeSlot();
   // Prepared tables (NetworkServiceConfig::prepared_tables). `key` is

@@ -117,6 +117,14 @@ std::string JobTableName(std::string_view host_ifname);
 Result<NftTablePlan> PlanJobTable(const JobAddressing& addressing, const NetworkSpec& spec,
                                   uint16_t nflog_group);
 
+// `plan` without its log statements, for a service that reports no events:
+// rules that only logged are gone, the others keep their matches and
+// verdicts, and a chain of drops that ends in a drop of everything (the
+// default-deny chains, whose rules differed only in the reason they logged)
+// is that one drop. It drops and accepts exactly the packets `plan` does.
+// Pure.
+NftTablePlan WithoutLogging(NftTablePlan plan);
+
 // A canonical text of everything in `spec` that shapes the job's table
 // (enabled, allow rules, domains, domain ports): equal keys, equal tables
 // (up to the slot's names and addresses). Pure.
