@@ -164,8 +164,8 @@ int main(int argc, char** argv) {
   spec.base = base;
   spec.binds = {{"/usr", "/usr", sb::BindAccess::kReadOnly}};
   spec.argv = {"/bin/true"};
-  // Network on (own netns, veth, nft default-deny, DNS registration) when
-  // sandbox/net is linked in; "network" says which.
+  // Network on (own netns, veth, nft default-deny; no domains, so no DNS
+  // forwarder) when sandbox/net is linked in; "network" says which.
   spec.network.enabled = with_network;
 
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
@@ -270,7 +270,9 @@ int main(int argc, char** argv) {
       "network %s\n",
       runs, (*service)->cgroup_version() == sb::CgroupVersion::kV2 ? 2 : 1,
       (*service)->landlock_abi(),
-      with_network ? "veth + nft default-deny + DNS" : "loopback only (sandbox/net not linked)");
+      with_network
+          ? "veth + nft default-deny (the service collects connection events, the launcher none)"
+          : "loopback only (sandbox/net not linked)");
   std::printf("load average: %s at the start, %s at the end of the launcher phase\n",
               load_before.c_str(), load_after_launchers.c_str());
   std::printf("phase 1 (launchers, interleaved):\n");
