@@ -119,6 +119,15 @@ World* NetEscapeTest::world_ = nullptr;
 NetworkService* NetEscapeTest::service_ = nullptr;
 int NetEscapeTest::job_counter_ = 0;
 
+// The threads of this process (the services' listener and forwarder
+// threads among them).
+size_t ThreadCount() {
+  size_t count = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/task"))
+    ++count;
+  return count;
+}
+
 NetworkSpec WebOnly() {
   NetworkSpec spec;
   spec.allow = {{.cidr = "203.0.113.10", .port_min = 80},
@@ -666,21 +675,14 @@ TEST_F(NetEscapeTest, VethEndsHaveNoIpv6LinkLocalAddress) {
 // and no log statement in the job's table, and the same packets pass and
 // are dropped.
 TEST_F(NetEscapeTest, WithoutEventsTheSamePacketsPassAndNothingIsLogged) {
-  auto threads = [] {
-    size_t count = 0;
-    for ([[maybe_unused]] const auto& entry :
-         std::filesystem::directory_iterator("/proc/self/task"))
-      ++count;
-    return count;
-  };
   NetworkServiceConfig config;
   config.upstream_dns = "198.51.100.53";
   config.nflog_group = kNflogGroup;
   config.report_events = false;
-  size_t before = threads();
+  size_t before = ThreadCount();
   auto service = NetworkService::Start(config);
   ASSERT_TRUE(service) << service.error().ToString();
-  EXPECT_EQ(threads(), before);
+  EXPECT_EQ(ThreadCount(), before);
   RecordingSink sink;
   JobProcess job = JobProcess::Fork([](const JobContext&) {
     return ProbeConnect("203.0.113.10", 80) + "|" + ProbeConnect("203.0.113.20", 80) + "|" +
@@ -704,20 +706,13 @@ TEST_F(NetEscapeTest, WithoutEventsTheSamePacketsPassAndNothingIsLogged) {
 // that names domains: a service whose jobs only reach addresses never
 // starts it.
 TEST_F(NetEscapeTest, TheDnsForwarderStartsWithTheFirstJobThatNamesDomains) {
-  auto threads = [] {
-    size_t count = 0;
-    for ([[maybe_unused]] const auto& entry :
-         std::filesystem::directory_iterator("/proc/self/task"))
-      ++count;
-    return count;
-  };
   NetworkServiceConfig config;
   config.upstream_dns = "198.51.100.53";
   config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
-  size_t before = threads();
+  size_t before = ThreadCount();
   auto service = NetworkService::Start(config);
   ASSERT_TRUE(service) << service.error().ToString();
-  EXPECT_EQ(threads(), before + 1);  // the NFLOG listener
+  EXPECT_EQ(ThreadCount(), before + 1);  // the NFLOG listener
 
   RecordingSink sink;
   JobProcess web =
@@ -725,7 +720,7 @@ TEST_F(NetEscapeTest, TheDnsForwarderStartsWithTheFirstJobThatNamesDomains) {
   auto web_network = (*service)->CreateJob("dns-none", web.pid(), WebOnly(), &sink);
   ASSERT_TRUE(web_network) << web_network.error().ToString();
   EXPECT_EQ(web.Go({(*web_network)->resolver_address(), ""}), "connected:hello");
-  EXPECT_EQ(threads(), before + 1);
+  EXPECT_EQ(ThreadCount(), before + 1);
 
   NetworkSpec named;
   named.allowed_domains = {"*.allowed.test"};
@@ -734,7 +729,7 @@ TEST_F(NetEscapeTest, TheDnsForwarderStartsWithTheFirstJobThatNamesDomains) {
   });
   auto named_network = (*service)->CreateJob("dns-named", resolver.pid(), named, &sink);
   ASSERT_TRUE(named_network) << named_network.error().ToString();
-  EXPECT_EQ(threads(), before + 2);
+  EXPECT_EQ(ThreadCount(), before + 2);
   EXPECT_EQ(resolver.Go({(*named_network)->resolver_address(), ""}),
             "rcode:NOERROR A 203.0.113.10");
   ASSERT_TRUE((*named_network)->Teardown());
