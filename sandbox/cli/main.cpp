@@ -50,6 +50,7 @@ constexpr const char kUsage[] =
     "  --allow CIDR[:PORT]  allow egress to an address/CIDR (repeatable)\n"
     "  --allow-domain NAME  resolvable and reachable on 443 (repeatable)\n"
     "  --state-dir DIR      per-job state (default /var/lib/ralph/sandbox)\n"
+    "  --events             print the job's connection attempts (allowed, denied) to stderr\n"
     "  --stats              print exit status and resource usage to stderr\n";
 
 Result<uint64_t> ParseSize(std::string_view flag, const std::string& text) {
@@ -86,6 +87,7 @@ struct Options {
   sb::SandboxSpec spec;
   std::string state_dir = "/var/lib/ralph/sandbox";
   bool stats = false;
+  bool events = false;
 };
 
 Result<Options> ParseArgs(int argc, char** argv) {
@@ -163,6 +165,8 @@ Result<Options> ParseArgs(int argc, char** argv) {
       options.state_dir = TRY(value(arg));
     } else if (arg == "--stats") {
       options.stats = true;
+    } else if (arg == "--events") {
+      options.events = true;
     } else {
       return Error::Make(ErrorCode::kInvalidArgument, fmt::format("unknown flag '{}'", arg));
     }
@@ -184,6 +188,24 @@ void PrefaultCode() {
   auto end = reinterpret_cast<uintptr_t>(etext);
   if (end > start) ::madvise(reinterpret_cast<void*>(start), end - start, kPopulateRead);
 }
+
+// --events: each connection attempt of the job, as the network service
+// reports it, one line on stderr.
+class StderrEvents final : public sb::NetEventSinkInterface {
+ public:
+  void OnNetEvent(const sb::NetEvent& event) override {
+    std::string_view protocol = event.protocol == sb::Protocol::kTcp   ? "tcp"
+                                : event.protocol == sb::Protocol::kUdp ? "udp"
+                                                                       : "ip";
+    std::string destination = event.port != 0
+                                  ? fmt::format("{} port {}", event.destination, event.port)
+                                  : event.destination;
+    ralph::LogLine(ralph::LogLevel::kInfo,
+                   fmt::format("network: {} {} {} ({})",
+                               event.verdict == sb::NetVerdict::kAllowed ? "allowed" : "denied",
+                               protocol, destination, event.reason));
+  }
+};
 
 // Moves the calling thread off `cpu` when it may run elsewhere. A new
 // thread is woken on its creator's CPU and shares it with the creator even
@@ -219,13 +241,14 @@ Result<int> Run(const Options& options) {
   // netfilter hooks live in warm tables that the next run reuses (`drain`
   // removes them), so no run patches the kernel's static keys.
   network_config.service_tables = sb::ServiceTables::kWarm;
-  // No sink is given for the job's connection events (the launcher prints
-  // none): nothing collects them, neither an NFLOG listener nor log rules.
-  network_config.report_events = false;
+  // The job's connection events are collected only for --events: without
+  // it neither an NFLOG listener nor log rules.
+  network_config.report_events = options.events;
+  StderrEvents events;
   // A job that may reach nothing past the host needs no conntrack or NAT.
   network_config.expect_egress = sb::JobHasEgress(options.spec.network);
   std::unique_ptr<sb::NetworkProviderInterface> network =
-      sb::MakeNetworkProvider(network_config, nullptr);
+      sb::MakeNetworkProvider(network_config, options.events ? &events : nullptr);
   // The network service starts (warm tables, NFLOG listener) and commits
   // the job's nft table while the cgroups, the upper volume and the job's
   // state are made here; mostly waiting on the kernel either way.

@@ -195,6 +195,37 @@ TEST_F(SandboxedNetTest, EscapesFailAndAllowlistedNameWorks) {
   EXPECT_EQ(after.foreign_netns_refs, 0);
 }
 
+#ifdef RALPH_SANDBOX_CLI
+// `ralph-sandbox run --events` prints the job's connection attempts, allowed
+// and denied; without it the launcher collects none, and the same packets
+// pass and are dropped.
+TEST_F(SandboxedNetTest, LauncherPrintsConnectionEventsOnlyWithEvents) {
+  std::string state = work_ + "/launcher-state";
+  std::string err_file = work_ + "/launcher.err";
+  auto launch = [&](const std::string& flag) {
+    std::string out = testing::ShellOutput(fmt::format(
+        "{} run {} --allow 203.0.113.10:80 --rootfs {} --ro-bind /usr:/usr --ro-bind {}:/probe "
+        "--state-dir {} -- /bin/sh -c 'P=/probe/sandbox_net_probe; $P connect 203.0.113.10 80; "
+        "$P connect 203.0.113.20 80' 2>{}",
+        RALPH_SANDBOX_CLI, flag, base_, RALPH_NET_PROBE_DIR, state, err_file));
+    return std::make_pair(out, testing::ShellOutput("cat " + err_file));
+  };
+  auto [out, err] = launch("--events");
+  EXPECT_EQ(out, "connected:hello\nfailed:timeout\n") << err;
+  EXPECT_NE(err.find("network: allowed tcp 203.0.113.10 port 80 (allowlist)"), std::string::npos)
+      << err;
+  EXPECT_NE(err.find("network: denied tcp 203.0.113.20 port 80 (not-allowlisted)"),
+            std::string::npos)
+      << err;
+  auto [quiet_out, quiet_err] = launch("");
+  EXPECT_EQ(quiet_out, "connected:hello\nfailed:timeout\n") << quiet_err;
+  EXPECT_EQ(quiet_err.find("network:"), std::string::npos) << quiet_err;
+  EXPECT_FALSE(world_->SawAny("tcp 203.0.113.20"));
+  // The launchers' warm volume and tables.
+  testing::ShellOutput(fmt::format("{} drain --state-dir {}", RALPH_SANDBOX_CLI, state));
+}
+#endif
+
 TEST_F(SandboxedNetTest, AllowlistedCidrConnectsFromTheSandbox) {
   NetworkSpec network;
   network.allow = {{.cidr = "203.0.113.0/24", .port_min = 80},
