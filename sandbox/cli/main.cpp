@@ -249,9 +249,10 @@ Result<int> Run(const Options& options) {
   network_config.expect_egress = sb::JobHasEgress(options.spec.network);
   std::unique_ptr<sb::NetworkProviderInterface> network =
       sb::MakeNetworkProvider(network_config, options.events ? &events : nullptr);
-  // The network service starts (warm tables, NFLOG listener) and commits
-  // the job's nft table while the cgroups, the upper volume and the job's
-  // state are made here; mostly waiting on the kernel either way.
+  // The network service starts (warm tables; the NFLOG listener only for
+  // --events) and commits the job's nft table while the cgroups, the upper
+  // volume and the job's state are made here; mostly waiting on the kernel
+  // either way.
   Result<void> prepared;
   std::thread preparing;
   // Declared before the joiner: it owns the provider the thread uses, so it
