@@ -49,10 +49,7 @@ class NetworkProviderInterface {
   // Starts what the first Create needs (the network service) and makes
   // ahead what a job with `spec` needs (its nft table), so a launcher can
   // overlap them with the rest of its setup. Thread-safe; optional.
-  virtual Result<void> Prepare(const NetworkSpec& spec) {
-    (void)spec;
-    return {};
-  }
+  virtual Result<void> Prepare(const NetworkSpec& /*spec*/) { return {}; }
 };
 
 // The JobNetwork provider from sandbox/net when it is linked in, else nullptr

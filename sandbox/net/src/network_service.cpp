@@ -477,10 +477,7 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
       // (ApplyOwnedTable), not by a probe transaction at every start.
       service->tables_owned_ = true;
     } else {
-      service->tables_owned_ = TRY(service->nft_->ProbeTableOwner(
-          fmt::format("ralph_probe_{}", service->interface_prefix_)));
-      service->owner_known_ = true;
-      service->LogOwnership();
+      TRY(service->ProbeOwnership());
     }
   }
 
@@ -593,7 +590,9 @@ NetworkService::~NetworkService() {
     IgnoreError(nft_->DeleteTable(service_table_name_));
 }
 
-void NetworkService::LogOwnership() const {
+Result<void> NetworkService::ProbeOwnership() {
+  tables_owned_ = TRY(nft_->ProbeTableOwner(fmt::format("ralph_probe_{}", interface_prefix_)));
+  owner_known_ = true;
   if (tables_owned_) {
     Log(LogLevel::kDebug,
         "nft tables are owned by the network service's netlink socket "
@@ -603,6 +602,7 @@ void NetworkService::LogOwnership() const {
         "the kernel lacks nft table ownership (NFT_TABLE_F_OWNER, Linux 5.12): tables a "
         "killed service leaves are removed by the next service's start");
   }
+  return {};
 }
 
 Result<void> NetworkService::ApplyOwnedTable(const NftTablePlan& plan, ExistingTable existing) {
@@ -614,11 +614,8 @@ Result<void> NetworkService::ApplyOwnedTable(const NftTablePlan& plan, ExistingT
   // from one a rule of the plan caused.
   int code = applied.error().sys_errno();
   if (code != EINVAL && code != EOPNOTSUPP) return applied;
-  bool supported = TRY(nft_->ProbeTableOwner(fmt::format("ralph_probe_{}", interface_prefix_)));
-  tables_owned_ = supported;
-  owner_known_ = true;
-  LogOwnership();
-  if (supported) return applied;
+  TRY(ProbeOwnership());
+  if (tables_owned_) return applied;
   return nft_->ApplyTablePlan(plan, TableOwner::kNone, existing);
 }
 
@@ -920,15 +917,17 @@ std::optional<JobAddresses> NetworkService::TakePreparedTable(const std::string&
   return addresses;
 }
 
+void NetworkService::SwitchPreparedKey(std::string key) {
+  if (key == prepared_key_) return;
+  // Tables for another spec are of no use to the next jobs: to be dropped.
+  discard_.insert(discard_.end(), prepared_.begin(), prepared_.end());
+  prepared_.clear();
+  prepared_key_ = std::move(key);
+}
+
 void NetworkService::RequestPreparedTables(const NetworkSpec& spec, std::string key) {
   std::lock_guard lock(prepare_mutex_);
-  if (key != prepared_key_) {
-    // Tables for another spec are of no use to the next jobs: dropped (by
-    // the preparer, off the caller's path).
-    for (JobAddresses& stale : prepared_) discard_.push_back(stale);
-    prepared_.clear();
-    prepared_key_ = std::move(key);
-  }
+  SwitchPreparedKey(std::move(key));  // the stale ones go by the preparer, off the caller's path
   prepare_spec_ = spec;
   if (!preparer_.joinable()) preparer_ = std::thread([this] { PrepareLoop(); });
   prepare_cv_.notify_all();
@@ -941,12 +940,10 @@ Result<void> NetworkService::PrepareJob(const NetworkSpec& spec) {
   std::vector<JobAddresses> stale;
   {
     std::lock_guard lock(prepare_mutex_);
-    if (key != prepared_key_) {
-      stale.assign(prepared_.begin(), prepared_.end());
-      prepared_.clear();
-      prepared_key_ = std::move(key);
-    }
+    SwitchPreparedKey(std::move(key));
     prepared_.push_back(addresses);
+    // Without a preparer thread nobody else drops them.
+    if (!preparer_.joinable()) stale.swap(discard_);
   }
   DropPreparedTables(std::move(stale));
   return {};
@@ -1027,12 +1024,6 @@ void NetworkService::PrepareLoop() {
     prepare_busy_ = false;
     prepare_cv_.notify_all();
   }
-  std::vector<JobAddresses> left(prepared_.begin(), prepared_.end());
-  left.insert(left.end(), discard_.begin(), discard_.end());
-  prepared_.clear();
-  discard_.clear();
-  lock.unlock();
-  DropPreparedTables(std::move(left));
 }
 
 size_t NetworkService::WaitForPreparedTables() {
@@ -1045,23 +1036,24 @@ size_t NetworkService::WaitForPreparedTables() {
 }
 
 void NetworkService::StopPreparing() {
-  if (!preparer_.joinable()) {
-    // Only PrepareJob made tables (no preparer thread): dropped here.
-    std::vector<JobAddresses> left;
+  if (preparer_.joinable()) {
     {
       std::lock_guard lock(prepare_mutex_);
-      left.assign(prepared_.begin(), prepared_.end());
-      prepared_.clear();
+      prepare_stop_ = true;
     }
-    DropPreparedTables(std::move(left));
-    return;
+    prepare_cv_.notify_all();
+    preparer_.join();
   }
+  // What the preparer or PrepareJob made and no job took.
+  std::vector<JobAddresses> left;
   {
     std::lock_guard lock(prepare_mutex_);
-    prepare_stop_ = true;
+    left.assign(prepared_.begin(), prepared_.end());
+    left.insert(left.end(), discard_.begin(), discard_.end());
+    prepared_.clear();
+    discard_.clear();
   }
-  prepare_cv_.notify_all();
-  preparer_.join();  // it drops whatever it prepared
+  DropPreparedTables(std::move(left));
 }
 
 }  // namespace ralph::sandbox

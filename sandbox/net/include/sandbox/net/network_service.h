@@ -294,7 +294,9 @@ class NetworkService {
   // commit; atomic for the preparer thread's reads.
   std::atomic<bool> tables_owned_ = false;
   std::atomic<bool> owner_known_ = false;
-  void LogOwnership() const;
+  // Probes the kernel (a transaction making and deleting an owned table),
+  // sets both, and logs which clean-up path is in use.
+  Result<void> ProbeOwnership();
   // Commits `plan` owned by the service's socket where the kernel allows it.
   Result<void> ApplyOwnedTable(const NftTablePlan& plan, ExistingTable existing);
   unsigned instance_;
@@ -334,6 +336,9 @@ class NetworkService {
   // NetworkSpecKey of the spec; empty: none wanted.
   std::optional<JobAddresses> TakePreparedTable(const std::string& key);
   void RequestPreparedTables(const NetworkSpec& spec, std::string key);
+  // Makes `key` the prepared tables' spec, moving those of another one to
+  // discard_; prepare_mutex_ held.
+  void SwitchPreparedKey(std::string key);
   Result<JobAddresses> PrepareTable(const NetworkSpec& spec);
   void DropPreparedTables(std::vector<JobAddresses> tables);
   void PrepareLoop();
