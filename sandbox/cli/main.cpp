@@ -4,7 +4,6 @@
 // ralph-sandbox drain [--state-dir DIR]
 // Unmounts the idle upper volumes runs leave mounted for the next run and
 // removes the warm nft tables they leave in the netns.
-#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -13,7 +12,6 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
-#include <thread>
 
 #include "platform/arch.h"
 #include "platform/log.h"
@@ -207,23 +205,6 @@ class StderrEvents final : public sb::NetEventSinkInterface {
   }
 };
 
-// Moves the calling thread off `cpu` when it may run elsewhere. A new
-// thread is woken on its creator's CPU and shares it with the creator even
-// when another CPU idles (seen with perf sched on the 2-vCPU test VM: the
-// launcher's two halves then took turns on one CPU); pinning it
-// away and back makes the kernel migrate it once, and then it may run
-// anywhere again.
-void LeaveCpu(int cpu) {
-  cpu_set_t allowed;
-  if (cpu < 0 || ::sched_getaffinity(0, sizeof allowed, &allowed) != 0 || CPU_COUNT(&allowed) < 2 ||
-      !CPU_ISSET(cpu, &allowed))
-    return;
-  cpu_set_t others = allowed;
-  CPU_CLR(cpu, &others);
-  if (::sched_setaffinity(0, sizeof others, &others) == 0)
-    ::sched_setaffinity(0, sizeof allowed, &allowed);
-}
-
 Result<int> Run(const Options& options) {
   using Clock = std::chrono::steady_clock;
   auto ms = [](Clock::time_point a, Clock::time_point b) {
@@ -247,30 +228,13 @@ Result<int> Run(const Options& options) {
   StderrEvents events;
   // A job that may reach nothing past the host needs no conntrack or NAT.
   network_config.expect_egress = sb::JobHasEgress(options.spec.network);
+  // The network service starts (warm tables; the NFLOG listener only for
+  // --events) and commits the job's nft table in Run, while the child is
+  // being cloned. (A thread that did so alongside the service's creation
+  // slowed the main thread more than it saved here: a cross-CPU wake-up
+  // costs up to a millisecond in this VM, and the two contended.)
   std::unique_ptr<sb::NetworkProviderInterface> network =
       sb::MakeNetworkProvider(network_config, options.events ? &events : nullptr);
-  // The network service starts (warm tables; the NFLOG listener only for
-  // --events) and commits the job's nft table while the cgroups, the upper
-  // volume and the job's state are made here; mostly waiting on the kernel
-  // either way.
-  Result<void> prepared;
-  std::thread preparing;
-  // Declared before the joiner: it owns the provider the thread uses, so it
-  // must outlive the join.
-  std::unique_ptr<sb::SandboxService> service;
-  if (network && options.spec.network.enabled)
-    preparing = std::thread([&prepared, provider = network.get(), &spec = options.spec.network,
-                             creator_cpu = ::sched_getcpu()] {
-      LeaveCpu(creator_cpu);
-      prepared = provider->Prepare(spec);
-    });
-  // Joined on every path out of this function.
-  struct Joiner {
-    std::thread& thread;
-    ~Joiner() {
-      if (thread.joinable()) thread.join();
-    }
-  } joiner{preparing};
   // Owner pid and start time in the name: the next launcher's start-up
   // sweep removes the cgroups of one that was killed (SweepDeadOwnerCgroups).
   std::string name = sb::OwnedCgroupName("ralph-sandbox");
@@ -287,7 +251,7 @@ Result<int> Run(const Options& options) {
   // the state dir; `ralph-sandbox drain` unmounts them): no loop attach,
   // mount and unmount per run. The next one to take it wipes it again.
   service_options.max_shared_volumes = 4;
-  service =
+  std::unique_ptr<sb::SandboxService> service =
       TRY(sb::SandboxService::Create(service_options, std::move(cgroups), std::move(network)));
   if (service->landlock_abi() == 0)
     ralph::LogWarning(
@@ -296,10 +260,6 @@ Result<int> Run(const Options& options) {
   auto t1 = Clock::now();
   sb::JobId id = TRY(service->CreateJob(options.spec));
   auto t2 = Clock::now();
-  if (preparing.joinable()) {
-    preparing.join();
-    TRY_CTX(std::move(prepared), "starting the network service");
-  }
   TRY(service->Run(id));
   auto t3 = Clock::now();
   sb::JobResult result = TRY(service->Wait(id));

@@ -335,6 +335,12 @@ Result<void> SandboxService::Run(const JobId& id) {
   // and everything it points to stay as they are until then, and every path
   // out of this function passes one of the two.
   spawner_->Spawn(request);
+  // While the spawner clones the child (new namespaces: most of a
+  // millisecond), the network service starts if it has not and the job's
+  // nft table is committed unless it is ready: Create below then only
+  // makes the veth, while the child builds its filesystem.
+  Result<void> network_prepared;
+  if (job.spec.network.enabled) network_prepared = network_->Prepare(job.spec.network);
   auto child = spawner_->AwaitChild(sync_write.get());
   if (!child) return std::move(child).error().WithContext(fmt::format("starting sandbox {}", id));
   pid_t pid = child->pid;
@@ -382,6 +388,7 @@ Result<void> SandboxService::Run(const JobId& id) {
     return std::move(error).WithContext(fmt::format("starting sandbox {}", id));
   };
 
+  if (!network_prepared) return fail(std::move(network_prepared).error().WithContext("network"));
   std::string map = IdMapLine(options_.ids);
   if (auto r = WriteFileString(fmt::format("/proc/{}/uid_map", pid), map); !r)
     return fail(std::move(r).error());

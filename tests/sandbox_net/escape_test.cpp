@@ -537,10 +537,11 @@ TEST_F(NetEscapeTest, PreparedTablesServeTheNextJobsWithTheSameSpec) {
   EXPECT_EQ(refused.error().message(), "prepared_tables 9: at most 8");
 }
 
-// PrepareJob (the launcher's way): the table of the one job to come is
-// committed ahead on the caller's thread and taken by that job's start,
-// which then enforces the same rules; a prepared table for another spec is
-// dropped, and the service's stop removes one nobody took.
+// PrepareJob (what SandboxService::Run asks for while the job's child is
+// cloned): the table of the job to come is committed ahead on the caller's
+// thread, once however often it is asked for, and taken by that job's
+// start, which then enforces the same rules; a prepared table for another
+// spec is dropped, and the service's stop removes one nobody took.
 TEST_F(NetEscapeTest, PrepareJobCommitsTheTableTheNextJobTakes) {
   NetworkServiceConfig config;
   config.upstream_dns = "198.51.100.53";
@@ -558,6 +559,10 @@ TEST_F(NetEscapeTest, PrepareJobCommitsTheTableTheNextJobTakes) {
   };
   RecordingSink sink;
 
+  ASSERT_TRUE((*service)->PrepareJob(WebOnly()));
+  EXPECT_EQ(job_tables(), std::vector<std::string>{JobTableName(prefix + "0")});
+  EXPECT_EQ((*service)->live_jobs(), 1u);
+  // Prepared already: nothing more is committed.
   ASSERT_TRUE((*service)->PrepareJob(WebOnly()));
   EXPECT_EQ(job_tables(), std::vector<std::string>{JobTableName(prefix + "0")});
   EXPECT_EQ((*service)->live_jobs(), 1u);

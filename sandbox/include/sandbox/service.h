@@ -47,8 +47,9 @@ class NetworkProviderInterface {
   virtual Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
                                                      const NetworkSpec& spec) = 0;
   // Starts what the first Create needs (the network service) and makes
-  // ahead what a job with `spec` needs (its nft table), so a launcher can
-  // overlap them with the rest of its setup. Thread-safe; optional.
+  // sure what a job with `spec` needs ahead (its nft table) is made; nothing
+  // when both are. SandboxService::Run calls it while the job's child is
+  // being cloned, before Create. Thread-safe; optional.
   virtual Result<void> Prepare(const NetworkSpec& /*spec*/) { return {}; }
 };
 

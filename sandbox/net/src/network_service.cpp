@@ -936,6 +936,10 @@ void NetworkService::RequestPreparedTables(const NetworkSpec& spec, std::string 
 Result<void> NetworkService::PrepareJob(const NetworkSpec& spec) {
   if (!spec.enabled) return {};
   std::string key = NetworkSpecKey(spec);
+  {
+    std::lock_guard lock(prepare_mutex_);
+    if (key == prepared_key_ && !prepared_.empty()) return {};
+  }
   JobAddresses addresses = TRY(PrepareTable(spec));
   std::vector<JobAddresses> stale;
   {

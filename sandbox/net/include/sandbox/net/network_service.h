@@ -212,11 +212,12 @@ class NetworkService {
                                                 const NetworkSpec& spec,
                                                 NetEventSinkInterface* events);
 
-  // Commits, now and on the calling thread, the table of a job with `spec`
-  // (enabled), which the next CreateJob with an equal spec (NetworkSpecKey)
-  // takes: its start then only makes and configures the veth. For a
-  // launcher that knows its one job early; a service uses prepared_tables.
-  // Tables prepared for another spec are dropped.
+  // Makes sure the next CreateJob with an equal spec (NetworkSpecKey; an
+  // enabled one) finds its table committed, so that its start only makes
+  // and configures the veth: commits the table now, on the calling thread,
+  // unless one is prepared already (by an earlier call, or in the
+  // background with prepared_tables). Tables prepared for another spec are
+  // dropped.
   Result<void> PrepareJob(const NetworkSpec& spec);
 
   // Address slots in use: live jobs, torn-down ones whose background
