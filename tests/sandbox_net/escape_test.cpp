@@ -7,12 +7,14 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <ldns/ldns.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -445,15 +447,86 @@ TEST_F(NetEscapeTest, WarmTablesAreMadeOnceSharedAndLeftUntilDrained) {
   second->reset();
   third->reset();
 
-  // drain: both go; a second drain finds nothing.
+  // drain: both go, and the jobs' warm tables; a second drain finds nothing.
   auto removed = NetworkService::RemoveWarmTables("rj");
   ASSERT_TRUE(removed) << removed.error().ToString();
-  EXPECT_EQ(*removed, (std::vector<std::string>{"ralph-warm-rj", "ralph-warm-ct-rj"}));
+  ASSERT_GE(removed->size(), 3u);
+  EXPECT_EQ(std::vector<std::string>(removed->begin(), removed->begin() + 2),
+            (std::vector<std::string>{"ralph-warm-rj", "ralph-warm-ct-rj"}));
+  for (size_t i = 2; i < removed->size(); ++i)
+    EXPECT_TRUE((*removed)[i].starts_with("ralph_rj")) << (*removed)[i];
   tables = testing::ShellOutput("nft list tables");
   EXPECT_EQ(tables.find("ralph-warm"), std::string::npos) << tables;
+  EXPECT_EQ(tables.find("ralph_rj"), std::string::npos) << tables;
   auto again = NetworkService::RemoveWarmTables("rj");
   ASSERT_TRUE(again) << again.error().ToString();
   EXPECT_TRUE(again->empty());
+}
+
+// A launcher's job table (kWarm, a spec without domains) stays after its
+// job, unowned, with a comment naming its content. The next launcher of
+// the instance whose job gets that slot and the same table takes it as it
+// is (the same table handle), and its rules hold; a job with another spec
+// gets the slot's table replaced in one transaction. drain removes them.
+TEST_F(NetEscapeTest, WarmJobTablesServeTheNextLauncherWithTheSameSpec) {
+  NetworkServiceConfig config;
+  config.upstream_dns = "198.51.100.53";
+  config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
+  config.service_tables = ServiceTables::kWarm;
+  config.report_events = false;
+  config.expect_egress = false;
+  std::string table, ifname;
+  // One launcher: a service, one job probing an address WebOnly allows.
+  auto launch = [&](const NetworkSpec& spec, const std::string& job_id) -> std::string {
+    auto service = NetworkService::Start(config);
+    if (!service) return service.error().ToString();
+    std::string result;
+    {
+      JobProcess job =
+          JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
+      auto network = (*service)->CreateJob(job_id, job.pid(), spec, nullptr);
+      if (!network) return network.error().ToString();
+      ifname = (*network)->host_interface();
+      table = JobTableName(ifname);
+      result = job.Go({(*network)->resolver_address(), ""});
+      if (auto down = (*network)->TeardownWithNamespace(); !down) return down.error().ToString();
+    }
+    // The job is gone: its veth goes with its netns, in the kernel's time,
+    // and then the next launcher gets the same slot.
+    for (int i = 0; i < 500 && if_nametoindex(ifname.c_str()) != 0; ++i) usleep(10'000);
+    return result;
+  };
+  auto handle = [&] {
+    std::string text = testing::ShellOutput(fmt::format("nft -a list table inet {} 2>&1", table));
+    return text.substr(0, text.find('\n'));
+  };
+
+  EXPECT_EQ(launch(NetworkSpec{}, "warm-1"), "failed:timeout");
+  std::string first = handle();
+  EXPECT_NE(first.find("# handle"), std::string::npos) << first;
+  std::string text = testing::ShellOutput(fmt::format("nft list table inet {}", table));
+  EXPECT_NE(text.find(fmt::format("comment \"{}", kWarmJobTableTag)), std::string::npos) << text;
+  EXPECT_EQ(text.find("flags owner"), std::string::npos) << text;
+  const std::string first_table = table;
+
+  EXPECT_EQ(launch(NetworkSpec{}, "warm-2"), "failed:timeout");
+  EXPECT_EQ(table, first_table);
+  EXPECT_EQ(handle(), first);
+
+  EXPECT_EQ(launch(WebOnly(), "warm-web"), "connected:hello");
+  EXPECT_EQ(table, first_table);
+  std::string web = handle();
+  EXPECT_NE(web, first);
+  EXPECT_EQ(launch(NetworkSpec{}, "warm-3"), "failed:timeout");
+  EXPECT_NE(handle(), web);
+  EXPECT_NE(handle(), first);
+
+  auto removed = NetworkService::RemoveWarmTables("rj");
+  ASSERT_TRUE(removed) << removed.error().ToString();
+  EXPECT_NE(std::find(removed->begin(), removed->end(), table), removed->end());
+  std::string tables = testing::ShellOutput("nft list tables");
+  EXPECT_EQ(tables.find("ralph_rj"), std::string::npos) << tables;
+  EXPECT_EQ(tables.find("ralph-warm"), std::string::npos) << tables;
 }
 
 // prepared_tables: the next jobs with the same spec get a table committed

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "nflog_listener.h"
 #include "sandbox/net/address_pool.h"
 #include "sandbox/net/dns_allowlist.h"
@@ -515,6 +517,45 @@ TEST(RulePlanTest, NetworkSpecKeyTellsApartEverythingThatShapesTheTable) {
   EXPECT_EQ(keys.size(), variants.size() + 1);
   NetworkSpec split{.allowed_domains = {"a;1:b"}}, joined{.allowed_domains = {"a", "b"}};
   EXPECT_NE(NetworkSpecKey(split), NetworkSpecKey(joined));
+}
+
+// A warm job table is taken by the next job only when its comment is the one
+// that job's table would get: the comment must change with anything that
+// changes the table.
+TEST(RulePlanTest, WarmJobTableCommentNamesTheWholeTable) {
+  NetworkSpec none;
+  auto plan = PlanJobTable(Addressing(), none, 77);
+  ASSERT_TRUE(plan) << plan.error().ToString();
+  std::string comment = WarmJobTableComment(*plan, none);
+  EXPECT_TRUE(comment.starts_with(kWarmJobTableTag)) << comment;
+  EXPECT_TRUE(comment.ends_with(" " + NetworkSpecKey(none))) << comment;
+  EXPECT_EQ(WarmJobTableComment(*plan, none), comment);
+
+  std::set<std::string> comments = {comment};
+  // Without logging (a launcher without --events), another log group.
+  comments.insert(WarmJobTableComment(WithoutLogging(*plan), none));
+  comments.insert(WarmJobTableComment(*PlanJobTable(Addressing(), none, 78), none));
+  // Another slot's addresses; the same addresses under another name.
+  JobAddressing moved = Addressing();
+  moved.job_v4 = P("10.254.0.18");
+  comments.insert(WarmJobTableComment(*PlanJobTable(moved, none, 77), none));
+  JobAddressing renamed = Addressing();
+  renamed.host_ifname = "rj4";
+  comments.insert(WarmJobTableComment(*PlanJobTable(renamed, none, 77), none));
+  // Another spec.
+  NetworkSpec web{.allow = {{.cidr = "203.0.113.10", .port_min = 80}}};
+  comments.insert(WarmJobTableComment(*PlanJobTable(Addressing(), web, 77), web));
+  EXPECT_EQ(comments.size(), 6u);
+  for (const std::string& each : comments) EXPECT_LE(each.size(), kMaxTableComment) << each;
+
+  // Never warm: a spec with domains (its DNS sets fill with one job's
+  // answers), one whose key does not fit in a comment.
+  NetworkSpec named{.allowed_domains = {"api.example.com"}};
+  EXPECT_EQ(WarmJobTableComment(*PlanJobTable(Addressing(), named, 77), named), "");
+  NetworkSpec wide;
+  for (int i = 0; i < 20; ++i)
+    wide.allow.push_back({.cidr = fmt::format("203.0.113.{}", i), .port_min = 80});
+  EXPECT_EQ(WarmJobTableComment(*PlanJobTable(Addressing(), wide, 77), wide), "");
 }
 
 TEST(LogPrefixTest, ParsesOnlyPlannerPrefixes) {

@@ -179,10 +179,11 @@ class JobNetworkImpl final : public JobNetwork {
     if (veth == Veth::kDelete && service_->config_.link_removal == LinkRemoval::kBackground &&
         addresses_) {
       // The reaper deletes the link, then the table, then returns the slot.
-      auto queued = service_->QueueRemoval({.job_id = job_id_,
-                                            .ifname = veth_created_ ? ifname_ : std::string(),
-                                            .table = table_created_ ? table_ : std::string(),
-                                            .slot = addresses_->slot});
+      auto queued = service_->QueueRemoval(
+          {.job_id = job_id_,
+           .ifname = veth_created_ ? ifname_ : std::string(),
+           .table = table_created_ && !service_->IsWarmJobTable(table_) ? table_ : std::string(),
+           .slot = addresses_->slot});
       if (!queued) {
         return std::move(queued).error().WithContext(
             fmt::format("tearing down network of job {}", job_id_));
@@ -199,7 +200,8 @@ class JobNetworkImpl final : public JobNetwork {
     {
       std::lock_guard lock(service_->tables_mutex_);
       std::vector<std::string> tables;
-      if (table_created_) tables.push_back(table_);
+      // A warm job table stays for the next job of its slot.
+      if (table_created_ && service_->warm_job_tables_.count(table_) == 0) tables.push_back(table_);
       // The last job of a launcher that exits next: its service table goes
       // in the same transaction, so the kernel's RCU grace period for the
       // unregistered hooks passes while the launcher finishes its teardown
@@ -325,7 +327,7 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAl
   // job is still held by the spawner until Create() returns. A prepared
   // table has existed since before the veth.
   if (plan) {
-    auto applied = service_->ApplyOwnedTable(*plan, ExistingTable::kFail);
+    auto applied = service_->CommitJobTable(*plan, ExistingTable::kFail);
     // EEXIST: a table of that name is in the way; EPERM: one that another
     // socket owns (nft_table_lookup refuses before NLM_F_EXCL is looked at).
     if (!applied && (applied.error().code() == ErrorCode::kAlreadyExists ||
@@ -619,6 +621,22 @@ Result<void> NetworkService::ApplyOwnedTable(const NftTablePlan& plan, ExistingT
   return nft_->ApplyTablePlan(plan, TableOwner::kNone, existing);
 }
 
+Result<void> NetworkService::CommitJobTable(const NftTablePlan& plan, ExistingTable existing) {
+  if (plan.comment.empty()) return ApplyOwnedTable(plan, existing);
+  std::lock_guard lock(tables_mutex_);
+  auto it = warm_job_tables_.find(plan.name);
+  if (it != warm_job_tables_.end() && it->second == plan.comment) return {};
+  TRY(nft_->ApplyTablePlan(plan, TableOwner::kNone,
+                           it != warm_job_tables_.end() ? ExistingTable::kReplace : existing));
+  warm_job_tables_[plan.name] = plan.comment;
+  return {};
+}
+
+bool NetworkService::IsWarmJobTable(const std::string& table) {
+  std::lock_guard lock(tables_mutex_);
+  return warm_job_tables_.count(table) != 0;
+}
+
 Result<void> NetworkService::CommitServiceTable(bool stateful) {
   if (service_table_ && (service_table_stateful_ || !stateful)) return {};
   if (config_.service_tables == ServiceTables::kWarm) return EnsureWarmTables(stateful);
@@ -668,6 +686,21 @@ Result<std::vector<std::string>> NetworkService::RemoveWarmTables(std::string_vi
     if (std::any_of(tables.begin(), tables.end(),
                     [&](const NftTableInfo& table) { return table.name == name; }))
       removed.push_back(name);
+  }
+  // Warm job tables of an instance that a live service holds may be its
+  // next job's; the others' instances are claimed until theirs are gone.
+  std::vector<UniqueFd> claims;
+  for (const auto& [instance, names] :
+       UnownedTablesByInstance(tables, ifname_prefix, kMaxInstances)) {
+    auto claimed =
+        TRY_CTX(TryClaimInstance(std::string(ifname_prefix), instance), "removing the warm tables");
+    if (!claimed) continue;  // held
+    claims.push_back(std::move(*claimed));
+    for (const std::string& name : names) {
+      auto it = std::find_if(tables.begin(), tables.end(),
+                             [&](const NftTableInfo& table) { return table.name == name; });
+      if (it->comment.starts_with(kWarmJobTableTag)) removed.push_back(name);
+    }
   }
   if (!removed.empty()) TRY_CTX(nft->DeleteTables(removed), "removing the warm tables");
   return removed;
@@ -754,11 +787,27 @@ void NetworkService::Log(LogLevel level, const std::string& message) const {
 
 Result<std::vector<NftTableInfo>> NetworkService::SweepStaleTables() {
   auto tables = TRY_CTX(nft_->ListTables(), "sweeping stale tables");
-  for (const auto& [instance, names] :
+  for (auto& [instance, names] :
        UnownedTablesByInstance(tables, config_.ifname_prefix, kMaxInstances)) {
     // Another instance's tables are stale only while nobody holds it; its
     // claim, taken here, keeps a new holder out until they are gone.
     UniqueFd claim;
+    if (instance == instance_ && config_.service_tables == ServiceTables::kWarm) {
+      // A launcher takes its instance's warm job tables as they are; the
+      // rest of them are leftovers.
+      std::vector<std::string> stale;
+      for (const std::string& name : names) {
+        auto it = std::find_if(tables.begin(), tables.end(),
+                               [&](const NftTableInfo& table) { return table.name == name; });
+        if (it->comment.starts_with(kWarmJobTableTag)) {
+          std::lock_guard lock(tables_mutex_);
+          warm_job_tables_[name] = it->comment;
+        } else {
+          stale.push_back(name);
+        }
+      }
+      names = std::move(stale);
+    }
     if (instance != instance_) {
       auto claimed = TryClaimInstance(config_.ifname_prefix, instance);
       if (!claimed) return std::move(claimed).error().WithContext("sweeping stale tables");
@@ -884,7 +933,9 @@ Result<std::unique_ptr<JobNetwork>> NetworkService::CreateJob(const std::string&
 Result<NftTablePlan> NetworkService::PlanJob(const JobAddressing& addressing,
                                              const NetworkSpec& spec) const {
   NftTablePlan plan = TRY(PlanJobTable(addressing, spec, nflog_group_));
-  if (!config_.report_events) return WithoutLogging(std::move(plan));
+  if (!config_.report_events) plan = WithoutLogging(std::move(plan));
+  if (config_.service_tables == ServiceTables::kWarm)
+    plan.comment = WarmJobTableComment(plan, spec);
   return plan;
 }
 
@@ -977,7 +1028,7 @@ Result<JobAddresses> NetworkService::PrepareTable(const NetworkSpec& spec) {
   }
   // A table in the way (a stale one) is left to a job's own start, which
   // knows how to replace it: this slot is simply not prepared.
-  if (auto applied = ApplyOwnedTable(*plan, ExistingTable::kFail); !applied)
+  if (auto applied = CommitJobTable(*plan, ExistingTable::kFail); !applied)
     return release(std::move(applied).error());
   return addresses;
 }
@@ -985,9 +1036,11 @@ Result<JobAddresses> NetworkService::PrepareTable(const NetworkSpec& spec) {
 void NetworkService::DropPreparedTables(std::vector<JobAddresses> tables) {
   if (tables.empty()) return;
   std::vector<std::string> names;
-  for (const JobAddresses& table : tables)
-    names.push_back(JobTableName(fmt::format("{}{}", interface_prefix_, table.slot)));
-  if (auto deleted = nft_->DeleteTables(names); !deleted) {
+  for (const JobAddresses& table : tables) {
+    std::string name = JobTableName(fmt::format("{}{}", interface_prefix_, table.slot));
+    if (!IsWarmJobTable(name)) names.push_back(std::move(name));
+  }
+  if (auto deleted = names.empty() ? Result<void>() : nft_->DeleteTables(names); !deleted) {
     // The slots stay taken: their tables' names are still in use.
     Log(LogLevel::kWarning, deleted.error().WithContext("dropping prepared tables").ToString());
     return;

@@ -94,8 +94,11 @@ enum class ServiceTables {
   // per prefix and netns. For `ralph-sandbox run`: without them every run
   // is the first user of those hook points on a host where nothing else
   // holds them, and the kernel patches its code at the start and back at the
-  // exit (static keys; ~70% of a launcher's CPU). RemoveWarmTables() (what
-  // `ralph-sandbox drain` runs) removes them.
+  // exit (static keys; ~70% of a launcher's CPU). A job's own table stays
+  // too, unowned, when it qualifies (WarmJobTableComment: no domains), and
+  // the next service of the instance whose job gets that slot and would
+  // make the same table takes it as it is (at most one per address slot).
+  // RemoveWarmTables() (what `ralph-sandbox drain` runs) removes them all.
   kWarm,
 };
 
@@ -189,11 +192,13 @@ class NetworkService {
   // other errors name the step. Removes the links that a previous holder of
   // the same instance left behind when it died, and the unowned tables of
   // this instance and of every instance of ifname_prefix that no live
-  // service holds (claimed while they are removed).
+  // service holds (claimed while they are removed); kWarm keeps this
+  // instance's warm job tables.
   static Result<std::unique_ptr<NetworkService>> Start(const NetworkServiceConfig& config);
   // Removes the warm tables (ServiceTables::kWarm) of `ifname_prefix` from
-  // the calling thread's netns and returns their names; missing ones are not
-  // an error. Safe while a service of the prefix runs: a job's own table
+  // the calling thread's netns, and the warm job tables of every instance
+  // that no live service holds, and returns their names; missing ones are
+  // not an error. Safe while a service of the prefix runs: a job's own table
   // holds whatever it needs, only the next job registers the hooks again.
   static Result<std::vector<std::string>> RemoveWarmTables(std::string_view ifname_prefix);
   // Jobs must be torn down first. Removes the service table
@@ -300,6 +305,15 @@ class NetworkService {
   Result<void> ProbeOwnership();
   // Commits `plan` owned by the service's socket where the kernel allows it.
   Result<void> ApplyOwnedTable(const NftTablePlan& plan, ExistingTable existing);
+  // Commits a job's table: ApplyOwnedTable, or, with a comment (a warm job
+  // table, kWarm), unowned, and nothing when the same one is in place; one
+  // in place with another comment is replaced in the same transaction.
+  Result<void> CommitJobTable(const NftTablePlan& plan, ExistingTable existing);
+  // Whether `table` is a warm job table, which a job's teardown leaves.
+  bool IsWarmJobTable(const std::string& table);
+  // kWarm: this instance's warm job tables in place, name -> comment
+  // (guarded by tables_mutex_).
+  std::map<std::string, std::string> warm_job_tables_;
   unsigned instance_;
   std::string interface_prefix_;
   std::string service_table_name_;
