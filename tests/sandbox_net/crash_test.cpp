@@ -285,7 +285,8 @@ TEST(NetCrashTest, KilledServicesUnownedTablesAreSweptByTheNextStart) {
 
 // A killed service of the launcher's mode (ServiceTables::kWarm) with
 // unowned tables (a pre-5.12 kernel): the next start sweeps its job table
-// and takes the warm tables over as they are; only drain removes those.
+// (its spec names domains, so the table is no warm job table) and takes the
+// warm tables over as they are; only drain removes those.
 TEST(NetCrashTest, KilledWarmServicesJobTableIsSweptAndTheWarmTablesAreKept) {
   ServiceProcess doomed(TableOwnership::kNever, 1, ServiceTables::kWarm);
   std::string ready = doomed.Go();
@@ -375,18 +376,23 @@ TEST(NetCrashTest, KilledLauncherBlocksNoLaterRun) {
   int status = 0;
   ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
   ASSERT_TRUE(networked) << "the launcher never networked its job";
-  // Its own (owned) table goes with it; the warm table stays for the next
-  // run, by design (ServiceTables::kWarm).
-  const std::set<std::string> warm = {"ralph-warm-rj"};
-  EXPECT_TRUE(Eventually([&] { return Tables() == warm; }))
-      << testing::ShellOutput("nft list tables");
+  // The warm table and its job's warm table (a spec without domains) stay
+  // for the next run, by design (ServiceTables::kWarm); its job dies with it
+  // (the parent-death signal), and the job's link with the job's netns.
+  const std::set<std::string> warm = {"ralph-warm-rj", "ralph_rja0"};
+  EXPECT_EQ(Tables(), warm);
+  EXPECT_TRUE(Eventually([] { return LinkGone("rja0"); }));
+  const std::string kHandle = "nft -a list table inet ralph_rja0 | head -1";
+  std::string handle = testing::ShellOutput(kHandle);
 
+  // The next run's job gets the same slot and takes that table as it is.
   std::string second = fmt::format(
       "{} run --rootfs {} --ro-bind /usr:/usr --state-dir {}/state "
       "-- /bin/echo second-run",
       RALPH_SANDBOX_CLI, base, work);
   EXPECT_EQ(testing::ShellOutput(second + " 2>&1 | grep -v 'warning'"), "second-run\n");
   EXPECT_EQ(Tables(), warm);
+  EXPECT_EQ(testing::ShellOutput(kHandle), handle);
   // `drain` leaves no table, and no job link is left either.
   EXPECT_EQ(testing::Shell(fmt::format("{} drain --state-dir {}/state", RALPH_SANDBOX_CLI, work)),
             0);

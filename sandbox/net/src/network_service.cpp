@@ -109,6 +109,19 @@ Result<std::pair<sockaddr_storage, socklen_t>> ParseUpstream(std::string text) {
   return std::make_pair(storage, len);
 }
 
+// The listed table named `name`, or null.
+const NftTableInfo* FindTable(const std::vector<NftTableInfo>& tables, std::string_view name) {
+  auto it = std::find_if(tables.begin(), tables.end(),
+                         [&](const NftTableInfo& table) { return table.name == name; });
+  return it == tables.end() ? nullptr : &*it;
+}
+
+// Whether `name` is listed as a warm job table.
+bool ListedAsWarmJobTable(const std::vector<NftTableInfo>& tables, std::string_view name) {
+  const NftTableInfo* table = FindTable(tables, name);
+  return table && table->comment.starts_with(kWarmJobTableTag);
+}
+
 // Names "<prefix><digits>" of links in the calling thread's netns.
 std::vector<std::string> StaleJobLinks(const std::string& prefix) {
   std::vector<std::string> names;
@@ -338,15 +351,14 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAl
       // same transaction. Owned, a live socket holds it (the kernel deletes
       // owned tables with their socket): not ours to touch.
       auto tables = TRY_CTX(service_->nft_->ListTables(), "checking a table in the way");
-      auto it = std::find_if(tables.begin(), tables.end(),
-                             [&](const NftTableInfo& t) { return t.name == plan->name; });
-      if (it != tables.end() && it->owned) {
+      const NftTableInfo* it = FindTable(tables, plan->name);
+      if (it && it->owned) {
         return Error::Make(ErrorCode::kAlreadyExists,
                            fmt::format("nft table inet {} exists and is owned by the live netlink "
                                        "socket with port id {}",
                                        plan->name, it->owner_portid));
       }
-      if (it != tables.end()) {
+      if (it) {
         applied = service_->ApplyOwnedTable(*plan, ExistingTable::kReplace);
         if (applied) {
           service_->Log(LogLevel::kInfo, fmt::format("replaced stale table inet {}", plan->name));
@@ -511,12 +523,9 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
     if (config.service_tables == ServiceTables::kWarm) {
       // Warm tables that the listing shows are taken as they are, without
       // sending their plan only to have it refused (EEXIST).
-      auto listed = [&](const std::string& name) {
-        return std::any_of(tables.begin(), tables.end(),
-                           [&](const NftTableInfo& table) { return table.name == name; });
-      };
-      service->service_table_ = listed(WarmTableName(config.ifname_prefix));
-      service->service_table_stateful_ = listed(WarmConntrackTableName(config.ifname_prefix));
+      service->service_table_ = FindTable(tables, WarmTableName(config.ifname_prefix)) != nullptr;
+      service->service_table_stateful_ =
+          FindTable(tables, WarmConntrackTableName(config.ifname_prefix)) != nullptr;
     }
     TRY(service->CommitServiceTable(config.expect_egress));
   }
@@ -683,9 +692,7 @@ Result<std::vector<std::string>> NetworkService::RemoveWarmTables(std::string_vi
   std::vector<std::string> removed;
   for (const std::string& name :
        {WarmTableName(ifname_prefix), WarmConntrackTableName(ifname_prefix)}) {
-    if (std::any_of(tables.begin(), tables.end(),
-                    [&](const NftTableInfo& table) { return table.name == name; }))
-      removed.push_back(name);
+    if (FindTable(tables, name)) removed.push_back(name);
   }
   // Warm job tables of an instance that a live service holds may be its
   // next job's; the others' instances are claimed until theirs are gone.
@@ -697,9 +704,7 @@ Result<std::vector<std::string>> NetworkService::RemoveWarmTables(std::string_vi
     if (!claimed) continue;  // held
     claims.push_back(std::move(*claimed));
     for (const std::string& name : names) {
-      auto it = std::find_if(tables.begin(), tables.end(),
-                             [&](const NftTableInfo& table) { return table.name == name; });
-      if (it->comment.starts_with(kWarmJobTableTag)) removed.push_back(name);
+      if (ListedAsWarmJobTable(tables, name)) removed.push_back(name);
     }
   }
   if (!removed.empty()) TRY_CTX(nft->DeleteTables(removed), "removing the warm tables");
@@ -797,11 +802,9 @@ Result<std::vector<NftTableInfo>> NetworkService::SweepStaleTables() {
       // rest of them are leftovers.
       std::vector<std::string> stale;
       for (const std::string& name : names) {
-        auto it = std::find_if(tables.begin(), tables.end(),
-                               [&](const NftTableInfo& table) { return table.name == name; });
-        if (it->comment.starts_with(kWarmJobTableTag)) {
+        if (ListedAsWarmJobTable(tables, name)) {
           std::lock_guard lock(tables_mutex_);
-          warm_job_tables_[name] = it->comment;
+          warm_job_tables_[name] = FindTable(tables, name)->comment;
         } else {
           stale.push_back(name);
         }
