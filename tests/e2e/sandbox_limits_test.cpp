@@ -12,8 +12,9 @@
 //   its allowlist says. Two TCP servers listen on the host's loopback (the
 //   guest reaches them at 192.0.2.2); a job allowed one of them reaches it
 //   and is refused the other and the cloud metadata address, a name off its
-//   DNS allowlist is REFUSED by the forwarder, and no veth or nft table is
-//   left afterwards.
+//   DNS allowlist is REFUSED by the forwarder, and no veth is left
+//   afterwards, nor any nft table once `ralph-sandbox drain` has removed
+//   the ones launchers keep warm.
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -249,6 +250,18 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   EXPECT_NE(job->output.find("169.254.169.254:80 timed out"), std::string::npos) << job->output;
   EXPECT_EQ(allowed.connections(), 2);
   EXPECT_EQ(other.connections(), 1) << "a connection the allowlist does not name got through";
+  // The same job again: it takes the first one's table where it got the
+  // same slot (a launcher's warm job table), with the same verdicts.
+  auto again = machine.Agent(
+      NetworkedRun({"--allow", allowed_target}, {"/bomb", "connect", allowed_target, other_target}),
+      kSandboxTimeout);
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_EQ(again->exit, 0) << again->output;
+  EXPECT_NE(again->output.find(allowed_target + " connected: ralph-e2e allowed"), std::string::npos)
+      << again->output;
+  EXPECT_NE(again->output.find(other_target + " timed out"), std::string::npos) << again->output;
+  EXPECT_EQ(allowed.connections(), 3);
+  EXPECT_EQ(other.connections(), 1) << "a connection the allowlist does not name got through";
 
   // The job's resolver is the forwarder on its veth: a name off the DNS
   // allowlist is answered REFUSED (rcode 5), never forwarded.
@@ -261,8 +274,11 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   EXPECT_NE(dns->output.find("dns exfil.example: rcode 5 answers 0"), std::string::npos)
       << dns->output;
 
-  // Nothing of the jobs' networks is left: no job veth (rj*), no ralph_
-  // nft table (job or service).
+  // Nothing of the jobs' networks is left but what launchers keep warm for
+  // the next one: no job veth (rj*); the warm tables and the warm job table
+  // of a slot whose last job named no domain (the DNS job's own replaced
+  // the one of its slot, and went with it), which `ralph-sandbox drain`
+  // removes.
   auto links = machine.Agent({"cat", "/proc/net/dev"}, kAgentTimeout);
   ASSERT_TRUE(links && links->exit == 0);
   EXPECT_EQ(links->output.find(" rj"), std::string::npos) << links->output;
@@ -270,7 +286,14 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   auto tables = machine.Agent({"nft-tables"}, kAgentTimeout);
   ASSERT_TRUE(tables) << tables.error().ToString();
   EXPECT_EQ(tables->exit, 0) << tables->output;
-  EXPECT_EQ(tables->output.find("ralph_"), std::string::npos) << tables->output;
+  EXPECT_NE(tables->output.find("inet ralph-warm-rj\n"), std::string::npos) << tables->output;
+  auto drain = machine.Agent({"ralph-sandbox", "drain"}, kAgentTimeout);
+  ASSERT_TRUE(drain) << drain.error().ToString();
+  EXPECT_EQ(drain->exit, 0) << drain->output;
+  tables = machine.Agent({"nft-tables"}, kAgentTimeout);
+  ASSERT_TRUE(tables) << tables.error().ToString();
+  EXPECT_EQ(tables->exit, 0) << tables->output;
+  EXPECT_EQ(tables->output.find("ralph"), std::string::npos) << tables->output;
   EXPECT_EQ(machine.Count("Kernel panic"), 0u);
 }
 
