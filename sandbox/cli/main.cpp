@@ -247,10 +247,15 @@ Result<int> Run(const Options& options) {
   // One job, then exit: its veth goes with its network namespace, in the
   // kernel's time (as bwrap's netns does).
   service_options.network_teardown = sb::NetworkTeardown::kWithNamespace;
-  // Its emptied upper volume stays mounted for the next launcher (up to 4 on
-  // the state dir; `ralph-sandbox drain` unmounts them): no loop attach,
-  // mount and unmount per run. The next one to take it wipes it again.
+  // Its upper volume stays mounted for the next launcher (up to 4 on the
+  // state dir; `ralph-sandbox drain` unmounts them): no loop attach, mount
+  // and unmount per run. It is left as the job left it: the next launcher
+  // takes a clean one first and wipes this one while its own job runs
+  // (Housekeep below), or wipes it before using it.
   service_options.max_shared_volumes = 4;
+  service_options.max_pooled_volumes = 0;  // one job: nothing to pool it for
+  // The sweeps and the previous run's wipe happen while the job runs.
+  service_options.deferred_housekeeping = true;
   std::unique_ptr<sb::SandboxService> service =
       TRY(sb::SandboxService::Create(service_options, std::move(cgroups), std::move(network)));
   if (service->landlock_abi() == 0)
@@ -262,6 +267,7 @@ Result<int> Run(const Options& options) {
   auto t2 = Clock::now();
   TRY(service->Run(id));
   auto t3 = Clock::now();
+  service->Housekeep();
   sb::JobResult result = TRY(service->Wait(id));
   auto t4 = Clock::now();
   TRY(service->Destroy(id));

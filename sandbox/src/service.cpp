@@ -148,10 +148,6 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
                        fmt::format("name: '{}' is empty or has '/'", options.name));
   if (!cgroups)
     return Error::Make(ErrorCode::kInvalidArgument, "cgroups: a cgroup manager is required");
-  // What killed owners left: their cgroups (here) and volumes (Open below).
-  // Not fatal: what it cannot remove costs space, not this service's jobs.
-  if (auto swept = SweepDeadOwnerCgroups(*cgroups); !swept)
-    LogWarning("{}", swept.error().ToString());
   // Compiled when the build ran: nothing to compile per service.
   SeccompProgram seccomp =
       TRY_CTX(SeccompProgram::Default(options.seccomp_audit_arch), "the seccomp program");
@@ -165,10 +161,19 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
   VolumeOptions volume_options;
   volume_options.max_pooled = service->options_.max_pooled_volumes;
   volume_options.max_shared_mounted = service->options_.max_shared_volumes;
-  // Also sweeps the volumes killed processes left on the state dir.
+  volume_options.sweep_at_open = false;  // Housekeep
+  volume_options.defer_wipe = service->options_.deferred_housekeeping;
   service->volumes_ =
       TRY(LoopVolumeFactory::Open(service->options_.state_dir + "/images", volume_options));
+  if (!service->options_.deferred_housekeeping) service->Housekeep();
   return service;
+}
+
+void SandboxService::Housekeep() {
+  // Not fatal: what it cannot remove costs space, not this service's jobs.
+  if (auto swept = SweepDeadOwnerCgroups(*cgroups_); !swept)
+    LogWarning("{}", swept.error().ToString());
+  volumes_->Sweep();
 }
 
 Result<SandboxService::Job*> SandboxService::Find(const JobId& id) const {

@@ -199,6 +199,14 @@ bool PidAlive(pid_t pid) {
   return ::kill(pid, 0) == 0 || errno == EPERM;
 }
 
+// Whether a mounted volume holds a job's files.
+bool Dirty(const std::string& mount_point) {
+  for (const char* entry : kJobEntries) {
+    if (PathExists(mount_point + "/" + entry)) return true;
+  }
+  return false;
+}
+
 // Empties a volume of a finished (or dead) job: unmounts a base image a
 // launcher had mounted in it, removes the job's entries. False when it holds
 // too much to be worth wiping, or a removal failed.
@@ -256,7 +264,7 @@ Result<std::unique_ptr<LoopVolumeFactory>> LoopVolumeFactory::Open(const std::st
   std::unique_ptr<LoopVolumeFactory> factory(new LoopVolumeFactory(state_dir, options));
   factory->volumes_dir_ = state_dir + "/volumes";
   TRY(MakeDirs(factory->volumes_dir_, 0711));
-  factory->Sweep();
+  if (options.sweep_at_open) factory->Sweep();
   return factory;
 }
 
@@ -279,9 +287,7 @@ void LoopVolumeFactory::Sweep() {
         ::rmdir(mount_point.c_str());  // cold; a mount point left empty
         continue;
       }
-      bool dirty = false;
-      for (const char* entry : kJobEntries) dirty = dirty || PathExists(mount_point + "/" + entry);
-      if (!dirty) continue;
+      if (!Dirty(mount_point)) continue;
       std::unique_ptr<UpperVolume> volume(
           new UpperVolume(path, mount_point, 0, 0, std::move(held)));
       volume->mounted_ = true;
@@ -351,7 +357,7 @@ Result<void> LoopVolumeFactory::DrainPool() {
   while (!pool_.empty()) {
     std::unique_ptr<UpperVolume> volume = std::move(pool_.back());
     pool_.pop_back();
-    auto result = LetGo(std::move(volume));
+    auto result = LetGo(std::move(volume), true);
     if (!result && first) first = std::move(result);
   }
   return first;
@@ -359,12 +365,15 @@ Result<void> LoopVolumeFactory::DrainPool() {
 
 Result<void> LoopVolumeFactory::Release(std::unique_ptr<UpperVolume> volume) {
   if (!volume) return {};
-  if (!volume->mounted_ || !Wipe(volume->mount_point_)) return volume->Destroy();
-  if (pool_.size() < options_.max_pooled) {
+  if (!volume->mounted_) return volume->Destroy();
+  bool pooled = pool_.size() < options_.max_pooled;
+  if (options_.defer_wipe && !pooled) return LetGo(std::move(volume), false);
+  if (!Wipe(volume->mount_point_)) return volume->Destroy();
+  if (pooled) {
     pool_.push_back(std::move(volume));
     return {};
   }
-  return LetGo(std::move(volume));
+  return LetGo(std::move(volume), true);
 }
 
 std::unique_ptr<UpperVolume> LoopVolumeFactory::TryLock(const std::string& name, uint64_t bytes,
@@ -377,19 +386,17 @@ std::unique_ptr<UpperVolume> LoopVolumeFactory::TryLock(const std::string& name,
       new UpperVolume(image, mount_point, bytes, owner_uid, std::move(held)));
   if (IsMountPoint(mount_point)) {
     volume->mounted_ = true;
-    // Emptied by whoever let it go, unless that one was killed first.
-    if (!Wipe(mount_point)) {
-      IgnoreError(volume->Destroy());
-      return nullptr;
-    }
-    return volume;
-  }
-  if (LoopHolds(image)) {
+  } else if (LoopHolds(image)) {
     volume->Unlock();
     return nullptr;
-  }
-  if (!MountImage(*volume)) {
+  } else if (!MountImage(*volume)) {
     IgnoreError(volume->Destroy());  // unusable: drop it
+    return nullptr;
+  }
+  // Whatever a job left in it goes before the next one sees it: a killed
+  // process's, one let go unwiped (defer_wipe), one drained dirty.
+  if (!Wipe(mount_point)) {
+    IgnoreError(volume->Destroy());
     return nullptr;
   }
   return volume;
@@ -407,13 +414,21 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
   // The state dir's unlocked volumes of this size and owner: warm ones
   // first (no mount to make).
   std::string prefix = VolumePrefix(bytes, owner_uid);
-  std::vector<std::string> warm, cold;
+  std::vector<std::string> clean, dirty, cold;
   for (std::string& name : ListDir(volumes_dir_)) {
     if (name.rfind(prefix, 0) != 0 || !EndsWith(name, kImageSuffix)) continue;
-    (IsMountPoint(volumes_dir_ + "/" + WithoutImageSuffix(name)) ? warm : cold)
-        .push_back(std::move(name));
+    std::string mount_point = volumes_dir_ + "/" + WithoutImageSuffix(name);
+    if (!IsMountPoint(mount_point))
+      cold.push_back(std::move(name));
+    else
+      (Dirty(mount_point) ? dirty : clean).push_back(std::move(name));
   }
-  for (const auto* names : {&warm, &cold}) {
+  // Clean warm ones first: no wipe on this job's path. With defer_wipe,
+  // while fewer than two warm ones exist a new one is made rather than a
+  // dirty one wiped here: with two, a launcher's job takes the clean one
+  // and its Housekeep (Sweep) empties the other for the next launcher.
+  if (options_.defer_wipe && clean.empty() && dirty.size() < 2) dirty.clear();
+  for (const auto* names : {&clean, &dirty, &cold}) {
     for (const std::string& name : *names) {
       if (auto volume = TryLock(name, bytes, owner_uid)) return volume;
     }
@@ -425,8 +440,10 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
   uint64_t number = next_volume_++;
   // Made under a name no other process takes, locked, then published.
   std::string temp = fmt::format("{}/.tmp-{}-{}{}", volumes_dir_, ::getpid(), number, kImageSuffix);
-  std::string image =
-      fmt::format("{}/{}{}-{}{}", volumes_dir_, prefix, ::getpid(), number, kImageSuffix);
+  auto image_name = [&] {
+    return fmt::format("{}/{}{}-{}{}", volumes_dir_, prefix, ::getpid(), number, kImageSuffix);
+  };
+  std::string image = image_name();
   UniqueFd image_fd(::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!image_fd) return Error::FromErrno(fmt::format("create {}", temp), errno);
   if (::flock(image_fd.get(), LOCK_EX | LOCK_NB) != 0) {
@@ -441,9 +458,16 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
     return Error::FromErrno(fmt::format("truncate {}", temp), errno);
   TRY_CTX(CopySparse(source.get(), volume->lock_.get(), bytes),
           fmt::format("copying {} to {}", template_path, temp));
-  if (::rename(temp.c_str(), image.c_str()) != 0)
-    return Error::FromErrno(fmt::format("rename {}", temp), errno);
+  // Under a name nobody has: another factory of this process, or an earlier
+  // process with this pid, may have left a volume of that name, which a
+  // plain rename would replace under its mount.
+  while (::renameat2(AT_FDCWD, temp.c_str(), AT_FDCWD, image.c_str(), RENAME_NOREPLACE) != 0) {
+    if (errno != EEXIST) return Error::FromErrno(fmt::format("rename {}", temp), errno);
+    number = next_volume_++;
+    image = image_name();
+  }
   volume->image_ = image;
+  volume->mount_point_ = WithoutImageSuffix(image);
   TRY(MountImage(*volume));
   return volume;
 }
@@ -470,7 +494,7 @@ Result<void> LoopVolumeFactory::MountImage(UpperVolume& volume) {
   return {};
 }
 
-Result<void> LoopVolumeFactory::LetGo(std::unique_ptr<UpperVolume> volume) {
+Result<void> LoopVolumeFactory::LetGo(std::unique_ptr<UpperVolume> volume, bool wiped) {
   size_t mounted = 0, cold = 0;
   for (const std::string& name : ListDir(volumes_dir_)) {
     if (name.rfind("vol-", 0) != 0 || !EndsWith(name, kImageSuffix)) continue;
@@ -481,6 +505,7 @@ Result<void> LoopVolumeFactory::LetGo(std::unique_ptr<UpperVolume> volume) {
     volume->Unlock();
     return {};
   }
+  if (!wiped && !Wipe(volume->mount_point_)) return volume->Destroy();
   struct stat st;
   bool keep = volume->mounted_ && cold < kMaxCold && ::fstat(volume->lock_.get(), &st) == 0 &&
               static_cast<uint64_t>(st.st_blocks) * 512 <= kMaxColdAllocated;
@@ -501,6 +526,8 @@ Result<size_t> UnmountIdleVolumes(const std::string& state_dir) {
     if (!held) continue;
     std::string mount_point = dir + "/" + WithoutImageSuffix(name);
     if (!IsMountPoint(mount_point)) continue;
+    // Best effort: whoever mounts it again wipes it anyway (TryLock).
+    Wipe(mount_point);
     if (::umount2(mount_point.c_str(), 0) != 0)
       return Error::FromErrno(fmt::format("umount {}", mount_point), errno);
     ::rmdir(mount_point.c_str());

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <filesystem>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -528,6 +529,72 @@ TEST_F(ServiceTest, SharedMountedVolumeIsTakenOverByTheNextService) {
   left = CountVolumes(state);
   EXPECT_EQ(left.images, 1u);
   EXPECT_EQ(left.mounted, 0u);
+}
+
+// deferred_housekeeping (a launcher): a volume is let go warm as its job
+// left it. The next service's job never sees those files: it takes a clean
+// volume (a new one while the state dir has fewer than two warm ones), or
+// wipes the one it takes; Housekeep() empties the ones nobody holds.
+TEST_F(ServiceTest, DeferredHousekeepingLeavesTheWipeOffTheJobsPath) {
+  const std::string state = work_ + "/state-deferred";
+  auto make = [&](const char* tag) {
+    auto cgroups = DetectCgroups(fmt::format("ralph-test-{}-{}", tag, ::getpid()));
+    EXPECT_TRUE(cgroups);
+    ServiceOptions options;
+    options.state_dir = state;
+    options.name = fmt::format("{}{}", tag, ::getpid());
+    options.ids = ids_;
+    options.max_pooled_volumes = 0;
+    options.max_shared_volumes = 2;
+    options.deferred_housekeeping = true;
+    auto service = SandboxService::Create(options, std::move(*cgroups), nullptr);
+    EXPECT_TRUE(service) << service.error().ToString();
+    return std::move(*service);
+  };
+  // How many of the state dir's volumes hold the file, as the host sees them.
+  auto left_behind = [&] {
+    size_t count = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(state + "/images/volumes")) {
+      if (std::filesystem::exists(entry.path() / "upper/work/left-behind")) ++count;
+    }
+    return count;
+  };
+  const SandboxSpec write = Spec({"sh", "-c", "echo secret > /work/left-behind"});
+  const SandboxSpec read = Spec({"sh", "-c", "ls -A /work; cat /work/left-behind"});
+  auto expect_nothing_left = [&](const JobResult& result) {
+    EXPECT_NE(result.exit_code, 0) << Describe(result);  // no such file
+    EXPECT_EQ(result.stdout_data, "") << Describe(result);
+  };
+
+  service_ = make("d");
+  ASSERT_EQ(RunJob(write).exit_code, 0);
+  service_.reset();
+  EXPECT_EQ(CountVolumes(state).mounted, 1u);
+  EXPECT_EQ(left_behind(), 1u);  // not wiped
+
+  // One warm volume, dirty: a second one is made.
+  service_ = make("e");
+  expect_nothing_left(RunJob(read));
+  EXPECT_EQ(CountVolumes(state).images, 2u);
+  EXPECT_EQ(left_behind(), 1u);
+  service_->Housekeep();  // nobody holds them: both are emptied
+  EXPECT_EQ(left_behind(), 0u);
+  ASSERT_EQ(RunJob(write).exit_code, 0);
+  EXPECT_EQ(left_behind(), 1u);
+  ASSERT_EQ(RunJob(read).exit_code != 0, true);  // took the other, clean one
+  service_.reset();
+
+  // Two warm volumes, both dirty: the job's start wipes the one it takes.
+  service_ = make("f");
+  expect_nothing_left(RunJob(read));
+  expect_nothing_left(RunJob(read));
+  EXPECT_EQ(CountVolumes(state).images, 2u);
+  service_->Housekeep();
+  EXPECT_EQ(left_behind(), 0u);
+  service_.reset();
+  auto unmounted = UnmountIdleVolumes(state + "/images");
+  ASSERT_TRUE(unmounted) << unmounted.error().ToString();
+  EXPECT_EQ(*unmounted, 2u);
 }
 
 // The v2 spawn path (clone3 with CLONE_INTO_CGROUP | CLONE_NEWCGROUP) on this

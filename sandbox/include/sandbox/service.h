@@ -108,6 +108,12 @@ struct ServiceOptions {
   // Output kept per stream; the rest is counted and dropped.
   size_t output_limit_bytes = 16u << 20;
   NetworkTeardown network_teardown = NetworkTeardown::kSynchronous;
+  // Create() leaves the sweeps of what killed owners left (their cgroups,
+  // their volumes) to Housekeep(), and a volume let go warm is left as its
+  // job left it, for the next process's Housekeep() (or its job's start)
+  // to empty (VolumeOptions::defer_wipe): a launcher calls Housekeep()
+  // while its job runs, so neither the sweeps nor a wipe are on its path.
+  bool deferred_housekeeping = false;
 };
 
 enum class Termination { kExited, kSignaled, kTimedOut, kKilled };
@@ -150,6 +156,12 @@ class SandboxService {
   Result<std::string> WorkspacePath(const JobId& id) const;
   // A pidfd for the job's PID 1 (readable when it exits), for event loops.
   Result<int> PidFd(const JobId& id) const;
+
+  // Sweeps what killed owners left (cgroups, volumes; see
+  // SweepDeadOwnerCgroups and LoopVolumeFactory::Sweep) and empties the
+  // volumes let go unwiped that nobody holds. Create() does it unless
+  // deferred_housekeeping. Failures are logged: they cost space, not jobs.
+  void Housekeep();
 
   size_t job_count() const { return jobs_.size(); }
   CgroupVersion cgroup_version() const { return cgroups_->version(); }

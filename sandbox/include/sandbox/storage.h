@@ -72,6 +72,17 @@ struct VolumeOptions {
   // that the next launcher skips the loop attach, mount and unmount. 0: a
   // released volume is unmounted (cold).
   size_t max_shared_mounted = 0;
+  // Open() sweeps volumes/ (see Sweep()). A launcher turns this off and
+  // sweeps while its job runs instead.
+  bool sweep_at_open = true;
+  // A volume let go warm (max_shared_mounted) is left as its job left it,
+  // unlocked, for the next process to empty: Acquire() takes clean warm
+  // volumes first and wipes any other before handing it out, Sweep() wipes
+  // the ones nobody holds. A launcher that sweeps while its job runs then
+  // empties the previous run's volume off its own critical path, instead
+  // of its own at its end. Going cold or into the pool, a volume is always
+  // wiped first.
+  bool defer_wipe = false;
 };
 
 // What Open's start-up sweep found of owners that are gone.
@@ -85,16 +96,16 @@ class LoopVolumeFactory {
  public:
   // `state_dir` holds the formatted template images (one per size), made on
   // first use with mkfs.ext4 (e2fsprogs), and volumes/. Sweeps volumes/
-  // first: what a killed process left there (its volume mounted and full of
-  // its job's files, a half-made image) is emptied or removed.
+  // first unless options.sweep_at_open is off.
   static Result<std::unique_ptr<LoopVolumeFactory>> Open(const std::string& state_dir,
                                                          VolumeOptions options = {});
 
   // A mounted, empty volume of `bytes` whose root is owned by
   // `owner_uid`:`owner_uid`: one from this process's pool, else a warm one
-  // of the state dir, else a cold one (mounted here), else a new one (a
-  // copy of the template's few used blocks; the rest stays sparse), mounted
-  // nosuid,nodev.
+  // of the state dir (an empty one first; one a job's files are still in
+  // is wiped here), else a cold one (mounted here), else a new one (a copy
+  // of the template's few used blocks; the rest stays sparse), mounted
+  // nosuid,nodev. Whatever it is, it is wiped before it is handed out.
   Result<std::unique_ptr<UpperVolume>> Acquire(uint64_t bytes, uint32_t owner_uid);
 
   // Returns a volume after its job is gone. Small contents (everything but
@@ -108,6 +119,12 @@ class LoopVolumeFactory {
   // Lets go of every pooled volume (warm or cold, see VolumeOptions); also
   // done by the destructor.
   Result<void> DrainPool();
+
+  // Empties or removes what no process holds in volumes/ and should not be
+  // there as it is: a killed process's volume mounted and full of its job's
+  // files, one let go unwiped (defer_wipe), a half-made image. Adds to
+  // sweep().
+  void Sweep();
   ~LoopVolumeFactory();
 
   size_t pooled() const { return pool_.size(); }
@@ -122,8 +139,9 @@ class LoopVolumeFactory {
   // Locks the unlocked volume `name` (an image file name in volumes/).
   std::unique_ptr<UpperVolume> TryLock(const std::string& name, uint64_t bytes, uint32_t owner_uid);
   // Unmounts (cold) or keeps mounted (warm) and unlocks; or destroys.
-  Result<void> LetGo(std::unique_ptr<UpperVolume> volume);
-  void Sweep();
+  // `wiped`: its job's files are gone already; else they are left on a warm
+  // volume (defer_wipe) and wiped before anything else.
+  Result<void> LetGo(std::unique_ptr<UpperVolume> volume, bool wiped);
 
   std::string state_dir_;
   std::string volumes_dir_;
@@ -135,8 +153,9 @@ class LoopVolumeFactory {
 };
 
 // Unmounts every volume of `state_dir` (a LoopVolumeFactory's) that no
-// process holds, keeping the images (cold): what `ralph-sandbox drain` does
-// before a state directory is deleted. Returns how many were unmounted.
+// process holds, keeping the images (cold) emptied of any job's files: what
+// `ralph-sandbox drain` does before a state directory is deleted. Returns
+// how many were unmounted.
 Result<size_t> UnmountIdleVolumes(const std::string& state_dir);
 
 }  // namespace ralph::sandbox
