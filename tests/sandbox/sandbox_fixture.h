@@ -10,6 +10,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <string>
 
 #include <fmt/format.h>
@@ -59,13 +60,21 @@ class SandboxFixture : public ::testing::Test {
   // A service of this test; a non-empty `suffix` makes another one beside
   // service_ (its own state dir, cgroup parent and job names).
   Result<std::unique_ptr<SandboxService>> MakeService(const std::string& suffix) {
-    std::string cgroup_parent = fmt::format("ralph-test-{}-{}{}", ::getpid(), counter_, suffix);
+    return MakeServiceIn(work_ + "/state" + suffix, suffix);
+  }
+  // A service on `state_dir` (which other services may share) named after
+  // `tag`, with `adjust` applied to its options.
+  Result<std::unique_ptr<SandboxService>> MakeServiceIn(
+      const std::string& state_dir, const std::string& tag,
+      const std::function<void(ServiceOptions&)>& adjust = {}) {
+    std::string cgroup_parent = fmt::format("ralph-test-{}-{}{}", ::getpid(), counter_, tag);
     std::unique_ptr<CgroupManagerInterface> cgroups = TRY(DetectCgroups(cgroup_parent));
     ServiceOptions options;
-    options.state_dir = work_ + "/state" + suffix;
-    options.name = fmt::format("t{}{}", ::getpid(), suffix);
+    options.state_dir = state_dir;
+    options.name = fmt::format("t{}{}", ::getpid(), tag);
     options.ids = ids_;
     options.seccomp_audit_arch = ralph::arch::SeccompAuditArch();
+    if (adjust) adjust(options);
     return SandboxService::Create(options, std::move(cgroups), nullptr);
   }
 

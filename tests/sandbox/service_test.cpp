@@ -502,16 +502,10 @@ TEST_F(ServiceTest, UpperImagesAreWipedParkedAndReusedAcrossServices) {
 TEST_F(ServiceTest, SharedMountedVolumeIsTakenOverByTheNextService) {
   const std::string state = work_ + "/state-shared";
   auto make = [&](size_t shared, const char* tag) {
-    auto cgroups = DetectCgroups(fmt::format("ralph-test-{}-{}", tag, ::getpid()));
-    EXPECT_TRUE(cgroups);
-    ServiceOptions options;
-    options.state_dir = state;
-    options.name = fmt::format("{}{}", tag, ::getpid());
-    options.ids = ids_;
-    options.max_shared_volumes = shared;
-    auto service = SandboxService::Create(options, std::move(*cgroups), nullptr);
+    auto service = MakeServiceIn(
+        state, tag, [&](ServiceOptions& options) { options.max_shared_volumes = shared; });
     EXPECT_TRUE(service) << service.error().ToString();
-    return std::move(*service);
+    return service ? std::move(*service) : nullptr;
   };
   service_ = make(1, "s");
   JobResult result = RunJob(Spec({"sh", "-c", "echo secret > /work/left-behind"}));
@@ -538,18 +532,13 @@ TEST_F(ServiceTest, SharedMountedVolumeIsTakenOverByTheNextService) {
 TEST_F(ServiceTest, DeferredHousekeepingLeavesTheWipeOffTheJobsPath) {
   const std::string state = work_ + "/state-deferred";
   auto make = [&](const char* tag) {
-    auto cgroups = DetectCgroups(fmt::format("ralph-test-{}-{}", tag, ::getpid()));
-    EXPECT_TRUE(cgroups);
-    ServiceOptions options;
-    options.state_dir = state;
-    options.name = fmt::format("{}{}", tag, ::getpid());
-    options.ids = ids_;
-    options.max_pooled_volumes = 0;
-    options.max_shared_volumes = 2;
-    options.deferred_housekeeping = true;
-    auto service = SandboxService::Create(options, std::move(*cgroups), nullptr);
+    auto service = MakeServiceIn(state, tag, [](ServiceOptions& options) {
+      options.max_pooled_volumes = 0;
+      options.max_shared_volumes = 2;
+      options.deferred_housekeeping = true;
+    });
     EXPECT_TRUE(service) << service.error().ToString();
-    return std::move(*service);
+    return service ? std::move(*service) : nullptr;
   };
   // How many of the state dir's volumes hold the file, as the host sees them.
   auto left_behind = [&] {
