@@ -229,14 +229,13 @@ Result<int> Run(const Options& options) {
   // A job that may reach nothing past the host needs no conntrack or NAT.
   network_config.expect_egress = sb::JobHasEgress(options.spec.network);
   // The network service starts (warm tables; the NFLOG listener only for
-  // --events) and commits the job's nft table in Run, while the child is
-  // being cloned. (A thread that did so alongside the service's creation
-  // slowed the main thread more than it saved here: a cross-CPU wake-up
-  // costs up to a millisecond in this VM, and the two contended.)
+  // --events) and the job's nft table is made ready in Run, while the child
+  // is being cloned: no thread of its own, whose cross-CPU wake-up alone
+  // costs more than it would overlap.
   std::unique_ptr<sb::NetworkProviderInterface> network =
       sb::MakeNetworkProvider(network_config, options.events ? &events : nullptr);
-  // Owner pid and start time in the name: the next launcher's start-up
-  // sweep removes the cgroups of one that was killed (SweepDeadOwnerCgroups).
+  // Owner pid and start time in the name: the next launcher's housekeeping
+  // removes the cgroups of one that was killed (SweepDeadOwnerCgroups).
   std::string name = sb::OwnedCgroupName("ralph-sandbox");
   auto cgroups = TRY(sb::DetectCgroups(name));
   sb::ServiceOptions service_options;

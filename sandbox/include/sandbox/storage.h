@@ -85,7 +85,7 @@ struct VolumeOptions {
   bool defer_wipe = false;
 };
 
-// What Open's start-up sweep found of owners that are gone.
+// What Sweep() found of owners that are gone (and of volumes let go unwiped).
 struct VolumeSweep {
   size_t wiped = 0;      // unlocked volumes holding a dead job's files, emptied
   size_t destroyed = 0;  // unusable ones (or half-made images), deleted and unmounted
