@@ -77,10 +77,11 @@ Result<std::unique_ptr<CgroupManagerInterface>> DetectCgroups(const std::string&
 // for the owner). A launcher names its parent this way.
 std::string OwnedCgroupName(const std::string& base);
 
-// The dead owners' sweep (SandboxService::Housekeep): for each parent of `manager` named OwnedCgroupName(
-// base), the sibling parents of the same base whose owner process is gone
-// (SIGKILLed mid-job) are removed, with the job cgroups below them (any task
-// still in one is SIGKILLed first). Parents named otherwise are left alone.
+// The dead owners' sweep (SandboxService::Housekeep): for each parent of
+// `manager` named OwnedCgroupName(base), the sibling parents of the same base
+// whose owner process is gone (SIGKILLed mid-job) are removed, with the job
+// cgroups below them (any task still in one is SIGKILLed first). Parents
+// named otherwise are left alone.
 // Returns how many parent directories were removed.
 Result<size_t> SweepDeadOwnerCgroups(const CgroupManagerInterface& manager);
 
