@@ -13,30 +13,29 @@ class ServiceNetworkProvider final : public NetworkProviderInterface {
       : config_(config), events_(events) {}
   Result<std::unique_ptr<JobNetwork>> Create(const std::string& job_id, pid_t child_pid,
                                              const NetworkSpec& spec) override {
-    NetworkService* service = nullptr;
-    {
-      // Started on first use: `ralph-sandbox run --no-network` never starts it.
-      std::lock_guard lock(mutex_);
-      if (!service_)
-        service_ = TRY_CTX(NetworkService::Start(config_), "starting the network service");
-      service = service_.get();
-    }
+    NetworkService* service = TRY(Service());
     return service->CreateJob(job_id, child_pid, spec, events_);
   }
   Result<void> Prepare(const NetworkSpec& spec) override {
-    std::lock_guard lock(mutex_);
-    if (!service_)
-      service_ = TRY_CTX(NetworkService::Start(config_), "starting the network service");
+    NetworkService* service = TRY(Service());
     // A table that cannot be prepared (a stale one in the way, a malformed
     // rule) is left to the job's start, which replaces the one or names the
     // other: not an error of the preparation.
-    if (auto prepared = service_->PrepareJob(spec); !prepared && config_.log)
+    if (auto prepared = service->PrepareJob(spec); !prepared && config_.log)
       config_.log(LogLevel::kDebug,
                   prepared.error().WithContext("preparing the job's table").ToString());
     return {};
   }
 
  private:
+  // The network service, started on first use (`ralph-sandbox run
+  // --no-network` never starts it).
+  Result<NetworkService*> Service() {
+    std::lock_guard lock(mutex_);
+    if (!service_)
+      service_ = TRY_CTX(NetworkService::Start(config_), "starting the network service");
+    return service_.get();
+  }
   NetworkServiceConfig config_;
   NetEventSinkInterface* events_;
   std::mutex mutex_;

@@ -359,7 +359,7 @@ Result<void> JobNetworkImpl::Setup(int netns_fd, const NftTablePlan* plan, DnsAl
                                        plan->name, it->owner_portid));
       }
       if (it) {
-        applied = service_->ApplyOwnedTable(*plan, ExistingTable::kReplace);
+        applied = service_->CommitJobTable(*plan, ExistingTable::kReplace);
         if (applied) {
           service_->Log(LogLevel::kInfo, fmt::format("replaced stale table inet {}", plan->name));
         }

@@ -34,7 +34,6 @@ uint32_t InitialSeq() {
   return static_cast<uint32_t>(time(nullptr)) & 0x7fffffff;
 }
 
-// The table message of a plan, owned or not, with or without NLM_F_EXCL.
 // `comment` as nft(8) stores a table's comment: one NFTNL_UDATA_TABLE_COMMENT
 // attribute in the table's userdata.
 Result<void> SetTableComment(nftnl_table* table, const std::string& comment) {
@@ -72,6 +71,7 @@ std::string TableComment(const nftnl_table* table) {
   return comment;
 }
 
+// The table message of a plan, owned or not, with or without NLM_F_EXCL.
 NftnlTablePtr MakeTable(const std::string& name) {
   NftnlTablePtr table(nftnl_table_alloc());
   nftnl_table_set_str(table.get(), NFTNL_TABLE_NAME, name.c_str());
