@@ -10,6 +10,9 @@ packages=(
   libexpected-dev zlib1g-dev libssl-dev openssl libefivar-dev libefiboot-dev libblkid-dev libfdisk-dev
   libseccomp-dev libcap-dev libnftnl-dev libmnl-dev libldns-dev libc-ares-dev libsqlite3-dev libtinyxml2-dev
   nlohmann-json3-dev libfmt-dev libcurl4-openssl-dev libcpp-httplib-dev
+  # command lines (CLI11), the control plane's HTTPS/WebSocket server (Boost.Beast
+  # over Boost.Asio with OpenSSL) and the pairing QR code (libqrencode)
+  libcli11-dev libboost1.81-dev libqrencode-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # the OTA writer's read-back fingerprints (XXH3-128, header-only use)
   libxxhash-dev
