@@ -11,22 +11,29 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <random>
-#include <thread>
 
 #include <fmt/format.h>
 
 #include "audit_test_util.h"
+#include "killing_vfs.h"
+#include "platform/testing/test_seed.h"
 #include "services/audit/audit_log.h"
 
 namespace ralph::audit {
 namespace {
 
 using nlohmann::json;
+using testing::DescribeKillAt;
 using ::testing::HasSubstr;
+using testing::KillAt;
+using testing::KillingVfs;
 using ::testing::Not;
 using testing::ProgramStreams;
+using testing::ReadFileText;
 using testing::Sqlite;
 using testing::TempDir;
 
@@ -323,45 +330,79 @@ TEST_F(AuditLogTest, ConcurrentProcessesFormOneChain) {
   for (int c = 0; c < kChildren; ++c) EXPECT_EQ(next[c], kPerChild) << "child " << c;
 }
 
-// A child appends as fast as it can and is SIGKILLed at a random moment,
-// often inside a transaction; the log must verify and keep growing after.
-TEST_F(AuditLogTest, SigkillMidAppendLeavesAVerifiableChain) {
+// A child appends and is SIGKILLed at a chosen file change of SQLite's
+// (KillingVfs: a write, truncate or sync of the database or its WAL, before
+// or after it), often inside a transaction. Every Append that returned must
+// be in the log, at most the one in flight more, and the log must verify and
+// keep growing after. Randomised: the seed is printed, RALPH_TEST_SEED
+// replays a run.
+TEST_F(AuditLogTest, SigkillAtAnyWriteLeavesAVerifiableChain) {
   ASSERT_NE(OpenLog(), nullptr);  // created once, so children only append
-  std::mt19937 rng(static_cast<uint32_t>(::getpid()));
-  int64_t last_seq = 0;
-  for (int round = 0; round < 8; ++round) {
+  std::string report_path = dir_ / "killed-at";
+  constexpr int kMaxAppends = 1000;
+  // Runs a child that appends until it is killed at `at` (never when 0) or
+  // has made `appends` appends. Returns its wait status and the report.
+  auto run_child = [&](KillAt at, int appends) {
+    std::filesystem::remove(report_path);
     pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
     if (pid == 0) {
+      KillingVfs::Install();
       auto log = AuditLog::Open(path_, OpenMode::kExisting);
       if (!log) ::_exit(1);
-      for (int i = 0;; ++i) {
+      KillingVfs::Arm(at, report_path);
+      for (int i = 0; i < appends; ++i) {
         if (!(*log)->Append(Event(i, "crash")).has_value()) ::_exit(2);
+        // What has returned so far, for the parent to find in the log.
+        std::ofstream(report_path + ".appended", std::ios::trunc) << i + 1;
       }
+      std::ofstream(report_path + ".count", std::ios::trunc) << KillingVfs::Count();
+      ::_exit(0);
     }
-    // Let it get going (at least one row more), then kill it at a random
-    // point of its loop.
-    auto log = OpenLog(OpenMode::kExisting);
-    ASSERT_NE(log, nullptr);
-    while (log->Tip().value_or(ChainTip{}).seq <= last_seq) {
-      int status = 0;
-      ASSERT_EQ(::waitpid(pid, &status, WNOHANG), 0) << "the appending child exited early";
-      ::usleep(1000);
-    }
-    ::usleep(std::uniform_int_distribution<useconds_t>(0, 20000)(rng));
-    ASSERT_EQ(::kill(pid, SIGKILL), 0);
-    int status = 0;
-    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-    ASSERT_TRUE(WIFSIGNALED(status)) << "child status " << status;
+    int status = -1;
+    EXPECT_EQ(::waitpid(pid, &status, 0), pid);
+    return status;
+  };
+  auto appended = [&] {
+    std::string text = ReadFileText(report_path + ".appended");
+    return text.empty() ? 0 : std::stoi(text);
+  };
 
-    auto report = log->Verify();
-    ASSERT_TRUE(report.has_value()) << report.error().ToString();
-    ASSERT_TRUE(report->ok()) << "round " << round << ": " << report->broken->message;
-    ASSERT_GT(report->tip.seq, last_seq);
+  // How many file changes three appends make: the kills aim inside those.
+  int status = run_child({}, 3);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  int64_t changes = std::stoll(ReadFileText(report_path + ".count"));
+  ASSERT_GE(changes, 3) << "an append that changes no file";
+  fmt::print("three appends make {} file changes\n", changes);
+
+  std::mt19937 rng(::ralph::testing::TestSeed());
+  auto log = OpenLog(OpenMode::kExisting);
+  ASSERT_NE(log, nullptr);
+  int64_t last_seq = log->Tip()->seq;
+  for (int round = 0; round < 16; ++round) {
+    KillAt at{.io = std::uniform_int_distribution<int64_t>(1, changes)(rng),
+              .after = rng() % 2 == 1};
+    std::filesystem::remove(report_path + ".appended");
+    status = run_child(at, kMaxAppends);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+        << "round " << round << ": not killed at " << DescribeKillAt(at) << ", status " << status;
+    std::string report = ReadFileText(report_path);
+    std::string point = report.substr(0, report.find('\n'));
+    ASSERT_EQ(point, DescribeKillAt(at)) << "round " << round;
+    std::string what = report.substr(point.size() + 1);
+    if (!what.empty() && what.back() == '\n') what.pop_back();
+    fmt::print("round {}: killed {} ({}) after {} appends\n", round, point, what, appended());
+    SCOPED_TRACE(fmt::format("round {}: killed {} ({})", round, point, what));
+
+    auto report_after = log->Verify();
+    ASSERT_TRUE(report_after.has_value()) << report_after.error().ToString();
+    ASSERT_TRUE(report_after->ok()) << report_after->broken->message;
+    int returned = appended();
+    EXPECT_GE(report_after->tip.seq, last_seq + returned) << "an append that returned was lost";
+    EXPECT_LE(report_after->tip.seq, last_seq + returned + 1);
     auto next = log->Append(Event(-1, "after-crash"));
     ASSERT_TRUE(next.has_value()) << next.error().ToString();
-    EXPECT_EQ(next->seq, report->tip.seq + 1);
-    EXPECT_EQ(next->prev_hash, report->tip.hash);
+    EXPECT_EQ(next->seq, report_after->tip.seq + 1);
+    EXPECT_EQ(next->prev_hash, report_after->tip.hash);
     last_seq = next->seq;
   }
   EXPECT_TRUE(VerifyNow().ok());
