@@ -20,7 +20,7 @@ namespace {
 Result<void> ServicesUp(const HealthEnvironment& env) {
   std::string conf = TRY(ReadWholeFile(env.services_conf));
   auto services = TRY(init::ParseServicesConf(conf));
-  auto deadline = std::chrono::steady_clock::now() + env.settle_deadline;
+  auto deadline = env.clock->Now() + env.settle_deadline;
   std::optional<std::chrono::steady_clock::time_point> up_since;
   for (;;) {
     std::map<std::string, std::string> records;
@@ -29,7 +29,7 @@ Result<void> ServicesUp(const HealthEnvironment& env) {
         records[spec.name] = *text;
     }
     auto snapshot = RequiredServicesRunning(conf, records);
-    auto now = std::chrono::steady_clock::now();
+    auto now = env.clock->Now();
     if (snapshot) {
       if (!up_since) up_since = now;
       if (now - *up_since >= env.stable_for) return {};
@@ -37,7 +37,7 @@ Result<void> ServicesUp(const HealthEnvironment& env) {
       up_since.reset();
       if (now >= deadline) return snapshot;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    env.clock->SleepFor(std::chrono::milliseconds(250));
   }
 }
 
@@ -71,10 +71,18 @@ Result<void> VarWritable(const HealthEnvironment& env) {
 Result<void> StateRecordReadable(const HealthEnvironment& env) {
   auto record_text = TRY(ReadWholeFile(env.early_boot_record));
   auto record = init::ParseRecord(record_text);
-  return ReadSlotView(record["slot"]).transform([](const SlotView&) {});
+  return ReadSlotView(*env.system, record["slot"]).transform([](const SlotView&) {});
 }
 
 }  // namespace
+
+std::chrono::steady_clock::time_point SystemClock::Now() {
+  return std::chrono::steady_clock::now();
+}
+
+void SystemClock::SleepFor(std::chrono::milliseconds duration) {
+  std::this_thread::sleep_for(duration);
+}
 
 Result<void> RequiredServicesRunning(const std::string& services_conf,
                                      const std::map<std::string, std::string>& records) {

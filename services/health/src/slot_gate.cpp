@@ -9,7 +9,6 @@
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
 #include "platform/arch.h"
-#include "platform/efivar_store.h"
 #include "platform/unique_fd.h"
 
 namespace ralph::health {
@@ -17,28 +16,17 @@ namespace {
 
 constexpr const char* kEspMount = "/boot/efi";
 
-Result<std::string> ReadCmdline() {
-  UniqueFd fd(::open("/proc/cmdline", O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno("open /proc/cmdline", errno);
-  char buffer[4096];
-  ssize_t n = ::read(fd.get(), buffer, sizeof(buffer) - 1);
-  if (n < 0) return Error::FromErrno("read /proc/cmdline", errno);
-  return std::string(buffer, static_cast<size_t>(n));
-}
-
-// The slot manager over the real NVRAM and the booted disk.
+// The slot manager over the system's store and disk.
 struct Manager {
-  std::unique_ptr<LibefivarStore> store;
-  std::optional<boot::SlotManager> manager;
   std::optional<DiskLayout> disk;
+  std::optional<boot::SlotManager> manager;
 };
 
-Result<Manager> OpenManager() {
+Result<Manager> OpenManager(const GateSystem& system) {
   Manager m;
-  m.store = TRY_CTX(LibefivarStore::Open(), "opening the EFI variable store");
-  m.disk = TRY_CTX(DiscoverApplianceDisk(), "finding the appliance disk");
-  std::string cmdline = TRY(ReadCmdline());
-  m.manager.emplace(TRY(boot::SlotManager::Create(*m.store, m.disk, cmdline)));
+  m.disk = TRY_CTX(system.disk->Discover(), "finding the appliance disk");
+  if (!system.kernel_cmdline) return system.kernel_cmdline.error();
+  m.manager.emplace(TRY(boot::SlotManager::Create(*system.vars, m.disk, *system.kernel_cmdline)));
   return m;
 }
 
@@ -80,9 +68,13 @@ Result<void> CopyFile(const std::string& from, const std::string& to) {
   return {};
 }
 
-// Copies the committed slot's UKI to the removable-media path so a machine
-// whose NVRAM is wiped still boots the committed slot.
-Result<void> UpdateRemovablePath(const DiskLayout& disk, boot::Slot slot) {
+}  // namespace
+
+Result<DiskLayout> ApplianceDisk::Discover() {
+  return DiscoverApplianceDisk();
+}
+
+Result<void> ApplianceDisk::UpdateRemovablePath(const DiskLayout& disk, boot::Slot slot) {
   const PartitionInfo* esp = disk.Find(kPartEfi);
   if (esp == nullptr || esp->device.empty()) {
     return Error::Make(ErrorCode::kNotFound, "the disk has no EFI partition device");
@@ -103,11 +95,9 @@ Result<void> UpdateRemovablePath(const DiskLayout& disk, boot::Slot slot) {
   return copied;
 }
 
-}  // namespace
-
-Result<SlotView> ReadSlotView(std::string_view booted_slot) {
+Result<SlotView> ReadSlotView(const GateSystem& system, std::string_view booted_slot) {
   boot::Slot slot = TRY(boot::ParseSlot(booted_slot));
-  Manager m = TRY(OpenManager());
+  Manager m = TRY(OpenManager(system));
   boot::StatusReport status = TRY(m.manager->Status());
   if (!status.view.record) {
     return Error::Make(ErrorCode::kCorrupt,
@@ -121,17 +111,18 @@ Result<SlotView> ReadSlotView(std::string_view booted_slot) {
   return SlotView{!committed_good, state.committed.has_value(), Summarize(state)};
 }
 
-Result<void> CommitSlot(std::string_view booted_slot) {
+Result<void> CommitSlot(const GateSystem& system, std::string_view booted_slot) {
   boot::Slot slot = TRY(boot::ParseSlot(booted_slot));
-  Manager m = TRY(OpenManager());
+  Manager m = TRY(OpenManager(system));
   TRY_CTX(m.manager->MarkGood(), "mark-good");
-  TRY_CTX(UpdateRemovablePath(*m.disk, slot), "updating the removable-media boot path");
+  TRY_CTX(system.disk->UpdateRemovablePath(*m.disk, slot),
+          "updating the removable-media boot path");
   return {};
 }
 
-Result<void> MarkSlotBad(std::string_view booted_slot) {
+Result<void> MarkSlotBad(const GateSystem& system, std::string_view booted_slot) {
   TRY(boot::ParseSlot(booted_slot));
-  Manager m = TRY(OpenManager());
+  Manager m = TRY(OpenManager(system));
   TRY_CTX(m.manager->MarkBadBooted(), "mark-bad");
   return {};
 }

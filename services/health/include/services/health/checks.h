@@ -12,8 +12,23 @@
 #include <vector>
 
 #include "platform/result.h"
+#include "services/health/slot_gate.h"
 
 namespace ralph::health {
+
+class ClockInterface {
+ public:
+  virtual ~ClockInterface() = default;
+  virtual std::chrono::steady_clock::time_point Now() = 0;
+  virtual void SleepFor(std::chrono::milliseconds duration) = 0;
+};
+
+// steady_clock and a real sleep.
+class SystemClock final : public ClockInterface {
+ public:
+  std::chrono::steady_clock::time_point Now() override;
+  void SleepFor(std::chrono::milliseconds duration) override;
+};
 
 struct HealthEnvironment {
   std::string services_conf = "/etc/ralph/services.conf";
@@ -23,6 +38,10 @@ struct HealthEnvironment {
   // How long services get to come up and stay up.
   std::chrono::milliseconds settle_deadline{30000};
   std::chrono::milliseconds stable_for{3000};
+  // The machine and the clock the checks and the gate use (borrowed; set
+  // both before running a check).
+  const GateSystem* system = nullptr;
+  ClockInterface* clock = nullptr;
 };
 
 struct HealthCheck {
