@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
+#include <fstream>
 
 #include <gtest/gtest.h>
 
@@ -49,13 +50,40 @@ TEST(ValidateSpec, AcceptsTheDefaultsWithACommand) {
   EXPECT_TRUE(ValidateSpec(ValidSpec()));
 }
 
+// The defaults are real limits: each one non-zero (zero would forbid
+// everything) and below what the kernel takes for "no limit" or accepts at
+// all, the RAM-charged /tmp fits in the memory limit, one file fits in the
+// writable layer, and a spec with them validates.
+uint64_t ReadProcNumber(const char* path) {
+  std::ifstream in(path);
+  uint64_t value = 0;
+  in >> value;
+  return value;
+}
+
 TEST(ValidateSpec, DefaultLimitsAreBounded) {
   Limits limits;
-  EXPECT_EQ(limits.memory_bytes, 512ull << 20);
-  EXPECT_EQ(limits.pids, 256u);
-  EXPECT_EQ(limits.cpu_millis, 1000u);
-  EXPECT_EQ(limits.disk_bytes, 2ull << 30);
-  EXPECT_EQ(limits.open_files, 1024u);
+  EXPECT_GT(limits.memory_bytes, 0u);
+  EXPECT_LT(limits.memory_bytes, RLIM_INFINITY);
+  EXPECT_GT(limits.pids, 0u);
+  uint64_t pid_max = ReadProcNumber("/proc/sys/kernel/pid_max");
+  ASSERT_GT(pid_max, 0u) << "/proc/sys/kernel/pid_max unreadable";
+  EXPECT_LT(limits.pids, pid_max);
+  EXPECT_GT(limits.cpu_millis, 0u);
+  EXPECT_GE(limits.io_weight, 1u);  // cgroup v2 io.weight is 1..10000
+  EXPECT_LE(limits.io_weight, 10000u);
+  EXPECT_GT(limits.disk_bytes, 0u);
+  EXPECT_GT(limits.tmp_bytes, 0u);
+  EXPECT_LE(limits.tmp_bytes, limits.memory_bytes) << "/tmp is charged to the memory limit";
+  EXPECT_GT(limits.open_files, 0u);
+  uint64_t nr_open = ReadProcNumber("/proc/sys/fs/nr_open");
+  ASSERT_GT(nr_open, 0u) << "/proc/sys/fs/nr_open unreadable";
+  EXPECT_LE(limits.open_files, nr_open);
+  EXPECT_GT(limits.file_size_bytes, 0u);
+  EXPECT_LE(limits.file_size_bytes, limits.disk_bytes) << "one file must fit in the upper layer";
+  SandboxSpec spec = ValidSpec();
+  spec.limits = limits;
+  EXPECT_TRUE(ValidateSpec(spec));
 }
 
 TEST(ValidateSpec, NamesTheBadField) {
