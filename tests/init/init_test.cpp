@@ -6,14 +6,23 @@
 #include <map>
 #include <set>
 
+#include "boot/boot_config.h"
 #include "services/health/checks.h"
-#include "services/init/boot_config.h"
 #include "services/init/mounts.h"
 #include "services/init/recovery_banner.h"
 #include "services/init/service_config.h"
 #include "services/init/supervisor.h"
 
 namespace ralph::init {
+
+// The kernel command line and the early-boot record (boot/boot_config.h).
+using boot::BootMode;
+using boot::BootModeName;
+using boot::ParseKernelCmdline;
+using boot::ParseRecord;
+using boot::RenderRecord;
+using boot::RootPartLabel;
+
 namespace {
 
 using namespace std::chrono_literals;

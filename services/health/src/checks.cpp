@@ -8,10 +8,10 @@
 
 #include <fmt/format.h>
 
+#include "boot/boot_config.h"
 #include "platform/file_io.h"
 #include "platform/unique_fd.h"
 #include "services/health/slot_gate.h"
-#include "services/init/boot_config.h"
 #include "services/init/service_config.h"
 
 namespace ralph::health {
@@ -44,7 +44,7 @@ Result<void> ServicesUp(const HealthEnvironment& env) {
 Result<void> VarWritable(const HealthEnvironment& env) {
   auto record_text = ReadWholeFile(env.early_boot_record);
   if (record_text) {
-    auto record = init::ParseRecord(*record_text);
+    auto record = boot::ParseRecord(*record_text);
     if (record["var"] == "tmpfs") {
       return Error::Make(ErrorCode::kInvalidState,
                          "VAR is not mounted (early boot fell back to a tmpfs /var)");
@@ -70,7 +70,7 @@ Result<void> VarWritable(const HealthEnvironment& env) {
 
 Result<void> StateRecordReadable(const HealthEnvironment& env) {
   auto record_text = TRY(ReadWholeFile(env.early_boot_record));
-  auto record = init::ParseRecord(record_text);
+  auto record = boot::ParseRecord(record_text);
   return ReadSlotView(*env.system, record["slot"]).transform([](const SlotView&) {});
 }
 
@@ -94,7 +94,7 @@ Result<void> RequiredServicesRunning(const std::string& services_conf,
       return Error::Make(ErrorCode::kInvalidState,
                          fmt::format("service {} has not been started", spec.name));
     }
-    auto record = init::ParseRecord(it->second);
+    auto record = boot::ParseRecord(it->second);
     if (record["state"] != "running") {
       return Error::Make(
           ErrorCode::kInvalidState,

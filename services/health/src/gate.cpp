@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-#include "services/init/boot_config.h"
+#include "boot/boot_config.h"
 
 namespace ralph::health {
 
@@ -22,13 +22,13 @@ int RunHealthGate(const HealthEnvironment& env, const std::vector<HealthCheck>& 
     return it == early_boot.end() ? std::string() : it->second;
   };
   std::string slot = field("slot");
-  std::string display = init::SlotDisplayName(slot);
+  std::string display = boot::SlotDisplayName(slot);
   if (slot.empty()) {
     error(fmt::format("cannot tell the booted slot ({} unreadable): not judging this boot",
                       env.early_boot_record));
     return 1;
   }
-  if (slot == "recovery" || field("mode") == init::BootModeName(init::BootMode::kRecovery)) {
+  if (slot == "recovery" || field("mode") == boot::BootModeName(boot::BootMode::kRecovery)) {
     // A rescue boot: nothing to commit or mark bad, and the committed
     // slot's state must stay as it is (early boot printed it).
     info("health gate: RECOVERY boot, not judged (no slot trial, commit or mark-bad)");

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "boot/boot_config.h"
 #include "platform/efivar_store.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
@@ -17,7 +18,6 @@
 #include "services/health/checks.h"
 #include "services/health/gate.h"
 #include "services/health/slot_gate.h"
-#include "services/init/boot_config.h"
 
 namespace {
 
@@ -25,7 +25,7 @@ using namespace ralph;
 
 std::map<std::string, std::string> EarlyBootRecord(const health::HealthEnvironment& env) {
   auto text = ReadWholeFile(env.early_boot_record);
-  return text ? init::ParseRecord(*text) : std::map<std::string, std::string>();
+  return text ? boot::ParseRecord(*text) : std::map<std::string, std::string>();
 }
 
 Result<std::string> ReadCmdline() {

@@ -24,6 +24,7 @@
 
 #include <fmt/format.h>
 
+#include "boot/boot_config.h"
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
 #include "drivers/watchdog.h"
@@ -31,11 +32,21 @@
 #include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
-#include "services/init/boot_config.h"
 #include "services/init/mounts.h"
 #include "services/init/recovery_banner.h"
 
 namespace ralph::init {
+
+// The kernel command line and the early-boot record (boot/boot_config.h).
+using boot::BootConfig;
+using boot::BootMode;
+using boot::BootModeName;
+using boot::kEarlyBootRecordPath;
+using boot::ParseKernelCmdline;
+using boot::RenderRecord;
+using boot::RootPartLabel;
+using boot::SlotDisplayName;
+
 namespace {
 
 constexpr const char* kNewRoot = "/sysroot";

@@ -24,11 +24,11 @@
 
 #include <fmt/format.h>
 
+#include "boot/boot_config.h"
 #include "drivers/watchdog.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
-#include "services/init/boot_config.h"
 #include "services/init/mounts.h"
 #include "services/init/supervisor.h"
 
@@ -40,6 +40,13 @@
   } while (0)
 
 namespace ralph::init {
+
+// The kernel command line and the early-boot record (boot/boot_config.h).
+using boot::kEarlyBootRecordPath;
+using boot::ParseKernelCmdline;
+using boot::ParseRecord;
+using boot::SlotDisplayName;
+
 namespace {
 
 using Clock = std::chrono::steady_clock;

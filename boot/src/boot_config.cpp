@@ -1,11 +1,11 @@
-#include "services/init/boot_config.h"
+#include "boot/boot_config.h"
 
 #include <charconv>
 #include <sstream>
 
 #include <fmt/format.h>
 
-namespace ralph::init {
+namespace ralph::boot {
 
 Result<BootConfig> ParseKernelCmdline(std::string_view cmdline) {
   BootConfig config;
@@ -100,4 +100,4 @@ std::map<std::string, std::string> ParseRecord(std::string_view text) {
   return values;
 }
 
-}  // namespace ralph::init
+}  // namespace ralph::boot

@@ -9,7 +9,7 @@
 
 #include "platform/result.h"
 
-namespace ralph::init {
+namespace ralph::boot {
 
 // What this boot is. A RECOVERY boot (ralph.slot=recovery) is a rescue,
 // not a slot boot: early boot counts no trial and writes no slot state, the
@@ -50,4 +50,4 @@ inline constexpr const char* kEarlyBootRecordPath = "/run/ralph/early-boot";
 std::string RenderRecord(const std::map<std::string, std::string>& values);
 std::map<std::string, std::string> ParseRecord(std::string_view text);
 
-}  // namespace ralph::init
+}  // namespace ralph::boot
