@@ -119,6 +119,7 @@ class InstallFaultTest : public ApplianceFixture {
  protected:
   void SetUp() override {
     ApplianceFixture::SetUp();
+    if (HasFatalFailure()) return;
     report_path_ = dir_ / "killed-at";
     // The mcopy stand-in (see the top of this file). Only the copy onto the
     // ESP (`mcopy -i IMAGE -o -D o SRC ::/DST`) is cut short; reads
