@@ -3,15 +3,17 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <string>
 
 namespace ralph::testing {
 namespace {
 
-uint32_t ChooseSeed() {
+// RALPH_TEST_SEED, or `fallback` (a fresh seed when unset) without it.
+uint32_t ChooseSeed(std::optional<uint32_t> fallback) {
   const char* text = std::getenv("RALPH_TEST_SEED");
-  if (text == nullptr || *text == '\0') return std::random_device{}();
+  if (text == nullptr || *text == '\0') return fallback ? *fallback : std::random_device{}();
   errno = 0;
   char* end = nullptr;
   unsigned long long value = std::strtoull(text, &end, 10);
@@ -23,14 +25,20 @@ uint32_t ChooseSeed() {
   return static_cast<uint32_t>(value);
 }
 
+uint32_t Announce(uint32_t seed) {
+  std::fprintf(stderr, "RALPH_TEST_SEED=%u (set it to replay this run)\n", seed);
+  return seed;
+}
+
 }  // namespace
 
 uint32_t TestSeed() {
-  static const uint32_t seed = [] {
-    uint32_t chosen = ChooseSeed();
-    std::fprintf(stderr, "RALPH_TEST_SEED=%u (set it to replay this run)\n", chosen);
-    return chosen;
-  }();
+  static const uint32_t seed = Announce(ChooseSeed(std::nullopt));
+  return seed;
+}
+
+uint32_t TestSeedOr(uint32_t fallback) {
+  static const uint32_t seed = Announce(ChooseSeed(fallback));
   return seed;
 }
 
