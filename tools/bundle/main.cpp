@@ -12,8 +12,8 @@
 
 #include <fmt/format.h>
 
-#include "boot/bundle/bundle.h"
 #include "platform/log.h"
+#include "services/ota/bundle/bundle.h"
 
 namespace ralph::ota {
 namespace {

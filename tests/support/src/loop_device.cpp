@@ -1,4 +1,4 @@
-#include "drivers/testing/loop_device.h"
+#include "tests/support/loop_device.h"
 
 #include <fcntl.h>
 #include <linux/loop.h>

@@ -1,4 +1,4 @@
-#include "drivers/testing/run_program.h"
+#include "tests/support/run_program.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,4 +1,4 @@
-#include "boot/mkimage/builder.h"
+#include "tools/mkimage/builder.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -13,13 +13,13 @@
 
 #include <fmt/format.h>
 
-#include "boot/mkimage/cpio.h"
-#include "boot/mkimage/host_tools.h"
 #include "platform/arch.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
+#include "tools/mkimage/cpio.h"
+#include "tools/mkimage/host_tools.h"
 
 namespace ralph::mkimage {
 namespace fs = std::filesystem;

@@ -1,4 +1,4 @@
-#include "boot/mkimage/cpio.h"
+#include "tools/mkimage/cpio.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-#include "boot/mkimage/host_tools.h"
+#include "tools/mkimage/host_tools.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -4,10 +4,10 @@
 #include <cstdlib>
 #include <string>
 
-#include "boot/bundle/bundle.h"
-#include "boot/mkimage/builder.h"
 #include "platform/arch.h"
 #include "platform/log.h"
+#include "services/ota/bundle/bundle.h"
+#include "tools/mkimage/builder.h"
 
 namespace {
 
@@ -33,7 +33,7 @@ constexpr const char* kUsage = R"(usage: ralph-mkimage --out DISK.img [options]
 SOURCE_DATE_EPOCH sets the timestamps of the slot images (default 1700000000).
 )";
 
-// The factory bundle through the bundle format library (boot/bundle), the
+// The factory bundle through the bundle format library (services/ota/bundle), the
 // same code services/ota reads bundles with.
 ralph::Result<void> WriteFactoryBundle(const ralph::mkimage::FactoryBundleRequest& request) {
   using namespace ralph;

@@ -1,4 +1,4 @@
-#include "boot/mkimage/plan.h"
+#include "tools/mkimage/plan.h"
 
 #include <algorithm>
 #include <functional>

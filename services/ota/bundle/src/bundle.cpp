@@ -1,4 +1,4 @@
-#include "boot/bundle/bundle.h"
+#include "services/ota/bundle/bundle.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-#include "boot/bundle/byte_source.h"
+#include "services/ota/bundle/byte_source.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

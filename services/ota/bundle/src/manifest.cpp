@@ -1,4 +1,4 @@
-#include "boot/bundle/manifest.h"
+#include "services/ota/bundle/manifest.h"
 
 #include <tinyxml2.h>
 

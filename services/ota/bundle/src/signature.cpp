@@ -1,4 +1,4 @@
-#include "boot/bundle/signature.h"
+#include "services/ota/bundle/signature.h"
 
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>

@@ -24,11 +24,11 @@
 #include <string_view>
 #include <vector>
 
-#include "boot/bundle/bundle.h"
 #include "boot/slot_manager.h"
 #include "boot/slot_state.h"
 #include "drivers/disk.h"
 #include "platform/result.h"
+#include "services/ota/bundle/bundle.h"
 #include "services/ota/progress.h"
 #include "services/ota/source.h"
 #include "services/ota/writer.h"

@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "boot/mkimage/plan.h"
 #include "platform/result.h"
+#include "tools/mkimage/plan.h"
 
 namespace ralph::mkimage {
 

@@ -25,10 +25,10 @@
 #include <string>
 #include <vector>
 
-#include "boot/bundle/byte_source.h"
-#include "boot/bundle/manifest.h"
-#include "boot/bundle/signature.h"
 #include "platform/result.h"
+#include "services/ota/bundle/byte_source.h"
+#include "services/ota/bundle/manifest.h"
+#include "services/ota/bundle/signature.h"
 
 namespace ralph::ota {
 
