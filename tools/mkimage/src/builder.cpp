@@ -247,7 +247,7 @@ Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
   std::string osrel_file = output + ".osrel";
   TRY(WriteWholeFile(cmdline_file, cmdline));
   TRY(WriteWholeFile(osrel_file, os_release));
-  // Section addresses as proven on this machine (DESIGN.md, "Recipes"): the
+  // Section addresses that OVMF boots (the e2e tests prove it): the
   // stub finds the sections by name; the VMAs only must not overlap, and the
   // initrd goes last because it is the largest and grows.
   TRY_CTX(RunTool({{"objcopy", "--add-section", ".osrel=" + osrel_file, "--change-section-vma",
@@ -678,9 +678,9 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   TRY(CopyIntoDisk(esp, layout, kPartEfi));
   TRY(CopyIntoDisk(system_a, layout, kPartSystemA));
   TRY(CopyIntoDisk(system_b, layout, kPartSystemB));
-  // RECOVERY holds the good system (+ the factory bundle) for now; the
-  // rescue environment (issue: recovery) replaces the system part. VAR stays
-  // blank: early boot formats it.
+  // RECOVERY holds the good system plus the factory bundle until the rescue
+  // environment (planned: docs/architecture.md "Recovery") replaces the
+  // system part. VAR stays blank: early boot formats it.
   TRY(CopyIntoDisk(recovery, layout, kPartRecovery));
   if (::rename(tmp_disk.c_str(), options.output.c_str()) != 0) {
     return Error::FromErrno(fmt::format("rename {} to {}", tmp_disk, options.output), errno);

@@ -1,5 +1,6 @@
-// unique_ptr aliases for the OpenSSL handles the OTA code uses (STYLE.md
-// item 3), and OpenSSL error-queue formatting. Private to services/ota.
+// unique_ptr aliases for the OpenSSL handles the bundle code uses (freed on
+// every error path), and OpenSSL error-queue formatting. Private to
+// services/ota/bundle.
 #pragma once
 
 #include <openssl/bio.h>

@@ -1,5 +1,5 @@
 // The slot writer: installs a signed bundle into the inactive slot in the
-// order ../shared/DESIGN.md "Try / commit" gives, so that an interruption at
+// order of docs/architecture.md "Boot", so that an interruption at
 // any point leaves the committed slot booting and the target never on trial
 // unless it was fully written and verified:
 //
