@@ -55,7 +55,7 @@ struct NetworkSpec {
 // ever accepted past the host, so there is no connection to track or
 // translate — and so registers neither in the kernel (the first user of a
 // hook point switches its static key, patching every call site with IPIs to
-// all CPUs: the dearest part of a launcher's network here).
+// all CPUs: the dearest part of a launcher's network).
 inline bool JobHasEgress(const NetworkSpec& spec) {
   return spec.enabled && (!spec.allow.empty() || !spec.allowed_domains.empty());
 }
