@@ -1,6 +1,6 @@
-# Third-party libraries, each as an imported target. Which layer may link which
-# is in ../shared/DESIGN.md ("Third-party headers appear only in the layer that
-# owns them").
+# Third-party libraries, each as an imported target. Each C library is linked
+# PRIVATE by the one library that owns it, so its headers appear nowhere else
+# (docs/architecture.md "Layers and what may use what").
 find_package(PkgConfig REQUIRED)
 find_package(ZLIB REQUIRED)
 find_package(OpenSSL REQUIRED)

@@ -1,8 +1,10 @@
-# Build hygiene (STYLE.md item 14) and the sanitizer option.
+# Build hygiene enforced by the compiler (warnings are errors, stack
+# protector) and the ASan+UBSan option for the unit and integration tests.
 option(RALPH_SANITIZE "Build with AddressSanitizer + UndefinedBehaviorSanitizer" OFF)
 option(RALPH_STATIC_BINARIES "Link the appliance binaries statically where possible" OFF)
 
-# Arch selection: one implementation per arch, chosen here (STYLE.md item 9).
+# Arch selection: one implementation per arch, chosen here, so that no
+# source file needs an #ifdef on the architecture.
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   set(RALPH_ARCH x86_64)
 elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64|ARM64)$")

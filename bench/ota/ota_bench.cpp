@@ -35,16 +35,16 @@
 
 #include <fmt/format.h>
 
-#include "boot/bundle/bundle.h"
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
 #include "drivers/gpt.h"
-#include "drivers/testing/loop_device.h"
 #include "platform/arch.h"
 #include "platform/efivar_store.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
+#include "services/ota/bundle/bundle.h"
 #include "services/ota/installer.h"
+#include "tests/support/loop_device.h"
 
 extern char** environ;
 

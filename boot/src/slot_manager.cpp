@@ -58,7 +58,7 @@ Result<std::vector<std::string>> ApplyWrites(EfiVarStoreInterface& vars,
   std::vector<std::string> written;
   for (const VarWrite& write : writes) {
     std::string context = fmt::format("writing {} ({})", write.name, write.why);
-    // Compare before every write (STYLE.md item 8): NVRAM wears, and an
+    // Compare before every write: NVRAM wears, and an
     // equal write is still a write the firmware has to garbage-collect.
     std::optional<std::vector<uint8_t>> current =
         TRY_CTX(GetOptional(vars, write.guid, write.name), context);

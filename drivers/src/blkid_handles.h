@@ -1,4 +1,5 @@
-// Scoped handles for libblkid and libfdisk (STYLE.md item 3). Private to
+// Scoped handles for libblkid and libfdisk: every handle freed on every
+// error path without a goto ladder. Private to
 // drivers/: no other layer sees these libraries' headers.
 #pragma once
 

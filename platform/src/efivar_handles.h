@@ -1,4 +1,5 @@
-// Scoped handles and conversions for libefivar/libefiboot (STYLE.md item 3).
+// Scoped handles and conversions for libefivar/libefiboot (freed on every
+// error path).
 // Private to platform/: no other layer sees libefivar's headers.
 #pragma once
 

@@ -1,4 +1,4 @@
-// SeccompProgram::Default: the programs seccomp_gen.cpp compiled at build
+// SeccompProgram::Default: the programs tools/seccomp-gen compiled at build
 // time (kept apart from seccomp.cpp, which the generator itself links).
 #include "seccomp_default.h"
 

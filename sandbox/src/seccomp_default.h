@@ -1,6 +1,6 @@
 // The default seccomp programs compiled when the build ran (private).
 //
-// seccomp_gen.cpp compiles DefaultSeccompPolicy() with libseccomp for every
+// tools/seccomp-gen compiles DefaultSeccompPolicy() with libseccomp for every
 // supported architecture and writes them as these tables (Firecracker
 // compiles its seccomp policies at build time the same way), so a service or
 // a launcher loads the filter without compiling it: SeccompProgram::Default.

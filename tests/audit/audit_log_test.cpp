@@ -20,7 +20,7 @@
 
 #include "audit_test_util.h"
 #include "killing_vfs.h"
-#include "platform/testing/test_seed.h"
+#include "tests/support/test_seed.h"
 #include "services/audit/audit_log.h"
 
 namespace ralph::audit {

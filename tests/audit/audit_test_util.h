@@ -6,8 +6,8 @@
 #include <sstream>
 #include <string>
 
-#include "drivers/testing/run_program.h"
-#include "drivers/testing/temp_dir.h"
+#include "tests/support/run_program.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph::audit::testing {
 

@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 
 #include "machine.h"
-#include "platform/testing/test_seed.h"
+#include "tests/support/test_seed.h"
 
 namespace ralph::boot {
 namespace {

@@ -22,9 +22,9 @@
 #include "boot/testing/firmware_model.h"
 #include "drivers/disk.h"
 #include "drivers/gpt.h"
-#include "drivers/testing/loop_device.h"
 #include "platform/efivar_store.h"
 #include "platform/testing/efivar_directory.h"
+#include "tests/support/loop_device.h"
 
 namespace ralph::boot {
 namespace {

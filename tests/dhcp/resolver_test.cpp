@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include "drivers/testing/temp_dir.h"
 #include "platform/file_io.h"
 #include "services/dhcp/resolver.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph::dhcp {
 namespace {

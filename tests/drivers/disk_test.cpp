@@ -19,9 +19,9 @@
 
 #include "drivers/disk.h"
 #include "drivers/gpt.h"
-#include "drivers/testing/loop_device.h"
-#include "drivers/testing/temp_dir.h"
 #include "platform/unique_fd.h"
+#include "tests/support/loop_device.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph {
 namespace {

@@ -38,12 +38,12 @@
 #include <nlohmann/json.hpp>
 
 #include "drivers/disk.h"
-#include "drivers/testing/run_program.h"
 #include "harness/e2e_test.h"
 #include "platform/file_io.h"
 #include "platform/unique_fd.h"
 #include "services/audit/audit_log.h"
 #include "test_https_server.h"
+#include "tests/support/run_program.h"
 
 namespace ralph::e2e {
 namespace {

@@ -18,11 +18,11 @@
 
 #include <fmt/format.h>
 
-#include "boot/mkimage/builder.h"
 #include "drivers/disk.h"
-#include "drivers/testing/run_program.h"
 #include "platform/file_io.h"
 #include "platform/unique_fd.h"
+#include "tests/support/run_program.h"
+#include "tools/mkimage/builder.h"
 
 namespace ralph::mkimage {
 namespace {

@@ -1,10 +1,10 @@
-#include "boot/mkimage/plan.h"
+#include "tools/mkimage/plan.h"
 
 #include <gtest/gtest.h>
 
-#include "boot/mkimage/builder.h"
-#include "boot/mkimage/cpio.h"
 #include "platform/file_io.h"
+#include "tools/mkimage/builder.h"
+#include "tools/mkimage/cpio.h"
 
 namespace ralph::mkimage {
 namespace {

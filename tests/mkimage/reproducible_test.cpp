@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "boot/mkimage/builder.h"
+#include "tools/mkimage/builder.h"
 
 namespace ralph::mkimage {
 namespace {

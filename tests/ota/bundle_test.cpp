@@ -3,8 +3,8 @@
 
 #include <string>
 
-#include "boot/bundle/bundle.h"
 #include "platform/sha256.h"
+#include "services/ota/bundle/bundle.h"
 #include "test_pki.h"
 #include "test_util.h"
 

@@ -7,7 +7,7 @@
 // product code under test is still built without exceptions.
 #include <gtest/gtest.h>
 
-#include "boot/bundle/bundle.h"
+#include "services/ota/bundle/bundle.h"
 #include "services/ota/source.h"
 #include "test_https_server.h"
 #include "test_pki.h"

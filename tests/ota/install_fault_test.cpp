@@ -37,7 +37,7 @@
 #include "install_fixture.h"
 #include "platform/sha256.h"
 #include "platform/testing/fake_efi_vars.h"
-#include "platform/testing/test_seed.h"
+#include "tests/support/test_seed.h"
 
 namespace ralph::ota::testing {
 namespace {

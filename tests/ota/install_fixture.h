@@ -12,14 +12,14 @@
 #include <string>
 #include <vector>
 
-#include "boot/bundle/bundle.h"
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
-#include "drivers/testing/loop_device.h"
 #include "platform/efivar_store.h"
+#include "services/ota/bundle/bundle.h"
 #include "services/ota/installer.h"
 #include "test_pki.h"
 #include "test_util.h"
+#include "tests/support/loop_device.h"
 
 namespace ralph::ota::testing {
 

@@ -3,9 +3,9 @@
 
 #include <cstdlib>
 
-#include "drivers/testing/loop_device.h"  // RunCommand
 #include "test_pki.h"
 #include "test_util.h"
+#include "tests/support/loop_device.h"  // RunCommand
 
 namespace ralph::ota {
 namespace {

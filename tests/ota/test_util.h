@@ -1,7 +1,7 @@
 // Small helpers shared by the OTA tests.
 #pragma once
 
-#include "drivers/testing/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 #include <cstdint>
 #include <cstdlib>

@@ -7,8 +7,8 @@
 
 #include <fmt/format.h>
 
-#include "boot/bundle/bundle.h"
 #include "drivers/testing/fake_block_device.h"
+#include "services/ota/bundle/bundle.h"
 #include "services/ota/writer.h"
 #include "test_pki.h"
 #include "test_util.h"

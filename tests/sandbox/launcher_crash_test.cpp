@@ -22,7 +22,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include "drivers/testing/run_program.h"
+#include "tests/support/run_program.h"
 
 namespace {
 

@@ -23,10 +23,10 @@
 
 #include <fmt/format.h>
 
-#include "drivers/testing/run_program.h"
 #include "private_netns_environment.h"
 #include "sandbox/net/network_service.h"
 #include "test_topology.h"
+#include "tests/support/run_program.h"
 
 namespace ralph::sandbox {
 namespace {

@@ -1,6 +1,6 @@
 // SlotManager: A/B try / commit / mark-bad / fallback / recovery over EFI
-// variables, exactly as ../shared/DESIGN.md "Try / commit with EFI
-// variables" describes. The firmware is the boot selector:
+// variables (docs/architecture.md "Boot: try and commit with EFI
+// variables"). The firmware is the boot selector:
 //   commit = the committed slot first in BootOrder (the other slot after it
 //            while it is good or on trial, RECOVERY last, foreign entries
 //            after ours);

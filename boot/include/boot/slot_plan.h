@@ -1,10 +1,10 @@
-// Deciding, separated from doing (STYLE.md item 7): the slot manager's
-// transitions as pure functions from a decoded view of the firmware
-// variables to a Plan — the new RalphSlotState and the ordered list of
-// variable writes that gets there crash-safely. SlotManager (slot_manager.h)
-// reads the view, calls one of these, and applies the plan.
+// The slot manager's transitions as pure functions (deciding kept apart
+// from doing, so every transition is unit-tested without firmware) from a decoded view of the
+// firmware variables to a Plan — the new RalphSlotState and the ordered list of variable writes
+// that gets there crash-safely. SlotManager (slot_manager.h) reads the view, calls one of these,
+// and applies the plan.
 //
-// Crash-safety rule every plan follows (../shared/DESIGN.md "Try / commit"):
+// Crash-safety rule every plan follows:
 // after any prefix of its writes the firmware boots a slot whose record says
 // `good` (or the slot on trial, once, through BootNext; or RECOVERY when no
 // slot is good; or, on a machine with no slot good yet, the factory image on

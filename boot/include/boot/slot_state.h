@@ -1,6 +1,7 @@
 // RalphSlotState: the slot manager's own record in one EFI variable,
-// RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d (../shared/DESIGN.md
-// "Try / commit with EFI variables"; STYLE.md item 8).
+// RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d: versioned and
+// CRC-protected so that a torn or foreign value is detected and the record
+// re-initialised, never trusted (docs/architecture.md "Boot").
 //
 // Binary format, version 1, little-endian, 124 bytes:
 //   offset size  field
@@ -23,7 +24,7 @@
 //
 // The counter of consecutive failed boots of the committed slot is NOT in
 // this record: it changes on every boot, and a healthy steady-state boot
-// must write no EFI variable. It lives on VAR (../shared/DESIGN.md), kept by
+// must write no EFI variable. It lives on VAR, kept by
 // the health gate, which calls SlotManager::ArmRecovery() when it trips.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Block I/O behind a small interface (STYLE.md item 5): the OTA slot writer,
+// Block I/O behind a small interface, with a fake: the OTA slot writer,
 // recovery's reflash and the image builder write slots through
 // BlockDeviceInterface; tests use FakeBlockDevice
 // (drivers/testing/fake_block_device.h), which injects EIO, short/torn

@@ -1,4 +1,4 @@
-// Hardware watchdog behind a small interface (STYLE.md item 5). init/ralphd
+// Hardware watchdog behind a small interface, with a fake. init/ralphd
 // arm it early and pet it from their main loop; a hang turns into a reboot,
 // which the firmware's BootNext/BootOrder turns into a fallback.
 //

@@ -1,4 +1,4 @@
-// Architecture differences behind one neutral header (STYLE.md item 9).
+// Architecture differences behind one neutral header.
 // One implementation per arch in platform/arch/<arch>/, chosen by CMake;
 // callers never #ifdef.
 #pragma once

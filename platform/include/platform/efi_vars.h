@@ -1,4 +1,5 @@
-// UEFI variables behind a small interface (STYLE.md item 5).
+// UEFI variables behind a small interface, so that the slot manager runs
+// against a fake or a directory in tests and against NVRAM on the appliance.
 //
 // EfiVarStoreInterface is what the slot manager reads and writes. Two
 // implementations: LibefivarStore (platform/efivar_store.h), which goes

@@ -1,4 +1,4 @@
-// Error: a stable code plus context (STYLE.md item 2).
+// Error: a stable code plus context.
 //
 // An Error carries an ErrorCode with a pinned number (safe to persist, log and
 // send over the API), the failing syscall and errno when there was one, and a

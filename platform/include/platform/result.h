@@ -1,4 +1,4 @@
-// Result<T>: errors are values (STYLE.md item 1).
+// Result<T>: errors are values (the tree builds with -fno-exceptions).
 //
 // Result<T> is tl::expected<T, Error> made [[nodiscard]]. Only members that
 // C++23 std::expected also has are used across the tree (has_value, value,

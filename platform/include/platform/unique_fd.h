@@ -1,4 +1,4 @@
-// UniqueFd: owns one file descriptor (STYLE.md item 3).
+// UniqueFd: owns one file descriptor, so none leaks on an error path.
 // Move-only; no implicit int conversion; release() must be used; reset()
 // preserves errno so it can run on error paths between a failed call and the
 // Error::FromErrno that reports it.

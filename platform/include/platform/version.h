@@ -1,6 +1,6 @@
 // A release version, MAJOR.MINOR.PATCH, compared field by field: what a slot
 // record stores (boot/slot_state.h), what a bundle manifest declares
-// (boot/bundle/manifest.h) and what anti-rollback compares.
+// (services/ota/bundle/manifest.h) and what anti-rollback compares.
 #pragma once
 
 #include <compare>

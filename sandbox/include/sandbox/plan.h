@@ -1,6 +1,6 @@
 // Pure planning: from a SandboxSpec (plus the host paths the service chose)
 // to plain lists of what the apply step does. Nothing here touches the
-// system, so all of it is unit-tested (STYLE.md item 7).
+// system, so all of it is unit-tested.
 #pragma once
 
 #include <sys/resource.h>

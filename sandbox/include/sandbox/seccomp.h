@@ -27,7 +27,7 @@ class SeccompProgram {
   static Result<SeccompProgram> Compile(const SeccompPolicy& policy, uint32_t audit_arch);
 
   // Compile(DefaultSeccompPolicy(), audit_arch) as the build made it
-  // (seccomp_gen.cpp): no libseccomp work at run time. `audit_arch` 0 is the
+  // (tools/seccomp-gen): no libseccomp work at run time. `audit_arch` 0 is the
   // architecture this binary was built for. kUnsupported for architectures
   // other than x86_64 and aarch64.
   static Result<SeccompProgram> Default(uint32_t audit_arch);

@@ -69,7 +69,7 @@ std::unique_ptr<NetworkProviderInterface> MakeNetworkProvider(const NetworkServi
 std::unique_ptr<NetworkProviderInterface> MakeDefaultNetworkProvider(
     NetEventSinkInterface* events,
     std::function<void(LogLevel level, const std::string& message)> log = {});
-// Added by sandbox-net. Removes the warm nft tables that launchers
+// Removes the warm nft tables that launchers
 // (NetworkServiceConfig::service_tables = kWarm) leave in the calling
 // thread's netns for the default ifname prefix, and returns their names:
 // what `ralph-sandbox drain` does besides unmounting idle volumes. Without

@@ -16,7 +16,7 @@ namespace {
 // c-ares, not ldns: any use of ldns links its DNSSEC code (rr.o needs
 // dnssec.o), and with it most of libcrypto, into the statically linked
 // launcher, whose every start then pays a page fault per page of
-// libcrypto's relocated tables (~3 ms here). c-ares parses names
+// libcrypto's relocated tables (milliseconds per start). c-ares parses names
 // (compression, loops, escaping) and A/AAAA answers; the fixed-size header
 // and the record framing around them are RFC 1035 4.1.
 

@@ -1,4 +1,5 @@
-// Owning handles for the C libraries of the network code (STYLE.md item 3).
+// Owning handles for the C libraries of the network code (freed on every
+// error path).
 #pragma once
 
 #include <libmnl/libmnl.h>

@@ -300,8 +300,8 @@ NftTablePlan PlanServiceTable(std::string_view table_name, std::string_view ifna
   // Otherwise every job table that is the first (last) user of them
   // registers (unregisters) the conntrack/NAT hooks: the first user of a
   // hook point anywhere in the kernel switches its static key, i.e. patches
-  // every call site with IPIs to all CPUs (perf: 70% of a launcher's CPU
-  // here), and the masquerade notifiers are registered under the RTNL lock.
+  // every call site with IPIs to all CPUs (perf: 70% of a launcher's CPU),
+  // and the masquerade notifiers are registered under the RTNL lock.
   if (stateful) forward.rules.push_back({.ct_state = kCtInvalid, .verdict = NftVerdict::kDrop});
   if (forwarding == ForwardingPolicy::kOnlyJobs) {
     forward.rules.push_back({.iifname = pattern, .verdict = NftVerdict::kAccept});

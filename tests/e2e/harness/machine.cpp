@@ -16,10 +16,10 @@
 #include <nlohmann/json.hpp>
 
 #include "drivers/disk.h"
-#include "drivers/testing/loop_device.h"
 #include "platform/file_io.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
+#include "tests/support/loop_device.h"
 
 namespace ralph::e2e {
 namespace {

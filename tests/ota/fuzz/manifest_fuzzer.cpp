@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "boot/bundle/manifest.h"
+#include "services/ota/bundle/manifest.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view xml(reinterpret_cast<const char*>(data), size);

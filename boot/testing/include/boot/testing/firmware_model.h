@@ -1,7 +1,8 @@
 // FirmwareModel: what a UEFI boot manager does at power-on, over an
 // EfiVarStoreInterface holding the machine's NVRAM. Used by the slot
 // manager's tests to ask "after this power cut, what would the machine
-// boot?" (STYLE.md item 5: the firmware behind an interface, with a model).
+// boot?" without a VM: the firmware's choice as a model over the same
+// variable store interface the slot manager writes.
 //
 // Modelled behaviour (UEFI spec 2.10 section 3.1.2 "Load Option
 // Processing"; EDK2 MdeModulePkg/Universal/BdsDxe/BdsEntry.c BdsEntry(),
@@ -18,7 +19,7 @@
 //   4. Otherwise the removable-media path \EFI\BOOT\BOOTX64.EFI (BOOTAA64)
 //      on the ESP, through a firmware-created entry "UEFI Misc Device"
 //      whose device path is not HD()/File() — OVMF creates it and appends it
-//      to BootOrder, as seen on this machine (../shared/DESIGN.md).
+//      to BootOrder, as OVMF does (seen in the e2e boots).
 //   5. BootCurrent (volatile) is set to the entry that booted.
 //   6. The image's EFI stub (systemd-stub 252) sets the volatile
 //      LoaderImageIdentifier (the file loaded) and LoaderDevicePartUUID (the

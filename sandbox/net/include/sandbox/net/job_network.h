@@ -55,7 +55,7 @@ struct NetworkSpec {
 // ever accepted past the host, so there is no connection to track or
 // translate — and so registers neither in the kernel (the first user of a
 // hook point switches its static key, patching every call site with IPIs to
-// all CPUs: the dearest part of a launcher's network here).
+// all CPUs: the dearest part of a launcher's network).
 inline bool JobHasEgress(const NetworkSpec& spec) {
   return spec.enabled && (!spec.allow.empty() || !spec.allowed_domains.empty());
 }
@@ -85,7 +85,7 @@ class JobNetwork {
 
   // Removes everything NetworkService::CreateJob() made. Idempotent.
   virtual Result<void> Teardown() = 0;
-  // Added by sandbox-core (additive). For a job whose processes have all
+  // For a job whose processes have all
   // been reaped: removes what Teardown() removes except the veth pair, which
   // the kernel deletes together with the job's network namespace (netns
   // cleanup unregisters its devices, and a veth takes its peer along:
@@ -99,7 +99,6 @@ class JobNetwork {
   // The address the job must use as its only resolver (/etc/resolv.conf).
   virtual std::string resolver_address() const = 0;
 
-  // Added by sandbox-net (additive; defaults keep existing fakes compiling).
   // The job's own addresses and the host end of its veth; empty when the spec
   // disables networking.
   virtual std::string job_address_v4() const { return {}; }

@@ -66,7 +66,7 @@ enum class TableOwnership {
 // What JobNetwork::Teardown() does with a job's veth pair and nft table.
 enum class LinkRemoval {
   // Both are gone when Teardown() returns. Deleting a veth waits out RCU
-  // barriers in the kernel (netdev_run_todo: rcu_barrier), 30-40 ms here.
+  // barriers in the kernel (netdev_run_todo: rcu_barrier), tens of ms.
   kInline,
   // Teardown() removes the job's event and DNS registrations and returns;
   // the service's reaper thread then sees the veth pair go (the kernel
@@ -138,7 +138,7 @@ struct NetworkServiceConfig {
   // is deleted in the same nft transaction as the job's table. The kernel
   // then waits out the RCU grace period of the unregistered hooks while the
   // launcher finishes its own teardown, instead of in its exit (releasing
-  // the nft socket flushes pending table destruction: 10 ms here). The next
+  // the nft socket flushes pending table destruction: a grace period). The next
   // CreateJob() commits the service table again. No effect with kWarm
   // (there is no table of the service's own to release).
   bool release_when_idle = false;

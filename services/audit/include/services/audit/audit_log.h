@@ -1,6 +1,6 @@
 // The audit log: an append-only, hash-chained record of security-relevant
 // events (downgrade overrides, installs, rollbacks, policy changes), kept in
-// SQLite on VAR (../shared/DESIGN.md "Control plane").
+// SQLite on VAR (docs/audit.md).
 //
 //   auto log = TRY(audit::AuditLog::Open(audit::kDefaultAuditLogPath,
 //                                        audit::OpenMode::kCreateIfMissing));

@@ -1,5 +1,5 @@
-// The audit log's hash chain, as pure functions over plain rows (STYLE.md
-// item 7): the canonical encoding of a row, its hash, and a verifier that
+// The audit log's hash chain, as pure functions over plain rows (unit-tested
+// without a database): the canonical encoding of a row, its hash, and a verifier that
 // walks rows in sequence order and names the first broken one. The SQLite
 // store (audit_log.h) feeds rows to these; nothing here touches a file.
 //

@@ -1,5 +1,5 @@
-// Redaction of secrets before an audit event is stored (DESIGN.md: "audit
-// rows hash-chained, secrets redacted"). Pure functions; the audit log runs
+// Redaction of secrets before an audit event is stored: a chained row can
+// never be edited later, so no secret may reach it. Pure functions; the audit log runs
 // them on every event's subject and details before hashing and storing.
 //
 // What is redacted:

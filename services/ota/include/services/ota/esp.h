@@ -2,7 +2,7 @@
 //
 // Choice: mtools on the ESP partition itself (its block device, or
 // "disk.img@@<byte offset>" for an image file), never a mount. The appliance
-// keeps everything outside VAR read-only at run time (../shared/DESIGN.md),
+// keeps everything outside VAR read-only at run time,
 // the image builder already writes the ESP with mtools, and it works the same
 // on a device, a loop partition and a plain image. The ESP must not be
 // mounted read-write by anyone else while this runs.

@@ -1,5 +1,5 @@
 // The slot writer: installs a signed bundle into the inactive slot in the
-// order ../shared/DESIGN.md "Try / commit" gives, so that an interruption at
+// order of docs/architecture.md "Boot", so that an interruption at
 // any point leaves the committed slot booting and the target never on trial
 // unless it was fully written and verified:
 //
@@ -24,11 +24,11 @@
 #include <string_view>
 #include <vector>
 
-#include "boot/bundle/bundle.h"
 #include "boot/slot_manager.h"
 #include "boot/slot_state.h"
 #include "drivers/disk.h"
 #include "platform/result.h"
+#include "services/ota/bundle/bundle.h"
 #include "services/ota/progress.h"
 #include "services/ota/source.h"
 #include "services/ota/writer.h"

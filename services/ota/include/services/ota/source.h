@@ -1,4 +1,4 @@
-// Where bundle bytes come from: a local file (boot/bundle/byte_source.h) or
+// Where bundle bytes come from: a local file (services/ota/bundle/byte_source.h) or
 // an HTTPS URL (libcurl, here).
 #pragma once
 
@@ -9,8 +9,8 @@
 #include <span>
 #include <string>
 
-#include "boot/bundle/byte_source.h"
 #include "platform/result.h"
+#include "services/ota/bundle/byte_source.h"
 
 namespace ralph::ota {
 

@@ -26,9 +26,9 @@
 #include <string>
 #include <vector>
 
-#include "boot/bundle/manifest.h"
 #include "drivers/block_device.h"
 #include "platform/result.h"
+#include "services/ota/bundle/manifest.h"
 #include "services/ota/source.h"
 
 namespace ralph::ota {

@@ -1,0 +1,692 @@
+#include "tools/mkimage/builder.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "platform/arch.h"
+#include "platform/file_io.h"
+#include "platform/log.h"
+#include "platform/sha256.h"
+#include "platform/unique_fd.h"
+#include "tools/mkimage/cpio.h"
+#include "tools/mkimage/host_tools.h"
+
+namespace ralph::mkimage {
+namespace fs = std::filesystem;
+namespace {
+
+// The loader every binary names as its interpreter (PT_INTERP) on x86_64.
+// TODO(aarch64): /lib/ld-linux-aarch64.so.1, behind platform/arch.h.
+constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
+
+// Modules early boot loads (dependencies are added from modules.dep). ext4
+// is built into Debian's kernels; a module missing from modules.dep but
+// listed in modules.builtin is fine. A slot has no modprobe: the kernel
+// cannot load anything on demand, so everything a slot uses is here.
+// Sandbox networking (sandbox/net, docs/image.md): the job's veth pair, the
+// nft expressions its tables use beyond nf_tables' built-in ones (ct state,
+// log to an NFLOG group, masquerade in an inet nat chain), and
+// nfnetlink_log, the NFLOG backend `log group` needs and the network
+// service's event listener binds to.
+const std::vector<std::string> kWantedModules = {
+    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",      "squashfs",      "overlay",
+    "nf_tables",  "softdog",    "vfat",           "nls_cp437",     "nls_ascii",     "ext4",
+    "virtio_net",
+    "loop",  // sandbox: each job's writable upper is its own ext4 on a loop device
+    "veth",       "nft_ct",     "nft_log",        "nfnetlink_log", "nft_chain_nat", "nft_masq",
+};
+
+// Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
+// wired interface itself over netlink (address, routes, MTU). Its own hook
+// script is a shell script and a slot has no shell, so `script` names our
+// C++ hook instead (services/dhcp): it writes the lease's DNS servers to
+// /run/ralph/resolv.conf, which /etc/resolv.conf links to (the root is
+// read-only). Privilege separation runs as the `dhcpcd` user
+// chrooted into its (empty, read-only) home, as Debian's postinst sets up.
+// `nodev`: a slot runs no udev; without it dhcpcd 9.4.1's privileged proxy
+// dereferences the absent /dev plugin and segfaults when a NIC appears
+// (reproduced on the host in a network namespace), and with Debian's udev
+// plugin it waits forever for udev to initialise the interface.
+constexpr const char* kDhcpcdHost = "/usr/sbin/dhcpcd";
+constexpr const char* kDhcpcdConf =
+    "# RalphOS: DHCPv4 on the wired interfaces; DNS through ralph-dhcp-hook (no shell).\n"
+    "script /usr/libexec/ralph-dhcp-hook\n"
+    "allowinterfaces en* eth*\n"
+    "ipv4only\n"
+    "noipv4ll\n"
+    "clientid\n"
+    "nodev\n"
+    "option classless_static_routes, interface_mtu\n"
+    "option domain_name_servers, domain_name, domain_search\n"
+    "require dhcp_server_identifier\n";
+constexpr const char* kPasswd =
+    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    "dhcpcd:x:101:65534:DHCP Client Daemon:/usr/lib/dhcpcd:/usr/sbin/nologin\n";
+constexpr const char* kGroup = "root:x:0:\nnogroup:x:65534:\n";
+// The OTA writer puts the UKI on the ESP with mtools (services/ota/esp.h);
+// mtools picks the command from argv[0], so the names are links to it.
+constexpr const char* kMtoolsHost = "/usr/bin/mtools";
+const std::vector<std::string> kMtoolsCommands = {"mcopy", "mdir", "mmd"};
+// mtools converts FAT short names through iconv to code page 850 (its
+// default); glibc loads that converter from its gconv directory.
+constexpr const char* kGconvDir = "/usr/lib/x86_64-linux-gnu/gconv";
+const std::vector<std::string> kGconvFiles = {"gconv-modules", "gconv-modules.cache", "IBM850.so"};
+
+Result<void> MakeDirs(const std::string& path) {
+  std::error_code ec;
+  fs::create_directories(path, ec);
+  if (ec) return Error::FromErrno(fmt::format("mkdir {}", path), ec.value());
+  return {};
+}
+
+Result<void> RemoveTree(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  if (ec) return Error::FromErrno(fmt::format("remove {}", path), ec.value());
+  return {};
+}
+
+bool Exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// Copies a host file into a staging tree at `dest` (through symlinks: the
+// staged file is a regular file with the host file's permission bits).
+Result<void> StageFile(const std::string& host_path, const std::string& dest) {
+  TRY(MakeDirs(fs::path(dest).parent_path().string()));
+  std::string content = TRY(ReadWholeFile(host_path));
+  struct stat st {};
+  if (::stat(host_path.c_str(), &st) != 0) {
+    return Error::FromErrno(fmt::format("stat {}", host_path), errno);
+  }
+  return WriteWholeFile(dest, content, st.st_mode & 0755);
+}
+
+// The shared objects a binary needs, loader included, as absolute host paths.
+Result<std::vector<std::string>> SharedLibraries(const std::string& binary) {
+  std::string out = TRY_CTX(RunTool({{kHostLoader, "--list", binary}}),
+                            fmt::format("listing the shared libraries of {}", binary));
+  std::vector<std::string> libs = ParseLoaderList(out);
+  if (std::find(libs.begin(), libs.end(), kHostLoader) == libs.end()) libs.push_back(kHostLoader);
+  return libs;
+}
+
+Result<std::string> HostTool(const std::string& path, const std::string& package) {
+  if (!Exists(path)) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("{} is not installed (Debian package {}; run scripts/setup.sh)",
+                                   path, package));
+  }
+  return path;
+}
+
+Result<void> MakeSymlink(const std::string& target, const std::string& link) {
+  std::error_code ec;
+  fs::create_symlink(target, link, ec);
+  if (ec) return Error::FromErrno(fmt::format("symlink {} -> {}", link, target), ec.value());
+  return {};
+}
+
+Result<std::string> ProjectBinary(const std::string& bin_dir, const std::string& name) {
+  std::string path = bin_dir + "/" + name;
+  if (!Exists(path)) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("project binary {} not found in {} (build it first: cmake "
+                                   "--build build --target {})",
+                                   name, bin_dir, name));
+  }
+  return path;
+}
+
+struct StagedBinary {
+  std::string host_path;
+  std::string image_path;
+};
+
+// Executables go into images without their DWARF: `objcopy --strip-debug`
+// keeps the symbol table (backtraces still name functions) and drops the
+// debug sections of a RelWithDebInfo build, 10-30 times the code (ralphctl:
+// 30 MB -> 1 MB), which every slot, RECOVERY and the factory bundle would
+// otherwise carry and compress. Debian's binaries are stripped already.
+// Deterministic, like the rest of the image.
+Result<void> StageExecutable(const std::string& host_path, const std::string& dest) {
+  TRY(MakeDirs(fs::path(dest).parent_path().string()));
+  TRY_CTX(RunTool({{"objcopy", "--strip-debug", host_path, dest}}),
+          fmt::format("staging {} without debug sections", host_path));
+  if (::chmod(dest.c_str(), 0755) != 0)
+    return Error::FromErrno(fmt::format("chmod {}", dest), errno);
+  return {};
+}
+
+// Copies binaries (without debug sections) and their shared libraries into
+// a staging tree.
+Result<void> StageBinaries(const std::vector<StagedBinary>& binaries, const std::string& root) {
+  std::set<std::string> libs;
+  for (const auto& binary : binaries) {
+    TRY(StageExecutable(binary.host_path, root + binary.image_path));
+    for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
+  }
+  for (const auto& lib : libs) TRY(StageFile(lib, root + lib));
+  return {};
+}
+
+// The same for the initrd: the stripped binaries are staged under `scratch`.
+Result<void> AddBinariesToCpio(CpioArchive& archive, const std::vector<StagedBinary>& binaries,
+                               const std::string& scratch) {
+  std::set<std::string> libs;
+  for (const auto& binary : binaries) {
+    std::string stripped = scratch + binary.image_path;
+    TRY(StageExecutable(binary.host_path, stripped));
+    TRY(archive.AddHostFile(binary.image_path, stripped));
+    for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
+  }
+  for (const auto& lib : libs) TRY(archive.AddHostFile(lib, lib));
+  return {};
+}
+
+std::string OsRelease(const std::string& version, std::string_view slot) {
+  return fmt::format(
+      "NAME=\"RalphOS\"\nID=ralphos\nVERSION_ID={}\nPRETTY_NAME=\"RalphOS {}\"\n"
+      "IMAGE_ID=ralphos-{}\n",
+      version, version, slot);
+}
+
+Result<std::string> BuildInitrd(const KernelTree& kernel, const std::vector<std::string>& modules,
+                                const std::string& bin_dir, uint32_t mtime,
+                                const std::string& output) {
+  CpioArchive archive;
+  for (const char* dir : {"/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp"}) {
+    archive.AddDirectory(dir);
+  }
+  // The kernel opens /dev/console for /init's stdio before devtmpfs exists.
+  archive.AddCharDevice("/dev/console", 5, 1, 0600);
+  std::string early_boot = TRY(ProjectBinary(bin_dir, "ralph-early-boot"));
+  std::vector<StagedBinary> binaries = {{early_boot, "/init"}};
+  for (const char* tool : {"mke2fs", "e2fsck"}) {
+    std::string host = std::string("/sbin/") + tool;
+    if (!Exists(host)) {
+      return Error::Make(ErrorCode::kNotFound,
+                         fmt::format("{} is not installed (Debian package e2fsprogs)", host));
+    }
+    binaries.push_back({host, std::string("/sbin/") + tool});
+  }
+  TRY_CTX(AddBinariesToCpio(archive, binaries, output + ".staging"),
+          "adding binaries to the initrd");
+  std::string order;
+  for (const auto& module : modules) {
+    std::string image_path = "/lib/modules/" + kernel.version + "/" + module;
+    TRY(archive.AddHostFile(image_path, kernel.modules_dir() + "/" + module));
+    order += image_path + "\n";
+  }
+  archive.AddFile("/etc/ralph/modules", std::vector<uint8_t>(order.begin(), order.end()));
+  std::vector<uint8_t> bytes = archive.Serialize(mtime);
+  std::string raw = output + ".cpio";
+  TRY(WriteWholeFile(raw,
+                     std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size())));
+  // zstd output is a pure function of input and level (no timestamps).
+  TRY_CTX(RunTool({{"zstd", "-q", "-f", "-12", "--no-progress", raw, "-o", output}}),
+          "compressing the initrd");
+  return output;
+}
+
+Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
+                      const std::string& cmdline, const std::string& os_release,
+                      const std::string& stub, uint32_t mtime, const std::string& output) {
+  std::string cmdline_file = output + ".cmdline";
+  std::string osrel_file = output + ".osrel";
+  TRY(WriteWholeFile(cmdline_file, cmdline));
+  TRY(WriteWholeFile(osrel_file, os_release));
+  // Section addresses that OVMF boots (the e2e tests prove it): the
+  // stub finds the sections by name; the VMAs only must not overlap, and the
+  // initrd goes last because it is the largest and grows.
+  TRY_CTX(RunTool({{"objcopy", "--add-section", ".osrel=" + osrel_file, "--change-section-vma",
+                    ".osrel=0x20000", "--add-section", ".cmdline=" + cmdline_file,
+                    "--change-section-vma", ".cmdline=0x30000", "--add-section",
+                    ".linux=" + kernel.vmlinuz(), "--change-section-vma", ".linux=0x2000000",
+                    "--add-section", ".initrd=" + initrd, "--change-section-vma",
+                    ".initrd=0x3000000", stub, output}}),
+          fmt::format("assembling the unified kernel image {}", output));
+  std::string bytes = TRY(ReadWholeFile(output));
+  std::vector<uint8_t> image(bytes.begin(), bytes.end());
+  TRY_CTX(SetPeTimestamp(image, mtime), fmt::format("stamping {}", output));
+  return WriteWholeFile(
+      output, std::string_view(reinterpret_cast<const char*>(image.data()), image.size()), 0755);
+}
+
+Result<void> TruncateFile(const std::string& path, off_t size) {
+  if (::truncate(path.c_str(), size) != 0) {
+    return Error::FromErrno(fmt::format("truncate {}", path), errno);
+  }
+  return {};
+}
+
+Result<void> BuildEsp(uint64_t size_bytes,
+                      const std::vector<std::pair<std::string, std::string>>& files,
+                      const std::string& seed, const std::string& output) {
+  IgnoreError(RemoveTree(output));
+  std::string volume_id = DeterministicUuid(seed, "esp-volume").substr(0, 8);
+  TRY_CTX(RunTool({{"mkfs.vfat", "-F", "32", "-n", "EFI", "-i", volume_id, "-C", output,
+                    std::to_string(size_bytes / 1024)}}),
+          "formatting the ESP");
+  for (const char* dir : {"::/EFI", "::/EFI/BOOT", "::/EFI/ralph"}) {
+    TRY_CTX(RunTool({{"mmd", "-i", output, dir}}), "creating ESP directories");
+  }
+  for (const auto& [source, dest] : files) {
+    TRY_CTX(RunTool({{"mcopy", "-i", output, source, "::" + dest}}),
+            fmt::format("copying {} to the ESP", dest));
+  }
+  return {};
+}
+
+Result<void> CopyIntoDisk(const std::string& image, const DiskLayout& layout,
+                          std::string_view label) {
+  const PartitionInfo* partition = layout.Find(label);
+  if (!partition) {
+    return Error::Make(ErrorCode::kInternal, fmt::format("the new GPT has no {} partition", label));
+  }
+  const std::string& disk = layout.disk;
+  UniqueFd in(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return Error::FromErrno(fmt::format("open {}", image), errno);
+  struct stat st {};
+  if (::fstat(in.get(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", image), errno);
+  if (static_cast<uint64_t>(st.st_size) > partition->size_bytes()) {
+    return Error::Make(
+        ErrorCode::kNoSpace,
+        fmt::format("{} image is {} MiB but the partition holds {} MiB: raise its "
+                    "size option",
+                    label, (st.st_size + kMiB - 1) / kMiB, partition->size_bytes() / kMiB));
+  }
+  UniqueFd out(::open(disk.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!out) return Error::FromErrno(fmt::format("open {}", disk), errno);
+  std::vector<char> buffer(4 * kMiB);
+  uint64_t offset = partition->offset_bytes();
+  for (;;) {
+    ssize_t n = ::read(in.get(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", image), errno);
+    if (n == 0) break;
+    ssize_t done = 0;
+    while (done < n) {
+      ssize_t w = ::pwrite(out.get(), buffer.data() + done, static_cast<size_t>(n - done),
+                           static_cast<off_t>(offset));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return Error::FromErrno(fmt::format("write {} at {}", disk, offset), errno);
+      done += w;
+      offset += static_cast<uint64_t>(w);
+    }
+  }
+  if (::fsync(out.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", disk), errno);
+  return {};
+}
+
+Result<void> WriteRandomImage(const std::string& path, uint64_t size, std::string_view seed) {
+  // Deterministic noise: a slot image that is no filesystem at all.
+  std::seed_seq seq(seed.begin(), seed.end());
+  std::mt19937_64 rng(seq);
+  std::string bytes(size, '\0');
+  for (auto& b : bytes) b = static_cast<char>(rng() & 0xff);
+  return WriteWholeFile(path, bytes);
+}
+
+}  // namespace
+
+Result<SlotVariant> ParseSlotVariant(std::string_view text) {
+  if (text == "good") return SlotVariant::kGood;
+  if (text == "broken-initrd") return SlotVariant::kBrokenInitrd;
+  if (text == "hang") return SlotVariant::kHangingInit;
+  if (text == "health-fail") return SlotVariant::kCrashingService;
+  if (text == "not-a-filesystem") return SlotVariant::kNotAFilesystem;
+  return Error::Make(ErrorCode::kInvalidArgument,
+                     fmt::format("unknown slot variant '{}' (good, broken-initrd, hang, "
+                                 "health-fail, not-a-filesystem)",
+                                 text));
+}
+
+Result<std::string> FileSha256(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
+  Sha256 hasher = TRY(Sha256::Create());
+  std::vector<uint8_t> buffer(kMiB);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
+    if (n == 0) break;
+    TRY(hasher.Update(std::span<const uint8_t>(buffer.data(), static_cast<size_t>(n))));
+  }
+  return DigestToHex(TRY(hasher.Finish()));
+}
+
+Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& package,
+                               const std::string& local_deb) {
+  TRY(MakeDirs(cache_dir));
+  // Builds (the main job, the e2e fixture, other worktrees) share the
+  // cache: one at a time fills it. The lock goes with the fd.
+  std::string lock_path = cache_dir + "/.lock";
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!lock) return Error::FromErrno(fmt::format("open {}", lock_path), errno);
+  while (::flock(lock.get(), LOCK_EX) != 0) {
+    if (errno != EINTR) return Error::FromErrno(fmt::format("flock {}", lock_path), errno);
+  }
+  std::string deb = local_deb;
+  std::string resolved = package;
+  if (deb.empty()) {
+    // A metapackage (linux-image-cloud-amd64) names the versioned package it
+    // depends on; a versioned name resolves to itself.
+    auto depends = RunTool({{"apt-cache", "depends", "--important", package}});
+    if (depends) {
+      std::istringstream lines(*depends);
+      for (std::string line; std::getline(lines, line);) {
+        size_t at = line.find("Depends: linux-image-");
+        if (at != std::string::npos) {
+          resolved = line.substr(at + 9);
+          break;
+        }
+      }
+    }
+  } else {
+    std::string field =
+        TRY_CTX(RunTool({{"dpkg-deb", "-f", deb, "Package"}}), fmt::format("reading {}", deb));
+    while (!field.empty() && field.back() == '\n') field.pop_back();
+    resolved = field;
+  }
+  std::string tree = cache_dir + "/" + resolved;
+  std::string marker = tree + "/.ralph-extracted";
+  if (!Exists(marker)) {
+    TRY(RemoveTree(tree));
+    TRY(MakeDirs(tree));
+    if (deb.empty()) {
+      std::string download_dir = tree + "/deb";
+      TRY(MakeDirs(download_dir));
+      TRY_CTX(RunTool({{"apt-get", "download", "-q", resolved}, {}, download_dir}),
+              fmt::format("downloading kernel package {}", resolved));
+      for (const auto& entry : fs::directory_iterator(download_dir)) {
+        if (entry.path().extension() == ".deb") deb = entry.path().string();
+      }
+      if (deb.empty()) {
+        return Error::Make(ErrorCode::kNotFound,
+                           fmt::format("apt-get download {} produced no .deb", resolved));
+      }
+    }
+    TRY_CTX(RunTool({{"dpkg-deb", "-x", deb, tree + "/root"}}), fmt::format("extracting {}", deb));
+    if (!local_deb.empty()) {
+      // keep nothing of a local .deb but its extracted tree
+    } else {
+      TRY(RemoveTree(tree + "/deb"));
+    }
+  }
+  KernelTree kernel;
+  kernel.package = resolved;
+  kernel.root = tree + "/root";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(kernel.root + "/lib/modules", ec)) {
+    kernel.version = entry.path().filename().string();
+  }
+  if (ec || kernel.version.empty()) {
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("kernel package {} has no lib/modules/<version>", resolved));
+  }
+  if (!Exists(kernel.vmlinuz())) {
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("kernel package {} has no {}", resolved, kernel.vmlinuz()));
+  }
+  if (!Exists(marker)) {
+    // Debian generates modules.dep in the package's postinst; do the same.
+    TRY_CTX(RunTool({{"depmod", "-b", kernel.root, kernel.version}}),
+            fmt::format("running depmod for {}", kernel.version));
+    TRY(WriteWholeFile(marker, resolved + "\n"));
+  }
+  return kernel;
+}
+
+Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::string& staging_dir,
+                                   const std::string& output) {
+  TRY(RemoveTree(staging_dir));
+  for (const char* dir : {"/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/boot/efi",
+                          "/etc/ralph", "/usr/bin", "/sbin"}) {
+    TRY(MakeDirs(staging_dir + dir));
+  }
+  std::vector<StagedBinary> binaries;
+  std::string init_binary =
+      inputs.variant == SlotVariant::kHangingInit ? "ralph-test-hang" : "ralph-init";
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, init_binary)), "/sbin/ralph-init"});
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-health")), "/usr/bin/ralph-health"});
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
+  binaries.push_back({TRY(HostTool(kDhcpcdHost, "dhcpcd-base")), "/usr/sbin/dhcpcd"});
+  binaries.push_back(
+      {TRY(ProjectBinary(inputs.bin_dir, "ralph-dhcp-hook")), "/usr/libexec/ralph-dhcp-hook"});
+  binaries.push_back({TRY(HostTool(kMtoolsHost, "mtools")), "/usr/bin/mtools"});
+  // Sandboxes: the launcher, mkfs.ext4 for the job uppers' template (its
+  // state lives on VAR, /var/lib/ralph/sandbox), and the read-only base
+  // directory jobs get until agent base images ship (see sandbox/README.md).
+  binaries.push_back(
+      {TRY(ProjectBinary(inputs.bin_dir, "ralph-sandbox")), "/usr/bin/ralph-sandbox"});
+  binaries.push_back({TRY(HostTool("/sbin/mkfs.ext4", "e2fsprogs")), "/sbin/mkfs.ext4"});
+  TRY(MakeDirs(staging_dir + "/usr/lib/ralph/sandbox-base"));
+
+  // The service list: one line per service the slot runs (services/init
+  // documents the format). Later capabilities add their daemons here.
+  std::vector<ServiceEntry> services;
+  if (inputs.test_agent) {
+    binaries.push_back(
+        {TRY(ProjectBinary(inputs.bin_dir, "ralph-test-agent")), "/usr/libexec/ralph-test-agent"});
+    services.push_back({"test-agent", "/usr/libexec/ralph-test-agent", {}, {}, false, false});
+  }
+  std::string bomb;  // test images: resource bombs for the sandbox e2e test
+  if (inputs.test_agent) bomb = TRY(ProjectBinary(inputs.bin_dir, "ralph-test-bomb"));
+  // DHCP on the wired interface. Not required: an appliance without a cable
+  // still boots, commits and can be reached on the console.
+  services.push_back({"network",
+                      "/usr/sbin/dhcpcd",
+                      {"--nobackground", "--config", "/etc/dhcpcd.conf"},
+                      {},
+                      false,
+                      false});
+  // Settles the last update's outcome (committed / rolled back) on VAR and
+  // in the audit log once per boot (services/ota/outcome.h).
+  services.push_back(
+      {"update-outcome", "/usr/bin/ralphctl", {"update", "reconcile"}, {}, true, false});
+  std::vector<std::string> health_after;
+  for (const auto& s : services) health_after.push_back(s.name);
+  if (inputs.variant == SlotVariant::kCrashingService) {
+    services.push_back({"canary", "/usr/bin/ralph-canary", {}, {}, false, true});
+    health_after.push_back("canary");
+  }
+  services.push_back({"health", "/usr/bin/ralph-health", {}, health_after, true, true});
+  TRY_CTX(StageBinaries(binaries, staging_dir), "staging the slot's binaries");
+  // Statically linked (the loader cannot list a static binary's libraries).
+  if (!bomb.empty()) TRY(StageFile(bomb, staging_dir + "/usr/libexec/ralph-test-bomb"));
+  if (inputs.variant == SlotVariant::kCrashingService) {
+    // A daemon shipped broken: its executable is cut off inside the ELF
+    // header, so every exec fails (ENOEXEC) and ralph-init keeps restarting
+    // it with backoff.
+    std::string canary = staging_dir + "/usr/bin/ralph-canary";
+    TRY(StageFile(binaries[0].host_path, canary));
+    TRY(TruncateFile(canary, 32));
+  }
+  TRY(WriteWholeFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
+  TRY(WriteWholeFile(staging_dir + "/etc/dhcpcd.conf", kDhcpcdConf));
+  TRY(MakeSymlink("/run/ralph/resolv.conf", staging_dir + "/etc/resolv.conf"));
+  TRY(WriteWholeFile(staging_dir + "/etc/passwd", kPasswd));
+  TRY(WriteWholeFile(staging_dir + "/etc/group", kGroup));
+  TRY(MakeDirs(staging_dir + "/usr/lib/dhcpcd"));
+  for (const auto& command : kMtoolsCommands) {
+    TRY(MakeSymlink("mtools", staging_dir + "/usr/bin/" + command));
+  }
+  for (const auto& file : kGconvFiles) {
+    std::string host = TRY(HostTool(fmt::format("{}/{}", kGconvDir, file), "libc6"));
+    TRY(StageFile(host, staging_dir + host));
+  }
+  std::error_code ec;
+  std::vector<std::string> gconv_confs;  // sorted: the image must not depend on readdir order
+  for (const auto& entry :
+       fs::directory_iterator(fmt::format("{}/gconv-modules.d", kGconvDir), ec)) {
+    if (entry.path().extension() == ".conf") gconv_confs.push_back(entry.path().string());
+  }
+  std::sort(gconv_confs.begin(), gconv_confs.end());
+  for (const auto& conf : gconv_confs) TRY(StageFile(conf, staging_dir + conf));
+  if (!inputs.keyring.empty()) {
+    TRY_CTX(StageFile(inputs.keyring, staging_dir + kKeyringPath), "adding the OTA keyring");
+  }
+  if (!inputs.update_ca.empty()) {
+    TRY_CTX(StageFile(inputs.update_ca, staging_dir + kUpdateCaPath),
+            "adding the update servers' CA");
+  }
+  for (const auto& [host, image] : inputs.extra_files) {
+    TRY(StageFile(host, staging_dir + image));
+  }
+  TRY(WriteWholeFile(staging_dir + "/etc/os-release", OsRelease(inputs.version, "system")));
+
+  IgnoreError(RemoveTree(output));
+  std::string epoch = std::to_string(inputs.source_date_epoch);
+  TRY_CTX(RunTool({{"mksquashfs", staging_dir, output, "-noappend", "-quiet", "-no-progress",
+                    "-comp", "zstd", "-all-root", "-no-xattrs", "-mkfs-time", epoch, "-all-time",
+                    epoch, "-processors", "1"}}),
+          "building the squashfs system image");
+  return FileSha256(output);
+}
+
+Result<BuildReport> BuildImage(const BuildOptions& options) {
+  if (options.signing_cert.empty() != options.signing_key.empty()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       "the factory bundle needs both --signing-cert and --signing-key");
+  }
+  BuildReport report;
+  std::string work = options.work_dir.empty() ? options.output + ".work" : options.work_dir;
+  TRY(RemoveTree(work));
+  TRY(MakeDirs(work));
+
+  KernelTree kernel =
+      TRY_CTX(FetchKernel(options.cache_dir, options.kernel_package, options.kernel_deb),
+              "fetching the kernel");
+  report.kernel_version = kernel.version;
+  std::string modules_dep = TRY(ReadWholeFile(kernel.modules_dir() + "/modules.dep"));
+  std::string builtin = TRY(ReadWholeFile(kernel.modules_dir() + "/modules.builtin"));
+  std::vector<std::string> wanted;
+  for (const auto& name : kWantedModules) {
+    bool is_builtin = builtin.find("/" + name + ".ko\n") != std::string::npos;
+    if (!is_builtin) wanted.push_back(name);
+  }
+  report.modules = TRY_CTX(ResolveModules(modules_dep, wanted),
+                           fmt::format("selecting modules of kernel {}", kernel.version));
+
+  std::string stub = fmt::format("/usr/lib/systemd/boot/efi/{}", arch::EfiStubFileName());
+  if (!Exists(stub)) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("{} is missing (Debian package systemd-boot-efi)", stub));
+  }
+
+  std::string initrd = TRY_CTX(BuildInitrd(kernel, report.modules, options.bin_dir,
+                                           options.source_date_epoch, work + "/initrd.img"),
+                               "building the initrd");
+
+  // Unified kernel images, one per boot target.
+  std::vector<std::pair<std::string, std::string>> esp_files;
+  for (BootTarget target : {BootTarget::kSlotA, BootTarget::kSlotB, BootTarget::kRecovery}) {
+    std::string name(TargetName(target));
+    std::string target_initrd = initrd;
+    if (target == BootTarget::kSlotB && options.slot_b == SlotVariant::kBrokenInitrd) {
+      target_initrd = work + "/initrd-broken.img";
+      TRY(StageFile(initrd, target_initrd));
+      struct stat st {};
+      if (::stat(target_initrd.c_str(), &st) != 0) {
+        return Error::FromErrno(fmt::format("stat {}", target_initrd), errno);
+      }
+      TRY(TruncateFile(target_initrd, st.st_size / 2));
+    }
+    std::string uki = work + "/" + name + ".efi";
+    TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),
+                 OsRelease(options.version, target == BootTarget::kRecovery ? name : "system"),
+                 stub, options.source_date_epoch, uki));
+    esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
+    if (target == BootTarget::kSlotA) {
+      esp_files.push_back({uki, fmt::format("/EFI/BOOT/{}", arch::RemovableBootFileName())});
+    }
+  }
+
+  SlotImageInputs slot_inputs{options.bin_dir, options.test_agent, SlotVariant::kGood,
+                              options.source_date_epoch, options.version};
+  slot_inputs.keyring = options.keyring;
+  slot_inputs.update_ca = options.update_ca;
+  std::string system_a = work + "/system_a.squashfs";
+  report.system_a_sha256 =
+      TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_a", system_a), "building slot A");
+  std::string system_b = system_a;
+  report.system_b_sha256 = report.system_a_sha256;
+  if (options.slot_b == SlotVariant::kNotAFilesystem) {
+    system_b = work + "/system_b.noise";
+    TRY(WriteRandomImage(system_b, 4 * kMiB, options.seed));
+    report.system_b_sha256 = TRY(FileSha256(system_b));
+  } else if (options.slot_b == SlotVariant::kHangingInit ||
+             options.slot_b == SlotVariant::kCrashingService) {
+    slot_inputs.variant = options.slot_b;
+    system_b = work + "/system_b.squashfs";
+    report.system_b_sha256 =
+        TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_b", system_b), "building slot B");
+  }
+
+  if (!options.payloads_dir.empty()) {
+    TRY(MakeDirs(options.payloads_dir));
+    for (const auto& [from, to] :
+         std::vector<std::pair<std::string, std::string>>{{system_a, "system_a.img"},
+                                                          {work + "/a.efi", "a.efi"},
+                                                          {system_b, "system_b.img"},
+                                                          {work + "/b.efi", "b.efi"}}) {
+      TRY_CTX(StageFile(from, options.payloads_dir + "/" + to), "exporting the slot payloads");
+    }
+  }
+
+  // RECOVERY: the good system's files plus the factory bundle (the factory
+  // version's system image and slot A's UKI, signed), so a rescue can
+  // reflash a slot from a bundle it verifies like any update.
+  std::string recovery = system_a;
+  if (!options.signing_cert.empty() && options.bundle_writer) {
+    FactoryBundleRequest request{system_a,
+                                 work + "/a.efi",
+                                 options.version,
+                                 options.signing_cert,
+                                 options.signing_key,
+                                 options.source_date_epoch,
+                                 work + "/factory.rbundle"};
+    TRY_CTX(options.bundle_writer(request), "building the factory bundle");
+    report.factory_bundle_sha256 = TRY(FileSha256(request.output));
+    SlotImageInputs recovery_inputs = slot_inputs;
+    recovery_inputs.extra_files.push_back({request.output, kFactoryBundlePath});
+    recovery = work + "/recovery.squashfs";
+    TRY_CTX(BuildSlotImage(recovery_inputs, work + "/rootfs_recovery", recovery),
+            "building the RECOVERY filesystem");
+  }
+
+  GptSpec gpt = TRY(ApplianceGpt(options.sizes, options.seed));
+  std::string esp = work + "/esp.img";
+  TRY(BuildEsp(gpt.partitions[0].size_bytes, esp_files, options.seed, esp));
+
+  std::string tmp_disk = options.output + ".tmp";
+  DiskLayout layout = TRY_CTX(CreateGptImage(tmp_disk, DiskBytesFor(gpt), gpt),
+                              fmt::format("writing the GPT of {}", tmp_disk));
+  TRY(CopyIntoDisk(esp, layout, kPartEfi));
+  TRY(CopyIntoDisk(system_a, layout, kPartSystemA));
+  TRY(CopyIntoDisk(system_b, layout, kPartSystemB));
+  // RECOVERY holds the good system plus the factory bundle until the rescue
+  // environment (planned: docs/architecture.md "Recovery") replaces the
+  // system part. VAR stays blank: early boot formats it.
+  TRY(CopyIntoDisk(recovery, layout, kPartRecovery));
+  if (::rename(tmp_disk.c_str(), options.output.c_str()) != 0) {
+    return Error::FromErrno(fmt::format("rename {} to {}", tmp_disk, options.output), errno);
+  }
+  report.disk_bytes = DiskBytesFor(gpt);
+  return report;
+}
+
+}  // namespace ralph::mkimage
