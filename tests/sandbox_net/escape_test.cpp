@@ -1137,7 +1137,7 @@ TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
     ASSERT_TRUE(other) << other.error().ToString();
     NftTablePlan foreign;
     foreign.name = table;
-    ASSERT_TRUE((*other)->ApplyTablePlan(foreign, TableOwner::kThisSocket));
+    ASSERT_TRUE((*other)->ApplyTablePlan(foreign, TableOwner::kThisSocket, ExistingTable::kFail));
     JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
     auto network = service_->CreateJob("nft-fails", job.pid(), WebOnly(), &sink_);
     ASSERT_FALSE(network);

@@ -464,10 +464,6 @@ Result<void> NftSocket::ApplyTablePlan(const NftTablePlan& plan, TableOwner owne
   return {};
 }
 
-Result<void> NftSocket::DeleteTable(std::string_view table_name) {
-  return DeleteTables({std::string(table_name)});
-}
-
 Result<void> NftSocket::DeleteTables(const std::vector<std::string>& names) {
   std::lock_guard lock(mutex_);
   auto commit = [this](const std::vector<std::string>& batch_names) -> Result<void> {
