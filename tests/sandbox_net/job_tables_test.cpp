@@ -112,8 +112,8 @@ TEST(JobTablesTest, LauncherFindsOutOwnershipWithItsFirstJobTable) {
 }
 
 // What the kernel holds under a job's table name is never taken as it is,
-// whatever its comment or content claims: a leftover whose rules were
-// changed behind the service's back is replaced by the job's own plan.
+// whatever it holds: a leftover whose rules were changed behind the
+// service's back is replaced by the job's own plan.
 TEST(JobTablesTest, LeftoverTableInTheJobsNameIsReplacedNeverTaken) {
   for (ServiceTables mode : {ServiceTables::kPerService, ServiceTables::kWarm}) {
     Rig s(mode);
@@ -121,7 +121,6 @@ TEST(JobTablesTest, LeftoverTableInTheJobsNameIsReplacedNeverTaken) {
     ASSERT_TRUE(tables.Start(false));
     NftTablePlan plan = JobPlan(0);
     NftTablePlan tampered = plan;
-    tampered.comment = "ralph warm job table 0123456789abcdef 1;";
     for (NftChain& chain : tampered.chains) chain.rules.clear();  // all policy accept
     s.nft.Plant(tampered);
     ASSERT_TRUE(tables.CommitJobTable(plan, JobTables::InTheWay::kReplaceStale));
@@ -131,7 +130,6 @@ TEST(JobTablesTest, LeftoverTableInTheJobsNameIsReplacedNeverTaken) {
     EXPECT_GT(RuleCount(plan), 0u);
     EXPECT_EQ(RenderNft(table->plan), RenderNft(plan));
     EXPECT_TRUE(table->owned);
-    EXPECT_EQ(table->plan.comment, "");
 
     // The same even when the leftover is exactly what the job would commit.
     ASSERT_TRUE(tables.DeleteJobTables({plan.name}, false, WhenIdle::kKeepServiceTable));
@@ -196,13 +194,13 @@ TEST(JobTablesTest, SweepRemovesOnlyUnownedTablesOfInstancesNobodyHolds) {
     plan.name = name;
     s.nft.Plant(plan, owner);
   };
-  plant("ralph_rja0");             // this instance's, a dead holder's
-  plant("ralph_rjb1");             // held instance b
-  plant("ralph_rjc2");             // instance c, nobody holds it
-  plant("ralph_rjd3", 99);         // owned: its socket is alive
-  plant("ralph_service_rjc");      // c's service table
-  plant("ralph_xya0");             // another prefix
-  plant("ralph-warm-rj");          // shared, taken as it is
+  plant("ralph_rja0");         // this instance's, a dead holder's
+  plant("ralph_rjb1");         // held instance b
+  plant("ralph_rjc2");         // instance c, nobody holds it
+  plant("ralph_rjd3", 99);     // owned: its socket is alive
+  plant("ralph_service_rjc");  // c's service table
+  plant("ralph_xya0");         // another prefix
+  plant("ralph-warm-rj");      // shared, taken as it is
   JobTables& tables = s.Make();
   int commits = s.nft.commits();
   ASSERT_TRUE(tables.Start(false));
@@ -232,9 +230,9 @@ TEST(JobTablesTest, LastJobOfALauncherReleasesTheServiceTableInItsTransaction) {
   // The next job commits it again, stateful as it asks.
   ASSERT_TRUE(tables.HoldServiceTable(true));
   EXPECT_NE(s.nft.Find("ralph_service_rja"), nullptr);
-  EXPECT_EQ(s.nft.Find("ralph_service_rja")->plan.chains.size(),
-            PlanServiceTable("ralph_service_rja", "rj", ForwardingPolicy::kOnlyJobs, true)
-                .chains.size());
+  EXPECT_EQ(
+      s.nft.Find("ralph_service_rja")->plan.chains.size(),
+      PlanServiceTable("ralph_service_rja", "rj", ForwardingPolicy::kOnlyJobs, true).chains.size());
 }
 
 TEST(JobTablesTest, StatefulServiceTableReplacesTheStatelessOneOnce) {
@@ -247,9 +245,9 @@ TEST(JobTablesTest, StatefulServiceTableReplacesTheStatelessOneOnce) {
   ASSERT_TRUE(tables.HoldServiceTable(true));
   ASSERT_TRUE(tables.HoldServiceTable(true));
   EXPECT_EQ(s.nft.commits(), commits + 1);
-  EXPECT_EQ(RenderNft(s.nft.Find("ralph_service_rja")->plan),
-            RenderNft(PlanServiceTable("ralph_service_rja", "rj", ForwardingPolicy::kOnlyJobs,
-                                       true)));
+  EXPECT_EQ(
+      RenderNft(s.nft.Find("ralph_service_rja")->plan),
+      RenderNft(PlanServiceTable("ralph_service_rja", "rj", ForwardingPolicy::kOnlyJobs, true)));
 }
 
 TEST(JobTablesTest, RemoveWarmTablesTakesTheWarmOnesAndUnheldInstancesTables) {
@@ -259,8 +257,8 @@ TEST(JobTablesTest, RemoveWarmTablesTakesTheWarmOnesAndUnheldInstancesTables) {
     plan.name = name;
     nft.Plant(plan);
   }
-  auto removed = JobTables::RemoveWarmTables(
-      nft, "rj", 16, [](unsigned n) -> Result<std::optional<UniqueFd>> {
+  auto removed =
+      JobTables::RemoveWarmTables(nft, "rj", 16, [](unsigned n) -> Result<std::optional<UniqueFd>> {
         if (n == 1) return std::optional<UniqueFd>();  // b is held
         return std::optional<UniqueFd>(UniqueFd());
       });

@@ -62,7 +62,7 @@ class ConnectionEvents {
   // further events for that job.
   mutable std::mutex mutex_;
   std::map<std::string, Registered> registry_;  // guarded by mutex_
-  uint64_t suppressed_total_ = 0;                // guarded by mutex_
+  uint64_t suppressed_total_ = 0;               // guarded by mutex_
 };
 
 }  // namespace ralph::sandbox

@@ -87,10 +87,10 @@ Result<void> JobNetworkImpl::TeardownImpl(Veth veth) {
   {
     std::vector<std::string> tables;
     if (table_created_) tables.push_back(table_);
-    auto deleted = service_->tables_->DeleteJobTables(
-        tables, holds_service_table_,
-        veth == Veth::kLeaveToKernel ? WhenIdle::kReleaseServiceTable
-                                     : WhenIdle::kKeepServiceTable);
+    auto deleted = service_->tables_->DeleteJobTables(tables, holds_service_table_,
+                                                      veth == Veth::kLeaveToKernel
+                                                          ? WhenIdle::kReleaseServiceTable
+                                                          : WhenIdle::kKeepServiceTable);
     if (deleted) table_created_ = holds_service_table_ = false;
     note(std::move(deleted));
   }

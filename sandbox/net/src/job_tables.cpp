@@ -54,8 +54,8 @@ void JobTables::Stop() {
 }
 
 Result<void> JobTables::ProbeOwnership() {
-  owned_ = TRY(nft_.ProbeTableOwner(fmt::format(
-      "ralph_probe_{}{}", config_.ifname_prefix, static_cast<char>('a' + config_.instance))));
+  owned_ = TRY(nft_.ProbeTableOwner(fmt::format("ralph_probe_{}{}", config_.ifname_prefix,
+                                                static_cast<char>('a' + config_.instance))));
   owner_known_ = true;
   if (owned_) {
     Log(LogLevel::kDebug,
@@ -148,8 +148,8 @@ Result<void> JobTables::DeleteJobTables(const std::vector<std::string>& tables, 
 
 Result<void> JobTables::AddDnsAddress(const std::string& table, const IpPrefix& address,
                                       uint64_t ttl_ms) {
-  return nft_.AddSetElement(table, address.family == IpFamily::kV4 ? kDnsSetV4 : kDnsSetV6,
-                            address, ttl_ms);
+  return nft_.AddSetElement(table, address.family == IpFamily::kV4 ? kDnsSetV4 : kDnsSetV6, address,
+                            ttl_ms);
 }
 
 Result<std::vector<NftTableInfo>> JobTables::SweepStaleTables() {

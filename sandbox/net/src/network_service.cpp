@@ -76,17 +76,17 @@ Result<std::pair<std::unique_ptr<NflogListener>, uint16_t>> BindNflog(
     const NetworkServiceConfig& config, ConnectionEvents* events) {
   for (uint32_t group = config.nflog_group;
        group < uint32_t{config.nflog_group} + config.nflog_group_count; ++group) {
-    auto listener =
-        NflogListener::Start(static_cast<uint16_t>(group),
-                             [events](const LoggedPacket& packet) { events->OnLoggedPacket(packet); });
+    auto listener = NflogListener::Start(
+        static_cast<uint16_t>(group),
+        [events](const LoggedPacket& packet) { events->OnLoggedPacket(packet); });
     if (listener) return std::make_pair(std::move(*listener), static_cast<uint16_t>(group));
     if (listener.error().code() != ErrorCode::kBusy) return std::move(listener).error();
   }
-  return Error::Make(ErrorCode::kBusy,
-                     fmt::format("nflog groups {}..{} are all bound by other sockets in this "
-                                 "network namespace (nflog_group, nflog_group_count)",
-                                 config.nflog_group,
-                                 uint32_t{config.nflog_group} + config.nflog_group_count - 1));
+  return Error::Make(
+      ErrorCode::kBusy,
+      fmt::format("nflog groups {}..{} are all bound by other sockets in this "
+                  "network namespace (nflog_group, nflog_group_count)",
+                  config.nflog_group, uint32_t{config.nflog_group} + config.nflog_group_count - 1));
 }
 
 InstanceClaimer ClaimerFor(std::string ifname_prefix) {
@@ -111,9 +111,9 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   if (!v6) return std::move(v6).error().WithContext("pool_v6");
   TRY(CheckConfig(config));
   UpstreamDns upstream = TRY(ParseUpstreamDns(
-      config.upstream_dns,
-      config.upstream_dns.empty() ? ReadWholeFile("/etc/resolv.conf").value_or(std::string())
-                                  : std::string()));
+      config.upstream_dns, config.upstream_dns.empty()
+                               ? ReadWholeFile("/etc/resolv.conf").value_or(std::string())
+                               : std::string()));
   // The pools are checked whole before any instance is claimed: a pool too
   // small for kMaxInstances is a config error, not a busy netns.
   for (auto [pool, name] : {std::pair{&*v4, "pool_v4"}, std::pair{&*v6, "pool_v6"}}) {
@@ -148,12 +148,11 @@ Result<std::unique_ptr<NetworkService>> NetworkService::Start(const NetworkServi
   service->events_ = std::make_unique<ConnectionEvents>(config.max_events_per_second);
   service->preparer_ = std::make_unique<TablePreparer>(
       config.prepared_tables, [raw](const NetworkSpec& spec) { return raw->PrepareTable(spec); },
-      [raw](std::vector<JobAddresses> tables) { raw->DropPreparedTables(std::move(tables)); },
-      log);
+      [raw](std::vector<JobAddresses> tables) { raw->DropPreparedTables(std::move(tables)); }, log);
   service->reaper_ = std::make_unique<LinkReaper>(
       [raw](const PendingRemoval& removal) -> Result<void> {
-        if (!removal.table.empty()) TRY(raw->tables_->DeleteJobTables({removal.table}, false,
-                                                                      WhenIdle::kKeepServiceTable));
+        if (!removal.table.empty())
+          TRY(raw->tables_->DeleteJobTables({removal.table}, false, WhenIdle::kKeepServiceTable));
         raw->pool_->Release(removal.slot);
         return {};
       },

@@ -18,7 +18,6 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <libnftnl/udata.h>
 
 #include "netlink_handles.h"
 
@@ -32,43 +31,6 @@ constexpr uint32_t kTypeIpv6Addr = 8;
 
 uint32_t InitialSeq() {
   return static_cast<uint32_t>(time(nullptr)) & 0x7fffffff;
-}
-
-// `comment` as nft(8) stores a table's comment: one NFTNL_UDATA_TABLE_COMMENT
-// attribute in the table's userdata.
-Result<void> SetTableComment(nftnl_table* table, const std::string& comment) {
-  std::unique_ptr<nftnl_udata_buf, void (*)(const nftnl_udata_buf*)> buffer(
-      nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN), nftnl_udata_buf_free);
-  if (!buffer) return Error::FromErrno("nft table comment", ENOMEM);
-  if (!nftnl_udata_put_strz(buffer.get(), NFTNL_UDATA_TABLE_COMMENT, comment.c_str())) {
-    return Error::Make(
-        ErrorCode::kInvalidArgument,
-        fmt::format("nft table comment of {} bytes: at most {}", comment.size(), kMaxTableComment));
-  }
-  nftnl_table_set_data(table, NFTNL_TABLE_USERDATA, nftnl_udata_buf_data(buffer.get()),
-                       nftnl_udata_buf_len(buffer.get()));
-  return {};
-}
-
-// The comment in a listed table's userdata, if it has one.
-std::string TableComment(const nftnl_table* table) {
-  if (!nftnl_table_is_set(table, NFTNL_TABLE_USERDATA)) return {};
-  uint32_t len = 0;
-  const void* data = nftnl_table_get_data(table, NFTNL_TABLE_USERDATA, &len);
-  std::string comment;
-  nftnl_udata_parse(
-      data, len,
-      [](const nftnl_udata* attr, void* out) {
-        uint8_t size = nftnl_udata_len(attr);
-        if (nftnl_udata_type(attr) == NFTNL_UDATA_TABLE_COMMENT && size > 0) {
-          // A NUL-terminated string (nftnl_udata_put_strz).
-          static_cast<std::string*>(out)->assign(static_cast<const char*>(nftnl_udata_get(attr)),
-                                                 size - 1);
-        }
-        return 0;
-      },
-      &comment);
-  return comment;
 }
 
 // The table message of a plan, owned or not, with or without NLM_F_EXCL.
@@ -405,7 +367,6 @@ Result<void> NftSocket::ApplyTablePlan(const NftTablePlan& plan, TableOwner owne
   if (owner == TableOwner::kThisSocket) {
     nftnl_table_set_u32(table.get(), NFTNL_TABLE_FLAGS, NFT_TABLE_F_OWNER);
   }
-  if (!plan.comment.empty()) TRY(SetTableComment(table.get(), plan.comment));
   nftnl_table_nlmsg_build_payload(
       batch.Begin(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, fmt::format("table {}", name)),
       table.get());
@@ -552,7 +513,6 @@ Result<std::vector<NftTableInfo>> NftSocket::ListTables() {
       if (info.owned && nftnl_table_is_set(table.get(), NFTNL_TABLE_OWNER)) {
         info.owner_portid = nftnl_table_get_u32(table.get(), NFTNL_TABLE_OWNER);
       }
-      info.comment = TableComment(table.get());
       tables.push_back(std::move(info));
     }
   }

@@ -33,7 +33,10 @@ class TablePreparer {
 
   TablePreparer(uint32_t target, Prepare prepare, Drop drop,
                 std::function<void(LogLevel, const std::string&)> log)
-      : target_(target), prepare_(std::move(prepare)), drop_(std::move(drop)), log_(std::move(log)) {}
+      : target_(target),
+        prepare_(std::move(prepare)),
+        drop_(std::move(drop)),
+        log_(std::move(log)) {}
   // Stop().
   ~TablePreparer();
 
@@ -63,8 +66,8 @@ class TablePreparer {
   const std::function<void(LogLevel, const std::string&)> log_;
   std::mutex mutex_;
   std::condition_variable cv_;
-  std::string key_;                  // guarded by mutex_, as all below
-  std::optional<NetworkSpec> spec_;  // what to prepare for; none: nothing
+  std::string key_;                    // guarded by mutex_, as all below
+  std::optional<NetworkSpec> spec_;    // what to prepare for; none: nothing
   std::deque<JobAddresses> prepared_;  // committed, for key_
   std::vector<JobAddresses> discard_;  // committed for another spec: to drop
   bool busy_ = false;

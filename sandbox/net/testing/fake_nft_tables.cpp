@@ -78,10 +78,7 @@ Result<std::vector<NftTableInfo>> FakeNftTables::ListTables() {
   if (auto failure = Failure(Op::kList, "listing")) return std::move(*failure);
   std::vector<NftTableInfo> list;
   for (const auto& [name, table] : tables_) {
-    list.push_back({.name = name,
-                    .owned = table.owned,
-                    .owner_portid = table.owner_portid,
-                    .comment = table.plan.comment});
+    list.push_back({.name = name, .owned = table.owned, .owner_portid = table.owner_portid});
   }
   return list;
 }

@@ -38,8 +38,8 @@ class FakeNftTables final : public NftTables {
   Result<void> ApplyTablePlan(const NftTablePlan& plan, TableOwner owner,
                               ExistingTable existing) override;
   Result<void> DeleteTables(const std::vector<std::string>& tables) override;
-  Result<void> AddSetElement(std::string_view table, std::string_view set,
-                             const IpPrefix& address, uint64_t timeout_ms) override;
+  Result<void> AddSetElement(std::string_view table, std::string_view set, const IpPrefix& address,
+                             uint64_t timeout_ms) override;
   Result<std::vector<NftTableInfo>> ListTables() override;
 
   // The next operation of kind `op` fails with `err`, changing nothing.

@@ -235,7 +235,7 @@ class NetworkService {
   // kernel removes them when the process dies).
   bool tables_owned() const;
 
- // Connection events held back by the per-job rate limit so far
+  // Connection events held back by the per-job rate limit so far
   // (max_events_per_second), over all jobs.
   uint64_t suppressed_events() const;
 
