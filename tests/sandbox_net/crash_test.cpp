@@ -274,8 +274,7 @@ TEST(NetCrashTest, KilledServicesUnownedTablesAreSweptByTheNextStart) {
 
 // A killed service of the launcher's mode (ServiceTables::kWarm) with
 // unowned tables (a pre-5.12 kernel): the next start sweeps its job table
-// (its spec names domains, so the table is no warm job table) and takes the
-// warm tables over as they are; only drain removes those.
+// and takes the warm tables over as they are; only drain removes those.
 TEST(NetCrashTest, KilledWarmServicesJobTableIsSweptAndTheWarmTablesAreKept) {
   ServiceProcess doomed(TableOwnership::kNever, 1, ServiceTables::kWarm);
   std::string ready = doomed.Go();
