@@ -364,22 +364,24 @@ TEST(NetCrashTest, KilledLauncherBlocksNoLaterRun) {
   int status = 0;
   ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
   ASSERT_TRUE(networked) << "the launcher never networked its job";
-  // The warm table stays for the next run, by design (ServiceTables::kWarm);
-  // the job's table, owned by the launcher's socket, went with it; its job
-  // dies with it (the parent-death signal), and the job's link with the
-  // job's netns.
-  const std::set<std::string> warm = {"ralph-warm-rj"};
-  EXPECT_TRUE(Eventually([&] { return Tables() == warm; }))
-      << testing::ShellOutput("nft list tables");
+  // The warm table and the job's table stay, by design (ServiceTables::kWarm);
+  // its job dies with it (the parent-death signal), and the job's link with
+  // the job's netns.
+  const std::set<std::string> warm = {"ralph-warm-rj", "ralph_rja0"};
+  EXPECT_EQ(Tables(), warm);
   EXPECT_TRUE(Eventually([] { return LinkGone("rja0"); }));
+  const std::string kHandle = "nft -a list table inet ralph_rja0 | head -1";
+  std::string handle = testing::ShellOutput(kHandle);
 
-  // The next run's job gets the same slot and a table of its own.
+  // The next run's job gets the same slot and replaces that table with its
+  // own (a new handle), which it leaves in turn.
   std::string second = fmt::format(
       "{} run --rootfs {} --ro-bind /usr:/usr --state-dir {}/state "
       "-- /bin/echo second-run",
       RALPH_SANDBOX_CLI, base, work);
   EXPECT_EQ(testing::ShellOutput(second + " 2>&1 | grep -v 'warning'"), "second-run\n");
   EXPECT_EQ(Tables(), warm);
+  EXPECT_NE(testing::ShellOutput(kHandle), handle);
   // `drain` leaves no table, and no job link is left either.
   EXPECT_EQ(testing::Shell(fmt::format("{} drain --state-dir {}/state", RALPH_SANDBOX_CLI, work)),
             0);

@@ -95,20 +95,42 @@ TEST(JobTablesTest, WithoutTheOwnerFlagEveryTableIsUnowned) {
   EXPECT_FALSE(s.nft.Find("ralph_rja0")->owned);
 }
 
-// A launcher sends no probe at its start: the first job table refused for
-// the owner flag (EINVAL) makes it probe, and that table is committed
-// unowned.
-TEST(JobTablesTest, LauncherFindsOutOwnershipWithItsFirstJobTable) {
-  Rig s(ServiceTables::kWarm, /*supports_owner=*/false);
-  JobTables& tables = s.Make();
-  ASSERT_TRUE(tables.Start(false));
-  EXPECT_TRUE(tables.owned());  // taken for granted
-  EXPECT_NE(s.nft.Find("ralph-warm-rj"), nullptr);
-  EXPECT_EQ(s.nft.Find("ralph-warm-ct-rj"), nullptr);
-  auto committed = tables.CommitJobTable(JobPlan(0), JobTables::InTheWay::kReplaceStale);
-  ASSERT_TRUE(committed) << committed.error().ToString();
-  EXPECT_FALSE(tables.owned());
-  EXPECT_FALSE(s.nft.Find("ralph_rja0")->owned);
+// A launcher (kWarm) sends no probe, makes every table unowned and leaves
+// its job's table in place; the next job of the slot (of this process or
+// the next launcher) replaces it in one transaction, never takes it.
+TEST(JobTablesTest, LauncherLeavesItsJobTableForTheSlotsNextJobToReplace) {
+  Rig s(ServiceTables::kWarm);
+  {
+    JobTables& tables = s.Make();
+    ASSERT_TRUE(tables.Start(false));
+    EXPECT_FALSE(tables.owned());
+    EXPECT_NE(s.nft.Find("ralph-warm-rj"), nullptr);
+    EXPECT_EQ(s.nft.Find("ralph-warm-ct-rj"), nullptr);
+    ASSERT_TRUE(tables.HoldServiceTable(false));
+    ASSERT_TRUE(tables.CommitJobTable(JobPlan(0), JobTables::InTheWay::kFail));
+    EXPECT_FALSE(s.nft.Find("ralph_rja0")->owned);
+    int commits = s.nft.commits();
+    ASSERT_TRUE(tables.DeleteJobTables({"ralph_rja0"}, true, WhenIdle::kReleaseServiceTable));
+    EXPECT_EQ(s.nft.commits(), commits);
+    EXPECT_NE(s.nft.Find("ralph_rja0"), nullptr);
+    // This process's next job of the slot: replaced, even where a prepared
+    // table's commit (kFail) would not replace a stranger's.
+    s.nft.Find("ralph_rja0")->plan.chains.clear();
+    ASSERT_TRUE(tables.CommitJobTable(JobPlan(0), JobTables::InTheWay::kFail));
+    EXPECT_EQ(RenderNft(s.nft.Find("ralph_rja0")->plan), RenderNft(JobPlan(0)));
+    ASSERT_TRUE(tables.DeleteJobTables({"ralph_rja0"}, false, WhenIdle::kKeepServiceTable));
+    tables.Stop();
+  }
+  // The next launcher of the instance: its start keeps the leftover (no
+  // commit), its job replaces it whatever it holds now.
+  s.nft.Find("ralph_rja0")->plan.chains.clear();
+  JobTables& next = s.Make();
+  int commits = s.nft.commits();
+  ASSERT_TRUE(next.Start(false));
+  EXPECT_EQ(s.nft.commits(), commits);
+  ASSERT_TRUE(next.CommitJobTable(JobPlan(0), JobTables::InTheWay::kFail));
+  EXPECT_EQ(s.nft.commits(), commits + 1);
+  EXPECT_EQ(RenderNft(s.nft.Find("ralph_rja0")->plan), RenderNft(JobPlan(0)));
 }
 
 // What the kernel holds under a job's table name is never taken as it is,
@@ -129,7 +151,7 @@ TEST(JobTablesTest, LeftoverTableInTheJobsNameIsReplacedNeverTaken) {
     EXPECT_EQ(RuleCount(table->plan), RuleCount(plan));
     EXPECT_GT(RuleCount(plan), 0u);
     EXPECT_EQ(RenderNft(table->plan), RenderNft(plan));
-    EXPECT_TRUE(table->owned);
+    EXPECT_EQ(table->owned, mode == ServiceTables::kPerService);
 
     // The same even when the leftover is exactly what the job would commit.
     ASSERT_TRUE(tables.DeleteJobTables({plan.name}, false, WhenIdle::kKeepServiceTable));
@@ -137,7 +159,6 @@ TEST(JobTablesTest, LeftoverTableInTheJobsNameIsReplacedNeverTaken) {
     int commits = s.nft.commits();
     ASSERT_TRUE(tables.CommitJobTable(plan, JobTables::InTheWay::kReplaceStale));
     EXPECT_EQ(s.nft.commits(), commits + 1);
-    EXPECT_TRUE(s.nft.Find(plan.name)->owned);
   }
 }
 
@@ -187,7 +208,7 @@ TEST(JobTablesTest, FailedCommitLeavesNothingAndNamesTheCause) {
 // nobody holds go (claimed while they do), a held instance's and owned
 // tables stay, as do other prefixes' tables.
 TEST(JobTablesTest, SweepRemovesOnlyUnownedTablesOfInstancesNobodyHolds) {
-  Rig s(ServiceTables::kWarm);
+  Rig s;
   s.held = {1};
   auto plant = [&](const std::string& name, uint32_t owner = 0) {
     NftTablePlan plan;
@@ -204,11 +225,25 @@ TEST(JobTablesTest, SweepRemovesOnlyUnownedTablesOfInstancesNobodyHolds) {
   JobTables& tables = s.Make();
   int commits = s.nft.commits();
   ASSERT_TRUE(tables.Start(false));
-  std::vector<std::string> expected = {"ralph-warm-rj", "ralph_rjb1", "ralph_rjd3", "ralph_xya0"};
+  std::vector<std::string> expected = {"ralph-warm-rj", "ralph_rjb1", "ralph_rjd3",
+                                       "ralph_service_rja", "ralph_xya0"};
   EXPECT_EQ(s.nft.Names(), expected);
-  EXPECT_EQ(s.claims_tried, 2);  // b and c, not this instance
-  // The listed warm table is not committed again.
-  EXPECT_EQ(s.nft.commits(), commits + 3);  // the three deletions
+  EXPECT_EQ(s.claims_tried, 2);             // b and c, not this instance
+  EXPECT_EQ(s.nft.commits(), commits + 4);  // three deletions, the service table
+
+  // A launcher keeps its instance's job tables for their slots' next jobs,
+  // not its instance's service table; the listed warm table is not
+  // committed again.
+  Rig warm(ServiceTables::kWarm);
+  for (const char* name : {"ralph_rja0", "ralph_service_rja", "ralph-warm-rj"}) {
+    NftTablePlan plan;
+    plan.name = name;
+    warm.nft.Plant(plan);
+  }
+  commits = warm.nft.commits();
+  ASSERT_TRUE(warm.Make().Start(false));
+  EXPECT_EQ(warm.nft.Names(), (std::vector<std::string>{"ralph-warm-rj", "ralph_rja0"}));
+  EXPECT_EQ(warm.nft.commits(), commits + 1);
 }
 
 TEST(JobTablesTest, LastJobOfALauncherReleasesTheServiceTableInItsTransaction) {

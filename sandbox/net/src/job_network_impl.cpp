@@ -13,9 +13,6 @@ namespace ralph::sandbox {
 namespace {
 
 constexpr const char* kJobIfname = "eth0";
-// Every network namespace's loopback device (LOOPBACK_IFINDEX,
-// include/net/net_namespace.h).
-constexpr int kLoopbackIndex = 1;
 
 }  // namespace
 

@@ -17,15 +17,11 @@ const NftTableInfo* FindTable(const std::vector<NftTableInfo>& tables, std::stri
 }  // namespace
 
 Result<void> JobTables::Start(bool stateful) {
-  if (config_.ownership == TableOwnership::kIfSupported) {
-    if (config_.service_tables == ServiceTables::kWarm) {
-      // A launcher's start makes no owned table of its own: whether the
-      // kernel takes the owner flag is found out by the first job table
-      // (ApplyOwnedTable), not by a probe transaction at every start.
-      owned_ = true;
-    } else {
-      TRY(ProbeOwnership());
-    }
+  // A launcher's tables are all unowned: its job's stays after it, and no
+  // probe transaction is spent at every start.
+  if (config_.ownership == TableOwnership::kIfSupported &&
+      config_.service_tables == ServiceTables::kPerService) {
+    TRY(ProbeOwnership());
   }
   std::vector<NftTableInfo> tables = TRY(SweepStaleTables());
   // Every instance's table accepts forwarding for all "<ifname_prefix>*"
@@ -84,6 +80,22 @@ Result<void> JobTables::ApplyOwnedTable(const NftTablePlan& plan, ExistingTable 
 }
 
 Result<void> JobTables::CommitJobTable(const NftTablePlan& plan, InTheWay in_the_way) {
+  bool leftover;
+  {
+    std::lock_guard lock(tables_mutex_);
+    leftover = leftovers_.erase(plan.name) != 0;
+  }
+  if (leftover) {
+    // Listed unowned in our instance's name space, which we hold: replaced
+    // in the job's own transaction (the kernel refuses, changing nothing,
+    // should a live socket own it by now).
+    auto replaced = ApplyOwnedTable(plan, ExistingTable::kReplace);
+    if (!replaced) {
+      std::lock_guard lock(tables_mutex_);
+      leftovers_.insert(plan.name);
+    }
+    return replaced;
+  }
   auto applied = ApplyOwnedTable(plan, ExistingTable::kFail);
   // EEXIST: a table of that name is in the way; EPERM: one that another
   // socket owns (nft_table_lookup refuses before NLM_F_EXCL is looked at).
@@ -131,6 +143,12 @@ void JobTables::DropHold() {
 Result<void> JobTables::DeleteJobTables(const std::vector<std::string>& tables, bool held,
                                         WhenIdle when_idle) {
   std::lock_guard lock(tables_mutex_);
+  if (config_.service_tables == ServiceTables::kWarm) {
+    // Left for their slots' next jobs to replace: see the header.
+    leftovers_.insert(tables.begin(), tables.end());
+    if (held) --holders_;
+    return {};
+  }
   std::vector<std::string> names = tables;
   // The last job of a launcher that exits next: its service table goes in
   // the same transaction, so the kernel's RCU grace period for the
@@ -154,11 +172,25 @@ Result<void> JobTables::AddDnsAddress(const std::string& table, const IpPrefix& 
 
 Result<std::vector<NftTableInfo>> JobTables::SweepStaleTables() {
   auto tables = TRY_CTX(nft_.ListTables(), "sweeping stale tables");
-  for (const auto& [instance, names] :
+  for (auto& [instance, names] :
        UnownedTablesByInstance(tables, config_.ifname_prefix, config_.max_instances)) {
     // Another instance's tables are stale only while nobody holds it; its
     // claim, taken here, keeps a new holder out until they are gone.
     UniqueFd claim;
+    if (instance == config_.instance && config_.service_tables == ServiceTables::kWarm) {
+      // A launcher leaves its job tables for the next job of their slot to
+      // replace; the rest of them are leftovers.
+      std::vector<std::string> stale;
+      std::lock_guard lock(tables_mutex_);
+      for (std::string& name : names) {
+        if (name == config_.service_table_name) {
+          stale.push_back(std::move(name));
+        } else {
+          leftovers_.insert(std::move(name));
+        }
+      }
+      names = std::move(stale);
+    }
     if (instance != config_.instance) {
       auto claimed = config_.try_claim(instance);
       if (!claimed) return std::move(claimed).error().WithContext("sweeping stale tables");

@@ -9,7 +9,14 @@
 // - job tables, always committed by the job that uses them, in one
 //   transaction, so that what filters a job is what this process sent: a
 //   table of the job's name that a dead holder of the instance left (of
-//   whatever content) is replaced in that transaction, never taken;
+//   whatever content) is replaced in that transaction, never taken. With
+//   ServiceTables::kWarm (a launcher: one job, then exit) job tables are
+//   unowned and left in place after their job, inert (no link of their
+//   name exists), and the next job of the slot replaces what is there in
+//   its own transaction: a launcher that deleted its job's table would wait
+//   out the kernel's RCU grace period in its exit (releasing an nft socket
+//   flushes pending table destruction), which under load costs more than
+//   the rest of its network;
 // - the stale-table sweep of Start(), and RemoveWarmTables (`drain`).
 // Thread-safe.
 #pragma once
@@ -19,6 +26,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,11 +65,12 @@ class JobTables {
  public:
   JobTables(NftTables& nft, JobTablesConfig config) : nft_(nft), config_(std::move(config)) {}
 
-  // Settles ownership (a probe transaction with kPerService; a launcher,
-  // kWarm, takes it for granted until a table is refused), removes the
-  // unowned tables of this instance and of instances nobody holds, and
-  // commits the service table (stateful: with conntrack and NAT). kWarm:
-  // warm tables that the listing shows are taken as they are.
+  // Settles ownership (a probe transaction with kPerService; kWarm makes
+  // every table unowned), removes the unowned tables of this instance and
+  // of instances nobody holds, and commits the service table (stateful:
+  // with conntrack and NAT). kWarm: this instance's job tables are kept as
+  // leftovers for their slots' next jobs to replace, and warm tables that
+  // the listing shows are taken as they are.
   Result<void> Start(bool stateful);
   // Deletes the service table (kPerService; warm tables stay).
   void Stop();
@@ -84,10 +93,12 @@ class JobTables {
   };
   // Commits a job's table, owned when tables are. A table of that name in
   // the way is never taken as it is; one owned by a live socket is
-  // kAlreadyExists naming its port id.
+  // kAlreadyExists naming its port id. A leftover (kWarm) is replaced in the
+  // same transaction whatever `in_the_way` says.
   Result<void> CommitJobTable(const NftTablePlan& plan, InTheWay in_the_way);
 
-  // Deletes `tables` (job tables) in one transaction; with kReleaseServiceTable
+  // Deletes `tables` (job tables) in one transaction (kWarm: leaves them in
+  // place as leftovers, committing nothing); with kReleaseServiceTable
   // and release_when_idle, when `held` was the last hold on the service
   // table, that table goes in the same transaction. On success a held job's
   // hold is dropped.
@@ -128,6 +139,10 @@ class JobTables {
   bool service_table_ = false;           // guarded by tables_mutex_, as below
   bool service_table_stateful_ = false;  // its conntrack/NAT part exists
   size_t holders_ = 0;                   // jobs that need it
+  // kWarm: this instance's job tables in place that no job uses (left by
+  // an earlier job, of this process or of an earlier holder of the
+  // instance), each to be replaced by the next job of its slot.
+  std::set<std::string> leftovers_;  // guarded by tables_mutex_
 };
 
 }  // namespace ralph::sandbox

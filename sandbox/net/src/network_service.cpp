@@ -32,10 +32,6 @@
 namespace ralph::sandbox {
 namespace {
 
-// Every network namespace's loopback device (LOOPBACK_IFINDEX,
-// include/net/net_namespace.h).
-constexpr int kLoopbackIndex = 1;
-
 bool ValidIfnamePrefix(const std::string& prefix) {
   return !prefix.empty() && prefix.size() <= 8 &&
          std::all_of(prefix.begin(), prefix.end(), [](char c) {
@@ -193,11 +189,12 @@ Result<std::vector<std::string>> NetworkService::RemoveWarmTables(std::string_vi
 }
 
 NetworkService::~NetworkService() {
+  // Also after a Start() that failed part of the way: any part may be null.
   preparer_.reset();
   reaper_.reset();  // after it has done the whole queue
   dns_.reset();
   nflog_.reset();
-  tables_->Stop();
+  if (tables_) tables_->Stop();
 }
 
 bool NetworkService::tables_owned() const {

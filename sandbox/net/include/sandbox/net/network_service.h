@@ -88,9 +88,13 @@ enum class ServiceTables {
   // is the first user of those hook points on a host where nothing else
   // holds them, and the kernel patches its code at the start and back at the
   // exit (static keys; ~70% of a launcher's CPU). They hold no part of a
-  // job's confinement: every job's own table is committed by its service
-  // and goes with it, as with kPerService.
-  // RemoveWarmTables() (what `ralph-sandbox drain` runs) removes them.
+  // job's confinement, which is all in the job's own table, committed by
+  // its service as with kPerService. That table is unowned and stays after
+  // the job, inert (no link of its name exists), never to be used again:
+  // the next job of its slot replaces it in its own transaction (deleting
+  // it would make the launcher's exit wait out the kernel's RCU grace
+  // period: releasing an nft socket flushes pending table destruction).
+  // RemoveWarmTables() (what `ralph-sandbox drain` runs) removes them all.
   kWarm,
 };
 
