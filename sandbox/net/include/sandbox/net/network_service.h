@@ -18,8 +18,9 @@
 //
 // Job and service tables are created owned by the service's netlink socket
 // (NFT_TABLE_F_OWNER, Linux >= 5.12) when the kernel supports it (probed at
-// Start()): the kernel then deletes them when the service's process dies,
-// however it dies, so a killed launcher blocks no later job. Tables without
+// Start(); not a launcher's, ServiceTables::kWarm, whose tables all stay
+// unowned): the kernel then deletes them when the service's process dies,
+// however it dies, so a killed service blocks no later job. Tables without
 // the flag (older kernels, older versions of this code, a service configured
 // with TableOwnership::kNever) that a dead instance left behind are swept by
 // the next Start() in the netns, and a stale unowned table in the way of a
