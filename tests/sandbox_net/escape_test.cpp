@@ -543,11 +543,16 @@ TEST_F(NetEscapeTest, TamperedLeftoverJobTableIsNotTakenByTheNextLauncher) {
 
   EXPECT_EQ(launch("leftover-2"), "failed:timeout");
   EXPECT_FALSE(accepted());
-  close(host_service);
   // What the second launcher left there is its job's own table, rules and
-  // all (for the next job of the slot to replace in turn).
-  std::string left = testing::ShellOutput("nft list table inet " + table);
+  // all, which the next job of the slot with the same plan takes as it is,
+  // once read back (the same table handle), and which holds.
+  std::string left = testing::ShellOutput("nft -a list table inet " + table);
   EXPECT_NE(left.find("drop"), std::string::npos) << left;
+  EXPECT_EQ(launch("leftover-3"), "failed:timeout");
+  EXPECT_FALSE(accepted());
+  std::string again = testing::ShellOutput("nft -a list table inet " + table);
+  EXPECT_EQ(again.substr(0, again.find('\n')), left.substr(0, left.find('\n')));
+  close(host_service);
   auto removed = NetworkService::RemoveWarmTables("rj");
   ASSERT_TRUE(removed) << removed.error().ToString();
   tables = testing::ShellOutput("nft list tables");
@@ -1121,6 +1126,77 @@ TEST_F(NetEscapeTest, TeardownLeavesNothingBehind) {
   EXPECT_EQ(after, before) << "before: " << ToString(before) << "\nafter:  " << ToString(after);
   EXPECT_EQ(after.foreign_netns_refs, 0);
   EXPECT_EQ(testing::ShellOutput("ip -o link show type veth | grep -c ' rj' || true"), "0\n");
+}
+
+// NftSocket::TableMatches reads a table back from the kernel and compares it
+// with the objects ApplyTablePlan sends: a table just committed from a plan
+// matches that plan (for every shape of plan the service makes), and not
+// another; any change made behind the committer's back does not match.
+TEST_F(NetEscapeTest, ReadBackMatchesOnlyTheCommittedPlan) {
+  auto nft = NftSocket::Open();
+  ASSERT_TRUE(nft) << nft.error().ToString();
+  JobAddressing addressing{.host_ifname = "rjz7",
+                           .host_v4 = *IpPrefix::Parse("10.254.255.1"),
+                           .job_v4 = *IpPrefix::Parse("10.254.255.2"),
+                           .host_v6 = *IpPrefix::Parse("fd52:616c:7068:ff::1"),
+                           .job_v6 = *IpPrefix::Parse("fd52:616c:7068:ff::2")};
+  NetworkSpec any_protocol{
+      .allow = {{.cidr = "203.0.113.0/24", .protocol = Protocol::kAny},
+                {.cidr = "2001:db8::/32", .port_min = 1000, .port_max = 2000}}};
+  NetworkSpec named{.allowed_domains = {"*.allowed.test"}};
+  std::vector<NftTablePlan> plans;
+  for (const NetworkSpec& spec : {NetworkSpec{}, WebOnly(), any_protocol, named}) {
+    auto plan = PlanJobTable(addressing, spec, kNflogGroup);
+    ASSERT_TRUE(plan) << plan.error().ToString();
+    plans.push_back(*plan);
+    plans.push_back(WithoutLogging(*plan));
+  }
+  const std::string table = JobTableName("rjz7");
+  auto commit = [&](const NftTablePlan& plan) {
+    ASSERT_EQ(testing::Shell("nft delete table inet " + table + " 2>/dev/null; true"), 0);
+    ASSERT_TRUE((*nft)->ApplyTablePlan(plan, TableOwner::kNone, ExistingTable::kFail));
+  };
+  auto matches = [&](const NftTablePlan& plan) {
+    auto same = (*nft)->TableMatches(plan);
+    EXPECT_TRUE(same) << same.error().ToString();
+    return same && *same;
+  };
+  for (size_t i = 0; i < plans.size(); ++i) {
+    commit(plans[i]);
+    EXPECT_TRUE(matches(plans[i])) << i << "\n" << RenderNft(plans[i]);
+    EXPECT_FALSE(matches(plans[(i + 1) % plans.size()])) << i;
+  }
+  // Behind the committer's back, each change alone.
+  const NftTablePlan& web = plans[2];
+  for (const char* change :
+       {"flush chain inet {0} egress", "add rule inet {0} egress accept",
+        "insert rule inet {0} host_in accept", "add chain inet {0} extra",
+        "add table inet {0} {{ flags dormant; }}", "add set inet {0} extra {{ type ipv4_addr; }}",
+        "chain inet {0} forward {{ policy drop; }}", "delete chain inet {0} ingress"}) {
+    commit(web);
+    ASSERT_TRUE(matches(web));
+    std::string command = fmt::format(fmt::runtime(change), table);
+    int status = testing::Shell("nft '" + command + "' 2>&1");
+    if (status != 0) {
+      // Chains referenced by a jump cannot be deleted: then flush it first.
+      ASSERT_EQ(testing::Shell(
+                    fmt::format("nft flush chain inet {} forward && nft '{}'", table, command)),
+                0)
+          << command;
+    }
+    EXPECT_FALSE(matches(web)) << command;
+  }
+  // A rule's expression changed in place: the same shape, another port.
+  commit(web);
+  NftTablePlan other_port = web;
+  for (NftChain& chain : other_port.chains) {
+    for (NftRule& rule : chain.rules) {
+      if (rule.dport_min == 80) rule.dport_min = rule.dport_max = 81;
+    }
+  }
+  EXPECT_FALSE(matches(other_port));
+  ASSERT_EQ(testing::Shell("nft delete table inet " + table), 0);
+  EXPECT_FALSE(matches(web));
 }
 
 TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {

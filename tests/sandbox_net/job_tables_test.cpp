@@ -97,7 +97,8 @@ TEST(JobTablesTest, WithoutTheOwnerFlagEveryTableIsUnowned) {
 
 // A launcher (kWarm) sends no probe, makes every table unowned and leaves
 // its job's table in place; the next job of the slot (of this process or
-// the next launcher) replaces it in one transaction, never takes it.
+// the next launcher) takes it only when what the kernel reports is its
+// plan, and replaces it in one transaction otherwise.
 TEST(JobTablesTest, LauncherLeavesItsJobTableForTheSlotsNextJobToReplace) {
   Rig s(ServiceTables::kWarm);
   {
@@ -131,6 +132,32 @@ TEST(JobTablesTest, LauncherLeavesItsJobTableForTheSlotsNextJobToReplace) {
   ASSERT_TRUE(next.CommitJobTable(JobPlan(0), JobTables::InTheWay::kFail));
   EXPECT_EQ(s.nft.commits(), commits + 1);
   EXPECT_EQ(RenderNft(s.nft.Find("ralph_rja0")->plan), RenderNft(JobPlan(0)));
+
+  // Left again, untouched: the next job with the same plan takes it after
+  // reading it back, without a transaction; one with another plan does not.
+  ASSERT_TRUE(next.DeleteJobTables({"ralph_rja0"}, false, WhenIdle::kKeepServiceTable));
+  commits = s.nft.commits();
+  int reads = s.nft.reads();
+  ASSERT_TRUE(next.CommitJobTable(JobPlan(0), JobTables::InTheWay::kFail));
+  EXPECT_EQ(s.nft.commits(), commits);
+  EXPECT_EQ(s.nft.reads(), reads + 1);
+  ASSERT_TRUE(next.DeleteJobTables({"ralph_rja0"}, false, WhenIdle::kKeepServiceTable));
+  NetworkSpec web{.allow = {{.cidr = "203.0.113.10", .port_min = 80}}};
+  ASSERT_TRUE(next.CommitJobTable(JobPlan(0, web), JobTables::InTheWay::kFail));
+  EXPECT_EQ(s.nft.commits(), commits + 1);
+  EXPECT_EQ(RenderNft(s.nft.Find("ralph_rja0")->plan), RenderNft(JobPlan(0, web)));
+  // A plan that looks up DNS sets never takes one: the sets hold another
+  // job's answers.
+  NetworkSpec named{.allowed_domains = {"api.example.com"}};
+  ASSERT_TRUE(next.DeleteJobTables({"ralph_rja0"}, false, WhenIdle::kKeepServiceTable));
+  s.nft.Plant(JobPlan(0, named));
+  ASSERT_TRUE(next.CommitJobTable(JobPlan(0), JobTables::InTheWay::kFail));
+  ASSERT_TRUE(next.DeleteJobTables({"ralph_rja0"}, false, WhenIdle::kKeepServiceTable));
+  commits = s.nft.commits();
+  reads = s.nft.reads();
+  ASSERT_TRUE(next.CommitJobTable(JobPlan(0, named), JobTables::InTheWay::kFail));
+  EXPECT_EQ(s.nft.reads(), reads);
+  EXPECT_EQ(s.nft.commits(), commits + 1);
 }
 
 // What the kernel holds under a job's table name is never taken as it is,
@@ -153,12 +180,14 @@ TEST(JobTablesTest, LeftoverTableInTheJobsNameIsReplacedNeverTaken) {
     EXPECT_EQ(RenderNft(table->plan), RenderNft(plan));
     EXPECT_EQ(table->owned, mode == ServiceTables::kPerService);
 
-    // The same even when the leftover is exactly what the job would commit.
+    // A stranger in the way is replaced even when it is exactly what the
+    // job would commit; a launcher's own leftover that the kernel reports
+    // as the plan is taken as it is.
     ASSERT_TRUE(tables.DeleteJobTables({plan.name}, false, WhenIdle::kKeepServiceTable));
     s.nft.Plant(plan);
     int commits = s.nft.commits();
     ASSERT_TRUE(tables.CommitJobTable(plan, JobTables::InTheWay::kReplaceStale));
-    EXPECT_EQ(s.nft.commits(), commits + 1);
+    EXPECT_EQ(s.nft.commits(), commits + (mode == ServiceTables::kPerService ? 1 : 0));
   }
 }
 

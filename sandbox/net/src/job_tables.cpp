@@ -86,9 +86,20 @@ Result<void> JobTables::CommitJobTable(const NftTablePlan& plan, InTheWay in_the
     leftover = leftovers_.erase(plan.name) != 0;
   }
   if (leftover) {
-    // Listed unowned in our instance's name space, which we hold: replaced
-    // in the job's own transaction (the kernel refuses, changing nothing,
+    // Listed unowned in our instance's name space, which we hold. Taken
+    // only when the kernel's rules are the plan's, read back and compared
+    // (a table whose DNS sets another job filled never is); replaced in the
+    // job's own transaction otherwise (the kernel refuses, changing nothing,
     // should a live socket own it by now).
+    bool uses_sets = false;
+    for (const NftChain& chain : plan.chains) {
+      for (const NftRule& rule : chain.rules) uses_sets = uses_sets || rule.daddr_set.has_value();
+    }
+    if (!uses_sets) {
+      auto same = nft_.TableMatches(plan);
+      if (same && *same) return {};
+      if (!same) Log(LogLevel::kWarning, same.error().ToString());
+    }
     auto replaced = ApplyOwnedTable(plan, ExistingTable::kReplace);
     if (!replaced) {
       std::lock_guard lock(tables_mutex_);

@@ -12,11 +12,14 @@
 //   whatever content) is replaced in that transaction, never taken. With
 //   ServiceTables::kWarm (a launcher: one job, then exit) job tables are
 //   unowned and left in place after their job, inert (no link of their
-//   name exists), and the next job of the slot replaces what is there in
-//   its own transaction: a launcher that deleted its job's table would wait
-//   out the kernel's RCU grace period in its exit (releasing an nft socket
-//   flushes pending table destruction), which under load costs more than
-//   the rest of its network;
+//   name exists). The next job of the slot takes what is there only when
+//   the kernel's rules, read back, are its plan's (NftTables::TableMatches)
+//   and its plan looks up no set (DNS sets hold another job's answers);
+//   otherwise it replaces it in its own transaction. Any transaction, a
+//   deletion as much as a commit, makes a launcher's exit wait out the
+//   kernel's RCU grace period (releasing an nft socket flushes pending
+//   nf_tables destruction work), which under load costs more than the rest
+//   of its network: reading back costs no grace period;
 // - the stale-table sweep of Start(), and RemoveWarmTables (`drain`).
 // Thread-safe.
 #pragma once
@@ -93,8 +96,9 @@ class JobTables {
   };
   // Commits a job's table, owned when tables are. A table of that name in
   // the way is never taken as it is; one owned by a live socket is
-  // kAlreadyExists naming its port id. A leftover (kWarm) is replaced in the
-  // same transaction whatever `in_the_way` says.
+  // kAlreadyExists naming its port id. A leftover (kWarm) is taken when it
+  // matches the plan, else replaced in the same transaction whatever
+  // `in_the_way` says.
   Result<void> CommitJobTable(const NftTablePlan& plan, InTheWay in_the_way);
 
   // Deletes `tables` (job tables) in one transaction (kWarm: leaves them in

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,6 +40,9 @@ class NftSocket final : public NftTables {
   Result<void> AddSetElement(std::string_view table, std::string_view set, const IpPrefix& address,
                              uint64_t timeout_ms) override;
   Result<std::vector<NftTableInfo>> ListTables() override;
+  // Reads the table back (a dump each of tables, its chains, rules and
+  // sets) and compares it with the objects ApplyTablePlan builds for `plan`.
+  Result<bool> TableMatches(const NftTablePlan& plan) override;
 
   // The port id the kernel bound this socket to (the owner of its tables).
   uint32_t portid() const;
@@ -48,6 +52,10 @@ class NftSocket final : public NftTables {
   class Batch;
   // Sends the batch and waits for the kernel's answer to each message.
   Result<void> Commit(Batch& batch);
+  // Sends a dump request of `type` (`fill` adds its filter attributes) and
+  // hands every object of the answer to `each`. mutex_ held.
+  Result<void> Dump(uint16_t type, const std::function<void(nlmsghdr*)>& fill,
+                    const std::function<void(const nlmsghdr*)>& each);
 
   // One transaction at a time: the replies of concurrent ones would mix.
   std::mutex mutex_;

@@ -56,6 +56,14 @@ class NftTables {
 
   // The inet tables of this netns, with their owner flag.
   virtual Result<std::vector<NftTableInfo>> ListTables() = 0;
+
+  // Whether the table `plan.name` holds exactly what ApplyTablePlan(plan)
+  // commits, as the kernel reports it: not dormant, not owned, the planned
+  // chains (hook, priority, type, policy), each with the planned rules, in
+  // order, expression by expression, and sets of the planned names (their
+  // elements are not compared). false on any difference; an error only
+  // when the kernel could not be asked.
+  virtual Result<bool> TableMatches(const NftTablePlan& plan) = 0;
 };
 
 }  // namespace ralph::sandbox

@@ -83,6 +83,13 @@ Result<std::vector<NftTableInfo>> FakeNftTables::ListTables() {
   return list;
 }
 
+Result<bool> FakeNftTables::TableMatches(const NftTablePlan& plan) {
+  if (auto failure = Failure(Op::kRead, plan.name)) return std::move(*failure);
+  ++reads_;
+  const Table* table = Find(plan.name);
+  return table && !table->owned && RenderNft(table->plan) == RenderNft(plan);
+}
+
 void FakeNftTables::Plant(const NftTablePlan& plan, uint32_t owner_portid) {
   tables_[plan.name] =
       Table{.plan = plan, .owned = owner_portid != 0, .owner_portid = owner_portid};

@@ -29,7 +29,7 @@ class FakeNftTables final : public NftTables {
     // set name -> addresses added (AddSetElement)
     std::map<std::string, std::vector<std::string>> elements;
   };
-  enum class Op { kProbe, kApply, kDelete, kAddElement, kList };
+  enum class Op { kProbe, kApply, kDelete, kAddElement, kList, kRead };
 
   // `supports_owner`: whether the "kernel" has NFT_TABLE_F_OWNER.
   explicit FakeNftTables(bool supports_owner = true) : supports_owner_(supports_owner) {}
@@ -41,6 +41,8 @@ class FakeNftTables final : public NftTables {
   Result<void> AddSetElement(std::string_view table, std::string_view set, const IpPrefix& address,
                              uint64_t timeout_ms) override;
   Result<std::vector<NftTableInfo>> ListTables() override;
+  // Compares the stored plan's nft text (RenderNft) and ownership.
+  Result<bool> TableMatches(const NftTablePlan& plan) override;
 
   // The next operation of kind `op` fails with `err`, changing nothing.
   void FailNext(Op op, int err) { failures_[op] = err; }
@@ -50,6 +52,8 @@ class FakeNftTables final : public NftTables {
   // (its rules, its comment) behind the code's back.
   Table* Find(const std::string& name);
   std::vector<std::string> Names() const;
+  // Tables read back (TableMatches).
+  int reads() const { return reads_; }
   // Transactions committed (successful ApplyTablePlan, DeleteTables with
   // something to delete, AddSetElement).
   int commits() const { return commits_; }
@@ -61,6 +65,7 @@ class FakeNftTables final : public NftTables {
   std::map<std::string, Table> tables_;
   std::map<Op, int> failures_;
   int commits_ = 0;
+  int reads_ = 0;
 };
 
 }  // namespace ralph::sandbox::testing
