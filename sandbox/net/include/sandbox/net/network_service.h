@@ -89,12 +89,13 @@ enum class ServiceTables {
   // is the first user of those hook points on a host where nothing else
   // holds them, and the kernel patches its code at the start and back at the
   // exit (static keys; ~70% of a launcher's CPU). They hold no part of a
-  // job's confinement, which is all in the job's own table, committed by
-  // its service as with kPerService. That table is unowned and stays after
-  // the job, inert (no link of its name exists), never to be used again:
-  // the next job of its slot replaces it in its own transaction (deleting
-  // it would make the launcher's exit wait out the kernel's RCU grace
-  // period: releasing an nft socket flushes pending table destruction).
+  // job's confinement, which is all in the job's own table. That table is
+  // unowned and stays after the job, inert (no link of its name exists):
+  // the next job of its slot takes it only when the rules the kernel
+  // reports are its own plan's (read back and compared) and its plan looks
+  // up no DNS set, and replaces it in its own transaction otherwise. No
+  // transaction means no wait at exit (releasing an nft socket flushes
+  // pending nf_tables destruction: an RCU grace period).
   // RemoveWarmTables() (what `ralph-sandbox drain` runs) removes them all.
   kWarm,
 };
