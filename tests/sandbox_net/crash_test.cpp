@@ -272,10 +272,12 @@ TEST(NetCrashTest, KilledServicesUnownedTablesAreSweptByTheNextStart) {
   EXPECT_EQ(Tables(), std::set<std::string>{});
 }
 
-// A killed service of the launcher's mode (ServiceTables::kWarm) with
-// unowned tables (a pre-5.12 kernel): the next start sweeps its job table
-// and takes the warm tables over as they are; only drain removes those.
-TEST(NetCrashTest, KilledWarmServicesJobTableIsSweptAndTheWarmTablesAreKept) {
+// A killed service of the launcher's mode (ServiceTables::kWarm): the next
+// start takes the warm tables over as they are and keeps the job's table
+// for the slot's next job, which replaces it (its spec names domains, whose
+// DNS sets hold the dead job's answers: never taken); only drain removes
+// them.
+TEST(NetCrashTest, KilledWarmServicesJobTableIsReplacedAndTheWarmTablesAreKept) {
   ServiceProcess doomed(TableOwnership::kNever, 1, ServiceTables::kWarm);
   std::string ready = doomed.Go();
   ASSERT_EQ(ready, "ready 0 rja0");
@@ -292,19 +294,22 @@ TEST(NetCrashTest, KilledWarmServicesJobTableIsSweptAndTheWarmTablesAreKept) {
   EXPECT_TRUE(Eventually([] { return LinkGone("rja0"); }));
   EXPECT_EQ(Tables(), with_job);
 
+  const std::string kJobHandle = "nft -a list table inet ralph_rja0 | head -1";
+  std::string job_handle = testing::ShellOutput(kJobHandle);
   auto next = NetworkService::Start(Config(TableOwnership::kIfSupported, ServiceTables::kWarm));
   ASSERT_TRUE(next) << next.error().ToString();
-  EXPECT_EQ(Tables(), warm);
-  // The same table (handle), not a new one.
+  EXPECT_EQ(Tables(), with_job);
+  // The same tables (handles), not new ones.
   EXPECT_EQ(testing::ShellOutput(kHandles), warm_handles);
   JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string("ran"); });
   RecordingSink sink;
   auto network = (*next)->CreateJob("after-crash", job.pid(), Spec(), &sink);
   ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_NE(testing::ShellOutput(kJobHandle), job_handle);
   EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "ran");
   EXPECT_TRUE((*network)->Teardown());
   next->reset();
-  EXPECT_EQ(Tables(), warm);
+  EXPECT_EQ(Tables(), with_job);
 
   auto removed = NetworkService::RemoveWarmTables("rj");
   ASSERT_TRUE(removed) << removed.error().ToString();
@@ -373,15 +378,15 @@ TEST(NetCrashTest, KilledLauncherBlocksNoLaterRun) {
   const std::string kHandle = "nft -a list table inet ralph_rja0 | head -1";
   std::string handle = testing::ShellOutput(kHandle);
 
-  // The next run's job gets the same slot and replaces that table with its
-  // own (a new handle), which it leaves in turn.
+  // The next run's job gets the same slot and, having read that table back
+  // as its own plan, takes it as it is (the same handle).
   std::string second = fmt::format(
       "{} run --rootfs {} --ro-bind /usr:/usr --state-dir {}/state "
       "-- /bin/echo second-run",
       RALPH_SANDBOX_CLI, base, work);
   EXPECT_EQ(testing::ShellOutput(second + " 2>&1 | grep -v 'warning'"), "second-run\n");
   EXPECT_EQ(Tables(), warm);
-  EXPECT_NE(testing::ShellOutput(kHandle), handle);
+  EXPECT_EQ(testing::ShellOutput(kHandle), handle);
   // `drain` leaves no table, and no job link is left either.
   EXPECT_EQ(testing::Shell(fmt::format("{} drain --state-dir {}/state", RALPH_SANDBOX_CLI, work)),
             0);
