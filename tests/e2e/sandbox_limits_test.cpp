@@ -250,7 +250,8 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   EXPECT_NE(job->output.find("169.254.169.254:80 timed out"), std::string::npos) << job->output;
   EXPECT_EQ(allowed.connections(), 2);
   EXPECT_EQ(other.connections(), 1) << "a connection the allowlist does not name got through";
-  // The same job again, on the same slot with a table of its own: the same
+  // The same job again: where it gets the same slot it takes the first
+  // one's table once the kernel reports it as its own plan, with the same
   // verdicts.
   auto again = machine.Agent(
       NetworkedRun({"--allow", allowed_target}, {"/bomb", "connect", allowed_target, other_target}),
@@ -274,8 +275,8 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   EXPECT_NE(dns->output.find("dns exfil.example: rcode 5 answers 0"), std::string::npos)
       << dns->output;
 
-  // Nothing of the jobs' networks is left but what launchers keep warm for
-  // the next one: no job veth (rj*), no job table; the warm tables, which
+  // Nothing of the jobs' networks is left but what launchers keep for the
+  // next one: no job veth (rj*); the warm tables and the jobs' tables, which
   // `ralph-sandbox drain` removes.
   auto links = machine.Agent({"cat", "/proc/net/dev"}, kAgentTimeout);
   ASSERT_TRUE(links && links->exit == 0);
