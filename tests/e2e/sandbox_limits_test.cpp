@@ -250,8 +250,9 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   EXPECT_NE(job->output.find("169.254.169.254:80 timed out"), std::string::npos) << job->output;
   EXPECT_EQ(allowed.connections(), 2);
   EXPECT_EQ(other.connections(), 1) << "a connection the allowlist does not name got through";
-  // The same job again: it takes the first one's table where it got the
-  // same slot (a launcher's warm job table), with the same verdicts.
+  // The same job again: where it gets the same slot it takes the first
+  // one's table once the kernel reports it as its own plan, with the same
+  // verdicts.
   auto again = machine.Agent(
       NetworkedRun({"--allow", allowed_target}, {"/bomb", "connect", allowed_target, other_target}),
       kSandboxTimeout);
@@ -274,11 +275,9 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   EXPECT_NE(dns->output.find("dns exfil.example: rcode 5 answers 0"), std::string::npos)
       << dns->output;
 
-  // Nothing of the jobs' networks is left but what launchers keep warm for
-  // the next one: no job veth (rj*); the warm tables and the warm job table
-  // of a slot whose last job named no domain (the DNS job's own replaced
-  // the one of its slot, and went with it), which `ralph-sandbox drain`
-  // removes.
+  // Nothing of the jobs' networks is left but what launchers keep for the
+  // next one: no job veth (rj*); the warm tables and the jobs' tables, which
+  // `ralph-sandbox drain` removes.
   auto links = machine.Agent({"cat", "/proc/net/dev"}, kAgentTimeout);
   ASSERT_TRUE(links && links->exit == 0);
   EXPECT_EQ(links->output.find(" rj"), std::string::npos) << links->output;

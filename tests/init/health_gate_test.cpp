@@ -7,7 +7,7 @@
 
 #include <fstream>
 
-#include "drivers/testing/temp_dir.h"
+#include "tests/support/temp_dir.h"
 #include "machine.h"
 #include "services/health/gate.h"
 

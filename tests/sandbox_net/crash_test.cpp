@@ -31,6 +31,7 @@
 namespace ralph::sandbox {
 namespace {
 
+using testing::Eventually;
 using testing::JobContext;
 using testing::JobProcess;
 using testing::RecordingSink;
@@ -63,18 +64,6 @@ std::set<std::string> Tables() {
   std::string table, family, name;
   while (lines >> table >> family >> name) names.insert(name);
   return names;
-}
-
-// Polls `done` for up to 20 s (the kernel finishes some clean-up
-// asynchronously, e.g. a dead netns's veths); true once it holds.
-template <typename F>
-bool Eventually(F done) {
-  for (int i = 0; i < 400; ++i) {
-    if (done()) return true;
-    timespec pause{0, 50'000'000};
-    nanosleep(&pause, nullptr);
-  }
-  return done();
 }
 
 // A forked process that, on Go(), starts `services` network services with
@@ -283,11 +272,12 @@ TEST(NetCrashTest, KilledServicesUnownedTablesAreSweptByTheNextStart) {
   EXPECT_EQ(Tables(), std::set<std::string>{});
 }
 
-// A killed service of the launcher's mode (ServiceTables::kWarm) with
-// unowned tables (a pre-5.12 kernel): the next start sweeps its job table
-// (its spec names domains, so the table is no warm job table) and takes the
-// warm tables over as they are; only drain removes those.
-TEST(NetCrashTest, KilledWarmServicesJobTableIsSweptAndTheWarmTablesAreKept) {
+// A killed service of the launcher's mode (ServiceTables::kWarm): the next
+// start takes the warm tables over as they are and keeps the job's table
+// for the slot's next job, which replaces it (its spec names domains, whose
+// DNS sets hold the dead job's answers: never taken); only drain removes
+// them.
+TEST(NetCrashTest, KilledWarmServicesJobTableIsReplacedAndTheWarmTablesAreKept) {
   ServiceProcess doomed(TableOwnership::kNever, 1, ServiceTables::kWarm);
   std::string ready = doomed.Go();
   ASSERT_EQ(ready, "ready 0 rja0");
@@ -304,19 +294,22 @@ TEST(NetCrashTest, KilledWarmServicesJobTableIsSweptAndTheWarmTablesAreKept) {
   EXPECT_TRUE(Eventually([] { return LinkGone("rja0"); }));
   EXPECT_EQ(Tables(), with_job);
 
+  const std::string kJobHandle = "nft -a list table inet ralph_rja0 | head -1";
+  std::string job_handle = testing::ShellOutput(kJobHandle);
   auto next = NetworkService::Start(Config(TableOwnership::kIfSupported, ServiceTables::kWarm));
   ASSERT_TRUE(next) << next.error().ToString();
-  EXPECT_EQ(Tables(), warm);
-  // The same table (handle), not a new one.
+  EXPECT_EQ(Tables(), with_job);
+  // The same tables (handles), not new ones.
   EXPECT_EQ(testing::ShellOutput(kHandles), warm_handles);
   JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string("ran"); });
   RecordingSink sink;
   auto network = (*next)->CreateJob("after-crash", job.pid(), Spec(), &sink);
   ASSERT_TRUE(network) << network.error().ToString();
+  EXPECT_NE(testing::ShellOutput(kJobHandle), job_handle);
   EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "ran");
   EXPECT_TRUE((*network)->Teardown());
   next->reset();
-  EXPECT_EQ(Tables(), warm);
+  EXPECT_EQ(Tables(), with_job);
 
   auto removed = NetworkService::RemoveWarmTables("rj");
   ASSERT_TRUE(removed) << removed.error().ToString();
@@ -376,16 +369,17 @@ TEST(NetCrashTest, KilledLauncherBlocksNoLaterRun) {
   int status = 0;
   ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
   ASSERT_TRUE(networked) << "the launcher never networked its job";
-  // The warm table and its job's warm table (a spec without domains) stay
-  // for the next run, by design (ServiceTables::kWarm); its job dies with it
-  // (the parent-death signal), and the job's link with the job's netns.
+  // The warm table and the job's table stay, by design (ServiceTables::kWarm);
+  // its job dies with it (the parent-death signal), and the job's link with
+  // the job's netns.
   const std::set<std::string> warm = {"ralph-warm-rj", "ralph_rja0"};
   EXPECT_EQ(Tables(), warm);
   EXPECT_TRUE(Eventually([] { return LinkGone("rja0"); }));
   const std::string kHandle = "nft -a list table inet ralph_rja0 | head -1";
   std::string handle = testing::ShellOutput(kHandle);
 
-  // The next run's job gets the same slot and takes that table as it is.
+  // The next run's job gets the same slot and, having read that table back
+  // as its own plan, takes it as it is (the same handle).
   std::string second = fmt::format(
       "{} run --rootfs {} --ro-bind /usr:/usr --state-dir {}/state "
       "-- /bin/echo second-run",

@@ -32,6 +32,7 @@
 namespace ralph::sandbox {
 namespace {
 
+using testing::Eventually;
 using testing::JobContext;
 using testing::JobProcess;
 using testing::ProbeConnect;
@@ -179,9 +180,14 @@ TEST_F(NetEscapeTest, AllowlistedNameResolvesConnectsAndExpiresWithTheTtl) {
     std::string after = ProbeConnect("203.0.113.10", 80);
     std::string after6 = ProbeConnect("2001:db8:1::10", 80);
     std::string other_port = ProbeConnect("203.0.113.10", 8080);
-    // The records' TTL is 2 s: the element times out, new connections fail.
-    sleep(4);
-    std::string expired = ProbeConnect("203.0.113.10", 80);
+    // The records' TTL is 2 s: once the element times out, new connections
+    // fail (polled, for up to 20 s).
+    std::string expired = "connected:hello";
+    bool gone = testing::Eventually([&] {
+      expired = ProbeConnect("203.0.113.10", 80);
+      return expired != "connected:hello";
+    });
+    if (!gone) expired = "never expired: " + expired;
     return fmt::format("{}|{}|{}|{}|{}|{}|{}", before, resolved, resolved6, after, after6,
                        other_port, expired);
   });
@@ -447,7 +453,8 @@ TEST_F(NetEscapeTest, WarmTablesAreMadeOnceSharedAndLeftUntilDrained) {
   second->reset();
   third->reset();
 
-  // drain: both go, and the jobs' warm tables; a second drain finds nothing.
+  // drain: both go, and the tables the jobs left; a second drain finds
+  // nothing.
   auto removed = NetworkService::RemoveWarmTables("rj");
   ASSERT_TRUE(removed) << removed.error().ToString();
   ASSERT_GE(removed->size(), 3u);
@@ -463,68 +470,92 @@ TEST_F(NetEscapeTest, WarmTablesAreMadeOnceSharedAndLeftUntilDrained) {
   EXPECT_TRUE(again->empty());
 }
 
-// A launcher's job table (kWarm, a spec without domains) stays after its
-// job, unowned, with a comment naming its content. The next launcher of
-// the instance whose job gets that slot and the same table takes it as it
-// is (the same table handle), and its rules hold; a job with another spec
-// gets the slot's table replaced in one transaction. drain removes them.
-TEST_F(NetEscapeTest, WarmJobTablesServeTheNextLauncherWithTheSameSpec) {
+// The egress boundary rests on what the job's own service commits, never on
+// a table found in the kernel: a launcher (kWarm) whose job slot's table
+// name is taken by a leftover (another build's, a half-finished
+// transaction's, one changed behind the services' back: here everything
+// flushed to policy accept, with the comment older launchers matched on)
+// replaces it in the job's own transaction, and its job cannot reach a
+// service listening on the host through its gateway address.
+TEST_F(NetEscapeTest, TamperedLeftoverJobTableIsNotTakenByTheNextLauncher) {
   NetworkServiceConfig config;
   config.upstream_dns = "198.51.100.53";
   config.nflog_group = kNflogGroup;  // the suite's service holds this one: the next is used
   config.service_tables = ServiceTables::kWarm;
   config.report_events = false;
   config.expect_egress = false;
+  int host_service = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  ASSERT_GE(host_service, 0);
+  int one = 1;
+  setsockopt(host_service, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in address{.sin_family = AF_INET, .sin_port = htons(9996), .sin_addr = {INADDR_ANY}};
+  ASSERT_EQ(bind(host_service, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(listen(host_service, 8), 0);
+
   std::string table, ifname;
-  // One launcher: a service, one job probing an address WebOnly allows.
-  auto launch = [&](const NetworkSpec& spec, const std::string& job_id) -> std::string {
+  // One launcher: a service, one job that may reach nothing, connecting to
+  // the host service through its gateway.
+  auto launch = [&](const std::string& job_id) -> std::string {
     auto service = NetworkService::Start(config);
     if (!service) return service.error().ToString();
     std::string result;
-    {
-      JobProcess job =
-          JobProcess::Fork([](const JobContext&) { return ProbeConnect("203.0.113.10", 80); });
-      auto network = (*service)->CreateJob(job_id, job.pid(), spec, nullptr);
-      if (!network) return network.error().ToString();
-      ifname = (*network)->host_interface();
-      table = JobTableName(ifname);
-      result = job.Go({(*network)->resolver_address(), ""});
-      if (auto down = (*network)->TeardownWithNamespace(); !down) return down.error().ToString();
-    }
+    JobProcess job = JobProcess::Fork(
+        [](const JobContext& context) { return ProbeConnect(context.resolver_v4, 9996); });
+    auto network = (*service)->CreateJob(job_id, job.pid(), NetworkSpec{}, nullptr);
+    if (!network) return network.error().ToString();
+    ifname = (*network)->host_interface();
+    table = JobTableName(ifname);
+    result = job.Go({(*network)->resolver_address(), ""});
+    if (auto down = (*network)->TeardownWithNamespace(); !down) return down.error().ToString();
     // The job is gone: its veth goes with its netns, in the kernel's time,
     // and then the next launcher gets the same slot.
-    for (int i = 0; i < 500 && if_nametoindex(ifname.c_str()) != 0; ++i) usleep(10'000);
+    EXPECT_TRUE(Eventually([&] { return if_nametoindex(ifname.c_str()) == 0; }));
     return result;
   };
-  auto handle = [&] {
-    std::string text = testing::ShellOutput(fmt::format("nft -a list table inet {} 2>&1", table));
-    return text.substr(0, text.find('\n'));
+  auto accepted = [&] {
+    int connection = accept(host_service, nullptr, nullptr);
+    if (connection < 0) return false;
+    close(connection);
+    return true;
   };
 
-  EXPECT_EQ(launch(NetworkSpec{}, "warm-1"), "failed:timeout");
-  std::string first = handle();
-  EXPECT_NE(first.find("# handle"), std::string::npos) << first;
-  std::string text = testing::ShellOutput(fmt::format("nft list table inet {}", table));
-  EXPECT_NE(text.find(fmt::format("comment \"{}", kWarmJobTableTag)), std::string::npos) << text;
-  EXPECT_EQ(text.find("flags owner"), std::string::npos) << text;
-  const std::string first_table = table;
+  ASSERT_EQ(launch("leftover-1"), "failed:timeout");
+  EXPECT_FALSE(accepted());
+  // What is left under the slot's table name, whatever made it, has its
+  // rules flushed: every chain accepts everything.
+  std::string tables = testing::ShellOutput("nft list tables");
+  if (tables.find("table inet " + table + "\n") == std::string::npos) {
+    ASSERT_EQ(testing::Shell(fmt::format(
+                  "nft -f - <<'EOF'\n"
+                  "table inet {0} {{\n"
+                  "  comment \"ralph warm job table 0000000000000000 enabled=1;allow=0;\"\n"
+                  "  chain forward {{ type filter hook forward priority 0; policy accept; }}\n"
+                  "  chain input {{ type filter hook input priority 0; policy accept; }}\n"
+                  "}}\n"
+                  "EOF",
+                  table)),
+              0);
+  } else {
+    ASSERT_EQ(testing::Shell("nft flush table inet " + table), 0);
+  }
+  std::string flushed = testing::ShellOutput("nft -a list table inet " + table);
+  EXPECT_EQ(flushed.find("drop"), std::string::npos) << flushed;
 
-  EXPECT_EQ(launch(NetworkSpec{}, "warm-2"), "failed:timeout");
-  EXPECT_EQ(table, first_table);
-  EXPECT_EQ(handle(), first);
-
-  EXPECT_EQ(launch(WebOnly(), "warm-web"), "connected:hello");
-  EXPECT_EQ(table, first_table);
-  std::string web = handle();
-  EXPECT_NE(web, first);
-  EXPECT_EQ(launch(NetworkSpec{}, "warm-3"), "failed:timeout");
-  EXPECT_NE(handle(), web);
-  EXPECT_NE(handle(), first);
-
+  EXPECT_EQ(launch("leftover-2"), "failed:timeout");
+  EXPECT_FALSE(accepted());
+  // What the second launcher left there is its job's own table, rules and
+  // all, which the next job of the slot with the same plan takes as it is,
+  // once read back (the same table handle), and which holds.
+  std::string left = testing::ShellOutput("nft -a list table inet " + table);
+  EXPECT_NE(left.find("drop"), std::string::npos) << left;
+  EXPECT_EQ(launch("leftover-3"), "failed:timeout");
+  EXPECT_FALSE(accepted());
+  std::string again = testing::ShellOutput("nft -a list table inet " + table);
+  EXPECT_EQ(again.substr(0, again.find('\n')), left.substr(0, left.find('\n')));
+  close(host_service);
   auto removed = NetworkService::RemoveWarmTables("rj");
   ASSERT_TRUE(removed) << removed.error().ToString();
-  EXPECT_NE(std::find(removed->begin(), removed->end(), table), removed->end());
-  std::string tables = testing::ShellOutput("nft list tables");
+  tables = testing::ShellOutput("nft list tables");
   EXPECT_EQ(tables.find("ralph_rj"), std::string::npos) << tables;
   EXPECT_EQ(tables.find("ralph-warm"), std::string::npos) << tables;
 }
@@ -948,12 +979,14 @@ TEST_F(NetEscapeTest, RawIcmpIsDropped) {
 TEST_F(NetEscapeTest, EventFloodIsRateLimited) {
   // Every datagram to a blocked address is a new denied attempt; a job
   // flooding them must not flood the event sink (the audit log).
+  uint64_t suppressed_before = service_->suppressed_events();
   std::string out = RunJob(
       WebOnly(), [](const JobContext&) { return ProbeUdpFlood("169.254.169.254", 9, 3000); });
   EXPECT_EQ(out, "sent 3000");
   EXPECT_FALSE(world_->SawAny("169.254.169.254"));
   EXPECT_TRUE(Denied("169.254.169.254", 9, "metadata")) << sink_.Dump();
-  sleep(1);  // let the NFLOG backlog drain before teardown flushes the count
+  // Teardown reports what the limit held back: wait until it holds some.
+  EXPECT_TRUE(Eventually([&] { return service_->suppressed_events() > suppressed_before; }));
   ASSERT_TRUE(networks_.back()->Teardown());
   size_t delivered = 0;
   bool summary = false;
@@ -974,8 +1007,9 @@ TEST_F(NetEscapeTest, EventFloodIsRateLimited) {
       [](const JobContext& context) { return ProbeUdpFlood(context.resolver_v4, 53, 3000); });
   auto network = service_->CreateJob("dns-flood", job.pid(), spec, &dns_sink);
   ASSERT_TRUE(network) << network.error().ToString();
+  suppressed_before = service_->suppressed_events();
   EXPECT_EQ(job.Go({(*network)->resolver_address(), ""}), "sent 3000");
-  sleep(1);
+  EXPECT_TRUE(Eventually([&] { return service_->suppressed_events() > suppressed_before; }));
   ASSERT_TRUE((*network)->Teardown());
   size_t malformed = 0;
   summary = false;
@@ -1094,6 +1128,77 @@ TEST_F(NetEscapeTest, TeardownLeavesNothingBehind) {
   EXPECT_EQ(testing::ShellOutput("ip -o link show type veth | grep -c ' rj' || true"), "0\n");
 }
 
+// NftSocket::TableMatches reads a table back from the kernel and compares it
+// with the objects ApplyTablePlan sends: a table just committed from a plan
+// matches that plan (for every shape of plan the service makes), and not
+// another; any change made behind the committer's back does not match.
+TEST_F(NetEscapeTest, ReadBackMatchesOnlyTheCommittedPlan) {
+  auto nft = NftSocket::Open();
+  ASSERT_TRUE(nft) << nft.error().ToString();
+  JobAddressing addressing{.host_ifname = "rjz7",
+                           .host_v4 = *IpPrefix::Parse("10.254.255.1"),
+                           .job_v4 = *IpPrefix::Parse("10.254.255.2"),
+                           .host_v6 = *IpPrefix::Parse("fd52:616c:7068:ff::1"),
+                           .job_v6 = *IpPrefix::Parse("fd52:616c:7068:ff::2")};
+  NetworkSpec any_protocol{
+      .allow = {{.cidr = "203.0.113.0/24", .protocol = Protocol::kAny},
+                {.cidr = "2001:db8::/32", .port_min = 1000, .port_max = 2000}}};
+  NetworkSpec named{.allowed_domains = {"*.allowed.test"}};
+  std::vector<NftTablePlan> plans;
+  for (const NetworkSpec& spec : {NetworkSpec{}, WebOnly(), any_protocol, named}) {
+    auto plan = PlanJobTable(addressing, spec, kNflogGroup);
+    ASSERT_TRUE(plan) << plan.error().ToString();
+    plans.push_back(*plan);
+    plans.push_back(WithoutLogging(*plan));
+  }
+  const std::string table = JobTableName("rjz7");
+  auto commit = [&](const NftTablePlan& plan) {
+    ASSERT_EQ(testing::Shell("nft delete table inet " + table + " 2>/dev/null; true"), 0);
+    ASSERT_TRUE((*nft)->ApplyTablePlan(plan, TableOwner::kNone, ExistingTable::kFail));
+  };
+  auto matches = [&](const NftTablePlan& plan) {
+    auto same = (*nft)->TableMatches(plan);
+    EXPECT_TRUE(same) << same.error().ToString();
+    return same && *same;
+  };
+  for (size_t i = 0; i < plans.size(); ++i) {
+    commit(plans[i]);
+    EXPECT_TRUE(matches(plans[i])) << i << "\n" << RenderNft(plans[i]);
+    EXPECT_FALSE(matches(plans[(i + 1) % plans.size()])) << i;
+  }
+  // Behind the committer's back, each change alone.
+  const NftTablePlan& web = plans[2];
+  for (const char* change :
+       {"flush chain inet {0} egress", "add rule inet {0} egress accept",
+        "insert rule inet {0} host_in accept", "add chain inet {0} extra",
+        "add table inet {0} {{ flags dormant; }}", "add set inet {0} extra {{ type ipv4_addr; }}",
+        "chain inet {0} forward {{ policy drop; }}", "delete chain inet {0} ingress"}) {
+    commit(web);
+    ASSERT_TRUE(matches(web));
+    std::string command = fmt::format(fmt::runtime(change), table);
+    int status = testing::Shell("nft '" + command + "' 2>&1");
+    if (status != 0) {
+      // Chains referenced by a jump cannot be deleted: then flush it first.
+      ASSERT_EQ(testing::Shell(
+                    fmt::format("nft flush chain inet {} forward && nft '{}'", table, command)),
+                0)
+          << command;
+    }
+    EXPECT_FALSE(matches(web)) << command;
+  }
+  // A rule's expression changed in place: the same shape, another port.
+  commit(web);
+  NftTablePlan other_port = web;
+  for (NftChain& chain : other_port.chains) {
+    for (NftRule& rule : chain.rules) {
+      if (rule.dport_min == 80) rule.dport_min = rule.dport_max = 81;
+    }
+  }
+  EXPECT_FALSE(matches(other_port));
+  ASSERT_EQ(testing::Shell("nft delete table inet " + table), 0);
+  EXPECT_FALSE(matches(web));
+}
+
 TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
   testing::ResourceCounts before = testing::CountResources();
 
@@ -1137,7 +1242,7 @@ TEST_F(NetEscapeTest, FailuresMidCreateLeaveNothingBehind) {
     ASSERT_TRUE(other) << other.error().ToString();
     NftTablePlan foreign;
     foreign.name = table;
-    ASSERT_TRUE((*other)->ApplyTablePlan(foreign, TableOwner::kThisSocket));
+    ASSERT_TRUE((*other)->ApplyTablePlan(foreign, TableOwner::kThisSocket, ExistingTable::kFail));
     JobProcess job = JobProcess::Fork([](const JobContext&) { return std::string(); });
     auto network = service_->CreateJob("nft-fails", job.pid(), WebOnly(), &sink_);
     ASSERT_FALSE(network);

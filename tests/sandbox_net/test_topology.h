@@ -14,6 +14,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <time.h>
 
 #include <condition_variable>
 #include <functional>
@@ -105,6 +106,19 @@ class RecordingSink : public NetEventSinkInterface {
   std::condition_variable changed_;
   std::vector<NetEvent> events_;
 };
+
+// Polls `done` for up to 20 s (state the kernel or a service's thread
+// reaches asynchronously: a dead netns's veths, a drained NFLOG backlog);
+// true once it holds.
+template <typename F>
+bool Eventually(F done) {
+  for (int i = 0; i < 400; ++i) {
+    if (done()) return true;
+    timespec pause{0, 50'000'000};
+    nanosleep(&pause, nullptr);
+  }
+  return done();
+}
 
 // Kernel objects and process resources that a job network could leak.
 struct ResourceCounts {

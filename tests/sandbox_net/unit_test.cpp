@@ -501,7 +501,14 @@ TEST(RulePlanTest, WarmTablesHoldTheHooksJobTablesUse) {
 TEST(RulePlanTest, NetworkSpecKeyTellsApartEverythingThatShapesTheTable) {
   NetworkSpec base{.allow = {{.cidr = "203.0.113.0/24", .port_min = 443}},
                    .allowed_domains = {"*.example.com"}};
-  EXPECT_EQ(NetworkSpecKey(base), NetworkSpecKey(base));
+  // Equal specs built apart get equal keys, and equal keys plan equal
+  // tables (what a prepared table's reuse rests on).
+  NetworkSpec rebuilt;
+  rebuilt.allowed_domains.push_back(std::string("*.example") + ".com");
+  rebuilt.allow.push_back({.cidr = fmt::format("203.0.113.{}/24", 0), .port_min = 443});
+  EXPECT_EQ(NetworkSpecKey(rebuilt), NetworkSpecKey(base));
+  EXPECT_EQ(RenderNft(*PlanJobTable(Addressing(), rebuilt, 77)),
+            RenderNft(*PlanJobTable(Addressing(), base, 77)));
   std::vector<NetworkSpec> variants(8, base);
   variants[0].enabled = false;
   variants[1].allow[0].cidr = "203.0.113.0/25";
@@ -517,45 +524,6 @@ TEST(RulePlanTest, NetworkSpecKeyTellsApartEverythingThatShapesTheTable) {
   EXPECT_EQ(keys.size(), variants.size() + 1);
   NetworkSpec split{.allowed_domains = {"a;1:b"}}, joined{.allowed_domains = {"a", "b"}};
   EXPECT_NE(NetworkSpecKey(split), NetworkSpecKey(joined));
-}
-
-// A warm job table is taken by the next job only when its comment is the one
-// that job's table would get: the comment must change with anything that
-// changes the table.
-TEST(RulePlanTest, WarmJobTableCommentNamesTheWholeTable) {
-  NetworkSpec none;
-  auto plan = PlanJobTable(Addressing(), none, 77);
-  ASSERT_TRUE(plan) << plan.error().ToString();
-  std::string comment = WarmJobTableComment(*plan, none);
-  EXPECT_TRUE(comment.starts_with(kWarmJobTableTag)) << comment;
-  EXPECT_TRUE(comment.ends_with(" " + NetworkSpecKey(none))) << comment;
-  EXPECT_EQ(WarmJobTableComment(*plan, none), comment);
-
-  std::set<std::string> comments = {comment};
-  // Without logging (a launcher without --events), another log group.
-  comments.insert(WarmJobTableComment(WithoutLogging(*plan), none));
-  comments.insert(WarmJobTableComment(*PlanJobTable(Addressing(), none, 78), none));
-  // Another slot's addresses; the same addresses under another name.
-  JobAddressing moved = Addressing();
-  moved.job_v4 = P("10.254.0.18");
-  comments.insert(WarmJobTableComment(*PlanJobTable(moved, none, 77), none));
-  JobAddressing renamed = Addressing();
-  renamed.host_ifname = "rj4";
-  comments.insert(WarmJobTableComment(*PlanJobTable(renamed, none, 77), none));
-  // Another spec.
-  NetworkSpec web{.allow = {{.cidr = "203.0.113.10", .port_min = 80}}};
-  comments.insert(WarmJobTableComment(*PlanJobTable(Addressing(), web, 77), web));
-  EXPECT_EQ(comments.size(), 6u);
-  for (const std::string& each : comments) EXPECT_LE(each.size(), kMaxTableComment) << each;
-
-  // Never warm: a spec with domains (its DNS sets fill with one job's
-  // answers), one whose key does not fit in a comment.
-  NetworkSpec named{.allowed_domains = {"api.example.com"}};
-  EXPECT_EQ(WarmJobTableComment(*PlanJobTable(Addressing(), named, 77), named), "");
-  NetworkSpec wide;
-  for (int i = 0; i < 20; ++i)
-    wide.allow.push_back({.cidr = fmt::format("203.0.113.{}", i), .port_min = 80});
-  EXPECT_EQ(WarmJobTableComment(*PlanJobTable(Addressing(), wide, 77), wide), "");
 }
 
 TEST(LogPrefixTest, ParsesOnlyPlannerPrefixes) {

@@ -12,13 +12,16 @@
 #include <time.h>
 
 #include <cstring>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
-#include <libnftnl/udata.h>
 
 #include "netlink_handles.h"
 
@@ -32,43 +35,6 @@ constexpr uint32_t kTypeIpv6Addr = 8;
 
 uint32_t InitialSeq() {
   return static_cast<uint32_t>(time(nullptr)) & 0x7fffffff;
-}
-
-// `comment` as nft(8) stores a table's comment: one NFTNL_UDATA_TABLE_COMMENT
-// attribute in the table's userdata.
-Result<void> SetTableComment(nftnl_table* table, const std::string& comment) {
-  std::unique_ptr<nftnl_udata_buf, void (*)(const nftnl_udata_buf*)> buffer(
-      nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN), nftnl_udata_buf_free);
-  if (!buffer) return Error::FromErrno("nft table comment", ENOMEM);
-  if (!nftnl_udata_put_strz(buffer.get(), NFTNL_UDATA_TABLE_COMMENT, comment.c_str())) {
-    return Error::Make(
-        ErrorCode::kInvalidArgument,
-        fmt::format("nft table comment of {} bytes: at most {}", comment.size(), kMaxTableComment));
-  }
-  nftnl_table_set_data(table, NFTNL_TABLE_USERDATA, nftnl_udata_buf_data(buffer.get()),
-                       nftnl_udata_buf_len(buffer.get()));
-  return {};
-}
-
-// The comment in a listed table's userdata, if it has one.
-std::string TableComment(const nftnl_table* table) {
-  if (!nftnl_table_is_set(table, NFTNL_TABLE_USERDATA)) return {};
-  uint32_t len = 0;
-  const void* data = nftnl_table_get_data(table, NFTNL_TABLE_USERDATA, &len);
-  std::string comment;
-  nftnl_udata_parse(
-      data, len,
-      [](const nftnl_udata* attr, void* out) {
-        uint8_t size = nftnl_udata_len(attr);
-        if (nftnl_udata_type(attr) == NFTNL_UDATA_TABLE_COMMENT && size > 0) {
-          // A NUL-terminated string (nftnl_udata_put_strz).
-          static_cast<std::string*>(out)->assign(static_cast<const char*>(nftnl_udata_get(attr)),
-                                                 size - 1);
-        }
-        return 0;
-      },
-      &comment);
-  return comment;
 }
 
 // The table message of a plan, owned or not, with or without NLM_F_EXCL.
@@ -240,6 +206,100 @@ uint32_t HookNumber(NftHook hook) {
   return 0;
 }
 
+// The chain message ApplyTablePlan sends for `planned`.
+NftnlChainPtr MakeChain(const std::string& table, const NftChain& planned) {
+  NftnlChainPtr chain(nftnl_chain_alloc());
+  nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_TABLE, table.c_str());
+  nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_NAME, planned.name.c_str());
+  nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
+  if (planned.hook != NftHook::kNone) {
+    nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_HOOKNUM, HookNumber(planned.hook));
+    nftnl_chain_set_s32(chain.get(), NFTNL_CHAIN_PRIO, planned.priority);
+    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_TYPE, planned.nat ? "nat" : "filter");
+    nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_POLICY,
+                        planned.policy == NftVerdict::kDrop ? NF_DROP : NF_ACCEPT);
+  }
+  return chain;
+}
+
+// The rule message ApplyTablePlan sends for rule `index` of `chain`.
+Result<NftnlRulePtr> MakeRule(const NftTablePlan& plan, const NftChain& chain, size_t index) {
+  NftnlRulePtr rule(nftnl_rule_alloc());
+  nftnl_rule_set_str(rule.get(), NFTNL_RULE_TABLE, plan.name.c_str());
+  nftnl_rule_set_str(rule.get(), NFTNL_RULE_CHAIN, chain.name.c_str());
+  nftnl_rule_set_u32(rule.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
+  RuleBuilder builder(rule.get(), plan.nflog_group);
+  TRY_CTX(BuildRule(builder, chain.rules[index], plan),
+          fmt::format("chain {} rule {}", chain.name, index));
+  return rule;
+}
+
+// The expressions of `rule`, in order.
+std::vector<const nftnl_expr*> Expressions(nftnl_rule* rule) {
+  std::vector<const nftnl_expr*> exprs;
+  nftnl_expr_foreach(
+      rule,
+      [](nftnl_expr* e, void* out) {
+        static_cast<std::vector<const nftnl_expr*>*>(out)->push_back(e);
+        return 0;
+      },
+      &exprs);
+  return exprs;
+}
+
+// Whether the kernel's expression `theirs` is the one we send as `ours`:
+// every attribute either side has is compared byte for byte, except those
+// the kernel adds with their neutral value (a lookup's flags, a bitwise
+// operation's kind) and the set id, which only travels within a
+// transaction. Anything else one side lacks is a difference: a rule that
+// fails to compare is replaced, never taken.
+bool SameExpression(const nftnl_expr* ours, const nftnl_expr* theirs) {
+  std::string name = nftnl_expr_get_str(ours, NFTNL_EXPR_NAME);
+  if (name != nftnl_expr_get_str(theirs, NFTNL_EXPR_NAME)) return false;
+  auto neutral = [&](uint16_t attr, const nftnl_expr* e) {
+    if (name == "lookup" && attr == NFTNL_EXPR_LOOKUP_SET_ID) return e == ours;
+    if ((name == "lookup" && attr == NFTNL_EXPR_LOOKUP_FLAGS) ||
+        (name == "bitwise" && attr == NFTNL_EXPR_BITWISE_OP)) {
+      return e == theirs && nftnl_expr_get_u32(e, attr) == 0;
+    }
+    return false;
+  };
+  constexpr uint16_t kMaxAttribute = NFTNL_EXPR_BASE + 32;
+  for (uint16_t attr = NFTNL_EXPR_BASE; attr < kMaxAttribute; ++attr) {
+    bool in_ours = nftnl_expr_is_set(ours, attr);
+    bool in_theirs = nftnl_expr_is_set(theirs, attr);
+    if (in_ours && in_theirs) {
+      uint32_t our_len = 0, their_len = 0;
+      const void* our_data = nftnl_expr_get(ours, attr, &our_len);
+      const void* their_data = nftnl_expr_get(theirs, attr, &their_len);
+      if (our_len != their_len || std::memcmp(our_data, their_data, our_len) != 0) return false;
+    } else if (in_ours != in_theirs && !neutral(attr, in_ours ? ours : theirs)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool SameChain(const nftnl_chain* ours, const nftnl_chain* theirs) {
+  for (uint16_t attr : {NFTNL_CHAIN_HOOKNUM, NFTNL_CHAIN_PRIO, NFTNL_CHAIN_POLICY}) {
+    bool in_ours = nftnl_chain_is_set(ours, attr);
+    if (in_ours != nftnl_chain_is_set(theirs, attr)) return false;
+    if (in_ours && nftnl_chain_get_u32(ours, attr) != nftnl_chain_get_u32(theirs, attr))
+      return false;
+  }
+  bool typed = nftnl_chain_is_set(ours, NFTNL_CHAIN_TYPE);
+  if (typed != nftnl_chain_is_set(theirs, NFTNL_CHAIN_TYPE)) return false;
+  if (typed && std::string_view(nftnl_chain_get_str(ours, NFTNL_CHAIN_TYPE)) !=
+                   nftnl_chain_get_str(theirs, NFTNL_CHAIN_TYPE))
+    return false;
+  // A base chain's NFT_CHAIN_BASE is all the kernel may add (no offload,
+  // no binding).
+  uint32_t flags = nftnl_chain_is_set(theirs, NFTNL_CHAIN_FLAGS)
+                       ? nftnl_chain_get_u32(theirs, NFTNL_CHAIN_FLAGS)
+                       : 0;
+  return (flags & ~static_cast<uint32_t>(NFT_CHAIN_BASE)) == 0;
+}
+
 }  // namespace
 
 class NftSocket::Batch {
@@ -405,7 +465,6 @@ Result<void> NftSocket::ApplyTablePlan(const NftTablePlan& plan, TableOwner owne
   if (owner == TableOwner::kThisSocket) {
     nftnl_table_set_u32(table.get(), NFTNL_TABLE_FLAGS, NFT_TABLE_F_OWNER);
   }
-  if (!plan.comment.empty()) TRY(SetTableComment(table.get(), plan.comment));
   nftnl_table_nlmsg_build_payload(
       batch.Begin(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, fmt::format("table {}", name)),
       table.get());
@@ -429,17 +488,7 @@ Result<void> NftSocket::ApplyTablePlan(const NftTablePlan& plan, TableOwner owne
 
   // Chains first (rules jump between them), then their rules.
   for (const NftChain& planned : plan.chains) {
-    NftnlChainPtr chain(nftnl_chain_alloc());
-    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_TABLE, name.c_str());
-    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_NAME, planned.name.c_str());
-    nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-    if (planned.hook != NftHook::kNone) {
-      nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_HOOKNUM, HookNumber(planned.hook));
-      nftnl_chain_set_s32(chain.get(), NFTNL_CHAIN_PRIO, planned.priority);
-      nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_TYPE, planned.nat ? "nat" : "filter");
-      nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_POLICY,
-                          planned.policy == NftVerdict::kDrop ? NF_DROP : NF_ACCEPT);
-    }
+    NftnlChainPtr chain = MakeChain(name, planned);
     nftnl_chain_nlmsg_build_payload(
         batch.Begin(NFT_MSG_NEWCHAIN, NLM_F_CREATE, fmt::format("chain {}", planned.name)),
         chain.get());
@@ -447,13 +496,7 @@ Result<void> NftSocket::ApplyTablePlan(const NftTablePlan& plan, TableOwner owne
   }
   for (const NftChain& planned : plan.chains) {
     for (size_t i = 0; i < planned.rules.size(); ++i) {
-      NftnlRulePtr rule(nftnl_rule_alloc());
-      nftnl_rule_set_str(rule.get(), NFTNL_RULE_TABLE, name.c_str());
-      nftnl_rule_set_str(rule.get(), NFTNL_RULE_CHAIN, planned.name.c_str());
-      nftnl_rule_set_u32(rule.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
-      RuleBuilder builder(rule.get(), plan.nflog_group);
-      TRY_CTX(BuildRule(builder, planned.rules[i], plan),
-              fmt::format("chain {} rule {}", planned.name, i));
+      NftnlRulePtr rule = TRY(MakeRule(plan, planned, i));
       nftnl_rule_nlmsg_build_payload(batch.Begin(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
                                                  fmt::format("chain {} rule {}", planned.name, i)),
                                      rule.get());
@@ -462,10 +505,6 @@ Result<void> NftSocket::ApplyTablePlan(const NftTablePlan& plan, TableOwner owne
   }
   TRY_CTX(Commit(batch), fmt::format("creating table inet {}", name));
   return {};
-}
-
-Result<void> NftSocket::DeleteTable(std::string_view table_name) {
-  return DeleteTables({std::string(table_name)});
 }
 
 Result<void> NftSocket::DeleteTables(const std::vector<std::string>& names) {
@@ -516,50 +555,169 @@ Result<void> NftSocket::AddSetElement(std::string_view table_name, std::string_v
   return {};
 }
 
-Result<std::vector<NftTableInfo>> NftSocket::ListTables() {
-  std::lock_guard lock(mutex_);
+Result<void> NftSocket::Dump(uint16_t type, const std::function<void(nlmsghdr*)>& fill,
+                             const std::function<void(const nlmsghdr*)>& each) {
   std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE);
   uint32_t seq = seq_++;
-  nlmsghdr* request =
-      nftnl_nlmsg_build_hdr(buffer.data(), NFT_MSG_GETTABLE, NFPROTO_INET, NLM_F_DUMP, seq);
+  nlmsghdr* request = nftnl_nlmsg_build_hdr(buffer.data(), type, NFPROTO_INET, NLM_F_DUMP, seq);
+  if (fill) fill(request);
   if (mnl_socket_sendto(socket_.get(), request, request->nlmsg_len) < 0) {
-    return Error::FromErrno("listing nft tables: sending", errno);
+    return Error::FromErrno("nft dump: sending", errno);
   }
-  std::vector<NftTableInfo> tables;
   for (;;) {
     ssize_t n = mnl_socket_recvfrom(socket_.get(), buffer.data(), buffer.size());
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Error::FromErrno("listing nft tables: receiving", errno);
+      return Error::FromErrno("nft dump: receiving", errno);
     }
     int len = static_cast<int>(n);
     // reinterpret_cast: as in Commit.
     for (auto* nlh = reinterpret_cast<nlmsghdr*>(buffer.data()); mnl_nlmsg_ok(nlh, len);
          nlh = mnl_nlmsg_next(nlh, &len)) {
       if (nlh->nlmsg_seq != seq) continue;  // a late answer to something else
-      if (nlh->nlmsg_type == NLMSG_DONE) return tables;
+      if (nlh->nlmsg_type == NLMSG_DONE) return {};
       if (nlh->nlmsg_type == NLMSG_ERROR) {
         auto* error = static_cast<nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
         if (error->error == 0) continue;
-        return Error::FromErrno("listing nft tables", -error->error);
+        return Error::FromErrno("nft dump", -error->error);
       }
-      NftnlTablePtr table(nftnl_table_alloc());
-      if (nftnl_table_nlmsg_parse(nlh, table.get()) < 0) {
-        return Error::FromErrno("listing nft tables: parsing a table", errno);
-      }
-      NftTableInfo info;
-      info.name = nftnl_table_get_str(table.get(), NFTNL_TABLE_NAME);
-      uint32_t flags = nftnl_table_is_set(table.get(), NFTNL_TABLE_FLAGS)
-                           ? nftnl_table_get_u32(table.get(), NFTNL_TABLE_FLAGS)
-                           : 0;
-      info.owned = (flags & NFT_TABLE_F_OWNER) != 0;
-      if (info.owned && nftnl_table_is_set(table.get(), NFTNL_TABLE_OWNER)) {
-        info.owner_portid = nftnl_table_get_u32(table.get(), NFTNL_TABLE_OWNER);
-      }
-      info.comment = TableComment(table.get());
-      tables.push_back(std::move(info));
+      each(nlh);
     }
   }
+}
+
+Result<std::vector<NftTableInfo>> NftSocket::ListTables() {
+  std::lock_guard lock(mutex_);
+  std::vector<NftTableInfo> tables;
+  bool unparsed = false;
+  TRY_CTX(Dump(NFT_MSG_GETTABLE, {},
+               [&](const nlmsghdr* nlh) {
+                 NftnlTablePtr table(nftnl_table_alloc());
+                 if (nftnl_table_nlmsg_parse(nlh, table.get()) < 0) {
+                   unparsed = true;
+                   return;
+                 }
+                 NftTableInfo info;
+                 info.name = nftnl_table_get_str(table.get(), NFTNL_TABLE_NAME);
+                 uint32_t flags = nftnl_table_is_set(table.get(), NFTNL_TABLE_FLAGS)
+                                      ? nftnl_table_get_u32(table.get(), NFTNL_TABLE_FLAGS)
+                                      : 0;
+                 info.owned = (flags & NFT_TABLE_F_OWNER) != 0;
+                 if (info.owned && nftnl_table_is_set(table.get(), NFTNL_TABLE_OWNER)) {
+                   info.owner_portid = nftnl_table_get_u32(table.get(), NFTNL_TABLE_OWNER);
+                 }
+                 tables.push_back(std::move(info));
+               }),
+          "listing nft tables");
+  if (unparsed) return Error::Make(ErrorCode::kIo, "listing nft tables: a table did not parse");
+  return tables;
+}
+
+Result<bool> NftSocket::TableMatches(const NftTablePlan& plan) {
+  std::lock_guard lock(mutex_);
+  const std::string& name = plan.name;
+  auto context = [&] { return fmt::format("reading table inet {} back", name); };
+  bool unparsed = false;
+  // The table: there, with no flags (not dormant, whose hooks are off; not
+  // owned by some socket).
+  bool found = false;
+  uint32_t table_flags = 0;
+  TRY_CTX(Dump(NFT_MSG_GETTABLE, {},
+               [&](const nlmsghdr* nlh) {
+                 NftnlTablePtr table(nftnl_table_alloc());
+                 if (nftnl_table_nlmsg_parse(nlh, table.get()) < 0) {
+                   unparsed = true;
+                 } else if (name == nftnl_table_get_str(table.get(), NFTNL_TABLE_NAME)) {
+                   found = true;
+                   if (nftnl_table_is_set(table.get(), NFTNL_TABLE_FLAGS))
+                     table_flags = nftnl_table_get_u32(table.get(), NFTNL_TABLE_FLAGS);
+                 }
+               }),
+          context());
+  if (!found || table_flags != 0) return false;
+
+  // Its chains, exactly the planned ones.
+  std::map<std::string, NftnlChainPtr> chains;
+  TRY_CTX(Dump(
+              NFT_MSG_GETCHAIN,
+              [&](nlmsghdr* request) {
+                NftnlChainPtr filter(nftnl_chain_alloc());
+                nftnl_chain_set_str(filter.get(), NFTNL_CHAIN_TABLE, name.c_str());
+                nftnl_chain_nlmsg_build_payload(request, filter.get());
+              },
+              [&](const nlmsghdr* nlh) {
+                NftnlChainPtr chain(nftnl_chain_alloc());
+                if (nftnl_chain_nlmsg_parse(nlh, chain.get()) < 0) {
+                  unparsed = true;
+                } else if (name == nftnl_chain_get_str(chain.get(), NFTNL_CHAIN_TABLE)) {
+                  chains[nftnl_chain_get_str(chain.get(), NFTNL_CHAIN_NAME)] = std::move(chain);
+                }
+              }),
+          context());
+  if (chains.size() != plan.chains.size()) return false;
+  for (const NftChain& planned : plan.chains) {
+    auto it = chains.find(planned.name);
+    if (it == chains.end() || !SameChain(MakeChain(name, planned).get(), it->second.get()))
+      return false;
+  }
+
+  // Their rules, in order, each the rule this code sends.
+  std::map<std::string, std::vector<NftnlRulePtr>> rules;
+  TRY_CTX(
+      Dump(
+          NFT_MSG_GETRULE,
+          [&](nlmsghdr* request) {
+            NftnlRulePtr filter(nftnl_rule_alloc());
+            nftnl_rule_set_str(filter.get(), NFTNL_RULE_TABLE, name.c_str());
+            nftnl_rule_nlmsg_build_payload(request, filter.get());
+          },
+          [&](const nlmsghdr* nlh) {
+            NftnlRulePtr rule(nftnl_rule_alloc());
+            if (nftnl_rule_nlmsg_parse(nlh, rule.get()) < 0) {
+              unparsed = true;
+            } else if (name == nftnl_rule_get_str(rule.get(), NFTNL_RULE_TABLE)) {
+              rules[nftnl_rule_get_str(rule.get(), NFTNL_RULE_CHAIN)].push_back(std::move(rule));
+            }
+          }),
+      context());
+  for (const NftChain& planned : plan.chains) {
+    std::vector<NftnlRulePtr>& theirs = rules[planned.name];
+    if (theirs.size() != planned.rules.size()) return false;
+    for (size_t i = 0; i < theirs.size(); ++i) {
+      NftnlRulePtr ours = TRY(MakeRule(plan, planned, i));
+      std::vector<const nftnl_expr*> our_exprs = Expressions(ours.get());
+      std::vector<const nftnl_expr*> their_exprs = Expressions(theirs[i].get());
+      if (our_exprs.size() != their_exprs.size()) return false;
+      for (size_t e = 0; e < our_exprs.size(); ++e) {
+        if (!SameExpression(our_exprs[e], their_exprs[e])) return false;
+      }
+    }
+  }
+  if (rules.size() != plan.chains.size()) return false;
+
+  // Its sets, by name (what is in them is the caller's question).
+  std::set<std::string> sets;
+  TRY_CTX(Dump(
+              NFT_MSG_GETSET,
+              [&](nlmsghdr* request) {
+                NftnlSetPtr filter(nftnl_set_alloc());
+                nftnl_set_set_str(filter.get(), NFTNL_SET_TABLE, name.c_str());
+                nftnl_set_nlmsg_build_payload(request, filter.get());
+              },
+              [&](const nlmsghdr* nlh) {
+                NftnlSetPtr set(nftnl_set_alloc());
+                if (nftnl_set_nlmsg_parse(nlh, set.get()) < 0) {
+                  unparsed = true;
+                } else if (name == nftnl_set_get_str(set.get(), NFTNL_SET_TABLE)) {
+                  sets.insert(nftnl_set_get_str(set.get(), NFTNL_SET_NAME));
+                }
+              }),
+          context());
+  std::set<std::string> planned_sets;
+  for (const NftSet& set : plan.sets) planned_sets.insert(set.name);
+  if (sets != planned_sets) return false;
+  if (unparsed) return Error::Make(ErrorCode::kIo, context() + ": an object did not parse");
+  return true;
 }
 
 }  // namespace ralph::sandbox

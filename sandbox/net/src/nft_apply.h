@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -18,56 +19,30 @@
 #include <vector>
 
 #include "netlink_handles.h"
+#include "nft_tables.h"
 #include "platform/result.h"
 #include "sandbox/net/ip_prefix.h"
 #include "sandbox/net/rule_plan.h"
 
 namespace ralph::sandbox {
 
-// Whether a table being created is owned by the creating socket.
-enum class TableOwner { kThisSocket, kNone };
-
-// What ApplyTablePlan does about a table of the same name.
-enum class ExistingTable {
-  kFail,  // kAlreadyExists
-  // Deletes it and creates the new one in the same transaction. Only for a
-  // table the caller has proven stale: the kernel refuses (EPERM, nothing
-  // changes) when another socket owns it.
-  kReplace,
-};
-
-class NftSocket {
+class NftSocket final : public NftTables {
  public:
   // Opens and binds a NETLINK_NETFILTER socket (close-on-exec) in the
   // calling thread's netns. kIo names the failing step.
   static Result<std::unique_ptr<NftSocket>> Open();
 
-  // Whether the kernel accepts NFT_TABLE_F_OWNER: commits the creation and
-  // deletion of table `probe_table` (owned) in one transaction, which leaves
-  // nothing behind. false when the kernel rejects the flag (EOPNOTSUPP, or
-  // EINVAL before 5.12's flag mask); other failures are errors.
-  Result<bool> ProbeTableOwner(std::string_view probe_table);
-
-  // Creates the table with all its sets, chains and rules in one
-  // transaction: either all of it exists afterwards or none of it.
-  // kAlreadyExists when a table of that name exists (kFail), kPermission
-  // when another socket owns it; other errors name the object the kernel
-  // refused ("chain egress rule 12: ...").
+  // NftTables, each operation one netlink transaction of this socket.
+  Result<bool> ProbeTableOwner(std::string_view probe_table) override;
   Result<void> ApplyTablePlan(const NftTablePlan& plan, TableOwner owner,
-                              ExistingTable existing = ExistingTable::kFail);
-
-  // Deletes an inet table and everything in it. A missing table is success;
-  // a table another socket owns is an error (EPERM).
-  Result<void> DeleteTable(std::string_view table);
-  // Deletes the inet tables in one transaction (missing ones are skipped).
-  Result<void> DeleteTables(const std::vector<std::string>& tables);
-
-  // Adds `address` to the named set with a timeout (element expires after it).
+                              ExistingTable existing) override;
+  Result<void> DeleteTables(const std::vector<std::string>& tables) override;
   Result<void> AddSetElement(std::string_view table, std::string_view set, const IpPrefix& address,
-                             uint64_t timeout_ms);
-
-  // The inet tables of this netns, with their owner flag.
-  Result<std::vector<NftTableInfo>> ListTables();
+                             uint64_t timeout_ms) override;
+  Result<std::vector<NftTableInfo>> ListTables() override;
+  // Reads the table back (a dump each of tables, its chains, rules and
+  // sets) and compares it with the objects ApplyTablePlan builds for `plan`.
+  Result<bool> TableMatches(const NftTablePlan& plan) override;
 
   // The port id the kernel bound this socket to (the owner of its tables).
   uint32_t portid() const;
@@ -77,6 +52,10 @@ class NftSocket {
   class Batch;
   // Sends the batch and waits for the kernel's answer to each message.
   Result<void> Commit(Batch& batch);
+  // Sends a dump request of `type` (`fill` adds its filter attributes) and
+  // hands every object of the answer to `each`. mutex_ held.
+  Result<void> Dump(uint16_t type, const std::function<void(nlmsghdr*)>& fill,
+                    const std::function<void(const nlmsghdr*)>& each);
 
   // One transaction at a time: the replies of concurrent ones would mix.
   std::mutex mutex_;

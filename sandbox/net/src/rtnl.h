@@ -13,6 +13,10 @@
 
 namespace ralph::sandbox {
 
+// Every network namespace's loopback device (LOOPBACK_IFINDEX,
+// include/net/net_namespace.h).
+inline constexpr int kLoopbackIndex = 1;
+
 // An rtnetlink socket bound to the network namespace of the thread that
 // opened it (it stays there even if the thread later moves).
 class Rtnl {

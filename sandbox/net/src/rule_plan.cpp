@@ -358,19 +358,6 @@ std::string NetworkSpecKey(const NetworkSpec& spec) {
   return key;
 }
 
-std::string WarmJobTableComment(const NftTablePlan& plan, const NetworkSpec& spec) {
-  if (!spec.allowed_domains.empty()) return {};
-  std::string key = NetworkSpecKey(spec);
-  uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a, 64-bit
-  for (unsigned char c : RenderNft(plan)) {
-    hash ^= c;
-    hash *= 0x100000001b3ull;
-  }
-  std::string comment = fmt::format("{}{:016x} {}", kWarmJobTableTag, hash, key);
-  if (comment.size() > kMaxTableComment) return {};
-  return comment;
-}
-
 std::string WarmTableName(std::string_view ifname_prefix) {
   return fmt::format("ralph-warm-{}", ifname_prefix);
 }

@@ -18,8 +18,9 @@
 //
 // Job and service tables are created owned by the service's netlink socket
 // (NFT_TABLE_F_OWNER, Linux >= 5.12) when the kernel supports it (probed at
-// Start()): the kernel then deletes them when the service's process dies,
-// however it dies, so a killed launcher blocks no later job. Tables without
+// Start(); not a launcher's, ServiceTables::kWarm, whose tables all stay
+// unowned): the kernel then deletes them when the service's process dies,
+// however it dies, so a killed service blocks no later job. Tables without
 // the flag (older kernels, older versions of this code, a service configured
 // with TableOwnership::kNever) that a dead instance left behind are swept by
 // the next Start() in the netns, and a stale unowned table in the way of a
@@ -34,19 +35,12 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <vector>
 
 #include "platform/log.h"
@@ -94,10 +88,14 @@ enum class ServiceTables {
   // per prefix and netns. For `ralph-sandbox run`: without them every run
   // is the first user of those hook points on a host where nothing else
   // holds them, and the kernel patches its code at the start and back at the
-  // exit (static keys; ~70% of a launcher's CPU). A job's own table stays
-  // too, unowned, when it qualifies (WarmJobTableComment: no domains), and
-  // the next service of the instance whose job gets that slot and would
-  // make the same table takes it as it is (at most one per address slot).
+  // exit (static keys; ~70% of a launcher's CPU). They hold no part of a
+  // job's confinement, which is all in the job's own table. That table is
+  // unowned and stays after the job, inert (no link of its name exists):
+  // the next job of its slot takes it only when the rules the kernel
+  // reports are its own plan's (read back and compared) and its plan looks
+  // up no DNS set, and replaces it in its own transaction otherwise. No
+  // transaction means no wait at exit (releasing an nft socket flushes
+  // pending nf_tables destruction: an RCU grace period).
   // RemoveWarmTables() (what `ralph-sandbox drain` runs) removes them all.
   kWarm,
 };
@@ -169,17 +167,16 @@ struct NetworkServiceConfig {
   std::function<void(LogLevel level, const std::string& message)> log;
 };
 
+class ConnectionEvents;
 class DnsForwarder;
-class NftSocket;
-struct LoggedPacket;
-struct NftTableInfo;
-struct NftTablePlan;
-struct JobAddressing;
-enum class ExistingTable;
-class NflogListener;
 class JobNetworkImpl;
-class RateLimitedSink;
-class Rtnl;
+class JobTables;
+class LinkReaper;
+class NflogListener;
+class NftSocket;
+class TablePreparer;
+struct JobAddressing;
+struct NftTablePlan;
 
 class NetworkService {
  public:
@@ -192,11 +189,10 @@ class NetworkService {
   // other errors name the step. Removes the links that a previous holder of
   // the same instance left behind when it died, and the unowned tables of
   // this instance and of every instance of ifname_prefix that no live
-  // service holds (claimed while they are removed); kWarm keeps this
-  // instance's warm job tables.
+  // service holds (claimed while they are removed).
   static Result<std::unique_ptr<NetworkService>> Start(const NetworkServiceConfig& config);
   // Removes the warm tables (ServiceTables::kWarm) of `ifname_prefix` from
-  // the calling thread's netns, and the warm job tables of every instance
+  // the calling thread's netns, and the unowned tables of every instance
   // that no live service holds, and returns their names; missing ones are
   // not an error. Safe while a service of the prefix runs: a job's own table
   // holds whatever it needs, only the next job registers the hooks again.
@@ -243,142 +239,51 @@ class NetworkService {
   const std::string& interface_prefix() const { return interface_prefix_; }
   // Whether this service's tables are owned by its netlink socket (the
   // kernel removes them when the process dies).
-  bool tables_owned() const { return tables_owned_; }
+  bool tables_owned() const;
+
+  // Connection events held back by the per-job rate limit so far
+  // (max_events_per_second), over all jobs.
+  uint64_t suppressed_events() const;
 
  private:
   friend class JobNetworkImpl;
-  friend class RateLimitedSink;
-  struct Registered {
-    std::string job_id;
-    NetEventSinkInterface* sink = nullptr;
-    int64_t window_start_ms = 0;
-    uint32_t in_window = 0;
-    uint64_t suppressed = 0;
-  };
-  // Reports the suppressed count, if any, and starts a new window.
-  static void FlushSuppressed(Registered& job);
-
   NetworkService(const NetworkServiceConfig& config, UniqueFd claim, unsigned instance,
                  std::unique_ptr<AddressPool> pool);
-  void OnLoggedPacket(const LoggedPacket& packet);
-  // Hands `event` to the job's sink, within the job's event rate.
-  void Deliver(const std::string& ifname, NetEvent event);
-  void Register(const std::string& ifname, Registered job);
-  void Unregister(const std::string& ifname);
   void Log(LogLevel level, const std::string& message) const;
-  // Removes the unowned tables of this instance and of dead instances;
-  // returns the listing it went by.
-  Result<std::vector<NftTableInfo>> SweepStaleTables();
-
-  // LinkRemoval::kBackground: what a torn-down job leaves for the reaper.
-  struct Removal {
-    std::string job_id;
-    std::string ifname;  // empty: no link to delete
-    std::string table;   // empty: no table to delete
-    uint32_t slot = 0;
-    // Until when the kernel may delete the link with the job's netns.
-    std::chrono::steady_clock::time_point deadline;
-  };
-  static constexpr std::chrono::milliseconds kKernelGrace{2000};
-  static constexpr std::chrono::milliseconds kReapPoll{10};
-  // Queues `removal`, starting the reaper thread with the first one.
-  Result<void> QueueRemoval(Removal removal);
-  void ReapLoop();
-  // Deletes the link, then the table; returns the slot once both are gone.
-  Result<void> Remove(const Removal& removal);
-
-  NetworkServiceConfig config_;
-  // Declared before what the instance makes, so released after it.
-  UniqueFd claim_;
-  // Every change to this service's tables goes through it: when owned, no
-  // other socket may make one. Closed last: the kernel then deletes whatever
-  // owned table is left.
-  std::unique_ptr<NftSocket> nft_;
-  // Whether tables are made owned, and whether that is known: a launcher
-  // (kWarm) takes ownership for granted until a table is refused
-  // (ApplyOwnedTable). Set before jobs start, or by the first table's
-  // commit; atomic for the preparer thread's reads.
-  std::atomic<bool> tables_owned_ = false;
-  std::atomic<bool> owner_known_ = false;
-  // Probes the kernel (a transaction making and deleting an owned table),
-  // sets both, and logs which clean-up path is in use.
-  Result<void> ProbeOwnership();
-  // Commits `plan` owned by the service's socket where the kernel allows it.
-  Result<void> ApplyOwnedTable(const NftTablePlan& plan, ExistingTable existing);
-  // Commits a job's table: ApplyOwnedTable, or, with a comment (a warm job
-  // table, kWarm), unowned, and nothing when the same one is in place; one
-  // in place with another comment is replaced in the same transaction.
-  Result<void> CommitJobTable(const NftTablePlan& plan, ExistingTable existing);
-  // Whether `table` is a warm job table, which a job's teardown leaves.
-  bool IsWarmJobTable(const std::string& table);
-  // kWarm: this instance's warm job tables in place, name -> comment
-  // (guarded by tables_mutex_).
-  std::map<std::string, std::string> warm_job_tables_;
-  unsigned instance_;
-  std::string interface_prefix_;
-  std::string service_table_name_;
-  uint16_t nflog_group_ = 0;
-  std::unique_ptr<AddressPool> pool_;
-  std::mutex registry_mutex_;
-  std::map<std::string, Registered> registry_;
-  // The upstream resolver (checked by Start) and the forwarder that Dns()
-  // starts for the first job with an allowlist; jobs without one never pay
-  // for its thread and sockets.
-  sockaddr_storage upstream_{};
-  socklen_t upstream_len_ = 0;
-  std::mutex dns_mutex_;
-  std::unique_ptr<DnsForwarder> dns_;  // guarded by dns_mutex_ until made
+  // The DNS forwarder, started for the first job with an allowlist (jobs
+  // without one never pay for its thread and sockets).
   Result<DnsForwarder*> Dns();
-  std::unique_ptr<NflogListener> nflog_;
-  // The service table (or, kWarm, the warm tables) exists (guarded by
-  // tables_mutex_, with table_jobs_: the jobs that need it).
-  std::mutex tables_mutex_;
-  bool service_table_ = false;
-  bool service_table_stateful_ = false;
-  size_t table_jobs_ = 0;
-  // Commits the service table, or replaces it with its stateful version
-  // when `stateful` and it is not; tables_mutex_ held. kWarm: makes the
-  // warm tables that are missing instead.
-  Result<void> CommitServiceTable(bool stateful);
-  Result<void> EnsureWarmTables(bool stateful);
-
   // The job's table for `spec`: PlanJobTable, without logging when the
   // service reports no events.
   Result<NftTablePlan> PlanJob(const JobAddressing& addressing, const NetworkSpec& spec) const;
   // A free address slot whose host link does not exist.
   Result<JobAddresses> AllocateFreeSlot();
-  // Prepared tables (NetworkServiceConfig::prepared_tables). `key` is
-  // NetworkSpecKey of the spec; empty: none wanted.
-  std::optional<JobAddresses> TakePreparedTable(const std::string& key);
-  void RequestPreparedTables(const NetworkSpec& spec, std::string key);
-  // Makes `key` the prepared tables' spec, moving those of another one to
-  // discard_; prepare_mutex_ held.
-  void SwitchPreparedKey(std::string key);
+  // Commits a table for `spec` on a free slot (TablePreparer's Prepare).
   Result<JobAddresses> PrepareTable(const NetworkSpec& spec);
+  // Deletes prepared tables nobody took and returns their slots.
   void DropPreparedTables(std::vector<JobAddresses> tables);
-  void PrepareLoop();
-  void StopPreparing();
-  std::mutex prepare_mutex_;
-  std::condition_variable prepare_cv_;
-  std::string prepared_key_;                 // guarded by prepare_mutex_, as all below
-  std::optional<NetworkSpec> prepare_spec_;  // what to prepare for; none: nothing
-  std::deque<JobAddresses> prepared_;        // committed, for prepared_key_
-  std::vector<JobAddresses> discard_;        // committed for another spec: to drop
-  bool prepare_busy_ = false;
-  bool prepare_stop_ = false;
-  std::thread preparer_;
 
-  // The reaper (LinkRemoval::kBackground). Its rtnetlink socket is opened by
-  // the first QueueRemoval(), in the caller's netns (the service's).
-  std::mutex reap_mutex_;
-  std::condition_variable reap_cv_;
-  std::deque<Removal> reap_queue_;   // guarded by reap_mutex_
-  uint64_t reap_queued_ = 0;         // removals queued so far; guarded
-  uint64_t reap_done_ = 0;           // of which done (or failed); guarded
-  std::optional<Error> reap_error_;  // guarded
-  bool reap_stop_ = false;           // guarded
-  std::unique_ptr<Rtnl> reap_rtnl_;
-  std::thread reaper_;
+  const NetworkServiceConfig config_;
+  // Declared before what the instance makes, so released after it.
+  UniqueFd claim_;
+  const unsigned instance_;
+  const std::string interface_prefix_;
+  uint16_t nflog_group_ = 0;
+  std::unique_ptr<AddressPool> pool_;
+  // Every change to this service's tables goes through it: when owned, no
+  // other socket may make one. Closed last: the kernel then deletes whatever
+  // owned table is left.
+  std::unique_ptr<NftSocket> nft_;
+  std::unique_ptr<JobTables> tables_;
+  std::unique_ptr<ConnectionEvents> events_;
+  std::unique_ptr<NflogListener> nflog_;
+  // The upstream resolver (checked by Start) for the forwarder.
+  sockaddr_storage upstream_{};
+  socklen_t upstream_len_ = 0;
+  std::mutex dns_mutex_;
+  std::unique_ptr<DnsForwarder> dns_;  // guarded by dns_mutex_ until made
+  std::unique_ptr<TablePreparer> preparer_;
+  std::unique_ptr<LinkReaper> reaper_;
 };
 
 }  // namespace ralph::sandbox

@@ -80,15 +80,8 @@ struct NftSet {
   bool timeout = true;              // elements carry a timeout
 };
 
-// nft's userdata is at most 256 bytes: a comment's 2-byte header, its text
-// and a NUL.
-inline constexpr size_t kMaxTableComment = 253;
-
 struct NftTablePlan {
   std::string name;  // family inet
-  // The table's comment (nft's table userdata, as `nft list` shows it), at
-  // most kMaxTableComment bytes; empty: none. Not part of RenderNft's output.
-  std::string comment;
   uint16_t nflog_group = 0;
   std::vector<NftSet> sets;
   std::vector<NftChain> chains;
@@ -138,23 +131,6 @@ NftTablePlan WithoutLogging(NftTablePlan plan);
 // (up to the slot's names and addresses). Pure.
 std::string NetworkSpecKey(const NetworkSpec& spec);
 
-// The comments of warm job tables start with this.
-inline constexpr std::string_view kWarmJobTableTag = "ralph warm job table ";
-
-// A launcher's job table (ServiceTables::kWarm) stays in place after its job,
-// unowned, when it has this comment, and the next launcher whose job gets
-// the same address slot and would commit the very same table takes it as
-// it is: nothing to commit at its start, nothing to delete at its end. The
-// comment names the table's whole content: kWarmJobTableTag, a 64-bit
-// FNV-1a of RenderNft(plan) (the addresses, the logging, the shape the code
-// gives it) and NetworkSpecKey(spec) verbatim, so that equal comments are
-// equal specs and no spec can be crafted to pass for another's table.
-// Empty (made and removed with its job, as usual) when the spec names
-// domains, whose DNS sets would carry one job's answers into the next, or
-// when the comment would not fit (kMaxTableComment). `plan` is PlanJobTable's
-// (or WithoutLogging's) for `spec`. Pure.
-std::string WarmJobTableComment(const NftTablePlan& plan, const NetworkSpec& spec);
-
 enum class ForwardingPolicy {
   kOnlyJobs,   // forward only to and from the job veths, drop the rest
   kUntouched,  // leave other forwarding to whoever configured it
@@ -199,7 +175,6 @@ struct NftTableInfo {
   // closes, so an owned table always has a live owner.
   bool owned = false;
   uint32_t owner_portid = 0;
-  std::string comment;  // NftTablePlan::comment; empty: none
 };
 
 // The service table's name for one instance: "ralph_service_<instance prefix>".
