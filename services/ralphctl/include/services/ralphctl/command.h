@@ -72,6 +72,7 @@ struct ParsedArgs {
   std::optional<std::string> Value(std::string_view name) const;
 };
 
+// Parsed by cli::Parser (platform/cli.h), as every binary's command line:
 // kInvalidArgument naming an unknown option or a value-less one. "--" ends
 // the options.
 Result<ParsedArgs> ParseArgs(std::span<const std::string> args, std::span<const OptionSpec> specs);
