@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "drivers/testing/temp_dir.h"
 #include "platform/cli.h"
 #include "platform/file_io.h"
 #include "platform/hex.h"
@@ -70,23 +71,20 @@ TEST(HexTest, DigitValues) {
 class AtomicFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char pattern[] = "/tmp/ralph-atomic-XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-    path_ = dir_ + "/state";
+    ASSERT_FALSE(dir_.path().empty());
+    path_ = dir_ / "state";
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
 
   // Every name in the directory: the target only, no temporary left behind.
   std::vector<std::string> Entries() const {
     std::vector<std::string> names;
-    for (const auto& entry : std::filesystem::directory_iterator(dir_)) {
+    for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
       names.push_back(entry.path().filename().string());
     }
     return names;
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"ralph-atomic"};
   std::string path_;
 };
 

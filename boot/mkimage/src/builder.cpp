@@ -672,7 +672,9 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   std::string esp = work + "/esp.img";
   TRY(BuildEsp(gpt.partitions[0].size_bytes, esp_files, options.seed, esp));
 
-  std::string tmp_disk = options.output + ".tmp";
+  // Published whole: a half-written image never has the output's name.
+  AtomicFile disk = TRY(AtomicFile::Create(options.output, 0644));
+  const std::string& tmp_disk = disk.temp_path();
   DiskLayout layout = TRY_CTX(CreateGptImage(tmp_disk, DiskBytesFor(gpt), gpt),
                               fmt::format("writing the GPT of {}", tmp_disk));
   TRY(CopyIntoDisk(esp, layout, kPartEfi));
@@ -682,9 +684,9 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   // rescue environment (issue: recovery) replaces the system part. VAR stays
   // blank: early boot formats it.
   TRY(CopyIntoDisk(recovery, layout, kPartRecovery));
-  if (::rename(tmp_disk.c_str(), options.output.c_str()) != 0) {
-    return Error::FromErrno(fmt::format("rename {} to {}", tmp_disk, options.output), errno);
-  }
+  // A build output: CopyIntoDisk synced each partition's data; losing the
+  // name to a crash means building again.
+  TRY(disk.Commit(Durability::kNone));
   report.disk_bytes = DiskBytesFor(gpt);
   return report;
 }

@@ -62,7 +62,8 @@ int main() {
              view.error().ToString());
     return 1;
   }
-  switch (Decide(view->needs_commit, all_passed)) {
+  switch (Decide(view->needs_commit ? SlotCommitment::kNeedsCommit : SlotCommitment::kCommitted,
+                 all_passed ? ChecksOutcome::kAllPassed : ChecksOutcome::kSomeFailed)) {
     case GateDecision::kCommit: {
       auto commit = CommitSlot(slot);
       if (!commit) {

@@ -3,9 +3,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <fstream>
-#include <sstream>
-
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -118,13 +115,12 @@ Result<void> WriteStatusFile(const std::string& path, const InstallStatus& statu
 }
 
 Result<InstallStatus> ReadStatusFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
+  Result<std::string> text = ReadWholeFile(path);
+  if (!text && text.error().code() == ErrorCode::kNotFound) {
     return Error::Make(ErrorCode::kNotFound, fmt::format("no install status at {}", path));
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  return TRY_CTX(StatusFromJson(text.str()), path);
+  if (!text) return text.error();
+  return TRY_CTX(StatusFromJson(*text), path);
 }
 
 ProgressTracker::ProgressTracker(std::string status_path, Callback callback,

@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -58,13 +56,6 @@ constexpr OptionSpec kOptions[] = {
     {"--tries", true},   {"--help", false}, {"--allow-downgrade", false}, {"--version", true},
     {"--digest", true},
 };
-
-std::string ReadProcCmdline() {
-  std::ifstream in("/proc/cmdline");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 std::string Hex4(uint16_t n) {
   return fmt::format("{:04X}", n);

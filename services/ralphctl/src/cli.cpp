@@ -6,6 +6,7 @@
 
 #include "platform/cli.h"
 #include "platform/efivar_store.h"
+#include "platform/file_io.h"
 #include "services/ralphctl/command.h"
 
 namespace ralph::ralphctl {
@@ -71,6 +72,10 @@ int Failed(std::string_view command, const Error& error) {
     fmt::print(stderr, "ralphctl {}: {}\n", command, error.ToString());
   }
   return kExitFailed;
+}
+
+std::string ReadProcCmdline() {
+  return ReadWholeFile("/proc/cmdline").value_or(std::string());
 }
 
 Result<void> UseEfivarsDirectory(const Invocation& invocation, const std::string& dir) {

@@ -84,6 +84,9 @@ int UsageError(std::string_view command, std::string_view message);
 // when the message already starts with it); returns kExitFailed.
 int Failed(std::string_view command, const Error& error);
 
+// The running kernel's command line; empty when /proc/cmdline cannot be read.
+std::string ReadProcCmdline();
+
 // Points libefivar at a directory store (platform/efivar_store.h
 // UseEfivarfsPathOrReexec): EFIVARFS_PATH=<dir>/. libefivar
 // reads EFIVARFS_PATH once, before main() (see platform/efivar_store.h), so
