@@ -140,8 +140,20 @@ Result<ParseOutcome> Parser::TryParse(std::span<const std::string> args) {
     std::fputs(impl_->usage.c_str(), stdout);
     return ParseOutcome::kHelpShown;
   }
-  // CLI11 takes the arguments in reverse order.
-  std::vector<std::string> reversed(args.rend() - static_cast<ptrdiff_t>(options_end), args.rend());
+  // CLI11 takes the arguments in reverse order. "--name=VALUE" goes to it as
+  // "--name" "VALUE": it reads "--name=" as a missing value, not an empty one.
+  std::vector<std::string> reversed;
+  for (size_t i = options_end; i-- > 0;) {
+    std::string_view arg = args[i];
+    size_t eq = arg.find('=');
+    if (arg.starts_with("--") && eq != std::string_view::npos &&
+        is(impl_->value_names, arg.substr(0, eq))) {
+      reversed.emplace_back(arg.substr(eq + 1));
+      reversed.emplace_back(arg.substr(0, eq));
+    } else {
+      reversed.emplace_back(arg);
+    }
+  }
   try {
     impl_->app.parse(reversed);
   } catch (const CLI::ParseError& error) {

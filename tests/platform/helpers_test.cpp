@@ -315,6 +315,14 @@ TEST(CliTest, DefaultsStayWhenAnOptionIsAbsent) {
   EXPECT_EQ(flags.out, "default");
   EXPECT_EQ(flags.tries, "3");
   EXPECT_FALSE(flags.json);
+
+  Flags empty;
+  cli::Parser with_empty = MakeParser(empty);
+  std::vector<std::string> empty_values = {"--tries=", "--out", ""};
+  auto parsed = with_empty.TryParse(empty_values);
+  ASSERT_TRUE(parsed) << parsed.error().ToString();
+  EXPECT_EQ(empty.tries, "");
+  EXPECT_EQ(empty.out, "");
 }
 
 TEST(CliTest, UsageErrorsNameTheBadFlag) {
