@@ -163,6 +163,8 @@ std::optional<int> ParseArgs(int argc, char** argv, Options& options) {
   }
   if (command != "run") {
     ralph::cli::Parser parser("ralph-sandbox", kUsage);
+    std::vector<std::string> words;  // the unknown command, reported below
+    parser.Operands(&words);
     if (std::optional<int> exit = parser.Parse(args)) return exit;  // --help
     return parser.UsageError("the commands are 'run' and 'drain'");
   }

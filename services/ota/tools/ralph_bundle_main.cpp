@@ -166,6 +166,8 @@ int Main(int argc, char** argv) {
   if (command == "create") return Create(rest);
   if (command == "info") return Info(rest);
   cli::Parser parser("ralph-bundle", kUsage);
+  std::vector<std::string> words;  // the unknown command, reported below
+  parser.Operands(&words);
   if (std::optional<int> exit = parser.Parse(args)) return *exit;  // --help, or an unknown option
   return parser.UsageError(args.empty() ? "missing command (create or info)"
                                         : fmt::format("unknown command \"{}\"", command));
