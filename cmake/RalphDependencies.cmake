@@ -6,6 +6,8 @@ find_package(ZLIB REQUIRED)
 find_package(OpenSSL REQUIRED)
 find_package(fmt REQUIRED)
 find_package(GTest REQUIRED)
+# Command lines (platform/cli.h; header-only, used by one -fexceptions TU).
+find_package(CLI11 CONFIG REQUIRED)
 
 pkg_check_modules(EFIVAR REQUIRED IMPORTED_TARGET efivar)
 pkg_check_modules(EFIBOOT REQUIRED IMPORTED_TARGET efiboot)

@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -39,6 +40,7 @@
 #include "drivers/disk.h"
 #include "drivers/gpt.h"
 #include "platform/arch.h"
+#include "platform/cli.h"
 #include "platform/efivar_store.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
@@ -272,27 +274,37 @@ int Main(int argc, char** argv) {
   bool with_rss = true;
   bool with_adaptive = true;
   std::string kinds = "buffered,direct";
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--size-mib" && i + 1 < argc) {
-      size_mib = std::stoull(argv[++i]);
-    } else if (a == "--runs" && i + 1 < argc) {
-      runs = std::stoi(argv[++i]);
-    } else if (a == "--rss-gib" && i + 1 < argc) {
-      rss_gib = std::stoull(argv[++i]);
-    } else if (a == "--no-rauc") {
-      with_rauc = false;
-    } else if (a == "--no-rss") {
-      with_rss = false;
-    } else if (a == "--no-adaptive") {
-      with_adaptive = false;
-    } else if (a == "--kinds" && i + 1 < argc) {
-      kinds = argv[++i];
-    } else {
-      Die("usage: ota_bench [--size-mib N] [--runs R] [--rss-gib G] [--kinds buffered,direct] "
-          "[--no-adaptive] [--no-rss] [--no-rauc]");
-    }
+  cli::Parser parser("ota_bench",
+                     "usage: ota_bench [--size-mib N] [--runs R] [--rss-gib G] "
+                     "[--kinds buffered,direct] [--no-adaptive] [--no-rss] [--no-rauc]\n");
+  std::optional<std::string> size_text, runs_text, rss_text;
+  bool no_rauc = false, no_rss = false, no_adaptive = false;
+  parser.Option("--size-mib", &size_text);
+  parser.Option("--runs", &runs_text);
+  parser.Option("--rss-gib", &rss_text);
+  parser.Option("--kinds", &kinds);
+  parser.Flag("--no-rauc", &no_rauc);
+  parser.Flag("--no-rss", &no_rss);
+  parser.Flag("--no-adaptive", &no_adaptive);
+  if (std::optional<int> exit = parser.Parse(argc, argv)) return *exit;
+  with_rauc = !no_rauc;
+  with_rss = !no_rss;
+  with_adaptive = !no_adaptive;
+  auto number = [&](const std::optional<std::string>& text, std::string_view flag,
+                    uint64_t* out) -> bool {
+    if (!text) return true;
+    char* end = nullptr;
+    *out = std::strtoull(text->c_str(), &end, 10);
+    if (end != text->c_str() && *end == '\0') return true;
+    parser.UsageError(fmt::format("{} takes a number, not '{}'", flag, *text));
+    return false;
+  };
+  uint64_t runs_value = static_cast<uint64_t>(runs);
+  if (!number(size_text, "--size-mib", &size_mib) || !number(runs_text, "--runs", &runs_value) ||
+      !number(rss_text, "--rss-gib", &rss_gib)) {
+    return cli::kExitUsage;
   }
+  runs = static_cast<int>(runs_value);
   std::string dir = Must(Result<std::string>(std::string(std::getenv("RALPH_BENCH_DIR"))), "dir");
   std::string efivars = std::getenv("EFIVARFS_PATH");
   auto path = [&](const std::string& name) { return dir + "/" + name; };

@@ -122,37 +122,6 @@ std::string_view SlotStatusName(SlotStatus status) {
   return "?";
 }
 
-std::string DigestToHex(const Sha256Digest& digest) {
-  std::string out;
-  out.reserve(64);
-  for (uint8_t b : digest) out += fmt::format("{:02x}", b);
-  return out;
-}
-
-Result<Sha256Digest> DigestFromHex(std::string_view hex) {
-  Sha256Digest digest{};
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  if (hex.size() != 64) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("SHA-256 digest: {} hex digits, expected 64", hex.size()));
-  }
-  for (size_t i = 0; i < 32; ++i) {
-    int hi = nibble(hex[2 * i]);
-    int lo = nibble(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) {
-      return Error::Make(ErrorCode::kInvalidArgument,
-                         fmt::format("SHA-256 digest: not a hex digit at position {}", 2 * i));
-    }
-    digest[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return digest;
-}
-
 std::vector<uint8_t> EncodeSlotState(const SlotState& state) {
   std::vector<uint8_t> out;
   out.reserve(kSlotStateSize);

@@ -263,8 +263,11 @@ Result<void> BlockDevice::ReadAt(uint64_t offset, std::span<uint8_t> out) {
   }
   // Drop clean cached pages so a verification read after Flush() reaches the
   // media rather than the page cache (dirty pages stay: flush first).
-  (void)::posix_fadvise(fd_.get(), static_cast<off_t>(absolute), static_cast<off_t>(out.size()),
-                        POSIX_FADV_DONTNEED);
+  if (int rc = ::posix_fadvise(fd_.get(), static_cast<off_t>(absolute),
+                               static_cast<off_t>(out.size()), POSIX_FADV_DONTNEED);
+      rc != 0) {
+    return Error::FromErrno(fmt::format("dropping the cached pages of {}", path_), rc);
+  }
   return PreadAll(absolute, out);
 }
 

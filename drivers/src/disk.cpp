@@ -13,7 +13,6 @@
 #include <climits>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
 
@@ -21,6 +20,7 @@
 
 #include "blkid_handles.h"
 #include "platform/efi_vars.h"
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
 
 namespace ralph {
@@ -31,10 +31,8 @@ namespace {
 constexpr uint64_t kBlkidUnit = 512;
 
 std::string ReadSysfsLine(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
+  std::string text = ReadWholeFile(path.string()).value_or(std::string());
+  return text.substr(0, text.find('\n'));
 }
 
 // The kernel's partitions of the block device `disk_rdev`, by number:

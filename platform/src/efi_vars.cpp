@@ -2,15 +2,10 @@
 
 #include <fmt/format.h>
 
+#include "platform/hex.h"
+
 namespace ralph {
 namespace {
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 // Text positions of the 16 bytes, in EFI_GUID memory order. The first three
 // fields (4, 2 and 2 bytes) are little-endian in memory but written
@@ -45,14 +40,15 @@ Result<EfiGuid> EfiGuid::Parse(std::string_view text) {
     bool dash_position = i == 8 || i == 13 || i == 18 || i == 23;
     if (dash_position) {
       if (text[i] != '-') return bad(fmt::format("expected '-' at position {}", i));
-    } else if (HexValue(text[i]) < 0) {
+    } else if (HexDigitValue(text[i]) < 0) {
       return bad(fmt::format("'{}' at position {} is not a hex digit", text[i], i));
     }
   }
   EfiGuid guid;
   for (int i = 0; i < 16; ++i) {
     int at = kTextOffsets[i];
-    guid.bytes[i] = static_cast<uint8_t>(HexValue(text[at]) << 4 | HexValue(text[at + 1]));
+    guid.bytes[i] =
+        static_cast<uint8_t>(HexDigitValue(text[at]) << 4 | HexDigitValue(text[at + 1]));
   }
   return guid;
 }

@@ -11,13 +11,12 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <optional>
 
 #include <fmt/format.h>
 
 #include "efivar_handles.h"
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
 
 namespace ralph {
@@ -47,11 +46,7 @@ Result<void> CheckName(std::string_view name) {
 // libefivar read its EFIVARFS_PATH from that environment in its constructor.
 // nullopt if unset; an error if /proc is unavailable.
 Result<std::optional<std::string>> InitialEnvironmentValue(std::string_view key) {
-  std::ifstream environ_file("/proc/self/environ", std::ios::binary);
-  if (!environ_file) {
-    return Error::FromErrno("reading /proc/self/environ", errno);
-  }
-  std::string all((std::istreambuf_iterator<char>(environ_file)), std::istreambuf_iterator<char>());
+  std::string all = TRY(ReadWholeFile("/proc/self/environ"));
   std::string prefix = fmt::format("{}=", key);
   size_t start = 0;
   while (start < all.size()) {

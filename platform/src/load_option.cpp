@@ -11,6 +11,7 @@ extern "C" {
 #include <fmt/format.h>
 
 #include "efivar_handles.h"
+#include "platform/hex.h"
 
 namespace ralph {
 namespace {
@@ -381,14 +382,8 @@ std::optional<uint16_t> ParseBootEntryName(std::string_view name) {
   if (name.size() != 8 || !name.starts_with("Boot")) return std::nullopt;
   uint16_t number = 0;
   for (char c : name.substr(4)) {
-    int digit;
-    if (c >= '0' && c <= '9') {
-      digit = c - '0';
-    } else if (c >= 'A' && c <= 'F') {
-      digit = c - 'A' + 10;
-    } else {
-      return std::nullopt;
-    }
+    int digit = HexDigitValue(c);
+    if (digit < 0 || (c >= 'a' && c <= 'f')) return std::nullopt;
     number = static_cast<uint16_t>(number << 4 | digit);
   }
   return number;

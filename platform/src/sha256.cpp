@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "platform/hex.h"
+
 namespace ralph {
 
 void Sha256::ContextDeleter::operator()(evp_md_ctx_st* context) const {
@@ -63,40 +65,12 @@ Result<Sha256Digest> Sha256::Of(std::span<const uint8_t> data) {
 }
 
 std::string DigestToHex(std::span<const uint8_t> digest) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(digest.size() * 2);
-  for (uint8_t b : digest) {
-    out.push_back(kDigits[b >> 4]);
-    out.push_back(kDigits[b & 0xf]);
-  }
-  return out;
+  return HexEncode(digest);
 }
 
 Result<Sha256Digest> ParseSha256Hex(std::string_view hex) {
-  if (hex.size() != kSha256Size * 2) {
-    return Error::Make(
-        ErrorCode::kInvalidArgument,
-        fmt::format("SHA-256 digest must be 64 hex digits, got {} characters", hex.size()));
-  }
-  auto value = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
   Sha256Digest digest;
-  for (size_t i = 0; i < digest.size(); ++i) {
-    int high = value(hex[2 * i]);
-    int low = value(hex[2 * i + 1]);
-    if (high < 0 || low < 0) {
-      size_t bad = high < 0 ? 2 * i : 2 * i + 1;
-      return Error::Make(
-          ErrorCode::kInvalidArgument,
-          fmt::format("SHA-256 digest: '{}' at position {} is not a hex digit", hex[bad], bad));
-    }
-    digest[i] = static_cast<uint8_t>(high << 4 | low);
-  }
+  TRY_CTX(HexDecodeInto(hex, digest), "SHA-256 digest");
   return digest;
 }
 

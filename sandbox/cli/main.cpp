@@ -10,10 +10,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "platform/arch.h"
+#include "platform/cli.h"
 #include "platform/log.h"
 #include "sandbox/service.h"
 
@@ -88,91 +92,111 @@ struct Options {
   bool events = false;
 };
 
-Result<Options> ParseArgs(int argc, char** argv) {
-  Options options;
-  if (argc >= 2 && std::string_view(argv[1]) == "drain") {
-    options.drain = true;
-    if (argc == 4 && std::string_view(argv[2]) == "--state-dir") {
-      options.state_dir = argv[3];
-    } else if (argc != 2) {
-      return Error::Make(ErrorCode::kInvalidArgument, "drain takes only --state-dir DIR");
-    }
-    return options;
+Result<sb::EgressRule> ParseAllow(const std::string& rule) {
+  sb::EgressRule egress;
+  size_t colon = rule.rfind(':');
+  if (colon != std::string::npos && rule.find('.') != std::string::npos) {
+    egress.cidr = rule.substr(0, colon);
+    egress.port_min = egress.port_max =
+        static_cast<uint16_t>(TRY(ParseSize("--allow", rule.substr(colon + 1))));
+  } else {
+    egress.cidr = rule;
   }
-  if (argc < 2 || std::string_view(argv[1]) != "run")
-    return Error::Make(ErrorCode::kInvalidArgument, "the commands are 'run' and 'drain'");
-  sb::SandboxSpec& spec = options.spec;
-  spec.base.assign(1, '/');  // assign(): GCC 12 -Wrestrict false positive on = "/"
-  int i = 2;
-  auto value = [&](std::string_view flag) -> Result<std::string> {
-    if (i + 1 >= argc)
-      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{} needs a value", flag));
-    return std::string(argv[++i]);
-  };
-  for (; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg == "--") {
-      ++i;
-      break;
-    }
-    if (arg == "--rootfs") {
-      spec.base = TRY(value(arg));
-      spec.base_kind = sb::BaseKind::kDirectory;
-    } else if (arg == "--image") {
-      spec.base = TRY(value(arg));
-      spec.base_kind = sb::BaseKind::kImage;
-    } else if (arg == "--ro-bind") {
-      spec.binds.push_back(TRY(ParseBind(arg, TRY(value(arg)), sb::BindAccess::kReadOnly)));
-    } else if (arg == "--bind") {
-      spec.binds.push_back(TRY(ParseBind(arg, TRY(value(arg)), sb::BindAccess::kReadWrite)));
-    } else if (arg == "--env") {
-      spec.env.push_back(TRY(value(arg)));
-    } else if (arg == "--cwd") {
-      spec.cwd = TRY(value(arg));
-    } else if (arg == "--memory") {
-      spec.limits.memory_bytes = TRY(ParseSize(arg, TRY(value(arg))));
-    } else if (arg == "--pids") {
-      spec.limits.pids = static_cast<uint32_t>(TRY(ParseSize(arg, TRY(value(arg)))));
-    } else if (arg == "--cpu-millis") {
-      spec.limits.cpu_millis = static_cast<uint32_t>(TRY(ParseSize(arg, TRY(value(arg)))));
-    } else if (arg == "--disk") {
-      spec.limits.disk_bytes = TRY(ParseSize(arg, TRY(value(arg))));
-    } else if (arg == "--nofile") {
-      spec.limits.open_files = TRY(ParseSize(arg, TRY(value(arg))));
-    } else if (arg == "--timeout") {
-      spec.timeout = std::chrono::seconds(TRY(ParseSize(arg, TRY(value(arg)))));
-    } else if (arg == "--pty") {
-      spec.stdio = sb::StdioMode::kPty;
-    } else if (arg == "--no-network") {
-      spec.network.enabled = false;
-    } else if (arg == "--allow") {
-      std::string rule = TRY(value(arg));
-      sb::EgressRule egress;
-      size_t colon = rule.rfind(':');
-      if (colon != std::string::npos && rule.find('.') != std::string::npos) {
-        egress.cidr = rule.substr(0, colon);
-        egress.port_min = egress.port_max =
-            static_cast<uint16_t>(TRY(ParseSize(arg, rule.substr(colon + 1))));
-      } else {
-        egress.cidr = rule;
-      }
-      spec.network.allow.push_back(egress);
-    } else if (arg == "--allow-domain") {
-      spec.network.allowed_domains.push_back(TRY(value(arg)));
-    } else if (arg == "--state-dir") {
-      options.state_dir = TRY(value(arg));
-    } else if (arg == "--stats") {
-      options.stats = true;
-    } else if (arg == "--events") {
-      options.events = true;
-    } else {
-      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("unknown flag '{}'", arg));
-    }
+  return egress;
+}
+
+// The values of `run` that need converting, checked once parsing is done.
+struct RunFlags {
+  std::optional<std::string> rootfs, image, memory, pids, cpu_millis, disk, nofile, timeout;
+  std::vector<std::pair<std::string, std::string>> binds;  // {"--bind"/"--ro-bind", SRC:DST}
+  std::vector<std::string> allow;
+  bool pty = false;
+  bool no_network = false;
+};
+
+Result<void> ApplyRunFlags(const RunFlags& flags, sb::SandboxSpec& spec) {
+  if (flags.rootfs && flags.image) {
+    return Error::Make(ErrorCode::kInvalidArgument, "--rootfs and --image exclude each other");
   }
-  for (; i < argc; ++i) spec.argv.push_back(argv[i]);
+  if (flags.rootfs) {
+    spec.base = *flags.rootfs;
+    spec.base_kind = sb::BaseKind::kDirectory;
+  }
+  if (flags.image) {
+    spec.base = *flags.image;
+    spec.base_kind = sb::BaseKind::kImage;
+  }
+  for (const auto& [flag, text] : flags.binds) {
+    spec.binds.push_back(TRY(ParseBind(
+        flag, text, flag == "--bind" ? sb::BindAccess::kReadWrite : sb::BindAccess::kReadOnly)));
+  }
+  if (flags.memory) spec.limits.memory_bytes = TRY(ParseSize("--memory", *flags.memory));
+  if (flags.pids) spec.limits.pids = static_cast<uint32_t>(TRY(ParseSize("--pids", *flags.pids)));
+  if (flags.cpu_millis) {
+    spec.limits.cpu_millis =
+        static_cast<uint32_t>(TRY(ParseSize("--cpu-millis", *flags.cpu_millis)));
+  }
+  if (flags.disk) spec.limits.disk_bytes = TRY(ParseSize("--disk", *flags.disk));
+  if (flags.nofile) spec.limits.open_files = TRY(ParseSize("--nofile", *flags.nofile));
+  if (flags.timeout)
+    spec.timeout = std::chrono::seconds(TRY(ParseSize("--timeout", *flags.timeout)));
+  if (flags.pty) spec.stdio = sb::StdioMode::kPty;
+  if (flags.no_network) spec.network.enabled = false;
+  for (const std::string& rule : flags.allow) spec.network.allow.push_back(TRY(ParseAllow(rule)));
   if (spec.argv.empty()) return Error::Make(ErrorCode::kInvalidArgument, "no command after '--'");
   if (spec.env.empty()) spec.env.push_back("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
-  return options;
+  return {};
+}
+
+// std::nullopt to go on with `options`; else the exit status (0 after
+// --help, 2 after a usage error).
+std::optional<int> ParseArgs(int argc, char** argv, Options& options) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string command = args.empty() ? std::string() : args[0];
+  std::span<const std::string> rest =
+      args.empty() ? std::span<const std::string>() : std::span<const std::string>(args).subspan(1);
+  if (command == "drain") {
+    options.drain = true;
+    ralph::cli::Parser parser("ralph-sandbox drain", kUsage);
+    parser.Option("--state-dir", &options.state_dir);
+    return parser.Parse(rest);
+  }
+  if (command != "run") {
+    ralph::cli::Parser parser("ralph-sandbox", kUsage);
+    std::vector<std::string> words;  // the unknown command, reported below
+    parser.Operands(&words);
+    if (std::optional<int> exit = parser.Parse(args)) return exit;  // --help
+    return parser.UsageError("the commands are 'run' and 'drain'");
+  }
+  sb::SandboxSpec& spec = options.spec;
+  spec.base.assign(1, '/');  // assign(): GCC 12 -Wrestrict false positive on = "/"
+  ralph::cli::Parser parser("ralph-sandbox run", kUsage);
+  RunFlags flags;
+  parser.Option("--rootfs", &flags.rootfs);
+  parser.Option("--image", &flags.image);
+  parser.Ordered("--ro-bind", &flags.binds);
+  parser.Ordered("--bind", &flags.binds);
+  parser.Repeated("--env", &spec.env);
+  parser.Option("--cwd", &spec.cwd);
+  parser.Option("--memory", &flags.memory);
+  parser.Option("--pids", &flags.pids);
+  parser.Option("--cpu-millis", &flags.cpu_millis);
+  parser.Option("--disk", &flags.disk);
+  parser.Option("--nofile", &flags.nofile);
+  parser.Option("--timeout", &flags.timeout);
+  parser.Flag("--pty", &flags.pty);
+  parser.Flag("--no-network", &flags.no_network);
+  parser.Repeated("--allow", &flags.allow);
+  parser.Repeated("--allow-domain", &spec.network.allowed_domains);
+  parser.Option("--state-dir", &options.state_dir);
+  parser.Flag("--stats", &options.stats);
+  parser.Flag("--events", &options.events);
+  parser.Operands(&spec.argv);
+  if (std::optional<int> exit = parser.Parse(rest)) return exit;
+  if (auto applied = ApplyRunFlags(flags, spec); !applied) {
+    return parser.UsageError(applied.error().message());
+  }
+  return std::nullopt;
 }
 
 // Maps the launcher's whole code at once (MADV_POPULATE_READ, Linux 5.14;
@@ -266,7 +290,8 @@ Result<int> Run(const Options& options) {
   auto t2 = Clock::now();
   TRY(service->Run(id));
   auto t3 = Clock::now();
-  service->Housekeep();
+  if (auto housekept = service->Housekeep(); !housekept)
+    ralph::LogWarning("{}", housekept.error().ToString());
   sb::JobResult result = TRY(service->Wait(id));
   auto t4 = Clock::now();
   TRY(service->Destroy(id));
@@ -306,12 +331,9 @@ Result<int> Run(const Options& options) {
 int main(int argc, char** argv) {
   PrefaultCode();
   ralph::LogInit("ralph-sandbox", ralph::LogSink::kStderr);
-  auto options = ParseArgs(argc, argv);
-  if (!options) {
-    ralph::LogError("{}", options.error().ToString());
-    std::fputs(kUsage, stderr);
-    return 2;
-  }
+  Options parsed;
+  if (std::optional<int> exit = ParseArgs(argc, argv, parsed)) return *exit;
+  Options* options = &parsed;
   if (options->spec.base_kind == sb::BaseKind::kDirectory && options->spec.base == "/")
     ralph::LogWarning("no --rootfs given: the host's / is the read-only base");
   if (options->drain) {

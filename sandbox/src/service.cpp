@@ -165,15 +165,25 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
   volume_options.defer_wipe = service->options_.deferred_housekeeping;
   service->volumes_ =
       TRY(LoopVolumeFactory::Open(service->options_.state_dir + "/images", volume_options));
-  if (!service->options_.deferred_housekeeping) service->Housekeep();
+  if (!service->options_.deferred_housekeeping) {
+    // Not fatal: what it cannot remove costs space, not this service's jobs.
+    auto housekept = service->Housekeep();
+    if (!housekept && service->options_.log) {
+      service->options_.log(LogLevel::kWarning, housekept.error().ToString());
+    }
+  }
   return service;
 }
 
-void SandboxService::Housekeep() {
-  // Not fatal: what it cannot remove costs space, not this service's jobs.
-  if (auto swept = SweepDeadOwnerCgroups(*cgroups_); !swept)
-    LogWarning("{}", swept.error().ToString());
-  volumes_->Sweep();
+Result<void> SandboxService::Housekeep() {
+  Result<size_t> cgroups = SweepDeadOwnerCgroups(*cgroups_);
+  Result<void> volumes = volumes_->Sweep();
+  if (!cgroups && !volumes) {
+    return Error::Make(cgroups.error().code(),
+                       fmt::format("{}; {}", cgroups.error().message(), volumes.error().message()));
+  }
+  if (!cgroups) return cgroups.error();
+  return volumes;
 }
 
 Result<SandboxService::Job*> SandboxService::Find(const JobId& id) const {

@@ -4,13 +4,11 @@
 #include <fcntl.h>
 #include <linux/loop.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -22,9 +20,9 @@
 #include <fmt/format.h>
 
 #include "fs_util.h"
+#include "platform/file_io.h"
+#include "platform/process.h"
 #include "platform/unique_fd.h"
-
-extern char** environ;
 
 namespace ralph::sandbox {
 namespace {
@@ -52,22 +50,6 @@ Result<void> CopySparse(int from, int to, uint64_t size) {
     }
     offset = hole;
   }
-  return {};
-}
-
-Result<void> RunTool(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-  pid_t pid;
-  int rc = ::posix_spawnp(&pid, args[0], nullptr, nullptr, args.data(), environ);
-  if (rc != 0) return Error::FromErrno(fmt::format("spawning {} (package e2fsprogs)", argv[0]), rc);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return Error::FromErrno(fmt::format("waiting for {}", argv[0]), errno);
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    return Error::Make(ErrorCode::kIo, fmt::format("{} failed with status {}", argv[0], status));
   return {};
 }
 
@@ -264,17 +246,25 @@ Result<std::unique_ptr<LoopVolumeFactory>> LoopVolumeFactory::Open(const std::st
   std::unique_ptr<LoopVolumeFactory> factory(new LoopVolumeFactory(state_dir, options));
   factory->volumes_dir_ = state_dir + "/volumes";
   TRY(MakeDirs(factory->volumes_dir_, 0711));
-  if (options.sweep_at_open) factory->Sweep();
+  if (options.sweep_at_open) TRY(factory->Sweep());
   return factory;
 }
 
-void LoopVolumeFactory::Sweep() {
+Result<void> LoopVolumeFactory::Sweep() {
+  // One volume that cannot be removed must not keep the others: every entry
+  // is tried, and the failures are returned together.
+  std::vector<Error> failures;
+  auto check = [&](int rc, std::string_view what, const std::string& path) {
+    int err = errno;
+    if (rc != 0 && err != ENOENT)
+      failures.push_back(Error::FromErrno(fmt::format("{} {}", what, path), err));
+  };
   for (const std::string& name : ListDir(volumes_dir_)) {
     std::string path = volumes_dir_ + "/" + name;
     if (name.rfind(".tmp-", 0) == 0) {
       // An image being made; its maker holds the lock until it is renamed.
       if (UniqueFd held = LockImage(path)) {
-        ::unlink(path.c_str());
+        check(::unlink(path.c_str()), "unlink", path);
         ++sweep_.destroyed;
       }
       continue;
@@ -284,7 +274,8 @@ void LoopVolumeFactory::Sweep() {
       if (!held) continue;  // in use
       std::string mount_point = WithoutImageSuffix(path);
       if (!IsMountPoint(mount_point)) {
-        ::rmdir(mount_point.c_str());  // cold; a mount point left empty
+        // Cold; a mount point left empty (or none: ENOENT).
+        check(::rmdir(mount_point.c_str()), "rmdir", mount_point);
         continue;
       }
       if (!Dirty(mount_point)) continue;
@@ -296,7 +287,7 @@ void LoopVolumeFactory::Sweep() {
         volume->Unlock();
       } else {
         ++sweep_.destroyed;
-        IgnoreError(volume->Destroy());
+        if (auto destroyed = volume->Destroy(); !destroyed) failures.push_back(destroyed.error());
       }
       continue;
     }
@@ -308,11 +299,21 @@ void LoopVolumeFactory::Sweep() {
     char rest = 0;
     if (std::sscanf(name.c_str(), "%d-%d%c", &pid, &number, &rest) == 2 && pid > 0 &&
         !PidAlive(pid)) {
-      if (IsMountPoint(path) && ::umount2(path.c_str(), MNT_DETACH) == 0) ++sweep_.unmounted;
-      ::rmdir(path.c_str());
-      ::unlink((path + kImageSuffix).c_str());
+      if (IsMountPoint(path)) {
+        int rc = ::umount2(path.c_str(), MNT_DETACH);
+        if (rc == 0) ++sweep_.unmounted;
+        check(rc, "umount", path);
+      }
+      std::string image = path + kImageSuffix;
+      check(::rmdir(path.c_str()), "rmdir", path);
+      check(::unlink(image.c_str()), "unlink", image);
     }
   }
+  if (failures.empty()) return {};
+  Error first = failures.front();
+  if (failures.size() == 1) return first.WithContext(fmt::format("sweeping {}", volumes_dir_));
+  return first.WithContext(
+      fmt::format("sweeping {} ({} failures, the first)", volumes_dir_, failures.size()));
 }
 
 Result<std::string> LoopVolumeFactory::TemplateFor(uint64_t bytes, uint32_t owner_uid) {
@@ -324,26 +325,22 @@ Result<std::string> LoopVolumeFactory::TemplateFor(uint64_t bytes, uint32_t owne
     templates_[key] = path;
     return path;
   }
-  std::string temp = path + fmt::format(".tmp{}", ::getpid());
-  {
-    UniqueFd fd(::open(temp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!fd) return Error::FromErrno(fmt::format("create {}", temp), errno);
-    if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0)
-      return Error::FromErrno(fmt::format("truncate {}", temp), errno);
-  }
+  AtomicFile file = TRY(AtomicFile::Create(path, 0600));
+  const std::string& temp = file.temp_path();
+  if (::ftruncate(file.fd(), static_cast<off_t>(bytes)) != 0)
+    return Error::FromErrno(fmt::format("truncate {}", temp), errno);
   // No journal (the upper is scratch space, lost with the job anyway),
   // lazy inode tables (nothing to zero on a sparse file), no reserved blocks,
   // 4 KiB blocks to match the loop device's block size whatever the size.
-  auto made =
-      RunTool({"mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", "-E",
-               fmt::format("lazy_itable_init=1,nodiscard,root_owner={}:{}", owner_uid, owner_uid),
-               "-m", "0", temp});
-  if (!made) {
-    ::unlink(temp.c_str());
-    return std::move(made).error().WithContext(fmt::format("formatting {}", temp));
-  }
-  if (::rename(temp.c_str(), path.c_str()) != 0)
-    return Error::FromErrno(fmt::format("rename {}", temp), errno);
+  TRY_CTX(
+      RunProgramChecked({.argv = {"mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", "-E",
+                                  fmt::format("lazy_itable_init=1,nodiscard,root_owner={}:{}",
+                                              owner_uid, owner_uid),
+                                  "-m", "0", temp},
+                         .package = "e2fsprogs"}),
+      fmt::format("formatting {}", temp));
+  // Scratch space, remade when lost: atomic for other processes, no sync.
+  TRY(file.Commit(Durability::kNone));
   templates_[key] = path;
   return path;
 }

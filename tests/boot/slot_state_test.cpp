@@ -150,9 +150,9 @@ TEST(SlotStateTest, DigestHex) {
   digest[31] = 0x01;
   std::string hex = DigestToHex(digest);
   EXPECT_EQ(hex.substr(0, 2), "de");
-  EXPECT_EQ(*DigestFromHex(hex), digest);
-  EXPECT_FALSE(DigestFromHex("zz").has_value());
-  EXPECT_FALSE(DigestFromHex(std::string(64, 'g')).has_value());
+  EXPECT_EQ(*ParseSha256Hex(hex), digest);
+  EXPECT_FALSE(ParseSha256Hex("zz").has_value());
+  EXPECT_FALSE(ParseSha256Hex(std::string(64, 'g')).has_value());
 }
 
 }  // namespace

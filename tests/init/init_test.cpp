@@ -369,10 +369,13 @@ TEST(RequiredServicesRunning, NamesTheServiceThatIsDown) {
 }
 
 TEST(Decide, CommitsOrMarksBadOnlyWhenNeeded) {
-  EXPECT_EQ(Decide(true, true), GateDecision::kCommit);
-  EXPECT_EQ(Decide(true, false), GateDecision::kMarkBadAndReboot);
-  EXPECT_EQ(Decide(false, false), GateDecision::kReportOnly);
-  EXPECT_EQ(Decide(false, true), GateDecision::kReportOnly);
+  EXPECT_EQ(Decide(SlotCommitment::kNeedsCommit, ChecksOutcome::kAllPassed), GateDecision::kCommit);
+  EXPECT_EQ(Decide(SlotCommitment::kNeedsCommit, ChecksOutcome::kSomeFailed),
+            GateDecision::kMarkBadAndReboot);
+  EXPECT_EQ(Decide(SlotCommitment::kCommitted, ChecksOutcome::kSomeFailed),
+            GateDecision::kReportOnly);
+  EXPECT_EQ(Decide(SlotCommitment::kCommitted, ChecksOutcome::kAllPassed),
+            GateDecision::kReportOnly);
 }
 
 // Every check can be told apart in the console and runs: a name, unique,

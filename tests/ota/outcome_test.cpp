@@ -108,7 +108,13 @@ TEST(UpdateRecordFile, WritesAtomicallyAndReadsBack) {
   auto read = ReadUpdateRecord(path);
   ASSERT_TRUE(read) << read.error().ToString();
   EXPECT_EQ(*read, record);
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  // Only the record is left in its directory: no temporary file.
+  size_t entries = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir + "/var/lib/ralph/ota")) {
+    EXPECT_EQ(entry.path().string(), path);
+    ++entries;
+  }
+  EXPECT_EQ(entries, 1u);
 
   ASSERT_TRUE(WriteWholeFile(path, "{\"version\":"));
   auto corrupt = ReadUpdateRecord(path);

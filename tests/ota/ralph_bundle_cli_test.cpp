@@ -2,10 +2,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "test_pki.h"
 #include "test_util.h"
 #include "tests/support/loop_device.h"  // RunCommand
+#include "tests/support/run_program.h"
 
 namespace ralph::ota {
 namespace {
@@ -62,6 +65,35 @@ TEST(RalphBundleCliTest, CreatesAndReportsVerdicts) {
       bad_version.error().message().find("--version: version \"1.x\" is not MAJOR.MINOR.PATCH"),
       std::string::npos)
       << bad_version.error().message();
+}
+
+// A bad command line exits 2 naming what was wrong; --help prints the usage.
+TEST(RalphBundleCliTest, UsageErrorsExitTwo) {
+  const char* binary_dir = std::getenv("RALPH_BINARY_DIR");
+  ASSERT_NE(binary_dir, nullptr) << "run through ctest (RALPH_BINARY_DIR)";
+  std::string tool = std::string(binary_dir) + "/bin/ralph-bundle";
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const Case cases[] = {
+      {{"create", "--bogus"}, "ralph-bundle create: unknown option --bogus"},
+      {{"create", "--cert"}, "ralph-bundle create: option --cert needs a value"},
+      {{"create", "--cert", "c"}, "ralph-bundle create: missing --key"},
+      {{"info"}, "ralph-bundle info: which bundle? (one BUNDLE)"},
+      {{"info", "a", "--crl"}, "ralph-bundle info: option --crl needs a value"},
+      {{}, "ralph-bundle: missing command (create or info)"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> argv = {tool};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    ralph::testing::ProgramStreams run = ralph::testing::RunProgramStreams(argv);
+    EXPECT_EQ(run.exit, 2) << c.message << "\n" << run.err;
+    EXPECT_NE(run.err.find(c.message), std::string::npos) << run.err;
+  }
+  ralph::testing::ProgramStreams help = ralph::testing::RunProgramStreams({tool, "info", "--help"});
+  EXPECT_EQ(help.exit, 0) << help.err;
+  EXPECT_NE(help.out.find("usage:\n  ralph-bundle create"), std::string::npos) << help.out;
 }
 
 }  // namespace

@@ -169,7 +169,7 @@ TEST_F(RalphctlBootTest, BadCommandLinesExitTwoNamingTheProblemAndTouchNothing) 
       {{"begin-write", "b"}, "--version is required"},
       {{"begin-write", "b", "--version", "1.x"}, "version \"1.x\" is not MAJOR.MINOR.PATCH"},
       {{"finish-write", "b", "--version", "1.0.0", "--digest", "abc"},
-       "SHA-256 digest: 3 hex digits, expected 64"},
+       "SHA-256 digest: expected 64 hex digits, got 3"},
   };
   for (const Case& c : cases) {
     ProgramRun run = Boot(c.args);

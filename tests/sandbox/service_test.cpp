@@ -566,7 +566,7 @@ TEST_F(ServiceTest, DeferredHousekeepingLeavesTheWipeOffTheJobsPath) {
   expect_nothing_left(RunJob(read));
   EXPECT_EQ(CountVolumes(state).images, 2u);
   EXPECT_EQ(left_behind(), 1u);
-  service_->Housekeep();  // nobody holds them: both are emptied
+  ASSERT_TRUE(service_->Housekeep());  // nobody holds them: both are emptied
   EXPECT_EQ(left_behind(), 0u);
   ASSERT_EQ(RunJob(write).exit_code, 0);
   EXPECT_EQ(left_behind(), 1u);
@@ -578,7 +578,7 @@ TEST_F(ServiceTest, DeferredHousekeepingLeavesTheWipeOffTheJobsPath) {
   expect_nothing_left(RunJob(read));
   expect_nothing_left(RunJob(read));
   EXPECT_EQ(CountVolumes(state).images, 2u);
-  service_->Housekeep();
+  ASSERT_TRUE(service_->Housekeep());
   EXPECT_EQ(left_behind(), 0u);
   service_.reset();
   auto unmounted = UnmountIdleVolumes(state + "/images");

@@ -6,12 +6,15 @@
 //                       [--chunk-size BYTES] -o OUT.rbundle
 //   ralph-bundle info BUNDLE [--keyring DIR|FILE] [--crl FILE]
 #include <cstdio>
-#include <map>
+#include <cstdlib>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "platform/cli.h"
 #include "platform/log.h"
 #include "services/ota/bundle/bundle.h"
 
@@ -25,75 +28,67 @@ constexpr char kUsage[] =
     "                      [--raise-minimum-to X.Y.Z] [--chunk-size BYTES] -o OUT.rbundle\n"
     "  ralph-bundle info BUNDLE [--keyring DIR|FILE] [--crl PEM]\n";
 
-// Parses "--name value" pairs; positional arguments go to `positional`.
-Result<std::map<std::string, std::string>> ParseOptions(int argc, char** argv, int first,
-                                                        std::vector<std::string>& positional) {
-  std::map<std::string, std::string> options;
-  for (int i = first; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.starts_with("-")) {
-      if (i + 1 >= argc) {
-        return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{} needs a value", arg));
-      }
-      options[arg] = argv[++i];
-    } else {
-      positional.push_back(arg);
-    }
-  }
-  return options;
+Result<Version> ParseVersionFlag(std::string_view flag, const std::string& text) {
+  return TRY_CTX(Version::Parse(text), std::string(flag));
 }
 
-Result<std::string> Take(std::map<std::string, std::string>& options, const std::string& name,
-                         bool required) {
-  auto it = options.find(name);
-  if (it == options.end()) {
-    if (required) return Error::Make(ErrorCode::kInvalidArgument, fmt::format("missing {}", name));
-    return std::string();
-  }
-  std::string value = std::move(it->second);
-  options.erase(it);
-  return value;
-}
-
-Result<void> Create(int argc, char** argv) {
-  std::vector<std::string> positional;
-  auto options = TRY(ParseOptions(argc, argv, 2, positional));
+// Exit status: 0 created, 1 failed, 2 a bad command line.
+int Create(std::span<const std::string> args) {
+  cli::Parser parser("ralph-bundle create", kUsage);
   CreateOptions create;
-  create.cert_path = TRY(Take(options, "--cert", true));
-  create.key_path = TRY(Take(options, "--key", true));
-  create.extra_certs_path = TRY(Take(options, "--certs", false));
-  create.version = TRY_CTX(Version::Parse(TRY(Take(options, "--version", true))), "--version");
-  create.product = TRY(Take(options, "--product", true));
-  create.arch = TRY(Take(options, "--arch", true));
-  create.rootfs_path = TRY(Take(options, "--rootfs", true));
-  create.uki_path = TRY(Take(options, "--uki", true));
-  create.output_path = TRY(Take(options, "-o", true));
-  if (std::string v = TRY(Take(options, "--install-from", false)); !v.empty()) {
-    create.install_from = TRY_CTX(Version::Parse(v), "--install-from");
+  std::string version, install_from, raise_minimum_to, chunk_size;
+  struct Required {
+    const char* name;
+    std::string* value;
+  };
+  const Required required[] = {
+      {"--cert", &create.cert_path}, {"--key", &create.key_path},
+      {"--version", &version},       {"--product", &create.product},
+      {"--arch", &create.arch},      {"--rootfs", &create.rootfs_path},
+      {"--uki", &create.uki_path},   {"-o", &create.output_path},
+  };
+  for (const Required& option : required) parser.Option(option.name, option.value);
+  parser.Option("--certs", &create.extra_certs_path);
+  parser.Option("--install-from", &install_from);
+  parser.Option("--raise-minimum-to", &raise_minimum_to);
+  parser.Option("--chunk-size", &chunk_size);
+  if (std::optional<int> exit = parser.Parse(args)) return *exit;
+  for (const Required& option : required) {
+    if (option.value->empty()) return parser.UsageError(fmt::format("missing {}", option.name));
   }
-  if (std::string v = TRY(Take(options, "--raise-minimum-to", false)); !v.empty()) {
-    create.raise_minimum_to = TRY_CTX(Version::Parse(v), "--raise-minimum-to");
+  auto parsed_version = ParseVersionFlag("--version", version);
+  if (!parsed_version) return parser.UsageError(parsed_version.error().message());
+  create.version = *parsed_version;
+  if (!install_from.empty()) {
+    auto parsed = ParseVersionFlag("--install-from", install_from);
+    if (!parsed) return parser.UsageError(parsed.error().message());
+    create.install_from = *parsed;
   }
-  if (std::string v = TRY(Take(options, "--chunk-size", false)); !v.empty()) {
+  if (!raise_minimum_to.empty()) {
+    auto parsed = ParseVersionFlag("--raise-minimum-to", raise_minimum_to);
+    if (!parsed) return parser.UsageError(parsed.error().message());
+    create.raise_minimum_to = *parsed;
+  }
+  if (!chunk_size.empty()) {
     char* end = nullptr;
-    unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+    unsigned long long n = std::strtoull(chunk_size.c_str(), &end, 10);
     if (*end != '\0' || n == 0 || n > kMaxChunkSize) {
-      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("--chunk-size {} is invalid", v));
+      return parser.UsageError(fmt::format("--chunk-size {} is invalid", chunk_size));
     }
     create.chunk_size = static_cast<uint32_t>(n);
   }
-  if (!options.empty() || !positional.empty()) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("unknown argument {}",
-                                   options.empty() ? positional.front() : options.begin()->first));
+  auto created = CreateBundle(create);
+  if (!created) {
+    LogError("creating {}: {}", create.output_path, created.error().ToString());
+    return 1;
   }
-  Manifest m = TRY_CTX(CreateBundle(create), fmt::format("creating {}", create.output_path));
+  const Manifest& m = *created;
   std::printf("created %s: %s %s/%s, rootfs %llu bytes, uki %llu bytes\n",
               create.output_path.c_str(), m.version.ToString().c_str(), m.product.c_str(),
               m.arch.c_str(),
               static_cast<unsigned long long>(m.Find(PayloadType::kSystemImage)->size),
               static_cast<unsigned long long>(m.Find(PayloadType::kUki)->size));
-  return {};
+  return 0;
 }
 
 void PrintManifest(const OpenedBundle& b) {
@@ -117,16 +112,17 @@ void PrintManifest(const OpenedBundle& b) {
               b.signer.not_after.c_str());
 }
 
-// Exit status: 0 valid, 1 invalid or error, 2 not verified (no keyring).
-int Info(int argc, char** argv) {
+// Exit status: 0 valid, 1 invalid or error, 2 not verified (no keyring) or
+// a bad command line.
+int Info(std::span<const std::string> args) {
+  cli::Parser parser("ralph-bundle info", kUsage);
   std::vector<std::string> positional;
-  auto options = ParseOptions(argc, argv, 2, positional);
-  if (!options || positional.size() != 1) {
-    std::fputs(kUsage, stderr);
-    return 1;
-  }
-  std::string keyring_path = options->count("--keyring") ? (*options)["--keyring"] : "";
-  std::string crl_path = options->count("--crl") ? (*options)["--crl"] : "";
+  std::string keyring_path, crl_path;
+  parser.Option("--keyring", &keyring_path);
+  parser.Option("--crl", &crl_path);
+  parser.Operands(&positional);
+  if (std::optional<int> exit = parser.Parse(args)) return *exit;
+  if (positional.size() != 1) return parser.UsageError("which bundle? (one BUNDLE)");
   auto source = FileSource::Open(positional[0]);
   if (!source) {
     LogError("{}", source.error().ToString());
@@ -163,22 +159,18 @@ int Info(int argc, char** argv) {
 
 int Main(int argc, char** argv) {
   LogInit("ralph-bundle", LogSink::kStderr);
-  if (argc < 2) {
-    std::fputs(kUsage, stderr);
-    return 1;
-  }
-  std::string command = argv[1];
-  if (command == "create") {
-    auto result = Create(argc, argv);
-    if (!result) {
-      LogError("{}", result.error().ToString());
-      return 1;
-    }
-    return 0;
-  }
-  if (command == "info") return Info(argc, argv);
-  std::fputs(kUsage, stderr);
-  return 1;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string command = args.empty() ? std::string() : args[0];
+  std::span<const std::string> rest =
+      args.empty() ? std::span<const std::string>() : std::span<const std::string>(args).subspan(1);
+  if (command == "create") return Create(rest);
+  if (command == "info") return Info(rest);
+  cli::Parser parser("ralph-bundle", kUsage);
+  std::vector<std::string> words;  // the unknown command, reported below
+  parser.Operands(&words);
+  if (std::optional<int> exit = parser.Parse(args)) return *exit;  // --help, or an unknown option
+  return parser.UsageError(args.empty() ? "missing command (create or info)"
+                                        : fmt::format("unknown command \"{}\"", command));
 }
 
 }  // namespace

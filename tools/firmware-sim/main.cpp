@@ -15,26 +15,19 @@
 
 #include "boot/testing/firmware_model.h"
 #include "drivers/disk.h"
+#include "platform/cli.h"
 #include "platform/efivar_store.h"
 #include "platform/load_option.h"
 
 int main(int argc, char** argv) {
   using namespace ralph;
   using namespace ralph::boot;
+  cli::Parser parser("ralph-firmware-sim",
+                     "usage: ralph-firmware-sim --disk IMAGE (with EFIVARFS_PATH set)\n");
   std::string disk;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--disk" && i + 1 < argc) {
-      disk = argv[++i];
-    } else {
-      fmt::print(stderr, "usage: ralph-firmware-sim --disk IMAGE (with EFIVARFS_PATH set)\n");
-      return 2;
-    }
-  }
-  if (disk.empty()) {
-    fmt::print(stderr, "ralph-firmware-sim: --disk is required\n");
-    return 2;
-  }
+  parser.Option("--disk", &disk);
+  if (std::optional<int> exit = parser.Parse(argc, argv)) return *exit;
+  if (disk.empty()) return parser.UsageError("--disk is required");
   Result<DiskLayout> layout = ProbeDisk(disk);
   if (!layout) {
     fmt::print(stderr, "ralph-firmware-sim: {}\n", layout.error().ToString());

@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
   out += "}  // namespace\n\nconst PrecompiledSeccomp kDefaultSeccompPrograms[] = {\n" + table +
          "};\nconst size_t kDefaultSeccompProgramCount = " + std::to_string(std::size(kArchs)) +
          ";\n\n}  // namespace ralph::sandbox::generated\n";
-  FILE* file = std::fopen(argv[1], "w");
+  FILE* file = std::fopen(argv[1], "we");
   if (!file || std::fwrite(out.data(), 1, out.size(), file) != out.size() ||
       std::fclose(file) != 0) {
     std::perror(argv[1]);

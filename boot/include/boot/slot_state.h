@@ -68,10 +68,8 @@ std::string_view SlotStatusName(SlotStatus status);
 // A slot's version is a release version (platform/version.h).
 using SlotVersion = ::ralph::Version;
 
-using ralph::Sha256Digest;  // platform/sha256.h
-std::string DigestToHex(const Sha256Digest& digest);
-// 64 hex digits; kInvalidArgument otherwise.
-Result<Sha256Digest> DigestFromHex(std::string_view hex);
+// Spelled with DigestToHex and parsed with ParseSha256Hex (platform/sha256.h).
+using ralph::Sha256Digest;
 
 inline constexpr uint8_t kMaxTries = 15;
 

@@ -56,9 +56,10 @@ class Sha256 {
   bool finished_ = false;
 };
 
-// 64 lower-case hex digits (any length of bytes, two digits each).
+// Lower-case hex, two digits a byte (HexEncode, platform/hex.h).
 std::string DigestToHex(std::span<const uint8_t> digest);
-// Parses 64 hex digits (either case); kInvalidArgument naming what was wrong.
+// Parses 64 hex digits (either case, HexDecode); kInvalidArgument naming
+// what was wrong.
 Result<Sha256Digest> ParseSha256Hex(std::string_view hex);
 
 }  // namespace ralph

@@ -114,6 +114,9 @@ struct ServiceOptions {
   // to empty (VolumeOptions::defer_wipe): a launcher calls Housekeep()
   // while its job runs, so neither the sweeps nor a wipe are on its path.
   bool deferred_housekeeping = false;
+  // Where Create() reports what its own Housekeep() could not clean up (not
+  // fatal: it costs space, not jobs). May be empty.
+  std::function<void(LogLevel level, const std::string& message)> log;
 };
 
 enum class Termination { kExited, kSignaled, kTimedOut, kKilled };
@@ -160,8 +163,10 @@ class SandboxService {
   // Sweeps what killed owners left (cgroups, volumes; see
   // SweepDeadOwnerCgroups and LoopVolumeFactory::Sweep) and empties the
   // volumes let go unwiped that nobody holds. Create() does it unless
-  // deferred_housekeeping. Failures are logged: they cost space, not jobs.
-  void Housekeep();
+  // deferred_housekeeping (and hands a failure to ServiceOptions::log).
+  // Both sweeps always run; a failure costs space, not jobs, and is
+  // returned (both failures in one error when both failed).
+  Result<void> Housekeep();
 
   size_t job_count() const { return jobs_.size(); }
   CgroupVersion cgroup_version() const { return cgroups_->version(); }

@@ -123,8 +123,9 @@ class LoopVolumeFactory {
   // Empties or removes what no process holds in volumes/ and should not be
   // there as it is: a killed process's volume mounted and full of its job's
   // files, one let go unwiped (defer_wipe), a half-made image. Adds to
-  // sweep().
-  void Sweep();
+  // sweep(). Every entry is tried; the failures (what could not be removed)
+  // come back as one error naming the first and their count.
+  Result<void> Sweep();
   ~LoopVolumeFactory();
 
   size_t pooled() const { return pool_.size(); }

@@ -101,23 +101,10 @@ const std::set<std::string_view> kClearReasons = {
     "EXPIRE",   "FAIL",  "RELEASE", "STOP", "STOPPED", "NOCARRIER", "NOCARRIER_ROAMING",
     "DEPARTED", "IPV4LL"};
 
-// Writes `content` to `path` atomically: a temporary in the same
-// directory, fsync, rename over `path`, fsync of the directory.
+// Everything here lives on /run, a tmpfs a power cut wipes anyway: a
+// replace needs atomicity for readers, no sync.
 Result<void> ReplaceFile(const std::string& path, std::string_view content) {
-  std::string tmp = path + ".tmp";
-  TRY(WriteWholeFile(tmp, content, 0644));
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return Error::FromErrno(fmt::format("open {}", tmp), errno);
-    if (::fsync(fd.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", tmp), errno);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Error::FromErrno(fmt::format("rename {} to {}", tmp, path), errno);
-  }
-  std::string dir = path.substr(0, path.rfind('/') + 1);
-  UniqueFd dir_fd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd) ::fsync(dir_fd.get());  // best effort: /run is a tmpfs
-  return {};
+  return WriteFileAtomically(path, content, 0644, Durability::kNone);
 }
 
 Result<void> MakeDirs(const std::string& path) {

@@ -113,9 +113,10 @@ Result<void> RequiredServicesRunning(const std::string& services_conf,
   return {};
 }
 
-GateDecision Decide(bool needs_commit, bool all_passed) {
-  if (!needs_commit) return GateDecision::kReportOnly;
-  return all_passed ? GateDecision::kCommit : GateDecision::kMarkBadAndReboot;
+GateDecision Decide(SlotCommitment commitment, ChecksOutcome checks) {
+  if (commitment == SlotCommitment::kCommitted) return GateDecision::kReportOnly;
+  return checks == ChecksOutcome::kAllPassed ? GateDecision::kCommit
+                                             : GateDecision::kMarkBadAndReboot;
 }
 
 std::vector<HealthCheck> HealthChecks() {

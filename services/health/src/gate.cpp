@@ -52,7 +52,8 @@ int RunHealthGate(const HealthEnvironment& env, const std::vector<HealthCheck>& 
                       view.error().ToString()));
     return 1;
   }
-  switch (Decide(view->needs_commit, all_passed)) {
+  switch (Decide(view->needs_commit ? SlotCommitment::kNeedsCommit : SlotCommitment::kCommitted,
+                 all_passed ? ChecksOutcome::kAllPassed : ChecksOutcome::kSomeFailed)) {
     case GateDecision::kCommit: {
       auto commit = CommitSlot(*env.system, slot);
       if (!commit) {

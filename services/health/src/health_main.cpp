@@ -2,8 +2,6 @@
 // started (services/health/gate.h says what it decides). This wires the
 // real machine: NVRAM through libefivar, the appliance disk, the kernel
 // command line, the steady clock and PID 1 for the reboot.
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <map>
 #include <optional>
@@ -14,7 +12,6 @@
 #include "platform/efivar_store.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
-#include "platform/unique_fd.h"
 #include "services/health/checks.h"
 #include "services/health/gate.h"
 #include "services/health/slot_gate.h"
@@ -28,14 +25,7 @@ std::map<std::string, std::string> EarlyBootRecord(const health::HealthEnvironme
   return text ? boot::ParseRecord(*text) : std::map<std::string, std::string>();
 }
 
-Result<std::string> ReadCmdline() {
-  UniqueFd fd(::open("/proc/cmdline", O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno("open /proc/cmdline", errno);
-  char buffer[4096];
-  ssize_t n = ::read(fd.get(), buffer, sizeof(buffer) - 1);
-  if (n < 0) return Error::FromErrno("read /proc/cmdline", errno);
-  return std::string(buffer, static_cast<size_t>(n));
-}
+Result<std::string> ReadCmdline() { return ReadWholeFile("/proc/cmdline"); }
 
 // libefivar's store, opened at its first use: a RECOVERY boot never opens
 // it, and an NVRAM that cannot be opened fails each slot-state step with

@@ -9,6 +9,7 @@
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
 #include "platform/arch.h"
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
 
 namespace ralph::health {
@@ -44,28 +45,22 @@ std::string Summarize(const boot::SlotState& state) {
                      slot_text(boot::Slot::kA), slot_text(boot::Slot::kB));
 }
 
+// The removable-path UKI on the ESP must survive a power cut: file and
+// directory synced. FAT has no atomic replace; the old copy stays until the
+// new one is whole.
 Result<void> CopyFile(const std::string& from, const std::string& to) {
   UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return Error::FromErrno(fmt::format("open {}", from), errno);
-  std::string tmp = to + ".new";
-  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!out) return Error::FromErrno(fmt::format("create {}", tmp), errno);
-  std::vector<char> buffer(1 << 20);
+  AtomicFile out = TRY(AtomicFile::Create(to, 0600));
+  std::vector<uint8_t> buffer(1 << 20);
   for (;;) {
     ssize_t n = ::read(in.get(), buffer.data(), buffer.size());
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return Error::FromErrno(fmt::format("read {}", from), errno);
     if (n == 0) break;
-    if (::write(out.get(), buffer.data(), static_cast<size_t>(n)) != n) {
-      return Error::FromErrno(fmt::format("write {}", tmp), errno);
-    }
+    TRY(WriteAll(out.fd(), std::span(buffer).first(static_cast<size_t>(n)), out.temp_path()));
   }
-  if (::fsync(out.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", tmp), errno);
-  // FAT has no atomic replace; the old copy stays until the new one is whole.
-  if (::rename(tmp.c_str(), to.c_str()) != 0) {
-    return Error::FromErrno(fmt::format("rename {} to {}", tmp, to), errno);
-  }
-  return {};
+  return out.Commit(Durability::kFileAndDirectorySynced);
 }
 
 }  // namespace

@@ -13,7 +13,6 @@
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -31,6 +30,7 @@
 #include "platform/efivar_store.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
+#include "platform/process.h"
 #include "platform/unique_fd.h"
 #include "services/init/mounts.h"
 #include "services/init/recovery_banner.h"
@@ -236,28 +236,11 @@ void RunSlotManager(SlotManagerAccess& access, BootMode mode) {
 // Runs a tool from the initrd with the console as its output; returns its
 // exit status.
 Result<int> RunConsoleTool(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  std::vector<std::string> copy = argv;
-  for (auto& a : copy) args.push_back(a.data());
-  args.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid < 0) return Error::FromErrno("fork", errno);
-  if (pid == 0) {
-    ::execv(args[0], args.data());
-    ::_exit(127);
+  ProgramExit run = TRY(RunProgram({.argv = argv, .output = ProgramOutput::kInherit}));
+  if (run.signal != 0) {
+    return Error::Make(ErrorCode::kIo, fmt::format("{} {}", argv[0], run.Describe()));
   }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return Error::FromErrno("waitpid", errno);
-  }
-  if (!WIFEXITED(status)) {
-    return Error::Make(ErrorCode::kIo,
-                       fmt::format("{} killed by signal {}", argv[0], WTERMSIG(status)));
-  }
-  if (WEXITSTATUS(status) == 127) {
-    return Error::Make(ErrorCode::kNotFound, fmt::format("{} could not be run", argv[0]));
-  }
-  return WEXITSTATUS(status);
+  return run.exit_status;
 }
 
 Result<void> FormatVar(const std::string& device) {

@@ -28,6 +28,7 @@
 #include "drivers/watchdog.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
+#include "platform/process.h"
 #include "platform/unique_fd.h"
 #include "services/init/mounts.h"
 #include "services/init/supervisor.h"
@@ -51,15 +52,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kStopGrace = std::chrono::seconds(5);
-
-void WriteFileAtomically(const std::string& path, const std::string& content) {
-  std::string tmp = path + ".tmp";
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!fd) return;
-  if (::write(fd.get(), content.data(), content.size()) == static_cast<ssize_t>(content.size())) {
-    ::rename(tmp.c_str(), path.c_str());
-  }
-}
 
 // Pets the watchdog early boot armed, at a third of its timeout.
 class WatchdogPetter {
@@ -94,50 +86,27 @@ class WatchdogPetter {
   Clock::time_point next_{};
 };
 
-class ForkLauncher : public ProcessLauncherInterface {
+// Starts each service in its own session with only PATH in its environment,
+// stdin on /dev/null and its output on the console.
+class SpawnLauncher : public ProcessLauncherInterface {
  public:
   Result<pid_t> Launch(const ServiceSpec& spec) override {
-    int exec_pipe[2];
-    if (::pipe2(exec_pipe, O_CLOEXEC) != 0) return Error::FromErrno("pipe2", errno);
-    UniqueFd exec_read(exec_pipe[0]), exec_write(exec_pipe[1]);
-    std::vector<std::string> argv_strings = {spec.exec};
-    argv_strings.insert(argv_strings.end(), spec.args.begin(), spec.args.end());
-    std::vector<char*> argv;
-    for (auto& a : argv_strings) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = ::fork();
-    if (pid < 0) return Error::FromErrno(fmt::format("fork for {}", spec.name), errno);
-    if (pid == 0) {
-      sigset_t none;
-      sigemptyset(&none);
-      ::sigprocmask(SIG_SETMASK, &none, nullptr);
-      ::setsid();
-      int null_fd = ::open("/dev/null", O_RDONLY);
-      int console = ::open("/dev/console", O_WRONLY | O_NOCTTY);
-      if (null_fd >= 0) ::dup2(null_fd, STDIN_FILENO);
-      if (console >= 0) {
-        ::dup2(console, STDOUT_FILENO);
-        ::dup2(console, STDERR_FILENO);
-      }
-      char* envp[] = {const_cast<char*>("PATH=/usr/bin:/sbin:/bin"), nullptr};
-      ::execve(argv[0], argv.data(), envp);
-      int err = errno;
-      (void)!::write(exec_write.get(), &err, sizeof(err));
-      ::_exit(127);
-    }
-    exec_write.reset();
-    int err = 0;
-    ssize_t n;
-    do {
-      n = ::read(exec_read.get(), &err, sizeof(err));
-    } while (n < 0 && errno == EINTR);
-    if (n == sizeof(err)) {
-      // The child exits 127 and is reaped by the main loop as an orphan.
-      return Error::FromErrno(fmt::format("exec {}", spec.exec), err);
-    }
-    return pid;
+    std::vector<std::string> argv = {spec.exec};
+    argv.insert(argv.end(), spec.args.begin(), spec.args.end());
+    // A failed exec is StartProgram's error (glibc reaps that child).
+    return TRY_CTX(StartProgram({.argv = std::move(argv),
+                                 .env = {"PATH=/usr/bin:/sbin:/bin"},
+                                 .environment = ProgramEnvironment::kOnly,
+                                 .output = ProgramOutput::kFile,
+                                 .output_file = "/dev/console"}),
+                   fmt::format("starting {}", spec.name));
   }
-  void Signal(pid_t pid, int signal) override { ::kill(pid, signal); }
+  void Signal(pid_t pid, int signal) override {
+    // ESRCH: it has exited and is about to be reaped.
+    if (::kill(pid, signal) != 0 && errno != ESRCH) {
+      LogWarning("{}", Error::FromErrno(fmt::format("kill {} {}", pid, signal), errno).ToString());
+    }
+  }
 };
 
 enum class Shutdown { kNone, kReboot, kPowerOff };
@@ -148,7 +117,7 @@ class Init {
     TRY_OR_HOLD(SetUp(), "setting up");
     auto services = LoadServices();
     if (!services) Hold(services.error().WithContext("loading services"));
-    ForkLauncher launcher;
+    SpawnLauncher launcher;
     auto supervisor = Supervisor::Create(
         std::move(*services), &launcher,
         [](const std::string& name, const ServiceStatus& s) { OnServiceChange(name, s); });
@@ -219,7 +188,14 @@ class Init {
       case ServiceState::kStopped: LogInfo("service {} stopped", name); break;
       case ServiceState::kWaiting: break;
     }
-    WriteFileAtomically("/run/ralph/services/" + name, RenderServiceStatus(status));
+    // /run: a tmpfs, so atomic for readers (ralphctl, the health gate) and
+    // never synced.
+    std::string path = "/run/ralph/services/" + name;
+    if (auto written =
+            WriteFileAtomically(path, RenderServiceStatus(status), 0644, Durability::kNone);
+        !written) {
+      LogWarning("service {}: status not published: {}", name, written.error().ToString());
+    }
   }
 
   void Reap(Supervisor* supervisor) {
@@ -261,8 +237,7 @@ class Init {
   void Loop(Supervisor& supervisor) {
     for (;;) {
       auto next_start = supervisor.Tick(Clock::now());
-      pollfd pfd{signal_fd_.get(), POLLIN, 0};
-      ::poll(&pfd, 1, PollTimeoutMs(next_start));
+      Wait(PollTimeoutMs(next_start));
       Shutdown request = HandleSignals(&supervisor);
       watchdog_.PetIfDue(Clock::now());
       if (request != Shutdown::kNone) ShutDown(supervisor, request);
@@ -274,8 +249,7 @@ class Init {
     supervisor.BeginStop();
     auto deadline = Clock::now() + kStopGrace;
     while (supervisor.AnyRunning() && Clock::now() < deadline) {
-      pollfd pfd{signal_fd_.get(), POLLIN, 0};
-      ::poll(&pfd, 1, 200);
+      Wait(200);
       HandleSignals(&supervisor);
       watchdog_.PetIfDue(Clock::now());
     }
@@ -285,11 +259,17 @@ class Init {
       ::usleep(200 * 1000);
       HandleSignals(&supervisor);
     }
-    ::kill(-1, SIGKILL);  // stray processes outside the services
+    // Stray processes outside the services; ESRCH: there are none.
+    if (::kill(-1, SIGKILL) != 0 && errno != ESRCH) {
+      LogWarning("{}", Error::FromErrno("killing the remaining processes", errno).ToString());
+    }
     ::sync();
     if (::umount2("/var", 0) != 0) {
       LogWarning("{}", Error::FromErrno("unmounting /var", errno).ToString());
-      ::mount(nullptr, "/var", nullptr, MS_REMOUNT | MS_RDONLY, nullptr);
+      if (::mount(nullptr, "/var", nullptr, MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
+        LogError("{}: unwritten data may be lost",
+                 Error::FromErrno("remounting /var read-only", errno).ToString());
+      }
     }
     ::sync();
     LogInfo("{} now", request == Shutdown::kReboot ? "rebooting" : "powering off");
@@ -304,13 +284,21 @@ class Init {
     LogError("fatal: {}: holding; the watchdog will reset the machine", error.ToString());
     for (;;) {
       if (signal_fd_) {
-        pollfd pfd{signal_fd_.get(), POLLIN, 0};
-        ::poll(&pfd, 1, -1);
+        Wait(-1);
         HandleSignals(nullptr);
       } else {
         ::pause();
         Reap(nullptr);
       }
+    }
+  }
+
+  // Waits up to `timeout_ms` (-1: forever) for a signal on the signalfd.
+  void Wait(int timeout_ms) {
+    pollfd pfd{signal_fd_.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR) {
+      // Not fatal: the loop goes on, paced by the next timeout.
+      LogWarning("{}", Error::FromErrno("poll signalfd", errno).ToString());
     }
   }
 

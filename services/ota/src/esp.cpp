@@ -5,8 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "platform/process.h"
 #include "platform/unique_fd.h"
-#include "subprocess.h"
 
 namespace ralph::ota {
 namespace {
@@ -15,6 +15,10 @@ namespace {
 // unless told not to check (https://www.gnu.org/software/mtools/manual/
 // mtools.html#Global-variables); the ESPs we make are standard FAT32 anyway.
 const std::vector<std::string> kMtoolsEnv = {"MTOOLS_SKIP_CHECK=1", "MTOOLS_NO_VFAT=0"};
+
+ProgramCommand Mtools(std::vector<std::string> argv) {
+  return {.argv = std::move(argv), .env = kMtoolsEnv, .package = "mtools"};
+}
 
 }  // namespace
 
@@ -40,15 +44,15 @@ Result<void> MtoolsEsp::InstallFile(const std::string& local_path, std::string_v
   size_t slash = 0;
   while ((slash = esp_path.find('/', slash)) != std::string_view::npos) {
     std::string dir = fmt::format("::/{}", esp_path.substr(0, slash));
-    if (!RunProgram({"mdir", "-i", image, "-b", dir}, kMtoolsEnv, nullptr)) {
-      TRY_CTX(RunProgram({"mmd", "-i", image, dir}, kMtoolsEnv, nullptr),
+    ProgramExit listed = TRY(RunProgram(Mtools({"mdir", "-i", image, "-b", dir})));
+    if (!listed.ok()) {
+      TRY_CTX(RunProgramChecked(Mtools({"mmd", "-i", image, dir})),
               fmt::format("creating {} on the ESP", dir));
     }
     ++slash;
   }
-  TRY_CTX(RunProgram(
-              {"mcopy", "-i", image, "-o", "-D", "o", local_path, fmt::format("::/{}", esp_path)},
-              kMtoolsEnv, nullptr),
+  TRY_CTX(RunProgramChecked(Mtools(
+              {"mcopy", "-i", image, "-o", "-D", "o", local_path, fmt::format("::/{}", esp_path)})),
           fmt::format("copying {} to the ESP", esp_path));
   // mtools writes through the page cache; flush the medium before anyone
   // relies on the file.
@@ -60,14 +64,18 @@ Result<void> MtoolsEsp::InstallFile(const std::string& local_path, std::string_v
 
 Result<Sha256Digest> MtoolsEsp::Digest(std::string_view esp_path) {
   Sha256 hasher = TRY(Sha256::Create());
-  auto result =
-      RunProgram({"mcopy", "-i", ImageSpec(), fmt::format("::/{}", esp_path), "-"}, kMtoolsEnv,
-                 [&](std::span<const uint8_t> data) { return hasher.Update(data); });
-  if (!result) {
-    if (result.error().message().find("not found") != std::string::npos) {
+  std::string what = fmt::format("reading {} from the ESP", esp_path);
+  ProgramCommand command =
+      Mtools({"mcopy", "-i", ImageSpec(), fmt::format("::/{}", esp_path), "-"});
+  command.on_stdout = [&](std::span<const uint8_t> data) { return hasher.Update(data); };
+  ProgramExit run = TRY_CTX(RunProgram(command), what);
+  if (!run.ok()) {
+    // mcopy: File "::/EFI/ralph/b.efi" not found
+    if (run.err.find("not found") != std::string::npos) {
       return Error::Make(ErrorCode::kNotFound, fmt::format("{} is not on the ESP", esp_path));
     }
-    return result.error().WithContext(fmt::format("reading {} from the ESP", esp_path));
+    return Error::Make(ErrorCode::kIo,
+                       fmt::format("{}: mcopy {}: {}", what, run.Describe(), run.err));
   }
   return hasher.Finish();
 }

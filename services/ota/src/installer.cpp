@@ -12,6 +12,7 @@
 
 #include "drivers/block_device.h"
 #include "platform/arch.h"
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
 #include "services/ota/esp.h"
 #include "services/ota/install_audit.h"
@@ -72,19 +73,6 @@ class StagedFile {
  private:
   std::string path_;
 };
-
-Result<void> WriteAllFd(int fd, std::span<const uint8_t> data, const std::string& what) {
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Error::FromErrno(fmt::format("write {}", what), errno);
-    }
-    done += static_cast<size_t>(n);
-  }
-  return {};
-}
 
 }  // namespace
 
@@ -285,7 +273,7 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
       if (!out) return fail(Error::FromErrno(fmt::format("create {}", staged.path()), errno));
       auto copied = CopyVerifiedPayload(
           **source, uki,
-          [&](std::span<const uint8_t> data) { return WriteAllFd(out.get(), data, staged.path()); },
+          [&](std::span<const uint8_t> data) { return WriteAll(out.get(), data, staged.path()); },
           write);
       if (!copied) return fail(std::move(copied).error().WithContext("staging the kernel image"));
     }

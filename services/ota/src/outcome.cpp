@@ -23,13 +23,6 @@ Result<UpdateOutcome> ParseOutcome(std::string_view text) {
   return Error::Make(ErrorCode::kCorrupt, fmt::format("unknown update outcome '{}'", text));
 }
 
-Result<void> FsyncPath(const std::string& path, int flags) {
-  UniqueFd fd(::open(path.c_str(), flags | O_CLOEXEC));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  if (::fsync(fd.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", path), errno);
-  return {};
-}
-
 }  // namespace
 
 std::string_view UpdateOutcomeName(UpdateOutcome outcome) {
@@ -108,13 +101,9 @@ Result<void> WriteUpdateRecord(const std::string& path, const UpdateRecord& reco
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return Error::FromErrno(fmt::format("mkdir {}", dir), ec.value());
-  std::string tmp = path + ".tmp";
-  TRY(WriteWholeFile(tmp, UpdateRecordToJson(record) + "\n", 0644));
-  TRY(FsyncPath(tmp, O_RDONLY));
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Error::FromErrno(fmt::format("rename {} to {}", tmp, path), errno);
-  }
-  return FsyncPath(dir, O_RDONLY | O_DIRECTORY);
+  // On VAR: the record must survive a power cut right after the install.
+  return WriteFileAtomically(path, UpdateRecordToJson(record) + "\n", 0644,
+                             Durability::kFileAndDirectorySynced);
 }
 
 std::optional<UpdateRecord> SettleOutcome(const UpdateRecord& record,

@@ -3,12 +3,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <fstream>
-#include <sstream>
-
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
 
 namespace ralph::ota {
@@ -112,37 +110,17 @@ Result<InstallStatus> StatusFromJson(std::string_view text) {
 }
 
 Result<void> WriteStatusFile(const std::string& path, const InstallStatus& status) {
-  std::string tmp = fmt::format("{}.{}.tmp", path, ::getpid());
-  std::string text = StatusToJson(status) + "\n";
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (!fd) return Error::FromErrno(fmt::format("create {}", tmp), errno);
-    size_t done = 0;
-    while (done < text.size()) {
-      ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Error::FromErrno(fmt::format("write {}", tmp), errno);
-      }
-      done += static_cast<size_t>(n);
-    }
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return Error::FromErrno(fmt::format("rename {} to {}", tmp, path), err);
-  }
-  return {};
+  // Progress for readers while the install runs: atomic, never synced.
+  return WriteFileAtomically(path, StatusToJson(status) + "\n", 0644, Durability::kNone);
 }
 
 Result<InstallStatus> ReadStatusFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
+  Result<std::string> text = ReadWholeFile(path);
+  if (!text && text.error().code() == ErrorCode::kNotFound) {
     return Error::Make(ErrorCode::kNotFound, fmt::format("no install status at {}", path));
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  return TRY_CTX(StatusFromJson(text.str()), path);
+  if (!text) return text.error();
+  return TRY_CTX(StatusFromJson(*text), path);
 }
 
 ProgressTracker::ProgressTracker(std::string status_path, Callback callback,

@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -59,13 +57,6 @@ constexpr OptionSpec kOptions[] = {
     {"--digest", true},
 };
 
-std::string ReadProcCmdline() {
-  std::ifstream in("/proc/cmdline");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 std::string Hex4(uint16_t n) {
   return fmt::format("{:04X}", n);
 }
@@ -102,7 +93,7 @@ json StatusJson(const StatusReport& status) {
       slots[std::string(SlotName(slot))] = {{"state", SlotStatusName(r.status)},
                                             {"tries_left", r.tries_left},
                                             {"version", r.version.ToString()},
-                                            {"digest", boot::DigestToHex(r.digest)},
+                                            {"digest", DigestToHex(r.digest)},
                                             {"entry", entry ? json(entry->number) : json()}};
     }
     out["slots"] = slots;
@@ -160,7 +151,7 @@ void PrintStatus(const StatusReport& status) {
       const boot::BootEntry* entry = view.Find(TargetOf(slot));
       fmt::print("{:<9} {:<8} {:<6} {:<12} {:<18} {}\n", SlotName(slot), SlotStatusName(r.status),
                  r.tries_left, r.version.ToString(),
-                 r.digest == Sha256Digest{} ? "-" : boot::DigestToHex(r.digest).substr(0, 16),
+                 r.digest == Sha256Digest{} ? "-" : DigestToHex(r.digest).substr(0, 16),
                  entry ? BootEntryName(entry->number) : "MISSING");
     }
   }
@@ -267,7 +258,7 @@ int RunBootCommand(const Invocation& invocation, std::span<const std::string> ar
   if (verb == "finish-write") {
     std::optional<std::string> text = parsed->Value("--digest");
     if (!text) return UsageError(command, "--digest is required");
-    Result<Sha256Digest> parsed_digest = boot::DigestFromHex(*text);
+    Result<Sha256Digest> parsed_digest = ParseSha256Hex(*text);
     if (!parsed_digest) return UsageError(command, parsed_digest.error().message());
     digest = *parsed_digest;
   }

@@ -1,9 +1,12 @@
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 
 #include <fmt/format.h>
 
+#include "platform/cli.h"
 #include "platform/efivar_store.h"
+#include "platform/file_io.h"
 #include "services/ralphctl/command.h"
 
 namespace ralph::ralphctl {
@@ -26,45 +29,28 @@ std::optional<std::string> ParsedArgs::Value(std::string_view name) const {
 }
 
 Result<ParsedArgs> ParseArgs(std::span<const std::string> args, std::span<const OptionSpec> specs) {
-  ParsedArgs parsed;
-  bool options_done = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (options_done || arg.size() < 2 || arg[0] != '-') {
-      parsed.positional.push_back(arg);
-      continue;
-    }
-    if (arg == "--") {
-      options_done = true;
-      continue;
-    }
-    std::string name = arg;
-    std::optional<std::string> inline_value;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      name = arg.substr(0, eq);
-      inline_value = arg.substr(eq + 1);
-    }
-    const OptionSpec* spec = nullptr;
-    for (const OptionSpec& candidate : specs) {
-      if (candidate.name == name) spec = &candidate;
-    }
-    if (!spec) {
-      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("unknown option {}", name));
-    }
-    if (!spec->takes_value) {
-      if (inline_value) {
-        return Error::Make(ErrorCode::kInvalidArgument,
-                           fmt::format("option {} takes no value", name));
-      }
-      parsed.options[name] = "";
-      continue;
-    }
-    if (inline_value) {
-      parsed.options[name] = *inline_value;
-    } else if (i + 1 < args.size()) {
-      parsed.options[name] = args[++i];
+  // Each command prints its own usage for --help (a flag in its specs).
+  cli::Parser parser("ralphctl");
+  std::deque<bool> flags;  // stable addresses for the parser
+  std::deque<std::optional<std::string>> values;
+  for (const OptionSpec& spec : specs) {
+    if (spec.takes_value) {
+      parser.Option(spec.name, &values.emplace_back());
     } else {
-      return Error::Make(ErrorCode::kInvalidArgument, fmt::format("option {} needs a value", name));
+      parser.Flag(spec.name, &flags.emplace_back(false));
+    }
+  }
+  ParsedArgs parsed;
+  parser.Operands(&parsed.positional);
+  TRY(parser.TryParse(args));
+  for (const OptionSpec& spec : specs) {
+    if (spec.takes_value) {
+      std::optional<std::string>& value = values.front();
+      if (value) parsed.options[std::string(spec.name)] = *value;
+      values.pop_front();
+    } else {
+      if (flags.front()) parsed.options[std::string(spec.name)] = "";
+      flags.pop_front();
     }
   }
   return parsed;
@@ -86,6 +72,10 @@ int Failed(std::string_view command, const Error& error) {
     fmt::print(stderr, "ralphctl {}: {}\n", command, error.ToString());
   }
   return kExitFailed;
+}
+
+std::string ReadProcCmdline() {
+  return ReadWholeFile("/proc/cmdline").value_or(std::string());
 }
 
 Result<void> UseEfivarsDirectory(const Invocation& invocation, const std::string& dir) {

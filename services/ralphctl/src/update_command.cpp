@@ -6,8 +6,6 @@
 
 #include <atomic>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -89,13 +87,6 @@ std::atomic<bool> g_cancel{false};
 
 void OnInterrupt(int) {
   g_cancel.store(true);
-}
-
-std::string ReadProcCmdline() {
-  std::ifstream in("/proc/cmdline");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 std::string HumanBytes(double bytes) {

@@ -115,7 +115,7 @@ Result<void> StageFile(const std::string& host_path, const std::string& dest) {
 
 // The shared objects a binary needs, loader included, as absolute host paths.
 Result<std::vector<std::string>> SharedLibraries(const std::string& binary) {
-  std::string out = TRY_CTX(RunTool({{kHostLoader, "--list", binary}}),
+  std::string out = TRY_CTX(RunTool({kHostLoader, "--list", binary}),
                             fmt::format("listing the shared libraries of {}", binary));
   std::vector<std::string> libs = ParseLoaderList(out);
   if (std::find(libs.begin(), libs.end(), kHostLoader) == libs.end()) libs.push_back(kHostLoader);
@@ -162,7 +162,7 @@ struct StagedBinary {
 // Deterministic, like the rest of the image.
 Result<void> StageExecutable(const std::string& host_path, const std::string& dest) {
   TRY(MakeDirs(fs::path(dest).parent_path().string()));
-  TRY_CTX(RunTool({{"objcopy", "--strip-debug", host_path, dest}}),
+  TRY_CTX(RunTool({"objcopy", "--strip-debug", host_path, dest}),
           fmt::format("staging {} without debug sections", host_path));
   if (::chmod(dest.c_str(), 0755) != 0)
     return Error::FromErrno(fmt::format("chmod {}", dest), errno);
@@ -235,7 +235,7 @@ Result<std::string> BuildInitrd(const KernelTree& kernel, const std::vector<std:
   TRY(WriteWholeFile(raw,
                      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size())));
   // zstd output is a pure function of input and level (no timestamps).
-  TRY_CTX(RunTool({{"zstd", "-q", "-f", "-12", "--no-progress", raw, "-o", output}}),
+  TRY_CTX(RunTool({"zstd", "-q", "-f", "-12", "--no-progress", raw, "-o", output}),
           "compressing the initrd");
   return output;
 }
@@ -250,12 +250,12 @@ Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
   // Section addresses that OVMF boots (the e2e tests prove it): the
   // stub finds the sections by name; the VMAs only must not overlap, and the
   // initrd goes last because it is the largest and grows.
-  TRY_CTX(RunTool({{"objcopy", "--add-section", ".osrel=" + osrel_file, "--change-section-vma",
-                    ".osrel=0x20000", "--add-section", ".cmdline=" + cmdline_file,
-                    "--change-section-vma", ".cmdline=0x30000", "--add-section",
-                    ".linux=" + kernel.vmlinuz(), "--change-section-vma", ".linux=0x2000000",
-                    "--add-section", ".initrd=" + initrd, "--change-section-vma",
-                    ".initrd=0x3000000", stub, output}}),
+  TRY_CTX(RunTool({"objcopy", "--add-section", ".osrel=" + osrel_file, "--change-section-vma",
+                   ".osrel=0x20000", "--add-section", ".cmdline=" + cmdline_file,
+                   "--change-section-vma", ".cmdline=0x30000", "--add-section",
+                   ".linux=" + kernel.vmlinuz(), "--change-section-vma", ".linux=0x2000000",
+                   "--add-section", ".initrd=" + initrd, "--change-section-vma",
+                   ".initrd=0x3000000", stub, output}),
           fmt::format("assembling the unified kernel image {}", output));
   std::string bytes = TRY(ReadWholeFile(output));
   std::vector<uint8_t> image(bytes.begin(), bytes.end());
@@ -276,14 +276,14 @@ Result<void> BuildEsp(uint64_t size_bytes,
                       const std::string& seed, const std::string& output) {
   IgnoreError(RemoveTree(output));
   std::string volume_id = DeterministicUuid(seed, "esp-volume").substr(0, 8);
-  TRY_CTX(RunTool({{"mkfs.vfat", "-F", "32", "-n", "EFI", "-i", volume_id, "-C", output,
-                    std::to_string(size_bytes / 1024)}}),
+  TRY_CTX(RunTool({"mkfs.vfat", "-F", "32", "-n", "EFI", "-i", volume_id, "-C", output,
+                   std::to_string(size_bytes / 1024)}),
           "formatting the ESP");
   for (const char* dir : {"::/EFI", "::/EFI/BOOT", "::/EFI/ralph"}) {
-    TRY_CTX(RunTool({{"mmd", "-i", output, dir}}), "creating ESP directories");
+    TRY_CTX(RunTool({"mmd", "-i", output, dir}), "creating ESP directories");
   }
   for (const auto& [source, dest] : files) {
-    TRY_CTX(RunTool({{"mcopy", "-i", output, source, "::" + dest}}),
+    TRY_CTX(RunTool({"mcopy", "-i", output, source, "::" + dest}),
             fmt::format("copying {} to the ESP", dest));
   }
   return {};
@@ -384,7 +384,7 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
   if (deb.empty()) {
     // A metapackage (linux-image-cloud-amd64) names the versioned package it
     // depends on; a versioned name resolves to itself.
-    auto depends = RunTool({{"apt-cache", "depends", "--important", package}});
+    auto depends = RunTool({"apt-cache", "depends", "--important", package});
     if (depends) {
       std::istringstream lines(*depends);
       for (std::string line; std::getline(lines, line);) {
@@ -397,7 +397,7 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
     }
   } else {
     std::string field =
-        TRY_CTX(RunTool({{"dpkg-deb", "-f", deb, "Package"}}), fmt::format("reading {}", deb));
+        TRY_CTX(RunTool({"dpkg-deb", "-f", deb, "Package"}), fmt::format("reading {}", deb));
     while (!field.empty() && field.back() == '\n') field.pop_back();
     resolved = field;
   }
@@ -409,7 +409,7 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
     if (deb.empty()) {
       std::string download_dir = tree + "/deb";
       TRY(MakeDirs(download_dir));
-      TRY_CTX(RunTool({{"apt-get", "download", "-q", resolved}, {}, download_dir}),
+      TRY_CTX(RunTool({"apt-get", "download", "-q", resolved}, download_dir),
               fmt::format("downloading kernel package {}", resolved));
       for (const auto& entry : fs::directory_iterator(download_dir)) {
         if (entry.path().extension() == ".deb") deb = entry.path().string();
@@ -419,7 +419,7 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
                            fmt::format("apt-get download {} produced no .deb", resolved));
       }
     }
-    TRY_CTX(RunTool({{"dpkg-deb", "-x", deb, tree + "/root"}}), fmt::format("extracting {}", deb));
+    TRY_CTX(RunTool({"dpkg-deb", "-x", deb, tree + "/root"}), fmt::format("extracting {}", deb));
     if (!local_deb.empty()) {
       // keep nothing of a local .deb but its extracted tree
     } else {
@@ -443,7 +443,7 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
   }
   if (!Exists(marker)) {
     // Debian generates modules.dep in the package's postinst; do the same.
-    TRY_CTX(RunTool({{"depmod", "-b", kernel.root, kernel.version}}),
+    TRY_CTX(RunTool({"depmod", "-b", kernel.root, kernel.version}),
             fmt::format("running depmod for {}", kernel.version));
     TRY(WriteWholeFile(marker, resolved + "\n"));
   }
@@ -550,9 +550,9 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
 
   IgnoreError(RemoveTree(output));
   std::string epoch = std::to_string(inputs.source_date_epoch);
-  TRY_CTX(RunTool({{"mksquashfs", staging_dir, output, "-noappend", "-quiet", "-no-progress",
-                    "-comp", "zstd", "-all-root", "-no-xattrs", "-mkfs-time", epoch, "-all-time",
-                    epoch, "-processors", "1"}}),
+  TRY_CTX(RunTool({"mksquashfs", staging_dir, output, "-noappend", "-quiet", "-no-progress",
+                   "-comp", "zstd", "-all-root", "-no-xattrs", "-mkfs-time", epoch, "-all-time",
+                   epoch, "-processors", "1"}),
           "building the squashfs system image");
   return FileSha256(output);
 }
@@ -672,7 +672,9 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   std::string esp = work + "/esp.img";
   TRY(BuildEsp(gpt.partitions[0].size_bytes, esp_files, options.seed, esp));
 
-  std::string tmp_disk = options.output + ".tmp";
+  // Published whole: a half-written image never has the output's name.
+  AtomicFile disk = TRY(AtomicFile::Create(options.output, 0644));
+  const std::string& tmp_disk = disk.temp_path();
   DiskLayout layout = TRY_CTX(CreateGptImage(tmp_disk, DiskBytesFor(gpt), gpt),
                               fmt::format("writing the GPT of {}", tmp_disk));
   TRY(CopyIntoDisk(esp, layout, kPartEfi));
@@ -682,9 +684,9 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   // environment (planned: docs/architecture.md "Recovery") replaces the
   // system part. VAR stays blank: early boot formats it.
   TRY(CopyIntoDisk(recovery, layout, kPartRecovery));
-  if (::rename(tmp_disk.c_str(), options.output.c_str()) != 0) {
-    return Error::FromErrno(fmt::format("rename {} to {}", tmp_disk, options.output), errno);
-  }
+  // A build output: CopyIntoDisk synced each partition's data; losing the
+  // name to a crash means building again.
+  TRY(disk.Commit(Durability::kNone));
   report.disk_bytes = DiskBytesFor(gpt);
   return report;
 }

@@ -1,10 +1,13 @@
 // ralph-mkimage: builds the flashable RalphOS disk image (see builder.h).
-#include <getopt.h>
-
 #include <cstdlib>
+#include <iterator>
+#include <optional>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "platform/arch.h"
+#include "platform/cli.h"
 #include "platform/log.h"
 #include "services/ota/bundle/bundle.h"
 #include "tools/mkimage/builder.h"
@@ -76,102 +79,55 @@ int main(int argc, char** argv) {
     options.source_date_epoch = static_cast<uint32_t>(std::strtoul(epoch, nullptr, 10));
   }
 
-  enum {
-    kOut = 1,
-    kBinDir,
-    kCache,
-    kWork,
-    kKernelPackage,
-    kKernelDeb,
-    kEspMib,
-    kSystemMib,
-    kVarMib,
-    kRecoveryMib,
-    kSeed,
-    kVersion,
-    kWatchdog,
-    kVariant,
-    kTestAgent,
-    kKeyring,
-    kUpdateCa,
-    kSigningCert,
-    kSigningKey,
-    kPayloadsDir,
-    kHelp
+  cli::Parser parser("ralph-mkimage", kUsage);
+  parser.Option("--out", &options.output);
+  parser.Option("--bin-dir", &options.bin_dir);
+  parser.Option("--cache", &options.cache_dir);
+  parser.Option("--work", &options.work_dir);
+  parser.Option("--kernel-package", &options.kernel_package);
+  parser.Option("--kernel-deb", &options.kernel_deb);
+  struct Number {
+    const char* name;
+    std::optional<std::string> text;
   };
-  static const option kOptions[] = {
-      {"out", required_argument, nullptr, kOut},
-      {"bin-dir", required_argument, nullptr, kBinDir},
-      {"cache", required_argument, nullptr, kCache},
-      {"work", required_argument, nullptr, kWork},
-      {"kernel-package", required_argument, nullptr, kKernelPackage},
-      {"kernel-deb", required_argument, nullptr, kKernelDeb},
-      {"esp-mib", required_argument, nullptr, kEspMib},
-      {"system-mib", required_argument, nullptr, kSystemMib},
-      {"var-mib", required_argument, nullptr, kVarMib},
-      {"recovery-mib", required_argument, nullptr, kRecoveryMib},
-      {"seed", required_argument, nullptr, kSeed},
-      {"image-version", required_argument, nullptr, kVersion},
-      {"watchdog-seconds", required_argument, nullptr, kWatchdog},
-      {"b-variant", required_argument, nullptr, kVariant},
-      {"test-agent", no_argument, nullptr, kTestAgent},
-      {"keyring", required_argument, nullptr, kKeyring},
-      {"update-ca", required_argument, nullptr, kUpdateCa},
-      {"signing-cert", required_argument, nullptr, kSigningCert},
-      {"signing-key", required_argument, nullptr, kSigningKey},
-      {"payloads-dir", required_argument, nullptr, kPayloadsDir},
-      {"help", no_argument, nullptr, kHelp},
-      {nullptr, 0, nullptr, 0},
-  };
-  for (int opt; (opt = getopt_long(argc, argv, "", kOptions, nullptr)) != -1;) {
+  Number numbers[] = {{"--esp-mib", {}},
+                      {"--system-mib", {}},
+                      {"--var-mib", {}},
+                      {"--recovery-mib", {}},
+                      {"--watchdog-seconds", {}}};
+  for (Number& number : numbers) parser.Option(number.name, &number.text);
+  parser.Option("--seed", &options.seed);
+  parser.Option("--image-version", &options.version);
+  std::optional<std::string> variant;
+  parser.Option("--b-variant", &variant);
+  parser.Flag("--test-agent", &options.test_agent);
+  parser.Option("--keyring", &options.keyring);
+  parser.Option("--update-ca", &options.update_ca);
+  parser.Option("--signing-cert", &options.signing_cert);
+  parser.Option("--signing-key", &options.signing_key);
+  parser.Option("--payloads-dir", &options.payloads_dir);
+  if (std::optional<int> exit = parser.Parse(argc, argv)) return *exit;
+  uint64_t* targets[] = {&options.sizes.esp_mib, &options.sizes.system_mib, &options.sizes.var_mib,
+                         &options.sizes.recovery_mib, nullptr};
+  for (size_t i = 0; i < std::size(numbers); ++i) {
+    if (!numbers[i].text) continue;
     uint64_t number = 0;
-    switch (opt) {
-      case kOut: options.output = optarg; break;
-      case kBinDir: options.bin_dir = optarg; break;
-      case kCache: options.cache_dir = optarg; break;
-      case kWork: options.work_dir = optarg; break;
-      case kKernelPackage: options.kernel_package = optarg; break;
-      case kKernelDeb: options.kernel_deb = optarg; break;
-      case kEspMib:
-      case kSystemMib:
-      case kVarMib:
-      case kRecoveryMib:
-      case kWatchdog:
-        if (!ParseMib(optarg, &number)) {
-          LogError("--{} takes a number, not '{}'", kOptions[opt - 1].name, optarg);
-          return 2;
-        }
-        if (opt == kEspMib) options.sizes.esp_mib = number;
-        if (opt == kSystemMib) options.sizes.system_mib = number;
-        if (opt == kVarMib) options.sizes.var_mib = number;
-        if (opt == kRecoveryMib) options.sizes.recovery_mib = number;
-        if (opt == kWatchdog) options.cmdline.watchdog_seconds = static_cast<int>(number);
-        break;
-      case kSeed: options.seed = optarg; break;
-      case kVersion: options.version = optarg; break;
-      case kVariant: {
-        auto variant = ParseSlotVariant(optarg);
-        if (!variant) {
-          LogError("{}", variant.error().ToString());
-          return 2;
-        }
-        options.slot_b = *variant;
-        break;
-      }
-      case kTestAgent: options.test_agent = true; break;
-      case kKeyring: options.keyring = optarg; break;
-      case kUpdateCa: options.update_ca = optarg; break;
-      case kSigningCert: options.signing_cert = optarg; break;
-      case kSigningKey: options.signing_key = optarg; break;
-      case kPayloadsDir: options.payloads_dir = optarg; break;
-      case kHelp: fputs(kUsage, stdout); return 0;
-      default: fputs(kUsage, stderr); return 2;
+    if (!ParseMib(numbers[i].text->c_str(), &number)) {
+      return parser.UsageError(
+          fmt::format("{} takes a number, not '{}'", numbers[i].name, *numbers[i].text));
+    }
+    if (targets[i] != nullptr) {
+      *targets[i] = number;
+    } else {
+      options.cmdline.watchdog_seconds = static_cast<int>(number);
     }
   }
-  if (options.output.empty() || optind != argc) {
-    fputs(kUsage, stderr);
-    return 2;
+  if (variant) {
+    auto parsed = ParseSlotVariant(*variant);
+    if (!parsed) return parser.UsageError(parsed.error().message());
+    options.slot_b = *parsed;
   }
+  if (options.output.empty()) return parser.UsageError("--out is required");
   options.bundle_writer = WriteFactoryBundle;
   if (options.signing_cert.empty()) {
     LogWarning("no --signing-cert/--signing-key: RECOVERY gets no factory bundle");

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "platform/hex.h"
 #include "platform/sha256.h"
 
 namespace ralph::mkimage {
@@ -67,11 +68,8 @@ std::string DeterministicUuid(std::string_view seed, std::string_view name) {
   Sha256Digest digest = hashed ? *hashed : Sha256Digest{};
   digest[6] = static_cast<uint8_t>((digest[6] & 0x0f) | 0x40);  // version 4
   digest[8] = static_cast<uint8_t>((digest[8] & 0x3f) | 0x80);  // RFC 4122 variant
-  std::string hex;
-  for (int i = 0; i < 16; ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) hex += '-';
-    hex += fmt::format("{:02x}", digest[i]);
-  }
+  std::string hex = HexEncode(std::span(digest).first(16));
+  for (size_t dash : {20, 16, 12, 8}) hex.insert(dash, 1, '-');
   return hex;
 }
 

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "platform/file_io.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
 
@@ -39,20 +40,6 @@ uint64_t GetLe64(const uint8_t* p) {
 
 uint64_t AlignUp(uint64_t v, uint64_t a) {
   return (v + a - 1) / a * a;
-}
-
-Result<void> WriteAll(int fd, const void* data, size_t length, std::string_view what) {
-  const uint8_t* p = static_cast<const uint8_t*>(data);
-  while (length > 0) {
-    ssize_t n = ::write(fd, p, length);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Error::FromErrno(fmt::format("write {}", what), errno);
-    }
-    p += n;
-    length -= static_cast<size_t>(n);
-  }
-  return {};
 }
 
 // Reads up to `length` bytes; fewer only at end of file.
@@ -118,7 +105,7 @@ Result<void> CopyPayloadFile(const std::string& path, const Payload& payload, in
       return Error::Make(ErrorCode::kIo, fmt::format("{} shrank while building the bundle", path));
     }
     TRY(whole.Update(std::span<const uint8_t>(buffer.data(), n)));
-    TRY(WriteAll(out_fd, buffer.data(), n, out_path));
+    TRY(WriteAll(out_fd, std::span<const uint8_t>(buffer.data(), n), out_path));
     copied += n;
   }
   // The file must not have changed between hashing and copying.
@@ -282,28 +269,24 @@ Result<Manifest> CreateBundle(const CreateOptions& options) {
     payload_start = needed;
   }
 
-  std::string tmp = options.output_path + ".tmp";
-  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!out) return Error::FromErrno(fmt::format("create {}", tmp), errno);
+  AtomicFile out = TRY(AtomicFile::Create(options.output_path, 0644));
+  const std::string& tmp = out.temp_path();
   BundleHeader header{.manifest_length = xml.size(), .signature_length = signature.size()};
   auto header_bytes = EncodeBundleHeader(header);
-  TRY(WriteAll(out.get(), header_bytes.data(), header_bytes.size(), tmp));
-  TRY(WriteAll(out.get(), xml.data(), xml.size(), tmp));
-  TRY(WriteAll(out.get(), signature.data(), signature.size(), tmp));
+  TRY(WriteAll(out.fd(), header_bytes, tmp));
+  TRY(WriteAll(out.fd(), xml, tmp));
+  TRY(WriteAll(out.fd(), signature, tmp));
   uint64_t position = header.signature_end();
   std::vector<uint8_t> zeros(kPayloadAlignment, 0);
   const std::string* paths[] = {&options.rootfs_path, &options.uki_path};
   for (size_t i = 0; i < m.payloads.size(); ++i) {
     const Payload& p = m.payloads[i];
-    TRY(WriteAll(out.get(), zeros.data(), p.offset - position, tmp));
-    TRY_CTX(CopyPayloadFile(*paths[i], p, out.get(), tmp), fmt::format("copying {}", p.name));
+    TRY(WriteAll(out.fd(), std::span(zeros).first(p.offset - position), tmp));
+    TRY_CTX(CopyPayloadFile(*paths[i], p, out.fd(), tmp), fmt::format("copying {}", p.name));
     position = p.offset + p.size;
   }
-  if (::fsync(out.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", tmp), errno);
-  out.reset();
-  if (::rename(tmp.c_str(), options.output_path.c_str()) != 0) {
-    return Error::FromErrno(fmt::format("rename {} to {}", tmp, options.output_path), errno);
-  }
+  // A build output: whole once written, the directory left to the page cache.
+  TRY(out.Commit(Durability::kFileSynced));
   return m;
 }
 

@@ -99,7 +99,7 @@ Result<Payload> ParsePayload(const tinyxml2::XMLElement& element, size_t index) 
       TRY(ParseDecimal(TRY_CTX(RequiredAttribute(element, "offset"), where), where + " offset"));
   payload.size =
       TRY(ParseDecimal(TRY_CTX(RequiredAttribute(element, "size"), where), where + " size"));
-  payload.sha256 = TRY_CTX(DigestFromHex(TRY_CTX(RequiredAttribute(element, "sha256"), where)),
+  payload.sha256 = TRY_CTX(ParseSha256Hex(TRY_CTX(RequiredAttribute(element, "sha256"), where)),
                            where + " sha256");
   uint64_t chunk_size = TRY(ParseDecimal(TRY_CTX(RequiredAttribute(element, "chunk-size"), where),
                                          where + " chunk-size"));
@@ -132,7 +132,7 @@ Result<Payload> ParsePayload(const tinyxml2::XMLElement& element, size_t index) 
     TRY_CTX(CheckAttributes(*chunk, {"sha256"}), chunk_where);
     TRY_CTX(CheckEmpty(*chunk), chunk_where);
     payload.chunks.push_back(TRY_CTX(
-        DigestFromHex(TRY_CTX(RequiredAttribute(*chunk, "sha256"), chunk_where)), chunk_where));
+        ParseSha256Hex(TRY_CTX(RequiredAttribute(*chunk, "sha256"), chunk_where)), chunk_where));
   }
   if (payload.chunks.size() != expected_chunks) {
     return Corrupt(fmt::format("{}: has {} chunks, size {} with chunk-size {} needs {}", where,
@@ -148,30 +148,6 @@ Result<Version> ParseVersionAttribute(const tinyxml2::XMLElement& element, const
 }
 
 }  // namespace
-
-Result<Digest> DigestFromHex(std::string_view hex) {
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;  // upper case is rejected: one spelling per digest
-  };
-  if (hex.size() != 64) {
-    return Error::Make(
-        ErrorCode::kInvalidArgument,
-        fmt::format("digest must be 64 lower-case hex digits, got {} characters", hex.size()));
-  }
-  Digest digest{};
-  for (size_t i = 0; i < 32; ++i) {
-    int hi = nibble(hex[2 * i]);
-    int lo = nibble(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) {
-      return Error::Make(ErrorCode::kInvalidArgument,
-                         "digest must be 64 lower-case hex digits, found another character");
-    }
-    digest[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return digest;
-}
 
 std::string_view PayloadTypeName(PayloadType type) {
   switch (type) {

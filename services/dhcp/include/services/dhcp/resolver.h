@@ -9,9 +9,9 @@
 //   /run/ralph/resolv.conf       all interfaces merged; /etc/resolv.conf in
 //                                the read-only root is a link to it
 //
-// Every file is replaced atomically (a temporary in the same directory,
-// fsync, rename), so a resolver sees the old or the new file, never a torn
-// one. Deciding (PlanDnsUpdate, RenderResolvConf) is pure; ApplyDnsUpdate
+// Every file is replaced atomically (WriteFileAtomically, platform/file_io.h),
+// so a resolver sees the old or the new file, never a torn one; /run is a
+// tmpfs, so nothing is synced. Deciding (PlanDnsUpdate, RenderResolvConf) is pure; ApplyDnsUpdate
 // does the file work.
 #pragma once
 

@@ -59,8 +59,12 @@ Result<void> RequiredServicesRunning(const std::string& services_conf,
                                      const std::map<std::string, std::string>& records);
 
 enum class GateDecision { kCommit, kMarkBadAndReboot, kReportOnly };
-// A trial (or a first boot, nothing committed yet) is committed when every
-// check passed and marked bad otherwise; a committed slot only reports.
-GateDecision Decide(bool needs_commit, bool all_passed);
+// Whether the booted slot waits for the gate: a trial, or a first boot with
+// nothing committed yet.
+enum class SlotCommitment { kNeedsCommit, kCommitted };
+enum class ChecksOutcome { kAllPassed, kSomeFailed };
+// A slot that needs a commit is committed when every check passed and marked
+// bad otherwise; a committed slot only reports.
+GateDecision Decide(SlotCommitment commitment, ChecksOutcome checks);
 
 }  // namespace ralph::health

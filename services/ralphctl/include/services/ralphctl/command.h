@@ -72,6 +72,7 @@ struct ParsedArgs {
   std::optional<std::string> Value(std::string_view name) const;
 };
 
+// Parsed by cli::Parser (platform/cli.h), as every binary's command line:
 // kInvalidArgument naming an unknown option or a value-less one. "--" ends
 // the options.
 Result<ParsedArgs> ParseArgs(std::span<const std::string> args, std::span<const OptionSpec> specs);
@@ -82,6 +83,9 @@ int UsageError(std::string_view command, std::string_view message);
 // Prints "ralphctl <command>: <error>" to stderr (once: without the command
 // when the message already starts with it); returns kExitFailed.
 int Failed(std::string_view command, const Error& error);
+
+// The running kernel's command line; empty when /proc/cmdline cannot be read.
+std::string ReadProcCmdline();
 
 // Points libefivar at a directory store (platform/efivar_store.h
 // UseEfivarfsPathOrReexec): EFIVARFS_PATH=<dir>/. libefivar

@@ -1,5 +1,6 @@
 // Running the host tools the image builder relies on (apt-get, dpkg-deb,
-// depmod, objcopy, mksquashfs, mkfs.vfat, mtools, ...).
+// depmod, objcopy, mksquashfs, mkfs.vfat, mtools, ...) through
+// platform/process.h, naming the Debian package of a missing tool.
 #pragma once
 
 #include <string>
@@ -9,17 +10,11 @@
 
 namespace ralph::mkimage {
 
-struct ToolCommand {
-  std::vector<std::string> argv;       // argv[0] is looked up in PATH
-  std::vector<std::string> extra_env;  // "NAME=value", added to the environment
-  std::string cwd;                     // empty: the current directory
-};
-
-// Runs the command to completion and returns its standard output. Fails with
-// kNotFound when the tool is not installed (naming the Debian package to
-// install when known), kIo with the exit status and the last lines of its
-// standard error otherwise.
-Result<std::string> RunTool(const ToolCommand& command);
+// Runs `argv` (argv[0] looked up in PATH) in `cwd` (empty: the current
+// directory) to success and returns its standard output (RunProgramChecked).
+// kNotFound naming the Debian package when the tool is not installed, kIo
+// with the exit status and the end of its standard error when it fails.
+Result<std::string> RunTool(const std::vector<std::string>& argv, const std::string& cwd = {});
 
 // "mksquashfs -> squashfs-tools": the package that ships a tool, for errors.
 std::string PackageForTool(const std::string& tool);

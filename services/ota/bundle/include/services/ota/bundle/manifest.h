@@ -43,11 +43,6 @@ inline constexpr uint64_t kPayloadAlignment = 4096;
 
 using Digest = Sha256Digest;
 
-// Parses the manifest spelling of a digest: exactly 64 lower-case hex digits
-// (one spelling per digest). kInvalidArgument otherwise. The inverse is
-// ralph::DigestToHex (platform/sha256.h).
-Result<Digest> DigestFromHex(std::string_view hex);
-
 // The manifest's versions: ralph::Version (platform/version.h), the same
 // type as a slot record's.
 using ::ralph::Version;
