@@ -15,11 +15,11 @@
 #include <utility>
 #include <vector>
 
-#include "drivers/testing/temp_dir.h"
 #include "platform/cli.h"
 #include "platform/file_io.h"
 #include "platform/hex.h"
 #include "platform/process.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph {
 namespace {

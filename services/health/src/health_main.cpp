@@ -25,7 +25,9 @@ std::map<std::string, std::string> EarlyBootRecord(const health::HealthEnvironme
   return text ? boot::ParseRecord(*text) : std::map<std::string, std::string>();
 }
 
-Result<std::string> ReadCmdline() { return ReadWholeFile("/proc/cmdline"); }
+Result<std::string> ReadCmdline() {
+  return ReadWholeFile("/proc/cmdline");
+}
 
 // libefivar's store, opened at its first use: a RECOVERY boot never opens
 // it, and an NVRAM that cannot be opened fails each slot-state step with
