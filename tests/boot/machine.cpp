@@ -107,7 +107,8 @@ std::optional<SlotState> RecordIn(const FakeEfiVarStore::Contents& contents) {
 
 ::testing::AssertionResult BootsSafely(const FakeEfiVarStore::Contents& contents,
                                        const EspContents& esp, const SlotState& before,
-                                       const std::optional<SlotState>& after, const Truth& truth) {
+                                       const std::optional<SlotState>& after, const Truth& truth,
+                                       std::optional<Slot> retiring) {
   auto good = [&](Slot slot) {
     return truth[slot] && (before.slot(slot).status == SlotStatus::kGood ||
                            (after && after->slot(slot).status == SlotStatus::kGood));
@@ -116,10 +117,11 @@ std::optional<SlotState> RecordIn(const FakeEfiVarStore::Contents& contents) {
     return truth[slot] && (before.slot(slot).status == SlotStatus::kTrial ||
                            (after && after->slot(slot).status == SlotStatus::kTrial));
   };
-  // RECOVERY is wrong only when a slot was good before the operation: a
-  // record that has just made a slot good may not have reached BootOrder.
+  // RECOVERY is wrong only when a slot was good before the operation (and
+  // the operation is not retiring it): a record that has just made a slot
+  // good may not have reached BootOrder.
   auto good_before = [&](Slot slot) {
-    return truth[slot] && before.slot(slot).status == SlotStatus::kGood;
+    return truth[slot] && before.slot(slot).status == SlotStatus::kGood && slot != retiring;
   };
   bool any_good = good_before(Slot::kA) || good_before(Slot::kB);
   // The removable-media copy is the factory image until a commit replaces

@@ -69,10 +69,14 @@ class Machine {
 // the box), the factory image on the removable-media path; and the power-on
 // after that (the first boot died before doing anything) boots an intact
 // good slot, or RECOVERY when none was good before, or that factory image
-// when none is good at all.
+// when none is good at all. `retiring`: a slot the operation demotes on
+// purpose (mark-bad of the booted slot) is no fallback: RECOVERY is right
+// when no other slot was good; until BootOrder follows the record it may
+// still boot as before.
 ::testing::AssertionResult BootsSafely(const FakeEfiVarStore::Contents& contents,
                                        const EspContents& esp, const SlotState& before,
-                                       const std::optional<SlotState>& after, const Truth& truth);
+                                       const std::optional<SlotState>& after, const Truth& truth,
+                                       std::optional<Slot> retiring = std::nullopt);
 
 // The record in `contents`, if it decodes.
 std::optional<SlotState> RecordIn(const FakeEfiVarStore::Contents& contents);
