@@ -68,8 +68,9 @@ class Machine {
 // before — or, when neither record calls any slot good (a machine out of
 // the box), the factory image on the removable-media path; and the power-on
 // after that (the first boot died before doing anything) boots an intact
-// good slot, or RECOVERY when none was good before, or that factory image
-// when none is good at all. `retiring`: a slot the operation demotes on
+// good slot, or RECOVERY when none was good before (a slot on trial whose
+// try the first power-on took through BootNext not counted), or that factory
+// image when none is good at all. `retiring`: a slot the operation demotes on
 // purpose (mark-bad of the booted slot) is no fallback: RECOVERY is right
 // when no other slot was good; until BootOrder follows the record it may
 // still boot as before.

@@ -264,5 +264,40 @@ TEST(SlotCrashTest, PowerCutAfterEveryWriteOfTheFirstBoot) {
   }
 }
 
+// With no slot committed (RECOVERY is rewriting the committed one), an
+// operator in RECOVERY puts the only good slot, the older one, on trial. Its BootOrder puts
+// the slot behind RECOVERY, so BootNext is armed first: every cut still
+// boots that slot on the next power-on, never RECOVERY instead.
+TEST(SlotCrashTest, PowerCutAfterEveryWriteOfMarkActiveWithNothingCommitted) {
+  Machine m = Machine::WithTrialPending(1, {1, 1, 0});
+  m.Boot();  // B's trial
+  ASSERT_TRUE(m.Manager().MarkGood().has_value());
+  ASSERT_TRUE(m.Manager().ArmRecovery().has_value());
+  ASSERT_EQ(m.Boot().booted, BootTarget::kRecovery);
+  ASSERT_TRUE(m.Manager().BeginWrite(Slot::kB, {1, 2, 0}).has_value());
+  Truth truth;
+  truth[Slot::kB] = false;
+  SlotState before = m.Record();
+  ASSERT_FALSE(before.committed.has_value());
+  ASSERT_EQ(before.a.status, SlotStatus::kGood);
+
+  std::vector<FakeEfiVarStore::Contents> cuts;
+  m.vars().SetWriteHook([&](const FakeEfiVarStore& store) { cuts.push_back(store.contents()); });
+  Result<Outcome> active = m.Manager().MarkActive(Slot::kA, 2, DowngradePolicy::kAllow);
+  m.vars().SetWriteHook(nullptr);
+  ASSERT_TRUE(active.has_value()) << active.error().ToString();
+  EXPECT_THAT(active->written, ::testing::ElementsAre("RalphSlotState", "BootNext", "BootOrder"));
+  ASSERT_EQ(cuts.size(), 3u);
+  for (size_t i = 0; i < cuts.size(); ++i) {
+    SCOPED_TRACE(fmt::format("power cut after write {} of {}", i + 1, cuts.size()));
+    EXPECT_TRUE(BootsSafely(cuts[i], m.firmware().esp(), before, RecordIn(cuts[i]), truth));
+    FakeEfiVarStore nvram(cuts[i]);
+    FirmwareModel firmware(m.firmware().esp());
+    Result<FirmwareBoot> boot = firmware.PowerOn(nvram);
+    ASSERT_TRUE(boot.has_value());
+    EXPECT_EQ(boot->target, BootTarget::kSlotA) << "via " << BootSourceName(boot->source);
+  }
+}
+
 }  // namespace
 }  // namespace ralph::boot
