@@ -265,9 +265,9 @@ TEST(SlotCrashTest, PowerCutAfterEveryWriteOfTheFirstBoot) {
 }
 
 // With no slot committed (RECOVERY is rewriting the committed one), an
-// operator in RECOVERY puts the only good slot, the older one, on trial. Its BootOrder puts
-// the slot behind RECOVERY, so BootNext is armed first: every cut still
-// boots that slot on the next power-on, never RECOVERY instead.
+// operator in RECOVERY puts the only good slot, the older one, on trial.
+// The new BootOrder puts that slot behind RECOVERY, so BootNext is armed
+// first: every cut still boots it on the next power-on, never RECOVERY.
 TEST(SlotCrashTest, PowerCutAfterEveryWriteOfMarkActiveWithNothingCommitted) {
   Machine m = Machine::WithTrialPending(1, {1, 1, 0});
   m.Boot();  // B's trial
