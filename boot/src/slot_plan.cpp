@@ -872,8 +872,11 @@ Result<Plan> PlanMarkActive(const PlanInput& in, Slot slot, uint8_t tries,
   Planner planner(in, record);
   planner.WriteRecord(fmt::format("slot {} on trial, {} tries", SlotName(slot), tries));
   uint16_t number = TRY_CTX(planner.EnsureEntry(TargetOf(slot)), "mark-active");
-  planner.WriteBootOrder(fmt::format("slot {} after the committed slot", SlotName(slot)));
+  // BootNext before BootOrder: with no slot committed, BootOrder puts a
+  // slot on trial behind RECOVERY, and a good slot put on trial must not
+  // be stranded there by a cut between the two writes.
   planner.SetBootNext(number, fmt::format("try slot {} on the next boot", SlotName(slot)));
+  planner.WriteBootOrder(fmt::format("slot {} after the committed slot", SlotName(slot)));
   return std::move(planner.plan());
 }
 
@@ -944,8 +947,10 @@ Result<Plan> PlanFinishWrite(const PlanInput& in, Slot slot, const SlotVersion& 
   Planner planner(in, record);
   planner.WriteRecord(fmt::format("slot {} written, on trial", SlotName(slot)));
   uint16_t number = TRY_CTX(planner.EnsureEntry(TargetOf(slot)), verb);
-  planner.WriteBootOrder(fmt::format("slot {} after the committed slot", SlotName(slot)));
+  // BootNext before BootOrder, as for MarkActive: the trial is armed
+  // whatever BootOrder says when the power goes.
   planner.SetBootNext(number, fmt::format("try slot {} on the next boot", SlotName(slot)));
+  planner.WriteBootOrder(fmt::format("slot {} after the committed slot", SlotName(slot)));
   return std::move(planner.plan());
 }
 

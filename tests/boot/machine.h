@@ -68,11 +68,16 @@ class Machine {
 // before — or, when neither record calls any slot good (a machine out of
 // the box), the factory image on the removable-media path; and the power-on
 // after that (the first boot died before doing anything) boots an intact
-// good slot, or RECOVERY when none was good before, or that factory image
-// when none is good at all.
+// good slot, or RECOVERY when none was good before (a slot on trial whose
+// try the first power-on took through BootNext not counted), or that factory
+// image when none is good at all. `retiring`: a slot the operation demotes on
+// purpose (mark-bad of the booted slot) is no fallback: RECOVERY is right
+// when no other slot was good; until BootOrder follows the record it may
+// still boot as before.
 ::testing::AssertionResult BootsSafely(const FakeEfiVarStore::Contents& contents,
                                        const EspContents& esp, const SlotState& before,
-                                       const std::optional<SlotState>& after, const Truth& truth);
+                                       const std::optional<SlotState>& after, const Truth& truth,
+                                       std::optional<Slot> retiring = std::nullopt);
 
 // The record in `contents`, if it decodes.
 std::optional<SlotState> RecordIn(const FakeEfiVarStore::Contents& contents);

@@ -196,7 +196,7 @@ TEST(SlotManagerTest, OtaInstallTrialAndCommitWriteTheFewestVariables) {
   m.vars().ResetCounters();
   Result<Outcome> finish = manager.FinishWrite(Slot::kB, {1, 1, 0}, TestDigest(3), 1);
   ASSERT_TRUE(finish.has_value()) << finish.error().ToString();
-  EXPECT_THAT(finish->written, ElementsAre("RalphSlotState", "BootOrder", "BootNext"));
+  EXPECT_THAT(finish->written, ElementsAre("RalphSlotState", "BootNext", "BootOrder"));
   SlotState record = m.Record();
   EXPECT_EQ(record.b.status, SlotStatus::kTrial);
   EXPECT_EQ(record.b.tries_left, 1);
@@ -354,7 +354,7 @@ TEST(SlotManagerTest, MarkActiveRetriesASlotWithAnImage) {
   ASSERT_EQ(m.Record().b.status, SlotStatus::kBad);
   Result<Outcome> active = m.Manager().MarkActive(Slot::kB, 2);
   ASSERT_TRUE(active.has_value()) << active.error().ToString();
-  EXPECT_THAT(active->written, ElementsAre("RalphSlotState", "BootOrder", "BootNext"));
+  EXPECT_THAT(active->written, ElementsAre("RalphSlotState", "BootNext", "BootOrder"));
   EXPECT_EQ(m.Record().b.tries_left, 2);
   BootReport trial = m.Boot();
   EXPECT_EQ(trial.booted, BootTarget::kSlotB);

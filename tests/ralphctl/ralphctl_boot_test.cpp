@@ -211,7 +211,7 @@ TEST_F(RalphctlBootTest, ProvisionTryAndCommit) {
   ASSERT_EQ(Boot({"begin-write", "b", "--version", "1.1.0"}).status, 0);
   ProgramRun finish = Boot({"finish-write", "b", "--version", "1.1.0", "--digest", digest});
   ASSERT_EQ(finish.status, 0) << finish.err;
-  EXPECT_THAT(finish.out, HasSubstr("finish-write: wrote RalphSlotState, BootOrder, BootNext"));
+  EXPECT_THAT(finish.out, HasSubstr("finish-write: wrote RalphSlotState, BootNext, BootOrder"));
 
   EXPECT_EQ(PowerOn(), "B");              // the trial boot
   ProgramRun good = Boot({"mark-good"});  // the booted slot from BootCurrent

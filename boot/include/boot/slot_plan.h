@@ -11,9 +11,9 @@
 // the removable-media path). In practice: disarm BootNext before demoting
 // what it points at; write the record before BootOrder promotes a slot;
 // create a Boot#### before BootOrder or BootNext name it; arm BootNext only
-// once the record says its slot is on trial, and before BootOrder (on a
-// first boot BootOrder puts RECOVERY ahead of the untried factory slot: a
-// cut between the two must still retry the slot, not strand it).
+// once the record says its slot is on trial, and before BootOrder (with no
+// slot committed, BootOrder puts RECOVERY ahead of a slot on trial: a cut
+// between the two must still try the slot, not strand it).
 #pragma once
 
 #include <cstdint>
