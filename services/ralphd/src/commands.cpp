@@ -5,6 +5,7 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <openssl/evp.h>
 
 namespace ralph::ralphd {
 namespace {
@@ -628,6 +629,33 @@ Result<Command> DecodeRequest(const Request& request) {
                        fmt::format("verb: {} is not allowed on {}", request.verb, request.path));
   }
   return Error::Make(ErrorCode::kNotFound, fmt::format("path: no such route {}", request.path));
+}
+
+std::string Base64Encode(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()),
+                          static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+Result<std::string> Base64Decode(std::string_view text, std::string_view what) {
+  if (text.size() % 4 != 0) {
+    return Invalid(
+        fmt::format("{}: not base64 (length {} is not a multiple of 4)", what, text.size()));
+  }
+  std::string out(text.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0) return Invalid(fmt::format("{}: not base64", what));
+  // EVP_DecodeBlock counts the padding as zero bytes.
+  size_t padding = 0;
+  if (!text.empty() && text.back() == '=') ++padding;
+  if (text.size() > 1 && text[text.size() - 2] == '=') ++padding;
+  out.resize(static_cast<size_t>(n) - padding);
+  return out;
 }
 
 std::string Caller::ToString() const {

@@ -249,6 +249,12 @@ Result<nlohmann::json> ParseJson(std::string_view text, std::string_view what);
 // in strings is replaced with U+FFFD.
 std::string DumpJson(const nlohmann::json& value, int indent = -1);
 
+// Base64 (RFC 4648, with padding) for bytes inside JSON: job output,
+// archives on the local socket.
+std::string Base64Encode(std::string_view bytes);
+// kInvalidArgument naming `what` when `text` is not base64.
+Result<std::string> Base64Decode(std::string_view text, std::string_view what);
+
 // --- Who asked ---
 
 struct Caller {
