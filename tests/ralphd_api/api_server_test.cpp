@@ -89,6 +89,64 @@ class FakeEvents : public EventSourceInterface {
   uint64_t next_id_ = 1;
 };
 
+// Terminals of one fake job "7": input is echoed, resizes are reported, and
+// the test can end the job.
+class FakeTerminals : public TerminalProviderInterface {
+ public:
+  class Session : public TerminalSessionInterface {
+   public:
+    explicit Session(FakeTerminals& owner) : owner_(owner) {}
+    Result<void> Write(std::string_view input) override {
+      Output("echo:" + std::string(input));
+      return {};
+    }
+    Result<void> Resize(uint16_t columns, uint16_t rows) override {
+      Output(fmt::format("resized {}x{}", columns, rows));
+      return {};
+    }
+    void Detach() override {
+      std::lock_guard lock(owner_.mutex_);
+      owner_.callbacks_ = {};
+      owner_.detaches_++;
+    }
+
+   private:
+    void Output(std::string text) {
+      std::lock_guard lock(owner_.mutex_);
+      if (owner_.callbacks_.output) owner_.callbacks_.output(text);
+    }
+    FakeTerminals& owner_;
+  };
+
+  Result<std::unique_ptr<TerminalSessionInterface>> Attach(const Caller&, std::string_view job,
+                                                           TerminalCallbacks callbacks) override {
+    if (job != "7")
+      return Error::Make(ErrorCode::kNotFound, fmt::format("job {}: no such job", job));
+    std::lock_guard lock(mutex_);
+    callbacks_ = std::move(callbacks);
+    attaches_++;
+    return std::unique_ptr<TerminalSessionInterface>(new Session(*this));
+  }
+  void Exit(int status) {
+    std::lock_guard lock(mutex_);
+    if (callbacks_.closed) callbacks_.closed(status);
+  }
+  int attaches() {
+    std::lock_guard lock(mutex_);
+    return attaches_;
+  }
+  int detaches() {
+    std::lock_guard lock(mutex_);
+    return detaches_;
+  }
+
+ private:
+  std::mutex mutex_;
+  TerminalCallbacks callbacks_;
+  int attaches_ = 0;
+  int detaches_ = 0;
+};
+
 // A self-signed client certificate from no device CA.
 ClientCredentials ForeignCredentials(const ClientCredentials& like) {
   EVP_PKEY* key = EVP_EC_gen("P-256");
@@ -148,9 +206,11 @@ class ApiServerTest : public ::testing::Test {
     options.bind_address = "127.0.0.1";
     options.port = 0;
     options.limits = limits;
-    auto server = ApiServer::Start(
-        options,
-        {.identity = *identity_, .registry = *registry_, .handler = handler_, .events = &events_});
+    auto server = ApiServer::Start(options, {.identity = *identity_,
+                                             .registry = *registry_,
+                                             .handler = handler_,
+                                             .events = &events_,
+                                             .terminals = &terminals_});
     ASSERT_TRUE(server) << server.error().ToString();
     server_ = std::move(*server);
     address_ = "127.0.0.1:" + std::to_string(server_->port());
@@ -203,6 +263,7 @@ class ApiServerTest : public ::testing::Test {
   testing::FakeAudit audit_;
   FakeHandler handler_;
   FakeEvents events_;
+  FakeTerminals terminals_;
   std::unique_ptr<DeviceIdentity> identity_;
   std::unique_ptr<PairingRegistry> registry_;
   std::unique_ptr<ApiServer> server_;
@@ -520,6 +581,64 @@ TEST_F(ApiServerTest, EventsNoLongerRetainedAreAnnouncedAsAGap) {
   ASSERT_TRUE(malformed);
   EXPECT_EQ(malformed->status, 400);
   EXPECT_THAT(malformed->body, HasSubstr("after=\\\"x1\\\""));
+}
+
+TEST_F(ApiServerTest, TheTerminalCarriesInputOutputResizeAndDetachLeavesTheJob) {
+  ClientCredentials credentials = Pair();
+  auto connection = Connect(credentials);
+  auto opened = connection->OpenTerminal("7");
+  ASSERT_TRUE(opened) << opened.error().ToString();
+  ASSERT_TRUE(connection->SendTerminalInput("ls -l\n"));
+  auto echoed = connection->ReceiveTerminal();
+  ASSERT_TRUE(echoed) << echoed.error().ToString();
+  EXPECT_TRUE(echoed->binary);
+  EXPECT_EQ(echoed->data, "echo:ls -l\n");
+  ASSERT_TRUE(connection->SendTerminalControl(R"({"type":"resize","columns":120,"rows":40})"));
+  auto resized = connection->ReceiveTerminal();
+  ASSERT_TRUE(resized);
+  EXPECT_EQ(resized->data, "resized 120x40");
+  ASSERT_TRUE(connection->SendTerminalControl(R"({"type":"resize","columns":"wide"})"));
+  auto refused = connection->ReceiveTerminal();
+  ASSERT_TRUE(refused);
+  EXPECT_FALSE(refused->binary);
+  auto error = nlohmann::json::parse(refused->data);
+  EXPECT_EQ(error["type"], "error");
+  EXPECT_THAT(error["message"].get<std::string>(), HasSubstr(R"("columns" and "rows")"));
+  ASSERT_TRUE(connection->SendTerminalControl(R"({"type":"detach"})"));
+  auto closed = connection->ReceiveTerminal();
+  ASSERT_TRUE(closed);
+  EXPECT_TRUE(closed->closed);
+  EXPECT_EQ(terminals_.detaches(), 1);
+
+  // The job ran on: attach again, and see it exit.
+  auto again = Connect(credentials);
+  ASSERT_TRUE(again->OpenTerminal("7"));
+  ASSERT_TRUE(again->SendTerminalInput("x"));
+  ASSERT_EQ(again->ReceiveTerminal()->data, "echo:x");
+  terminals_.Exit(3);
+  auto exit = again->ReceiveTerminal();
+  ASSERT_TRUE(exit);
+  EXPECT_EQ(nlohmann::json::parse(exit->data)["status"], 3);
+  EXPECT_TRUE(again->ReceiveTerminal()->closed);
+  EXPECT_EQ(terminals_.attaches(), 2);
+}
+
+TEST_F(ApiServerTest, ATerminalClientThatDisconnectsIsDetachedAndAnUnknownJobRefused) {
+  ClientCredentials credentials = Pair();
+  {
+    auto connection = Connect(credentials);
+    ASSERT_TRUE(connection->OpenTerminal("7"));
+    ASSERT_TRUE(connection->SendTerminalInput("y"));
+    ASSERT_EQ(connection->ReceiveTerminal()->data, "echo:y");
+  }
+  WaitFor([&] { return terminals_.detaches() == 1; });
+  WaitFor([&] { return server_->stats().open_streams == 0; });
+  auto unknown = Connect(credentials)->OpenTerminal("8");
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kNotFound) << unknown.error().ToString();
+  auto anonymous = Connect(std::nullopt)->OpenTerminal("7");
+  ASSERT_FALSE(anonymous);
+  EXPECT_THAT(anonymous.error().message(), HasSubstr("HTTP 401"));
 }
 
 TEST(OpenApiTest, TheDocumentListsExactlyTheServedRoutes) {

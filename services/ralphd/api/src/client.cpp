@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <charconv>
 #include <limits>
+#include <span>
 
 #include <fmt/format.h>
 #include <boost/beast/http/parser.hpp>
@@ -317,6 +318,171 @@ Result<StreamEvent> ApiConnection::NextEvent() {
     size_t n = TRY(ReadSome(buffer, sizeof(buffer)));
     if (n == 0) return Error::Make(ErrorCode::kNetwork, "the event stream ended");
     events_.append(buffer, n);
+  }
+}
+
+namespace {
+
+std::string Base64(std::span<const uint8_t> bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  int size = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), bytes.data(),
+                             static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(size));
+  return out;
+}
+
+// The value of header `name` (case-insensitive) in a raw response header.
+std::string HeaderValue(std::string_view header, std::string_view name) {
+  while (!header.empty()) {
+    size_t end = header.find("\r\n");
+    std::string_view line = header.substr(0, end);
+    header.remove_prefix(end == std::string_view::npos ? header.size() : end + 2);
+    size_t colon = line.find(':');
+    if (colon != name.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < name.size(); ++i) {
+      same = same && std::tolower(static_cast<unsigned char>(line[i])) ==
+                         std::tolower(static_cast<unsigned char>(name[i]));
+    }
+    if (!same) continue;
+    std::string_view value = line.substr(colon + 1);
+    while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+    return std::string(value);
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<void> ApiConnection::OpenTerminal(std::string_view job_id) {
+  std::array<uint8_t, 16> nonce{};
+  TRY(ossl::RandomBytes(nonce));
+  std::string key = Base64(nonce);
+  TRY(
+      WriteRaw(fmt::format("GET /v1/jobs/{}/terminal HTTP/1.1\r\nHost: {}\r\nUpgrade: "
+                           "websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n",
+                           job_id, address_, key)));
+  char buffer[4096];
+  size_t end;
+  while ((end = pending_.find("\r\n\r\n")) == std::string::npos) {
+    if (pending_.size() > 64 * 1024) {
+      return Error::Make(ErrorCode::kNetwork, "the terminal's upgrade reply is over 64 KiB");
+    }
+    size_t n = TRY(ReadSome(buffer, sizeof(buffer)));
+    if (n == 0) return Error::Make(ErrorCode::kNetwork, "the terminal closed before its reply");
+    pending_.append(buffer, n);
+  }
+  std::string header = pending_.substr(0, end + 4);
+  if (!header.starts_with("HTTP/1.1 101")) {
+    auto reply = TRY(ReadReply());
+    return ErrorFromReply(reply);
+  }
+  pending_.erase(0, end + 4);
+  // RFC 6455 4.2.2: base64(SHA-1(key + the protocol's GUID)).
+  std::string expected_input = key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  unsigned char sha1[20];
+  unsigned int size = 0;
+  EVP_Digest(expected_input.data(), expected_input.size(), sha1, &size, EVP_sha1(), nullptr);
+  if (HeaderValue(header, "Sec-WebSocket-Accept") != Base64({sha1, size})) {
+    return Error::Make(ErrorCode::kVerificationFailed,
+                       "the terminal's Sec-WebSocket-Accept does not match the key sent");
+  }
+  return {};
+}
+
+Result<void> ApiConnection::SendFrame(uint8_t opcode, std::string_view payload) {
+  std::string frame;
+  frame += static_cast<char>(0x80 | opcode);
+  if (payload.size() < 126) {
+    frame += static_cast<char>(0x80 | payload.size());
+  } else if (payload.size() < 65536) {
+    frame += static_cast<char>(0x80 | 126);
+    frame += static_cast<char>(payload.size() >> 8);
+    frame += static_cast<char>(payload.size() & 0xff);
+  } else {
+    frame += static_cast<char>(0x80 | 127);
+    for (int shift = 56; shift >= 0; shift -= 8) {
+      frame += static_cast<char>((static_cast<uint64_t>(payload.size()) >> shift) & 0xff);
+    }
+  }
+  std::array<uint8_t, 4> mask{};
+  TRY(ossl::RandomBytes(mask));
+  frame.append(reinterpret_cast<const char*>(mask.data()), mask.size());
+  for (size_t i = 0; i < payload.size(); ++i) {
+    frame += static_cast<char>(payload[i] ^ static_cast<char>(mask[i % 4]));
+  }
+  return WriteRaw(frame);
+}
+
+Result<void> ApiConnection::SendTerminalInput(std::string_view bytes) {
+  return SendFrame(2, bytes);
+}
+
+Result<void> ApiConnection::SendTerminalControl(std::string_view json) {
+  return SendFrame(1, json);
+}
+
+Result<ApiConnection::TerminalMessage> ApiConnection::ReceiveTerminal() {
+  char buffer[16384];
+  TerminalMessage message;
+  bool started = false;
+  for (;;) {
+    // A whole frame in pending_?
+    if (pending_.size() >= 2) {
+      auto byte = [&](size_t i) { return static_cast<uint8_t>(pending_[i]); };
+      bool fin = byte(0) & 0x80;
+      uint8_t opcode = byte(0) & 0x0f;
+      bool masked = byte(1) & 0x80;
+      uint64_t length = byte(1) & 0x7f;
+      size_t offset = 2;
+      if (length == 126 && pending_.size() >= 4) {
+        length = static_cast<uint64_t>(byte(2)) << 8 | byte(3);
+        offset = 4;
+      } else if (length == 127 && pending_.size() >= 10) {
+        length = 0;
+        for (size_t i = 2; i < 10; ++i) length = length << 8 | byte(i);
+        offset = 10;
+      }
+      if (masked) {
+        return Error::Make(ErrorCode::kNetwork, "the server sent a masked WebSocket frame");
+      }
+      bool header_complete =
+          !((byte(1) & 0x7f) == 126 && offset == 2) && !((byte(1) & 0x7f) == 127 && offset == 2);
+      if (header_complete && pending_.size() >= offset + length) {
+        std::string payload = pending_.substr(offset, length);
+        pending_.erase(0, offset + length);
+        if (opcode == 9) {  // ping
+          TRY(SendFrame(10, payload));
+          continue;
+        }
+        if (opcode == 10) continue;  // pong
+        if (opcode == 8) {           // close: answer it, then it is over
+          IgnoreError(SendFrame(8, payload.substr(0, 2)));
+          message.closed = true;
+          message.data = payload.size() > 2 ? payload.substr(2) : "";
+          return message;
+        }
+        if (opcode == 1 || opcode == 2) {
+          message.binary = opcode == 2;
+          message.data = payload;
+          started = true;
+        } else if (opcode == 0 && started) {
+          message.data += payload;
+        } else {
+          return Error::Make(ErrorCode::kNetwork,
+                             fmt::format("unexpected WebSocket opcode {}", opcode));
+        }
+        if (fin) return message;
+        continue;
+      }
+    }
+    size_t n = TRY(ReadSome(buffer, sizeof(buffer)));
+    if (n == 0) {
+      message.closed = true;
+      return message;
+    }
+    pending_.append(buffer, n);
   }
 }
 

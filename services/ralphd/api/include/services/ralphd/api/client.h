@@ -90,9 +90,24 @@ class ApiConnection {
   // stream ends.
   Result<StreamEvent> NextEvent();
 
+  // GET /v1/jobs/{id}/terminal as a WebSocket (RFC 6455, checked
+  // Sec-WebSocket-Accept); the server's refusal as its Error.
+  Result<void> OpenTerminal(std::string_view job_id);
+  // Pty input (a binary frame) and control messages (a JSON text frame).
+  Result<void> SendTerminalInput(std::string_view bytes);
+  Result<void> SendTerminalControl(std::string_view json);
+  struct TerminalMessage {
+    bool binary = false;  // pty output; otherwise a JSON control message
+    std::string data;
+    bool closed = false;  // the server closed the WebSocket
+  };
+  // The next message (pings are answered, pongs skipped).
+  Result<TerminalMessage> ReceiveTerminal();
+
  private:
   ApiConnection() = default;
   Result<size_t> ReadSome(char* data, size_t size);
+  Result<void> SendFrame(uint8_t opcode, std::string_view payload);
 
   std::string address_;
   int fd_ = -1;
