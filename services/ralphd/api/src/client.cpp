@@ -254,23 +254,29 @@ Result<HttpReply> ApiConnection::Request(std::string_view method, std::string_vi
   return ReadReply();
 }
 
+Result<size_t> ApiConnection::ReadUntilHeaderEnd(std::string_view what) {
+  char buffer[4096];
+  size_t end;
+  while ((end = pending_.find("\r\n\r\n")) == std::string::npos) {
+    if (pending_.size() > 64 * 1024) {
+      return Error::Make(ErrorCode::kNetwork, fmt::format("{}: reply header over 64 KiB", what));
+    }
+    size_t n = TRY(ReadSome(buffer, sizeof(buffer)));
+    if (n == 0) {
+      return Error::Make(ErrorCode::kNetwork, fmt::format("{} closed before its reply", what));
+    }
+    pending_.append(buffer, n);
+  }
+  return end;
+}
+
 Result<void> ApiConnection::OpenEvents(uint64_t after) {
   TRY(
       WriteRaw(fmt::format("GET /v1/events?after={} HTTP/1.1\r\nHost: {}\r\nAccept: "
                            "text/event-stream\r\n\r\n",
                            after, address_)));
   // The header, by hand only as far as its end: the body runs to the close.
-  char buffer[4096];
-  size_t end;
-  while ((end = pending_.find("\r\n\r\n")) == std::string::npos) {
-    if (pending_.size() > 64 * 1024) {
-      return Error::Make(ErrorCode::kNetwork, "the event stream's header is over 64 KiB");
-    }
-    size_t n = TRY(ReadSome(buffer, sizeof(buffer)));
-    if (n == 0)
-      return Error::Make(ErrorCode::kNetwork, "the event stream closed before its header");
-    pending_.append(buffer, n);
-  }
+  size_t end = TRY(ReadUntilHeaderEnd("the event stream"));
   std::string header = pending_.substr(0, end + 4);
   if (!header.starts_with("HTTP/1.1 200")) {
     // An error reply is an ordinary HTTP message: parse it properly.
@@ -363,16 +369,7 @@ Result<void> ApiConnection::OpenTerminal(std::string_view job_id) {
                            "websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\n"
                            "Sec-WebSocket-Version: 13\r\n\r\n",
                            job_id, address_, key)));
-  char buffer[4096];
-  size_t end;
-  while ((end = pending_.find("\r\n\r\n")) == std::string::npos) {
-    if (pending_.size() > 64 * 1024) {
-      return Error::Make(ErrorCode::kNetwork, "the terminal's upgrade reply is over 64 KiB");
-    }
-    size_t n = TRY(ReadSome(buffer, sizeof(buffer)));
-    if (n == 0) return Error::Make(ErrorCode::kNetwork, "the terminal closed before its reply");
-    pending_.append(buffer, n);
-  }
+  size_t end = TRY(ReadUntilHeaderEnd("the terminal"));
   std::string header = pending_.substr(0, end + 4);
   if (!header.starts_with("HTTP/1.1 101")) {
     auto reply = TRY(ReadReply());

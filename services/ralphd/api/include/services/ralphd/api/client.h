@@ -107,6 +107,8 @@ class ApiConnection {
  private:
   ApiConnection() = default;
   Result<size_t> ReadSome(char* data, size_t size);
+  // Reads into pending_ until a reply header ends; the offset of its "\r\n\r\n".
+  Result<size_t> ReadUntilHeaderEnd(std::string_view what);
   Result<void> SendFrame(uint8_t opcode, std::string_view payload);
 
   std::string address_;
