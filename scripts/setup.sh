@@ -13,6 +13,9 @@ packages=(
   # command lines (CLI11), the control plane's HTTPS/WebSocket server (Boost.Beast
   # over Boost.Asio with OpenSSL) and the pairing QR code (libqrencode)
   libcli11-dev libboost1.81-dev libqrencode-dev
+  # ralphd's workspace upload and download: tar archives read and written in
+  # process, a hostile upload extracted with libarchive's secure-extract flags
+  libarchive-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # the OTA writer's read-back fingerprints (XXH3-128, header-only use)
   libxxhash-dev

@@ -449,7 +449,7 @@ Result<void> SandboxService::Run(const JobId& id) {
   return {};
 }
 
-Result<JobResult> SandboxService::Wait(const JobId& id) {
+Result<JobResult> SandboxService::Wait(const JobId& id, const OutputCallback& on_output) {
   Job& job = *TRY(Find(id));
   if (job.state == Job::State::kCreated)
     return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} was not started", id));
@@ -463,12 +463,16 @@ Result<JobResult> SandboxService::Wait(const JobId& id) {
   bool has_deadline = job.spec.timeout.count() > 0;
   const auto deadline = job.started + job.spec.timeout;
   siginfo_t info{};
-  auto drain = [&](UniqueFd& fd, std::string& into) {
+  auto drain = [&](UniqueFd& fd, std::string& into, OutputStream stream) {
     char buffer[65536];
     ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
     if (n <= 0) {  // EOF, or EIO from a pty master whose slave is gone
       fd.reset();
+      return;
+    }
+    if (on_output) {
+      on_output(stream, std::string_view(buffer, static_cast<size_t>(n)));
       return;
     }
     size_t room = options_.output_limit_bytes - std::min(options_.output_limit_bytes, into.size());
@@ -510,8 +514,10 @@ Result<JobResult> SandboxService::Wait(const JobId& id) {
       has_deadline = false;
       continue;
     }
-    if (out_index >= 0 && fds[out_index].revents) drain(job.out, result.stdout_data);
-    if (err_index >= 0 && fds[err_index].revents) drain(job.err, result.stderr_data);
+    if (out_index >= 0 && fds[out_index].revents)
+      drain(job.out, result.stdout_data, OutputStream::kStdout);
+    if (err_index >= 0 && fds[err_index].revents)
+      drain(job.err, result.stderr_data, OutputStream::kStderr);
     if (pid_index >= 0 && fds[pid_index].revents) {
       if (int err = WaitPidFd(job.pidfd.get(), &info, &result.usage, 0); err != 0)
         return Error::FromErrno(fmt::format("waitid sandbox {}", id), err);

@@ -140,6 +140,35 @@ TEST_F(AuditLogTest, AppendsFormOneChainThatSurvivesReopening) {
   EXPECT_TRUE(log->Verify(ChainTip{2, (*rows)[1].hash})->ok());
 }
 
+// Queries by type, subject and sequence number: a tail or a page forward.
+TEST_F(AuditLogTest, ListFiltersByTypeSubjectAndSeq) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  for (int n = 1; n <= 6; ++n) {
+    AuditEvent event = Event(n, "ralphd");
+    event.type = n % 2 ? "job.state" : "job.output";
+    event.subject = n <= 3 ? "job 1" : "job 2";
+    ASSERT_TRUE(log->Append(event));
+  }
+  auto seqs = [&](const ListQuery& query) {
+    std::vector<int64_t> out;
+    auto rows = log->List(query);
+    EXPECT_TRUE(rows.has_value());
+    if (rows) {
+      for (const AuditRecord& row : *rows) out.push_back(row.seq);
+    }
+    return out;
+  };
+  EXPECT_EQ(seqs({.type = "job.state"}), (std::vector<int64_t>{1, 3, 5}));
+  EXPECT_EQ(seqs({.subject = "job 2"}), (std::vector<int64_t>{4, 5, 6}));
+  EXPECT_EQ(seqs({.type = "job.state", .subject = "job 1"}), (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(seqs({.after_seq = 4}), (std::vector<int64_t>{5, 6}));
+  EXPECT_EQ(seqs({.limit = 2, .after_seq = 1}), (std::vector<int64_t>{5, 6}));
+  EXPECT_EQ(seqs({.limit = 2, .from = ListFrom::kOldest, .after_seq = 1}),
+            (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(seqs({.type = "nothing"}), (std::vector<int64_t>{}));
+}
+
 TEST_F(AuditLogTest, SecretsNeverReachTheDisk) {
   auto log = OpenLog();
   ASSERT_NE(log, nullptr);

@@ -48,6 +48,31 @@ TEST_F(ServiceTest, JobWritesItsWorkspaceAndTheResultIsCollected) {
   EXPECT_EQ(again.error().code(), ErrorCode::kNotFound);
 }
 
+// With an output callback, output arrives while the job runs: the job waits
+// for a file that the callback makes only once it has seen the first line.
+TEST_F(ServiceTest, OutputIsStreamedToTheCallbackWhileTheJobRuns) {
+  SandboxSpec spec = Spec({"sh", "-c",
+                           "echo first; echo warn >&2; while [ ! -e /shared/go ]; do sleep 0.01; "
+                           "done; echo second"});
+  spec.binds.push_back({host_ + "/shared", "/shared", BindAccess::kReadWrite});
+  auto id = service_->CreateJob(spec);
+  ASSERT_TRUE(id) << id.error().ToString();
+  ASSERT_TRUE(service_->Run(*id));
+  std::string out, err;
+  auto result = service_->Wait(*id, [&](OutputStream stream, std::string_view chunk) {
+    (stream == OutputStream::kStdout ? out : err).append(chunk);
+    if (out == "first\n") WriteHostFile(host_ + "/shared/go", "");
+  });
+  ASSERT_TRUE(result) << result.error().ToString();
+  EXPECT_EQ(result->exit_code, 0) << Describe(*result);
+  EXPECT_EQ(out, "first\nsecond\n");
+  EXPECT_EQ(err, "warn\n");
+  // The callback had all of it: nothing kept, nothing dropped.
+  EXPECT_EQ(result->stdout_data, "");
+  EXPECT_EQ(result->output_dropped_bytes, 0u);
+  ASSERT_TRUE(service_->Destroy(*id));
+}
+
 TEST_F(ServiceTest, ReadWriteBindIsSharedWithTheHost) {
   SandboxSpec spec = Spec({"sh", "-c", "cat /shared/in && echo done > /shared/out"});
   WriteHostFile(host_ + "/shared/in", "input\n");

@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "platform/log.h"
@@ -135,6 +136,11 @@ struct JobResult {
 
 using JobId = std::string;
 
+enum class OutputStream { kStdout, kStderr };
+// Receives a job's output as Wait reads it, chunk by chunk (a daemon streams
+// it live and stores it itself). With a pty all output is kStdout.
+using OutputCallback = std::function<void(OutputStream stream, std::string_view chunk)>;
+
 class SandboxService {
  public:
   // `cgroups`: the manager from DetectCgroups() (or a specific version);
@@ -147,8 +153,10 @@ class SandboxService {
   Result<JobId> CreateJob(const SandboxSpec& spec);
   Result<void> Run(const JobId& id);
   // Blocks until the job has exited (or its timeout killed it) and its
-  // output is drained. Once per job.
-  Result<JobResult> Wait(const JobId& id);
+  // output is drained. Once per job. With `on_output`, every chunk goes to
+  // it as it is read instead of into JobResult (stdout_data and stderr_data
+  // stay empty, nothing is dropped); it runs on the calling thread.
+  Result<JobResult> Wait(const JobId& id, const OutputCallback& on_output = {});
   // SIGKILLs the whole job (its PID 1, so the pid namespace, and the cgroup).
   Result<void> Kill(const JobId& id);
   // Tears everything down; idempotent for a known id.

@@ -409,14 +409,31 @@ Result<VerifyReport> AuditLog::Verify(std::optional<ChainTip> anchor) {
 
 Result<std::vector<AuditRecord>> AuditLog::List(const ListQuery& query) {
   auto fail = [&](int code, std::string_view what) { return DbError(code, what); };
-  std::string sql =
-      query.limit == 0
-          ? fmt::format("SELECT {} FROM audit_log ORDER BY seq", kRowColumns)
-          : fmt::format(
-                "SELECT {0} FROM (SELECT {0} FROM audit_log ORDER BY seq DESC LIMIT {1}) "
-                "ORDER BY seq",
-                kRowColumns, query.limit);
+  std::string where = "seq > ?1";
+  if (query.type) where += " AND type = ?2";
+  if (query.subject) where += " AND subject = ?3";
+  std::string sql;
+  if (query.limit == 0) {
+    sql = fmt::format("SELECT {} FROM audit_log WHERE {} ORDER BY seq", kRowColumns, where);
+  } else if (query.from == ListFrom::kOldest) {
+    sql = fmt::format("SELECT {} FROM audit_log WHERE {} ORDER BY seq LIMIT {}", kRowColumns, where,
+                      query.limit);
+  } else {
+    sql = fmt::format(
+        "SELECT {0} FROM (SELECT {0} FROM audit_log WHERE {1} ORDER BY seq DESC LIMIT {2}) "
+        "ORDER BY seq",
+        kRowColumns, where, query.limit);
+  }
   Statement statement = TRY(Prepare(db_.get(), sql, "listing", fail));
+  sqlite3_bind_int64(statement.get(), 1, query.after_seq);
+  if (query.type) {
+    sqlite3_bind_text(statement.get(), 2, query.type->data(), static_cast<int>(query.type->size()),
+                      SQLITE_TRANSIENT);
+  }
+  if (query.subject) {
+    sqlite3_bind_text(statement.get(), 3, query.subject->data(),
+                      static_cast<int>(query.subject->size()), SQLITE_TRANSIENT);
+  }
   std::vector<AuditRecord> records;
   while (true) {
     int rc = sqlite3_step(statement.get());

@@ -1,11 +1,16 @@
 // `ralphctl audit ...`: read and verify the audit log (services/audit).
 #include <charconv>
 #include <cstdio>
+#include <cstdlib>
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
+#include "ralphd_client.h"
 #include "services/audit/audit_log.h"
 #include "services/ralphctl/command.h"
+#include "services/ralphd/commands.h"
 
 namespace ralph::ralphctl {
 namespace {
@@ -21,15 +26,50 @@ subcommands:
                               broken row. --anchor is a tip printed by an
                               earlier verify, kept elsewhere: it must still be
                               in the log (detects truncation and rewrites)
+  export [--after SEQ] [--job ID] [--type T]
+                              the rows as JSON lines, oldest first
 
 options:
-  --audit-db PATH             the audit log (default /var/lib/ralph/audit.db)
+  --socket PATH               ask ralphd (default /run/ralphd.sock, when it exists)
+  --audit-db PATH             read the audit log file itself (default
+                              /var/lib/ralph/audit.db when ralphd's socket is absent)
 )";
 
 constexpr OptionSpec kOptions[] = {
     {"--json", false},    {"--limit", true}, {"--anchor", true},
-    {"--audit-db", true}, {"--help", false},
+    {"--audit-db", true}, {"--help", false}, {"--socket", true},
+    {"--after", true},    {"--job", true},   {"--type", true},
 };
+
+// Through ralphd unless the file is named (or there is no daemon to ask).
+std::optional<std::string> DaemonSocket(const ParsedArgs& args) {
+  if (args.Has("--audit-db")) return std::nullopt;
+  std::string socket = args.Value("--socket").value_or(std::string(kDefaultRalphdSocket));
+  if (!args.Has("--socket") && ::access(socket.c_str(), F_OK) != 0) return std::nullopt;
+  return socket;
+}
+
+// One request to ralphd; the reply frame's body (or bytes), or the error.
+Result<nlohmann::json> AskRalphd(const std::string& socket, std::string path,
+                                 nlohmann::json query) {
+  RalphdClient client = TRY(RalphdClient::Connect(socket));
+  nlohmann::json reply =
+      TRY(client.Call({{"verb", "GET"}, {"path", std::move(path)}, {"query", std::move(query)}}));
+  if (!reply.value("ok", false)) return ReplyError(reply);
+  if (reply.contains("data_base64")) {
+    return nlohmann::json{
+        {"bytes", TRY(ralphd::Base64Decode(reply["data_base64"].get<std::string>(), "data"))}};
+  }
+  return reply.value("body", nlohmann::json::object());
+}
+
+nlohmann::json FilterQuery(const ParsedArgs& args) {
+  nlohmann::json query = nlohmann::json::object();
+  for (const char* name : {"after", "job", "type"}) {
+    if (auto value = args.Value(std::string("--") + name)) query[name] = *value;
+  }
+  return query;
+}
 
 constexpr size_t kDefaultLimit = 50;
 
@@ -48,21 +88,45 @@ int List(const ParsedArgs& args) {
       return UsageError(command, fmt::format("--limit {} is not a number of rows", *limit));
     }
   }
-  auto log = OpenLog(args);
-  if (!log) return Failed(command, log.error());
-  auto rows = (*log)->List(query);
-  if (!rows) return Failed(command, rows.error());
+  std::vector<audit::AuditRecord> rows;
+  if (std::optional<std::string> socket = DaemonSocket(args)) {
+    nlohmann::json q = FilterQuery(args);
+    if (query.limit > 0) q["limit"] = std::to_string(std::min<size_t>(query.limit, 1000));
+    auto reply = AskRalphd(*socket, "/v1/audit", q);
+    if (!reply) return Failed(command, reply.error());
+    for (const nlohmann::json& r : (*reply)["records"]) {
+      rows.push_back({.seq = r.value("seq", int64_t{0}),
+                      .time = r.value("time", ""),
+                      .actor = r.value("actor", ""),
+                      .type = r.value("type", ""),
+                      .subject = r.value("subject", ""),
+                      .details = r.contains("details") ? ralphd::DumpJson(r["details"]) : "",
+                      .prev_hash = r.value("prev_hash", ""),
+                      .hash = r.value("hash", "")});
+    }
+  } else {
+    if (args.Has("--after") || args.Has("--job") || args.Has("--type")) {
+      query.after_seq = args.Has("--after") ? std::atoll(args.Value("--after")->c_str()) : 0;
+      query.type = args.Value("--type");
+      if (auto job = args.Value("--job")) query.subject = "job " + *job;
+    }
+    auto log = OpenLog(args);
+    if (!log) return Failed(command, log.error());
+    auto listed = (*log)->List(query);
+    if (!listed) return Failed(command, listed.error());
+    rows = std::move(*listed);
+  }
   if (args.Has("--json")) {
     nlohmann::json out = nlohmann::json::array();
-    for (const audit::AuditRecord& row : *rows) out.push_back(audit::RecordToJson(row));
+    for (const audit::AuditRecord& row : rows) out.push_back(audit::RecordToJson(row));
     fmt::print("{}\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return kExitOk;
   }
-  if (rows->empty()) {
+  if (rows.empty()) {
     fmt::print("the audit log is empty\n");
     return kExitOk;
   }
-  for (const audit::AuditRecord& row : *rows) {
+  for (const audit::AuditRecord& row : rows) {
     fmt::print("{:>6}  {}  {:<8} {:<20} {:<10} {}\n", row.seq, row.time, row.actor, row.type,
                row.subject, row.details);
   }
@@ -77,6 +141,23 @@ int Verify(const ParsedArgs& args) {
     auto parsed = audit::ParseChainTip(*text);
     if (!parsed) return UsageError(command, "--anchor: " + parsed.error().message());
     anchor = *parsed;
+  }
+  if (std::optional<std::string> socket = DaemonSocket(args)) {
+    nlohmann::json query = nlohmann::json::object();
+    if (auto text = args.Value("--anchor")) query["anchor"] = *text;
+    auto reply = AskRalphd(*socket, "/v1/audit/verify", query);
+    if (!reply) return Failed(command, reply.error());
+    bool ok = reply->value("ok", false);
+    if (args.Has("--json")) {
+      fmt::print("{}\n", reply->dump(2));
+    } else if (ok) {
+      fmt::print("audit log {}: {} rows, chain intact; tip {}\n", reply->value("path", ""),
+                 reply->value("rows", 0), reply->value("tip", ""));
+    } else {
+      fmt::print(stderr, "ralphctl audit verify: {}: {} [verification-failed]\n",
+                 reply->value("path", ""), (*reply)["broken"].value("message", ""));
+    }
+    return ok ? kExitOk : kExitFailed;
   }
   auto log = OpenLog(args);
   if (!log) return Failed(command, log.error());
@@ -103,6 +184,29 @@ int Verify(const ParsedArgs& args) {
   return report->ok() ? kExitOk : kExitFailed;
 }
 
+int Export(const ParsedArgs& args) {
+  const std::string command = "audit export";
+  if (std::optional<std::string> socket = DaemonSocket(args)) {
+    auto reply = AskRalphd(*socket, "/v1/audit/export", FilterQuery(args));
+    if (!reply) return Failed(command, reply.error());
+    const std::string& lines = (*reply)["bytes"].get_ref<const std::string&>();
+    std::fwrite(lines.data(), 1, lines.size(), stdout);
+    return kExitOk;
+  }
+  audit::ListQuery query;
+  if (auto after = args.Value("--after")) query.after_seq = std::atoll(after->c_str());
+  query.type = args.Value("--type");
+  if (auto job = args.Value("--job")) query.subject = "job " + *job;
+  auto log = OpenLog(args);
+  if (!log) return Failed(command, log.error());
+  auto rows = (*log)->List(query);
+  if (!rows) return Failed(command, rows.error());
+  for (const audit::AuditRecord& row : *rows) {
+    fmt::print("{}\n", ralphd::DumpJson(audit::RecordToJson(row)));
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 int RunAuditCommand(const Invocation&, std::span<const std::string> args) {
@@ -119,6 +223,7 @@ int RunAuditCommand(const Invocation&, std::span<const std::string> args) {
   }
   if (verb == "list") return List(*parsed);
   if (verb == "verify") return Verify(*parsed);
+  if (verb == "export") return Export(*parsed);
   return UsageError("audit", fmt::format("unknown subcommand '{}'", verb));
 }
 

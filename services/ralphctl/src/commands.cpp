@@ -10,7 +10,11 @@ constexpr Command kCommands[] = {
      RunBootCommand},
     {"update", "install a signed update bundle into the inactive slot; install progress",
      RunUpdateCommand},
-    {"audit", "list and verify the hash-chained audit log", RunAuditCommand},
+    {"audit", "list, verify and export the hash-chained audit log", RunAuditCommand},
+    {"status", "ralphd's jobs, policy version and audit tip", RunStatusCommand},
+    {"job", "run, list, follow, cancel jobs; their files and workspaces (ralphd)", RunJobCommand},
+    {"policy", "get, set, validate, version and roll back the job policy (ralphd)",
+     RunPolicyCommand},
 };
 
 }  // namespace

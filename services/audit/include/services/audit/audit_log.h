@@ -85,9 +85,20 @@ struct AuditLogOptions {
   std::function<std::chrono::system_clock::time_point()> clock;
 };
 
+// Which end of the matching rows a limited List takes.
+enum class ListFrom {
+  kNewest,  // the newest `limit` (a tail)
+  kOldest,  // the oldest `limit` (paging forward with after_seq)
+};
+
 struct ListQuery {
-  // The newest `limit` rows (0: all), returned oldest first.
+  // At most `limit` rows (0: all), returned oldest first.
   size_t limit = 0;
+  ListFrom from = ListFrom::kNewest;
+  // Filters: rows with seq > after_seq, of this type, about this subject.
+  int64_t after_seq = 0;
+  std::optional<std::string> type;
+  std::optional<std::string> subject;
 };
 
 class AuditLog final : public AuditSinkInterface {

@@ -54,6 +54,10 @@ int Main(const Invocation& invocation);
 int RunBootCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunUpdateCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunAuditCommand(const Invocation& invocation, std::span<const std::string> args);
+// ralphd's commands over its local socket (src/ralphd_commands.cpp).
+int RunStatusCommand(const Invocation& invocation, std::span<const std::string> args);
+int RunJobCommand(const Invocation& invocation, std::span<const std::string> args);
+int RunPolicyCommand(const Invocation& invocation, std::span<const std::string> args);
 
 // --- Shared helpers (src/cli.cpp) ---
 

@@ -1,0 +1,496 @@
+// `ralphctl status|job|policy`: ralphd's commands over its local socket
+// (services/ralphd/local_socket.h).
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "platform/file_io.h"
+#include "ralphd_client.h"
+#include "services/ralphctl/command.h"
+#include "services/ralphd/commands.h"
+#include "services/ralphd/policy.h"
+
+namespace ralph::ralphctl {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::string_view kJobUsage =
+    R"(usage: ralphctl job <subcommand> [options]
+
+subcommands:
+  run [options] -- ARGV...    submit a job, stream its output, exit with its status
+      --profile NAME          the policy profile (default "default")
+      --workspace TAR         upload TAR into the workspace before it starts
+      --cwd DIR               its working directory (default the workspace, /work)
+      --memory BYTES --cpu-millis N --pids N --disk BYTES --timeout-ms N
+                              ask for less than the profile allows
+      --detach                print the job and return at once
+  list [--state S] [--limit N]
+  show ID
+  logs ID [--stream stdout|stderr] [--offset N] [--follow]
+  start ID                    start a job submitted with --detach before its upload
+  cancel ID
+  files ID                    the files the job changed (path, size, SHA-256)
+  download ID [--output FILE] [--list]
+                              its workspace as a tar (or the listing)
+
+options:
+  --socket PATH               ralphd's socket (default /run/ralphd.sock)
+  --json                      machine-readable output
+)";
+
+constexpr std::string_view kPolicyUsage =
+    R"(usage: ralphctl policy <subcommand> [options]
+
+subcommands:
+  get [--version N]           the active policy document (or version N)
+  set FILE [--comment TEXT]   make FILE the active policy (a bad one changes nothing)
+  validate FILE               check FILE locally: every issue as FILE:LINE:COLUMN
+  history [--limit N]         the versions, newest first
+  rollback VERSION            make an earlier version active again (as a new version)
+
+options:
+  --socket PATH               ralphd's socket (default /run/ralphd.sock)
+  --json                      machine-readable output
+)";
+
+constexpr OptionSpec kOptions[] = {
+    {"--socket", true},    {"--json", false},  {"--help", false},      {"--profile", true},
+    {"--workspace", true}, {"--cwd", true},    {"--memory", true},     {"--cpu-millis", true},
+    {"--pids", true},      {"--disk", true},   {"--timeout-ms", true}, {"--detach", false},
+    {"--state", true},     {"--limit", true},  {"--stream", true},     {"--offset", true},
+    {"--follow", false},   {"--output", true}, {"--list", false},      {"--version", true},
+    {"--comment", true},
+};
+
+std::string SocketPath(const ParsedArgs& args) {
+  return args.Value("--socket").value_or(std::string(kDefaultRalphdSocket));
+}
+
+Result<uint64_t> Number(std::string_view what, const std::string& text) {
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: '{}' is not a number", what, text));
+  }
+  return n;
+}
+
+void PrintIssues(const json& reply, std::string_view file) {
+  if (!reply.contains("error") || !reply["error"].contains("issues")) return;
+  for (const json& issue : reply["error"]["issues"]) {
+    int column = issue.value("column", 0);
+    fmt::print(stderr, "{}:{}{}: {}\n", file, issue.value("line", 0),
+               column ? fmt::format(":{}", column) : "", issue.value("message", ""));
+  }
+}
+
+// One request; the reply's body, or the printed error (exit code in `exit`).
+Result<json> Request(const ParsedArgs& args, std::string verb, std::string path,
+                     json query = json::object(), std::optional<json> body = std::nullopt,
+                     std::optional<std::string> raw_body = std::nullopt) {
+  RalphdClient client = TRY(RalphdClient::Connect(SocketPath(args)));
+  json frame = {{"verb", std::move(verb)}, {"path", std::move(path)}, {"query", std::move(query)}};
+  if (body) frame["body"] = std::move(*body);
+  if (raw_body) frame["body_base64"] = ralphd::Base64Encode(*raw_body);
+  json reply = TRY(client.Call(frame));
+  if (!reply.value("ok", false)) {
+    PrintIssues(reply, "policy");
+    return ReplyError(reply);
+  }
+  if (reply.contains("data_base64")) {
+    return json{{"bytes", TRY(ralphd::Base64Decode(reply["data_base64"].get<std::string>(),
+                                                   "data_base64"))}};
+  }
+  return reply.value("body", json::object());
+}
+
+std::string Str(const json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_null()) return "-";
+  return ralphd::DumpJson(value);
+}
+
+void PrintJob(const json& job) {
+  fmt::print("job {}: {}\n", Str(job["id"]), Str(job["state"]));
+  fmt::print("  argv:     {}\n", Str(job["argv"]));
+  fmt::print("  profile:  {} (policy version {})\n", Str(job["profile"]),
+             Str(job["policy_version"]));
+  fmt::print("  created:  {}\n  started:  {}\n  finished: {}\n", Str(job["created"]),
+             Str(job["started"]), Str(job["finished"]));
+  if (job.contains("termination")) {
+    fmt::print("  result:   {} exit={} signal={}\n", Str(job["termination"]), Str(job["exit_code"]),
+               Str(job["signal"]));
+    fmt::print("  usage:    {}\n", Str(job["usage"]));
+  }
+  if (job.contains("reason")) fmt::print("  reason:   {}\n", Str(job["reason"]));
+}
+
+// The job's exit status as ralphctl's: its own exit code when it exited.
+int JobExit(const json& job) {
+  std::string state = job.value("state", "");
+  if (state == "succeeded") return kExitOk;
+  if (job.value("termination", "") == "exited") return job.value("exit_code", kExitFailed);
+  return kExitFailed;
+}
+
+void WriteOut(std::string_view bytes) {
+  std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+  std::fflush(stdout);
+}
+
+// Streams the job's stdout from `offset` until it is over; the final record.
+Result<json> Follow(const ParsedArgs& args, uint64_t id, std::string stream, uint64_t offset) {
+  RalphdClient client = TRY(RalphdClient::Connect(SocketPath(args)));
+  json reply = TRY(client.Call({{"verb", "GET"},
+                                {"path", fmt::format("/v1/jobs/{}/logs", id)},
+                                {"query", {{"stream", stream}, {"offset", std::to_string(offset)}}},
+                                {"follow", true}}));
+  if (!reply.value("ok", false)) return ReplyError(reply);
+  WriteOut(TRY(ralphd::Base64Decode(reply["body"].value("data_base64", ""), "data_base64")));
+  while (true) {
+    std::optional<json> frame = TRY(client.Next());
+    if (!frame) return Error::Make(ErrorCode::kNetwork, "ralphd closed the stream early");
+    if (frame->contains("output")) {
+      WriteOut(TRY(ralphd::Base64Decode((*frame)["output"].value("data_base64", ""), "data")));
+    } else if (frame->contains("end")) {
+      return (*frame)["end"];
+    } else if (frame->contains("error")) {
+      return ReplyError(*frame);
+    }
+  }
+}
+
+int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
+  const std::string command = "job run";
+  if (argv.empty()) return UsageError(command, "the command to run goes after --");
+  json body = {{"argv", argv}, {"profile", args.Value("--profile").value_or("default")}};
+  if (auto cwd = args.Value("--cwd")) body["cwd"] = *cwd;
+  json limits = json::object();
+  static constexpr std::pair<std::string_view, std::string_view> kLimits[] = {
+      {"--memory", "memory_bytes"},
+      {"--cpu-millis", "cpu_millis"},
+      {"--pids", "pids"},
+      {"--disk", "disk_bytes"},
+      {"--timeout-ms", "timeout_ms"}};
+  for (const auto& [option, field] : kLimits) {
+    if (auto text = args.Value(option)) {
+      Result<uint64_t> n = Number(option, *text);
+      if (!n) return UsageError(command, n.error().message());
+      limits[std::string(field)] = *n;
+    }
+  }
+  if (!limits.empty()) body["limits"] = limits;
+  std::optional<std::string> upload;
+  if (auto tar = args.Value("--workspace")) {
+    Result<std::string> bytes = ReadWholeFile(*tar);
+    if (!bytes) return Failed(command, bytes.error());
+    upload = std::move(*bytes);
+    body["start"] = false;
+  }
+  Result<json> job = Request(args, "POST", "/v1/jobs", json::object(), body);
+  if (!job) return Failed(command, job.error());
+  uint64_t id = (*job)["id"].get<uint64_t>();
+  if (upload) {
+    Result<json> uploaded = Request(args, "PUT", fmt::format("/v1/jobs/{}/workspace", id),
+                                    json::object(), std::nullopt, *upload);
+    if (!uploaded) return Failed(command, uploaded.error());
+    job = Request(args, "POST", fmt::format("/v1/jobs/{}/start", id));
+    if (!job) return Failed(command, job.error());
+  }
+  if (args.Has("--detach")) {
+    if (args.Has("--json")) {
+      fmt::print("{}\n", ralphd::DumpJson(*job, 2));
+    } else {
+      fmt::print("job {}: {}\n", id, Str((*job)["state"]));
+    }
+    return kExitOk;
+  }
+  Result<json> end = Follow(args, id, "stdout", 0);
+  if (!end) return Failed(command, end.error());
+  // stderr after the job, whole.
+  Result<json> err = Request(args, "GET", fmt::format("/v1/jobs/{}/logs", id),
+                             {{"stream", "stderr"}, {"limit", "1048576"}});
+  if (err) {
+    Result<std::string> bytes =
+        ralphd::Base64Decode((*err).value("data_base64", ""), "data_base64");
+    if (bytes) std::fwrite(bytes->data(), 1, bytes->size(), stderr);
+  }
+  if (args.Has("--json")) {
+    fmt::print("{}\n", ralphd::DumpJson(*end, 2));
+  } else if ((*end).value("state", "") != "succeeded") {
+    fmt::print(stderr, "ralphctl job run: job {} {}{}\n", id, Str((*end)["state"]),
+               (*end).contains("reason") ? ": " + Str((*end)["reason"]) : "");
+  }
+  return JobExit(*end);
+}
+
+int RunJobVerb(const ParsedArgs& args, const std::string& verb,
+               const std::vector<std::string>& operands) {
+  const std::string command = "job " + verb;
+  bool as_json = args.Has("--json");
+  if (verb == "list") {
+    json query = json::object();
+    if (auto state = args.Value("--state")) query["state"] = *state;
+    if (auto limit = args.Value("--limit")) query["limit"] = *limit;
+    Result<json> reply = Request(args, "GET", "/v1/jobs", query);
+    if (!reply) return Failed(command, reply.error());
+    if (as_json) {
+      fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+      return kExitOk;
+    }
+    for (const json& job : (*reply)["jobs"]) {
+      fmt::print("{:>6}  {:<10} {:<10} {}\n", Str(job["id"]), Str(job["state"]),
+                 Str(job["profile"]), Str(job["argv"]));
+    }
+    return kExitOk;
+  }
+  if (operands.size() != 1) return UsageError(command, "which job? (one ID)");
+  Result<uint64_t> id = Number("job id", operands[0]);
+  if (!id) return UsageError(command, id.error().message());
+  std::string path = fmt::format("/v1/jobs/{}", *id);
+  if (verb == "logs") {
+    std::string stream = args.Value("--stream").value_or("stdout");
+    uint64_t offset = 0;
+    if (auto text = args.Value("--offset")) {
+      Result<uint64_t> n = Number("--offset", *text);
+      if (!n) return UsageError(command, n.error().message());
+      offset = *n;
+    }
+    if (args.Has("--follow")) {
+      Result<json> end = Follow(args, *id, stream, offset);
+      if (!end) return Failed(command, end.error());
+      return kExitOk;
+    }
+    // Everything from the offset, in pieces.
+    while (true) {
+      Result<json> reply =
+          Request(args, "GET", path + "/logs",
+                  {{"stream", stream}, {"offset", std::to_string(offset)}, {"limit", "1048576"}});
+      if (!reply) return Failed(command, reply.error());
+      Result<std::string> bytes =
+          ralphd::Base64Decode((*reply).value("data_base64", ""), "data_base64");
+      if (!bytes) return Failed(command, bytes.error());
+      if (bytes->empty()) return kExitOk;
+      WriteOut(*bytes);
+      offset = (*reply)["offset"].get<uint64_t>() + bytes->size();
+    }
+  }
+  if (verb == "download") {
+    bool list = args.Has("--list");
+    Result<json> reply =
+        Request(args, "GET", path + "/workspace", {{"format", list ? "list" : "tar"}});
+    if (!reply) return Failed(command, reply.error());
+    if (list) {
+      if (as_json) {
+        fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+      } else {
+        for (const json& file : (*reply)["files"]) {
+          fmt::print("{:<10} {:>10}  {}\n", Str(file["kind"]), Str(file["size"]),
+                     Str(file["path"]));
+        }
+      }
+      return kExitOk;
+    }
+    const std::string& tar = (*reply)["bytes"].get_ref<const std::string&>();
+    if (auto output = args.Value("--output")) {
+      Result<void> written = WriteWholeFile(*output, tar, 0644);
+      if (!written) return Failed(command, written.error());
+    } else if (::isatty(STDOUT_FILENO)) {
+      return UsageError(command, "not writing a tar archive to a terminal (use --output FILE)");
+    } else {
+      WriteOut(tar);
+    }
+    return kExitOk;
+  }
+  Result<json> reply = verb == "show"     ? Request(args, "GET", path)
+                       : verb == "cancel" ? Request(args, "POST", path + "/cancel")
+                       : verb == "files"  ? Request(args, "GET", path + "/files")
+                       : verb == "start"  ? Request(args, "POST", path + "/start")
+                                          : Error::Make(ErrorCode::kInvalidArgument, "");
+  if (!reply && reply.error().message().empty()) {
+    return UsageError("job", fmt::format("unknown subcommand '{}'", verb));
+  }
+  if (!reply) return Failed(command, reply.error());
+  if (as_json) {
+    fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+  } else if (verb == "files") {
+    for (const json& file : (*reply)["files"]) {
+      fmt::print("{:<8} {:>10}  {}  {}\n", Str(file["kind"]), Str(file["size"]),
+                 file.contains("sha256") ? Str(file["sha256"]) : std::string(64, '-'),
+                 Str(file["path"]));
+    }
+  } else {
+    PrintJob(*reply);
+  }
+  return kExitOk;
+}
+
+int PolicyValidate(const std::string& file, bool as_json) {
+  Result<std::string> document = ReadWholeFile(file);
+  if (!document) return Failed("policy validate", document.error());
+  ralphd::PolicyCheck check = ralphd::CheckPolicy(*document);
+  if (as_json) {
+    json issues = json::array();
+    for (const ralphd::PolicyIssue& issue : check.issues) {
+      issues.push_back(
+          {{"line", issue.line}, {"column", issue.column}, {"message", issue.message}});
+    }
+    fmt::print("{}\n",
+               ralphd::DumpJson({{"file", file}, {"valid", check.ok()}, {"issues", issues}}, 2));
+  } else if (check.ok()) {
+    fmt::print("{}: valid ({} profiles)\n", file, check.policy->profiles.size());
+  } else {
+    for (const ralphd::PolicyIssue& issue : check.issues) {
+      fmt::print(stderr, "{}:{}\n", file, issue.ToString());
+    }
+  }
+  return check.ok() ? kExitOk : kExitFailed;
+}
+
+int RunPolicyVerb(const ParsedArgs& args, const std::string& verb,
+                  const std::vector<std::string>& operands) {
+  const std::string command = "policy " + verb;
+  bool as_json = args.Has("--json");
+  size_t want = verb == "set" || verb == "validate" || verb == "rollback" ? 1 : 0;
+  if (operands.size() != want) {
+    return UsageError(command, want ? "expects one argument" : "takes no arguments");
+  }
+  if (verb == "validate") return PolicyValidate(operands[0], as_json);
+  Result<json> reply = Error::Make(ErrorCode::kInvalidArgument, "");
+  if (verb == "get") {
+    json query = json::object();
+    if (auto version = args.Value("--version")) query["version"] = *version;
+    reply = Request(args, "GET", "/v1/policy", query);
+    if (reply && !as_json) {
+      fmt::print("{}", Str((*reply)["document"]));
+      return kExitOk;
+    }
+  } else if (verb == "set") {
+    Result<std::string> document = ReadWholeFile(operands[0]);
+    if (!document) return Failed(command, document.error());
+    Result<RalphdClient> client = RalphdClient::Connect(SocketPath(args));
+    if (!client) return Failed(command, client.error());
+    Result<json> frame = client->Call(
+        {{"verb", "PUT"},
+         {"path", "/v1/policy"},
+         {"body", {{"document", *document}, {"comment", args.Value("--comment").value_or("")}}}});
+    if (!frame) return Failed(command, frame.error());
+    if (!frame->value("ok", false)) {
+      PrintIssues(*frame, operands[0]);
+      fmt::print(stderr, "ralphctl policy set: {} is invalid; the active policy is unchanged\n",
+                 operands[0]);
+      return kExitFailed;
+    }
+    reply = (*frame)["body"];
+    if (!as_json) {
+      fmt::print("policy version {} is active\n", Str((*reply)["version"]));
+      return kExitOk;
+    }
+  } else if (verb == "history") {
+    json query = json::object();
+    if (auto limit = args.Value("--limit")) query["limit"] = *limit;
+    reply = Request(args, "GET", "/v1/policy/history", query);
+    if (reply && !as_json) {
+      for (const json& version : (*reply)["versions"]) {
+        fmt::print("{:>4}{} {}  {:<8} {}\n", Str(version["version"]),
+                   version.value("active", false) ? "*" : " ", Str(version["time"]),
+                   Str(version["actor"]), Str(version["comment"]));
+      }
+      return kExitOk;
+    }
+  } else if (verb == "rollback") {
+    Result<uint64_t> version = Number("version", operands[0]);
+    if (!version) return UsageError(command, version.error().message());
+    reply =
+        Request(args, "POST", "/v1/policy/rollback", json::object(), json{{"version", *version}});
+    if (reply && !as_json) {
+      fmt::print("policy version {} is active ({})\n", Str((*reply)["version"]),
+                 Str((*reply)["comment"]));
+      return kExitOk;
+    }
+  } else {
+    return UsageError("policy", fmt::format("unknown subcommand '{}'", verb));
+  }
+  if (!reply) return Failed(command, reply.error());
+  fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+  return kExitOk;
+}
+
+// "job run ... -- ARGV": the arguments after "--" are the job's.
+std::pair<std::vector<std::string>, std::vector<std::string>> SplitAtDashes(
+    std::span<const std::string> args) {
+  std::vector<std::string> before, after;
+  bool seen = false;
+  for (const std::string& arg : args) {
+    if (!seen && arg == "--") {
+      seen = true;
+    } else {
+      (seen ? after : before).push_back(arg);
+    }
+  }
+  return {before, after};
+}
+
+}  // namespace
+
+int RunStatusCommand(const Invocation&, std::span<const std::string> args) {
+  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
+  if (!parsed) return UsageError("status", parsed.error().message());
+  if (parsed->Has("--help")) {
+    fmt::print("usage: ralphctl status [--json] [--socket PATH]\n");
+    return kExitOk;
+  }
+  if (!parsed->positional.empty()) {
+    return UsageError("status", fmt::format("unexpected argument '{}'", parsed->positional[0]));
+  }
+  Result<json> reply = Request(*parsed, "GET", "/v1/status");
+  if (!reply) return Failed("status", reply.error());
+  if (parsed->Has("--json")) {
+    fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+    return kExitOk;
+  }
+  const json& jobs = (*reply)["jobs"];
+  fmt::print("ralphd: {} running (at most {}), {} queued, {} created\n", Str(jobs["running"]),
+             Str((*reply)["max_running"]), Str(jobs["queued"]), Str(jobs["created"]));
+  fmt::print("policy version {}; last event {}; audit tip {}\n", Str((*reply)["policy_version"]),
+             Str((*reply)["last_event_seq"]), Str((*reply)["audit_tip"]));
+  return kExitOk;
+}
+
+int RunJobCommand(const Invocation&, std::span<const std::string> args) {
+  auto [options, argv] = SplitAtDashes(args);
+  Result<ParsedArgs> parsed = ParseArgs(options, kOptions);
+  if (!parsed) return UsageError("job", parsed.error().message());
+  if (parsed->Has("--help") || parsed->positional.empty()) {
+    fmt::print("{}", kJobUsage);
+    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  }
+  std::string verb = parsed->positional[0];
+  std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
+  if (verb == "run") {
+    if (!operands.empty()) argv.insert(argv.begin(), operands.begin(), operands.end());
+    return JobRun(*parsed, argv);
+  }
+  if (!argv.empty()) return UsageError("job " + verb, "'--' goes with run");
+  return RunJobVerb(*parsed, verb, operands);
+}
+
+int RunPolicyCommand(const Invocation&, std::span<const std::string> args) {
+  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
+  if (!parsed) return UsageError("policy", parsed.error().message());
+  if (parsed->Has("--help") || parsed->positional.empty()) {
+    fmt::print("{}", kPolicyUsage);
+    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  }
+  std::string verb = parsed->positional[0];
+  std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
+  return RunPolicyVerb(*parsed, verb, operands);
+}
+
+}  // namespace ralph::ralphctl

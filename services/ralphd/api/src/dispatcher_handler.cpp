@@ -1,0 +1,108 @@
+#include "services/ralphd/api/dispatcher_handler.h"
+
+#include <condition_variable>
+#include <mutex>
+
+#include <fmt/format.h>
+
+namespace ralph::ralphd::api {
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+Result<std::string> PercentDecode(std::string_view text, std::string_view what) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '+') {
+      out += ' ';
+    } else if (text[i] == '%') {
+      int high = i + 1 < text.size() ? HexValue(text[i + 1]) : -1;
+      int low = i + 2 < text.size() ? HexValue(text[i + 2]) : -1;
+      if (high < 0 || low < 0) {
+        return Error::Make(ErrorCode::kInvalidArgument,
+                           fmt::format("{}: bad percent-escape at offset {}", what, i));
+      }
+      out += static_cast<char>(high << 4 | low);
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::map<std::string, std::string, std::less<>>> ParseQuery(std::string_view query) {
+  std::map<std::string, std::string, std::less<>> out;
+  while (!query.empty()) {
+    size_t amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (pair.empty()) continue;
+    size_t eq = pair.find('=');
+    std::string key = TRY(PercentDecode(pair.substr(0, eq), "query"));
+    std::string value = eq == std::string_view::npos
+                            ? std::string()
+                            : TRY(PercentDecode(pair.substr(eq + 1), fmt::format("query.{}", key)));
+    if (!out.emplace(key, std::move(value)).second) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("query.{}: given more than once", key));
+    }
+  }
+  return out;
+}
+
+ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& request) {
+  auto error_reply = [](const Error& error) {
+    ApiReply reply = ReplyForError(error);
+    reply.body = DumpJson(ErrorJson(error));
+    return reply;
+  };
+  auto query = ParseQuery(request.query);
+  if (!query) return error_reply(query.error());
+  Request core_request{.verb = request.method,
+                       .path = request.path,
+                       .query = std::move(*query),
+                       .body = request.body};
+  auto command = DecodeRequest(core_request);
+  if (!command) {
+    // An unknown route is a 404, a known route with another verb a 405.
+    if (command.error().code() == ErrorCode::kUnsupported) {
+      return {405, DumpJson(ErrorJson(command.error()))};
+    }
+    return error_reply(command.error());
+  }
+  ralphd::Caller core_caller = ralphd::Caller::ClientCertificate(caller.client_id);
+  Reply reply;
+  if (post_) {
+    std::mutex mutex;
+    std::condition_variable done_cv;
+    bool done = false;
+    post_([&] {
+      Reply dispatched = dispatcher_.Dispatch(core_caller, *command);
+      std::lock_guard lock(mutex);
+      reply = std::move(dispatched);
+      done = true;
+      done_cv.notify_one();
+    });
+    std::unique_lock lock(mutex);
+    done_cv.wait(lock, [&] { return done; });
+  } else {
+    reply = dispatcher_.Dispatch(core_caller, *command);
+  }
+  if (reply.error) return error_reply(*reply.error);
+  switch (reply.kind) {
+    case ReplyKind::kJson: return {200, DumpJson(reply.body)};
+    case ReplyKind::kTar: return {200, std::move(reply.bytes), "application/x-tar"};
+    case ReplyKind::kJsonLines: return {200, std::move(reply.bytes), "application/jsonl"};
+  }
+  return {500, ErrorBody("internal", "the core returned an unknown reply kind")};
+}
+
+}  // namespace ralph::ralphd::api

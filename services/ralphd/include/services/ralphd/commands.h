@@ -1,0 +1,308 @@
+// ralphd's typed command set: what every transport (the local unix socket,
+// the HTTPS API) hands to the core, and what the core hands back.
+//
+//   Request request{.verb = "POST", .path = "/v1/jobs", .body = R"({"argv":["make"]})"};
+//   Result<Command> command = DecodeRequest(request);   // strict: see below
+//   if (!command) -> ErrorReply(command.error())         // names the field
+//   Reply reply = dispatcher.Dispatch(caller, *command);
+//   reply.ToJson() / reply.bytes                         // back to the transport
+//
+// A transport maps its wire format onto Request (verb, path, query, body) and
+// a Reply back onto its wire format; it never interprets a command itself,
+// so both transports accept exactly the same requests with exactly the same
+// errors. The core never sees HTTP: "verb" and "path" are names, not a
+// protocol (the local socket sends them in a JSON frame).
+//
+// Decoding is strict. A body must be a JSON object with only the fields the
+// command names; every field is checked for its type and range; the first
+// violation is an Error with code kInvalidArgument whose message starts with
+// the field ("body.limits.memory_bytes: expected an unsigned integer, got
+// string"; "query.limit: 5000 is out of range 1..1000"; "body.colour: unknown
+// field"). Malformed JSON reports line and column. An unknown path is
+// kNotFound, a known path with another verb kUnsupported.
+//
+// Routes (v1):
+//   GET    /v1/status                        StatusCommand
+//   POST   /v1/jobs                          JobSubmitCommand
+//   GET    /v1/jobs[?state=S&limit=N]        JobListCommand
+//   GET    /v1/jobs/{id}                     JobShowCommand
+//   POST   /v1/jobs/{id}/start               JobStartCommand
+//   POST   /v1/jobs/{id}/cancel              JobCancelCommand
+//   GET    /v1/jobs/{id}/logs[?stream=stdout|stderr&offset=N&limit=N]
+//                                            JobLogsCommand
+//   GET    /v1/jobs/{id}/files               JobFilesCommand
+//   PUT    /v1/jobs/{id}/workspace           WorkspaceUploadCommand (body: a tar)
+//   GET    /v1/jobs/{id}/workspace[?format=tar|list]
+//                                            WorkspaceDownloadCommand
+//   GET    /v1/policy[?version=N]            PolicyGetCommand
+//   PUT    /v1/policy                        PolicySetCommand
+//   POST   /v1/policy/validate               PolicyValidateCommand
+//   GET    /v1/policy/history[?limit=N]      PolicyHistoryCommand
+//   POST   /v1/policy/rollback               PolicyRollbackCommand
+//   GET    /v1/audit[?after=SEQ&limit=N&job=ID&type=T]
+//                                            AuditListCommand
+//   GET    /v1/audit/verify[?anchor=SEQ:HASH] AuditVerifyCommand
+//   GET    /v1/audit/export[?after=SEQ&job=ID&type=T]
+//                                            AuditExportCommand (JSON lines)
+//   GET    /v1/events[?after=SEQ&job=ID&limit=N]
+//                                            EventsCommand
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "platform/error.h"
+#include "platform/result.h"
+
+namespace ralph::ralphd {
+
+// --- Requests ---
+
+struct Request {
+  std::string verb;  // "GET", "POST", "PUT"
+  std::string path;  // "/v1/jobs/17/logs" (no query string)
+  std::map<std::string, std::string, std::less<>> query;
+  // JSON text for most commands; the raw tar for a workspace upload; may be
+  // empty for commands without a body.
+  std::string body;
+};
+
+// Bounds every decoder enforces.
+inline constexpr size_t kMaxArgs = 256;
+inline constexpr size_t kMaxArgBytes = 4096;
+inline constexpr size_t kMaxEnv = 256;
+inline constexpr size_t kMaxEnvValueBytes = 32 * 1024;
+inline constexpr size_t kMaxJsonBodyBytes = 1 << 20;
+inline constexpr size_t kMaxPolicyDocumentBytes = 256 * 1024;
+inline constexpr size_t kMaxWorkspaceTarBytes = 256u << 20;
+inline constexpr uint64_t kMaxLogReadBytes = 1 << 20;
+inline constexpr uint64_t kDefaultLogReadBytes = 64 * 1024;
+inline constexpr uint64_t kMaxListLimit = 1000;
+
+enum class JobState {
+  kCreated,    // submitted with start=false: waiting for a workspace upload and a start
+  kQueued,     // waiting for a free slot (the concurrency limit)
+  kRunning,    // its sandbox is running
+  kSucceeded,  // exited with status 0
+  kFailed,     // exited non-zero, was killed by a signal, or could not start
+  kTimedOut,   // killed by its timeout
+  kCancelled,  // cancelled before or while running
+  kLost,       // ralphd restarted and could not re-adopt it (the reason is recorded)
+};
+inline constexpr JobState kAllJobStates[] = {
+    JobState::kCreated, JobState::kQueued,   JobState::kRunning,   JobState::kSucceeded,
+    JobState::kFailed,  JobState::kTimedOut, JobState::kCancelled, JobState::kLost,
+};
+std::string_view JobStateName(JobState state);  // "queued"
+std::optional<JobState> ParseJobState(std::string_view name);
+// Succeeded, failed, timed out, cancelled, lost: nothing will change it again.
+bool IsFinal(JobState state);
+
+enum class OutputStream { kStdout, kStderr };
+std::string_view OutputStreamName(OutputStream stream);
+
+// Limits a job asks for; each absent one is the policy's. A value above the
+// policy's is refused with the limit named (policy.h).
+struct LimitsRequest {
+  std::optional<uint64_t> memory_bytes;
+  std::optional<uint32_t> cpu_millis;
+  std::optional<uint32_t> pids;
+  std::optional<uint64_t> disk_bytes;
+  std::optional<uint64_t> timeout_ms;
+};
+
+struct StatusCommand {
+  static constexpr std::string_view kName = "status";
+};
+
+struct JobSubmitCommand {
+  static constexpr std::string_view kName = "job.submit";
+  std::vector<std::string> argv;           // 1..kMaxArgs, argv[0] non-empty
+  std::map<std::string, std::string> env;  // NAME -> value
+  std::optional<std::string> cwd;          // absolute; the policy's workspace when absent
+  std::string profile = "default";         // the policy profile it runs under
+  LimitsRequest limits;
+  // false: the job waits in kCreated for a workspace upload and a start.
+  bool start = true;
+};
+
+struct JobListCommand {
+  static constexpr std::string_view kName = "job.list";
+  std::optional<JobState> state;
+  uint64_t limit = 100;  // newest first, 1..kMaxListLimit
+};
+
+struct JobShowCommand {
+  static constexpr std::string_view kName = "job.show";
+  uint64_t id = 0;
+};
+struct JobStartCommand {
+  static constexpr std::string_view kName = "job.start";
+  uint64_t id = 0;
+};
+struct JobCancelCommand {
+  static constexpr std::string_view kName = "job.cancel";
+  uint64_t id = 0;
+};
+
+struct JobLogsCommand {
+  static constexpr std::string_view kName = "job.logs";
+  uint64_t id = 0;
+  OutputStream stream = OutputStream::kStdout;
+  uint64_t offset = 0;  // a byte offset into everything the stream ever wrote
+  uint64_t limit = kDefaultLogReadBytes;
+};
+
+struct JobFilesCommand {
+  static constexpr std::string_view kName = "job.files";
+  uint64_t id = 0;
+};
+
+struct WorkspaceUploadCommand {
+  static constexpr std::string_view kName = "workspace.upload";
+  uint64_t id = 0;
+  std::string tar;  // a tar archive, extracted into the job's workspace
+};
+
+enum class WorkspaceFormat { kTar, kList };
+struct WorkspaceDownloadCommand {
+  static constexpr std::string_view kName = "workspace.download";
+  uint64_t id = 0;
+  WorkspaceFormat format = WorkspaceFormat::kTar;
+};
+
+struct PolicyGetCommand {
+  static constexpr std::string_view kName = "policy.get";
+  std::optional<uint64_t> version;  // the active one when absent
+};
+struct PolicySetCommand {
+  static constexpr std::string_view kName = "policy.set";
+  std::string document;  // the XML policy document (docs/policy.md)
+  std::string comment;   // recorded in the history
+};
+struct PolicyValidateCommand {
+  static constexpr std::string_view kName = "policy.validate";
+  std::string document;
+};
+struct PolicyHistoryCommand {
+  static constexpr std::string_view kName = "policy.history";
+  uint64_t limit = 50;
+};
+struct PolicyRollbackCommand {
+  static constexpr std::string_view kName = "policy.rollback";
+  uint64_t version = 0;
+};
+
+struct AuditListCommand {
+  static constexpr std::string_view kName = "audit.list";
+  uint64_t after = 0;  // rows with seq > after
+  uint64_t limit = 100;
+  std::optional<uint64_t> job;
+  std::optional<std::string> type;
+};
+struct AuditVerifyCommand {
+  static constexpr std::string_view kName = "audit.verify";
+  std::optional<std::string> anchor;  // "SEQ:HASH" (services/audit chain.h)
+};
+struct AuditExportCommand {
+  static constexpr std::string_view kName = "audit.export";
+  uint64_t after = 0;
+  std::optional<uint64_t> job;
+  std::optional<std::string> type;
+};
+
+// Events (job output, job state, audit) with seq > after that are still
+// retained (events.h). A streaming transport repeats it with the last seq it
+// sent.
+struct EventsCommand {
+  static constexpr std::string_view kName = "events";
+  uint64_t after = 0;
+  std::optional<uint64_t> job;
+  uint64_t limit = 1000;
+};
+
+using Command =
+    std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
+                 JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
+                 WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand,
+                 PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
+                 AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand>;
+
+// The command's name for the audit log and logs (its kName: "job.submit").
+std::string_view CommandName(const Command& command);
+
+// Decodes a request strictly (see the top of this file).
+Result<Command> DecodeRequest(const Request& request);
+
+// Parses JSON text without exceptions; kInvalidArgument "<what>: malformed
+// JSON at line L, column C: <reason>" when it is not JSON.
+Result<nlohmann::json> ParseJson(std::string_view text, std::string_view what);
+
+// nlohmann::json::dump that never aborts (-fno-exceptions): invalid UTF-8
+// in strings is replaced with U+FFFD.
+std::string DumpJson(const nlohmann::json& value, int indent = -1);
+
+// Base64 (RFC 4648, with padding) for bytes inside JSON: job output,
+// archives on the local socket.
+std::string Base64Encode(std::string_view bytes);
+// kInvalidArgument naming `what` when `text` is not base64.
+Result<std::string> Base64Decode(std::string_view text, std::string_view what);
+
+// --- Who asked ---
+
+struct Caller {
+  enum class Kind { kLocalUid, kClientCertificate };
+  Kind kind = Kind::kLocalUid;
+  uint32_t uid = 0;            // kLocalUid: from SO_PEERCRED
+  std::string certificate_id;  // kClientCertificate: the paired client's id
+
+  static Caller LocalUid(uint32_t uid) { return {.kind = Kind::kLocalUid, .uid = uid}; }
+  static Caller ClientCertificate(std::string id) {
+    return {.kind = Kind::kClientCertificate, .certificate_id = std::move(id)};
+  }
+  // "uid:0", "cert:<id>": the audit log's actor detail.
+  std::string ToString() const;
+};
+
+// --- Replies ---
+
+enum class ReplyKind {
+  kJson,       // body
+  kTar,        // bytes: a tar archive
+  kJsonLines,  // bytes: one JSON object per line (audit export)
+};
+
+struct Reply {
+  ReplyKind kind = ReplyKind::kJson;
+  // Set when the command failed; body is then ErrorJson(*error).
+  std::optional<Error> error;
+  nlohmann::json body = nlohmann::json::object();
+  std::string bytes;
+
+  bool ok() const { return !error.has_value(); }
+  static Reply Json(nlohmann::json body) { return {.body = std::move(body)}; }
+  static Reply Bytes(ReplyKind kind, std::string bytes) {
+    return {.kind = kind, .bytes = std::move(bytes)};
+  }
+  static Reply Failure(Error error);
+};
+
+// {"error": {"code": "invalid-argument", "message": "..."}}
+nlohmann::json ErrorJson(const Error& error);
+
+// The core's entry point, one per daemon. Transports call it from the
+// daemon's event loop thread.
+class DispatcherInterface {
+ public:
+  virtual ~DispatcherInterface() = default;
+  virtual Reply Dispatch(const Caller& caller, const Command& command) = 0;
+};
+
+}  // namespace ralph::ralphd

@@ -1,0 +1,106 @@
+// Daemon: ralphd's core. It carries out the typed commands (commands.h) for
+// every transport, keeps the state (store.h), runs jobs under the policy
+// (policy.h, runner.h) with a concurrency limit, records every command, job
+// state change, file written and connection attempt in the audit log
+// (services/audit), and numbers every output chunk, state change and audit
+// event in the event log.
+//
+// Single-threaded: Dispatch and OnRunnerMessages run on the event loop's
+// thread (the runner's job threads only post messages).
+//
+// A restart loses nothing: jobs still queued stay queued and start again;
+// a job the previous daemon was running died with it (runner.h) and is
+// marked `lost` with the reason, and what its sandbox left is swept.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "platform/log.h"
+#include "platform/result.h"
+#include "sandbox/plan.h"
+#include "services/audit/audit_log.h"
+#include "services/ralphd/commands.h"
+#include "services/ralphd/policy.h"
+#include "services/ralphd/runner.h"
+#include "services/ralphd/store.h"
+
+namespace ralph::ralphd {
+
+struct DaemonOptions {
+  std::string state_dir;  // VAR: ralphd.db, jobs/, sandbox/
+  std::string audit_db;   // default <state_dir>/audit.db
+  JobEnvironment environment;
+  size_t max_running = 2;
+  sandbox::IdMapping ids;
+  StoreOptions store;
+  std::function<void(LogLevel level, const std::string& message)> log;
+};
+
+class Daemon final : public DispatcherInterface {
+ public:
+  static Result<std::unique_ptr<Daemon>> Open(DaemonOptions options);
+  ~Daemon() override;
+
+  Reply Dispatch(const Caller& caller, const Command& command) override;
+
+  // Readable when job threads have posted; then call OnRunnerMessages().
+  int notify_fd() const { return runner_->notify_fd(); }
+  void OnRunnerMessages();
+
+  // Told of every event appended (a transport forwards them to followers).
+  void SetEventListener(std::function<void(const Event&)> listener) {
+    listener_ = std::move(listener);
+  }
+
+  Store& store() { return *store_; }
+
+ private:
+  Daemon(DaemonOptions options, std::unique_ptr<Store> store,
+         std::unique_ptr<audit::AuditLog> audit, std::unique_ptr<JobRunner> runner)
+      : options_(std::move(options)),
+        store_(std::move(store)),
+        audit_(std::move(audit)),
+        runner_(std::move(runner)) {}
+
+  Result<void> Recover();
+  void Schedule();
+  Result<void> Launch(JobRecord job);
+  Result<void> SetState(JobRecord& job, JobState state, std::string reason = "");
+  void Audit(std::string type, std::string subject, nlohmann::json details, uint64_t job = 0);
+  void Emit(std::string kind, uint64_t job, nlohmann::json body);
+  void Log(LogLevel level, const std::string& message) const;
+  std::string JobDir(uint64_t job) const;
+
+  Result<Reply> Status();
+  Result<Reply> Submit(const Caller& caller, const JobSubmitCommand& command);
+  Result<Reply> Start(uint64_t id);
+  Result<Reply> Cancel(uint64_t id);
+  Result<Reply> Logs(const JobLogsCommand& command);
+  Result<Reply> Upload(const WorkspaceUploadCommand& command);
+  Result<Reply> Download(const WorkspaceDownloadCommand& command);
+  Result<Reply> PolicyGet(const PolicyGetCommand& command);
+  Result<Reply> PolicySet(const Caller& caller, const std::string& document,
+                          const std::string& comment, std::string_view type);
+  Result<Reply> PolicyRollback(const Caller& caller, uint64_t version);
+  Result<Reply> AuditList(const AuditListCommand& command);
+  Result<Reply> AuditVerify(const AuditVerifyCommand& command);
+  Result<Reply> AuditExport(const AuditExportCommand& command);
+  Result<Reply> Carry(const Caller& caller, const Command& command);
+
+  DaemonOptions options_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<audit::AuditLog> audit_;
+  std::unique_ptr<JobRunner> runner_;
+  std::function<void(const Event&)> listener_;
+};
+
+// A job record as the API shows it.
+nlohmann::json JobToJson(const JobRecord& job);
+// The submit command in the request body's own format (DecodeRequest reads
+// it back).
+nlohmann::json SubmitToJson(const JobSubmitCommand& command);
+
+}  // namespace ralph::ralphd

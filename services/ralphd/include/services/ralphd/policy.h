@@ -1,0 +1,105 @@
+// Job policy: an XML document (format in docs/policy.md) of named profiles,
+// each with resource limits, an egress allowlist and explicit mounts, and the
+// mapping of a profile plus a job's request onto a sandbox::SandboxSpec.
+//
+//   PolicyCheck check = CheckPolicy(xml);       // every issue, with line and column
+//   if (!check.ok()) ... check.issues[i].ToString()   // "3:12: limits: ..."
+//   const Profile* profile = check.policy->Find("default");
+//   Result<SandboxSpec> spec = MakeJobSpec(*profile, job, environment);
+//
+// Default deny: a profile without <egress> gets no network at all (loopback
+// only), one with an empty <egress/> gets a network on which every
+// connection is refused (and reported); nothing is allowed unless listed.
+// A job may ask for less than its profile allows, never more: MakeJobSpec
+// refuses (kRefused) naming the limit. Parsing is pure; nothing here touches
+// a file or the store (policy_store.h keeps the versions).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "platform/result.h"
+#include "sandbox/spec.h"
+#include "services/ralphd/commands.h"
+
+namespace ralph::ralphd {
+
+inline constexpr std::chrono::milliseconds kDefaultJobTimeout = std::chrono::hours(1);
+
+struct ProfileLimits {
+  uint64_t memory_bytes = sandbox::Limits{}.memory_bytes;
+  uint32_t cpu_millis = sandbox::Limits{}.cpu_millis;
+  uint32_t pids = sandbox::Limits{}.pids;
+  uint64_t disk_bytes = sandbox::Limits{}.disk_bytes;
+  std::chrono::milliseconds timeout = kDefaultJobTimeout;
+};
+
+struct Profile {
+  std::string name;
+  ProfileLimits limits;
+  sandbox::NetworkSpec network;  // enabled only with an <egress> element
+  std::vector<sandbox::BindMount> mounts;
+};
+
+struct Policy {
+  std::map<std::string, Profile, std::less<>> profiles;
+  const Profile* Find(std::string_view name) const;
+};
+
+// One problem in a document. line and column are 1-based; column is 0 when
+// only the line is known (XML syntax errors: tinyxml2 reports the line).
+struct PolicyIssue {
+  int line = 0;
+  int column = 0;
+  std::string message;
+  // "3:12: message" ("3: message" without a column).
+  std::string ToString() const;
+};
+
+struct PolicyCheck {
+  std::optional<Policy> policy;     // set only when issues is empty
+  std::vector<PolicyIssue> issues;  // every problem found, in document order
+  bool ok() const { return issues.empty(); }
+};
+
+// Parses and validates a whole document; never stops at the first issue
+// (except an XML syntax error, after which nothing can be read).
+PolicyCheck CheckPolicy(std::string_view document);
+
+// CheckPolicy as a Result: kInvalidArgument listing every issue, one a line.
+Result<Policy> ParsePolicy(std::string_view document);
+
+// The policy a fresh state directory starts with: one "default" profile,
+// the sandbox's default limits, no network.
+std::string_view DefaultPolicyDocument();
+
+// What a job brings: its command line and the limits it asks for.
+struct JobRequest {
+  std::vector<std::string> argv;
+  std::map<std::string, std::string> env;
+  std::optional<std::string> cwd;
+  LimitsRequest limits;
+};
+
+// What ralphd brings: the read-only base every job's rootfs is made of.
+struct JobEnvironment {
+  sandbox::BaseKind base_kind = sandbox::BaseKind::kDirectory;
+  std::string base = "/";
+};
+
+// The sandbox for `job` under `profile`: kRefused naming the limit when the
+// job asks for more than the profile allows ("limits.memory_bytes: 2147483648
+// is more than profile 'default' allows (536870912)"), then the sandbox's own
+// ValidateSpec (kInvalidArgument naming the field).
+Result<sandbox::SandboxSpec> MakeJobSpec(const Profile& profile, const JobRequest& job,
+                                         const JobEnvironment& environment);
+
+// The profile as JSON (for `policy get` and job records).
+nlohmann::json ProfileToJson(const Profile& profile);
+
+}  // namespace ralph::ralphd

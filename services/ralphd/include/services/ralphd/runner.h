@@ -1,0 +1,114 @@
+// JobRunner: runs each job in a sandbox on a thread of its own and reports
+// back to the daemon's event loop through a queue (notify_fd() is readable
+// when messages wait).
+//
+// Each running job has its own sandbox::SandboxService (the service is not
+// thread-safe and its Wait blocks; one service per job thread keeps each
+// service on one thread), named OwnedCgroupName("ralphd-job<id>"): when
+// ralphd dies its jobs die with it (the parent-death signal of the
+// service's spawner thread), the kernel removes their network namespaces,
+// veths and socket-owned nft tables, and SweepLost() — a service of the
+// same name base made by the next ralphd — removes their cgroups and
+// volumes. A job is never orphaned; it is lost with its daemon.
+//
+// Cancel is thread-safe by construction: the job thread publishes a pidfd
+// of the job's PID 1, and Cancel SIGKILLs through it (the pid namespace
+// dies with its PID 1), or the job thread kills the job itself when the
+// cancel came before it was running.
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "platform/log.h"
+#include "platform/result.h"
+#include "platform/unique_fd.h"
+#include "sandbox/plan.h"
+#include "sandbox/service.h"
+#include "services/ralphd/store.h"
+
+namespace ralph::ralphd {
+
+struct RunnerOptions {
+  std::string sandbox_state_dir;  // the sandboxes' volumes and state (on VAR)
+  sandbox::IdMapping ids;
+  // Where the network service's and the runner's own messages go (any thread).
+  std::function<void(LogLevel level, const std::string& message)> log;
+};
+
+struct RunnerMessage {
+  enum class Kind { kStarted, kOutput, kNet, kFinished };
+  Kind kind = Kind::kOutput;
+  uint64_t job = 0;
+  // kOutput
+  OutputStream stream = OutputStream::kStdout;
+  std::string data;
+  // kNet
+  sandbox::NetEvent net;
+  // kFinished: the result, or why the job could not run; the files it
+  // changed and whether its workspace was archived (result_tar_path).
+  std::optional<sandbox::JobResult> result;
+  std::optional<Error> error;
+  bool cancelled = false;
+  std::vector<FileRecord> files;
+  std::optional<Error> files_error;
+};
+
+struct JobLaunch {
+  uint64_t job = 0;
+  sandbox::SandboxSpec spec;
+  std::string upload_tar;       // extracted into the workspace before start; "" for none
+  std::string result_tar_path;  // the workspace archived here at the end
+};
+
+class JobRunner {
+ public:
+  static Result<std::unique_ptr<JobRunner>> Create(RunnerOptions options);
+  // Kills every running job and joins its thread.
+  ~JobRunner();
+
+  int notify_fd() const { return notify_.get(); }
+  // The waiting messages, in order; joins the threads of finished jobs.
+  std::vector<RunnerMessage> Take();
+
+  void Start(JobLaunch launch);
+  // SIGKILLs the job (or has it killed as soon as it runs); a kFinished
+  // message with cancelled = true follows. False when it is not running here.
+  bool Cancel(uint64_t job);
+  size_t running() const;
+  // The host path of a running job's workspace, once its sandbox exists.
+  std::optional<std::string> WorkspacePath(uint64_t job) const;
+
+  // Removes what the jobs of a dead ralphd left behind (their cgroups and
+  // upper volumes; see the top of this file).
+  static Result<void> SweepLost(const RunnerOptions& options, const std::vector<uint64_t>& jobs);
+
+ private:
+  struct Running {
+    std::thread thread;
+    UniqueFd pidfd;
+    bool cancel = false;
+    std::string workspace;
+  };
+  JobRunner(RunnerOptions options, UniqueFd notify)
+      : options_(std::move(options)), notify_(std::move(notify)) {}
+  void Post(RunnerMessage message);
+  void RunJob(JobLaunch launch);
+
+  RunnerOptions options_;
+  UniqueFd notify_;  // eventfd
+  mutable std::mutex mutex_;
+  std::vector<RunnerMessage> queue_;
+  std::map<uint64_t, Running> running_;
+  std::vector<std::thread> finished_;
+};
+
+}  // namespace ralph::ralphd

@@ -1,0 +1,39 @@
+// A job's files on the host side: the uploaded workspace extracted into
+// its upper layer, the workspace archived for download, and what the job
+// changed in its writable layer (path, size, SHA-256).
+//
+// Archives are read and written in process with libarchive: an upload comes
+// from a client and is hostile, so it is extracted with libarchive's
+// secure-extract flags (no absolute paths, no "..", nothing through a
+// symlink) and every entry is owned by the job's root (never by the host's).
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "platform/result.h"
+#include "services/ralphd/store.h"
+
+namespace ralph::ralphd {
+
+// Extracts the tar archive at `tar_path` into `dir`, every entry owned by
+// `uid`:`gid`. kInvalidArgument naming the entry for an unsafe or broken
+// archive.
+Result<void> ExtractTar(const std::string& tar_path, const std::string& dir, uid_t uid, gid_t gid);
+
+// The members of the tar archive at `path` (kind "file", "directory" or
+// "symlink", and size; no digests). kInvalidArgument when it is not one.
+Result<std::vector<FileRecord>> ListTar(const std::string& path);
+
+// `dir`'s content as a tar archive (paths relative to it, "./name").
+Result<std::string> ArchiveDirectory(const std::string& dir);
+
+// Every entry below `dir` ("/"-prefixed paths relative to it, `prefix`
+// prepended): regular files with their size and SHA-256, symlinks with the
+// length of their target, directories skipped. For an overlay upper layer,
+// whiteouts (character devices 0:0) are "deleted".
+Result<std::vector<FileRecord>> ListFiles(const std::string& dir, const std::string& prefix);
+
+}  // namespace ralph::ralphd

@@ -1,0 +1,678 @@
+#include "services/ralphd/commands.h"
+
+#include <algorithm>
+#include <charconv>
+#include <set>
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+namespace ralph::ralphd {
+namespace {
+
+using nlohmann::json;
+
+Error Invalid(std::string message) {
+  return Error::Make(ErrorCode::kInvalidArgument, std::move(message));
+}
+
+// Captures the parser's own error (position and reason) without exceptions:
+// the SAX interface hands the would-be exception object to parse_error.
+struct ErrorCapture {
+  std::string message;
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(json::number_integer_t) { return true; }
+  bool number_unsigned(json::number_unsigned_t) { return true; }
+  bool number_float(json::number_float_t, const json::string_t&) { return true; }
+  bool string(json::string_t&) { return true; }
+  bool binary(json::binary_t&) { return true; }
+  bool start_object(size_t) { return true; }
+  bool key(json::string_t&) { return true; }
+  bool end_object() { return true; }
+  bool start_array(size_t) { return true; }
+  bool end_array() { return true; }
+  bool parse_error(size_t, const std::string&, const nlohmann::detail::exception& ex) {
+    message = ex.what();
+    return false;
+  }
+};
+
+std::string JsonErrorReason(std::string_view text) {
+  ErrorCapture capture;
+  json::sax_parse(text, &capture, json::input_format_t::json, /*strict=*/true,
+                  /*ignore_comments=*/false);
+  std::string message = capture.message;
+  // "[json.exception.parse_error.101] parse error at line 1, column 2: ..."
+  if (size_t bracket = message.find("] ");
+      message.rfind("[json.", 0) == 0 && bracket != message.npos) {
+    message.erase(0, bracket + 2);
+  }
+  if (message.rfind("parse error at ", 0) == 0) message.erase(0, 15);
+  return message.empty() ? "not JSON" : message;
+}
+
+std::string Describe(const json& value) {
+  if (value.is_number_float()) return fmt::format("number {}", DumpJson(value));
+  if (value.is_number_integer()) return fmt::format("integer {}", DumpJson(value));
+  return value.type_name();
+}
+
+bool IsIdentifier(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+  });
+}
+
+bool IsEnvName(std::string_view s) {
+  if (s.empty() || s.size() > 256 || (s[0] >= '0' && s[0] <= '9')) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+// Reads the members of one JSON object, each once, by name; Finish() names
+// the first member nobody asked for.
+class ObjectReader {
+ public:
+  ObjectReader(const json& object, std::string prefix)
+      : object_(object), prefix_(std::move(prefix)) {}
+
+  std::string Field(std::string_view name) const { return fmt::format("{}.{}", prefix_, name); }
+
+  const json* Find(std::string_view name) {
+    known_.emplace(name);
+    auto it = object_.find(name);
+    return it == object_.end() ? nullptr : &*it;
+  }
+
+  Result<std::optional<std::string>> String(std::string_view name, size_t max_bytes) {
+    const json* value = Find(name);
+    if (!value) return std::optional<std::string>();
+    if (!value->is_string()) {
+      return Invalid(fmt::format("{}: expected a string, got {}", Field(name), Describe(*value)));
+    }
+    const std::string& text = value->get_ref<const std::string&>();
+    if (text.size() > max_bytes) {
+      return Invalid(fmt::format("{}: {} bytes is longer than the limit of {}", Field(name),
+                                 text.size(), max_bytes));
+    }
+    if (text.find('\0') != std::string::npos) {
+      return Invalid(fmt::format("{}: contains a NUL character", Field(name)));
+    }
+    return std::optional<std::string>(text);
+  }
+
+  Result<std::optional<uint64_t>> Unsigned(std::string_view name, uint64_t min, uint64_t max) {
+    const json* value = Find(name);
+    if (!value) return std::optional<uint64_t>();
+    if (value->is_number_unsigned()) {
+      uint64_t n = value->get<uint64_t>();
+      if (n < min || n > max) {
+        return Invalid(fmt::format("{}: {} is out of range {}..{}", Field(name), n, min, max));
+      }
+      return std::optional<uint64_t>(n);
+    }
+    if (value->is_number_integer()) {
+      return Invalid(fmt::format("{}: {} is out of range {}..{}", Field(name),
+                                 value->get<int64_t>(), min, max));
+    }
+    return Invalid(
+        fmt::format("{}: expected an unsigned integer, got {}", Field(name), Describe(*value)));
+  }
+
+  Result<std::optional<bool>> Bool(std::string_view name) {
+    const json* value = Find(name);
+    if (!value) return std::optional<bool>();
+    if (!value->is_boolean()) {
+      return Invalid(
+          fmt::format("{}: expected true or false, got {}", Field(name), Describe(*value)));
+    }
+    return std::optional<bool>(value->get<bool>());
+  }
+
+  Result<void> Finish() const {
+    for (const auto& [key, value] : object_.items()) {
+      if (!known_.count(key)) return Invalid(fmt::format("{}: unknown field", Field(key)));
+    }
+    return {};
+  }
+
+ private:
+  const json& object_;
+  std::string prefix_;
+  std::set<std::string, std::less<>> known_;
+};
+
+// Reads the query parameters, each once, by name.
+class QueryReader {
+ public:
+  explicit QueryReader(const Request& request) : query_(request.query) {}
+
+  std::optional<std::string> Find(std::string_view name) {
+    known_.emplace(name);
+    auto it = query_.find(name);
+    if (it == query_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  Result<std::optional<uint64_t>> Unsigned(std::string_view name, uint64_t min, uint64_t max) {
+    std::optional<std::string> text = Find(name);
+    if (!text) return std::optional<uint64_t>();
+    uint64_t n = 0;
+    auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), n);
+    if (text->empty() || ec != std::errc() || end != text->data() + text->size()) {
+      return Invalid(fmt::format("query.{}: expected an unsigned integer, got '{}'", name, *text));
+    }
+    if (n < min || n > max) {
+      return Invalid(fmt::format("query.{}: {} is out of range {}..{}", name, n, min, max));
+    }
+    return std::optional<uint64_t>(n);
+  }
+
+  Result<std::optional<std::string>> Identifier(std::string_view name) {
+    std::optional<std::string> text = Find(name);
+    if (text && !IsIdentifier(*text)) {
+      return Invalid(fmt::format("query.{}: '{}' is not a name ([a-z0-9._-], 1..64)", name, *text));
+    }
+    return text;
+  }
+
+  Result<void> Finish() const {
+    for (const auto& [key, value] : query_) {
+      if (!known_.count(key)) return Invalid(fmt::format("query.{}: unknown parameter", key));
+    }
+    return {};
+  }
+
+ private:
+  const std::map<std::string, std::string, std::less<>>& query_;
+  std::set<std::string, std::less<>> known_;
+};
+
+bool IsBlank(std::string_view text) {
+  return text.find_first_not_of(" \t\r\n") == std::string_view::npos;
+}
+
+// The body as a JSON object (an empty body is an empty object).
+Result<json> BodyObject(const Request& request) {
+  if (IsBlank(request.body)) return json::object();
+  if (request.body.size() > kMaxJsonBodyBytes) {
+    return Invalid(fmt::format("body: {} bytes is longer than the limit of {}", request.body.size(),
+                               kMaxJsonBodyBytes));
+  }
+  json body = TRY(ParseJson(request.body, "body"));
+  if (!body.is_object()) {
+    return Invalid(fmt::format("body: expected a JSON object, got {}", Describe(body)));
+  }
+  return body;
+}
+
+// For commands that take no body (an empty one, or "{}", is accepted).
+Result<void> NoBody(const Request& request) {
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body");
+  return reader.Finish();
+}
+
+// For commands that take nothing: no query parameters, no body.
+Result<void> NoArguments(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  return NoBody(request);
+}
+
+Result<uint64_t> ParseId(std::string_view text) {
+  uint64_t id = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || id == 0) {
+    return Invalid(fmt::format("path: job id '{}' is not a positive number", text));
+  }
+  return id;
+}
+
+Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
+  if (path.empty() || path[0] != '/') {
+    return Invalid(fmt::format("{}: '{}' is not an absolute path", field, path));
+  }
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    if (path.substr(start, end - start) == "..") {
+      return Invalid(fmt::format("{}: '{}' contains '..'", field, path));
+    }
+    start = end + 1;
+  }
+  return {};
+}
+
+Result<Command> DecodeSubmit(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body");
+  JobSubmitCommand command;
+
+  const json* argv = reader.Find("argv");
+  if (!argv) return Invalid("body.argv: required");
+  if (!argv->is_array()) {
+    return Invalid(fmt::format("body.argv: expected an array of strings, got {}", Describe(*argv)));
+  }
+  if (argv->empty() || argv->size() > kMaxArgs) {
+    return Invalid(
+        fmt::format("body.argv: {} elements is out of range 1..{}", argv->size(), kMaxArgs));
+  }
+  for (size_t i = 0; i < argv->size(); ++i) {
+    const json& arg = (*argv)[i];
+    if (!arg.is_string()) {
+      return Invalid(fmt::format("body.argv[{}]: expected a string, got {}", i, Describe(arg)));
+    }
+    const std::string& text = arg.get_ref<const std::string&>();
+    if (text.size() > kMaxArgBytes) {
+      return Invalid(fmt::format("body.argv[{}]: {} bytes is longer than the limit of {}", i,
+                                 text.size(), kMaxArgBytes));
+    }
+    if (text.find('\0') != std::string::npos) {
+      return Invalid(fmt::format("body.argv[{}]: contains a NUL character", i));
+    }
+    if (i == 0 && text.empty()) return Invalid("body.argv[0]: must not be empty");
+    command.argv.push_back(text);
+  }
+
+  if (const json* env = reader.Find("env")) {
+    if (!env->is_object()) {
+      return Invalid(
+          fmt::format("body.env: expected an object of strings, got {}", Describe(*env)));
+    }
+    if (env->size() > kMaxEnv) {
+      return Invalid(
+          fmt::format("body.env: {} variables is more than the limit of {}", env->size(), kMaxEnv));
+    }
+    ObjectReader vars(*env, "body.env");
+    for (const auto& [name, value] : env->items()) {
+      if (!IsEnvName(name)) {
+        return Invalid(
+            fmt::format("body.env.{}: not a variable name ([A-Za-z_][A-Za-z0-9_]*)", name));
+      }
+      command.env[name] = *TRY(vars.String(name, kMaxEnvValueBytes));
+    }
+  }
+
+  if (auto cwd = TRY(reader.String("cwd", kMaxArgBytes))) {
+    TRY(CheckAbsolutePath("body.cwd", *cwd));
+    command.cwd = *cwd;
+  }
+  if (auto profile = TRY(reader.String("profile", 64))) {
+    if (!IsIdentifier(*profile)) {
+      return Invalid(
+          fmt::format("body.profile: '{}' is not a profile name ([a-z0-9._-], 1..64)", *profile));
+    }
+    command.profile = *profile;
+  }
+  if (const json* limits = reader.Find("limits")) {
+    if (!limits->is_object()) {
+      return Invalid(fmt::format("body.limits: expected an object, got {}", Describe(*limits)));
+    }
+    ObjectReader l(*limits, "body.limits");
+    command.limits.memory_bytes = TRY(l.Unsigned("memory_bytes", 1, uint64_t{1} << 44));
+    if (auto cpu = TRY(l.Unsigned("cpu_millis", 1, 1024 * 1000))) command.limits.cpu_millis = *cpu;
+    if (auto pids = TRY(l.Unsigned("pids", 1, 1u << 22))) command.limits.pids = *pids;
+    command.limits.disk_bytes = TRY(l.Unsigned("disk_bytes", 1, uint64_t{1} << 46));
+    command.limits.timeout_ms = TRY(l.Unsigned("timeout_ms", 1, uint64_t{30} * 24 * 3600 * 1000));
+    TRY(l.Finish());
+  }
+  if (auto start = TRY(reader.Bool("start"))) command.start = *start;
+  TRY(reader.Finish());
+  return command;
+}
+
+Result<Command> DecodeJobList(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  JobListCommand command;
+  if (auto state = query.Find("state")) {
+    command.state = ParseJobState(*state);
+    if (!command.state) {
+      return Invalid(fmt::format("query.state: '{}' is not a job state", *state));
+    }
+  }
+  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeLogs(const Request& request, uint64_t id) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  JobLogsCommand command{.id = id};
+  if (auto stream = query.Find("stream")) {
+    if (*stream == "stdout") {
+      command.stream = OutputStream::kStdout;
+    } else if (*stream == "stderr") {
+      command.stream = OutputStream::kStderr;
+    } else {
+      return Invalid(fmt::format("query.stream: '{}' is not stdout or stderr", *stream));
+    }
+  }
+  if (auto offset = TRY(query.Unsigned("offset", 0, UINT64_MAX))) command.offset = *offset;
+  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxLogReadBytes))) command.limit = *limit;
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeWorkspaceDownload(const Request& request, uint64_t id) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  WorkspaceDownloadCommand command{.id = id};
+  if (auto format = query.Find("format")) {
+    if (*format == "tar") {
+      command.format = WorkspaceFormat::kTar;
+    } else if (*format == "list") {
+      command.format = WorkspaceFormat::kList;
+    } else {
+      return Invalid(fmt::format("query.format: '{}' is not tar or list", *format));
+    }
+  }
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeWorkspaceUpload(const Request& request, uint64_t id) {
+  TRY(QueryReader(request).Finish());
+  if (request.body.empty()) return Invalid("body: expected a tar archive, got nothing");
+  if (request.body.size() > kMaxWorkspaceTarBytes) {
+    return Invalid(fmt::format("body: {} bytes is longer than the limit of {}", request.body.size(),
+                               kMaxWorkspaceTarBytes));
+  }
+  return WorkspaceUploadCommand{.id = id, .tar = request.body};
+}
+
+Result<std::string> PolicyDocument(ObjectReader& reader) {
+  auto document = TRY(reader.String("document", kMaxPolicyDocumentBytes));
+  if (!document) return Invalid("body.document: required");
+  return *document;
+}
+
+Result<Command> DecodePolicySet(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body");
+  PolicySetCommand command;
+  command.document = TRY(PolicyDocument(reader));
+  if (auto comment = TRY(reader.String("comment", 1024))) command.comment = *comment;
+  TRY(reader.Finish());
+  return command;
+}
+
+Result<Command> DecodePolicyValidate(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body");
+  PolicyValidateCommand command{.document = TRY(PolicyDocument(reader))};
+  TRY(reader.Finish());
+  return command;
+}
+
+Result<Command> DecodePolicyRollback(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body");
+  auto version = TRY(reader.Unsigned("version", 1, INT64_MAX));
+  if (!version) return Invalid("body.version: required");
+  TRY(reader.Finish());
+  return PolicyRollbackCommand{.version = *version};
+}
+
+Result<Command> DecodePolicyGet(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  PolicyGetCommand command{.version = TRY(query.Unsigned("version", 1, INT64_MAX))};
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodePolicyHistory(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  PolicyHistoryCommand command;
+  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  TRY(query.Finish());
+  return command;
+}
+
+struct AuditFilter {
+  uint64_t after = 0;
+  std::optional<uint64_t> job;
+  std::optional<std::string> type;
+};
+
+Result<AuditFilter> ReadAuditFilter(QueryReader& query) {
+  AuditFilter filter;
+  if (auto after = TRY(query.Unsigned("after", 0, INT64_MAX))) filter.after = *after;
+  filter.job = TRY(query.Unsigned("job", 1, INT64_MAX));
+  filter.type = TRY(query.Identifier("type"));
+  return filter;
+}
+
+Result<Command> DecodeAuditList(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  AuditFilter filter = TRY(ReadAuditFilter(query));
+  AuditListCommand command{.after = filter.after, .job = filter.job, .type = filter.type};
+  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeAuditExport(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  AuditFilter filter = TRY(ReadAuditFilter(query));
+  TRY(query.Finish());
+  return AuditExportCommand{.after = filter.after, .job = filter.job, .type = filter.type};
+}
+
+Result<Command> DecodeAuditVerify(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  AuditVerifyCommand command{.anchor = query.Find("anchor")};
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeEvents(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  EventsCommand command;
+  if (auto after = TRY(query.Unsigned("after", 0, INT64_MAX))) command.after = *after;
+  command.job = TRY(query.Unsigned("job", 1, INT64_MAX));
+  if (auto limit = TRY(query.Unsigned("limit", 1, 10000))) command.limit = *limit;
+  TRY(query.Finish());
+  return command;
+}
+
+std::vector<std::string_view> Segments(std::string_view path) {
+  std::vector<std::string_view> out;
+  size_t start = 1;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    out.push_back(path.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+// The routing table: decoders by (path pattern, verb). "{id}" matches a job id.
+struct Route {
+  std::string_view pattern;
+  std::string_view verb;
+  Result<Command> (*decode)(const Request& request, uint64_t id);
+};
+
+template <typename C>
+Result<Command> Plain(const Request& request, uint64_t id) {
+  TRY(NoArguments(request));
+  C command;
+  if constexpr (requires(C c) { c.id; }) command.id = id;
+  return command;
+}
+
+constexpr Route kRoutes[] = {
+    {"/v1/status", "GET", Plain<StatusCommand>},
+    {"/v1/jobs", "POST", [](const Request& r, uint64_t) { return DecodeSubmit(r); }},
+    {"/v1/jobs", "GET", [](const Request& r, uint64_t) { return DecodeJobList(r); }},
+    {"/v1/jobs/{id}", "GET", Plain<JobShowCommand>},
+    {"/v1/jobs/{id}/start", "POST", Plain<JobStartCommand>},
+    {"/v1/jobs/{id}/cancel", "POST", Plain<JobCancelCommand>},
+    {"/v1/jobs/{id}/logs", "GET", DecodeLogs},
+    {"/v1/jobs/{id}/files", "GET", Plain<JobFilesCommand>},
+    {"/v1/jobs/{id}/workspace", "PUT", DecodeWorkspaceUpload},
+    {"/v1/jobs/{id}/workspace", "GET", DecodeWorkspaceDownload},
+    {"/v1/policy", "GET", [](const Request& r, uint64_t) { return DecodePolicyGet(r); }},
+    {"/v1/policy", "PUT", [](const Request& r, uint64_t) { return DecodePolicySet(r); }},
+    {"/v1/policy/validate", "POST",
+     [](const Request& r, uint64_t) { return DecodePolicyValidate(r); }},
+    {"/v1/policy/history", "GET",
+     [](const Request& r, uint64_t) { return DecodePolicyHistory(r); }},
+    {"/v1/policy/rollback", "POST",
+     [](const Request& r, uint64_t) { return DecodePolicyRollback(r); }},
+    {"/v1/audit", "GET", [](const Request& r, uint64_t) { return DecodeAuditList(r); }},
+    {"/v1/audit/verify", "GET", [](const Request& r, uint64_t) { return DecodeAuditVerify(r); }},
+    {"/v1/audit/export", "GET", [](const Request& r, uint64_t) { return DecodeAuditExport(r); }},
+    {"/v1/events", "GET", [](const Request& r, uint64_t) { return DecodeEvents(r); }},
+};
+
+// Whether `path` matches `pattern`; a "{id}" segment must then be a job id
+// (a malformed one is the request's error, not another route).
+Result<bool> Matches(std::string_view pattern, std::string_view path, uint64_t& id) {
+  std::vector<std::string_view> want = Segments(pattern);
+  std::vector<std::string_view> got = Segments(path);
+  if (want.size() != got.size()) return false;
+  std::optional<std::string_view> id_text;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (want[i] == "{id}") {
+      id_text = got[i];
+    } else if (want[i] != got[i]) {
+      return false;
+    }
+  }
+  if (id_text) id = TRY(ParseId(*id_text));
+  return true;
+}
+
+}  // namespace
+
+std::string_view JobStateName(JobState state) {
+  switch (state) {
+    case JobState::kCreated: return "created";
+    case JobState::kQueued: return "queued";
+    case JobState::kRunning: return "running";
+    case JobState::kSucceeded: return "succeeded";
+    case JobState::kFailed: return "failed";
+    case JobState::kTimedOut: return "timed-out";
+    case JobState::kCancelled: return "cancelled";
+    case JobState::kLost: return "lost";
+  }
+  return "?";
+}
+
+std::optional<JobState> ParseJobState(std::string_view name) {
+  for (JobState state : kAllJobStates) {
+    if (JobStateName(state) == name) return state;
+  }
+  return std::nullopt;
+}
+
+bool IsFinal(JobState state) {
+  return state != JobState::kCreated && state != JobState::kQueued && state != JobState::kRunning;
+}
+
+std::string_view OutputStreamName(OutputStream stream) {
+  return stream == OutputStream::kStdout ? "stdout" : "stderr";
+}
+
+std::string_view CommandName(const Command& command) {
+  return std::visit([](const auto& c) { return std::decay_t<decltype(c)>::kName; }, command);
+}
+
+Result<nlohmann::json> ParseJson(std::string_view text, std::string_view what) {
+  json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) {
+    return Invalid(fmt::format("{}: malformed JSON at {}", what, JsonErrorReason(text)));
+  }
+  return value;
+}
+
+std::string DumpJson(const nlohmann::json& value, int indent) {
+  return value.dump(indent, ' ', false, json::error_handler_t::replace);
+}
+
+Result<Command> DecodeRequest(const Request& request) {
+  if (request.path.empty() || request.path[0] != '/') {
+    return Invalid(fmt::format("path: '{}' does not start with '/'", request.path));
+  }
+  if (request.path.rfind("/v1/", 0) != 0) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("path: '{}' is not an API path (/v1/...)", request.path));
+  }
+  bool path_known = false;
+  for (const Route& route : kRoutes) {
+    uint64_t id = 0;
+    bool matches = TRY(Matches(route.pattern, request.path, id));
+    if (!matches) continue;
+    path_known = true;
+    if (route.verb == request.verb) return route.decode(request, id);
+  }
+  if (path_known) {
+    return Error::Make(ErrorCode::kUnsupported,
+                       fmt::format("verb: {} is not allowed on {}", request.verb, request.path));
+  }
+  return Error::Make(ErrorCode::kNotFound, fmt::format("path: no such route {}", request.path));
+}
+
+std::string Base64Encode(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()),
+                          static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+Result<std::string> Base64Decode(std::string_view text, std::string_view what) {
+  if (text.size() % 4 != 0) {
+    return Invalid(
+        fmt::format("{}: not base64 (length {} is not a multiple of 4)", what, text.size()));
+  }
+  std::string out(text.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0) return Invalid(fmt::format("{}: not base64", what));
+  // EVP_DecodeBlock counts the padding as zero bytes.
+  size_t padding = 0;
+  if (!text.empty() && text.back() == '=') ++padding;
+  if (text.size() > 1 && text[text.size() - 2] == '=') ++padding;
+  out.resize(static_cast<size_t>(n) - padding);
+  return out;
+}
+
+std::string Caller::ToString() const {
+  if (kind == Kind::kLocalUid) return fmt::format("uid:{}", uid);
+  return fmt::format("cert:{}", certificate_id);
+}
+
+Reply Reply::Failure(Error error) {
+  Reply reply;
+  reply.body = ErrorJson(error);
+  reply.error = std::move(error);
+  return reply;
+}
+
+nlohmann::json ErrorJson(const Error& error) {
+  return {{"error",
+           {{"code", std::string(ErrorCodeName(error.code()))}, {"message", error.message()}}}};
+}
+
+}  // namespace ralph::ralphd

@@ -1,0 +1,592 @@
+#include "services/ralphd/daemon.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "platform/file_io.h"
+#include "services/ralphd/workspace.h"
+
+namespace ralph::ralphd {
+namespace {
+
+using nlohmann::json;
+
+// Details of a "job.files" audit row stay far below the audit log's bound.
+constexpr size_t kMaxAuditedFiles = 200;
+
+Result<void> MakeDir(const std::string& path, mode_t mode = 0700) {
+  if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) {
+    return Error::FromErrno(fmt::format("mkdir {}", path), errno);
+  }
+  return {};
+}
+
+json FileToJson(const FileRecord& file) {
+  json out = {{"path", file.path}, {"kind", file.kind}, {"size", file.size}};
+  if (!file.sha256.empty()) out["sha256"] = file.sha256;
+  return out;
+}
+
+std::string ProtocolName(sandbox::Protocol protocol) {
+  switch (protocol) {
+    case sandbox::Protocol::kTcp: return "tcp";
+    case sandbox::Protocol::kUdp: return "udp";
+    case sandbox::Protocol::kAny: return "any";
+  }
+  return "?";
+}
+
+json UsageToJson(const sandbox::JobResult& result) {
+  return {
+      {"wall_ms", std::chrono::duration_cast<std::chrono::milliseconds>(result.wall).count()},
+      {"user_cpu_ms", result.usage.ru_utime.tv_sec * 1000 + result.usage.ru_utime.tv_usec / 1000},
+      {"system_cpu_ms", result.usage.ru_stime.tv_sec * 1000 + result.usage.ru_stime.tv_usec / 1000},
+      {"max_rss_kib", result.usage.ru_maxrss},
+      {"cgroup_cpu_ns", result.cgroup.cpu_usage_ns},
+      {"memory_peak_bytes", result.cgroup.memory_peak_bytes},
+      {"oom_kills", result.cgroup.oom_kills}};
+}
+
+}  // namespace
+
+json SubmitToJson(const JobSubmitCommand& command) {
+  json out = {{"argv", command.argv}, {"profile", command.profile}, {"start", command.start}};
+  if (!command.env.empty()) out["env"] = command.env;
+  if (command.cwd) out["cwd"] = *command.cwd;
+  json limits = json::object();
+  if (command.limits.memory_bytes) limits["memory_bytes"] = *command.limits.memory_bytes;
+  if (command.limits.cpu_millis) limits["cpu_millis"] = *command.limits.cpu_millis;
+  if (command.limits.pids) limits["pids"] = *command.limits.pids;
+  if (command.limits.disk_bytes) limits["disk_bytes"] = *command.limits.disk_bytes;
+  if (command.limits.timeout_ms) limits["timeout_ms"] = *command.limits.timeout_ms;
+  if (!limits.empty()) out["limits"] = limits;
+  return out;
+}
+
+json JobToJson(const JobRecord& job) {
+  json out = {{"id", job.id},
+              {"state", JobStateName(job.state)},
+              {"profile", job.profile},
+              {"argv", job.request.value("argv", json::array())},
+              {"request", job.request},
+              {"policy_version", job.policy_version},
+              {"created", job.created},
+              {"started", job.started.empty() ? json() : json(job.started)},
+              {"finished", job.finished.empty() ? json() : json(job.finished)},
+              {"workspace_uploaded", job.workspace_uploaded}};
+  if (!job.termination.empty()) {
+    out["termination"] = job.termination;
+    out["exit_code"] = job.exit_code;
+    out["signal"] = job.signal;
+    out["usage"] = job.usage;
+  }
+  if (!job.reason.empty()) out["reason"] = job.reason;
+  return out;
+}
+
+Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
+  if (options.audit_db.empty()) options.audit_db = options.state_dir + "/audit.db";
+  // The jobs' mapped uids mount their overlays below sandbox/: they may
+  // pass through (not list) the state dir; everything else is root's.
+  TRY(MakeDir(options.state_dir, 0711));
+  TRY(MakeDir(options.state_dir + "/jobs"));
+  TRY(MakeDir(options.state_dir + "/sandbox", 0711));
+  std::unique_ptr<Store> store = TRY(Store::Open(options.state_dir + "/ralphd.db", options.store));
+  std::unique_ptr<audit::AuditLog> audit =
+      TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kCreateIfMissing));
+  RunnerOptions runner_options{
+      .sandbox_state_dir = options.state_dir + "/sandbox", .ids = options.ids, .log = options.log};
+  std::unique_ptr<JobRunner> runner = TRY(JobRunner::Create(runner_options));
+  std::unique_ptr<Daemon> daemon(
+      new Daemon(std::move(options), std::move(store), std::move(audit), std::move(runner)));
+  TRY(daemon->Recover());
+  daemon->Schedule();
+  return daemon;
+}
+
+Daemon::~Daemon() = default;
+
+void Daemon::Log(LogLevel level, const std::string& message) const {
+  if (options_.log) options_.log(level, message);
+}
+
+std::string Daemon::JobDir(uint64_t job) const {
+  return fmt::format("{}/jobs/{}", options_.state_dir, job);
+}
+
+void Daemon::Emit(std::string kind, uint64_t job, json body) {
+  Result<Event> event = store_->AppendEvent(std::move(kind), job, std::move(body));
+  if (!event) {
+    Log(LogLevel::kError, event.error().ToString());
+    return;
+  }
+  if (listener_) listener_(*event);
+}
+
+void Daemon::Audit(std::string type, std::string subject, json details, uint64_t job) {
+  Result<audit::AuditRecord> record = audit_->Append({.actor = "ralphd",
+                                                      .type = std::move(type),
+                                                      .subject = std::move(subject),
+                                                      .details = std::move(details)});
+  if (!record) {
+    // The action is not undone for a broken audit log; the failure is loud.
+    Log(LogLevel::kError, fmt::format("audit: {}", record.error().ToString()));
+    return;
+  }
+  Emit("audit", job, audit::RecordToJson(*record));
+}
+
+Result<void> Daemon::SetState(JobRecord& job, JobState state, std::string reason) {
+  job.state = state;
+  if (!reason.empty()) job.reason = std::move(reason);
+  if (state == JobState::kRunning) job.started = NowText();
+  if (IsFinal(state)) job.finished = NowText();
+  TRY(store_->UpdateJob(job));
+  json details = {{"state", JobStateName(state)}};
+  if (!job.reason.empty()) details["reason"] = job.reason;
+  if (!job.termination.empty()) {
+    details["termination"] = job.termination;
+    details["exit_code"] = job.exit_code;
+    details["signal"] = job.signal;
+  }
+  Emit("state", job.id, details);
+  Audit("job.state", fmt::format("job {}", job.id), details, job.id);
+  return {};
+}
+
+Result<void> Daemon::Recover() {
+  std::vector<JobRecord> running = TRY(store_->JobsIn(JobState::kRunning));
+  std::vector<uint64_t> lost;
+  for (JobRecord& job : running) {
+    TRY(SetState(job, JobState::kLost,
+                 "ralphd stopped while the job ran: its sandbox died with the daemon "
+                 "(parent-death signal) and what it left was removed"));
+    lost.push_back(job.id);
+  }
+  if (!lost.empty()) {
+    RunnerOptions options{.sandbox_state_dir = options_.state_dir + "/sandbox",
+                          .ids = options_.ids,
+                          .log = options_.log};
+    Result<void> swept = JobRunner::SweepLost(options, lost);
+    if (!swept) Log(LogLevel::kError, swept.error().ToString());
+  }
+  return {};
+}
+
+void Daemon::Schedule() {
+  while (runner_->running() < options_.max_running) {
+    Result<std::vector<JobRecord>> queue = store_->JobsIn(JobState::kQueued);
+    if (!queue) {
+      Log(LogLevel::kError, queue.error().ToString());
+      return;
+    }
+    if (queue->empty()) return;
+    JobRecord job = std::move(queue->front());
+    Result<void> launched = Launch(job);
+    if (!launched) {
+      Result<void> failed = SetState(job, JobState::kFailed, launched.error().message());
+      if (!failed) Log(LogLevel::kError, failed.error().ToString());
+    }
+  }
+}
+
+Result<void> Daemon::Launch(JobRecord job) {
+  // The job runs under the policy it was accepted with.
+  PolicyVersion version = TRY(store_->Policy(job.policy_version));
+  Policy policy = TRY(ParsePolicy(version.document));
+  const Profile* profile = policy.Find(job.profile);
+  if (!profile) {
+    return Error::Make(ErrorCode::kNotFound, fmt::format("profile '{}' is not in policy version {}",
+                                                         job.profile, job.policy_version));
+  }
+  Command command =
+      TRY(DecodeRequest({.verb = "POST", .path = "/v1/jobs", .body = DumpJson(job.request)}));
+  const auto& submit = std::get<JobSubmitCommand>(command);
+  sandbox::SandboxSpec spec = TRY(MakeJobSpec(
+      *profile,
+      {.argv = submit.argv, .env = submit.env, .cwd = submit.cwd, .limits = submit.limits},
+      options_.environment));
+  TRY(SetState(job, JobState::kRunning));
+  std::string dir = JobDir(job.id);
+  TRY(MakeDir(dir));
+  runner_->Start({.job = job.id,
+                  .spec = std::move(spec),
+                  .upload_tar = job.workspace_uploaded ? dir + "/upload.tar" : "",
+                  .result_tar_path = dir + "/workspace.tar"});
+  return {};
+}
+
+void Daemon::OnRunnerMessages() {
+  for (RunnerMessage& message : runner_->Take()) {
+    const uint64_t id = message.job;
+    switch (message.kind) {
+      case RunnerMessage::Kind::kStarted: break;
+      case RunnerMessage::Kind::kOutput: {
+        Result<uint64_t> offset = store_->OutputEnd(id, message.stream);
+        Result<void> stored = store_->AppendOutput(id, message.stream, message.data);
+        if (!offset || !stored) {
+          Log(LogLevel::kError, fmt::format("job {}: storing output failed", id));
+          break;
+        }
+        Emit("output", id,
+             {{"stream", OutputStreamName(message.stream)},
+              {"offset", *offset},
+              {"size", message.data.size()},
+              {"data_base64", Base64Encode(message.data)}});
+        break;
+      }
+      case RunnerMessage::Kind::kNet: {
+        const sandbox::NetEvent& net = message.net;
+        bool allowed = net.verdict == sandbox::NetVerdict::kAllowed;
+        Audit(allowed ? "net.allowed" : "net.denied", fmt::format("job {}", id),
+              {{"destination", net.destination},
+               {"port", net.port},
+               {"protocol", ProtocolName(net.protocol)},
+               {"reason", net.reason}},
+              id);
+        break;
+      }
+      case RunnerMessage::Kind::kFinished: {
+        Result<JobRecord> job = store_->Job(id);
+        if (!job) {
+          Log(LogLevel::kError, job.error().ToString());
+          break;
+        }
+        if (!message.files.empty() || message.files_error) {
+          Result<void> recorded = store_->RecordFiles(id, message.files);
+          if (!recorded) Log(LogLevel::kError, recorded.error().ToString());
+          json listed = json::array();
+          for (size_t i = 0; i < message.files.size() && i < kMaxAuditedFiles; ++i) {
+            listed.push_back(FileToJson(message.files[i]));
+          }
+          json details = {{"count", message.files.size()}, {"files", listed}};
+          if (message.files_error) details["error"] = message.files_error->message();
+          Audit("job.files", fmt::format("job {}", id), details, id);
+        }
+        JobState state = JobState::kFailed;
+        std::string reason;
+        if (message.result) {
+          const sandbox::JobResult& result = *message.result;
+          job->termination = std::string(sandbox::TerminationName(result.termination));
+          job->exit_code = result.exit_code;
+          job->signal = result.signal;
+          job->usage = UsageToJson(result);
+          if (message.cancelled) {
+            state = JobState::kCancelled;
+            reason = "cancelled while running";
+          } else if (result.termination == sandbox::Termination::kTimedOut) {
+            state = JobState::kTimedOut;
+            reason = "killed by its timeout";
+          } else if (result.termination == sandbox::Termination::kExited && result.exit_code == 0) {
+            state = JobState::kSucceeded;
+          } else if (result.termination == sandbox::Termination::kExited) {
+            reason = fmt::format("exit status {}", result.exit_code);
+          } else {
+            reason = fmt::format("killed by signal {}", result.signal);
+          }
+        } else {
+          reason = message.error ? message.error->message() : "the sandbox failed";
+        }
+        if (message.result && message.error) {
+          reason += fmt::format(" (teardown: {})", message.error->message());
+        }
+        Result<void> set = SetState(*job, state, reason);
+        if (!set) Log(LogLevel::kError, set.error().ToString());
+        break;
+      }
+    }
+  }
+  Schedule();
+}
+
+Result<Reply> Daemon::Status() {
+  json counts = json::object();
+  for (JobState state : {JobState::kCreated, JobState::kQueued, JobState::kRunning}) {
+    counts[std::string(JobStateName(state))] = TRY(store_->JobsIn(state)).size();
+  }
+  PolicyVersion policy = TRY(store_->ActivePolicy());
+  audit::ChainTip tip = TRY(audit_->Tip());
+  return Reply::Json({{"jobs", counts},
+                      {"max_running", options_.max_running},
+                      {"policy_version", policy.version},
+                      {"last_event_seq", TRY(store_->LastEventSeq())},
+                      {"audit_tip", tip.ToString()}});
+}
+
+Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& command) {
+  PolicyVersion version = TRY(store_->ActivePolicy());
+  Policy policy = TRY(ParsePolicy(version.document));
+  const Profile* profile = policy.Find(command.profile);
+  if (!profile) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("profile: '{}' is not in the active policy (version {})",
+                                   command.profile, version.version));
+  }
+  // Checked now, so that a job asking for more is refused at once.
+  TRY(MakeJobSpec(
+      *profile,
+      {.argv = command.argv, .env = command.env, .cwd = command.cwd, .limits = command.limits},
+      options_.environment));
+  JobRecord job{.state = command.start ? JobState::kQueued : JobState::kCreated,
+                .profile = command.profile,
+                .request = SubmitToJson(command),
+                .policy_version = version.version,
+                .created = NowText()};
+  job.id = TRY(store_->InsertJob(job));
+  Audit("job.submit", fmt::format("job {}", job.id),
+        {{"caller", caller.ToString()}, {"argv", command.argv}, {"profile", command.profile}},
+        job.id);
+  Emit("state", job.id, {{"state", JobStateName(job.state)}});
+  Schedule();
+  job = TRY(store_->Job(job.id));
+  return Reply::Json(JobToJson(job));
+}
+
+Result<Reply> Daemon::Start(uint64_t id) {
+  JobRecord job = TRY(store_->Job(id));
+  if (job.state != JobState::kCreated) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} is {}: only a created job can be started", id,
+                                   JobStateName(job.state)));
+  }
+  TRY(SetState(job, JobState::kQueued));
+  Schedule();
+  return Reply::Json(JobToJson(TRY(store_->Job(id))));
+}
+
+Result<Reply> Daemon::Cancel(uint64_t id) {
+  JobRecord job = TRY(store_->Job(id));
+  if (IsFinal(job.state)) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} is already {}", id, JobStateName(job.state)));
+  }
+  if (job.state == JobState::kRunning) {
+    // The runner's finished message makes it cancelled.
+    if (!runner_->Cancel(id)) {
+      return Error::Make(ErrorCode::kInternal, fmt::format("job {} is not running here", id));
+    }
+    return Reply::Json(JobToJson(job));
+  }
+  TRY(SetState(job, JobState::kCancelled, "cancelled before it ran"));
+  return Reply::Json(JobToJson(job));
+}
+
+Result<Reply> Daemon::Logs(const JobLogsCommand& command) {
+  JobRecord job = TRY(store_->Job(command.id));
+  OutputSlice slice =
+      TRY(store_->ReadOutput(command.id, command.stream, command.offset, command.limit));
+  return Reply::Json({{"job", command.id},
+                      {"state", JobStateName(job.state)},
+                      {"stream", OutputStreamName(command.stream)},
+                      {"offset", slice.offset},
+                      {"end", slice.end},
+                      {"dropped_before", slice.dropped_before},
+                      {"data_base64", Base64Encode(slice.data)}});
+}
+
+Result<Reply> Daemon::Upload(const WorkspaceUploadCommand& command) {
+  JobRecord job = TRY(store_->Job(command.id));
+  if (job.state != JobState::kCreated) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} is {}: a workspace is uploaded before start (submit "
+                                   "with \"start\": false)",
+                                   command.id, JobStateName(job.state)));
+  }
+  std::string dir = JobDir(command.id);
+  TRY(MakeDir(dir));
+  TRY(WriteWholeFile(dir + "/upload.tar", command.tar, 0600));
+  // Checked now: a broken archive is the upload's error, not the job's.
+  TRY(ListTar(dir + "/upload.tar"));
+  job.workspace_uploaded = true;
+  TRY(store_->UpdateJob(job));
+  Audit("job.workspace-upload", fmt::format("job {}", command.id), {{"bytes", command.tar.size()}},
+        command.id);
+  return Reply::Json(JobToJson(job));
+}
+
+Result<Reply> Daemon::Download(const WorkspaceDownloadCommand& command) {
+  JobRecord job = TRY(store_->Job(command.id));
+  std::string dir = JobDir(command.id);
+  std::optional<std::string> live = runner_->WorkspacePath(command.id);
+  std::string tar_path;
+  if (!live) {
+    if (::access((dir + "/workspace.tar").c_str(), F_OK) == 0) {
+      tar_path = dir + "/workspace.tar";
+    } else if (job.workspace_uploaded) {
+      tar_path = dir + "/upload.tar";
+    } else {
+      return Error::Make(ErrorCode::kNotFound, fmt::format("job {} ({}) has no workspace yet",
+                                                           command.id, JobStateName(job.state)));
+    }
+  }
+  if (command.format == WorkspaceFormat::kList) {
+    std::vector<FileRecord> files = live ? TRY(ListFiles(*live, "/work")) : TRY(ListTar(tar_path));
+    json list = json::array();
+    for (const FileRecord& file : files) list.push_back(FileToJson(file));
+    return Reply::Json({{"job", command.id}, {"files", list}});
+  }
+  std::string tar = live ? TRY(ArchiveDirectory(*live)) : TRY(ReadWholeFile(tar_path));
+  return Reply::Bytes(ReplyKind::kTar, std::move(tar));
+}
+
+Result<Reply> Daemon::PolicyGet(const PolicyGetCommand& command) {
+  PolicyVersion version =
+      command.version ? TRY(store_->Policy(*command.version)) : TRY(store_->ActivePolicy());
+  PolicyVersion active = TRY(store_->ActivePolicy());
+  json profiles = json::array();
+  Result<Policy> policy = ParsePolicy(version.document);
+  if (policy) {
+    for (const auto& [name, profile] : policy->profiles) profiles.push_back(ProfileToJson(profile));
+  }
+  return Reply::Json({{"version", version.version},
+                      {"active", version.version == active.version},
+                      {"time", version.time},
+                      {"actor", version.actor},
+                      {"comment", version.comment},
+                      {"document", version.document},
+                      {"profiles", profiles}});
+}
+
+Result<Reply> Daemon::PolicySet(const Caller& caller, const std::string& document,
+                                const std::string& comment, std::string_view type) {
+  PolicyCheck check = CheckPolicy(document);
+  if (!check.ok()) {
+    // Nothing changes: the active version stays.
+    Result<Policy> parsed = ParsePolicy(document);
+    Reply reply = Reply::Failure(parsed.error());
+    json issues = json::array();
+    for (const PolicyIssue& issue : check.issues) {
+      issues.push_back(
+          {{"line", issue.line}, {"column", issue.column}, {"message", issue.message}});
+    }
+    reply.body["error"]["issues"] = issues;
+    return reply;
+  }
+  PolicyVersion version = TRY(store_->AddPolicy(document, comment, caller.ToString()));
+  Audit(std::string(type), fmt::format("policy version {}", version.version),
+        {{"caller", caller.ToString()}, {"version", version.version}, {"comment", comment}});
+  return Reply::Json({{"version", version.version}, {"comment", comment}});
+}
+
+Result<Reply> Daemon::PolicyRollback(const Caller& caller, uint64_t version) {
+  PolicyVersion old = TRY(store_->Policy(version));
+  return PolicySet(caller, old.document, fmt::format("rollback to version {}", version),
+                   "policy.rollback");
+}
+
+Result<Reply> Daemon::AuditList(const AuditListCommand& command) {
+  audit::ListQuery query{
+      .limit = command.limit,
+      .from = command.after ? audit::ListFrom::kOldest : audit::ListFrom::kNewest,
+      .after_seq = static_cast<int64_t>(command.after),
+      .type = command.type};
+  if (command.job) query.subject = fmt::format("job {}", *command.job);
+  std::vector<audit::AuditRecord> rows = TRY(audit_->List(query));
+  json records = json::array();
+  for (const audit::AuditRecord& row : rows) records.push_back(audit::RecordToJson(row));
+  return Reply::Json({{"records", records}});
+}
+
+Result<Reply> Daemon::AuditVerify(const AuditVerifyCommand& command) {
+  std::optional<audit::ChainTip> anchor;
+  if (command.anchor) anchor = TRY_CTX(audit::ParseChainTip(*command.anchor), "query.anchor");
+  audit::VerifyReport report = TRY(audit_->Verify(anchor));
+  json out = {{"path", audit_->path()},
+              {"ok", report.ok()},
+              {"rows", report.rows},
+              {"tip", report.tip.ToString()}};
+  if (report.broken) {
+    out["broken"] = {{"seq", report.broken->seq},
+                     {"kind", audit::BreakKindName(report.broken->kind)},
+                     {"message", report.broken->message}};
+  }
+  return Reply::Json(out);
+}
+
+Result<Reply> Daemon::AuditExport(const AuditExportCommand& command) {
+  audit::ListQuery query{.after_seq = static_cast<int64_t>(command.after), .type = command.type};
+  if (command.job) query.subject = fmt::format("job {}", *command.job);
+  std::vector<audit::AuditRecord> rows = TRY(audit_->List(query));
+  std::string lines;
+  for (const audit::AuditRecord& row : rows) lines += DumpJson(audit::RecordToJson(row)) + "\n";
+  return Reply::Bytes(ReplyKind::kJsonLines, std::move(lines));
+}
+
+Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
+  if (std::holds_alternative<StatusCommand>(command)) return Status();
+  if (const auto* c = std::get_if<JobSubmitCommand>(&command)) return Submit(caller, *c);
+  if (const auto* c = std::get_if<JobListCommand>(&command)) {
+    std::vector<JobRecord> jobs = TRY(store_->Jobs(c->state, c->limit));
+    json list = json::array();
+    for (const JobRecord& job : jobs) list.push_back(JobToJson(job));
+    return Reply::Json({{"jobs", list}});
+  }
+  if (const auto* c = std::get_if<JobShowCommand>(&command)) {
+    return Reply::Json(JobToJson(TRY(store_->Job(c->id))));
+  }
+  if (const auto* c = std::get_if<JobStartCommand>(&command)) return Start(c->id);
+  if (const auto* c = std::get_if<JobCancelCommand>(&command)) return Cancel(c->id);
+  if (const auto* c = std::get_if<JobLogsCommand>(&command)) return Logs(*c);
+  if (const auto* c = std::get_if<JobFilesCommand>(&command)) {
+    JobRecord job = TRY(store_->Job(c->id));
+    json list = json::array();
+    for (const FileRecord& file : TRY(store_->Files(c->id))) list.push_back(FileToJson(file));
+    return Reply::Json({{"job", c->id}, {"state", JobStateName(job.state)}, {"files", list}});
+  }
+  if (const auto* c = std::get_if<WorkspaceUploadCommand>(&command)) return Upload(*c);
+  if (const auto* c = std::get_if<WorkspaceDownloadCommand>(&command)) return Download(*c);
+  if (const auto* c = std::get_if<PolicyGetCommand>(&command)) return PolicyGet(*c);
+  if (const auto* c = std::get_if<PolicySetCommand>(&command)) {
+    return PolicySet(caller, c->document, c->comment, "policy.set");
+  }
+  if (const auto* c = std::get_if<PolicyValidateCommand>(&command)) {
+    PolicyCheck check = CheckPolicy(c->document);
+    json issues = json::array();
+    for (const PolicyIssue& issue : check.issues) {
+      issues.push_back(
+          {{"line", issue.line}, {"column", issue.column}, {"message", issue.message}});
+    }
+    return Reply::Json({{"valid", check.ok()}, {"issues", issues}});
+  }
+  if (const auto* c = std::get_if<PolicyHistoryCommand>(&command)) {
+    PolicyVersion active = TRY(store_->ActivePolicy());
+    json list = json::array();
+    for (const PolicyVersion& version : TRY(store_->PolicyHistory(c->limit))) {
+      list.push_back({{"version", version.version},
+                      {"active", version.version == active.version},
+                      {"time", version.time},
+                      {"actor", version.actor},
+                      {"comment", version.comment}});
+    }
+    return Reply::Json({{"versions", list}});
+  }
+  if (const auto* c = std::get_if<PolicyRollbackCommand>(&command)) {
+    return PolicyRollback(caller, c->version);
+  }
+  if (const auto* c = std::get_if<AuditListCommand>(&command)) return AuditList(*c);
+  if (const auto* c = std::get_if<AuditVerifyCommand>(&command)) return AuditVerify(*c);
+  if (const auto* c = std::get_if<AuditExportCommand>(&command)) return AuditExport(*c);
+  if (const auto* c = std::get_if<EventsCommand>(&command)) {
+    std::vector<Event> events = TRY(store_->EventsAfter(c->after, c->job, c->limit));
+    json list = json::array();
+    for (const Event& event : events) list.push_back(event.ToJson());
+    return Reply::Json({{"events", list}, {"last_seq", TRY(store_->LastEventSeq())}});
+  }
+  return Error::Make(ErrorCode::kInternal, "unhandled command");
+}
+
+Reply Daemon::Dispatch(const Caller& caller, const Command& command) {
+  Result<Reply> reply = Carry(caller, command);
+  Reply out = reply ? std::move(*reply) : Reply::Failure(reply.error());
+  json details = {{"caller", caller.ToString()}, {"result", "ok"}};
+  if (out.error) {
+    details["result"] = std::string(ErrorCodeName(out.error->code()));
+    details["error"] = out.error->message();
+  }
+  Audit("command", std::string(CommandName(command)), details);
+  return out;
+}
+
+}  // namespace ralph::ralphd

@@ -1,0 +1,262 @@
+#include "services/ralphd/workspace.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "platform/sha256.h"
+#include "platform/unique_fd.h"
+
+namespace ralph::ralphd {
+namespace {
+
+struct ArchiveDeleter {
+  void operator()(archive* a) const { archive_free(a); }
+};
+using Archive = std::unique_ptr<archive, ArchiveDeleter>;
+
+Error ArchiveError(archive* a, std::string_view what) {
+  const char* message = archive_error_string(a);
+  return Error::Make(ErrorCode::kInvalidArgument,
+                     fmt::format("{}: {}", what, message ? message : "libarchive failed"));
+}
+
+// A member name is safe when it is relative and has no ".." component.
+bool SafeMemberName(std::string_view name) {
+  if (name.empty() || name[0] == '/') return false;
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t end = name.find('/', start);
+    if (end == std::string_view::npos) end = name.size();
+    if (name.substr(start, end - start) == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+Result<std::string> Sha256OfFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
+  Sha256 hasher = TRY(Sha256::Create());
+  uint8_t buffer[65536];
+  while (true) {
+    ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
+    if (n == 0) break;
+    TRY(hasher.Update(std::span<const uint8_t>(buffer, static_cast<size_t>(n))));
+  }
+  Sha256Digest digest = TRY(hasher.Finish());
+  return DigestToHex(digest);
+}
+
+// nftw has no user data: the walk's state is per thread.
+struct Walk {
+  std::string prefix;
+  size_t root_length = 0;
+  std::vector<FileRecord>* files = nullptr;
+  std::optional<Error> error;
+};
+thread_local Walk* current_walk = nullptr;
+
+int Visit(const char* path, const struct stat* st, int type, FTW*) {
+  Walk& walk = *current_walk;
+  std::string relative = std::string(path).substr(walk.root_length);
+  if (relative.empty()) return 0;  // the root itself
+  FileRecord record{.path = walk.prefix + relative};
+  if (type == FTW_F && S_ISREG(st->st_mode)) {
+    Result<std::string> digest = Sha256OfFile(path);
+    if (!digest) {
+      walk.error = digest.error();
+      return 1;
+    }
+    record.kind = "file";
+    record.size = static_cast<uint64_t>(st->st_size);
+    record.sha256 = *digest;
+  } else if (type == FTW_SL) {
+    record.kind = "symlink";
+    record.size = static_cast<uint64_t>(st->st_size);
+  } else if (S_ISCHR(st->st_mode) && major(st->st_rdev) == 0 && minor(st->st_rdev) == 0) {
+    record.kind = "deleted";  // an overlayfs whiteout
+  } else {
+    return 0;  // directories and special files
+  }
+  walk.files->push_back(std::move(record));
+  return 0;
+}
+
+la_ssize_t AppendToString(archive*, void* data, const void* buffer, size_t length) {
+  static_cast<std::string*>(data)->append(static_cast<const char*>(buffer), length);
+  return static_cast<la_ssize_t>(length);
+}
+
+}  // namespace
+
+Result<void> ExtractTar(const std::string& tar_path, const std::string& dir, uid_t uid, gid_t gid) {
+  Archive in(archive_read_new());
+  archive_read_support_format_tar(in.get());
+  archive_read_support_format_gnutar(in.get());
+  archive_read_support_filter_gzip(in.get());
+  archive_read_support_filter_xz(in.get());
+  archive_read_support_filter_zstd(in.get());
+  if (archive_read_open_filename(in.get(), tar_path.c_str(), 65536) != ARCHIVE_OK) {
+    return ArchiveError(in.get(), "workspace upload");
+  }
+  Archive out(archive_write_disk_new());
+  // The member names are checked here (relative, no ".."), then made
+  // absolute below `dir`; libarchive refuses to extract through symlinks
+  // (also ones the archive itself made) and ".." components.
+  archive_write_disk_set_options(
+      out.get(), ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+                     ARCHIVE_EXTRACT_OWNER | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME);
+  archive_entry* entry = nullptr;
+  while (true) {
+    int rc = archive_read_next_header(in.get(), &entry);
+    if (rc == ARCHIVE_EOF) break;
+    if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) return ArchiveError(in.get(), "workspace upload");
+    std::string name = archive_entry_pathname(entry) ? archive_entry_pathname(entry) : "";
+    if (name.rfind("./", 0) == 0) name.erase(0, 2);
+    if (name.empty() || name == ".") continue;
+    if (!SafeMemberName(name)) {
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("workspace upload: member '{}' is absolute or has '..'", name));
+    }
+    if (archive_entry_hardlink(entry)) {
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("workspace upload: member '{}' is a hard link (not supported)", name));
+    }
+    mode_t type = archive_entry_filetype(entry);
+    if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK) {
+      return Error::Make(ErrorCode::kInvalidArgument,
+                         fmt::format("workspace upload: member '{}' is not a file, directory or "
+                                     "symlink",
+                                     name));
+    }
+    archive_entry_set_pathname(entry, (dir + "/" + name).c_str());
+    archive_entry_set_uid(entry, uid);
+    archive_entry_set_gid(entry, gid);
+    archive_entry_set_perm(entry, archive_entry_perm(entry) & 0777);
+    if (archive_write_header(out.get(), entry) != ARCHIVE_OK) {
+      return ArchiveError(out.get(), fmt::format("workspace upload: member '{}'", name));
+    }
+    const void* block = nullptr;
+    size_t size = 0;
+    la_int64_t offset = 0;
+    while ((rc = archive_read_data_block(in.get(), &block, &size, &offset)) == ARCHIVE_OK) {
+      if (archive_write_data_block(out.get(), block, size, offset) != ARCHIVE_OK) {
+        return ArchiveError(out.get(), fmt::format("workspace upload: member '{}'", name));
+      }
+    }
+    if (rc != ARCHIVE_EOF)
+      return ArchiveError(in.get(), fmt::format("workspace upload: member '{}'", name));
+    if (archive_write_finish_entry(out.get()) != ARCHIVE_OK) {
+      return ArchiveError(out.get(), fmt::format("workspace upload: member '{}'", name));
+    }
+  }
+  if (archive_write_close(out.get()) != ARCHIVE_OK)
+    return ArchiveError(out.get(), "workspace upload");
+  return {};
+}
+
+Result<std::vector<FileRecord>> ListTar(const std::string& path) {
+  Archive in(archive_read_new());
+  archive_read_support_format_tar(in.get());
+  archive_read_support_format_gnutar(in.get());
+  archive_read_support_filter_gzip(in.get());
+  archive_read_support_filter_xz(in.get());
+  archive_read_support_filter_zstd(in.get());
+  if (archive_read_open_filename(in.get(), path.c_str(), 65536) != ARCHIVE_OK) {
+    return ArchiveError(in.get(), "workspace archive");
+  }
+  std::vector<FileRecord> files;
+  archive_entry* entry = nullptr;
+  while (true) {
+    int rc = archive_read_next_header(in.get(), &entry);
+    if (rc == ARCHIVE_EOF) break;
+    if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) return ArchiveError(in.get(), "workspace archive");
+    std::string name = archive_entry_pathname(entry) ? archive_entry_pathname(entry) : "";
+    if (name.rfind("./", 0) == 0) name.erase(0, 2);
+    if (name.empty() || name == ".") continue;
+    while (!name.empty() && name.back() == '/') name.pop_back();
+    mode_t type = archive_entry_filetype(entry);
+    files.push_back({.path = "/work/" + name,
+                     .kind = type == AE_IFDIR   ? "directory"
+                             : type == AE_IFLNK ? "symlink"
+                                                : "file",
+                     .size = static_cast<uint64_t>(archive_entry_size(entry))});
+    if (archive_read_data_skip(in.get()) != ARCHIVE_OK) {
+      return ArchiveError(in.get(), "workspace archive");
+    }
+  }
+  return files;
+}
+
+Result<std::string> ArchiveDirectory(const std::string& dir) {
+  std::string tar;
+  Archive out(archive_write_new());
+  archive_write_set_format_pax_restricted(out.get());
+  if (archive_write_open(out.get(), &tar, nullptr, AppendToString, nullptr) != ARCHIVE_OK) {
+    return ArchiveError(out.get(), "archiving the workspace");
+  }
+  Archive disk(archive_read_disk_new());
+  archive_read_disk_set_symlink_physical(disk.get());  // never follow a job's symlinks
+  if (archive_read_disk_open(disk.get(), dir.c_str()) != ARCHIVE_OK) {
+    return ArchiveError(disk.get(), fmt::format("archiving {}", dir));
+  }
+  while (true) {
+    archive_entry* entry = archive_entry_new();
+    int rc = archive_read_next_header2(disk.get(), entry);
+    if (rc == ARCHIVE_EOF) {
+      archive_entry_free(entry);
+      break;
+    }
+    if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) {
+      archive_entry_free(entry);
+      return ArchiveError(disk.get(), fmt::format("archiving {}", dir));
+    }
+    archive_read_disk_descend(disk.get());
+    std::string path = archive_entry_pathname(entry);
+    std::string relative = path.size() > dir.size() ? "." + path.substr(dir.size()) : ".";
+    archive_entry_set_pathname(entry, relative.c_str());
+    if (archive_write_header(out.get(), entry) != ARCHIVE_OK) {
+      archive_entry_free(entry);
+      return ArchiveError(out.get(), fmt::format("archiving {}", path));
+    }
+    if (archive_entry_filetype(entry) == AE_IFREG && archive_entry_size(entry) > 0) {
+      UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      if (!fd) {
+        archive_entry_free(entry);
+        return Error::FromErrno(fmt::format("open {}", path), errno);
+      }
+      char buffer[65536];
+      ssize_t n;
+      while ((n = ::read(fd.get(), buffer, sizeof buffer)) > 0) {
+        archive_write_data(out.get(), buffer, static_cast<size_t>(n));
+      }
+    }
+    archive_entry_free(entry);
+  }
+  if (archive_write_close(out.get()) != ARCHIVE_OK) return ArchiveError(out.get(), "archiving");
+  return tar;
+}
+
+Result<std::vector<FileRecord>> ListFiles(const std::string& dir, const std::string& prefix) {
+  std::vector<FileRecord> files;
+  Walk walk{.prefix = prefix, .root_length = dir.size(), .files = &files};
+  current_walk = &walk;
+  int rc = ::nftw(dir.c_str(), Visit, 16, FTW_PHYS);
+  current_walk = nullptr;
+  if (walk.error) return *walk.error;
+  if (rc != 0) return Error::FromErrno(fmt::format("walking {}", dir), errno);
+  return files;
+}
+
+}  // namespace ralph::ralphd

@@ -1,0 +1,262 @@
+// The strict request decoder (services/ralphd/commands.h): every route, and
+// every kind of bad input with the error naming the field.
+#include "services/ralphd/commands.h"
+
+#include <gtest/gtest.h>
+
+namespace ralph::ralphd {
+namespace {
+
+Request Get(std::string path, std::map<std::string, std::string, std::less<>> query = {}) {
+  return {.verb = "GET", .path = std::move(path), .query = std::move(query)};
+}
+Request Post(std::string path, std::string body) {
+  return {.verb = "POST", .path = std::move(path), .body = std::move(body)};
+}
+
+// The error's message, or "" when the request decoded.
+std::string ErrorOf(const Request& request) {
+  Result<Command> command = DecodeRequest(request);
+  return command ? "" : command.error().message();
+}
+
+TEST(DecodeRequest, Status) {
+  Result<Command> command = DecodeRequest(Get("/v1/status"));
+  ASSERT_TRUE(command) << command.error().message();
+  EXPECT_TRUE(std::holds_alternative<StatusCommand>(*command));
+  EXPECT_EQ(CommandName(*command), "status");
+}
+
+TEST(DecodeRequest, SubmitWithEverything) {
+  Result<Command> command = DecodeRequest(Post("/v1/jobs", R"({
+      "argv": ["sh", "-c", "echo hi"], "env": {"LANG": "C", "_X1": ""}, "cwd": "/work/src",
+      "profile": "build", "start": false,
+      "limits": {"memory_bytes": 1048576, "cpu_millis": 500, "pids": 10, "disk_bytes": 4096,
+                 "timeout_ms": 1000}})"));
+  ASSERT_TRUE(command) << command.error().message();
+  const auto& submit = std::get<JobSubmitCommand>(*command);
+  EXPECT_EQ(submit.argv, (std::vector<std::string>{"sh", "-c", "echo hi"}));
+  EXPECT_EQ(submit.env.at("LANG"), "C");
+  EXPECT_EQ(submit.env.at("_X1"), "");
+  EXPECT_EQ(submit.cwd, "/work/src");
+  EXPECT_EQ(submit.profile, "build");
+  EXPECT_FALSE(submit.start);
+  EXPECT_EQ(submit.limits.memory_bytes, 1048576u);
+  EXPECT_EQ(submit.limits.cpu_millis, 500u);
+  EXPECT_EQ(submit.limits.pids, 10u);
+  EXPECT_EQ(submit.limits.disk_bytes, 4096u);
+  EXPECT_EQ(submit.limits.timeout_ms, 1000u);
+}
+
+TEST(DecodeRequest, SubmitDefaults) {
+  Result<Command> command = DecodeRequest(Post("/v1/jobs", R"({"argv": ["true"]})"));
+  ASSERT_TRUE(command) << command.error().message();
+  const auto& submit = std::get<JobSubmitCommand>(*command);
+  EXPECT_EQ(submit.profile, "default");
+  EXPECT_TRUE(submit.start);
+  EXPECT_FALSE(submit.cwd);
+  EXPECT_FALSE(submit.limits.memory_bytes);
+}
+
+TEST(DecodeRequest, SubmitErrorsNameTheField) {
+  struct Case {
+    std::string body;
+    std::string error;
+  };
+  const Case cases[] = {
+      {R"({})", "body.argv: required"},
+      {R"({"argv": "ls"})", "body.argv: expected an array of strings, got string"},
+      {R"({"argv": []})", "body.argv: 0 elements is out of range 1..256"},
+      {R"({"argv": ["ls", 7]})", "body.argv[1]: expected a string, got integer 7"},
+      {R"({"argv": [""]})", "body.argv[0]: must not be empty"},
+      {R"({"argv": ["a\u0000b"]})", "body.argv[0]: contains a NUL character"},
+      {R"({"argv": ["ls"], "colour": "red"})", "body.colour: unknown field"},
+      {R"({"argv": ["ls"], "limits": {"memory": 1}})", "body.limits.memory: unknown field"},
+      {R"({"argv": ["ls"], "limits": {"memory_bytes": "1G"}})",
+       "body.limits.memory_bytes: expected an unsigned integer, got string"},
+      {R"({"argv": ["ls"], "limits": {"pids": -1}})", "body.limits.pids: -1 is out of range"},
+      {R"({"argv": ["ls"], "limits": {"pids": 0}})", "body.limits.pids: 0 is out of range"},
+      {R"({"argv": ["ls"], "limits": {"cpu_millis": 1.5}})",
+       "body.limits.cpu_millis: expected an unsigned integer, got number 1.5"},
+      {R"({"argv": ["ls"], "limits": []})", "body.limits: expected an object, got array"},
+      {R"({"argv": ["ls"], "env": {"1X": "a"}})", "body.env.1X: not a variable name"},
+      {R"({"argv": ["ls"], "env": {"X": 1}})", "body.env.X: expected a string, got integer 1"},
+      {R"({"argv": ["ls"], "cwd": "work"})", "body.cwd: 'work' is not an absolute path"},
+      {R"({"argv": ["ls"], "cwd": "/work/../etc"})", "body.cwd: '/work/../etc' contains '..'"},
+      {R"({"argv": ["ls"], "profile": "Big Profile"})", "body.profile: 'Big Profile' is not"},
+      {R"({"argv": ["ls"], "start": "yes"})", "body.start: expected true or false, got string"},
+      {R"([1, 2])", "body: expected a JSON object, got array"},
+      {R"({"argv": ["ls"],})", "body: malformed JSON at line 1, column 17"},
+      {"{\n  \"argv\": [\"ls\"\n}", "body: malformed JSON at line 3, column 1"},
+  };
+  for (const Case& c : cases) {
+    Result<Command> command = DecodeRequest(Post("/v1/jobs", c.body));
+    ASSERT_FALSE(command) << c.body;
+    EXPECT_EQ(command.error().code(), ErrorCode::kInvalidArgument) << c.body;
+    EXPECT_EQ(command.error().message().rfind(c.error, 0), 0u)
+        << c.body << "\n  got:  " << command.error().message() << "\n  want: " << c.error;
+  }
+}
+
+TEST(DecodeRequest, OversizedValues) {
+  std::string long_arg(kMaxArgBytes + 1, 'x');
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"argv": [")" + long_arg + R"("]})")),
+            "body.argv[0]: 4097 bytes is longer than the limit of 4096");
+  std::string body(kMaxJsonBodyBytes + 1, ' ');
+  body[0] = '{';
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", body)).rfind("body: 1048577 bytes is longer", 0), 0u);
+}
+
+TEST(DecodeRequest, JobRoutesCarryTheId) {
+  auto show = DecodeRequest(Get("/v1/jobs/42"));
+  ASSERT_TRUE(show) << show.error().message();
+  EXPECT_EQ(std::get<JobShowCommand>(*show).id, 42u);
+  auto cancel = DecodeRequest(Post("/v1/jobs/7/cancel", ""));
+  ASSERT_TRUE(cancel) << cancel.error().message();
+  EXPECT_EQ(std::get<JobCancelCommand>(*cancel).id, 7u);
+  auto start = DecodeRequest(Post("/v1/jobs/7/start", "{}"));
+  ASSERT_TRUE(start) << start.error().message();
+  EXPECT_EQ(std::get<JobStartCommand>(*start).id, 7u);
+  auto files = DecodeRequest(Get("/v1/jobs/9/files"));
+  ASSERT_TRUE(files);
+  EXPECT_EQ(std::get<JobFilesCommand>(*files).id, 9u);
+
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/abc")), "path: job id 'abc' is not a positive number");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/0")), "path: job id '0' is not a positive number");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs/7/cancel", R"({"now": true})")), "body.now: unknown field");
+}
+
+TEST(DecodeRequest, Logs) {
+  auto logs = DecodeRequest(
+      Get("/v1/jobs/3/logs", {{"stream", "stderr"}, {"offset", "100"}, {"limit", "10"}}));
+  ASSERT_TRUE(logs) << logs.error().message();
+  const auto& command = std::get<JobLogsCommand>(*logs);
+  EXPECT_EQ(command.id, 3u);
+  EXPECT_EQ(command.stream, OutputStream::kStderr);
+  EXPECT_EQ(command.offset, 100u);
+  EXPECT_EQ(command.limit, 10u);
+
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/3/logs", {{"stream", "both"}})),
+            "query.stream: 'both' is not stdout or stderr");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/3/logs", {{"offset", "-1"}})),
+            "query.offset: expected an unsigned integer, got '-1'");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/3/logs", {{"limit", "0"}})),
+            "query.limit: 0 is out of range 1..1048576");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/3/logs", {{"follow", "1"}})), "query.follow: unknown parameter");
+}
+
+TEST(DecodeRequest, JobList) {
+  auto list = DecodeRequest(Get("/v1/jobs", {{"state", "timed-out"}, {"limit", "5"}}));
+  ASSERT_TRUE(list) << list.error().message();
+  EXPECT_EQ(std::get<JobListCommand>(*list).state, JobState::kTimedOut);
+  EXPECT_EQ(std::get<JobListCommand>(*list).limit, 5u);
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs", {{"state", "sleeping"}})),
+            "query.state: 'sleeping' is not a job state");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs", {{"limit", "5000"}})),
+            "query.limit: 5000 is out of range 1..1000");
+}
+
+TEST(DecodeRequest, Workspace) {
+  std::string tar(1024, '\0');
+  Request upload{.verb = "PUT", .path = "/v1/jobs/5/workspace", .body = tar};
+  auto command = DecodeRequest(upload);
+  ASSERT_TRUE(command) << command.error().message();
+  EXPECT_EQ(std::get<WorkspaceUploadCommand>(*command).tar.size(), 1024u);
+  upload.body.clear();
+  EXPECT_EQ(ErrorOf(upload), "body: expected a tar archive, got nothing");
+
+  auto list = DecodeRequest(Get("/v1/jobs/5/workspace", {{"format", "list"}}));
+  ASSERT_TRUE(list);
+  EXPECT_EQ(std::get<WorkspaceDownloadCommand>(*list).format, WorkspaceFormat::kList);
+  auto tar_download = DecodeRequest(Get("/v1/jobs/5/workspace"));
+  ASSERT_TRUE(tar_download);
+  EXPECT_EQ(std::get<WorkspaceDownloadCommand>(*tar_download).format, WorkspaceFormat::kTar);
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/5/workspace", {{"format", "zip"}})),
+            "query.format: 'zip' is not tar or list");
+}
+
+TEST(DecodeRequest, Policy) {
+  auto set = DecodeRequest({.verb = "PUT",
+                            .path = "/v1/policy",
+                            .body = R"({"document": "<policy/>", "comment": "c"})"});
+  ASSERT_TRUE(set) << set.error().message();
+  EXPECT_EQ(std::get<PolicySetCommand>(*set).document, "<policy/>");
+  EXPECT_EQ(std::get<PolicySetCommand>(*set).comment, "c");
+  auto validate = DecodeRequest(Post("/v1/policy/validate", R"({"document": "<x/>"})"));
+  ASSERT_TRUE(validate);
+  EXPECT_EQ(std::get<PolicyValidateCommand>(*validate).document, "<x/>");
+  auto rollback = DecodeRequest(Post("/v1/policy/rollback", R"({"version": 3})"));
+  ASSERT_TRUE(rollback);
+  EXPECT_EQ(std::get<PolicyRollbackCommand>(*rollback).version, 3u);
+  auto get = DecodeRequest(Get("/v1/policy", {{"version", "2"}}));
+  ASSERT_TRUE(get);
+  EXPECT_EQ(std::get<PolicyGetCommand>(*get).version, 2u);
+  auto history = DecodeRequest(Get("/v1/policy/history"));
+  ASSERT_TRUE(history);
+  EXPECT_EQ(std::get<PolicyHistoryCommand>(*history).limit, 50u);
+
+  EXPECT_EQ(ErrorOf({.verb = "PUT", .path = "/v1/policy", .body = "{}"}),
+            "body.document: required");
+  EXPECT_EQ(ErrorOf({.verb = "PUT", .path = "/v1/policy", .body = R"({"document": 1})"}),
+            "body.document: expected a string, got integer 1");
+  EXPECT_EQ(ErrorOf(Post("/v1/policy/rollback", R"({"version": 0})")),
+            "body.version: 0 is out of range 1..9223372036854775807");
+  EXPECT_EQ(ErrorOf(Post("/v1/policy/rollback", R"({})")), "body.version: required");
+}
+
+TEST(DecodeRequest, AuditAndEvents) {
+  auto list =
+      DecodeRequest(Get("/v1/audit", {{"after", "10"}, {"job", "4"}, {"type", "job.state"}}));
+  ASSERT_TRUE(list) << list.error().message();
+  const auto& audit = std::get<AuditListCommand>(*list);
+  EXPECT_EQ(audit.after, 10u);
+  EXPECT_EQ(audit.job, 4u);
+  EXPECT_EQ(audit.type, "job.state");
+  auto verify = DecodeRequest(Get("/v1/audit/verify", {{"anchor", "3:ab"}}));
+  ASSERT_TRUE(verify);
+  EXPECT_EQ(std::get<AuditVerifyCommand>(*verify).anchor, "3:ab");
+  auto exported = DecodeRequest(Get("/v1/audit/export"));
+  ASSERT_TRUE(exported);
+  EXPECT_TRUE(std::holds_alternative<AuditExportCommand>(*exported));
+  auto events = DecodeRequest(Get("/v1/events", {{"after", "99"}}));
+  ASSERT_TRUE(events);
+  EXPECT_EQ(std::get<EventsCommand>(*events).after, 99u);
+
+  EXPECT_EQ(ErrorOf(Get("/v1/audit", {{"type", "DROP TABLE"}})),
+            "query.type: 'DROP TABLE' is not a name ([a-z0-9._-], 1..64)");
+  EXPECT_EQ(ErrorOf(Get("/v1/audit/export", {{"limit", "3"}})), "query.limit: unknown parameter");
+}
+
+TEST(DecodeRequest, RoutingErrors) {
+  auto code = [](const Request& r) { return DecodeRequest(r).error().code(); };
+  EXPECT_EQ(code(Get("/v1/jobz")), ErrorCode::kNotFound);
+  EXPECT_EQ(ErrorOf(Get("/v1/jobz")), "path: no such route /v1/jobz");
+  EXPECT_EQ(code(Get("/v2/status")), ErrorCode::kNotFound);
+  EXPECT_EQ(code({.verb = "DELETE", .path = "/v1/jobs/3"}), ErrorCode::kUnsupported);
+  EXPECT_EQ(ErrorOf({.verb = "DELETE", .path = "/v1/jobs/3"}),
+            "verb: DELETE is not allowed on /v1/jobs/3");
+  EXPECT_EQ(ErrorOf(Get("/v1/status", {{"x", "1"}})), "query.x: unknown parameter");
+  EXPECT_EQ(ErrorOf({.verb = "GET", .path = "/v1/status", .body = R"({"a":1})"}),
+            "body.a: unknown field");
+  EXPECT_EQ(ErrorOf(Get("v1/status")), "path: 'v1/status' does not start with '/'");
+}
+
+TEST(Replies, ErrorJsonAndDump) {
+  Reply reply = Reply::Failure(Error::Make(ErrorCode::kRefused, "limits.memory_bytes: too much"));
+  EXPECT_FALSE(reply.ok());
+  EXPECT_EQ(DumpJson(reply.body),
+            R"({"error":{"code":"refused","message":"limits.memory_bytes: too much"}})");
+  // Invalid UTF-8 is replaced rather than aborting the process.
+  EXPECT_EQ(DumpJson(nlohmann::json(std::string("a\xff"))), "\"a\xEF\xBF\xBD\"");
+  EXPECT_EQ(Caller::LocalUid(0).ToString(), "uid:0");
+  EXPECT_EQ(Caller::ClientCertificate("c1").ToString(), "cert:c1");
+}
+
+TEST(JobStates, NamesRoundTrip) {
+  for (JobState state : kAllJobStates) EXPECT_EQ(ParseJobState(JobStateName(state)), state);
+  EXPECT_FALSE(IsFinal(JobState::kQueued));
+  EXPECT_TRUE(IsFinal(JobState::kLost));
+}
+
+}  // namespace
+}  // namespace ralph::ralphd

@@ -1,0 +1,252 @@
+// Policy documents (services/ralphd/policy.h): parsing, every issue with its
+// line and column, and a job's request narrowed (never widened) onto a
+// sandbox spec.
+#include "services/ralphd/policy.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace ralph::ralphd {
+namespace {
+
+using ::testing::ElementsAre;
+
+constexpr std::string_view kGood = R"(<?xml version="1.0"?>
+<policy format="1">
+  <!-- a comment with <profile name="fake"> inside -->
+  <profile name="default">
+    <limits memory="256MiB" cpu-millis="500" pids="64" disk="1G" timeout="10m"/>
+  </profile>
+  <profile name="web">
+    <limits memory="1073741824" timeout="90s"/>
+    <egress domain-ports="443,80">
+      <allow cidr="203.0.113.0/24" ports="8000-8100" protocol="udp"/>
+      <allow cidr="2001:db8::1"/>
+      <allow domain="*.example.com"/>
+    </egress>
+    <mount source="/srv/cache" destination="/cache" access="read-write"/>
+    <mount source="/etc/ssl" destination="/etc/ssl"/>
+  </profile>
+  <profile name="offline-net"><egress/></profile>
+</policy>
+)";
+
+TEST(Policy, ParsesProfiles) {
+  Result<Policy> policy = ParsePolicy(kGood);
+  ASSERT_TRUE(policy) << policy.error().message();
+  ASSERT_EQ(policy->profiles.size(), 3u);
+
+  const Profile* def = policy->Find("default");
+  ASSERT_NE(def, nullptr);
+  EXPECT_EQ(def->limits.memory_bytes, 256u << 20);
+  EXPECT_EQ(def->limits.cpu_millis, 500u);
+  EXPECT_EQ(def->limits.pids, 64u);
+  EXPECT_EQ(def->limits.disk_bytes, 1u << 30);
+  EXPECT_EQ(def->limits.timeout, std::chrono::minutes(10));
+  EXPECT_FALSE(def->network.enabled);  // no <egress>: no network at all
+  EXPECT_TRUE(def->mounts.empty());
+
+  const Profile* web = policy->Find("web");
+  ASSERT_NE(web, nullptr);
+  EXPECT_EQ(web->limits.memory_bytes, 1u << 30);
+  EXPECT_EQ(web->limits.pids, sandbox::Limits{}.pids);  // absent: the sandbox's default
+  EXPECT_EQ(web->limits.timeout, std::chrono::seconds(90));
+  EXPECT_TRUE(web->network.enabled);
+  ASSERT_EQ(web->network.allow.size(), 2u);
+  EXPECT_EQ(web->network.allow[0].cidr, "203.0.113.0/24");
+  EXPECT_EQ(web->network.allow[0].port_min, 8000);
+  EXPECT_EQ(web->network.allow[0].port_max, 8100);
+  EXPECT_EQ(web->network.allow[0].protocol, sandbox::Protocol::kUdp);
+  EXPECT_EQ(web->network.allow[1].cidr, "2001:db8::1");
+  EXPECT_EQ(web->network.allow[1].port_min, 0);
+  EXPECT_EQ(web->network.allow[1].protocol, sandbox::Protocol::kTcp);
+  EXPECT_THAT(web->network.allowed_domains, ElementsAre("*.example.com"));
+  EXPECT_THAT(web->network.domain_ports, ElementsAre(443, 80));
+  ASSERT_EQ(web->mounts.size(), 2u);
+  EXPECT_EQ(web->mounts[0].source, "/srv/cache");
+  EXPECT_EQ(web->mounts[0].access, sandbox::BindAccess::kReadWrite);
+  EXPECT_EQ(web->mounts[1].access, sandbox::BindAccess::kReadOnly);
+
+  const Profile* empty_egress = policy->Find("offline-net");
+  ASSERT_NE(empty_egress, nullptr);
+  EXPECT_TRUE(empty_egress->network.enabled);  // a network on which nothing is allowed
+  EXPECT_TRUE(empty_egress->network.allow.empty());
+  EXPECT_TRUE(empty_egress->network.allowed_domains.empty());
+  EXPECT_EQ(policy->Find("nope"), nullptr);
+}
+
+TEST(Policy, DefaultDocumentParses) {
+  Result<Policy> policy = ParsePolicy(DefaultPolicyDocument());
+  ASSERT_TRUE(policy) << policy.error().message();
+  ASSERT_NE(policy->Find("default"), nullptr);
+  EXPECT_FALSE(policy->Find("default")->network.enabled);
+}
+
+std::vector<std::string> Issues(std::string_view document) {
+  std::vector<std::string> out;
+  for (const PolicyIssue& issue : CheckPolicy(document).issues) out.push_back(issue.ToString());
+  return out;
+}
+
+TEST(Policy, ReportsEveryIssueWithLineAndColumn) {
+  // Columns are 1-based and point at the element's '<' or the attribute's name.
+  constexpr std::string_view kBad = R"(<policy format="1" owner="me">
+  <profile name="a">
+    <limits memory="lots" pids="0" timeout="10"/>
+    <egress domain-ports="443,x">
+      <allow cidr="10.0.0.0/33" ports="70000"/>
+      <allow domain="example.com" ports="443"/>
+      <allow/>
+      <deny cidr="1.2.3.4"/>
+    </egress>
+    <mount source="relative" destination="/x" access="rw"/>
+  </profile>
+  <profile name="Bad Name"/>
+  <profile/>
+  <rule/>
+</policy>)";
+  EXPECT_THAT(
+      Issues(kBad),
+      ElementsAre(
+          "1:20: <policy>: unknown attribute 'owner' (expected format)",
+          "14:3: <rule>: unknown element in <policy> (expected <profile>)",
+          "3:13: <limits>: memory: 'lots' is not a size (a number, optionally with K, M, G, T "
+          "or KiB, MiB, GiB, TiB)",
+          "3:27: <limits>: pids: '0' is not a number in 1..1000000",
+          "3:36: <limits>: timeout: '10' is not a duration (a number with ms, s, m or h)",
+          "8:7: <deny>: unknown element in <egress> (expected <allow>)",
+          "4:13: <egress>: domain-ports: '443,x' is not a list of ports (1..65535)",
+          "5:14: <allow>: cidr: \"10.0.0.0/33\": prefix length must be 0..32",
+          "5:33: <allow>: ports: '70000' is not a port (1..65535) or a range LOW-HIGH",
+          "6:35: <allow>: ports goes with cidr; domains use <egress domain-ports=...>",
+          "7:7: <allow>: needs exactly one of cidr or domain",
+          "10:12: <mount>: source: 'relative' is not an absolute path",
+          "10:47: <mount>: access: 'rw' is not read-only or read-write",
+          "12:12: <profile>: name 'Bad Name' is not a profile name ([a-z0-9._-], 1..64)",
+          "13:3: <profile>: the name attribute is required"));
+}
+
+TEST(Policy, SandboxValidationIsPlacedOnTheAttribute) {
+  // 1 MiB of memory passes the format but not the sandbox's own check.
+  EXPECT_THAT(Issues("<policy format=\"1\">\n <profile name=\"p\">\n  <limits  memory=\"1M\"/>"
+                     "\n </profile>\n</policy>"),
+              ElementsAre("3:12: <limits>: limits.memory_bytes: 1048576 is below 16 MiB"));
+  EXPECT_THAT(Issues("<policy format=\"1\"><profile name=\"p\">"
+                     "<mount source=\"/a\" destination=\"/proc/x\"/></profile></policy>"),
+              ElementsAre("1:38: <mount>: binds[0].destination: '/proc/x' is reserved for the "
+                          "sandbox's own /proc"));
+}
+
+TEST(Policy, DocumentLevelErrors) {
+  std::vector<std::string> syntax =
+      Issues("<policy format=\"1\">\n<profile name=\"a\">\n</policy>");
+  ASSERT_EQ(syntax.size(), 1u);
+  // tinyxml2 names the line of the unclosed element, not a column.
+  EXPECT_EQ(syntax[0],
+            "2: XML syntax error: XML_ERROR_MISMATCHED_ELEMENT: XMLElement name=profile");
+  EXPECT_THAT(Issues("<policies/>"),
+              ElementsAre("1:1: the root element must be <policy>, found <policies>"));
+  EXPECT_THAT(Issues("<policy/>"),
+              ElementsAre("1:1: <policy>: the format attribute is required (format=\"1\")"));
+  EXPECT_THAT(Issues("<policy format=\"2\"/>"),
+              ElementsAre("1:9: <policy>: format '2' is not supported (this build reads 1)"));
+  EXPECT_THAT(Issues("<policy format=\"1\"><profile name=\"a\"/>\n<profile name=\"a\"/></policy>"),
+              ElementsAre("2:10: <profile>: profile 'a' is defined twice"));
+  EXPECT_THAT(Issues("<policy format=\"1\">hello</policy>"),
+              ElementsAre("1:1: <policy>: unexpected text"));
+}
+
+TEST(Policy, ParsePolicyListsEveryIssue) {
+  Result<Policy> policy =
+      ParsePolicy("<policy format=\"1\"><profile/><profile name=\"B\"/></policy>");
+  ASSERT_FALSE(policy);
+  EXPECT_EQ(policy.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(policy.error().message(),
+            "invalid policy:\n1:20: <profile>: the name attribute is required\n"
+            "1:39: <profile>: name 'B' is not a profile name ([a-z0-9._-], 1..64)");
+}
+
+class JobSpecTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Result<Policy> policy = ParsePolicy(kGood);
+    ASSERT_TRUE(policy) << policy.error().message();
+    policy_ = std::move(*policy);
+  }
+  const Profile& Web() const { return *policy_.Find("web"); }
+  Policy policy_;
+};
+
+TEST_F(JobSpecTest, TheProfileFillsWhatTheJobLeavesOpen) {
+  Result<sandbox::SandboxSpec> spec =
+      MakeJobSpec(Web(), {.argv = {"make", "-j2"}, .env = {{"CC", "gcc"}}},
+                  {.base_kind = sandbox::BaseKind::kImage, .base = "/var/lib/ralph/rootfs.img"});
+  ASSERT_TRUE(spec) << spec.error().message();
+  EXPECT_THAT(spec->argv, ElementsAre("make", "-j2"));
+  EXPECT_THAT(spec->env, ElementsAre("CC=gcc"));
+  EXPECT_EQ(spec->cwd, "/work");
+  EXPECT_EQ(spec->base_kind, sandbox::BaseKind::kImage);
+  EXPECT_EQ(spec->base, "/var/lib/ralph/rootfs.img");
+  EXPECT_EQ(spec->limits.memory_bytes, 1u << 30);
+  EXPECT_EQ(spec->timeout, std::chrono::seconds(90));
+  EXPECT_EQ(spec->network.allow.size(), 2u);
+  EXPECT_EQ(spec->binds.size(), 2u);
+}
+
+TEST_F(JobSpecTest, AJobMayAskForLess) {
+  Result<sandbox::SandboxSpec> spec =
+      MakeJobSpec(Web(),
+                  {.argv = {"true"},
+                   .cwd = "/work/src",
+                   .limits = {.memory_bytes = 64u << 20, .pids = 10, .timeout_ms = 5000}},
+                  {});
+  ASSERT_TRUE(spec) << spec.error().message();
+  EXPECT_EQ(spec->limits.memory_bytes, 64u << 20);
+  EXPECT_EQ(spec->limits.pids, 10u);
+  EXPECT_EQ(spec->timeout, std::chrono::seconds(5));
+  EXPECT_EQ(spec->cwd, "/work/src");
+}
+
+TEST_F(JobSpecTest, NeverForMoreAndTheLimitIsNamed) {
+  struct Case {
+    LimitsRequest limits;
+    std::string error;
+  };
+  const Case cases[] = {
+      {{.memory_bytes = (1u << 30) + 1},
+       "limits.memory_bytes: 1073741825 is more than profile 'web' allows (1073741824)"},
+      {{.cpu_millis = 1001}, "limits.cpu_millis: 1001 is more than profile 'web' allows (1000)"},
+      {{.pids = 257}, "limits.pids: 257 is more than profile 'web' allows (256)"},
+      {{.disk_bytes = 3ull << 30},
+       "limits.disk_bytes: 3221225472 is more than profile 'web' allows (2147483648)"},
+      {{.timeout_ms = 90001}, "limits.timeout_ms: 90001 is more than profile 'web' allows (90000)"},
+  };
+  for (const Case& c : cases) {
+    Result<sandbox::SandboxSpec> spec =
+        MakeJobSpec(Web(), {.argv = {"true"}, .limits = c.limits}, {});
+    ASSERT_FALSE(spec) << c.error;
+    EXPECT_EQ(spec.error().code(), ErrorCode::kRefused);
+    EXPECT_EQ(spec.error().message(), c.error);
+  }
+}
+
+TEST_F(JobSpecTest, TheSandboxStillValidates) {
+  // Within the profile, but below what the sandbox accepts.
+  Result<sandbox::SandboxSpec> spec =
+      MakeJobSpec(Web(), {.argv = {"true"}, .limits = {.memory_bytes = 1024}}, {});
+  ASSERT_FALSE(spec);
+  EXPECT_EQ(spec.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(spec.error().message(), "limits.memory_bytes: 1024 is below 16 MiB");
+}
+
+TEST(Policy, ProfileToJson) {
+  Result<Policy> policy = ParsePolicy(kGood);
+  ASSERT_TRUE(policy);
+  nlohmann::json web = ProfileToJson(*policy->Find("web"));
+  EXPECT_EQ(web["limits"]["timeout_ms"], 90000);
+  EXPECT_EQ(web["network"]["allow"][0]["protocol"], "udp");
+  EXPECT_EQ(web["mounts"][0]["access"], "read-write");
+}
+
+}  // namespace
+}  // namespace ralph::ralphd
