@@ -247,6 +247,50 @@ TEST_F(RalphdTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
   }
 }
 
+// Every output chunk, state change and audit record has a sequence number;
+// asking again after the last one seen gives exactly what came later.
+TEST_F(RalphdTest, EventsAfterASequenceNumberLoseNothing) {
+  ASSERT_EQ(Ctl({"job", "run", "--", "sh", "-c", "echo one; echo two"}).exit, 0);
+  int fd = Connect();
+  ASSERT_GE(fd, 0);
+  Line line(fd);
+  json all = line.Call(R"({"verb":"GET","path":"/v1/events","query":{"job":"1"}})");
+  ASSERT_EQ(all["ok"], true) << all.dump();
+  const json& events = all["body"]["events"];
+  ASSERT_GE(events.size(), 4u) << all.dump();
+  std::string output;
+  std::vector<std::string> states;
+  uint64_t previous = 0;
+  for (const json& event : events) {
+    EXPECT_GT(event["seq"].get<uint64_t>(), previous);
+    previous = event["seq"].get<uint64_t>();
+    if (event["kind"] == "output") output += event["body"]["data_base64"].get<std::string>();
+    if (event["kind"] == "state") states.push_back(event["body"]["state"].get<std::string>());
+  }
+  EXPECT_FALSE(output.empty());
+  EXPECT_EQ(states, (std::vector<std::string>{"queued", "running", "succeeded"}));
+  // A reconnect after the third event gets the rest, in order.
+  uint64_t third = events[2]["seq"].get<uint64_t>();
+  json rest = line.Call(fmt::format(
+      R"({{"verb":"GET","path":"/v1/events","query":{{"job":"1","after":"{}"}}}})", third));
+  ASSERT_EQ(rest["body"]["events"].size(), events.size() - 3);
+  EXPECT_EQ(rest["body"]["events"][0], events[3]);
+
+  // The audit log as JSON lines, filtered by job.
+  ProgramStreams exported = Ctl({"audit", "export", "--job", "1"});
+  ASSERT_EQ(exported.exit, 0) << exported.err;
+  std::istringstream lines(exported.out);
+  std::string row;
+  size_t rows = 0;
+  while (std::getline(lines, row)) {
+    json record = json::parse(row, nullptr, false);
+    ASSERT_TRUE(record.is_object()) << row;
+    EXPECT_EQ(record["subject"], "job 1");
+    ++rows;
+  }
+  EXPECT_EQ(rows, 4u);  // submit, running, files (none), succeeded
+}
+
 TEST_F(RalphdTest, EgressIsDeniedAndAudited) {
   ProgramStreams run = Ctl({"job", "run", "--profile", "net", "--", "python3", "-c",
                             "import socket; socket.create_connection(('203.0.113.9', 8080), 5)"});
