@@ -383,6 +383,38 @@ TEST_F(RalphdTest, BadFramesGetPreciseErrorsAndTheDaemonServesOn) {
   EXPECT_TRUE(refused) << commands.dump();
 }
 
+TEST_F(RalphdTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
+  // Killed by the timeout it asked for (less than the profile's).
+  ProgramStreams slow = Ctl({"job", "run", "--timeout-ms", "300", "--", "sleep", "600"});
+  EXPECT_EQ(slow.exit, 1);
+  EXPECT_EQ(JobState(1), "timed-out");
+
+  // A member that climbs out of the workspace: refused, the job never runs.
+  ASSERT_EQ(RunProgramStreams({"python3", "-c",
+                               "import io, tarfile, sys\n"
+                               "t = tarfile.open(sys.argv[1], 'w')\n"
+                               "i = tarfile.TarInfo('../escaped'); i.size = 2\n"
+                               "t.addfile(i, io.BytesIO(b'x\\n')); t.close()",
+                               work_ + "/evil.tar"})
+                .exit,
+            0);
+  ProgramStreams evil = Ctl({"job", "run", "--workspace", work_ + "/evil.tar", "--", "true"});
+  EXPECT_EQ(evil.exit, 1);
+  EXPECT_NE(evil.err.find("member '../escaped' is absolute or has '..'"), std::string::npos)
+      << evil.err;
+  EXPECT_NE(::access((state_ + "/jobs/escaped").c_str(), F_OK), 0);
+
+  // SO_PEERCRED: another uid is refused even when the file mode lets it in.
+  ASSERT_EQ(::chmod(socket_.c_str(), 0666), 0);
+  ProgramStreams nobody =
+      RunProgramStreams({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ralphctl_,
+                         "status", "--socket", socket_});
+  EXPECT_EQ(nobody.exit, 1);
+  EXPECT_NE(nobody.err.find("uid 65534: only root may use ralphd's local socket"),
+            std::string::npos)
+      << nobody.err;
+}
+
 TEST_F(RalphdTest, CancelKillsARunningJob) {
   json job = CtlJson({"job", "run", "--detach", "--", "sleep", "600"});
   ASSERT_EQ(job["id"], 1);
