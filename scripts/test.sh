@@ -83,6 +83,20 @@ if ! build-fuzz/manifest_fuzzer -max_total_time=30 -artifact_prefix=build-fuzz/ 
   failed+=("fuzz: manifest_fuzzer (log: build-fuzz/fuzz.log)")
 fi
 grep -E '^Done [0-9]+ runs' build-fuzz/fuzz.log || true
+echo "== fuzz: ralphd's request decoder and policy parser (libFuzzer, 20 s each)"
+cmake -S tests/ralphd/fuzz -B build-fuzz-ralphd -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
+cmake --build build-fuzz-ralphd -j "$jobs"
+for fuzzer in request policy; do
+  mkdir -p "build-fuzz-ralphd/corpus-$fuzzer"
+  if ! "build-fuzz-ralphd/${fuzzer}_fuzzer" -max_total_time=20 -artifact_prefix=build-fuzz-ralphd/ \
+         "build-fuzz-ralphd/corpus-$fuzzer" "tests/ralphd/fuzz/corpus/$fuzzer" \
+         >"build-fuzz-ralphd/$fuzzer.log" 2>&1; then
+    status=1
+    tail -n 60 "build-fuzz-ralphd/$fuzzer.log"
+    failed+=("fuzz: ${fuzzer}_fuzzer (log: build-fuzz-ralphd/$fuzzer.log)")
+  fi
+  grep -E '^Done [0-9]+ runs' "build-fuzz-ralphd/$fuzzer.log" || true
+done
 
 # A failed test's output, from ctest's log of the run: its first failures
 # (googletest's "file:line: Failure" and what follows) and its last lines.

@@ -175,7 +175,7 @@ TEST_F(RalphctlAuditTest, BadCommandLinesExit2) {
   EXPECT_EQ(help.exit, 0);
   EXPECT_THAT(help.out, HasSubstr("usage: ralphctl audit"));
   ProgramStreams top = Ralphctl({"--help"});
-  EXPECT_THAT(top.out, HasSubstr("audit      list and verify the hash-chained audit log"));
+  EXPECT_THAT(top.out, HasSubstr("audit      list, verify and export the hash-chained audit log"));
 }
 
 }  // namespace

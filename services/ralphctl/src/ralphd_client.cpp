@@ -76,7 +76,14 @@ Result<nlohmann::json> RalphdClient::Call(const nlohmann::json& frame) {
   while (sent < line.size()) {
     ssize_t n = ::send(fd_.get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno("writing to ralphd", errno);
+    if (n < 0) {
+      // The daemon may have refused the connection with a frame saying why
+      // (SO_PEERCRED, too many connections) and closed it.
+      int err = errno;
+      Result<std::optional<nlohmann::json>> refusal = Next();
+      if (refusal && *refusal) return std::move(**refusal);
+      return Error::FromErrno("writing to ralphd", err);
+    }
     sent += static_cast<size_t>(n);
   }
   std::optional<nlohmann::json> reply = TRY(Next());

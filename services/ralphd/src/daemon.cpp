@@ -254,7 +254,8 @@ void Daemon::OnRunnerMessages() {
           Log(LogLevel::kError, job.error().ToString());
           break;
         }
-        if (!message.files.empty() || message.files_error) {
+        // A job that ran has its (maybe empty) list of changed files recorded.
+        if (message.result || !message.files.empty() || message.files_error) {
           Result<void> recorded = store_->RecordFiles(id, message.files);
           if (!recorded) Log(LogLevel::kError, recorded.error().ToString());
           json listed = json::array();

@@ -1,5 +1,5 @@
-// ralphd: the control plane daemon. Serves the local socket (and, where
-// linked, the HTTPS API) from one event loop; state on VAR.
+// ralphd: the control plane daemon. Serves the local socket from one event
+// loop (local_socket.h); state on VAR.
 //
 //   ralphd --state-dir /var/lib/ralph/ralphd [--socket /run/ralphd.sock]
 //          [--job-root DIR | --job-image FILE] [--max-running N]

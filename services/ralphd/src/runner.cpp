@@ -11,6 +11,7 @@
 #include "platform/arch.h"
 #include "platform/file_io.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/storage.h"
 #include "services/ralphd/workspace.h"
 
 namespace ralph::ralphd {
@@ -243,6 +244,10 @@ Result<void> JobRunner::SweepLost(const RunnerOptions& options, const std::vecto
     std::unique_ptr<sandbox::SandboxService> service =
         TRY_CTX(MakeService(options, job, nullptr), fmt::format("sweeping what job {} left", job));
   }
+  // The dead jobs' volumes, emptied by the sweep, are unmounted (their
+  // images stay, cold, for later jobs).
+  TRY_CTX(sandbox::UnmountIdleVolumes(options.sandbox_state_dir + "/images"),
+          "unmounting the lost jobs' volumes");
   return {};
 }
 

@@ -27,6 +27,20 @@ Error ArchiveError(archive* a, std::string_view what) {
                      fmt::format("{}: {}", what, message ? message : "libarchive failed"));
 }
 
+// A tar archive (plain, gzip, xz or zstd) opened for reading.
+Result<Archive> OpenTar(const std::string& path, std::string_view what) {
+  Archive in(archive_read_new());
+  archive_read_support_format_tar(in.get());
+  archive_read_support_format_gnutar(in.get());
+  archive_read_support_filter_gzip(in.get());
+  archive_read_support_filter_xz(in.get());
+  archive_read_support_filter_zstd(in.get());
+  if (archive_read_open_filename(in.get(), path.c_str(), 65536) != ARCHIVE_OK) {
+    return ArchiveError(in.get(), what);
+  }
+  return in;
+}
+
 // A member name is safe when it is relative and has no ".." component.
 bool SafeMemberName(std::string_view name) {
   if (name.empty() || name[0] == '/') return false;
@@ -99,15 +113,7 @@ la_ssize_t AppendToString(archive*, void* data, const void* buffer, size_t lengt
 }  // namespace
 
 Result<void> ExtractTar(const std::string& tar_path, const std::string& dir, uid_t uid, gid_t gid) {
-  Archive in(archive_read_new());
-  archive_read_support_format_tar(in.get());
-  archive_read_support_format_gnutar(in.get());
-  archive_read_support_filter_gzip(in.get());
-  archive_read_support_filter_xz(in.get());
-  archive_read_support_filter_zstd(in.get());
-  if (archive_read_open_filename(in.get(), tar_path.c_str(), 65536) != ARCHIVE_OK) {
-    return ArchiveError(in.get(), "workspace upload");
-  }
+  Archive in = TRY(OpenTar(tar_path, "workspace upload"));
   Archive out(archive_write_disk_new());
   // The member names are checked here (relative, no ".."), then made
   // absolute below `dir`; libarchive refuses to extract through symlinks
@@ -167,15 +173,7 @@ Result<void> ExtractTar(const std::string& tar_path, const std::string& dir, uid
 }
 
 Result<std::vector<FileRecord>> ListTar(const std::string& path) {
-  Archive in(archive_read_new());
-  archive_read_support_format_tar(in.get());
-  archive_read_support_format_gnutar(in.get());
-  archive_read_support_filter_gzip(in.get());
-  archive_read_support_filter_xz(in.get());
-  archive_read_support_filter_zstd(in.get());
-  if (archive_read_open_filename(in.get(), path.c_str(), 65536) != ARCHIVE_OK) {
-    return ArchiveError(in.get(), "workspace archive");
-  }
+  Archive in = TRY(OpenTar(path, "workspace archive"));
   std::vector<FileRecord> files;
   archive_entry* entry = nullptr;
   while (true) {

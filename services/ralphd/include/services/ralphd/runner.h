@@ -7,7 +7,8 @@
 // service on one thread), named OwnedCgroupName("ralphd-job<id>"): when
 // ralphd dies its jobs die with it (the parent-death signal of the
 // service's spawner thread), the kernel removes their network namespaces,
-// veths and socket-owned nft tables, and SweepLost() — a service of the
+// veths and socket-owned nft tables (on kernels without owned tables, the
+// next network service's start sweeps them), and SweepLost() — a service of the
 // same name base made by the next ralphd — removes their cgroups and
 // volumes. A job is never orphaned; it is lost with its daemon.
 //

@@ -1,0 +1,504 @@
+// The real ralphd on a temp state dir, driven with ralphctl and through its
+// socket: a job's output, exit status, uploaded workspace, downloaded result
+// and recorded writes; egress denied and audited; policy validate, set and
+// roll back; a job asking for more than its policy allows; bad frames with
+// the daemon serving on; cancel; and SIGKILL mid-job, then a restart: the job
+// is lost with its reason, nothing of its sandbox is left, the audit chain
+// verifies.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "drivers/testing/run_program.h"
+#include "platform/sha256.h"
+
+namespace ralph::ralphd {
+namespace {
+
+using nlohmann::json;
+using ralph::testing::ProgramStreams;
+using ralph::testing::RunProgramStreams;
+
+std::string Read(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+void Write(const std::string& path, const std::string& content) {
+  std::ofstream(path) << content;
+}
+
+// Polls `done` (state, not time) up to a generous bound.
+template <typename F>
+bool WaitFor(F done) {
+  for (int i = 0; i < 3000; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return done();
+}
+
+// Cgroup directories of ralphd's job services owned by `pid`.
+size_t JobCgroups(pid_t pid) {
+  ProgramStreams found = RunProgramStreams(
+      {"sh", "-c",
+       fmt::format("find /sys/fs/cgroup -mindepth 1 -type d -name 'ralphd-job*@{}.*' 2>/dev/null",
+                   pid)});
+  return static_cast<size_t>(std::count(found.out.begin(), found.out.end(), '\n'));
+}
+
+size_t MountsBelow(const std::string& dir) {
+  std::istringstream mounts(Read("/proc/self/mounts"));
+  std::string device, target, line;
+  size_t count = 0;
+  while (std::getline(mounts, line)) {
+    std::istringstream fields(line);
+    fields >> device >> target;
+    if (target.rfind(dir + "/", 0) == 0) ++count;
+  }
+  return count;
+}
+
+std::set<std::string> NftTables() {
+  ProgramStreams tables = RunProgramStreams({"nft", "list", "tables"});
+  std::set<std::string> out;
+  std::istringstream lines(tables.out);
+  std::string line;
+  while (std::getline(lines, line)) out.insert(line);
+  return out;
+}
+
+class RalphdTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::geteuid(), 0u) << "ralphd's tests need root";
+    work_ = fmt::format("/tmp/ralphd-test-{}-{}", ::getpid(), counter_++);
+    const char* build = std::getenv("RALPH_BINARY_DIR");
+    ASSERT_NE(build, nullptr);
+    ralphd_ = std::string(build) + "/bin/ralphd";
+    ralphctl_ = std::string(build) + "/bin/ralphctl";
+    state_ = work_ + "/var";
+    socket_ = work_ + "/ralphd.sock";
+    // The jobs' base: merged-/usr symlinks; the profiles bind the host's /usr.
+    std::string base = work_ + "/base";
+    ASSERT_EQ(RunProgramStreams({"sh", "-c",
+                                 fmt::format("mkdir -p {0}/usr {0}/etc && for l in bin lib lib64 "
+                                             "sbin; do ln -s usr/$l {0}/$l; done",
+                                             base)})
+                  .exit,
+              0);
+    StartDaemon();
+    Write(work_ + "/policy.xml", R"(<policy format="1">
+  <profile name="default">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+  </profile>
+  <profile name="net">
+    <limits memory="256MiB" timeout="5m"/>
+    <egress/>
+    <mount source="/usr" destination="/usr"/>
+  </profile>
+</policy>
+)");
+    ProgramStreams set = Ctl({"policy", "set", work_ + "/policy.xml", "--comment", "tests"});
+    ASSERT_EQ(set.exit, 0) << set.err;
+  }
+
+  void TearDown() override {
+    StopDaemon(SIGTERM);
+    RunProgramStreams({"sh", "-c",
+                       fmt::format("grep -o ' {}/[^ ]*' /proc/self/mounts | sort -r | xargs -r "
+                                   "umount -l; rm -rf {}",
+                                   work_, work_)});
+  }
+
+  void StartDaemon(int max_running = 2) {
+    daemon_ = ralph::testing::StartProgram({ralphd_, "--state-dir", state_, "--socket", socket_,
+                                            "--job-root", work_ + "/base", "--max-running",
+                                            std::to_string(max_running)});
+    ASSERT_GT(daemon_, 0);
+    ASSERT_TRUE(WaitFor([&] { return Connect() >= 0; })) << "ralphd never served " << socket_;
+  }
+
+  void StopDaemon(int signal) {
+    if (daemon_ <= 0) return;
+    ::kill(daemon_, signal);
+    int status = 0;
+    ::waitpid(daemon_, &status, 0);
+    daemon_ = -1;
+  }
+
+  int Connect() {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un address{.sun_family = AF_UNIX, .sun_path = {}};
+    socket_.copy(address.sun_path, socket_.size());
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+      ::close(fd);
+      return -1;
+    }
+    return fd;
+  }
+
+  // ralphctl COMMAND --socket ... ARGS (options before a job's "--").
+  ProgramStreams Ctl(std::vector<std::string> args, bool as_json = false) {
+    std::vector<std::string> options = {"--socket", socket_};
+    if (as_json) options.push_back("--json");
+    args.insert(args.begin() + 1, options.begin(), options.end());
+    args.insert(args.begin(), ralphctl_);
+    return RunProgramStreams(args);
+  }
+
+  json CtlJson(std::vector<std::string> args) {
+    ProgramStreams run = Ctl(args, /*as_json=*/true);
+    EXPECT_EQ(run.exit, 0) << run.err;
+    json out = json::parse(run.out, nullptr, false);
+    EXPECT_FALSE(out.is_discarded()) << run.out;
+    return out.is_discarded() ? json::object() : out;
+  }
+
+  std::string JobState(int id) {
+    json job = CtlJson({"job", "show", std::to_string(id)});
+    return job.is_object() ? job.value("state", "") : "";
+  }
+
+  std::string work_, state_, socket_, ralphd_, ralphctl_;
+  pid_t daemon_ = -1;
+  static inline int counter_ = 0;
+};
+
+// One line each way on a raw connection.
+class Line {
+ public:
+  explicit Line(int fd) : fd_(fd) {}
+  ~Line() { ::close(fd_); }
+  json Call(const std::string& frame) {
+    std::string line = frame + "\n";
+    EXPECT_EQ(::send(fd_, line.data(), line.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(line.size()));
+    return Next();
+  }
+  // The next frame (a following request's).
+  json Next() {
+    std::string reply;
+    char c;
+    while (::read(fd_, &c, 1) == 1 && c != '\n') reply += c;
+    return json::parse(reply, nullptr, false);
+  }
+
+ private:
+  int fd_;
+};
+
+TEST_F(RalphdTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
+  std::string in = work_ + "/in";
+  ASSERT_EQ(::mkdir(in.c_str(), 0755), 0);
+  Write(in + "/input.txt", "hello from the upload\n");
+  ASSERT_EQ(RunProgramStreams({"tar", "-cf", work_ + "/in.tar", "-C", in, "."}).exit, 0);
+
+  ProgramStreams run = Ctl({"job", "run", "--workspace", work_ + "/in.tar", "--", "sh", "-c",
+                            "cat input.txt; echo oops >&2; echo result > out.txt; exit 3"});
+  EXPECT_EQ(run.exit, 3) << run.err;  // the job's own exit status
+  EXPECT_EQ(run.out, "hello from the upload\n");
+  EXPECT_NE(run.err.find("oops\n"), std::string::npos) << run.err;
+
+  json job = CtlJson({"job", "show", "1"});
+  EXPECT_EQ(job["state"], "failed");
+  EXPECT_EQ(job["termination"], "exited");
+  EXPECT_EQ(job["exit_code"], 3);
+  EXPECT_EQ(job["reason"], "exit status 3");
+  EXPECT_TRUE(job["usage"].contains("wall_ms"));
+
+  json files = CtlJson({"job", "files", "1"});
+  std::string digest = DigestToHex(
+      *Sha256::Of(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>("result\n"), 7)));
+  bool found = false;
+  for (const json& file : files["files"]) {
+    if (file["path"] == "/work/out.txt") {
+      found = true;
+      EXPECT_EQ(file["size"], 7);
+      EXPECT_EQ(file["sha256"], digest);
+    }
+  }
+  EXPECT_TRUE(found) << files.dump();
+
+  ProgramStreams download = Ctl({"job", "download", "1", "--output", work_ + "/out.tar"});
+  ASSERT_EQ(download.exit, 0) << download.err;
+  ProgramStreams extracted = RunProgramStreams({"tar", "-xOf", work_ + "/out.tar", "./out.txt"});
+  EXPECT_EQ(extracted.out, "result\n") << extracted.err;
+  ProgramStreams listed = RunProgramStreams({"tar", "-tf", work_ + "/out.tar"});
+  EXPECT_NE(listed.out.find("./input.txt"), std::string::npos) << listed.out;
+
+  // The output from an offset; the audit trail of the job.
+  ProgramStreams tail = Ctl({"job", "logs", "1", "--offset", "6"});
+  EXPECT_EQ(tail.out, "from the upload\n");
+  json audit = CtlJson({"audit", "list", "--job", "1", "--limit", "0"});
+  std::set<std::string> types;
+  for (const json& row : audit) types.insert(row["type"].get<std::string>());
+  for (const char* type : {"job.submit", "job.workspace-upload", "job.state", "job.files"}) {
+    EXPECT_TRUE(types.count(type)) << type << " in " << audit.dump();
+  }
+}
+
+// Every output chunk, state change and audit record has a sequence number;
+// asking again after the last one seen gives exactly what came later.
+TEST_F(RalphdTest, EventsAfterASequenceNumberLoseNothing) {
+  ASSERT_EQ(Ctl({"job", "run", "--", "sh", "-c", "echo one; echo two"}).exit, 0);
+  int fd = Connect();
+  ASSERT_GE(fd, 0);
+  Line line(fd);
+  json all = line.Call(R"({"verb":"GET","path":"/v1/events","query":{"job":"1"}})");
+  ASSERT_EQ(all["ok"], true) << all.dump();
+  const json& events = all["body"]["events"];
+  ASSERT_GE(events.size(), 4u) << all.dump();
+  std::string output;
+  std::vector<std::string> states;
+  uint64_t previous = 0;
+  for (const json& event : events) {
+    EXPECT_GT(event["seq"].get<uint64_t>(), previous);
+    previous = event["seq"].get<uint64_t>();
+    if (event["kind"] == "output") output += event["body"]["data_base64"].get<std::string>();
+    if (event["kind"] == "state") states.push_back(event["body"]["state"].get<std::string>());
+  }
+  EXPECT_FALSE(output.empty());
+  EXPECT_EQ(states, (std::vector<std::string>{"queued", "running", "succeeded"}));
+  // A reconnect after the third event gets the rest, in order.
+  uint64_t third = events[2]["seq"].get<uint64_t>();
+  json rest = line.Call(fmt::format(
+      R"({{"verb":"GET","path":"/v1/events","query":{{"job":"1","after":"{}"}}}})", third));
+  ASSERT_EQ(rest["body"]["events"].size(), events.size() - 3);
+  EXPECT_EQ(rest["body"]["events"][0], events[3]);
+
+  // Following: every event from then on, numbered without a gap, while
+  // another job runs.
+  uint64_t last = rest["body"]["last_seq"].get<uint64_t>();
+  int follower = Connect();
+  ASSERT_GE(follower, 0);
+  Line stream(follower);
+  json started = stream.Call(fmt::format(
+      R"({{"verb":"GET","path":"/v1/events","query":{{"after":"{}"}},"follow":true}})", last));
+  ASSERT_EQ(started["ok"], true) << started.dump();
+  ASSERT_EQ(Ctl({"job", "run", "--", "echo", "three"}).exit, 0);
+  uint64_t expected = last + 1;
+  bool finished = false;
+  while (!finished) {
+    json frame = stream.Next();
+    ASSERT_TRUE(frame.contains("event")) << frame.dump();
+    EXPECT_EQ(frame["event"]["seq"], expected++);
+    finished = frame["event"]["kind"] == "state" && frame["event"]["job"] == 2 &&
+               frame["event"]["body"]["state"] == "succeeded";
+  }
+
+  // The audit log as JSON lines, filtered by job.
+  ProgramStreams exported = Ctl({"audit", "export", "--job", "1"});
+  ASSERT_EQ(exported.exit, 0) << exported.err;
+  std::istringstream lines(exported.out);
+  std::string row;
+  size_t rows = 0;
+  while (std::getline(lines, row)) {
+    json record = json::parse(row, nullptr, false);
+    ASSERT_TRUE(record.is_object()) << row;
+    EXPECT_EQ(record["subject"], "job 1");
+    ++rows;
+  }
+  EXPECT_EQ(rows, 4u);  // submit, running, files (none), succeeded
+}
+
+TEST_F(RalphdTest, EgressIsDeniedAndAudited) {
+  ProgramStreams run = Ctl({"job", "run", "--profile", "net", "--", "python3", "-c",
+                            "import socket; socket.create_connection(('203.0.113.9', 8080), 5)"});
+  EXPECT_NE(run.exit, 0) << run.out;
+  json denied = CtlJson({"audit", "list", "--job", "1", "--type", "net.denied"});
+  ASSERT_FALSE(denied.empty()) << run.err;
+  EXPECT_EQ(denied[0]["details"]["destination"], "203.0.113.9");
+  EXPECT_EQ(denied[0]["details"]["port"], 8080);
+  EXPECT_EQ(denied[0]["subject"], "job 1");
+}
+
+TEST_F(RalphdTest, PolicyValidateSetAndRollback) {
+  Write(work_ + "/bad.xml",
+        "<policy format=\"1\">\n  <profile name=\"x\">\n    <limits memory=\"lots\" "
+        "timeout=\"5\"/>\n  </profile>\n</policy>\n");
+  ProgramStreams validate = Ctl({"policy", "validate", work_ + "/bad.xml"});
+  EXPECT_EQ(validate.exit, 1);
+  EXPECT_NE(validate.err.find(work_ + "/bad.xml:3:13: <limits>: memory: 'lots' is not a size"),
+            std::string::npos)
+      << validate.err;
+  EXPECT_NE(validate.err.find(work_ + "/bad.xml:3:27: <limits>: timeout: '5' is not a duration"),
+            std::string::npos)
+      << validate.err;
+
+  // A bad document changes nothing.
+  ProgramStreams set = Ctl({"policy", "set", work_ + "/bad.xml"});
+  EXPECT_EQ(set.exit, 1);
+  EXPECT_NE(set.err.find("bad.xml:3:13"), std::string::npos) << set.err;
+  EXPECT_EQ(CtlJson({"status"})["policy_version"], 2);
+
+  ProgramStreams rollback = Ctl({"policy", "rollback", "1"});
+  ASSERT_EQ(rollback.exit, 0) << rollback.err;
+  EXPECT_EQ(rollback.out, "policy version 3 is active (rollback to version 1)\n");
+  json active = CtlJson({"policy", "get"});
+  EXPECT_EQ(active["version"], 3);
+  EXPECT_EQ(active["document"], CtlJson({"policy", "get", "--version", "1"})["document"]);
+  json history = CtlJson({"policy", "history"});
+  ASSERT_EQ(history["versions"].size(), 3u);
+  EXPECT_EQ(history["versions"][0]["active"], true);
+  json audited = CtlJson({"audit", "list", "--type", "policy.rollback"});
+  ASSERT_EQ(audited.size(), 1u);
+  EXPECT_EQ(audited[0]["details"]["version"], 3);
+}
+
+TEST_F(RalphdTest, AJobAskingForMoreThanItsPolicyIsRefused) {
+  ProgramStreams run = Ctl({"job", "run", "--pids", "65", "--", "true"});
+  EXPECT_EQ(run.exit, 1);
+  EXPECT_NE(run.err.find("limits.pids: 65 is more than profile 'default' allows (64) [refused]"),
+            std::string::npos)
+      << run.err;
+  ProgramStreams unknown = Ctl({"job", "run", "--profile", "gpu", "--", "true"});
+  EXPECT_EQ(unknown.exit, 1);
+  EXPECT_NE(unknown.err.find("profile: 'gpu' is not in the active policy (version 2)"),
+            std::string::npos)
+      << unknown.err;
+  // Asking for less is fine.
+  EXPECT_EQ(Ctl({"job", "run", "--pids", "8", "--", "true"}).exit, 0);
+}
+
+TEST_F(RalphdTest, BadFramesGetPreciseErrorsAndTheDaemonServesOn) {
+  int fd = Connect();
+  ASSERT_GE(fd, 0);
+  Line line(fd);
+  json reply = line.Call("{not json");
+  EXPECT_EQ(reply["ok"], false);
+  EXPECT_EQ(reply["error"]["code"], "invalid-argument");
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind(
+                "frame: malformed JSON at line 1, column 3", 0),
+            0u)
+      << reply.dump();
+  reply = line.Call(R"({"verb":"GET","path":"/v1/status","bogus":1})");
+  EXPECT_EQ(reply["error"]["message"], "frame.bogus: unknown member");
+  reply = line.Call(R"({"verb":"POST","path":"/v1/jobs","body":{"argv":["true"],"colour":"red"}})");
+  EXPECT_EQ(reply["error"]["message"], "body.colour: unknown field");
+  reply = line.Call(R"({"verb":"POST","path":"/v1/jobs","body":{"argv":"true"}})");
+  EXPECT_EQ(reply["error"]["message"], "body.argv: expected an array of strings, got string");
+  reply = line.Call(R"({"verb":"GET","path":"/v1/jobs/99"})");
+  EXPECT_EQ(reply["error"]["code"], "not-found");
+  EXPECT_EQ(reply["error"]["message"], "job 99: no such job");
+  // The same connection, and a new one, are still served.
+  reply = line.Call(R"({"verb":"GET","path":"/v1/status"})");
+  EXPECT_EQ(reply["ok"], true) << reply.dump();
+  EXPECT_EQ(Ctl({"status"}).exit, 0);
+  // Every command was audited, the failed ones with their error.
+  json commands = CtlJson({"audit", "list", "--type", "command", "--limit", "0"});
+  bool refused = false;
+  for (const json& row : commands) {
+    if (row["subject"] == "job.show" && row["details"]["result"] == "not-found") refused = true;
+  }
+  EXPECT_TRUE(refused) << commands.dump();
+}
+
+TEST_F(RalphdTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
+  // Killed by the timeout it asked for (less than the profile's).
+  ProgramStreams slow = Ctl({"job", "run", "--timeout-ms", "300", "--", "sleep", "600"});
+  EXPECT_EQ(slow.exit, 1);
+  EXPECT_EQ(JobState(1), "timed-out");
+
+  // A member that climbs out of the workspace: refused, the job never runs.
+  ASSERT_EQ(RunProgramStreams({"python3", "-c",
+                               "import io, tarfile, sys\n"
+                               "t = tarfile.open(sys.argv[1], 'w')\n"
+                               "i = tarfile.TarInfo('../escaped'); i.size = 2\n"
+                               "t.addfile(i, io.BytesIO(b'x\\n')); t.close()",
+                               work_ + "/evil.tar"})
+                .exit,
+            0);
+  ProgramStreams evil = Ctl({"job", "run", "--workspace", work_ + "/evil.tar", "--", "true"});
+  EXPECT_EQ(evil.exit, 1);
+  EXPECT_NE(evil.err.find("member '../escaped' is absolute or has '..'"), std::string::npos)
+      << evil.err;
+  EXPECT_NE(::access((state_ + "/jobs/escaped").c_str(), F_OK), 0);
+
+  // SO_PEERCRED: another uid is refused even when the file mode lets it in.
+  ASSERT_EQ(::chmod(socket_.c_str(), 0666), 0);
+  ProgramStreams nobody =
+      RunProgramStreams({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ralphctl_,
+                         "status", "--socket", socket_});
+  EXPECT_EQ(nobody.exit, 1);
+  EXPECT_NE(nobody.err.find("uid 65534: only root may use ralphd's local socket"),
+            std::string::npos)
+      << nobody.err;
+}
+
+TEST_F(RalphdTest, CancelKillsARunningJob) {
+  json job = CtlJson({"job", "run", "--detach", "--", "sleep", "600"});
+  ASSERT_EQ(job["id"], 1);
+  ASSERT_TRUE(WaitFor([&] { return JobState(1) == "running" && JobCgroups(daemon_) > 0; }));
+  ProgramStreams cancel = Ctl({"job", "cancel", "1"});
+  ASSERT_EQ(cancel.exit, 0) << cancel.err;
+  // --follow returns once the job is over.
+  ProgramStreams follow = Ctl({"job", "logs", "1", "--follow"});
+  EXPECT_EQ(follow.exit, 0) << follow.err;
+  EXPECT_EQ(JobState(1), "cancelled");
+  EXPECT_TRUE(WaitFor([&] { return JobCgroups(daemon_) == 0; }));
+}
+
+TEST_F(RalphdTest, KilledMidJobTheJobIsLostAndNothingIsLeft) {
+  // One job at a time: the second one waits in the queue.
+  StopDaemon(SIGTERM);
+  StartDaemon(1);
+  std::set<std::string> tables_before = NftTables();
+  json job = CtlJson({"job", "run", "--detach", "--profile", "net", "--", "sh", "-c",
+                      "echo started; exec sleep 600"});
+  ASSERT_EQ(job["id"], 1);
+  // Running, with its output through: the sandbox is all set up.
+  ASSERT_TRUE(WaitFor([&] { return Ctl({"job", "logs", "1"}).out == "started\n"; }));
+  json queued = CtlJson({"job", "run", "--detach", "--", "true"});
+  EXPECT_EQ(queued["state"], "queued");
+  pid_t dead = daemon_;
+  ASSERT_GT(JobCgroups(dead), 0u);
+  // The tables that appeared with the job (its own, its network service's).
+  std::set<std::string> ours;
+  for (const std::string& table : NftTables()) {
+    if (!tables_before.count(table)) ours.insert(table);
+  }
+  EXPECT_FALSE(ours.empty());
+
+  StopDaemon(SIGKILL);
+  // The job died with its daemon; the kernel drops its netns, veth and
+  // socket-owned nft tables.
+  EXPECT_TRUE(WaitFor([&] {
+    std::set<std::string> now = NftTables();
+    return std::none_of(ours.begin(), ours.end(), [&](const auto& t) { return now.count(t); });
+  }));
+  StartDaemon(1);
+
+  json lost = CtlJson({"job", "show", "1"});
+  EXPECT_EQ(lost["state"], "lost");
+  EXPECT_NE(lost["reason"].get<std::string>().find("ralphd stopped while the job ran"),
+            std::string::npos)
+      << lost.dump();
+  // What the dead daemon's job left (cgroups, its volume) was swept.
+  EXPECT_EQ(JobCgroups(dead), 0u);
+  // The queued job stayed queued, and runs now.
+  EXPECT_TRUE(WaitFor([&] { return JobState(queued.value("id", 0)) == "succeeded"; }));
+  ProgramStreams verify = Ctl({"audit", "verify"});
+  EXPECT_EQ(verify.exit, 0) << verify.err;
+  EXPECT_NE(verify.out.find("chain intact"), std::string::npos);
+  StopDaemon(SIGTERM);
+  EXPECT_TRUE(WaitFor([&] { return MountsBelow(state_) == 0; })) << MountsBelow(state_);
+}
+
+}  // namespace
+}  // namespace ralph::ralphd
