@@ -24,7 +24,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "drivers/testing/run_program.h"
+#include "tests/support/run_program.h"
 #include "platform/sha256.h"
 
 namespace ralph::ralphd {

@@ -5,7 +5,7 @@
 
 #include <gtest/gtest.h>
 
-#include "drivers/testing/temp_dir.h"
+#include "tests/support/temp_dir.h"
 #include "services/ralphd/policy.h"
 
 namespace ralph::ralphd {

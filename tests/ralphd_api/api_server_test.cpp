@@ -21,7 +21,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "drivers/testing/temp_dir.h"
+#include "tests/support/temp_dir.h"
 #include "fake_audit.h"
 #include "platform/unique_fd.h"
 #include "services/ralphd/api/client.h"

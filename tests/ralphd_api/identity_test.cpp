@@ -9,7 +9,7 @@
 
 #include <filesystem>
 
-#include "drivers/testing/temp_dir.h"
+#include "tests/support/temp_dir.h"
 #include "platform/file_io.h"
 
 namespace ralph::ralphd::api {

@@ -7,7 +7,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include "drivers/testing/temp_dir.h"
+#include "tests/support/temp_dir.h"
 #include "fake_audit.h"
 
 namespace ralph::ralphd::api {
