@@ -9,11 +9,13 @@
 
 #include <charconv>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include <fmt/format.h>
 
+#include "platform/cli.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 #include "services/ralphd/daemon.h"
@@ -37,48 +39,43 @@ struct Options {
   std::string socket = "/run/ralphd.sock";
 };
 
-ralph::Result<Options> Parse(int argc, char** argv) {
-  Options options;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    auto value = [&]() -> ralph::Result<std::string> {
-      if (i + 1 >= argc) {
-        return ralph::Error::Make(ralph::ErrorCode::kInvalidArgument,
-                                  fmt::format("{} needs a value", arg));
-      }
-      return std::string(argv[++i]);
-    };
-    if (arg == "--state-dir") {
-      options.daemon.state_dir = TRY(value());
-    } else if (arg == "--socket") {
-      options.socket = TRY(value());
-    } else if (arg == "--audit-db") {
-      options.daemon.audit_db = TRY(value());
-    } else if (arg == "--job-root") {
-      options.daemon.environment = {.base_kind = ralph::sandbox::BaseKind::kDirectory,
-                                    .base = TRY(value())};
-    } else if (arg == "--job-image") {
-      options.daemon.environment = {.base_kind = ralph::sandbox::BaseKind::kImage,
-                                    .base = TRY(value())};
-    } else if (arg == "--max-running") {
-      std::string text = TRY(value());
-      size_t n = 0;
-      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-      if (ec != std::errc() || end != text.data() + text.size() || n < 1 || n > 1024) {
-        return ralph::Error::Make(
-            ralph::ErrorCode::kInvalidArgument,
-            fmt::format("--max-running: '{}' is not a number in 1..1024", text));
-      }
-      options.daemon.max_running = n;
-    } else {
-      return ralph::Error::Make(ralph::ErrorCode::kInvalidArgument,
-                                fmt::format("unknown argument '{}'", arg));
+// Parses argv through the tree's one parser: std::nullopt to go on with
+// `options` filled in, else the exit status (0 after --help, 2 naming the
+// bad flag).
+std::optional<int> Parse(int argc, char** argv, Options& options) {
+  ralph::cli::Parser parser("ralphd", std::string(kUsage));
+  std::optional<std::string> socket, audit_db, job_root, job_image, max_running;
+  parser.Option("--state-dir", &options.daemon.state_dir);
+  parser.Option("--socket", &socket);
+  parser.Option("--audit-db", &audit_db);
+  parser.Option("--job-root", &job_root);
+  parser.Option("--job-image", &job_image);
+  parser.Option("--max-running", &max_running);
+  if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
+
+  if (options.daemon.state_dir.empty()) return parser.UsageError("--state-dir is required");
+  if (socket) options.socket = *socket;
+  if (audit_db) options.daemon.audit_db = *audit_db;
+  if (job_root && job_image) {
+    return parser.UsageError("--job-root and --job-image exclude each other");
+  }
+  if (job_root) {
+    options.daemon.environment = {.base_kind = ralph::sandbox::BaseKind::kDirectory,
+                                  .base = *job_root};
+  } else if (job_image) {
+    options.daemon.environment = {.base_kind = ralph::sandbox::BaseKind::kImage,
+                                  .base = *job_image};
+  }
+  if (max_running) {
+    const std::string& text = *max_running;
+    size_t n = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc() || end != text.data() + text.size() || n < 1 || n > 1024) {
+      return parser.UsageError(fmt::format("--max-running: '{}' is not a number in 1..1024", text));
     }
+    options.daemon.max_running = n;
   }
-  if (options.daemon.state_dir.empty()) {
-    return ralph::Error::Make(ralph::ErrorCode::kInvalidArgument, "--state-dir is required");
-  }
-  return options;
+  return std::nullopt;
 }
 
 ralph::Result<void> Serve(Options options) {
@@ -109,13 +106,9 @@ ralph::Result<void> Serve(Options options) {
 
 int main(int argc, char** argv) {
   ralph::LogInit("ralphd", ralph::LogSink::kStderr);
-  ralph::Result<Options> options = Parse(argc, argv);
-  if (!options) {
-    ralph::LogError("{}", options.error().ToString());
-    std::fputs(kUsage.data(), stderr);
-    return 2;
-  }
-  ralph::Result<void> served = Serve(std::move(*options));
+  Options options;
+  if (std::optional<int> exit = Parse(argc, argv, options)) return *exit;
+  ralph::Result<void> served = Serve(std::move(options));
   if (!served) {
     ralph::LogError("{}", served.error().ToString());
     return 1;
