@@ -58,6 +58,26 @@ options:
   --json                      machine-readable output
 )";
 
+constexpr std::string_view kPairUsage =
+    R"(usage: ralphctl pair [--json] [--socket PATH]
+
+Makes a one-time pairing offer in ralphd's HTTPS API (ralphd --api-listen)
+and prints its pairing string and QR code: a client that presents it over
+TLS to this device gets a client certificate (docs/api.md "Pairing").
+)";
+
+constexpr std::string_view kPairingsUsage =
+    R"(usage: ralphctl pairings <subcommand> [options]
+
+subcommands:
+  list                        the paired clients (id, name, times, revoked)
+  revoke ID                   the client's certificate is refused from now on
+
+options:
+  --socket PATH               ralphd's socket (default /run/ralphd.sock)
+  --json                      machine-readable output
+)";
+
 constexpr OptionSpec kOptions[] = {
     {"--socket", true},    {"--json", false},  {"--help", false},      {"--profile", true},
     {"--workspace", true}, {"--cwd", true},    {"--memory", true},     {"--cpu-millis", true},
@@ -460,6 +480,62 @@ int RunStatusCommand(const Invocation&, std::span<const std::string> args) {
              Str((*reply)["max_running"]), Str(jobs["queued"]), Str(jobs["created"]));
   fmt::print("policy version {}; last event {}; audit tip {}\n", Str((*reply)["policy_version"]),
              Str((*reply)["last_event_seq"]), Str((*reply)["audit_tip"]));
+  return kExitOk;
+}
+
+int RunPairCommand(const Invocation&, std::span<const std::string> args) {
+  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
+  if (!parsed) return UsageError("pair", parsed.error().message());
+  if (parsed->Has("--help")) {
+    fmt::print("{}", kPairUsage);
+    return kExitOk;
+  }
+  if (!parsed->positional.empty()) {
+    return UsageError("pair", fmt::format("unexpected argument '{}'", parsed->positional[0]));
+  }
+  Result<json> reply = Request(*parsed, "POST", "/v1/pairing/offers");
+  if (!reply) return Failed("pair", reply.error());
+  if (parsed->Has("--json")) {
+    fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+    return kExitOk;
+  }
+  fmt::print("{}\n{}\n", Str((*reply)["pairing"]), Str((*reply)["qr"]));
+  fmt::print("one-time offer {} for {}; expires at {} (unix seconds)\n", Str((*reply)["id"]),
+             Str((*reply)["address"]), Str((*reply)["expires"]));
+  return kExitOk;
+}
+
+int RunPairingsCommand(const Invocation&, std::span<const std::string> args) {
+  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
+  if (!parsed) return UsageError("pairings", parsed.error().message());
+  if (parsed->Has("--help") || parsed->positional.empty()) {
+    fmt::print("{}", kPairingsUsage);
+    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  }
+  const std::vector<std::string>& operands = parsed->positional;
+  Result<json> reply = Error::Make(ErrorCode::kInternal, "unset");
+  if (operands[0] == "list" && operands.size() == 1) {
+    reply = Request(*parsed, "GET", "/v1/pairings");
+    if (reply && !parsed->Has("--json")) {
+      for (const json& client : (*reply)["pairings"]) {
+        fmt::print("{}  {:<24} paired {} expires {}{}\n", Str(client["id"]), Str(client["name"]),
+                   Str(client["paired"]), Str(client["expires"]),
+                   client.value("revoked", 0) != 0 ? " REVOKED" : "");
+      }
+      return kExitOk;
+    }
+  } else if (operands[0] == "revoke" && operands.size() == 2) {
+    reply =
+        Request(*parsed, "POST", "/v1/pairings/revoke", json::object(), json{{"id", operands[1]}});
+    if (reply && !parsed->Has("--json")) {
+      fmt::print("client {} revoked\n", operands[1]);
+      return kExitOk;
+    }
+  } else {
+    return UsageError("pairings", "expected 'list' or 'revoke ID'");
+  }
+  if (!reply) return Failed("pairings", reply.error());
+  fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
   return kExitOk;
 }
 

@@ -423,6 +423,16 @@ Result<Command> DecodePolicyRollback(const Request& request) {
   return PolicyRollbackCommand{.version = *version};
 }
 
+Result<Command> DecodePairingRevoke(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body");
+  auto id = TRY(reader.String("id", 64));
+  if (!id || id->empty()) return Invalid("body.id: required");
+  TRY(reader.Finish());
+  return PairingRevokeCommand{.id = *id};
+}
+
 Result<Command> DecodePolicyGet(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
@@ -541,6 +551,10 @@ constexpr Route kRoutes[] = {
     {"/v1/audit/verify", "GET", [](const Request& r, uint64_t) { return DecodeAuditVerify(r); }},
     {"/v1/audit/export", "GET", [](const Request& r, uint64_t) { return DecodeAuditExport(r); }},
     {"/v1/events", "GET", [](const Request& r, uint64_t) { return DecodeEvents(r); }},
+    {"/v1/pairing/offers", "POST", Plain<PairCommand>},
+    {"/v1/pairings", "GET", Plain<PairingsListCommand>},
+    {"/v1/pairings/revoke", "POST",
+     [](const Request& r, uint64_t) { return DecodePairingRevoke(r); }},
 };
 
 // Whether `path` matches `pattern`; a "{id}" segment must then be a job id

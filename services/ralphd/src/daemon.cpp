@@ -575,6 +575,27 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
     for (const Event& event : events) list.push_back(event.ToJson());
     return Reply::Json({{"events", list}, {"last_seq", TRY(store_->LastEventSeq())}});
   }
+  if (std::holds_alternative<PairCommand>(command) ||
+      std::holds_alternative<PairingsListCommand>(command) ||
+      std::holds_alternative<PairingRevokeCommand>(command)) {
+    if (caller.kind != Caller::Kind::kLocalUid) {
+      return Error::Make(
+          ErrorCode::kPermissionDenied,
+          fmt::format("{} is for the console (the local socket) only", CommandName(command)));
+    }
+    if (pairing_ == nullptr) {
+      return Error::Make(ErrorCode::kInvalidState,
+                         "the HTTPS API is off (start ralphd with --api-listen)");
+    }
+    if (std::holds_alternative<PairCommand>(command))
+      return Reply::Json(TRY(pairing_->CreateOffer()));
+    if (std::holds_alternative<PairingsListCommand>(command)) {
+      return Reply::Json(TRY(pairing_->List()));
+    }
+    const auto& revoke = std::get<PairingRevokeCommand>(command);
+    TRY(pairing_->Revoke(revoke.id, caller.ToString()));
+    return Reply::Json({{"revoked", revoke.id}});
+  }
   return Error::Make(ErrorCode::kInternal, "unhandled command");
 }
 

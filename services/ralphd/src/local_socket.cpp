@@ -154,7 +154,13 @@ Result<std::unique_ptr<LocalServer>> LocalServer::Create(LocalServerOptions opti
 
 void LocalServer::Post(std::function<void()> task) {
   {
-    std::lock_guard lock(posted_mutex_);
+    std::unique_lock lock(posted_mutex_);
+    if (stopped_) {
+      lock.unlock();
+      std::lock_guard serial(after_stop_mutex_);
+      task();
+      return;
+    }
     posted_.push_back(std::move(task));
   }
   uint64_t one = 1;
@@ -173,7 +179,17 @@ Result<void> LocalServer::Run(int stop_fd) {
     if (n < 0) return Error::FromErrno("epoll_wait", errno);
     for (int i = 0; i < n; ++i) {
       int fd = events[i].data.fd;
-      if (fd == stop_fd) return {};
+      if (fd == stop_fd) {
+        std::vector<std::function<void()>> tasks;
+        {
+          std::lock_guard lock(posted_mutex_);
+          stopped_ = true;
+          tasks.swap(posted_);
+        }
+        std::lock_guard serial(after_stop_mutex_);
+        for (auto& task : tasks) task();
+        return {};
+      }
       if (fd == listener_.get()) {
         Accept();
       } else if (fd == daemon_.notify_fd()) {

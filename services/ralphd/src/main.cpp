@@ -9,6 +9,8 @@
 
 #include <charconv>
 #include <cstdio>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,12 +18,20 @@
 #include <fmt/format.h>
 
 #include "platform/cli.h"
+#include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
+#include "services/audit/audit_log.h"
+#include "services/ralphd/api/dispatcher_handler.h"
+#include "services/ralphd/api/identity.h"
+#include "services/ralphd/api/pairing.h"
+#include "services/ralphd/api/server.h"
 #include "services/ralphd/daemon.h"
 #include "services/ralphd/local_socket.h"
 
 namespace {
+
+namespace api = ralph::ralphd::api;
 
 constexpr std::string_view kUsage =
     R"(usage: ralphd --state-dir DIR [options]
@@ -32,11 +42,47 @@ constexpr std::string_view kUsage =
   --job-root DIR      the read-only base of every job's rootfs (default /)
   --job-image FILE    ... or a squashfs/erofs image of it
   --max-running N     jobs run at once; the rest wait queued (default 2)
+  --api-listen HOST:PORT
+                      serve the HTTPS API there (off when absent): 0.0.0.0:8443
+                      on the appliance; port 0 picks a free one. The bound
+                      port is logged and written to DIR/api/port
+  --api-address HOST:PORT
+                      the address pairing strings tell clients to reach
+                      (default: the listen address with the bound port)
 )";
+
+struct HostPort {
+  std::string host;  // without brackets
+  uint16_t port = 0;
+};
+
+// "0.0.0.0:8443", "[::1]:0", "ralph.local:8443".
+ralph::Result<HostPort> ParseHostPort(std::string_view flag, std::string_view text) {
+  size_t colon = text.rfind(':');
+  auto bad = [&] {
+    return ralph::Error::Make(ralph::ErrorCode::kInvalidArgument,
+                              fmt::format("{}: '{}' is not HOST:PORT", flag, text));
+  };
+  if (colon == std::string_view::npos || colon == 0) return bad();
+  std::string_view host = text.substr(0, colon);
+  std::string_view port_text = text.substr(colon + 1);
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') return bad();
+    host = host.substr(1, host.size() - 2);
+  }
+  uint16_t port = 0;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (port_text.empty() || ec != std::errc() || end != port_text.data() + port_text.size()) {
+    return bad();
+  }
+  return HostPort{.host = std::string(host), .port = port};
+}
 
 struct Options {
   ralph::ralphd::DaemonOptions daemon;
   std::string socket = "/run/ralphd.sock";
+  std::optional<HostPort> api_listen;
+  std::string api_address;
 };
 
 // Parses argv through the tree's one parser: std::nullopt to go on with
@@ -51,6 +97,9 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--job-root", &job_root);
   parser.Option("--job-image", &job_image);
   parser.Option("--max-running", &max_running);
+  std::optional<std::string> api_listen;
+  parser.Option("--api-listen", &api_listen);
+  parser.Option("--api-address", &options.api_address);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
 
   if (options.daemon.state_dir.empty()) return parser.UsageError("--state-dir is required");
@@ -75,7 +124,117 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
     }
     options.daemon.max_running = n;
   }
+  if (api_listen) {
+    ralph::Result<HostPort> listen = ParseHostPort("--api-listen", *api_listen);
+    if (!listen) return parser.UsageError(listen.error().message());
+    options.api_listen = *listen;
+  }
+  if (!options.api_address.empty()) {
+    if (!options.api_listen) return parser.UsageError("--api-address needs --api-listen");
+    ralph::Result<HostPort> address = ParseHostPort("--api-address", options.api_address);
+    if (!address) return parser.UsageError(address.error().message());
+  }
   return std::nullopt;
+}
+
+// The registry audits from the API's threads: its own connection to the
+// daemon's audit log (appends are SQLite transactions, so both writers
+// chain onto one log), one append at a time.
+class LockedAuditSink final : public ralph::audit::AuditSinkInterface {
+ public:
+  explicit LockedAuditSink(std::unique_ptr<ralph::audit::AuditLog> log) : log_(std::move(log)) {}
+  ralph::Result<ralph::audit::AuditRecord> Append(const ralph::audit::AuditEvent& event) override {
+    std::lock_guard lock(mutex_);
+    return log_->Append(event);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unique_ptr<ralph::audit::AuditLog> log_;
+};
+
+// The console's pairing commands (`ralphctl pair`, `ralphctl pairings`)
+// over the API's registry.
+class PairingAdmin final : public ralph::ralphd::PairingAdminInterface {
+ public:
+  PairingAdmin(api::PairingRegistry& registry, std::string address)
+      : registry_(registry), address_(std::move(address)) {}
+
+  ralph::Result<nlohmann::json> CreateOffer() override {
+    api::PairingString offer = TRY(registry_.CreateOffer(address_));
+    std::string text = offer.Format();
+    std::string qr = TRY(api::RenderQrForTerminal(text));
+    return nlohmann::json{{"pairing", text},
+                          {"qr", qr},
+                          {"id", offer.id},
+                          {"expires", offer.expires_unix},
+                          {"address", offer.address}};
+  }
+
+  ralph::Result<nlohmann::json> List() override {
+    nlohmann::json list = nlohmann::json::array();
+    for (const api::PairedClient& client : TRY(registry_.List())) {
+      list.push_back({{"id", client.id},
+                      {"name", client.name},
+                      {"spki_sha256", client.spki_sha256_hex},
+                      {"paired", client.paired_unix},
+                      {"expires", client.expires_unix},
+                      {"revoked", client.revoked_unix}});
+    }
+    return nlohmann::json{{"pairings", list}};
+  }
+
+  ralph::Result<void> Revoke(std::string_view id, std::string_view actor) override {
+    return registry_.Revoke(id, actor);
+  }
+
+ private:
+  api::PairingRegistry& registry_;
+  std::string address_;
+};
+
+// The HTTPS API (services/ralphd/api) in front of the core: requests go
+// through the core's decoder on the local socket's loop.
+struct Api {
+  std::unique_ptr<api::DeviceIdentity> identity;
+  std::unique_ptr<LockedAuditSink> audit;
+  std::unique_ptr<api::PairingRegistry> registry;
+  std::unique_ptr<api::DispatcherHandler> handler;
+  std::unique_ptr<api::ApiServer> server;
+  std::unique_ptr<PairingAdmin> pairing;
+};
+
+ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralphd::Daemon& daemon,
+                                             ralph::ralphd::LocalServer& local) {
+  auto api = std::make_unique<Api>();
+  const std::string dir = options.daemon.state_dir + "/api";
+  api->identity = TRY(api::DeviceIdentity::LoadOrCreate(dir + "/identity"));
+  std::string audit_db = options.daemon.audit_db.empty() ? options.daemon.state_dir + "/audit.db"
+                                                         : options.daemon.audit_db;
+  api->audit = std::make_unique<LockedAuditSink>(
+      TRY(ralph::audit::AuditLog::Open(audit_db, ralph::audit::OpenMode::kExisting)));
+  api->registry =
+      TRY(api::PairingRegistry::Open(dir + "/pairings.db", *api->identity, *api->audit));
+  api->handler = std::make_unique<api::DispatcherHandler>(
+      daemon, [&local](std::function<void()> task) { local.Post(std::move(task)); });
+  const HostPort& listen = *options.api_listen;
+  api->server = TRY(api::ApiServer::Start(
+      {.bind_address = listen.host, .port = listen.port},
+      {.identity = *api->identity, .registry = *api->registry, .handler = *api->handler}));
+  uint16_t port = api->server->port();
+  std::string address = options.api_address;
+  if (address.empty()) {
+    bool v6 = listen.host.find(':') != std::string::npos;
+    address =
+        v6 ? fmt::format("[{}]:{}", listen.host, port) : fmt::format("{}:{}", listen.host, port);
+  }
+  api->pairing = std::make_unique<PairingAdmin>(*api->registry, address);
+  daemon.SetPairingAdmin(api->pairing.get());
+  // Where a supervisor or a test finds a port the kernel picked.
+  TRY(ralph::WriteFileAtomically(dir + "/port", fmt::format("{}\n", port), 0644,
+                                 ralph::Durability::kNone));
+  ralph::LogInfo("api listening on {}:{} (pairing address {})", listen.host, port, address);
+  return api;
 }
 
 ralph::Result<void> Serve(Options options) {
@@ -96,8 +255,17 @@ ralph::Result<void> Serve(Options options) {
   std::unique_ptr<ralph::ralphd::Daemon> daemon = TRY(ralph::ralphd::Daemon::Open(options.daemon));
   std::unique_ptr<ralph::ralphd::LocalServer> server =
       TRY(ralph::ralphd::LocalServer::Create({.socket_path = options.socket}, *daemon));
+  std::unique_ptr<Api> api;
+  if (options.api_listen) api = TRY(StartApi(options, *daemon, *server));
   ralph::LogInfo("serving {} (state {})", options.socket, options.daemon.state_dir);
-  TRY(server->Run(stop.get()));
+  ralph::Result<void> ran = server->Run(stop.get());
+  // Requests in flight finish on the API's threads (LocalServer::Post runs
+  // them there once the loop has stopped) before the core goes away.
+  if (api) {
+    api->server->Stop();
+    daemon->SetPairingAdmin(nullptr);
+  }
+  if (!ran) return std::move(ran).error();
   ralph::LogInfo("stopping: running jobs are killed");
   return {};
 }

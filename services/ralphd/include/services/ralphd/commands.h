@@ -228,12 +228,26 @@ struct EventsCommand {
   uint64_t limit = 1000;
 };
 
+// The HTTPS API's pairings (docs/api.md "Pairing"): local callers only, so
+// a paired client can neither pair others nor revoke anyone.
+struct PairCommand {
+  static constexpr std::string_view kName = "pair";  // a one-time pairing offer
+};
+struct PairingsListCommand {
+  static constexpr std::string_view kName = "pairings.list";
+};
+struct PairingRevokeCommand {
+  static constexpr std::string_view kName = "pairings.revoke";
+  std::string id;  // the client id (its certificate serial, hex)
+};
+
 using Command =
     std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
                  JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
                  WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand,
                  PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
-                 AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand>;
+                 AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
+                 PairCommand, PairingsListCommand, PairingRevokeCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);

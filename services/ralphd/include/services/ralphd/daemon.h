@@ -39,6 +39,20 @@ struct DaemonOptions {
   std::function<void(LogLevel level, const std::string& message)> log;
 };
 
+// The HTTPS API's pairing registry as the core administers it; set when
+// the API runs (the core never links the API).
+class PairingAdminInterface {
+ public:
+  virtual ~PairingAdminInterface() = default;
+  // A one-time offer: {"pairing": "<pairing string>", "qr": "<terminal QR
+  // code>", "id": .., "expires": <unix seconds>, "address": ..}.
+  virtual Result<nlohmann::json> CreateOffer() = 0;
+  // {"pairings": [{"id", "name", "spki_sha256", "paired", "expires", "revoked"}]}
+  virtual Result<nlohmann::json> List() = 0;
+  // kNotFound for an unknown id, kInvalidState when already revoked.
+  virtual Result<void> Revoke(std::string_view id, std::string_view actor) = 0;
+};
+
 class Daemon final : public DispatcherInterface {
  public:
   static Result<std::unique_ptr<Daemon>> Open(DaemonOptions options);
@@ -56,6 +70,10 @@ class Daemon final : public DispatcherInterface {
   }
 
   Store& store() { return *store_; }
+
+  // Borrowed; null (the default) answers the pairing commands with
+  // kInvalidState: the API is off.
+  void SetPairingAdmin(PairingAdminInterface* pairing) { pairing_ = pairing; }
 
  private:
   Daemon(DaemonOptions options, std::unique_ptr<Store> store,
@@ -95,6 +113,7 @@ class Daemon final : public DispatcherInterface {
   std::unique_ptr<audit::AuditLog> audit_;
   std::unique_ptr<JobRunner> runner_;
   std::function<void(const Event&)> listener_;
+  PairingAdminInterface* pairing_ = nullptr;
 };
 
 // A job record as the API shows it.

@@ -51,7 +51,11 @@ class LocalServer {
   Result<void> Run(int stop_fd);
 
   // Runs `task` on the loop's thread (from any thread): how another
-  // transport hands commands to the single-threaded core.
+  // transport hands commands to the single-threaded core. Once Run has
+  // returned, the tasks still queued have run and a later one runs on the
+  // caller's thread, one at a time: a transport that waits for its task
+  // (DispatcherHandler) is not stranded while it shuts down, and the core
+  // still sees one thread at a time since the loop no longer runs.
   void Post(std::function<void()> task);
 
  private:
@@ -78,6 +82,8 @@ class LocalServer {
   UniqueFd wake_;  // eventfd for Post
   std::mutex posted_mutex_;
   std::vector<std::function<void()>> posted_;
+  bool stopped_ = false;         // under posted_mutex_
+  std::mutex after_stop_mutex_;  // serialises tasks posted after Run returned
   std::map<int, std::unique_ptr<Connection>> connections_;
 };
 
