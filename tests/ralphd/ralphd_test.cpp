@@ -4,7 +4,8 @@
 // roll back; a job asking for more than its policy allows; bad frames with
 // the daemon serving on; cancel; and SIGKILL mid-job, then a restart: the job
 // is lost with its reason, nothing of its sandbox is left, the audit chain
-// verifies.
+// verifies. With --api-listen: pairing from `ralphctl pair`, a job over
+// mutual TLS, an unpaired and a revoked client refused.
 #include <dirent.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -24,8 +25,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "tests/support/run_program.h"
 #include "platform/sha256.h"
+#include "services/ralphd/api/client.h"
+#include "services/ralphd/commands.h"
+#include "tests/support/run_program.h"
 
 namespace ralph::ralphd {
 namespace {
@@ -126,10 +129,12 @@ class RalphdTest : public ::testing::Test {
                                    work_, work_)});
   }
 
-  void StartDaemon(int max_running = 2) {
-    daemon_ = ralph::testing::StartProgram({ralphd_, "--state-dir", state_, "--socket", socket_,
-                                            "--job-root", work_ + "/base", "--max-running",
-                                            std::to_string(max_running)});
+  void StartDaemon(int max_running = 2, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {ralphd_,         "--state-dir",   state_,
+                                     "--socket",      socket_,         "--job-root",
+                                     work_ + "/base", "--max-running", std::to_string(max_running)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    daemon_ = ralph::testing::StartProgram(argv);
     ASSERT_GT(daemon_, 0);
     ASSERT_TRUE(WaitFor([&] { return Connect() >= 0; })) << "ralphd never served " << socket_;
   }
@@ -498,6 +503,99 @@ TEST_F(RalphdTest, KilledMidJobTheJobIsLostAndNothingIsLeft) {
   EXPECT_NE(verify.out.find("chain intact"), std::string::npos);
   StopDaemon(SIGTERM);
   EXPECT_TRUE(WaitFor([&] { return MountsBelow(state_) == 0; })) << MountsBelow(state_);
+}
+
+// The HTTPS API of the real daemon: `ralphctl pair` on the console, the
+// client library pairs with that string, runs a job over mTLS and reads its
+// output; an unpaired client and, after `ralphctl pairings revoke`, the
+// revoked one are refused.
+TEST_F(RalphdTest, PairedClientRunsAJobOverHttpsUntilRevoked) {
+  StopDaemon(SIGTERM);
+  StartDaemon(2, {"--api-listen", "127.0.0.1:0"});
+  std::string port_file = state_ + "/api/port";
+  ASSERT_TRUE(WaitFor([&] { return !Read(port_file).empty(); })) << port_file;
+
+  ProgramStreams refused = Ctl({"pairings", "revoke", "0123"});
+  EXPECT_NE(refused.exit, 0);
+  EXPECT_FALSE(refused.err.empty());
+
+  json offer = CtlJson({"pair"});
+  std::string pairing = offer.value("pairing", "");
+  ASSERT_TRUE(pairing.starts_with("ralphos-pair:v1?addr=127.0.0.1:")) << offer.dump();
+  EXPECT_NE(pairing.find(":" + std::to_string(std::stoi(Read(port_file))) + "&"), std::string::npos)
+      << pairing << " vs port " << Read(port_file);
+  EXPECT_FALSE(offer.value("qr", "").empty());
+  ProgramStreams shown = Ctl({"pair"});
+  ASSERT_EQ(shown.exit, 0) << shown.err;
+  EXPECT_NE(shown.out.find("ralphos-pair:v1?"), std::string::npos) << shown.out;
+
+  Result<api::ClientCredentials> credentials = api::PairWithDevice(pairing, "api-test");
+  ASSERT_TRUE(credentials) << credentials.error().ToString();
+  Result<api::PairingString> parsed = api::PairingString::Parse(pairing);
+  ASSERT_TRUE(parsed);
+
+  // A client without a certificate gets nothing but /v1/pair.
+  Result<std::unique_ptr<api::ApiConnection>> anonymous =
+      api::ApiConnection::Connect({.address = parsed->address, .device_spki = parsed->spki_sha256});
+  ASSERT_TRUE(anonymous) << anonymous.error().ToString();
+  Result<api::HttpReply> denied = (*anonymous)->Request("GET", "/v1/jobs");
+  ASSERT_TRUE(denied) << denied.error().ToString();
+  EXPECT_EQ(denied->status, 401) << denied->body;
+
+  auto connect = [&] {
+    return api::ApiConnection::Connect({.address = parsed->address,
+                                        .device_spki = parsed->spki_sha256,
+                                        .credentials = *credentials});
+  };
+  Result<std::unique_ptr<api::ApiConnection>> connection = connect();
+  ASSERT_TRUE(connection) << connection.error().ToString();
+  api::ApiConnection& https = **connection;
+  auto call = [&](std::string_view method, std::string_view target, std::string_view body = {}) {
+    Result<api::HttpReply> reply = https.Request(method, target, body);
+    EXPECT_TRUE(reply) << target << ": " << reply.error().ToString();
+    if (!reply) return json();
+    EXPECT_EQ(reply->status / 100, 2) << method << " " << target << ": " << reply->body;
+    return json::parse(reply->body, nullptr, false);
+  };
+
+  // The pairing commands are the console's, not a paired client's.
+  Result<api::HttpReply> pair_remote = https.Request("POST", "/v1/pairing/offers");
+  ASSERT_TRUE(pair_remote);
+  EXPECT_EQ(pair_remote->status, 403) << pair_remote->body;
+
+  json job = call("POST", "/v1/jobs",
+                  R"({"argv":["sh","-c","echo over-https; exit 3"],"profile":"default"})");
+  ASSERT_TRUE(job.contains("id")) << job.dump();
+  std::string path = fmt::format("/v1/jobs/{}", job["id"].get<uint64_t>());
+  std::string state;
+  ASSERT_TRUE(WaitFor([&] {
+    state = call("GET", path).value("state", "");
+    return state != "created" && state != "queued" && state != "running";
+  })) << state;
+  json shown_job = call("GET", path);
+  EXPECT_EQ(shown_job.value("state", ""), "failed") << shown_job.dump();
+  EXPECT_EQ(shown_job.value("exit_code", -1), 3) << shown_job.dump();
+  json logs = call("GET", path + "/logs");
+  Result<std::string> output = Base64Decode(logs.value("data_base64", ""), "data_base64");
+  ASSERT_TRUE(output) << logs.dump();
+  EXPECT_EQ(*output, "over-https\n");
+
+  json listed = CtlJson({"pairings", "list"});
+  ASSERT_EQ(listed["pairings"].size(), 1u) << listed.dump();
+  EXPECT_EQ(listed["pairings"][0].value("id", ""), credentials->client_id);
+  ProgramStreams revoke = Ctl({"pairings", "revoke", credentials->client_id});
+  ASSERT_EQ(revoke.exit, 0) << revoke.err;
+
+  // The next request, on this connection or a new one, is refused.
+  Result<api::HttpReply> after = https.Request("GET", path);
+  ASSERT_TRUE(after) << after.error().ToString();
+  EXPECT_EQ(after->status, 403) << after->body;
+  EXPECT_NE(after->body.find("revoked"), std::string::npos) << after->body;
+  Result<std::unique_ptr<api::ApiConnection>> again = connect();
+  ASSERT_TRUE(again) << again.error().ToString();
+  Result<api::HttpReply> reply = (*again)->Request("GET", path);
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  EXPECT_EQ(reply->status, 403) << reply->body;
 }
 
 }  // namespace
