@@ -580,6 +580,27 @@ TEST_F(RalphdTest, PairedClientRunsAJobOverHttpsUntilRevoked) {
   ASSERT_TRUE(output) << logs.dump();
   EXPECT_EQ(*output, "over-https\n");
 
+  // The same job's state changes on the event stream (SSE), from seq 0.
+  Result<std::unique_ptr<api::ApiConnection>> stream = connect();
+  ASSERT_TRUE(stream) << stream.error().ToString();
+  Result<void> opened = (*stream)->OpenEvents(0);
+  ASSERT_TRUE(opened) << opened.error().ToString();
+  std::string final_state;
+  uint64_t last_seq = 0;
+  for (int i = 0; i < 10000 && final_state.empty(); ++i) {
+    Result<api::StreamEvent> event = (*stream)->NextEvent();
+    ASSERT_TRUE(event) << event.error().ToString();
+    EXPECT_GT(event->seq, last_seq);
+    last_seq = event->seq;
+    if (event->type != "job.state") continue;
+    json data = json::parse(event->data, nullptr, false);
+    if (data.value("job", uint64_t{0}) == job["id"].get<uint64_t>() &&
+        data["body"].value("state", "") == "failed") {
+      final_state = "failed";
+    }
+  }
+  EXPECT_EQ(final_state, "failed");
+
   json listed = CtlJson({"pairings", "list"});
   ASSERT_EQ(listed["pairings"].size(), 1u) << listed.dump();
   EXPECT_EQ(listed["pairings"][0].value("id", ""), credentials->client_id);

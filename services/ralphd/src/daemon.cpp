@@ -122,7 +122,9 @@ void Daemon::Emit(std::string kind, uint64_t job, json body) {
     Log(LogLevel::kError, event.error().ToString());
     return;
   }
-  if (listener_) listener_(*event);
+  for (const auto& listener : listeners_) {
+    if (listener) listener(*event);
+  }
 }
 
 void Daemon::Audit(std::string type, std::string subject, json details, uint64_t job) {

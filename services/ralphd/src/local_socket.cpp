@@ -109,7 +109,7 @@ LocalServer::LocalServer(LocalServerOptions options, Daemon& daemon, UniqueFd li
       wake_(std::move(wake)) {}
 
 LocalServer::~LocalServer() {
-  daemon_.SetEventListener({});
+  daemon_.SetEventListener(Daemon::Listener::kLocalSocket, {});
   ::unlink(options_.socket_path.c_str());
 }
 
@@ -148,7 +148,8 @@ Result<std::unique_ptr<LocalServer>> LocalServer::Create(LocalServerOptions opti
       return Error::FromErrno("epoll_ctl", errno);
     }
   }
-  daemon.SetEventListener([raw = server.get()](const Event& event) { raw->OnEvent(event); });
+  daemon.SetEventListener(Daemon::Listener::kLocalSocket,
+                          [raw = server.get()](const Event& event) { raw->OnEvent(event); });
   return server;
 }
 

@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <condition_variable>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -193,6 +195,79 @@ class PairingAdmin final : public ralph::ralphd::PairingAdminInterface {
   std::string address_;
 };
 
+// Runs `task` on the loop's thread and waits for it: the core is
+// single-threaded.
+void RunOnLoop(ralph::ralphd::LocalServer& local, const std::function<void()>& task) {
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool done = false;
+  local.Post([&] {
+    task();
+    std::lock_guard lock(mutex);
+    done = true;
+    cv.notify_one();
+  });
+  std::unique_lock lock(mutex);
+  cv.wait(lock, [&] { return done; });
+}
+
+// The core's event log as the API's event stream (GET /v1/events?after=SEQ):
+// reads go through the loop (the store is the loop's), and every event the
+// daemon appends wakes the streams.
+class CoreEventSource final : public api::EventSourceInterface {
+ public:
+  CoreEventSource(ralph::ralphd::Daemon& daemon, ralph::ralphd::LocalServer& local)
+      : daemon_(daemon), local_(local) {}
+
+  api::EventBatch Read(uint64_t after, size_t max) override {
+    api::EventBatch batch;
+    RunOnLoop(local_, [&] {
+      ralph::ralphd::Store& store = daemon_.store();
+      auto oldest = store.EventsAfter(0, std::nullopt, 1);
+      if (oldest && !oldest->empty()) batch.first_retained = oldest->front().seq;
+      auto events = store.EventsAfter(after, std::nullopt, max);
+      if (!events) return;
+      for (const ralph::ralphd::Event& event : *events) {
+        batch.events.push_back({.seq = event.seq,
+                                .type = StreamType(event.kind),
+                                .data = ralph::ralphd::DumpJson(event.ToJson())});
+      }
+    });
+    return batch;
+  }
+
+  uint64_t Subscribe(std::function<void()> wake) override {
+    std::lock_guard lock(mutex_);
+    wakes_.emplace(++next_id_, std::move(wake));
+    return next_id_;
+  }
+
+  void Unsubscribe(uint64_t id) override {
+    std::lock_guard lock(mutex_);
+    wakes_.erase(id);
+  }
+
+  // From the daemon's event listener (the loop's thread). The wakes run
+  // under mutex_ so none runs after its Unsubscribe returned; they only
+  // post to the server's threads.
+  void Wake() {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, wake] : wakes_) wake();
+  }
+
+ private:
+  static std::string StreamType(const std::string& kind) {
+    if (kind == "output" || kind == "state") return "job." + kind;
+    return kind;
+  }
+
+  ralph::ralphd::Daemon& daemon_;
+  ralph::ralphd::LocalServer& local_;
+  std::mutex mutex_;
+  uint64_t next_id_ = 0;
+  std::map<uint64_t, std::function<void()>> wakes_;
+};
+
 // The HTTPS API (services/ralphd/api) in front of the core: requests go
 // through the core's decoder on the local socket's loop.
 struct Api {
@@ -200,6 +275,7 @@ struct Api {
   std::unique_ptr<LockedAuditSink> audit;
   std::unique_ptr<api::PairingRegistry> registry;
   std::unique_ptr<api::DispatcherHandler> handler;
+  std::unique_ptr<CoreEventSource> events;
   std::unique_ptr<api::ApiServer> server;
   std::unique_ptr<PairingAdmin> pairing;
 };
@@ -217,10 +293,13 @@ ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralp
       TRY(api::PairingRegistry::Open(dir + "/pairings.db", *api->identity, *api->audit));
   api->handler = std::make_unique<api::DispatcherHandler>(
       daemon, [&local](std::function<void()> task) { local.Post(std::move(task)); });
+  api->events = std::make_unique<CoreEventSource>(daemon, local);
   const HostPort& listen = *options.api_listen;
-  api->server = TRY(api::ApiServer::Start(
-      {.bind_address = listen.host, .port = listen.port},
-      {.identity = *api->identity, .registry = *api->registry, .handler = *api->handler}));
+  api->server = TRY(api::ApiServer::Start({.bind_address = listen.host, .port = listen.port},
+                                          {.identity = *api->identity,
+                                           .registry = *api->registry,
+                                           .handler = *api->handler,
+                                           .events = api->events.get()}));
   uint16_t port = api->server->port();
   std::string address = options.api_address;
   if (address.empty()) {
@@ -234,6 +313,10 @@ ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralp
   TRY(ralph::WriteFileAtomically(dir + "/port", fmt::format("{}\n", port), 0644,
                                  ralph::Durability::kNone));
   ralph::LogInfo("api listening on {}:{} (pairing address {})", listen.host, port, address);
+  // Last: nothing below can fail and leave the listener dangling.
+  daemon.SetEventListener(
+      ralph::ralphd::Daemon::Listener::kApi,
+      [events = api->events.get()](const ralph::ralphd::Event&) { events->Wake(); });
   return api;
 }
 
@@ -264,6 +347,7 @@ ralph::Result<void> Serve(Options options) {
   if (api) {
     api->server->Stop();
     daemon->SetPairingAdmin(nullptr);
+    daemon->SetEventListener(ralph::ralphd::Daemon::Listener::kApi, {});
   }
   if (!ran) return std::move(ran).error();
   ralph::LogInfo("stopping: running jobs are killed");

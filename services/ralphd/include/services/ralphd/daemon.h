@@ -13,6 +13,7 @@
 // marked `lost` with the reason, and what its sandbox left is swept.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -64,9 +65,12 @@ class Daemon final : public DispatcherInterface {
   int notify_fd() const { return runner_->notify_fd(); }
   void OnRunnerMessages();
 
-  // Told of every event appended (a transport forwards them to followers).
-  void SetEventListener(std::function<void(const Event&)> listener) {
-    listener_ = std::move(listener);
+  // Told of every event appended (a transport forwards them to followers),
+  // on the loop's thread. One listener per transport: each sets and clears
+  // its own.
+  enum class Listener { kLocalSocket, kApi };
+  void SetEventListener(Listener which, std::function<void(const Event&)> listener) {
+    listeners_[static_cast<size_t>(which)] = std::move(listener);
   }
 
   Store& store() { return *store_; }
@@ -112,7 +116,7 @@ class Daemon final : public DispatcherInterface {
   std::unique_ptr<Store> store_;
   std::unique_ptr<audit::AuditLog> audit_;
   std::unique_ptr<JobRunner> runner_;
-  std::function<void(const Event&)> listener_;
+  std::array<std::function<void(const Event&)>, 2> listeners_;
   PairingAdminInterface* pairing_ = nullptr;
 };
 
