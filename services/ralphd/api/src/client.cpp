@@ -525,15 +525,9 @@ Result<void> SaveCredentials(const std::string& dir, const ClientCredentials& cr
                                                         {"ca.crt", &credentials.ca_pem},
                                                         {"device.json", &device}};
   for (const auto& [name, content] : files) {
-    std::string path = dir + "/" + name;
-    std::string temp = path + ".tmp";
-    ::unlink(temp.c_str());
-    TRY(WriteNewFileDurably(temp, *content, 0600));
-    if (::rename(temp.c_str(), path.c_str()) != 0) {
-      return Error::FromErrno(fmt::format("rename {} to {}", temp, path), errno);
-    }
+    TRY(WriteFileAtomically(dir + "/" + name, *content, 0600, Durability::kFileAndDirectorySynced));
   }
-  return FsyncDirectory(dir);
+  return {};
 }
 
 Result<ClientCredentials> LoadCredentials(const std::string& dir) {

@@ -5,15 +5,10 @@
 
 #include <fmt/format.h>
 
+#include "platform/hex.h"
+
 namespace ralph::ralphd::api {
 namespace {
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 Result<std::string> PercentDecode(std::string_view text, std::string_view what) {
   std::string out;
@@ -21,8 +16,8 @@ Result<std::string> PercentDecode(std::string_view text, std::string_view what) 
     if (text[i] == '+') {
       out += ' ';
     } else if (text[i] == '%') {
-      int high = i + 1 < text.size() ? HexValue(text[i + 1]) : -1;
-      int low = i + 2 < text.size() ? HexValue(text[i + 2]) : -1;
+      int high = i + 1 < text.size() ? HexDigitValue(text[i + 1]) : -1;
+      int low = i + 2 < text.size() ? HexDigitValue(text[i + 2]) : -1;
       if (high < 0 || low < 0) {
         return Error::Make(ErrorCode::kInvalidArgument,
                            fmt::format("{}: bad percent-escape at offset {}", what, i));

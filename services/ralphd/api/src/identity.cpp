@@ -94,7 +94,7 @@ Result<void> Create(const std::string& dir, const IdentityOptions& options,
       {kFiles[3], ossl::CertToPem(ca->cert.get())}};
   for (auto& [name, content] : contents) {
     if (!content) return fail(content.error());
-    auto written = WriteNewFileDurably(temp + "/" + name, *content, 0600);
+    auto written = WriteFileAtomically(temp + "/" + name, *content, 0600, Durability::kFileSynced);
     if (!written) return fail(written.error());
   }
   if (auto synced = FsyncDirectory(temp); !synced) return fail(synced.error());
