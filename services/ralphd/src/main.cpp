@@ -1,8 +1,10 @@
 // ralphd: the control plane daemon. Serves the local socket from one event
-// loop (local_socket.h); state on VAR.
+// loop (local_socket.h) and, with --api-listen, the HTTPS API
+// (services/ralphd/api) whose requests run on that loop; state on VAR.
 //
 //   ralphd --state-dir /var/lib/ralph/ralphd [--socket /run/ralphd.sock]
 //          [--job-root DIR | --job-image FILE] [--max-running N]
+//          [--api-listen 0.0.0.0:8443 [--api-address HOST:PORT]]
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
