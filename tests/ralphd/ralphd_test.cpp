@@ -24,8 +24,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "tests/support/run_program.h"
 #include "platform/sha256.h"
+#include "tests/support/run_program.h"
 
 namespace ralph::ralphd {
 namespace {
