@@ -20,8 +20,8 @@
 
 #include "audit_test_util.h"
 #include "killing_vfs.h"
-#include "tests/support/test_seed.h"
 #include "services/audit/audit_log.h"
+#include "tests/support/test_seed.h"
 
 namespace ralph::audit {
 namespace {

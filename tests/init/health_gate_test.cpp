@@ -7,9 +7,9 @@
 
 #include <fstream>
 
-#include "tests/support/temp_dir.h"
 #include "machine.h"
 #include "services/health/gate.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph::health {
 namespace {

@@ -5,8 +5,8 @@
 
 #include <gtest/gtest.h>
 
-#include "tests/support/temp_dir.h"
 #include "services/ralphd/policy.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph::ralphd {
 namespace {

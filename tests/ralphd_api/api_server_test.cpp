@@ -21,11 +21,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "tests/support/temp_dir.h"
 #include "fake_audit.h"
 #include "platform/unique_fd.h"
 #include "services/ralphd/api/client.h"
 #include "services/ralphd/api/server.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph::ralphd::api {
 namespace {

@@ -9,8 +9,8 @@
 
 #include <filesystem>
 
-#include "tests/support/temp_dir.h"
 #include "platform/file_io.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph::ralphd::api {
 namespace {

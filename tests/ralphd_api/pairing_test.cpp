@@ -7,8 +7,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include "tests/support/temp_dir.h"
 #include "fake_audit.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph::ralphd::api {
 namespace {

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "platform/hex.h"
+
 namespace ralph::ralphd::api::ossl {
 
 Error OpenSslError(ErrorCode code, std::string_view what) {
@@ -122,23 +124,7 @@ Result<std::vector<uint8_t>> BytesFromHex(std::string_view hex, size_t size,
     return Error::Make(ErrorCode::kInvalidArgument,
                        fmt::format("{} must be {} hex digits, not {}", what, size * 2, hex.size()));
   }
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  std::vector<uint8_t> out(size);
-  for (size_t i = 0; i < size; ++i) {
-    int high = nibble(hex[2 * i]), low = nibble(hex[2 * i + 1]);
-    if (high < 0 || low < 0) {
-      return Error::Make(
-          ErrorCode::kInvalidArgument,
-          fmt::format("{} has a non-hex character at {}", what, high < 0 ? 2 * i : 2 * i + 1));
-    }
-    out[i] = static_cast<uint8_t>(high << 4 | low);
-  }
-  return out;
+  return TRY_CTX(HexDecode(hex), what);
 }
 
 std::string SerialHex(const X509* cert) {
