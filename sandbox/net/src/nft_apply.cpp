@@ -272,7 +272,12 @@ bool SameExpression(const nftnl_expr* ours, const nftnl_expr* theirs) {
       uint32_t our_len = 0, their_len = 0;
       const void* our_data = nftnl_expr_get(ours, attr, &our_len);
       const void* their_data = nftnl_expr_get(theirs, attr, &their_len);
-      if (our_len != their_len || std::memcmp(our_data, their_data, our_len) != 0) return false;
+      if (our_len != their_len || (our_data == nullptr) != (their_data == nullptr)) return false;
+      // An attribute set without data (length 0, no pointer) has nothing
+      // more to compare; memcmp must not see the null pointer.
+      if (our_len != 0 && our_data != nullptr && std::memcmp(our_data, their_data, our_len) != 0) {
+        return false;
+      }
     } else if (in_ours != in_theirs && !neutral(attr, in_ours ? ours : theirs)) {
       return false;
     }
