@@ -93,6 +93,12 @@ Result<void> ValidateSpec(const SandboxSpec& spec) {
   if (spec.hostname.empty() || spec.hostname.size() > 64)
     return Invalid(fmt::format("hostname: '{}' must be 1..64 characters", spec.hostname));
   if (spec.timeout.count() < 0) return Invalid("timeout: must not be negative");
+  for (auto [name, value] : {std::pair{"terminal_size.columns", spec.terminal_size.columns},
+                             std::pair{"terminal_size.rows", spec.terminal_size.rows}}) {
+    if (value < 1 || value > kMaxTerminalDimension)
+      return Invalid(
+          fmt::format("{}: {} is out of range 1..{}", name, value, kMaxTerminalDimension));
+  }
   return {};
 }
 

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/capability.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -107,6 +108,18 @@ Result<void> CreateUpperEntries(const std::string& upper, const std::vector<Uppe
 }
 
 }  // namespace
+
+Result<void> ResizeTerminal(int fd, TerminalSize size) {
+  for (auto [name, value] : {std::pair{"columns", size.columns}, std::pair{"rows", size.rows}}) {
+    if (value < 1 || value > kMaxTerminalDimension)
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("terminal {}: {} is out of range 1..{}", name, value, kMaxTerminalDimension));
+  }
+  winsize window{.ws_row = size.rows, .ws_col = size.columns, .ws_xpixel = 0, .ws_ypixel = 0};
+  if (::ioctl(fd, TIOCSWINSZ, &window) != 0) return Io("TIOCSWINSZ");
+  return {};
+}
 
 std::string_view TerminationName(Termination termination) {
   switch (termination) {
@@ -300,6 +313,12 @@ Result<void> SandboxService::Run(const JobId& id) {
     child_out.reset(::fcntl(child_in.get(), F_DUPFD_CLOEXEC, 3));
     child_err.reset(::fcntl(child_in.get(), F_DUPFD_CLOEXEC, 3));
     if (!child_out || !child_err) return Io("dup pty slave");
+    if (auto sized = ResizeTerminal(master.get(), job.spec.terminal_size); !sized)
+      return std::move(sized).error();
+    // Wait polls before it reads; writers of TerminalFd must never block.
+    int flags = ::fcntl(master.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(master.get(), F_SETFL, flags | O_NONBLOCK) != 0)
+      return Io("making the pty master non-blocking");
     job.out = std::move(master);
   } else {
     child_in.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
@@ -613,6 +632,18 @@ Result<int> SandboxService::PidFd(const JobId& id) const {
   if (!job.pidfd)
     return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} is not running", id));
   return job.pidfd.get();
+}
+
+Result<UniqueFd> SandboxService::TerminalFd(const JobId& id) const {
+  Job& job = *TRY(Find(id));
+  if (job.spec.stdio != StdioMode::kPty)
+    return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} has no pty", id));
+  if (!job.out)
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("sandbox {}'s pty is not open (not run yet, or drained)", id));
+  UniqueFd fd(::fcntl(job.out.get(), F_DUPFD_CLOEXEC, 3));
+  if (!fd) return Io("dup pty master");
+  return fd;
 }
 
 }  // namespace ralph::sandbox

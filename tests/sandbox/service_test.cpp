@@ -7,7 +7,9 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -134,6 +136,66 @@ TEST_F(ServiceTest, Pty) {
   JobResult result = RunJob(spec);
   EXPECT_EQ(result.exit_code, 0) << Describe(result);
   EXPECT_NE(result.stdout_data.find("on-a-tty"), std::string::npos) << Describe(result);
+}
+
+// Another thread drives the job's pty through TerminalFd while Wait reads
+// its output: input reaches the job, a resize reaches it as SIGWINCH and the
+// new size; the initial size is the spec's.
+TEST_F(ServiceTest, PtyInputAndResizeFromAnotherThread) {
+  SandboxSpec spec = Spec({"sh", "-c",
+                           "trap 'echo winch; stty size' WINCH; stty size; while :; do read l || "
+                           "continue; echo got:$l; [ \"$l\" = quit ] && exit 7; done"});
+  spec.stdio = StdioMode::kPty;
+  spec.terminal_size = {.columns = 100, .rows = 30};
+  auto id = service_->CreateJob(spec);
+  ASSERT_TRUE(id) << id.error().ToString();
+  auto early = service_->TerminalFd(*id);
+  ASSERT_FALSE(early);
+  EXPECT_EQ(early.error().code(), ErrorCode::kInvalidState);
+  ASSERT_TRUE(service_->Run(*id));
+  auto fd = service_->TerminalFd(*id);
+  ASSERT_TRUE(fd) << fd.error().ToString();
+
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::string out;
+  auto await = [&](std::string_view text) {
+    std::unique_lock lock(mutex);
+    changed.wait(lock, [&] { return out.find(text) != std::string::npos; });
+  };
+  auto type = [&](std::string_view text) {
+    ASSERT_EQ(::write(fd->get(), text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  };
+  std::thread driver([&] {
+    await("30 100");
+    type("hello\n");
+    await("got:hello");
+    ASSERT_TRUE(ResizeTerminal(fd->get(), {.columns = 120, .rows = 40}));
+    await("40 120");
+    type("quit\n");
+  });
+  auto result = service_->Wait(*id, [&](OutputStream stream, std::string_view chunk) {
+    EXPECT_EQ(stream, OutputStream::kStdout);
+    std::lock_guard lock(mutex);
+    out.append(chunk);
+    changed.notify_all();
+  });
+  driver.join();
+  ASSERT_TRUE(result) << result.error().ToString();
+  EXPECT_EQ(result->exit_code, 7) << Describe(*result) << out;
+  EXPECT_NE(out.find("winch"), std::string::npos) << out;
+  auto bad = ResizeTerminal(fd->get(), {.columns = 0, .rows = 10});
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("columns: 0 is out of range"), std::string::npos);
+  ASSERT_TRUE(service_->Destroy(*id));
+
+  SandboxSpec pipes = Spec({"true"});
+  id = service_->CreateJob(pipes);
+  ASSERT_TRUE(id);
+  auto none = service_->TerminalFd(*id);
+  ASSERT_FALSE(none);
+  EXPECT_NE(none.error().message().find("has no pty"), std::string::npos);
+  ASSERT_TRUE(service_->Destroy(*id));
 }
 
 TEST_F(ServiceTest, ResourceUsageIsReported) {

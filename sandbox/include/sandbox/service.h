@@ -28,6 +28,7 @@
 
 #include "platform/log.h"
 #include "platform/result.h"
+#include "platform/unique_fd.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/net/network_service.h"
 #include "sandbox/plan.h"
@@ -167,6 +168,14 @@ class SandboxService {
   Result<std::string> WorkspacePath(const JobId& id) const;
   // A pidfd for the job's PID 1 (readable when it exits), for event loops.
   Result<int> PidFd(const JobId& id) const;
+  // A job with StdioMode::kPty, once Run has made its pty: a duplicate of
+  // the pty's master, for another thread to write the job's input and
+  // resize its window (ResizeTerminal) while Wait reads the output. The
+  // master is non-blocking (a write the job does not read gets EAGAIN
+  // rather than stalling the writer); after the job exits, what is written
+  // is lost. kInvalidState for a job without a pty or not yet run. Like
+  // every method, on the thread that drives the service (before Wait).
+  Result<UniqueFd> TerminalFd(const JobId& id) const;
 
   // Sweeps what killed owners left (cgroups, volumes; see
   // SweepDeadOwnerCgroups and LoopVolumeFactory::Sweep) and empties the
@@ -202,5 +211,10 @@ class SandboxService {
 };
 
 std::string_view TerminationName(Termination termination);
+
+// Sets the window size of the terminal whose master (or slave) is `fd`
+// (TIOCSWINSZ); the job's foreground process group gets SIGWINCH when it
+// changed. kInvalidArgument for a dimension outside 1..kMaxTerminalDimension.
+Result<void> ResizeTerminal(int fd, TerminalSize size);
 
 }  // namespace ralph::sandbox

@@ -48,6 +48,13 @@ enum class StdioMode {
   kPty,    // one pseudo-terminal for stdin/stdout/stderr (interactive CLIs)
 };
 
+// A terminal's window size (TIOCSWINSZ), what `stty size` shows inside.
+inline constexpr uint16_t kMaxTerminalDimension = 10000;
+struct TerminalSize {
+  uint16_t columns = 80;
+  uint16_t rows = 24;
+};
+
 struct SandboxSpec {
   // Rootfs: an overlay of `base` (read-only) and a per-job writable upper
   // layer on a filesystem of Limits::disk_bytes.
@@ -71,6 +78,8 @@ struct SandboxSpec {
   // 0 = no timeout. Otherwise the job is killed when it runs longer.
   std::chrono::milliseconds timeout{0};
   StdioMode stdio = StdioMode::kPipes;
+  // kPty: the window size the job starts with (1..10000 each).
+  TerminalSize terminal_size;
 
   // Hardening layers; all on by default. Turning one off is for diagnosis.
   bool proc_subset_pid = true;  // /proc shows only processes (no /proc/sys, kcore...)
