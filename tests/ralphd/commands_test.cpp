@@ -56,6 +56,34 @@ TEST(DecodeRequest, SubmitDefaults) {
   EXPECT_TRUE(submit.start);
   EXPECT_FALSE(submit.cwd);
   EXPECT_FALSE(submit.limits.memory_bytes);
+  EXPECT_FALSE(submit.tty);
+  EXPECT_FALSE(submit.columns);
+}
+
+TEST(DecodeRequest, SubmitWithATerminal) {
+  Result<Command> command = DecodeRequest(
+      Post("/v1/jobs", R"({"argv": ["sh"], "tty": true, "columns": 132, "rows": 43})"));
+  ASSERT_TRUE(command) << command.error().message();
+  const auto& submit = std::get<JobSubmitCommand>(*command);
+  EXPECT_TRUE(submit.tty);
+  EXPECT_EQ(submit.columns, 132);
+  EXPECT_EQ(submit.rows, 43);
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"argv": ["sh"], "tty": 1})", "body.tty: expected true or false, got integer 1"},
+      {R"({"argv": ["sh"], "tty": true, "columns": 0})",
+       "body.columns: 0 is out of range 1..10000"},
+      {R"({"argv": ["sh"], "tty": true, "rows": 10001})",
+       "body.rows: 10001 is out of range 1..10000"},
+      {R"({"argv": ["sh"], "rows": 30})", "body.rows: a window size needs \"tty\": true"},
+  };
+  for (const auto& [body, error] : cases) {
+    Result<Command> bad = DecodeRequest(Post("/v1/jobs", body));
+    ASSERT_FALSE(bad) << body;
+    EXPECT_EQ(bad.error().message(), error) << body;
+  }
+  Result<Command> attach = DecodeRequest({.verb = "GET", .path = "/v1/jobs/7/terminal"});
+  ASSERT_TRUE(attach) << attach.error().message();
+  EXPECT_EQ(std::get<TerminalAttachCommand>(*attach).id, 7u);
 }
 
 TEST(DecodeRequest, SubmitErrorsNameTheField) {

@@ -322,6 +322,16 @@ Result<Command> DecodeSubmit(const Request& request) {
     TRY(l.Finish());
   }
   if (auto start = TRY(reader.Bool("start"))) command.start = *start;
+  if (auto tty = TRY(reader.Bool("tty"))) command.tty = *tty;
+  for (auto [name, field] :
+       {std::pair{"columns", &command.columns}, std::pair{"rows", &command.rows}}) {
+    if (auto value = TRY(reader.Unsigned(name, 1, kMaxTerminalDimension))) {
+      if (!command.tty) {
+        return Invalid(fmt::format("body.{}: a window size needs \"tty\": true", name));
+      }
+      *field = static_cast<uint16_t>(*value);
+    }
+  }
   TRY(reader.Finish());
   return command;
 }
@@ -537,6 +547,7 @@ constexpr Route kRoutes[] = {
     {"/v1/jobs/{id}/cancel", "POST", Plain<JobCancelCommand>},
     {"/v1/jobs/{id}/logs", "GET", DecodeLogs},
     {"/v1/jobs/{id}/files", "GET", Plain<JobFilesCommand>},
+    {"/v1/jobs/{id}/terminal", "GET", Plain<TerminalAttachCommand>},
     {"/v1/jobs/{id}/workspace", "PUT", DecodeWorkspaceUpload},
     {"/v1/jobs/{id}/workspace", "GET", DecodeWorkspaceDownload},
     {"/v1/policy", "GET", [](const Request& r, uint64_t) { return DecodePolicyGet(r); }},

@@ -62,6 +62,9 @@ json SubmitToJson(const JobSubmitCommand& command) {
   if (command.limits.disk_bytes) limits["disk_bytes"] = *command.limits.disk_bytes;
   if (command.limits.timeout_ms) limits["timeout_ms"] = *command.limits.timeout_ms;
   if (!limits.empty()) out["limits"] = limits;
+  if (command.tty) out["tty"] = true;
+  if (command.columns) out["columns"] = *command.columns;
+  if (command.rows) out["rows"] = *command.rows;
   return out;
 }
 
@@ -155,6 +158,13 @@ Result<void> Daemon::SetState(JobRecord& job, JobState state, std::string reason
   }
   Emit("state", job.id, details);
   Audit("job.state", fmt::format("job {}", job.id), details, job.id);
+  if (IsFinal(state)) {
+    for (const TerminalAttachment& closed : terminals_.Close(job.id, TerminalExitStatus(job))) {
+      Audit("terminal.detach", fmt::format("job {}", job.id),
+            {{"caller", closed.caller}, {"attachment", closed.id}, {"reason", "job ended"}},
+            job.id);
+    }
+  }
   return {};
 }
 
@@ -210,6 +220,12 @@ Result<void> Daemon::Launch(JobRecord job) {
       *profile,
       {.argv = submit.argv, .env = submit.env, .cwd = submit.cwd, .limits = submit.limits},
       options_.environment));
+  if (submit.tty) {
+    spec.stdio = sandbox::StdioMode::kPty;
+    if (submit.columns) spec.terminal_size.columns = *submit.columns;
+    if (submit.rows) spec.terminal_size.rows = *submit.rows;
+    if (auto size = terminals_.TakeSize(job.id)) spec.terminal_size = {size->first, size->second};
+  }
   TRY(SetState(job, JobState::kRunning));
   std::string dir = JobDir(job.id);
   TRY(MakeDir(dir));
@@ -217,6 +233,10 @@ Result<void> Daemon::Launch(JobRecord job) {
                   .spec = std::move(spec),
                   .upload_tar = job.workspace_uploaded ? dir + "/upload.tar" : "",
                   .result_tar_path = dir + "/workspace.tar"});
+  if (std::string input = terminals_.TakeInput(job.id); !input.empty()) {
+    Result<void> written = runner_->WriteTerminal(job.id, input);
+    if (!written) Log(LogLevel::kError, written.error().ToString());
+  }
   return {};
 }
 
@@ -237,6 +257,7 @@ void Daemon::OnRunnerMessages() {
               {"offset", *offset},
               {"size", message.data.size()},
               {"data_base64", Base64Encode(message.data)}});
+        terminals_.Output(id, message.data);
         break;
       }
       case RunnerMessage::Kind::kNet: {
@@ -577,6 +598,13 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
     for (const Event& event : events) list.push_back(event.ToJson());
     return Reply::Json({{"events", list}, {"last_seq", TRY(store_->LastEventSeq())}});
   }
+  if (const auto* c = std::get_if<TerminalAttachCommand>(&command)) {
+    TRY(store_->Job(c->id));
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("job {}'s terminal is a stream: attach with \"attach\": true "
+                                   "on the local socket, or a WebSocket over HTTPS",
+                                   c->id));
+  }
   if (std::holds_alternative<PairCommand>(command) ||
       std::holds_alternative<PairingsListCommand>(command) ||
       std::holds_alternative<PairingRevokeCommand>(command)) {
@@ -611,6 +639,78 @@ Reply Daemon::Dispatch(const Caller& caller, const Command& command) {
   }
   Audit("command", std::string(CommandName(command)), details);
   return out;
+}
+
+int TerminalExitStatus(const JobRecord& job) {
+  if (job.termination == "exited") return job.exit_code;
+  if (!job.termination.empty() && job.signal > 0) return 128 + job.signal;
+  return -1;
+}
+
+Result<uint64_t> Daemon::AttachTerminal(const Caller& caller, uint64_t id,
+                                        TerminalCallbacks callbacks) {
+  JobRecord job = TRY(store_->Job(id));
+  if (!job.request.value("tty", false)) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} has no terminal: it was not submitted with \"tty\": "
+                                   "true (its output is in its logs)",
+                                   id));
+  }
+  if (IsFinal(job.state)) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} is {}: its terminal is closed (its output is in its "
+                                   "logs)",
+                                   id, JobStateName(job.state)));
+  }
+  TerminalAttachment attachment = terminals_.Attach(id, caller.ToString(), std::move(callbacks));
+  Audit("terminal.attach", fmt::format("job {}", id),
+        {{"caller", attachment.caller}, {"attachment", attachment.id}}, id);
+  return attachment.id;
+}
+
+Result<void> Daemon::WriteTerminal(uint64_t attachment, std::string_view input) {
+  std::optional<TerminalAttachment> found = terminals_.Find(attachment);
+  if (!found) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("terminal attachment {} is closed", attachment));
+  }
+  JobRecord job = TRY(store_->Job(found->job));
+  if (job.state == JobState::kRunning) return runner_->WriteTerminal(found->job, input);
+  if (!terminals_.QueueInput(found->job, input, JobRunner::kMaxTerminalInputBytes)) {
+    return Error::Make(
+        ErrorCode::kBusy,
+        fmt::format("job {} is {}: more than {} bytes of input wait for it to run", found->job,
+                    JobStateName(job.state), JobRunner::kMaxTerminalInputBytes));
+  }
+  return {};
+}
+
+Result<void> Daemon::ResizeTerminal(uint64_t attachment, uint16_t columns, uint16_t rows) {
+  std::optional<TerminalAttachment> found = terminals_.Find(attachment);
+  if (!found) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("terminal attachment {} is closed", attachment));
+  }
+  for (auto [name, value] : {std::pair{"columns", columns}, std::pair{"rows", rows}}) {
+    if (value < 1 || value > kMaxTerminalDimension) {
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("{}: {} is out of range 1..{}", name, value, kMaxTerminalDimension));
+    }
+  }
+  JobRecord job = TRY(store_->Job(found->job));
+  if (job.state == JobState::kRunning) {
+    return runner_->ResizeTerminal(found->job, {.columns = columns, .rows = rows});
+  }
+  terminals_.SetSize(found->job, columns, rows);
+  return {};
+}
+
+void Daemon::DetachTerminal(uint64_t attachment, std::string_view reason) {
+  std::optional<TerminalAttachment> gone = terminals_.Detach(attachment);
+  if (!gone) return;
+  Audit("terminal.detach", fmt::format("job {}", gone->job),
+        {{"caller", gone->caller}, {"attachment", gone->id}, {"reason", reason}}, gone->job);
 }
 
 }  // namespace ralph::ralphd

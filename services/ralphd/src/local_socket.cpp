@@ -7,6 +7,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <utility>
+
 #include <fmt/format.h>
 
 namespace ralph::ralphd {
@@ -21,6 +23,7 @@ Error Invalid(std::string message) {
 struct Frame {
   Request request;
   bool follow = false;
+  bool attach = false;
 };
 
 // A request frame, strictly: only the members the framing names.
@@ -46,9 +49,9 @@ Result<Frame> DecodeFrame(std::string_view line) {
       if (!value.is_string()) return Invalid("frame.body_base64: expected a string");
       out.request.body =
           TRY(Base64Decode(value.get_ref<const std::string&>(), "frame.body_base64"));
-    } else if (key == "follow") {
-      if (!value.is_boolean()) return Invalid("frame.follow: expected true or false");
-      out.follow = value.get<bool>();
+    } else if (key == "follow" || key == "attach") {
+      if (!value.is_boolean()) return Invalid(fmt::format("frame.{}: expected true or false", key));
+      (key == "follow" ? out.follow : out.attach) = value.get<bool>();
     } else {
       return Invalid(fmt::format("frame.{}: unknown member", key));
     }
@@ -56,6 +59,7 @@ Result<Frame> DecodeFrame(std::string_view line) {
   if (frame.contains("body") && frame.contains("body_base64")) {
     return Invalid("frame: body and body_base64 together");
   }
+  if (out.follow && out.attach) return Invalid("frame: follow and attach together");
   if (out.request.verb.empty()) return Invalid("frame.verb: required");
   if (out.request.path.empty()) return Invalid("frame.path: required");
   return out;
@@ -82,6 +86,56 @@ json ErrorFrame(const Error& error) {
   return {{"ok", false}, {"error", ErrorJson(error)["error"]}};
 }
 
+// A client frame on an attached terminal: exactly one of
+// {"input_base64": ".."}, {"resize": {"columns": C, "rows": R}}, {"detach": true}.
+struct TerminalFrame {
+  enum class Kind { kInput, kResize, kDetach };
+  Kind kind = Kind::kInput;
+  std::string input;
+  uint16_t columns = 0;
+  uint16_t rows = 0;
+};
+
+Result<uint16_t> Dimension(const json& resize, std::string_view name) {
+  auto it = resize.find(name);
+  if (it == resize.end()) return Invalid(fmt::format("frame.resize.{}: required", name));
+  if (!it->is_number_unsigned() || *it < 1 || *it > kMaxTerminalDimension) {
+    return Invalid(fmt::format("frame.resize.{}: expected an integer in 1..{}, got {}", name,
+                               kMaxTerminalDimension, DumpJson(*it)));
+  }
+  return it->get<uint16_t>();
+}
+
+Result<TerminalFrame> DecodeTerminalFrame(std::string_view line) {
+  json frame = TRY(ParseJson(line, "frame"));
+  if (!frame.is_object()) return Invalid("frame: expected a JSON object");
+  if (frame.size() != 1) {
+    return Invalid("frame: an attached terminal takes exactly one of input_base64, resize, detach");
+  }
+  const auto& [key, value] = *frame.items().begin();
+  TerminalFrame out;
+  if (key == "input_base64") {
+    if (!value.is_string()) return Invalid("frame.input_base64: expected a string");
+    out.input = TRY(Base64Decode(value.get_ref<const std::string&>(), "frame.input_base64"));
+  } else if (key == "resize") {
+    if (!value.is_object()) return Invalid("frame.resize: expected {\"columns\": C, \"rows\": R}");
+    for (const auto& [member, ignored] : value.items()) {
+      if (member != "columns" && member != "rows") {
+        return Invalid(fmt::format("frame.resize.{}: unknown member", member));
+      }
+    }
+    out.kind = TerminalFrame::Kind::kResize;
+    out.columns = TRY(Dimension(value, "columns"));
+    out.rows = TRY(Dimension(value, "rows"));
+  } else if (key == "detach") {
+    if (value != true) return Invalid("frame.detach: expected true");
+    out.kind = TerminalFrame::Kind::kDetach;
+  } else {
+    return Invalid(fmt::format("frame.{}: unknown member on an attached terminal", key));
+  }
+  return out;
+}
+
 }  // namespace
 
 struct LocalServer::Connection {
@@ -91,13 +145,14 @@ struct LocalServer::Connection {
   std::string out;
   bool close_after_flush = false;
   bool dead = false;  // closed; erased after the current loop turn
-  enum class Follow { kNone, kLogs, kEvents };
+  enum class Follow { kNone, kLogs, kEvents, kTerminal };
   Follow follow = Follow::kNone;
   uint64_t job = 0;
   OutputStream stream = OutputStream::kStdout;
   uint64_t offset = 0;
   uint64_t after = 0;
   std::optional<uint64_t> event_job;
+  uint64_t attachment = 0;  // kTerminal: the daemon's attachment (0 once closed)
 };
 
 LocalServer::LocalServer(LocalServerOptions options, Daemon& daemon, UniqueFd listener,
@@ -109,6 +164,9 @@ LocalServer::LocalServer(LocalServerOptions options, Daemon& daemon, UniqueFd li
       wake_(std::move(wake)) {}
 
 LocalServer::~LocalServer() {
+  for (auto& [fd, connection] : connections_) {
+    if (connection->attachment) daemon_.DetachTerminal(connection->attachment, "ralphd stopped");
+  }
   daemon_.SetEventListener(Daemon::Listener::kLocalSocket, {});
   ::unlink(options_.socket_path.c_str());
 }
@@ -259,7 +317,11 @@ void LocalServer::Close(int fd) {
   auto it = connections_.find(fd);
   if (it == connections_.end() || it->second->dead) return;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-  it->second->dead = true;
+  Connection& connection = *it->second;
+  connection.dead = true;
+  if (uint64_t attachment = std::exchange(connection.attachment, 0)) {
+    daemon_.DetachTerminal(attachment, "disconnected");
+  }
 }
 
 void LocalServer::Reap() {
@@ -291,13 +353,20 @@ void LocalServer::OnReadable(Connection& connection) {
       return;
     }
   }
-  // Requests are handled one at a time; a following connection takes no more.
+  // Requests are handled one at a time; a following connection takes no
+  // more, an attached one only terminal frames.
   size_t newline;
-  while (connection.follow == Connection::Follow::kNone && !connection.close_after_flush &&
+  while ((connection.follow == Connection::Follow::kNone ||
+          connection.follow == Connection::Follow::kTerminal) &&
+         !connection.close_after_flush &&
          (newline = connection.in.find('\n')) != std::string::npos) {
     std::string line = connection.in.substr(0, newline);
     connection.in.erase(0, newline + 1);
-    HandleFrame(connection, line);
+    if (connection.follow == Connection::Follow::kTerminal) {
+      HandleTerminalFrame(connection, line);
+    } else {
+      HandleFrame(connection, line);
+    }
     if (connection.dead) return;
   }
   if (eof) {
@@ -322,6 +391,16 @@ void LocalServer::HandleFrame(Connection& connection, std::string_view line) {
     return;
   }
   Caller caller = Caller::LocalUid(connection.uid);
+  if (frame->attach) {
+    const auto* terminal = std::get_if<TerminalAttachCommand>(&*command);
+    if (!terminal) {
+      Send(connection,
+           ErrorFrame(Invalid("frame.attach: only GET /v1/jobs/{id}/terminal attaches")));
+      return;
+    }
+    Attach(connection, caller, terminal->id);
+    return;
+  }
   if (frame->follow) {
     if (const auto* logs = std::get_if<JobLogsCommand>(&*command)) {
       Reply reply = daemon_.Dispatch(caller, *command);
@@ -356,6 +435,62 @@ void LocalServer::HandleFrame(Connection& connection, std::string_view line) {
     return;
   }
   Send(connection, ReplyFrame(daemon_.Dispatch(caller, *command)));
+}
+
+void LocalServer::Attach(Connection& connection, const Caller& caller, uint64_t job) {
+  const int fd = connection.fd.get();
+  // Both run on the loop's thread; a connection detaches when it closes,
+  // so neither finds its fd taken by another connection.
+  auto find = [this, fd]() -> Connection* {
+    auto it = connections_.find(fd);
+    return it == connections_.end() || it->second->dead ? nullptr : it->second.get();
+  };
+  TerminalCallbacks callbacks;
+  callbacks.output = [this, find](std::string_view output) {
+    if (Connection* attached = find()) {
+      Send(*attached, {{"output", {{"data_base64", Base64Encode(output)}}}});
+    }
+  };
+  callbacks.closed = [this, find](int exit_status) {
+    if (Connection* attached = find()) {
+      attached->attachment = 0;
+      attached->close_after_flush = true;
+      Send(*attached, {{"closed", {{"exit_status", exit_status}}}});
+    }
+  };
+  Result<uint64_t> attachment = daemon_.AttachTerminal(caller, job, std::move(callbacks));
+  if (!attachment) {
+    Send(connection, ErrorFrame(attachment.error()));
+    return;
+  }
+  connection.follow = Connection::Follow::kTerminal;
+  connection.attachment = *attachment;
+  connection.job = job;
+  Send(connection, {{"ok", true}, {"body", {{"job", job}, {"attachment", *attachment}}}});
+}
+
+void LocalServer::HandleTerminalFrame(Connection& connection, std::string_view line) {
+  Result<TerminalFrame> frame = DecodeTerminalFrame(line);
+  if (!frame) {
+    Send(connection, ErrorFrame(frame.error()));
+    return;
+  }
+  if (!connection.attachment) return;  // closed: only the last frames are left to send
+  Result<void> done;
+  switch (frame->kind) {
+    case TerminalFrame::Kind::kInput:
+      done = daemon_.WriteTerminal(connection.attachment, frame->input);
+      break;
+    case TerminalFrame::Kind::kResize:
+      done = daemon_.ResizeTerminal(connection.attachment, frame->columns, frame->rows);
+      break;
+    case TerminalFrame::Kind::kDetach:
+      daemon_.DetachTerminal(std::exchange(connection.attachment, 0), "detached");
+      connection.close_after_flush = true;
+      Send(connection, {{"detached", {{"job", connection.job}}}});
+      return;
+  }
+  if (!done) Send(connection, ErrorFrame(done.error()));
 }
 
 void LocalServer::PumpLogs(Connection& connection) {

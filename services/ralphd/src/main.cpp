@@ -270,14 +270,104 @@ class CoreEventSource final : public api::EventSourceInterface {
   std::map<uint64_t, std::function<void()>> wakes_;
 };
 
+// One API client attached to a tty job's terminal. The core's callbacks
+// run on the loop's thread and are dropped once Detach began; the server
+// may detach from inside one (its session ends), so the lock is recursive
+// and the core's detach is posted rather than waited for.
+class CoreTerminalSession final : public api::TerminalSessionInterface {
+ public:
+  struct Shared {
+    std::recursive_mutex mutex;
+    bool detached = false;
+    api::TerminalCallbacks callbacks;
+  };
+
+  CoreTerminalSession(ralph::ralphd::Daemon& daemon, ralph::ralphd::LocalServer& local,
+                      std::shared_ptr<Shared> shared, uint64_t attachment)
+      : daemon_(daemon), local_(local), shared_(std::move(shared)), attachment_(attachment) {}
+  ~CoreTerminalSession() override { Detach(); }
+
+  ralph::Result<void> Write(std::string_view input) override {
+    ralph::Result<void> written;
+    RunOnLoop(local_, [&] { written = daemon_.WriteTerminal(attachment_, input); });
+    return written;
+  }
+
+  ralph::Result<void> Resize(uint16_t columns, uint16_t rows) override {
+    ralph::Result<void> resized;
+    RunOnLoop(local_, [&] { resized = daemon_.ResizeTerminal(attachment_, columns, rows); });
+    return resized;
+  }
+
+  void Detach() override {
+    {
+      std::lock_guard lock(shared_->mutex);
+      if (shared_->detached) return;
+      shared_->detached = true;
+    }
+    local_.Post([&daemon = daemon_, attachment = attachment_] {
+      daemon.DetachTerminal(attachment, "detached");
+    });
+  }
+
+ private:
+  ralph::ralphd::Daemon& daemon_;
+  ralph::ralphd::LocalServer& local_;
+  std::shared_ptr<Shared> shared_;
+  uint64_t attachment_;
+};
+
+// GET /v1/jobs/{id}/terminal: the API's WebSocket onto the core's terminals.
+class CoreTerminals final : public api::TerminalProviderInterface {
+ public:
+  CoreTerminals(ralph::ralphd::Daemon& daemon, ralph::ralphd::LocalServer& local)
+      : daemon_(daemon), local_(local) {}
+
+  ralph::Result<std::unique_ptr<api::TerminalSessionInterface>> Attach(
+      const api::Caller& caller, std::string_view job_id,
+      api::TerminalCallbacks callbacks) override {
+    uint64_t job = 0;
+    auto [end, ec] = std::from_chars(job_id.data(), job_id.data() + job_id.size(), job);
+    if (job_id.empty() || ec != std::errc() || end != job_id.data() + job_id.size() || job == 0) {
+      return ralph::Error::Make(ralph::ErrorCode::kNotFound,
+                                fmt::format("job '{}': not a job id", job_id));
+    }
+    auto shared = std::make_shared<CoreTerminalSession::Shared>();
+    shared->callbacks = std::move(callbacks);
+    ralph::ralphd::TerminalCallbacks core;
+    core.output = [shared](std::string_view output) {
+      std::lock_guard lock(shared->mutex);
+      if (!shared->detached && shared->callbacks.output) shared->callbacks.output(output);
+    };
+    core.closed = [shared](int exit_status) {
+      std::lock_guard lock(shared->mutex);
+      if (!shared->detached && shared->callbacks.closed) shared->callbacks.closed(exit_status);
+    };
+    std::optional<ralph::Result<uint64_t>> attachment;
+    RunOnLoop(local_, [&] {
+      attachment = daemon_.AttachTerminal(
+          ralph::ralphd::Caller::ClientCertificate(caller.client_id), job, std::move(core));
+    });
+    if (!*attachment) return std::move(*attachment).error();
+    return std::unique_ptr<api::TerminalSessionInterface>(
+        std::make_unique<CoreTerminalSession>(daemon_, local_, shared, **attachment));
+  }
+
+ private:
+  ralph::ralphd::Daemon& daemon_;
+  ralph::ralphd::LocalServer& local_;
+};
+
 // The HTTPS API (services/ralphd/api) in front of the core: requests go
-// through the core's decoder on the local socket's loop.
+// through the core's decoder on the local socket's loop; terminals attach to
+// the core's (CoreTerminals).
 struct Api {
   std::unique_ptr<api::DeviceIdentity> identity;
   std::unique_ptr<LockedAuditSink> audit;
   std::unique_ptr<api::PairingRegistry> registry;
   std::unique_ptr<api::DispatcherHandler> handler;
   std::unique_ptr<CoreEventSource> events;
+  std::unique_ptr<CoreTerminals> terminals;
   std::unique_ptr<api::ApiServer> server;
   std::unique_ptr<PairingAdmin> pairing;
 };
@@ -296,12 +386,14 @@ ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralp
   api->handler = std::make_unique<api::DispatcherHandler>(
       daemon, [&local](std::function<void()> task) { local.Post(std::move(task)); });
   api->events = std::make_unique<CoreEventSource>(daemon, local);
+  api->terminals = std::make_unique<CoreTerminals>(daemon, local);
   const HostPort& listen = *options.api_listen;
   api->server = TRY(api::ApiServer::Start({.bind_address = listen.host, .port = listen.port},
                                           {.identity = *api->identity,
                                            .registry = *api->registry,
                                            .handler = *api->handler,
-                                           .events = api->events.get()}));
+                                           .events = api->events.get(),
+                                           .terminals = api->terminals.get()}));
   uint16_t port = api->server->port();
   std::string address = options.api_address;
   if (address.empty()) {

@@ -1,6 +1,7 @@
 #include "services/ralphd/runner.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -53,6 +54,98 @@ Result<std::unique_ptr<sandbox::SandboxService>> MakeService(
 }
 
 }  // namespace
+
+// A tty job's input: queued by WriteTerminal (any thread) and written by
+// the writer's thread into the pty's non-blocking master whenever the job
+// can take more, so a job that does not read stalls nobody.
+struct JobRunner::TerminalWriter {
+  explicit TerminalWriter(UniqueFd wake_fd) : wake(std::move(wake_fd)) {}
+  ~TerminalWriter() { Stop(); }
+
+  // The pty exists: a resize asked for before applies, the writer starts.
+  void Open(UniqueFd pty_master) {
+    std::lock_guard lock(mutex);
+    master = std::move(pty_master);
+    if (size) IgnoreError(sandbox::ResizeTerminal(master.get(), *size));
+    thread = std::thread([this] { Pump(); });
+  }
+
+  // The job is over: what it did not read is dropped.
+  void Stop() {
+    {
+      std::lock_guard lock(mutex);
+      stop = true;
+    }
+    Wake();
+    if (thread.joinable()) thread.join();
+    std::lock_guard lock(mutex);
+    master.reset();
+  }
+
+  Result<void> Write(uint64_t job, std::string_view input) {
+    {
+      std::lock_guard lock(mutex);
+      if (stop) return Error::Make(ErrorCode::kInvalidState, fmt::format("job {} is over", job));
+      if (pending.size() + input.size() > kMaxTerminalInputBytes) {
+        return Error::Make(ErrorCode::kBusy,
+                           fmt::format("job {}: {} bytes of terminal input are waiting for the "
+                                       "job to read them (at most {})",
+                                       job, pending.size(), kMaxTerminalInputBytes));
+      }
+      pending.append(input);
+    }
+    Wake();
+    return {};
+  }
+
+  Result<void> Resize(sandbox::TerminalSize new_size) {
+    std::lock_guard lock(mutex);
+    size = new_size;
+    if (!master) return {};
+    return sandbox::ResizeTerminal(master.get(), new_size);
+  }
+
+ private:
+  void Wake() {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t written = ::write(wake.get(), &one, sizeof one);
+  }
+
+  void Pump() {
+    while (true) {
+      int out = -1;
+      {
+        std::lock_guard lock(mutex);
+        if (stop) return;
+        if (!pending.empty()) out = master.get();
+      }
+      // fd -1 is skipped: an idle writer does not wake for the pty's hangup.
+      pollfd fds[2] = {{wake.get(), POLLIN, 0}, {out, POLLOUT, 0}};
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+      if (fds[0].revents) {
+        uint64_t count;
+        [[maybe_unused]] ssize_t got = ::read(wake.get(), &count, sizeof count);
+      }
+      if (out >= 0 && fds[1].revents) {
+        std::lock_guard lock(mutex);
+        ssize_t n = ::write(master.get(), pending.data(), pending.size());
+        if (n > 0) {
+          pending.erase(0, static_cast<size_t>(n));
+        } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+          pending.clear();  // the pty is gone with the job
+        }
+      }
+    }
+  }
+
+  std::mutex mutex;
+  std::string pending;
+  UniqueFd master;
+  std::optional<sandbox::TerminalSize> size;
+  bool stop = false;
+  UniqueFd wake;  // eventfd
+  std::thread thread;
+};
 
 Result<std::unique_ptr<JobRunner>> JobRunner::Create(RunnerOptions options) {
   UniqueFd notify(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -115,6 +208,11 @@ void JobRunner::Start(JobLaunch launch) {
   std::lock_guard lock(mutex_);
   uint64_t job = launch.job;
   Running& running = running_[job];
+  if (launch.spec.stdio == sandbox::StdioMode::kPty) {
+    UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    // Without it the job runs with no input; WriteTerminal says so.
+    if (wake) running.terminal = std::make_shared<TerminalWriter>(std::move(wake));
+  }
   running.thread =
       std::thread([this, launch = std::move(launch)]() mutable { RunJob(std::move(launch)); });
 }
@@ -185,12 +283,23 @@ void JobRunner::RunJob(JobLaunch launch) {
     return fail(run.error().WithContext("starting the sandbox"));
   }
   bool cancel_now = false;
+  std::shared_ptr<TerminalWriter> terminal;
   {
     std::lock_guard lock(mutex_);
     Running& running = running_[job];
     Result<int> pidfd = (*service)->PidFd(*id);
     if (pidfd) running.pidfd.reset(::fcntl(*pidfd, F_DUPFD_CLOEXEC, 0));
     cancel_now = running.cancel;
+    terminal = running.terminal;
+  }
+  if (terminal) {
+    Result<UniqueFd> master = (*service)->TerminalFd(*id);
+    if (master) {
+      terminal->Open(std::move(*master));
+    } else if (options_.log) {
+      options_.log(LogLevel::kError, fmt::format("job {}: its terminal takes no input: {}", job,
+                                                 master.error().ToString()));
+    }
   }
   if (cancel_now) IgnoreError((*service)->Kill(*id));
   Post({.kind = RunnerMessage::Kind::kStarted, .job = job});
@@ -203,6 +312,7 @@ void JobRunner::RunJob(JobLaunch launch) {
                                                                  : OutputStream::kStderr,
               .data = std::string(chunk)});
       });
+  if (terminal) terminal->Stop();
   {
     std::lock_guard lock(mutex_);
     Running& running = running_[job];
@@ -235,6 +345,26 @@ void JobRunner::RunJob(JobLaunch launch) {
   if (!destroyed && !finished.error) finished.error = destroyed.error().WithContext("tearing down");
   service->reset();
   Post(std::move(finished));
+}
+
+Result<std::shared_ptr<JobRunner::TerminalWriter>> JobRunner::Terminal(uint64_t job) const {
+  std::lock_guard lock(mutex_);
+  auto it = running_.find(job);
+  if (it == running_.end() || !it->second.terminal) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} has no terminal in the runner", job));
+  }
+  return it->second.terminal;
+}
+
+Result<void> JobRunner::WriteTerminal(uint64_t job, std::string_view input) {
+  std::shared_ptr<TerminalWriter> terminal = TRY(Terminal(job));
+  return terminal->Write(job, input);
+}
+
+Result<void> JobRunner::ResizeTerminal(uint64_t job, sandbox::TerminalSize size) {
+  std::shared_ptr<TerminalWriter> terminal = TRY(Terminal(job));
+  return terminal->Resize(size);
 }
 
 Result<void> JobRunner::SweepLost(const RunnerOptions& options, const std::vector<uint64_t>& jobs) {

@@ -31,6 +31,10 @@
 //   GET    /v1/jobs/{id}/logs[?stream=stdout|stderr&offset=N&limit=N]
 //                                            JobLogsCommand
 //   GET    /v1/jobs/{id}/files               JobFilesCommand
+//   GET    /v1/jobs/{id}/terminal            TerminalAttachCommand (a streaming
+//                                            transport attaches: the local
+//                                            socket's "attach", the API's
+//                                            WebSocket; Dispatch refuses it)
 //   PUT    /v1/jobs/{id}/workspace           WorkspaceUploadCommand (body: a tar)
 //   GET    /v1/jobs/{id}/workspace[?format=tar|list]
 //                                            WorkspaceDownloadCommand
@@ -85,6 +89,8 @@ inline constexpr size_t kMaxWorkspaceTarBytes = 256u << 20;
 inline constexpr uint64_t kMaxLogReadBytes = 1 << 20;
 inline constexpr uint64_t kDefaultLogReadBytes = 64 * 1024;
 inline constexpr uint64_t kMaxListLimit = 1000;
+// A terminal's columns and rows (the sandbox's kMaxTerminalDimension).
+inline constexpr uint64_t kMaxTerminalDimension = 10000;
 
 enum class JobState {
   kCreated,    // submitted with start=false: waiting for a workspace upload and a start
@@ -131,6 +137,13 @@ struct JobSubmitCommand {
   LimitsRequest limits;
   // false: the job waits in kCreated for a workspace upload and a start.
   bool start = true;
+  // true: one pty for the job's stdin, stdout and stderr (all output is
+  // stdout), which clients attach to (TerminalAttachCommand); columns and
+  // rows (only with tty, 1..kMaxTerminalDimension) are its initial window
+  // size, 80x24 when absent.
+  bool tty = false;
+  std::optional<uint16_t> columns;
+  std::optional<uint16_t> rows;
 };
 
 struct JobListCommand {
@@ -162,6 +175,13 @@ struct JobLogsCommand {
 
 struct JobFilesCommand {
   static constexpr std::string_view kName = "job.files";
+  uint64_t id = 0;
+};
+
+// Attaching to a tty job's terminal: only a streaming transport can carry
+// it (Daemon::AttachTerminal); Dispatch answers kInvalidArgument.
+struct TerminalAttachCommand {
+  static constexpr std::string_view kName = "job.terminal";
   uint64_t id = 0;
 };
 
@@ -247,7 +267,7 @@ using Command =
                  WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand,
                  PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
                  AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
-                 PairCommand, PairingsListCommand, PairingRevokeCommand>;
+                 PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);

@@ -27,6 +27,7 @@
 #include "services/ralphd/policy.h"
 #include "services/ralphd/runner.h"
 #include "services/ralphd/store.h"
+#include "services/ralphd/terminals.h"
 
 namespace ralph::ralphd {
 
@@ -79,6 +80,21 @@ class Daemon final : public DispatcherInterface {
   // kInvalidState: the API is off.
   void SetPairingAdmin(PairingAdminInterface* pairing) { pairing_ = pairing; }
 
+  // Interactive terminals of tty jobs (terminals.h), for the streaming
+  // transports. Attach: kNotFound for an unknown job, kInvalidState for a
+  // job without a pty or already over; a job not running yet may be
+  // attached to (its output starts when it does; input and the last
+  // resize wait for it). Returns the attachment's id. Attach and detach
+  // are audited (terminal.attach / terminal.detach: caller, job, reason);
+  // the input is not.
+  Result<uint64_t> AttachTerminal(const Caller& caller, uint64_t job, TerminalCallbacks callbacks);
+  // kInvalidState for an attachment that is gone (detached, job over).
+  Result<void> WriteTerminal(uint64_t attachment, std::string_view input);
+  Result<void> ResizeTerminal(uint64_t attachment, uint16_t columns, uint16_t rows);
+  // The job runs on; no callback of the attachment runs after it. A gone
+  // attachment is ignored. `reason`: "detached", "disconnected", ...
+  void DetachTerminal(uint64_t attachment, std::string_view reason);
+
  private:
   Daemon(DaemonOptions options, std::unique_ptr<Store> store,
          std::unique_ptr<audit::AuditLog> audit, std::unique_ptr<JobRunner> runner)
@@ -118,7 +134,13 @@ class Daemon final : public DispatcherInterface {
   std::unique_ptr<JobRunner> runner_;
   std::array<std::function<void(const Event&)>, 2> listeners_;
   PairingAdminInterface* pairing_ = nullptr;
+  TerminalHub terminals_;
 };
+
+// What a terminal's `closed` reports: the exit code of a job that exited,
+// 128 + the signal of one a signal ended (killed, timed out), -1 for one
+// that never ran.
+int TerminalExitStatus(const JobRecord& job);
 
 // A job record as the API shows it.
 nlohmann::json JobToJson(const JobRecord& job);

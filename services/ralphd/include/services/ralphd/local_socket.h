@@ -13,9 +13,19 @@
 // "follow": true on GET /v1/jobs/{id}/logs the reply is followed by
 // {"output": {"offset": N, "data_base64": "..."}} lines as the job writes,
 // and a last {"end": <job>} once it is over and everything was sent; on GET
-// /v1/events by {"event": {...}} lines until the client closes. Frames that
-// are not JSON, or have unknown members, get an error naming the member; the
-// connection stays open.
+// /v1/events by {"event": {...}} lines until the client closes.
+//
+// With "attach": true on GET /v1/jobs/{id}/terminal (a job submitted with
+// "tty": true) the connection becomes that job's terminal: after
+// {"ok": true, "body": {"job": N, "attachment": A}} the daemon sends
+// {"output": {"data_base64": ".."}} as the job writes and, when the job is
+// over, {"closed": {"exit_status": S}} (then closes); the client sends
+// {"input_base64": ".."}, {"resize": {"columns": C, "rows": R}} or
+// {"detach": true} (answered {"detached": {"job": N}}, then the daemon
+// closes). Closing the connection detaches too; the job runs on.
+//
+// Frames that are not JSON, or have unknown members, get an error naming
+// the member; the connection stays open.
 #pragma once
 
 #include <functional>
@@ -67,6 +77,8 @@ class LocalServer {
   void HandleFrame(Connection& connection, std::string_view line);
   void Send(Connection& connection, const nlohmann::json& frame);
   void Flush(Connection& connection);
+  void Attach(Connection& connection, const Caller& caller, uint64_t job);
+  void HandleTerminalFrame(Connection& connection, std::string_view line);
   void PumpLogs(Connection& connection);
   void PumpEvents(Connection& connection);
   void OnEvent(const Event& event);

@@ -16,6 +16,10 @@
 // of the job's PID 1, and Cancel SIGKILLs through it (the pid namespace
 // dies with its PID 1), or the job thread kills the job itself when the
 // cancel came before it was running.
+//
+// A tty job (spec.stdio kPty) has a terminal writer besides: a thread that
+// writes the input queued by WriteTerminal into the pty's master as the
+// job reads it, so no caller ever blocks on a job that does not read.
 #pragma once
 
 #include <sys/types.h>
@@ -87,18 +91,28 @@ class JobRunner {
   size_t running() const;
   // The host path of a running job's workspace, once its sandbox exists.
   std::optional<std::string> WorkspacePath(uint64_t job) const;
+  // A tty job's terminal, from Start until it finishes. Input is queued
+  // (kBusy past kMaxTerminalInputBytes not yet read by the job) and
+  // written in order; a resize applies at once, or when the pty is made.
+  // kInvalidState for a job without a terminal here.
+  Result<void> WriteTerminal(uint64_t job, std::string_view input);
+  Result<void> ResizeTerminal(uint64_t job, sandbox::TerminalSize size);
+  static constexpr size_t kMaxTerminalInputBytes = 1 << 20;
 
   // Removes what the jobs of a dead ralphd left behind (their cgroups and
   // upper volumes; see the top of this file).
   static Result<void> SweepLost(const RunnerOptions& options, const std::vector<uint64_t>& jobs);
 
  private:
+  struct TerminalWriter;  // runner.cpp
   struct Running {
     std::thread thread;
     UniqueFd pidfd;
     bool cancel = false;
     std::string workspace;
+    std::shared_ptr<TerminalWriter> terminal;  // a tty job's
   };
+  Result<std::shared_ptr<TerminalWriter>> Terminal(uint64_t job) const;
   JobRunner(RunnerOptions options, UniqueFd notify)
       : options_(std::move(options)), notify_(std::move(notify)) {}
   void Post(RunnerMessage message);
