@@ -70,21 +70,25 @@ Result<std::optional<nlohmann::json>> RalphdClient::Next() {
   return std::optional<nlohmann::json>(std::move(frame));
 }
 
-Result<nlohmann::json> RalphdClient::Call(const nlohmann::json& frame) {
+Result<void> RalphdClient::Send(const nlohmann::json& frame) {
   std::string line = frame.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   size_t sent = 0;
   while (sent < line.size()) {
     ssize_t n = ::send(fd_.get(), line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      // The daemon may have refused the connection with a frame saying why
-      // (SO_PEERCRED, too many connections) and closed it.
-      int err = errno;
-      Result<std::optional<nlohmann::json>> refusal = Next();
-      if (refusal && *refusal) return std::move(**refusal);
-      return Error::FromErrno("writing to ralphd", err);
-    }
+    if (n < 0) return Error::FromErrno("writing to ralphd", errno);
     sent += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+Result<nlohmann::json> RalphdClient::Call(const nlohmann::json& frame) {
+  if (Result<void> sent = Send(frame); !sent) {
+    // The daemon may have refused the connection with a frame saying why
+    // (SO_PEERCRED, too many connections) and closed it.
+    Result<std::optional<nlohmann::json>> refusal = Next();
+    if (refusal && *refusal) return std::move(**refusal);
+    return std::move(sent).error();
   }
   std::optional<nlohmann::json> reply = TRY(Next());
   if (!reply) return Error::Make(ErrorCode::kNetwork, "ralphd closed the connection");

@@ -26,6 +26,12 @@ class RalphdClient {
   Result<nlohmann::json> Call(const nlohmann::json& frame);
   // The next frame of a following request; nullopt when the daemon closed.
   Result<std::optional<nlohmann::json>> Next();
+  // Sends one frame without waiting for a reply (an attached terminal's).
+  Result<void> Send(const nlohmann::json& frame);
+  // For poll(): readable when Next has more, unless a whole frame is
+  // already buffered (has_buffered_frame).
+  int fd() const { return fd_.get(); }
+  bool has_buffered_frame() const { return buffer_.find('\n') != std::string::npos; }
 
  private:
   explicit RalphdClient(UniqueFd fd) : fd_(std::move(fd)) {}

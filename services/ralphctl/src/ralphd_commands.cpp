@@ -12,6 +12,7 @@
 #include "services/ralphctl/command.h"
 #include "services/ralphd/commands.h"
 #include "services/ralphd/policy.h"
+#include "terminal_attach.h"
 
 namespace ralph::ralphctl {
 namespace {
@@ -29,11 +30,17 @@ subcommands:
       --memory BYTES --cpu-millis N --pids N --disk BYTES --timeout-ms N
                               ask for less than the profile allows
       --detach                print the job and return at once
+      --tty                   run it on a pty and attach to it (as `attach`; the
+                              end of a piped stdin types Ctrl-D instead of detaching)
   list [--state S] [--limit N]
   show ID
   logs ID [--stream stdout|stderr] [--offset N] [--follow]
   start ID                    start a job submitted with --detach before its upload
   cancel ID
+  attach ID                   this terminal on a tty job's pty (raw mode; Ctrl-]
+                              detaches, the job keeps running); with stdin not a
+                              terminal, its bytes are the input and its end detaches;
+                              exits with the job's status if it ends meanwhile
   files ID                    the files the job changed (path, size, SHA-256)
   download ID [--output FILE] [--list]
                               its workspace as a tar (or the listing)
@@ -84,7 +91,7 @@ constexpr OptionSpec kOptions[] = {
     {"--pids", true},      {"--disk", true},   {"--timeout-ms", true}, {"--detach", false},
     {"--state", true},     {"--limit", true},  {"--stream", true},     {"--offset", true},
     {"--follow", false},   {"--output", true}, {"--list", false},      {"--version", true},
-    {"--comment", true},
+    {"--comment", true},   {"--tty", false},
 };
 
 std::string SocketPath(const ParsedArgs& args) {
@@ -206,6 +213,15 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
     }
   }
   if (!limits.empty()) body["limits"] = limits;
+  const bool tty = args.Has("--tty");
+  if (tty) {
+    body["tty"] = true;
+    uint16_t columns = 0, rows = 0;
+    if (LocalWindowSize(columns, rows)) {
+      body["columns"] = columns;
+      body["rows"] = rows;
+    }
+  }
   std::optional<std::string> upload;
   if (auto tar = args.Value("--workspace")) {
     Result<std::string> bytes = ReadWholeFile(*tar);
@@ -230,6 +246,11 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
       fmt::print("job {}: {}\n", id, Str((*job)["state"]));
     }
     return kExitOk;
+  }
+  if (tty) {
+    std::unique_ptr<TerminalTransportInterface> transport =
+        MakeLocalTerminalTransport(SocketPath(args));
+    return RunTerminal(*transport, id, InputEnd::kSendEof, command);
   }
   Result<json> end = Follow(args, id, "stdout", 0);
   if (!end) return Failed(command, end.error());
@@ -274,6 +295,11 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
   Result<uint64_t> id = Number("job id", operands[0]);
   if (!id) return UsageError(command, id.error().message());
   std::string path = fmt::format("/v1/jobs/{}", *id);
+  if (verb == "attach") {
+    std::unique_ptr<TerminalTransportInterface> transport =
+        MakeLocalTerminalTransport(SocketPath(args));
+    return RunTerminal(*transport, *id, InputEnd::kDetach, command);
+  }
   if (verb == "logs") {
     std::string stream = args.Value("--stream").value_or("stdout");
     uint64_t offset = 0;
