@@ -621,3 +621,241 @@ TEST_F(RalphdTest, PairedClientRunsAJobOverHttpsUntilRevoked) {
 
 }  // namespace
 }  // namespace ralph::ralphd
+
+namespace ralph::ralphd {
+namespace {
+
+// A tty job that answers each line with the line and its window size, says
+// its new size on SIGWINCH, and exits 7 on "quit".
+constexpr const char* kTtyScript =
+    "trap 'echo size:$(stty size)' WINCH; while :; do read l || continue; "
+    "echo got:$l $(stty size); [ \"$l\" = quit ] && exit 7; done";
+
+std::string ShellQuote(std::string_view text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// One attachment over the local socket: attach frames, then the output
+// collected until what a test waits for shows up.
+class Attached {
+ public:
+  Attached(int fd, uint64_t job) : fd_(fd) {
+    reply_ =
+        Call(fmt::format(R"({{"verb":"GET","path":"/v1/jobs/{}/terminal","attach":true}})", job));
+  }
+  ~Attached() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  const json& reply() const { return reply_; }
+
+  void Send(const json& frame) {
+    std::string line = frame.dump() + "\n";
+    ASSERT_EQ(::send(fd_, line.data(), line.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(line.size()));
+  }
+  json Call(const std::string& frame) {
+    std::string line = frame + "\n";
+    EXPECT_EQ(::send(fd_, line.data(), line.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(line.size()));
+    return Next();
+  }
+  void Type(std::string_view text) { Send({{"input_base64", Base64Encode(text)}}); }
+
+  // The next frame that is not output (output is collected); null at EOF.
+  json Next() {
+    while (true) {
+      std::string line;
+      char c;
+      while (::read(fd_, &c, 1) == 1 && c != '\n') line += c;
+      if (line.empty()) return json();
+      json frame = json::parse(line, nullptr, false);
+      if (frame.is_object() && frame.contains("output")) {
+        output_ += Base64Decode(frame["output"].value("data_base64", ""), "data").value_or("");
+        continue;
+      }
+      return frame;
+    }
+  }
+  // Reads output frames until `text` is in the output; false when another
+  // frame (kept in last()) or the end came first.
+  bool AwaitOutput(std::string_view text) {
+    while (output_.find(text) == std::string::npos) {
+      last_ = NextAny();
+      if (last_.is_null()) return false;
+      if (!last_.contains("output")) return false;
+      output_ += Base64Decode(last_["output"].value("data_base64", ""), "data").value_or("");
+    }
+    return true;
+  }
+  const std::string& output() const { return output_; }
+  const json& last() const { return last_; }
+  void Close() {
+    ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  json NextAny() {
+    std::string line;
+    char c;
+    while (::read(fd_, &c, 1) == 1 && c != '\n') line += c;
+    if (line.empty()) return json();
+    return json::parse(line, nullptr, false);
+  }
+
+  int fd_;
+  json reply_;
+  std::string output_;
+  json last_;
+};
+
+TEST_F(RalphdTest, TtyJobTerminalAttachInputResizeDetachReattachOverTheLocalSocket) {
+  Line submit(Connect());
+  json job = submit.Call(json{
+      {"verb", "POST"},
+      {"path", "/v1/jobs"},
+      {"body", {{"argv", {"sh", "-c", kTtyScript}}, {"tty", true}, {"columns", 100}, {"rows", 30}}}}
+                             .dump());
+  ASSERT_TRUE(job.value("ok", false)) << job.dump();
+  const uint64_t id = job["body"]["id"].get<uint64_t>();
+
+  auto first = std::make_unique<Attached>(Connect(), id);
+  ASSERT_TRUE(first->reply().value("ok", false)) << first->reply().dump();
+  EXPECT_EQ(first->reply()["body"]["job"], id);
+  first->Type("hello\n");
+  ASSERT_TRUE(first->AwaitOutput("got:hello 30 100")) << first->output() << first->last().dump();
+
+  // A second attachment watches; either may type; a resize reaches the job.
+  Attached second(Connect(), id);
+  ASSERT_TRUE(second.reply().value("ok", false)) << second.reply().dump();
+  first->Send({{"resize", {{"columns", 120}, {"rows", 40}}}});
+  ASSERT_TRUE(first->AwaitOutput("size:40 120")) << first->output();
+  ASSERT_TRUE(second.AwaitOutput("size:40 120")) << second.output();
+  // Only what came after it attached.
+  EXPECT_EQ(second.output().find("got:hello"), std::string::npos) << second.output();
+  second.Type("from-second\n");
+  ASSERT_TRUE(first->AwaitOutput("got:from-second 40 120")) << first->output();
+  ASSERT_TRUE(second.AwaitOutput("got:from-second 40 120")) << second.output();
+
+  // Bad frames on an attached terminal: named, and the attachment stays.
+  json bad = second.Call(R"({"resize":{"columns":0,"rows":5}})");
+  EXPECT_EQ(bad["error"]["message"], "frame.resize.columns: expected an integer in 1..10000, got 0")
+      << bad.dump();
+  bad = second.Call(R"({"bogus":1})");
+  EXPECT_EQ(bad["error"]["message"], "frame.bogus: unknown member on an attached terminal")
+      << bad.dump();
+  bad = second.Call(R"({"input_base64":"%%"})");
+  EXPECT_EQ(bad["error"]["code"], "invalid-argument") << bad.dump();
+  EXPECT_NE(bad["error"]["message"].get<std::string>().find("frame.input_base64"),
+            std::string::npos)
+      << bad.dump();
+
+  // Detach: the first goes, the job runs on; the second disconnects.
+  json detached = first->Call(R"({"detach":true})");
+  EXPECT_EQ(detached["detached"]["job"], id) << detached.dump();
+  EXPECT_TRUE(first->Next().is_null());  // then the daemon closes
+  first.reset();
+  second.Close();
+  EXPECT_EQ(JobState(static_cast<int>(id)), "running");
+
+  // Reattach; the job ends: `closed` with its exit status.
+  Attached again(Connect(), id);
+  ASSERT_TRUE(again.reply().value("ok", false)) << again.reply().dump();
+  again.Type("quit\n");
+  ASSERT_TRUE(again.AwaitOutput("got:quit 40 120")) << again.output();
+  json closed = again.Next();
+  EXPECT_EQ(closed["closed"]["exit_status"], 7) << closed.dump();
+  EXPECT_TRUE(again.Next().is_null());
+  ASSERT_TRUE(WaitFor([&] { return JobState(static_cast<int>(id)) == "failed"; }));
+  json shown = CtlJson({"job", "show", std::to_string(id)});
+  EXPECT_EQ(shown["exit_code"], 7);
+  // Its output is in its logs as well, all of it.
+  ProgramStreams logs = Ctl({"job", "logs", std::to_string(id)});
+  EXPECT_NE(logs.out.find("got:hello 30 100"), std::string::npos) << logs.out;
+
+  // Refusals: a finished tty job, a job without a pty, an unknown job, and
+  // attach on another route.
+  Attached over(Connect(), id);
+  EXPECT_EQ(over.reply()["error"]["code"], "invalid-state") << over.reply().dump();
+  EXPECT_NE(over.reply()["error"]["message"].get<std::string>().find("is failed"),
+            std::string::npos);
+  ProgramStreams plain = Ctl({"job", "run", "--detach", "--", "sleep", "30"});
+  ASSERT_EQ(plain.exit, 0) << plain.err;
+  Attached no_pty(Connect(), id + 1);
+  EXPECT_EQ(no_pty.reply()["error"]["code"], "invalid-state") << no_pty.reply().dump();
+  EXPECT_NE(no_pty.reply()["error"]["message"].get<std::string>().find("has no terminal"),
+            std::string::npos)
+      << no_pty.reply().dump();
+  Attached unknown(Connect(), 999);
+  EXPECT_EQ(unknown.reply()["error"]["code"], "not-found") << unknown.reply().dump();
+  Line other(Connect());
+  json wrong = other.Call(R"({"verb":"GET","path":"/v1/jobs/1/logs","attach":true})");
+  EXPECT_EQ(wrong["error"]["message"], "frame.attach: only GET /v1/jobs/{id}/terminal attaches");
+  ASSERT_EQ(Ctl({"job", "cancel", std::to_string(id + 1)}).exit, 0);
+
+  // Every attach and detach is audited with who and why; the input is not.
+  json attaches =
+      CtlJson({"audit", "list", "--job", std::to_string(id), "--type", "terminal.attach"});
+  ASSERT_TRUE(attaches.is_array()) << attaches.dump();
+  EXPECT_EQ(attaches.size(), 3u) << attaches.dump();
+  json detaches =
+      CtlJson({"audit", "list", "--job", std::to_string(id), "--type", "terminal.detach"});
+  ASSERT_TRUE(detaches.is_array()) << detaches.dump();
+  std::multiset<std::string> reasons;
+  for (const json& record : detaches) {
+    ASSERT_TRUE(record.contains("details") && record["details"].is_object()) << record.dump();
+    EXPECT_EQ(record["details"].value("caller", ""), "uid:0") << record.dump();
+    reasons.insert(record["details"].value("reason", ""));
+  }
+  EXPECT_EQ(reasons, (std::multiset<std::string>{"detached", "disconnected", "job ended"}));
+  ProgramStreams exported = Ctl({"audit", "export"});
+  EXPECT_EQ(exported.out.find("from-second"), std::string::npos);
+  EXPECT_EQ(exported.out.find(Base64Encode("hello\n")), std::string::npos);
+}
+
+// ralphctl with stdin a pipe: `job run --tty` types it and ends with the
+// job; `job attach` sends its input and detaches at its end.
+TEST_F(RalphdTest, RalphctlAttachesInPipeMode) {
+  std::string script = work_ + "/run.sh";
+  Write(script, fmt::format("printf 'hello\\nquit\\n' | {} job run --socket {} --tty -- sh -c {}\n",
+                            ralphctl_, socket_, ShellQuote(kTtyScript)));
+  ProgramStreams run = RunProgramStreams({"sh", script});
+  EXPECT_EQ(run.exit, 7) << run.out << run.err;
+  EXPECT_NE(run.out.find("got:hello 24 80"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("got:quit"), std::string::npos) << run.out;
+
+  json job = CtlJson({"job", "run", "--tty", "--detach", "--", "sh", "-c", kTtyScript});
+  std::string id = std::to_string(job["id"].get<uint64_t>());
+  // Input then the end of it: detached, the job runs on.
+  Write(script,
+        fmt::format("printf 'one\\n' | {} job attach --socket {} {}\n", ralphctl_, socket_, id));
+  ProgramStreams attach = RunProgramStreams({"sh", script});
+  EXPECT_EQ(attach.exit, 0) << attach.err;
+  ASSERT_TRUE(WaitFor([&] {
+    return Ctl({"job", "logs", id}).out.find("got:one") != std::string::npos;
+  }));
+  EXPECT_EQ(JobState(std::stoi(id)), "running");
+  // Reattached with stdin held open (a fifo) until the job ends: the output
+  // and the job's exit status.
+  std::string out = work_ + "/attach.out";
+  Write(script, fmt::format("mkfifo {0}/in; {1} job attach --socket {2} {3} < {0}/in > {4} & "
+                            "exec 3> {0}/in; printf 'two\\n' >&3; "
+                            "until grep -q got:two {4}; do sleep 0.02; done; "
+                            "printf 'quit\\n' >&3; wait $!\n",
+                            work_, ralphctl_, socket_, id, out));
+  ProgramStreams reattach = RunProgramStreams({"sh", script});
+  EXPECT_EQ(reattach.exit, 7) << reattach.err;
+  std::string seen = Read(out);
+  EXPECT_NE(seen.find("got:two"), std::string::npos) << seen;
+  EXPECT_NE(seen.find("got:quit"), std::string::npos) << seen;
+  EXPECT_EQ(seen.find("got:one"), std::string::npos) << seen;
+
+  ProgramStreams unknown = Ctl({"job", "attach", "999"});
+  EXPECT_EQ(unknown.exit, 1);
+  EXPECT_NE(unknown.err.find("999"), std::string::npos) << unknown.err;
+}
+
+}  // namespace
+}  // namespace ralph::ralphd
