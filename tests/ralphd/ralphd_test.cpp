@@ -857,5 +857,113 @@ TEST_F(RalphdTest, RalphctlAttachesInPipeMode) {
   EXPECT_NE(unknown.err.find("999"), std::string::npos) << unknown.err;
 }
 
+// The same terminal over HTTPS: a paired client's WebSocket, through the
+// real API client.
+TEST_F(RalphdTest, TtyJobTerminalOverTheHttpsWebSocket) {
+  StopDaemon(SIGTERM);
+  StartDaemon(2, {"--api-listen", "127.0.0.1:0"});
+  ASSERT_TRUE(WaitFor([&] { return !Read(state_ + "/api/port").empty(); }));
+  json offer = CtlJson({"pair"});
+  std::string pairing = offer.value("pairing", "");
+  Result<api::ClientCredentials> credentials = api::PairWithDevice(pairing, "terminal-test");
+  ASSERT_TRUE(credentials) << credentials.error().ToString();
+  Result<api::PairingString> parsed = api::PairingString::Parse(pairing);
+  ASSERT_TRUE(parsed);
+  auto connect = [&] {
+    auto connection = api::ApiConnection::Connect({.address = parsed->address,
+                                                   .device_spki = parsed->spki_sha256,
+                                                   .credentials = *credentials});
+    EXPECT_TRUE(connection) << connection.error().ToString();
+    return connection ? std::move(*connection) : nullptr;
+  };
+  std::unique_ptr<api::ApiConnection> https = connect();
+  ASSERT_TRUE(https);
+  auto call = [&](std::string_view method, std::string_view target, std::string_view body = {}) {
+    Result<api::HttpReply> reply = https->Request(method, target, body);
+    EXPECT_TRUE(reply) << target << ": " << reply.error().ToString();
+    if (!reply) return json();
+    EXPECT_EQ(reply->status / 100, 2) << method << " " << target << ": " << reply->body;
+    return json::parse(reply->body, nullptr, false);
+  };
+  json job =
+      call("POST", "/v1/jobs", json{{"argv", {"sh", "-c", kTtyScript}}, {"tty", true}}.dump());
+  ASSERT_TRUE(job.contains("id")) << job.dump();
+  const std::string id = std::to_string(job["id"].get<uint64_t>());
+
+  // Output until `text` shows up; false when the server closed first. The
+  // last control message is kept.
+  struct Terminal {
+    std::unique_ptr<api::ApiConnection> connection;
+    std::string output;
+    json control;
+    bool Await(std::string_view text) {
+      while (output.find(text) == std::string::npos) {
+        Result<api::ApiConnection::TerminalMessage> message = connection->ReceiveTerminal();
+        if (!message || message->closed) return false;
+        if (message->binary) {
+          output += message->data;
+        } else {
+          control = json::parse(message->data, nullptr, false);
+        }
+      }
+      return true;
+    }
+    // The next control message (output on the way is collected).
+    json Control() {
+      while (true) {
+        Result<api::ApiConnection::TerminalMessage> message = connection->ReceiveTerminal();
+        if (!message || message->closed) return json();
+        if (!message->binary) return json::parse(message->data, nullptr, false);
+        output += message->data;
+      }
+    }
+  };
+  Terminal first{.connection = connect()};
+  ASSERT_TRUE(first.connection);
+  Result<void> opened = first.connection->OpenTerminal(id);
+  ASSERT_TRUE(opened) << opened.error().ToString();
+  ASSERT_TRUE(first.connection->SendTerminalInput("hello\n"));
+  ASSERT_TRUE(first.Await("got:hello 24 80")) << first.output;
+  ASSERT_TRUE(
+      first.connection->SendTerminalControl(R"({"type":"resize","columns":120,"rows":40})"));
+  ASSERT_TRUE(first.Await("size:40 120")) << first.output;
+  ASSERT_TRUE(first.connection->SendTerminalControl(R"({"type":"detach"})"));
+  EXPECT_TRUE(first.Control().is_null());  // the server closes; the job runs on
+  EXPECT_EQ(call("GET", "/v1/jobs/" + id).value("state", ""), "running");
+
+  Terminal again{.connection = connect()};
+  ASSERT_TRUE(again.connection);
+  opened = again.connection->OpenTerminal(id);
+  ASSERT_TRUE(opened) << opened.error().ToString();
+  ASSERT_TRUE(again.connection->SendTerminalInput("quit\n"));
+  ASSERT_TRUE(again.Await("got:quit 40 120")) << again.output;
+  json exit = again.Control();
+  EXPECT_EQ(exit.value("type", ""), "exit") << exit.dump();
+  EXPECT_EQ(exit.value("status", -1), 7) << exit.dump();
+
+  // Refusals with the core's codes: over, no pty, unknown, not an id.
+  auto refused = [&](std::string_view job_id) {
+    std::unique_ptr<api::ApiConnection> connection = connect();
+    if (!connection) return Error::Make(ErrorCode::kInternal, "no connection");
+    Result<void> attached = connection->OpenTerminal(job_id);
+    return attached ? Error::Make(ErrorCode::kInternal, "attached") : attached.error();
+  };
+  ASSERT_TRUE(
+      WaitFor([&] { return call("GET", "/v1/jobs/" + id).value("state", "") == "failed"; }));
+  EXPECT_EQ(refused(id).code(), ErrorCode::kInvalidState);
+  json plain = call("POST", "/v1/jobs", R"({"argv":["true"]})");
+  Error no_pty = refused(std::to_string(plain.value("id", 0)));
+  EXPECT_EQ(no_pty.code(), ErrorCode::kInvalidState) << no_pty.ToString();
+  EXPECT_NE(no_pty.message().find("has no terminal"), std::string::npos) << no_pty.ToString();
+  EXPECT_EQ(refused("999").code(), ErrorCode::kNotFound);
+  EXPECT_EQ(refused("x7").code(), ErrorCode::kNotFound);
+
+  json attaches = CtlJson({"audit", "list", "--job", id, "--type", "terminal.attach"});
+  ASSERT_TRUE(attaches.is_array() && attaches.size() == 2u) << attaches.dump();
+  for (const json& record : attaches) {
+    EXPECT_EQ(record["details"].value("caller", ""), "cert:" + credentials->client_id);
+  }
+}
+
 }  // namespace
 }  // namespace ralph::ralphd
