@@ -5,7 +5,10 @@
 // the daemon serving on; cancel; and SIGKILL mid-job, then a restart: the job
 // is lost with its reason, nothing of its sandbox is left, the audit chain
 // verifies. With --api-listen: pairing from `ralphctl pair`, a job over
-// mutual TLS, an unpaired and a revoked client refused.
+// mutual TLS, an unpaired and a revoked client refused. A tty job's
+// terminal over the local socket's attach frames, `ralphctl` in pipe mode
+// and the HTTPS WebSocket: input, resize, a second watcher, detach with the
+// job running on, reattach, `closed` with the exit status, refusals, audit.
 #include <dirent.h>
 #include <signal.h>
 #include <sys/socket.h>
