@@ -10,11 +10,15 @@
 // and the HTTPS WebSocket: input, resize, a second watcher, detach with the
 // job running on, reattach, `closed` with the exit status, refusals, audit.
 #include <dirent.h>
+#include <poll.h>
+#include <pty.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -966,6 +970,61 @@ TEST_F(RalphdTest, TtyJobTerminalOverTheHttpsWebSocket) {
   for (const json& record : attaches) {
     EXPECT_EQ(record["details"].value("caller", ""), "cert:" + credentials->client_id);
   }
+}
+
+// `ralphctl job attach` on a terminal of its own (a pty the test holds):
+// raw mode (a typed CR reaches the job), its window size sent at attach and
+// on SIGWINCH, Ctrl-] detaches with the job running on, and the terminal's
+// modes are restored when it exits.
+TEST_F(RalphdTest, RalphctlAttachesInteractively) {
+  json job = CtlJson({"job", "run", "--tty", "--detach", "--", "sh", "-c", kTtyScript});
+  const std::string id = std::to_string(job["id"].get<uint64_t>());
+  int master = -1, slave = -1;
+  winsize size{.ws_row = 30, .ws_col = 100, .ws_xpixel = 0, .ws_ypixel = 0};
+  ASSERT_EQ(::openpty(&master, &slave, nullptr, nullptr, &size), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::setsid();
+    ::ioctl(slave, TIOCSCTTY, 0);
+    for (int fd : {0, 1, 2}) ::dup2(slave, fd);
+    ::close(master);
+    ::execl(ralphctl_.c_str(), ralphctl_.c_str(), "job", "attach", "--socket", socket_.c_str(),
+            id.c_str(), nullptr);
+    ::_exit(127);
+  }
+  std::string seen;
+  auto await = [&](std::string_view text) {
+    return WaitFor([&] {
+      pollfd fd{master, POLLIN, 0};
+      while (::poll(&fd, 1, 0) > 0) {
+        char buffer[4096];
+        ssize_t n = ::read(master, buffer, sizeof buffer);
+        if (n <= 0) break;
+        seen.append(buffer, static_cast<size_t>(n));
+      }
+      return seen.find(text) != std::string::npos;
+    });
+  };
+  ASSERT_TRUE(await("Ctrl-] detaches")) << seen;
+  ASSERT_EQ(::write(master, "hello\r", 6), 6);
+  ASSERT_TRUE(await("got:hello 30 100")) << seen;
+  size = {.ws_row = 40, .ws_col = 120, .ws_xpixel = 0, .ws_ypixel = 0};
+  ASSERT_EQ(::ioctl(master, TIOCSWINSZ, &size), 0);
+  ASSERT_TRUE(await("size:40 120")) << seen;
+  ASSERT_EQ(::write(master, "\x1d", 1), 1);
+  ASSERT_TRUE(await("it keeps running")) << seen;
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  termios modes{};
+  ASSERT_EQ(::tcgetattr(slave, &modes), 0);
+  EXPECT_TRUE(modes.c_lflag & ICANON);
+  EXPECT_TRUE(modes.c_lflag & ECHO);
+  ::close(master);
+  ::close(slave);
+  EXPECT_EQ(JobState(std::stoi(id)), "running");
+  ASSERT_EQ(Ctl({"job", "cancel", id}).exit, 0);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
 #include "ralphd_client.h"
 #include "services/ralphctl/command.h"
@@ -118,15 +119,6 @@ class Signals {
   UniqueFd fd_;
 };
 
-void WriteAll(int fd, std::string_view bytes) {
-  while (!bytes.empty()) {
-    ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    bytes.remove_prefix(static_cast<size_t>(n));
-  }
-}
-
 int ExitFor(int exit_status) {
   if (exit_status < 0) return kExitFailed;
   return exit_status > 255 ? 255 : exit_status;
@@ -232,7 +224,10 @@ int RunTerminal(TerminalTransportInterface& transport, uint64_t job, InputEnd at
       return failed(event.error());
     }
     switch (event->kind) {
-      case TerminalEvent::Kind::kOutput: WriteAll(STDOUT_FILENO, event->data); break;
+      case TerminalEvent::Kind::kOutput:
+        // A closed stdout loses the output; the attachment goes on.
+        IgnoreError(WriteAll(STDOUT_FILENO, event->data, "stdout"));
+        break;
       case TerminalEvent::Kind::kClosed:
         raw.reset();
         if (interactive) {
