@@ -164,10 +164,10 @@ LocalServer::LocalServer(LocalServerOptions options, Daemon& daemon, UniqueFd li
       wake_(std::move(wake)) {}
 
 LocalServer::~LocalServer() {
+  daemon_.SetEventListener(Daemon::Listener::kLocalSocket, {});
   for (auto& [fd, connection] : connections_) {
     if (connection->attachment) daemon_.DetachTerminal(connection->attachment, "ralphd stopped");
   }
-  daemon_.SetEventListener(Daemon::Listener::kLocalSocket, {});
   ::unlink(options_.socket_path.c_str());
 }
 
