@@ -59,7 +59,10 @@ class LocalTerminalTransport final : public TerminalTransportInterface {
                            .exit_status = (*frame)["closed"].value("exit_status", -1)};
     }
     if (frame->contains("detached")) return TerminalEvent{.kind = TerminalEvent::Kind::kDetached};
-    if (frame->contains("error")) return ReplyError(*frame);
+    if (frame->contains("error")) {
+      return TerminalEvent{.kind = TerminalEvent::Kind::kRefused,
+                           .data = ReplyError(*frame).message()};
+    }
     return Error::Make(ErrorCode::kCorrupt, fmt::format("ralphd sent an unknown terminal frame: {}",
                                                         ralphd::DumpJson(*frame)));
   }
@@ -213,13 +216,6 @@ int RunTerminal(TerminalTransportInterface& transport, uint64_t job, InputEnd at
     }
     Result<TerminalEvent> event = transport.Receive();
     if (!event) {
-      // A refusal on the way (input the job has no room for) is shown; a
-      // broken connection ends the attach.
-      if (event.error().code() == ErrorCode::kBusy ||
-          event.error().code() == ErrorCode::kInvalidArgument) {
-        fmt::print(stderr, "ralphctl {}: {}\r\n", command, event.error().message());
-        continue;
-      }
       raw.reset();
       return failed(event.error());
     }
@@ -234,6 +230,9 @@ int RunTerminal(TerminalTransportInterface& transport, uint64_t job, InputEnd at
           fmt::print(stderr, "\njob {} ended (exit status {})\n", job, event->exit_status);
         }
         return ExitFor(event->exit_status);
+      case TerminalEvent::Kind::kRefused:
+        fmt::print(stderr, "ralphctl {}: {}{}", command, event->data, interactive ? "\r\n" : "\n");
+        break;
       case TerminalEvent::Kind::kDetached:
         raw.reset();
         if (interactive) fmt::print(stderr, "\ndetached from job {}; it keeps running\n", job);

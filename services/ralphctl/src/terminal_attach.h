@@ -21,6 +21,8 @@ struct TerminalEvent {
     kOutput,    // data: pty bytes
     kClosed,    // the job is over: exit_status
     kDetached,  // the detach asked for is done (or the daemon let go)
+    kRefused,   // data: why the daemon refused a frame (input it has no room
+                // for); the attachment stays
   };
   Kind kind = Kind::kOutput;
   std::string data;
@@ -38,8 +40,7 @@ class TerminalTransportInterface {
   // Asks to detach; Receive then yields kDetached (or kClosed if the job
   // ended first).
   virtual Result<void> Detach() = 0;
-  // Blocks for the next event; an error the daemon reports on the way
-  // (a refused input) is returned as its Error, the attachment stays.
+  // Blocks for the next event; an Error when the attachment is lost.
   virtual Result<TerminalEvent> Receive() = 0;
   // For poll(): readable when Receive has something, unless it has an
   // event buffered already (has_buffered_event).

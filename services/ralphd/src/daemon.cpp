@@ -641,6 +641,18 @@ Reply Daemon::Dispatch(const Caller& caller, const Command& command) {
   return out;
 }
 
+namespace {
+
+// The runner lets go of a job's terminal when the job exits, a moment
+// before the loop hears of it: what is typed then is lost, as it would be
+// on the pty itself, rather than an error racing the `closed` that follows.
+Result<void> LostAtTheEnd(Result<void> done) {
+  if (!done && done.error().code() == ErrorCode::kInvalidState) return {};
+  return done;
+}
+
+}  // namespace
+
 int TerminalExitStatus(const JobRecord& job) {
   if (job.termination == "exited") return job.exit_code;
   if (!job.termination.empty() && job.signal > 0) return 128 + job.signal;
@@ -675,7 +687,8 @@ Result<void> Daemon::WriteTerminal(uint64_t attachment, std::string_view input) 
                        fmt::format("terminal attachment {} is closed", attachment));
   }
   JobRecord job = TRY(store_->Job(found->job));
-  if (job.state == JobState::kRunning) return runner_->WriteTerminal(found->job, input);
+  if (job.state == JobState::kRunning)
+    return LostAtTheEnd(runner_->WriteTerminal(found->job, input));
   if (!terminals_.QueueInput(found->job, input, JobRunner::kMaxTerminalInputBytes)) {
     return Error::Make(
         ErrorCode::kBusy,
@@ -700,7 +713,7 @@ Result<void> Daemon::ResizeTerminal(uint64_t attachment, uint16_t columns, uint1
   }
   JobRecord job = TRY(store_->Job(found->job));
   if (job.state == JobState::kRunning) {
-    return runner_->ResizeTerminal(found->job, {.columns = columns, .rows = rows});
+    return LostAtTheEnd(runner_->ResizeTerminal(found->job, {.columns = columns, .rows = rows}));
   }
   terminals_.SetSize(found->job, columns, rows);
   return {};
