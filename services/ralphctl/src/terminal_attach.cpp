@@ -183,9 +183,8 @@ int RunTerminal(TerminalTransportInterface& transport, uint64_t job, InputEnd at
         while (int signal = signals.Next()) {
           if (signal == SIGWINCH) {
             if (LocalWindowSize(columns, rows)) IgnoreError(transport.Resize(columns, rows));
-          } else if (Result<void> sent = detach(); !sent) {
-            raw.reset();
-            return failed(sent.error());
+          } else {
+            IgnoreError(detach());
           }
         }
       }
@@ -208,8 +207,10 @@ int RunTerminal(TerminalTransportInterface& transport, uint64_t job, InputEnd at
           }
         }
         if (!sent) {
-          raw.reset();
-          return failed(sent.error());
+          // The daemon let go (the job ended, most likely): what it sent
+          // last (`closed`) is still to be read, or the loss is reported.
+          input_open = false;
+          detaching = true;
         }
       }
       if (!fds[0].revents) continue;
