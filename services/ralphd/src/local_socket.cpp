@@ -112,7 +112,8 @@ Result<TerminalFrame> DecodeTerminalFrame(std::string_view line) {
   if (frame.size() != 1) {
     return Invalid("frame: an attached terminal takes exactly one of input_base64, resize, detach");
   }
-  const auto& [key, value] = *frame.items().begin();
+  const std::string& key = frame.begin().key();
+  const json& value = frame.begin().value();
   TerminalFrame out;
   if (key == "input_base64") {
     if (!value.is_string()) return Invalid("frame.input_base64: expected a string");
