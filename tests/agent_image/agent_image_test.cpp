@@ -1,9 +1,9 @@
 // The agent image (tools/agent-image): the CLIs it holds run inside a real
 // sandbox with the image as its root and print the versions the lock names;
 // packing is a function of the tree; a second full build from the same lock
-// has the same digest; a tampered cached image, a version the registry does
-// not have and a tarball that does not match its integrity are refused by
-// name with nothing left in the output directory.
+// has the same digest; a tampered cached image, a version the registry or
+// the archive does not have and a tarball that does not match its integrity
+// are refused by name with nothing left in the output directory.
 //
 // The fixture test agent_image_build builds (or takes from the cache) the
 // image into $RALPH_BINARY_DIR/agent-image first.
@@ -130,38 +130,69 @@ TEST_F(AgentImageTest, PackingTheUnpackedImageGivesTheSameDigest) {
   EXPECT_EQ(run.out.substr(0, 64), RecordedDigest(Image()));
 }
 
-// The whole pipeline again (debootstrap, apt, npm, scrub, pack) into a
-// second cache whose image entry was tampered with: the build must notice,
-// rebuild from the lock, and arrive at the digest of the first build. The
-// downloads (Debian packages, npm tarballs) come from the shared cache; they
-// are checked against the archive's signatures and the lock's integrity on
-// every use.
-TEST_F(AgentImageTest, ATamperedCachedImageIsRebuiltToTheSameDigest) {
-  TempDir work("agent-image-rebuild");
-  std::string cache = work / "cache";
+// The cache entry of this lock in a private cache under `work`, holding the
+// fixture's image with one byte flipped (its digest file unchanged); the
+// downloads (Debian packages, npm tarballs) are the shared cache's, which
+// debootstrap/apt check against the archive's signed indexes and the
+// builder against the lock's integrity on every use. Returns the entry.
+std::string TamperedCacheEntry(const std::string& cache) {
   fs::create_directories(cache + "/images");
-  for (const char* shared : {"debs", "npm", "apt-archives"}) {
+  for (const char* shared : {"debs", "npm", "apt-archives", "apt-lists"}) {
     fs::create_directories(SharedCache() + "/" + shared);
     fs::create_directory_symlink(SharedCache() + "/" + shared, cache + "/" + shared);
   }
-  std::string first = RecordedDigest(Image());
-  // The cache entry of this lock, with one byte of the image changed.
   ProgramStreams key = RunProgramStreams({Tool(), "cache-key"});
-  ASSERT_EQ(key.exit, 0) << key.err;
+  EXPECT_EQ(key.exit, 0) << key.err;
   std::string entry = cache + "/images/" + key.out.substr(0, 64);
   fs::create_directories(entry);
   fs::copy_file(Image(), entry + "/agent-amd64.squashfs");
   fs::copy_file(Image() + ".sha256", entry + "/agent-amd64.squashfs.sha256");
-  {
-    std::fstream image(entry + "/agent-amd64.squashfs",
-                       std::ios::in | std::ios::out | std::ios::binary);
-    image.seekp(4096);
-    char byte = 0;
-    image.read(&byte, 1);
-    image.seekp(4096);
-    byte = static_cast<char>(byte ^ 0x01);
-    image.write(&byte, 1);
+  std::fstream image(entry + "/agent-amd64.squashfs",
+                     std::ios::in | std::ios::out | std::ios::binary);
+  image.seekg(4096);
+  char byte = 0;
+  image.read(&byte, 1);
+  image.seekp(4096);
+  byte = static_cast<char>(byte ^ 0x01);
+  image.write(&byte, 1);
+  return entry;
+}
+
+// A cached image is never trusted by its label: with --cache-only (no
+// rebuild) a tampered one is refused, dropped from the cache, and nothing
+// reaches the output directory.
+TEST_F(AgentImageTest, ATamperedCachedImageIsRefusedAndDropped) {
+  TempDir work("agent-image-tampered");
+  std::string entry = TamperedCacheEntry(work / "cache");
+  std::string out = work / "out";
+  ProgramStreams run = RunProgramStreams(
+      {Tool(), "build", "--cache-only", "--cache-dir", work / "cache", "--output", out});
+  EXPECT_NE(run.exit, 0);
+  EXPECT_NE(run.err.find("does not match its recorded digest"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find(RecordedDigest(Image())), std::string::npos) << run.err;
+  EXPECT_FALSE(fs::exists(entry)) << "the tampered image stayed in the cache";
+  EXPECT_TRUE(Entries(out).empty()) << "something was written to " << out;
+}
+
+// Reproducibility of the whole pipeline (debootstrap, apt, npm, scrub,
+// pack): a second build of the lock, in a private cache whose entry was
+// tampered with, must notice, rebuild and arrive at the fixture's digest.
+// It costs a full build, so it runs once per cache entry: on success it
+// stamps the shared entry ("reproduced", with the digest), and a later run
+// that finds the stamp for this very digest skips (the entry's key is the
+// lock and the builder, so the stamp holds for them). A cold cache (a new
+// machine, a changed lock or builder) always runs it.
+TEST_F(AgentImageTest, ASecondFullBuildOfTheLockHasTheSameDigest) {
+  std::string first = RecordedDigest(Image());
+  ProgramStreams key = RunProgramStreams({Tool(), "cache-key"});
+  ASSERT_EQ(key.exit, 0) << key.err;
+  std::string stamp = SharedCache() + "/images/" + key.out.substr(0, 64) + "/reproduced";
+  if (Read(stamp).substr(0, 64) == first) {
+    GTEST_SKIP() << "reproduced already: " << stamp << " (remove it to build again)";
   }
+  TempDir work("agent-image-rebuild");
+  std::string cache = work / "cache";
+  std::string entry = TamperedCacheEntry(cache);
   std::string out = work / "out";
   ProgramStreams run = RunProgramStreams({Tool(), "build", "--cache-dir", cache, "--output", out});
   ASSERT_EQ(run.exit, 0) << run.err;
@@ -169,7 +200,31 @@ TEST_F(AgentImageTest, ATamperedCachedImageIsRebuiltToTheSameDigest) {
   EXPECT_EQ(run.out.substr(0, 64), first) << "two builds of one lock differ";
   EXPECT_EQ(RecordedDigest(out + "/agent-amd64.squashfs"), first);
   EXPECT_EQ(RecordedDigest(entry + "/agent-amd64.squashfs"), first);
-  EXPECT_EQ(Entries(cache + "/work").size(), 0u) << "the build left its work directory";
+  EXPECT_TRUE(Entries(cache + "/work").empty()) << "the build left its work directory";
+  if (!HasFailure() && fs::is_directory(fs::path(stamp).parent_path())) Write(stamp, first + "\n");
+}
+
+// A Debian version the archive does not have is found in the archive's
+// indexes before debootstrap runs.
+TEST_F(AgentImageTest, ADebianVersionTheArchiveDoesNotHaveIsRefusedByName) {
+  TempDir work("agent-image-bad-deb");
+  std::string text = Read(Lock());
+  std::smatch bash;
+  ASSERT_TRUE(std::regex_search(text, bash, std::regex(R"(\ndeb amd64 base bash (\S+)\n)")));
+  std::string lock = work / "agents.lock";
+  Write(lock, std::regex_replace(text, std::regex(R"(\ndeb amd64 base bash \S+\n)"),
+                                 "\ndeb amd64 base bash 0.0-0\n"));
+  std::string cache = work / "cache";
+  fs::create_directories(cache);
+  fs::create_directory_symlink(SharedCache() + "/npm", cache + "/npm");
+  std::string out = work / "out";
+  ProgramStreams run =
+      RunProgramStreams({Tool(), "build", "--lock", lock, "--cache-dir", cache, "--output", out});
+  EXPECT_NE(run.exit, 0);
+  EXPECT_NE(run.err.find("  bash=0.0-0\n"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("no longer has these locked versions"), std::string::npos) << run.err;
+  EXPECT_FALSE(fs::exists(cache + "/debs")) << "debootstrap ran";
+  EXPECT_TRUE(Entries(out).empty()) << "something was written to " << out;
 }
 
 // A lock derived from the real one with one line changed.
