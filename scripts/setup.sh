@@ -31,6 +31,9 @@ packages=(
   sqlite3
   # scripts/test.sh compiles through it (reruns and fresh clones reuse objects)
   ccache
+  # the agent image (tools/agent-image): a Debian root made with debootstrap,
+  # the npm tarballs fetched with curl and checked with openssl
+  debootstrap curl
 )
 
 missing=()
