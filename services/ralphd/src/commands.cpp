@@ -72,22 +72,171 @@ bool IsEnvName(std::string_view s) {
   });
 }
 
+// --- The route table (commands.h CoreRoutes) ---
+
+constexpr std::string_view kIdentifierPattern = "^[a-z0-9._-]{1,64}$";
+constexpr std::string_view kJobStateNames[] = {"created", "queued",    "running",   "succeeded",
+                                               "failed",  "timed-out", "cancelled", "lost"};
+constexpr std::string_view kStreamNames[] = {"stdout", "stderr"};
+constexpr std::string_view kFormatNames[] = {"tar", "list"};
+constexpr uint64_t kMaxSeq = INT64_MAX;
+
+constexpr FieldInfo Unsigned(std::string_view name, uint64_t min, uint64_t max,
+                             bool required = false) {
+  return {.name = name, .type = ValueType::kUnsigned, .required = required, .min = min, .max = max};
+}
+constexpr FieldInfo Text(std::string_view name, uint64_t max_bytes, bool required = false,
+                         std::string_view pattern = {}) {
+  return {.name = name,
+          .type = ValueType::kString,
+          .required = required,
+          .max = max_bytes,
+          .pattern = pattern};
+}
+constexpr FieldInfo OneOf(std::string_view name, std::span<const std::string_view> values) {
+  return {.name = name, .type = ValueType::kEnum, .values = values};
+}
+
+constexpr FieldInfo kLimitFields[] = {
+    Unsigned("memory_bytes", 1, uint64_t{1} << 44),
+    Unsigned("cpu_millis", 1, 1024 * 1000),
+    Unsigned("pids", 1, 1u << 22),
+    Unsigned("disk_bytes", 1, uint64_t{1} << 46),
+    Unsigned("timeout_ms", 1, uint64_t{30} * 24 * 3600 * 1000),
+};
+constexpr FieldInfo kSubmitFields[] = {
+    {.name = "argv",
+     .type = ValueType::kStringArray,
+     .required = true,
+     .min = 1,
+     .max = kMaxArgs,
+     .item_max = kMaxArgBytes},
+    {.name = "env",
+     .type = ValueType::kStringMap,
+     .max = kMaxEnv,
+     .item_max = kMaxEnvValueBytes,
+     .pattern = "^[A-Za-z_][A-Za-z0-9_]{0,255}$"},
+    Text("cwd", kMaxArgBytes),
+    Text("profile", 64, false, kIdentifierPattern),
+    {.name = "limits", .type = ValueType::kObject, .fields = kLimitFields},
+    {.name = "start", .type = ValueType::kBool},
+};
+constexpr FieldInfo kJobListQuery[] = {OneOf("state", kJobStateNames),
+                                       Unsigned("limit", 1, kMaxListLimit)};
+constexpr FieldInfo kLogsQuery[] = {OneOf("stream", kStreamNames),
+                                    Unsigned("offset", 0, UINT64_MAX),
+                                    Unsigned("limit", 1, kMaxLogReadBytes)};
+constexpr FieldInfo kDownloadQuery[] = {OneOf("format", kFormatNames)};
+constexpr FieldInfo kPolicyGetQuery[] = {Unsigned("version", 1, kMaxSeq)};
+constexpr FieldInfo kPolicySetFields[] = {Text("document", kMaxPolicyDocumentBytes, true),
+                                          Text("comment", 1024)};
+constexpr FieldInfo kPolicyValidateFields[] = {Text("document", kMaxPolicyDocumentBytes, true)};
+constexpr FieldInfo kLimitQuery[] = {Unsigned("limit", 1, kMaxListLimit)};
+constexpr FieldInfo kRollbackFields[] = {Unsigned("version", 1, kMaxSeq, true)};
+constexpr FieldInfo kAuditListQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
+                                         Text("type", 64, false, kIdentifierPattern),
+                                         Unsigned("limit", 1, kMaxListLimit)};
+constexpr FieldInfo kAuditVerifyQuery[] = {Text("anchor", 256, false, "^[0-9]+:[0-9a-f]{64}$")};
+constexpr FieldInfo kAuditExportQuery[] = {Unsigned("after", 0, kMaxSeq),
+                                           Unsigned("job", 1, kMaxSeq),
+                                           Text("type", 64, false, kIdentifierPattern)};
+constexpr FieldInfo kEventsQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
+                                      Unsigned("limit", 1, 10000)};
+constexpr FieldInfo kRevokeFields[] = {Text("id", 64, true)};
+
+constexpr RouteInfo kRouteInfos[] = {
+    {"GET", "/v1/status", StatusCommand::kName},
+    {"POST", "/v1/jobs", JobSubmitCommand::kName, {}, BodyKind::kJson, kSubmitFields},
+    {"GET", "/v1/jobs", JobListCommand::kName, kJobListQuery},
+    {"GET", "/v1/jobs/{id}", JobShowCommand::kName},
+    {"POST", "/v1/jobs/{id}/start", JobStartCommand::kName},
+    {"POST", "/v1/jobs/{id}/cancel", JobCancelCommand::kName},
+    {"GET", "/v1/jobs/{id}/logs", JobLogsCommand::kName, kLogsQuery},
+    {"GET", "/v1/jobs/{id}/files", JobFilesCommand::kName},
+    {"PUT",
+     "/v1/jobs/{id}/workspace",
+     WorkspaceUploadCommand::kName,
+     {},
+     BodyKind::kTar,
+     {},
+     kMaxWorkspaceTarBytes},
+    {"GET", "/v1/jobs/{id}/workspace", WorkspaceDownloadCommand::kName, kDownloadQuery},
+    {"GET", "/v1/policy", PolicyGetCommand::kName, kPolicyGetQuery},
+    {"PUT", "/v1/policy", PolicySetCommand::kName, {}, BodyKind::kJson, kPolicySetFields},
+    {"POST",
+     "/v1/policy/validate",
+     PolicyValidateCommand::kName,
+     {},
+     BodyKind::kJson,
+     kPolicyValidateFields},
+    {"GET", "/v1/policy/history", PolicyHistoryCommand::kName, kLimitQuery},
+    {"POST",
+     "/v1/policy/rollback",
+     PolicyRollbackCommand::kName,
+     {},
+     BodyKind::kJson,
+     kRollbackFields},
+    {"GET", "/v1/audit", AuditListCommand::kName, kAuditListQuery},
+    {"GET", "/v1/audit/verify", AuditVerifyCommand::kName, kAuditVerifyQuery},
+    {"GET", "/v1/audit/export", AuditExportCommand::kName, kAuditExportQuery},
+    {"GET", "/v1/events", EventsCommand::kName, kEventsQuery},
+    {"POST", "/v1/pairing/offers", PairCommand::kName},
+    {"GET", "/v1/pairings", PairingsListCommand::kName},
+    {"POST",
+     "/v1/pairings/revoke",
+     PairingRevokeCommand::kName,
+     {},
+     BodyKind::kJson,
+     kRevokeFields},
+};
+
+const FieldInfo* FindField(std::span<const FieldInfo> fields, std::string_view name) {
+  for (const FieldInfo& field : fields) {
+    if (field.name == name) return &field;
+  }
+  return nullptr;
+}
+
+// A decoder that reads a name or bound the table does not have: the
+// route's every request fails with this, so no test of it passes.
+Error Drift(std::string_view field, std::string_view what) {
+  return Error::Make(
+      ErrorCode::kInternal,
+      fmt::format("{}: the decoder and the route table (CoreRoutes) disagree: {}", field, what));
+}
+
+std::vector<std::string_view> Segments(std::string_view path);
+
 // Reads the members of one JSON object, each once, by name; Finish() names
 // the first member nobody asked for.
 class ObjectReader {
  public:
+  // A map (env): any member names, no table to check against.
   ObjectReader(const json& object, std::string prefix)
       : object_(object), prefix_(std::move(prefix)) {}
+  // An object the route table describes with `fields`.
+  ObjectReader(const json& object, std::string prefix, std::span<const FieldInfo> fields)
+      : object_(object), prefix_(std::move(prefix)), fields_(fields), checked_(true) {}
 
   std::string Field(std::string_view name) const { return fmt::format("{}.{}", prefix_, name); }
 
+  // The table's members of field `name` (an object's).
+  std::span<const FieldInfo> Members(std::string_view name) const {
+    const FieldInfo* field = FindField(fields_, name);
+    return field ? field->fields : std::span<const FieldInfo>();
+  }
+
   const json* Find(std::string_view name) {
+    if (checked_ && !FindField(fields_, name) && !drift_) {
+      drift_ = Drift(Field(name), "not in the table");
+    }
     known_.emplace(name);
     auto it = object_.find(name);
     return it == object_.end() ? nullptr : &*it;
   }
 
   Result<std::optional<std::string>> String(std::string_view name, size_t max_bytes) {
+    Check(name, ValueType::kString, 0, max_bytes);
     const json* value = Find(name);
     if (!value) return std::optional<std::string>();
     if (!value->is_string()) {
@@ -105,6 +254,7 @@ class ObjectReader {
   }
 
   Result<std::optional<uint64_t>> Unsigned(std::string_view name, uint64_t min, uint64_t max) {
+    Check(name, ValueType::kUnsigned, min, max);
     const json* value = Find(name);
     if (!value) return std::optional<uint64_t>();
     if (value->is_number_unsigned()) {
@@ -133,6 +283,7 @@ class ObjectReader {
   }
 
   Result<void> Finish() const {
+    if (drift_) return *drift_;
     for (const auto& [key, value] : object_.items()) {
       if (!known_.count(key)) return Invalid(fmt::format("{}: unknown field", Field(key)));
     }
@@ -140,17 +291,33 @@ class ObjectReader {
   }
 
  private:
+  void Check(std::string_view name, ValueType type, uint64_t min, uint64_t max) {
+    const FieldInfo* field = checked_ ? FindField(fields_, name) : nullptr;
+    if (field && !drift_ && (field->type != type || field->min != min || field->max != max)) {
+      drift_ = Drift(Field(name), fmt::format("read as {}..{}", min, max));
+    }
+  }
+
   const json& object_;
   std::string prefix_;
+  std::span<const FieldInfo> fields_;
+  bool checked_ = false;
+  std::optional<Error> drift_;
   std::set<std::string, std::less<>> known_;
 };
 
 // Reads the query parameters, each once, by name.
 class QueryReader {
  public:
-  explicit QueryReader(const Request& request) : query_(request.query) {}
+  explicit QueryReader(const Request& request) : query_(request.query) {
+    const RouteInfo* route = FindRoute(request.verb, request.path);
+    if (route) fields_ = route->query;
+  }
 
   std::optional<std::string> Find(std::string_view name) {
+    if (!FindField(fields_, name) && !drift_) {
+      drift_ = Drift(fmt::format("query.{}", name), "not in the table");
+    }
     known_.emplace(name);
     auto it = query_.find(name);
     if (it == query_.end()) return std::nullopt;
@@ -158,6 +325,11 @@ class QueryReader {
   }
 
   Result<std::optional<uint64_t>> Unsigned(std::string_view name, uint64_t min, uint64_t max) {
+    const FieldInfo* field = FindField(fields_, name);
+    if (field && !drift_ &&
+        (field->type != ValueType::kUnsigned || field->min != min || field->max != max)) {
+      drift_ = Drift(fmt::format("query.{}", name), fmt::format("read as {}..{}", min, max));
+    }
     std::optional<std::string> text = Find(name);
     if (!text) return std::optional<uint64_t>();
     uint64_t n = 0;
@@ -180,6 +352,7 @@ class QueryReader {
   }
 
   Result<void> Finish() const {
+    if (drift_) return *drift_;
     for (const auto& [key, value] : query_) {
       if (!known_.count(key)) return Invalid(fmt::format("query.{}: unknown parameter", key));
     }
@@ -188,8 +361,16 @@ class QueryReader {
 
  private:
   const std::map<std::string, std::string, std::less<>>& query_;
+  std::span<const FieldInfo> fields_;
+  std::optional<Error> drift_;
   std::set<std::string, std::less<>> known_;
 };
+
+// The route table's body members for the request's route.
+std::span<const FieldInfo> BodyFields(const Request& request) {
+  const RouteInfo* route = FindRoute(request.verb, request.path);
+  return route ? route->fields : std::span<const FieldInfo>();
+}
 
 bool IsBlank(std::string_view text) {
   return text.find_first_not_of(" \t\r\n") == std::string_view::npos;
@@ -212,7 +393,7 @@ Result<json> BodyObject(const Request& request) {
 // For commands that take no body (an empty one, or "{}", is accepted).
 Result<void> NoBody(const Request& request) {
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   return reader.Finish();
 }
 
@@ -250,7 +431,7 @@ Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
 Result<Command> DecodeSubmit(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   JobSubmitCommand command;
 
   const json* argv = reader.Find("argv");
@@ -313,7 +494,7 @@ Result<Command> DecodeSubmit(const Request& request) {
     if (!limits->is_object()) {
       return Invalid(fmt::format("body.limits: expected an object, got {}", Describe(*limits)));
     }
-    ObjectReader l(*limits, "body.limits");
+    ObjectReader l(*limits, "body.limits", reader.Members("limits"));
     command.limits.memory_bytes = TRY(l.Unsigned("memory_bytes", 1, uint64_t{1} << 44));
     if (auto cpu = TRY(l.Unsigned("cpu_millis", 1, 1024 * 1000))) command.limits.cpu_millis = *cpu;
     if (auto pids = TRY(l.Unsigned("pids", 1, 1u << 22))) command.limits.pids = *pids;
@@ -396,7 +577,7 @@ Result<std::string> PolicyDocument(ObjectReader& reader) {
 Result<Command> DecodePolicySet(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   PolicySetCommand command;
   command.document = TRY(PolicyDocument(reader));
   if (auto comment = TRY(reader.String("comment", 1024))) command.comment = *comment;
@@ -407,7 +588,7 @@ Result<Command> DecodePolicySet(const Request& request) {
 Result<Command> DecodePolicyValidate(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   PolicyValidateCommand command{.document = TRY(PolicyDocument(reader))};
   TRY(reader.Finish());
   return command;
@@ -416,7 +597,7 @@ Result<Command> DecodePolicyValidate(const Request& request) {
 Result<Command> DecodePolicyRollback(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   auto version = TRY(reader.Unsigned("version", 1, INT64_MAX));
   if (!version) return Invalid("body.version: required");
   TRY(reader.Finish());
@@ -426,7 +607,7 @@ Result<Command> DecodePolicyRollback(const Request& request) {
 Result<Command> DecodePairingRevoke(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   auto id = TRY(reader.String("id", 64));
   if (!id || id->empty()) return Invalid("body.id: required");
   TRY(reader.Finish());
@@ -557,6 +738,9 @@ constexpr Route kRoutes[] = {
      [](const Request& r, uint64_t) { return DecodePairingRevoke(r); }},
 };
 
+static_assert(std::size(kRoutes) == std::size(kRouteInfos),
+              "every decoder route is in the route table (CoreRoutes)");
+
 // Whether `path` matches `pattern`; a "{id}" segment must then be a job id
 // (a malformed one is the request's error, not another route).
 Result<bool> Matches(std::string_view pattern, std::string_view path, uint64_t& id) {
@@ -576,6 +760,25 @@ Result<bool> Matches(std::string_view pattern, std::string_view path, uint64_t& 
 }
 
 }  // namespace
+
+std::span<const RouteInfo> CoreRoutes() {
+  return kRouteInfos;
+}
+
+const RouteInfo* FindRoute(std::string_view verb, std::string_view path) {
+  std::vector<std::string_view> got = Segments(path);
+  for (const RouteInfo& route : kRouteInfos) {
+    if (route.verb != verb) continue;
+    std::vector<std::string_view> want = Segments(route.path);
+    if (want.size() != got.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < want.size() && same; ++i) {
+      same = want[i] == "{id}" ? !got[i].empty() : want[i] == got[i];
+    }
+    if (same) return &route;
+  }
+  return nullptr;
+}
 
 std::string_view JobStateName(JobState state) {
   switch (state) {
@@ -636,7 +839,12 @@ Result<Command> DecodeRequest(const Request& request) {
     bool matches = TRY(Matches(route.pattern, request.path, id));
     if (!matches) continue;
     path_known = true;
-    if (route.verb == request.verb) return route.decode(request, id);
+    if (route.verb == request.verb) {
+      if (!FindRoute(route.verb, route.pattern)) {
+        return Drift(fmt::format("{} {}", route.verb, route.pattern), "not in the table");
+      }
+      return route.decode(request, id);
+    }
   }
   if (path_known) {
     return Error::Make(ErrorCode::kUnsupported,

@@ -53,6 +53,12 @@ Result<std::map<std::string, std::string, std::less<>>> ParseQuery(std::string_v
   return out;
 }
 
+std::optional<size_t> DispatcherHandler::BodyLimit(std::string_view method, std::string_view path) {
+  const ralphd::RouteInfo* route = FindRoute(method, path);
+  if (!route || route->body != BodyKind::kTar) return std::nullopt;
+  return route->max_body_bytes;
+}
+
 ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& request) {
   auto error_reply = [](const Error& error) {
     ApiReply reply = ReplyForError(error);
