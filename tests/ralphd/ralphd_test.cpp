@@ -4,9 +4,15 @@
 // roll back; a job asking for more than its policy allows; bad frames with
 // the daemon serving on; cancel; and SIGKILL mid-job, then a restart: the job
 // is lost with its reason, nothing of its sandbox is left, the audit chain
-// verifies. With --api-listen: pairing from `ralphctl pair`, a job over
-// mutual TLS, an unpaired and a revoked client refused.
+// verifies. The ralphctl cases run on both transports: the local socket and
+// `ralphctl --remote` over the HTTPS API (ralphd --api-listen) with an
+// identity paired by `ralphctl pair` + `ralphctl remote pair`; its errors
+// (missing identity, not an appliance, pin mismatch, revoked). With
+// --api-listen: pairing from `ralphctl pair`, a job over mutual TLS with the
+// client library, an unpaired and a revoked client refused.
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -158,13 +164,50 @@ class RalphdTest : public ::testing::Test {
     return fd;
   }
 
-  // ralphctl COMMAND --socket ... ARGS (options before a job's "--").
+  // ralphctl COMMAND --socket ... ARGS (options before a job's "--"); with
+  // remote_ set, `ralphctl --remote URL --identity DIR COMMAND ...` instead.
   ProgramStreams Ctl(std::vector<std::string> args, bool as_json = false) {
     std::vector<std::string> options = {"--socket", socket_};
+    if (!remote_.empty()) options.clear();
     if (as_json) options.push_back("--json");
     args.insert(args.begin() + 1, options.begin(), options.end());
+    if (!remote_.empty()) args.insert(args.begin(), {"--remote", remote_, "--identity", identity_});
     args.insert(args.begin(), ralphctl_);
     return RunProgramStreams(args);
+  }
+
+  // The console's ralphctl (the local socket), whatever the transport.
+  ProgramStreams Console(std::vector<std::string> args, bool as_json = false) {
+    std::string remote = std::exchange(remote_, "");
+    ProgramStreams run = Ctl(std::move(args), as_json);
+    remote_ = remote;
+    return run;
+  }
+
+  // Restarts the daemon with the HTTPS API on a free loopback port; its
+  // port.
+  std::string StartWithApi() {
+    StopDaemon(SIGTERM);
+    std::string port_file = state_ + "/api/port";
+    ::unlink(port_file.c_str());
+    StartDaemon(2, {"--api-listen", "127.0.0.1:0"});
+    EXPECT_TRUE(WaitFor([&] { return !Read(port_file).empty(); })) << port_file;
+    std::string port = Read(port_file);
+    while (!port.empty() && port.back() == '\n') port.pop_back();
+    return port;
+  }
+
+  // `ralphctl pair` on the console, `ralphctl remote pair` on the "host"
+  // (dialling the loopback port, as through a forwarded one); the URL.
+  std::string PairRemote(const std::string& port, const std::string& identity) {
+    json offer = CtlJson({"pair"});
+    std::string pairing = offer.value("pairing", "");
+    ProgramStreams paired =
+        RunProgramStreams({ralphctl_, "remote", "pair", "--identity", identity, "--address",
+                           "127.0.0.1:" + port, "--name", "test host", pairing});
+    EXPECT_EQ(paired.exit, 0) << paired.err;
+    EXPECT_NE(paired.out.find("paired with 127.0.0.1:" + port), std::string::npos) << paired.out;
+    return "https://127.0.0.1:" + port;
   }
 
   json CtlJson(std::vector<std::string> args) {
@@ -181,6 +224,8 @@ class RalphdTest : public ::testing::Test {
   }
 
   std::string work_, state_, socket_, ralphd_, ralphctl_;
+  // Set: Ctl goes through the HTTPS API with this URL and identity.
+  std::string remote_, identity_;
   pid_t daemon_ = -1;
   static inline int counter_ = 0;
 };
@@ -208,7 +253,30 @@ class Line {
   int fd_;
 };
 
-TEST_F(RalphdTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
+// The same ralphctl cases on both transports: the local socket, and
+// `ralphctl --remote` over the HTTPS API with an identity paired from the
+// console's `ralphctl pair` (mutual TLS, the device key pinned).
+enum class Transport { kLocal, kRemote };
+
+class RalphctlTest : public RalphdTest, public ::testing::WithParamInterface<Transport> {
+ protected:
+  void SetUp() override {
+    RalphdTest::SetUp();
+    if (HasFatalFailure() || GetParam() == Transport::kLocal) return;
+    std::string port = StartWithApi();
+    identity_ = work_ + "/host-identity";
+    remote_ = PairRemote(port, identity_);
+    ASSERT_FALSE(HasFailure());
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Transports, RalphctlTest,
+                         ::testing::Values(Transport::kLocal, Transport::kRemote),
+                         [](const ::testing::TestParamInfo<Transport>& info) {
+                           return info.param == Transport::kLocal ? "LocalSocket" : "Https";
+                         });
+
+TEST_P(RalphctlTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
   std::string in = work_ + "/in";
   ASSERT_EQ(::mkdir(in.c_str(), 0755), 0);
   Write(in + "/input.txt", "hello from the upload\n");
@@ -322,7 +390,7 @@ TEST_F(RalphdTest, EventsAfterASequenceNumberLoseNothing) {
   EXPECT_EQ(rows, 4u);  // submit, running, files (none), succeeded
 }
 
-TEST_F(RalphdTest, EgressIsDeniedAndAudited) {
+TEST_P(RalphctlTest, EgressIsDeniedAndAudited) {
   ProgramStreams run = Ctl({"job", "run", "--profile", "net", "--", "python3", "-c",
                             "import socket; socket.create_connection(('203.0.113.9', 8080), 5)"});
   EXPECT_NE(run.exit, 0) << run.out;
@@ -333,7 +401,7 @@ TEST_F(RalphdTest, EgressIsDeniedAndAudited) {
   EXPECT_EQ(denied[0]["subject"], "job 1");
 }
 
-TEST_F(RalphdTest, PolicyValidateSetAndRollback) {
+TEST_P(RalphctlTest, PolicyValidateSetAndRollback) {
   Write(work_ + "/bad.xml",
         "<policy format=\"1\">\n  <profile name=\"x\">\n    <limits memory=\"lots\" "
         "timeout=\"5\"/>\n  </profile>\n</policy>\n");
@@ -366,7 +434,7 @@ TEST_F(RalphdTest, PolicyValidateSetAndRollback) {
   EXPECT_EQ(audited[0]["details"]["version"], 3);
 }
 
-TEST_F(RalphdTest, AJobAskingForMoreThanItsPolicyIsRefused) {
+TEST_P(RalphctlTest, AJobAskingForMoreThanItsPolicyIsRefused) {
   ProgramStreams run = Ctl({"job", "run", "--pids", "65", "--", "true"});
   EXPECT_EQ(run.exit, 1);
   EXPECT_NE(run.err.find("limits.pids: 65 is more than profile 'default' allows (64) [refused]"),
@@ -414,7 +482,7 @@ TEST_F(RalphdTest, BadFramesGetPreciseErrorsAndTheDaemonServesOn) {
   EXPECT_TRUE(refused) << commands.dump();
 }
 
-TEST_F(RalphdTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
+TEST_P(RalphctlTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
   // Killed by the timeout it asked for (less than the profile's).
   ProgramStreams slow = Ctl({"job", "run", "--timeout-ms", "300", "--", "sleep", "600"});
   EXPECT_EQ(slow.exit, 1);
@@ -436,6 +504,7 @@ TEST_F(RalphdTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
   EXPECT_NE(::access((state_ + "/jobs/escaped").c_str(), F_OK), 0);
 
   // SO_PEERCRED: another uid is refused even when the file mode lets it in.
+  if (GetParam() == Transport::kRemote) return;
   ASSERT_EQ(::chmod(socket_.c_str(), 0666), 0);
   ProgramStreams nobody =
       RunProgramStreams({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ralphctl_,
@@ -446,7 +515,7 @@ TEST_F(RalphdTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
       << nobody.err;
 }
 
-TEST_F(RalphdTest, CancelKillsARunningJob) {
+TEST_P(RalphctlTest, CancelKillsARunningJob) {
   json job = CtlJson({"job", "run", "--detach", "--", "sleep", "600"});
   ASSERT_EQ(job["id"], 1);
   ASSERT_TRUE(WaitFor([&] { return JobState(1) == "running" && JobCgroups(daemon_) > 0; }));
@@ -503,6 +572,104 @@ TEST_F(RalphdTest, KilledMidJobTheJobIsLostAndNothingIsLeft) {
   EXPECT_NE(verify.out.find("chain intact"), std::string::npos);
   StopDaemon(SIGTERM);
   EXPECT_TRUE(WaitFor([&] { return MountsBelow(state_) == 0; })) << MountsBelow(state_);
+}
+
+// `ralphctl --remote`'s refusals, each naming what was wrong: a missing
+// identity, a peer that is not an appliance's API, an appliance that is not
+// the paired one, a revoked identity, the console-only pairing commands,
+// malformed command lines (exit 2, nothing done).
+TEST_F(RalphdTest, RemoteErrorsSayWhatWasWrong) {
+  std::string port = StartWithApi();
+  std::string identity = work_ + "/host";
+  std::string url = PairRemote(port, identity);
+  struct stat st {};
+  ASSERT_EQ(::stat(identity.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  for (const char* file : {"client.key", "client.crt", "ca.crt", "device.json"}) {
+    ASSERT_EQ(::stat((identity + "/" + file).c_str(), &st), 0) << file;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << file;
+  }
+  auto remote = [&](std::vector<std::string> args, const std::string& dir) {
+    args.insert(args.begin(), {ralphctl_, "--remote", url, "--identity", dir});
+    return RunProgramStreams(args);
+  };
+  ProgramStreams ok = remote({"status"}, identity);
+  ASSERT_EQ(ok.exit, 0) << ok.err;
+  EXPECT_NE(ok.out.find("policy version 2"), std::string::npos) << ok.out;
+
+  ProgramStreams missing = remote({"status"}, work_ + "/nowhere");
+  EXPECT_EQ(missing.exit, 1);
+  EXPECT_NE(missing.err.find("no client identity: " + work_ + "/nowhere is not a directory"),
+            std::string::npos)
+      << missing.err;
+
+  // Not TLS at all: a plain TCP peer that answers in HTTP.
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in any{.sin_family = AF_INET, .sin_port = 0, .sin_addr = {htonl(INADDR_LOOPBACK)}};
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
+  ASSERT_EQ(::listen(listener, 4), 0);
+  socklen_t length = sizeof any;
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&any), &length), 0);
+  std::thread plain([listener] {
+    int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    char buffer[4096];
+    [[maybe_unused]] ssize_t n = ::read(fd, buffer, sizeof buffer);
+    std::string reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+    [[maybe_unused]] ssize_t w = ::write(fd, reply.data(), reply.size());
+    ::close(fd);
+  });
+  std::string plain_url = fmt::format("https://127.0.0.1:{}", ntohs(any.sin_port));
+  ProgramStreams not_appliance =
+      RunProgramStreams({ralphctl_, "--remote", plain_url, "--identity", identity, "job", "list"});
+  plain.join();
+  ::close(listener);
+  EXPECT_EQ(not_appliance.exit, 1);
+  EXPECT_NE(not_appliance.err.find(plain_url + " is not a RalphOS appliance's API"),
+            std::string::npos)
+      << not_appliance.err;
+
+  // Another device key than the pinned one.
+  std::string other = work_ + "/other";
+  ASSERT_EQ(RunProgramStreams({"cp", "-a", identity, other}).exit, 0);
+  json device = json::parse(Read(other + "/device.json"));
+  device["spki_sha256"] = std::string(64, '0');
+  Write(other + "/device.json", device.dump());
+  ProgramStreams pin = remote({"status"}, other);
+  EXPECT_EQ(pin.exit, 1);
+  EXPECT_NE(pin.err.find(url + " is not the appliance paired in " + other), std::string::npos)
+      << pin.err;
+  EXPECT_NE(pin.err.find("pinned key"), std::string::npos) << pin.err;
+
+  // Pairing is the console's.
+  ProgramStreams pair = remote({"pair"}, identity);
+  EXPECT_EQ(pair.exit, 2);
+  EXPECT_NE(pair.err.find("pairing is done on the appliance's console"), std::string::npos)
+      << pair.err;
+  EXPECT_EQ(remote({"pairings", "list"}, identity).exit, 2);
+
+  // Bad command lines.
+  ProgramStreams http = RunProgramStreams({ralphctl_, "--remote", "http://127.0.0.1:1", "status"});
+  EXPECT_EQ(http.exit, 2);
+  EXPECT_NE(http.err.find("--remote: 'http://127.0.0.1:1' is not https://HOST:PORT"),
+            std::string::npos)
+      << http.err;
+  EXPECT_EQ(RunProgramStreams({ralphctl_, "--remote", url, "--socket", socket_, "status"}).exit, 2);
+  EXPECT_EQ(RunProgramStreams({ralphctl_, "--remote", url, "boot", "status"}).exit, 2);
+  ProgramStreams garbage =
+      RunProgramStreams({ralphctl_, "remote", "pair", "--identity", other, "not-a-pairing"});
+  EXPECT_EQ(garbage.exit, 2);
+  EXPECT_NE(garbage.err.find("the pairing string"), std::string::npos) << garbage.err;
+
+  // Revoked: refused from the next request on, saying so.
+  json listed = CtlJson({"pairings", "list"});
+  ASSERT_EQ(listed["pairings"].size(), 1u) << listed.dump();
+  ASSERT_EQ(Ctl({"pairings", "revoke", listed["pairings"][0].value("id", "")}).exit, 0);
+  ProgramStreams revoked = remote({"job", "list"}, identity);
+  EXPECT_EQ(revoked.exit, 1);
+  EXPECT_NE(revoked.err.find(url + " refused the client identity in " + identity),
+            std::string::npos)
+      << revoked.err;
+  EXPECT_NE(revoked.err.find("revoked"), std::string::npos) << revoked.err;
 }
 
 // The HTTPS API of the real daemon: `ralphctl pair` on the console, the

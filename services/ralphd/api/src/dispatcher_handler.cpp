@@ -97,7 +97,12 @@ ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& reque
   } else {
     reply = dispatcher_.Dispatch(core_caller, *command);
   }
-  if (reply.error) return error_reply(*reply.error);
+  if (reply.error) {
+    // The core's error body as it is: a bad policy's carries its "issues".
+    ApiReply refused = error_reply(*reply.error);
+    if (reply.body.is_object() && reply.body.contains("error")) refused.body = DumpJson(reply.body);
+    return refused;
+  }
   switch (reply.kind) {
     case ReplyKind::kJson: return {200, DumpJson(reply.body)};
     case ReplyKind::kTar: return {200, std::move(reply.bytes), "application/x-tar"};
