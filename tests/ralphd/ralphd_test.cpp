@@ -280,6 +280,11 @@ TEST_P(RalphctlTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
   std::string in = work_ + "/in";
   ASSERT_EQ(::mkdir(in.c_str(), 0755), 0);
   Write(in + "/input.txt", "hello from the upload\n");
+  // Over 1 MiB, the API's limit for every other body: an upload has the
+  // core's own.
+  ASSERT_EQ(
+      RunProgramStreams({"sh", "-c", fmt::format("head -c 3M /dev/urandom > {}/big.bin", in)}).exit,
+      0);
   ASSERT_EQ(RunProgramStreams({"tar", "-cf", work_ + "/in.tar", "-C", in, "."}).exit, 0);
 
   ProgramStreams run = Ctl({"job", "run", "--workspace", work_ + "/in.tar", "--", "sh", "-c",
@@ -314,6 +319,7 @@ TEST_P(RalphctlTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
   EXPECT_EQ(extracted.out, "result\n") << extracted.err;
   ProgramStreams listed = RunProgramStreams({"tar", "-tf", work_ + "/out.tar"});
   EXPECT_NE(listed.out.find("./input.txt"), std::string::npos) << listed.out;
+  EXPECT_NE(listed.out.find("./big.bin"), std::string::npos) << listed.out;
 
   // The output from an offset; the audit trail of the job.
   ProgramStreams tail = Ctl({"job", "logs", "1", "--offset", "6"});

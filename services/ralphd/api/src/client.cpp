@@ -251,7 +251,13 @@ Result<HttpReply> ApiConnection::Request(std::string_view method, std::string_vi
   }
   request += "\r\n";
   request += body;
-  TRY(WriteRaw(request));
+  if (Result<void> written = WriteRaw(request); !written) {
+    // The server may have refused the request from its header (a body over
+    // the route's limit) and closed: its reply says why, when it arrived.
+    Result<HttpReply> refusal = ReadReply();
+    if (refusal) return refusal;
+    return std::move(written).error();
+  }
   return ReadReply();
 }
 
