@@ -330,6 +330,13 @@ TEST_P(RalphctlTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
   for (const char* type : {"job.submit", "job.workspace-upload", "job.state", "job.files"}) {
     EXPECT_TRUE(types.count(type)) << type << " in " << audit.dump();
   }
+  ProgramStreams exported = Ctl({"audit", "export", "--job", "1", "--type", "job.submit"});
+  ASSERT_EQ(exported.exit, 0) << exported.err;
+  json submitted = json::parse(exported.out.substr(0, exported.out.find('\n')), nullptr, false);
+  EXPECT_EQ(submitted.value("subject", ""), "job 1") << exported.out;
+  ProgramStreams verify = Ctl({"audit", "verify"});
+  EXPECT_EQ(verify.exit, 0) << verify.err;
+  EXPECT_NE(verify.out.find("chain intact"), std::string::npos) << verify.out;
 }
 
 // Every output chunk, state change and audit record has a sequence number;
@@ -519,6 +526,29 @@ TEST_P(RalphctlTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
   EXPECT_NE(nobody.err.find("uid 65534: only root may use ralphd's local socket"),
             std::string::npos)
       << nobody.err;
+}
+
+// Following a job that writes as it runs: every byte once, in order, from
+// where the follow started to the job's end (over HTTPS: its logs, then its
+// event stream, placed by byte offset).
+TEST_P(RalphctlTest, FollowingARunningJobGetsEachByteOnce) {
+  json job = CtlJson({"job", "run", "--detach", "--", "sh", "-c",
+                      "for i in $(seq 1 40); do echo line $i; echo err $i >&2; sleep 0.02; done"});
+  ASSERT_EQ(job["id"], 1);
+  std::string expected, expected_err;
+  for (int i = 1; i <= 40; ++i) {
+    expected += fmt::format("line {}\n", i);
+    expected_err += fmt::format("err {}\n", i);
+  }
+  ProgramStreams follow = Ctl({"job", "logs", "1", "--follow"});
+  EXPECT_EQ(follow.exit, 0) << follow.err;
+  EXPECT_EQ(follow.out, expected);
+  EXPECT_EQ(JobState(1), "succeeded");
+  // From an offset, the other stream, after the end.
+  ProgramStreams tail = Ctl({"job", "logs", "1", "--follow", "--stream", "stderr", "--offset",
+                             std::to_string(expected_err.size() - 7)});
+  EXPECT_EQ(tail.exit, 0) << tail.err;
+  EXPECT_EQ(tail.out, "err 40\n");
 }
 
 TEST_P(RalphctlTest, CancelKillsARunningJob) {

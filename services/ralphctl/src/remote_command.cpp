@@ -86,19 +86,9 @@ int Pair(const ParsedArgs& args) {
   if (!credentials) {
     std::string dialled = address.empty() ? offer->address : address;
     const Error& error = credentials.error();
-    if (error.code() == ErrorCode::kVerificationFailed &&
-        error.message().find("pinned key") != std::string::npos) {
-      return Failed(command, Error::Make(ErrorCode::kVerificationFailed,
-                                         fmt::format("{} is not the appliance that made this "
-                                                     "pairing string: {}",
-                                                     dialled, error.message())));
-    }
-    if (error.message().starts_with("TLS handshake")) {
-      return Failed(command,
-                    Error::Make(ErrorCode::kNetwork,
-                                fmt::format("{} is not a RalphOS appliance's API (no TLS 1.3 "
-                                            "handshake with a device certificate): {}",
-                                            dialled, error.ToString())));
+    if (std::optional<Error> other =
+            NotTheAppliance(dialled, "the appliance that made this pairing string", error)) {
+      return Failed(command, *other);
     }
     return Failed(command, error.WithContext(fmt::format("pairing with {}", dialled)));
   }

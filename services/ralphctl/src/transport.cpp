@@ -290,19 +290,28 @@ Result<std::unique_ptr<ralphd::api::ApiConnection>> ConnectRemote(const RemoteTa
                                            .credentials = target.credentials});
   if (connection) return connection;
   const Error& error = connection.error();
-  if (error.code() == ErrorCode::kVerificationFailed) {
+  if (std::optional<Error> other =
+          NotTheAppliance(target.url, "the appliance paired in " + target.identity_dir, error)) {
+    return std::move(*other);
+  }
+  return Error::Make(error.code(), fmt::format("cannot reach ralphd's API at {}: {}", target.url,
+                                               error.ToString()));
+}
+
+std::optional<Error> NotTheAppliance(std::string_view where, std::string_view expected,
+                                     const Error& error) {
+  if (error.code() == ErrorCode::kVerificationFailed &&
+      error.message().find("pinned key") != std::string::npos) {
     return Error::Make(ErrorCode::kVerificationFailed,
-                       fmt::format("{} is not the appliance paired in {}: {}", target.url,
-                                   target.identity_dir, error.message()));
+                       fmt::format("{} is not {}: {}", where, expected, error.message()));
   }
   if (error.message().starts_with("TLS handshake")) {
     return Error::Make(ErrorCode::kNetwork,
                        fmt::format("{} is not a RalphOS appliance's API (no TLS 1.3 handshake "
                                    "with a device certificate): {}",
-                                   target.url, error.ToString()));
+                                   where, error.ToString()));
   }
-  return Error::Make(error.code(), fmt::format("cannot reach ralphd's API at {}: {}", target.url,
-                                               error.ToString()));
+  return std::nullopt;
 }
 
 Result<std::unique_ptr<RalphdTransport>> OpenTransport(const ParsedArgs& args) {

@@ -81,6 +81,13 @@ Result<RemoteTarget> RemoteTargetFor(const ParsedArgs& args);
 // wrong (unreachable, not an appliance's API, not the paired appliance).
 Result<std::unique_ptr<ralphd::api::ApiConnection>> ConnectRemote(const RemoteTarget& target);
 
+// A connection failure that says the peer is not what was expected, said
+// plainly: not an appliance's API (no TLS 1.3 handshake), or another
+// appliance than `expected` ("the appliance paired in DIR": the pin);
+// nullopt for other failures.
+std::optional<Error> NotTheAppliance(std::string_view where, std::string_view expected,
+                                     const Error& error);
+
 // The transport the options select: the local socket (--socket PATH,
 // default /run/ralphd.sock) or --remote.
 Result<std::unique_ptr<RalphdTransport>> OpenTransport(const ParsedArgs& args);
