@@ -222,6 +222,17 @@ TEST(OpenApiTest, TheDecoderAcceptsWhatIsDocumentedAndRefusesWhatIsNot) {
     ASSERT_TRUE(decoded) << query_text << " " << request.body << ": " << decoded.error().ToString();
     EXPECT_EQ(ralphd::CommandName(*decoded), route.command);
 
+    // Every value of a documented enum.
+    for (const json& parameter : operation.value("parameters", json::array())) {
+      if (!parameter.contains("schema") || !parameter["schema"].contains("enum")) continue;
+      for (const json& value : parameter["schema"]["enum"]) {
+        ralphd::Request each = request;
+        each.query[parameter["name"]] = value.get<std::string>();
+        Result<ralphd::Command> accepted = ralphd::DecodeRequest(each);
+        EXPECT_TRUE(accepted) << value << ": " << accepted.error().ToString();
+      }
+    }
+
     ralphd::Request undocumented = request;
     undocumented.query["undocumented"] = "1";
     Result<ralphd::Command> refused = ralphd::DecodeRequest(undocumented);

@@ -235,8 +235,21 @@ class ObjectReader {
     return it == object_.end() ? nullptr : &*it;
   }
 
-  Result<std::optional<std::string>> String(std::string_view name, size_t max_bytes) {
-    Check(name, ValueType::kString, 0, max_bytes);
+  // The table's entry for member `name`, which must be of `type`.
+  Result<const FieldInfo*> Info(std::string_view name, ValueType type) const {
+    const FieldInfo* field = FindField(fields_, name);
+    if (!field || field->type != type) return Drift(Field(name), "not in the table as read");
+    return field;
+  }
+
+  // A string member, at most the table's bytes.
+  Result<std::optional<std::string>> String(std::string_view name) {
+    const FieldInfo* field = TRY(Info(name, ValueType::kString));
+    return Text(name, field->max);
+  }
+
+  // A string member of a map (no table: env).
+  Result<std::optional<std::string>> Text(std::string_view name, size_t max_bytes) {
     const json* value = Find(name);
     if (!value) return std::optional<std::string>();
     if (!value->is_string()) {
@@ -253,8 +266,10 @@ class ObjectReader {
     return std::optional<std::string>(text);
   }
 
-  Result<std::optional<uint64_t>> Unsigned(std::string_view name, uint64_t min, uint64_t max) {
-    Check(name, ValueType::kUnsigned, min, max);
+  // An unsigned member in the table's range.
+  Result<std::optional<uint64_t>> Unsigned(std::string_view name) {
+    const FieldInfo* field = TRY(Info(name, ValueType::kUnsigned));
+    const uint64_t min = field->min, max = field->max;
     const json* value = Find(name);
     if (!value) return std::optional<uint64_t>();
     if (value->is_number_unsigned()) {
@@ -273,6 +288,7 @@ class ObjectReader {
   }
 
   Result<std::optional<bool>> Bool(std::string_view name) {
+    TRY(Info(name, ValueType::kBool));
     const json* value = Find(name);
     if (!value) return std::optional<bool>();
     if (!value->is_boolean()) {
@@ -291,13 +307,6 @@ class ObjectReader {
   }
 
  private:
-  void Check(std::string_view name, ValueType type, uint64_t min, uint64_t max) {
-    const FieldInfo* field = checked_ ? FindField(fields_, name) : nullptr;
-    if (field && !drift_ && (field->type != type || field->min != min || field->max != max)) {
-      drift_ = Drift(Field(name), fmt::format("read as {}..{}", min, max));
-    }
-  }
-
   const json& object_;
   std::string prefix_;
   std::span<const FieldInfo> fields_;
@@ -324,12 +333,13 @@ class QueryReader {
     return it->second;
   }
 
-  Result<std::optional<uint64_t>> Unsigned(std::string_view name, uint64_t min, uint64_t max) {
+  // A decimal parameter in the table's range.
+  Result<std::optional<uint64_t>> Unsigned(std::string_view name) {
     const FieldInfo* field = FindField(fields_, name);
-    if (field && !drift_ &&
-        (field->type != ValueType::kUnsigned || field->min != min || field->max != max)) {
-      drift_ = Drift(fmt::format("query.{}", name), fmt::format("read as {}..{}", min, max));
+    if (!field || field->type != ValueType::kUnsigned) {
+      return Drift(fmt::format("query.{}", name), "not in the table as read");
     }
+    const uint64_t min = field->min, max = field->max;
     std::optional<std::string> text = Find(name);
     if (!text) return std::optional<uint64_t>();
     uint64_t n = 0;
@@ -434,14 +444,15 @@ Result<Command> DecodeSubmit(const Request& request) {
   ObjectReader reader(body, "body", BodyFields(request));
   JobSubmitCommand command;
 
+  const FieldInfo* argv_info = TRY(reader.Info("argv", ValueType::kStringArray));
   const json* argv = reader.Find("argv");
   if (!argv) return Invalid("body.argv: required");
   if (!argv->is_array()) {
     return Invalid(fmt::format("body.argv: expected an array of strings, got {}", Describe(*argv)));
   }
-  if (argv->empty() || argv->size() > kMaxArgs) {
-    return Invalid(
-        fmt::format("body.argv: {} elements is out of range 1..{}", argv->size(), kMaxArgs));
+  if (argv->size() < argv_info->min || argv->size() > argv_info->max) {
+    return Invalid(fmt::format("body.argv: {} elements is out of range {}..{}", argv->size(),
+                               argv_info->min, argv_info->max));
   }
   for (size_t i = 0; i < argv->size(); ++i) {
     const json& arg = (*argv)[i];
@@ -449,9 +460,9 @@ Result<Command> DecodeSubmit(const Request& request) {
       return Invalid(fmt::format("body.argv[{}]: expected a string, got {}", i, Describe(arg)));
     }
     const std::string& text = arg.get_ref<const std::string&>();
-    if (text.size() > kMaxArgBytes) {
+    if (text.size() > argv_info->item_max) {
       return Invalid(fmt::format("body.argv[{}]: {} bytes is longer than the limit of {}", i,
-                                 text.size(), kMaxArgBytes));
+                                 text.size(), argv_info->item_max));
     }
     if (text.find('\0') != std::string::npos) {
       return Invalid(fmt::format("body.argv[{}]: contains a NUL character", i));
@@ -460,14 +471,15 @@ Result<Command> DecodeSubmit(const Request& request) {
     command.argv.push_back(text);
   }
 
+  const FieldInfo* env_info = TRY(reader.Info("env", ValueType::kStringMap));
   if (const json* env = reader.Find("env")) {
     if (!env->is_object()) {
       return Invalid(
           fmt::format("body.env: expected an object of strings, got {}", Describe(*env)));
     }
-    if (env->size() > kMaxEnv) {
-      return Invalid(
-          fmt::format("body.env: {} variables is more than the limit of {}", env->size(), kMaxEnv));
+    if (env->size() > env_info->max) {
+      return Invalid(fmt::format("body.env: {} variables is more than the limit of {}", env->size(),
+                                 env_info->max));
     }
     ObjectReader vars(*env, "body.env");
     for (const auto& [name, value] : env->items()) {
@@ -475,31 +487,32 @@ Result<Command> DecodeSubmit(const Request& request) {
         return Invalid(
             fmt::format("body.env.{}: not a variable name ([A-Za-z_][A-Za-z0-9_]*)", name));
       }
-      command.env[name] = *TRY(vars.String(name, kMaxEnvValueBytes));
+      command.env[name] = *TRY(vars.Text(name, env_info->item_max));
     }
   }
 
-  if (auto cwd = TRY(reader.String("cwd", kMaxArgBytes))) {
+  if (auto cwd = TRY(reader.String("cwd"))) {
     TRY(CheckAbsolutePath("body.cwd", *cwd));
     command.cwd = *cwd;
   }
-  if (auto profile = TRY(reader.String("profile", 64))) {
+  if (auto profile = TRY(reader.String("profile"))) {
     if (!IsIdentifier(*profile)) {
       return Invalid(
           fmt::format("body.profile: '{}' is not a profile name ([a-z0-9._-], 1..64)", *profile));
     }
     command.profile = *profile;
   }
+  TRY(reader.Info("limits", ValueType::kObject));
   if (const json* limits = reader.Find("limits")) {
     if (!limits->is_object()) {
       return Invalid(fmt::format("body.limits: expected an object, got {}", Describe(*limits)));
     }
     ObjectReader l(*limits, "body.limits", reader.Members("limits"));
-    command.limits.memory_bytes = TRY(l.Unsigned("memory_bytes", 1, uint64_t{1} << 44));
-    if (auto cpu = TRY(l.Unsigned("cpu_millis", 1, 1024 * 1000))) command.limits.cpu_millis = *cpu;
-    if (auto pids = TRY(l.Unsigned("pids", 1, 1u << 22))) command.limits.pids = *pids;
-    command.limits.disk_bytes = TRY(l.Unsigned("disk_bytes", 1, uint64_t{1} << 46));
-    command.limits.timeout_ms = TRY(l.Unsigned("timeout_ms", 1, uint64_t{30} * 24 * 3600 * 1000));
+    command.limits.memory_bytes = TRY(l.Unsigned("memory_bytes"));
+    if (auto cpu = TRY(l.Unsigned("cpu_millis"))) command.limits.cpu_millis = *cpu;
+    if (auto pids = TRY(l.Unsigned("pids"))) command.limits.pids = *pids;
+    command.limits.disk_bytes = TRY(l.Unsigned("disk_bytes"));
+    command.limits.timeout_ms = TRY(l.Unsigned("timeout_ms"));
     TRY(l.Finish());
   }
   if (auto start = TRY(reader.Bool("start"))) command.start = *start;
@@ -517,7 +530,7 @@ Result<Command> DecodeJobList(const Request& request) {
       return Invalid(fmt::format("query.state: '{}' is not a job state", *state));
     }
   }
-  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -535,8 +548,8 @@ Result<Command> DecodeLogs(const Request& request, uint64_t id) {
       return Invalid(fmt::format("query.stream: '{}' is not stdout or stderr", *stream));
     }
   }
-  if (auto offset = TRY(query.Unsigned("offset", 0, UINT64_MAX))) command.offset = *offset;
-  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxLogReadBytes))) command.limit = *limit;
+  if (auto offset = TRY(query.Unsigned("offset"))) command.offset = *offset;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -569,7 +582,7 @@ Result<Command> DecodeWorkspaceUpload(const Request& request, uint64_t id) {
 }
 
 Result<std::string> PolicyDocument(ObjectReader& reader) {
-  auto document = TRY(reader.String("document", kMaxPolicyDocumentBytes));
+  auto document = TRY(reader.String("document"));
   if (!document) return Invalid("body.document: required");
   return *document;
 }
@@ -580,7 +593,7 @@ Result<Command> DecodePolicySet(const Request& request) {
   ObjectReader reader(body, "body", BodyFields(request));
   PolicySetCommand command;
   command.document = TRY(PolicyDocument(reader));
-  if (auto comment = TRY(reader.String("comment", 1024))) command.comment = *comment;
+  if (auto comment = TRY(reader.String("comment"))) command.comment = *comment;
   TRY(reader.Finish());
   return command;
 }
@@ -598,7 +611,7 @@ Result<Command> DecodePolicyRollback(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
   ObjectReader reader(body, "body", BodyFields(request));
-  auto version = TRY(reader.Unsigned("version", 1, INT64_MAX));
+  auto version = TRY(reader.Unsigned("version"));
   if (!version) return Invalid("body.version: required");
   TRY(reader.Finish());
   return PolicyRollbackCommand{.version = *version};
@@ -608,7 +621,7 @@ Result<Command> DecodePairingRevoke(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
   ObjectReader reader(body, "body", BodyFields(request));
-  auto id = TRY(reader.String("id", 64));
+  auto id = TRY(reader.String("id"));
   if (!id || id->empty()) return Invalid("body.id: required");
   TRY(reader.Finish());
   return PairingRevokeCommand{.id = *id};
@@ -617,7 +630,7 @@ Result<Command> DecodePairingRevoke(const Request& request) {
 Result<Command> DecodePolicyGet(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
-  PolicyGetCommand command{.version = TRY(query.Unsigned("version", 1, INT64_MAX))};
+  PolicyGetCommand command{.version = TRY(query.Unsigned("version"))};
   TRY(query.Finish());
   return command;
 }
@@ -626,7 +639,7 @@ Result<Command> DecodePolicyHistory(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
   PolicyHistoryCommand command;
-  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -639,8 +652,8 @@ struct AuditFilter {
 
 Result<AuditFilter> ReadAuditFilter(QueryReader& query) {
   AuditFilter filter;
-  if (auto after = TRY(query.Unsigned("after", 0, INT64_MAX))) filter.after = *after;
-  filter.job = TRY(query.Unsigned("job", 1, INT64_MAX));
+  if (auto after = TRY(query.Unsigned("after"))) filter.after = *after;
+  filter.job = TRY(query.Unsigned("job"));
   filter.type = TRY(query.Identifier("type"));
   return filter;
 }
@@ -650,7 +663,7 @@ Result<Command> DecodeAuditList(const Request& request) {
   QueryReader query(request);
   AuditFilter filter = TRY(ReadAuditFilter(query));
   AuditListCommand command{.after = filter.after, .job = filter.job, .type = filter.type};
-  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -675,9 +688,9 @@ Result<Command> DecodeEvents(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
   EventsCommand command;
-  if (auto after = TRY(query.Unsigned("after", 0, INT64_MAX))) command.after = *after;
-  command.job = TRY(query.Unsigned("job", 1, INT64_MAX));
-  if (auto limit = TRY(query.Unsigned("limit", 1, 10000))) command.limit = *limit;
+  if (auto after = TRY(query.Unsigned("after"))) command.after = *after;
+  command.job = TRY(query.Unsigned("job"));
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }

@@ -51,9 +51,10 @@
 //   POST   /v1/pairings/revoke               PairingRevokeCommand
 //
 // CoreRoutes() is this list as data (each query parameter and body field
-// with its type and bounds). The decoder checks every name and bound it
-// reads against it (a mismatch fails the route's every request as
-// kInternal), and services/ralphd/api/openapi.json is tested against it
+// with its type and bounds). The decoder takes every bound from it and
+// reads no name it lacks (one that is not there fails the route's every
+// request as kInternal; a decoder route without a table entry does not
+// compile), and services/ralphd/api/openapi.json is tested against it
 // (tests/ralphd_api/openapi_test.cpp): a route changed here and not there
 // fails a test.
 #pragma once
