@@ -186,11 +186,12 @@ class RalphdTest : public ::testing::Test {
 
   // Restarts the daemon with the HTTPS API on a free loopback port; its
   // port.
-  std::string StartWithApi() {
+  std::string StartWithApi(std::vector<std::string> extra = {}) {
     StopDaemon(SIGTERM);
     std::string port_file = state_ + "/api/port";
     ::unlink(port_file.c_str());
-    StartDaemon(2, {"--api-listen", "127.0.0.1:0"});
+    extra.insert(extra.begin(), {"--api-listen", "127.0.0.1:0"});
+    StartDaemon(2, extra);
     EXPECT_TRUE(WaitFor([&] { return !Read(port_file).empty(); })) << port_file;
     std::string port = Read(port_file);
     while (!port.empty() && port.back() == '\n') port.pop_back();
@@ -615,8 +616,18 @@ TEST_F(RalphdTest, KilledMidJobTheJobIsLostAndNothingIsLeft) {
 // the paired one, a revoked identity, the console-only pairing commands,
 // malformed command lines (exit 2, nothing done).
 TEST_F(RalphdTest, RemoteErrorsSayWhatWasWrong) {
-  std::string port = StartWithApi();
+  // The pairing strings advertise a name this host cannot resolve (the
+  // appliance's own address); --address dials the forwarded port instead.
+  std::string port = StartWithApi({"--api-address", "appliance.invalid:8443"});
   std::string identity = work_ + "/host";
+  std::string advertised = CtlJson({"pair"}).value("pairing", "");
+  ASSERT_TRUE(advertised.starts_with("ralphos-pair:v1?addr=appliance.invalid:8443&")) << advertised;
+  ProgramStreams unreachable =
+      RunProgramStreams({ralphctl_, "remote", "pair", "--identity", identity, advertised});
+  EXPECT_EQ(unreachable.exit, 1);
+  EXPECT_NE(unreachable.err.find("pairing with appliance.invalid:8443"), std::string::npos)
+      << unreachable.err;
+  EXPECT_NE(::access(identity.c_str(), F_OK), 0) << "nothing is stored when pairing fails";
   std::string url = PairRemote(port, identity);
   struct stat st {};
   ASSERT_EQ(::stat(identity.c_str(), &st), 0);
