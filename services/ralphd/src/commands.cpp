@@ -136,7 +136,8 @@ constexpr FieldInfo kRollbackFields[] = {Unsigned("version", 1, kMaxSeq, true)};
 constexpr FieldInfo kAuditListQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
                                          Text("type", 64, false, kIdentifierPattern),
                                          Unsigned("limit", 1, kMaxListLimit)};
-constexpr FieldInfo kAuditVerifyQuery[] = {Text("anchor", 256, false, "^[0-9]+:[0-9a-f]{64}$")};
+// SEQ:HASH, parsed by the audit log (services/audit chain.h) when verifying.
+constexpr FieldInfo kAuditVerifyQuery[] = {Text("anchor", 256)};
 constexpr FieldInfo kAuditExportQuery[] = {Unsigned("after", 0, kMaxSeq),
                                            Unsigned("job", 1, kMaxSeq),
                                            Text("type", 64, false, kIdentifierPattern)};
@@ -365,6 +366,11 @@ class QueryReader {
     if (drift_) return *drift_;
     for (const auto& [key, value] : query_) {
       if (!known_.count(key)) return Invalid(fmt::format("query.{}: unknown parameter", key));
+      const FieldInfo* field = FindField(fields_, key);
+      if (field && field->type == ValueType::kString && value.size() > field->max) {
+        return Invalid(fmt::format("query.{}: {} bytes is longer than the limit of {}", key,
+                                   value.size(), field->max));
+      }
     }
     return {};
   }
