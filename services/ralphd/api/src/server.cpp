@@ -334,7 +334,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return SendBodyTooLarge();
     }
     parser_->body_limit(body_limit_);
-    lowest().expires_after(limits().body_timeout);
+    // A large body gets time for its size at the slowest rate allowed: a
+    // workspace upload is not held to a JSON body's timeout.
+    uint64_t size = parser_->content_length().value_or(body_limit_);
+    uint64_t rate = std::max<uint64_t>(1, limits().min_body_bytes_per_second);
+    lowest().expires_after(limits().body_timeout + std::chrono::seconds(size / rate));
     http::async_read(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRequest(ec); });

@@ -144,8 +144,10 @@ struct ServerLimits {
   std::chrono::milliseconds header_timeout{10000};
   // Between requests on a kept-alive connection (and that request's header).
   std::chrono::milliseconds idle_timeout{60000};
-  // A request body, once its header is in.
+  // A request body, once its header is in: this, plus its size (declared,
+  // else the route's limit) at min_body_bytes_per_second.
   std::chrono::milliseconds body_timeout{30000};
+  uint64_t min_body_bytes_per_second = 1024 * 1024;
   // A write that makes no progress (a reader that stopped reading).
   std::chrono::milliseconds write_timeout{30000};
   // Event streams and terminals open at once.
