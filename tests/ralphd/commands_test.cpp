@@ -243,6 +243,8 @@ TEST(DecodeRequest, AuditAndEvents) {
   auto verify = DecodeRequest(Get("/v1/audit/verify", {{"anchor", "3:ab"}}));
   ASSERT_TRUE(verify);
   EXPECT_EQ(std::get<AuditVerifyCommand>(*verify).anchor, "3:ab");
+  EXPECT_EQ(ErrorOf(Get("/v1/audit/verify", {{"anchor", std::string(300, '1')}})),
+            "query.anchor: 300 bytes is longer than the limit of 256");
   auto exported = DecodeRequest(Get("/v1/audit/export"));
   ASSERT_TRUE(exported);
   EXPECT_TRUE(std::holds_alternative<AuditExportCommand>(*exported));

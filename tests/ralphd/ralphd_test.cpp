@@ -4,12 +4,18 @@
 // roll back; a job asking for more than its policy allows; bad frames with
 // the daemon serving on; cancel; and SIGKILL mid-job, then a restart: the job
 // is lost with its reason, nothing of its sandbox is left, the audit chain
-// verifies. With --api-listen: pairing from `ralphctl pair`, a job over
-// mutual TLS, an unpaired and a revoked client refused. A tty job's
+// verifies. The ralphctl cases run on both transports: the local socket and
+// `ralphctl --remote` over the HTTPS API (ralphd --api-listen) with an
+// identity paired by `ralphctl pair` + `ralphctl remote pair`; its errors
+// (missing identity, not an appliance, pin mismatch, revoked). With
+// --api-listen: pairing from `ralphctl pair`, a job over mutual TLS with the
+// client library, an unpaired and a revoked client refused. A tty job's
 // terminal over the local socket's attach frames, `ralphctl` in pipe mode
 // and the HTTPS WebSocket: input, resize, a second watcher, detach with the
 // job running on, reattach, `closed` with the exit status, refusals, audit.
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -165,13 +171,51 @@ class RalphdTest : public ::testing::Test {
     return fd;
   }
 
-  // ralphctl COMMAND --socket ... ARGS (options before a job's "--").
+  // ralphctl COMMAND --socket ... ARGS (options before a job's "--"); with
+  // remote_ set, `ralphctl --remote URL --identity DIR COMMAND ...` instead.
   ProgramStreams Ctl(std::vector<std::string> args, bool as_json = false) {
     std::vector<std::string> options = {"--socket", socket_};
+    if (!remote_.empty()) options.clear();
     if (as_json) options.push_back("--json");
     args.insert(args.begin() + 1, options.begin(), options.end());
+    if (!remote_.empty()) args.insert(args.begin(), {"--remote", remote_, "--identity", identity_});
     args.insert(args.begin(), ralphctl_);
     return RunProgramStreams(args);
+  }
+
+  // The console's ralphctl (the local socket), whatever the transport.
+  ProgramStreams Console(std::vector<std::string> args, bool as_json = false) {
+    std::string remote = std::exchange(remote_, "");
+    ProgramStreams run = Ctl(std::move(args), as_json);
+    remote_ = remote;
+    return run;
+  }
+
+  // Restarts the daemon with the HTTPS API on a free loopback port; its
+  // port.
+  std::string StartWithApi(std::vector<std::string> extra = {}) {
+    StopDaemon(SIGTERM);
+    std::string port_file = state_ + "/api/port";
+    ::unlink(port_file.c_str());
+    extra.insert(extra.begin(), {"--api-listen", "127.0.0.1:0"});
+    StartDaemon(2, extra);
+    EXPECT_TRUE(WaitFor([&] { return !Read(port_file).empty(); })) << port_file;
+    std::string port = Read(port_file);
+    while (!port.empty() && port.back() == '\n') port.pop_back();
+    return port;
+  }
+
+  // `ralphctl pair` on the console, `ralphctl remote pair` on the "host"
+  // (dialling the loopback port, as through a forwarded one); the URL.
+  std::string PairRemote(const std::string& port, const std::string& identity) {
+    json offer = CtlJson({"pair"});
+    std::string pairing = offer.value("pairing", "");
+    ProgramStreams paired =
+        RunProgramStreams({ralphctl_, "remote", "pair", "--identity", identity, "--address",
+                           "127.0.0.1:" + port, "--name", "test host", pairing});
+    EXPECT_EQ(paired.exit, 0) << paired.err;
+    EXPECT_NE(paired.out.find("paired with 127.0.0.1:" + port), std::string::npos) << paired.out;
+    return "https://127.0.0.1:" + port;
   }
 
   json CtlJson(std::vector<std::string> args) {
@@ -188,6 +232,8 @@ class RalphdTest : public ::testing::Test {
   }
 
   std::string work_, state_, socket_, ralphd_, ralphctl_;
+  // Set: Ctl goes through the HTTPS API with this URL and identity.
+  std::string remote_, identity_;
   pid_t daemon_ = -1;
   static inline int counter_ = 0;
 };
@@ -215,10 +261,38 @@ class Line {
   int fd_;
 };
 
-TEST_F(RalphdTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
+// The same ralphctl cases on both transports: the local socket, and
+// `ralphctl --remote` over the HTTPS API with an identity paired from the
+// console's `ralphctl pair` (mutual TLS, the device key pinned).
+enum class Transport { kLocal, kRemote };
+
+class RalphctlTest : public RalphdTest, public ::testing::WithParamInterface<Transport> {
+ protected:
+  void SetUp() override {
+    RalphdTest::SetUp();
+    if (HasFatalFailure() || GetParam() == Transport::kLocal) return;
+    std::string port = StartWithApi();
+    identity_ = work_ + "/host-identity";
+    remote_ = PairRemote(port, identity_);
+    ASSERT_FALSE(HasFailure());
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Transports, RalphctlTest,
+                         ::testing::Values(Transport::kLocal, Transport::kRemote),
+                         [](const ::testing::TestParamInfo<Transport>& info) {
+                           return info.param == Transport::kLocal ? "LocalSocket" : "Https";
+                         });
+
+TEST_P(RalphctlTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
   std::string in = work_ + "/in";
   ASSERT_EQ(::mkdir(in.c_str(), 0755), 0);
   Write(in + "/input.txt", "hello from the upload\n");
+  // Over 1 MiB, the API's limit for every other body: an upload has the
+  // core's own.
+  ASSERT_EQ(
+      RunProgramStreams({"sh", "-c", fmt::format("head -c 3M /dev/urandom > {}/big.bin", in)}).exit,
+      0);
   ASSERT_EQ(RunProgramStreams({"tar", "-cf", work_ + "/in.tar", "-C", in, "."}).exit, 0);
 
   ProgramStreams run = Ctl({"job", "run", "--workspace", work_ + "/in.tar", "--", "sh", "-c",
@@ -253,6 +327,7 @@ TEST_F(RalphdTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
   EXPECT_EQ(extracted.out, "result\n") << extracted.err;
   ProgramStreams listed = RunProgramStreams({"tar", "-tf", work_ + "/out.tar"});
   EXPECT_NE(listed.out.find("./input.txt"), std::string::npos) << listed.out;
+  EXPECT_NE(listed.out.find("./big.bin"), std::string::npos) << listed.out;
 
   // The output from an offset; the audit trail of the job.
   ProgramStreams tail = Ctl({"job", "logs", "1", "--offset", "6"});
@@ -263,6 +338,13 @@ TEST_F(RalphdTest, JobWithWorkspaceOutputExitStatusAndRecordedWrites) {
   for (const char* type : {"job.submit", "job.workspace-upload", "job.state", "job.files"}) {
     EXPECT_TRUE(types.count(type)) << type << " in " << audit.dump();
   }
+  ProgramStreams exported = Ctl({"audit", "export", "--job", "1", "--type", "job.submit"});
+  ASSERT_EQ(exported.exit, 0) << exported.err;
+  json submitted = json::parse(exported.out.substr(0, exported.out.find('\n')), nullptr, false);
+  EXPECT_EQ(submitted.value("subject", ""), "job 1") << exported.out;
+  ProgramStreams verify = Ctl({"audit", "verify"});
+  EXPECT_EQ(verify.exit, 0) << verify.err;
+  EXPECT_NE(verify.out.find("chain intact"), std::string::npos) << verify.out;
 }
 
 // Every output chunk, state change and audit record has a sequence number;
@@ -329,7 +411,7 @@ TEST_F(RalphdTest, EventsAfterASequenceNumberLoseNothing) {
   EXPECT_EQ(rows, 4u);  // submit, running, files (none), succeeded
 }
 
-TEST_F(RalphdTest, EgressIsDeniedAndAudited) {
+TEST_P(RalphctlTest, EgressIsDeniedAndAudited) {
   ProgramStreams run = Ctl({"job", "run", "--profile", "net", "--", "python3", "-c",
                             "import socket; socket.create_connection(('203.0.113.9', 8080), 5)"});
   EXPECT_NE(run.exit, 0) << run.out;
@@ -340,7 +422,7 @@ TEST_F(RalphdTest, EgressIsDeniedAndAudited) {
   EXPECT_EQ(denied[0]["subject"], "job 1");
 }
 
-TEST_F(RalphdTest, PolicyValidateSetAndRollback) {
+TEST_P(RalphctlTest, PolicyValidateSetAndRollback) {
   Write(work_ + "/bad.xml",
         "<policy format=\"1\">\n  <profile name=\"x\">\n    <limits memory=\"lots\" "
         "timeout=\"5\"/>\n  </profile>\n</policy>\n");
@@ -373,7 +455,7 @@ TEST_F(RalphdTest, PolicyValidateSetAndRollback) {
   EXPECT_EQ(audited[0]["details"]["version"], 3);
 }
 
-TEST_F(RalphdTest, AJobAskingForMoreThanItsPolicyIsRefused) {
+TEST_P(RalphctlTest, AJobAskingForMoreThanItsPolicyIsRefused) {
   ProgramStreams run = Ctl({"job", "run", "--pids", "65", "--", "true"});
   EXPECT_EQ(run.exit, 1);
   EXPECT_NE(run.err.find("limits.pids: 65 is more than profile 'default' allows (64) [refused]"),
@@ -421,7 +503,7 @@ TEST_F(RalphdTest, BadFramesGetPreciseErrorsAndTheDaemonServesOn) {
   EXPECT_TRUE(refused) << commands.dump();
 }
 
-TEST_F(RalphdTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
+TEST_P(RalphctlTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
   // Killed by the timeout it asked for (less than the profile's).
   ProgramStreams slow = Ctl({"job", "run", "--timeout-ms", "300", "--", "sleep", "600"});
   EXPECT_EQ(slow.exit, 1);
@@ -443,6 +525,7 @@ TEST_F(RalphdTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
   EXPECT_NE(::access((state_ + "/jobs/escaped").c_str(), F_OK), 0);
 
   // SO_PEERCRED: another uid is refused even when the file mode lets it in.
+  if (GetParam() == Transport::kRemote) return;
   ASSERT_EQ(::chmod(socket_.c_str(), 0666), 0);
   ProgramStreams nobody =
       RunProgramStreams({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ralphctl_,
@@ -453,7 +536,30 @@ TEST_F(RalphdTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
       << nobody.err;
 }
 
-TEST_F(RalphdTest, CancelKillsARunningJob) {
+// Following a job that writes as it runs: every byte once, in order, from
+// where the follow started to the job's end (over HTTPS: its logs, then its
+// event stream, placed by byte offset).
+TEST_P(RalphctlTest, FollowingARunningJobGetsEachByteOnce) {
+  json job = CtlJson({"job", "run", "--detach", "--", "sh", "-c",
+                      "for i in $(seq 1 40); do echo line $i; echo err $i >&2; sleep 0.02; done"});
+  ASSERT_EQ(job["id"], 1);
+  std::string expected, expected_err;
+  for (int i = 1; i <= 40; ++i) {
+    expected += fmt::format("line {}\n", i);
+    expected_err += fmt::format("err {}\n", i);
+  }
+  ProgramStreams follow = Ctl({"job", "logs", "1", "--follow"});
+  EXPECT_EQ(follow.exit, 0) << follow.err;
+  EXPECT_EQ(follow.out, expected);
+  EXPECT_EQ(JobState(1), "succeeded");
+  // From an offset, the other stream, after the end.
+  ProgramStreams tail = Ctl({"job", "logs", "1", "--follow", "--stream", "stderr", "--offset",
+                             std::to_string(expected_err.size() - 7)});
+  EXPECT_EQ(tail.exit, 0) << tail.err;
+  EXPECT_EQ(tail.out, "err 40\n");
+}
+
+TEST_P(RalphctlTest, CancelKillsARunningJob) {
   json job = CtlJson({"job", "run", "--detach", "--", "sleep", "600"});
   ASSERT_EQ(job["id"], 1);
   ASSERT_TRUE(WaitFor([&] { return JobState(1) == "running" && JobCgroups(daemon_) > 0; }));
@@ -510,6 +616,114 @@ TEST_F(RalphdTest, KilledMidJobTheJobIsLostAndNothingIsLeft) {
   EXPECT_NE(verify.out.find("chain intact"), std::string::npos);
   StopDaemon(SIGTERM);
   EXPECT_TRUE(WaitFor([&] { return MountsBelow(state_) == 0; })) << MountsBelow(state_);
+}
+
+// `ralphctl --remote`'s refusals, each naming what was wrong: a missing
+// identity, a peer that is not an appliance's API, an appliance that is not
+// the paired one, a revoked identity, the console-only pairing commands,
+// malformed command lines (exit 2, nothing done).
+TEST_F(RalphdTest, RemoteErrorsSayWhatWasWrong) {
+  // The pairing strings advertise a name this host cannot resolve (the
+  // appliance's own address); --address dials the forwarded port instead.
+  std::string port = StartWithApi({"--api-address", "appliance.invalid:8443"});
+  std::string identity = work_ + "/host";
+  std::string advertised = CtlJson({"pair"}).value("pairing", "");
+  ASSERT_TRUE(advertised.starts_with("ralphos-pair:v1?addr=appliance.invalid:8443&")) << advertised;
+  ProgramStreams unreachable =
+      RunProgramStreams({ralphctl_, "remote", "pair", "--identity", identity, advertised});
+  EXPECT_EQ(unreachable.exit, 1);
+  EXPECT_NE(unreachable.err.find("pairing with appliance.invalid:8443"), std::string::npos)
+      << unreachable.err;
+  EXPECT_NE(::access(identity.c_str(), F_OK), 0) << "nothing is stored when pairing fails";
+  std::string url = PairRemote(port, identity);
+  struct stat st {};
+  ASSERT_EQ(::stat(identity.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  for (const char* file : {"client.key", "client.crt", "ca.crt", "device.json"}) {
+    ASSERT_EQ(::stat((identity + "/" + file).c_str(), &st), 0) << file;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << file;
+  }
+  auto remote = [&](std::vector<std::string> args, const std::string& dir) {
+    args.insert(args.begin(), {ralphctl_, "--remote", url, "--identity", dir});
+    return RunProgramStreams(args);
+  };
+  ProgramStreams ok = remote({"status"}, identity);
+  ASSERT_EQ(ok.exit, 0) << ok.err;
+  EXPECT_NE(ok.out.find("policy version 2"), std::string::npos) << ok.out;
+
+  ProgramStreams missing = remote({"status"}, work_ + "/nowhere");
+  EXPECT_EQ(missing.exit, 1);
+  EXPECT_NE(missing.err.find("no client identity: " + work_ + "/nowhere is not a directory"),
+            std::string::npos)
+      << missing.err;
+
+  // Not TLS at all: a plain TCP peer that answers in HTTP.
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in any{.sin_family = AF_INET, .sin_port = 0, .sin_addr = {htonl(INADDR_LOOPBACK)}};
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
+  ASSERT_EQ(::listen(listener, 4), 0);
+  socklen_t length = sizeof any;
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&any), &length), 0);
+  std::thread plain([listener] {
+    int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    char buffer[4096];
+    [[maybe_unused]] ssize_t n = ::read(fd, buffer, sizeof buffer);
+    std::string reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+    [[maybe_unused]] ssize_t w = ::write(fd, reply.data(), reply.size());
+    ::close(fd);
+  });
+  std::string plain_url = fmt::format("https://127.0.0.1:{}", ntohs(any.sin_port));
+  ProgramStreams not_appliance =
+      RunProgramStreams({ralphctl_, "--remote", plain_url, "--identity", identity, "job", "list"});
+  plain.join();
+  ::close(listener);
+  EXPECT_EQ(not_appliance.exit, 1);
+  EXPECT_NE(not_appliance.err.find(plain_url + " is not a RalphOS appliance's API"),
+            std::string::npos)
+      << not_appliance.err;
+
+  // Another device key than the pinned one.
+  std::string other = work_ + "/other";
+  ASSERT_EQ(RunProgramStreams({"cp", "-a", identity, other}).exit, 0);
+  json device = json::parse(Read(other + "/device.json"));
+  device["spki_sha256"] = std::string(64, '0');
+  Write(other + "/device.json", device.dump());
+  ProgramStreams pin = remote({"status"}, other);
+  EXPECT_EQ(pin.exit, 1);
+  EXPECT_NE(pin.err.find(url + " is not the appliance paired in " + other), std::string::npos)
+      << pin.err;
+  EXPECT_NE(pin.err.find("pinned key"), std::string::npos) << pin.err;
+
+  // Pairing is the console's.
+  ProgramStreams pair = remote({"pair"}, identity);
+  EXPECT_EQ(pair.exit, 2);
+  EXPECT_NE(pair.err.find("pairing is done on the appliance's console"), std::string::npos)
+      << pair.err;
+  EXPECT_EQ(remote({"pairings", "list"}, identity).exit, 2);
+
+  // Bad command lines.
+  ProgramStreams http = RunProgramStreams({ralphctl_, "--remote", "http://127.0.0.1:1", "status"});
+  EXPECT_EQ(http.exit, 2);
+  EXPECT_NE(http.err.find("--remote: 'http://127.0.0.1:1' is not https://HOST:PORT"),
+            std::string::npos)
+      << http.err;
+  EXPECT_EQ(RunProgramStreams({ralphctl_, "--remote", url, "--socket", socket_, "status"}).exit, 2);
+  EXPECT_EQ(RunProgramStreams({ralphctl_, "--remote", url, "boot", "status"}).exit, 2);
+  ProgramStreams garbage =
+      RunProgramStreams({ralphctl_, "remote", "pair", "--identity", other, "not-a-pairing"});
+  EXPECT_EQ(garbage.exit, 2);
+  EXPECT_NE(garbage.err.find("the pairing string"), std::string::npos) << garbage.err;
+
+  // Revoked: refused from the next request on, saying so.
+  json listed = CtlJson({"pairings", "list"});
+  ASSERT_EQ(listed["pairings"].size(), 1u) << listed.dump();
+  ASSERT_EQ(Ctl({"pairings", "revoke", listed["pairings"][0].value("id", "")}).exit, 0);
+  ProgramStreams revoked = remote({"job", "list"}, identity);
+  EXPECT_EQ(revoked.exit, 1);
+  EXPECT_NE(revoked.err.find(url + " refused the client identity in " + identity),
+            std::string::npos)
+      << revoked.err;
+  EXPECT_NE(revoked.err.find("revoked"), std::string::npos) << revoked.err;
 }
 
 // The HTTPS API of the real daemon: `ralphctl pair` on the console, the
@@ -824,10 +1038,15 @@ TEST_F(RalphdTest, TtyJobTerminalAttachInputResizeDetachReattachOverTheLocalSock
 
 // ralphctl with stdin a pipe: `job run --tty` types it and ends with the
 // job; `job attach` sends its input and detaches at its end.
-TEST_F(RalphdTest, RalphctlAttachesInPipeMode) {
+TEST_P(RalphctlTest, RalphctlAttachesInPipeMode) {
+  // How this case's ralphctl reaches ralphd: its socket, or the API's
+  // terminal WebSocket with the paired identity.
+  const std::string transport = remote_.empty()
+                                    ? "--socket " + socket_
+                                    : fmt::format("--remote {} --identity {}", remote_, identity_);
   std::string script = work_ + "/run.sh";
-  Write(script, fmt::format("printf 'hello\\nquit\\n' | {} job run --socket {} --tty -- sh -c {}\n",
-                            ralphctl_, socket_, ShellQuote(kTtyScript)));
+  Write(script, fmt::format("printf 'hello\\nquit\\n' | {} job run {} --tty -- sh -c {}\n",
+                            ralphctl_, transport, ShellQuote(kTtyScript)));
   ProgramStreams run = RunProgramStreams({"sh", script});
   EXPECT_EQ(run.exit, 7) << run.out << run.err;
   EXPECT_NE(run.out.find("got:hello 24 80"), std::string::npos) << run.out;
@@ -836,8 +1055,7 @@ TEST_F(RalphdTest, RalphctlAttachesInPipeMode) {
   json job = CtlJson({"job", "run", "--tty", "--detach", "--", "sh", "-c", kTtyScript});
   std::string id = std::to_string(job["id"].get<uint64_t>());
   // Input then the end of it: detached, the job runs on.
-  Write(script,
-        fmt::format("printf 'one\\n' | {} job attach --socket {} {}\n", ralphctl_, socket_, id));
+  Write(script, fmt::format("printf 'one\\n' | {} job attach {} {}\n", ralphctl_, transport, id));
   ProgramStreams attach = RunProgramStreams({"sh", script});
   EXPECT_EQ(attach.exit, 0) << attach.err;
   ASSERT_TRUE(WaitFor([&] {
@@ -847,11 +1065,11 @@ TEST_F(RalphdTest, RalphctlAttachesInPipeMode) {
   // Reattached with stdin held open (a fifo) until the job ends: the output
   // and the job's exit status.
   std::string out = work_ + "/attach.out";
-  Write(script, fmt::format("mkfifo {0}/in; {1} job attach --socket {2} {3} < {0}/in > {4} & "
+  Write(script, fmt::format("mkfifo {0}/in; {1} job attach {2} {3} < {0}/in > {4} & "
                             "exec 3> {0}/in; printf 'two\\n' >&3; "
                             "until grep -q got:two {4}; do sleep 0.02; done; "
                             "printf 'quit\\n' >&3; wait $!\n",
-                            work_, ralphctl_, socket_, id, out));
+                            work_, ralphctl_, transport, id, out));
   ProgramStreams reattach = RunProgramStreams({"sh", script});
   EXPECT_EQ(reattach.exit, 7) << reattach.err;
   std::string seen = Read(out);

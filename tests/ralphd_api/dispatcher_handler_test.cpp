@@ -76,6 +76,27 @@ TEST(DispatcherHandlerTest, MapsReplyKindsAndFailures) {
   EXPECT_EQ(nlohmann::json::parse(missing.body)["error"]["code"], "not-found");
 }
 
+TEST(DispatcherHandlerTest, AFailuresBodyKeepsTheCoresDetails) {
+  FakeDispatcher core;
+  DispatcherHandler handler(core);
+  core.next = Reply::Failure(Error::Make(ErrorCode::kInvalidArgument, "invalid policy"));
+  core.next.body["error"]["issues"] = {{{"line", 3}, {"column", 13}, {"message", "bad"}}};
+  ApiReply refused = handler.Handle(kClient, {"PUT", "/v1/policy", "", R"({"document":"x"})"});
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_EQ(nlohmann::json::parse(refused.body)["error"]["issues"][0]["line"], 3);
+}
+
+// A workspace upload has the core's own limit; every other route the
+// server's.
+TEST(DispatcherHandlerTest, TheUploadRouteHasTheCoresBodyLimit) {
+  FakeDispatcher core;
+  DispatcherHandler handler(core);
+  EXPECT_EQ(handler.BodyLimit("PUT", "/v1/jobs/7/workspace"), kMaxWorkspaceTarBytes);
+  EXPECT_EQ(handler.BodyLimit("GET", "/v1/jobs/7/workspace"), std::nullopt);
+  EXPECT_EQ(handler.BodyLimit("POST", "/v1/jobs"), std::nullopt);
+  EXPECT_EQ(handler.BodyLimit("PUT", "/v1/nothing"), std::nullopt);
+}
+
 TEST(DispatcherHandlerTest, DispatchRunsOnTheThreadItIsPostedTo) {
   FakeDispatcher core;
   std::mutex mutex;

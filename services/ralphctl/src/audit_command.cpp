@@ -11,6 +11,7 @@
 #include "services/audit/audit_log.h"
 #include "services/ralphctl/command.h"
 #include "services/ralphd/commands.h"
+#include "transport.h"
 
 namespace ralph::ralphctl {
 namespace {
@@ -31,36 +32,30 @@ subcommands:
 
 options:
   --socket PATH               ask ralphd (default /run/ralphd.sock, when it exists)
+  --remote https://HOST:PORT  ask an appliance's ralphd over HTTPS
+  --identity DIR              the paired client identity for --remote
   --audit-db PATH             read the audit log file itself (default
                               /var/lib/ralph/audit.db when ralphd's socket is absent)
 )";
 
 constexpr OptionSpec kOptions[] = {
-    {"--json", false},    {"--limit", true}, {"--anchor", true},
-    {"--audit-db", true}, {"--help", false}, {"--socket", true},
-    {"--after", true},    {"--job", true},   {"--type", true},
+    {"--json", false}, {"--limit", true},  {"--anchor", true}, {"--audit-db", true},
+    {"--help", false}, {"--socket", true}, {"--after", true},  {"--job", true},
+    {"--type", true},  kRemoteOption,      kIdentityOption,
 };
 
-// Through ralphd unless the file is named (or there is no daemon to ask).
-std::optional<std::string> DaemonSocket(const ParsedArgs& args) {
-  if (args.Has("--audit-db")) return std::nullopt;
-  std::string socket = args.Value("--socket").value_or(std::string(kDefaultRalphdSocket));
-  if (!args.Has("--socket") && ::access(socket.c_str(), F_OK) != 0) return std::nullopt;
-  return socket;
+// Through ralphd (its socket, or --remote) unless the file is named (or
+// there is no daemon to ask).
+bool ThroughRalphd(const ParsedArgs& args) {
+  if (args.Has("--audit-db")) return false;
+  if (args.Has("--remote") || args.Has("--socket")) return true;
+  return ::access(std::string(kDefaultRalphdSocket).c_str(), F_OK) == 0;
 }
 
-// One request to ralphd; the reply frame's body (or bytes), or the error.
-Result<nlohmann::json> AskRalphd(const std::string& socket, std::string path,
-                                 nlohmann::json query) {
-  RalphdClient client = TRY(RalphdClient::Connect(socket));
-  nlohmann::json reply =
-      TRY(client.Call({{"verb", "GET"}, {"path", std::move(path)}, {"query", std::move(query)}}));
-  if (!reply.value("ok", false)) return ReplyError(reply);
-  if (reply.contains("data_base64")) {
-    return nlohmann::json{
-        {"bytes", TRY(ralphd::Base64Decode(reply["data_base64"].get<std::string>(), "data"))}};
-  }
-  return reply.value("body", nlohmann::json::object());
+// One request to ralphd; the reply's body (or bytes), or the error.
+Result<nlohmann::json> AskRalphd(const ParsedArgs& args, std::string path, nlohmann::json query) {
+  std::unique_ptr<RalphdTransport> transport = TRY(OpenTransport(args));
+  return transport->Call({.verb = "GET", .path = std::move(path), .query = std::move(query)});
 }
 
 nlohmann::json FilterQuery(const ParsedArgs& args) {
@@ -89,10 +84,10 @@ int List(const ParsedArgs& args) {
     }
   }
   std::vector<audit::AuditRecord> rows;
-  if (std::optional<std::string> socket = DaemonSocket(args)) {
+  if (ThroughRalphd(args)) {
     nlohmann::json q = FilterQuery(args);
     if (query.limit > 0) q["limit"] = std::to_string(std::min<size_t>(query.limit, 1000));
-    auto reply = AskRalphd(*socket, "/v1/audit", q);
+    auto reply = AskRalphd(args, "/v1/audit", q);
     if (!reply) return Failed(command, reply.error());
     for (const nlohmann::json& r : (*reply)["records"]) {
       rows.push_back({.seq = r.value("seq", int64_t{0}),
@@ -142,10 +137,10 @@ int Verify(const ParsedArgs& args) {
     if (!parsed) return UsageError(command, "--anchor: " + parsed.error().message());
     anchor = *parsed;
   }
-  if (std::optional<std::string> socket = DaemonSocket(args)) {
+  if (ThroughRalphd(args)) {
     nlohmann::json query = nlohmann::json::object();
     if (auto text = args.Value("--anchor")) query["anchor"] = *text;
-    auto reply = AskRalphd(*socket, "/v1/audit/verify", query);
+    auto reply = AskRalphd(args, "/v1/audit/verify", query);
     if (!reply) return Failed(command, reply.error());
     bool ok = reply->value("ok", false);
     if (args.Has("--json")) {
@@ -186,8 +181,8 @@ int Verify(const ParsedArgs& args) {
 
 int Export(const ParsedArgs& args) {
   const std::string command = "audit export";
-  if (std::optional<std::string> socket = DaemonSocket(args)) {
-    auto reply = AskRalphd(*socket, "/v1/audit/export", FilterQuery(args));
+  if (ThroughRalphd(args)) {
+    auto reply = AskRalphd(args, "/v1/audit/export", FilterQuery(args));
     if (!reply) return Failed(command, reply.error());
     const std::string& lines = (*reply)["bytes"].get_ref<const std::string&>();
     std::fwrite(lines.data(), 1, lines.size(), stdout);
@@ -215,6 +210,10 @@ int RunAuditCommand(const Invocation&, std::span<const std::string> args) {
   if (parsed->Has("--help") || parsed->positional.empty()) {
     fmt::print("{}", kUsage);
     return parsed->Has("--help") ? kExitOk : kExitUsage;
+  }
+  if (auto bad = TransportUsageError(*parsed)) return UsageError("audit", *bad);
+  if (parsed->Has("--remote") && parsed->Has("--audit-db")) {
+    return UsageError("audit", "--audit-db reads a local file; it does not go with --remote");
   }
   const std::string& verb = parsed->positional[0];
   if (parsed->positional.size() > 1) {

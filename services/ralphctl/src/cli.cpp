@@ -13,11 +13,24 @@ namespace ralph::ralphctl {
 namespace {
 
 void PrintHelp(FILE* to) {
-  fmt::print(to, "usage: ralphctl <command> [arguments]\n\ncommands:\n");
+  fmt::print(to,
+             "usage: ralphctl [--remote https://HOST:PORT [--identity DIR]] <command> "
+             "[arguments]\n\ncommands:\n");
   for (const Command& command : Commands()) {
     fmt::print(to, "  {:<10} {}\n", command.name, command.summary);
   }
-  fmt::print(to, "\n`ralphctl <command> --help` describes a command.\n");
+  fmt::print(to,
+             "\n`ralphctl <command> --help` describes a command. --remote runs ralphd's commands "
+             "(status, job, policy, audit)\non an appliance over HTTPS with the client identity "
+             "`ralphctl remote pair` stored.\n");
+}
+
+// The global options before the command: "--remote URL", "--remote=URL",
+// "--identity DIR". They are handed to the command as its own options
+// (after its name), so a command that does not take them refuses them.
+bool IsGlobalOption(std::string_view arg) {
+  return arg == "--remote" || arg == "--identity" || arg.starts_with("--remote=") ||
+         arg.starts_with("--identity=");
 }
 
 }  // namespace
@@ -89,18 +102,33 @@ Result<void> UseEfivarsDirectory(const Invocation& invocation, const std::string
 }
 
 int Main(const Invocation& invocation) {
-  if (invocation.argv.size() < 2) {
+  std::vector<std::string> globals;
+  size_t at = 1;
+  while (at < invocation.argv.size() && IsGlobalOption(invocation.argv[at])) {
+    const std::string& arg = invocation.argv[at++];
+    globals.push_back(arg);
+    if (arg.find('=') == std::string::npos) {
+      if (at == invocation.argv.size()) {
+        fmt::print(stderr, "ralphctl: {} needs a value\n", arg);
+        return kExitUsage;
+      }
+      globals.push_back(invocation.argv[at++]);
+    }
+  }
+  if (at >= invocation.argv.size()) {
     PrintHelp(stderr);
     return kExitUsage;
   }
-  std::string_view name = invocation.argv[1];
+  std::string_view name = invocation.argv[at];
   if (name == "--help" || name == "-h" || name == "help") {
     PrintHelp(stdout);
     return kExitOk;
   }
-  std::span<const std::string> args(invocation.argv);
+  std::vector<std::string> args = globals;
+  args.insert(args.end(), invocation.argv.begin() + static_cast<ptrdiff_t>(at) + 1,
+              invocation.argv.end());
   for (const Command& command : Commands()) {
-    if (command.name == name) return command.run(invocation, args.subspan(2));
+    if (command.name == name) return command.run(invocation, args);
   }
   fmt::print(stderr, "ralphctl: unknown command \"{}\"\n", name);
   PrintHelp(stderr);

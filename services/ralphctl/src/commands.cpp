@@ -17,6 +17,7 @@ constexpr Command kCommands[] = {
      RunPolicyCommand},
     {"pair", "a one-time pairing string and QR code for ralphd's HTTPS API", RunPairCommand},
     {"pairings", "list and revoke the API's paired clients (ralphd)", RunPairingsCommand},
+    {"remote", "pair this host with an appliance's HTTPS API (for --remote)", RunRemoteCommand},
 };
 
 }  // namespace

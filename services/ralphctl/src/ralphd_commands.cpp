@@ -13,6 +13,7 @@
 #include "services/ralphd/commands.h"
 #include "services/ralphd/policy.h"
 #include "terminal_attach.h"
+#include "transport.h"
 
 namespace ralph::ralphctl {
 namespace {
@@ -47,6 +48,10 @@ subcommands:
 
 options:
   --socket PATH               ralphd's socket (default /run/ralphd.sock)
+  --remote https://HOST:PORT  an appliance's HTTPS API instead (also before the
+                              command: `ralphctl --remote URL job ...`)
+  --identity DIR              the paired client identity for --remote (default
+                              $XDG_CONFIG_HOME/ralphctl; see `ralphctl remote`)
   --json                      machine-readable output
 )";
 
@@ -62,6 +67,8 @@ subcommands:
 
 options:
   --socket PATH               ralphd's socket (default /run/ralphd.sock)
+  --remote https://HOST:PORT  an appliance's HTTPS API instead
+  --identity DIR              the paired client identity for --remote
   --json                      machine-readable output
 )";
 
@@ -91,12 +98,8 @@ constexpr OptionSpec kOptions[] = {
     {"--pids", true},      {"--disk", true},   {"--timeout-ms", true}, {"--detach", false},
     {"--state", true},     {"--limit", true},  {"--stream", true},     {"--offset", true},
     {"--follow", false},   {"--output", true}, {"--list", false},      {"--version", true},
-    {"--comment", true},   {"--tty", false},
+    {"--comment", true},   {"--tty", false},   kRemoteOption,          kIdentityOption,
 };
-
-std::string SocketPath(const ParsedArgs& args) {
-  return args.Value("--socket").value_or(std::string(kDefaultRalphdSocket));
-}
 
 Result<uint64_t> Number(std::string_view what, const std::string& text) {
   uint64_t n = 0;
@@ -117,24 +120,21 @@ void PrintIssues(const json& reply, std::string_view file) {
   }
 }
 
-// One request; the reply's body, or the printed error (exit code in `exit`).
+// One request through the transport the options select (local socket or
+// --remote); the reply's body, or the error.
 Result<json> Request(const ParsedArgs& args, std::string verb, std::string path,
                      json query = json::object(), std::optional<json> body = std::nullopt,
                      std::optional<std::string> raw_body = std::nullopt) {
-  RalphdClient client = TRY(RalphdClient::Connect(SocketPath(args)));
-  json frame = {{"verb", std::move(verb)}, {"path", std::move(path)}, {"query", std::move(query)}};
-  if (body) frame["body"] = std::move(*body);
-  if (raw_body) frame["body_base64"] = ralphd::Base64Encode(*raw_body);
-  json reply = TRY(client.Call(frame));
-  if (!reply.value("ok", false)) {
-    PrintIssues(reply, "policy");
-    return ReplyError(reply);
-  }
-  if (reply.contains("data_base64")) {
-    return json{{"bytes", TRY(ralphd::Base64Decode(reply["data_base64"].get<std::string>(),
-                                                   "data_base64"))}};
-  }
-  return reply.value("body", json::object());
+  std::unique_ptr<RalphdTransport> transport = TRY(OpenTransport(args));
+  json refusal;
+  Result<json> reply = transport->Call({.verb = std::move(verb),
+                                        .path = std::move(path),
+                                        .query = std::move(query),
+                                        .body = std::move(body),
+                                        .raw_body = std::move(raw_body)},
+                                       &refusal);
+  if (!reply) PrintIssues(refusal, "policy");
+  return reply;
 }
 
 std::string Str(const json& value) {
@@ -171,26 +171,11 @@ void WriteOut(std::string_view bytes) {
   std::fflush(stdout);
 }
 
-// Streams the job's stdout from `offset` until it is over; the final record.
+// Streams the job's `stream` from `offset` to stdout until it is over; the
+// final record.
 Result<json> Follow(const ParsedArgs& args, uint64_t id, std::string stream, uint64_t offset) {
-  RalphdClient client = TRY(RalphdClient::Connect(SocketPath(args)));
-  json reply = TRY(client.Call({{"verb", "GET"},
-                                {"path", fmt::format("/v1/jobs/{}/logs", id)},
-                                {"query", {{"stream", stream}, {"offset", std::to_string(offset)}}},
-                                {"follow", true}}));
-  if (!reply.value("ok", false)) return ReplyError(reply);
-  WriteOut(TRY(ralphd::Base64Decode(reply["body"].value("data_base64", ""), "data_base64")));
-  while (true) {
-    std::optional<json> frame = TRY(client.Next());
-    if (!frame) return Error::Make(ErrorCode::kNetwork, "ralphd closed the stream early");
-    if (frame->contains("output")) {
-      WriteOut(TRY(ralphd::Base64Decode((*frame)["output"].value("data_base64", ""), "data")));
-    } else if (frame->contains("end")) {
-      return (*frame)["end"];
-    } else if (frame->contains("error")) {
-      return ReplyError(*frame);
-    }
-  }
+  std::unique_ptr<RalphdTransport> transport = TRY(OpenTransport(args));
+  return transport->FollowOutput(id, stream, offset, WriteOut);
 }
 
 int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
@@ -248,9 +233,9 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
     return kExitOk;
   }
   if (tty) {
-    std::unique_ptr<TerminalTransportInterface> transport =
-        MakeLocalTerminalTransport(SocketPath(args));
-    return RunTerminal(*transport, id, InputEnd::kSendEof, command);
+    Result<std::unique_ptr<TerminalTransportInterface>> transport = OpenTerminalTransport(args);
+    if (!transport) return Failed(command, transport.error());
+    return RunTerminal(**transport, id, InputEnd::kSendEof, command);
   }
   Result<json> end = Follow(args, id, "stdout", 0);
   if (!end) return Failed(command, end.error());
@@ -296,9 +281,9 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
   if (!id) return UsageError(command, id.error().message());
   std::string path = fmt::format("/v1/jobs/{}", *id);
   if (verb == "attach") {
-    std::unique_ptr<TerminalTransportInterface> transport =
-        MakeLocalTerminalTransport(SocketPath(args));
-    return RunTerminal(*transport, *id, InputEnd::kDetach, command);
+    Result<std::unique_ptr<TerminalTransportInterface>> transport = OpenTerminalTransport(args);
+    if (!transport) return Failed(command, transport.error());
+    return RunTerminal(**transport, *id, InputEnd::kDetach, command);
   }
   if (verb == "logs") {
     std::string stream = args.Value("--stream").value_or("stdout");
@@ -420,21 +405,23 @@ int RunPolicyVerb(const ParsedArgs& args, const std::string& verb,
   } else if (verb == "set") {
     Result<std::string> document = ReadWholeFile(operands[0]);
     if (!document) return Failed(command, document.error());
-    Result<RalphdClient> client = RalphdClient::Connect(SocketPath(args));
-    if (!client) return Failed(command, client.error());
-    Result<json> frame = client->Call(
-        {{"verb", "PUT"},
-         {"path", "/v1/policy"},
-         {"body", {{"document", *document}, {"comment", args.Value("--comment").value_or("")}}}});
-    if (!frame) return Failed(command, frame.error());
-    if (!frame->value("ok", false)) {
-      PrintIssues(*frame, operands[0]);
+    Result<std::unique_ptr<RalphdTransport>> transport = OpenTransport(args);
+    if (!transport) return Failed(command, transport.error());
+    json refusal;
+    reply = (*transport)
+                ->Call({.verb = "PUT",
+                        .path = "/v1/policy",
+                        .body = json{{"document", *document},
+                                     {"comment", args.Value("--comment").value_or("")}}},
+                       &refusal);
+    if (!reply && refusal.is_object() && refusal.contains("error") &&
+        refusal["error"].contains("issues")) {
+      PrintIssues(refusal, operands[0]);
       fmt::print(stderr, "ralphctl policy set: {} is invalid; the active policy is unchanged\n",
                  operands[0]);
       return kExitFailed;
     }
-    reply = (*frame)["body"];
-    if (!as_json) {
+    if (reply && !as_json) {
       fmt::print("policy version {} is active\n", Str((*reply)["version"]));
       return kExitOk;
     }
@@ -468,6 +455,14 @@ int RunPolicyVerb(const ParsedArgs& args, const std::string& verb,
   return kExitOk;
 }
 
+// Pairing is the console's: ralphd refuses it from a client certificate
+// (a paired client can neither pair others nor revoke anyone).
+int ConsoleOnly(std::string_view command) {
+  return UsageError(command,
+                    "pairing is done on the appliance's console (the local socket): ralphd "
+                    "refuses it from a paired client's certificate, so not with --remote");
+}
+
 // "job run ... -- ARGV": the arguments after "--" are the job's.
 std::pair<std::vector<std::string>, std::vector<std::string>> SplitAtDashes(
     std::span<const std::string> args) {
@@ -489,9 +484,10 @@ int RunStatusCommand(const Invocation&, std::span<const std::string> args) {
   Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
   if (!parsed) return UsageError("status", parsed.error().message());
   if (parsed->Has("--help")) {
-    fmt::print("usage: ralphctl status [--json] [--socket PATH]\n");
+    fmt::print("usage: ralphctl status [--json] [--socket PATH | --remote URL [--identity DIR]]\n");
     return kExitOk;
   }
+  if (auto bad = TransportUsageError(*parsed)) return UsageError("status", *bad);
   if (!parsed->positional.empty()) {
     return UsageError("status", fmt::format("unexpected argument '{}'", parsed->positional[0]));
   }
@@ -516,6 +512,7 @@ int RunPairCommand(const Invocation&, std::span<const std::string> args) {
     fmt::print("{}", kPairUsage);
     return kExitOk;
   }
+  if (parsed->Has("--remote")) return ConsoleOnly("pair");
   if (!parsed->positional.empty()) {
     return UsageError("pair", fmt::format("unexpected argument '{}'", parsed->positional[0]));
   }
@@ -538,6 +535,7 @@ int RunPairingsCommand(const Invocation&, std::span<const std::string> args) {
     fmt::print("{}", kPairingsUsage);
     return parsed->Has("--help") ? kExitOk : kExitUsage;
   }
+  if (parsed->Has("--remote")) return ConsoleOnly("pairings");
   const std::vector<std::string>& operands = parsed->positional;
   Result<json> reply = Error::Make(ErrorCode::kInternal, "unset");
   if (operands[0] == "list" && operands.size() == 1) {
@@ -573,6 +571,7 @@ int RunJobCommand(const Invocation&, std::span<const std::string> args) {
     fmt::print("{}", kJobUsage);
     return parsed->Has("--help") ? kExitOk : kExitUsage;
   }
+  if (auto bad = TransportUsageError(*parsed)) return UsageError("job", *bad);
   std::string verb = parsed->positional[0];
   std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
   if (verb == "run") {
@@ -590,6 +589,7 @@ int RunPolicyCommand(const Invocation&, std::span<const std::string> args) {
     fmt::print("{}", kPolicyUsage);
     return parsed->Has("--help") ? kExitOk : kExitUsage;
   }
+  if (auto bad = TransportUsageError(*parsed)) return UsageError("policy", *bad);
   std::string verb = parsed->positional[0];
   std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
   return RunPolicyVerb(*parsed, verb, operands);

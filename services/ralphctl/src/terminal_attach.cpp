@@ -15,7 +15,9 @@
 #include "platform/unique_fd.h"
 #include "ralphd_client.h"
 #include "services/ralphctl/command.h"
+#include "services/ralphd/api/client.h"
 #include "services/ralphd/commands.h"
+#include "transport.h"
 
 namespace ralph::ralphctl {
 namespace {
@@ -75,6 +77,66 @@ class LocalTerminalTransport final : public TerminalTransportInterface {
   std::optional<RalphdClient> client_;
 };
 
+// The API's terminal WebSocket: binary frames are pty bytes, text frames
+// JSON control messages (docs/api.md "Terminal").
+class RemoteTerminalTransport final : public TerminalTransportInterface {
+ public:
+  explicit RemoteTerminalTransport(RemoteTarget target) : target_(std::move(target)) {}
+
+  Result<void> Open(uint64_t job) override {
+    connection_ = TRY(ConnectRemote(target_));
+    return connection_->OpenTerminal(std::to_string(job));
+  }
+
+  Result<void> SendInput(std::string_view bytes) override {
+    return connection_->SendTerminalInput(bytes);
+  }
+
+  Result<void> Resize(uint16_t columns, uint16_t rows) override {
+    return connection_->SendTerminalControl(
+        json{{"type", "resize"}, {"columns", columns}, {"rows", rows}}.dump());
+  }
+
+  Result<void> Detach() override {
+    detaching_ = true;
+    return connection_->SendTerminalControl(json{{"type", "detach"}}.dump());
+  }
+
+  Result<TerminalEvent> Receive() override {
+    ralphd::api::ApiConnection::TerminalMessage message = TRY(connection_->ReceiveTerminal());
+    if (message.closed) {
+      if (detaching_) return TerminalEvent{.kind = TerminalEvent::Kind::kDetached};
+      return Error::Make(ErrorCode::kNetwork,
+                         fmt::format("{} closed the terminal without a word", target_.url));
+    }
+    if (message.binary) {
+      return TerminalEvent{.kind = TerminalEvent::Kind::kOutput, .data = std::move(message.data)};
+    }
+    json control = json::parse(message.data, nullptr, false);
+    std::string type = control.is_object() ? control.value("type", "") : "";
+    if (type == "exit") {
+      return TerminalEvent{.kind = TerminalEvent::Kind::kClosed,
+                           .exit_status = control.value("status", -1)};
+    }
+    if (type == "error") {
+      return TerminalEvent{.kind = TerminalEvent::Kind::kRefused,
+                           .data = control.value("message", "")};
+    }
+    return Error::Make(ErrorCode::kCorrupt, fmt::format("{} sent an unknown terminal message: {}",
+                                                        target_.url, message.data.substr(0, 200)));
+  }
+
+  int poll_fd() const override { return connection_ ? connection_->fd() : -1; }
+  bool has_buffered_event() const override {
+    return connection_ && connection_->HasBufferedInput();
+  }
+
+ private:
+  RemoteTarget target_;
+  std::unique_ptr<ralphd::api::ApiConnection> connection_;
+  bool detaching_ = false;
+};
+
 // This terminal in raw mode for as long as it lives.
 class RawMode {
  public:
@@ -132,6 +194,15 @@ int ExitFor(int exit_status) {
 std::unique_ptr<TerminalTransportInterface> MakeLocalTerminalTransport(
     const std::string& socket_path) {
   return std::make_unique<LocalTerminalTransport>(socket_path);
+}
+
+Result<std::unique_ptr<TerminalTransportInterface>> OpenTerminalTransport(const ParsedArgs& args) {
+  if (args.Has("--remote")) {
+    return std::unique_ptr<TerminalTransportInterface>(
+        new RemoteTerminalTransport(TRY(RemoteTargetFor(args))));
+  }
+  return MakeLocalTerminalTransport(
+      args.Value("--socket").value_or(std::string(kDefaultRalphdSocket)));
 }
 
 bool LocalWindowSize(uint16_t& columns, uint16_t& rows) {

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "platform/result.h"
+#include "services/ralphctl/command.h"
 
 namespace ralph::ralphctl {
 
@@ -51,6 +52,10 @@ class TerminalTransportInterface {
 // The local socket's attach frames (docs/ralphd.md "Local socket").
 std::unique_ptr<TerminalTransportInterface> MakeLocalTerminalTransport(
     const std::string& socket_path);
+// The transport the options select: the local socket (--socket) or, with
+// --remote, the API's terminal WebSocket (docs/api.md "Terminal") on a
+// pinned mutual-TLS connection.
+Result<std::unique_ptr<TerminalTransportInterface>> OpenTerminalTransport(const ParsedArgs& args);
 
 // What a pipe's end of input does: `job attach` detaches, `job run --tty`
 // types the terminal's end-of-file (Ctrl-D) and stays until the job ends.

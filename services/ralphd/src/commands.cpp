@@ -72,22 +72,189 @@ bool IsEnvName(std::string_view s) {
   });
 }
 
+// --- The route table (commands.h CoreRoutes) ---
+
+constexpr std::string_view kIdentifierPattern = "^[a-z0-9._-]{1,64}$";
+constexpr std::string_view kJobStateNames[] = {"created", "queued",    "running",   "succeeded",
+                                               "failed",  "timed-out", "cancelled", "lost"};
+constexpr std::string_view kStreamNames[] = {"stdout", "stderr"};
+constexpr std::string_view kFormatNames[] = {"tar", "list"};
+constexpr uint64_t kMaxSeq = INT64_MAX;
+
+constexpr FieldInfo Unsigned(std::string_view name, uint64_t min, uint64_t max,
+                             bool required = false) {
+  return {.name = name, .type = ValueType::kUnsigned, .required = required, .min = min, .max = max};
+}
+constexpr FieldInfo Text(std::string_view name, uint64_t max_bytes, bool required = false,
+                         std::string_view pattern = {}) {
+  return {.name = name,
+          .type = ValueType::kString,
+          .required = required,
+          .max = max_bytes,
+          .pattern = pattern};
+}
+constexpr FieldInfo OneOf(std::string_view name, std::span<const std::string_view> values) {
+  return {.name = name, .type = ValueType::kEnum, .values = values};
+}
+
+constexpr FieldInfo kLimitFields[] = {
+    Unsigned("memory_bytes", 1, uint64_t{1} << 44),
+    Unsigned("cpu_millis", 1, 1024 * 1000),
+    Unsigned("pids", 1, 1u << 22),
+    Unsigned("disk_bytes", 1, uint64_t{1} << 46),
+    Unsigned("timeout_ms", 1, uint64_t{30} * 24 * 3600 * 1000),
+};
+constexpr FieldInfo kSubmitFields[] = {
+    {.name = "argv",
+     .type = ValueType::kStringArray,
+     .required = true,
+     .min = 1,
+     .max = kMaxArgs,
+     .item_max = kMaxArgBytes},
+    {.name = "env",
+     .type = ValueType::kStringMap,
+     .max = kMaxEnv,
+     .item_max = kMaxEnvValueBytes,
+     .pattern = "^[A-Za-z_][A-Za-z0-9_]{0,255}$"},
+    Text("cwd", kMaxArgBytes),
+    Text("profile", 64, false, kIdentifierPattern),
+    {.name = "limits", .type = ValueType::kObject, .fields = kLimitFields},
+    {.name = "start", .type = ValueType::kBool},
+    {.name = "tty", .type = ValueType::kBool},
+    Unsigned("columns", 1, kMaxTerminalDimension),
+    Unsigned("rows", 1, kMaxTerminalDimension),
+};
+constexpr FieldInfo kJobListQuery[] = {OneOf("state", kJobStateNames),
+                                       Unsigned("limit", 1, kMaxListLimit)};
+constexpr FieldInfo kLogsQuery[] = {OneOf("stream", kStreamNames),
+                                    Unsigned("offset", 0, UINT64_MAX),
+                                    Unsigned("limit", 1, kMaxLogReadBytes)};
+constexpr FieldInfo kDownloadQuery[] = {OneOf("format", kFormatNames)};
+constexpr FieldInfo kPolicyGetQuery[] = {Unsigned("version", 1, kMaxSeq)};
+constexpr FieldInfo kPolicySetFields[] = {Text("document", kMaxPolicyDocumentBytes, true),
+                                          Text("comment", 1024)};
+constexpr FieldInfo kPolicyValidateFields[] = {Text("document", kMaxPolicyDocumentBytes, true)};
+constexpr FieldInfo kLimitQuery[] = {Unsigned("limit", 1, kMaxListLimit)};
+constexpr FieldInfo kRollbackFields[] = {Unsigned("version", 1, kMaxSeq, true)};
+constexpr FieldInfo kAuditListQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
+                                         Text("type", 64, false, kIdentifierPattern),
+                                         Unsigned("limit", 1, kMaxListLimit)};
+// SEQ:HASH, parsed by the audit log (services/audit chain.h) when verifying.
+constexpr FieldInfo kAuditVerifyQuery[] = {Text("anchor", 256)};
+constexpr FieldInfo kAuditExportQuery[] = {Unsigned("after", 0, kMaxSeq),
+                                           Unsigned("job", 1, kMaxSeq),
+                                           Text("type", 64, false, kIdentifierPattern)};
+constexpr FieldInfo kEventsQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
+                                      Unsigned("limit", 1, 10000)};
+constexpr FieldInfo kRevokeFields[] = {Text("id", 64, true)};
+
+constexpr RouteInfo kRouteInfos[] = {
+    {"GET", "/v1/status", StatusCommand::kName},
+    {"POST", "/v1/jobs", JobSubmitCommand::kName, {}, BodyKind::kJson, kSubmitFields},
+    {"GET", "/v1/jobs", JobListCommand::kName, kJobListQuery},
+    {"GET", "/v1/jobs/{id}", JobShowCommand::kName},
+    {"POST", "/v1/jobs/{id}/start", JobStartCommand::kName},
+    {"POST", "/v1/jobs/{id}/cancel", JobCancelCommand::kName},
+    {"GET", "/v1/jobs/{id}/logs", JobLogsCommand::kName, kLogsQuery},
+    {"GET", "/v1/jobs/{id}/files", JobFilesCommand::kName},
+    {"GET", "/v1/jobs/{id}/terminal", TerminalAttachCommand::kName},
+    {"PUT",
+     "/v1/jobs/{id}/workspace",
+     WorkspaceUploadCommand::kName,
+     {},
+     BodyKind::kTar,
+     {},
+     kMaxWorkspaceTarBytes},
+    {"GET", "/v1/jobs/{id}/workspace", WorkspaceDownloadCommand::kName, kDownloadQuery},
+    {"GET", "/v1/policy", PolicyGetCommand::kName, kPolicyGetQuery},
+    {"PUT", "/v1/policy", PolicySetCommand::kName, {}, BodyKind::kJson, kPolicySetFields},
+    {"POST",
+     "/v1/policy/validate",
+     PolicyValidateCommand::kName,
+     {},
+     BodyKind::kJson,
+     kPolicyValidateFields},
+    {"GET", "/v1/policy/history", PolicyHistoryCommand::kName, kLimitQuery},
+    {"POST",
+     "/v1/policy/rollback",
+     PolicyRollbackCommand::kName,
+     {},
+     BodyKind::kJson,
+     kRollbackFields},
+    {"GET", "/v1/audit", AuditListCommand::kName, kAuditListQuery},
+    {"GET", "/v1/audit/verify", AuditVerifyCommand::kName, kAuditVerifyQuery},
+    {"GET", "/v1/audit/export", AuditExportCommand::kName, kAuditExportQuery},
+    {"GET", "/v1/events", EventsCommand::kName, kEventsQuery},
+    {"POST", "/v1/pairing/offers", PairCommand::kName},
+    {"GET", "/v1/pairings", PairingsListCommand::kName},
+    {"POST",
+     "/v1/pairings/revoke",
+     PairingRevokeCommand::kName,
+     {},
+     BodyKind::kJson,
+     kRevokeFields},
+};
+
+const FieldInfo* FindField(std::span<const FieldInfo> fields, std::string_view name) {
+  for (const FieldInfo& field : fields) {
+    if (field.name == name) return &field;
+  }
+  return nullptr;
+}
+
+// A decoder that reads a name or bound the table does not have: the
+// route's every request fails with this, so no test of it passes.
+Error Drift(std::string_view field, std::string_view what) {
+  return Error::Make(
+      ErrorCode::kInternal,
+      fmt::format("{}: the decoder and the route table (CoreRoutes) disagree: {}", field, what));
+}
+
+std::vector<std::string_view> Segments(std::string_view path);
+
 // Reads the members of one JSON object, each once, by name; Finish() names
 // the first member nobody asked for.
 class ObjectReader {
  public:
+  // A map (env): any member names, no table to check against.
   ObjectReader(const json& object, std::string prefix)
       : object_(object), prefix_(std::move(prefix)) {}
+  // An object the route table describes with `fields`.
+  ObjectReader(const json& object, std::string prefix, std::span<const FieldInfo> fields)
+      : object_(object), prefix_(std::move(prefix)), fields_(fields), checked_(true) {}
 
   std::string Field(std::string_view name) const { return fmt::format("{}.{}", prefix_, name); }
 
+  // The table's members of field `name` (an object's).
+  std::span<const FieldInfo> Members(std::string_view name) const {
+    const FieldInfo* field = FindField(fields_, name);
+    return field ? field->fields : std::span<const FieldInfo>();
+  }
+
   const json* Find(std::string_view name) {
+    if (checked_ && !FindField(fields_, name) && !drift_) {
+      drift_ = Drift(Field(name), "not in the table");
+    }
     known_.emplace(name);
     auto it = object_.find(name);
     return it == object_.end() ? nullptr : &*it;
   }
 
-  Result<std::optional<std::string>> String(std::string_view name, size_t max_bytes) {
+  // The table's entry for member `name`, which must be of `type`.
+  Result<const FieldInfo*> Info(std::string_view name, ValueType type) const {
+    const FieldInfo* field = FindField(fields_, name);
+    if (!field || field->type != type) return Drift(Field(name), "not in the table as read");
+    return field;
+  }
+
+  // A string member, at most the table's bytes.
+  Result<std::optional<std::string>> String(std::string_view name) {
+    const FieldInfo* field = TRY(Info(name, ValueType::kString));
+    return Text(name, field->max);
+  }
+
+  // A string member of a map (no table: env).
+  Result<std::optional<std::string>> Text(std::string_view name, size_t max_bytes) {
     const json* value = Find(name);
     if (!value) return std::optional<std::string>();
     if (!value->is_string()) {
@@ -104,7 +271,10 @@ class ObjectReader {
     return std::optional<std::string>(text);
   }
 
-  Result<std::optional<uint64_t>> Unsigned(std::string_view name, uint64_t min, uint64_t max) {
+  // An unsigned member in the table's range.
+  Result<std::optional<uint64_t>> Unsigned(std::string_view name) {
+    const FieldInfo* field = TRY(Info(name, ValueType::kUnsigned));
+    const uint64_t min = field->min, max = field->max;
     const json* value = Find(name);
     if (!value) return std::optional<uint64_t>();
     if (value->is_number_unsigned()) {
@@ -123,6 +293,7 @@ class ObjectReader {
   }
 
   Result<std::optional<bool>> Bool(std::string_view name) {
+    TRY(Info(name, ValueType::kBool));
     const json* value = Find(name);
     if (!value) return std::optional<bool>();
     if (!value->is_boolean()) {
@@ -133,6 +304,7 @@ class ObjectReader {
   }
 
   Result<void> Finish() const {
+    if (drift_) return *drift_;
     for (const auto& [key, value] : object_.items()) {
       if (!known_.count(key)) return Invalid(fmt::format("{}: unknown field", Field(key)));
     }
@@ -142,22 +314,37 @@ class ObjectReader {
  private:
   const json& object_;
   std::string prefix_;
+  std::span<const FieldInfo> fields_;
+  bool checked_ = false;
+  std::optional<Error> drift_;
   std::set<std::string, std::less<>> known_;
 };
 
 // Reads the query parameters, each once, by name.
 class QueryReader {
  public:
-  explicit QueryReader(const Request& request) : query_(request.query) {}
+  explicit QueryReader(const Request& request) : query_(request.query) {
+    const RouteInfo* route = FindRoute(request.verb, request.path);
+    if (route) fields_ = route->query;
+  }
 
   std::optional<std::string> Find(std::string_view name) {
+    if (!FindField(fields_, name) && !drift_) {
+      drift_ = Drift(fmt::format("query.{}", name), "not in the table");
+    }
     known_.emplace(name);
     auto it = query_.find(name);
     if (it == query_.end()) return std::nullopt;
     return it->second;
   }
 
-  Result<std::optional<uint64_t>> Unsigned(std::string_view name, uint64_t min, uint64_t max) {
+  // A decimal parameter in the table's range.
+  Result<std::optional<uint64_t>> Unsigned(std::string_view name) {
+    const FieldInfo* field = FindField(fields_, name);
+    if (!field || field->type != ValueType::kUnsigned) {
+      return Drift(fmt::format("query.{}", name), "not in the table as read");
+    }
+    const uint64_t min = field->min, max = field->max;
     std::optional<std::string> text = Find(name);
     if (!text) return std::optional<uint64_t>();
     uint64_t n = 0;
@@ -180,16 +367,30 @@ class QueryReader {
   }
 
   Result<void> Finish() const {
+    if (drift_) return *drift_;
     for (const auto& [key, value] : query_) {
       if (!known_.count(key)) return Invalid(fmt::format("query.{}: unknown parameter", key));
+      const FieldInfo* field = FindField(fields_, key);
+      if (field && field->type == ValueType::kString && value.size() > field->max) {
+        return Invalid(fmt::format("query.{}: {} bytes is longer than the limit of {}", key,
+                                   value.size(), field->max));
+      }
     }
     return {};
   }
 
  private:
   const std::map<std::string, std::string, std::less<>>& query_;
+  std::span<const FieldInfo> fields_;
+  std::optional<Error> drift_;
   std::set<std::string, std::less<>> known_;
 };
+
+// The route table's body members for the request's route.
+std::span<const FieldInfo> BodyFields(const Request& request) {
+  const RouteInfo* route = FindRoute(request.verb, request.path);
+  return route ? route->fields : std::span<const FieldInfo>();
+}
 
 bool IsBlank(std::string_view text) {
   return text.find_first_not_of(" \t\r\n") == std::string_view::npos;
@@ -212,7 +413,7 @@ Result<json> BodyObject(const Request& request) {
 // For commands that take no body (an empty one, or "{}", is accepted).
 Result<void> NoBody(const Request& request) {
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   return reader.Finish();
 }
 
@@ -250,17 +451,18 @@ Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
 Result<Command> DecodeSubmit(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   JobSubmitCommand command;
 
+  const FieldInfo* argv_info = TRY(reader.Info("argv", ValueType::kStringArray));
   const json* argv = reader.Find("argv");
   if (!argv) return Invalid("body.argv: required");
   if (!argv->is_array()) {
     return Invalid(fmt::format("body.argv: expected an array of strings, got {}", Describe(*argv)));
   }
-  if (argv->empty() || argv->size() > kMaxArgs) {
-    return Invalid(
-        fmt::format("body.argv: {} elements is out of range 1..{}", argv->size(), kMaxArgs));
+  if (argv->size() < argv_info->min || argv->size() > argv_info->max) {
+    return Invalid(fmt::format("body.argv: {} elements is out of range {}..{}", argv->size(),
+                               argv_info->min, argv_info->max));
   }
   for (size_t i = 0; i < argv->size(); ++i) {
     const json& arg = (*argv)[i];
@@ -268,9 +470,9 @@ Result<Command> DecodeSubmit(const Request& request) {
       return Invalid(fmt::format("body.argv[{}]: expected a string, got {}", i, Describe(arg)));
     }
     const std::string& text = arg.get_ref<const std::string&>();
-    if (text.size() > kMaxArgBytes) {
+    if (text.size() > argv_info->item_max) {
       return Invalid(fmt::format("body.argv[{}]: {} bytes is longer than the limit of {}", i,
-                                 text.size(), kMaxArgBytes));
+                                 text.size(), argv_info->item_max));
     }
     if (text.find('\0') != std::string::npos) {
       return Invalid(fmt::format("body.argv[{}]: contains a NUL character", i));
@@ -279,14 +481,15 @@ Result<Command> DecodeSubmit(const Request& request) {
     command.argv.push_back(text);
   }
 
+  const FieldInfo* env_info = TRY(reader.Info("env", ValueType::kStringMap));
   if (const json* env = reader.Find("env")) {
     if (!env->is_object()) {
       return Invalid(
           fmt::format("body.env: expected an object of strings, got {}", Describe(*env)));
     }
-    if (env->size() > kMaxEnv) {
-      return Invalid(
-          fmt::format("body.env: {} variables is more than the limit of {}", env->size(), kMaxEnv));
+    if (env->size() > env_info->max) {
+      return Invalid(fmt::format("body.env: {} variables is more than the limit of {}", env->size(),
+                                 env_info->max));
     }
     ObjectReader vars(*env, "body.env");
     for (const auto& [name, value] : env->items()) {
@@ -294,38 +497,39 @@ Result<Command> DecodeSubmit(const Request& request) {
         return Invalid(
             fmt::format("body.env.{}: not a variable name ([A-Za-z_][A-Za-z0-9_]*)", name));
       }
-      command.env[name] = *TRY(vars.String(name, kMaxEnvValueBytes));
+      command.env[name] = *TRY(vars.Text(name, env_info->item_max));
     }
   }
 
-  if (auto cwd = TRY(reader.String("cwd", kMaxArgBytes))) {
+  if (auto cwd = TRY(reader.String("cwd"))) {
     TRY(CheckAbsolutePath("body.cwd", *cwd));
     command.cwd = *cwd;
   }
-  if (auto profile = TRY(reader.String("profile", 64))) {
+  if (auto profile = TRY(reader.String("profile"))) {
     if (!IsIdentifier(*profile)) {
       return Invalid(
           fmt::format("body.profile: '{}' is not a profile name ([a-z0-9._-], 1..64)", *profile));
     }
     command.profile = *profile;
   }
+  TRY(reader.Info("limits", ValueType::kObject));
   if (const json* limits = reader.Find("limits")) {
     if (!limits->is_object()) {
       return Invalid(fmt::format("body.limits: expected an object, got {}", Describe(*limits)));
     }
-    ObjectReader l(*limits, "body.limits");
-    command.limits.memory_bytes = TRY(l.Unsigned("memory_bytes", 1, uint64_t{1} << 44));
-    if (auto cpu = TRY(l.Unsigned("cpu_millis", 1, 1024 * 1000))) command.limits.cpu_millis = *cpu;
-    if (auto pids = TRY(l.Unsigned("pids", 1, 1u << 22))) command.limits.pids = *pids;
-    command.limits.disk_bytes = TRY(l.Unsigned("disk_bytes", 1, uint64_t{1} << 46));
-    command.limits.timeout_ms = TRY(l.Unsigned("timeout_ms", 1, uint64_t{30} * 24 * 3600 * 1000));
+    ObjectReader l(*limits, "body.limits", reader.Members("limits"));
+    command.limits.memory_bytes = TRY(l.Unsigned("memory_bytes"));
+    if (auto cpu = TRY(l.Unsigned("cpu_millis"))) command.limits.cpu_millis = *cpu;
+    if (auto pids = TRY(l.Unsigned("pids"))) command.limits.pids = *pids;
+    command.limits.disk_bytes = TRY(l.Unsigned("disk_bytes"));
+    command.limits.timeout_ms = TRY(l.Unsigned("timeout_ms"));
     TRY(l.Finish());
   }
   if (auto start = TRY(reader.Bool("start"))) command.start = *start;
   if (auto tty = TRY(reader.Bool("tty"))) command.tty = *tty;
   for (auto [name, field] :
        {std::pair{"columns", &command.columns}, std::pair{"rows", &command.rows}}) {
-    if (auto value = TRY(reader.Unsigned(name, 1, kMaxTerminalDimension))) {
+    if (auto value = TRY(reader.Unsigned(name))) {
       if (!command.tty) {
         return Invalid(fmt::format("body.{}: a window size needs \"tty\": true", name));
       }
@@ -346,7 +550,7 @@ Result<Command> DecodeJobList(const Request& request) {
       return Invalid(fmt::format("query.state: '{}' is not a job state", *state));
     }
   }
-  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -364,8 +568,8 @@ Result<Command> DecodeLogs(const Request& request, uint64_t id) {
       return Invalid(fmt::format("query.stream: '{}' is not stdout or stderr", *stream));
     }
   }
-  if (auto offset = TRY(query.Unsigned("offset", 0, UINT64_MAX))) command.offset = *offset;
-  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxLogReadBytes))) command.limit = *limit;
+  if (auto offset = TRY(query.Unsigned("offset"))) command.offset = *offset;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -398,7 +602,7 @@ Result<Command> DecodeWorkspaceUpload(const Request& request, uint64_t id) {
 }
 
 Result<std::string> PolicyDocument(ObjectReader& reader) {
-  auto document = TRY(reader.String("document", kMaxPolicyDocumentBytes));
+  auto document = TRY(reader.String("document"));
   if (!document) return Invalid("body.document: required");
   return *document;
 }
@@ -406,10 +610,10 @@ Result<std::string> PolicyDocument(ObjectReader& reader) {
 Result<Command> DecodePolicySet(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   PolicySetCommand command;
   command.document = TRY(PolicyDocument(reader));
-  if (auto comment = TRY(reader.String("comment", 1024))) command.comment = *comment;
+  if (auto comment = TRY(reader.String("comment"))) command.comment = *comment;
   TRY(reader.Finish());
   return command;
 }
@@ -417,7 +621,7 @@ Result<Command> DecodePolicySet(const Request& request) {
 Result<Command> DecodePolicyValidate(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
+  ObjectReader reader(body, "body", BodyFields(request));
   PolicyValidateCommand command{.document = TRY(PolicyDocument(reader))};
   TRY(reader.Finish());
   return command;
@@ -426,8 +630,8 @@ Result<Command> DecodePolicyValidate(const Request& request) {
 Result<Command> DecodePolicyRollback(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
-  auto version = TRY(reader.Unsigned("version", 1, INT64_MAX));
+  ObjectReader reader(body, "body", BodyFields(request));
+  auto version = TRY(reader.Unsigned("version"));
   if (!version) return Invalid("body.version: required");
   TRY(reader.Finish());
   return PolicyRollbackCommand{.version = *version};
@@ -436,8 +640,8 @@ Result<Command> DecodePolicyRollback(const Request& request) {
 Result<Command> DecodePairingRevoke(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
-  ObjectReader reader(body, "body");
-  auto id = TRY(reader.String("id", 64));
+  ObjectReader reader(body, "body", BodyFields(request));
+  auto id = TRY(reader.String("id"));
   if (!id || id->empty()) return Invalid("body.id: required");
   TRY(reader.Finish());
   return PairingRevokeCommand{.id = *id};
@@ -446,7 +650,7 @@ Result<Command> DecodePairingRevoke(const Request& request) {
 Result<Command> DecodePolicyGet(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
-  PolicyGetCommand command{.version = TRY(query.Unsigned("version", 1, INT64_MAX))};
+  PolicyGetCommand command{.version = TRY(query.Unsigned("version"))};
   TRY(query.Finish());
   return command;
 }
@@ -455,7 +659,7 @@ Result<Command> DecodePolicyHistory(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
   PolicyHistoryCommand command;
-  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -468,8 +672,8 @@ struct AuditFilter {
 
 Result<AuditFilter> ReadAuditFilter(QueryReader& query) {
   AuditFilter filter;
-  if (auto after = TRY(query.Unsigned("after", 0, INT64_MAX))) filter.after = *after;
-  filter.job = TRY(query.Unsigned("job", 1, INT64_MAX));
+  if (auto after = TRY(query.Unsigned("after"))) filter.after = *after;
+  filter.job = TRY(query.Unsigned("job"));
   filter.type = TRY(query.Identifier("type"));
   return filter;
 }
@@ -479,7 +683,7 @@ Result<Command> DecodeAuditList(const Request& request) {
   QueryReader query(request);
   AuditFilter filter = TRY(ReadAuditFilter(query));
   AuditListCommand command{.after = filter.after, .job = filter.job, .type = filter.type};
-  if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -504,9 +708,9 @@ Result<Command> DecodeEvents(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
   EventsCommand command;
-  if (auto after = TRY(query.Unsigned("after", 0, INT64_MAX))) command.after = *after;
-  command.job = TRY(query.Unsigned("job", 1, INT64_MAX));
-  if (auto limit = TRY(query.Unsigned("limit", 1, 10000))) command.limit = *limit;
+  if (auto after = TRY(query.Unsigned("after"))) command.after = *after;
+  command.job = TRY(query.Unsigned("job"));
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
 }
@@ -568,6 +772,9 @@ constexpr Route kRoutes[] = {
      [](const Request& r, uint64_t) { return DecodePairingRevoke(r); }},
 };
 
+static_assert(std::size(kRoutes) == std::size(kRouteInfos),
+              "every decoder route is in the route table (CoreRoutes)");
+
 // Whether `path` matches `pattern`; a "{id}" segment must then be a job id
 // (a malformed one is the request's error, not another route).
 Result<bool> Matches(std::string_view pattern, std::string_view path, uint64_t& id) {
@@ -587,6 +794,25 @@ Result<bool> Matches(std::string_view pattern, std::string_view path, uint64_t& 
 }
 
 }  // namespace
+
+std::span<const RouteInfo> CoreRoutes() {
+  return kRouteInfos;
+}
+
+const RouteInfo* FindRoute(std::string_view verb, std::string_view path) {
+  std::vector<std::string_view> got = Segments(path);
+  for (const RouteInfo& route : kRouteInfos) {
+    if (route.verb != verb) continue;
+    std::vector<std::string_view> want = Segments(route.path);
+    if (want.size() != got.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < want.size() && same; ++i) {
+      same = want[i] == "{id}" ? !got[i].empty() : want[i] == got[i];
+    }
+    if (same) return &route;
+  }
+  return nullptr;
+}
 
 std::string_view JobStateName(JobState state) {
   switch (state) {
@@ -647,7 +873,12 @@ Result<Command> DecodeRequest(const Request& request) {
     bool matches = TRY(Matches(route.pattern, request.path, id));
     if (!matches) continue;
     path_known = true;
-    if (route.verb == request.verb) return route.decode(request, id);
+    if (route.verb == request.verb) {
+      if (!FindRoute(route.verb, route.pattern)) {
+        return Drift(fmt::format("{} {}", route.verb, route.pattern), "not in the table");
+      }
+      return route.decode(request, id);
+    }
   }
   if (path_known) {
     return Error::Make(ErrorCode::kUnsupported,

@@ -232,7 +232,8 @@ class CoreEventSource final : public api::EventSourceInterface {
       for (const ralph::ralphd::Event& event : *events) {
         batch.events.push_back({.seq = event.seq,
                                 .type = StreamType(event.kind),
-                                .data = ralph::ralphd::DumpJson(event.ToJson())});
+                                .data = ralph::ralphd::DumpJson(event.ToJson()),
+                                .job = event.job});
       }
     });
     return batch;

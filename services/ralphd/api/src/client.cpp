@@ -6,6 +6,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -187,6 +188,10 @@ Result<void> ApiConnection::WriteRaw(std::string_view bytes) {
   return {};
 }
 
+bool ApiConnection::HasBufferedInput() const {
+  return !pending_.empty() || (ssl_ != nullptr && SSL_pending(ssl_) > 0);
+}
+
 Result<size_t> ApiConnection::ReadSome(char* data, size_t size) {
   size_t read = 0;
   int rc = SSL_read_ex(ssl_, data, size, &read);
@@ -250,7 +255,13 @@ Result<HttpReply> ApiConnection::Request(std::string_view method, std::string_vi
   }
   request += "\r\n";
   request += body;
-  TRY(WriteRaw(request));
+  if (Result<void> written = WriteRaw(request); !written) {
+    // The server may have refused the request from its header (a body over
+    // the route's limit) and closed: its reply says why, when it arrived.
+    Result<HttpReply> refusal = ReadReply();
+    if (refusal) return refusal;
+    return std::move(written).error();
+  }
   return ReadReply();
 }
 
@@ -270,11 +281,13 @@ Result<size_t> ApiConnection::ReadUntilHeaderEnd(std::string_view what) {
   return end;
 }
 
-Result<void> ApiConnection::OpenEvents(uint64_t after) {
+Result<void> ApiConnection::OpenEvents(uint64_t after, std::optional<uint64_t> job) {
+  std::string query = fmt::format("after={}", after);
+  if (job) query += fmt::format("&job={}", *job);
   TRY(
-      WriteRaw(fmt::format("GET /v1/events?after={} HTTP/1.1\r\nHost: {}\r\nAccept: "
+      WriteRaw(fmt::format("GET /v1/events?{} HTTP/1.1\r\nHost: {}\r\nAccept: "
                            "text/event-stream\r\n\r\n",
-                           after, address_)));
+                           query, address_)));
   // The header, by hand only as far as its end: the body runs to the close.
   size_t end = TRY(ReadUntilHeaderEnd("the event stream"));
   std::string header = pending_.substr(0, end + 4);
@@ -484,10 +497,12 @@ Result<ApiConnection::TerminalMessage> ApiConnection::ReceiveTerminal() {
 }
 
 Result<ClientCredentials> PairWithDevice(std::string_view pairing_string, std::string_view name,
+                                         std::string_view dial_address,
                                          std::chrono::milliseconds io_timeout) {
   PairingString offer = TRY(PairingString::Parse(pairing_string));
+  std::string address(dial_address.empty() ? std::string_view(offer.address) : dial_address);
   auto connection = TRY(ApiConnection::Connect(
-      {.address = offer.address, .device_spki = offer.spki_sha256, .io_timeout = io_timeout}));
+      {.address = address, .device_spki = offer.spki_sha256, .io_timeout = io_timeout}));
   ClientKeyAndCsr made = TRY(MakeClientKeyAndCsr(name));
   auto exporter = TRY(connection->PairingExporter());
   PairRequest request;
@@ -509,13 +524,15 @@ Result<ClientCredentials> PairWithDevice(std::string_view pairing_string, std::s
   credentials.key_pem = made.key_pem;
   credentials.cert_pem = json["certificate"];
   credentials.ca_pem = json["ca"];
-  credentials.device_address = offer.address;
+  credentials.device_address = address;
   credentials.device_spki = offer.spki_sha256;
   return credentials;
 }
 
 Result<void> SaveCredentials(const std::string& dir, const ClientCredentials& credentials) {
   TRY(MakeDirectories(dir, 0700));
+  // Also when it existed: it holds a private key.
+  if (::chmod(dir.c_str(), 0700) != 0) return Error::FromErrno(fmt::format("chmod {}", dir), errno);
   std::string device = nlohmann::json{{"address", credentials.device_address},
                                       {"spki_sha256", DigestToHex(credentials.device_spki)},
                                       {"client_id", credentials.client_id}}

@@ -53,6 +53,12 @@ Result<std::map<std::string, std::string, std::less<>>> ParseQuery(std::string_v
   return out;
 }
 
+std::optional<size_t> DispatcherHandler::BodyLimit(std::string_view method, std::string_view path) {
+  const ralphd::RouteInfo* route = FindRoute(method, path);
+  if (!route || route->body != BodyKind::kTar) return std::nullopt;
+  return route->max_body_bytes;
+}
+
 ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& request) {
   auto error_reply = [](const Error& error) {
     ApiReply reply = ReplyForError(error);
@@ -91,7 +97,12 @@ ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& reque
   } else {
     reply = dispatcher_.Dispatch(core_caller, *command);
   }
-  if (reply.error) return error_reply(*reply.error);
+  if (reply.error) {
+    // The core's error body as it is: a bad policy's carries its "issues".
+    ApiReply refused = error_reply(*reply.error);
+    if (reply.body.is_object() && reply.body.contains("error")) refused.body = DumpJson(reply.body);
+    return refused;
+  }
   switch (reply.kind) {
     case ReplyKind::kJson: return {200, DumpJson(reply.body)};
     case ReplyKind::kTar: return {200, std::move(reply.bytes), "application/x-tar"};

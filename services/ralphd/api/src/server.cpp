@@ -274,7 +274,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void ReadHeader() {
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(limits().max_header_bytes));
-    parser_->body_limit(limits().max_body_bytes);
+    // The limit is the route's, known once the header is in (OnHeader).
+    parser_->body_limit(boost::none);
     lowest().expires_after(first_request_ ? limits().header_timeout : limits().idle_timeout);
     first_request_ = false;
     http::async_read_header(
@@ -300,9 +301,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                                                            limits().max_header_bytes))},
            false);
     } else if (ec == http::error::body_limit) {
-      Send({413, ErrorBody("body-too-large", fmt::format("the request body is over {} bytes",
-                                                         limits().max_body_bytes))},
-           false);
+      SendBodyTooLarge();
     } else {
       Send({400, ErrorBody("bad-request", fmt::format("malformed HTTP request: {}", ec.message()))},
            false);
@@ -310,9 +309,36 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     return true;
   }
 
+  // The body's limit is the route's: ServerLimits::max_body_bytes unless
+  // the handler gives the route its own (a workspace upload). A declared
+  // length over it is refused before any of the body is read; a chunked
+  // body stops at the limit.
+  void SendBodyTooLarge() {
+    Send({413, ErrorBody("body-too-large",
+                         fmt::format("the request body is over {} bytes, the limit of {} {}",
+                                     body_limit_, method_, path_))},
+         false);
+  }
+
   void OnHeader(beast::error_code ec) {
     if (HandleReadError(ec)) return;
-    lowest().expires_after(limits().body_timeout);
+    const auto& header = parser_->get();
+    std::string_view target(header.target().data(), header.target().size());
+    path_ = std::string(target.substr(0, target.find('?')));
+    method_ = std::string(header.method_string());
+    body_limit_ = limits().max_body_bytes;
+    if (path_.starts_with("/v1/") && path_ != "/v1/pair") {
+      body_limit_ = server_.deps.handler.BodyLimit(method_, path_).value_or(body_limit_);
+    }
+    if (auto length = parser_->content_length(); length && *length > body_limit_) {
+      return SendBodyTooLarge();
+    }
+    parser_->body_limit(body_limit_);
+    // A large body gets time for its size at the slowest rate allowed: a
+    // workspace upload is not held to a JSON body's timeout.
+    uint64_t size = parser_->content_length().value_or(body_limit_);
+    uint64_t rate = std::max<uint64_t>(1, limits().min_body_bytes_per_second);
+    lowest().expires_after(limits().body_timeout + std::chrono::seconds(size / rate));
     http::async_read(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRequest(ec); });
@@ -450,6 +476,19 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (!server_.deps.events) {
       return Send({503, ErrorBody("unavailable", "this server has no event source")}, false);
     }
+    // Strict, as the core's decoder: after=SEQ, job=ID and nothing else.
+    for (std::string_view rest = query; !rest.empty();) {
+      std::string_view pair = rest.substr(0, rest.find('&'));
+      rest.remove_prefix(std::min(rest.size(), pair.size() + 1));
+      std::string_view key = pair.substr(0, pair.find('='));
+      if (!pair.empty() && key != "after" && key != "job") {
+        return Send({400, ErrorBody("invalid-argument",
+                                    fmt::format("query.{}: unknown parameter (the event stream "
+                                                "takes after and job)",
+                                                key))},
+                    false);
+      }
+    }
     std::optional<std::string_view> after = QueryValue(query, "after");
     // The SSE reconnect header stands in for ?after= when a browser-style
     // client sends it.
@@ -457,11 +496,21 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (!after && !last_event_id.empty()) after = last_event_id;
     if (after) {
       auto [end, ec] = std::from_chars(after->data(), after->data() + after->size(), cursor_);
-      if (ec != std::errc() || end != after->data() + after->size()) {
+      if (after->empty() || ec != std::errc() || end != after->data() + after->size()) {
         return Send({400, ErrorBody("invalid-argument",
                                     fmt::format("query parameter after=\"{}\" is not a sequence "
                                                 "number (a non-negative integer)",
                                                 *after))},
+                    false);
+      }
+    }
+    if (std::optional<std::string_view> job = QueryValue(query, "job")) {
+      auto [end, ec] = std::from_chars(job->data(), job->data() + job->size(), job_);
+      if (job->empty() || ec != std::errc() || end != job->data() + job->size() || job_ == 0) {
+        return Send({400, ErrorBody("invalid-argument",
+                                    fmt::format("query parameter job=\"{}\" is not a job id (a "
+                                                "positive integer)",
+                                                *job))},
                     false);
       }
     }
@@ -532,10 +581,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     for (const StreamEvent& event : batch.events) {
       if (event.seq <= cursor_) continue;
-      *text += FormatEvent(event);
+      // A job's stream skips the others' events (and moves past them).
+      if (job_ == 0 || event.job == job_) *text += FormatEvent(event);
       cursor_ = event.seq;
     }
     if (!text->empty()) return WriteStream(text);
+    if (batch.events.size() >= kEventBatch) {
+      // A full batch of other jobs' events: read on (through the executor,
+      // so a long filtered backlog is no deep recursion).
+      return net::post(stream_.get_executor(), [self = shared_from_this()] { self->PumpEvents(); });
+    }
     if (events_pending_) return PumpEvents();
     timer_->expires_after(limits().event_heartbeat);
     timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
@@ -553,6 +608,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   TlsStream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
+  // The request being read: its route and body limit (OnHeader).
+  std::string method_, path_;
+  uint64_t body_limit_ = 0;
   bool first_request_ = true;
   std::string remote_;
   Caller caller_;
@@ -561,6 +619,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::optional<net::steady_timer> timer_;
   std::optional<uint64_t> subscription_;
   uint64_t cursor_ = 0;
+  uint64_t job_ = 0;  // ?job=ID: only that job's events
   bool events_pending_ = false;
   bool watching_peer_ = false;
   bool peer_gone_ = false;

@@ -50,11 +50,23 @@
 //                                            AuditExportCommand (JSON lines)
 //   GET    /v1/events[?after=SEQ&job=ID&limit=N]
 //                                            EventsCommand
+//   POST   /v1/pairing/offers                PairCommand
+//   GET    /v1/pairings                      PairingsListCommand
+//   POST   /v1/pairings/revoke               PairingRevokeCommand
+//
+// CoreRoutes() is this list as data (each query parameter and body field
+// with its type and bounds). The decoder takes every bound from it and
+// reads no name it lacks (one that is not there fails the route's every
+// request as kInternal; a decoder route without a table entry does not
+// compile), and services/ralphd/api/openapi.json is tested against it
+// (tests/ralphd_api/openapi_test.cpp): a route changed here and not there
+// fails a test.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -288,6 +300,47 @@ std::string DumpJson(const nlohmann::json& value, int indent = -1);
 std::string Base64Encode(std::string_view bytes);
 // kInvalidArgument naming `what` when `text` is not base64.
 Result<std::string> Base64Decode(std::string_view text, std::string_view what);
+
+// --- The route table ---
+
+enum class ValueType {
+  kUnsigned,     // min..max (a query parameter: its decimal text)
+  kString,       // at most max bytes; `pattern` (a regex) when it has one
+  kEnum,         // one of `values`
+  kBool,         // true or false
+  kStringArray,  // min..max strings of at most `item_max` bytes
+  kStringMap,  // at most max members, names matching `pattern`, values of at most `item_max` bytes
+  kObject,     // `fields`
+};
+
+struct FieldInfo {
+  std::string_view name;
+  ValueType type = ValueType::kString;
+  bool required = false;
+  uint64_t min = 0;
+  uint64_t max = 0;
+  uint64_t item_max = 0;
+  std::string_view pattern;
+  std::span<const std::string_view> values;
+  std::span<const FieldInfo> fields;
+};
+
+enum class BodyKind { kNone, kJson, kTar };
+
+struct RouteInfo {
+  std::string_view verb;     // "GET"
+  std::string_view path;     // "/v1/jobs/{id}/logs": {id} is a job id (1..2^63-1)
+  std::string_view command;  // the command's kName
+  std::span<const FieldInfo> query;
+  BodyKind body = BodyKind::kNone;
+  std::span<const FieldInfo> fields;  // kJson: the object's members
+  size_t max_body_bytes = kMaxJsonBodyBytes;
+};
+
+// Every route the core decodes, in the order of the list above.
+std::span<const RouteInfo> CoreRoutes();
+// The route `verb` `path` ("/v1/jobs/7/logs") is, or null.
+const RouteInfo* FindRoute(std::string_view verb, std::string_view path);
 
 // --- Who asked ---
 

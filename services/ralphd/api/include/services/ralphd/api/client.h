@@ -40,7 +40,8 @@ struct ClientCredentials {
   Sha256Digest device_spki{};
 };
 
-// dir/client.key, client.crt, ca.crt, device.json (address, pin, id), 0600.
+// dir/client.key, client.crt, ca.crt, device.json (address, pin, id), 0600;
+// dir itself 0700.
 Result<void> SaveCredentials(const std::string& dir, const ClientCredentials& credentials);
 Result<ClientCredentials> LoadCredentials(const std::string& dir);
 
@@ -84,8 +85,8 @@ class ApiConnection {
   Result<void> WriteRaw(std::string_view bytes);
   Result<HttpReply> ReadReply();
 
-  // GET /v1/events?after=SEQ; kept open for NextEvent.
-  Result<void> OpenEvents(uint64_t after);
+  // GET /v1/events?after=SEQ[&job=ID]; kept open for NextEvent.
+  Result<void> OpenEvents(uint64_t after, std::optional<uint64_t> job = std::nullopt);
   // The next event of the stream (heartbeats skipped). kNetwork when the
   // stream ends.
   Result<StreamEvent> NextEvent();
@@ -103,6 +104,11 @@ class ApiConnection {
   };
   // The next message (pings are answered, pongs skipped).
   Result<TerminalMessage> ReceiveTerminal();
+
+  // For poll(): the socket, and whether bytes already read (by this object
+  // or by TLS) wait to be parsed, which poll() on the socket cannot see.
+  int fd() const { return fd_; }
+  bool HasBufferedInput() const;
 
  private:
   ApiConnection() = default;
@@ -122,9 +128,12 @@ class ApiConnection {
 
 // Pairs with the device the pairing string names: pins its key, makes a
 // P-256 key and CSR, proves the secret on that TLS session and returns the
-// signed credentials. Errors carry the server's reason.
+// signed credentials. Errors carry the server's reason. `dial_address`
+// (HOST:PORT), when given, is dialled instead of the string's address (a
+// forwarded port); the pin is the string's either way, and the credentials
+// keep the address dialled.
 Result<ClientCredentials> PairWithDevice(
-    std::string_view pairing_string, std::string_view name,
+    std::string_view pairing_string, std::string_view name, std::string_view dial_address = {},
     std::chrono::milliseconds io_timeout = std::chrono::seconds(30));
 
 }  // namespace ralph::ralphd::api

@@ -32,6 +32,9 @@ class DispatcherHandler final : public RequestHandlerInterface {
       : dispatcher_(dispatcher), post_(std::move(post)) {}
 
   ApiReply Handle(const Caller& caller, const ApiRequest& request) override;
+  // The core route's own limit (CoreRoutes: a workspace upload's is the
+  // core's upload maximum), else the server's.
+  std::optional<size_t> BodyLimit(std::string_view method, std::string_view path) override;
 
  private:
   DispatcherInterface& dispatcher_;

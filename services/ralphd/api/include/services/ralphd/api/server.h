@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -69,6 +70,15 @@ class RequestHandlerInterface {
   // A /v1 request from an authorized client that the server does not serve
   // itself. Runs on a server thread; may block (briefly).
   virtual ApiReply Handle(const Caller& caller, const ApiRequest& request) = 0;
+  // The body limit of a route the handler serves, asked once the request's
+  // header is in (before any of the body is read); nullopt for
+  // ServerLimits::max_body_bytes. Called on a server thread, without
+  // blocking: a workspace upload may be far larger than a JSON body.
+  virtual std::optional<size_t> BodyLimit(std::string_view method, std::string_view path) {
+    (void)method;
+    (void)path;
+    return std::nullopt;
+  }
 };
 
 // One event of the stream. `data` is a JSON text (one line).
@@ -76,6 +86,7 @@ struct StreamEvent {
   uint64_t seq = 0;  // 1, 2, ... increasing without gaps at the source
   std::string type;  // "job.output", "job.state", "update.progress", "audit"
   std::string data;
+  uint64_t job = 0;  // the job it is about (0: none); GET /v1/events?job=ID filters on it
 };
 
 struct EventBatch {
@@ -124,6 +135,7 @@ class TerminalProviderInterface {
 struct ServerLimits {
   size_t max_connections = 4096;
   size_t max_header_bytes = 16 * 1024;
+  // Every route's but those the handler gives their own (BodyLimit).
   size_t max_body_bytes = 1024 * 1024;
   // TLS handshake (and the plain-HTTP check before it).
   std::chrono::milliseconds handshake_timeout{10000};
@@ -132,8 +144,10 @@ struct ServerLimits {
   std::chrono::milliseconds header_timeout{10000};
   // Between requests on a kept-alive connection (and that request's header).
   std::chrono::milliseconds idle_timeout{60000};
-  // A request body, once its header is in.
+  // A request body, once its header is in: this, plus its size (declared,
+  // else the route's limit) at min_body_bytes_per_second.
   std::chrono::milliseconds body_timeout{30000};
+  uint64_t min_body_bytes_per_second = 1024 * 1024;
   // A write that makes no progress (a reader that stopped reading).
   std::chrono::milliseconds write_timeout{30000};
   // Event streams and terminals open at once.
