@@ -40,23 +40,27 @@ size_t ReadRemote(pid_t pid, uint64_t address, char* into, size_t size) {
 }
 
 // Whether `path` (relative to `dirfd` of `pid`, AT_FDCWD for its cwd) did
-// not exist, as the caller would resolve it: absolute paths under the
-// caller's root (RESOLVE_IN_ROOT), relative ones beneath its directory.
-// False when it exists or cannot be told (a magic link, a ".." or an
-// absolute symlink in a relative path).
-bool Missing(pid_t pid, int dirfd, const std::string& path) {
+// not exist, as the caller would resolve it: absolute paths under the job's
+// root `root` (RESOLVE_IN_ROOT), relative ones beneath the caller's
+// directory. False when it exists or cannot be told (a magic link, a ".."
+// or an absolute symlink in a relative path).
+bool Missing(int root, pid_t pid, int dirfd, const std::string& path) {
   if (path.empty()) return false;
-  std::string base = path[0] == '/'      ? fmt::format("/proc/{}/root", pid)
-                     : dirfd == AT_FDCWD ? fmt::format("/proc/{}/cwd", pid)
+  UniqueFd dir;
+  if (path[0] != '/') {
+    std::string base = dirfd == AT_FDCWD ? fmt::format("/proc/{}/cwd", pid)
                                          : fmt::format("/proc/{}/fd/{}", pid, dirfd);
-  UniqueFd dir(::open(base.c_str(), O_PATH | O_CLOEXEC));
-  if (!dir) return false;
+    dir.reset(::open(base.c_str(), O_PATH | O_CLOEXEC));
+    if (!dir) return false;
+  } else if (root < 0) {
+    return false;
+  }
   open_how how{};
   how.flags = O_PATH | O_CLOEXEC;
   how.resolve = RESOLVE_NO_MAGICLINKS | (path[0] == '/' ? RESOLVE_IN_ROOT : RESOLVE_BENEATH);
   // Raw syscall: glibc 2.36 has no openat2 wrapper.
-  UniqueFd file(
-      static_cast<int>(::syscall(SYS_openat2, dir.get(), path.c_str(), &how, sizeof how)));
+  UniqueFd file(static_cast<int>(
+      ::syscall(SYS_openat2, dir ? dir.get() : root, path.c_str(), &how, sizeof how)));
   if (file) return false;
   return errno == ENOENT || errno == ENOTDIR;
 }
@@ -84,16 +88,18 @@ bool ReadRemoteString(pid_t pid, uint64_t address, size_t limit, std::string* ou
   return false;
 }
 
-ExecMonitor::ExecMonitor(UniqueFd listener, ExecSyscalls numbers, ExecRecordLimits limits,
-                         size_t notif_bytes, size_t response_bytes)
+ExecMonitor::ExecMonitor(UniqueFd listener, UniqueFd root, ExecSyscalls numbers,
+                         ExecRecordLimits limits, size_t notif_bytes, size_t response_bytes)
     : listener_(std::move(listener)),
+      root_(std::move(root)),
       numbers_(numbers),
       limits_(limits),
       notif_(notif_bytes),
       response_(response_bytes),
       buffer_((limits.max_args + 1) * sizeof(uint64_t)) {}
 
-Result<std::unique_ptr<ExecMonitor>> ExecMonitor::Create(UniqueFd listener, uint32_t audit_arch,
+Result<std::unique_ptr<ExecMonitor>> ExecMonitor::Create(UniqueFd listener, pid_t job_pid,
+                                                         uint32_t audit_arch,
                                                          ExecRecordLimits limits) {
   ExecSyscalls numbers = TRY(ExecSyscallNumbers(audit_arch));
   seccomp_notif_sizes sizes{};
@@ -101,8 +107,18 @@ Result<std::unique_ptr<ExecMonitor>> ExecMonitor::Create(UniqueFd listener, uint
     return Error::FromErrno("seccomp(SECCOMP_GET_NOTIF_SIZES)", errno);
   size_t notif_bytes = std::max<size_t>(sizes.seccomp_notif, sizeof(seccomp_notif));
   size_t response_bytes = std::max<size_t>(sizes.seccomp_notif_resp, sizeof(seccomp_notif_resp));
-  return std::unique_ptr<ExecMonitor>(
-      new ExecMonitor(std::move(listener), numbers, limits, notif_bytes, response_bytes));
+  // The kernel switches straight from the stopped caller to this thread and
+  // back (on the caller's CPU) instead of waking it like any other waiter:
+  // an exec then waits for no scheduler tick (Linux 6.6; ignored before).
+  constexpr unsigned long kSetFlags = SECCOMP_IOW(4, __u64);  // SECCOMP_IOCTL_NOTIF_SET_FLAGS
+  constexpr __u64 kSyncWakeUp = 1;                            // SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+  ::ioctl(listener.get(), kSetFlags, kSyncWakeUp);
+  // Every process of the job has its root: chroot and pivot_root are denied
+  // to it (no CAP_SYS_CHROOT, seccomp). Without it absolute paths are not
+  // checked.
+  UniqueFd root(::open(fmt::format("/proc/{}/root", job_pid).c_str(), O_PATH | O_CLOEXEC));
+  return std::unique_ptr<ExecMonitor>(new ExecMonitor(std::move(listener), std::move(root), numbers,
+                                                      limits, notif_bytes, response_bytes));
 }
 
 Result<std::optional<ExecRecord>> ExecMonitor::HandleOne() {
@@ -124,7 +140,7 @@ Result<std::optional<ExecRecord>> ExecMonitor::HandleOne() {
   record.path_truncated =
       !ReadRemoteString(record.pid, path_address, limits_.max_path_bytes, &record.path);
   bool relative = record.path.empty() || record.path[0] != '/';
-  if (!record.path_truncated) record.missing = Missing(record.pid, dirfd, record.path);
+  if (!record.path_truncated) record.missing = Missing(root_.get(), record.pid, dirfd, record.path);
   if (dirfd != AT_FDCWD && relative)
     record.path = fmt::format("fd:{}{}{}", dirfd, record.path.empty() ? "" : "/", record.path);
 

@@ -30,9 +30,11 @@ namespace ralph::sandbox {
 
 class ExecMonitor {
  public:
-  // `listener`: the notification fd of ExecNotifyFilter(audit_arch).
-  static Result<std::unique_ptr<ExecMonitor>> Create(UniqueFd listener, uint32_t audit_arch,
-                                                     ExecRecordLimits limits);
+  // `listener`: the notification fd of ExecNotifyFilter(audit_arch);
+  // `job_pid`: the job's PID 1 (whose root every process of the job has),
+  // once it has pivoted into it.
+  static Result<std::unique_ptr<ExecMonitor>> Create(UniqueFd listener, pid_t job_pid,
+                                                     uint32_t audit_arch, ExecRecordLimits limits);
 
   // Readable (POLLIN) when an exec waits; POLLHUP once no process of the
   // job is left.
@@ -44,10 +46,11 @@ class ExecMonitor {
   Result<std::optional<ExecRecord>> HandleOne();
 
  private:
-  ExecMonitor(UniqueFd listener, ExecSyscalls numbers, ExecRecordLimits limits, size_t notif_bytes,
-              size_t response_bytes);
+  ExecMonitor(UniqueFd listener, UniqueFd root, ExecSyscalls numbers, ExecRecordLimits limits,
+              size_t notif_bytes, size_t response_bytes);
 
   UniqueFd listener_;
+  UniqueFd root_;  // the job's root directory (O_PATH), or -1
   ExecSyscalls numbers_;
   ExecRecordLimits limits_;
   // Sized as the running kernel says (SECCOMP_GET_NOTIF_SIZES): its structs

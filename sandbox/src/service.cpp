@@ -519,8 +519,9 @@ Result<void> SandboxService::SuperviseStart(Job& job, int sync_fd, int error_fd)
         return Error::Make(ErrorCode::kInternal, "the child sent no exec listener");
       int fd;
       std::memcpy(&fd, CMSG_DATA(header), sizeof fd);
-      job.exec_monitor =
-          TRY(ExecMonitor::Create(UniqueFd(fd), options_.seccomp_audit_arch, options_.exec_limits));
+      // Sent after pivot_root: the child's root is the job's.
+      job.exec_monitor = TRY(ExecMonitor::Create(UniqueFd(fd), job.pid, options_.seccomp_audit_arch,
+                                                 options_.exec_limits));
       continue;
     }
     if (fds[0].revents) return {};  // exec'd (EOF) or a failure report: Run reads it
