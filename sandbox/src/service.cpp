@@ -489,7 +489,9 @@ Result<void> SandboxService::SuperviseStart(Job& job, int sync_fd, int error_fd)
     // The exec's answer first: the error pipe closes only once it ran.
     if (exec_index >= 0 && (fds[exec_index].revents & POLLIN)) {
       std::optional<ExecRecord> record = TRY(job.exec_monitor->HandleOne());
-      if (record) {
+      // Before the job runs, its execs are the sandbox's own tries of
+      // ExecCandidates: one whose file is missing is no process of the job.
+      if (record && !record->missing) {
         if (job.start_execs.size() < options_.exec_limits.max_kept) {
           job.start_execs.push_back(std::move(*record));
         } else {

@@ -81,10 +81,12 @@ class Daemon final : public DispatcherInterface {
 
  private:
   Daemon(DaemonOptions options, std::unique_ptr<Store> store,
-         std::unique_ptr<audit::AuditLog> audit, std::unique_ptr<JobRunner> runner)
+         std::unique_ptr<audit::AuditLog> audit, std::unique_ptr<ExecAuditWriter> exec_audit,
+         std::unique_ptr<JobRunner> runner)
       : options_(std::move(options)),
         store_(std::move(store)),
         audit_(std::move(audit)),
+        exec_audit_(std::move(exec_audit)),
         runner_(std::move(runner)) {}
 
   Result<void> Recover();
@@ -115,6 +117,9 @@ class Daemon final : public DispatcherInterface {
   DaemonOptions options_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<audit::AuditLog> audit_;
+  // The jobs' exec rows (its own connection to the log); outlives runner_,
+  // whose job threads record into it.
+  std::unique_ptr<ExecAuditWriter> exec_audit_;
   std::unique_ptr<JobRunner> runner_;
   std::array<std::function<void(const Event&)>, 2> listeners_;
   PairingAdminInterface* pairing_ = nullptr;

@@ -1,0 +1,89 @@
+// Exec records of running jobs into the audit log (type "job.exec"), off the
+// jobs' path: a job's exec waits while its sandbox reads it
+// (sandbox::ExecRecord), not while the audit log commits it. The job
+// threads hand each record to a bounded queue (Record never waits for the
+// log); one writer thread appends what is queued in batches
+// (AuditSinkInterface::AppendBatch: one transaction, one fsync per batch)
+// through a connection of its own. A full queue drops the record and counts
+// it; the count is written as a "job.exec-dropped" row after the job's
+// queued records, so a loss is never silent. A failed append is logged
+// (error level) with the number of rows lost.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "platform/log.h"
+#include "sandbox/service.h"
+#include "services/audit/audit_log.h"
+
+namespace ralph::ralphd {
+
+// Where a job thread sends its exec records (JobRunner, RunnerOptions::execs).
+class ExecRecorderInterface {
+ public:
+  virtual ~ExecRecorderInterface() = default;
+  // Queues one record of job `job`; never blocks on the audit log.
+  virtual void Record(uint64_t job, sandbox::ExecRecord record) = 0;
+  // Returns once everything recorded before the call is in the log (or its
+  // loss logged): a job's execs then come before its final state row.
+  virtual void Flush() = 0;
+};
+
+struct ExecAuditOptions {
+  size_t queue_capacity = 8192;  // records waiting for the writer
+  size_t max_batch = 512;        // rows per transaction
+};
+
+// The audit event of one exec: actor "ralphd", type "job.exec", subject
+// "job N", details {path, argv (audit::RedactArgv), pid, time, and
+// missing / path_truncated / argv_truncated when true}.
+audit::AuditEvent ExecAuditEvent(uint64_t job, const sandbox::ExecRecord& record);
+
+class ExecAuditWriter final : public ExecRecorderInterface {
+ public:
+  // `sink`: used by the writer thread only (e.g. an AuditLog of its own).
+  ExecAuditWriter(std::unique_ptr<audit::AuditSinkInterface> sink, ExecAuditOptions options,
+                  std::function<void(LogLevel level, const std::string& message)> log);
+  // Writes what is queued, then stops the thread.
+  ~ExecAuditWriter() override;
+  ExecAuditWriter(const ExecAuditWriter&) = delete;
+  ExecAuditWriter& operator=(const ExecAuditWriter&) = delete;
+
+  void Record(uint64_t job, sandbox::ExecRecord record) override;
+  void Flush() override;
+
+  struct Stats {
+    uint64_t written = 0;  // job.exec rows stored
+    uint64_t dropped = 0;  // records dropped at a full queue (each counted in a row)
+    uint64_t failed = 0;   // rows whose append failed (logged)
+  };
+  Stats stats() const;
+
+ private:
+  void Loop();
+
+  std::unique_ptr<audit::AuditSinkInterface> sink_;
+  ExecAuditOptions options_;
+  std::function<void(LogLevel level, const std::string& message)> log_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;  // the writer: work or stop
+  std::condition_variable done_;  // Flush: progress
+  std::deque<std::pair<uint64_t, sandbox::ExecRecord>> queue_;
+  std::map<uint64_t, uint64_t> dropped_;  // per job, not yet written
+  uint64_t received_ = 0;                 // Record calls
+  uint64_t handled_ = 0;                  // of them written, failed or counted as dropped
+  bool stop_ = false;
+  Stats stats_;
+  std::thread thread_;
+};
+
+}  // namespace ralph::ralphd

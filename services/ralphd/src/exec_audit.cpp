@@ -1,0 +1,108 @@
+#include "services/ralphd/exec_audit.h"
+
+#include <fmt/format.h>
+
+#include "services/audit/redact.h"
+
+namespace ralph::ralphd {
+
+audit::AuditEvent ExecAuditEvent(uint64_t job, const sandbox::ExecRecord& record) {
+  nlohmann::json details = {{"path", record.path},
+                            {"argv", audit::RedactArgv(record.argv)},
+                            {"pid", record.pid},
+                            {"time", audit::FormatAuditTime(record.time)}};
+  if (record.missing) details["missing"] = true;
+  if (record.path_truncated) details["path_truncated"] = true;
+  if (record.argv_truncated) details["argv_truncated"] = true;
+  return {.actor = "ralphd",
+          .type = "job.exec",
+          .subject = fmt::format("job {}", job),
+          .details = std::move(details)};
+}
+
+ExecAuditWriter::ExecAuditWriter(
+    std::unique_ptr<audit::AuditSinkInterface> sink, ExecAuditOptions options,
+    std::function<void(LogLevel level, const std::string& message)> log)
+    : sink_(std::move(sink)), options_(options), log_(std::move(log)) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+ExecAuditWriter::~ExecAuditWriter() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void ExecAuditWriter::Record(uint64_t job, sandbox::ExecRecord record) {
+  {
+    std::lock_guard lock(mutex_);
+    ++received_;
+    if (queue_.size() >= options_.queue_capacity) {
+      ++dropped_[job];
+      ++stats_.dropped;
+    } else {
+      queue_.emplace_back(job, std::move(record));
+    }
+  }
+  wake_.notify_one();
+}
+
+void ExecAuditWriter::Flush() {
+  std::unique_lock lock(mutex_);
+  uint64_t target = received_;
+  done_.wait(lock, [&] { return handled_ >= target; });
+}
+
+ExecAuditWriter::Stats ExecAuditWriter::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+void ExecAuditWriter::Loop() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    wake_.wait(lock, [&] { return stop_ || !queue_.empty() || !dropped_.empty(); });
+    if (queue_.empty() && dropped_.empty()) return;  // stop_, and nothing left
+    std::vector<audit::AuditEvent> events;
+    size_t take = std::min(queue_.size(), options_.max_batch);
+    events.reserve(take + dropped_.size());
+    std::vector<std::pair<uint64_t, sandbox::ExecRecord>> batch(
+        std::make_move_iterator(queue_.begin()),
+        std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(take)));
+    queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(take));
+    // Drops happened while the queue was full, after what is still queued:
+    // their count is written once the queue has drained.
+    std::map<uint64_t, uint64_t> dropped;
+    if (queue_.empty()) dropped.swap(dropped_);
+    lock.unlock();
+    for (const auto& [job, record] : batch) events.push_back(ExecAuditEvent(job, record));
+    uint64_t dropped_records = 0;
+    for (const auto& [job, count] : dropped) {
+      dropped_records += count;
+      events.push_back({.actor = "ralphd",
+                        .type = "job.exec-dropped",
+                        .subject = fmt::format("job {}", job),
+                        .details = {{"count", count},
+                                    {"reason", fmt::format("the exec record queue was full ({})",
+                                                           options_.queue_capacity)}}});
+    }
+    Result<std::vector<audit::AuditRecord>> rows = sink_->AppendBatch(events);
+    if (!rows && log_) {
+      log_(LogLevel::kError,
+           fmt::format("audit: {} exec rows lost: {}", events.size(), rows.error().ToString()));
+    }
+    lock.lock();
+    if (rows) {
+      stats_.written += batch.size();
+    } else {
+      stats_.failed += events.size();
+    }
+    handled_ += batch.size() + dropped_records;
+    done_.notify_all();
+  }
+}
+
+}  // namespace ralph::ralphd
