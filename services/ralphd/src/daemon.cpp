@@ -97,9 +97,12 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
   std::unique_ptr<audit::AuditLog> audit =
       TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kCreateIfMissing));
   // Every exec of every job is recorded, on a connection of its own.
-  auto exec_audit = std::make_unique<ExecAuditWriter>(
-      TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kExisting)), ExecAuditOptions{},
-      options.log);
+  std::unique_ptr<ExecAuditWriter> exec_audit;
+  if (options.record_exec) {
+    exec_audit = std::make_unique<ExecAuditWriter>(
+        TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kExisting)),
+        ExecAuditOptions{}, options.log);
+  }
   RunnerOptions runner_options{.sandbox_state_dir = options.state_dir + "/sandbox",
                                .ids = options.ids,
                                .log = options.log,

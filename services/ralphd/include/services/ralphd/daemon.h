@@ -38,6 +38,9 @@ struct DaemonOptions {
   sandbox::IdMapping ids;
   StoreOptions store;
   std::function<void(LogLevel level, const std::string& message)> log;
+  // Every process a job starts is a "job.exec" audit row (exec_audit.h).
+  // The ralphd binary has no switch for it; bench/ralphd compares without.
+  bool record_exec = true;
 };
 
 // The HTTPS API's pairing registry as the core administers it; set when
