@@ -5,7 +5,9 @@
 // Each job is a whole create + run + wait + destroy on a long-running
 // SandboxService (network off: the loop's cost is fork + exec + exit).
 // With recording the records go into JobResult::execs (no callback), so
-// the figure is the sandbox layer's own: stop, read, answer.
+// the figure is the sandbox layer's own: stop, read, answer. On a loaded
+// machine the wall times swing with the load; the CPU figures (the job's
+// cgroup and the supervising thread) much less.
 //
 // usage: exec_record_bench [processes=10000] [rounds=5]
 #include <sys/resource.h>
@@ -91,7 +93,7 @@ int main(int argc, char** argv) {
     return (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e3 +
            (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e3;
   };
-  std::vector<double> cpu_off, cpu_on;
+  std::vector<double> cpu_off, cpu_on, job_cpu_off, job_cpu_on;
   // Wall time of one job in ms; -1 on failure.
   auto time_job = [&](bool record) -> double {
     sb::SandboxSpec job = spec;
@@ -104,6 +106,7 @@ int main(int argc, char** argv) {
     auto end = Clock::now();
     (record ? cpu_on : cpu_off).push_back(thread_cpu() - cpu_start);
     if (!result || result->exit_code != 0 || !(*service)->Destroy(*id)) return -1;
+    (record ? job_cpu_on : job_cpu_off).push_back(result->cgroup.cpu_usage_ns / 1e6);
     size_t expected = record ? static_cast<size_t>(processes) + 1 : 0;
     if (result->execs.size() != expected) {
       std::fprintf(stderr, "%zu exec records, expected %zu\n", result->execs.size(), expected);
@@ -136,6 +139,14 @@ int main(int argc, char** argv) {
   std::printf("supervisor thread CPU (median): off %.1f ms, on %.1f ms: %.1f us per exec\n",
               Median(cpu_off), Median(cpu_on),
               1000 * (Median(cpu_on) - Median(cpu_off)) / (processes + 1));
+  // CPU is what the load average does not inflate: the job's own (its
+  // cgroup) plus its supervisor's, with and without.
+  double total_off = Median(job_cpu_off) + Median(cpu_off);
+  double total_on = Median(job_cpu_on) + Median(cpu_on);
+  std::printf(
+      "job cgroup CPU (median): off %.1f ms, on %.1f ms; with the supervisor: off %.1f ms, "
+      "on %.1f ms, ratio %.3f\n",
+      Median(job_cpu_off), Median(job_cpu_on), total_off, total_on, total_on / total_off);
   std::printf("load average at the end: %s\n", LoadAverage().c_str());
   service->reset();
   IgnoreError(sb::UnmountIdleVolumes(state + "/images"));

@@ -486,7 +486,9 @@ Result<void> SandboxService::SuperviseStart(Job& job, int sync_fd, int error_fd)
       if (errno == EINTR) continue;
       return Io("poll");
     }
-    // The exec's answer first: the error pipe closes only once it ran.
+    // The error pipe closes once the job's first exec ran (or carries the
+    // child's failure): an exec waiting from then on is the job's, for Wait.
+    if (fds[0].revents) return {};
     if (exec_index >= 0 && (fds[exec_index].revents & POLLIN)) {
       std::optional<ExecRecord> record = TRY(job.exec_monitor->HandleOne());
       // Before the job runs, its execs are the sandbox's own tries of
@@ -526,7 +528,6 @@ Result<void> SandboxService::SuperviseStart(Job& job, int sync_fd, int error_fd)
                                                  options_.exec_limits));
       continue;
     }
-    if (fds[0].revents) return {};  // exec'd (EOF) or a failure report: Run reads it
   }
 }
 
