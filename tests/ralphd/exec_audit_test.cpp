@@ -1,4 +1,5 @@
-// The exec audit writer with a fake sink: rows in order, batched; a full
+// The exec audit writer with a fake sink: rows in order, batched (a trickle
+// gathered until a flush); a full
 // queue drops records and writes their count after the job's queued rows;
 // a failing sink is logged, never silent; the event of one exec is redacted.
 #include "services/ralphd/exec_audit.h"
@@ -113,6 +114,19 @@ TEST(ExecAuditWriter, WritesInOrderInBatches) {
   EXPECT_EQ(sink->batches(), (std::vector<size_t>{1, 3, 1}));
   EXPECT_EQ(writer.stats().written, 5u);
   EXPECT_EQ(writer.stats().dropped, 0u);
+}
+
+TEST(ExecAuditWriter, ATrickleOfExecsIsGatheredIntoOneCommitUntilAFlush) {
+  auto owned = std::make_unique<FakeSink>();
+  FakeSink* sink = owned.get();
+  // A linger no test outlasts: only the Flush ends it.
+  ExecAuditWriter writer(std::move(owned),
+                         {.queue_capacity = 100, .max_batch = 50, .linger = std::chrono::hours(1)},
+                         {});
+  for (const char* path : {"/bin/a", "/bin/b", "/bin/c"}) writer.Record(1, Exec(path, {}));
+  writer.Flush();
+  EXPECT_EQ(sink->batches(), (std::vector<size_t>{3}));
+  EXPECT_EQ(writer.stats().written, 3u);
 }
 
 TEST(ExecAuditWriter, AFullQueueDropsAndWritesTheCountAfterTheQueuedRows) {

@@ -37,22 +37,30 @@ ExecAuditWriter::~ExecAuditWriter() {
 }
 
 void ExecAuditWriter::Record(uint64_t job, sandbox::ExecRecord record) {
+  bool wake;
   {
     std::lock_guard lock(mutex_);
     ++received_;
     if (queue_.size() >= options_.queue_capacity) {
+      wake = dropped_.empty();
       ++dropped_[job];
       ++stats_.dropped;
     } else {
       queue_.emplace_back(job, std::move(record));
+      // The writer waits for a first record, then gathers until a batch is
+      // full: only those two wake it (not every exec).
+      wake = queue_.size() == 1 || queue_.size() == options_.max_batch;
     }
   }
-  wake_.notify_one();
+  if (wake) wake_.notify_one();
 }
 
 void ExecAuditWriter::Flush() {
   std::unique_lock lock(mutex_);
   uint64_t target = received_;
+  if (handled_ >= target) return;
+  flush_target_ = std::max(flush_target_, target);
+  wake_.notify_one();
   done_.wait(lock, [&] { return handled_ >= target; });
 }
 
@@ -66,6 +74,9 @@ void ExecAuditWriter::Loop() {
   for (;;) {
     wake_.wait(lock, [&] { return stop_ || !queue_.empty() || !dropped_.empty(); });
     if (queue_.empty() && dropped_.empty()) return;  // stop_, and nothing left
+    wake_.wait_for(lock, options_.linger, [&] {
+      return stop_ || queue_.size() >= options_.max_batch || handled_ < flush_target_;
+    });
     std::vector<audit::AuditEvent> events;
     size_t take = std::min(queue_.size(), options_.max_batch);
     events.reserve(take + dropped_.size());

@@ -4,12 +4,15 @@
 // threads hand each record to a bounded queue (Record never waits for the
 // log); one writer thread appends what is queued in batches
 // (AuditSinkInterface::AppendBatch: one transaction, one fsync per batch)
-// through a connection of its own. A full queue drops the record and counts
+// through a connection of its own, gathering records for up to
+// ExecAuditOptions::linger so that a job's steady trickle of execs costs one
+// commit per period, not one per exec. A full queue drops the record and counts
 // it; the count is written as a "job.exec-dropped" row after the job's
 // queued records, so a loss is never silent. A failed append is logged
 // (error level) with the number of rows lost.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -40,6 +43,10 @@ class ExecRecorderInterface {
 struct ExecAuditOptions {
   size_t queue_capacity = 8192;  // records waiting for the writer
   size_t max_batch = 512;        // rows per transaction
+  // How long the writer gathers records before it appends fewer than
+  // max_batch (unless a Flush waits): one fsync per this period rather
+  // than per exec. A row reaches the log at most this much later.
+  std::chrono::milliseconds linger{100};
 };
 
 // The audit event of one exec: actor "ralphd", type "job.exec", subject
@@ -81,6 +88,7 @@ class ExecAuditWriter final : public ExecRecorderInterface {
   std::map<uint64_t, uint64_t> dropped_;  // per job, not yet written
   uint64_t received_ = 0;                 // Record calls
   uint64_t handled_ = 0;                  // of them written, failed or counted as dropped
+  uint64_t flush_target_ = 0;             // received_ at the latest Flush: write at once
   bool stop_ = false;
   Stats stats_;
   std::thread thread_;
