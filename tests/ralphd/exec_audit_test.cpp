@@ -1,5 +1,5 @@
 // The exec audit writer with a fake sink: rows in order, batched (a trickle
-// gathered until a flush); a full
+// gathered until a flush); a job past its row limit counted in one row; a full
 // queue drops records and writes their count after the job's queued rows;
 // a failing sink is logged, never silent; the event of one exec is redacted.
 #include "services/ralphd/exec_audit.h"
@@ -150,6 +150,29 @@ TEST(ExecAuditWriter, AFullQueueDropsAndWritesTheCountAfterTheQueuedRows) {
   EXPECT_EQ(seen, (std::vector<std::string>{"job 1 /bin/a", "job 1 /bin/b", "job 2 /bin/c",
                                             "job 1 dropped 1", "job 2 dropped 2"}));
   EXPECT_EQ(writer.stats().written, 3u);
+}
+
+TEST(ExecAuditWriter, ExecsPastAJobsRowLimitAreCountedInOneRowWhenItEnds) {
+  auto owned = std::make_unique<FakeSink>();
+  FakeSink* sink = owned.get();
+  ExecAuditWriter writer(std::move(owned), {.max_rows_per_job = 2}, {});
+  for (const char* path : {"/bin/a", "/bin/b", "/bin/c", "/bin/d", "/bin/e"})
+    writer.Record(1, Exec(path, {}));
+  writer.Record(2, Exec("/bin/x", {}));  // another job has its own limit
+  writer.FinishJob(1);
+  writer.FinishJob(2);
+  std::vector<std::string> seen;
+  for (const auto& event : sink->events()) seen.push_back(Describe(event));
+  EXPECT_EQ(seen, (std::vector<std::string>{"job 1 /bin/a", "job 1 /bin/b", "job 2 /bin/x",
+                                            "job 1 dropped 3"}));
+  EXPECT_NE(sink->events().back().details["reason"].get<std::string>().find("(2)"),
+            std::string::npos);
+  EXPECT_EQ(writer.stats().written, 3u);
+  EXPECT_EQ(writer.stats().dropped, 3u);
+  // A finished job is forgotten: a job of the same id later starts afresh.
+  writer.Record(1, Exec("/bin/f", {}));
+  writer.FinishJob(1);
+  EXPECT_EQ(Describe(sink->events().back()), "job 1 /bin/f");
 }
 
 TEST(ExecAuditWriter, AFailedAppendIsLoggedAndCounted) {

@@ -41,18 +41,47 @@ void ExecAuditWriter::Record(uint64_t job, sandbox::ExecRecord record) {
   {
     std::lock_guard lock(mutex_);
     ++received_;
+    uint64_t& rows = rows_[job];
+    if (rows >= options_.max_rows_per_job) {
+      ++over_limit_[job];
+      ++stats_.dropped;
+      ++handled_;  // counted: FinishJob writes the count
+      return;
+    }
     if (queue_.size() >= options_.queue_capacity) {
       wake = dropped_.empty();
       ++dropped_[job];
       ++stats_.dropped;
     } else {
-      queue_.emplace_back(job, std::move(record));
+      ++rows;
+      queue_.push_back({.job = job, .exec = std::move(record)});
       // The writer waits for a first record, then gathers until a batch is
       // full: only those two wake it (not every exec).
       wake = queue_.size() == 1 || queue_.size() == options_.max_batch;
     }
   }
   if (wake) wake_.notify_one();
+}
+
+void ExecAuditWriter::FinishJob(uint64_t job) {
+  {
+    std::lock_guard lock(mutex_);
+    auto over = over_limit_.find(job);
+    if (over != over_limit_.end()) {
+      ++received_;
+      queue_.push_back(
+          {.job = job,
+           .event = {.actor = "ralphd",
+                     .type = "job.exec-dropped",
+                     .subject = fmt::format("job {}", job),
+                     .details = {{"count", over->second},
+                                 {"reason", fmt::format("more execs than a job may record ({})",
+                                                        options_.max_rows_per_job)}}}});
+      over_limit_.erase(over);
+    }
+    rows_.erase(job);
+  }
+  Flush();
 }
 
 void ExecAuditWriter::Flush() {
@@ -80,16 +109,23 @@ void ExecAuditWriter::Loop() {
     std::vector<audit::AuditEvent> events;
     size_t take = std::min(queue_.size(), options_.max_batch);
     events.reserve(take + dropped_.size());
-    std::vector<std::pair<uint64_t, sandbox::ExecRecord>> batch(
-        std::make_move_iterator(queue_.begin()),
-        std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(take)));
+    std::vector<Item> batch(std::make_move_iterator(queue_.begin()),
+                            std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(take)));
     queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(take));
     // Drops happened while the queue was full, after what is still queued:
     // their count is written once the queue has drained.
     std::map<uint64_t, uint64_t> dropped;
     if (queue_.empty()) dropped.swap(dropped_);
     lock.unlock();
-    for (const auto& [job, record] : batch) events.push_back(ExecAuditEvent(job, record));
+    size_t exec_rows = 0;
+    for (Item& item : batch) {
+      if (item.exec) {
+        events.push_back(ExecAuditEvent(item.job, *item.exec));
+        ++exec_rows;
+      } else {
+        events.push_back(std::move(item.event));
+      }
+    }
     uint64_t dropped_records = 0;
     for (const auto& [job, count] : dropped) {
       dropped_records += count;
@@ -107,7 +143,7 @@ void ExecAuditWriter::Loop() {
     }
     lock.lock();
     if (rows) {
-      stats_.written += batch.size();
+      stats_.written += exec_rows;
     } else {
       stats_.failed += events.size();
     }

@@ -211,7 +211,7 @@ void JobRunner::RunJob(JobLaunch launch) {
       },
       on_exec);
   // The job's exec rows go before its final state row.
-  if (options_.execs) options_.execs->Flush();
+  if (options_.execs) options_.execs->FinishJob(job);
   {
     std::lock_guard lock(mutex_);
     Running& running = running_[job];

@@ -8,7 +8,8 @@
 // ExecAuditOptions::linger so that a job's steady trickle of execs costs one
 // commit per period, not one per exec. A full queue drops the record and counts
 // it; the count is written as a "job.exec-dropped" row after the job's
-// queued records, so a loss is never silent. A failed append is logged
+// queued records, so a loss is never silent. So are the execs of a job past
+// ExecAuditOptions::max_rows_per_job (one row when the job ends). A failed append is logged
 // (error level) with the number of rows lost.
 #pragma once
 
@@ -20,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -35,14 +37,19 @@ class ExecRecorderInterface {
   virtual ~ExecRecorderInterface() = default;
   // Queues one record of job `job`; never blocks on the audit log.
   virtual void Record(uint64_t job, sandbox::ExecRecord record) = 0;
-  // Returns once everything recorded before the call is in the log (or its
-  // loss logged): a job's execs then come before its final state row.
-  virtual void Flush() = 0;
+  // The job has ended: returns once its records are in the log (or their
+  // loss is counted in a row, or logged), so they come before its final
+  // state row; then forgets the job.
+  virtual void FinishJob(uint64_t job) = 0;
 };
 
 struct ExecAuditOptions {
   size_t queue_capacity = 8192;  // records waiting for the writer
   size_t max_batch = 512;        // rows per transaction
+  // Rows one job may add: a job that starts processes in a tight loop must
+  // not fill VAR with its audit trail. Further execs are counted and the
+  // count written as one "job.exec-dropped" row when the job ends.
+  uint64_t max_rows_per_job = 200000;
   // How long the writer gathers records before it appends fewer than
   // max_batch (unless a Flush waits): one fsync per this period rather
   // than per exec. A row reaches the log at most this much later.
@@ -65,7 +72,10 @@ class ExecAuditWriter final : public ExecRecorderInterface {
   ExecAuditWriter& operator=(const ExecAuditWriter&) = delete;
 
   void Record(uint64_t job, sandbox::ExecRecord record) override;
-  void Flush() override;
+  void FinishJob(uint64_t job) override;
+  // Returns once everything recorded before the call is in the log (or its
+  // loss counted or logged).
+  void Flush();
 
   struct Stats {
     uint64_t written = 0;  // job.exec rows stored
@@ -84,11 +94,20 @@ class ExecAuditWriter final : public ExecRecorderInterface {
   mutable std::mutex mutex_;
   std::condition_variable wake_;  // the writer: work or stop
   std::condition_variable done_;  // Flush: progress
-  std::deque<std::pair<uint64_t, sandbox::ExecRecord>> queue_;
-  std::map<uint64_t, uint64_t> dropped_;  // per job, not yet written
-  uint64_t received_ = 0;                 // Record calls
-  uint64_t handled_ = 0;                  // of them written, failed or counted as dropped
-  uint64_t flush_target_ = 0;             // received_ at the latest Flush: write at once
+  // An exec record, or (no record) a prepared event: the count of a job's
+  // execs past its row limit.
+  struct Item {
+    uint64_t job = 0;
+    std::optional<sandbox::ExecRecord> exec;
+    audit::AuditEvent event;
+  };
+  std::deque<Item> queue_;
+  std::map<uint64_t, uint64_t> dropped_;     // at a full queue, per job, not yet written
+  std::map<uint64_t, uint64_t> rows_;        // per running job: rows queued so far
+  std::map<uint64_t, uint64_t> over_limit_;  // per running job: execs past the limit
+  uint64_t received_ = 0;                    // Record calls
+  uint64_t handled_ = 0;                     // of them written, failed or counted as dropped
+  uint64_t flush_target_ = 0;                // received_ at the latest Flush: write at once
   bool stop_ = false;
   Stats stats_;
   std::thread thread_;
