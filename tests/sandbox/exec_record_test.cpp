@@ -1,7 +1,7 @@
 // Exec recording (SandboxSpec::record_exec) against the real kernel: the
 // execs of a job in order with their argv, one record per process of a
-// loop, none when off, the limits visible as truncation, PATH-search misses
-// marked, and what happens to an exec whose supervisor goes away.
+// loop, no listener left to the job, none when off, the limits visible as truncation, PATH-search
+// misses marked, and what happens to an exec whose supervisor goes away.
 #include <linux/seccomp.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -77,6 +77,20 @@ TEST_F(ExecRecordTest, EveryProcessOfALoopIsOneRecordDeliveredToTheCallback) {
     ASSERT_EQ(execs[i + 1].argv, (std::vector<std::string>{"/bin/true", std::to_string(i)}));
   }
   ASSERT_TRUE(service_->Destroy(*id));
+}
+
+TEST_F(ExecRecordTest, TheJobHoldsNoListener) {
+  // The child sends the listener to the service and closes it (it is
+  // close-on-exec as well): nothing of the job can answer (or swallow) its
+  // own notifications.
+  // (The glob's own directory fd is gone by the time readlink runs.)
+  SandboxSpec spec =
+      Spec({"/bin/sh", "-c", "for f in /proc/self/fd/*; do readlink $f; done; true"});
+  spec.record_exec = true;
+  JobResult result = RunJob(spec);
+  ASSERT_EQ(result.exit_code, 0) << Describe(result);
+  EXPECT_NE(result.stdout_data.find("pipe:"), std::string::npos) << result.stdout_data;
+  EXPECT_EQ(result.stdout_data.find("seccomp"), std::string::npos) << result.stdout_data;
 }
 
 TEST_F(ExecRecordTest, NothingIsRecordedWhenOff) {
