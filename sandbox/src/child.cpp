@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -46,6 +47,7 @@ std::string_view ChildStepName(ChildStep step) {
     case ChildStep::kParentDeath: return "arming the parent-death signal";
     case ChildStep::kSeccomp: return "loading the seccomp filter";
     case ChildStep::kExec: return "executing the command";
+    case ChildStep::kExecRecording: return "setting up exec recording";
   }
   return "unknown step";
 }
@@ -96,6 +98,29 @@ int ResetSignalDispositions() {
     if (::syscall(SYS_rt_sigaction, sig, &action, nullptr, kKernelSigsetBytes) != 0) return errno;
   }
   return 0;
+}
+
+// Sends `fd` to the parent as SCM_RIGHTS with one byte. Raw sendmsg (a
+// cancellation point in glibc). Returns 0 or an errno.
+int SendFd(int socket, int fd) {
+  char byte = 0;
+  iovec data{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &data;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof control;
+  cmsghdr* header = CMSG_FIRSTHDR(&message);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_RIGHTS;
+  header->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(header), &fd, sizeof fd);
+  long sent;
+  do {
+    sent = ::syscall(SYS_sendmsg, socket, &message, MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  return sent == 1 ? 0 : (sent < 0 ? errno : EIO);
 }
 
 [[noreturn]] void Fail(const ChildPlan& plan, ChildStep step, int err, int op_index = -1) {
@@ -278,6 +303,16 @@ void RunChild(const ChildPlan& plan) {
     Fail(plan, ChildStep::kStdio, errno);
 
   // 9. Seccomp last: the filter itself denies the mount/pivot_root above.
+  // The exec-recording filter first: from here on every exec, ours below
+  // included, waits for the parent, which has its listener.
+  if (plan.exec_notify) {
+    int listener = -1;
+    if (int err = LoadExecNotifyFilter(plan.exec_notify, &listener); err != 0)
+      Fail(plan, ChildStep::kExecRecording, err);
+    int err = SendFd(plan.sync_fd, listener);
+    RawClose(listener);
+    if (err != 0) Fail(plan, ChildStep::kExecRecording, err);
+  }
   if (int err = LoadSeccompProgram(plan.seccomp); err != 0) Fail(plan, ChildStep::kSeccomp, err);
 
   // 10. The job starts with an empty signal mask (a mask survives execve;

@@ -41,6 +41,7 @@ enum class ChildStep : int {
   kParentDeath,
   kSeccomp,
   kExec,
+  kExecRecording,
 };
 std::string_view ChildStepName(ChildStep step);
 
@@ -67,6 +68,9 @@ struct ChildPlan {
   int last_cap = 0;
   int landlock_abi = 0;
   const sock_fprog* seccomp = nullptr;
+  // SandboxSpec::record_exec: loaded with a new listener before `seccomp`,
+  // the listener sent to the parent over `sync_fd` (SCM_RIGHTS) and closed.
+  const sock_fprog* exec_notify = nullptr;
   const std::vector<const char*>* exec_candidates = nullptr;
   char* const* argv = nullptr;
   char* const* envp = nullptr;

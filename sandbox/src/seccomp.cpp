@@ -202,4 +202,41 @@ int LoadSeccompProgram(const sock_fprog* program) {
   return 0;
 }
 
+Result<ExecSyscalls> ExecSyscallNumbers(uint32_t audit_arch) {
+  if (audit_arch == 0) audit_arch = seccomp_arch_native();
+  // Fixed by each architecture's ABI (its unistd.h).
+  switch (audit_arch) {
+    case AUDIT_ARCH_X86_64: return ExecSyscalls{59, 322};
+    case AUDIT_ARCH_AARCH64: return ExecSyscalls{221, 281};
+    default:
+      return Error::Make(ErrorCode::kUnsupported,
+                         fmt::format("seccomp: unsupported audit arch {:#x}", audit_arch));
+  }
+}
+
+Result<std::vector<sock_filter>> ExecNotifyFilter(uint32_t audit_arch) {
+  if (audit_arch == 0) audit_arch = seccomp_arch_native();
+  ExecSyscalls numbers = TRY(ExecSyscallNumbers(audit_arch));
+  uint32_t execve_nr = numbers.execve, execveat_nr = numbers.execveat;
+  // Another architecture's calls are allowed here: the job's own filter
+  // kills them.
+  return std::vector<sock_filter>{
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, audit_arch, 0, 4),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, execve_nr, 1, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, execveat_nr, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+}
+
+int LoadExecNotifyFilter(const sock_fprog* program, int* listener) {
+  long fd =
+      ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, program);
+  if (fd < 0) return errno;
+  *listener = static_cast<int>(fd);
+  return 0;
+}
+
 }  // namespace ralph::sandbox

@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "child.h"
+#include "exec_monitor.h"
 #include "fs_util.h"
 #include "platform/unique_fd.h"
 #include "sandbox/landlock.h"
@@ -60,6 +61,11 @@ struct SandboxService::Job {
   bool start_failed = false;
   std::chrono::steady_clock::time_point started;
   JobResult result;
+  // SandboxSpec::record_exec: the listener, once the child has sent it, and
+  // the execs answered while Run waited for the job's start (Wait delivers
+  // them first).
+  std::unique_ptr<ExecMonitor> exec_monitor;
+  std::vector<ExecRecord> start_execs;
 };
 
 namespace {
@@ -135,14 +141,18 @@ SandboxService::SandboxService(ServiceOptions options,
                                std::unique_ptr<CgroupManagerInterface> cgroups,
                                std::unique_ptr<NetworkProviderInterface> network,
                                std::unique_ptr<Spawner> spawner, SeccompProgram seccomp,
-                               int landlock_abi)
+                               std::vector<sock_filter> exec_notify, int landlock_abi)
     : options_(std::move(options)),
       cgroups_(std::move(cgroups)),
       network_(std::move(network)),
       spawner_(std::move(spawner)),
       seccomp_(std::move(seccomp)),
+      exec_notify_filter_(std::move(exec_notify)),
       landlock_abi_(landlock_abi),
-      last_cap_(cap_max_bits() - 1) {}
+      last_cap_(cap_max_bits() - 1) {
+  exec_notify_.len = static_cast<unsigned short>(exec_notify_filter_.size());
+  exec_notify_.filter = exec_notify_filter_.data();
+}
 
 SandboxService::~SandboxService() {
   while (!jobs_.empty()) IgnoreError(Destroy(jobs_.begin()->first));
@@ -164,13 +174,14 @@ Result<std::unique_ptr<SandboxService>> SandboxService::Create(
   // Compiled when the build ran: nothing to compile per service.
   SeccompProgram seccomp =
       TRY_CTX(SeccompProgram::Default(options.seccomp_audit_arch), "the seccomp program");
+  std::vector<sock_filter> exec_notify = TRY(ExecNotifyFilter(options.seccomp_audit_arch));
   // 0711: the job's mapped root must traverse to its volume, list nothing.
   TRY(MakeDirs(options.state_dir + "/images", 0711));
   int abi = LandlockAbiVersion();
   std::unique_ptr<Spawner> spawner = TRY(Spawner::Create());
-  std::unique_ptr<SandboxService> service(new SandboxService(std::move(options), std::move(cgroups),
-                                                             std::move(network), std::move(spawner),
-                                                             std::move(seccomp), abi));
+  std::unique_ptr<SandboxService> service(
+      new SandboxService(std::move(options), std::move(cgroups), std::move(network),
+                         std::move(spawner), std::move(seccomp), std::move(exec_notify), abi));
   VolumeOptions volume_options;
   volume_options.max_pooled = service->options_.max_pooled_volumes;
   volume_options.max_shared_mounted = service->options_.max_shared_volumes;
@@ -346,6 +357,7 @@ Result<void> SandboxService::Run(const JobId& id) {
   plan.last_cap = last_cap_;
   plan.landlock_abi = landlock_abi_;
   plan.seccomp = seccomp_.program();
+  if (job.spec.record_exec) plan.exec_notify = &exec_notify_;
   plan.exec_candidates = &job.exec_pointers;
   plan.argv = job.argv_pointers.data();
   plan.envp = job.env_pointers.data();
@@ -456,6 +468,12 @@ Result<void> SandboxService::Run(const JobId& id) {
   // A child that failed meanwhile has reported it; release() then fails
   // with EPIPE and the report below is read either way.
   bool released = static_cast<bool>(release());
+  if (job.spec.record_exec) {
+    // The child's own exec waits for its answer: until the exec closes the
+    // error pipe, this thread supervises it.
+    if (auto r = SuperviseStart(job, sync_write.get(), error_read.get()); !r)
+      return fail(std::move(r).error());
+  }
   ChildFailure failure;
   ssize_t n;
   do {
@@ -468,7 +486,72 @@ Result<void> SandboxService::Run(const JobId& id) {
   return {};
 }
 
-Result<JobResult> SandboxService::Wait(const JobId& id, const OutputCallback& on_output) {
+Result<void> SandboxService::SuperviseStart(Job& job, int sync_fd, int error_fd) {
+  bool sync_open = true;
+  for (;;) {
+    pollfd fds[3];
+    nfds_t count = 0;
+    fds[count++] = {error_fd, POLLIN, 0};
+    int sync_index = -1, exec_index = -1;
+    if (sync_open && !job.exec_monitor) {
+      sync_index = static_cast<int>(count);
+      fds[count++] = {sync_fd, POLLIN, 0};
+    }
+    if (job.exec_monitor) {
+      exec_index = static_cast<int>(count);
+      fds[count++] = {job.exec_monitor->fd(), POLLIN, 0};
+    }
+    if (::poll(fds, count, -1) < 0) {
+      if (errno == EINTR) continue;
+      return Io("poll");
+    }
+    // The error pipe closes once the job's first exec ran (or carries the
+    // child's failure): an exec waiting from then on is the job's, for Wait.
+    if (fds[0].revents) return {};
+    if (exec_index >= 0 && (fds[exec_index].revents & POLLIN)) {
+      std::optional<ExecRecord> record = TRY(job.exec_monitor->HandleOne());
+      // Before the job runs, its execs are the sandbox's own tries of
+      // ExecCandidates: one whose file is missing is no process of the job.
+      if (record && !record->missing) {
+        if (job.start_execs.size() < options_.exec_limits.max_kept) {
+          job.start_execs.push_back(std::move(*record));
+        } else {
+          ++job.result.execs_dropped;
+        }
+      }
+      continue;
+    }
+    if (sync_index >= 0 && fds[sync_index].revents) {
+      char byte;
+      iovec data{&byte, 1};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+      msghdr message{};
+      message.msg_iov = &data;
+      message.msg_iovlen = 1;
+      message.msg_control = control;
+      message.msg_controllen = sizeof control;
+      ssize_t n = ::recvmsg(sync_fd, &message, MSG_CMSG_CLOEXEC);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {  // the child is gone: its report is on the error pipe
+        sync_open = false;
+        continue;
+      }
+      cmsghdr* header = CMSG_FIRSTHDR(&message);
+      if (!header || header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS ||
+          header->cmsg_len != CMSG_LEN(sizeof(int)))
+        return Error::Make(ErrorCode::kInternal, "the child sent no exec listener");
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(header), sizeof fd);
+      // Sent after pivot_root: the child's root is the job's.
+      job.exec_monitor = TRY(ExecMonitor::Create(UniqueFd(fd), job.pid, options_.seccomp_audit_arch,
+                                                 options_.exec_limits));
+      continue;
+    }
+  }
+}
+
+Result<JobResult> SandboxService::Wait(const JobId& id, const OutputCallback& on_output,
+                                       const ExecCallback& on_exec) {
   Job& job = *TRY(Find(id));
   if (job.state == Job::State::kCreated)
     return Error::Make(ErrorCode::kInvalidState, fmt::format("sandbox {} was not started", id));
@@ -482,6 +565,17 @@ Result<JobResult> SandboxService::Wait(const JobId& id, const OutputCallback& on
   bool has_deadline = job.spec.timeout.count() > 0;
   const auto deadline = job.started + job.spec.timeout;
   siginfo_t info{};
+  auto deliver = [&](ExecRecord record) {
+    if (on_exec) {
+      on_exec(std::move(record));
+    } else if (result.execs.size() < options_.exec_limits.max_kept) {
+      result.execs.push_back(std::move(record));
+    } else {
+      ++result.execs_dropped;
+    }
+  };
+  for (ExecRecord& record : job.start_execs) deliver(std::move(record));
+  job.start_execs.clear();
   auto drain = [&](UniqueFd& fd, std::string& into, OutputStream stream) {
     char buffer[65536];
     ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
@@ -500,12 +594,16 @@ Result<JobResult> SandboxService::Wait(const JobId& id, const OutputCallback& on
     result.output_dropped_bytes += static_cast<size_t>(n) - keep;
   };
   while (job.state == Job::State::kRunning || job.out || job.err) {
-    pollfd fds[3];
+    pollfd fds[4];
     int count = 0;
-    int pid_index = -1, out_index = -1, err_index = -1;
+    int pid_index = -1, out_index = -1, err_index = -1, exec_index = -1;
     if (job.state == Job::State::kRunning) {
       pid_index = count;
       fds[count++] = {job.pidfd.get(), POLLIN, 0};
+      if (job.exec_monitor) {
+        exec_index = count;
+        fds[count++] = {job.exec_monitor->fd(), POLLIN, 0};
+      }
     }
     if (job.out) {
       out_index = count;
@@ -532,6 +630,14 @@ Result<JobResult> SandboxService::Wait(const JobId& id, const OutputCallback& on
       IgnoreError(job.cgroup->KillAll());
       has_deadline = false;
       continue;
+    }
+    if (exec_index >= 0 && fds[exec_index].revents) {
+      if (fds[exec_index].revents & POLLIN) {
+        std::optional<ExecRecord> record = TRY(job.exec_monitor->HandleOne());
+        if (record) deliver(std::move(*record));
+      } else {
+        job.exec_monitor.reset();  // POLLHUP: no process of the job is left
+      }
     }
     if (out_index >= 0 && fds[out_index].revents)
       drain(job.out, result.stdout_data, OutputStream::kStdout);
@@ -584,6 +690,7 @@ Result<void> SandboxService::Teardown(Job& job) {
     job.state = Job::State::kReaped;
   }
   job.pidfd.reset();
+  job.exec_monitor.reset();
   // The overlay and the rest of the job's mounts go now, before its volume
   // is wiped or reused.
   job.mount_ns.reset();

@@ -289,6 +289,45 @@ TEST_F(AuditLogTest, RejectsMalformedEvents) {
   EXPECT_EQ(log->Tip()->seq, 0);
 }
 
+TEST_F(AuditLogTest, AppendBatchChainsInOrderInOneTransaction) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 2);
+  std::vector<AuditEvent> batch;
+  for (int n = 10; n < 15; ++n) batch.push_back(Event(n));
+  batch[2].details = {{"argv", json::array({"curl", "--token=s3cr3t"})}};
+  auto rows = log->AppendBatch(batch);
+  ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+  ASSERT_EQ(rows->size(), 5u);
+  for (size_t i = 0; i < rows->size(); ++i) {
+    EXPECT_EQ((*rows)[i].seq, static_cast<int64_t>(3 + i));
+    EXPECT_EQ((*rows)[i].subject, batch[i].subject);
+    if (i > 0) {
+      EXPECT_EQ((*rows)[i].prev_hash, (*rows)[i - 1].hash);
+    }
+  }
+  // Redacted like any appended row.
+  EXPECT_EQ((*rows)[2].details, R"({"argv":["curl","--token=[REDACTED]"]})");
+  auto stored = log->List({.after_seq = 2});
+  ASSERT_TRUE(stored.has_value());
+  ASSERT_EQ(stored->size(), 5u);
+  EXPECT_EQ(stored->back().hash, rows->back().hash);
+  EXPECT_TRUE(VerifyNow().ok());
+  EXPECT_EQ(log->Tip()->seq, 7);
+
+  // One bad event refuses the whole batch, named by its index.
+  std::vector<AuditEvent> bad = {Event(20), {.actor = "ota", .type = ""}, Event(21)};
+  auto refused = log->AppendBatch(bad);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(refused.error().ToString(), HasSubstr("events[1]"));
+  EXPECT_EQ(log->Tip()->seq, 7);
+  auto empty = log->AppendBatch({});
+  ASSERT_TRUE(empty.has_value());
+  EXPECT_TRUE(empty->empty());
+  EXPECT_EQ(log->Tip()->seq, 7);
+}
+
 TEST_F(AuditLogTest, BusyLogGivesABusyErrorNotAHang) {
   auto log = AuditLog::Open(path_, OpenMode::kCreateIfMissing,
                             {.busy_timeout = std::chrono::milliseconds(50)});

@@ -96,6 +96,59 @@ TEST(RedactText, UrlPasswordsAndSecretQueryParameters) {
   EXPECT_EQ(RedactText("no url here"), "no url here");
 }
 
+TEST(RedactText, HeaderLinesWithASecretName) {
+  EXPECT_EQ(RedactText("Authorization: Basic dXNlcjpwYXNz"), "Authorization: Basic [REDACTED]");
+  EXPECT_EQ(RedactText("X-Api-Key: abc def\nAccept: */*"), "X-Api-Key: [REDACTED]\nAccept: */*");
+  EXPECT_EQ(RedactText("Cookie: session=1; theme=dark"), "Cookie: [REDACTED]");
+  // Only at the start of a line, and only names of secrets.
+  EXPECT_EQ(RedactText("Accept: text/plain"), "Accept: text/plain");
+  EXPECT_EQ(RedactText("the missing key: foo"), "the missing key: foo");
+}
+
+TEST(RedactText, OptionsAndAssignmentsWithASecretName) {
+  EXPECT_EQ(RedactText("--token=abc"), "--token=[REDACTED]");
+  EXPECT_EQ(RedactText("-password=hunter2"), "-password=[REDACTED]");
+  EXPECT_EQ(RedactText("GITHUB_TOKEN=ghp_1234"), "GITHUB_TOKEN=[REDACTED]");
+  EXPECT_EQ(RedactText("env AWS_SECRET_ACCESS_KEY=wJalr make"),
+            "env AWS_SECRET_ACCESS_KEY=[REDACTED] make");
+  EXPECT_EQ(RedactText("curl --api-key abc https://x"), "curl --api-key [REDACTED] https://x");
+  EXPECT_EQ(RedactText("run --password 'two words' now"), "run --password '[REDACTED]' now");
+  EXPECT_EQ(RedactText("DB_PASSWORD=\"s p\" ./run"), "DB_PASSWORD=\"[REDACTED]\" ./run");
+  EXPECT_EQ(RedactText("sh -c 'TOKEN=x; curl'"), "sh -c 'TOKEN=[REDACTED]; curl'");
+  // The next word is another option: nothing to take.
+  EXPECT_EQ(RedactText("--token --verbose"), "--token --verbose");
+  // Names that are not secrets, and secret words inside other words.
+  for (std::string_view kept : {"--max_tokens=5", "PATH=/usr/bin", "--keyring=/k", "a=b",
+                                "monkey=1", "tokens_used=3 --output out"}) {
+    EXPECT_EQ(RedactText(kept), kept);
+  }
+}
+
+TEST(RedactArgv, TheArgumentAfterASecretOptionGoesWhole) {
+  std::vector<std::string> argv = {"curl",
+                                   "--api-key",
+                                   "abc",
+                                   "-H",
+                                   "Authorization: Bearer eyJz.abc",
+                                   "--token=t0k",
+                                   "https://user:pw@host/x?access_token=q",
+                                   "GITHUB_TOKEN=ghp_x",
+                                   "--password",
+                                   "--looks-like-an-option",
+                                   "plain",
+                                   "--output",
+                                   "out.txt"};
+  EXPECT_EQ(
+      RedactArgv(argv),
+      (std::vector<std::string>{
+          "curl", "--api-key", "[REDACTED]", "-H", "Authorization: Bearer [REDACTED]",
+          "--token=[REDACTED]", "https://user:[REDACTED]@host/x?access_token=[REDACTED]",
+          "GITHUB_TOKEN=[REDACTED]", "--password", "[REDACTED]", "plain", "--output", "out.txt"}));
+  // A secret option as the last argument has nothing after it.
+  EXPECT_EQ(RedactArgv({"x", "--token"}), (std::vector<std::string>{"x", "--token"}));
+  EXPECT_TRUE(RedactArgv({}).empty());
+}
+
 TEST(RedactJson, SecretMembersWhateverTheirTypeAndNesting) {
   json in = {
       {"version", "2.5.0"},

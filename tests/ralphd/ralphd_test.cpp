@@ -401,14 +401,53 @@ TEST_F(RalphdTest, EventsAfterASequenceNumberLoseNothing) {
   ASSERT_EQ(exported.exit, 0) << exported.err;
   std::istringstream lines(exported.out);
   std::string row;
-  size_t rows = 0;
+  size_t rows = 0, execs = 0;
   while (std::getline(lines, row)) {
     json record = json::parse(row, nullptr, false);
     ASSERT_TRUE(record.is_object()) << row;
     EXPECT_EQ(record["subject"], "job 1");
-    ++rows;
+    ++(record["type"] == "job.exec" ? execs : rows);
   }
-  EXPECT_EQ(rows, 4u);  // submit, running, files (none), succeeded
+  EXPECT_EQ(rows, 4u);   // submit, running, files (none), succeeded
+  EXPECT_EQ(execs, 1u);  // sh (echo is its builtin)
+}
+
+// Every process a job starts is in the audit log, in order, with its argv
+// redacted; the rows precede the job's final state row.
+TEST_F(RalphdTest, EveryExecOfAJobIsAuditedWithItsArgvRedacted) {
+  ProgramStreams run =
+      Ctl({"job", "run", "--", "/bin/sh", "-c",
+           "/bin/echo a b; /usr/bin/env GITHUB_TOKEN=ghp_s3cr3t /bin/true --api-key k3y 'c d'; "
+           "/bin/true https://ops:hunter2@example.com/x"});
+  ASSERT_EQ(run.exit, 0) << run.err;
+  EXPECT_EQ(run.out, "a b\n");
+  json execs = CtlJson({"audit", "list", "--job", "1", "--type", "job.exec", "--limit", "0"});
+  ASSERT_TRUE(execs.is_array()) << execs.dump();
+  std::vector<std::string> seen;
+  for (const json& row : execs) {
+    EXPECT_EQ(row["subject"], "job 1");
+    EXPECT_EQ(row["actor"], "ralphd");
+    EXPECT_GT(row["details"]["pid"].get<int>(), 0);
+    EXPECT_FALSE(row["details"]["time"].get<std::string>().empty());
+    seen.push_back(row["details"]["path"].get<std::string>() + " " + row["details"]["argv"].dump());
+  }
+  EXPECT_EQ(
+      seen,
+      (std::vector<std::string>{
+          R"(/bin/sh ["/bin/sh","-c","/bin/echo a b; /usr/bin/env GITHUB_TOKEN=[REDACTED] /bin/true --api-key [REDACTED] 'c d'; /bin/true https://ops:[REDACTED]@example.com/x"])",
+          R"(/bin/echo ["/bin/echo","a","b"])",
+          R"(/usr/bin/env ["/usr/bin/env","GITHUB_TOKEN=[REDACTED]","/bin/true","--api-key","[REDACTED]","c d"])",
+          R"(/bin/true ["/bin/true","--api-key","[REDACTED]","c d"])",
+          R"(/bin/true ["/bin/true","https://ops:[REDACTED]@example.com/x"])",
+      }));
+  // No secret reached the log file, and the exec rows precede the last state row.
+  json all = CtlJson({"audit", "list", "--job", "1", "--limit", "0"});
+  std::string dumped = all.dump();
+  for (const char* secret : {"ghp_s3cr3t", "k3y", "hunter2"})
+    EXPECT_EQ(dumped.find(secret), std::string::npos) << secret;
+  ASSERT_FALSE(all.empty());
+  EXPECT_EQ(all.back()["type"], "job.state") << dumped;
+  EXPECT_LT(execs.back()["seq"].get<int64_t>(), all.back()["seq"].get<int64_t>());
 }
 
 TEST_P(RalphctlTest, EgressIsDeniedAndAudited) {

@@ -56,4 +56,26 @@ class SeccompProgram {
 // denied calls reach the audit log. Returns 0 or an errno. Async-signal-safe.
 int LoadSeccompProgram(const sock_fprog* program);
 
+// The exec-recording filter (SandboxSpec::record_exec): execve and execveat
+// of `audit_arch` (0: the build's) return SECCOMP_RET_USER_NOTIF, everything
+// else SECCOMP_RET_ALLOW (the job's allowlist, a filter of its own, still
+// decides: the strictest action of all filters wins, and USER_NOTIF is
+// stricter only than ALLOW, LOG and TRACE). kUnsupported for architectures
+// other than x86_64 and aarch64. Pure.
+Result<std::vector<sock_filter>> ExecNotifyFilter(uint32_t audit_arch);
+
+struct ExecSyscalls {
+  uint32_t execve;
+  uint32_t execveat;
+};
+// The numbers of execve and execveat on `audit_arch` (0: the build's);
+// kUnsupported as above.
+Result<ExecSyscalls> ExecSyscallNumbers(uint32_t audit_arch);
+
+// Loads `program` with SECCOMP_FILTER_FLAG_NEW_LISTENER; on success
+// *listener is the notification fd (O_CLOEXEC). Needs no_new_privs (or
+// CAP_SYS_ADMIN). A thread has at most one listener in its filter chain
+// (EBUSY). Returns 0 or an errno. Async-signal-safe.
+int LoadExecNotifyFilter(const sock_fprog* program, int* listener);
+
 }  // namespace ralph::sandbox

@@ -90,6 +90,17 @@ enum class NetworkTeardown {
   kWithNamespace,
 };
 
+// Bounds on what the service reads of one exec (SandboxSpec::record_exec):
+// the job chooses the strings, the service only ever copies this much.
+struct ExecRecordLimits {
+  size_t max_path_bytes = 4096;
+  size_t max_args = 64;
+  // All arguments together; the argument that crosses it is cut there.
+  size_t max_argv_bytes = 4096;
+  // Records kept in JobResult::execs when Wait has no exec callback.
+  size_t max_kept = 100000;
+};
+
 struct ServiceOptions {
   // Per-job state directories and upper-layer images live here (on VAR).
   std::string state_dir;
@@ -116,12 +127,33 @@ struct ServiceOptions {
   // to empty (VolumeOptions::defer_wipe): a launcher calls Housekeep()
   // while its job runs, so neither the sweeps nor a wipe are on its path.
   bool deferred_housekeeping = false;
+  ExecRecordLimits exec_limits;
   // Where Create() reports what its own Housekeep() could not clean up (not
   // fatal: it costs space, not jobs). May be empty.
   std::function<void(LogLevel level, const std::string& message)> log;
 };
 
 enum class Termination { kExited, kSignaled, kTimedOut, kKilled };
+
+// One execve/execveat call inside a job (SandboxSpec::record_exec), read
+// while the caller was stopped at the call's entry. It is an observation,
+// not a check: the call then continues (SECCOMP_USER_NOTIF_FLAG_CONTINUE),
+// and another thread of the caller may change the strings after they were
+// read. A call that fails (a PATH search trying each directory) is recorded
+// too; `missing` says its file did not exist when it was read.
+struct ExecRecord {
+  pid_t pid = 0;  // the caller, in the service's pid namespace
+  std::chrono::system_clock::time_point time;
+  // As passed; an execveat relative to a directory fd or with AT_EMPTY_PATH
+  // is "fd:N" (N the caller's fd) followed by "/" and the path, if any.
+  std::string path;
+  std::vector<std::string> argv;
+  bool path_truncated = false;
+  // More arguments or bytes than ExecRecordLimits allow, or argv memory that
+  // could not be read: the arguments after the last one kept are not known.
+  bool argv_truncated = false;
+  bool missing = false;
+};
 
 struct JobResult {
   Termination termination = Termination::kExited;
@@ -133,6 +165,10 @@ struct JobResult {
   std::string stderr_data;
   uint64_t output_dropped_bytes = 0;
   std::chrono::nanoseconds wall{0};
+  // SandboxSpec::record_exec without an exec callback: the first
+  // ExecRecordLimits::max_kept records, and how many more were dropped.
+  std::vector<ExecRecord> execs;
+  uint64_t execs_dropped = 0;
 };
 
 using JobId = std::string;
@@ -141,6 +177,10 @@ enum class OutputStream { kStdout, kStderr };
 // Receives a job's output as Wait reads it, chunk by chunk (a daemon streams
 // it live and stores it itself). With a pty all output is kStdout.
 using OutputCallback = std::function<void(OutputStream stream, std::string_view chunk)>;
+// Receives each ExecRecord of a job with SandboxSpec::record_exec, in order,
+// on Wait's thread. The exec it describes waits until it returns: it should
+// hand the record on (e.g. to a bounded queue) and not block.
+using ExecCallback = std::function<void(ExecRecord record)>;
 
 class SandboxService {
  public:
@@ -157,7 +197,12 @@ class SandboxService {
   // output is drained. Once per job. With `on_output`, every chunk goes to
   // it as it is read instead of into JobResult (stdout_data and stderr_data
   // stay empty, nothing is dropped); it runs on the calling thread.
-  Result<JobResult> Wait(const JobId& id, const OutputCallback& on_output = {});
+  // With record_exec, Wait is also the job's exec supervisor: its execs wait
+  // while Wait is not running (as its writes do once a pipe is full), and
+  // each goes to `on_exec`, or into JobResult::execs without it. The execs
+  // of the job's start (Run) are delivered first.
+  Result<JobResult> Wait(const JobId& id, const OutputCallback& on_output = {},
+                         const ExecCallback& on_exec = {});
   // SIGKILLs the whole job (its PID 1, so the pid namespace, and the cgroup).
   Result<void> Kill(const JobId& id);
   // Tears everything down; idempotent for a known id.
@@ -194,8 +239,12 @@ class SandboxService {
  private:
   SandboxService(ServiceOptions options, std::unique_ptr<CgroupManagerInterface> cgroups,
                  std::unique_ptr<NetworkProviderInterface> network,
-                 std::unique_ptr<Spawner> spawner, SeccompProgram seccomp, int landlock_abi);
+                 std::unique_ptr<Spawner> spawner, SeccompProgram seccomp,
+                 std::vector<sock_filter> exec_notify, int landlock_abi);
   Result<Job*> Find(const JobId& id) const;
+  // Run with record_exec: takes the exec listener from the child and answers
+  // its execs until the error pipe says it exec'd or failed.
+  Result<void> SuperviseStart(Job& job, int sync_fd, int error_fd);
   Result<void> Teardown(Job& job);
 
   ServiceOptions options_;
@@ -204,6 +253,8 @@ class SandboxService {
   std::unique_ptr<LoopVolumeFactory> volumes_;
   std::unique_ptr<Spawner> spawner_;
   SeccompProgram seccomp_;
+  std::vector<sock_filter> exec_notify_filter_;
+  sock_fprog exec_notify_{};
   int landlock_abi_;
   int last_cap_;
   uint64_t next_job_ = 1;

@@ -81,6 +81,12 @@ struct SandboxSpec {
   // kPty: the window size the job starts with (1..10000 each).
   TerminalSize terminal_size;
 
+  // Every execve/execveat inside the job is reported to the service's
+  // caller (ExecRecord, service.h): the job's processes stop at each exec
+  // until the service has read the path and argv. Off by default (a
+  // launcher has no one to report to); ralphd turns it on.
+  bool record_exec = false;
+
   // Hardening layers; all on by default. Turning one off is for diagnosis.
   bool proc_subset_pid = true;  // /proc shows only processes (no /proc/sys, kcore...)
 };

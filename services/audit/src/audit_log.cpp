@@ -320,60 +320,79 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(std::string path, OpenMode mode
 AuditLog::~AuditLog() = default;
 
 Result<AuditRecord> AuditLog::Append(const AuditEvent& event) {
+  std::vector<AuditRecord> rows = TRY(AppendBatch(std::span<const AuditEvent>(&event, 1)));
+  return std::move(rows.front());
+}
+
+Result<std::vector<AuditRecord>> AuditLog::AppendBatch(std::span<const AuditEvent> events) {
   if (mode_ == OpenMode::kReadOnly) {
     return Error::Make(
         ErrorCode::kReadOnly,
         fmt::format("audit log {} was opened read-only; events cannot be appended", path_));
   }
-  TRY(ValidateEvent(event));
+  std::vector<AuditRecord> rows;
+  if (events.empty()) return rows;
+  auto now = options_.clock ? options_.clock() : std::chrono::system_clock::now();
+  for (size_t i = 0; i < events.size(); ++i) {
+    const AuditEvent& event = events[i];
+    auto in_batch = [&](Error error) {
+      return events.size() == 1 ? std::move(error)
+                                : std::move(error).WithContext(fmt::format("events[{}]", i));
+    };
+    if (auto valid = ValidateEvent(event); !valid) return in_batch(valid.error());
+    AuditRecord& row = rows.emplace_back();
+    row.actor = event.actor;
+    row.type = event.type;
+    row.subject = RedactText(event.subject);
+    nlohmann::json details =
+        event.details.is_null() ? nlohmann::json::object() : RedactJson(event.details);
+    // nlohmann's objects are std::maps: keys come out sorted, so the same
+    // details always give the same text. Invalid UTF-8 is replaced rather
+    // than aborting (exceptions are off).
+    row.details = details.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (row.details.size() > kMaxDetailsBytes) {
+      return in_batch(Error::Make(ErrorCode::kInvalidArgument,
+                                  fmt::format("audit event details are {} bytes; at most {}",
+                                              row.details.size(), kMaxDetailsBytes)));
+    }
+    row.time = FormatAuditTime(now);
+  }
   sqlite3* db = db_.get();
   auto fail = [&](int code, std::string_view what) { return DbError(code, what); };
 
-  AuditRecord row;
-  row.actor = event.actor;
-  row.type = event.type;
-  row.subject = RedactText(event.subject);
-  nlohmann::json details =
-      event.details.is_null() ? nlohmann::json::object() : RedactJson(event.details);
-  // nlohmann's objects are std::maps: keys come out sorted, so the same
-  // details always give the same text. Invalid UTF-8 is replaced rather than
-  // aborting (exceptions are off).
-  row.details = details.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  if (row.details.size() > kMaxDetailsBytes) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("audit event details are {} bytes; at most {}",
-                                   row.details.size(), kMaxDetailsBytes));
-  }
-  auto now = options_.clock ? options_.clock() : std::chrono::system_clock::now();
-  row.time = FormatAuditTime(now);
-
   // IMMEDIATE takes the write lock before the tip is read, so no other
   // appender can chain to the same tip; a second appender waits here (busy
-  // timeout) and then reads our row as its tip.
+  // timeout) and then reads our last row as its tip.
   TRY(Exec(db, "BEGIN IMMEDIATE", "appending: starting a transaction", fail));
   Transaction transaction(db);
+  int64_t seq;
+  std::string prev_hash;
   {
     Statement tip = TRY(Prepare(db, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
                                 "appending: reading the tip", fail));
     int rc = sqlite3_step(tip.get());
     if (rc == SQLITE_ROW) {
-      row.seq = sqlite3_column_int64(tip.get(), 0) + 1;
-      row.prev_hash = ColumnText(tip.get(), 1);
+      seq = sqlite3_column_int64(tip.get(), 0) + 1;
+      prev_hash = ColumnText(tip.get(), 1);
     } else if (rc == SQLITE_DONE) {
-      row.seq = 1;
-      row.prev_hash = std::string(kGenesisHash);
+      seq = 1;
+      prev_hash = std::string(kGenesisHash);
     } else {
       return DbError(rc, "appending: reading the tip");
     }
   }
-  row.hash = TRY_CTX(ComputeRowHash(row), fmt::format("audit log {}: appending", path_));
-  {
-    Statement insert = TRY(Prepare(db,
-                                   fmt::format("INSERT INTO audit_log ({}) VALUES "
-                                               "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                                               kRowColumns),
-                                   "appending: preparing the insert", fail));
+  Statement insert = TRY(Prepare(db,
+                                 fmt::format("INSERT INTO audit_log ({}) VALUES "
+                                             "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                             kRowColumns),
+                                 "appending: preparing the insert", fail));
+  for (AuditRecord& row : rows) {
+    row.seq = seq++;
+    row.prev_hash = std::move(prev_hash);
+    row.hash = TRY_CTX(ComputeRowHash(row), fmt::format("audit log {}: appending", path_));
+    prev_hash = row.hash;
     sqlite3_stmt* s = insert.get();
+    sqlite3_reset(s);
     sqlite3_bind_int64(s, 1, row.seq);
     const std::string* texts[] = {&row.time,    &row.actor,     &row.type, &row.subject,
                                   &row.details, &row.prev_hash, &row.hash};
@@ -386,7 +405,7 @@ Result<AuditRecord> AuditLog::Append(const AuditEvent& event) {
   }
   TRY(Exec(db, "COMMIT", "appending: committing", fail));
   transaction.Committed();
-  return row;
+  return rows;
 }
 
 Result<VerifyReport> AuditLog::Verify(std::optional<ChainTip> anchor) {

@@ -198,6 +198,112 @@ std::string RedactUrls(std::string_view text) {
   return out;
 }
 
+// Where a command-line word may start: the text's start, after blanks,
+// quotes and the shell's separators.
+bool IsWordBoundary(char c) {
+  return std::isspace(static_cast<unsigned char>(c)) || c == '"' || c == '\'' || c == ';' ||
+         c == '&' || c == '|' || c == '(' || c == ',';
+}
+
+bool IsOptionNameChar(char c) {
+  return IsAlnum(c) || c == '_' || c == '-' || c == '.';
+}
+
+// The end of the value starting at `start`: a quoted value runs to its
+// closing quote (exclusive), a bare one to the next word boundary.
+size_t ValueEnd(std::string_view text, size_t start) {
+  if (start < text.size() && (text[start] == '"' || text[start] == '\'')) {
+    size_t close = text.find(text[start], start + 1);
+    return close == std::string_view::npos ? text.size() : close;
+  }
+  size_t end = start;
+  while (end < text.size() && !IsWordBoundary(text[end])) ++end;
+  return end;
+}
+
+// Options and assignments with a secret name, wherever a word starts:
+// "--token=abc", "-password=abc", "GITHUB_TOKEN=abc" (NAME=value, env-like),
+// and "--api-key abc" (the value in the next word, unless that is another
+// option). The name stays, the value goes.
+std::string RedactAssignments(std::string_view text) {
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    if (i == 0 || IsWordBoundary(text[i - 1])) {
+      size_t name = i;
+      while (name < text.size() && name - i < 2 && text[name] == '-') ++name;
+      size_t name_end = name;
+      while (name_end < text.size() && IsOptionNameChar(text[name_end])) ++name_end;
+      bool dashed = name > i;
+      if (name_end > name && IsAlnum(text[name]) &&
+          IsSecretKeyName(text.substr(name, name_end - name))) {
+        size_t value = std::string_view::npos;
+        if (name_end < text.size() && text[name_end] == '=') {
+          value = name_end + 1;
+        } else if (dashed && name_end < text.size() && IsSpace(text[name_end])) {
+          size_t next = name_end;
+          while (next < text.size() && IsSpace(text[next])) ++next;
+          if (next < text.size() && text[next] != '-') value = next;
+        }
+        if (value != std::string_view::npos) {
+          bool quoted = value < text.size() && (text[value] == '"' || text[value] == '\'');
+          size_t start = quoted ? value + 1 : value;
+          size_t end = ValueEnd(text, value);
+          if (end > start) {
+            out.append(text.substr(i, start - i));
+            out.append(kRedacted);
+            i = end;
+            continue;
+          }
+        }
+      }
+    }
+    out += text[i++];
+  }
+  return out;
+}
+
+// Header lines with a secret name ("Authorization: Basic dXNl",
+// "X-Api-Key: abc") at the start of the text or of a line: the value goes to
+// the line's end; an authentication scheme in front of it stays.
+std::string RedactHeaders(std::string_view text) {
+  static constexpr std::array<std::string_view, 5> kSchemes = {"basic", "bearer", "digest", "token",
+                                                               "negotiate"};
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    if (i == 0 || text[i - 1] == '\n') {
+      size_t name_end = i;
+      while (name_end < text.size() &&
+             (IsAlnum(text[name_end]) || text[name_end] == '-' || text[name_end] == '_'))
+        ++name_end;
+      if (name_end > i && name_end + 1 < text.size() && text[name_end] == ':' &&
+          IsSpace(text[name_end + 1]) && IsSecretKeyName(text.substr(i, name_end - i))) {
+        size_t value = name_end + 1;
+        while (value < text.size() && IsSpace(text[value])) ++value;
+        for (std::string_view scheme : kSchemes) {
+          if (StartsWithIgnoringCase(text, value, scheme) && value + scheme.size() < text.size() &&
+              IsSpace(text[value + scheme.size()])) {
+            value += scheme.size();
+            while (value < text.size() && IsSpace(text[value])) ++value;
+            break;
+          }
+        }
+        size_t end = text.find('\n', value);
+        if (end == std::string_view::npos) end = text.size();
+        if (end > value) {
+          out.append(text.substr(i, value - i));
+          out.append(kRedacted);
+          i = end;
+          continue;
+        }
+      }
+    }
+    out += text[i++];
+  }
+  return out;
+}
+
 }  // namespace
 
 bool IsSecretKeyName(std::string_view key) {
@@ -216,9 +322,36 @@ bool IsSecretKeyName(std::string_view key) {
 std::string RedactText(std::string_view text) {
   // Private keys first: their base64 body must not be taken for other tokens.
   std::string out = RedactPrivateKeys(text);
+  out = RedactHeaders(out);
   out = RedactUrls(out);
   out = RedactBearer(out);
   out = RedactJwts(out);
+  out = RedactAssignments(out);
+  return out;
+}
+
+std::vector<std::string> RedactArgv(const std::vector<std::string>& argv) {
+  std::vector<std::string> out;
+  out.reserve(argv.size());
+  bool value_next = false;
+  for (const std::string& arg : argv) {
+    if (value_next) {
+      out.emplace_back(kRedacted);
+      value_next = false;
+      continue;
+    }
+    // "--api-key" "abc": the option's value is the next argument, whatever
+    // it looks like.
+    size_t name = arg.find_first_not_of('-');
+    if (name != std::string::npos && name > 0 && name <= 2 && IsAlnum(arg[name]) &&
+        arg.find_first_of("= \t", name) == std::string::npos &&
+        IsSecretKeyName(std::string_view(arg).substr(name))) {
+      value_next = true;
+      out.push_back(arg);
+      continue;
+    }
+    out.push_back(RedactText(arg));
+  }
   return out;
 }
 

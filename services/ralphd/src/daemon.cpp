@@ -99,11 +99,20 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
   std::unique_ptr<Store> store = TRY(Store::Open(options.state_dir + "/ralphd.db", options.store));
   std::unique_ptr<audit::AuditLog> audit =
       TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kCreateIfMissing));
-  RunnerOptions runner_options{
-      .sandbox_state_dir = options.state_dir + "/sandbox", .ids = options.ids, .log = options.log};
+  // Every exec of every job is recorded, on a connection of its own.
+  std::unique_ptr<ExecAuditWriter> exec_audit;
+  if (options.record_exec) {
+    exec_audit = std::make_unique<ExecAuditWriter>(
+        TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kExisting)),
+        ExecAuditOptions{}, options.log);
+  }
+  RunnerOptions runner_options{.sandbox_state_dir = options.state_dir + "/sandbox",
+                               .ids = options.ids,
+                               .log = options.log,
+                               .execs = exec_audit.get()};
   std::unique_ptr<JobRunner> runner = TRY(JobRunner::Create(runner_options));
-  std::unique_ptr<Daemon> daemon(
-      new Daemon(std::move(options), std::move(store), std::move(audit), std::move(runner)));
+  std::unique_ptr<Daemon> daemon(new Daemon(std::move(options), std::move(store), std::move(audit),
+                                            std::move(exec_audit), std::move(runner)));
   TRY(daemon->Recover());
   daemon->Schedule();
   return daemon;

@@ -260,6 +260,7 @@ void JobRunner::RunJob(JobLaunch launch) {
   Result<std::unique_ptr<sandbox::SandboxService>> service =
       MakeService(options_, job, std::move(network));
   if (!service) return fail(service.error().WithContext("making the job's sandbox service"));
+  launch.spec.record_exec = options_.execs != nullptr;
   Result<sandbox::JobId> id = (*service)->CreateJob(launch.spec);
   if (!id) return fail(id.error().WithContext("creating the sandbox"));
   Result<std::string> workspace = (*service)->WorkspacePath(*id);
@@ -304,15 +305,23 @@ void JobRunner::RunJob(JobLaunch launch) {
   if (cancel_now) IgnoreError((*service)->Kill(*id));
   Post({.kind = RunnerMessage::Kind::kStarted, .job = job});
 
-  Result<sandbox::JobResult> result =
-      (*service)->Wait(*id, [&](sandbox::OutputStream stream, std::string_view chunk) {
+  sandbox::ExecCallback on_exec;
+  if (options_.execs) {
+    on_exec = [&](sandbox::ExecRecord record) { options_.execs->Record(job, std::move(record)); };
+  }
+  Result<sandbox::JobResult> result = (*service)->Wait(
+      *id,
+      [&](sandbox::OutputStream stream, std::string_view chunk) {
         Post({.kind = RunnerMessage::Kind::kOutput,
               .job = job,
               .stream = stream == sandbox::OutputStream::kStdout ? OutputStream::kStdout
                                                                  : OutputStream::kStderr,
               .data = std::string(chunk)});
-      });
+      },
+      on_exec);
   if (terminal) terminal->Stop();
+  // The job's exec rows go before its final state row.
+  if (options_.execs) options_.execs->FinishJob(job);
   {
     std::lock_guard lock(mutex_);
     Running& running = running_[job];

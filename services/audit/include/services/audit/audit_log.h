@@ -32,6 +32,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -70,6 +71,14 @@ class AuditSinkInterface {
   virtual ~AuditSinkInterface() = default;
   // The stored (redacted, chained) row, or why it was not stored.
   virtual Result<AuditRecord> Append(const AuditEvent& event) = 0;
+  // The events in order, chained one after the other; the stored rows.
+  // AuditLog stores them in one transaction (all or none, one fsync); this
+  // default appends them one by one and stops at the first failure.
+  virtual Result<std::vector<AuditRecord>> AppendBatch(std::span<const AuditEvent> events) {
+    std::vector<AuditRecord> rows;
+    for (const AuditEvent& event : events) rows.push_back(TRY(Append(event)));
+    return rows;
+  }
 };
 
 enum class OpenMode {
@@ -125,6 +134,12 @@ class AuditLog final : public AuditSinkInterface {
   // kCorrupt, kIo otherwise. Appending to a log whose chain is broken still
   // works (it chains to the current tip); Verify reports the break.
   Result<AuditRecord> Append(const AuditEvent& event) override;
+
+  // Append for many events in one IMMEDIATE transaction: one commit (one
+  // fsync) for all, chained in order, all or none stored. Every event is
+  // validated first; kInvalidArgument names the bad one ("events[3]: ...").
+  // An empty batch stores nothing.
+  Result<std::vector<AuditRecord>> AppendBatch(std::span<const AuditEvent> events) override;
 
   // Walks the whole chain (bounded memory). A broken chain is a report, not
   // an error: report.broken names the first broken row. `anchor`: a tip seen

@@ -8,12 +8,20 @@
 //   - inside every string (any key, arrays, the subject): PEM private key
 //     blocks, "Bearer <token>" credentials, JSON Web Tokens, the password in
 //     a URL's user-info (https://user:pw@host) and URL query parameters whose
-//     name is a secret key name (?access_token=...).
-// Other values are kept: the log is for people to read.
+//     name is a secret key name (?access_token=...), header lines with a
+//     secret name ("Authorization: Basic ...", "X-Api-Key: ..."; an
+//     authentication scheme word stays), and options and assignments with
+//     a secret name wherever a word starts ("--token=abc", "-password=x",
+//     "GITHUB_TOKEN=abc", "--api-key abc" unless the next word is an option);
+//   - in a command line (RedactArgv), also the argument after an option
+//     with a secret name ("--api-key", "abc"), whatever it is.
+// Other values are kept: the log is for people to read. Redaction errs on
+// the side of secrecy: "--password-file /etc/pw" loses the path.
 #pragma once
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -32,6 +40,11 @@ bool IsSecretKeyName(std::string_view key);
 
 // `text` with the secret-looking parts listed above replaced.
 std::string RedactText(std::string_view text);
+
+// A command line (argv) with secrets redacted: RedactText on every argument,
+// and the argument after an option with a secret name ("--token", "-key")
+// replaced whole.
+std::vector<std::string> RedactArgv(const std::vector<std::string>& argv);
 
 // A copy of `value` with secret members and secret-looking strings redacted
 // (recursively through objects and arrays).

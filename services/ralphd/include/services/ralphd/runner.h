@@ -38,6 +38,7 @@
 #include "platform/unique_fd.h"
 #include "sandbox/plan.h"
 #include "sandbox/service.h"
+#include "services/ralphd/exec_audit.h"
 #include "services/ralphd/store.h"
 
 namespace ralph::ralphd {
@@ -47,6 +48,10 @@ struct RunnerOptions {
   sandbox::IdMapping ids;
   // Where the network service's and the runner's own messages go (any thread).
   std::function<void(LogLevel level, const std::string& message)> log;
+  // Every job records its execs (sandbox record_exec) here, from its thread,
+  // and flushes them before it reports its end. Borrowed; null: no
+  // recording.
+  ExecRecorderInterface* execs = nullptr;
 };
 
 struct RunnerMessage {
