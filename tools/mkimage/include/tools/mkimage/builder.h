@@ -21,7 +21,7 @@ enum class SlotVariant {
   kGood,
   kBrokenInitrd,     // the UKI's initrd is truncated: the kernel never reaches early boot
   kHangingInit,      // PID 1 of the slot hangs (never pets the watchdog)
-  kCrashingService,  // a required service's executable is truncated: it cannot start
+  kRalphdCannotStart,  // ralphd's libarchive is missing from the slot: the loader refuses it
   kNotAFilesystem,   // the slot partition holds random bytes instead of a filesystem
 };
 
