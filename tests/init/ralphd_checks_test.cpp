@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "fake_clock.h"
 #include "services/health/checks.h"
 #include "tests/support/temp_dir.h"
 
@@ -19,17 +20,6 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-class FakeClock final : public ClockInterface {
- public:
-  std::chrono::steady_clock::time_point Now() override { return now; }
-  void SleepFor(std::chrono::milliseconds duration) override {
-    now += duration;
-    ++sleeps;
-  }
-  std::chrono::steady_clock::time_point now{};
-  int sleeps = 0;
-};
 
 class FakeControlPlane final : public ControlPlaneInterface {
  public:
