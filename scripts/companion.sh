@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1 console=$2
-port=${RALPH_FORWARD_8443:?the host port of ralphd's API (ralph-run-qemu --forward 0:8443)}
+port=${RALPH_FORWARD_8443:?the host port forwarded to the API (ralph-run-qemu --forward 0:8443)}
 address=127.0.0.1:$port
 step() { printf '\n==== %s\n' "$*"; }
 
@@ -41,9 +41,12 @@ remote=(--remote "https://$address" --identity "$identity")
   wc -l notes.txt
   sha256sum notes.txt hello.py | tee checksums.txt
   echo "written by the job at $(date -u +%FT%TZ)" > result.txt
-  echo "a line on stderr" >&2' | tee "$out/job.txt"
-id=$(sed -n 's/^  "id": \([0-9][0-9]*\),*$/\1/p' "$out/job.txt" | tail -n 1)
+  echo "a line on stderr" >&2' | tee "$out/job.txt" | sed '/^{$/,$d'
+# --json ends the output with the job's record (kept in job.txt, not shown).
+field() { sed -n "s/^  \"$1\": \"*\([^\",]*\)\"*,*\$/\1/p" "$out/job.txt" | tail -n 1; }
+id=$(field id)
 [[ -n $id ]] || { echo "companion: no job id in the job record ($out/job.txt)" >&2; exit 1; }
+echo "job $id: $(field state), exit code $(field exit_code) (its record: $out/job.txt)"
 
 step "download job $id's workspace"
 "$ctl" "${remote[@]}" job download --output "$out/downloaded.tar" "$id"
