@@ -6,8 +6,13 @@
 #   boot 1: a fresh machine (empty NVRAM) boots the removable-media path,
 #           early boot provisions the Boot#### entries, VAR is created, the
 #           health gate passes and slot A is committed;
-#   boot 2: the firmware boots A through its own Boot#### entry.
-# Each boot stops once the health gate has reported; then the job exits.
+#   boot 2: the firmware boots A through its own Boot#### entry; once the
+#           appliance has printed its pairing string (no client is paired
+#           yet), the host plays the companion client through a forwarded
+#           port (scripts/companion.sh): pairs, runs a job with a small
+#           workspace in a sandbox on the appliance with its output streamed
+#           here, downloads the workspace and shows it; then the job exits.
+# Boot 1 stops once the health gate has reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -35,12 +40,17 @@ step "boot 1: fresh machine (QEMU q35 + OVMF, TCG; console below)"
 ./build/bin/ralph-run-qemu --disk "$out/ralphos.img" --vars "$out/vars.fd" \
   --console "$out/console-1.log" --until "health gate passed" --timeout 600
 
-step "boot 2: same disk and NVRAM; the firmware now boots A's Boot#### entry"
+step "boot 2: same disk and NVRAM; the firmware now boots A's Boot#### entry; then the companion client"
 ./build/bin/ralph-run-qemu --disk "$out/ralphos.img" --vars "$out/vars.fd" \
-  --console "$out/console-2.log" --until "health gate passed" --timeout 600
+  --console "$out/console-2.log" --forward 0:8443 --until "one-time offer" --timeout 600 \
+  -- scripts/companion.sh "$out" "$out/console-2.log"
 
 grep -a 'BdsDxe: starting' "$out/console-2.log" | grep -q '"RalphOS A"' || {
   echo "main: boot 2 did not come through RalphOS A's Boot#### entry" >&2
+  exit 1
+}
+grep -aq 'health gate passed: slot A committed' "$out/console-2.log" || {
+  echo "main: boot 2's health gate did not pass" >&2
   exit 1
 }
 step "main: OK (disk $out/ralphos.img, NVRAM $out/vars.fd, consoles $out/console-*.log)"

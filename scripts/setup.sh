@@ -23,6 +23,8 @@ packages=(
   qemu-system-x86 qemu-utils ovmf systemd-boot-efi binutils mtools dosfstools
   squashfs-tools erofs-utils e2fsprogs fdisk util-linux kmod cpio zstd xz-utils
   efibootmgr dhcpcd-base
+  # the slot's read-only sandbox base (ralphd's jobs): one static busybox
+  busybox-static
   # sandbox tests and peers for the benchmarks
   iproute2 nftables bubblewrap rauc hyperfine procps psmisc
   # profiling the sandbox's start-up (perf trace, perf stat, strace)

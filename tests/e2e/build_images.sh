@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # e2e fixture: builds the disk images the e2e tests boot, once per test run.
 #   base              good A and B, with the test agent
-#   health-fail       B has a required service that cannot start
+#   health-fail       B's ralphd cannot start (a library it needs is missing)
 #   broken-initrd     B's initrd is truncated (the kernel never reaches early boot)
 #   hang              B's PID 1 hangs after early boot (the watchdog resets)
 #   not-a-filesystem  B's slot partition holds random bytes

@@ -15,14 +15,14 @@ constexpr const char* kNotJudged = "health gate: RECOVERY boot, not judged";
 TEST_F(E2eTest, FactoryImageFailingItsHealthGateOnAFreshMachineFallsToRecovery) {
   ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kFresh));
   // The factory slot A carries the health-fail variant's system image (a
-  // required service that cannot start); RECOVERY and the UKIs are good.
+  // ralphd that cannot start); RECOVERY and the UKIs are good.
   auto copied = CopyPartitionAs(Image("health-fail"), "SYSTEM_B", disk_, "SYSTEM_A");
   ASSERT_TRUE(copied) << copied.error().ToString();
   Machine machine = Boot();
   for (std::string marker :
        {std::string(kRemovablePath), BootingSlot("A"),
         std::string("initialised with slot A on trial (3 tries; the health gate commits it)"),
-        std::string("slot manager: boot event trial"), std::string("service canary is not running"),
+        std::string("slot manager: boot event trial"), std::string("service ralphd is not running"),
         std::string("health gate failed: slot A marked bad; rebooting into RECOVERY"),
         BootingSlot("RECOVERY"), std::string("slot manager: boot event recovery"),
         std::string(kRecoveryBanner), std::string("committed slot: none"),

@@ -14,7 +14,14 @@
 //   and is refused the other and the cloud metadata address, a name off its
 //   DNS allowlist is REFUSED by the forwarder, and no veth is left
 //   afterwards, nor any nft table once `ralph-sandbox drain` has removed
-//   the ones launchers keep warm.
+//   the ones launchers keep warm;
+// - the control plane, as the companion client sees it (in the same boot):
+//   the health gate committed with ralphd's checks passing, the host reads
+//   the pairing string from the serial console, pairs through a QEMU host
+//   forward to ralphd's API port (dialling the forward, pinning the device
+//   key of the string), runs a job in a sandbox with a small uploaded
+//   workspace, sees its output streamed and its exit status, and downloads
+//   the workspace with the file the job wrote.
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -31,8 +38,11 @@
 
 #include <fmt/format.h>
 
+#include "harness/companion.h"
 #include "harness/e2e_test.h"
+#include "platform/file_io.h"
 #include "platform/unique_fd.h"
+#include "tests/support/loop_device.h"
 
 namespace ralph::e2e {
 namespace {
@@ -43,6 +53,10 @@ constexpr std::chrono::seconds kNetworkTimeout{120};
 // puts its gateway (the host's loopback) at .2 and its DNS at .3.
 constexpr const char* kGuestNetwork = "192.0.2.0/24";
 constexpr const char* kHostFromGuest = "192.0.2.2";
+// ralphd's API port in the guest (tools/mkimage: --api-listen 0.0.0.0:8443).
+constexpr uint16_t kApiPort = 8443;
+// Printed by `ralphctl pair` after the pairing string and its QR code.
+constexpr const char* kPairingOfferShown = "one-time offer ";
 
 // A TCP server on the host's loopback: answers every connection with
 // "ralph-e2e <name>\n" and counts them.
@@ -130,10 +144,16 @@ long long Stat(const std::string& output, const std::string& key) {
 TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   network_ = true;
   network_cidr_ = kGuestNetwork;
+  auto api_port = FreeLocalPort();
+  ASSERT_TRUE(api_port) << api_port.error().ToString();
+  forwards_ = {{*api_port, kApiPort}};
   ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kProvisioned));
   Machine machine = Boot();
   auto up = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
   ASSERT_TRUE(up) << up.error().ToString();
+  for (const char* check : {"ralphd answers", "ralphd API", "policy loads", "sandbox runs"}) {
+    EXPECT_EQ(machine.Count(fmt::format("check '{}': ok", check)), 1u) << check;
+  }
 
   // Memory bomb under memory.max = 64 MiB: killed by the kernel's OOM
   // killer inside its cgroup (SIGKILL, 128 + 9), and the job cgroup's
@@ -294,6 +314,70 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   EXPECT_EQ(tables->exit, 0) << tables->output;
   EXPECT_EQ(tables->output.find("ralph"), std::string::npos) << tables->output;
   EXPECT_EQ(machine.Count("Kernel panic"), 0u);
+
+  // --- The control plane through the forwarded port. No client is paired
+  // yet, so the boot printed a pairing offer after the health gate.
+  auto offered = machine.WaitFor(kPairingOfferShown, kBootTimeout);
+  ASSERT_TRUE(offered) << offered.error().ToString();
+  auto pairing = FindPairingString(machine.Console());
+  ASSERT_TRUE(pairing) << pairing.error().ToString();
+  EXPECT_NE(pairing->find("addr=0.0.0.0:8443&"), std::string::npos) << *pairing;
+  std::string forwarded = fmt::format("127.0.0.1:{}", *api_port);
+  auto credentials = PairThrough(*pairing, forwarded, "e2e-companion");
+  ASSERT_TRUE(credentials) << credentials.error().ToString();
+  EXPECT_EQ(credentials->device_address, forwarded);
+  auto companion = Companion::Connect(*credentials);
+  ASSERT_TRUE(companion) << companion.error().ToString();
+
+  std::string host_dir = scratch_->path() + "/workspace";
+  ASSERT_TRUE(ralph::testing::RunCommand({"mkdir", "-p", host_dir}));
+  ASSERT_TRUE(WriteWholeFile(host_dir + "/hello.txt", "hello from the host\n"));
+  std::string upload = scratch_->path() + "/upload.tar";
+  auto tarred = ralph::testing::RunCommand({"tar", "-C", host_dir, "-cf", upload, "hello.txt"});
+  ASSERT_TRUE(tarred) << tarred.error().ToString();
+  auto tar = ReadWholeFile(upload);
+  ASSERT_TRUE(tar) << tar.error().ToString();
+  std::string streamed;
+  auto remote =
+      (*companion)
+          ->RunJob(
+              {"sh", "-c", "cat hello.txt; sha256sum hello.txt > sums; echo to-stderr >&2; exit 3"},
+              *tar, [&](std::string_view stream, std::string_view bytes) {
+                if (stream == "stdout") streamed += bytes;
+              });
+  ASSERT_TRUE(remote) << remote.error().ToString();
+  std::printf("companion job %llu: %s\n", static_cast<unsigned long long>(remote->id),
+              remote->record.dump().c_str());
+  EXPECT_EQ(streamed, "hello from the host\n");
+  EXPECT_EQ(remote->stdout_bytes, "hello from the host\n");
+  EXPECT_EQ(remote->stderr_bytes, "to-stderr\n");
+  EXPECT_EQ(remote->record.value("state", ""), "failed") << remote->record.dump();
+  EXPECT_EQ(remote->record.value("exit_code", -1), 3) << remote->record.dump();
+
+  auto downloaded = (*companion)->DownloadWorkspace(remote->id);
+  ASSERT_TRUE(downloaded) << downloaded.error().ToString();
+  std::string download = scratch_->path() + "/download.tar";
+  ASSERT_TRUE(WriteWholeFile(download, *downloaded));
+  std::string out_dir = scratch_->path() + "/downloaded";
+  ASSERT_TRUE(ralph::testing::RunCommand({"mkdir", "-p", out_dir}));
+  auto extracted = ralph::testing::RunCommand({"tar", "-C", out_dir, "-xf", download});
+  ASSERT_TRUE(extracted) << extracted.error().ToString();
+  auto kept = ReadWholeFile(out_dir + "/hello.txt");
+  ASSERT_TRUE(kept) << kept.error().ToString();
+  EXPECT_EQ(*kept, "hello from the host\n");
+  auto sums = ReadWholeFile(out_dir + "/sums");
+  ASSERT_TRUE(sums) << sums.error().ToString();
+  auto expected =
+      ralph::testing::RunCommand({"sh", "-c", "cd " + host_dir + " && sha256sum hello.txt"});
+  ASSERT_TRUE(expected) << expected.error().ToString();
+  EXPECT_EQ(*sums, *expected);
+
+  // Paired now: the console's offer is not made unless.
+  auto unless = Ralphctl(machine, {"pair", "--unless-paired"});
+  EXPECT_EQ(unless.exit, 0) << unless.output;
+  EXPECT_NE(unless.output.find("1 client(s) paired: no pairing offer made"), std::string::npos)
+      << unless.output;
+  EXPECT_EQ(unless.output.find("ralphos-pair:"), std::string::npos) << unless.output;
 }
 
 }  // namespace

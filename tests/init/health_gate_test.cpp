@@ -7,6 +7,7 @@
 
 #include <fstream>
 
+#include "fake_clock.h"
 #include "machine.h"
 #include "services/health/gate.h"
 #include "tests/support/temp_dir.h"
@@ -31,20 +32,6 @@ class FakeReboot final : public RebootInterface {
  public:
   void Reboot() override { ++reboots; }
   int reboots = 0;
-};
-
-// Time moves only when the code under test sleeps.
-class FakeClock final : public ClockInterface {
- public:
-  std::chrono::steady_clock::time_point Now() override { return now; }
-  void SleepFor(std::chrono::milliseconds duration) override {
-    now += duration;
-    ++sleeps;
-    if (on_sleep) on_sleep();
-  }
-  std::chrono::steady_clock::time_point now{};
-  int sleeps = 0;
-  std::function<void()> on_sleep;
 };
 
 HealthCheck Check(std::string name, bool passes) {

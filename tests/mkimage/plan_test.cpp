@@ -123,7 +123,7 @@ TEST(RenderServicesConf, OneLinePerService) {
 
 TEST(ParseSlotVariant, KnownNamesAndAClearError) {
   EXPECT_EQ(*ParseSlotVariant("hang"), SlotVariant::kHangingInit);
-  EXPECT_EQ(*ParseSlotVariant("health-fail"), SlotVariant::kCrashingService);
+  EXPECT_EQ(*ParseSlotVariant("health-fail"), SlotVariant::kRalphdCannotStart);
   auto bad = ParseSlotVariant("flaky");
   ASSERT_FALSE(bad);
   EXPECT_NE(bad.error().message().find("unknown slot variant 'flaky'"), std::string::npos);

@@ -789,8 +789,18 @@ TEST_F(RalphdTest, PairedClientRunsAJobOverHttpsUntilRevoked) {
   ASSERT_EQ(shown.exit, 0) << shown.err;
   EXPECT_NE(shown.out.find("ralphos-pair:v1?"), std::string::npos) << shown.out;
 
+  // The appliance's boot-time offer: made while no client is paired.
+  ProgramStreams unpaired = Ctl({"pair", "--unless-paired"});
+  ASSERT_EQ(unpaired.exit, 0) << unpaired.err;
+  EXPECT_NE(unpaired.out.find("ralphos-pair:v1?"), std::string::npos) << unpaired.out;
+
   Result<api::ClientCredentials> credentials = api::PairWithDevice(pairing, "api-test");
   ASSERT_TRUE(credentials) << credentials.error().ToString();
+  ProgramStreams paired = Ctl({"pair", "--unless-paired"});
+  ASSERT_EQ(paired.exit, 0) << paired.err;
+  EXPECT_EQ(paired.out.find("ralphos-pair:"), std::string::npos) << paired.out;
+  EXPECT_NE(paired.out.find("1 client(s) paired: no pairing offer made"), std::string::npos)
+      << paired.out;
   Result<api::PairingString> parsed = api::PairingString::Parse(pairing);
   ASSERT_TRUE(parsed);
 
@@ -866,6 +876,10 @@ TEST_F(RalphdTest, PairedClientRunsAJobOverHttpsUntilRevoked) {
   EXPECT_EQ(listed["pairings"][0].value("id", ""), credentials->client_id);
   ProgramStreams revoke = Ctl({"pairings", "revoke", credentials->client_id});
   ASSERT_EQ(revoke.exit, 0) << revoke.err;
+  // A revoked client counts as none: the offer is made again.
+  ProgramStreams offered_again = Ctl({"pair", "--unless-paired"});
+  ASSERT_EQ(offered_again.exit, 0) << offered_again.err;
+  EXPECT_NE(offered_again.out.find("ralphos-pair:v1?"), std::string::npos) << offered_again.out;
 
   // The next request, on this connection or a new one, is refused.
   Result<api::HttpReply> after = https.Request("GET", path);

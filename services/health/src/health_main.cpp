@@ -1,7 +1,8 @@
 // ralph-health: the commit gate, run by ralph-init once the services are
 // started (services/health/gate.h says what it decides). This wires the
 // real machine: NVRAM through libefivar, the appliance disk, the kernel
-// command line, the steady clock and PID 1 for the reboot.
+// command line, the steady clock, ralphd through ralphctl and the API
+// client, and PID 1 for the reboot.
 
 #include <map>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "platform/file_io.h"
 #include "platform/log.h"
 #include "services/health/checks.h"
+#include "services/health/control_plane.h"
 #include "services/health/gate.h"
 #include "services/health/slot_gate.h"
 
@@ -69,9 +71,11 @@ int main() {
   health::ApplianceDisk disk;
   health::SystemClock clock;
   health::InitReboot reboot;
+  health::RalphdProbe control_plane;
   health::GateSystem system{.vars = &vars, .disk = &disk, .kernel_cmdline = ReadCmdline()};
   env.system = &system;
   env.clock = &clock;
+  env.control_plane = &control_plane;
   return health::RunHealthGate(env, health::HealthChecks(), EarlyBootRecord(env), reboot,
                                [](LogLevel level, std::string_view line) { LogLine(level, line); });
 }

@@ -7,11 +7,13 @@
 // a fatal error is logged and held, and the watchdog, no longer petted,
 // resets the machine (on a trial boot the firmware then falls back).
 #include <fcntl.h>
+#include <net/if.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -109,6 +112,23 @@ class SpawnLauncher : public ProcessLauncherInterface {
   }
 };
 
+// The kernel leaves `lo` down; services reach each other on 127.0.0.1
+// (the health gate checks ralphd's API there).
+Result<void> BringUpLoopback() {
+  UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::FromErrno("socket for lo", errno);
+  ifreq request{};
+  std::memcpy(request.ifr_name, "lo", 3);
+  if (::ioctl(fd.get(), SIOCGIFFLAGS, &request) != 0) {
+    return Error::FromErrno("reading the flags of lo", errno);
+  }
+  request.ifr_flags |= IFF_UP;
+  if (::ioctl(fd.get(), SIOCSIFFLAGS, &request) != 0) {
+    return Error::FromErrno("bringing lo up", errno);
+  }
+  return {};
+}
+
 enum class Shutdown { kNone, kReboot, kPowerOff };
 
 class Init {
@@ -161,6 +181,7 @@ class Init {
       LogInfo("RalphOS slot {} up as PID 1", SlotDisplayName(slot_));
     }
     watchdog_.Start(watchdog_seconds);
+    if (auto lo = BringUpLoopback(); !lo) LogError("{}", lo.error().ToString());
 
     for (const char* dir :
          {"/run/ralph", "/run/ralph/services", "/var/lib", "/var/lib/ralph", "/var/log"}) {

@@ -73,11 +73,13 @@ options:
 )";
 
 constexpr std::string_view kPairUsage =
-    R"(usage: ralphctl pair [--json] [--socket PATH]
+    R"(usage: ralphctl pair [--unless-paired] [--json] [--socket PATH]
 
 Makes a one-time pairing offer in ralphd's HTTPS API (ralphd --api-listen)
 and prints its pairing string and QR code: a client that presents it over
 TLS to this device gets a client certificate (docs/api.md "Pairing").
+With --unless-paired, makes none while a client is paired and not revoked
+(the appliance's boot-time offer on the console).
 )";
 
 constexpr std::string_view kPairingsUsage =
@@ -99,6 +101,7 @@ constexpr OptionSpec kOptions[] = {
     {"--state", true},     {"--limit", true},  {"--stream", true},     {"--offset", true},
     {"--follow", false},   {"--output", true}, {"--list", false},      {"--version", true},
     {"--comment", true},   {"--tty", false},   kRemoteOption,          kIdentityOption,
+    {"--unless-paired", false},
 };
 
 Result<uint64_t> Number(std::string_view what, const std::string& text) {
@@ -515,6 +518,17 @@ int RunPairCommand(const Invocation&, std::span<const std::string> args) {
   if (parsed->Has("--remote")) return ConsoleOnly("pair");
   if (!parsed->positional.empty()) {
     return UsageError("pair", fmt::format("unexpected argument '{}'", parsed->positional[0]));
+  }
+  if (parsed->Has("--unless-paired")) {
+    Result<json> listed = Request(*parsed, "GET", "/v1/pairings");
+    if (!listed) return Failed("pair", listed.error());
+    size_t paired = 0;
+    for (const json& client : (*listed)["pairings"]) paired += client.value("revoked", 0) == 0;
+    if (paired > 0) {
+      fmt::print("{} client(s) paired: no pairing offer made (`ralphctl pair` makes one)\n",
+                 paired);
+      return kExitOk;
+    }
   }
   Result<json> reply = Request(*parsed, "POST", "/v1/pairing/offers");
   if (!reply) return Failed("pair", reply.error());

@@ -74,6 +74,7 @@ Machine E2eTest::Boot() {
   options.console_log = fmt::format("{}/console-{}.log", scratch_->path(), boots_);
   options.user_network = network_;
   options.user_network_cidr = network_cidr_;
+  options.forwards = forwards_;
   // Unix socket paths are short (108 bytes): keep them in /tmp.
   options.agent_socket = fmt::format("/tmp/ralph-e2e-{}-{}.sock", ::getpid(), boots_);
   auto machine = Machine::Start(options);

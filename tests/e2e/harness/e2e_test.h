@@ -70,6 +70,7 @@ class E2eTest : public ::testing::Test {
   int boots_ = 0;
   bool network_ = false;
   std::string network_cidr_;  // MachineOptions::user_network_cidr
+  std::vector<MachineOptions::Forward> forwards_;
   std::string slot_b_digest_;
 };
 

@@ -1,6 +1,7 @@
 #include "harness/machine.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -144,6 +145,17 @@ Result<Machine> Machine::Start(MachineOptions options) {
   }
   Machine machine(std::move(options));
   const MachineOptions& o = machine.options_;
+  if (!o.forwards.empty() && !o.user_network) {
+    return Error::Make(ErrorCode::kInvalidArgument, "host forwards need the user network");
+  }
+  std::string nic = "none";
+  if (o.user_network) {
+    nic = "user,model=virtio-net-pci";
+    if (!o.user_network_cidr.empty()) nic += ",net=" + o.user_network_cidr;
+    for (const auto& forward : o.forwards) {
+      nic += fmt::format(",hostfwd=tcp:127.0.0.1:{}-:{}", forward.host_port, forward.guest_port);
+    }
+  }
   std::vector<std::string> argv = {
       "qemu-system-x86_64",
       "-machine",
@@ -157,10 +169,7 @@ Result<Machine> Machine::Start(MachineOptions options) {
       "-monitor",
       "none",
       "-nic",
-      !o.user_network ? std::string("none")
-      : o.user_network_cidr.empty()
-          ? std::string("user,model=virtio-net-pci")
-          : fmt::format("user,model=virtio-net-pci,net={}", o.user_network_cidr),
+      nic,
       "-no-user-config",
       "-drive",
       fmt::format("if=pflash,format=raw,readonly=on,file={}", kOvmfCode),
@@ -356,6 +365,21 @@ Result<Machine::AgentReply> Machine::Agent(const std::vector<std::string>& argv,
     return Error::Make(ErrorCode::kCorrupt, fmt::format("agent reply is not JSON: {}", reply));
   }
   return AgentReply{json["exit"].get<int>(), json["output"].get<std::string>()};
+}
+
+Result<uint16_t> FreeLocalPort() {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::FromErrno("socket", errno);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  // reinterpret_cast: the sockets API takes the generic sockaddr.
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+      ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    return Error::FromErrno("binding a free port on 127.0.0.1", errno);
+  }
+  return ntohs(address.sin_port);
 }
 
 Result<ScratchDir> ScratchDir::Create(const std::string& parent, const std::string& name) {

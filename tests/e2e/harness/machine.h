@@ -64,7 +64,19 @@ struct MachineOptions {
   // Its virtual network (QEMU's `net=`), e.g. "192.0.2.0/24": the host is
   // then 192.0.2.2. Empty: QEMU's default 10.0.2.0/24.
   std::string user_network_cidr;
+  // TCP ports of the guest reachable on the host's 127.0.0.1 (QEMU
+  // hostfwd; needs user_network): the companion client reaches ralphd's
+  // API this way.
+  struct Forward {
+    uint16_t host_port = 0;
+    uint16_t guest_port = 0;
+  };
+  std::vector<Forward> forwards;
 };
+
+// A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick),
+// for a host forward.
+Result<uint16_t> FreeLocalPort();
 
 class Machine {
  public:

@@ -82,6 +82,23 @@ const std::vector<std::string> kMtoolsCommands = {"mcopy", "mdir", "mmd"};
 constexpr const char* kGconvDir = "/usr/lib/x86_64-linux-gnu/gconv";
 const std::vector<std::string> kGconvFiles = {"gconv-modules", "gconv-modules.cache", "IBM850.so"};
 
+// The control plane's service line (docs/ralphd.md): state on VAR, the
+// local socket on /run, the HTTPS API on every address at 8443.
+constexpr const char* kRalphdStateDir = "/var/lib/ralph/ralphd";
+constexpr const char* kRalphdSocket = "/run/ralphd.sock";
+constexpr const char* kRalphdApiListen = "0.0.0.0:8443";
+// The read-only base every job's rootfs is an overlay of (ralphd --job-root,
+// `ralph-sandbox run --rootfs`): until agent base images ship, a static
+// busybox (Debian busybox-static) and links for the applets a job's shell
+// commands use.
+constexpr const char* kSandboxBase = "/usr/lib/ralph/sandbox-base";
+constexpr const char* kBusyboxHost = "/bin/busybox";
+const std::vector<std::string> kBusyboxApplets = {
+    "sh",    "true",      "false",  "echo",  "printf", "cat", "ls",   "mkdir",    "rm",
+    "cp",    "mv",        "ln",     "touch", "env",    "pwd", "id",   "uname",    "date",
+    "sleep", "head",      "tail",   "wc",    "grep",   "sed", "sort", "tr",       "find",
+    "tar",   "sha256sum", "md5sum", "stat",  "test",   "[",   "seq",  "basename", "dirname"};
+
 Result<void> MakeDirs(const std::string& path) {
   std::error_code ec;
   fs::create_directories(path, ec);
@@ -178,6 +195,14 @@ Result<void> StageBinaries(const std::vector<StagedBinary>& binaries, const std:
     for (auto& lib : TRY(SharedLibraries(binary.host_path))) libs.insert(lib);
   }
   for (const auto& lib : libs) TRY(StageFile(lib, root + lib));
+  return {};
+}
+
+// The sandbox base under `root`: /bin/busybox (static: nothing else is
+// needed) and a link per applet.
+Result<void> StageSandboxBase(const std::string& busybox, const std::string& root) {
+  TRY(StageFile(busybox, root + "/bin/busybox"));
+  for (const auto& applet : kBusyboxApplets) TRY(MakeSymlink("busybox", root + "/bin/" + applet));
   return {};
 }
 
@@ -345,7 +370,7 @@ Result<SlotVariant> ParseSlotVariant(std::string_view text) {
   if (text == "good") return SlotVariant::kGood;
   if (text == "broken-initrd") return SlotVariant::kBrokenInitrd;
   if (text == "hang") return SlotVariant::kHangingInit;
-  if (text == "health-fail") return SlotVariant::kCrashingService;
+  if (text == "health-fail") return SlotVariant::kRalphdCannotStart;
   if (text == "not-a-filesystem") return SlotVariant::kNotAFilesystem;
   return Error::Make(ErrorCode::kInvalidArgument,
                      fmt::format("unknown slot variant '{}' (good, broken-initrd, hang, "
@@ -469,11 +494,16 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   binaries.push_back({TRY(HostTool(kMtoolsHost, "mtools")), "/usr/bin/mtools"});
   // Sandboxes: the launcher, mkfs.ext4 for the job uppers' template (its
   // state lives on VAR, /var/lib/ralph/sandbox), and the read-only base
-  // directory jobs get until agent base images ship (see sandbox/README.md).
+  // directory jobs get until agent base images ship (see sandbox/README.md):
+  // a static busybox and its applets (StageSandboxBase).
   binaries.push_back(
       {TRY(ProjectBinary(inputs.bin_dir, "ralph-sandbox")), "/usr/bin/ralph-sandbox"});
   binaries.push_back({TRY(HostTool("/sbin/mkfs.ext4", "e2fsprogs")), "/sbin/mkfs.ext4"});
-  TRY(MakeDirs(staging_dir + "/usr/lib/ralph/sandbox-base"));
+  // The control plane (docs/ralphd.md): jobs under policy, its local socket
+  // and the HTTPS API the companion client pairs with.
+  std::string ralphd = TRY(ProjectBinary(inputs.bin_dir, "ralphd"));
+  binaries.push_back({ralphd, "/usr/bin/ralphd"});
+  std::string busybox = TRY(HostTool(kBusyboxHost, "busybox-static"));
 
   // The service list: one line per service the slot runs (services/init
   // documents the format). Later capabilities add their daemons here.
@@ -497,23 +527,43 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   // in the audit log once per boot (services/ota/outcome.h).
   services.push_back(
       {"update-outcome", "/usr/bin/ralphctl", {"update", "reconcile"}, {}, true, false});
+  // ralphd: state on VAR, the socket on /run, jobs on the slot's read-only
+  // sandbox base, the API on every address (the health gate checks it on
+  // 127.0.0.1). Required: a slot whose control plane does not come up is
+  // refused by the health gate.
+  services.push_back({"ralphd",
+                      "/usr/bin/ralphd",
+                      {"--state-dir", kRalphdStateDir, "--socket", kRalphdSocket, "--job-root",
+                       kSandboxBase, "--api-listen", kRalphdApiListen},
+                      {},
+                      false,
+                      true});
   std::vector<std::string> health_after;
   for (const auto& s : services) health_after.push_back(s.name);
-  if (inputs.variant == SlotVariant::kCrashingService) {
-    services.push_back({"canary", "/usr/bin/ralph-canary", {}, {}, false, true});
-    health_after.push_back("canary");
-  }
   services.push_back({"health", "/usr/bin/ralph-health", {}, health_after, true, true});
+  // Once the gate has judged the boot (ralphd answers by then), a one-time
+  // pairing string and its QR code on the console while no client is paired.
+  services.push_back(
+      {"pairing", "/usr/bin/ralphctl", {"pair", "--unless-paired"}, {"health"}, true, false});
   TRY_CTX(StageBinaries(binaries, staging_dir), "staging the slot's binaries");
   // Statically linked (the loader cannot list a static binary's libraries).
   if (!bomb.empty()) TRY(StageFile(bomb, staging_dir + "/usr/libexec/ralph-test-bomb"));
-  if (inputs.variant == SlotVariant::kCrashingService) {
-    // A daemon shipped broken: its executable is cut off inside the ELF
-    // header, so every exec fails (ENOEXEC) and ralph-init keeps restarting
-    // it with backoff.
-    std::string canary = staging_dir + "/usr/bin/ralph-canary";
-    TRY(StageFile(binaries[0].host_path, canary));
-    TRY(TruncateFile(canary, 32));
+  TRY_CTX(StageSandboxBase(busybox, staging_dir + kSandboxBase), "staging the sandbox base");
+  if (inputs.variant == SlotVariant::kRalphdCannotStart) {
+    // An update shipped without a library ralphd needs: the loader refuses
+    // to start it (exit status 127), and ralph-init keeps restarting it with
+    // backoff. Nothing else in the slot links libarchive.
+    bool removed = false;
+    for (const auto& lib : TRY(SharedLibraries(ralphd))) {
+      if (lib.find("/libarchive.so") == std::string::npos) continue;
+      if (::unlink((staging_dir + lib).c_str()) != 0) {
+        return Error::FromErrno(fmt::format("removing {} from the staged slot", lib), errno);
+      }
+      removed = true;
+    }
+    if (!removed) {
+      return Error::Make(ErrorCode::kNotFound, "ralphd links no libarchive to leave out");
+    }
   }
   TRY(WriteWholeFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
   TRY(WriteWholeFile(staging_dir + "/etc/dhcpcd.conf", kDhcpcdConf));
@@ -629,7 +679,7 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     TRY(WriteRandomImage(system_b, 4 * kMiB, options.seed));
     report.system_b_sha256 = TRY(FileSha256(system_b));
   } else if (options.slot_b == SlotVariant::kHangingInit ||
-             options.slot_b == SlotVariant::kCrashingService) {
+             options.slot_b == SlotVariant::kRalphdCannotStart) {
     slot_inputs.variant = options.slot_b;
     system_b = work + "/system_b.squashfs";
     report.system_b_sha256 =

@@ -24,7 +24,8 @@ constexpr const char* kUsage = R"(usage: ralph-mkimage --out DISK.img [options]
   --seed TEXT            seed of the partition GUIDs (default: ralphos)
   --image-version V      VERSION_ID written to os-release (default: 0.1.0)
   --watchdog-seconds N   watchdog timeout on the kernel command line (default: 20)
-  --b-variant V          slot B content: good, broken-initrd, hang, health-fail, not-a-filesystem
+  --b-variant V          slot B content: good, broken-initrd, hang, health-fail (ralphd
+                         cannot start), not-a-filesystem
   --test-agent           add the e2e command agent (test images only)
   --keyring PEM          OTA keyring (release CA) put into every slot as /etc/ralph/keyring
   --update-ca PEM        CAs trusted for HTTPS update servers (the slots' system CA file)

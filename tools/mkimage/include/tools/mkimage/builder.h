@@ -19,10 +19,10 @@ namespace ralph::mkimage {
 // each is a genuine defect of the kind a bad update would carry.
 enum class SlotVariant {
   kGood,
-  kBrokenInitrd,     // the UKI's initrd is truncated: the kernel never reaches early boot
-  kHangingInit,      // PID 1 of the slot hangs (never pets the watchdog)
-  kCrashingService,  // a required service's executable is truncated: it cannot start
-  kNotAFilesystem,   // the slot partition holds random bytes instead of a filesystem
+  kBrokenInitrd,       // the UKI's initrd is truncated: the kernel never reaches early boot
+  kHangingInit,        // PID 1 of the slot hangs (never pets the watchdog)
+  kRalphdCannotStart,  // ralphd's libarchive is missing from the slot: the loader refuses it
+  kNotAFilesystem,     // the slot partition holds random bytes instead of a filesystem
 };
 
 // "good", "broken-initrd", "hang", "health-fail", "not-a-filesystem".
