@@ -97,6 +97,8 @@ class AgentImageTest : public ::testing::Test {
 // job's read-only root, no network, the job's own /work as HOME.
 TEST_F(AgentImageTest, EachCliPrintsItsLockedVersionInsideASandbox) {
   TempDir state("agent-image-state");
+  // The job's mapped root must reach its volume's mount point below it.
+  fs::permissions(state.path(), fs::perms(0755));
   const std::map<std::string, std::string> clis = {
       {"claude", "@anthropic-ai/claude-code"},
       {"codex", "@openai/codex"},
@@ -227,6 +229,16 @@ TEST_F(AgentImageTest, ADebianVersionTheArchiveDoesNotHaveIsRefusedByName) {
   EXPECT_TRUE(Entries(out).empty()) << "something was written to " << out;
 }
 
+// A cache of the test's own that shares the npm downloads of the fixture's
+// (named by their digest, checked against the lock's integrity on use).
+std::string PrivateCache(const TempDir& work) {
+  std::string cache = work / "cache";
+  fs::create_directories(cache);
+  fs::create_directories(SharedCache() + "/npm");
+  fs::create_directory_symlink(SharedCache() + "/npm", cache + "/npm");
+  return cache;
+}
+
 // A lock derived from the real one with one line changed.
 std::string LockWith(const std::string& package, const std::string& field_from,
                      const std::string& field_to) {
@@ -242,39 +254,50 @@ std::string LockWith(const std::string& package, const std::string& field_from,
   return text;
 }
 
+// An integrity no tarball has (64 zero bytes): nothing in the cache is
+// named by it, so the tarball is fetched and checked against it.
+const std::string kNoTarball = "sha512-" + std::string(86, 'A') + "==";
+
 TEST_F(AgentImageTest, AVersionTheRegistryDoesNotHaveIsRefusedByName) {
   TempDir work("agent-image-bad");
-  std::string version = LockedVersion("opencode-ai");
-  ASSERT_FALSE(version.empty());
+  std::string text = Read(Lock());
+  std::smatch wrapper;
+  ASSERT_TRUE(std::regex_search(text, wrapper,
+                                std::regex(R"(npm amd64 base opencode-ai (\S+) (\S+) (\S+))")));
   // 0.0.0-0 was never published.
+  std::string url = std::regex_replace(wrapper[2].str(), std::regex(wrapper[1].str() + R"(\.tgz$)"),
+                                       "0.0.0-0.tgz");
+  ASSERT_NE(url, wrapper[2].str());
   std::string lock = work / "agents.lock";
-  Write(lock, LockWith("opencode-ai", "-" + version + ".tgz", "-0.0.0-0.tgz"));
-  ASSERT_NE(Read(lock), Read(Lock()));
+  Write(lock,
+        LockWith("opencode-ai", wrapper[1].str() + " " + wrapper[2].str() + " " + wrapper[3].str(),
+                 "0.0.0-0 " + url + " " + kNoTarball));
   std::string out = work / "out";
   ProgramStreams run = RunProgramStreams(
-      {Tool(), "build", "--lock", lock, "--cache-dir", work / "cache", "--output", out});
+      {Tool(), "build", "--lock", lock, "--cache-dir", PrivateCache(work), "--output", out});
   EXPECT_NE(run.exit, 0);
-  EXPECT_NE(run.err.find("cannot download opencode-ai@"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("cannot download opencode-ai@0.0.0-0"), std::string::npos) << run.err;
+  EXPECT_FALSE(fs::exists(work / "cache/work")) << "the build went past the npm stage";
   EXPECT_TRUE(Entries(out).empty()) << "something was written to " << out;
 }
 
 TEST_F(AgentImageTest, ATarballThatDoesNotMatchItsIntegrityIsRefused) {
   TempDir work("agent-image-integrity");
-  std::string lock = work / "agents.lock";
-  // The wrapper of OpenCode (a few KiB) with the integrity of another tarball.
   std::string text = Read(Lock());
-  std::smatch wrapper, other;
+  std::smatch wrapper;
   ASSERT_TRUE(
       std::regex_search(text, wrapper, std::regex(R"(npm amd64 base opencode-ai \S+ \S+ (\S+))")));
-  ASSERT_TRUE(
-      std::regex_search(text, other, std::regex(R"(npm amd64 base @openai/codex \S+ \S+ (\S+))")));
-  Write(lock, LockWith("opencode-ai", wrapper[1].str(), other[1].str()));
+  std::string lock = work / "agents.lock";
+  Write(lock, LockWith("opencode-ai", wrapper[1].str(), kNoTarball));
   std::string out = work / "out";
   ProgramStreams run = RunProgramStreams(
-      {Tool(), "build", "--lock", lock, "--cache-dir", work / "cache", "--output", out});
+      {Tool(), "build", "--lock", lock, "--cache-dir", PrivateCache(work), "--output", out});
   EXPECT_NE(run.exit, 0);
   EXPECT_NE(run.err.find("opencode-ai@"), std::string::npos) << run.err;
-  EXPECT_NE(run.err.find("the lock says " + other[1].str()), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("has integrity " + wrapper[1].str() + ", the lock says " + kNoTarball),
+            std::string::npos)
+      << run.err;
+  EXPECT_FALSE(fs::exists(work / "cache/work")) << "the build went past the npm stage";
   EXPECT_TRUE(Entries(out).empty()) << "something was written to " << out;
 }
 
@@ -284,7 +307,7 @@ TEST_F(AgentImageTest, AMalformedLockIsRefusedWithItsLine) {
   Write(lock, Read(Lock()) + "npm amd64 base left-pad 1.3.0\n");
   std::string out = work / "out";
   ProgramStreams run = RunProgramStreams(
-      {Tool(), "build", "--lock", lock, "--cache-dir", work / "cache", "--output", out});
+      {Tool(), "build", "--lock", lock, "--cache-dir", PrivateCache(work), "--output", out});
   EXPECT_NE(run.exit, 0);
   EXPECT_NE(run.err.find("agents.lock:"), std::string::npos) << run.err;
   EXPECT_NE(run.err.find("npm ARCH VARIANT NAME VERSION TARBALL INTEGRITY"), std::string::npos)
