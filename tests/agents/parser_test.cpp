@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "event_test_util.h"
 #include "platform/file_io.h"
 #include "services/agents/parser.h"
 
@@ -25,33 +26,10 @@ std::string Sample(const std::string& name) {
   return text ? *text : "";
 }
 
-std::vector<json> ToJson(const std::vector<AgentEvent>& events) {
-  std::vector<json> out;
-  for (const AgentEvent& event : events) out.push_back(EventToJson(event));
-  return out;
-}
-
-std::vector<json> Parse(AgentKind kind, std::string_view bytes, const EventLimits& limits = {}) {
-  std::unique_ptr<EventParser> parser = MakeEventParser(kind, limits);
-  std::vector<AgentEvent> events;
-  parser->Feed(bytes, events);
-  parser->Finish(events);
-  return ToJson(events);
-}
-
 std::vector<std::string> Types(const std::vector<json>& events) {
   std::vector<std::string> types;
   for (const json& event : events) types.push_back(event["type"].get<std::string>());
   return types;
-}
-
-// Every event of `type`, in order.
-std::vector<json> OfType(const std::vector<json>& events, const std::string& type) {
-  std::vector<json> out;
-  for (const json& event : events) {
-    if (event["type"] == type) out.push_back(event);
-  }
-  return out;
 }
 
 std::string Dump(const std::vector<json>& events) {

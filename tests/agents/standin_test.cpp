@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "event_test_util.h"
 #include "platform/file_io.h"
 #include "services/agents/parser.h"
 #include "services/agents/profile.h"
@@ -42,24 +43,6 @@ ProgramStreams RunIteration(const std::string& workspace, const std::string& pro
   return RunProgramStreams(argv, env);
 }
 
-std::vector<json> Events(const std::string& output) {
-  std::unique_ptr<EventParser> parser = MakeEventParser(AgentKind::kClaude);
-  std::vector<AgentEvent> events;
-  parser->Feed(output, events);
-  parser->Finish(events);
-  std::vector<json> out;
-  for (const AgentEvent& event : events) out.push_back(EventToJson(event));
-  return out;
-}
-
-std::vector<json> OfType(const std::vector<json>& events, const std::string& type) {
-  std::vector<json> out;
-  for (const json& event : events) {
-    if (event["type"] == type) out.push_back(event);
-  }
-  return out;
-}
-
 bool HasPromise(const std::vector<json>& events, const std::string& promise) {
   for (const json& event : events) {
     if ((event["type"] == "message" || event["type"] == "result") &&
@@ -80,7 +63,7 @@ TEST(StandinTest, EditsOneStepPerRunAndPrintsThePromiseAtK) {
     SCOPED_TRACE("iteration " + std::to_string(i));
     ProgramStreams run = RunIteration(workspace.path(), "Fix the parser\nmore detail", env);
     ASSERT_EQ(run.exit, 0) << run.err;
-    std::vector<json> events = Events(run.out);
+    std::vector<json> events = Parse(AgentKind::kClaude, run.out);
     EXPECT_TRUE(OfType(events, "parse_error").empty()) << run.out;
     ASSERT_EQ(events.front()["type"], "session");
     EXPECT_EQ(events.front()["session_id"], "standin-session-" + std::to_string(i));
@@ -127,7 +110,7 @@ TEST(StandinTest, StallingStandinChangesNothing) {
   for (int i = 0; i < 2; ++i) {
     ProgramStreams run = RunIteration(workspace.path(), "p", env);
     ASSERT_EQ(run.exit, 0) << run.err;
-    std::vector<json> events = Events(run.out);
+    std::vector<json> events = Parse(AgentKind::kClaude, run.out);
     EXPECT_TRUE(OfType(events, "tool_call").empty());
     EXPECT_FALSE(HasPromise(events, "<promise>DONE</promise>"));
     EXPECT_EQ(ReadWholeFile(workspace / ".standin/state.json").value_or(""), *state);
