@@ -1,8 +1,13 @@
 #include "services/agents/profile.h"
 
+#include <sys/stat.h>
+
 #include <array>
+#include <cerrno>
 
 #include <fmt/format.h>
+
+#include "platform/file_io.h"
 
 namespace ralph::agents {
 namespace {
@@ -219,6 +224,34 @@ Result<AgentLaunch> MakeLaunch(AgentKind kind, const AgentOptions& options) {
     case AgentKind::kCommand: break;
   }
   return Error::Make(ErrorCode::kInternal, "unhandled agent kind");
+}
+
+Result<void> WriteHomeFiles(const std::string& home_dir, std::span<const HomeFile> files) {
+  for (const HomeFile& file : files) {
+    std::string_view rest = file.path;
+    if (rest.empty() || rest[0] == '/') {
+      return Invalid(fmt::format("home file '{}': not a relative path", file.path));
+    }
+    // Each directory on the way, then the file.
+    std::string path = home_dir;
+    while (true) {
+      size_t slash = rest.find('/');
+      std::string_view part = rest.substr(0, slash);
+      if (part.empty() || part == "." || part == "..") {
+        return Invalid(fmt::format("home file '{}': '{}' is not a file name", file.path, part));
+      }
+      path += '/';
+      path += part;
+      if (slash == std::string_view::npos) break;
+      if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+        return Error::FromErrno(fmt::format("mkdir {}", path), errno);
+      }
+      rest.remove_prefix(slash + 1);
+    }
+    TRY_CTX(WriteFileAtomically(path, file.content, file.mode, Durability::kFileSynced),
+            fmt::format("writing home file {}", file.path));
+  }
+  return {};
 }
 
 Result<void> CheckJobEnvironment(AgentKind kind, const std::map<std::string, std::string>& env) {

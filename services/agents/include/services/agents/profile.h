@@ -91,6 +91,12 @@ struct AgentLaunch {
 // written provider/model, a relative home, an empty command).
 Result<AgentLaunch> MakeLaunch(AgentKind kind, const AgentOptions& options);
 
+// Writes `files` into `home_dir` (a host directory that becomes the job's
+// home), creating their directories (mode 0700), each file replaced
+// atomically with its mode. kInvalidArgument for a path that is absolute,
+// empty or has a ".." part; the error names the file otherwise.
+Result<void> WriteHomeFiles(const std::string& home_dir, std::span<const HomeFile> files);
+
 // Refuses a job environment that carries an API key or token (kRefused,
 // naming the variable and explaining the login flow): the vendors' key and
 // token variables for every profile, and any *_API_KEY for the agent
