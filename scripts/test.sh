@@ -97,6 +97,17 @@ for fuzzer in request policy; do
   fi
   grep -E '^Done [0-9]+ runs' "build-fuzz-ralphd/$fuzzer.log" || true
 done
+echo "== fuzz: the agents' event-stream parsers (libFuzzer, 20 s)"
+cmake -S tests/agents/fuzz -B build-fuzz-agents -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
+cmake --build build-fuzz-agents -j "$jobs"
+mkdir -p build-fuzz-agents/corpus
+if ! build-fuzz-agents/agent_events_fuzzer -max_total_time=20 -artifact_prefix=build-fuzz-agents/ \
+       build-fuzz-agents/corpus tests/agents/fuzz/corpus >build-fuzz-agents/fuzz.log 2>&1; then
+  status=1
+  tail -n 60 build-fuzz-agents/fuzz.log
+  failed+=("fuzz: agent_events_fuzzer (log: build-fuzz-agents/fuzz.log)")
+fi
+grep -E '^Done [0-9]+ runs' build-fuzz-agents/fuzz.log || true
 
 # A failed test's output, from ctest's log of the run: its first failures
 # (googletest's "file:line: Failure" and what follows) and its last lines.
