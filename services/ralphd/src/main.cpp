@@ -151,6 +151,11 @@ class LockedAuditSink final : public ralph::audit::AuditSinkInterface {
     std::lock_guard lock(mutex_);
     return log_->Append(event);
   }
+  ralph::Result<std::vector<ralph::audit::AuditRecord>> AppendBatch(
+      std::span<const ralph::audit::AuditEvent> events) override {
+    std::lock_guard lock(mutex_);
+    return log_->AppendBatch(events);
+  }
 
  private:
   std::mutex mutex_;
