@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 #include <openssl/evp.h>
 
+#include "services/audit/audit_log.h"
+
 namespace ralph::ralphd {
 namespace {
 
@@ -454,13 +456,30 @@ struct AuditFilter {
   uint64_t after = 0;
   std::optional<uint64_t> job;
   std::optional<std::string> type;
+  std::optional<std::string> since;
+  std::optional<std::string> until;
 };
+
+Result<std::optional<std::string>> ReadAuditTime(QueryReader& query, std::string_view name) {
+  std::optional<std::string> text = query.Find(name);
+  if (!text) return text;
+  Result<std::string> time = audit::ParseAuditTime(*text);
+  if (!time) return Invalid(fmt::format("query.{}: {}", name, time.error().message()));
+  return std::optional<std::string>(*time);
+}
 
 Result<AuditFilter> ReadAuditFilter(QueryReader& query) {
   AuditFilter filter;
   if (auto after = TRY(query.Unsigned("after", 0, INT64_MAX))) filter.after = *after;
   filter.job = TRY(query.Unsigned("job", 1, INT64_MAX));
   filter.type = TRY(query.Identifier("type"));
+  filter.since = TRY(ReadAuditTime(query, "since"));
+  filter.until = TRY(ReadAuditTime(query, "until"));
+  // Both in one fixed-width format: the text compares as the time.
+  if (filter.since && filter.until && *filter.until <= *filter.since) {
+    return Invalid(
+        fmt::format("query.until: {} is not after query.since ({})", *filter.until, *filter.since));
+  }
   return filter;
 }
 
@@ -468,7 +487,11 @@ Result<Command> DecodeAuditList(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
   AuditFilter filter = TRY(ReadAuditFilter(query));
-  AuditListCommand command{.after = filter.after, .job = filter.job, .type = filter.type};
+  AuditListCommand command{.after = filter.after,
+                           .job = filter.job,
+                           .type = filter.type,
+                           .since = filter.since,
+                           .until = filter.until};
   if (auto limit = TRY(query.Unsigned("limit", 1, kMaxListLimit))) command.limit = *limit;
   TRY(query.Finish());
   return command;
@@ -479,7 +502,11 @@ Result<Command> DecodeAuditExport(const Request& request) {
   QueryReader query(request);
   AuditFilter filter = TRY(ReadAuditFilter(query));
   TRY(query.Finish());
-  return AuditExportCommand{.after = filter.after, .job = filter.job, .type = filter.type};
+  return AuditExportCommand{.after = filter.after,
+                            .job = filter.job,
+                            .type = filter.type,
+                            .since = filter.since,
+                            .until = filter.until};
 }
 
 Result<Command> DecodeAuditVerify(const Request& request) {

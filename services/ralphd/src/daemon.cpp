@@ -484,7 +484,9 @@ Result<Reply> Daemon::AuditList(const AuditListCommand& command) {
       .limit = command.limit,
       .from = command.after ? audit::ListFrom::kOldest : audit::ListFrom::kNewest,
       .after_seq = static_cast<int64_t>(command.after),
-      .type = command.type};
+      .type = command.type,
+      .since = command.since,
+      .until = command.until};
   if (command.job) query.subject = fmt::format("job {}", *command.job);
   std::vector<audit::AuditRecord> rows = TRY(audit_->List(query));
   json records = json::array();
@@ -509,7 +511,10 @@ Result<Reply> Daemon::AuditVerify(const AuditVerifyCommand& command) {
 }
 
 Result<Reply> Daemon::AuditExport(const AuditExportCommand& command) {
-  audit::ListQuery query{.after_seq = static_cast<int64_t>(command.after), .type = command.type};
+  audit::ListQuery query{.after_seq = static_cast<int64_t>(command.after),
+                         .type = command.type,
+                         .since = command.since,
+                         .until = command.until};
   if (command.job) query.subject = fmt::format("job {}", *command.job);
   std::vector<audit::AuditRecord> rows = TRY(audit_->List(query));
   std::string lines;
