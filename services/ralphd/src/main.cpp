@@ -37,6 +37,9 @@ namespace {
 
 namespace api = ralph::ralphd::api;
 
+// The HTTPS API's threads (see StartApi).
+constexpr int kApiThreads = 8;
+
 constexpr std::string_view kUsage =
     R"(usage: ralphd --state-dir DIR [options]
 
@@ -302,11 +305,15 @@ ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralp
       daemon, [&local](std::function<void()> task) { local.Post(std::move(task)); });
   api->events = std::make_unique<CoreEventSource>(daemon, local);
   const HostPort& listen = *options.api_listen;
-  api->server = TRY(api::ApiServer::Start({.bind_address = listen.host, .port = listen.port},
-                                          {.identity = *api->identity,
-                                           .registry = *api->registry,
-                                           .handler = *api->handler,
-                                           .events = api->events.get()}));
+  // A request holds its server thread until the core's loop has answered
+  // it, so the threads bound the requests the loop sees at once, and with
+  // them how many share one audit commit (Daemon::FlushAudit).
+  api->server = TRY(api::ApiServer::Start(
+      {.bind_address = listen.host, .port = listen.port, .threads = kApiThreads},
+      {.identity = *api->identity,
+       .registry = *api->registry,
+       .handler = *api->handler,
+       .events = api->events.get()}));
   uint16_t port = api->server->port();
   std::string address = options.api_address;
   if (address.empty()) {
