@@ -25,6 +25,8 @@ packages=(
   efibootmgr dhcpcd-base
   # sandbox tests and peers for the benchmarks
   iproute2 nftables bubblewrap rauc hyperfine procps psmisc
+  # ralphd_bench's peer for the HTTPS API: a static file over mutual TLS
+  nginx
   # profiling the sandbox's start-up (perf trace, perf stat, strace)
   linux-perf strace
   # audit log tests tamper with the database through the sqlite3 shell
