@@ -404,9 +404,10 @@ void Rss(const std::string& bin, const std::string& work, int jobs) {
   }
   Ralphd ralphd(bin, work + "/api", /*with_api=*/true, jobs);
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  std::printf("  idle, with API: %6.1f MiB (target <= 16)\n", RssKib(ralphd.pid()) / 1024.0);
+  uint64_t idle = RssKib(ralphd.pid());
+  std::printf("  idle, with API: %6.1f MiB (target <= 16)\n", idle / 1024.0);
   for (int i = 0; i < jobs; ++i) {
-    ProgramStreams run = ralphd.Ctl({"job", "run", "--detach", "--", "/bin/sleep", "120"});
+    ProgramStreams run = ralphd.Ctl({"job", "run", "--detach", "--", "/bin/sleep", "3600"});
     if (run.exit != 0) Die("job run: " + run.err);
   }
   bool all = WaitFor(
@@ -416,8 +417,10 @@ void Rss(const std::string& bin, const std::string& work, int jobs) {
         return !parsed.is_discarded() && parsed["jobs"].value("running", 0) == jobs;
       },
       300);
-  std::printf("  %d jobs running%s: %6.1f MiB\n", jobs, all ? "" : " (not all started)",
-              RssKib(ralphd.pid()) / 1024.0);
+  uint64_t busy = RssKib(ralphd.pid());
+  std::printf("  %d jobs running%s: %6.1f MiB, %.0f KiB per job over idle\n", jobs,
+              all ? "" : " (not all started)", busy / 1024.0,
+              static_cast<double>(busy - std::min(busy, idle)) / jobs);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 
@@ -84,6 +85,38 @@ class AuditLogTest : public ::testing::Test {
     EXPECT_TRUE(report.has_value()) << report.error().ToString();
     return report ? *report : VerifyReport{};
   }
+
+  // Forks a child that opens the log, arms KillingVfs at `at` (never when
+  // .io is 0) and runs unit(log, i) for i = 0 .. units - 1, noting after
+  // each how many returned (Returned()) and, once all did, the file changes
+  // made (in <kill report>.count). The child's wait status.
+  int RunKillableChild(KillAt at, int units, const std::function<bool(AuditLog&, int)>& unit) {
+    std::filesystem::remove(KillReport());
+    std::filesystem::remove(KillReport() + ".appended");
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      KillingVfs::Install();
+      auto log = AuditLog::Open(path_, OpenMode::kExisting);
+      if (!log) ::_exit(1);
+      KillingVfs::Arm(at, KillReport());
+      for (int i = 0; i < units; ++i) {
+        if (!unit(**log, i)) ::_exit(2);
+        // What has returned so far, for the parent to find in the log.
+        std::ofstream(KillReport() + ".appended", std::ios::trunc) << i + 1;
+      }
+      std::ofstream(KillReport() + ".count", std::ios::trunc) << KillingVfs::Count();
+      ::_exit(0);
+    }
+    int status = -1;
+    EXPECT_EQ(::waitpid(pid, &status, 0), pid);
+    return status;
+  }
+  int Returned() const {
+    std::string text = ReadFileText(KillReport() + ".appended");
+    return text.empty() ? 0 : std::stoi(text);
+  }
+  // Where KillingVfs reports the point it killed at.
+  std::string KillReport() const { return dir_ / "killed-at"; }
 
   TempDir dir_;
   std::string path_;
@@ -505,34 +538,14 @@ TEST_F(AuditLogTest, ConcurrentProcessesFormOneChain) {
 // replays a run.
 TEST_F(AuditLogTest, SigkillAtAnyWriteLeavesAVerifiableChain) {
   ASSERT_NE(OpenLog(), nullptr);  // created once, so children only append
-  std::string report_path = dir_ / "killed-at";
+  std::string report_path = KillReport();
   constexpr int kMaxAppends = 1000;
-  // Runs a child that appends until it is killed at `at` (never when 0) or
-  // has made `appends` appends. Returns its wait status and the report.
   auto run_child = [&](KillAt at, int appends) {
-    std::filesystem::remove(report_path);
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      KillingVfs::Install();
-      auto log = AuditLog::Open(path_, OpenMode::kExisting);
-      if (!log) ::_exit(1);
-      KillingVfs::Arm(at, report_path);
-      for (int i = 0; i < appends; ++i) {
-        if (!(*log)->Append(Event(i, "crash")).has_value()) ::_exit(2);
-        // What has returned so far, for the parent to find in the log.
-        std::ofstream(report_path + ".appended", std::ios::trunc) << i + 1;
-      }
-      std::ofstream(report_path + ".count", std::ios::trunc) << KillingVfs::Count();
-      ::_exit(0);
-    }
-    int status = -1;
-    EXPECT_EQ(::waitpid(pid, &status, 0), pid);
-    return status;
+    return RunKillableChild(at, appends, [](AuditLog& log, int i) {
+      return log.Append(Event(i, "crash")).has_value();
+    });
   };
-  auto appended = [&] {
-    std::string text = ReadFileText(report_path + ".appended");
-    return text.empty() ? 0 : std::stoi(text);
-  };
+  auto appended = [&] { return Returned(); };
 
   // How many file changes three appends make: the kills aim inside those.
   int status = run_child({}, 3);
@@ -548,7 +561,6 @@ TEST_F(AuditLogTest, SigkillAtAnyWriteLeavesAVerifiableChain) {
   for (int round = 0; round < 16; ++round) {
     KillAt at{.io = std::uniform_int_distribution<int64_t>(1, changes)(rng),
               .after = rng() % 2 == 1};
-    std::filesystem::remove(report_path + ".appended");
     status = run_child(at, kMaxAppends);
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
         << "round " << round << ": not killed at " << DescribeKillAt(at) << ", status " << status;
@@ -580,34 +592,16 @@ TEST_F(AuditLogTest, SigkillAtAnyWriteLeavesAVerifiableChain) {
 // that returned and at most the one in flight, whole, never part of one.
 TEST_F(AuditLogTest, SigkillMidBatchLeavesAllOrNone) {
   ASSERT_NE(OpenLog(), nullptr);
-  std::string report_path = dir_ / "killed-at";
+  std::string report_path = KillReport();
   constexpr int kBatch = 7;
   auto run_child = [&](KillAt at, int batches) {
-    std::filesystem::remove(report_path);
-    std::filesystem::remove(report_path + ".appended");
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      KillingVfs::Install();
-      auto log = AuditLog::Open(path_, OpenMode::kExisting);
-      if (!log) ::_exit(1);
-      KillingVfs::Arm(at, report_path);
-      for (int b = 0; b < batches; ++b) {
-        std::vector<AuditEvent> events;
-        for (int i = 0; i < kBatch; ++i) events.push_back(Event(i, "batch"));
-        if (!(*log)->AppendBatch(events).has_value()) ::_exit(2);
-        std::ofstream(report_path + ".appended", std::ios::trunc) << b + 1;
-      }
-      std::ofstream(report_path + ".count", std::ios::trunc) << KillingVfs::Count();
-      ::_exit(0);
-    }
-    int status = -1;
-    EXPECT_EQ(::waitpid(pid, &status, 0), pid);
-    return status;
+    return RunKillableChild(at, batches, [](AuditLog& log, int) {
+      std::vector<AuditEvent> events;
+      for (int i = 0; i < kBatch; ++i) events.push_back(Event(i, "batch"));
+      return log.AppendBatch(events).has_value();
+    });
   };
-  auto appended = [&] {
-    std::string text = ReadFileText(report_path + ".appended");
-    return text.empty() ? 0 : std::stoi(text);
-  };
+  auto appended = [&] { return Returned(); };
   // The file changes of two batches: the kills aim inside those.
   int status = run_child({}, 2);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
