@@ -71,9 +71,11 @@ void Write(const std::string& path, const std::string& text, mode_t mode = 0600)
   std::fprintf(stderr, "ralphd_bench: %s\n", why.c_str());
   std::exit(1);
 }
+// Polls `done` (a state) until it holds or `seconds` have passed.
 template <typename F>
 bool WaitFor(F done, int seconds = 60) {
-  for (int i = 0; i < seconds * 100; ++i) {
+  auto deadline = Clock::now() + std::chrono::seconds(seconds);
+  while (Clock::now() < deadline) {
     if (done()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -427,6 +429,8 @@ void Rss(const std::string& bin, const std::string& work, int jobs) {
 
 int main(int argc, char** argv) {
   if (::geteuid() != 0) Die("run as root");
+  // Each line as it is measured, also into a file.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string self = std::filesystem::canonical("/proc/self/exe").parent_path();
   std::string what = argc > 1 ? argv[1] : "all";
   auto arg = [&](int i, long fallback) { return argc > i ? std::atol(argv[i]) : fallback; };
