@@ -27,6 +27,8 @@ packages=(
   busybox-static
   # sandbox tests and peers for the benchmarks
   iproute2 nftables bubblewrap rauc hyperfine procps psmisc
+  # ralphd_bench's peer for the HTTPS API: a static file over mutual TLS
+  nginx
   # profiling the sandbox's start-up (perf trace, perf stat, strace)
   linux-perf strace
   # audit log tests tamper with the database through the sqlite3 shell

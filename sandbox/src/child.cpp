@@ -205,6 +205,8 @@ void RunChild(const ChildPlan& plan) {
   // (it learns our pid from the kernel) and reset every disposition while it
   // writes our id maps. MSG_NOSIGNAL: a parent gone is EPIPE, not SIGPIPE.
   if (int err = SetSignalMask(~uint64_t{0}); err != 0) Fail(plan, ChildStep::kSignals, err);
+  // Only the parent may hold the other end: its death is then our EOF.
+  if (plan.parent_sync_fd >= 0) RawClose(plan.parent_sync_fd);
   char hello = 1;
   if (::syscall(SYS_sendto, plan.sync_fd, &hello, 1, MSG_NOSIGNAL, nullptr, 0) != 1) ::_exit(127);
   if (int err = ResetSignalDispositions(); err != 0) Fail(plan, ChildStep::kSignals, err);

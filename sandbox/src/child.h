@@ -56,6 +56,11 @@ struct ChildPlan {
   // AwaitChild reads it); read: a byte from the parent = go (twice: id maps
   // written, then cgroups (v1) attached and network ready); EOF = give up.
   int sync_fd = -1;
+  // The parent's end of that socketpair, which the child's copy of the fd
+  // table holds too: closed first, or a parent killed before its "go" would
+  // leave the child waiting on a socket it keeps open itself (with every fd
+  // of the parent's, before the parent-death signal is armed).
+  int parent_sync_fd = -1;
   int error_fd = -1;  // write: ChildFailure on error
   int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;
   bool controlling_tty = false;    // stdio is a pty slave: setsid + TIOCSCTTY

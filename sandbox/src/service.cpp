@@ -344,6 +344,7 @@ Result<void> SandboxService::Run(const JobId& id) {
 
   ChildPlan plan;
   plan.sync_fd = sync_read.get();
+  plan.parent_sync_fd = sync_write.get();
   plan.error_fd = error_write.get();
   plan.stdin_fd = child_in.get();
   plan.stdout_fd = child_out.get();

@@ -435,14 +435,23 @@ Result<std::unique_ptr<UpperVolume>> LoopVolumeFactory::Acquire(uint64_t bytes,
   UniqueFd source(::open(template_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!source) return Error::FromErrno(fmt::format("open {}", template_path), errno);
   uint64_t number = next_volume_++;
-  // Made under a name no other process takes, locked, then published.
-  std::string temp = fmt::format("{}/.tmp-{}-{}{}", volumes_dir_, ::getpid(), number, kImageSuffix);
+  // Made under a name no other process takes, locked, then published. Other
+  // factories of this process (ralphd runs a service per job) count from 1
+  // too, and a dead process with this pid may have left one: the next
+  // number then.
+  std::string temp;
+  UniqueFd image_fd;
+  while (true) {
+    temp = fmt::format("{}/.tmp-{}-{}{}", volumes_dir_, ::getpid(), number, kImageSuffix);
+    image_fd.reset(::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (image_fd || errno != EEXIST) break;
+    number = next_volume_++;
+  }
+  if (!image_fd) return Error::FromErrno(fmt::format("create {}", temp), errno);
   auto image_name = [&] {
     return fmt::format("{}/{}{}-{}{}", volumes_dir_, prefix, ::getpid(), number, kImageSuffix);
   };
   std::string image = image_name();
-  UniqueFd image_fd(::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!image_fd) return Error::FromErrno(fmt::format("create {}", temp), errno);
   if (::flock(image_fd.get(), LOCK_EX | LOCK_NB) != 0) {
     int err = errno;
     ::unlink(temp.c_str());

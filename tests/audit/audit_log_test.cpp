@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 
@@ -84,6 +85,38 @@ class AuditLogTest : public ::testing::Test {
     EXPECT_TRUE(report.has_value()) << report.error().ToString();
     return report ? *report : VerifyReport{};
   }
+
+  // Forks a child that opens the log, arms KillingVfs at `at` (never when
+  // .io is 0) and runs unit(log, i) for i = 0 .. units - 1, noting after
+  // each how many returned (Returned()) and, once all did, the file changes
+  // made (in <kill report>.count). The child's wait status.
+  int RunKillableChild(KillAt at, int units, const std::function<bool(AuditLog&, int)>& unit) {
+    std::filesystem::remove(KillReport());
+    std::filesystem::remove(KillReport() + ".appended");
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      KillingVfs::Install();
+      auto log = AuditLog::Open(path_, OpenMode::kExisting);
+      if (!log) ::_exit(1);
+      KillingVfs::Arm(at, KillReport());
+      for (int i = 0; i < units; ++i) {
+        if (!unit(**log, i)) ::_exit(2);
+        // What has returned so far, for the parent to find in the log.
+        std::ofstream(KillReport() + ".appended", std::ios::trunc) << i + 1;
+      }
+      std::ofstream(KillReport() + ".count", std::ios::trunc) << KillingVfs::Count();
+      ::_exit(0);
+    }
+    int status = -1;
+    EXPECT_EQ(::waitpid(pid, &status, 0), pid);
+    return status;
+  }
+  int Returned() const {
+    std::string text = ReadFileText(KillReport() + ".appended");
+    return text.empty() ? 0 : std::stoi(text);
+  }
+  // Where KillingVfs reports the point it killed at.
+  std::string KillReport() const { return dir_ / "killed-at"; }
 
   TempDir dir_;
   std::string path_;
@@ -167,6 +200,144 @@ TEST_F(AuditLogTest, ListFiltersByTypeSubjectAndSeq) {
   EXPECT_EQ(seqs({.limit = 2, .from = ListFrom::kOldest, .after_seq = 1}),
             (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(seqs({.type = "nothing"}), (std::vector<int64_t>{}));
+}
+
+// A batch is consecutive rows chained in order, one time, stored as one.
+TEST_F(AuditLogTest, BatchAppendsConsecutiveChainedRows) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 2);
+  std::vector<AuditEvent> events;
+  for (int n = 0; n < 5; ++n) events.push_back(Event(100 + n, "ralphd"));
+  events[3].details["api_key"] = "sk-secret-in-a-batch";
+  auto stored = log->AppendBatch(events);
+  ASSERT_TRUE(stored.has_value()) << stored.error().ToString();
+  ASSERT_EQ(stored->size(), 5u);
+  auto rows = log->List({.after_seq = 2});
+  ASSERT_TRUE(rows.has_value());
+  ASSERT_EQ(rows->size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    const AuditRecord& row = (*rows)[i];
+    EXPECT_EQ(row.seq, static_cast<int64_t>(3 + i));
+    EXPECT_EQ(row.hash, (*stored)[i].hash);
+    EXPECT_EQ(row.time, (*stored)[0].time);
+    EXPECT_EQ(json::parse(row.details)["n"], 100 + static_cast<int>(i));
+    if (i > 0) {
+      EXPECT_EQ(row.prev_hash, (*rows)[i - 1].hash);
+    }
+  }
+  EXPECT_EQ(json::parse((*rows)[3].details)["api_key"], "[REDACTED]");
+  EXPECT_THAT(ReadFileText(path_) + ReadFileText(path_ + "-wal"),
+              Not(HasSubstr("sk-secret-in-a-batch")));
+  // An empty batch stores nothing and is no error.
+  auto none = log->AppendBatch({});
+  ASSERT_TRUE(none.has_value()) << none.error().ToString();
+  EXPECT_TRUE(none->empty());
+  EXPECT_EQ(log->Tip()->seq, 7);
+  auto report = log->Verify();
+  ASSERT_TRUE(report.has_value());
+  EXPECT_TRUE(report->ok()) << report->broken->message;
+  // The next single append chains onto the batch.
+  auto next = log->Append(Event(8));
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->prev_hash, stored->back().hash);
+}
+
+// One bad event refuses the whole batch, naming its index and field.
+TEST_F(AuditLogTest, BadEventRefusesTheWholeBatch) {
+  auto log = OpenLog();
+  ASSERT_NE(log, nullptr);
+  AppendN(*log, 1);
+  std::vector<AuditEvent> events = {Event(1), Event(2), Event(3)};
+  events[2].actor = "Bad Actor";
+  auto refused = log->AppendBatch(events);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(refused.error().message(), HasSubstr("events[2]: audit event actor \"Bad Actor\""));
+  events[2].actor = "ota";
+  events[1].details = {{"blob", std::string(kMaxDetailsBytes, 'a')}};
+  refused = log->AppendBatch(events);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_THAT(refused.error().message(), HasSubstr("events[1]: audit event details are"));
+  events[1].details = json::array();
+  refused = log->AppendBatch(events);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_THAT(refused.error().message(), HasSubstr("events[1]: audit event details must be"));
+  EXPECT_EQ(log->Tip()->seq, 1);
+}
+
+// Time ranges: since inclusive, until exclusive, on the stored text; with
+// the other filters and a limit.
+TEST_F(AuditLogTest, ListFiltersByTimeRange) {
+  int64_t millis = 1795372801000;  // 2026-11-22T18:40:01.000Z
+  auto log = AuditLog::Open(
+      path_, OpenMode::kCreateIfMissing, {.clock = [&] {
+        return std::chrono::system_clock::time_point(std::chrono::milliseconds(millis));
+      }});
+  ASSERT_TRUE(log.has_value()) << log.error().ToString();
+  for (int n = 1; n <= 6; ++n) {
+    AuditEvent event = Event(n, "ralphd");
+    event.subject = n % 2 ? "job 1" : "job 2";
+    ASSERT_TRUE((*log)->Append(event));
+    millis += 1500;  // rows 1..6 at :01.000, :02.500, :04.000, :05.500, :07.000, :08.500
+  }
+  auto seqs = [&](const ListQuery& query) {
+    std::vector<int64_t> out;
+    auto rows = (*log)->List(query);
+    EXPECT_TRUE(rows.has_value()) << rows.error().ToString();
+    if (rows) {
+      for (const AuditRecord& row : *rows) out.push_back(row.seq);
+    }
+    return out;
+  };
+  EXPECT_EQ(seqs({.since = "2026-11-22T18:40:04.000Z"}), (std::vector<int64_t>{3, 4, 5, 6}));
+  EXPECT_EQ(seqs({.until = "2026-11-22T18:40:04.000Z"}), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(seqs({.since = "2026-11-22T18:40:02.500Z", .until = "2026-11-22T18:40:07.000Z"}),
+            (std::vector<int64_t>{2, 3, 4}));
+  EXPECT_EQ(seqs({.subject = "job 2", .since = "2026-11-22T18:40:02.501Z"}),
+            (std::vector<int64_t>{4, 6}));
+  EXPECT_EQ(
+      seqs({.limit = 1, .since = "2026-11-22T18:40:02.000Z", .until = "2026-11-22T18:40:06Z"}),
+      (std::vector<int64_t>{4}));
+  EXPECT_EQ(seqs({.since = "2026-11-23T00:00:00.000Z"}), (std::vector<int64_t>{}));
+}
+
+// The query indexes exist on a new log, come back on a log opened without
+// them (no schema version change), and the by-job query uses its index.
+TEST_F(AuditLogTest, QueryIndexesAreMadeWhenMissing) {
+  auto indexes = [&] {
+    ProgramStreams run =
+        Sqlite(path_, "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name");
+    EXPECT_EQ(run.exit, 0) << run.err;
+    return run.out;
+  };
+  const std::string kAll = "audit_log_by_subject\naudit_log_by_time\naudit_log_by_type\n";
+  {
+    auto log = OpenLog();
+    ASSERT_NE(log, nullptr);
+    AppendN(*log, 3);
+  }
+  EXPECT_EQ(indexes(), kAll);
+  ProgramStreams dropped = Sqlite(path_,
+                                  "DROP INDEX audit_log_by_subject; DROP INDEX audit_log_by_type; "
+                                  "DROP INDEX audit_log_by_time;");
+  ASSERT_EQ(dropped.exit, 0) << dropped.err;
+  EXPECT_EQ(indexes(), "");
+  // A read-only handle lists without them and adds none.
+  {
+    auto log = OpenLog(OpenMode::kReadOnly);
+    ASSERT_NE(log, nullptr);
+    EXPECT_EQ(log->List({.subject = "slot B"})->size(), 3u);
+  }
+  EXPECT_EQ(indexes(), "");
+  ASSERT_NE(OpenLog(OpenMode::kExisting), nullptr);
+  EXPECT_EQ(indexes(), kAll);
+  ProgramStreams plan = Sqlite(path_,
+                               "EXPLAIN QUERY PLAN SELECT seq FROM audit_log WHERE seq > 0 AND "
+                               "subject = 'job 7' ORDER BY seq DESC LIMIT 100");
+  ASSERT_EQ(plan.exit, 0) << plan.err;
+  EXPECT_THAT(plan.out, HasSubstr("audit_log_by_subject"));
+  EXPECT_TRUE(VerifyNow().ok());
 }
 
 TEST_F(AuditLogTest, SecretsNeverReachTheDisk) {
@@ -406,34 +577,14 @@ TEST_F(AuditLogTest, ConcurrentProcessesFormOneChain) {
 // replays a run.
 TEST_F(AuditLogTest, SigkillAtAnyWriteLeavesAVerifiableChain) {
   ASSERT_NE(OpenLog(), nullptr);  // created once, so children only append
-  std::string report_path = dir_ / "killed-at";
+  std::string report_path = KillReport();
   constexpr int kMaxAppends = 1000;
-  // Runs a child that appends until it is killed at `at` (never when 0) or
-  // has made `appends` appends. Returns its wait status and the report.
   auto run_child = [&](KillAt at, int appends) {
-    std::filesystem::remove(report_path);
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      KillingVfs::Install();
-      auto log = AuditLog::Open(path_, OpenMode::kExisting);
-      if (!log) ::_exit(1);
-      KillingVfs::Arm(at, report_path);
-      for (int i = 0; i < appends; ++i) {
-        if (!(*log)->Append(Event(i, "crash")).has_value()) ::_exit(2);
-        // What has returned so far, for the parent to find in the log.
-        std::ofstream(report_path + ".appended", std::ios::trunc) << i + 1;
-      }
-      std::ofstream(report_path + ".count", std::ios::trunc) << KillingVfs::Count();
-      ::_exit(0);
-    }
-    int status = -1;
-    EXPECT_EQ(::waitpid(pid, &status, 0), pid);
-    return status;
+    return RunKillableChild(at, appends, [](AuditLog& log, int i) {
+      return log.Append(Event(i, "crash")).has_value();
+    });
   };
-  auto appended = [&] {
-    std::string text = ReadFileText(report_path + ".appended");
-    return text.empty() ? 0 : std::stoi(text);
-  };
+  auto appended = [&] { return Returned(); };
 
   // How many file changes three appends make: the kills aim inside those.
   int status = run_child({}, 3);
@@ -449,7 +600,6 @@ TEST_F(AuditLogTest, SigkillAtAnyWriteLeavesAVerifiableChain) {
   for (int round = 0; round < 16; ++round) {
     KillAt at{.io = std::uniform_int_distribution<int64_t>(1, changes)(rng),
               .after = rng() % 2 == 1};
-    std::filesystem::remove(report_path + ".appended");
     status = run_child(at, kMaxAppends);
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
         << "round " << round << ": not killed at " << DescribeKillAt(at) << ", status " << status;
@@ -471,6 +621,54 @@ TEST_F(AuditLogTest, SigkillAtAnyWriteLeavesAVerifiableChain) {
     ASSERT_TRUE(next.has_value()) << next.error().ToString();
     EXPECT_EQ(next->seq, report_after->tip.seq + 1);
     EXPECT_EQ(next->prev_hash, report_after->tip.hash);
+    last_seq = next->seq;
+  }
+  EXPECT_TRUE(VerifyNow().ok());
+}
+
+// A child appends batches of kBatch and is SIGKILLed at a chosen file
+// change (KillingVfs) of one of them: after it, the log holds every batch
+// that returned and at most the one in flight, whole, never part of one.
+TEST_F(AuditLogTest, SigkillMidBatchLeavesAllOrNone) {
+  ASSERT_NE(OpenLog(), nullptr);
+  std::string report_path = KillReport();
+  constexpr int kBatch = 7;
+  auto run_child = [&](KillAt at, int batches) {
+    return RunKillableChild(at, batches, [](AuditLog& log, int) {
+      std::vector<AuditEvent> events;
+      for (int i = 0; i < kBatch; ++i) events.push_back(Event(i, "batch"));
+      return log.AppendBatch(events).has_value();
+    });
+  };
+  auto appended = [&] { return Returned(); };
+  // The file changes of two batches: the kills aim inside those.
+  int status = run_child({}, 2);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  int64_t changes = std::stoll(ReadFileText(report_path + ".count"));
+  fmt::print("two batches of {} make {} file changes\n", kBatch, changes);
+
+  auto log = OpenLog(OpenMode::kExisting);
+  ASSERT_NE(log, nullptr);
+  int64_t last_seq = log->Tip()->seq;
+  ASSERT_EQ(last_seq, 2 * kBatch);
+  std::mt19937 rng(::ralph::testing::TestSeed());
+  // Every change of the two batches once, before or after it by the seed.
+  for (int64_t io = 1; io <= changes; ++io) {
+    KillAt at{.io = io, .after = rng() % 2 == 1};
+    status = run_child(at, 1000);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+        << "not killed at " << DescribeKillAt(at) << ", status " << status;
+    std::string report = ReadFileText(report_path);
+    SCOPED_TRACE(fmt::format("killed {}", report));
+    auto verified = log->Verify();
+    ASSERT_TRUE(verified.has_value()) << verified.error().ToString();
+    ASSERT_TRUE(verified->ok()) << verified->broken->message;
+    int64_t added = verified->tip.seq - last_seq;
+    EXPECT_EQ(added % kBatch, 0) << added << " rows: part of a batch";
+    EXPECT_GE(added / kBatch, appended()) << "a batch that returned was lost";
+    EXPECT_LE(added / kBatch, appended() + 1);
+    auto next = log->Append(Event(-1, "after-crash"));
+    ASSERT_TRUE(next.has_value()) << next.error().ToString();
     last_seq = next->seq;
   }
   EXPECT_TRUE(VerifyNow().ok());

@@ -81,6 +81,40 @@ TEST_F(RalphctlAuditTest, ListShowsTheNewestRowsOldestFirst) {
   EXPECT_EQ(json::parse(everything.out).size(), 60u);
 }
 
+// --since/--until on the file: inclusive and exclusive bounds on the time;
+// a malformed time is a usage error naming the flag.
+TEST_F(RalphctlAuditTest, ListAndExportByTimeRange) {
+  int64_t millis = 1795372801000;  // 2026-11-22T18:40:01.000Z, one row a second
+  {
+    auto log = AuditLog::Open(
+        db_, OpenMode::kCreateIfMissing, {.clock = [&] {
+          return std::chrono::system_clock::time_point(std::chrono::milliseconds(millis));
+        }});
+    ASSERT_TRUE(log.has_value()) << log.error().ToString();
+    for (int i = 1; i <= 5; ++i, millis += 1000) {
+      ASSERT_TRUE((*log)->Append({.actor = "ota", .type = "install-started"}));
+    }
+  }
+  ProgramStreams list = Ralphctl({"audit", "list", "--json", "--audit-db", db_, "--since",
+                                  "2026-11-22T18:40:02Z", "--until", "2026-11-22T18:40:04.000Z"});
+  ASSERT_EQ(list.exit, 0) << list.err;
+  json rows = json::parse(list.out);
+  ASSERT_EQ(rows.size(), 2u) << list.out;
+  EXPECT_EQ(rows[0]["seq"], 2);
+  EXPECT_EQ(rows[1]["seq"], 3);
+  ProgramStreams exported =
+      Ralphctl({"audit", "export", "--audit-db", db_, "--since", "2026-11-22T18:40:04.000Z"});
+  ASSERT_EQ(exported.exit, 0) << exported.err;
+  EXPECT_EQ(std::count(exported.out.begin(), exported.out.end(), '\n'), 2) << exported.out;
+  ProgramStreams bad = Ralphctl({"audit", "export", "--audit-db", db_, "--until", "18:40"});
+  EXPECT_EQ(bad.exit, 2);
+  EXPECT_THAT(bad.err, HasSubstr("--until: '18:40' is not a UTC time"));
+  ProgramStreams backwards = Ralphctl({"audit", "list", "--audit-db", db_, "--since",
+                                       "2026-11-22T18:40:04Z", "--until", "2026-11-22T18:40:02Z"});
+  EXPECT_EQ(backwards.exit, 2);
+  EXPECT_THAT(backwards.err, HasSubstr("--until must be after --since"));
+}
+
 TEST_F(RalphctlAuditTest, EmptyLog) {
   ASSERT_TRUE(AuditLog::Open(db_, OpenMode::kCreateIfMissing).has_value());
   ProgramStreams list = Ralphctl({"audit", "list", "--audit-db", db_});

@@ -257,6 +257,29 @@ TEST(DecodeRequest, AuditAndEvents) {
   EXPECT_EQ(ErrorOf(Get("/v1/audit/export", {{"limit", "3"}})), "query.limit: unknown parameter");
 }
 
+TEST(DecodeRequest, AuditTimeRange) {
+  auto list = DecodeRequest(
+      Get("/v1/audit", {{"since", "2026-11-22T16:40:01Z"}, {"until", "2026-11-22T16:40:01.001Z"}}));
+  ASSERT_TRUE(list) << list.error().message();
+  EXPECT_EQ(std::get<AuditListCommand>(*list).since, "2026-11-22T16:40:01.000Z");
+  EXPECT_EQ(std::get<AuditListCommand>(*list).until, "2026-11-22T16:40:01.001Z");
+  auto exported = DecodeRequest(Get("/v1/audit/export", {{"until", "2026-11-22T16:40:01.123Z"}}));
+  ASSERT_TRUE(exported) << exported.error().message();
+  EXPECT_FALSE(std::get<AuditExportCommand>(*exported).since);
+  EXPECT_EQ(std::get<AuditExportCommand>(*exported).until, "2026-11-22T16:40:01.123Z");
+
+  EXPECT_EQ(ErrorOf(Get("/v1/audit", {{"since", "yesterday"}})),
+            "query.since: 'yesterday' is not a UTC time like 2026-11-22T16:40:01.123Z (wrong "
+            "length)");
+  EXPECT_EQ(ErrorOf(Get("/v1/audit/export", {{"until", "2026-02-30T00:00:00Z"}})),
+            "query.until: '2026-02-30T00:00:00Z' is not a UTC time like "
+            "2026-11-22T16:40:01.123Z (a field is out of range)");
+  EXPECT_EQ(ErrorOf(Get("/v1/audit",
+                        {{"since", "2026-11-22T16:40:01Z"}, {"until", "2026-11-22T16:40:01Z"}})),
+            "query.until: 2026-11-22T16:40:01.000Z is not after query.since "
+            "(2026-11-22T16:40:01.000Z)");
+}
+
 TEST(DecodeRequest, RoutingErrors) {
   auto code = [](const Request& r) { return DecodeRequest(r).error().code(); };
   EXPECT_EQ(code(Get("/v1/jobz")), ErrorCode::kNotFound);

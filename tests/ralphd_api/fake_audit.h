@@ -19,6 +19,17 @@ class FakeAudit : public audit::AuditSinkInterface {
     record.type = event.type;
     return record;
   }
+  Result<std::vector<audit::AuditRecord>> AppendBatch(
+      std::span<const audit::AuditEvent> events) override {
+    std::lock_guard lock(mutex_);
+    if (fail_) return Error::Make(ErrorCode::kReadOnly, "audit log is read-only (fake)");
+    std::vector<audit::AuditRecord> records;
+    for (const audit::AuditEvent& event : events) {
+      events_.push_back(event);
+      records.push_back({.seq = static_cast<int64_t>(events_.size()), .type = event.type});
+    }
+    return records;
+  }
   std::vector<std::string> Types() {
     std::lock_guard lock(mutex_);
     std::vector<std::string> out;

@@ -20,15 +20,20 @@ constexpr std::string_view kUsage =
     R"(usage: ralphctl audit <subcommand> [options]
 
 subcommands:
-  list [--json] [--limit N]   the newest N events, oldest first (default 50;
+  list [--json] [--limit N] [--after SEQ] [--job ID] [--type T]
+       [--since TIME] [--until TIME]
+                              the newest N events, oldest first (default 50;
                               0 lists all)
   verify [--json] [--anchor SEQ:HASH]
                               walk the hash chain; exits 1 naming the first
                               broken row. --anchor is a tip printed by an
                               earlier verify, kept elsewhere: it must still be
                               in the log (detects truncation and rewrites)
-  export [--after SEQ] [--job ID] [--type T]
+  export [--after SEQ] [--job ID] [--type T] [--since TIME] [--until TIME]
                               the rows as JSON lines, oldest first
+
+TIME is UTC as the log stores it: 2026-11-22T16:40:01.123Z (or without the
+milliseconds); --since is inclusive, --until exclusive.
 
 options:
   --socket PATH               ask ralphd (default /run/ralphd.sock, when it exists)
@@ -41,7 +46,7 @@ options:
 constexpr OptionSpec kOptions[] = {
     {"--json", false}, {"--limit", true},  {"--anchor", true}, {"--audit-db", true},
     {"--help", false}, {"--socket", true}, {"--after", true},  {"--job", true},
-    {"--type", true},  kRemoteOption,      kIdentityOption,
+    {"--type", true},  {"--since", true},  {"--until", true}, kRemoteOption, kIdentityOption,
 };
 
 // Through ralphd (its socket, or --remote) unless the file is named (or
@@ -60,13 +65,31 @@ Result<nlohmann::json> AskRalphd(const ParsedArgs& args, std::string path, nlohm
 
 nlohmann::json FilterQuery(const ParsedArgs& args) {
   nlohmann::json query = nlohmann::json::object();
-  for (const char* name : {"after", "job", "type"}) {
+  for (const char* name : {"after", "job", "type", "since", "until"}) {
     if (auto value = args.Value(std::string("--") + name)) query[name] = *value;
   }
   return query;
 }
 
 constexpr size_t kDefaultLimit = 50;
+
+// --since/--until into `query`, checked here so that a bad time is a usage
+// error whichever way the log is read. The exit status when one is bad.
+std::optional<int> ReadTimeRange(const ParsedArgs& args, const std::string& command,
+                                 audit::ListQuery& query) {
+  for (auto [flag, out] :
+       {std::pair{"--since", &query.since}, std::pair{"--until", &query.until}}) {
+    std::optional<std::string> text = args.Value(flag);
+    if (!text) continue;
+    Result<std::string> time = audit::ParseAuditTime(*text);
+    if (!time) return UsageError(command, fmt::format("{}: {}", flag, time.error().message()));
+    *out = *time;
+  }
+  if (query.since && query.until && *query.until <= *query.since) {
+    return UsageError(command, "--until must be after --since");
+  }
+  return std::nullopt;
+}
 
 Result<std::unique_ptr<audit::AuditLog>> OpenLog(const ParsedArgs& args) {
   std::string path = args.Value("--audit-db").value_or(std::string(audit::kDefaultAuditLogPath));
@@ -83,6 +106,7 @@ int List(const ParsedArgs& args) {
       return UsageError(command, fmt::format("--limit {} is not a number of rows", *limit));
     }
   }
+  if (std::optional<int> exit = ReadTimeRange(args, command, query)) return *exit;
   std::vector<audit::AuditRecord> rows;
   if (ThroughRalphd(args)) {
     nlohmann::json q = FilterQuery(args);
@@ -181,6 +205,8 @@ int Verify(const ParsedArgs& args) {
 
 int Export(const ParsedArgs& args) {
   const std::string command = "audit export";
+  audit::ListQuery query;
+  if (std::optional<int> exit = ReadTimeRange(args, command, query)) return *exit;
   if (ThroughRalphd(args)) {
     auto reply = AskRalphd(args, "/v1/audit/export", FilterQuery(args));
     if (!reply) return Failed(command, reply.error());
@@ -188,7 +214,6 @@ int Export(const ParsedArgs& args) {
     std::fwrite(lines.data(), 1, lines.size(), stdout);
     return kExitOk;
   }
-  audit::ListQuery query;
   if (auto after = args.Value("--after")) query.after_seq = std::atoll(after->c_str());
   query.type = args.Value("--type");
   if (auto job = args.Value("--job")) query.subject = "job " + *job;

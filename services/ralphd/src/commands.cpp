@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 #include <openssl/evp.h>
 
+#include "services/audit/audit_log.h"
+
 namespace ralph::ralphd {
 namespace {
 
@@ -136,14 +138,23 @@ constexpr FieldInfo kPolicySetFields[] = {Text("document", kMaxPolicyDocumentByt
 constexpr FieldInfo kPolicyValidateFields[] = {Text("document", kMaxPolicyDocumentBytes, true)};
 constexpr FieldInfo kLimitQuery[] = {Unsigned("limit", 1, kMaxListLimit)};
 constexpr FieldInfo kRollbackFields[] = {Unsigned("version", 1, kMaxSeq, true)};
-constexpr FieldInfo kAuditListQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
+// The audit log's stored UTC time (audit::ParseAuditTime), with or without
+// the milliseconds.
+constexpr std::string_view kAuditTimePattern =
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{3})?Z$";
+constexpr FieldInfo kAuditListQuery[] = {Unsigned("after", 0, kMaxSeq),
+                                         Unsigned("job", 1, kMaxSeq),
                                          Text("type", 64, false, kIdentifierPattern),
+                                         Text("since", 24, false, kAuditTimePattern),
+                                         Text("until", 24, false, kAuditTimePattern),
                                          Unsigned("limit", 1, kMaxListLimit)};
 // SEQ:HASH, parsed by the audit log (services/audit chain.h) when verifying.
 constexpr FieldInfo kAuditVerifyQuery[] = {Text("anchor", 256)};
 constexpr FieldInfo kAuditExportQuery[] = {Unsigned("after", 0, kMaxSeq),
                                            Unsigned("job", 1, kMaxSeq),
-                                           Text("type", 64, false, kIdentifierPattern)};
+                                           Text("type", 64, false, kIdentifierPattern),
+                                           Text("since", 24, false, kAuditTimePattern),
+                                           Text("until", 24, false, kAuditTimePattern)};
 constexpr FieldInfo kEventsQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
                                       Unsigned("limit", 1, 10000)};
 constexpr FieldInfo kRevokeFields[] = {Text("id", 64, true)};
@@ -668,13 +679,30 @@ struct AuditFilter {
   uint64_t after = 0;
   std::optional<uint64_t> job;
   std::optional<std::string> type;
+  std::optional<std::string> since;
+  std::optional<std::string> until;
 };
+
+Result<std::optional<std::string>> ReadAuditTime(QueryReader& query, std::string_view name) {
+  std::optional<std::string> text = query.Find(name);
+  if (!text) return text;
+  Result<std::string> time = audit::ParseAuditTime(*text);
+  if (!time) return Invalid(fmt::format("query.{}: {}", name, time.error().message()));
+  return std::optional<std::string>(*time);
+}
 
 Result<AuditFilter> ReadAuditFilter(QueryReader& query) {
   AuditFilter filter;
   if (auto after = TRY(query.Unsigned("after"))) filter.after = *after;
   filter.job = TRY(query.Unsigned("job"));
   filter.type = TRY(query.Identifier("type"));
+  filter.since = TRY(ReadAuditTime(query, "since"));
+  filter.until = TRY(ReadAuditTime(query, "until"));
+  // Both in one fixed-width format: the text compares as the time.
+  if (filter.since && filter.until && *filter.until <= *filter.since) {
+    return Invalid(
+        fmt::format("query.until: {} is not after query.since ({})", *filter.until, *filter.since));
+  }
   return filter;
 }
 
@@ -682,7 +710,11 @@ Result<Command> DecodeAuditList(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
   AuditFilter filter = TRY(ReadAuditFilter(query));
-  AuditListCommand command{.after = filter.after, .job = filter.job, .type = filter.type};
+  AuditListCommand command{.after = filter.after,
+                           .job = filter.job,
+                           .type = filter.type,
+                           .since = filter.since,
+                           .until = filter.until};
   if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
   TRY(query.Finish());
   return command;
@@ -693,7 +725,11 @@ Result<Command> DecodeAuditExport(const Request& request) {
   QueryReader query(request);
   AuditFilter filter = TRY(ReadAuditFilter(query));
   TRY(query.Finish());
-  return AuditExportCommand{.after = filter.after, .job = filter.job, .type = filter.type};
+  return AuditExportCommand{.after = filter.after,
+                            .job = filter.job,
+                            .type = filter.type,
+                            .since = filter.since,
+                            .until = filter.until};
 }
 
 Result<Command> DecodeAuditVerify(const Request& request) {

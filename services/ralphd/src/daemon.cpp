@@ -115,10 +115,13 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
                                             std::move(exec_audit), std::move(runner)));
   TRY(daemon->Recover());
   daemon->Schedule();
+  daemon->FlushAudit();
   return daemon;
 }
 
-Daemon::~Daemon() = default;
+Daemon::~Daemon() {
+  FlushAudit();
+}
 
 void Daemon::Log(LogLevel level, const std::string& message) const {
   if (options_.log) options_.log(level, message);
@@ -140,16 +143,44 @@ void Daemon::Emit(std::string kind, uint64_t job, json body) {
 }
 
 void Daemon::Audit(std::string type, std::string subject, json details, uint64_t job) {
-  Result<audit::AuditRecord> record = audit_->Append({.actor = "ralphd",
-                                                      .type = std::move(type),
-                                                      .subject = std::move(subject),
-                                                      .details = std::move(details)});
-  if (!record) {
-    // The action is not undone for a broken audit log; the failure is loud.
-    Log(LogLevel::kError, fmt::format("audit: {}", record.error().ToString()));
+  pending_audit_.emplace_back(audit::AuditEvent{.actor = "ralphd",
+                                                .type = std::move(type),
+                                                .subject = std::move(subject),
+                                                .details = std::move(details)},
+                              job);
+}
+
+void Daemon::FlushAudit() {
+  if (pending_audit_.empty()) return;
+  std::vector<std::pair<audit::AuditEvent, uint64_t>> pending;
+  pending.swap(pending_audit_);
+  std::vector<audit::AuditEvent> events;
+  events.reserve(pending.size());
+  for (auto& [event, job] : pending) events.push_back(std::move(event));
+  Result<std::vector<audit::AuditRecord>> records = audit_->AppendBatch(events);
+  if (!records && records.error().code() == ErrorCode::kInvalidArgument) {
+    // One malformed event refuses the batch: the others still go in, one by
+    // one, as they would have alone.
+    records = std::vector<audit::AuditRecord>();
+    for (size_t i = 0; i < events.size(); ++i) {
+      Result<audit::AuditRecord> record = audit_->Append(events[i]);
+      if (!record) {
+        Log(LogLevel::kError, fmt::format("audit: {}", record.error().ToString()));
+        continue;
+      }
+      Emit("audit", pending[i].second, audit::RecordToJson(*record));
+    }
     return;
   }
-  Emit("audit", job, audit::RecordToJson(*record));
+  if (!records) {
+    // The actions are not undone for a broken audit log; the failure is loud.
+    Log(LogLevel::kError,
+        fmt::format("audit: {} records lost: {}", events.size(), records.error().ToString()));
+    return;
+  }
+  for (size_t i = 0; i < records->size(); ++i) {
+    Emit("audit", pending[i].second, audit::RecordToJson((*records)[i]));
+  }
 }
 
 Result<void> Daemon::SetState(JobRecord& job, JobState state, std::string reason) {
@@ -510,11 +541,14 @@ Result<Reply> Daemon::PolicyRollback(const Caller& caller, uint64_t version) {
 }
 
 Result<Reply> Daemon::AuditList(const AuditListCommand& command) {
+  FlushAudit();
   audit::ListQuery query{
       .limit = command.limit,
       .from = command.after ? audit::ListFrom::kOldest : audit::ListFrom::kNewest,
       .after_seq = static_cast<int64_t>(command.after),
-      .type = command.type};
+      .type = command.type,
+      .since = command.since,
+      .until = command.until};
   if (command.job) query.subject = fmt::format("job {}", *command.job);
   std::vector<audit::AuditRecord> rows = TRY(audit_->List(query));
   json records = json::array();
@@ -523,6 +557,7 @@ Result<Reply> Daemon::AuditList(const AuditListCommand& command) {
 }
 
 Result<Reply> Daemon::AuditVerify(const AuditVerifyCommand& command) {
+  FlushAudit();
   std::optional<audit::ChainTip> anchor;
   if (command.anchor) anchor = TRY_CTX(audit::ParseChainTip(*command.anchor), "query.anchor");
   audit::VerifyReport report = TRY(audit_->Verify(anchor));
@@ -539,7 +574,11 @@ Result<Reply> Daemon::AuditVerify(const AuditVerifyCommand& command) {
 }
 
 Result<Reply> Daemon::AuditExport(const AuditExportCommand& command) {
-  audit::ListQuery query{.after_seq = static_cast<int64_t>(command.after), .type = command.type};
+  FlushAudit();
+  audit::ListQuery query{.after_seq = static_cast<int64_t>(command.after),
+                         .type = command.type,
+                         .since = command.since,
+                         .until = command.until};
   if (command.job) query.subject = fmt::format("job {}", *command.job);
   std::vector<audit::AuditRecord> rows = TRY(audit_->List(query));
   std::string lines;

@@ -276,6 +276,8 @@ Result<void> LocalServer::Run(int stop_fd) {
         if (!connection.dead && (events[i].events & EPOLLIN)) OnReadable(connection);
       }
     }
+    // The round's audit records, in one durable commit.
+    daemon_.FlushAudit();
     Reap();
   }
 }

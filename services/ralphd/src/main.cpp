@@ -37,6 +37,9 @@ namespace {
 
 namespace api = ralph::ralphd::api;
 
+// The HTTPS API's threads (see StartApi).
+constexpr int kApiThreads = 8;
+
 constexpr std::string_view kUsage =
     R"(usage: ralphd --state-dir DIR [options]
 
@@ -150,6 +153,11 @@ class LockedAuditSink final : public ralph::audit::AuditSinkInterface {
   ralph::Result<ralph::audit::AuditRecord> Append(const ralph::audit::AuditEvent& event) override {
     std::lock_guard lock(mutex_);
     return log_->Append(event);
+  }
+  ralph::Result<std::vector<ralph::audit::AuditRecord>> AppendBatch(
+      std::span<const ralph::audit::AuditEvent> events) override {
+    std::lock_guard lock(mutex_);
+    return log_->AppendBatch(events);
   }
 
  private:
@@ -389,12 +397,16 @@ ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralp
   api->events = std::make_unique<CoreEventSource>(daemon, local);
   api->terminals = std::make_unique<CoreTerminals>(daemon, local);
   const HostPort& listen = *options.api_listen;
-  api->server = TRY(api::ApiServer::Start({.bind_address = listen.host, .port = listen.port},
-                                          {.identity = *api->identity,
-                                           .registry = *api->registry,
-                                           .handler = *api->handler,
-                                           .events = api->events.get(),
-                                           .terminals = api->terminals.get()}));
+  // A request holds its server thread until the core's loop has answered
+  // it, so the threads bound the requests the loop sees at once, and with
+  // them how many share one audit commit (Daemon::FlushAudit).
+  api->server = TRY(api::ApiServer::Start(
+      {.bind_address = listen.host, .port = listen.port, .threads = kApiThreads},
+      {.identity = *api->identity,
+       .registry = *api->registry,
+       .handler = *api->handler,
+       .events = api->events.get(),
+       .terminals = api->terminals.get()}));
   uint16_t port = api->server->port();
   std::string address = options.api_address;
   if (address.empty()) {

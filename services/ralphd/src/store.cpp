@@ -11,6 +11,7 @@
 
 #include "services/audit/audit_log.h"
 #include "services/ralphd/policy.h"
+#include "services/sqlite/sqlite_util.h"
 
 namespace ralph::ralphd {
 namespace {
@@ -43,21 +44,11 @@ CREATE TABLE IF NOT EXISTS events(
 CREATE INDEX IF NOT EXISTS events_by_job ON events(job, seq);
 )sql";
 
-struct StatementDeleter {
-  void operator()(sqlite3_stmt* statement) const { sqlite3_finalize(statement); }
-};
-using Statement = std::unique_ptr<sqlite3_stmt, StatementDeleter>;
-
-std::string Text(sqlite3_stmt* statement, int column) {
-  const unsigned char* text = sqlite3_column_text(statement, column);
-  int size = sqlite3_column_bytes(statement, column);
-  return text ? std::string(reinterpret_cast<const char*>(text), static_cast<size_t>(size)) : "";
-}
+using sqlite::Statement;
+constexpr auto Text = sqlite::ColumnText;
 
 void Bind(sqlite3_stmt* statement, int index, std::string_view text) {
-  // A null pointer would bind NULL; an empty view is the empty string.
-  sqlite3_bind_text(statement, index, text.data() ? text.data() : "", static_cast<int>(text.size()),
-                    SQLITE_TRANSIENT);
+  sqlite::BindText(statement, index, text);
 }
 void Bind(sqlite3_stmt* statement, int index, int64_t n) {
   sqlite3_bind_int64(statement, index, n);
@@ -67,19 +58,6 @@ json ParseStored(const std::string& text) {
   json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
   return value.is_discarded() ? json::object() : value;
 }
-
-// Undoes a transaction unless committed.
-class Transaction {
- public:
-  explicit Transaction(sqlite3* db) : db_(db) {}
-  ~Transaction() {
-    if (db_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-  }
-  void Committed() { db_ = nullptr; }
-
- private:
-  sqlite3* db_;
-};
 
 constexpr const char* kJobColumns =
     "id, state, profile, request, policy_version, created, started, finished, termination, "
@@ -130,8 +108,7 @@ Error Store::DbError(std::string_view what) const {
 }
 
 Result<void> Store::Exec(const char* sql, std::string_view what) {
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return DbError(what);
-  return {};
+  return sqlite::Exec(db_, sql, what, [this](int, std::string_view w) { return DbError(w); });
 }
 
 Result<std::unique_ptr<Store>> Store::Open(const std::string& path, StoreOptions options) {
@@ -161,10 +138,10 @@ Store::~Store() {
   sqlite3_close_v2(db_);
 }
 
-#define PREPARE(name, sql, what)                                                                 \
-  sqlite3_stmt* name##_raw = nullptr;                                                            \
-  if (sqlite3_prepare_v2(db_, sql, -1, &name##_raw, nullptr) != SQLITE_OK) return DbError(what); \
-  Statement name(name##_raw)
+// Declares the prepared statement `name`; returns DbError(what) when it cannot be.
+#define PREPARE(name, sql, what) \
+  Statement name =               \
+      TRY(sqlite::Prepare(db_, sql, what, [this](int, std::string_view w) { return DbError(w); }))
 
 Result<PolicyVersion> Store::ActivePolicy() {
   PREPARE(s,
@@ -309,8 +286,9 @@ Result<uint64_t> Store::OutputEnd(uint64_t job, OutputStream stream) {
 
 Result<void> Store::AppendOutput(uint64_t job, OutputStream stream, std::string_view data) {
   if (data.empty()) return {};
-  TRY(Exec("BEGIN IMMEDIATE", "appending output"));
-  Transaction transaction(db_);
+  auto fail = [this](int, std::string_view w) { return DbError(w); };
+  sqlite::Transaction transaction = TRY(sqlite::Transaction::Begin(
+      db_, sqlite::TransactionKind::kImmediate, "appending output", fail));
   int64_t kept = 0;
   int64_t end = 0;
   {
@@ -364,8 +342,7 @@ Result<void> Store::AppendOutput(uint64_t job, OutputStream stream, std::string_
     Bind(s.get(), 4, kept);
     if (sqlite3_step(s.get()) != SQLITE_DONE) return DbError("appending output");
   }
-  TRY(Exec("COMMIT", "appending output"));
-  transaction.Committed();
+  TRY(transaction.Commit("appending output", fail));
   return {};
 }
 
@@ -407,8 +384,9 @@ Result<OutputSlice> Store::ReadOutput(uint64_t job, OutputStream stream, uint64_
 }
 
 Result<void> Store::RecordFiles(uint64_t job, const std::vector<FileRecord>& files) {
-  TRY(Exec("BEGIN IMMEDIATE", "recording files"));
-  Transaction transaction(db_);
+  auto fail = [this](int, std::string_view w) { return DbError(w); };
+  sqlite::Transaction transaction = TRY(sqlite::Transaction::Begin(
+      db_, sqlite::TransactionKind::kImmediate, "recording files", fail));
   PREPARE(s,
           "INSERT OR REPLACE INTO files(job, path, kind, size, sha256) "
           "VALUES(?1, ?2, ?3, ?4, ?5)",
@@ -422,8 +400,7 @@ Result<void> Store::RecordFiles(uint64_t job, const std::vector<FileRecord>& fil
     Bind(s.get(), 5, file.sha256);
     if (sqlite3_step(s.get()) != SQLITE_DONE) return DbError("recording files");
   }
-  TRY(Exec("COMMIT", "recording files"));
-  transaction.Committed();
+  TRY(transaction.Commit("recording files", fail));
   return {};
 }
 

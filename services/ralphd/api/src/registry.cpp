@@ -14,6 +14,7 @@
 #include "files.h"
 #include "ossl.h"
 #include "services/ralphd/api/pairing.h"
+#include "services/sqlite/sqlite_util.h"
 
 namespace ralph::ralphd::api {
 namespace {
@@ -42,20 +43,11 @@ CREATE TABLE clients (
 );
 )sql";
 
-struct StatementDeleter {
-  void operator()(sqlite3_stmt* statement) const { sqlite3_finalize(statement); }
-};
-using Statement = std::unique_ptr<sqlite3_stmt, StatementDeleter>;
+using sqlite::Statement;
+constexpr auto Text = sqlite::ColumnText;
 
 int64_t Unix(system_clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
-}
-
-std::string Text(sqlite3_stmt* statement, int column) {
-  const unsigned char* text = sqlite3_column_text(statement, column);
-  return text ? std::string(reinterpret_cast<const char*>(text),
-                            static_cast<size_t>(sqlite3_column_bytes(statement, column)))
-              : std::string();
 }
 
 }  // namespace
@@ -148,25 +140,18 @@ Result<std::unique_ptr<PairingRegistry>> PairingRegistry::Open(const std::string
   rc = sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", nullptr, nullptr,
                     nullptr);
   if (rc != SQLITE_OK) return registry->DbError(rc, "setting WAL mode");
-  Query header(db,
-               "SELECT a.application_id, v.user_version, (SELECT count(*) FROM "
-               "sqlite_master) FROM pragma_application_id AS a, pragma_user_version AS v");
-  if (header.Step() != SQLITE_ROW) return registry->DbError(header.rc(), "reading the header");
-  int64_t application_id = sqlite3_column_int64(header.get(), 0);
-  int64_t version = sqlite3_column_int64(header.get(), 1);
-  int64_t objects = sqlite3_column_int64(header.get(), 2);
-  header = Query(db, "SELECT 1");
-  if (application_id == 0 && version == 0 && objects == 0) {
-    std::string sql = fmt::format(
-        "BEGIN IMMEDIATE; {} PRAGMA application_id={}; "
-        "PRAGMA user_version={}; COMMIT;",
-        kSchemaSql, kApplicationId, kSchemaVersion);
-    rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) {
-      Error error = registry->DbError(rc, "creating the schema");
-      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-      return error;
-    }
+  auto fail = [&](int code, std::string_view what) { return registry->DbError(code, what); };
+  sqlite::Header header = TRY(sqlite::ReadHeader(db, "reading the header", fail));
+  int64_t application_id = header.application_id;
+  int64_t version = header.user_version;
+  if (application_id == 0 && version == 0 && header.schema_objects == 0) {
+    constexpr std::string_view kWhat = "creating the schema";
+    sqlite::Transaction transaction =
+        TRY(sqlite::Transaction::Begin(db, sqlite::TransactionKind::kImmediate, kWhat, fail));
+    std::string sql = fmt::format("{} PRAGMA application_id={}; PRAGMA user_version={};",
+                                  kSchemaSql, kApplicationId, kSchemaVersion);
+    TRY(sqlite::Exec(db, sql.c_str(), kWhat, fail));
+    TRY(transaction.Commit(kWhat, fail));
   } else if (application_id != kApplicationId) {
     return Error::Make(ErrorCode::kCorrupt,
                        fmt::format("{} is an SQLite database but not a pairing registry", path));
@@ -305,23 +290,19 @@ Result<PairResult> PairingRegistry::Pair(const PairRequest& request,
       TRY_CTX(identity_.SignClientCsr(request.csr_pem, request.name, options_.client_validity),
               "pairing request field \"csr\"");
 
-  if (int rc = sqlite3_exec(db_.get(), "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
-      rc != SQLITE_OK) {
-    return DbError(rc, "beginning a transaction");
-  }
-  auto rollback = [&](Error error) {
-    sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-    return error;
-  };
+  auto fail = [&](int code, std::string_view what) { return DbError(code, what); };
+  // Rolled back on every return before the commit.
+  sqlite::Transaction transaction = TRY(sqlite::Transaction::Begin(
+      db_.get(), sqlite::TransactionKind::kImmediate, "beginning a transaction", fail));
   // Single use even against a concurrent process: only an open offer flips.
   Query use(db_.get(),
             "UPDATE offers SET state = 'used', secret = zeroblob(16) WHERE id = ? AND state = "
             "'open'");
   use.Bind(1, request.id);
-  if (use.Step() != SQLITE_DONE) return rollback(DbError(use.rc(), "consuming the offer"));
+  if (use.Step() != SQLITE_DONE) return DbError(use.rc(), "consuming the offer");
   if (sqlite3_changes(db_.get()) != 1) {
-    return rollback(Error::Make(ErrorCode::kInvalidState,
-                                fmt::format("pairing offer {} was already used", request.id)));
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("pairing offer {} was already used", request.id));
   }
   PairedClient client;
   client.id = issued.serial_hex;
@@ -336,7 +317,7 @@ Result<PairResult> PairingRegistry::Pair(const PairRequest& request,
       .Bind(3, client.spki_sha256_hex)
       .Bind(4, client.paired_unix)
       .Bind(5, client.expires_unix);
-  if (insert.Step() != SQLITE_DONE) return rollback(DbError(insert.rc(), "storing the client"));
+  if (insert.Step() != SQLITE_DONE) return DbError(insert.rc(), "storing the client");
   // Not paired unless audited.
   if (auto audited = Audit("pairing.paired", client.id,
                            {{"offer", request.id},
@@ -345,11 +326,9 @@ Result<PairResult> PairingRegistry::Pair(const PairRequest& request,
                             {"spki_sha256", client.spki_sha256_hex},
                             {"expires", client.expires_unix}});
       !audited) {
-    return rollback(audited.error());
+    return audited.error();
   }
-  if (int rc = sqlite3_exec(db_.get(), "COMMIT", nullptr, nullptr, nullptr); rc != SQLITE_OK) {
-    return rollback(DbError(rc, "committing the pairing"));
-  }
+  TRY(transaction.Commit("committing the pairing", fail));
   clients_[client.id] = client;
   return PairResult{client, issued.pem, identity_.ca_cert_pem()};
 }

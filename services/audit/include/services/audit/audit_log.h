@@ -71,14 +71,8 @@ class AuditSinkInterface {
   virtual ~AuditSinkInterface() = default;
   // The stored (redacted, chained) row, or why it was not stored.
   virtual Result<AuditRecord> Append(const AuditEvent& event) = 0;
-  // The events in order, chained one after the other; the stored rows.
-  // AuditLog stores them in one transaction (all or none, one fsync); this
-  // default appends them one by one and stops at the first failure.
-  virtual Result<std::vector<AuditRecord>> AppendBatch(std::span<const AuditEvent> events) {
-    std::vector<AuditRecord> rows;
-    for (const AuditEvent& event : events) rows.push_back(TRY(Append(event)));
-    return rows;
-  }
+  // The events as consecutive rows, in order, all or none; the stored rows.
+  virtual Result<std::vector<AuditRecord>> AppendBatch(std::span<const AuditEvent> events) = 0;
 };
 
 enum class OpenMode {
@@ -108,6 +102,12 @@ struct ListQuery {
   int64_t after_seq = 0;
   std::optional<std::string> type;
   std::optional<std::string> subject;
+  // Wall-clock range on AuditRecord::time, in its stored format (see
+  // ParseAuditTime): rows at or after `since` and before `until`. The
+  // times are the writers' clocks: rows are in seq order, which a clock
+  // set back can make differ from time order.
+  std::optional<std::string> since;
+  std::optional<std::string> until;
 };
 
 class AuditLog final : public AuditSinkInterface {
@@ -135,10 +135,12 @@ class AuditLog final : public AuditSinkInterface {
   // works (it chains to the current tip); Verify reports the break.
   Result<AuditRecord> Append(const AuditEvent& event) override;
 
-  // Append for many events in one IMMEDIATE transaction: one commit (one
-  // fsync) for all, chained in order, all or none stored. Every event is
-  // validated first; kInvalidArgument names the bad one ("events[3]: ...").
-  // An empty batch stores nothing.
+  // Appends `events` as consecutive rows in one IMMEDIATE transaction with
+  // one durable commit (one WAL sync for the batch): all of them or, on any
+  // error or a crash, none. Each event is validated and redacted as by
+  // Append, before the transaction; a bad one refuses the whole batch with
+  // kInvalidArgument naming it ("events[3]: audit event actor ..."). All
+  // rows get one time. An empty batch stores nothing and succeeds.
   Result<std::vector<AuditRecord>> AppendBatch(std::span<const AuditEvent> events) override;
 
   // Walks the whole chain (bounded memory). A broken chain is a report, not
@@ -173,6 +175,11 @@ class AuditLog final : public AuditSinkInterface {
 
 // The time format of AuditRecord::time for `when`.
 std::string FormatAuditTime(std::chrono::system_clock::time_point when);
+
+// `text` as a stored time: "2026-11-22T16:40:01.123Z", or without the
+// milliseconds ("2026-11-22T16:40:01Z", taken as .000). kInvalidArgument
+// naming what is wrong (shape, a field out of range) otherwise.
+Result<std::string> ParseAuditTime(std::string_view text);
 
 // The row as a JSON object (details parsed back into an object; the raw text
 // is kept under "details_text" only if it does not parse) for --json output.

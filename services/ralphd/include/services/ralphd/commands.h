@@ -43,11 +43,13 @@
 //   POST   /v1/policy/validate               PolicyValidateCommand
 //   GET    /v1/policy/history[?limit=N]      PolicyHistoryCommand
 //   POST   /v1/policy/rollback               PolicyRollbackCommand
-//   GET    /v1/audit[?after=SEQ&limit=N&job=ID&type=T]
+//   GET    /v1/audit[?after=SEQ&limit=N&job=ID&type=T&since=TIME&until=TIME]
 //                                            AuditListCommand
 //   GET    /v1/audit/verify[?anchor=SEQ:HASH] AuditVerifyCommand
-//   GET    /v1/audit/export[?after=SEQ&job=ID&type=T]
+//   GET    /v1/audit/export[?after=SEQ&job=ID&type=T&since=TIME&until=TIME]
 //                                            AuditExportCommand (JSON lines)
+//   (TIME: the audit log's UTC time, 2026-11-22T16:40:01.123Z or without
+//   the milliseconds; since is inclusive, until exclusive and after since)
 //   GET    /v1/events[?after=SEQ&job=ID&limit=N]
 //                                            EventsCommand
 //   POST   /v1/pairing/offers                PairCommand
@@ -238,6 +240,9 @@ struct AuditListCommand {
   uint64_t limit = 100;
   std::optional<uint64_t> job;
   std::optional<std::string> type;
+  // Rows with since <= time < until, in the stored format (with milliseconds).
+  std::optional<std::string> since;
+  std::optional<std::string> until;
 };
 struct AuditVerifyCommand {
   static constexpr std::string_view kName = "audit.verify";
@@ -248,6 +253,8 @@ struct AuditExportCommand {
   uint64_t after = 0;
   std::optional<uint64_t> job;
   std::optional<std::string> type;
+  std::optional<std::string> since;  // as in AuditListCommand
+  std::optional<std::string> until;
 };
 
 // Events (job output, job state, audit) with seq > after that are still

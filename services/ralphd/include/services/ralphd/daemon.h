@@ -79,6 +79,14 @@ class Daemon final : public DispatcherInterface {
 
   Store& store() { return *store_; }
 
+  // Stores the audit records made since the last call as one AppendBatch
+  // (one transaction, one durable commit for all of them), then emits their
+  // events. The loop calls it after each round of work, so requests that
+  // arrive together share one WAL sync instead of paying one each; a
+  // reply can leave before its command's record is durable, by at most
+  // that round (docs/ralphd.md, "Audit and events").
+  void FlushAudit();
+
   // Borrowed; null (the default) answers the pairing commands with
   // kInvalidState: the API is off.
   void SetPairingAdmin(PairingAdminInterface* pairing) { pairing_ = pairing; }
@@ -143,6 +151,8 @@ class Daemon final : public DispatcherInterface {
   std::array<std::function<void(const Event&)>, 2> listeners_;
   PairingAdminInterface* pairing_ = nullptr;
   TerminalHub terminals_;
+  // Audit records not yet stored, in order, with the job each is about.
+  std::vector<std::pair<audit::AuditEvent, uint64_t>> pending_audit_;
 };
 
 // What a terminal's `closed` reports: the exit code of a job that exited,

@@ -1,0 +1,37 @@
+#include "services/sqlite/sqlite_util.h"
+
+namespace ralph::sqlite {
+
+std::string ColumnText(sqlite3_stmt* statement, int column) {
+  const unsigned char* text = sqlite3_column_text(statement, column);
+  if (!text) return {};
+  return std::string(reinterpret_cast<const char*>(text),
+                     static_cast<size_t>(sqlite3_column_bytes(statement, column)));
+}
+
+int BindText(sqlite3_stmt* statement, int index, std::string_view text) {
+  return sqlite3_bind_text(statement, index, text.data() ? text.data() : "",
+                           static_cast<int>(text.size()), SQLITE_TRANSIENT);
+}
+
+void Transaction::Rollback() {
+  if (db_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  db_ = nullptr;
+}
+
+int ReadHeader(sqlite3* db, Header& out) {
+  sqlite3_stmt* raw = nullptr;
+  constexpr std::string_view kSql =
+      "SELECT a.application_id, v.user_version, (SELECT count(*) FROM sqlite_master) "
+      "FROM pragma_application_id AS a, pragma_user_version AS v";
+  int rc = sqlite3_prepare_v2(db, kSql.data(), static_cast<int>(kSql.size()), &raw, nullptr);
+  Statement statement(raw);
+  if (rc != SQLITE_OK) return rc;
+  rc = sqlite3_step(statement.get());
+  if (rc != SQLITE_ROW) return rc;
+  out = {sqlite3_column_int64(statement.get(), 0), sqlite3_column_int64(statement.get(), 1),
+         sqlite3_column_int64(statement.get(), 2)};
+  return SQLITE_OK;
+}
+
+}  // namespace ralph::sqlite
