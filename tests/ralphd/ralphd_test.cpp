@@ -784,6 +784,7 @@ TEST_F(RalphdTest, RemoteErrorsSayWhatWasWrong) {
             std::string::npos)
       << revoked.err;
   EXPECT_NE(revoked.err.find("revoked"), std::string::npos) << revoked.err;
+}
 
 // ralphd SIGKILLed during its audit writes, at points reached by
 // construction: the shim (audit_kill_shim.cpp, preloaded into the real
