@@ -95,12 +95,12 @@ options:
 )";
 
 constexpr OptionSpec kOptions[] = {
-    {"--socket", true},    {"--json", false},  {"--help", false},      {"--profile", true},
-    {"--workspace", true}, {"--cwd", true},    {"--memory", true},     {"--cpu-millis", true},
-    {"--pids", true},      {"--disk", true},   {"--timeout-ms", true}, {"--detach", false},
-    {"--state", true},     {"--limit", true},  {"--stream", true},     {"--offset", true},
-    {"--follow", false},   {"--output", true}, {"--list", false},      {"--version", true},
-    {"--comment", true},   {"--tty", false},   kRemoteOption,          kIdentityOption,
+    {"--socket", true},         {"--json", false},  {"--help", false},      {"--profile", true},
+    {"--workspace", true},      {"--cwd", true},    {"--memory", true},     {"--cpu-millis", true},
+    {"--pids", true},           {"--disk", true},   {"--timeout-ms", true}, {"--detach", false},
+    {"--state", true},          {"--limit", true},  {"--stream", true},     {"--offset", true},
+    {"--follow", false},        {"--output", true}, {"--list", false},      {"--version", true},
+    {"--comment", true},        {"--tty", false},   kRemoteOption,          kIdentityOption,
     {"--unless-paired", false},
 };
 
@@ -539,6 +539,7 @@ int RunPairCommand(const Invocation&, std::span<const std::string> args) {
   fmt::print("{}\n{}\n", Str((*reply)["pairing"]), Str((*reply)["qr"]));
   fmt::print("one-time offer {} for {}; expires at {} (unix seconds)\n", Str((*reply)["id"]),
              Str((*reply)["address"]), Str((*reply)["expires"]));
+  if (reply->contains("note")) fmt::print("note: {}\n", Str((*reply)["note"]));
   return kExitOk;
 }
 

@@ -26,6 +26,7 @@
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 #include "services/audit/audit_log.h"
+#include "services/ralphd/api/advertised_address.h"
 #include "services/ralphd/api/dispatcher_handler.h"
 #include "services/ralphd/api/identity.h"
 #include "services/ralphd/api/pairing.h"
@@ -55,7 +56,9 @@ constexpr std::string_view kUsage =
                       port is logged and written to DIR/api/port
   --api-address HOST:PORT
                       the address pairing strings tell clients to reach
-                      (default: the listen address with the bound port)
+                      (default: the listen address with the bound port;
+                      for 0.0.0.0 or ::, an interface's address chosen at
+                      each offer: up, not loopback, not link-local, IPv4 first)
 )";
 
 struct HostPort {
@@ -169,18 +172,45 @@ class LockedAuditSink final : public ralph::audit::AuditSinkInterface {
 // over the API's registry.
 class PairingAdmin final : public ralph::ralphd::PairingAdminInterface {
  public:
-  PairingAdmin(api::PairingRegistry& registry, std::string address)
-      : registry_(registry), address_(std::move(address)) {}
+  // `address`: what offers advertise (--api-address); empty: the listen
+  // address, chosen among the interfaces' at each offer when that is every
+  // interface (api::AdvertisedAddress).
+  PairingAdmin(api::PairingRegistry& registry, std::string address, std::string listen_host,
+               uint16_t port)
+      : registry_(registry),
+        address_(std::move(address)),
+        listen_host_(std::move(listen_host)),
+        port_(port) {}
 
   ralph::Result<nlohmann::json> CreateOffer() override {
-    api::PairingString offer = TRY(registry_.CreateOffer(address_));
+    std::string address = address_;
+    std::string note;
+    if (address.empty()) {
+      // No reachable address yet (no lease, no cable) must not cost the
+      // console its offer: the string then names the listen address, the
+      // pin still holds, and the note says to dial the appliance directly.
+      ralph::Result<std::string> advertised = api::AdvertisedAddress(listen_host_, port_);
+      if (advertised) {
+        address = *advertised;
+      } else if (advertised.error().code() == ralph::ErrorCode::kNotFound) {
+        address = fmt::format(listen_host_.find(':') != std::string::npos ? "[{}]:{}" : "{}:{}",
+                              listen_host_, port_);
+        note = fmt::format("{}; a client pairs with `ralphctl remote pair --address HOST:PORT`",
+                           advertised.error().message());
+      } else {
+        return advertised.error();
+      }
+    }
+    api::PairingString offer = TRY(registry_.CreateOffer(address));
     std::string text = offer.Format();
     std::string qr = TRY(api::RenderQrForTerminal(text));
-    return nlohmann::json{{"pairing", text},
-                          {"qr", qr},
-                          {"id", offer.id},
-                          {"expires", offer.expires_unix},
-                          {"address", offer.address}};
+    nlohmann::json reply{{"pairing", text},
+                         {"qr", qr},
+                         {"id", offer.id},
+                         {"expires", offer.expires_unix},
+                         {"address", offer.address}};
+    if (!note.empty()) reply["note"] = note;
+    return reply;
   }
 
   ralph::Result<nlohmann::json> List() override {
@@ -203,6 +233,8 @@ class PairingAdmin final : public ralph::ralphd::PairingAdminInterface {
  private:
   api::PairingRegistry& registry_;
   std::string address_;
+  std::string listen_host_;
+  uint16_t port_;
 };
 
 // Runs `task` on the loop's thread and waits for it: the core is
@@ -408,18 +440,14 @@ ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralp
        .events = api->events.get(),
        .terminals = api->terminals.get()}));
   uint16_t port = api->server->port();
-  std::string address = options.api_address;
-  if (address.empty()) {
-    bool v6 = listen.host.find(':') != std::string::npos;
-    address =
-        v6 ? fmt::format("[{}]:{}", listen.host, port) : fmt::format("{}:{}", listen.host, port);
-  }
-  api->pairing = std::make_unique<PairingAdmin>(*api->registry, address);
+  api->pairing =
+      std::make_unique<PairingAdmin>(*api->registry, options.api_address, listen.host, port);
   daemon.SetPairingAdmin(api->pairing.get());
   // Where a supervisor or a test finds a port the kernel picked.
   TRY(ralph::WriteFileAtomically(dir + "/port", fmt::format("{}\n", port), 0644,
                                  ralph::Durability::kNone));
-  ralph::LogInfo("api listening on {}:{} (pairing address {})", listen.host, port, address);
+  ralph::LogInfo("api listening on {}:{} (pairing address {})", listen.host, port,
+                 options.api_address.empty() ? "chosen at each offer" : options.api_address);
   // Last: nothing below can fail and leave the listener dangling.
   daemon.SetEventListener(
       ralph::ralphd::Daemon::Listener::kApi,
