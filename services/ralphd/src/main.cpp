@@ -193,8 +193,9 @@ class PairingAdmin final : public ralph::ralphd::PairingAdminInterface {
       if (advertised) {
         address = *advertised;
       } else if (advertised.error().code() == ralph::ErrorCode::kNotFound) {
-        address = fmt::format(listen_host_.find(':') != std::string::npos ? "[{}]:{}" : "{}:{}",
-                              listen_host_, port_);
+        address = listen_host_.find(':') != std::string::npos
+                      ? fmt::format("[{}]:{}", listen_host_, port_)
+                      : fmt::format("{}:{}", listen_host_, port_);
         note = fmt::format("{}; a client pairs with `ralphctl remote pair --address HOST:PORT`",
                            advertised.error().message());
       } else {
