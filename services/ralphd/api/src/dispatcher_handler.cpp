@@ -59,6 +59,17 @@ std::optional<size_t> DispatcherHandler::BodyLimit(std::string_view method, std:
   return route->max_body_bytes;
 }
 
+void DispatcherHandler::SessionOpened(const Caller& caller, std::string_view remote) {
+  auto open = [&dispatcher = dispatcher_,
+               core_caller = ralphd::Caller::ClientCertificate(caller.client_id),
+               peer = std::string(remote)] { dispatcher.SessionOpened(core_caller, peer); };
+  if (post_) {
+    post_(std::move(open));
+  } else {
+    open();
+  }
+}
+
 ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& request) {
   auto error_reply = [](const Error& error) {
     ApiReply reply = ReplyForError(error);

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,6 +24,7 @@
 #include "services/ralphd/commands.h"
 
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace ralph::ralphd {
 
@@ -92,6 +94,8 @@ class Store {
 
   // --- policy: versions are never changed, only added ---
   Result<PolicyVersion> ActivePolicy();
+  // Its version alone (the document is not read); kNotFound as ActivePolicy.
+  Result<uint64_t> ActivePolicyVersion();
   Result<PolicyVersion> Policy(uint64_t version);  // kNotFound naming the version
   // Adds a version and makes it the active one. The caller has validated it.
   Result<PolicyVersion> AddPolicy(const std::string& document, const std::string& comment,
@@ -106,6 +110,9 @@ class Store {
   Result<std::vector<JobRecord>> Jobs(std::optional<JobState> state, uint64_t limit);
   // Oldest first: the queue.
   Result<std::vector<JobRecord>> JobsIn(JobState state);
+  // How many jobs are in each state (a state without jobs is absent): one
+  // query over the state index, no job loaded.
+  Result<std::map<JobState, uint64_t>> JobCounts();
 
   // --- output ---
   Result<void> AppendOutput(uint64_t job, OutputStream stream, std::string_view data);
@@ -127,10 +134,13 @@ class Store {
   Store(sqlite3* db, StoreOptions options) : db_(db), options_(options) {}
   Error DbError(std::string_view what) const;
   Result<void> Exec(const char* sql, std::string_view what);
+  // The statement of `sql`, prepared on first use and kept (store.cpp's PREPARE).
+  Result<sqlite3_stmt*> Cached(std::string_view sql, std::string_view what);
 
   sqlite3* db_;
   StoreOptions options_;
   uint64_t events_since_trim_ = 0;
+  std::map<std::string, sqlite3_stmt*, std::less<>> statements_;
 };
 
 // The current time as the store records it: RFC 3339 UTC with milliseconds.

@@ -35,6 +35,9 @@ class DispatcherHandler final : public RequestHandlerInterface {
   // The core route's own limit (CoreRoutes: a workspace upload's is the
   // core's upload maximum), else the server's.
   std::optional<size_t> BodyLimit(std::string_view method, std::string_view path) override;
+  // The dispatcher's SessionOpened, posted without waiting: it runs on the
+  // loop before the session's first request does.
+  void SessionOpened(const Caller& caller, std::string_view remote) override;
 
  private:
   DispatcherInterface& dispatcher_;

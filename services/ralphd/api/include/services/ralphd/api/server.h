@@ -79,6 +79,13 @@ class RequestHandlerInterface {
     (void)path;
     return std::nullopt;
   }
+  // A connection's (TLS session's) first authorized request, whatever its
+  // route, before it is served; `remote` is the peer's address. Called on a
+  // server thread, without blocking.
+  virtual void SessionOpened(const Caller& caller, std::string_view remote) {
+    (void)caller;
+    (void)remote;
+  }
 };
 
 // One event of the stream. `data` is a JSON text (one line).
