@@ -418,7 +418,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     ApiRequest api_request{std::move(method), std::move(path), std::move(query),
                            std::move(request.body())};
-    Send(server_.deps.handler.Handle(caller_, api_request), keep_alive);
+    // The reply comes back on the connection's strand, from whichever
+    // thread answered; this thread serves other connections meanwhile.
+    server_.deps.handler.HandleAsync(
+        caller_, std::move(api_request), [self = shared_from_this(), keep_alive](ApiReply reply) {
+          net::post(self->stream_.get_executor(),
+                    [self, keep_alive, reply = std::move(reply)]() mutable {
+                      self->Send(std::move(reply), keep_alive);
+                    });
+        });
   }
 
   static ApiReply MethodNotAllowed(std::string_view allowed) {
