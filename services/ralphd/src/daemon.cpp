@@ -366,17 +366,17 @@ void Daemon::OnRunnerMessages() {
 }
 
 Result<Reply> Daemon::Status() {
-  std::map<JobState, uint64_t> by_state = TRY(store_->JobCounts());
+  Store::Summary summary = TRY(store_->Summarize());
   json counts = json::object();
   for (JobState state : {JobState::kCreated, JobState::kQueued, JobState::kRunning}) {
-    auto it = by_state.find(state);
-    counts[std::string(JobStateName(state))] = it == by_state.end() ? 0 : it->second;
+    auto it = summary.job_counts.find(state);
+    counts[std::string(JobStateName(state))] = it == summary.job_counts.end() ? 0 : it->second;
   }
   audit::ChainTip tip = TRY(audit_->Tip());
   return Reply::Json({{"jobs", counts},
                       {"max_running", options_.max_running},
-                      {"policy_version", TRY(store_->ActivePolicyVersion())},
-                      {"last_event_seq", TRY(store_->LastEventSeq())},
+                      {"policy_version", summary.policy_version},
+                      {"last_event_seq", summary.last_event_seq},
                       {"audit_tip", tip.ToString()}});
 }
 

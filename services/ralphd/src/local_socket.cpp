@@ -223,7 +223,11 @@ void LocalServer::Post(std::function<void()> task) {
       task();
       return;
     }
+    // Tasks already waiting have woken the loop, which takes this one with
+    // them (it empties the queue under the lock after each wake).
+    bool wake = posted_.empty();
     posted_.push_back(std::move(task));
+    if (!wake) return;
   }
   uint64_t one = 1;
   [[maybe_unused]] ssize_t written = ::write(wake_.get(), &one, sizeof one);

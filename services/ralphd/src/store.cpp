@@ -189,15 +189,6 @@ Result<PolicyVersion> Store::ActivePolicy() {
   return ReadPolicy(s.get());
 }
 
-Result<uint64_t> Store::ActivePolicyVersion() {
-  PREPARE(s, "SELECT MAX(version) FROM policy_versions", "reading the active policy");
-  if (sqlite3_step(s.get()) != SQLITE_ROW) return DbError("reading the active policy");
-  if (sqlite3_column_type(s.get(), 0) == SQLITE_NULL) {
-    return Error::Make(ErrorCode::kNotFound, "no policy stored");
-  }
-  return static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
-}
-
 Result<PolicyVersion> Store::Policy(uint64_t version) {
   PREPARE(s,
           "SELECT version, time, actor, comment, document FROM policy_versions "
@@ -317,16 +308,27 @@ Result<std::vector<JobRecord>> Store::JobsIn(JobState state) {
   return out;
 }
 
-Result<std::map<JobState, uint64_t>> Store::JobCounts() {
-  PREPARE(s, "SELECT state, COUNT(*) FROM jobs GROUP BY state", "counting jobs");
-  std::map<JobState, uint64_t> out;
+Result<Store::Summary> Store::Summarize() {
+  // One statement: one read transaction (each costs SQLite's WAL locks),
+  // and the three figures are of one moment.
+  PREPARE(s,
+          "SELECT 0, '', COALESCE(MAX(version), 0) FROM policy_versions "
+          "UNION ALL SELECT 1, '', COALESCE(MAX(seq), 0) FROM events "
+          "UNION ALL SELECT 2, state, COUNT(*) FROM jobs GROUP BY state",
+          "summarizing the store");
+  Summary out;
   int rc;
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
-    // A state this ralphd does not know counts as lost, as ReadJob reads it.
-    JobState state = ParseJobState(Text(s.get(), 0)).value_or(JobState::kLost);
-    out[state] += static_cast<uint64_t>(sqlite3_column_int64(s.get(), 1));
+    uint64_t value = static_cast<uint64_t>(sqlite3_column_int64(s.get(), 2));
+    switch (sqlite3_column_int(s.get(), 0)) {
+      case 0: out.policy_version = value; break;
+      case 1: out.last_event_seq = value; break;
+      default:
+        // A state this ralphd does not know counts as lost, as ReadJob reads it.
+        out.job_counts[ParseJobState(Text(s.get(), 1)).value_or(JobState::kLost)] += value;
+    }
   }
-  if (rc != SQLITE_DONE) return DbError("counting jobs");
+  if (rc != SQLITE_DONE) return DbError("summarizing the store");
   return out;
 }
 

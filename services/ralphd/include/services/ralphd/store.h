@@ -94,8 +94,6 @@ class Store {
 
   // --- policy: versions are never changed, only added ---
   Result<PolicyVersion> ActivePolicy();
-  // Its version alone (the document is not read); kNotFound as ActivePolicy.
-  Result<uint64_t> ActivePolicyVersion();
   Result<PolicyVersion> Policy(uint64_t version);  // kNotFound naming the version
   // Adds a version and makes it the active one. The caller has validated it.
   Result<PolicyVersion> AddPolicy(const std::string& document, const std::string& comment,
@@ -110,9 +108,15 @@ class Store {
   Result<std::vector<JobRecord>> Jobs(std::optional<JobState> state, uint64_t limit);
   // Oldest first: the queue.
   Result<std::vector<JobRecord>> JobsIn(JobState state);
-  // How many jobs are in each state (a state without jobs is absent): one
-  // query over the state index, no job loaded.
-  Result<std::map<JobState, uint64_t>> JobCounts();
+  // What the status command shows, from one statement (one read snapshot,
+  // no job loaded): the jobs in each state (a state without jobs is
+  // absent), the active policy version, the last event's seq.
+  struct Summary {
+    std::map<JobState, uint64_t> job_counts;
+    uint64_t policy_version = 0;
+    uint64_t last_event_seq = 0;
+  };
+  Result<Summary> Summarize();
 
   // --- output ---
   Result<void> AppendOutput(uint64_t job, OutputStream stream, std::string_view data);
