@@ -350,18 +350,7 @@ Result<PairedClient> PairingRegistry::Authorize(X509* peer) const {
     return Error::Make(ErrorCode::kPermissionDenied,
                        "the client certificate has expired (or is not yet valid); pair again");
   }
-  std::string serial = ossl::SerialHex(peer);
-  std::lock_guard lock(mutex_);
-  auto it = clients_.find(serial);
-  if (it == clients_.end()) {
-    return Error::Make(ErrorCode::kPermissionDenied,
-                       fmt::format("client certificate {} is not paired with this device", serial));
-  }
-  if (it->second.revoked_unix != 0) {
-    return Error::Make(ErrorCode::kPermissionDenied,
-                       fmt::format("client {} ({}) was revoked", serial, it->second.name));
-  }
-  return it->second;
+  return Recheck(ossl::SerialHex(peer));
 }
 
 Result<PairedClient> PairingRegistry::Recheck(std::string_view client_id) const {
@@ -369,8 +358,9 @@ Result<PairedClient> PairingRegistry::Recheck(std::string_view client_id) const 
   std::lock_guard lock(mutex_);
   auto it = clients_.find(std::string(client_id));
   if (it == clients_.end()) {
-    return Error::Make(ErrorCode::kPermissionDenied,
-                       fmt::format("client {} is not paired with this device", client_id));
+    return Error::Make(
+        ErrorCode::kPermissionDenied,
+        fmt::format("client certificate {} is not paired with this device", client_id));
   }
   if (it->second.revoked_unix != 0) {
     return Error::Make(ErrorCode::kPermissionDenied,
