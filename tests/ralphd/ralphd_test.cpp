@@ -554,13 +554,22 @@ TEST_F(RalphdTest, BadFramesGetPreciseErrorsAndTheDaemonServesOn) {
   reply = line.Call(R"({"verb":"GET","path":"/v1/status"})");
   EXPECT_EQ(reply["ok"], true) << reply.dump();
   EXPECT_EQ(Ctl({"status"}).exit, 0);
-  // Every command was audited, the failed ones with their error.
+  // Every refusal was audited with its error; the reads that succeeded
+  // were not, each connection that asked was (its session).
   json commands = CtlJson({"audit", "list", "--type", "command", "--limit", "0"});
   bool refused = false;
   for (const json& row : commands) {
     if (row["subject"] == "job.show" && row["details"]["result"] == "not-found") refused = true;
+    EXPECT_FALSE(row["subject"] == "status") << row.dump();
   }
   EXPECT_TRUE(refused) << commands.dump();
+  json sessions = CtlJson({"audit", "list", "--type", "local.session", "--limit", "0"});
+  ASSERT_GE(sessions.size(), 2u) << sessions.dump();
+  for (const json& row : sessions) {
+    EXPECT_EQ(row["subject"], "uid:0") << row.dump();
+    EXPECT_EQ(row["details"]["caller"], "uid:0") << row.dump();
+    EXPECT_TRUE(row["details"]["peer"].get<std::string>().starts_with("pid ")) << row.dump();
+  }
 }
 
 TEST_P(RalphctlTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
@@ -1017,6 +1026,19 @@ TEST_F(RalphdTest, PairedClientRunsAJobOverHttpsUntilRevoked) {
   Result<std::string> output = Base64Decode(logs.value("data_base64", ""), "data_base64");
   ASSERT_TRUE(output) << logs.dump();
   EXPECT_EQ(*output, "over-https\n");
+
+  // The client's submit and its refusal are audited; its reads are not:
+  // its connection is, once, with the client and where it came from.
+  const std::string client = "cert:" + credentials->client_id;
+  std::set<std::string> audited;
+  for (const json& row : CtlJson({"audit", "list", "--type", "command", "--limit", "0"})) {
+    if (row["details"]["caller"] == client) audited.insert(row["subject"].get<std::string>());
+  }
+  EXPECT_EQ(audited, (std::set<std::string>{"job.submit", "pair"}));
+  json sessions = CtlJson({"audit", "list", "--type", "api.session", "--limit", "0"});
+  ASSERT_EQ(sessions.size(), 1u) << sessions.dump();
+  EXPECT_EQ(sessions[0]["subject"], client);
+  EXPECT_EQ(sessions[0]["details"]["peer"], "127.0.0.1");
 
   // The same job's state changes on the event stream (SSE), from seq 0.
   Result<std::unique_ptr<api::ApiConnection>> stream = connect();

@@ -85,6 +85,33 @@ TEST_F(StoreTest, JobsAndTheQueue) {
   EXPECT_EQ(store->Job(8).error().message(), "job 8: no such job");
 }
 
+TEST_F(StoreTest, TheSummaryCountsJobsByStateWithThePolicyAndTheLastEvent) {
+  auto store = Open();
+  auto empty = store->Summarize();
+  ASSERT_TRUE(empty) << empty.error().ToString();
+  EXPECT_TRUE(empty->job_counts.empty());
+  EXPECT_EQ(empty->policy_version, 1u);
+  EXPECT_EQ(empty->last_event_seq, 0u);
+
+  for (JobState state : {JobState::kQueued, JobState::kRunning, JobState::kQueued,
+                         JobState::kFailed, JobState::kQueued}) {
+    ASSERT_TRUE(store->InsertJob({.state = state, .profile = "default", .created = NowText()}));
+  }
+  ASSERT_TRUE(store->AddPolicy("<policy format=\"1\"/>", "empty", "uid:0"));
+  ASSERT_TRUE(store->AppendEvent("state", 1, {{"state", "queued"}}));
+  ASSERT_TRUE(store->AppendEvent("state", 2, {{"state", "running"}}));
+  // Repeated: the statement is prepared once and reused.
+  for (int i = 0; i < 2; ++i) {
+    auto summary = store->Summarize();
+    ASSERT_TRUE(summary) << summary.error().ToString();
+    EXPECT_EQ(summary->job_counts,
+              (std::map<JobState, uint64_t>{
+                  {JobState::kQueued, 3}, {JobState::kRunning, 1}, {JobState::kFailed, 1}}));
+    EXPECT_EQ(summary->policy_version, 2u);
+    EXPECT_EQ(summary->last_event_seq, 2u);
+  }
+}
+
 TEST_F(StoreTest, OutputIsRotatedAndReadableFromAnyOffset) {
   auto store = Open({.output_limit_bytes = 10});
   ASSERT_TRUE(store->AppendOutput(1, OutputStream::kStdout, "0123"));

@@ -55,6 +55,19 @@ class FakeHandler : public RequestHandlerInterface {
     if (request.method == "POST" && request.path == "/v1/echo") return {200, request.body};
     return {404, ErrorBody("not-found", "no such route: " + request.path)};
   }
+
+  void SessionOpened(const Caller& caller, std::string_view remote) override {
+    std::lock_guard lock(mutex_);
+    sessions_.push_back(fmt::format("{} from {}", caller.client_id, remote));
+  }
+  std::vector<std::string> Sessions() {
+    std::lock_guard lock(mutex_);
+    return sessions_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::string> sessions_;
 };
 
 // An in-memory event log with a retention window.
@@ -409,6 +422,29 @@ TEST_F(ApiServerTest, UnpairedRevokedAndExpiredCertificatesAreRefused) {
   HttpReply expired = Status(admin);
   EXPECT_EQ(expired.status, 403);
   EXPECT_THAT(expired.body, HasSubstr("expired"));
+}
+
+// The certificate's signature is checked at a session's first request; its
+// later requests are checked again for what can change, expiry included.
+TEST_F(ApiServerTest, ASessionOpensOnceAndItsEveryRequestIsRechecked) {
+  ClientCredentials credentials = Pair();
+  auto refused = Connect(ForeignCredentials(credentials));
+  EXPECT_EQ(refused->Request("GET", "/v1/status")->status, 403);
+  EXPECT_EQ(refused->Request("GET", "/v1/status")->status, 403);
+  auto open = Connect(credentials);
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(open->Request("GET", "/v1/status")->status, 200);
+  ASSERT_EQ(open->Request("GET", "/v1/openapi.json")->status, 200);
+  EXPECT_EQ(handler_.Sessions(),
+            std::vector<std::string>{credentials.client_id + " from 127.0.0.1"});
+  EXPECT_EQ(Connect(credentials)->Request("GET", "/v1/openapi.json")->status, 200);
+  EXPECT_EQ(handler_.Sessions().size(), 2u);
+
+  Advance(std::chrono::hours(24 * 366));
+  auto expired = open->Request("GET", "/v1/status");
+  ASSERT_TRUE(expired);
+  EXPECT_EQ(expired->status, 403);
+  EXPECT_THAT(expired->body, HasSubstr("expired"));
+  EXPECT_EQ(handler_.Sessions().size(), 2u);
 }
 
 UniqueFd RawConnect(uint16_t port) {

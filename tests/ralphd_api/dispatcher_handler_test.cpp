@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <deque>
+#include <optional>
 #include <thread>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 namespace ralph::ralphd::api {
@@ -23,6 +25,9 @@ class FakeDispatcher : public DispatcherInterface {
     names.push_back(std::string(CommandName(command)));
     thread = std::this_thread::get_id();
     return next;
+  }
+  void SessionOpened(const ralphd::Caller& caller, std::string_view peer) override {
+    names.push_back(fmt::format("session {} {}", caller.ToString(), peer));
   }
   std::vector<ralphd::Caller> callers;
   std::vector<std::string> names;
@@ -128,6 +133,34 @@ TEST(DispatcherHandlerTest, DispatchRunsOnTheThreadItIsPostedTo) {
     cv.notify_one();
   }
   loop.join();
+}
+
+// The server's thread is not held: HandleAsync returns once the request is
+// posted, and the reply comes through `done` when the loop has run it; the
+// session's record is posted first, so it runs first.
+TEST(DispatcherHandlerTest, HandleAsyncAnswersWhenThePostedTaskRuns) {
+  FakeDispatcher core;
+  std::deque<std::function<void()>> tasks;
+  DispatcherHandler handler(core,
+                            [&](std::function<void()> task) { tasks.push_back(std::move(task)); });
+  handler.SessionOpened(kClient, "127.0.0.1");
+  std::optional<ApiReply> reply;
+  handler.HandleAsync(kClient, {"GET", "/v1/status", "", ""},
+                      [&](ApiReply answered) { reply = std::move(answered); });
+  EXPECT_FALSE(reply);
+  EXPECT_TRUE(core.names.empty());
+  ASSERT_EQ(tasks.size(), 2u);
+  for (auto& task : tasks) task();
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(reply->status, 200);
+  EXPECT_EQ(core.names, (std::vector<std::string>{"session cert:4f00aa 127.0.0.1", "status"}));
+  // A request the decoder refuses is answered at once, never posted.
+  std::optional<ApiReply> refused;
+  handler.HandleAsync(kClient, {"GET", "/v1/nothing", "", ""},
+                      [&](ApiReply answered) { refused = std::move(answered); });
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 404);
+  EXPECT_EQ(tasks.size(), 2u);
 }
 
 TEST(ParseQueryTest, DecodesPercentEscapesAndRefusesBadOnes) {

@@ -245,16 +245,23 @@ TEST_F(RegistryTest, RevocationAndExpiryAreEnforcedAndSurviveReopening) {
   auto refused = registry_->Authorize(cert.get());
   ASSERT_FALSE(refused);
   EXPECT_THAT(refused.error().message(), HasSubstr("revoked"));
+  auto rechecked = registry_->Recheck(paired->client.id);
+  ASSERT_FALSE(rechecked);
+  EXPECT_EQ(rechecked.error().code(), ErrorCode::kPermissionDenied);
+  EXPECT_THAT(rechecked.error().message(), HasSubstr("revoked"));
+  EXPECT_THAT(registry_->Recheck("00ff").error().message(), HasSubstr("not paired"));
 
   auto second = registry_->CreateOffer("127.0.0.1:8443");
   auto fresh = registry_->Pair(Request(*second, session_b_), session_b_, "x");
   ASSERT_TRUE(fresh) << fresh.error().ToString();
   auto fresh_cert = ParseCert(fresh->certificate_pem);
   EXPECT_TRUE(registry_->Authorize(fresh_cert.get()));
+  EXPECT_TRUE(registry_->Recheck(fresh->client.id));
   now_ += std::chrono::hours(24 * 366);
   auto expired = registry_->Authorize(fresh_cert.get());
   ASSERT_FALSE(expired);
   EXPECT_THAT(expired.error().message(), HasSubstr("expired"));
+  EXPECT_THAT(registry_->Recheck(fresh->client.id).error().message(), HasSubstr("expired"));
   EXPECT_THAT(registry_->Authorize(nullptr).error().message(), HasSubstr("pair first"));
 }
 

@@ -421,15 +421,30 @@ Result<std::vector<AuditRecord>> AuditLog::List(const ListQuery& query) {
   return records;
 }
 
+void AuditLog::StatementDeleter::operator()(sqlite3_stmt* statement) const {
+  sqlite3_finalize(statement);
+}
+
 Result<ChainTip> AuditLog::Tip() {
-  auto fail = [&](int code, std::string_view what) { return DbError(code, what); };
-  Statement tip =
-      TRY(Prepare(db_.get(), "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                  "reading the tip", fail));
-  int rc = sqlite3_step(tip.get());
-  if (rc == SQLITE_DONE) return ChainTip{};
-  if (rc != SQLITE_ROW) return DbError(rc, "reading the tip");
-  return ChainTip{sqlite3_column_int64(tip.get(), 0), ColumnText(tip.get(), 1)};
+  if (!tip_) {
+    constexpr std::string_view kSql = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+    sqlite3_stmt* raw = nullptr;
+    int rc = sqlite3_prepare_v3(db_.get(), kSql.data(), static_cast<int>(kSql.size()),
+                                SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
+    tip_.reset(raw);
+    if (rc != SQLITE_OK) {
+      tip_.reset();
+      return DbError(rc, "reading the tip");
+    }
+  }
+  sqlite3_stmt* tip = tip_.get();
+  int rc = sqlite3_step(tip);
+  ChainTip out;
+  if (rc == SQLITE_ROW) out = ChainTip{sqlite3_column_int64(tip, 0), ColumnText(tip, 1)};
+  // Reset at once: a statement left stepped would hold its read snapshot.
+  sqlite3_reset(tip);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return DbError(rc, "reading the tip");
+  return out;
 }
 
 std::string FormatAuditTime(std::chrono::system_clock::time_point when) {

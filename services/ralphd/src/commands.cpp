@@ -150,11 +150,10 @@ constexpr FieldInfo kAuditListQuery[] = {Unsigned("after", 0, kMaxSeq),
                                          Unsigned("limit", 1, kMaxListLimit)};
 // SEQ:HASH, parsed by the audit log (services/audit chain.h) when verifying.
 constexpr FieldInfo kAuditVerifyQuery[] = {Text("anchor", 256)};
-constexpr FieldInfo kAuditExportQuery[] = {Unsigned("after", 0, kMaxSeq),
-                                           Unsigned("job", 1, kMaxSeq),
-                                           Text("type", 64, false, kIdentifierPattern),
-                                           Text("since", 24, false, kAuditTimePattern),
-                                           Text("until", 24, false, kAuditTimePattern)};
+constexpr FieldInfo kAuditExportQuery[] = {
+    Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
+    Text("type", 64, false, kIdentifierPattern), Text("since", 24, false, kAuditTimePattern),
+    Text("until", 24, false, kAuditTimePattern)};
 constexpr FieldInfo kEventsQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
                                       Unsigned("limit", 1, 10000)};
 constexpr FieldInfo kRevokeFields[] = {Text("id", 64, true)};
@@ -881,6 +880,19 @@ std::string_view OutputStreamName(OutputStream stream) {
 
 std::string_view CommandName(const Command& command) {
   return std::visit([](const auto& c) { return std::decay_t<decltype(c)>::kName; }, command);
+}
+
+bool IsReadOnly(const Command& command) {
+  // A command missing here is audited every time: the safe side.
+  static constexpr std::string_view kReadOnly[] = {
+      StatusCommand::kName,    JobListCommand::kName,       JobShowCommand::kName,
+      JobLogsCommand::kName,   JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
+      PolicyGetCommand::kName, PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
+      AuditListCommand::kName, AuditVerifyCommand::kName,   AuditExportCommand::kName,
+      EventsCommand::kName,    PairingsListCommand::kName,
+  };
+  std::string_view name = CommandName(command);
+  return std::find(std::begin(kReadOnly), std::end(kReadOnly), name) != std::end(kReadOnly);
 }
 
 Result<nlohmann::json> ParseJson(std::string_view text, std::string_view what) {

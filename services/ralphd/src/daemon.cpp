@@ -366,16 +366,17 @@ void Daemon::OnRunnerMessages() {
 }
 
 Result<Reply> Daemon::Status() {
+  Store::Summary summary = TRY(store_->Summarize());
   json counts = json::object();
   for (JobState state : {JobState::kCreated, JobState::kQueued, JobState::kRunning}) {
-    counts[std::string(JobStateName(state))] = TRY(store_->JobsIn(state)).size();
+    auto it = summary.job_counts.find(state);
+    counts[std::string(JobStateName(state))] = it == summary.job_counts.end() ? 0 : it->second;
   }
-  PolicyVersion policy = TRY(store_->ActivePolicy());
   audit::ChainTip tip = TRY(audit_->Tip());
   return Reply::Json({{"jobs", counts},
                       {"max_running", options_.max_running},
-                      {"policy_version", policy.version},
-                      {"last_event_seq", TRY(store_->LastEventSeq())},
+                      {"policy_version", summary.policy_version},
+                      {"last_event_seq", summary.last_event_seq},
                       {"audit_tip", tip.ToString()}});
 }
 
@@ -680,6 +681,8 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
 Reply Daemon::Dispatch(const Caller& caller, const Command& command) {
   Result<Reply> reply = Carry(caller, command);
   Reply out = reply ? std::move(*reply) : Reply::Failure(reply.error());
+  // A read that succeeded is traced by its connection's session record.
+  if (out.ok() && IsReadOnly(command)) return out;
   json details = {{"caller", caller.ToString()}, {"result", "ok"}};
   if (out.error) {
     details["result"] = std::string(ErrorCodeName(out.error->code()));
@@ -687,6 +690,12 @@ Reply Daemon::Dispatch(const Caller& caller, const Command& command) {
   }
   Audit("command", std::string(CommandName(command)), details);
   return out;
+}
+
+void Daemon::SessionOpened(const Caller& caller, std::string_view peer) {
+  std::string_view type = caller.kind == Caller::Kind::kLocalUid ? "local.session" : "api.session";
+  std::string who = caller.ToString();
+  Audit(std::string(type), who, {{"caller", who}, {"peer", peer}});
 }
 
 namespace {

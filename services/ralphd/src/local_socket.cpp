@@ -142,6 +142,8 @@ Result<TerminalFrame> DecodeTerminalFrame(std::string_view line) {
 struct LocalServer::Connection {
   UniqueFd fd;
   uint32_t uid = 0;
+  pid_t pid = 0;
+  bool session_recorded = false;  // its "local.session" audit record
   std::string in;
   std::string out;
   bool close_after_flush = false;
@@ -221,7 +223,11 @@ void LocalServer::Post(std::function<void()> task) {
       task();
       return;
     }
+    // Tasks already waiting have woken the loop, which takes this one with
+    // them (it empties the queue under the lock after each wake).
+    bool wake = posted_.empty();
     posted_.push_back(std::move(task));
+    if (!wake) return;
   }
   uint64_t one = 1;
   [[maybe_unused]] ssize_t written = ::write(wake_.get(), &one, sizeof one);
@@ -308,6 +314,7 @@ void LocalServer::Accept() {
       continue;
     }
     connection->uid = peer.uid;
+    connection->pid = peer.pid;
     int raw = fd.get();
     epoll_event event{.events = EPOLLIN | EPOLLRDHUP, .data = {.fd = raw}};
     if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, raw, &event) != 0) continue;
@@ -394,6 +401,9 @@ void LocalServer::HandleFrame(Connection& connection, std::string_view line) {
     return;
   }
   Caller caller = Caller::LocalUid(connection.uid);
+  if (!std::exchange(connection.session_recorded, true)) {
+    daemon_.SessionOpened(caller, fmt::format("pid {}", connection.pid));
+  }
   if (frame->attach) {
     const auto* terminal = std::get_if<TerminalAttachCommand>(&*command);
     if (!terminal) {

@@ -39,7 +39,7 @@ namespace {
 namespace api = ralph::ralphd::api;
 
 // The HTTPS API's threads (see StartApi).
-constexpr int kApiThreads = 8;
+constexpr int kApiThreads = 2;
 
 constexpr std::string_view kUsage =
     R"(usage: ralphd --state-dir DIR [options]
@@ -430,9 +430,10 @@ ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralp
   api->events = std::make_unique<CoreEventSource>(daemon, local);
   api->terminals = std::make_unique<CoreTerminals>(daemon, local);
   const HostPort& listen = *options.api_listen;
-  // A request holds its server thread until the core's loop has answered
-  // it, so the threads bound the requests the loop sees at once, and with
-  // them how many share one audit commit (Daemon::FlushAudit).
+  // A request waiting for the core's loop holds no server thread
+  // (DispatcherHandler::HandleAsync): the threads do TLS and HTTP, and the
+  // requests that reach the loop together share one round and one audit
+  // commit (Daemon::FlushAudit).
   api->server = TRY(api::ApiServer::Start(
       {.bind_address = listen.host, .port = listen.port, .threads = kApiThreads},
       {.identity = *api->identity,

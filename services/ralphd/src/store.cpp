@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS events(
 CREATE INDEX IF NOT EXISTS events_by_job ON events(job, seq);
 )sql";
 
-using sqlite::Statement;
 constexpr auto Text = sqlite::ColumnText;
 
 void Bind(sqlite3_stmt* statement, int index, std::string_view text) {
@@ -135,13 +134,49 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, StoreOptions
 }
 
 Store::~Store() {
+  for (auto& [sql, statement] : statements_) sqlite3_finalize(statement);
   sqlite3_close_v2(db_);
 }
 
-// Declares the prepared statement `name`; returns DbError(what) when it cannot be.
-#define PREPARE(name, sql, what) \
-  Statement name =               \
-      TRY(sqlite::Prepare(db_, sql, what, [this](int, std::string_view w) { return DbError(w); }))
+namespace {
+
+// A cached statement for one use: reset, its bindings cleared, when the
+// use ends, so it holds no read snapshot and keeps no value past it.
+class StatementUse {
+ public:
+  explicit StatementUse(sqlite3_stmt* statement) : statement_(statement) {}
+  StatementUse(const StatementUse&) = delete;
+  StatementUse& operator=(const StatementUse&) = delete;
+  ~StatementUse() {
+    sqlite3_reset(statement_);
+    sqlite3_clear_bindings(statement_);
+  }
+  sqlite3_stmt* get() const { return statement_; }
+
+ private:
+  sqlite3_stmt* statement_;
+};
+
+}  // namespace
+
+Result<sqlite3_stmt*> Store::Cached(std::string_view sql, std::string_view what) {
+  auto it = statements_.find(sql);
+  if (it != statements_.end()) return it->second;
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT,
+                         &raw, nullptr) != SQLITE_OK) {
+    sqlite3_finalize(raw);
+    return DbError(what);
+  }
+  statements_.emplace(std::string(sql), raw);
+  return raw;
+}
+
+// Declares `name`, the store's prepared statement of `sql` for this use
+// (prepared once per store: the daemon's queries skip SQLite's parser);
+// returns DbError(what) when it cannot be prepared. No two uses of one SQL
+// text overlap: no store method runs its own query inside another's.
+#define PREPARE(name, sql, what) StatementUse name(TRY(Cached(sql, what)))
 
 Result<PolicyVersion> Store::ActivePolicy() {
   PREPARE(s,
@@ -270,6 +305,30 @@ Result<std::vector<JobRecord>> Store::JobsIn(JobState state) {
   int rc;
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(ReadJob(s.get()));
   if (rc != SQLITE_DONE) return DbError("listing jobs");
+  return out;
+}
+
+Result<Store::Summary> Store::Summarize() {
+  // One statement: one read transaction (each costs SQLite's WAL locks),
+  // and the three figures are of one moment.
+  PREPARE(s,
+          "SELECT 0, '', COALESCE(MAX(version), 0) FROM policy_versions "
+          "UNION ALL SELECT 1, '', COALESCE(MAX(seq), 0) FROM events "
+          "UNION ALL SELECT 2, state, COUNT(*) FROM jobs GROUP BY state",
+          "summarizing the store");
+  Summary out;
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    uint64_t value = static_cast<uint64_t>(sqlite3_column_int64(s.get(), 2));
+    switch (sqlite3_column_int(s.get(), 0)) {
+      case 0: out.policy_version = value; break;
+      case 1: out.last_event_seq = value; break;
+      default:
+        // A state this ralphd does not know counts as lost, as ReadJob reads it.
+        out.job_counts[ParseJobState(Text(s.get(), 1)).value_or(JobState::kLost)] += value;
+    }
+  }
+  if (rc != SQLITE_DONE) return DbError("summarizing the store");
   return out;
 }
 

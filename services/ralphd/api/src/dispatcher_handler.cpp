@@ -2,6 +2,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -59,47 +60,29 @@ std::optional<size_t> DispatcherHandler::BodyLimit(std::string_view method, std:
   return route->max_body_bytes;
 }
 
-ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& request) {
-  auto error_reply = [](const Error& error) {
-    ApiReply reply = ReplyForError(error);
-    reply.body = DumpJson(ErrorJson(error));
-    return reply;
-  };
-  auto query = ParseQuery(request.query);
-  if (!query) return error_reply(query.error());
-  Request core_request{.verb = request.method,
-                       .path = request.path,
-                       .query = std::move(*query),
-                       .body = request.body};
-  auto command = DecodeRequest(core_request);
-  if (!command) {
-    // An unknown route is a 404, a known route with another verb a 405.
-    if (command.error().code() == ErrorCode::kUnsupported) {
-      return {405, DumpJson(ErrorJson(command.error()))};
-    }
-    return error_reply(command.error());
-  }
-  ralphd::Caller core_caller = ralphd::Caller::ClientCertificate(caller.client_id);
-  Reply reply;
+void DispatcherHandler::SessionOpened(const Caller& caller, std::string_view remote) {
+  auto open = [&dispatcher = dispatcher_,
+               core_caller = ralphd::Caller::ClientCertificate(caller.client_id),
+               peer = std::string(remote)] { dispatcher.SessionOpened(core_caller, peer); };
   if (post_) {
-    std::mutex mutex;
-    std::condition_variable done_cv;
-    bool done = false;
-    post_([&] {
-      Reply dispatched = dispatcher_.Dispatch(core_caller, *command);
-      std::lock_guard lock(mutex);
-      reply = std::move(dispatched);
-      done = true;
-      done_cv.notify_one();
-    });
-    std::unique_lock lock(mutex);
-    done_cv.wait(lock, [&] { return done; });
+    post_(std::move(open));
   } else {
-    reply = dispatcher_.Dispatch(core_caller, *command);
+    open();
   }
+}
+
+namespace {
+
+ApiReply ErrorReply(const Error& error) {
+  ApiReply reply = ReplyForError(error);
+  reply.body = DumpJson(ErrorJson(error));
+  return reply;
+}
+
+ApiReply ToApiReply(Reply reply) {
   if (reply.error) {
     // The core's error body as it is: a bad policy's carries its "issues".
-    ApiReply refused = error_reply(*reply.error);
+    ApiReply refused = ErrorReply(*reply.error);
     if (reply.body.is_object() && reply.body.contains("error")) refused.body = DumpJson(reply.body);
     return refused;
   }
@@ -109,6 +92,49 @@ ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& reque
     case ReplyKind::kJsonLines: return {200, std::move(reply.bytes), "application/jsonl"};
   }
   return {500, ErrorBody("internal", "the core returned an unknown reply kind")};
+}
+
+}  // namespace
+
+ApiReply DispatcherHandler::Handle(const Caller& caller, const ApiRequest& request) {
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  std::optional<ApiReply> out;
+  HandleAsync(caller, request, [&](ApiReply reply) {
+    std::lock_guard lock(mutex);
+    out = std::move(reply);
+    done_cv.notify_one();
+  });
+  std::unique_lock lock(mutex);
+  done_cv.wait(lock, [&] { return out.has_value(); });
+  return std::move(*out);
+}
+
+void DispatcherHandler::HandleAsync(const Caller& caller, ApiRequest request, Done done) {
+  auto query = ParseQuery(request.query);
+  if (!query) return done(ErrorReply(query.error()));
+  Request core_request{.verb = std::move(request.method),
+                       .path = std::move(request.path),
+                       .query = std::move(*query),
+                       .body = std::move(request.body)};
+  auto command = DecodeRequest(core_request);
+  if (!command) {
+    // An unknown route is a 404, a known route with another verb a 405.
+    if (command.error().code() == ErrorCode::kUnsupported) {
+      return done({405, DumpJson(ErrorJson(command.error()))});
+    }
+    return done(ErrorReply(command.error()));
+  }
+  auto dispatch = [&dispatcher = dispatcher_,
+                   core_caller = ralphd::Caller::ClientCertificate(caller.client_id),
+                   command = std::move(*command), done = std::move(done)] {
+    done(ToApiReply(dispatcher.Dispatch(core_caller, command)));
+  };
+  if (post_) {
+    post_(std::move(dispatch));
+  } else {
+    dispatch();
+  }
 }
 
 }  // namespace ralph::ralphd::api

@@ -350,16 +350,25 @@ Result<PairedClient> PairingRegistry::Authorize(X509* peer) const {
     return Error::Make(ErrorCode::kPermissionDenied,
                        "the client certificate has expired (or is not yet valid); pair again");
   }
-  std::string serial = ossl::SerialHex(peer);
+  return Recheck(ossl::SerialHex(peer));
+}
+
+Result<PairedClient> PairingRegistry::Recheck(std::string_view client_id) const {
+  int64_t now = Unix(identity_.Now());
   std::lock_guard lock(mutex_);
-  auto it = clients_.find(serial);
+  auto it = clients_.find(std::string(client_id));
   if (it == clients_.end()) {
-    return Error::Make(ErrorCode::kPermissionDenied,
-                       fmt::format("client certificate {} is not paired with this device", serial));
+    return Error::Make(
+        ErrorCode::kPermissionDenied,
+        fmt::format("client certificate {} is not paired with this device", client_id));
   }
   if (it->second.revoked_unix != 0) {
     return Error::Make(ErrorCode::kPermissionDenied,
-                       fmt::format("client {} ({}) was revoked", serial, it->second.name));
+                       fmt::format("client {} ({}) was revoked", client_id, it->second.name));
+  }
+  if (now >= it->second.expires_unix) {
+    return Error::Make(ErrorCode::kPermissionDenied,
+                       "the client certificate has expired (or is not yet valid); pair again");
   }
   return it->second;
 }

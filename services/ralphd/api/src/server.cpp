@@ -365,13 +365,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return Send(Pair(request.body()), keep_alive);
     }
     X509* peer = SSL_get0_peer_certificate(stream_.native_handle());
-    auto client = server_.deps.registry.Authorize(peer);
+    // The certificate's signature is verified once per TLS session; its
+    // later requests check only what can change (paired, revoked, expired).
+    auto client = authorized_ ? server_.deps.registry.Recheck(caller_.client_id)
+                              : server_.deps.registry.Authorize(peer);
     if (!client) {
       return Send({peer ? 403 : 401,
                    ErrorBody(peer ? "forbidden" : "unauthenticated", client.error().message())},
                   keep_alive);
     }
     caller_ = Caller{client->id, client->name};
+    if (!std::exchange(authorized_, true)) server_.deps.handler.SessionOpened(caller_, remote_);
     if (path == "/v1/openapi.json") {
       if (method != "GET") return Send(MethodNotAllowed("GET"), keep_alive);
       return Send({200, std::string(OpenApiDocument())}, keep_alive);
@@ -414,7 +418,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     ApiRequest api_request{std::move(method), std::move(path), std::move(query),
                            std::move(request.body())};
-    Send(server_.deps.handler.Handle(caller_, api_request), keep_alive);
+    // The reply comes back on the connection's strand, from whichever
+    // thread answered; this thread serves other connections meanwhile.
+    server_.deps.handler.HandleAsync(
+        caller_, std::move(api_request), [self = shared_from_this(), keep_alive](ApiReply reply) {
+          net::post(self->stream_.get_executor(),
+                    [self, keep_alive, reply = std::move(reply)]() mutable {
+                      self->Send(std::move(reply), keep_alive);
+                    });
+        });
   }
 
   static ApiReply MethodNotAllowed(std::string_view allowed) {
@@ -614,6 +626,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool first_request_ = true;
   std::string remote_;
   Caller caller_;
+  bool authorized_ = false;  // Authorize accepted this session's certificate
   // Event streaming state.
   std::optional<StreamSlot> stream_slot_;
   std::optional<net::steady_timer> timer_;
@@ -881,8 +894,10 @@ Result<std::unique_ptr<ApiServer>> ApiServer::Start(const ServerOptions& options
   }
   // A certificate is asked for, never required, and any certificate
   // completes the handshake (its signature over the handshake proves the
-  // key): whether it is paired, revoked or expired is the registry's answer
-  // per request, so refusals are JSON errors rather than TLS alerts.
+  // key): whether it was issued by the device CA is the registry's answer
+  // at the session's first request (Authorize), whether it is still paired,
+  // not revoked and not expired at every request (Recheck), so refusals are
+  // JSON errors rather than TLS alerts.
   SSL_CTX_set_verify(context, SSL_VERIFY_PEER, [](int, X509_STORE_CTX*) { return 1; });
 
   impl->ioc = std::make_unique<net::io_context>(std::max(1, options.threads));

@@ -43,6 +43,7 @@
 #include "services/audit/chain.h"
 
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace ralph::audit {
 
@@ -161,6 +162,9 @@ class AuditLog final : public AuditSinkInterface {
   struct DbDeleter {
     void operator()(sqlite3* db) const;
   };
+  struct StatementDeleter {
+    void operator()(sqlite3_stmt* statement) const;
+  };
   AuditLog(std::string path, OpenMode mode, std::unique_ptr<sqlite3, DbDeleter> db,
            AuditLogOptions options)
       : path_(std::move(path)), mode_(mode), db_(std::move(db)), options_(std::move(options)) {}
@@ -171,6 +175,8 @@ class AuditLog final : public AuditSinkInterface {
   OpenMode mode_;
   std::unique_ptr<sqlite3, DbDeleter> db_;
   AuditLogOptions options_;
+  // Tip()'s query, prepared once (ralphd's status reads the tip each time).
+  std::unique_ptr<sqlite3_stmt, StatementDeleter> tip_;
 };
 
 // The time format of AuditRecord::time for `when`.

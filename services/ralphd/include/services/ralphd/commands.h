@@ -291,6 +291,14 @@ using Command =
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);
 
+// Whether the command only reads (status, job list/show/logs/files,
+// workspace download, policy get/history/validate, audit list/verify/export,
+// events, pairings list). Its success is not an audit record: the
+// connection's one session record ("api.session", "local.session") says who
+// read. A command that changes something, and every refusal or failure, is
+// a record of its own (docs/ralphd.md, "Audit and events").
+bool IsReadOnly(const Command& command);
+
 // Decodes a request strictly (see the top of this file).
 Result<Command> DecodeRequest(const Request& request);
 
@@ -397,6 +405,15 @@ class DispatcherInterface {
  public:
   virtual ~DispatcherInterface() = default;
   virtual Reply Dispatch(const Caller& caller, const Command& command) = 0;
+  // A transport's connection (an API TLS session, a local socket
+  // connection) is serving its first request from `caller`; `peer` says
+  // where it comes from (an address, "pid 812"). The session's record is
+  // what traces its reads (IsReadOnly). A dispatcher that audits nothing
+  // ignores it.
+  virtual void SessionOpened(const Caller& caller, std::string_view peer) {
+    (void)caller;
+    (void)peer;
+  }
 };
 
 }  // namespace ralph::ralphd

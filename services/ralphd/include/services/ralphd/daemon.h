@@ -1,7 +1,8 @@
 // Daemon: ralphd's core. It carries out the typed commands (commands.h) for
 // every transport, keeps the state (store.h), runs jobs under the policy
-// (policy.h, runner.h) with a concurrency limit, records every command, job
-// state change, file written and connection attempt in the audit log
+// (policy.h, runner.h) with a concurrency limit, records every command that
+// changes something or fails, every transport session, job state change,
+// file written and connection attempt in the audit log
 // (services/audit), and numbers every output chunk, state change and audit
 // event in the event log.
 //
@@ -63,7 +64,12 @@ class Daemon final : public DispatcherInterface {
   static Result<std::unique_ptr<Daemon>> Open(DaemonOptions options);
   ~Daemon() override;
 
+  // Every command that changes something, and every refusal or failure, is
+  // a "command" audit record; a read that succeeds is not (IsReadOnly).
   Reply Dispatch(const Caller& caller, const Command& command) override;
+  // One "api.session" (a client certificate) or "local.session" (a uid)
+  // audit record: subject and caller the caller, peer where it came from.
+  void SessionOpened(const Caller& caller, std::string_view peer) override;
 
   // Readable when job threads have posted; then call OnRunnerMessages().
   int notify_fd() const { return runner_->notify_fd(); }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,6 +24,7 @@
 #include "services/ralphd/commands.h"
 
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace ralph::ralphd {
 
@@ -106,6 +108,15 @@ class Store {
   Result<std::vector<JobRecord>> Jobs(std::optional<JobState> state, uint64_t limit);
   // Oldest first: the queue.
   Result<std::vector<JobRecord>> JobsIn(JobState state);
+  // What the status command shows, from one statement (one read snapshot,
+  // no job loaded): the jobs in each state (a state without jobs is
+  // absent), the active policy version, the last event's seq.
+  struct Summary {
+    std::map<JobState, uint64_t> job_counts;
+    uint64_t policy_version = 0;
+    uint64_t last_event_seq = 0;
+  };
+  Result<Summary> Summarize();
 
   // --- output ---
   Result<void> AppendOutput(uint64_t job, OutputStream stream, std::string_view data);
@@ -127,10 +138,13 @@ class Store {
   Store(sqlite3* db, StoreOptions options) : db_(db), options_(options) {}
   Error DbError(std::string_view what) const;
   Result<void> Exec(const char* sql, std::string_view what);
+  // The statement of `sql`, prepared on first use and kept (store.cpp's PREPARE).
+  Result<sqlite3_stmt*> Cached(std::string_view sql, std::string_view what);
 
   sqlite3* db_;
   StoreOptions options_;
   uint64_t events_since_trim_ = 0;
+  std::map<std::string, sqlite3_stmt*, std::less<>> statements_;
 };
 
 // The current time as the store records it: RFC 3339 UTC with milliseconds.

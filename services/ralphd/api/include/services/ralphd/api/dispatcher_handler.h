@@ -23,18 +23,23 @@ Result<std::map<std::string, std::string, std::less<>>> ParseQuery(std::string_v
 class DispatcherHandler final : public RequestHandlerInterface {
  public:
   // Runs `task` on the thread the dispatcher belongs to (the daemon's event
-  // loop); DispatcherHandler waits until it has run. Empty: Dispatch is
-  // called on the server's thread.
+  // loop), later. Empty: Dispatch is called on the server's thread.
   using Post = std::function<void(std::function<void()> task)>;
 
   // `dispatcher` is borrowed and must outlive the server.
   explicit DispatcherHandler(DispatcherInterface& dispatcher, Post post = {})
       : dispatcher_(dispatcher), post_(std::move(post)) {}
 
+  // Decodes on the calling thread, dispatches through `post` (Handle
+  // waits for the answer, HandleAsync does not).
   ApiReply Handle(const Caller& caller, const ApiRequest& request) override;
+  void HandleAsync(const Caller& caller, ApiRequest request, Done done) override;
   // The core route's own limit (CoreRoutes: a workspace upload's is the
   // core's upload maximum), else the server's.
   std::optional<size_t> BodyLimit(std::string_view method, std::string_view path) override;
+  // The dispatcher's SessionOpened, posted without waiting: it runs on the
+  // loop before the session's first request does.
+  void SessionOpened(const Caller& caller, std::string_view remote) override;
 
  private:
   DispatcherInterface& dispatcher_;

@@ -12,7 +12,8 @@
 // and a CSR, and sends PairRequest with proof = ComputePairingProof(...)
 // over that connection; the server calls registry->Pair() with the same
 // session's exporter, which signs a client certificate with the device CA.
-// Every later request is checked with registry->Authorize(peer certificate).
+// A TLS session's first request is checked with registry->Authorize(peer
+// certificate), its later ones with registry->Recheck(client id).
 #pragma once
 
 #include <array>
@@ -146,6 +147,14 @@ class PairingRegistry {
   // device issued, is inside its validity and is paired and not revoked.
   // kPermissionDenied naming the reason otherwise.
   Result<PairedClient> Authorize(X509* peer_certificate) const;
+  // A later request on a TLS session whose certificate Authorize accepted
+  // (TLS 1.3 has no renegotiation and the server asks for no post-handshake
+  // certificate, so the certificate is the session's): only what can
+  // change since is checked, in memory and without a signature check — the
+  // client is still paired, not revoked, and not expired (the expiry
+  // recorded when its certificate was issued). kPermissionDenied as
+  // Authorize's.
+  Result<PairedClient> Recheck(std::string_view client_id) const;
 
   Result<std::vector<PairedClient>> List() const;
   // kNotFound for an unknown id; revoking twice is kInvalidState.

@@ -70,6 +70,14 @@ class RequestHandlerInterface {
   // A /v1 request from an authorized client that the server does not serve
   // itself. Runs on a server thread; may block (briefly).
   virtual ApiReply Handle(const Caller& caller, const ApiRequest& request) = 0;
+  // The same request answered through `done` (exactly once, on any
+  // thread) rather than by blocking the server's thread: the server calls
+  // this one. A handler whose work runs on another thread (the core's
+  // loop) overrides it, so a request waiting there holds no server thread.
+  using Done = std::function<void(ApiReply reply)>;
+  virtual void HandleAsync(const Caller& caller, ApiRequest request, Done done) {
+    done(Handle(caller, request));
+  }
   // The body limit of a route the handler serves, asked once the request's
   // header is in (before any of the body is read); nullopt for
   // ServerLimits::max_body_bytes. Called on a server thread, without
@@ -78,6 +86,13 @@ class RequestHandlerInterface {
     (void)method;
     (void)path;
     return std::nullopt;
+  }
+  // A connection's (TLS session's) first authorized request, whatever its
+  // route, before it is served; `remote` is the peer's address. Called on a
+  // server thread, without blocking.
+  virtual void SessionOpened(const Caller& caller, std::string_view remote) {
+    (void)caller;
+    (void)remote;
   }
 };
 
