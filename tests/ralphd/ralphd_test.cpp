@@ -1466,5 +1466,186 @@ TEST_F(RalphdTest, RalphctlAttachesInteractively) {
   ASSERT_EQ(Ctl({"job", "cancel", id}).exit, 0);
 }
 
+// Agent jobs with the stand-in agent (tests/agents/standin) as the claude
+// profile's tool: ralphd is started with --agent-program claude=<it>,
+// mounted read-only into the jobs of policy profile "agent".
+class AgentJobTest : public RalphdTest {
+ protected:
+  void SetUp() override {
+    RalphdTest::SetUp();
+    if (HasFatalFailure()) return;
+    StopDaemon(SIGTERM);
+    StartDaemon(2, {"--agent-program", "claude=/opt/ralph-tests/ralph-agent-standin"});
+    const char* build = std::getenv("RALPH_BINARY_DIR");
+    Write(work_ + "/agent-policy.xml", fmt::format(R"(<policy format="1">
+  <profile name="default">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+  </profile>
+  <profile name="agent">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+    <mount source="{}/tests" destination="/opt/ralph-tests"/>
+  </profile>
+</policy>
+)",
+                                                   build));
+    ProgramStreams set = Ctl({"policy", "set", work_ + "/agent-policy.xml"});
+    ASSERT_EQ(set.exit, 0) << set.err;
+  }
+
+  // A request on a fresh connection; the reply frame.
+  json Call(const json& frame) {
+    int fd = Connect();
+    EXPECT_GE(fd, 0);
+    Line line(fd);
+    return line.Call(frame.dump());
+  }
+
+  json Submit(const json& body) {
+    return Call({{"verb", "POST"}, {"path", "/v1/jobs"}, {"body", body}});
+  }
+
+  std::vector<json> Events(uint64_t job) {
+    json reply = Call({{"verb", "GET"},
+                       {"path", "/v1/events"},
+                       {"query", {{"job", std::to_string(job)}, {"limit", "10000"}}}});
+    std::vector<json> out;
+    for (const json& event : reply["body"]["events"]) out.push_back(event);
+    return out;
+  }
+
+  static size_t CountKind(const std::vector<json>& events, const std::string& kind) {
+    return static_cast<size_t>(std::count_if(events.begin(), events.end(),
+                                             [&](const json& e) { return e["kind"] == kind; }));
+  }
+
+  static std::string Sha256Hex(const std::string& text) {
+    return DigestToHex(*Sha256::Of(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())));
+  }
+};
+
+TEST_F(AgentJobTest, AnAgentJobRunsTheProfileAndPublishesItsEventsUsageAndToolCalls) {
+  ProgramStreams run = Ctl({"job", "run", "--profile", "agent", "--agent", "claude", "--prompt",
+                            "Fix the parser\nin detail"});
+  ASSERT_EQ(run.exit, 0) << run.err;
+  // The raw stream is the job's output.
+  EXPECT_NE(run.out.find(R"("type":"system")"), std::string::npos) << run.out;
+
+  json job = CtlJson({"job", "show", "1"});
+  EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  const json& usage = job["usage"]["agent"];
+  EXPECT_EQ(usage["profile"], "claude");
+  EXPECT_EQ(usage["input_tokens"], 1000);
+  EXPECT_EQ(usage["output_tokens"], 200);
+  EXPECT_EQ(usage["cache_read_tokens"], 3000);
+  EXPECT_EQ(usage["cache_write_tokens"], 500);
+  EXPECT_DOUBLE_EQ(usage["cost_usd"].get<double>(), 0.01);
+  EXPECT_EQ(usage["tool_calls"], 1);
+
+  std::vector<json> events = Events(1);
+  EXPECT_EQ(CountKind(events, "agent.session"), 1u);
+  EXPECT_EQ(CountKind(events, "agent.tool_call"), 1u);
+  EXPECT_EQ(CountKind(events, "agent.tool_result"), 1u);
+  EXPECT_EQ(CountKind(events, "agent.result"), 1u);
+  EXPECT_GE(CountKind(events, "agent.message"), 2u);
+  EXPECT_GE(CountKind(events, "agent.usage"), 1u);
+  for (const json& event : events) {
+    if (event["kind"] == "agent.session") {
+      EXPECT_EQ(event["body"]["cwd"], "/work");
+    }
+    if (event["kind"] == "agent.tool_call") {
+      EXPECT_EQ(event["body"]["name"], "Write");
+      EXPECT_EQ(event["body"]["input"]["file_path"], "notes/step-1.txt");
+    }
+  }
+
+  json calls = CtlJson({"audit", "list", "--job", "1", "--type", "agent.tool_call"});
+  ASSERT_EQ(calls.size(), 1u) << calls.dump();
+  EXPECT_EQ(calls[0]["details"]["name"], "Write");
+  EXPECT_EQ(calls[0]["details"]["input"]["content"], "iteration 1\nprompt: Fix the parser\n");
+
+  // The tool wrote into the workspace, not into its home.
+  json files = CtlJson({"job", "files", "1"});
+  bool step = false;
+  for (const json& file : files["files"]) {
+    if (file["path"] == "/work/notes/step-1.txt") step = true;
+  }
+  EXPECT_TRUE(step) << files.dump();
+  // The home (settings files) lived as long as the job.
+  EXPECT_FALSE(std::filesystem::exists(state_ + "/agents/1"));
+}
+
+TEST_F(AgentJobTest, APromptFileComesFromTheUploadedWorkspace) {
+  std::string in = work_ + "/in";
+  ASSERT_EQ(::mkdir(in.c_str(), 0755), 0);
+  Write(in + "/PROMPT.md", "Write the release notes\nwith care\n");
+  ASSERT_EQ(RunProgramStreams({"tar", "-cf", work_ + "/in.tar", "-C", in, "."}).exit, 0);
+  ProgramStreams run = Ctl({"job", "run", "--profile", "agent", "--agent", "claude",
+                            "--prompt-file", "PROMPT.md", "--workspace", work_ + "/in.tar"});
+  ASSERT_EQ(run.exit, 0) << run.err;
+  json files = CtlJson({"job", "files", "1"});
+  std::string sha;
+  for (const json& file : files["files"]) {
+    if (file["path"] == "/work/notes/step-1.txt") sha = file["sha256"];
+  }
+  EXPECT_EQ(sha, Sha256Hex("iteration 1\nprompt: Write the release notes\n")) << files.dump();
+}
+
+TEST_F(AgentJobTest, BadAgentRequestsAreRefusedNamingTheFieldAndTheDaemonServesOn) {
+  json reply = Submit({{"profile", "agent"}, {"agent", {{"profile", "gpt"}, {"prompt", "x"}}}});
+  EXPECT_EQ(reply["error"]["message"],
+            "body.agent.profile: 'gpt' is not one of claude, codex, opencode, command")
+      << reply.dump();
+  reply = Submit({{"profile", "agent"}, {"agent", {{"profile", "claude"}}}});
+  EXPECT_EQ(reply["error"]["code"], "invalid-argument");
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind("body.agent.prompt: required", 0),
+            0u)
+      << reply.dump();
+  reply = Submit({{"profile", "agent"},
+                  {"agent", {{"profile", "claude"}, {"prompt", "x"}}},
+                  {"env", {{"ANTHROPIC_API_KEY", "sk-ant-secret"}}}});
+  EXPECT_EQ(reply["error"]["code"], "refused") << reply.dump();
+  std::string message = reply["error"]["message"];
+  EXPECT_EQ(message.rfind("body.env.ANTHROPIC_API_KEY: ", 0), 0u) << message;
+  EXPECT_NE(message.find("ralphctl creds login claude"), std::string::npos) << message;
+  EXPECT_EQ(message.find("sk-ant-secret"), std::string::npos) << message;
+  reply = Submit({{"profile", "agent"},
+                  {"argv", {"claude"}},
+                  {"agent", {{"profile", "claude"}, {"prompt", "x"}}}});
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind("body.argv: ", 0), 0u)
+      << reply.dump();
+  // A prompt file is read from the workspace: not there, the start is refused.
+  reply = Submit(
+      {{"profile", "agent"}, {"agent", {{"profile", "claude"}, {"prompt_file", "PROMPT.md"}}}});
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind("body.agent.prompt_file: ", 0), 0u)
+      << reply.dump();
+  reply = Submit({{"profile", "agent"},
+                  {"start", false},
+                  {"agent", {{"profile", "claude"}, {"prompt_file", "../PROMPT.md"}}}});
+  EXPECT_EQ(reply["error"]["message"], "body.agent.prompt_file: '../PROMPT.md' contains '..'");
+  reply = Submit({{"profile", "agent"},
+                  {"start", false},
+                  {"agent", {{"profile", "claude"}, {"prompt_file", "PROMPT.md"}}}});
+  ASSERT_EQ(reply["ok"], true) << reply.dump();
+  uint64_t id = reply["body"]["id"];
+  std::string in = work_ + "/in";
+  ASSERT_EQ(::mkdir(in.c_str(), 0755), 0);
+  Write(in + "/README.md", "no prompt here\n");
+  ASSERT_EQ(RunProgramStreams({"tar", "-cf", work_ + "/in.tar", "-C", in, "."}).exit, 0);
+  json uploaded = Call({{"verb", "PUT"},
+                        {"path", fmt::format("/v1/jobs/{}/workspace", id)},
+                        {"body_base64", Base64Encode(Read(work_ + "/in.tar"))}});
+  ASSERT_EQ(uploaded["ok"], true) << uploaded.dump();
+  reply = Call({{"verb", "POST"}, {"path", fmt::format("/v1/jobs/{}/start", id)}});
+  EXPECT_EQ(reply["error"]["message"],
+            "agent.prompt_file: 'PROMPT.md' is not a file in the uploaded workspace")
+      << reply.dump();
+  EXPECT_EQ(JobState(static_cast<int>(id)), "created");
+  // Served on.
+  EXPECT_EQ(Call({{"verb", "GET"}, {"path", "/v1/status"}})["ok"], true);
+}
+
 }  // namespace
 }  // namespace ralph::ralphd

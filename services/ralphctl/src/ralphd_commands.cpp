@@ -25,6 +25,12 @@ constexpr std::string_view kJobUsage =
 
 subcommands:
   run [options] -- ARGV...    submit a job, stream its output, exit with its status
+  run --agent PROFILE [--prompt TEXT | --prompt-file PATH] [--model M] [--max-turns N]
+                              an agent job (claude, codex, opencode; command takes
+                              the ARGV after --): ralphd makes the tool's command
+                              line, its events are on the event stream, the raw
+                              stream is its output; --prompt-file is a path in
+                              the --workspace archive
       --profile NAME          the policy profile (default "default")
       --workspace TAR         upload TAR into the workspace before it starts
       --cwd DIR               its working directory (default the workspace, /work)
@@ -95,13 +101,16 @@ options:
 )";
 
 constexpr OptionSpec kOptions[] = {
-    {"--socket", true},    {"--json", false},  {"--help", false},      {"--profile", true},
-    {"--workspace", true}, {"--cwd", true},    {"--memory", true},     {"--cpu-millis", true},
-    {"--pids", true},      {"--disk", true},   {"--timeout-ms", true}, {"--detach", false},
-    {"--state", true},     {"--limit", true},  {"--stream", true},     {"--offset", true},
-    {"--follow", false},   {"--output", true}, {"--list", false},      {"--version", true},
-    {"--comment", true},   {"--tty", false},   kRemoteOption,          kIdentityOption,
-    {"--unless-paired", false},
+    {"--socket", true},         {"--json", false},      {"--help", false},
+    {"--profile", true},        {"--workspace", true},  {"--cwd", true},
+    {"--memory", true},         {"--cpu-millis", true}, {"--pids", true},
+    {"--disk", true},           {"--timeout-ms", true}, {"--detach", false},
+    {"--state", true},          {"--limit", true},      {"--stream", true},
+    {"--offset", true},         {"--follow", false},    {"--output", true},
+    {"--list", false},          {"--version", true},    {"--comment", true},
+    {"--tty", false},           kRemoteOption,          kIdentityOption,
+    {"--unless-paired", false}, {"--agent", true},      {"--prompt", true},
+    {"--prompt-file", true},    {"--model", true},      {"--max-turns", true},
 };
 
 Result<uint64_t> Number(std::string_view what, const std::string& text) {
@@ -183,8 +192,28 @@ Result<json> Follow(const ParsedArgs& args, uint64_t id, std::string stream, uin
 
 int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
   const std::string command = "job run";
-  if (argv.empty()) return UsageError(command, "the command to run goes after --");
-  json body = {{"argv", argv}, {"profile", args.Value("--profile").value_or("default")}};
+  std::optional<std::string> agent = args.Value("--agent");
+  if (argv.empty() && (!agent || *agent == "command")) {
+    return UsageError(command, "the command to run goes after --");
+  }
+  json body = {{"profile", args.Value("--profile").value_or("default")}};
+  if (!argv.empty()) body["argv"] = argv;
+  if (agent) {
+    json spec = {{"profile", *agent}};
+    if (auto prompt = args.Value("--prompt")) spec["prompt"] = *prompt;
+    if (auto file = args.Value("--prompt-file")) spec["prompt_file"] = *file;
+    if (auto model = args.Value("--model")) spec["model"] = *model;
+    if (auto turns = args.Value("--max-turns")) {
+      Result<uint64_t> n = Number("--max-turns", *turns);
+      if (!n) return UsageError(command, n.error().message());
+      spec["max_turns"] = *n;
+    }
+    body["agent"] = spec;
+  } else {
+    for (const char* option : {"--prompt", "--prompt-file", "--model", "--max-turns"}) {
+      if (args.Has(option)) return UsageError(command, fmt::format("{} needs --agent", option));
+    }
+  }
   if (auto cwd = args.Value("--cwd")) body["cwd"] = *cwd;
   json limits = json::object();
   static constexpr std::pair<std::string_view, std::string_view> kLimits[] = {

@@ -106,10 +106,17 @@ constexpr FieldInfo kLimitFields[] = {
     Unsigned("disk_bytes", 1, uint64_t{1} << 46),
     Unsigned("timeout_ms", 1, uint64_t{30} * 24 * 3600 * 1000),
 };
+constexpr std::string_view kAgentProfileNames[] = {"claude", "codex", "opencode", "command"};
+constexpr FieldInfo kAgentFields[] = {
+    {.name = "profile", .type = ValueType::kEnum, .required = true, .values = kAgentProfileNames},
+    Text("prompt", kMaxAgentPromptBytes),
+    Text("prompt_file", kMaxArgBytes),
+    Text("model", 256),
+    Unsigned("max_turns", 1, 10000),
+};
 constexpr FieldInfo kSubmitFields[] = {
     {.name = "argv",
      .type = ValueType::kStringArray,
-     .required = true,
      .min = 1,
      .max = kMaxArgs,
      .item_max = kMaxArgBytes},
@@ -125,6 +132,7 @@ constexpr FieldInfo kSubmitFields[] = {
     {.name = "tty", .type = ValueType::kBool},
     Unsigned("columns", 1, kMaxTerminalDimension),
     Unsigned("rows", 1, kMaxTerminalDimension),
+    {.name = "agent", .type = ValueType::kObject, .fields = kAgentFields},
 };
 constexpr FieldInfo kJobListQuery[] = {OneOf("state", kJobStateNames),
                                        Unsigned("limit", 1, kMaxListLimit)};
@@ -150,11 +158,10 @@ constexpr FieldInfo kAuditListQuery[] = {Unsigned("after", 0, kMaxSeq),
                                          Unsigned("limit", 1, kMaxListLimit)};
 // SEQ:HASH, parsed by the audit log (services/audit chain.h) when verifying.
 constexpr FieldInfo kAuditVerifyQuery[] = {Text("anchor", 256)};
-constexpr FieldInfo kAuditExportQuery[] = {Unsigned("after", 0, kMaxSeq),
-                                           Unsigned("job", 1, kMaxSeq),
-                                           Text("type", 64, false, kIdentifierPattern),
-                                           Text("since", 24, false, kAuditTimePattern),
-                                           Text("until", 24, false, kAuditTimePattern)};
+constexpr FieldInfo kAuditExportQuery[] = {
+    Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
+    Text("type", 64, false, kIdentifierPattern), Text("since", 24, false, kAuditTimePattern),
+    Text("until", 24, false, kAuditTimePattern)};
 constexpr FieldInfo kEventsQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
                                       Unsigned("limit", 1, 10000)};
 constexpr FieldInfo kRevokeFields[] = {Text("id", 64, true)};
@@ -301,6 +308,26 @@ class ObjectReader {
     }
     return Invalid(
         fmt::format("{}: expected an unsigned integer, got {}", Field(name), Describe(*value)));
+  }
+
+  // A string member that is one of the table's values.
+  Result<std::optional<std::string>> Enum(std::string_view name) {
+    const FieldInfo* field = TRY(Info(name, ValueType::kEnum));
+    const json* value = Find(name);
+    if (!value) return std::optional<std::string>();
+    if (!value->is_string()) {
+      return Invalid(fmt::format("{}: expected a string, got {}", Field(name), Describe(*value)));
+    }
+    const std::string& text = value->get_ref<const std::string&>();
+    for (std::string_view allowed : field->values) {
+      if (allowed == text) return std::optional<std::string>(text);
+    }
+    std::string names;
+    for (std::string_view allowed : field->values) {
+      names += names.empty() ? "" : ", ";
+      names += allowed;
+    }
+    return Invalid(fmt::format("{}: '{}' is not one of {}", Field(name), text, names));
   }
 
   Result<std::optional<bool>> Bool(std::string_view name) {
@@ -459,6 +486,62 @@ Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
   return {};
 }
 
+// A path inside the workspace: relative, without "..", not empty.
+Result<void> CheckRelativePath(std::string_view field, std::string_view path) {
+  if (path.empty()) return Invalid(fmt::format("{}: must not be empty", field));
+  if (path[0] == '/') {
+    return Invalid(
+        fmt::format("{}: '{}' is absolute; give a path inside the workspace", field, path));
+  }
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    if (path.substr(start, end - start) == "..") {
+      return Invalid(fmt::format("{}: '{}' contains '..'", field, path));
+    }
+    start = end + 1;
+  }
+  return {};
+}
+
+Result<AgentRequest> DecodeAgent(const json& value, std::span<const FieldInfo> fields) {
+  if (!value.is_object()) {
+    return Invalid(fmt::format("body.agent: expected an object, got {}", Describe(value)));
+  }
+  ObjectReader reader(value, "body.agent", fields);
+  AgentRequest agent;
+  auto profile = TRY(reader.Enum("profile"));
+  if (!profile) return Invalid("body.agent.profile: required");
+  agent.profile = *profile;
+  agent.prompt = TRY(reader.String("prompt"));
+  agent.prompt_file = TRY(reader.String("prompt_file"));
+  agent.model = TRY(reader.String("model"));
+  if (auto turns = TRY(reader.Unsigned("max_turns"))) agent.max_turns = *turns;
+  TRY(reader.Finish());
+  if (agent.profile == "command") {
+    if (agent.prompt || agent.prompt_file) {
+      return Invalid(
+          fmt::format("body.agent.{}: the command profile takes no prompt (its argv is "
+                      "the command)",
+                      agent.prompt ? "prompt" : "prompt_file"));
+    }
+    return agent;
+  }
+  if (agent.prompt && agent.prompt_file) {
+    return Invalid("body.agent.prompt_file: give either a prompt or a prompt file, not both");
+  }
+  if (!agent.prompt && !agent.prompt_file) {
+    return Invalid(
+        fmt::format("body.agent.prompt: required (or body.agent.prompt_file) for the "
+                    "{} profile",
+                    agent.profile));
+  }
+  if (agent.prompt && agent.prompt->empty()) return Invalid("body.agent.prompt: must not be empty");
+  if (agent.prompt_file) TRY(CheckRelativePath("body.agent.prompt_file", *agent.prompt_file));
+  return agent;
+}
+
 Result<Command> DecodeSubmit(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
@@ -467,15 +550,29 @@ Result<Command> DecodeSubmit(const Request& request) {
 
   const FieldInfo* argv_info = TRY(reader.Info("argv", ValueType::kStringArray));
   const json* argv = reader.Find("argv");
-  if (!argv) return Invalid("body.argv: required");
-  if (!argv->is_array()) {
+  TRY(reader.Info("agent", ValueType::kObject));
+  if (const json* agent = reader.Find("agent")) {
+    command.agent = TRY(DecodeAgent(*agent, reader.Members("agent")));
+    if (command.agent->profile != "command" && argv) {
+      return Invalid(
+          fmt::format("body.argv: the {} profile makes the command line; argv goes "
+                      "with profile command only",
+                      command.agent->profile));
+    }
+    if (command.agent->profile == "command" && !argv) {
+      return Invalid("body.argv: required (the command profile runs the job's argv)");
+    }
+  } else if (!argv) {
+    return Invalid("body.argv: required (or body.agent)");
+  }
+  if (argv && !argv->is_array()) {
     return Invalid(fmt::format("body.argv: expected an array of strings, got {}", Describe(*argv)));
   }
-  if (argv->size() < argv_info->min || argv->size() > argv_info->max) {
+  if (argv && (argv->size() < argv_info->min || argv->size() > argv_info->max)) {
     return Invalid(fmt::format("body.argv: {} elements is out of range {}..{}", argv->size(),
                                argv_info->min, argv_info->max));
   }
-  for (size_t i = 0; i < argv->size(); ++i) {
+  for (size_t i = 0; argv && i < argv->size(); ++i) {
     const json& arg = (*argv)[i];
     if (!arg.is_string()) {
       return Invalid(fmt::format("body.argv[{}]: expected a string, got {}", i, Describe(arg)));
@@ -546,6 +643,9 @@ Result<Command> DecodeSubmit(const Request& request) {
       }
       *field = static_cast<uint16_t>(*value);
     }
+  }
+  if (command.agent && command.tty) {
+    return Invalid("body.tty: not for an agent job (its stdout is the tool's event stream)");
   }
   TRY(reader.Finish());
   return command;

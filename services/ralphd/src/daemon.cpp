@@ -52,7 +52,9 @@ json UsageToJson(const sandbox::JobResult& result) {
 }  // namespace
 
 json SubmitToJson(const JobSubmitCommand& command) {
-  json out = {{"argv", command.argv}, {"profile", command.profile}, {"start", command.start}};
+  json out = {{"profile", command.profile}, {"start", command.start}};
+  if (!command.argv.empty()) out["argv"] = command.argv;
+  if (command.agent) out["agent"] = AgentToJson(*command.agent);
   if (!command.env.empty()) out["env"] = command.env;
   if (command.cwd) out["cwd"] = *command.cwd;
   json limits = json::object();
@@ -256,6 +258,7 @@ Result<void> Daemon::Launch(JobRecord job) {
   Command command =
       TRY(DecodeRequest({.verb = "POST", .path = "/v1/jobs", .body = DumpJson(job.request)}));
   const auto& submit = std::get<JobSubmitCommand>(command);
+  if (submit.agent) return LaunchAgent(job, submit, *profile);
   sandbox::SandboxSpec spec = TRY(MakeJobSpec(
       *profile,
       {.argv = submit.argv, .env = submit.env, .cwd = submit.cwd, .limits = submit.limits},
@@ -298,6 +301,7 @@ void Daemon::OnRunnerMessages() {
               {"size", message.data.size()},
               {"data_base64", Base64Encode(message.data)}});
         terminals_.Output(id, message.data);
+        if (message.stream == OutputStream::kStdout) OnAgentOutput(id, message.data);
         break;
       }
       case RunnerMessage::Kind::kNet: {
@@ -356,6 +360,7 @@ void Daemon::OnRunnerMessages() {
         if (message.result && message.error) {
           reason += fmt::format(" (teardown: {})", message.error->message());
         }
+        FinishAgent(*job, state, reason);
         Result<void> set = SetState(*job, state, reason);
         if (!set) Log(LogLevel::kError, set.error().ToString());
         break;
@@ -389,19 +394,24 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
                                    command.profile, version.version));
   }
   // Checked now, so that a job asking for more is refused at once.
-  TRY(MakeJobSpec(
-      *profile,
-      {.argv = command.argv, .env = command.env, .cwd = command.cwd, .limits = command.limits},
-      options_.environment));
+  if (command.agent) {
+    TRY(CheckAgentSubmit(command, *profile));
+  } else {
+    TRY(MakeJobSpec(
+        *profile,
+        {.argv = command.argv, .env = command.env, .cwd = command.cwd, .limits = command.limits},
+        options_.environment));
+  }
   JobRecord job{.state = command.start ? JobState::kQueued : JobState::kCreated,
                 .profile = command.profile,
                 .request = SubmitToJson(command),
                 .policy_version = version.version,
                 .created = NowText()};
   job.id = TRY(store_->InsertJob(job));
-  Audit("job.submit", fmt::format("job {}", job.id),
-        {{"caller", caller.ToString()}, {"argv", command.argv}, {"profile", command.profile}},
-        job.id);
+  json submitted = {
+      {"caller", caller.ToString()}, {"argv", command.argv}, {"profile", command.profile}};
+  if (command.agent) submitted["agent"] = command.agent->profile;
+  Audit("job.submit", fmt::format("job {}", job.id), submitted, job.id);
   Emit("state", job.id, {{"state", JobStateName(job.state)}});
   Schedule();
   job = TRY(store_->Job(job.id));
@@ -415,6 +425,7 @@ Result<Reply> Daemon::Start(uint64_t id) {
                        fmt::format("job {} is {}: only a created job can be started", id,
                                    JobStateName(job.state)));
   }
+  if (job.request.contains("agent")) TRY(CheckAgentStart(job));
   TRY(SetState(job, JobState::kQueued));
   Schedule();
   return Reply::Json(JobToJson(TRY(store_->Job(id))));

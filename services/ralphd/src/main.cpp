@@ -56,6 +56,9 @@ constexpr std::string_view kUsage =
   --api-address HOST:PORT
                       the address pairing strings tell clients to reach
                       (default: the listen address with the bound port)
+  --agent-program PROFILE=PATH
+                      run agent profile PROFILE's tool as PATH (inside the
+                      job's sandbox) instead of its own name; repeatable
 )";
 
 struct HostPort {
@@ -107,7 +110,17 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   std::optional<std::string> api_listen;
   parser.Option("--api-listen", &api_listen);
   parser.Option("--api-address", &options.api_address);
+  std::vector<std::string> agent_programs;
+  parser.Repeated("--agent-program", &agent_programs);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
+  for (const std::string& entry : agent_programs) {
+    size_t eq = entry.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 >= entry.size() || entry[eq + 1] != '/') {
+      return parser.UsageError(
+          fmt::format("--agent-program: '{}' is not PROFILE=/absolute/path", entry));
+    }
+    options.daemon.agent_programs[entry.substr(0, eq)] = entry.substr(eq + 1);
+  }
 
   if (options.daemon.state_dir.empty()) return parser.UsageError("--state-dir is required");
   if (socket) options.socket = *socket;

@@ -197,6 +197,39 @@ Result<std::vector<FileRecord>> ListTar(const std::string& path) {
   return files;
 }
 
+Result<std::optional<std::string>> ReadTarFile(const std::string& tar_path, std::string_view member,
+                                               size_t max_bytes) {
+  Archive in = TRY(OpenTar(tar_path, "workspace archive"));
+  std::string want(member);
+  if (want.rfind("./", 0) == 0) want.erase(0, 2);
+  archive_entry* entry = nullptr;
+  while (true) {
+    int rc = archive_read_next_header(in.get(), &entry);
+    if (rc == ARCHIVE_EOF) return std::optional<std::string>();
+    if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) return ArchiveError(in.get(), "workspace archive");
+    std::string name = archive_entry_pathname(entry) ? archive_entry_pathname(entry) : "";
+    if (name.rfind("./", 0) == 0) name.erase(0, 2);
+    if (name != want || archive_entry_filetype(entry) != AE_IFREG) {
+      if (archive_read_data_skip(in.get()) != ARCHIVE_OK) {
+        return ArchiveError(in.get(), "workspace archive");
+      }
+      continue;
+    }
+    la_int64_t size = archive_entry_size(entry);
+    if (size < 0 || static_cast<uint64_t>(size) > max_bytes) {
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("{}: {} bytes is longer than the limit of {}", member, size, max_bytes));
+    }
+    std::string content(static_cast<size_t>(size), '\0');
+    la_ssize_t got = archive_read_data(in.get(), content.data(), content.size());
+    if (got < 0 || static_cast<size_t>(got) != content.size()) {
+      return ArchiveError(in.get(), fmt::format("reading {} from the workspace archive", member));
+    }
+    return std::optional<std::string>(std::move(content));
+  }
+}
+
 Result<std::string> ArchiveDirectory(const std::string& dir) {
   std::string tar;
   Archive out(archive_write_new());

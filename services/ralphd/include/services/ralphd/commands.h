@@ -142,9 +142,27 @@ struct StatusCommand {
   static constexpr std::string_view kName = "status";
 };
 
+// An agent job (docs/agent-profiles.md): ralphd makes the command line,
+// environment and home settings from the agent profile, and parses the
+// tool's stdout into agent events. `profile` is one of "claude", "codex",
+// "opencode" (exactly one of prompt, prompt_file) or "command" (the job's
+// argv is the command; no prompt).
+inline constexpr size_t kMaxAgentPromptBytes = 100 * 1024;
+struct AgentRequest {
+  std::string profile;
+  std::optional<std::string> prompt;
+  // Relative to the workspace, without "..": read from the uploaded
+  // workspace when the job starts.
+  std::optional<std::string> prompt_file;
+  std::optional<std::string> model;
+  std::optional<uint32_t> max_turns;
+};
+
 struct JobSubmitCommand {
   static constexpr std::string_view kName = "job.submit";
-  std::vector<std::string> argv;           // 1..kMaxArgs, argv[0] non-empty
+  // 1..kMaxArgs, argv[0] non-empty; empty for an agent job of an agent
+  // profile (the profile makes it).
+  std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // NAME -> value
   std::optional<std::string> cwd;          // absolute; the policy's workspace when absent
   std::string profile = "default";         // the policy profile it runs under
@@ -158,6 +176,7 @@ struct JobSubmitCommand {
   bool tty = false;
   std::optional<uint16_t> columns;
   std::optional<uint16_t> rows;
+  std::optional<AgentRequest> agent;
 };
 
 struct JobListCommand {

@@ -10,7 +10,9 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "platform/result.h"
@@ -26,6 +28,12 @@ Result<void> ExtractTar(const std::string& tar_path, const std::string& dir, uid
 // The members of the tar archive at `path` (kind "file", "directory" or
 // "symlink", and size; no digests). kInvalidArgument when it is not one.
 Result<std::vector<FileRecord>> ListTar(const std::string& path);
+
+// The content of the regular file `member` ("PROMPT.md", "./PROMPT.md")
+// of the tar archive at `tar_path`; nullopt when it has none of that name.
+// kInvalidArgument when it is longer than `max_bytes`.
+Result<std::optional<std::string>> ReadTarFile(const std::string& tar_path, std::string_view member,
+                                               size_t max_bytes);
 
 // `dir`'s content as a tar archive (paths relative to it, "./name").
 Result<std::string> ArchiveDirectory(const std::string& dir);
