@@ -1520,6 +1520,51 @@ class AgentJobTest : public RalphdTest {
                                              [&](const json& e) { return e["kind"] == kind; }));
   }
 
+  // A loop job of the stand-in (configured by `env`); its id.
+  uint64_t SubmitLoop(const json& loop, const json& env) {
+    json reply = Submit({{"profile", "agent"},
+                         {"agent", {{"profile", "claude"}, {"prompt", "Fix the parser"}}},
+                         {"loop", loop},
+                         {"env", env}});
+    EXPECT_EQ(reply["ok"], true) << reply.dump();
+    return reply["body"].value("id", uint64_t{0});
+  }
+
+  json Show(uint64_t id) {
+    return Call({{"verb", "GET"}, {"path", fmt::format("/v1/jobs/{}", id)}})["body"];
+  }
+
+  // Waits for the job to be over (its state, polled); its record.
+  json WaitOver(uint64_t id) {
+    json job;
+    EXPECT_TRUE(WaitFor([&] {
+      job = Show(id);
+      std::optional<ralphd::JobState> state = ParseJobState(job.value("state", ""));
+      return state && IsFinal(*state);
+    })) << job.dump();
+    return job;
+  }
+
+  json Iterations(uint64_t id) {
+    return Call({{"verb", "GET"},
+                 {"path", fmt::format("/v1/jobs/{}/iterations", id)}})["body"]["iterations"];
+  }
+
+  std::string Git(uint64_t id, const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {"git", "--git-dir",
+                                     fmt::format("{}/jobs/{}/loop.git", state_, id)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    ProgramStreams run = RunProgramStreams(argv);
+    EXPECT_EQ(run.exit, 0) << run.err;
+    return run.out;
+  }
+
+  static std::vector<std::string> Stops(const json& iterations) {
+    std::vector<std::string> out;
+    for (const json& it : iterations) out.push_back(it.value("stop", ""));
+    return out;
+  }
+
   static std::string Sha256Hex(const std::string& text) {
     return DigestToHex(*Sha256::Of(
         std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())));
@@ -1647,5 +1692,179 @@ TEST_F(AgentJobTest, BadAgentRequestsAreRefusedNamingTheFieldAndTheDaemonServesO
   EXPECT_EQ(Call({{"verb", "GET"}, {"path", "/v1/status"}})["ok"], true);
 }
 
+// Loop mode: the stand-in prints the promise at its third run; exactly three
+// iterations, each with its own commit of the workspace and its transcript.
+TEST_F(AgentJobTest, ALoopStopsAtThePromiseWithOneCommitAndTranscriptPerIteration) {
+  ProgramStreams run =
+      Ctl({"job", "run", "--profile", "agent", "--agent", "claude", "--prompt", "Fix the parser",
+           "--loop", "--max-iterations", "10", "--promise", "<promise>DONE</promise>"});
+  ASSERT_EQ(run.exit, 0) << run.err;
+  json job = CtlJson({"job", "show", "1"});
+  EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  const json& usage = job["usage"]["agent"];
+  EXPECT_EQ(usage["iterations"], 3);
+  EXPECT_EQ(usage["stop"], "promise");
+  EXPECT_EQ(usage["input_tokens"], 3000);
+  EXPECT_EQ(usage["output_tokens"], 600);
+  EXPECT_NEAR(usage["cost_usd"].get<double>(), 0.03, 1e-9);
+  EXPECT_EQ(usage["tool_calls"], 3);
+
+  json iterations = CtlJson({"job", "iterations", "1"})["iterations"];
+  ASSERT_EQ(iterations.size(), 3u) << iterations.dump();
+  EXPECT_EQ(Stops(iterations), (std::vector<std::string>{"", "", "promise"}));
+  json logs = Call(
+      {{"verb", "GET"}, {"path", "/v1/jobs/1/logs"}, {"query", {{"limit", "1048576"}}}})["body"];
+  std::string out = *Base64Decode(logs["data_base64"].get<std::string>(), "logs");
+  uint64_t offset = 0;
+  std::vector<std::string> commits;
+  for (size_t i = 0; i < iterations.size(); ++i) {
+    const json& it = iterations[i];
+    SCOPED_TRACE(it.dump());
+    EXPECT_EQ(it["iteration"], i + 1);
+    EXPECT_EQ(it["exit_code"], 0);
+    EXPECT_EQ(it["changed"], true);
+    EXPECT_EQ(it["usage"]["input_tokens"], 1000);
+    // Its transcript: its own run's stream, right after the previous one.
+    EXPECT_EQ(it["transcript"]["offset"], offset);
+    uint64_t end = it["transcript"]["end"];
+    ASSERT_GT(end, offset);
+    ASSERT_LE(end, out.size());
+    std::string transcript = out.substr(offset, end - offset);
+    EXPECT_NE(transcript.find(fmt::format("standin-session-{}", i + 1)), std::string::npos);
+    EXPECT_EQ(transcript.find(fmt::format("standin-session-{}", i + 2)), std::string::npos);
+    offset = end;
+    std::string commit = it["commit"];
+    EXPECT_EQ(commit.size(), 40u);
+    commits.push_back(commit);
+  }
+  EXPECT_EQ(offset, out.size());
+
+  // The commits: one per iteration, in order, a fixed author at a fixed
+  // date; each diff is that iteration's step.
+  std::string history = Git(1, {"log", "--format=%H %an <%ae> %at", "main"});
+  EXPECT_EQ(history, fmt::format("{} ralphd <ralphd@ralphos.invalid> 3\n"
+                                 "{} ralphd <ralphd@ralphos.invalid> 2\n"
+                                 "{} ralphd <ralphd@ralphos.invalid> 1\n",
+                                 commits[2], commits[1], commits[0]));
+  std::string diff = Git(1, {"diff", "--name-only", commits[0], commits[1]});
+  EXPECT_EQ(diff, ".standin/state.json\nPROGRESS.md\nnotes/step-2.txt\n");
+  EXPECT_EQ(Git(1, {"show", commits[0] + ":notes/step-1.txt"}),
+            "iteration 1\nprompt: Fix the parser\n");
+
+  std::vector<json> events = Events(1);
+  EXPECT_EQ(CountKind(events, "loop.iteration"), 3u);
+  EXPECT_EQ(CountKind(events, "agent.tool_call"), 3u);
+  json stopped = CtlJson({"audit", "list", "--job", "1", "--type", "loop.stopped"});
+  ASSERT_EQ(stopped.size(), 1u);
+  EXPECT_EQ(stopped[0]["details"]["reason"], "promise");
+  EXPECT_EQ(stopped[0]["details"]["iterations"], 3);
+  EXPECT_EQ(CtlJson({"audit", "list", "--job", "1", "--type", "loop.iteration"}).size(), 3u);
+  // The workspace at the end is the last iteration's.
+  json listed = CtlJson({"job", "download", "1", "--list"});
+  bool third = false;
+  for (const json& file : listed["files"])
+    third = third || file["path"] == "/work/notes/step-3.txt";
+  EXPECT_TRUE(third) << listed.dump();
+}
+
+TEST_F(AgentJobTest, ALoopStopsAtMaxIterationsStallStopFileAndBudgets) {
+  struct Case {
+    json loop;
+    json env;
+    size_t iterations;
+    std::string stop;
+    std::string state;
+  };
+  const Case cases[] = {
+      {{{"max_iterations", 2}, {"promise", "<promise>DONE</promise>"}},
+       {{"RALPH_STANDIN_ITERATIONS", "10"}},
+       2,
+       "max_iterations",
+       "failed"},
+      // Changes at the first run only: two unchanged iterations stop it.
+      {{{"max_iterations", 10}, {"stall_iterations", 2}},
+       {{"RALPH_STANDIN_ITERATIONS", "10"}, {"RALPH_STANDIN_STALL_AFTER", "1"}},
+       3,
+       "stall_iterations",
+       "failed"},
+      {{{"max_iterations", 10}, {"stop_file", "state/STOP"}},
+       {{"RALPH_STANDIN_ITERATIONS", "2"}, {"RALPH_STANDIN_STOP_FILE", "state/STOP"}},
+       2,
+       "stop_file",
+       "succeeded"},
+      // $0.01 a run: the budget of $0.02 is used up by the second.
+      {{{"max_iterations", 10}, {"max_cost_microusd", 20000}},
+       {{"RALPH_STANDIN_ITERATIONS", "10"}},
+       2,
+       "max_cost_microusd",
+       "failed"},
+      // 1200 tokens a run: 2500 are used up by the third.
+      {{{"max_iterations", 10}, {"max_tokens", 2500}},
+       {{"RALPH_STANDIN_ITERATIONS", "10"}},
+       3,
+       "max_tokens",
+       "failed"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.stop);
+    uint64_t id = SubmitLoop(c.loop, c.env);
+    ASSERT_NE(id, 0u);
+    json job = WaitOver(id);
+    EXPECT_EQ(job["state"], c.state) << job.dump();
+    json iterations = Iterations(id);
+    ASSERT_EQ(iterations.size(), c.iterations) << iterations.dump();
+    std::vector<std::string> stops(c.iterations, "");
+    stops.back() = c.stop;
+    EXPECT_EQ(Stops(iterations), stops);
+    EXPECT_EQ(job["usage"]["agent"]["stop"], c.stop);
+    if (c.stop == "stall_iterations") {
+      EXPECT_EQ(iterations[0]["changed"], true);
+      EXPECT_EQ(iterations[1]["changed"], false);
+      EXPECT_EQ(iterations[2]["changed"], false);
+    }
+    if (c.state == "failed") {
+      EXPECT_EQ(job["reason"],
+                fmt::format("loop stopped by {} after {} iterations", c.stop, c.iterations));
+    }
+  }
+}
+
+TEST_F(AgentJobTest, CancelStopsALoopBetweenIterations) {
+  uint64_t id = SubmitLoop({{"max_iterations", 100000}}, {{"RALPH_STANDIN_ITERATIONS", "100000"}});
+  ASSERT_NE(id, 0u);
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() >= 2; }));
+  json cancelled = Call({{"verb", "POST"}, {"path", fmt::format("/v1/jobs/{}/cancel", id)}});
+  ASSERT_EQ(cancelled["ok"], true) << cancelled.dump();
+  json job = WaitOver(id);
+  EXPECT_EQ(job["state"], "cancelled") << job.dump();
+  json iterations = Iterations(id);
+  ASSERT_GE(iterations.size(), 2u);
+  EXPECT_EQ(iterations.back()["stop"], "cancelled");
+  for (size_t i = 0; i + 1 < iterations.size(); ++i) EXPECT_FALSE(iterations[i].contains("stop"));
+  // No iteration after the cancel.
+  EXPECT_EQ(Iterations(id).size(), iterations.size());
+  json stopped = CtlJson({"audit", "list", "--job", std::to_string(id), "--type", "loop.stopped"});
+  ASSERT_EQ(stopped.size(), 1u);
+  EXPECT_EQ(stopped[0]["details"]["reason"], "cancelled");
+  EXPECT_EQ(stopped[0]["details"]["iterations"], iterations.size());
+}
+
+TEST_F(AgentJobTest, BadLoopRequestsAreRefusedNamingTheField) {
+  json agent = {{"profile", "claude"}, {"prompt", "x"}};
+  json reply = Submit({{"profile", "agent"}, {"agent", agent}, {"loop", {{"max_iterations", 0}}}});
+  EXPECT_EQ(reply["error"]["message"], "body.loop.max_iterations: 0 is out of range 1..100000");
+  reply = Submit({{"argv", {"true"}}, {"loop", json::object()}});
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind("body.loop: needs body.agent", 0),
+            0u)
+      << reply.dump();
+  reply = Submit({{"profile", "agent"}, {"agent", agent}, {"loop", {{"stop_file", "../STOP"}}}});
+  EXPECT_EQ(reply["error"]["message"], "body.loop.stop_file: '../STOP' contains '..'");
+  reply = Submit({{"profile", "agent"},
+                  {"agent", agent},
+                  {"loop", json::object()},
+                  {"env", {{"OPENAI_API_KEY", "sk-x"}}}});
+  EXPECT_EQ(reply["error"]["code"], "refused") << reply.dump();
+  EXPECT_EQ(Call({{"verb", "GET"}, {"path", "/v1/status"}})["ok"], true);
+}
 }  // namespace
 }  // namespace ralph::ralphd

@@ -31,6 +31,10 @@ subcommands:
                               line, its events are on the event stream, the raw
                               stream is its output; --prompt-file is a path in
                               the --workspace archive
+      --loop [--max-iterations N] [--promise TEXT] [--stop-file PATH] [--max-wall-ms N]
+             [--max-tokens N] [--max-cost-microusd N] [--stall N]
+                              loop mode: the agent again and again in the same
+                              workspace until a stop condition (`job iterations`)
       --profile NAME          the policy profile (default "default")
       --workspace TAR         upload TAR into the workspace before it starts
       --cwd DIR               its working directory (default the workspace, /work)
@@ -49,6 +53,7 @@ subcommands:
                               terminal, its bytes are the input and its end detaches;
                               exits with the job's status if it ends meanwhile
   files ID                    the files the job changed (path, size, SHA-256)
+  iterations ID               a loop job's iterations: exit, commit, usage, stop reason
   download ID [--output FILE] [--list]
                               its workspace as a tar (or the listing)
 
@@ -101,16 +106,44 @@ options:
 )";
 
 constexpr OptionSpec kOptions[] = {
-    {"--socket", true},         {"--json", false},      {"--help", false},
-    {"--profile", true},        {"--workspace", true},  {"--cwd", true},
-    {"--memory", true},         {"--cpu-millis", true}, {"--pids", true},
-    {"--disk", true},           {"--timeout-ms", true}, {"--detach", false},
-    {"--state", true},          {"--limit", true},      {"--stream", true},
-    {"--offset", true},         {"--follow", false},    {"--output", true},
-    {"--list", false},          {"--version", true},    {"--comment", true},
-    {"--tty", false},           kRemoteOption,          kIdentityOption,
-    {"--unless-paired", false}, {"--agent", true},      {"--prompt", true},
-    {"--prompt-file", true},    {"--model", true},      {"--max-turns", true},
+    {"--socket", true},
+    {"--json", false},
+    {"--help", false},
+    {"--profile", true},
+    {"--workspace", true},
+    {"--cwd", true},
+    {"--memory", true},
+    {"--cpu-millis", true},
+    {"--pids", true},
+    {"--disk", true},
+    {"--timeout-ms", true},
+    {"--detach", false},
+    {"--state", true},
+    {"--limit", true},
+    {"--stream", true},
+    {"--offset", true},
+    {"--follow", false},
+    {"--output", true},
+    {"--list", false},
+    {"--version", true},
+    {"--comment", true},
+    {"--tty", false},
+    kRemoteOption,
+    kIdentityOption,
+    {"--unless-paired", false},
+    {"--agent", true},
+    {"--prompt", true},
+    {"--prompt-file", true},
+    {"--model", true},
+    {"--max-turns", true},
+    {"--loop", false},
+    {"--max-iterations", true},
+    {"--promise", true},
+    {"--stop-file", true},
+    {"--max-wall-ms", true},
+    {"--max-tokens", true},
+    {"--max-cost-microusd", true},
+    {"--stall", true},
 };
 
 Result<uint64_t> Number(std::string_view what, const std::string& text) {
@@ -209,8 +242,27 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
       spec["max_turns"] = *n;
     }
     body["agent"] = spec;
+    if (args.Has("--loop")) {
+      json loop = json::object();
+      static constexpr std::pair<std::string_view, std::string_view> kNumbers[] = {
+          {"--max-iterations", "max_iterations"},
+          {"--max-wall-ms", "max_wall_ms"},
+          {"--max-tokens", "max_tokens"},
+          {"--max-cost-microusd", "max_cost_microusd"},
+          {"--stall", "stall_iterations"}};
+      for (const auto& [option, field] : kNumbers) {
+        if (auto text = args.Value(option)) {
+          Result<uint64_t> n = Number(option, *text);
+          if (!n) return UsageError(command, n.error().message());
+          loop[std::string(field)] = *n;
+        }
+      }
+      if (auto promise = args.Value("--promise")) loop["promise"] = *promise;
+      if (auto file = args.Value("--stop-file")) loop["stop_file"] = *file;
+      body["loop"] = loop;
+    }
   } else {
-    for (const char* option : {"--prompt", "--prompt-file", "--model", "--max-turns"}) {
+    for (const char* option : {"--prompt", "--prompt-file", "--model", "--max-turns", "--loop"}) {
       if (args.Has(option)) return UsageError(command, fmt::format("{} needs --agent", option));
     }
   }
@@ -371,11 +423,12 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
     }
     return kExitOk;
   }
-  Result<json> reply = verb == "show"     ? Request(args, "GET", path)
-                       : verb == "cancel" ? Request(args, "POST", path + "/cancel")
-                       : verb == "files"  ? Request(args, "GET", path + "/files")
-                       : verb == "start"  ? Request(args, "POST", path + "/start")
-                                          : Error::Make(ErrorCode::kInvalidArgument, "");
+  Result<json> reply = verb == "show"         ? Request(args, "GET", path)
+                       : verb == "cancel"     ? Request(args, "POST", path + "/cancel")
+                       : verb == "files"      ? Request(args, "GET", path + "/files")
+                       : verb == "iterations" ? Request(args, "GET", path + "/iterations")
+                       : verb == "start"      ? Request(args, "POST", path + "/start")
+                                              : Error::Make(ErrorCode::kInvalidArgument, "");
   if (!reply && reply.error().message().empty()) {
     return UsageError("job", fmt::format("unknown subcommand '{}'", verb));
   }
@@ -387,6 +440,14 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
       fmt::print("{:<8} {:>10}  {}  {}\n", Str(file["kind"]), Str(file["size"]),
                  file.contains("sha256") ? Str(file["sha256"]) : std::string(64, '-'),
                  Str(file["path"]));
+    }
+  } else if (verb == "iterations") {
+    for (const json& it : (*reply)["iterations"]) {
+      fmt::print("{:>5}  {:<8} exit={:<4} {:<9} {}  {}\n", Str(it["iteration"]),
+                 it.contains("termination") ? Str(it["termination"]) : std::string("-"),
+                 it.contains("exit_code") ? Str(it["exit_code"]) : std::string("-"),
+                 it.value("changed", false) ? "changed" : "unchanged", Str(it["commit"]),
+                 it.contains("stop") ? "stop: " + Str(it["stop"]) : std::string());
     }
   } else {
     PrintJob(*reply);

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -25,6 +26,36 @@ namespace {
 
 // The job's home inside its sandbox: never the workspace (docs/agent-profiles.md).
 constexpr std::string_view kAgentHome = "/home/agent";
+// A loop stops after this many failed iterations in a row (a tool that
+// cannot start would otherwise use up max_iterations at once).
+constexpr uint64_t kMaxLoopFailures = 3;
+
+void AddUsage(agents::UsageEvent& total, const agents::UsageEvent& usage) {
+  total.input_tokens += usage.input_tokens;
+  total.output_tokens += usage.output_tokens;
+  total.cache_read_tokens += usage.cache_read_tokens;
+  total.cache_write_tokens += usage.cache_write_tokens;
+  if (usage.cost_usd) total.cost_usd = total.cost_usd.value_or(0) + *usage.cost_usd;
+}
+
+// Whether `relative` exists below `dir`, resolved without leaving it or
+// following a symlink the job made.
+bool ExistsBeneath(const std::string& dir, const std::string& relative) {
+  struct stat st;
+  std::string path = dir;
+  size_t start = 0;
+  while (start < relative.size()) {
+    size_t end = relative.find('/', start);
+    if (end == std::string::npos) end = relative.size();
+    if (end > start) {
+      path += "/" + relative.substr(start, end - start);
+      if (::lstat(path.c_str(), &st) != 0) return false;
+      if (end < relative.size() && !S_ISDIR(st.st_mode)) return false;
+    }
+    start = end + 1;
+  }
+  return path != dir;
+}
 
 Error Prefixed(const Error& error, std::string_view prefix) {
   return Error::Make(error.code(), fmt::format("{}{}", prefix, error.message()));
@@ -131,6 +162,21 @@ struct Daemon::AgentRun {
   std::unique_ptr<agents::EventParser> parser;
   std::optional<agents::UsageEvent> usage;  // the run's last (its totals)
   uint64_t tool_calls = 0;
+  // Loop mode.
+  std::optional<LoopRequest> loop;
+  sandbox::SandboxSpec spec;  // each iteration's
+  std::string workspace;      // the host directory bound at the spec's workspace
+  uint64_t iteration = 0;     // the one running, 1-based
+  std::string iteration_started;
+  uint64_t stdout_start = 0;
+  std::chrono::steady_clock::time_point started;
+  bool promise_seen = false;  // in this iteration's text
+  std::string raw_tail;       // the command profile: the end of the last chunk
+  agents::UsageEvent totals;  // summed over the iterations
+  bool cost_known = false;
+  uint64_t unchanged = 0;  // iterations in a row that changed nothing
+  uint64_t failures = 0;   // iterations in a row that failed
+  std::string stop;        // why the loop stopped
 };
 
 json AgentToJson(const AgentRequest& agent) {
@@ -139,6 +185,17 @@ json AgentToJson(const AgentRequest& agent) {
   if (agent.prompt_file) out["prompt_file"] = *agent.prompt_file;
   if (agent.model) out["model"] = *agent.model;
   if (agent.max_turns) out["max_turns"] = *agent.max_turns;
+  return out;
+}
+
+json LoopToJson(const LoopRequest& loop) {
+  json out = {{"max_iterations", loop.max_iterations}};
+  if (loop.promise) out["promise"] = *loop.promise;
+  if (loop.stop_file) out["stop_file"] = *loop.stop_file;
+  if (loop.max_wall_ms) out["max_wall_ms"] = *loop.max_wall_ms;
+  if (loop.max_tokens) out["max_tokens"] = *loop.max_tokens;
+  if (loop.max_cost_microusd) out["max_cost_microusd"] = *loop.max_cost_microusd;
+  if (loop.stall_iterations) out["stall_iterations"] = *loop.stall_iterations;
   return out;
 }
 
@@ -197,17 +254,51 @@ Result<void> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   auto run = std::make_shared<AgentRun>();
   run->kind = TRY(agents::ParseAgentKind(submit.agent->profile));
   run->parser = agents::MakeEventParser(run->kind);
-  agent_runs_[job.id] = std::move(run);
+  run->loop = submit.loop;
+  if (run->loop) {
+    // The workspace outlives each iteration's sandbox: a host directory of
+    // the job's root bound over the sandbox's own.
+    run->workspace = dir + "/work";
+    TRY(MakeOwnedDir(run->workspace, 0755, root));
+    spec.binds.push_back({.source = run->workspace,
+                          .destination = spec.workspace,
+                          .access = sandbox::BindAccess::kReadWrite});
+  }
 
-  TRY(SetState(job, JobState::kRunning));
   std::string job_dir = JobDir(job.id);
   if (::mkdir(job_dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return Error::FromErrno(fmt::format("mkdir {}", job_dir), errno);
   }
+  std::string upload = job.workspace_uploaded ? job_dir + "/upload.tar" : "";
+  TRY(SetState(job, JobState::kRunning));
+  agent_runs_[job.id] = run;
+  if (run->loop) {
+    run->spec = std::move(spec);
+    run->started = std::chrono::steady_clock::now();
+    return StartIteration(job.id, *run, upload);
+  }
   runner_->Start({.job = job.id,
                   .spec = std::move(spec),
-                  .upload_tar = job.workspace_uploaded ? job_dir + "/upload.tar" : "",
+                  .upload_tar = upload,
                   .result_tar_path = job_dir + "/workspace.tar"});
+  return {};
+}
+
+Result<void> Daemon::StartIteration(uint64_t job, AgentRun& run, std::string upload_tar) {
+  ++run.iteration;
+  run.usage.reset();
+  run.promise_seen = false;
+  run.raw_tail.clear();
+  run.parser = agents::MakeEventParser(run.kind);
+  run.iteration_started = NowText();
+  run.stdout_start = TRY(store_->OutputEnd(job, OutputStream::kStdout));
+  runner_->Start({.job = job,
+                  .spec = run.spec,
+                  .upload_tar = std::move(upload_tar),
+                  .result_tar_path = JobDir(job) + "/workspace.tar",
+                  .host_workspace = run.workspace,
+                  .git_dir = JobDir(job) + "/loop.git",
+                  .iteration = run.iteration});
   return {};
 }
 
@@ -221,38 +312,175 @@ void Daemon::OnAgentOutput(uint64_t job, std::string_view data, AgentFeed feed) 
   } else {
     run.parser->Feed(data, events);
   }
+  const std::string* promise = run.loop && run.loop->promise ? &*run.loop->promise : nullptr;
+  if (promise && run.kind == agents::AgentKind::kCommand) {
+    // No events: the promise is looked for in the raw output, across chunks.
+    std::string window = run.raw_tail + std::string(data);
+    if (window.find(*promise) != std::string::npos) run.promise_seen = true;
+    size_t keep = std::min(window.size(), promise->size());
+    run.raw_tail = window.substr(window.size() - keep);
+  }
   for (const agents::AgentEvent& event : events) {
     json body = agents::EventToJson(event);
     if (const auto* call = std::get_if<agents::ToolCallEvent>(&event.body)) {
       ++run.tool_calls;
       // Parameters as the parser left them: redacted and bounded.
-      Audit("agent.tool_call", fmt::format("job {}", job),
-            {{"id", call->id},
-             {"name", call->name},
-             {"input", call->input},
-             {"input_truncated", call->input_truncated},
-             {"line", event.line}},
-            job);
+      json details = {{"id", call->id},
+                      {"name", call->name},
+                      {"input", call->input},
+                      {"input_truncated", call->input_truncated},
+                      {"line", event.line}};
+      if (run.loop) details["iteration"] = run.iteration;
+      Audit("agent.tool_call", fmt::format("job {}", job), std::move(details), job);
     } else if (const auto* usage = std::get_if<agents::UsageEvent>(&event.body)) {
       run.usage = *usage;
     }
+    // Only the agent's own words count as its promise: a tool's output
+    // (the prompt file read back) does not.
+    if (promise && (std::holds_alternative<agents::MessageEvent>(event.body) ||
+                    std::holds_alternative<agents::ResultEvent>(event.body))) {
+      if (body.value("text", std::string()).find(*promise) != std::string::npos) {
+        run.promise_seen = true;
+      }
+    }
+    if (run.loop) body["iteration"] = run.iteration;
     std::string kind = "agent." + body.value("type", std::string("other"));
     Emit(std::move(kind), job, std::move(body));
   }
 }
 
-void Daemon::FinishAgent(JobRecord& job, JobState&, std::string&) {
+bool Daemon::ContinueLoop(const RunnerMessage& message) {
+  const uint64_t id = message.job;
+  auto it = agent_runs_.find(id);
+  if (it == agent_runs_.end() || !it->second->loop) return false;
+  std::shared_ptr<AgentRun> run = it->second;
+  const LoopRequest& loop = *run->loop;
+  OnAgentOutput(id, {}, AgentFeed::kEnd);
+
+  IterationRecord record{.job = id,
+                         .iteration = run->iteration,
+                         .started = run->iteration_started,
+                         .finished = NowText(),
+                         .stdout_start = run->stdout_start};
+  record.stdout_end = store_->OutputEnd(id, OutputStream::kStdout).value_or(run->stdout_start);
+  bool failed = true;
+  if (message.result) {
+    record.termination = std::string(sandbox::TerminationName(message.result->termination));
+    record.exit_code = message.result->exit_code;
+    record.signal = message.result->signal;
+    failed = message.result->termination != sandbox::Termination::kExited ||
+             message.result->exit_code != 0;
+  } else if (message.error) {
+    record.error = message.error->message();
+  }
+  if (message.commit) {
+    record.commit = message.commit->commit;
+    record.changed = message.commit->changed;
+  } else if (message.commit_error) {
+    record.error += (record.error.empty() ? "" : "; ") + message.commit_error->message();
+  }
+  if (run->usage) {
+    record.usage = UsageToJson(*run->usage);
+    AddUsage(run->totals, *run->usage);
+    run->cost_known = run->cost_known || run->usage->cost_usd.has_value();
+  }
+  run->unchanged = message.commit && !record.changed ? run->unchanged + 1 : 0;
+  run->failures = failed ? run->failures + 1 : 0;
+
+  // The stop conditions, in this order; each reason is the condition's name.
+  std::string stop;
+  auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::steady_clock::now() - run->started)
+                     .count();
+  if (message.cancelled) {
+    stop = "cancelled";
+  } else if (!message.result || !message.commit) {
+    stop = "error";
+  } else if (loop.promise && run->promise_seen) {
+    stop = "promise";
+  } else if (loop.stop_file && ExistsBeneath(run->workspace, *loop.stop_file)) {
+    stop = "stop_file";
+  } else if (run->iteration >= loop.max_iterations) {
+    stop = "max_iterations";
+  } else if (loop.max_tokens &&
+             run->totals.input_tokens + run->totals.output_tokens >= *loop.max_tokens) {
+    stop = "max_tokens";
+  } else if (loop.max_cost_microusd && run->totals.cost_usd &&
+             *run->totals.cost_usd * 1e6 >= static_cast<double>(*loop.max_cost_microusd)) {
+    stop = "max_cost_microusd";
+  } else if (loop.max_wall_ms && static_cast<uint64_t>(elapsed) >= *loop.max_wall_ms) {
+    stop = "max_wall_ms";
+  } else if (loop.stall_iterations && run->unchanged >= *loop.stall_iterations) {
+    stop = "stall_iterations";
+  } else if (run->failures >= kMaxLoopFailures) {
+    stop = "failures";
+  }
+  record.stop = stop;
+  Result<void> stored = store_->RecordIteration(record);
+  if (!stored) Log(LogLevel::kError, stored.error().ToString());
+  json row = record.ToJson();
+  Emit("loop.iteration", id, row);
+  row.erase("started");
+  Audit("loop.iteration", fmt::format("job {}", id), std::move(row), id);
+  if (!stop.empty()) {
+    run->stop = stop;
+    return false;
+  }
+  Result<void> next = StartIteration(id, *run, "");
+  if (!next) {
+    Log(LogLevel::kError,
+        fmt::format("job {}: iteration {}: {}", id, run->iteration, next.error().ToString()));
+    run->stop = "error";
+    return false;
+  }
+  return true;
+}
+
+Result<Reply> Daemon::Iterations(uint64_t id) {
+  JobRecord job = TRY(store_->Job(id));
+  json list = json::array();
+  for (const IterationRecord& iteration : TRY(store_->Iterations(id))) {
+    list.push_back(iteration.ToJson());
+  }
+  return Reply::Json({{"job", id}, {"state", JobStateName(job.state)}, {"iterations", list}});
+}
+
+void Daemon::FinishAgent(JobRecord& job, JobState& state, std::string& reason) {
   auto it = agent_runs_.find(job.id);
   if (it == agent_runs_.end()) return;
-  OnAgentOutput(job.id, {}, AgentFeed::kEnd);
   std::shared_ptr<AgentRun> run = it->second;
-  json summary = run->usage ? UsageToJson(*run->usage) : json::object();
+  if (!run->loop) OnAgentOutput(job.id, {}, AgentFeed::kEnd);
+  json summary;
+  if (run->loop) {
+    summary = UsageToJson(run->totals);
+    summary["iterations"] = run->iteration;
+    summary["stop"] = run->stop;
+  } else {
+    summary = run->usage ? UsageToJson(*run->usage) : json::object();
+  }
   summary["profile"] = std::string(agents::AgentKindName(run->kind));
   summary["tool_calls"] = run->tool_calls;
   if (!job.usage.is_object()) job.usage = json::object();
   job.usage["agent"] = summary;
+  if (run->loop) {
+    // The loop's own outcome, not its last run's: done when the agent said
+    // so (its promise, its stop file).
+    if (run->stop == "promise" || run->stop == "stop_file") {
+      state = JobState::kSucceeded;
+      reason.clear();
+    } else if (run->stop == "cancelled") {
+      state = JobState::kCancelled;
+    } else {
+      state = JobState::kFailed;
+      reason = fmt::format("loop stopped by {} after {} iterations{}", run->stop, run->iteration,
+                           run->stop == "error" && !reason.empty() ? ": " + reason : "");
+    }
+    Audit("loop.stopped", fmt::format("job {}", job.id),
+          {{"reason", run->stop}, {"iterations", run->iteration}, {"usage", summary}}, job.id);
+  }
   agent_runs_.erase(it);
-  // The home held the tool's settings for this job only.
+  // The home held the tool's settings for this job only; a loop's workspace
+  // is in its archive and its repository.
   std::error_code ec;
   std::filesystem::remove_all(AgentDir(job.id), ec);
   if (ec) Log(LogLevel::kError, fmt::format("job {}: removing its home: {}", job.id, ec.message()));

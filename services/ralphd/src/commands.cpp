@@ -114,6 +114,16 @@ constexpr FieldInfo kAgentFields[] = {
     Text("model", 256),
     Unsigned("max_turns", 1, 10000),
 };
+constexpr uint64_t kMaxCounter = uint64_t{1} << 53;  // exact in every JSON reader
+constexpr FieldInfo kLoopFields[] = {
+    Unsigned("max_iterations", 1, 100000),
+    Text("promise", 1024),
+    Text("stop_file", kMaxArgBytes),
+    Unsigned("max_wall_ms", 1, uint64_t{30} * 24 * 3600 * 1000),
+    Unsigned("max_tokens", 1, kMaxCounter),
+    Unsigned("max_cost_microusd", 1, kMaxCounter),
+    Unsigned("stall_iterations", 1, 10000),
+};
 constexpr FieldInfo kSubmitFields[] = {
     {.name = "argv",
      .type = ValueType::kStringArray,
@@ -133,6 +143,7 @@ constexpr FieldInfo kSubmitFields[] = {
     Unsigned("columns", 1, kMaxTerminalDimension),
     Unsigned("rows", 1, kMaxTerminalDimension),
     {.name = "agent", .type = ValueType::kObject, .fields = kAgentFields},
+    {.name = "loop", .type = ValueType::kObject, .fields = kLoopFields},
 };
 constexpr FieldInfo kJobListQuery[] = {OneOf("state", kJobStateNames),
                                        Unsigned("limit", 1, kMaxListLimit)};
@@ -175,6 +186,7 @@ constexpr RouteInfo kRouteInfos[] = {
     {"POST", "/v1/jobs/{id}/cancel", JobCancelCommand::kName},
     {"GET", "/v1/jobs/{id}/logs", JobLogsCommand::kName, kLogsQuery},
     {"GET", "/v1/jobs/{id}/files", JobFilesCommand::kName},
+    {"GET", "/v1/jobs/{id}/iterations", JobIterationsCommand::kName},
     {"GET", "/v1/jobs/{id}/terminal", TerminalAttachCommand::kName},
     {"PUT",
      "/v1/jobs/{id}/workspace",
@@ -542,6 +554,25 @@ Result<AgentRequest> DecodeAgent(const json& value, std::span<const FieldInfo> f
   return agent;
 }
 
+Result<LoopRequest> DecodeLoop(const json& value, std::span<const FieldInfo> fields) {
+  if (!value.is_object()) {
+    return Invalid(fmt::format("body.loop: expected an object, got {}", Describe(value)));
+  }
+  ObjectReader reader(value, "body.loop", fields);
+  LoopRequest loop;
+  if (auto n = TRY(reader.Unsigned("max_iterations"))) loop.max_iterations = *n;
+  loop.promise = TRY(reader.String("promise"));
+  if (loop.promise && loop.promise->empty()) return Invalid("body.loop.promise: must not be empty");
+  loop.stop_file = TRY(reader.String("stop_file"));
+  if (loop.stop_file) TRY(CheckRelativePath("body.loop.stop_file", *loop.stop_file));
+  loop.max_wall_ms = TRY(reader.Unsigned("max_wall_ms"));
+  loop.max_tokens = TRY(reader.Unsigned("max_tokens"));
+  loop.max_cost_microusd = TRY(reader.Unsigned("max_cost_microusd"));
+  loop.stall_iterations = TRY(reader.Unsigned("stall_iterations"));
+  TRY(reader.Finish());
+  return loop;
+}
+
 Result<Command> DecodeSubmit(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
@@ -642,6 +673,15 @@ Result<Command> DecodeSubmit(const Request& request) {
         return Invalid(fmt::format("body.{}: a window size needs \"tty\": true", name));
       }
       *field = static_cast<uint16_t>(*value);
+    }
+  }
+  TRY(reader.Info("loop", ValueType::kObject));
+  if (const json* loop = reader.Find("loop")) {
+    command.loop = TRY(DecodeLoop(*loop, reader.Members("loop")));
+    if (!command.agent) {
+      return Invalid(
+          "body.loop: needs body.agent (a loop runs an agent profile, or the command "
+          "profile's argv)");
     }
   }
   if (command.agent && command.tty) {
@@ -887,6 +927,7 @@ constexpr Route kRoutes[] = {
     {"/v1/jobs/{id}/cancel", "POST", Plain<JobCancelCommand>},
     {"/v1/jobs/{id}/logs", "GET", DecodeLogs},
     {"/v1/jobs/{id}/files", "GET", Plain<JobFilesCommand>},
+    {"/v1/jobs/{id}/iterations", "GET", Plain<JobIterationsCommand>},
     {"/v1/jobs/{id}/terminal", "GET", Plain<TerminalAttachCommand>},
     {"/v1/jobs/{id}/workspace", "PUT", DecodeWorkspaceUpload},
     {"/v1/jobs/{id}/workspace", "GET", DecodeWorkspaceDownload},

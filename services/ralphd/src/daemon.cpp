@@ -55,6 +55,7 @@ json SubmitToJson(const JobSubmitCommand& command) {
   json out = {{"profile", command.profile}, {"start", command.start}};
   if (!command.argv.empty()) out["argv"] = command.argv;
   if (command.agent) out["agent"] = AgentToJson(*command.agent);
+  if (command.loop) out["loop"] = LoopToJson(*command.loop);
   if (!command.env.empty()) out["env"] = command.env;
   if (command.cwd) out["cwd"] = *command.cwd;
   json limits = json::object();
@@ -316,6 +317,7 @@ void Daemon::OnRunnerMessages() {
         break;
       }
       case RunnerMessage::Kind::kFinished: {
+        if (ContinueLoop(message)) break;
         Result<JobRecord> job = store_->Job(id);
         if (!job) {
           Log(LogLevel::kError, job.error().ToString());
@@ -618,6 +620,7 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
     for (const FileRecord& file : TRY(store_->Files(c->id))) list.push_back(FileToJson(file));
     return Reply::Json({{"job", c->id}, {"state", JobStateName(job.state)}, {"files", list}});
   }
+  if (const auto* c = std::get_if<JobIterationsCommand>(&command)) return Iterations(c->id);
   if (const auto* c = std::get_if<WorkspaceUploadCommand>(&command)) return Upload(*c);
   if (const auto* c = std::get_if<WorkspaceDownloadCommand>(&command)) return Download(*c);
   if (const auto* c = std::get_if<PolicyGetCommand>(&command)) return PolicyGet(*c);

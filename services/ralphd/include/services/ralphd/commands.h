@@ -31,6 +31,7 @@
 //   GET    /v1/jobs/{id}/logs[?stream=stdout|stderr&offset=N&limit=N]
 //                                            JobLogsCommand
 //   GET    /v1/jobs/{id}/files               JobFilesCommand
+//   GET    /v1/jobs/{id}/iterations          JobIterationsCommand
 //   GET    /v1/jobs/{id}/terminal            TerminalAttachCommand (a streaming
 //                                            transport attaches: the local
 //                                            socket's "attach", the API's
@@ -158,6 +159,19 @@ struct AgentRequest {
   std::optional<uint32_t> max_turns;
 };
 
+// Loop mode (docs/ralphd.md "Loop mode"): the agent runs again and again on
+// the same prompt in the same workspace until the first stop condition.
+inline constexpr uint64_t kDefaultLoopIterations = 100;
+struct LoopRequest {
+  uint64_t max_iterations = kDefaultLoopIterations;
+  std::optional<std::string> promise;    // an exact string in the agent's text
+  std::optional<std::string> stop_file;  // relative to the workspace, no ".."
+  std::optional<uint64_t> max_wall_ms;   // since the first iteration started
+  std::optional<uint64_t> max_tokens;    // input + output tokens, all iterations
+  std::optional<uint64_t> max_cost_microusd;
+  std::optional<uint64_t> stall_iterations;  // this many in a row changing nothing
+};
+
 struct JobSubmitCommand {
   static constexpr std::string_view kName = "job.submit";
   // 1..kMaxArgs, argv[0] non-empty; empty for an agent job of an agent
@@ -177,6 +191,7 @@ struct JobSubmitCommand {
   std::optional<uint16_t> columns;
   std::optional<uint16_t> rows;
   std::optional<AgentRequest> agent;
+  std::optional<LoopRequest> loop;  // only with agent
 };
 
 struct JobListCommand {
@@ -208,6 +223,12 @@ struct JobLogsCommand {
 
 struct JobFilesCommand {
   static constexpr std::string_view kName = "job.files";
+  uint64_t id = 0;
+};
+
+// A loop job's iterations, in order (store.h IterationRecord).
+struct JobIterationsCommand {
+  static constexpr std::string_view kName = "job.iterations";
   uint64_t id = 0;
 };
 
@@ -299,13 +320,13 @@ struct PairingRevokeCommand {
   std::string id;  // the client id (its certificate serial, hex)
 };
 
-using Command =
-    std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
-                 JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
-                 WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand,
-                 PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
-                 AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
-                 PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand>;
+using Command = std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand,
+                             JobStartCommand, JobCancelCommand, JobLogsCommand, JobFilesCommand,
+                             WorkspaceUploadCommand, WorkspaceDownloadCommand, PolicyGetCommand,
+                             PolicySetCommand, PolicyValidateCommand, PolicyHistoryCommand,
+                             PolicyRollbackCommand, AuditListCommand, AuditVerifyCommand,
+                             AuditExportCommand, EventsCommand, PairCommand, PairingsListCommand,
+                             PairingRevokeCommand, TerminalAttachCommand, JobIterationsCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);

@@ -155,8 +155,14 @@ class Daemon final : public DispatcherInterface {
   Result<void> LaunchAgent(JobRecord& job, const JobSubmitCommand& submit, const Profile& profile);
   enum class AgentFeed { kChunk, kEnd };  // kEnd: the stream is over
   void OnAgentOutput(uint64_t job, std::string_view data, AgentFeed feed = AgentFeed::kChunk);
-  // Before a finished agent job's state is set: its usage summary.
+  // Before a finished agent job's state is set: its usage summary; a loop
+  // job's state from its stop reason.
   void FinishAgent(JobRecord& job, JobState& state, std::string& reason);
+  // Loop mode: a finished iteration is recorded and its stop conditions
+  // checked; true when the next iteration has started (the job runs on).
+  bool ContinueLoop(const RunnerMessage& message);
+  Result<void> StartIteration(uint64_t job, AgentRun& run, std::string upload_tar);
+  Result<Reply> Iterations(uint64_t job);
   std::string AgentDir(uint64_t job) const;
 
   DaemonOptions options_;
@@ -188,5 +194,7 @@ nlohmann::json JobToJson(const JobRecord& job);
 nlohmann::json SubmitToJson(const JobSubmitCommand& command);
 // The agent object of a submit body.
 nlohmann::json AgentToJson(const AgentRequest& agent);
+// The loop object of a submit body.
+nlohmann::json LoopToJson(const LoopRequest& loop);
 
 }  // namespace ralph::ralphd
