@@ -156,6 +156,16 @@ Result<uint64_t> Number(std::string_view what, const std::string& text) {
   return n;
 }
 
+// Each of `options` given (a number) as its field of `into`.
+Result<void> NumberOptions(const ParsedArgs& args,
+                           std::span<const std::pair<std::string_view, std::string_view>> options,
+                           json& into) {
+  for (const auto& [option, field] : options) {
+    if (auto text = args.Value(option)) into[std::string(field)] = TRY(Number(option, *text));
+  }
+  return {};
+}
+
 void PrintIssues(const json& reply, std::string_view file) {
   if (!reply.contains("error") || !reply["error"].contains("issues")) return;
   for (const json& issue : reply["error"]["issues"]) {
@@ -250,13 +260,8 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
           {"--max-tokens", "max_tokens"},
           {"--max-cost-microusd", "max_cost_microusd"},
           {"--stall", "stall_iterations"}};
-      for (const auto& [option, field] : kNumbers) {
-        if (auto text = args.Value(option)) {
-          Result<uint64_t> n = Number(option, *text);
-          if (!n) return UsageError(command, n.error().message());
-          loop[std::string(field)] = *n;
-        }
-      }
+      Result<void> numbers = NumberOptions(args, kNumbers, loop);
+      if (!numbers) return UsageError(command, numbers.error().message());
       if (auto promise = args.Value("--promise")) loop["promise"] = *promise;
       if (auto file = args.Value("--stop-file")) loop["stop_file"] = *file;
       body["loop"] = loop;
@@ -274,13 +279,8 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
       {"--pids", "pids"},
       {"--disk", "disk_bytes"},
       {"--timeout-ms", "timeout_ms"}};
-  for (const auto& [option, field] : kLimits) {
-    if (auto text = args.Value(option)) {
-      Result<uint64_t> n = Number(option, *text);
-      if (!n) return UsageError(command, n.error().message());
-      limits[std::string(field)] = *n;
-    }
-  }
+  Result<void> numbers = NumberOptions(args, kLimits, limits);
+  if (!numbers) return UsageError(command, numbers.error().message());
   if (!limits.empty()) body["limits"] = limits;
   const bool tty = args.Has("--tty");
   if (tty) {

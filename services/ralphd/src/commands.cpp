@@ -482,10 +482,8 @@ Result<uint64_t> ParseId(std::string_view text) {
   return id;
 }
 
-Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
-  if (path.empty() || path[0] != '/') {
-    return Invalid(fmt::format("{}: '{}' is not an absolute path", field, path));
-  }
+// No ".." among the path's parts.
+Result<void> CheckNoDotDot(std::string_view field, std::string_view path) {
   size_t start = 0;
   while (start <= path.size()) {
     size_t end = path.find('/', start);
@@ -498,6 +496,13 @@ Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
   return {};
 }
 
+Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
+  if (path.empty() || path[0] != '/') {
+    return Invalid(fmt::format("{}: '{}' is not an absolute path", field, path));
+  }
+  return CheckNoDotDot(field, path);
+}
+
 // A path inside the workspace: relative, without "..", not empty.
 Result<void> CheckRelativePath(std::string_view field, std::string_view path) {
   if (path.empty()) return Invalid(fmt::format("{}: must not be empty", field));
@@ -505,16 +510,7 @@ Result<void> CheckRelativePath(std::string_view field, std::string_view path) {
     return Invalid(
         fmt::format("{}: '{}' is absolute; give a path inside the workspace", field, path));
   }
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t end = path.find('/', start);
-    if (end == std::string_view::npos) end = path.size();
-    if (path.substr(start, end - start) == "..") {
-      return Invalid(fmt::format("{}: '{}' contains '..'", field, path));
-    }
-    start = end + 1;
-  }
-  return {};
+  return CheckNoDotDot(field, path);
 }
 
 Result<AgentRequest> DecodeAgent(const json& value, std::span<const FieldInfo> fields) {
