@@ -1866,5 +1866,50 @@ TEST_F(AgentJobTest, BadLoopRequestsAreRefusedNamingTheField) {
   EXPECT_EQ(reply["error"]["code"], "refused") << reply.dump();
   EXPECT_EQ(Call({{"verb", "GET"}, {"path", "/v1/status"}})["ok"], true);
 }
+// Pause lets the running iteration finish and starts no next one; resume
+// starts the next; a cancel while paused ends the loop between iterations.
+TEST_F(AgentJobTest, PauseResumeAndCancelBetweenIterations) {
+  uint64_t id = SubmitLoop({{"max_iterations", 100000}}, {{"RALPH_STANDIN_ITERATIONS", "100000"}});
+  ASSERT_NE(id, 0u);
+  std::string job = std::to_string(id);
+  auto paused_events = [&] { return CountKind(Events(id), "loop.paused"); };
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() >= 1; }));
+  ProgramStreams pause = Ctl({"job", "pause", job});
+  ASSERT_EQ(pause.exit, 0) << pause.err;
+  ASSERT_TRUE(WaitFor([&] { return paused_events() == 1; }));
+  size_t at_pause = Iterations(id).size();
+  EXPECT_EQ(Show(id)["state"], "running");
+  ProgramStreams again = Ctl({"job", "pause", job});
+  EXPECT_EQ(again.exit, 1);
+  EXPECT_NE(again.err.find("already paused"), std::string::npos) << again.err;
+  // Nothing runs while paused: the next iteration waits for resume.
+  EXPECT_EQ(Iterations(id).size(), at_pause);
+
+  ProgramStreams resume = Ctl({"job", "resume", job});
+  ASSERT_EQ(resume.exit, 0) << resume.err;
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() > at_pause; }));
+  ASSERT_EQ(Ctl({"job", "pause", job}).exit, 0);
+  ASSERT_TRUE(WaitFor([&] { return paused_events() == 2; }));
+  size_t at_cancel = Iterations(id).size();
+
+  ProgramStreams cancel = Ctl({"job", "cancel", job});
+  ASSERT_EQ(cancel.exit, 0) << cancel.err;
+  json record = Show(id);  // over at once: nothing was running
+  EXPECT_EQ(record["state"], "cancelled") << record.dump();
+  EXPECT_EQ(record["reason"], "cancelled while paused between iterations");
+  EXPECT_EQ(record["usage"]["agent"]["stop"], "cancelled");
+  EXPECT_EQ(record["usage"]["agent"]["iterations"], at_cancel);
+  EXPECT_EQ(Iterations(id).size(), at_cancel);
+  json stopped = CtlJson({"audit", "list", "--job", job, "--type", "loop.stopped"});
+  ASSERT_EQ(stopped.size(), 1u);
+  EXPECT_EQ(stopped[0]["details"]["reason"], "cancelled");
+  EXPECT_EQ(CtlJson({"audit", "list", "--job", job, "--type", "loop.resumed"}).size(), 1u);
+  // Only a running loop job is paused.
+  ProgramStreams over = Ctl({"job", "resume", job});
+  EXPECT_EQ(over.exit, 1);
+  EXPECT_NE(over.err.find("only a running loop job is paused or resumed"), std::string::npos)
+      << over.err;
+}
+
 }  // namespace
 }  // namespace ralph::ralphd

@@ -54,6 +54,7 @@ subcommands:
                               exits with the job's status if it ends meanwhile
   files ID                    the files the job changed (path, size, SHA-256)
   iterations ID               a loop job's iterations: exit, commit, usage, stop reason
+  pause ID | resume ID        a loop job: no next iteration until resume
   download ID [--output FILE] [--list]
                               its workspace as a tar (or the listing)
 
@@ -427,6 +428,8 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
                        : verb == "cancel"     ? Request(args, "POST", path + "/cancel")
                        : verb == "files"      ? Request(args, "GET", path + "/files")
                        : verb == "iterations" ? Request(args, "GET", path + "/iterations")
+                       : verb == "pause"      ? Request(args, "POST", path + "/pause")
+                       : verb == "resume"     ? Request(args, "POST", path + "/resume")
                        : verb == "start"      ? Request(args, "POST", path + "/start")
                                               : Error::Make(ErrorCode::kInvalidArgument, "");
   if (!reply && reply.error().message().empty()) {
@@ -441,6 +444,9 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
                  file.contains("sha256") ? Str(file["sha256"]) : std::string(64, '-'),
                  Str(file["path"]));
     }
+  } else if (verb == "pause" || verb == "resume") {
+    fmt::print("job {}: {}{}\n", *id, (*reply).value("paused", false) ? "paused" : "running",
+               (*reply).value("idle", false) ? " (between iterations)" : "");
   } else if (verb == "iterations") {
     for (const json& it : (*reply)["iterations"]) {
       fmt::print("{:>5}  {:<8} exit={:<4} {:<9} {}  {}\n", Str(it["iteration"]),

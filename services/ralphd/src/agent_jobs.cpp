@@ -177,6 +177,9 @@ struct Daemon::AgentRun {
   uint64_t unchanged = 0;  // iterations in a row that changed nothing
   uint64_t failures = 0;   // iterations in a row that failed
   std::string stop;        // why the loop stopped
+  bool pause = false;      // asked to pause: no next iteration
+  bool idle = false;       // paused between iterations: nothing runs
+  bool cancel = false;     // cancelled: the running iteration is the last
 };
 
 json AgentToJson(const AgentRequest& agent) {
@@ -392,7 +395,7 @@ bool Daemon::ContinueLoop(const RunnerMessage& message) {
   auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
                      std::chrono::steady_clock::now() - run->started)
                      .count();
-  if (message.cancelled) {
+  if (message.cancelled || run->cancel) {
     stop = "cancelled";
   } else if (!message.result || !message.commit) {
     stop = "error";
@@ -426,6 +429,12 @@ bool Daemon::ContinueLoop(const RunnerMessage& message) {
     run->stop = stop;
     return false;
   }
+  if (run->pause) {
+    run->idle = true;
+    Emit("loop.paused", id, {{"iteration", run->iteration}});
+    Audit("loop.paused", fmt::format("job {}", id), {{"iteration", run->iteration}}, id);
+    return true;
+  }
   Result<void> next = StartIteration(id, *run, "");
   if (!next) {
     Log(LogLevel::kError,
@@ -433,6 +442,64 @@ bool Daemon::ContinueLoop(const RunnerMessage& message) {
     run->stop = "error";
     return false;
   }
+  return true;
+}
+
+Result<Reply> Daemon::PauseLoop(uint64_t id, bool pause) {
+  JobRecord job = TRY(store_->Job(id));
+  auto it = agent_runs_.find(id);
+  if (job.state != JobState::kRunning || it == agent_runs_.end() || !it->second->loop) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} is {}: only a running loop job is paused or resumed", id,
+                                   JobStateName(job.state)));
+  }
+  AgentRun& run = *it->second;
+  if (run.pause == pause) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} is already {}", id, pause ? "paused" : "running"));
+  }
+  run.pause = pause;
+  if (!pause && run.idle) {
+    run.idle = false;
+    Audit("loop.resumed", fmt::format("job {}", id), {{"iteration", run.iteration + 1}}, id);
+    Result<void> next = StartIteration(id, run, "");
+    if (!next) {
+      // Nothing runs and nothing will: the loop ends here.
+      run.stop = "error";
+      JobState state = JobState::kFailed;
+      std::string reason = next.error().message();
+      FinishAgent(job, state, reason);
+      TRY(SetState(job, state, reason));
+      return next.error();
+    }
+  }
+  return Reply::Json(
+      {{"job", id}, {"paused", run.pause}, {"idle", run.idle}, {"iteration", run.iteration}});
+}
+
+Result<bool> Daemon::CancelLoop(JobRecord& job) {
+  auto it = agent_runs_.find(job.id);
+  if (it == agent_runs_.end() || !it->second->loop) return false;
+  AgentRun& run = *it->second;
+  // Kept here, not only in the runner: a cancel that reaches the runner as
+  // an iteration ends (too late to kill it, or in the moment before the
+  // loop hears of its end) still stops the loop there.
+  run.cancel = true;
+  if (!run.idle) {
+    runner_->Cancel(job.id);
+    return true;
+  }
+  run.stop = "cancelled";
+  // What the loop left: the workspace as its last iteration committed it.
+  Result<std::vector<FileRecord>> files = ListFiles(run.workspace, run.spec.workspace);
+  if (files) {
+    Result<void> recorded = store_->RecordFiles(job.id, *files);
+    if (!recorded) Log(LogLevel::kError, recorded.error().ToString());
+  }
+  JobState state = JobState::kCancelled;
+  std::string reason = "cancelled while paused between iterations";
+  FinishAgent(job, state, reason);
+  TRY(SetState(job, state, reason));
   return true;
 }
 
@@ -469,6 +536,7 @@ void Daemon::FinishAgent(JobRecord& job, JobState& state, std::string& reason) {
       state = JobState::kSucceeded;
       reason.clear();
     } else if (run->stop == "cancelled") {
+      if (state != JobState::kCancelled) reason = "cancelled while running";
       state = JobState::kCancelled;
     } else {
       state = JobState::kFailed;

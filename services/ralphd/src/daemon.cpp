@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include "platform/file_io.h"
@@ -87,6 +89,8 @@ json JobToJson(const JobRecord& job) {
     out["exit_code"] = job.exit_code;
     out["signal"] = job.signal;
     out["usage"] = job.usage;
+  } else if (job.usage.is_object() && !job.usage.empty()) {
+    out["usage"] = job.usage;  // a loop cancelled between iterations: its agent's usage
   }
   if (!job.reason.empty()) out["reason"] = job.reason;
   return out;
@@ -219,6 +223,9 @@ Result<void> Daemon::Recover() {
                  "ralphd stopped while the job ran: its sandbox died with the daemon "
                  "(parent-death signal) and what it left was removed"));
     lost.push_back(job.id);
+    // An agent job's home and loop workspace (its commits stay in jobs/ID).
+    std::error_code ec;
+    std::filesystem::remove_all(AgentDir(job.id), ec);
   }
   if (!lost.empty()) {
     RunnerOptions options{.sandbox_state_dir = options_.state_dir + "/sandbox",
@@ -439,6 +446,9 @@ Result<Reply> Daemon::Cancel(uint64_t id) {
     return Error::Make(ErrorCode::kInvalidState,
                        fmt::format("job {} is already {}", id, JobStateName(job.state)));
   }
+  if (job.state == JobState::kRunning && TRY(CancelLoop(job))) {
+    return Reply::Json(JobToJson(TRY(store_->Job(id))));
+  }
   if (job.state == JobState::kRunning) {
     // The runner's finished message makes it cancelled.
     if (!runner_->Cancel(id)) {
@@ -621,6 +631,8 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
     return Reply::Json({{"job", c->id}, {"state", JobStateName(job.state)}, {"files", list}});
   }
   if (const auto* c = std::get_if<JobIterationsCommand>(&command)) return Iterations(c->id);
+  if (const auto* c = std::get_if<JobPauseCommand>(&command)) return PauseLoop(c->id, true);
+  if (const auto* c = std::get_if<JobResumeCommand>(&command)) return PauseLoop(c->id, false);
   if (const auto* c = std::get_if<WorkspaceUploadCommand>(&command)) return Upload(*c);
   if (const auto* c = std::get_if<WorkspaceDownloadCommand>(&command)) return Download(*c);
   if (const auto* c = std::get_if<PolicyGetCommand>(&command)) return PolicyGet(*c);

@@ -32,6 +32,8 @@
 //                                            JobLogsCommand
 //   GET    /v1/jobs/{id}/files               JobFilesCommand
 //   GET    /v1/jobs/{id}/iterations          JobIterationsCommand
+//   POST   /v1/jobs/{id}/pause               JobPauseCommand
+//   POST   /v1/jobs/{id}/resume              JobResumeCommand
 //   GET    /v1/jobs/{id}/terminal            TerminalAttachCommand (a streaming
 //                                            transport attaches: the local
 //                                            socket's "attach", the API's
@@ -226,6 +228,18 @@ struct JobFilesCommand {
   uint64_t id = 0;
 };
 
+// Loop mode between iterations: pause lets the running iteration finish
+// and starts no next one until resume (the job stays running); cancel of
+// a paused loop ends it at once.
+struct JobPauseCommand {
+  static constexpr std::string_view kName = "job.pause";
+  uint64_t id = 0;
+};
+struct JobResumeCommand {
+  static constexpr std::string_view kName = "job.resume";
+  uint64_t id = 0;
+};
+
 // A loop job's iterations, in order (store.h IterationRecord).
 struct JobIterationsCommand {
   static constexpr std::string_view kName = "job.iterations";
@@ -320,13 +334,14 @@ struct PairingRevokeCommand {
   std::string id;  // the client id (its certificate serial, hex)
 };
 
-using Command = std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand,
-                             JobStartCommand, JobCancelCommand, JobLogsCommand, JobFilesCommand,
-                             WorkspaceUploadCommand, WorkspaceDownloadCommand, PolicyGetCommand,
-                             PolicySetCommand, PolicyValidateCommand, PolicyHistoryCommand,
-                             PolicyRollbackCommand, AuditListCommand, AuditVerifyCommand,
-                             AuditExportCommand, EventsCommand, PairCommand, PairingsListCommand,
-                             PairingRevokeCommand, TerminalAttachCommand, JobIterationsCommand>;
+using Command =
+    std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
+                 JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
+                 WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand,
+                 PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
+                 AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
+                 PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand,
+                 JobIterationsCommand, JobPauseCommand, JobResumeCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);

@@ -163,6 +163,11 @@ class Daemon final : public DispatcherInterface {
   bool ContinueLoop(const RunnerMessage& message);
   Result<void> StartIteration(uint64_t job, AgentRun& run, std::string upload_tar);
   Result<Reply> Iterations(uint64_t job);
+  Result<Reply> PauseLoop(uint64_t job, bool pause);
+  // Cancel of a running loop job: its running iteration is killed and is
+  // its last; a paused loop between iterations (nothing runs) ends now.
+  // False when `job` is not a loop job.
+  Result<bool> CancelLoop(JobRecord& job);
   std::string AgentDir(uint64_t job) const;
 
   DaemonOptions options_;
