@@ -15,6 +15,10 @@
 // terminal over the local socket's attach frames, `ralphctl` in pipe mode
 // and the HTTPS WebSocket: input, resize, a second watcher, detach with the
 // job running on, reattach, `closed` with the exit status, refusals, audit.
+// Agent jobs with the stand-in agent as the claude profile's tool: events,
+// usage, audited tool calls, a prompt file, refusals; loop mode: the
+// promise after K runs gives K iterations with commits and transcripts,
+// each stop condition, cancel, pause and resume, bad loop input.
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
