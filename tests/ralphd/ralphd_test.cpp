@@ -1833,6 +1833,39 @@ TEST_F(AgentJobTest, ALoopStopsAtMaxIterationsStallStopFileAndBudgets) {
   }
 }
 
+// The wall-clock budget (1 ms: no iteration is quicker), three failed runs
+// in a row, and the command profile's promise in its raw output.
+TEST_F(AgentJobTest, ALoopStopsAtItsWallClockBudgetRepeatedFailuresAndARawPromise) {
+  uint64_t id = SubmitLoop({{"max_iterations", 10}, {"max_wall_ms", 1}},
+                           {{"RALPH_STANDIN_ITERATIONS", "10"}});
+  json job = WaitOver(id);
+  EXPECT_EQ(job["usage"]["agent"]["stop"], "max_wall_ms") << job.dump();
+  EXPECT_EQ(Iterations(id).size(), 1u);
+
+  json reply = Submit({{"profile", "agent"},
+                       {"argv", {"sh", "-c", "echo trying; exit 3"}},
+                       {"agent", {{"profile", "command"}}},
+                       {"loop", {{"max_iterations", 10}}}});
+  ASSERT_EQ(reply["ok"], true) << reply.dump();
+  id = reply["body"]["id"];
+  job = WaitOver(id);
+  EXPECT_EQ(job["state"], "failed");
+  EXPECT_EQ(job["reason"], "loop stopped by failures after 3 iterations");
+  json iterations = Iterations(id);
+  ASSERT_EQ(iterations.size(), 3u);
+  EXPECT_EQ(iterations[2]["exit_code"], 3);
+
+  reply = Submit({{"profile", "agent"},
+                  {"argv", {"sh", "-c", "echo working; echo '<promise>OK</promise>'"}},
+                  {"agent", {{"profile", "command"}}},
+                  {"loop", {{"max_iterations", 10}, {"promise", "<promise>OK</promise>"}}}});
+  ASSERT_EQ(reply["ok"], true) << reply.dump();
+  id = reply["body"]["id"];
+  job = WaitOver(id);
+  EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  EXPECT_EQ(Stops(Iterations(id)), std::vector<std::string>{"promise"});
+}
+
 TEST_F(AgentJobTest, CancelStopsALoopBetweenIterations) {
   uint64_t id = SubmitLoop({{"max_iterations", 100000}}, {{"RALPH_STANDIN_ITERATIONS", "100000"}});
   ASSERT_NE(id, 0u);

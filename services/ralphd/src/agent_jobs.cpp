@@ -278,7 +278,14 @@ Result<void> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   if (run->loop) {
     run->spec = std::move(spec);
     run->started = std::chrono::steady_clock::now();
-    return StartIteration(job.id, *run, upload);
+    Result<void> started = StartIteration(job.id, *run, upload);
+    if (!started) {
+      // The job fails (Schedule); nothing of it stays here.
+      agent_runs_.erase(job.id);
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+    return started;
   }
   runner_->Start({.job = job.id,
                   .spec = std::move(spec),
