@@ -48,6 +48,54 @@ TEST(DecodeRequest, SubmitWithEverything) {
   EXPECT_EQ(submit.limits.timeout_ms, 1000u);
 }
 
+TEST(DecodeRequest, SubmitAnAgentJob) {
+  Result<Command> command = DecodeRequest(Post("/v1/jobs", R"({"agent": {"profile": "claude",
+      "prompt": "fix it", "model": "opus", "max_turns": 5}})"));
+  ASSERT_TRUE(command) << command.error().message();
+  const auto& submit = std::get<JobSubmitCommand>(*command);
+  ASSERT_TRUE(submit.agent);
+  EXPECT_TRUE(submit.argv.empty());
+  EXPECT_EQ(submit.agent->profile, "claude");
+  EXPECT_EQ(submit.agent->prompt, "fix it");
+  EXPECT_EQ(submit.agent->model, "opus");
+  EXPECT_EQ(submit.agent->max_turns, 5u);
+  command =
+      DecodeRequest(Post("/v1/jobs", R"({"argv": ["make"], "agent": {"profile": "command"}})"));
+  ASSERT_TRUE(command) << command.error().message();
+  EXPECT_EQ(std::get<JobSubmitCommand>(*command).argv, std::vector<std::string>{"make"});
+
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({})")), "body.argv: required (or body.agent)");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"prompt": "x"}})")),
+            "body.agent.profile: required");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "gpt", "prompt": "x"}})")),
+            "body.agent.profile: 'gpt' is not one of claude, codex, opencode, command");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "codex"}})")),
+            "body.agent.prompt: required (or body.agent.prompt_file) for the codex profile");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "claude", "prompt": ""}})")),
+            "body.agent.prompt: must not be empty");
+  EXPECT_EQ(
+      ErrorOf(Post("/v1/jobs",
+                   R"({"agent": {"profile": "claude", "prompt": "x", "prompt_file": "P.md"}})")),
+      "body.agent.prompt_file: give either a prompt or a prompt file, not both");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "claude", "prompt_file": "/P"}})")),
+            "body.agent.prompt_file: '/P' is absolute; give a path inside the workspace");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "command"}})")),
+            "body.argv: required (the command profile runs the job's argv)");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"argv": ["x"], "agent": {"profile": "command",
+                                                                  "prompt": "x"}})")),
+            "body.agent.prompt: the command profile takes no prompt (its argv is the command)");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"argv": ["claude"], "agent": {"profile": "claude",
+                                                                       "prompt": "x"}})")),
+            "body.argv: the claude profile makes the command line; argv goes with profile "
+            "command only");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "claude", "prompt": "x"},
+                                        "tty": true})")),
+            "body.tty: not for an agent job (its stdout is the tool's event stream)");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "claude", "prompt": "x",
+                                                   "colour": 1}})")),
+            "body.agent.colour: unknown field");
+}
+
 TEST(DecodeRequest, SubmitDefaults) {
   Result<Command> command = DecodeRequest(Post("/v1/jobs", R"({"argv": ["true"]})"));
   ASSERT_TRUE(command) << command.error().message();

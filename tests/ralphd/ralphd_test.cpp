@@ -15,6 +15,10 @@
 // terminal over the local socket's attach frames, `ralphctl` in pipe mode
 // and the HTTPS WebSocket: input, resize, a second watcher, detach with the
 // job running on, reattach, `closed` with the exit status, refusals, audit.
+// Agent jobs with the stand-in agent as the claude profile's tool: events,
+// usage, audited tool calls, a prompt file, refusals; loop mode: the
+// promise after K runs gives K iterations with commits and transcripts,
+// each stop condition, cancel, pause and resume, bad loop input.
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
@@ -1486,6 +1490,484 @@ TEST_F(RalphdTest, RalphctlAttachesInteractively) {
   ::close(slave);
   EXPECT_EQ(JobState(std::stoi(id)), "running");
   ASSERT_EQ(Ctl({"job", "cancel", id}).exit, 0);
+}
+
+// Agent jobs with the stand-in agent (tests/agents/standin) as the claude
+// profile's tool: ralphd is started with --agent-program claude=<it>,
+// mounted read-only into the jobs of policy profile "agent".
+class AgentJobTest : public RalphdTest {
+ protected:
+  void SetUp() override {
+    RalphdTest::SetUp();
+    if (HasFatalFailure()) return;
+    StopDaemon(SIGTERM);
+    StartDaemon(2, {"--agent-program", "claude=/opt/ralph-tests/ralph-agent-standin"});
+    const char* build = std::getenv("RALPH_BINARY_DIR");
+    Write(work_ + "/agent-policy.xml", fmt::format(R"(<policy format="1">
+  <profile name="default">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+  </profile>
+  <profile name="agent">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+    <mount source="{}/tests" destination="/opt/ralph-tests"/>
+  </profile>
+</policy>
+)",
+                                                   build));
+    ProgramStreams set = Ctl({"policy", "set", work_ + "/agent-policy.xml"});
+    ASSERT_EQ(set.exit, 0) << set.err;
+  }
+
+  // A request on a fresh connection; the reply frame.
+  json Call(const json& frame) {
+    int fd = Connect();
+    EXPECT_GE(fd, 0);
+    Line line(fd);
+    return line.Call(frame.dump());
+  }
+
+  json Submit(const json& body) {
+    return Call({{"verb", "POST"}, {"path", "/v1/jobs"}, {"body", body}});
+  }
+
+  std::vector<json> Events(uint64_t job) {
+    json reply = Call({{"verb", "GET"},
+                       {"path", "/v1/events"},
+                       {"query", {{"job", std::to_string(job)}, {"limit", "10000"}}}});
+    std::vector<json> out;
+    for (const json& event : reply["body"]["events"]) out.push_back(event);
+    return out;
+  }
+
+  static size_t CountKind(const std::vector<json>& events, const std::string& kind) {
+    return static_cast<size_t>(std::count_if(events.begin(), events.end(),
+                                             [&](const json& e) { return e["kind"] == kind; }));
+  }
+
+  // A loop job of the stand-in (configured by `env`); its id.
+  uint64_t SubmitLoop(const json& loop, const json& env) {
+    json reply = Submit({{"profile", "agent"},
+                         {"agent", {{"profile", "claude"}, {"prompt", "Fix the parser"}}},
+                         {"loop", loop},
+                         {"env", env}});
+    EXPECT_EQ(reply["ok"], true) << reply.dump();
+    return reply["body"].value("id", uint64_t{0});
+  }
+
+  json Show(uint64_t id) {
+    return Call({{"verb", "GET"}, {"path", fmt::format("/v1/jobs/{}", id)}})["body"];
+  }
+
+  // Waits for the job to be over (its state, polled); its record.
+  json WaitOver(uint64_t id) {
+    json job;
+    EXPECT_TRUE(WaitFor([&] {
+      job = Show(id);
+      std::optional<ralphd::JobState> state = ParseJobState(job.value("state", ""));
+      return state && IsFinal(*state);
+    })) << job.dump();
+    return job;
+  }
+
+  json Iterations(uint64_t id) {
+    return Call({{"verb", "GET"},
+                 {"path", fmt::format("/v1/jobs/{}/iterations", id)}})["body"]["iterations"];
+  }
+
+  std::string Git(uint64_t id, const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {"git", "--git-dir",
+                                     fmt::format("{}/jobs/{}/loop.git", state_, id)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    ProgramStreams run = RunProgramStreams(argv);
+    EXPECT_EQ(run.exit, 0) << run.err;
+    return run.out;
+  }
+
+  static std::vector<std::string> Stops(const json& iterations) {
+    std::vector<std::string> out;
+    for (const json& it : iterations) out.push_back(it.value("stop", ""));
+    return out;
+  }
+
+  static std::string Sha256Hex(const std::string& text) {
+    return DigestToHex(*Sha256::Of(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())));
+  }
+};
+
+TEST_F(AgentJobTest, AnAgentJobRunsTheProfileAndPublishesItsEventsUsageAndToolCalls) {
+  ProgramStreams run = Ctl({"job", "run", "--profile", "agent", "--agent", "claude", "--prompt",
+                            "Fix the parser\nin detail"});
+  ASSERT_EQ(run.exit, 0) << run.err;
+  // The raw stream is the job's output.
+  EXPECT_NE(run.out.find(R"("type":"system")"), std::string::npos) << run.out;
+
+  json job = CtlJson({"job", "show", "1"});
+  EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  const json& usage = job["usage"]["agent"];
+  EXPECT_EQ(usage["profile"], "claude");
+  EXPECT_EQ(usage["input_tokens"], 1000);
+  EXPECT_EQ(usage["output_tokens"], 200);
+  EXPECT_EQ(usage["cache_read_tokens"], 3000);
+  EXPECT_EQ(usage["cache_write_tokens"], 500);
+  EXPECT_DOUBLE_EQ(usage["cost_usd"].get<double>(), 0.01);
+  EXPECT_EQ(usage["tool_calls"], 1);
+
+  std::vector<json> events = Events(1);
+  EXPECT_EQ(CountKind(events, "agent.session"), 1u);
+  EXPECT_EQ(CountKind(events, "agent.tool_call"), 1u);
+  EXPECT_EQ(CountKind(events, "agent.tool_result"), 1u);
+  EXPECT_EQ(CountKind(events, "agent.result"), 1u);
+  EXPECT_GE(CountKind(events, "agent.message"), 2u);
+  EXPECT_GE(CountKind(events, "agent.usage"), 1u);
+  for (const json& event : events) {
+    if (event["kind"] == "agent.session") {
+      EXPECT_EQ(event["body"]["cwd"], "/work");
+    }
+    if (event["kind"] == "agent.tool_call") {
+      EXPECT_EQ(event["body"]["name"], "Write");
+      EXPECT_EQ(event["body"]["input"]["file_path"], "notes/step-1.txt");
+    }
+  }
+
+  json calls = CtlJson({"audit", "list", "--job", "1", "--type", "agent.tool_call"});
+  ASSERT_EQ(calls.size(), 1u) << calls.dump();
+  EXPECT_EQ(calls[0]["details"]["name"], "Write");
+  EXPECT_EQ(calls[0]["details"]["input"]["content"], "iteration 1\nprompt: Fix the parser\n");
+
+  // The tool wrote into the workspace, not into its home.
+  json files = CtlJson({"job", "files", "1"});
+  bool step = false;
+  for (const json& file : files["files"]) {
+    if (file["path"] == "/work/notes/step-1.txt") step = true;
+  }
+  EXPECT_TRUE(step) << files.dump();
+  // The home (settings files) lived as long as the job.
+  EXPECT_FALSE(std::filesystem::exists(state_ + "/agents/1"));
+}
+
+TEST_F(AgentJobTest, APromptFileComesFromTheUploadedWorkspace) {
+  std::string in = work_ + "/in";
+  ASSERT_EQ(::mkdir(in.c_str(), 0755), 0);
+  Write(in + "/PROMPT.md", "Write the release notes\nwith care\n");
+  ASSERT_EQ(RunProgramStreams({"tar", "-cf", work_ + "/in.tar", "-C", in, "."}).exit, 0);
+  ProgramStreams run = Ctl({"job", "run", "--profile", "agent", "--agent", "claude",
+                            "--prompt-file", "PROMPT.md", "--workspace", work_ + "/in.tar"});
+  ASSERT_EQ(run.exit, 0) << run.err;
+  json files = CtlJson({"job", "files", "1"});
+  std::string sha;
+  for (const json& file : files["files"]) {
+    if (file["path"] == "/work/notes/step-1.txt") sha = file["sha256"];
+  }
+  EXPECT_EQ(sha, Sha256Hex("iteration 1\nprompt: Write the release notes\n")) << files.dump();
+}
+
+TEST_F(AgentJobTest, BadAgentRequestsAreRefusedNamingTheFieldAndTheDaemonServesOn) {
+  json reply = Submit({{"profile", "agent"}, {"agent", {{"profile", "gpt"}, {"prompt", "x"}}}});
+  EXPECT_EQ(reply["error"]["message"],
+            "body.agent.profile: 'gpt' is not one of claude, codex, opencode, command")
+      << reply.dump();
+  reply = Submit({{"profile", "agent"}, {"agent", {{"profile", "claude"}}}});
+  EXPECT_EQ(reply["error"]["code"], "invalid-argument");
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind("body.agent.prompt: required", 0),
+            0u)
+      << reply.dump();
+  reply = Submit({{"profile", "agent"},
+                  {"agent", {{"profile", "claude"}, {"prompt", "x"}}},
+                  {"env", {{"ANTHROPIC_API_KEY", "sk-ant-secret"}}}});
+  EXPECT_EQ(reply["error"]["code"], "refused") << reply.dump();
+  std::string message = reply["error"]["message"];
+  EXPECT_EQ(message.rfind("body.env.ANTHROPIC_API_KEY: ", 0), 0u) << message;
+  EXPECT_NE(message.find("ralphctl creds login claude"), std::string::npos) << message;
+  EXPECT_EQ(message.find("sk-ant-secret"), std::string::npos) << message;
+  reply = Submit({{"profile", "agent"},
+                  {"argv", {"claude"}},
+                  {"agent", {{"profile", "claude"}, {"prompt", "x"}}}});
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind("body.argv: ", 0), 0u)
+      << reply.dump();
+  // A prompt file is read from the workspace: not there, the start is refused.
+  reply = Submit(
+      {{"profile", "agent"}, {"agent", {{"profile", "claude"}, {"prompt_file", "PROMPT.md"}}}});
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind("body.agent.prompt_file: ", 0), 0u)
+      << reply.dump();
+  reply = Submit({{"profile", "agent"},
+                  {"start", false},
+                  {"agent", {{"profile", "claude"}, {"prompt_file", "../PROMPT.md"}}}});
+  EXPECT_EQ(reply["error"]["message"], "body.agent.prompt_file: '../PROMPT.md' contains '..'");
+  reply = Submit({{"profile", "agent"},
+                  {"start", false},
+                  {"agent", {{"profile", "claude"}, {"prompt_file", "PROMPT.md"}}}});
+  ASSERT_EQ(reply["ok"], true) << reply.dump();
+  uint64_t id = reply["body"]["id"];
+  std::string in = work_ + "/in";
+  ASSERT_EQ(::mkdir(in.c_str(), 0755), 0);
+  Write(in + "/README.md", "no prompt here\n");
+  ASSERT_EQ(RunProgramStreams({"tar", "-cf", work_ + "/in.tar", "-C", in, "."}).exit, 0);
+  json uploaded = Call({{"verb", "PUT"},
+                        {"path", fmt::format("/v1/jobs/{}/workspace", id)},
+                        {"body_base64", Base64Encode(Read(work_ + "/in.tar"))}});
+  ASSERT_EQ(uploaded["ok"], true) << uploaded.dump();
+  reply = Call({{"verb", "POST"}, {"path", fmt::format("/v1/jobs/{}/start", id)}});
+  EXPECT_EQ(reply["error"]["message"],
+            "agent.prompt_file: 'PROMPT.md' is not a file in the uploaded workspace")
+      << reply.dump();
+  EXPECT_EQ(JobState(static_cast<int>(id)), "created");
+  // Served on.
+  EXPECT_EQ(Call({{"verb", "GET"}, {"path", "/v1/status"}})["ok"], true);
+}
+
+// Loop mode: the stand-in prints the promise at its third run; exactly three
+// iterations, each with its own commit of the workspace and its transcript.
+TEST_F(AgentJobTest, ALoopStopsAtThePromiseWithOneCommitAndTranscriptPerIteration) {
+  ProgramStreams run =
+      Ctl({"job", "run", "--profile", "agent", "--agent", "claude", "--prompt", "Fix the parser",
+           "--loop", "--max-iterations", "10", "--promise", "<promise>DONE</promise>"});
+  ASSERT_EQ(run.exit, 0) << run.err;
+  json job = CtlJson({"job", "show", "1"});
+  EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  const json& usage = job["usage"]["agent"];
+  EXPECT_EQ(usage["iterations"], 3);
+  EXPECT_EQ(usage["stop"], "promise");
+  EXPECT_EQ(usage["input_tokens"], 3000);
+  EXPECT_EQ(usage["output_tokens"], 600);
+  EXPECT_NEAR(usage["cost_usd"].get<double>(), 0.03, 1e-9);
+  EXPECT_EQ(usage["tool_calls"], 3);
+
+  json iterations = CtlJson({"job", "iterations", "1"})["iterations"];
+  ASSERT_EQ(iterations.size(), 3u) << iterations.dump();
+  EXPECT_EQ(Stops(iterations), (std::vector<std::string>{"", "", "promise"}));
+  json logs = Call(
+      {{"verb", "GET"}, {"path", "/v1/jobs/1/logs"}, {"query", {{"limit", "1048576"}}}})["body"];
+  std::string out = *Base64Decode(logs["data_base64"].get<std::string>(), "logs");
+  uint64_t offset = 0;
+  std::vector<std::string> commits;
+  for (size_t i = 0; i < iterations.size(); ++i) {
+    const json& it = iterations[i];
+    SCOPED_TRACE(it.dump());
+    EXPECT_EQ(it["iteration"], i + 1);
+    EXPECT_EQ(it["exit_code"], 0);
+    EXPECT_EQ(it["changed"], true);
+    EXPECT_EQ(it["usage"]["input_tokens"], 1000);
+    // Its transcript: its own run's stream, right after the previous one.
+    EXPECT_EQ(it["transcript"]["offset"], offset);
+    uint64_t end = it["transcript"]["end"];
+    ASSERT_GT(end, offset);
+    ASSERT_LE(end, out.size());
+    std::string transcript = out.substr(offset, end - offset);
+    EXPECT_NE(transcript.find(fmt::format("standin-session-{}", i + 1)), std::string::npos);
+    EXPECT_EQ(transcript.find(fmt::format("standin-session-{}", i + 2)), std::string::npos);
+    offset = end;
+    std::string commit = it["commit"];
+    EXPECT_EQ(commit.size(), 40u);
+    commits.push_back(commit);
+  }
+  EXPECT_EQ(offset, out.size());
+
+  // The commits: one per iteration, in order, a fixed author at a fixed
+  // date; each diff is that iteration's step.
+  std::string history = Git(1, {"log", "--format=%H %an <%ae> %at", "main"});
+  EXPECT_EQ(history, fmt::format("{} ralphd <ralphd@ralphos.invalid> 3\n"
+                                 "{} ralphd <ralphd@ralphos.invalid> 2\n"
+                                 "{} ralphd <ralphd@ralphos.invalid> 1\n",
+                                 commits[2], commits[1], commits[0]));
+  std::string diff = Git(1, {"diff", "--name-only", commits[0], commits[1]});
+  EXPECT_EQ(diff, ".standin/state.json\nPROGRESS.md\nnotes/step-2.txt\n");
+  EXPECT_EQ(Git(1, {"show", commits[0] + ":notes/step-1.txt"}),
+            "iteration 1\nprompt: Fix the parser\n");
+
+  std::vector<json> events = Events(1);
+  EXPECT_EQ(CountKind(events, "loop.iteration"), 3u);
+  EXPECT_EQ(CountKind(events, "agent.tool_call"), 3u);
+  json stopped = CtlJson({"audit", "list", "--job", "1", "--type", "loop.stopped"});
+  ASSERT_EQ(stopped.size(), 1u);
+  EXPECT_EQ(stopped[0]["details"]["reason"], "promise");
+  EXPECT_EQ(stopped[0]["details"]["iterations"], 3);
+  EXPECT_EQ(CtlJson({"audit", "list", "--job", "1", "--type", "loop.iteration"}).size(), 3u);
+  // The workspace at the end is the last iteration's.
+  json listed = CtlJson({"job", "download", "1", "--list"});
+  bool third = false;
+  for (const json& file : listed["files"])
+    third = third || file["path"] == "/work/notes/step-3.txt";
+  EXPECT_TRUE(third) << listed.dump();
+}
+
+TEST_F(AgentJobTest, ALoopStopsAtMaxIterationsStallStopFileAndBudgets) {
+  struct Case {
+    json loop;
+    json env;
+    size_t iterations;
+    std::string stop;
+    std::string state;
+  };
+  const Case cases[] = {
+      {{{"max_iterations", 2}, {"promise", "<promise>DONE</promise>"}},
+       {{"RALPH_STANDIN_ITERATIONS", "10"}},
+       2,
+       "max_iterations",
+       "failed"},
+      // Changes at the first run only: two unchanged iterations stop it.
+      {{{"max_iterations", 10}, {"stall_iterations", 2}},
+       {{"RALPH_STANDIN_ITERATIONS", "10"}, {"RALPH_STANDIN_STALL_AFTER", "1"}},
+       3,
+       "stall_iterations",
+       "failed"},
+      {{{"max_iterations", 10}, {"stop_file", "state/STOP"}},
+       {{"RALPH_STANDIN_ITERATIONS", "2"}, {"RALPH_STANDIN_STOP_FILE", "state/STOP"}},
+       2,
+       "stop_file",
+       "succeeded"},
+      // $0.01 a run: the budget of $0.02 is used up by the second.
+      {{{"max_iterations", 10}, {"max_cost_microusd", 20000}},
+       {{"RALPH_STANDIN_ITERATIONS", "10"}},
+       2,
+       "max_cost_microusd",
+       "failed"},
+      // 1200 tokens a run: 2500 are used up by the third.
+      {{{"max_iterations", 10}, {"max_tokens", 2500}},
+       {{"RALPH_STANDIN_ITERATIONS", "10"}},
+       3,
+       "max_tokens",
+       "failed"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.stop);
+    uint64_t id = SubmitLoop(c.loop, c.env);
+    ASSERT_NE(id, 0u);
+    json job = WaitOver(id);
+    EXPECT_EQ(job["state"], c.state) << job.dump();
+    json iterations = Iterations(id);
+    ASSERT_EQ(iterations.size(), c.iterations) << iterations.dump();
+    std::vector<std::string> stops(c.iterations, "");
+    stops.back() = c.stop;
+    EXPECT_EQ(Stops(iterations), stops);
+    EXPECT_EQ(job["usage"]["agent"]["stop"], c.stop);
+    if (c.stop == "stall_iterations") {
+      EXPECT_EQ(iterations[0]["changed"], true);
+      EXPECT_EQ(iterations[1]["changed"], false);
+      EXPECT_EQ(iterations[2]["changed"], false);
+    }
+    if (c.state == "failed") {
+      EXPECT_EQ(job["reason"],
+                fmt::format("loop stopped by {} after {} iterations", c.stop, c.iterations));
+    }
+  }
+}
+
+// The wall-clock budget (1 ms: no iteration is quicker), three failed runs
+// in a row, and the command profile's promise in its raw output.
+TEST_F(AgentJobTest, ALoopStopsAtItsWallClockBudgetRepeatedFailuresAndARawPromise) {
+  uint64_t id = SubmitLoop({{"max_iterations", 10}, {"max_wall_ms", 1}},
+                           {{"RALPH_STANDIN_ITERATIONS", "10"}});
+  json job = WaitOver(id);
+  EXPECT_EQ(job["usage"]["agent"]["stop"], "max_wall_ms") << job.dump();
+  EXPECT_EQ(Iterations(id).size(), 1u);
+
+  json reply = Submit({{"profile", "agent"},
+                       {"argv", {"sh", "-c", "echo trying; exit 3"}},
+                       {"agent", {{"profile", "command"}}},
+                       {"loop", {{"max_iterations", 10}}}});
+  ASSERT_EQ(reply["ok"], true) << reply.dump();
+  id = reply["body"]["id"];
+  job = WaitOver(id);
+  EXPECT_EQ(job["state"], "failed");
+  EXPECT_EQ(job["reason"], "loop stopped by failures after 3 iterations");
+  json iterations = Iterations(id);
+  ASSERT_EQ(iterations.size(), 3u);
+  EXPECT_EQ(iterations[2]["exit_code"], 3);
+
+  reply = Submit({{"profile", "agent"},
+                  {"argv", {"sh", "-c", "echo working; echo '<promise>OK</promise>'"}},
+                  {"agent", {{"profile", "command"}}},
+                  {"loop", {{"max_iterations", 10}, {"promise", "<promise>OK</promise>"}}}});
+  ASSERT_EQ(reply["ok"], true) << reply.dump();
+  id = reply["body"]["id"];
+  job = WaitOver(id);
+  EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  EXPECT_EQ(Stops(Iterations(id)), std::vector<std::string>{"promise"});
+}
+
+TEST_F(AgentJobTest, CancelStopsALoopBetweenIterations) {
+  uint64_t id = SubmitLoop({{"max_iterations", 100000}}, {{"RALPH_STANDIN_ITERATIONS", "100000"}});
+  ASSERT_NE(id, 0u);
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() >= 2; }));
+  json cancelled = Call({{"verb", "POST"}, {"path", fmt::format("/v1/jobs/{}/cancel", id)}});
+  ASSERT_EQ(cancelled["ok"], true) << cancelled.dump();
+  json job = WaitOver(id);
+  EXPECT_EQ(job["state"], "cancelled") << job.dump();
+  json iterations = Iterations(id);
+  ASSERT_GE(iterations.size(), 2u);
+  EXPECT_EQ(iterations.back()["stop"], "cancelled");
+  for (size_t i = 0; i + 1 < iterations.size(); ++i) EXPECT_FALSE(iterations[i].contains("stop"));
+  // No iteration after the cancel.
+  EXPECT_EQ(Iterations(id).size(), iterations.size());
+  json stopped = CtlJson({"audit", "list", "--job", std::to_string(id), "--type", "loop.stopped"});
+  ASSERT_EQ(stopped.size(), 1u);
+  EXPECT_EQ(stopped[0]["details"]["reason"], "cancelled");
+  EXPECT_EQ(stopped[0]["details"]["iterations"], iterations.size());
+}
+
+TEST_F(AgentJobTest, BadLoopRequestsAreRefusedNamingTheField) {
+  json agent = {{"profile", "claude"}, {"prompt", "x"}};
+  json reply = Submit({{"profile", "agent"}, {"agent", agent}, {"loop", {{"max_iterations", 0}}}});
+  EXPECT_EQ(reply["error"]["message"], "body.loop.max_iterations: 0 is out of range 1..100000");
+  reply = Submit({{"argv", {"true"}}, {"loop", json::object()}});
+  EXPECT_EQ(reply["error"]["message"].get<std::string>().rfind("body.loop: needs body.agent", 0),
+            0u)
+      << reply.dump();
+  reply = Submit({{"profile", "agent"}, {"agent", agent}, {"loop", {{"stop_file", "../STOP"}}}});
+  EXPECT_EQ(reply["error"]["message"], "body.loop.stop_file: '../STOP' contains '..'");
+  reply = Submit({{"profile", "agent"},
+                  {"agent", agent},
+                  {"loop", json::object()},
+                  {"env", {{"OPENAI_API_KEY", "sk-x"}}}});
+  EXPECT_EQ(reply["error"]["code"], "refused") << reply.dump();
+  EXPECT_EQ(Call({{"verb", "GET"}, {"path", "/v1/status"}})["ok"], true);
+}
+// Pause lets the running iteration finish and starts no next one; resume
+// starts the next; a cancel while paused ends the loop between iterations.
+TEST_F(AgentJobTest, PauseResumeAndCancelBetweenIterations) {
+  uint64_t id = SubmitLoop({{"max_iterations", 100000}}, {{"RALPH_STANDIN_ITERATIONS", "100000"}});
+  ASSERT_NE(id, 0u);
+  std::string job = std::to_string(id);
+  auto paused_events = [&] { return CountKind(Events(id), "loop.paused"); };
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() >= 1; }));
+  ProgramStreams pause = Ctl({"job", "pause", job});
+  ASSERT_EQ(pause.exit, 0) << pause.err;
+  ASSERT_TRUE(WaitFor([&] { return paused_events() == 1; }));
+  size_t at_pause = Iterations(id).size();
+  EXPECT_EQ(Show(id)["state"], "running");
+  ProgramStreams again = Ctl({"job", "pause", job});
+  EXPECT_EQ(again.exit, 1);
+  EXPECT_NE(again.err.find("already paused"), std::string::npos) << again.err;
+  // Nothing runs while paused: the next iteration waits for resume.
+  EXPECT_EQ(Iterations(id).size(), at_pause);
+
+  ProgramStreams resume = Ctl({"job", "resume", job});
+  ASSERT_EQ(resume.exit, 0) << resume.err;
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() > at_pause; }));
+  ASSERT_EQ(Ctl({"job", "pause", job}).exit, 0);
+  ASSERT_TRUE(WaitFor([&] { return paused_events() == 2; }));
+  size_t at_cancel = Iterations(id).size();
+
+  ProgramStreams cancel = Ctl({"job", "cancel", job});
+  ASSERT_EQ(cancel.exit, 0) << cancel.err;
+  json record = Show(id);  // over at once: nothing was running
+  EXPECT_EQ(record["state"], "cancelled") << record.dump();
+  EXPECT_EQ(record["reason"], "cancelled while paused between iterations");
+  EXPECT_EQ(record["usage"]["agent"]["stop"], "cancelled");
+  EXPECT_EQ(record["usage"]["agent"]["iterations"], at_cancel);
+  EXPECT_EQ(Iterations(id).size(), at_cancel);
+  json stopped = CtlJson({"audit", "list", "--job", job, "--type", "loop.stopped"});
+  ASSERT_EQ(stopped.size(), 1u);
+  EXPECT_EQ(stopped[0]["details"]["reason"], "cancelled");
+  EXPECT_EQ(CtlJson({"audit", "list", "--job", job, "--type", "loop.resumed"}).size(), 1u);
+  // Only a running loop job is paused.
+  ProgramStreams over = Ctl({"job", "resume", job});
+  EXPECT_EQ(over.exit, 1);
+  EXPECT_NE(over.err.find("only a running loop job is paused or resumed"), std::string::npos)
+      << over.err;
 }
 
 }  // namespace

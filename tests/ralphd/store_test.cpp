@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "services/ralphd/policy.h"
+#include "tests/support/run_program.h"
 #include "tests/support/temp_dir.h"
 
 namespace ralph::ralphd {
@@ -173,6 +174,46 @@ TEST_F(StoreTest, FilesAndEvents) {
   store = Open({.event_limit = 5});
   EXPECT_EQ(*store->LastEventSeq(), 12u);
   EXPECT_EQ(store->AppendEvent("audit", 0, {})->seq, 13u);  // never reused
+}
+
+// A database made before loop mode (no loop_iterations table) gains the
+// table when opened, its jobs kept; iterations read back in order.
+TEST_F(StoreTest, AnOlderDatabaseGainsTheLoopIterationsTable) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  JobRecord job{.profile = "default", .created = NowText()};
+  auto id = store->InsertJob(job);
+  ASSERT_TRUE(id);
+  store.reset();
+  std::string db = dir_ / "ralphd.db";
+  ASSERT_EQ(ralph::testing::RunProgramStreams({"sqlite3", db, "DROP TABLE loop_iterations"}).exit,
+            0);
+
+  store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_TRUE(store->Job(*id));
+  for (uint64_t i : {2u, 1u}) {
+    IterationRecord it{.job = *id,
+                       .iteration = i,
+                       .termination = "exited",
+                       .exit_code = 0,
+                       .commit = std::string(40, 'a'),
+                       .changed = i == 1,
+                       .usage = {{"input_tokens", 1000}},
+                       .stdout_start = (i - 1) * 10,
+                       .stdout_end = i * 10,
+                       .stop = i == 2 ? "promise" : ""};
+    ASSERT_TRUE(store->RecordIteration(it));
+  }
+  auto iterations = store->Iterations(*id);
+  ASSERT_TRUE(iterations);
+  ASSERT_EQ(iterations->size(), 2u);
+  EXPECT_EQ((*iterations)[0].iteration, 1u);
+  EXPECT_TRUE((*iterations)[0].changed);
+  EXPECT_EQ((*iterations)[1].stop, "promise");
+  EXPECT_EQ((*iterations)[1].ToJson()["transcript"]["offset"], 10);
+  EXPECT_EQ((*iterations)[1].usage["input_tokens"], 1000);
+  EXPECT_TRUE(store->Iterations(*id + 1)->empty());
 }
 
 }  // namespace

@@ -25,6 +25,16 @@ constexpr std::string_view kJobUsage =
 
 subcommands:
   run [options] -- ARGV...    submit a job, stream its output, exit with its status
+  run --agent PROFILE [--prompt TEXT | --prompt-file PATH] [--model M] [--max-turns N]
+                              an agent job (claude, codex, opencode; command takes
+                              the ARGV after --): ralphd makes the tool's command
+                              line, its events are on the event stream, the raw
+                              stream is its output; --prompt-file is a path in
+                              the --workspace archive
+      --loop [--max-iterations N] [--promise TEXT] [--stop-file PATH] [--max-wall-ms N]
+             [--max-tokens N] [--max-cost-microusd N] [--stall N]
+                              loop mode: the agent again and again in the same
+                              workspace until a stop condition (`job iterations`)
       --profile NAME          the policy profile (default "default")
       --workspace TAR         upload TAR into the workspace before it starts
       --cwd DIR               its working directory (default the workspace, /work)
@@ -43,6 +53,8 @@ subcommands:
                               terminal, its bytes are the input and its end detaches;
                               exits with the job's status if it ends meanwhile
   files ID                    the files the job changed (path, size, SHA-256)
+  iterations ID               a loop job's iterations: exit, commit, usage, stop reason
+  pause ID | resume ID        a loop job: no next iteration until resume
   download ID [--output FILE] [--list]
                               its workspace as a tar (or the listing)
 
@@ -95,13 +107,44 @@ options:
 )";
 
 constexpr OptionSpec kOptions[] = {
-    {"--socket", true},         {"--json", false},  {"--help", false},      {"--profile", true},
-    {"--workspace", true},      {"--cwd", true},    {"--memory", true},     {"--cpu-millis", true},
-    {"--pids", true},           {"--disk", true},   {"--timeout-ms", true}, {"--detach", false},
-    {"--state", true},          {"--limit", true},  {"--stream", true},     {"--offset", true},
-    {"--follow", false},        {"--output", true}, {"--list", false},      {"--version", true},
-    {"--comment", true},        {"--tty", false},   kRemoteOption,          kIdentityOption,
+    {"--socket", true},
+    {"--json", false},
+    {"--help", false},
+    {"--profile", true},
+    {"--workspace", true},
+    {"--cwd", true},
+    {"--memory", true},
+    {"--cpu-millis", true},
+    {"--pids", true},
+    {"--disk", true},
+    {"--timeout-ms", true},
+    {"--detach", false},
+    {"--state", true},
+    {"--limit", true},
+    {"--stream", true},
+    {"--offset", true},
+    {"--follow", false},
+    {"--output", true},
+    {"--list", false},
+    {"--version", true},
+    {"--comment", true},
+    {"--tty", false},
+    kRemoteOption,
+    kIdentityOption,
     {"--unless-paired", false},
+    {"--agent", true},
+    {"--prompt", true},
+    {"--prompt-file", true},
+    {"--model", true},
+    {"--max-turns", true},
+    {"--loop", false},
+    {"--max-iterations", true},
+    {"--promise", true},
+    {"--stop-file", true},
+    {"--max-wall-ms", true},
+    {"--max-tokens", true},
+    {"--max-cost-microusd", true},
+    {"--stall", true},
 };
 
 Result<uint64_t> Number(std::string_view what, const std::string& text) {
@@ -112,6 +155,16 @@ Result<uint64_t> Number(std::string_view what, const std::string& text) {
                        fmt::format("{}: '{}' is not a number", what, text));
   }
   return n;
+}
+
+// Each of `options` given (a number) as its field of `into`.
+Result<void> NumberOptions(const ParsedArgs& args,
+                           std::span<const std::pair<std::string_view, std::string_view>> options,
+                           json& into) {
+  for (const auto& [option, field] : options) {
+    if (auto text = args.Value(option)) into[std::string(field)] = TRY(Number(option, *text));
+  }
+  return {};
 }
 
 void PrintIssues(const json& reply, std::string_view file) {
@@ -183,8 +236,42 @@ Result<json> Follow(const ParsedArgs& args, uint64_t id, std::string stream, uin
 
 int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
   const std::string command = "job run";
-  if (argv.empty()) return UsageError(command, "the command to run goes after --");
-  json body = {{"argv", argv}, {"profile", args.Value("--profile").value_or("default")}};
+  std::optional<std::string> agent = args.Value("--agent");
+  if (argv.empty() && (!agent || *agent == "command")) {
+    return UsageError(command, "the command to run goes after --");
+  }
+  json body = {{"profile", args.Value("--profile").value_or("default")}};
+  if (!argv.empty()) body["argv"] = argv;
+  if (agent) {
+    json spec = {{"profile", *agent}};
+    if (auto prompt = args.Value("--prompt")) spec["prompt"] = *prompt;
+    if (auto file = args.Value("--prompt-file")) spec["prompt_file"] = *file;
+    if (auto model = args.Value("--model")) spec["model"] = *model;
+    if (auto turns = args.Value("--max-turns")) {
+      Result<uint64_t> n = Number("--max-turns", *turns);
+      if (!n) return UsageError(command, n.error().message());
+      spec["max_turns"] = *n;
+    }
+    body["agent"] = spec;
+    if (args.Has("--loop")) {
+      json loop = json::object();
+      static constexpr std::pair<std::string_view, std::string_view> kNumbers[] = {
+          {"--max-iterations", "max_iterations"},
+          {"--max-wall-ms", "max_wall_ms"},
+          {"--max-tokens", "max_tokens"},
+          {"--max-cost-microusd", "max_cost_microusd"},
+          {"--stall", "stall_iterations"}};
+      Result<void> numbers = NumberOptions(args, kNumbers, loop);
+      if (!numbers) return UsageError(command, numbers.error().message());
+      if (auto promise = args.Value("--promise")) loop["promise"] = *promise;
+      if (auto file = args.Value("--stop-file")) loop["stop_file"] = *file;
+      body["loop"] = loop;
+    }
+  } else {
+    for (const char* option : {"--prompt", "--prompt-file", "--model", "--max-turns", "--loop"}) {
+      if (args.Has(option)) return UsageError(command, fmt::format("{} needs --agent", option));
+    }
+  }
   if (auto cwd = args.Value("--cwd")) body["cwd"] = *cwd;
   json limits = json::object();
   static constexpr std::pair<std::string_view, std::string_view> kLimits[] = {
@@ -193,13 +280,8 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
       {"--pids", "pids"},
       {"--disk", "disk_bytes"},
       {"--timeout-ms", "timeout_ms"}};
-  for (const auto& [option, field] : kLimits) {
-    if (auto text = args.Value(option)) {
-      Result<uint64_t> n = Number(option, *text);
-      if (!n) return UsageError(command, n.error().message());
-      limits[std::string(field)] = *n;
-    }
-  }
+  Result<void> numbers = NumberOptions(args, kLimits, limits);
+  if (!numbers) return UsageError(command, numbers.error().message());
   if (!limits.empty()) body["limits"] = limits;
   const bool tty = args.Has("--tty");
   if (tty) {
@@ -342,11 +424,14 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
     }
     return kExitOk;
   }
-  Result<json> reply = verb == "show"     ? Request(args, "GET", path)
-                       : verb == "cancel" ? Request(args, "POST", path + "/cancel")
-                       : verb == "files"  ? Request(args, "GET", path + "/files")
-                       : verb == "start"  ? Request(args, "POST", path + "/start")
-                                          : Error::Make(ErrorCode::kInvalidArgument, "");
+  Result<json> reply = verb == "show"         ? Request(args, "GET", path)
+                       : verb == "cancel"     ? Request(args, "POST", path + "/cancel")
+                       : verb == "files"      ? Request(args, "GET", path + "/files")
+                       : verb == "iterations" ? Request(args, "GET", path + "/iterations")
+                       : verb == "pause"      ? Request(args, "POST", path + "/pause")
+                       : verb == "resume"     ? Request(args, "POST", path + "/resume")
+                       : verb == "start"      ? Request(args, "POST", path + "/start")
+                                              : Error::Make(ErrorCode::kInvalidArgument, "");
   if (!reply && reply.error().message().empty()) {
     return UsageError("job", fmt::format("unknown subcommand '{}'", verb));
   }
@@ -358,6 +443,17 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
       fmt::print("{:<8} {:>10}  {}  {}\n", Str(file["kind"]), Str(file["size"]),
                  file.contains("sha256") ? Str(file["sha256"]) : std::string(64, '-'),
                  Str(file["path"]));
+    }
+  } else if (verb == "pause" || verb == "resume") {
+    fmt::print("job {}: {}{}\n", *id, (*reply).value("paused", false) ? "paused" : "running",
+               (*reply).value("idle", false) ? " (between iterations)" : "");
+  } else if (verb == "iterations") {
+    for (const json& it : (*reply)["iterations"]) {
+      fmt::print("{:>5}  {:<8} exit={:<4} {:<9} {}  {}\n", Str(it["iteration"]),
+                 it.contains("termination") ? Str(it["termination"]) : std::string("-"),
+                 it.contains("exit_code") ? Str(it["exit_code"]) : std::string("-"),
+                 it.value("changed", false) ? "changed" : "unchanged", Str(it["commit"]),
+                 it.contains("stop") ? "stop: " + Str(it["stop"]) : std::string());
     }
   } else {
     PrintJob(*reply);

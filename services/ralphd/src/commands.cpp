@@ -106,10 +106,27 @@ constexpr FieldInfo kLimitFields[] = {
     Unsigned("disk_bytes", 1, uint64_t{1} << 46),
     Unsigned("timeout_ms", 1, uint64_t{30} * 24 * 3600 * 1000),
 };
+constexpr std::string_view kAgentProfileNames[] = {"claude", "codex", "opencode", "command"};
+constexpr FieldInfo kAgentFields[] = {
+    {.name = "profile", .type = ValueType::kEnum, .required = true, .values = kAgentProfileNames},
+    Text("prompt", kMaxAgentPromptBytes),
+    Text("prompt_file", kMaxArgBytes),
+    Text("model", 256),
+    Unsigned("max_turns", 1, 10000),
+};
+constexpr uint64_t kMaxCounter = uint64_t{1} << 53;  // exact in every JSON reader
+constexpr FieldInfo kLoopFields[] = {
+    Unsigned("max_iterations", 1, 100000),
+    Text("promise", 1024),
+    Text("stop_file", kMaxArgBytes),
+    Unsigned("max_wall_ms", 1, uint64_t{30} * 24 * 3600 * 1000),
+    Unsigned("max_tokens", 1, kMaxCounter),
+    Unsigned("max_cost_microusd", 1, kMaxCounter),
+    Unsigned("stall_iterations", 1, 10000),
+};
 constexpr FieldInfo kSubmitFields[] = {
     {.name = "argv",
      .type = ValueType::kStringArray,
-     .required = true,
      .min = 1,
      .max = kMaxArgs,
      .item_max = kMaxArgBytes},
@@ -125,6 +142,8 @@ constexpr FieldInfo kSubmitFields[] = {
     {.name = "tty", .type = ValueType::kBool},
     Unsigned("columns", 1, kMaxTerminalDimension),
     Unsigned("rows", 1, kMaxTerminalDimension),
+    {.name = "agent", .type = ValueType::kObject, .fields = kAgentFields},
+    {.name = "loop", .type = ValueType::kObject, .fields = kLoopFields},
 };
 constexpr FieldInfo kJobListQuery[] = {OneOf("state", kJobStateNames),
                                        Unsigned("limit", 1, kMaxListLimit)};
@@ -167,6 +186,9 @@ constexpr RouteInfo kRouteInfos[] = {
     {"POST", "/v1/jobs/{id}/cancel", JobCancelCommand::kName},
     {"GET", "/v1/jobs/{id}/logs", JobLogsCommand::kName, kLogsQuery},
     {"GET", "/v1/jobs/{id}/files", JobFilesCommand::kName},
+    {"GET", "/v1/jobs/{id}/iterations", JobIterationsCommand::kName},
+    {"POST", "/v1/jobs/{id}/pause", JobPauseCommand::kName},
+    {"POST", "/v1/jobs/{id}/resume", JobResumeCommand::kName},
     {"GET", "/v1/jobs/{id}/terminal", TerminalAttachCommand::kName},
     {"PUT",
      "/v1/jobs/{id}/workspace",
@@ -300,6 +322,26 @@ class ObjectReader {
     }
     return Invalid(
         fmt::format("{}: expected an unsigned integer, got {}", Field(name), Describe(*value)));
+  }
+
+  // A string member that is one of the table's values.
+  Result<std::optional<std::string>> Enum(std::string_view name) {
+    const FieldInfo* field = TRY(Info(name, ValueType::kEnum));
+    const json* value = Find(name);
+    if (!value) return std::optional<std::string>();
+    if (!value->is_string()) {
+      return Invalid(fmt::format("{}: expected a string, got {}", Field(name), Describe(*value)));
+    }
+    const std::string& text = value->get_ref<const std::string&>();
+    for (std::string_view allowed : field->values) {
+      if (allowed == text) return std::optional<std::string>(text);
+    }
+    std::string names;
+    for (std::string_view allowed : field->values) {
+      names += names.empty() ? "" : ", ";
+      names += allowed;
+    }
+    return Invalid(fmt::format("{}: '{}' is not one of {}", Field(name), text, names));
   }
 
   Result<std::optional<bool>> Bool(std::string_view name) {
@@ -442,10 +484,8 @@ Result<uint64_t> ParseId(std::string_view text) {
   return id;
 }
 
-Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
-  if (path.empty() || path[0] != '/') {
-    return Invalid(fmt::format("{}: '{}' is not an absolute path", field, path));
-  }
+// No ".." among the path's parts.
+Result<void> CheckNoDotDot(std::string_view field, std::string_view path) {
   size_t start = 0;
   while (start <= path.size()) {
     size_t end = path.find('/', start);
@@ -458,6 +498,79 @@ Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
   return {};
 }
 
+Result<void> CheckAbsolutePath(std::string_view field, std::string_view path) {
+  if (path.empty() || path[0] != '/') {
+    return Invalid(fmt::format("{}: '{}' is not an absolute path", field, path));
+  }
+  return CheckNoDotDot(field, path);
+}
+
+// A path inside the workspace: relative, without "..", not empty.
+Result<void> CheckRelativePath(std::string_view field, std::string_view path) {
+  if (path.empty()) return Invalid(fmt::format("{}: must not be empty", field));
+  if (path[0] == '/') {
+    return Invalid(
+        fmt::format("{}: '{}' is absolute; give a path inside the workspace", field, path));
+  }
+  return CheckNoDotDot(field, path);
+}
+
+Result<AgentRequest> DecodeAgent(const json& value, std::span<const FieldInfo> fields) {
+  if (!value.is_object()) {
+    return Invalid(fmt::format("body.agent: expected an object, got {}", Describe(value)));
+  }
+  ObjectReader reader(value, "body.agent", fields);
+  AgentRequest agent;
+  auto profile = TRY(reader.Enum("profile"));
+  if (!profile) return Invalid("body.agent.profile: required");
+  agent.profile = *profile;
+  agent.prompt = TRY(reader.String("prompt"));
+  agent.prompt_file = TRY(reader.String("prompt_file"));
+  agent.model = TRY(reader.String("model"));
+  if (auto turns = TRY(reader.Unsigned("max_turns"))) agent.max_turns = *turns;
+  TRY(reader.Finish());
+  if (agent.profile == "command") {
+    if (agent.prompt || agent.prompt_file) {
+      return Invalid(
+          fmt::format("body.agent.{}: the command profile takes no prompt (its argv is "
+                      "the command)",
+                      agent.prompt ? "prompt" : "prompt_file"));
+    }
+    return agent;
+  }
+  if (agent.prompt && agent.prompt_file) {
+    return Invalid("body.agent.prompt_file: give either a prompt or a prompt file, not both");
+  }
+  if (!agent.prompt && !agent.prompt_file) {
+    return Invalid(
+        fmt::format("body.agent.prompt: required (or body.agent.prompt_file) for the "
+                    "{} profile",
+                    agent.profile));
+  }
+  if (agent.prompt && agent.prompt->empty()) return Invalid("body.agent.prompt: must not be empty");
+  if (agent.prompt_file) TRY(CheckRelativePath("body.agent.prompt_file", *agent.prompt_file));
+  return agent;
+}
+
+Result<LoopRequest> DecodeLoop(const json& value, std::span<const FieldInfo> fields) {
+  if (!value.is_object()) {
+    return Invalid(fmt::format("body.loop: expected an object, got {}", Describe(value)));
+  }
+  ObjectReader reader(value, "body.loop", fields);
+  LoopRequest loop;
+  if (auto n = TRY(reader.Unsigned("max_iterations"))) loop.max_iterations = *n;
+  loop.promise = TRY(reader.String("promise"));
+  if (loop.promise && loop.promise->empty()) return Invalid("body.loop.promise: must not be empty");
+  loop.stop_file = TRY(reader.String("stop_file"));
+  if (loop.stop_file) TRY(CheckRelativePath("body.loop.stop_file", *loop.stop_file));
+  loop.max_wall_ms = TRY(reader.Unsigned("max_wall_ms"));
+  loop.max_tokens = TRY(reader.Unsigned("max_tokens"));
+  loop.max_cost_microusd = TRY(reader.Unsigned("max_cost_microusd"));
+  loop.stall_iterations = TRY(reader.Unsigned("stall_iterations"));
+  TRY(reader.Finish());
+  return loop;
+}
+
 Result<Command> DecodeSubmit(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
@@ -466,15 +579,29 @@ Result<Command> DecodeSubmit(const Request& request) {
 
   const FieldInfo* argv_info = TRY(reader.Info("argv", ValueType::kStringArray));
   const json* argv = reader.Find("argv");
-  if (!argv) return Invalid("body.argv: required");
-  if (!argv->is_array()) {
+  TRY(reader.Info("agent", ValueType::kObject));
+  if (const json* agent = reader.Find("agent")) {
+    command.agent = TRY(DecodeAgent(*agent, reader.Members("agent")));
+    if (command.agent->profile != "command" && argv) {
+      return Invalid(
+          fmt::format("body.argv: the {} profile makes the command line; argv goes "
+                      "with profile command only",
+                      command.agent->profile));
+    }
+    if (command.agent->profile == "command" && !argv) {
+      return Invalid("body.argv: required (the command profile runs the job's argv)");
+    }
+  } else if (!argv) {
+    return Invalid("body.argv: required (or body.agent)");
+  }
+  if (argv && !argv->is_array()) {
     return Invalid(fmt::format("body.argv: expected an array of strings, got {}", Describe(*argv)));
   }
-  if (argv->size() < argv_info->min || argv->size() > argv_info->max) {
+  if (argv && (argv->size() < argv_info->min || argv->size() > argv_info->max)) {
     return Invalid(fmt::format("body.argv: {} elements is out of range {}..{}", argv->size(),
                                argv_info->min, argv_info->max));
   }
-  for (size_t i = 0; i < argv->size(); ++i) {
+  for (size_t i = 0; argv && i < argv->size(); ++i) {
     const json& arg = (*argv)[i];
     if (!arg.is_string()) {
       return Invalid(fmt::format("body.argv[{}]: expected a string, got {}", i, Describe(arg)));
@@ -545,6 +672,18 @@ Result<Command> DecodeSubmit(const Request& request) {
       }
       *field = static_cast<uint16_t>(*value);
     }
+  }
+  TRY(reader.Info("loop", ValueType::kObject));
+  if (const json* loop = reader.Find("loop")) {
+    command.loop = TRY(DecodeLoop(*loop, reader.Members("loop")));
+    if (!command.agent) {
+      return Invalid(
+          "body.loop: needs body.agent (a loop runs an agent profile, or the command "
+          "profile's argv)");
+    }
+  }
+  if (command.agent && command.tty) {
+    return Invalid("body.tty: not for an agent job (its stdout is the tool's event stream)");
   }
   TRY(reader.Finish());
   return command;
@@ -786,6 +925,9 @@ constexpr Route kRoutes[] = {
     {"/v1/jobs/{id}/cancel", "POST", Plain<JobCancelCommand>},
     {"/v1/jobs/{id}/logs", "GET", DecodeLogs},
     {"/v1/jobs/{id}/files", "GET", Plain<JobFilesCommand>},
+    {"/v1/jobs/{id}/iterations", "GET", Plain<JobIterationsCommand>},
+    {"/v1/jobs/{id}/pause", "POST", Plain<JobPauseCommand>},
+    {"/v1/jobs/{id}/resume", "POST", Plain<JobResumeCommand>},
     {"/v1/jobs/{id}/terminal", "GET", Plain<TerminalAttachCommand>},
     {"/v1/jobs/{id}/workspace", "PUT", DecodeWorkspaceUpload},
     {"/v1/jobs/{id}/workspace", "GET", DecodeWorkspaceDownload},

@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include "platform/file_io.h"
@@ -52,7 +54,10 @@ json UsageToJson(const sandbox::JobResult& result) {
 }  // namespace
 
 json SubmitToJson(const JobSubmitCommand& command) {
-  json out = {{"argv", command.argv}, {"profile", command.profile}, {"start", command.start}};
+  json out = {{"profile", command.profile}, {"start", command.start}};
+  if (!command.argv.empty()) out["argv"] = command.argv;
+  if (command.agent) out["agent"] = AgentToJson(*command.agent);
+  if (command.loop) out["loop"] = LoopToJson(*command.loop);
   if (!command.env.empty()) out["env"] = command.env;
   if (command.cwd) out["cwd"] = *command.cwd;
   json limits = json::object();
@@ -84,6 +89,8 @@ json JobToJson(const JobRecord& job) {
     out["exit_code"] = job.exit_code;
     out["signal"] = job.signal;
     out["usage"] = job.usage;
+  } else if (job.usage.is_object() && !job.usage.empty()) {
+    out["usage"] = job.usage;  // a loop cancelled between iterations: its agent's usage
   }
   if (!job.reason.empty()) out["reason"] = job.reason;
   return out;
@@ -216,6 +223,9 @@ Result<void> Daemon::Recover() {
                  "ralphd stopped while the job ran: its sandbox died with the daemon "
                  "(parent-death signal) and what it left was removed"));
     lost.push_back(job.id);
+    // An agent job's home and loop workspace (its commits stay in jobs/ID).
+    std::error_code ec;
+    std::filesystem::remove_all(AgentDir(job.id), ec);
   }
   if (!lost.empty()) {
     RunnerOptions options{.sandbox_state_dir = options_.state_dir + "/sandbox",
@@ -256,6 +266,7 @@ Result<void> Daemon::Launch(JobRecord job) {
   Command command =
       TRY(DecodeRequest({.verb = "POST", .path = "/v1/jobs", .body = DumpJson(job.request)}));
   const auto& submit = std::get<JobSubmitCommand>(command);
+  if (submit.agent) return LaunchAgent(job, submit, *profile);
   sandbox::SandboxSpec spec = TRY(MakeJobSpec(
       *profile,
       {.argv = submit.argv, .env = submit.env, .cwd = submit.cwd, .limits = submit.limits},
@@ -298,6 +309,7 @@ void Daemon::OnRunnerMessages() {
               {"size", message.data.size()},
               {"data_base64", Base64Encode(message.data)}});
         terminals_.Output(id, message.data);
+        if (message.stream == OutputStream::kStdout) OnAgentOutput(id, message.data);
         break;
       }
       case RunnerMessage::Kind::kNet: {
@@ -312,6 +324,7 @@ void Daemon::OnRunnerMessages() {
         break;
       }
       case RunnerMessage::Kind::kFinished: {
+        if (ContinueLoop(message)) break;
         Result<JobRecord> job = store_->Job(id);
         if (!job) {
           Log(LogLevel::kError, job.error().ToString());
@@ -356,6 +369,7 @@ void Daemon::OnRunnerMessages() {
         if (message.result && message.error) {
           reason += fmt::format(" (teardown: {})", message.error->message());
         }
+        FinishAgent(*job, state, reason);
         Result<void> set = SetState(*job, state, reason);
         if (!set) Log(LogLevel::kError, set.error().ToString());
         break;
@@ -390,19 +404,24 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
                                    command.profile, version.version));
   }
   // Checked now, so that a job asking for more is refused at once.
-  TRY(MakeJobSpec(
-      *profile,
-      {.argv = command.argv, .env = command.env, .cwd = command.cwd, .limits = command.limits},
-      options_.environment));
+  if (command.agent) {
+    TRY(CheckAgentSubmit(command, *profile));
+  } else {
+    TRY(MakeJobSpec(
+        *profile,
+        {.argv = command.argv, .env = command.env, .cwd = command.cwd, .limits = command.limits},
+        options_.environment));
+  }
   JobRecord job{.state = command.start ? JobState::kQueued : JobState::kCreated,
                 .profile = command.profile,
                 .request = SubmitToJson(command),
                 .policy_version = version.version,
                 .created = NowText()};
   job.id = TRY(store_->InsertJob(job));
-  Audit("job.submit", fmt::format("job {}", job.id),
-        {{"caller", caller.ToString()}, {"argv", command.argv}, {"profile", command.profile}},
-        job.id);
+  json submitted = {
+      {"caller", caller.ToString()}, {"argv", command.argv}, {"profile", command.profile}};
+  if (command.agent) submitted["agent"] = command.agent->profile;
+  Audit("job.submit", fmt::format("job {}", job.id), submitted, job.id);
   Emit("state", job.id, {{"state", JobStateName(job.state)}});
   Schedule();
   job = TRY(store_->Job(job.id));
@@ -416,6 +435,7 @@ Result<Reply> Daemon::Start(uint64_t id) {
                        fmt::format("job {} is {}: only a created job can be started", id,
                                    JobStateName(job.state)));
   }
+  if (job.request.contains("agent")) TRY(CheckAgentStart(job));
   TRY(SetState(job, JobState::kQueued));
   Schedule();
   return Reply::Json(JobToJson(TRY(store_->Job(id))));
@@ -426,6 +446,9 @@ Result<Reply> Daemon::Cancel(uint64_t id) {
   if (IsFinal(job.state)) {
     return Error::Make(ErrorCode::kInvalidState,
                        fmt::format("job {} is already {}", id, JobStateName(job.state)));
+  }
+  if (job.state == JobState::kRunning && TRY(CancelLoop(job))) {
+    return Reply::Json(JobToJson(TRY(store_->Job(id))));
   }
   if (job.state == JobState::kRunning) {
     // The runner's finished message makes it cancelled.
@@ -608,6 +631,9 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
     for (const FileRecord& file : TRY(store_->Files(c->id))) list.push_back(FileToJson(file));
     return Reply::Json({{"job", c->id}, {"state", JobStateName(job.state)}, {"files", list}});
   }
+  if (const auto* c = std::get_if<JobIterationsCommand>(&command)) return Iterations(c->id);
+  if (const auto* c = std::get_if<JobPauseCommand>(&command)) return PauseLoop(c->id, true);
+  if (const auto* c = std::get_if<JobResumeCommand>(&command)) return PauseLoop(c->id, false);
   if (const auto* c = std::get_if<WorkspaceUploadCommand>(&command)) return Upload(*c);
   if (const auto* c = std::get_if<WorkspaceDownloadCommand>(&command)) return Download(*c);
   if (const auto* c = std::get_if<PolicyGetCommand>(&command)) return PolicyGet(*c);

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -59,6 +60,9 @@ constexpr std::string_view kUsage =
                       (default: the listen address with the bound port;
                       for 0.0.0.0 or ::, an interface's address chosen at
                       each offer: up, not loopback, not link-local, IPv4 first)
+  --agent-program PROFILE=PATH
+                      run agent profile PROFILE's tool as PATH (inside the
+                      job's sandbox) instead of its own name; repeatable
 )";
 
 struct HostPort {
@@ -110,7 +114,17 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   std::optional<std::string> api_listen;
   parser.Option("--api-listen", &api_listen);
   parser.Option("--api-address", &options.api_address);
+  std::vector<std::string> agent_programs;
+  parser.Repeated("--agent-program", &agent_programs);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
+  for (const std::string& entry : agent_programs) {
+    size_t eq = entry.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 >= entry.size() || entry[eq + 1] != '/') {
+      return parser.UsageError(
+          fmt::format("--agent-program: '{}' is not PROFILE=/absolute/path", entry));
+    }
+    options.daemon.agent_programs[entry.substr(0, eq)] = entry.substr(eq + 1);
+  }
 
   if (options.daemon.state_dir.empty()) return parser.UsageError("--state-dir is required");
   if (socket) options.socket = *socket;
@@ -286,17 +300,36 @@ class CoreEventSource final : public api::EventSourceInterface {
     return next_id_;
   }
 
+  // Waits for a Wake in progress on another thread, so that no wake runs
+  // after it returns; from inside a wake (its session's last reference let
+  // go there) it does not wait.
   void Unsubscribe(uint64_t id) override {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     wakes_.erase(id);
+    if (waking_ == std::this_thread::get_id()) return;
+    woken_.wait(lock, [&] { return waking_ == std::thread::id(); });
   }
 
   // From the daemon's event listener (the loop's thread). The wakes run
-  // under mutex_ so none runs after its Unsubscribe returned; they only
-  // post to the server's threads.
+  // without mutex_ held (the interface's promise): a wake may drop the last
+  // reference to its session, whose destructor unsubscribes.
   void Wake() {
+    std::vector<std::pair<uint64_t, std::function<void()>>> wakes;
+    {
+      std::lock_guard lock(mutex_);
+      waking_ = std::this_thread::get_id();
+      wakes.assign(wakes_.begin(), wakes_.end());
+    }
+    for (const auto& [id, wake] : wakes) {
+      {
+        std::lock_guard lock(mutex_);
+        if (!wakes_.count(id)) continue;  // unsubscribed by an earlier wake
+      }
+      wake();
+    }
     std::lock_guard lock(mutex_);
-    for (auto& [id, wake] : wakes_) wake();
+    waking_ = std::thread::id();
+    woken_.notify_all();
   }
 
  private:
@@ -308,6 +341,8 @@ class CoreEventSource final : public api::EventSourceInterface {
   ralph::ralphd::Daemon& daemon_;
   ralph::ralphd::LocalServer& local_;
   std::mutex mutex_;
+  std::condition_variable woken_;
+  std::thread::id waking_;  // the thread in Wake, if any
   uint64_t next_id_ = 0;
   std::map<uint64_t, std::function<void()>> wakes_;
 };

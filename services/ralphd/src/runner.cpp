@@ -265,6 +265,9 @@ void JobRunner::RunJob(JobLaunch launch) {
   if (!id) return fail(id.error().WithContext("creating the sandbox"));
   Result<std::string> workspace = (*service)->WorkspacePath(*id);
   if (!workspace) return fail(workspace.error());
+  // A loop iteration's workspace is its host directory (bound over the
+  // sandbox's own).
+  if (!launch.host_workspace.empty()) workspace = launch.host_workspace;
   if (!launch.upload_tar.empty()) {
     // Owned by the job's root (its uid 0 maps to ids.host_base).
     Result<void> extracted =
@@ -337,7 +340,9 @@ void JobRunner::RunJob(JobLaunch launch) {
   // What the job changed: its whole upper layer (".../upper/work" is the
   // workspace), and the workspace kept for download.
   std::string upper = workspace->substr(0, workspace->rfind("/upper/") + 6);
-  Result<std::vector<FileRecord>> files = ListFiles(upper, "");
+  Result<std::vector<FileRecord>> files = launch.host_workspace.empty()
+                                              ? ListFiles(upper, "")
+                                              : ListFiles(*workspace, launch.spec.workspace);
   if (files) {
     finished.files = std::move(*files);
   } else {
@@ -349,6 +354,15 @@ void JobRunner::RunJob(JobLaunch launch) {
     if (!written && !finished.files_error) finished.files_error = written.error();
   } else if (!finished.files_error) {
     finished.files_error = tar.error();
+  }
+  if (!launch.git_dir.empty()) {
+    Result<WorkspaceCommit> commit =
+        CommitWorkspace(launch.git_dir, launch.host_workspace, launch.iteration);
+    if (commit) {
+      finished.commit = std::move(*commit);
+    } else {
+      finished.commit_error = commit.error();
+    }
   }
   Result<void> destroyed = (*service)->Destroy(*id);
   if (!destroyed && !finished.error) finished.error = destroyed.error().WithContext("tearing down");

@@ -44,6 +44,18 @@ CREATE TABLE IF NOT EXISTS events(
 CREATE INDEX IF NOT EXISTS events_by_job ON events(job, seq);
 )sql";
 
+// Loop mode's table: only ever added (CREATE ... IF NOT EXISTS), so a
+// database of an older ralphd gains it when opened and loses nothing.
+constexpr const char* kLoopSchema = R"sql(
+CREATE TABLE IF NOT EXISTS loop_iterations(
+  job INTEGER NOT NULL, iteration INTEGER NOT NULL, started TEXT NOT NULL,
+  finished TEXT NOT NULL, termination TEXT NOT NULL, exit_code INTEGER NOT NULL,
+  signal INTEGER NOT NULL, error TEXT NOT NULL, commit_id TEXT NOT NULL,
+  changed INTEGER NOT NULL, usage TEXT NOT NULL, stdout_start INTEGER NOT NULL,
+  stdout_end INTEGER NOT NULL, stop TEXT NOT NULL, PRIMARY KEY(job, iteration));
+)sql";
+
+using sqlite::Statement;
 constexpr auto Text = sqlite::ColumnText;
 
 void Bind(sqlite3_stmt* statement, int index, std::string_view text) {
@@ -124,6 +136,7 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, StoreOptions
   TRY(store->Exec("PRAGMA journal_mode=WAL", "setting WAL"));
   TRY(store->Exec("PRAGMA synchronous=NORMAL", "setting synchronous"));
   TRY(store->Exec(kSchema, "creating the schema"));
+  TRY(store->Exec(kLoopSchema, "creating the loop iterations' table"));
   Result<PolicyVersion> active = store->ActivePolicy();
   if (!active && active.error().code() == ErrorCode::kNotFound) {
     TRY(store->AddPolicy(std::string(DefaultPolicyDocument()), "the default policy", "ralphd"));
@@ -528,6 +541,81 @@ Result<uint64_t> Store::LastEventSeq() {
   PREPARE(s, "SELECT COALESCE(MAX(seq), 0) FROM events", "reading the last event");
   if (sqlite3_step(s.get()) != SQLITE_ROW) return DbError("reading the last event");
   return static_cast<uint64_t>(sqlite3_column_int64(s.get(), 0));
+}
+
+json IterationRecord::ToJson() const {
+  json out = {
+      {"iteration", iteration},
+      {"started", started},
+      {"finished", finished},
+      {"changed", changed},
+      {"usage", usage},
+      {"transcript", {{"stream", "stdout"}, {"offset", stdout_start}, {"end", stdout_end}}}};
+  if (!termination.empty()) {
+    out["termination"] = termination;
+    out["exit_code"] = exit_code;
+    out["signal"] = signal;
+  }
+  if (!error.empty()) out["error"] = error;
+  out["commit"] = commit.empty() ? json() : json(commit);
+  if (!stop.empty()) out["stop"] = stop;
+  return out;
+}
+
+Result<void> Store::RecordIteration(const IterationRecord& it) {
+  PREPARE(s,
+          "INSERT OR REPLACE INTO loop_iterations(job, iteration, started, finished, "
+          "termination, exit_code, signal, error, commit_id, changed, usage, stdout_start, "
+          "stdout_end, stop) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+          "recording an iteration");
+  Bind(s.get(), 1, static_cast<int64_t>(it.job));
+  Bind(s.get(), 2, static_cast<int64_t>(it.iteration));
+  Bind(s.get(), 3, it.started);
+  Bind(s.get(), 4, it.finished);
+  Bind(s.get(), 5, it.termination);
+  Bind(s.get(), 6, int64_t{it.exit_code});
+  Bind(s.get(), 7, int64_t{it.signal});
+  Bind(s.get(), 8, it.error);
+  Bind(s.get(), 9, it.commit);
+  Bind(s.get(), 10, int64_t{it.changed ? 1 : 0});
+  Bind(s.get(), 11, DumpJson(it.usage));
+  Bind(s.get(), 12, static_cast<int64_t>(it.stdout_start));
+  Bind(s.get(), 13, static_cast<int64_t>(it.stdout_end));
+  Bind(s.get(), 14, it.stop);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) {
+    return DbError(fmt::format("recording iteration {} of job {}", it.iteration, it.job));
+  }
+  return {};
+}
+
+Result<std::vector<IterationRecord>> Store::Iterations(uint64_t job) {
+  PREPARE(s,
+          "SELECT iteration, started, finished, termination, exit_code, signal, error, "
+          "commit_id, changed, usage, stdout_start, stdout_end, stop FROM loop_iterations "
+          "WHERE job = ?1 ORDER BY iteration",
+          "listing iterations");
+  Bind(s.get(), 1, static_cast<int64_t>(job));
+  std::vector<IterationRecord> out;
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    sqlite3_stmt* r = s.get();
+    out.push_back({.job = job,
+                   .iteration = static_cast<uint64_t>(sqlite3_column_int64(r, 0)),
+                   .started = Text(r, 1),
+                   .finished = Text(r, 2),
+                   .termination = Text(r, 3),
+                   .exit_code = sqlite3_column_int(r, 4),
+                   .signal = sqlite3_column_int(r, 5),
+                   .error = Text(r, 6),
+                   .commit = Text(r, 7),
+                   .changed = sqlite3_column_int(r, 8) != 0,
+                   .usage = ParseStored(Text(r, 9)),
+                   .stdout_start = static_cast<uint64_t>(sqlite3_column_int64(r, 10)),
+                   .stdout_end = static_cast<uint64_t>(sqlite3_column_int64(r, 11)),
+                   .stop = Text(r, 12)});
+  }
+  if (rc != SQLITE_DONE) return DbError("listing iterations");
+  return out;
 }
 
 }  // namespace ralph::ralphd

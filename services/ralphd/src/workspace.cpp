@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "platform/process.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
 
@@ -197,6 +198,39 @@ Result<std::vector<FileRecord>> ListTar(const std::string& path) {
   return files;
 }
 
+Result<std::optional<std::string>> ReadTarFile(const std::string& tar_path, std::string_view member,
+                                               size_t max_bytes) {
+  Archive in = TRY(OpenTar(tar_path, "workspace archive"));
+  std::string want(member);
+  if (want.rfind("./", 0) == 0) want.erase(0, 2);
+  archive_entry* entry = nullptr;
+  while (true) {
+    int rc = archive_read_next_header(in.get(), &entry);
+    if (rc == ARCHIVE_EOF) return std::optional<std::string>();
+    if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) return ArchiveError(in.get(), "workspace archive");
+    std::string name = archive_entry_pathname(entry) ? archive_entry_pathname(entry) : "";
+    if (name.rfind("./", 0) == 0) name.erase(0, 2);
+    if (name != want || archive_entry_filetype(entry) != AE_IFREG) {
+      if (archive_read_data_skip(in.get()) != ARCHIVE_OK) {
+        return ArchiveError(in.get(), "workspace archive");
+      }
+      continue;
+    }
+    la_int64_t size = archive_entry_size(entry);
+    if (size < 0 || static_cast<uint64_t>(size) > max_bytes) {
+      return Error::Make(
+          ErrorCode::kInvalidArgument,
+          fmt::format("{}: {} bytes is longer than the limit of {}", member, size, max_bytes));
+    }
+    std::string content(static_cast<size_t>(size), '\0');
+    la_ssize_t got = archive_read_data(in.get(), content.data(), content.size());
+    if (got < 0 || static_cast<size_t>(got) != content.size()) {
+      return ArchiveError(in.get(), fmt::format("reading {} from the workspace archive", member));
+    }
+    return std::optional<std::string>(std::move(content));
+  }
+}
+
 Result<std::string> ArchiveDirectory(const std::string& dir) {
   std::string tar;
   Archive out(archive_write_new());
@@ -255,6 +289,68 @@ Result<std::vector<FileRecord>> ListFiles(const std::string& dir, const std::str
   if (walk.error) return *walk.error;
   if (rc != 0) return Error::FromErrno(fmt::format("walking {}", dir), errno);
   return files;
+}
+
+Result<WorkspaceCommit> CommitWorkspace(const std::string& git_dir, const std::string& work_tree,
+                                        uint64_t iteration) {
+  const std::string date = fmt::format("@{} +0000", iteration);
+  std::vector<std::string> env = {"GIT_CONFIG_NOSYSTEM=1",
+                                  "GIT_CONFIG_GLOBAL=/dev/null",
+                                  "HOME=/nonexistent",
+                                  "PATH=/usr/bin:/bin",
+                                  "LC_ALL=C",
+                                  "GIT_TERMINAL_PROMPT=0",
+                                  "GIT_AUTHOR_NAME=ralphd",
+                                  "GIT_AUTHOR_EMAIL=ralphd@ralphos.invalid",
+                                  "GIT_COMMITTER_NAME=ralphd",
+                                  "GIT_COMMITTER_EMAIL=ralphd@ralphos.invalid",
+                                  "GIT_AUTHOR_DATE=" + date,
+                                  "GIT_COMMITTER_DATE=" + date};
+  auto git = [&](std::vector<std::string> args) -> Result<std::string> {
+    // The work tree belongs to the job's uid (safe.directory); nothing of
+    // git runs anything the job could have written.
+    std::vector<std::string> argv = {"git",
+                                     "-c",
+                                     "safe.directory=*",
+                                     "-c",
+                                     "core.hooksPath=/dev/null",
+                                     "-c",
+                                     "core.fsmonitor=false",
+                                     "-c",
+                                     "core.autocrlf=false",
+                                     "-c",
+                                     "commit.gpgsign=false",
+                                     "-c",
+                                     "gc.auto=0"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::string out = TRY(RunProgramChecked({.argv = std::move(argv),
+                                             .env = env,
+                                             .environment = ProgramEnvironment::kOnly,
+                                             .cwd = work_tree,
+                                             .package = "git"}));
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+  };
+  std::string before;
+  const bool first = ::access((git_dir + "/HEAD").c_str(), F_OK) != 0;
+  if (first) {
+    // Bare: the repository names no work tree, so it outlives this one.
+    TRY_CTX(git({"init", "-q", "--bare", "--initial-branch=main", git_dir}),
+            "making the loop's repository");
+  }
+  env.push_back("GIT_DIR=" + git_dir);
+  env.push_back("GIT_WORK_TREE=" + work_tree);
+  if (first) {
+    before = TRY(git({"hash-object", "-t", "tree", "/dev/null"}));  // the empty tree
+  } else {
+    before = TRY(git({"rev-parse", "HEAD^{tree}"}));
+  }
+  TRY_CTX(git({"add", "-A", "--", "."}), "committing the workspace");
+  std::string tree = TRY(git({"write-tree"}));
+  TRY_CTX(git({"commit", "-q", "--allow-empty", "--no-verify", "-m",
+               fmt::format("iteration {}", iteration)}),
+          "committing the workspace");
+  return WorkspaceCommit{.commit = TRY(git({"rev-parse", "HEAD"})), .changed = tree != before};
 }
 
 }  // namespace ralph::ralphd

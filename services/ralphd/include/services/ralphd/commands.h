@@ -31,6 +31,9 @@
 //   GET    /v1/jobs/{id}/logs[?stream=stdout|stderr&offset=N&limit=N]
 //                                            JobLogsCommand
 //   GET    /v1/jobs/{id}/files               JobFilesCommand
+//   GET    /v1/jobs/{id}/iterations          JobIterationsCommand
+//   POST   /v1/jobs/{id}/pause               JobPauseCommand
+//   POST   /v1/jobs/{id}/resume              JobResumeCommand
 //   GET    /v1/jobs/{id}/terminal            TerminalAttachCommand (a streaming
 //                                            transport attaches: the local
 //                                            socket's "attach", the API's
@@ -142,9 +145,40 @@ struct StatusCommand {
   static constexpr std::string_view kName = "status";
 };
 
+// An agent job (docs/agent-profiles.md): ralphd makes the command line,
+// environment and home settings from the agent profile, and parses the
+// tool's stdout into agent events. `profile` is one of "claude", "codex",
+// "opencode" (exactly one of prompt, prompt_file) or "command" (the job's
+// argv is the command; no prompt).
+inline constexpr size_t kMaxAgentPromptBytes = 100 * 1024;
+struct AgentRequest {
+  std::string profile;
+  std::optional<std::string> prompt;
+  // Relative to the workspace, without "..": read from the uploaded
+  // workspace when the job starts.
+  std::optional<std::string> prompt_file;
+  std::optional<std::string> model;
+  std::optional<uint32_t> max_turns;
+};
+
+// Loop mode (docs/ralphd.md "Loop mode"): the agent runs again and again on
+// the same prompt in the same workspace until the first stop condition.
+inline constexpr uint64_t kDefaultLoopIterations = 100;
+struct LoopRequest {
+  uint64_t max_iterations = kDefaultLoopIterations;
+  std::optional<std::string> promise;    // an exact string in the agent's text
+  std::optional<std::string> stop_file;  // relative to the workspace, no ".."
+  std::optional<uint64_t> max_wall_ms;   // since the first iteration started
+  std::optional<uint64_t> max_tokens;    // input + output tokens, all iterations
+  std::optional<uint64_t> max_cost_microusd;
+  std::optional<uint64_t> stall_iterations;  // this many in a row changing nothing
+};
+
 struct JobSubmitCommand {
   static constexpr std::string_view kName = "job.submit";
-  std::vector<std::string> argv;           // 1..kMaxArgs, argv[0] non-empty
+  // 1..kMaxArgs, argv[0] non-empty; empty for an agent job of an agent
+  // profile (the profile makes it).
+  std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // NAME -> value
   std::optional<std::string> cwd;          // absolute; the policy's workspace when absent
   std::string profile = "default";         // the policy profile it runs under
@@ -158,6 +192,8 @@ struct JobSubmitCommand {
   bool tty = false;
   std::optional<uint16_t> columns;
   std::optional<uint16_t> rows;
+  std::optional<AgentRequest> agent;
+  std::optional<LoopRequest> loop;  // only with agent
 };
 
 struct JobListCommand {
@@ -189,6 +225,24 @@ struct JobLogsCommand {
 
 struct JobFilesCommand {
   static constexpr std::string_view kName = "job.files";
+  uint64_t id = 0;
+};
+
+// Loop mode between iterations: pause lets the running iteration finish
+// and starts no next one until resume (the job stays running); cancel of
+// a paused loop ends it at once.
+struct JobPauseCommand {
+  static constexpr std::string_view kName = "job.pause";
+  uint64_t id = 0;
+};
+struct JobResumeCommand {
+  static constexpr std::string_view kName = "job.resume";
+  uint64_t id = 0;
+};
+
+// A loop job's iterations, in order (store.h IterationRecord).
+struct JobIterationsCommand {
+  static constexpr std::string_view kName = "job.iterations";
   uint64_t id = 0;
 };
 
@@ -286,7 +340,8 @@ using Command =
                  WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand,
                  PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
                  AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
-                 PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand>;
+                 PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand,
+                 JobIterationsCommand, JobPauseCommand, JobResumeCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);

@@ -16,6 +16,7 @@
 
 #include <array>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -43,6 +44,10 @@ struct DaemonOptions {
   // Every process a job starts is a "job.exec" audit row (exec_audit.h).
   // The ralphd binary has no switch for it; bench/ralphd compares without.
   bool record_exec = true;
+  // An agent profile's tool by another program (its path inside the job's
+  // sandbox), by profile name: "claude" -> "/opt/standin/ralph-agent-standin"
+  // in tests. Absent: the tool's own name, looked up in the job's PATH.
+  std::map<std::string, std::string> agent_programs;
 };
 
 // The HTTPS API's pairing registry as the core administers it; set when
@@ -147,6 +152,30 @@ class Daemon final : public DispatcherInterface {
   Result<Reply> AuditExport(const AuditExportCommand& command);
   Result<Reply> Carry(const Caller& caller, const Command& command);
 
+  // Agent jobs (agent_jobs.cpp, docs/agent-profiles.md): the profile's
+  // command line, environment and home; the tool's stdout parsed into
+  // agent.* events and agent.tool_call audit rows; a usage summary.
+  struct AgentRun;
+  Result<void> CheckAgentSubmit(const JobSubmitCommand& command, const Profile& profile);
+  Result<void> CheckAgentStart(const JobRecord& job);
+  Result<void> LaunchAgent(JobRecord& job, const JobSubmitCommand& submit, const Profile& profile);
+  enum class AgentFeed { kChunk, kEnd };  // kEnd: the stream is over
+  void OnAgentOutput(uint64_t job, std::string_view data, AgentFeed feed = AgentFeed::kChunk);
+  // Before a finished agent job's state is set: its usage summary; a loop
+  // job's state from its stop reason.
+  void FinishAgent(JobRecord& job, JobState& state, std::string& reason);
+  // Loop mode: a finished iteration is recorded and its stop conditions
+  // checked; true when the next iteration has started (the job runs on).
+  bool ContinueLoop(const RunnerMessage& message);
+  Result<void> StartIteration(uint64_t job, AgentRun& run, std::string upload_tar);
+  Result<Reply> Iterations(uint64_t job);
+  Result<Reply> PauseLoop(uint64_t job, bool pause);
+  // Cancel of a running loop job: its running iteration is killed and is
+  // its last; a paused loop between iterations (nothing runs) ends now.
+  // False when `job` is not a loop job.
+  Result<bool> CancelLoop(JobRecord& job);
+  std::string AgentDir(uint64_t job) const;
+
   DaemonOptions options_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<audit::AuditLog> audit_;
@@ -159,6 +188,9 @@ class Daemon final : public DispatcherInterface {
   TerminalHub terminals_;
   // Audit records not yet stored, in order, with the job each is about.
   std::vector<std::pair<audit::AuditEvent, uint64_t>> pending_audit_;
+  // The running agent jobs' parsers and counters (shared_ptr: AgentRun is
+  // complete only in agent_jobs.cpp).
+  std::map<uint64_t, std::shared_ptr<AgentRun>> agent_runs_;
 };
 
 // What a terminal's `closed` reports: the exit code of a job that exited,
@@ -171,5 +203,9 @@ nlohmann::json JobToJson(const JobRecord& job);
 // The submit command in the request body's own format (DecodeRequest reads
 // it back).
 nlohmann::json SubmitToJson(const JobSubmitCommand& command);
+// The agent object of a submit body.
+nlohmann::json AgentToJson(const AgentRequest& agent);
+// The loop object of a submit body.
+nlohmann::json LoopToJson(const LoopRequest& loop);
 
 }  // namespace ralph::ralphd

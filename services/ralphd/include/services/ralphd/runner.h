@@ -40,6 +40,7 @@
 #include "sandbox/service.h"
 #include "services/ralphd/exec_audit.h"
 #include "services/ralphd/store.h"
+#include "services/ralphd/workspace.h"
 
 namespace ralph::ralphd {
 
@@ -70,6 +71,9 @@ struct RunnerMessage {
   bool cancelled = false;
   std::vector<FileRecord> files;
   std::optional<Error> files_error;
+  // A loop iteration: the workspace's commit after it, or why there is none.
+  std::optional<WorkspaceCommit> commit;
+  std::optional<Error> commit_error;
 };
 
 struct JobLaunch {
@@ -77,6 +81,14 @@ struct JobLaunch {
   sandbox::SandboxSpec spec;
   std::string upload_tar;       // extracted into the workspace before start; "" for none
   std::string result_tar_path;  // the workspace archived here at the end
+  // A loop iteration: the workspace is this host directory, bound at the
+  // spec's workspace by the caller and kept from one iteration to the
+  // next (the upload is extracted into it); after the run it is committed
+  // into `git_dir` as `iteration` (workspace.h CommitWorkspace), and the
+  // files listed are the workspace's.
+  std::string host_workspace;
+  std::string git_dir;
+  uint64_t iteration = 0;
 };
 
 class JobRunner {

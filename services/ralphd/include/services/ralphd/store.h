@@ -67,6 +67,26 @@ struct FileRecord {
   std::string sha256;  // of the content (files), "" otherwise
 };
 
+// One iteration of a loop job: its run, what it cost, its commit of the
+// workspace, and where its transcript is in the job's stdout.
+struct IterationRecord {
+  uint64_t job = 0;
+  uint64_t iteration = 0;  // 1-based
+  std::string started;
+  std::string finished;
+  std::string termination;  // as JobRecord's; "" when it could not run
+  int exit_code = -1;
+  int signal = 0;
+  std::string error;     // why it could not run, or its commit failed
+  std::string commit;    // the workspace's git commit after it (hex), "" when none
+  bool changed = false;  // the workspace differs from the previous commit
+  nlohmann::json usage = nlohmann::json::object();  // the agent's usage of this run
+  uint64_t stdout_start = 0;  // [start, end) of the job's stdout: its transcript
+  uint64_t stdout_end = 0;
+  std::string stop;  // the stop reason when the loop stopped after it, else ""
+  nlohmann::json ToJson() const;
+};
+
 struct OutputSlice {
   uint64_t offset = 0;  // where `data` starts (> the asked offset when that was dropped)
   std::string data;
@@ -133,6 +153,11 @@ class Store {
   Result<std::vector<Event>> EventsAfter(uint64_t after, std::optional<uint64_t> job,
                                          uint64_t limit);
   Result<uint64_t> LastEventSeq();
+
+  // --- loop iterations (table loop_iterations, added to older databases
+  // when they are opened) ---
+  Result<void> RecordIteration(const IterationRecord& iteration);
+  Result<std::vector<IterationRecord>> Iterations(uint64_t job);
 
  private:
   Store(sqlite3* db, StoreOptions options) : db_(db), options_(options) {}

@@ -10,7 +10,9 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "platform/result.h"
@@ -27,8 +29,29 @@ Result<void> ExtractTar(const std::string& tar_path, const std::string& dir, uid
 // "symlink", and size; no digests). kInvalidArgument when it is not one.
 Result<std::vector<FileRecord>> ListTar(const std::string& path);
 
+// The content of the regular file `member` ("PROMPT.md", "./PROMPT.md")
+// of the tar archive at `tar_path`; nullopt when it has none of that name.
+// kInvalidArgument when it is longer than `max_bytes`.
+Result<std::optional<std::string>> ReadTarFile(const std::string& tar_path, std::string_view member,
+                                               size_t max_bytes);
+
 // `dir`'s content as a tar archive (paths relative to it, "./name").
 Result<std::string> ArchiveDirectory(const std::string& dir);
+
+// A loop iteration's commit of the workspace (docs/ralphd.md "Loop mode").
+struct WorkspaceCommit {
+  std::string commit;    // hex
+  bool changed = false;  // its tree differs from the previous commit's (or is not empty)
+};
+
+// Commits everything in `work_tree` (a loop job's workspace on the host) to
+// the repository `git_dir` (kept outside the workspace, so nothing the job
+// writes is git configuration or a hook; made at the first call) with the
+// host's git and no user or system configuration, as a fixed author and
+// committer at the fixed date `iteration` seconds after the epoch: the
+// same workspaces give the same commits.
+Result<WorkspaceCommit> CommitWorkspace(const std::string& git_dir, const std::string& work_tree,
+                                        uint64_t iteration);
 
 // Every entry below `dir` ("/"-prefixed paths relative to it, `prefix`
 // prepended): regular files with their size and SHA-256, symlinks with the
