@@ -46,7 +46,8 @@ options:
 constexpr OptionSpec kOptions[] = {
     {"--json", false}, {"--limit", true},  {"--anchor", true}, {"--audit-db", true},
     {"--help", false}, {"--socket", true}, {"--after", true},  {"--job", true},
-    {"--type", true},  {"--since", true},  {"--until", true}, kRemoteOption, kIdentityOption,
+    {"--type", true},  {"--since", true},  {"--until", true},  kRemoteOption,
+    kIdentityOption,
 };
 
 // Through ralphd (its socket, or --remote) unless the file is named (or
