@@ -41,6 +41,7 @@ TEST(AdvertisedAddressTest, FallsBackToAGlobalIpv6) {
   std::vector<InterfaceAddress> seen = {
       {.interface = "lo", .address = "127.0.0.1", .up = true, .loopback = true},
       Up("eth0", "fe80::5054:ff:fe12:3456"),
+      Up("eth0", "fec0::5054:ff:fe12:3456"),
       Up("eth0", "2001:db8::7"),
   };
   EXPECT_EQ(PickAdvertisedHost(seen).value(), "2001:db8::7");
@@ -51,6 +52,7 @@ TEST(AdvertisedAddressTest, NoReachableAddressIsAnErrorNamingWhatWasSeen) {
       {.interface = "lo", .address = "127.0.0.1", .up = true, .loopback = true},
       {.interface = "eth0", .address = "10.0.0.7", .up = false},
       Up("eth1", "fe80::1"),
+      Up("eth1", "fec0::5054:ff:fe12:3456"),
   };
   Result<std::string> picked = PickAdvertisedHost(seen);
   ASSERT_FALSE(picked);

@@ -17,13 +17,14 @@ bool IsV6(std::string_view host) {
   return host.find(':') != std::string_view::npos;
 }
 
-// 169.254.0.0/16 and fe80::/10: valid on one link only, and a client
-// elsewhere on the LAN cannot use them.
-bool IsLinkLocal(std::string_view host) {
+// 169.254.0.0/16 and fe80::/10 are valid on one link only, and a client
+// elsewhere on the LAN cannot use them; fec0::/10 (site-local) is
+// deprecated and routes nowhere (QEMU's user network still advertises it).
+bool IsLocalScope(std::string_view host) {
   if (!IsV6(host)) return host.starts_with("169.254.");
   in6_addr a{};
   if (inet_pton(AF_INET6, std::string(host).c_str(), &a) != 1) return false;
-  return a.s6_addr[0] == 0xfe && (a.s6_addr[1] & 0xc0) == 0x80;
+  return a.s6_addr[0] == 0xfe && ((a.s6_addr[1] & 0xc0) == 0x80 || (a.s6_addr[1] & 0xc0) == 0xc0);
 }
 
 std::string WithPort(std::string_view host, uint16_t port) {
@@ -35,7 +36,7 @@ std::string WithPort(std::string_view host, uint16_t port) {
 Result<std::string> PickAdvertisedHost(std::span<const InterfaceAddress> addresses) {
   for (bool want_v6 : {false, true}) {
     for (const InterfaceAddress& a : addresses) {
-      if (!a.up || a.loopback || IsV6(a.address) != want_v6 || IsLinkLocal(a.address)) continue;
+      if (!a.up || a.loopback || IsV6(a.address) != want_v6 || IsLocalScope(a.address)) continue;
       return a.address;
     }
   }
@@ -46,7 +47,7 @@ Result<std::string> PickAdvertisedHost(std::span<const InterfaceAddress> address
   }
   return Error::Make(ErrorCode::kNotFound,
                      fmt::format("no interface address a client could reach (up, not loopback, not "
-                                 "link-local); seen: {}",
+                                 "link- or site-local); seen: {}",
                                  seen.empty() ? "none" : seen));
 }
 

@@ -25,7 +25,8 @@ struct InterfaceAddress {
 };
 
 // The candidate for a client on another host: the first interface address,
-// in the kernel's order, that is up, not loopback and not link-local; IPv4
+// in the kernel's order, that is up, not loopback and not link-local (nor
+// the deprecated IPv6 site-local fec0::/10); IPv4
 // before IPv6 (a typed-in or scanned IPv4 address is what a LAN client has).
 // kNotFound, naming what was seen, when there is none.
 Result<std::string> PickAdvertisedHost(std::span<const InterfaceAddress> addresses);
