@@ -812,6 +812,11 @@ TEST_F(RalphdTest, RemoteErrorsSayWhatWasWrong) {
 // transition in flight at the kill, and nothing of the dead daemon's
 // sandboxes left (cgroups, mounts).
 TEST_F(RalphdTest, KilledDuringAuditWritesTheChainVerifiesAndJobsAreConsistent) {
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's runtime must be the first library of the daemon it instruments,
+  // so no shim can be preloaded before it; the release tree runs this test.
+  GTEST_SKIP() << "the LD_PRELOAD kill shim cannot precede ASan's runtime";
+#endif
   StopDaemon(SIGTERM);
   const std::string shim = RALPHD_AUDIT_KILL_SHIM;
   const std::string report = work_ + "/kill-report";
