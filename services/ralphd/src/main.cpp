@@ -207,9 +207,7 @@ class PairingAdmin final : public ralph::ralphd::PairingAdminInterface {
       if (advertised) {
         address = *advertised;
       } else if (advertised.error().code() == ralph::ErrorCode::kNotFound) {
-        address = listen_host_.find(':') != std::string::npos
-                      ? fmt::format("[{}]:{}", listen_host_, port_)
-                      : fmt::format("{}:{}", listen_host_, port_);
+        address = api::FormatHostPort(listen_host_, port_);
         note = fmt::format("{}; a client pairs with `ralphctl remote pair --address HOST:PORT`",
                            advertised.error().message());
       } else {

@@ -27,11 +27,11 @@ bool IsLocalScope(std::string_view host) {
   return a.s6_addr[0] == 0xfe && ((a.s6_addr[1] & 0xc0) == 0x80 || (a.s6_addr[1] & 0xc0) == 0xc0);
 }
 
-std::string WithPort(std::string_view host, uint16_t port) {
+}  // namespace
+
+std::string FormatHostPort(std::string_view host, uint16_t port) {
   return IsV6(host) ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
 }
-
-}  // namespace
 
 Result<std::string> PickAdvertisedHost(std::span<const InterfaceAddress> addresses) {
   for (bool want_v6 : {false, true}) {
@@ -78,13 +78,13 @@ Result<std::vector<InterfaceAddress>> ReadInterfaceAddresses() {
 }
 
 Result<std::string> AdvertisedAddress(std::string_view listen_host, uint16_t port) {
-  if (listen_host != "0.0.0.0" && listen_host != "::") return WithPort(listen_host, port);
+  if (listen_host != "0.0.0.0" && listen_host != "::") return FormatHostPort(listen_host, port);
   std::vector<InterfaceAddress> addresses = TRY(ReadInterfaceAddresses());
   std::string host = TRY_CTX(PickAdvertisedHost(addresses),
                              fmt::format("the API listens on {} (every interface); the pairing "
                                          "string needs an address (--api-address HOST:PORT)",
                                          listen_host));
-  return WithPort(host, port);
+  return FormatHostPort(host, port);
 }
 
 }  // namespace ralph::ralphd::api

@@ -34,7 +34,10 @@ Result<std::string> PickAdvertisedHost(std::span<const InterfaceAddress> address
 // This host's interface addresses (getifaddrs), IPv4 and IPv6 only.
 Result<std::vector<InterfaceAddress>> ReadInterfaceAddresses();
 
-// "HOST:PORT" ("[HOST]:PORT" for IPv6) for the pairing string: `listen_host`
+// "HOST:PORT", or "[HOST]:PORT" for an IPv6 host.
+std::string FormatHostPort(std::string_view host, uint16_t port);
+
+// FormatHostPort for the pairing string: `listen_host`
 // itself unless it is the unspecified address, else PickAdvertisedHost over
 // this host's interfaces.
 Result<std::string> AdvertisedAddress(std::string_view listen_host, uint16_t port);
