@@ -143,7 +143,8 @@ Result<agents::AgentLaunch> MakeAgentLaunch(const JobSubmitCommand& submit,
   return launch;
 }
 
-// The job's request with the profile's command line; the profile's
+// The job's request with the profile's command line and its API hosts (for
+// the job's egress, as its policy profile lets them through); the profile's
 // environment wins over the job's own.
 JobRequest AgentJobRequest(const JobSubmitCommand& submit, const agents::AgentLaunch& launch) {
   JobRequest request{
@@ -151,6 +152,12 @@ JobRequest AgentJobRequest(const JobSubmitCommand& submit, const agents::AgentLa
   for (const std::string& entry : launch.env) {
     size_t eq = entry.find('=');
     request.env[entry.substr(0, eq)] = eq == std::string::npos ? "" : entry.substr(eq + 1);
+  }
+  // The profile name was checked when the launch was made.
+  if (Result<agents::AgentKind> kind = agents::ParseAgentKind(submit.agent->profile)) {
+    for (std::string_view host : agents::GetProfile(*kind).api_hosts) {
+      request.agent_hosts.emplace_back(host);
+    }
   }
   return request;
 }
