@@ -1,6 +1,7 @@
 // A job's files on the host side: the uploaded workspace extracted into
 // its upper layer, the workspace archived for download, and what the job
-// changed in its writable layer (path, size, SHA-256).
+// changed in its writable layer (path, size, SHA-256); a loop job's
+// repository (its commits, diffs and rollbacks), kept with git.
 //
 // Archives are read and written in process with libarchive: an upload comes
 // from a client and is hostile, so it is extracted with libarchive's
