@@ -2172,6 +2172,43 @@ TEST_F(AgentJobTest, DiffAndRollbackOfAJobThatIsNotALoopAreRefused) {
   EXPECT_NE(rollback.err.find("job 1 is not a loop job"), std::string::npos) << rollback.err;
 }
 
+// The same over the HTTPS API (`ralphctl --remote`): the diff, and a
+// rollback whose audit row names the client certificate.
+TEST_F(AgentJobTest, DiffAndRollbackOverTheHttpsApi) {
+  std::string port =
+      StartWithApi({"--agent-program", "claude=/opt/ralph-tests/ralph-agent-standin"});
+  identity_ = work_ + "/host-identity";
+  remote_ = PairRemote(port, identity_);
+  ASSERT_FALSE(HasFailure());
+  uint64_t id = SubmitLoop({{"max_iterations", 100000}}, {{"RALPH_STANDIN_ITERATIONS", "100000"},
+                                                          {"RALPH_STANDIN_REMOVE_PREVIOUS", "1"}});
+  ASSERT_NE(id, 0u);
+  const std::string job = std::to_string(id);
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() >= 2; }));
+  ProgramStreams pause = Ctl({"job", "pause", job});
+  ASSERT_EQ(pause.exit, 0) << pause.err;
+  ASSERT_TRUE(WaitFor([&] { return CountKind(Events(id), "loop.paused") == 1; }));
+  ProgramStreams diff = Ctl({"job", "diff", job, "2"});
+  ASSERT_EQ(diff.exit, 0) << diff.err;
+  EXPECT_EQ(DiffPaths(diff.out), (std::set<std::string>{".standin/state.json", "PROGRESS.md",
+                                                        "notes/step-1.txt", "notes/step-2.txt"}))
+      << diff.out;
+  ProgramStreams rollback = Ctl({"job", "rollback", job, "1"});
+  ASSERT_EQ(rollback.exit, 0) << rollback.err;
+  EXPECT_EQ(Read(fmt::format("{}/agents/{}/work/notes/step-1.txt", state_, id)),
+            "iteration 1\nprompt: Fix the parser\n");
+  json rows = CtlJson({"audit", "list", "--job", job, "--type", "loop.rollback"});
+  ASSERT_EQ(rows.size(), 1u) << rows.dump();
+  EXPECT_EQ(rows[0]["details"]["caller"].get<std::string>().rfind("cert:", 0), 0u) << rows.dump();
+  ProgramStreams bad = Ctl({"job", "rollback", job, "99"});
+  EXPECT_EQ(bad.exit, 1);
+  EXPECT_NE(bad.err.find(fmt::format("body.iteration: job {} has no iteration 99", id)),
+            std::string::npos)
+      << bad.err;
+  ASSERT_EQ(Console({"job", "cancel", job}).exit, 0);
+  WaitOver(id);
+}
+
 // Without a working git a loop job is refused at submit, saying why; other
 // jobs run.
 TEST_F(AgentJobTest, WithoutGitALoopIsRefusedAtSubmit) {
