@@ -116,10 +116,18 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
   RunnerOptions runner_options{.sandbox_state_dir = options.state_dir + "/sandbox",
                                .ids = options.ids,
                                .log = options.log,
-                               .execs = exec_audit.get()};
+                               .execs = exec_audit.get(),
+                               .git = options.git};
   std::unique_ptr<JobRunner> runner = TRY(JobRunner::Create(runner_options));
   std::unique_ptr<Daemon> daemon(new Daemon(std::move(options), std::move(store), std::move(audit),
                                             std::move(exec_audit), std::move(runner)));
+  // Loop mode commits every iteration with git: a daemon without it says
+  // so now and refuses loop jobs, rather than a loop stopping later.
+  Result<std::string> git = ProbeGit(daemon->options_.git);
+  if (!git) {
+    daemon->git_error_ = git.error();
+    daemon->Log(LogLevel::kWarning, git.error().message() + "; loop jobs are refused");
+  }
   TRY(daemon->Recover());
   daemon->Schedule();
   daemon->FlushAudit();
@@ -634,6 +642,8 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
   if (const auto* c = std::get_if<JobIterationsCommand>(&command)) return Iterations(c->id);
   if (const auto* c = std::get_if<JobPauseCommand>(&command)) return PauseLoop(c->id, true);
   if (const auto* c = std::get_if<JobResumeCommand>(&command)) return PauseLoop(c->id, false);
+  if (const auto* c = std::get_if<JobDiffCommand>(&command)) return LoopDiff(*c);
+  if (const auto* c = std::get_if<JobRollbackCommand>(&command)) return LoopRollback(caller, *c);
   if (const auto* c = std::get_if<WorkspaceUploadCommand>(&command)) return Upload(*c);
   if (const auto* c = std::get_if<WorkspaceDownloadCommand>(&command)) return Download(*c);
   if (const auto* c = std::get_if<PolicyGetCommand>(&command)) return PolicyGet(*c);

@@ -63,6 +63,9 @@ constexpr std::string_view kUsage =
   --agent-program PROFILE=PATH
                       run agent profile PROFILE's tool as PATH (inside the
                       job's sandbox) instead of its own name; repeatable
+  --git PATH          the git loop mode commits each iteration with (default
+                      /usr/bin/git); probed at start: without it loop jobs
+                      are refused
 )";
 
 struct HostPort {
@@ -116,6 +119,7 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--api-address", &options.api_address);
   std::vector<std::string> agent_programs;
   parser.Repeated("--agent-program", &agent_programs);
+  parser.Option("--git", &options.daemon.git);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
   for (const std::string& entry : agent_programs) {
     size_t eq = entry.find('=');
