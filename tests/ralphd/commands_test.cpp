@@ -100,7 +100,7 @@ TEST(DecodeRequest, SubmitDefaults) {
   Result<Command> command = DecodeRequest(Post("/v1/jobs", R"({"argv": ["true"]})"));
   ASSERT_TRUE(command) << command.error().message();
   const auto& submit = std::get<JobSubmitCommand>(*command);
-  EXPECT_EQ(submit.profile, "default");
+  EXPECT_EQ(submit.profile, std::nullopt);  // the daemon picks it
   EXPECT_TRUE(submit.start);
   EXPECT_FALSE(submit.cwd);
   EXPECT_FALSE(submit.limits.memory_bytes);

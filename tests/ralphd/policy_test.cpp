@@ -80,6 +80,15 @@ TEST(Policy, DefaultDocumentParses) {
   ASSERT_TRUE(policy) << policy.error().message();
   ASSERT_NE(policy->Find("default"), nullptr);
   EXPECT_FALSE(policy->Find("default")->network.enabled);
+  // Agent jobs run under "agent" unless they name a profile: a network
+  // that gets their tool's API hosts (and nothing listed besides).
+  const Profile* agent = policy->Find("agent");
+  ASSERT_NE(agent, nullptr);
+  EXPECT_TRUE(agent->network.enabled);
+  EXPECT_EQ(agent->agent_hosts_mode, AgentHostsMode::kAll);
+  EXPECT_TRUE(agent->network.allow.empty());
+  EXPECT_TRUE(agent->network.allowed_domains.empty());
+  EXPECT_GT(agent->limits.memory_bytes, policy->Find("default")->limits.memory_bytes);
 }
 
 std::vector<std::string> Issues(std::string_view document) {

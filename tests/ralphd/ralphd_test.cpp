@@ -1603,14 +1603,16 @@ class AgentJobTest : public RalphdTest {
 };
 
 TEST_F(AgentJobTest, AnAgentJobRunsTheProfileAndPublishesItsEventsUsageAndToolCalls) {
-  ProgramStreams run = Ctl({"job", "run", "--profile", "agent", "--agent", "claude", "--prompt",
-                            "Fix the parser\nin detail"});
+  // No --profile: an agent job runs under the policy's "agent" profile.
+  ProgramStreams run =
+      Ctl({"job", "run", "--agent", "claude", "--prompt", "Fix the parser\nin detail"});
   ASSERT_EQ(run.exit, 0) << run.err;
   // The raw stream is the job's output.
   EXPECT_NE(run.out.find(R"("type":"system")"), std::string::npos) << run.out;
 
   json job = CtlJson({"job", "show", "1"});
   EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  EXPECT_EQ(job["profile"], "agent");
   const json& usage = job["usage"]["agent"];
   EXPECT_EQ(usage["profile"], "claude");
   EXPECT_EQ(usage["input_tokens"], 1000);
@@ -1651,6 +1653,16 @@ TEST_F(AgentJobTest, AnAgentJobRunsTheProfileAndPublishesItsEventsUsageAndToolCa
   EXPECT_TRUE(step) << files.dump();
   // The home (settings files) lived as long as the job.
   EXPECT_FALSE(std::filesystem::exists(state_ + "/agents/1"));
+}
+
+TEST_F(AgentJobTest, JobsThatNameNoProfileRunUnderAgentOrDefault) {
+  // A plain job and a command-profile job: "default"; a named one: itself.
+  ASSERT_EQ(Ctl({"job", "run", "--", "true"}).exit, 0);
+  ASSERT_EQ(Ctl({"job", "run", "--agent", "command", "--", "true"}).exit, 0);
+  ASSERT_EQ(Ctl({"job", "run", "--profile", "agent", "--", "true"}).exit, 0);
+  EXPECT_EQ(CtlJson({"job", "show", "1"})["profile"], "default");
+  EXPECT_EQ(CtlJson({"job", "show", "2"})["profile"], "default");
+  EXPECT_EQ(CtlJson({"job", "show", "3"})["profile"], "agent");
 }
 
 TEST_F(AgentJobTest, APromptFileComesFromTheUploadedWorkspace) {

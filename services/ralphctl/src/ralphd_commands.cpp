@@ -35,7 +35,8 @@ subcommands:
              [--max-tokens N] [--max-cost-microusd N] [--stall N]
                               loop mode: the agent again and again in the same
                               workspace until a stop condition (`job iterations`)
-      --profile NAME          the policy profile (default "default")
+      --profile NAME          the policy profile (default: "agent" for an agent
+                              job when the policy has it, else "default")
       --workspace TAR         upload TAR into the workspace before it starts
       --cwd DIR               its working directory (default the workspace, /work)
       --memory BYTES --cpu-millis N --pids N --disk BYTES --timeout-ms N
@@ -245,7 +246,8 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
   if (argv.empty() && (!agent || *agent == "command")) {
     return UsageError(command, "the command to run goes after --");
   }
-  json body = {{"profile", args.Value("--profile").value_or("default")}};
+  json body = json::object();
+  if (auto profile = args.Value("--profile")) body["profile"] = *profile;
   if (!argv.empty()) body["argv"] = argv;
   if (agent) {
     json spec = {{"profile", *agent}};

@@ -51,10 +51,20 @@ json UsageToJson(const sandbox::JobResult& result) {
       {"oom_kills", result.cgroup.oom_kills}};
 }
 
+// The profile a job runs under when it names none: agent jobs get the
+// policy's "agent" profile (the default policy's gives them their tools'
+// API hosts and room to work), anything else "default".
+std::string ResolveProfileName(const JobSubmitCommand& command, const Policy& policy) {
+  if (command.profile) return *command.profile;
+  if (command.agent && command.agent->profile != "command" && policy.Find("agent")) return "agent";
+  return "default";
+}
+
 }  // namespace
 
 json SubmitToJson(const JobSubmitCommand& command) {
-  json out = {{"profile", command.profile}, {"start", command.start}};
+  json out = {{"start", command.start}};
+  if (command.profile) out["profile"] = *command.profile;
   if (!command.argv.empty()) out["argv"] = command.argv;
   if (command.agent) out["agent"] = AgentToJson(*command.agent);
   if (command.loop) out["loop"] = LoopToJson(*command.loop);
@@ -405,11 +415,12 @@ Result<Reply> Daemon::Status() {
 Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& command) {
   PolicyVersion version = TRY(store_->ActivePolicy());
   Policy policy = TRY(ParsePolicy(version.document));
-  const Profile* profile = policy.Find(command.profile);
+  const std::string profile_name = ResolveProfileName(command, policy);
+  const Profile* profile = policy.Find(profile_name);
   if (!profile) {
     return Error::Make(ErrorCode::kNotFound,
                        fmt::format("profile: '{}' is not in the active policy (version {})",
-                                   command.profile, version.version));
+                                   profile_name, version.version));
   }
   // Checked now, so that a job asking for more is refused at once.
   if (command.agent) {
@@ -421,13 +432,13 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
         options_.environment));
   }
   JobRecord job{.state = command.start ? JobState::kQueued : JobState::kCreated,
-                .profile = command.profile,
+                .profile = profile_name,
                 .request = SubmitToJson(command),
                 .policy_version = version.version,
                 .created = NowText()};
   job.id = TRY(store_->InsertJob(job));
   json submitted = {
-      {"caller", caller.ToString()}, {"argv", command.argv}, {"profile", command.profile}};
+      {"caller", caller.ToString()}, {"argv", command.argv}, {"profile", profile_name}};
   if (command.agent) submitted["agent"] = command.agent->profile;
   Audit("job.submit", fmt::format("job {}", job.id), submitted, job.id);
   Emit("state", job.id, {{"state", JobStateName(job.state)}});

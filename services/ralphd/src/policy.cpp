@@ -21,11 +21,17 @@ using tinyxml2::XMLElement;
 using tinyxml2::XMLNode;
 
 constexpr std::string_view kDefaultPolicy = R"(<?xml version="1.0"?>
-<!-- The policy a new appliance starts with: one profile, the sandbox's
-     default limits, no network. -->
+<!-- The policy a new appliance starts with. "default": the sandbox's
+     default limits, no network. "agent", where agent jobs run unless they
+     name a profile: room for a coding agent, and a network that reaches its
+     own tool's API hosts and nothing else. -->
 <policy format="1">
   <profile name="default">
     <limits memory="512MiB" cpu-millis="1000" pids="256" disk="2GiB" timeout="1h"/>
+  </profile>
+  <profile name="agent">
+    <limits memory="4GiB" cpu-millis="2000" pids="1024" disk="8GiB" timeout="8h"/>
+    <egress/>
   </profile>
 </policy>
 )";

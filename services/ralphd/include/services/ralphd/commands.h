@@ -187,7 +187,10 @@ struct JobSubmitCommand {
   std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // NAME -> value
   std::optional<std::string> cwd;          // absolute; the policy's workspace when absent
-  std::string profile = "default";         // the policy profile it runs under
+  // The policy profile it runs under. Absent: "agent" for a job of an
+  // agent profile other than command when the active policy has one, else
+  // "default".
+  std::optional<std::string> profile;
   LimitsRequest limits;
   // false: the job waits in kCreated for a workspace upload and a start.
   bool start = true;
