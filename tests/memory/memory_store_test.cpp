@@ -280,3 +280,35 @@ TEST(MemoryStoreOpenTest, ReopensItsOwnFileAndRefusesAnotherDatabase) {
 
 }  // namespace
 }  // namespace ralph::memory
+
+namespace ralph::memory {
+namespace {
+
+TEST(MemoryStorePageBytesTest, APageEndsBeforeItsValuesPassTheByteBound) {
+  ralph::testing::TempDir dir("memory-page");
+  auto store = MemoryStore::Open(dir / "memory.db");
+  ASSERT_TRUE(store) << store.error().ToString();
+  // 100 values of ~60 KiB: 6 MB, more than one page's bound.
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(
+        (*store)->Put("job:1", fmt::format("big/{:03}", i), std::string(60000, 'a' + i % 26)));
+  }
+  size_t total = 0, pages = 0;
+  PageRequest request{.limit = kMaxPageLimit};
+  while (true) {
+    Result<Page> page = (*store)->Query("big/", request);
+    ASSERT_TRUE(page) << page.error().ToString();
+    ++pages;
+    size_t bytes = 0;
+    for (const Entry& entry : page->entries) bytes += entry.key.size() + entry.value.size();
+    EXPECT_LE(bytes, kMaxPageBytes);
+    total += page->entries.size();
+    if (!page->next_after) break;
+    request.after = *page->next_after;
+  }
+  EXPECT_EQ(total, 100u);
+  EXPECT_EQ(pages, 2u);
+}
+
+}  // namespace
+}  // namespace ralph::memory

@@ -408,15 +408,20 @@ Result<Page> MemoryStore::Select(std::string_view where, std::vector<std::string
                      static_cast<int64_t>(std::min<uint64_t>(page.after, INT64_MAX)));
   sqlite3_bind_int64(s.get(), after_index + 1, static_cast<int64_t>(page.limit + 1));
   Page out;
+  size_t bytes = 0;
   while (true) {
     int rc = sqlite3_step(s.get());
     if (rc == SQLITE_DONE) break;
     if (rc != SQLITE_ROW) return DbError(rc, what);
-    if (out.entries.size() == page.limit) {
+    Entry entry = ReadEntry(s.get());
+    size_t size = entry.key.size() + entry.value.size();
+    if (out.entries.size() == page.limit ||
+        (!out.entries.empty() && bytes + size > kMaxPageBytes)) {
       out.next_after = out.entries.back().seq;
       break;
     }
-    out.entries.push_back(ReadEntry(s.get()));
+    bytes += size;
+    out.entries.push_back(std::move(entry));
   }
   return out;
 }

@@ -253,6 +253,7 @@ Result<void> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   spec.binds.push_back({.source = home,
                         .destination = std::string(kAgentHome),
                         .access = sandbox::BindAccess::kReadWrite});
+  TRY(GrantMemory(job.id, profile, spec));
 
   auto run = std::make_shared<AgentRun>();
   run->kind = TRY(agents::ParseAgentKind(submit.agent->profile));

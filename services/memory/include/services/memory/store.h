@@ -47,6 +47,10 @@ inline constexpr size_t kMaxKeyBytes = 256;
 inline constexpr size_t kMaxValueBytes = 64 * 1024;
 inline constexpr uint64_t kMaxPageLimit = 1000;
 inline constexpr uint64_t kDefaultPageLimit = 100;
+// A page ends early, before the entry that would take its values and keys
+// past this (it always holds at least one entry): a reply stays bounded
+// whatever the limit.
+inline constexpr size_t kMaxPageBytes = 4u << 20;
 inline constexpr uint64_t kDefaultMaxStoreBytes = uint64_t{256} << 20;
 // PRAGMA user_version of the schema this build reads and writes.
 inline constexpr int kSchemaVersion = 1;

@@ -25,6 +25,7 @@
 
 #include "platform/result.h"
 #include "sandbox/spec.h"
+#include "services/memory/protocol.h"
 #include "services/ralphd/commands.h"
 
 namespace ralph::ralphd {
@@ -44,6 +45,9 @@ struct Profile {
   ProfileLimits limits;
   sandbox::NetworkSpec network;  // enabled only with an <egress> element
   std::vector<sandbox::BindMount> mounts;
+  // <memory access=".."/>: the shared agent memory's socket is mounted into
+  // the job (docs/memory.md); absent: no socket.
+  std::optional<memory::Access> memory;
 };
 
 struct Policy {
