@@ -2113,5 +2113,48 @@ TEST_F(RalphdTest, AJobGrantedMemoryUsesItsSocketAsItselfAndOneWithoutHasNone) {
   EXPECT_EQ(Ctl({"audit", "verify"}).exit, 0);
 }
 
+// The memory's commands on both transports: ralphctl on the console writes
+// as uid:0, a paired client over HTTPS as its certificate.
+TEST_P(RalphctlTest, MemoryCommandsWriteAsTheCallerAndPage) {
+  json put = CtlJson({"memory", "put", "plan/1", R"({"b": 2, "a": [1, "x"]})"});
+  ASSERT_TRUE(put.contains("entry")) << put;
+  std::string agent = put["entry"]["agent"];
+  if (GetParam() == Transport::kLocal) {
+    EXPECT_EQ(agent, "uid:0");
+  } else {
+    EXPECT_EQ(agent.rfind("cert:", 0), 0u) << agent;
+  }
+  std::string hash = put["entry"]["hash"];
+  EXPECT_EQ(hash, *memory::EntryHash(agent, "plan/1", R"({"a":[1,"x"],"b":2})"));
+  EXPECT_EQ(put["created"], true);
+  EXPECT_EQ(CtlJson({"memory", "put", "plan/1", R"({"a":[1,"x"],"b":2})"})["created"], false);
+  ProgramStreams got = Ctl({"memory", "get", hash});
+  ASSERT_EQ(got.exit, 0) << got.err;
+  EXPECT_NE(got.out.find(agent + " plan/1"), std::string::npos) << got.out;
+  for (int i = 2; i <= 5; ++i) {
+    CtlJson({"memory", "put", fmt::format("plan/{}", i), std::to_string(i)});
+  }
+  CtlJson({"memory", "put", "plan%", "0"});
+  // Pages of 2 over the prefix, in write order, without loss or repeat.
+  std::vector<std::string> keys;
+  std::string after = "0";
+  for (int pages = 0; pages < 10; ++pages) {
+    json page = CtlJson({"memory", "query", "plan/", "--limit", "2", "--after", after});
+    for (const json& entry : page["entries"]) keys.push_back(entry["key"]);
+    if (!page.contains("next_after")) break;
+    after = std::to_string(page["next_after"].get<uint64_t>());
+  }
+  EXPECT_EQ(keys, (std::vector<std::string>{"plan/1", "plan/2", "plan/3", "plan/4", "plan/5"}));
+  json percent = CtlJson({"memory", "query", "plan%"});
+  ASSERT_EQ(percent["entries"].size(), 1u) << percent;
+  EXPECT_EQ(CtlJson({"memory", "list", agent})["entries"].size(), 6u);
+  ProgramStreams missing = Ctl({"memory", "get", std::string(64, '0')});
+  EXPECT_NE(missing.exit, 0);
+  EXPECT_NE(missing.err.find("no such entry"), std::string::npos) << missing.err;
+  ProgramStreams bad_key = Ctl({"memory", "put", "", "1"});
+  EXPECT_NE(bad_key.exit, 0);
+  EXPECT_NE(bad_key.err.find("body.key: must not be empty"), std::string::npos) << bad_key.err;
+}
+
 }  // namespace
 }  // namespace ralph::ralphd
