@@ -264,6 +264,7 @@ Result<void> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   spec.binds.push_back({.source = home,
                         .destination = std::string(kAgentHome),
                         .access = sandbox::BindAccess::kReadWrite});
+  TRY(GrantMemory(job.id, profile, spec));
 
   // A loop queued before a restart onto a daemon without git.
   if (submit.loop && git_error_) return *git_error_;

@@ -281,7 +281,7 @@ class Checker {
   Profile ReadProfile(const XMLElement* element) {
     Profile profile;
     OnlyAttributes(element, {"name"});
-    OnlyChildren(element, {"limits", "egress", "mount"});
+    OnlyChildren(element, {"limits", "egress", "mount", "memory"});
     const char* name = element->Attribute("name");
     if (!name) {
       Issue(element, "<profile>: the name attribute is required");
@@ -293,6 +293,7 @@ class Checker {
     }
     size_t limits_seen = 0;
     size_t egress_seen = 0;
+    size_t memory_seen = 0;
     for (const XMLElement* child = element->FirstChildElement(); child;
          child = child->NextSiblingElement()) {
       std::string_view kind = child->Name();
@@ -306,6 +307,9 @@ class Checker {
       } else if (kind == "mount") {
         profile.mounts.push_back(ReadMount(child));
         mount_elements_.push_back(child);
+      } else if (kind == "memory") {
+        if (++memory_seen > 1) Issue(child, "<memory>: only one per profile");
+        profile.memory = ReadMemory(child);
       }
     }
     if (egress_seen == 0) profile.network = sandbox::NetworkSpec{.enabled = false};
@@ -518,6 +522,23 @@ class Checker {
       }
     }
     network.allow.push_back(rule);
+  }
+
+  memory::Access ReadMemory(const XMLElement* element) {
+    OnlyAttributes(element, {"access"});
+    OnlyChildren(element, {});
+    const char* access = element->Attribute("access");
+    if (!access) {
+      Issue(element, "<memory>: the access attribute is required (read or read-write)");
+      return memory::Access::kRead;
+    }
+    std::string_view a = access;
+    if (a == "read-write") return memory::Access::kReadWrite;
+    if (a != "read") {
+      Issue(element, "access",
+            fmt::format("<memory>: access: '{}' is not read or read-write", access));
+    }
+    return memory::Access::kRead;
   }
 
   sandbox::BindMount ReadMount(const XMLElement* element) {
@@ -741,7 +762,9 @@ nlohmann::json ProfileToJson(const Profile& profile) {
             {"domains", profile.network.allowed_domains},
             {"domain_ports", profile.network.domain_ports},
             {"agent_hosts", AgentHostsToJson(profile)}}},
-          {"mounts", mounts}};
+          {"mounts", mounts},
+          {"memory", profile.memory ? nlohmann::json(memory::AccessName(*profile.memory))
+                                    : nlohmann::json()}};
 }
 
 }  // namespace ralph::ralphd
