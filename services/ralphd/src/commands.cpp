@@ -1195,12 +1195,12 @@ std::string_view CommandName(const Command& command) {
 bool IsReadOnly(const Command& command) {
   // A command missing here is audited every time: the safe side.
   static constexpr std::string_view kReadOnly[] = {
-      StatusCommand::kName,      JobListCommand::kName,       JobShowCommand::kName,
-      JobLogsCommand::kName,     JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
-      PolicyGetCommand::kName,   PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
-      AuditListCommand::kName,   AuditVerifyCommand::kName,   AuditExportCommand::kName,
-      EventsCommand::kName,      PairingsListCommand::kName,  JobDiffCommand::kName,
-      MemoryGetCommand::kName,   MemoryQueryCommand::kName,   MemoryHistoryCommand::kName,
+      StatusCommand::kName,     JobListCommand::kName,       JobShowCommand::kName,
+      JobLogsCommand::kName,    JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
+      PolicyGetCommand::kName,  PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
+      AuditListCommand::kName,  AuditVerifyCommand::kName,   AuditExportCommand::kName,
+      EventsCommand::kName,     PairingsListCommand::kName,  JobDiffCommand::kName,
+      MemoryGetCommand::kName,  MemoryQueryCommand::kName,   MemoryHistoryCommand::kName,
       MemoryListCommand::kName,
   };
   std::string_view name = CommandName(command);
