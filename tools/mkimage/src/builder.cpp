@@ -379,18 +379,7 @@ Result<SlotVariant> ParseSlotVariant(std::string_view text) {
 }
 
 Result<std::string> FileSha256(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  Sha256 hasher = TRY(Sha256::Create());
-  std::vector<uint8_t> buffer(kMiB);
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
-    if (n == 0) break;
-    TRY(hasher.Update(std::span<const uint8_t>(buffer.data(), static_cast<size_t>(n))));
-  }
-  return DigestToHex(TRY(hasher.Finish()));
+  return DigestToHex(TRY(Sha256OfFile(path)));
 }
 
 Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& package,
