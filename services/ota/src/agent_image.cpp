@@ -288,6 +288,7 @@ Result<AgentImageInstallReport> InstallAgentImage(const AgentImageStoreOptions& 
   // Already current: nothing to switch, but its bytes are checked.
   if (state.current && state.current->file == record.file) {
     TRY(VerifyRecordFile(options.dir, *state.current));
+    TRY_CTX(Prune(options.dir, state), "removing images no longer kept");
     report.installed = *state.current;
     report.previous = state.previous;
     report.reused = true;

@@ -176,6 +176,7 @@ constexpr FieldInfo kAuditExportQuery[] = {
 constexpr FieldInfo kEventsQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
                                       Unsigned("limit", 1, 10000)};
 constexpr FieldInfo kRevokeFields[] = {Text("id", 64, true)};
+constexpr FieldInfo kAgentImageInstallFields[] = {Text("path", kMaxArgBytes, true, "^/")};
 
 constexpr RouteInfo kRouteInfos[] = {
     {"GET", "/v1/status", StatusCommand::kName},
@@ -225,6 +226,14 @@ constexpr RouteInfo kRouteInfos[] = {
      {},
      BodyKind::kJson,
      kRevokeFields},
+    {"GET", "/v1/agent-image", AgentImageStatusCommand::kName},
+    {"POST",
+     "/v1/agent-image/install",
+     AgentImageInstallCommand::kName,
+     {},
+     BodyKind::kJson,
+     kAgentImageInstallFields},
+    {"POST", "/v1/agent-image/rollback", AgentImageRollbackCommand::kName},
 };
 
 const FieldInfo* FindField(std::span<const FieldInfo> fields, std::string_view name) {
@@ -796,6 +805,19 @@ Result<Command> DecodePairingRevoke(const Request& request) {
   return PairingRevokeCommand{.id = *id};
 }
 
+Result<Command> DecodeAgentImageInstall(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body", BodyFields(request));
+  auto path = TRY(reader.String("path"));
+  if (!path) return Invalid("body.path: required");
+  if (path->empty() || path->front() != '/') {
+    return Invalid(fmt::format("body.path: '{}' is not an absolute path on the appliance", *path));
+  }
+  TRY(reader.Finish());
+  return AgentImageInstallCommand{.path = *path};
+}
+
 Result<Command> DecodePolicyGet(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
@@ -947,6 +969,10 @@ constexpr Route kRoutes[] = {
     {"/v1/pairings", "GET", Plain<PairingsListCommand>},
     {"/v1/pairings/revoke", "POST",
      [](const Request& r, uint64_t) { return DecodePairingRevoke(r); }},
+    {"/v1/agent-image", "GET", Plain<AgentImageStatusCommand>},
+    {"/v1/agent-image/install", "POST",
+     [](const Request& r, uint64_t) { return DecodeAgentImageInstall(r); }},
+    {"/v1/agent-image/rollback", "POST", Plain<AgentImageRollbackCommand>},
 };
 
 static_assert(std::size(kRoutes) == std::size(kRouteInfos),
@@ -1031,7 +1057,7 @@ bool IsReadOnly(const Command& command) {
       JobLogsCommand::kName,   JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
       PolicyGetCommand::kName, PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
       AuditListCommand::kName, AuditVerifyCommand::kName,   AuditExportCommand::kName,
-      EventsCommand::kName,    PairingsListCommand::kName,
+      EventsCommand::kName,    PairingsListCommand::kName,  AgentImageStatusCommand::kName,
   };
   std::string_view name = CommandName(command);
   return std::find(std::begin(kReadOnly), std::end(kReadOnly), name) != std::end(kReadOnly);
