@@ -79,8 +79,9 @@ int Create(std::span<const std::string> args) {
   for (const Required& option :
        agent_kind ? std::span<const Required>(system) : std::span<const Required>(agent)) {
     if (!option.value->empty()) {
-      return parser.UsageError(fmt::format("{} does not belong in a {} bundle", option.name,
-                                           BundleKindName(create.kind)));
+      return parser.UsageError(
+          agent_kind ? fmt::format("{} does not go with --kind agent-image", option.name)
+                     : fmt::format("{} needs --kind agent-image", option.name));
     }
   }
   if (agent_kind && (!install_from.empty() || !raise_minimum_to.empty())) {
