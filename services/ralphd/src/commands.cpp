@@ -176,6 +176,10 @@ constexpr FieldInfo kAuditExportQuery[] = {
 constexpr FieldInfo kEventsQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
                                       Unsigned("limit", 1, 10000)};
 constexpr FieldInfo kRevokeFields[] = {Text("id", 64, true)};
+constexpr FieldInfo kDiffQuery[] = {Unsigned("iteration", 1, kMaxCounter, true),
+                                    Unsigned("from", 1, kMaxCounter),
+                                    Unsigned("limit", 1, kMaxDiffBytes)};
+constexpr FieldInfo kJobRollbackFields[] = {Unsigned("iteration", 1, kMaxCounter, true)};
 constexpr FieldInfo kAgentImageInstallFields[] = {Text("path", kMaxArgBytes, true, "^/")};
 
 constexpr RouteInfo kRouteInfos[] = {
@@ -190,6 +194,13 @@ constexpr RouteInfo kRouteInfos[] = {
     {"GET", "/v1/jobs/{id}/iterations", JobIterationsCommand::kName},
     {"POST", "/v1/jobs/{id}/pause", JobPauseCommand::kName},
     {"POST", "/v1/jobs/{id}/resume", JobResumeCommand::kName},
+    {"GET", "/v1/jobs/{id}/diff", JobDiffCommand::kName, kDiffQuery},
+    {"POST",
+     "/v1/jobs/{id}/rollback",
+     JobRollbackCommand::kName,
+     {},
+     BodyKind::kJson,
+     kJobRollbackFields},
     {"GET", "/v1/jobs/{id}/terminal", TerminalAttachCommand::kName},
     {"PUT",
      "/v1/jobs/{id}/workspace",
@@ -732,6 +743,33 @@ Result<Command> DecodeLogs(const Request& request, uint64_t id) {
   return command;
 }
 
+Result<Command> DecodeJobDiff(const Request& request, uint64_t id) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  JobDiffCommand command{.id = id};
+  auto iteration = TRY(query.Unsigned("iteration"));
+  if (!iteration) return Invalid("query.iteration: required (the loop iteration to show)");
+  command.iteration = *iteration;
+  command.from = TRY(query.Unsigned("from"));
+  if (command.from && *command.from == command.iteration) {
+    return Invalid(
+        fmt::format("query.from: {} is the iteration itself (an empty diff)", *command.from));
+  }
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeJobRollback(const Request& request, uint64_t id) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body", BodyFields(request));
+  auto iteration = TRY(reader.Unsigned("iteration"));
+  if (!iteration) return Invalid("body.iteration: required (the loop iteration to restore)");
+  TRY(reader.Finish());
+  return JobRollbackCommand{.id = id, .iteration = *iteration};
+}
+
 Result<Command> DecodeWorkspaceDownload(const Request& request, uint64_t id) {
   TRY(NoBody(request));
   QueryReader query(request);
@@ -950,6 +988,8 @@ constexpr Route kRoutes[] = {
     {"/v1/jobs/{id}/iterations", "GET", Plain<JobIterationsCommand>},
     {"/v1/jobs/{id}/pause", "POST", Plain<JobPauseCommand>},
     {"/v1/jobs/{id}/resume", "POST", Plain<JobResumeCommand>},
+    {"/v1/jobs/{id}/diff", "GET", DecodeJobDiff},
+    {"/v1/jobs/{id}/rollback", "POST", DecodeJobRollback},
     {"/v1/jobs/{id}/terminal", "GET", Plain<TerminalAttachCommand>},
     {"/v1/jobs/{id}/workspace", "PUT", DecodeWorkspaceUpload},
     {"/v1/jobs/{id}/workspace", "GET", DecodeWorkspaceDownload},
@@ -1053,11 +1093,12 @@ std::string_view CommandName(const Command& command) {
 bool IsReadOnly(const Command& command) {
   // A command missing here is audited every time: the safe side.
   static constexpr std::string_view kReadOnly[] = {
-      StatusCommand::kName,    JobListCommand::kName,       JobShowCommand::kName,
-      JobLogsCommand::kName,   JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
-      PolicyGetCommand::kName, PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
-      AuditListCommand::kName, AuditVerifyCommand::kName,   AuditExportCommand::kName,
-      EventsCommand::kName,    PairingsListCommand::kName,  AgentImageStatusCommand::kName,
+      StatusCommand::kName,           JobListCommand::kName,       JobShowCommand::kName,
+      JobLogsCommand::kName,          JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
+      PolicyGetCommand::kName,        PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
+      AuditListCommand::kName,        AuditVerifyCommand::kName,   AuditExportCommand::kName,
+      EventsCommand::kName,           PairingsListCommand::kName,  JobDiffCommand::kName,
+      AgentImageStatusCommand::kName,
   };
   std::string_view name = CommandName(command);
   return std::find(std::begin(kReadOnly), std::end(kReadOnly), name) != std::end(kReadOnly);

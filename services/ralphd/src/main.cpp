@@ -73,6 +73,9 @@ constexpr std::string_view kUsage =
   --agent-program PROFILE=PATH
                       run agent profile PROFILE's tool as PATH (inside the
                       job's sandbox) instead of its own name; repeatable
+  --git PATH          the git loop mode commits each iteration with (default
+                      /usr/bin/git); probed at start: without it loop jobs
+                      are refused
 )";
 
 struct HostPort {
@@ -126,6 +129,7 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--api-address", &options.api_address);
   std::vector<std::string> agent_programs;
   parser.Repeated("--agent-program", &agent_programs);
+  parser.Option("--git", &options.daemon.git);
   std::optional<std::string> keyring;
   parser.Option("--agent-images", &options.daemon.agent_images);
   parser.Option("--keyring", &keyring);

@@ -48,6 +48,10 @@ struct DaemonOptions {
   // sandbox), by profile name: "claude" -> "/opt/standin/ralph-agent-standin"
   // in tests. Absent: the tool's own name, looked up in the job's PATH.
   std::map<std::string, std::string> agent_programs;
+  // The git loop mode keeps each loop's repository with (workspace.h). It
+  // is probed when the daemon opens; without a working one a loop job is
+  // refused at submit, naming it.
+  std::string git = std::string(kDefaultGit);
   // The agent-image store on VAR (services/ota/agent_image.h). Set: every
   // job with an agent (any profile, `command` included) runs on its current
   // image, which is checked against its recorded digest at start and at
@@ -182,6 +186,14 @@ class Daemon final : public DispatcherInterface {
   Result<void> StartIteration(uint64_t job, AgentRun& run, std::string upload_tar);
   Result<Reply> Iterations(uint64_t job);
   Result<Reply> PauseLoop(uint64_t job, bool pause);
+  // A loop iteration's diff, and the workspace rolled back to an
+  // iteration's commit (docs/ralphd.md "Diff and rollback").
+  Result<Reply> LoopDiff(const JobDiffCommand& command);
+  Result<Reply> LoopRollback(const Caller& caller, const JobRollbackCommand& command);
+  // kNotFound / kInvalidArgument naming the iteration when `job` has no
+  // such iteration or it has no commit.
+  Result<IterationRecord> CommittedIteration(uint64_t job, uint64_t iteration,
+                                             std::string_view field);
   // Cancel of a running loop job: its running iteration is killed and is
   // its last; a paused loop between iterations (nothing runs) ends now.
   // False when `job` is not a loop job.
@@ -215,6 +227,9 @@ class Daemon final : public DispatcherInterface {
   // The running agent jobs' parsers and counters (shared_ptr: AgentRun is
   // complete only in agent_jobs.cpp).
   std::map<uint64_t, std::shared_ptr<AgentRun>> agent_runs_;
+  // Why loop mode is unavailable (DaemonOptions::git does not run); unset
+  // when it is available.
+  std::optional<Error> git_error_;
   // The verified current agent image, or why there is none usable.
   std::optional<std::string> agent_image_;
   std::string agent_image_problem_;

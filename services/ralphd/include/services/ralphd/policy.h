@@ -9,7 +9,10 @@
 //
 // Default deny: a profile without <egress> gets no network at all (loopback
 // only), one with an empty <egress/> gets a network on which every
-// connection is refused (and reported); nothing is allowed unless listed.
+// connection is refused (and reported) but the API hosts of the job's own
+// agent profile (services/agents profile.h), by domain, unless its
+// agent-hosts attribute narrows or removes them; nothing else is allowed
+// unless listed.
 // A job may ask for less than its profile allows, never more: MakeJobSpec
 // refuses (kRefused) naming the limit. Parsing is pure; nothing here touches
 // a file or the store (policy_store.h keeps the versions).
@@ -39,11 +42,21 @@ struct ProfileLimits {
   std::chrono::milliseconds timeout = kDefaultJobTimeout;
 };
 
+// Which API hosts of an agent job's profile its network gets by domain, on
+// top of the policy profile's own allowlist (<egress agent-hosts=...>).
+enum class AgentHostsMode {
+  kAll,     // every API host of the job's agent profile (the default)
+  kNone,    // none: only what <allow> lists
+  kListed,  // only those of them named in `agent_hosts`
+};
+
 struct Profile {
   std::string name;
   ProfileLimits limits;
   sandbox::NetworkSpec network;  // enabled only with an <egress> element
   std::vector<sandbox::BindMount> mounts;
+  AgentHostsMode agent_hosts_mode = AgentHostsMode::kAll;
+  std::vector<std::string> agent_hosts;  // kListed: each an agent profile's API host
 };
 
 struct Policy {
@@ -84,6 +97,9 @@ struct JobRequest {
   std::map<std::string, std::string> env;
   std::optional<std::string> cwd;
   LimitsRequest limits;
+  // The API hosts of the job's agent profile (AgentProfile::api_hosts;
+  // empty for the command profile and for a job that is no agent job).
+  std::vector<std::string> agent_hosts;
 };
 
 // What ralphd brings: the read-only base every job's rootfs is made of.
@@ -95,11 +111,19 @@ struct JobEnvironment {
 // The sandbox for `job` under `profile`: kRefused naming the limit when the
 // job asks for more than the profile allows ("limits.memory_bytes: 2147483648
 // is more than profile 'default' allows (536870912)"), then the sandbox's own
-// ValidateSpec (kInvalidArgument naming the field).
+// ValidateSpec (kInvalidArgument naming the field). The network is the
+// profile's plus, when the profile has one (<egress>), the job's agent
+// hosts that its agent-hosts mode lets through, as allowed domains.
 Result<sandbox::SandboxSpec> MakeJobSpec(const Profile& profile, const JobRequest& job,
                                          const JobEnvironment& environment);
 
 // The profile as JSON (for `policy get` and job records).
 nlohmann::json ProfileToJson(const Profile& profile);
+
+// The domains an agent job's network gets on top of the profile's
+// allowed_domains: `agent_hosts` filtered by the profile's mode, none
+// without a network, none already in its allowed_domains.
+std::vector<std::string> AgentEgressDomains(const Profile& profile,
+                                            const std::vector<std::string>& agent_hosts);
 
 }  // namespace ralph::ralphd
