@@ -1,10 +1,15 @@
 #include "platform/sha256.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <unistd.h>
+
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "platform/hex.h"
+#include "platform/unique_fd.h"
 
 namespace ralph {
 
@@ -61,6 +66,21 @@ Result<void> Sha256::Reset() {
 Result<Sha256Digest> Sha256::Of(std::span<const uint8_t> data) {
   Sha256 hasher = TRY(Create());
   TRY(hasher.Update(data));
+  return hasher.Finish();
+}
+
+Result<Sha256Digest> Sha256OfFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
+  Sha256 hasher = TRY(Sha256::Create());
+  std::vector<uint8_t> buffer(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
+    if (n == 0) break;
+    TRY(hasher.Update(std::span<const uint8_t>(buffer.data(), static_cast<size_t>(n))));
+  }
   return hasher.Finish();
 }
 

@@ -165,6 +165,68 @@ TEST_F(FactoryBundleTest, RecoveryHoldsASignedReproducibleFactoryBundle) {
   EXPECT_EQ(ReportValue(second.output, "factory bundle sha256"), digest) << second.output;
 }
 
+TEST_F(FactoryBundleTest, AnAgentImageBundleGoesOnVarAndABadOneFailsTheBuild) {
+  // A small agent-image bundle (any bytes will do: mkimage checks the
+  // bundle, ralphd on the appliance checks the image).
+  ASSERT_TRUE(WriteWholeFile(dir_ + "/agent.squashfs", std::string(3 * 4096 + 5, 'a')));
+  auto bundle = [&](const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {bin_dir_ + "/ralph-bundle",
+                                     "create",
+                                     "--cert",
+                                     dir_ + "/signer.crt",
+                                     "--key",
+                                     dir_ + "/signer.key",
+                                     "--version",
+                                     "1.0.0",
+                                     "--product",
+                                     "ralphos",
+                                     "--arch",
+                                     "x86_64",
+                                     "-o",
+                                     dir_ + "/" + name};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Check(argv);
+    return dir_ + "/" + name;
+  };
+  std::string agent =
+      bundle("agent.rbundle", {"--kind", "agent-image", "--agent-image", dir_ + "/agent.squashfs"});
+  std::string system = bundle(
+      "system.rbundle", {"--rootfs", dir_ + "/agent.squashfs", "--uki", dir_ + "/agent.squashfs"});
+
+  // Refused before anything is built: a system bundle, a signer the slots'
+  // keyring does not trust.
+  ProgramRun wrong_kind = Mkimage("kind", {"--agent-bundle", system});
+  EXPECT_NE(wrong_kind.exit, 0);
+  EXPECT_NE(wrong_kind.output.find("a system bundle, not an agent image"), std::string::npos)
+      << wrong_kind.output;
+  ProgramRun untrusted =
+      Mkimage("untrusted", {"--agent-bundle", agent, "--keyring", dir_ + "/other-ca.crt"});
+  EXPECT_NE(untrusted.exit, 0);
+  EXPECT_NE(untrusted.output.find("not trusted by keyring"), std::string::npos) << untrusted.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/kind.img"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/untrusted.img"));
+
+  ProgramRun built =
+      Mkimage("agent", {"--agent-bundle", agent, "--keyring", dir_ + "/release-ca.crt"});
+  ASSERT_EQ(built.exit, 0) << built.output;
+  auto layout = ProbeDisk(dir_ + "/agent.img");
+  ASSERT_TRUE(layout) << layout.error().ToString();
+  const PartitionInfo* var = layout->Find("VAR");
+  ASSERT_NE(var, nullptr);
+  std::string part = dir_ + "/agent.var";
+  Check({"dd", "if=" + dir_ + "/agent.img", "of=" + part, "bs=1M",
+         fmt::format("skip={}", var->offset_bytes() / (1024 * 1024)),
+         fmt::format("count={}", var->size_bytes() / (1024 * 1024))});
+  // An ext4 labelled VAR (early boot checks it rather than formatting it)
+  // holding the bundle where ralphd's --factory-agent-bundle looks.
+  ProgramRun label = RunProgram({"e2label", part});
+  EXPECT_EQ(label.output, "VAR\n");
+  Check({"e2fsck", "-fn", part});
+  std::string inside = std::string(kFactoryAgentBundlePath).substr(4);  // VAR is /var
+  Check({"debugfs", "-R", fmt::format("dump {} {}/dumped.rbundle", inside, dir_), part});
+  EXPECT_EQ(*ReadWholeFile(dir_ + "/dumped.rbundle"), *ReadWholeFile(agent));
+}
+
 TEST_F(FactoryBundleTest, SigningCertificateWithoutKeyIsRefused) {
   ProgramRun run = Mkimage("bad", {"--signing-cert", dir_ + "/signer.crt"});
   EXPECT_NE(run.exit, 0);

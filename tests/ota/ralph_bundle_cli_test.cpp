@@ -56,6 +56,19 @@ TEST(RalphBundleCliTest, CreatesAndReportsVerdicts) {
   ASSERT_FALSE(unverified.has_value());  // exit 2: not verified
   EXPECT_NE(unverified.error().message().find("NOT VERIFIED"), std::string::npos);
 
+  // An agent-image bundle: its kind and its one payload in `info`.
+  std::string agent = dir / "agent.rbundle";
+  auto agent_created = ralph::testing::RunCommand(
+      {tool, "create", "--kind", "agent-image", "--cert", signer.cert_path, "--key",
+       signer.key_path, "--version", "2026.12.7", "--product", "ralphos", "--arch", "x86_64",
+       "--agent-image", dir / "rootfs.img", "-o", agent});
+  ASSERT_TRUE(agent_created.has_value()) << agent_created.error().ToString();
+  auto agent_info = ralph::testing::RunCommand({tool, "info", agent, "--keyring", ca.cert_path});
+  ASSERT_TRUE(agent_info.has_value()) << agent_info.error().ToString();
+  EXPECT_NE(agent_info->find("kind:       agent-image"), std::string::npos) << *agent_info;
+  EXPECT_NE(agent_info->find("payload agent-image agent-image"), std::string::npos) << *agent_info;
+  EXPECT_NE(valid->find("kind:       system"), std::string::npos) << *valid;
+
   auto bad_version = ralph::testing::RunCommand(
       {tool, "create", "--cert", signer.cert_path, "--key", signer.key_path, "--version", "1.x",
        "--product", "ralphos", "--arch", "x86_64", "--rootfs", dir / "rootfs.img", "--uki",
@@ -83,6 +96,16 @@ TEST(RalphBundleCliTest, UsageErrorsExitTwo) {
       {{"info"}, "ralph-bundle info: which bundle? (one BUNDLE)"},
       {{"info", "a", "--crl"}, "ralph-bundle info: option --crl needs a value"},
       {{}, "ralph-bundle: missing command (create or info)"},
+      {{"create", "--kind", "bogus"}, "--kind bogus: unknown kind (system or agent-image)"},
+      {{"create", "--kind", "agent-image", "--cert", "c", "--key", "k", "--version", "1.0.0",
+        "--product", "p", "--arch", "x86_64", "-o", "o"},
+       "ralph-bundle create: missing --agent-image"},
+      {{"create", "--kind", "agent-image", "--cert", "c", "--key", "k", "--version", "1.0.0",
+        "--product", "p", "--arch", "x86_64", "-o", "o", "--agent-image", "a", "--uki", "u"},
+       "ralph-bundle create: --uki does not go with --kind agent-image"},
+      {{"create", "--cert", "c", "--key", "k", "--version", "1.0.0", "--product", "p", "--arch",
+        "x86_64", "-o", "o", "--rootfs", "r", "--uki", "u", "--agent-image", "a"},
+       "ralph-bundle create: --agent-image needs --kind agent-image"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> argv = {tool};

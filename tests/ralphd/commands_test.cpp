@@ -384,6 +384,28 @@ TEST(DecodeRequest, Memory) {
             "verb: DELETE is not allowed on /v1/memory/entry");
 }
 
+TEST(DecodeRequest, AgentImage) {
+  auto status = DecodeRequest(Get("/v1/agent-image"));
+  ASSERT_TRUE(status) << status.error().message();
+  EXPECT_TRUE(std::holds_alternative<AgentImageStatusCommand>(*status));
+  EXPECT_TRUE(IsReadOnly(*status));
+  auto install =
+      DecodeRequest(Post("/v1/agent-image/install", R"({"path": "/var/tmp/a.rbundle"})"));
+  ASSERT_TRUE(install) << install.error().message();
+  EXPECT_EQ(std::get<AgentImageInstallCommand>(*install).path, "/var/tmp/a.rbundle");
+  EXPECT_FALSE(IsReadOnly(*install));
+  auto rollback = DecodeRequest({.verb = "POST", .path = "/v1/agent-image/rollback"});
+  ASSERT_TRUE(rollback) << rollback.error().message();
+  EXPECT_TRUE(std::holds_alternative<AgentImageRollbackCommand>(*rollback));
+  EXPECT_FALSE(IsReadOnly(*rollback));
+
+  EXPECT_EQ(ErrorOf(Post("/v1/agent-image/install", R"({})")), "body.path: required");
+  EXPECT_EQ(ErrorOf(Post("/v1/agent-image/install", R"({"path": "a.rbundle"})")),
+            "body.path: 'a.rbundle' is not an absolute path on the appliance");
+  EXPECT_EQ(ErrorOf(Post("/v1/agent-image/install", R"({"path": "/a", "url": "x"})")),
+            "body.url: unknown field");
+}
+
 TEST(DecodeRequest, AuditAndEvents) {
   auto list =
       DecodeRequest(Get("/v1/audit", {{"after", "10"}, {"job", "4"}, {"type", "job.state"}}));

@@ -4,6 +4,8 @@
 //                       --product P --arch A --rootfs IMG --uki EFI
 //                       [--install-from X.Y.Z] [--raise-minimum-to X.Y.Z]
 //                       [--chunk-size BYTES] -o OUT.rbundle
+//   ralph-bundle create --kind agent-image --cert C --key K --version X.Y.Z
+//                       --product P --arch A --agent-image SQUASHFS -o OUT.rbundle
 //   ralph-bundle info BUNDLE [--keyring DIR|FILE] [--crl FILE]
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +28,9 @@ constexpr char kUsage[] =
     "  ralph-bundle create --cert PEM --key PEM [--certs PEM] --version X.Y.Z --product NAME\n"
     "                      --arch x86_64|aarch64 --rootfs IMAGE --uki EFI [--install-from X.Y.Z]\n"
     "                      [--raise-minimum-to X.Y.Z] [--chunk-size BYTES] -o OUT.rbundle\n"
+    "  ralph-bundle create --kind agent-image --cert PEM --key PEM [--certs PEM]\n"
+    "                      --version X.Y.Z --product NAME --arch x86_64|aarch64\n"
+    "                      --agent-image SQUASHFS [--chunk-size BYTES] -o OUT.rbundle\n"
     "  ralph-bundle info BUNDLE [--keyring DIR|FILE] [--crl PEM]\n";
 
 Result<Version> ParseVersionFlag(std::string_view flag, const std::string& text) {
@@ -36,25 +41,52 @@ Result<Version> ParseVersionFlag(std::string_view flag, const std::string& text)
 int Create(std::span<const std::string> args) {
   cli::Parser parser("ralph-bundle create", kUsage);
   CreateOptions create;
-  std::string version, install_from, raise_minimum_to, chunk_size;
+  std::string version, install_from, raise_minimum_to, chunk_size, kind;
   struct Required {
     const char* name;
     std::string* value;
   };
-  const Required required[] = {
-      {"--cert", &create.cert_path}, {"--key", &create.key_path},
-      {"--version", &version},       {"--product", &create.product},
-      {"--arch", &create.arch},      {"--rootfs", &create.rootfs_path},
-      {"--uki", &create.uki_path},   {"-o", &create.output_path},
+  const Required common[] = {
+      {"--cert", &create.cert_path},  {"--key", &create.key_path}, {"--version", &version},
+      {"--product", &create.product}, {"--arch", &create.arch},    {"-o", &create.output_path},
   };
-  for (const Required& option : required) parser.Option(option.name, option.value);
+  const Required system[] = {{"--rootfs", &create.rootfs_path}, {"--uki", &create.uki_path}};
+  const Required agent[] = {{"--agent-image", &create.agent_image_path}};
+  for (const Required& option : common) parser.Option(option.name, option.value);
+  for (const Required& option : system) parser.Option(option.name, option.value);
+  for (const Required& option : agent) parser.Option(option.name, option.value);
+  parser.Option("--kind", &kind);
   parser.Option("--certs", &create.extra_certs_path);
   parser.Option("--install-from", &install_from);
   parser.Option("--raise-minimum-to", &raise_minimum_to);
   parser.Option("--chunk-size", &chunk_size);
   if (std::optional<int> exit = parser.Parse(args)) return *exit;
-  for (const Required& option : required) {
+  if (kind.empty() || kind == "system") {
+    create.kind = BundleKind::kSystem;
+  } else if (kind == "agent-image") {
+    create.kind = BundleKind::kAgentImage;
+  } else {
+    return parser.UsageError(fmt::format("--kind {}: unknown kind (system or agent-image)", kind));
+  }
+  bool agent_kind = create.kind == BundleKind::kAgentImage;
+  for (const Required& option : common) {
     if (option.value->empty()) return parser.UsageError(fmt::format("missing {}", option.name));
+  }
+  for (const Required& option :
+       agent_kind ? std::span<const Required>(agent) : std::span<const Required>(system)) {
+    if (option.value->empty()) return parser.UsageError(fmt::format("missing {}", option.name));
+  }
+  for (const Required& option :
+       agent_kind ? std::span<const Required>(system) : std::span<const Required>(agent)) {
+    if (!option.value->empty()) {
+      return parser.UsageError(
+          agent_kind ? fmt::format("{} does not go with --kind agent-image", option.name)
+                     : fmt::format("{} needs --kind agent-image", option.name));
+    }
+  }
+  if (agent_kind && (!install_from.empty() || !raise_minimum_to.empty())) {
+    return parser.UsageError(
+        "--install-from and --raise-minimum-to are for system bundles (the slot's anti-rollback)");
   }
   auto parsed_version = ParseVersionFlag("--version", version);
   if (!parsed_version) return parser.UsageError(parsed_version.error().message());
@@ -83,17 +115,20 @@ int Create(std::span<const std::string> args) {
     return 1;
   }
   const Manifest& m = *created;
-  std::printf("created %s: %s %s/%s, rootfs %llu bytes, uki %llu bytes\n",
-              create.output_path.c_str(), m.version.ToString().c_str(), m.product.c_str(),
-              m.arch.c_str(),
-              static_cast<unsigned long long>(m.Find(PayloadType::kSystemImage)->size),
-              static_cast<unsigned long long>(m.Find(PayloadType::kUki)->size));
+  std::string payloads;
+  for (const Payload& p : m.payloads) {
+    payloads += fmt::format(", {} {} bytes", p.name, p.size);
+  }
+  std::printf("created %s: %s bundle %s %s/%s%s\n", create.output_path.c_str(),
+              std::string(BundleKindName(m.kind)).c_str(), m.version.ToString().c_str(),
+              m.product.c_str(), m.arch.c_str(), payloads.c_str());
   return 0;
 }
 
 void PrintManifest(const OpenedBundle& b) {
   const Manifest& m = b.manifest;
   std::printf("format:     %u\n", m.format);
+  std::printf("kind:       %s\n", std::string(BundleKindName(m.kind)).c_str());
   std::printf("version:    %s\n", m.version.ToString().c_str());
   std::printf("compatible: %s / %s\n", m.product.c_str(), m.arch.c_str());
   if (m.install_from) std::printf("install-from: %s\n", m.install_from->ToString().c_str());

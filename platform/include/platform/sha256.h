@@ -57,6 +57,10 @@ class Sha256 {
 };
 
 // Lower-case hex, two digits a byte (HexEncode, platform/hex.h).
+// The digest of a whole file, read in 1 MiB pieces. kNotFound / kIo with the
+// path when it cannot be opened or read.
+Result<Sha256Digest> Sha256OfFile(const std::string& path);
+
 std::string DigestToHex(std::span<const uint8_t> digest);
 // Parses 64 hex digits (either case, HexDecode); kInvalidArgument naming
 // what was wrong.

@@ -80,6 +80,12 @@ Result<InstallPlan> PlanInstall(const Manifest& m, const InstallFacts& facts,
                                 DowngradeOverride downgrade) {
   InstallPlan plan;
   plan.version = m.version;
+  if (m.kind != BundleKind::kSystem) {
+    return Refused(fmt::format(
+        "this is an {} bundle, not a system update: install it with `ralphctl agent-image "
+        "install`",
+        BundleKindName(m.kind)));
+  }
   std::string arch = facts.identity.arch.empty() ? std::string(arch::Name()) : facts.identity.arch;
   if (m.product != facts.identity.product || m.arch != arch) {
     return Refused(fmt::format("bundle is for {}/{}, this device is {}/{}", m.product, m.arch,
@@ -182,6 +188,11 @@ Result<InstallReport> Install(const InstallOptions& options, boot::SlotManager& 
         fmt::format("opening bundle {}", (*source)->Describe())));
   }
   const Manifest& m = bundle->manifest;
+  if (m.kind != BundleKind::kSystem) {
+    return fail(Refused(fmt::format(
+        "{} is an {} bundle, not a system update: install it with `ralphctl agent-image install`",
+        (*source)->Describe(), BundleKindName(m.kind))));
+  }
   const Payload& rootfs = *m.Find(PayloadType::kSystemImage);
   const Payload& uki = *m.Find(PayloadType::kUki);
   tracker.status().version = m.version.ToString();

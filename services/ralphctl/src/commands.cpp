@@ -19,6 +19,8 @@ constexpr Command kCommands[] = {
      RunMemoryCommand},
     {"pair", "a one-time pairing string and QR code for ralphd's HTTPS API", RunPairCommand},
     {"pairings", "list and revoke the API's paired clients (ralphd)", RunPairingsCommand},
+    {"agent-image", "install, show and roll back the agent image agent jobs run on (ralphd)",
+     RunAgentImageCommand},
     {"remote", "pair this host with an appliance's HTTPS API (for --remote)", RunRemoteCommand},
 };
 

@@ -232,7 +232,7 @@ Result<void> Daemon::CheckAgentSubmit(const JobSubmitCommand& command, const Pro
   // The prompt file's content is known at start; its place is held here.
   std::string prompt = agent.prompt.value_or(agent.prompt_file ? "prompt file" : "");
   agents::AgentLaunch launch = TRY(MakeAgentLaunch(command, prompt, options_.agent_programs));
-  TRY(MakeJobSpec(profile, AgentJobRequest(command, launch), options_.environment));
+  TRY(MakeJobSpec(profile, AgentJobRequest(command, launch), TRY(AgentEnvironment())));
   return {};
 }
 
@@ -249,7 +249,7 @@ Result<void> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   std::string prompt = TRY(AgentPrompt(JobDir(job.id), job.workspace_uploaded, *submit.agent));
   agents::AgentLaunch launch = TRY(MakeAgentLaunch(submit, prompt, options_.agent_programs));
   sandbox::SandboxSpec spec =
-      TRY(MakeJobSpec(profile, AgentJobRequest(submit, launch), options_.environment));
+      TRY(MakeJobSpec(profile, AgentJobRequest(submit, launch), TRY(AgentEnvironment())));
   // The home: a host directory of the job's root, bound at kAgentHome, with
   // the profile's settings. Its parents may be passed through (0711) by
   // the job's mapped uid, which mounts it.

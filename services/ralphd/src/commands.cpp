@@ -196,6 +196,7 @@ constexpr std::string_view kAgentPattern = "^[a-z0-9:._-]{1,64}$";
 constexpr FieldInfo kMemoryListQuery[] = {
     Text("agent", memory::kMaxAgentBytes, false, kAgentPattern), Unsigned("after", 0, kMaxSeq),
     Unsigned("limit", 1, memory::kMaxPageLimit)};
+constexpr FieldInfo kAgentImageInstallFields[] = {Text("path", kMaxArgBytes, true, "^/")};
 
 constexpr RouteInfo kRouteInfos[] = {
     {"GET", "/v1/status", StatusCommand::kName},
@@ -257,6 +258,14 @@ constexpr RouteInfo kRouteInfos[] = {
      {},
      BodyKind::kJson,
      kRevokeFields},
+    {"GET", "/v1/agent-image", AgentImageStatusCommand::kName},
+    {"POST",
+     "/v1/agent-image/install",
+     AgentImageInstallCommand::kName,
+     {},
+     BodyKind::kJson,
+     kAgentImageInstallFields},
+    {"POST", "/v1/agent-image/rollback", AgentImageRollbackCommand::kName},
 };
 
 const FieldInfo* FindField(std::span<const FieldInfo> fields, std::string_view name) {
@@ -883,6 +892,19 @@ Result<Command> DecodePairingRevoke(const Request& request) {
   return PairingRevokeCommand{.id = *id};
 }
 
+Result<Command> DecodeAgentImageInstall(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body", BodyFields(request));
+  auto path = TRY(reader.String("path"));
+  if (!path) return Invalid("body.path: required");
+  if (path->empty() || path->front() != '/') {
+    return Invalid(fmt::format("body.path: '{}' is not an absolute path on the appliance", *path));
+  }
+  TRY(reader.Finish());
+  return AgentImageInstallCommand{.path = *path};
+}
+
 Result<Command> DecodePolicyGet(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
@@ -1115,6 +1137,10 @@ constexpr Route kRoutes[] = {
     {"/v1/pairings", "GET", Plain<PairingsListCommand>},
     {"/v1/pairings/revoke", "POST",
      [](const Request& r, uint64_t) { return DecodePairingRevoke(r); }},
+    {"/v1/agent-image", "GET", Plain<AgentImageStatusCommand>},
+    {"/v1/agent-image/install", "POST",
+     [](const Request& r, uint64_t) { return DecodeAgentImageInstall(r); }},
+    {"/v1/agent-image/rollback", "POST", Plain<AgentImageRollbackCommand>},
 };
 
 static_assert(std::size(kRoutes) == std::size(kRouteInfos),
@@ -1195,13 +1221,13 @@ std::string_view CommandName(const Command& command) {
 bool IsReadOnly(const Command& command) {
   // A command missing here is audited every time: the safe side.
   static constexpr std::string_view kReadOnly[] = {
-      StatusCommand::kName,     JobListCommand::kName,       JobShowCommand::kName,
-      JobLogsCommand::kName,    JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
-      PolicyGetCommand::kName,  PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
-      AuditListCommand::kName,  AuditVerifyCommand::kName,   AuditExportCommand::kName,
-      EventsCommand::kName,     PairingsListCommand::kName,  JobDiffCommand::kName,
-      MemoryGetCommand::kName,  MemoryQueryCommand::kName,   MemoryHistoryCommand::kName,
-      MemoryListCommand::kName,
+      StatusCommand::kName,     JobListCommand::kName,          JobShowCommand::kName,
+      JobLogsCommand::kName,    JobFilesCommand::kName,         WorkspaceDownloadCommand::kName,
+      PolicyGetCommand::kName,  PolicyHistoryCommand::kName,    PolicyValidateCommand::kName,
+      AuditListCommand::kName,  AuditVerifyCommand::kName,      AuditExportCommand::kName,
+      EventsCommand::kName,     PairingsListCommand::kName,     JobDiffCommand::kName,
+      MemoryGetCommand::kName,  MemoryQueryCommand::kName,      MemoryHistoryCommand::kName,
+      MemoryListCommand::kName, AgentImageStatusCommand::kName,
   };
   std::string_view name = CommandName(command);
   return std::find(std::begin(kReadOnly), std::end(kReadOnly), name) != std::end(kReadOnly);

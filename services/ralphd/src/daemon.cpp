@@ -149,6 +149,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
   daemon->memory_ = std::move(memory_store);
   daemon->memory_server_ = std::move(memory_server);
   TRY(daemon->Recover());
+  if (!daemon->options_.agent_images.empty()) {
+    daemon->InstallFactoryAgentImage();
+    daemon->LoadAgentImage();
+  }
   daemon->Schedule();
   daemon->FlushAudit();
   return daemon;
@@ -705,6 +709,13 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
     json list = json::array();
     for (const Event& event : events) list.push_back(event.ToJson());
     return Reply::Json({{"events", list}, {"last_seq", TRY(store_->LastEventSeq())}});
+  }
+  if (std::holds_alternative<AgentImageStatusCommand>(command)) return AgentImageStatus();
+  if (const auto* c = std::get_if<AgentImageInstallCommand>(&command)) {
+    return AgentImageInstall(caller, c->path);
+  }
+  if (std::holds_alternative<AgentImageRollbackCommand>(command)) {
+    return AgentImageRollback(caller);
   }
   if (const auto* c = std::get_if<TerminalAttachCommand>(&command)) {
     TRY(store_->Job(c->id));

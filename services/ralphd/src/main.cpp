@@ -5,6 +5,7 @@
 //   ralphd --state-dir /var/lib/ralph/ralphd [--socket /run/ralphd.sock]
 //          [--job-root DIR | --job-image FILE] [--max-running N]
 //          [--api-listen 0.0.0.0:8443 [--api-address HOST:PORT]]
+//          [--agent-images DIR [--keyring PATH] [--factory-agent-bundle FILE]]
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -48,8 +49,17 @@ constexpr std::string_view kUsage =
   --state-dir DIR     ralphd's state (on VAR): ralphd.db, audit.db, jobs/, sandbox/
   --socket PATH       the local control socket (default /run/ralphd.sock)
   --audit-db PATH     the audit log (default DIR/audit.db)
-  --job-root DIR      the read-only base of every job's rootfs (default /)
+  --job-root DIR      the read-only base of every plain job's rootfs (default /)
   --job-image FILE    ... or a squashfs/erofs image of it
+  --agent-images DIR  the agent-image store (on VAR): jobs with an agent run
+                      on its current image, installed from signed bundles
+                      (`ralphctl agent-image`); without it they run on the
+                      job base too
+  --keyring PATH      the certificates agent-image bundles must be signed for
+                      (default /etc/ralph/keyring)
+  --factory-agent-bundle FILE
+                      installed at start while the store has no image
+                      (removed once installed)
   --max-running N     jobs run at once; the rest wait queued (default 2)
   --api-listen HOST:PORT
                       serve the HTTPS API there (off when absent): 0.0.0.0:8443
@@ -120,6 +130,10 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   std::vector<std::string> agent_programs;
   parser.Repeated("--agent-program", &agent_programs);
   parser.Option("--git", &options.daemon.git);
+  std::optional<std::string> keyring;
+  parser.Option("--agent-images", &options.daemon.agent_images);
+  parser.Option("--keyring", &keyring);
+  parser.Option("--factory-agent-bundle", &options.daemon.factory_agent_bundle);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
   for (const std::string& entry : agent_programs) {
     size_t eq = entry.find('=');
@@ -131,6 +145,11 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   }
 
   if (options.daemon.state_dir.empty()) return parser.UsageError("--state-dir is required");
+  if (keyring) options.daemon.keyring = *keyring;
+  if (options.daemon.agent_images.empty() &&
+      (keyring || !options.daemon.factory_agent_bundle.empty())) {
+    return parser.UsageError("--keyring and --factory-agent-bundle go with --agent-images");
+  }
   if (socket) options.socket = *socket;
   if (audit_db) options.daemon.audit_db = *audit_db;
   if (job_root && job_image) {

@@ -16,6 +16,7 @@
 #include "platform/arch.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
+#include "platform/process.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
 #include "tools/mkimage/cpio.h"
@@ -380,18 +381,7 @@ Result<SlotVariant> ParseSlotVariant(std::string_view text) {
 }
 
 Result<std::string> FileSha256(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", path), errno);
-  Sha256 hasher = TRY(Sha256::Create());
-  std::vector<uint8_t> buffer(kMiB);
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::FromErrno(fmt::format("read {}", path), errno);
-    if (n == 0) break;
-    TRY(hasher.Update(std::span<const uint8_t>(buffer.data(), static_cast<size_t>(n))));
-  }
-  return DigestToHex(TRY(hasher.Finish()));
+  return DigestToHex(TRY(Sha256OfFile(path)));
 }
 
 Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& package,
@@ -538,13 +528,15 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   // sandbox base, the API on every address (the health gate checks it on
   // 127.0.0.1). Required: a slot whose control plane does not come up is
   // refused by the health gate.
-  services.push_back({"ralphd",
-                      "/usr/bin/ralphd",
-                      {"--state-dir", kRalphdStateDir, "--socket", kRalphdSocket, "--job-root",
-                       kSandboxBase, "--api-listen", kRalphdApiListen},
-                      {},
-                      false,
-                      true});
+  services.push_back(
+      {"ralphd",
+       "/usr/bin/ralphd",
+       {"--state-dir", kRalphdStateDir, "--socket", kRalphdSocket, "--job-root", kSandboxBase,
+        "--api-listen", kRalphdApiListen, "--agent-images", kAgentImageStore, "--keyring",
+        "/etc/ralph/keyring", "--factory-agent-bundle", kFactoryAgentBundlePath},
+       {},
+       false,
+       true});
   std::vector<std::string> health_after;
   for (const auto& s : services) health_after.push_back(s.name);
   services.push_back({"health", "/usr/bin/ralph-health", {}, health_after, true, true});
@@ -725,7 +717,40 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
             "building the RECOVERY filesystem");
   }
 
-  GptSpec gpt = TRY(ApplianceGpt(options.sizes, options.seed));
+  // VAR: blank (early boot formats it), or with the factory agent-image
+  // bundle an ext4 made here that holds it (early boot then checks it like
+  // any VAR, and ralphd installs the bundle on its first start).
+  LayoutSizes sizes = options.sizes;
+  std::string var_image;
+  if (!options.agent_bundle.empty()) {
+    struct stat st {};
+    if (::stat(options.agent_bundle.c_str(), &st) != 0) {
+      return Error::FromErrno(fmt::format("--agent-bundle {}", options.agent_bundle), errno);
+    }
+    uint64_t bundle_mib = (static_cast<uint64_t>(st.st_size) + kMiB - 1) / kMiB;
+    sizes.var_mib += 2 * bundle_mib;
+    std::string var_root = work + "/var_root";
+    std::string inside(kFactoryAgentBundlePath);
+    inside = inside.substr(std::string_view("/var").size());  // VAR is mounted at /var
+    TRY(MakeDirs(fs::path(var_root + inside).parent_path().string()));
+    std::error_code ec;
+    fs::copy_file(options.agent_bundle, var_root + inside, fs::copy_options::overwrite_existing,
+                  ec);
+    if (ec) {
+      return Error::Make(ErrorCode::kIo,
+                         fmt::format("putting {} on VAR: {}", options.agent_bundle, ec.message()));
+    }
+    var_image = work + "/var.img";
+    std::string uuid = DeterministicUuid(options.seed, "var-filesystem");
+    TRY_CTX(RunProgramChecked(
+                {.argv = {"mke2fs", "-q", "-F", "-t", "ext4", "-L", "VAR", "-U", uuid, "-E",
+                          fmt::format("root_owner=0:0,hash_seed={}", uuid), "-d", var_root,
+                          var_image, fmt::format("{}M", sizes.var_mib)},
+                 .env = {fmt::format("E2FSPROGS_FAKE_TIME={}", options.source_date_epoch)}}),
+            "making VAR with the agent-image bundle");
+  }
+
+  GptSpec gpt = TRY(ApplianceGpt(sizes, options.seed));
   std::string esp = work + "/esp.img";
   TRY(BuildEsp(gpt.partitions[0].size_bytes, esp_files, options.seed, esp));
 
@@ -739,8 +764,10 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   TRY(CopyIntoDisk(system_b, layout, kPartSystemB));
   // RECOVERY holds the good system plus the factory bundle until the rescue
   // environment (planned: docs/architecture.md "Recovery") replaces the
-  // system part. VAR stays blank: early boot formats it.
+  // system part. VAR stays blank (early boot formats it) unless it carries
+  // the factory agent-image bundle.
   TRY(CopyIntoDisk(recovery, layout, kPartRecovery));
+  if (!var_image.empty()) TRY(CopyIntoDisk(var_image, layout, kPartVar));
   // A build output: CopyIntoDisk synced each partition's data; losing the
   // name to a crash means building again.
   TRY(disk.Commit(Durability::kNone));

@@ -34,6 +34,9 @@ constexpr const char* kUsage = R"(usage: ralph-mkimage --out DISK.img [options]
                          bundles); without them RECOVERY holds no factory bundle
   --payloads-dir DIR     also write the update payloads there: system_a.img, a.efi,
                          system_b.img, b.efi (for ralph-bundle create)
+  --agent-bundle FILE    a signed agent-image bundle (ralph-bundle create --kind agent-image)
+                         put on VAR, which grows by twice its size; ralphd installs it on
+                         the first boot
 SOURCE_DATE_EPOCH sets the timestamps of the slot images (default 1700000000).
 )";
 
@@ -52,6 +55,30 @@ ralph::Result<void> WriteFactoryBundle(const ralph::mkimage::FactoryBundleReques
   create.output_path = request.output;
   create.signing_time = request.signing_time;
   TRY(ota::CreateBundle(create));
+  return {};
+}
+
+// An agent-image bundle for this arch; with a keyring, one its signature
+// verifies against (as ralphd will on the first boot).
+ralph::Result<void> CheckAgentBundle(const std::string& path, const std::string& keyring_path) {
+  using namespace ralph;
+  std::unique_ptr<ota::FileSource> source = TRY(ota::FileSource::Open(path));
+  ota::OpenedBundle bundle;
+  if (keyring_path.empty()) {
+    bundle = TRY(ota::OpenBundleUnverified(*source));
+  } else {
+    ota::Keyring keyring = TRY(ota::Keyring::Load(keyring_path));
+    bundle = TRY(ota::OpenBundle(*source, keyring));
+  }
+  if (bundle.manifest.kind != ota::BundleKind::kAgentImage) {
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("a {} bundle, not an agent image", ota::BundleKindName(bundle.manifest.kind)));
+  }
+  if (bundle.manifest.arch != arch::Name()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("for {}, this image is {}", bundle.manifest.arch, arch::Name()));
+  }
   return {};
 }
 
@@ -107,6 +134,7 @@ int main(int argc, char** argv) {
   parser.Option("--signing-cert", &options.signing_cert);
   parser.Option("--signing-key", &options.signing_key);
   parser.Option("--payloads-dir", &options.payloads_dir);
+  parser.Option("--agent-bundle", &options.agent_bundle);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return *exit;
   uint64_t* targets[] = {&options.sizes.esp_mib, &options.sizes.system_mib, &options.sizes.var_mib,
                          &options.sizes.recovery_mib, nullptr};
@@ -130,6 +158,16 @@ int main(int argc, char** argv) {
   }
   if (options.output.empty()) return parser.UsageError("--out is required");
   options.bundle_writer = WriteFactoryBundle;
+  if (!options.agent_bundle.empty()) {
+    // Refused here rather than on the appliance's first boot: not an
+    // agent-image bundle, or (with --keyring) not signed for the slots'
+    // keyring.
+    auto checked = CheckAgentBundle(options.agent_bundle, options.keyring);
+    if (!checked) {
+      LogError("--agent-bundle {}: {}", options.agent_bundle, checked.error().ToString());
+      return 1;
+    }
+  }
   if (options.signing_cert.empty()) {
     LogWarning("no --signing-cert/--signing-key: RECOVERY gets no factory bundle");
   }

@@ -238,12 +238,25 @@ Result<Manifest> CreateBundle(const CreateOptions& options) {
   m.arch = options.arch;
   m.install_from = options.install_from;
   m.raise_minimum_to = options.raise_minimum_to;
-  Payload rootfs{
-      .name = "rootfs", .type = PayloadType::kSystemImage, .chunk_size = options.chunk_size};
-  Payload uki{.name = "uki", .type = PayloadType::kUki, .chunk_size = options.chunk_size};
-  TRY_CTX(HashPayloadFile(options.rootfs_path, rootfs), "hashing rootfs");
-  TRY_CTX(HashPayloadFile(options.uki_path, uki), "hashing uki");
-  m.payloads = {std::move(rootfs), std::move(uki)};
+  m.kind = options.kind;
+  // The payloads in file order, each with the file it is copied from.
+  std::vector<std::pair<Payload, std::string>> inputs;
+  if (options.kind == BundleKind::kAgentImage) {
+    inputs.push_back({{.name = "agent-image",
+                       .type = PayloadType::kAgentImage,
+                       .chunk_size = options.chunk_size},
+                      options.agent_image_path});
+  } else {
+    inputs.push_back(
+        {{.name = "rootfs", .type = PayloadType::kSystemImage, .chunk_size = options.chunk_size},
+         options.rootfs_path});
+    inputs.push_back({{.name = "uki", .type = PayloadType::kUki, .chunk_size = options.chunk_size},
+                      options.uki_path});
+  }
+  for (auto& [payload, path] : inputs) {
+    TRY_CTX(HashPayloadFile(path, payload), fmt::format("hashing {}", payload.name));
+    m.payloads.push_back(payload);
+  }
 
   // Payload offsets are inside the signed manifest, and depend on the
   // manifest's and signature's lengths: iterate to a fixed point (the 4 KiB
@@ -278,11 +291,10 @@ Result<Manifest> CreateBundle(const CreateOptions& options) {
   TRY(WriteAll(out.fd(), signature, tmp));
   uint64_t position = header.signature_end();
   std::vector<uint8_t> zeros(kPayloadAlignment, 0);
-  const std::string* paths[] = {&options.rootfs_path, &options.uki_path};
   for (size_t i = 0; i < m.payloads.size(); ++i) {
     const Payload& p = m.payloads[i];
     TRY(WriteAll(out.fd(), std::span(zeros).first(p.offset - position), tmp));
-    TRY_CTX(CopyPayloadFile(*paths[i], p, out.fd(), tmp), fmt::format("copying {}", p.name));
+    TRY_CTX(CopyPayloadFile(inputs[i].second, p, out.fd(), tmp), fmt::format("copying {}", p.name));
     position = p.offset + p.size;
   }
   // A build output: whole once written, the directory left to the page cache.

@@ -92,6 +92,8 @@ Result<Payload> ParsePayload(const tinyxml2::XMLElement& element, size_t index) 
     payload.type = PayloadType::kSystemImage;
   } else if (type == "uki") {
     payload.type = PayloadType::kUki;
+  } else if (type == "agent-image") {
+    payload.type = PayloadType::kAgentImage;
   } else {
     return Corrupt(fmt::format("{}: unknown type '{}'", where, type));
   }
@@ -153,6 +155,15 @@ std::string_view PayloadTypeName(PayloadType type) {
   switch (type) {
     case PayloadType::kSystemImage: return "system-image";
     case PayloadType::kUki: return "uki";
+    case PayloadType::kAgentImage: return "agent-image";
+  }
+  return "unknown";
+}
+
+std::string_view BundleKindName(BundleKind kind) {
+  switch (kind) {
+    case BundleKind::kSystem: return "system";
+    case BundleKind::kAgentImage: return "agent-image";
   }
   return "unknown";
 }
@@ -186,7 +197,7 @@ Result<void> ValidateManifest(const Manifest& m) {
                                m.raise_minimum_to->ToString(), m.version.ToString()));
   }
   std::set<std::string> names;
-  int system_images = 0, ukis = 0;
+  int system_images = 0, ukis = 0, agent_images = 0;
   uint64_t previous_end = 0;
   for (const Payload& p : m.payloads) {
     std::string where = fmt::format("<payload name=\"{}\">", p.name);
@@ -194,7 +205,11 @@ Result<void> ValidateManifest(const Manifest& m) {
       return Corrupt(fmt::format("<payload>: invalid name '{}'", p.name));
     }
     if (!names.insert(p.name).second) return Corrupt(fmt::format("{}: duplicate name", where));
-    (p.type == PayloadType::kSystemImage ? system_images : ukis)++;
+    switch (p.type) {
+      case PayloadType::kSystemImage: ++system_images; break;
+      case PayloadType::kUki: ++ukis; break;
+      case PayloadType::kAgentImage: ++agent_images; break;
+    }
     if (p.size == 0) return Corrupt(fmt::format("{}: size is 0", where));
     if (p.chunk_size < kMinChunkSize || p.chunk_size > kMaxChunkSize ||
         !IsPowerOfTwo(p.chunk_size)) {
@@ -218,6 +233,21 @@ Result<void> ValidateManifest(const Manifest& m) {
       return Corrupt(fmt::format("{}: has {} chunks, size {} with chunk-size {} needs {}", where,
                                  p.chunks.size(), p.size, p.chunk_size, p.ChunkCount()));
     }
+  }
+  if (m.kind == BundleKind::kAgentImage) {
+    if (agent_images != 1 || system_images != 0 || ukis != 0) {
+      return Corrupt(fmt::format(
+          "an agent-image bundle carries exactly one agent-image payload and nothing else, this "
+          "one has {} agent-image, {} system-image and {} uki",
+          agent_images, system_images, ukis));
+    }
+    return {};
+  }
+  if (agent_images != 0) {
+    return Corrupt(fmt::format(
+        "a system bundle carries no agent-image payload (has {}); an agent-image bundle says "
+        "kind=\"agent-image\"",
+        agent_images));
   }
   if (system_images != 1) {
     return Corrupt(fmt::format("needs exactly one system-image payload, has {}", system_images));
@@ -257,8 +287,17 @@ Result<Manifest> ParseManifestImpl(std::string_view xml) {
   if (std::string_view(root->Name()) != "ralph-bundle") {
     return Corrupt(fmt::format("root element is <{}>, expected <ralph-bundle>", root->Name()));
   }
-  TRY(CheckAttributes(*root, {"format"}));
+  TRY(CheckAttributes(*root, {"format", "kind"}));
   Manifest m;
+  if (const char* kind = root->Attribute("kind")) {
+    if (std::string_view(kind) != "agent-image") {
+      return Corrupt(fmt::format(
+          "<ralph-bundle>: unknown kind '{}' (a system bundle has no kind attribute; the one kind "
+          "is \"agent-image\")",
+          kind));
+    }
+    m.kind = BundleKind::kAgentImage;
+  }
   uint64_t format =
       TRY(ParseDecimal(TRY(RequiredAttribute(*root, "format")), "<ralph-bundle> format"));
   if (format != kManifestFormatVersion) {
@@ -332,7 +371,12 @@ Result<std::string> SerializeManifest(const Manifest& m) {
   TRY_CTX(ValidateManifest(m), "serialising manifest");
   std::string out;
   out += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  out += fmt::format("<ralph-bundle format=\"{}\">\n", m.format);
+  if (m.kind == BundleKind::kSystem) {
+    out += fmt::format("<ralph-bundle format=\"{}\">\n", m.format);
+  } else {
+    out +=
+        fmt::format("<ralph-bundle format=\"{}\" kind=\"{}\">\n", m.format, BundleKindName(m.kind));
+  }
   out += fmt::format("  <version>{}</version>\n", m.version.ToString());
   out += fmt::format("  <compatible product=\"{}\" arch=\"{}\"/>\n", m.product, m.arch);
   if (m.install_from || m.raise_minimum_to) {

@@ -69,6 +69,9 @@
 //   POST   /v1/pairing/offers                PairCommand
 //   GET    /v1/pairings                      PairingsListCommand
 //   POST   /v1/pairings/revoke               PairingRevokeCommand
+//   GET    /v1/agent-image                   AgentImageStatusCommand
+//   POST   /v1/agent-image/install           AgentImageInstallCommand
+//   POST   /v1/agent-image/rollback          AgentImageRollbackCommand
 //
 // CoreRoutes() is this list as data (each query parameter and body field
 // with its type and bounds). The decoder takes every bound from it and
@@ -405,6 +408,20 @@ struct PairingRevokeCommand {
   std::string id;  // the client id (its certificate serial, hex)
 };
 
+// The agent image on VAR (docs/agents.md "On the appliance"): the installed
+// current and previous images; installing a signed agent-image bundle that
+// is a file on the appliance; rolling back to the previous image.
+struct AgentImageStatusCommand {
+  static constexpr std::string_view kName = "agent-image.status";
+};
+struct AgentImageInstallCommand {
+  static constexpr std::string_view kName = "agent-image.install";
+  std::string path;  // absolute, on the appliance
+};
+struct AgentImageRollbackCommand {
+  static constexpr std::string_view kName = "agent-image.rollback";
+};
+
 using Command =
     std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
                  JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
@@ -414,17 +431,19 @@ using Command =
                  PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand,
                  JobIterationsCommand, JobPauseCommand, JobResumeCommand, JobDiffCommand,
                  JobRollbackCommand, MemoryPutCommand, MemoryGetCommand, MemoryQueryCommand,
-                 MemoryHistoryCommand, MemoryListCommand>;
+                 MemoryHistoryCommand, MemoryListCommand, AgentImageStatusCommand,
+                 AgentImageInstallCommand, AgentImageRollbackCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);
 
 // Whether the command only reads (status, job list/show/logs/files,
 // workspace download, policy get/history/validate, audit list/verify/export,
-// events, pairings list, memory get/query/history/list). Its success is not an audit record: the
-// connection's one session record ("api.session", "local.session") says who
-// read. A command that changes something, and every refusal or failure, is
-// a record of its own (docs/ralphd.md, "Audit and events").
+// events, pairings list, memory get/query/history/list, agent-image
+// status). Its success is not an audit record: the connection's one session
+// record ("api.session", "local.session") says who read. A command that
+// changes something, and every refusal or failure, is a record of its own
+// (docs/ralphd.md, "Audit and events").
 bool IsReadOnly(const Command& command);
 
 // Decodes a request strictly (see the top of this file).

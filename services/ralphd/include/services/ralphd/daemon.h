@@ -54,6 +54,18 @@ struct DaemonOptions {
   // is probed when the daemon opens; without a working one a loop job is
   // refused at submit, naming it.
   std::string git = std::string(kDefaultGit);
+  // The agent-image store on VAR (services/ota/agent_image.h). Set: every
+  // job with an agent (any profile, `command` included) runs on its current
+  // image, which is checked against its recorded digest at start and at
+  // every install or rollback; while none is usable such jobs are refused
+  // with the reason. Empty: agent jobs run on `environment` like plain
+  // jobs (development and tests). Plain jobs always run on `environment`.
+  std::string agent_images;
+  // The keyring agent-image bundles must be signed for (docs/ota.md).
+  std::string keyring = "/etc/ralph/keyring";
+  // A bundle installed at start while the store has no image yet (the
+  // factory disk's, docs/image.md), removed once installed.
+  std::string factory_agent_bundle;
 };
 
 // The HTTPS API's pairing registry as the core administers it; set when
@@ -194,6 +206,17 @@ class Daemon final : public DispatcherInterface {
   // it gets its socket bound at kMemorySocketDir and kMemorySocketEnv set.
   Result<void> GrantMemory(uint64_t job, const Profile& profile, sandbox::SandboxSpec& spec);
   Result<Reply> Memory(const Caller& caller, const Command& command);
+  // The agent image (agent_image.cpp, docs/agents.md "On the appliance").
+  // Checks the store's current image against its digest: the base of agent
+  // jobs, or the reason there is none.
+  void LoadAgentImage();
+  // At start: the factory bundle, when the store has no image yet.
+  void InstallFactoryAgentImage();
+  // The base of a job with an agent.
+  Result<JobEnvironment> AgentEnvironment() const;
+  Result<Reply> AgentImageStatus();
+  Result<Reply> AgentImageInstall(const Caller& caller, const std::string& path);
+  Result<Reply> AgentImageRollback(const Caller& caller);
 
   DaemonOptions options_;
   std::unique_ptr<Store> store_;
@@ -217,6 +240,9 @@ class Daemon final : public DispatcherInterface {
   // sockets (a thread and connection of their own).
   std::unique_ptr<memory::MemoryStore> memory_;
   std::unique_ptr<MemoryServer> memory_server_;
+  // The verified current agent image, or why there is none usable.
+  std::optional<std::string> agent_image_;
+  std::string agent_image_problem_;
 };
 
 // What a terminal's `closed` reports: the exit code of a job that exited,

@@ -48,6 +48,11 @@ inline constexpr const char* kFactoryBundlePath = "/usr/share/ralph/factory.rbun
 // chain to; `ralphctl update install` reads it) and the CAs trusted for
 // HTTPS update servers (libcurl's default CA file on Debian).
 inline constexpr const char* kKeyringPath = "/etc/ralph/keyring/release-ca.pem";
+// The agent-image store on VAR (mounted at /var), and where the factory disk
+// puts an agent-image bundle for ralphd to install on its first start
+// (ralphd --agent-images, --factory-agent-bundle; docs/agents.md).
+inline constexpr const char* kAgentImageStore = "/var/lib/ralph/agent-image";
+inline constexpr const char* kFactoryAgentBundlePath = "/var/lib/ralph/agent-image/factory.rbundle";
 inline constexpr const char* kUpdateCaPath = "/etc/ssl/certs/ca-certificates.crt";
 
 struct BuildOptions {
@@ -73,6 +78,11 @@ struct BuildOptions {
   // When set, the payloads an update bundle carries are copied here:
   // system_a.img, a.efi, system_b.img, b.efi (slot B's as built, variant included).
   std::string payloads_dir;
+  // A signed agent-image bundle put on VAR at kFactoryAgentBundlePath (VAR
+  // is then made here, an ext4 holding it, twice the bundle's size larger
+  // than --var-mib so that it and its installed image fit); empty: VAR
+  // stays blank and early boot formats it.
+  std::string agent_bundle;
 };
 
 struct BuildReport {

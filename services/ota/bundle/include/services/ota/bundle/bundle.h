@@ -84,8 +84,11 @@ struct CreateOptions {
   std::string arch;
   std::optional<Version> install_from;
   std::optional<Version> raise_minimum_to;
+  // kSystem: rootfs_path and uki_path; kAgentImage: agent_image_path.
+  BundleKind kind = BundleKind::kSystem;
   std::string rootfs_path;
   std::string uki_path;
+  std::string agent_image_path;
   uint32_t chunk_size = kDefaultChunkSize;
   std::string output_path;
   // The CMS signingTime (seconds since the epoch); unset: now. See

@@ -17,6 +17,18 @@
 //     </payload>
 //     <payload name="uki" type="uki" .../>
 //   </ralph-bundle>
+//
+// An agent-image bundle (docs/ota.md "Agent-image bundles") says so in its
+// root element, inside the signed bytes, and carries one payload:
+//
+//   <ralph-bundle format="1" kind="agent-image">
+//     <version>2026.12.7</version>
+//     <compatible product="ralphos" arch="x86_64"/>
+//     <payload name="agent-image" type="agent-image" .../>
+//   </ralph-bundle>
+//
+// A system bundle has no kind attribute (one spelling per meaning), so its
+// bytes are what they were before agent-image bundles existed.
 #pragma once
 
 #include <array>
@@ -47,8 +59,14 @@ using Digest = Sha256Digest;
 // type as a slot record's.
 using ::ralph::Version;
 
-enum class PayloadType { kSystemImage, kUki };
+enum class PayloadType { kSystemImage, kUki, kAgentImage };
 std::string_view PayloadTypeName(PayloadType type);
+
+// What a bundle updates: the system (a slot: system image + UKI) or the
+// agent image on VAR (one squashfs). The OS installer refuses an agent-image
+// bundle and the agent-image installer a system bundle, each by name.
+enum class BundleKind { kSystem, kAgentImage };
+std::string_view BundleKindName(BundleKind kind);
 
 struct Payload {
   std::string name;  // [a-z0-9-]{1,32}, unique within the bundle
@@ -66,6 +84,7 @@ struct Payload {
 
 struct Manifest {
   uint32_t format = kManifestFormatVersion;
+  BundleKind kind = BundleKind::kSystem;
   Version version;
   std::string product;  // compatible product, [A-Za-z0-9._-]{1,64}
   std::string arch;     // "x86_64" / "aarch64"
@@ -88,7 +107,8 @@ inline constexpr uint64_t kMaxManifestSize = 16u << 20;
 // element/attribute on any deviation from the format above: unknown element
 // or attribute, missing required one, bad number, chunk count not matching
 // size/chunk-size, unaligned/overlapping/descending offsets, duplicate names,
-// missing system-image or uki payload.
+// a payload set that is not the kind's (system: one system-image and one uki;
+// agent-image: one agent-image payload and nothing else).
 Result<Manifest> ParseManifest(std::string_view xml);
 
 // Serialises a manifest in the format above (deterministic output).
