@@ -25,6 +25,7 @@
 
 #include "platform/result.h"
 #include "sandbox/spec.h"
+#include "services/creds/store.h"
 #include "services/ralphd/commands.h"
 
 namespace ralph::ralphd {
@@ -39,11 +40,24 @@ struct ProfileLimits {
   std::chrono::milliseconds timeout = kDefaultJobTimeout;
 };
 
+// <credentials>: which of the agents' logged-in accounts (services/creds,
+// docs/credentials.md) a job of the profile may hold. Without it a job
+// sees no credential at all.
+struct CredentialGrant {
+  // The scopes granted, most specific first when a job looks for an
+  // account: agent (the account named after this profile), tenant (the
+  // account of `tenant`), global (the appliance's account).
+  std::vector<creds::Scope> scopes;
+  std::string tenant;    // set exactly when the tenant scope is granted
+  uint32_t holders = 1;  // running jobs that may hold one account at once
+};
+
 struct Profile {
   std::string name;
   ProfileLimits limits;
   sandbox::NetworkSpec network;  // enabled only with an <egress> element
   std::vector<sandbox::BindMount> mounts;
+  std::optional<CredentialGrant> credentials;
 };
 
 struct Policy {
