@@ -293,15 +293,14 @@ TEST(Policy, BadCredentialGrantsAreIssuesOnTheirAttribute) {
   for (const PolicyIssue& issue : check.issues) issues.push_back(issue.ToString());
   EXPECT_THAT(
       issues,
-      ElementsAre(
-          "2:34: <credentials>: scopes: unknown credential scope 'everyone' (known: agent, "
-          "tenant, global)",
-          "3:34: <credentials>: the tenant scope needs a tenant attribute",
-          "4:50: <credentials>: tenant is only for the tenant scope",
-          "5:49: <credentials>: holders: '0' is not a number in 1..64",
-          "6:21: <credentials>: the scopes attribute is required (agent, tenant, global)",
-          "6:35: <credentials>: only one per profile",
-          "7:34: <credentials>: scopes: 'agent' is listed twice"));
+      ElementsAre("2:34: <credentials>: scopes: unknown credential scope 'everyone' (known: agent, "
+                  "tenant, global)",
+                  "3:34: <credentials>: the tenant scope needs a tenant attribute",
+                  "4:50: <credentials>: tenant is only for the tenant scope",
+                  "5:49: <credentials>: holders: '0' is not a number in 1..64",
+                  "6:21: <credentials>: the scopes attribute is required (agent, tenant, global)",
+                  "6:35: <credentials>: only one per profile",
+                  "7:34: <credentials>: scopes: 'agent' is listed twice"));
 }
 
 }  // namespace

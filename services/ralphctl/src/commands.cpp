@@ -15,6 +15,8 @@ constexpr Command kCommands[] = {
     {"job", "run, list, follow, cancel jobs; their files and workspaces (ralphd)", RunJobCommand},
     {"policy", "get, set, validate, version and roll back the job policy (ralphd)",
      RunPolicyCommand},
+    {"creds", "log the agents in with their own login flows; list and revoke (ralphd)",
+     RunCredsCommand},
     {"pair", "a one-time pairing string and QR code for ralphd's HTTPS API", RunPairCommand},
     {"pairings", "list and revoke the API's paired clients (ralphd)", RunPairingsCommand},
     {"remote", "pair this host with an appliance's HTTPS API (for --remote)", RunRemoteCommand},

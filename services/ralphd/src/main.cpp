@@ -63,6 +63,12 @@ constexpr std::string_view kUsage =
   --agent-program PROFILE=PATH
                       run agent profile PROFILE's tool as PATH (inside the
                       job's sandbox) instead of its own name; repeatable
+  --creds-dir DIR     the agents' encrypted credentials (default DIR/credentials)
+  --creds-key FILE    their device key, outside that directory (default
+                      DIR/credentials.key; made on first use)
+  --creds-live-dir DIR
+                      held accounts' live copies and login homes, on a tmpfs
+                      (default /run/ralphd/credentials)
 )";
 
 struct HostPort {
@@ -116,6 +122,10 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--api-address", &options.api_address);
   std::vector<std::string> agent_programs;
   parser.Repeated("--agent-program", &agent_programs);
+  parser.Option("--creds-dir", &options.daemon.creds_dir);
+  parser.Option("--creds-key", &options.daemon.creds_key);
+  std::optional<std::string> creds_live_dir;
+  parser.Option("--creds-live-dir", &creds_live_dir);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
   for (const std::string& entry : agent_programs) {
     size_t eq = entry.find('=');
@@ -127,6 +137,7 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   }
 
   if (options.daemon.state_dir.empty()) return parser.UsageError("--state-dir is required");
+  if (creds_live_dir) options.daemon.creds_live_dir = *creds_live_dir;
   if (socket) options.socket = *socket;
   if (audit_db) options.daemon.audit_db = *audit_db;
   if (job_root && job_image) {

@@ -60,6 +60,7 @@ int RunJobCommand(const Invocation& invocation, std::span<const std::string> arg
 int RunPolicyCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunPairCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunPairingsCommand(const Invocation& invocation, std::span<const std::string> args);
+int RunCredsCommand(const Invocation& invocation, std::span<const std::string> args);
 // The client side of the HTTPS API: pairing from a host (src/remote_command.cpp).
 int RunRemoteCommand(const Invocation& invocation, std::span<const std::string> args);
 

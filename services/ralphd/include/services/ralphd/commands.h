@@ -58,6 +58,10 @@
 //   POST   /v1/pairing/offers                PairCommand
 //   GET    /v1/pairings                      PairingsListCommand
 //   POST   /v1/pairings/revoke               PairingRevokeCommand
+//   GET    /v1/creds                         CredsListCommand
+//   POST   /v1/creds/revoke                  CredsRevokeCommand
+//   POST   /v1/creds/login                   CredsLoginCommand (a login job on a
+//                                            pty: attach to its terminal)
 //
 // CoreRoutes() is this list as data (each query parameter and body field
 // with its type and bounds). The decoder takes every bound from it and
@@ -334,6 +338,30 @@ struct PairingRevokeCommand {
   std::string id;  // the client id (its certificate serial, hex)
 };
 
+// The agents' credentials (docs/credentials.md): the accounts stored, a
+// revocation, and a login (the tool's own flow in a sandbox, on a pty the
+// caller attaches to as a job's terminal).
+struct CredsListCommand {
+  static constexpr std::string_view kName = "creds.list";
+};
+struct CredsRevokeCommand {
+  static constexpr std::string_view kName = "creds.revoke";
+  std::string profile;  // claude, codex, opencode
+  std::string scope;    // agent, tenant, global
+  std::string name;     // empty: "default" (the global account)
+};
+struct CredsLoginCommand {
+  static constexpr std::string_view kName = "creds.login";
+  std::string profile;
+  std::string scope = "global";
+  std::string name;  // empty: "default" (the global account)
+  // The policy profile whose limits and mounts the login's sandbox gets
+  // (its egress is replaced by the tool's login hosts).
+  std::string policy_profile = "default";
+  std::optional<uint16_t> columns;
+  std::optional<uint16_t> rows;
+};
+
 using Command =
     std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
                  JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
@@ -341,7 +369,8 @@ using Command =
                  PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
                  AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
                  PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand,
-                 JobIterationsCommand, JobPauseCommand, JobResumeCommand>;
+                 JobIterationsCommand, JobPauseCommand, JobResumeCommand, CredsListCommand,
+                 CredsRevokeCommand, CredsLoginCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);
