@@ -2002,8 +2002,10 @@ class CredentialTest : public AgentJobTest {
     StartDaemon(2, {"--agent-program", "claude=/opt/ralph-tests/ralph-login-standin",
                     "--creds-live-dir", live_});
     const char* build = std::getenv("RALPH_BINARY_DIR");
+    // A small disk: the plaintext checks read every byte under the state
+    // directory, the jobs' upper images included.
     std::string mounts = fmt::format(R"(
-    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <limits memory="256MiB" pids="64" disk="64MiB" timeout="5m"/>
     <mount source="/usr" destination="/usr"/>
     <mount source="{}/tests" destination="/opt/ralph-tests"/>
     <mount source="{}" destination="/server" access="read-write"/>)",
@@ -2262,6 +2264,38 @@ TEST_F(CredentialTest, ALoginOnThePtyIsCapturedEncryptedAndGrantedToTheNextJob) 
   EXPECT_NE(bad.err.find("login failed"), std::string::npos) << bad.err;
   EXPECT_FALSE(*store->Has(*creds::AccountId::Make("claude", creds::Scope::kAgent, "granted")));
   EXPECT_EQ(LiveFiles(), 0u);
+}
+
+}  // namespace
+}  // namespace ralph::ralphd
+
+namespace ralph::ralphd {
+namespace {
+
+TEST_F(CredentialTest, ADaemonKilledWhileAJobHoldsAnAccountWritesItsLiveCopyBackOnRestart) {
+  Seed(Global(), "standin-refresh-1-seed");
+  uint64_t job = SubmitAgent("granted", "never");
+  ASSERT_TRUE(WaitFor([&] { return ServerLog().size() == 1; })) << Read(server_ + "/log");
+  // The job's refresh is in the live copy only.
+  ASSERT_EQ(LiveFiles(), 1u);
+  EXPECT_EQ(json::parse(*Store()->Get(Global()))["claudeAiOauth"]["refreshToken"],
+            "standin-refresh-1-seed");
+  StopDaemon(SIGKILL);
+  StartDaemon(2, {"--agent-program", "claude=/opt/ralph-tests/ralph-login-standin",
+                  "--creds-live-dir", live_});
+  EXPECT_EQ(Show(job)["state"], "lost");
+  // Written back before anything else ran, and nothing left in the clear.
+  EXPECT_EQ(json::parse(*Store()->Get(Global()))["claudeAiOauth"]["refreshToken"],
+            "standin-refresh-2-seed");
+  EXPECT_EQ(LiveFiles(), 0u);
+  json recovered = AuditRows("creds.recover");
+  ASSERT_EQ(recovered.size(), 1u) << recovered.dump();
+  EXPECT_EQ(recovered[0]["details"]["account"], "claude/global/default");
+  EXPECT_EQ(recovered[0]["details"]["written_back"], true);
+  // The next job presents the rotated token.
+  uint64_t next = SubmitAgent("granted");
+  EXPECT_EQ(WaitOver(next)["state"], "succeeded");
+  EXPECT_EQ(ServerLog().back(), "standin-refresh-2-seed -> standin-refresh-3-seed");
 }
 
 }  // namespace
