@@ -18,7 +18,11 @@
 // Agent jobs with the stand-in agent as the claude profile's tool: events,
 // usage, audited tool calls, a prompt file, refusals; loop mode: the
 // promise after K runs gives K iterations with commits and transcripts,
-// each stop condition, cancel, pause and resume, bad loop input.
+// each stop condition, cancel, pause and resume, bad loop input. The
+// agents' credentials with the stand-in login program: a login on the
+// relayed pty captured encrypted, an account shared by reference (a
+// refresh one job makes is what the next sees, holders serialized),
+// grants by policy, revocation, the live copy written back after a crash.
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>

@@ -700,6 +700,11 @@ void Daemon::FinishLogin(JobRecord& job, JobState& state, std::string& reason) {
     if (written) std::fill(written->begin(), written->end(), '\0');
     if (stored) {
       details["result"] = "captured";
+      // Jobs still holding the account keep their copy until they end, but
+      // it is not written back over the new login.
+      if (auto held = holdings_.find(run.account); held != holdings_.end()) {
+        held->second.superseded = true;
+      }
     } else {
       state = JobState::kFailed;
       reason =

@@ -194,11 +194,12 @@ void Daemon::ReleaseAccount(uint64_t job) {
   json details = {
       {"account", account.ToString()}, {"job", job}, {"holders", it->second.jobs.size()}};
   if (it->second.jobs.empty()) {
-    if (it->second.revoked) {
-      // Revoked while held: the live copy goes, nothing is written back.
+    if (it->second.revoked || it->second.superseded) {
+      // Revoked, or logged in again, while held: the live copy goes and
+      // nothing is written back over what the store now says.
       ::unlink(it->second.live_path.c_str());
       details["written_back"] = false;
-      details["revoked"] = true;
+      details[it->second.revoked ? "revoked" : "superseded"] = true;
     } else {
       Result<void> back = creds_->CheckIn(account, it->second.live_path);
       details["written_back"] = back.has_value();

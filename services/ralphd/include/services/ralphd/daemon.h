@@ -235,7 +235,8 @@ class Daemon final : public DispatcherInterface {
   struct Holding {
     std::string live_path;
     std::set<uint64_t> jobs;
-    bool revoked = false;  // revoked while held: nothing is written back
+    bool revoked = false;     // revoked while held: nothing is written back
+    bool superseded = false;  // a new login stored while held: neither
   };
   std::map<creds::AccountId, Holding> holdings_;
   std::map<uint64_t, creds::AccountId> held_by_job_;
