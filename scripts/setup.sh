@@ -25,6 +25,8 @@ packages=(
   efibootmgr dhcpcd-base
   # the slot's read-only sandbox base (ralphd's jobs): one static busybox
   busybox-static
+  # loop mode's commits: ralphd's git, staged into every slot by ralph-mkimage
+  git
   # sandbox tests and peers for the benchmarks
   iproute2 nftables bubblewrap rauc hyperfine procps psmisc
   # ralphd_bench's peer for the HTTPS API: a static file over mutual TLS

@@ -71,43 +71,26 @@ run_ctest build release
 echo "== tests: unit + integration (asan+ubsan)"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   run_ctest build-asan asan+ubsan -L 'unit|integration'
-echo "== fuzz: bundle manifest parser (libFuzzer, 30 s)"
-cmake -S tests/ota/fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
+echo "== fuzz (libFuzzer): the bundle manifest, ralphd's request decoder and policy, the agents' event streams"
+cmake -S tests/fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
 cmake --build build-fuzz -j "$jobs"
-mkdir -p build-fuzz/corpus
-# The fuzzer's progress lines go to a log; a crash's report is printed.
-if ! build-fuzz/manifest_fuzzer -max_total_time=30 -artifact_prefix=build-fuzz/ \
-       build-fuzz/corpus tests/ota/fuzz/corpus >build-fuzz/fuzz.log 2>&1; then
-  status=1
-  tail -n 60 build-fuzz/fuzz.log
-  failed+=("fuzz: manifest_fuzzer (log: build-fuzz/fuzz.log)")
-fi
-grep -E '^Done [0-9]+ runs' build-fuzz/fuzz.log || true
-echo "== fuzz: ralphd's request decoder and policy parser (libFuzzer, 20 s each)"
-cmake -S tests/ralphd/fuzz -B build-fuzz-ralphd -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
-cmake --build build-fuzz-ralphd -j "$jobs"
-for fuzzer in request policy; do
-  mkdir -p "build-fuzz-ralphd/corpus-$fuzzer"
-  if ! "build-fuzz-ralphd/${fuzzer}_fuzzer" -max_total_time=20 -artifact_prefix=build-fuzz-ralphd/ \
-         "build-fuzz-ralphd/corpus-$fuzzer" "tests/ralphd/fuzz/corpus/$fuzzer" \
-         >"build-fuzz-ralphd/$fuzzer.log" 2>&1; then
+# name, seed corpus, seconds. Each fuzzer's progress goes to its log; a
+# crash's report is printed.
+while read -r fuzzer seeds seconds; do
+  mkdir -p "build-fuzz/corpus-$fuzzer"
+  if ! "build-fuzz/$fuzzer" -max_total_time="$seconds" -artifact_prefix="build-fuzz/$fuzzer-" \
+         "build-fuzz/corpus-$fuzzer" "$seeds" >"build-fuzz/$fuzzer.log" 2>&1; then
     status=1
-    tail -n 60 "build-fuzz-ralphd/$fuzzer.log"
-    failed+=("fuzz: ${fuzzer}_fuzzer (log: build-fuzz-ralphd/$fuzzer.log)")
+    tail -n 60 "build-fuzz/$fuzzer.log"
+    failed+=("fuzz: $fuzzer (log: build-fuzz/$fuzzer.log)")
   fi
-  grep -E '^Done [0-9]+ runs' "build-fuzz-ralphd/$fuzzer.log" || true
-done
-echo "== fuzz: the agents' event-stream parsers (libFuzzer, 20 s)"
-cmake -S tests/agents/fuzz -B build-fuzz-agents -G Ninja -DCMAKE_CXX_COMPILER=clang++ "${launcher[@]}" >/dev/null
-cmake --build build-fuzz-agents -j "$jobs"
-mkdir -p build-fuzz-agents/corpus
-if ! build-fuzz-agents/agent_events_fuzzer -max_total_time=20 -artifact_prefix=build-fuzz-agents/ \
-       build-fuzz-agents/corpus tests/agents/fuzz/corpus >build-fuzz-agents/fuzz.log 2>&1; then
-  status=1
-  tail -n 60 build-fuzz-agents/fuzz.log
-  failed+=("fuzz: agent_events_fuzzer (log: build-fuzz-agents/fuzz.log)")
-fi
-grep -E '^Done [0-9]+ runs' build-fuzz-agents/fuzz.log || true
+  echo "$fuzzer: $(grep -E '^Done [0-9]+ runs' "build-fuzz/$fuzzer.log" || echo 'no summary')"
+done <<'FUZZERS'
+manifest_fuzzer tests/ota/fuzz/corpus 30
+request_fuzzer tests/ralphd/fuzz/corpus/request 20
+policy_fuzzer tests/ralphd/fuzz/corpus/policy 20
+agent_events_fuzzer tests/agents/fuzz/corpus 20
+FUZZERS
 
 # A failed test's output, from ctest's log of the run: its first failures
 # (googletest's "file:line: Failure" and what follows) and its last lines.

@@ -29,19 +29,17 @@
 #include "drivers/gpt.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
+#include "tests/support/bench_stats.h"
 
 namespace {
+
+using ralph::testing::Median;
 
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kMiB = 1024 * 1024;
 
 double Seconds(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
 }
 
 int Fail(const std::string& what) {

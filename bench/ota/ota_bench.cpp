@@ -46,12 +46,16 @@
 #include "platform/unique_fd.h"
 #include "services/ota/bundle/bundle.h"
 #include "services/ota/installer.h"
+#include "tests/support/bench_stats.h"
 #include "tests/support/loop_device.h"
 
 extern char** environ;
 
 namespace ralph::ota {
 namespace {
+
+using ralph::testing::LoadAverage;
+using ralph::testing::Median;
 
 constexpr uint64_t kMiB = 1024 * 1024;
 
@@ -82,11 +86,6 @@ double TimeCommand(const std::vector<std::string>& argv) {
   auto start = std::chrono::steady_clock::now();
   Run(argv);
   return Seconds(start);
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 void WriteRandomFile(const std::string& path, uint64_t size, uint32_t seed) {
@@ -253,13 +252,6 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
   }
   posix_spawn_file_actions_destroy(&actions);
   return pid;
-}
-
-std::string LoadAverage() {
-  std::ifstream in("/proc/loadavg");
-  std::string line;
-  std::getline(in, line);
-  return line;
 }
 
 void WriteText(const std::string& path, const std::string& text) {

@@ -25,26 +25,15 @@
 
 #include "platform/arch.h"
 #include "sandbox/service.h"
+#include "tests/support/bench_stats.h"
 
 namespace {
 
+using ralph::testing::LoadAverage;
+using ralph::testing::Median;
+
 namespace sb = ralph::sandbox;
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values.empty() ? 0 : values[values.size() / 2];
-}
-
-std::string LoadAverage() {
-  FILE* file = std::fopen("/proc/loadavg", "r");
-  if (!file) return "?";
-  char text[64] = {};
-  if (!std::fgets(text, sizeof text, file)) text[0] = 0;
-  std::fclose(file);
-  std::string load(text);
-  return load.substr(0, load.find(' ', load.find(' ', load.find(' ') + 1) + 1));
-}
 
 }  // namespace
 

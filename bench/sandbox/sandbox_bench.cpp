@@ -30,18 +30,17 @@
 
 #include "platform/arch.h"
 #include "sandbox/service.h"
+#include "tests/support/bench_stats.h"
 
 extern char** environ;
 
 namespace {
 
+using ralph::testing::LoadAverage;
+using ralph::testing::Median;
+
 namespace sb = ralph::sandbox;
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values.empty() ? 0 : values[values.size() / 2];
-}
 
 // fork+exec+wait of a command line; wall time in ms, or -1 on failure.
 double TimeCommand(const std::vector<std::string>& argv) {
@@ -60,20 +59,6 @@ double TimeCommand(const std::vector<std::string>& argv) {
   posix_spawn_file_actions_destroy(&actions);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
   return std::chrono::duration<double, std::milli>(end - start).count();
-}
-
-std::string LoadAverage() {
-  FILE* file = std::fopen("/proc/loadavg", "r");
-  if (!file) return "?";
-  char text[64] = {};
-  if (!std::fgets(text, sizeof text, file)) text[0] = 0;
-  std::fclose(file);
-  std::string load(text);
-  // "1.16 1.11 1.61 2/345 6789": the three averages.
-  size_t end = 0;
-  for (int fields = 0; fields < 3 && end != std::string::npos; ++fields)
-    end = load.find(' ', end + (fields ? 1 : 0));
-  return load.substr(0, end);
 }
 
 bool Executable(const std::string& path) {

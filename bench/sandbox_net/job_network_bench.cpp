@@ -30,8 +30,11 @@
 #include "sandbox/net/address_pool.h"
 #include "sandbox/net/network_service.h"
 #include "sandbox/net/rule_plan.h"
+#include "tests/support/bench_stats.h"
 
 namespace {
+
+using ralph::testing::Median;
 
 using ralph::sandbox::IpPrefix;
 using ralph::sandbox::JobAddresses;
@@ -71,11 +74,6 @@ struct Waiter {
 
 double Ms(Clock::duration d) {
   return std::chrono::duration<double, std::milli>(d).count();
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
 }
 
 bool Run(const std::string& command) {

@@ -145,6 +145,20 @@ TEST_F(FactoryBundleTest, RecoveryHoldsASignedReproducibleFactoryBundle) {
   std::string ca = ExtractFromRecovery(dir_ + "/one.img", kUpdateCaPath);
   EXPECT_EQ(*ReadWholeFile(ca), *ReadWholeFile(dir_ + "/other-ca.crt"));
 
+  // Loop mode's git runs in the slot's root: the binary and the libraries
+  // the loader lists for it (RECOVERY holds the good system's files).
+  std::string git = ExtractFromRecovery(dir_ + "/one.img", "/usr/bin/git");
+  ExtractFromRecovery(dir_ + "/one.img", "/lib");
+  ExtractFromRecovery(dir_ + "/one.img", "/lib64");
+  std::string root = git.substr(0, git.size() - std::string("/usr/bin/git").size());
+  // git opens /dev/null as it starts; the appliance's /dev is a devtmpfs.
+  ASSERT_EQ(RunProgram({"mkdir", "-p", root + "/dev"}).exit, 0);
+  ProgramRun null = RunProgram({"mknod", "-m", "666", root + "/dev/null", "c", "1", "3"});
+  ASSERT_EQ(null.exit, 0) << null.output;
+  ProgramRun version = RunProgram({"chroot", root, "/usr/bin/git", "--version"});
+  EXPECT_EQ(version.exit, 0) << version.output;
+  EXPECT_EQ(version.output.rfind("git version ", 0), 0u) << version.output;
+
   sleep(1);  // a later wall clock must not change a byte
   ProgramRun second = Mkimage("two", signing);
   ASSERT_EQ(second.exit, 0) << second.output;

@@ -100,7 +100,7 @@ TEST(DecodeRequest, SubmitDefaults) {
   Result<Command> command = DecodeRequest(Post("/v1/jobs", R"({"argv": ["true"]})"));
   ASSERT_TRUE(command) << command.error().message();
   const auto& submit = std::get<JobSubmitCommand>(*command);
-  EXPECT_EQ(submit.profile, "default");
+  EXPECT_EQ(submit.profile, std::nullopt);  // the daemon picks it
   EXPECT_TRUE(submit.start);
   EXPECT_FALSE(submit.cwd);
   EXPECT_FALSE(submit.limits.memory_bytes);
@@ -219,6 +219,46 @@ TEST(DecodeRequest, Logs) {
   EXPECT_EQ(ErrorOf(Get("/v1/jobs/3/logs", {{"limit", "0"}})),
             "query.limit: 0 is out of range 1..1048576");
   EXPECT_EQ(ErrorOf(Get("/v1/jobs/3/logs", {{"follow", "1"}})), "query.follow: unknown parameter");
+}
+
+TEST(DecodeRequest, LoopDiffAndRollback) {
+  auto diff =
+      DecodeRequest(Get("/v1/jobs/4/diff", {{"iteration", "3"}, {"from", "1"}, {"limit", "4096"}}));
+  ASSERT_TRUE(diff) << diff.error().message();
+  const auto& command = std::get<JobDiffCommand>(*diff);
+  EXPECT_EQ(command.id, 4u);
+  EXPECT_EQ(command.iteration, 3u);
+  EXPECT_EQ(command.from, 1u);
+  EXPECT_EQ(command.limit, 4096u);
+  auto defaults = DecodeRequest(Get("/v1/jobs/4/diff", {{"iteration", "2"}}));
+  ASSERT_TRUE(defaults);
+  EXPECT_FALSE(std::get<JobDiffCommand>(*defaults).from);
+  EXPECT_EQ(std::get<JobDiffCommand>(*defaults).limit, kDefaultDiffBytes);
+  EXPECT_TRUE(IsReadOnly(*defaults));
+
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/4/diff")),
+            "query.iteration: required (the loop iteration to show)");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/4/diff", {{"iteration", "0"}})),
+            "query.iteration: 0 is out of range 1..9007199254740992");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/4/diff", {{"iteration", "x"}})),
+            "query.iteration: expected an unsigned integer, got 'x'");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/4/diff", {{"iteration", "2"}, {"from", "2"}})),
+            "query.from: 2 is the iteration itself (an empty diff)");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/4/diff", {{"iteration", "2"}, {"limit", "1048577"}})),
+            "query.limit: 1048577 is out of range 1..1048576");
+
+  auto rollback = DecodeRequest(Post("/v1/jobs/4/rollback", R"({"iteration": 2})"));
+  ASSERT_TRUE(rollback) << rollback.error().message();
+  EXPECT_EQ(std::get<JobRollbackCommand>(*rollback).id, 4u);
+  EXPECT_EQ(std::get<JobRollbackCommand>(*rollback).iteration, 2u);
+  EXPECT_FALSE(IsReadOnly(*rollback));
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs/4/rollback", "{}")),
+            "body.iteration: required (the loop iteration to restore)");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs/4/rollback", R"({"iteration": -1})")),
+            "body.iteration: -1 is out of range 1..9007199254740992");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs/4/rollback", R"({"iteration": 1, "to": 2})")),
+            "body.to: unknown field");
+  EXPECT_EQ(ErrorOf(Get("/v1/jobs/4/rollback")), "verb: GET is not allowed on /v1/jobs/4/rollback");
 }
 
 TEST(DecodeRequest, JobList) {

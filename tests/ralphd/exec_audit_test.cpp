@@ -4,68 +4,14 @@
 // a failing sink is logged, never silent; the event of one exec is redacted.
 #include "services/ralphd/exec_audit.h"
 
-#include <condition_variable>
-#include <mutex>
-
 #include <gtest/gtest.h>
+
+#include "fake_audit_sink.h"
 
 namespace ralph::ralphd {
 namespace {
 
-// Stores every event; with `hold`, AppendBatch waits (after saying it was
-// entered) until Release().
-class FakeSink final : public audit::AuditSinkInterface {
- public:
-  Result<audit::AuditRecord> Append(const audit::AuditEvent& event) override {
-    return AppendBatch(std::span<const audit::AuditEvent>(&event, 1)).value().front();
-  }
-  Result<std::vector<audit::AuditRecord>> AppendBatch(
-      std::span<const audit::AuditEvent> events) override {
-    std::unique_lock lock(mutex_);
-    ++entered_;
-    changed_.notify_all();
-    changed_.wait(lock, [&] { return !hold_; });
-    batches_.push_back(events.size());
-    if (fail_) return Error::Make(ErrorCode::kIo, "disk on fire");
-    std::vector<audit::AuditRecord> rows;
-    for (const audit::AuditEvent& event : events) {
-      events_.push_back(event);
-      rows.push_back({.seq = static_cast<int64_t>(events_.size()), .type = event.type});
-    }
-    return rows;
-  }
-  void Hold() {
-    std::lock_guard lock(mutex_);
-    hold_ = true;
-  }
-  void Release() {
-    std::lock_guard lock(mutex_);
-    hold_ = false;
-    changed_.notify_all();
-  }
-  void AwaitEntered(int count) {
-    std::unique_lock lock(mutex_);
-    changed_.wait(lock, [&] { return entered_ >= count; });
-  }
-  void Fail() { fail_ = true; }
-  std::vector<audit::AuditEvent> events() {
-    std::lock_guard lock(mutex_);
-    return events_;
-  }
-  std::vector<size_t> batches() {
-    std::lock_guard lock(mutex_);
-    return batches_;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  bool hold_ = false;
-  bool fail_ = false;
-  int entered_ = 0;
-  std::vector<audit::AuditEvent> events_;
-  std::vector<size_t> batches_;
-};
+using FakeSink = audit::testing::FakeAuditSink;
 
 sandbox::ExecRecord Exec(std::string path, std::vector<std::string> argv) {
   return {.pid = 42, .path = std::move(path), .argv = std::move(argv)};
@@ -177,7 +123,7 @@ TEST(ExecAuditWriter, ExecsPastAJobsRowLimitAreCountedInOneRowWhenItEnds) {
 
 TEST(ExecAuditWriter, AFailedAppendIsLoggedAndCounted) {
   auto owned = std::make_unique<FakeSink>();
-  owned->Fail();
+  owned->Fail(Error::Make(ErrorCode::kIo, "disk on fire"));
   std::vector<std::string> logged;
   std::mutex logged_mutex;
   ExecAuditWriter writer(std::move(owned), {}, [&](LogLevel level, const std::string& message) {

@@ -80,6 +80,15 @@ TEST(Policy, DefaultDocumentParses) {
   ASSERT_TRUE(policy) << policy.error().message();
   ASSERT_NE(policy->Find("default"), nullptr);
   EXPECT_FALSE(policy->Find("default")->network.enabled);
+  // Agent jobs run under "agent" unless they name a profile: a network
+  // that gets their tool's API hosts (and nothing listed besides).
+  const Profile* agent = policy->Find("agent");
+  ASSERT_NE(agent, nullptr);
+  EXPECT_TRUE(agent->network.enabled);
+  EXPECT_EQ(agent->agent_hosts_mode, AgentHostsMode::kAll);
+  EXPECT_TRUE(agent->network.allow.empty());
+  EXPECT_TRUE(agent->network.allowed_domains.empty());
+  EXPECT_GT(agent->limits.memory_bytes, policy->Find("default")->limits.memory_bytes);
 }
 
 std::vector<std::string> Issues(std::string_view document) {
@@ -237,6 +246,91 @@ TEST_F(JobSpecTest, TheSandboxStillValidates) {
   ASSERT_FALSE(spec);
   EXPECT_EQ(spec.error().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(spec.error().message(), "limits.memory_bytes: 1024 is below 16 MiB");
+}
+
+// An agent job's network: its profile's API hosts by domain, as the policy
+// profile's <egress agent-hosts=...> lets them through, on top of its own
+// allowlist; nothing without <egress>.
+constexpr std::string_view kAgentEgress = R"(<policy format="1">
+  <profile name="offline"/>
+  <profile name="agents"><egress/></profile>
+  <profile name="plus">
+    <egress domain-ports="443,8443">
+      <allow domain="registry.npmjs.org"/>
+      <allow domain="api.anthropic.com"/>
+    </egress>
+  </profile>
+  <profile name="no-agent-hosts"><egress agent-hosts="none"><allow domain="git.example.com"/></egress></profile>
+  <profile name="only-api"><egress agent-hosts="api.anthropic.com, api.openai.com"/></profile>
+  <profile name="all"><egress agent-hosts="all"/></profile>
+</policy>
+)";
+
+TEST(AgentEgress, TheAgentProfilesHostsAsThePolicyProfileLetsThemThrough) {
+  Result<Policy> policy = ParsePolicy(kAgentEgress);
+  ASSERT_TRUE(policy) << policy.error().message();
+  const std::vector<std::string> claude = {"api.anthropic.com", "console.anthropic.com",
+                                           "platform.claude.com"};
+  const std::vector<std::string> codex = {"chatgpt.com", "auth.openai.com", "api.openai.com"};
+  auto domains = [&](std::string_view profile, const std::vector<std::string>& hosts) {
+    Result<sandbox::SandboxSpec> spec =
+        MakeJobSpec(*policy->Find(profile), {.argv = {"claude"}, .agent_hosts = hosts}, {});
+    EXPECT_TRUE(spec) << spec.error().message();
+    return spec ? spec->network.allowed_domains : std::vector<std::string>{"error"};
+  };
+  // No <egress>: no network at all, whatever the agent.
+  Result<sandbox::SandboxSpec> offline =
+      MakeJobSpec(*policy->Find("offline"), {.argv = {"claude"}, .agent_hosts = claude}, {});
+  ASSERT_TRUE(offline);
+  EXPECT_FALSE(offline->network.enabled);
+  EXPECT_TRUE(offline->network.allowed_domains.empty());
+
+  EXPECT_EQ(domains("agents", claude), claude);
+  EXPECT_EQ(domains("agents", codex), codex);
+  EXPECT_EQ(domains("all", codex), codex);
+  // The command profile and non-agent jobs have no API hosts: nothing extra.
+  EXPECT_TRUE(domains("agents", {}).empty());
+  // The profile's own domains first, each name once, on its domain ports.
+  EXPECT_THAT(domains("plus", claude), ElementsAre("registry.npmjs.org", "api.anthropic.com",
+                                                   "console.anthropic.com", "platform.claude.com"));
+  Result<sandbox::SandboxSpec> plus =
+      MakeJobSpec(*policy->Find("plus"), {.argv = {"claude"}, .agent_hosts = claude}, {});
+  ASSERT_TRUE(plus);
+  EXPECT_THAT(plus->network.domain_ports, ElementsAre(443, 8443));
+  // Off: only what <allow> lists.
+  EXPECT_THAT(domains("no-agent-hosts", claude), ElementsAre("git.example.com"));
+  // Narrowed: only the listed ones the agent's profile has; never widened.
+  EXPECT_THAT(domains("only-api", claude), ElementsAre("api.anthropic.com"));
+  EXPECT_THAT(domains("only-api", codex), ElementsAre("api.openai.com"));
+
+  const Profile& only_api = *policy->Find("only-api");
+  EXPECT_EQ(only_api.agent_hosts_mode, AgentHostsMode::kListed);
+  EXPECT_THAT(only_api.agent_hosts, ElementsAre("api.anthropic.com", "api.openai.com"));
+  EXPECT_EQ(ProfileToJson(only_api)["network"]["agent_hosts"],
+            nlohmann::json({"api.anthropic.com", "api.openai.com"}));
+  EXPECT_EQ(ProfileToJson(*policy->Find("agents"))["network"]["agent_hosts"], "all");
+  EXPECT_EQ(ProfileToJson(*policy->Find("no-agent-hosts"))["network"]["agent_hosts"], "none");
+}
+
+TEST(AgentEgress, AgentHostsMustBeAgentApiHosts) {
+  PolicyCheck check = CheckPolicy(R"(<policy format="1">
+  <profile name="a"><egress agent-hosts="api.anthropic.com,example.com"/></profile>
+  <profile name="b"><egress agent-hosts="api.openai.com,,chatgpt.com"/></profile>
+  <profile name="c"><egress agent-hosts=""/></profile>
+</policy>
+)");
+  ASSERT_EQ(check.issues.size(), 3u);
+  EXPECT_EQ(check.issues[0].ToString(),
+            "2:29: <egress>: agent-hosts: 'example.com' is not an agent profile's API host "
+            "(expected all, none or some of: api.anthropic.com, console.anthropic.com, "
+            "platform.claude.com, chatgpt.com, auth.openai.com, api.openai.com, opencode.ai, "
+            "models.dev); other names go in <allow domain=...>");
+  EXPECT_EQ(check.issues[1].ToString(),
+            "3:29: <egress>: agent-hosts: 'api.openai.com,,chatgpt.com' has an empty entry "
+            "(expected all, none or a comma-separated list of agent API hosts)");
+  EXPECT_EQ(check.issues[2].ToString(),
+            "4:29: <egress>: agent-hosts: '' has an empty entry (expected all, none or a "
+            "comma-separated list of agent API hosts)");
 }
 
 TEST(Policy, ProfileToJson) {

@@ -1608,14 +1608,16 @@ class AgentJobTest : public RalphdTest {
 };
 
 TEST_F(AgentJobTest, AnAgentJobRunsTheProfileAndPublishesItsEventsUsageAndToolCalls) {
-  ProgramStreams run = Ctl({"job", "run", "--profile", "agent", "--agent", "claude", "--prompt",
-                            "Fix the parser\nin detail"});
+  // No --profile: an agent job runs under the policy's "agent" profile.
+  ProgramStreams run =
+      Ctl({"job", "run", "--agent", "claude", "--prompt", "Fix the parser\nin detail"});
   ASSERT_EQ(run.exit, 0) << run.err;
   // The raw stream is the job's output.
   EXPECT_NE(run.out.find(R"("type":"system")"), std::string::npos) << run.out;
 
   json job = CtlJson({"job", "show", "1"});
   EXPECT_EQ(job["state"], "succeeded") << job.dump();
+  EXPECT_EQ(job["profile"], "agent");
   const json& usage = job["usage"]["agent"];
   EXPECT_EQ(usage["profile"], "claude");
   EXPECT_EQ(usage["input_tokens"], 1000);
@@ -1656,6 +1658,16 @@ TEST_F(AgentJobTest, AnAgentJobRunsTheProfileAndPublishesItsEventsUsageAndToolCa
   EXPECT_TRUE(step) << files.dump();
   // The home (settings files) lived as long as the job.
   EXPECT_FALSE(std::filesystem::exists(state_ + "/agents/1"));
+}
+
+TEST_F(AgentJobTest, JobsThatNameNoProfileRunUnderAgentOrDefault) {
+  // A plain job and a command-profile job: "default"; a named one: itself.
+  ASSERT_EQ(Ctl({"job", "run", "--", "true"}).exit, 0);
+  ASSERT_EQ(Ctl({"job", "run", "--agent", "command", "--", "true"}).exit, 0);
+  ASSERT_EQ(Ctl({"job", "run", "--profile", "agent", "--", "true"}).exit, 0);
+  EXPECT_EQ(CtlJson({"job", "show", "1"})["profile"], "default");
+  EXPECT_EQ(CtlJson({"job", "show", "2"})["profile"], "default");
+  EXPECT_EQ(CtlJson({"job", "show", "3"})["profile"], "agent");
 }
 
 TEST_F(AgentJobTest, APromptFileComesFromTheUploadedWorkspace) {
@@ -1978,6 +1990,260 @@ TEST_F(AgentJobTest, PauseResumeAndCancelBetweenIterations) {
   EXPECT_EQ(over.exit, 1);
   EXPECT_NE(over.err.find("only a running loop job is paused or resumed"), std::string::npos)
       << over.err;
+}
+
+// Every regular file below `dir` (relative path -> bytes), and its
+// directories (relative path -> "/"); what a rollback must restore exactly.
+std::map<std::string, std::string> Tree(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir);
+       it != std::filesystem::recursive_directory_iterator(); ++it) {
+    std::string relative = it->path().string().substr(dir.size() + 1);
+    out[relative] = it->is_directory() ? "/" : Read(it->path().string());
+  }
+  return out;
+}
+
+// The files a diff touches, from its "diff --git a/X b/X" lines.
+std::set<std::string> DiffPaths(const std::string& diff) {
+  std::set<std::string> out;
+  std::istringstream lines(diff);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("diff --git a/", 0) != 0) continue;
+    out.insert(line.substr(13, line.find(" b/") - 13));
+  }
+  return out;
+}
+
+// The diff of an iteration is exactly its change; a rollback (only while
+// the loop is paused between iterations or over) restores the workspace of
+// an iteration byte for byte, is recorded, and the loop goes on from it.
+TEST_F(AgentJobTest, ADiffShowsAnIterationsChangeAndARollbackRestoresItsWorkspaceExactly) {
+  // Each run adds notes/step-<i>.txt and removes the previous run's.
+  uint64_t id = SubmitLoop({{"max_iterations", 100000}}, {{"RALPH_STANDIN_ITERATIONS", "100000"},
+                                                          {"RALPH_STANDIN_REMOVE_PREVIOUS", "1"}});
+  ASSERT_NE(id, 0u);
+  const std::string job = std::to_string(id);
+  const std::string workspace = fmt::format("{}/agents/{}/work", state_, id);
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() >= 1; }));
+  // Never while an iteration runs (an unpaused loop always has one).
+  ProgramStreams busy = Ctl({"job", "rollback", job, "1"});
+  EXPECT_EQ(busy.exit, 1);
+  EXPECT_NE(busy.err.find("a rollback needs the loop paused between iterations"), std::string::npos)
+      << busy.err;
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() >= 3; }));
+  ASSERT_EQ(Ctl({"job", "pause", job}).exit, 0);
+  ASSERT_TRUE(WaitFor([&] { return CountKind(Events(id), "loop.paused") == 1; }));
+  json iterations = Iterations(id);
+  const size_t last = iterations.size();
+  ASSERT_GE(last, 3u);
+
+  // Iteration 2's change, against the workspace it started from.
+  ProgramStreams diff = Ctl({"job", "diff", job, "2"});
+  ASSERT_EQ(diff.exit, 0) << diff.err;
+  EXPECT_EQ(DiffPaths(diff.out), (std::set<std::string>{".standin/state.json", "PROGRESS.md",
+                                                        "notes/step-1.txt", "notes/step-2.txt"}))
+      << diff.out;
+  EXPECT_NE(diff.out.find("deleted file mode 100644\n"), std::string::npos) << diff.out;
+  EXPECT_NE(diff.out.find("-iteration 1\n-prompt: Fix the parser\n"), std::string::npos);
+  EXPECT_NE(diff.out.find("+iteration 2\n+prompt: Fix the parser\n"), std::string::npos);
+  EXPECT_NE(diff.out.find(" - iteration 1\n+- iteration 2\n"), std::string::npos) << diff.out;
+  EXPECT_NE(diff.out.find("-{\"iteration\":1}\n+{\"iteration\":2}\n"), std::string::npos);
+  json reply = CtlJson({"job", "diff", job, "2"});
+  EXPECT_EQ(reply["commit"], iterations[1]["commit"]);
+  EXPECT_EQ(reply["from_commit"], iterations[0]["commit"]);
+  EXPECT_EQ(reply["truncated"], false);
+  EXPECT_EQ(reply["bytes"], diff.out.size());
+  // The first iteration's: against the empty tree.
+  json first = CtlJson({"job", "diff", job, "1"});
+  EXPECT_TRUE(first["from_commit"].is_null()) << first.dump();
+  EXPECT_EQ(DiffPaths(first["diff"]),
+            (std::set<std::string>{".standin/state.json", "PROGRESS.md", "notes/step-1.txt"}));
+  // Between two iterations.
+  json between = CtlJson({"job", "diff", job, "3", "1"});
+  EXPECT_EQ(between["from"], 1);
+  EXPECT_EQ(DiffPaths(between["diff"]),
+            (std::set<std::string>{".standin/state.json", "PROGRESS.md", "notes/step-1.txt",
+                                   "notes/step-3.txt"}));
+  // Bounded, and says so.
+  json cut = CtlJson({"job", "diff", job, "2", "--limit", "40"});
+  EXPECT_EQ(cut["truncated"], true);
+  EXPECT_EQ(cut["bytes"], diff.out.size());
+  std::string text = cut["diff"];
+  EXPECT_EQ(text.substr(0, 40), diff.out.substr(0, 40));
+  EXPECT_EQ(text.substr(40), fmt::format("\n[ralphd: diff truncated: 40 of {} bytes shown (limit "
+                                         "40, at most 1048576)]\n",
+                                         diff.out.size()));
+
+  // Bad iteration numbers, each named.
+  auto error = [&](const json& frame) { return Call(frame)["error"]; };
+  std::string path = fmt::format("/v1/jobs/{}/diff", id);
+  json bad = error({{"verb", "GET"}, {"path", path}, {"query", {{"iteration", "0"}}}});
+  EXPECT_EQ(bad["message"], "query.iteration: 0 is out of range 1..9007199254740992");
+  bad = error({{"verb", "GET"}, {"path", path}, {"query", json::object()}});
+  EXPECT_EQ(bad["message"], "query.iteration: required (the loop iteration to show)");
+  bad = error({{"verb", "GET"}, {"path", path}, {"query", {{"iteration", "99"}}}});
+  EXPECT_EQ(bad["code"], "not-found");
+  EXPECT_EQ(bad["message"], fmt::format("query.iteration: job {} has no iteration 99 (its "
+                                        "iterations are 1..{})",
+                                        id, last));
+  bad = error({{"verb", "GET"}, {"path", path}, {"query", {{"iteration", "2"}, {"from", "2"}}}});
+  EXPECT_EQ(bad["message"], "query.from: 2 is the iteration itself (an empty diff)");
+  bad = error({{"verb", "GET"}, {"path", path}, {"query", {{"iteration", "2"}, {"from", "98"}}}});
+  EXPECT_EQ(bad["message"].get<std::string>().rfind("query.from: job ", 0), 0u) << bad.dump();
+  std::string rollback = fmt::format("/v1/jobs/{}/rollback", id);
+  bad = error({{"verb", "POST"}, {"path", rollback}, {"body", {{"iteration", 0}}}});
+  EXPECT_EQ(bad["message"], "body.iteration: 0 is out of range 1..9007199254740992");
+  bad = error({{"verb", "POST"}, {"path", rollback}, {"body", {{"iteration", 99}}}});
+  EXPECT_EQ(bad["message"], fmt::format("body.iteration: job {} has no iteration 99 (its "
+                                        "iterations are 1..{})",
+                                        id, last));
+  ProgramStreams usage = Ctl({"job", "diff", job, "two"});
+  EXPECT_EQ(usage.exit, 2);
+  EXPECT_NE(usage.err.find("iteration: 'two' is not a number"), std::string::npos) << usage.err;
+  // Nothing of that changed the workspace.
+  EXPECT_EQ(Read(workspace + "/.standin/state.json"), fmt::format("{{\"iteration\":{}}}\n", last));
+
+  // A file no iteration committed goes too.
+  Write(workspace + "/stray.txt", "not committed\n");
+  ProgramStreams restored = Ctl({"job", "rollback", job, "1"});
+  ASSERT_EQ(restored.exit, 0) << restored.err;
+  const std::map<std::string, std::string> iteration1 = {
+      {".standin", "/"},
+      {".standin/state.json", "{\"iteration\":1}\n"},
+      {"PROGRESS.md", "- iteration 1\n"},
+      {"notes", "/"},
+      {"notes/step-1.txt", "iteration 1\nprompt: Fix the parser\n"}};
+  EXPECT_EQ(Tree(workspace), iteration1);
+  // Owned by the job's root, as the job left them.
+  struct stat root {};
+  ASSERT_EQ(::stat(workspace.c_str(), &root), 0);
+  for (const auto& [name, content] : iteration1) {
+    struct stat st {};
+    ASSERT_EQ(::lstat((workspace + "/" + name).c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, root.st_uid) << name;
+  }
+  // Recorded: an audit row and an event, and a commit of the restored tree
+  // on top of the loop's history.
+  json rows = CtlJson({"audit", "list", "--job", job, "--type", "loop.rollback"});
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0]["details"]["iteration"], 1);
+  EXPECT_EQ(rows[0]["details"]["caller"], "uid:0");
+  EXPECT_EQ(rows[0]["details"]["commit"], iterations[0]["commit"]);
+  EXPECT_EQ(rows[0]["details"]["after_iteration"], last);
+  EXPECT_EQ(CountKind(Events(id), "loop.rollback"), 1u);
+  std::string rollback_commit = rows[0]["details"]["rollback_commit"];
+  EXPECT_EQ(
+      Git(id, {"log", "-1", "--format=%H %s", "main"}),
+      fmt::format("{} rollback to iteration 1 (after iteration {})\n", rollback_commit, last));
+  EXPECT_EQ(Git(id, {"rev-parse", rollback_commit + "^{tree}"}),
+            Git(id, {"rev-parse", iterations[0]["commit"].get<std::string>() + "^{tree}"}));
+  // The download is the restored workspace.
+  json listed = CtlJson({"job", "download", job, "--list"});
+  std::set<std::string> paths;
+  for (const json& file : listed["files"]) paths.insert(file["path"]);
+  EXPECT_TRUE(paths.count("/work/notes/step-1.txt")) << listed.dump();
+  EXPECT_FALSE(paths.count("/work/notes/step-2.txt")) << listed.dump();
+
+  // The loop goes on from there: the next run is the stand-in's second again.
+  ASSERT_EQ(Ctl({"job", "resume", job}).exit, 0);
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() > last; }));
+  ASSERT_EQ(Ctl({"job", "cancel", job}).exit, 0);
+  json over = WaitOver(id);
+  EXPECT_EQ(over["state"], "cancelled");
+  json next = Iterations(id)[last];
+  EXPECT_EQ(next["changed"], true);
+  json again = CtlJson({"job", "diff", job, std::to_string(last + 1)});
+  EXPECT_EQ(again["from_commit"], rollback_commit);
+  EXPECT_EQ(DiffPaths(again["diff"]),
+            (std::set<std::string>{".standin/state.json", "PROGRESS.md", "notes/step-1.txt",
+                                   "notes/step-2.txt"}));
+
+  // After the end, the rollback restores the workspace the job leaves (its
+  // archive).
+  ASSERT_EQ(Ctl({"job", "rollback", job, "2"}).exit, 0);
+  std::string out = work_ + "/after.tar";
+  ASSERT_EQ(Ctl({"job", "download", job, "--output", out}).exit, 0);
+  std::string extracted = work_ + "/after";
+  ASSERT_EQ(::mkdir(extracted.c_str(), 0755), 0);
+  ASSERT_EQ(RunProgramStreams({"tar", "-xf", out, "-C", extracted}).exit, 0);
+  EXPECT_EQ(Tree(extracted), (std::map<std::string, std::string>{
+                                 {".standin", "/"},
+                                 {".standin/state.json", "{\"iteration\":2}\n"},
+                                 {"PROGRESS.md", "- iteration 1\n- iteration 2\n"},
+                                 {"notes", "/"},
+                                 {"notes/step-2.txt", "iteration 2\nprompt: Fix the parser\n"}}));
+  EXPECT_EQ(CtlJson({"audit", "list", "--job", job, "--type", "loop.rollback"}).size(), 2u);
+  EXPECT_FALSE(std::filesystem::exists(fmt::format("{}/jobs/{}/rollback", state_, id)));
+}
+
+// A job that is not a loop has no iterations to diff or restore.
+TEST_F(AgentJobTest, DiffAndRollbackOfAJobThatIsNotALoopAreRefused) {
+  ProgramStreams run = Ctl({"job", "run", "--", "true"});
+  ASSERT_EQ(run.exit, 0) << run.err;
+  ProgramStreams diff = Ctl({"job", "diff", "1", "1"});
+  EXPECT_EQ(diff.exit, 1);
+  EXPECT_NE(diff.err.find("job 1 is not a loop job"), std::string::npos) << diff.err;
+  ProgramStreams rollback = Ctl({"job", "rollback", "1", "1"});
+  EXPECT_EQ(rollback.exit, 1);
+  EXPECT_NE(rollback.err.find("job 1 is not a loop job"), std::string::npos) << rollback.err;
+}
+
+// The same over the HTTPS API (`ralphctl --remote`): the diff, and a
+// rollback whose audit row names the client certificate.
+TEST_F(AgentJobTest, DiffAndRollbackOverTheHttpsApi) {
+  std::string port =
+      StartWithApi({"--agent-program", "claude=/opt/ralph-tests/ralph-agent-standin"});
+  identity_ = work_ + "/host-identity";
+  remote_ = PairRemote(port, identity_);
+  ASSERT_FALSE(HasFailure());
+  uint64_t id = SubmitLoop({{"max_iterations", 100000}}, {{"RALPH_STANDIN_ITERATIONS", "100000"},
+                                                          {"RALPH_STANDIN_REMOVE_PREVIOUS", "1"}});
+  ASSERT_NE(id, 0u);
+  const std::string job = std::to_string(id);
+  ASSERT_TRUE(WaitFor([&] { return Iterations(id).size() >= 2; }));
+  ProgramStreams pause = Ctl({"job", "pause", job});
+  ASSERT_EQ(pause.exit, 0) << pause.err;
+  ASSERT_TRUE(WaitFor([&] { return CountKind(Events(id), "loop.paused") == 1; }));
+  ProgramStreams diff = Ctl({"job", "diff", job, "2"});
+  ASSERT_EQ(diff.exit, 0) << diff.err;
+  EXPECT_EQ(DiffPaths(diff.out), (std::set<std::string>{".standin/state.json", "PROGRESS.md",
+                                                        "notes/step-1.txt", "notes/step-2.txt"}))
+      << diff.out;
+  ProgramStreams rollback = Ctl({"job", "rollback", job, "1"});
+  ASSERT_EQ(rollback.exit, 0) << rollback.err;
+  EXPECT_EQ(Read(fmt::format("{}/agents/{}/work/notes/step-1.txt", state_, id)),
+            "iteration 1\nprompt: Fix the parser\n");
+  json rows = CtlJson({"audit", "list", "--job", job, "--type", "loop.rollback"});
+  ASSERT_EQ(rows.size(), 1u) << rows.dump();
+  EXPECT_EQ(rows[0]["details"]["caller"].get<std::string>().rfind("cert:", 0), 0u) << rows.dump();
+  ProgramStreams bad = Ctl({"job", "rollback", job, "99"});
+  EXPECT_EQ(bad.exit, 1);
+  EXPECT_NE(bad.err.find(fmt::format("body.iteration: job {} has no iteration 99", id)),
+            std::string::npos)
+      << bad.err;
+  ASSERT_EQ(Console({"job", "cancel", job}).exit, 0);
+  WaitOver(id);
+}
+
+// Without a working git a loop job is refused at submit, saying why; other
+// jobs run.
+TEST_F(AgentJobTest, WithoutGitALoopIsRefusedAtSubmit) {
+  StopDaemon(SIGTERM);
+  StartDaemon(2, {"--agent-program", "claude=/opt/ralph-tests/ralph-agent-standin", "--git",
+                  work_ + "/no-such-git"});
+  json reply = Submit({{"profile", "agent"},
+                       {"agent", {{"profile", "claude"}, {"prompt", "x"}}},
+                       {"loop", {{"max_iterations", 2}}}});
+  EXPECT_EQ(reply["error"]["code"], "not-found") << reply.dump();
+  std::string message = reply["error"]["message"];
+  EXPECT_EQ(message.rfind(fmt::format("body.loop: loop mode needs git ({}/no-such-git, Debian "
+                                      "package git)",
+                                      work_),
+                          0),
+            0u)
+      << message;
+  EXPECT_EQ(Ctl({"job", "run", "--", "true"}).exit, 0);
 }
 
 }  // namespace

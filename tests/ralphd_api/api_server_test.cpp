@@ -22,7 +22,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "fake_audit.h"
+#include "fake_audit_sink.h"
 #include "platform/unique_fd.h"
 #include "services/ralphd/api/client.h"
 #include "services/ralphd/api/server.h"
@@ -288,7 +288,7 @@ class ApiServerTest : public ::testing::Test {
   ralph::testing::TempDir temp_{"ralphd-api"};
   std::mutex clock_mutex_;
   system_clock::time_point now_ = system_clock::now();
-  testing::FakeAudit audit_;
+  audit::testing::FakeAuditSink audit_;
   FakeHandler handler_;
   FakeEvents events_;
   FakeTerminals terminals_;

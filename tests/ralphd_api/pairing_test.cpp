@@ -7,7 +7,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include "fake_audit.h"
+#include "fake_audit_sink.h"
 #include "tests/support/temp_dir.h"
 
 namespace ralph::ralphd::api {
@@ -144,7 +144,7 @@ class RegistryTest : public ::testing::Test {
 
   ralph::testing::TempDir temp_{"ralphd-pairing"};
   system_clock::time_point now_ = system_clock::now();
-  testing::FakeAudit audit_;
+  audit::testing::FakeAuditSink audit_;
   std::unique_ptr<DeviceIdentity> identity_;
   std::unique_ptr<PairingRegistry> registry_;
   std::array<uint8_t, 32> session_a_{1, 2, 3};
@@ -268,12 +268,12 @@ TEST_F(RegistryTest, RevocationAndExpiryAreEnforcedAndSurviveReopening) {
 TEST_F(RegistryTest, APairingThatCannotBeAuditedDoesNotHappen) {
   auto offer = registry_->CreateOffer("127.0.0.1:8443");
   ASSERT_TRUE(offer);
-  audit_.set_fail(true);
+  audit_.Fail();
   auto paired = registry_->Pair(Request(*offer, session_a_), session_a_, "x");
   ASSERT_FALSE(paired);
   EXPECT_EQ(paired.error().code(), ErrorCode::kReadOnly);
   EXPECT_TRUE(registry_->List()->empty());
-  audit_.set_fail(false);
+  audit_.Succeed();
   EXPECT_TRUE(registry_->Pair(Request(*offer, session_a_), session_a_, "x"));
 }
 

@@ -134,6 +134,13 @@ std::vector<std::string> WorldRecords(const std::string& name, ldns_rr_type type
   if (name == "meta.allowed.test." && type == LDNS_RR_TYPE_A) {
     return {"meta.allowed.test. 60 IN A 169.254.169.254"};
   }
+  // The coding agents' API hosts, each vendor on its own test host (the
+  // agent egress tests: a job reaches its own tool's host, not another's).
+  for (const AgentHost& host : kAgentHosts) {
+    if (name == fmt::format("{}.", host.name) && type == LDNS_RR_TYPE_A) {
+      return {fmt::format("{}. 60 IN A {}", host.name, host.address)};
+    }
+  }
   return {};
 }
 
@@ -311,6 +318,10 @@ World* World::Start() {
   for (const char* address : {"203.0.113.10", "203.0.113.20", "198.51.100.53", "169.254.169.254",
                               "100.100.100.200", "10.9.9.9"}) {
     commands.push_back(fmt::format("{} ip addr add {}/32 dev lo", in_world, address));
+  }
+  for (const AgentHost& host : kAgentHosts) {
+    std::string add = fmt::format("{} ip addr add {}/32 dev lo", in_world, host.address);
+    if (std::find(commands.begin(), commands.end(), add) == commands.end()) commands.push_back(add);
   }
   for (const char* address : {"2001:db8:1::10", "2001:db8:1::20", "fd00:ec2::254"}) {
     commands.push_back(fmt::format("{} ip -6 addr add {}/128 dev lo", in_world, address));

@@ -8,9 +8,15 @@
 //   host netns (wv<pid> 192.0.2.1, 2001:db8:ffff::1) ==veth== world netns
 //   world netns: 203.0.113.10, 203.0.113.20 (web), 198.51.100.53 (DNS),
 //                169.254.169.254 + fd00:ec2::254 + 100.100.100.200 (metadata),
-//                10.9.9.9 (RFC 1918), 2001:db8:1::10, 2001:db8:1::20
+//                10.9.9.9 (RFC 1918), 2001:db8:1::10, 2001:db8:1::20,
+//                203.0.113.31..34 (the coding agents' API hosts, kAgentHosts)
 //   The world answers TCP on 22/80/443/8080 ("hello\n") and DNS on 53, and
 //   logs every connection and query it sees to a file the tests read.
+//   Its DNS zone: api.allowed.test (A 203.0.113.10, AAAA 2001:db8:1::10),
+//   meta.allowed.test (A 169.254.169.254) and kAgentHosts (A).
+//
+// Also used by tests/ralphd's egress test (ralphd's agent jobs in this
+// topology).
 #pragma once
 
 #include <sys/types.h>
@@ -25,6 +31,19 @@
 #include "sandbox/net/job_network.h"
 
 namespace ralph::sandbox::testing {
+
+// Names of the coding agents' API hosts (services/agents profile.h) in the
+// world's DNS zone, one test host per vendor.
+struct AgentHost {
+  const char* name;
+  const char* address;
+};
+inline constexpr AgentHost kAgentHosts[] = {
+    {"api.anthropic.com", "203.0.113.31"},   {"console.anthropic.com", "203.0.113.31"},
+    {"platform.claude.com", "203.0.113.31"}, {"api.openai.com", "203.0.113.32"},
+    {"auth.openai.com", "203.0.113.32"},     {"chatgpt.com", "203.0.113.33"},
+    {"opencode.ai", "203.0.113.34"},         {"models.dev", "203.0.113.34"},
+};
 
 // Moves the calling (main) thread into a fresh network namespace with lo up.
 // Must run before any other thread exists. Aborts the test binary on failure.

@@ -35,7 +35,8 @@ subcommands:
              [--max-tokens N] [--max-cost-microusd N] [--stall N]
                               loop mode: the agent again and again in the same
                               workspace until a stop condition (`job iterations`)
-      --profile NAME          the policy profile (default "default")
+      --profile NAME          the policy profile (default: "agent" for an agent
+                              job when the policy has it, else "default")
       --workspace TAR         upload TAR into the workspace before it starts
       --cwd DIR               its working directory (default the workspace, /work)
       --memory BYTES --cpu-millis N --pids N --disk BYTES --timeout-ms N
@@ -55,6 +56,11 @@ subcommands:
   files ID                    the files the job changed (path, size, SHA-256)
   iterations ID               a loop job's iterations: exit, commit, usage, stop reason
   pause ID | resume ID        a loop job: no next iteration until resume
+  diff ID N [M] [--limit BYTES]
+                              a loop job's iteration N: its change (against the
+                              workspace it started from), or against iteration M
+  rollback ID N               a paused (idle) or ended loop job's workspace back to
+                              iteration N's commit, exactly
   download ID [--output FILE] [--list]
                               its workspace as a tar (or the listing)
 
@@ -273,7 +279,8 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
   if (argv.empty() && (!agent || *agent == "command")) {
     return UsageError(command, "the command to run goes after --");
   }
-  json body = {{"profile", args.Value("--profile").value_or("default")}};
+  json body = json::object();
+  if (auto profile = args.Value("--profile")) body["profile"] = *profile;
   if (!argv.empty()) body["argv"] = argv;
   if (agent) {
     json spec = {{"profile", *agent}};
@@ -374,6 +381,51 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
   return JobExit(*end);
 }
 
+// `job diff ID N [M]` and `job rollback ID N`: a loop job's repository.
+int LoopRepositoryVerb(const ParsedArgs& args, const std::string& verb,
+                       const std::vector<std::string>& operands) {
+  const std::string command = "job " + verb;
+  const bool diff = verb == "diff";
+  if (operands.size() < 2 || operands.size() > (diff ? 3u : 2u)) {
+    return UsageError(command, diff ? "expected ID N [M] (the job, its iteration, and the "
+                                      "iteration to compare with)"
+                                    : "expected ID N (the job and the iteration to restore)");
+  }
+  Result<uint64_t> id = Number("job id", operands[0]);
+  if (!id) return UsageError(command, id.error().message());
+  Result<uint64_t> iteration = Number("iteration", operands[1]);
+  if (!iteration) return UsageError(command, iteration.error().message());
+  std::string path = fmt::format("/v1/jobs/{}/{}", *id, verb);
+  Result<json> reply = Error::Make(ErrorCode::kInternal, "");
+  if (diff) {
+    json query = {{"iteration", std::to_string(*iteration)}};
+    if (operands.size() == 3) {
+      Result<uint64_t> from = Number("iteration", operands[2]);
+      if (!from) return UsageError(command, from.error().message());
+      query["from"] = std::to_string(*from);
+    }
+    if (auto limit = args.Value("--limit")) {
+      Result<uint64_t> n = Number("--limit", *limit);
+      if (!n) return UsageError(command, n.error().message());
+      query["limit"] = std::to_string(*n);
+    }
+    reply = Request(args, "GET", path, query);
+  } else {
+    reply = Request(args, "POST", path, json::object(), json{{"iteration", *iteration}});
+  }
+  if (!reply) return Failed(command, reply.error());
+  if (args.Has("--json")) {
+    fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+  } else if (diff) {
+    // The diff itself, as git prints it (its truncation marker included).
+    WriteOut((*reply).value("diff", std::string()));
+  } else {
+    fmt::print("job {}: workspace rolled back to iteration {} ({}), recorded as {}\n", *id,
+               *iteration, Str((*reply)["commit"]), Str((*reply)["rollback_commit"]));
+  }
+  return kExitOk;
+}
+
 int RunJobVerb(const ParsedArgs& args, const std::string& verb,
                const std::vector<std::string>& operands) {
   const std::string command = "job " + verb;
@@ -394,6 +446,7 @@ int RunJobVerb(const ParsedArgs& args, const std::string& verb,
     }
     return kExitOk;
   }
+  if (verb == "diff" || verb == "rollback") return LoopRepositoryVerb(args, verb, operands);
   if (operands.size() != 1) return UsageError(command, "which job? (one ID)");
   Result<uint64_t> id = Number("job id", operands[0]);
   if (!id) return UsageError(command, id.error().message());

@@ -144,7 +144,8 @@ Result<agents::AgentLaunch> MakeAgentLaunch(const JobSubmitCommand& submit,
   return launch;
 }
 
-// The job's request with the profile's command line; the profile's
+// The job's request with the profile's command line and its API hosts (for
+// the job's egress, as its policy profile lets them through); the profile's
 // environment wins over the job's own.
 JobRequest AgentJobRequest(const JobSubmitCommand& submit, const agents::AgentLaunch& launch) {
   JobRequest request{
@@ -152,6 +153,12 @@ JobRequest AgentJobRequest(const JobSubmitCommand& submit, const agents::AgentLa
   for (const std::string& entry : launch.env) {
     size_t eq = entry.find('=');
     request.env[entry.substr(0, eq)] = eq == std::string::npos ? "" : entry.substr(eq + 1);
+  }
+  // The profile name was checked when the launch was made.
+  if (Result<agents::AgentKind> kind = agents::ParseAgentKind(submit.agent->profile)) {
+    for (std::string_view host : agents::GetProfile(*kind).api_hosts) {
+      request.agent_hosts.emplace_back(host);
+    }
   }
   return request;
 }
@@ -210,6 +217,9 @@ std::string Daemon::AgentDir(uint64_t job) const {
 Result<void> Daemon::CheckAgentSubmit(const JobSubmitCommand& command, const Profile& profile) {
   const AgentRequest& agent = *command.agent;
   agents::AgentKind kind = TRY_CTX(agents::ParseAgentKind(agent.profile), "body.agent.profile");
+  if (command.loop && git_error_) {
+    return Error::Make(git_error_->code(), fmt::format("body.loop: {}", git_error_->message()));
+  }
   Result<void> clean = agents::CheckJobEnvironment(kind, command.env);
   if (!clean) return Prefixed(clean.error(), "body.");
   if (agent.prompt_file && command.start) {
@@ -280,6 +290,8 @@ Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
                           .access = sandbox::BindAccess::kReadWrite});
   }
 
+  // A loop queued before a restart onto a daemon without git.
+  if (submit.loop && git_error_) return *git_error_;
   auto run = std::make_shared<AgentRun>();
   run->kind = kind;
   run->parser = agents::MakeEventParser(run->kind);
@@ -544,6 +556,138 @@ Result<Reply> Daemon::Iterations(uint64_t id) {
     list.push_back(iteration.ToJson());
   }
   return Reply::Json({{"job", id}, {"state", JobStateName(job.state)}, {"iterations", list}});
+}
+
+namespace {
+
+// Whether `job` was submitted with a loop object.
+Result<void> CheckLoopJob(const JobRecord& job) {
+  if (!job.request.is_object() || !job.request.contains("loop")) {
+    return Error::Make(ErrorCode::kInvalidState,
+                       fmt::format("job {} is not a loop job: it has no iterations", job.id));
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<IterationRecord> Daemon::CommittedIteration(uint64_t job, uint64_t iteration,
+                                                   std::string_view field) {
+  std::vector<IterationRecord> all = TRY(store_->Iterations(job));
+  if (all.empty()) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("{}: job {} has no iterations yet", field, job));
+  }
+  for (IterationRecord& record : all) {
+    if (record.iteration != iteration) continue;
+    if (record.commit.empty()) {
+      return Error::Make(
+          ErrorCode::kNotFound,
+          fmt::format("{}: iteration {} of job {} has no commit ({})", field, iteration, job,
+                      record.error.empty() ? "it was not committed" : record.error));
+    }
+    return std::move(record);
+  }
+  return Error::Make(ErrorCode::kNotFound,
+                     fmt::format("{}: job {} has no iteration {} (its iterations are 1..{})", field,
+                                 job, iteration, all.back().iteration));
+}
+
+Result<Reply> Daemon::LoopDiff(const JobDiffCommand& command) {
+  JobRecord job = TRY(store_->Job(command.id));
+  TRY(CheckLoopJob(job));
+  if (git_error_) return *git_error_;
+  IterationRecord to = TRY(CommittedIteration(command.id, command.iteration, "query.iteration"));
+  const std::string git_dir = JobDir(command.id) + "/loop.git";
+  json from = nullptr;
+  std::string from_commit;
+  if (command.from) {
+    from_commit = TRY(CommittedIteration(command.id, *command.from, "query.from")).commit;
+    from = *command.from;
+  } else {
+    // What the workspace was when the iteration started.
+    from_commit = TRY(ParentCommit(options_.git, git_dir, to.commit));
+  }
+  WorkspaceDiff diff =
+      TRY(DiffCommits(options_.git, git_dir, from_commit, to.commit, command.limit));
+  if (diff.truncated) {
+    diff.text +=
+        fmt::format("\n[ralphd: diff truncated: {} of {} bytes shown (limit {}, at most {})]\n",
+                    diff.text.size(), diff.bytes, command.limit, kMaxDiffBytes);
+  }
+  return Reply::Json({{"job", command.id},
+                      {"iteration", command.iteration},
+                      {"commit", to.commit},
+                      {"from", from},
+                      {"from_commit", from_commit.empty() ? json(nullptr) : json(from_commit)},
+                      {"bytes", diff.bytes},
+                      {"truncated", diff.truncated},
+                      {"diff", std::move(diff.text)}});
+}
+
+Result<Reply> Daemon::LoopRollback(const Caller& caller, const JobRollbackCommand& command) {
+  JobRecord job = TRY(store_->Job(command.id));
+  TRY(CheckLoopJob(job));
+  if (git_error_) return *git_error_;
+  auto it = agent_runs_.find(command.id);
+  AgentRun* run = it == agent_runs_.end() ? nullptr : it->second.get();
+  // Nothing of the job may write the workspace meanwhile: the loop is
+  // idle between iterations (no sandbox exists), or the job is over.
+  if (!IsFinal(job.state) && (run == nullptr || !run->idle)) {
+    return Error::Make(
+        ErrorCode::kInvalidState,
+        fmt::format("job {} is {}{}: a rollback needs the loop paused between iterations (pause "
+                    "it and wait for its loop.paused event) or the job ended",
+                    command.id, JobStateName(job.state),
+                    run ? fmt::format(" (iteration {} runs)", run->iteration) : ""));
+  }
+  IterationRecord target = TRY(CommittedIteration(command.id, command.iteration, "body.iteration"));
+  const uint64_t last = TRY(store_->Iterations(command.id)).back().iteration;
+  const std::string job_dir = JobDir(command.id);
+  const std::string git_dir = job_dir + "/loop.git";
+  const std::string archive = job_dir + "/workspace.tar";
+  const std::string message =
+      fmt::format("rollback to iteration {} (after iteration {})", command.iteration, last);
+  const uid_t root = options_.ids.host_base;
+  std::string work_tree;
+  std::string scratch;
+  if (run) {
+    work_tree = run->workspace;
+  } else {
+    // The job's workspace is its archive now: restored in a scratch
+    // directory made from it, then archived again.
+    scratch = job_dir + "/rollback";
+    std::error_code ec;
+    std::filesystem::remove_all(scratch, ec);
+    if (::mkdir(scratch.c_str(), 0700) != 0) {
+      return Error::FromErrno(fmt::format("mkdir {}", scratch), errno);
+    }
+    work_tree = scratch;
+  }
+  auto restore = [&]() -> Result<std::string> {
+    if (!scratch.empty() && ::access(archive.c_str(), F_OK) == 0) {
+      TRY_CTX(ExtractTar(archive, scratch, root, root), "reading the job's workspace archive");
+    }
+    std::string commit =
+        TRY(RestoreWorkspace(options_.git, git_dir, work_tree, target.commit, root, last, message));
+    // The download serves this archive between iterations and after the end.
+    std::string tar = TRY(ArchiveDirectory(work_tree));
+    TRY(WriteFileAtomically(archive, tar, 0600, Durability::kFileSynced));
+    return commit;
+  };
+  Result<std::string> rollback = restore();
+  if (!scratch.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(scratch, ec);
+  }
+  if (!rollback) return rollback.error().WithContext(fmt::format("job {}: rollback", command.id));
+  json details = {{"caller", caller.ToString()}, {"iteration", command.iteration},
+                  {"commit", target.commit},     {"rollback_commit", *rollback},
+                  {"after_iteration", last},     {"state", JobStateName(job.state)}};
+  Emit("loop.rollback", command.id, details);
+  Audit("loop.rollback", fmt::format("job {}", command.id), details, command.id);
+  details["job"] = command.id;
+  return Reply::Json(details);
 }
 
 void Daemon::FinishAgent(JobRecord& job, JobState& state, std::string& reason) {

@@ -191,6 +191,10 @@ constexpr FieldInfo kCredsLoginFields[] = {
     Unsigned("columns", 1, kMaxTerminalDimension),
     Unsigned("rows", 1, kMaxTerminalDimension),
 };
+constexpr FieldInfo kDiffQuery[] = {Unsigned("iteration", 1, kMaxCounter, true),
+                                    Unsigned("from", 1, kMaxCounter),
+                                    Unsigned("limit", 1, kMaxDiffBytes)};
+constexpr FieldInfo kJobRollbackFields[] = {Unsigned("iteration", 1, kMaxCounter, true)};
 
 constexpr RouteInfo kRouteInfos[] = {
     {"GET", "/v1/status", StatusCommand::kName},
@@ -204,6 +208,13 @@ constexpr RouteInfo kRouteInfos[] = {
     {"GET", "/v1/jobs/{id}/iterations", JobIterationsCommand::kName},
     {"POST", "/v1/jobs/{id}/pause", JobPauseCommand::kName},
     {"POST", "/v1/jobs/{id}/resume", JobResumeCommand::kName},
+    {"GET", "/v1/jobs/{id}/diff", JobDiffCommand::kName, kDiffQuery},
+    {"POST",
+     "/v1/jobs/{id}/rollback",
+     JobRollbackCommand::kName,
+     {},
+     BodyKind::kJson,
+     kJobRollbackFields},
     {"GET", "/v1/jobs/{id}/terminal", TerminalAttachCommand::kName},
     {"PUT",
      "/v1/jobs/{id}/workspace",
@@ -746,6 +757,33 @@ Result<Command> DecodeLogs(const Request& request, uint64_t id) {
   return command;
 }
 
+Result<Command> DecodeJobDiff(const Request& request, uint64_t id) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  JobDiffCommand command{.id = id};
+  auto iteration = TRY(query.Unsigned("iteration"));
+  if (!iteration) return Invalid("query.iteration: required (the loop iteration to show)");
+  command.iteration = *iteration;
+  command.from = TRY(query.Unsigned("from"));
+  if (command.from && *command.from == command.iteration) {
+    return Invalid(
+        fmt::format("query.from: {} is the iteration itself (an empty diff)", *command.from));
+  }
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeJobRollback(const Request& request, uint64_t id) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body", BodyFields(request));
+  auto iteration = TRY(reader.Unsigned("iteration"));
+  if (!iteration) return Invalid("body.iteration: required (the loop iteration to restore)");
+  TRY(reader.Finish());
+  return JobRollbackCommand{.id = id, .iteration = *iteration};
+}
+
 Result<Command> DecodeWorkspaceDownload(const Request& request, uint64_t id) {
   TRY(NoBody(request));
   QueryReader query(request);
@@ -998,6 +1036,8 @@ constexpr Route kRoutes[] = {
     {"/v1/jobs/{id}/iterations", "GET", Plain<JobIterationsCommand>},
     {"/v1/jobs/{id}/pause", "POST", Plain<JobPauseCommand>},
     {"/v1/jobs/{id}/resume", "POST", Plain<JobResumeCommand>},
+    {"/v1/jobs/{id}/diff", "GET", DecodeJobDiff},
+    {"/v1/jobs/{id}/rollback", "POST", DecodeJobRollback},
     {"/v1/jobs/{id}/terminal", "GET", Plain<TerminalAttachCommand>},
     {"/v1/jobs/{id}/workspace", "PUT", DecodeWorkspaceUpload},
     {"/v1/jobs/{id}/workspace", "GET", DecodeWorkspaceDownload},
@@ -1104,7 +1144,8 @@ bool IsReadOnly(const Command& command) {
       JobLogsCommand::kName,   JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
       PolicyGetCommand::kName, PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
       AuditListCommand::kName, AuditVerifyCommand::kName,   AuditExportCommand::kName,
-      EventsCommand::kName,    PairingsListCommand::kName,  CredsListCommand::kName,
+      EventsCommand::kName,    PairingsListCommand::kName,  JobDiffCommand::kName,
+      CredsListCommand::kName,
   };
   std::string_view name = CommandName(command);
   return std::find(std::begin(kReadOnly), std::end(kReadOnly), name) != std::end(kReadOnly);

@@ -51,10 +51,20 @@ json UsageToJson(const sandbox::JobResult& result) {
       {"oom_kills", result.cgroup.oom_kills}};
 }
 
+// The profile a job runs under when it names none: agent jobs get the
+// policy's "agent" profile (the default policy's gives them their tools'
+// API hosts and room to work), anything else "default".
+std::string ResolveProfileName(const JobSubmitCommand& command, const Policy& policy) {
+  if (command.profile) return *command.profile;
+  if (command.agent && command.agent->profile != "command" && policy.Find("agent")) return "agent";
+  return "default";
+}
+
 }  // namespace
 
 json SubmitToJson(const JobSubmitCommand& command) {
-  json out = {{"profile", command.profile}, {"start", command.start}};
+  json out = {{"start", command.start}};
+  if (command.profile) out["profile"] = *command.profile;
   if (!command.argv.empty()) out["argv"] = command.argv;
   if (command.agent) out["agent"] = AgentToJson(*command.agent);
   if (command.loop) out["loop"] = LoopToJson(*command.loop);
@@ -116,7 +126,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
   RunnerOptions runner_options{.sandbox_state_dir = options.state_dir + "/sandbox",
                                .ids = options.ids,
                                .log = options.log,
-                               .execs = exec_audit.get()};
+                               .execs = exec_audit.get(),
+                               .git = options.git};
   std::unique_ptr<JobRunner> runner = TRY(JobRunner::Create(runner_options));
   if (options.creds_dir.empty()) options.creds_dir = options.state_dir + "/credentials";
   if (options.creds_key.empty()) options.creds_key = options.state_dir + "/credentials.key";
@@ -125,6 +136,13 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
   std::unique_ptr<Daemon> daemon(new Daemon(std::move(options), std::move(store), std::move(audit),
                                             std::move(exec_audit), std::move(runner)));
   daemon->creds_ = std::move(credentials);
+  // Loop mode commits every iteration with git: a daemon without it says
+  // so now and refuses loop jobs, rather than a loop stopping later.
+  Result<std::string> git = ProbeGit(daemon->options_.git);
+  if (!git) {
+    daemon->git_error_ = git.error();
+    daemon->Log(LogLevel::kWarning, git.error().message() + "; loop jobs are refused");
+  }
   TRY(daemon->Recover());
   daemon->Schedule();
   daemon->FlushAudit();
@@ -414,11 +432,12 @@ Result<Reply> Daemon::Status() {
 Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& command) {
   PolicyVersion version = TRY(store_->ActivePolicy());
   Policy policy = TRY(ParsePolicy(version.document));
-  const Profile* profile = policy.Find(command.profile);
+  const std::string profile_name = ResolveProfileName(command, policy);
+  const Profile* profile = policy.Find(profile_name);
   if (!profile) {
     return Error::Make(ErrorCode::kNotFound,
                        fmt::format("profile: '{}' is not in the active policy (version {})",
-                                   command.profile, version.version));
+                                   profile_name, version.version));
   }
   // Checked now, so that a job asking for more is refused at once.
   if (command.agent) {
@@ -430,13 +449,13 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
         options_.environment));
   }
   JobRecord job{.state = command.start ? JobState::kQueued : JobState::kCreated,
-                .profile = command.profile,
+                .profile = profile_name,
                 .request = SubmitToJson(command),
                 .policy_version = version.version,
                 .created = NowText()};
   job.id = TRY(store_->InsertJob(job));
   json submitted = {
-      {"caller", caller.ToString()}, {"argv", command.argv}, {"profile", command.profile}};
+      {"caller", caller.ToString()}, {"argv", command.argv}, {"profile", profile_name}};
   if (command.agent) submitted["agent"] = command.agent->profile;
   Audit("job.submit", fmt::format("job {}", job.id), submitted, job.id);
   Emit("state", job.id, {{"state", JobStateName(job.state)}});
@@ -651,6 +670,8 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
   if (const auto* c = std::get_if<JobIterationsCommand>(&command)) return Iterations(c->id);
   if (const auto* c = std::get_if<JobPauseCommand>(&command)) return PauseLoop(c->id, true);
   if (const auto* c = std::get_if<JobResumeCommand>(&command)) return PauseLoop(c->id, false);
+  if (const auto* c = std::get_if<JobDiffCommand>(&command)) return LoopDiff(*c);
+  if (const auto* c = std::get_if<JobRollbackCommand>(&command)) return LoopRollback(caller, *c);
   if (const auto* c = std::get_if<WorkspaceUploadCommand>(&command)) return Upload(*c);
   if (const auto* c = std::get_if<WorkspaceDownloadCommand>(&command)) return Download(*c);
   if (const auto* c = std::get_if<PolicyGetCommand>(&command)) return PolicyGet(*c);

@@ -69,6 +69,9 @@ constexpr std::string_view kUsage =
   --creds-live-dir DIR
                       held accounts' live copies and login homes, on a tmpfs
                       (default /run/ralphd/credentials)
+  --git PATH          the git loop mode commits each iteration with (default
+                      /usr/bin/git); probed at start: without it loop jobs
+                      are refused
 )";
 
 struct HostPort {
@@ -126,6 +129,7 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--creds-key", &options.daemon.creds_key);
   std::optional<std::string> creds_live_dir;
   parser.Option("--creds-live-dir", &creds_live_dir);
+  parser.Option("--git", &options.daemon.git);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
   for (const std::string& entry : agent_programs) {
     size_t eq = entry.find('=');

@@ -11,6 +11,7 @@
 
 #include "sandbox/net/dns_allowlist.h"
 #include "sandbox/net/ip_prefix.h"
+#include "services/agents/profile.h"
 
 namespace ralph::ralphd {
 namespace {
@@ -20,11 +21,17 @@ using tinyxml2::XMLElement;
 using tinyxml2::XMLNode;
 
 constexpr std::string_view kDefaultPolicy = R"(<?xml version="1.0"?>
-<!-- The policy a new appliance starts with: one profile, the sandbox's
-     default limits, no network. -->
+<!-- The policy a new appliance starts with. "default": the sandbox's
+     default limits, no network. "agent", where agent jobs run unless they
+     name a profile: room for a coding agent, and a network that reaches its
+     own tool's API hosts and nothing else. -->
 <policy format="1">
   <profile name="default">
     <limits memory="512MiB" cpu-millis="1000" pids="256" disk="2GiB" timeout="1h"/>
+  </profile>
+  <profile name="agent">
+    <limits memory="4GiB" cpu-millis="2000" pids="1024" disk="8GiB" timeout="8h"/>
+    <egress/>
   </profile>
 </policy>
 )";
@@ -207,6 +214,19 @@ Result<std::pair<uint16_t, uint16_t>> ParsePortRange(std::string_view text) {
   return std::pair<uint16_t, uint16_t>(static_cast<uint16_t>(*low), static_cast<uint16_t>(*high));
 }
 
+// Every agent profile's API hosts, each once, in profile order: the names
+// <egress agent-hosts="..."> may list.
+std::vector<std::string_view> KnownAgentHosts() {
+  std::vector<std::string_view> hosts;
+  for (agents::AgentKind kind : {agents::AgentKind::kClaude, agents::AgentKind::kCodex,
+                                 agents::AgentKind::kOpenCode, agents::AgentKind::kCommand}) {
+    for (std::string_view host : agents::GetProfile(kind).api_hosts) {
+      if (std::find(hosts.begin(), hosts.end(), host) == hosts.end()) hosts.push_back(host);
+    }
+  }
+  return hosts;
+}
+
 bool IsProfileName(std::string_view s) {
   if (s.empty() || s.size() > 64) return false;
   return std::all_of(s.begin(), s.end(), [](char c) {
@@ -283,7 +303,7 @@ class Checker {
         limits_element_ = child;
       } else if (kind == "egress") {
         if (++egress_seen > 1) Issue(child, "<egress>: only one per profile");
-        ReadEgress(child, profile.network);
+        ReadEgress(child, profile);
       } else if (kind == "mount") {
         profile.mounts.push_back(ReadMount(child));
         mount_elements_.push_back(child);
@@ -375,9 +395,12 @@ class Checker {
     }
   }
 
-  void ReadEgress(const XMLElement* element, sandbox::NetworkSpec& network) {
+  void ReadEgress(const XMLElement* element, Profile& profile) {
+    sandbox::NetworkSpec& network = profile.network;
     network = sandbox::NetworkSpec{.enabled = true, .domain_ports = {443}};
-    OnlyAttributes(element, {"domain-ports"});
+    OnlyAttributes(element, {"domain-ports", "agent-hosts"});
+    if (const char* text = element->Attribute("agent-hosts"))
+      ReadAgentHosts(element, text, profile);
     OnlyChildren(element, {"allow"});
     if (const char* text = element->Attribute("domain-ports")) {
       network.domain_ports.clear();
@@ -400,6 +423,47 @@ class Checker {
     for (const XMLElement* allow = element->FirstChildElement("allow"); allow;
          allow = allow->NextSiblingElement("allow")) {
       ReadAllow(allow, network);
+    }
+  }
+
+  // agent-hosts="all" (the default), "none", or a comma-separated list of
+  // agent API hosts (only those of them the job's agent profile has).
+  void ReadAgentHosts(const XMLElement* element, std::string_view text, Profile& profile) {
+    if (text == "all") {
+      profile.agent_hosts_mode = AgentHostsMode::kAll;
+      return;
+    }
+    if (text == "none") {
+      profile.agent_hosts_mode = AgentHostsMode::kNone;
+      return;
+    }
+    profile.agent_hosts_mode = AgentHostsMode::kListed;
+    const std::vector<std::string_view> known = KnownAgentHosts();
+    size_t start = 0;
+    while (start <= text.size()) {
+      size_t comma = text.find(',', start);
+      if (comma == std::string_view::npos) comma = text.size();
+      std::string_view host = text.substr(start, comma - start);
+      while (!host.empty() && host.front() == ' ') host.remove_prefix(1);
+      while (!host.empty() && host.back() == ' ') host.remove_suffix(1);
+      if (host.empty()) {
+        Issue(element, "agent-hosts",
+              fmt::format("<egress>: agent-hosts: '{}' has an empty entry (expected all, none or "
+                          "a comma-separated list of agent API hosts)",
+                          text));
+        return;
+      }
+      if (std::find(known.begin(), known.end(), host) == known.end()) {
+        Issue(element, "agent-hosts",
+              fmt::format("<egress>: agent-hosts: '{}' is not an agent profile's API host "
+                          "(expected all, none or some of: {}); other names go in <allow "
+                          "domain=...>",
+                          host, fmt::join(known, ", ")));
+      } else if (std::find(profile.agent_hosts.begin(), profile.agent_hosts.end(), host) ==
+                 profile.agent_hosts.end()) {
+        profile.agent_hosts.emplace_back(host);
+      }
+      start = comma + 1;
     }
   }
 
@@ -551,6 +615,16 @@ class Checker {
   std::vector<const XMLElement*> mount_elements_;
 };
 
+// "all", "none", or the listed hosts.
+nlohmann::json AgentHostsToJson(const Profile& profile) {
+  switch (profile.agent_hosts_mode) {
+    case AgentHostsMode::kAll: return "all";
+    case AgentHostsMode::kNone: return "none";
+    case AgentHostsMode::kListed: return profile.agent_hosts;
+  }
+  return nullptr;
+}
+
 Error Refused(std::string_view field, uint64_t asked, const Profile& profile, uint64_t allowed) {
   return Error::Make(ErrorCode::kRefused,
                      fmt::format("limits.{}: {} is more than profile '{}' allows ({})", field,
@@ -671,8 +745,30 @@ Result<sandbox::SandboxSpec> MakeJobSpec(const Profile& profile, const JobReques
   spec.limits.disk_bytes = asked.disk_bytes.value_or(allowed.disk_bytes);
   spec.timeout = asked.timeout_ms ? std::chrono::milliseconds(*asked.timeout_ms) : allowed.timeout;
   spec.network = profile.network;
+  for (std::string& domain : AgentEgressDomains(profile, job.agent_hosts)) {
+    spec.network.allowed_domains.push_back(std::move(domain));
+  }
   TRY(sandbox::ValidateSpec(spec));
   return spec;
+}
+
+std::vector<std::string> AgentEgressDomains(const Profile& profile,
+                                            const std::vector<std::string>& agent_hosts) {
+  std::vector<std::string> out;
+  // No <egress>: no network at all, for an agent job too.
+  if (!profile.network.enabled || profile.agent_hosts_mode == AgentHostsMode::kNone) return out;
+  const std::vector<std::string>& listed = profile.agent_hosts;
+  const std::vector<std::string>& already = profile.network.allowed_domains;
+  for (const std::string& host : agent_hosts) {
+    if (profile.agent_hosts_mode == AgentHostsMode::kListed &&
+        std::find(listed.begin(), listed.end(), host) == listed.end()) {
+      continue;
+    }
+    if (std::find(already.begin(), already.end(), host) != already.end()) continue;
+    if (std::find(out.begin(), out.end(), host) != out.end()) continue;
+    out.push_back(host);
+  }
+  return out;
 }
 
 nlohmann::json ProfileToJson(const Profile& profile) {
@@ -703,7 +799,8 @@ nlohmann::json ProfileToJson(const Profile& profile) {
                          {{"enabled", profile.network.enabled},
                           {"allow", allow},
                           {"domains", profile.network.allowed_domains},
-                          {"domain_ports", profile.network.domain_ports}}},
+                          {"domain_ports", profile.network.domain_ports},
+                          {"agent_hosts", AgentHostsToJson(profile)}}},
                         {"mounts", mounts}};
   if (profile.credentials) {
     nlohmann::json scopes = nlohmann::json::array();

@@ -357,7 +357,7 @@ void JobRunner::RunJob(JobLaunch launch) {
   }
   if (!launch.git_dir.empty()) {
     Result<WorkspaceCommit> commit =
-        CommitWorkspace(launch.git_dir, launch.host_workspace, launch.iteration);
+        CommitWorkspace(options_.git, launch.git_dir, launch.host_workspace, launch.iteration);
     if (commit) {
       finished.commit = std::move(*commit);
     } else {

@@ -8,6 +8,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <functional>
+
 #include <fmt/format.h>
 
 #include "platform/process.h"
@@ -291,66 +294,194 @@ Result<std::vector<FileRecord>> ListFiles(const std::string& dir, const std::str
   return files;
 }
 
-Result<WorkspaceCommit> CommitWorkspace(const std::string& git_dir, const std::string& work_tree,
-                                        uint64_t iteration) {
-  const std::string date = fmt::format("@{} +0000", iteration);
-  std::vector<std::string> env = {"GIT_CONFIG_NOSYSTEM=1",
-                                  "GIT_CONFIG_GLOBAL=/dev/null",
-                                  "HOME=/nonexistent",
-                                  "PATH=/usr/bin:/bin",
-                                  "LC_ALL=C",
-                                  "GIT_TERMINAL_PROMPT=0",
-                                  "GIT_AUTHOR_NAME=ralphd",
-                                  "GIT_AUTHOR_EMAIL=ralphd@ralphos.invalid",
-                                  "GIT_COMMITTER_NAME=ralphd",
-                                  "GIT_COMMITTER_EMAIL=ralphd@ralphos.invalid",
-                                  "GIT_AUTHOR_DATE=" + date,
-                                  "GIT_COMMITTER_DATE=" + date};
-  auto git = [&](std::vector<std::string> args) -> Result<std::string> {
-    // The work tree belongs to the job's uid (safe.directory); nothing of
-    // git runs anything the job could have written.
-    std::vector<std::string> argv = {"git",
-                                     "-c",
-                                     "safe.directory=*",
-                                     "-c",
-                                     "core.hooksPath=/dev/null",
-                                     "-c",
-                                     "core.fsmonitor=false",
-                                     "-c",
-                                     "core.autocrlf=false",
-                                     "-c",
-                                     "commit.gpgsign=false",
-                                     "-c",
-                                     "gc.auto=0"};
-    argv.insert(argv.end(), args.begin(), args.end());
-    std::string out = TRY(RunProgramChecked({.argv = std::move(argv),
-                                             .env = env,
-                                             .environment = ProgramEnvironment::kOnly,
-                                             .cwd = work_tree,
-                                             .package = "git"}));
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    return out;
-  };
+namespace {
+
+// The environment of every git run: no system or global configuration, no
+// identity from the host, the fixed author and committer, the date `date`.
+std::vector<std::string> GitEnvironment(const std::string& date) {
+  return {"GIT_CONFIG_NOSYSTEM=1",
+          "GIT_CONFIG_GLOBAL=/dev/null",
+          "HOME=/nonexistent",
+          "PATH=/usr/bin:/bin",
+          "LC_ALL=C",
+          "GIT_TERMINAL_PROMPT=0",
+          "GIT_AUTHOR_NAME=ralphd",
+          "GIT_AUTHOR_EMAIL=ralphd@ralphos.invalid",
+          "GIT_COMMITTER_NAME=ralphd",
+          "GIT_COMMITTER_EMAIL=ralphd@ralphos.invalid",
+          "GIT_AUTHOR_DATE=" + date,
+          "GIT_COMMITTER_DATE=" + date};
+}
+
+// The fixed date of what is committed after iteration N.
+std::string IterationDate(uint64_t iteration) {
+  return fmt::format("@{} +0000", iteration);
+}
+
+// One run of `git` with `env` in `cwd` (the caller's when empty); its
+// stdout without the trailing newline. With `on_stdout` the output goes
+// there instead.
+Result<std::string> RunGit(
+    const std::string& git, const std::vector<std::string>& env, const std::string& cwd,
+    std::vector<std::string> args,
+    std::function<Result<void>(std::span<const uint8_t>)> on_stdout = nullptr) {
+  // The work tree belongs to the job's uid (safe.directory); nothing of
+  // git runs anything the job could have written; no automatic
+  // maintenance (it would start `git maintenance` as a child, which a
+  // slot's git, a lone binary, does not have).
+  std::vector<std::string> argv = {git,
+                                   "-c",
+                                   "safe.directory=*",
+                                   "-c",
+                                   "core.hooksPath=/dev/null",
+                                   "-c",
+                                   "core.fsmonitor=false",
+                                   "-c",
+                                   "core.autocrlf=false",
+                                   "-c",
+                                   "commit.gpgsign=false",
+                                   "-c",
+                                   "gc.auto=0",
+                                   "-c",
+                                   "maintenance.auto=false"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::string out = TRY(RunProgramChecked({.argv = std::move(argv),
+                                           .env = env,
+                                           .environment = ProgramEnvironment::kOnly,
+                                           .cwd = cwd,
+                                           .on_stdout = std::move(on_stdout),
+                                           .package = "git"}));
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+// The environment of a run on the repository `git_dir` and the work tree
+// `work_tree`.
+std::vector<std::string> RepositoryEnvironment(const std::string& git_dir,
+                                               const std::string& work_tree,
+                                               const std::string& date) {
+  std::vector<std::string> env = GitEnvironment(date);
+  env.push_back("GIT_DIR=" + git_dir);
+  if (!work_tree.empty()) env.push_back("GIT_WORK_TREE=" + work_tree);
+  return env;
+}
+
+// Hands the entries below `dir` that the host's root owns (what git wrote)
+// to `uid`:`uid`; the job's own entries keep their owners.
+Result<void> ChownRootOwned(const std::string& dir, uid_t uid) {
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    struct stat st {};
+    if (::lstat(it->path().c_str(), &st) != 0) {
+      return Error::FromErrno(fmt::format("lstat {}", it->path().string()), errno);
+    }
+    if (st.st_uid == 0 && ::lchown(it->path().c_str(), uid, uid) != 0) {
+      return Error::FromErrno(fmt::format("chown {}", it->path().string()), errno);
+    }
+  }
+  if (ec) return Error::Make(ErrorCode::kIo, fmt::format("listing {}: {}", dir, ec.message()));
+  return {};
+}
+
+}  // namespace
+
+Result<std::string> ProbeGit(const std::string& git) {
+  Result<std::string> version = RunGit(git, GitEnvironment(IterationDate(0)), "", {"--version"});
+  if (!version) {
+    return Error::Make(version.error().code() == ErrorCode::kNotFound ? ErrorCode::kNotFound
+                                                                      : ErrorCode::kUnsupported,
+                       fmt::format("loop mode needs git ({}, Debian package git) to keep its "
+                                   "workspace's commits: {}",
+                                   git, version.error().message()));
+  }
+  return version;
+}
+
+Result<WorkspaceCommit> CommitWorkspace(const std::string& git, const std::string& git_dir,
+                                        const std::string& work_tree, uint64_t iteration) {
+  const std::string date = IterationDate(iteration);
   std::string before;
   const bool first = ::access((git_dir + "/HEAD").c_str(), F_OK) != 0;
   if (first) {
     // Bare: the repository names no work tree, so it outlives this one.
-    TRY_CTX(git({"init", "-q", "--bare", "--initial-branch=main", git_dir}),
+    // No templates: nothing but git's own files in it.
+    TRY_CTX(RunGit(git, GitEnvironment(date), work_tree,
+                   {"init", "-q", "--bare", "--template=", "--initial-branch=main", git_dir}),
             "making the loop's repository");
   }
-  env.push_back("GIT_DIR=" + git_dir);
-  env.push_back("GIT_WORK_TREE=" + work_tree);
+  std::vector<std::string> env = RepositoryEnvironment(git_dir, work_tree, date);
   if (first) {
-    before = TRY(git({"hash-object", "-t", "tree", "/dev/null"}));  // the empty tree
+    before = TRY(RunGit(git, env, work_tree, {"hash-object", "-t", "tree", "/dev/null"}));
   } else {
-    before = TRY(git({"rev-parse", "HEAD^{tree}"}));
+    before = TRY(RunGit(git, env, work_tree, {"rev-parse", "HEAD^{tree}"}));
   }
-  TRY_CTX(git({"add", "-A", "--", "."}), "committing the workspace");
-  std::string tree = TRY(git({"write-tree"}));
-  TRY_CTX(git({"commit", "-q", "--allow-empty", "--no-verify", "-m",
-               fmt::format("iteration {}", iteration)}),
+  TRY_CTX(RunGit(git, env, work_tree, {"add", "-A", "--", "."}), "committing the workspace");
+  std::string tree = TRY(RunGit(git, env, work_tree, {"write-tree"}));
+  TRY_CTX(RunGit(git, env, work_tree,
+                 {"commit", "-q", "--allow-empty", "--no-verify", "-m",
+                  fmt::format("iteration {}", iteration)}),
           "committing the workspace");
-  return WorkspaceCommit{.commit = TRY(git({"rev-parse", "HEAD"})), .changed = tree != before};
+  return WorkspaceCommit{.commit = TRY(RunGit(git, env, work_tree, {"rev-parse", "HEAD"})),
+                         .changed = tree != before};
+}
+
+Result<std::string> ParentCommit(const std::string& git, const std::string& git_dir,
+                                 const std::string& commit) {
+  std::vector<std::string> env = RepositoryEnvironment(git_dir, "", IterationDate(0));
+  // "C P1 ...": the commit and its parents.
+  std::string line = TRY(RunGit(git, env, "", {"rev-list", "--parents", "-n", "1", commit}));
+  size_t space = line.find(' ');
+  if (space == std::string::npos) return std::string();
+  size_t end = line.find(' ', space + 1);
+  return line.substr(space + 1, end == std::string::npos ? std::string::npos : end - space - 1);
+}
+
+Result<WorkspaceDiff> DiffCommits(const std::string& git, const std::string& git_dir,
+                                  const std::string& from, const std::string& to,
+                                  size_t max_bytes) {
+  std::vector<std::string> env = RepositoryEnvironment(git_dir, "", IterationDate(0));
+  std::string base = from;
+  if (base.empty()) base = TRY(RunGit(git, env, "", {"hash-object", "-t", "tree", "/dev/null"}));
+  WorkspaceDiff diff;
+  // Read to its end (the total is reported) but kept only up to the limit.
+  auto keep = [&](std::span<const uint8_t> chunk) -> Result<void> {
+    diff.bytes += chunk.size();
+    if (diff.text.size() < max_bytes) {
+      size_t take = std::min(chunk.size(), max_bytes - diff.text.size());
+      diff.text.append(reinterpret_cast<const char*>(chunk.data()), take);
+    }
+    return {};
+  };
+  TRY(RunGit(git, env, "",
+             {"diff", "--no-color", "--no-ext-diff", "--no-textconv", "--binary", "--no-renames",
+              base, to, "--"},
+             keep));
+  diff.truncated = diff.bytes > diff.text.size();
+  return diff;
+}
+
+Result<std::string> RestoreWorkspace(const std::string& git, const std::string& git_dir,
+                                     const std::string& work_tree, const std::string& commit,
+                                     uid_t uid, uint64_t date_iteration,
+                                     const std::string& message) {
+  std::vector<std::string> env =
+      RepositoryEnvironment(git_dir, work_tree, IterationDate(date_iteration));
+  // The index is the last commit's: --reset -u makes it and the work tree
+  // the target's (files the target lacks removed, the others written);
+  // clean then removes what the index never had (files made after the last
+  // commit, ignored ones). `.git` directories are never touched by either.
+  TRY_CTX(RunGit(git, env, work_tree, {"read-tree", "--reset", "-u", commit}),
+          "restoring the workspace");
+  TRY_CTX(RunGit(git, env, work_tree, {"clean", "-q", "-f", "-f", "-d", "-x", "--", "."}),
+          "restoring the workspace");
+  TRY(ChownRootOwned(work_tree, uid));
+  // The restore is a commit of its own on top: the history keeps what was
+  // undone, and the next iteration's `changed` compares with this tree.
+  TRY_CTX(
+      RunGit(git, env, work_tree, {"commit", "-q", "--allow-empty", "--no-verify", "-m", message}),
+      "recording the rollback");
+  return RunGit(git, env, work_tree, {"rev-parse", "HEAD"});
 }
 
 }  // namespace ralph::ralphd

@@ -18,6 +18,8 @@
 //   RALPH_STANDIN_STALL_AFTER  N: runs after the N-th change nothing at all
 //                              (not even the state) and never finish
 //   RALPH_STANDIN_STOP_FILE    a path (relative to the workspace) written at run K
+//   RALPH_STANDIN_REMOVE_PREVIOUS  set: run i > 1 also deletes notes/step-<i-1>.txt
+//                              (a run that removes a file as well as adding one)
 //
 // Linked statically and with no library beyond the C++ standard library and
 // the JSON header, so it runs in any root (the agent image, busybox).
@@ -209,6 +211,11 @@ int main(int argc, char** argv) {
         WriteFile(step, step_content, false) &&
         WriteFile("PROGRESS.md", "- iteration " + std::to_string(iteration) + "\n", true) &&
         WriteFile(kStateFile, json{{"iteration", iteration}}.dump() + "\n", false);
+    if (iteration > 1 && std::getenv("RALPH_STANDIN_REMOVE_PREVIOUS")) {
+      std::error_code ec;
+      std::filesystem::remove("notes/step-" + std::to_string(iteration - 1) + ".txt", ec);
+      wrote = wrote && !ec;
+    }
     if (iteration == total && !stop_file.empty())
       wrote = wrote && WriteFile(stop_file, "done\n", false);
     Print({{"type", "user"},

@@ -32,6 +32,9 @@
 //                                            JobLogsCommand
 //   GET    /v1/jobs/{id}/files               JobFilesCommand
 //   GET    /v1/jobs/{id}/iterations          JobIterationsCommand
+//   GET    /v1/jobs/{id}/diff?iteration=N[&from=M&limit=B]
+//                                            JobDiffCommand
+//   POST   /v1/jobs/{id}/rollback            JobRollbackCommand ({"iteration": N})
 //   POST   /v1/jobs/{id}/pause               JobPauseCommand
 //   POST   /v1/jobs/{id}/resume              JobResumeCommand
 //   GET    /v1/jobs/{id}/terminal            TerminalAttachCommand (a streaming
@@ -109,6 +112,9 @@ inline constexpr size_t kMaxPolicyDocumentBytes = 256 * 1024;
 inline constexpr size_t kMaxWorkspaceTarBytes = 256u << 20;
 inline constexpr uint64_t kMaxLogReadBytes = 1 << 20;
 inline constexpr uint64_t kDefaultLogReadBytes = 64 * 1024;
+// A loop iteration's diff in one reply (JobDiffCommand).
+inline constexpr uint64_t kMaxDiffBytes = 1 << 20;
+inline constexpr uint64_t kDefaultDiffBytes = 256 * 1024;
 inline constexpr uint64_t kMaxListLimit = 1000;
 // A terminal's columns and rows (the sandbox's kMaxTerminalDimension).
 inline constexpr uint64_t kMaxTerminalDimension = 10000;
@@ -185,7 +191,10 @@ struct JobSubmitCommand {
   std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // NAME -> value
   std::optional<std::string> cwd;          // absolute; the policy's workspace when absent
-  std::string profile = "default";         // the policy profile it runs under
+  // The policy profile it runs under. Absent: "agent" for a job of an
+  // agent profile other than command when the active policy has one, else
+  // "default".
+  std::optional<std::string> profile;
   LimitsRequest limits;
   // false: the job waits in kCreated for a workspace upload and a start.
   bool start = true;
@@ -248,6 +257,27 @@ struct JobResumeCommand {
 struct JobIterationsCommand {
   static constexpr std::string_view kName = "job.iterations";
   uint64_t id = 0;
+};
+
+// A loop iteration's change: the diff of its commit against `from`'s
+// commit, or against its parent (what the workspace was when it started:
+// the previous iteration's commit or a rollback's; the empty tree for the
+// first) when absent. At most `limit` bytes of it (docs/ralphd.md "Diff
+// and rollback").
+struct JobDiffCommand {
+  static constexpr std::string_view kName = "job.diff";
+  uint64_t id = 0;
+  uint64_t iteration = 0;
+  std::optional<uint64_t> from;
+  uint64_t limit = kDefaultDiffBytes;
+};
+
+// The loop job's workspace restored to `iteration`'s commit, while the loop
+// is paused between iterations or after the job ended.
+struct JobRollbackCommand {
+  static constexpr std::string_view kName = "job.rollback";
+  uint64_t id = 0;
+  uint64_t iteration = 0;
 };
 
 // Attaching to a tty job's terminal: only a streaming transport can carry
@@ -369,8 +399,8 @@ using Command =
                  PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
                  AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
                  PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand,
-                 JobIterationsCommand, JobPauseCommand, JobResumeCommand, CredsListCommand,
-                 CredsRevokeCommand, CredsLoginCommand>;
+                 JobIterationsCommand, JobPauseCommand, JobResumeCommand, JobDiffCommand,
+                 JobRollbackCommand, CredsListCommand, CredsRevokeCommand, CredsLoginCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);

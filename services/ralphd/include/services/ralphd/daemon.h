@@ -57,6 +57,10 @@ struct DaemonOptions {
   std::string creds_dir;
   std::string creds_key;
   std::string creds_live_dir = "/run/ralphd/credentials";
+  // The git loop mode keeps each loop's repository with (workspace.h). It
+  // is probed when the daemon opens; without a working one a loop job is
+  // refused at submit, naming it.
+  std::string git = std::string(kDefaultGit);
 };
 
 // The HTTPS API's pairing registry as the core administers it; set when
@@ -180,6 +184,14 @@ class Daemon final : public DispatcherInterface {
   Result<void> StartIteration(uint64_t job, AgentRun& run, std::string upload_tar);
   Result<Reply> Iterations(uint64_t job);
   Result<Reply> PauseLoop(uint64_t job, bool pause);
+  // A loop iteration's diff, and the workspace rolled back to an
+  // iteration's commit (docs/ralphd.md "Diff and rollback").
+  Result<Reply> LoopDiff(const JobDiffCommand& command);
+  Result<Reply> LoopRollback(const Caller& caller, const JobRollbackCommand& command);
+  // kNotFound / kInvalidArgument naming the iteration when `job` has no
+  // such iteration or it has no commit.
+  Result<IterationRecord> CommittedIteration(uint64_t job, uint64_t iteration,
+                                             std::string_view field);
   // Cancel of a running loop job: its running iteration is killed and is
   // its last; a paused loop between iterations (nothing runs) ends now.
   // False when `job` is not a loop job.
@@ -247,6 +259,9 @@ class Daemon final : public DispatcherInterface {
     std::string credential_file;  // relative to the home
   };
   std::map<uint64_t, LoginRun> login_runs_;
+  // Why loop mode is unavailable (DaemonOptions::git does not run); unset
+  // when it is available.
+  std::optional<Error> git_error_;
 };
 
 // What a terminal's `closed` reports: the exit code of a job that exited,

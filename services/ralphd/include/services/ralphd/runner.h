@@ -53,6 +53,8 @@ struct RunnerOptions {
   // and flushes them before it reports its end. Borrowed; null: no
   // recording.
   ExecRecorderInterface* execs = nullptr;
+  // The git a loop iteration's workspace is committed with (CommitWorkspace).
+  std::string git = std::string(kDefaultGit);
 };
 
 struct RunnerMessage {

@@ -1,6 +1,7 @@
 // A job's files on the host side: the uploaded workspace extracted into
 // its upper layer, the workspace archived for download, and what the job
-// changed in its writable layer (path, size, SHA-256).
+// changed in its writable layer (path, size, SHA-256); a loop job's
+// repository (its commits, diffs and rollbacks), kept with git.
 //
 // Archives are read and written in process with libarchive: an upload comes
 // from a client and is hostile, so it is extracted with libarchive's
@@ -44,14 +45,49 @@ struct WorkspaceCommit {
   bool changed = false;  // its tree differs from the previous commit's (or is not empty)
 };
 
+// The git loop mode keeps its repositories with, unless ralphd is told
+// another (--git).
+inline constexpr std::string_view kDefaultGit = "/usr/bin/git";
+
+// `git --version` of the program `git`: kNotFound (or kUnsupported when it
+// does not run) with a message that says loop mode needs it.
+Result<std::string> ProbeGit(const std::string& git);
+
 // Commits everything in `work_tree` (a loop job's workspace on the host) to
 // the repository `git_dir` (kept outside the workspace, so nothing the job
 // writes is git configuration or a hook; made at the first call) with the
-// host's git and no user or system configuration, as a fixed author and
+// program `git` and no user or system configuration, as a fixed author and
 // committer at the fixed date `iteration` seconds after the epoch: the
 // same workspaces give the same commits.
-Result<WorkspaceCommit> CommitWorkspace(const std::string& git_dir, const std::string& work_tree,
-                                        uint64_t iteration);
+Result<WorkspaceCommit> CommitWorkspace(const std::string& git, const std::string& git_dir,
+                                        const std::string& work_tree, uint64_t iteration);
+
+// The first parent of `commit` in `git_dir`; "" for a root commit.
+Result<std::string> ParentCommit(const std::string& git, const std::string& git_dir,
+                                 const std::string& commit);
+
+// A unified diff (git's, with binary patches) from `from` ("" for the
+// empty tree) to `to`, at most `max_bytes` of it kept; `bytes` is the
+// whole diff's size, `truncated` when text is shorter.
+struct WorkspaceDiff {
+  std::string text;
+  uint64_t bytes = 0;
+  bool truncated = false;
+};
+Result<WorkspaceDiff> DiffCommits(const std::string& git, const std::string& git_dir,
+                                  const std::string& from, const std::string& to, size_t max_bytes);
+
+// Makes `work_tree` exactly `commit`'s tree: its files with their bytes
+// and executable bits and its symlinks, nothing else (files made later,
+// ignored ones included, are removed) except `.git` directories, which git
+// never records or touches. What git wrote is then owned by `uid`:`uid`.
+// The result is committed on top of the history as `message`, dated like
+// iteration `date_iteration`; returns that commit. Nothing of the job may
+// run in `work_tree` meanwhile.
+Result<std::string> RestoreWorkspace(const std::string& git, const std::string& git_dir,
+                                     const std::string& work_tree, const std::string& commit,
+                                     uid_t uid, uint64_t date_iteration,
+                                     const std::string& message);
 
 // Every entry below `dir` ("/"-prefixed paths relative to it, `prefix`
 // prepended): regular files with their size and SHA-256, symlinks with the
