@@ -53,89 +53,91 @@ struct CredentialGrant {
   std::vector<creds::Scope> scopes;
   std::string tenant;    // set exactly when the tenant scope is granted
   uint32_t holders = 1;  // running jobs that may hold one account at once
-  // Which API hosts of an agent job's profile its network gets by domain, on
-  // top of the policy profile's own allowlist (<egress agent-hosts=...>).
-  enum class AgentHostsMode {
-    kAll,     // every API host of the job's agent profile (the default)
-    kNone,    // none: only what <allow> lists
-    kListed,  // only those of them named in `agent_hosts`
-  };
+};
 
-  struct Profile {
-    std::string name;
-    ProfileLimits limits;
-    sandbox::NetworkSpec network;  // enabled only with an <egress> element
-    std::vector<sandbox::BindMount> mounts;
-    std::optional<CredentialGrant> credentials;
-    AgentHostsMode agent_hosts_mode = AgentHostsMode::kAll;
-    std::vector<std::string> agent_hosts;  // kListed: each an agent profile's API host
-  };
+// Which API hosts of an agent job's profile its network gets by domain, on
+// top of the policy profile's own allowlist (<egress agent-hosts=...>).
+enum class AgentHostsMode {
+  kAll,     // every API host of the job's agent profile (the default)
+  kNone,    // none: only what <allow> lists
+  kListed,  // only those of them named in `agent_hosts`
+};
 
-  struct Policy {
-    std::map<std::string, Profile, std::less<>> profiles;
-    const Profile* Find(std::string_view name) const;
-  };
+struct Profile {
+  std::string name;
+  ProfileLimits limits;
+  sandbox::NetworkSpec network;  // enabled only with an <egress> element
+  std::vector<sandbox::BindMount> mounts;
+  std::optional<CredentialGrant> credentials;
+  AgentHostsMode agent_hosts_mode = AgentHostsMode::kAll;
+  std::vector<std::string> agent_hosts;  // kListed: each an agent profile's API host
+};
 
-  // One problem in a document. line and column are 1-based; column is 0 when
-  // only the line is known (XML syntax errors: tinyxml2 reports the line).
-  struct PolicyIssue {
-    int line = 0;
-    int column = 0;
-    std::string message;
-    // "3:12: message" ("3: message" without a column).
-    std::string ToString() const;
-  };
+struct Policy {
+  std::map<std::string, Profile, std::less<>> profiles;
+  const Profile* Find(std::string_view name) const;
+};
 
-  struct PolicyCheck {
-    std::optional<Policy> policy;     // set only when issues is empty
-    std::vector<PolicyIssue> issues;  // every problem found, in document order
-    bool ok() const { return issues.empty(); }
-  };
+// One problem in a document. line and column are 1-based; column is 0 when
+// only the line is known (XML syntax errors: tinyxml2 reports the line).
+struct PolicyIssue {
+  int line = 0;
+  int column = 0;
+  std::string message;
+  // "3:12: message" ("3: message" without a column).
+  std::string ToString() const;
+};
 
-  // Parses and validates a whole document; never stops at the first issue
-  // (except an XML syntax error, after which nothing can be read).
-  PolicyCheck CheckPolicy(std::string_view document);
+struct PolicyCheck {
+  std::optional<Policy> policy;     // set only when issues is empty
+  std::vector<PolicyIssue> issues;  // every problem found, in document order
+  bool ok() const { return issues.empty(); }
+};
 
-  // CheckPolicy as a Result: kInvalidArgument listing every issue, one a line.
-  Result<Policy> ParsePolicy(std::string_view document);
+// Parses and validates a whole document; never stops at the first issue
+// (except an XML syntax error, after which nothing can be read).
+PolicyCheck CheckPolicy(std::string_view document);
 
-  // The policy a fresh state directory starts with: one "default" profile,
-  // the sandbox's default limits, no network.
-  std::string_view DefaultPolicyDocument();
+// CheckPolicy as a Result: kInvalidArgument listing every issue, one a line.
+Result<Policy> ParsePolicy(std::string_view document);
 
-  // What a job brings: its command line and the limits it asks for.
-  struct JobRequest {
-    std::vector<std::string> argv;
-    std::map<std::string, std::string> env;
-    std::optional<std::string> cwd;
-    LimitsRequest limits;
-    // The API hosts of the job's agent profile (AgentProfile::api_hosts;
-    // empty for the command profile and for a job that is no agent job).
-    std::vector<std::string> agent_hosts;
-  };
+// The policy a fresh state directory starts with: one "default" profile,
+// the sandbox's default limits, no network.
+std::string_view DefaultPolicyDocument();
 
-  // What ralphd brings: the read-only base every job's rootfs is made of.
-  struct JobEnvironment {
-    sandbox::BaseKind base_kind = sandbox::BaseKind::kDirectory;
-    std::string base = "/";
-  };
+// What a job brings: its command line and the limits it asks for.
+struct JobRequest {
+  std::vector<std::string> argv;
+  std::map<std::string, std::string> env;
+  std::optional<std::string> cwd;
+  LimitsRequest limits;
+  // The API hosts of the job's agent profile (AgentProfile::api_hosts;
+  // empty for the command profile and for a job that is no agent job).
+  std::vector<std::string> agent_hosts;
+};
 
-  // The sandbox for `job` under `profile`: kRefused naming the limit when the
-  // job asks for more than the profile allows ("limits.memory_bytes: 2147483648
-  // is more than profile 'default' allows (536870912)"), then the sandbox's own
-  // ValidateSpec (kInvalidArgument naming the field). The network is the
-  // profile's plus, when the profile has one (<egress>), the job's agent
-  // hosts that its agent-hosts mode lets through, as allowed domains.
-  Result<sandbox::SandboxSpec> MakeJobSpec(const Profile& profile, const JobRequest& job,
-                                           const JobEnvironment& environment);
+// What ralphd brings: the read-only base every job's rootfs is made of.
+struct JobEnvironment {
+  sandbox::BaseKind base_kind = sandbox::BaseKind::kDirectory;
+  std::string base = "/";
+};
 
-  // The profile as JSON (for `policy get` and job records).
-  nlohmann::json ProfileToJson(const Profile& profile);
+// The sandbox for `job` under `profile`: kRefused naming the limit when the
+// job asks for more than the profile allows ("limits.memory_bytes: 2147483648
+// is more than profile 'default' allows (536870912)"), then the sandbox's own
+// ValidateSpec (kInvalidArgument naming the field). The network is the
+// profile's plus, when the profile has one (<egress>), the job's agent
+// hosts that its agent-hosts mode lets through, as allowed domains.
+Result<sandbox::SandboxSpec> MakeJobSpec(const Profile& profile, const JobRequest& job,
+                                         const JobEnvironment& environment);
 
-  // The domains an agent job's network gets on top of the profile's
-  // allowed_domains: `agent_hosts` filtered by the profile's mode, none
-  // without a network, none already in its allowed_domains.
-  std::vector<std::string> AgentEgressDomains(const Profile& profile,
-                                              const std::vector<std::string>& agent_hosts);
+// The profile as JSON (for `policy get` and job records).
+nlohmann::json ProfileToJson(const Profile& profile);
+
+// The domains an agent job's network gets on top of the profile's
+// allowed_domains: `agent_hosts` filtered by the profile's mode, none
+// without a network, none already in its allowed_domains.
+std::vector<std::string> AgentEgressDomains(const Profile& profile,
+                                            const std::vector<std::string>& agent_hosts);
 
 }  // namespace ralph::ralphd
