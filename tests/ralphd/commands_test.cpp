@@ -320,6 +320,70 @@ TEST(DecodeRequest, Policy) {
   EXPECT_EQ(ErrorOf(Post("/v1/policy/rollback", R"({})")), "body.version: required");
 }
 
+TEST(DecodeRequest, Memory) {
+  auto put =
+      DecodeRequest(Post("/v1/memory", R"({"key": "notes/a%b", "value": {"b": [1], "a": null}})"));
+  ASSERT_TRUE(put) << put.error().message();
+  EXPECT_EQ(CommandName(*put), "memory.put");
+  EXPECT_FALSE(IsReadOnly(*put));
+  EXPECT_EQ(std::get<MemoryPutCommand>(*put).key, "notes/a%b");
+  EXPECT_EQ(std::get<MemoryPutCommand>(*put).value, nlohmann::json::parse(R"({"a":null,"b":[1]})"));
+  // Any JSON value, scalars included.
+  EXPECT_EQ(ErrorOf(Post("/v1/memory", R"({"key": "k", "value": "text"})")), "");
+  EXPECT_EQ(ErrorOf(Post("/v1/memory", R"({"key": "k", "value": null})")), "");
+
+  std::string hash(64, 'a');
+  auto get = DecodeRequest(Get("/v1/memory/entry", {{"hash", hash}}));
+  ASSERT_TRUE(get) << get.error().message();
+  EXPECT_EQ(std::get<MemoryGetCommand>(*get).hash, hash);
+  EXPECT_TRUE(IsReadOnly(*get));
+  auto query =
+      DecodeRequest(Get("/v1/memory/query", {{"prefix", "a_%"}, {"after", "7"}, {"limit", "3"}}));
+  ASSERT_TRUE(query) << query.error().message();
+  EXPECT_EQ(std::get<MemoryQueryCommand>(*query).prefix, "a_%");
+  EXPECT_EQ(std::get<MemoryQueryCommand>(*query).after, 7u);
+  EXPECT_EQ(std::get<MemoryQueryCommand>(*query).limit, 3u);
+  auto all = DecodeRequest(Get("/v1/memory/query"));
+  ASSERT_TRUE(all);
+  EXPECT_EQ(std::get<MemoryQueryCommand>(*all).prefix, "");
+  EXPECT_EQ(std::get<MemoryQueryCommand>(*all).limit, 100u);
+  auto history = DecodeRequest(Get("/v1/memory/history", {{"key", "k"}}));
+  ASSERT_TRUE(history);
+  EXPECT_EQ(std::get<MemoryHistoryCommand>(*history).key, "k");
+  auto list = DecodeRequest(Get("/v1/memory/agent", {{"agent", "job:7"}}));
+  ASSERT_TRUE(list);
+  EXPECT_EQ(std::get<MemoryListCommand>(*list).agent, "job:7");
+
+  EXPECT_EQ(ErrorOf(Post("/v1/memory", R"({"value": 1})")), "body.key: required");
+  EXPECT_EQ(ErrorOf(Post("/v1/memory", R"({"key": "k"})")), "body.value: required");
+  EXPECT_EQ(ErrorOf(Post("/v1/memory", R"({"key": "", "value": 1})")),
+            "body.key: must not be empty");
+  EXPECT_EQ(ErrorOf(Post("/v1/memory", R"({"key": "a\nb", "value": 1})")),
+            "body.key: not UTF-8 text without control characters");
+  EXPECT_EQ(ErrorOf(Post("/v1/memory", R"({"key": "k", "value": 1, "agent": "job:1"})")),
+            "body.agent: unknown field");
+  EXPECT_EQ(ErrorOf(Post("/v1/memory",
+                         nlohmann::json({{"key", std::string(257, 'k')}, {"value", 1}}).dump())),
+            "body.key: 257 bytes is longer than the limit of 256");
+  EXPECT_EQ(
+      ErrorOf(Post("/v1/memory",
+                   nlohmann::json({{"key", "k"}, {"value", std::string(70000, 'v')}}).dump())),
+      "body.value: 70002 bytes (canonical JSON) is longer than the limit of 65536");
+  EXPECT_EQ(ErrorOf(Get("/v1/memory/entry")), "query.hash: required");
+  EXPECT_EQ(ErrorOf(Get("/v1/memory/entry", {{"hash", "ABC"}})),
+            "query.hash: 'ABC' is not a SHA-256 (64 lower-case hex digits)");
+  EXPECT_EQ(ErrorOf(Get("/v1/memory/query", {{"limit", "1001"}})),
+            "query.limit: 1001 is out of range 1..1000");
+  EXPECT_EQ(ErrorOf(Get("/v1/memory/query", {{"prefix", std::string(257, 'p')}})),
+            "query.prefix: 257 bytes is longer than the limit of 256");
+  EXPECT_EQ(ErrorOf(Get("/v1/memory/history")), "query.key: required");
+  EXPECT_EQ(ErrorOf(Get("/v1/memory/agent")), "query.agent: required");
+  EXPECT_EQ(ErrorOf(Get("/v1/memory/agent", {{"agent", "Job 1"}})),
+            "query.agent: 'Job 1' is not made of [a-z0-9:._-]");
+  EXPECT_EQ(ErrorOf({.verb = "DELETE", .path = "/v1/memory/entry"}),
+            "verb: DELETE is not allowed on /v1/memory/entry");
+}
+
 TEST(DecodeRequest, AuditAndEvents) {
   auto list =
       DecodeRequest(Get("/v1/audit", {{"after", "10"}, {"job", "4"}, {"type", "job.state"}}));

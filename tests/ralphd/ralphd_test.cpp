@@ -23,6 +23,10 @@
 // relayed pty captured encrypted, an account shared by reference (a
 // refresh one job makes is what the next sees, holders serialized),
 // grants by policy, revocation, the live copy written back after a crash.
+// each stop condition, cancel, pause and resume, bad loop input. The shared
+// agent memory: a job granted it writes and reads through the socket in its
+// sandbox as itself, a read-only grant cannot write, a job without the
+// grant has no socket; ralphctl memory sees and adds to the same store.
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
@@ -53,6 +57,7 @@
 
 #include "platform/sha256.h"
 #include "services/creds/store.h"
+#include "services/memory/store.h"
 #include "services/ralphd/api/client.h"
 #include "services/ralphd/commands.h"
 #include "tests/support/run_program.h"
@@ -2244,6 +2249,183 @@ TEST_F(AgentJobTest, WithoutGitALoopIsRefusedAtSubmit) {
             0u)
       << message;
   EXPECT_EQ(Ctl({"job", "run", "--", "true"}).exit, 0);
+}
+
+// A job's memory client: each argument is one request line; prints each
+// reply. Without a socket: whether the variable and the directory exist.
+constexpr std::string_view kMemoryClient = R"(
+import json, os, socket, sys
+path = os.environ.get("RALPH_MEMORY_SOCKET")
+if not path:
+    print(json.dumps({"socket": None, "dir": os.path.exists("/run/ralph-memory")}))
+    sys.exit(0)
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+f = s.makefile("rw")
+for line in sys.argv[1:]:
+    f.write(line + "\n")
+    f.flush()
+    print(f.readline().strip())
+)";
+
+std::vector<json> JsonLines(const std::string& text) {
+  std::vector<json> out;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) out.push_back(json::parse(line, nullptr, false));
+  return out;
+}
+
+TEST_F(RalphdTest, AJobGrantedMemoryUsesItsSocketAsItselfAndOneWithoutHasNone) {
+  ASSERT_EQ(::access("/usr/bin/python3", X_OK), 0)
+      << "the jobs' memory client needs python3 on the host (Debian package python3)";
+  Write(work_ + "/memory-policy.xml", R"(<policy format="1">
+  <profile name="default">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+  </profile>
+  <profile name="memory">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+    <memory access="read-write"/>
+  </profile>
+  <profile name="reader">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+    <memory access="read"/>
+  </profile>
+</policy>
+)");
+  ProgramStreams set = Ctl({"policy", "set", work_ + "/memory-policy.xml"});
+  ASSERT_EQ(set.exit, 0) << set.err;
+  // The hash the store must give job 1's write (services/memory store.h).
+  std::string hash = *memory::EntryHash("job:1", "notes/plan", R"({"a":1,"b":2})");
+
+  ProgramStreams writer =
+      Ctl({"job", "run", "--profile", "memory", "--", "/usr/bin/python3", "-c",
+           std::string(kMemoryClient), R"({"op":"put","key":"notes/plan","value":{"b":2,"a":1}})",
+           R"({"op": "put", "value": {"a": 1, "b": 2}, "key": "notes/plan"})",
+           R"({"op":"put","key":"notes/plan","value":1,"agent":"job:2"})",
+           json({{"op", "get"}, {"hash", hash}}).dump(), R"({"op":"history","key":"notes/plan"})"});
+  ASSERT_EQ(writer.exit, 0) << writer.err;
+  std::vector<json> replies = JsonLines(writer.out);
+  ASSERT_EQ(replies.size(), 5u) << writer.out;
+  EXPECT_EQ(replies[0]["ok"], true) << replies[0];
+  EXPECT_EQ(replies[0]["created"], true);
+  EXPECT_EQ(replies[0]["entry"]["agent"], "job:1");
+  EXPECT_EQ(replies[0]["entry"]["hash"], hash);
+  EXPECT_EQ(replies[1]["created"], false) << replies[1];
+  EXPECT_EQ(replies[1]["entry"]["hash"], hash);
+  // A job cannot name another agent: the socket says who it is.
+  EXPECT_EQ(replies[2]["error"]["message"], "request.agent: unknown member for op put");
+  EXPECT_EQ(replies[3]["entry"]["value"], json::parse(R"({"a":1,"b":2})"));
+  EXPECT_EQ(replies[4]["entries"].size(), 1u);
+
+  // No grant: no socket and no variable.
+  ProgramStreams none =
+      Ctl({"job", "run", "--", "/usr/bin/python3", "-c", std::string(kMemoryClient)});
+  ASSERT_EQ(none.exit, 0) << none.err;
+  EXPECT_EQ(none.out, "{\"socket\": null, \"dir\": false}\n");
+
+  // Read access: reads, and its put is refused.
+  ProgramStreams reader =
+      Ctl({"job", "run", "--profile", "reader", "--", "/usr/bin/python3", "-c",
+           std::string(kMemoryClient), R"({"op":"put","key":"notes/plan","value":3})",
+           json({{"op", "get"}, {"hash", hash}}).dump()});
+  ASSERT_EQ(reader.exit, 0) << reader.err;
+  replies = JsonLines(reader.out);
+  ASSERT_EQ(replies.size(), 2u) << reader.out;
+  EXPECT_EQ(replies[0]["error"]["code"], "permission-denied") << replies[0];
+  EXPECT_EQ(replies[1]["entry"]["agent"], "job:1");
+
+  // Each job's socket went with it.
+  EXPECT_FALSE(std::filesystem::exists(state_ + "/memory/1"));
+  EXPECT_FALSE(std::filesystem::exists(state_ + "/memory/3"));
+
+  // ralphctl sees the same store and writes as its caller.
+  json got = CtlJson({"memory", "get", hash});
+  EXPECT_EQ(got["entry"]["agent"], "job:1");
+  json put = CtlJson({"memory", "put", "notes/plan", R"("from the console")"});
+  EXPECT_EQ(put["entry"]["agent"], "uid:0");
+  EXPECT_EQ(put["created"], true);
+  ProgramStreams put_text = Ctl({"memory", "put", "notes/plan", R"("from the console")"});
+  EXPECT_EQ(put_text.out, put["entry"]["hash"].get<std::string>() + " (already stored)\n");
+  json history = CtlJson({"memory", "history", "notes/plan"});
+  ASSERT_EQ(history["entries"].size(), 2u) << history;
+  EXPECT_EQ(history["entries"][0]["agent"], "job:1");
+  EXPECT_EQ(history["entries"][1]["agent"], "uid:0");
+  EXPECT_EQ(CtlJson({"memory", "list", "job:1"})["entries"].size(), 1u);
+  // LIKE's metacharacters are themselves in a prefix.
+  for (const char* key : {"a%b", "axb", "a_b"}) CtlJson({"memory", "put", key, "1"});
+  json like = CtlJson({"memory", "query", "a%"});
+  ASSERT_EQ(like["entries"].size(), 1u) << like;
+  EXPECT_EQ(like["entries"][0]["key"], "a%b");
+  json paged = CtlJson({"memory", "query", "--limit", "2"});
+  EXPECT_EQ(paged["entries"].size(), 2u);
+  EXPECT_TRUE(paged.contains("next_after")) << paged;
+
+  ProgramStreams bad = Ctl({"memory", "query", "--limit", "5000"});
+  EXPECT_NE(bad.exit, 0);
+  EXPECT_NE(bad.err.find("query.limit: 5000 is out of range 1..1000"), std::string::npos)
+      << bad.err;
+  ProgramStreams not_json = Ctl({"memory", "put", "k", "not json"});
+  EXPECT_EQ(not_json.exit, 2);
+  EXPECT_NE(not_json.err.find("VALUE: 'not json' is not JSON"), std::string::npos) << not_json.err;
+
+  // Every put through a socket is audited with the job as the agent.
+  json job1 = CtlJson({"audit", "list", "--job", "1", "--type", "memory.put", "--limit", "0"});
+  ASSERT_EQ(job1.size(), 2u) << job1;
+  EXPECT_EQ(job1[0]["details"]["agent"], "job:1");
+  EXPECT_EQ(job1[0]["details"]["hash"], hash);
+  EXPECT_EQ(job1[0]["details"]["created"], true);
+  EXPECT_EQ(job1[1]["details"]["created"], false);
+  json job3 = CtlJson({"audit", "list", "--job", "3", "--type", "memory.put", "--limit", "0"});
+  ASSERT_EQ(job3.size(), 1u) << job3;
+  EXPECT_EQ(job3[0]["details"]["result"], "permission-denied");
+  EXPECT_EQ(Ctl({"audit", "verify"}).exit, 0);
+}
+
+// The memory's commands on both transports: ralphctl on the console writes
+// as uid:0, a paired client over HTTPS as its certificate.
+TEST_P(RalphctlTest, MemoryCommandsWriteAsTheCallerAndPage) {
+  json put = CtlJson({"memory", "put", "plan/1", R"({"b": 2, "a": [1, "x"]})"});
+  ASSERT_TRUE(put.contains("entry")) << put;
+  std::string agent = put["entry"]["agent"];
+  if (GetParam() == Transport::kLocal) {
+    EXPECT_EQ(agent, "uid:0");
+  } else {
+    EXPECT_EQ(agent.rfind("cert:", 0), 0u) << agent;
+  }
+  std::string hash = put["entry"]["hash"];
+  EXPECT_EQ(hash, *memory::EntryHash(agent, "plan/1", R"({"a":[1,"x"],"b":2})"));
+  EXPECT_EQ(put["created"], true);
+  EXPECT_EQ(CtlJson({"memory", "put", "plan/1", R"({"a":[1,"x"],"b":2})"})["created"], false);
+  ProgramStreams got = Ctl({"memory", "get", hash});
+  ASSERT_EQ(got.exit, 0) << got.err;
+  EXPECT_NE(got.out.find(agent + " plan/1"), std::string::npos) << got.out;
+  for (int i = 2; i <= 5; ++i) {
+    CtlJson({"memory", "put", fmt::format("plan/{}", i), std::to_string(i)});
+  }
+  CtlJson({"memory", "put", "plan%", "0"});
+  // Pages of 2 over the prefix, in write order, without loss or repeat.
+  std::vector<std::string> keys;
+  std::string after = "0";
+  for (int pages = 0; pages < 10; ++pages) {
+    json page = CtlJson({"memory", "query", "plan/", "--limit", "2", "--after", after});
+    for (const json& entry : page["entries"]) keys.push_back(entry["key"]);
+    if (!page.contains("next_after")) break;
+    after = std::to_string(page["next_after"].get<uint64_t>());
+  }
+  EXPECT_EQ(keys, (std::vector<std::string>{"plan/1", "plan/2", "plan/3", "plan/4", "plan/5"}));
+  json percent = CtlJson({"memory", "query", "plan%"});
+  ASSERT_EQ(percent["entries"].size(), 1u) << percent;
+  EXPECT_EQ(CtlJson({"memory", "list", agent})["entries"].size(), 6u);
+  ProgramStreams missing = Ctl({"memory", "get", std::string(64, '0')});
+  EXPECT_NE(missing.exit, 0);
+  EXPECT_NE(missing.err.find("no such entry"), std::string::npos) << missing.err;
+  ProgramStreams bad_key = Ctl({"memory", "put", "", "1"});
+  EXPECT_NE(bad_key.exit, 0);
+  EXPECT_NE(bad_key.err.find("body.key: must not be empty"), std::string::npos) << bad_key.err;
 }
 
 }  // namespace

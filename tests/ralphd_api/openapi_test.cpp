@@ -86,6 +86,7 @@ json SchemaOf(const ralphd::FieldInfo& field) {
               {"propertyNames", {{"pattern", field.pattern}}},
               {"additionalProperties", {{"type", "string"}, {"maxLength", field.item_max}}}};
     case ralphd::ValueType::kObject: return ObjectSchema(field.fields);
+    case ralphd::ValueType::kJson: return json::object();  // any value: its bound is prose
   }
   return json();
 }

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "platform/unique_fd.h"
+#include "services/audit/canonical_json.h"
 #include "services/audit/redact.h"
 #include "services/sqlite/sqlite_util.h"
 
@@ -299,10 +300,8 @@ Result<std::vector<AuditRecord>> AuditLog::AppendBatch(std::span<const AuditEven
     row.subject = RedactText(event.subject);
     nlohmann::json details =
         event.details.is_null() ? nlohmann::json::object() : RedactJson(event.details);
-    // nlohmann's objects are std::maps: keys come out sorted, so the same
-    // details always give the same text. Invalid UTF-8 is replaced rather
-    // than aborting (exceptions are off).
-    row.details = details.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    // The same details always give the same text (canonical_json.h).
+    row.details = CanonicalJson(details);
     if (row.details.size() > kMaxDetailsBytes) {
       return in_batch(Error::Make(ErrorCode::kInvalidArgument,
                                   fmt::format("audit event details are {} bytes; at most {}",

@@ -19,10 +19,11 @@ void PrintHelp(FILE* to) {
   for (const Command& command : Commands()) {
     fmt::print(to, "  {:<10} {}\n", command.name, command.summary);
   }
-  fmt::print(to,
-             "\n`ralphctl <command> --help` describes a command. --remote runs ralphd's commands "
-             "(status, job, policy, audit)\non an appliance over HTTPS with the client identity "
-             "`ralphctl remote pair` stored.\n");
+  fmt::print(
+      to,
+      "\n`ralphctl <command> --help` describes a command. --remote runs ralphd's commands "
+      "(status, job, policy, audit, memory)\non an appliance over HTTPS with the client identity "
+      "`ralphctl remote pair` stored.\n");
 }
 
 // The global options before the command: "--remote URL", "--remote=URL",

@@ -17,6 +17,8 @@ constexpr Command kCommands[] = {
      RunPolicyCommand},
     {"creds", "log the agents in with their own login flows; list and revoke (ralphd)",
      RunCredsCommand},
+    {"memory", "put, get, query the shared agent memory; a key's history, an agent's entries",
+     RunMemoryCommand},
     {"pair", "a one-time pairing string and QR code for ralphd's HTTPS API", RunPairCommand},
     {"pairings", "list and revoke the API's paired clients (ralphd)", RunPairingsCommand},
     {"remote", "pair this host with an appliance's HTTPS API (for --remote)", RunRemoteCommand},

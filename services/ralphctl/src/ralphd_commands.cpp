@@ -1,4 +1,4 @@
-// `ralphctl status|job|policy`: ralphd's commands over its local socket
+// `ralphctl status|job|policy|memory`: ralphd's commands over its local socket
 // (services/ralphd/local_socket.h).
 #include <unistd.h>
 
@@ -84,6 +84,31 @@ subcommands:
   rollback VERSION            make an earlier version active again (as a new version)
 
 options:
+  --socket PATH               ralphd's socket (default /run/ralphd.sock)
+  --remote https://HOST:PORT  an appliance's HTTPS API instead
+  --identity DIR              the paired client identity for --remote
+  --json                      machine-readable output
+)";
+
+constexpr std::string_view kMemoryUsage =
+    R"(usage: ralphctl memory <subcommand> [options]
+
+The shared agent memory (docs/memory.md): immutable JSON values under keys,
+each named by the SHA-256 of (agent, key, value). Jobs whose policy grants
+it reach the same store through a socket in their sandbox.
+
+subcommands:
+  put KEY VALUE               write VALUE (JSON text) under KEY as this caller;
+                              prints the entry's hash
+  get HASH                    the entry with that hash
+  query [PREFIX]              entries whose key starts with PREFIX (every key
+                              without one), in write order
+  history KEY                 every value KEY has had, in write order
+  list AGENT                  the entries AGENT wrote (job:7, uid:0, cert:ID)
+
+options:
+  --after SEQ                 entries after this one (a previous page's "more")
+  --limit N                   at most N entries (1..1000, default 100)
   --socket PATH               ralphd's socket (default /run/ralphd.sock)
   --remote https://HOST:PORT  an appliance's HTTPS API instead
   --identity DIR              the paired client identity for --remote
@@ -184,6 +209,7 @@ constexpr OptionSpec kOptions[] = {
     {"--max-tokens", true},
     {"--max-cost-microusd", true},
     {"--stall", true},
+    {"--after", true},
 };
 
 Result<uint64_t> Number(std::string_view what, const std::string& text) {
@@ -871,6 +897,88 @@ int RunPolicyCommand(const Invocation&, std::span<const std::string> args) {
   std::string verb = parsed->positional[0];
   std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
   return RunPolicyVerb(*parsed, verb, operands);
+}
+
+namespace {
+
+void PrintEntries(const json& reply) {
+  for (const json& entry : reply.value("entries", json::array())) {
+    fmt::print("{:>6}  {}  {:<12} {}  {}\n", Str(entry["seq"]), Str(entry["hash"]).substr(0, 12),
+               Str(entry["agent"]), Str(entry["key"]), ralphd::DumpJson(entry["value"]));
+  }
+  if (reply.contains("next_after")) {
+    fmt::print("more: --after {}\n", Str(reply["next_after"]));
+  }
+}
+
+}  // namespace
+
+int RunMemoryCommand(const Invocation&, std::span<const std::string> args) {
+  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
+  if (!parsed) return UsageError("memory", parsed.error().message());
+  if (parsed->Has("--help") || parsed->positional.empty()) {
+    fmt::print("{}", kMemoryUsage);
+    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  }
+  if (auto bad = TransportUsageError(*parsed)) return UsageError("memory", *bad);
+  const std::string verb = parsed->positional[0];
+  const std::string command = "memory " + verb;
+  std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
+  const bool as_json = parsed->Has("--json");
+  json query = json::object();
+  if (verb == "query" || verb == "history" || verb == "list") {
+    if (auto after = parsed->Value("--after")) query["after"] = *after;
+    if (auto limit = parsed->Value("--limit")) query["limit"] = *limit;
+  } else if (parsed->Has("--after") || parsed->Has("--limit")) {
+    return UsageError(command, "--after and --limit go with query, history and list");
+  }
+  Result<json> reply = Error::Make(ErrorCode::kInternal, "unset");
+  if (verb == "put") {
+    if (operands.size() != 2) return UsageError(command, "expects KEY VALUE");
+    json value = json::parse(operands[1], nullptr, /*allow_exceptions=*/false);
+    if (value.is_discarded()) {
+      return UsageError(
+          command, fmt::format("VALUE: '{}' is not JSON (a string is \"quoted\")", operands[1]));
+    }
+    reply = Request(*parsed, "POST", "/v1/memory", json::object(),
+                    json{{"key", operands[0]}, {"value", value}});
+    if (reply && !as_json) {
+      fmt::print("{} ({})\n", Str((*reply)["entry"]["hash"]),
+                 (*reply).value("created", false) ? "stored" : "already stored");
+      return kExitOk;
+    }
+  } else if (verb == "get") {
+    if (operands.size() != 1) return UsageError(command, "expects HASH");
+    reply = Request(*parsed, "GET", "/v1/memory/entry", json{{"hash", operands[0]}});
+    if (reply && !as_json) {
+      const json& entry = (*reply)["entry"];
+      fmt::print("{} {} {} {}\n{}\n", Str(entry["seq"]), Str(entry["agent"]), Str(entry["key"]),
+                 Str(entry["time"]), ralphd::DumpJson(entry["value"], 2));
+      return kExitOk;
+    }
+  } else if (verb == "query" || verb == "history" || verb == "list") {
+    std::string path = "/v1/memory/query";
+    if (verb == "query") {
+      if (operands.size() > 1) return UsageError(command, "expects at most a PREFIX");
+      if (!operands.empty()) query["prefix"] = operands[0];
+    } else {
+      if (operands.size() != 1) {
+        return UsageError(command, verb == "history" ? "expects KEY" : "expects AGENT");
+      }
+      path = verb == "history" ? "/v1/memory/history" : "/v1/memory/agent";
+      query[verb == "history" ? "key" : "agent"] = operands[0];
+    }
+    reply = Request(*parsed, "GET", path, query);
+    if (reply && !as_json) {
+      PrintEntries(*reply);
+      return kExitOk;
+    }
+  } else {
+    return UsageError("memory", fmt::format("unknown subcommand '{}'", verb));
+  }
+  if (!reply) return Failed(command, reply.error());
+  fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+  return kExitOk;
 }
 
 }  // namespace ralph::ralphctl

@@ -289,6 +289,7 @@ Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
                           .destination = std::string(kAgentHome) + "/" + credential_file,
                           .access = sandbox::BindAccess::kReadWrite});
   }
+  TRY(GrantMemory(job.id, profile, spec));
 
   // A loop queued before a restart onto a daemon without git.
   if (submit.loop && git_error_) return *git_error_;

@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 
 #include "services/audit/audit_log.h"
+#include "services/memory/store.h"
 
 namespace ralph::ralphd {
 namespace {
@@ -195,6 +196,21 @@ constexpr FieldInfo kDiffQuery[] = {Unsigned("iteration", 1, kMaxCounter, true),
                                     Unsigned("from", 1, kMaxCounter),
                                     Unsigned("limit", 1, kMaxDiffBytes)};
 constexpr FieldInfo kJobRollbackFields[] = {Unsigned("iteration", 1, kMaxCounter, true)};
+constexpr FieldInfo kMemoryPutFields[] = {
+    Text("key", memory::kMaxKeyBytes, true),
+    {.name = "value", .type = ValueType::kJson, .required = true, .max = memory::kMaxValueBytes}};
+constexpr std::string_view kHashPattern = "^[0-9a-f]{64}$";
+constexpr FieldInfo kMemoryGetQuery[] = {Text("hash", 64, false, kHashPattern)};
+constexpr FieldInfo kMemoryQueryQuery[] = {Text("prefix", memory::kMaxKeyBytes),
+                                           Unsigned("after", 0, kMaxSeq),
+                                           Unsigned("limit", 1, memory::kMaxPageLimit)};
+constexpr FieldInfo kMemoryHistoryQuery[] = {Text("key", memory::kMaxKeyBytes),
+                                             Unsigned("after", 0, kMaxSeq),
+                                             Unsigned("limit", 1, memory::kMaxPageLimit)};
+constexpr std::string_view kAgentPattern = "^[a-z0-9:._-]{1,64}$";
+constexpr FieldInfo kMemoryListQuery[] = {
+    Text("agent", memory::kMaxAgentBytes, false, kAgentPattern), Unsigned("after", 0, kMaxSeq),
+    Unsigned("limit", 1, memory::kMaxPageLimit)};
 
 constexpr RouteInfo kRouteInfos[] = {
     {"GET", "/v1/status", StatusCommand::kName},
@@ -243,6 +259,11 @@ constexpr RouteInfo kRouteInfos[] = {
     {"GET", "/v1/audit/verify", AuditVerifyCommand::kName, kAuditVerifyQuery},
     {"GET", "/v1/audit/export", AuditExportCommand::kName, kAuditExportQuery},
     {"GET", "/v1/events", EventsCommand::kName, kEventsQuery},
+    {"POST", "/v1/memory", MemoryPutCommand::kName, {}, BodyKind::kJson, kMemoryPutFields},
+    {"GET", "/v1/memory/entry", MemoryGetCommand::kName, kMemoryGetQuery},
+    {"GET", "/v1/memory/query", MemoryQueryCommand::kName, kMemoryQueryQuery},
+    {"GET", "/v1/memory/history", MemoryHistoryCommand::kName, kMemoryHistoryQuery},
+    {"GET", "/v1/memory/agent", MemoryListCommand::kName, kMemoryListQuery},
     {"POST", "/v1/pairing/offers", PairCommand::kName},
     {"GET", "/v1/pairings", PairingsListCommand::kName},
     {"POST",
@@ -378,6 +399,19 @@ class ObjectReader {
     return Invalid(fmt::format("{}: '{}' is not one of {}", Field(name), text, names));
   }
 
+  // Any JSON value whose compact text is at most the table's bytes.
+  Result<std::optional<json>> Json(std::string_view name) {
+    const FieldInfo* field = TRY(Info(name, ValueType::kJson));
+    const json* value = Find(name);
+    if (!value) return std::optional<json>();
+    size_t size = DumpJson(*value).size();
+    if (size > field->max) {
+      return Invalid(fmt::format("{}: {} bytes (canonical JSON) is longer than the limit of {}",
+                                 Field(name), size, field->max));
+    }
+    return std::optional<json>(*value);
+  }
+
   Result<std::optional<bool>> Bool(std::string_view name) {
     TRY(Info(name, ValueType::kBool));
     const json* value = Find(name);
@@ -442,6 +476,21 @@ class QueryReader {
       return Invalid(fmt::format("query.{}: {} is out of range {}..{}", name, n, min, max));
     }
     return std::optional<uint64_t>(n);
+  }
+
+  // A string parameter within the table's bytes (Finish checks the bound
+  // too; this names it where it is read).
+  Result<std::optional<std::string>> Text(std::string_view name) {
+    const FieldInfo* field = FindField(fields_, name);
+    if (!field || field->type != ValueType::kString) {
+      return Drift(fmt::format("query.{}", name), "not in the table as read");
+    }
+    std::optional<std::string> text = Find(name);
+    if (text && text->size() > field->max) {
+      return Invalid(fmt::format("query.{}: {} bytes is longer than the limit of {}", name,
+                                 text->size(), field->max));
+    }
+    return text;
   }
 
   Result<std::optional<std::string>> Identifier(std::string_view name) {
@@ -997,6 +1046,79 @@ Result<Command> DecodeEvents(const Request& request) {
   return command;
 }
 
+Result<Command> DecodeMemoryPut(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body", BodyFields(request));
+  MemoryPutCommand command;
+  auto key = TRY(reader.String("key"));
+  if (!key) return Invalid("body.key: required");
+  TRY(memory::CheckKey(*key, "body.key"));
+  command.key = *key;
+  auto value = TRY(reader.Json("value"));
+  if (!value) return Invalid("body.value: required");
+  command.value = std::move(*value);
+  TRY(reader.Finish());
+  return command;
+}
+
+Result<Command> DecodeMemoryGet(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  auto hash = TRY(query.Text("hash"));
+  if (!hash) return Invalid("query.hash: required");
+  TRY(memory::CheckHash(*hash, "query.hash"));
+  TRY(query.Finish());
+  return MemoryGetCommand{.hash = *hash};
+}
+
+// The after and limit of a memory page.
+template <typename C>
+Result<void> ReadMemoryPage(QueryReader& query, C& command) {
+  if (auto after = TRY(query.Unsigned("after"))) command.after = *after;
+  if (auto limit = TRY(query.Unsigned("limit"))) command.limit = *limit;
+  return {};
+}
+
+Result<Command> DecodeMemoryQuery(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  MemoryQueryCommand command;
+  if (auto prefix = TRY(query.Text("prefix"))) {
+    TRY(memory::CheckPrefix(*prefix, "query.prefix"));
+    command.prefix = *prefix;
+  }
+  TRY(ReadMemoryPage(query, command));
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeMemoryHistory(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  MemoryHistoryCommand command;
+  auto key = TRY(query.Text("key"));
+  if (!key) return Invalid("query.key: required");
+  TRY(memory::CheckKey(*key, "query.key"));
+  command.key = *key;
+  TRY(ReadMemoryPage(query, command));
+  TRY(query.Finish());
+  return command;
+}
+
+Result<Command> DecodeMemoryList(const Request& request) {
+  TRY(NoBody(request));
+  QueryReader query(request);
+  MemoryListCommand command;
+  auto agent = TRY(query.Text("agent"));
+  if (!agent) return Invalid("query.agent: required");
+  TRY(memory::CheckAgent(*agent, "query.agent"));
+  command.agent = *agent;
+  TRY(ReadMemoryPage(query, command));
+  TRY(query.Finish());
+  return command;
+}
+
 std::vector<std::string_view> Segments(std::string_view path) {
   std::vector<std::string_view> out;
   size_t start = 1;
@@ -1053,6 +1175,12 @@ constexpr Route kRoutes[] = {
     {"/v1/audit/verify", "GET", [](const Request& r, uint64_t) { return DecodeAuditVerify(r); }},
     {"/v1/audit/export", "GET", [](const Request& r, uint64_t) { return DecodeAuditExport(r); }},
     {"/v1/events", "GET", [](const Request& r, uint64_t) { return DecodeEvents(r); }},
+    {"/v1/memory", "POST", [](const Request& r, uint64_t) { return DecodeMemoryPut(r); }},
+    {"/v1/memory/entry", "GET", [](const Request& r, uint64_t) { return DecodeMemoryGet(r); }},
+    {"/v1/memory/query", "GET", [](const Request& r, uint64_t) { return DecodeMemoryQuery(r); }},
+    {"/v1/memory/history", "GET",
+     [](const Request& r, uint64_t) { return DecodeMemoryHistory(r); }},
+    {"/v1/memory/agent", "GET", [](const Request& r, uint64_t) { return DecodeMemoryList(r); }},
     {"/v1/pairing/offers", "POST", Plain<PairCommand>},
     {"/v1/pairings", "GET", Plain<PairingsListCommand>},
     {"/v1/pairings/revoke", "POST",
@@ -1140,12 +1268,13 @@ std::string_view CommandName(const Command& command) {
 bool IsReadOnly(const Command& command) {
   // A command missing here is audited every time: the safe side.
   static constexpr std::string_view kReadOnly[] = {
-      StatusCommand::kName,    JobListCommand::kName,       JobShowCommand::kName,
-      JobLogsCommand::kName,   JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
-      PolicyGetCommand::kName, PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
-      AuditListCommand::kName, AuditVerifyCommand::kName,   AuditExportCommand::kName,
-      EventsCommand::kName,    PairingsListCommand::kName,  JobDiffCommand::kName,
-      CredsListCommand::kName,
+      StatusCommand::kName,     JobListCommand::kName,       JobShowCommand::kName,
+      JobLogsCommand::kName,    JobFilesCommand::kName,      WorkspaceDownloadCommand::kName,
+      PolicyGetCommand::kName,  PolicyHistoryCommand::kName, PolicyValidateCommand::kName,
+      AuditListCommand::kName,  AuditVerifyCommand::kName,   AuditExportCommand::kName,
+      EventsCommand::kName,     PairingsListCommand::kName,  JobDiffCommand::kName,
+      MemoryGetCommand::kName,  MemoryQueryCommand::kName,   MemoryHistoryCommand::kName,
+      MemoryListCommand::kName, CredsListCommand::kName,
   };
   std::string_view name = CommandName(command);
   return std::find(std::begin(kReadOnly), std::end(kReadOnly), name) != std::end(kReadOnly);

@@ -133,6 +133,14 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
   if (options.creds_key.empty()) options.creds_key = options.state_dir + "/credentials.key";
   std::unique_ptr<creds::CredentialStore> credentials =
       TRY(creds::CredentialStore::Open(options.creds_dir, options.creds_key));
+  std::unique_ptr<memory::MemoryStore> memory_store =
+      TRY(memory::MemoryStore::Open(options.state_dir + "/memory.db"));
+  std::unique_ptr<MemoryServer> memory_server = TRY(MemoryServer::Create(
+      {.store_path = options.state_dir + "/memory.db",
+       .socket_dir = options.state_dir + "/memory",
+       .job_uid = options.ids.host_base,
+       .log = options.log},
+      TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kExisting))));
   std::unique_ptr<Daemon> daemon(new Daemon(std::move(options), std::move(store), std::move(audit),
                                             std::move(exec_audit), std::move(runner)));
   daemon->creds_ = std::move(credentials);
@@ -143,6 +151,8 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
     daemon->git_error_ = git.error();
     daemon->Log(LogLevel::kWarning, git.error().message() + "; loop jobs are refused");
   }
+  daemon->memory_ = std::move(memory_store);
+  daemon->memory_server_ = std::move(memory_server);
   TRY(daemon->Recover());
   daemon->Schedule();
   daemon->FlushAudit();
@@ -229,6 +239,7 @@ Result<void> Daemon::SetState(JobRecord& job, JobState state, std::string reason
   Emit("state", job.id, details);
   Audit("job.state", fmt::format("job {}", job.id), details, job.id);
   if (IsFinal(state)) {
+    if (memory_server_) memory_server_->RemoveJob(job.id);
     for (const TerminalAttachment& closed : terminals_.Close(job.id, TerminalExitStatus(job))) {
       Audit("terminal.detach", fmt::format("job {}", job.id),
             {{"caller", closed.caller}, {"attachment", closed.id}, {"reason", "job ended"}},
@@ -305,6 +316,7 @@ Result<bool> Daemon::Launch(JobRecord job) {
       *profile,
       {.argv = submit.argv, .env = submit.env, .cwd = submit.cwd, .limits = submit.limits},
       options_.environment));
+  TRY(GrantMemory(job.id, *profile, spec));
   if (submit.tty) {
     spec.stdio = sandbox::StdioMode::kPty;
     if (submit.columns) spec.terminal_size.columns = *submit.columns;
@@ -721,6 +733,13 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
   if (std::holds_alternative<CredsListCommand>(command)) return CredsList();
   if (const auto* c = std::get_if<CredsRevokeCommand>(&command)) return CredsRevoke(*c);
   if (const auto* c = std::get_if<CredsLoginCommand>(&command)) return CredsLogin(caller, *c);
+  if (std::holds_alternative<MemoryPutCommand>(command) ||
+      std::holds_alternative<MemoryGetCommand>(command) ||
+      std::holds_alternative<MemoryQueryCommand>(command) ||
+      std::holds_alternative<MemoryHistoryCommand>(command) ||
+      std::holds_alternative<MemoryListCommand>(command)) {
+    return Memory(caller, command);
+  }
   if (std::holds_alternative<PairCommand>(command) ||
       std::holds_alternative<PairingsListCommand>(command) ||
       std::holds_alternative<PairingRevokeCommand>(command)) {
@@ -743,6 +762,57 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
     return Reply::Json({{"revoked", revoke.id}});
   }
   return Error::Make(ErrorCode::kInternal, "unhandled command");
+}
+
+Result<void> Daemon::GrantMemory(uint64_t job, const Profile& profile, sandbox::SandboxSpec& spec) {
+  if (!profile.memory) return {};
+  std::string dir = TRY(memory_server_->AddJob(job, *profile.memory));
+  spec.binds.push_back({.source = dir,
+                        .destination = std::string(kMemorySocketDir),
+                        .access = sandbox::BindAccess::kReadOnly});
+  spec.env.push_back(
+      fmt::format("{}={}/{}", kMemorySocketEnv, kMemorySocketDir, kMemorySocketName));
+  return {};
+}
+
+Result<Reply> Daemon::Memory(const Caller& caller, const Command& command) {
+  auto page = [](const memory::Page& page) {
+    json entries = json::array();
+    for (const memory::Entry& entry : page.entries) entries.push_back(entry.ToJson());
+    json out = {{"entries", entries}};
+    if (page.next_after) out["next_after"] = *page.next_after;
+    return out;
+  };
+  if (const auto* c = std::get_if<MemoryPutCommand>(&command)) {
+    // The caller is the agent: "uid:0", "cert:<id>" (lower case, as the
+    // memory's agent names are).
+    std::string agent = caller.ToString();
+    for (char& ch : agent) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    memory::PutResult put = TRY(memory_->Put(agent, c->key, c->value));
+    Audit("memory.put", "memory",
+          {{"agent", agent},
+           {"key", put.entry.key},
+           {"hash", put.entry.hash},
+           {"created", put.created},
+           {"bytes", put.entry.value.size()},
+           {"result", "ok"}});
+    return Reply::Json({{"entry", put.entry.ToJson()}, {"created", put.created}});
+  }
+  if (const auto* c = std::get_if<MemoryGetCommand>(&command)) {
+    return Reply::Json({{"entry", TRY(memory_->Get(c->hash)).ToJson()}});
+  }
+  if (const auto* c = std::get_if<MemoryQueryCommand>(&command)) {
+    return Reply::Json(
+        page(TRY(memory_->Query(c->prefix, {.after = c->after, .limit = c->limit}))));
+  }
+  if (const auto* c = std::get_if<MemoryHistoryCommand>(&command)) {
+    return Reply::Json(page(TRY(memory_->History(c->key, {.after = c->after, .limit = c->limit}))));
+  }
+  if (const auto* c = std::get_if<MemoryListCommand>(&command)) {
+    return Reply::Json(
+        page(TRY(memory_->ByAgent(c->agent, {.after = c->after, .limit = c->limit}))));
+  }
+  return Error::Make(ErrorCode::kInternal, "unhandled memory command");
 }
 
 Reply Daemon::Dispatch(const Caller& caller, const Command& command) {

@@ -281,7 +281,7 @@ class Checker {
   Profile ReadProfile(const XMLElement* element) {
     Profile profile;
     OnlyAttributes(element, {"name"});
-    OnlyChildren(element, {"limits", "egress", "mount", "credentials"});
+    OnlyChildren(element, {"limits", "egress", "mount", "memory", "credentials"});
     const char* name = element->Attribute("name");
     if (!name) {
       Issue(element, "<profile>: the name attribute is required");
@@ -294,6 +294,7 @@ class Checker {
     size_t limits_seen = 0;
     size_t egress_seen = 0;
     size_t credentials_seen = 0;
+    size_t memory_seen = 0;
     for (const XMLElement* child = element->FirstChildElement(); child;
          child = child->NextSiblingElement()) {
       std::string_view kind = child->Name();
@@ -310,6 +311,9 @@ class Checker {
       } else if (kind == "credentials") {
         if (++credentials_seen > 1) Issue(child, "<credentials>: only one per profile");
         profile.credentials = ReadCredentials(child);
+      } else if (kind == "memory") {
+        if (++memory_seen > 1) Issue(child, "<memory>: only one per profile");
+        profile.memory = ReadMemory(child);
       }
     }
     if (egress_seen == 0) profile.network = sandbox::NetworkSpec{.enabled = false};
@@ -578,62 +582,79 @@ class Checker {
       }
     }
     return grant;
-  }
-
-  sandbox::BindMount ReadMount(const XMLElement* element) {
-    sandbox::BindMount mount;
-    OnlyAttributes(element, {"source", "destination", "access"});
-    OnlyChildren(element, {});
-    for (const char* attribute : {"source", "destination"}) {
-      const char* value = element->Attribute(attribute);
-      if (!value) {
-        Issue(element, fmt::format("<mount>: the {} attribute is required", attribute));
-      } else if (value[0] != '/') {
-        Issue(element, attribute,
-              fmt::format("<mount>: {}: '{}' is not an absolute path", attribute, value));
+    memory::Access ReadMemory(const XMLElement* element) {
+      OnlyAttributes(element, {"access"});
+      OnlyChildren(element, {});
+      const char* access = element->Attribute("access");
+      if (!access) {
+        Issue(element, "<memory>: the access attribute is required (read or read-write)");
+        return memory::Access::kRead;
       }
-    }
-    mount.source = element->Attribute("source") ? element->Attribute("source") : "";
-    mount.destination = element->Attribute("destination") ? element->Attribute("destination") : "";
-    if (const char* access = element->Attribute("access")) {
       std::string_view a = access;
-      if (a == "read-only") {
-        mount.access = sandbox::BindAccess::kReadOnly;
-      } else if (a == "read-write") {
-        mount.access = sandbox::BindAccess::kReadWrite;
-      } else {
+      if (a == "read-write") return memory::Access::kReadWrite;
+      if (a != "read") {
         Issue(element, "access",
-              fmt::format("<mount>: access: '{}' is not read-only or read-write", access));
+              fmt::format("<memory>: access: '{}' is not read or read-write", access));
       }
+      return memory::Access::kRead;
     }
-    return mount;
+
+    sandbox::BindMount ReadMount(const XMLElement* element) {
+      sandbox::BindMount mount;
+      OnlyAttributes(element, {"source", "destination", "access"});
+      OnlyChildren(element, {});
+      for (const char* attribute : {"source", "destination"}) {
+        const char* value = element->Attribute(attribute);
+        if (!value) {
+          Issue(element, fmt::format("<mount>: the {} attribute is required", attribute));
+        } else if (value[0] != '/') {
+          Issue(element, attribute,
+                fmt::format("<mount>: {}: '{}' is not an absolute path", attribute, value));
+        }
+      }
+      mount.source = element->Attribute("source") ? element->Attribute("source") : "";
+      mount.destination =
+          element->Attribute("destination") ? element->Attribute("destination") : "";
+      if (const char* access = element->Attribute("access")) {
+        std::string_view a = access;
+        if (a == "read-only") {
+          mount.access = sandbox::BindAccess::kReadOnly;
+        } else if (a == "read-write") {
+          mount.access = sandbox::BindAccess::kReadWrite;
+        } else {
+          Issue(element, "access",
+                fmt::format("<mount>: access: '{}' is not read-only or read-write", access));
+        }
+      }
+      return mount;
+    }
+
+    const Positions& positions_;
+    std::vector<PolicyIssue>& issues_;
+    const XMLElement* limits_element_ = nullptr;
+    std::vector<const XMLElement*> mount_elements_;
+  };
+
+  // "all", "none", or the listed hosts.
+  nlohmann::json AgentHostsToJson(const Profile& profile) {
+    switch (profile.agent_hosts_mode) {
+      case AgentHostsMode::kAll: return "all";
+      case AgentHostsMode::kNone: return "none";
+      case AgentHostsMode::kListed: return profile.agent_hosts;
+    }
+    return nullptr;
   }
 
-  const Positions& positions_;
-  std::vector<PolicyIssue>& issues_;
-  const XMLElement* limits_element_ = nullptr;
-  std::vector<const XMLElement*> mount_elements_;
-};
-
-// "all", "none", or the listed hosts.
-nlohmann::json AgentHostsToJson(const Profile& profile) {
-  switch (profile.agent_hosts_mode) {
-    case AgentHostsMode::kAll: return "all";
-    case AgentHostsMode::kNone: return "none";
-    case AgentHostsMode::kListed: return profile.agent_hosts;
+  Error Refused(std::string_view field, uint64_t asked, const Profile& profile, uint64_t allowed) {
+    return Error::Make(ErrorCode::kRefused,
+                       fmt::format("limits.{}: {} is more than profile '{}' allows ({})", field,
+                                   asked, profile.name, allowed));
   }
-  return nullptr;
-}
-
-Error Refused(std::string_view field, uint64_t asked, const Profile& profile, uint64_t allowed) {
-  return Error::Make(ErrorCode::kRefused,
-                     fmt::format("limits.{}: {} is more than profile '{}' allows ({})", field,
-                                 asked, profile.name, allowed));
-}
 
 }  // namespace
 
-const Profile* Policy::Find(std::string_view name) const {
+const Profile*
+Policy::Find(std::string_view name) const {
   auto it = profiles.find(name);
   return it == profiles.end() ? nullptr : &it->second;
 }
@@ -812,6 +833,22 @@ nlohmann::json ProfileToJson(const Profile& profile) {
     }
   }
   return out;
+  return {{"name", profile.name},
+          {"limits",
+           {{"memory_bytes", profile.limits.memory_bytes},
+            {"cpu_millis", profile.limits.cpu_millis},
+            {"pids", profile.limits.pids},
+            {"disk_bytes", profile.limits.disk_bytes},
+            {"timeout_ms", profile.limits.timeout.count()}}},
+          {"network",
+           {{"enabled", profile.network.enabled},
+            {"allow", allow},
+            {"domains", profile.network.allowed_domains},
+            {"domain_ports", profile.network.domain_ports},
+            {"agent_hosts", AgentHostsToJson(profile)}}},
+          {"mounts", mounts},
+          {"memory", profile.memory ? nlohmann::json(memory::AccessName(*profile.memory))
+                                    : nlohmann::json()}};
 }
 
 }  // namespace ralph::ralphd

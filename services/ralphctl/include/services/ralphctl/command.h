@@ -58,6 +58,7 @@ int RunAuditCommand(const Invocation& invocation, std::span<const std::string> a
 int RunStatusCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunJobCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunPolicyCommand(const Invocation& invocation, std::span<const std::string> args);
+int RunMemoryCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunPairCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunPairingsCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunCredsCommand(const Invocation& invocation, std::span<const std::string> args);

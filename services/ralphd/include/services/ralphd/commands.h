@@ -58,6 +58,14 @@
 //   the milliseconds; since is inclusive, until exclusive and after since)
 //   GET    /v1/events[?after=SEQ&job=ID&limit=N]
 //                                            EventsCommand
+//   POST   /v1/memory                        MemoryPutCommand
+//   GET    /v1/memory/entry?hash=H           MemoryGetCommand
+//   GET    /v1/memory/query[?prefix=P&after=SEQ&limit=N]
+//                                            MemoryQueryCommand
+//   GET    /v1/memory/history?key=K[&after=SEQ&limit=N]
+//                                            MemoryHistoryCommand
+//   GET    /v1/memory/agent?agent=A[&after=SEQ&limit=N]
+//                                            MemoryListCommand
 //   POST   /v1/pairing/offers                PairCommand
 //   GET    /v1/pairings                      PairingsListCommand
 //   POST   /v1/pairings/revoke               PairingRevokeCommand
@@ -355,6 +363,39 @@ struct EventsCommand {
   uint64_t limit = 1000;
 };
 
+// The shared agent memory (docs/memory.md): the same store jobs reach
+// through their memory socket. A put's agent is the caller ("uid:0",
+// "cert:<id>"); a job's is "job:<id>". Pages: entries with seq > after, in
+// write order, at most limit (1..1000); the reply's next_after, when
+// present, is the next page's after.
+struct MemoryPutCommand {
+  static constexpr std::string_view kName = "memory.put";
+  std::string key;
+  nlohmann::json value;  // any JSON value (canonical form at most 64 KiB)
+};
+struct MemoryGetCommand {
+  static constexpr std::string_view kName = "memory.get";
+  std::string hash;
+};
+struct MemoryQueryCommand {
+  static constexpr std::string_view kName = "memory.query";
+  std::string prefix;  // "" for every key; bytewise, no wildcards
+  uint64_t after = 0;
+  uint64_t limit = 100;
+};
+struct MemoryHistoryCommand {
+  static constexpr std::string_view kName = "memory.history";
+  std::string key;
+  uint64_t after = 0;
+  uint64_t limit = 100;
+};
+struct MemoryListCommand {
+  static constexpr std::string_view kName = "memory.list";
+  std::string agent;
+  uint64_t after = 0;
+  uint64_t limit = 100;
+};
+
 // The HTTPS API's pairings (docs/api.md "Pairing"): local callers only, so
 // a paired client can neither pair others nor revoke anyone.
 struct PairCommand {
@@ -400,14 +441,16 @@ using Command =
                  AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
                  PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand,
                  JobIterationsCommand, JobPauseCommand, JobResumeCommand, JobDiffCommand,
-                 JobRollbackCommand, CredsListCommand, CredsRevokeCommand, CredsLoginCommand>;
+                 JobRollbackCommand, MemoryPutCommand, MemoryGetCommand, MemoryQueryCommand,
+                 MemoryHistoryCommand, MemoryListCommand, CredsListCommand, CredsRevokeCommand,
+                 CredsLoginCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);
 
 // Whether the command only reads (status, job list/show/logs/files,
 // workspace download, policy get/history/validate, audit list/verify/export,
-// events, pairings list). Its success is not an audit record: the
+// events, pairings list, memory get/query/history/list). Its success is not an audit record: the
 // connection's one session record ("api.session", "local.session") says who
 // read. A command that changes something, and every refusal or failure, is
 // a record of its own (docs/ralphd.md, "Audit and events").
@@ -440,6 +483,7 @@ enum class ValueType {
   kStringArray,  // min..max strings of at most `item_max` bytes
   kStringMap,  // at most max members, names matching `pattern`, values of at most `item_max` bytes
   kObject,     // `fields`
+  kJson,       // any JSON value whose compact text is at most max bytes
 };
 
 struct FieldInfo {

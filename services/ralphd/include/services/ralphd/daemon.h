@@ -27,7 +27,9 @@
 #include "sandbox/plan.h"
 #include "services/audit/audit_log.h"
 #include "services/creds/store.h"
+#include "services/memory/store.h"
 #include "services/ralphd/commands.h"
+#include "services/ralphd/memory_server.h"
 #include "services/ralphd/policy.h"
 #include "services/ralphd/runner.h"
 #include "services/ralphd/store.h"
@@ -36,7 +38,7 @@
 namespace ralph::ralphd {
 
 struct DaemonOptions {
-  std::string state_dir;  // VAR: ralphd.db, jobs/, sandbox/
+  std::string state_dir;  // VAR: ralphd.db, memory.db, jobs/, sandbox/, memory/
   std::string audit_db;   // default <state_dir>/audit.db
   JobEnvironment environment;
   size_t max_running = 2;
@@ -227,6 +229,10 @@ class Daemon final : public DispatcherInterface {
   // A finished login: what the tool wrote into its credential file is
   // stored ("creds.login"), the home removed; a login that wrote none fails.
   void FinishLogin(JobRecord& job, JobState& state, std::string& reason);
+  // The shared agent memory (docs/memory.md): a job whose profile grants
+  // it gets its socket bound at kMemorySocketDir and kMemorySocketEnv set.
+  Result<void> GrantMemory(uint64_t job, const Profile& profile, sandbox::SandboxSpec& spec);
+  Result<Reply> Memory(const Caller& caller, const Command& command);
 
   DaemonOptions options_;
   std::unique_ptr<Store> store_;
@@ -262,6 +268,10 @@ class Daemon final : public DispatcherInterface {
   // Why loop mode is unavailable (DaemonOptions::git does not run); unset
   // when it is available.
   std::optional<Error> git_error_;
+  // The memory's store for the API's commands (this thread), and the jobs'
+  // sockets (a thread and connection of their own).
+  std::unique_ptr<memory::MemoryStore> memory_;
+  std::unique_ptr<MemoryServer> memory_server_;
 };
 
 // What a terminal's `closed` reports: the exit code of a job that exited,

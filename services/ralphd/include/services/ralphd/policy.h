@@ -29,6 +29,7 @@
 #include "platform/result.h"
 #include "sandbox/spec.h"
 #include "services/creds/store.h"
+#include "services/memory/protocol.h"
 #include "services/ralphd/commands.h"
 
 namespace ralph::ralphd {
@@ -71,6 +72,9 @@ struct Profile {
   std::optional<CredentialGrant> credentials;
   AgentHostsMode agent_hosts_mode = AgentHostsMode::kAll;
   std::vector<std::string> agent_hosts;  // kListed: each an agent profile's API host
+  // <memory access=".."/>: the shared agent memory's socket is mounted into
+  // the job (docs/memory.md); absent: no socket.
+  std::optional<memory::Access> memory;
 };
 
 struct Policy {
