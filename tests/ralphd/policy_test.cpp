@@ -395,29 +395,31 @@ TEST(Policy, BadCredentialGrantsAreIssuesOnTheirAttribute) {
                   "6:21: <credentials>: the scopes attribute is required (agent, tenant, global)",
                   "6:35: <credentials>: only one per profile",
                   "7:34: <credentials>: scopes: 'agent' is listed twice"));
-  TEST(Policy, MemoryAccessIsGrantedOnlyByAMemoryElement) {
-    Result<Policy> policy = ParsePolicy(R"(<policy format="1">
+}
+
+TEST(Policy, MemoryAccessIsGrantedOnlyByAMemoryElement) {
+  Result<Policy> policy = ParsePolicy(R"(<policy format="1">
   <profile name="none"/>
   <profile name="reader"><memory access="read"/></profile>
   <profile name="writer"><memory access="read-write"/></profile>
 </policy>)");
-    ASSERT_TRUE(policy) << policy.error().message();
-    EXPECT_FALSE(policy->Find("none")->memory);
-    EXPECT_EQ(policy->Find("reader")->memory, memory::Access::kRead);
-    EXPECT_EQ(policy->Find("writer")->memory, memory::Access::kReadWrite);
-    EXPECT_EQ(ProfileToJson(*policy->Find("writer"))["memory"], "read-write");
-    EXPECT_TRUE(ProfileToJson(*policy->Find("none"))["memory"].is_null());
+  ASSERT_TRUE(policy) << policy.error().message();
+  EXPECT_FALSE(policy->Find("none")->memory);
+  EXPECT_EQ(policy->Find("reader")->memory, memory::Access::kRead);
+  EXPECT_EQ(policy->Find("writer")->memory, memory::Access::kReadWrite);
+  EXPECT_EQ(ProfileToJson(*policy->Find("writer"))["memory"], "read-write");
+  EXPECT_TRUE(ProfileToJson(*policy->Find("none"))["memory"].is_null());
 
-    EXPECT_THAT(Issues(R"(<policy format="1"><profile name="a">
+  EXPECT_THAT(Issues(R"(<policy format="1"><profile name="a">
 <memory/>
 <memory access="rw" who="me"><x/></memory>
 </profile></policy>)"),
-                ElementsAre("2:1: <memory>: the access attribute is required (read or read-write)",
-                            "3:1: <memory>: only one per profile",
-                            "3:21: <memory>: unknown attribute 'who' (expected access)",
-                            "3:30: <memory>: takes no child elements, found <x>",
-                            "3:9: <memory>: access: 'rw' is not read or read-write"));
-  }
+              ElementsAre("2:1: <memory>: the access attribute is required (read or read-write)",
+                          "3:1: <memory>: only one per profile",
+                          "3:21: <memory>: unknown attribute 'who' (expected access)",
+                          "3:30: <memory>: takes no child elements, found <x>",
+                          "3:9: <memory>: access: 'rw' is not read or read-write"));
+}
 
 }  // namespace
 }  // namespace ralph::ralphd

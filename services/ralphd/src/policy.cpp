@@ -582,79 +582,79 @@ class Checker {
       }
     }
     return grant;
-    memory::Access ReadMemory(const XMLElement* element) {
-      OnlyAttributes(element, {"access"});
-      OnlyChildren(element, {});
-      const char* access = element->Attribute("access");
-      if (!access) {
-        Issue(element, "<memory>: the access attribute is required (read or read-write)");
-        return memory::Access::kRead;
-      }
-      std::string_view a = access;
-      if (a == "read-write") return memory::Access::kReadWrite;
-      if (a != "read") {
-        Issue(element, "access",
-              fmt::format("<memory>: access: '{}' is not read or read-write", access));
-      }
+  }
+
+  memory::Access ReadMemory(const XMLElement* element) {
+    OnlyAttributes(element, {"access"});
+    OnlyChildren(element, {});
+    const char* access = element->Attribute("access");
+    if (!access) {
+      Issue(element, "<memory>: the access attribute is required (read or read-write)");
       return memory::Access::kRead;
     }
-
-    sandbox::BindMount ReadMount(const XMLElement* element) {
-      sandbox::BindMount mount;
-      OnlyAttributes(element, {"source", "destination", "access"});
-      OnlyChildren(element, {});
-      for (const char* attribute : {"source", "destination"}) {
-        const char* value = element->Attribute(attribute);
-        if (!value) {
-          Issue(element, fmt::format("<mount>: the {} attribute is required", attribute));
-        } else if (value[0] != '/') {
-          Issue(element, attribute,
-                fmt::format("<mount>: {}: '{}' is not an absolute path", attribute, value));
-        }
-      }
-      mount.source = element->Attribute("source") ? element->Attribute("source") : "";
-      mount.destination =
-          element->Attribute("destination") ? element->Attribute("destination") : "";
-      if (const char* access = element->Attribute("access")) {
-        std::string_view a = access;
-        if (a == "read-only") {
-          mount.access = sandbox::BindAccess::kReadOnly;
-        } else if (a == "read-write") {
-          mount.access = sandbox::BindAccess::kReadWrite;
-        } else {
-          Issue(element, "access",
-                fmt::format("<mount>: access: '{}' is not read-only or read-write", access));
-        }
-      }
-      return mount;
+    std::string_view a = access;
+    if (a == "read-write") return memory::Access::kReadWrite;
+    if (a != "read") {
+      Issue(element, "access",
+            fmt::format("<memory>: access: '{}' is not read or read-write", access));
     }
-
-    const Positions& positions_;
-    std::vector<PolicyIssue>& issues_;
-    const XMLElement* limits_element_ = nullptr;
-    std::vector<const XMLElement*> mount_elements_;
-  };
-
-  // "all", "none", or the listed hosts.
-  nlohmann::json AgentHostsToJson(const Profile& profile) {
-    switch (profile.agent_hosts_mode) {
-      case AgentHostsMode::kAll: return "all";
-      case AgentHostsMode::kNone: return "none";
-      case AgentHostsMode::kListed: return profile.agent_hosts;
-    }
-    return nullptr;
+    return memory::Access::kRead;
   }
 
-  Error Refused(std::string_view field, uint64_t asked, const Profile& profile, uint64_t allowed) {
-    return Error::Make(ErrorCode::kRefused,
-                       fmt::format("limits.{}: {} is more than profile '{}' allows ({})", field,
-                                   asked, profile.name, allowed));
+  sandbox::BindMount ReadMount(const XMLElement* element) {
+    sandbox::BindMount mount;
+    OnlyAttributes(element, {"source", "destination", "access"});
+    OnlyChildren(element, {});
+    for (const char* attribute : {"source", "destination"}) {
+      const char* value = element->Attribute(attribute);
+      if (!value) {
+        Issue(element, fmt::format("<mount>: the {} attribute is required", attribute));
+      } else if (value[0] != '/') {
+        Issue(element, attribute,
+              fmt::format("<mount>: {}: '{}' is not an absolute path", attribute, value));
+      }
+    }
+    mount.source = element->Attribute("source") ? element->Attribute("source") : "";
+    mount.destination = element->Attribute("destination") ? element->Attribute("destination") : "";
+    if (const char* access = element->Attribute("access")) {
+      std::string_view a = access;
+      if (a == "read-only") {
+        mount.access = sandbox::BindAccess::kReadOnly;
+      } else if (a == "read-write") {
+        mount.access = sandbox::BindAccess::kReadWrite;
+      } else {
+        Issue(element, "access",
+              fmt::format("<mount>: access: '{}' is not read-only or read-write", access));
+      }
+    }
+    return mount;
   }
+
+  const Positions& positions_;
+  std::vector<PolicyIssue>& issues_;
+  const XMLElement* limits_element_ = nullptr;
+  std::vector<const XMLElement*> mount_elements_;
+};
+
+// "all", "none", or the listed hosts.
+nlohmann::json AgentHostsToJson(const Profile& profile) {
+  switch (profile.agent_hosts_mode) {
+    case AgentHostsMode::kAll: return "all";
+    case AgentHostsMode::kNone: return "none";
+    case AgentHostsMode::kListed: return profile.agent_hosts;
+  }
+  return nullptr;
+}
+
+Error Refused(std::string_view field, uint64_t asked, const Profile& profile, uint64_t allowed) {
+  return Error::Make(ErrorCode::kRefused,
+                     fmt::format("limits.{}: {} is more than profile '{}' allows ({})", field,
+                                 asked, profile.name, allowed));
+}
 
 }  // namespace
 
-const Profile*
-Policy::Find(std::string_view name) const {
+const Profile* Policy::Find(std::string_view name) const {
   auto it = profiles.find(name);
   return it == profiles.end() ? nullptr : &it->second;
 }
@@ -823,6 +823,8 @@ nlohmann::json ProfileToJson(const Profile& profile) {
                           {"domain_ports", profile.network.domain_ports},
                           {"agent_hosts", AgentHostsToJson(profile)}}},
                         {"mounts", mounts}};
+  out["memory"] = profile.memory ? nlohmann::json(memory::AccessName(*profile.memory))
+                                 : nlohmann::json(nullptr);
   if (profile.credentials) {
     nlohmann::json scopes = nlohmann::json::array();
     for (creds::Scope scope : profile.credentials->scopes)
