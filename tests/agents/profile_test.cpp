@@ -201,3 +201,34 @@ TEST(ProfileTest, ApiKeysInTheJobEnvironmentAreRefusedWithTheLoginFlow) {
 
 }  // namespace
 }  // namespace ralph::agents
+
+namespace ralph::agents {
+namespace {
+
+TEST(ProfileTest, EachAgentProfileLogsInWithItsOwnCommandInItsHome) {
+  auto claude = MakeLoginLaunch(AgentKind::kClaude, "/home/agent");
+  ASSERT_TRUE(claude) << claude.error().ToString();
+  EXPECT_EQ(claude->argv, (std::vector<std::string>{"claude", "auth", "login"}));
+  EXPECT_NE(std::find(claude->env.begin(), claude->env.end(), "HOME=/home/agent"),
+            claude->env.end());
+  auto codex = MakeLoginLaunch(AgentKind::kCodex, "/home/agent");
+  ASSERT_TRUE(codex);
+  EXPECT_EQ(codex->argv, (std::vector<std::string>{"codex", "login", "--device-auth"}));
+  EXPECT_NE(std::find(codex->env.begin(), codex->env.end(), "CODEX_HOME=/home/agent/.codex"),
+            codex->env.end());
+  ASSERT_EQ(codex->files.size(), 1u);
+  EXPECT_NE(codex->files[0].content.find("cli_auth_credentials_store = \"file\""),
+            std::string::npos);
+  auto opencode = MakeLoginLaunch(AgentKind::kOpenCode, "/home/agent");
+  ASSERT_TRUE(opencode);
+  EXPECT_EQ(opencode->argv, (std::vector<std::string>{"opencode", "auth", "login"}));
+
+  auto command = MakeLoginLaunch(AgentKind::kCommand, "/home/agent");
+  ASSERT_FALSE(command);
+  EXPECT_EQ(command.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(command.error().message().find("'command' has no login"), std::string::npos);
+  EXPECT_FALSE(MakeLoginLaunch(AgentKind::kClaude, "home"));
+}
+
+}  // namespace
+}  // namespace ralph::agents

@@ -348,6 +348,55 @@ TEST(Policy, ProfileToJson) {
 namespace ralph::ralphd {
 namespace {
 
+TEST(Policy, CredentialGrantsNameTheirScopesTenantAndHolders) {
+  Result<Policy> policy = ParsePolicy(R"(<policy format="1">
+  <profile name="nightly">
+    <credentials scopes="global,agent,tenant" tenant="acme" holders="2"/>
+  </profile>
+  <profile name="plain"/>
+  <profile name="shared"><credentials scopes="global"/></profile>
+</policy>)");
+  ASSERT_TRUE(policy) << policy.error().message();
+  const Profile* nightly = policy->Find("nightly");
+  ASSERT_TRUE(nightly->credentials);
+  // Most specific first, whatever the order written.
+  EXPECT_THAT(nightly->credentials->scopes,
+              ElementsAre(creds::Scope::kAgent, creds::Scope::kTenant, creds::Scope::kGlobal));
+  EXPECT_EQ(nightly->credentials->tenant, "acme");
+  EXPECT_EQ(nightly->credentials->holders, 2u);
+  EXPECT_FALSE(policy->Find("plain")->credentials);  // none: a job sees no credential
+  const Profile* shared = policy->Find("shared");
+  ASSERT_TRUE(shared->credentials);
+  EXPECT_EQ(shared->credentials->holders, 1u);  // by default one job at a time
+  nlohmann::json json = ProfileToJson(*nightly);
+  EXPECT_EQ(json["credentials"]["scopes"], nlohmann::json({"agent", "tenant", "global"}));
+  EXPECT_EQ(json["credentials"]["tenant"], "acme");
+  EXPECT_FALSE(ProfileToJson(*policy->Find("plain")).contains("credentials"));
+}
+
+TEST(Policy, BadCredentialGrantsAreIssuesOnTheirAttribute) {
+  PolicyCheck check = CheckPolicy(R"(<policy format="1">
+  <profile name="a"><credentials scopes="global,everyone"/></profile>
+  <profile name="b"><credentials scopes="tenant"/></profile>
+  <profile name="c"><credentials scopes="global" tenant="acme"/></profile>
+  <profile name="d"><credentials scopes="agent" holders="0"/></profile>
+  <profile name="e"><credentials/><credentials scopes="agent"/></profile>
+  <profile name="f"><credentials scopes="agent,agent"/></profile>
+</policy>)");
+  std::vector<std::string> issues;
+  for (const PolicyIssue& issue : check.issues) issues.push_back(issue.ToString());
+  EXPECT_THAT(
+      issues,
+      ElementsAre("2:34: <credentials>: scopes: unknown credential scope 'everyone' (known: agent, "
+                  "tenant, global)",
+                  "3:34: <credentials>: the tenant scope needs a tenant attribute",
+                  "4:50: <credentials>: tenant is only for the tenant scope",
+                  "5:49: <credentials>: holders: '0' is not a number in 1..64",
+                  "6:21: <credentials>: the scopes attribute is required (agent, tenant, global)",
+                  "6:35: <credentials>: only one per profile",
+                  "7:34: <credentials>: scopes: 'agent' is listed twice"));
+}
+
 TEST(Policy, MemoryAccessIsGrantedOnlyByAMemoryElement) {
   Result<Policy> policy = ParsePolicy(R"(<policy format="1">
   <profile name="none"/>

@@ -18,6 +18,11 @@
 // Agent jobs with the stand-in agent as the claude profile's tool: events,
 // usage, audited tool calls, a prompt file, refusals; loop mode: the
 // promise after K runs gives K iterations with commits and transcripts,
+// each stop condition, cancel, pause and resume, bad loop input. The
+// agents' credentials with the stand-in login program: a login on the
+// relayed pty captured encrypted, an account shared by reference (a
+// refresh one job makes is what the next sees, holders serialized),
+// grants by policy, revocation, the live copy written back after a crash.
 // each stop condition, cancel, pause and resume, bad loop input. The shared
 // agent memory: a job granted it writes and reads through the socket in its
 // sandbox as itself, a read-only grant cannot write, a job without the
@@ -51,6 +56,7 @@
 #include <nlohmann/json.hpp>
 
 #include "platform/sha256.h"
+#include "services/creds/store.h"
 #include "services/memory/store.h"
 #include "services/ralphd/api/client.h"
 #include "services/ralphd/commands.h"
@@ -2420,6 +2426,328 @@ TEST_P(RalphctlTest, MemoryCommandsWriteAsTheCallerAndPage) {
   ProgramStreams bad_key = Ctl({"memory", "put", "", "1"});
   EXPECT_NE(bad_key.exit, 0);
   EXPECT_NE(bad_key.err.find("body.key: must not be empty"), std::string::npos) << bad_key.err;
+}
+
+}  // namespace
+}  // namespace ralph::ralphd
+
+namespace ralph::ralphd {
+namespace {
+
+// The agents' credentials with the stand-in login program
+// (tests/agents/standin/login_standin_main.cpp) as the claude profile's tool:
+// a login on a pty captured into the encrypted store, the account shared by
+// reference into the jobs its policy grants (the refresh one job makes is
+// what the next sees; one holder at a time), revocation. The live copies
+// are on a tmpfs (/dev/shm) named with the pid; the token "server" is a
+// directory the jobs mount.
+class CredentialTest : public AgentJobTest {
+ protected:
+  void SetUp() override {
+    RalphdTest::SetUp();
+    if (HasFatalFailure()) return;
+    StopDaemon(SIGTERM);
+    live_ = fmt::format("/dev/shm/ralphd-test-{}-{}-live", ::getpid(), counter_);
+    server_ = work_ + "/server";
+    ASSERT_EQ(::mkdir(server_.c_str(), 0777), 0);
+    ASSERT_EQ(::chmod(server_.c_str(), 0777), 0);
+    StartDaemon(2, {"--agent-program", "claude=/opt/ralph-tests/ralph-login-standin",
+                    "--creds-live-dir", live_});
+    const char* build = std::getenv("RALPH_BINARY_DIR");
+    // A small disk: the plaintext checks read every byte under the state
+    // directory, the jobs' upper images included.
+    std::string mounts = fmt::format(R"(
+    <limits memory="256MiB" pids="64" disk="64MiB" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+    <mount source="{}/tests" destination="/opt/ralph-tests"/>
+    <mount source="{}" destination="/server" access="read-write"/>)",
+                                     build, server_);
+    Write(work_ + "/creds-policy.xml", fmt::format(R"(<policy format="1">
+  <profile name="default">{0}
+  </profile>
+  <profile name="granted">{0}
+    <credentials scopes="global"/>
+  </profile>
+  <profile name="ungranted">{0}
+  </profile>
+  <profile name="team">{0}
+    <credentials scopes="agent,tenant" tenant="acme"/>
+  </profile>
+</policy>
+)",
+                                                   mounts));
+    ProgramStreams set = Ctl({"policy", "set", work_ + "/creds-policy.xml"});
+    ASSERT_EQ(set.exit, 0) << set.err;
+  }
+
+  void TearDown() override {
+    RalphdTest::TearDown();
+    std::error_code ec;
+    std::filesystem::remove_all(live_, ec);
+  }
+
+  // The store as ralphd keeps it (same directory and device key).
+  std::unique_ptr<creds::CredentialStore> Store() {
+    auto store = creds::CredentialStore::Open(state_ + "/credentials", state_ + "/credentials.key");
+    EXPECT_TRUE(store) << store.error().ToString();
+    return store ? std::move(*store) : nullptr;
+  }
+
+  static creds::AccountId Global() {
+    return *creds::AccountId::Make("claude", creds::Scope::kGlobal, "default");
+  }
+
+  static std::string CredentialWith(const std::string& refresh) {
+    return json{{"claudeAiOauth", {{"accessToken", "standin-access-1"}, {"refreshToken", refresh}}}}
+        .dump();
+  }
+
+  // An account as a login would have left it, and the provider's side.
+  void Seed(const creds::AccountId& account, const std::string& refresh) {
+    auto store = Store();
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->Put(account, CredentialWith(refresh)));
+    Write(server_ + "/valid", refresh + "\n");
+    ASSERT_EQ(::chmod((server_ + "/valid").c_str(), 0666), 0);
+  }
+
+  uint64_t SubmitAgent(const std::string& profile, const std::string& hold = "") {
+    json env = {{"RALPH_STANDIN_TOKEN_SERVER", "/server"}};
+    if (!hold.empty()) env["RALPH_STANDIN_HOLD"] = "/server/" + hold;
+    json reply = Submit({{"profile", profile},
+                         {"agent", {{"profile", "claude"}, {"prompt", "refresh"}}},
+                         {"env", env}});
+    EXPECT_EQ(reply["ok"], true) << reply.dump();
+    return reply["body"].value("id", uint64_t{0});
+  }
+
+  std::vector<std::string> ServerLog() {
+    std::vector<std::string> lines;
+    std::istringstream in(Read(server_ + "/log"));
+    std::string line;
+    while (std::getline(in, line)) lines.push_back(line);
+    return lines;
+  }
+
+  // Whether `needle` is in any regular file below `dir`.
+  static bool AnyFileHas(const std::string& dir, const std::string& needle) {
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(
+             dir, std::filesystem::directory_options::skip_permission_denied, ec);
+         it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) break;
+      if (it->is_regular_file(ec) && Read(it->path().string()).find(needle) != std::string::npos) {
+        ADD_FAILURE() << needle << " found in " << it->path();
+        return true;
+      }
+    }
+    return false;
+  }
+
+  size_t LiveFiles() {
+    size_t n = 0;
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator(live_, ec);
+         it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      ++n;
+    }
+    return n;
+  }
+
+  json AuditRows(const std::string& type) { return CtlJson({"audit", "list", "--type", type}); }
+
+  std::string live_, server_;
+};
+
+TEST_F(CredentialTest, ARefreshOneJobMakesIsWhatTheNextSeesAndHoldersAreSerialized) {
+  Seed(Global(), "standin-refresh-1-seed");
+  uint64_t first = SubmitAgent("granted", "release-1");
+  uint64_t second = SubmitAgent("granted", "release-2");
+  // The first holds the account (it refreshed, then waits on its release
+  // file); the second waits, queued, although a job slot is free.
+  ASSERT_TRUE(WaitFor([&] { return ServerLog().size() == 1; })) << Read(server_ + "/log");
+  ASSERT_TRUE(WaitFor([&] { return CountKind(Events(second), "creds.wait") == 1; }));
+  EXPECT_EQ(Show(first)["state"], "running");
+  EXPECT_EQ(Show(second)["state"], "queued");
+  EXPECT_EQ(ServerLog()[0], "standin-refresh-1-seed -> standin-refresh-2-seed");
+  json listed = CtlJson({"creds", "list"});
+  ASSERT_EQ(listed["accounts"].size(), 1u) << listed.dump();
+  EXPECT_EQ(listed["accounts"][0]["account"], "claude/global/default");
+  EXPECT_EQ(listed["accounts"][0]["holders"], json::array({first}));
+  // While held, the credential in the clear is on the tmpfs only.
+  EXPECT_EQ(LiveFiles(), 1u);
+  EXPECT_FALSE(AnyFileHas(state_, "standin-refresh"));
+
+  Write(server_ + "/release-1", "");
+  EXPECT_EQ(WaitOver(first)["state"], "succeeded");
+  // The second got the account next and presented the rotated token: had
+  // it been given a copy of the first's, the provider would have refused.
+  ASSERT_TRUE(WaitFor([&] { return ServerLog().size() == 2; }));
+  EXPECT_EQ(ServerLog()[1], "standin-refresh-2-seed -> standin-refresh-3-seed");
+  Write(server_ + "/release-2", "");
+  EXPECT_EQ(WaitOver(second)["state"], "succeeded") << Show(second).dump();
+
+  // Written back: the store holds the last refresh, encrypted; nothing in
+  // the clear is left on VAR or on the tmpfs.
+  auto store = Store();
+  ASSERT_NE(store, nullptr);
+  auto stored = store->Get(Global());
+  ASSERT_TRUE(stored) << stored.error().ToString();
+  EXPECT_EQ(json::parse(*stored)["claudeAiOauth"]["refreshToken"], "standin-refresh-3-seed");
+  EXPECT_FALSE(AnyFileHas(state_, "standin-refresh"));
+  EXPECT_FALSE(AnyFileHas(state_, "claudeAiOauth"));
+  EXPECT_EQ(LiveFiles(), 0u);
+
+  // Every grant is audited, the first released (written back) before the
+  // second's grant.
+  json grants = AuditRows("creds.grant");
+  json releases = AuditRows("creds.release");
+  ASSERT_EQ(grants.size(), 2u) << grants.dump();
+  ASSERT_EQ(releases.size(), 2u) << releases.dump();
+  EXPECT_EQ(grants[0]["details"]["job"], first);
+  EXPECT_EQ(grants[1]["details"]["job"], second);
+  EXPECT_EQ(grants[0]["details"]["account"], "claude/global/default");
+  EXPECT_EQ(releases[0]["details"]["job"], first);
+  EXPECT_EQ(releases[0]["details"]["written_back"], true);
+  EXPECT_LT(releases[0]["seq"].get<int64_t>(), grants[1]["seq"].get<int64_t>());
+}
+
+TEST_F(CredentialTest, JobsSeeOnlyWhatTheirPolicyGrantsAndRevocationRemovesAccess) {
+  Seed(Global(), "standin-refresh-1-seed");
+  // No <credentials>: no credential file at all.
+  uint64_t ungranted = SubmitAgent("ungranted");
+  json over = WaitOver(ungranted);
+  EXPECT_EQ(over["state"], "failed");
+  EXPECT_NE(Ctl({"job", "logs", std::to_string(ungranted)}).out.find("Not logged in"),
+            std::string::npos);
+  // Granted agent and tenant scopes, but no account stored for either.
+  uint64_t team = SubmitAgent("team");
+  EXPECT_EQ(WaitOver(team)["state"], "failed");
+  EXPECT_TRUE(ServerLog().empty());
+  EXPECT_EQ(AuditRows("creds.grant").size(), 0u);
+
+  // The tenant account, once stored, is what "team" jobs get.
+  creds::AccountId acme = *creds::AccountId::Make("claude", creds::Scope::kTenant, "acme");
+  Seed(acme, "standin-refresh-1-acme");
+  uint64_t held = SubmitAgent("team", "release-team");
+  ASSERT_TRUE(WaitFor([&] { return ServerLog().size() == 1; }));
+  EXPECT_EQ(ServerLog()[0], "standin-refresh-1-acme -> standin-refresh-2-acme");
+  // Revoked while held: the holder loses it at once, nothing is written
+  // back, later jobs get nothing.
+  ProgramStreams revoke = Ctl({"creds", "revoke", "claude", "--scope", "tenant", "--name", "acme"});
+  EXPECT_EQ(revoke.exit, 0) << revoke.err;
+  EXPECT_NE(revoke.out.find("account claude/tenant/acme revoked"), std::string::npos);
+  EXPECT_EQ(Read(live_ + "/" + acme.FileName()), "");
+  Write(server_ + "/release-team", "");
+  EXPECT_EQ(WaitOver(held)["state"], "succeeded");
+  EXPECT_EQ(LiveFiles(), 0u);
+  auto store = Store();
+  EXPECT_FALSE(*store->Has(acme));
+  json listed = CtlJson({"creds", "list"});
+  ASSERT_EQ(listed["accounts"].size(), 1u);
+  EXPECT_EQ(listed["accounts"][0]["account"], "claude/global/default");
+  uint64_t after = SubmitAgent("team");
+  EXPECT_EQ(WaitOver(after)["state"], "failed");
+  json grants = AuditRows("creds.grant");
+  ASSERT_EQ(grants.size(), 1u);
+  EXPECT_EQ(grants[0]["details"]["job"], held);
+
+  // Bad input, each naming what was wrong.
+  ProgramStreams again = Ctl({"creds", "revoke", "claude", "--scope", "tenant", "--name", "acme"});
+  EXPECT_EQ(again.exit, 1);
+  EXPECT_NE(again.err.find("claude/tenant/acme has no credential"), std::string::npos) << again.err;
+  ProgramStreams nameless = Ctl({"creds", "revoke", "claude", "--scope", "agent"});
+  EXPECT_NE(nameless.err.find("body.name: the agent scope needs a name"), std::string::npos)
+      << nameless.err;
+  ProgramStreams command = Ctl({"creds", "login", "command"});
+  EXPECT_NE(command.err.find("body.profile: 'command' is not one of claude, codex, opencode"),
+            std::string::npos)
+      << command.err;
+  ProgramStreams scope = Ctl({"creds", "login", "claude", "--scope", "everyone"});
+  EXPECT_NE(scope.err.find("body.scope"), std::string::npos) << scope.err;
+  ProgramStreams policy = Ctl({"creds", "login", "claude", "--policy-profile", "nope"});
+  EXPECT_NE(policy.err.find("body.policy_profile: 'nope' is not in the active policy"),
+            std::string::npos)
+      << policy.err;
+}
+
+TEST_F(CredentialTest, ALoginOnThePtyIsCapturedEncryptedAndGrantedToTheNextJob) {
+  // The operator pastes the code on the relayed pty (ralphctl in pipe mode).
+  std::string script = work_ + "/login.sh";
+  Write(script, fmt::format("printf 'STANDIN-k7q\\n' | {} creds login claude --socket {} "
+                            "--policy-profile granted\n",
+                            ralphctl_, socket_));
+  ProgramStreams login = RunProgramStreams({"sh", script});
+  EXPECT_EQ(login.exit, 0) << login.out << login.err;
+  EXPECT_NE(login.out.find("https://login.standin.invalid/oauth/authorize"), std::string::npos)
+      << login.out;
+  EXPECT_NE(login.out.find("Device code: ABCD-1234"), std::string::npos);
+  EXPECT_NE(login.err.find("logged in: claude/global/default stored"), std::string::npos)
+      << login.err;
+
+  auto store = Store();
+  ASSERT_NE(store, nullptr);
+  auto stored = store->Get(Global());
+  ASSERT_TRUE(stored) << stored.error().ToString();
+  EXPECT_EQ(json::parse(*stored)["claudeAiOauth"]["refreshToken"], "standin-refresh-1-k7q");
+  // Captured: encrypted on VAR, the login's home gone from the tmpfs.
+  EXPECT_FALSE(AnyFileHas(state_, "standin-refresh"));
+  EXPECT_EQ(LiveFiles(), 0u);
+  json logins = AuditRows("creds.login");
+  ASSERT_EQ(logins.size(), 1u) << logins.dump();
+  EXPECT_EQ(logins[0]["details"]["result"], "captured");
+  EXPECT_EQ(logins[0]["details"]["account"], "claude/global/default");
+
+  // A granted job uses it (the provider issued that token at the login).
+  Write(server_ + "/valid", "standin-refresh-1-k7q\n");
+  ASSERT_EQ(::chmod((server_ + "/valid").c_str(), 0666), 0);
+  uint64_t job = SubmitAgent("granted");
+  EXPECT_EQ(WaitOver(job)["state"], "succeeded");
+  EXPECT_EQ(ServerLog(),
+            std::vector<std::string>{"standin-refresh-1-k7q -> standin-refresh-2-k7q"});
+
+  // A wrong code: the login fails, nothing is stored or changed.
+  Write(script,
+        fmt::format("printf 'nonsense\\n' | {} creds login claude --socket {} --scope agent "
+                    "--name granted --policy-profile granted\n",
+                    ralphctl_, socket_));
+  ProgramStreams bad = RunProgramStreams({"sh", script});
+  EXPECT_NE(bad.exit, 0);
+  EXPECT_NE(bad.err.find("login failed"), std::string::npos) << bad.err;
+  EXPECT_FALSE(*store->Has(*creds::AccountId::Make("claude", creds::Scope::kAgent, "granted")));
+  EXPECT_EQ(LiveFiles(), 0u);
+}
+
+}  // namespace
+}  // namespace ralph::ralphd
+
+namespace ralph::ralphd {
+namespace {
+
+TEST_F(CredentialTest, ADaemonKilledWhileAJobHoldsAnAccountWritesItsLiveCopyBackOnRestart) {
+  Seed(Global(), "standin-refresh-1-seed");
+  uint64_t job = SubmitAgent("granted", "never");
+  ASSERT_TRUE(WaitFor([&] { return ServerLog().size() == 1; })) << Read(server_ + "/log");
+  // The job's refresh is in the live copy only.
+  ASSERT_EQ(LiveFiles(), 1u);
+  EXPECT_EQ(json::parse(*Store()->Get(Global()))["claudeAiOauth"]["refreshToken"],
+            "standin-refresh-1-seed");
+  StopDaemon(SIGKILL);
+  StartDaemon(2, {"--agent-program", "claude=/opt/ralph-tests/ralph-login-standin",
+                  "--creds-live-dir", live_});
+  EXPECT_EQ(Show(job)["state"], "lost");
+  // Written back before anything else ran, and nothing left in the clear.
+  EXPECT_EQ(json::parse(*Store()->Get(Global()))["claudeAiOauth"]["refreshToken"],
+            "standin-refresh-2-seed");
+  EXPECT_EQ(LiveFiles(), 0u);
+  json recovered = AuditRows("creds.recover");
+  ASSERT_EQ(recovered.size(), 1u) << recovered.dump();
+  EXPECT_EQ(recovered[0]["details"]["account"], "claude/global/default");
+  EXPECT_EQ(recovered[0]["details"]["written_back"], true);
+  // The next job presents the rotated token.
+  uint64_t next = SubmitAgent("granted");
+  EXPECT_EQ(WaitOver(next)["state"], "succeeded");
+  EXPECT_EQ(ServerLog().back(), "standin-refresh-2-seed -> standin-refresh-3-seed");
 }
 
 }  // namespace

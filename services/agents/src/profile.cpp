@@ -226,6 +226,32 @@ Result<AgentLaunch> MakeLaunch(AgentKind kind, const AgentOptions& options) {
   return Error::Make(ErrorCode::kInternal, "unhandled agent kind");
 }
 
+Result<AgentLaunch> MakeLoginLaunch(AgentKind kind, const std::string& home) {
+  if (home.empty() || home[0] != '/') {
+    return Invalid(fmt::format("home: '{}' is not an absolute path", home));
+  }
+  const AgentProfile& profile = GetProfile(kind);
+  if (profile.login_argv.empty()) {
+    return Invalid(
+        fmt::format("profile: '{}' has no login (the agent profiles do: claude, codex, "
+                    "opencode)",
+                    profile.name));
+  }
+  AgentLaunch launch;
+  for (std::string_view arg : profile.login_argv) launch.argv.emplace_back(arg);
+  launch.env = CommonEnvironment(home);
+  launch.env.push_back("TERM=xterm-256color");
+  if (kind == AgentKind::kCodex) {
+    launch.env.push_back("CODEX_HOME=" + home + "/.codex");
+    launch.files.push_back({".codex/config.toml", "cli_auth_credentials_store = \"file\"\n", 0600});
+  }
+  if (kind == AgentKind::kClaude) {
+    launch.env.push_back("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1");
+  }
+  if (kind == AgentKind::kOpenCode) launch.env.push_back("OPENCODE_DISABLE_AUTOUPDATE=1");
+  return launch;
+}
+
 Result<void> WriteHomeFiles(const std::string& home_dir, std::span<const HomeFile> files) {
   for (const HomeFile& file : files) {
     std::string_view rest = file.path;

@@ -15,6 +15,8 @@ constexpr Command kCommands[] = {
     {"job", "run, list, follow, cancel jobs; their files and workspaces (ralphd)", RunJobCommand},
     {"policy", "get, set, validate, version and roll back the job policy (ralphd)",
      RunPolicyCommand},
+    {"creds", "log the agents in with their own login flows; list and revoke (ralphd)",
+     RunCredsCommand},
     {"memory", "put, get, query the shared agent memory; a key's history, an agent's entries",
      RunMemoryCommand},
     {"pair", "a one-time pairing string and QR code for ralphd's HTTPS API", RunPairCommand},

@@ -137,6 +137,36 @@ options:
   --json                      machine-readable output
 )";
 
+constexpr std::string_view kCredsUsage =
+    R"(usage: ralphctl creds <subcommand> [options]
+
+The agents' logins (docs/credentials.md): captured from each tool's own
+login flow, stored encrypted on the appliance, granted to the jobs whose
+policy says so (<credentials scopes=...>). No API key is ever asked for.
+
+subcommands:
+  login PROFILE [--scope agent|tenant|global] [--name NAME] [--policy-profile P]
+                              run the tool's own login (claude, codex, opencode)
+                              in a sandbox that reaches only its login hosts, on
+                              this terminal: open the URL it prints or enter its
+                              device code, paste what the provider shows; the
+                              credential it writes is stored for the account
+                              (PROFILE, scope, NAME: the policy profile for agent,
+                              the tenant for tenant, none for global).
+                              --policy-profile: whose limits and mounts the
+                              login's sandbox gets (default "default")
+  list                        the accounts stored and the jobs holding each
+  revoke PROFILE [--scope S] [--name NAME]
+                              remove the account's credential; jobs holding it
+                              lose it at once
+
+options:
+  --socket PATH               ralphd's socket (default /run/ralphd.sock)
+  --remote https://HOST:PORT  an appliance's HTTPS API instead
+  --identity DIR              the paired client identity for --remote
+  --json                      machine-readable output
+)";
+
 constexpr OptionSpec kOptions[] = {
     {"--socket", true},
     {"--json", false},
@@ -163,6 +193,9 @@ constexpr OptionSpec kOptions[] = {
     kRemoteOption,
     kIdentityOption,
     {"--unless-paired", false},
+    {"--scope", true},
+    {"--name", true},
+    {"--policy-profile", true},
     {"--agent", true},
     {"--prompt", true},
     {"--prompt-file", true},
@@ -770,6 +803,87 @@ int RunJobCommand(const Invocation&, std::span<const std::string> args) {
   }
   if (!argv.empty()) return UsageError("job " + verb, "'--' goes with run");
   return RunJobVerb(*parsed, verb, operands);
+}
+
+int RunCredsCommand(const Invocation&, std::span<const std::string> args) {
+  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
+  if (!parsed) return UsageError("creds", parsed.error().message());
+  if (parsed->Has("--help") || parsed->positional.empty()) {
+    fmt::print("{}", kCredsUsage);
+    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  }
+  if (auto bad = TransportUsageError(*parsed)) return UsageError("creds", *bad);
+  const std::vector<std::string>& operands = parsed->positional;
+  const std::string& verb = operands[0];
+  const std::string command = "creds " + verb;
+  if (verb == "list") {
+    if (operands.size() != 1) return UsageError(command, "takes no arguments");
+    Result<json> reply = Request(*parsed, "GET", "/v1/creds");
+    if (!reply) return Failed(command, reply.error());
+    if (parsed->Has("--json")) {
+      fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+      return kExitOk;
+    }
+    if ((*reply)["accounts"].empty()) fmt::print("no accounts (`ralphctl creds login PROFILE`)\n");
+    for (const json& account : (*reply)["accounts"]) {
+      std::string holders;
+      for (const json& job : account["holders"]) {
+        holders += (holders.empty() ? " held by job " : ", ") + Str(job);
+      }
+      fmt::print("{:<32} updated {} (unix){}\n", Str(account["account"]),
+                 Str(account["updated_unix"]), holders);
+    }
+    return kExitOk;
+  }
+  if (verb != "login" && verb != "revoke") {
+    return UsageError("creds", fmt::format("unknown subcommand '{}' (login, list, revoke)", verb));
+  }
+  if (operands.size() != 2) return UsageError(command, "expects PROFILE (claude, codex, opencode)");
+  json body = {{"profile", operands[1]}, {"scope", parsed->Value("--scope").value_or("global")}};
+  if (auto name = parsed->Value("--name")) body["name"] = *name;
+  if (verb == "revoke") {
+    if (parsed->Has("--policy-profile")) {
+      return UsageError(command, "--policy-profile goes with login");
+    }
+    Result<json> reply = Request(*parsed, "POST", "/v1/creds/revoke", json::object(), body);
+    if (!reply) return Failed(command, reply.error());
+    if (parsed->Has("--json")) {
+      fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
+    } else {
+      fmt::print("account {} revoked\n", Str((*reply)["revoked"]));
+    }
+    return kExitOk;
+  }
+  if (auto policy_profile = parsed->Value("--policy-profile")) {
+    body["policy_profile"] = *policy_profile;
+  }
+  uint16_t columns = 0, rows = 0;
+  if (LocalWindowSize(columns, rows)) {
+    body["columns"] = columns;
+    body["rows"] = rows;
+  }
+  Result<json> job = Request(*parsed, "POST", "/v1/creds/login", json::object(), body);
+  if (!job) return Failed(command, job.error());
+  uint64_t id = (*job)["id"].get<uint64_t>();
+  std::string account = Str((*job)["account"]);
+  fmt::print(stderr, "logging in {} (job {}) ...\r\n", account, id);
+  Result<std::unique_ptr<TerminalTransportInterface>> transport = OpenTerminalTransport(*parsed);
+  if (!transport) return Failed(command, transport.error());
+  int status = RunTerminal(**transport, id, InputEnd::kSendEof, command);
+  // The login's outcome is the job's: captured, or why not.
+  Result<json> done = Request(*parsed, "GET", fmt::format("/v1/jobs/{}", id));
+  if (!done) return Failed(command, done.error());
+  std::string state = Str((*done)["state"]);
+  if (state == "succeeded") {
+    fmt::print(stderr, "logged in: {} stored\n", account);
+    return kExitOk;
+  }
+  if (state == "running" || state == "queued") {
+    fmt::print(stderr, "detached: the login (job {}) goes on; `ralphctl job attach {}`\n", id, id);
+    return status;
+  }
+  fmt::print(stderr, "login failed ({}): {}\n", state, Str((*done)["reason"]));
+  return status == 0 ? kExitFailed : status;
 }
 
 int RunPolicyCommand(const Invocation&, std::span<const std::string> args) {

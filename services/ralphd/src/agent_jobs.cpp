@@ -244,12 +244,29 @@ Result<void> Daemon::CheckAgentStart(const JobRecord& job) {
   return {};
 }
 
-Result<void> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
+Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
                                  const Profile& profile) {
+  const agents::AgentKind kind = TRY(agents::ParseAgentKind(submit.agent->profile));
+  // The account the policy grants, if any: a job waits, queued, while the
+  // account has as many holders as the profile allows.
+  std::optional<creds::AccountId> account;
+  if (kind != agents::AgentKind::kCommand) {
+    account = TRY(GrantedAccount(agents::AgentKindName(kind), profile));
+  }
+  if (account && AccountBusy(*account, profile)) {
+    NoteWaiting(job.id, *account);
+    return false;
+  }
   std::string prompt = TRY(AgentPrompt(JobDir(job.id), job.workspace_uploaded, *submit.agent));
   agents::AgentLaunch launch = TRY(MakeAgentLaunch(submit, prompt, options_.agent_programs));
   sandbox::SandboxSpec spec =
       TRY(MakeJobSpec(profile, AgentJobRequest(submit, launch), TRY(AgentEnvironment())));
+  const std::string credential_file(agents::GetProfile(kind).credential_file);
+  if (account) {
+    // The mount point of the account's live copy: the tool's own path in
+    // its home (written in place by the tools, so a bind mount serves).
+    launch.files.push_back({.path = credential_file, .content = "", .mode = 0600});
+  }
   // The home: a host directory of the job's root, bound at kAgentHome, with
   // the profile's settings. Its parents may be passed through (0711) by
   // the job's mapped uid, which mounts it.
@@ -264,12 +281,20 @@ Result<void> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   spec.binds.push_back({.source = home,
                         .destination = std::string(kAgentHome),
                         .access = sandbox::BindAccess::kReadWrite});
+  if (account) {
+    // By reference: every holder binds the one live copy, so a refresh
+    // one makes is what the next sees (docs/credentials.md).
+    std::string live = TRY(HoldAccount(job.id, *account, profile));
+    spec.binds.push_back({.source = live,
+                          .destination = std::string(kAgentHome) + "/" + credential_file,
+                          .access = sandbox::BindAccess::kReadWrite});
+  }
   TRY(GrantMemory(job.id, profile, spec));
 
   // A loop queued before a restart onto a daemon without git.
   if (submit.loop && git_error_) return *git_error_;
   auto run = std::make_shared<AgentRun>();
-  run->kind = TRY(agents::ParseAgentKind(submit.agent->profile));
+  run->kind = kind;
   run->parser = agents::MakeEventParser(run->kind);
   run->loop = submit.loop;
   if (run->loop) {
@@ -298,14 +323,15 @@ Result<void> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
       agent_runs_.erase(job.id);
       std::error_code ec;
       std::filesystem::remove_all(dir, ec);
+      return started.error();
     }
-    return started;
+    return true;
   }
   runner_->Start({.job = job.id,
                   .spec = std::move(spec),
                   .upload_tar = upload,
                   .result_tar_path = job_dir + "/workspace.tar"});
-  return {};
+  return true;
 }
 
 Result<void> Daemon::StartIteration(uint64_t job, AgentRun& run, std::string upload_tar) {
@@ -666,6 +692,7 @@ Result<Reply> Daemon::LoopRollback(const Caller& caller, const JobRollbackComman
 }
 
 void Daemon::FinishAgent(JobRecord& job, JobState& state, std::string& reason) {
+  ReleaseAccount(job.id);
   auto it = agent_runs_.find(job.id);
   if (it == agent_runs_.end()) return;
   std::shared_ptr<AgentRun> run = it->second;
@@ -705,6 +732,143 @@ void Daemon::FinishAgent(JobRecord& job, JobState& state, std::string& reason) {
   std::error_code ec;
   std::filesystem::remove_all(AgentDir(job.id), ec);
   if (ec) Log(LogLevel::kError, fmt::format("job {}: removing its home: {}", job.id, ec.message()));
+}
+
+}  // namespace ralph::ralphd
+
+namespace ralph::ralphd {
+
+namespace {
+
+// The file at `relative` below `dir`, read only when every part on the way
+// is a real directory and the last a regular file (no symlink the login
+// left): the login's sandbox is gone by then, so nothing changes it.
+Result<std::string> ReadBeneath(const std::string& dir, const std::string& relative) {
+  std::string path = dir;
+  size_t start = 0;
+  while (start < relative.size()) {
+    size_t end = relative.find('/', start);
+    if (end == std::string::npos) end = relative.size();
+    path += "/" + relative.substr(start, end - start);
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0)
+      return Error::FromErrno(fmt::format("~/{}", relative), errno);
+    bool last = end == relative.size();
+    if (last ? !S_ISREG(st.st_mode) : !S_ISDIR(st.st_mode)) {
+      return Error::Make(ErrorCode::kRefused,
+                         fmt::format("~/{}: {} is not a {}", relative, path.substr(dir.size() + 1),
+                                     last ? "regular file" : "directory"));
+    }
+    start = end + 1;
+  }
+  return ReadWholeFile(path);
+}
+
+}  // namespace
+
+Result<bool> Daemon::LaunchLogin(JobRecord& job, const Profile& profile) {
+  const json& login = job.request["login"];
+  creds::Scope scope = TRY(creds::ParseScope(login.value("scope", "")));
+  creds::AccountId account =
+      TRY(creds::AccountId::Make(login.value("profile", ""), scope, login.value("name", "")));
+  agents::AgentKind kind = TRY(agents::ParseAgentKind(account.profile));
+  agents::AgentLaunch launch = TRY(agents::MakeLoginLaunch(kind, std::string(kAgentHome)));
+  if (auto it = options_.agent_programs.find(account.profile);
+      it != options_.agent_programs.end()) {
+    launch.argv[0] = it->second;
+  }
+  const agents::AgentProfile& tool = agents::GetProfile(kind);
+  // The policy profile's limits and mounts; its egress is the tool's login
+  // hosts by domain and nothing else.
+  Profile sandboxed = profile;
+  sandboxed.network = sandbox::NetworkSpec{.enabled = true, .domain_ports = {443}};
+  for (std::string_view host : tool.login_hosts) {
+    sandboxed.network.allowed_domains.emplace_back(host);
+  }
+  JobRequest request{.argv = launch.argv};
+  for (const std::string& entry : launch.env) {
+    size_t eq = entry.find('=');
+    request.env[entry.substr(0, eq)] = eq == std::string::npos ? "" : entry.substr(eq + 1);
+  }
+  sandbox::SandboxSpec spec = TRY(MakeJobSpec(sandboxed, request, options_.environment));
+  spec.stdio = sandbox::StdioMode::kPty;
+  if (job.request.contains("columns")) {
+    spec.terminal_size.columns = job.request["columns"].get<uint16_t>();
+  }
+  if (job.request.contains("rows")) spec.terminal_size.rows = job.request["rows"].get<uint16_t>();
+  if (auto size = terminals_.TakeSize(job.id)) spec.terminal_size = {size->first, size->second};
+
+  // The home, on the memory filesystem: the tool writes the credential
+  // there in the clear, and VAR never sees it.
+  const uid_t root = options_.ids.host_base;
+  TRY(MakeOwnedDir(options_.creds_live_dir, 0711, 0));
+  TRY(creds::RequireMemoryFilesystem(options_.creds_live_dir));
+  std::string dir = fmt::format("{}/login-{}", options_.creds_live_dir, job.id);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);  // a previous daemon's, never reused
+  TRY(MakeOwnedDir(dir, 0711, 0));
+  login_runs_[job.id] = {account, dir, std::string(tool.credential_file)};
+  std::string home = dir + "/home";
+  TRY(MakeOwnedDir(home, 0700, root));
+  TRY(agents::WriteHomeFiles(home, launch.files));
+  TRY(ChownBelow(home, root));
+  spec.binds.push_back({.source = home,
+                        .destination = std::string(kAgentHome),
+                        .access = sandbox::BindAccess::kReadWrite});
+  TRY(SetState(job, JobState::kRunning));
+  std::string job_dir = JobDir(job.id);
+  if (::mkdir(job_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Error::FromErrno(fmt::format("mkdir {}", job_dir), errno);
+  }
+  runner_->Start({.job = job.id,
+                  .spec = std::move(spec),
+                  .upload_tar = "",
+                  .result_tar_path = job_dir + "/workspace.tar"});
+  if (std::string input = terminals_.TakeInput(job.id); !input.empty()) {
+    Result<void> written = runner_->WriteTerminal(job.id, input);
+    if (!written) Log(LogLevel::kError, written.error().ToString());
+  }
+  return true;
+}
+
+void Daemon::FinishLogin(JobRecord& job, JobState& state, std::string& reason) {
+  auto it = login_runs_.find(job.id);
+  if (it == login_runs_.end()) return;
+  LoginRun run = std::move(it->second);
+  login_runs_.erase(it);
+  json details = {{"account", run.account.ToString()}, {"job", job.id}};
+  if (state == JobState::kSucceeded) {
+    Result<std::string> written = ReadBeneath(run.dir + "/home", run.credential_file);
+    Result<void> stored = written && !written->empty()
+                              ? creds_->Put(run.account, *written)
+                              : Result<void>(Error::Make(ErrorCode::kNotFound, "empty"));
+    if (written) std::fill(written->begin(), written->end(), '\0');
+    if (stored) {
+      details["result"] = "captured";
+      // Jobs still holding the account keep their copy until they end, but
+      // it is not written back over the new login.
+      if (auto held = holdings_.find(run.account); held != holdings_.end()) {
+        held->second.superseded = true;
+      }
+    } else {
+      state = JobState::kFailed;
+      reason =
+          written && written->empty()
+              ? fmt::format("the login wrote an empty credential file (~/{})", run.credential_file)
+          : written
+              ? fmt::format("storing the credential: {}", stored.error().message())
+              : fmt::format("the login wrote no credential file: {}", written.error().message());
+      details["result"] = "failed";
+      details["reason"] = reason;
+    }
+  } else {
+    details["result"] = "failed";
+    details["reason"] = reason;
+  }
+  Audit("creds.login", fmt::format("account {}", run.account.ToString()), std::move(details),
+        job.id);
+  std::error_code ec;
+  std::filesystem::remove_all(run.dir, ec);
 }
 
 }  // namespace ralph::ralphd

@@ -177,6 +177,21 @@ constexpr FieldInfo kAuditExportQuery[] = {
 constexpr FieldInfo kEventsQuery[] = {Unsigned("after", 0, kMaxSeq), Unsigned("job", 1, kMaxSeq),
                                       Unsigned("limit", 1, 10000)};
 constexpr FieldInfo kRevokeFields[] = {Text("id", 64, true)};
+constexpr std::string_view kLoginProfileNames[] = {"claude", "codex", "opencode"};
+constexpr std::string_view kScopeNames[] = {"agent", "tenant", "global"};
+constexpr FieldInfo kCredsRevokeFields[] = {
+    {.name = "profile", .type = ValueType::kEnum, .required = true, .values = kLoginProfileNames},
+    {.name = "scope", .type = ValueType::kEnum, .required = true, .values = kScopeNames},
+    Text("name", 64, false, kIdentifierPattern),
+};
+constexpr FieldInfo kCredsLoginFields[] = {
+    {.name = "profile", .type = ValueType::kEnum, .required = true, .values = kLoginProfileNames},
+    OneOf("scope", kScopeNames),
+    Text("name", 64, false, kIdentifierPattern),
+    Text("policy_profile", 64, false, kIdentifierPattern),
+    Unsigned("columns", 1, kMaxTerminalDimension),
+    Unsigned("rows", 1, kMaxTerminalDimension),
+};
 constexpr FieldInfo kDiffQuery[] = {Unsigned("iteration", 1, kMaxCounter, true),
                                     Unsigned("from", 1, kMaxCounter),
                                     Unsigned("limit", 1, kMaxDiffBytes)};
@@ -266,6 +281,14 @@ constexpr RouteInfo kRouteInfos[] = {
      BodyKind::kJson,
      kAgentImageInstallFields},
     {"POST", "/v1/agent-image/rollback", AgentImageRollbackCommand::kName},
+    {"GET", "/v1/creds", CredsListCommand::kName},
+    {"POST",
+     "/v1/creds/revoke",
+     CredsRevokeCommand::kName,
+     {},
+     BodyKind::kJson,
+     kCredsRevokeFields},
+    {"POST", "/v1/creds/login", CredsLoginCommand::kName, {}, BodyKind::kJson, kCredsLoginFields},
 };
 
 const FieldInfo* FindField(std::span<const FieldInfo> fields, std::string_view name) {
@@ -905,6 +928,53 @@ Result<Command> DecodeAgentImageInstall(const Request& request) {
   return AgentImageInstallCommand{.path = *path};
 }
 
+// A name field: an identifier ([a-z0-9._-], 1..64) when present.
+Result<std::string> IdentifierField(ObjectReader& reader, std::string_view name) {
+  auto text = TRY(reader.String(name));
+  if (!text) return std::string();
+  if (!IsIdentifier(*text)) {
+    return Invalid(
+        fmt::format("{}: '{}' is not a name ([a-z0-9._-], 1..64)", reader.Field(name), *text));
+  }
+  return *text;
+}
+
+Result<Command> DecodeCredsRevoke(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body", BodyFields(request));
+  CredsRevokeCommand command;
+  auto profile = TRY(reader.Enum("profile"));
+  if (!profile) return Invalid("body.profile: required (claude, codex, opencode)");
+  auto scope = TRY(reader.Enum("scope"));
+  if (!scope) return Invalid("body.scope: required (agent, tenant, global)");
+  command.profile = *profile;
+  command.scope = *scope;
+  command.name = TRY(IdentifierField(reader, "name"));
+  TRY(reader.Finish());
+  return command;
+}
+
+Result<Command> DecodeCredsLogin(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body", BodyFields(request));
+  CredsLoginCommand command;
+  auto profile = TRY(reader.Enum("profile"));
+  if (!profile) return Invalid("body.profile: required (claude, codex, opencode)");
+  command.profile = *profile;
+  if (auto scope = TRY(reader.Enum("scope"))) command.scope = *scope;
+  command.name = TRY(IdentifierField(reader, "name"));
+  std::string policy_profile = TRY(IdentifierField(reader, "policy_profile"));
+  if (!policy_profile.empty()) command.policy_profile = policy_profile;
+  if (auto columns = TRY(reader.Unsigned("columns"))) {
+    command.columns = static_cast<uint16_t>(*columns);
+  }
+  if (auto rows = TRY(reader.Unsigned("rows"))) command.rows = static_cast<uint16_t>(*rows);
+  TRY(reader.Finish());
+  return command;
+}
+
 Result<Command> DecodePolicyGet(const Request& request) {
   TRY(NoBody(request));
   QueryReader query(request);
@@ -1141,6 +1211,9 @@ constexpr Route kRoutes[] = {
     {"/v1/agent-image/install", "POST",
      [](const Request& r, uint64_t) { return DecodeAgentImageInstall(r); }},
     {"/v1/agent-image/rollback", "POST", Plain<AgentImageRollbackCommand>},
+    {"/v1/creds", "GET", Plain<CredsListCommand>},
+    {"/v1/creds/revoke", "POST", [](const Request& r, uint64_t) { return DecodeCredsRevoke(r); }},
+    {"/v1/creds/login", "POST", [](const Request& r, uint64_t) { return DecodeCredsLogin(r); }},
 };
 
 static_assert(std::size(kRoutes) == std::size(kRouteInfos),
@@ -1227,7 +1300,7 @@ bool IsReadOnly(const Command& command) {
       AuditListCommand::kName,  AuditVerifyCommand::kName,      AuditExportCommand::kName,
       EventsCommand::kName,     PairingsListCommand::kName,     JobDiffCommand::kName,
       MemoryGetCommand::kName,  MemoryQueryCommand::kName,      MemoryHistoryCommand::kName,
-      MemoryListCommand::kName, AgentImageStatusCommand::kName,
+      MemoryListCommand::kName, AgentImageStatusCommand::kName, CredsListCommand::kName,
   };
   std::string_view name = CommandName(command);
   return std::find(std::begin(kReadOnly), std::end(kReadOnly), name) != std::end(kReadOnly);

@@ -129,6 +129,10 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
                                .execs = exec_audit.get(),
                                .git = options.git};
   std::unique_ptr<JobRunner> runner = TRY(JobRunner::Create(runner_options));
+  if (options.creds_dir.empty()) options.creds_dir = options.state_dir + "/credentials";
+  if (options.creds_key.empty()) options.creds_key = options.state_dir + "/credentials.key";
+  std::unique_ptr<creds::CredentialStore> credentials =
+      TRY(creds::CredentialStore::Open(options.creds_dir, options.creds_key));
   std::unique_ptr<memory::MemoryStore> memory_store =
       TRY(memory::MemoryStore::Open(options.state_dir + "/memory.db"));
   std::unique_ptr<MemoryServer> memory_server = TRY(MemoryServer::Create(
@@ -139,6 +143,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
       TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kExisting))));
   std::unique_ptr<Daemon> daemon(new Daemon(std::move(options), std::move(store), std::move(audit),
                                             std::move(exec_audit), std::move(runner)));
+  daemon->creds_ = std::move(credentials);
   // Loop mode commits every iteration with git: a daemon without it says
   // so now and refuses loop jobs, rather than a loop stopping later.
   Result<std::string> git = ProbeGit(daemon->options_.git);
@@ -256,6 +261,7 @@ Result<void> Daemon::Recover() {
                  "ralphd stopped while the job ran: its sandbox died with the daemon "
                  "(parent-death signal) and what it left was removed"));
     lost.push_back(job.id);
+    waiting_told_.erase(job.id);
     // An agent job's home and loop workspace (its commits stay in jobs/ID).
     std::error_code ec;
     std::filesystem::remove_all(AgentDir(job.id), ec);
@@ -267,27 +273,36 @@ Result<void> Daemon::Recover() {
     Result<void> swept = JobRunner::SweepLost(options, lost);
     if (!swept) Log(LogLevel::kError, swept.error().ToString());
   }
+  RecoverCredentials();
   return {};
 }
 
 void Daemon::Schedule() {
+  // Jobs waiting for an account others hold stay queued; the ones after
+  // them may start.
+  std::set<uint64_t> waiting;
   while (runner_->running() < options_.max_running) {
     Result<std::vector<JobRecord>> queue = store_->JobsIn(JobState::kQueued);
     if (!queue) {
       Log(LogLevel::kError, queue.error().ToString());
       return;
     }
-    if (queue->empty()) return;
-    JobRecord job = std::move(queue->front());
-    Result<void> launched = Launch(job);
+    auto next = std::find_if(queue->begin(), queue->end(),
+                             [&](const JobRecord& job) { return !waiting.count(job.id); });
+    if (next == queue->end()) return;
+    JobRecord job = std::move(*next);
+    Result<bool> launched = Launch(job);
     if (!launched) {
+      ReleaseAccount(job.id);
       Result<void> failed = SetState(job, JobState::kFailed, launched.error().message());
       if (!failed) Log(LogLevel::kError, failed.error().ToString());
+    } else if (!*launched) {
+      waiting.insert(job.id);
     }
   }
 }
 
-Result<void> Daemon::Launch(JobRecord job) {
+Result<bool> Daemon::Launch(JobRecord job) {
   // The job runs under the policy it was accepted with.
   PolicyVersion version = TRY(store_->Policy(job.policy_version));
   Policy policy = TRY(ParsePolicy(version.document));
@@ -296,6 +311,7 @@ Result<void> Daemon::Launch(JobRecord job) {
     return Error::Make(ErrorCode::kNotFound, fmt::format("profile '{}' is not in policy version {}",
                                                          job.profile, job.policy_version));
   }
+  if (job.request.contains("login")) return LaunchLogin(job, *profile);
   Command command =
       TRY(DecodeRequest({.verb = "POST", .path = "/v1/jobs", .body = DumpJson(job.request)}));
   const auto& submit = std::get<JobSubmitCommand>(command);
@@ -322,7 +338,7 @@ Result<void> Daemon::Launch(JobRecord job) {
     Result<void> written = runner_->WriteTerminal(job.id, input);
     if (!written) Log(LogLevel::kError, written.error().ToString());
   }
-  return {};
+  return true;
 }
 
 void Daemon::OnRunnerMessages() {
@@ -404,6 +420,7 @@ void Daemon::OnRunnerMessages() {
           reason += fmt::format(" (teardown: {})", message.error->message());
         }
         FinishAgent(*job, state, reason);
+        FinishLogin(*job, state, reason);
         Result<void> set = SetState(*job, state, reason);
         if (!set) Log(LogLevel::kError, set.error().ToString());
         break;
@@ -724,6 +741,9 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
                                    "on the local socket, or a WebSocket over HTTPS",
                                    c->id));
   }
+  if (std::holds_alternative<CredsListCommand>(command)) return CredsList();
+  if (const auto* c = std::get_if<CredsRevokeCommand>(&command)) return CredsRevoke(*c);
+  if (const auto* c = std::get_if<CredsLoginCommand>(&command)) return CredsLogin(caller, *c);
   if (std::holds_alternative<MemoryPutCommand>(command) ||
       std::holds_alternative<MemoryGetCommand>(command) ||
       std::holds_alternative<MemoryQueryCommand>(command) ||

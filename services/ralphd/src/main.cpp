@@ -73,6 +73,12 @@ constexpr std::string_view kUsage =
   --agent-program PROFILE=PATH
                       run agent profile PROFILE's tool as PATH (inside the
                       job's sandbox) instead of its own name; repeatable
+  --creds-dir DIR     the agents' encrypted credentials (default DIR/credentials)
+  --creds-key FILE    their device key, outside that directory (default
+                      DIR/credentials.key; made on first use)
+  --creds-live-dir DIR
+                      held accounts' live copies and login homes, on a tmpfs
+                      (default /run/ralphd/credentials)
   --git PATH          the git loop mode commits each iteration with (default
                       /usr/bin/git); probed at start: without it loop jobs
                       are refused
@@ -129,6 +135,10 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--api-address", &options.api_address);
   std::vector<std::string> agent_programs;
   parser.Repeated("--agent-program", &agent_programs);
+  parser.Option("--creds-dir", &options.daemon.creds_dir);
+  parser.Option("--creds-key", &options.daemon.creds_key);
+  std::optional<std::string> creds_live_dir;
+  parser.Option("--creds-live-dir", &creds_live_dir);
   parser.Option("--git", &options.daemon.git);
   std::optional<std::string> keyring;
   parser.Option("--agent-images", &options.daemon.agent_images);
@@ -150,6 +160,7 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
       (keyring || !options.daemon.factory_agent_bundle.empty())) {
     return parser.UsageError("--keyring and --factory-agent-bundle go with --agent-images");
   }
+  if (creds_live_dir) options.daemon.creds_live_dir = *creds_live_dir;
   if (socket) options.socket = *socket;
   if (audit_db) options.daemon.audit_db = *audit_db;
   if (job_root && job_image) {

@@ -281,7 +281,7 @@ class Checker {
   Profile ReadProfile(const XMLElement* element) {
     Profile profile;
     OnlyAttributes(element, {"name"});
-    OnlyChildren(element, {"limits", "egress", "mount", "memory"});
+    OnlyChildren(element, {"limits", "egress", "mount", "memory", "credentials"});
     const char* name = element->Attribute("name");
     if (!name) {
       Issue(element, "<profile>: the name attribute is required");
@@ -293,6 +293,7 @@ class Checker {
     }
     size_t limits_seen = 0;
     size_t egress_seen = 0;
+    size_t credentials_seen = 0;
     size_t memory_seen = 0;
     for (const XMLElement* child = element->FirstChildElement(); child;
          child = child->NextSiblingElement()) {
@@ -307,6 +308,9 @@ class Checker {
       } else if (kind == "mount") {
         profile.mounts.push_back(ReadMount(child));
         mount_elements_.push_back(child);
+      } else if (kind == "credentials") {
+        if (++credentials_seen > 1) Issue(child, "<credentials>: only one per profile");
+        profile.credentials = ReadCredentials(child);
       } else if (kind == "memory") {
         if (++memory_seen > 1) Issue(child, "<memory>: only one per profile");
         profile.memory = ReadMemory(child);
@@ -522,6 +526,62 @@ class Checker {
       }
     }
     network.allow.push_back(rule);
+  }
+
+  CredentialGrant ReadCredentials(const XMLElement* element) {
+    CredentialGrant grant;
+    OnlyAttributes(element, {"scopes", "tenant", "holders"});
+    OnlyChildren(element, {});
+    const char* scopes = element->Attribute("scopes");
+    if (!scopes) {
+      Issue(element, "<credentials>: the scopes attribute is required (agent, tenant, global)");
+    } else {
+      std::string_view list = scopes;
+      size_t start = 0;
+      while (start <= list.size()) {
+        size_t comma = list.find(',', start);
+        if (comma == std::string_view::npos) comma = list.size();
+        Result<creds::Scope> scope = creds::ParseScope(list.substr(start, comma - start));
+        if (!scope) {
+          Issue(element, "scopes",
+                fmt::format("<credentials>: scopes: {}", scope.error().message()));
+          break;
+        }
+        if (std::find(grant.scopes.begin(), grant.scopes.end(), *scope) != grant.scopes.end()) {
+          Issue(
+              element, "scopes",
+              fmt::format("<credentials>: scopes: '{}' is listed twice", creds::ScopeName(*scope)));
+          break;
+        }
+        grant.scopes.push_back(*scope);
+        start = comma + 1;
+      }
+      // Most specific first, whatever the order written.
+      std::sort(grant.scopes.begin(), grant.scopes.end());
+    }
+    bool tenant_scope = std::find(grant.scopes.begin(), grant.scopes.end(),
+                                  creds::Scope::kTenant) != grant.scopes.end();
+    const char* tenant = element->Attribute("tenant");
+    if (tenant_scope && !tenant) {
+      Issue(element, "scopes", "<credentials>: the tenant scope needs a tenant attribute");
+    } else if (tenant && !tenant_scope) {
+      Issue(element, "tenant", "<credentials>: tenant is only for the tenant scope");
+    } else if (tenant && !IsProfileName(tenant)) {
+      Issue(element, "tenant",
+            fmt::format("<credentials>: tenant '{}' is not a name ([a-z0-9._-], 1..64)", tenant));
+    } else if (tenant) {
+      grant.tenant = tenant;
+    }
+    if (const char* text = element->Attribute("holders")) {
+      Result<uint64_t> n = ParseNumber(text);
+      if (!n || *n < 1 || *n > 64) {
+        Issue(element, "holders",
+              fmt::format("<credentials>: holders: '{}' is not a number in 1..64", text));
+      } else {
+        grant.holders = static_cast<uint32_t>(*n);
+      }
+    }
+    return grant;
   }
 
   memory::Access ReadMemory(const XMLElement* element) {
@@ -749,6 +809,32 @@ nlohmann::json ProfileToJson(const Profile& profile) {
          {"destination", mount.destination},
          {"access", mount.access == sandbox::BindAccess::kReadOnly ? "read-only" : "read-write"}});
   }
+  nlohmann::json out = {{"name", profile.name},
+                        {"limits",
+                         {{"memory_bytes", profile.limits.memory_bytes},
+                          {"cpu_millis", profile.limits.cpu_millis},
+                          {"pids", profile.limits.pids},
+                          {"disk_bytes", profile.limits.disk_bytes},
+                          {"timeout_ms", profile.limits.timeout.count()}}},
+                        {"network",
+                         {{"enabled", profile.network.enabled},
+                          {"allow", allow},
+                          {"domains", profile.network.allowed_domains},
+                          {"domain_ports", profile.network.domain_ports},
+                          {"agent_hosts", AgentHostsToJson(profile)}}},
+                        {"mounts", mounts}};
+  out["memory"] = profile.memory ? nlohmann::json(memory::AccessName(*profile.memory))
+                                 : nlohmann::json(nullptr);
+  if (profile.credentials) {
+    nlohmann::json scopes = nlohmann::json::array();
+    for (creds::Scope scope : profile.credentials->scopes)
+      scopes.push_back(creds::ScopeName(scope));
+    out["credentials"] = {{"scopes", scopes}, {"holders", profile.credentials->holders}};
+    if (!profile.credentials->tenant.empty()) {
+      out["credentials"]["tenant"] = profile.credentials->tenant;
+    }
+  }
+  return out;
   return {{"name", profile.name},
           {"limits",
            {{"memory_bytes", profile.limits.memory_bytes},

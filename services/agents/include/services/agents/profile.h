@@ -91,6 +91,14 @@ struct AgentLaunch {
 // written provider/model, a relative home, an empty command).
 Result<AgentLaunch> MakeLaunch(AgentKind kind, const AgentOptions& options);
 
+// The tool's own login flow (the profile's login_argv) with `home` (absolute,
+// inside the sandbox) as its home: the environment every run gets and the
+// settings files the login needs (Codex keeps its login in
+// $CODEX_HOME/auth.json, not a keyring). What it writes to the profile's
+// credential_file is the login captured (`ralphctl creds login`).
+// kInvalidArgument for the command profile, which has no login.
+Result<AgentLaunch> MakeLoginLaunch(AgentKind kind, const std::string& home);
+
 // Writes `files` into `home_dir` (a host directory that becomes the job's
 // home), creating their directories (mode 0700), each file replaced
 // atomically with its mode. kInvalidArgument for a path that is absolute,

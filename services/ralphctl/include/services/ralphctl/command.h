@@ -63,6 +63,7 @@ int RunPairCommand(const Invocation& invocation, std::span<const std::string> ar
 int RunPairingsCommand(const Invocation& invocation, std::span<const std::string> args);
 // The agent image on VAR, through ralphd (src/agent_image_command.cpp).
 int RunAgentImageCommand(const Invocation& invocation, std::span<const std::string> args);
+int RunCredsCommand(const Invocation& invocation, std::span<const std::string> args);
 // The client side of the HTTPS API: pairing from a host (src/remote_command.cpp).
 int RunRemoteCommand(const Invocation& invocation, std::span<const std::string> args);
 

@@ -72,6 +72,10 @@
 //   GET    /v1/agent-image                   AgentImageStatusCommand
 //   POST   /v1/agent-image/install           AgentImageInstallCommand
 //   POST   /v1/agent-image/rollback          AgentImageRollbackCommand
+//   GET    /v1/creds                         CredsListCommand
+//   POST   /v1/creds/revoke                  CredsRevokeCommand
+//   POST   /v1/creds/login                   CredsLoginCommand (a login job on a
+//                                            pty: attach to its terminal)
 //
 // CoreRoutes() is this list as data (each query parameter and body field
 // with its type and bounds). The decoder takes every bound from it and
@@ -421,18 +425,40 @@ struct AgentImageInstallCommand {
 struct AgentImageRollbackCommand {
   static constexpr std::string_view kName = "agent-image.rollback";
 };
+// The agents' credentials (docs/credentials.md): the accounts stored, a
+// revocation, and a login (the tool's own flow in a sandbox, on a pty the
+// caller attaches to as a job's terminal).
+struct CredsListCommand {
+  static constexpr std::string_view kName = "creds.list";
+};
+struct CredsRevokeCommand {
+  static constexpr std::string_view kName = "creds.revoke";
+  std::string profile;  // claude, codex, opencode
+  std::string scope;    // agent, tenant, global
+  std::string name;     // empty: "default" (the global account)
+};
+struct CredsLoginCommand {
+  static constexpr std::string_view kName = "creds.login";
+  std::string profile;
+  std::string scope = "global";
+  std::string name;  // empty: "default" (the global account)
+  // The policy profile whose limits and mounts the login's sandbox gets
+  // (its egress is replaced by the tool's login hosts).
+  std::string policy_profile = "default";
+  std::optional<uint16_t> columns;
+  std::optional<uint16_t> rows;
+};
 
-using Command =
-    std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
-                 JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
-                 WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand,
-                 PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
-                 AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
-                 PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand,
-                 JobIterationsCommand, JobPauseCommand, JobResumeCommand, JobDiffCommand,
-                 JobRollbackCommand, MemoryPutCommand, MemoryGetCommand, MemoryQueryCommand,
-                 MemoryHistoryCommand, MemoryListCommand, AgentImageStatusCommand,
-                 AgentImageInstallCommand, AgentImageRollbackCommand>;
+using Command = std::variant<
+    StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
+    JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
+    WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand, PolicyValidateCommand,
+    PolicyHistoryCommand, PolicyRollbackCommand, AuditListCommand, AuditVerifyCommand,
+    AuditExportCommand, EventsCommand, PairCommand, PairingsListCommand, PairingRevokeCommand,
+    TerminalAttachCommand, JobIterationsCommand, JobPauseCommand, JobResumeCommand, JobDiffCommand,
+    JobRollbackCommand, MemoryPutCommand, MemoryGetCommand, MemoryQueryCommand,
+    MemoryHistoryCommand, MemoryListCommand, AgentImageStatusCommand, AgentImageInstallCommand,
+    AgentImageRollbackCommand, CredsListCommand, CredsRevokeCommand, CredsLoginCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);

@@ -19,12 +19,14 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "platform/log.h"
 #include "platform/result.h"
 #include "sandbox/plan.h"
 #include "services/audit/audit_log.h"
+#include "services/creds/store.h"
 #include "services/memory/store.h"
 #include "services/ralphd/commands.h"
 #include "services/ralphd/memory_server.h"
@@ -50,6 +52,13 @@ struct DaemonOptions {
   // sandbox), by profile name: "claude" -> "/opt/standin/ralph-agent-standin"
   // in tests. Absent: the tool's own name, looked up in the job's PATH.
   std::map<std::string, std::string> agent_programs;
+  // The agents' credentials (docs/credentials.md): the encrypted store on
+  // VAR (default <state_dir>/credentials), its device key outside it
+  // (default <state_dir>/credentials.key), and where the live copies of
+  // held accounts and the login homes are: a memory filesystem, checked.
+  std::string creds_dir;
+  std::string creds_key;
+  std::string creds_live_dir = "/run/ralphd/credentials";
   // The git loop mode keeps each loop's repository with (workspace.h). It
   // is probed when the daemon opens; without a working one a loop job is
   // refused at submit, naming it.
@@ -147,7 +156,8 @@ class Daemon final : public DispatcherInterface {
 
   Result<void> Recover();
   void Schedule();
-  Result<void> Launch(JobRecord job);
+  // False: the job waits (queued) for an account that others hold.
+  Result<bool> Launch(JobRecord job);
   Result<void> SetState(JobRecord& job, JobState state, std::string reason = "");
   void Audit(std::string type, std::string subject, nlohmann::json details, uint64_t job = 0);
   void Emit(std::string kind, uint64_t job, nlohmann::json body);
@@ -176,7 +186,7 @@ class Daemon final : public DispatcherInterface {
   struct AgentRun;
   Result<void> CheckAgentSubmit(const JobSubmitCommand& command, const Profile& profile);
   Result<void> CheckAgentStart(const JobRecord& job);
-  Result<void> LaunchAgent(JobRecord& job, const JobSubmitCommand& submit, const Profile& profile);
+  Result<bool> LaunchAgent(JobRecord& job, const JobSubmitCommand& submit, const Profile& profile);
   enum class AgentFeed { kChunk, kEnd };  // kEnd: the stream is over
   void OnAgentOutput(uint64_t job, std::string_view data, AgentFeed feed = AgentFeed::kChunk);
   // Before a finished agent job's state is set: its usage summary; a loop
@@ -202,6 +212,35 @@ class Daemon final : public DispatcherInterface {
   Result<bool> CancelLoop(JobRecord& job);
   std::string AgentDir(uint64_t job) const;
 
+  // Credentials (credentials.cpp, docs/credentials.md). The account a job
+  // of agent profile `tool` under `profile` would hold: the first of the
+  // granted scopes, most specific first, that has a stored credential.
+  Result<std::optional<creds::AccountId>> GrantedAccount(std::string_view tool,
+                                                         const Profile& profile);
+  // Whether `profile`'s holder limit keeps a job from the account now.
+  bool AccountBusy(const creds::AccountId& account, const Profile& profile) const;
+  // A "creds.wait" event, once per waiting job.
+  void NoteWaiting(uint64_t job, const creds::AccountId& account);
+  // The job holds the account: its live copy (checked out when nobody
+  // held it), a "creds.grant" audit row. Returns the live file's path.
+  Result<std::string> HoldAccount(uint64_t job, const creds::AccountId& account,
+                                  const Profile& profile);
+  // The job's account, if it held one, is released; its last holder writes
+  // the live copy back and removes it ("creds.release"). Idempotent.
+  void ReleaseAccount(uint64_t job);
+  // Live copies a previous daemon left (it died holding them) written back.
+  void RecoverCredentials();
+  Result<Reply> CredsList();
+  Result<Reply> CredsRevoke(const CredsRevokeCommand& command);
+  // A login job: queued like a job, on a pty the caller attaches to.
+  Result<Reply> CredsLogin(const Caller& caller, const CredsLoginCommand& command);
+  // The login's sandbox (agent_jobs.cpp): the tool's login_argv, the
+  // policy profile's limits and mounts, its egress the tool's login hosts
+  // only, a home on the memory filesystem.
+  Result<bool> LaunchLogin(JobRecord& job, const Profile& profile);
+  // A finished login: what the tool wrote into its credential file is
+  // stored ("creds.login"), the home removed; a login that wrote none fails.
+  void FinishLogin(JobRecord& job, JobState& state, std::string& reason);
   // The shared agent memory (docs/memory.md): a job whose profile grants
   // it gets its socket bound at kMemorySocketDir and kMemorySocketEnv set.
   Result<void> GrantMemory(uint64_t job, const Profile& profile, sandbox::SandboxSpec& spec);
@@ -233,6 +272,22 @@ class Daemon final : public DispatcherInterface {
   // The running agent jobs' parsers and counters (shared_ptr: AgentRun is
   // complete only in agent_jobs.cpp).
   std::map<uint64_t, std::shared_ptr<AgentRun>> agent_runs_;
+  std::unique_ptr<creds::CredentialStore> creds_;
+  struct Holding {
+    std::string live_path;
+    std::set<uint64_t> jobs;
+    bool revoked = false;     // revoked while held: nothing is written back
+    bool superseded = false;  // a new login stored while held: neither
+  };
+  std::map<creds::AccountId, Holding> holdings_;
+  std::map<uint64_t, creds::AccountId> held_by_job_;
+  std::set<uint64_t> waiting_told_;
+  struct LoginRun {
+    creds::AccountId account;
+    std::string dir;              // on the memory filesystem: the home's parent
+    std::string credential_file;  // relative to the home
+  };
+  std::map<uint64_t, LoginRun> login_runs_;
   // Why loop mode is unavailable (DaemonOptions::git does not run); unset
   // when it is available.
   std::optional<Error> git_error_;

@@ -28,6 +28,7 @@
 
 #include "platform/result.h"
 #include "sandbox/spec.h"
+#include "services/creds/store.h"
 #include "services/memory/protocol.h"
 #include "services/ralphd/commands.h"
 
@@ -43,6 +44,18 @@ struct ProfileLimits {
   std::chrono::milliseconds timeout = kDefaultJobTimeout;
 };
 
+// <credentials>: which of the agents' logged-in accounts (services/creds,
+// docs/credentials.md) a job of the profile may hold. Without it a job
+// sees no credential at all.
+struct CredentialGrant {
+  // The scopes granted, most specific first when a job looks for an
+  // account: agent (the account named after this profile), tenant (the
+  // account of `tenant`), global (the appliance's account).
+  std::vector<creds::Scope> scopes;
+  std::string tenant;    // set exactly when the tenant scope is granted
+  uint32_t holders = 1;  // running jobs that may hold one account at once
+};
+
 // Which API hosts of an agent job's profile its network gets by domain, on
 // top of the policy profile's own allowlist (<egress agent-hosts=...>).
 enum class AgentHostsMode {
@@ -56,6 +69,7 @@ struct Profile {
   ProfileLimits limits;
   sandbox::NetworkSpec network;  // enabled only with an <egress> element
   std::vector<sandbox::BindMount> mounts;
+  std::optional<CredentialGrant> credentials;
   AgentHostsMode agent_hosts_mode = AgentHostsMode::kAll;
   std::vector<std::string> agent_hosts;  // kListed: each an agent profile's API host
   // <memory access=".."/>: the shared agent memory's socket is mounted into
