@@ -16,8 +16,8 @@ namespace {
 
 // EVP_sha256() is a legacy handle: OpenSSL 3 fetches the provider's
 // implementation behind it at every EVP_DigestInit_ex (a name lookup under a
-// lock, ~1 us). Fetched once here, a hash of a short input (an audit row)
-// costs a third less. Never freed: it lives as long as the process.
+// lock), a third of the cost of hashing a short input such as an audit row.
+// Fetched once here; never freed (it lives as long as the process).
 const EVP_MD* Sha256Md() {
   static const EVP_MD* const md = [] {
     const EVP_MD* fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);

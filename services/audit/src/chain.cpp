@@ -23,15 +23,16 @@ void AppendField(std::string& out, std::string_view field) {
   out += '\n';
 }
 
-// Appends the canonical encoding of `row` to `out`, grown once.
-void AppendEncoding(std::string& out, const AuditRecord& row) {
+// `prefix`, then the canonical encoding of `row`, into `out`, grown once.
+void Encode(std::string& out, std::string_view prefix, const AuditRecord& row) {
   char seq[24];
   std::string_view seq_text(seq, std::to_chars(seq, seq + sizeof seq, row.seq).ptr - seq);
   const std::string_view fields[] = {seq_text, row.time,    row.actor,
                                      row.type, row.subject, row.details};
-  size_t size = out.size() + kEncodingTag.size();
+  size_t size = prefix.size() + kEncodingTag.size();
   for (std::string_view field : fields) size += field.size() + 22;  // length, ':', '\n'
   out.reserve(size);
+  out += prefix;
   out += kEncodingTag;
   for (std::string_view field : fields) AppendField(out, field);
 }
@@ -40,14 +41,14 @@ void AppendEncoding(std::string& out, const AuditRecord& row) {
 
 std::string CanonicalEncoding(const AuditRecord& row) {
   std::string out;
-  AppendEncoding(out, row);
+  Encode(out, {}, row);
   return out;
 }
 
 Result<std::string> ComputeRowHash(const AuditRecord& row) {
   // One buffer, one digest call: a row is a few hundred bytes.
-  std::string bytes = row.prev_hash;
-  AppendEncoding(bytes, row);
+  std::string bytes;
+  Encode(bytes, row.prev_hash, row);
   Sha256Digest digest =
       TRY_CTX(Sha256::Of({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}),
               "hashing an audit row");
