@@ -67,6 +67,26 @@ TEST(CanonicalEncoding, LengthPrefixedSoFieldsCannotShift) {
   EXPECT_EQ(CanonicalEncoding(a), CanonicalEncoding(c));
 }
 
+// The encoding is a stored format: rows written by any build must keep
+// verifying. The expected digest was computed outside this code (Python's
+// hashlib over the bytes chain.h describes).
+TEST(ComputeRowHash, MatchesTheDocumentedEncoding) {
+  AuditRecord row;
+  row.seq = 42;
+  row.time = "2026-11-22T16:40:01.123Z";
+  row.actor = "ota";
+  row.type = "rollback";
+  row.subject = "slot B";
+  row.details = R"({"reason":"health gate failed"})";
+  row.prev_hash = std::string(kGenesisHash);
+  EXPECT_EQ(CanonicalEncoding(row),
+            "ralph-audit-row-v1\n2:42\n24:2026-11-22T16:40:01.123Z\n3:ota\n8:rollback\n6:slot "
+            "B\n31:{\"reason\":\"health gate failed\"}\n");
+  auto hash = ComputeRowHash(row);
+  ASSERT_TRUE(hash.has_value()) << hash.error().ToString();
+  EXPECT_EQ(*hash, "d17b15dcc7a587037be5062374c46f66b4845b74fa98a2d9390099ff3ee1581e");
+}
+
 TEST(ComputeRowHash, CoversEveryFieldAndThePreviousHash) {
   AuditRecord base = MakeChain(1)[0];
   const std::string hash = *ComputeRowHash(base);

@@ -2,6 +2,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "services/audit/redact.h"
 
 namespace ralph::audit {
@@ -175,6 +177,43 @@ TEST(RedactJson, SecretMembersWhateverTheirTypeAndNesting) {
   std::string dumped = out.dump();
   for (std::string_view secret : {"AKIA1234", "1234", "dXNlcjpwYXNz", "zzzzzzzz", "MIIEvQ"}) {
     EXPECT_THAT(dumped, Not(HasSubstr(std::string(secret)))) << secret;
+  }
+}
+
+// The audit log stores details as they are when NeedsRedaction says so:
+// it must see every secret RedactJson removes, wherever it is nested.
+TEST(NeedsRedaction, SeesEverySecretRedactJsonRemoves) {
+  const json plain = {{"caller", "uid:0"},
+                      {"state", "running"},
+                      {"argv", {"make", "-j2", "CC=gcc", "--verbose"}},
+                      {"url", "https://example.com/a?b=c#d"},
+                      {"header", "Accept: */*"},
+                      {"n", 3},
+                      {"cookie", nullptr},
+                      {"nested", {{"path", "/var/lib/ralph"}, {"list", {1, 2.5, true}}}}};
+  EXPECT_FALSE(NeedsRedaction(plain));
+  EXPECT_EQ(RedactJson(plain), plain);
+  const std::vector<json> secrets = {
+      {{"api_key", "AKIA1234"}},
+      {{"password", 1234}},
+      {{"credentials", {{"user", "ops"}}}},
+      {{"headers", {{"Authorization", "Basic dXNlcjpwYXNz"}}}},
+      {{"note", "Authorization: Basic dXNlcjpwYXNz"}},
+      {{"list", json::array({"Bearer zzzzzzzz"})}},
+      {{"list", json::array({json::array({{{"token", "t"}}})})}},
+      {{"url", "https://u:pw@example.com/"}},
+      {{"url", "https://example.com/?access_token=abc"}},
+      {{"jwt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"}},
+      {{"cmd", "deploy --token=abc"}},
+      {{"env", "GITHUB_TOKEN=abc"}},
+      {{"cmd", "deploy --api-key abc"}},
+      {{"notes", std::string(kPem)}},
+  };
+  for (const json& secret : secrets) {
+    json value = plain;
+    value["extra"] = secret;
+    EXPECT_TRUE(NeedsRedaction(value)) << secret.dump();
+    EXPECT_NE(RedactJson(value), value) << secret.dump();
   }
 }
 

@@ -55,6 +55,9 @@ CREATE INDEX IF NOT EXISTS audit_log_by_time ON audit_log(time);
 )sql";
 
 constexpr const char* kRowColumns = "seq, time, actor, type, subject, details, prev_hash, hash";
+constexpr std::string_view kInsertSql =
+    "INSERT INTO audit_log (seq, time, actor, type, subject, details, prev_hash, hash) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 ErrorCode CodeForSqlite(int rc, int sys_errno) {
   switch (rc & 0xff) {
@@ -99,6 +102,14 @@ std::string UriEscape(std::string_view path) {
   }
   return out;
 }
+
+struct ResetOnExit {
+  sqlite3_stmt* statement;
+  ~ResetOnExit() {
+    sqlite3_reset(statement);
+    sqlite3_clear_bindings(statement);
+  }
+};
 
 AuditRecord ReadRow(sqlite3_stmt* statement) {
   AuditRecord row;
@@ -185,8 +196,11 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(std::string path, OpenMode mode
   }
 
   // SQLite's unix VFS opens its files with O_CLOEXEC (osOpen in os_unix.c).
+  // NOMUTEX: an AuditLog is used by one thread at a time (its kept
+  // statements are not shareable either), so SQLite's per-call connection
+  // mutex would only cost time.
   int flags = (mode == OpenMode::kReadOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) |
-              SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE;
+              SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE | SQLITE_OPEN_NOMUTEX;
   std::string filename = path;
   struct statvfs fs {};
   if (mode == OpenMode::kReadOnly && ::statvfs(path.c_str(), &fs) == 0 && (fs.f_flag & ST_RDONLY)) {
@@ -298,10 +312,16 @@ Result<std::vector<AuditRecord>> AuditLog::AppendBatch(std::span<const AuditEven
     row.actor = event.actor;
     row.type = event.type;
     row.subject = RedactText(event.subject);
-    nlohmann::json details =
-        event.details.is_null() ? nlohmann::json::object() : RedactJson(event.details);
-    // The same details always give the same text (canonical_json.h).
-    row.details = CanonicalJson(details);
+    // The same details always give the same text (canonical_json.h). Most
+    // details hold no secret and are written as they are, without a
+    // redacted copy.
+    if (event.details.is_null()) {
+      row.details = CanonicalJson(nlohmann::json::object());
+    } else if (NeedsRedaction(event.details)) {
+      row.details = CanonicalJson(RedactJson(event.details));
+    } else {
+      row.details = CanonicalJson(event.details);
+    }
     if (row.details.size() > kMaxDetailsBytes) {
       return in_batch(Error::Make(ErrorCode::kInvalidArgument,
                                   fmt::format("audit event details are {} bytes; at most {}",
@@ -320,33 +340,15 @@ Result<std::vector<AuditRecord>> AuditLog::AppendBatch(std::span<const AuditEven
   // durable at once (one WAL sync), or none of it.
   sqlite::Transaction transaction = TRY(sqlite::Transaction::Begin(
       db, sqlite::TransactionKind::kImmediate, "appending: starting a transaction", fail));
-  int64_t seq = 0;
-  std::string prev_hash;
-  {
-    Statement tip = TRY(Prepare(db, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                                "appending: reading the tip", fail));
-    int rc = sqlite3_step(tip.get());
-    if (rc == SQLITE_ROW) {
-      seq = sqlite3_column_int64(tip.get(), 0);
-      prev_hash = ColumnText(tip.get(), 1);
-    } else if (rc == SQLITE_DONE) {
-      prev_hash = std::string(kGenesisHash);
-    } else {
-      return DbError(rc, "appending: reading the tip");
-    }
-  }
-  Statement insert = TRY(Prepare(db,
-                                 fmt::format("INSERT INTO audit_log ({}) VALUES "
-                                             "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                                             kRowColumns),
-                                 "appending: preparing the insert", fail));
-  sqlite3_stmt* s = insert.get();
+  ChainTip tip = TRY(Tip());
+  int64_t seq = tip.seq;
+  std::string prev_hash = std::move(tip.hash);
+  sqlite3_stmt* s = TRY(Prepared(insert_, kInsertSql, "appending: preparing the insert"));
   for (AuditRecord& row : rows) {
     row.seq = ++seq;
     row.prev_hash = std::move(prev_hash);
     row.hash = TRY_CTX(ComputeRowHash(row), fmt::format("audit log {}: appending", path_));
     prev_hash = row.hash;
-    sqlite3_reset(s);
     sqlite3_bind_int64(s, 1, row.seq);
     const std::string* texts[] = {&row.time,    &row.actor,     &row.type, &row.subject,
                                   &row.details, &row.prev_hash, &row.hash};
@@ -354,6 +356,9 @@ Result<std::vector<AuditRecord>> AuditLog::AppendBatch(std::span<const AuditEven
       sqlite3_bind_text(s, i + 2, texts[i]->data(), static_cast<int>(texts[i]->size()),
                         SQLITE_STATIC);
     }
+    // The statement is kept: reset (and unbound from this row's strings)
+    // whatever happens, after the error below is read.
+    ResetOnExit reset{s};
     int rc = sqlite3_step(s);
     if (rc != SQLITE_DONE) return DbError(rc, fmt::format("appending row {}", row.seq));
   }
@@ -424,19 +429,24 @@ void AuditLog::StatementDeleter::operator()(sqlite3_stmt* statement) const {
   sqlite3_finalize(statement);
 }
 
-Result<ChainTip> AuditLog::Tip() {
-  if (!tip_) {
-    constexpr std::string_view kSql = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+Result<sqlite3_stmt*> AuditLog::Prepared(std::unique_ptr<sqlite3_stmt, StatementDeleter>& slot,
+                                         std::string_view sql, std::string_view what) {
+  if (!slot) {
     sqlite3_stmt* raw = nullptr;
-    int rc = sqlite3_prepare_v3(db_.get(), kSql.data(), static_cast<int>(kSql.size()),
+    int rc = sqlite3_prepare_v3(db_.get(), sql.data(), static_cast<int>(sql.size()),
                                 SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
-    tip_.reset(raw);
+    slot.reset(raw);
     if (rc != SQLITE_OK) {
-      tip_.reset();
-      return DbError(rc, "reading the tip");
+      slot.reset();
+      return DbError(rc, what);
     }
   }
-  sqlite3_stmt* tip = tip_.get();
+  return slot.get();
+}
+
+Result<ChainTip> AuditLog::Tip() {
+  sqlite3_stmt* tip = TRY(Prepared(
+      tip_, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", "reading the tip"));
   int rc = sqlite3_step(tip);
   ChainTip out;
   if (rc == SQLITE_ROW) out = ChainTip{sqlite3_column_int64(tip, 0), ColumnText(tip, 1)};

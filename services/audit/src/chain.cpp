@@ -15,35 +15,43 @@ namespace {
 constexpr std::string_view kEncodingTag = "ralph-audit-row-v1\n";
 
 void AppendField(std::string& out, std::string_view field) {
-  out += std::to_string(field.size());
+  char digits[24];
+  char* end = std::to_chars(digits, digits + sizeof digits, field.size()).ptr;
+  out.append(digits, end);
   out += ':';
   out += field;
   out += '\n';
 }
 
-std::span<const uint8_t> Bytes(std::string_view text) {
-  // SHA-256 reads bytes; a char and a uint8_t have the same representation.
-  return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
+// `prefix`, then the canonical encoding of `row`, into `out`, grown once.
+void Encode(std::string& out, std::string_view prefix, const AuditRecord& row) {
+  char seq[24];
+  std::string_view seq_text(seq, std::to_chars(seq, seq + sizeof seq, row.seq).ptr - seq);
+  const std::string_view fields[] = {seq_text, row.time,    row.actor,
+                                     row.type, row.subject, row.details};
+  size_t size = prefix.size() + kEncodingTag.size();
+  for (std::string_view field : fields) size += field.size() + 22;  // length, ':', '\n'
+  out.reserve(size);
+  out += prefix;
+  out += kEncodingTag;
+  for (std::string_view field : fields) AppendField(out, field);
 }
 
 }  // namespace
 
 std::string CanonicalEncoding(const AuditRecord& row) {
-  std::string out(kEncodingTag);
-  AppendField(out, std::to_string(row.seq));
-  AppendField(out, row.time);
-  AppendField(out, row.actor);
-  AppendField(out, row.type);
-  AppendField(out, row.subject);
-  AppendField(out, row.details);
+  std::string out;
+  Encode(out, {}, row);
   return out;
 }
 
 Result<std::string> ComputeRowHash(const AuditRecord& row) {
-  Sha256 hasher = TRY_CTX(Sha256::Create(), "hashing an audit row");
-  TRY_CTX(hasher.Update(Bytes(row.prev_hash)), "hashing an audit row");
-  TRY_CTX(hasher.Update(Bytes(CanonicalEncoding(row))), "hashing an audit row");
-  Sha256Digest digest = TRY_CTX(hasher.Finish(), "hashing an audit row");
+  // One buffer, one digest call: a row is a few hundred bytes.
+  std::string bytes;
+  Encode(bytes, row.prev_hash, row);
+  Sha256Digest digest =
+      TRY_CTX(Sha256::Of({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}),
+              "hashing an audit row");
   return DigestToHex(digest);
 }
 

@@ -7,43 +7,46 @@
 namespace ralph::audit {
 namespace {
 
+// ASCII classes, as <cctype>'s in the "C" locale the programs run in, but
+// inline and the same whatever locale a process sets.
+bool IsUpper(char c) {
+  return c >= 'A' && c <= 'Z';
+}
 char Lower(char c) {
-  return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return IsUpper(c) ? static_cast<char>(c - 'A' + 'a') : c;
 }
 bool IsAlnum(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) != 0;
-}
-bool IsUpper(char c) {
-  return std::isupper(static_cast<unsigned char>(c)) != 0;
+  return IsUpper(c) || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
 }
 bool IsSpace(char c) {
   return c == ' ' || c == '\t';
 }
 
-// Words of an identifier: "accessToken" -> access, token; "X-Api-Key" ->
-// x, api, key; "db_password" -> db, password. Lower-cased.
-std::vector<std::string> Words(std::string_view key) {
-  std::vector<std::string> words;
-  std::string word;
-  for (size_t i = 0; i < key.size(); ++i) {
-    char c = key[i];
-    if (!IsAlnum(c)) {
-      if (!word.empty()) words.push_back(std::move(word));
-      word.clear();
-      continue;
+// Calls `visit` with each word of an identifier, as a view into it, until
+// it returns true: "accessToken" -> access, Token; "X-Api-Key" -> X, Api,
+// Key; "db_password" -> db, password. A word ends at a non-alphanumeric and
+// before an upper-case letter that follows a lower-case one or a digit.
+template <typename Visit>
+bool AnyWord(std::string_view key, Visit visit) {
+  size_t start = 0;
+  for (size_t i = 0; i <= key.size(); ++i) {
+    bool separator = i == key.size() || !IsAlnum(key[i]);
+    bool case_change = !separator && i > start && IsUpper(key[i]) && !IsUpper(key[i - 1]);
+    if (separator || case_change) {
+      if (i > start && visit(key.substr(start, i - start))) return true;
+      start = separator ? i + 1 : i;
     }
-    if (IsUpper(c) && !word.empty() && i > 0 && !IsUpper(key[i - 1])) {
-      words.push_back(std::move(word));
-      word.clear();
-    }
-    word += Lower(c);
   }
-  if (!word.empty()) words.push_back(std::move(word));
-  return words;
+  return false;
 }
 
-bool EndsWith(std::string_view text, std::string_view suffix) {
-  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
+bool EndsWithIgnoringCase(std::string_view text, std::string_view suffix) {
+  if (text.size() < suffix.size()) return false;
+  size_t at = text.size() - suffix.size();
+  for (size_t i = 0; i < suffix.size(); ++i) {
+    if (Lower(text[at + i]) != suffix[i]) return false;
+  }
+  return true;
 }
 
 bool StartsWithIgnoringCase(std::string_view text, size_t at, std::string_view prefix) {
@@ -52,6 +55,22 @@ bool StartsWithIgnoringCase(std::string_view text, size_t at, std::string_view p
     if (Lower(text[at + i]) != prefix[i]) return false;
   }
   return true;
+}
+
+bool ContainsIgnoringCase(std::string_view text, std::string_view lower) {
+  for (size_t at = 0; at + lower.size() <= text.size(); ++at) {
+    if (StartsWithIgnoringCase(text, at, lower)) return true;
+  }
+  return false;
+}
+
+// A ':' then a blank: what every header line RedactHeaders changes has.
+bool HasHeaderSeparator(std::string_view text) {
+  for (size_t colon = text.find(':'); colon != std::string_view::npos;
+       colon = text.find(':', colon + 1)) {
+    if (colon + 1 < text.size() && IsSpace(text[colon + 1])) return true;
+  }
+  return false;
 }
 
 // Characters of a bearer token (RFC 6750 b64token) or a JWT.
@@ -310,23 +329,32 @@ bool IsSecretKeyName(std::string_view key) {
   static constexpr std::array<std::string_view, 13> kSecretEndings = {
       "token",   "secret",        "secrets", "password",   "passwd",     "passphrase", "cookie",
       "cookies", "authorization", "apikey",  "privatekey", "credential", "credentials"};
-  for (const std::string& word : Words(key)) {
-    if (word == "key") return true;
+  return AnyWord(key, [](std::string_view word) {
+    if (word.size() == 3 && EndsWithIgnoringCase(word, "key")) return true;
     for (std::string_view ending : kSecretEndings) {
-      if (EndsWith(word, ending)) return true;
+      if (EndsWithIgnoringCase(word, ending)) return true;
     }
-  }
-  return false;
+    return false;
+  });
 }
 
 std::string RedactText(std::string_view text) {
+  // Each pass only changes text that has its marker (a PEM header, ": "
+  // for header lines, "://", "bearer", "eyJ", a '=' or an option's '-'), so
+  // a pass is skipped when the text so far has none: most strings (a job id,
+  // a state, a path) are copied once and scanned for markers, not rebuilt
+  // six times character by character.
+  auto has = [](std::string_view in, std::string_view marker) {
+    return in.find(marker) != std::string_view::npos;
+  };
   // Private keys first: their base64 body must not be taken for other tokens.
-  std::string out = RedactPrivateKeys(text);
-  out = RedactHeaders(out);
-  out = RedactUrls(out);
-  out = RedactBearer(out);
-  out = RedactJwts(out);
-  out = RedactAssignments(out);
+  std::string out(text);
+  if (has(out, "-----BEGIN ")) out = RedactPrivateKeys(out);
+  if (HasHeaderSeparator(out)) out = RedactHeaders(out);
+  if (has(out, "://")) out = RedactUrls(out);
+  if (ContainsIgnoringCase(out, "bearer")) out = RedactBearer(out);
+  if (has(out, "eyJ")) out = RedactJwts(out);
+  if (out.find_first_of("=-") != std::string::npos) out = RedactAssignments(out);
   return out;
 }
 
@@ -353,6 +381,26 @@ std::vector<std::string> RedactArgv(const std::vector<std::string>& argv) {
     out.push_back(RedactText(arg));
   }
   return out;
+}
+
+bool NeedsRedaction(const nlohmann::json& value) {
+  if (value.is_string()) {
+    const std::string& text = value.get_ref<const std::string&>();
+    return RedactText(text) != text;
+  }
+  if (value.is_array()) {
+    for (const auto& element : value) {
+      if (NeedsRedaction(element)) return true;
+    }
+    return false;
+  }
+  if (value.is_object()) {
+    for (const auto& [key, member] : value.items()) {
+      // As RedactJson: a secret-named member is replaced unless it is null.
+      if (IsSecretKeyName(key) ? !member.is_null() : NeedsRedaction(member)) return true;
+    }
+  }
+  return false;
 }
 
 nlohmann::json RedactJson(const nlohmann::json& value) {

@@ -25,6 +25,8 @@
 // depend on the log (most of them) logs the error and goes on; a caller that
 // must not act unaudited (the OTA downgrade override) refuses when Append
 // fails. An AuditLog is not shared across fork(): a child opens its own.
+// It is used by one thread at a time (threads that share one hold a lock
+// around every call, as ralphd's API threads do).
 #pragma once
 
 #include <chrono>
@@ -170,13 +172,19 @@ class AuditLog final : public AuditSinkInterface {
       : path_(std::move(path)), mode_(mode), db_(std::move(db)), options_(std::move(options)) {}
 
   Error DbError(int rc, std::string_view what) const;
+  // The statement in `slot`, prepared on first use and kept (SQLite
+  // re-prepares it itself when the schema changes).
+  Result<sqlite3_stmt*> Prepared(std::unique_ptr<sqlite3_stmt, StatementDeleter>& slot,
+                                 std::string_view sql, std::string_view what);
 
   std::string path_;
   OpenMode mode_;
   std::unique_ptr<sqlite3, DbDeleter> db_;
   AuditLogOptions options_;
-  // Tip()'s query, prepared once (ralphd's status reads the tip each time).
+  // Statements prepared once: Tip()'s query (ralphd's status reads the tip
+  // each time; appends read it too) and the insert of a row.
   std::unique_ptr<sqlite3_stmt, StatementDeleter> tip_;
+  std::unique_ptr<sqlite3_stmt, StatementDeleter> insert_;
 };
 
 // The time format of AuditRecord::time for `when`.

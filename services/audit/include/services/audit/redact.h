@@ -50,4 +50,10 @@ std::vector<std::string> RedactArgv(const std::vector<std::string>& argv);
 // (recursively through objects and arrays).
 nlohmann::json RedactJson(const nlohmann::json& value);
 
+// False only when RedactJson(value) would equal `value`: nothing secret in
+// it. Cheaper than RedactJson (no copy is built), so the common case, a
+// value without secrets, is used as it is. May say true for a value that
+// redacts to itself (a secret member already "[REDACTED]").
+bool NeedsRedaction(const nlohmann::json& value);
+
 }  // namespace ralph::audit
