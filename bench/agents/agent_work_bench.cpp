@@ -200,26 +200,26 @@ long long RssBytes(pid_t pid) {
 }
 
 // An idle sandbox running node, started in the background; ready once node
-// has printed its line (read from the pipe, no timer). The launcher's pid:
-// SIGTERM ends the launcher and its job.
-pid_t StartIdle(const std::vector<std::string>& argv) {
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) Die("pipe");
+// has made `ready_file` in the workspace (ralph-sandbox hands the job's
+// output over only at its end). The launcher's pid: SIGTERM ends the
+// launcher and its job.
+pid_t StartIdle(const std::vector<std::string>& argv, const std::string& ready_file) {
   pid_t pid = fork();
   if (pid < 0) Die("fork");
   if (pid == 0) {
-    dup2(out[1], 1);
     std::vector<char*> args;
     for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
     args.push_back(nullptr);
     execv(args[0], args.data());
     _exit(127);
   }
-  close(out[1]);
-  char line[16] = {};
-  ssize_t got = read(out[0], line, sizeof line - 1);
-  close(out[0]);
-  if (got <= 0 || std::string(line).find("ready") != 0) Die("an idle node sandbox did not start");
+  // Polls the state it waits for; the launcher's exit is a failure.
+  while (access(ready_file.c_str(), F_OK) != 0) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid)
+      Die("an idle node sandbox ended before it was ready");
+    usleep(10000);
+  }
   return pid;
 }
 
@@ -359,9 +359,14 @@ int main(int argc, char** argv) {
   // share one daemon: ralphd_bench measures what it adds per job).
   std::vector<pid_t> jobs;
   for (int i = 0; i < idle; ++i) {
-    jobs.push_back(StartIdle(
-        sandbox.Run({work + ":/work"}, {},
-                    {"node", "-e", "setInterval(() => {}, 1 << 30); console.log('ready')"})));
+    const std::string ready = fmt::format("ready-{}", i);
+    jobs.push_back(
+        StartIdle(sandbox.Run({work + ":/work"}, {},
+                              {"node", "-e",
+                               fmt::format("require('fs').writeFileSync('/work/{}', ''); "
+                                           "setInterval(() => {{}}, 1 << 30)",
+                                           ready)}),
+                  work + "/" + ready));
   }
   std::vector<double> charged_mib, launcher_mib;
   for (pid_t job : jobs) {
