@@ -45,15 +45,19 @@
 
 #include "https_load.h"
 #include "services/ralphd/api/client.h"
+#include "tests/support/bench_stats.h"
 #include "tests/support/run_program.h"
+#include "tests/support/wait_for.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
+using ralph::testing::Median;
 using ralph::testing::ProgramStreams;
 using ralph::testing::RunProgramStreams;
 using ralph::testing::StartProgram;
+using ralph::testing::WaitFor;
 namespace api = ralph::ralphd::api;
 
 std::string Read(const std::string& path) {
@@ -70,20 +74,6 @@ void Write(const std::string& path, const std::string& text, mode_t mode = 0600)
 [[noreturn]] void Die(const std::string& why) {
   std::fprintf(stderr, "ralphd_bench: %s\n", why.c_str());
   std::exit(1);
-}
-// Polls `done` (a state) until it holds or `seconds` have passed.
-template <typename F>
-bool WaitFor(F done, int seconds = 60) {
-  auto deadline = Clock::now() + std::chrono::seconds(seconds);
-  while (Clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return done();
-}
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 uint64_t RssKib(pid_t pid) {
   std::istringstream status(Read(fmt::format("/proc/{}/status", pid)));
@@ -418,7 +408,7 @@ void Rss(const std::string& bin, const std::string& work, int jobs) {
         json parsed = json::parse(status.out, nullptr, false);
         return !parsed.is_discarded() && parsed["jobs"].value("running", 0) == jobs;
       },
-      300);
+      std::chrono::seconds(300));
   uint64_t busy = RssKib(ralphd.pid());
   std::printf("  %d jobs running%s: %6.1f MiB, %.0f KiB per job over idle\n", jobs,
               all ? "" : " (not all started)", busy / 1024.0,

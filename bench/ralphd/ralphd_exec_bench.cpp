@@ -23,16 +23,13 @@
 
 #include "services/audit/audit_log.h"
 #include "services/ralphd/daemon.h"
+#include "tests/support/bench_stats.h"
 
 namespace {
 
 namespace rd = ralph::ralphd;
+using ralph::testing::Median;
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values.empty() ? 0 : values[values.size() / 2];
-}
 
 constexpr const char* kPolicy = R"(<policy format="1">
   <profile name="default">

@@ -31,6 +31,7 @@
 #include "private_netns_environment.h"
 #include "test_topology.h"
 #include "tests/support/run_program.h"
+#include "tests/support/wait_for.h"
 
 namespace ralph::ralphd {
 namespace {
@@ -38,6 +39,7 @@ namespace {
 using nlohmann::json;
 using ralph::testing::ProgramStreams;
 using ralph::testing::RunProgramStreams;
+using ralph::testing::WaitFor;
 using sandbox::testing::World;
 
 World* g_world = nullptr;
@@ -71,16 +73,6 @@ const auto* const kEnvironment = ::testing::AddGlobalTestEnvironment(new EgressE
 
 void Write(const std::string& path, const std::string& content) {
   std::ofstream(path) << content;
-}
-
-// Polls `done` (state, not time) up to a generous bound.
-template <typename F>
-bool WaitFor(F done) {
-  for (int i = 0; i < 3000; ++i) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return done();
 }
 
 class EgressTest : public ::testing::Test {

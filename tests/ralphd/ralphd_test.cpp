@@ -62,6 +62,7 @@
 #include "services/ralphd/commands.h"
 #include "tests/support/run_program.h"
 #include "tests/support/test_seed.h"
+#include "tests/support/wait_for.h"
 
 namespace ralph::ralphd {
 namespace {
@@ -69,6 +70,7 @@ namespace {
 using nlohmann::json;
 using ralph::testing::ProgramStreams;
 using ralph::testing::RunProgramStreams;
+using ralph::testing::WaitFor;
 
 std::string Read(const std::string& path) {
   std::ifstream in(path);
@@ -76,16 +78,6 @@ std::string Read(const std::string& path) {
 }
 void Write(const std::string& path, const std::string& content) {
   std::ofstream(path) << content;
-}
-
-// Polls `done` (state, not time) up to a generous bound.
-template <typename F>
-bool WaitFor(F done) {
-  for (int i = 0; i < 3000; ++i) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return done();
 }
 
 // Cgroup directories of ralphd's job services owned by `pid`.
