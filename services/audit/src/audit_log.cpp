@@ -257,19 +257,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(std::string path, OpenMode mode
     }
     TRY(transaction.Commit("initialising", fail));
   }
-  if (header.application_id != kApplicationId) {
-    return Error::Make(
-        ErrorCode::kCorrupt,
-        fmt::format("{} is an SQLite database but not a RalphOS audit log (application_id "
-                    "{:#010x}, {} schema objects)",
-                    path, static_cast<uint32_t>(header.application_id), header.schema_objects));
-  }
-  if (header.user_version != kSchemaVersion) {
-    return Error::Make(ErrorCode::kUnsupported,
-                       fmt::format("audit log {} has schema version {}; this build reads "
-                                   "version {}",
-                                   path, header.user_version, kSchemaVersion));
-  }
+  TRY(sqlite::CheckHeader(header, path, "audit log", kApplicationId, kSchemaVersion));
   if (mode != OpenMode::kReadOnly) {
     // Normally set at creation; an older file copied from elsewhere may not be.
     TRY(Exec(db, "PRAGMA journal_mode=WAL", "switching to WAL", fail));

@@ -267,19 +267,7 @@ Result<std::unique_ptr<MemoryStore>> MemoryStore::Open(const std::string& path,
     }
     TRY(transaction.Commit("initialising", fail));
   }
-  if (header.application_id != kApplicationId) {
-    return Error::Make(
-        ErrorCode::kCorrupt,
-        fmt::format("{} is an SQLite database but not a RalphOS memory store (application_id "
-                    "{:#010x}, {} schema objects)",
-                    path, static_cast<uint32_t>(header.application_id), header.schema_objects));
-  }
-  if (header.user_version != kSchemaVersion) {
-    return Error::Make(ErrorCode::kUnsupported,
-                       fmt::format("memory store {} has schema version {}; this build reads "
-                                   "version {}",
-                                   path, header.user_version, kSchemaVersion));
-  }
+  TRY(sqlite::CheckHeader(header, path, "memory store", kApplicationId, kSchemaVersion));
   TRY(sqlite::Exec(db, "PRAGMA journal_mode=WAL", "switching to WAL", fail));
   // FULL: the WAL is synced at each commit, so a Put that returned survives
   // a power cut.

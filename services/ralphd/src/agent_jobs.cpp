@@ -87,6 +87,19 @@ Result<void> ChownBelow(const std::string& dir, uid_t uid) {
   return {};
 }
 
+// The job's home: `home`, a host directory of the job's root holding the
+// profile's files, bound read-write at kAgentHome.
+Result<void> BindAgentHome(const std::string& home, uid_t root,
+                           std::span<const agents::HomeFile> files, sandbox::SandboxSpec& spec) {
+  TRY(MakeOwnedDir(home, 0700, root));
+  TRY(agents::WriteHomeFiles(home, files));
+  TRY(ChownBelow(home, root));
+  spec.binds.push_back({.source = home,
+                        .destination = std::string(kAgentHome),
+                        .access = sandbox::BindAccess::kReadWrite});
+  return {};
+}
+
 json UsageToJson(const agents::UsageEvent& usage) {
   json out = {{"input_tokens", usage.input_tokens},
               {"output_tokens", usage.output_tokens},
@@ -264,7 +277,8 @@ Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   const std::string credential_file(agents::GetProfile(kind).credential_file);
   if (account) {
     // The mount point of the account's live copy: the tool's own path in
-    // its home (written in place by the tools, so a bind mount serves).
+    // its home. A tool that rewrites it in place refreshes the live copy;
+    // one that replaces it cannot (docs/credentials.md "Not yet").
     launch.files.push_back({.path = credential_file, .content = "", .mode = 0600});
   }
   // The home: a host directory of the job's root, bound at kAgentHome, with
@@ -274,13 +288,7 @@ Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   TRY(MakeOwnedDir(options_.state_dir + "/agents", 0711, 0));
   std::string dir = AgentDir(job.id);
   TRY(MakeOwnedDir(dir, 0711, 0));
-  std::string home = dir + "/home";
-  TRY(MakeOwnedDir(home, 0700, root));
-  TRY(agents::WriteHomeFiles(home, launch.files));
-  TRY(ChownBelow(home, root));
-  spec.binds.push_back({.source = home,
-                        .destination = std::string(kAgentHome),
-                        .access = sandbox::BindAccess::kReadWrite});
+  TRY(BindAgentHome(dir + "/home", root, launch.files, spec));
   if (account) {
     // By reference: every holder binds the one live copy, so a refresh
     // one makes is what the next sees (docs/credentials.md).
@@ -808,13 +816,7 @@ Result<bool> Daemon::LaunchLogin(JobRecord& job, const Profile& profile) {
   std::filesystem::remove_all(dir, ec);  // a previous daemon's, never reused
   TRY(MakeOwnedDir(dir, 0711, 0));
   login_runs_[job.id] = {account, dir, std::string(tool.credential_file)};
-  std::string home = dir + "/home";
-  TRY(MakeOwnedDir(home, 0700, root));
-  TRY(agents::WriteHomeFiles(home, launch.files));
-  TRY(ChownBelow(home, root));
-  spec.binds.push_back({.source = home,
-                        .destination = std::string(kAgentHome),
-                        .access = sandbox::BindAccess::kReadWrite});
+  TRY(BindAgentHome(dir + "/home", root, launch.files, spec));
   TRY(SetState(job, JobState::kRunning));
   std::string job_dir = JobDir(job.id);
   if (::mkdir(job_dir.c_str(), 0700) != 0 && errno != EEXIST) {

@@ -835,22 +835,6 @@ nlohmann::json ProfileToJson(const Profile& profile) {
     }
   }
   return out;
-  return {{"name", profile.name},
-          {"limits",
-           {{"memory_bytes", profile.limits.memory_bytes},
-            {"cpu_millis", profile.limits.cpu_millis},
-            {"pids", profile.limits.pids},
-            {"disk_bytes", profile.limits.disk_bytes},
-            {"timeout_ms", profile.limits.timeout.count()}}},
-          {"network",
-           {{"enabled", profile.network.enabled},
-            {"allow", allow},
-            {"domains", profile.network.allowed_domains},
-            {"domain_ports", profile.network.domain_ports},
-            {"agent_hosts", AgentHostsToJson(profile)}}},
-          {"mounts", mounts},
-          {"memory", profile.memory ? nlohmann::json(memory::AccessName(*profile.memory))
-                                    : nlohmann::json()}};
 }
 
 }  // namespace ralph::ralphd

@@ -1,5 +1,7 @@
 #include "services/sqlite/sqlite_util.h"
 
+#include <fmt/format.h>
+
 namespace ralph::sqlite {
 
 std::string ColumnText(sqlite3_stmt* statement, int column) {
@@ -32,6 +34,24 @@ int ReadHeader(sqlite3* db, Header& out) {
   out = {sqlite3_column_int64(statement.get(), 0), sqlite3_column_int64(statement.get(), 1),
          sqlite3_column_int64(statement.get(), 2)};
   return SQLITE_OK;
+}
+
+Result<void> CheckHeader(const Header& header, std::string_view path, std::string_view kind,
+                         int64_t application_id, int64_t version) {
+  if (header.application_id != application_id) {
+    return Error::Make(
+        ErrorCode::kCorrupt,
+        fmt::format("{} is an SQLite database but not a RalphOS {} (application_id {:#010x}, {} "
+                    "schema objects)",
+                    path, kind, static_cast<uint32_t>(header.application_id),
+                    header.schema_objects));
+  }
+  if (header.user_version != version) {
+    return Error::Make(ErrorCode::kUnsupported,
+                       fmt::format("{} {} has schema version {}; this build reads version {}", kind,
+                                   path, header.user_version, version));
+  }
+  return {};
 }
 
 }  // namespace ralph::sqlite

@@ -112,4 +112,11 @@ Result<Header> ReadHeader(sqlite3* db, std::string_view what, Fail&& fail) {
   return header;
 }
 
+// Whether `header` is that of a store of `kind` ("audit log") at `version`:
+// kCorrupt for another application's database (naming its application_id
+// and how many schema objects it holds), kUnsupported for another schema
+// version of this store.
+Result<void> CheckHeader(const Header& header, std::string_view path, std::string_view kind,
+                         int64_t application_id, int64_t version);
+
 }  // namespace ralph::sqlite
