@@ -29,13 +29,16 @@
 // grant has no socket; ralphctl memory sees and adds to the same store.
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <linux/magic.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -2474,7 +2477,12 @@ class CredentialTest : public AgentJobTest {
 
   void TearDown() override {
     RalphdTest::TearDown();
+    // The accounts' tmpfs mounts a failed test may have left.
     std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator(live_, ec);
+         it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      ::umount2(it->path().c_str(), MNT_DETACH);
+    }
     std::filesystem::remove_all(live_, ec);
   }
 
@@ -2566,9 +2574,23 @@ TEST_F(CredentialTest, ARefreshOneJobMakesIsWhatTheNextSeesAndHoldersAreSerializ
   ASSERT_EQ(listed["accounts"].size(), 1u) << listed.dump();
   EXPECT_EQ(listed["accounts"][0]["account"], "claude/global/default");
   EXPECT_EQ(listed["accounts"][0]["holders"], json::array({first}));
-  // While held, the credential in the clear is on the tmpfs only.
+  // While held, the credential in the clear is on the tmpfs only: the
+  // account's own, bound as the tool's directory with the profile's
+  // settings in it (the stand-in saved its refresh by rename there).
   EXPECT_EQ(LiveFiles(), 1u);
   EXPECT_FALSE(AnyFileHas(state_, "standin-refresh"));
+  const std::string tool_dir = live_ + "/claude.global.default";
+  struct statfs fs {};
+  ASSERT_EQ(::statfs(tool_dir.c_str(), &fs), 0);
+  EXPECT_EQ(fs.f_type, TMPFS_MAGIC);
+  struct stat parent {
+  }, own{};
+  ASSERT_EQ(::stat(live_.c_str(), &parent), 0);
+  ASSERT_EQ(::stat(tool_dir.c_str(), &own), 0);
+  EXPECT_NE(parent.st_dev, own.st_dev) << "the account's directory is not a tmpfs of its own";
+  EXPECT_NE(Read(tool_dir + "/settings.json").find("bypassPermissions"), std::string::npos);
+  EXPECT_NE(Read(tool_dir + "/.credentials.json").find("standin-refresh-2-seed"),
+            std::string::npos);
 
   Write(server_ + "/release-1", "");
   EXPECT_EQ(WaitOver(first)["state"], "succeeded");
@@ -2629,7 +2651,7 @@ TEST_F(CredentialTest, JobsSeeOnlyWhatTheirPolicyGrantsAndRevocationRemovesAcces
   ProgramStreams revoke = Ctl({"creds", "revoke", "claude", "--scope", "tenant", "--name", "acme"});
   EXPECT_EQ(revoke.exit, 0) << revoke.err;
   EXPECT_NE(revoke.out.find("account claude/tenant/acme revoked"), std::string::npos);
-  EXPECT_EQ(Read(live_ + "/" + acme.FileName()), "");
+  EXPECT_FALSE(std::filesystem::exists(live_ + "/claude.tenant.acme/.credentials.json"));
   Write(server_ + "/release-team", "");
   EXPECT_EQ(WaitOver(held)["state"], "succeeded");
   EXPECT_EQ(LiveFiles(), 0u);

@@ -510,6 +510,7 @@ Result<Reply> Daemon::Cancel(uint64_t id) {
     return Reply::Json(JobToJson(job));
   }
   TRY(SetState(job, JobState::kCancelled, "cancelled before it ran"));
+  waiting_told_.erase(id);  // it may have waited for an account
   return Reply::Json(JobToJson(job));
 }
 

@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 
 #include "platform/log.h"
@@ -34,6 +35,10 @@
 #include "services/ralphd/runner.h"
 #include "services/ralphd/store.h"
 #include "services/ralphd/terminals.h"
+
+namespace ralph::agents {
+struct HomeFile;
+}  // namespace ralph::agents
 
 namespace ralph::ralphd {
 
@@ -222,9 +227,12 @@ class Daemon final : public DispatcherInterface {
   // A "creds.wait" event, once per waiting job.
   void NoteWaiting(uint64_t job, const creds::AccountId& account);
   // The job holds the account: its live copy (checked out when nobody
-  // held it), a "creds.grant" audit row. Returns the live file's path.
+  // held it, into a tmpfs of its own as `credential_file`'s name, with the
+  // profile's `settings` for that directory), a "creds.grant" audit row.
+  // Returns the live directory, which the job binds as the tool's own.
   Result<std::string> HoldAccount(uint64_t job, const creds::AccountId& account,
-                                  const Profile& profile);
+                                  const Profile& profile, std::string_view credential_file,
+                                  std::span<const agents::HomeFile> settings);
   // The job's account, if it held one, is released; its last holder writes
   // the live copy back and removes it ("creds.release"). Idempotent.
   void ReleaseAccount(uint64_t job);
@@ -274,7 +282,8 @@ class Daemon final : public DispatcherInterface {
   std::map<uint64_t, std::shared_ptr<AgentRun>> agent_runs_;
   std::unique_ptr<creds::CredentialStore> creds_;
   struct Holding {
-    std::string live_path;
+    std::string live_dir;   // the account's tmpfs, bound as the tool's directory
+    std::string live_file;  // the credential in it
     std::set<uint64_t> jobs;
     bool revoked = false;     // revoked while held: nothing is written back
     bool superseded = false;  // a new login stored while held: neither
