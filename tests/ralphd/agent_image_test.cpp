@@ -24,6 +24,7 @@
 
 #include "test_pki.h"
 #include "tests/support/run_program.h"
+#include "tests/support/wait_for.h"
 
 namespace ralph::ralphd {
 namespace {
@@ -31,6 +32,7 @@ namespace {
 using nlohmann::json;
 using ralph::testing::ProgramStreams;
 using ralph::testing::RunProgramStreams;
+using ralph::testing::WaitFor;
 
 void Write(const std::string& path, const std::string& content) {
   std::ofstream(path) << content;
@@ -152,6 +154,16 @@ class AgentImageDaemonTest : public ::testing::Test {
                 "/etc/agent-image-version"});
   }
 
+  // The factory install's report, once it has ended.
+  json AwaitFactoryInstall() {
+    json install;
+    EXPECT_TRUE(WaitFor([&] {
+      install = CtlJson({"agent-image", "status"})["install"];
+      return install.is_object() && install["state"] != "running";
+    })) << install.dump();
+    return install;
+  }
+
   size_t AuditRows(const std::string& type) {
     json rows = CtlJson({"audit", "list", "--type", type});
     return rows.is_array() ? rows.size() : 0;
@@ -209,8 +221,13 @@ TEST_F(AgentImageDaemonTest, AgentJobsRunOnTheInstalledImageSwitchedByInstallAnd
   ASSERT_EQ(job.exit, 0) << job.err;
   EXPECT_EQ(job.out, "one\n");
 
-  // Bad bundles: refused by name, nothing changes.
-  std::string before = CtlJson({"agent-image", "status"}).dump();
+  // Bad bundles: refused by name, nothing changes but the install's report.
+  auto images = [&] {
+    json status = CtlJson({"agent-image", "status"});
+    status.erase("install");
+    return status.dump();
+  };
+  std::string before = images();
   struct Bad {
     std::string bundle;
     std::string message;
@@ -223,7 +240,11 @@ TEST_F(AgentImageDaemonTest, AgentJobsRunOnTheInstalledImageSwitchedByInstallAnd
     ProgramStreams run = Ctl({"agent-image", "install", b.bundle});
     EXPECT_NE(run.exit, 0) << b.bundle;
     EXPECT_NE(run.err.find(b.message), std::string::npos) << run.err;
-    EXPECT_EQ(CtlJson({"agent-image", "status"}).dump(), before);
+    EXPECT_EQ(images(), before);
+    json install = CtlJson({"agent-image", "status"})["install"];
+    EXPECT_EQ(install["state"], "failed") << install.dump();
+    EXPECT_EQ(install["bundle"], b.bundle) << install.dump();
+    EXPECT_NE(install.value("error", "").find(b.message), std::string::npos) << install.dump();
   }
   job = AgentJob();
   EXPECT_EQ(job.out, "one\n");
@@ -258,6 +279,10 @@ TEST_F(AgentImageDaemonTest, TheFactoryBundleIsInstalledAtStartAndABadOneIsKept)
   std::string factory = work_ + "/factory.rbundle";
   std::filesystem::copy_file(bad, factory);
   StartDaemon({"--factory-agent-bundle", factory});
+  // ralphd serves while it installs; the outcome is the status's report.
+  json install = AwaitFactoryInstall();
+  EXPECT_EQ(install["state"], "failed") << install.dump();
+  EXPECT_EQ(install["caller"], "factory");
   // Refused (another CA): kept, nothing installed, the reason audited.
   EXPECT_TRUE(std::filesystem::exists(factory));
   EXPECT_EQ(AuditRows("agent-image.install-failed"), 1u);
@@ -267,6 +292,13 @@ TEST_F(AgentImageDaemonTest, TheFactoryBundleIsInstalledAtStartAndABadOneIsKept)
   std::filesystem::remove(factory);
   std::filesystem::copy_file(MakeBundle("factory", "1.0.0"), factory);
   StartDaemon({"--factory-agent-bundle", factory});
+  // An agent job submitted at once waits for the image, if it is still
+  // being installed, and runs on it.
+  ProgramStreams first = AgentJob();
+  ASSERT_EQ(first.exit, 0) << first.err;
+  EXPECT_EQ(first.out, "factory\n");
+  install = AwaitFactoryInstall();
+  EXPECT_EQ(install["state"], "installed") << install.dump();
   EXPECT_FALSE(std::filesystem::exists(factory)) << "installed, so removed";
   EXPECT_EQ(AuditRows("agent-image.install"), 1u);
   ProgramStreams job = AgentJob();

@@ -230,7 +230,13 @@ Result<void> Daemon::CheckAgentSubmit(const JobSubmitCommand& command, const Pro
   // The prompt file's content is known at start; its place is held here.
   std::string prompt = agent.prompt.value_or(agent.prompt_file ? "prompt file" : "");
   agents::AgentLaunch launch = TRY(MakeAgentLaunch(command, prompt, options_.agent_programs));
-  TRY(MakeJobSpec(profile, AgentJobRequest(command, launch), TRY(AgentEnvironment())));
+  // While the first image installs, the job is checked against its place
+  // (it waits, queued, for the image to start).
+  JobEnvironment environment =
+      AwaitingAgentImage()
+          ? JobEnvironment{.base_kind = sandbox::BaseKind::kImage, .base = options_.agent_images}
+          : TRY(AgentEnvironment());
+  TRY(MakeJobSpec(profile, AgentJobRequest(command, launch), environment));
   return {};
 }
 
@@ -245,6 +251,8 @@ Result<void> Daemon::CheckAgentStart(const JobRecord& job) {
 Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
                                  const Profile& profile) {
   const agents::AgentKind kind = TRY(agents::ParseAgentKind(submit.agent->profile));
+  // No image yet, and one is being installed: the job waits for it.
+  if (AwaitingAgentImage()) return false;
   // The account the policy grants, if any: a job waits, queued, while the
   // account has as many holders as the profile allows.
   std::optional<creds::AccountId> account;

@@ -164,6 +164,12 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
 }
 
 Daemon::~Daemon() {
+  // An install is not cut short: it finishes, and is audited, before the
+  // daemon exits.
+  if (install_ && install_->thread.joinable()) {
+    install_->thread.join();
+    CollectAgentImageInstall();
+  }
   FlushAudit();
 }
 
@@ -342,6 +348,8 @@ Result<bool> Daemon::Launch(JobRecord job) {
 }
 
 void Daemon::OnRunnerMessages() {
+  // Agent jobs may have waited for the image just installed.
+  if (CollectAgentImageInstall()) Schedule();
   for (RunnerMessage& message : runner_->Take()) {
     const uint64_t id = message.job;
     switch (message.kind) {

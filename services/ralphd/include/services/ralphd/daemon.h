@@ -18,10 +18,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <span>
 #include <string>
+#include <thread>
 
 #include "platform/log.h"
 #include "platform/result.h"
@@ -257,8 +259,16 @@ class Daemon final : public DispatcherInterface {
   // Checks the store's current image against its digest: the base of agent
   // jobs, or the reason there is none.
   void LoadAgentImage();
-  // At start: the factory bundle, when the store has no image yet.
+  // At start: the factory bundle, when the store has no image yet, on the
+  // install thread.
   void InstallFactoryAgentImage();
+  // Starts an install of `bundle` on its own thread (kBusy while one runs).
+  Result<void> StartAgentImageInstall(std::string bundle, std::string caller, bool factory);
+  // On the loop: a finished install's audit rows, event and new image;
+  // false when none had finished.
+  bool CollectAgentImageInstall();
+  // An install is running and no image is usable yet: agent jobs wait.
+  bool AwaitingAgentImage() const;
   // The base of a job with an agent.
   Result<JobEnvironment> AgentEnvironment() const;
   Result<Reply> AgentImageStatus();
@@ -307,6 +317,23 @@ class Daemon final : public DispatcherInterface {
   // The verified current agent image, or why there is none usable.
   std::optional<std::string> agent_image_;
   std::string agent_image_problem_;
+  // The running or last agent-image install. Its thread sets `result` and
+  // `done` under the mutex and wakes the loop (notify_fd); the loop reads
+  // the rest.
+  struct ImageInstall {
+    std::string bundle;
+    std::string caller;
+    bool factory = false;
+    std::string started;
+    std::thread thread;
+    bool done = false;
+    bool collected = false;
+    // What the install reports: "installed", "reused", "previous".
+    std::optional<Result<nlohmann::json>> result;
+  };
+  mutable std::mutex install_mutex_;
+  std::unique_ptr<ImageInstall> install_;
+  nlohmann::json install_status_;  // the API's view of install_ (null: none yet)
 };
 
 // What a terminal's `closed` reports: the exit code of a job that exited,
