@@ -2732,6 +2732,33 @@ TEST_F(CredentialTest, ALoginOnThePtyIsCapturedEncryptedAndGrantedToTheNextJob) 
   EXPECT_EQ(LiveFiles(), 0u);
 }
 
+// The companion client's login: `ralphctl --remote` over the HTTPS API
+// (the login job's terminal is the API's WebSocket), the code pasted there.
+TEST_F(CredentialTest, ALoginOverTheHttpsApiIsCapturedEncrypted) {
+  std::string port = StartWithApi({"--agent-program", "claude=/opt/ralph-tests/ralph-login-standin",
+                                   "--creds-live-dir", live_});
+  std::string identity = work_ + "/host-identity";
+  std::string url = PairRemote(port, identity);
+  std::string script = work_ + "/login.sh";
+  Write(script, fmt::format("printf 'STANDIN-h77\\n' | {} --remote {} --identity {} creds login "
+                            "claude --scope tenant --name acme --policy-profile granted\n",
+                            ralphctl_, url, identity));
+  ProgramStreams login = RunProgramStreams({"sh", script});
+  EXPECT_EQ(login.exit, 0) << login.out << login.err;
+  EXPECT_NE(login.out.find("Device code: ABCD-1234"), std::string::npos) << login.out;
+  EXPECT_NE(login.err.find("logged in: claude/tenant/acme stored"), std::string::npos) << login.err;
+  auto store = Store();
+  ASSERT_NE(store, nullptr);
+  auto stored = store->Get(*creds::AccountId::Make("claude", creds::Scope::kTenant, "acme"));
+  ASSERT_TRUE(stored) << stored.error().ToString();
+  EXPECT_EQ(json::parse(*stored)["claudeAiOauth"]["refreshToken"], "standin-refresh-1-h77");
+  EXPECT_FALSE(AnyFileHas(state_, "standin-refresh"));
+  EXPECT_EQ(LiveFiles(), 0u);
+  json logins = AuditRows("creds.login");
+  ASSERT_EQ(logins.size(), 1u) << logins.dump();
+  EXPECT_EQ(logins[0]["details"]["result"], "captured");
+}
+
 }  // namespace
 }  // namespace ralph::ralphd
 
