@@ -7,16 +7,14 @@
 // being installed, then runs in a sandbox on it and prints the version the
 // lock file names. The install is reported by `ralphctl agent-image
 // status` and in the audit log.
-#include <fstream>
 #include <map>
-#include <regex>
-#include <sstream>
 #include <string>
 
-#include <fmt/format.h>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "harness/e2e_test.h"
+#include "tests/support/agents_lock.h"
 
 namespace ralph::e2e {
 namespace {
@@ -26,20 +24,6 @@ using nlohmann::json;
 // The factory install reads the 1.4 GiB of bundle and image three times
 // under TCG; the first job waits for it.
 constexpr std::chrono::seconds kInstallTimeout{900};
-
-// The version agents.lock pins for an npm package ("" when it has none).
-std::string LockedVersion(const std::string& package) {
-  const char* source = std::getenv("RALPH_SOURCE_DIR");
-  std::ifstream lock(std::string(source ? source : ".") + "/tools/agent-image/agents.lock");
-  std::string line;
-  while (std::getline(lock, line)) {
-    std::istringstream words(line);
-    std::string kind, arch, variant, name, version;
-    words >> kind >> arch >> variant >> name >> version;
-    if (kind == "npm" && arch == "amd64" && name == package) return version;
-  }
-  return "";
-}
 
 TEST_F(E2eTest, AgentClisRunOnTheFactoryAgentImage) {
   memory_mib_ = 1024;
@@ -58,17 +42,16 @@ TEST_F(E2eTest, AgentClisRunOnTheFactoryAgentImage) {
       {"opencode", "opencode-ai"},
   };
   for (const auto& [command, package] : clis) {
-    std::string version = LockedVersion(package);
+    const char* source = std::getenv("RALPH_SOURCE_DIR");
+    std::string version = ralph::testing::LockedNpmVersion(
+        std::string(source ? source : ".") + "/tools/agent-image/agents.lock", package);
     ASSERT_FALSE(version.empty()) << package << " is not in agents.lock";
     auto run =
         machine.Agent({"ralphctl", "job", "run", "--agent", "command", "--", command, "--version"},
                       kInstallTimeout);
     ASSERT_TRUE(run) << command << ": " << run.error().ToString();
     EXPECT_EQ(run->exit, 0) << command << ": " << run->output;
-    // The version as a word of its own: 2.1.3 must not pass for 2.1.33.
-    std::regex word("(^|[^0-9.])" + std::regex_replace(version, std::regex(R"(\.)"), R"(\.)") +
-                    "($|[^0-9.])");
-    EXPECT_TRUE(std::regex_search(run->output, word))
+    EXPECT_TRUE(ralph::testing::NamesVersion(run->output, version))
         << command << " --version printed '" << run->output << "', the lock says " << version;
   }
 
