@@ -7,10 +7,10 @@
 // being installed, then runs in a sandbox on it and prints the version the
 // lock file names. The install is reported by `ralphctl agent-image
 // status` and in the audit log.
+#include <cstdlib>
 #include <map>
 #include <string>
 
-#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "harness/e2e_test.h"
