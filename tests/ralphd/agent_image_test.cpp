@@ -13,10 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -109,21 +107,9 @@ class AgentImageDaemonTest : public ::testing::Test {
                                      work_ + "/base",  "--agent-images", store_,
                                      "--keyring",      ca_.cert_path};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    daemon_ = ralph::testing::StartProgram(argv);
-    ASSERT_GT(daemon_, 0);
-    // Served once the socket answers a status request (state, not time).
-    bool up = false;
-    for (int i = 0; i < 3000 && !up; ++i) {
-      up = RunProgramStreams({bin_ + "/ralphctl", "status", "--socket", socket}).exit == 0;
-      if (up) break;
-      int status = 0;
-      if (::waitpid(daemon_, &status, WNOHANG) == daemon_) {
-        daemon_ = -1;
-        FAIL() << "ralphd exited (status " << status << ") before serving " << socket;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ASSERT_TRUE(up) << "ralphd never served " << socket;
+    std::string why;
+    daemon_ = ralph::testing::StartServing(argv, socket, &why);
+    ASSERT_GT(daemon_, 0) << why;
   }
 
   void StopDaemon() {

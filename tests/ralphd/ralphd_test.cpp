@@ -162,9 +162,9 @@ class RalphdTest : public ::testing::Test {
                                      "--socket",      socket_,         "--job-root",
                                      work_ + "/base", "--max-running", std::to_string(max_running)};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    daemon_ = ralph::testing::StartProgram(argv);
-    ASSERT_GT(daemon_, 0);
-    ASSERT_TRUE(WaitFor([&] { return Connect() >= 0; })) << "ralphd never served " << socket_;
+    std::string why;
+    daemon_ = ralph::testing::StartServing(argv, socket_, &why);
+    ASSERT_GT(daemon_, 0) << why;
   }
 
   void StopDaemon(int signal) {
