@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "sandbox/vm/vm_spec.h"
 
@@ -12,12 +13,16 @@ namespace ralph::sandbox::vm {
 
 struct MachineArgs {
   std::string qemu_binary;  // "qemu-system-x86_64"
-  std::string machine;      // the -machine value, accelerator included
+  std::string machine;      // the -machine value
   std::string cpu;          // the -cpu value
   std::string console;      // the guest's serial console ("ttyS0")
   std::string kernel_args;  // what this machine and accelerator need of the kernel
 };
 
 MachineArgs MachineFor(Accel accel);
+
+// The host directories holding QEMU's shared objects and its loader,
+// bound read-only into its jail.
+std::vector<std::string> VmmLibraryDirs();
 
 }  // namespace ralph::sandbox::vm

@@ -132,10 +132,10 @@ Result<std::vector<std::string>> QemuCommandLine(const VmSpec& spec) {
       add("-device", fmt::format("vhost-vsock-device,guest-cid={}", spec.control.guest_cid));
       break;
     case ControlTransport::kVirtioSerial:
-      // QEMU listens; the host connects once QEMU runs (no wait: QEMU
-      // starts the guest without a client, the port buffers nothing).
-      add("-chardev",
-          fmt::format("socket,id=control,path={},server=on,wait=off", spec.control.socket_path));
+      // The host listens and QEMU connects when it starts, so the host
+      // waits on its accept (state) rather than on a socket file to appear;
+      // the guest's port is connected before the guest boots.
+      add("-chardev", fmt::format("socket,id=control,path={}", spec.control.socket_path));
       add("-device", "virtio-serial-device,max_ports=2");
       add("-device", fmt::format("virtserialport,chardev=control,name={}", kControlPortName));
       break;

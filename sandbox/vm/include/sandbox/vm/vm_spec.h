@@ -33,7 +33,8 @@ enum class ControlTransport {
   // host connects to the guest's `guest_cid` on kControlVsockPort.
   kVsock,
   // A virtio-serial port named kControlPortName, whose host side is a unix
-  // socket QEMU listens on (`socket_path`): works on any host.
+  // socket the host listens on and QEMU connects to (`socket_path`): works
+  // on any host.
   kVirtioSerial,
 };
 
@@ -42,7 +43,7 @@ inline constexpr std::string_view kControlPortName = "ralph.control";
 // vsock CIDs 0..2 are reserved (hypervisor, local, host).
 inline constexpr uint32_t kMinGuestCid = 3;
 
-struct ControlChannel {
+struct ControlEndpoint {
   ControlTransport transport = ControlTransport::kVirtioSerial;
   uint32_t guest_cid = 0;   // kVsock
   std::string socket_path;  // kVirtioSerial: absolute, < 108 bytes (sun_path)
@@ -61,7 +62,7 @@ struct VmSpec {
   // newlines: the kernel splits it on spaces.
   std::string kernel_args;
   std::vector<VmDisk> disks;
-  ControlChannel control;
+  ControlEndpoint control;
   Accel accel = Accel::kTcg;
   // The guest's serial console (kernel and guest-agent messages) goes to
   // this file; empty: discarded.

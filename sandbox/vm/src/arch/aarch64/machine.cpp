@@ -14,4 +14,8 @@ MachineArgs MachineFor(Accel accel) {
   return args;
 }
 
+std::vector<std::string> VmmLibraryDirs() {
+  return {"/usr/lib/aarch64-linux-gnu", "/usr/lib/ld-linux-aarch64.so.1"};
+}
+
 }  // namespace ralph::sandbox::vm

@@ -11,7 +11,7 @@ MachineArgs MachineFor(Accel accel) {
   args.console = "ttyS0";
   if (accel == Accel::kKvm) {
     // kvmclock is the clock: no legacy PIT, PIC or RTC.
-    args.machine = "microvm,accel=kvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on";
+    args.machine = "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on";
     args.cpu = "host";
     return args;
   }
@@ -22,10 +22,14 @@ MachineArgs MachineFor(Accel accel) {
   // that never comes (the boot hangs after "Marking TSC unstable"): the
   // TSC rate and the loops per jiffy are given instead of measured. The
   // guest's clock is only as right as TCG can make it either way.
-  args.machine = "microvm,accel=tcg,x-option-roms=off,isa-serial=on";
+  args.machine = "microvm,x-option-roms=off,isa-serial=on";
   args.cpu = "max";
   args.kernel_args = "tsc_early_khz=1000000 lpj=4000000 no_timer_check";
   return args;
+}
+
+std::vector<std::string> VmmLibraryDirs() {
+  return {"/usr/lib/x86_64-linux-gnu", "/usr/lib64"};
 }
 
 }  // namespace ralph::sandbox::vm

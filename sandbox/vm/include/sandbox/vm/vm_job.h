@@ -1,0 +1,119 @@
+// A VM job: one SandboxSpec run in its own QEMU microVM, with the namespace
+// sandbox still around the job inside the guest (ralph-guest, the guest
+// agent). The host side:
+//
+//   - the guest's view of the spec (GuestSpec): the base image becomes
+//     /dev/vda, mounted read-only in the guest; the job's state disk
+//     (/dev/vdb, an ext4 made on the host with room for the job's upper
+//     volume of exactly limits.disk_bytes) holds the sandbox's state there;
+//   - QEMU confined the way Firecracker's jailer confines its VMM (VmmSpec):
+//     QEMU is itself the PID 1 of a namespace sandbox job of the host's
+//     SandboxService: an unprivileged mapped uid without capabilities, its
+//     own user, pid, mount, network, ipc and uts namespaces and no network
+//     device, a root holding only QEMU, its libraries and firmware, and the
+//     job's own images and control socket; the sandbox's seccomp allowlist
+//     and QEMU's own `-sandbox on` under it; a cgroup with the guest's
+//     memory plus QEMU's overhead, and the job's CPU share;
+//   - the control channel (control_channel.h): virtio-serial to a unix
+//     socket in the job's run directory (vsock where the host has it);
+//   - killing the job kills QEMU, the jail's PID 1, and with it the VM;
+//     Destroy leaves no process, cgroup, mount, socket or file behind.
+//
+// Not yet: the guest's network (a tap in the job's netns behind the same
+// nftables rules), binds into the guest, a directory as the base, the pool
+// of pre-booted guests; these specs are refused naming what is missing.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "platform/result.h"
+#include "platform/unique_fd.h"
+#include "sandbox/service.h"
+#include "sandbox/spec.h"
+#include "sandbox/vm/control_channel.h"
+#include "sandbox/vm/vm_spec.h"
+
+namespace ralph::sandbox::vm {
+
+// Paths inside the VMM's jail (what QEMU's command line names).
+inline constexpr const char* kJailRunDir = "/run/vm";
+
+struct VmJobOptions {
+  // Per-job run directories (images, sockets, console log) are made here.
+  std::string run_dir;
+  std::string guest_kernel;  // ralph-vm-guest's vmlinuz
+  std::string guest_initrd;  // ralph-vm-guest's initrd.img
+  Accel accel = Accel::kTcg;
+  // What the guest gets beyond the job's own memory limit: its kernel, the
+  // unpacked initrd, the guest agent and the sandbox's page cache.
+  uint64_t guest_overhead_bytes = 256ull << 20;
+  // What QEMU itself needs beyond the guest's memory (TCG's 64 MiB
+  // translation cache, its threads, the device emulation).
+  uint64_t vmm_overhead_bytes = 192ull << 20;
+  // How long a guest may take from QEMU's start to the guest agent's
+  // answer to kStart (TCG on a loaded host: seconds).
+  std::chrono::milliseconds boot_timeout{std::chrono::seconds(120)};
+  // The uids the jail's service maps its jobs' root to
+  // (ServiceOptions::ids): QEMU's run directory, state disk and control
+  // socket are owned by that uid, and nothing else of the host is.
+  IdMapping jail_ids;
+};
+
+// The spec the guest agent runs, from the host's `spec`: base → the guest's
+// /dev/vda mount. kUnsupported naming the field for what a VM job cannot
+// have yet (binds, network, a directory base).
+Result<SandboxSpec> GuestSpec(const SandboxSpec& spec);
+
+// The guest's memory for a job: its limit plus the overhead, in whole MiB.
+uint64_t GuestMemoryBytes(const SandboxSpec& spec, const VmJobOptions& options);
+
+// The jail's spec: QEMU with `qemu_argv` as the PID 1 of a namespace job
+// whose root is `vmm_root` (the empty skeleton MakeVmmRoot makes), seeing
+// only QEMU's files and `run_dir` (as kJailRunDir). Pure.
+SandboxSpec VmmSpec(const SandboxSpec& job, const VmJobOptions& options,
+                    const std::vector<std::string>& qemu_argv, const std::string& vmm_root,
+                    const std::string& run_dir);
+
+class VmJob {
+ public:
+  // Boots a VM for `spec` and starts the job in it; returns once the guest
+  // agent says the job runs (or with its error). `jail` runs QEMU.
+  static Result<std::unique_ptr<VmJob>> Start(SandboxService& jail, const VmJobOptions& options,
+                                              const SandboxSpec& spec);
+  ~VmJob();  // Destroy()
+
+  // Streams the job's output until it ends, then the result as a namespace
+  // job reports it (exec records are not carried across yet). Once.
+  Result<JobResult> Wait(const OutputCallback& on_output = {});
+  // Kills the VM (QEMU, the jail's PID 1). Safe from any thread.
+  void Kill();
+  // Sends a signal to the job inside the guest. On Wait's thread or before.
+  Result<void> Signal(int signal);
+  // Removes QEMU's jail and the run directory; idempotent.
+  Result<void> Destroy();
+
+  const std::string& run_dir() const { return run_dir_; }
+  // The guest's serial console so far (kernel and guest-agent messages).
+  std::string ConsoleLog() const;
+
+ private:
+  VmJob(SandboxService& jail, std::string run_dir) : jail_(jail), run_dir_(std::move(run_dir)) {}
+
+  SandboxService& jail_;
+  std::string run_dir_;
+  JobId vmm_;
+  bool vmm_created_ = false;
+  UniqueFd vmm_pidfd_;
+  std::unique_ptr<ControlChannel> channel_;
+  std::chrono::milliseconds timeout_{0};
+  std::chrono::steady_clock::time_point started_;
+  bool destroyed_ = false;
+};
+
+// The directory QEMU's jail uses as its root (made once under `dir`: the
+// merged-/usr links and nothing else).
+Result<std::string> MakeVmmRoot(const std::string& dir);
+
+}  // namespace ralph::sandbox::vm
