@@ -17,6 +17,7 @@
 
 #include "platform/arch.h"
 #include "platform/process.h"
+#include "sandbox/vm/accel_probe.h"
 
 namespace ralph::sandbox::vm {
 namespace {
@@ -182,14 +183,19 @@ TEST_F(VmJobTest, KillingTheJobKillsTheVmAndLeavesNothingBehind) {
   EXPECT_EQ(jail_->job_count(), 0u);
   // No file, socket or state disk left.
   EXPECT_FALSE(fs::exists(run_dir));
-  // No cgroup of the VMM left under the jail's parent.
-  for (const char* root : {"/sys/fs/cgroup"}) {
+  // No cgroup of the VMM left under the jail's parent (v2, or each v1
+  // hierarchy); the parent itself lives as long as the jail's service.
+  int parents = 0;
+  for (const char* root : {"/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids",
+                           "/sys/fs/cgroup/cpu,cpuacct"}) {
     std::string parent = fmt::format("{}/{}", root, cgroup_parent_);
     if (!fs::exists(parent)) continue;
+    ++parents;
     for (const auto& entry : fs::directory_iterator(parent)) {
       EXPECT_FALSE(entry.is_directory()) << "left behind: " << entry.path();
     }
   }
+  EXPECT_GT(parents, 0) << "the jail's cgroup parent " << cgroup_parent_ << " was not found";
   // No mount of the run directory in the host's namespace.
   std::ifstream mounts("/proc/self/mountinfo");
   std::string line;
@@ -203,6 +209,27 @@ TEST_F(VmJobTest, WhatAVmJobCannotHaveYetIsRefusedByName) {
   ASSERT_FALSE(job);
   EXPECT_EQ(job.error().code(), ErrorCode::kUnsupported);
   EXPECT_THAT(job.error().ToString(), HasSubstr("network.enabled"));
+}
+
+// The probe judges KVM by a guest that answered: one that never reaches its
+// agent (here a kernel without an initrd: it panics, and -no-reboot ends
+// QEMU) is TCG, with the reason. The real probe gives a verdict either way.
+TEST_F(VmJobTest, TheAcceleratorProbeTakesKvmOnlyFromAGuestThatAnswered) {
+  AccelProbeOptions options{guest_dir_ + "/vmlinuz", work_ + "/empty-initrd", work_,
+                            std::chrono::seconds(60)};
+  std::ofstream(work_ + "/empty-initrd") << "not a cpio archive";
+  auto verdict = ProbeAccelerator(options);
+  ASSERT_TRUE(verdict) << verdict.error().ToString();
+  EXPECT_EQ(verdict->accel, Accel::kTcg);
+  EXPECT_FALSE(verdict->reason.empty());
+
+  options.guest_initrd = guest_dir_ + "/initrd.img";
+  options.timeout = std::chrono::seconds(10);
+  verdict = ProbeAccelerator(options);
+  ASSERT_TRUE(verdict) << verdict.error().ToString();
+  std::printf("accelerator probe on this host: %s %s\n",
+              verdict->accel == Accel::kKvm ? "kvm" : "tcg", verdict->reason.c_str());
+  EXPECT_EQ(verdict->accel == Accel::kKvm, verdict->reason.empty());
 }
 
 }  // namespace

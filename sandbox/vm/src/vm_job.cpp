@@ -166,6 +166,11 @@ Result<std::string> MakeVmmRoot(const std::string& dir) {
 Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOptions& options,
                                             const SandboxSpec& spec) {
   SandboxSpec guest = TRY(GuestSpec(spec));
+  if (options.accel == Accel::kKvm) {
+    return Error::Make(ErrorCode::kUnsupported,
+                       "accel: the VMM's jail cannot pass /dev/kvm yet (its binds are nodev and "
+                       "its uid is unprivileged); VM jobs run under TCG");
+  }
   if (options.run_dir.empty() || options.guest_kernel.empty() || options.guest_initrd.empty()) {
     return Error::Make(ErrorCode::kInvalidArgument,
                        "VmJobOptions: run_dir, guest_kernel and guest_initrd are required");
