@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "platform/file_io.h"
 #include "platform/process.h"
 #include "sandbox/vm/control_channel.h"
 #include "sandbox/vm/protocol.h"
@@ -60,16 +61,20 @@ Result<AccelVerdict> ProbeAccelerator(const AccelProbeOptions& options) {
   // Our own kernel and initrd, no disk, no network, QEMU's own seccomp
   // sandbox: the probe needs /dev/kvm, which the jail of a job's VMM does
   // not pass (vm_job.h).
+  // QEMU's own messages say why KVM did not work ("KVM internal error").
+  std::string log_path = fmt::format("{}/kvm-probe-{}.log", options.work_dir, ::getpid());
+  // StartProgram opens an existing output file (it is meant for a console).
+  TRY(WriteWholeFile(log_path, "", 0600));
   auto pid = StartProgram({.argv = argv,
                            .output = ProgramOutput::kFile,
-                           .output_file = "/dev/null",
+                           .output_file = log_path,
                            .package = "qemu-system-x86"});
   if (!pid) {
     ::unlink(socket_path.c_str());
     return pid.error();
   }
-  ProbeProcess qemu(*pid);
   auto verdict = [&]() -> AccelVerdict {
+    ProbeProcess qemu(*pid);
     auto accepted = AcceptOne(listener.get(), options.timeout, qemu.pidfd());
     if (!accepted) return {Accel::kTcg, "KVM probe: " + accepted.error().ToString()};
     ControlChannel channel(std::move(*accepted));
@@ -82,6 +87,14 @@ Result<AccelVerdict> ProbeAccelerator(const AccelProbeOptions& options) {
     }
     return {Accel::kKvm, ""};
   }();
+  if (verdict.accel == Accel::kTcg) {
+    auto log = ReadWholeFile(log_path);
+    if (log && !log->empty()) {
+      std::string first_line = log->substr(0, log->find('\n'));
+      verdict.reason += fmt::format(" (qemu: {})", first_line.substr(0, 512));
+    }
+  }
+  ::unlink(log_path.c_str());
   ::unlink(socket_path.c_str());
   return verdict;
 }
