@@ -39,7 +39,8 @@ TEST(QemuCommandLine, MicrovmWithTcg) {
   ASSERT_TRUE(argv) << argv.error().ToString();
   EXPECT_EQ((*argv)[0], "qemu-system-x86_64");
   EXPECT_EQ(Values(*argv, "-machine"),
-            std::vector<std::string>{"microvm,accel=tcg,x-option-roms=off,isa-serial=on"});
+            std::vector<std::string>{"microvm,x-option-roms=off,isa-serial=on"});
+  EXPECT_EQ(Values(*argv, "-accel"), std::vector<std::string>{"tcg,tb-size=64"});
   EXPECT_EQ(Values(*argv, "-cpu"), std::vector<std::string>{"max"});
   EXPECT_EQ(Values(*argv, "-m"), std::vector<std::string>{"512M"});
   EXPECT_EQ(Values(*argv, "-smp"), std::vector<std::string>{"2"});
