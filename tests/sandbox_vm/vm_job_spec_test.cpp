@@ -1,5 +1,12 @@
 // The pure parts of a VM job: the guest's view of a spec and the spec of
 // QEMU's jail.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -101,6 +108,29 @@ TEST(VmmSpec, QemuSeesOnlyItsOwnFilesAndGetsTheGuestsMemory) {
   // QEMU writes the whole state disk: its file-size limit must allow it.
   EXPECT_GE(vmm.limits.file_size_bytes, job.limits.disk_bytes + (64ull << 20));
   EXPECT_TRUE(ValidateSpec(vmm)) << ValidateSpec(vmm).error().ToString();
+}
+
+TEST(SweepDeadRunDirs, RemovesOnlyTheDirectoriesOfDeadOwners) {
+  std::string dir = fmt::format("/tmp/ralph-vm-sweep-{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  // A pid that is certainly dead: a child that exited and was reaped.
+  pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  std::string dead = fmt::format("{}/vm-{}-1", dir, child);
+  std::string live = fmt::format("{}/vm-{}-1", dir, ::getpid());
+  std::string other = dir + "/vmm-root";
+  for (const auto& d : {dead, live, other}) std::filesystem::create_directories(d + "/sub");
+  std::ofstream(dead + "/state.img") << "x";
+  auto removed = SweepDeadRunDirs(dir);
+  ASSERT_TRUE(removed) << removed.error().ToString();
+  EXPECT_EQ(*removed, 1u);
+  EXPECT_FALSE(std::filesystem::exists(dead));
+  EXPECT_TRUE(std::filesystem::exists(live));
+  EXPECT_TRUE(std::filesystem::exists(other));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -161,6 +162,23 @@ Result<std::string> MakeVmmRoot(const std::string& dir) {
     }
   }
   return root;
+}
+
+Result<size_t> SweepDeadRunDirs(const std::string& run_dir) {
+  std::error_code ec;
+  size_t removed = 0;
+  for (const auto& entry : fs::directory_iterator(run_dir, ec)) {
+    std::string name = entry.path().filename().string();
+    unsigned long pid = 0;
+    unsigned long n = 0;
+    char tail = 0;
+    if (std::sscanf(name.c_str(), "vm-%lu-%lu%c", &pid, &n, &tail) != 2 || pid == 0) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    TRY(RemoveTree(entry.path().string()));
+    ++removed;
+  }
+  if (ec) return Error::FromErrno(fmt::format("listing {}", run_dir), ec.value());
+  return removed;
 }
 
 Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOptions& options,

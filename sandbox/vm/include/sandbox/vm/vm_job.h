@@ -112,6 +112,13 @@ class VmJob {
   bool destroyed_ = false;
 };
 
+// Removes the run directories (`vm-<pid>-<n>`) under `run_dir` whose owner
+// process is gone (a host process killed mid-job: its QEMU died with it,
+// by the jail's parent-death signal, but its state disk stayed). A
+// directory of a live pid, or of a pid reused since, is left alone.
+// Returns how many were removed.
+Result<size_t> SweepDeadRunDirs(const std::string& run_dir);
+
 // The directory QEMU's jail uses as its root (made once under `dir`: the
 // merged-/usr links and nothing else).
 Result<std::string> MakeVmmRoot(const std::string& dir);
