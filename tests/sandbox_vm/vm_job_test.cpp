@@ -43,7 +43,7 @@ class VmJobTest : public ::testing::Test {
     fs::create_directories(work_ + "/base/etc");
     fs::copy_file("/usr/bin/busybox", work_ + "/base/bin/busybox");
     for (const char* applet :
-         {"sh", "echo", "cat", "head", "tr", "sleep", "ls", "id", "hostname"}) {
+         {"sh", "echo", "cat", "head", "tr", "sleep", "ls", "id", "hostname", "dd"}) {
       fs::create_symlink("busybox", work_ + "/base/bin/" + applet);
     }
     std::ofstream(work_ + "/base/etc/motd") << "a base file\n";
@@ -93,9 +93,11 @@ class VmJobTest : public ::testing::Test {
     auto job = TRY(VmJob::Start(*jail_, vm_options_, spec));
     auto result = job->Wait();
     if (!result) return std::move(result.error()).WithContext("console: " + job->ConsoleLog());
+    last_vmm_usage_ = job->vmm_usage();
     TRY(job->Destroy());
     return result;
   }
+  CgroupUsage last_vmm_usage_;
 
   static inline std::string work_, guest_dir_, base_image_;
   static inline int counter_ = 0;
@@ -163,6 +165,26 @@ TEST_F(VmJobTest, MemoryLimitHitsTheGuestsOom) {
   EXPECT_EQ(result->signal, SIGKILL);
   EXPECT_GE(result->cgroup.oom_kills, 1u);
   EXPECT_EQ(result->stdout_data, "");
+  // The host's view: QEMU's own cgroup was never out of memory, and it
+  // did use memory (the figure is real).
+  EXPECT_EQ(last_vmm_usage_.oom_kills, 0u);
+  EXPECT_GT(last_vmm_usage_.memory_peak_bytes, 32ull << 20);
+}
+
+TEST_F(VmJobTest, TheTimeoutAndTheDiskQuotaHoldInTheGuest) {
+  SandboxSpec spec = Spec({"sleep", "1000"});
+  spec.timeout = std::chrono::seconds(2);
+  auto result = RunVm(spec);
+  ASSERT_TRUE(result) << result.error().ToString();
+  EXPECT_EQ(result->termination, Termination::kTimedOut);
+
+  // 32 MiB of disk: writing 40 MB into the workspace ends in ENOSPC.
+  spec = Spec({"sh", "-c", "dd if=/dev/zero of=/work/big bs=1M count=40; echo status=$?"});
+  result = RunVm(spec);
+  ASSERT_TRUE(result) << result.error().ToString();
+  EXPECT_EQ(result->termination, Termination::kExited);
+  EXPECT_EQ(result->stdout_data, "status=1\n");
+  EXPECT_THAT(result->stderr_data, HasSubstr("No space left on device"));
 }
 
 TEST_F(VmJobTest, KillingTheJobKillsTheVmAndLeavesNothingBehind) {

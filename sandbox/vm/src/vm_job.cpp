@@ -339,6 +339,7 @@ Result<JobResult> VmJob::Wait(const OutputCallback& on_output) {
   Kill();
   channel_.reset();
   auto vmm = jail_.Wait(vmm_);
+  if (vmm) vmm_usage_ = vmm->cgroup;
   if (!outcome) {
     std::string qemu_err = vmm ? vmm->stderr_data : std::string();
     if (qemu_err.size() > 2048) qemu_err = qemu_err.substr(qemu_err.size() - 2048);

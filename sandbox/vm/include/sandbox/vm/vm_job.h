@@ -95,6 +95,9 @@ class VmJob {
   Result<void> Destroy();
 
   const std::string& run_dir() const { return run_dir_; }
+  // After Wait: what QEMU's jail used (its cgroup's memory peak and OOM
+  // kills: the host's view, which a guest cannot forge).
+  const CgroupUsage& vmm_usage() const { return vmm_usage_; }
   // The guest's serial console so far (kernel and guest-agent messages).
   std::string ConsoleLog() const;
 
@@ -110,6 +113,7 @@ class VmJob {
   std::chrono::milliseconds timeout_{0};
   std::chrono::steady_clock::time_point started_;
   bool destroyed_ = false;
+  CgroupUsage vmm_usage_;
 };
 
 // Removes the run directories (`vm-<pid>-<n>`) under `run_dir` whose owner
