@@ -113,6 +113,10 @@ TEST(Protocol, EveryMessageRoundTrips) {
   ASSERT_TRUE(guest);
   EXPECT_TRUE(std::holds_alternative<StartedMessage>(*guest));
 
+  guest = DecodeGuestMessage(OneFrame(*EncodeGuestMessage(ReadyMessage{})));
+  ASSERT_TRUE(guest);
+  EXPECT_TRUE(std::holds_alternative<ReadyMessage>(*guest));
+
   guest = DecodeGuestMessage(
       OneFrame(*EncodeGuestMessage(OutputMessage{OutputStream::kStderr, "oops"})));
   ASSERT_TRUE(guest);

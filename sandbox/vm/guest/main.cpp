@@ -296,11 +296,10 @@ int main() {
   if (!cmdline) fail(cmdline.error());
   auto channel = OpenChannel(*cmdline);
   if (!channel) fail(channel.error());
-  if (KernelArg(*cmdline, "ralph.probe")) {
-    // The accelerator probe (kvm_probe.h): the guest ran this far.
-    if (auto bytes = vm::EncodeGuestMessage(vm::StartedMessage{})) (void)channel->Send(*bytes);
-    PowerOff();
-  }
+  // The host (or the pool) waits for this before it hands the VM a job;
+  // the accelerator probe (accel_probe.h) only for this.
+  auto ready = vm::EncodeGuestMessage(vm::ReadyMessage{});
+  if (!ready || !channel->Send(*ready) || KernelArg(*cmdline, "ralph.probe")) PowerOff();
   if (auto ran = RunJob(*channel); !ran) ralph::LogError("ralph-guest: {}", ran.error().ToString());
   PowerOff();
 }

@@ -82,7 +82,7 @@ Result<AccelVerdict> ProbeAccelerator(const AccelProbeOptions& options) {
     if (!frame) return {Accel::kTcg, "KVM probe: " + frame.error().ToString()};
     if (!*frame) return {Accel::kTcg, "KVM probe: the guest ended without answering"};
     auto message = DecodeGuestMessage(**frame);
-    if (!message || !std::holds_alternative<StartedMessage>(*message)) {
+    if (!message || !std::holds_alternative<ReadyMessage>(*message)) {
       return {Accel::kTcg, "KVM probe: the guest's answer was not the probe's"};
     }
     return {Accel::kKvm, ""};

@@ -249,7 +249,8 @@ bool IsKnownType(uint16_t type) {
     case MessageType::kStarted:
     case MessageType::kOutput:
     case MessageType::kExit:
-    case MessageType::kFailed: return true;
+    case MessageType::kFailed:
+    case MessageType::kReady: return true;
   }
   return false;
 }
@@ -317,6 +318,9 @@ Result<std::string> EncodeGuestMessage(const GuestMessage& message) {
   MessageType type{};
   if (const auto* m = std::get_if<StartedMessage>(&message)) {
     type = MessageType::kStarted;
+    w.U32(m->version);
+  } else if (const auto* m = std::get_if<ReadyMessage>(&message)) {
+    type = MessageType::kReady;
     w.U32(m->version);
   } else if (const auto* m = std::get_if<OutputMessage>(&message)) {
     type = MessageType::kOutput;
@@ -433,6 +437,15 @@ Result<GuestMessage> DecodeGuestMessage(const Frame& frame) {
         r.Fail("version", fmt::format("{} is not the host's {}", m.version, kProtocolVersion));
       }
       TRY(r.Finish("started"));
+      return GuestMessage(m);
+    }
+    case MessageType::kReady: {
+      ReadyMessage m;
+      m.version = r.U32("version");
+      if (m.version != kProtocolVersion) {
+        r.Fail("version", fmt::format("{} is not the host's {}", m.version, kProtocolVersion));
+      }
+      TRY(r.Finish("ready"));
       return GuestMessage(m);
     }
     case MessageType::kOutput: {

@@ -102,6 +102,25 @@ Result<SandboxSpec> GuestSpec(const SandboxSpec& spec) {
   return guest;
 }
 
+Result<void> Fits(const SandboxSpec& job, const SandboxSpec& shape) {
+  auto refuse = [&](std::string_view field, std::string_view what) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("{}: the job's {} than the VM it was given", field, what));
+  };
+  if (job.base != shape.base || job.base_kind != shape.base_kind) {
+    return refuse("base", "base image is another");
+  }
+  if (job.limits.memory_bytes > shape.limits.memory_bytes)
+    return refuse("limits.memory_bytes", "memory is more");
+  if (job.limits.disk_bytes > shape.limits.disk_bytes)
+    return refuse("limits.disk_bytes", "disk is more");
+  if (job.limits.cpu_millis > shape.limits.cpu_millis)
+    return refuse("limits.cpu_millis", "CPU share is more");
+  if (job.limits.io_weight != shape.limits.io_weight)
+    return refuse("limits.io_weight", "I/O weight is other");
+  return {};
+}
+
 uint64_t GuestMemoryBytes(const SandboxSpec& spec, const VmJobOptions& options) {
   uint64_t bytes = spec.limits.memory_bytes + options.guest_overhead_bytes;
   constexpr uint64_t kMiB = 1ull << 20;
@@ -183,7 +202,14 @@ Result<size_t> SweepDeadRunDirs(const std::string& run_dir) {
 
 Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOptions& options,
                                             const SandboxSpec& spec) {
-  SandboxSpec guest = TRY(GuestSpec(spec));
+  auto job = TRY(Boot(jail, options, spec));
+  TRY(job->Begin(spec));
+  return job;
+}
+
+Result<std::unique_ptr<VmJob>> VmJob::Boot(SandboxService& jail, const VmJobOptions& options,
+                                           const SandboxSpec& shape) {
+  TRY(GuestSpec(shape));
   if (options.accel == Accel::kKvm) {
     return Error::Make(ErrorCode::kUnsupported,
                        "accel: the VMM's jail cannot pass /dev/kvm yet (its binds are nodev and "
@@ -199,18 +225,20 @@ Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOpt
     return Error::FromErrno(fmt::format("mkdir {}", run_dir), errno);
   }
   std::unique_ptr<VmJob> job(new VmJob(jail, run_dir));
+  job->shape_ = shape;
+  job->boot_timeout_ = options.boot_timeout;
   const IdMapping ids = options.jail_ids;
   TRY(Chown(run_dir, ids));
   std::string state_disk = run_dir + "/state.img";
-  TRY(MakeStateDisk(state_disk, spec.limits.disk_bytes + kStateDiskMarginBytes));
+  TRY(MakeStateDisk(state_disk, shape.limits.disk_bytes + kStateDiskMarginBytes));
   TRY(Chown(state_disk, ids));
   std::string socket_path = run_dir + "/control.sock";
   UniqueFd listener = TRY(ListenUnix(socket_path));
   TRY(Chown(socket_path, ids));
 
   VmSpec vm;
-  vm.memory_bytes = GuestMemoryBytes(spec, options);
-  vm.cpus = std::clamp<uint32_t>((spec.limits.cpu_millis + 999) / 1000, 1, kMaxVmCpus);
+  vm.memory_bytes = GuestMemoryBytes(shape, options);
+  vm.cpus = std::clamp<uint32_t>((shape.limits.cpu_millis + 999) / 1000, 1, kMaxVmCpus);
   vm.kernel = std::string(kJailImageDir) + "/vmlinuz";
   vm.initrd = std::string(kJailImageDir) + "/initrd.img";
   vm.disks = {{std::string(kJailImageDir) + "/base.img", DiskAccess::kReadOnly},
@@ -222,7 +250,7 @@ Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOpt
   vm.qemu_binary = HostQemuBinary();
   std::vector<std::string> argv = TRY(QemuCommandLine(vm));
 
-  job->vmm_ = TRY_CTX(jail.CreateJob(VmmSpec(spec, options, argv, vmm_root, run_dir)),
+  job->vmm_ = TRY_CTX(jail.CreateJob(VmmSpec(shape, options, argv, vmm_root, run_dir)),
                       "making the VMM's jail");
   job->vmm_created_ = true;
   TRY_CTX(jail.Run(job->vmm_), "starting QEMU");
@@ -241,12 +269,33 @@ Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOpt
   listener.reset();
   ::unlink(socket_path.c_str());
   job->channel_ = std::make_unique<ControlChannel>(std::move(*accepted));
-  TRY(job->channel_->Send(TRY(EncodeHostMessage(StartMessage{kProtocolVersion, guest}))));
+  // The guest agent says it runs once the guest has booted.
   auto frame = TRY_CTX(job->channel_->Receive(options.boot_timeout), "waiting for the guest");
   if (!frame) {
-    return Error::Make(ErrorCode::kIo, fmt::format("the VM ended before its job started; console: "
-                                                   "{}",
+    return Error::Make(ErrorCode::kIo, fmt::format("the VM ended before its guest agent ran; "
+                                                   "console: {}",
                                                    job->ConsoleLog()));
+  }
+  GuestMessage ready = TRY_CTX(DecodeGuestMessage(*frame), "the guest's first message");
+  if (!std::holds_alternative<ReadyMessage>(ready)) {
+    return Error::Make(ErrorCode::kCorrupt, "the guest's first message was not ready");
+  }
+  return job;
+}
+
+Result<void> VmJob::Begin(const SandboxSpec& spec) {
+  if (begun_ || !channel_) {
+    return Error::Make(ErrorCode::kInvalidState, "a VM takes one job, once, after its boot");
+  }
+  begun_ = true;
+  TRY(Fits(spec, shape_));
+  SandboxSpec guest = TRY(GuestSpec(spec));
+  TRY(channel_->Send(TRY(EncodeHostMessage(StartMessage{kProtocolVersion, guest}))));
+  auto frame = TRY_CTX(channel_->Receive(boot_timeout_), "waiting for the guest");
+  if (!frame) {
+    return Error::Make(
+        ErrorCode::kIo,
+        fmt::format("the VM ended before its job started; console: {}", ConsoleLog()));
   }
   GuestMessage answer = TRY_CTX(DecodeGuestMessage(*frame), "the guest's answer to start");
   if (auto* failed = std::get_if<FailedMessage>(&answer)) {
@@ -255,9 +304,9 @@ Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOpt
   if (!std::holds_alternative<StartedMessage>(answer)) {
     return Error::Make(ErrorCode::kCorrupt, "the guest answered start with another message");
   }
-  job->timeout_ = spec.timeout;
-  job->started_ = Clock::now();
-  return job;
+  timeout_ = spec.timeout;
+  started_ = Clock::now();
+  return {};
 }
 
 VmJob::~VmJob() {

@@ -14,8 +14,9 @@
 // kMaxFramePayload. The guest decodes the host's messages the same way
 // (the same code), and validates a started spec with ValidateSpec.
 //
-// A session: the host sends kStart (the job's SandboxSpec as the guest
-// sees it); the guest answers kStarted or kFailed; then kOutput chunks,
+// A session: the guest says kReady once its agent runs (a booted VM waits
+// there, e.g. in the pool); the host sends kStart (the job's SandboxSpec as
+// the guest sees it); the guest answers kStarted or kFailed; then kOutput chunks,
 // and exactly one kExit at the end. The host may send kStdin, kResize and
 // kSignal at any time after kStart.
 #pragma once
@@ -50,6 +51,7 @@ enum class MessageType : uint16_t {
   kOutput = 17,
   kExit = 18,
   kFailed = 19,
+  kReady = 20,
 };
 
 struct StartMessage {
@@ -68,6 +70,10 @@ struct SignalMessage {
   int signal = 0;
 };
 struct StartedMessage {
+  uint32_t version = kProtocolVersion;
+};
+// The guest agent runs and waits for kStart.
+struct ReadyMessage {
   uint32_t version = kProtocolVersion;
 };
 struct OutputMessage {
@@ -95,7 +101,8 @@ struct FailedMessage {
 inline constexpr size_t kMaxFailureMessageBytes = 4096;
 
 using HostMessage = std::variant<StartMessage, StdinMessage, ResizeMessage, SignalMessage>;
-using GuestMessage = std::variant<StartedMessage, OutputMessage, ExitMessage, FailedMessage>;
+using GuestMessage =
+    std::variant<StartedMessage, OutputMessage, ExitMessage, FailedMessage, ReadyMessage>;
 
 // One whole frame (header and payload) for a message. kInvalidArgument
 // when it would not fit a frame (a spec too large, a chunk over

@@ -76,12 +76,27 @@ SandboxSpec VmmSpec(const SandboxSpec& job, const VmJobOptions& options,
                     const std::vector<std::string>& qemu_argv, const std::string& vmm_root,
                     const std::string& run_dir);
 
+// Whether `job` may run in a VM booted for `shape` (VmJob::Boot): the same
+// base image and I/O weight, at most its memory, disk and CPU share (the
+// guest's sandbox then holds the job to its own, smaller limits).
+// kInvalidArgument naming the limit.
+Result<void> Fits(const SandboxSpec& job, const SandboxSpec& shape);
+
 class VmJob {
  public:
-  // Boots a VM for `spec` and starts the job in it; returns once the guest
-  // agent says the job runs (or with its error). `jail` runs QEMU.
+  // Boots a VM for `spec` and starts the job in it (Boot, then Begin);
+  // returns once the guest agent says the job runs (or with its error).
+  // `jail` runs QEMU.
   static Result<std::unique_ptr<VmJob>> Start(SandboxService& jail, const VmJobOptions& options,
                                               const SandboxSpec& spec);
+  // Boots a VM sized for jobs like `shape` (its base image, memory, disk,
+  // CPU share) and returns once the guest agent says it is ready, with no
+  // job yet: what a pool keeps (VmPool).
+  static Result<std::unique_ptr<VmJob>> Boot(SandboxService& jail, const VmJobOptions& options,
+                                             const SandboxSpec& shape);
+  // Starts `spec` in a VM from Boot (Fits its shape), once: a VM never
+  // takes a second job.
+  Result<void> Begin(const SandboxSpec& spec);
   ~VmJob();  // Destroy()
 
   // Streams the job's output until it ends, then the result as a namespace
@@ -113,6 +128,9 @@ class VmJob {
   std::chrono::milliseconds timeout_{0};
   std::chrono::steady_clock::time_point started_;
   bool destroyed_ = false;
+  bool begun_ = false;
+  SandboxSpec shape_;
+  std::chrono::milliseconds boot_timeout_{0};
   CgroupUsage vmm_usage_;
 };
 
