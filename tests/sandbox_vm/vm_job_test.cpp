@@ -18,6 +18,7 @@
 #include "platform/arch.h"
 #include "platform/process.h"
 #include "sandbox/vm/accel_probe.h"
+#include "sandbox/vm/vm_pool.h"
 
 namespace ralph::sandbox::vm {
 namespace {
@@ -231,6 +232,39 @@ TEST_F(VmJobTest, WhatAVmJobCannotHaveYetIsRefusedByName) {
   ASSERT_FALSE(job);
   EXPECT_EQ(job.error().code(), ErrorCode::kUnsupported);
   EXPECT_THAT(job.error().ToString(), HasSubstr("network.enabled"));
+}
+
+TEST_F(VmJobTest, APooledVmTakesOneJobThatFitsItsShape) {
+  SandboxSpec shape = Spec({"true"});
+  VmPool pool(*jail_, vm_options_, shape, 1);
+  ASSERT_TRUE(pool.Fill());
+  EXPECT_EQ(pool.waiting(), 1u);
+  // More memory than the pool's VMs have: none is handed over.
+  SandboxSpec big = Spec({"echo", "big"});
+  big.limits.memory_bytes = shape.limits.memory_bytes * 2;
+  auto none = pool.Take(big);
+  ASSERT_TRUE(none);
+  EXPECT_EQ(*none, nullptr);
+  EXPECT_EQ(pool.waiting(), 1u);
+  // A job asking for less runs in the waiting VM, held to its own limit.
+  SandboxSpec small = Spec({"sh", "-c", "echo pooled; exit 4"});
+  small.limits.memory_bytes = 64ull << 20;
+  auto job = pool.Take(small);
+  ASSERT_TRUE(job) << job.error().ToString();
+  ASSERT_NE(*job, nullptr);
+  EXPECT_EQ(pool.waiting(), 0u);
+  auto result = (*job)->Wait();
+  ASSERT_TRUE(result) << result.error().ToString();
+  EXPECT_EQ(result->exit_code, 4);
+  EXPECT_EQ(result->stdout_data, "pooled\n");
+  // A VM takes one job.
+  auto again = (*job)->Begin(small);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code(), ErrorCode::kInvalidState);
+  ASSERT_TRUE((*job)->Destroy());
+  auto empty = pool.Take(small);
+  ASSERT_TRUE(empty);
+  EXPECT_EQ(*empty, nullptr);
 }
 
 // The probe judges KVM by a guest that answered: one that never reaches its
