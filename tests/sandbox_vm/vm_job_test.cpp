@@ -225,6 +225,70 @@ TEST_F(VmJobTest, KillingTheJobKillsTheVmAndLeavesNothingBehind) {
   while (std::getline(mounts, line)) EXPECT_THAT(line, ::testing::Not(HasSubstr(run_dir)));
 }
 
+// The host's view of a running VM job's QEMU: no capability, an
+// unprivileged uid, its own network namespace with nothing but loopback,
+// and a root holding only its own files.
+TEST_F(VmJobTest, QemuRunsWithoutCapabilitiesNetworkOrHostFiles) {
+  auto job = VmJob::Start(*jail_, vm_options_, Spec({"sh", "-c", "echo up; sleep 1000"}));
+  ASSERT_TRUE(job) << job.error().ToString();
+  pid_t qemu = (*job)->vmm_pid();
+  ASSERT_GT(qemu, 0);
+  std::string status;
+  {
+    std::ifstream in(fmt::format("/proc/{}/status", qemu));
+    status.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  for (const char* caps :
+       {"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000"}) {
+    EXPECT_THAT(status, HasSubstr(caps));
+  }
+  EXPECT_THAT(status, HasSubstr("NoNewPrivs:\t1"));
+  EXPECT_THAT(status, HasSubstr("Seccomp:\t2"));
+  EXPECT_THAT(status, ::testing::Not(HasSubstr("Uid:\t0\t")));
+  // Its own namespaces.
+  for (const char* ns : {"net", "mnt", "pid", "user", "ipc", "uts"}) {
+    EXPECT_NE(fs::read_symlink(fmt::format("/proc/{}/ns/{}", qemu, ns)),
+              fs::read_symlink(fmt::format("/proc/self/ns/{}", ns)))
+        << ns;
+  }
+  // Its network namespace has loopback only.
+  std::ifstream dev(fmt::format("/proc/{}/net/dev", qemu));
+  std::string line;
+  std::vector<std::string> links;
+  while (std::getline(dev, line)) {
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(0, colon);
+    name.erase(0, name.find_first_not_of(' '));
+    links.push_back(name);
+  }
+  EXPECT_THAT(links, ::testing::ElementsAre("lo"));
+  // Its root: the merged-/usr links, its own binds, the sandbox's own
+  // mounts and /etc (the sandbox's, with only what the sandbox writes); no
+  // /home, /root or /var of the host.
+  std::vector<std::string> top;
+  for (const auto& entry : fs::directory_iterator(fmt::format("/proc/{}/root", qemu))) {
+    top.push_back(entry.path().filename().string());
+  }
+  for (const char* host_only : {"home", "root", "var", "boot", "srv", "opt"}) {
+    EXPECT_THAT(top, ::testing::Not(::testing::Contains(host_only))) << host_only;
+  }
+  for (const auto& entry : fs::directory_iterator(fmt::format("/proc/{}/root/etc", qemu))) {
+    std::string name = entry.path().filename().string();
+    EXPECT_THAT(name, ::testing::AnyOf("resolv.conf", "hostname", "hosts")) << name;
+  }
+  std::vector<std::string> usr;
+  for (const auto& entry : fs::directory_iterator(fmt::format("/proc/{}/root/usr", qemu))) {
+    usr.push_back(entry.path().filename().string());
+  }
+  EXPECT_THAT(usr, ::testing::Not(::testing::Contains("sbin")));
+  EXPECT_THAT(usr, ::testing::Not(::testing::Contains("local")));
+  (*job)->Kill();
+  (void)(*job)->Wait();
+  ASSERT_TRUE((*job)->Destroy());
+}
+
 TEST_F(VmJobTest, WhatAVmJobCannotHaveYetIsRefusedByName) {
   SandboxSpec spec = Spec({"true"});
   spec.network.enabled = true;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -318,6 +319,17 @@ std::string VmJob::ConsoleLog() const {
   if (!log) return "(no console output)";
   constexpr size_t kTail = 4096;
   return log->size() > kTail ? log->substr(log->size() - kTail) : *log;
+}
+
+pid_t VmJob::vmm_pid() const {
+  if (!vmm_pidfd_) return 0;
+  // The pidfd's fdinfo names its process ("Pid:\t123"; -1 once reaped).
+  auto info = ReadWholeFile(fmt::format("/proc/self/fdinfo/{}", vmm_pidfd_.get()));
+  if (!info) return 0;
+  size_t at = info->find("\nPid:");
+  if (at == std::string::npos) return 0;
+  long pid = std::strtol(info->c_str() + at + 5, nullptr, 10);
+  return pid > 0 ? static_cast<pid_t>(pid) : 0;
 }
 
 void VmJob::Kill() {

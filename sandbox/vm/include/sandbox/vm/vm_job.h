@@ -110,6 +110,9 @@ class VmJob {
   Result<void> Destroy();
 
   const std::string& run_dir() const { return run_dir_; }
+  // QEMU's pid in the caller's pid namespace (the jail's PID 1), while it
+  // runs; 0 when it is not known.
+  pid_t vmm_pid() const;
   // After Wait: what QEMU's jail used (its cgroup's memory peak and OOM
   // kills: the host's view, which a guest cannot forge).
   const CgroupUsage& vmm_usage() const { return vmm_usage_; }
