@@ -2246,6 +2246,35 @@ TEST_F(AgentJobTest, WithoutGitALoopIsRefusedAtSubmit) {
   EXPECT_EQ(Ctl({"job", "run", "--", "true"}).exit, 0);
 }
 
+TEST_F(AgentJobTest, AJobThatNeedsAVmIsRefusedWithTheReasonAndOthersRun) {
+  Write(work_ + "/vm-policy.xml", R"(<policy format="1">
+  <profile name="default">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+  </profile>
+  <profile name="untrusted" isolation="vm">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+  </profile>
+</policy>
+)");
+  ProgramStreams set = Ctl({"policy", "set", work_ + "/vm-policy.xml"});
+  ASSERT_EQ(set.exit, 0) << set.err;
+  json reply = Submit({{"profile", "untrusted"}, {"argv", {"true"}}});
+  EXPECT_EQ(reply["error"]["code"], "unsupported") << reply.dump();
+  EXPECT_EQ(std::string(reply["error"]["message"])
+                .rfind("isolation: profile 'untrusted' requires vm, and this machine cannot run a "
+                       "VM job: ralphd's job runner does not launch VM jobs yet",
+                       0),
+            0u)
+      << reply.dump();
+  reply = Submit({{"isolation", "vm"}, {"argv", {"true"}}});
+  EXPECT_EQ(reply["error"]["code"], "unsupported") << reply.dump();
+  reply = Submit({{"profile", "untrusted"}, {"isolation", "namespaces"}, {"argv", {"true"}}});
+  EXPECT_EQ(reply["error"]["code"], "refused") << reply.dump();
+  // Nothing was queued, and a namespace job runs as before.
+  EXPECT_EQ(Ctl({"job", "run", "--", "true"}).exit, 0);
+}
+
 // A job's memory client: each argument is one request line; prints each
 // reply. Without a socket: whether the variable and the directory exist.
 constexpr std::string_view kMemoryClient = R"(

@@ -49,6 +49,14 @@ struct DaemonOptions {
   std::string audit_db;   // default <state_dir>/audit.db
   JobEnvironment environment;
   size_t max_running = 2;
+  // Whether VM jobs (isolation vm) can run; a job that needs one is refused
+  // at submit with the reason. The runner launches namespace jobs only, so
+  // no VM job runs here yet, whatever the machine has (sandbox/vm runs them
+  // on their own).
+  VmSupport vm_support{
+      false,
+      "ralphd's job runner does not launch VM jobs yet (sandbox/vm runs them; "
+      "workspaces, mounts and credentials need a filesystem shared with the guest)"};
   sandbox::IdMapping ids;
   StoreOptions store;
   std::function<void(LogLevel level, const std::string& message)> log;
