@@ -168,9 +168,13 @@ int Run(int argc, char** argv) {
 
   Console console;
   if (!console_path.empty()) {
-    console.in = std::fopen(console_path.c_str(), "re");
-    console.out = std::fopen(console_path.c_str(), "we");
-    if (console.in == nullptr || console.out == nullptr) {
+    // O_NOCTTY: a service must not make the console its controlling
+    // terminal (a hang-up or ^C there would then signal it).
+    int in_fd = ::open(console_path.c_str(), O_RDONLY | O_NOCTTY | O_CLOEXEC);
+    int out_fd = ::open(console_path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    if (in_fd >= 0) console.in = ::fdopen(in_fd, "r");
+    if (out_fd >= 0) console.out = ::fdopen(out_fd, "w");
+    if (in_fd < 0 || out_fd < 0 || console.in == nullptr || console.out == nullptr) {
       LogError("{}", Error::FromErrno(fmt::format("opening {}", console_path), errno).ToString());
       return 1;
     }
@@ -258,7 +262,13 @@ int Run(int argc, char** argv) {
     std::fputs("recovery> ", console.out);
     std::fflush(console.out);
     std::optional<std::string> line = console.ReadLine();
-    if (!line) return 0;
+    if (!line) {
+      if (console_path.empty()) return 0;
+      // A service: exiting would have ralph-init start it again, and with
+      // it the automatic actions; the console is gone, so stay idle.
+      LogWarning("recovery: {} closed: the menu has ended", console_path);
+      for (;;) ::pause();
+    }
     auto command = ParseMenuLine(*line);
     if (!command) {
       if (command.error().code() != ErrorCode::kNotFound) {

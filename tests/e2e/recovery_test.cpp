@@ -1,8 +1,11 @@
 // RECOVERY boots: a factory image whose health gate fails on a fresh
-// machine is marked bad and the machine comes up in RECOVERY (and stays
-// there, never looping on the bad image); an armed RECOVERY boot is a
-// rescue boot that changes no slot state, and the boot after it is the
-// committed slot's again.
+// machine is marked bad, the machine comes up in RECOVERY, and
+// ralph-recovery restores slot A from the factory bundle, which then
+// commits; both slots overwritten with garbage: the firmware falls through
+// to RECOVERY, which restores A, and A commits, with the recovery in the
+// audit log; an armed RECOVERY boot is a rescue boot that changes no slot
+// state (a usable slot: recovery does nothing by itself), and the boot
+// after it is the committed slot's again.
 #include "harness/e2e_test.h"
 
 namespace ralph::e2e {
@@ -11,6 +14,8 @@ namespace {
 constexpr const char* kRecordVar = "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d";
 constexpr const char* kRecoveryBanner = "RalphOS RECOVERY mode";
 constexpr const char* kNotJudged = "health gate: RECOVERY boot, not judged";
+constexpr const char* kRestoring =
+    "recovery: restore slot: no usable slot: restoring slot A from the factory bundle";
 
 TEST_F(E2eTest, FactoryImageFailingItsHealthGateOnAFreshMachineFallsToRecovery) {
   ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kFresh));
@@ -30,20 +35,57 @@ TEST_F(E2eTest, FactoryImageFailingItsHealthGateOnAFreshMachineFallsToRecovery) 
     auto seen = machine.WaitFor(marker, kBootTimeout);
     ASSERT_TRUE(seen) << seen.error().ToString();
   }
-  EXPECT_EQ(BootCurrentDescription(machine), "RalphOS RECOVERY");
-  EXPECT_EQ(FirstInBootOrderDescription(machine), "RalphOS RECOVERY");
+  EXPECT_EQ(machine.Count("health gate passed"), 0u);
+  // No usable slot, a valid factory bundle: recovery restores A by itself,
+  // and the factory image (good) commits.
+  for (std::string marker :
+       {std::string("recovery: slot A: bad"), std::string(kRestoring),
+        std::string("recovery: slot A restored from /usr/share/ralph/factory.rbundle"),
+        std::string("recovery: done, rebooting"), BootingSlot("A"), CommittedSlot("A")}) {
+    auto seen = machine.WaitFor(marker, kBootTimeout);
+    ASSERT_TRUE(seen) << seen.error().ToString();
+  }
+  EXPECT_EQ(BootCurrentDescription(machine), "RalphOS A");
   auto status = Ralphctl(machine, {"boot", "status"});
   EXPECT_EQ(status.exit, 0) << status.output;
-  EXPECT_NE(status.output.find("booted:     RECOVERY"), std::string::npos) << status.output;
-  EXPECT_NE(status.output.find("committed:  none"), std::string::npos) << status.output;
-  EXPECT_EQ(machine.Count("health gate passed"), 0u);
+  EXPECT_NE(status.output.find("committed:  A"), std::string::npos) << status.output;
+}
 
-  // Rebooting does not try the bad image again.
-  ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "RECOVERY"));
-  auto banner = machine.WaitFor("bad slots: A", kBootTimeout);
-  ASSERT_TRUE(banner) << banner.error().ToString();
-  EXPECT_EQ(machine.Count(BootingSlot("A")), 1u);
-  EXPECT_EQ(BootCurrentDescription(machine), "RalphOS RECOVERY");
+TEST_F(E2eTest, BothSlotsGarbageFallToRecoveryWhichRestoresAFromTheFactoryBundle) {
+  ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kFresh));
+  for (const char* label : {"SYSTEM_A", "SYSTEM_B"}) {
+    auto scribbled = ScribblePartition(disk_, label, 0, 4 << 20);
+    ASSERT_TRUE(scribbled) << scribbled.error().ToString();
+  }
+  Machine machine = Boot();
+  // A's UKI loads, its root is garbage: early boot reboots, the tries run
+  // out, and BootOrder (RECOVERY first while nothing is committed) falls
+  // through to RECOVERY.
+  for (std::string marker :
+       {BootingSlot("A"), std::string("is not a squashfs filesystem"), BootingSlot("RECOVERY"),
+        std::string(kRecoveryBanner), std::string("recovery: entered: no slot is committed"),
+        std::string("recovery: slot A: trial"), std::string("content holds no system image"),
+        std::string("recovery: factory bundle /usr/share/ralph/factory.rbundle: valid"),
+        std::string(kRestoring),
+        std::string("recovery: slot A restored from /usr/share/ralph/factory.rbundle"),
+        std::string("recovery: done, rebooting"), BootingSlot("A"), CommittedSlot("A")}) {
+    auto seen = machine.WaitFor(marker, kBootTimeout);
+    ASSERT_TRUE(seen) << seen.error().ToString();
+  }
+  EXPECT_EQ(machine.Count(BootingSlot("RECOVERY")), 1u);
+  EXPECT_EQ(BootCurrentDescription(machine), "RalphOS A");
+  EXPECT_EQ(FirstInBootOrderDescription(machine), "RalphOS A");
+  // The audit log on VAR shows the recovery: entered, the OTA writer's
+  // install into A, the restore.
+  auto audit = Ralphctl(machine, {"audit", "list"});
+  ASSERT_EQ(audit.exit, 0) << audit.output;
+  for (const char* row :
+       {"recovery-entered", "install-started", "install-finished", "slot-restored"}) {
+    EXPECT_NE(audit.output.find(row), std::string::npos) << row << " missing:\n" << audit.output;
+  }
+  EXPECT_LT(audit.output.find("recovery-entered"), audit.output.find("slot-restored"));
+  auto verify = Ralphctl(machine, {"audit", "verify"});
+  EXPECT_EQ(verify.exit, 0) << verify.output;
 }
 
 TEST_F(E2eTest, ArmedRecoveryBootsOnceAndLeavesTheCommittedSlotAsItWas) {

@@ -537,6 +537,22 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
        {},
        false,
        true});
+  if (inputs.recovery) {
+    // The rescue environment (recovery/README.md): diagnoses, acts by itself
+    // when the situation is clear, then serves the operator's menu on the
+    // console. Not required: RECOVERY must come up whatever it finds.
+    binaries.push_back(
+        {TRY(ProjectBinary(inputs.bin_dir, "ralph-recovery")), "/usr/bin/ralph-recovery"});
+    for (const char* tool : {"/sbin/e2fsck", "/sbin/mke2fs"}) {
+      binaries.push_back({TRY(HostTool(tool, "e2fsprogs")), tool});
+    }
+    services.push_back({"recovery",
+                        "/usr/bin/ralph-recovery",
+                        {"--auto", "--menu", "--console", "/dev/console"},
+                        {},
+                        false,
+                        false});
+  }
   std::vector<std::string> health_after;
   for (const auto& s : services) health_after.push_back(s.name);
   services.push_back({"health", "/usr/bin/ralph-health", {}, health_after, true, true});
@@ -712,6 +728,7 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     report.factory_bundle_sha256 = TRY(FileSha256(request.output));
     SlotImageInputs recovery_inputs = slot_inputs;
     recovery_inputs.extra_files.push_back({request.output, kFactoryBundlePath});
+    recovery_inputs.recovery = true;
     recovery = work + "/recovery.squashfs";
     TRY_CTX(BuildSlotImage(recovery_inputs, work + "/rootfs_recovery", recovery),
             "building the RECOVERY filesystem");

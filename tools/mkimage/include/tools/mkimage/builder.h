@@ -120,6 +120,9 @@ struct SlotImageInputs {
   std::string update_ca;  // see BuildOptions
   // Extra host files {host path, image path} (RECOVERY: the factory bundle).
   std::vector<std::pair<std::string, std::string>> extra_files;
+  // RECOVERY's root: also ralph-recovery (a service that diagnoses and
+  // rescues, with the operator's menu on the console) and e2fsprogs.
+  bool recovery = false;
 };
 
 // Builds the read-only squashfs system image for a slot at `output`
