@@ -75,16 +75,17 @@ TEST_F(E2eTest, BothSlotsGarbageFallToRecoveryWhichRestoresAFromTheFactoryBundle
   EXPECT_EQ(machine.Count(BootingSlot("RECOVERY")), 1u);
   EXPECT_EQ(BootCurrentDescription(machine), "RalphOS A");
   EXPECT_EQ(FirstInBootOrderDescription(machine), "RalphOS A");
-  // The audit log on VAR shows the recovery: entered, the OTA writer's
-  // install into A, the restore.
-  auto audit = Ralphctl(machine, {"audit", "list"});
+  // The system's audit log on VAR (the OTA writer's, not ralphd's own)
+  // shows the recovery: entered, the OTA writer's install into A, the
+  // restore.
+  auto audit = Ralphctl(machine, {"audit", "list", "--audit-db", "/var/lib/ralph/audit.db"});
   ASSERT_EQ(audit.exit, 0) << audit.output;
   for (const char* row :
        {"recovery-entered", "install-started", "install-finished", "slot-restored"}) {
     EXPECT_NE(audit.output.find(row), std::string::npos) << row << " missing:\n" << audit.output;
   }
   EXPECT_LT(audit.output.find("recovery-entered"), audit.output.find("slot-restored"));
-  auto verify = Ralphctl(machine, {"audit", "verify"});
+  auto verify = Ralphctl(machine, {"audit", "verify", "--audit-db", "/var/lib/ralph/audit.db"});
   EXPECT_EQ(verify.exit, 0) << verify.output;
 }
 
