@@ -13,7 +13,6 @@ namespace {
 
 constexpr const char* kRecordVar = "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d";
 constexpr const char* kRecoveryBanner = "RalphOS RECOVERY mode";
-constexpr const char* kNotJudged = "health gate: RECOVERY boot, not judged";
 constexpr const char* kRestoring =
     "recovery: restore slot: no usable slot: restoring slot A from the factory bundle";
 
@@ -31,7 +30,8 @@ TEST_F(E2eTest, FactoryImageFailingItsHealthGateOnAFreshMachineFallsToRecovery) 
         std::string("health gate failed: slot A marked bad; rebooting into RECOVERY"),
         BootingSlot("RECOVERY"), std::string("slot manager: boot event recovery"),
         std::string(kRecoveryBanner), std::string("committed slot: none"),
-        std::string("slot A: bad"), std::string("bad slots: A"), std::string(kNotJudged)}) {
+        std::string("slot A: bad"), std::string("bad slots: A"),
+        std::string("recovery: entered: no slot is committed")}) {
     auto seen = machine.WaitFor(marker, kBootTimeout);
     ASSERT_TRUE(seen) << seen.error().ToString();
   }
@@ -104,7 +104,9 @@ TEST_F(E2eTest, ArmedRecoveryBootsOnceAndLeavesTheCommittedSlotAsItWas) {
   for (std::string marker :
        {std::string("slot manager: boot event recovery"), std::string(kRecoveryBanner),
         std::string("committed slot: A"), std::string("bad slots: none"),
-        std::string("RalphOS RECOVERY up as PID 1"), std::string(kNotJudged)}) {
+        std::string("RalphOS RECOVERY up as PID 1"),
+        std::string("recovery: waiting for the operator: slot A is usable: nothing to do by "
+                    "itself")}) {
     auto seen = machine.WaitFor(marker, kBootTimeout);
     ASSERT_TRUE(seen) << seen.error().ToString();
   }

@@ -120,9 +120,6 @@ struct SlotImageInputs {
   std::string update_ca;  // see BuildOptions
   // Extra host files {host path, image path} (RECOVERY: the factory bundle).
   std::vector<std::pair<std::string, std::string>> extra_files;
-  // RECOVERY's root: also ralph-recovery (a service that diagnoses and
-  // rescues, with the operator's menu on the console) and e2fsprogs.
-  bool recovery = false;
 };
 
 // Builds the read-only squashfs system image for a slot at `output`
@@ -130,6 +127,12 @@ struct SlotImageInputs {
 // inputs give the same bytes.
 Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::string& staging_dir,
                                    const std::string& output);
+// RECOVERY's root (recovery/README.md): ralph-init running ralph-recovery
+// (and the test agent in test images), ralphctl, mtools, e2fsprogs, the
+// trust anchors and `inputs.extra_files` (the factory bundle). Same rules as
+// BuildSlotImage.
+Result<std::string> BuildRecoveryRoot(const SlotImageInputs& inputs, const std::string& staging_dir,
+                                      const std::string& output);
 
 // SHA-256 of a file, lower-case hex.
 Result<std::string> FileSha256(const std::string& path);
