@@ -184,7 +184,8 @@ Decision Decide(const Diagnosis& diagnosis) {
 
 std::vector<std::string> DescribeDiagnosis(const Diagnosis& diagnosis) {
   std::vector<std::string> lines;
-  lines.push_back(fmt::format("entered: {}", EntryPathName(diagnosis.entry)));
+  lines.push_back(fmt::format("entered: {}{}{}", EntryPathName(diagnosis.entry),
+                              diagnosis.entry_detail.empty() ? "" : ": ", diagnosis.entry_detail));
   if (diagnosis.record) {
     lines.push_back(fmt::format(
         "slot record: committed {}, anti-rollback minimum {}",

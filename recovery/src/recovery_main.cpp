@@ -235,6 +235,7 @@ int Run(int argc, char** argv) {
                             fmt::format("{}", fmt::join(DescribeDiagnosis(*diagnosis), "; ")))) {
     LogWarning("recovery: {}", *failed);
   }
+  (*rescue)->AcknowledgeEntry();
 
   if (automatic) {
     Decision decision = Decide(*diagnosis);

@@ -110,6 +110,15 @@ Result<Diagnosis> Rescue::Diagnose() {
   }
   diagnosis.var = CheckVar();
   if (diagnosis.record && !diagnosis.record->committed) diagnosis.entry = EntryPath::kNoGoodSlot;
+  if (config_.var_mounted) {
+    if (auto note = ReadWholeFile(EntryNotePath())) {
+      diagnosis.entry = EntryPath::kBootFailures;
+      diagnosis.entry_detail = *note;
+      while (!diagnosis.entry_detail.empty() && diagnosis.entry_detail.back() == '\n') {
+        diagnosis.entry_detail.pop_back();
+      }
+    }
+  }
   last_ = diagnosis;
   return diagnosis;
 }
@@ -298,6 +307,17 @@ found:
   return Error::Make(ErrorCode::kRefused,
                      fmt::format("slot {} is {}, neither committed nor on trial: restore it first",
                                  SlotName(target), boot::SlotStatusName(r.status)));
+}
+
+std::string Rescue::EntryNotePath() const {
+  // boot::kRecoveryArmedPath is under /var; VAR is mounted at var_mount.
+  std::string_view inside = boot::kRecoveryArmedPath;
+  inside.remove_prefix(std::string_view("/var").size());
+  return config_.var_mount + std::string(inside);
+}
+
+void Rescue::AcknowledgeEntry() {
+  if (config_.var_mounted) ::unlink(EntryNotePath().c_str());
 }
 
 std::optional<std::string> Rescue::Record(const std::string& type, const std::string& subject,

@@ -6,6 +6,8 @@
 // audit log; an armed RECOVERY boot is a rescue boot that changes no slot
 // state (a usable slot: recovery does nothing by itself), and the boot
 // after it is the committed slot's again.
+#include <fmt/format.h>
+
 #include "harness/e2e_test.h"
 
 namespace ralph::e2e {
@@ -87,6 +89,50 @@ TEST_F(E2eTest, BothSlotsGarbageFallToRecoveryWhichRestoresAFromTheFactoryBundle
   EXPECT_LT(audit.output.find("recovery-entered"), audit.output.find("slot-restored"));
   auto verify = Ralphctl(machine, {"audit", "verify", "--audit-db", "/var/lib/ralph/audit.db"});
   EXPECT_EQ(verify.exit, 0) << verify.output;
+}
+
+TEST_F(E2eTest, ACommittedSlotFailingItsHealthGateEveryBootEndsInRecovery) {
+  ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kProvisioned));
+  // The committed slot A now holds a system whose ralphd cannot start: its
+  // health gate fails on every boot.
+  auto copied = CopyPartitionAs(Image("health-fail"), "SYSTEM_B", disk_, "SYSTEM_A");
+  ASSERT_TRUE(copied) << copied.error().ToString();
+  Machine machine = Boot();
+  for (int boot = 1; boot <= 3; ++boot) {
+    for (std::string marker :
+         {fmt::format("boot-failure counter: boot {} of slot A since its last healthy one", boot),
+          std::string("health gate FAILED on the committed slot A")}) {
+      auto seen = machine.WaitFor(marker, kBootTimeout);
+      ASSERT_TRUE(seen) << seen.error().ToString();
+    }
+    ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "A"));
+  }
+  // The fourth start finds three failed boots behind it: RECOVERY is armed
+  // for the next reset (this boot goes on, so the slot stays reachable).
+  for (std::string marker :
+       {std::string(
+            "RECOVERY entry: slot A failed to reach a healthy state 3 boots in a row: arming "
+            "RECOVERY for the next boot"),
+        std::string("RECOVERY armed (BootNext)"),
+        std::string("health gate FAILED on the committed slot A")}) {
+    auto seen = machine.WaitFor(marker, kBootTimeout);
+    ASSERT_TRUE(seen) << seen.error().ToString();
+  }
+  ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "RECOVERY"));
+  for (std::string marker :
+       {std::string("recovery: entered: the committed slot failed to boot repeatedly: slot A "
+                    "failed to reach a healthy state 3 boots in a row"),
+        std::string("recovery: waiting for the operator: slot A is intact but failed to boot "
+                    "repeatedly")}) {
+    auto seen = machine.WaitFor(marker, kBootTimeout);
+    ASSERT_TRUE(seen) << seen.error().ToString();
+  }
+  EXPECT_EQ(BootCurrentDescription(machine), "RalphOS RECOVERY");
+  EXPECT_EQ(machine.Count(BootingSlot("A")), 4u);
+  auto audit = Ralphctl(machine, {"audit", "list", "--audit-db", "/var/lib/ralph/audit.db"});
+  ASSERT_EQ(audit.exit, 0) << audit.output;
+  EXPECT_NE(audit.output.find("recovery-entered"), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("failed to boot repeatedly"), std::string::npos) << audit.output;
 }
 
 TEST_F(E2eTest, ArmedRecoveryBootsOnceAndLeavesTheCommittedSlotAsItWas) {

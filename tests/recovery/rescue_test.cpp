@@ -5,13 +5,16 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <map>
 
 #include "drivers/testing/fake_block_device.h"
 #include "fake_audit_sink.h"
 #include "machine.h"
+#include "platform/file_io.h"
 #include "platform/load_option.h"
 #include "platform/sha256.h"
+#include "tests/support/temp_dir.h"
 
 namespace ralph::recovery {
 namespace {
@@ -43,6 +46,7 @@ class RescueTest : public ::testing::Test {
     config.factory_bundle = "/nonexistent/factory.rbundle";
     config.keyring = "/nonexistent/keyring";
     config.var_mounted = true;
+    if (!var_mount_.empty()) config.var_mount = var_mount_;
     config.var_state = "clean";
     config.audit = &audit_;
     auto rescue = Rescue::Create(
@@ -59,6 +63,7 @@ class RescueTest : public ::testing::Test {
   }
 
   boot::Machine machine_;
+  std::string var_mount_;
   std::map<std::string, std::vector<uint8_t>> contents_;
   audit::testing::FakeAuditSink audit_;
 };
@@ -167,6 +172,31 @@ TEST_F(RescueTest, RestoreRefusesAMissingBundleAndAuditsTheRefusal) {
   EXPECT_EQ(audit_.Types(), std::vector<std::string>{"restore-refused"});
   // The slot state is as it was: nothing was begun.
   EXPECT_EQ(machine_.Record().b.status, SlotStatus::kEmpty);
+}
+
+TEST_F(RescueTest, EarlyBootsNoteNamesTheBootFailuresEntryUntilAcknowledged) {
+  ralph::testing::TempDir var;
+  var_mount_ = var.path();
+  std::filesystem::create_directories(var.path() + "/lib/ralph");
+  ASSERT_TRUE(WriteWholeFile(var.path() + "/lib/ralph/recovery-armed",
+                             "slot A failed to reach a healthy state 3 boots in a row\n"));
+  auto rescue = Make();
+  auto d = rescue->Diagnose();
+  ASSERT_TRUE(d) << d.error().ToString();
+  EXPECT_EQ(d->entry, EntryPath::kBootFailures);
+  EXPECT_EQ(d->entry_detail, "slot A failed to reach a healthy state 3 boots in a row");
+  EXPECT_NE(DescribeDiagnosis(*d)[0].find("failed to boot repeatedly: slot A failed"),
+            std::string::npos)
+      << DescribeDiagnosis(*d)[0];
+  // An intact committed slot that keeps failing: the operator decides.
+  Decision decision = Decide(*d);
+  ASSERT_TRUE(decision.wait_for_operator);
+  EXPECT_NE(decision.wait_for_operator->find("failed to boot repeatedly"), std::string::npos);
+  rescue->AcknowledgeEntry();
+  EXPECT_FALSE(std::filesystem::exists(var.path() + "/lib/ralph/recovery-armed"));
+  auto again = rescue->Diagnose();
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->entry, EntryPath::kUnknown);
 }
 
 TEST_F(RescueTest, AnAuditLogThatFailsNeverStopsRecovery) {

@@ -106,6 +106,7 @@ struct Diagnosis {
   VarFacts var;
   BundleFacts factory;
   EntryPath entry = EntryPath::kUnknown;
+  std::string entry_detail;  // kBootFailures: early boot's note
 
   const SlotFacts& slot(boot::Slot s) const { return s == boot::Slot::kA ? a : b; }
 };

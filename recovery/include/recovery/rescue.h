@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "boot/boot_failures.h"
 #include "boot/slot_manager.h"
 #include "drivers/block_device.h"
 #include "drivers/disk.h"
@@ -76,6 +77,10 @@ class Rescue {
   // given) must be committed or on trial. kRefused naming the problem.
   Result<std::string> CheckReboot(std::optional<boot::Slot> slot);
 
+  // Removes early boot's note of why RECOVERY was armed
+  // (boot::kRecoveryArmedPath), once the entry is recorded.
+  void AcknowledgeEntry();
+
   // An audit event of actor "recovery" (best effort: a failure is returned
   // in words, never stops recovery).
   std::optional<std::string> Record(const std::string& type, const std::string& subject,
@@ -90,6 +95,7 @@ class Rescue {
         config_(std::move(config)),
         open_slot_(std::move(open_slot)) {}
   Result<boot::SlotManager> Manager();
+  std::string EntryNotePath() const;
   VarFacts CheckVar();
 
   EfiVarStoreInterface* vars_;
