@@ -1,14 +1,26 @@
-// RECOVERY boots: a factory image whose health gate fails on a fresh
-// machine is marked bad, the machine comes up in RECOVERY, and
-// ralph-recovery restores slot A from the factory bundle, which then
-// commits; both slots overwritten with garbage: the firmware falls through
-// to RECOVERY, which restores A, and A commits, with the recovery in the
-// audit log; an armed RECOVERY boot is a rescue boot that changes no slot
-// state (a usable slot: recovery does nothing by itself), and the boot
-// after it is the committed slot's again.
+// RECOVERY boots and ralph-recovery:
+// - a factory image whose health gate fails on a fresh machine is marked
+//   bad, the machine comes up in RECOVERY, and ralph-recovery restores slot
+//   A from the factory bundle, which then commits;
+// - both slots overwritten with garbage: the firmware falls through to
+//   RECOVERY, which restores A, and A commits, with the recovery in the
+//   audit log;
+// - a factory bundle whose signature does not verify is refused, nothing is
+//   written, and RECOVERY waits for the operator;
+// - a committed slot whose health gate fails on every boot: after 3 such
+//   boots the boot-failure counter arms RECOVERY, which says why it was
+//   entered and waits (the slot's image is intact);
+// - an armed RECOVERY boot is a rescue boot that changes no slot state (a
+//   usable slot: recovery does nothing by itself), and the boot after it is
+//   the committed slot's again.
+#include <filesystem>
+
 #include <fmt/format.h>
 
+#include "drivers/disk.h"
 #include "harness/e2e_test.h"
+#include "platform/file_io.h"
+#include "platform/process.h"
 
 namespace ralph::e2e {
 namespace {
@@ -18,7 +30,7 @@ constexpr const char* kRecoveryBanner = "RalphOS RECOVERY mode";
 constexpr const char* kRestoring =
     "recovery: restore slot: no usable slot: restoring slot A from the factory bundle";
 
-TEST_F(E2eTest, FactoryImageFailingItsHealthGateOnAFreshMachineFallsToRecovery) {
+TEST_F(E2eTest, FactoryImageFailingItsHealthGateOnAFreshMachineIsRestoredFromRecovery) {
   ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kFresh));
   // The factory slot A carries the health-fail variant's system image (a
   // ralphd that cannot start); RECOVERY and the UKIs are good.
@@ -89,6 +101,68 @@ TEST_F(E2eTest, BothSlotsGarbageFallToRecoveryWhichRestoresAFromTheFactoryBundle
   EXPECT_LT(audit.output.find("recovery-entered"), audit.output.find("slot-restored"));
   auto verify = Ralphctl(machine, {"audit", "verify", "--audit-db", "/var/lib/ralph/audit.db"});
   EXPECT_EQ(verify.exit, 0) << verify.output;
+}
+
+// Replaces RECOVERY's factory bundle with a copy whose manifest has one
+// byte changed (its signature no longer matches), rebuilding RECOVERY's
+// squashfs on the host.
+void TamperWithFactoryBundle(const std::string& disk, const std::string& work) {
+  auto layout = ProbeDisk(disk);
+  ASSERT_TRUE(layout) << layout.error().ToString();
+  const PartitionInfo* recovery = layout->Find("RECOVERY");
+  ASSERT_NE(recovery, nullptr);
+  auto run = [](std::vector<std::string> argv) {
+    auto ran = RunProgram({.argv = std::move(argv)});
+    ASSERT_TRUE(ran) << ran.error().ToString();
+    ASSERT_TRUE(ran->ok()) << ran->Describe() << ": " << ran->err;
+  };
+  std::string part = work + "/recovery.img", root = work + "/recovery-root";
+  ASSERT_NO_FATAL_FAILURE(run({"dd", "if=" + disk, "of=" + part, "bs=1M",
+                               fmt::format("skip={}", recovery->offset_bytes() >> 20),
+                               fmt::format("count={}", recovery->size_bytes() >> 20)}));
+  ASSERT_NO_FATAL_FAILURE(run({"unsquashfs", "-no-xattrs", "-d", root, part}));
+  std::string bundle = root + "/usr/share/ralph/factory.rbundle";
+  auto bytes = ReadWholeFile(bundle);
+  ASSERT_TRUE(bytes) << bytes.error().ToString();
+  // Past the fixed header: a byte of the signed manifest.
+  (*bytes)[300] ^= 0x20;
+  ASSERT_TRUE(WriteWholeFile(bundle, *bytes));
+  std::string rebuilt = work + "/recovery-tampered.img";
+  ASSERT_NO_FATAL_FAILURE(run({"mksquashfs", root, rebuilt, "-noappend", "-quiet", "-no-progress",
+                               "-comp", "zstd", "-all-root", "-no-xattrs"}));
+  ASSERT_LE(std::filesystem::file_size(rebuilt), recovery->size_bytes());
+  ASSERT_NO_FATAL_FAILURE(run({"dd", "if=" + rebuilt, "of=" + disk, "bs=1M", "conv=notrunc,fsync",
+                               fmt::format("seek={}", recovery->offset_bytes() >> 20)}));
+}
+
+TEST_F(E2eTest, AFactoryBundleWithABadSignatureIsRefusedAndRecoveryWaits) {
+  ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kFresh));
+  for (const char* label : {"SYSTEM_A", "SYSTEM_B"}) {
+    auto scribbled = ScribblePartition(disk_, label, 0, 4 << 20);
+    ASSERT_TRUE(scribbled) << scribbled.error().ToString();
+  }
+  ASSERT_NO_FATAL_FAILURE(TamperWithFactoryBundle(disk_, scratch_->path()));
+  Machine machine = Boot();
+  for (std::string marker :
+       {BootingSlot("RECOVERY"), std::string("recovery: entered: no slot is committed"),
+        std::string("recovery: factory bundle /usr/share/ralph/factory.rbundle: INVALID"),
+        std::string("recovery: waiting for the operator: no usable slot, and the factory bundle "
+                    "cannot be used: bundle /usr/share/ralph/factory.rbundle refused"),
+        std::string("waiting for operator media")}) {
+    auto seen = machine.WaitFor(marker, kBootTimeout);
+    ASSERT_TRUE(seen) << seen.error().ToString();
+  }
+  // Nothing was written: slot A is still as the failed trials left it, and
+  // RECOVERY stays up for the operator.
+  EXPECT_EQ(machine.Count("slot A restored"), 0u);
+  EXPECT_EQ(BootCurrentDescription(machine), "RalphOS RECOVERY");
+  auto status = Ralphctl(machine, {"boot", "status"});
+  EXPECT_EQ(status.exit, 0) << status.output;
+  EXPECT_NE(status.output.find("committed:  none"), std::string::npos) << status.output;
+  auto audit = Ralphctl(machine, {"audit", "list", "--audit-db", "/var/lib/ralph/audit.db"});
+  ASSERT_EQ(audit.exit, 0) << audit.output;
+  EXPECT_NE(audit.output.find("recovery-entered"), std::string::npos) << audit.output;
+  EXPECT_EQ(audit.output.find("install-started"), std::string::npos) << audit.output;
 }
 
 TEST_F(E2eTest, ACommittedSlotFailingItsHealthGateEveryBootEndsInRecovery) {
