@@ -33,12 +33,15 @@ std::string_view VarHealthName(VarHealth health) {
 
 VarHealth InterpretCheckOnly(int exit_status) {
   if (exit_status == 0) return VarHealth::kClean;
-  // 8 and above: e2fsck could not check it (no superblock, I/O error,
-  // cancelled, library error); a usage error (16) is ours, but either way
-  // nothing vouches for the filesystem.
-  if (exit_status >= 8) return VarHealth::kUnusable;
-  // 1, 2 (corrected: -n corrects nothing, but a journal replay may be
-  // reported so) and 4 (left uncorrected).
+  // Errors found (4), even when the check then had to stop (12): a repair
+  // may still save what is there, so nothing is erased by itself.
+  if (exit_status & 4) return VarHealth::kErrors;
+  // An operational error alone: no superblock, nothing e2fsck can read as
+  // ext4.
+  if (exit_status == 8) return VarHealth::kUnusable;
+  // 1/2 (corrected: -n corrects nothing, but a journal replay may be
+  // reported so), 16 (usage), 32 (cancelled), 128 (library error): not
+  // knowing is not a reason to erase it.
   return VarHealth::kErrors;
 }
 

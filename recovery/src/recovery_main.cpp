@@ -200,6 +200,7 @@ int Run(int argc, char** argv) {
     LogWarning("VAR is not mounted ({}): no audit records this boot",
                config.var_state.empty() ? "early boot left no record" : config.var_state);
   }
+  config.release_var = [&audit_log]() { audit_log.reset(); };
   auto store = LibefivarStore::Open();
   if (!store) {
     LogError("{}", store.error().WithContext("opening the EFI variable store").ToString());

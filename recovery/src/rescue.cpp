@@ -188,15 +188,15 @@ Result<std::string> Rescue::ResetVar() {
   // Recorded before: afterwards the log is gone with the filesystem.
   Record("var-reset", "VAR", fmt::format("recreating {} empty", var->device));
   if (config_.var_mounted) {
+    config_.audit = nullptr;
+    if (config_.release_var) config_.release_var();
     if (::umount(config_.var_mount.c_str()) != 0) {
       return Error::FromErrno(
-          fmt::format("unmounting VAR from {} (services still use it: reset it from a RECOVERY "
-                      "boot where VAR is not mounted)",
+          fmt::format("unmounting VAR from {} (something still uses it: nothing was erased)",
                       config_.var_mount),
           errno);
     }
     config_.var_mounted = false;
-    config_.audit = nullptr;
   }
   auto run = RunProgram({.argv = {config_.mke2fs, "-q", "-F", "-t", "ext4", "-L", "VAR", "-E",
                                   "lazy_itable_init=1,lazy_journal_init=1", var->device},

@@ -248,8 +248,11 @@ TEST(DecideTest, CheckOnlyExitStatuses) {
   EXPECT_EQ(InterpretCheckOnly(1), VarHealth::kErrors);
   EXPECT_EQ(InterpretCheckOnly(4), VarHealth::kErrors);
   EXPECT_EQ(InterpretCheckOnly(8), VarHealth::kUnusable);
-  EXPECT_EQ(InterpretCheckOnly(12), VarHealth::kUnusable);
-  EXPECT_EQ(InterpretCheckOnly(128), VarHealth::kUnusable);
+  // Errors found, then the check stopped: a repair may still save it.
+  EXPECT_EQ(InterpretCheckOnly(12), VarHealth::kErrors);
+  EXPECT_EQ(InterpretCheckOnly(16), VarHealth::kErrors);
+  EXPECT_EQ(InterpretCheckOnly(32), VarHealth::kErrors);
+  EXPECT_EQ(InterpretCheckOnly(128), VarHealth::kErrors);
 }
 
 TEST(DecideTest, DescriptionNamesEveryFact) {

@@ -50,13 +50,14 @@ struct SlotFacts {
 enum class VarHealth {
   kClean,     // exit status 0
   kErrors,    // exit status 4: errors a repair or a reset would deal with
-  kUnusable,  // exit status 8 or worse: no ext4 filesystem, or unreadable
+  kUnusable,  // exit status 8 alone: no ext4 filesystem e2fsck can read
   kMissing,   // no partition labelled VAR
 };
 std::string_view VarHealthName(VarHealth health);
-// Maps e2fsck -n's exit status (e2fsck(8): 0 clean, 1/2 corrected (not with
-// -n), 4 uncorrected errors, 8 operational error, 16 usage, 32 cancelled,
-// 128 library error) to VarHealth.
+// Maps e2fsck -n's exit status (e2fsck(8), a bit mask: 1/2 corrected (not
+// with -n), 4 uncorrected errors, 8 operational error, 16 usage, 32
+// cancelled, 128 library error) to VarHealth: 0 clean; exactly 8 (no
+// filesystem it can read) unusable; anything else errors.
 VarHealth InterpretCheckOnly(int exit_status);
 
 struct VarFacts {

@@ -44,6 +44,9 @@ struct RescueConfig {
   // Borrowed, may be null (VAR not readable): where recovery's own events
   // and the OTA writer's go.
   audit::AuditSinkInterface* audit = nullptr;
+  // Called before VAR is unmounted for a reset: whoever opened `audit`
+  // closes it there (an open database keeps VAR busy).
+  std::function<void()> release_var;
 };
 
 // Opens a slot partition for reading (BlockDevice over the partition's
