@@ -20,6 +20,7 @@
 #include "platform/file_io.h"
 #include "platform/log.h"
 #include "recovery/decide.h"
+#include "recovery/menu.h"
 #include "recovery/rescue.h"
 #include "services/audit/audit_log.h"
 
@@ -86,68 +87,6 @@ void Reboot(bool allowed) {
     // ralph-init stops the services (VAR unmounted cleanly) and reboots.
     ::kill(1, SIGTERM);
   }
-}
-
-// One menu command; returns true when the menu should end (a reboot).
-bool RunCommand(Rescue& rescue, const MenuCommand& command, Console& console, bool may_reboot) {
-  auto show = [&](const Result<std::string>& done) {
-    console.Line(done ? *done : "failed: " + done.error().ToString());
-    return done.has_value();
-  };
-  switch (command.verb) {
-    case MenuVerb::kHelp:
-      for (const auto& line : MenuHelp()) console.Line(line);
-      return false;
-    case MenuVerb::kStatus: {
-      auto diagnosis = rescue.Diagnose();
-      if (!diagnosis) {
-        console.Line("failed: " + diagnosis.error().ToString());
-        return false;
-      }
-      for (const auto& line : DescribeDiagnosis(*diagnosis)) console.Line(line);
-      return false;
-    }
-    case MenuVerb::kAuto: {
-      auto diagnosis = rescue.Diagnose();
-      if (!diagnosis) {
-        console.Line("failed: " + diagnosis.error().ToString());
-        return false;
-      }
-      Decision decision = Decide(*diagnosis);
-      auto done = rescue.Apply(decision);
-      if (!done) {
-        console.Line("failed: " + done.error().ToString());
-        return false;
-      }
-      for (const auto& line : *done) console.Line(line);
-      if (decision.wait_for_operator) console.Line(*decision.wait_for_operator);
-      bool reboot =
-          !decision.actions.empty() && decision.actions.back().kind == ActionKind::kReboot;
-      if (reboot) Reboot(may_reboot);
-      return reboot && may_reboot;
-    }
-    case MenuVerb::kRestore: show(rescue.Restore(*command.slot, command.argument)); return false;
-    case MenuVerb::kRepairBoot: show(rescue.RepairEntries()); return false;
-    case MenuVerb::kExportLogs: show(rescue.ExportLogs(command.argument)); return false;
-    case MenuVerb::kResetVar: {
-      console.Line(fmt::format(
-          "this erases VAR: the audit log, pairings, jobs and workspaces. Type {} to confirm:",
-          kResetConfirmation));
-      std::optional<std::string> answer = console.ReadLine();
-      if (!answer || *answer != kResetConfirmation) {
-        console.Line("not confirmed: VAR left as it is");
-        return false;
-      }
-      show(rescue.ResetVar());
-      return false;
-    }
-    case MenuVerb::kReboot: {
-      if (!show(rescue.CheckReboot(command.slot))) return false;
-      Reboot(may_reboot);
-      return may_reboot;
-    }
-  }
-  return false;
 }
 
 int Run(int argc, char** argv) {
@@ -259,27 +198,19 @@ int Run(int argc, char** argv) {
     }
   }
   if (!menu) return 0;
-  console.Line("RalphOS RECOVERY menu (type help)");
-  for (;;) {
+  MenuIo io;
+  io.read_line = [&console]() { return console.ReadLine(); };
+  io.write_line = [&console](const std::string& line) { console.Line(line); };
+  io.prompt = [&console]() {
     std::fputs("recovery> ", console.out);
     std::fflush(console.out);
-    std::optional<std::string> line = console.ReadLine();
-    if (!line) {
-      if (console_path.empty()) return 0;
-      // A service: exiting would have ralph-init start it again, and with
-      // it the automatic actions; the console is gone, so stay idle.
-      LogWarning("recovery: {} closed: the menu has ended", console_path);
-      for (;;) ::pause();
-    }
-    auto command = ParseMenuLine(*line);
-    if (!command) {
-      if (command.error().code() != ErrorCode::kNotFound) {
-        console.Line("refused: " + command.error().message());
-      }
-      continue;
-    }
-    if (RunCommand(**rescue, *command, console, !no_reboot)) return 0;
-  }
+  };
+  io.reboot = [no_reboot]() { Reboot(!no_reboot); };
+  if (RunMenu(**rescue, io) == MenuEnd::kRebooting || console_path.empty()) return 0;
+  // A service: exiting would have ralph-init start it again, and with it
+  // the automatic actions; the console is gone, so stay idle.
+  LogWarning("recovery: {} closed: the menu has ended", console_path);
+  for (;;) ::pause();
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // VAR through Rescue with the real e2fsprogs on an image file: a VAR that
 // holds no filesystem is found unusable, the automatic plan recreates it,
-// and e2fsck -n then finds it clean; a clean VAR is left alone.
+// and e2fsck -n then finds it clean; a clean VAR is left alone; the
+// operator's menu resets it only after the confirmation word.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "machine.h"
 #include "platform/file_io.h"
 #include "platform/process.h"
+#include "recovery/menu.h"
 #include "recovery/rescue.h"
 #include "tests/support/temp_dir.h"
 
@@ -93,6 +95,64 @@ TEST_F(RescueVarTest, AVarWithErrorsWaitsForTheOperator) {
   ASSERT_TRUE(d);
   EXPECT_EQ(d->var.health, VarHealth::kErrors) << d->var.detail;
   for (const Action& a : Decide(*d).actions) EXPECT_NE(a.kind, ActionKind::kResetVar);
+}
+
+// The operator's menu driven with scripted console lines.
+struct ScriptedConsole {
+  std::vector<std::string> lines;
+  size_t next = 0;
+  std::string out;
+  int reboots = 0;
+  MenuIo Io() {
+    MenuIo io;
+    io.read_line = [this]() -> std::optional<std::string> {
+      if (next == lines.size()) return std::nullopt;
+      return lines[next++];
+    };
+    io.write_line = [this](const std::string& line) { out += line + "\n"; };
+    io.reboot = [this]() { ++reboots; };
+    return io;
+  }
+};
+
+TEST_F(RescueVarTest, TheMenuRefusesGarbageAndResetsVarOnlyAfterConfirmation) {
+  auto rescue = Make();
+  ScriptedConsole console;
+  console.lines = {"format c:", "\x1b[A\x1b[A", std::string(1000, 'x'),
+                   "",          "restore q",    "status",
+                   "reboot b",  "reset-var",    "yes",
+                   "reset-var", "ERASE\r",      "status"};
+  EXPECT_EQ(RunMenu(*rescue, console.Io()), MenuEnd::kEndOfInput);
+  const std::string& out = console.out;
+  EXPECT_NE(out.find("refused: unknown command 'format' (type help)"), std::string::npos) << out;
+  EXPECT_NE(out.find("refused: unexpected byte 0x1b at column 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("refused: line too long (1000 bytes, at most 256)"), std::string::npos);
+  size_t first_status = out.find("VAR: unusable");
+  EXPECT_NE(first_status, std::string::npos) << out;
+  EXPECT_NE(out.find("failed: slot B is empty, neither committed nor on trial"), std::string::npos)
+      << out;
+  size_t refused = out.find("not confirmed: VAR left as it is");
+  size_t reset = out.find("recreated empty");
+  ASSERT_NE(refused, std::string::npos) << out;
+  ASSERT_NE(reset, std::string::npos) << out;
+  EXPECT_LT(refused, reset);
+  EXPECT_NE(out.find("VAR: clean", reset), std::string::npos) << out;
+  EXPECT_EQ(console.reboots, 0);
+  // Only the confirmed reset was recorded.
+  EXPECT_EQ(audit_.Types(), std::vector<std::string>{"var-reset"});
+}
+
+TEST_F(RescueVarTest, TheMenuRebootsIntoTheCommittedSlot) {
+  auto rescue = Make();
+  ScriptedConsole console;
+  console.lines = {"help", "reboot", "status"};
+  EXPECT_EQ(RunMenu(*rescue, console.Io()), MenuEnd::kRebooting);
+  EXPECT_NE(console.out.find("reset-var"), std::string::npos);
+  EXPECT_NE(console.out.find("rebooting into the committed slot A"), std::string::npos)
+      << console.out;
+  EXPECT_EQ(console.reboots, 1);
+  // The menu ended at the reboot: the line after it was never read.
+  EXPECT_EQ(console.next, 2u);
 }
 
 }  // namespace
