@@ -87,18 +87,23 @@ class FactoryBundleTest : public ::testing::Test {
 
   // Copies the RECOVERY partition out and unpacks one file of it.
   std::string ExtractFromRecovery(const std::string& image, const std::string& path) {
+    return ExtractFrom(image, "RECOVERY", path);
+  }
+  // The same for any squashfs partition; each label unpacks to its own tree.
+  std::string ExtractFrom(const std::string& image, const std::string& label,
+                          const std::string& path) {
     auto layout = ProbeDisk(image);
     EXPECT_TRUE(layout) << layout.error().ToString();
     if (!layout) return "";
-    const PartitionInfo* recovery = layout->Find("RECOVERY");
+    const PartitionInfo* recovery = layout->Find(label);
     EXPECT_NE(recovery, nullptr);
     if (!recovery) return "";
-    std::string part = image + ".recovery";
+    std::string part = image + "." + label;
     ProgramRun dd = RunProgram({"dd", "if=" + image, "of=" + part, "bs=1M",
                                 fmt::format("skip={}", recovery->offset_bytes() / (1024 * 1024)),
                                 fmt::format("count={}", recovery->size_bytes() / (1024 * 1024))});
     EXPECT_EQ(dd.exit, 0) << dd.output;
-    std::string out = image + ".unpacked";
+    std::string out = image + ".unpacked-" + label;
     ProgramRun unsquash =
         RunProgram({"unsquashfs", "-f", "-no-xattrs", "-d", out, part, path.substr(1)});
     EXPECT_EQ(unsquash.exit, 0) << unsquash.output;
@@ -145,11 +150,24 @@ TEST_F(FactoryBundleTest, RecoveryHoldsASignedReproducibleFactoryBundle) {
   std::string ca = ExtractFromRecovery(dir_ + "/one.img", kUpdateCaPath);
   EXPECT_EQ(*ReadWholeFile(ca), *ReadWholeFile(dir_ + "/other-ca.crt"));
 
+  // RECOVERY is a rescue root: ralph-recovery as its service, the tools it
+  // runs, and none of the slot's control plane.
+  std::string services = ExtractFromRecovery(dir_ + "/one.img", "/etc/ralph/services.conf");
+  auto conf = ReadWholeFile(services);
+  ASSERT_TRUE(conf) << conf.error().ToString();
+  EXPECT_NE(conf->find("/usr/bin/ralph-recovery"), std::string::npos) << *conf;
+  EXPECT_EQ(conf->find("ralphd"), std::string::npos) << *conf;
+  for (const char* tool : {"/usr/bin/ralph-recovery", "/sbin/e2fsck", "/sbin/mke2fs",
+                           "/usr/bin/ralphctl", "/usr/bin/mtools", "/sbin/ralph-init"}) {
+    EXPECT_TRUE(std::filesystem::exists(ExtractFromRecovery(dir_ + "/one.img", tool))) << tool;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/one.img.unpacked-RECOVERY/usr/bin/ralphd"));
+
   // Loop mode's git runs in the slot's root: the binary and the libraries
-  // the loader lists for it (RECOVERY holds the good system's files).
-  std::string git = ExtractFromRecovery(dir_ + "/one.img", "/usr/bin/git");
-  ExtractFromRecovery(dir_ + "/one.img", "/lib");
-  ExtractFromRecovery(dir_ + "/one.img", "/lib64");
+  // the loader lists for it.
+  std::string git = ExtractFrom(dir_ + "/one.img", "SYSTEM_A", "/usr/bin/git");
+  ExtractFrom(dir_ + "/one.img", "SYSTEM_A", "/lib");
+  ExtractFrom(dir_ + "/one.img", "SYSTEM_A", "/lib64");
   std::string root = git.substr(0, git.size() - std::string("/usr/bin/git").size());
   // git opens /dev/null as it starts; the appliance's /dev is a devtmpfs.
   ASSERT_EQ(RunProgram({"mkdir", "-p", root + "/dev"}).exit, 0);

@@ -24,8 +24,9 @@
 //
 // The counter of consecutive failed boots of the committed slot is NOT in
 // this record: it changes on every boot, and a healthy steady-state boot
-// must write no EFI variable. It lives on VAR, kept by
-// the health gate, which calls SlotManager::ArmRecovery() when it trips.
+// must write no EFI variable. It lives on VAR (boot/boot_failures.h):
+// early boot counts it up and calls SlotManager::ArmRecovery() when it
+// trips, the health gate clears it.
 #pragma once
 
 #include <array>

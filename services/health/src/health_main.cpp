@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "boot/boot_config.h"
+#include "boot/boot_failures.h"
 #include "platform/efivar_store.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
@@ -62,6 +63,26 @@ class DeferredEfiStore final : public EfiVarStoreInterface {
   std::unique_ptr<LibefivarStore> store_;
 };
 
+// A healthy boot clears the boot-failure counter early boot counted up
+// (boot/boot_failures.h). A failure to write it is reported: the worst it
+// does is send a healthy slot to RECOVERY sooner.
+void ClearBootFailures(const std::string& slot_name) {
+  auto slot = boot::ParseSlot(slot_name);
+  if (!slot) return;  // RECOVERY, or unknown: nothing was counted
+  std::string path(boot::kBootFailuresPath);
+  std::optional<boot::BootFailures> stored;
+  if (auto text = ReadWholeFile(path)) {
+    if (auto parsed = boot::ParseBootFailures(*text)) stored = *parsed;
+  }
+  std::optional<boot::BootFailures> clear = boot::OnHealthyBoot(stored, *slot);
+  if (!clear) return;
+  if (auto written = WriteFileAtomically(path, boot::RenderBootFailures(*clear), 0644,
+                                         Durability::kFileAndDirectorySynced);
+      !written) {
+    LogError("boot-failure counter not cleared: {}", written.error().ToString());
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -76,6 +97,10 @@ int main() {
   env.system = &system;
   env.clock = &clock;
   env.control_plane = &control_plane;
-  return health::RunHealthGate(env, health::HealthChecks(), EarlyBootRecord(env), reboot,
-                               [](LogLevel level, std::string_view line) { LogLine(level, line); });
+  std::map<std::string, std::string> early_boot = EarlyBootRecord(env);
+  int status =
+      health::RunHealthGate(env, health::HealthChecks(), early_boot, reboot,
+                            [](LogLevel level, std::string_view line) { LogLine(level, line); });
+  if (status == 0) ClearBootFailures(early_boot["slot"]);
+  return status;
 }

@@ -24,6 +24,7 @@
 #include <fmt/format.h>
 
 #include "boot/boot_config.h"
+#include "boot/boot_failures.h"
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
 #include "drivers/watchdog.h"
@@ -199,14 +200,16 @@ boot::BootedDetection DetectBootedImage(const SlotManagerAccess& access,
 // On a RECOVERY boot OnBoot changes no slot state; the banner then shows
 // the state as it is. Failures are reported and the boot goes on: the
 // health gate then refuses to commit.
-void RunSlotManager(SlotManagerAccess& access, BootMode mode) {
+std::optional<boot::SlotState> RunSlotManager(SlotManagerAccess& access, BootMode mode) {
   std::string problem = access.problem;  // why the banner cannot show the state
   std::optional<boot::SlotManager>& manager = access.manager;
+  std::optional<boot::SlotState> after;
   if (manager) {
     auto report = manager->OnBoot();
     if (!report) {
       LogError("slot manager: {}", report.error().ToString());
     } else {
+      after = report->record;
       for (const auto& finding : report->findings) LogInfo("slot manager: {}", finding);
       if (report->rolled_back) {
         LogError("slot {} failed its trial: rolled back", boot::SlotName(*report->rolled_back));
@@ -217,7 +220,7 @@ void RunSlotManager(SlotManagerAccess& access, BootMode mode) {
                   : fmt::format(", wrote {}", fmt::join(report->written, ", ")));
     }
   }
-  if (mode != BootMode::kRecovery) return;
+  if (mode != BootMode::kRecovery) return after;
   std::optional<boot::SlotState> record;
   if (manager) {
     auto status = manager->Status();
@@ -231,6 +234,77 @@ void RunSlotManager(SlotManagerAccess& access, BootMode mode) {
     }
   }
   for (const auto& line : RecoveryBanner(record, problem)) LogWarning("{}", line);
+  return after;
+}
+
+// The boot-failure counter on VAR (boot/boot_failures.h), counted here, on
+// every boot of the committed slot, before anything past early boot can
+// hang or crash; the health gate clears it. When it trips, BootNext =
+// RECOVERY, and a note on VAR tells ralph-recovery why it was entered.
+void CountBoot(SlotManagerAccess& access, const std::optional<boot::SlotState>& record,
+               const std::string& slot, bool var_usable) {
+  auto booted = boot::ParseSlot(slot);
+  if (!booted) return;
+  std::string path = std::string(kNewRoot) + std::string(boot::kBootFailuresPath);
+  boot::CounterState state = boot::CounterState::kVarUnusable;
+  std::optional<boot::BootFailures> stored;
+  if (var_usable) {
+    auto text = ReadWholeFile(path);
+    if (!text) {
+      state = text.error().code() == ErrorCode::kNotFound ? boot::CounterState::kMissing
+                                                          : boot::CounterState::kCorrupt;
+      if (state == boot::CounterState::kCorrupt) {
+        LogError("boot-failure counter: {}: counting from 0", text.error().ToString());
+      }
+    } else if (auto parsed = boot::ParseBootFailures(*text)) {
+      state = boot::CounterState::kRead;
+      stored = *parsed;
+    } else {
+      state = boot::CounterState::kCorrupt;
+      LogError("boot-failure counter {}: {}: counting from 0", path, parsed.error().ToString());
+    }
+  }
+  boot::BootStart start =
+      boot::OnBootStart(state, stored, *booted, record ? record->committed : std::nullopt,
+                        boot::kDefaultBootFailureLimit);
+  if (start.write) {
+    std::string dir = path.substr(0, path.rfind('/'));
+    if (::mkdir((std::string(kNewRoot) + "/var/lib").c_str(), 0755) != 0 && errno != EEXIST) {
+      LogError("{}", Error::FromErrno("mkdir /var/lib", errno).ToString());
+    }
+    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+      LogError("{}", Error::FromErrno(fmt::format("mkdir {}", dir), errno).ToString());
+    }
+    // Synced: a boot that dies right after must still have been counted.
+    if (auto written = WriteFileAtomically(path, boot::RenderBootFailures(*start.write), 0644,
+                                           Durability::kFileAndDirectorySynced);
+        !written) {
+      LogError("boot-failure counter not kept: {}", written.error().ToString());
+    }
+  }
+  if (!start.arm_recovery) {
+    if (start.write) LogInfo("boot-failure counter: {}", start.why);
+    return;
+  }
+  LogError("RECOVERY entry: {}", start.why);
+  if (var_usable) {
+    std::string note = std::string(kNewRoot) + std::string(boot::kRecoveryArmedPath);
+    if (auto written =
+            WriteFileAtomically(note, start.why + "\n", 0644, Durability::kFileAndDirectorySynced);
+        !written) {
+      LogError("RECOVERY entry not noted on VAR: {}", written.error().ToString());
+    }
+  }
+  if (!access.manager) {
+    LogError("cannot arm RECOVERY: {}", access.problem);
+    return;
+  }
+  auto armed = access.manager->ArmRecovery();
+  if (!armed) {
+    LogError("arming RECOVERY: {}", armed.error().ToString());
+    return;
+  }
+  LogError("RECOVERY armed (BootNext): the next reset boots it");
 }
 
 // Runs a tool from the initrd with the console as its output; returns its
@@ -389,7 +463,7 @@ Result<void> Run(bool second_stage) {
   if (auto complete = CheckApplianceLayout(disk); !complete) {
     LogError("disk {}: {}", disk.disk, complete.error().ToString());
   }
-  RunSlotManager(access, mode);
+  std::optional<boot::SlotState> slot_record = RunSlotManager(access, mode);
   std::string label = TRY(RootPartLabel(config, slot));
   const PartitionInfo* root = disk.Find(label);
   if (root == nullptr || root->device.empty()) {
@@ -426,6 +500,7 @@ Result<void> Run(bool second_stage) {
     record["var"] = *var_state;
     LogInfo("VAR {} ({}), mounted on /var", *var_state, var->device);
   }
+  if (mode == BootMode::kSlot) CountBoot(access, slot_record, slot, var_state.has_value());
   if (::mkdir("/run/ralph", 0755) != 0 && errno != EEXIST) {
     return Error::FromErrno("mkdir /run/ralph", errno);
   }

@@ -466,6 +466,44 @@ Result<KernelTree> FetchKernel(const std::string& cache_dir, const std::string& 
   return kernel;
 }
 
+// What every root image (a slot's, RECOVERY's) ends with: the C library's
+// character-set modules, the trust anchors, the extra files, os-release,
+// and the squashfs. Returns its SHA-256 (hex).
+Result<std::string> FinishRootImage(const SlotImageInputs& inputs, const std::string& staging_dir,
+                                    const std::string& output, std::string_view image_id) {
+  for (const auto& file : kGconvFiles) {
+    std::string host = TRY(HostTool(fmt::format("{}/{}", kGconvDir, file), "libc6"));
+    TRY(StageFile(host, staging_dir + host));
+  }
+  std::error_code ec;
+  std::vector<std::string> gconv_confs;  // sorted: the image must not depend on readdir order
+  for (const auto& entry :
+       fs::directory_iterator(fmt::format("{}/gconv-modules.d", kGconvDir), ec)) {
+    if (entry.path().extension() == ".conf") gconv_confs.push_back(entry.path().string());
+  }
+  std::sort(gconv_confs.begin(), gconv_confs.end());
+  for (const auto& conf : gconv_confs) TRY(StageFile(conf, staging_dir + conf));
+  if (!inputs.keyring.empty()) {
+    TRY_CTX(StageFile(inputs.keyring, staging_dir + kKeyringPath), "adding the OTA keyring");
+  }
+  if (!inputs.update_ca.empty()) {
+    TRY_CTX(StageFile(inputs.update_ca, staging_dir + kUpdateCaPath),
+            "adding the update servers' CA");
+  }
+  for (const auto& [host, image] : inputs.extra_files) {
+    TRY(StageFile(host, staging_dir + image));
+  }
+  TRY(WriteWholeFile(staging_dir + "/etc/os-release", OsRelease(inputs.version, image_id)));
+
+  IgnoreError(RemoveTree(output));
+  std::string epoch = std::to_string(inputs.source_date_epoch);
+  TRY_CTX(RunTool({"mksquashfs", staging_dir, output, "-noappend", "-quiet", "-no-progress",
+                   "-comp", "zstd", "-all-root", "-no-xattrs", "-mkfs-time", epoch, "-all-time",
+                   epoch, "-processors", "1"}),
+          "building the squashfs system image");
+  return FileSha256(output);
+}
+
 Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::string& staging_dir,
                                    const std::string& output) {
   TRY(RemoveTree(staging_dir));
@@ -573,37 +611,50 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   for (const auto& command : kMtoolsCommands) {
     TRY(MakeSymlink("mtools", staging_dir + "/usr/bin/" + command));
   }
-  for (const auto& file : kGconvFiles) {
-    std::string host = TRY(HostTool(fmt::format("{}/{}", kGconvDir, file), "libc6"));
-    TRY(StageFile(host, staging_dir + host));
-  }
-  std::error_code ec;
-  std::vector<std::string> gconv_confs;  // sorted: the image must not depend on readdir order
-  for (const auto& entry :
-       fs::directory_iterator(fmt::format("{}/gconv-modules.d", kGconvDir), ec)) {
-    if (entry.path().extension() == ".conf") gconv_confs.push_back(entry.path().string());
-  }
-  std::sort(gconv_confs.begin(), gconv_confs.end());
-  for (const auto& conf : gconv_confs) TRY(StageFile(conf, staging_dir + conf));
-  if (!inputs.keyring.empty()) {
-    TRY_CTX(StageFile(inputs.keyring, staging_dir + kKeyringPath), "adding the OTA keyring");
-  }
-  if (!inputs.update_ca.empty()) {
-    TRY_CTX(StageFile(inputs.update_ca, staging_dir + kUpdateCaPath),
-            "adding the update servers' CA");
-  }
-  for (const auto& [host, image] : inputs.extra_files) {
-    TRY(StageFile(host, staging_dir + image));
-  }
-  TRY(WriteWholeFile(staging_dir + "/etc/os-release", OsRelease(inputs.version, "system")));
+  return FinishRootImage(inputs, staging_dir, output, "system");
+}
 
-  IgnoreError(RemoveTree(output));
-  std::string epoch = std::to_string(inputs.source_date_epoch);
-  TRY_CTX(RunTool({"mksquashfs", staging_dir, output, "-noappend", "-quiet", "-no-progress",
-                   "-comp", "zstd", "-all-root", "-no-xattrs", "-mkfs-time", epoch, "-all-time",
-                   epoch, "-processors", "1"}),
-          "building the squashfs system image");
-  return FileSha256(output);
+Result<std::string> BuildRecoveryRoot(const SlotImageInputs& inputs, const std::string& staging_dir,
+                                      const std::string& output) {
+  TRY(RemoveTree(staging_dir));
+  for (const char* dir :
+       {"/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/etc/ralph", "/usr/bin", "/sbin"}) {
+    TRY(MakeDirs(staging_dir + dir));
+  }
+  // Only what a rescue needs: PID 1, ralph-recovery, the operator's CLI
+  // (boot state, installs with --target), mtools for the ESP, e2fsprogs for
+  // VAR. No control plane, network, sandbox or health gate: none of them
+  // rescues anything, and each is one more thing that could fail here.
+  std::vector<StagedBinary> binaries;
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralph-init")), "/sbin/ralph-init"});
+  binaries.push_back(
+      {TRY(ProjectBinary(inputs.bin_dir, "ralph-recovery")), "/usr/bin/ralph-recovery"});
+  binaries.push_back({TRY(ProjectBinary(inputs.bin_dir, "ralphctl")), "/usr/bin/ralphctl"});
+  binaries.push_back({TRY(HostTool(kMtoolsHost, "mtools")), "/usr/bin/mtools"});
+  for (const char* tool : {"/sbin/e2fsck", "/sbin/mke2fs"}) {
+    binaries.push_back({TRY(HostTool(tool, "e2fsprogs")), tool});
+  }
+  std::vector<ServiceEntry> services;
+  if (inputs.test_agent) {
+    binaries.push_back(
+        {TRY(ProjectBinary(inputs.bin_dir, "ralph-test-agent")), "/usr/libexec/ralph-test-agent"});
+    services.push_back({"test-agent", "/usr/libexec/ralph-test-agent", {}, {}, false, false});
+  }
+  // Diagnoses, acts by itself when the situation is clear, then serves the
+  // operator's menu on the console (recovery/README.md). Not required:
+  // RECOVERY comes up whatever it finds.
+  services.push_back({"recovery",
+                      "/usr/bin/ralph-recovery",
+                      {"--auto", "--menu", "--console", "/dev/console"},
+                      {},
+                      false,
+                      false});
+  TRY_CTX(StageBinaries(binaries, staging_dir), "staging RECOVERY's binaries");
+  TRY(WriteWholeFile(staging_dir + "/etc/ralph/services.conf", RenderServicesConf(services)));
+  for (const auto& command : kMtoolsCommands) {
+    TRY(MakeSymlink("mtools", staging_dir + "/usr/bin/" + command));
+  }
+  return FinishRootImage(inputs, staging_dir, output, "recovery");
 }
 
 Result<BuildReport> BuildImage(const BuildOptions& options) {
@@ -696,9 +747,10 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     }
   }
 
-  // RECOVERY: the good system's files plus the factory bundle (the factory
-  // version's system image and slot A's UKI, signed), so a rescue can
-  // reflash a slot from a bundle it verifies like any update.
+  // RECOVERY: a root of its own (BuildRecoveryRoot: ralph-recovery and the
+  // tools it needs) plus the factory bundle (the factory version's system
+  // image and slot A's UKI, signed), so a rescue can reflash a slot from a
+  // bundle it verifies like any update, whatever the slots and VAR hold.
   std::string recovery = system_a;
   if (!options.signing_cert.empty() && options.bundle_writer) {
     FactoryBundleRequest request{system_a,
@@ -713,7 +765,7 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     SlotImageInputs recovery_inputs = slot_inputs;
     recovery_inputs.extra_files.push_back({request.output, kFactoryBundlePath});
     recovery = work + "/recovery.squashfs";
-    TRY_CTX(BuildSlotImage(recovery_inputs, work + "/rootfs_recovery", recovery),
+    TRY_CTX(BuildRecoveryRoot(recovery_inputs, work + "/rootfs_recovery", recovery),
             "building the RECOVERY filesystem");
   }
 
@@ -762,9 +814,9 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   TRY(CopyIntoDisk(esp, layout, kPartEfi));
   TRY(CopyIntoDisk(system_a, layout, kPartSystemA));
   TRY(CopyIntoDisk(system_b, layout, kPartSystemB));
-  // RECOVERY holds the good system plus the factory bundle until the rescue
-  // environment (planned: docs/architecture.md "Recovery") replaces the
-  // system part. VAR stays blank (early boot formats it) unless it carries
+  // RECOVERY holds the rescue root and the factory bundle (without a
+  // signing key: the good system, so the machine still has a RECOVERY that
+  // boots). VAR stays blank (early boot formats it) unless it carries
   // the factory agent-image bundle.
   TRY(CopyIntoDisk(recovery, layout, kPartRecovery));
   if (!var_image.empty()) TRY(CopyIntoDisk(var_image, layout, kPartVar));

@@ -127,6 +127,12 @@ struct SlotImageInputs {
 // inputs give the same bytes.
 Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::string& staging_dir,
                                    const std::string& output);
+// RECOVERY's root (recovery/README.md): ralph-init running ralph-recovery
+// (and the test agent in test images), ralphctl, mtools, e2fsprogs, the
+// trust anchors and `inputs.extra_files` (the factory bundle). Same rules as
+// BuildSlotImage.
+Result<std::string> BuildRecoveryRoot(const SlotImageInputs& inputs, const std::string& staging_dir,
+                                      const std::string& output);
 
 // SHA-256 of a file, lower-case hex.
 Result<std::string> FileSha256(const std::string& path);
