@@ -132,15 +132,6 @@ Result<void> StageFile(const std::string& host_path, const std::string& dest) {
   return WriteWholeFile(dest, content, st.st_mode & 0755);
 }
 
-// The shared objects a binary needs, loader included, as absolute host paths.
-Result<std::vector<std::string>> SharedLibraries(const std::string& binary) {
-  std::string out = TRY_CTX(RunTool({kHostLoader, "--list", binary}),
-                            fmt::format("listing the shared libraries of {}", binary));
-  std::vector<std::string> libs = ParseLoaderList(out);
-  if (std::find(libs.begin(), libs.end(), kHostLoader) == libs.end()) libs.push_back(kHostLoader);
-  return libs;
-}
-
 Result<std::string> HostTool(const std::string& path, const std::string& package) {
   if (!Exists(path)) {
     return Error::Make(ErrorCode::kNotFound,
@@ -367,6 +358,14 @@ Result<void> WriteRandomImage(const std::string& path, uint64_t size, std::strin
 }
 
 }  // namespace
+
+Result<std::vector<std::string>> SharedLibraries(const std::string& binary) {
+  std::string out = TRY_CTX(RunTool({kHostLoader, "--list", binary}),
+                            fmt::format("listing the shared libraries of {}", binary));
+  std::vector<std::string> libs = ParseLoaderList(out);
+  if (std::find(libs.begin(), libs.end(), kHostLoader) == libs.end()) libs.push_back(kHostLoader);
+  return libs;
+}
 
 Result<SlotVariant> ParseSlotVariant(std::string_view text) {
   if (text == "good") return SlotVariant::kGood;

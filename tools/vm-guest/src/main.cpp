@@ -42,17 +42,6 @@ const std::vector<std::string> kGuestModules = {
     "squashfs",    "overlay",    "loop",
 };
 
-// The loader every binary names as its interpreter on x86_64.
-constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
-
-Result<std::vector<std::string>> SharedObjects(const std::string& binary) {
-  std::string out = TRY_CTX(mk::RunTool({kHostLoader, "--list", binary}),
-                            fmt::format("listing the shared libraries of {}", binary));
-  std::vector<std::string> libs = mk::ParseLoaderList(out);
-  if (std::find(libs.begin(), libs.end(), kHostLoader) == libs.end()) libs.push_back(kHostLoader);
-  return libs;
-}
-
 constexpr const char kUsage[] =
     "usage: ralph-vm-guest --guest FILE --out DIR [--cache DIR] [--kernel-package NAME]\n"
     "  --guest FILE           the ralph-guest binary\n"
@@ -105,7 +94,7 @@ Result<void> Build(const Options& options) {
   archive.AddSymlink("/lib64", "usr/lib64");
   std::set<std::string> libs;
   for (const std::string& binary : {options.guest, std::string("/sbin/mke2fs")}) {
-    for (auto& lib : TRY(SharedObjects(binary))) libs.insert(lib);
+    for (auto& lib : TRY(mk::SharedLibraries(binary))) libs.insert(lib);
   }
   for (const auto& lib : libs) {
     // Debian is merged-/usr: /lib is /usr/lib, so every object goes under

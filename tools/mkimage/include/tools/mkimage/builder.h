@@ -94,6 +94,10 @@ struct BuildReport {
   uint64_t disk_bytes = 0;
 };
 
+// The shared objects a host binary needs, its loader included, as absolute
+// host paths (what staging it into another root must copy with it).
+Result<std::vector<std::string>> SharedLibraries(const std::string& binary);
+
 // Builds the disk image at options.output.
 Result<BuildReport> BuildImage(const BuildOptions& options);
 
