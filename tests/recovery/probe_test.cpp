@@ -11,6 +11,7 @@
 #include "platform/file_io.h"
 #include "platform/sha256.h"
 #include "services/ota/bundle/bundle.h"
+#include "squashfs_shape.h"
 #include "test_pki.h"
 #include "tests/support/temp_dir.h"
 
@@ -22,17 +23,6 @@ using boot::SlotStatus;
 using ralph::testing::FakeBlockDevice;
 
 constexpr uint64_t kSlotBytes = 1 << 20;
-
-// A squashfs-shaped image: the magic, bytes_used at offset 40, then bytes
-// derived from `seed`; mksquashfs pads the file to 4 KiB with zeros.
-std::vector<uint8_t> Image(uint64_t used, uint8_t seed) {
-  uint64_t padded = (used + 4095) / 4096 * 4096;
-  std::vector<uint8_t> image(padded, 0);
-  for (uint64_t i = 0; i < used; ++i) image[i] = static_cast<uint8_t>(i * 31 + seed);
-  image[0] = 'h', image[1] = 's', image[2] = 'q', image[3] = 's';
-  for (int i = 0; i < 8; ++i) image[40 + i] = static_cast<uint8_t>(used >> (8 * i));
-  return image;
-}
 
 FakeBlockDevice Slot(const std::vector<uint8_t>& content) {
   FakeBlockDevice device(kSlotBytes);
@@ -52,7 +42,7 @@ boot::SlotRecord Recorded(const std::vector<uint8_t>& image) {
 }
 
 TEST(SquashfsImageSizeTest, ReadsThePaddedSizeFromTheSuperblock) {
-  FakeBlockDevice device = Slot(Image(10000, 1));
+  FakeBlockDevice device = Slot(SquashfsShapedImage(10000, 1));
   auto size = SquashfsImageSize(device);
   ASSERT_TRUE(size) << size.error().ToString();
   EXPECT_EQ(*size, 12288u);
@@ -67,7 +57,7 @@ TEST(SquashfsImageSizeTest, RefusesGarbageAndImpossibleSizes) {
   EXPECT_EQ(r.error().code(), ErrorCode::kCorrupt);
   EXPECT_NE(r.error().message().find("no squashfs magic (found 5a5a5a5a)"), std::string::npos);
 
-  std::vector<uint8_t> huge = Image(4096, 2);
+  std::vector<uint8_t> huge = SquashfsShapedImage(4096, 2);
   for (int i = 0; i < 8; ++i) huge[40 + i] = 0xff;
   FakeBlockDevice too_big = Slot(huge);
   auto big = SquashfsImageSize(too_big);
@@ -76,7 +66,7 @@ TEST(SquashfsImageSizeTest, RefusesGarbageAndImpossibleSizes) {
 }
 
 TEST(CheckSlotContentTest, MatchesMismatchesAndUnverified) {
-  std::vector<uint8_t> image = Image(20000, 3);
+  std::vector<uint8_t> image = SquashfsShapedImage(20000, 3);
   FakeBlockDevice device = Slot(image);
   BundleFacts no_factory;
   SlotFacts ok = CheckSlotContent(Slot::kA, &device, "", Recorded(image), no_factory);
@@ -101,7 +91,7 @@ TEST(CheckSlotContentTest, MatchesMismatchesAndUnverified) {
 TEST(CheckSlotContentTest, TheFactoryBundleGivesTheExactSize) {
   // An image not padded to 4 KiB (a bundle built with -nopad): the recorded
   // digest is the bundle's, so its payload size is used.
-  std::vector<uint8_t> image = Image(9000, 4);
+  std::vector<uint8_t> image = SquashfsShapedImage(9000, 4);
   image.resize(9000);
   FakeBlockDevice device = Slot(image);
   BundleFacts factory;
@@ -118,7 +108,7 @@ TEST(CheckSlotContentTest, GarbageAndIoErrors) {
   FakeBlockDevice garbage(kSlotBytes);
   std::vector<uint8_t> noise(kSlotBytes, 0x33);
   ASSERT_TRUE(garbage.WriteAt(0, noise));
-  std::vector<uint8_t> image = Image(20000, 5);
+  std::vector<uint8_t> image = SquashfsShapedImage(20000, 5);
   SlotFacts g = CheckSlotContent(Slot::kA, &garbage, "", Recorded(image), BundleFacts{});
   EXPECT_EQ(g.content, SlotContent::kNotAnImage);
 
@@ -140,7 +130,7 @@ class CheckBundleTest : public ::testing::Test {
     signer_ = ota::testing::MakeSigner(dir_.path(), "signer", ca_);
     std::filesystem::create_directory(dir_.path() + "/keyring");
     std::filesystem::copy_file(ca_.cert_path, dir_.path() + "/keyring/ca.pem");
-    std::vector<uint8_t> rootfs = Image(9000, 6);
+    std::vector<uint8_t> rootfs = SquashfsShapedImage(9000, 6);
     ASSERT_TRUE(WriteWholeFile(
         dir_.path() + "/rootfs.img",
         std::string_view(reinterpret_cast<const char*>(rootfs.data()), rootfs.size())));

@@ -14,6 +14,7 @@
 #include "platform/file_io.h"
 #include "platform/load_option.h"
 #include "platform/sha256.h"
+#include "squashfs_shape.h"
 #include "tests/support/temp_dir.h"
 
 namespace ralph::recovery {
@@ -25,19 +26,11 @@ using ralph::testing::FakeBlockDevice;
 
 constexpr uint64_t kSlotBytes = 256 << 10;
 
-std::vector<uint8_t> Image(uint64_t used, uint8_t seed) {
-  std::vector<uint8_t> image((used + 4095) / 4096 * 4096, 0);
-  for (uint64_t i = 0; i < used; ++i) image[i] = static_cast<uint8_t>(i * 7 + seed);
-  image[0] = 'h', image[1] = 's', image[2] = 'q', image[3] = 's';
-  for (int i = 0; i < 8; ++i) image[40 + i] = static_cast<uint8_t>(used >> (8 * i));
-  return image;
-}
-
 class RescueTest : public ::testing::Test {
  protected:
   void SetUp() override {
     machine_ = boot::Machine::Provisioned();
-    contents_["SYSTEM_A"] = Image(30000, 1);
+    contents_["SYSTEM_A"] = SquashfsShapedImage(30000, 1);
     contents_["SYSTEM_B"] = std::vector<uint8_t>(kSlotBytes, 0x42);  // garbage
   }
   std::unique_ptr<Rescue> Make() {
