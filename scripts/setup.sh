@@ -40,18 +40,16 @@ packages=(
   # the agent image (tools/agent-image): a Debian root made with debootstrap,
   # the npm tarballs fetched with curl and checked with openssl
   debootstrap curl
-  # aarch64: the cross compiler, qemu-user (with binfmt_misc) for the arm64
-  # build's tests and its build-time generator, and qemu-system-arm with
-  # AAVMF for booting the arm64 image (docs/DEVELOPING.md "aarch64")
-  g++-aarch64-linux-gnu qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
-  # the arm64 libraries of the list above, beside the host's (dpkg multiarch),
-  # and the arm64 systemd-boot stub for the arm64 UKIs
+  # aarch64: the cross compiler, and qemu-user (with binfmt_misc) for the
+  # arm64 build's tests and its build-time generator (docs/DEVELOPING.md
+  # "aarch64")
+  g++-aarch64-linux-gnu qemu-user-static binfmt-support
+  # the arm64 libraries of the list above, beside the host's (dpkg multiarch)
   zlib1g-dev:arm64 libssl-dev:arm64 libefivar-dev:arm64 libefiboot-dev:arm64 libblkid-dev:arm64
   libfdisk-dev:arm64 libseccomp-dev:arm64 libcap-dev:arm64 libnftnl-dev:arm64 libmnl-dev:arm64
   libc-ares-dev:arm64 libsqlite3-dev:arm64 libtinyxml2-dev:arm64 libfmt-dev:arm64
   libcurl4-openssl-dev:arm64 libarchive-dev:arm64 libqrencode-dev:arm64 libgtest-dev:arm64
-  libgmock-dev:arm64 libcpp-httplib-dev:arm64 libxxhash-dev:arm64 libbenchmark-dev:arm64
-  systemd-boot-efi:arm64
+  libgmock-dev:arm64 libcpp-httplib-dev:arm64 libxxhash-dev:arm64
 )
 # Installed on their own: libldns-dev's amd64 and arm64 builds ship
 # different bytes of the same /usr/share/doc HTML files, which dpkg refuses
