@@ -114,6 +114,7 @@ manifest_fuzzer tests/ota/fuzz/corpus 30
 request_fuzzer tests/ralphd/fuzz/corpus/request 20
 policy_fuzzer tests/ralphd/fuzz/corpus/policy 20
 agent_events_fuzzer tests/agents/fuzz/corpus 20
+protocol_fuzzer tests/sandbox_vm/fuzz/corpus 20
 FUZZERS
 
 # A failed test's output, from ctest's log of the run: its first failures

@@ -1,7 +1,7 @@
 // The audit log's durable append rate and its indexed queries at scale
 // (docs/benchmarks.md):
 //
-//   audit_bench [rows] [batch] [dir]
+//   audit_bench [rows] [batch] [dir] [jobs|spread]
 //
 // On a fresh log in `dir` (default /var/tmp: a disk, so every commit's
 // fsync is real): 200 single Appends (one WAL sync each), then 200,000 rows
@@ -12,6 +12,15 @@
 // 3 s per row (a batch's rows share its time), so ten million rows span a
 // year and an hour holds one or two batches. Targets: >= 100,000 records/s
 // durable; one job's records among 10 million in < 50 ms.
+//
+// Which job a row belongs to (every job has 100 rows, 100,000 jobs in ten
+// million rows):
+//   jobs    (default) as ralphd writes them: 64 jobs at a time, each one's
+//           rows interleaved with the others' over its life (6,400 rows),
+//           then the next 64; the by-subject index grows at a few places.
+//   spread  the worst case: row i is job i % 100,000, so every batch
+//           touches a thousand places of that index, all over it, and each
+//           job's rows span the whole log.
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -35,20 +44,29 @@ using Clock = std::chrono::steady_clock;
 using ralph::audit::AuditEvent;
 using ralph::audit::AuditLog;
 
-constexpr int64_t kJobs = 100000;  // subjects "job 0" .. "job 99999"
+constexpr int64_t kRowsPerJob = 100;
+constexpr int64_t kSpreadJobs = 100000;  // spread: subjects "job 0" .. "job 99999"
+constexpr int64_t kConcurrentJobs = 64;  // jobs: how many write at a time
 const char* const kTypes[] = {"job.submit", "job.state", "command", "net.denied", "job.files"};
+
+enum class Pattern { kJobs, kSpread };
 
 [[noreturn]] void Die(const std::string& why) {
   std::fprintf(stderr, "audit_bench: %s\n", why.c_str());
   std::exit(1);
 }
 
-// Row i: a job's record as ralphd writes them (its subject spreads each
-// job's rows over the whole log).
-AuditEvent Event(int64_t i) {
+int64_t JobOf(Pattern pattern, int64_t i) {
+  if (pattern == Pattern::kSpread) return i % kSpreadJobs;
+  const int64_t block = kConcurrentJobs * kRowsPerJob;
+  return (i / block) * kConcurrentJobs + i % kConcurrentJobs;
+}
+
+// Row i: a job's record as ralphd writes them.
+AuditEvent Event(Pattern pattern, int64_t i) {
   return {.actor = "ralphd",
           .type = kTypes[i % 5],
-          .subject = fmt::format("job {}", i % kJobs),
+          .subject = fmt::format("job {}", JobOf(pattern, i)),
           .details = {{"caller", "uid:0"}, {"result", "ok"}, {"state", "running"}, {"n", i}}};
 }
 
@@ -73,7 +91,8 @@ struct Rate {
 
 // Appends rows [from, to) in batches, counting them in `appended`. The
 // events are made before the clock starts: the caller's cost, not the log's.
-Rate Grow(AuditLog& log, int64_t from, int64_t to, size_t batch, int64_t& appended) {
+Rate Grow(AuditLog& log, Pattern pattern, int64_t from, int64_t to, size_t batch,
+          int64_t& appended) {
   std::vector<std::vector<AuditEvent>> batches;
   Rate rate;
   double wall = 0, cpu = 0;
@@ -82,7 +101,9 @@ Rate Grow(AuditLog& log, int64_t from, int64_t to, size_t batch, int64_t& append
     batches.clear();
     for (int64_t made = 0; made < 100000 && i < to;) {
       std::vector<AuditEvent>& events = batches.emplace_back();
-      for (size_t k = 0; k < batch && i < to; ++k, ++i, ++made) events.push_back(Event(i));
+      for (size_t k = 0; k < batch && i < to; ++k, ++i, ++made) {
+        events.push_back(Event(pattern, i));
+      }
     }
     auto start = Clock::now();
     double cpu_start = CpuSeconds();
@@ -105,6 +126,11 @@ int main(int argc, char** argv) {
   int64_t rows = argc > 1 ? std::atoll(argv[1]) : 10'000'000;
   size_t batch = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 1000;
   std::string dir = fmt::format("{}/audit-bench-{}", argc > 3 ? argv[3] : "/var/tmp", ::getpid());
+  std::string pattern_name = argc > 4 ? argv[4] : "jobs";
+  if (pattern_name != "jobs" && pattern_name != "spread") {
+    Die("the row pattern is 'jobs' or 'spread', not '" + pattern_name + "'");
+  }
+  const Pattern pattern = pattern_name == "jobs" ? Pattern::kJobs : Pattern::kSpread;
   std::filesystem::create_directories(dir);
   std::string path = dir + "/audit.db";
   std::FILE* loadavg = std::fopen("/proc/loadavg", "r");
@@ -113,7 +139,8 @@ int main(int argc, char** argv) {
     (void)!std::fgets(load, sizeof load, loadavg);
     std::fclose(loadavg);
   }
-  std::printf("audit_bench: %s (load %.14s)\n", path.c_str(), load);
+  std::printf("audit_bench: %s, rows of %s (load %.14s)\n", path.c_str(), pattern_name.c_str(),
+              load);
   // A log of a year: the clock moves 3 s per row appended so far (a batch's
   // rows share one time), so time ranges select like they would on a device.
   int64_t appended = 0;
@@ -126,19 +153,19 @@ int main(int argc, char** argv) {
   int64_t next = 0;
   auto start = Clock::now();
   for (; next < 200; ++next) {
-    if (!log.Append(Event(next))) Die("append");
+    if (!log.Append(Event(pattern, next))) Die("append");
     ++appended;
   }
   std::printf("  Append, one WAL sync per record:            %9.0f records/s\n",
               200 / Seconds(start));
-  Rate rate = Grow(log, next, next + 200000, batch, appended);
+  Rate rate = Grow(log, pattern, next, next + 200000, batch, appended);
   next += 200000;
   std::printf(
       "  AppendBatch of %zu, one WAL sync per batch: %9.0f records/s, %.1f us CPU per "
       "record (target >= 100000/s)\n",
       batch, rate.per_second, rate.cpu_us);
   if (rows > next) {
-    Rate grow = Grow(log, next, rows, batch, appended);
+    Rate grow = Grow(log, pattern, next, rows, batch, appended);
     std::printf("  grown to %ld rows in batches of %zu: %9.0f records/s, %.1f us CPU per record\n",
                 static_cast<long>(rows), batch, grow.per_second, grow.cpu_us);
     next = rows;
@@ -151,7 +178,7 @@ int main(int argc, char** argv) {
   size_t per_job = 0;
   auto tip = log.Tip();
   for (int i = 0; i < 20; ++i) {
-    int64_t job = std::uniform_int_distribution<int64_t>(0, kJobs - 1)(rng);
+    int64_t job = JobOf(pattern, std::uniform_int_distribution<int64_t>(0, next - 1)(rng));
     auto t = Clock::now();
     auto found = log.List({.subject = fmt::format("job {}", job)});
     job_ms.push_back(Ms(t));

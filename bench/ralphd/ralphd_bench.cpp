@@ -57,6 +57,7 @@ using ralph::testing::Median;
 using ralph::testing::ProgramStreams;
 using ralph::testing::RunProgramStreams;
 using ralph::testing::StartProgram;
+using ralph::testing::StartServing;
 using ralph::testing::WaitFor;
 namespace api = ralph::ralphd::api;
 
@@ -128,9 +129,9 @@ class Ralphd {
       argv.push_back("--api-listen");
       argv.push_back("127.0.0.1:0");
     }
-    pid_ = StartProgram(argv);
-    if (pid_ <= 0) Die("cannot start ralphd");
-    if (!WaitFor([&] { return Ctl({"status"}).exit == 0; })) Die("ralphd never served");
+    std::string why;
+    pid_ = StartServing(argv, socket(), &why);
+    if (pid_ <= 0) Die(why);
     Write(work_ + "/policy.xml", R"(<policy format="1">
   <profile name="default">
     <limits memory="256MiB" pids="64" timeout="5m"/>

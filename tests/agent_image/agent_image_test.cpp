@@ -19,12 +19,15 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/support/agents_lock.h"
 #include "tests/support/run_program.h"
 #include "tests/support/temp_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
+using ralph::testing::LockedNpmVersion;
+using ralph::testing::NamesVersion;
 using ralph::testing::ProgramStreams;
 using ralph::testing::RunProgramStreams;
 using ralph::testing::TempDir;
@@ -55,19 +58,6 @@ void Write(const std::string& path, const std::string& text) {
 
 std::string RecordedDigest(const std::string& image) {
   return Read(image + ".sha256").substr(0, 64);
-}
-
-// The version the lock names for an npm package on amd64.
-std::string LockedVersion(const std::string& package) {
-  std::istringstream lines(Read(Lock()));
-  std::string line;
-  while (std::getline(lines, line)) {
-    std::istringstream fields(line);
-    std::string kind, arch, variant, name, version;
-    fields >> kind >> arch >> variant >> name >> version;
-    if (kind == "npm" && arch == "amd64" && name == package) return version;
-  }
-  return "";
 }
 
 // Files in `dir` (none when it does not exist).
@@ -105,17 +95,14 @@ TEST_F(AgentImageTest, EachCliPrintsItsLockedVersionInsideASandbox) {
       {"opencode", "opencode-ai"},
   };
   for (const auto& [command, package] : clis) {
-    std::string version = LockedVersion(package);
+    std::string version = LockedNpmVersion(Lock(), package);
     ASSERT_FALSE(version.empty()) << package << " is not in " << Lock();
     ProgramStreams run = RunProgramStreams(
         {RALPH_SANDBOX_CLI, "run", "--image", Image(), "--state-dir", state.path(), "--no-network",
          "--memory", "2G", "--timeout", "120", "--env", "HOME=/work", "--env",
          "PATH=/usr/local/bin:/usr/bin:/bin", "--", command, "--version"});
     EXPECT_EQ(run.exit, 0) << command << ": " << run.out << run.err;
-    // The version as a word of its own: 2.1.3 must not pass for 2.1.33.
-    std::regex word("(^|[^0-9.])" + std::regex_replace(version, std::regex(R"(\.)"), R"(\.)") +
-                    "($|[^0-9.])");
-    EXPECT_TRUE(std::regex_search(run.out, word))
+    EXPECT_TRUE(NamesVersion(run.out, version))
         << command << " --version printed '" << run.out << "', the lock says " << version;
   }
   RunProgramStreams({RALPH_SANDBOX_CLI, "drain", "--state-dir", state.path()});

@@ -223,7 +223,8 @@ TEST_F(CredsStoreTest, TheLiveCopyIsOnAMemoryFilesystemAndIsWrittenBack) {
   ASSERT_TRUE(store->Put(account, kSecret));
 
   // Never onto a disk.
-  auto on_disk = store->CheckOut(account, temp_ / "live", 0);
+  std::filesystem::create_directory(temp_ / "live");
+  auto on_disk = store->CheckOut(account, temp_ / "live", ".credentials.json", 0);
   ASSERT_FALSE(on_disk);
   EXPECT_EQ(on_disk.error().code(), ErrorCode::kRefused);
   EXPECT_NE(on_disk.error().message().find("memory filesystem"), std::string::npos);
@@ -234,16 +235,24 @@ TEST_F(CredsStoreTest, TheLiveCopyIsOnAMemoryFilesystemAndIsWrittenBack) {
     std::string dir;
     ~Cleanup() { std::filesystem::remove_all(dir); }
   } cleanup{live_dir};
+  ASSERT_EQ(::mkdir(live_dir.c_str(), 0700), 0);
   const uid_t owner = 100000;
-  auto live = store->CheckOut(account, live_dir, owner);
+  for (std::string_view bad : {"", ".", "..", "a/b"}) {
+    auto refused = store->CheckOut(account, live_dir, bad, owner);
+    ASSERT_FALSE(refused) << bad;
+    EXPECT_EQ(refused.error().code(), ErrorCode::kInvalidArgument) << bad;
+  }
+  auto not_dir = store->CheckOut(account, "/dev/null", ".credentials.json", owner);
+  ASSERT_FALSE(not_dir);
+  EXPECT_EQ(not_dir.error().code(), ErrorCode::kRefused);
+  auto live = store->CheckOut(account, live_dir, ".credentials.json", owner);
   ASSERT_TRUE(live) << live.error().ToString();
   EXPECT_EQ(ReadAll(*live), kSecret);
   struct stat st;
   ASSERT_EQ(::stat(live->c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, owner);
   EXPECT_EQ(st.st_mode & 07777, 0600u);
-  ASSERT_EQ(::stat(live_dir.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0711u);
+  EXPECT_EQ(*live, live_dir + "/.credentials.json");
 
   // A holder rotates the refresh token in place (as the tools do); the
   // write-back keeps the live copy, the check-in removes it.
@@ -261,7 +270,7 @@ TEST_F(CredsStoreTest, TheLiveCopyIsOnAMemoryFilesystemAndIsWrittenBack) {
 
   // A holder that emptied it or put a symlink there: the stored credential
   // stays, the live copy goes.
-  live = store->CheckOut(account, live_dir, owner);
+  live = store->CheckOut(account, live_dir, ".credentials.json", owner);
   ASSERT_TRUE(live);
   ASSERT_TRUE(WriteWholeFile(*live, "", 0600));
   auto emptied = store->CheckIn(account, *live);
@@ -269,7 +278,7 @@ TEST_F(CredsStoreTest, TheLiveCopyIsOnAMemoryFilesystemAndIsWrittenBack) {
   EXPECT_EQ(emptied.error().code(), ErrorCode::kInvalidArgument);
   EXPECT_EQ(*store->Get(account), again);
   EXPECT_FALSE(std::filesystem::exists(*live));
-  live = store->CheckOut(account, live_dir, owner);
+  live = store->CheckOut(account, live_dir, ".credentials.json", owner);
   ASSERT_TRUE(live);
   ASSERT_EQ(::unlink(live->c_str()), 0);
   ASSERT_EQ(::symlink("/etc/hostname", live->c_str()), 0);

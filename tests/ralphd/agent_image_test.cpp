@@ -13,10 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -24,6 +22,7 @@
 
 #include "test_pki.h"
 #include "tests/support/run_program.h"
+#include "tests/support/wait_for.h"
 
 namespace ralph::ralphd {
 namespace {
@@ -31,6 +30,7 @@ namespace {
 using nlohmann::json;
 using ralph::testing::ProgramStreams;
 using ralph::testing::RunProgramStreams;
+using ralph::testing::WaitFor;
 
 void Write(const std::string& path, const std::string& content) {
   std::ofstream(path) << content;
@@ -107,21 +107,9 @@ class AgentImageDaemonTest : public ::testing::Test {
                                      work_ + "/base",  "--agent-images", store_,
                                      "--keyring",      ca_.cert_path};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    daemon_ = ralph::testing::StartProgram(argv);
-    ASSERT_GT(daemon_, 0);
-    // Served once the socket answers a status request (state, not time).
-    bool up = false;
-    for (int i = 0; i < 3000 && !up; ++i) {
-      up = RunProgramStreams({bin_ + "/ralphctl", "status", "--socket", socket}).exit == 0;
-      if (up) break;
-      int status = 0;
-      if (::waitpid(daemon_, &status, WNOHANG) == daemon_) {
-        daemon_ = -1;
-        FAIL() << "ralphd exited (status " << status << ") before serving " << socket;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    ASSERT_TRUE(up) << "ralphd never served " << socket;
+    std::string why;
+    daemon_ = ralph::testing::StartServing(argv, socket, &why);
+    ASSERT_GT(daemon_, 0) << why;
   }
 
   void StopDaemon() {
@@ -150,6 +138,16 @@ class AgentImageDaemonTest : public ::testing::Test {
   ProgramStreams AgentJob() {
     return Ctl({"job", "run", "--agent", "command", "--", "/bin/busybox", "cat",
                 "/etc/agent-image-version"});
+  }
+
+  // The factory install's report, once it has ended.
+  json AwaitFactoryInstall() {
+    json install;
+    EXPECT_TRUE(WaitFor([&] {
+      install = CtlJson({"agent-image", "status"})["install"];
+      return install.is_object() && install["state"] != "running";
+    })) << install.dump();
+    return install;
   }
 
   size_t AuditRows(const std::string& type) {
@@ -209,8 +207,13 @@ TEST_F(AgentImageDaemonTest, AgentJobsRunOnTheInstalledImageSwitchedByInstallAnd
   ASSERT_EQ(job.exit, 0) << job.err;
   EXPECT_EQ(job.out, "one\n");
 
-  // Bad bundles: refused by name, nothing changes.
-  std::string before = CtlJson({"agent-image", "status"}).dump();
+  // Bad bundles: refused by name, nothing changes but the install's report.
+  auto images = [&] {
+    json status = CtlJson({"agent-image", "status"});
+    status.erase("install");
+    return status.dump();
+  };
+  std::string before = images();
   struct Bad {
     std::string bundle;
     std::string message;
@@ -223,7 +226,11 @@ TEST_F(AgentImageDaemonTest, AgentJobsRunOnTheInstalledImageSwitchedByInstallAnd
     ProgramStreams run = Ctl({"agent-image", "install", b.bundle});
     EXPECT_NE(run.exit, 0) << b.bundle;
     EXPECT_NE(run.err.find(b.message), std::string::npos) << run.err;
-    EXPECT_EQ(CtlJson({"agent-image", "status"}).dump(), before);
+    EXPECT_EQ(images(), before);
+    json install = CtlJson({"agent-image", "status"})["install"];
+    EXPECT_EQ(install["state"], "failed") << install.dump();
+    EXPECT_EQ(install["bundle"], b.bundle) << install.dump();
+    EXPECT_NE(install.value("error", "").find(b.message), std::string::npos) << install.dump();
   }
   job = AgentJob();
   EXPECT_EQ(job.out, "one\n");
@@ -258,6 +265,10 @@ TEST_F(AgentImageDaemonTest, TheFactoryBundleIsInstalledAtStartAndABadOneIsKept)
   std::string factory = work_ + "/factory.rbundle";
   std::filesystem::copy_file(bad, factory);
   StartDaemon({"--factory-agent-bundle", factory});
+  // ralphd serves while it installs; the outcome is the status's report.
+  json install = AwaitFactoryInstall();
+  EXPECT_EQ(install["state"], "failed") << install.dump();
+  EXPECT_EQ(install["caller"], "factory");
   // Refused (another CA): kept, nothing installed, the reason audited.
   EXPECT_TRUE(std::filesystem::exists(factory));
   EXPECT_EQ(AuditRows("agent-image.install-failed"), 1u);
@@ -267,6 +278,13 @@ TEST_F(AgentImageDaemonTest, TheFactoryBundleIsInstalledAtStartAndABadOneIsKept)
   std::filesystem::remove(factory);
   std::filesystem::copy_file(MakeBundle("factory", "1.0.0"), factory);
   StartDaemon({"--factory-agent-bundle", factory});
+  // An agent job submitted at once waits for the image, if it is still
+  // being installed, and runs on it.
+  ProgramStreams first = AgentJob();
+  ASSERT_EQ(first.exit, 0) << first.err;
+  EXPECT_EQ(first.out, "factory\n");
+  install = AwaitFactoryInstall();
+  EXPECT_EQ(install["state"], "installed") << install.dump();
   EXPECT_FALSE(std::filesystem::exists(factory)) << "installed, so removed";
   EXPECT_EQ(AuditRows("agent-image.install"), 1u);
   ProgramStreams job = AgentJob();

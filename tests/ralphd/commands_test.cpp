@@ -48,6 +48,18 @@ TEST(DecodeRequest, SubmitWithEverything) {
   EXPECT_EQ(submit.limits.timeout_ms, 1000u);
 }
 
+TEST(DecodeRequest, SubmitWithAnIsolation) {
+  Result<Command> command =
+      DecodeRequest(Post("/v1/jobs", R"({"argv": ["true"], "isolation": "vm"})"));
+  ASSERT_TRUE(command) << command.error().message();
+  EXPECT_EQ(std::get<JobSubmitCommand>(*command).isolation, Isolation::kVm);
+  command = DecodeRequest(Post("/v1/jobs", R"({"argv": ["true"]})"));
+  ASSERT_TRUE(command);
+  EXPECT_FALSE(std::get<JobSubmitCommand>(*command).isolation);
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"argv": ["true"], "isolation": "container"})")),
+            "body.isolation: 'container' is not one of namespaces, vm");
+}
+
 TEST(DecodeRequest, SubmitAnAgentJob) {
   Result<Command> command = DecodeRequest(Post("/v1/jobs", R"({"agent": {"profile": "claude",
       "prompt": "fix it", "model": "opus", "max_turns": 5}})"));

@@ -15,14 +15,11 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -112,9 +109,9 @@ class EgressTest : public ::testing::Test {
       argv.push_back("--agent-program");
       argv.push_back(fmt::format("{}={}", profile, kProbe));
     }
-    daemon_ = ralph::testing::StartProgram(argv);
-    ASSERT_GT(daemon_, 0);
-    ASSERT_TRUE(WaitFor([&] { return Connects(); })) << "ralphd never served " << socket_;
+    std::string why;
+    daemon_ = ralph::testing::StartServing(argv, socket_, &why);
+    ASSERT_GT(daemon_, 0) << why;
 
     // Every profile: the same limits and mounts; they differ in egress.
     auto profile = [&](std::string_view name, std::string_view egress) {
@@ -147,15 +144,6 @@ class EgressTest : public ::testing::Test {
                        fmt::format("grep -o ' {}/[^ ]*' /proc/self/mounts | sort -r | xargs -r "
                                    "umount -l; rm -rf {}",
                                    work_, work_)});
-  }
-
-  bool Connects() {
-    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un address{.sun_family = AF_UNIX, .sun_path = {}};
-    socket_.copy(address.sun_path, sizeof address.sun_path - 1);
-    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
-    ::close(fd);
-    return ok;
   }
 
   ProgramStreams Ctl(std::vector<std::string> args) {

@@ -423,3 +423,62 @@ TEST(Policy, MemoryAccessIsGrantedOnlyByAMemoryElement) {
 
 }  // namespace
 }  // namespace ralph::ralphd
+
+namespace ralph::ralphd {
+namespace {
+
+TEST(Isolation, AProfileMayRequireAVmAndAJobMayOnlyAskForMore) {
+  Result<Policy> policy = ParsePolicy(R"(<?xml version="1.0"?>
+<policy format="1">
+  <profile name="default"/>
+  <profile name="untrusted" isolation="vm"/>
+  <profile name="plain" isolation="namespaces"/>
+</policy>
+)");
+  ASSERT_TRUE(policy) << policy.error().message();
+  const Profile& def = *policy->Find("default");
+  const Profile& untrusted = *policy->Find("untrusted");
+  EXPECT_EQ(def.isolation, Isolation::kNamespaces);
+  EXPECT_EQ(policy->Find("plain")->isolation, Isolation::kNamespaces);
+  EXPECT_EQ(untrusted.isolation, Isolation::kVm);
+  EXPECT_EQ(ProfileToJson(untrusted)["isolation"], "vm");
+  EXPECT_EQ(ProfileToJson(def)["isolation"], "namespaces");
+
+  const VmSupport none{false, "qemu-system-x86_64 is not installed"};
+  const VmSupport some{true, ""};
+  EXPECT_EQ(JobIsolation(def, std::nullopt, none).value(), Isolation::kNamespaces);
+  EXPECT_EQ(JobIsolation(def, Isolation::kVm, some).value(), Isolation::kVm);
+  EXPECT_EQ(JobIsolation(untrusted, std::nullopt, some).value(), Isolation::kVm);
+
+  auto less = JobIsolation(untrusted, Isolation::kNamespaces, some);
+  ASSERT_FALSE(less);
+  EXPECT_EQ(less.error().code(), ErrorCode::kRefused);
+  EXPECT_EQ(less.error().message(),
+            "isolation: 'namespaces' is less than profile 'untrusted' requires (vm)");
+
+  auto required = JobIsolation(untrusted, std::nullopt, none);
+  ASSERT_FALSE(required);
+  EXPECT_EQ(required.error().code(), ErrorCode::kUnsupported);
+  EXPECT_EQ(required.error().message(),
+            "isolation: profile 'untrusted' requires vm, and this machine cannot run a VM job: "
+            "qemu-system-x86_64 is not installed");
+  auto asked = JobIsolation(def, Isolation::kVm, none);
+  ASSERT_FALSE(asked);
+  EXPECT_EQ(asked.error().message(),
+            "isolation: the job requires vm, and this machine cannot run a VM job: "
+            "qemu-system-x86_64 is not installed");
+}
+
+TEST(Isolation, AnUnknownIsolationIsAnIssueOnItsAttribute) {
+  PolicyCheck check = CheckPolicy(R"(<?xml version="1.0"?>
+<policy format="1">
+  <profile name="x" isolation="hypervisor"/>
+</policy>
+)");
+  ASSERT_EQ(check.issues.size(), 1u);
+  EXPECT_EQ(check.issues[0].ToString(),
+            "3:21: <profile>: isolation: 'hypervisor' is not namespaces or vm");
+}
+
+}  // namespace
+}  // namespace ralph::ralphd

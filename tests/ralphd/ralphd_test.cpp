@@ -29,13 +29,16 @@
 // grant has no socket; ralphctl memory sees and adds to the same store.
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <linux/magic.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -159,9 +162,9 @@ class RalphdTest : public ::testing::Test {
                                      "--socket",      socket_,         "--job-root",
                                      work_ + "/base", "--max-running", std::to_string(max_running)};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    daemon_ = ralph::testing::StartProgram(argv);
-    ASSERT_GT(daemon_, 0);
-    ASSERT_TRUE(WaitFor([&] { return Connect() >= 0; })) << "ralphd never served " << socket_;
+    std::string why;
+    daemon_ = ralph::testing::StartServing(argv, socket_, &why);
+    ASSERT_GT(daemon_, 0) << why;
   }
 
   void StopDaemon(int signal) {
@@ -2243,6 +2246,35 @@ TEST_F(AgentJobTest, WithoutGitALoopIsRefusedAtSubmit) {
   EXPECT_EQ(Ctl({"job", "run", "--", "true"}).exit, 0);
 }
 
+TEST_F(AgentJobTest, AJobThatNeedsAVmIsRefusedWithTheReasonAndOthersRun) {
+  Write(work_ + "/vm-policy.xml", R"(<policy format="1">
+  <profile name="default">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+    <mount source="/usr" destination="/usr"/>
+  </profile>
+  <profile name="untrusted" isolation="vm">
+    <limits memory="256MiB" pids="64" timeout="5m"/>
+  </profile>
+</policy>
+)");
+  ProgramStreams set = Ctl({"policy", "set", work_ + "/vm-policy.xml"});
+  ASSERT_EQ(set.exit, 0) << set.err;
+  json reply = Submit({{"profile", "untrusted"}, {"argv", {"true"}}});
+  EXPECT_EQ(reply["error"]["code"], "unsupported") << reply.dump();
+  EXPECT_EQ(std::string(reply["error"]["message"])
+                .rfind("isolation: profile 'untrusted' requires vm, and this machine cannot run a "
+                       "VM job: ralphd's job runner does not launch VM jobs yet",
+                       0),
+            0u)
+      << reply.dump();
+  reply = Submit({{"isolation", "vm"}, {"argv", {"true"}}});
+  EXPECT_EQ(reply["error"]["code"], "unsupported") << reply.dump();
+  reply = Submit({{"profile", "untrusted"}, {"isolation", "namespaces"}, {"argv", {"true"}}});
+  EXPECT_EQ(reply["error"]["code"], "refused") << reply.dump();
+  // Nothing was queued, and a namespace job runs as before.
+  EXPECT_EQ(Ctl({"job", "run", "--", "true"}).exit, 0);
+}
+
 // A job's memory client: each argument is one request line; prints each
 // reply. Without a socket: whether the variable and the directory exist.
 constexpr std::string_view kMemoryClient = R"(
@@ -2474,7 +2506,12 @@ class CredentialTest : public AgentJobTest {
 
   void TearDown() override {
     RalphdTest::TearDown();
+    // The accounts' tmpfs mounts a failed test may have left.
     std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator(live_, ec);
+         it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      ::umount2(it->path().c_str(), MNT_DETACH);
+    }
     std::filesystem::remove_all(live_, ec);
   }
 
@@ -2566,9 +2603,23 @@ TEST_F(CredentialTest, ARefreshOneJobMakesIsWhatTheNextSeesAndHoldersAreSerializ
   ASSERT_EQ(listed["accounts"].size(), 1u) << listed.dump();
   EXPECT_EQ(listed["accounts"][0]["account"], "claude/global/default");
   EXPECT_EQ(listed["accounts"][0]["holders"], json::array({first}));
-  // While held, the credential in the clear is on the tmpfs only.
+  // While held, the credential in the clear is on the tmpfs only: the
+  // account's own, bound as the tool's directory with the profile's
+  // settings in it (the stand-in saved its refresh by rename there).
   EXPECT_EQ(LiveFiles(), 1u);
   EXPECT_FALSE(AnyFileHas(state_, "standin-refresh"));
+  const std::string tool_dir = live_ + "/claude.global.default";
+  struct statfs fs {};
+  ASSERT_EQ(::statfs(tool_dir.c_str(), &fs), 0);
+  EXPECT_EQ(fs.f_type, TMPFS_MAGIC);
+  struct stat parent {
+  }, own{};
+  ASSERT_EQ(::stat(live_.c_str(), &parent), 0);
+  ASSERT_EQ(::stat(tool_dir.c_str(), &own), 0);
+  EXPECT_NE(parent.st_dev, own.st_dev) << "the account's directory is not a tmpfs of its own";
+  EXPECT_NE(Read(tool_dir + "/settings.json").find("bypassPermissions"), std::string::npos);
+  EXPECT_NE(Read(tool_dir + "/.credentials.json").find("standin-refresh-2-seed"),
+            std::string::npos);
 
   Write(server_ + "/release-1", "");
   EXPECT_EQ(WaitOver(first)["state"], "succeeded");
@@ -2629,7 +2680,7 @@ TEST_F(CredentialTest, JobsSeeOnlyWhatTheirPolicyGrantsAndRevocationRemovesAcces
   ProgramStreams revoke = Ctl({"creds", "revoke", "claude", "--scope", "tenant", "--name", "acme"});
   EXPECT_EQ(revoke.exit, 0) << revoke.err;
   EXPECT_NE(revoke.out.find("account claude/tenant/acme revoked"), std::string::npos);
-  EXPECT_EQ(Read(live_ + "/" + acme.FileName()), "");
+  EXPECT_FALSE(std::filesystem::exists(live_ + "/claude.tenant.acme/.credentials.json"));
   Write(server_ + "/release-team", "");
   EXPECT_EQ(WaitOver(held)["state"], "succeeded");
   EXPECT_EQ(LiveFiles(), 0u);
@@ -2708,6 +2759,33 @@ TEST_F(CredentialTest, ALoginOnThePtyIsCapturedEncryptedAndGrantedToTheNextJob) 
   EXPECT_NE(bad.err.find("login failed"), std::string::npos) << bad.err;
   EXPECT_FALSE(*store->Has(*creds::AccountId::Make("claude", creds::Scope::kAgent, "granted")));
   EXPECT_EQ(LiveFiles(), 0u);
+}
+
+// The companion client's login: `ralphctl --remote` over the HTTPS API
+// (the login job's terminal is the API's WebSocket), the code pasted there.
+TEST_F(CredentialTest, ALoginOverTheHttpsApiIsCapturedEncrypted) {
+  std::string port = StartWithApi({"--agent-program", "claude=/opt/ralph-tests/ralph-login-standin",
+                                   "--creds-live-dir", live_});
+  std::string identity = work_ + "/host-identity";
+  std::string url = PairRemote(port, identity);
+  std::string script = work_ + "/login.sh";
+  Write(script, fmt::format("printf 'STANDIN-h77\\n' | {} --remote {} --identity {} creds login "
+                            "claude --scope tenant --name acme --policy-profile granted\n",
+                            ralphctl_, url, identity));
+  ProgramStreams login = RunProgramStreams({"sh", script});
+  EXPECT_EQ(login.exit, 0) << login.out << login.err;
+  EXPECT_NE(login.out.find("Device code: ABCD-1234"), std::string::npos) << login.out;
+  EXPECT_NE(login.err.find("logged in: claude/tenant/acme stored"), std::string::npos) << login.err;
+  auto store = Store();
+  ASSERT_NE(store, nullptr);
+  auto stored = store->Get(*creds::AccountId::Make("claude", creds::Scope::kTenant, "acme"));
+  ASSERT_TRUE(stored) << stored.error().ToString();
+  EXPECT_EQ(json::parse(*stored)["claudeAiOauth"]["refreshToken"], "standin-refresh-1-h77");
+  EXPECT_FALSE(AnyFileHas(state_, "standin-refresh"));
+  EXPECT_EQ(LiveFiles(), 0u);
+  json logins = AuditRows("creds.login");
+  ASSERT_EQ(logins.size(), 1u) << logins.dump();
+  EXPECT_EQ(logins[0]["details"]["result"], "captured");
 }
 
 }  // namespace

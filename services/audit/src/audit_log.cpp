@@ -242,7 +242,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(std::string path, OpenMode mode
                          fmt::format("audit log {} is empty (never initialised)", path));
     }
     // journal_mode is persistent and cannot change inside a transaction.
-    TRY(Exec(db, "PRAGMA journal_mode=WAL", "switching to WAL", fail));
+    TRY(sqlite::EnableWal(db, log->options_.busy_timeout, "switching to WAL", fail));
     // Another process may be initialising the same new file: decide inside
     // the write transaction.
     sqlite::Transaction transaction = TRY(
@@ -260,7 +260,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(std::string path, OpenMode mode
   TRY(sqlite::CheckHeader(header, path, "audit log", kApplicationId, kSchemaVersion));
   if (mode != OpenMode::kReadOnly) {
     // Normally set at creation; an older file copied from elsewhere may not be.
-    TRY(Exec(db, "PRAGMA journal_mode=WAL", "switching to WAL", fail));
+    TRY(sqlite::EnableWal(db, log->options_.busy_timeout, "switching to WAL", fail));
     // Indexes are not part of the schema version: a build without them reads
     // the file the same, and a log made before them gets them here (once;
     // minutes for ten million rows). A read-only handle cannot add them:

@@ -364,11 +364,22 @@ Result<void> CredentialStore::Revoke(const AccountId& account) {
 }
 
 Result<std::string> CredentialStore::CheckOut(const AccountId& account, const std::string& live_dir,
-                                              uid_t owner) const {
-  TRY_CTX(EnsureRootDir(live_dir, 0711, 0022), "live credentials");
+                                              std::string_view file_name, uid_t owner) const {
+  if (file_name.empty() || file_name == "." || file_name == ".." ||
+      file_name.find('/') != std::string_view::npos) {
+    return Invalid(fmt::format("live credential file name '{}' is not a plain name", file_name));
+  }
+  struct stat st;
+  if (::lstat(live_dir.c_str(), &st) != 0) {
+    return Error::FromErrno(fmt::format("live credentials: stat {}", live_dir), errno);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Error::Make(ErrorCode::kRefused,
+                       fmt::format("live credentials: {} is not a directory", live_dir));
+  }
   TRY_CTX(RequireMemoryFilesystem(live_dir), "live credentials");
   std::string plain = TRY(Get(account));
-  std::string path = live_dir + "/" + account.FileName();
+  std::string path = live_dir + "/" + std::string(file_name);
   Result<AtomicFile> file = AtomicFile::Create(path, 0600);
   if (!file) {
     OPENSSL_cleanse(plain.data(), plain.size());

@@ -252,7 +252,7 @@ Result<std::unique_ptr<MemoryStore>> MemoryStore::Open(const std::string& path,
   // The first read: "file is not a database" shows here.
   sqlite::Header header = TRY(sqlite::ReadHeader(db, "reading the header", fail));
   if (header.application_id == 0 && header.schema_objects == 0) {
-    TRY(sqlite::Exec(db, "PRAGMA journal_mode=WAL", "switching to WAL", fail));
+    TRY(sqlite::EnableWal(db, store->options_.busy_timeout, "switching to WAL", fail));
     // Another connection may be initialising the same new file: decide
     // inside the write transaction.
     sqlite::Transaction transaction = TRY(
@@ -268,7 +268,7 @@ Result<std::unique_ptr<MemoryStore>> MemoryStore::Open(const std::string& path,
     TRY(transaction.Commit("initialising", fail));
   }
   TRY(sqlite::CheckHeader(header, path, "memory store", kApplicationId, kSchemaVersion));
-  TRY(sqlite::Exec(db, "PRAGMA journal_mode=WAL", "switching to WAL", fail));
+  TRY(sqlite::EnableWal(db, store->options_.busy_timeout, "switching to WAL", fail));
   // FULL: the WAL is synced at each commit, so a Put that returned survives
   // a power cut.
   TRY(sqlite::Exec(db, "PRAGMA synchronous=FULL", "setting synchronous=FULL", fail));

@@ -1,5 +1,7 @@
 // `ralphctl agent-image install FILE|status|rollback`: the agent image jobs
 // with an agent run on, through ralphd (docs/agents.md "On the appliance").
+#include <unistd.h>
+
 #include <climits>
 #include <cstdlib>
 
@@ -23,7 +25,8 @@ subcommands:
   install FILE                install a signed agent-image bundle (a file on the
                               appliance): checked whole before anything is
                               written; it becomes current, the one before it is
-                              kept for rollback
+                              kept for rollback. ralphd installs it while it
+                              keeps serving; this waits for the outcome
   rollback                    make the previous image current again
 
 options:
@@ -50,6 +53,23 @@ Result<json> Call(const ParsedArgs& args, std::string verb, std::string path,
                   std::optional<json> body = std::nullopt) {
   std::unique_ptr<RalphdTransport> transport = TRY(OpenTransport(args));
   return transport->Call({.verb = std::move(verb), .path = std::move(path), .body = body});
+}
+
+// The install ralphd started at `started` has ended: its status ("state"
+// "installed" or "failed"). ralphd keeps serving while it installs, so
+// this asks after it until it is over.
+Result<json> AwaitInstall(const ParsedArgs& args, const std::string& started) {
+  while (true) {
+    json status = TRY(Call(args, "GET", "/v1/agent-image"));
+    const json& install = status["install"];
+    if (!install.is_object() || install.value("started", "") != started) {
+      return Error::Make(ErrorCode::kInternal,
+                         "ralphd no longer reports the install (was it restarted?); see "
+                         "`ralphctl agent-image status` and the audit log");
+    }
+    if (install.value("state", "") != "running") return install;
+    ::usleep(250 * 1000);
+  }
 }
 
 }  // namespace
@@ -95,6 +115,11 @@ int RunAgentImageCommand(const Invocation&, std::span<const std::string> args) {
       path = resolved;
     }
     reply = Call(*parsed, "POST", "/v1/agent-image/install", json{{"path", path}});
+    if (reply) reply = AwaitInstall(*parsed, (*reply).value("started", ""));
+    if (reply && (*reply)["state"] == "failed") {
+      return Failed("agent-image install",
+                    Error::Make(ErrorCode::kRefused, (*reply).value("error", "failed")));
+    }
     if (reply && !as_json) {
       fmt::print("installed {}{}\n", Describe((*reply)["installed"]),
                  (*reply).value("reused", false) ? " (already on VAR: verified and reused)" : "");

@@ -5,11 +5,15 @@
 // their own ("agent-image.install", "agent-image.install-failed",
 // "agent-image.rollback") besides the command's row.
 //
-// An install runs on the daemon's loop: requests wait while the image is
-// checked, copied and read back (it is read three times; about three
-// seconds per GiB on the development VM), which keeps one switch at a time
-// without a second writer to coordinate with. Running jobs keep the image
-// they mounted: a switch changes the base of jobs launched after it.
+// An install runs on a thread of its own while the daemon keeps serving: the
+// image is checked, copied and read back (it is read three times; about
+// three seconds per GiB on the development VM, and the factory image is
+// over a GiB). One install at a time; a rollback waits for it to end. The
+// loop takes the finished install's result, writes its audit rows, emits
+// an "agent-image" event and checks the new image before any job uses it.
+// Agent jobs that find no usable image while an install runs wait queued
+// for it. Running jobs keep the image they mounted: a switch changes the
+// base of jobs launched after it.
 #include <unistd.h>
 
 #include <cstring>
@@ -55,24 +59,100 @@ void Daemon::InstallFactoryAgentImage() {
   if (bundle.empty() || ::access(bundle.c_str(), F_OK) != 0) return;
   Result<ota::AgentImageState> state = ota::ReadAgentImageState(options_.agent_images);
   if (state && state->current) return;
-  Result<ota::AgentImageInstallReport> report =
-      ota::InstallAgentImage({.dir = options_.agent_images}, bundle, options_.keyring);
-  if (!report) {
+  Result<void> started = StartAgentImageInstall(bundle, "factory", true);
+  if (!started) Log(LogLevel::kError, started.error().ToString());
+}
+
+Result<void> Daemon::StartAgentImageInstall(std::string bundle, std::string caller, bool factory) {
+  std::lock_guard lock(install_mutex_);
+  if (install_ && !install_->collected) {
+    return Error::Make(ErrorCode::kBusy,
+                       fmt::format("an agent-image install is running (bundle {}, since {}); "
+                                   "wait for it to end (ralphctl agent-image status)",
+                                   install_->bundle, install_->started));
+  }
+  if (install_ && install_->thread.joinable()) install_->thread.join();
+  install_ = std::make_unique<ImageInstall>();
+  ImageInstall* install = install_.get();
+  install->bundle = std::move(bundle);
+  install->caller = std::move(caller);
+  install->factory = factory;
+  install->started = NowText();
+  install_status_ = {{"state", "running"},
+                     {"bundle", install->bundle},
+                     {"caller", install->caller},
+                     {"started", install->started}};
+  install->thread = std::thread([this, install] {
+    Result<ota::AgentImageInstallReport> report =
+        ota::InstallAgentImage({.dir = options_.agent_images}, install->bundle, options_.keyring);
+    Result<json> result = report.transform([](const ota::AgentImageInstallReport& r) {
+      json out = {{"installed", RecordJson(r.installed)}, {"reused", r.reused}};
+      out["previous"] = r.previous ? RecordJson(*r.previous) : json(nullptr);
+      return out;
+    });
+    {
+      std::lock_guard lock(install_mutex_);
+      install->result = std::move(result);
+      install->done = true;
+    }
+    runner_->Wake();
+  });
+  Emit("agent-image", 0, install_status_);
+  return {};
+}
+
+bool Daemon::AwaitingAgentImage() const {
+  std::lock_guard lock(install_mutex_);
+  return !agent_image_ && install_ && !install_->collected;
+}
+
+bool Daemon::CollectAgentImageInstall() {
+  Result<json> result = Error::Make(ErrorCode::kInternal, "unset");
+  {
+    std::lock_guard lock(install_mutex_);
+    if (!install_ || !install_->done || install_->collected) return false;
+    result = std::move(*install_->result);
+    install_->collected = true;
+  }
+  if (install_->thread.joinable()) install_->thread.join();
+  const ImageInstall& install = *install_;
+  json status = {{"bundle", install.bundle},
+                 {"caller", install.caller},
+                 {"started", install.started},
+                 {"ended", NowText()}};
+  if (!result) {
     // The bundle stays where it is: the error says what is wrong with it,
     // and nothing of it was installed.
-    Log(LogLevel::kError, fmt::format("the factory agent image {} was not installed: {}", bundle,
-                                      report.error().ToString()));
+    Log(LogLevel::kError, fmt::format("the agent image {} was not installed: {}", install.bundle,
+                                      result.error().ToString()));
     Audit("agent-image.install-failed", "agent image",
-          {{"caller", "factory"}, {"bundle", bundle}, {"error", report.error().message()}});
-    return;
+          {{"caller", install.caller},
+           {"bundle", install.bundle},
+           {"error", result.error().message()}});
+    status["state"] = "failed";
+    status["error"] = result.error().message();
+  } else {
+    LoadAgentImage();
+    json details = {{"caller", install.caller}, {"bundle", install.bundle}};
+    details.update(*result);
+    Audit("agent-image.install", "agent image", details);
+    status.update(*result);
+    status["state"] = "installed";
+    if (!agent_image_) {
+      status["state"] = "failed";
+      status["error"] =
+          fmt::format("installed, but the image is not usable: {}", agent_image_problem_);
+    }
+    // Installed and verified on VAR: the factory bundle's space goes back
+    // to the jobs.
+    if (install.factory && ::unlink(install.bundle.c_str()) != 0) {
+      Log(LogLevel::kWarning, fmt::format("removing the installed factory agent image {}: {}",
+                                          install.bundle, std::strerror(errno)));
+    }
   }
-  Audit("agent-image.install", "agent image",
-        {{"caller", "factory"}, {"bundle", bundle}, {"installed", RecordJson(report->installed)}});
-  // Installed and verified on VAR: the bundle's space goes back to the jobs.
-  if (::unlink(bundle.c_str()) != 0) {
-    Log(LogLevel::kWarning, fmt::format("removing the installed factory agent image {}: {}", bundle,
-                                        std::strerror(errno)));
-  }
+  install_status_ = status;
+  Emit("agent-image", 0, status);
+  return true;
 }
 
 Result<JobEnvironment> Daemon::AgentEnvironment() const {
@@ -97,6 +177,7 @@ Result<Reply> Daemon::AgentImageStatus() {
     return Reply::Json(out);
   }
   if (!agent_image_) out["problem"] = agent_image_problem_;
+  out["install"] = install_status_;
   ota::AgentImageState state = TRY(ota::ReadAgentImageState(options_.agent_images));
   if (state.current) out["current"] = RecordJson(*state.current);
   if (state.previous) out["previous"] = RecordJson(*state.previous);
@@ -108,33 +189,24 @@ Result<Reply> Daemon::AgentImageInstall(const Caller& caller, const std::string&
     return Error::Make(ErrorCode::kInvalidState,
                        "this ralphd has no agent-image store (start it with --agent-images DIR)");
   }
-  Result<ota::AgentImageInstallReport> report =
-      ota::InstallAgentImage({.dir = options_.agent_images}, path, options_.keyring);
-  if (!report) {
-    Audit("agent-image.install-failed", "agent image",
-          {{"caller", caller.ToString()}, {"bundle", path}, {"error", report.error().message()}});
-    return std::move(report).error();
-  }
-  LoadAgentImage();
-  json details = {{"caller", caller.ToString()},
-                  {"bundle", path},
-                  {"installed", RecordJson(report->installed)},
-                  {"reused", report->reused}};
-  if (report->previous) details["previous"] = RecordJson(*report->previous);
-  Audit("agent-image.install", "agent image", details);
-  if (!agent_image_) {
-    return Error::Make(ErrorCode::kIo, fmt::format("installed, but the image is not usable: {}",
-                                                   agent_image_problem_));
-  }
-  json out = {{"installed", RecordJson(report->installed)}, {"reused", report->reused}};
-  out["previous"] = report->previous ? RecordJson(*report->previous) : json(nullptr);
-  return Reply::Json(out);
+  TRY(StartAgentImageInstall(path, caller.ToString(), false));
+  // The outcome is the "agent-image" event and the status's "install".
+  return Reply::Json(install_status_);
 }
 
 Result<Reply> Daemon::AgentImageRollback(const Caller& caller) {
   if (options_.agent_images.empty()) {
     return Error::Make(ErrorCode::kInvalidState,
                        "this ralphd has no agent-image store (start it with --agent-images DIR)");
+  }
+  {
+    std::lock_guard lock(install_mutex_);
+    if (install_ && !install_->collected) {
+      return Error::Make(ErrorCode::kBusy,
+                         fmt::format("an agent-image install is running (bundle {}); roll back "
+                                     "after it ends",
+                                     install_->bundle));
+    }
   }
   ota::AgentImageState state = TRY(ota::RollbackAgentImage({.dir = options_.agent_images}));
   LoadAgentImage();

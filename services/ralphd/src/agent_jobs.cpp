@@ -62,38 +62,23 @@ Error Prefixed(const Error& error, std::string_view prefix) {
   return Error::Make(error.code(), fmt::format("{}{}", prefix, error.message()));
 }
 
-// A directory made (or kept) with `mode`, owned by `uid`:`uid`.
-Result<void> MakeOwnedDir(const std::string& path, mode_t mode, uid_t uid) {
-  if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) {
-    return Error::FromErrno(fmt::format("mkdir {}", path), errno);
-  }
-  if (::chmod(path.c_str(), mode) != 0 || ::lchown(path.c_str(), uid, uid) != 0) {
-    return Error::FromErrno(fmt::format("chown {}", path), errno);
-  }
-  return {};
-}
-
-// Everything below `dir` owned by the job's root (the home's settings files
-// are written by ralphd as the host's root).
-Result<void> ChownBelow(const std::string& dir, uid_t uid) {
-  std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-    if (::lchown(it->path().c_str(), uid, uid) != 0) {
-      return Error::FromErrno(fmt::format("chown {}", it->path().string()), errno);
-    }
-  }
-  if (ec) return Error::Make(ErrorCode::kIo, fmt::format("listing {}: {}", dir, ec.message()));
-  return {};
-}
-
 // The job's home: `home`, a host directory of the job's root holding the
-// profile's files, bound read-write at kAgentHome.
+// profile's files and the empty directory `mount_point` (relative; none
+// when empty) for a bind over it, bound read-write at kAgentHome.
 Result<void> BindAgentHome(const std::string& home, uid_t root,
-                           std::span<const agents::HomeFile> files, sandbox::SandboxSpec& spec) {
+                           std::span<const agents::HomeFile> files, sandbox::SandboxSpec& spec,
+                           std::string_view mount_point = {}) {
   TRY(MakeOwnedDir(home, 0700, root));
   TRY(agents::WriteHomeFiles(home, files));
-  TRY(ChownBelow(home, root));
+  if (!mount_point.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(home + "/" + std::string(mount_point), ec);
+    if (ec) {
+      return Error::Make(ErrorCode::kIo,
+                         fmt::format("mkdir {}/{}: {}", home, mount_point, ec.message()));
+    }
+  }
+  TRY(ChownRootOwned(home, root));
   spec.binds.push_back({.source = home,
                         .destination = std::string(kAgentHome),
                         .access = sandbox::BindAccess::kReadWrite});
@@ -245,7 +230,13 @@ Result<void> Daemon::CheckAgentSubmit(const JobSubmitCommand& command, const Pro
   // The prompt file's content is known at start; its place is held here.
   std::string prompt = agent.prompt.value_or(agent.prompt_file ? "prompt file" : "");
   agents::AgentLaunch launch = TRY(MakeAgentLaunch(command, prompt, options_.agent_programs));
-  TRY(MakeJobSpec(profile, AgentJobRequest(command, launch), TRY(AgentEnvironment())));
+  // While the first image installs, the job is checked against its place
+  // (it waits, queued, for the image to start).
+  JobEnvironment environment =
+      AwaitingAgentImage()
+          ? JobEnvironment{.base_kind = sandbox::BaseKind::kImage, .base = options_.agent_images}
+          : TRY(AgentEnvironment());
+  TRY(MakeJobSpec(profile, AgentJobRequest(command, launch), environment));
   return {};
 }
 
@@ -260,6 +251,8 @@ Result<void> Daemon::CheckAgentStart(const JobRecord& job) {
 Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
                                  const Profile& profile) {
   const agents::AgentKind kind = TRY(agents::ParseAgentKind(submit.agent->profile));
+  // No image yet, and one is being installed: the job waits for it.
+  if (AwaitingAgentImage()) return false;
   // The account the policy grants, if any: a job waits, queued, while the
   // account has as many holders as the profile allows.
   std::optional<creds::AccountId> account;
@@ -274,13 +267,6 @@ Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   agents::AgentLaunch launch = TRY(MakeAgentLaunch(submit, prompt, options_.agent_programs));
   sandbox::SandboxSpec spec =
       TRY(MakeJobSpec(profile, AgentJobRequest(submit, launch), TRY(AgentEnvironment())));
-  const std::string credential_file(agents::GetProfile(kind).credential_file);
-  if (account) {
-    // The mount point of the account's live copy: the tool's own path in
-    // its home. A tool that rewrites it in place refreshes the live copy;
-    // one that replaces it cannot (docs/credentials.md "Not yet").
-    launch.files.push_back({.path = credential_file, .content = "", .mode = 0600});
-  }
   // The home: a host directory of the job's root, bound at kAgentHome, with
   // the profile's settings. Its parents may be passed through (0711) by
   // the job's mapped uid, which mounts it.
@@ -288,14 +274,31 @@ Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   TRY(MakeOwnedDir(options_.state_dir + "/agents", 0711, 0));
   std::string dir = AgentDir(job.id);
   TRY(MakeOwnedDir(dir, 0711, 0));
-  TRY(BindAgentHome(dir + "/home", root, launch.files, spec));
   if (account) {
-    // By reference: every holder binds the one live copy, so a refresh
-    // one makes is what the next sees (docs/credentials.md).
-    std::string live = TRY(HoldAccount(job.id, *account, profile));
+    // By reference: every holder binds the account's one live directory
+    // as the tool's own (~/.claude, ~/.codex, ...), so a refresh one job
+    // makes, in place or by renaming a new file over the old, is what the
+    // next sees (docs/credentials.md). The settings files in that
+    // directory go into it; the rest of the home is the job's own.
+    const std::string_view credential_file = agents::GetProfile(kind).credential_file;
+    const std::string tool_dir(credential_file.substr(0, credential_file.rfind('/')));
+    std::vector<agents::HomeFile> home_files;
+    std::vector<agents::HomeFile> tool_files;
+    for (agents::HomeFile& file : launch.files) {
+      if (file.path.starts_with(tool_dir + "/")) {
+        file.path.erase(0, tool_dir.size() + 1);
+        tool_files.push_back(std::move(file));
+      } else {
+        home_files.push_back(std::move(file));
+      }
+    }
+    TRY(BindAgentHome(dir + "/home", root, home_files, spec, tool_dir));
+    std::string live = TRY(HoldAccount(job.id, *account, profile, credential_file, tool_files));
     spec.binds.push_back({.source = live,
-                          .destination = std::string(kAgentHome) + "/" + credential_file,
+                          .destination = std::string(kAgentHome) + "/" + tool_dir,
                           .access = sandbox::BindAccess::kReadWrite});
+  } else {
+    TRY(BindAgentHome(dir + "/home", root, launch.files, spec));
   }
   TRY(GrantMemory(job.id, profile, spec));
 

@@ -107,6 +107,7 @@ constexpr FieldInfo kLimitFields[] = {
     Unsigned("disk_bytes", 1, uint64_t{1} << 46),
     Unsigned("timeout_ms", 1, uint64_t{30} * 24 * 3600 * 1000),
 };
+constexpr std::string_view kIsolationNames[] = {"namespaces", "vm"};
 constexpr std::string_view kAgentProfileNames[] = {"claude", "codex", "opencode", "command"};
 constexpr FieldInfo kAgentFields[] = {
     {.name = "profile", .type = ValueType::kEnum, .required = true, .values = kAgentProfileNames},
@@ -139,6 +140,7 @@ constexpr FieldInfo kSubmitFields[] = {
     Text("cwd", kMaxArgBytes),
     Text("profile", 64, false, kIdentifierPattern),
     {.name = "limits", .type = ValueType::kObject, .fields = kLimitFields},
+    OneOf("isolation", kIsolationNames),
     {.name = "start", .type = ValueType::kBool},
     {.name = "tty", .type = ValueType::kBool},
     Unsigned("columns", 1, kMaxTerminalDimension),
@@ -754,6 +756,9 @@ Result<Command> DecodeSubmit(const Request& request) {
     command.limits.timeout_ms = TRY(l.Unsigned("timeout_ms"));
     TRY(l.Finish());
   }
+  if (auto isolation = TRY(reader.Enum("isolation"))) {
+    command.isolation = ParseIsolation(*isolation);
+  }
   if (auto start = TRY(reader.Bool("start"))) command.start = *start;
   if (auto tty = TRY(reader.Bool("tty"))) command.tty = *tty;
   for (auto [name, field] :
@@ -1281,6 +1286,16 @@ std::optional<JobState> ParseJobState(std::string_view name) {
 
 bool IsFinal(JobState state) {
   return state != JobState::kCreated && state != JobState::kQueued && state != JobState::kRunning;
+}
+
+std::string_view IsolationName(Isolation isolation) {
+  return isolation == Isolation::kVm ? "vm" : "namespaces";
+}
+
+std::optional<Isolation> ParseIsolation(std::string_view text) {
+  if (text == "namespaces") return Isolation::kNamespaces;
+  if (text == "vm") return Isolation::kVm;
+  return std::nullopt;
 }
 
 std::string_view OutputStreamName(OutputStream stream) {

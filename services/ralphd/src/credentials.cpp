@@ -5,6 +5,7 @@
 // release and wait in the audit log.
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,13 +13,58 @@
 
 #include <fmt/format.h>
 
+#include "services/agents/profile.h"
 #include "services/ralphd/daemon.h"
+#include "services/ralphd/workspace.h"
 
 namespace ralph::ralphd {
 
 using nlohmann::json;
 
 namespace {
+
+// Each account's live directory is a tmpfs of its own: the tool keeps its
+// whole configuration directory there (sessions, caches, the credential),
+// so a job writing without end fills this one and not /run. Its pages are
+// charged to the jobs that write them, within their memory limits.
+constexpr uint64_t kLiveDirBytes = 256ull << 20;
+constexpr uint64_t kLiveDirInodes = 65536;
+
+// "<live-dir>/claude.global.default": the account's live directory.
+std::string LiveDirName(const creds::AccountId& account) {
+  return fmt::format("{}.{}.{}", account.profile, creds::ScopeName(account.scope), account.name);
+}
+
+// The credential's name in the tool's directory (".credentials.json").
+std::string_view CredentialName(std::string_view credential_file) {
+  size_t slash = credential_file.rfind('/');
+  return slash == std::string_view::npos ? credential_file : credential_file.substr(slash + 1);
+}
+
+// Whatever is at `dir`: the mounts on it go (a live directory a dead
+// daemon left is one), then the directory. Symlinks are not followed.
+void RemoveLiveDir(const std::string& dir) {
+  while (::umount2(dir.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW) == 0) {
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+Result<void> MountLiveDir(const std::string& dir, uid_t owner) {
+  RemoveLiveDir(dir);  // never reused: a leftover is not trusted by its name
+  if (::mkdir(dir.c_str(), 0700) != 0) {
+    return Error::FromErrno(fmt::format("mkdir {}", dir), errno);
+  }
+  std::string options = fmt::format("mode=0700,uid={},gid={},size={}k,nr_inodes={}", owner, owner,
+                                    kLiveDirBytes / 1024, kLiveDirInodes);
+  if (::mount("ralph-credentials", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()) !=
+      0) {
+    int err = errno;
+    ::rmdir(dir.c_str());
+    return Error::FromErrno(fmt::format("mount tmpfs on {}", dir), err);
+  }
+  return {};
+}
 
 std::string AccountName(const creds::Scope scope, const Profile& profile) {
   switch (scope) {
@@ -73,12 +119,11 @@ Result<Reply> Daemon::CredsRevoke(const CredsRevokeCommand& command) {
   TRY(creds_->Revoke(account));
   json cut = json::array();
   if (auto it = holdings_.find(account); it != holdings_.end()) {
-    // Jobs holding it lose it now: the live copy they bind is emptied (an
-    // unlink would leave them the inode), and nothing is written back.
+    // Jobs holding it lose it now: the live copy goes from the directory
+    // they bind, and nothing is written back.
     it->second.revoked = true;
     for (uint64_t job : it->second.jobs) cut.push_back(job);
-    int fd = ::open(it->second.live_path.c_str(), O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0) ::close(fd);
+    ::unlink(it->second.live_file.c_str());
   }
   return Reply::Json({{"revoked", account.ToString()}, {"holders_cut", cut}});
 }
@@ -156,15 +201,32 @@ void Daemon::NoteWaiting(uint64_t job, const creds::AccountId& account) {
 }
 
 Result<std::string> Daemon::HoldAccount(uint64_t job, const creds::AccountId& account,
-                                        const Profile& profile) {
+                                        const Profile& profile, std::string_view credential_file,
+                                        std::span<const agents::HomeFile> settings) {
   waiting_told_.erase(job);
   auto it = holdings_.find(account);
   bool checked_out = false;
   if (it == holdings_.end()) {
-    std::string live =
-        TRY_CTX(creds_->CheckOut(account, options_.creds_live_dir, options_.ids.host_base),
-                fmt::format("granting account {}", account.ToString()));
-    it = holdings_.emplace(account, Holding{.live_path = live}).first;
+    std::string dir = options_.creds_live_dir + "/" + LiveDirName(account);
+    const uid_t owner = options_.ids.host_base;
+    auto grant = [&]() -> Result<std::string> {
+      TRY(MakeOwnedDir(options_.creds_live_dir, 0711, 0));
+      TRY(creds::RequireMemoryFilesystem(options_.creds_live_dir));
+      TRY(MountLiveDir(dir, owner));
+      std::string file =
+          TRY(creds_->CheckOut(account, dir, CredentialName(credential_file), owner));
+      // The profile's settings that live in the tool's directory are
+      // written while it is new, before any job can see it.
+      TRY(agents::WriteHomeFiles(dir, settings));
+      TRY(ChownRootOwned(dir, owner));
+      return file;
+    };
+    Result<std::string> file = grant();
+    if (!file) {
+      RemoveLiveDir(dir);
+      return file.error().WithContext(fmt::format("granting account {}", account.ToString()));
+    }
+    it = holdings_.emplace(account, Holding{.live_dir = dir, .live_file = *file}).first;
     checked_out = true;
   }
   it->second.jobs.insert(job);
@@ -179,7 +241,7 @@ Result<std::string> Daemon::HoldAccount(uint64_t job, const creds::AccountId& ac
          {"decrypted", checked_out},
          {"holders", it->second.jobs.size()}},
         job);
-  return it->second.live_path;
+  return it->second.live_dir;
 }
 
 void Daemon::ReleaseAccount(uint64_t job) {
@@ -197,17 +259,17 @@ void Daemon::ReleaseAccount(uint64_t job) {
     if (it->second.revoked || it->second.superseded) {
       // Revoked, or logged in again, while held: the live copy goes and
       // nothing is written back over what the store now says.
-      ::unlink(it->second.live_path.c_str());
       details["written_back"] = false;
       details[it->second.revoked ? "revoked" : "superseded"] = true;
     } else {
-      Result<void> back = creds_->CheckIn(account, it->second.live_path);
+      Result<void> back = creds_->CheckIn(account, it->second.live_file);
       details["written_back"] = back.has_value();
       if (!back) {
         details["error"] = back.error().message();
         Log(LogLevel::kError, back.error().ToString());
       }
     }
+    RemoveLiveDir(it->second.live_dir);
     holdings_.erase(it);
   }
   Audit("creds.release", fmt::format("account {}", account.ToString()), std::move(details), job);
@@ -223,21 +285,22 @@ void Daemon::RecoverCredentials() {
   }
   for (const creds::AccountInfo& info :
        creds_->List().value_or(std::vector<creds::AccountInfo>{})) {
-    std::string file = info.id.FileName();
-    if (std::find(names.begin(), names.end(), file) == names.end()) continue;
+    std::string name = LiveDirName(info.id);
+    if (std::find(names.begin(), names.end(), name) == names.end()) continue;
+    Result<agents::AgentKind> kind = agents::ParseAgentKind(info.id.profile);
+    if (!kind) continue;
     // The previous daemon died holding it: its holders' last refresh is
     // in the live copy, and only there.
-    Result<void> back = creds_->CheckIn(info.id, options_.creds_live_dir + "/" + file);
+    std::string file = fmt::format("{}/{}/{}", options_.creds_live_dir, name,
+                                   CredentialName(agents::GetProfile(*kind).credential_file));
+    Result<void> back = creds_->CheckIn(info.id, file);
     json details = {{"account", info.id.ToString()}, {"written_back", back.has_value()}};
     if (!back) details["error"] = back.error().message();
     Audit("creds.recover", fmt::format("account {}", info.id.ToString()), std::move(details));
   }
-  // Whatever else is there (a login's home, a temporary file, a revoked
-  // account's copy) belongs to no one now.
-  for (const std::string& name : names) {
-    std::error_code ec;
-    std::filesystem::remove_all(options_.creds_live_dir + "/" + name, ec);
-  }
+  // Every live directory goes now, and whatever else is there (a login's
+  // home, a temporary file, a revoked account's copy) belongs to no one.
+  for (const std::string& name : names) RemoveLiveDir(options_.creds_live_dir + "/" + name);
 }
 
 }  // namespace ralph::ralphd

@@ -77,6 +77,7 @@ json SubmitToJson(const JobSubmitCommand& command) {
   if (command.limits.disk_bytes) limits["disk_bytes"] = *command.limits.disk_bytes;
   if (command.limits.timeout_ms) limits["timeout_ms"] = *command.limits.timeout_ms;
   if (!limits.empty()) out["limits"] = limits;
+  if (command.isolation) out["isolation"] = IsolationName(*command.isolation);
   if (command.tty) out["tty"] = true;
   if (command.columns) out["columns"] = *command.columns;
   if (command.rows) out["rows"] = *command.rows;
@@ -164,6 +165,12 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
 }
 
 Daemon::~Daemon() {
+  // An install is not cut short: it finishes, and is audited, before the
+  // daemon exits.
+  if (install_ && install_->thread.joinable()) {
+    install_->thread.join();
+    CollectAgentImageInstall();
+  }
   FlushAudit();
 }
 
@@ -315,6 +322,13 @@ Result<bool> Daemon::Launch(JobRecord job) {
   Command command =
       TRY(DecodeRequest({.verb = "POST", .path = "/v1/jobs", .body = DumpJson(job.request)}));
   const auto& submit = std::get<JobSubmitCommand>(command);
+  // Checked at submit too; a job accepted under a policy is launched under
+  // it, and never as a namespace job when it needs a VM.
+  if (TRY(JobIsolation(*profile, submit.isolation, options_.vm_support)) !=
+      Isolation::kNamespaces) {
+    return Error::Make(ErrorCode::kUnsupported,
+                       "isolation: vm: ralphd's job runner launches namespace jobs only");
+  }
   if (submit.agent) return LaunchAgent(job, submit, *profile);
   sandbox::SandboxSpec spec = TRY(MakeJobSpec(
       *profile,
@@ -342,6 +356,8 @@ Result<bool> Daemon::Launch(JobRecord job) {
 }
 
 void Daemon::OnRunnerMessages() {
+  // Agent jobs may have waited for the image just installed.
+  if (CollectAgentImageInstall()) Schedule();
   for (RunnerMessage& message : runner_->Take()) {
     const uint64_t id = message.job;
     switch (message.kind) {
@@ -456,6 +472,7 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
                                    profile_name, version.version));
   }
   // Checked now, so that a job asking for more is refused at once.
+  TRY(JobIsolation(*profile, command.isolation, options_.vm_support));
   if (command.agent) {
     TRY(CheckAgentSubmit(command, *profile));
   } else {
@@ -510,6 +527,7 @@ Result<Reply> Daemon::Cancel(uint64_t id) {
     return Reply::Json(JobToJson(job));
   }
   TRY(SetState(job, JobState::kCancelled, "cancelled before it ran"));
+  waiting_told_.erase(id);  // it may have waited for an account
   return Reply::Json(JobToJson(job));
 }
 

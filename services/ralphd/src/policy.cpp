@@ -280,7 +280,15 @@ class Checker {
 
   Profile ReadProfile(const XMLElement* element) {
     Profile profile;
-    OnlyAttributes(element, {"name"});
+    OnlyAttributes(element, {"name", "isolation"});
+    if (const char* isolation = element->Attribute("isolation")) {
+      if (auto parsed = ParseIsolation(isolation)) {
+        profile.isolation = *parsed;
+      } else {
+        Issue(element, "isolation",
+              fmt::format("<profile>: isolation: '{}' is not namespaces or vm", isolation));
+      }
+    }
     OnlyChildren(element, {"limits", "egress", "mount", "memory", "credentials"});
     const char* name = element->Attribute("name");
     if (!name) {
@@ -792,6 +800,30 @@ std::vector<std::string> AgentEgressDomains(const Profile& profile,
   return out;
 }
 
+Result<Isolation> JobIsolation(const Profile& profile, std::optional<Isolation> requested,
+                               const VmSupport& vm) {
+  Isolation isolation = profile.isolation;
+  if (requested) {
+    if (*requested < profile.isolation) {
+      return Error::Make(
+          ErrorCode::kRefused,
+          fmt::format("isolation: '{}' is less than profile '{}' requires ({})",
+                      IsolationName(*requested), profile.name, IsolationName(profile.isolation)));
+    }
+    isolation = *requested;
+  }
+  if (isolation == Isolation::kVm && !vm.available) {
+    return Error::Make(
+        ErrorCode::kUnsupported,
+        fmt::format("isolation: {} requires vm, and this machine cannot run a VM "
+                    "job: {}",
+                    requested == Isolation::kVm ? std::string("the job")
+                                                : fmt::format("profile '{}'", profile.name),
+                    vm.reason));
+  }
+  return isolation;
+}
+
 nlohmann::json ProfileToJson(const Profile& profile) {
   nlohmann::json allow = nlohmann::json::array();
   for (const sandbox::EgressRule& rule : profile.network.allow) {
@@ -810,6 +842,7 @@ nlohmann::json ProfileToJson(const Profile& profile) {
          {"access", mount.access == sandbox::BindAccess::kReadOnly ? "read-only" : "read-write"}});
   }
   nlohmann::json out = {{"name", profile.name},
+                        {"isolation", IsolationName(profile.isolation)},
                         {"limits",
                          {{"memory_bytes", profile.limits.memory_bytes},
                           {"cpu_millis", profile.limits.cpu_millis},

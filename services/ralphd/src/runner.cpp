@@ -182,6 +182,10 @@ void JobRunner::Post(RunnerMessage message) {
     }
     queue_.push_back(std::move(message));
   }
+  Wake();
+}
+
+void JobRunner::Wake() {
   // An eventfd write fails only when its counter would overflow, and then
   // the loop has a wake-up pending anyway.
   uint64_t one = 1;

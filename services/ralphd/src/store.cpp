@@ -132,8 +132,10 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& path, StoreOptions
       sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
   std::unique_ptr<Store> store(new Store(db, options));
   if (rc != SQLITE_OK) return store->DbError(fmt::format("opening {}", path));
-  sqlite3_busy_timeout(db, 5000);
-  TRY(store->Exec("PRAGMA journal_mode=WAL", "setting WAL"));
+  constexpr std::chrono::milliseconds kBusyTimeout{5000};
+  sqlite3_busy_timeout(db, static_cast<int>(kBusyTimeout.count()));
+  TRY(sqlite::EnableWal(db, kBusyTimeout, "setting WAL",
+                        [&](int, std::string_view w) { return store->DbError(w); }));
   TRY(store->Exec("PRAGMA synchronous=NORMAL", "setting synchronous"));
   TRY(store->Exec(kSchema, "creating the schema"));
   TRY(store->Exec(kLoopSchema, "creating the loop iterations' table"));

@@ -366,24 +366,6 @@ std::vector<std::string> RepositoryEnvironment(const std::string& git_dir,
   return env;
 }
 
-// Hands the entries below `dir` that the host's root owns (what git wrote)
-// to `uid`:`uid`; the job's own entries keep their owners.
-Result<void> ChownRootOwned(const std::string& dir, uid_t uid) {
-  std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-    struct stat st {};
-    if (::lstat(it->path().c_str(), &st) != 0) {
-      return Error::FromErrno(fmt::format("lstat {}", it->path().string()), errno);
-    }
-    if (st.st_uid == 0 && ::lchown(it->path().c_str(), uid, uid) != 0) {
-      return Error::FromErrno(fmt::format("chown {}", it->path().string()), errno);
-    }
-  }
-  if (ec) return Error::Make(ErrorCode::kIo, fmt::format("listing {}: {}", dir, ec.message()));
-  return {};
-}
-
 }  // namespace
 
 Result<std::string> ProbeGit(const std::string& git) {
@@ -482,6 +464,33 @@ Result<std::string> RestoreWorkspace(const std::string& git, const std::string& 
       RunGit(git, env, work_tree, {"commit", "-q", "--allow-empty", "--no-verify", "-m", message}),
       "recording the rollback");
   return RunGit(git, env, work_tree, {"rev-parse", "HEAD"});
+}
+
+// A directory made (or kept) with `mode`, owned by `uid`:`uid`.
+Result<void> MakeOwnedDir(const std::string& path, mode_t mode, uid_t uid) {
+  if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) {
+    return Error::FromErrno(fmt::format("mkdir {}", path), errno);
+  }
+  if (::chmod(path.c_str(), mode) != 0 || ::lchown(path.c_str(), uid, uid) != 0) {
+    return Error::FromErrno(fmt::format("chown {}", path), errno);
+  }
+  return {};
+}
+
+Result<void> ChownRootOwned(const std::string& dir, uid_t uid) {
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    struct stat st {};
+    if (::lstat(it->path().c_str(), &st) != 0) {
+      return Error::FromErrno(fmt::format("lstat {}", it->path().string()), errno);
+    }
+    if (st.st_uid == 0 && ::lchown(it->path().c_str(), uid, uid) != 0) {
+      return Error::FromErrno(fmt::format("chown {}", it->path().string()), errno);
+    }
+  }
+  if (ec) return Error::Make(ErrorCode::kIo, fmt::format("listing {}: {}", dir, ec.message()));
+  return {};
 }
 
 }  // namespace ralph::ralphd

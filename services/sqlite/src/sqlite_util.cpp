@@ -1,5 +1,8 @@
 #include "services/sqlite/sqlite_util.h"
 
+#include <algorithm>
+#include <thread>
+
 #include <fmt/format.h>
 
 namespace ralph::sqlite {
@@ -14,6 +17,21 @@ std::string ColumnText(sqlite3_stmt* statement, int column) {
 int BindText(sqlite3_stmt* statement, int index, std::string_view text) {
   return sqlite3_bind_text(statement, index, text.data() ? text.data() : "",
                            static_cast<int>(text.size()), SQLITE_TRANSIENT);
+}
+
+int EnableWal(sqlite3* db, std::chrono::milliseconds patience) {
+  using namespace std::chrono_literals;
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  std::chrono::milliseconds pause = 1ms;
+  while (true) {
+    int rc = sqlite3_exec(db, "PRAGMA journal_mode=WAL", nullptr, nullptr, nullptr);
+    if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) ||
+        std::chrono::steady_clock::now() >= deadline) {
+      return rc;
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::milliseconds>(pause * 2, 50ms);
+  }
 }
 
 void Transaction::Rollback() {

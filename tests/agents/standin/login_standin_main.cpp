@@ -6,11 +6,13 @@
 //   ralph-login-standin login --device-auth   (as `codex login --device-auth`)
 //       prints a URL and a device code, waits for a code pasted on its
 //       terminal (a line "STANDIN-<word>"), and writes the credential file
-//       (0600, in place) with an access token and a refresh token;
+//       (0600) with an access token and a refresh token;
 //   ralph-login-standin -p ... [--] PROMPT   (as `claude -p`, an agent run)
 //       reads the credential file, presents its refresh token to the token
-//       "server" and writes the rotated one back into the same file (in
-//       place, as the tools do), then prints a stream-json init and result.
+//       "server" and saves the rotated one as Claude Code does: a new file
+//       renamed over the old one (so the file's directory must be writable,
+//       and the file cannot be a bind mount of its own), then prints a
+//       stream-json init and result.
 //
 // The token server is a directory (RALPH_STANDIN_TOKEN_SERVER, mounted into
 // the jobs): `valid` holds the one refresh token that works, as at a real
@@ -64,14 +66,24 @@ std::string ReadFile(const std::string& path) {
   return text.str();
 }
 
-// In place, as the tools do (open with O_TRUNC, never a rename): the file
-// may be a bind mount, which a rename could not replace.
+// The token server's files are rewritten in place (open with O_TRUNC).
 bool WriteInPlace(const std::string& path, const std::string& content) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return false;
   bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
   ok = ::fsync(fd) == 0 && ok;
   return ::close(fd) == 0 && ok;
+}
+
+// A new file beside the old one, synced, renamed over it.
+bool SaveByRename(const std::string& path, const std::string& content) {
+  std::string temp = path + ".tmp." + std::to_string(::getpid());
+  if (!WriteInPlace(temp, content)) return false;
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    ::unlink(temp.c_str());
+    return false;
+  }
+  return true;
 }
 
 std::string Trim(std::string text) {
@@ -110,7 +122,7 @@ int Login() {
   std::string path = CredentialPath();
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-  if (!WriteInPlace(path, Credential(refresh, 1).dump(2) + "\n")) {
+  if (!SaveByRename(path, Credential(refresh, 1).dump(2) + "\n")) {
     std::cerr << "error: cannot write " << path << "\n";
     return 1;
   }
@@ -162,7 +174,7 @@ int Run() {
   // The server first (the old token is spent), then the file, as a real
   // refresh goes.
   if (!WriteInPlace(server + "/valid", rotated + "\n") ||
-      !WriteInPlace(path, Credential(rotated, generation + 1).dump(2) + "\n")) {
+      !SaveByRename(path, Credential(rotated, generation + 1).dump(2) + "\n")) {
     std::cerr << "error: cannot store the refreshed token\n";
     return 1;
   }

@@ -47,6 +47,15 @@ void E2eTest::Prepare(DiskSource source) {
   ASSERT_TRUE(copied) << copied.error().ToString();
 }
 
+void E2eTest::PrepareImage(const std::string& name) {
+  std::string disk = Image(name);
+  ASSERT_EQ(::access(disk.c_str(), R_OK), 0) << disk << " is missing: an e2e fixture builds it";
+  auto copied = SparseCopy(disk, disk_);
+  ASSERT_TRUE(copied) << copied.error().ToString();
+  copied = SparseCopy(kOvmfVars, vars_);
+  ASSERT_TRUE(copied) << copied.error().ToString();
+}
+
 void E2eTest::InstallSlotB(const std::string& variant_image) {
   auto copied = CopyPartitions(variant_image, disk_, {"EFI", "SYSTEM_B"});
   ASSERT_TRUE(copied) << copied.error().ToString();
@@ -75,6 +84,8 @@ Machine E2eTest::Boot() {
   options.user_network = network_;
   options.user_network_cidr = network_cidr_;
   options.forwards = forwards_;
+  if (memory_mib_ > 0) options.memory_mib = memory_mib_;
+  options.cpu = cpu_;
   // Unix socket paths are short (108 bytes): keep them in /tmp.
   options.agent_socket = fmt::format("/tmp/ralph-e2e-{}-{}.sock", ::getpid(), boots_);
   auto machine = Machine::Start(options);

@@ -38,6 +38,8 @@ class E2eTest : public ::testing::Test {
 
   // Copies the chosen disk and VARS into this test's scratch directory.
   void Prepare(DiskSource source);
+  // A fresh machine (blank VARS) with the fixture image `name` as its disk.
+  void PrepareImage(const std::string& name);
   // "Installs" slot B of a variant image onto this test's disk (its ESP,
   // holding b.efi, and its SYSTEM_B), as the OTA writer would, and
   // remembers the digest of the new SYSTEM_B.
@@ -69,6 +71,8 @@ class E2eTest : public ::testing::Test {
   std::string vars_;
   int boots_ = 0;
   bool network_ = false;
+  int memory_mib_ = 0;        // MachineOptions::memory_mib; 0: its default
+  std::string cpu_;           // MachineOptions::cpu
   std::string network_cidr_;  // MachineOptions::user_network_cidr
   std::vector<MachineOptions::Forward> forwards_;
   std::string slot_b_digest_;

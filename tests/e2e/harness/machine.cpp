@@ -179,6 +179,7 @@ Result<Machine> Machine::Start(MachineOptions options) {
       fmt::format("file={},format=raw,if=virtio", o.disk),
       "-serial",
       o.console_to_stdout ? std::string("stdio") : fmt::format("file:{}", o.console_log)};
+  if (!o.cpu.empty()) argv.insert(argv.end(), {"-cpu", o.cpu});
   if (!o.agent_socket.empty()) {
     ::unlink(o.agent_socket.c_str());
     argv.insert(argv.end(),

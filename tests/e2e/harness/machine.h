@@ -58,6 +58,10 @@ struct MachineOptions {
   std::string agent_socket;        // empty: no agent port
   bool console_to_stdout = false;  // main.sh: serial straight to the terminal
   int memory_mib = 512;
+  // The CPU model (QEMU's -cpu). Empty: QEMU's default, qemu64 (x86-64-v1,
+  // older than any machine the appliance is sold for); "max": everything
+  // TCG emulates, which the agent CLIs' native binaries need.
+  std::string cpu;
   // A virtio NIC on QEMU user networking (DHCP server; the host is 10.0.2.2
   // from the guest, reaching the host's loopback). Off: no NIC at all.
   bool user_network = false;

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +14,7 @@
 #include <string_view>
 
 #include "platform/unique_fd.h"
+#include "tests/support/wait_for.h"
 
 namespace ralph::testing {
 namespace {
@@ -117,6 +120,40 @@ pid_t StartProgram(const std::vector<std::string>& argv) {
   ::dup2(null, STDOUT_FILENO);
   ::execv(args[0], args.data());
   ::_exit(127);
+}
+
+bool SocketAccepts(const std::string& path) {
+  sockaddr_un address{.sun_family = AF_UNIX, .sun_path = {}};
+  if (path.size() >= sizeof address.sun_path) return false;
+  path.copy(address.sun_path, path.size());
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  return fd && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+}
+
+pid_t StartServing(const std::vector<std::string>& argv, const std::string& socket,
+                   std::string* why) {
+  pid_t pid = StartProgram(argv);
+  if (pid <= 0) {
+    *why = "cannot start " + argv.front();
+    return -1;
+  }
+  int status = 0;
+  bool exited = false;
+  bool served = WaitFor([&] {
+    exited = ::waitpid(pid, &status, WNOHANG) == pid;
+    return exited || SocketAccepts(socket);
+  });
+  if (served && !exited) return pid;
+  if (!exited) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    *why = argv.front() + " never served " + socket;
+  } else {
+    *why = argv.front() + " exited before serving " + socket +
+           (WIFEXITED(status) ? ", status " + std::to_string(WEXITSTATUS(status))
+                              : ", signal " + std::to_string(WTERMSIG(status)));
+  }
+  return -1;
 }
 
 }  // namespace ralph::testing

@@ -8,15 +8,17 @@
 //                                          "/var/lib/ralph/credentials.key"));
 //   AccountId account = TRY(AccountId::Make("claude", Scope::kGlobal, "default"));
 //   TRY(store->Put(account, credential_file_bytes));      // atomic replace
-//   std::string live = TRY(store->CheckOut(account, "/run/ralphd/credentials", job_uid));
-//   ... bind `live` into the jobs holding the account; they refresh it in place ...
+//   std::string live = TRY(store->CheckOut(account, live_dir, ".credentials.json", job_uid));
+//   ... bind `live_dir` into the jobs holding the account; they refresh the file ...
 //   TRY(store->CheckIn(account, live));                   // written back, live copy gone
 //
 // An account's credential is one file shared by reference: the agents
 // rotate their refresh tokens and each works once, so copies would log the
-// account out. CheckOut decrypts it into one root-only file on a tmpfs (never
-// onto VAR), which the jobs holding the account bind; CheckIn encrypts
-// what they left and replaces the stored file atomically. Who may hold an
+// account out. CheckOut decrypts it into one file on a tmpfs (never onto
+// VAR), in a directory the jobs holding the account bind as the tool's own
+// configuration directory (so a tool may save a refresh in place or by
+// renaming a new file over it); CheckIn encrypts what they left and
+// replaces the stored file atomically. Who may hold an
 // account and how many at a time is the caller's (ralphd's policy).
 #pragma once
 
@@ -104,12 +106,13 @@ class CredentialStore {
   // Removes the account's file (kNotFound when there is none).
   Result<void> Revoke(const AccountId& account);
 
-  // Decrypts the account's credential into `<live_dir>/<FileName>` (mode
+  // Decrypts the account's credential into `<live_dir>/<file_name>` (mode
   // 0600, owned by `owner`, replaced atomically), the single live copy
-  // the jobs holding it bind. `live_dir` must be on a memory filesystem;
-  // it is made 0711 root when absent. Returns the live file's path.
+  // the jobs holding it bind. `live_dir` must be an existing directory on
+  // a memory filesystem; `file_name` a plain name (no '/', not "." or
+  // ".."), kInvalidArgument otherwise. Returns the live file's path.
   Result<std::string> CheckOut(const AccountId& account, const std::string& live_dir,
-                               uid_t owner) const;
+                               std::string_view file_name, uid_t owner) const;
   // Writes what the live copy holds back into the store (when it parses as
   // a non-empty file: a job that emptied it leaves the stored credential
   // as it was, kInvalidArgument) and removes the live copy. The live file

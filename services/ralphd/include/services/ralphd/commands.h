@@ -152,6 +152,13 @@ bool IsFinal(JobState state);
 enum class OutputStream { kStdout, kStderr };
 std::string_view OutputStreamName(OutputStream stream);
 
+// How a job is walled off (docs/policy.md "Isolation"): the namespace
+// sandbox on the host's kernel, or a VM of its own with the namespace
+// sandbox inside it (sandbox/vm). More isolated is greater.
+enum class Isolation { kNamespaces, kVm };
+std::string_view IsolationName(Isolation isolation);  // "namespaces", "vm"
+std::optional<Isolation> ParseIsolation(std::string_view text);
+
 // Limits a job asks for; each absent one is the policy's. A value above the
 // policy's is refused with the limit named (policy.h).
 struct LimitsRequest {
@@ -207,6 +214,9 @@ struct JobSubmitCommand {
   // "default".
   std::optional<std::string> profile;
   LimitsRequest limits;
+  // At least this isolation (never less than its profile's); absent: the
+  // profile's.
+  std::optional<Isolation> isolation;
   // false: the job waits in kCreated for a workspace upload and a start.
   bool start = true;
   // true: one pty for the job's stdin, stdout and stderr (all output is

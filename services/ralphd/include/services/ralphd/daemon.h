@@ -18,9 +18,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
+#include <thread>
 
 #include "platform/log.h"
 #include "platform/result.h"
@@ -35,6 +38,10 @@
 #include "services/ralphd/store.h"
 #include "services/ralphd/terminals.h"
 
+namespace ralph::agents {
+struct HomeFile;
+}  // namespace ralph::agents
+
 namespace ralph::ralphd {
 
 struct DaemonOptions {
@@ -42,6 +49,14 @@ struct DaemonOptions {
   std::string audit_db;   // default <state_dir>/audit.db
   JobEnvironment environment;
   size_t max_running = 2;
+  // Whether VM jobs (isolation vm) can run; a job that needs one is refused
+  // at submit with the reason. The runner launches namespace jobs only, so
+  // no VM job runs here yet, whatever the machine has (sandbox/vm runs them
+  // on their own).
+  VmSupport vm_support{
+      false,
+      "ralphd's job runner does not launch VM jobs yet (sandbox/vm runs them; "
+      "workspaces, mounts and credentials need a filesystem shared with the guest)"};
   sandbox::IdMapping ids;
   StoreOptions store;
   std::function<void(LogLevel level, const std::string& message)> log;
@@ -222,9 +237,12 @@ class Daemon final : public DispatcherInterface {
   // A "creds.wait" event, once per waiting job.
   void NoteWaiting(uint64_t job, const creds::AccountId& account);
   // The job holds the account: its live copy (checked out when nobody
-  // held it), a "creds.grant" audit row. Returns the live file's path.
+  // held it, into a tmpfs of its own as `credential_file`'s name, with the
+  // profile's `settings` for that directory), a "creds.grant" audit row.
+  // Returns the live directory, which the job binds as the tool's own.
   Result<std::string> HoldAccount(uint64_t job, const creds::AccountId& account,
-                                  const Profile& profile);
+                                  const Profile& profile, std::string_view credential_file,
+                                  std::span<const agents::HomeFile> settings);
   // The job's account, if it held one, is released; its last holder writes
   // the live copy back and removes it ("creds.release"). Idempotent.
   void ReleaseAccount(uint64_t job);
@@ -249,8 +267,16 @@ class Daemon final : public DispatcherInterface {
   // Checks the store's current image against its digest: the base of agent
   // jobs, or the reason there is none.
   void LoadAgentImage();
-  // At start: the factory bundle, when the store has no image yet.
+  // At start: the factory bundle, when the store has no image yet, on the
+  // install thread.
   void InstallFactoryAgentImage();
+  // Starts an install of `bundle` on its own thread (kBusy while one runs).
+  Result<void> StartAgentImageInstall(std::string bundle, std::string caller, bool factory);
+  // On the loop: a finished install's audit rows, event and new image;
+  // false when none had finished.
+  bool CollectAgentImageInstall();
+  // An install is running and no image is usable yet: agent jobs wait.
+  bool AwaitingAgentImage() const;
   // The base of a job with an agent.
   Result<JobEnvironment> AgentEnvironment() const;
   Result<Reply> AgentImageStatus();
@@ -274,7 +300,8 @@ class Daemon final : public DispatcherInterface {
   std::map<uint64_t, std::shared_ptr<AgentRun>> agent_runs_;
   std::unique_ptr<creds::CredentialStore> creds_;
   struct Holding {
-    std::string live_path;
+    std::string live_dir;   // the account's tmpfs, bound as the tool's directory
+    std::string live_file;  // the credential in it
     std::set<uint64_t> jobs;
     bool revoked = false;     // revoked while held: nothing is written back
     bool superseded = false;  // a new login stored while held: neither
@@ -298,6 +325,23 @@ class Daemon final : public DispatcherInterface {
   // The verified current agent image, or why there is none usable.
   std::optional<std::string> agent_image_;
   std::string agent_image_problem_;
+  // The running or last agent-image install. Its thread sets `result` and
+  // `done` under the mutex and wakes the loop (notify_fd); the loop reads
+  // the rest.
+  struct ImageInstall {
+    std::string bundle;
+    std::string caller;
+    bool factory = false;
+    std::string started;
+    std::thread thread;
+    bool done = false;
+    bool collected = false;
+    // What the install reports: "installed", "reused", "previous".
+    std::optional<Result<nlohmann::json>> result;
+  };
+  mutable std::mutex install_mutex_;
+  std::unique_ptr<ImageInstall> install_;
+  nlohmann::json install_status_;  // the API's view of install_ (null: none yet)
 };
 
 // What a terminal's `closed` reports: the exit code of a job that exited,

@@ -66,6 +66,9 @@ enum class AgentHostsMode {
 
 struct Profile {
   std::string name;
+  // <profile isolation="vm">: every job of the profile runs in a VM of its
+  // own (a job may ask for vm under a namespaces profile, never the reverse).
+  Isolation isolation = Isolation::kNamespaces;
   ProfileLimits limits;
   sandbox::NetworkSpec network;  // enabled only with an <egress> element
   std::vector<sandbox::BindMount> mounts;
@@ -134,6 +137,18 @@ struct JobEnvironment {
 // hosts that its agent-hosts mode lets through, as allowed domains.
 Result<sandbox::SandboxSpec> MakeJobSpec(const Profile& profile, const JobRequest& job,
                                          const JobEnvironment& environment);
+
+// Whether this machine can run VM jobs, and why not.
+struct VmSupport {
+  bool available = false;
+  std::string reason;
+};
+
+// A job's isolation: the profile's, or more when the job asks for it.
+// kRefused when the job asks for less than its profile requires; kUnsupported
+// with `vm.reason` when the result is vm and this machine cannot run one.
+Result<Isolation> JobIsolation(const Profile& profile, std::optional<Isolation> requested,
+                               const VmSupport& vm);
 
 // The profile as JSON (for `policy get` and job records).
 nlohmann::json ProfileToJson(const Profile& profile);

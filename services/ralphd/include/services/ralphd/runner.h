@@ -100,6 +100,9 @@ class JobRunner {
   ~JobRunner();
 
   int notify_fd() const { return notify_.get(); }
+  // Makes notify_fd readable (another of the daemon's threads has news for
+  // the loop); Take then returns whatever jobs posted, perhaps nothing.
+  void Wake();
   // The waiting messages, in order; joins the threads of finished jobs.
   std::vector<RunnerMessage> Take();
 

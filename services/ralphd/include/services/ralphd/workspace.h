@@ -95,4 +95,12 @@ Result<std::string> RestoreWorkspace(const std::string& git, const std::string& 
 // whiteouts (character devices 0:0) are "deleted".
 Result<std::vector<FileRecord>> ListFiles(const std::string& dir, const std::string& prefix);
 
+// A directory made (or kept) with `mode`, owned by `uid`:`uid`.
+Result<void> MakeOwnedDir(const std::string& path, mode_t mode, uid_t uid);
+
+// Hands the entries below `dir` that the host's root owns (what ralphd or
+// git wrote there) to `uid`:`uid`, the job's root; the job's own entries
+// keep their owners. Symlinks are changed, never followed.
+Result<void> ChownRootOwned(const std::string& dir, uid_t uid);
+
 }  // namespace ralph::ralphd

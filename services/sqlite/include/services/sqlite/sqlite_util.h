@@ -16,6 +16,7 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -53,6 +54,21 @@ Result<Statement> Prepare(sqlite3* db, std::string_view sql, std::string_view wh
   Statement statement(raw);
   if (rc != SQLITE_OK) return fail(rc, what);
   return statement;
+}
+
+// Puts the database in WAL mode (a no-op when it is). Switching a file from
+// its rollback journal needs it to itself, and SQLite reports SQLITE_BUSY
+// for that at once rather than through the busy handler, so a process
+// opening a store while another creates or writes it retries here for up
+// to `patience` (the store's busy timeout). The SQLite result code.
+int EnableWal(sqlite3* db, std::chrono::milliseconds patience);
+
+template <typename Fail>
+Result<void> EnableWal(sqlite3* db, std::chrono::milliseconds patience, std::string_view what,
+                       Fail&& fail) {
+  int rc = EnableWal(db, patience);
+  if (rc != SQLITE_OK) return fail(rc, what);
+  return {};
 }
 
 enum class TransactionKind {

@@ -41,4 +41,14 @@ ProgramStreams RunProgramStreams(const std::vector<std::string>& argv,
 // failed; the caller reaps it.
 pid_t StartProgram(const std::vector<std::string>& argv);
 
+// Whether the unix socket at `path` accepts a connection now.
+bool SocketAccepts(const std::string& path);
+
+// StartProgram of a daemon that serves the unix socket `socket` (ralphd),
+// then a wait on state until the socket accepts a connection. The pid; -1
+// with `why` set when the daemon exited first (its status) or never served
+// (then it is killed); either way it is reaped.
+pid_t StartServing(const std::vector<std::string>& argv, const std::string& socket,
+                   std::string* why);
+
 }  // namespace ralph::testing
