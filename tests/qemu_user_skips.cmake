@@ -48,3 +48,15 @@ endforeach()
 # left out here.
 ralph_qemu_user_skip(ralphd_api_server_test "ApiServerTest.TheBodyLimitIsTheRoutesAndRefusedEarly"
   "the test races its own 2 MiB write against the server's early 413 and close, and loses under qemu-user")
+
+# Not qemu-user limits either: these cases expect x86_64's VM command line
+# and files (qemu-system-x86_64, microvm, ttyS0, the TSC flags) where the
+# aarch64 build rightly builds qemu-system-aarch64 `virt` with ttyAMA0
+# (sandbox/vm/src/arch/aarch64). Their expectations must come from the
+# running arch; until then they are left out here.
+set(x86_vm_expectations "the test expects x86_64's QEMU command line and files, not the aarch64 build's")
+ralph_qemu_user_skip(sandbox_vm_spec_test
+  "QemuCommandLine.MicrovmWithTcg:QemuCommandLine.KvmPassesTheHostCpu:QemuCommandLine.VsockControlAndNoConsole"
+  "${x86_vm_expectations}")
+ralph_qemu_user_skip(sandbox_vm_job_spec_test "VmmSpec.QemuSeesOnlyItsOwnFilesAndGetsTheGuestsMemory"
+  "${x86_vm_expectations}")
