@@ -12,13 +12,38 @@ function(ralph_test name)
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ralph_build_flags ${ARG_DEPS} GTest::gtest GTest::gtest_main GTest::gmock)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
-  add_test(NAME ${name} COMMAND ${name})
+  get_property(skip_filter GLOBAL PROPERTY RALPH_QEMU_USER_SKIP_FILTER_${name})
+  if(CMAKE_CROSSCOMPILING_EMULATOR AND skip_filter)
+    get_property(skip_reason GLOBAL PROPERTY RALPH_QEMU_USER_SKIP_REASON_${name})
+    add_test(NAME ${name} COMMAND ${CMAKE_SOURCE_DIR}/cmake/qemu_user_test.sh ${name}
+      "${skip_filter}" "${skip_reason}" ${CMAKE_CROSSCOMPILING_EMULATOR} $<TARGET_FILE:${name}>)
+    set_tests_properties(${name} PROPERTIES SKIP_RETURN_CODE 77)
+    file(APPEND ${CMAKE_BINARY_DIR}/qemu-user-skips.txt "${name}: ${skip_filter}: ${skip_reason}\n")
+  else()
+    add_test(NAME ${name} COMMAND ${name})
+  endif()
   set_tests_properties(${name} PROPERTIES LABELS ${ARG_LABEL} TIMEOUT ${ARG_TIMEOUT}
     ENVIRONMENT "RALPH_SOURCE_DIR=${CMAKE_SOURCE_DIR};RALPH_BINARY_DIR=${CMAKE_BINARY_DIR}")
   if(ARG_RESOURCE_LOCK)
     set_tests_properties(${name} PROPERTIES RESOURCE_LOCK "${ARG_RESOURCE_LOCK}")
   endif()
 endfunction()
+
+# Under qemu-user (a cross-build, whose CMAKE_CROSSCOMPILING_EMULATOR runs
+# its tests) some kernel interfaces are not emulated: tests/qemu_user_skips.cmake
+# names the test cases that cannot run there and why, with
+# ralph_qemu_user_skip(<test> <gtest filter, or *> <reason>). ralph_test
+# runs such a test without those cases (cmake/qemu_user_test.sh prints
+# them and the reason first; `*` skips the whole test, ctest status Skipped),
+# and the build tree lists them all in qemu-user-skips.txt.
+function(ralph_qemu_user_skip name filter reason)
+  set_property(GLOBAL PROPERTY RALPH_QEMU_USER_SKIP_FILTER_${name} "${filter}")
+  set_property(GLOBAL PROPERTY RALPH_QEMU_USER_SKIP_REASON_${name} "${reason}")
+endfunction()
+if(CMAKE_CROSSCOMPILING_EMULATOR)
+  file(REMOVE ${CMAKE_BINARY_DIR}/qemu-user-skips.txt)
+  include(${CMAKE_SOURCE_DIR}/tests/qemu_user_skips.cmake)
+endif()
 
 # Subfolders with their own CMakeLists.txt are added in name order, so each
 # area owns its own file and nobody edits a shared list.

@@ -40,20 +40,66 @@ packages=(
   # the agent image (tools/agent-image): a Debian root made with debootstrap,
   # the npm tarballs fetched with curl and checked with openssl
   debootstrap curl
+  # aarch64: the cross compiler, and qemu-user (with binfmt_misc) for the
+  # arm64 build's tests and its build-time generator (docs/DEVELOPING.md
+  # "aarch64")
+  g++-aarch64-linux-gnu qemu-user-static binfmt-support
+  # the arm64 libraries of the list above, beside the host's (dpkg multiarch)
+  zlib1g-dev:arm64 libssl-dev:arm64 libefivar-dev:arm64 libefiboot-dev:arm64 libblkid-dev:arm64
+  libfdisk-dev:arm64 libseccomp-dev:arm64 libcap-dev:arm64 libnftnl-dev:arm64 libmnl-dev:arm64
+  libc-ares-dev:arm64 libsqlite3-dev:arm64 libtinyxml2-dev:arm64 libfmt-dev:arm64
+  libcurl4-openssl-dev:arm64 libarchive-dev:arm64 libqrencode-dev:arm64 libgtest-dev:arm64
+  libgmock-dev:arm64 libcpp-httplib-dev:arm64 libxxhash-dev:arm64
 )
+# Installed on their own: libldns-dev's amd64 and arm64 builds ship
+# different bytes of the same /usr/share/doc HTML files, which dpkg refuses
+# for a Multi-Arch: same package unless told to overwrite them.
+overwrite_packages=(libldns-dev:arm64)
+
+# The arm64 packages above come through dpkg multiarch. Adding the
+# architecture changes which package lists apt needs: force one update.
+update_needed=0
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  update_needed=1
+fi
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
 for p in "${packages[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
+  installed "$p" || missing+=("$p")
+done
+missing_overwrite=()
+for p in "${overwrite_packages[@]}"; do
+  installed "$p" || missing_overwrite+=("$p")
 done
 
-if ((${#missing[@]})); then
-  echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
+export DEBIAN_FRONTEND=noninteractive
+if ((${#missing[@]} + ${#missing_overwrite[@]})); then
+  echo "setup: installing $((${#missing[@]} + ${#missing_overwrite[@]})) Debian packages: ${missing[*]} ${missing_overwrite[*]}"
   apt-get update
-  apt-get install -y --no-install-recommends "${missing[@]}"
+  if ((${#missing[@]})); then
+    apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+  if ((${#missing_overwrite[@]})); then
+    apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-overwrite "${missing_overwrite[@]}"
+  fi
 else
+  ((update_needed == 0)) || apt-get update
   echo "setup: all Debian packages present"
+fi
+
+# qemu-user through binfmt_misc, so that arm64 programs run as if native
+# (the aarch64 build's tests exec arm64 helpers). The kernel forgets the
+# registration at reboot and a container may start without binfmt_misc
+# mounted: mount it and (re)enable qemu-aarch64 every time.
+binfmt=/proc/sys/fs/binfmt_misc
+if [[ ! -e $binfmt/register ]]; then
+  mount -t binfmt_misc binfmt_misc "$binfmt" ||
+    echo "setup: cannot mount binfmt_misc: arm64 programs will not run directly" >&2
+fi
+if [[ -e $binfmt/register && ! -e $binfmt/qemu-aarch64 ]]; then
+  update-binfmts --enable qemu-aarch64 ||
+    echo "setup: cannot register qemu-aarch64 with binfmt_misc" >&2
 fi

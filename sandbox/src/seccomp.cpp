@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
+#include <cstring>
 #include <memory>
 
 #include <fmt/format.h>
@@ -106,6 +107,13 @@ SeccompProgram& SeccompProgram::operator=(SeccompProgram&& other) noexcept {
   fprog_.len = static_cast<unsigned short>(filter_.size());
   fprog_.filter = filter_.data();
   return *this;
+}
+
+Result<void> SeccompAssumeApiLevel(unsigned level) {
+  if (int rc = seccomp_api_set(level); rc < 0)
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("libseccomp API level {}: {}", level, std::strerror(-rc)));
+  return {};
 }
 
 Result<SeccompProgram> SeccompProgram::Compile(const SeccompPolicy& policy, uint32_t audit_arch) {

@@ -164,7 +164,7 @@ TEST_F(OtaAuditTest, DowngradeOverrideRefusedWhenItCannotBeAudited) {
 
 TEST_F(OtaAuditTest, RefusedAndFailedInstallsAreRecorded) {
   BundleSpec arm = DefaultSpec(8);
-  arm.arch = "aarch64";
+  arm.arch = OtherArch();
   InstallOptions options = Options(MakeBundle("arm.rbundle", arm));
   options.audit = audit_.get();
   auto refused = InstallAs(options.source, 'a', &options);
@@ -173,7 +173,8 @@ TEST_F(OtaAuditTest, RefusedAndFailedInstallsAreRecorded) {
   ASSERT_THAT(Types(rows), ElementsAre("install-failed"));
   EXPECT_EQ(rows[0].subject, "no target slot");
   json details = json::parse(rows[0].details);
-  EXPECT_THAT(details["error"].get<std::string>(), HasSubstr("bundle is for ralphos/aarch64"));
+  EXPECT_THAT(details["error"].get<std::string>(),
+              HasSubstr("bundle is for ralphos/" + OtherArch()));
   EXPECT_EQ(details["code"], "refused");
 
   // A downgrade attempt without the override is on record too.

@@ -5,6 +5,7 @@
 
 #include "boot/slot_plan.h"
 #include "machine.h"
+#include "platform/arch.h"
 
 namespace ralph::boot {
 namespace {
@@ -244,14 +245,15 @@ TEST(DetectBootedTest, ImagesThatAreNotOursAreNotGuessed) {
   EXPECT_THAT(blind.how, HasSubstr("no LoaderImageIdentifier, no BootCurrent and no ralph.slot="));
 }
 
-// \EFI\BOOT\BOOTX64.EFI is a copy of the committed slot's image.
+// The removable-media path (\EFI\BOOT\BOOTX64.EFI, BOOTAA64.EFI on
+// aarch64) is a copy of the committed slot's image.
 TEST(DetectBootedTest, RemovablePathIsTheCommittedSlotsCopy) {
   using S = SlotStatus;
-  const std::string removable = "\\EFI\\BOOT\\BOOTX64.EFI";
+  const std::string removable = "\\EFI\\BOOT\\" + std::string(arch::RemovableBootFileName());
   BootedDetection b = Detect(Raw(removable, Record(S::kGood, S::kGood, Slot::kB)));
   EXPECT_EQ(b.target, BootTarget::kSlotB);
-  EXPECT_THAT(b.how, HasSubstr("the removable-media path \\EFI\\BOOT\\BOOTX64.EFI, the copy of the "
-                               "committed slot B's image"));
+  EXPECT_THAT(b.how, HasSubstr("the removable-media path " + removable +
+                               ", the copy of the committed slot B's image"));
   // B on trial does not own the copy: the committed A does.
   EXPECT_EQ(Detect(Raw(removable, Record(S::kGood, S::kTrial, Slot::kA))).target,
             BootTarget::kSlotA);
@@ -310,7 +312,7 @@ TEST(DetectBootedTest, BootCurrentWithoutIdentifier) {
   LoadOption fallback;
   fallback.description = "fallback";
   fallback.hard_drive = TestEsp();
-  fallback.file = "\\EFI\\BOOT\\BOOTX64.EFI";
+  fallback.file = "\\EFI\\BOOT\\" + std::string(arch::RemovableBootFileName());
   raw.entries[8] = *EncodeLoadOption(fallback);
   EXPECT_EQ(Detect(raw).target, BootTarget::kSlotB);
 }

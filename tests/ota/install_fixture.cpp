@@ -119,7 +119,7 @@ InstallOptions ApplianceFixture::Options(const std::string& source) {
   o.source = source;
   o.keyring_path = keyring_;
   o.identity.product = "ralphos";
-  o.identity.arch = "x86_64";
+  o.identity.arch = std::string(arch::Name());
   o.lock_path = dir_ / "ota.lock";
   o.status_path = dir_ / "ota-status.json";
   o.work_dir = dir_.path();

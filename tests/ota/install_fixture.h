@@ -14,6 +14,7 @@
 
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
+#include "platform/arch.h"
 #include "platform/efivar_store.h"
 #include "services/ota/bundle/bundle.h"
 #include "services/ota/installer.h"
@@ -44,7 +45,7 @@ class ApplianceFixture : public ::testing::Test {
   struct BundleSpec {
     Version version{2, 0, 0};
     std::string product = "ralphos";
-    std::string arch = "x86_64";
+    std::string arch = std::string(arch::Name());  // this build's, as the appliance's
     std::vector<uint8_t> rootfs;
     std::vector<uint8_t> uki;
     KeyPair signer;
@@ -52,6 +53,9 @@ class ApplianceFixture : public ::testing::Test {
   // A bundle with a fresh random rootfs (6 MiB + 1000 bytes) unless given.
   std::string MakeBundle(const std::string& name, BundleSpec spec);
   BundleSpec DefaultSpec(uint32_t seed = 1);
+
+  // The supported arch that is not this build's: a bundle for it is refused.
+  static std::string OtherArch() { return arch::Name() == "x86_64" ? "aarch64" : "x86_64"; }
 
   InstallOptions Options(const std::string& source);
   Result<InstallReport> InstallAs(const std::string& source, char booted = 'a',

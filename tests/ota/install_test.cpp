@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "install_fixture.h"
+#include "platform/arch.h"
 #include "platform/sha256.h"
 #include "services/audit/audit_log.h"
 #include "services/ota/esp.h"
@@ -202,15 +203,44 @@ TEST_F(InstallTest, RefusesOversizedPayload) {
   EXPECT_EQ(Record().b.status, boot::SlotStatus::kEmpty);
 }
 
-TEST_F(InstallTest, RefusesWrongArchAndProduct) {
-  BundleSpec arm = DefaultSpec();
-  arm.arch = "aarch64";
-  ExpectRefused(MakeBundle("arm.rbundle", arm), ErrorCode::kRefused,
-                "bundle is for ralphos/aarch64, this device is ralphos/x86_64");
+// An aarch64 bundle on an x86_64 appliance and the reverse: refused before
+// anything is written, slot B's bytes and the ESP as they were. Then the
+// running build's own arch (identity.arch empty, as on the appliance):
+// natively on x86_64, and under qemu-user in the aarch64 build.
+TEST_F(InstallTest, RefusesABundleForTheOtherArchitectureWritingNothing) {
+  constexpr uint64_t kProbe = 1 << 20;
+  std::vector<uint8_t> slot_b = ReadSlot(boot::Slot::kB, kProbe);
+  auto esp_before = EspDigest(SlotImagePath('b'));
+  const std::pair<std::string, std::string> cases[] = {
+      {"x86_64", "aarch64"}, {"aarch64", "x86_64"}, {"", ""}};
+  for (auto [device, bundle_arch] : cases) {
+    if (device.empty()) bundle_arch = OtherArch();
+    SCOPED_TRACE("device " +
+                 (device.empty() ? "(this build's) " + std::string(arch::Name()) : device) +
+                 ", bundle " + bundle_arch);
+    BundleSpec spec = DefaultSpec();
+    spec.arch = bundle_arch;
+    std::string bundle = MakeBundle(bundle_arch + ".rbundle", spec);
+    InstallOptions options = Options(bundle);
+    options.identity.arch = device;
+    ExpectRefused(bundle, ErrorCode::kRefused,
+                  fmt::format("bundle is for ralphos/{}, this device is ralphos/{}", bundle_arch,
+                              device.empty() ? arch::Name() : device),
+                  &options);
+    EXPECT_TRUE(ReadSlot(boot::Slot::kB, kProbe) == slot_b) << "slot B was written";
+    auto esp_after = EspDigest(SlotImagePath('b'));
+    EXPECT_EQ(esp_before.has_value(), esp_after.has_value());
+    if (esp_before && esp_after) {
+      EXPECT_EQ(*esp_before, *esp_after) << "B's UKI was written";
+    }
+  }
+}
+
+TEST_F(InstallTest, RefusesWrongProduct) {
   BundleSpec other = DefaultSpec();
   other.product = "toaster";
   ExpectRefused(MakeBundle("toaster.rbundle", other), ErrorCode::kRefused,
-                "bundle is for toaster/x86_64");
+                "bundle is for toaster/" + std::string(arch::Name()));
 }
 
 TEST_F(InstallTest, RefusesGarbageManifestEvenWhenSigned) {
@@ -326,7 +356,7 @@ TEST_F(InstallTest, RalphctlUpdateInstallAndStatus) {
 
   // A refused install exits non-zero with the reason, and status says so.
   BundleSpec arm = DefaultSpec(8);
-  arm.arch = "aarch64";
+  arm.arch = OtherArch();
   auto refused = ralph::testing::RunCommand(
       {ralphctl,        "update",        "install",    MakeBundle("arm.rbundle", arm),
        "--keyring",     keyring_,        "--efivars",  efivars,
@@ -334,7 +364,8 @@ TEST_F(InstallTest, RalphctlUpdateInstallAndStatus) {
        "--status-file", status_file,     "--lock",     dir_ / "cli.lock",
        "--work-dir",    dir_.path(),     "--audit-db", dir_ / "audit.db"});
   ASSERT_FALSE(refused.has_value());
-  EXPECT_NE(refused.error().message().find("bundle is for ralphos/aarch64"), std::string::npos)
+  EXPECT_NE(refused.error().message().find("bundle is for ralphos/" + OtherArch()),
+            std::string::npos)
       << refused.error().message();
   auto failed = ReadStatusFile(status_file);
   ASSERT_TRUE(failed.has_value());

@@ -52,6 +52,15 @@ class SeccompProgram {
   sock_fprog fprog_{};
 };
 
+// Makes Compile() assume the kernel features of libseccomp's API `level`
+// (seccomp_api_set) instead of probing the running kernel, for the
+// build-time generator (tools/seccomp-gen): its tables must not depend on
+// the machine that builds them. Under qemu-user (an aarch64 cross-build)
+// the probe sees no seccomp(2) at all and Compile() would refuse
+// SCMP_ACT_KILL_PROCESS. Loading a program still needs a kernel with those
+// features. kInvalidArgument for a level libseccomp does not know.
+Result<void> SeccompAssumeApiLevel(unsigned level);
+
 // Loads `program` on the calling thread with SECCOMP_FILTER_FLAG_LOG, so
 // denied calls reach the audit log. Returns 0 or an errno. Async-signal-safe.
 int LoadSeccompProgram(const sock_fprog* program);
