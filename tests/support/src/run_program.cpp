@@ -132,6 +132,10 @@ bool SocketAccepts(const std::string& path) {
 
 pid_t StartServing(const std::vector<std::string>& argv, const std::string& socket,
                    std::string* why) {
+  // A socket file left by a killed daemon may still accept a connection for
+  // a moment (a child of the dead daemon may hold its listener until it
+  // dies too): only a socket the new daemon made counts.
+  ::unlink(socket.c_str());
   pid_t pid = StartProgram(argv);
   if (pid <= 0) {
     *why = "cannot start " + argv.front();

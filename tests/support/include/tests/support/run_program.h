@@ -45,7 +45,8 @@ pid_t StartProgram(const std::vector<std::string>& argv);
 bool SocketAccepts(const std::string& path);
 
 // StartProgram of a daemon that serves the unix socket `socket` (ralphd),
-// then a wait on state until the socket accepts a connection. The pid; -1
+// then a wait on state until the socket accepts a connection (a socket file
+// left at that path is removed first). The pid; -1
 // with `why` set when the daemon exited first (its status) or never served
 // (then it is killed); either way it is reaped.
 pid_t StartServing(const std::vector<std::string>& argv, const std::string& socket,
