@@ -39,6 +39,14 @@ Result<void> WaitReadable(int fd, std::optional<Clock::time_point> deadline,
   }
 }
 
+sockaddr_vm VsockAddress(uint32_t cid, uint32_t port) {
+  sockaddr_vm address{};
+  address.svm_family = AF_VSOCK;
+  address.svm_cid = cid;
+  address.svm_port = port;
+  return address;
+}
+
 }  // namespace
 
 Result<void> ControlChannel::Send(const std::string& frame) {
@@ -118,10 +126,7 @@ Result<UniqueFd> AcceptOne(int listener, std::chrono::milliseconds timeout, int 
 Result<UniqueFd> ConnectVsock(uint32_t cid, uint32_t port) {
   UniqueFd fd(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return Error::FromErrno("socket(AF_VSOCK)", errno);
-  sockaddr_vm address{};
-  address.svm_family = AF_VSOCK;
-  address.svm_cid = cid;
-  address.svm_port = port;
+  sockaddr_vm address = VsockAddress(cid, port);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
     return Error::FromErrno(fmt::format("connect vsock {}:{}", cid, port), errno);
   }
@@ -154,10 +159,7 @@ Result<UniqueFd> OpenGuestSerialPort(std::string_view name) {
 Result<UniqueFd> AcceptGuestVsock(uint32_t port) {
   UniqueFd listener(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!listener) return Error::FromErrno("socket(AF_VSOCK)", errno);
-  sockaddr_vm address{};
-  address.svm_family = AF_VSOCK;
-  address.svm_cid = VMADDR_CID_ANY;
-  address.svm_port = port;
+  sockaddr_vm address = VsockAddress(VMADDR_CID_ANY, port);
   if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
     return Error::FromErrno(fmt::format("bind vsock port {}", port), errno);
   }

@@ -812,8 +812,7 @@ Result<bool> Daemon::LaunchLogin(JobRecord& job, const Profile& profile) {
   // The home, on the memory filesystem: the tool writes the credential
   // there in the clear, and VAR never sees it.
   const uid_t root = options_.ids.host_base;
-  TRY(MakeOwnedDir(options_.creds_live_dir, 0711, 0));
-  TRY(creds::RequireMemoryFilesystem(options_.creds_live_dir));
+  TRY(PrepareCredsLiveDir());
   std::string dir = fmt::format("{}/login-{}", options_.creds_live_dir, job.id);
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);  // a previous daemon's, never reused

@@ -140,10 +140,7 @@ Result<Reply> Daemon::CredsLogin(const Caller& caller, const CredsLoginCommand& 
   }
   // Refused now rather than when it starts: a login's home holds the
   // credential in the clear until it is captured.
-  if (::mkdir(options_.creds_live_dir.c_str(), 0711) != 0 && errno != EEXIST) {
-    return Error::FromErrno(fmt::format("mkdir {}", options_.creds_live_dir), errno);
-  }
-  TRY(creds::RequireMemoryFilesystem(options_.creds_live_dir));
+  TRY(PrepareCredsLiveDir());
   json login = {{"profile", account.profile},
                 {"scope", std::string(creds::ScopeName(account.scope))},
                 {"name", account.name},
@@ -168,6 +165,11 @@ Result<Reply> Daemon::CredsLogin(const Caller& caller, const CredsLoginCommand& 
   json out = JobToJson(job);
   out["account"] = account.ToString();
   return Reply::Json(out);
+}
+
+Result<void> Daemon::PrepareCredsLiveDir() {
+  TRY(MakeOwnedDir(options_.creds_live_dir, 0711, 0));
+  return creds::RequireMemoryFilesystem(options_.creds_live_dir);
 }
 
 Result<std::optional<creds::AccountId>> Daemon::GrantedAccount(std::string_view tool,
@@ -210,8 +212,7 @@ Result<std::string> Daemon::HoldAccount(uint64_t job, const creds::AccountId& ac
     std::string dir = options_.creds_live_dir + "/" + LiveDirName(account);
     const uid_t owner = options_.ids.host_base;
     auto grant = [&]() -> Result<std::string> {
-      TRY(MakeOwnedDir(options_.creds_live_dir, 0711, 0));
-      TRY(creds::RequireMemoryFilesystem(options_.creds_live_dir));
+      TRY(PrepareCredsLiveDir());
       TRY(MountLiveDir(dir, owner));
       std::string file =
           TRY(creds_->CheckOut(account, dir, CredentialName(credential_file), owner));

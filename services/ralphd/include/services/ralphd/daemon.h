@@ -236,6 +236,9 @@ class Daemon final : public DispatcherInterface {
   bool AccountBusy(const creds::AccountId& account, const Profile& profile) const;
   // A "creds.wait" event, once per waiting job.
   void NoteWaiting(uint64_t job, const creds::AccountId& account);
+  // --creds-live-dir made (0711 root) if absent and checked to be on a
+  // memory filesystem: where credentials are in the clear.
+  Result<void> PrepareCredsLiveDir();
   // The job holds the account: its live copy (checked out when nobody
   // held it, into a tmpfs of its own as `credential_file`'s name, with the
   // profile's `settings` for that directory), a "creds.grant" audit row.
