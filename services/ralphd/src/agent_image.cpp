@@ -64,8 +64,7 @@ void Daemon::InstallFactoryAgentImage() {
 }
 
 Result<void> Daemon::StartAgentImageInstall(std::string bundle, std::string caller, bool factory) {
-  std::lock_guard lock(install_mutex_);
-  if (install_ && !install_->collected) {
+  if (InstallRunning()) {
     return Error::Make(ErrorCode::kBusy,
                        fmt::format("an agent-image install is running (bundle {}, since {}); "
                                    "wait for it to end (ralphctl agent-image status)",
@@ -101,9 +100,12 @@ Result<void> Daemon::StartAgentImageInstall(std::string bundle, std::string call
   return {};
 }
 
+bool Daemon::InstallRunning() const {
+  return install_ && !install_->collected;
+}
+
 bool Daemon::AwaitingAgentImage() const {
-  std::lock_guard lock(install_mutex_);
-  return !agent_image_ && install_ && !install_->collected;
+  return !agent_image_ && InstallRunning();
 }
 
 bool Daemon::CollectAgentImageInstall() {
@@ -199,14 +201,11 @@ Result<Reply> Daemon::AgentImageRollback(const Caller& caller) {
     return Error::Make(ErrorCode::kInvalidState,
                        "this ralphd has no agent-image store (start it with --agent-images DIR)");
   }
-  {
-    std::lock_guard lock(install_mutex_);
-    if (install_ && !install_->collected) {
-      return Error::Make(ErrorCode::kBusy,
-                         fmt::format("an agent-image install is running (bundle {}); roll back "
-                                     "after it ends",
-                                     install_->bundle));
-    }
+  if (InstallRunning()) {
+    return Error::Make(ErrorCode::kBusy,
+                       fmt::format("an agent-image install is running (bundle {}); roll back "
+                                   "after it ends",
+                                   install_->bundle));
   }
   ota::AgentImageState state = TRY(ota::RollbackAgentImage({.dir = options_.agent_images}));
   LoadAgentImage();

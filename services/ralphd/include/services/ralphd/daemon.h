@@ -278,6 +278,8 @@ class Daemon final : public DispatcherInterface {
   // On the loop: a finished install's audit rows, event and new image;
   // false when none had finished.
   bool CollectAgentImageInstall();
+  // An install was started and its outcome not yet collected.
+  bool InstallRunning() const;
   // An install is running and no image is usable yet: agent jobs wait.
   bool AwaitingAgentImage() const;
   // The base of a job with an agent.
@@ -329,8 +331,8 @@ class Daemon final : public DispatcherInterface {
   std::optional<std::string> agent_image_;
   std::string agent_image_problem_;
   // The running or last agent-image install. Its thread sets `result` and
-  // `done` under the mutex and wakes the loop (notify_fd); the loop reads
-  // the rest.
+  // `done` under the mutex and wakes the loop (notify_fd); everything else,
+  // `collected` and `install_` itself included, is the loop's alone.
   struct ImageInstall {
     std::string bundle;
     std::string caller;
@@ -342,7 +344,7 @@ class Daemon final : public DispatcherInterface {
     // What the install reports: "installed", "reused", "previous".
     std::optional<Result<nlohmann::json>> result;
   };
-  mutable std::mutex install_mutex_;
+  std::mutex install_mutex_;
   std::unique_ptr<ImageInstall> install_;
   nlohmann::json install_status_;  // the API's view of install_ (null: none yet)
 };
