@@ -35,24 +35,21 @@ void E2eTest::SetUp() {
 }
 
 void E2eTest::Prepare(DiskSource source) {
-  std::string disk =
-      source == DiskSource::kFresh ? Image("base") : paths_.provisioned_dir + "/disk.img";
-  std::string vars =
-      source == DiskSource::kFresh ? std::string(kOvmfVars) : paths_.provisioned_dir + "/vars.fd";
-  ASSERT_EQ(::access(disk.c_str(), R_OK), 0)
-      << disk << " is missing: the e2e fixtures (e2e_images, e2e_first_boot) build it";
-  auto copied = SparseCopy(disk, disk_);
-  ASSERT_TRUE(copied) << copied.error().ToString();
-  copied = SparseCopy(vars, vars_);
-  ASSERT_TRUE(copied) << copied.error().ToString();
+  if (source == DiskSource::kFresh) return PrepareImage("base");
+  CopyDiskAndVars(paths_.provisioned_dir + "/disk.img", paths_.provisioned_dir + "/vars.fd");
 }
 
 void E2eTest::PrepareImage(const std::string& name) {
-  std::string disk = Image(name);
-  ASSERT_EQ(::access(disk.c_str(), R_OK), 0) << disk << " is missing: an e2e fixture builds it";
+  CopyDiskAndVars(Image(name), kOvmfVars);
+}
+
+void E2eTest::CopyDiskAndVars(const std::string& disk, const std::string& vars) {
+  ASSERT_EQ(::access(disk.c_str(), R_OK), 0)
+      << disk << " is missing: the e2e fixtures (e2e_images, e2e_first_boot, e2e_agents_image) "
+      << "build it";
   auto copied = SparseCopy(disk, disk_);
   ASSERT_TRUE(copied) << copied.error().ToString();
-  copied = SparseCopy(kOvmfVars, vars_);
+  copied = SparseCopy(vars, vars_);
   ASSERT_TRUE(copied) << copied.error().ToString();
 }
 

@@ -40,6 +40,8 @@ class E2eTest : public ::testing::Test {
   void Prepare(DiskSource source);
   // A fresh machine (blank VARS) with the fixture image `name` as its disk.
   void PrepareImage(const std::string& name);
+  // Copies `disk` and `vars` into this test's scratch directory.
+  void CopyDiskAndVars(const std::string& disk, const std::string& vars);
   // "Installs" slot B of a variant image onto this test's disk (its ESP,
   // holding b.efi, and its SYSTEM_B), as the OTA writer would, and
   // remembers the digest of the new SYSTEM_B.
