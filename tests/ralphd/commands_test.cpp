@@ -2,6 +2,7 @@
 // every kind of bad input with the error naming the field.
 #include "services/ralphd/commands.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 namespace ralph::ralphd {
@@ -106,6 +107,75 @@ TEST(DecodeRequest, SubmitAnAgentJob) {
   EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "claude", "prompt": "x",
                                                    "colour": 1}})")),
             "body.agent.colour: unknown field");
+}
+
+TEST(DecodeRequest, SubmitWithAClonedWorkspace) {
+  Result<Command> command = DecodeRequest(Post("/v1/jobs", R"({"argv": ["make"],
+      "workspace_git": {"url": "https://Git.Example.com:8443/team/app.git", "ref": "v1.2"}})"));
+  ASSERT_TRUE(command) << command.error().message();
+  const auto& submit = std::get<JobSubmitCommand>(*command);
+  ASSERT_TRUE(submit.workspace_git);
+  EXPECT_EQ(submit.workspace_git->url, "https://Git.Example.com:8443/team/app.git");
+  EXPECT_EQ(submit.workspace_git->ref, "v1.2");
+  Result<GitUrl> url = ParseGitUrl(submit.workspace_git->url);
+  ASSERT_TRUE(url) << url.error().message();
+  EXPECT_TRUE(url->https);
+  EXPECT_EQ(url->host, "git.example.com");
+  EXPECT_EQ(url->port, 8443);
+  url = ParseGitUrl("http://git.example.com/app");
+  ASSERT_TRUE(url) << url.error().message();
+  EXPECT_FALSE(url->https);
+  EXPECT_EQ(url->port, 80);
+  EXPECT_EQ(ParseGitUrl("https://git.example.com/app")->port, 443);
+
+  auto error = [](std::string_view git) {
+    return ErrorOf(
+        Post("/v1/jobs", fmt::format(R"({{"argv": ["true"], "workspace_git": {}}})", git)));
+  };
+  EXPECT_EQ(error(R"({"url": "ssh://git@host/app.git"})"),
+            "body.workspace_git.url: 'ssh://git@host/app.git' is not an http:// or https:// URL");
+  EXPECT_EQ(error(R"({"url": "file:///etc"})"),
+            "body.workspace_git.url: 'file:///etc' is not an http:// or https:// URL");
+  EXPECT_EQ(error(R"({"url": "/srv/app.git"})"),
+            "body.workspace_git.url: '/srv/app.git' is not an http:// or https:// URL");
+  EXPECT_EQ(error(R"({"url": "https://me:token@host.example/app.git"})"),
+            "body.workspace_git.url: 'https://me:token@host.example/app.git' carries "
+            "credentials (user@): give a URL without them");
+  EXPECT_EQ(error(R"({"url": "https://10.0.0.1/app.git"})"),
+            "body.workspace_git.url: 'https://10.0.0.1/app.git' names an address: give a host "
+            "name");
+  EXPECT_EQ(error(R"({"url": "https://[::1]/app.git"})"),
+            "body.workspace_git.url: 'https://[::1]/app.git' names an address: give a host name");
+  EXPECT_EQ(error(R"({"url": "https://host.example:0/app"})"),
+            "body.workspace_git.url: 'https://host.example:0/app' has a port that is not a "
+            "number in 1..65535");
+  EXPECT_EQ(error(R"({"url": "https://host.example"})"),
+            "body.workspace_git.url: 'https://host.example' has no repository path");
+  EXPECT_EQ(error(R"({"url": "https://host_x.example/a"})"),
+            "body.workspace_git.url: 'https://host_x.example/a' has a host with the character "
+            "'_'");
+  EXPECT_EQ(error(R"({"url": "https://host.example/a b"})"),
+            "body.workspace_git.url: 'https://host.example/a b' has whitespace or a control "
+            "character");
+  EXPECT_EQ(error(R"({"ref": "main"})"), "body.workspace_git.url: required");
+  EXPECT_EQ(error(R"({"url": "https://h.example/a", "ref": "--upload-pack=x"})"),
+            "body.workspace_git.ref: '--upload-pack=x' is not a branch or tag name "
+            "([A-Za-z0-9._/-], not starting with '-', '.' or '/', no '..')");
+  EXPECT_EQ(error(R"({"url": "https://h.example/a", "ref": "a..b"})"),
+            "body.workspace_git.ref: 'a..b' is not a branch or tag name ([A-Za-z0-9._/-], not "
+            "starting with '-', '.' or '/', no '..')");
+  EXPECT_EQ(error(R"({"url": "https://h.example/a", "depth": 3})"),
+            "body.workspace_git.depth: unknown field");
+  EXPECT_EQ(error(R"("https://h.example/a")"),
+            "body.workspace_git: expected an object, got string");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"argv": ["true"], "start": false,
+                                        "workspace_git": {"url": "https://h.example/a"}})")),
+            "body.start: false is for a workspace upload; a job with body.workspace_git has its "
+            "workspace from the clone");
+  EXPECT_EQ(ErrorOf(Post("/v1/jobs", R"({"agent": {"profile": "claude", "prompt_file": "P.md"},
+                                        "workspace_git": {"url": "https://h.example/a"}})")),
+            "body.agent.prompt_file: not with body.workspace_git (the clone is made when the job "
+            "runs); give body.agent.prompt");
 }
 
 TEST(DecodeRequest, SubmitDefaults) {

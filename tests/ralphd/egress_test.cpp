@@ -124,13 +124,16 @@ class EgressTest : public ::testing::Test {
 )",
                          name, egress, work_);
     };
-    Write(work_ + "/policy.xml",
-          "<policy format=\"1\">\n" + profile("offline", "") + profile("agents", "<egress/>") +
-              profile("plus", R"(<egress><allow domain="api.allowed.test"/></egress>)") +
-              profile("no-agent-hosts",
-                      R"(<egress agent-hosts="none"><allow domain="api.allowed.test"/></egress>)") +
-              profile("narrow", R"(<egress agent-hosts="api.openai.com,api.anthropic.com"/>)") +
-              "</policy>\n");
+    Write(
+        work_ + "/policy.xml",
+        "<policy format=\"1\">\n" + profile("offline", "") + profile("agents", "<egress/>") +
+            profile("plus", R"(<egress><allow domain="api.allowed.test"/></egress>)") +
+            profile("no-agent-hosts",
+                    R"(<egress agent-hosts="none"><allow domain="api.allowed.test"/></egress>)") +
+            profile("narrow", R"(<egress agent-hosts="api.openai.com,api.anthropic.com"/>)") +
+            profile("git", fmt::format(R"(<egress domain-ports="{}"><allow domain="{}"/></egress>)",
+                                       kGitPort, sandbox::testing::kGitHostName)) +
+            "</policy>\n");
     ProgramStreams set = Ctl({"policy", "set", work_ + "/policy.xml"});
     ASSERT_EQ(set.exit, 0) << set.err;
   }
@@ -182,6 +185,7 @@ class EgressTest : public ::testing::Test {
   }
 
   static constexpr const char* kProbe = "/opt/egress-probe/agent-probe";
+  static constexpr uint16_t kGitPort = 8418;
   std::string work_, state_, socket_, ralphctl_;
   pid_t daemon_ = -1;
   static inline int counter_ = 0;
@@ -311,6 +315,87 @@ TEST_F(EgressTest, WithoutEgressAnAgentJobHasNoNetworkAtAll) {
             "@203.0.113.31 connect-failed\n");
   EXPECT_FALSE(g_world->SawAny("dns "));
   EXPECT_FALSE(g_world->SawAny("tcp "));
+}
+
+// A workspace cloned from a git server of the world: through the job's own
+// network, by the name its profile allows, and refused at submit under a
+// profile that does not allow that host.
+TEST_F(EgressTest, AWorkspaceIsClonedThroughTheJobsOwnEgress) {
+  // A bare repository over git's dumb HTTP protocol (plain files), with a
+  // second branch.
+  std::string served = work_ + "/served";
+  ASSERT_EQ(
+      RunProgramStreams(
+          {"sh", "-c",
+           fmt::format("set -e; git init -q -b main {0}/src; cd {0}/src; "
+                       "echo cloned-content-7f3 > README; git add README; "
+                       "git -c user.name=t -c user.email=t@t commit -qm one; "
+                       "git checkout -qb feature; echo feature-9c1 > FEATURE; "
+                       "git add FEATURE; git -c user.name=t -c user.email=t@t commit -qm two; "
+                       "git checkout -q main; mkdir -p {1}; "
+                       "git clone -q --bare {0}/src {1}/app.git; "
+                       "git -C {1}/app.git update-server-info",
+                       work_, served)})
+          .exit,
+      0);
+  const std::string address = sandbox::testing::kGitHostAddress;
+  pid_t server = g_world->Spawn(
+      fmt::format("exec python3 -m http.server --bind {} --directory {} {} 2>/dev/null", address,
+                  served, kGitPort));
+  ASSERT_GT(server, 0);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{server};
+  const std::string direct = fmt::format("http://{}:{}/app.git", address, kGitPort);
+  ASSERT_TRUE(WaitFor([&] {
+    return RunProgramStreams({"git", "ls-remote", direct}).exit == 0;
+  })) << "the world's git server did not come up";
+  g_world->ClearLog();
+
+  const std::string url =
+      fmt::format("http://{}:{}/app.git", sandbox::testing::kGitHostName, kGitPort);
+  ProgramStreams run =
+      Ctl({"job", "run", "--profile", "git", "--workspace-git", url, "--", "cat", "README"});
+  EXPECT_EQ(run.exit, 0) << run.err;
+  EXPECT_EQ(run.out, "cloned-content-7f3\n");
+  // Asked through the job's resolver, which forwarded it upstream.
+  EXPECT_TRUE(g_world->SawAny(fmt::format("dns {}.", sandbox::testing::kGitHostName)));
+  run = Ctl({"job", "run", "--profile", "git", "--workspace-git", url, "--ref", "feature", "--",
+             "cat", "FEATURE"});
+  EXPECT_EQ(run.exit, 0) << run.err;
+  EXPECT_EQ(run.out, "feature-9c1\n");
+  json jobs = json::parse(Ctl({"job", "list", "--json"}).out, nullptr, false)["jobs"];
+  ASSERT_TRUE(jobs.is_array() && !jobs.empty()) << jobs.dump();
+  const int clone_job = jobs[0]["id"].get<int>();
+  EXPECT_EQ(jobs[0]["request"]["workspace_git"]["ref"], "feature") << jobs[0].dump();
+  EXPECT_TRUE(WaitFor([&] {
+    return HasRow(AuditRows(clone_job, "net.allowed"), sandbox::testing::kGitHostName,
+                  "dns: allowed");
+  })) << AuditRows(clone_job, "net.allowed").dump();
+
+  // A repository that is not there: the job fails, saying why.
+  run = Ctl({"job", "run", "--profile", "git", "--workspace-git", url + "-missing", "--", "true"});
+  EXPECT_EQ(run.exit, 125) << run.out << run.err;
+  EXPECT_NE(run.err.find("ralphd: workspace_git: cloning " + url + "-missing failed"),
+            std::string::npos)
+      << run.err;
+
+  // A profile that does not allow the host: refused at submit, no job.
+  const size_t before = jobs.size();
+  run = Ctl({"job", "run", "--profile", "plus", "--workspace-git", url, "--", "true"});
+  EXPECT_NE(run.exit, 0);
+  EXPECT_NE(run.err.find("host 'git.allowed.test' is not allowed by profile 'plus''s egress"),
+            std::string::npos)
+      << run.err;
+  jobs = json::parse(Ctl({"job", "list", "--json"}).out, nullptr, false)["jobs"];
+  EXPECT_EQ(jobs.size(), before + 1) << "only the failed clone's job was added";
+  // Nor by address, nor with credentials in the URL.
+  run = Ctl({"job", "run", "--profile", "git", "--workspace-git", direct, "--", "true"});
+  EXPECT_NE(run.err.find("names an address: give a host name"), std::string::npos) << run.err;
 }
 
 }  // namespace

@@ -75,6 +75,51 @@ TEST(Policy, ParsesProfiles) {
   EXPECT_EQ(policy->Find("nope"), nullptr);
 }
 
+// A cloned workspace's host must be one the job's egress allows by domain,
+// on a domain port; the agents' API hosts do not count.
+TEST(Policy, AWorkspaceCloneNeedsItsHostAllowedByDomain) {
+  Result<Policy> policy = ParsePolicy(kGood);
+  ASSERT_TRUE(policy) << policy.error().message();
+  const Profile& web = *policy->Find("web");  // *.example.com on 443 and 80
+  auto check = [&](const Profile& profile, std::string_view url) {
+    Result<void> done = CheckWorkspaceGit(profile, *ParseGitUrl(url));
+    return done ? std::string() : done.error().message();
+  };
+  EXPECT_EQ(check(web, "https://git.example.com/app.git"), "");
+  EXPECT_EQ(check(web, "http://git.example.com/app.git"), "");
+  EXPECT_EQ(check(web, "https://git.example.org/app.git"),
+            "workspace_git.url: host 'git.example.org' is not allowed by profile 'web''s egress "
+            "(allowed domains: *.example.com); add <allow domain=\"git.example.org\"/> to its "
+            "<egress>");
+  EXPECT_EQ(check(web, "https://git.example.com:8443/app.git"),
+            "workspace_git.url: port 8443 is not among profile 'web''s domain ports (443, 80)");
+  EXPECT_EQ(check(*policy->Find("default"), "https://git.example.com/app.git"),
+            "workspace_git.url: profile 'default' has no network (no <egress>), so its job "
+            "cannot clone from git.example.com");
+  EXPECT_EQ(check(*policy->Find("offline-net"), "https://git.example.com/app.git"),
+            "workspace_git.url: host 'git.example.com' is not allowed by profile "
+            "'offline-net''s egress (allowed domains: none); add <allow "
+            "domain=\"git.example.com\"/> to its <egress>");
+  EXPECT_EQ(CheckWorkspaceGit(web, *ParseGitUrl("https://github.com/x/y")).error().code(),
+            ErrorCode::kRefused);
+}
+
+// The clone runs in the job's sandbox before its argv, which it then execs
+// unchanged; the client's URL and ref are parameters, never script text.
+TEST(Policy, CloneIntoWorkspaceRunsTheCloneThenTheArgv) {
+  sandbox::SandboxSpec spec;
+  spec.workspace = "/work";
+  spec.argv = {"make", "-j2", "$(reboot)"};
+  CloneIntoWorkspace(spec, {.url = "https://git.example.com/a;b.git", .ref = "main"});
+  ASSERT_GE(spec.argv.size(), 10u);
+  EXPECT_EQ(spec.argv[0], "/bin/sh");
+  EXPECT_EQ(spec.argv[1], "-c");
+  EXPECT_EQ(spec.argv[2].find("a;b"), std::string::npos);
+  EXPECT_EQ(std::vector<std::string>(spec.argv.begin() + 3, spec.argv.end()),
+            (std::vector<std::string>{"ralphd-clone", "https://git.example.com/a;b.git", "main",
+                                      "/work", "make", "-j2", "$(reboot)"}));
+}
+
 TEST(Policy, DefaultDocumentParses) {
   Result<Policy> policy = ParsePolicy(DefaultPolicyDocument());
   ASSERT_TRUE(policy) << policy.error().message();

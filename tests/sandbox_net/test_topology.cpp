@@ -134,6 +134,9 @@ std::vector<std::string> WorldRecords(const std::string& name, ldns_rr_type type
   if (name == "meta.allowed.test." && type == LDNS_RR_TYPE_A) {
     return {"meta.allowed.test. 60 IN A 169.254.169.254"};
   }
+  if (name == fmt::format("{}.", kGitHostName) && type == LDNS_RR_TYPE_A) {
+    return {fmt::format("{}. 60 IN A {}", kGitHostName, kGitHostAddress)};
+  }
   // The coding agents' API hosts, each vendor on its own test host (the
   // agent egress tests: a job reaches its own tool's host, not another's).
   for (const AgentHost& host : kAgentHosts) {
@@ -316,7 +319,7 @@ World* World::Start() {
       in_world + " ip -6 route add default via 2001:db8:ffff::1",
   };
   for (const char* address : {"203.0.113.10", "203.0.113.20", "198.51.100.53", "169.254.169.254",
-                              "100.100.100.200", "10.9.9.9"}) {
+                              "100.100.100.200", "10.9.9.9", kGitHostAddress}) {
     commands.push_back(fmt::format("{} ip addr add {}/32 dev lo", in_world, address));
   }
   for (const AgentHost& host : kAgentHosts) {
@@ -362,6 +365,18 @@ std::vector<std::string> World::Log() const {
 void World::ClearLog() {
   // The world appends with O_APPEND, so truncating here is safe.
   if (truncate(log_path_.c_str(), 0) != 0) Die("truncating the world log");
+}
+
+pid_t World::Spawn(const std::string& command) const {
+  std::string target = std::to_string(pid_);
+  pid_t pid = fork();
+  if (pid < 0) Die("fork");
+  if (pid == 0) {
+    execlp("nsenter", "nsenter", "-t", target.c_str(), "-n", "sh", "-c", command.c_str(),
+           static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
 }
 
 bool World::SawAny(const std::string& needle) const {

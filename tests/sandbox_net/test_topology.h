@@ -9,11 +9,14 @@
 //   world netns: 203.0.113.10, 203.0.113.20 (web), 198.51.100.53 (DNS),
 //                169.254.169.254 + fd00:ec2::254 + 100.100.100.200 (metadata),
 //                10.9.9.9 (RFC 1918), 2001:db8:1::10, 2001:db8:1::20,
-//                203.0.113.31..34 (the coding agents' API hosts, kAgentHosts)
+//                203.0.113.31..34 (the coding agents' API hosts, kAgentHosts),
+//                203.0.113.40 (git.allowed.test: nothing listens until a test
+//                Spawns a server there)
 //   The world answers TCP on 22/80/443/8080 ("hello\n") and DNS on 53, and
 //   logs every connection and query it sees to a file the tests read.
 //   Its DNS zone: api.allowed.test (A 203.0.113.10, AAAA 2001:db8:1::10),
-//   meta.allowed.test (A 169.254.169.254) and kAgentHosts (A).
+//   meta.allowed.test (A 169.254.169.254), git.allowed.test (A 203.0.113.40)
+//   and kAgentHosts (A).
 //
 // Also used by tests/ralphd's egress test (ralphd's agent jobs in this
 // topology).
@@ -45,6 +48,10 @@ inline constexpr AgentHost kAgentHosts[] = {
     {"opencode.ai", "203.0.113.34"},         {"models.dev", "203.0.113.34"},
 };
 
+// A host of the world for a test's own server (World::Spawn).
+inline constexpr const char* kGitHostName = "git.allowed.test";
+inline constexpr const char* kGitHostAddress = "203.0.113.40";
+
 // Moves the calling (main) thread into a fresh network namespace with lo up.
 // Must run before any other thread exists. Aborts the test binary on failure.
 void EnterPrivateNetns();
@@ -66,6 +73,10 @@ class World {
   bool SawAny(const std::string& needle) const;
   // Forgets what was seen so far (each test checks only its own traffic).
   void ClearLog();
+  // Starts `command` (with /bin/sh) in the world's network namespace: a
+  // server of the test's own on one of the world's addresses. The caller
+  // kills and reaps it.
+  pid_t Spawn(const std::string& command) const;
   const std::string& veth() const { return veth_; }
 
  private:

@@ -38,6 +38,10 @@ subcommands:
       --profile NAME          the policy profile (default: "agent" for an agent
                               job when the policy has it, else "default")
       --workspace TAR         upload TAR into the workspace before it starts
+      --workspace-git URL [--ref BRANCH|TAG]
+                              clone URL (http/https; its host must be allowed by
+                              the profile's egress) into the workspace, inside the
+                              job's sandbox, before the command runs
       --cwd DIR               its working directory (default the workspace, /work)
       --memory BYTES --cpu-millis N --pids N --disk BYTES --timeout-ms N
                               ask for less than the profile allows
@@ -173,6 +177,8 @@ constexpr OptionSpec kOptions[] = {
     {"--help", false},
     {"--profile", true},
     {"--workspace", true},
+    {"--workspace-git", true},
+    {"--ref", true},
     {"--cwd", true},
     {"--memory", true},
     {"--cpu-millis", true},
@@ -357,6 +363,16 @@ int JobRun(const ParsedArgs& args, std::vector<std::string> argv) {
       body["columns"] = columns;
       body["rows"] = rows;
     }
+  }
+  if (auto url = args.Value("--workspace-git")) {
+    if (args.Has("--workspace")) {
+      return UsageError(command, "--workspace and --workspace-git exclude each other");
+    }
+    json git = {{"url", *url}};
+    if (auto ref = args.Value("--ref")) git["ref"] = *ref;
+    body["workspace_git"] = git;
+  } else if (args.Has("--ref")) {
+    return UsageError(command, "--ref needs --workspace-git");
   }
   std::optional<std::string> upload;
   if (auto tar = args.Value("--workspace")) {

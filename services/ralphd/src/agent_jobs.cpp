@@ -172,7 +172,9 @@ struct Daemon::AgentRun {
   std::optional<LoopRequest> loop;
   sandbox::SandboxSpec spec;  // each iteration's
   std::string workspace;      // the host directory bound at the spec's workspace
-  uint64_t iteration = 0;     // the one running, 1-based
+  // The workspace's clone, made by the first iteration (CloneIntoWorkspace).
+  std::optional<WorkspaceGitRequest> workspace_git;
+  uint64_t iteration = 0;  // the one running, 1-based
   std::string iteration_started;
   uint64_t stdout_start = 0;
   std::chrono::steady_clock::time_point started;
@@ -308,6 +310,8 @@ Result<bool> Daemon::LaunchAgent(JobRecord& job, const JobSubmitCommand& submit,
   run->kind = kind;
   run->parser = agents::MakeEventParser(run->kind);
   run->loop = submit.loop;
+  run->workspace_git = submit.workspace_git;
+  if (submit.workspace_git && !run->loop) CloneIntoWorkspace(spec, *submit.workspace_git);
   if (run->loop) {
     // The workspace outlives each iteration's sandbox: a host directory of
     // the job's root bound over the sandbox's own.
@@ -353,8 +357,11 @@ Result<void> Daemon::StartIteration(uint64_t job, AgentRun& run, std::string upl
   run.parser = agents::MakeEventParser(run.kind);
   run.iteration_started = NowText();
   run.stdout_start = TRY(store_->OutputEnd(job, OutputStream::kStdout));
+  sandbox::SandboxSpec spec = run.spec;
+  // The workspace is kept from one iteration to the next: cloned once.
+  if (run.iteration == 1 && run.workspace_git) CloneIntoWorkspace(spec, *run.workspace_git);
   runner_->Start({.job = job,
-                  .spec = run.spec,
+                  .spec = std::move(spec),
                   .upload_tar = std::move(upload_tar),
                   .result_tar_path = JobDir(job) + "/workspace.tar",
                   .host_workspace = run.workspace,
@@ -457,6 +464,12 @@ bool Daemon::ContinueLoop(const RunnerMessage& message) {
     stop = "cancelled";
   } else if (!message.result || !message.commit) {
     stop = "error";
+  } else if (run->iteration == 1 && run->workspace_git &&
+             message.result->termination == sandbox::Termination::kExited &&
+             message.result->exit_code == kCloneFailedExit &&
+             !ExistsBeneath(run->workspace, ".git")) {
+    // The clone failed (the script said why on stderr): nothing to loop on.
+    stop = "workspace_git";
   } else if (loop.promise && run->promise_seen) {
     stop = "promise";
   } else if (loop.stop_file && ExistsBeneath(run->workspace, *loop.stop_file)) {

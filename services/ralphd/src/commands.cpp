@@ -126,6 +126,13 @@ constexpr FieldInfo kLoopFields[] = {
     Unsigned("max_cost_microusd", 1, kMaxCounter),
     Unsigned("stall_iterations", 1, 10000),
 };
+// A branch or tag name: what `git check-ref-format --branch` takes, less
+// what a shell or git option could read differently (a leading '-').
+constexpr std::string_view kGitRefPattern = "^[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}$";
+constexpr FieldInfo kWorkspaceGitFields[] = {
+    Text("url", kMaxGitUrlBytes, true, "^https?://"),
+    Text("ref", kMaxGitRefBytes, false, kGitRefPattern),
+};
 constexpr FieldInfo kSubmitFields[] = {
     {.name = "argv",
      .type = ValueType::kStringArray,
@@ -147,6 +154,7 @@ constexpr FieldInfo kSubmitFields[] = {
     Unsigned("rows", 1, kMaxTerminalDimension),
     {.name = "agent", .type = ValueType::kObject, .fields = kAgentFields},
     {.name = "loop", .type = ValueType::kObject, .fields = kLoopFields},
+    {.name = "workspace_git", .type = ValueType::kObject, .fields = kWorkspaceGitFields},
 };
 constexpr FieldInfo kJobListQuery[] = {OneOf("state", kJobStateNames),
                                        Unsigned("limit", 1, kMaxListLimit)};
@@ -665,6 +673,37 @@ Result<LoopRequest> DecodeLoop(const json& value, std::span<const FieldInfo> fie
   return loop;
 }
 
+Result<WorkspaceGitRequest> DecodeWorkspaceGit(const json& value,
+                                               std::span<const FieldInfo> fields) {
+  if (!value.is_object()) {
+    return Invalid(fmt::format("body.workspace_git: expected an object, got {}", Describe(value)));
+  }
+  ObjectReader reader(value, "body.workspace_git", fields);
+  WorkspaceGitRequest git;
+  std::optional<std::string> url = TRY(reader.String("url"));
+  if (!url) return Invalid("body.workspace_git.url: required");
+  TRY(ParseGitUrl(*url));
+  git.url = *url;
+  git.ref = TRY(reader.String("ref"));
+  if (git.ref) {
+    const std::string& ref = *git.ref;
+    bool chars = !ref.empty() && ref.front() != '-' && ref.front() != '.' && ref.front() != '/';
+    for (char c : ref) {
+      chars = chars && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                        (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '/' || c == '-');
+    }
+    if (!chars || ref.find("..") != std::string::npos || ref.find("//") != std::string::npos ||
+        ref.ends_with('/') || ref.ends_with(".lock") || ref.ends_with('.')) {
+      return Invalid(fmt::format(
+          "body.workspace_git.ref: '{}' is not a branch or tag name ([A-Za-z0-9._/-], not "
+          "starting with '-', '.' or '/', no '..')",
+          ref));
+    }
+  }
+  TRY(reader.Finish());
+  return git;
+}
+
 Result<Command> DecodeSubmit(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
@@ -781,6 +820,20 @@ Result<Command> DecodeSubmit(const Request& request) {
   }
   if (command.agent && command.tty) {
     return Invalid("body.tty: not for an agent job (its stdout is the tool's event stream)");
+  }
+  TRY(reader.Info("workspace_git", ValueType::kObject));
+  if (const json* git = reader.Find("workspace_git")) {
+    command.workspace_git = TRY(DecodeWorkspaceGit(*git, reader.Members("workspace_git")));
+    if (!command.start) {
+      return Invalid(
+          "body.start: false is for a workspace upload; a job with body.workspace_git has its "
+          "workspace from the clone");
+    }
+    if (command.agent && command.agent->prompt_file) {
+      return Invalid(
+          "body.agent.prompt_file: not with body.workspace_git (the clone is made when the job "
+          "runs); give body.agent.prompt");
+    }
   }
   TRY(reader.Finish());
   return command;
@@ -1286,6 +1339,68 @@ std::optional<JobState> ParseJobState(std::string_view name) {
 
 bool IsFinal(JobState state) {
   return state != JobState::kCreated && state != JobState::kQueued && state != JobState::kRunning;
+}
+
+Result<GitUrl> ParseGitUrl(std::string_view url, std::string_view field) {
+  auto bad = [&](std::string_view why) {
+    return Invalid(fmt::format("{}: '{}' {}", field, url, why));
+  };
+  for (char c : url) {
+    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) {
+      return bad("has whitespace or a control character");
+    }
+  }
+  GitUrl parsed;
+  std::string_view rest;
+  if (url.starts_with("https://")) {
+    rest = url.substr(8);
+  } else if (url.starts_with("http://")) {
+    parsed.https = false;
+    parsed.port = 80;
+    rest = url.substr(7);
+  } else {
+    // ssh and git:// would need their own egress story; file:// and a
+    // path would read the host's files.
+    return bad("is not an http:// or https:// URL");
+  }
+  size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  std::string_view path = slash == std::string_view::npos ? "" : rest.substr(slash + 1);
+  if (authority.find('@') != std::string_view::npos) {
+    // It would be stored with the job and in the audit log; agents and
+    // their repositories log in through their own flows.
+    return bad("carries credentials (user@): give a URL without them");
+  }
+  if (authority.starts_with('[')) return bad("names an address: give a host name");
+  std::string_view host = authority;
+  if (size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    std::string_view port = authority.substr(colon + 1);
+    uint32_t number = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
+    if (port.empty() || ec != std::errc() || end != port.data() + port.size() || number == 0 ||
+        number > 65535) {
+      return bad("has a port that is not a number in 1..65535");
+    }
+    parsed.port = static_cast<uint16_t>(number);
+  }
+  if (host.empty()) return bad("has no host");
+  bool all_digits_and_dots = true;
+  for (char c : host) {
+    char lower = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    if (!((lower >= 'a' && lower <= 'z') || (lower >= '0' && lower <= '9') || lower == '-' ||
+          lower == '.')) {
+      return bad(fmt::format("has a host with the character '{}'", c));
+    }
+    all_digits_and_dots = all_digits_and_dots && (lower == '.' || (lower >= '0' && lower <= '9'));
+    parsed.host.push_back(lower);
+  }
+  // The job's egress allows names (its DNS allowlist), not addresses.
+  if (all_digits_and_dots) return bad("names an address: give a host name");
+  if (path.empty() || path.find('\\') != std::string_view::npos) {
+    return bad("has no repository path");
+  }
+  return parsed;
 }
 
 std::string_view IsolationName(Isolation isolation) {

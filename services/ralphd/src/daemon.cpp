@@ -81,6 +81,11 @@ json SubmitToJson(const JobSubmitCommand& command) {
   if (command.tty) out["tty"] = true;
   if (command.columns) out["columns"] = *command.columns;
   if (command.rows) out["rows"] = *command.rows;
+  if (command.workspace_git) {
+    json git = {{"url", command.workspace_git->url}};
+    if (command.workspace_git->ref) git["ref"] = *command.workspace_git->ref;
+    out["workspace_git"] = std::move(git);
+  }
   return out;
 }
 
@@ -335,6 +340,7 @@ Result<bool> Daemon::Launch(JobRecord job) {
       {.argv = submit.argv, .env = submit.env, .cwd = submit.cwd, .limits = submit.limits},
       options_.environment));
   TRY(GrantMemory(job.id, *profile, spec));
+  if (submit.workspace_git) CloneIntoWorkspace(spec, *submit.workspace_git);
   if (submit.tty) {
     spec.stdio = sandbox::StdioMode::kPty;
     if (submit.columns) spec.terminal_size.columns = *submit.columns;
@@ -473,6 +479,9 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
   }
   // Checked now, so that a job asking for more is refused at once.
   TRY(JobIsolation(*profile, command.isolation, options_.vm_support));
+  if (command.workspace_git) {
+    TRY(CheckWorkspaceGit(*profile, TRY(ParseGitUrl(command.workspace_git->url))));
+  }
   if (command.agent) {
     TRY(CheckAgentSubmit(command, *profile));
   } else {
@@ -490,6 +499,7 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
   json submitted = {
       {"caller", caller.ToString()}, {"argv", command.argv}, {"profile", profile_name}};
   if (command.agent) submitted["agent"] = command.agent->profile;
+  if (command.workspace_git) submitted["workspace_git"] = command.workspace_git->url;
   Audit("job.submit", fmt::format("job {}", job.id), submitted, job.id);
   Emit("state", job.id, {{"state", JobStateName(job.state)}});
   Schedule();
@@ -882,8 +892,8 @@ int TerminalExitStatus(const JobRecord& job) {
   return -1;
 }
 
-Result<uint64_t> Daemon::AttachTerminal(const Caller& caller, uint64_t id,
-                                        TerminalCallbacks callbacks) {
+Result<Daemon::AttachedTerminal> Daemon::AttachTerminal(const Caller& caller, uint64_t id,
+                                                        TerminalCallbacks callbacks) {
   JobRecord job = TRY(store_->Job(id));
   if (!job.request.value("tty", false)) {
     return Error::Make(ErrorCode::kInvalidState,
@@ -897,10 +907,24 @@ Result<uint64_t> Daemon::AttachTerminal(const Caller& caller, uint64_t id,
                                    "logs)",
                                    id, JobStateName(job.state)));
   }
+  // A pty has one stream: the runner stores its output as stdout.
+  const uint64_t end = TRY(store_->OutputEnd(id, OutputStream::kStdout));
+  const uint64_t from = end > kTerminalReplayBytes ? end - kTerminalReplayBytes : 0;
+  OutputSlice recent =
+      TRY(store_->ReadOutput(id, OutputStream::kStdout, from, kTerminalReplayBytes));
+  if (recent.offset > 0) {
+    // Cut in the middle: start at a line so no half escape sequence or
+    // character leads the replay.
+    size_t line = recent.data.find('\n');
+    recent.data.erase(0, line == std::string::npos ? 0 : line + 1);
+  }
   TerminalAttachment attachment = terminals_.Attach(id, caller.ToString(), std::move(callbacks));
   Audit("terminal.attach", fmt::format("job {}", id),
-        {{"caller", attachment.caller}, {"attachment", attachment.id}}, id);
-  return attachment.id;
+        {{"caller", attachment.caller},
+         {"attachment", attachment.id},
+         {"replayed", recent.data.size()}},
+        id);
+  return AttachedTerminal{.attachment = attachment.id, .replay = std::move(recent.data)};
 }
 
 Result<void> Daemon::WriteTerminal(uint64_t attachment, std::string_view input) {

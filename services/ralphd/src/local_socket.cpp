@@ -471,15 +471,23 @@ void LocalServer::Attach(Connection& connection, const Caller& caller, uint64_t 
       Send(*attached, {{"closed", {{"exit_status", exit_status}}}});
     }
   };
-  Result<uint64_t> attachment = daemon_.AttachTerminal(caller, job, std::move(callbacks));
-  if (!attachment) {
-    Send(connection, ErrorFrame(attachment.error()));
+  Result<Daemon::AttachedTerminal> attached =
+      daemon_.AttachTerminal(caller, job, std::move(callbacks));
+  if (!attached) {
+    Send(connection, ErrorFrame(attached.error()));
     return;
   }
   connection.follow = Connection::Follow::kTerminal;
-  connection.attachment = *attachment;
+  connection.attachment = attached->attachment;
   connection.job = job;
-  Send(connection, {{"ok", true}, {"body", {{"job", job}, {"attachment", *attachment}}}});
+  Send(connection, {{"ok", true},
+                    {"body",
+                     {{"job", job},
+                      {"attachment", attached->attachment},
+                      {"replayed", attached->replay.size()}}}});
+  if (!attached->replay.empty()) {
+    Send(connection, {{"output", {{"data_base64", Base64Encode(attached->replay)}}}});
+  }
 }
 
 void LocalServer::HandleTerminalFrame(Connection& connection, std::string_view line) {

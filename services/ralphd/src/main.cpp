@@ -452,14 +452,19 @@ class CoreTerminals final : public api::TerminalProviderInterface {
       std::lock_guard lock(shared->mutex);
       if (!shared->detached && shared->callbacks.closed) shared->callbacks.closed(exit_status);
     };
-    std::optional<ralph::Result<uint64_t>> attachment;
+    std::optional<ralph::Result<ralph::ralphd::Daemon::AttachedTerminal>> attached;
     RunOnLoop(local_, [&] {
-      attachment = daemon_.AttachTerminal(
-          ralph::ralphd::Caller::ClientCertificate(caller.client_id), job, std::move(core));
+      attached = daemon_.AttachTerminal(ralph::ralphd::Caller::ClientCertificate(caller.client_id),
+                                        job, std::move(core));
+      // On the loop, so before any live output the attachment gets.
+      if (*attached && !(*attached)->replay.empty()) {
+        std::lock_guard lock(shared->mutex);
+        if (shared->callbacks.output) shared->callbacks.output((*attached)->replay);
+      }
     });
-    if (!*attachment) return std::move(*attachment).error();
+    if (!*attached) return std::move(*attached).error();
     return std::unique_ptr<api::TerminalSessionInterface>(
-        std::make_unique<CoreTerminalSession>(daemon_, local_, shared, **attachment));
+        std::make_unique<CoreTerminalSession>(daemon_, local_, shared, (*attached)->attachment));
   }
 
  private:

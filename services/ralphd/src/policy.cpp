@@ -781,6 +781,64 @@ Result<sandbox::SandboxSpec> MakeJobSpec(const Profile& profile, const JobReques
   return spec;
 }
 
+Result<void> CheckWorkspaceGit(const Profile& profile, const GitUrl& url) {
+  const sandbox::NetworkSpec& network = profile.network;
+  if (!network.enabled) {
+    return Error::Make(ErrorCode::kRefused,
+                       fmt::format("workspace_git.url: profile '{}' has no network (no <egress>), "
+                                   "so its job cannot clone from {}",
+                                   profile.name, url.host));
+  }
+  sandbox::DnsAllowlist allowlist = TRY(sandbox::DnsAllowlist::Create(network.allowed_domains));
+  if (!allowlist.Allows(url.host)) {
+    return Error::Make(
+        ErrorCode::kRefused,
+        fmt::format("workspace_git.url: host '{}' is not allowed by profile '{}''s egress "
+                    "(allowed domains: {}); add <allow domain=\"{}\"/> to its <egress>",
+                    url.host, profile.name,
+                    network.allowed_domains.empty()
+                        ? std::string("none")
+                        : fmt::format("{}", fmt::join(network.allowed_domains, ", ")),
+                    url.host));
+  }
+  const std::vector<uint16_t>& ports = network.domain_ports;
+  if (std::find(ports.begin(), ports.end(), url.port) == ports.end()) {
+    return Error::Make(ErrorCode::kRefused,
+                       fmt::format("workspace_git.url: port {} is not among profile '{}''s "
+                                   "domain ports ({})",
+                                   url.port, profile.name, fmt::join(ports, ", ")));
+  }
+  return {};
+}
+
+void CloneIntoWorkspace(sandbox::SandboxSpec& spec, const WorkspaceGitRequest& git) {
+  // The URL and the ref reach the script as positional parameters, never
+  // as text pasted into it: both are the client's. No password prompt on a
+  // 401, no protocol but http(s) (a redirect or a submodule cannot switch
+  // to file:// or ssh). The whole history: a shallow clone is not served
+  // by git's dumb HTTP protocol (plain file servers), and agents read the
+  // log. git's own output goes to stderr: an agent's stdout is its event
+  // stream.
+  static constexpr std::string_view kScript =
+      "url=$1 ref=$2 dir=$3; shift 3\n"
+      "clone() { GIT_TERMINAL_PROMPT=0 git -c protocol.allow=never -c protocol.http.allow=always "
+      "-c protocol.https.allow=always clone --quiet \"$@\" >&2; }\n"
+      "if [ -n \"$ref\" ]; then clone --branch \"$ref\" -- \"$url\" \"$dir\"; "
+      "else clone -- \"$url\" \"$dir\"; fi\n"
+      "status=$?\n"
+      "if [ $status -ne 0 ]; then\n"
+      "  echo \"ralphd: workspace_git: cloning $url failed (git exit $status)\" >&2\n"
+      "  exit 125\n"
+      "fi\n"
+      "exec \"$@\"\n";
+  static_assert(kCloneFailedExit == 125, "the script's exit status");
+  std::vector<std::string> argv = {"/bin/sh",      "-c",    std::string(kScript),
+                                   "ralphd-clone", git.url, git.ref.value_or(""),
+                                   spec.workspace};
+  argv.insert(argv.end(), spec.argv.begin(), spec.argv.end());
+  spec.argv = std::move(argv);
+}
+
 std::vector<std::string> AgentEgressDomains(const Profile& profile,
                                             const std::vector<std::string>& agent_hosts) {
   std::vector<std::string> out;

@@ -202,6 +202,29 @@ struct LoopRequest {
   std::optional<uint64_t> stall_iterations;  // this many in a row changing nothing
 };
 
+// A workspace cloned from a git repository before the job's command runs
+// (docs/ralphd.md "Cloned workspaces"). The clone runs inside the job's
+// sandbox, through the job's own network, so the URL's host must be a
+// name the job's profile allows by domain (checked at submit: policy.h
+// CheckWorkspaceGit).
+inline constexpr size_t kMaxGitUrlBytes = 2048;
+inline constexpr size_t kMaxGitRefBytes = 255;
+struct WorkspaceGitRequest {
+  std::string url;                 // http:// or https://, a host name, no credentials
+  std::optional<std::string> ref;  // a branch or tag; the remote's HEAD when absent
+};
+
+// A clone URL taken apart: what the egress check needs.
+struct GitUrl {
+  bool https = true;
+  std::string host;  // lower case, a DNS name (never an address)
+  uint16_t port = 443;
+};
+// kInvalidArgument naming `field` and what is wrong: another scheme (ssh,
+// file, a local path), credentials in the URL, an address instead of a
+// name, a bad port, no path, whitespace or control characters.
+Result<GitUrl> ParseGitUrl(std::string_view url, std::string_view field = "body.workspace_git.url");
+
 struct JobSubmitCommand {
   static constexpr std::string_view kName = "job.submit";
   // 1..kMaxArgs, argv[0] non-empty; empty for an agent job of an agent
@@ -228,6 +251,9 @@ struct JobSubmitCommand {
   std::optional<uint16_t> rows;
   std::optional<AgentRequest> agent;
   std::optional<LoopRequest> loop;  // only with agent
+  // The workspace comes from this clone (then no upload: start stays true,
+  // and an agent's prompt is given, not read from a file of the workspace).
+  std::optional<WorkspaceGitRequest> workspace_git;
 };
 
 struct JobListCommand {

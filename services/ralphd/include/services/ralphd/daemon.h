@@ -150,8 +150,19 @@ class Daemon final : public DispatcherInterface {
   // attached to (its output starts when it does; input and the last
   // resize wait for it). Returns the attachment's id. Attach and detach
   // are audited (terminal.attach / terminal.detach: caller, job, reason);
-  // the input is not.
-  Result<uint64_t> AttachTerminal(const Caller& caller, uint64_t job, TerminalCallbacks callbacks);
+  // the input is not. `replay` is the end of what the terminal already
+  // printed (at most kTerminalReplayBytes, from a line start when cut), which
+  // the transport sends after its acknowledgement and before any live
+  // output: an operator attaching late still sees a login's URL and code or
+  // the agent's last lines. Attach and the read of `replay` happen on the
+  // loop's thread, so no output falls between the two or comes twice.
+  struct AttachedTerminal {
+    uint64_t attachment = 0;
+    std::string replay;
+  };
+  static constexpr uint64_t kTerminalReplayBytes = 64 * 1024;
+  Result<AttachedTerminal> AttachTerminal(const Caller& caller, uint64_t job,
+                                          TerminalCallbacks callbacks);
   // kInvalidState for an attachment that is gone (detached, job over).
   Result<void> WriteTerminal(uint64_t attachment, std::string_view input);
   Result<void> ResizeTerminal(uint64_t attachment, uint16_t columns, uint16_t rows);

@@ -153,6 +153,22 @@ Result<Isolation> JobIsolation(const Profile& profile, std::optional<Isolation> 
 // The profile as JSON (for `policy get` and job records).
 nlohmann::json ProfileToJson(const Profile& profile);
 
+// Whether a job of `profile` may clone its workspace from `url`: the
+// profile has a network, allows the URL's host by domain (<allow domain>,
+// "*.example.com" for subdomains) and opens the URL's port for domains
+// (<egress domain-ports>). kRefused naming what is missing. The agent
+// profiles' API hosts do not count: they are for the agent, not for code.
+Result<void> CheckWorkspaceGit(const Profile& profile, const GitUrl& url);
+
+// Makes `spec` clone `git` into its workspace before it runs its argv: a
+// small /bin/sh script in the job's own sandbox (so the clone goes through
+// the job's network, is recorded with its execs and cannot touch the host)
+// runs git, then execs the argv; a failed clone ends the job with
+// kCloneFailedExit and says why on stderr. Needs sh and git in the job's
+// root (the agent image has both).
+inline constexpr int kCloneFailedExit = 125;
+void CloneIntoWorkspace(sandbox::SandboxSpec& spec, const WorkspaceGitRequest& git);
+
 // The domains an agent job's network gets on top of the profile's
 // allowed_domains: `agent_hosts` filtered by the profile's mode, none
 // without a network, none already in its allowed_domains.
