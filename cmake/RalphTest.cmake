@@ -1,8 +1,20 @@
+# ralph_cpu_bound(<test>...): each test keeps a CPU busy while it runs, so
+# it takes one slot of the `cpus` resource. scripts/test.sh gives ctest as
+# many slots as the machine has CPUs and a parallel level two higher: the
+# few tests that mostly wait (downloads, marked WAITS) then run beside a
+# full set of CPU-bound ones instead of holding one of their places for
+# many minutes. Without a resource spec file ctest ignores this.
+function(ralph_cpu_bound)
+  set_tests_properties(${ARGN} PROPERTIES RESOURCE_GROUPS "cpus:1")
+endfunction()
+
 # ralph_test(<name> LABEL unit|integration|e2e SOURCES ... [DEPS ...] [TIMEOUT s]
-#            [RESOURCE_LOCK ...])
+#            [RESOURCE_LOCK ...] [WAITS])
 # One GoogleTest binary registered as one ctest test with its tier label.
+# WAITS: the test mostly waits (downloads) rather than computes, so it takes
+# no CPU slot (ralph_cpu_bound).
 function(ralph_test name)
-  cmake_parse_arguments(ARG "" "LABEL;TIMEOUT" "SOURCES;DEPS;RESOURCE_LOCK" ${ARGN})
+  cmake_parse_arguments(ARG "WAITS" "LABEL;TIMEOUT" "SOURCES;DEPS;RESOURCE_LOCK" ${ARGN})
   if(NOT ARG_LABEL MATCHES "^(unit|integration|e2e)$")
     message(FATAL_ERROR "ralph_test(${name}): LABEL must be unit, integration or e2e")
   endif()
@@ -26,6 +38,9 @@ function(ralph_test name)
     ENVIRONMENT "RALPH_SOURCE_DIR=${CMAKE_SOURCE_DIR};RALPH_BINARY_DIR=${CMAKE_BINARY_DIR}")
   if(ARG_RESOURCE_LOCK)
     set_tests_properties(${name} PROPERTIES RESOURCE_LOCK "${ARG_RESOURCE_LOCK}")
+  endif()
+  if(NOT ARG_WAITS)
+    ralph_cpu_bound(${name})
   endif()
 endfunction()
 

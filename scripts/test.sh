@@ -53,12 +53,13 @@ retried=()
 # then passes does not fail the run but is listed in `retried` (a flaky
 # test, to be fixed, not hidden); one that fails twice is listed in
 # `failed`. Both lists end the output, which is all a CI log may show.
+# Extra arguments go to ctest; `parallel` (default $jobs) is its parallel level.
 run_ctest() {
   local dir=$1 what=$2
   shift 2
   local out="$dir/ctest-output.log"
   set +e
-  (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900 --repeat until-pass:2 "$@") 2>&1 |
+  (cd "$dir" && ctest --output-on-failure -j "${parallel:-$jobs}" --timeout 900 --repeat until-pass:2 "$@") 2>&1 |
     tee "$out"
   local rc=${PIPESTATUS[0]}
   set -e
@@ -80,7 +81,13 @@ run_ctest() {
 }
 
 echo "== tests: unit + integration + e2e (release)"
-run_ctest build release
+# One `cpus` slot per CPU for the CPU-bound tests (ralph_cpu_bound in
+# cmake/RalphTest.cmake) and two places more for the ones that mostly wait
+# on downloads (the agent image's builds), which would otherwise hold a
+# CPU's place for most of a cold run.
+printf '{"version": {"major": 1, "minor": 0}, "local": [{"cpus": [{"id": "0", "slots": %d}]}]}\n' \
+  "$jobs" >build/ctest-cpus.json
+parallel=$((jobs + 2)) run_ctest build release --resource-spec-file ctest-cpus.json
 if ((aarch64)); then
   echo "== tests: unit + integration (aarch64 under qemu-user)"
   # What qemu-user cannot run is left out by name, with the reason
