@@ -217,10 +217,13 @@ TEST_F(E2eTest, ArmedRecoveryBootsOnceAndLeavesTheCommittedSlotAsItWas) {
   auto before = ReadGuestEfiVar(machine, kRecordVar);
   ASSERT_TRUE(before) << before.error().ToString();
 
-  auto armed = Ralphctl(machine, {"boot", "arm-recovery"});
+  // The operator's break-glass through ralphd: armed, audited, rebooted.
+  auto armed = Ralphctl(machine, {"recovery", "reboot", "--reason", "e2e break-glass"});
   ASSERT_EQ(armed.exit, 0) << armed.output;
-  EXPECT_NE(armed.output.find("wrote BootNext"), std::string::npos) << armed.output;
-  ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "RECOVERY"));
+  EXPECT_NE(armed.output.find("RECOVERY is armed for the next boot"), std::string::npos)
+      << armed.output;
+  auto down = machine.WaitFor(BootingSlot("RECOVERY"), kBootTimeout);
+  ASSERT_TRUE(down) << down.error().ToString();
   for (std::string marker :
        {std::string("slot manager: boot event recovery"), std::string(kRecoveryBanner),
         std::string("committed slot: A"), std::string("bad slots: none"),
@@ -252,6 +255,10 @@ TEST_F(E2eTest, ArmedRecoveryBootsOnceAndLeavesTheCommittedSlotAsItWas) {
   ASSERT_TRUE(after) << after.error().ToString();
   EXPECT_EQ(*after, *before) << "the committed slot's state changed across the RECOVERY boot";
   EXPECT_EQ(machine.Count(BootingSlot("RECOVERY")), 1u);
+  // Who sent it there, and why, is in the audit log.
+  auto audited = Ralphctl(machine, {"audit", "list", "--type", "recovery.reboot", "--json"});
+  EXPECT_EQ(audited.exit, 0) << audited.output;
+  EXPECT_NE(audited.output.find("e2e break-glass"), std::string::npos) << audited.output;
 }
 
 }  // namespace

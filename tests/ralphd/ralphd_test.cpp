@@ -581,6 +581,29 @@ TEST_F(RalphdTest, BadFramesGetPreciseErrorsAndTheDaemonServesOn) {
   }
 }
 
+// The break-glass reboot needs the appliance's ralphd (--recovery-reboot,
+// where PID 1 is ralph-init): here it is refused, naming why, on both
+// transports, audited as a refused command, and the daemon serves on. The
+// reboot itself is e2e_armed_recovery's.
+TEST_P(RalphctlTest, ARecoveryRebootIsRefusedByADaemonThatDoesNotRebootTheMachine) {
+  ProgramStreams reboot = Ctl({"recovery", "reboot", "--reason", "test"});
+  EXPECT_EQ(reboot.exit, 1);
+  EXPECT_NE(reboot.err.find("this ralphd does not reboot the machine"), std::string::npos)
+      << reboot.err;
+  ProgramStreams bad = Ctl({"recovery", "restart"});
+  EXPECT_EQ(bad.exit, 2) << bad.err;
+  EXPECT_EQ(Ctl({"status"}).exit, 0);
+  json commands = CtlJson({"audit", "list", "--type", "command", "--limit", "0"});
+  bool refused = false;
+  for (const json& row : commands) {
+    if (row["subject"] == "recovery.reboot" && row["details"]["result"] == "unsupported") {
+      refused = true;
+    }
+  }
+  EXPECT_TRUE(refused) << commands.dump();
+  EXPECT_EQ(CtlJson({"audit", "list", "--type", "recovery.reboot", "--limit", "0"}).size(), 0u);
+}
+
 TEST_P(RalphctlTest, TimeoutsUnsafeUploadsAndNonRootCallersAreRefused) {
   // Killed by the timeout it asked for (less than the profile's).
   ProgramStreams slow = Ctl({"job", "run", "--timeout-ms", "300", "--", "sleep", "600"});

@@ -24,6 +24,8 @@ constexpr Command kCommands[] = {
     {"agent-image", "install, show and roll back the agent image agent jobs run on (ralphd)",
      RunAgentImageCommand},
     {"remote", "pair this host with an appliance's HTTPS API (for --remote)", RunRemoteCommand},
+    {"recovery", "reboot into RECOVERY once, audited: the operator's break-glass (ralphd)",
+     RunRecoveryCommand},
 };
 
 }  // namespace

@@ -222,6 +222,7 @@ constexpr FieldInfo kMemoryListQuery[] = {
     Text("agent", memory::kMaxAgentBytes, false, kAgentPattern), Unsigned("after", 0, kMaxSeq),
     Unsigned("limit", 1, memory::kMaxPageLimit)};
 constexpr FieldInfo kAgentImageInstallFields[] = {Text("path", kMaxArgBytes, true, "^/")};
+constexpr FieldInfo kRecoveryRebootFields[] = {Text("reason", kMaxRecoveryReasonBytes)};
 
 constexpr RouteInfo kRouteInfos[] = {
     {"GET", "/v1/status", StatusCommand::kName},
@@ -291,6 +292,12 @@ constexpr RouteInfo kRouteInfos[] = {
      BodyKind::kJson,
      kAgentImageInstallFields},
     {"POST", "/v1/agent-image/rollback", AgentImageRollbackCommand::kName},
+    {"POST",
+     "/v1/recovery/reboot",
+     RecoveryRebootCommand::kName,
+     {},
+     BodyKind::kJson,
+     kRecoveryRebootFields},
     {"GET", "/v1/creds", CredsListCommand::kName},
     {"POST",
      "/v1/creds/revoke",
@@ -973,6 +980,16 @@ Result<Command> DecodePairingRevoke(const Request& request) {
   return PairingRevokeCommand{.id = *id};
 }
 
+Result<Command> DecodeRecoveryReboot(const Request& request) {
+  TRY(QueryReader(request).Finish());
+  json body = TRY(BodyObject(request));
+  ObjectReader reader(body, "body", BodyFields(request));
+  RecoveryRebootCommand command;
+  command.reason = TRY(reader.String("reason")).value_or("");
+  TRY(reader.Finish());
+  return command;
+}
+
 Result<Command> DecodeAgentImageInstall(const Request& request) {
   TRY(QueryReader(request).Finish());
   json body = TRY(BodyObject(request));
@@ -1269,6 +1286,8 @@ constexpr Route kRoutes[] = {
     {"/v1/agent-image/install", "POST",
      [](const Request& r, uint64_t) { return DecodeAgentImageInstall(r); }},
     {"/v1/agent-image/rollback", "POST", Plain<AgentImageRollbackCommand>},
+    {"/v1/recovery/reboot", "POST",
+     [](const Request& r, uint64_t) { return DecodeRecoveryReboot(r); }},
     {"/v1/creds", "GET", Plain<CredsListCommand>},
     {"/v1/creds/revoke", "POST", [](const Request& r, uint64_t) { return DecodeCredsRevoke(r); }},
     {"/v1/creds/login", "POST", [](const Request& r, uint64_t) { return DecodeCredsLogin(r); }},

@@ -762,6 +762,9 @@ Result<Reply> Daemon::Carry(const Caller& caller, const Command& command) {
   if (std::holds_alternative<AgentImageRollbackCommand>(command)) {
     return AgentImageRollback(caller);
   }
+  if (const auto* c = std::get_if<RecoveryRebootCommand>(&command)) {
+    return RecoveryReboot(caller, *c);
+  }
   if (const auto* c = std::get_if<TerminalAttachCommand>(&command)) {
     TRY(store_->Job(c->id));
     return Error::Make(ErrorCode::kInvalidArgument,
@@ -852,6 +855,31 @@ Result<Reply> Daemon::Memory(const Caller& caller, const Command& command) {
         page(TRY(memory_->ByAgent(c->agent, {.after = c->after, .limit = c->limit}))));
   }
   return Error::Make(ErrorCode::kInternal, "unhandled memory command");
+}
+
+Result<Reply> Daemon::RecoveryReboot(const Caller& caller, const RecoveryRebootCommand& command) {
+  if (!options_.recovery_reboot) {
+    return Error::Make(ErrorCode::kUnsupported,
+                       "recovery.reboot: this ralphd does not reboot the machine (only the "
+                       "appliance's, started by ralph-init with --recovery-reboot, does)");
+  }
+  // On disk before the machine goes down: the record of who sent it there
+  // must not depend on the shutdown that follows.
+  Audit("recovery.reboot", "machine", {{"caller", caller.ToString()}, {"reason", command.reason}});
+  FlushAudit();
+  TRY(options_.recovery_reboot->arm());
+  Log(LogLevel::kInfo, fmt::format("recovery reboot asked by {}: RECOVERY is armed for the next "
+                                   "boot; rebooting",
+                                   caller.ToString()));
+  reboot_after_reply_ = true;
+  return Reply::Json({{"rebooting", true}, {"next_boot", "RECOVERY"}});
+}
+
+void Daemon::AfterReply() {
+  // The reply is with its transport (on the local socket: in the client's
+  // receive buffer), so a client on this machine reads it whatever the
+  // shutdown does to this daemon.
+  if (std::exchange(reboot_after_reply_, false)) options_.recovery_reboot->reboot();
 }
 
 Reply Daemon::Dispatch(const Caller& caller, const Command& command) {

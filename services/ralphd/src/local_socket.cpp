@@ -448,6 +448,7 @@ void LocalServer::HandleFrame(Connection& connection, std::string_view line) {
     return;
   }
   Send(connection, ReplyFrame(daemon_.Dispatch(caller, *command)));
+  daemon_.AfterReply();
 }
 
 void LocalServer::Attach(Connection& connection, const Caller& caller, uint64_t job) {

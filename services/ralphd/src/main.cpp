@@ -23,7 +23,10 @@
 
 #include <fmt/format.h>
 
+#include "boot/slot_manager.h"
+#include "drivers/disk.h"
 #include "platform/cli.h"
+#include "platform/efivar_store.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
@@ -82,6 +85,11 @@ constexpr std::string_view kUsage =
   --git PATH          the git loop mode commits each iteration with (default
                       /usr/bin/git); probed at start: without it loop jobs
                       are refused
+  --recovery-reboot   serve POST /v1/recovery/reboot (`ralphctl recovery
+                      reboot`): arm RECOVERY for the next boot (BootNext,
+                      through the machine's EFI variables) and ask PID 1
+                      (ralph-init) to reboot. Only on the appliance; without
+                      it the command is refused
 )";
 
 struct HostPort {
@@ -118,6 +126,28 @@ struct Options {
   std::string api_address;
 };
 
+// The break-glass on the appliance: BootNext = RECOVERY through the slot
+// manager (which makes RECOVERY's Boot#### entry if it is missing); then,
+// once the reply is on its way, SIGTERM to ralph-init, which stops the
+// services and reboots, as the health gate asks it to.
+ralph::Result<void> ArmRecovery() {
+  std::unique_ptr<ralph::LibefivarStore> store = TRY(ralph::LibefivarStore::Open());
+  ralph::Result<ralph::DiskLayout> disk = ralph::DiscoverApplianceDisk();
+  std::optional<ralph::DiskLayout> layout;
+  if (disk) layout = std::move(*disk);
+  std::string cmdline = ralph::ReadWholeFile("/proc/cmdline").value_or(std::string());
+  ralph::boot::SlotManager manager =
+      TRY(ralph::boot::SlotManager::Create(*store, std::move(layout), cmdline));
+  TRY(manager.ArmRecovery());
+  return {};
+}
+
+void AskInitToReboot() {
+  if (::kill(1, SIGTERM) != 0) {
+    ralph::LogError("{}", ralph::Error::FromErrno("asking PID 1 to reboot", errno).ToString());
+  }
+}
+
 // Parses argv through the tree's one parser: std::nullopt to go on with
 // `options` filled in, else the exit status (0 after --help, 2 naming the
 // bad flag).
@@ -144,7 +174,12 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--agent-images", &options.daemon.agent_images);
   parser.Option("--keyring", &keyring);
   parser.Option("--factory-agent-bundle", &options.daemon.factory_agent_bundle);
+  bool recovery_reboot = false;
+  parser.Flag("--recovery-reboot", &recovery_reboot);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
+  if (recovery_reboot) {
+    options.daemon.recovery_reboot = {.arm = ArmRecovery, .reboot = AskInitToReboot};
+  }
   for (const std::string& entry : agent_programs) {
     size_t eq = entry.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 >= entry.size() || entry[eq + 1] != '/') {

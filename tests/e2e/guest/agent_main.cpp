@@ -21,6 +21,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,6 +81,9 @@ nlohmann::json RunProgram(const std::vector<std::string>& argv) {
   args.push_back(nullptr);
   pid_t pid = ::fork();
   if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the agent's own SIGTERM block
     ::dup2(write_end.get(), STDOUT_FILENO);
     ::dup2(write_end.get(), STDERR_FILENO);
     char* envp[] = {const_cast<char*>("PATH=/usr/bin:/sbin"), nullptr};
@@ -238,12 +242,26 @@ int main() {
     ralph::LogError("open {}: {}", port, std::strerror(errno));
     return 1;
   }
+  // SIGTERM (ralph-init stopping the services) is taken between requests
+  // only: a request in flight, e.g. a command that reboots the machine,
+  // still gets its reply.
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  ::sigprocmask(SIG_BLOCK, &term, nullptr);
+  ralph::UniqueFd stop(::signalfd(-1, &term, SFD_CLOEXEC));
+  if (!stop) {
+    ralph::LogError("signalfd: {}", std::strerror(errno));
+    return 1;
+  }
   ralph::LogInfo("listening on {}", port);
   std::string pending;
   char buffer[4096];
   for (;;) {
-    pollfd pfd{fd.get(), POLLIN, 0};
-    if (::poll(&pfd, 1, 1000) <= 0) continue;
+    pollfd pfds[2] = {{fd.get(), POLLIN, 0}, {stop.get(), POLLIN, 0}};
+    if (::poll(pfds, 2, 1000) <= 0) continue;
+    if (pfds[1].revents & POLLIN) return 0;
+    pollfd& pfd = pfds[0];
     if (!(pfd.revents & POLLIN)) {
       // Host side not connected (POLLHUP): wait for it.
       std::this_thread::sleep_for(std::chrono::milliseconds(200));

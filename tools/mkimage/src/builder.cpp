@@ -565,15 +565,15 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
   // sandbox base, the API on every address (the health gate checks it on
   // 127.0.0.1). Required: a slot whose control plane does not come up is
   // refused by the health gate.
-  services.push_back(
-      {"ralphd",
-       "/usr/bin/ralphd",
-       {"--state-dir", kRalphdStateDir, "--socket", kRalphdSocket, "--job-root", kSandboxBase,
-        "--api-listen", kRalphdApiListen, "--agent-images", kAgentImageStore, "--keyring",
-        "/etc/ralph/keyring", "--factory-agent-bundle", kFactoryAgentBundlePath},
-       {},
-       false,
-       true});
+  services.push_back({"ralphd",
+                      "/usr/bin/ralphd",
+                      {"--state-dir", kRalphdStateDir, "--socket", kRalphdSocket, "--job-root",
+                       kSandboxBase, "--api-listen", kRalphdApiListen, "--agent-images",
+                       kAgentImageStore, "--keyring", "/etc/ralph/keyring",
+                       "--factory-agent-bundle", kFactoryAgentBundlePath, "--recovery-reboot"},
+                      {},
+                      false,
+                      true});
   std::vector<std::string> health_after;
   for (const auto& s : services) health_after.push_back(s.name);
   services.push_back({"health", "/usr/bin/ralph-health", {}, health_after, true, true});

@@ -129,6 +129,7 @@ void DispatcherHandler::HandleAsync(const Caller& caller, ApiRequest request, Do
                    core_caller = ralphd::Caller::ClientCertificate(caller.client_id),
                    command = std::move(*command), done = std::move(done)] {
     done(ToApiReply(dispatcher.Dispatch(core_caller, command)));
+    dispatcher.AfterReply();
   };
   if (post_) {
     post_(std::move(dispatch));

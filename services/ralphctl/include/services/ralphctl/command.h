@@ -64,6 +64,8 @@ int RunPairingsCommand(const Invocation& invocation, std::span<const std::string
 // The agent image on VAR, through ralphd (src/agent_image_command.cpp).
 int RunAgentImageCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunCredsCommand(const Invocation& invocation, std::span<const std::string> args);
+// The operator's break-glass into RECOVERY, through ralphd (src/recovery_command.cpp).
+int RunRecoveryCommand(const Invocation& invocation, std::span<const std::string> args);
 // The client side of the HTTPS API: pairing from a host (src/remote_command.cpp).
 int RunRemoteCommand(const Invocation& invocation, std::span<const std::string> args);
 

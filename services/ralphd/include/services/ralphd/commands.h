@@ -72,6 +72,7 @@
 //   GET    /v1/agent-image                   AgentImageStatusCommand
 //   POST   /v1/agent-image/install           AgentImageInstallCommand
 //   POST   /v1/agent-image/rollback          AgentImageRollbackCommand
+//   POST   /v1/recovery/reboot               RecoveryRebootCommand
 //   GET    /v1/creds                         CredsListCommand
 //   POST   /v1/creds/revoke                  CredsRevokeCommand
 //   POST   /v1/creds/login                   CredsLoginCommand (a login job on a
@@ -461,6 +462,13 @@ struct AgentImageInstallCommand {
 struct AgentImageRollbackCommand {
   static constexpr std::string_view kName = "agent-image.rollback";
 };
+// The operator's break-glass (docs/ralphd.md "Recovery reboot"): RECOVERY
+// armed for the next boot only (BootNext) and the machine rebooted into it.
+inline constexpr size_t kMaxRecoveryReasonBytes = 1024;
+struct RecoveryRebootCommand {
+  static constexpr std::string_view kName = "recovery.reboot";
+  std::string reason;  // recorded in the audit log; may be empty
+};
 // The agents' credentials (docs/credentials.md): the accounts stored, a
 // revocation, and a login (the tool's own flow in a sandbox, on a pty the
 // caller attaches to as a job's terminal).
@@ -485,16 +493,18 @@ struct CredsLoginCommand {
   std::optional<uint16_t> rows;
 };
 
-using Command = std::variant<
-    StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
-    JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
-    WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand, PolicyValidateCommand,
-    PolicyHistoryCommand, PolicyRollbackCommand, AuditListCommand, AuditVerifyCommand,
-    AuditExportCommand, EventsCommand, PairCommand, PairingsListCommand, PairingRevokeCommand,
-    TerminalAttachCommand, JobIterationsCommand, JobPauseCommand, JobResumeCommand, JobDiffCommand,
-    JobRollbackCommand, MemoryPutCommand, MemoryGetCommand, MemoryQueryCommand,
-    MemoryHistoryCommand, MemoryListCommand, AgentImageStatusCommand, AgentImageInstallCommand,
-    AgentImageRollbackCommand, CredsListCommand, CredsRevokeCommand, CredsLoginCommand>;
+using Command =
+    std::variant<StatusCommand, JobSubmitCommand, JobListCommand, JobShowCommand, JobStartCommand,
+                 JobCancelCommand, JobLogsCommand, JobFilesCommand, WorkspaceUploadCommand,
+                 WorkspaceDownloadCommand, PolicyGetCommand, PolicySetCommand,
+                 PolicyValidateCommand, PolicyHistoryCommand, PolicyRollbackCommand,
+                 AuditListCommand, AuditVerifyCommand, AuditExportCommand, EventsCommand,
+                 PairCommand, PairingsListCommand, PairingRevokeCommand, TerminalAttachCommand,
+                 JobIterationsCommand, JobPauseCommand, JobResumeCommand, JobDiffCommand,
+                 JobRollbackCommand, MemoryPutCommand, MemoryGetCommand, MemoryQueryCommand,
+                 MemoryHistoryCommand, MemoryListCommand, AgentImageStatusCommand,
+                 AgentImageInstallCommand, AgentImageRollbackCommand, CredsListCommand,
+                 CredsRevokeCommand, CredsLoginCommand, RecoveryRebootCommand>;
 
 // The command's name for the audit log and logs (its kName: "job.submit").
 std::string_view CommandName(const Command& command);
@@ -624,6 +634,9 @@ class DispatcherInterface {
     (void)caller;
     (void)peer;
   }
+  // What must wait until a reply is on its way (a reboot): a transport
+  // calls it once it has handed Dispatch's reply to its connection.
+  virtual void AfterReply() {}
 };
 
 }  // namespace ralph::ralphd

@@ -90,6 +90,15 @@ struct DaemonOptions {
   // A bundle installed at start while the store has no image yet (the
   // factory disk's, docs/image.md), removed once installed.
   std::string factory_agent_bundle;
+  // The operator's break-glass (RecoveryRebootCommand): `arm` makes
+  // RECOVERY the next boot (its failure is the command's); `reboot` asks
+  // PID 1 to reboot, once the reply is on its way (AfterReply). Unset (a
+  // development host, the tests): the command is refused as unsupported.
+  struct RebootHooks {
+    std::function<Result<void>()> arm;
+    std::function<void()> reboot;
+  };
+  std::optional<RebootHooks> recovery_reboot;
 };
 
 // The HTTPS API's pairing registry as the core administers it; set when
@@ -114,6 +123,7 @@ class Daemon final : public DispatcherInterface {
   // Every command that changes something, and every refusal or failure, is
   // a "command" audit record; a read that succeeds is not (IsReadOnly).
   Reply Dispatch(const Caller& caller, const Command& command) override;
+  void AfterReply() override;
   // One "api.session" (a client certificate) or "local.session" (a uid)
   // audit record: subject and caller the caller, peer where it came from.
   void SessionOpened(const Caller& caller, std::string_view peer) override;
@@ -298,6 +308,8 @@ class Daemon final : public DispatcherInterface {
   Result<Reply> AgentImageStatus();
   Result<Reply> AgentImageInstall(const Caller& caller, const std::string& path);
   Result<Reply> AgentImageRollback(const Caller& caller);
+  Result<Reply> RecoveryReboot(const Caller& caller, const RecoveryRebootCommand& command);
+  bool reboot_after_reply_ = false;  // a recovery reboot waits for its reply
 
   DaemonOptions options_;
   std::unique_ptr<Store> store_;
