@@ -7,6 +7,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -15,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "drivers/block_device.h"
 #include "platform/hex.h"
 #include "platform/unique_fd.h"
 
@@ -142,6 +144,105 @@ std::string RenderVerityCmdline(const VerityParams& params) {
   return fmt::format("{}roothash={} {}salt={} {}data_blocks={} {}hash_offset={}", kPrefix,
                      HexEncode(params.root_hash), kPrefix, HexEncode(params.salt), kPrefix,
                      params.data_blocks, kPrefix, params.hash_offset);
+}
+
+namespace {
+
+constexpr uint64_t kHashesPerBlock = kVerityBlockSize / kSha256Size;
+
+Result<Sha256Digest> SaltedHash(Sha256& hasher, const Sha256Digest& salt,
+                                std::span<const uint8_t> block) {
+  TRY(hasher.Reset());
+  TRY(hasher.Update(salt));
+  TRY(hasher.Update(block));
+  return hasher.Finish();
+}
+
+}  // namespace
+
+Result<VerityTree> ComputeVerityTree(BlockDeviceInterface& device, uint64_t data_blocks,
+                                     const Sha256Digest& salt) {
+  if (data_blocks == 0) {
+    return Error::Make(ErrorCode::kInvalidArgument, "a verity tree needs at least one data block");
+  }
+  if (device.size() / kVerityBlockSize < data_blocks) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("the device has {} bytes, not {} data blocks", device.size(),
+                                   data_blocks));
+  }
+  Sha256 hasher = TRY(Sha256::Create());
+  // levels[0]: the hash blocks over the data; each next level hashes the one
+  // below until one block is left.
+  std::vector<std::vector<uint8_t>> levels;
+  std::vector<uint8_t> block(kVerityBlockSize);
+  std::vector<uint8_t> current;
+  constexpr uint64_t kChunkBlocks = 256;  // 1 MiB reads
+  std::vector<uint8_t> chunk(kChunkBlocks * kVerityBlockSize);
+  for (uint64_t first = 0; first < data_blocks; first += kChunkBlocks) {
+    uint64_t count = std::min(kChunkBlocks, data_blocks - first);
+    std::span<uint8_t> part(chunk.data(), count * kVerityBlockSize);
+    TRY_CTX(device.ReadAt(first * kVerityBlockSize, part),
+            fmt::format("reading data blocks {}..{}", first, first + count - 1));
+    for (uint64_t i = 0; i < count; ++i) {
+      Sha256Digest digest = TRY(SaltedHash(
+          hasher, salt, std::span<const uint8_t>(part.data() + i * kVerityBlockSize,
+                                                 kVerityBlockSize)));
+      current.insert(current.end(), digest.begin(), digest.end());
+    }
+  }
+  VerityTree result;
+  if (data_blocks == 1) {
+    // No hash blocks at all: the kernel compares the one block's hash with
+    // the root hash directly (zero levels), and so does veritysetup.
+    std::copy(current.begin(), current.end(), result.root_hash.begin());
+    return result;
+  }
+  for (;;) {
+    current.resize((current.size() + kVerityBlockSize - 1) / kVerityBlockSize * kVerityBlockSize,
+                   0);
+    levels.push_back(current);
+    if (current.size() == kVerityBlockSize) break;
+    std::vector<uint8_t> above;
+    for (size_t at = 0; at < current.size(); at += kVerityBlockSize) {
+      Sha256Digest digest = TRY(SaltedHash(
+          hasher, salt, std::span<const uint8_t>(current.data() + at, kVerityBlockSize)));
+      above.insert(above.end(), digest.begin(), digest.end());
+    }
+    current = std::move(above);
+  }
+  result.root_hash = TRY(SaltedHash(hasher, salt, levels.back()));
+  for (auto level = levels.rbegin(); level != levels.rend(); ++level) {
+    result.tree.insert(result.tree.end(), level->begin(), level->end());
+  }
+  return result;
+}
+
+Result<void> CheckVerity(BlockDeviceInterface& device, const VerityParams& params) {
+  VerityTree computed = TRY(ComputeVerityTree(device, params.data_blocks, params.salt));
+  if (computed.root_hash != params.root_hash) {
+    return Error::Make(ErrorCode::kVerificationFailed,
+                       fmt::format("the {} data blocks hash to root {}, not the expected {}",
+                                   params.data_blocks, HexEncode(computed.root_hash),
+                                   HexEncode(params.root_hash)));
+  }
+  if (device.size() < params.hash_offset ||
+      device.size() - params.hash_offset < computed.tree.size()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("the device has {} bytes: no room for the {}-byte hash tree at "
+                                   "{}",
+                                   device.size(), computed.tree.size(), params.hash_offset));
+  }
+  std::vector<uint8_t> stored(computed.tree.size());
+  TRY_CTX(device.ReadAt(params.hash_offset, stored), "reading the stored hash tree");
+  if (stored != computed.tree) {
+    size_t at = 0;
+    while (stored[at] == computed.tree[at]) ++at;
+    return Error::Make(ErrorCode::kVerificationFailed,
+                       fmt::format("the stored hash tree differs from the data's at byte {} "
+                                   "(offset {}): dm-verity would refuse these blocks",
+                                   at, params.hash_offset + at));
+  }
+  return {};
 }
 
 std::string VerityTableParams(const VerityParams& params, uint32_t major, uint32_t minor) {

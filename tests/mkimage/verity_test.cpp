@@ -7,6 +7,7 @@
 
 #include <random>
 
+#include "drivers/block_device.h"
 #include "drivers/verity.h"
 #include "platform/file_io.h"
 #include "platform/hex.h"
@@ -18,9 +19,9 @@ namespace ralph::mkimage {
 namespace {
 
 // 3 full blocks and a partial one, deterministic.
-std::string Content() {
+std::string Content(size_t size = 3 * 4096 + 1000) {
   std::mt19937 rng(18);
-  std::string bytes(3 * 4096 + 1000, '\0');
+  std::string bytes(size, '\0');
   for (auto& b : bytes) b = static_cast<char>(rng() & 0xff);
   return bytes;
 }
@@ -93,6 +94,69 @@ TEST(AppendHashTreeTest, SameInputSameBytesOtherSeedOtherSalt) {
   EXPECT_EQ(images[0], images[1]);
   EXPECT_NE(params[0].salt, params[2].salt);
   EXPECT_NE(params[0].root_hash, params[2].root_hash);
+}
+
+Result<void> Check(const std::string& image, const VerityParams& params) {
+  auto device = BlockDevice::Open(image, IoMode::kBuffered);
+  if (!device) return std::move(device).error();
+  return CheckVerity(**device, params);
+}
+
+TEST(ComputeVerityTreeTest, MatchesVeritysetupForOneFewAndManyBlocks) {
+  testing::TempDir dir("ralph-verity");
+  // 1 block (no hash block), 4 (one level), 300 (two levels: 3 + 1 blocks).
+  for (size_t size : {size_t{100}, size_t{3 * 4096 + 1000}, size_t{300 * 4096}}) {
+    std::string image = dir / ("root-" + std::to_string(size) + ".img");
+    ASSERT_TRUE(WriteWholeFile(image, Content(size)));
+    auto params = AppendHashTree(image, "seed/system");
+    ASSERT_TRUE(params) << params.error().ToString();
+    auto bytes = ReadWholeFile(image);
+    ASSERT_TRUE(bytes);
+    auto device = BlockDevice::Open(image, IoMode::kBuffered);
+    ASSERT_TRUE(device) << device.error().ToString();
+    auto tree = ComputeVerityTree(**device, params->data_blocks, params->salt);
+    ASSERT_TRUE(tree) << tree.error().ToString();
+    EXPECT_EQ(HexEncode(tree->root_hash), HexEncode(params->root_hash)) << size;
+    std::string stored = bytes->substr(params->hash_offset);
+    EXPECT_EQ(std::string(tree->tree.begin(), tree->tree.end()), stored) << size;
+    auto checked = Check(image, *params);
+    EXPECT_TRUE(checked) << size << ": " << checked.error().ToString();
+  }
+}
+
+TEST(ComputeVerityTreeTest, CheckNamesAFlippedDataOrTreeByte) {
+  testing::TempDir dir("ralph-verity");
+  std::string image = dir / "root.img";
+  ASSERT_TRUE(WriteWholeFile(image, Content(300 * 4096)));
+  auto params = AppendHashTree(image, "seed/system");
+  ASSERT_TRUE(params) << params.error().ToString();
+  auto bytes = ReadWholeFile(image);
+  ASSERT_TRUE(bytes);
+
+  std::string data_flipped = dir / "data.img";
+  ASSERT_TRUE(WriteWholeFile(data_flipped, *bytes));
+  ASSERT_NO_FATAL_FAILURE(FlipByte(data_flipped, 123 * 4096 + 9));
+  auto data = Check(data_flipped, *params);
+  ASSERT_FALSE(data);
+  EXPECT_EQ(data.error().code(), ErrorCode::kVerificationFailed);
+  EXPECT_NE(data.error().ToString().find("hash to root"), std::string::npos)
+      << data.error().ToString();
+
+  std::string tree_flipped = dir / "tree.img";
+  ASSERT_TRUE(WriteWholeFile(tree_flipped, *bytes));
+  ASSERT_NO_FATAL_FAILURE(FlipByte(tree_flipped, params->hash_offset + 4096 + 40));
+  auto tree = Check(tree_flipped, *params);
+  ASSERT_FALSE(tree);
+  EXPECT_EQ(tree.error().code(), ErrorCode::kVerificationFailed);
+  EXPECT_NE(tree.error().ToString().find("stored hash tree differs from the data's at byte 4136"),
+            std::string::npos)
+      << tree.error().ToString();
+
+  std::string short_image = dir / "short.img";
+  ASSERT_TRUE(WriteWholeFile(short_image, bytes->substr(0, params->hash_offset + 100)));
+  auto cut = Check(short_image, *params);
+  ASSERT_FALSE(cut);
+  EXPECT_EQ(cut.error().code(), ErrorCode::kInvalidArgument) << cut.error().ToString();
 }
 
 TEST(AppendHashTreeTest, EmptyImageIsRefused) {

@@ -29,11 +29,14 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "platform/result.h"
 #include "platform/sha256.h"
 
 namespace ralph {
+
+class BlockDeviceInterface;
 
 inline constexpr uint64_t kVerityBlockSize = 4096;
 
@@ -53,6 +56,25 @@ struct VerityParams {
 Result<std::optional<VerityParams>> ParseVerityCmdline(std::string_view cmdline);
 // The four words, space-separated, in the order above.
 std::string RenderVerityCmdline(const VerityParams& params);
+
+// The hash tree of the first `data_blocks` 4 KiB blocks of `device`, computed
+// in userspace exactly as veritysetup stores it (format 1: every hash is
+// SHA-256(salt || block), a hash block holds 128 hashes and is zero-padded,
+// the top level first): `tree` is what belongs at hash_offset. What the
+// OTA writer and recovery check a slot with before trusting it; the kernel
+// does the same per block at read time.
+struct VerityTree {
+  Sha256Digest root_hash{};
+  std::vector<uint8_t> tree;
+};
+Result<VerityTree> ComputeVerityTree(BlockDeviceInterface& device, uint64_t data_blocks,
+                                     const Sha256Digest& salt);
+// Checks `device` against `params`: the data hashes to the root hash and the
+// stored tree is the computed one. kVerificationFailed naming which (the
+// root hash: the data or the parameters are wrong; the tree: the data is
+// right but dm-verity would refuse it); kInvalidArgument when the device is
+// too small for the data and tree.
+Result<void> CheckVerity(BlockDeviceInterface& device, const VerityParams& params);
 
 // The verity target's table parameters for a data/hash device `major:minor`
 // (kernel Documentation/admin-guide/device-mapper/verity.rst).
