@@ -33,9 +33,9 @@ Result<uint64_t> ParseCount(std::string_view key, std::string_view text) {
   uint64_t value = 0;
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (text.empty() || ec != std::errc() || ptr != text.data() + text.size()) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("kernel command line: {}{}={} is not a decimal number", kPrefix,
-                                   key, text));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("kernel command line: {}{}={} is not a decimal number", kPrefix, key, text));
   }
   return value;
 }
@@ -43,9 +43,9 @@ Result<uint64_t> ParseCount(std::string_view key, std::string_view text) {
 Result<Sha256Digest> ParseDigest(std::string_view key, std::string_view text) {
   Sha256Digest digest{};
   if (auto decoded = HexDecodeInto(text, digest); !decoded) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("kernel command line: {}{}: {}", kPrefix, key,
-                                   decoded.error().message()));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("kernel command line: {}{}: {}", kPrefix, key, decoded.error().message()));
   }
   return digest;
 }
@@ -131,11 +131,11 @@ Result<std::optional<VerityParams>> ParseVerityCmdline(std::string_view cmdline)
   }
   if (params.hash_offset % kVerityBlockSize != 0 ||
       params.hash_offset / kVerityBlockSize < params.data_blocks) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("kernel command line: {}hash_offset={} is not a multiple of "
-                                   "{} at or after the {} data blocks",
-                                   kPrefix, params.hash_offset, kVerityBlockSize,
-                                   params.data_blocks));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("kernel command line: {}hash_offset={} is not a multiple of "
+                    "{} at or after the {} data blocks",
+                    kPrefix, params.hash_offset, kVerityBlockSize, params.data_blocks));
   }
   return std::optional<VerityParams>(params);
 }
@@ -166,9 +166,9 @@ Result<VerityTree> ComputeVerityTree(BlockDeviceInterface& device, uint64_t data
     return Error::Make(ErrorCode::kInvalidArgument, "a verity tree needs at least one data block");
   }
   if (device.size() / kVerityBlockSize < data_blocks) {
-    return Error::Make(ErrorCode::kInvalidArgument,
-                       fmt::format("the device has {} bytes, not {} data blocks", device.size(),
-                                   data_blocks));
+    return Error::Make(
+        ErrorCode::kInvalidArgument,
+        fmt::format("the device has {} bytes, not {} data blocks", device.size(), data_blocks));
   }
   Sha256 hasher = TRY(Sha256::Create());
   // levels[0]: the hash blocks over the data; each next level hashes the one
@@ -185,8 +185,8 @@ Result<VerityTree> ComputeVerityTree(BlockDeviceInterface& device, uint64_t data
             fmt::format("reading data blocks {}..{}", first, first + count - 1));
     for (uint64_t i = 0; i < count; ++i) {
       Sha256Digest digest = TRY(SaltedHash(
-          hasher, salt, std::span<const uint8_t>(part.data() + i * kVerityBlockSize,
-                                                 kVerityBlockSize)));
+          hasher, salt,
+          std::span<const uint8_t>(part.data() + i * kVerityBlockSize, kVerityBlockSize)));
       current.insert(current.end(), digest.begin(), digest.end());
     }
   }
@@ -220,10 +220,10 @@ Result<VerityTree> ComputeVerityTree(BlockDeviceInterface& device, uint64_t data
 Result<void> CheckVerity(BlockDeviceInterface& device, const VerityParams& params) {
   VerityTree computed = TRY(ComputeVerityTree(device, params.data_blocks, params.salt));
   if (computed.root_hash != params.root_hash) {
-    return Error::Make(ErrorCode::kVerificationFailed,
-                       fmt::format("the {} data blocks hash to root {}, not the expected {}",
-                                   params.data_blocks, HexEncode(computed.root_hash),
-                                   HexEncode(params.root_hash)));
+    return Error::Make(
+        ErrorCode::kVerificationFailed,
+        fmt::format("the {} data blocks hash to root {}, not the expected {}", params.data_blocks,
+                    HexEncode(computed.root_hash), HexEncode(params.root_hash)));
   }
   if (device.size() < params.hash_offset ||
       device.size() - params.hash_offset < computed.tree.size()) {
@@ -260,7 +260,8 @@ Result<std::string> OpenVerityDevice(const std::string& name, const std::string&
                        fmt::format("'{}' is no device-mapper name", name));
   }
   struct stat st {};
-  if (::stat(device.c_str(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", device), errno);
+  if (::stat(device.c_str(), &st) != 0)
+    return Error::FromErrno(fmt::format("stat {}", device), errno);
   if (!S_ISBLK(st.st_mode)) {
     return Error::Make(ErrorCode::kInvalidArgument,
                        fmt::format("{} is not a block device", device));

@@ -167,9 +167,9 @@ uint64_t InodeTableStart(const std::string& disk, const std::string& label) {
   if (partition == nullptr) return 0;
   UniqueFd fd(::open(disk.c_str(), O_RDONLY | O_CLOEXEC));
   uint8_t bytes[8] = {};
-  EXPECT_EQ(::pread(fd.get(), bytes, sizeof(bytes),
-                    static_cast<off_t>(partition->offset_bytes() + 64)),
-            8);
+  EXPECT_EQ(
+      ::pread(fd.get(), bytes, sizeof(bytes), static_cast<off_t>(partition->offset_bytes() + 64)),
+      8);
   uint64_t value = 0;
   for (int i = 7; i >= 0; --i) value = (value << 8) | bytes[i];
   return value;
@@ -195,8 +195,8 @@ TEST_F(SlotBTest, FlippedByteInSlotImageIsAVerityErrorAndFallsBack) {
   for (const char* line :
        {"slot B root SYSTEM_B (/dev/vda3) verified by dm-verity as /dev/mapper/ralph-root",
         "device-mapper: verity:", "data block 0 is corrupted",
-        "slot B root SYSTEM_B (/dev/vda3): reading /dev/mapper/ralph-root",
-        "Input/output error", "cannot boot this slot"}) {
+        "slot B root SYSTEM_B (/dev/vda3): reading /dev/mapper/ralph-root", "Input/output error",
+        "cannot boot this slot"}) {
     auto seen = machine.WaitFor(line, kBootTimeout);
     ASSERT_TRUE(seen) << seen.error().ToString();
   }

@@ -27,12 +27,12 @@ std::string Content(size_t size = 3 * 4096 + 1000) {
 }
 
 Result<std::string> Verify(const std::string& image, const VerityParams& params) {
-  return testing::RunCommand(
-      {"veritysetup", "verify", "--no-superblock", "--format=1", "--hash=sha256",
-       "--data-block-size=4096", "--hash-block-size=4096",
-       "--data-blocks=" + std::to_string(params.data_blocks),
-       "--hash-offset=" + std::to_string(params.hash_offset), "--salt=" + HexEncode(params.salt),
-       image, image, HexEncode(params.root_hash)});
+  return testing::RunCommand({"veritysetup", "verify", "--no-superblock", "--format=1",
+                              "--hash=sha256", "--data-block-size=4096", "--hash-block-size=4096",
+                              "--data-blocks=" + std::to_string(params.data_blocks),
+                              "--hash-offset=" + std::to_string(params.hash_offset),
+                              "--salt=" + HexEncode(params.salt), image, image,
+                              HexEncode(params.root_hash)});
 }
 
 void FlipByte(const std::string& path, size_t offset) {

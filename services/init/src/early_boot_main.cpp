@@ -388,9 +388,8 @@ Result<std::string> OpenVerifiedRoot(std::string_view slot, const std::string& l
                                      const std::string& device, const std::string& cmdline) {
   auto parsed = ParseVerityCmdline(cmdline);
   if (!parsed) {
-    return std::move(parsed).error().WithContext(
-        fmt::format("slot {}: refusing to mount {} ({}) unverified", SlotDisplayName(slot), label,
-                    device));
+    return std::move(parsed).error().WithContext(fmt::format(
+        "slot {}: refusing to mount {} ({}) unverified", SlotDisplayName(slot), label, device));
   }
   if (!*parsed) {
     return Error::Make(ErrorCode::kNotFound,

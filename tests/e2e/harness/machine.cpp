@@ -149,7 +149,8 @@ Result<uint8_t> FlipPartitionByte(const std::string& disk, const std::string& la
   if (!fd) return Error::FromErrno(fmt::format("open {}", disk), errno);
   uint8_t byte = 0;
   off_t at = static_cast<off_t>(partition->offset_bytes() + offset);
-  if (::pread(fd.get(), &byte, 1, at) != 1) return Error::FromErrno(fmt::format("read {}", disk), errno);
+  if (::pread(fd.get(), &byte, 1, at) != 1)
+    return Error::FromErrno(fmt::format("read {}", disk), errno);
   uint8_t flipped = static_cast<uint8_t>(~byte);
   TRY(WriteAt(fd.get(), reinterpret_cast<const char*>(&flipped), 1,
               partition->offset_bytes() + offset));

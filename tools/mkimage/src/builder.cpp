@@ -41,13 +41,29 @@ constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 // nfnetlink_log, the NFLOG backend `log group` needs and the network
 // service's event listener binds to.
 const std::vector<std::string> kWantedModules = {
-    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",      "squashfs",      "overlay",
-    "nf_tables",  "softdog",    "vfat",           "nls_cp437",     "nls_ascii",     "ext4",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "efivarfs",
+    "squashfs",
+    "overlay",
+    "nf_tables",
+    "softdog",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "ext4",
     "virtio_net",
     "loop",  // sandbox: each job's writable upper is its own ext4 on a loop device
-    "veth",       "nft_ct",     "nft_log",        "nfnetlink_log", "nft_chain_nat", "nft_masq",
+    "veth",
+    "nft_ct",
+    "nft_log",
+    "nfnetlink_log",
+    "nft_chain_nat",
+    "nft_masq",
     // Every root (slot or RECOVERY) is mounted through dm-verity (drivers/verity.h).
-    "dm-mod",     "dm-verity",
+    "dm-mod",
+    "dm-verity",
 };
 
 // Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
@@ -380,7 +396,8 @@ Result<Sha256Digest> ParseRootHash(std::string_view output) {
 Result<VerityParams> AppendHashTree(const std::string& image, std::string_view salt_seed) {
   std::string veritysetup = TRY(HostTool("/usr/sbin/veritysetup", "cryptsetup-bin"));
   struct stat st {};
-  if (::stat(image.c_str(), &st) != 0) return Error::FromErrno(fmt::format("stat {}", image), errno);
+  if (::stat(image.c_str(), &st) != 0)
+    return Error::FromErrno(fmt::format("stat {}", image), errno);
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size == 0) {
     return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{} is empty", image));
@@ -394,16 +411,16 @@ Result<VerityParams> AppendHashTree(const std::string& image, std::string_view s
   // same bytes (the factory bundle is reproducible), and two images never
   // share one by accident.
   std::string salt_input = fmt::format("ralphos-verity-salt\n{}", salt_seed);
-  params.salt = TRY(Sha256::Of(std::span(reinterpret_cast<const uint8_t*>(salt_input.data()),
-                                         salt_input.size())));
-  std::string output = TRY_CTX(
-      RunTool({veritysetup, "format", "--no-superblock", "--format=1", "--hash=sha256",
-               fmt::format("--data-block-size={}", kVerityBlockSize),
-               fmt::format("--hash-block-size={}", kVerityBlockSize),
-               fmt::format("--data-blocks={}", params.data_blocks),
-               fmt::format("--hash-offset={}", params.hash_offset),
-               fmt::format("--salt={}", HexEncode(params.salt)), image, image}),
-      fmt::format("computing the dm-verity hash tree of {}", image));
+  params.salt = TRY(Sha256::Of(
+      std::span(reinterpret_cast<const uint8_t*>(salt_input.data()), salt_input.size())));
+  std::string output =
+      TRY_CTX(RunTool({veritysetup, "format", "--no-superblock", "--format=1", "--hash=sha256",
+                       fmt::format("--data-block-size={}", kVerityBlockSize),
+                       fmt::format("--hash-block-size={}", kVerityBlockSize),
+                       fmt::format("--data-blocks={}", params.data_blocks),
+                       fmt::format("--hash-offset={}", params.hash_offset),
+                       fmt::format("--salt={}", HexEncode(params.salt)), image, image}),
+              fmt::format("computing the dm-verity hash tree of {}", image));
   params.root_hash = TRY(ParseRootHash(output));
   return params;
 }
@@ -743,8 +760,8 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   slot_inputs.update_ca = options.update_ca;
   std::string system_a = work + "/system_a.squashfs";
   TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_a", system_a), "building slot A");
-  report.system_a_verity = TRY_CTX(AppendHashTree(system_a, options.seed + "/system"),
-                                   "slot A's hash tree");
+  report.system_a_verity =
+      TRY_CTX(AppendHashTree(system_a, options.seed + "/system"), "slot A's hash tree");
   report.system_a_sha256 = TRY(FileSha256(system_a));
   std::string system_b = system_a;
   report.system_b_sha256 = report.system_a_sha256;
@@ -760,8 +777,8 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_b", system_b), "building slot B");
   }
   if (system_b != system_a) {
-    report.system_b_verity = TRY_CTX(AppendHashTree(system_b, options.seed + "/system-b-variant"),
-                                     "slot B's hash tree");
+    report.system_b_verity =
+        TRY_CTX(AppendHashTree(system_b, options.seed + "/system-b-variant"), "slot B's hash tree");
     report.system_b_sha256 = TRY(FileSha256(system_b));
   }
 
@@ -813,8 +830,8 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     recovery = work + "/recovery.squashfs";
     TRY_CTX(BuildRecoveryRoot(recovery_inputs, work + "/rootfs_recovery", recovery),
             "building the RECOVERY filesystem");
-    report.recovery_verity = TRY_CTX(AppendHashTree(recovery, options.seed + "/recovery"),
-                                     "RECOVERY's hash tree");
+    report.recovery_verity =
+        TRY_CTX(AppendHashTree(recovery, options.seed + "/recovery"), "RECOVERY's hash tree");
   }
   std::string uki_recovery = TRY(build_uki(BootTarget::kRecovery, report.recovery_verity));
 
@@ -828,8 +845,11 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
 
   if (!options.payloads_dir.empty()) {
     TRY(MakeDirs(options.payloads_dir));
-    for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
-             {system_a, "system_a.img"}, {uki_a, "a.efi"}, {system_b, "system_b.img"}, {uki_b, "b.efi"}}) {
+    for (const auto& [from, to] :
+         std::vector<std::pair<std::string, std::string>>{{system_a, "system_a.img"},
+                                                          {uki_a, "a.efi"},
+                                                          {system_b, "system_b.img"},
+                                                          {uki_b, "b.efi"}}) {
       TRY_CTX(StageFile(from, options.payloads_dir + "/" + to), "exporting the slot payloads");
     }
   }
