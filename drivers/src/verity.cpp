@@ -160,6 +160,15 @@ Result<Sha256Digest> SaltedHash(Sha256& hasher, const Sha256Digest& salt,
 
 }  // namespace
 
+uint64_t VerityTreeBytes(uint64_t data_blocks) {
+  uint64_t blocks = 0;
+  for (uint64_t level = data_blocks; level > 1;) {
+    level = (level + kHashesPerBlock - 1) / kHashesPerBlock;
+    blocks += level;
+  }
+  return blocks * kVerityBlockSize;
+}
+
 Result<VerityTree> ComputeVerityTree(BlockDeviceInterface& device, uint64_t data_blocks,
                                      const Sha256Digest& salt) {
   if (data_blocks == 0) {

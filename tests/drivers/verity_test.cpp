@@ -84,5 +84,14 @@ TEST(VerityCmdlineTest, TableIsTheKernelsVerityFormat) {
   EXPECT_THAT(VerityTableParams(later, 8, 1), HasSubstr(" 7424 8000 sha256 "));
 }
 
+TEST(VerityTreeBytesTest, LevelsOf128HashesUpToOneBlock) {
+  EXPECT_EQ(VerityTreeBytes(1), 0u);  // the one block's hash is the root hash
+  EXPECT_EQ(VerityTreeBytes(2), 4096u);
+  EXPECT_EQ(VerityTreeBytes(128), 4096u);
+  EXPECT_EQ(VerityTreeBytes(129), 3u * 4096);              // 2 blocks + the top
+  EXPECT_EQ(VerityTreeBytes(7649), 61u * 4096);            // a slot image: 60 + 1
+  EXPECT_EQ(VerityTreeBytes(128 * 128 + 1), 132u * 4096);  // 129 + 2 + 1
+}
+
 }  // namespace
 }  // namespace ralph

@@ -118,6 +118,7 @@ TEST(ComputeVerityTreeTest, MatchesVeritysetupForOneFewAndManyBlocks) {
     ASSERT_TRUE(tree) << tree.error().ToString();
     EXPECT_EQ(HexEncode(tree->root_hash), HexEncode(params->root_hash)) << size;
     std::string stored = bytes->substr(params->hash_offset);
+    EXPECT_EQ(stored.size(), VerityTreeBytes(params->data_blocks)) << size;
     EXPECT_EQ(std::string(tree->tree.begin(), tree->tree.end()), stored) << size;
     auto checked = Check(image, *params);
     EXPECT_TRUE(checked) << size << ": " << checked.error().ToString();

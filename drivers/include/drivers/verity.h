@@ -69,6 +69,10 @@ struct VerityTree {
 };
 Result<VerityTree> ComputeVerityTree(BlockDeviceInterface& device, uint64_t data_blocks,
                                      const Sha256Digest& salt);
+// The bytes of the tree ComputeVerityTree makes over `data_blocks` blocks
+// (0 for a single block: its hash is the root hash). Recovery uses it to
+// know where a slot image ends (the squashfs, then its tree).
+uint64_t VerityTreeBytes(uint64_t data_blocks);
 // Checks `device` against `params`: the data hashes to the root hash and the
 // stored tree is the computed one. kVerificationFailed naming which (the
 // root hash: the data or the parameters are wrong; the tree: the data is
