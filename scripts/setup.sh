@@ -23,6 +23,8 @@ packages=(
   qemu-system-x86 qemu-utils ovmf systemd-boot-efi binutils mtools dosfstools
   squashfs-tools erofs-utils e2fsprogs fdisk util-linux kmod cpio zstd xz-utils
   efibootmgr dhcpcd-base
+  # dm-verity hash trees of the root images (veritysetup format, build host only)
+  cryptsetup-bin
   # the slot's read-only sandbox base (ralphd's jobs): one static busybox
   busybox-static
   # loop mode's commits: ralphd's git, staged into every slot by ralph-mkimage

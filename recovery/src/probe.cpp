@@ -4,6 +4,7 @@
 
 #include <array>
 
+#include "drivers/verity.h"
 #include "platform/arch.h"
 #include "platform/sha256.h"
 #include "services/ota/bundle/bundle.h"
@@ -47,6 +48,13 @@ Result<uint64_t> SquashfsImageSize(BlockDeviceInterface& slot) {
   return padded > slot.size() ? used : padded;
 }
 
+Result<uint64_t> SlotImageSize(BlockDeviceInterface& slot) {
+  uint64_t squashfs = TRY(SquashfsImageSize(slot));
+  if (squashfs % kVerityBlockSize != 0) return squashfs;
+  uint64_t with_tree = squashfs + VerityTreeBytes(squashfs / kVerityBlockSize);
+  return with_tree > slot.size() ? squashfs : with_tree;
+}
+
 SlotFacts CheckSlotContent(boot::Slot slot, BlockDeviceInterface* device,
                            const std::string& open_problem,
                            const std::optional<boot::SlotRecord>& record,
@@ -59,7 +67,7 @@ SlotFacts CheckSlotContent(boot::Slot slot, BlockDeviceInterface* device,
     facts.detail = open_problem;
     return facts;
   }
-  auto size = SquashfsImageSize(*device);
+  auto size = SlotImageSize(*device);
   if (!size) {
     facts.content = size.error().code() == ErrorCode::kCorrupt ? SlotContent::kNotAnImage
                                                                : SlotContent::kUnreadable;
@@ -69,7 +77,7 @@ SlotFacts CheckSlotContent(boot::Slot slot, BlockDeviceInterface* device,
   static const Sha256Digest kNone{};
   if (!record || record->digest == kNone) {
     facts.content = SlotContent::kUnverified;
-    facts.detail = fmt::format("squashfs image of {} bytes", *size);
+    facts.detail = fmt::format("squashfs image and hash tree of {} bytes", *size);
     return facts;
   }
   uint64_t length = *size;

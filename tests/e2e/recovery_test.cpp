@@ -1,6 +1,6 @@
 // RECOVERY boots and ralph-recovery:
-// - a factory image whose health gate fails on a fresh machine is marked
-//   bad, the machine comes up in RECOVERY, and ralph-recovery restores slot
+// - a factory image (system image and its UKI) whose health gate fails on a
+//   fresh machine is marked bad, the machine comes up in RECOVERY, and ralph-recovery restores slot
 //   A from the factory bundle, which then commits;
 // - both slots overwritten with garbage: the firmware falls through to
 //   RECOVERY, which restores A, and A commits, with the recovery in the
@@ -14,6 +14,7 @@
 //   usable slot: recovery does nothing by itself), and the boot after it is
 //   the committed slot's again.
 #include <filesystem>
+#include <sstream>
 
 #include <fmt/format.h>
 
@@ -21,6 +22,7 @@
 #include "harness/e2e_test.h"
 #include "platform/file_io.h"
 #include "platform/process.h"
+#include "tools/mkimage/builder.h"
 
 namespace ralph::e2e {
 namespace {
@@ -30,12 +32,32 @@ constexpr const char* kRecoveryBanner = "RalphOS RECOVERY mode";
 constexpr const char* kRestoring =
     "recovery: restore slot: no usable slot: restoring slot A from the factory bundle";
 
-TEST_F(E2eTest, FactoryImageFailingItsHealthGateOnAFreshMachineIsRestoredFromRecovery) {
+class HealthFailATest : public E2eTest {
+ protected:
+  // Slot A's UKI (its file and the removable-path copy) replaced by the
+  // health-fail variant's, whose command line holds the root hash of that
+  // variant's system image.
+  void HealthFailUkiAsA() {
+    auto uki = ReadEspFile(Image("health-fail"), "/EFI/ralph/b.efi");
+    ASSERT_TRUE(uki) << uki.error().ToString();
+    std::string uki_file = scratch_->path() + "/health-fail.efi";
+    ASSERT_TRUE(WriteWholeFile(uki_file, *uki));
+    for (const char* path : {"/EFI/ralph/a.efi", "/EFI/BOOT/BOOTX64.EFI"}) {
+      auto written = WriteEspFile(disk_, path, uki_file);
+      ASSERT_TRUE(written) << written.error().ToString();
+    }
+  }
+};
+
+TEST_F(HealthFailATest, FactoryImageFailingItsHealthGateOnAFreshMachineIsRestoredFromRecovery) {
   ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kFresh));
   // The factory slot A carries the health-fail variant's system image (a
-  // ralphd that cannot start); RECOVERY and the UKIs are good.
+  // ralphd that cannot start) and that image's UKI (its root hash: with the
+  // good UKI, dm-verity would refuse the image before ralphd ever ran);
+  // RECOVERY and its factory bundle are good.
   auto copied = CopyPartitionAs(Image("health-fail"), "SYSTEM_B", disk_, "SYSTEM_A");
   ASSERT_TRUE(copied) << copied.error().ToString();
+  ASSERT_NO_FATAL_FAILURE(HealthFailUkiAsA());
   Machine machine = Boot();
   for (std::string marker :
        {std::string(kRemovablePath), BootingSlot("A"),
@@ -72,12 +94,14 @@ TEST_F(E2eTest, BothSlotsGarbageFallToRecoveryWhichRestoresAFromTheFactoryBundle
     ASSERT_TRUE(scribbled) << scribbled.error().ToString();
   }
   Machine machine = Boot();
-  // A's UKI loads, its root is garbage: early boot reboots, the tries run
-  // out, and BootOrder (RECOVERY first while nothing is committed) falls
-  // through to RECOVERY.
+  // A's UKI loads, its root is garbage (dm-verity refuses its first block):
+  // early boot reboots, the tries run out, and BootOrder (RECOVERY first
+  // while nothing is committed) falls through to RECOVERY.
   for (std::string marker :
-       {BootingSlot("A"), std::string("is not a squashfs filesystem"), BootingSlot("RECOVERY"),
-        std::string(kRecoveryBanner), std::string("recovery: entered: no slot is committed"),
+       {BootingSlot("A"), std::string("data block 0 is corrupted"),
+        std::string("slot A root SYSTEM_A (/dev/vda2): reading /dev/mapper/ralph-root"),
+        BootingSlot("RECOVERY"), std::string(kRecoveryBanner),
+        std::string("recovery: entered: no slot is committed"),
         std::string("recovery: slot A: trial"), std::string("content holds no system image"),
         std::string("recovery: factory bundle /usr/share/ralph/factory.rbundle: valid"),
         std::string(kRestoring),
@@ -105,7 +129,9 @@ TEST_F(E2eTest, BothSlotsGarbageFallToRecoveryWhichRestoresAFromTheFactoryBundle
 
 // Replaces RECOVERY's factory bundle with a copy whose manifest has one
 // byte changed (its signature no longer matches), rebuilding RECOVERY's
-// squashfs on the host.
+// squashfs on the host with its dm-verity tree, and putting the new root
+// hash on recovery.efi's command line (the image builder's steps: a changed
+// RECOVERY with the old root hash would not boot at all).
 void TamperWithFactoryBundle(const std::string& disk, const std::string& work) {
   auto layout = ProbeDisk(disk);
   ASSERT_TRUE(layout) << layout.error().ToString();
@@ -130,9 +156,35 @@ void TamperWithFactoryBundle(const std::string& disk, const std::string& work) {
   std::string rebuilt = work + "/recovery-tampered.img";
   ASSERT_NO_FATAL_FAILURE(run({"mksquashfs", root, rebuilt, "-noappend", "-quiet", "-no-progress",
                                "-comp", "zstd", "-all-root", "-no-xattrs"}));
+  auto verity = mkimage::AppendHashTree(rebuilt, "tampered-recovery");
+  ASSERT_TRUE(verity) << verity.error().ToString();
   ASSERT_LE(std::filesystem::file_size(rebuilt), recovery->size_bytes());
   ASSERT_NO_FATAL_FAILURE(run({"dd", "if=" + rebuilt, "of=" + disk, "bs=1M", "conv=notrunc,fsync",
                                fmt::format("seek={}", recovery->offset_bytes() >> 20)}));
+  // recovery.efi with the new image's verity words in place of the old.
+  auto uki = ReadEspFile(disk, "/EFI/ralph/recovery.efi");
+  ASSERT_TRUE(uki) << uki.error().ToString();
+  std::string efi = work + "/recovery.efi", cmdline_file = work + "/recovery.cmdline";
+  ASSERT_TRUE(WriteWholeFile(efi, *uki));
+  ASSERT_NO_FATAL_FAILURE(
+      run({"objcopy", "-O", "binary", "--only-section=.cmdline", efi, cmdline_file}));
+  auto cmdline = ReadWholeFile(cmdline_file);
+  ASSERT_TRUE(cmdline) << cmdline.error().ToString();
+  std::string words;
+  std::istringstream in(*cmdline);
+  for (std::string word; in >> word;) {
+    if (!word.starts_with("ralph.verity.")) words += word + " ";
+  }
+  words += RenderVerityCmdline(*verity);
+  ASSERT_TRUE(WriteWholeFile(cmdline_file, words));
+  // Replaced, not --update-section: objcopy keeps a PE section's old size
+  // there, cutting a longer command line. 0x30000 is where ralph-mkimage
+  // puts it.
+  ASSERT_NO_FATAL_FAILURE(
+      run({"objcopy", "--remove-section", ".cmdline", "--add-section", ".cmdline=" + cmdline_file,
+           "--change-section-vma", ".cmdline=0x30000", efi}));
+  auto written = WriteEspFile(disk, "/EFI/ralph/recovery.efi", efi);
+  ASSERT_TRUE(written) << written.error().ToString();
 }
 
 TEST_F(E2eTest, AFactoryBundleWithABadSignatureIsRefusedAndRecoveryWaits) {
@@ -165,12 +217,13 @@ TEST_F(E2eTest, AFactoryBundleWithABadSignatureIsRefusedAndRecoveryWaits) {
   EXPECT_EQ(audit.output.find("install-started"), std::string::npos) << audit.output;
 }
 
-TEST_F(E2eTest, ACommittedSlotFailingItsHealthGateEveryBootEndsInRecovery) {
+TEST_F(HealthFailATest, ACommittedSlotFailingItsHealthGateEveryBootEndsInRecovery) {
   ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kProvisioned));
-  // The committed slot A now holds a system whose ralphd cannot start: its
-  // health gate fails on every boot.
+  // The committed slot A now holds a system whose ralphd cannot start (and
+  // that system's UKI): its health gate fails on every boot.
   auto copied = CopyPartitionAs(Image("health-fail"), "SYSTEM_B", disk_, "SYSTEM_A");
   ASSERT_TRUE(copied) << copied.error().ToString();
+  ASSERT_NO_FATAL_FAILURE(HealthFailUkiAsA());
   Machine machine = Boot();
   for (int boot = 1; boot <= 3; ++boot) {
     for (std::string marker :

@@ -1,11 +1,17 @@
 // Trying slot B: a good B is committed; a B whose health gate fails (its
 // ralphd cannot start), whose
-// kernel never reaches early boot, whose userspace hangs, or whose slot
-// image is not a filesystem falls back to A; a power cut during the trial
-// boots A. One scenario per test binary (RALPH_E2E_SCENARIO picks it) so
+// kernel never reaches early boot, whose userspace hangs, whose slot
+// image is not a filesystem, or whose image has one byte flipped after it
+// was installed (a dm-verity error) falls back to A; a power cut during the
+// trial boots A. One scenario per test binary (RALPH_E2E_SCENARIO picks it) so
 // ctest runs them in parallel.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "drivers/disk.h"
 #include "harness/e2e_test.h"
 #include "platform/file_io.h"
+#include "platform/unique_fd.h"
 
 namespace ralph::e2e {
 namespace {
@@ -148,6 +154,62 @@ TEST_F(SlotBTest, SlotImageThatIsNotAFilesystemFallsBack) {
   ASSERT_TRUE(back) << back.error().ToString();
   auto committed = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
   ASSERT_TRUE(committed) << committed.error().ToString();
+}
+
+// The squashfs superblock's inode_table_start (u64 at byte 64): everything
+// between the 96-byte superblock and it is file data.
+uint64_t InodeTableStart(const std::string& disk, const std::string& label) {
+  auto layout = ProbeDisk(disk);
+  EXPECT_TRUE(layout) << layout.error().ToString();
+  if (!layout) return 0;
+  const PartitionInfo* partition = layout->Find(label);
+  EXPECT_NE(partition, nullptr) << label;
+  if (partition == nullptr) return 0;
+  UniqueFd fd(::open(disk.c_str(), O_RDONLY | O_CLOEXEC));
+  uint8_t bytes[8] = {};
+  EXPECT_EQ(
+      ::pread(fd.get(), bytes, sizeof(bytes), static_cast<off_t>(partition->offset_bytes() + 64)),
+      8);
+  uint64_t value = 0;
+  for (int i = 7; i >= 0; --i) value = (value << 8) | bytes[i];
+  return value;
+}
+
+// One byte of B's image flipped after a verified install, in file data inside
+// the first 4 KiB block (past the squashfs superblock, which stays intact,
+// so without dm-verity the mount would succeed and that file would read
+// wrong): mounting B reads block 0, dm-verity refuses it (I/O error), early
+// boot fails, the trial falls back to A, and A records the rollback.
+TEST_F(SlotBTest, FlippedByteInSlotImageIsAVerityErrorAndFallsBack) {
+  constexpr uint64_t kFlipOffset = 2048;
+  ASSERT_NO_FATAL_FAILURE(Prepare(DiskSource::kProvisioned));
+  ASSERT_NO_FATAL_FAILURE(InstallSlotB(Image("base")));  // records the good image's digest
+  ASSERT_GT(InodeTableStart(disk_, "SYSTEM_B"), 4096u) << "offset 2048 is not file data";
+  auto flipped = FlipPartitionByte(disk_, "SYSTEM_B", kFlipOffset);
+  ASSERT_TRUE(flipped) << flipped.error().ToString();
+  Machine machine = Boot();
+  auto up = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
+  ASSERT_TRUE(up) << up.error().ToString();
+  ASSERT_NO_FATAL_FAILURE(ActivateInstalledB(machine, 1));
+  ASSERT_NO_FATAL_FAILURE(RebootInto(machine, "B"));
+  for (const char* line :
+       {"slot B root SYSTEM_B (/dev/vda3) verified by dm-verity as /dev/mapper/ralph-root",
+        "device-mapper: verity:", "data block 0 is corrupted",
+        "slot B root SYSTEM_B (/dev/vda3): reading /dev/mapper/ralph-root", "Input/output error",
+        "cannot boot this slot"}) {
+    auto seen = machine.WaitFor(line, kBootTimeout);
+    ASSERT_TRUE(seen) << seen.error().ToString();
+  }
+  auto back = machine.WaitFor(BootingSlot("A"), kBootTimeout);
+  ASSERT_TRUE(back) << back.error().ToString();
+  auto rolled_back = machine.WaitFor(kRolledBackB, kBootTimeout);
+  ASSERT_TRUE(rolled_back) << rolled_back.error().ToString();
+  auto committed = machine.WaitFor(CommittedSlot("A"), kBootTimeout);
+  ASSERT_TRUE(committed) << committed.error().ToString();
+  EXPECT_EQ(machine.Count("switching root to slot B"), 0u);
+  auto status = Ralphctl(machine, {"boot", "status"});
+  EXPECT_EQ(status.exit, 0) << status.output;
+  EXPECT_NE(status.output.find("bad"), std::string::npos) << status.output;
 }
 
 TEST_F(SlotBTest, PowerCutDuringTrialBootsTheCommittedSlot) {

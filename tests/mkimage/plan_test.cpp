@@ -101,6 +101,27 @@ TEST(KernelCmdline, SlotsNameNoSlotRecoveryNamesItself) {
       << recovery;
 }
 
+TEST(KernelCmdline, CarriesTheRootImagesVerityParameters) {
+  CmdlineOptions options;
+  options.extra = "ralph.init=/sbin/x";
+  VerityParams verity;
+  verity.root_hash.fill(0xab);
+  verity.salt.fill(0x01);
+  verity.data_blocks = 10;
+  verity.hash_offset = 40960;
+  for (BootTarget target : {BootTarget::kSlotA, BootTarget::kRecovery}) {
+    std::string cmdline = KernelCmdline(target, options, verity);
+    auto parsed = ParseVerityCmdline(cmdline);
+    ASSERT_TRUE(parsed) << parsed.error().ToString();
+    ASSERT_TRUE(parsed->has_value()) << cmdline;
+    EXPECT_EQ(**parsed, verity);
+    EXPECT_TRUE(cmdline.ends_with(" ralph.init=/sbin/x")) << cmdline;
+  }
+  auto none = ParseVerityCmdline(KernelCmdline(BootTarget::kSlotA, options));
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(none->has_value());
+}
+
 TEST(ParseLoaderList, AbsolutePathsSortedUnique) {
   const char* out =
       "\tlinux-vdso.so.1 (0x00007ffd)\n"

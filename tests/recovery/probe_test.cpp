@@ -65,13 +65,32 @@ TEST(SquashfsImageSizeTest, RefusesGarbageAndImpossibleSizes) {
   EXPECT_NE(big.error().message().find("the partition has 1048576"), std::string::npos);
 }
 
+TEST(SlotImageSizeTest, ThePaddedSquashfsAndItsHashTree) {
+  FakeBlockDevice device = Slot(SquashfsShapedImage(10000, 1));
+  auto size = SlotImageSize(device);
+  ASSERT_TRUE(size) << size.error().ToString();
+  EXPECT_EQ(*size, 12288u + 4096u);  // 3 blocks, one hash block
+  // A squashfs that fills the partition leaves no room for a tree: itself.
+  FakeBlockDevice full(kSlotBytes);
+  ASSERT_TRUE(full.WriteAt(0, SquashfsShapedImage(kSlotBytes, 1)));
+  auto alone = SlotImageSize(full);
+  ASSERT_TRUE(alone) << alone.error().ToString();
+  EXPECT_EQ(*alone, kSlotBytes);
+}
+
 TEST(CheckSlotContentTest, MatchesMismatchesAndUnverified) {
-  std::vector<uint8_t> image = SquashfsShapedImage(20000, 3);
+  std::vector<uint8_t> image = SlotShapedImage(20000, 3);
   FakeBlockDevice device = Slot(image);
   BundleFacts no_factory;
   SlotFacts ok = CheckSlotContent(Slot::kA, &device, "", Recorded(image), no_factory);
   EXPECT_EQ(ok.content, SlotContent::kMatches) << ok.detail;
-  EXPECT_NE(ok.detail.find("over 20480 bytes"), std::string::npos) << ok.detail;
+  EXPECT_NE(ok.detail.find("over 24576 bytes"), std::string::npos) << ok.detail;
+
+  // One byte of the hash tree changed after it was recorded.
+  device.CorruptByte(20480 + 100);
+  SlotFacts tree = CheckSlotContent(Slot::kA, &device, "", Recorded(image), no_factory);
+  EXPECT_EQ(tree.content, SlotContent::kMismatch);
+  device.CorruptByte(20480 + 100);
 
   // One byte of the image changed after it was recorded.
   device.CorruptByte(15000);

@@ -30,7 +30,7 @@ class RescueTest : public ::testing::Test {
  protected:
   void SetUp() override {
     machine_ = boot::Machine::Provisioned();
-    contents_["SYSTEM_A"] = SquashfsShapedImage(30000, 1);
+    contents_["SYSTEM_A"] = SlotShapedImage(30000, 1);
     contents_["SYSTEM_B"] = std::vector<uint8_t>(kSlotBytes, 0x42);  // garbage
   }
   std::unique_ptr<Rescue> Make() {

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "drivers/verity.h"
+
 namespace ralph::recovery {
 
 inline std::vector<uint8_t> SquashfsShapedImage(uint64_t used, uint8_t seed) {
@@ -13,6 +15,16 @@ inline std::vector<uint8_t> SquashfsShapedImage(uint64_t used, uint8_t seed) {
   for (uint64_t i = 0; i < used; ++i) image[i] = static_cast<uint8_t>(i * 31 + seed);
   image[0] = 'h', image[1] = 's', image[2] = 'q', image[3] = 's';
   for (int i = 0; i < 8; ++i) image[40 + i] = static_cast<uint8_t>(used >> (8 * i));
+  return image;
+}
+
+// The same followed by a dm-verity hash tree's worth of bytes (their content
+// is not checked by the probes, only hashed with the image), as a slot holds
+// an image written by ralph-mkimage or the OTA writer.
+inline std::vector<uint8_t> SlotShapedImage(uint64_t used, uint8_t seed) {
+  std::vector<uint8_t> image = SquashfsShapedImage(used, seed);
+  uint64_t tree = VerityTreeBytes(image.size() / kVerityBlockSize);
+  for (uint64_t i = 0; i < tree; ++i) image.push_back(static_cast<uint8_t>(i * 7 + seed + 1));
   return image;
 }
 

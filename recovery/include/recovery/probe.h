@@ -22,6 +22,11 @@ namespace ralph::recovery {
 // squashfs superblock ("no squashfs magic (found 00000000)") or the image
 // would not fit the device; I/O errors as read.
 Result<uint64_t> SquashfsImageSize(BlockDeviceInterface& slot);
+// Bytes a slot image occupies: the padded squashfs and the dm-verity hash
+// tree right after it (drivers/verity.h; what ralph-mkimage exports and a
+// bundle carries, so what the OTA writer's recorded digest covers). The
+// squashfs alone when the tree would not fit the device.
+Result<uint64_t> SlotImageSize(BlockDeviceInterface& slot);
 
 // What `slot` holds against its `record`. The image size comes from the
 // squashfs superblock, or from `factory` when the recorded digest is the

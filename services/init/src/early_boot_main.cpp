@@ -1,7 +1,8 @@
 // ralph-early-boot: /init in the initrd (no shell). Loads the kernel modules
 // the appliance needs, finds the partitions by PARTLABEL, arms the watchdog,
-// mounts the slot's root read-only and VAR (formatting it on first boot,
-// checking it every boot), then switches root into ralph-init.
+// mounts the slot's root read-only through dm-verity and VAR (formatting it
+// on first boot, checking it every boot), then switches root into
+// ralph-init.
 //
 // Any failure to reach the slot's root is fatal: it is reported on the
 // console and the machine reboots, so the firmware falls back to the
@@ -27,9 +28,11 @@
 #include "boot/boot_failures.h"
 #include "boot/slot_manager.h"
 #include "drivers/disk.h"
+#include "drivers/verity.h"
 #include "drivers/watchdog.h"
 #include "platform/efivar_store.h"
 #include "platform/file_io.h"
+#include "platform/hex.h"
 #include "platform/log.h"
 #include "platform/process.h"
 #include "platform/unique_fd.h"
@@ -374,12 +377,49 @@ Result<std::string> PrepareVar(const std::string& device) {
   return std::string("re-created");
 }
 
-Result<void> MountRoot(std::string_view slot, const std::string& label, const std::string& device) {
+// The name of the verified root's device-mapper device.
+constexpr const char* kVerifiedRootName = "ralph-root";
+
+// Maps the root partition through dm-verity with the parameters on the
+// kernel command line (inside the UKI, drivers/verity.h) and returns the
+// verified device. Nothing is ever mounted from the partition itself: a
+// command line without the parameters, or with broken ones, fails the boot.
+Result<std::string> OpenVerifiedRoot(std::string_view slot, const std::string& label,
+                                     const std::string& device, const std::string& cmdline) {
+  auto parsed = ParseVerityCmdline(cmdline);
+  if (!parsed) {
+    return std::move(parsed).error().WithContext(fmt::format(
+        "slot {}: refusing to mount {} ({}) unverified", SlotDisplayName(slot), label, device));
+  }
+  if (!*parsed) {
+    return Error::Make(ErrorCode::kNotFound,
+                       fmt::format("slot {}: the kernel command line has no ralph.verity.* "
+                                   "parameters: refusing to mount {} ({}) unverified",
+                                   SlotDisplayName(slot), label, device));
+  }
+  const VerityParams& params = **parsed;
+  std::string verified = TRY_CTX(OpenVerityDevice(kVerifiedRootName, device, params),
+                                 fmt::format("slot {} root {}", SlotDisplayName(slot), label));
+  LogInfo("slot {} root {} ({}) verified by dm-verity as {}: {} blocks, root hash {}",
+          SlotDisplayName(slot), label, device, verified, params.data_blocks,
+          HexEncode(params.root_hash));
+  return verified;
+}
+
+// Mounts the verified device `verified` (of the partition `device`): every
+// block read from it, the squashfs magic included, is checked against the
+// hash tree, and one that does not match is an I/O error here or later.
+Result<void> MountRoot(std::string_view slot, const std::string& label, const std::string& device,
+                       const std::string& verified) {
   std::vector<uint8_t> head(4);
-  UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Error::FromErrno(fmt::format("open {}", device), errno);
+  UniqueFd fd(::open(verified.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", verified), errno);
   if (::pread(fd.get(), head.data(), head.size(), 0) != 4) {
-    return Error::FromErrno(fmt::format("read {}", device), errno);
+    return Error::FromErrno(
+        fmt::format("slot {} root {} ({}): reading {} (a dm-verity error is a block that does "
+                    "not match the root hash on the command line)",
+                    SlotDisplayName(slot), label, device, verified),
+        errno);
   }
   if (!(head[0] == 'h' && head[1] == 's' && head[2] == 'q' && head[3] == 's')) {
     return Error::Make(
@@ -388,9 +428,9 @@ Result<void> MountRoot(std::string_view slot, const std::string& label, const st
                     "{:02x}{:02x}{:02x}{:02x})",
                     SlotDisplayName(slot), label, device, head[0], head[1], head[2], head[3]));
   }
-  if (::mount(device.c_str(), kNewRoot, "squashfs", MS_RDONLY | MS_NODEV, nullptr) != 0) {
-    return Error::FromErrno(fmt::format("mounting slot {} root {} ({}) read-only",
-                                        SlotDisplayName(slot), label, device),
+  if (::mount(verified.c_str(), kNewRoot, "squashfs", MS_RDONLY | MS_NODEV, nullptr) != 0) {
+    return Error::FromErrno(fmt::format("mounting slot {} root {} ({} as {}) read-only",
+                                        SlotDisplayName(slot), label, device, verified),
                             errno);
   }
   return {};
@@ -471,11 +511,13 @@ Result<void> Run(bool second_stage) {
                        fmt::format("slot {}: root partition {} has no device node on {}",
                                    SlotDisplayName(slot), label, disk.disk));
   }
-  TRY(MountRoot(slot, label, root->device));
+  std::string verified = TRY(OpenVerifiedRoot(slot, label, root->device, cmdline));
+  TRY(MountRoot(slot, label, root->device, verified));
 
   std::map<std::string, std::string> record = {{"slot", slot},
                                                {"mode", std::string(BootModeName(mode))},
                                                {"root", root->device},
+                                               {"root_verified", verified},
                                                {"booted_by", booted.how}};
   std::string var_target = std::string(kNewRoot) + "/var";
   const PartitionInfo* var = disk.Find(kPartVar);

@@ -134,6 +134,30 @@ Result<void> ScribblePartition(const std::string& disk, const std::string& label
   return {};
 }
 
+Result<uint8_t> FlipPartitionByte(const std::string& disk, const std::string& label,
+                                  uint64_t offset) {
+  DiskLayout layout = TRY(ProbeDisk(disk));
+  const PartitionInfo* partition = layout.Find(label);
+  if (!partition) {
+    return Error::Make(ErrorCode::kNotFound, fmt::format("{} has no partition {}", disk, label));
+  }
+  if (offset >= partition->size_bytes()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       fmt::format("offset {} is past partition {}", offset, label));
+  }
+  UniqueFd fd(::open(disk.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd) return Error::FromErrno(fmt::format("open {}", disk), errno);
+  uint8_t byte = 0;
+  off_t at = static_cast<off_t>(partition->offset_bytes() + offset);
+  if (::pread(fd.get(), &byte, 1, at) != 1)
+    return Error::FromErrno(fmt::format("read {}", disk), errno);
+  uint8_t flipped = static_cast<uint8_t>(~byte);
+  TRY(WriteAt(fd.get(), reinterpret_cast<const char*>(&flipped), 1,
+              partition->offset_bytes() + offset));
+  if (::fsync(fd.get()) != 0) return Error::FromErrno(fmt::format("fsync {}", disk), errno);
+  return byte;
+}
+
 Result<Machine> Machine::Start(MachineOptions options) {
   for (const char* tool : {"/usr/bin/qemu-system-x86_64", kOvmfCode}) {
     if (::access(tool, R_OK) != 0) {

@@ -46,6 +46,10 @@ Result<std::string> ReadEspFile(const std::string& disk, const std::string& path
 // Replaces `path` on the ESP of the disk image with the host file `from`.
 Result<void> WriteEspFile(const std::string& disk, const std::string& path,
                           const std::string& from);
+// Inverts the byte at `offset` inside partition `label` (bit rot, or a
+// write that went around the verified path) and returns its old value.
+Result<uint8_t> FlipPartitionByte(const std::string& disk, const std::string& label,
+                                  uint64_t offset);
 // Overwrites `length` bytes at `offset` inside partition `label` with a
 // fixed pattern (bad-input tests).
 Result<void> ScribblePartition(const std::string& disk, const std::string& label, uint64_t offset,

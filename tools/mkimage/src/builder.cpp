@@ -15,6 +15,7 @@
 
 #include "platform/arch.h"
 #include "platform/file_io.h"
+#include "platform/hex.h"
 #include "platform/log.h"
 #include "platform/process.h"
 #include "platform/sha256.h"
@@ -40,11 +41,29 @@ constexpr const char* kHostLoader = "/lib64/ld-linux-x86-64.so.2";
 // nfnetlink_log, the NFLOG backend `log group` needs and the network
 // service's event listener binds to.
 const std::vector<std::string> kWantedModules = {
-    "virtio_pci", "virtio_blk", "virtio_console", "efivarfs",      "squashfs",      "overlay",
-    "nf_tables",  "softdog",    "vfat",           "nls_cp437",     "nls_ascii",     "ext4",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "efivarfs",
+    "squashfs",
+    "overlay",
+    "nf_tables",
+    "softdog",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "ext4",
     "virtio_net",
     "loop",  // sandbox: each job's writable upper is its own ext4 on a loop device
-    "veth",       "nft_ct",     "nft_log",        "nfnetlink_log", "nft_chain_nat", "nft_masq",
+    "veth",
+    "nft_ct",
+    "nft_log",
+    "nfnetlink_log",
+    "nft_chain_nat",
+    "nft_masq",
+    // Every root (slot or RECOVERY) is mounted through dm-verity (drivers/verity.h).
+    "dm-mod",
+    "dm-verity",
 };
 
 // Guest networking: Debian's dhcpcd (package dhcpcd-base) configures the
@@ -357,7 +376,54 @@ Result<void> WriteRandomImage(const std::string& path, uint64_t size, std::strin
   return WriteWholeFile(path, bytes);
 }
 
+// veritysetup's "Root hash:" line.
+Result<Sha256Digest> ParseRootHash(std::string_view output) {
+  constexpr std::string_view kKey = "Root hash:";
+  size_t at = output.find(kKey);
+  if (at == std::string_view::npos) {
+    return Error::Make(ErrorCode::kCorrupt,
+                       fmt::format("veritysetup format printed no '{}' line", kKey));
+  }
+  std::string_view rest = output.substr(at + kKey.size());
+  rest = rest.substr(0, rest.find('\n'));
+  while (!rest.empty() && (rest.front() == ' ' || rest.front() == '\t')) rest.remove_prefix(1);
+  while (!rest.empty() && (rest.back() == ' ' || rest.back() == '\r')) rest.remove_suffix(1);
+  return TRY_CTX(ParseSha256Hex(rest), "veritysetup format's root hash");
+}
+
 }  // namespace
+
+Result<VerityParams> AppendHashTree(const std::string& image, std::string_view salt_seed) {
+  std::string veritysetup = TRY(HostTool("/usr/sbin/veritysetup", "cryptsetup-bin"));
+  struct stat st {};
+  if (::stat(image.c_str(), &st) != 0)
+    return Error::FromErrno(fmt::format("stat {}", image), errno);
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size == 0) {
+    return Error::Make(ErrorCode::kInvalidArgument, fmt::format("{} is empty", image));
+  }
+  VerityParams params;
+  params.data_blocks = (size + kVerityBlockSize - 1) / kVerityBlockSize;
+  params.hash_offset = params.data_blocks * kVerityBlockSize;
+  // The data area is whole blocks: zero padding, which the tree covers.
+  TRY(TruncateFile(image, static_cast<off_t>(params.hash_offset)));
+  // A salt from the seed and the image's role: the same inputs give the
+  // same bytes (the factory bundle is reproducible), and two images never
+  // share one by accident.
+  std::string salt_input = fmt::format("ralphos-verity-salt\n{}", salt_seed);
+  params.salt = TRY(Sha256::Of(
+      std::span(reinterpret_cast<const uint8_t*>(salt_input.data()), salt_input.size())));
+  std::string output =
+      TRY_CTX(RunTool({veritysetup, "format", "--no-superblock", "--format=1", "--hash=sha256",
+                       fmt::format("--data-block-size={}", kVerityBlockSize),
+                       fmt::format("--hash-block-size={}", kVerityBlockSize),
+                       fmt::format("--data-blocks={}", params.data_blocks),
+                       fmt::format("--hash-offset={}", params.hash_offset),
+                       fmt::format("--salt={}", HexEncode(params.salt)), image, image}),
+              fmt::format("computing the dm-verity hash tree of {}", image));
+  params.root_hash = TRY(ParseRootHash(output));
+  return params;
+}
 
 Result<std::vector<std::string>> SharedLibraries(const std::string& binary) {
   std::string out = TRY_CTX(RunTool({kHostLoader, "--list", binary}),
@@ -686,13 +752,42 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
                        fmt::format("{} is missing (Debian package systemd-boot-efi)", stub));
   }
 
+  // The root images first: each gets its dm-verity hash tree appended, and
+  // the root hash goes on its UKI's command line.
+  SlotImageInputs slot_inputs{options.bin_dir, options.test_agent, SlotVariant::kGood,
+                              options.source_date_epoch, options.version};
+  slot_inputs.keyring = options.keyring;
+  slot_inputs.update_ca = options.update_ca;
+  std::string system_a = work + "/system_a.squashfs";
+  TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_a", system_a), "building slot A");
+  report.system_a_verity =
+      TRY_CTX(AppendHashTree(system_a, options.seed + "/system"), "slot A's hash tree");
+  report.system_a_sha256 = TRY(FileSha256(system_a));
+  std::string system_b = system_a;
+  report.system_b_sha256 = report.system_a_sha256;
+  report.system_b_verity = report.system_a_verity;
+  if (options.slot_b == SlotVariant::kNotAFilesystem) {
+    // Noise with a valid tree: dm-verity opens it, the squashfs check refuses it.
+    system_b = work + "/system_b.noise";
+    TRY(WriteRandomImage(system_b, 4 * kMiB, options.seed));
+  } else if (options.slot_b == SlotVariant::kHangingInit ||
+             options.slot_b == SlotVariant::kRalphdCannotStart) {
+    slot_inputs.variant = options.slot_b;
+    system_b = work + "/system_b.squashfs";
+    TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_b", system_b), "building slot B");
+  }
+  if (system_b != system_a) {
+    report.system_b_verity =
+        TRY_CTX(AppendHashTree(system_b, options.seed + "/system-b-variant"), "slot B's hash tree");
+    report.system_b_sha256 = TRY(FileSha256(system_b));
+  }
+
+  // The UKIs: RECOVERY's last, since its image holds the factory bundle,
+  // which holds slot A's UKI.
   std::string initrd = TRY_CTX(BuildInitrd(kernel, report.modules, options.bin_dir,
                                            options.source_date_epoch, work + "/initrd.img"),
                                "building the initrd");
-
-  // Unified kernel images, one per boot target.
-  std::vector<std::pair<std::string, std::string>> esp_files;
-  for (BootTarget target : {BootTarget::kSlotA, BootTarget::kSlotB, BootTarget::kRecovery}) {
+  auto build_uki = [&](BootTarget target, const VerityParams& verity) -> Result<std::string> {
     std::string name(TargetName(target));
     std::string target_initrd = initrd;
     if (target == BootTarget::kSlotB && options.slot_b == SlotVariant::kBrokenInitrd) {
@@ -705,55 +800,23 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
       TRY(TruncateFile(target_initrd, st.st_size / 2));
     }
     std::string uki = work + "/" + name + ".efi";
-    TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),
+    TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline, verity),
                  OsRelease(options.version, target == BootTarget::kRecovery ? name : "system"),
                  stub, options.source_date_epoch, uki));
-    esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
-    if (target == BootTarget::kSlotA) {
-      esp_files.push_back({uki, fmt::format("/EFI/BOOT/{}", arch::RemovableBootFileName())});
-    }
-  }
-
-  SlotImageInputs slot_inputs{options.bin_dir, options.test_agent, SlotVariant::kGood,
-                              options.source_date_epoch, options.version};
-  slot_inputs.keyring = options.keyring;
-  slot_inputs.update_ca = options.update_ca;
-  std::string system_a = work + "/system_a.squashfs";
-  report.system_a_sha256 =
-      TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_a", system_a), "building slot A");
-  std::string system_b = system_a;
-  report.system_b_sha256 = report.system_a_sha256;
-  if (options.slot_b == SlotVariant::kNotAFilesystem) {
-    system_b = work + "/system_b.noise";
-    TRY(WriteRandomImage(system_b, 4 * kMiB, options.seed));
-    report.system_b_sha256 = TRY(FileSha256(system_b));
-  } else if (options.slot_b == SlotVariant::kHangingInit ||
-             options.slot_b == SlotVariant::kRalphdCannotStart) {
-    slot_inputs.variant = options.slot_b;
-    system_b = work + "/system_b.squashfs";
-    report.system_b_sha256 =
-        TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_b", system_b), "building slot B");
-  }
-
-  if (!options.payloads_dir.empty()) {
-    TRY(MakeDirs(options.payloads_dir));
-    for (const auto& [from, to] :
-         std::vector<std::pair<std::string, std::string>>{{system_a, "system_a.img"},
-                                                          {work + "/a.efi", "a.efi"},
-                                                          {system_b, "system_b.img"},
-                                                          {work + "/b.efi", "b.efi"}}) {
-      TRY_CTX(StageFile(from, options.payloads_dir + "/" + to), "exporting the slot payloads");
-    }
-  }
+    return uki;
+  };
+  std::string uki_a = TRY(build_uki(BootTarget::kSlotA, report.system_a_verity));
+  std::string uki_b = TRY(build_uki(BootTarget::kSlotB, report.system_b_verity));
 
   // RECOVERY: a root of its own (BuildRecoveryRoot: ralph-recovery and the
   // tools it needs) plus the factory bundle (the factory version's system
   // image and slot A's UKI, signed), so a rescue can reflash a slot from a
   // bundle it verifies like any update, whatever the slots and VAR hold.
   std::string recovery = system_a;
+  report.recovery_verity = report.system_a_verity;
   if (!options.signing_cert.empty() && options.bundle_writer) {
     FactoryBundleRequest request{system_a,
-                                 work + "/a.efi",
+                                 uki_a,
                                  options.version,
                                  options.signing_cert,
                                  options.signing_key,
@@ -762,10 +825,33 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     TRY_CTX(options.bundle_writer(request), "building the factory bundle");
     report.factory_bundle_sha256 = TRY(FileSha256(request.output));
     SlotImageInputs recovery_inputs = slot_inputs;
+    recovery_inputs.variant = SlotVariant::kGood;
     recovery_inputs.extra_files.push_back({request.output, kFactoryBundlePath});
     recovery = work + "/recovery.squashfs";
     TRY_CTX(BuildRecoveryRoot(recovery_inputs, work + "/rootfs_recovery", recovery),
             "building the RECOVERY filesystem");
+    report.recovery_verity =
+        TRY_CTX(AppendHashTree(recovery, options.seed + "/recovery"), "RECOVERY's hash tree");
+  }
+  std::string uki_recovery = TRY(build_uki(BootTarget::kRecovery, report.recovery_verity));
+
+  // One unified kernel image per boot target; slot A's also on the
+  // removable-media path.
+  std::vector<std::pair<std::string, std::string>> esp_files = {
+      {uki_a, "/EFI/ralph/a.efi"},
+      {uki_a, fmt::format("/EFI/BOOT/{}", arch::RemovableBootFileName())},
+      {uki_b, "/EFI/ralph/b.efi"},
+      {uki_recovery, "/EFI/ralph/recovery.efi"}};
+
+  if (!options.payloads_dir.empty()) {
+    TRY(MakeDirs(options.payloads_dir));
+    for (const auto& [from, to] :
+         std::vector<std::pair<std::string, std::string>>{{system_a, "system_a.img"},
+                                                          {uki_a, "a.efi"},
+                                                          {system_b, "system_b.img"},
+                                                          {uki_b, "b.efi"}}) {
+      TRY_CTX(StageFile(from, options.payloads_dir + "/" + to), "exporting the slot payloads");
+    }
   }
 
   // VAR: blank (early boot formats it), or with the factory agent-image

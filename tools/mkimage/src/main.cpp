@@ -183,5 +183,10 @@ int main(int argc, char** argv) {
   if (!report->factory_bundle_sha256.empty()) {
     fmt::print("factory bundle sha256: {}\n", report->factory_bundle_sha256);
   }
+  for (const auto& [name, verity] : {std::pair{"system_a", &report->system_a_verity},
+                                     {"system_b", &report->system_b_verity},
+                                     {"recovery", &report->recovery_verity}}) {
+    fmt::print("{} dm-verity: {}\n", name, RenderVerityCmdline(*verity));
+  }
   return 0;
 }

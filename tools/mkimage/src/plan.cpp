@@ -153,7 +153,8 @@ std::string_view TargetPartLabel(BootTarget target) {
   return "SYSTEM_A";
 }
 
-std::string KernelCmdline(BootTarget target, const CmdlineOptions& options) {
+std::string KernelCmdline(BootTarget target, const CmdlineOptions& options,
+                          const std::optional<VerityParams>& verity) {
   // A slot's UKI names no slot: one update bundle installs into either slot,
   // and early boot tells which one booted from the firmware
   // (boot::DetectBooted). RECOVERY's UKI is never a bundle payload and names
@@ -166,6 +167,7 @@ std::string KernelCmdline(BootTarget target, const CmdlineOptions& options) {
                             : std::string();
   cmdline += fmt::format("ro panic={} console={} ralph.watchdog={} printk.devkmsg=on",
                          options.panic_seconds, options.console, options.watchdog_seconds);
+  if (verity) cmdline += " " + RenderVerityCmdline(*verity);
   if (options.quiet) cmdline += " quiet";
   if (!options.extra.empty()) cmdline += " " + options.extra;
   return cmdline;

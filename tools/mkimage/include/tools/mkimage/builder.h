@@ -91,6 +91,10 @@ struct BuildReport {
   std::string system_a_sha256;
   std::string system_b_sha256;
   std::string factory_bundle_sha256;  // empty: no factory bundle was built
+  // The dm-verity parameters on each UKI's command line.
+  VerityParams system_a_verity;
+  VerityParams system_b_verity;
+  VerityParams recovery_verity;
   uint64_t disk_bytes = 0;
 };
 
@@ -137,6 +141,13 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
 // BuildSlotImage.
 Result<std::string> BuildRecoveryRoot(const SlotImageInputs& inputs, const std::string& staging_dir,
                                       const std::string& output);
+
+// dm-verity (drivers/verity.h): pads `image` with zeros to whole 4 KiB
+// blocks, appends the hash tree right after them (veritysetup format, Debian
+// cryptsetup-bin) and returns the parameters for the UKI's command line.
+// The salt is derived from `salt_seed`, so the same inputs give the same
+// bytes.
+Result<VerityParams> AppendHashTree(const std::string& image, std::string_view salt_seed);
 
 // SHA-256 of a file, lower-case hex.
 Result<std::string> FileSha256(const std::string& path);

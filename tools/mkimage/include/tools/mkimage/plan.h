@@ -6,11 +6,13 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "drivers/gpt.h"
+#include "drivers/verity.h"
 #include "platform/result.h"
 
 namespace ralph::mkimage {
@@ -61,7 +63,11 @@ struct CmdlineOptions {
 
 // A slot's: "ro panic=5 console=ttyS0 ..." (no slot: the same UKI boots from
 // either slot); RECOVERY's: "root=PARTLABEL=RECOVERY ralph.slot=recovery ro ...".
-std::string KernelCmdline(BootTarget target, const CmdlineOptions& options);
+// With `verity`, the root image's dm-verity parameters follow
+// (drivers/verity.h): the UKI is what the firmware verifies, so the root
+// hash cannot change without it.
+std::string KernelCmdline(BootTarget target, const CmdlineOptions& options,
+                          const std::optional<VerityParams>& verity = std::nullopt);
 // "a", "b", "recovery": the slot token and the UKI name on the ESP.
 std::string_view TargetName(BootTarget target);
 // "SYSTEM_A", "SYSTEM_B", "RECOVERY".
