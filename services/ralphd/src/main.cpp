@@ -82,6 +82,9 @@ constexpr std::string_view kUsage =
   --git PATH          the git loop mode commits each iteration with (default
                       /usr/bin/git); probed at start: without it loop jobs
                       are refused
+  --vm-guest DIR      the guest image of VM jobs (isolation vm): DIR/vmlinuz and
+                      DIR/initrd.img, as ralph-vm-guest makes them; needs
+                      --job-image. Without it VM jobs are refused, saying so
 )";
 
 struct HostPort {
@@ -144,7 +147,18 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--agent-images", &options.daemon.agent_images);
   parser.Option("--keyring", &keyring);
   parser.Option("--factory-agent-bundle", &options.daemon.factory_agent_bundle);
+  std::optional<std::string> vm_guest;
+  parser.Option("--vm-guest", &vm_guest);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
+  if (vm_guest) {
+    if (vm_guest->empty() || vm_guest->front() != '/') {
+      return parser.UsageError(fmt::format("--vm-guest: '{}' is not an absolute path", *vm_guest));
+    }
+    ralph::sandbox::vm::VmJobOptions vm;
+    vm.guest_kernel = *vm_guest + "/vmlinuz";
+    vm.guest_initrd = *vm_guest + "/initrd.img";
+    options.daemon.vm = vm;
+  }
   for (const std::string& entry : agent_programs) {
     size_t eq = entry.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 >= entry.size() || entry[eq + 1] != '/') {
