@@ -521,5 +521,53 @@ TEST_F(VmJobsTest, APolicysPoolBootsAheadGivesEachVmOneJobAndIsDrainedAtShutdown
   EXPECT_EQ(cgroups.out, "");
 }
 
+// RALPH_VM_JOBS_IN_A_ROW VM jobs one after another (default 5: each costs
+// a TCG boot, seconds here; the 100 are `RALPH_VM_JOBS_IN_A_ROW=100
+// ctest -R ralphd_vm_test`), from a pool of one, then the daemon stops:
+// no QEMU, run directory, cgroup or mount of them is left (a VM job has
+// no network yet: QEMU's jail has an anonymous netns that dies with it).
+TEST_F(VmJobsTest, VmJobsInARowLeaveNothingBehind) {
+  size_t count = 5;
+  if (const char* text = std::getenv("RALPH_VM_JOBS_IN_A_ROW")) count = std::stoul(text);
+  std::string policy = kPolicy;
+  policy.replace(policy.find("isolation=\"vm\">"), std::string("isolation=\"vm\">").size(),
+                 "isolation=\"vm\" vm-pool=\"1\">");
+  std::ofstream(work_ + "/pooled.xml") << policy;
+  ASSERT_EQ(Ctl({"policy", "set", work_ + "/pooled.xml"}).exit, 0);
+  for (size_t i = 0; i < count; ++i) {
+    uint64_t id =
+        SubmitOk({{"argv", {"sh", "-c", fmt::format("echo job {}", i)}}, {"profile", "untrusted"}});
+    ASSERT_NE(id, 0u);
+    json job = WaitOver(id);
+    ASSERT_EQ(job["state"], "succeeded") << i << " " << job.dump();
+    ASSERT_EQ(Logs(id, "stdout"), fmt::format("job {}\n", i));
+  }
+  json status = CtlJson({"status"});
+  EXPECT_GE(status["vm"]["pools"][0]["taken"].get<size_t>(), 1u) << status.dump();
+  // Only the pool's one waiting VM (and its run directory) is there.
+  EXPECT_LE(QemuPids().size(), 1u);
+  pid_t daemon = daemon_;
+  std::set<pid_t> qemus = QemuPids();
+  StopDaemon();
+  for (pid_t pid : qemus) {
+    std::ifstream cmdline(fmt::format("/proc/{}/cmdline", pid));
+    std::string text(std::istreambuf_iterator<char>(cmdline), {});
+    EXPECT_EQ(text.find("qemu-system"), std::string::npos) << "QEMU " << pid << " outlived ralphd";
+  }
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(state_ + "/vm", ec)) {
+    EXPECT_NE(entry.path().filename().string().rfind("vm-", 0), 0u) << entry.path();
+  }
+  ProgramStreams cgroups = RunProgramStreams(
+      {"sh", "-c",
+       fmt::format("find /sys/fs/cgroup -mindepth 1 -type d -name 'ralphd-*@{}.*' 2>/dev/null",
+                   daemon)});
+  EXPECT_EQ(cgroups.out, "");
+  std::ifstream mounts("/proc/self/mounts");
+  for (std::string line; std::getline(mounts, line);) {
+    EXPECT_EQ(line.find(" " + state_ + "/vm"), std::string::npos) << line;
+  }
+}
+
 }  // namespace
 }  // namespace ralph::ralphd
