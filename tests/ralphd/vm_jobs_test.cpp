@@ -7,7 +7,9 @@
 // VM job cannot have yet (a workspace, a mount, a network, less isolation
 // than its profile) is refused naming the field; a ralphd that cannot run
 // VMs says why, in its status and its refusal; nothing of a VM job (QEMU,
-// run directory, cgroup, mount) is left.
+// run directory, cgroup, mount) is left; a profile's pool boots ahead and
+// hands each VM to one job; a daemon SIGKILLed mid-job leaves nothing
+// once restarted.
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -566,6 +568,64 @@ TEST_F(VmJobsTest, VmJobsInARowLeaveNothingBehind) {
   std::ifstream mounts("/proc/self/mounts");
   for (std::string line; std::getline(mounts, line);) {
     EXPECT_EQ(line.find(" " + state_ + "/vm"), std::string::npos) << line;
+  }
+}
+
+// ralphd SIGKILLed with a VM job running and a pooled VM waiting: their
+// QEMUs die with it (the jails' parent-death signal); the next ralphd marks
+// the job lost and sweeps the dead one's run directories and its jails'
+// cgroups, the pool's included (no job record names those).
+TEST_F(VmJobsTest, ADaemonKilledMidJobLeavesNothingOnceRestarted) {
+  std::string policy = kPolicy;
+  policy.replace(policy.find("isolation=\"vm\">"), std::string("isolation=\"vm\">").size(),
+                 "isolation=\"vm\" vm-pool=\"1\">");
+  std::ofstream(work_ + "/pooled.xml") << policy;
+  ASSERT_EQ(Ctl({"policy", "set", work_ + "/pooled.xml"}).exit, 0);
+  json status;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        status = CtlJson({"status"});
+        return status["vm"]["pools"][0]["waiting"] == 1;
+      },
+      kVmJobLimit))
+      << status.dump();
+  uint64_t id = SubmitOk({{"argv", {"sh", "-c", "echo up; sleep 600"}}, {"isolation", "vm"}});
+  ASSERT_NE(id, 0u);
+  ASSERT_TRUE(WaitFor([&] { return Logs(id, "stdout") == "up\n"; }, kVmJobLimit));
+  std::set<pid_t> qemus = QemuPids();
+  ASSERT_EQ(qemus.size(), 2u);  // the job's and the pool's
+  const pid_t dead = daemon_;
+  ::kill(daemon_, SIGKILL);
+  int wait_status = 0;
+  ::waitpid(daemon_, &wait_status, 0);
+  daemon_ = -1;
+  EXPECT_TRUE(WaitFor([&] {
+    for (pid_t pid : qemus) {
+      std::ifstream cmdline(fmt::format("/proc/{}/cmdline", pid));
+      std::string text(std::istreambuf_iterator<char>(cmdline), {});
+      if (text.find("qemu-system") != std::string::npos) return false;
+    }
+    return true;
+  })) << "a QEMU outlived its ralphd";
+  auto dead_cgroups = [&] {
+    return RunProgramStreams({"sh", "-c",
+                              fmt::format("find /sys/fs/cgroup -mindepth 1 -type d -name "
+                                          "'ralphd-*@{}.*' 2>/dev/null",
+                                          dead)})
+        .out;
+  };
+  // What the restart must sweep: the job's jail and the pool's.
+  EXPECT_NE(dead_cgroups().find("ralphd-job"), std::string::npos) << dead_cgroups();
+  EXPECT_NE(dead_cgroups().find("ralphd-pool"), std::string::npos) << dead_cgroups();
+
+  StartDaemon({"--job-image", image_, "--vm-guest", guest_dir_});
+  json job = Show(id);
+  EXPECT_EQ(job["state"], "lost") << job.dump();
+  EXPECT_EQ(dead_cgroups(), "");
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(state_ + "/vm", ec)) {
+    EXPECT_NE(entry.path().filename().string().rfind(fmt::format("vm-{}-", dead), 0), 0u)
+        << entry.path();
   }
 }
 
