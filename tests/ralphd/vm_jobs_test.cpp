@@ -262,11 +262,7 @@ class VmJobsTest : public ::testing::Test {
         found += "run dir " + entry.path().string() + "; ";
       }
     }
-    ProgramStreams cgroups = RunProgramStreams(
-        {"sh", "-c",
-         fmt::format("find /sys/fs/cgroup -mindepth 1 -type d -name 'ralphd-*@{}.*' 2>/dev/null",
-                     daemon_)});
-    if (!cgroups.out.empty()) found += "cgroups " + cgroups.out;
+    if (std::string cgroups = CgroupsOf(daemon_); !cgroups.empty()) found += "cgroups " + cgroups;
     std::ifstream mounts("/proc/self/mounts");
     for (std::string line; std::getline(mounts, line);) {
       if (line.find(" " + state_ + "/") != std::string::npos &&
@@ -275,6 +271,55 @@ class VmJobsTest : public ::testing::Test {
       }
     }
     return found;
+  }
+
+  // Waits until the pool's one VM is booted and waiting; `status` is the
+  // last status read.
+  bool AwaitPooledVm(json& status) {
+    return WaitFor(
+        [&] {
+          status = CtlJson({"status"});
+          return status["vm"]["pools"][0]["waiting"] == 1;
+        },
+        kVmJobLimit);
+  }
+
+  // The test policy with a pool of one VM on the vm profile `untrusted`.
+  void SetPooledPolicy() {
+    std::string policy = kPolicy;
+    const std::string profile = "<profile name=\"untrusted\" isolation=\"vm\">";
+    policy.replace(policy.find(profile), profile.size(),
+                   "<profile name=\"untrusted\" isolation=\"vm\" vm-pool=\"1\">");
+    std::ofstream(work_ + "/pooled.xml") << policy;
+    ProgramStreams set = Ctl({"policy", "set", work_ + "/pooled.xml"});
+    ASSERT_EQ(set.exit, 0) << set.err;
+  }
+
+  // Stops the daemon (SIGTERM): none of `qemus` may outlive it, and none of
+  // its run directories or its services' cgroups may stay.
+  void StopAndExpectNothingLeft(const std::set<pid_t>& qemus) {
+    pid_t daemon = daemon_;
+    StopDaemon();
+    for (pid_t pid : qemus) {
+      std::ifstream cmdline(fmt::format("/proc/{}/cmdline", pid));
+      std::string text(std::istreambuf_iterator<char>(cmdline), {});
+      EXPECT_EQ(text.find("qemu-system"), std::string::npos)
+          << "QEMU " << pid << " outlived ralphd";
+    }
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(state_ + "/vm", ec)) {
+      EXPECT_NE(entry.path().filename().string().rfind("vm-", 0), 0u) << entry.path();
+    }
+    EXPECT_EQ(CgroupsOf(daemon), "");
+  }
+
+  // The cgroups of ralphd `daemon`'s services (jobs' and pooled VMs').
+  static std::string CgroupsOf(pid_t daemon) {
+    return RunProgramStreams({"sh", "-c",
+                              fmt::format("find /sys/fs/cgroup -mindepth 1 -type d -name "
+                                          "'ralphd-*@{}.*' 2>/dev/null",
+                                          daemon)})
+        .out;
   }
 
   static inline std::string build_, guest_dir_, suite_, image_;
@@ -453,25 +498,13 @@ TEST_F(VmJobsTest, ARalphdThatCannotRunVmsSaysWhy) {
 }
 
 TEST_F(VmJobsTest, APolicysPoolBootsAheadGivesEachVmOneJobAndIsDrainedAtShutdown) {
-  std::string policy = kPolicy;
-  policy.replace(policy.find("<profile name=\"untrusted\" isolation=\"vm\">"),
-                 std::string("<profile name=\"untrusted\" isolation=\"vm\">").size(),
-                 "<profile name=\"untrusted\" isolation=\"vm\" vm-pool=\"1\">");
-  std::ofstream(work_ + "/pooled.xml") << policy;
-  ProgramStreams set = Ctl({"policy", "set", work_ + "/pooled.xml"});
-  ASSERT_EQ(set.exit, 0) << set.err;
+  ASSERT_NO_FATAL_FAILURE(SetPooledPolicy());
   // The loop serves on while the pool boots (off its thread).
   json status = CtlJson({"status"});
   ASSERT_EQ(status["vm"]["pools"].size(), 1u) << status.dump();
   EXPECT_EQ(status["vm"]["pools"][0]["profile"], "untrusted");
   EXPECT_EQ(status["vm"]["pools"][0]["size"], 1);
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        status = CtlJson({"status"});
-        return status["vm"]["pools"][0]["waiting"] == 1;
-      },
-      kVmJobLimit))
-      << status.dump();
+  ASSERT_TRUE(AwaitPooledVm(status)) << status.dump();
   std::set<pid_t> pooled = QemuPids();
   ASSERT_EQ(pooled.size(), 1u);
 
@@ -486,13 +519,7 @@ TEST_F(VmJobsTest, APolicysPoolBootsAheadGivesEachVmOneJobAndIsDrainedAtShutdown
   EXPECT_EQ(QemuPids().count(*pooled.begin()), 1u) << "the job runs in the pooled VM";
   ASSERT_EQ(Ctl({"job", "cancel", std::to_string(id)}).exit, 0);
   EXPECT_EQ(WaitOver(id)["state"], "cancelled");
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        status = CtlJson({"status"});
-        return status["vm"]["pools"][0]["waiting"] == 1;
-      },
-      kVmJobLimit))
-      << status.dump();
+  ASSERT_TRUE(AwaitPooledVm(status)) << status.dump();
   EXPECT_EQ(status["vm"]["pools"][0]["booted"], 2) << status.dump();
   std::set<pid_t> refilled = QemuPids();
   ASSERT_EQ(refilled.size(), 1u);
@@ -505,22 +532,7 @@ TEST_F(VmJobsTest, APolicysPoolBootsAheadGivesEachVmOneJobAndIsDrainedAtShutdown
   EXPECT_EQ(CtlJson({"status"})["vm"]["pools"][0]["taken"], 1);
 
   // Shutdown drains it: no QEMU, run directory or cgroup of the daemon.
-  pid_t daemon = daemon_;
-  StopDaemon();
-  for (pid_t pid : refilled) {
-    std::ifstream cmdline(fmt::format("/proc/{}/cmdline", pid));
-    std::string text(std::istreambuf_iterator<char>(cmdline), {});
-    EXPECT_EQ(text.find("qemu-system"), std::string::npos) << "QEMU " << pid << " outlived ralphd";
-  }
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(state_ + "/vm", ec)) {
-    EXPECT_NE(entry.path().filename().string().rfind("vm-", 0), 0u) << entry.path();
-  }
-  ProgramStreams cgroups = RunProgramStreams(
-      {"sh", "-c",
-       fmt::format("find /sys/fs/cgroup -mindepth 1 -type d -name 'ralphd-*@{}.*' 2>/dev/null",
-                   daemon)});
-  EXPECT_EQ(cgroups.out, "");
+  StopAndExpectNothingLeft(refilled);
 }
 
 // RALPH_VM_JOBS_IN_A_ROW VM jobs one after another (default 5: each costs
@@ -531,11 +543,7 @@ TEST_F(VmJobsTest, APolicysPoolBootsAheadGivesEachVmOneJobAndIsDrainedAtShutdown
 TEST_F(VmJobsTest, VmJobsInARowLeaveNothingBehind) {
   size_t count = 5;
   if (const char* text = std::getenv("RALPH_VM_JOBS_IN_A_ROW")) count = std::stoul(text);
-  std::string policy = kPolicy;
-  policy.replace(policy.find("isolation=\"vm\">"), std::string("isolation=\"vm\">").size(),
-                 "isolation=\"vm\" vm-pool=\"1\">");
-  std::ofstream(work_ + "/pooled.xml") << policy;
-  ASSERT_EQ(Ctl({"policy", "set", work_ + "/pooled.xml"}).exit, 0);
+  ASSERT_NO_FATAL_FAILURE(SetPooledPolicy());
   for (size_t i = 0; i < count; ++i) {
     uint64_t id =
         SubmitOk({{"argv", {"sh", "-c", fmt::format("echo job {}", i)}}, {"profile", "untrusted"}});
@@ -548,23 +556,7 @@ TEST_F(VmJobsTest, VmJobsInARowLeaveNothingBehind) {
   EXPECT_GE(status["vm"]["pools"][0]["taken"].get<size_t>(), 1u) << status.dump();
   // Only the pool's one waiting VM (and its run directory) is there.
   EXPECT_LE(QemuPids().size(), 1u);
-  pid_t daemon = daemon_;
-  std::set<pid_t> qemus = QemuPids();
-  StopDaemon();
-  for (pid_t pid : qemus) {
-    std::ifstream cmdline(fmt::format("/proc/{}/cmdline", pid));
-    std::string text(std::istreambuf_iterator<char>(cmdline), {});
-    EXPECT_EQ(text.find("qemu-system"), std::string::npos) << "QEMU " << pid << " outlived ralphd";
-  }
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(state_ + "/vm", ec)) {
-    EXPECT_NE(entry.path().filename().string().rfind("vm-", 0), 0u) << entry.path();
-  }
-  ProgramStreams cgroups = RunProgramStreams(
-      {"sh", "-c",
-       fmt::format("find /sys/fs/cgroup -mindepth 1 -type d -name 'ralphd-*@{}.*' 2>/dev/null",
-                   daemon)});
-  EXPECT_EQ(cgroups.out, "");
+  StopAndExpectNothingLeft(QemuPids());
   std::ifstream mounts("/proc/self/mounts");
   for (std::string line; std::getline(mounts, line);) {
     EXPECT_EQ(line.find(" " + state_ + "/vm"), std::string::npos) << line;
@@ -576,19 +568,9 @@ TEST_F(VmJobsTest, VmJobsInARowLeaveNothingBehind) {
 // the job lost and sweeps the dead one's run directories and its jails'
 // cgroups, the pool's included (no job record names those).
 TEST_F(VmJobsTest, ADaemonKilledMidJobLeavesNothingOnceRestarted) {
-  std::string policy = kPolicy;
-  policy.replace(policy.find("isolation=\"vm\">"), std::string("isolation=\"vm\">").size(),
-                 "isolation=\"vm\" vm-pool=\"1\">");
-  std::ofstream(work_ + "/pooled.xml") << policy;
-  ASSERT_EQ(Ctl({"policy", "set", work_ + "/pooled.xml"}).exit, 0);
+  ASSERT_NO_FATAL_FAILURE(SetPooledPolicy());
   json status;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        status = CtlJson({"status"});
-        return status["vm"]["pools"][0]["waiting"] == 1;
-      },
-      kVmJobLimit))
-      << status.dump();
+  ASSERT_TRUE(AwaitPooledVm(status)) << status.dump();
   uint64_t id = SubmitOk({{"argv", {"sh", "-c", "echo up; sleep 600"}}, {"isolation", "vm"}});
   ASSERT_NE(id, 0u);
   ASSERT_TRUE(WaitFor([&] { return Logs(id, "stdout") == "up\n"; }, kVmJobLimit));
@@ -607,13 +589,7 @@ TEST_F(VmJobsTest, ADaemonKilledMidJobLeavesNothingOnceRestarted) {
     }
     return true;
   })) << "a QEMU outlived its ralphd";
-  auto dead_cgroups = [&] {
-    return RunProgramStreams({"sh", "-c",
-                              fmt::format("find /sys/fs/cgroup -mindepth 1 -type d -name "
-                                          "'ralphd-*@{}.*' 2>/dev/null",
-                                          dead)})
-        .out;
-  };
+  auto dead_cgroups = [&] { return CgroupsOf(dead); };
   // What the restart must sweep: the job's jail and the pool's.
   EXPECT_NE(dead_cgroups().find("ralphd-job"), std::string::npos) << dead_cgroups();
   EXPECT_NE(dead_cgroups().find("ralphd-pool"), std::string::npos) << dead_cgroups();

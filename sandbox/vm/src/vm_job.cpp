@@ -315,7 +315,9 @@ Result<std::unique_ptr<VmJob>> VmJob::BootIn(SandboxService& jail,
   ::unlink(socket_path.c_str());
   job->channel_ = std::make_unique<ControlChannel>(std::move(*accepted));
   // The guest agent says it runs once the guest has booted.
-  auto frame = TRY_CTX(job->channel_->Receive(options.boot_timeout), "waiting for the guest");
+  // A guest that never answers is told apart by its console's tail.
+  auto frame = TRY_CTX(job->channel_->Receive(options.boot_timeout),
+                       fmt::format("waiting for the guest; console: {}", job->ConsoleLog()));
   if (!frame) {
     return Error::Make(ErrorCode::kIo, fmt::format("the VM ended before its guest agent ran; "
                                                    "console: {}",
@@ -336,7 +338,8 @@ Result<void> VmJob::Begin(const SandboxSpec& spec) {
   TRY(Fits(spec, shape_));
   SandboxSpec guest = TRY(GuestSpec(spec));
   TRY(channel_->Send(TRY(EncodeHostMessage(StartMessage{kProtocolVersion, guest}))));
-  auto frame = TRY_CTX(channel_->Receive(boot_timeout_), "waiting for the guest");
+  auto frame = TRY_CTX(channel_->Receive(boot_timeout_),
+                       fmt::format("waiting for the guest's start; console: {}", ConsoleLog()));
   if (!frame) {
     return Error::Make(
         ErrorCode::kIo,
