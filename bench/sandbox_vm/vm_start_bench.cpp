@@ -1,8 +1,10 @@
 // Job start to the first byte of output: a VM job (cold boot of a QEMU
 // microVM with the namespace sandbox inside, under TCG), a VM job handed a
 // VM booted ahead (VmPool), and a namespace job of the same spec, in one
-// run, as ratios. Prints the median of each and the
-// load average.
+// run, as ratios; then memory: the PSS of an idle pooled VM's QEMU (booted,
+// no job), of the same QEMU running a job (`sleep`), and of a namespace
+// job running the same `sleep` (its processes). Prints the median of each
+// and the load average.
 //
 //   vm_start_bench [--runs N]     (default 3)
 #include <unistd.h>
@@ -36,6 +38,24 @@ double Ms(Clock::duration d) {
   return std::chrono::duration<double, std::milli>(d).count();
 }
 
+// A process's proportional set size in KiB (smaps_rollup), 0 when gone.
+uint64_t PssKib(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/smaps_rollup", pid));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Pss:", 0) == 0) return std::strtoull(line.c_str() + 4, nullptr, 10);
+  }
+  return 0;
+}
+
+// The pid a pidfd names (its fdinfo), 0 when it is not known.
+pid_t PidOf(int pidfd) {
+  std::ifstream in(fmt::format("/proc/self/fdinfo/{}", pidfd));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Pid:", 0) == 0) return static_cast<pid_t>(std::atol(line.c_str() + 4));
+  }
+  return 0;
+}
+
 int Fail(const std::string& what) {
   std::fprintf(stderr, "vm_start_bench: %s\n", what.c_str());
   return 1;
@@ -53,6 +73,7 @@ int main(int argc, char** argv) {
   fs::create_directories(work + "/run");
   fs::copy_file("/usr/bin/busybox", work + "/base/bin/busybox");
   fs::create_symlink("busybox", work + "/base/bin/echo");
+  fs::create_symlink("busybox", work + "/base/bin/sleep");
   std::string image = work + "/base.squashfs";
   auto made = ralph::RunProgramChecked({.argv = {"mksquashfs", work + "/base", image, "-noappend",
                                                  "-quiet", "-no-progress", "-all-root"}});
@@ -144,6 +165,34 @@ int main(int argc, char** argv) {
       "start -> first output byte, median of %d: VM job from the pool (booted ahead) "
       "%.1f ms, ratio to the namespace job %.1fx\n",
       runs, pooled, pooled / ns);
+
+  // Memory: an idle pooled VM, the same VM running a job, and a namespace
+  // job running the same command, each once its job has started.
+  sb::SandboxSpec sleeper = spec;
+  sleeper.argv = {"sleep", "5"};
+  auto idle = vm::VmJob::Boot(**jail, options, sleeper);
+  if (!idle) return Fail(idle.error().ToString());
+  uint64_t idle_kib = PssKib((*idle)->vmm_pid());
+  if (auto begun = (*idle)->Begin(sleeper); !begun) return Fail(begun.error().ToString());
+  uint64_t running_kib = PssKib((*idle)->vmm_pid());
+  (*idle)->Kill();
+  (void)(*idle)->Destroy();
+  auto ns_id = (*ns_service)->CreateJob(sleeper);
+  if (!ns_id) return Fail(ns_id.error().ToString());
+  if (auto ran = (*ns_service)->Run(*ns_id); !ran) return Fail(ran.error().ToString());
+  auto ns_pidfd = (*ns_service)->PidFd(*ns_id);
+  uint64_t ns_kib = ns_pidfd ? PssKib(PidOf(*ns_pidfd)) : 0;
+  (void)(*ns_service)->Kill(*ns_id);
+  (void)(*ns_service)->Wait(*ns_id);
+  (void)(*ns_service)->Destroy(*ns_id);
+  if (idle_kib == 0 || running_kib == 0 || ns_kib == 0) return Fail("a PSS could not be read");
+  std::printf(
+      "memory (PSS, guest memory %llu MiB): idle pooled VM's QEMU %.1f MiB, running VM job's "
+      "QEMU %.1f MiB, namespace job's PID 1 %.2f MiB; ratio running VM job / namespace job "
+      "%.0fx\n",
+      static_cast<unsigned long long>(vm::GuestMemoryBytes(sleeper, options) >> 20),
+      idle_kib / 1024.0, running_kib / 1024.0, ns_kib / 1024.0,
+      static_cast<double>(running_kib) / static_cast<double>(ns_kib));
   std::printf("load average: %s\n", ralph::testing::LoadAverage().c_str());
   pool.reset();
   ns_service->reset();

@@ -525,5 +525,34 @@ TEST(Isolation, AnUnknownIsolationIsAnIssueOnItsAttribute) {
             "3:21: <profile>: isolation: 'hypervisor' is not namespaces or vm");
 }
 
+TEST(Isolation, AVmProfileSizesItsPoolAndOthersHaveNone) {
+  Result<Policy> policy = ParsePolicy(R"(<?xml version="1.0"?>
+<policy format="1">
+  <profile name="default"/>
+  <profile name="pooled" isolation="vm" vm-pool="3"/>
+  <profile name="unpooled" isolation="vm" vm-pool="0"/>
+</policy>
+)");
+  ASSERT_TRUE(policy) << policy.error().message();
+  EXPECT_EQ(policy->Find("default")->vm_pool, 0u);
+  EXPECT_EQ(policy->Find("pooled")->vm_pool, 3u);
+  EXPECT_EQ(policy->Find("unpooled")->vm_pool, 0u);
+  EXPECT_EQ(ProfileToJson(*policy->Find("pooled"))["vm_pool"], 3);
+
+  PolicyCheck check = CheckPolicy(R"(<?xml version="1.0"?>
+<policy format="1">
+  <profile name="a" vm-pool="2"/>
+  <profile name="b" isolation="vm" vm-pool="17"/>
+  <profile name="c" isolation="vm" vm-pool="many"/>
+</policy>
+)");
+  ASSERT_EQ(check.issues.size(), 3u);
+  EXPECT_EQ(check.issues[0].ToString(),
+            "3:21: <profile>: vm-pool: only a profile with isolation=\"vm\" has a pool of VMs");
+  EXPECT_EQ(check.issues[1].ToString(), "4:36: <profile>: vm-pool: '17' is not a number in 0..16");
+  EXPECT_EQ(check.issues[2].ToString(),
+            "5:36: <profile>: vm-pool: 'many' is not a number in 0..16");
+}
+
 }  // namespace
 }  // namespace ralph::ralphd

@@ -2289,7 +2289,8 @@ TEST_F(AgentJobTest, AJobThatNeedsAVmIsRefusedWithTheReasonAndOthersRun) {
   EXPECT_EQ(reply["error"]["code"], "unsupported") << reply.dump();
   EXPECT_EQ(std::string(reply["error"]["message"])
                 .rfind("isolation: profile 'untrusted' requires vm, and this machine cannot run a "
-                       "VM job: ralphd's job runner does not launch VM jobs yet",
+                       "VM job: this ralphd was started without a guest image for VM jobs "
+                       "(ralphd --vm-guest DIR",
                        0),
             0u)
       << reply.dump();

@@ -34,6 +34,21 @@ std::vector<std::string> Values(const std::vector<std::string>& argv, const std:
   return out;
 }
 
+// TCG's TSC is the host's: the guest is told the host's rate (and the
+// delay loop's, at HZ=250), so its clock runs at the host's.
+TEST(QemuCommandLine, TcgTellsTheGuestTheHostsTscRate) {
+  VmSpec spec = BaseSpec();
+  spec.tsc_khz = 2100000;
+  auto argv = QemuCommandLine(spec);
+  ASSERT_TRUE(argv) << argv.error().ToString();
+  EXPECT_EQ(Values(*argv, "-append"),
+            std::vector<std::string>{"console=ttyS0 panic=-1 quiet tsc_early_khz=2100000 "
+                                     "lpj=8400000 no_timer_check ralph.control=serial"});
+  // The host's rate, measured: some GHz on any x86_64 host this runs on.
+  EXPECT_GT(HostTscKhz(), 100000u);
+  EXPECT_LT(HostTscKhz(), 10000000u);
+}
+
 TEST(QemuCommandLine, MicrovmWithTcg) {
   auto argv = QemuCommandLine(BaseSpec());
   ASSERT_TRUE(argv) << argv.error().ToString();

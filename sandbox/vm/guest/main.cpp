@@ -89,6 +89,13 @@ Result<void> LeaveRootfs() {
 Result<void> MountBasics() {
   constexpr unsigned long kSecure = MS_NOSUID | MS_NOEXEC;
   TRY(Mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"));
+  // A tty job's pty is opened here, in the guest's root (the sandbox's
+  // posix_openpt, then the slave by its /dev/pts name): devtmpfs has no
+  // ptmx of its own on the guest kernel.
+  TRY(Mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "ptmxmode=0666,mode=0620"));
+  if (::access("/dev/ptmx", F_OK) != 0 && ::symlink("pts/ptmx", "/dev/ptmx") != 0) {
+    return Error::FromErrno("symlink /dev/ptmx", errno);
+  }
   TRY(Mount("proc", "/proc", "proc", kSecure | MS_NODEV));
   TRY(Mount("sysfs", "/sys", "sysfs", kSecure | MS_NODEV));
   TRY(Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", kSecure | MS_NODEV));

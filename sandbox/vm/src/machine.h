@@ -19,7 +19,7 @@ struct MachineArgs {
   std::string kernel_args;  // what this machine and accelerator need of the kernel
 };
 
-MachineArgs MachineFor(Accel accel);
+MachineArgs MachineFor(Accel accel, uint32_t tsc_khz = 0);
 
 // The host directories holding QEMU's shared objects and its loader,
 // bound read-only into its jail.

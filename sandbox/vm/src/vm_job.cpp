@@ -201,6 +201,34 @@ Result<size_t> SweepDeadRunDirs(const std::string& run_dir) {
   return removed;
 }
 
+Result<void> CheckVmHost(const VmJobOptions& options) {
+  std::string qemu = HostQemuBinary();
+  if (::access(qemu.c_str(), X_OK) != 0) {
+    return Error::FromErrno(ErrorCode::kUnsupported,
+                            fmt::format("{} (package qemu-system-x86) is not usable", qemu), errno);
+  }
+  for (const std::string* image : {&options.guest_kernel, &options.guest_initrd}) {
+    if (image->empty() || ::access(image->c_str(), R_OK) != 0) {
+      return Error::Make(ErrorCode::kUnsupported,
+                         fmt::format("the guest image '{}' is not readable (build the target "
+                                     "ralph_vm_guest_image, or ralph-vm-guest)",
+                                     *image));
+    }
+  }
+  if (options.accel == Accel::kKvm) {
+    return Error::Make(ErrorCode::kUnsupported,
+                       "accel: the VMM's jail cannot pass /dev/kvm yet; VM jobs run under TCG");
+  }
+  std::error_code ec;
+  fs::create_directories(options.run_dir, ec);
+  if (options.run_dir.empty() || ec) {
+    return Error::Make(ErrorCode::kUnsupported,
+                       fmt::format("the VM run directory '{}' cannot be made: {}", options.run_dir,
+                                   ec ? ec.message() : "none given"));
+  }
+  return {};
+}
+
 Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOptions& options,
                                             const SandboxSpec& spec) {
   auto job = TRY(Boot(jail, options, spec));
@@ -208,8 +236,22 @@ Result<std::unique_ptr<VmJob>> VmJob::Start(SandboxService& jail, const VmJobOpt
   return job;
 }
 
+Result<std::unique_ptr<VmJob>> VmJob::Boot(std::unique_ptr<SandboxService> jail,
+                                           const VmJobOptions& options, const SandboxSpec& shape) {
+  if (!jail) return Error::Make(ErrorCode::kInvalidArgument, "VmJob::Boot: no jail service");
+  SandboxService& service = *jail;
+  return BootIn(service, std::move(jail), options, shape);
+}
+
 Result<std::unique_ptr<VmJob>> VmJob::Boot(SandboxService& jail, const VmJobOptions& options,
                                            const SandboxSpec& shape) {
+  return BootIn(jail, nullptr, options, shape);
+}
+
+Result<std::unique_ptr<VmJob>> VmJob::BootIn(SandboxService& jail,
+                                             std::unique_ptr<SandboxService> owned,
+                                             const VmJobOptions& options,
+                                             const SandboxSpec& shape) {
   TRY(GuestSpec(shape));
   if (options.accel == Accel::kKvm) {
     return Error::Make(ErrorCode::kUnsupported,
@@ -225,7 +267,8 @@ Result<std::unique_ptr<VmJob>> VmJob::Boot(SandboxService& jail, const VmJobOpti
   if (::mkdir(run_dir.c_str(), 0700) != 0) {
     return Error::FromErrno(fmt::format("mkdir {}", run_dir), errno);
   }
-  std::unique_ptr<VmJob> job(new VmJob(jail, run_dir));
+  std::unique_ptr<VmJob> job(owned ? new VmJob(std::move(owned), run_dir)
+                                   : new VmJob(jail, run_dir));
   job->shape_ = shape;
   job->boot_timeout_ = options.boot_timeout;
   const IdMapping ids = options.jail_ids;
@@ -247,6 +290,7 @@ Result<std::unique_ptr<VmJob>> VmJob::Boot(SandboxService& jail, const VmJobOpti
   vm.control.transport = ControlTransport::kVirtioSerial;
   vm.control.socket_path = std::string(kJailRunDir) + "/control.sock";
   vm.accel = options.accel;
+  vm.tsc_khz = HostTscKhz();
   vm.console_log = std::string(kJailRunDir) + "/console.log";
   vm.qemu_binary = HostQemuBinary();
   std::vector<std::string> argv = TRY(QemuCommandLine(vm));
@@ -271,7 +315,9 @@ Result<std::unique_ptr<VmJob>> VmJob::Boot(SandboxService& jail, const VmJobOpti
   ::unlink(socket_path.c_str());
   job->channel_ = std::make_unique<ControlChannel>(std::move(*accepted));
   // The guest agent says it runs once the guest has booted.
-  auto frame = TRY_CTX(job->channel_->Receive(options.boot_timeout), "waiting for the guest");
+  // A guest that never answers is told apart by its console's tail.
+  auto frame = TRY_CTX(job->channel_->Receive(options.boot_timeout),
+                       fmt::format("waiting for the guest; console: {}", job->ConsoleLog()));
   if (!frame) {
     return Error::Make(ErrorCode::kIo, fmt::format("the VM ended before its guest agent ran; "
                                                    "console: {}",
@@ -292,7 +338,8 @@ Result<void> VmJob::Begin(const SandboxSpec& spec) {
   TRY(Fits(spec, shape_));
   SandboxSpec guest = TRY(GuestSpec(spec));
   TRY(channel_->Send(TRY(EncodeHostMessage(StartMessage{kProtocolVersion, guest}))));
-  auto frame = TRY_CTX(channel_->Receive(boot_timeout_), "waiting for the guest");
+  auto frame = TRY_CTX(channel_->Receive(boot_timeout_),
+                       fmt::format("waiting for the guest's start; console: {}", ConsoleLog()));
   if (!frame) {
     return Error::Make(
         ErrorCode::kIo,
@@ -336,9 +383,29 @@ void VmJob::Kill() {
   if (vmm_pidfd_) ::syscall(SYS_pidfd_send_signal, vmm_pidfd_.get(), SIGKILL, nullptr, 0);
 }
 
+Result<void> VmJob::SendMessage(const HostMessage& message) {
+  std::string frame = TRY(EncodeHostMessage(message));
+  std::lock_guard lock(send_mutex_);
+  if (!channel_ || !begun_)
+    return Error::Make(ErrorCode::kInvalidState, "the VM job is not running");
+  return channel_->Send(frame);
+}
+
 Result<void> VmJob::Signal(int signal) {
-  if (!channel_) return Error::Make(ErrorCode::kInvalidState, "the VM job is not running");
-  return channel_->Send(TRY(EncodeHostMessage(SignalMessage{signal})));
+  return SendMessage(SignalMessage{signal});
+}
+
+Result<void> VmJob::Input(std::string_view data) {
+  while (true) {
+    std::string_view part = data.substr(0, kMaxChunkBytes);
+    TRY(SendMessage(StdinMessage{std::string(part)}));
+    data.remove_prefix(part.size());
+    if (data.empty()) return {};
+  }
+}
+
+Result<void> VmJob::Resize(TerminalSize size) {
+  return SendMessage(ResizeMessage{size});
 }
 
 Result<JobResult> VmJob::Wait(const OutputCallback& on_output) {
@@ -398,7 +465,10 @@ Result<JobResult> VmJob::Wait(const OutputCallback& on_output) {
   // The result is in hand (or the guest is not to be trusted further): the
   // VM goes now rather than when the guest powers itself off.
   Kill();
-  channel_.reset();
+  {
+    std::lock_guard lock(send_mutex_);
+    channel_.reset();
+  }
   auto vmm = jail_.Wait(vmm_);
   if (vmm) vmm_usage_ = vmm->cgroup;
   if (!outcome) {
@@ -419,7 +489,10 @@ Result<void> VmJob::Destroy() {
   if (destroyed_) return {};
   destroyed_ = true;
   Kill();
-  channel_.reset();
+  {
+    std::lock_guard lock(send_mutex_);
+    channel_.reset();
+  }
   Result<void> jail = {};
   if (vmm_created_) jail = jail_.Destroy(vmm_);
   vmm_pidfd_.reset();

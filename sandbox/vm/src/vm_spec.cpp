@@ -78,7 +78,7 @@ Result<void> ValidateVmSpec(const VmSpec& spec) {
 
 Result<std::vector<std::string>> QemuCommandLine(const VmSpec& spec) {
   TRY(ValidateVmSpec(spec));
-  MachineArgs machine = MachineFor(spec.accel);
+  MachineArgs machine = MachineFor(spec.accel, spec.tsc_khz);
   std::vector<std::string> argv = {
       spec.qemu_binary.empty() ? machine.qemu_binary : spec.qemu_binary,
       "-machine",

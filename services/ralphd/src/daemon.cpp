@@ -99,7 +99,8 @@ json JobToJson(const JobRecord& job) {
               {"created", job.created},
               {"started", job.started.empty() ? json() : json(job.started)},
               {"finished", job.finished.empty() ? json() : json(job.finished)},
-              {"workspace_uploaded", job.workspace_uploaded}};
+              {"workspace_uploaded", job.workspace_uploaded},
+              {"isolation", job.request.value("isolation", "namespaces")}};
   if (!job.termination.empty()) {
     out["termination"] = job.termination;
     out["exit_code"] = job.exit_code;
@@ -129,11 +130,29 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
         TRY(audit::AuditLog::Open(options.audit_db, audit::OpenMode::kExisting)),
         ExecAuditOptions{}, options.log);
   }
+  if (options.vm) {
+    if (options.vm->run_dir.empty()) options.vm->run_dir = options.state_dir + "/vm";
+    options.vm_support = {true, ""};
+    Result<void> host = sandbox::vm::CheckVmHost(*options.vm);
+    if (options.environment.base_kind != sandbox::BaseKind::kImage) {
+      options.vm_support = {false,
+                            "a VM job's base must be an image file (ralphd --job-image), and "
+                            "this ralphd's is a directory"};
+    } else if (!host) {
+      options.vm_support = {false, host.error().message()};
+    } else {
+      // A dead ralphd's VMs died with it (the jail's parent-death signal);
+      // their run directories stay until now.
+      Result<size_t> swept = sandbox::vm::SweepDeadRunDirs(options.vm->run_dir);
+      if (!swept && options.log) options.log(LogLevel::kError, swept.error().ToString());
+    }
+  }
   RunnerOptions runner_options{.sandbox_state_dir = options.state_dir + "/sandbox",
                                .ids = options.ids,
                                .log = options.log,
                                .execs = exec_audit.get(),
-                               .git = options.git};
+                               .git = options.git,
+                               .vm = options.vm_support.available ? options.vm : std::nullopt};
   std::unique_ptr<JobRunner> runner = TRY(JobRunner::Create(runner_options));
   if (options.creds_dir.empty()) options.creds_dir = options.state_dir + "/credentials";
   if (options.creds_key.empty()) options.creds_key = options.state_dir + "/credentials.key";
@@ -160,6 +179,7 @@ Result<std::unique_ptr<Daemon>> Daemon::Open(DaemonOptions options) {
   daemon->memory_ = std::move(memory_store);
   daemon->memory_server_ = std::move(memory_server);
   TRY(daemon->Recover());
+  daemon->ApplyVmPools();
   if (!daemon->options_.agent_images.empty()) {
     daemon->InstallFactoryAgentImage();
     daemon->LoadAgentImage();
@@ -285,8 +305,43 @@ Result<void> Daemon::Recover() {
     Result<void> swept = JobRunner::SweepLost(options, lost);
     if (!swept) Log(LogLevel::kError, swept.error().ToString());
   }
+  if (options_.vm_support.available) {
+    // A dead ralphd's pooled VMs (no job record names them).
+    RunnerOptions options{.sandbox_state_dir = options_.state_dir + "/sandbox",
+                          .ids = options_.ids,
+                          .log = options_.log};
+    Result<void> swept = JobRunner::SweepLostPools(options);
+    if (!swept) Log(LogLevel::kError, swept.error().ToString());
+  }
   RecoverCredentials();
   return {};
+}
+
+void Daemon::ApplyVmPools() {
+  if (!options_.vm_support.available) return;
+  Result<PolicyVersion> version = store_->ActivePolicy();
+  if (!version) return;  // no policy yet: no pools
+  Result<Policy> policy = ParsePolicy(version->document);
+  if (!policy) return Log(LogLevel::kError, policy.error().ToString());
+  std::vector<VmPoolSpec> pools;
+  for (const auto& [name, profile] : policy->profiles) {
+    if (profile.vm_pool == 0) continue;
+    // The shape: the most a job of the profile may ask for, on the job
+    // base; any job of it fits.
+    Result<sandbox::SandboxSpec> shape =
+        MakeJobSpec(profile, {.argv = {"true"}}, options_.environment);
+    if (shape) {
+      Result<sandbox::SandboxSpec> guest = sandbox::vm::GuestSpec(*shape);
+      if (!guest) shape = guest.error();
+    }
+    if (!shape) {
+      Log(LogLevel::kError,
+          fmt::format("the VM pool of profile '{}': {}", name, shape.error().ToString()));
+      continue;
+    }
+    pools.push_back({.profile = name, .shape = std::move(*shape), .size = profile.vm_pool});
+  }
+  runner_->SetVmPools(std::move(pools));
 }
 
 void Daemon::Schedule() {
@@ -329,17 +384,15 @@ Result<bool> Daemon::Launch(JobRecord job) {
   const auto& submit = std::get<JobSubmitCommand>(command);
   // Checked at submit too; a job accepted under a policy is launched under
   // it, and never as a namespace job when it needs a VM.
-  if (TRY(JobIsolation(*profile, submit.isolation, options_.vm_support)) !=
-      Isolation::kNamespaces) {
-    return Error::Make(ErrorCode::kUnsupported,
-                       "isolation: vm: ralphd's job runner launches namespace jobs only");
-  }
+  const bool in_vm =
+      TRY(JobIsolation(*profile, submit.isolation, options_.vm_support)) == Isolation::kVm;
+  if (in_vm) TRY(CheckVmJob(submit, *profile));
   if (submit.agent) return LaunchAgent(job, submit, *profile);
   sandbox::SandboxSpec spec = TRY(MakeJobSpec(
       *profile,
       {.argv = submit.argv, .env = submit.env, .cwd = submit.cwd, .limits = submit.limits},
       options_.environment));
-  TRY(GrantMemory(job.id, *profile, spec));
+  if (!in_vm) TRY(GrantMemory(job.id, *profile, spec));
   if (submit.workspace_git) CloneIntoWorkspace(spec, *submit.workspace_git);
   if (submit.tty) {
     spec.stdio = sandbox::StdioMode::kPty;
@@ -353,7 +406,9 @@ Result<bool> Daemon::Launch(JobRecord job) {
   runner_->Start({.job = job.id,
                   .spec = std::move(spec),
                   .upload_tar = job.workspace_uploaded ? dir + "/upload.tar" : "",
-                  .result_tar_path = dir + "/workspace.tar"});
+                  .result_tar_path = dir + "/workspace.tar",
+                  .in_vm = in_vm,
+                  .vm_pool = in_vm ? job.profile : ""});
   if (std::string input = terminals_.TakeInput(job.id); !input.empty()) {
     Result<void> written = runner_->WriteTerminal(job.id, input);
     if (!written) Log(LogLevel::kError, written.error().ToString());
@@ -464,7 +519,48 @@ Result<Reply> Daemon::Status() {
                       {"max_running", options_.max_running},
                       {"policy_version", summary.policy_version},
                       {"last_event_seq", summary.last_event_seq},
-                      {"audit_tip", tip.ToString()}});
+                      {"audit_tip", tip.ToString()},
+                      {"vm", VmStatus()}});
+}
+
+nlohmann::json Daemon::VmStatus() const {
+  json vm = {{"available", options_.vm_support.available}};
+  if (!options_.vm_support.available) vm["reason"] = options_.vm_support.reason;
+  json pools = json::array();
+  for (const VmPoolStatus& pool : runner_->VmPools()) {
+    json entry = {{"profile", pool.profile},
+                  {"size", pool.size},
+                  {"waiting", pool.waiting},
+                  {"booted", pool.booted},
+                  {"taken", pool.taken}};
+    if (!pool.last_error.empty()) entry["last_error"] = pool.last_error;
+    pools.push_back(std::move(entry));
+  }
+  vm["pools"] = std::move(pools);
+  return vm;
+}
+
+Result<void> Daemon::CheckVmJob(const JobSubmitCommand& submit, const Profile& profile) const {
+  auto refuse = [](std::string_view field, std::string_view what) {
+    return Error::Make(
+        ErrorCode::kUnsupported,
+        fmt::format("{}: {}; a VM job shares no filesystem with the host yet", field, what));
+  };
+  if (submit.agent) return refuse("agent", "an agent job's home and tool are bound from the host");
+  if (profile.memory) {
+    return refuse("memory",
+                  fmt::format("profile '{}' grants the shared memory, whose socket is bound "
+                              "from the host",
+                              profile.name));
+  }
+  sandbox::SandboxSpec spec = TRY(MakeJobSpec(
+      profile, {.argv = submit.argv, .env = submit.env, .cwd = submit.cwd, .limits = submit.limits},
+      options_.environment));
+  // The guest's view of the spec refuses what a VM cannot have yet,
+  // naming the field (binds: the profile's mounts; network.enabled: its
+  // egress).
+  TRY_CTX(sandbox::vm::GuestSpec(spec), fmt::format("profile '{}' in a VM", profile.name));
+  return {};
 }
 
 Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& command) {
@@ -477,8 +573,11 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
                        fmt::format("profile: '{}' is not in the active policy (version {})",
                                    profile_name, version.version));
   }
-  // Checked now, so that a job asking for more is refused at once.
-  TRY(JobIsolation(*profile, command.isolation, options_.vm_support));
+  // Checked now, so that a job asking for more is refused at once. The
+  // isolation it gets is recorded in its request (the job's `isolation`).
+  JobSubmitCommand accepted = command;
+  accepted.isolation = TRY(JobIsolation(*profile, command.isolation, options_.vm_support));
+  if (accepted.isolation == Isolation::kVm) TRY(CheckVmJob(command, *profile));
   if (command.workspace_git) {
     TRY(CheckWorkspaceGit(*profile, TRY(ParseGitUrl(command.workspace_git->url))));
   }
@@ -492,7 +591,7 @@ Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& comma
   }
   JobRecord job{.state = command.start ? JobState::kQueued : JobState::kCreated,
                 .profile = profile_name,
-                .request = SubmitToJson(command),
+                .request = SubmitToJson(accepted),
                 .policy_version = version.version,
                 .created = NowText()};
   job.id = TRY(store_->InsertJob(job));
@@ -561,6 +660,12 @@ Result<Reply> Daemon::Upload(const WorkspaceUploadCommand& command) {
                        fmt::format("job {} is {}: a workspace is uploaded before start (submit "
                                    "with \"start\": false)",
                                    command.id, JobStateName(job.state)));
+  }
+  if (job.request.value("isolation", "") == "vm") {
+    return Error::Make(ErrorCode::kUnsupported,
+                       fmt::format("workspace: job {} runs in a VM, which shares no filesystem "
+                                   "with the host yet: a VM job takes no workspace",
+                                   command.id));
   }
   std::string dir = JobDir(command.id);
   TRY(MakeDir(dir));
@@ -635,6 +740,7 @@ Result<Reply> Daemon::PolicySet(const Caller& caller, const std::string& documen
   PolicyVersion version = TRY(store_->AddPolicy(document, comment, caller.ToString()));
   Audit(std::string(type), fmt::format("policy version {}", version.version),
         {{"caller", caller.ToString()}, {"version", version.version}, {"comment", comment}});
+  ApplyVmPools();
   return Reply::Json({{"version", version.version}, {"comment", comment}});
 }
 

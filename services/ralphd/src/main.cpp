@@ -90,6 +90,9 @@ constexpr std::string_view kUsage =
                       through the machine's EFI variables) and ask PID 1
                       (ralph-init) to reboot. Only on the appliance; without
                       it the command is refused
+  --vm-guest DIR      the guest image of VM jobs (isolation vm): DIR/vmlinuz and
+                      DIR/initrd.img, as ralph-vm-guest makes them; needs
+                      --job-image. Without it VM jobs are refused, saying so
 )";
 
 struct HostPort {
@@ -176,9 +179,20 @@ std::optional<int> Parse(int argc, char** argv, Options& options) {
   parser.Option("--factory-agent-bundle", &options.daemon.factory_agent_bundle);
   bool recovery_reboot = false;
   parser.Flag("--recovery-reboot", &recovery_reboot);
+  std::optional<std::string> vm_guest;
+  parser.Option("--vm-guest", &vm_guest);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return exit;
   if (recovery_reboot) {
     options.daemon.recovery_reboot = {.arm = ArmRecovery, .reboot = AskInitToReboot};
+  }
+  if (vm_guest) {
+    if (vm_guest->empty() || vm_guest->front() != '/') {
+      return parser.UsageError(fmt::format("--vm-guest: '{}' is not an absolute path", *vm_guest));
+    }
+    ralph::sandbox::vm::VmJobOptions vm;
+    vm.guest_kernel = *vm_guest + "/vmlinuz";
+    vm.guest_initrd = *vm_guest + "/initrd.img";
+    options.daemon.vm = vm;
   }
   for (const std::string& entry : agent_programs) {
     size_t eq = entry.find('=');

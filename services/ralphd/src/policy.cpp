@@ -280,13 +280,25 @@ class Checker {
 
   Profile ReadProfile(const XMLElement* element) {
     Profile profile;
-    OnlyAttributes(element, {"name", "isolation"});
+    OnlyAttributes(element, {"name", "isolation", "vm-pool"});
     if (const char* isolation = element->Attribute("isolation")) {
       if (auto parsed = ParseIsolation(isolation)) {
         profile.isolation = *parsed;
       } else {
         Issue(element, "isolation",
               fmt::format("<profile>: isolation: '{}' is not namespaces or vm", isolation));
+      }
+    }
+    if (const char* text = element->Attribute("vm-pool")) {
+      Result<uint64_t> n = ParseNumber(text);
+      if (!n || *n > kMaxVmPool) {
+        Issue(element, "vm-pool",
+              fmt::format("<profile>: vm-pool: '{}' is not a number in 0..{}", text, kMaxVmPool));
+      } else if (*n > 0 && profile.isolation != Isolation::kVm) {
+        Issue(element, "vm-pool",
+              "<profile>: vm-pool: only a profile with isolation=\"vm\" has a pool of VMs");
+      } else {
+        profile.vm_pool = static_cast<uint32_t>(*n);
       }
     }
     OnlyChildren(element, {"limits", "egress", "mount", "memory", "credentials"});
@@ -901,6 +913,7 @@ nlohmann::json ProfileToJson(const Profile& profile) {
   }
   nlohmann::json out = {{"name", profile.name},
                         {"isolation", IsolationName(profile.isolation)},
+                        {"vm_pool", profile.vm_pool},
                         {"limits",
                          {{"memory_bytes", profile.limits.memory_bytes},
                           {"cpu_millis", profile.limits.cpu_millis},

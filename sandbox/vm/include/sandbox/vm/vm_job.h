@@ -26,7 +26,9 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <string_view>
 
 #include "platform/result.h"
 #include "platform/unique_fd.h"
@@ -94,6 +96,11 @@ class VmJob {
   // job yet: what a pool keeps (VmPool).
   static Result<std::unique_ptr<VmJob>> Boot(SandboxService& jail, const VmJobOptions& options,
                                              const SandboxSpec& shape);
+  // Boot in a jail service of the VM's own, which it keeps (and destroys
+  // last): a VM that moves between threads (a pool's, then its job's)
+  // takes the only user of its service with it.
+  static Result<std::unique_ptr<VmJob>> Boot(std::unique_ptr<SandboxService> jail,
+                                             const VmJobOptions& options, const SandboxSpec& shape);
   // Starts `spec` in a VM from Boot (Fits its shape), once: a VM never
   // takes a second job.
   Result<void> Begin(const SandboxSpec& spec);
@@ -104,12 +111,21 @@ class VmJob {
   Result<JobResult> Wait(const OutputCallback& on_output = {});
   // Kills the VM (QEMU, the jail's PID 1). Safe from any thread.
   void Kill();
-  // Sends a signal to the job inside the guest. On Wait's thread or before.
+  // Sends a signal to the job inside the guest. Safe from any thread while
+  // the job runs (one frame at a time goes out; Wait only receives), like
+  // Input and Resize.
   Result<void> Signal(int signal);
+  // A pty job's input (empty: its end) and window size. The call blocks
+  // while the guest has not read what was sent before (the caller queues).
+  Result<void> Input(std::string_view data);
+  Result<void> Resize(TerminalSize size);
   // Removes QEMU's jail and the run directory; idempotent.
   Result<void> Destroy();
 
   const std::string& run_dir() const { return run_dir_; }
+  // A pidfd of QEMU (the jail's PID 1) while the VM exists, else -1: the
+  // caller may SIGKILL it from any thread (Kill does).
+  int vmm_pidfd() const { return vmm_pidfd_.get(); }
   // QEMU's pid in the caller's pid namespace (the jail's PID 1), while it
   // runs; 0 when it is not known.
   pid_t vmm_pid() const;
@@ -121,12 +137,23 @@ class VmJob {
 
  private:
   VmJob(SandboxService& jail, std::string run_dir) : jail_(jail), run_dir_(std::move(run_dir)) {}
+  VmJob(std::unique_ptr<SandboxService> owned, std::string run_dir)
+      : owned_jail_(std::move(owned)), jail_(*owned_jail_), run_dir_(std::move(run_dir)) {}
+  Result<void> SendMessage(const HostMessage& message);
+  static Result<std::unique_ptr<VmJob>> BootIn(SandboxService& jail,
+                                               std::unique_ptr<SandboxService> owned,
+                                               const VmJobOptions& options,
+                                               const SandboxSpec& shape);
 
+  std::unique_ptr<SandboxService> owned_jail_;  // destroyed after ~VmJob's Destroy
   SandboxService& jail_;
   std::string run_dir_;
   JobId vmm_;
   bool vmm_created_ = false;
   UniqueFd vmm_pidfd_;
+  // Receive runs on Wait's thread alone; sends and the channel's end are
+  // under send_mutex_ (Signal, Input and Resize come from any thread).
+  std::mutex send_mutex_;
   std::unique_ptr<ControlChannel> channel_;
   std::chrono::milliseconds timeout_{0};
   std::chrono::steady_clock::time_point started_;
@@ -143,6 +170,12 @@ class VmJob {
 // directory of a live pid, or of a pid reused since, is left alone.
 // Returns how many were removed.
 Result<size_t> SweepDeadRunDirs(const std::string& run_dir);
+
+// Whether this host can run VM jobs with `options`: QEMU's binary, the
+// guest kernel and initrd, the run directory (made when missing), the
+// accelerator (TCG: the jail cannot use KVM yet). kUnsupported naming what
+// is missing and the package or option that gives it.
+Result<void> CheckVmHost(const VmJobOptions& options);
 
 // The directory QEMU's jail uses as its root (made once under `dir`: the
 // merged-/usr links and nothing else).

@@ -64,10 +64,19 @@ struct VmSpec {
   std::vector<VmDisk> disks;
   ControlEndpoint control;
   Accel accel = Accel::kTcg;
+  // TCG on x86_64: the rate of the guest's TSC, which TCG reads from the
+  // host's (HostTscKhz); the guest is told it rather than measuring it.
+  // 0: 1 GHz is assumed (then the guest's clock runs at the host's TSC
+  // rate over 1 GHz).
+  uint32_t tsc_khz = 0;
   // The guest's serial console (kernel and guest-agent messages) goes to
   // this file; empty: discarded.
   std::string console_log;
 };
+
+// The host's TSC rate in kHz, measured once against CLOCK_MONOTONIC_RAW
+// (x86_64; 0 elsewhere or when it cannot be measured).
+uint32_t HostTscKhz();
 
 // Checks a spec; kInvalidArgument names the field ("disks[1].path: must be
 // absolute").

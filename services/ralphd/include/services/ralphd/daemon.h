@@ -49,14 +49,15 @@ struct DaemonOptions {
   std::string audit_db;   // default <state_dir>/audit.db
   JobEnvironment environment;
   size_t max_running = 2;
-  // Whether VM jobs (isolation vm) can run; a job that needs one is refused
-  // at submit with the reason. The runner launches namespace jobs only, so
-  // no VM job runs here yet, whatever the machine has (sandbox/vm runs them
-  // on their own).
-  VmSupport vm_support{
-      false,
-      "ralphd's job runner does not launch VM jobs yet (sandbox/vm runs them; "
-      "workspaces, mounts and credentials need a filesystem shared with the guest)"};
+  // VM jobs (isolation vm, sandbox/vm): the run directory (default
+  // <state_dir>/vm), the guest image and the accelerator. Unset: a job
+  // that needs a VM is refused at submit, saying so.
+  std::optional<sandbox::vm::VmJobOptions> vm;
+  // Whether VM jobs can run, and why not: Open sets it from `vm`, the job
+  // base (a VM's base must be an image file) and the host (CheckVmHost).
+  VmSupport vm_support{false,
+                       "this ralphd was started without a guest image for VM jobs "
+                       "(ralphd --vm-guest DIR: the vmlinuz and initrd.img of ralph-vm-guest)"};
   sandbox::IdMapping ids;
   StoreOptions store;
   std::function<void(LogLevel level, const std::string& message)> log;
@@ -201,6 +202,12 @@ class Daemon final : public DispatcherInterface {
   std::string JobDir(uint64_t job) const;
 
   Result<Reply> Status();
+  nlohmann::json VmStatus() const;
+  // The active policy's VM pools (<profile vm-pool>) to the runner.
+  void ApplyVmPools();
+  // What a VM job cannot have yet (an agent, the shared memory, a host
+  // mount, a network, a directory base): kUnsupported naming the field.
+  Result<void> CheckVmJob(const JobSubmitCommand& submit, const Profile& profile) const;
   Result<Reply> Submit(const Caller& caller, const JobSubmitCommand& command);
   Result<Reply> Start(uint64_t id);
   Result<Reply> Cancel(uint64_t id);

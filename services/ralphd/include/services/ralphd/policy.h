@@ -64,11 +64,17 @@ enum class AgentHostsMode {
   kListed,  // only those of them named in `agent_hosts`
 };
 
+// The most VMs a profile's pool keeps booted (each holds its memory).
+inline constexpr uint32_t kMaxVmPool = 16;
+
 struct Profile {
   std::string name;
   // <profile isolation="vm">: every job of the profile runs in a VM of its
   // own (a job may ask for vm under a namespaces profile, never the reverse).
   Isolation isolation = Isolation::kNamespaces;
+  // <profile vm-pool="N"> (isolation vm only): N VMs of the profile's
+  // limits booted ahead, so its jobs start without a boot; 0: none.
+  uint32_t vm_pool = 0;
   ProfileLimits limits;
   sandbox::NetworkSpec network;  // enabled only with an <egress> element
   std::vector<sandbox::BindMount> mounts;

@@ -17,6 +17,14 @@
 // dies with its PID 1), or the job thread kills the job itself when the
 // cancel came before it was running.
 //
+// A VM job (JobLaunch::in_vm) runs through sandbox/vm instead: QEMU is the
+// PID 1 of a namespace job of the job's own service (the same name, so the
+// same sweep), the job runs in the namespace sandbox inside the guest, and
+// its output, terminal, signals and result come over the control channel;
+// Cancel SIGKILLs QEMU through its pidfd (the VM goes with it). Its files
+// stay in the guest: no workspace is extracted or archived, and the
+// files' record says so.
+//
 // A tty job (spec.stdio kPty) has a terminal writer besides: a thread that
 // writes the input queued by WriteTerminal into the pty's master as the
 // job reads it, so no caller ever blocks on a job that does not read.
@@ -24,6 +32,8 @@
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -38,6 +48,8 @@
 #include "platform/unique_fd.h"
 #include "sandbox/plan.h"
 #include "sandbox/service.h"
+#include "sandbox/vm/vm_job.h"
+#include "sandbox/vm/vm_pool.h"
 #include "services/ralphd/exec_audit.h"
 #include "services/ralphd/store.h"
 #include "services/ralphd/workspace.h"
@@ -55,6 +67,9 @@ struct RunnerOptions {
   ExecRecorderInterface* execs = nullptr;
   // The git a loop iteration's workspace is committed with (CommitWorkspace).
   std::string git = std::string(kDefaultGit);
+  // How VM jobs run (sandbox/vm: run directory, guest image, accelerator,
+  // the jail's ids); unset, a VM job fails naming it.
+  std::optional<sandbox::vm::VmJobOptions> vm;
 };
 
 struct RunnerMessage {
@@ -91,6 +106,29 @@ struct JobLaunch {
   std::string host_workspace;
   std::string git_dir;
   uint64_t iteration = 0;
+  // Runs in a VM of its own (RunnerOptions::vm); no upload, no host
+  // workspace (the guest shares no filesystem with the host yet).
+  bool in_vm = false;
+  // A VM job takes a booted VM from this profile's pool when one waits
+  // and fits (SetVmPools); else it boots its own.
+  std::string vm_pool;
+};
+
+// A policy profile's pool of VMs booted ahead (<profile vm-pool="N">).
+struct VmPoolSpec {
+  std::string profile;
+  sandbox::SandboxSpec shape;  // the profile's limits on the job base
+  size_t size = 0;
+  bool operator==(const VmPoolSpec& other) const;
+};
+
+struct VmPoolStatus {
+  std::string profile;
+  size_t size = 0;
+  size_t waiting = 0;
+  size_t booted = 0;       // VMs booted for it so far
+  size_t taken = 0;        // of them, handed to a job
+  std::string last_error;  // the last boot's failure, "" since one worked
 };
 
 class JobRunner {
@@ -121,9 +159,22 @@ class JobRunner {
   Result<void> ResizeTerminal(uint64_t job, sandbox::TerminalSize size);
   static constexpr size_t kMaxTerminalInputBytes = 1 << 20;
 
+  // The VM pools (replacing the previous set: a pool no longer listed, or
+  // now of another shape or size, is drained). They are filled by a
+  // thread of the runner's own, one boot at a time, never on a job's or
+  // the caller's path; a job takes a VM in its own thread.
+  void SetVmPools(std::vector<VmPoolSpec> pools);
+  std::vector<VmPoolStatus> VmPools() const;
+  // Stops the filler and destroys every waiting VM (the destructor does it
+  // too). A boot in progress is finished first, then destroyed.
+  void DrainVmPools();
+
   // Removes what the jobs of a dead ralphd left behind (their cgroups and
   // upper volumes; see the top of this file).
   static Result<void> SweepLost(const RunnerOptions& options, const std::vector<uint64_t>& jobs);
+  // Removes what a dead ralphd's pooled VMs left (their QEMU died with it:
+  // the jails' cgroups and volumes, named "ralphd-pool<n>@<owner>").
+  static Result<void> SweepLostPools(const RunnerOptions& options);
 
  private:
   struct TerminalWriter;  // runner.cpp
@@ -139,6 +190,17 @@ class JobRunner {
       : options_(std::move(options)), notify_(std::move(notify)) {}
   void Post(RunnerMessage message);
   void RunJob(JobLaunch launch);
+  void RunVmJob(JobLaunch launch);
+
+  struct Pool {
+    VmPoolSpec spec;
+    std::unique_ptr<sandbox::vm::VmPool> pool;
+    VmPoolStatus status;
+    std::chrono::steady_clock::time_point retry_at;  // after a failed boot
+  };
+  void FillPools();
+  std::unique_ptr<sandbox::vm::VmJob> TakePooledVm(const std::string& profile,
+                                                   const sandbox::SandboxSpec& spec);
 
   RunnerOptions options_;
   UniqueFd notify_;  // eventfd
@@ -146,6 +208,15 @@ class JobRunner {
   std::vector<RunnerMessage> queue_;
   std::map<uint64_t, Running> running_;
   std::vector<std::thread> finished_;
+
+  // The pools: pools_ and the status under pool_mutex_; the filler waits
+  // on pool_cv_ for a change (a take, a new set, the stop).
+  mutable std::mutex pool_mutex_;
+  std::condition_variable pool_cv_;
+  std::map<std::string, std::shared_ptr<Pool>> pools_;
+  bool pool_stop_ = false;
+  uint64_t next_pool_jail_ = 1;
+  std::thread filler_;
 };
 
 }  // namespace ralph::ralphd
