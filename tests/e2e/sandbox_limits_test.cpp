@@ -53,6 +53,9 @@ constexpr std::chrono::seconds kNetworkTimeout{120};
 // puts its gateway (the host's loopback) at .2 and its DNS at .3.
 constexpr const char* kGuestNetwork = "192.0.2.0/24";
 constexpr const char* kHostFromGuest = "192.0.2.2";
+// The address QEMU's DHCP server leases the guest on that network (its
+// first lease: .15, as 10.0.2.15 on the default one).
+constexpr const char* kGuestAddress = "192.0.2.15";
 // ralphd's API port in the guest (tools/mkimage: --api-listen 0.0.0.0:8443).
 constexpr uint16_t kApiPort = 8443;
 // Printed by `ralphctl pair` after the pairing string and its QR code.
@@ -322,9 +325,10 @@ TEST_F(E2eTest, SandboxLimitsAndNetworkPolicyHoldInTheGuest) {
   auto pairing = FindPairingString(machine.Console());
   ASSERT_TRUE(pairing) << pairing.error().ToString();
   // ralphd listens on every interface, so the string names the guest's
-  // address from QEMU's user-mode DHCP (10.0.2.15), or, when the offer came
-  // before the lease, the listen address (ralphctl prints a note after it).
-  bool leased = pairing->find("addr=10.0.2.15:8443&") != std::string::npos;
+  // address from QEMU's user-mode DHCP (kGuestAddress), or, when the offer
+  // came before the lease, the listen address (ralphctl prints a note after
+  // it).
+  bool leased = pairing->find(fmt::format("addr={}:8443&", kGuestAddress)) != std::string::npos;
   bool unleased = pairing->find("addr=0.0.0.0:8443&") != std::string::npos;
   EXPECT_TRUE(leased || unleased) << *pairing;
   std::string forwarded = fmt::format("127.0.0.1:{}", *api_port);
