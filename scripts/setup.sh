@@ -23,6 +23,9 @@ packages=(
   qemu-system-x86 qemu-utils ovmf systemd-boot-efi binutils mtools dosfstools
   squashfs-tools erofs-utils e2fsprogs fdisk util-linux kmod cpio zstd xz-utils
   efibootmgr dhcpcd-base
+  # UEFI Secure Boot: sbsign/sbverify sign and check the unified kernel images;
+  # efitools makes the signed key lists the provisioning step enrolls
+  sbsigntool efitools
   # the slot's read-only sandbox base (ralphd's jobs): one static busybox
   busybox-static
   # loop mode's commits: ralphd's git, staged into every slot by ralph-mkimage

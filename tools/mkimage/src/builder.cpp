@@ -9,6 +9,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <span>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -17,6 +18,7 @@
 #include "platform/file_io.h"
 #include "platform/log.h"
 #include "platform/process.h"
+#include "platform/secure_boot.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
 #include "tools/mkimage/cpio.h"
@@ -281,6 +283,23 @@ Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
   return WriteWholeFile(
       output, std::string_view(reinterpret_cast<const char*>(image.data()), image.size()), 0755);
 }
+
+}  // namespace
+
+Result<void> SignEfiImage(const std::string& path, const std::string& key,
+                          const std::string& cert) {
+  std::string signed_path = path + ".signed";
+  TRY_CTX(RunTool({"sbsign", "--key", key, "--cert", cert, "--output", signed_path, path}),
+          fmt::format("signing {} for Secure Boot", path));
+  TRY_CTX(RunTool({"sbverify", "--cert", cert, signed_path}),
+          fmt::format("checking the Secure Boot signature of {}", path));
+  if (::rename(signed_path.c_str(), path.c_str()) != 0) {
+    return Error::FromErrno(fmt::format("rename {} to {}", signed_path, path), errno);
+  }
+  return {};
+}
+
+namespace {
 
 Result<void> TruncateFile(const std::string& path, off_t size) {
   if (::truncate(path.c_str(), size) != 0) {
@@ -661,6 +680,10 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     return Error::Make(ErrorCode::kInvalidArgument,
                        "the factory bundle needs both --signing-cert and --signing-key");
   }
+  if (options.secure_boot_cert.empty() != options.secure_boot_key.empty()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       "Secure Boot signing needs both --secure-boot-key and --secure-boot-cert");
+  }
   BuildReport report;
   std::string work = options.work_dir.empty() ? options.output + ".work" : options.work_dir;
   TRY(RemoveTree(work));
@@ -708,6 +731,11 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline),
                  OsRelease(options.version, target == BootTarget::kRecovery ? name : "system"),
                  stub, options.source_date_epoch, uki));
+    // Signed before anything copies it (the removable path, the payloads,
+    // the factory bundle): every copy carries the signature.
+    if (!options.secure_boot_key.empty()) {
+      TRY(SignEfiImage(uki, options.secure_boot_key, options.secure_boot_cert));
+    }
     esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
     if (target == BootTarget::kSlotA) {
       esp_files.push_back({uki, fmt::format("/EFI/BOOT/{}", arch::RemovableBootFileName())});
@@ -718,6 +746,18 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
                               options.source_date_epoch, options.version};
   slot_inputs.keyring = options.keyring;
   slot_inputs.update_ca = options.update_ca;
+  if (!options.secure_boot_enroll.empty()) {
+    // Checked here: a list the provisioning step would refuse fails the build.
+    for (const char* name : {"PK", "KEK", "db"}) {
+      std::string host = fmt::format("{}/{}.auth", options.secure_boot_enroll, name);
+      std::string bytes = TRY_CTX(ReadWholeFile(host), "--secure-boot-enroll");
+      TRY_CTX(CheckSignedKeyList(
+                  name, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())),
+              host);
+      slot_inputs.extra_files.push_back(
+          {host, fmt::format("{}/{}.auth", kSecureBootKeysDir, name)});
+    }
+  }
   std::string system_a = work + "/system_a.squashfs";
   report.system_a_sha256 =
       TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_a", system_a), "building slot A");

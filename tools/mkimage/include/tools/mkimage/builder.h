@@ -54,6 +54,9 @@ inline constexpr const char* kKeyringPath = "/etc/ralph/keyring/release-ca.pem";
 inline constexpr const char* kAgentImageStore = "/var/lib/ralph/agent-image";
 inline constexpr const char* kFactoryAgentBundlePath = "/var/lib/ralph/agent-image/factory.rbundle";
 inline constexpr const char* kUpdateCaPath = "/etc/ssl/certs/ca-certificates.crt";
+// The owner's signed Secure Boot key lists (PK.auth, KEK.auth, db.auth) in
+// every root, for `ralphctl secure-boot enroll` on a machine in setup mode.
+inline constexpr const char* kSecureBootKeysDir = "/usr/share/ralph/secure-boot";
 
 struct BuildOptions {
   std::string output;     // the disk image to write
@@ -75,6 +78,16 @@ struct BuildOptions {
   std::string signing_cert;
   std::string signing_key;
   FactoryBundleWriter bundle_writer;
+  // UEFI Secure Boot: every unified kernel image (a.efi, b.efi,
+  // recovery.efi, the removable-path copy, the factory bundle's) is signed
+  // with sbsign by this db key and certificate (PEM). Both empty: unsigned
+  // images (development; they boot only with Secure Boot off).
+  std::string secure_boot_key;
+  std::string secure_boot_cert;
+  // A directory with the owner's signed key lists PK.auth, KEK.auth and
+  // db.auth (efitools' sign-efi-sig-list), put at kSecureBootKeysDir in
+  // every root; empty: none.
+  std::string secure_boot_enroll;
   // When set, the payloads an update bundle carries are copied here:
   // system_a.img, a.efi, system_b.img, b.efi (slot B's as built, variant included).
   std::string payloads_dir;
@@ -137,6 +150,12 @@ Result<std::string> BuildSlotImage(const SlotImageInputs& inputs, const std::str
 // BuildSlotImage.
 Result<std::string> BuildRecoveryRoot(const SlotImageInputs& inputs, const std::string& staging_dir,
                                       const std::string& output);
+
+// Signs the PE image `path` in place for UEFI Secure Boot (sbsign, an
+// Authenticode signature by `key`/`cert`, PEM) and checks the result with
+// sbverify against `cert`. The signature carries no signing time, so the
+// same image and key give the same bytes.
+Result<void> SignEfiImage(const std::string& path, const std::string& key, const std::string& cert);
 
 // SHA-256 of a file, lower-case hex.
 Result<std::string> FileSha256(const std::string& path);
