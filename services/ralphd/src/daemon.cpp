@@ -458,7 +458,8 @@ Result<Reply> Daemon::Status() {
                       {"max_running", options_.max_running},
                       {"policy_version", summary.policy_version},
                       {"last_event_seq", summary.last_event_seq},
-                      {"audit_tip", tip.ToString()}});
+                      {"audit_tip", tip.ToString()},
+                      {"secure_boot", options_.secure_boot}});
 }
 
 Result<Reply> Daemon::Submit(const Caller& caller, const JobSubmitCommand& command) {

@@ -49,6 +49,9 @@ struct DaemonOptions {
   std::string audit_db;   // default <state_dir>/audit.db
   JobEnvironment environment;
   size_t max_running = 2;
+  // The firmware's Secure Boot state for the status ("on", "off", ...:
+  // platform/secure_boot.h DescribeSecureBoot), read by the binary at start.
+  std::string secure_boot = "unknown";
   // Whether VM jobs (isolation vm) can run; a job that needs one is refused
   // at submit with the reason. The runner launches namespace jobs only, so
   // no VM job runs here yet, whatever the machine has (sandbox/vm runs them
