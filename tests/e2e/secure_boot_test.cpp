@@ -2,12 +2,14 @@
 // build with the snakeoil key enrolled, the images signed with it). The
 // committed slot's UKI changed by one byte on the ESP is refused by the
 // firmware, which goes on to the next entry in BootOrder (RECOVERY, while
-// B is empty); the changed image never runs.
+// B is empty); the changed image never runs. The same for the image with
+// its signature removed.
 #include <fmt/format.h>
 
 #include <fstream>
 
 #include "harness/e2e_test.h"
+#include "tests/support/run_program.h"
 
 namespace ralph::e2e {
 namespace {
@@ -63,6 +65,28 @@ TEST_F(E2eTest, UkiChangedByOneByteIsRefusedAndTheNextEntryBoots) {
   auto setup_mode = ReadGuestEfiVar(machine, fmt::format("SetupMode-{}", kEfiGlobal));
   ASSERT_TRUE(setup_mode) << setup_mode.error().ToString();
   EXPECT_EQ(*setup_mode, std::vector<uint8_t>{0});
+  ASSERT_NO_FATAL_FAILURE(PowerOff(machine));
+
+  // The same image without its signature (sbattach --remove): refused too.
+  std::string original_path = scratch_->path() + "/a-original.efi";
+  {
+    std::ofstream out(original_path, std::ios::binary);
+    out.write(image->data(), static_cast<std::streamsize>(image->size()));
+    ASSERT_TRUE(out.good()) << "writing " << original_path;
+  }
+  auto stripped = testing::RunProgram({"sbattach", "--remove", original_path});
+  ASSERT_EQ(stripped.exit, 0) << stripped.output;
+  auto unsigned_check = testing::RunProgram({"sbverify", "--list", original_path});
+  EXPECT_NE(unsigned_check.output.find("No signature table present"), std::string::npos)
+      << unsigned_check.output;
+  written = WriteEspFile(disk_, "/EFI/ralph/a.efi", original_path);
+  ASSERT_TRUE(written) << written.error().ToString();
+  Machine second = Boot();
+  denied = second.WaitFor("Access Denied", kBootTimeout);
+  ASSERT_TRUE(denied) << denied.error().ToString();
+  auto recovery = second.WaitFor(kRecoveryBanner, kBootTimeout);
+  ASSERT_TRUE(recovery) << recovery.error().ToString();
+  EXPECT_EQ(second.Count(BootingSlot("A")), 0u) << "the unsigned image of A ran";
 }
 
 }  // namespace
