@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
@@ -715,6 +716,7 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
 
   // Unified kernel images, one per boot target.
   std::vector<std::pair<std::string, std::string>> esp_files;
+  std::map<std::string, std::string> signed_ukis;  // SHA-256 before signing -> signed file
   for (BootTarget target : {BootTarget::kSlotA, BootTarget::kSlotB, BootTarget::kRecovery}) {
     std::string name(TargetName(target));
     std::string target_initrd = initrd;
@@ -732,9 +734,19 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
                  OsRelease(options.version, target == BootTarget::kRecovery ? name : "system"),
                  stub, options.source_date_epoch, uki));
     // Signed before anything copies it (the removable path, the payloads,
-    // the factory bundle): every copy carries the signature.
+    // the factory bundle): every copy carries the signature. The signature
+    // holds its signing time (sbsign has no way to fix it), so identical
+    // images (a.efi and b.efi with a good B) are signed once and copied:
+    // one bundle's UKI stays byte-equal to either slot's.
     if (!options.secure_boot_key.empty()) {
-      TRY(SignEfiImage(uki, options.secure_boot_key, options.secure_boot_cert));
+      std::string unsigned_sha256 = TRY(FileSha256(uki));
+      auto same = signed_ukis.find(unsigned_sha256);
+      if (same != signed_ukis.end()) {
+        TRY(StageFile(same->second, uki));
+      } else {
+        TRY(SignEfiImage(uki, options.secure_boot_key, options.secure_boot_cert));
+        signed_ukis.emplace(unsigned_sha256, uki);
+      }
     }
     esp_files.push_back({uki, "/EFI/ralph/" + name + ".efi"});
     if (target == BootTarget::kSlotA) {

@@ -153,8 +153,9 @@ Result<std::string> BuildRecoveryRoot(const SlotImageInputs& inputs, const std::
 
 // Signs the PE image `path` in place for UEFI Secure Boot (sbsign, an
 // Authenticode signature by `key`/`cert`, PEM) and checks the result with
-// sbverify against `cert`. The signature carries no signing time, so the
-// same image and key give the same bytes.
+// sbverify against `cert`. The signature carries its signing time (the
+// clock's: sbsign cannot be given one), so signing the same image twice
+// gives different bytes.
 Result<void> SignEfiImage(const std::string& path, const std::string& key, const std::string& cert);
 
 // SHA-256 of a file, lower-case hex.
