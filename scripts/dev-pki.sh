@@ -7,6 +7,12 @@
 #                         (ralph-mkimage --update-ca)
 #   server.{crt,key}      an update server certificate for 10.0.2.2 (the host
 #                         as QEMU user networking shows it) and 127.0.0.1
+#   sb-pk.{crt,key}       UEFI Secure Boot: the platform key (owner of the KEK)
+#   sb-kek.{crt,key}      UEFI Secure Boot: the key exchange key (signs db updates)
+#   sb-db.{crt,key}       UEFI Secure Boot: the db key that signs the unified
+#                         kernel images (ralph-mkimage --secure-boot-key/-cert)
+#                         (signed lists for enrolling them:
+#                         scripts/secure-boot-lists.sh, docs/secure-boot.md)
 # Keys are RSA: ECDSA signatures are not deterministic, and the factory
 # bundle must be reproducible.
 # Usage: dev-pki.sh DIR
@@ -34,3 +40,13 @@ make_leaf signer "/O=RalphOS development/CN=RalphOS development release signer" 
 make_ca tls-ca "/O=RalphOS development/CN=RalphOS development update server CA"
 make_leaf server "/O=RalphOS development/CN=10.0.2.2" tls-ca \
   'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:10.0.2.2,IP:127.0.0.1\n'
+# Secure Boot: three self-signed certificates, as UEFI firmware expects
+# (each list entry is one X.509 certificate; no chain is walked).
+make_sb() {  # name common-name
+  openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+    -subj "/O=RalphOS development/CN=RalphOS development $2" \
+    -keyout "$pki/$1.key" -out "$pki/$1.crt" 2>/dev/null
+}
+make_sb sb-pk "Secure Boot PK"
+make_sb sb-kek "Secure Boot KEK"
+make_sb sb-db "Secure Boot db"

@@ -25,6 +25,9 @@ packages=(
   efibootmgr dhcpcd-base
   # dm-verity hash trees of the root images (veritysetup format, build host only)
   cryptsetup-bin
+  # UEFI Secure Boot: sbsign/sbverify sign and check the unified kernel images;
+  # efitools makes the signed key lists the provisioning step enrolls
+  sbsigntool efitools
   # the slot's read-only sandbox base (ralphd's jobs): one static busybox
   busybox-static
   # loop mode's commits: ralphd's git, staged into every slot by ralph-mkimage

@@ -11,6 +11,14 @@
 # pki/tls-ca.crt is the slots' trust store for update servers, and
 # pki/server.{crt,key} is the update server's certificate (for 10.0.2.2, the
 # host as QEMU user networking shows it to the guest, and 127.0.0.1).
+# Every unified kernel image is signed for UEFI Secure Boot with Debian's
+# snakeoil key (package ovmf), the db of the VARS template the harness boots
+# with (OVMF_VARS_4M.snakeoil.fd): the scenarios run with Secure Boot on.
+# Its PEM key is encrypted (password "snakeoil", as Debian documents it);
+# sbsign reads only an unencrypted one, so a decrypted copy goes into pki/.
+# Every root also carries the provisioning lists (pki/secure-boot/*.auth:
+# the PKI's sb-pk and sb-kek, a db of sb-db and the snakeoil certificate)
+# that e2e_first_boot enrolls on a machine in setup mode.
 # The base and health-fail builds also export their slot payloads
 # (<variant>-payloads/{system_b.img,b.efi,...}) for the OTA e2e test.
 #
@@ -29,8 +37,15 @@ mkdir -p "$out"
 pki=$out/pki
 "$(dirname "$0")/../../scripts/dev-pki.sh" "$pki"
 
+snakeoil=/usr/share/ovmf/PkKek-1-snakeoil
+openssl pkey -in "$snakeoil.key" -passin pass:snakeoil -out "$pki/sb-snakeoil.key"
+"$(dirname "$0")/../../scripts/secure-boot-lists.sh" "$pki/secure-boot" \
+  "$pki/sb-pk.crt" "$pki/sb-pk.key" "$pki/sb-kek.crt" "$pki/sb-kek.key" \
+  "$pki/sb-db.crt" "$snakeoil.pem"
 common=(--bin-dir "$bin_dir" --test-agent --watchdog-seconds 10
-  --keyring "$pki/release-ca.crt" --update-ca "$pki/tls-ca.crt")
+  --keyring "$pki/release-ca.crt" --update-ca "$pki/tls-ca.crt"
+  --secure-boot-key "$pki/sb-snakeoil.key" --secure-boot-cert "$snakeoil.pem"
+  --secure-boot-enroll "$pki/secure-boot")
 build() {
   local variant=$1 b_variant=$1 extra=()
   [[ $variant == base ]] && b_variant=good

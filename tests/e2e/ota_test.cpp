@@ -166,14 +166,31 @@ class OtaTest : public E2eTest {
     pki_ = paths_.images_dir + "/pki";
   }
 
-  // `ralph-bundle create` over a variant's exported slot-B payloads.
+  // `ralph-bundle create` over a variant's exported slot-B payloads; the
+  // UKI must carry the Secure Boot signature the harness's firmware checks.
   std::vector<uint8_t> MakeBundle(const std::string& variant, const std::string& version) {
     std::string payloads = paths_.images_dir + "/" + variant + "-payloads";
     std::string out = fmt::format("{}/{}-{}.rbundle", scratch_->path(), variant, version);
-    auto made = RunHost({paths_.binary_dir + "/bin/ralph-bundle", "create", "--cert",
-                         pki_ + "/signer.crt", "--key", pki_ + "/signer.key", "--version", version,
-                         "--product", "ralphos", "--arch", "x86_64", "--rootfs",
-                         payloads + "/system_b.img", "--uki", payloads + "/b.efi", "-o", out});
+    auto made = RunHost({paths_.binary_dir + "/bin/ralph-bundle",
+                         "create",
+                         "--cert",
+                         pki_ + "/signer.crt",
+                         "--key",
+                         pki_ + "/signer.key",
+                         "--version",
+                         version,
+                         "--product",
+                         "ralphos",
+                         "--arch",
+                         "x86_64",
+                         "--rootfs",
+                         payloads + "/system_b.img",
+                         "--uki",
+                         payloads + "/b.efi",
+                         "--secure-boot-cert",
+                         kSnakeoilCert,
+                         "-o",
+                         out});
     EXPECT_EQ(made.exit, 0) << made.output;
     auto bytes = ReadWholeFile(out);
     EXPECT_TRUE(bytes) << bytes.error().ToString();

@@ -20,6 +20,7 @@
 
 #include "drivers/disk.h"
 #include "harness/e2e_test.h"
+#include "platform/arch.h"
 #include "platform/file_io.h"
 #include "platform/process.h"
 #include "tools/mkimage/builder.h"
@@ -130,9 +131,11 @@ TEST_F(E2eTest, BothSlotsGarbageFallToRecoveryWhichRestoresAFromTheFactoryBundle
 // Replaces RECOVERY's factory bundle with a copy whose manifest has one
 // byte changed (its signature no longer matches), rebuilding RECOVERY's
 // squashfs on the host with its dm-verity tree, and putting the new root
-// hash on recovery.efi's command line (the image builder's steps: a changed
-// RECOVERY with the old root hash would not boot at all).
-void TamperWithFactoryBundle(const std::string& disk, const std::string& work) {
+// hash on recovery.efi's command line, signed again with the images'
+// Secure Boot key (the image builder's steps: a changed RECOVERY with the
+// old root hash would not boot at all, nor would an unsigned UKI).
+void TamperWithFactoryBundle(const std::string& disk, const std::string& work,
+                             const std::string& images_dir) {
   auto layout = ProbeDisk(disk);
   ASSERT_TRUE(layout) << layout.error().ToString();
   const PartitionInfo* recovery = layout->Find("RECOVERY");
@@ -176,14 +179,25 @@ void TamperWithFactoryBundle(const std::string& disk, const std::string& work) {
     if (!word.starts_with("ralph.verity.")) words += word + " ";
   }
   words += RenderVerityCmdline(*verity);
-  ASSERT_TRUE(WriteWholeFile(cmdline_file, words));
-  // Replaced, not --update-section: objcopy keeps a PE section's old size
-  // there, cutting a longer command line. 0x30000 is where ralph-mkimage
-  // puts it.
-  ASSERT_NO_FATAL_FAILURE(
-      run({"objcopy", "--remove-section", ".cmdline", "--add-section", ".cmdline=" + cmdline_file,
-           "--change-section-vma", ".cmdline=0x30000", efi}));
-  auto written = WriteEspFile(disk, "/EFI/ralph/recovery.efi", efi);
+  // Assembled again from its own kernel, initrd and os-release with the
+  // new command line, as ralph-mkimage does (a section edited in place
+  // leaves a PE image whose Secure Boot hash no longer matches), and signed.
+  for (const char* section : {"linux", "initrd", "osrel"}) {
+    ASSERT_NO_FATAL_FAILURE(
+        run({"objcopy", "-O", "binary", fmt::format("--only-section=.{}", section), efi,
+             fmt::format("{}/recovery.{}", work, section)}));
+  }
+  auto osrel = ReadWholeFile(work + "/recovery.osrel");
+  ASSERT_TRUE(osrel) << osrel.error().ToString();
+  std::string rebuilt_efi = work + "/recovery-new.efi";
+  auto assembled = mkimage::AssembleUki(
+      work + "/recovery.linux", work + "/recovery.initrd", words, *osrel,
+      fmt::format("/usr/lib/systemd/boot/efi/{}", arch::EfiStubFileName()), 0, rebuilt_efi);
+  ASSERT_TRUE(assembled) << assembled.error().ToString();
+  auto signed_efi =
+      mkimage::SignEfiImage(rebuilt_efi, images_dir + "/pki/sb-snakeoil.key", kSnakeoilCert);
+  ASSERT_TRUE(signed_efi) << signed_efi.error().ToString();
+  auto written = WriteEspFile(disk, "/EFI/ralph/recovery.efi", rebuilt_efi);
   ASSERT_TRUE(written) << written.error().ToString();
 }
 
@@ -193,7 +207,7 @@ TEST_F(E2eTest, AFactoryBundleWithABadSignatureIsRefusedAndRecoveryWaits) {
     auto scribbled = ScribblePartition(disk_, label, 0, 4 << 20);
     ASSERT_TRUE(scribbled) << scribbled.error().ToString();
   }
-  ASSERT_NO_FATAL_FAILURE(TamperWithFactoryBundle(disk_, scratch_->path()));
+  ASSERT_NO_FATAL_FAILURE(TamperWithFactoryBundle(disk_, scratch_->path(), paths_.images_dir));
   Machine machine = Boot();
   for (std::string marker :
        {BootingSlot("RECOVERY"), std::string("recovery: entered: no slot is committed"),

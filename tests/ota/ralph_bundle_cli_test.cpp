@@ -1,6 +1,8 @@
 // The ralph-bundle host tool: create, then info with and without a keyring.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -78,6 +80,71 @@ TEST(RalphBundleCliTest, CreatesAndReportsVerdicts) {
       bad_version.error().message().find("--version: version \"1.x\" is not MAJOR.MINOR.PATCH"),
       std::string::npos)
       << bad_version.error().message();
+}
+
+// --secure-boot-cert: a system bundle is made only when its UKI carries a
+// Secure Boot signature that verifies against that db certificate; a UKI
+// unsigned, or signed by another key, is refused with nothing written.
+TEST(RalphBundleCliTest, SecureBootCertRefusesAUkiItDidNotSign) {
+  const char* binary_dir = std::getenv("RALPH_BINARY_DIR");
+  ASSERT_NE(binary_dir, nullptr) << "run through ctest (RALPH_BINARY_DIR)";
+  std::string tool = std::string(binary_dir) + "/bin/ralph-bundle";
+  // A real PE image to sign: the systemd stub every UKI is made from.
+  const std::string stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+  ASSERT_EQ(::access(stub.c_str(), R_OK), 0) << stub << " is missing (systemd-boot-efi)";
+  testing::TempDir dir;
+  testing::KeyPair ca = testing::MakeCa(dir.path(), "ca");
+  testing::KeyPair signer = testing::MakeSigner(dir.path(), "signer", ca);
+  testing::WriteFile(dir / "rootfs.img", testing::RandomBytes(100000, 3));
+  for (std::string name : {"db", "other"}) {
+    auto made = ralph::testing::RunCommand({"openssl", "req", "-x509", "-newkey", "rsa:2048",
+                                            "-nodes", "-sha256", "-days", "30", "-subj",
+                                            "/CN=test " + name, "-keyout", dir / (name + ".key"),
+                                            "-out", dir / (name + ".crt")});
+    ASSERT_TRUE(made.has_value()) << made.error().ToString();
+  }
+  auto signed_uki =
+      ralph::testing::RunCommand({"sbsign", "--key", dir / "db.key", "--cert", dir / "db.crt",
+                                  "--output", dir / "signed.efi", stub});
+  ASSERT_TRUE(signed_uki.has_value()) << signed_uki.error().ToString();
+  auto create = [&](const std::string& uki, const std::string& cert, const std::string& out) {
+    return ralph::testing::RunCommand({tool,
+                                       "create",
+                                       "--cert",
+                                       signer.cert_path,
+                                       "--key",
+                                       signer.key_path,
+                                       "--version",
+                                       "1.0.0",
+                                       "--product",
+                                       "ralphos",
+                                       "--arch",
+                                       "x86_64",
+                                       "--rootfs",
+                                       dir / "rootfs.img",
+                                       "--uki",
+                                       uki,
+                                       "--secure-boot-cert",
+                                       cert,
+                                       "-o",
+                                       out});
+  };
+  auto good = create(dir / "signed.efi", dir / "db.crt", dir / "good.rbundle");
+  ASSERT_TRUE(good.has_value()) << good.error().ToString();
+  EXPECT_EQ(::access((dir / "good.rbundle").c_str(), R_OK), 0);
+
+  const std::pair<std::string, std::string> refused[] = {{dir / "signed.efi", dir / "other.crt"},
+                                                         {stub, dir / "db.crt"}};
+  for (const auto& [uki, cert] : refused) {
+    std::string out = dir / "refused.rbundle";
+    auto bad = create(uki, cert, out);
+    ASSERT_FALSE(bad.has_value()) << uki << " with " << cert;
+    EXPECT_NE(
+        bad.error().message().find("is not signed for Secure Boot by --secure-boot-cert " + cert),
+        std::string::npos)
+        << bad.error().message();
+    EXPECT_NE(::access(out.c_str(), F_OK), 0) << out << " was written";
+  }
 }
 
 // A bad command line exits 2 naming what was wrong; --help prints the usage.

@@ -3,7 +3,7 @@
 //   ralph-bundle create --cert C --key K [--certs EXTRA] --version X.Y.Z
 //                       --product P --arch A --rootfs IMG --uki EFI
 //                       [--install-from X.Y.Z] [--raise-minimum-to X.Y.Z]
-//                       [--chunk-size BYTES] -o OUT.rbundle
+//                       [--chunk-size BYTES] [--secure-boot-cert PEM] -o OUT.rbundle
 //   ralph-bundle create --kind agent-image --cert C --key K --version X.Y.Z
 //                       --product P --arch A --agent-image SQUASHFS -o OUT.rbundle
 //   ralph-bundle info BUNDLE [--keyring DIR|FILE] [--crl FILE]
@@ -18,6 +18,7 @@
 
 #include "platform/cli.h"
 #include "platform/log.h"
+#include "platform/process.h"
 #include "services/ota/bundle/bundle.h"
 
 namespace ralph::ota {
@@ -27,7 +28,8 @@ constexpr char kUsage[] =
     "usage:\n"
     "  ralph-bundle create --cert PEM --key PEM [--certs PEM] --version X.Y.Z --product NAME\n"
     "                      --arch x86_64|aarch64 --rootfs IMAGE --uki EFI [--install-from X.Y.Z]\n"
-    "                      [--raise-minimum-to X.Y.Z] [--chunk-size BYTES] -o OUT.rbundle\n"
+    "                      [--raise-minimum-to X.Y.Z] [--chunk-size BYTES]\n"
+    "                      [--secure-boot-cert PEM] -o OUT.rbundle\n"
     "  ralph-bundle create --kind agent-image --cert PEM --key PEM [--certs PEM]\n"
     "                      --version X.Y.Z --product NAME --arch x86_64|aarch64\n"
     "                      --agent-image SQUASHFS [--chunk-size BYTES] -o OUT.rbundle\n"
@@ -37,11 +39,21 @@ Result<Version> ParseVersionFlag(std::string_view flag, const std::string& text)
   return TRY_CTX(Version::Parse(text), std::string(flag));
 }
 
+// A UKI for a Secure Boot machine: its Authenticode signature verifies
+// against the db certificate `cert` (sbverify), so the firmware will boot it
+// once the installer has put it on the ESP.
+Result<void> CheckUkiSignature(const std::string& uki, const std::string& cert) {
+  TRY_CTX(
+      RunProgramChecked({.argv = {"sbverify", "--cert", cert, uki}, .package = "sbsigntool"}),
+      fmt::format("--uki {} is not signed for Secure Boot by --secure-boot-cert {}", uki, cert));
+  return {};
+}
+
 // Exit status: 0 created, 1 failed, 2 a bad command line.
 int Create(std::span<const std::string> args) {
   cli::Parser parser("ralph-bundle create", kUsage);
   CreateOptions create;
-  std::string version, install_from, raise_minimum_to, chunk_size, kind;
+  std::string version, install_from, raise_minimum_to, chunk_size, kind, secure_boot_cert;
   struct Required {
     const char* name;
     std::string* value;
@@ -60,6 +72,7 @@ int Create(std::span<const std::string> args) {
   parser.Option("--install-from", &install_from);
   parser.Option("--raise-minimum-to", &raise_minimum_to);
   parser.Option("--chunk-size", &chunk_size);
+  parser.Option("--secure-boot-cert", &secure_boot_cert);
   if (std::optional<int> exit = parser.Parse(args)) return *exit;
   if (kind.empty() || kind == "system") {
     create.kind = BundleKind::kSystem;
@@ -108,6 +121,14 @@ int Create(std::span<const std::string> args) {
       return parser.UsageError(fmt::format("--chunk-size {} is invalid", chunk_size));
     }
     create.chunk_size = static_cast<uint32_t>(n);
+  }
+  if (!secure_boot_cert.empty()) {
+    if (agent_kind) return parser.UsageError("--secure-boot-cert is for system bundles (the UKI)");
+    auto checked = CheckUkiSignature(create.uki_path, secure_boot_cert);
+    if (!checked) {
+      LogError("creating {}: {}", create.output_path, checked.error().ToString());
+      return 1;
+    }
   }
   auto created = CreateBundle(create);
   if (!created) {

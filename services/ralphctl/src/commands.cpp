@@ -8,10 +8,12 @@ namespace {
 constexpr Command kCommands[] = {
     {"boot", "show and change the A/B boot state (try, commit, mark bad, recovery, repair)",
      RunBootCommand},
+    {"secure-boot", "UEFI Secure Boot: on or off; enroll the owner's keys in setup mode",
+     RunSecureBootCommand},
     {"update", "install a signed update bundle into the inactive slot; install progress",
      RunUpdateCommand},
     {"audit", "list, verify and export the hash-chained audit log", RunAuditCommand},
-    {"status", "ralphd's jobs, policy version and audit tip", RunStatusCommand},
+    {"status", "ralphd's jobs, policy version, audit tip; Secure Boot on or off", RunStatusCommand},
     {"job", "run, list, follow, cancel jobs; their files and workspaces (ralphd)", RunJobCommand},
     {"policy", "get, set, validate, version and roll back the job policy (ralphd)",
      RunPolicyCommand},

@@ -729,6 +729,7 @@ int RunStatusCommand(const Invocation&, std::span<const std::string> args) {
              Str((*reply)["max_running"]), Str(jobs["queued"]), Str(jobs["created"]));
   fmt::print("policy version {}; last event {}; audit tip {}\n", Str((*reply)["policy_version"]),
              Str((*reply)["last_event_seq"]), Str((*reply)["audit_tip"]));
+  fmt::print("secure boot: {}\n", Str((*reply)["secure_boot"]));
   return kExitOk;
 }
 

@@ -520,6 +520,7 @@ Result<Reply> Daemon::Status() {
                       {"policy_version", summary.policy_version},
                       {"last_event_seq", summary.last_event_seq},
                       {"audit_tip", tip.ToString()},
+                      {"secure_boot", options_.secure_boot},
                       {"vm", VmStatus()}});
 }
 

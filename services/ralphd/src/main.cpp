@@ -29,6 +29,7 @@
 #include "platform/efivar_store.h"
 #include "platform/file_io.h"
 #include "platform/log.h"
+#include "platform/secure_boot.h"
 #include "platform/unique_fd.h"
 #include "services/audit/audit_log.h"
 #include "services/ralphd/api/advertised_address.h"
@@ -578,6 +579,17 @@ ralph::Result<std::unique_ptr<Api>> StartApi(const Options& options, ralph::ralp
   return api;
 }
 
+// The firmware's Secure Boot state for the status (it cannot change before
+// the next boot, so it is read once). A machine without EFI variables (a
+// BIOS boot, a development host) says why it is unknown.
+std::string SecureBootText() {
+  auto store = ralph::LibefivarStore::Open();
+  if (!store) return fmt::format("unknown ({})", store.error().message());
+  auto state = ralph::ReadSecureBootState(**store);
+  if (!state) return fmt::format("unknown ({})", state.error().message());
+  return ralph::DescribeSecureBoot(*state);
+}
+
 ralph::Result<void> Serve(Options options) {
   sigset_t signals;
   sigemptyset(&signals);
@@ -593,6 +605,7 @@ ralph::Result<void> Serve(Options options) {
   options.daemon.log = [](ralph::LogLevel level, const std::string& message) {
     if (level != ralph::LogLevel::kDebug) ralph::LogLine(level, message);
   };
+  options.daemon.secure_boot = SecureBootText();
   std::unique_ptr<ralph::ralphd::Daemon> daemon = TRY(ralph::ralphd::Daemon::Open(options.daemon));
   std::unique_ptr<ralph::ralphd::LocalServer> server =
       TRY(ralph::ralphd::LocalServer::Create({.socket_path = options.socket}, *daemon));

@@ -25,10 +25,13 @@ inline constexpr const char* kAgentReady = "ralph-test-agent: listening";
 inline std::string CommittedSlot(std::string_view slot) {
   return "health gate passed: slot " + std::string(slot) + " committed";
 }
-inline constexpr const char* kRemovablePath = "BdsDxe: starting Boot0002 \"UEFI Misc Device\"";
+// The firmware's entry for the disk's removable-media path. Its number
+// depends on the VARS template (OVMF_VARS_4M.snakeoil.fd holds entries of
+// its own), so it is not part of the marker.
+inline constexpr const char* kRemovablePath = "\"UEFI Misc Device\" from PciRoot";
 
 enum class DiskSource {
-  kFresh,        // the base image, blank VARS (a machine out of the box)
+  kFresh,        // the base image, VARS with keys and no boot entries (out of the box)
   kProvisioned,  // disk + VARS after a first boot that committed A
 };
 

@@ -159,7 +159,7 @@ Result<uint8_t> FlipPartitionByte(const std::string& disk, const std::string& la
 }
 
 Result<Machine> Machine::Start(MachineOptions options) {
-  for (const char* tool : {"/usr/bin/qemu-system-x86_64", kOvmfCode}) {
+  for (const char* tool : {"/usr/bin/qemu-system-x86_64", kOvmfCode, kOvmfVars}) {
     if (::access(tool, R_OK) != 0) {
       return Error::Make(ErrorCode::kNotFound,
                          fmt::format("{} is missing (Debian packages qemu-system-x86 and ovmf; run "
@@ -180,10 +180,13 @@ Result<Machine> Machine::Start(MachineOptions options) {
       nic += fmt::format(",hostfwd=tcp:127.0.0.1:{}-:{}", forward.host_port, forward.guest_port);
     }
   }
+  // The Secure Boot firmware keeps its variable store in SMM and stops
+  // without it; the flash is then writable only from SMM.
+  std::string code = o.secure_boot_firmware ? kOvmfCode : kOvmfCodeNoSecureBoot;
   std::vector<std::string> argv = {
       "qemu-system-x86_64",
       "-machine",
-      "q35",
+      o.secure_boot_firmware ? "q35,smm=on" : "q35",
       "-m",
       std::to_string(o.memory_mib),
       "-smp",
@@ -196,13 +199,16 @@ Result<Machine> Machine::Start(MachineOptions options) {
       nic,
       "-no-user-config",
       "-drive",
-      fmt::format("if=pflash,format=raw,readonly=on,file={}", kOvmfCode),
+      fmt::format("if=pflash,format=raw,readonly=on,file={}", code),
       "-drive",
       fmt::format("if=pflash,format=raw,file={}", o.vars),
       "-drive",
       fmt::format("file={},format=raw,if=virtio", o.disk),
       "-serial",
       o.console_to_stdout ? std::string("stdio") : fmt::format("file:{}", o.console_log)};
+  if (o.secure_boot_firmware) {
+    argv.insert(argv.end(), {"-global", "driver=cfi.pflash01,property=secure,value=on"});
+  }
   if (!o.cpu.empty()) argv.insert(argv.end(), {"-cpu", o.cpu});
   if (!o.agent_socket.empty()) {
     ::unlink(o.agent_socket.c_str());

@@ -24,8 +24,18 @@ struct E2ePaths {
   static E2ePaths FromEnvironment();
 };
 
-inline constexpr const char* kOvmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-inline constexpr const char* kOvmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+// OVMF's Secure Boot build (SMM: the variable store is writable only from
+// SMM, so the OS cannot rewrite the keys behind the firmware's back).
+// Whether Secure Boot is enforced is the VARS file's choice: kOvmfVars has
+// Debian's snakeoil key enrolled as PK, KEK and db (Secure Boot on; the e2e
+// images are signed with its key by build_images.sh), kOvmfVarsSetupMode has no
+// keys (setup mode: Secure Boot off, unsigned images boot).
+inline constexpr const char* kOvmfCode = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+inline constexpr const char* kOvmfVars = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
+inline constexpr const char* kOvmfVarsSetupMode = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+inline constexpr const char* kSnakeoilCert = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
+// OVMF without SMM or Secure Boot enforcement (the benchmark's "off" peer).
+inline constexpr const char* kOvmfCodeNoSecureBoot = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 
 // Copies a file keeping holes (disk images are mostly empty).
 Result<void> SparseCopy(const std::string& from, const std::string& to);
@@ -57,11 +67,14 @@ Result<void> ScribblePartition(const std::string& disk, const std::string& label
 
 struct MachineOptions {
   std::string disk;
-  std::string vars;                // this machine's NVRAM (a copy of OVMF_VARS_4M.fd)
+  std::string vars;                // this machine's NVRAM (a copy of kOvmfVars)
   std::string console_log;         // serial console output
   std::string agent_socket;        // empty: no agent port
   bool console_to_stdout = false;  // main.sh: serial straight to the terminal
   int memory_mib = 512;
+  // kOvmfCode with SMM (Secure Boot enforced when `vars` has keys); false:
+  // kOvmfCodeNoSecureBoot without SMM, with a VARS of no keys (bench_boot).
+  bool secure_boot_firmware = true;
   // The CPU model (QEMU's -cpu). Empty: QEMU's default, qemu64 (x86-64-v1,
   // older than any machine the appliance is sold for); "max": everything
   // TCG emulates, which the agent CLIs' native binaries need.

@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
+#include <span>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -18,6 +20,7 @@
 #include "platform/hex.h"
 #include "platform/log.h"
 #include "platform/process.h"
+#include "platform/secure_boot.h"
 #include "platform/sha256.h"
 #include "platform/unique_fd.h"
 #include "tools/mkimage/cpio.h"
@@ -277,9 +280,11 @@ Result<std::string> BuildInitrd(const KernelTree& kernel, const std::vector<std:
   return output;
 }
 
-Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
-                      const std::string& cmdline, const std::string& os_release,
-                      const std::string& stub, uint32_t mtime, const std::string& output) {
+}  // namespace
+
+Result<void> AssembleUki(const std::string& vmlinuz, const std::string& initrd,
+                         const std::string& cmdline, const std::string& os_release,
+                         const std::string& stub, uint32_t mtime, const std::string& output) {
   std::string cmdline_file = output + ".cmdline";
   std::string osrel_file = output + ".osrel";
   TRY(WriteWholeFile(cmdline_file, cmdline));
@@ -289,10 +294,9 @@ Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
   // initrd goes last because it is the largest and grows.
   TRY_CTX(RunTool({"objcopy", "--add-section", ".osrel=" + osrel_file, "--change-section-vma",
                    ".osrel=0x20000", "--add-section", ".cmdline=" + cmdline_file,
-                   "--change-section-vma", ".cmdline=0x30000", "--add-section",
-                   ".linux=" + kernel.vmlinuz(), "--change-section-vma", ".linux=0x2000000",
-                   "--add-section", ".initrd=" + initrd, "--change-section-vma",
-                   ".initrd=0x3000000", stub, output}),
+                   "--change-section-vma", ".cmdline=0x30000", "--add-section", ".linux=" + vmlinuz,
+                   "--change-section-vma", ".linux=0x2000000", "--add-section", ".initrd=" + initrd,
+                   "--change-section-vma", ".initrd=0x3000000", stub, output}),
           fmt::format("assembling the unified kernel image {}", output));
   std::string bytes = TRY(ReadWholeFile(output));
   std::vector<uint8_t> image(bytes.begin(), bytes.end());
@@ -300,6 +304,21 @@ Result<void> BuildUki(const KernelTree& kernel, const std::string& initrd,
   return WriteWholeFile(
       output, std::string_view(reinterpret_cast<const char*>(image.data()), image.size()), 0755);
 }
+
+Result<void> SignEfiImage(const std::string& path, const std::string& key,
+                          const std::string& cert) {
+  std::string signed_path = path + ".signed";
+  TRY_CTX(RunTool({"sbsign", "--key", key, "--cert", cert, "--output", signed_path, path}),
+          fmt::format("signing {} for Secure Boot", path));
+  TRY_CTX(RunTool({"sbverify", "--cert", cert, signed_path}),
+          fmt::format("checking the Secure Boot signature of {}", path));
+  if (::rename(signed_path.c_str(), path.c_str()) != 0) {
+    return Error::FromErrno(fmt::format("rename {} to {}", signed_path, path), errno);
+  }
+  return {};
+}
+
+namespace {
 
 Result<void> TruncateFile(const std::string& path, off_t size) {
   if (::truncate(path.c_str(), size) != 0) {
@@ -727,6 +746,10 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
     return Error::Make(ErrorCode::kInvalidArgument,
                        "the factory bundle needs both --signing-cert and --signing-key");
   }
+  if (options.secure_boot_cert.empty() != options.secure_boot_key.empty()) {
+    return Error::Make(ErrorCode::kInvalidArgument,
+                       "Secure Boot signing needs both --secure-boot-key and --secure-boot-cert");
+  }
   BuildReport report;
   std::string work = options.work_dir.empty() ? options.output + ".work" : options.work_dir;
   TRY(RemoveTree(work));
@@ -758,6 +781,18 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
                               options.source_date_epoch, options.version};
   slot_inputs.keyring = options.keyring;
   slot_inputs.update_ca = options.update_ca;
+  if (!options.secure_boot_enroll.empty()) {
+    // Checked here: a list the provisioning step would refuse fails the build.
+    for (const char* name : {"PK", "KEK", "db"}) {
+      std::string host = fmt::format("{}/{}.auth", options.secure_boot_enroll, name);
+      std::string bytes = TRY_CTX(ReadWholeFile(host), "--secure-boot-enroll");
+      TRY_CTX(CheckSignedKeyList(
+                  name, std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())),
+              host);
+      slot_inputs.extra_files.push_back(
+          {host, fmt::format("{}/{}.auth", kSecureBootKeysDir, name)});
+    }
+  }
   std::string system_a = work + "/system_a.squashfs";
   TRY_CTX(BuildSlotImage(slot_inputs, work + "/rootfs_a", system_a), "building slot A");
   report.system_a_verity =
@@ -787,6 +822,12 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
   std::string initrd = TRY_CTX(BuildInitrd(kernel, report.modules, options.bin_dir,
                                            options.source_date_epoch, work + "/initrd.img"),
                                "building the initrd");
+  // Signed before anything copies it (the removable path, the payloads,
+  // the factory bundle): every copy carries the signature. The signature
+  // holds its signing time (sbsign has no way to fix it), so identical
+  // images (a.efi and b.efi with a good B) are signed once and copied: one
+  // bundle's UKI stays byte-equal to either slot's.
+  std::map<std::string, std::string> signed_ukis;  // SHA-256 before signing -> signed file
   auto build_uki = [&](BootTarget target, const VerityParams& verity) -> Result<std::string> {
     std::string name(TargetName(target));
     std::string target_initrd = initrd;
@@ -800,9 +841,19 @@ Result<BuildReport> BuildImage(const BuildOptions& options) {
       TRY(TruncateFile(target_initrd, st.st_size / 2));
     }
     std::string uki = work + "/" + name + ".efi";
-    TRY(BuildUki(kernel, target_initrd, KernelCmdline(target, options.cmdline, verity),
-                 OsRelease(options.version, target == BootTarget::kRecovery ? name : "system"),
-                 stub, options.source_date_epoch, uki));
+    TRY(AssembleUki(kernel.vmlinuz(), target_initrd, KernelCmdline(target, options.cmdline, verity),
+                    OsRelease(options.version, target == BootTarget::kRecovery ? name : "system"),
+                    stub, options.source_date_epoch, uki));
+    if (!options.secure_boot_key.empty()) {
+      std::string unsigned_sha256 = TRY(FileSha256(uki));
+      auto same = signed_ukis.find(unsigned_sha256);
+      if (same != signed_ukis.end()) {
+        TRY(StageFile(same->second, uki));
+      } else {
+        TRY(SignEfiImage(uki, options.secure_boot_key, options.secure_boot_cert));
+        signed_ukis.emplace(unsigned_sha256, uki);
+      }
+    }
     return uki;
   };
   std::string uki_a = TRY(build_uki(BootTarget::kSlotA, report.system_a_verity));

@@ -32,6 +32,14 @@ constexpr const char* kUsage = R"(usage: ralph-mkimage --out DISK.img [options]
   --signing-cert PEM --signing-key PEM
                          sign the factory bundle on RECOVERY (RSA keys give reproducible
                          bundles); without them RECOVERY holds no factory bundle
+  --secure-boot-key PEM --secure-boot-cert PEM
+                         sign every unified kernel image for UEFI Secure Boot with this db
+                         key (sbsign); without them the images are unsigned and boot only
+                         with Secure Boot off
+  --secure-boot-enroll DIR
+                         the owner's signed Secure Boot key lists DIR/{PK,KEK,db}.auth
+                         (efitools' sign-efi-sig-list) put into every root at
+                         /usr/share/ralph/secure-boot for `ralphctl secure-boot enroll`
   --payloads-dir DIR     also write the update payloads there: system_a.img, a.efi,
                          system_b.img, b.efi (for ralph-bundle create)
   --agent-bundle FILE    a signed agent-image bundle (ralph-bundle create --kind agent-image)
@@ -133,6 +141,9 @@ int main(int argc, char** argv) {
   parser.Option("--update-ca", &options.update_ca);
   parser.Option("--signing-cert", &options.signing_cert);
   parser.Option("--signing-key", &options.signing_key);
+  parser.Option("--secure-boot-key", &options.secure_boot_key);
+  parser.Option("--secure-boot-cert", &options.secure_boot_cert);
+  parser.Option("--secure-boot-enroll", &options.secure_boot_enroll);
   parser.Option("--payloads-dir", &options.payloads_dir);
   parser.Option("--agent-bundle", &options.agent_bundle);
   if (std::optional<int> exit = parser.Parse(argc, argv)) return *exit;
@@ -170,6 +181,9 @@ int main(int argc, char** argv) {
   }
   if (options.signing_cert.empty()) {
     LogWarning("no --signing-cert/--signing-key: RECOVERY gets no factory bundle");
+  }
+  if (options.secure_boot_key.empty()) {
+    LogWarning("no --secure-boot-key/--secure-boot-cert: unsigned kernel images (Secure Boot off)");
   }
   auto report = BuildImage(options);
   if (!report) {

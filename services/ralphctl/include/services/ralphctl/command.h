@@ -54,6 +54,8 @@ int Main(const Invocation& invocation);
 int RunBootCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunUpdateCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunAuditCommand(const Invocation& invocation, std::span<const std::string> args);
+// UEFI Secure Boot: the state, enrolling the owner's keys (src/secure_boot_command.cpp).
+int RunSecureBootCommand(const Invocation& invocation, std::span<const std::string> args);
 // ralphd's commands over its local socket (src/ralphd_commands.cpp).
 int RunStatusCommand(const Invocation& invocation, std::span<const std::string> args);
 int RunJobCommand(const Invocation& invocation, std::span<const std::string> args);

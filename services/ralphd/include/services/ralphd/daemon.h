@@ -58,6 +58,9 @@ struct DaemonOptions {
   VmSupport vm_support{false,
                        "this ralphd was started without a guest image for VM jobs "
                        "(ralphd --vm-guest DIR: the vmlinuz and initrd.img of ralph-vm-guest)"};
+  // The firmware's Secure Boot state for the status ("on", "off", ...:
+  // platform/secure_boot.h DescribeSecureBoot), read by the binary at start.
+  std::string secure_boot = "unknown";
   sandbox::IdMapping ids;
   StoreOptions store;
   std::function<void(LogLevel level, const std::string& message)> log;

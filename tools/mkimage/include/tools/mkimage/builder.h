@@ -54,6 +54,9 @@ inline constexpr const char* kKeyringPath = "/etc/ralph/keyring/release-ca.pem";
 inline constexpr const char* kAgentImageStore = "/var/lib/ralph/agent-image";
 inline constexpr const char* kFactoryAgentBundlePath = "/var/lib/ralph/agent-image/factory.rbundle";
 inline constexpr const char* kUpdateCaPath = "/etc/ssl/certs/ca-certificates.crt";
+// The owner's signed Secure Boot key lists (PK.auth, KEK.auth, db.auth) in
+// every root, for `ralphctl secure-boot enroll` on a machine in setup mode.
+inline constexpr const char* kSecureBootKeysDir = "/usr/share/ralph/secure-boot";
 
 struct BuildOptions {
   std::string output;     // the disk image to write
@@ -75,6 +78,16 @@ struct BuildOptions {
   std::string signing_cert;
   std::string signing_key;
   FactoryBundleWriter bundle_writer;
+  // UEFI Secure Boot: every unified kernel image (a.efi, b.efi,
+  // recovery.efi, the removable-path copy, the factory bundle's) is signed
+  // with sbsign by this db key and certificate (PEM). Both empty: unsigned
+  // images (development; they boot only with Secure Boot off).
+  std::string secure_boot_key;
+  std::string secure_boot_cert;
+  // A directory with the owner's signed key lists PK.auth, KEK.auth and
+  // db.auth (efitools' sign-efi-sig-list), put at kSecureBootKeysDir in
+  // every root; empty: none.
+  std::string secure_boot_enroll;
   // When set, the payloads an update bundle carries are copied here:
   // system_a.img, a.efi, system_b.img, b.efi (slot B's as built, variant included).
   std::string payloads_dir;
@@ -148,6 +161,20 @@ Result<std::string> BuildRecoveryRoot(const SlotImageInputs& inputs, const std::
 // The salt is derived from `salt_seed`, so the same inputs give the same
 // bytes.
 Result<VerityParams> AppendHashTree(const std::string& image, std::string_view salt_seed);
+
+// Signs the PE image `path` in place for UEFI Secure Boot (sbsign, an
+// Authenticode signature by `key`/`cert`, PEM) and checks the result with
+// sbverify against `cert`. The signature carries its signing time (the
+// clock's: sbsign cannot be given one), so signing the same image twice
+// gives different bytes.
+Result<void> SignEfiImage(const std::string& path, const std::string& key, const std::string& cert);
+
+// A unified kernel image: systemd's EFI stub `stub` with the sections
+// .osrel, .cmdline, .linux (`vmlinuz`) and .initrd at the addresses OVMF
+// boots, its PE timestamp `mtime`. Unsigned (SignEfiImage).
+Result<void> AssembleUki(const std::string& vmlinuz, const std::string& initrd,
+                         const std::string& cmdline, const std::string& os_release,
+                         const std::string& stub, uint32_t mtime, const std::string& output);
 
 // SHA-256 of a file, lower-case hex.
 Result<std::string> FileSha256(const std::string& path);
