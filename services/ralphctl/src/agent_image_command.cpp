@@ -75,19 +75,17 @@ Result<json> AwaitInstall(const ParsedArgs& args, const std::string& started) {
 }  // namespace
 
 int RunAgentImageCommand(const Invocation&, std::span<const std::string> args) {
-  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("agent-image", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("agent-image", args, kOptions, kUsage, parsed)) {
+    return *exit;
   }
-  if (auto bad = TransportUsageError(*parsed)) return UsageError("agent-image", *bad);
-  const std::vector<std::string>& operands = parsed->positional;
+  if (auto bad = TransportUsageError(parsed)) return UsageError("agent-image", *bad);
+  const std::vector<std::string>& operands = parsed.positional;
   const std::string& verb = operands[0];
-  const bool as_json = parsed->Has("--json");
+  const bool as_json = parsed.Has("--json");
   Result<json> reply = Error::Make(ErrorCode::kInternal, "unset");
   if (verb == "status" && operands.size() == 1) {
-    reply = Call(*parsed, "GET", "/v1/agent-image");
+    reply = Call(parsed, "GET", "/v1/agent-image");
     if (reply && !as_json) {
       const json& r = *reply;
       if (r["store"].is_null()) {
@@ -106,7 +104,7 @@ int RunAgentImageCommand(const Invocation&, std::span<const std::string> args) {
     std::string path = operands[1];
     // A local path is made absolute here (ralphd does not share our cwd);
     // with --remote it is the appliance's and is sent as given.
-    if (!parsed->Has("--remote") && !path.empty() && path.front() != '/') {
+    if (!parsed.Has("--remote") && !path.empty() && path.front() != '/') {
       char resolved[PATH_MAX];
       if (::realpath(path.c_str(), resolved) == nullptr) {
         return Failed("agent-image install",
@@ -114,8 +112,8 @@ int RunAgentImageCommand(const Invocation&, std::span<const std::string> args) {
       }
       path = resolved;
     }
-    reply = Call(*parsed, "POST", "/v1/agent-image/install", json{{"path", path}});
-    if (reply) reply = AwaitInstall(*parsed, (*reply).value("started", ""));
+    reply = Call(parsed, "POST", "/v1/agent-image/install", json{{"path", path}});
+    if (reply) reply = AwaitInstall(parsed, (*reply).value("started", ""));
     if (reply && (*reply)["state"] == "failed") {
       return Failed("agent-image install",
                     Error::Make(ErrorCode::kRefused, (*reply).value("error", "failed")));
@@ -127,7 +125,7 @@ int RunAgentImageCommand(const Invocation&, std::span<const std::string> args) {
       return kExitOk;
     }
   } else if (verb == "rollback" && operands.size() == 1) {
-    reply = Call(*parsed, "POST", "/v1/agent-image/rollback");
+    reply = Call(parsed, "POST", "/v1/agent-image/rollback");
     if (reply && !as_json) {
       fmt::print("rolled back: current {}\nprevious: {}\n", Describe((*reply)["current"]),
                  Describe((*reply)["previous"]));

@@ -231,24 +231,22 @@ int Export(const ParsedArgs& args) {
 }  // namespace
 
 int RunAuditCommand(const Invocation&, std::span<const std::string> args) {
-  auto parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("audit", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("audit", args, kOptions, kUsage, parsed)) {
+    return *exit;
   }
-  if (auto bad = TransportUsageError(*parsed)) return UsageError("audit", *bad);
-  if (parsed->Has("--remote") && parsed->Has("--audit-db")) {
+  if (auto bad = TransportUsageError(parsed)) return UsageError("audit", *bad);
+  if (parsed.Has("--remote") && parsed.Has("--audit-db")) {
     return UsageError("audit", "--audit-db reads a local file; it does not go with --remote");
   }
-  const std::string& verb = parsed->positional[0];
-  if (parsed->positional.size() > 1) {
+  const std::string& verb = parsed.positional[0];
+  if (parsed.positional.size() > 1) {
     return UsageError("audit " + verb,
-                      fmt::format("unexpected argument '{}'", parsed->positional[1]));
+                      fmt::format("unexpected argument '{}'", parsed.positional[1]));
   }
-  if (verb == "list") return List(*parsed);
-  if (verb == "verify") return Verify(*parsed);
-  if (verb == "export") return Export(*parsed);
+  if (verb == "list") return List(parsed);
+  if (verb == "verify") return Verify(parsed);
+  if (verb == "export") return Export(parsed);
   return UsageError("audit", fmt::format("unknown subcommand '{}'", verb));
 }
 

@@ -76,6 +76,19 @@ int UsageError(std::string_view command, std::string_view message) {
   return kExitUsage;
 }
 
+std::optional<int> ParseSubcommand(std::string_view command, std::span<const std::string> args,
+                                   std::span<const OptionSpec> options, std::string_view usage,
+                                   ParsedArgs& parsed) {
+  Result<ParsedArgs> result = ParseArgs(args, options);
+  if (!result) return UsageError(command, result.error().message());
+  parsed = std::move(*result);
+  if (parsed.Has("--help") || parsed.positional.empty()) {
+    fmt::print("{}", usage);
+    return parsed.Has("--help") ? kExitOk : kExitUsage;
+  }
+  return std::nullopt;
+}
+
 int Failed(std::string_view command, const Error& error) {
   // Library errors carry their own context ("mark-active: slot A: ...");
   // the command name is added only when the message does not start with it.

@@ -769,18 +769,16 @@ int RunPairCommand(const Invocation&, std::span<const std::string> args) {
 }
 
 int RunPairingsCommand(const Invocation&, std::span<const std::string> args) {
-  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("pairings", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kPairingsUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("pairings", args, kOptions, kPairingsUsage, parsed)) {
+    return *exit;
   }
-  if (parsed->Has("--remote")) return ConsoleOnly("pairings");
-  const std::vector<std::string>& operands = parsed->positional;
+  if (parsed.Has("--remote")) return ConsoleOnly("pairings");
+  const std::vector<std::string>& operands = parsed.positional;
   Result<json> reply = Error::Make(ErrorCode::kInternal, "unset");
   if (operands[0] == "list" && operands.size() == 1) {
-    reply = Request(*parsed, "GET", "/v1/pairings");
-    if (reply && !parsed->Has("--json")) {
+    reply = Request(parsed, "GET", "/v1/pairings");
+    if (reply && !parsed.Has("--json")) {
       for (const json& client : (*reply)["pairings"]) {
         fmt::print("{}  {:<24} paired {} expires {}{}\n", Str(client["id"]), Str(client["name"]),
                    Str(client["paired"]), Str(client["expires"]),
@@ -790,8 +788,8 @@ int RunPairingsCommand(const Invocation&, std::span<const std::string> args) {
     }
   } else if (operands[0] == "revoke" && operands.size() == 2) {
     reply =
-        Request(*parsed, "POST", "/v1/pairings/revoke", json::object(), json{{"id", operands[1]}});
-    if (reply && !parsed->Has("--json")) {
+        Request(parsed, "POST", "/v1/pairings/revoke", json::object(), json{{"id", operands[1]}});
+    if (reply && !parsed.Has("--json")) {
       fmt::print("client {} revoked\n", operands[1]);
       return kExitOk;
     }
@@ -805,39 +803,35 @@ int RunPairingsCommand(const Invocation&, std::span<const std::string> args) {
 
 int RunJobCommand(const Invocation&, std::span<const std::string> args) {
   auto [options, argv] = SplitAtDashes(args);
-  Result<ParsedArgs> parsed = ParseArgs(options, kOptions);
-  if (!parsed) return UsageError("job", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kJobUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("job", options, kOptions, kJobUsage, parsed)) {
+    return *exit;
   }
-  if (auto bad = TransportUsageError(*parsed)) return UsageError("job", *bad);
-  std::string verb = parsed->positional[0];
-  std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
+  if (auto bad = TransportUsageError(parsed)) return UsageError("job", *bad);
+  std::string verb = parsed.positional[0];
+  std::vector<std::string> operands(parsed.positional.begin() + 1, parsed.positional.end());
   if (verb == "run") {
     if (!operands.empty()) argv.insert(argv.begin(), operands.begin(), operands.end());
-    return JobRun(*parsed, argv);
+    return JobRun(parsed, argv);
   }
   if (!argv.empty()) return UsageError("job " + verb, "'--' goes with run");
-  return RunJobVerb(*parsed, verb, operands);
+  return RunJobVerb(parsed, verb, operands);
 }
 
 int RunCredsCommand(const Invocation&, std::span<const std::string> args) {
-  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("creds", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kCredsUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("creds", args, kOptions, kCredsUsage, parsed)) {
+    return *exit;
   }
-  if (auto bad = TransportUsageError(*parsed)) return UsageError("creds", *bad);
-  const std::vector<std::string>& operands = parsed->positional;
+  if (auto bad = TransportUsageError(parsed)) return UsageError("creds", *bad);
+  const std::vector<std::string>& operands = parsed.positional;
   const std::string& verb = operands[0];
   const std::string command = "creds " + verb;
   if (verb == "list") {
     if (operands.size() != 1) return UsageError(command, "takes no arguments");
-    Result<json> reply = Request(*parsed, "GET", "/v1/creds");
+    Result<json> reply = Request(parsed, "GET", "/v1/creds");
     if (!reply) return Failed(command, reply.error());
-    if (parsed->Has("--json")) {
+    if (parsed.Has("--json")) {
       fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
       return kExitOk;
     }
@@ -856,22 +850,22 @@ int RunCredsCommand(const Invocation&, std::span<const std::string> args) {
     return UsageError("creds", fmt::format("unknown subcommand '{}' (login, list, revoke)", verb));
   }
   if (operands.size() != 2) return UsageError(command, "expects PROFILE (claude, codex, opencode)");
-  json body = {{"profile", operands[1]}, {"scope", parsed->Value("--scope").value_or("global")}};
-  if (auto name = parsed->Value("--name")) body["name"] = *name;
+  json body = {{"profile", operands[1]}, {"scope", parsed.Value("--scope").value_or("global")}};
+  if (auto name = parsed.Value("--name")) body["name"] = *name;
   if (verb == "revoke") {
-    if (parsed->Has("--policy-profile")) {
+    if (parsed.Has("--policy-profile")) {
       return UsageError(command, "--policy-profile goes with login");
     }
-    Result<json> reply = Request(*parsed, "POST", "/v1/creds/revoke", json::object(), body);
+    Result<json> reply = Request(parsed, "POST", "/v1/creds/revoke", json::object(), body);
     if (!reply) return Failed(command, reply.error());
-    if (parsed->Has("--json")) {
+    if (parsed.Has("--json")) {
       fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
     } else {
       fmt::print("account {} revoked\n", Str((*reply)["revoked"]));
     }
     return kExitOk;
   }
-  if (auto policy_profile = parsed->Value("--policy-profile")) {
+  if (auto policy_profile = parsed.Value("--policy-profile")) {
     body["policy_profile"] = *policy_profile;
   }
   uint16_t columns = 0, rows = 0;
@@ -879,16 +873,16 @@ int RunCredsCommand(const Invocation&, std::span<const std::string> args) {
     body["columns"] = columns;
     body["rows"] = rows;
   }
-  Result<json> job = Request(*parsed, "POST", "/v1/creds/login", json::object(), body);
+  Result<json> job = Request(parsed, "POST", "/v1/creds/login", json::object(), body);
   if (!job) return Failed(command, job.error());
   uint64_t id = (*job)["id"].get<uint64_t>();
   std::string account = Str((*job)["account"]);
   fmt::print(stderr, "logging in {} (job {}) ...\r\n", account, id);
-  Result<std::unique_ptr<TerminalTransportInterface>> transport = OpenTerminalTransport(*parsed);
+  Result<std::unique_ptr<TerminalTransportInterface>> transport = OpenTerminalTransport(parsed);
   if (!transport) return Failed(command, transport.error());
   int status = RunTerminal(**transport, id, InputEnd::kSendEof, command);
   // The login's outcome is the job's: captured, or why not.
-  Result<json> done = Request(*parsed, "GET", fmt::format("/v1/jobs/{}", id));
+  Result<json> done = Request(parsed, "GET", fmt::format("/v1/jobs/{}", id));
   if (!done) return Failed(command, done.error());
   std::string state = Str((*done)["state"]);
   if (state == "succeeded") {
@@ -904,16 +898,14 @@ int RunCredsCommand(const Invocation&, std::span<const std::string> args) {
 }
 
 int RunPolicyCommand(const Invocation&, std::span<const std::string> args) {
-  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("policy", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kPolicyUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("policy", args, kOptions, kPolicyUsage, parsed)) {
+    return *exit;
   }
-  if (auto bad = TransportUsageError(*parsed)) return UsageError("policy", *bad);
-  std::string verb = parsed->positional[0];
-  std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
-  return RunPolicyVerb(*parsed, verb, operands);
+  if (auto bad = TransportUsageError(parsed)) return UsageError("policy", *bad);
+  std::string verb = parsed.positional[0];
+  std::vector<std::string> operands(parsed.positional.begin() + 1, parsed.positional.end());
+  return RunPolicyVerb(parsed, verb, operands);
 }
 
 namespace {
@@ -931,22 +923,20 @@ void PrintEntries(const json& reply) {
 }  // namespace
 
 int RunMemoryCommand(const Invocation&, std::span<const std::string> args) {
-  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("memory", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kMemoryUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("memory", args, kOptions, kMemoryUsage, parsed)) {
+    return *exit;
   }
-  if (auto bad = TransportUsageError(*parsed)) return UsageError("memory", *bad);
-  const std::string verb = parsed->positional[0];
+  if (auto bad = TransportUsageError(parsed)) return UsageError("memory", *bad);
+  const std::string verb = parsed.positional[0];
   const std::string command = "memory " + verb;
-  std::vector<std::string> operands(parsed->positional.begin() + 1, parsed->positional.end());
-  const bool as_json = parsed->Has("--json");
+  std::vector<std::string> operands(parsed.positional.begin() + 1, parsed.positional.end());
+  const bool as_json = parsed.Has("--json");
   json query = json::object();
   if (verb == "query" || verb == "history" || verb == "list") {
-    if (auto after = parsed->Value("--after")) query["after"] = *after;
-    if (auto limit = parsed->Value("--limit")) query["limit"] = *limit;
-  } else if (parsed->Has("--after") || parsed->Has("--limit")) {
+    if (auto after = parsed.Value("--after")) query["after"] = *after;
+    if (auto limit = parsed.Value("--limit")) query["limit"] = *limit;
+  } else if (parsed.Has("--after") || parsed.Has("--limit")) {
     return UsageError(command, "--after and --limit go with query, history and list");
   }
   Result<json> reply = Error::Make(ErrorCode::kInternal, "unset");
@@ -957,7 +947,7 @@ int RunMemoryCommand(const Invocation&, std::span<const std::string> args) {
       return UsageError(
           command, fmt::format("VALUE: '{}' is not JSON (a string is \"quoted\")", operands[1]));
     }
-    reply = Request(*parsed, "POST", "/v1/memory", json::object(),
+    reply = Request(parsed, "POST", "/v1/memory", json::object(),
                     json{{"key", operands[0]}, {"value", value}});
     if (reply && !as_json) {
       fmt::print("{} ({})\n", Str((*reply)["entry"]["hash"]),
@@ -966,7 +956,7 @@ int RunMemoryCommand(const Invocation&, std::span<const std::string> args) {
     }
   } else if (verb == "get") {
     if (operands.size() != 1) return UsageError(command, "expects HASH");
-    reply = Request(*parsed, "GET", "/v1/memory/entry", json{{"hash", operands[0]}});
+    reply = Request(parsed, "GET", "/v1/memory/entry", json{{"hash", operands[0]}});
     if (reply && !as_json) {
       const json& entry = (*reply)["entry"];
       fmt::print("{} {} {} {}\n{}\n", Str(entry["seq"]), Str(entry["agent"]), Str(entry["key"]),
@@ -985,7 +975,7 @@ int RunMemoryCommand(const Invocation&, std::span<const std::string> args) {
       path = verb == "history" ? "/v1/memory/history" : "/v1/memory/agent";
       query[verb == "history" ? "key" : "agent"] = operands[0];
     }
-    reply = Request(*parsed, "GET", path, query);
+    reply = Request(parsed, "GET", path, query);
     if (reply && !as_json) {
       PrintEntries(*reply);
       return kExitOk;

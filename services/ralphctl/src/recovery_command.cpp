@@ -37,24 +37,22 @@ constexpr OptionSpec kOptions[] = {
 }  // namespace
 
 int RunRecoveryCommand(const Invocation&, std::span<const std::string> args) {
-  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("recovery", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("recovery", args, kOptions, kUsage, parsed)) {
+    return *exit;
   }
-  if (auto bad = TransportUsageError(*parsed)) return UsageError("recovery", *bad);
-  if (parsed->positional != std::vector<std::string>{"reboot"}) {
+  if (auto bad = TransportUsageError(parsed)) return UsageError("recovery", *bad);
+  if (parsed.positional != std::vector<std::string>{"reboot"}) {
     return UsageError("recovery", "expected 'reboot'");
   }
   json body = json::object();
-  if (auto reason = parsed->Value("--reason")) body["reason"] = *reason;
-  Result<std::unique_ptr<RalphdTransport>> transport = OpenTransport(*parsed);
+  if (auto reason = parsed.Value("--reason")) body["reason"] = *reason;
+  Result<std::unique_ptr<RalphdTransport>> transport = OpenTransport(parsed);
   if (!transport) return Failed("recovery reboot", transport.error());
   Result<json> reply =
       (*transport)->Call({.verb = "POST", .path = "/v1/recovery/reboot", .body = body});
   if (!reply) return Failed("recovery reboot", reply.error());
-  if (parsed->Has("--json")) {
+  if (parsed.Has("--json")) {
     fmt::print("{}\n", ralphd::DumpJson(*reply, 2));
   } else {
     fmt::print("RECOVERY is armed for the next boot; the appliance is rebooting\n");

@@ -114,14 +114,12 @@ int Pair(const ParsedArgs& args) {
 }  // namespace
 
 int RunRemoteCommand(const Invocation&, std::span<const std::string> args) {
-  Result<ParsedArgs> parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("remote", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("remote", args, kOptions, kUsage, parsed)) {
+    return *exit;
   }
-  if (parsed->positional[0] == "pair") return Pair(*parsed);
-  return UsageError("remote", fmt::format("unknown subcommand '{}'", parsed->positional[0]));
+  if (parsed.positional[0] == "pair") return Pair(parsed);
+  return UsageError("remote", fmt::format("unknown subcommand '{}'", parsed.positional[0]));
 }
 
 }  // namespace ralph::ralphctl

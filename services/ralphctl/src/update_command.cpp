@@ -339,16 +339,14 @@ int Status(const Invocation& invocation, const ParsedArgs& args) {
 }  // namespace
 
 int RunUpdateCommand(const Invocation& invocation, std::span<const std::string> args) {
-  auto parsed = ParseArgs(args, kOptions);
-  if (!parsed) return UsageError("update", parsed.error().message());
-  if (parsed->Has("--help") || parsed->positional.empty()) {
-    fmt::print("{}", kUsage);
-    return parsed->Has("--help") ? kExitOk : kExitUsage;
+  ParsedArgs parsed;
+  if (auto exit = ParseSubcommand("update", args, kOptions, kUsage, parsed)) {
+    return *exit;
   }
-  const std::string& verb = parsed->positional[0];
-  if (verb == "install") return Install(invocation, *parsed);
-  if (verb == "status") return Status(invocation, *parsed);
-  if (verb == "reconcile") return Reconcile(invocation, *parsed);
+  const std::string& verb = parsed.positional[0];
+  if (verb == "install") return Install(invocation, parsed);
+  if (verb == "status") return Status(invocation, parsed);
+  if (verb == "reconcile") return Reconcile(invocation, parsed);
   return UsageError("update", fmt::format("unknown subcommand '{}'", verb));
 }
 

@@ -96,6 +96,14 @@ Result<ParsedArgs> ParseArgs(std::span<const std::string> args, std::span<const 
 // Prints "ralphctl <command>: <message>" and a pointer to --help to stderr;
 // returns kExitUsage.
 int UsageError(std::string_view command, std::string_view message);
+
+// How a command with subcommands starts: `args` parsed against `options`
+// into `parsed` (a bad option is a usage error naming it); --help prints
+// `usage` and exits 0, no subcommand prints it and exits 2. Returns the exit
+// status when the command is over, std::nullopt to go on.
+std::optional<int> ParseSubcommand(std::string_view command, std::span<const std::string> args,
+                                   std::span<const OptionSpec> options, std::string_view usage,
+                                   ParsedArgs& parsed);
 // Prints "ralphctl <command>: <error>" to stderr (once: without the command
 // when the message already starts with it); returns kExitFailed.
 int Failed(std::string_view command, const Error& error);
