@@ -4,7 +4,9 @@
 # agent image (tools/agent-image, built by the agent_image_build fixture),
 # which ralphd installs at its first start.
 # The bundle is signed by the e2e test PKI (e2e_images made it) and checked
-# against the slots' keyring, as a release's would be.
+# against the slots' keyring, as a release's would be. Its UKIs are signed
+# with the snakeoil key like the other e2e images' (build_images.sh): the
+# harness boots with Secure Boot on.
 # Usage: build_agents_image.sh <ralph-mkimage> <bin-dir> <images-dir> <agent-image.squashfs>
 set -euo pipefail
 mkimage=$1 bin_dir=$2 out=$3 image=$4
@@ -18,5 +20,6 @@ trap 'rm -f "$bundle"; rm -rf "$out/work-agents"' EXIT
 "$mkimage" --out "$out/agents.img" --work "$out/work-agents" --b-variant good \
   --bin-dir "$bin_dir" --test-agent --watchdog-seconds 10 \
   --keyring "$pki/release-ca.crt" --update-ca "$pki/tls-ca.crt" \
+  --secure-boot-key "$pki/sb-snakeoil.key" --secure-boot-cert /usr/share/ovmf/PkKek-1-snakeoil.pem \
   --agent-bundle "$bundle" >"$out/agents.log" 2>&1 || { cat "$out/agents.log"; exit 1; }
 echo "e2e_agents_image: built $out/agents.img"
