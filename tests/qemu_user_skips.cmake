@@ -56,7 +56,7 @@ ralph_qemu_user_skip(ralphd_api_server_test "ApiServerTest.TheBodyLimitIsTheRout
 # running arch; until then they are left out here.
 set(x86_vm_expectations "the test expects x86_64's QEMU command line and files, not the aarch64 build's")
 ralph_qemu_user_skip(sandbox_vm_spec_test
-  "QemuCommandLine.MicrovmWithTcg:QemuCommandLine.KvmPassesTheHostCpu:QemuCommandLine.VsockControlAndNoConsole"
+  "QemuCommandLine.MicrovmWithTcg:QemuCommandLine.KvmPassesTheHostCpu:QemuCommandLine.VsockControlAndNoConsole:QemuCommandLine.TcgTellsTheGuestTheHostsTscRate"
   "${x86_vm_expectations}")
 ralph_qemu_user_skip(sandbox_vm_job_spec_test "VmmSpec.QemuSeesOnlyItsOwnFilesAndGetsTheGuestsMemory"
   "${x86_vm_expectations}")
