@@ -29,6 +29,8 @@
 namespace ralph::boot {
 namespace {
 
+using ralph::testing::EfivarDirectoryPath;
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -56,10 +58,6 @@ class CountingStore final : public EfiVarStoreInterface {
   EfiVarStoreInterface& inner_;
 };
 
-std::string StoreDir() {
-  return std::getenv("EFIVARFS_PATH");
-}
-
 GptSpec ApplianceSpec() {
   GptSpec spec;
   spec.partitions = {{"EFI", 16 << 20, PartitionType::kEfiSystem, std::nullopt},
@@ -79,10 +77,10 @@ HardDriveNode EspNode(const DiskLayout& layout) {
 class SlotManagerIntegrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const auto& entry : std::filesystem::directory_iterator(StoreDir())) {
+    for (const auto& entry : std::filesystem::directory_iterator(EfivarDirectoryPath())) {
       std::filesystem::remove(entry.path());
     }
-    image_ = fmt::format("{}/../ralph-boot-it-{}.img", StoreDir(), ::getpid());
+    image_ = fmt::format("{}/../ralph-boot-it-{}.img", EfivarDirectoryPath(), ::getpid());
     Result<DiskLayout> layout = CreateGptImage(image_, 80 << 20, ApplianceSpec());
     ASSERT_TRUE(layout.has_value()) << layout.error().ToString();
     Result<std::unique_ptr<LibefivarStore>> store = LibefivarStore::Open();
@@ -129,8 +127,8 @@ TEST_F(SlotManagerIntegrationTest, FullUpdateCycleOnADirectoryStoreAndAnImageFil
   EXPECT_EQ(first->booted, BootTarget::kSlotA);
   EXPECT_EQ(first->event, BootEvent::kTrial);
   EXPECT_EQ(writes, 6);  // three entries, the record, BootNext, BootOrder
-  EXPECT_TRUE(
-      std::filesystem::exists(StoreDir() + "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d"));
+  EXPECT_TRUE(std::filesystem::exists(EfivarDirectoryPath() +
+                                      "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d"));
   EXPECT_FALSE(first->record.committed.has_value());
   {
     // The health gate passes.
@@ -221,7 +219,8 @@ TEST_F(SlotManagerIntegrationTest, GarbledAndTornRecordFilesAreReinitialised) {
   FirmwareModel firmware(EspContents::Full(EspNode(*layout)));
   Result<void> provisioned = FirstBoot(firmware, *layout);
   ASSERT_TRUE(provisioned.has_value()) << provisioned.error().ToString();
-  std::string record_file = StoreDir() + "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d";
+  std::string record_file =
+      EfivarDirectoryPath() + "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d";
 
   // Garbage with a valid attribute header: bad magic. (Rewritten through
   // the store: efivarfs-style files may carry the immutable flag.)
@@ -273,7 +272,7 @@ TEST_F(SlotManagerIntegrationTest, ReadOnlyStoreFailsWithTheCauseAndTheMachineSt
   }
   ASSERT_EQ(::unshare(CLONE_NEWNS), 0) << strerror(errno);
   ASSERT_EQ(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0);
-  std::string dir = StoreDir();
+  std::string dir = EfivarDirectoryPath();
   ASSERT_EQ(::mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND, nullptr), 0) << strerror(errno);
   ASSERT_EQ(::mount(nullptr, dir.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr), 0);
 

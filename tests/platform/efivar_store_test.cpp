@@ -33,23 +33,11 @@
 namespace ralph {
 namespace {
 
+using ralph::testing::EfivarDirectoryPath;
+using ralph::testing::ReadRawFile;
+using ralph::testing::WriteRawFile;
+
 using ::testing::HasSubstr;
-
-std::string StoreDir() {
-  return std::getenv("EFIVARFS_PATH");
-}
-
-std::vector<uint8_t> ReadRaw(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)),
-                              std::istreambuf_iterator<char>());
-}
-
-void WriteRaw(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-}
 
 int GetFlags(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -73,7 +61,7 @@ class EfivarStoreTest : public ::testing::Test {
     ASSERT_TRUE(store) << store.error().ToString();
     store_ = std::move(*store);
     // Start each test from an empty store.
-    for (const auto& entry : std::filesystem::directory_iterator(StoreDir())) {
+    for (const auto& entry : std::filesystem::directory_iterator(EfivarDirectoryPath())) {
       SetImmutable(entry.path(), false);
       std::filesystem::remove(entry.path());
     }
@@ -82,7 +70,7 @@ class EfivarStoreTest : public ::testing::Test {
 };
 
 TEST_F(EfivarStoreTest, OpensTheDirectoryFromEfivarfsPath) {
-  EXPECT_EQ(store_->path(), StoreDir());
+  EXPECT_EQ(store_->path(), EfivarDirectoryPath());
   EXPECT_FALSE(store_->is_efivarfs());
 }
 
@@ -95,7 +83,7 @@ TEST_F(EfivarStoreTest, SetGetListDelete) {
   ASSERT_TRUE(store_->Set(kEfiGlobalGuid, "Boot0001", {{9}}, kEfiVariableDefaultAttributes));
 
   // The file is exactly what efivarfs shows: 4-byte LE attributes + data.
-  auto raw = ReadRaw(StoreDir() + "BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c");
+  auto raw = ReadRawFile(EfivarDirectoryPath() + "BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c");
   EXPECT_EQ(raw, (std::vector<uint8_t>{0x07, 0, 0, 0, 0x01, 0x00, 0x02, 0x00}));
 
   auto got = store_->Get(kEfiGlobalGuid, "BootOrder");
@@ -151,7 +139,7 @@ TEST_F(EfivarStoreTest, AttributesChangeOnRewrite) {
 // efivarfs makes non-standard variables immutable; a directory on ext4 can
 // carry the same flag, which exercises the same path.
 TEST_F(EfivarStoreTest, RewritesAnImmutableVariableAndKeepsTheFlag) {
-  std::string file = StoreDir() + "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d";
+  std::string file = EfivarDirectoryPath() + "RalphSlotState-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d";
   ASSERT_TRUE(
       store_->Set(kRalphVendorGuid, "RalphSlotState", {{1, 2, 3}}, kEfiVariableDefaultAttributes));
   int flags = GetFlags(file);
@@ -170,7 +158,8 @@ TEST_F(EfivarStoreTest, RewritesAnImmutableVariableAndKeepsTheFlag) {
 }
 
 TEST_F(EfivarStoreTest, TornFileIsCorrupt) {
-  WriteRaw(StoreDir() + "BootNext-8be4df61-93ca-11d2-aa0d-00e098032b8c", {0x07, 0x00});
+  WriteRawFile(EfivarDirectoryPath() + "BootNext-8be4df61-93ca-11d2-aa0d-00e098032b8c",
+               {0x07, 0x00});
   auto got = store_->Get(kEfiGlobalGuid, "BootNext");
   ASSERT_FALSE(got);
   EXPECT_EQ(got.error().code(), ErrorCode::kCorrupt);
@@ -189,7 +178,7 @@ TEST_F(EfivarStoreTest, BadNamesAreRejected) {
 }
 
 TEST_F(EfivarStoreTest, ChangingEfivarfsPathAfterStartIsRefused) {
-  std::string original = StoreDir();
+  std::string original = EfivarDirectoryPath();
   ASSERT_EQ(::setenv("EFIVARFS_PATH", "/tmp/somewhere-else/", 1), 0);
   auto store = LibefivarStore::Open();
   ASSERT_EQ(::setenv("EFIVARFS_PATH", original.c_str(), 1), 0);
@@ -208,14 +197,14 @@ class PrivateMountTest : public EfivarStoreTest {
     ASSERT_EQ(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0);
   }
   void TearDown() override {
-    if (mounted_) ::umount2(StoreDir().c_str(), MNT_DETACH);
+    if (mounted_) ::umount2(EfivarDirectoryPath().c_str(), MNT_DETACH);
   }
   bool mounted_ = false;
 };
 
 TEST_F(PrivateMountTest, ReadOnlyStoreIsReadOnlyWithAClearMessage) {
   ASSERT_TRUE(store_->Set(kEfiGlobalGuid, "BootOrder", {{1, 0}}, kEfiVariableDefaultAttributes));
-  std::string dir = StoreDir();
+  std::string dir = EfivarDirectoryPath();
   ASSERT_EQ(::mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND, nullptr), 0) << strerror(errno);
   mounted_ = true;
   ASSERT_EQ(::mount(nullptr, dir.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr), 0)
@@ -241,7 +230,7 @@ TEST_F(PrivateMountTest, ReadOnlyStoreIsReadOnlyWithAClearMessage) {
 }
 
 TEST_F(PrivateMountTest, FullStoreIsNoSpace) {
-  std::string dir = StoreDir();
+  std::string dir = EfivarDirectoryPath();
   ASSERT_EQ(::mount("ralph-efivars-full", dir.c_str(), "tmpfs", 0, "size=8k"), 0)
       << strerror(errno);
   mounted_ = true;
@@ -259,7 +248,7 @@ TEST_F(PrivateMountTest, FullStoreIsNoSpace) {
 }
 
 TEST_F(EfivarStoreTest, UseEfivarfsPathOrReexecKeepsAPathInEffect) {
-  std::string dir = StoreDir();
+  std::string dir = EfivarDirectoryPath();
   dir.pop_back();  // without the trailing slash: normalised
   char* argv[] = {const_cast<char*>("unused"), nullptr};
   auto kept = UseEfivarfsPathOrReexec(dir, argv);  // would exec if it were not in effect
@@ -292,8 +281,8 @@ TEST_F(EfivarStoreTest, UseEfivarfsPathOrReexecReexecutes) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   EXPECT_TRUE(std::filesystem::exists(other + "/RalphProbe-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d"));
-  EXPECT_FALSE(
-      std::filesystem::exists(StoreDir() + "RalphProbe-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d"));
+  EXPECT_FALSE(std::filesystem::exists(EfivarDirectoryPath() +
+                                       "RalphProbe-dcd30ab3-2c38-49f0-8bb2-ff7ae2f8390d"));
   std::filesystem::remove_all(other);
 }
 

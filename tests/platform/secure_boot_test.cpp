@@ -19,34 +19,22 @@
 namespace ralph {
 namespace {
 
+using ralph::testing::EfivarDirectoryPath;
+using ralph::testing::ReadRawFile;
+using ralph::testing::WriteRawFile;
+
 constexpr const char* kGlobal = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 constexpr const char* kSecurityDb = "d719b2cb-3d3a-4596-a3bc-dad00e67656f";
 
-std::string StoreDir() {
-  return std::getenv("EFIVARFS_PATH");
-}
-
-std::vector<uint8_t> ReadRaw(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)),
-                              std::istreambuf_iterator<char>());
-}
-
-void WriteRaw(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-}
-
 // A firmware variable as efivarfs shows it: boot-service and runtime access.
 void SetFirmwareFlag(const std::string& name, uint8_t value) {
-  WriteRaw(StoreDir() + name + "-" + kGlobal, {0x06, 0, 0, 0, value});
+  WriteRawFile(EfivarDirectoryPath() + name + "-" + kGlobal, {0x06, 0, 0, 0, value});
 }
 
 class SecureBootTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const auto& entry : std::filesystem::directory_iterator(StoreDir())) {
+    for (const auto& entry : std::filesystem::directory_iterator(EfivarDirectoryPath())) {
       std::filesystem::remove(entry.path());
     }
     auto store = LibefivarStore::Open();
@@ -72,10 +60,10 @@ class SecureBootTest : public ::testing::Test {
     auto concat = [&](const std::string& name, int count) {
       std::vector<uint8_t> all;
       for (int i = 0; i < count; ++i) {
-        std::vector<uint8_t> one = ReadRaw(dir_ / (name + std::to_string(i) + ".esl"));
+        std::vector<uint8_t> one = ReadRawFile(dir_ / (name + std::to_string(i) + ".esl"));
         all.insert(all.end(), one.begin(), one.end());
       }
-      WriteRaw(dir_ / (name + ".esl"), all);
+      WriteRawFile(dir_ / (name + ".esl"), all);
     };
     auto sign = [&](const std::string& var, const std::string& signer) {
       auto made = testing::RunCommand({"sign-efi-sig-list", "-k", dir_ / (signer + ".key"), "-c",
@@ -98,13 +86,13 @@ class SecureBootTest : public ::testing::Test {
     ASSERT_NO_FATAL_FAILURE(sign("PK", "PK"));
     ASSERT_NO_FATAL_FAILURE(sign("KEK", "PK"));
     ASSERT_NO_FATAL_FAILURE(sign("db", "KEK"));
-    lists_.pk = ReadRaw(dir_ / "PK.auth");
-    lists_.kek = ReadRaw(dir_ / "KEK.auth");
-    lists_.db = ReadRaw(dir_ / "db.auth");
+    lists_.pk = ReadRawFile(dir_ / "PK.auth");
+    lists_.kek = ReadRawFile(dir_ / "KEK.auth");
+    lists_.db = ReadRawFile(dir_ / "db.auth");
   }
 
   bool Exists(const std::string& name, const char* guid) {
-    return std::filesystem::exists(StoreDir() + name + "-" + guid);
+    return std::filesystem::exists(EfivarDirectoryPath() + name + "-" + guid);
   }
 
   testing::TempDir dir_;
@@ -131,7 +119,7 @@ TEST_F(SecureBootTest, StateComesFromSecureBootAndSetupMode) {
   ASSERT_TRUE(on) << on.error().ToString();
   EXPECT_EQ(DescribeSecureBoot(*on), "on");
 
-  WriteRaw(StoreDir() + "SecureBoot-" + kGlobal, {0x06, 0, 0, 0, 7});
+  WriteRawFile(EfivarDirectoryPath() + "SecureBoot-" + kGlobal, {0x06, 0, 0, 0, 7});
   auto bad = ReadSecureBootState(*store_);
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().code(), ErrorCode::kCorrupt);
@@ -154,7 +142,7 @@ TEST_F(SecureBootTest, EnrollsDbKekAndPkInSetupMode) {
   };
   for (const Expect& e : {Expect{"PK", kGlobal, lists_.pk}, Expect{"KEK", kGlobal, lists_.kek},
                           Expect{"db", kSecurityDb, lists_.db}}) {
-    std::vector<uint8_t> file = ReadRaw(StoreDir() + e.name + "-" + e.guid);
+    std::vector<uint8_t> file = ReadRawFile(EfivarDirectoryPath() + e.name + "-" + e.guid);
     ASSERT_EQ(file.size(), e.data.size() + 4) << e.name;
     EXPECT_EQ(file[0], 0x27) << e.name << ": attributes NV|BS|RT|time-based authenticated";
     EXPECT_TRUE(std::equal(e.data.begin(), e.data.end(), file.begin() + 4)) << e.name;
@@ -171,8 +159,8 @@ TEST_F(SecureBootTest, RefusesOutsideSetupModeAndWritesNothing) {
   EXPECT_NE(refused.error().message().find("not in setup mode (Secure Boot on)"), std::string::npos)
       << refused.error().message();
   // A firmware without Secure Boot at all.
-  std::filesystem::remove(StoreDir() + "SecureBoot-" + kGlobal);
-  std::filesystem::remove(StoreDir() + "SetupMode-" + kGlobal);
+  std::filesystem::remove(EfivarDirectoryPath() + "SecureBoot-" + kGlobal);
+  std::filesystem::remove(EfivarDirectoryPath() + "SetupMode-" + kGlobal);
   auto unsupported = EnrollSecureBootKeys(*store_, lists_);
   ASSERT_FALSE(unsupported);
   EXPECT_EQ(unsupported.error().code(), ErrorCode::kUnsupported);
@@ -204,7 +192,7 @@ TEST_F(SecureBootTest, MalformedListsAreRefusedByNameBeforeAnyWrite) {
   }
   {
     SecureBootKeyLists l = lists_;
-    l.kek = ReadRaw(dir_ / "KEK.esl");  // the unsigned list
+    l.kek = ReadRawFile(dir_ / "KEK.esl");  // the unsigned list
     cases.push_back({"KEK unsigned", l,
                      "signed KEK list (efitools' sign-efi-sig-list output) has "
                      "no PKCS#7 authentication header"});
@@ -212,7 +200,7 @@ TEST_F(SecureBootTest, MalformedListsAreRefusedByNameBeforeAnyWrite) {
   {
     // The authentication header alone: a write that would clear db.
     SecureBootKeyLists l = lists_;
-    std::vector<uint8_t> esl = ReadRaw(dir_ / "db.esl");
+    std::vector<uint8_t> esl = ReadRawFile(dir_ / "db.esl");
     l.db.resize(l.db.size() - esl.size());
     cases.push_back({"db empty", l, "holds no signature list"});
   }

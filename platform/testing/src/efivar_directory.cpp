@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "platform/unique_fd.h"
 
@@ -62,6 +64,23 @@ int RunWithEfivarDirectory(char** argv, const std::string& prefix,
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   std::fprintf(stderr, "test child died with signal %d\n", WTERMSIG(status));
   return 1;
+}
+
+std::string EfivarDirectoryPath() {
+  const char* path = std::getenv("EFIVARFS_PATH");
+  return path ? path : "";
+}
+
+std::vector<uint8_t> ReadRawFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+}
+
+void WriteRawFile(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
 }
 
 }  // namespace ralph::testing

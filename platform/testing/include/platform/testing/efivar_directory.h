@@ -13,8 +13,10 @@
 //   }
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace ralph::testing {
 
@@ -26,5 +28,12 @@ int RunWithEfivarDirectory(char** argv, const std::string& prefix,
 // Removes `dir` and everything in it, clearing the immutable flag that
 // efivarfs-like stores put on variable files first.
 void RemoveEfivarDirectory(const std::string& dir);
+
+// In the child: the store's directory (EFIVARFS_PATH, ending in '/'), and
+// a file's raw bytes as the store keeps them (a variable file: 4 attribute
+// bytes, then the data), read ({} when missing) and written whole.
+std::string EfivarDirectoryPath();
+std::vector<uint8_t> ReadRawFile(const std::string& path);
+void WriteRawFile(const std::string& path, const std::vector<uint8_t>& bytes);
 
 }  // namespace ralph::testing
